@@ -1,0 +1,54 @@
+"""What a running gateway can take from a new mesh file without a restart."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from meshgate.config._model import KafkaSettings, MeshConfig, NatsSettings, RegionConfig
+
+__all__ = ["check_compatible", "region_changes"]
+
+
+def _field_changes(block: str, old: NatsSettings | KafkaSettings, new: NatsSettings | KafkaSettings) -> list[str]:
+    return [
+        f"{block}.{f.name} {getattr(old, f.name)} -> {getattr(new, f.name)}"
+        for f in dataclasses.fields(old)
+        if getattr(old, f.name) != getattr(new, f.name)
+    ]
+
+
+def region_changes(old: RegionConfig, new: RegionConfig) -> list[str]:
+    """What differs between two versions of a region, apart from its routing rules, for people to read."""
+    changes: list[str] = []
+    if old.kind != new.kind:
+        changes.append(f"broker kind {old.kind.value} -> {new.kind.value}")
+    if sorted(old.brokers) != sorted(new.brokers):
+        changes.append(f"brokers {', '.join(old.brokers) or '(none)'} -> {', '.join(new.brokers) or '(none)'}")
+    if old.gateway != new.gateway:
+        changes.append(f"gateway address {old.gateway or '(default)'} -> {new.gateway or '(default)'}")
+    if old.metrics != new.metrics:
+        changes.append(f"metrics address {old.metrics or '(default)'} -> {new.metrics or '(default)'}")
+    # The broker adapter created its stream or topics from these at start.
+    if old.kind != new.kind:
+        return changes
+    if old.kind.value in ("nats", "embedded"):
+        changes.extend(_field_changes("nats", old.nats, new.nats))
+    else:
+        changes.extend(_field_changes("kafka", old.kafka, new.kafka))
+    return changes
+
+
+def check_compatible(old: MeshConfig, new: MeshConfig, region: str) -> str | None:
+    """ "restart needed: ..." when ``new`` changes what region ``region``'s running gateway cannot swap live, else None.
+
+    Routing, other regions and settings swap live; this region's own listen addresses, broker kind,
+    brokers and broker layout do not.
+    """
+    if region not in new.region_names:
+        return f"restart needed: region {region!r} is not in the new file (regions: {', '.join(new.region_names)})"
+    if region not in old.region_names:
+        return f"restart needed: region {region!r} was not in the running config"
+    changes = region_changes(old.region(region), new.region(region))
+    if not changes:
+        return None
+    return f"restart needed: region {region}'s " + "; ".join(changes)

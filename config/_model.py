@@ -1,0 +1,114 @@
+"""The typed, frozen mesh config model: what the loader produces and every other part reads."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+__all__ = [
+    "BrokerKind",
+    "KafkaSettings",
+    "Limits",
+    "MeshConfig",
+    "NatsSettings",
+    "RegionConfig",
+    "RouteRule",
+    "Settings",
+]
+
+
+class BrokerKind(enum.StrEnum):
+    NATS = "nats"
+    KAFKA = "kafka"
+    EMBEDDED = "embedded"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NatsSettings:
+    """JetStream layout of a NATS or embedded region (created by the gateway if missing)."""
+
+    # JetStream cannot hold a stream over every subject, so mesh subjects live under a prefix:
+    # topic `orders/created` is subject `mesh.orders.created`.
+    subject_prefix: str = "mesh."
+    stream: str = "MESHGATE"
+    replicas: int = 1
+    # Retention: 0 means unlimited. When reached, JetStream discards the oldest events.
+    max_age_seconds: float = 7 * 24 * 3600.0
+    max_bytes: int = 0
+    max_msgs: int = 0
+    # Embedded only: fsync every write before acking (slower; the server's default syncs every 2 min).
+    sync_always: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KafkaSettings:
+    topic_prefix: str = "mesh."
+    partitions: int = 6
+    replication_factor: int = 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RegionConfig:
+    name: str
+    brokers: tuple[str, ...] = ()
+    kind: BrokerKind = BrokerKind.NATS
+    # HOST:PORT where the region's gateway listens and where peers replicate to.
+    gateway: str | None = None
+    # HOST:PORT of the Prometheus endpoint.
+    metrics: str | None = None
+    nats: NatsSettings = field(default_factory=NatsSettings)
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    # Where the region is declared in the mesh file (1-based; 0 when built in code).
+    line: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RouteRule:
+    # Zero-based position in event_mesh.routing: the rule's identity in explanations.
+    index: int
+    topic: str
+    regions: tuple[str, ...]
+    line: int = 0
+    column: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limits:
+    """Admission limits; each refusal names the limit and the measured size."""
+
+    max_data_bytes: int = 1024 * 1024
+    # Sum of the attribute and extension names and values of one event.
+    max_attributes_bytes: int = 8 * 1024
+    max_extensions: int = 32
+    max_batch_events: int = 1000
+    # Events admitted but not yet acked by the broker, per PublishStream and per gateway.
+    max_inflight_events_per_stream: int = 20_000
+    max_inflight_events: int = 100_000
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    idempotency_window_seconds: float = 15 * 60.0
+    shutdown_grace_seconds: float = 10.0
+    limits: Limits = field(default_factory=Limits)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MeshConfig:
+    regions: tuple[RegionConfig, ...]
+    routing: tuple[RouteRule, ...] = ()
+    settings: Settings = field(default_factory=Settings)
+    # The file it came from ("<string>" when built in code) and the sha256 of its bytes.
+    source: str = "<string>"
+    sha256: str = ""
+
+    def region(self, name: str) -> RegionConfig:
+        for r in self.regions:
+            if r.name == name:
+                return r
+        known = ", ".join(r.name for r in self.regions)
+        raise KeyError(f"region {name!r} is not in {self.source} (regions: {known})")
+
+    @property
+    def region_names(self) -> tuple[str, ...]:
+        return tuple(r.name for r in self.regions)

@@ -1,0 +1,273 @@
+"""YAML to plain data, keeping where every value and key sits in the file, with ``${VAR}`` substitution.
+
+``yaml.compose`` gives nodes with marks; this module builds the data from them itself, so it can
+record positions, refuse duplicate keys (which ``safe_load`` silently resolves to the last one)
+and substitute environment variables in scalar values after parsing, where no text from a
+variable can ever become YAML structure.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import yaml
+
+from meshgate.config._errors import ConfigIssue
+
+__all__ = ["Document", "Path", "format_path", "parse_yaml", "position_of_index"]
+
+Path = tuple[str | int, ...]
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+# Scalar tags a substituted unquoted value may take, as if its text had been written in the file.
+_RETYPED_TAGS = frozenset(f"tag:yaml.org,2002:{t}" for t in ("int", "float", "bool", "null"))
+# Aliases can expand a small file into an exponential tree ("billion laughs"); a mesh file is far below this.
+_MAX_NODES = 200_000
+
+_ENV_TOKEN = re.compile(r"\$\$\{|\$\{(?P<body>[^}]*)\}|\$\{")
+_ENV_BODY = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>.*))?", re.DOTALL)
+
+# PyYAML problems and the advice that turns them into something to change.
+_YAML_HINTS = (
+    ("found character '\\t'", "YAML indents with spaces only; replace the tab with spaces"),
+    ("mapping values are not allowed here", "check the indentation, or quote a value that contains ': '"),
+    ("expected <block end>", "check the indentation: keys of one mapping start in the same column"),
+    ("found undefined alias", "define the anchor (&name) before using *name"),
+    ("could not find expected ':'", "a key needs ':' after it, or quote the value"),
+)
+
+
+@dataclass(slots=True, kw_only=True)
+class Document:
+    data: object
+    # Position (1-based line, column) of the node of each value, and of the key naming it.
+    positions: dict[Path, tuple[int, int]] = field(default_factory=dict)
+    key_positions: dict[Path, tuple[int, int]] = field(default_factory=dict)
+    # Paths whose value already has an issue (e.g. an unset variable), so later checks stay quiet there.
+    broken: set[Path] = field(default_factory=set)
+
+    def position(self, path: Path, *, key: bool = False) -> tuple[int, int]:
+        """Where ``path`` is (its key when ``key``), else where its nearest ancestor is."""
+        if key and path in self.key_positions:
+            return self.key_positions[path]
+        while path:
+            if path in self.positions:
+                return self.positions[path]
+            path = path[:-1]
+        return self.positions.get((), (1, 1))
+
+
+def format_path(path: Path) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def position_of_index(text: str, index: int) -> tuple[int, int]:
+    """1-based line and column of the character at ``index``."""
+    line = text.count("\n", 0, index) + 1
+    column = index - (text.rfind("\n", 0, index) + 1) + 1
+    return line, column
+
+
+class _TooManyNodesError(Exception):
+    pass
+
+
+class _Builder:
+    def __init__(self, *, text: str, source: str, env: Mapping[str, str]) -> None:
+        self.text = text
+        self.source = source
+        self.env = env
+        self.doc = Document(data=None)
+        self.issues: list[ConfigIssue] = []
+        self.constructor = yaml.constructor.SafeConstructor()
+        self.resolver = yaml.resolver.Resolver()
+        self.nodes = 0
+
+    def issue(self, where: tuple[int, int], message: str, *, path: Path | None = None) -> None:
+        self.issues.append(ConfigIssue(file=self.source, line=where[0], column=where[1], message=message))
+        if path is not None:
+            self.doc.broken.add(path)
+
+    @staticmethod
+    def mark(node: yaml.Node) -> tuple[int, int]:
+        return node.start_mark.line + 1, node.start_mark.column + 1
+
+    def build(self, node: yaml.Node, path: Path) -> object:
+        self.nodes += 1
+        if self.nodes > _MAX_NODES:
+            raise _TooManyNodesError
+        self.doc.positions[path] = self.mark(node)
+        if isinstance(node, yaml.MappingNode):
+            return self.mapping(node, path)
+        if isinstance(node, yaml.SequenceNode):
+            return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
+        assert isinstance(node, yaml.ScalarNode)
+        return self.scalar(node, path)
+
+    def merged_pairs(self, node: yaml.MappingNode, path: Path) -> list[tuple[yaml.Node, yaml.Node, bool]]:
+        """The (key, value, explicit) pairs of a mapping with ``<<`` merges expanded; later pairs win."""
+        merged: list[tuple[yaml.Node, yaml.Node, bool]] = []
+        explicit: list[tuple[yaml.Node, yaml.Node, bool]] = []
+        for key_node, value_node in node.value:
+            if key_node.tag != _MERGE_TAG:
+                explicit.append((key_node, value_node, True))
+                continue
+            sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+            # In a list of merged mappings the first one wins, so apply them last to first.
+            for source in reversed(sources):
+                if not isinstance(source, yaml.MappingNode):
+                    self.issue(self.mark(source), f"{format_path(path) or 'the file'}: '<<' merges only mappings")
+                    continue
+                merged.extend((k, v, False) for k, v, _ in self.merged_pairs(source, path))
+        return merged + explicit
+
+    def mapping(self, node: yaml.MappingNode, path: Path) -> dict[str, object]:
+        result: dict[str, object] = {}
+        first: dict[str, tuple[int, int]] = {}
+        for key_node, value_node, explicit in self.merged_pairs(node, path):
+            where = self.mark(key_node)
+            if not isinstance(key_node, yaml.ScalarNode):
+                self.issue(
+                    where, f"{format_path(path) or 'the file'}: a key must be a plain name, not a list or mapping"
+                )
+                continue
+            key = str(key_node.value)
+            child = (*path, key)
+            if explicit and key in first:
+                line = first[key][0]
+                self.issue(where, f"{format_path(child)}: duplicate key '{key}' (first at line {line}); keep one")
+            if explicit:
+                first[key] = where
+            self.doc.key_positions[child] = where
+            result[key] = self.build(value_node, child)
+        return result
+
+    def scalar(self, node: yaml.ScalarNode, path: Path) -> object:
+        try:
+            value = self.constructor.construct_object(node)
+        except yaml.constructor.ConstructorError as exc:
+            self.issue(self.mark(node), f"{format_path(path)}: {exc.problem}; remove the tag", path=path)
+            return None
+        if isinstance(value, str):
+            if "$" in value:
+                return self.substitute(node, value, path)
+            return value
+        if value is None or isinstance(value, bool | int | float):
+            return value
+        # Timestamps, binary and sets have no use in a mesh file: keep the text as written.
+        return str(node.value)
+
+    def token_position(self, node: yaml.ScalarNode, token: str, start: int) -> tuple[tuple[int, int], int]:
+        """Where ``token`` is in the file, searching the node's source text from ``start``."""
+        raw_start = node.start_mark.index
+        raw = self.text[raw_start : node.end_mark.index]
+        at = raw.find(token, start)
+        if at < 0:
+            # An escaped quoted scalar does not hold the token verbatim: point at the value.
+            return self.mark(node), start
+        return position_of_index(self.text, raw_start + at), at + len(token)
+
+    def substitute(self, node: yaml.ScalarNode, value: str, path: Path) -> object:
+        out: list[str] = []
+        pos = 0
+        search = 0
+        failed = False
+        for m in _ENV_TOKEN.finditer(value):
+            out.append(value[pos : m.start()])
+            pos = m.end()
+            token = m.group(0)
+            where, search = self.token_position(node, token, search)
+            if token == "$${":
+                out.append("${")
+                continue
+            body = m.group("body")
+            at = f"{format_path(path)}: "
+            if body is None:
+                self.issue(where, f"{at}'${{' is not closed by '}}'; write ${{NAME}}, or $${{ for a literal ${{")
+                failed = True
+                continue
+            parsed = _ENV_BODY.fullmatch(body)
+            if parsed is None:
+                self.issue(
+                    where,
+                    f"{at}'{token}' is not a variable reference; write ${{NAME}} or ${{NAME:-default}}"
+                    " (NAME of A-Z a-z 0-9 _), or $${ for a literal ${",
+                )
+                failed = True
+                continue
+            name, default = parsed.group("name"), parsed.group("default")
+            if default is not None and "${" in default:
+                self.issue(where, f"{at}'{token}...': a default cannot hold another ${{...}}; use a plain default")
+                failed = True
+                continue
+            current = self.env.get(name)
+            if default is not None:
+                # Shell semantics: ':-' also replaces a variable that is set but empty.
+                out.append(current if current else default)
+            elif current is not None:
+                out.append(current)
+            else:
+                self.issue(
+                    where,
+                    f"{at}environment variable {name} is not set; set it, or give a default: ${{{name}:-value}}",
+                )
+                failed = True
+        out.append(value[pos:])
+        if failed:
+            self.doc.broken.add(path)
+            return value
+        text = "".join(out)
+        if node.style is None and text == value:
+            return text
+        if node.style is None:
+            # An unquoted value takes the type its text would have in place (6 -> int, true -> bool),
+            # but only a scalar type: "{x: 1}" or "a\nb: c" stay plain strings.
+            tag = self.resolver.resolve(yaml.ScalarNode, text, (True, False))  # type: ignore[no-untyped-call]
+            if tag in _RETYPED_TAGS:
+                return self.constructor.construct_object(yaml.ScalarNode(tag, text))
+        return text
+
+
+def _yaml_error_message(exc: yaml.MarkedYAMLError) -> str:
+    problem = exc.problem or "invalid YAML"
+    if "another document" in problem:
+        return "invalid YAML: a second document starts here ('---'); a mesh file is one document"
+    message = f"invalid YAML: {problem}"
+    if exc.context and exc.context_mark is not None and exc.context_mark is not exc.problem_mark:
+        message += f" ({exc.context} at line {exc.context_mark.line + 1}, column {exc.context_mark.column + 1})"
+    for needle, hint in _YAML_HINTS:
+        if needle in problem:
+            message += f"; {hint}"
+            break
+    return message
+
+
+def parse_yaml(text: str, *, source: str, env: Mapping[str, str]) -> tuple[Document | None, list[ConfigIssue]]:
+    """The document of ``text`` and its issues; None when the text is not YAML at all."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, column = (mark.line + 1, mark.column + 1) if mark is not None else (0, 0)
+        return None, [ConfigIssue(file=source, line=line, column=column, message=_yaml_error_message(exc))]
+    except yaml.reader.ReaderError as exc:
+        line, column = position_of_index(text, exc.position)
+        char = chr(exc.character) if isinstance(exc.character, int) else exc.character
+        message = (
+            f"invalid character {char!r} (U+{ord(char):04X}) in YAML; remove it or write it escaped in a quoted string"
+        )
+        return None, [ConfigIssue(file=source, line=line, column=column, message=message)]
+    builder = _Builder(text=text, source=source, env=env)
+    if root is None:
+        return builder.doc, []
+    try:
+        builder.doc.data = builder.build(root, ())
+    except _TooManyNodesError:
+        message = f"the file expands to more than {_MAX_NODES} values (aliases of aliases?); a mesh file is far smaller"
+        return None, [ConfigIssue(file=source, line=1, column=1, message=message)]
+    return builder.doc, builder.issues
