@@ -1,0 +1,72 @@
+"""Broker adapters: one interface (``Broker``) for the gateway's writes and the replicator's reads.
+
+``make_broker(region, ...)`` builds the adapter a region's config asks for: NATS JetStream
+(``NatsBroker``), or the embedded NATS server that Meshgate runs itself (``EmbeddedNatsBroker``).
+The codec (topic <-> subject, event <-> headers + payload) is shared by every adapter.
+"""
+
+from __future__ import annotations
+
+from meshgate.brokers._base import (
+    AppendResult,
+    Broker,
+    BrokerError,
+    BrokerState,
+    BrokerUnavailableError,
+    Delivery,
+    DurableConsumer,
+    EventRejectedError,
+    StartAt,
+)
+from meshgate.brokers._codec import (
+    decode_event,
+    encode_headers,
+    pattern_to_filter,
+    subject_to_topic,
+    topic_to_subject,
+    validate_pattern,
+    validate_topic,
+)
+from meshgate.brokers._factory import make_broker, nats_server_urls
+from meshgate.brokers.embedded import EmbeddedNats, EmbeddedNatsBroker, EmbeddedNatsError, EmbeddedNatsState
+from meshgate.brokers.nats import (
+    AckTimeoutError,
+    JetStreamRejectedError,
+    JetStreamUnavailableError,
+    MessageTooLargeError,
+    NatsBroker,
+    NatsDurableConsumer,
+    NotConnectedError,
+)
+
+__all__ = [
+    "AckTimeoutError",
+    "AppendResult",
+    "Broker",
+    "BrokerError",
+    "BrokerState",
+    "BrokerUnavailableError",
+    "Delivery",
+    "DurableConsumer",
+    "EmbeddedNats",
+    "EmbeddedNatsBroker",
+    "EmbeddedNatsError",
+    "EmbeddedNatsState",
+    "EventRejectedError",
+    "JetStreamRejectedError",
+    "JetStreamUnavailableError",
+    "MessageTooLargeError",
+    "NatsBroker",
+    "NatsDurableConsumer",
+    "NotConnectedError",
+    "StartAt",
+    "decode_event",
+    "encode_headers",
+    "make_broker",
+    "nats_server_urls",
+    "pattern_to_filter",
+    "subject_to_topic",
+    "topic_to_subject",
+    "validate_pattern",
+    "validate_topic",
+]

@@ -1,0 +1,145 @@
+"""The broker adapter interface shared by the gateway (writes) and the replicator (reads).
+
+Every adapter (NATS JetStream, Kafka; the embedded broker is a NATS one) has the same shape:
+``start()``/``stop()`` safe to call twice and ``async with``; batched appends with one result
+per event; ephemeral readers from a position; durable consumers whose position survives a
+restart and is shared by every gateway replica of the region.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from types import TracebackType
+from typing import Self
+
+from meshgate.v1 import event_pb2
+
+__all__ = [
+    "AppendResult",
+    "Broker",
+    "BrokerError",
+    "BrokerState",
+    "BrokerUnavailableError",
+    "Delivery",
+    "DurableConsumer",
+    "EventRejectedError",
+    "StartAt",
+]
+
+
+class BrokerState(enum.Enum):
+    NEW = "new"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    RECONNECTING = "reconnecting"
+    CLOSED = "closed"
+
+
+class BrokerError(Exception):
+    """A broker failure. ``retriable`` says whether the same request may succeed later."""
+
+    retriable: bool = True
+
+    def __init__(self, message: str, *, retriable: bool | None = None) -> None:
+        super().__init__(message)
+        if retriable is not None:
+            self.retriable = retriable
+
+
+class BrokerUnavailableError(BrokerError):
+    """The broker cannot be reached or did not answer in time; retry."""
+
+    retriable = True
+
+
+class EventRejectedError(BrokerError):
+    """The broker refused this event for good (too large, invalid there)."""
+
+    retriable = False
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    # Position of the event in the region's log (for a duplicate: of the stored original).
+    sequence: int
+    duplicate: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StartAt:
+    """Where a reader starts; exactly one of the fields applies (``latest`` when none does)."""
+
+    earliest: bool = False
+    time: datetime | None = None
+    sequence: int | None = None
+
+
+@dataclass(slots=True)
+class Delivery:
+    """An event read by a durable consumer; ack it through the consumer that read it."""
+
+    event: event_pb2.Event
+    # Opaque handle the adapter needs to ack (a JetStream message, a Kafka offset).
+    token: object
+    # Events stored after this one on the consumer's filter (the consumer's lag).
+    pending: int = 0
+
+
+class DurableConsumer(abc.ABC):
+    @abc.abstractmethod
+    async def fetch(self, max_events: int, *, timeout: float) -> list[Delivery]:
+        """Up to ``max_events`` deliveries; an empty list when none came within ``timeout``."""
+
+    @abc.abstractmethod
+    async def ack(self, deliveries: Sequence[Delivery]) -> None:
+        """Marks the deliveries done; they are not delivered again to any replica."""
+
+    @abc.abstractmethod
+    async def pending(self) -> int:
+        """Events stored on the consumer's filter and not yet acked."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+
+class Broker(abc.ABC):
+    """One region's log."""
+
+    state: BrokerState
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Connects and creates the log (stream, topics) if missing. Safe to call twice."""
+
+    @abc.abstractmethod
+    async def stop(self) -> None:
+        """Waits for in-flight appends, then closes. Safe to call twice."""
+
+    @abc.abstractmethod
+    async def append(self, events: Sequence[event_pb2.Event]) -> list[AppendResult | BrokerError]:
+        """Writes a batch; one result per event, in order, each known only once the broker acked.
+
+        Events must carry id, topic, origin and route. A duplicate id within the idempotency
+        window yields ``AppendResult(duplicate=True)`` with the original's sequence.
+        """
+
+    @abc.abstractmethod
+    def read(self, pattern: str, *, start: StartAt, max_batch: int) -> AsyncIterator[list[event_pb2.Event]]:
+        """Batches of the events of a topic pattern from ``start`` on, until cancelled."""
+
+    @abc.abstractmethod
+    async def durable_consumer(self, name: str, *, pattern: str = ">") -> DurableConsumer:
+        """A consumer whose position is kept in the broker under ``name``, created if missing."""
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()

@@ -1,0 +1,341 @@
+"""The broker-neutral mapping between mesh events and broker messages.
+
+Topics become subjects (NATS) or topic names (Kafka) by swapping ``/`` for ``.`` behind a
+prefix; the mapping is one-to-one because a topic level never contains a dot.
+
+Events travel in the CloudEvents *binary content mode* of the NATS and Kafka protocol
+bindings: the message payload is ``event.data`` byte for byte (a native consumer reads exactly
+what the producer sent) and every other attribute is a header:
+
+=================  =====================================================================
+header             attribute
+=================  =====================================================================
+``ce-id``          ``id``
+``ce-source``      ``source``
+``ce-type``        ``type``
+``ce-specversion`` ``specversion`` (empty is written as ``1.0``, its documented meaning)
+``ce-time``        ``time``, RFC 3339 in UTC with nanoseconds (absent when unset)
+``content-type``   ``datacontenttype`` (absent when empty)
+``ce-<name>``      extension ``<name>``
+``mg-key``         ``key`` (absent when empty)
+``mg-origin``      ``origin``
+``mg-route``       ``route``, the region names joined by commas
+=================  =====================================================================
+
+Header values are percent-encoded as the CloudEvents HTTP binding prescribes (UTF-8 bytes of
+space, ``"``, ``%`` and anything outside printable ASCII), so values with spaces, line breaks
+or non-ASCII text survive header transports that trim or reject them. Plain values, the
+overwhelming majority, are written as they are.
+
+Encoding runs once per event on the write path, so the hot functions avoid intermediate
+containers and cache what repeats (subjects per topic, time strings per second).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from urllib.parse import quote, unquote
+
+from google.protobuf import timestamp_pb2
+
+from meshgate.v1 import event_pb2
+
+__all__ = [
+    "CE_PREFIX",
+    "HEADER_CONTENT_TYPE",
+    "HEADER_ID",
+    "HEADER_KEY",
+    "HEADER_ORIGIN",
+    "HEADER_ROUTE",
+    "HEADER_SOURCE",
+    "HEADER_SPECVERSION",
+    "HEADER_TIME",
+    "HEADER_TYPE",
+    "RESERVED_EXTENSION_NAMES",
+    "SubjectMapper",
+    "decode_event",
+    "encode_headers",
+    "escape_header_value",
+    "escape_repeated_value",
+    "escaped_repeated",
+    "format_time",
+    "parse_time",
+    "pattern_to_filter",
+    "subject_to_topic",
+    "topic_to_subject",
+    "unescape_header_value",
+    "validate_pattern",
+    "validate_topic",
+]
+
+CE_PREFIX = "ce-"
+HEADER_ID = "ce-id"
+HEADER_SOURCE = "ce-source"
+HEADER_TYPE = "ce-type"
+HEADER_SPECVERSION = "ce-specversion"
+HEADER_TIME = "ce-time"
+HEADER_CONTENT_TYPE = "content-type"
+HEADER_KEY = "mg-key"
+HEADER_ORIGIN = "mg-origin"
+HEADER_ROUTE = "mg-route"
+
+DEFAULT_SPECVERSION = "1.0"
+
+# Extension names that would land on the header of a context attribute.
+RESERVED_EXTENSION_NAMES = frozenset({"id", "source", "type", "specversion", "time"})
+
+_LEVEL = r"[A-Za-z0-9_-]{1,64}"
+_TOPIC_RE = re.compile(rf"{_LEVEL}(?:/{_LEVEL}){{0,15}}")
+_PATTERN_LEVEL_RE = re.compile(rf"{_LEVEL}|\*")
+MAX_LEVELS = 16
+
+# Printable ASCII (0x21-0x7E) except '"' and '%': what a header value may carry unescaped.
+_UNSAFE_RE = re.compile(r"[^!#$&-~]")
+_QUOTE_SAFE = "!#$&'()*+,/:;<=>?@[\\]^`{|}"
+
+
+# -- topics and subjects ----------------------------------------------------------------------
+
+
+def validate_topic(topic: str) -> None:
+    """Raises ``ValueError`` unless ``topic`` is 1 to 16 levels of ``A-Z a-z 0-9 - _``."""
+    if not _TOPIC_RE.fullmatch(topic):
+        raise ValueError(
+            f"invalid topic {topic!r}: a topic is 1 to {MAX_LEVELS} levels separated by '/', "
+            "each 1 to 64 characters of A-Z a-z 0-9 - _"
+        )
+
+
+def validate_pattern(pattern: str) -> None:
+    """Raises ``ValueError`` unless ``pattern`` is a topic whose levels may be ``*`` or, last, ``>``."""
+    levels = pattern.split("/")
+    if len(levels) > MAX_LEVELS:
+        raise ValueError(f"invalid pattern {pattern!r}: {len(levels)} levels, at most {MAX_LEVELS}")
+    last = len(levels) - 1
+    for i, level in enumerate(levels):
+        if level == ">" and i == last:
+            continue
+        if not _PATTERN_LEVEL_RE.fullmatch(level):
+            raise ValueError(
+                f"invalid pattern {pattern!r}: level {i + 1} is {level!r}; a level is 1 to 64 of "
+                "A-Z a-z 0-9 - _, or '*' (one level), or '>' as the last level (one or more levels)"
+            )
+
+
+def topic_to_subject(topic: str, prefix: str) -> str:
+    """``orders/created`` -> ``<prefix>orders.created`` (the topic must be valid)."""
+    return prefix + topic.replace("/", ".")
+
+
+def subject_to_topic(subject: str, prefix: str) -> str:
+    """``<prefix>orders.created`` -> ``orders/created``; ``ValueError`` outside the prefix."""
+    if not subject.startswith(prefix) or len(subject) == len(prefix):
+        raise ValueError(f"subject {subject!r} is not a mesh subject (prefix {prefix!r})")
+    return subject[len(prefix) :].replace(".", "/")
+
+
+def pattern_to_filter(pattern: str, prefix: str) -> str:
+    """A topic pattern as a NATS filter subject: ``orders/*`` -> ``<prefix>orders.*``.
+
+    NATS wildcards mean what mesh wildcards mean (``*`` one token, a final ``>`` one or more),
+    so the mapping is the topic mapping; Kafka adapters translate the same pattern to a regex.
+    """
+    validate_pattern(pattern)
+    return prefix + pattern.replace("/", ".")
+
+
+class SubjectMapper:
+    """Topic -> subject with validation, cached: producers reuse a small set of topics.
+
+    Validating here too (not only at admission) keeps a malformed topic from ever reaching a
+    broker's wire protocol, where a space or a line break would corrupt the command.
+    """
+
+    __slots__ = ("_cache", "_max_entries", "prefix")
+
+    def __init__(self, prefix: str, *, max_entries: int = 65_536) -> None:
+        self.prefix = prefix
+        self._max_entries = max_entries
+        self._cache: dict[str, str] = {}
+
+    def subject(self, topic: str) -> str:
+        subject = self._cache.get(topic)
+        if subject is None:
+            validate_topic(topic)
+            subject = self.prefix + topic.replace("/", ".")
+            if len(self._cache) >= self._max_entries:
+                # Wholesale reset: cheaper than LRU bookkeeping on every hit, and rare.
+                self._cache.clear()
+            self._cache[topic] = subject
+        return subject
+
+    def topic(self, subject: str) -> str:
+        return subject_to_topic(subject, self.prefix)
+
+
+# -- header values ----------------------------------------------------------------------------
+
+
+def escape_header_value(value: str) -> str:
+    """Percent-encodes a value only when it holds a character a header may not carry as is."""
+    if _UNSAFE_RE.search(value) is None:
+        return value
+    return quote(value, safe=_QUOTE_SAFE)
+
+
+class _EscapeCache(dict[str, str]):
+    """Escaped forms of values that repeat across events (source, type, origin, route).
+
+    Subscripting a dict whose misses go to ``__missing__`` costs a fraction of a function call
+    plus a scan of the value, and this runs for most headers of every event.
+    """
+
+    __slots__ = ()
+
+    def __missing__(self, value: str) -> str:
+        if len(self) >= 16_384:
+            self.clear()
+        escaped = self[value] = escape_header_value(value)
+        return escaped
+
+
+escaped_repeated = _EscapeCache()
+
+
+def escape_repeated_value(value: str) -> str:
+    """``escape_header_value`` memoized; for values that repeat across events."""
+    return escaped_repeated[value]
+
+
+def unescape_header_value(value: str) -> str:
+    if "%" not in value:
+        return value
+    # What Meshgate escapes is valid UTF-8; a foreign producer's stray bytes become U+FFFD
+    # rather than an error that would stop every reader of the log at that message.
+    return unquote(value, errors="replace")
+
+
+# -- time -------------------------------------------------------------------------------------
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@functools.lru_cache(maxsize=1024)
+def _format_seconds(seconds: int) -> str:
+    d = _EPOCH + timedelta(seconds=seconds)
+    # Explicit widths: strftime's %Y does not pad years before 1000 on every platform.
+    return f"{d.year:04d}-{d.month:02d}-{d.day:02d}T{d.hour:02d}:{d.minute:02d}:{d.second:02d}"
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_seconds(text: str) -> int:
+    d = datetime.strptime(text, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
+    return (d - _EPOCH) // timedelta(seconds=1)
+
+
+def format_time(ts: timestamp_pb2.Timestamp) -> str:
+    """RFC 3339 in UTC with nine fraction digits: ``2025-01-02T03:04:05.123456789Z``."""
+    # zfill: a format spec like :09d costs twice as much on this path.
+    return f"{_format_seconds(ts.seconds)}.{str(ts.nanos).zfill(9)}Z"
+
+
+_RFC3339_RE = re.compile(r"(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?(?:([Zz])|([+-])(\d{2}):(\d{2}))")
+
+
+def parse_time(text: str) -> timestamp_pb2.Timestamp:
+    """Any RFC 3339 timestamp (what Meshgate writes, or a native producer's) -> Timestamp."""
+    # Fast path: exactly the shape format_time writes.
+    if len(text) == 30 and text[19] == "." and text[29] == "Z":
+        return timestamp_pb2.Timestamp(seconds=_parse_seconds(text[:19]), nanos=int(text[20:29]))
+    m = _RFC3339_RE.fullmatch(text)
+    if m is None:
+        raise ValueError(f"invalid RFC 3339 time {text!r}")
+    seconds = _parse_seconds(f"{m.group(1)}T{m.group(2)}")
+    nanos = int((m.group(3) or "0").ljust(9, "0"))
+    if m.group(5):
+        offset = int(m.group(6)) * 3600 + int(m.group(7)) * 60
+        seconds -= offset if m.group(5) == "+" else -offset
+    return timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos)
+
+
+# -- events -----------------------------------------------------------------------------------
+
+
+def encode_headers(event: event_pb2.Event) -> list[tuple[str, str]]:
+    """The event's attributes as (name, value) header pairs, values already escaped.
+
+    Raises ``ValueError`` for an extension named like a context attribute (``ce-id`` would be
+    ambiguous); admission refuses those first, this is the last line of defence.
+    """
+    esc = escaped_repeated.__getitem__
+    spec = event.specversion
+    headers = [
+        (HEADER_ID, escape_header_value(event.id)),
+        (HEADER_SOURCE, esc(event.source)),
+        (HEADER_TYPE, esc(event.type)),
+        (HEADER_SPECVERSION, esc(spec) if spec else DEFAULT_SPECVERSION),
+    ]
+    if event.HasField("time"):
+        headers.append((HEADER_TIME, format_time(event.time)))
+    if event.datacontenttype:
+        headers.append((HEADER_CONTENT_TYPE, esc(event.datacontenttype)))
+    if event.extensions:
+        for name, value in event.extensions.items():
+            if name in RESERVED_EXTENSION_NAMES:
+                raise ValueError(f"extension {name!r} collides with the CloudEvents attribute of that name")
+            headers.append((CE_PREFIX + esc(name), escape_header_value(value)))
+    if event.key:
+        headers.append((HEADER_KEY, escape_header_value(event.key)))
+    headers.append((HEADER_ORIGIN, esc(event.origin)))
+    # Slicing first: iterating a protobuf repeated field item by item is slow.
+    headers.append((HEADER_ROUTE, esc(",".join(event.route[:]))))
+    return headers
+
+
+def decode_event(
+    headers: Mapping[str, str] | None, payload: bytes, *, topic: str, sequence: int = 0
+) -> event_pb2.Event:
+    """Rebuilds the event that ``encode_headers`` and the payload came from.
+
+    ``topic`` comes from the subject (or topic name) and ``sequence`` from the log position.
+    Headers Meshgate does not own (``Nats-Msg-Id``, a native producer's own) are ignored, so a
+    message published natively into the mesh subjects still decodes, with empty attributes;
+    malformed values never raise.
+    """
+    event = event_pb2.Event(topic=topic, data=payload, sequence=sequence)
+    if not headers:
+        return event
+    unesc = unescape_header_value
+    extensions = event.extensions
+    for name, value in headers.items():
+        if name.startswith(CE_PREFIX):
+            if name == HEADER_ID:
+                event.id = unesc(value)
+            elif name == HEADER_SOURCE:
+                event.source = unesc(value)
+            elif name == HEADER_TYPE:
+                event.type = unesc(value)
+            elif name == HEADER_SPECVERSION:
+                event.specversion = unesc(value)
+            elif name == HEADER_TIME:
+                # A native producer's unreadable time leaves the attribute unset, not the
+                # reader stuck at this message.
+                with contextlib.suppress(ValueError, OverflowError):
+                    event.time.CopyFrom(parse_time(value))
+            else:
+                extensions[unesc(name[3:])] = unesc(value)
+        elif name == HEADER_CONTENT_TYPE:
+            event.datacontenttype = unesc(value)
+        elif name == HEADER_KEY:
+            event.key = unesc(value)
+        elif name == HEADER_ORIGIN:
+            event.origin = unesc(value)
+        elif name == HEADER_ROUTE:
+            route = unesc(value)
+            if route:
+                event.route.extend(route.split(","))
+    return event

@@ -1,0 +1,69 @@
+"""Builds the broker adapter of a region from its config."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from meshgate.brokers._base import Broker, BrokerError
+from meshgate.brokers.embedded import EmbeddedNatsBroker
+from meshgate.brokers.nats import NatsBroker
+from meshgate.config import BrokerKind, RegionConfig, split_host_port
+
+__all__ = ["DEFAULT_NATS_PORT", "make_broker", "nats_server_urls"]
+
+DEFAULT_NATS_PORT = 4222
+
+
+def nats_server_urls(brokers: Sequence[str]) -> list[str]:
+    """``host[:port]`` entries as NATS URLs (port 4222 by default); a URL (``tls://...``) stays as is."""
+    urls = []
+    for entry in brokers:
+        if "://" in entry:
+            urls.append(entry)
+            continue
+        host, port = split_host_port(entry.strip(), port_required=False)
+        urls.append(f"nats://{_url_host(host)}:{port or DEFAULT_NATS_PORT}")
+    return urls
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def make_broker(region: RegionConfig, *, idempotency_window_seconds: float, data_dir: Path) -> Broker:
+    """The (not yet started) broker of ``region``.
+
+    ``nats``: a ``NatsBroker`` on the region's ``brokers``. ``embedded``: an ``EmbeddedNatsBroker``
+    with its data in ``data_dir/<region>``, listening on the first ``brokers`` entry when one is
+    given (so native clients find it), else on a free port of 127.0.0.1.
+    """
+    if region.kind is BrokerKind.NATS:
+        if not region.brokers:
+            raise BrokerError(f"region {region.name!r} is of kind nats but lists no brokers", retriable=False)
+        return NatsBroker(
+            servers=nats_server_urls(region.brokers),
+            settings=region.nats,
+            idempotency_window_seconds=idempotency_window_seconds,
+            name=f"meshgate-{region.name}",
+        )
+    if region.kind is BrokerKind.EMBEDDED:
+        host, port = "127.0.0.1", -1
+        if region.brokers:
+            listen_host, listen_port = split_host_port(region.brokers[0], port_required=False)
+            host, port = listen_host, listen_port or DEFAULT_NATS_PORT
+        return EmbeddedNatsBroker(
+            data_dir=data_dir,
+            region=region.name,
+            settings=region.nats,
+            idempotency_window_seconds=idempotency_window_seconds,
+            host=host,
+            port=port,
+        )
+    if region.kind is BrokerKind.KAFKA:
+        raise BrokerError(
+            f"region {region.name!r}: Kafka regions are not supported yet (kind: kafka); "
+            "use kind nats or embedded for now",
+            retriable=False,
+        )
+    raise BrokerError(f"region {region.name!r}: unknown broker kind {region.kind!r}", retriable=False)

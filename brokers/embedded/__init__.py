@@ -1,0 +1,21 @@
+"""The embedded broker: a real nats-server child process with JetStream, for first runs and tests."""
+
+from __future__ import annotations
+
+from meshgate.brokers.embedded._broker import EmbeddedNatsBroker
+from meshgate.brokers.embedded._server import (
+    DEFAULT_EMBEDDED_MAX_PAYLOAD,
+    EmbeddedNats,
+    EmbeddedNatsError,
+    EmbeddedNatsState,
+    find_nats_server,
+)
+
+__all__ = [
+    "DEFAULT_EMBEDDED_MAX_PAYLOAD",
+    "EmbeddedNats",
+    "EmbeddedNatsBroker",
+    "EmbeddedNatsError",
+    "EmbeddedNatsState",
+    "find_nats_server",
+]

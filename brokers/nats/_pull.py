@@ -1,0 +1,142 @@
+"""Pull requests to a JetStream consumer through one inbox subscription.
+
+nats-py's ``PullSubscription.fetch`` waits for a whole batch or the full expiry, and leaves
+lingering requests behind when it gives up early. Readers here need "what is there now, and
+otherwise the next event as soon as it lands", with nothing left outstanding on a shared
+durable consumer between calls. So requests are made one at a time and always run to their
+end on the server:
+
+* ``no_wait`` for up to N: the server sends what it has, then a 404/408 status when that was
+  fewer than N (nothing when it was exactly N);
+* ``expires`` for 1: the next event, or a 408 status at expiry.
+
+Each request replies to its own subject under the inbox (``<inbox>.<n>``), so a late status
+of an earlier request cannot end the current one. Deliveries keep their stream subject on the
+wire, so they are matched to a request by count only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections import deque
+from typing import TYPE_CHECKING
+
+import nats.errors
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client
+    from nats.aio.msg import Msg
+    from nats.aio.subscription import Subscription
+
+__all__ = ["FULL", "PullSubscription", "reraise_swallowed_cancel"]
+
+# Outcomes of a request besides the server's status codes ("404", "408", "409", "503").
+FULL = "full"
+TIMEOUT = "timeout"
+CLOSED = "closed"
+
+_STATUS = "Status"
+_DESCRIPTION = "Description"
+_HEARTBEAT = "100"
+
+
+def reraise_swallowed_cancel() -> None:
+    """Re-raises a cancellation that nats-py swallowed.
+
+    nats-py's internal flush (run by every publish) catches ``CancelledError`` and carries on,
+    so a task cancelled at that moment would keep running as if nothing happened.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
+class PullSubscription:
+    __slots__ = (
+        "_done",
+        "_expect",
+        "_inbox",
+        "_nc",
+        "_next_subject",
+        "_reply",
+        "_sub",
+        "_token",
+        "buffer",
+        "consumer",
+        "last_description",
+    )
+
+    def __init__(self, nc: Client, *, stream: str, consumer: str, api_prefix: str = "$JS.API") -> None:
+        self._nc = nc
+        self.consumer = consumer
+        self._next_subject = f"{api_prefix}.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+        self._inbox = nc.new_inbox()
+        self._sub: Subscription | None = None
+        self._token = 0
+        self._reply = ""
+        self._expect = 0
+        self._done: asyncio.Future[str] | None = None
+        # Deliveries not yet handed out; bounded by the size of the requests made.
+        self.buffer: deque[Msg] = deque()
+        self.last_description = ""
+
+    async def open(self) -> None:
+        self._sub = await self._nc.subscribe(f"{self._inbox}.*", cb=self._on_msg)
+
+    async def request(self, batch: int, *, expires: float | None = None, no_wait: bool = False) -> None:
+        self._token += 1
+        self._reply = f"{self._inbox}.{self._token}"
+        self._expect = batch
+        self._done = asyncio.get_running_loop().create_future()
+        req: dict[str, object] = {"batch": batch}
+        if expires is not None:
+            req["expires"] = int(expires * 1e9)
+        if no_wait:
+            req["no_wait"] = True
+        await self._nc.publish(self._next_subject, json.dumps(req).encode(), reply=self._reply)
+        reraise_swallowed_cancel()
+
+    async def wait(self, timeout: float) -> str:
+        """How the current request ended: ``full``, a status code, ``timeout`` or ``closed``."""
+        done = self._done
+        if done is None:
+            return CLOSED
+        if not done.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(done), timeout)
+            except TimeoutError:
+                return TIMEOUT
+        return done.result()
+
+    async def _on_msg(self, msg: Msg) -> None:
+        headers = msg.headers
+        if not msg.reply and headers is not None and _STATUS in headers:
+            status = headers[_STATUS]
+            done = self._done
+            if status != _HEARTBEAT and msg.subject == self._reply and done is not None and not done.done():
+                self.last_description = headers.get(_DESCRIPTION, "")
+                done.set_result(status)
+            return
+        self.buffer.append(msg)
+        if self._expect > 0:
+            self._expect -= 1
+            done = self._done
+            if self._expect == 0 and done is not None and not done.done():
+                done.set_result(FULL)
+
+    def take(self, max_items: int) -> list[Msg]:
+        buffer = self.buffer
+        n = min(max_items, len(buffer))
+        return [buffer.popleft() for _ in range(n)]
+
+    async def close(self) -> None:
+        done = self._done
+        if done is not None and not done.done():
+            done.set_result(CLOSED)
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            # The connection may already be closed or reconnecting; the interest dies with it.
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()

@@ -1,0 +1,139 @@
+"""NATS wire details of the adapter: the header block, PubAcks and JetStream ack subjects.
+
+The header block is rendered straight into the ``NATS/1.0`` text form instead of going
+through a headers dict: nats-py validates and re-encodes a dict key by key on every publish,
+which halves the publish rate with the ten headers of an event. ``tests/brokers`` checks that
+this renderer and the broker-neutral ``encode_headers`` agree.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from meshgate.brokers._base import AppendResult, BrokerError
+from meshgate.brokers._codec import (
+    RESERVED_EXTENSION_NAMES,
+    escape_header_value,
+    escaped_repeated,
+    format_time,
+)
+from meshgate.brokers.nats._errors import JetStreamUnavailableError, jetstream_error
+from meshgate.v1 import event_pb2
+
+__all__ = ["AckMetadata", "PubAckParser", "header_block", "parse_ack_subject", "parse_puback"]
+
+_HEAD = "NATS/1.0\r\nNats-Msg-Id: "
+
+
+def header_block(event: event_pb2.Event) -> str:
+    """The HPUB header section (``NATS/1.0`` line to the blank line) of an event.
+
+    ``Nats-Msg-Id`` carries the event id: JetStream drops a second message with the same id
+    within the stream's duplicate window and answers with the original's sequence.
+    Raises ``ValueError`` for an extension named like a context attribute.
+    """
+    esc = escaped_repeated
+    eid = escape_header_value(event.id)
+    spec = event.specversion
+    block = (
+        f"{_HEAD}{eid}\r\nce-id: {eid}\r\nce-source: {esc[event.source]}\r\nce-type: {esc[event.type]}"
+        f"\r\nce-specversion: {esc[spec] if spec else '1.0'}\r\n"
+    )
+    if event.HasField("time"):
+        block += f"ce-time: {format_time(event.time)}\r\n"
+    ctype = event.datacontenttype
+    if ctype:
+        block += f"content-type: {esc[ctype]}\r\n"
+    if event.extensions:
+        for name, value in event.extensions.items():
+            if name in RESERVED_EXTENSION_NAMES:
+                raise ValueError(f"extension {name!r} collides with the CloudEvents attribute of that name")
+            block += f"ce-{esc[name]}: {escape_header_value(value)}\r\n"
+    key = event.key
+    if key:
+        block += f"mg-key: {escape_header_value(key)}\r\n"
+    # Slicing first: iterating a protobuf repeated field item by item is slow.
+    return f"{block}mg-origin: {esc[event.origin]}\r\nmg-route: {esc[','.join(event.route[:])]}\r\n\r\n"
+
+
+class PubAckParser:
+    """PubAck payload -> append result, with a fast path for the common ack of one stream.
+
+    A plain ack is ``{"stream":"<name>","seq":<n>}``: matching that exact byte shape and
+    reading the number is several times cheaper than ``json.loads``, and it runs per event.
+    Anything else (duplicates, domains, errors, a future field) goes through the JSON path.
+    """
+
+    __slots__ = ("head", "head_len")
+
+    def __init__(self, stream: str) -> None:
+        self.head = b'{"stream":' + json.dumps(stream).encode() + b',"seq":'
+        self.head_len = len(self.head)
+
+    def __call__(self, data: bytes, status: str | None, *, subject: str, size: int) -> AppendResult | BrokerError:
+        if data.startswith(self.head) and data.endswith(b"}"):
+            digits = data[self.head_len : -1]
+            if digits.isdigit():
+                return AppendResult(int(digits), False)
+        return parse_puback(data, status, subject=subject, size=size)
+
+
+def parse_puback(data: bytes, status: str | None, *, subject: str, size: int) -> AppendResult | BrokerError:
+    """A PubAck payload -> the append result, or the broker error it reports.
+
+    ``status`` is the NATS status header of a payload-less reply (503: nobody answers the
+    subject, e.g. the stream is missing or JetStream is still recovering after a restart).
+    """
+    if not data:
+        code = int(status) if status and status.isdigit() else 503
+        return JetStreamUnavailableError(
+            f"no JetStream stream answered {subject!r} (status {code}): the stream may be missing "
+            "or JetStream may be recovering; retry later",
+            code=code,
+            err_code=0,
+            description="no responders",
+        )
+    resp = json.loads(data)
+    seq = resp.get("seq")
+    if seq is not None:
+        return AppendResult(int(seq), resp.get("duplicate", False) is True)
+    err = resp.get("error") or {}
+    return jetstream_error(
+        code=int(err.get("code", 500)),
+        err_code=int(err.get("err_code", 0)),
+        description=str(err.get("description", data[:200].decode(errors="replace"))),
+        subject=subject,
+        size=size,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class AckMetadata:
+    stream_sequence: int
+    consumer_sequence: int
+    delivered: int
+    # Messages on the consumer's filter after this one when it was delivered.
+    pending: int
+
+
+def parse_ack_subject(reply: str) -> AckMetadata:
+    """Reads a JetStream delivery's ack subject.
+
+    ``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>`` or, with a domain,
+    ``$JS.ACK.<domain>.<account>.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>.<token>``.
+    """
+    tokens = reply.split(".")
+    n = len(tokens)
+    if n == 9:
+        base = 4
+    elif n >= 11:
+        base = 6
+    else:
+        raise ValueError(f"not a JetStream ack subject: {reply!r}")
+    return AckMetadata(
+        stream_sequence=int(tokens[base + 1]),
+        consumer_sequence=int(tokens[base + 2]),
+        delivered=int(tokens[base]),
+        pending=int(tokens[base + 4]),
+    )

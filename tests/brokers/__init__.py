@@ -1,0 +1,1 @@
+"""Broker adapter tests: the contract every adapter passes, codec, embedded server."""

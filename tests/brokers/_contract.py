@@ -1,0 +1,408 @@
+"""The broker contract: what every adapter of ``meshgate.brokers.Broker`` must do.
+
+A broker's test module subclasses ``BrokerContract`` and provides two fixtures:
+
+* ``new_broker``: a factory of NOT started brokers on one shared backend (one log); two of
+  them are two gateway replicas of a region, a later one is a restarted gateway;
+* ``backend``: the broker server(s) behind it, with ``stop()``, ``kill()`` (as a crash)
+  and ``start()`` (again, same address and data), and ``max_message_bytes``.
+
+``TestNatsBroker`` runs it against a real nats-server; a Kafka adapter will run the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Protocol
+
+import pytest
+
+from meshgate.brokers import (
+    AppendResult,
+    Broker,
+    BrokerError,
+    BrokerState,
+    BrokerUnavailableError,
+    EventRejectedError,
+    StartAt,
+)
+from meshgate.v1 import event_pb2
+
+# Every wait in these tests is bounded by this (seconds); nothing sleeps for a fixed time.
+BOUND = 10.0
+
+
+class Backend(Protocol):
+    max_message_bytes: int
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def kill(self) -> None: ...
+
+
+BrokerFactory = Callable[[], Broker]
+
+
+def make_event(topic: str, ident: str, *, data: bytes | None = None, **fields: object) -> event_pb2.Event:
+    event = event_pb2.Event(
+        id=ident,
+        source="/tests/producer",
+        type="com.example.test",
+        specversion="1.0",
+        topic=topic,
+        data=data if data is not None else f"data of {ident}".encode(),
+        origin="here",
+        route=["here", "there"],
+        **fields,  # type: ignore[arg-type]
+    )
+    if not event.HasField("time"):
+        event.time.FromNanoseconds(1_735_689_600_123_456_789)
+    return event
+
+
+def state_of(broker: Broker) -> BrokerState:
+    # A call, not an attribute read: type checkers would keep a narrowed state across awaits.
+    return broker.state
+
+
+def sequences(results: Sequence[AppendResult | BrokerError]) -> list[int]:
+    out = []
+    for r in results:
+        assert isinstance(r, AppendResult), f"expected an AppendResult, got {r!r}"
+        out.append(r.sequence)
+    return out
+
+
+async def collect(
+    stream: AsyncIterator[list[event_pb2.Event]], count: int, *, within: float = BOUND
+) -> list[event_pb2.Event]:
+    """The next ``count`` events of a reader (fails if they do not come within ``within`` s).
+
+    The reader stays open, so a test can go on reading from where it stopped.
+    """
+    got: list[event_pb2.Event] = []
+    async with asyncio.timeout(within):
+        async for batch in stream:
+            got.extend(batch)
+            if len(got) >= count:
+                break
+    return got
+
+
+async def read_events(
+    broker: Broker, pattern: str, count: int, *, start: StartAt, max_batch: int = 100
+) -> list[event_pb2.Event]:
+    """The first ``count`` events of a new reader, which is closed afterwards."""
+    reader = broker.read(pattern, start=start, max_batch=max_batch)
+    try:
+        return await collect(reader, count)
+    finally:
+        await reader.aclose()  # type: ignore[attr-defined]
+
+
+async def append_until_accepted(broker: Broker, event: event_pb2.Event, *, within: float = BOUND) -> AppendResult:
+    """Appends (retrying the same id) until the broker takes it: bounded polling after a fault."""
+    deadline = time.monotonic() + within
+    while True:
+        [result] = await broker.append([event])
+        if isinstance(result, AppendResult):
+            return result
+        assert isinstance(result, BrokerUnavailableError), f"non-retriable failure: {result!r}"
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the broker did not take the event within {within} s: {result!r}")
+
+
+class BrokerContract:
+    @pytest.fixture
+    def new_broker(self) -> BrokerFactory:
+        raise NotImplementedError("a broker test module provides new_broker")
+
+    @pytest.fixture
+    def backend(self) -> Backend:
+        raise NotImplementedError("a broker test module provides backend")
+
+    @pytest.fixture
+    async def broker(self, new_broker: BrokerFactory) -> AsyncIterator[Broker]:
+        broker = new_broker()
+        await broker.start()
+        try:
+            yield broker
+        finally:
+            await broker.stop()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def test_start_and_stop_are_safe_twice(self, new_broker: BrokerFactory) -> None:
+        broker = new_broker()
+        assert state_of(broker) is BrokerState.NEW
+        await broker.start()
+        await broker.start()
+        assert state_of(broker) is BrokerState.CONNECTED
+        await broker.stop()
+        await broker.stop()
+        assert state_of(broker) is BrokerState.CLOSED
+        async with new_broker() as again:
+            assert state_of(again) is BrokerState.CONNECTED
+        assert state_of(again) is BrokerState.CLOSED
+
+    # -- append -------------------------------------------------------------------------------
+
+    async def test_append_one(self, broker: Broker) -> None:
+        [result] = await broker.append([make_event("orders/created", "one")])
+        assert isinstance(result, AppendResult)
+        assert result.sequence >= 1
+        assert result.duplicate is False
+
+    async def test_append_empty_batch(self, broker: Broker) -> None:
+        assert await broker.append([]) == []
+
+    async def test_batch_results_in_order_with_increasing_sequences(self, broker: Broker) -> None:
+        events = [make_event("orders/created", f"batch-{i}") for i in range(50)]
+        seqs = sequences(await broker.append(events))
+        assert len(seqs) == 50
+        assert seqs == sorted(seqs) and len(set(seqs)) == 50
+        more = sequences(await broker.append([make_event("orders/created", "after")]))
+        assert more[0] > seqs[-1]
+
+    async def test_concurrent_appends_all_acked(self, broker: Broker) -> None:
+        batches = [[make_event("orders/created", f"c{b}-{i}") for i in range(100)] for b in range(8)]
+        results = await asyncio.gather(*(broker.append(batch) for batch in batches))
+        seqs = [s for r in results for s in sequences(r)]
+        assert len(set(seqs)) == 800
+
+    async def test_duplicate_id_returns_original_sequence(self, broker: Broker) -> None:
+        [first] = sequences(await broker.append([make_event("orders/created", "dup")]))
+        [again] = await broker.append([make_event("orders/created", "dup", data=b"a retry")])
+        assert again == AppendResult(first, True)
+        # Within one batch too: the second copy is the duplicate of the first.
+        a, b = await broker.append([make_event("orders/created", "twin"), make_event("orders/created", "twin")])
+        assert isinstance(a, AppendResult) and not a.duplicate
+        assert b == AppendResult(a.sequence, True)
+
+    async def test_duplicate_detected_after_restart_and_across_replicas(self, new_broker: BrokerFactory) -> None:
+        async with new_broker() as first:
+            [seq] = sequences(await first.append([make_event("orders/created", "idem")]))
+            async with new_broker() as replica:
+                # A second gateway replica of the region, alive at the same time.
+                assert await replica.append([make_event("orders/created", "idem")]) == [AppendResult(seq, True)]
+        async with new_broker() as restarted:
+            assert await restarted.append([make_event("orders/created", "idem")]) == [AppendResult(seq, True)]
+
+    async def test_too_large_event_rejected_and_not_stored(self, broker: Broker, backend: Backend) -> None:
+        big = make_event("orders/created", "big", data=b"x" * (backend.max_message_bytes + 1))
+        ok1, refused, ok2 = await broker.append(
+            [make_event("orders/created", "small-1"), big, make_event("orders/created", "small-2")]
+        )
+        assert isinstance(ok1, AppendResult) and isinstance(ok2, AppendResult)
+        assert isinstance(refused, EventRejectedError)
+        assert refused.retriable is False
+        assert str(backend.max_message_bytes) in str(refused)
+        stored = await read_events(broker, ">", 2, start=StartAt(earliest=True))
+        assert [e.id for e in stored] == ["small-1", "small-2"]
+
+    async def test_invalid_event_rejected(self, broker: Broker) -> None:
+        bad_topic, no_id = await broker.append(
+            [make_event("orders/not a topic", "bad-topic"), make_event("orders/created", "")]
+        )
+        assert isinstance(bad_topic, EventRejectedError) and not bad_topic.retriable
+        assert isinstance(no_id, EventRejectedError) and not no_id.retriable
+
+    # -- read ---------------------------------------------------------------------------------
+
+    async def test_read_earliest_with_patterns(self, broker: Broker) -> None:
+        events = [
+            make_event("orders/created", "o1"),
+            make_event("orders/eu/created", "o2"),
+            make_event("inventory/sku-1", "i1"),
+            make_event("orders/shipped", "o3"),
+        ]
+        seqs = sequences(await broker.append(events))
+        one_level = await read_events(broker, "orders/*", 2, start=StartAt(earliest=True))
+        assert [e.id for e in one_level] == ["o1", "o3"]
+        assert [e.sequence for e in one_level] == [seqs[0], seqs[3]]
+        deep = await read_events(broker, "orders/>", 3, start=StartAt(earliest=True), max_batch=2)
+        assert [e.id for e in deep] == ["o1", "o2", "o3"]
+        everything = await read_events(broker, ">", 4, start=StartAt(earliest=True), max_batch=1000)
+        assert [e.id for e in everything] == ["o1", "o2", "i1", "o3"]
+
+    async def test_read_many_in_batches(self, broker: Broker) -> None:
+        n = 2500
+        for start in range(0, n, 500):
+            sequences(await broker.append([make_event("orders/created", f"m{i}") for i in range(start, start + 500)]))
+        reader = broker.read("orders/*", start=StartAt(earliest=True), max_batch=400)
+        sizes: list[int] = []
+        got: list[event_pb2.Event] = []
+        async with asyncio.timeout(BOUND):
+            async for batch in reader:
+                assert 0 < len(batch) <= 400
+                sizes.append(len(batch))
+                got.extend(batch)
+                if len(got) >= n:
+                    break
+        await reader.aclose()  # type: ignore[attr-defined]
+        assert [e.id for e in got] == [f"m{i}" for i in range(n)]
+        assert [e.sequence for e in got] == sorted(e.sequence for e in got)
+
+    async def test_read_latest_skips_stored_events(self, broker: Broker) -> None:
+        sequences(await broker.append([make_event("orders/created", "old")]))
+        reader = broker.read("orders/*", start=StartAt(), max_batch=10)
+        first = asyncio.ensure_future(anext(reader))
+        # The reader takes its position when it first runs: publish until it sees something.
+        for attempt in range(int(BOUND / 0.05)):
+            sequences(await broker.append([make_event("orders/created", f"new-{attempt}")]))
+            done, _ = await asyncio.wait({first}, timeout=0.05)
+            if done:
+                break
+        batch = await asyncio.wait_for(first, BOUND)
+        assert batch and all(e.id.startswith("new-") for e in batch)
+        await reader.aclose()  # type: ignore[attr-defined]
+
+    async def test_read_from_time(self, broker: Broker) -> None:
+        sequences(await broker.append([make_event("orders/created", "before")]))
+        at = datetime.now(UTC)
+        sequences(
+            await broker.append([make_event("orders/created", "after-1"), make_event("orders/created", "after-2")])
+        )
+        got = await read_events(broker, "orders/*", 2, start=StartAt(time=at))
+        assert [e.id for e in got] == ["after-1", "after-2"]
+
+    async def test_read_from_sequence(self, broker: Broker) -> None:
+        seqs = sequences(await broker.append([make_event("orders/created", f"s{i}") for i in range(5)]))
+        got = await read_events(broker, "orders/*", 3, start=StartAt(sequence=seqs[2]))
+        assert [e.id for e in got] == ["s2", "s3", "s4"]
+        assert [e.sequence for e in got] == seqs[2:]
+
+    async def test_read_rejects_bad_arguments(self, broker: Broker) -> None:
+        with pytest.raises(ValueError, match="pattern"):
+            await anext(broker.read("orders/>/x", start=StartAt(earliest=True), max_batch=10))
+        with pytest.raises(ValueError, match="at most one"):
+            await anext(broker.read("orders/*", start=StartAt(earliest=True, sequence=3), max_batch=10))
+
+    async def test_event_round_trip_is_identical(self, broker: Broker) -> None:
+        event = make_event(
+            "orders/eu/created",
+            "round-trip id with spaces & ünïcode %",
+            data=bytes(range(256)),
+            datacontenttype="application/json; charset=utf-8",
+            key="customer-42",
+        )
+        event.source = 'https://shop.example/checkout?x=1&y="2"'
+        event.type = "com.example.order.created"
+        event.time.FromNanoseconds(1_700_000_000_987_654_321)
+        event.extensions["traceparent"] = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        event.extensions["tenant"] = " padded, multi\nline "
+        event.extensions["dataschema"] = "https://schemas.example/order/v1"
+        event.origin = "us-west"
+        event.route[:] = ["us-west", "eu-central", "ap-south"]
+        [seq] = sequences(await broker.append([event]))
+        [got] = await read_events(broker, "orders/>", 1, start=StartAt(earliest=True))
+        expected = event_pb2.Event()
+        expected.CopyFrom(event)
+        expected.sequence = seq
+        assert got == expected
+
+    # -- durable consumers --------------------------------------------------------------------
+
+    async def test_durable_consumer_resumes_without_redelivering_acked(
+        self, broker: Broker, new_broker: BrokerFactory
+    ) -> None:
+        sequences(await broker.append([make_event("orders/created", f"d{i}") for i in range(10)]))
+        sequences(await broker.append([make_event("inventory/sku-1", "not-mine")]))
+        consumer = await broker.durable_consumer("link-there", pattern="orders/*")
+        assert await consumer.pending() == 10
+        first = await consumer.fetch(4, timeout=BOUND)
+        assert [d.event.id for d in first] == ["d0", "d1", "d2", "d3"]
+        assert first[0].pending == 9 and first[-1].pending == 6
+        await consumer.ack(first[:2])
+        assert await consumer.pending() == 8
+        await consumer.close()
+        await consumer.close()
+
+        # Another gateway (replica, or this one restarted) picks up where the name left off.
+        async with new_broker() as other:
+            resumed = await other.durable_consumer("link-there", pattern="orders/*")
+            got: list[str] = []
+            async with asyncio.timeout(BOUND):
+                while len(got) < 8:
+                    deliveries = await resumed.fetch(100, timeout=1.0)
+                    got.extend(d.event.id for d in deliveries)
+                    await resumed.ack(deliveries)
+            assert sorted(got) == sorted(["d2", "d3", "d4", "d5", "d6", "d7", "d8", "d9"])
+            assert await resumed.fetch(10, timeout=0.2) == []
+            assert await resumed.pending() == 0
+            await resumed.close()
+
+    async def test_durable_consumer_splits_work_between_replicas(
+        self, broker: Broker, new_broker: BrokerFactory
+    ) -> None:
+        sequences(await broker.append([make_event("orders/created", f"w{i}") for i in range(20)]))
+        async with new_broker() as replica:
+            a = await broker.durable_consumer("shared", pattern="orders/>")
+            b = await replica.durable_consumer("shared", pattern="orders/>")
+            got_a = await a.fetch(10, timeout=BOUND)
+            got_b = await b.fetch(10, timeout=BOUND)
+            ids_a = {d.event.id for d in got_a}
+            ids_b = {d.event.id for d in got_b}
+            assert not ids_a & ids_b
+            assert ids_a | ids_b == {f"w{i}" for i in range(20)}
+            await a.ack(got_a)
+            await b.ack(got_b)
+            assert await a.pending() == 0
+            await a.close()
+            await b.close()
+
+    async def test_durable_fetch_returns_empty_after_timeout(self, broker: Broker) -> None:
+        consumer = await broker.durable_consumer("idle", pattern="orders/*")
+        started = time.monotonic()
+        assert await consumer.fetch(10, timeout=0.3) == []
+        assert time.monotonic() - started < 0.3 + 2.0
+        # An event that lands while a fetch waits is returned at once.
+        waiting = asyncio.ensure_future(consumer.fetch(10, timeout=BOUND))
+        sequences(await broker.append([make_event("orders/created", "late")]))
+        deliveries = await asyncio.wait_for(waiting, BOUND)
+        assert [d.event.id for d in deliveries] == ["late"]
+        await consumer.ack(deliveries)
+        await consumer.close()
+
+    # -- faults -------------------------------------------------------------------------------
+
+    async def test_broker_down_fails_retriably_within_bounded_time(self, broker: Broker, backend: Backend) -> None:
+        sequences(await broker.append([make_event("orders/created", "before-outage")]))
+        await backend.stop()
+        started = time.monotonic()
+        results = await broker.append([make_event("orders/created", f"during-{i}") for i in range(3)])
+        elapsed = time.monotonic() - started
+        assert all(isinstance(r, BrokerUnavailableError) and r.retriable for r in results), results
+        assert elapsed < BOUND
+        await backend.start()
+        result = await append_until_accepted(broker, make_event("orders/created", "during-0"))
+        assert result.duplicate is False
+        assert broker.state is BrokerState.CONNECTED
+
+    async def test_acked_events_survive_server_kill(self, broker: Broker, backend: Backend) -> None:
+        events = [make_event("orders/created", f"k{i}") for i in range(200)]
+        seqs = sequences(await broker.append(events))
+        await backend.kill()
+        await backend.start()
+        # Still there, and still remembered as duplicates.
+        await append_until_accepted(broker, make_event("orders/created", "k0"))
+        assert await broker.append(events[:3]) == [AppendResult(s, True) for s in seqs[:3]]
+        got = await read_events(broker, "orders/*", 200, start=StartAt(earliest=True), max_batch=1000)
+        assert [e.id for e in got] == [e.id for e in events]
+
+    async def test_reader_resumes_across_server_restart(self, broker: Broker, backend: Backend) -> None:
+        sequences(await broker.append([make_event("orders/created", f"r{i}") for i in range(5)]))
+        reader = broker.read("orders/*", start=StartAt(earliest=True), max_batch=100)
+        before = await collect(reader, 5)
+        await backend.kill()
+        await backend.start()
+        await append_until_accepted(broker, make_event("orders/created", "r5"))
+        sequences(await broker.append([make_event("orders/created", f"r{i}") for i in range(6, 9)]))
+        after = await collect(reader, 4)
+        await reader.aclose()  # type: ignore[attr-defined]
+        assert [e.id for e in before + after] == [f"r{i}" for i in range(9)]

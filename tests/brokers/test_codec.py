@@ -1,0 +1,306 @@
+"""The broker-neutral codec and the NATS wire details, without a server."""
+
+from __future__ import annotations
+
+import string
+
+import pytest
+from google.protobuf import timestamp_pb2
+from hypothesis import given
+from hypothesis import strategies as st
+from nats.aio.client import Client
+
+from meshgate.brokers import AppendResult, decode_event, encode_headers, pattern_to_filter
+from meshgate.brokers._codec import (
+    RESERVED_EXTENSION_NAMES,
+    SubjectMapper,
+    escape_header_value,
+    format_time,
+    parse_time,
+    subject_to_topic,
+    topic_to_subject,
+    unescape_header_value,
+    validate_pattern,
+    validate_topic,
+)
+from meshgate.brokers.nats import JetStreamRejectedError, JetStreamUnavailableError
+from meshgate.brokers.nats._wire import PubAckParser, header_block, parse_ack_subject, parse_puback
+from meshgate.v1 import event_pb2
+
+LEVEL_CHARS = string.ascii_letters + string.digits + "-_"
+levels = st.text(LEVEL_CHARS, min_size=1, max_size=64)
+topics = st.lists(levels, min_size=1, max_size=16).map("/".join)
+region_names = st.text(string.ascii_lowercase + string.digits + "-", min_size=1, max_size=20)
+extension_names = st.text(string.ascii_lowercase + string.digits, min_size=1, max_size=20).filter(
+    lambda n: n not in RESERVED_EXTENSION_NAMES
+)
+# Any text a client may send, including spaces, line breaks, '%', quotes and non-ASCII.
+texts = st.text(st.characters(codec="utf-8"), max_size=40)
+timestamps = st.builds(
+    timestamp_pb2.Timestamp,
+    seconds=st.integers(min_value=-62_135_596_800, max_value=253_402_300_799),  # years 1 to 9999
+    nanos=st.integers(min_value=0, max_value=999_999_999),
+)
+
+
+@st.composite
+def events(draw: st.DrawFn) -> event_pb2.Event:
+    event = event_pb2.Event(
+        id=draw(texts.filter(bool)),
+        source=draw(texts),
+        type=draw(texts),
+        specversion="1.0",
+        datacontenttype=draw(texts),
+        data=draw(st.binary(max_size=64)),
+        topic=draw(topics),
+        key=draw(texts),
+        origin=draw(region_names),
+        route=draw(st.lists(region_names, max_size=4)),
+        extensions=draw(st.dictionaries(extension_names, texts, max_size=4)),
+    )
+    if draw(st.booleans()):
+        event.time.CopyFrom(draw(timestamps))
+    return event
+
+
+def parse_block(block: str) -> dict[str, str]:
+    """A NATS header block read the way nats-py reads what a server delivers."""
+    assert block.startswith("NATS/1.0\r\n") and block.endswith("\r\n\r\n")
+    return Client._parse_header_lines(block[len("NATS/1.0\r\n") :].encode())
+
+
+# -- topics -----------------------------------------------------------------------------------
+
+
+@given(topics)
+def test_topic_subject_mapping_is_one_to_one(topic: str) -> None:
+    validate_topic(topic)
+    subject = topic_to_subject(topic, "mesh.")
+    assert subject == "mesh." + topic.replace("/", ".")
+    assert subject_to_topic(subject, "mesh.") == topic
+    assert SubjectMapper("mesh.").subject(topic) == subject
+
+
+@pytest.mark.parametrize(
+    "topic",
+    ["", "orders/", "/orders", "orders//x", "orders.created", "orders/cre ated", "a" * 65, "/".join(["a"] * 17), "ü"],
+)
+def test_invalid_topics(topic: str) -> None:
+    with pytest.raises(ValueError, match="invalid topic"):
+        validate_topic(topic)
+    with pytest.raises(ValueError):
+        SubjectMapper("mesh.").subject(topic)
+
+
+def test_subject_outside_prefix() -> None:
+    with pytest.raises(ValueError, match="not a mesh subject"):
+        subject_to_topic("other.orders", "mesh.")
+
+
+@pytest.mark.parametrize(
+    ("pattern", "subject"),
+    [
+        ("orders/*", "mesh.orders.*"),
+        ("orders/>", "mesh.orders.>"),
+        (">", "mesh.>"),
+        ("*/eu/>", "mesh.*.eu.>"),
+        ("orders/created", "mesh.orders.created"),
+    ],
+)
+def test_pattern_to_filter(pattern: str, subject: str) -> None:
+    assert pattern_to_filter(pattern, "mesh.") == subject
+
+
+@pytest.mark.parametrize("pattern", ["", "orders/>/x", "orders/*x", "orders/a>", "orders//*", "or ders/*"])
+def test_invalid_patterns(pattern: str) -> None:
+    with pytest.raises(ValueError, match="invalid pattern"):
+        validate_pattern(pattern)
+
+
+# -- header values and time -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "escaped"),
+    [
+        ("plain-value_1.0", "plain-value_1.0"),
+        ("https://x.example/a?b=1&c=[2]", "https://x.example/a?b=1&c=[2]"),
+        ("two words", "two%20words"),
+        ("100%", "100%25"),
+        ('say "hi"', "say%20%22hi%22"),
+        ("line\r\nbreak", "line%0D%0Abreak"),
+        ("ünï", "%C3%BCn%C3%AF"),
+        ("", ""),
+    ],
+)
+def test_header_value_escaping(value: str, escaped: str) -> None:
+    assert escape_header_value(value) == escaped
+    assert unescape_header_value(escaped) == value
+
+
+@given(texts)
+def test_header_value_escaping_round_trips(value: str) -> None:
+    escaped = escape_header_value(value)
+    assert escaped.isascii() and escaped.isprintable() and " " not in escaped
+    assert unescape_header_value(escaped) == value
+
+
+@pytest.mark.parametrize(
+    ("seconds", "nanos", "text"),
+    [
+        (0, 0, "1970-01-01T00:00:00.000000000Z"),
+        (1_735_689_600, 123_456_789, "2025-01-01T00:00:00.123456789Z"),
+        (-1, 999_999_999, "1969-12-31T23:59:59.999999999Z"),
+        (-62_135_596_800, 0, "0001-01-01T00:00:00.000000000Z"),
+        (253_402_300_799, 1, "9999-12-31T23:59:59.000000001Z"),
+    ],
+)
+def test_time_format(seconds: int, nanos: int, text: str) -> None:
+    ts = timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos)
+    assert format_time(ts) == text
+    assert parse_time(text) == ts
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds", "nanos"),
+    [
+        ("2025-01-01T00:00:00Z", 1_735_689_600, 0),
+        ("2025-01-01T00:00:00.5Z", 1_735_689_600, 500_000_000),
+        ("2025-01-01T02:00:00.123+02:00", 1_735_689_600, 123_000_000),
+        ("2024-12-31T23:30:00-00:30", 1_735_689_600, 0),
+        ("2025-01-01t00:00:00z", 1_735_689_600, 0),
+    ],
+)
+def test_time_parse_other_rfc3339_forms(text: str, seconds: int, nanos: int) -> None:
+    assert parse_time(text) == timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos)
+
+
+def test_time_parse_rejects_garbage() -> None:
+    with pytest.raises(ValueError, match="RFC 3339"):
+        parse_time("yesterday")
+
+
+# -- events -----------------------------------------------------------------------------------
+
+
+@given(events(), st.integers(min_value=1, max_value=2**63))
+def test_event_round_trip(event: event_pb2.Event, sequence: int) -> None:
+    headers = dict(encode_headers(event))
+    decoded = decode_event(headers, event.data, topic=event.topic, sequence=sequence)
+    expected = event_pb2.Event()
+    expected.CopyFrom(event)
+    expected.sequence = sequence
+    assert decoded == expected
+
+
+@given(events())
+def test_nats_header_block_matches_the_neutral_headers(event: event_pb2.Event) -> None:
+    block = header_block(event)
+    assert block.isascii()
+    parsed = parse_block(block)
+    assert parsed.pop("Nats-Msg-Id") == parsed["ce-id"]
+    assert parsed == dict(encode_headers(event))
+    # And what nats-py hands a reader decodes back to the event.
+    decoded = decode_event(parse_block(block), event.data, topic=event.topic, sequence=7)
+    event.sequence = 7
+    assert decoded == event
+
+
+def test_headers_of_a_typical_event() -> None:
+    event = event_pb2.Event(
+        id="01J0ABC",
+        source="/checkout",
+        type="com.example.order.created",
+        datacontenttype="application/json",
+        topic="orders/created",
+        key="cust-1",
+        origin="us-west",
+        route=["us-west", "eu-central"],
+        extensions={"traceparent": "00-abc-def-01"},
+    )
+    event.time.FromNanoseconds(1_735_689_600_000_000_001)
+    assert encode_headers(event) == [
+        ("ce-id", "01J0ABC"),
+        ("ce-source", "/checkout"),
+        ("ce-type", "com.example.order.created"),
+        ("ce-specversion", "1.0"),  # empty means 1.0
+        ("ce-time", "2025-01-01T00:00:00.000000001Z"),
+        ("content-type", "application/json"),
+        ("ce-traceparent", "00-abc-def-01"),
+        ("mg-key", "cust-1"),
+        ("mg-origin", "us-west"),
+        ("mg-route", "us-west,eu-central"),
+    ]
+
+
+def test_optional_attributes_are_left_out() -> None:
+    event = event_pb2.Event(id="x", source="s", type="t", topic="a", origin="o")
+    names = [name for name, _ in encode_headers(event)]
+    assert names == ["ce-id", "ce-source", "ce-type", "ce-specversion", "mg-origin", "mg-route"]
+    decoded = decode_event(dict(encode_headers(event)), b"", topic="a")
+    assert not decoded.HasField("time") and decoded.route == [] and decoded.key == ""
+
+
+@pytest.mark.parametrize("name", sorted(RESERVED_EXTENSION_NAMES))
+def test_extension_named_like_an_attribute_is_refused(name: str) -> None:
+    event = event_pb2.Event(id="x", topic="a", extensions={name: "v"})
+    with pytest.raises(ValueError, match="collides"):
+        encode_headers(event)
+    with pytest.raises(ValueError, match="collides"):
+        header_block(event)
+
+
+def test_decode_native_message_without_headers() -> None:
+    event = decode_event(None, b"raw", topic="orders/created", sequence=3)
+    assert event == event_pb2.Event(topic="orders/created", data=b"raw", sequence=3)
+
+
+def test_decode_never_fails_on_foreign_headers() -> None:
+    headers = {"ce-id": "a%FFb", "ce-time": "last tuesday", "ce-source": "100%", "mg-route": "", "x-other": "1"}
+    event = decode_event(headers, b"", topic="t", sequence=1)
+    assert event.id == "a\ufffdb" and event.source == "100%"
+    assert not event.HasField("time") and list(event.route) == []
+    assert decode_event({"ce-time": "2025-13-45T99:00:00Z"}, b"", topic="t").HasField("time") is False
+
+
+# -- PubAcks and ack subjects -----------------------------------------------------------------
+
+
+def test_puback_parsing() -> None:
+    parse = PubAckParser("MESHGATE")
+    assert parse(b'{"stream":"MESHGATE","seq":42}', None, subject="a", size=1) == AppendResult(42, False)
+    assert parse(b'{"stream":"MESHGATE","seq":42,"duplicate": true}', None, subject="a", size=1) == AppendResult(
+        42, True
+    )
+    assert parse(b'{"stream":"MESHGATE","domain":"hub","seq":9}', None, subject="a", size=1) == AppendResult(9, False)
+
+
+def test_puback_errors() -> None:
+    too_big = parse_puback(
+        b'{"error":{"code":400,"err_code":10054,"description":"message size exceeds maximum allowed"}}',
+        None,
+        subject="orders/created",
+        size=2_000_000,
+    )
+    assert isinstance(too_big, JetStreamRejectedError) and not too_big.retriable
+    assert too_big.err_code == 10054
+    assert "event of 2000000 bytes refused" in str(too_big)
+    unavailable = parse_puback(
+        b'{"error":{"code":503,"err_code":10077,"description":"insufficient resources"}}',
+        None,
+        subject="orders/created",
+        size=10,
+    )
+    assert isinstance(unavailable, JetStreamUnavailableError) and unavailable.retriable
+    no_stream = parse_puback(b"", "503", subject="orders/created", size=10)
+    assert isinstance(no_stream, JetStreamUnavailableError) and no_stream.code == 503
+    assert "no JetStream stream answered" in str(no_stream)
+
+
+def test_ack_subjects() -> None:
+    v1 = parse_ack_subject("$JS.ACK.MESHGATE.link.2.17.5.1795820448689104042.3")
+    assert (v1.delivered, v1.stream_sequence, v1.consumer_sequence, v1.pending) == (2, 17, 5, 3)
+    v2 = parse_ack_subject("$JS.ACK.hub.ACCHASH.MESHGATE.link.1.18.6.1795820448689104042.0.abc")
+    assert (v2.delivered, v2.stream_sequence, v2.consumer_sequence, v2.pending) == (1, 18, 6, 0)
+    with pytest.raises(ValueError, match="ack subject"):
+        parse_ack_subject("_INBOX.abc")

@@ -1,0 +1,199 @@
+"""EmbeddedNats (the nats-server child process), EmbeddedNatsBroker and make_broker."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import stat
+import time
+from pathlib import Path
+
+import nats
+import pytest
+
+from meshgate.brokers import (
+    AppendResult,
+    BrokerError,
+    BrokerState,
+    EmbeddedNats,
+    EmbeddedNatsBroker,
+    EmbeddedNatsError,
+    EmbeddedNatsState,
+    NatsBroker,
+    StartAt,
+    make_broker,
+)
+from meshgate.brokers.embedded import find_nats_server
+from meshgate.config import BrokerKind, NatsSettings, RegionConfig
+from tests.brokers._contract import make_event, read_events, sequences
+
+
+def server_state(server: EmbeddedNats) -> EmbeddedNatsState:
+    return server.state
+
+
+def fake_server(tmp_path: Path, script: str) -> Path:
+    """A stand-in for the nats-server binary: a shell script."""
+    path = tmp_path / "fake-nats-server"
+    path.write_text("#!/bin/sh\n" + script)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return path
+
+
+async def test_ready_from_its_log_on_a_port_it_picked(nats_server: EmbeddedNats) -> None:
+    assert nats_server.state is EmbeddedNatsState.RUNNING
+    assert nats_server.port > 0
+    assert nats_server.url == f"nats://127.0.0.1:{nats_server.port}"
+    assert any("Server is ready" in line for line in nats_server.log_tail())
+    async with await nats.connect(nats_server.url) as nc:
+        info = await nc.jetstream().account_info()
+    assert info.limits is not None
+    assert nc.max_payload == nats_server.max_payload
+
+
+def test_config_file(tmp_path: Path) -> None:
+    default = EmbeddedNats(data_dir=tmp_path / "a")._config_text()
+    assert "sync_interval" not in default.replace("# Default sync", "")
+    assert 'listen: "127.0.0.1:-1"' in default
+    synced = EmbeddedNats(data_dir=tmp_path / "b", sync_always=True, port=4333)._config_text()
+    assert "sync_interval: always" in synced
+    assert 'listen: "127.0.0.1:4333"' in synced
+
+
+async def test_sync_always_server_runs(tmp_path: Path) -> None:
+    async with EmbeddedNats(data_dir=tmp_path, sync_always=True) as server:
+        assert "sync_interval: always" in server.config_path.read_text()
+        async with NatsBroker(
+            servers=[server.url], settings=NatsSettings(sync_always=True), idempotency_window_seconds=60
+        ) as broker:
+            assert sequences(await broker.append([make_event("orders/created", "synced")])) == [1]
+
+
+async def test_restart_keeps_port_and_data(nats_server: EmbeddedNats) -> None:
+    port = nats_server.port
+    async with NatsBroker(servers=[nats_server.url], settings=NatsSettings(), idempotency_window_seconds=60) as b:
+        sequences(await b.append([make_event("orders/created", "kept")]))
+    await nats_server.stop()
+    await nats_server.stop()
+    assert nats_server.state is EmbeddedNatsState.STOPPED and nats_server.pid is None
+    await nats_server.start()
+    await nats_server.start()
+    assert nats_server.port == port
+    await nats_server.kill()
+    await nats_server.start()
+    assert nats_server.port == port
+    async with NatsBroker(servers=[nats_server.url], settings=NatsSettings(), idempotency_window_seconds=60) as b:
+        [got] = await read_events(b, ">", 1, start=StartAt(earliest=True))
+    assert got.id == "kept"
+
+
+async def test_early_exit_reports_the_log(nats_server: EmbeddedNats, tmp_path: Path) -> None:
+    taken = EmbeddedNats(data_dir=tmp_path / "other", port=nats_server.port)
+    with pytest.raises(EmbeddedNatsError, match="exited with code") as info:
+        await taken.start()
+    assert info.value.returncode not in (None, 0)
+    assert "address already in use" in str(info.value)
+    assert info.value.log_tail
+    assert taken.state is EmbeddedNatsState.FAILED
+    await taken.stop()
+
+
+async def test_early_exit_of_any_binary(tmp_path: Path) -> None:
+    binary = fake_server(tmp_path, 'echo "starting"\necho "[FTL] cannot open the store" >&2\nexit 3\n')
+    server = EmbeddedNats(data_dir=tmp_path / "data", binary=binary)
+    with pytest.raises(EmbeddedNatsError, match="code 3") as info:
+        await server.start()
+    assert "[FTL] cannot open the store" in str(info.value)
+    assert info.value.log_tail == ["starting", "[FTL] cannot open the store"]
+
+
+async def test_not_ready_in_time(tmp_path: Path) -> None:
+    binary = fake_server(tmp_path, 'echo "thinking"\nexec sleep 30\n')
+    server = EmbeddedNats(data_dir=tmp_path / "data", binary=binary, ready_timeout=0.3)
+    started = time.monotonic()
+    with pytest.raises(EmbeddedNatsError, match=r"not ready within 0\.3 s") as info:
+        await server.start()
+    assert time.monotonic() - started < 5
+    assert info.value.log_tail == ["thinking"]
+    assert server.pid is None
+
+
+async def test_data_dir_in_use_is_refused(nats_server: EmbeddedNats) -> None:
+    second = EmbeddedNats(data_dir=nats_server.data_dir)
+    with pytest.raises(EmbeddedNatsError, match=f"in use by nats-server pid {nats_server.pid}"):
+        await second.start()
+
+
+def test_binary_lookup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert find_nats_server().name.startswith("nats-server")
+    monkeypatch.setenv("MESHGATE_NATS_SERVER", str(tmp_path / "missing"))
+    with pytest.raises(EmbeddedNatsError, match="MESHGATE_NATS_SERVER"):
+        find_nats_server()
+    binary = fake_server(tmp_path, "exit 0\n")
+    monkeypatch.setenv("MESHGATE_NATS_SERVER", str(binary))
+    assert find_nats_server() == binary
+
+
+async def test_log_keeps_flowing_after_ready(nats_server: EmbeddedNats) -> None:
+    """The pipe is drained in the background, so a chatty server never blocks on its log."""
+    assert nats_server.pid is not None
+    before = len(nats_server.log_tail(1000))
+    os.kill(nats_server.pid, 1)  # SIGHUP: nats-server reloads its config and logs about it
+    async with asyncio.timeout(10):
+        while len(nats_server.log_tail(1000)) == before:
+            await asyncio.sleep(0.01)
+
+
+async def test_unexpected_exit_is_noticed_and_start_recovers(nats_server: EmbeddedNats) -> None:
+    port, pid = nats_server.port, nats_server.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)  # not through kill(): as if the OOM killer did it
+    async with asyncio.timeout(10):
+        while server_state(nats_server) is not EmbeddedNatsState.FAILED:
+            await asyncio.sleep(0.01)
+    assert nats_server.pid is None
+    await nats_server.start()
+    assert server_state(nats_server) is EmbeddedNatsState.RUNNING
+    assert nats_server.port == port and nats_server.pid != pid
+
+
+# -- EmbeddedNatsBroker and make_broker -------------------------------------------------------
+
+
+async def test_embedded_broker(tmp_path: Path) -> None:
+    region = RegionConfig(name="us-west", kind=BrokerKind.EMBEDDED)
+    broker = make_broker(region, idempotency_window_seconds=60, data_dir=tmp_path)
+    assert isinstance(broker, EmbeddedNatsBroker)
+    async with broker:
+        assert broker.server.data_dir == tmp_path / "us-west"
+        assert broker.server.state is EmbeddedNatsState.RUNNING
+        [result] = await broker.append([make_event("orders/created", "embedded")])
+        assert result == AppendResult(1, False)
+    assert broker.state is BrokerState.CLOSED
+    assert server_state(broker.server) is EmbeddedNatsState.STOPPED
+    # Started again: same data, same memory of ids.
+    async with broker:
+        assert await broker.append([make_event("orders/created", "embedded")]) == [AppendResult(1, True)]
+
+
+def test_factory_for_nats_regions(tmp_path: Path) -> None:
+    region = RegionConfig(name="eu", brokers=("broker1.eu", "broker2.eu:4333", "[::1]:4444"))
+    broker = make_broker(region, idempotency_window_seconds=900, data_dir=tmp_path)
+    assert isinstance(broker, NatsBroker) and not isinstance(broker, EmbeddedNatsBroker)
+    assert broker.servers == ("nats://broker1.eu:4222", "nats://broker2.eu:4333", "nats://[::1]:4444")
+    assert broker.name == "meshgate-eu"
+
+
+def test_factory_listens_where_an_embedded_region_says(tmp_path: Path) -> None:
+    region = RegionConfig(name="dev", kind=BrokerKind.EMBEDDED, brokers=("127.0.0.1:4999",))
+    broker = make_broker(region, idempotency_window_seconds=60, data_dir=tmp_path)
+    assert isinstance(broker, EmbeddedNatsBroker)
+    assert broker.server.port == 4999 and broker.server.host == "127.0.0.1"
+
+
+def test_factory_refuses_kafka_for_now(tmp_path: Path) -> None:
+    region = RegionConfig(name="k", kind=BrokerKind.KAFKA, brokers=("kafka1:9092",))
+    with pytest.raises(BrokerError, match="Kafka regions are not supported yet") as info:
+        make_broker(region, idempotency_window_seconds=60, data_dir=tmp_path)
+    assert info.value.retriable is False

