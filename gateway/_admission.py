@@ -1,0 +1,134 @@
+"""Admission: the checks every event passes before anything is stored, and the route stamp.
+
+A refused event gets a message that names the field, the value or size found and what is
+allowed, so a person can fix the producer without reading our code.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from google.protobuf import unknown_fields
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from meshgate.config import Limits
+from meshgate.gateway._ids import uuid7
+from meshgate.router import validate_topic
+from meshgate.v1 import event_pb2
+
+__all__ = ["Admission", "Refusal"]
+
+# CloudEvents: extension names are lower-case letters and digits; these are its attributes.
+_EXTENSION_NAME = re.compile(r"[a-z0-9]{1,20}")
+_RESERVED = frozenset({"id", "source", "type", "specversion", "time", "datacontenttype", "data", "dataschema"})
+# id, source, type, key: printable, no control characters (they travel in broker headers).
+_PRINTABLE = re.compile(r"[^\x00-\x1f\x7f]+")
+# RFC 2045 media type: type "/" subtype, optional parameters.
+_MEDIA_TYPE = re.compile(r"[A-Za-z0-9][\w.+-]*/[A-Za-z0-9][\w.+-]*(\s*;.*)?")
+_MAX_ID_CHARS = 256
+_MAX_KEY_CHARS = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    # google.rpc.Code: 3 INVALID_ARGUMENT for every admission check.
+    code: int
+    message: str
+
+
+_INVALID = 3
+
+
+def _text_field(name: str, value: str, *, max_chars: int, required: bool) -> str | None:
+    if not value:
+        return f"{name} is required" if required else None
+    if len(value) > max_chars:
+        return f"{name} has {len(value)} characters; at most {max_chars}"
+    if _PRINTABLE.fullmatch(value) is None:
+        return f"{name} {value[:40]!r} contains control characters; use printable text"
+    return None
+
+
+class Admission:
+    """Checks and stamps events for one region; the route comes from the current router."""
+
+    def __init__(self, *, region: str, limits: Limits, route: Callable[[str, str], tuple[str, ...]]) -> None:
+        self._region = region
+        self._limits = limits
+        self._route = route
+
+    def check(self, event: event_pb2.Event) -> str | None:
+        """The reason the event is refused, or None. Never mutates the event."""
+        limits = self._limits
+        if not event.topic:
+            return "topic is required, e.g. 'orders/created'"
+        problem = validate_topic(event.topic)
+        if problem is not None:
+            return problem
+        for name, value, cap, required in (
+            ("id", event.id, _MAX_ID_CHARS, False),
+            ("source", event.source, limits.max_attributes_bytes, True),
+            ("type", event.type, limits.max_attributes_bytes, True),
+            ("key", event.key, _MAX_KEY_CHARS, False),
+        ):
+            problem = _text_field(name, value, max_chars=cap, required=required)
+            if problem is not None:
+                return problem
+        if event.specversion not in ("", "1.0"):
+            return f"specversion {event.specversion[:20]!r} is not supported; use '1.0' (or leave it empty)"
+        if event.datacontenttype and _MEDIA_TYPE.fullmatch(event.datacontenttype) is None:
+            return (
+                f"datacontenttype {event.datacontenttype[:60]!r} is not a media type; "
+                "use type/subtype, e.g. 'application/json'"
+            )
+        unknown = unknown_fields.UnknownFieldSet(event)
+        if len(unknown):
+            numbers = sorted({unknown[i].field_number for i in range(len(unknown))})
+            # Storing the event without them would lose what the producer sent.
+            return (
+                f"event carries fields {numbers} that this gateway does not know; "
+                "upgrade the gateway or publish without them"
+            )
+        if event.origin or event.route or event.sequence:
+            return "origin, route and sequence are set by the gateway; leave them empty when publishing"
+        size = len(event.data)
+        if size > limits.max_data_bytes:
+            return f"data of {size} bytes exceeds max_data_bytes of {limits.max_data_bytes} bytes"
+        if len(event.extensions) > limits.max_extensions:
+            return f"{len(event.extensions)} extensions exceed max_extensions of {limits.max_extensions}"
+        attr_bytes = len(event.id) + len(event.source) + len(event.type) + len(event.datacontenttype)
+        attr_bytes += len(event.key)
+        for ext_name, ext_value in event.extensions.items():
+            if _EXTENSION_NAME.fullmatch(ext_name) is None:
+                return f"extension name {ext_name[:40]!r} is invalid; use 1 to 20 of a-z 0-9 (CloudEvents)"
+            if ext_name in _RESERVED:
+                return f"extension name {ext_name!r} is a CloudEvents attribute; set the field instead"
+            if _PRINTABLE.fullmatch(ext_value) is None and ext_value:
+                return f"extension {ext_name!r} contains control characters; use printable text"
+            attr_bytes += len(ext_name) + len(ext_value)
+        if attr_bytes * 4 > limits.max_attributes_bytes:
+            # Counted in characters above (cheap); only a near miss pays for exact UTF-8 sizes.
+            attr_bytes = sum(
+                len(s.encode()) for s in (event.id, event.source, event.type, event.datacontenttype, event.key)
+            ) + sum(len(k.encode()) + len(v.encode()) for k, v in event.extensions.items())
+        if attr_bytes > limits.max_attributes_bytes:
+            return (
+                f"attributes and extensions of {attr_bytes} bytes exceed "
+                f"max_attributes_bytes of {limits.max_attributes_bytes} bytes"
+            )
+        if event.HasField("time") and not 0 <= event.time.nanos < 1_000_000_000:
+            return f"time has {event.time.nanos} nanos; must be 0 to 999999999"
+        return None
+
+    def stamp(self, event: event_pb2.Event, now: Timestamp) -> None:
+        """Fills what the client may leave out and records origin and route, decided once here."""
+        if not event.id:
+            event.id = uuid7()
+        if not event.specversion:
+            event.specversion = "1.0"
+        if not event.HasField("time"):
+            event.time.CopyFrom(now)
+        event.origin = self._region
+        event.route[:] = self._route(event.topic, self._region)

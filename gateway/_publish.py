@@ -1,0 +1,265 @@
+"""``meshgate.v1.Gateway``: Publish, PublishStream and Subscribe."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from meshgate.brokers import AppendResult, BrokerError, StartAt
+from meshgate.gateway._budget import InflightBudget
+from meshgate.router import validate_pattern
+from meshgate.v1 import event_pb2, gateway_pb2, gateway_pb2_grpc
+
+if TYPE_CHECKING:
+    from meshgate.gateway._server import Gateway
+
+__all__ = ["GatewayService"]
+
+log = logging.getLogger("meshgate.gateway")
+
+_ACCEPTED = event_pb2.OUTCOME_ACCEPTED
+_DUPLICATE = event_pb2.OUTCOME_DUPLICATE
+_REJECTED = event_pb2.OUTCOME_REJECTED
+_INVALID_ARGUMENT = grpc.StatusCode.INVALID_ARGUMENT.value[0]
+_UNAVAILABLE = grpc.StatusCode.UNAVAILABLE.value[0]
+# How long a unary Publish waits for room among the gateway's in-flight events.
+_UNARY_ADMISSION_WAIT = 1.0
+_DEFAULT_SUBSCRIBE_BATCH = 256
+_MAX_SUBSCRIBE_BATCH = 10_000
+
+
+def _now() -> Timestamp:
+    ts = Timestamp()
+    ts.GetCurrentTime()
+    return ts
+
+
+class GatewayService(gateway_pb2_grpc.GatewayServicer):
+    def __init__(self, gateway: Gateway) -> None:
+        self._gw = gateway
+
+    # --- admission -------------------------------------------------------------------------
+
+    def _admit(
+        self, events: Sequence[event_pb2.Event]
+    ) -> tuple[list[event_pb2.Event], list[event_pb2.EventResult | None]]:
+        """Checks and stamps a batch: the events to write, and a slot per event for its result."""
+        admission = self._gw.admission
+        now = _now()
+        accepted: list[event_pb2.Event] = []
+        results: list[event_pb2.EventResult | None] = []
+        for ev in events:
+            problem = admission.check(ev)
+            if problem is None:
+                admission.stamp(ev, now)
+                accepted.append(ev)
+                results.append(None)
+            else:
+                results.append(
+                    event_pb2.EventResult(id=ev.id, outcome=_REJECTED, code=_INVALID_ARGUMENT, message=problem)
+                )
+        return accepted, results
+
+    async def _write(
+        self, events: list[event_pb2.Event], results: list[event_pb2.EventResult | None]
+    ) -> list[event_pb2.EventResult]:
+        """Appends the admitted events and fills their result slots with the broker's answers."""
+        metrics = self._gw.metrics
+        started = time.perf_counter()
+        outcomes: Sequence[AppendResult | BrokerError]
+        try:
+            outcomes = await self._gw.broker.append(events) if events else []
+        except BrokerError as exc:
+            # The adapter reports per event; a whole-batch failure is still an answer for each.
+            outcomes = [exc] * len(events)
+        metrics.publish_seconds.observe(time.perf_counter() - started)
+        it = iter(zip(events, outcomes, strict=True))
+        out: list[event_pb2.EventResult] = []
+        for slot in results:
+            if slot is not None:
+                metrics.rejected.inc()
+                out.append(slot)
+                continue
+            ev, res = next(it)
+            if isinstance(res, AppendResult):
+                (metrics.duplicate if res.duplicate else metrics.accepted).inc()
+                out.append(
+                    event_pb2.EventResult(
+                        id=ev.id,
+                        outcome=_DUPLICATE if res.duplicate else _ACCEPTED,
+                        sequence=res.sequence,
+                        route=ev.route,
+                    )
+                )
+            else:
+                metrics.rejected.inc()
+                code = _UNAVAILABLE if res.retriable else _INVALID_ARGUMENT
+                hint = "; retry with the same id" if res.retriable else ""
+                out.append(event_pb2.EventResult(id=ev.id, outcome=_REJECTED, code=code, message=f"{res}{hint}"))
+        return out
+
+    async def _refuse_if_draining(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        if self._gw.draining:
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"gateway of region {self._gw.region} is shutting down; retry on another replica",
+            )
+
+    def _check_batch_size(self, n: int) -> str | None:
+        limit = self._gw.limits.max_batch_events
+        if n > limit:
+            return f"batch of {n} events exceeds max_batch_events of {limit}; split it"
+        return None
+
+    # --- RPCs ------------------------------------------------------------------------------
+
+    async def Publish(
+        self,
+        request: gateway_pb2.PublishRequest,
+        context: grpc.aio.ServicerContext[gateway_pb2.PublishRequest, gateway_pb2.PublishResponse],
+    ) -> gateway_pb2.PublishResponse:
+        await self._refuse_if_draining(context)
+        n = len(request.events)
+        if n == 0:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no events: set PublishRequest.events")
+        size_problem = self._check_batch_size(n)
+        if size_problem:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, size_problem)
+        events, slots = self._admit(request.events)
+        if len(events) < n:
+            # All or nothing: a unary batch with a bad event stores none of it.
+            bad = [f"events[{i}]: {r.message}" for i, r in enumerate(slots) if r is not None]
+            prefix = "" if n == 1 else f"{len(bad)} of {n} events refused, nothing stored: "
+            self._gw.metrics.rejected.inc(n)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, prefix + "; ".join(bad[:10]))
+        budget = self._gw.budget
+        try:
+            await asyncio.wait_for(budget.acquire(n), _UNARY_ADMISSION_WAIT)
+        except TimeoutError:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"gateway has {budget.used} events in flight (limit {budget.limit}); retry with backoff",
+            )
+        try:
+            results = await self._write(events, slots)
+        finally:
+            budget.release(n)
+        failed = [r for r in results if r.outcome == _REJECTED]
+        if failed:
+            first = failed[0]
+            code = grpc.StatusCode.UNAVAILABLE if first.code == _UNAVAILABLE else grpc.StatusCode.INVALID_ARGUMENT
+            stored = n - len(failed)
+            await context.abort(code, f"{len(failed)} of {n} events not stored ({stored} stored): {first.message}")
+        return gateway_pb2.PublishResponse(results=results, batch_id=request.batch_id)
+
+    async def PublishStream(
+        self,
+        request_iterator: AsyncIterator[gateway_pb2.PublishRequest],
+        context: grpc.aio.ServicerContext[gateway_pb2.PublishRequest, gateway_pb2.PublishResponse],
+    ) -> AsyncIterator[gateway_pb2.PublishResponse]:
+        await self._refuse_if_draining(context)
+        gw = self._gw
+        stream_budget = InflightBudget(gw.limits.max_inflight_events_per_stream)
+        # Acks go out in request order; the queue holds one pending write per batch.
+        pending: asyncio.Queue[asyncio.Future[gateway_pb2.PublishResponse] | None] = asyncio.Queue()
+
+        async def write(req: gateway_pb2.PublishRequest, n: int) -> gateway_pb2.PublishResponse:
+            try:
+                events, slots = self._admit(req.events)
+                return gateway_pb2.PublishResponse(results=await self._write(events, slots), batch_id=req.batch_id)
+            finally:
+                gw.budget.release(n)
+                stream_budget.release(n)
+
+        def refuse(
+            req: gateway_pb2.PublishRequest, code: int, message: str
+        ) -> asyncio.Future[gateway_pb2.PublishResponse]:
+            fut: asyncio.Future[gateway_pb2.PublishResponse] = asyncio.get_running_loop().create_future()
+            fut.set_result(
+                gateway_pb2.PublishResponse(
+                    batch_id=req.batch_id,
+                    results=[
+                        event_pb2.EventResult(id=e.id, outcome=_REJECTED, code=code, message=message)
+                        for e in req.events
+                    ],
+                )
+            )
+            gw.metrics.rejected.inc(len(req.events))
+            return fut
+
+        async def reader() -> None:
+            try:
+                async for req in request_iterator:
+                    n = len(req.events)
+                    if gw.draining:
+                        msg = f"gateway of region {gw.region} is shutting down; publish again to another replica"
+                        await pending.put(refuse(req, _UNAVAILABLE, msg))
+                        continue
+                    problem = self._check_batch_size(n)
+                    if problem:
+                        await pending.put(refuse(req, _INVALID_ARGUMENT, problem))
+                        continue
+                    # Backpressure: while this stream or the gateway is full we stop reading, and
+                    # gRPC flow control holds the producer.
+                    await stream_budget.acquire(n)
+                    await gw.budget.acquire(n)
+                    await pending.put(asyncio.ensure_future(write(req, n)))
+            finally:
+                await pending.put(None)
+
+        reader_task = asyncio.create_task(reader())
+        try:
+            while (fut := await pending.get()) is not None:
+                yield await fut
+            await reader_task  # re-raises a failure of the request stream
+        finally:
+            if not reader_task.done():
+                reader_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader_task
+            # Writes already sent to the broker finish (and release their budget) on their own.
+            while not pending.empty():
+                rest = pending.get_nowait()
+                if rest is not None and not rest.done():
+                    await asyncio.shield(rest)
+
+    async def Subscribe(
+        self,
+        request: gateway_pb2.SubscribeRequest,
+        context: grpc.aio.ServicerContext[gateway_pb2.SubscribeRequest, gateway_pb2.SubscribeResponse],
+    ) -> AsyncIterator[gateway_pb2.SubscribeResponse]:
+        await self._refuse_if_draining(context)
+        if not request.pattern:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "pattern is required, e.g. 'orders/>'")
+        problem = validate_pattern(request.pattern)
+        if problem is not None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        which = request.WhichOneof("start")
+        if which == "start_time":
+            start = StartAt(time=request.start_time.ToDatetime(tzinfo=datetime.UTC))
+        elif which == "start_sequence":
+            if request.start_sequence < 1:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "start_sequence starts at 1")
+            start = StartAt(sequence=request.start_sequence)
+        else:
+            start = StartAt(earliest=request.position == gateway_pb2.START_POSITION_EARLIEST)
+        if request.max_batch > _MAX_SUBSCRIBE_BATCH:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"max_batch of {request.max_batch} exceeds {_MAX_SUBSCRIBE_BATCH}",
+            )
+        max_batch = request.max_batch or _DEFAULT_SUBSCRIBE_BATCH
+        try:
+            async for batch in self._gw.broker.read(request.pattern, start=start, max_batch=max_batch):
+                if batch:
+                    yield gateway_pb2.SubscribeResponse(events=batch)
+        except BrokerError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"reading region {self._gw.region}'s log: {exc}")

@@ -1,0 +1,247 @@
+"""A regional gateway: the gRPC servers in front of one region's broker, and their lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import enum
+import logging
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry, start_http_server
+
+from meshgate.brokers import Broker, make_broker
+from meshgate.config import ConfigWatcher, MeshConfig, ReloadResult, check_compatible
+from meshgate.gateway._admin import AdminService
+from meshgate.gateway._admission import Admission
+from meshgate.gateway._budget import InflightBudget
+from meshgate.gateway._metrics import GatewayMetrics
+from meshgate.gateway._publish import GatewayService
+from meshgate.router import Router
+from meshgate.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2, gateway_pb2_grpc, replication_pb2
+
+__all__ = ["DEFAULT_LISTEN", "Gateway", "GatewayState"]
+
+log = logging.getLogger("meshgate.gateway")
+
+# Where a region without `gateway:` in the mesh file listens.
+DEFAULT_LISTEN = "0.0.0.0:7400"
+_SERVICES = (
+    gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name,
+    replication_pb2.DESCRIPTOR.services_by_name["Replication"].full_name,
+    admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
+)
+# Options that make a gateway a good network citizen: big batches fit, dead peers are noticed.
+_SERVER_OPTIONS = [
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.so_reuseport", 0),
+]
+
+
+class GatewayState(enum.Enum):
+    NEW = "new"
+    STARTING = "starting"
+    SERVING = "serving"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+def _split_hostport(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+class Gateway:
+    """One region's gateway. ``start()``/``stop()`` are safe to call twice; ``async with`` works.
+
+    Shutdown order, under one grace period: health turns NOT_SERVING and new work is refused;
+    batches already admitted finish (their broker acks arrive); the gRPC server closes the
+    remaining calls; the broker client flushes and closes; an embedded broker stops last.
+    """
+
+    def __init__(
+        self,
+        *,
+        config: MeshConfig,
+        region: str,
+        data_dir: Path = Path(".meshgate"),
+        listen: str | None = None,
+        broker: Broker | None = None,
+        config_path: Path | None = None,
+        watch_config: bool = True,
+        metrics_listen: str | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self._region_cfg = config.region(region)  # raises KeyError naming the known regions
+        self.region = region
+        self.state = GatewayState.NEW
+        self._config = config
+        self._router = Router.from_config(config)
+        self.config_loaded_at = datetime.datetime.now(datetime.UTC)
+        self.listen = listen or self._region_cfg.gateway or DEFAULT_LISTEN
+        self._metrics_listen = metrics_listen if metrics_listen is not None else self._region_cfg.metrics
+        self._data_dir = data_dir
+        self.broker = broker or make_broker(
+            self._region_cfg,
+            idempotency_window_seconds=config.settings.idempotency_window_seconds,
+            data_dir=data_dir,
+        )
+        self.limits = config.settings.limits
+        self.budget = InflightBudget(self.limits.max_inflight_events)
+        self.metrics = GatewayMetrics(region=region, registry=registry or CollectorRegistry())
+        self.admission = self._make_admission()
+        self._config_path = config_path
+        self._watcher: ConfigWatcher | None = None
+        if config_path is not None:
+            self._watcher = ConfigWatcher(
+                path=config_path,
+                on_change=self._apply_config,
+                poll_interval=1.0 if watch_config else 0.0,
+                registry=self.metrics.registry,
+                initial=config,
+            )
+        self._server: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()
+        self._metrics_server: object | None = None
+        self.port = 0
+        self._stopped = asyncio.Event()
+        self._stop_lock = asyncio.Lock()
+
+    # --- state other parts read ------------------------------------------------------------
+
+    @property
+    def routing(self) -> tuple[MeshConfig, Router]:
+        """The config and router in force, read together (a reload swaps both at once)."""
+        return self._config, self._router
+
+    @property
+    def draining(self) -> bool:
+        return self.state in (GatewayState.DRAINING, GatewayState.STOPPED)
+
+    @property
+    def address(self) -> str:
+        host, _ = _split_hostport(self.listen)
+        if host in ("0.0.0.0", "::"):
+            host = "127.0.0.1"
+        return f"{host}:{self.port}"
+
+    def link_statuses(self) -> list[admin_pb2.LinkStatus]:
+        # Replication links report here once the replicator runs in this gateway.
+        return []
+
+    def _make_admission(self) -> Admission:
+        return Admission(region=self.region, limits=self.limits, route=self._route)
+
+    def _route(self, topic: str, origin: str) -> tuple[str, ...]:
+        return self._router.route(topic, origin)
+
+    # --- config ----------------------------------------------------------------------------
+
+    def _apply_config(self, new: MeshConfig) -> None:
+        problem = check_compatible(self._config, new, self.region)
+        if problem is not None:
+            raise ValueError(problem)
+        router = Router.from_config(new)
+        # One assignment each, no await between: a batch sees either the old pair or the new.
+        self._config, self._router = new, router
+        self.limits = new.settings.limits
+        self.budget.limit = self.limits.max_inflight_events
+        self.admission = self._make_admission()
+        self.config_loaded_at = datetime.datetime.now(datetime.UTC)
+        log.info("region %s: mesh config %s applied (sha256 %s)", self.region, new.source, new.sha256[:12])
+
+    async def reload(self) -> ReloadResult:
+        if self._watcher is None:
+            return ReloadResult(applied=False, errors=("this gateway was started without a mesh file path",), sha256="")
+        return await self._watcher.reload()
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self.state is not GatewayState.NEW:
+            return
+        self.state = GatewayState.STARTING
+        try:
+            await self.broker.start()
+            server = grpc.aio.server(options=_SERVER_OPTIONS)
+            gateway_pb2_grpc.add_GatewayServicer_to_server(GatewayService(self), server)
+            admin_pb2_grpc.add_AdminServicer_to_server(AdminService(self), server)
+            health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+            reflection.enable_server_reflection((*_SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+            self.port = self._bind(server)
+            await server.start()
+            self._server = server
+            if self._metrics_listen:
+                host, port = _split_hostport(self._metrics_listen)
+                self._metrics_server, _ = start_http_server(port, addr=host, registry=self.metrics.registry)
+            if self._watcher is not None:
+                await self._watcher.start()
+            for name in ("", *_SERVICES):
+                await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        except BaseException:
+            await self._shutdown(grace=0.0)
+            raise
+        self.state = GatewayState.SERVING
+        log.info("region %s: gateway serving on %s", self.region, self.address)
+
+    def _bind(self, server: grpc.aio.Server) -> int:
+        port = server.add_insecure_port(self.listen)
+        if port == 0:
+            raise OSError(f"region {self.region}: cannot listen on {self.listen} (address in use?)")
+        return port
+
+    async def stop(self, grace: float | None = None) -> None:
+        if grace is None:
+            grace = self._config.settings.shutdown_grace_seconds
+        await self._shutdown(grace=grace)
+
+    async def _shutdown(self, *, grace: float) -> None:
+        async with self._stop_lock:
+            if self.state is GatewayState.STOPPED:
+                return
+            deadline = time.monotonic() + grace
+            self.state = GatewayState.DRAINING
+            await self._health.enter_graceful_shutdown()
+            # Admitted batches finish: their broker acks come back within the grace period.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.budget.wait_idle(), max(0.0, deadline - time.monotonic()))
+            if self.budget.used:
+                log.warning(
+                    "region %s: %d events still in flight at the end of the grace period", self.region, self.budget.used
+                )
+            if self._server is not None:
+                # Idle streams and subscriptions are cancelled; a little grace for the last acks.
+                await self._server.stop(max(0.0, min(0.5, deadline - time.monotonic())))
+            if self._watcher is not None:
+                await self._watcher.stop()
+            if self._metrics_server is not None:
+                shutdown = getattr(self._metrics_server, "shutdown", None)
+                if shutdown is not None:
+                    await asyncio.to_thread(shutdown)
+            await self.broker.stop()
+            self.state = GatewayState.STOPPED
+            self._stopped.set()
+            log.info("region %s: gateway stopped", self.region)
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()

@@ -1,0 +1,68 @@
+"""Running gateways in the foreground: signals, the grace period, a forced exit."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Sequence
+
+from meshgate.gateway import Gateway
+
+__all__ = ["run_until_signalled"]
+
+log = logging.getLogger("meshgate")
+
+
+async def run_until_signalled(gateways: Sequence[Gateway]) -> int:
+    """Starts the gateways, serves until SIGTERM/SIGINT, then drains them all.
+
+    A second SIGTERM/SIGINT during the drain exits at once (status 1). SIGHUP re-reads the
+    mesh file: a valid file is swapped in, an invalid one is refused and the config stays.
+    """
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def on_stop(signame: str) -> None:
+        if stop.is_set():
+            log.warning("second %s: exiting without draining", signame)
+            os._exit(1)
+        log.info("%s: draining (send it again to exit at once)", signame)
+        stop.set()
+
+    reloads: set[asyncio.Task[None]] = set()
+
+    def on_hup() -> None:
+        for gw in gateways:
+            task = loop.create_task(_reload(gw))
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_stop, sig.name)
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    try:
+        started: list[Gateway] = []
+        try:
+            for gw in gateways:
+                await gw.start()
+                started.append(gw)
+        except BaseException:
+            await asyncio.gather(*(gw.stop(grace=0.0) for gw in started), return_exceptions=True)
+            raise
+        await stop.wait()
+        await asyncio.gather(*(gw.stop() for gw in gateways))
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+    return 0
+
+
+async def _reload(gw: Gateway) -> None:
+    result = await gw.reload()
+    if result.applied:
+        log.info("region %s: reloaded (sha256 %s)", gw.region, result.sha256[:12])
+    else:
+        for err in result.errors:
+            log.error("region %s: reload refused: %s", gw.region, err)

@@ -1,0 +1,53 @@
+"""``meshgate up [-c FILE] [--data-dir DIR]``: every region of the file on this machine."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from meshgate.cli._run import run_until_signalled
+from meshgate.config import QUICKSTART_PATH, ConfigError, load_config
+from meshgate.gateway import Gateway
+
+__all__ = ["register"]
+
+# Regions without `gateway:` get consecutive loopback ports from here.
+_FIRST_PORT = 7401
+
+
+def register(sub: argparse._SubParsersAction[Any]) -> None:
+    p = sub.add_parser("up", help="run every region of a mesh file on this machine", description=__doc__)
+    p.add_argument("-c", "--config", type=Path, default=None, help="the mesh file (default: the quickstart)")
+    p.add_argument("--data-dir", type=Path, default=Path(".meshgate"), help="embedded broker data (default .meshgate)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    path: Path = args.config or QUICKSTART_PATH
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        for issue in exc.errors:
+            print(issue, file=sys.stderr)
+        return 1
+    gateways = []
+    for i, region in enumerate(config.regions):
+        listen = region.gateway or f"127.0.0.1:{_FIRST_PORT + i}"
+        gateways.append(
+            Gateway(
+                config=config,
+                region=region.name,
+                data_dir=args.data_dir,
+                listen=listen,
+                config_path=path,
+                registry=CollectorRegistry(),
+            )
+        )
+    for gw, region in zip(gateways, config.regions, strict=True):
+        print(f"region {region.name} ({region.kind}): gateway {gw.listen}", flush=True)
+    return asyncio.run(run_until_signalled(gateways))
