@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
 from meshgate.brokers import Broker, make_broker
-from meshgate.config import ConfigWatcher, MeshConfig, ReloadResult, check_compatible
+from meshgate.config import ConfigWatcher, MeshConfig, ReloadResult
 from meshgate.gateway._admin import AdminService
 from meshgate.gateway._admission import Admission
 from meshgate.gateway._budget import InflightBudget
@@ -110,6 +110,7 @@ class Gateway:
                 poll_interval=1.0 if watch_config else 0.0,
                 registry=self.metrics.registry,
                 initial=config,
+                region=region,
             )
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
@@ -149,9 +150,7 @@ class Gateway:
     # --- config ----------------------------------------------------------------------------
 
     def _apply_config(self, new: MeshConfig) -> None:
-        problem = check_compatible(self._config, new, self.region)
-        if problem is not None:
-            raise ValueError(problem)
+        # The watcher has validated the file and refused changes that need a restart.
         router = Router.from_config(new)
         # One assignment each, no await between: a batch sees either the old pair or the new.
         self._config, self._router = new, router
