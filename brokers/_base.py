@@ -135,6 +135,36 @@ class Broker(abc.ABC):
     async def durable_consumer(self, name: str, *, pattern: str = ">") -> DurableConsumer:
         """A consumer whose position is kept in the broker under ``name``, created if missing."""
 
+    @abc.abstractmethod
+    async def last_sequence(self) -> int:
+        """The position of the newest event in the log (0 when empty)."""
+
+    @abc.abstractmethod
+    async def get_checkpoint(self, name: str) -> bytes | None:
+        """A small value the gateway keeps in the broker (not in its memory), or None."""
+
+    @abc.abstractmethod
+    async def put_checkpoint(self, name: str, value: bytes) -> None:
+        """Stores ``value`` under ``name``, replacing the previous one."""
+
+    async def origin_sequences_after(self, origin: str, position: int) -> tuple[set[int], int]:
+        """The origin sequences of ``origin``'s events stored after log ``position``.
+
+        Returns them with the position of the last event looked at. Replication dedup uses
+        it to rebuild, from the log itself, what a checkpoint had not recorded yet.
+        """
+        end = await self.last_sequence()
+        found: set[int] = set()
+        if end <= position:
+            return found, position
+        async for batch in self.read(">", start=StartAt(sequence=position + 1), max_batch=1000):
+            for event in batch:
+                if event.origin == origin and event.origin_sequence:
+                    found.add(event.origin_sequence)
+            if batch and batch[-1].sequence >= end:
+                break
+        return found, end
+
     async def __aenter__(self) -> Self:
         await self.start()
         return self

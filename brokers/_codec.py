@@ -20,6 +20,7 @@ header             attribute
 ``mg-key``         ``key`` (absent when empty)
 ``mg-origin``      ``origin``
 ``mg-route``       ``route``, the region names joined by commas
+``mg-origin-seq``  ``origin_sequence``: position in the origin region's log (replicated events)
 =================  =====================================================================
 
 Header values are percent-encoded as the CloudEvents HTTP binding prescribes (UTF-8 bytes of
@@ -82,6 +83,7 @@ HEADER_CONTENT_TYPE = "content-type"
 HEADER_KEY = "mg-key"
 HEADER_ORIGIN = "mg-origin"
 HEADER_ROUTE = "mg-route"
+HEADER_ORIGIN_SEQ = "mg-origin-seq"
 
 DEFAULT_SPECVERSION = "1.0"
 
@@ -293,6 +295,8 @@ def encode_headers(event: event_pb2.Event) -> list[tuple[str, str]]:
     headers.append((HEADER_ORIGIN, esc(event.origin)))
     # Slicing first: iterating a protobuf repeated field item by item is slow.
     headers.append((HEADER_ROUTE, esc(",".join(event.route[:]))))
+    if event.origin_sequence:
+        headers.append((HEADER_ORIGIN_SEQ, str(event.origin_sequence)))
     return headers
 
 
@@ -338,4 +342,6 @@ def decode_event(
             route = unesc(value)
             if route:
                 event.route.extend(route.split(","))
+        elif name == HEADER_ORIGIN_SEQ and value.isdigit():
+            event.origin_sequence = int(value)
     return event

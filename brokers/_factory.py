@@ -59,6 +59,7 @@ def make_broker(region: RegionConfig, *, idempotency_window_seconds: float, data
             idempotency_window_seconds=idempotency_window_seconds,
             host=host,
             port=port,
+            max_payload=region.nats.max_payload,
         )
     if region.kind is BrokerKind.KAFKA:
         raise BrokerError(

@@ -38,6 +38,8 @@ class NatsSettings:
     max_msgs: int = 0
     # Embedded only: fsync every write before acking (slower; the server's default syncs every 2 min).
     sync_always: bool = False
+    # Embedded only: the server's max_payload, the largest event (data and headers) it stores.
+    max_payload: int = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

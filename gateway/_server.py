@@ -24,8 +24,17 @@ from meshgate.gateway._admission import Admission
 from meshgate.gateway._budget import InflightBudget
 from meshgate.gateway._metrics import GatewayMetrics
 from meshgate.gateway._publish import GatewayService
+from meshgate.gateway._replication import ReplicationService
+from meshgate.replicator import LinkOptions, Replicator
 from meshgate.router import Router
-from meshgate.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2, gateway_pb2_grpc, replication_pb2
+from meshgate.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    gateway_pb2,
+    gateway_pb2_grpc,
+    replication_pb2,
+    replication_pb2_grpc,
+)
 
 __all__ = ["DEFAULT_LISTEN", "Gateway", "GatewayState"]
 
@@ -67,7 +76,8 @@ class Gateway:
 
     Shutdown order, under one grace period: health turns NOT_SERVING and new work is refused;
     batches already admitted finish (their broker acks arrive); the gRPC server closes the
-    remaining calls; the broker client flushes and closes; an embedded broker stops last.
+    remaining calls; replication links get the acks of batches they sent; the broker client
+    flushes and closes; an embedded broker stops last.
     """
 
     def __init__(
@@ -82,6 +92,8 @@ class Gateway:
         watch_config: bool = True,
         metrics_listen: str | None = None,
         registry: CollectorRegistry | None = None,
+        replicate: bool = True,
+        link_options: LinkOptions | None = None,
     ) -> None:
         self._region_cfg = config.region(region)  # raises KeyError naming the known regions
         self.region = region
@@ -101,6 +113,9 @@ class Gateway:
         self.budget = InflightBudget(self.limits.max_inflight_events)
         self.metrics = GatewayMetrics(region=region, registry=registry or CollectorRegistry())
         self.admission = self._make_admission()
+        self.replicator: Replicator | None = None
+        if replicate:
+            self.replicator = Replicator(region=region, broker=self.broker, config=config, options=link_options)
         self._config_path = config_path
         self._watcher: ConfigWatcher | None = None
         if config_path is not None:
@@ -138,8 +153,7 @@ class Gateway:
         return f"{host}:{self.port}"
 
     def link_statuses(self) -> list[admin_pb2.LinkStatus]:
-        # Replication links report here once the replicator runs in this gateway.
-        return []
+        return self.replicator.statuses() if self.replicator is not None else []
 
     def _make_admission(self) -> Admission:
         return Admission(region=self.region, limits=self.limits, route=self._route)
@@ -149,7 +163,7 @@ class Gateway:
 
     # --- config ----------------------------------------------------------------------------
 
-    def _apply_config(self, new: MeshConfig) -> None:
+    async def _apply_config(self, new: MeshConfig) -> None:
         # The watcher has validated the file and refused changes that need a restart.
         router = Router.from_config(new)
         # One assignment each, no await between: a batch sees either the old pair or the new.
@@ -158,6 +172,8 @@ class Gateway:
         self.budget.limit = self.limits.max_inflight_events
         self.admission = self._make_admission()
         self.config_loaded_at = datetime.datetime.now(datetime.UTC)
+        if self.replicator is not None:
+            await self.replicator.apply(new)
         log.info("region %s: mesh config %s applied (sha256 %s)", self.region, new.source, new.sha256[:12])
 
     async def reload(self) -> ReloadResult:
@@ -176,6 +192,7 @@ class Gateway:
             server = grpc.aio.server(options=_SERVER_OPTIONS)
             gateway_pb2_grpc.add_GatewayServicer_to_server(GatewayService(self), server)
             admin_pb2_grpc.add_AdminServicer_to_server(AdminService(self), server)
+            replication_pb2_grpc.add_ReplicationServicer_to_server(ReplicationService(self), server)
             health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
             reflection.enable_server_reflection((*_SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
             self.port = self._bind(server)
@@ -186,6 +203,8 @@ class Gateway:
                 self._metrics_server, _ = start_http_server(port, addr=host, registry=self.metrics.registry)
             if self._watcher is not None:
                 await self._watcher.start()
+            if self.replicator is not None:
+                await self.replicator.start()
             for name in ("", *_SERVICES):
                 await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         except BaseException:
@@ -222,6 +241,9 @@ class Gateway:
             if self._server is not None:
                 # Idle streams and subscriptions are cancelled; a little grace for the last acks.
                 await self._server.stop(max(0.0, min(0.5, deadline - time.monotonic())))
+            if self.replicator is not None:
+                # Batches already sent get their acks within what is left of the grace period.
+                await self.replicator.stop(max(0.5, deadline - time.monotonic()))
             if self._watcher is not None:
                 await self._watcher.stop()
             if self._metrics_server is not None:

@@ -1,1 +1,6 @@
-"""replicator."""
+"""Replication links: this region's log to every other region's gateway, acked, ordered, resumable."""
+
+from meshgate.replicator._link import DLQ_TOPIC_PREFIX, Link, LinkOptions, LinkState, dead_letter_event
+from meshgate.replicator._replicator import Replicator
+
+__all__ = ["DLQ_TOPIC_PREFIX", "Link", "LinkOptions", "LinkState", "Replicator", "dead_letter_event"]

@@ -34,11 +34,13 @@ from nats.js.api import (
     ConsumerInfo,
     DeliverPolicy,
     DiscardPolicy,
+    KeyValueConfig,
     ReplayPolicy,
     RetentionPolicy,
     StorageType,
     StreamConfig,
 )
+from nats.js.kv import KeyValue
 
 from meshgate.brokers._base import (
     AppendResult,
@@ -202,6 +204,7 @@ class NatsBroker(Broker):
         self._parse_puback = PubAckParser(settings.stream)
         self._nc: Client | None = None
         self._jsm: JetStreamManager | None = None
+        self._kv: KeyValue | None = None
         # The fast publish path writes protocol commands into nats-py's outbound buffer.
         self._fast_publish = True
         self._max_payload = 1024 * 1024
@@ -388,6 +391,7 @@ class NatsBroker(Broker):
             self._fail_pending(BrokerUnavailableError(f"broker {self.name!r} stopped before the ack"))
             self._nc = None
             self._jsm = None
+            self._kv = None
             self._connected.clear()
             self.state = BrokerState.CLOSED
             self._stopping = False
@@ -791,6 +795,47 @@ class NatsBroker(Broker):
         consumer = NatsDurableConsumer(self, config, puller)
         self._consumers.add(consumer)
         return consumer
+
+    async def last_sequence(self) -> int:
+        jsm = self._jsm
+        if jsm is None:
+            raise BrokerError(f"NATS broker {self.name!r} is not started", retriable=False)
+        try:
+            info = await jsm.stream_info(self.settings.stream)
+        except _NATS_FAILURES as exc:
+            raise _broker_error(exc, f"stream info of {self.settings.stream}") from exc
+        return int(info.state.last_seq or 0)
+
+    async def _checkpoints(self) -> KeyValue:
+        # A KV bucket beside the stream: a few small values, last one kept, on file storage.
+        if self._kv is None:
+            nc = self._require_nc()
+            js = nc.jetstream(timeout=self._ack_timeout)
+            bucket = f"{self.settings.stream}_CHECKPOINTS"
+            try:
+                self._kv = await js.key_value(bucket)
+            except nats.js.errors.BucketNotFoundError:
+                self._kv = await js.create_key_value(
+                    KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE, replicas=self.settings.replicas)
+                )
+        return self._kv
+
+    async def get_checkpoint(self, name: str) -> bytes | None:
+        try:
+            kv = await self._checkpoints()
+            entry = await kv.get(name)
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        except _NATS_FAILURES as exc:
+            raise _broker_error(exc, f"read checkpoint {name!r}") from exc
+        return entry.value
+
+    async def put_checkpoint(self, name: str, value: bytes) -> None:
+        try:
+            kv = await self._checkpoints()
+            await kv.put(name, value)
+        except _NATS_FAILURES as exc:
+            raise _broker_error(exc, f"write checkpoint {name!r}") from exc
 
     async def _consumer_info(self, name: str) -> ConsumerInfo:
         jsm = self._jsm

@@ -57,6 +57,7 @@ def events(draw: st.DrawFn) -> event_pb2.Event:
         origin=draw(region_names),
         route=draw(st.lists(region_names, max_size=4)),
         extensions=draw(st.dictionaries(extension_names, texts, max_size=4)),
+        origin_sequence=draw(st.integers(min_value=0, max_value=2**64 - 1)),
     )
     if draw(st.booleans()):
         event.time.CopyFrom(draw(timestamps))

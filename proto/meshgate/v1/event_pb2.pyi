@@ -87,6 +87,7 @@ class Event(_message.Message):
     ORIGIN_FIELD_NUMBER: _builtins.int
     ROUTE_FIELD_NUMBER: _builtins.int
     SEQUENCE_FIELD_NUMBER: _builtins.int
+    ORIGIN_SEQUENCE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """CloudEvents `id`. The idempotency key: a retry with the same id within the idempotency
     window is absorbed. Assigned by the gateway (a UUIDv7) when empty.
@@ -109,6 +110,10 @@ class Event(_message.Message):
     """Output only: the region that admitted the event."""
     sequence: _builtins.int
     """Output only: the event's position in this region's log (Subscribe start_sequence)."""
+    origin_sequence: _builtins.int
+    """Output only: the event's position in its origin region's log. Replication carries it so
+    a destination can tell a resent event from a new one however long after it comes.
+    """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """CloudEvents `time`; set to the admission time when absent."""
@@ -137,10 +142,11 @@ class Event(_message.Message):
         origin: _builtins.str = ...,
         route: _abc.Iterable[_builtins.str] | None = ...,
         sequence: _builtins.int = ...,
+        origin_sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "datacontenttype", b"datacontenttype", "extensions", b"extensions", "id", b"id", "key", b"key", "origin", b"origin", "route", b"route", "sequence", b"sequence", "source", b"source", "specversion", b"specversion", "time", b"time", "topic", b"topic", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "datacontenttype", b"datacontenttype", "extensions", b"extensions", "id", b"id", "key", b"key", "origin", b"origin", "origin_sequence", b"origin_sequence", "route", b"route", "sequence", b"sequence", "source", b"source", "specversion", b"specversion", "time", b"time", "topic", b"topic", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from meshgate.v1 import event_pb2 as meshgate_dot_v1_dot_event__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmeshgate/v1/replication.proto\x12\x0bmeshgate.v1\x1a\x17meshgate/v1/event.proto\"|\n\x10ReplicateRequest\x12\x15\n\rsource_region\x18\x01 \x01(\t\x12\x10\n\x08\x62\x61tch_id\x18\x02 \x01(\x04\x12\"\n\x06\x65vents\x18\x03 \x03(\x0b\x32\x12.meshgate.v1.Event\x12\x1b\n\x13\x66irst_link_sequence\x18\x04 \x01(\x04\"P\n\x11ReplicateResponse\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12)\n\x07results\x18\x02 \x03(\x0b\x32\x18.meshgate.v1.EventResult2]\n\x0bReplication\x12N\n\tReplicate\x12\x1d.meshgate.v1.ReplicateRequest\x1a\x1e.meshgate.v1.ReplicateResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmeshgate/v1/replication.proto\x12\x0bmeshgate.v1\x1a\x17meshgate/v1/event.proto\"_\n\x10ReplicateRequest\x12\x15\n\rsource_region\x18\x01 \x01(\t\x12\x10\n\x08\x62\x61tch_id\x18\x02 \x01(\x04\x12\"\n\x06\x65vents\x18\x03 \x03(\x0b\x32\x12.meshgate.v1.Event\"P\n\x11ReplicateResponse\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12)\n\x07results\x18\x02 \x03(\x0b\x32\x18.meshgate.v1.EventResult2]\n\x0bReplication\x12N\n\tReplicate\x12\x1d.meshgate.v1.ReplicateRequest\x1a\x1e.meshgate.v1.ReplicateResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,9 +33,9 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'meshgate.v1.replication_pb2
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_REPLICATEREQUEST']._serialized_start=71
-  _globals['_REPLICATEREQUEST']._serialized_end=195
-  _globals['_REPLICATERESPONSE']._serialized_start=197
-  _globals['_REPLICATERESPONSE']._serialized_end=277
-  _globals['_REPLICATION']._serialized_start=279
-  _globals['_REPLICATION']._serialized_end=372
+  _globals['_REPLICATEREQUEST']._serialized_end=166
+  _globals['_REPLICATERESPONSE']._serialized_start=168
+  _globals['_REPLICATERESPONSE']._serialized_end=248
+  _globals['_REPLICATION']._serialized_start=250
+  _globals['_REPLICATION']._serialized_end=343
 # @@protoc_insertion_point(module_scope)

@@ -26,18 +26,15 @@ class ReplicateRequest(_message.Message):
     SOURCE_REGION_FIELD_NUMBER: _builtins.int
     BATCH_ID_FIELD_NUMBER: _builtins.int
     EVENTS_FIELD_NUMBER: _builtins.int
-    FIRST_LINK_SEQUENCE_FIELD_NUMBER: _builtins.int
     source_region: _builtins.str
     """The region the events come from (their origin; checked against the peer's identity)."""
     batch_id: _builtins.int
-    first_link_sequence: _builtins.int
-    """The link sequence of events[0]; events carry consecutive link sequences. The destination
-    keeps a per-origin high-water mark of them, recovered from its own log, so that a resent
-    batch is recognised however long after it comes.
-    """
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[_event_pb2.Event]:
-        """Events with origin and route already stamped; they are never routed again."""
+        """Events of the source region (origin = source_region) with their route stamped, in the
+        order of the source's log; each carries `sequence` = its position in the source's log.
+        They are stored with that as `origin_sequence` and never routed or forwarded again.
+        """
 
     def __init__(
         self,
@@ -45,11 +42,10 @@ class ReplicateRequest(_message.Message):
         source_region: _builtins.str = ...,
         batch_id: _builtins.int = ...,
         events: _abc.Iterable[_event_pb2.Event] | None = ...,
-        first_link_sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "events", b"events", "first_link_sequence", b"first_link_sequence", "source_region", b"source_region"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "events", b"events", "source_region", b"source_region"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

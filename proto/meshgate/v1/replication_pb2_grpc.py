@@ -46,7 +46,10 @@ class ReplicationServicer:
 
     def Replicate(self, request_iterator, context):
         """A source region's replicator sends batches; the destination acks each batch once every
-        event of it is durable in the destination's broker (or was already there).
+        event of it is durable in the destination's broker (or was already there), in order.
+        A batch the destination cannot store ends the call with UNAVAILABLE: the source resends
+        from its first unacked batch, and the destination recognises what it already stored by
+        the origin sequence (recovered from its own log, so an outage of any length is fine).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

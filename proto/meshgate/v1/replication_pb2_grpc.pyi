@@ -33,7 +33,10 @@ class ReplicationStub:
     def __new__(cls, channel: _aio.Channel) -> ReplicationAsyncStub: ...
     Replicate: _grpc.StreamStreamMultiCallable[_replication_pb2.ReplicateRequest, _replication_pb2.ReplicateResponse]
     """A source region's replicator sends batches; the destination acks each batch once every
-    event of it is durable in the destination's broker (or was already there).
+    event of it is durable in the destination's broker (or was already there), in order.
+    A batch the destination cannot store ends the call with UNAVAILABLE: the source resends
+    from its first unacked batch, and the destination recognises what it already stored by
+    the origin sequence (recovered from its own log, so an outage of any length is fine).
     """
 
 @_typing.type_check_only
@@ -41,7 +44,10 @@ class ReplicationAsyncStub(ReplicationStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Replicate: _aio.StreamStreamMultiCallable[_replication_pb2.ReplicateRequest, _replication_pb2.ReplicateResponse]  # type: ignore[assignment]
     """A source region's replicator sends batches; the destination acks each batch once every
-    event of it is durable in the destination's broker (or was already there).
+    event of it is durable in the destination's broker (or was already there), in order.
+    A batch the destination cannot store ends the call with UNAVAILABLE: the source resends
+    from its first unacked batch, and the destination recognises what it already stored by
+    the origin sequence (recovered from its own log, so an outage of any length is fine).
     """
 
 class ReplicationServicer(metaclass=_abc_1.ABCMeta):
@@ -52,7 +58,10 @@ class ReplicationServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_replication_pb2.ReplicateResponse], _abc.AsyncIterator[_replication_pb2.ReplicateResponse]]:
         """A source region's replicator sends batches; the destination acks each batch once every
-        event of it is durable in the destination's broker (or was already there).
+        event of it is durable in the destination's broker (or was already there), in order.
+        A batch the destination cannot store ends the call with UNAVAILABLE: the source resends
+        from its first unacked batch, and the destination recognises what it already stored by
+        the origin sequence (recovered from its own log, so an outage of any length is fine).
         """
 
 def add_ReplicationServicer_to_server(servicer: ReplicationServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

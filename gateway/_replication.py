@@ -1,0 +1,214 @@
+"""``meshgate.v1.Replication``: a destination storing a source region's batches exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from meshgate.brokers import AppendResult, BrokerError
+from meshgate.gateway._dedup import OriginDedup, OriginState
+from meshgate.router import validate_topic
+from meshgate.v1 import event_pb2, replication_pb2, replication_pb2_grpc
+
+if TYPE_CHECKING:
+    from meshgate.gateway._server import Gateway
+
+__all__ = ["ReplicationService"]
+
+log = logging.getLogger("meshgate.gateway.replication")
+
+_ACCEPTED = event_pb2.OUTCOME_ACCEPTED
+_DUPLICATE = event_pb2.OUTCOME_DUPLICATE
+_REJECTED = event_pb2.OUTCOME_REJECTED
+_INVALID = grpc.StatusCode.INVALID_ARGUMENT.value[0]
+# Batches of one call being written at once; they are applied and acked in order.
+_WINDOW = 8
+_CHECKPOINT_EVERY = 0.2
+
+
+class _Batch:
+    """One request: each event is a resend, refused before, invalid, or to be written."""
+
+    __slots__ = ("events", "last_seq", "request", "results", "to_write", "write_index", "written")
+
+    def __init__(self, request: replication_pb2.ReplicateRequest) -> None:
+        self.request = request
+        self.results: list[event_pb2.EventResult | None] = []
+        self.to_write: list[event_pb2.Event] = []
+        self.write_index: list[int] = []
+        self.written: list[AppendResult | BrokerError] = []
+        self.last_seq = 0
+
+
+class _Checkpointer:
+    """Saves an origin's dedup state in the background, at most every ``_CHECKPOINT_EVERY`` s."""
+
+    def __init__(self, dedup: OriginDedup, state: OriginState) -> None:
+        self._dedup = dedup
+        self._state = state
+        self._dirty = asyncio.Event()
+        self._task = asyncio.create_task(self._run())
+
+    def touch(self) -> None:
+        self._dirty.set()
+
+    async def _run(self) -> None:
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            try:
+                await self._dedup.save(self._state)
+            except BrokerError as exc:
+                # Only the scan after the next recovery gets longer; retry on the next batch.
+                log.warning("replication checkpoint of %s not saved: %s", self._state.origin, exc)
+            await asyncio.sleep(_CHECKPOINT_EVERY)
+
+    async def close(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        if self._dirty.is_set():
+            with contextlib.suppress(BrokerError):
+                await asyncio.wait_for(self._dedup.save(self._state), 2.0)
+
+
+class ReplicationService(replication_pb2_grpc.ReplicationServicer):
+    def __init__(self, gateway: Gateway) -> None:
+        self._gw = gateway
+        self._dedup = OriginDedup(gateway.broker)
+
+    def _classify(self, origin: str, state: OriginState, request: replication_pb2.ReplicateRequest) -> _Batch:
+        here = self._gw.region
+        batch = _Batch(request)
+        for ev in request.events:
+            seq = ev.sequence
+            problem = None
+            if ev.origin != origin:
+                problem = f"event origin {ev.origin!r} is not the sending region {origin!r}"
+            elif seq < 1:
+                problem = "event carries no position in its origin's log (sequence)"
+            elif here not in ev.route:
+                problem = f"event's route {list(ev.route)} does not name region {here}"
+            else:
+                problem = validate_topic(ev.topic)
+            if problem is not None:
+                batch.results.append(event_pb2.EventResult(id=ev.id, outcome=_REJECTED, code=_INVALID, message=problem))
+            elif seq in state.refused:
+                batch.results.append(
+                    event_pb2.EventResult(id=ev.id, outcome=_REJECTED, code=_INVALID, message=state.refused[seq])
+                )
+            elif state.is_resend(seq):
+                batch.results.append(event_pb2.EventResult(id=ev.id, outcome=_DUPLICATE, route=ev.route))
+            else:
+                ev.origin_sequence = seq
+                ev.sequence = 0
+                batch.write_index.append(len(batch.results))
+                batch.results.append(None)
+                batch.to_write.append(ev)
+            batch.last_seq = max(batch.last_seq, seq)
+        return batch
+
+    async def _write(self, batch: _Batch) -> _Batch:
+        if batch.to_write:
+            try:
+                batch.written = await self._gw.broker.append(batch.to_write)
+            except BrokerError as exc:
+                batch.written = [exc] * len(batch.to_write)
+        return batch
+
+    def _apply(self, state: OriginState, batch: _Batch) -> BrokerError | None:
+        """Records the batch's outcome in the state; the retriable error that stops the call, if any."""
+        failure: BrokerError | None = None
+        position = 0
+        for ev, slot, res in zip(batch.to_write, batch.write_index, batch.written, strict=True):
+            seq = ev.origin_sequence
+            if isinstance(res, AppendResult):
+                state.above.add(seq)
+                position = max(position, res.sequence)
+                outcome = _DUPLICATE if res.duplicate else _ACCEPTED
+                batch.results[slot] = event_pb2.EventResult(
+                    id=ev.id, outcome=outcome, sequence=res.sequence, route=ev.route
+                )
+            elif not res.retriable:
+                message = f"region {self._gw.region} refused it for good: {res}"
+                state.refuse(seq, message)
+                batch.results[slot] = event_pb2.EventResult(id=ev.id, outcome=_REJECTED, code=_INVALID, message=message)
+            elif failure is None:
+                failure = res
+        if failure is None:
+            # Every slot is filled now: the response keeps one result per event, in order.
+            state.advance(batch.last_seq, position)
+        return failure
+
+    async def Replicate(
+        self,
+        request_iterator: AsyncIterator[replication_pb2.ReplicateRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[replication_pb2.ReplicateResponse]:
+        gw = self._gw
+        if gw.draining:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"gateway of region {gw.region} is shutting down")
+        requests = request_iterator.__aiter__()
+        try:
+            first = await anext(requests)
+        except StopAsyncIteration:
+            return
+        origin = first.source_region
+        config, _ = gw.routing
+        if origin not in config.region_names or origin == gw.region:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"region {origin!r} may not replicate to {gw.region} (mesh regions: {', '.join(config.region_names)})",
+            )
+        try:
+            state = await self._dedup.recover(origin)
+        except BrokerError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"region {gw.region} cannot read its log: {exc}")
+        checkpointer = _Checkpointer(self._dedup, state)
+        queue: asyncio.Queue[asyncio.Future[_Batch] | None] = asyncio.Queue(maxsize=_WINDOW)
+
+        async def reader() -> None:
+            try:
+                request: replication_pb2.ReplicateRequest | None = first
+                while request is not None:
+                    if request.source_region != origin:
+                        raise ValueError(f"source_region changed from {origin!r} to {request.source_region!r}")
+                    await queue.put(asyncio.ensure_future(self._write(self._classify(origin, state, request))))
+                    request = await anext(requests, None)
+            finally:
+                await queue.put(None)
+
+        reader_task = asyncio.create_task(reader())
+        try:
+            while (fut := await queue.get()) is not None:
+                batch = await fut
+                failure = self._apply(state, batch)
+                if failure is not None:
+                    # Later batches must not be acked past an event that is not stored here:
+                    # the source resends from this batch, and the log tells what is stored.
+                    await context.abort(
+                        grpc.StatusCode.UNAVAILABLE, f"region {gw.region} could not store a batch: {failure}"
+                    )
+                checkpointer.touch()
+                yield replication_pb2.ReplicateResponse(
+                    batch_id=batch.request.batch_id, results=[r for r in batch.results if r is not None]
+                )
+            try:
+                await reader_task
+            except ValueError as exc:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        finally:
+            if not reader_task.done():
+                reader_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, ValueError):
+                    await reader_task
+            while not queue.empty():
+                rest = queue.get_nowait()
+                if rest is not None:
+                    rest.cancel()
+            await checkpointer.close()

@@ -1,0 +1,386 @@
+"""One replication link: this region's log -> one destination region's gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import grpc
+
+from meshgate.brokers import Broker, BrokerError, Delivery, DurableConsumer
+from meshgate.v1 import admin_pb2, event_pb2, replication_pb2, replication_pb2_grpc
+
+__all__ = ["DLQ_TOPIC_PREFIX", "Link", "LinkOptions", "LinkState", "dead_letter_event"]
+
+log = logging.getLogger("meshgate.replicator")
+
+# Refused events of a link go to topic meshgate/dlq/<destination> in the source region.
+DLQ_TOPIC_PREFIX = "meshgate/dlq/"
+_REJECTED = event_pb2.OUTCOME_REJECTED
+_MAX_REASON = 500
+
+
+class LinkState(enum.Enum):
+    CONNECTING = admin_pb2.LINK_STATE_CONNECTING
+    REPLICATING = admin_pb2.LINK_STATE_REPLICATING
+    BACKING_OFF = admin_pb2.LINK_STATE_BACKING_OFF
+    PAUSED = admin_pb2.LINK_STATE_PAUSED
+    STOPPED = admin_pb2.LINK_STATE_UNSPECIFIED
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LinkOptions:
+    # A batch closes at this many events, or when the log has nothing more within `linger`.
+    max_batch_events: int = 500
+    linger_seconds: float = 0.02
+    # Batches sent and not yet acked; the destination applies them in order.
+    window: int = 8
+    # No ack for the oldest batch in flight within this time: the link is broken.
+    ack_timeout_seconds: float = 30.0
+    connect_timeout_seconds: float = 5.0
+    backoff_initial_seconds: float = 0.1
+    backoff_max_seconds: float = 10.0
+
+
+class _LinkError(Exception):
+    """The destination broke the protocol or the call ended; reconnect and resend."""
+
+
+@dataclass(slots=True)
+class _Sent:
+    batch_id: int
+    deliveries: list[Delivery]
+    events: list[event_pb2.Event]
+
+
+def _event_time(ev: event_pb2.Event) -> float:
+    return ev.time.seconds + ev.time.nanos / 1e9 if ev.HasField("time") else time.time()
+
+
+def dead_letter_event(ev: event_pb2.Event, *, destination: str, reason: str) -> event_pb2.Event:
+    """The copy of a refused event kept in the source region, with why and where it was going."""
+    dlq = event_pb2.Event()
+    dlq.CopyFrom(ev)
+    dlq.id = f"{ev.id}@dlq/{destination}"
+    dlq.topic = f"{DLQ_TOPIC_PREFIX}{destination}"
+    dlq.sequence = 0
+    dlq.origin_sequence = 0
+    # Stays where it is: a dead letter is never replicated.
+    dlq.route[:] = [ev.origin]
+    dlq.extensions.update(
+        {
+            "dlqreason": reason[:_MAX_REASON],
+            "dlqtopic": ev.topic,
+            "dlqid": ev.id,
+            "dlqdestination": destination,
+        }
+    )
+    return dlq
+
+
+@dataclass(slots=True)
+class _Counters:
+    forwarded: int = 0
+    dead_lettered: int = 0
+    retries: int = 0
+    lag_events: int = 0
+    oldest_unacked: float | None = None
+    last_error: str = ""
+    last_error_time: float | None = None
+
+
+class Link:
+    """Reads this region's log through a durable consumer and forwards to one destination.
+
+    The consumer's position lives in the broker, so a link resumes where it stopped after any
+    crash. Only this region's own events whose route names the destination are sent; the rest
+    are acked and skipped. A batch's deliveries are acked only after the destination acked
+    the batch; on any failure the unacked ones are handed back and sent again after a backoff.
+    """
+
+    def __init__(
+        self,
+        *,
+        source: str,
+        destination: str,
+        address: str | None,
+        broker: Broker,
+        options: LinkOptions | None = None,
+    ) -> None:
+        self.source = source
+        self.destination = destination
+        self.address = address
+        self.options = options or LinkOptions()
+        self.state = LinkState.STOPPED
+        self.counters = _Counters()
+        self._broker = broker
+        self._consumer_name = f"mg-link-{destination}"
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._inflight: deque[_Sent] = deque()
+        self._consumer: DurableConsumer | None = None
+        # Set while nothing is in flight: stop() waits for it within its timeout.
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # --- control ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._task is not None:
+            return
+        self._stopping = False
+        self._task = asyncio.create_task(self._run(), name=f"link {self.source}->{self.destination}")
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Lets the batches in flight be acked (bounded by ``timeout``), then stops."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        self._stopping = True
+        self._wake.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._drained(), timeout)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        self.state = LinkState.STOPPED
+
+    async def _drained(self) -> None:
+        await self._idle.wait()
+
+    def set_address(self, address: str | None) -> None:
+        if address != self.address:
+            self.address = address
+            self._wake.set()  # a paused link resumes; a connected one reconnects on its next error
+
+    # --- status ----------------------------------------------------------------------------
+
+    @property
+    def lag_seconds(self) -> float:
+        oldest = self.counters.oldest_unacked
+        return max(0.0, time.time() - oldest) if oldest is not None else 0.0
+
+    def status(self) -> admin_pb2.LinkStatus:
+        c = self.counters
+        status = admin_pb2.LinkStatus(
+            destination=self.destination,
+            state=self.state.value,
+            lag_events=c.lag_events,
+            lag_seconds=self.lag_seconds,
+            last_error=c.last_error,
+            forwarded=c.forwarded,
+            dead_lettered=c.dead_lettered,
+        )
+        if c.last_error_time is not None:
+            status.last_error_time.FromNanoseconds(int(c.last_error_time * 1e9))
+        return status
+
+    def _error(self, message: str) -> None:
+        self.counters.last_error = message
+        self.counters.last_error_time = time.time()
+
+    # --- the loop --------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        opts = self.options
+        backoff = opts.backoff_initial_seconds
+        monitor = asyncio.create_task(self._monitor_lag())
+        try:
+            while not self._stopping:
+                if self.address is None:
+                    self.state = LinkState.PAUSED
+                    self._error(f"region {self.destination} has no gateway address in the mesh file")
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
+                progress = self.counters.forwarded + self.counters.dead_lettered
+                try:
+                    if self._consumer is None:
+                        self._consumer = await self._broker.durable_consumer(self._consumer_name)
+                    self.state = LinkState.CONNECTING
+                    await self._session(self._consumer, self.address)
+                except (grpc.aio.AioRpcError, BrokerError, TimeoutError, OSError, _LinkError) as exc:
+                    if isinstance(exc, grpc.aio.AioRpcError):
+                        code, message = exc.code().name, exc.details() or ""
+                    else:
+                        code, message = type(exc).__name__, str(exc) or "timed out"
+                    self._error(f"{code}: {message}")
+                    log.warning("link %s -> %s: %s: %s", self.source, self.destination, code, message)
+                if self._is_stopping():
+                    break
+                if self.counters.forwarded + self.counters.dead_lettered > progress:
+                    backoff = opts.backoff_initial_seconds
+                await self._hand_back()
+                self.state = LinkState.BACKING_OFF
+                self.counters.retries += 1
+                delay = backoff * random.uniform(0.5, 1.0)  # jitter, not security
+                backoff = min(backoff * 2, opts.backoff_max_seconds)
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), delay)
+        finally:
+            monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await monitor
+            if self._consumer is not None:
+                with contextlib.suppress(BrokerError):
+                    await self._consumer.close()
+                self._consumer = None
+
+    def _is_stopping(self) -> bool:
+        # A method, not the attribute: stop() flips it while this task awaits.
+        return self._stopping
+
+    async def _hand_back(self) -> None:
+        """Returns what was sent and not acked to the log: it is delivered again, in order."""
+        self._inflight.clear()
+        self._idle.set()
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            with contextlib.suppress(BrokerError):
+                await consumer.close()
+            # Reopened at once so that the lag stays readable while the link backs off.
+            with contextlib.suppress(BrokerError):
+                self._consumer = await self._broker.durable_consumer(self._consumer_name)
+
+    async def _monitor_lag(self) -> None:
+        # The link consumer's pending events: those not yet acked by the destination and those
+        # not yet looked at. Polled here rather than asked of the broker on every Status call.
+        while True:
+            consumer = self._consumer
+            if consumer is not None:
+                with contextlib.suppress(BrokerError):
+                    self.counters.lag_events = await consumer.pending()
+            await asyncio.sleep(1.0)
+
+    async def _session(self, consumer: DurableConsumer, address: str) -> None:
+        """One connection to the destination; returns only by raising why it ended."""
+        opts = self.options
+        async with grpc.aio.insecure_channel(
+            address,
+            options=[
+                ("grpc.max_send_message_length", 64 * 1024 * 1024),
+                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                ("grpc.keepalive_time_ms", 10_000),
+                ("grpc.keepalive_timeout_ms", 5_000),
+                ("grpc.keepalive_permit_without_calls", 1),
+            ],
+        ) as channel:
+            await asyncio.wait_for(channel.channel_ready(), opts.connect_timeout_seconds)
+            call = replication_pb2_grpc.ReplicationStub(channel).Replicate()
+            self.state = LinkState.REPLICATING
+            window = asyncio.Semaphore(opts.window)
+            sender = asyncio.create_task(self._send_loop(consumer, call, window))
+            receiver = asyncio.create_task(self._ack_loop(consumer, call, window))
+            try:
+                done, _ = await asyncio.wait((sender, receiver), return_when=asyncio.FIRST_EXCEPTION)
+                for task in done:
+                    task.result()  # re-raises the failure that ended the session
+                raise _LinkError("replication session ended")
+            finally:
+                for task in (sender, receiver):
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
+                call.cancel()
+
+    async def _send_loop(
+        self,
+        consumer: DurableConsumer,
+        call: grpc.aio.StreamStreamCall[replication_pb2.ReplicateRequest, replication_pb2.ReplicateResponse],
+        window: asyncio.Semaphore,
+    ) -> None:
+        opts = self.options
+        source, destination = self.source, self.destination
+        batch_id = 0
+        while True:
+            await window.acquire()
+            deliveries = await consumer.fetch(opts.max_batch_events, timeout=opts.linger_seconds)
+            events = [d.event for d in deliveries if d.event.origin == source and destination in d.event.route]
+            if not events:
+                # Nothing for this destination: skip them, in order, without a round trip.
+                if deliveries:
+                    await consumer.ack(deliveries)
+                window.release()
+                continue
+            batch_id += 1
+            self._inflight.append(_Sent(batch_id, deliveries, events))
+            self._idle.clear()
+            if self.counters.oldest_unacked is None:
+                self.counters.oldest_unacked = _event_time(events[0])
+            await call.write(replication_pb2.ReplicateRequest(source_region=source, batch_id=batch_id, events=events))
+
+    async def _ack_loop(
+        self,
+        consumer: DurableConsumer,
+        call: grpc.aio.StreamStreamCall[replication_pb2.ReplicateRequest, replication_pb2.ReplicateResponse],
+        window: asyncio.Semaphore,
+    ) -> None:
+        opts = self.options
+        while True:
+            if self._inflight:
+                resp = await asyncio.wait_for(call.read(), opts.ack_timeout_seconds)
+            else:
+                resp = await call.read()
+            if not isinstance(resp, replication_pb2.ReplicateResponse):  # grpc.aio.EOF
+                raise _LinkError(f"region {self.destination} ended the replication call")
+            if not self._inflight:
+                raise _LinkError(f"region {self.destination} acked batch {resp.batch_id} that was not sent")
+            sent = self._inflight[0]
+            if resp.batch_id != sent.batch_id or len(resp.results) != len(sent.events):
+                raise _LinkError(
+                    f"region {self.destination} acked batch {resp.batch_id} with {len(resp.results)} results; "
+                    f"expected batch {sent.batch_id} with {len(sent.events)}"
+                )
+            refused = [
+                (ev, r.message) for ev, r in zip(sent.events, resp.results, strict=True) if r.outcome == _REJECTED
+            ]
+            if refused:
+                await self._dead_letter(refused)
+            await consumer.ack(sent.deliveries)
+            self._inflight.popleft()
+            if not self._inflight:
+                self._idle.set()
+            self.counters.forwarded += len(sent.events) - len(refused)
+            self.counters.dead_lettered += len(refused)
+            self.counters.oldest_unacked = _event_time(self._inflight[0].events[0]) if self._inflight else None
+            window.release()
+
+    async def _dead_letter(self, refused: Sequence[tuple[event_pb2.Event, str]]) -> None:
+        """Stores the refused events in this region's DLQ topic; retries until they are stored."""
+        pending = [dead_letter_event(ev, destination=self.destination, reason=reason) for ev, reason in refused]
+        for ev, reason in refused:
+            log.warning(
+                "link %s -> %s: event %s (%s) refused for good, dead-lettered: %s",
+                self.source,
+                self.destination,
+                ev.id,
+                ev.topic,
+                reason,
+            )
+        delay = self.options.backoff_initial_seconds
+        while pending:
+            results = await self._broker.append(pending)
+            retry = []
+            for ev, res in zip(pending, results, strict=True):
+                if not isinstance(res, BrokerError):
+                    continue
+                if res.retriable:
+                    retry.append(ev)
+                else:
+                    # Too large even here with the DLQ attributes: keep the why, not the data.
+                    ev.extensions["dlqdataomitted"] = str(len(ev.data))
+                    ev.data = b""
+                    retry.append(ev)
+            pending = retry
+            if pending:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.options.backoff_max_seconds)
