@@ -26,8 +26,6 @@ _ACCEPTED = event_pb2.OUTCOME_ACCEPTED
 _DUPLICATE = event_pb2.OUTCOME_DUPLICATE
 _REJECTED = event_pb2.OUTCOME_REJECTED
 _INVALID = grpc.StatusCode.INVALID_ARGUMENT.value[0]
-# Batches of one call being written at once; they are applied and acked in order.
-_WINDOW = 8
 _CHECKPOINT_EVERY = 0.2
 
 
@@ -46,35 +44,53 @@ class _Batch:
 
 
 class _Checkpointer:
-    """Saves an origin's dedup state in the background, at most every ``_CHECKPOINT_EVERY`` s."""
+    """Saves an origin's dedup state in the background, at most every ``_CHECKPOINT_EVERY`` s.
+
+    Stopped by a flag, not by cancelling: nats-py swallows a cancellation that lands inside
+    one of its requests, and a cancelled saver could then wait forever.
+    """
 
     def __init__(self, dedup: OriginDedup, state: OriginState) -> None:
         self._dedup = dedup
         self._state = state
-        self._dirty = asyncio.Event()
+        self._dirty = False
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
         self._task = asyncio.create_task(self._run())
 
     def touch(self) -> None:
-        self._dirty.set()
+        self._dirty = True
+        self._wake.set()
+
+    async def _save(self) -> None:
+        self._dirty = False
+        try:
+            await self._dedup.save(self._state)
+        except BrokerError as exc:
+            # Only the scan after the next recovery gets longer; retried on the next batch.
+            log.warning("replication checkpoint of %s not saved: %s", self._state.origin, exc)
 
     async def _run(self) -> None:
         while True:
-            await self._dirty.wait()
-            self._dirty.clear()
-            try:
-                await self._dedup.save(self._state)
-            except BrokerError as exc:
-                # Only the scan after the next recovery gets longer; retry on the next batch.
-                log.warning("replication checkpoint of %s not saved: %s", self._state.origin, exc)
-            await asyncio.sleep(_CHECKPOINT_EVERY)
+            await self._wake.wait()
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            await self._save()
+            # Rate limit: touches meanwhile only set the flag; close() ends the pause at once.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), _CHECKPOINT_EVERY)
 
     async def close(self) -> None:
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        if self._dirty.is_set():
-            with contextlib.suppress(BrokerError):
-                await asyncio.wait_for(self._dedup.save(self._state), 2.0)
+        self._stop.set()
+        self._wake.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), 5.0)
+        except TimeoutError:
+            self._task.cancel()
+        if self._dirty:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._save(), 2.0)
 
 
 class ReplicationService(replication_pb2_grpc.ReplicationServicer):
@@ -170,45 +186,27 @@ class ReplicationService(replication_pb2_grpc.ReplicationServicer):
         except BrokerError as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"region {gw.region} cannot read its log: {exc}")
         checkpointer = _Checkpointer(self._dedup, state)
-        queue: asyncio.Queue[asyncio.Future[_Batch] | None] = asyncio.Queue(maxsize=_WINDOW)
-
-        async def reader() -> None:
-            try:
-                request: replication_pb2.ReplicateRequest | None = first
-                while request is not None:
-                    if request.source_region != origin:
-                        raise ValueError(f"source_region changed from {origin!r} to {request.source_region!r}")
-                    await queue.put(asyncio.ensure_future(self._write(self._classify(origin, state, request))))
-                    request = await anext(requests, None)
-            finally:
-                await queue.put(None)
-
-        reader_task = asyncio.create_task(reader())
         try:
-            while (fut := await queue.get()) is not None:
-                batch = await fut
+            request: replication_pb2.ReplicateRequest | None = first
+            # One batch at a time, in the call's own task: a batch is applied only after the one
+            # before it, and the call ends at the first batch that cannot be stored.
+            while request is not None:
+                if request.source_region != origin:
+                    await context.abort(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"source_region changed from {origin!r} to {request.source_region!r} within one call",
+                    )
+                batch = await self._write(self._classify(origin, state, request))
                 failure = self._apply(state, batch)
                 if failure is not None:
-                    # Later batches must not be acked past an event that is not stored here:
-                    # the source resends from this batch, and the log tells what is stored.
+                    # The source resends from this batch; the log tells what is already here.
                     await context.abort(
                         grpc.StatusCode.UNAVAILABLE, f"region {gw.region} could not store a batch: {failure}"
                     )
                 checkpointer.touch()
                 yield replication_pb2.ReplicateResponse(
-                    batch_id=batch.request.batch_id, results=[r for r in batch.results if r is not None]
+                    batch_id=request.batch_id, results=[r for r in batch.results if r is not None]
                 )
-            try:
-                await reader_task
-            except ValueError as exc:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+                request = await anext(requests, None)
         finally:
-            if not reader_task.done():
-                reader_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, ValueError):
-                    await reader_task
-            while not queue.empty():
-                rest = queue.get_nowait()
-                if rest is not None:
-                    rest.cancel()
             await checkpointer.close()

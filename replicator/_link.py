@@ -149,8 +149,10 @@ class Link:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._drained(), timeout)
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        # Bounded: nats-py can swallow a cancellation that lands inside one of its requests.
+        done, _ = await asyncio.wait({task}, timeout=2.0)
+        if not done:
+            log.warning("link %s -> %s did not stop within 2 s of cancelling", self.source, self.destination)
         self.state = LinkState.STOPPED
 
     async def _drained(self) -> None:

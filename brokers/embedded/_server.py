@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import ctypes
 import enum
 import json
 import logging
@@ -26,7 +25,6 @@ import re
 import shutil
 import signal
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -56,27 +54,17 @@ _PID_NAME = "nats-server.pid"
 _LINE_LIMIT = 1 << 20
 
 
-_PR_SET_PDEATHSIG = 1
+def _die_with_parent() -> list[str]:
+    """A command prefix asking Linux to SIGTERM the server when its parent dies (empty elsewhere).
 
-
-def _die_with_parent() -> Callable[[], None] | None:
-    """A pre-exec hook asking Linux to SIGTERM the child when its parent dies (None elsewhere).
-
-    The libc function is looked up here, in the parent: the child between fork and exec may
-    only make a plain C call, never import or load anything.
+    util-linux's setpriv sets the parent-death signal and execs the server in the same process.
+    Not a preexec_fn: that forces fork() instead of vfork, and gRPC's fork handlers then run in
+    the child and abort it while the gateway's gRPC threads are busy.
     """
     if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    sigterm = int(signal.SIGTERM)
-
-    def hook() -> None:
-        prctl(_PR_SET_PDEATHSIG, sigterm)
-
-    return hook
+        return []
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
 
 
 class EmbeddedNatsState(enum.Enum):
@@ -234,6 +222,7 @@ class EmbeddedNats:
         self.state = EmbeddedNatsState.STARTING
         self._log.clear()
         proc = await asyncio.create_subprocess_exec(
+            *_die_with_parent(),
             str(binary),
             "-c",
             str(self.config_path),
@@ -244,8 +233,6 @@ class EmbeddedNats:
             # Its own session: a Ctrl-C meant for the gateway must not kill the broker
             # before the gateway has drained into it; stop() ends it in order.
             start_new_session=True,
-            # But a gateway killed with -9 must not leave an orphan holding the port and store.
-            preexec_fn=_die_with_parent(),
         )
         self._proc = proc
         try:

@@ -49,6 +49,8 @@ BrokerFactory = Callable[[], Broker]
 
 
 def make_event(topic: str, ident: str, *, data: bytes | None = None, **fields: object) -> event_pb2.Event:
+    fields.setdefault("origin", "here")
+    fields.setdefault("route", ["here", "there"])
     event = event_pb2.Event(
         id=ident,
         source="/tests/producer",
@@ -56,8 +58,6 @@ def make_event(topic: str, ident: str, *, data: bytes | None = None, **fields: o
         specversion="1.0",
         topic=topic,
         data=data if data is not None else f"data of {ident}".encode(),
-        origin="here",
-        route=["here", "there"],
         **fields,  # type: ignore[arg-type]
     )
     if not event.HasField("time"):
@@ -406,3 +406,38 @@ class BrokerContract:
         after = await collect(reader, 4)
         await reader.aclose()  # type: ignore[attr-defined]
         assert [e.id for e in before + after] == [f"r{i}" for i in range(9)]
+
+    # -- what replication keeps in the broker ----------------------------------------------
+
+    async def test_last_sequence(self, broker: Broker) -> None:
+        assert await broker.last_sequence() == 0
+        results = await broker.append([make_event("orders/a", f"ls-{i}") for i in range(3)])
+        assert await broker.last_sequence() == sequences(results)[-1]
+
+    async def test_checkpoints_survive_a_restart(self, new_broker: BrokerFactory) -> None:
+        first = new_broker()
+        async with first:
+            assert await first.get_checkpoint("replication.there") is None
+            await first.put_checkpoint("replication.there", b"one")
+            await first.put_checkpoint("replication.there", b"two")
+            await first.put_checkpoint("replication.else", b"other")
+        async with new_broker() as second:
+            assert await second.get_checkpoint("replication.there") == b"two"
+            assert await second.get_checkpoint("replication.else") == b"other"
+
+    async def test_origin_sequences_after_a_position(self, broker: Broker) -> None:
+        events = [
+            make_event("orders/a", "o-1", origin="there", origin_sequence=10),
+            make_event("orders/b", "o-2", origin="here"),
+            make_event("orders/a", "o-3", origin="there", origin_sequence=11),
+            make_event("orders/c", "o-4", origin="yonder", origin_sequence=12),
+            make_event("orders/a", "o-5", origin="there", origin_sequence=14),
+        ]
+        positions = sequences(await broker.append(events))
+        found, end = await broker.origin_sequences_after("there", 0)
+        assert found == {10, 11, 14}
+        assert end == positions[-1]
+        found, _ = await broker.origin_sequences_after("there", positions[0])
+        assert found == {11, 14}
+        found, end = await broker.origin_sequences_after("there", positions[-1])
+        assert found == set() and end == positions[-1]
