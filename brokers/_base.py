@@ -103,6 +103,22 @@ class DurableConsumer(abc.ABC):
         """Events stored on the consumer's filter and not yet acked."""
 
     @abc.abstractmethod
+    async def reset(self) -> None:
+        """Forgets every delivery not acked: the next fetch starts at the oldest unacked event.
+
+        After it, events come strictly in log order again; no delivery handed out before the
+        reset is delivered late behind newer ones (a plain redelivery could be).
+        """
+
+    @abc.abstractmethod
+    async def oldest_pending_time(self) -> float | None:
+        """When the oldest event not yet acked through this consumer was stored (Unix seconds).
+
+        None when nothing is pending. Lag in seconds is read from it, so it grows while a
+        consumer is stuck whether or not its events were ever fetched.
+        """
+
+    @abc.abstractmethod
     async def close(self) -> None: ...
 
 

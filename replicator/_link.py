@@ -25,6 +25,7 @@ log = logging.getLogger("meshgate.replicator")
 DLQ_TOPIC_PREFIX = "meshgate/dlq/"
 _REJECTED = event_pb2.OUTCOME_REJECTED
 _MAX_REASON = 500
+_LAG_POLL_SECONDS = 0.5
 
 
 class LinkState(enum.Enum):
@@ -58,10 +59,6 @@ class _Sent:
     batch_id: int
     deliveries: list[Delivery]
     events: list[event_pb2.Event]
-
-
-def _event_time(ev: event_pb2.Event) -> float:
-    return ev.time.seconds + ev.time.nanos / 1e9 if ev.HasField("time") else time.time()
 
 
 def dead_letter_event(ev: event_pb2.Event, *, destination: str, reason: str) -> event_pb2.Event:
@@ -127,6 +124,9 @@ class Link:
         self._stopping = False
         self._inflight: deque[_Sent] = deque()
         self._consumer: DurableConsumer | None = None
+        # Log position of the last delivery taken in this session; anything at or below it
+        # is a redelivery out of order.
+        self._last_seq = 0
         # Set while nothing is in flight: stop() waits for it within its timeout.
         self._idle = asyncio.Event()
         self._idle.set()
@@ -209,7 +209,7 @@ class Link:
                         self._consumer = await self._broker.durable_consumer(self._consumer_name)
                     self.state = LinkState.CONNECTING
                     await self._session(self._consumer, self.address)
-                except (grpc.aio.AioRpcError, BrokerError, TimeoutError, OSError, _LinkError) as exc:
+                except Exception as exc:  # noqa: BLE001 - whatever ends a session, the link retries
                     if isinstance(exc, grpc.aio.AioRpcError):
                         code, message = exc.code().name, exc.details() or ""
                     else:
@@ -242,26 +242,38 @@ class Link:
         return self._stopping
 
     async def _hand_back(self) -> None:
-        """Returns what was sent and not acked to the log: it is delivered again, in order."""
+        """Returns what was sent and not acked to the log: it is delivered again, in order.
+
+        The destination recognises resends by their position in this log, which needs them in
+        log order: a reset (not a plain redelivery, which can come late behind newer events)
+        restarts the consumer at the oldest unacked event.
+        """
         self._inflight.clear()
         self._idle.set()
-        consumer, self._consumer = self._consumer, None
-        if consumer is not None:
+        self._last_seq = 0
+        consumer = self._consumer
+        if consumer is None:
+            return
+        try:
+            await consumer.reset()
+        except BrokerError as exc:
+            self._error(f"{type(exc).__name__}: {exc}")
             with contextlib.suppress(BrokerError):
                 await consumer.close()
-            # Reopened at once so that the lag stays readable while the link backs off.
-            with contextlib.suppress(BrokerError):
-                self._consumer = await self._broker.durable_consumer(self._consumer_name)
+            self._consumer = None
 
     async def _monitor_lag(self) -> None:
-        # The link consumer's pending events: those not yet acked by the destination and those
-        # not yet looked at. Polled here rather than asked of the broker on every Status call.
+        # Read from the broker, not from what this link sent: the consumer's pending events
+        # (not yet acked by the destination, or not yet looked at) and when the oldest of them
+        # was stored, so the lag grows while the link is stuck even if it never fetched them.
+        # Polled here rather than on every Status call.
         while True:
             consumer = self._consumer
             if consumer is not None:
                 with contextlib.suppress(BrokerError):
                     self.counters.lag_events = await consumer.pending()
-            await asyncio.sleep(1.0)
+                    self.counters.oldest_unacked = await consumer.oldest_pending_time()
+            await asyncio.sleep(_LAG_POLL_SECONDS)
 
     async def _session(self, consumer: DurableConsumer, address: str) -> None:
         """One connection to the destination; returns only by raising why it ended."""
@@ -306,6 +318,13 @@ class Link:
         while True:
             await window.acquire()
             deliveries = await consumer.fetch(opts.max_batch_events, timeout=opts.linger_seconds)
+            for d in deliveries:
+                if d.event.sequence <= self._last_seq:
+                    raise _LinkError(
+                        f"event at log position {d.event.sequence} redelivered after {self._last_seq}; "
+                        "restarting from the oldest unacked event"
+                    )
+                self._last_seq = d.event.sequence
             events = [d.event for d in deliveries if d.event.origin == source and destination in d.event.route]
             if not events:
                 # Nothing for this destination: skip them, in order, without a round trip.
@@ -316,8 +335,6 @@ class Link:
             batch_id += 1
             self._inflight.append(_Sent(batch_id, deliveries, events))
             self._idle.clear()
-            if self.counters.oldest_unacked is None:
-                self.counters.oldest_unacked = _event_time(events[0])
             await call.write(replication_pb2.ReplicateRequest(source_region=source, batch_id=batch_id, events=events))
 
     async def _ack_loop(
@@ -353,7 +370,6 @@ class Link:
                 self._idle.set()
             self.counters.forwarded += len(sent.events) - len(refused)
             self.counters.dead_lettered += len(refused)
-            self.counters.oldest_unacked = _event_time(self._inflight[0].events[0]) if self._inflight else None
             window.release()
 
     async def _dead_letter(self, refused: Sequence[tuple[event_pb2.Event, str]]) -> None:

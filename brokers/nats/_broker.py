@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import logging
 import math
@@ -789,6 +790,10 @@ class NatsBroker(Broker):
             max_ack_pending=_DURABLE_MAX_ACK_PENDING,
         )
         try:
+            # An existing durable keeps its own config: a reset may have moved its start, and
+            # JetStream refuses to change a durable's deliver policy.
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                config = (await self._consumer_info(name)).config
             puller, _ = await self._open_puller(config)
         except _NATS_FAILURES as exc:
             raise _broker_error(exc, f"cannot create durable consumer {name!r}") from exc
@@ -876,6 +881,8 @@ class NatsDurableConsumer(DurableConsumer):
         self.name = config.name or ""
         # Ack subjects of deliveries handed out and not acked yet.
         self._unacked: dict[str, None] = {}
+        # The ack floor seen by the last reset, for a reset that has to recreate the consumer.
+        self._floor = 0
         self._closed = False
 
     async def fetch(self, max_events: int, *, timeout: float) -> list[Delivery]:
@@ -942,6 +949,61 @@ class NatsDurableConsumer(DurableConsumer):
         except _NATS_FAILURES as exc:
             raise _broker_error(exc, f"consumer info of {self.name!r}") from exc
         return int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+
+    async def reset(self) -> None:
+        if self._closed:
+            raise BrokerError(f"durable consumer {self.name!r} is closed", retriable=False)
+        broker = self._broker
+        jsm = broker._jsm
+        if jsm is None:
+            raise BrokerError(f"NATS broker {broker.name!r} is not started", retriable=False)
+        try:
+            try:
+                info = await broker._consumer_info(self.name)
+                floor = info.ack_floor.stream_seq if info.ack_floor is not None else 0
+                self._floor = floor
+            except nats.js.errors.NotFoundError:
+                # A reset that failed halfway deleted it: recreate at the floor it had then.
+                floor = self._floor
+            # Deleting the consumer drops its redelivery state with it; the new one starts at
+            # the first event after the ack floor and delivers in order from there.
+            self._unacked.clear()
+            self._puller.buffer.clear()
+            await broker._close_puller(self._puller, delete=False)
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await jsm.delete_consumer(broker.settings.stream, self.name)
+            if floor:
+                config = dataclasses.replace(
+                    self._config, deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=floor + 1
+                )
+            else:
+                config = dataclasses.replace(self._config, deliver_policy=DeliverPolicy.ALL, opt_start_seq=None)
+            self._puller, _ = await broker._open_puller(config)
+            self._config = config
+        except _NATS_FAILURES as exc:
+            raise _broker_error(exc, f"reset of durable consumer {self.name!r}") from exc
+
+    async def oldest_pending_time(self) -> float | None:
+        broker = self._broker
+        jsm = broker._jsm
+        if jsm is None:
+            raise BrokerError(f"NATS broker {broker.name!r} is not started", retriable=False)
+        try:
+            info = await broker._consumer_info(self.name)
+            if not (info.num_pending or info.num_ack_pending):
+                return None
+            floor = info.ack_floor.stream_seq if info.ack_floor is not None else 0
+            # The first message after the ack floor on the consumer's subjects (next=True skips
+            # deleted ones): the oldest this consumer has not finished with.
+            msg = await jsm.get_msg(
+                broker.settings.stream, seq=(floor or 0) + 1, subject=self._config.filter_subject, next=True
+            )
+        except nats.js.errors.NotFoundError:
+            return None
+        except _NATS_FAILURES as exc:
+            raise _broker_error(exc, f"oldest pending of {self.name!r}") from exc
+        # nats-py parses the stored time into a datetime.
+        return msg.time.timestamp() if msg.time is not None else None
 
     async def close(self) -> None:
         if self._closed:

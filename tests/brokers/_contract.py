@@ -441,3 +441,20 @@ class BrokerContract:
         assert found == {11, 14}
         found, end = await broker.origin_sequences_after("there", positions[-1])
         assert found == set() and end == positions[-1]
+
+    async def test_oldest_pending_time_follows_the_ack_floor(self, broker: Broker) -> None:
+        consumer = await broker.durable_consumer("lag-probe")
+        try:
+            assert await consumer.oldest_pending_time() is None
+            before = time.time()
+            await broker.append([make_event("orders/a", f"lag-{i}") for i in range(3)])
+            oldest = await consumer.oldest_pending_time()
+            assert oldest is not None and before - 1 <= oldest <= time.time() + 1
+            deliveries = await consumer.fetch(3, timeout=BOUND)
+            assert len(deliveries) == 3
+            # Fetched but not acked: still pending, still as old.
+            assert await consumer.oldest_pending_time() == oldest
+            await consumer.ack(deliveries)
+            assert await consumer.oldest_pending_time() is None
+        finally:
+            await consumer.close()

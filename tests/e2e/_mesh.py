@@ -1,0 +1,407 @@
+"""A mesh of real regions on this machine: one ``meshgate serve`` process per region.
+
+``MeshCluster`` writes a mesh file for the regions a test names (each ``kind: embedded``, so
+each gateway runs its own nats-server child with JetStream under ``<tmp>/<region>/``), with
+``gateway: 127.0.0.1:<port>`` on free ports. A region may sit behind a ``TcpProxy``: then the
+mesh file names the proxy's address (where its peers replicate to) and the region's process
+listens on its real port (``--listen``), which the test reaches directly.
+
+No fixed ports (ports are picked by binding port 0), no sleeps for readiness (a gateway is
+ready when its log says "gateway serving on"), bounded polling only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import os
+import signal
+import socket
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import grpc
+import yaml
+
+from meshgate.testing import ServeProcess
+from meshgate.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2_grpc
+from tests.e2e._proxy import TcpProxy
+
+__all__ = ["MeshCluster", "free_port", "wait_links_idle", "wait_until"]
+
+T = TypeVar("T")
+
+_PID_FILE = "nats-server.pid"
+# Reconnect quickly after a restart: the default backoff grows to minutes.
+_CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 500),
+]
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 right now (bound to port 0, read back, released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def wait_until(
+    predicate: Callable[[], T | Awaitable[T]],
+    timeout: float,
+    *,
+    interval: float = 0.1,
+    what: str = "condition",
+) -> T:
+    """Polls ``predicate`` (sync or async) until it returns a truthy value, which is returned.
+
+    Raises AssertionError naming ``what`` and the last value (or exception) after ``timeout``.
+    An exception from the predicate counts as "not yet".
+    """
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while True:
+        try:
+            value = predicate()
+            if inspect.isawaitable(value):
+                value = await value
+            if value:
+                return value  # type: ignore[return-value]
+            last = value
+        except (grpc.aio.AioRpcError, OSError, TimeoutError) as exc:
+            last = exc
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}; last value: {last!r}")
+        await asyncio.sleep(interval)
+
+
+def _pid_alive(pid: int) -> bool:
+    """Alive and not a zombie (a killed grandchild may wait to be reaped by init)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    # The state follows the parenthesised command name.
+    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
+
+
+def _is_nats_server_of(pid: int, data_dir: Path) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"nats-server" in cmdline and str(data_dir.resolve()).encode() in cmdline
+
+
+@dataclass
+class Region:
+    name: str
+    data_dir: Path
+    port: int  # where its gateway process really listens
+    proxy: TcpProxy | None = None
+    nats: dict[str, Any] = field(default_factory=dict)
+    proc: ServeProcess | None = None
+    # Logs of earlier incarnations (before a kill or stop), oldest first.
+    history: list[str] = field(default_factory=list)
+    channel: grpc.aio.Channel | None = None
+
+    @property
+    def listen(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def advertised(self) -> str:
+        """The address in the mesh file: where peers replicate to (the proxy when there is one)."""
+        return self.proxy.address if self.proxy is not None else self.listen
+
+
+class MeshCluster:
+    """N regions as separate ``meshgate serve`` processes, each with its own embedded broker.
+
+    ``routing`` is a list of ``(pattern, [regions])``; ``proxied`` names the regions whose
+    peers reach them through a ``TcpProxy`` (``cluster.proxy(name)``); ``nats`` gives extra
+    per-region ``nats:`` settings (e.g. ``{"eu-central": {"max_payload": "64KiB"}}``);
+    ``limits`` goes to ``settings.limits``.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        regions: Sequence[str],
+        routing: Sequence[tuple[str, Sequence[str]]],
+        *,
+        proxied: Sequence[str] = (),
+        nats: Mapping[str, Mapping[str, Any]] | None = None,
+        limits: Mapping[str, Any] | None = None,
+        shutdown_grace: str = "5s",
+        start_timeout: float = 60.0,
+    ) -> None:
+        unknown = (set(proxied) | set(nats or {})) - set(regions)
+        if unknown:
+            raise ValueError(f"regions {sorted(unknown)} are not among {list(regions)}")
+        self.root = root
+        self.routing = [(pattern, list(dest)) for pattern, dest in routing]
+        self.limits = dict(limits or {})
+        self.shutdown_grace = shutdown_grace
+        self.start_timeout = start_timeout
+        self.config_path = root / "mesh.yaml"
+        self.regions: dict[str, Region] = {}
+        for name in regions:
+            self.regions[name] = Region(
+                name=name,
+                data_dir=root / name,
+                port=free_port(),
+                nats=dict((nats or {}).get(name, {})),
+            )
+        self._proxied = tuple(proxied)
+        self._broker_pids: dict[str, set[int]] = {name: set() for name in regions}
+
+    # --- the mesh file ----------------------------------------------------------------------
+
+    def mesh_text(self) -> str:
+        regions = []
+        for r in self.regions.values():
+            entry: dict[str, Any] = {"name": r.name, "kind": "embedded", "gateway": r.advertised}
+            if r.nats:
+                entry["nats"] = dict(r.nats)
+            regions.append(entry)
+        settings: dict[str, Any] = {"shutdown_grace": self.shutdown_grace}
+        if self.limits:
+            settings["limits"] = dict(self.limits)
+        doc = {
+            "event_mesh": {
+                "regions": regions,
+                "routing": [{"topic": p, "regions": d} for p, d in self.routing],
+                "settings": settings,
+            }
+        }
+        return yaml.safe_dump(doc, sort_keys=False)
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> Self:
+        try:
+            for name in self._proxied:
+                region = self.regions[name]
+                region.proxy = TcpProxy(region.listen)
+                await region.proxy.start()
+            self.root.mkdir(parents=True, exist_ok=True)
+            self.config_path.write_text(self.mesh_text())
+            await asyncio.gather(*(self._spawn(r) for r in self.regions.values()))
+        except BaseException:
+            await self.close()
+            raise
+        return self
+
+    async def _spawn(self, region: Region) -> None:
+        region.data_dir.mkdir(parents=True, exist_ok=True)
+        proc = ServeProcess(
+            config=self.config_path,
+            region=region.name,
+            data_dir=region.data_dir,
+            extra=("--listen", region.listen),  # the last --listen wins over ServeProcess's :0
+        )
+        region.proc = proc
+        try:
+            address = await proc.start(timeout=self.start_timeout)
+        except (RuntimeError, TimeoutError) as exc:
+            text = proc.text()
+            await proc.close()
+            raise RuntimeError(f"region {region.name} did not start:\n{text[-4000:]}") from exc
+        except BaseException:
+            await proc.close()
+            raise
+        if address != region.listen:
+            raise RuntimeError(f"region {region.name} serves on {address}, expected {region.listen}")
+        pid = self.broker_pid(region.name)
+        if pid is not None:
+            self._broker_pids[region.name].add(pid)
+
+    async def close(self) -> None:
+        """Stops every region (SIGTERM, then SIGKILL after a bound), its broker, channels, proxies."""
+        await asyncio.gather(*(self._terminate(r) for r in self.regions.values()), return_exceptions=True)
+        for region in self.regions.values():
+            for pid in list(self._broker_pids[region.name]):
+                await self._reap_broker(region, pid, grace=5.0)
+            if region.channel is not None:
+                await region.channel.close()
+                region.channel = None
+            if region.proxy is not None:
+                await region.proxy.stop()
+
+    async def _terminate(self, region: Region, timeout: float = 15.0) -> None:
+        proc = region.proc
+        if proc is None or proc.proc is None:
+            return
+        if proc.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.signal(signal.SIGTERM)
+            with contextlib.suppress(TimeoutError):
+                await proc.wait(timeout=timeout)
+        await proc.close()
+
+    async def _reap_broker(self, region: Region, pid: int, *, grace: float) -> None:
+        """Waits for a broker pid to go; SIGKILLs it after ``grace`` (never a reused pid)."""
+        deadline = time.monotonic() + grace
+        while _pid_alive(pid) and _is_nats_server_of(pid, region.data_dir):
+            if time.monotonic() >= deadline:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                deadline = time.monotonic() + 5.0
+            await asyncio.sleep(0.05)
+        self._broker_pids[region.name].discard(pid)
+
+    async def __aenter__(self) -> Self:
+        return await self.start()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    # --- per region ----------------------------------------------------------------------------
+
+    def address(self, name: str) -> str:
+        """Where the test reaches the region's gateway (directly, never through its proxy)."""
+        return self.regions[name].listen
+
+    def advertised(self, name: str) -> str:
+        return self.regions[name].advertised
+
+    def proxy(self, name: str) -> TcpProxy:
+        proxy = self.regions[name].proxy
+        if proxy is None:
+            raise KeyError(f"region {name} is not behind a proxy (pass proxied=[{name!r}])")
+        return proxy
+
+    def process(self, name: str) -> ServeProcess:
+        proc = self.regions[name].proc
+        if proc is None:
+            raise RuntimeError(f"region {name} is not started")
+        return proc
+
+    def channel(self, name: str) -> grpc.aio.Channel:
+        region = self.regions[name]
+        if region.channel is None:
+            region.channel = grpc.aio.insecure_channel(region.listen, options=_CHANNEL_OPTIONS)
+        return region.channel
+
+    def stub(self, name: str) -> gateway_pb2_grpc.GatewayStub:
+        return gateway_pb2_grpc.GatewayStub(self.channel(name))
+
+    def admin(self, name: str) -> admin_pb2_grpc.AdminStub:
+        return admin_pb2_grpc.AdminStub(self.channel(name))
+
+    async def status(self, name: str, timeout: float = 5.0) -> admin_pb2.StatusResponse:
+        return await self.admin(name).Status(admin_pb2.StatusRequest(), timeout=timeout)
+
+    async def link(self, source: str, destination: str) -> admin_pb2.LinkStatus | None:
+        """The source's link to ``destination`` from Admin.Status, None when it reports none."""
+        for link in (await self.status(source)).links:
+            if link.destination == destination:
+                return link
+        return None
+
+    def pid_file(self, name: str) -> Path | None:
+        """The embedded broker's pid file, found under the region's data dir."""
+        found = sorted(self.regions[name].data_dir.rglob(_PID_FILE))
+        if len(found) > 1:
+            raise RuntimeError(f"region {name}: more than one {_PID_FILE}: {found}")
+        return found[0] if found else None
+
+    def broker_pid(self, name: str) -> int | None:
+        """The pid of the region's running embedded nats-server (None when none runs)."""
+        path = self.pid_file(name)
+        if path is None:
+            return None
+        try:
+            pid = int(path.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        region = self.regions[name]
+        return pid if _pid_alive(pid) and _is_nats_server_of(pid, region.data_dir) else None
+
+    async def kill9(self, name: str, *, broker_too: bool) -> None:
+        """SIGKILL the region's gateway and, if asked, its embedded nats-server at the same moment.
+
+        Without ``broker_too`` the broker is left to its own fate: it is told to stop (SIGTERM)
+        by the kernel when its parent dies, and exits cleanly. Either way this returns once both
+        processes are gone, so a restart never finds its data dir in use.
+        """
+        region = self.regions[name]
+        proc = self.process(name)
+        broker = self.broker_pid(name)
+        if broker_too and broker is None:
+            raise RuntimeError(f"region {name}: no running nats-server found under {region.data_dir}")
+        if broker_too and broker is not None:
+            os.kill(broker, signal.SIGKILL)
+        proc.signal(signal.SIGKILL)
+        await proc.wait(timeout=15)
+        if broker is not None:
+            await self._reap_broker(region, broker, grace=15.0)
+        region.history.append(proc.text())
+        await proc.close()
+        region.proc = None
+
+    async def stop(self, name: str, timeout: float = 20.0) -> int:
+        """SIGTERM the region's gateway and wait for it (and its broker) to exit; its exit code."""
+        region = self.regions[name]
+        proc = self.process(name)
+        broker = self.broker_pid(name)
+        proc.signal(signal.SIGTERM)
+        rc = await proc.wait(timeout=timeout)
+        if broker is not None:
+            await self._reap_broker(region, broker, grace=10.0)
+        region.history.append(proc.text())
+        await proc.close()
+        region.proc = None
+        return rc
+
+    async def restart(self, name: str) -> None:
+        """Starts the region again: same mesh file, data dir and listen port."""
+        region = self.regions[name]
+        if region.proc is not None and region.proc.proc is not None and region.proc.proc.returncode is None:
+            raise RuntimeError(f"region {name} is still running; kill9() or stop() it first")
+        # The region's channel stays: it reconnects by itself (backoff capped at 0.5 s).
+        await self._spawn(region)
+
+    # --- diagnostics -----------------------------------------------------------------------------
+
+    def logs(self, name: str) -> str:
+        region = self.regions[name]
+        parts = [f"--- {name}: incarnation {i + 1} ---\n{text}" for i, text in enumerate(region.history)]
+        if region.proc is not None:
+            parts.append(f"--- {name}: current ---\n{region.proc.text()}")
+        return "\n".join(parts)
+
+    def log_tails(self, lines: int = 40) -> str:
+        out = []
+        for name in self.regions:
+            text = self.logs(name).splitlines()
+            out.append(f"===== region {name} (last {lines} of {len(text)} log lines) =====")
+            out.extend(text[-lines:])
+        return "\n".join(out)
+
+
+async def wait_links_idle(cluster: MeshCluster, sources: Sequence[str], timeout: float) -> None:
+    """Waits until every link of every source is REPLICATING with no lag."""
+
+    async def idle() -> bool:
+        for source in sources:
+            status = await cluster.status(source)
+            if not status.links:
+                return False
+            for link in status.links:
+                if link.state != admin_pb2.LINK_STATE_REPLICATING or link.lag_events != 0:
+                    return False
+        return True
+
+    await wait_until(idle, timeout, interval=0.2, what=f"links of {list(sources)} REPLICATING with lag 0")
