@@ -148,8 +148,15 @@ class Broker(abc.ABC):
         """Batches of the events of a topic pattern from ``start`` on, until cancelled."""
 
     @abc.abstractmethod
-    async def durable_consumer(self, name: str, *, pattern: str = ">") -> DurableConsumer:
-        """A consumer whose position is kept in the broker under ``name``, created if missing."""
+    async def durable_consumer(
+        self, name: str, *, pattern: str = ">", origin: str | None = None, routed_to: str | None = None
+    ) -> DurableConsumer:
+        """A consumer whose position is kept in the broker under ``name``, created if missing.
+
+        ``origin`` and ``routed_to`` keep only events admitted in that region and whose route
+        names that region: the others are acked by the consumer itself, before decoding, in
+        log order with the rest (a replication link reads only what it forwards).
+        """
 
     @abc.abstractmethod
     async def last_sequence(self) -> int:

@@ -206,7 +206,7 @@ class Link:
                 progress = self.counters.forwarded + self.counters.dead_lettered
                 try:
                     if self._consumer is None:
-                        self._consumer = await self._broker.durable_consumer(self._consumer_name)
+                        self._consumer = await self._open_consumer()
                     self.state = LinkState.CONNECTING
                     await self._session(self._consumer, self.address)
                 except Exception as exc:  # noqa: BLE001 - whatever ends a session, the link retries
@@ -236,6 +236,11 @@ class Link:
                 with contextlib.suppress(BrokerError):
                     await self._consumer.close()
                 self._consumer = None
+
+    async def _open_consumer(self) -> DurableConsumer:
+        # Only this region's own events routed to the destination come out of it; the broker
+        # adapter skips the rest before decoding them.
+        return await self._broker.durable_consumer(self._consumer_name, origin=self.source, routed_to=self.destination)
 
     def _is_stopping(self) -> bool:
         # A method, not the attribute: stop() flips it while this task awaits.
@@ -313,7 +318,7 @@ class Link:
         window: asyncio.Semaphore,
     ) -> None:
         opts = self.options
-        source, destination = self.source, self.destination
+        source = self.source
         batch_id = 0
         while True:
             await window.acquire()
@@ -325,13 +330,11 @@ class Link:
                         "restarting from the oldest unacked event"
                     )
                 self._last_seq = d.event.sequence
-            events = [d.event for d in deliveries if d.event.origin == source and destination in d.event.route]
-            if not events:
-                # Nothing for this destination: skip them, in order, without a round trip.
-                if deliveries:
-                    await consumer.ack(deliveries)
+            if not deliveries:
                 window.release()
                 continue
+            # The consumer yields only this region's events routed to the destination.
+            events = [d.event for d in deliveries]
             batch_id += 1
             self._inflight.append(_Sent(batch_id, deliveries, events))
             self._idle.clear()

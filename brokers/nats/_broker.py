@@ -54,7 +54,14 @@ from meshgate.brokers._base import (
     EventRejectedError,
     StartAt,
 )
-from meshgate.brokers._codec import SubjectMapper, decode_event, encode_headers, pattern_to_filter
+from meshgate.brokers._codec import (
+    HEADER_ORIGIN,
+    HEADER_ROUTE,
+    SubjectMapper,
+    decode_event,
+    encode_headers,
+    pattern_to_filter,
+)
 from meshgate.brokers.nats._errors import AckTimeoutError, MessageTooLargeError, NotConnectedError
 from meshgate.brokers.nats._pull import CLOSED, FULL, TIMEOUT, PullSubscription, reraise_swallowed_cancel
 from meshgate.brokers.nats._wire import PubAckParser, header_block, parse_ack_subject
@@ -774,7 +781,9 @@ class NatsBroker(Broker):
             if puller is not None:
                 await self._close_puller(puller, delete=True)
 
-    async def durable_consumer(self, name: str, *, pattern: str = ">") -> NatsDurableConsumer:
+    async def durable_consumer(
+        self, name: str, *, pattern: str = ">", origin: str | None = None, routed_to: str | None = None
+    ) -> NatsDurableConsumer:
         filter_subject = pattern_to_filter(pattern, self.settings.subject_prefix)
         self._require_nc()
         config = ConsumerConfig(
@@ -797,7 +806,7 @@ class NatsBroker(Broker):
             puller, _ = await self._open_puller(config)
         except _NATS_FAILURES as exc:
             raise _broker_error(exc, f"cannot create durable consumer {name!r}") from exc
-        consumer = NatsDurableConsumer(self, config, puller)
+        consumer = NatsDurableConsumer(self, config, puller, origin=origin, routed_to=routed_to)
         self._consumers.add(consumer)
         return consumer
 
@@ -874,8 +883,18 @@ class NatsDurableConsumer(DurableConsumer):
     hands back the ones this instance still holds at once (NAK) instead of after ``ack_wait``.
     """
 
-    def __init__(self, broker: NatsBroker, config: ConsumerConfig, puller: PullSubscription) -> None:
+    def __init__(
+        self,
+        broker: NatsBroker,
+        config: ConsumerConfig,
+        puller: PullSubscription,
+        *,
+        origin: str | None = None,
+        routed_to: str | None = None,
+    ) -> None:
         self._broker = broker
+        self._origin = origin
+        self._routed_to = routed_to
         self._config = config
         self._puller = puller
         self.name = config.name or ""
@@ -919,12 +938,27 @@ class NatsDurableConsumer(DurableConsumer):
         except _NATS_FAILURES as exc:
             raise _broker_error(exc, f"fetch from durable consumer {self.name!r}") from exc
         topic_of = broker._mapper.topic
+        origin, routed_to = self._origin, self._routed_to
         deliveries = []
+        skipped = []
         for msg in puller.take(max_events):
+            if origin is not None or routed_to is not None:
+                # Decided on the raw headers: decoding is most of the cost of a delivery.
+                headers = msg.headers or {}
+                if (origin is not None and headers.get(HEADER_ORIGIN) != origin) or (
+                    routed_to is not None and routed_to not in headers.get(HEADER_ROUTE, "").split(",")
+                ):
+                    skipped.append(msg.reply)
+                    continue
             meta = parse_ack_subject(msg.reply)
             event = decode_event(msg.headers, msg.data, topic=topic_of(msg.subject), sequence=meta.stream_sequence)
             self._unacked[msg.reply] = None
             deliveries.append(Delivery(event=event, token=msg.reply, pending=meta.pending))
+        if skipped:
+            try:
+                await broker._ack_all(nc, skipped, b"+ACK")
+            except _NATS_FAILURES as exc:
+                raise _broker_error(exc, f"ack of {len(skipped)} skipped deliveries of {self.name!r}") from exc
         return deliveries
 
     async def ack(self, deliveries: Sequence[Delivery]) -> None:

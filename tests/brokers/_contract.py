@@ -458,3 +458,21 @@ class BrokerContract:
             assert await consumer.oldest_pending_time() is None
         finally:
             await consumer.close()
+
+    async def test_durable_consumer_filters_by_origin_and_route(self, broker: Broker) -> None:
+        events = [
+            make_event("orders/a", "f-1", origin="here", route=["here", "there"]),
+            make_event("orders/a", "f-2", origin="there", route=["here", "there"]),
+            make_event("orders/a", "f-3", origin="here", route=["here"]),
+            make_event("orders/a", "f-4", origin="here", route=["here", "yonder", "there"]),
+        ]
+        await broker.append(events)
+        consumer = await broker.durable_consumer("link-probe", origin="here", routed_to="there")
+        try:
+            got = await consumer.fetch(10, timeout=BOUND)
+            assert [d.event.id for d in got] == ["f-1", "f-4"]
+            await consumer.ack(got)
+            # The skipped ones were acked by the consumer itself: nothing is left pending.
+            assert await consumer.pending() == 0
+        finally:
+            await consumer.close()
