@@ -43,6 +43,8 @@ from urllib.parse import quote, unquote
 
 from google.protobuf import timestamp_pb2
 
+from meshgate.router import validate_pattern as router_validate_pattern
+from meshgate.router import validate_topic as router_validate_topic
 from meshgate.v1 import event_pb2
 
 __all__ = [
@@ -90,10 +92,6 @@ DEFAULT_SPECVERSION = "1.0"
 # Extension names that would land on the header of a context attribute.
 RESERVED_EXTENSION_NAMES = frozenset({"id", "source", "type", "specversion", "time"})
 
-_LEVEL = r"[A-Za-z0-9_-]{1,64}"
-_TOPIC_RE = re.compile(rf"{_LEVEL}(?:/{_LEVEL}){{0,15}}")
-_PATTERN_LEVEL_RE = re.compile(rf"{_LEVEL}|\*")
-MAX_LEVELS = 16
 
 # Printable ASCII (0x21-0x7E) except '"' and '%': what a header value may carry unescaped.
 _UNSAFE_RE = re.compile(r"[^!#$&-~]")
@@ -104,28 +102,17 @@ _QUOTE_SAFE = "!#$&'()*+,/:;<=>?@[\\]^`{|}"
 
 
 def validate_topic(topic: str) -> None:
-    """Raises ``ValueError`` unless ``topic`` is 1 to 16 levels of ``A-Z a-z 0-9 - _``."""
-    if not _TOPIC_RE.fullmatch(topic):
-        raise ValueError(
-            f"invalid topic {topic!r}: a topic is 1 to {MAX_LEVELS} levels separated by '/', "
-            "each 1 to 64 characters of A-Z a-z 0-9 - _"
-        )
+    """Raises ``ValueError`` with the router's reason unless ``topic`` is a valid topic."""
+    problem = router_validate_topic(topic)
+    if problem is not None:
+        raise ValueError(problem)
 
 
 def validate_pattern(pattern: str) -> None:
-    """Raises ``ValueError`` unless ``pattern`` is a topic whose levels may be ``*`` or, last, ``>``."""
-    levels = pattern.split("/")
-    if len(levels) > MAX_LEVELS:
-        raise ValueError(f"invalid pattern {pattern!r}: {len(levels)} levels, at most {MAX_LEVELS}")
-    last = len(levels) - 1
-    for i, level in enumerate(levels):
-        if level == ">" and i == last:
-            continue
-        if not _PATTERN_LEVEL_RE.fullmatch(level):
-            raise ValueError(
-                f"invalid pattern {pattern!r}: level {i + 1} is {level!r}; a level is 1 to 64 of "
-                "A-Z a-z 0-9 - _, or '*' (one level), or '>' as the last level (one or more levels)"
-            )
+    """Raises ``ValueError`` with the router's reason unless ``pattern`` is a valid pattern."""
+    problem = router_validate_pattern(pattern)
+    if problem is not None:
+        raise ValueError(problem)
 
 
 def topic_to_subject(topic: str, prefix: str) -> str:

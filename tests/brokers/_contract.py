@@ -476,3 +476,31 @@ class BrokerContract:
             assert await consumer.pending() == 0
         finally:
             await consumer.close()
+
+    async def test_reset_restarts_at_the_oldest_unacked_in_order(self, broker: Broker) -> None:
+        await broker.append([make_event("orders/a", f"r-{i}") for i in range(6)])
+        consumer = await broker.durable_consumer("reset-probe")
+        try:
+            first = await consumer.fetch(2, timeout=BOUND)
+            await consumer.ack(first)
+            taken = await consumer.fetch(2, timeout=BOUND)  # taken, never acked (a crashed process)
+            assert [d.event.id for d in taken] == ["r-2", "r-3"]
+            await consumer.reset()
+            again = await consumer.fetch(10, timeout=BOUND)
+            # Not r-4 first with r-2 later: everything after the ack floor, in log order.
+            assert [d.event.id for d in again] == ["r-2", "r-3", "r-4", "r-5"]
+        finally:
+            await consumer.close()
+
+    async def test_reset_keeps_the_position_across_reopening(self, broker: Broker) -> None:
+        await broker.append([make_event("orders/a", f"p-{i}") for i in range(4)])
+        consumer = await broker.durable_consumer("reopen-probe")
+        await consumer.ack(await consumer.fetch(3, timeout=BOUND))
+        await consumer.reset()
+        await consumer.close()
+        reopened = await broker.durable_consumer("reopen-probe")
+        try:
+            await reopened.reset()
+            assert [d.event.id for d in await reopened.fetch(10, timeout=BOUND)] == ["p-3"]
+        finally:
+            await reopened.close()

@@ -87,7 +87,7 @@ def test_topic_subject_mapping_is_one_to_one(topic: str) -> None:
     ["", "orders/", "/orders", "orders//x", "orders.created", "orders/cre ated", "a" * 65, "/".join(["a"] * 17), "ü"],
 )
 def test_invalid_topics(topic: str) -> None:
-    with pytest.raises(ValueError, match="invalid topic"):
+    with pytest.raises(ValueError, match="topic"):  # the router's reason, e.g. "level 2 is empty"
         validate_topic(topic)
     with pytest.raises(ValueError):
         SubjectMapper("mesh.").subject(topic)
@@ -114,7 +114,7 @@ def test_pattern_to_filter(pattern: str, subject: str) -> None:
 
 @pytest.mark.parametrize("pattern", ["", "orders/>/x", "orders/*x", "orders/a>", "orders//*", "or ders/*"])
 def test_invalid_patterns(pattern: str) -> None:
-    with pytest.raises(ValueError, match="invalid pattern"):
+    with pytest.raises(ValueError, match="pattern"):
         validate_pattern(pattern)
 
 

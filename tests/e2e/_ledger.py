@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from meshgate.v1 import event_pb2, gateway_pb2
+from tests.gateway._helpers import read_all
 
 if TYPE_CHECKING:
     from tests.e2e._mesh import MeshCluster
@@ -398,21 +399,7 @@ async def read_region(
 ) -> list[event_pb2.Event]:
     """The events of ``pattern`` in a region, from the earliest; stops once ``expect`` arrived or
     the stream stays quiet for ``idle`` seconds (the stream itself never ends)."""
-    call = cluster.stub(region).Subscribe(
-        gateway_pb2.SubscribeRequest(pattern=pattern, position=gateway_pb2.START_POSITION_EARLIEST, max_batch=1000)
-    )
-    out: list[event_pb2.Event] = []
-    it = call.__aiter__()
-    try:
-        while expect is None or len(out) < expect:
-            try:
-                resp = await asyncio.wait_for(it.__anext__(), idle)
-            except (TimeoutError, StopAsyncIteration):
-                break
-            out.extend(resp.events)
-    finally:
-        call.cancel()
-    return out
+    return await read_all(cluster.stub(region), pattern, expect=expect, idle=idle, max_batch=1000)
 
 
 class Producer:

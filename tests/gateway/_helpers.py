@@ -15,11 +15,18 @@ def ev(topic: str = "orders/created", data: bytes = b"{}", **fields: Any) -> eve
 
 
 async def read_all(
-    stub: gateway_pb2_grpc.GatewayStub, pattern: str = ">", *, expect: int | None = None, idle: float = 0.5
+    stub: gateway_pb2_grpc.GatewayStub,
+    pattern: str = ">",
+    *,
+    expect: int | None = None,
+    idle: float = 0.5,
+    max_batch: int = 0,
 ) -> list[event_pb2.Event]:
     """Every stored event of a pattern, from the earliest; stops when `expect` arrived or the
     log stays quiet for `idle` seconds (the stream itself never ends)."""
-    call = stub.Subscribe(gateway_pb2.SubscribeRequest(pattern=pattern, position=gateway_pb2.START_POSITION_EARLIEST))
+    call = stub.Subscribe(
+        gateway_pb2.SubscribeRequest(pattern=pattern, position=gateway_pb2.START_POSITION_EARLIEST, max_batch=max_batch)
+    )
     out: list[event_pb2.Event] = []
     it = call.__aiter__()
     try:
