@@ -170,6 +170,19 @@ class Broker(abc.ABC):
     async def put_checkpoint(self, name: str, value: bytes) -> None:
         """Stores ``value`` under ``name``, replacing the previous one."""
 
+    @abc.abstractmethod
+    async def hold_lease(self, name: str, owner: str, *, ttl: float) -> bool:
+        """Takes lease ``name`` for ``owner``, or renews it; True while ``owner`` holds it.
+
+        A lease its owner does not renew within ``ttl`` seconds lapses and another owner can
+        take it: the gateway replicas of a region use one per replication link, so that one
+        replica runs each link and another takes over when it dies.
+        """
+
+    @abc.abstractmethod
+    async def release_lease(self, name: str, owner: str) -> None:
+        """Gives lease ``name`` up at once if ``owner`` holds it (a clean shutdown)."""
+
     async def origin_sequences_after(self, origin: str, position: int) -> tuple[set[int], int]:
         """The origin sequences of ``origin``'s events stored after log ``position``.
 

@@ -25,7 +25,7 @@ from meshgate.gateway._budget import InflightBudget
 from meshgate.gateway._metrics import GatewayMetrics
 from meshgate.gateway._publish import GatewayService
 from meshgate.gateway._replication import ReplicationService
-from meshgate.replicator import LinkOptions, Replicator
+from meshgate.replicator import DEFAULT_LEASE_TTL, LinkOptions, Replicator
 from meshgate.router import Router
 from meshgate.v1 import (
     admin_pb2,
@@ -94,6 +94,7 @@ class Gateway:
         registry: CollectorRegistry | None = None,
         replicate: bool = True,
         link_options: LinkOptions | None = None,
+        lease_ttl: float = DEFAULT_LEASE_TTL,
     ) -> None:
         self._region_cfg = config.region(region)  # raises KeyError naming the known regions
         self.region = region
@@ -115,7 +116,9 @@ class Gateway:
         self.admission = self._make_admission()
         self.replicator: Replicator | None = None
         if replicate:
-            self.replicator = Replicator(region=region, broker=self.broker, config=config, options=link_options)
+            self.replicator = Replicator(
+                region=region, broker=self.broker, config=config, options=link_options, lease_ttl=lease_ttl
+            )
         self._config_path = config_path
         self._watcher: ConfigWatcher | None = None
         if config_path is not None:

@@ -33,6 +33,7 @@ class LinkState(enum.Enum):
     REPLICATING = admin_pb2.LINK_STATE_REPLICATING
     BACKING_OFF = admin_pb2.LINK_STATE_BACKING_OFF
     PAUSED = admin_pb2.LINK_STATE_PAUSED
+    STANDBY = admin_pb2.LINK_STATE_STANDBY
     STOPPED = admin_pb2.LINK_STATE_UNSPECIFIED
 
 
@@ -127,11 +128,17 @@ class Link:
         # Log position of the last delivery taken in this session; anything at or below it
         # is a redelivery out of order.
         self._last_seq = 0
+        # When this replica last renewed the link's lease (monotonic), None when it holds none.
+        self.lease_renewed: float | None = None
         # Set while nothing is in flight: stop() waits for it within its timeout.
         self._idle = asyncio.Event()
         self._idle.set()
 
     # --- control ---------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None
 
     async def start(self) -> None:
         if self._task is not None:

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import time
+import uuid
 
-from meshgate.brokers import Broker
+from meshgate.brokers import Broker, BrokerError
 from meshgate.config import MeshConfig
-from meshgate.replicator._link import Link, LinkOptions
+from meshgate.replicator._link import Link, LinkOptions, LinkState
 from meshgate.v1 import admin_pb2
 
-__all__ = ["Replicator"]
+__all__ = ["DEFAULT_LEASE_TTL", "Replicator"]
+
+log = logging.getLogger("meshgate.replicator")
+
+# A dead replica's links are taken over by another replica within about this long.
+DEFAULT_LEASE_TTL = 10.0
 
 
 class Replicator:
@@ -17,18 +26,34 @@ class Replicator:
 
     Every other region gets a link, not only those today's rules name: routes are stamped at
     admission, so events routed by an older file still have to reach their regions.
+
+    Several gateway replicas of a region share the work through leases kept in the broker:
+    each link runs in the one replica holding its lease (the others show it as standby), and
+    a replica that stops renewing loses its leases within ``lease_ttl`` to one that is alive.
+    One sender per link is what keeps a link's events in log order at the destination.
     """
 
-    def __init__(self, *, region: str, broker: Broker, config: MeshConfig, options: LinkOptions | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        region: str,
+        broker: Broker,
+        config: MeshConfig,
+        options: LinkOptions | None = None,
+        owner: str | None = None,
+        lease_ttl: float = DEFAULT_LEASE_TTL,
+    ) -> None:
         self.region = region
+        self.owner = owner or f"{region}/{uuid.uuid4().hex[:12]}"
+        self.lease_ttl = lease_ttl
         self._broker = broker
         self._options = options or LinkOptions()
         self.links: dict[str, Link] = {}
         self._started = False
+        self._leases: asyncio.Task[None] | None = None
         self._make_links(config)
 
-    def _make_links(self, config: MeshConfig) -> list[Link]:
-        added = []
+    def _make_links(self, config: MeshConfig) -> None:
         for r in config.regions:
             if r.name == self.region:
                 continue
@@ -42,30 +67,71 @@ class Replicator:
                     options=self._options,
                 )
                 self.links[r.name] = link
-                added.append(link)
             else:
                 link.set_address(r.gateway)
-        return added
 
     async def apply(self, config: MeshConfig) -> None:
         """A reloaded mesh file: new regions get links, moved gateways are reconnected.
 
         A region removed from the file keeps its link: events already routed to it wait in
         this region's log (its lag shows them) until it comes back or an operator acts.
+        New links start with the next lease round.
         """
-        added = self._make_links(config)
-        if self._started:
-            for link in added:
-                await link.start()
+        self._make_links(config)
 
     async def start(self) -> None:
+        if self._started:
+            return
         self._started = True
         for link in self.links.values():
-            await link.start()
+            link.state = LinkState.STANDBY
+        await self._lease_round()
+        self._leases = asyncio.create_task(self._hold_leases())
 
     async def stop(self, timeout: float = 5.0) -> None:
+        if not self._started:
+            return
         self._started = False
-        await asyncio.gather(*(link.stop(timeout) for link in self.links.values()))
+        if self._leases is not None:
+            self._leases.cancel()
+            # Bounded: nats-py can swallow a cancellation that lands inside one of its requests.
+            await asyncio.wait({self._leases}, timeout=2.0)
+            self._leases = None
+        running = [link for link in self.links.values() if link.running]
+        await asyncio.gather(*(link.stop(timeout) for link in running))
+        # Handing the leases back lets another replica take the links over at once.
+        for link in running:
+            with contextlib.suppress(BrokerError):
+                await self._broker.release_lease(self._lease_name(link), self.owner)
+
+    @staticmethod
+    def _lease_name(link: Link) -> str:
+        return f"link.{link.destination}"
+
+    async def _hold_leases(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_ttl / 3)
+            await self._lease_round()
+
+    async def _lease_round(self) -> None:
+        for link in list(self.links.values()):
+            try:
+                held = await self._broker.hold_lease(self._lease_name(link), self.owner, ttl=self.lease_ttl)
+                link.lease_renewed = time.monotonic() if held else None
+            except BrokerError as exc:
+                # Not renewed: still ours until the TTL runs out, then another replica's.
+                renewed = link.lease_renewed
+                held = renewed is not None and time.monotonic() - renewed < self.lease_ttl * 2 / 3
+                log.warning("lease of link %s -> %s not renewed: %s", self.region, link.destination, exc)
+            if held and not link.running:
+                log.info("link %s -> %s runs in this replica (%s)", self.region, link.destination, self.owner)
+                await link.start()
+            elif not held and link.running:
+                log.info("link %s -> %s: lease lost; another replica runs it", self.region, link.destination)
+                await link.stop(1.0)
+                link.state = LinkState.STANDBY
+            elif not held:
+                link.state = LinkState.STANDBY
 
     def statuses(self) -> list[admin_pb2.LinkStatus]:
         return [self.links[name].status() for name in sorted(self.links)]

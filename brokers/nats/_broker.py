@@ -213,6 +213,7 @@ class NatsBroker(Broker):
         self._nc: Client | None = None
         self._jsm: JetStreamManager | None = None
         self._kv: KeyValue | None = None
+        self._lease_kv: KeyValue | None = None
         # The fast publish path writes protocol commands into nats-py's outbound buffer.
         self._fast_publish = True
         self._max_payload = 1024 * 1024
@@ -400,6 +401,7 @@ class NatsBroker(Broker):
             self._nc = None
             self._jsm = None
             self._kv = None
+            self._lease_kv = None
             self._connected.clear()
             self.state = BrokerState.CLOSED
             self._stopping = False
@@ -833,6 +835,55 @@ class NatsBroker(Broker):
                     KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE, replicas=self.settings.replicas)
                 )
         return self._kv
+
+    async def _leases(self, ttl: float) -> KeyValue:
+        # A KV bucket whose entries lapse after `ttl`: an owner renews (rewrites) its entry in time.
+        if self._lease_kv is None:
+            nc = self._require_nc()
+            js = nc.jetstream(timeout=self._ack_timeout)
+            bucket = f"{self.settings.stream}_LEASES"
+            try:
+                self._lease_kv = await js.key_value(bucket)
+            except nats.js.errors.BucketNotFoundError:
+                self._lease_kv = await js.create_key_value(
+                    KeyValueConfig(
+                        bucket=bucket, history=1, ttl=ttl, storage=StorageType.FILE, replicas=self.settings.replicas
+                    )
+                )
+        return self._lease_kv
+
+    async def hold_lease(self, name: str, owner: str, *, ttl: float) -> bool:
+        mine = owner.encode()
+        try:
+            kv = await self._leases(ttl)
+            try:
+                entry = await kv.get(name)
+            except nats.js.errors.KeyNotFoundError:  # also a deleted (released) one
+                entry = None
+            if entry is None or not entry.value:
+                await kv.create(name, mine)
+                return True
+            if entry.value != mine:
+                return False
+            # Renewing is a conditional write: it fails if another owner took the lease meanwhile.
+            await kv.update(name, mine, last=entry.revision)
+            return True
+        except nats.js.errors.KeyWrongLastSequenceError:
+            return False
+        except _NATS_FAILURES as exc:
+            raise _broker_error(exc, f"lease {name!r}") from exc
+
+    async def release_lease(self, name: str, owner: str) -> None:
+        if self._lease_kv is None:
+            return
+        try:
+            entry = await self._lease_kv.get(name)
+            if entry.value == owner.encode():
+                await self._lease_kv.delete(name, last=entry.revision)
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyWrongLastSequenceError):
+            return
+        except _NATS_FAILURES as exc:
+            raise _broker_error(exc, f"release of lease {name!r}") from exc
 
     async def get_checkpoint(self, name: str) -> bytes | None:
         try:

@@ -504,3 +504,26 @@ class BrokerContract:
             assert [d.event.id for d in await reopened.fetch(10, timeout=BOUND)] == ["p-3"]
         finally:
             await reopened.close()
+
+    async def test_one_owner_per_lease_and_takeover(self, new_broker: BrokerFactory) -> None:
+        async with new_broker() as one, new_broker() as two:
+            assert await one.hold_lease("link.there", "replica-1", ttl=30)
+            assert not await two.hold_lease("link.there", "replica-2", ttl=30)
+            assert await one.hold_lease("link.there", "replica-1", ttl=30)  # renewed
+            assert await two.hold_lease("link.else", "replica-2", ttl=30)  # leases are independent
+            await one.release_lease("link.there", "replica-1")
+            assert await two.hold_lease("link.there", "replica-2", ttl=30)
+            assert not await one.hold_lease("link.there", "replica-1", ttl=30)
+            await one.release_lease("link.there", "replica-1")  # not its lease: nothing happens
+            assert await two.hold_lease("link.there", "replica-2", ttl=30)
+
+    async def test_lease_lapses_when_not_renewed(self, new_broker: BrokerFactory) -> None:
+        async with new_broker() as one, new_broker() as two:
+            assert await one.hold_lease("link.there", "replica-1", ttl=1.0)
+            assert not await two.hold_lease("link.there", "replica-2", ttl=1.0)
+            deadline = time.monotonic() + BOUND
+            # replica-1 has died (stops renewing): replica-2 gets it once the TTL ran out.
+            while not await two.hold_lease("link.there", "replica-2", ttl=1.0):
+                assert time.monotonic() < deadline, "the lease never lapsed"
+                await asyncio.sleep(0.2)
+            assert not await one.hold_lease("link.there", "replica-1", ttl=1.0)

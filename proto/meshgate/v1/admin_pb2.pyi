@@ -31,6 +31,8 @@ class _LinkStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LinkState.V
     LINK_STATE_REPLICATING: _LinkState.ValueType  # 2
     LINK_STATE_BACKING_OFF: _LinkState.ValueType  # 3
     LINK_STATE_PAUSED: _LinkState.ValueType  # 4
+    LINK_STATE_STANDBY: _LinkState.ValueType  # 5
+    """Another gateway replica of this region holds the link's lease and runs it."""
 
 class LinkState(_LinkState, metaclass=_LinkStateEnumTypeWrapper): ...
 
@@ -39,6 +41,8 @@ LINK_STATE_CONNECTING: LinkState.ValueType  # 1
 LINK_STATE_REPLICATING: LinkState.ValueType  # 2
 LINK_STATE_BACKING_OFF: LinkState.ValueType  # 3
 LINK_STATE_PAUSED: LinkState.ValueType  # 4
+LINK_STATE_STANDBY: LinkState.ValueType  # 5
+"""Another gateway replica of this region holds the link's lease and runs it."""
 Global___LinkState: _TypeAlias = LinkState  # noqa: Y015
 
 @_typing.final
