@@ -1,0 +1,71 @@
+"""``meshgate status -g HOST:PORT [--json]``: per link, destination, state, lag, last error."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from typing import Any
+
+import grpc
+
+from meshgate.cli._client import add_gateway_arg, channel, print_rpc_error
+from meshgate.v1 import admin_pb2, admin_pb2_grpc
+
+__all__ = ["register"]
+
+
+def register(sub: argparse._SubParsersAction[Any]) -> None:
+    p = sub.add_parser("status", help="replication links of a gateway", description=__doc__)
+    add_gateway_arg(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run)
+
+
+def _state(link: admin_pb2.LinkStatus) -> str:
+    return admin_pb2.LinkState.Name(link.state).removeprefix("LINK_STATE_").lower()
+
+
+async def _status(args: argparse.Namespace) -> int:
+    async with channel(args.gateway) as ch:
+        try:
+            resp = await admin_pb2_grpc.AdminStub(ch).Status(admin_pb2.StatusRequest(), timeout=10)
+        except grpc.aio.AioRpcError as exc:
+            print_rpc_error(exc, args.gateway)
+            return 1
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "region": resp.region,
+                    "config_sha256": resp.config_sha256,
+                    "links": [
+                        {
+                            "destination": link.destination,
+                            "state": _state(link),
+                            "lag_events": link.lag_events,
+                            "lag_seconds": round(link.lag_seconds, 3),
+                            "last_error": link.last_error,
+                            "forwarded": link.forwarded,
+                            "dead_lettered": link.dead_lettered,
+                        }
+                        for link in resp.links
+                    ],
+                }
+            )
+        )
+        return 0
+    print(f"region {resp.region} (config sha256 {resp.config_sha256[:12]})")
+    if not resp.links:
+        print("no replication links")
+    for link in resp.links:
+        err = f"  last error: {link.last_error}" if link.last_error else ""
+        print(
+            f"-> {link.destination:<16} {_state(link):<12} lag {link.lag_events} events "
+            f"{link.lag_seconds:.1f}s  forwarded {link.forwarded}  dead-lettered {link.dead_lettered}{err}"
+        )
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    return asyncio.run(_status(args))
