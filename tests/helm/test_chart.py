@@ -1,0 +1,551 @@
+"""The Helm chart (helm/meshgate): lint, schema-valid Kubernetes objects, production defaults.
+
+Every value set of ``helm/meshgate/ci/`` is rendered with ``helm template``, linted with
+``helm lint --strict`` and validated with kubernetes-validate (strict: unknown fields are
+errors) against the oldest Kubernetes the chart supports (its kubeVersion floor, 1.29) and
+the newest one kubernetes-validate ships. prometheus-operator objects (ServiceMonitor,
+PrometheusRule) are custom resources with no schema there: they are skipped by the
+validator and checked here by hand, their alert rules by ``promtool`` when it is installed.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import subprocess
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+
+from meshgate.config import load_config_text
+from tests.helm._helm import CHART, CI_VALUES, NAMESPACE, one, render, render_error, run_helm
+
+VALUE_SETS = {
+    "default": (CI_VALUES / "default-values.yaml",),
+    "hpa": (CI_VALUES / "hpa-values.yaml",),
+    "tls": (CI_VALUES / "tls-values.yaml",),
+    "monitoring": (CI_VALUES / "monitoring-values.yaml",),
+    "nats-sidecar": (CI_VALUES / "nats-sidecar-values.yaml",),
+}
+DEFAULT = VALUE_SETS["default"]
+# The chart's kubeVersion floor, and the Kubernetes of the helm the tests use (v4.1, client 1.35).
+K8S_VERSIONS = ("1.29.0", "1.35.0")
+# Custom resources: kubernetes-validate has no schema for them.
+CRD_GROUPS = ("monitoring.coreos.com/",)
+FULLNAME = "meshgate-us-west"
+
+_rendered: dict[str, list[dict[str, Any]]] = {}
+
+
+def rendered(name: str) -> list[dict[str, Any]]:
+    if name not in _rendered:
+        _rendered[name] = render(VALUE_SETS[name])
+    return _rendered[name]
+
+
+def values_of(name: str) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    for f in VALUE_SETS[name]:
+        merged.update(yaml.safe_load(f.read_text()))
+    return merged
+
+
+def pod_spec(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    spec: dict[str, Any] = one(objects, "Deployment")["spec"]["template"]["spec"]
+    return spec
+
+
+def gateway_container(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    gateways: list[dict[str, Any]] = [c for c in pod_spec(objects)["containers"] if c["name"] == "gateway"]
+    assert len(gateways) == 1
+    return gateways[0]
+
+
+# --- every value set ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def kv() -> ModuleType:
+    """kubernetes-validate (a dev dependency)."""
+    module: ModuleType = pytest.importorskip(
+        "kubernetes_validate", reason="pip install kubernetes-validate (dev extras)"
+    )
+    return module
+
+
+def test_every_ci_values_file_is_covered() -> None:
+    assert {p for ps in VALUE_SETS.values() for p in ps} == set(CI_VALUES.glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_helm_lint_strict(name: str) -> None:
+    args: list[str | Path] = ["lint", "--strict", CHART, "--namespace", NAMESPACE]
+    for f in VALUE_SETS[name]:
+        args += ["-f", f]
+    result = run_helm(*args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 chart(s) failed" in result.stdout
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_objects_validate_against_kubernetes_schemas(kv: ModuleType, name: str, version: str) -> None:
+    validated, skipped = [], []
+    for obj in rendered(name):
+        label = f"{obj['kind']}/{obj['metadata']['name']}"
+        if obj["apiVersion"].startswith(CRD_GROUPS):
+            skipped.append(obj["kind"])  # no schema in kubernetes-validate: checked below by hand
+            continue
+        try:
+            kv.validate(obj, version, strict=True)
+        except kv.ValidationError as exc:
+            pytest.fail(f"{name}: {label} is invalid for Kubernetes {version}: {exc.message} at {list(exc.path)}")
+        validated.append(obj["kind"])
+    assert "Deployment" in validated
+    assert set(skipped) <= {"ServiceMonitor", "PrometheusRule"}
+
+
+def test_validator_rejects_unknown_fields(kv: ModuleType) -> None:
+    """The strict validation above bites: a misspelt field is an error."""
+    deployment = one(rendered("default"), "Deployment")
+    broken = yaml.safe_load(yaml.safe_dump(deployment))
+    broken["spec"]["template"]["spec"]["containers"][0]["livenesProbe"] = {}
+    with pytest.raises(kv.ValidationError):
+        kv.validate(broken, K8S_VERSIONS[0], strict=True)
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_example_mesh_files_are_valid(name: str) -> None:
+    """The mesh files of the value sets load with Meshgate's own validation."""
+    values = values_of(name)
+    config = load_config_text(values["config"]["mesh"], source=f"{name}:config.mesh", env={})
+    assert values["region"] in [r.name for r in config.regions]
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_production_defaults_hold_in_every_value_set(name: str) -> None:
+    objects = rendered(name)
+    spec = pod_spec(objects)
+    gateway = gateway_container(objects)
+    grpc_port = next(p["containerPort"] for p in gateway["ports"] if p["name"] == "grpc")
+    # gRPC probes on the gRPC port, Health service "".
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert gateway[probe]["grpc"] == {"port": grpc_port, "service": ""}, probe
+    # Resources.
+    assert gateway["resources"]["requests"]["cpu"]
+    assert gateway["resources"]["requests"]["memory"]
+    assert gateway["resources"]["limits"]["memory"]
+    # Non-root, read-only, no privileges, in every container of the pod.
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["securityContext"]["runAsUser"] != 0
+    for container in spec["containers"] + spec.get("initContainers", []):
+        sc = container["securityContext"]
+        assert sc["readOnlyRootFilesystem"] is True, container["name"]
+        assert sc["runAsNonRoot"] is True, container["name"]
+        assert sc["allowPrivilegeEscalation"] is False, container["name"]
+        assert sc["capabilities"]["drop"] == ["ALL"], container["name"]
+        assert container["resources"]["limits"]["memory"], container["name"]
+    # Writable emptyDirs for /tmp and the data dir, the mesh file mounted as a directory.
+    mounts = {m["mountPath"]: m for m in gateway["volumeMounts"]}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert "emptyDir" in volumes[mounts["/tmp"]["name"]]
+    assert "emptyDir" in volumes[mounts["/var/lib/meshgate"]["name"]]
+    assert "subPath" not in mounts["/etc/meshgate"]  # subPath mounts never see ConfigMap updates
+    assert spec["automountServiceAccountToken"] is False
+
+
+# --- the defaults ------------------------------------------------------------------------
+
+
+def test_gateway_command() -> None:
+    gateway = gateway_container(rendered("default"))
+    assert gateway["command"] == ["meshgate", "serve"]
+    assert gateway["args"][:6] == ["-c", "/etc/meshgate/mesh.yaml", "--region", "us-west", "--listen", "0.0.0.0:7400"]
+    assert gateway["args"][6:8] == ["--data-dir", "/var/lib/meshgate"]
+    assert "--no-watch" in gateway["args"]  # without hot reload, SIGHUP only: changes roll the pods
+    assert gateway["image"] == "ghcr.io/meshgate/meshgate:0.1.0"
+
+
+def test_one_replica_rolled_without_downtime_by_default() -> None:
+    deployment = one(rendered("default"), "Deployment")
+    assert deployment["spec"]["replicas"] == 1
+    # The new pod starts first; its links stay standby until the old pod hands their leases back.
+    strategy = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    assert deployment["spec"]["strategy"] == strategy
+    assert not [o for o in rendered("default") if o["kind"] == "HorizontalPodAutoscaler"]
+
+
+def test_mesh_file_is_in_the_configmap() -> None:
+    configmap = one(rendered("default"), "ConfigMap", FULLNAME)
+    assert configmap["data"]["mesh.yaml"].strip() == values_of("default")["config"]["mesh"].strip()
+    volume = next(v for v in pod_spec(rendered("default"))["volumes"] if v["name"] == "config")
+    assert volume["configMap"] == {"name": FULLNAME, "items": [{"key": "mesh.yaml", "path": "mesh.yaml"}]}
+
+
+def test_termination_grace_covers_the_drain() -> None:
+    spec = pod_spec(rendered("default"))
+    gateway = gateway_container(rendered("default"))
+    drain = 20  # settings.shutdown_grace: 20s in the mesh file
+    pre_stop = int(gateway["lifecycle"]["preStop"]["exec"]["command"][1])
+    assert spec["terminationGracePeriodSeconds"] >= drain + pre_stop
+    annotations = one(rendered("default"), "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["meshgate.io/drain-seconds"] == str(drain)
+
+
+def test_termination_grace_default_drain_without_settings() -> None:
+    objects = rendered("nats-sidecar")  # its mesh file has no settings: the default 10 s drain
+    assert pod_spec(objects)["terminationGracePeriodSeconds"] >= 10 + 5
+
+
+def test_checksum_annotation_rolls_pods_unless_hot_reload(tmp_path: Path) -> None:
+    annotations = one(rendered("default"), "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert len(annotations["checksum/config"]) == 64
+    values = values_of("default")
+    values["config"]["mesh"] = values["config"]["mesh"].replace("20s", "30s")
+    (tmp_path / "values.yaml").write_text(yaml.safe_dump(values))
+    changed = render((tmp_path / "values.yaml",))
+    changed_annotations = one(changed, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert changed_annotations["checksum/config"] != annotations["checksum/config"]
+
+    hot = one(rendered("monitoring"), "Deployment")["spec"]["template"]  # config.hotReload: true
+    assert "checksum/config" not in hot["metadata"].get("annotations", {})
+    assert "--no-watch" not in gateway_container(rendered("monitoring"))["args"]
+
+
+def test_services_client_replication_metrics() -> None:
+    objects = rendered("default")
+    client = one(objects, "Service", FULLNAME)
+    replication = one(objects, "Service", f"{FULLNAME}-replication")
+    metrics = one(objects, "Service", f"{FULLNAME}-metrics")
+    assert client["spec"]["ports"] == [
+        {"name": "grpc", "port": 7400, "targetPort": "grpc", "protocol": "TCP", "appProtocol": "grpc"}
+    ]
+    assert replication["spec"]["ports"][0]["targetPort"] == "grpc"  # one port serves all services
+    # The metrics port is this region's `metrics: 0.0.0.0:9464` of the mesh file.
+    assert metrics["spec"]["ports"][0]["port"] == 9464
+    ports = {p["name"]: p["containerPort"] for p in gateway_container(objects)["ports"]}
+    assert ports == {"grpc": 7400, "metrics": 9464}
+    for svc in (client, replication, metrics):
+        assert svc["spec"]["selector"]["app.kubernetes.io/component"] == "gateway"
+
+
+def test_pod_disruption_budget_lets_a_single_replica_be_evicted() -> None:
+    pdb = one(rendered("default"), "PodDisruptionBudget")
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert "minAvailable" not in pdb["spec"]
+
+
+def test_metrics_port_follows_the_region_of_the_mesh_file() -> None:
+    objects = rendered("hpa")  # region eu-central: metrics: 0.0.0.0:9465
+    assert one(objects, "Service", f"{FULLNAME}-metrics")["spec"]["ports"][0]["port"] == 9465
+
+
+# --- optional parts ----------------------------------------------------------------------
+
+
+def test_hpa_replaces_replica_count() -> None:
+    objects = rendered("hpa")
+    hpa = one(objects, "HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": FULLNAME}
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (1, 4)
+    assert {m["resource"]["name"] for m in hpa["spec"]["metrics"]} == {"cpu", "memory"}
+    assert "replicas" not in one(objects, "Deployment")["spec"]
+
+
+def test_tls_and_tokens_from_existing_secrets() -> None:
+    objects = rendered("tls")
+    assert not [o for o in objects if o["kind"] == "Secret"]  # existing secrets: the chart makes none
+    spec = pod_spec(objects)
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["tls"]["secret"]["secretName"] == "meshgate-us-west-tls"
+    assert volumes["auth"]["secret"]["secretName"] == "meshgate-tokens"
+    gateway = gateway_container(objects)
+    env = {e["name"]: e.get("value") for e in gateway["env"]}
+    assert env["MESHGATE_TLS_CERT_FILE"] == "/var/run/secrets/meshgate/tls/tls.crt"
+    assert env["MESHGATE_TLS_KEY_FILE"] == "/var/run/secrets/meshgate/tls/tls.key"
+    assert env["MESHGATE_TLS_CA_FILE"] == "/var/run/secrets/meshgate/tls/ca.crt"
+    assert env["MESHGATE_AUTH_DIR"] == "/var/run/secrets/meshgate/auth"
+    mounts = {m["name"]: m for m in gateway["volumeMounts"]}
+    assert mounts["tls"]["readOnly"] is True
+    assert mounts["auth"]["readOnly"] is True
+    replication = one(objects, "Service", f"{FULLNAME}-replication")
+    assert replication["spec"]["type"] == "LoadBalancer"
+    assert replication["spec"]["loadBalancerSourceRanges"] == ["10.20.0.0/16", "10.30.0.0/16"]
+    policy = one(objects, "NetworkPolicy")
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    assert policy["spec"]["ingress"][0]["ports"] == [{"port": "grpc", "protocol": "TCP"}]
+
+
+def test_inline_tls_creates_a_secret_and_rolls_pods() -> None:
+    objects = render(
+        DEFAULT, ("tls.enabled=true", "tls.cert=CERT", "tls.key=KEY", "auth.enabled=true", "auth.tokens.a=t")
+    )
+    tls = one(objects, "Secret", f"{FULLNAME}-tls")
+    assert tls["type"] == "kubernetes.io/tls"
+    assert set(tls["data"]) == {"tls.crt", "tls.key"}
+    assert one(objects, "Secret", f"{FULLNAME}-auth")["data"] == {"a": "dA=="}
+    annotations = one(objects, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert "checksum/tls" in annotations
+    assert "checksum/auth" in annotations
+
+
+def test_service_monitor_scrapes_the_metrics_service() -> None:
+    objects = rendered("monitoring")
+    monitor = one(objects, "ServiceMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    metrics_service = one(objects, "Service", f"{FULLNAME}-metrics")
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= metrics_service["metadata"]["labels"].items()
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+
+
+def prometheus_rules() -> dict[str, Any]:
+    rule = one(rendered("monitoring"), "PrometheusRule")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    spec: dict[str, Any] = copy.deepcopy(rule["spec"])  # callers may edit it; the rendering is shared
+    return spec
+
+
+def test_prometheus_rule_alerts() -> None:
+    (group,) = prometheus_rules()["groups"]
+    alerts = {r["alert"]: r for r in group["rules"]}
+    assert set(alerts) >= {
+        "MeshgateLinkStuck",
+        "MeshgateLinkLagHigh",
+        "MeshgateLinkLagCritical",
+        "MeshgateLinkLagGrowing",
+        "MeshgateDeadLetterSurge",
+        "MeshgateConfigReloadRefused",
+        "MeshgateGatewayDown",
+    }
+    assert "meshgate_link_lag_seconds" in alerts["MeshgateLinkStuck"]["expr"]
+    assert "meshgate_link_lag_events" in alerts["MeshgateLinkLagGrowing"]["expr"]
+    assert "meshgate_dead_lettered_total" in alerts["MeshgateDeadLetterSurge"]["expr"]
+    assert 'meshgate_config_reloads_total{result="refused"' in alerts["MeshgateConfigReloadRefused"]["expr"]
+    for alert in alerts.values():
+        assert alert["labels"]["severity"] in ("warning", "critical")
+        assert alert["labels"]["region"] == "us-west"
+        assert alert["labels"]["team"] == "platform"
+        assert alert["annotations"]["summary"]
+        if "meshgate_link" in alert["expr"] or "dead_lettered" in alert["expr"]:
+            assert 'region="us-west"' in alert["expr"]  # one release's rules cover its own region
+
+
+@pytest.fixture
+def promtool() -> str:
+    path = shutil.which("promtool")
+    if path is None:
+        pytest.skip("promtool not installed (Debian: apt-get install -y prometheus)")
+    return path
+
+
+def test_prometheus_rules_pass_promtool(promtool: str, tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(yaml.safe_dump(prometheus_rules()))
+    proc = subprocess.run(
+        [promtool, "check", "rules", str(rules)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "SUCCESS: 7 rules found" in proc.stdout
+
+
+def test_prometheus_alerts_fire_on_synthetic_series(promtool: str, tmp_path: Path) -> None:
+    """promtool unit tests: a stuck link, a dead-letter surge and a refused reload fire; a moving link does not."""
+    # promtool compares annotations exactly: test the alerts' logic (expr, for, labels) on the
+    # rules without them; the annotation templates are checked by `promtool check rules` above.
+    groups = prometheus_rules()["groups"]
+    for rule in groups[0]["rules"]:
+        rule.pop("annotations", None)
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": groups}))
+    target = 'job="meshgate-us-west-metrics", namespace="meshgate", pod="meshgate-us-west-0"'
+    link = 'region="us-west", destination="eu-central"'
+    moving = 'region="us-west", destination="ap-south"'
+    common = {"region": "us-west", "destination": "eu-central", "team": "platform"}
+    tests = {
+        "rule_files": ["rules.yaml"],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    # Stuck: 50 events wait and the oldest one's age grows a minute a minute.
+                    {"series": f"meshgate_link_lag_events{{{link}}}", "values": "50x30"},
+                    {"series": f"meshgate_link_lag_seconds{{{link}}}", "values": "0+60x30"},
+                    # Moving: events wait but the oldest one keeps being replaced.
+                    {"series": f"meshgate_link_lag_events{{{moving}}}", "values": "50x30"},
+                    {"series": f"meshgate_link_lag_seconds{{{moving}}}", "values": "2x30"},
+                    {"series": f"meshgate_dead_lettered_total{{{link}}}", "values": "0 0 0 0 0 30 60 90 90 90 90"},
+                    {"series": f'meshgate_config_reloads_total{{result="refused", {target}}}', "values": "0 0 1 1 1"},
+                    {"series": f"up{{{target}}}", "values": "1x30"},
+                ],
+                "alert_rule_test": [
+                    {
+                        "eval_time": "15m",
+                        "alertname": "MeshgateLinkStuck",
+                        "exp_alerts": [{"exp_labels": {**common, "severity": "critical"}}],
+                    },
+                    {
+                        "eval_time": "8m",
+                        "alertname": "MeshgateDeadLetterSurge",
+                        "exp_alerts": [{"exp_labels": {**common, "severity": "warning"}}],
+                    },
+                    {
+                        "eval_time": "3m",
+                        "alertname": "MeshgateConfigReloadRefused",
+                        "exp_alerts": [
+                            {
+                                "exp_labels": {
+                                    "region": "us-west",
+                                    "team": "platform",
+                                    "severity": "warning",
+                                    "result": "refused",
+                                    "job": "meshgate-us-west-metrics",
+                                    "namespace": "meshgate",
+                                    "pod": "meshgate-us-west-0",
+                                }
+                            }
+                        ],
+                    },
+                    {"eval_time": "15m", "alertname": "MeshgateGatewayDown", "exp_alerts": []},
+                    {"eval_time": "15m", "alertname": "MeshgateLinkLagCritical", "exp_alerts": []},
+                ],
+            }
+        ],
+    }
+    (tmp_path / "tests.yaml").write_text(yaml.safe_dump(tests))
+    proc = subprocess.run(
+        [promtool, "test", "rules", "tests.yaml"], cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_nats_sidecar() -> None:
+    objects = rendered("nats-sidecar")
+    spec = pod_spec(objects)
+    # The region's broker lives in the pod: never two pods at once.
+    assert one(objects, "Deployment")["spec"]["strategy"] == {"type": "Recreate"}
+    (nats,) = spec["initContainers"]  # a native sidecar: ready before the gateway, stopped after it
+    assert nats["name"] == "nats"
+    assert nats["restartPolicy"] == "Always"
+    assert nats["command"] == ["nats-server"]
+    assert nats["args"][:6] == ["--jetstream", "--store_dir", "/data", "--addr", "127.0.0.1", "--port"]
+    assert not nats["image"].endswith(":latest")
+    assert "startupProbe" in nats
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    claim = one(objects, "PersistentVolumeClaim")
+    assert volumes["nats-data"]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+
+    plain = render(VALUE_SETS["nats-sidecar"], ("nats.nativeSidecar=false", "nats.persistence.enabled=false"))
+    plain_spec = pod_spec(plain)
+    assert "initContainers" not in plain_spec
+    nats = next(c for c in plain_spec["containers"] if c["name"] == "nats")
+    sleep = int(nats["lifecycle"]["preStop"]["exec"]["command"][1])
+    assert sleep >= 10 + 5  # outlives the gateway's preStop pause and drain
+    assert plain_spec["terminationGracePeriodSeconds"] > sleep
+    assert "emptyDir" in next(v for v in plain_spec["volumes"] if v["name"] == "nats-data")
+
+
+def test_image_digest_wins_over_tag() -> None:
+    digest = "sha256:" + "a" * 64
+    objects = render(DEFAULT, (f"image.digest={digest}",))
+    assert gateway_container(objects)["image"] == f"ghcr.io/meshgate/meshgate@{digest}"
+
+
+# --- refusals ----------------------------------------------------------------------------
+
+SCHEMA_ERROR = "values don't meet the specifications of the schema(s)"
+
+
+def test_schema_refuses_negative_replica_count() -> None:
+    error = render_error(DEFAULT, ("replicaCount=-1",))
+    assert SCHEMA_ERROR in error
+    assert "at '/replicaCount': minimum: got -1, want 0" in error
+
+
+def test_schema_refuses_missing_region(tmp_path: Path) -> None:
+    values = values_of("default")
+    del values["region"]
+    (tmp_path / "values.yaml").write_text(yaml.safe_dump(values))
+    error = render_error((tmp_path / "values.yaml",))  # region: "" from the chart's values.yaml
+    assert SCHEMA_ERROR in error
+    assert "at '/region'" in error
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (("image.tag=latest",), "at '/image/tag'"),
+        (("region=Bad Region",), "at '/region'"),
+        (("gateway.port=70000",), "at '/gateway/port'"),
+        (("replicas=2",), "additional properties 'replicas' not allowed"),
+    ],
+)
+def test_schema_refuses_bad_values(sets: tuple[str, ...], message: str) -> None:
+    error = render_error(DEFAULT, sets)
+    assert SCHEMA_ERROR in error
+    assert message in error
+
+
+def test_several_replicas_share_a_region() -> None:
+    """Link leases: any number of replicas, one of them runs each link; NOTES has no warning."""
+    objects = render(DEFAULT, ("replicaCount=3",))
+    assert one(objects, "Deployment")["spec"]["replicas"] == 3
+    result = run_helm(
+        "install", "meshgate-us-west", CHART, "--dry-run=client", "-f", DEFAULT[0], "--set", "replicaCount=3"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "WARNING" not in result.stdout.split("NOTES:")[1]
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (
+            ("region=eu-west",),
+            'region "eu-west" is not a region of the mesh file (config.mesh has: us-west, eu-central',
+        ),
+        (("config.mesh=",), "config.mesh is required"),
+        (("config.mesh=regions: []",), "config.mesh has no root key event_mesh"),
+        (("gateway.terminationGracePeriodSeconds=10",), "needs at least 25 s to stop"),
+        (("tls.enabled=true",), "tls.enabled needs tls.existingSecret"),
+        (("auth.enabled=true",), "auth.enabled needs auth.existingSecret"),
+    ],
+)
+def test_chart_refuses_inconsistent_values(sets: tuple[str, ...], message: str) -> None:
+    assert message in render_error(DEFAULT, sets)
+
+
+def test_chart_refuses_metrics_without_a_metrics_address(tmp_path: Path) -> None:
+    values = values_of("default")
+    values["config"]["mesh"] = values["config"]["mesh"].replace("metrics: 0.0.0.0:9464", "")
+    (tmp_path / "values.yaml").write_text(yaml.safe_dump(values))
+    error = render_error((tmp_path / "values.yaml",))
+    assert 'region "us-west" of the mesh file has no `metrics:` address' in error
+    objects = render((tmp_path / "values.yaml",), ("metrics.enabled=false",))
+    assert not [o for o in objects if o["metadata"]["name"].endswith("-metrics")]
+
+
+def test_chart_refuses_nats_sidecar_with_several_replicas() -> None:
+    error = render_error(VALUE_SETS["nats-sidecar"], ("replicaCount=2",))
+    assert "nats.enabled runs one unclustered NATS server per pod" in error
+
+
+def test_chart_refuses_an_embedded_region_with_several_replicas(tmp_path: Path) -> None:
+    values = values_of("default")
+    brokers = '["nats-0.nats.nats.svc.cluster.local:4222", "nats-1.nats.nats.svc.cluster.local:4222"]'
+    mesh = values["config"]["mesh"].replace(
+        f"- name: us-west\n      brokers: {brokers}", "- name: us-west\n      kind: embedded"
+    )
+    assert "kind: embedded" in mesh
+    load_config_text(mesh, env={})
+    values["config"]["mesh"] = mesh
+    (tmp_path / "values.yaml").write_text(yaml.safe_dump(values))
+    assert 'region "us-west" is kind: embedded' in render_error((tmp_path / "values.yaml",), ("replicaCount=2",))
+    objects = render((tmp_path / "values.yaml",))
+    assert one(objects, "Deployment")["spec"]["strategy"] == {"type": "Recreate"}

@@ -1,0 +1,290 @@
+"""The container image, checked without a Docker engine: the Dockerfile and .dockerignore.
+
+The Dockerfile is parsed (continuations, ARG defaults) and the build context is computed from
+.dockerignore with Docker's rules (last matching pattern wins, a pattern matching a parent
+directory matches everything below it); the package is then built from exactly that context,
+as the image's `pip install .` would.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKERFILE = ROOT / "Dockerfile"
+DOCKERIGNORE = ROOT / ".dockerignore"
+
+
+@dataclass(frozen=True)
+class Instruction:
+    keyword: str
+    args: str
+    stage: int  # index of the FROM it belongs to (-1 before the first FROM)
+
+
+def parse_dockerfile(text: str) -> list[Instruction]:
+    instructions: list[Instruction] = []
+    stage = -1
+    logical = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not logical and (not line or line.startswith("#")):
+            continue
+        if logical and line.startswith("#"):
+            continue  # comment lines inside a continued instruction
+        if line.endswith("\\"):
+            logical += line[:-1] + " "
+            continue
+        logical += line
+        keyword, _, args = logical.partition(" ")
+        keyword = keyword.upper()
+        if keyword == "FROM":
+            stage += 1
+        instructions.append(Instruction(keyword, args.strip(), stage))
+        logical = ""
+    assert not logical, "the Dockerfile ends inside a continued line"
+    return instructions
+
+
+INSTRUCTIONS = parse_dockerfile(DOCKERFILE.read_text())
+FINAL_STAGE = max(i.stage for i in INSTRUCTIONS)
+
+
+def final(keyword: str) -> list[Instruction]:
+    return [i for i in INSTRUCTIONS if i.keyword == keyword and i.stage == FINAL_STAGE]
+
+
+def arg_defaults() -> dict[str, str]:
+    defaults = {}
+    for i in INSTRUCTIONS:
+        if i.keyword == "ARG" and "=" in i.args:
+            name, _, value = i.args.partition("=")
+            defaults[name.strip()] = value.strip()
+    return defaults
+
+
+def expand(value: str) -> str:
+    args = arg_defaults()
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: args.get(m.group(1) or m.group(2), m.group(0)), value)
+
+
+# --- .dockerignore -----------------------------------------------------------------------
+
+
+def _pattern_regex(pattern: str) -> re.Pattern[str]:
+    out, i = "", 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out, i = out + "(?:.*/)?", i + 3
+        elif pattern.startswith("**", i):
+            out, i = out + ".*", i + 2
+        elif pattern[i] == "*":
+            out, i = out + "[^/]*", i + 1
+        elif pattern[i] == "?":
+            out, i = out + "[^/]", i + 1
+        else:
+            out, i = out + re.escape(pattern[i]), i + 1
+    return re.compile(out + r"\Z")
+
+
+def ignore_patterns() -> list[tuple[bool, str, re.Pattern[str]]]:
+    """(exclusion, pattern, regex) per .dockerignore line, in order."""
+    patterns = []
+    for raw in DOCKERIGNORE.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        negated = line.startswith("!")
+        pattern = os.path.normpath(line.lstrip("!").strip()).lstrip("/")
+        patterns.append((negated, pattern, _pattern_regex(pattern)))
+    return patterns
+
+
+def ignored(rel: str, patterns: list[tuple[bool, str, re.Pattern[str]]]) -> bool:
+    """Docker's rule: the last pattern matching the path or one of its parents decides."""
+    parts = rel.split("/")
+    prefixes = ["/".join(parts[: n + 1]) for n in range(len(parts))]
+    result = False
+    for negated, _, regex in patterns:
+        if any(regex.match(p) for p in prefixes):
+            result = not negated
+    return result
+
+
+def build_context() -> list[str]:
+    """The files `docker build .` would send, as paths relative to the repository."""
+    patterns = ignore_patterns()
+    reincluded = [p for negated, p, _ in patterns if negated]
+    files: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(ROOT):
+        rel_dir = os.path.relpath(dirpath, ROOT)
+        rel_dir = "" if rel_dir == "." else rel_dir + "/"
+        # Prune excluded directories that no ! pattern reaches into (.git, .venv, ...).
+        dirnames[:] = [
+            d
+            for d in dirnames
+            if not ignored(rel_dir + d, patterns) or any(p.startswith(rel_dir + d + "/") for p in reincluded)
+        ]
+        files += [rel_dir + f for f in filenames if not ignored(rel_dir + f, patterns)]
+    return sorted(files)
+
+
+CONTEXT = build_context()
+
+
+# --- the Dockerfile ----------------------------------------------------------------------
+
+
+def test_runs_as_a_non_root_user() -> None:
+    users = final("USER")
+    assert users, "the final stage sets no USER: the image would run as root"
+    user = users[-1].args.split(":")[0]
+    assert user not in ("root", "0")
+    assert user.isdigit(), "a numeric uid lets Kubernetes check runAsNonRoot"
+
+
+def test_entrypoint_is_meshgate_serve() -> None:
+    (entrypoint,) = final("ENTRYPOINT")
+    assert json.loads(entrypoint.args) == ["meshgate", "serve"]  # exec form: signals reach the gateway
+
+
+def test_healthcheck_asks_the_grpc_health_service() -> None:
+    (healthcheck,) = final("HEALTHCHECK")
+    options, _, command = healthcheck.args.partition("CMD ")
+    argv = json.loads(command)
+    assert "grpc_health.v1" in argv[-1]
+    assert "SERVING" in argv[-1]
+    assert "--timeout=" in options
+    # Kubernetes ignores HEALTHCHECK: the chart probes the same service with grpc probes.
+    assert "grpc probes" in DOCKERFILE.read_text()
+
+
+def test_base_images_have_explicit_tags() -> None:
+    froms = [i for i in INSTRUCTIONS if i.keyword == "FROM"]
+    assert len(froms) >= 2, "expected a build stage and a slim runtime stage"
+    for instruction in froms:
+        image = expand(shlex.split(instruction.args)[0])
+        assert "$" not in image, f"unresolved ARG in FROM {instruction.args}"
+        name, _, tag = image.partition("@")[0].rpartition(":")
+        assert name, f"FROM {image} has no tag"
+        assert tag != "latest"
+        assert "slim" in tag
+
+
+def test_no_latest_anywhere() -> None:
+    assert ":latest" not in DOCKERFILE.read_text()
+
+
+def test_python_does_not_write_into_a_read_only_root() -> None:
+    env = " ".join(i.args for i in final("ENV"))
+    assert "PYTHONDONTWRITEBYTECODE=1" in env
+    assert "PYTHONUNBUFFERED=1" in env
+
+
+def copy_sources() -> list[str]:
+    sources = []
+    for i in INSTRUCTIONS:
+        if i.keyword not in ("COPY", "ADD"):
+            continue
+        words = [w for w in shlex.split(i.args) if not w.startswith("--")]
+        if any(w.startswith("--from") for w in shlex.split(i.args)):
+            continue
+        sources += [w.rstrip("/") for w in words[:-1]]
+    return sources
+
+
+def test_copies_only_what_dockerignore_allows() -> None:
+    sources = copy_sources()
+    assert sources
+    for source in sources:
+        assert any(f == source or f.startswith(source + "/") for f in CONTEXT), (
+            f"COPY {source}: .dockerignore keeps it out of the build context"
+        )
+    # Every top-level entry of the context is copied: nothing is sent for nothing.
+    top = {f.split("/")[0] for f in CONTEXT}
+    assert top == set(sources)
+
+
+def test_the_import_package_links_are_all_copied() -> None:
+    links = {p.name: os.readlink(p) for p in (ROOT / "meshgate").iterdir() if p.is_symlink()}
+    assert links, "meshgate/ links to the architecture folders"
+    for target in links.values():
+        assert Path(target).parts[1] in copy_sources(), f"meshgate -> {target} is not copied"
+
+
+def test_context_leaves_out_local_state() -> None:
+    assert "gateway/_server.py" in CONTEXT
+    assert "proto/meshgate/v1/gateway_pb2.py" in CONTEXT
+    assert "config/mesh.schema.json" in CONTEXT
+    for f in CONTEXT:
+        top = f.split("/")[0]
+        assert top not in (".git", ".venv", ".venv-ci", "tests", "helm", ".meshgate", "bench", "docs"), f
+        assert "__pycache__" not in f
+        assert ".egg-info" not in f
+
+
+def test_the_context_builds_the_package(tmp_path: Path) -> None:
+    """What the image's `pip install .` gets: a wheel with the whole package and its data."""
+    context = tmp_path / "context"
+    for f in CONTEXT:
+        src, dst = ROOT / f, context / f
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_symlink():
+            dst.symlink_to(os.readlink(src))
+        else:
+            shutil.copy2(src, dst)
+    for link in (ROOT / "meshgate").iterdir():
+        if link.is_symlink():
+            (context / "meshgate" / link.name).symlink_to(os.readlink(link))
+    isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "-q", "-w", str(tmp_path / "dist"), "."],
+        cwd=context,
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (wheel,) = (tmp_path / "dist").glob("meshgate-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+        entry_points = zf.read(next(n for n in names if n.endswith(".dist-info/entry_points.txt"))).decode()
+    for needed in (
+        "meshgate/cli/_serve.py",
+        "meshgate/gateway/_server.py",
+        "meshgate/v1/gateway_pb2.py",
+        "meshgate/config/mesh.schema.json",
+        "meshgate/replicator/__init__.py",
+        "meshgate/brokers/__init__.py",
+        "meshgate/router/__init__.py",
+    ):
+        assert needed in names, needed
+    assert "meshgate = meshgate.cli:main" in entry_points
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("gateway/_server.py", False),
+        ("gateway/__pycache__/_server.cpython-311.pyc", True),
+        ("tests/conftest.py", True),
+        (".git/HEAD", True),
+        ("pyproject.toml", False),
+        ("meshgate.egg-info/PKG-INFO", True),
+    ],
+)
+def test_dockerignore_matcher(path: str, expected: bool) -> None:
+    assert ignored(path, ignore_patterns()) is expected
