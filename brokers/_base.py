@@ -183,6 +183,28 @@ class Broker(abc.ABC):
     async def release_lease(self, name: str, owner: str) -> None:
         """Gives lease ``name`` up at once if ``owner`` holds it (a clean shutdown)."""
 
+    @abc.abstractmethod
+    async def stored_time(self, sequence: int) -> datetime | None:
+        """When the broker stored the event at log position ``sequence`` (None if it is gone)."""
+
+    async def find_event(self, event_id: str, *, since: datetime) -> event_pb2.Event | None:
+        """The event with ``event_id`` stored at or after ``since``, or None.
+
+        A scan of the log from ``since``: an operator's lookup (``meshgate trace``), not a
+        hot path; its cost is the number of events stored since then.
+        """
+        end = await self.last_sequence()
+        last_time = await self.stored_time(end) if end else None
+        if last_time is None or last_time < since:
+            return None  # nothing stored since then: a read from there would wait for new events
+        async for batch in self.read(">", start=StartAt(time=since), max_batch=1000):
+            for event in batch:
+                if event.id == event_id:
+                    return event
+            if batch and batch[-1].sequence >= end:
+                return None
+        return None
+
     async def origin_sequences_after(self, origin: str, position: int) -> tuple[set[int], int]:
         """The origin sequences of ``origin``'s events stored after log ``position``.
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import datetime
 from typing import TYPE_CHECKING
 
 import grpc
 
+from meshgate.brokers import BrokerError
 from meshgate.router import validate_topic
 from meshgate.v1 import admin_pb2, admin_pb2_grpc
 
@@ -13,6 +16,9 @@ if TYPE_CHECKING:
     from meshgate.gateway._server import Gateway
 
 __all__ = ["AdminService"]
+
+_DEFAULT_LOOKBACK = datetime.timedelta(hours=1)
+_PEER_TIMEOUT = 30.0
 
 
 class AdminService(admin_pb2_grpc.AdminServicer):
@@ -64,3 +70,62 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     ) -> admin_pb2.ReloadResponse:
         result = await self._gw.reload()
         return admin_pb2.ReloadResponse(applied=result.applied, errors=result.errors, config_sha256=result.sha256)
+
+    async def Locate(
+        self,
+        request: admin_pb2.LocateRequest,
+        context: grpc.aio.ServicerContext[admin_pb2.LocateRequest, admin_pb2.LocateResponse],
+    ) -> admin_pb2.LocateResponse:
+        if not request.id:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "id is required: the event id to look for")
+        if request.HasField("since"):
+            since = request.since.ToDatetime(tzinfo=datetime.UTC)
+        else:
+            since = datetime.datetime.now(datetime.UTC) - _DEFAULT_LOOKBACK
+        local = await self._locate_here(request.id, since)
+        if not request.all_regions:
+            return admin_pb2.LocateResponse(locations=[local])
+        config, _ = self._gw.routing
+        peers = [r for r in config.regions if r.name != self._gw.region]
+        found = await asyncio.gather(*(self._locate_at(r.name, r.gateway, request) for r in peers))
+        return admin_pb2.LocateResponse(locations=[local, *found])
+
+    async def _locate_here(self, event_id: str, since: datetime.datetime) -> admin_pb2.Location:
+        where = admin_pb2.Location(region=self._gw.region)
+        try:
+            event = await self._gw.broker.find_event(event_id, since=since)
+            if event is None:
+                return where
+            stored = await self._gw.broker.stored_time(event.sequence)
+        except BrokerError as exc:
+            where.error = f"region {self._gw.region} cannot read its log: {exc}"
+            return where
+        where.found = True
+        where.sequence = event.sequence
+        where.origin = event.origin
+        where.topic = event.topic
+        where.route.extend(event.route)
+        if stored is not None:
+            where.stored_time.FromDatetime(stored)
+        return where
+
+    async def _locate_at(
+        self, region: str, address: str | None, request: admin_pb2.LocateRequest
+    ) -> admin_pb2.Location:
+        if address is None:
+            return admin_pb2.Location(region=region, error=f"region {region} has no gateway address in the mesh file")
+        ask = admin_pb2.LocateRequest(id=request.id, all_regions=False)
+        if request.HasField("since"):
+            ask.since.CopyFrom(request.since)
+        try:
+            async with grpc.aio.insecure_channel(address) as channel:
+                resp = await admin_pb2_grpc.AdminStub(channel).Locate(ask, timeout=_PEER_TIMEOUT)
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code()
+            return admin_pb2.Location(
+                region=region, error=f"{code.name if code else 'UNKNOWN'} from {address}: {exc.details()}"
+            )
+        for where in resp.locations:
+            if where.region == region:
+                return where
+        return admin_pb2.Location(region=region, error=f"the gateway at {address} did not answer for {region}")

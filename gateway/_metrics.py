@@ -1,14 +1,80 @@
-"""The gateway's Prometheus metrics, on a registry per gateway (several may share a process)."""
+"""The gateway's Prometheus metrics, on a registry per gateway (several may share a process).
+
+Names are prefixed ``meshgate_`` and carry their unit; labels come from a small fixed set
+(region, destination, outcome, plus ``reason`` for refusals, ``state`` for link states and
+``result`` for config reloads), never from a topic or an event. What the gateway counts as
+things happen is here; what it reads at scrape time (broker connection, replication links)
+comes from collectors that look at the live objects, so nothing on the event path polls.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import time
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Final
 
-__all__ = ["GatewayMetrics"]
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from meshgate.brokers import BrokerError, BrokerState, MessageTooLargeError
+from meshgate.replicator._metrics import LinkCollector
+from meshgate.v1 import event_pb2
+
+if TYPE_CHECKING:
+    from meshgate.brokers import Broker
+    from meshgate.replicator import Replicator
+
+__all__ = ["REFUSAL_REASONS", "GatewayMetrics", "admission_reason", "broker_reason"]
+
+# Why events were refused; a fixed set, so a label never grows with the input.
+REFUSAL_REASONS: Final = ("invalid", "too_large", "unavailable", "backpressure", "shutting_down", "permission")
+# Outcomes of replicated events arriving here: written, recognised as already here, refused for good.
+REPLICATED_OUTCOMES: Final = ("stored", "duplicate", "refused")
+# Admission messages that are about a size or count limit (see gateway/_admission.py).
+_SIZE_MARKERS: Final = ("max_data_bytes", "max_attributes_bytes", "max_extensions", "max_batch_events", "; at most ")
+_PUBLISH_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+_REPLICATION_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+def admission_reason(message: str) -> str:
+    """The refusal reason of an admission (or batch) problem: ``too_large`` or ``invalid``."""
+    return "too_large" if any(marker in message for marker in _SIZE_MARKERS) else "invalid"
+
+
+def broker_reason(error: BrokerError) -> str:
+    """The refusal reason of a broker's answer: retry later, too large for it, or invalid there."""
+    if error.retriable:
+        return "unavailable"
+    return "too_large" if isinstance(error, MessageTooLargeError) else "invalid"
+
+
+class _BrokerCollector(Collector):
+    """``meshgate_broker_connected``, read from the broker's state at scrape time."""
+
+    def __init__(self, region: str, broker: Broker) -> None:
+        self._region = region
+        self._broker = broker
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families(0.0)
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families(1.0 if self._broker.state is BrokerState.CONNECTED else 0.0)
+
+    def _families(self, value: float) -> Iterator[Metric]:
+        g = GaugeMetricFamily(
+            "meshgate_broker_connected",
+            "1 while the gateway's client is connected to its region's broker, 0 otherwise.",
+            labels=["region"],
+        )
+        g.add_metric([self._region], value)
+        yield g
 
 
 class GatewayMetrics:
     def __init__(self, *, region: str, registry: CollectorRegistry) -> None:
+        self.region = region
         self.registry = registry
         self.events = Counter(
             "meshgate_events_total",
@@ -19,12 +85,20 @@ class GatewayMetrics:
         self.accepted = self.events(region=region, outcome="accepted")
         self.duplicate = self.events(region=region, outcome="duplicate")
         self.rejected = self.events(region=region, outcome="rejected")
+        refused = Counter(
+            "meshgate_events_refused_total",
+            "Published events refused, by reason: invalid, too_large, unavailable (broker; retry), "
+            "backpressure (gateway full), shutting_down, permission (a region not allowed to replicate here).",
+            ["region", "reason"],
+            registry=registry,
+        )
+        self.refused = {reason: refused.labels(region=region, reason=reason) for reason in REFUSAL_REASONS}
         self.publish_seconds = Histogram(
             "meshgate_publish_duration_seconds",
             "From a batch's arrival to its broker acknowledgement.",
             ["region"],
             registry=registry,
-            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+            buckets=_PUBLISH_BUCKETS,
         ).labels(region=region)
         self.inflight = Gauge(
             "meshgate_inflight_events",
@@ -32,3 +106,43 @@ class GatewayMetrics:
             ["region"],
             registry=registry,
         ).labels(region=region)
+        replicated = Counter(
+            "meshgate_replicated_events_total",
+            "Events other regions replicated to this one, by outcome: stored, duplicate (a resend "
+            "recognised by dedup), refused (for good: invalid or too large here).",
+            ["region", "outcome"],
+            registry=registry,
+        )
+        self.replicated = {
+            outcome: replicated.labels(region=region, outcome=outcome) for outcome in REPLICATED_OUTCOMES
+        }
+        self.replication_latency = Histogram(
+            "meshgate_replication_latency_seconds",
+            "From a replicated event's time at its origin (CloudEvents time) to its write in this region.",
+            ["region"],
+            registry=registry,
+            buckets=_REPLICATION_BUCKETS,
+        ).labels(region=region)
+
+    # --- what the event path calls ---------------------------------------------------------
+
+    def refuse(self, reason: str, n: int = 1) -> None:
+        """Counts ``n`` refused events; ``reason`` is one of ``REFUSAL_REASONS``."""
+        if n > 0:
+            self.refused[reason].inc(n)
+
+    def replicated_stored(self, event: event_pb2.Event, now: float | None = None) -> None:
+        """A replicated event written here: counted, and its end-to-end latency observed."""
+        self.replicated["stored"].inc()
+        if event.HasField("time"):
+            origin_time = event.time.seconds + event.time.nanos / 1e9
+            # Clocks of two regions differ a little: a negative latency is a zero.
+            self.replication_latency.observe(max(0.0, (now if now is not None else time.time()) - origin_time))
+
+    # --- what is read at scrape time -------------------------------------------------------
+
+    def watch(self, *, broker: Broker, replicator: Replicator | None) -> None:
+        """Registers the collectors reading the broker's state and the replication links."""
+        self.registry.register(_BrokerCollector(self.region, broker))
+        if replicator is not None:
+            self.registry.register(LinkCollector(replicator))

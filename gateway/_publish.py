@@ -15,6 +15,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from meshgate.brokers import AppendResult, BrokerError, StartAt
 from meshgate.gateway._budget import InflightBudget
+from meshgate.gateway._metrics import admission_reason, broker_reason
+from meshgate.gateway._tracing import BatchTrace
 from meshgate.router import validate_pattern
 from meshgate.v1 import event_pb2, gateway_pb2, gateway_pb2_grpc
 
@@ -69,23 +71,35 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         return accepted, results
 
     async def _write(
-        self, events: list[event_pb2.Event], results: list[event_pb2.EventResult | None]
+        self,
+        events: list[event_pb2.Event],
+        results: list[event_pb2.EventResult | None],
+        trace: BatchTrace | None = None,
     ) -> list[event_pb2.EventResult]:
         """Appends the admitted events and fills their result slots with the broker's answers."""
         metrics = self._gw.metrics
         started = time.perf_counter()
         outcomes: Sequence[AppendResult | BrokerError]
+        if trace is not None:
+            trace.start(events)  # a publish span per event, its context in the event's traceparent
         try:
             outcomes = await self._gw.broker.append(events) if events else []
         except BrokerError as exc:
             # The adapter reports per event; a whole-batch failure is still an answer for each.
             outcomes = [exc] * len(events)
+        except BaseException:
+            if trace is not None:
+                trace.abandon("the call ended before the broker answered")
+            raise
+        if trace is not None:
+            trace.end(outcomes)
         metrics.publish_seconds.observe(time.perf_counter() - started)
         it = iter(zip(events, outcomes, strict=True))
         out: list[event_pb2.EventResult] = []
         for slot in results:
             if slot is not None:
                 metrics.rejected.inc()
+                metrics.refuse(admission_reason(slot.message))
                 out.append(slot)
                 continue
             ev, res = next(it)
@@ -101,13 +115,15 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
                 )
             else:
                 metrics.rejected.inc()
+                metrics.refuse(broker_reason(res))
                 code = _UNAVAILABLE if res.retriable else _INVALID_ARGUMENT
                 hint = "; retry with the same id" if res.retriable else ""
                 out.append(event_pb2.EventResult(id=ev.id, outcome=_REJECTED, code=code, message=f"{res}{hint}"))
         return out
 
-    async def _refuse_if_draining(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    async def _refuse_if_draining(self, context: grpc.aio.ServicerContext[Any, Any], events: int = 0) -> None:
         if self._gw.draining:
+            self._gw.metrics.refuse("shutting_down", events)
             await context.abort(
                 grpc.StatusCode.UNAVAILABLE,
                 f"gateway of region {self._gw.region} is shutting down; retry on another replica",
@@ -126,12 +142,15 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         request: gateway_pb2.PublishRequest,
         context: grpc.aio.ServicerContext[gateway_pb2.PublishRequest, gateway_pb2.PublishResponse],
     ) -> gateway_pb2.PublishResponse:
-        await self._refuse_if_draining(context)
+        await self._refuse_if_draining(context, len(request.events))
+        tracing = self._gw.tracing
+        trace = tracing.batch(tracing.call_context(context.invocation_metadata())) if tracing.enabled else None
         n = len(request.events)
         if n == 0:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no events: set PublishRequest.events")
         size_problem = self._check_batch_size(n)
         if size_problem:
+            self._gw.metrics.refuse("too_large", n)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, size_problem)
         events, slots = self._admit(request.events)
         if len(events) < n:
@@ -139,17 +158,23 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             bad = [f"events[{i}]: {r.message}" for i, r in enumerate(slots) if r is not None]
             prefix = "" if n == 1 else f"{len(bad)} of {n} events refused, nothing stored: "
             self._gw.metrics.rejected.inc(n)
+            reasons = [admission_reason(r.message) for r in slots if r is not None]
+            for reason in reasons:
+                self._gw.metrics.refuse(reason)
+            # The good events of the batch are refused with it, for the first bad event's reason.
+            self._gw.metrics.refuse(reasons[0], n - len(reasons))
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, prefix + "; ".join(bad[:10]))
         budget = self._gw.budget
         try:
             await asyncio.wait_for(budget.acquire(n), _UNARY_ADMISSION_WAIT)
         except TimeoutError:
+            self._gw.metrics.refuse("backpressure", n)
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"gateway has {budget.used} events in flight (limit {budget.limit}); retry with backoff",
             )
         try:
-            results = await self._write(events, slots)
+            results = await self._write(events, slots, trace)
         finally:
             budget.release(n)
         failed = [r for r in results if r.outcome == _REJECTED]
@@ -168,19 +193,23 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         await self._refuse_if_draining(context)
         gw = self._gw
         stream_budget = InflightBudget(gw.limits.max_inflight_events_per_stream)
+        tracing = gw.tracing
+        call_parent = tracing.call_context(context.invocation_metadata()) if tracing.enabled else None
         # Acks go out in request order; the queue holds one pending write per batch.
         pending: asyncio.Queue[asyncio.Future[gateway_pb2.PublishResponse] | None] = asyncio.Queue()
 
         async def write(req: gateway_pb2.PublishRequest, n: int) -> gateway_pb2.PublishResponse:
             try:
+                trace = tracing.batch(call_parent) if tracing.enabled else None
                 events, slots = self._admit(req.events)
-                return gateway_pb2.PublishResponse(results=await self._write(events, slots), batch_id=req.batch_id)
+                results = await self._write(events, slots, trace)
+                return gateway_pb2.PublishResponse(results=results, batch_id=req.batch_id)
             finally:
                 gw.budget.release(n)
                 stream_budget.release(n)
 
         def refuse(
-            req: gateway_pb2.PublishRequest, code: int, message: str
+            req: gateway_pb2.PublishRequest, code: int, message: str, reason: str
         ) -> asyncio.Future[gateway_pb2.PublishResponse]:
             fut: asyncio.Future[gateway_pb2.PublishResponse] = asyncio.get_running_loop().create_future()
             fut.set_result(
@@ -193,6 +222,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
                 )
             )
             gw.metrics.rejected.inc(len(req.events))
+            gw.metrics.refuse(reason, len(req.events))
             return fut
 
         async def reader() -> None:
@@ -201,11 +231,11 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
                     n = len(req.events)
                     if gw.draining:
                         msg = f"gateway of region {gw.region} is shutting down; publish again to another replica"
-                        await pending.put(refuse(req, _UNAVAILABLE, msg))
+                        await pending.put(refuse(req, _UNAVAILABLE, msg, "shutting_down"))
                         continue
                     problem = self._check_batch_size(n)
                     if problem:
-                        await pending.put(refuse(req, _INVALID_ARGUMENT, problem))
+                        await pending.put(refuse(req, _INVALID_ARGUMENT, problem, "too_large"))
                         continue
                     # Backpressure: while this stream or the gateway is full we stop reading, and
                     # gRPC flow control holds the producer.

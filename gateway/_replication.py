@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -100,6 +101,7 @@ class ReplicationService(replication_pb2_grpc.ReplicationServicer):
 
     def _classify(self, origin: str, state: OriginState, request: replication_pb2.ReplicateRequest) -> _Batch:
         here = self._gw.region
+        replicated = self._gw.metrics.replicated
         batch = _Batch(request)
         for ev in request.events:
             seq = ev.sequence
@@ -113,12 +115,15 @@ class ReplicationService(replication_pb2_grpc.ReplicationServicer):
             else:
                 problem = validate_topic(ev.topic)
             if problem is not None:
+                replicated["refused"].inc()
                 batch.results.append(event_pb2.EventResult(id=ev.id, outcome=_REJECTED, code=_INVALID, message=problem))
             elif seq in state.refused:
+                replicated["refused"].inc()
                 batch.results.append(
                     event_pb2.EventResult(id=ev.id, outcome=_REJECTED, code=_INVALID, message=state.refused[seq])
                 )
             elif state.is_resend(seq):
+                replicated["duplicate"].inc()
                 batch.results.append(event_pb2.EventResult(id=ev.id, outcome=_DUPLICATE, route=ev.route))
             else:
                 ev.origin_sequence = seq
@@ -141,18 +146,25 @@ class ReplicationService(replication_pb2_grpc.ReplicationServicer):
         """Records the batch's outcome in the state; the retriable error that stops the call, if any."""
         failure: BrokerError | None = None
         position = 0
+        metrics = self._gw.metrics
+        now = time.time()
         for ev, slot, res in zip(batch.to_write, batch.write_index, batch.written, strict=True):
             seq = ev.origin_sequence
             if isinstance(res, AppendResult):
                 state.above.add(seq)
                 position = max(position, res.sequence)
                 outcome = _DUPLICATE if res.duplicate else _ACCEPTED
+                if res.duplicate:
+                    metrics.replicated["duplicate"].inc()
+                else:
+                    metrics.replicated_stored(ev, now)
                 batch.results[slot] = event_pb2.EventResult(
                     id=ev.id, outcome=outcome, sequence=res.sequence, route=ev.route
                 )
             elif not res.retriable:
                 message = f"region {self._gw.region} refused it for good: {res}"
                 state.refuse(seq, message)
+                metrics.replicated["refused"].inc()
                 batch.results[slot] = event_pb2.EventResult(id=ev.id, outcome=_REJECTED, code=_INVALID, message=message)
             elif failure is None:
                 failure = res
@@ -177,6 +189,7 @@ class ReplicationService(replication_pb2_grpc.ReplicationServicer):
         origin = first.source_region
         config, _ = gw.routing
         if origin not in config.region_names or origin == gw.region:
+            gw.metrics.refuse("permission", len(first.events))
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"region {origin!r} may not replicate to {gw.region} (mesh regions: {', '.join(config.region_names)})",
@@ -196,8 +209,15 @@ class ReplicationService(replication_pb2_grpc.ReplicationServicer):
                         grpc.StatusCode.INVALID_ARGUMENT,
                         f"source_region changed from {origin!r} to {request.source_region!r} within one call",
                     )
-                batch = await self._write(self._classify(origin, state, request))
+                tracing = gw.tracing
+                started = time.time_ns() if tracing.enabled else 0
+                batch = self._classify(origin, state, request)
+                # A "{topic} process" span per event, child of its traceparent, over dedup and write.
+                spans = tracing.start_process(origin, request.events, batch.results, started) if started else None
+                batch = await self._write(batch)
                 failure = self._apply(state, batch)
+                if spans is not None:
+                    tracing.end_process(spans, batch.written, batch.write_index, batch.results)
                 if failure is not None:
                     # The source resends from this batch; the log tells what is already here.
                     await context.abort(

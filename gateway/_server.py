@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime
 import enum
 import logging
@@ -25,6 +26,7 @@ from meshgate.gateway._budget import InflightBudget
 from meshgate.gateway._metrics import GatewayMetrics
 from meshgate.gateway._publish import GatewayService
 from meshgate.gateway._replication import ReplicationService
+from meshgate.gateway._tracing import Tracing
 from meshgate.replicator import DEFAULT_LEASE_TTL, LinkOptions, Replicator
 from meshgate.router import Router
 from meshgate.v1 import (
@@ -114,11 +116,17 @@ class Gateway:
         self.budget = InflightBudget(self.limits.max_inflight_events)
         self.metrics = GatewayMetrics(region=region, registry=registry or CollectorRegistry())
         self.admission = self._make_admission()
+        # Traces per gateway, from the OTEL_* variables; off (no per-event work) when none is set.
+        self.tracing = Tracing.from_env(region)
+        if self.tracing.enabled:
+            link_options = dataclasses.replace(link_options or LinkOptions(), tracing=self.tracing)
         self.replicator: Replicator | None = None
         if replicate:
             self.replicator = Replicator(
                 region=region, broker=self.broker, config=config, options=link_options, lease_ttl=lease_ttl
             )
+        # Broker connection and link figures are read from the live objects at scrape time.
+        self.metrics.watch(broker=self.broker, replicator=self.replicator)
         self._config_path = config_path
         self._watcher: ConfigWatcher | None = None
         if config_path is not None:
@@ -247,12 +255,19 @@ class Gateway:
             if self.replicator is not None:
                 # Batches already sent get their acks within what is left of the grace period.
                 await self.replicator.stop(max(0.5, deadline - time.monotonic()))
+            # The spans of the calls and links that just ended are flushed to the collector.
+            await self.tracing.aclose(max(1.0, deadline - time.monotonic()))
             if self._watcher is not None:
                 await self._watcher.stop()
             if self._metrics_server is not None:
                 shutdown = getattr(self._metrics_server, "shutdown", None)
                 if shutdown is not None:
                     await asyncio.to_thread(shutdown)
+                # shutdown() only ends the serving loop; the listening socket is closed here.
+                close = getattr(self._metrics_server, "server_close", None)
+                if close is not None:
+                    close()
+                self._metrics_server = None
             await self.broker.stop()
             self.state = GatewayState.STOPPED
             self._stopped.set()

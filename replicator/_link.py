@@ -10,12 +10,18 @@ import random
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import grpc
 
 from meshgate.brokers import Broker, BrokerError, Delivery, DurableConsumer
 from meshgate.v1 import admin_pb2, event_pb2, replication_pb2, replication_pb2_grpc
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
+    from meshgate.gateway._tracing import Tracing
 
 __all__ = ["DLQ_TOPIC_PREFIX", "Link", "LinkOptions", "LinkState", "dead_letter_event"]
 
@@ -49,6 +55,8 @@ class LinkOptions:
     connect_timeout_seconds: float = 5.0
     backoff_initial_seconds: float = 0.1
     backoff_max_seconds: float = 10.0
+    # The gateway's tracer when traces are on: a "{topic} send" span per forwarded event.
+    tracing: Tracing | None = field(default=None, compare=False)
 
 
 class _LinkError(Exception):
@@ -60,6 +68,7 @@ class _Sent:
     batch_id: int
     deliveries: list[Delivery]
     events: list[event_pb2.Event]
+    spans: list[Span] | None = None
 
 
 def dead_letter_event(ev: event_pb2.Event, *, destination: str, reason: str) -> event_pb2.Event:
@@ -260,6 +269,11 @@ class Link:
         log order: a reset (not a plain redelivery, which can come late behind newer events)
         restarts the consumer at the oldest unacked event.
         """
+        tracing = self.options.tracing
+        if tracing is not None:
+            for sent in self._inflight:
+                if sent.spans:
+                    tracing.abandon(sent.spans, "not acked by the destination; sent again")
         self._inflight.clear()
         self._idle.set()
         self._last_seq = 0
@@ -343,7 +357,9 @@ class Link:
             # The consumer yields only this region's events routed to the destination.
             events = [d.event for d in deliveries]
             batch_id += 1
-            self._inflight.append(_Sent(batch_id, deliveries, events))
+            tracing = opts.tracing
+            spans = tracing.start_send(events, self.destination) if tracing is not None and tracing.enabled else None
+            self._inflight.append(_Sent(batch_id, deliveries, events, spans))
             self._idle.clear()
             await call.write(replication_pb2.ReplicateRequest(source_region=source, batch_id=batch_id, events=events))
 
@@ -376,6 +392,8 @@ class Link:
                 await self._dead_letter(refused)
             await consumer.ack(sent.deliveries)
             self._inflight.popleft()
+            if sent.spans and opts.tracing is not None:
+                opts.tracing.end_send(sent.spans, resp.results)
             if not self._inflight:
                 self._idle.set()
             self.counters.forwarded += len(sent.events) - len(refused)

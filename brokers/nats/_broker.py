@@ -23,7 +23,7 @@ import math
 import secrets
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import nats.errors
@@ -821,6 +821,18 @@ class NatsBroker(Broker):
         except _NATS_FAILURES as exc:
             raise _broker_error(exc, f"stream info of {self.settings.stream}") from exc
         return int(info.state.last_seq or 0)
+
+    async def stored_time(self, sequence: int) -> datetime | None:
+        jsm = self._jsm
+        if jsm is None:
+            raise BrokerError(f"NATS broker {self.name!r} is not started", retriable=False)
+        try:
+            msg = await jsm.get_msg(self.settings.stream, seq=sequence)
+        except nats.js.errors.NotFoundError:
+            return None
+        except _NATS_FAILURES as exc:
+            raise _broker_error(exc, f"stored time of event {sequence}") from exc
+        return msg.time
 
     async def _checkpoints(self) -> KeyValue:
         # A KV bucket beside the stream: a few small values, last one kept, on file storage.

@@ -8,16 +8,29 @@ import os
 import re
 import signal
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 _SERVING = re.compile(rb"gateway serving on (\S+)")
 
 
 class ServeProcess:
-    """Runs ``meshgate serve`` on a free port; ``start()`` returns its HOST:PORT once serving."""
+    """Runs ``meshgate serve`` on a free port; ``start()`` returns its HOST:PORT once serving.
 
-    def __init__(self, *, config: Path, region: str, data_dir: Path, extra: tuple[str, ...] = ()) -> None:
+    ``env`` is added to this process's environment for the child (e.g. ``OTEL_*`` variables).
+    """
+
+    def __init__(
+        self,
+        *,
+        config: Path,
+        region: str,
+        data_dir: Path,
+        extra: tuple[str, ...] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.config = config
+        self.env = dict(env or {})
         self.args = (
             "-m", "meshgate", "serve", "-c", str(config), "--region", region,
             "--data-dir", str(data_dir), "--listen", "127.0.0.1:0", *extra,
@@ -28,7 +41,7 @@ class ServeProcess:
         self._pump: asyncio.Task[None] | None = None
 
     async def start(self, timeout: float = 30.0) -> str:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, *self.args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env
         )

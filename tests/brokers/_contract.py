@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 import pytest
@@ -448,8 +448,12 @@ class BrokerContract:
             assert await consumer.oldest_pending_time() is None
             before = time.time()
             await broker.append([make_event("orders/a", f"lag-{i}") for i in range(3)])
-            oldest = await consumer.oldest_pending_time()
-            assert oldest is not None and before - 1 <= oldest <= time.time() + 1
+            # The consumer's pending count follows the stream a moment after the writes.
+            deadline = time.monotonic() + BOUND
+            while (oldest := await consumer.oldest_pending_time()) is None:
+                assert time.monotonic() < deadline, "the appended events never showed as pending"
+                await asyncio.sleep(0.02)
+            assert before - 1 <= oldest <= time.time() + 1
             deliveries = await consumer.fetch(3, timeout=BOUND)
             assert len(deliveries) == 3
             # Fetched but not acked: still pending, still as old.
@@ -527,3 +531,17 @@ class BrokerContract:
                 assert time.monotonic() < deadline, "the lease never lapsed"
                 await asyncio.sleep(0.2)
             assert not await one.hold_lease("link.there", "replica-1", ttl=1.0)
+
+    async def test_find_event_by_id_and_its_stored_time(self, broker: Broker) -> None:
+        before = datetime.now(UTC)
+        positions = sequences(await broker.append([make_event("orders/a", f"fe-{i}") for i in range(5)]))
+        found = await broker.find_event("fe-3", since=before - timedelta(seconds=5))
+        assert found is not None and found.id == "fe-3" and found.sequence == positions[3]
+        stored = await broker.stored_time(positions[3])
+        assert stored is not None and before - timedelta(seconds=5) <= stored <= datetime.now(UTC) + timedelta(
+            seconds=5
+        )
+        assert await broker.find_event("nope", since=before - timedelta(seconds=5)) is None
+        # Looking only after the last write finds nothing, and does not wait for new events.
+        assert await broker.find_event("fe-3", since=datetime.now(UTC) + timedelta(seconds=60)) is None
+        assert await broker.stored_time(positions[-1] + 100) is None

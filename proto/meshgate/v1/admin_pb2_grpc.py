@@ -49,6 +49,11 @@ class AdminStub:
                 request_serializer=meshgate_dot_v1_dot_admin__pb2.ReloadRequest.SerializeToString,
                 response_deserializer=meshgate_dot_v1_dot_admin__pb2.ReloadResponse.FromString,
                 _registered_method=True)
+        self.Locate = channel.unary_unary(
+                '/meshgate.v1.Admin/Locate',
+                request_serializer=meshgate_dot_v1_dot_admin__pb2.LocateRequest.SerializeToString,
+                response_deserializer=meshgate_dot_v1_dot_admin__pb2.LocateResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -75,6 +80,13 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Locate(self, request, context):
+        """Which regions hold an event id, and when each stored it: a delivery ledger to query.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -92,6 +104,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.Reload,
                     request_deserializer=meshgate_dot_v1_dot_admin__pb2.ReloadRequest.FromString,
                     response_serializer=meshgate_dot_v1_dot_admin__pb2.ReloadResponse.SerializeToString,
+            ),
+            'Locate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Locate,
+                    request_deserializer=meshgate_dot_v1_dot_admin__pb2.LocateRequest.FromString,
+                    response_serializer=meshgate_dot_v1_dot_admin__pb2.LocateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -175,6 +192,33 @@ class Admin:
             '/meshgate.v1.Admin/Reload',
             meshgate_dot_v1_dot_admin__pb2.ReloadRequest.SerializeToString,
             meshgate_dot_v1_dot_admin__pb2.ReloadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Locate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshgate.v1.Admin/Locate',
+            meshgate_dot_v1_dot_admin__pb2.LocateRequest.SerializeToString,
+            meshgate_dot_v1_dot_admin__pb2.LocateResponse.FromString,
             options,
             channel_credentials,
             insecure,

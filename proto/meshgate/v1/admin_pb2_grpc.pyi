@@ -37,6 +37,8 @@ class AdminStub:
     """Per link state, lag in events and seconds, last error."""
     Reload: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ReloadRequest, _admin_pb2.ReloadResponse]
     """Re-reads the mesh file; an invalid file is refused and the running config stays."""
+    Locate: _grpc.UnaryUnaryMultiCallable[_admin_pb2.LocateRequest, _admin_pb2.LocateResponse]
+    """Which regions hold an event id, and when each stored it: a delivery ledger to query."""
 
 @_typing.type_check_only
 class AdminAsyncStub(AdminStub):
@@ -47,6 +49,8 @@ class AdminAsyncStub(AdminStub):
     """Per link state, lag in events and seconds, last error."""
     Reload: _aio.UnaryUnaryMultiCallable[_admin_pb2.ReloadRequest, _admin_pb2.ReloadResponse]  # type: ignore[assignment]
     """Re-reads the mesh file; an invalid file is refused and the running config stays."""
+    Locate: _aio.UnaryUnaryMultiCallable[_admin_pb2.LocateRequest, _admin_pb2.LocateResponse]  # type: ignore[assignment]
+    """Which regions hold an event id, and when each stored it: a delivery ledger to query."""
 
 class AdminServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -72,5 +76,13 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.ReloadResponse, _abc.Awaitable[_admin_pb2.ReloadResponse]]:
         """Re-reads the mesh file; an invalid file is refused and the running config stays."""
+
+    @_abc_1.abstractmethod
+    def Locate(
+        self,
+        request: _admin_pb2.LocateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.LocateResponse, _abc.Awaitable[_admin_pb2.LocateResponse]]:
+        """Which regions hold an event id, and when each stored it: a delivery ledger to query."""
 
 def add_AdminServicer_to_server(servicer: AdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

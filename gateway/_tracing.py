@@ -1,0 +1,398 @@
+"""OpenTelemetry traces of an event's path: one trace per event, across every region it reaches.
+
+Configured only by the standard ``OTEL_*`` environment variables, per gateway (several
+gateways may share a process, as in ``meshgate up``, so nothing is set globally):
+
+* on when ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``, ``OTEL_EXPORTER_OTLP_ENDPOINT`` or
+  ``OTEL_TRACES_EXPORTER`` (``otlp``, ``console``) is set; off when none is, when
+  ``OTEL_TRACES_EXPORTER=none`` or when ``OTEL_SDK_DISABLED=true``. Off means no provider, no
+  exporter and no per-event work: the event path checks one flag per batch.
+* the OTLP/gRPC exporter reads its endpoint, headers, TLS and timeout from the environment
+  itself, the ``BatchSpanProcessor`` its queue and delays (``OTEL_BSP_*``; it never blocks the
+  event path, a full queue drops spans), the SDK its sampler (``OTEL_TRACES_SAMPLER`` and
+  ``_ARG``, default ``parentbased_always_on``) and resource (``OTEL_SERVICE_NAME``,
+  ``OTEL_RESOURCE_ATTRIBUTES``). ``service.name`` defaults to ``meshgate``; ``cloud.region``
+  is always the gateway's region.
+
+The span model (messaging semantic conventions, ``messaging.system = nats``):
+
+``{topic} publish`` (PRODUCER, origin region)
+    One per admitted event, from the batch's arrival to the broker's ack. Parent: the event's
+    ``traceparent`` extension when the producer set one, else the W3C ``traceparent`` of the
+    gRPC call's metadata, else none (a new trace). Its context is written into the event's
+    ``traceparent`` (and ``tracestate``) extension before the broker write, so it travels in
+    the ``ce-traceparent`` broker header: it is the event's creation context.
+``{topic} send`` (PRODUCER, origin region, replicator)
+    One per event a link forwards, from the forward to the destination's ack of its batch.
+    Parent: the stored event's ``traceparent`` (the publish span). The forwarded copy carries
+    this span's context (the origin's stored event is never changed).
+``{topic} process`` (CONSUMER, destination region)
+    One per event of a replicated batch, covering dedup and the write. Parent: the incoming
+    event's ``traceparent`` (the send span). ``meshgate.dedup`` says what happened:
+    ``stored``, ``duplicate`` (a resend, or the broker's id window) or ``refused``.
+
+So every region's copy of an event names, in its ``traceparent``, the span that wrote it
+there (publish in the origin, process in a destination), and a consumer anywhere continues
+the event's one trace: producer -> publish -> send -> process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from opentelemetry.context import Context
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.trace import NoOpTracer, Span, SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from meshgate.brokers import AppendResult, BrokerError
+from meshgate.v1 import event_pb2
+
+__all__ = ["BatchTrace", "Tracing", "tracing_configured"]
+
+log = logging.getLogger("meshgate.tracing")
+
+_ENDPOINT_VARS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+_TRACEPARENT = "traceparent"
+_TRACESTATE = "tracestate"
+_PROPAGATOR = TraceContextTextMapPropagator()
+_ACCEPTED = event_pb2.OUTCOME_ACCEPTED
+_DUPLICATE = event_pb2.OUTCOME_DUPLICATE
+_REJECTED = event_pb2.OUTCOME_REJECTED
+_PRODUCER = SpanKind.PRODUCER
+_CONSUMER = SpanKind.CONSUMER
+
+
+def _exporter_names(environ: Mapping[str, str]) -> list[str]:
+    names = [n.strip().lower() for n in environ.get("OTEL_TRACES_EXPORTER", "").split(",") if n.strip()]
+    if not names and any(environ.get(v) for v in _ENDPOINT_VARS):
+        names = ["otlp"]
+    return names
+
+
+def tracing_configured(environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether the ``OTEL_*`` variables ask for traces (see the module's docstring)."""
+    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False
+    names = _exporter_names(environ)
+    return bool(names) and "none" not in names
+
+
+def _make_exporter(name: str, environ: Mapping[str, str]) -> SpanExporter | None:
+    if name == "otlp":
+        protocol = environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+        if protocol and protocol != "grpc":
+            log.warning("OTEL_EXPORTER_OTLP_PROTOCOL=%s is not supported; traces are exported by OTLP/gRPC", protocol)
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter  # noqa: PLC0415
+
+        return OTLPSpanExporter()  # endpoint, headers, TLS, timeout, compression: OTEL_EXPORTER_OTLP_*
+    if name == "console":
+        return ConsoleSpanExporter()
+    log.warning("OTEL_TRACES_EXPORTER=%s is not supported (use otlp, console or none); ignored", name)
+    return None
+
+
+_NAMES: dict[tuple[str, str], str] = {}
+
+
+def _name(topic: str, operation: str) -> str:
+    """``"{topic} {operation}"``, cached: producers reuse a small set of topics."""
+    key = (topic, operation)
+    name = _NAMES.get(key)
+    if name is None:
+        if len(_NAMES) >= 16_384:
+            _NAMES.clear()
+        name = _NAMES[key] = topic + operation
+    return name
+
+
+def _parent_of(ev: event_pb2.Event, default: Context | None) -> Context | None:
+    """The context in the event's ``traceparent`` extension, or ``default`` when it has none valid."""
+    extensions = ev.extensions
+    if _TRACEPARENT not in extensions:
+        return default
+    carrier = {_TRACEPARENT: extensions[_TRACEPARENT]}
+    if _TRACESTATE in extensions:
+        carrier[_TRACESTATE] = extensions[_TRACESTATE]
+    ctx = _PROPAGATOR.extract(carrier)
+    return ctx if ctx else default
+
+
+def _stamp(ev: event_pb2.Event, span: Span) -> None:
+    """Writes the span's context into the event's ``traceparent`` (and ``tracestate``) extension."""
+    sc = span.get_span_context()
+    extensions = ev.extensions
+    extensions[_TRACEPARENT] = f"00-{sc.trace_id:032x}-{sc.span_id:016x}-{sc.trace_flags:02x}"
+    if sc.trace_state:
+        extensions[_TRACESTATE] = sc.trace_state.to_header()
+
+
+def _settle(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def _fail(span: Span, message: str) -> None:
+    span.set_status(Status(StatusCode.ERROR, message))
+    span.end()
+
+
+class BatchTrace:
+    """The trace side of one published batch: its arrival time and the call's context."""
+
+    __slots__ = ("_tracing", "parent", "spans", "start_ns")
+
+    def __init__(self, tracing: Tracing, parent: Context | None) -> None:
+        self._tracing = tracing
+        self.parent = parent
+        self.start_ns = time.time_ns()
+        self.spans: list[Span] = []
+
+    def start(self, events: Sequence[event_pb2.Event]) -> None:
+        """Starts a publish span per admitted event and stamps its context on the event."""
+        tr = self._tracing
+        tracer, region, parent, start = tr.tracer, tr.region, self.parent, self.start_ns
+        spans = self.spans
+        for ev in events:
+            topic = ev.topic
+            span = tracer.start_span(
+                _name(topic, " publish"), context=_parent_of(ev, parent), kind=_PRODUCER, start_time=start
+            )
+            if span.is_recording():  # attributes only for sampled spans: the others cost the least
+                span.set_attributes(
+                    {
+                        "messaging.system": "nats",
+                        "messaging.operation.type": "send",
+                        "messaging.operation.name": "publish",
+                        "messaging.destination.name": topic,
+                        "messaging.message.id": ev.id,
+                        "cloud.region": region,
+                        "meshgate.route": ",".join(ev.route),
+                    }
+                )
+            _stamp(ev, span)
+            spans.append(span)
+
+    def end(self, outcomes: Sequence[AppendResult | Exception]) -> None:
+        """Ends the spans with the broker's answer per event (same order as ``start``)."""
+        for span, res in zip(self.spans, outcomes, strict=False):
+            if isinstance(res, AppendResult):
+                if span.is_recording():
+                    span.set_attribute("meshgate.outcome", "duplicate" if res.duplicate else "accepted")
+                    span.set_attribute("meshgate.sequence", res.sequence)
+                span.end()
+            else:
+                _fail(span, f"not stored: {res}")
+        self.spans = []
+
+    def abandon(self, message: str) -> None:
+        """Ends every span still open as failed (the batch ended before the broker answered)."""
+        for span in self.spans:
+            _fail(span, message)
+        self.spans = []
+
+
+class Tracing:
+    """One gateway's tracer; ``enabled`` is False (and everything a no-op) without ``OTEL_*``."""
+
+    def __init__(self, *, region: str, provider: TracerProvider | None = None) -> None:
+        self.region = region
+        self.provider = provider
+        self.enabled = provider is not None
+        self.tracer: Tracer = (
+            provider.get_tracer("meshgate", schema_url="https://opentelemetry.io/schemas/1.26.0")
+            if provider is not None
+            else NoOpTracer()
+        )
+
+    @classmethod
+    def from_env(cls, region: str, environ: Mapping[str, str] | None = None) -> Tracing:
+        env = os.environ if environ is None else environ
+        if not tracing_configured(env):
+            return cls(region=region)
+        exporters = [e for e in (_make_exporter(n, env) for n in _exporter_names(env)) if e is not None]
+        if not exporters:
+            return cls(region=region)
+        resource = Resource.create({"cloud.region": region})
+        if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
+            resource = resource.merge(Resource({"service.name": "meshgate"}))
+        # The sampler comes from OTEL_TRACES_SAMPLER(_ARG); the provider is shut down by the gateway.
+        provider = TracerProvider(resource=resource, shutdown_on_exit=False)
+        for exporter in exporters:
+            provider.add_span_processor(BatchSpanProcessor(exporter))
+        log.info(
+            "region %s: traces on (%s), sampler %s",
+            region,
+            ", ".join(_exporter_names(env)),
+            provider.sampler.get_description(),
+        )
+        return cls(region=region, provider=provider)
+
+    # --- origin: Publish / PublishStream ---------------------------------------------------
+
+    def call_context(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> Context | None:
+        """The producer's context from a gRPC call's metadata (W3C ``traceparent``), if any."""
+        if not metadata:
+            return None
+        carrier = {k: v for k, v in metadata if k in (_TRACEPARENT, _TRACESTATE) and isinstance(v, str)}
+        if _TRACEPARENT not in carrier:
+            return None
+        ctx = _PROPAGATOR.extract(carrier)
+        return ctx if ctx else None
+
+    def batch(self, parent: Context | None) -> BatchTrace:
+        return BatchTrace(self, parent)
+
+    # --- source: a link forwarding a batch -------------------------------------------------
+
+    def start_send(self, events: Sequence[event_pb2.Event], destination: str) -> list[Span]:
+        """A send span per forwarded event; the forwarded copy carries its context."""
+        tracer, region = self.tracer, self.region
+        spans = []
+        for ev in events:
+            topic = ev.topic
+            span = tracer.start_span(_name(topic, " send"), context=_parent_of(ev, None), kind=_PRODUCER)
+            if span.is_recording():
+                span.set_attributes(
+                    {
+                        "messaging.system": "nats",
+                        "messaging.operation.type": "send",
+                        "messaging.operation.name": "send",
+                        "messaging.destination.name": topic,
+                        "messaging.message.id": ev.id,
+                        "cloud.region": region,
+                        "meshgate.destination": destination,
+                        "meshgate.origin.sequence": ev.sequence,
+                    }
+                )
+            _stamp(ev, span)
+            spans.append(span)
+        return spans
+
+    @staticmethod
+    def end_send(spans: Sequence[Span], results: Sequence[event_pb2.EventResult]) -> None:
+        for span, r in zip(spans, results, strict=False):
+            if r.outcome == _REJECTED:
+                _fail(span, f"refused by the destination, dead-lettered: {r.message}")
+            else:
+                if span.is_recording():
+                    span.set_attribute("meshgate.outcome", "duplicate" if r.outcome == _DUPLICATE else "accepted")
+                span.end()
+
+    @staticmethod
+    def abandon(spans: Sequence[Span], message: str) -> None:
+        for span in spans:
+            _fail(span, message)
+
+    # --- destination: the Replicate handler ------------------------------------------------
+
+    def start_process(
+        self,
+        origin: str,
+        events: Sequence[event_pb2.Event],
+        results: Sequence[event_pb2.EventResult | None],
+        start_ns: int,
+    ) -> list[Span]:
+        """A process span per event of a replicated batch, after dedup classified it.
+
+        ``results[i]`` is None for an event to be written (its copy here then carries the
+        span's context), else the answer dedup already gave (a resend, a refusal).
+        """
+        tracer, region = self.tracer, self.region
+        spans = []
+        for ev, res in zip(events, results, strict=True):
+            if res is None:
+                dedup = None
+            elif res.outcome == _DUPLICATE:
+                dedup = "duplicate"
+            else:
+                dedup = "refused"
+            attributes: dict[str, Any] = {
+                "messaging.system": "nats",
+                "messaging.operation.type": "process",
+                "messaging.operation.name": "process",
+                "messaging.destination.name": ev.topic,
+                "messaging.message.id": ev.id,
+                "cloud.region": region,
+                "meshgate.origin": origin,
+                "meshgate.origin.sequence": ev.origin_sequence or ev.sequence,
+            }
+            if dedup is not None:
+                attributes["meshgate.dedup"] = dedup
+            span = tracer.start_span(
+                _name(ev.topic, " process"), context=_parent_of(ev, None), kind=_CONSUMER, start_time=start_ns
+            )
+            if span.is_recording():
+                span.set_attributes(attributes)
+            if res is None:
+                _stamp(ev, span)
+            spans.append(span)
+        return spans
+
+    @staticmethod
+    def end_process(
+        spans: Sequence[Span],
+        written: Sequence[AppendResult | BrokerError],
+        write_index: Sequence[int],
+        results: Sequence[event_pb2.EventResult | None],
+    ) -> None:
+        """Ends the spans once the batch is applied: ``results`` holds the final answers."""
+        outcome = dict(zip(write_index, written, strict=False))
+        for i, span in enumerate(spans):
+            res = outcome.get(i)
+            final = results[i]
+            if i not in outcome:
+                if final is not None and final.outcome == _REJECTED:
+                    span.set_status(Status(StatusCode.ERROR, final.message))
+                span.end()
+            elif isinstance(res, AppendResult):
+                if span.is_recording():
+                    span.set_attribute("meshgate.dedup", "duplicate" if res.duplicate else "stored")
+                    span.set_attribute("meshgate.sequence", res.sequence)
+                span.end()
+            elif final is not None:  # refused for good by this region's broker
+                if span.is_recording():
+                    span.set_attribute("meshgate.dedup", "refused")
+                _fail(span, final.message)
+            else:
+                _fail(span, f"not stored, the source resends it: {res}")
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Flushes the spans still queued and stops the exporter (blocking)."""
+        provider, self.provider = self.provider, None
+        self.enabled = False
+        if provider is not None:
+            provider.shutdown()
+
+    async def aclose(self, timeout: float) -> None:
+        """``shutdown`` in a daemon thread, awaited at most ``timeout`` s (a dead collector never holds a stop)."""
+        if self.provider is None:
+            return
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def run() -> None:
+            try:
+                self.shutdown()
+            except Exception:
+                log.exception("region %s: flushing traces failed", self.region)
+            finally:
+                with contextlib.suppress(RuntimeError):  # the loop may be closed by now
+                    loop.call_soon_threadsafe(_settle, done)
+
+        threading.Thread(target=run, name=f"otel-shutdown-{self.region}", daemon=True).start()
+        try:
+            await asyncio.wait_for(asyncio.shield(done), timeout)
+        except TimeoutError:
+            log.warning("region %s: traces not flushed within %.1f s; the rest is dropped", self.region, timeout)

@@ -1,0 +1,99 @@
+"""The replication links' Prometheus metrics, read from the links at scrape time.
+
+Nothing here runs in a link's loop: the collector looks at ``Replicator.links`` when
+Prometheus scrapes, at the state and the counters the links keep anyway (``Link.counters``,
+whose lag figures the link polls from the broker every 0.5 s).
+
+The heartbeat of a link is ``meshgate_link_lag_seconds``: the age of the oldest event of the
+link's consumer not yet acked by the destination, as the broker stored it. It is not "time
+since the last send": while a link is stuck with events waiting it grows by one second per
+second, even if the link never fetched them, so "lag 0 but nothing flows" cannot hide. It
+is 0 only when nothing is waiting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Final
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from meshgate.replicator._link import LinkState
+
+if TYPE_CHECKING:
+    from meshgate.replicator._replicator import Replicator
+
+__all__ = ["LINK_STATES", "LinkCollector"]
+
+# The label values of meshgate_link_state, one per LinkState.
+LINK_STATES: Final = tuple(s.name.lower() for s in LinkState)
+
+
+class LinkCollector(Collector):
+    """Per link of a replicator: lag (events, seconds), state, forwarded/retries/dead-lettered.
+
+    Labels: ``region`` (the source, this gateway's region) and ``destination``. The lag series
+    come only from the replica that runs the link (a standby replica's figures are stale); the
+    state and the counters come from every replica (sum the counters' rates across replicas).
+    """
+
+    def __init__(self, replicator: Replicator) -> None:
+        self._replicator = replicator
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families(with_samples=False)
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families(with_samples=True)
+
+    def _families(self, *, with_samples: bool) -> Iterator[Metric]:
+        labels = ["region", "destination"]
+        lag_events = GaugeMetricFamily(
+            "meshgate_link_lag_events",
+            "Events of this region routed to the destination and not yet acked by it (from the broker).",
+            labels=labels,
+        )
+        lag_seconds = GaugeMetricFamily(
+            "meshgate_link_lag_seconds",
+            "Age of the oldest event not yet acked by the destination, as the broker stored it; "
+            "grows while the link is stuck (the link's heartbeat), 0 when nothing waits.",
+            labels=labels,
+        )
+        state = GaugeMetricFamily(
+            "meshgate_link_state",
+            "1 for the link's current state (connecting, replicating, backing_off, paused, standby, stopped), "
+            "0 for the others.",
+            labels=[*labels, "state"],
+        )
+        forwarded = CounterMetricFamily(
+            "meshgate_forwarded",
+            "Events the destination acked (stored or already there), by link.",
+            labels=labels,
+        )
+        retries = CounterMetricFamily(
+            "meshgate_link_retries",
+            "Times the link failed (call ended, ack timeout, broker error) and backed off before resending.",
+            labels=labels,
+        )
+        dead_lettered = CounterMetricFamily(
+            "meshgate_dead_lettered",
+            "Events the destination refused for good, written to meshgate/dlq/<destination> in this region.",
+            labels=labels,
+        )
+        if with_samples:
+            region = self._replicator.region
+            for name in sorted(self._replicator.links):
+                link = self._replicator.links[name]
+                c = link.counters
+                key = [region, name]
+                if link.running:
+                    lag_events.add_metric(key, float(c.lag_events))
+                    lag_seconds.add_metric(key, link.lag_seconds)
+                current = link.state.name.lower()
+                for s in LINK_STATES:
+                    state.add_metric([*key, s], 1.0 if s == current else 0.0)
+                forwarded.add_metric(key, float(c.forwarded))
+                retries.add_metric(key, float(c.retries))
+                dead_lettered.add_metric(key, float(c.dead_lettered))
+        yield from (lag_events, lag_seconds, state, forwarded, retries, dead_lettered)

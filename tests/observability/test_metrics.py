@@ -1,0 +1,264 @@
+"""The Prometheus metrics of live gateways: counters move with the right labels, /metrics lints.
+
+`promtool check metrics` runs on the live output when promtool is installed (Debian's
+`prometheus` package; CI installs it); without it only that check is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import subprocess
+import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import urlparse
+
+import grpc
+import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from meshgate.brokers import BrokerUnavailableError, EventRejectedError, MessageTooLargeError
+from meshgate.brokers.embedded import EmbeddedNats
+from meshgate.config import BrokerKind, Limits, MeshConfig, RegionConfig, RouteRule
+from meshgate.gateway import Gateway
+from meshgate.gateway._metrics import REFUSAL_REASONS, admission_reason, broker_reason
+from meshgate.replicator._metrics import LINK_STATES
+from meshgate.v1 import event_pb2, gateway_pb2, gateway_pb2_grpc, replication_pb2, replication_pb2_grpc
+from tests.gateway._helpers import ev, read_all
+from tests.gateway.conftest import mesh_for
+from tests.observability.test_rules import METRICS
+
+PROMTOOL = shutil.which("promtool")
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def scrape(url: str) -> str:
+    def get() -> str:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            body: bytes = resp.read()
+            return body.decode()
+
+    return await asyncio.to_thread(get)
+
+
+def samples(text: str) -> Samples:
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def value(got: Samples, name: str, **labels: str) -> float:
+    return got.get((name, frozenset(labels.items())), 0.0)
+
+
+def series(got: Samples, name: str) -> list[dict[str, str]]:
+    return [dict(labels) for n, labels in got if n == name]
+
+
+def promtool_check_metrics(text: str) -> None:
+    if PROMTOOL is None:
+        pytest.skip("promtool not installed (apt-get install -y prometheus); `promtool check metrics` not run")
+    proc = subprocess.run([PROMTOOL, "check", "metrics"], input=text, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, f"promtool check metrics:\n{proc.stdout}{proc.stderr}"
+
+
+@pytest.fixture
+async def gateway(nats_server: EmbeddedNats, tmp_path: Path) -> AsyncIterator[tuple[Gateway, str]]:
+    config = mesh_for(nats_server, limits=Limits(max_data_bytes=4096, max_batch_events=100))
+    port = free_port()
+    gw = Gateway(config=config, region="here", data_dir=tmp_path, metrics_listen=f"127.0.0.1:{port}")
+    await gw.start()
+    try:
+        yield gw, f"http://127.0.0.1:{port}/metrics"
+    finally:
+        await gw.stop(grace=1.0)
+
+
+def test_refusal_reasons_map_admission_and_broker_answers() -> None:
+    assert admission_reason("data of 5000 bytes exceeds max_data_bytes of 4096 bytes") == "too_large"
+    assert (
+        admission_reason("attributes and extensions of 9 bytes exceed max_attributes_bytes of 8 bytes") == "too_large"
+    )
+    assert admission_reason("id has 300 characters; at most 256") == "too_large"
+    assert admission_reason("topic is required, e.g. 'orders/created'") == "invalid"
+    assert broker_reason(BrokerUnavailableError("timeout")) == "unavailable"
+    assert broker_reason(MessageTooLargeError(size=10, data_size=5, max_payload=8)) == "too_large"
+    assert broker_reason(EventRejectedError("no")) == "invalid"
+
+
+async def test_publish_counters_and_live_metrics(gateway: tuple[Gateway, str]) -> None:
+    gw, url = gateway
+    async with grpc.aio.insecure_channel(gw.address) as ch:
+        stub = gateway_pb2_grpc.GatewayStub(ch)
+        await stub.Publish(gateway_pb2.PublishRequest(events=[ev(id=f"ok-{i}") for i in range(3)]))
+        await stub.Publish(gateway_pb2.PublishRequest(events=[ev(id="ok-0")]))  # duplicate
+        bad_cases = [
+            ([ev(topic="bad//topic")], grpc.StatusCode.INVALID_ARGUMENT),
+            ([ev(id="big", data=b"x" * 5000), ev(id="good-in-bad-batch")], grpc.StatusCode.INVALID_ARGUMENT),
+            ([ev(id=f"many-{i}") for i in range(101)], grpc.StatusCode.INVALID_ARGUMENT),
+        ]
+        for events, code in bad_cases:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.Publish(gateway_pb2.PublishRequest(events=events))
+            assert err.value.code() == code
+        # A stream answers per event: one good, one invalid.
+        call = stub.PublishStream()
+        await call.write(gateway_pb2.PublishRequest(events=[ev(id="s-ok"), ev(topic="")]))
+        resp = await call.read()
+        await call.done_writing()
+        assert isinstance(resp, gateway_pb2.PublishResponse)
+        assert [r.outcome for r in resp.results] == [event_pb2.OUTCOME_ACCEPTED, event_pb2.OUTCOME_REJECTED]
+
+    text = await scrape(url)
+    got = samples(text)
+    assert value(got, "meshgate_events_total", region="here", outcome="accepted") == 4
+    assert value(got, "meshgate_events_total", region="here", outcome="duplicate") == 1
+    refused = {r: value(got, "meshgate_events_refused_total", region="here", reason=r) for r in REFUSAL_REASONS}
+    # bad topic + the stream's missing topic; the oversize event and its batch-mate; 101 events.
+    assert refused == {
+        "invalid": 2,
+        "too_large": 2 + 101,
+        "unavailable": 0,
+        "backpressure": 0,
+        "shutting_down": 0,
+        "permission": 0,
+    }
+    assert value(got, "meshgate_publish_duration_seconds_count", region="here") >= 3
+    assert value(got, "meshgate_broker_connected", region="here") == 1
+    # The link to `there` (no gateway listening at 127.0.0.1:0) exists: one state at 1.
+    states = {s: value(got, "meshgate_link_state", region="here", destination="there", state=s) for s in LINK_STATES}
+    assert sorted(states.values()) == [0.0] * (len(LINK_STATES) - 1) + [1.0]
+    assert ("meshgate_config_reloads_total", frozenset({"result": "applied"}.items())) not in got  # no file path
+    # No label carries a topic or an event id.
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            assert set(s.labels) <= {"region", "destination", "outcome", "reason", "state", "result", "le"}, s
+    # Every metric the dashboard and the alerts use is exposed (reloads need a mesh file path).
+    exposed = {n.removesuffix("_bucket").removesuffix("_count").removesuffix("_sum") for n, _ in got}
+    assert METRICS - {"meshgate_config_reloads_total"} <= exposed
+    # The live output and the registry agree, and promtool finds nothing to lint.
+    assert samples(generate_latest(gw.metrics.registry).decode()).keys() == got.keys()
+    promtool_check_metrics(text)
+
+
+def _region(name: str, server: EmbeddedNats, gateway: str) -> RegionConfig:
+    url = urlparse(server.url)
+    return RegionConfig(name=name, kind=BrokerKind.NATS, brokers=(f"{url.hostname}:{url.port}",), gateway=gateway)
+
+
+async def _wait_for(url: str, check: object, timeout: float = 15.0) -> Samples:
+    assert callable(check)
+    async with asyncio.timeout(timeout):
+        while True:
+            got = samples(await scrape(url))
+            if check(got):
+                return got
+            await asyncio.sleep(0.1)
+
+
+async def test_link_and_ingress_metrics_across_two_regions(nats_server: EmbeddedNats, tmp_path: Path) -> None:
+    async with EmbeddedNats(data_dir=tmp_path / "there-nats") as there_server:
+        probe = MeshConfig(
+            regions=(_region("here", nats_server, "127.0.0.1:0"), _region("there", there_server, "127.0.0.1:0"))
+        )
+        there_port, here_port = free_port(), free_port()
+        there = Gateway(
+            config=probe,
+            region="there",
+            data_dir=tmp_path,
+            replicate=False,
+            metrics_listen=f"127.0.0.1:{there_port}",
+        )
+        await there.start()
+        there_url = f"http://127.0.0.1:{there_port}/metrics"
+        here_url = f"http://127.0.0.1:{here_port}/metrics"
+        config = MeshConfig(
+            regions=(_region("here", nats_server, "127.0.0.1:0"), _region("there", there_server, there.address)),
+            routing=(RouteRule(index=0, topic="orders/*", regions=("here", "there")),),
+        )
+        here = Gateway(config=config, region="here", data_dir=tmp_path, metrics_listen=f"127.0.0.1:{here_port}")
+        try:
+            await here.start()
+            async with grpc.aio.insecure_channel(here.address) as ch:
+                stub = gateway_pb2_grpc.GatewayStub(ch)
+                await stub.Publish(gateway_pb2.PublishRequest(events=[ev(id=f"a-{i}") for i in range(20)]))
+                # Routed to `here` only: not forwarded, not counted on the link.
+                await stub.Publish(gateway_pb2.PublishRequest(events=[ev("inventory/x", id="local")]))
+                log = await read_all(stub, "orders/>", expect=20)
+            link = {"region": "here", "destination": "there"}
+            got = await _wait_for(
+                here_url,
+                lambda s: (
+                    value(s, "meshgate_forwarded_total", **link) == 20
+                    and value(s, "meshgate_link_lag_events", **link) == 0
+                ),
+            )
+            assert value(got, "meshgate_link_state", **link, state="replicating") == 1
+            assert value(got, "meshgate_link_state", **link, state="backing_off") == 0
+            assert value(got, "meshgate_link_lag_seconds", **link) == 0
+            assert value(got, "meshgate_dead_lettered_total", **link) == 0
+            assert {"region": "here", "destination": "there"} in series(got, "meshgate_link_retries_total")
+
+            got = samples(await scrape(there_url))
+            assert value(got, "meshgate_replicated_events_total", region="there", outcome="stored") == 20
+            assert value(got, "meshgate_replication_latency_seconds_count", region="there") == 20
+            assert value(got, "meshgate_replication_latency_seconds_bucket", region="there", le="60.0") == 20
+
+            # The same events sent again, as a source resends after a failure: dedup hits.
+            async def resend() -> AsyncIterator[replication_pb2.ReplicateRequest]:
+                yield replication_pb2.ReplicateRequest(source_region="here", batch_id=1, events=log)
+
+            # A region outside the mesh may not replicate: refused for permission.
+            async def intruder() -> AsyncIterator[replication_pb2.ReplicateRequest]:
+                yield replication_pb2.ReplicateRequest(source_region="elsewhere", batch_id=1, events=log[:2])
+
+            async with grpc.aio.insecure_channel(there.address) as ch:
+                repl = replication_pb2_grpc.ReplicationStub(ch)
+                answers = [r async for r in repl.Replicate(resend())]
+                assert {r.outcome for r in answers[0].results} == {event_pb2.OUTCOME_DUPLICATE}
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    _ = [r async for r in repl.Replicate(intruder())]
+                assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            text = await scrape(there_url)
+            got = samples(text)
+            assert value(got, "meshgate_replicated_events_total", region="there", outcome="duplicate") == 20
+            assert value(got, "meshgate_replicated_events_total", region="there", outcome="stored") == 20
+            assert value(got, "meshgate_events_refused_total", region="there", reason="permission") == 2
+            promtool_check_metrics(text)
+
+            # The destination goes away: the link's lag in seconds grows while it is stuck.
+            await there.stop(grace=1.0)
+            async with grpc.aio.insecure_channel(here.address) as ch:
+                stub = gateway_pb2_grpc.GatewayStub(ch)
+                await stub.Publish(gateway_pb2.PublishRequest(events=[ev(id=f"b-{i}") for i in range(5)]))
+            first = await _wait_for(
+                here_url,
+                lambda s: (
+                    value(s, "meshgate_link_lag_events", **link) == 5
+                    and value(s, "meshgate_link_lag_seconds", **link) > 0
+                ),
+            )
+            await asyncio.sleep(1.0)
+            later = samples(await scrape(here_url))
+            assert (
+                value(later, "meshgate_link_lag_seconds", **link)
+                >= value(first, "meshgate_link_lag_seconds", **link) + 0.9
+            )
+            assert value(later, "meshgate_link_state", **link, state="replicating") == 0
+            assert value(later, "meshgate_link_retries_total", **link) >= 1
+            promtool_check_metrics(await scrape(here_url))
+        finally:
+            await here.stop(grace=1.0)
+            await there.stop(grace=1.0)

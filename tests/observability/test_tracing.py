@@ -1,0 +1,313 @@
+"""Traced delivery: one trace per event, from the producer's span to the write in the last region.
+
+The end-to-end test runs an in-process OTLP/gRPC receiver (opentelemetry-proto's collector
+service) and two ``meshgate serve`` processes (regions ``a`` and ``b``, each with its own
+embedded nats-server) exporting to it through the standard ``OTEL_*`` variables; one event
+published in ``a`` with a producer's ``traceparent`` in the gRPC metadata, routed to ``b``,
+must give one trace with spans of both regions, parented producer -> publish -> send -> process.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import yaml
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from opentelemetry.proto.trace.v1 import trace_pb2
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+
+from meshgate.brokers.embedded import EmbeddedNats
+from meshgate.gateway import Gateway
+from meshgate.gateway._tracing import BatchTrace, Tracing, tracing_configured
+from meshgate.testing import ServeProcess
+from meshgate.v1 import event_pb2, gateway_pb2, gateway_pb2_grpc
+from tests.e2e._mesh import free_port, wait_until
+from tests.gateway._helpers import ev, read_all
+from tests.gateway.conftest import mesh_for
+
+_OTEL_VARS = (
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_TRACES_EXPORTER",
+    "OTEL_SDK_DISABLED",
+)
+
+
+# --- an in-process OTLP/gRPC receiver ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReceivedSpan:
+    span: trace_pb2.Span
+    resource: dict[str, Any]
+
+    @property
+    def region(self) -> str:
+        return str(self.resource.get("cloud.region"))
+
+    @property
+    def parent(self) -> bytes:
+        return self.span.parent_span_id
+
+
+def _value(v: Any) -> Any:
+    which = v.WhichOneof("value")
+    return getattr(v, which) if which else None
+
+
+class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
+    def __init__(self) -> None:
+        self.requests: list[trace_service_pb2.ExportTraceServiceRequest] = []
+
+    async def Export(
+        self, request: trace_service_pb2.ExportTraceServiceRequest, context: Any
+    ) -> trace_service_pb2.ExportTraceServiceResponse:
+        self.requests.append(request)
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+    def spans(self) -> Iterator[ReceivedSpan]:
+        for req in self.requests:
+            for rs in req.resource_spans:
+                resource = {a.key: _value(a.value) for a in rs.resource.attributes}
+                for ss in rs.scope_spans:
+                    for span in ss.spans:
+                        yield ReceivedSpan(span, resource)
+
+
+@pytest.fixture
+async def otlp_receiver() -> AsyncIterator[tuple[Receiver, int]]:
+    receiver = Receiver()
+    server = grpc.aio.server()
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(receiver, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        yield receiver, port
+    finally:
+        await server.stop(0)
+
+
+# --- one event, two regions, one trace -----------------------------------------------------------
+
+
+def _attrs(span: trace_pb2.Span) -> dict[str, Any]:
+    return {a.key: _value(a.value) for a in span.attributes}
+
+
+async def test_one_trace_across_two_regions(tmp_path: Path, otlp_receiver: tuple[Receiver, int]) -> None:
+    receiver, otlp_port = otlp_receiver
+    ports = {"a": free_port(), "b": free_port()}
+    mesh = tmp_path / "mesh.yaml"
+    mesh.write_text(
+        yaml.safe_dump(
+            {
+                "event_mesh": {
+                    "regions": [{"name": r, "kind": "embedded", "gateway": f"127.0.0.1:{p}"} for r, p in ports.items()],
+                    "routing": [{"topic": "orders/*", "regions": ["a", "b"]}],
+                    "settings": {"shutdown_grace": "5s"},
+                }
+            },
+            sort_keys=False,
+        )
+    )
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{otlp_port}",
+        "OTEL_TRACES_SAMPLER": "parentbased_always_on",
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+    }
+    procs = {
+        r: ServeProcess(config=mesh, region=r, data_dir=tmp_path / r, extra=("--listen", f"127.0.0.1:{p}"), env=env)
+        for r, p in ports.items()
+    }
+    try:
+        for proc in procs.values():
+            await proc.start(timeout=60)
+
+        # The producer's own span: a root the test makes up, sampled.
+        trace_id, producer_span = secrets.randbits(128) or 1, secrets.randbits(64) or 1
+        traceparent = f"00-{trace_id:032x}-{producer_span:016x}-01"
+        async with grpc.aio.insecure_channel(procs["a"].address) as channel:
+            stub = gateway_pb2_grpc.GatewayStub(channel)
+            resp = await stub.Publish(
+                gateway_pb2.PublishRequest(events=[ev("orders/created", b'{"n": 1}', id="traced-1")]),
+                metadata=(("traceparent", traceparent),),
+            )
+        assert resp.results[0].outcome == event_pb2.OUTCOME_ACCEPTED
+        assert list(resp.results[0].route) == ["a", "b"]
+
+        def of_event() -> list[ReceivedSpan]:
+            return [s for s in receiver.spans() if _attrs(s.span).get("messaging.message.id") == "traced-1"]
+
+        def complete() -> list[ReceivedSpan] | None:
+            spans = of_event()
+            names = {(s.region, s.span.name) for s in spans}
+            wanted = {("a", "orders/created publish"), ("a", "orders/created send"), ("b", "orders/created process")}
+            return spans if wanted <= names else None
+
+        spans = await wait_until(complete, 60, what="spans of the event from both regions")
+
+        # One trace: the producer's.
+        assert {s.span.trace_id for s in spans} == {trace_id.to_bytes(16, "big")}
+        assert {s.region for s in spans} == {"a", "b"}
+        expected_service = os.environ.get("OTEL_SERVICE_NAME") or "meshgate"
+        for s in spans:
+            assert s.resource.get("service.name") == expected_service
+            assert _attrs(s.span)["messaging.system"] == "nats"
+            assert _attrs(s.span)["messaging.destination.name"] == "orders/created"
+            assert _attrs(s.span)["cloud.region"] == s.region
+
+        by_name = {(s.region, s.span.name): s for s in spans}
+        publish = by_name["a", "orders/created publish"]
+        send = by_name["a", "orders/created send"]
+        process = by_name["b", "orders/created process"]
+        # The gateway's publish span is the child of the producer's span.
+        assert publish.parent == producer_span.to_bytes(8, "big")
+        assert publish.span.kind == trace_pb2.Span.SPAN_KIND_PRODUCER
+        assert _attrs(publish.span)["meshgate.outcome"] == "accepted"
+        # The replicator's forward, then b's dedup and write: b's chain leads back to a's spans.
+        assert send.parent == publish.span.span_id
+        assert send.span.kind == trace_pb2.Span.SPAN_KIND_PRODUCER
+        assert _attrs(send.span)["meshgate.destination"] == "b"
+        assert process.parent == send.span.span_id
+        assert process.span.kind == trace_pb2.Span.SPAN_KIND_CONSUMER
+        assert _attrs(process.span)["meshgate.dedup"] == "stored"
+        by_id = {s.span.span_id: s for s in spans}
+        chain, at = [], process
+        while at.parent in by_id:
+            at = by_id[at.parent]
+            chain.append((at.region, at.span.name))
+        assert chain == [("a", "orders/created send"), ("a", "orders/created publish")]
+        assert at.parent == producer_span.to_bytes(8, "big")
+        # Spans nest in time: the send covers b's processing, the publish starts first.
+        assert publish.span.start_time_unix_nano <= send.span.start_time_unix_nano
+        assert send.span.start_time_unix_nano <= process.span.start_time_unix_nano
+        assert process.span.end_time_unix_nano <= send.span.end_time_unix_nano
+
+        # The stored copies carry the trace in their traceparent extension (the ce-traceparent
+        # header): in a the publish span, in b the process span that wrote it there.
+        for region, span in (("a", publish), ("b", process)):
+            async with grpc.aio.insecure_channel(procs[region].address) as channel:
+                stored = await read_all(gateway_pb2_grpc.GatewayStub(channel), "orders/>", expect=1)
+            assert [e.id for e in stored] == ["traced-1"]
+            tp = stored[0].extensions["traceparent"]
+            assert tp == f"00-{trace_id:032x}-{span.span.span_id.hex()}-01"
+    finally:
+        for proc in procs.values():
+            if proc.proc is not None and proc.proc.returncode is None:
+                proc.signal(signal.SIGTERM)
+                try:
+                    await proc.wait(timeout=20)
+                finally:
+                    await proc.close()
+
+
+# --- unit level ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_otel_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in _OTEL_VARS:
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_env_switch() -> None:
+    assert not tracing_configured({})
+    assert not tracing_configured({"OTEL_SERVICE_NAME": "x", "OTEL_TRACES_SAMPLER": "always_on"})
+    assert tracing_configured({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317"})
+    assert tracing_configured({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://127.0.0.1:4317"})
+    assert tracing_configured({"OTEL_TRACES_EXPORTER": "otlp"})
+    assert not tracing_configured({"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://x:4317"})
+    assert not tracing_configured({"OTEL_SDK_DISABLED": "true", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://x:4317"})
+    off = Tracing.from_env("a", {})
+    assert not off.enabled
+    assert off.provider is None
+
+
+def test_provider_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OTEL_SERVICE_NAME", raising=False)
+    monkeypatch.delenv("OTEL_RESOURCE_ATTRIBUTES", raising=False)
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0.01")
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"}
+    on = Tracing.from_env("eu-central", env)
+    try:
+        assert on.enabled
+        assert on.provider is not None
+        assert on.provider.resource.attributes["service.name"] == "meshgate"
+        assert on.provider.resource.attributes["cloud.region"] == "eu-central"
+        assert "TraceIdRatioBased{0.01}" in on.provider.sampler.get_description()
+    finally:
+        on.shutdown()
+    assert not on.enabled
+
+
+def _in_memory(region: str = "a") -> tuple[Tracing, InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return Tracing(region=region, provider=provider), exporter
+
+
+def test_per_event_traceparent_wins_over_metadata() -> None:
+    tracing, exporter = _in_memory()
+    call_tid, call_sid = 0x1234, 0x99
+    event_tid, event_sid = 0xABCDEF, 0x42
+    call_ctx = tracing.call_context((("traceparent", f"00-{call_tid:032x}-{call_sid:016x}-01"),))
+    own = ev(id="own", extensions={"traceparent": f"00-{event_tid:032x}-{event_sid:016x}-01"})
+    plain = ev(id="plain")
+    trace = tracing.batch(call_ctx)
+    trace.start([own, plain])
+    trace.end([Exception("broker down"), Exception("broker down")])
+    spans = {s.attributes["messaging.message.id"]: s for s in exporter.get_finished_spans()}  # type: ignore[index]
+    assert spans["own"].context.trace_id == event_tid
+    assert spans["own"].parent.span_id == event_sid  # type: ignore[union-attr]
+    assert spans["plain"].context.trace_id == call_tid
+    assert spans["plain"].parent.span_id == call_sid  # type: ignore[union-attr]
+    assert spans["plain"].kind is SpanKind.PRODUCER
+    assert spans["plain"].name == "orders/created publish"
+    assert not spans["plain"].status.is_ok
+    # The events now carry the publish span's context.
+    assert own.extensions["traceparent"] == f"00-{event_tid:032x}-{spans['own'].context.span_id:016x}-01"
+    tracing.shutdown()
+
+
+async def test_off_without_otel_env_does_no_span_work(
+    no_otel_env: None, nats_server: EmbeddedNats, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def forbidden(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("span work while tracing is off")
+
+    monkeypatch.setattr(Tracing, "batch", forbidden)
+    monkeypatch.setattr(Tracing, "start_send", forbidden)
+    monkeypatch.setattr(Tracing, "start_process", forbidden)
+    monkeypatch.setattr(BatchTrace, "start", forbidden)
+    gw = Gateway(config=mesh_for(nats_server), region="here", data_dir=tmp_path, replicate=False)
+    assert not gw.tracing.enabled
+    assert gw.tracing.provider is None
+    await gw.start()
+    try:
+        async with grpc.aio.insecure_channel(gw.address) as channel:
+            stub = gateway_pb2_grpc.GatewayStub(channel)
+            tp = "00-0000000000000000000000000000abcd-00000000000000ef-01"
+            resp = await stub.Publish(
+                gateway_pb2.PublishRequest(events=[ev(id="untraced"), ev(id="own", extensions={"traceparent": tp})]),
+                metadata=(("traceparent", tp),),
+            )
+            assert [r.outcome for r in resp.results] == [event_pb2.OUTCOME_ACCEPTED] * 2
+            stored = {e.id: e for e in await read_all(stub, "orders/>", expect=2)}
+        # Nothing stamped; a producer's own traceparent travels untouched.
+        assert "traceparent" not in stored["untraced"].extensions
+        assert stored["own"].extensions["traceparent"] == tp
+    finally:
+        await gw.stop(grace=1.0)
