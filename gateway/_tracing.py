@@ -161,6 +161,9 @@ class BatchTrace:
         """Starts a publish span per admitted event and stamps its context on the event."""
         tr = self._tracing
         tracer, region, parent, start = tr.tracer, tr.region, self.parent, self.start_ns
+        # The span runs from the batch's arrival: admission and routing, then the broker write;
+        # an "admitted" event marks the boundary (child spans per step would double the cost).
+        admitted_ns = time.time_ns()
         spans = self.spans
         for ev in events:
             topic = ev.topic
@@ -179,6 +182,7 @@ class BatchTrace:
                         "meshgate.route": ",".join(ev.route),
                     }
                 )
+                span.add_event("admitted", {"meshgate.route": ",".join(ev.route)}, timestamp=admitted_ns)
             _stamp(ev, span)
             spans.append(span)
 

@@ -175,6 +175,10 @@ async def test_one_trace_across_two_regions(tmp_path: Path, otlp_receiver: tuple
         assert publish.parent == producer_span.to_bytes(8, "big")
         assert publish.span.kind == trace_pb2.Span.SPAN_KIND_PRODUCER
         assert _attrs(publish.span)["meshgate.outcome"] == "accepted"
+        # Admission and routing, then the write: the "admitted" event (with the route) splits them.
+        (admitted,) = [e for e in publish.span.events if e.name == "admitted"]
+        assert publish.span.start_time_unix_nano <= admitted.time_unix_nano <= publish.span.end_time_unix_nano
+        assert {a.key: a.value.string_value for a in admitted.attributes} == {"meshgate.route": "a,b"}
         # The replicator's forward, then b's dedup and write: b's chain leads back to a's spans.
         assert send.parent == publish.span.span_id
         assert send.span.kind == trace_pb2.Span.SPAN_KIND_PRODUCER
