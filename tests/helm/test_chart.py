@@ -351,7 +351,7 @@ def test_prometheus_rules_pass_promtool(promtool: str, tmp_path: Path) -> None:
         [promtool, "check", "rules", str(rules)], capture_output=True, text=True, timeout=60, check=False
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "SUCCESS: 7 rules found" in proc.stdout
+    assert "SUCCESS: 9 rules found" in proc.stdout
 
 
 def test_prometheus_alerts_fire_on_synthetic_series(promtool: str, tmp_path: Path) -> None:
@@ -549,3 +549,15 @@ def test_chart_refuses_an_embedded_region_with_several_replicas(tmp_path: Path) 
     assert 'region "us-west" is kind: embedded' in render_error((tmp_path / "values.yaml",), ("replicaCount=2",))
     objects = render((tmp_path / "values.yaml",))
     assert one(objects, "Deployment")["spec"]["strategy"] == {"type": "Recreate"}
+
+
+def test_chart_alerts_are_the_observability_alerts() -> None:
+    # Two forms of one set of alerts: the chart's are scoped to its region with thresholds from
+    # values, observability/prometheus/alerts.yaml is the plain file. Their names stay in step.
+    rule = one(rendered("monitoring"), "PrometheusRule")
+    chart = {r["alert"] for group in rule["spec"]["groups"] for r in group["rules"] if "alert" in r}
+    plain_file = Path(__file__).resolve().parents[2] / "observability" / "prometheus" / "alerts.yaml"
+    plain = {r["alert"] for group in yaml.safe_load(plain_file.read_text())["groups"] for r in group["rules"]}
+    # Only the chart knows its scrape job, so only it can tell that no gateway is up.
+    assert chart - plain == {"MeshgateGatewayDown"}
+    assert plain - chart == set()

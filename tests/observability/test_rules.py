@@ -99,9 +99,9 @@ def test_alert_rules_name_exposed_metrics_and_tell_on_call_what_to_check() -> No
     names = {r["alert"] for r in rules}
     assert {
         "MeshgateLinkStuck",
-        "MeshgateLagGrowing",
+        "MeshgateLinkLagGrowing",
         "MeshgateDeadLetterSurge",
-        "MeshgateConfigReloadFailed",
+        "MeshgateConfigReloadRefused",
         "MeshgateBrokerDisconnected",
     } <= names
     for rule in rules:
