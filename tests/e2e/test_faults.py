@@ -91,7 +91,8 @@ async def test_destination_gateway_and_broker_killed_mid_stream(make_mesh: MeshF
 async def test_source_gateway_killed_mid_batch_and_retries_are_absorbed(make_mesh: MeshFactory) -> None:
     cluster: MeshCluster = await make_mesh([US, EU], ROUTING)
     ledger = Ledger()
-    producer = Producer(cluster, ledger, US, workload(US, 3000), batch_size=100, pace=0.1, max_inflight_batches=8)
+    # Slow enough that the kill lands mid-stream even on a loaded machine.
+    producer = Producer(cluster, ledger, US, workload(US, 3000), batch_size=100, pace=0.25, max_inflight_batches=8)
     producing = asyncio.create_task(producer.run())
     await mid_stream(cluster, producer, acked=1000, forwarded_at_least=100)
 
