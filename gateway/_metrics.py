@@ -131,9 +131,8 @@ class GatewayMetrics:
         if n > 0:
             self.refused[reason].inc(n)
 
-    def replicated_stored(self, event: event_pb2.Event, now: float | None = None) -> None:
-        """A replicated event written here: counted, and its end-to-end latency observed."""
-        self.replicated["stored"].inc()
+    def observe_replication_latency(self, event: event_pb2.Event, now: float | None = None) -> None:
+        """The end-to-end latency of a replicated event written here (origin time -> now)."""
         if event.HasField("time"):
             origin_time = event.time.seconds + event.time.nanos / 1e9
             # Clocks of two regions differ a little: a negative latency is a zero.

@@ -96,6 +96,8 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         metrics.publish_seconds.observe(time.perf_counter() - started)
         it = iter(zip(events, outcomes, strict=True))
         out: list[event_pb2.EventResult] = []
+        # Counted here and added once per batch: a counter update takes a lock.
+        accepted = duplicate = 0
         for slot in results:
             if slot is not None:
                 metrics.rejected.inc()
@@ -104,7 +106,10 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
                 continue
             ev, res = next(it)
             if isinstance(res, AppendResult):
-                (metrics.duplicate if res.duplicate else metrics.accepted).inc()
+                if res.duplicate:
+                    duplicate += 1
+                else:
+                    accepted += 1
                 out.append(
                     event_pb2.EventResult(
                         id=ev.id,
@@ -119,6 +124,10 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
                 code = _UNAVAILABLE if res.retriable else _INVALID_ARGUMENT
                 hint = "; retry with the same id" if res.retriable else ""
                 out.append(event_pb2.EventResult(id=ev.id, outcome=_REJECTED, code=code, message=f"{res}{hint}"))
+        if accepted:
+            metrics.accepted.inc(accepted)
+        if duplicate:
+            metrics.duplicate.inc(duplicate)
         return out
 
     async def _refuse_if_draining(self, context: grpc.aio.ServicerContext[Any, Any], events: int = 0) -> None:

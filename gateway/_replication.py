@@ -148,6 +148,7 @@ class ReplicationService(replication_pb2_grpc.ReplicationServicer):
         position = 0
         metrics = self._gw.metrics
         now = time.time()
+        stored = duplicate = 0  # added once per batch: a counter update takes a lock
         for ev, slot, res in zip(batch.to_write, batch.write_index, batch.written, strict=True):
             seq = ev.origin_sequence
             if isinstance(res, AppendResult):
@@ -155,9 +156,10 @@ class ReplicationService(replication_pb2_grpc.ReplicationServicer):
                 position = max(position, res.sequence)
                 outcome = _DUPLICATE if res.duplicate else _ACCEPTED
                 if res.duplicate:
-                    metrics.replicated["duplicate"].inc()
+                    duplicate += 1
                 else:
-                    metrics.replicated_stored(ev, now)
+                    stored += 1
+                    metrics.observe_replication_latency(ev, now)
                 batch.results[slot] = event_pb2.EventResult(
                     id=ev.id, outcome=outcome, sequence=res.sequence, route=ev.route
                 )
@@ -168,6 +170,10 @@ class ReplicationService(replication_pb2_grpc.ReplicationServicer):
                 batch.results[slot] = event_pb2.EventResult(id=ev.id, outcome=_REJECTED, code=_INVALID, message=message)
             elif failure is None:
                 failure = res
+        if stored:
+            metrics.replicated["stored"].inc(stored)
+        if duplicate:
+            metrics.replicated["duplicate"].inc(duplicate)
         if failure is None:
             # Every slot is filled now: the response keeps one result per event, in order.
             state.advance(batch.last_seq, position)

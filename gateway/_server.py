@@ -69,6 +69,8 @@ class GatewayState(enum.Enum):
 
 
 def _split_hostport(value: str) -> tuple[str, int]:
+    # Not config.split_host_port: a listen address may use port 0 (any free port), which the
+    # mesh file's addresses may not.
     host, _, port = value.rpartition(":")
     return host.strip("[]") or "0.0.0.0", int(port)
 
