@@ -9,18 +9,7 @@ import pytest
 
 from meshgate.cli import main
 from meshgate.config import QUICKSTART_PATH
-
-OLD = """\
-event_mesh:
-  regions:
-    - {name: us-west, kind: embedded}
-    - {name: eu-central, kind: embedded}
-  routing:
-    - topic: "orders/*"
-      regions: ["us-west", "eu-central"]
-    - topic: "inventory/*"
-      regions: ["us-west"]
-"""
+from tests.unit._meshes import OLD
 
 NEW = OLD.replace('regions: ["us-west"]', 'regions: ["eu-central"]')
 

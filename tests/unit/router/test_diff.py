@@ -4,31 +4,7 @@ from __future__ import annotations
 
 from meshgate.config import load_config_text
 from meshgate.router import diff_routing, probe_topics
-
-OLD = """\
-event_mesh:
-  regions:
-    - {name: us-west, kind: embedded}
-    - {name: eu-central, kind: embedded}
-  routing:
-    - topic: "orders/*"
-      regions: ["us-west", "eu-central"]
-    - topic: "inventory/*"
-      regions: ["us-west"]
-"""
-
-NEW = """\
-event_mesh:
-  regions:
-    - {name: us-west, kind: embedded}
-    - {name: eu-central, kind: embedded}
-    - {name: ap-south, kind: embedded}
-  routing:
-    - topic: "orders/*"
-      regions: ["us-west"]
-    - topic: "payments/>"
-      regions: ["ap-south"]
-"""
+from tests.unit._meshes import NEW, OLD
 
 
 def test_diff_reports_rules_regions_links_and_topics() -> None:
