@@ -227,7 +227,12 @@ class Gateway:
         log.info("region %s: gateway serving on %s", self.region, self.address)
 
     def _bind(self, server: grpc.aio.Server) -> int:
-        port = server.add_insecure_port(self.listen)
+        try:
+            port = server.add_insecure_port(self.listen)
+        except RuntimeError as exc:  # grpc's "Failed to bind to address ..."
+            raise OSError(
+                f"region {self.region}: cannot listen on {self.listen!r}: not a free HOST:PORT here ({exc})"
+            ) from None
         if port == 0:
             raise OSError(f"region {self.region}: cannot listen on {self.listen} (address in use?)")
         return port

@@ -8,6 +8,7 @@ import os
 import signal
 from collections.abc import Sequence
 
+from meshgate.brokers import BrokerError
 from meshgate.gateway import Gateway
 
 __all__ = ["run_until_signalled"]
@@ -48,6 +49,11 @@ async def run_until_signalled(gateways: Sequence[Gateway]) -> int:
             for gw in gateways:
                 await gw.start()
                 started.append(gw)
+        except (OSError, BrokerError) as exc:
+            # A start that fails for a reason the operator can fix: one line, not a traceback.
+            await asyncio.gather(*(gw.stop(grace=0.0) for gw in started), return_exceptions=True)
+            log.error("cannot start: %s", exc)  # noqa: TRY400 - the message says it all; no traceback
+            return 1
         except BaseException:
             await asyncio.gather(*(gw.stop(grace=0.0) for gw in started), return_exceptions=True)
             raise

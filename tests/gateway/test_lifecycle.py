@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlparse
@@ -167,3 +168,16 @@ async def test_second_signal_forces_exit(serve: ServeProcess, nats_server: Embed
                 await pending
     finally:
         os.kill(nats_server.pid, signal.SIGCONT)
+
+
+async def test_serve_that_cannot_start_says_why_and_exits_1(nats_server: EmbeddedNats, tmp_path: Path) -> None:
+    config = write_mesh(tmp_path / "mesh.yaml", nats_server)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "meshgate", "serve", "-c", str(config), "--region", "here",
+        "--data-dir", str(tmp_path), "--listen", "not-an-address",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 1
+    assert b"cannot listen on 'not-an-address'" in out
+    assert b"Traceback" not in out
