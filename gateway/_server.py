@@ -19,7 +19,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
 from meshgate.brokers import Broker, make_broker
-from meshgate.config import ConfigWatcher, MeshConfig, ReloadResult
+from meshgate.config import ConfigWatcher, Limits, MeshConfig, ReloadResult
 from meshgate.gateway._admin import AdminService
 from meshgate.gateway._admission import Admission
 from meshgate.gateway._budget import InflightBudget
@@ -114,8 +114,7 @@ class Gateway:
             idempotency_window_seconds=config.settings.idempotency_window_seconds,
             data_dir=data_dir,
         )
-        self.limits = config.settings.limits
-        self.budget = InflightBudget(self.limits.max_inflight_events)
+        self.budget = InflightBudget(config.settings.limits.max_inflight_events)
         self.metrics = GatewayMetrics(region=region, registry=registry or CollectorRegistry())
         self.admission = self._make_admission()
         # Traces per gateway, from the OTEL_* variables; off (no per-event work) when none is set.
@@ -155,6 +154,10 @@ class Gateway:
         return self._config, self._router
 
     @property
+    def limits(self) -> Limits:
+        return self._config.settings.limits
+
+    @property
     def draining(self) -> bool:
         return self.state in (GatewayState.DRAINING, GatewayState.STOPPED)
 
@@ -181,7 +184,6 @@ class Gateway:
         router = Router.from_config(new)
         # One assignment each, no await between: a batch sees either the old pair or the new.
         self._config, self._router = new, router
-        self.limits = new.settings.limits
         self.budget.limit = self.limits.max_inflight_events
         self.admission = self._make_admission()
         self.config_loaded_at = datetime.datetime.now(datetime.UTC)
