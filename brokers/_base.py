@@ -4,6 +4,11 @@ Every adapter (NATS JetStream, Kafka; the embedded broker is a NATS one) has the
 ``start()``/``stop()`` safe to call twice and ``async with``; batched appends with one result
 per event; ephemeral readers from a position; durable consumers whose position survives a
 restart and is shared by every gateway replica of the region.
+
+A region's log may be one stream (NATS JetStream: ``stream`` is empty everywhere) or several
+(Kafka: one per topic-partition, ``<topic>/<partition>``), each numbering its events on its
+own: an event's position is (``stream``, ``sequence``). Whatever spans the whole log (where
+replication dedup resumes a scan) is an opaque position string that only the adapter reads.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
-from typing import Self
+from typing import ClassVar, Self
 
 from meshgate.v1 import event_pb2
 
@@ -64,9 +69,11 @@ class EventRejectedError(BrokerError):
 
 @dataclass(frozen=True, slots=True)
 class AppendResult:
-    # Position of the event in the region's log (for a duplicate: of the stored original).
+    # Position of the event in the region's log (for a duplicate: of the stored original):
+    # ``sequence`` within the log's ``stream`` ("" for a broker with one stream).
     sequence: int
     duplicate: bool
+    stream: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -80,7 +87,10 @@ class StartAt:
 
 @dataclass(slots=True)
 class Delivery:
-    """An event read by a durable consumer; ack it through the consumer that read it."""
+    """An event read by a durable consumer; ack it through the consumer that read it.
+
+    ``event.stream`` and ``event.sequence`` say where it sits in the log.
+    """
 
     event: event_pb2.Event
     # Opaque handle the adapter needs to ack (a JetStream message, a Kafka offset).
@@ -126,6 +136,10 @@ class Broker(abc.ABC):
     """One region's log."""
 
     state: BrokerState
+    # True when the broker itself splits a durable consumer's work across the gateway replicas
+    # that open it under one name (Kafka consumer groups): the replicator then runs every link
+    # in every replica instead of one replica per link under a lease.
+    shares_work: ClassVar[bool] = False
 
     @abc.abstractmethod
     async def start(self) -> None:
@@ -145,7 +159,11 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     def read(self, pattern: str, *, start: StartAt, max_batch: int) -> AsyncIterator[list[event_pb2.Event]]:
-        """Batches of the events of a topic pattern from ``start`` on, until cancelled."""
+        """Batches of the events of a topic pattern from ``start`` on, until cancelled.
+
+        Events carry their ``stream`` and ``sequence``; ``StartAt.sequence`` applies to a
+        broker with one stream.
+        """
 
     @abc.abstractmethod
     async def durable_consumer(
@@ -160,7 +178,20 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     async def last_sequence(self) -> int:
-        """The position of the newest event in the log (0 when empty)."""
+        """The sequence of the newest event of a one-stream log (0 when empty).
+
+        Only meaningful for a broker with one stream; Meshgate's own callers outside the
+        adapters use ``log_position``. The default ``log_position``, ``origin_sequences_after``
+        and ``find_event`` build on it, so a broker with several streams overrides those.
+        """
+
+    async def log_position(self) -> str:
+        """The current end of the whole log as an opaque position ("" is the beginning).
+
+        Only ``origin_sequences_after`` of the same kind of broker reads it. Default (one
+        stream): the last sequence as decimal text.
+        """
+        return str(await self.last_sequence())
 
     @abc.abstractmethod
     async def get_checkpoint(self, name: str) -> bytes | None:
@@ -184,14 +215,15 @@ class Broker(abc.ABC):
         """Gives lease ``name`` up at once if ``owner`` holds it (a clean shutdown)."""
 
     @abc.abstractmethod
-    async def stored_time(self, sequence: int) -> datetime | None:
-        """When the broker stored the event at log position ``sequence`` (None if it is gone)."""
+    async def stored_time(self, sequence: int, *, stream: str = "") -> datetime | None:
+        """When the broker stored the event at ``sequence`` of ``stream`` (None if it is gone)."""
 
     async def find_event(self, event_id: str, *, since: datetime) -> event_pb2.Event | None:
         """The event with ``event_id`` stored at or after ``since``, or None.
 
         A scan of the log from ``since``: an operator's lookup (``meshgate trace``), not a
-        hot path; its cost is the number of events stored since then.
+        hot path; its cost is the number of events stored since then. The default reads one
+        stream; a broker with several overrides it.
         """
         end = await self.last_sequence()
         last_time = await self.stored_time(end) if end else None
@@ -205,23 +237,27 @@ class Broker(abc.ABC):
                 return None
         return None
 
-    async def origin_sequences_after(self, origin: str, position: int) -> tuple[set[int], int]:
-        """The origin sequences of ``origin``'s events stored after log ``position``.
+    async def origin_sequences_after(self, origin: str, position: str) -> tuple[dict[str, set[int]], str]:
+        """What of ``origin``'s events is stored after ``position`` (from ``log_position``).
 
-        Returns them with the position of the last event looked at. Replication dedup uses
-        it to rebuild, from the log itself, what a checkpoint had not recorded yet.
+        Returns origin stream -> the origin sequences found in it (``event.origin_stream`` ->
+        ``event.origin_sequence``, events without an origin sequence left out), and the
+        position of the end of what was scanned: at least every event stored before the call
+        is looked at. Replication dedup uses it to rebuild, from the log itself, what a
+        checkpoint had not recorded yet. Default (one stream): ``position`` is a sequence.
         """
+        start = _sequence_position(position)
         end = await self.last_sequence()
-        found: set[int] = set()
-        if end <= position:
-            return found, position
-        async for batch in self.read(">", start=StartAt(sequence=position + 1), max_batch=1000):
+        found: dict[str, set[int]] = {}
+        if end <= start:
+            return found, str(start)
+        async for batch in self.read(">", start=StartAt(sequence=start + 1), max_batch=1000):
             for event in batch:
                 if event.origin == origin and event.origin_sequence:
-                    found.add(event.origin_sequence)
+                    found.setdefault(event.origin_stream, set()).add(event.origin_sequence)
             if batch and batch[-1].sequence >= end:
                 break
-        return found, end
+        return found, str(end)
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -231,3 +267,16 @@ class Broker(abc.ABC):
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.stop()
+
+
+def _sequence_position(position: str) -> int:
+    """A one-stream broker's position: the decimal sequence, "" for the beginning."""
+    if not position:
+        return 0
+    try:
+        value = int(position)
+    except ValueError:
+        raise ValueError(f"log position {position!r} is not a sequence of a one-stream log") from None
+    if value < 0:
+        raise ValueError(f"log position {position!r} is negative")
+    return value

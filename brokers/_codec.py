@@ -21,6 +21,7 @@ header             attribute
 ``mg-origin``      ``origin``
 ``mg-route``       ``route``, the region names joined by commas
 ``mg-origin-seq``  ``origin_sequence``: position in the origin region's log (replicated events)
+``mg-origin-stream`` ``origin_stream``: the origin's log stream it counts in (absent when empty)
 =================  =====================================================================
 
 Header values are percent-encoded as the CloudEvents HTTP binding prescribes (UTF-8 bytes of
@@ -53,6 +54,8 @@ __all__ = [
     "HEADER_ID",
     "HEADER_KEY",
     "HEADER_ORIGIN",
+    "HEADER_ORIGIN_SEQ",
+    "HEADER_ORIGIN_STREAM",
     "HEADER_ROUTE",
     "HEADER_SOURCE",
     "HEADER_SPECVERSION",
@@ -86,6 +89,7 @@ HEADER_KEY = "mg-key"
 HEADER_ORIGIN = "mg-origin"
 HEADER_ROUTE = "mg-route"
 HEADER_ORIGIN_SEQ = "mg-origin-seq"
+HEADER_ORIGIN_STREAM = "mg-origin-stream"
 
 DEFAULT_SPECVERSION = "1.0"
 
@@ -284,20 +288,25 @@ def encode_headers(event: event_pb2.Event) -> list[tuple[str, str]]:
     headers.append((HEADER_ROUTE, esc(",".join(event.route[:]))))
     if event.origin_sequence:
         headers.append((HEADER_ORIGIN_SEQ, str(event.origin_sequence)))
+    if event.origin_stream:
+        # Only from a region with several streams: a one-stream origin's events keep the
+        # headers they always had.
+        headers.append((HEADER_ORIGIN_STREAM, escape_header_value(event.origin_stream)))
     return headers
 
 
 def decode_event(
-    headers: Mapping[str, str] | None, payload: bytes, *, topic: str, sequence: int = 0
+    headers: Mapping[str, str] | None, payload: bytes, *, topic: str, sequence: int = 0, stream: str = ""
 ) -> event_pb2.Event:
     """Rebuilds the event that ``encode_headers`` and the payload came from.
 
-    ``topic`` comes from the subject (or topic name) and ``sequence`` from the log position.
+    ``topic`` comes from the subject (or topic name), ``sequence`` and ``stream`` from where
+    it sits in the log.
     Headers Meshgate does not own (``Nats-Msg-Id``, a native producer's own) are ignored, so a
     message published natively into the mesh subjects still decodes, with empty attributes;
     malformed values never raise.
     """
-    event = event_pb2.Event(topic=topic, data=payload, sequence=sequence)
+    event = event_pb2.Event(topic=topic, data=payload, sequence=sequence, stream=stream)
     if not headers:
         return event
     unesc = unescape_header_value
@@ -331,4 +340,6 @@ def decode_event(
                 event.route.extend(route.split(","))
         elif name == HEADER_ORIGIN_SEQ and value.isdigit():
             event.origin_sequence = int(value)
+        elif name == HEADER_ORIGIN_STREAM:
+            event.origin_stream = unesc(value)
     return event

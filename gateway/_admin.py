@@ -96,7 +96,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             event = await self._gw.broker.find_event(event_id, since=since)
             if event is None:
                 return where
-            stored = await self._gw.broker.stored_time(event.sequence)
+            stored = await self._gw.broker.stored_time(event.sequence, stream=event.stream)
         except BrokerError as exc:
             where.error = f"region {self._gw.region} cannot read its log: {exc}"
             return where

@@ -91,8 +91,8 @@ class Admission:
                 f"event carries fields {numbers} that this gateway does not know; "
                 "upgrade the gateway or publish without them"
             )
-        if event.origin or event.route or event.sequence:
-            return "origin, route and sequence are set by the gateway; leave them empty when publishing"
+        if event.origin or event.route or event.sequence or event.stream or event.origin_stream:
+            return "origin, route, sequence and stream are set by the gateway; leave them empty when publishing"
         size = len(event.data)
         if size > limits.max_data_bytes:
             return f"data of {size} bytes exceeds max_data_bytes of {limits.max_data_bytes} bytes"

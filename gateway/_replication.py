@@ -33,7 +33,7 @@ _CHECKPOINT_EVERY = 0.2
 class _Batch:
     """One request: each event is a resend, refused before, invalid, or to be written."""
 
-    __slots__ = ("events", "last_seq", "request", "results", "to_write", "write_index", "written")
+    __slots__ = ("events", "last", "request", "results", "to_write", "write_index", "written")
 
     def __init__(self, request: replication_pb2.ReplicateRequest) -> None:
         self.request = request
@@ -41,11 +41,16 @@ class _Batch:
         self.to_write: list[event_pb2.Event] = []
         self.write_index: list[int] = []
         self.written: list[AppendResult | BrokerError] = []
-        self.last_seq = 0
+        # Highest origin sequence of each origin stream in the request.
+        self.last: dict[str, int] = {}
 
 
 class _Checkpointer:
     """Saves an origin's dedup state in the background, at most every ``_CHECKPOINT_EVERY`` s.
+
+    The checkpoint's log position is read first, then the state is snapshotted once every
+    write started before that read has been applied to it (``started``/``applied``, counted
+    by the call): what landed at or below the position is then in the snapshot.
 
     Stopped by a flag, not by cancelling: nats-py swallows a cancellation that lands inside
     one of its requests, and a cancelled saver could then wait forever.
@@ -57,19 +62,40 @@ class _Checkpointer:
         self._dirty = False
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
+        self.started = 0
+        self.applied = 0
+        self._applied = asyncio.Event()
         self._task = asyncio.create_task(self._run())
 
-    def touch(self) -> None:
+    def writing(self) -> None:
+        self.started += 1
+
+    def written(self) -> None:
+        """The write counted by ``writing`` is applied to the state (or the call ends without it)."""
+        self.applied += 1
         self._dirty = True
+        self._applied.set()
         self._wake.set()
+
+    async def _applied_up_to(self, mark: int) -> bool:
+        while self.applied < mark:
+            if self._stop.is_set():
+                return False  # the call ended before that write was applied: its outcome is unknown
+            self._applied.clear()
+            await self._applied.wait()
+        return True
 
     async def _save(self) -> None:
         self._dirty = False
+        origin = self._state.origin
         try:
-            await self._dedup.save(self._state)
+            position = await self._dedup.position()
+            if not await self._applied_up_to(self.started):
+                return
+            await self._dedup.save(origin, self._state.to_bytes(position))
         except BrokerError as exc:
             # Only the scan after the next recovery gets longer; retried on the next batch.
-            log.warning("replication checkpoint of %s not saved: %s", self._state.origin, exc)
+            log.warning("replication checkpoint of %s not saved: %s", origin, exc)
 
     async def _run(self) -> None:
         while True:
@@ -85,6 +111,7 @@ class _Checkpointer:
     async def close(self) -> None:
         self._stop.set()
         self._wake.set()
+        self._applied.set()
         try:
             await asyncio.wait_for(asyncio.shield(self._task), 5.0)
         except TimeoutError:
@@ -103,8 +130,11 @@ class ReplicationService(replication_pb2_grpc.ReplicationServicer):
         here = self._gw.region
         replicated = self._gw.metrics.replicated
         batch = _Batch(request)
+        last = batch.last
+        streams = state.streams
         for ev in request.events:
             seq = ev.sequence
+            name = ev.stream
             problem = None
             if ev.origin != origin:
                 problem = f"event origin {ev.origin!r} is not the sending region {origin!r}"
@@ -117,21 +147,29 @@ class ReplicationService(replication_pb2_grpc.ReplicationServicer):
             if problem is not None:
                 replicated["refused"].inc()
                 batch.results.append(event_pb2.EventResult(id=ev.id, outcome=_REJECTED, code=_INVALID, message=problem))
-            elif seq in state.refused:
-                replicated["refused"].inc()
-                batch.results.append(
-                    event_pb2.EventResult(id=ev.id, outcome=_REJECTED, code=_INVALID, message=state.refused[seq])
-                )
-            elif state.is_resend(seq):
-                replicated["duplicate"].inc()
-                batch.results.append(event_pb2.EventResult(id=ev.id, outcome=_DUPLICATE, route=ev.route))
+                if ev.origin != origin or seq < 1:
+                    continue  # no place in any of the origin's streams to count as handled
             else:
-                ev.origin_sequence = seq
-                ev.sequence = 0
-                batch.write_index.append(len(batch.results))
-                batch.results.append(None)
-                batch.to_write.append(ev)
-            batch.last_seq = max(batch.last_seq, seq)
+                stream = streams.get(name) or state.stream(name)
+                if seq in stream.refused:
+                    replicated["refused"].inc()
+                    batch.results.append(
+                        event_pb2.EventResult(id=ev.id, outcome=_REJECTED, code=_INVALID, message=stream.refused[seq])
+                    )
+                elif stream.is_resend(seq):
+                    replicated["duplicate"].inc()
+                    batch.results.append(event_pb2.EventResult(id=ev.id, outcome=_DUPLICATE, route=ev.route))
+                else:
+                    # Stored with where it sits in the origin's log; its place here is the broker's.
+                    ev.origin_sequence = seq
+                    ev.origin_stream = name
+                    ev.sequence = 0
+                    ev.stream = ""
+                    batch.write_index.append(len(batch.results))
+                    batch.results.append(None)
+                    batch.to_write.append(ev)
+            if seq > last.get(name, 0):
+                last[name] = seq
         return batch
 
     async def _write(self, batch: _Batch) -> _Batch:
@@ -145,15 +183,13 @@ class ReplicationService(replication_pb2_grpc.ReplicationServicer):
     def _apply(self, state: OriginState, batch: _Batch) -> BrokerError | None:
         """Records the batch's outcome in the state; the retriable error that stops the call, if any."""
         failure: BrokerError | None = None
-        position = 0
         metrics = self._gw.metrics
         now = time.time()
         stored = duplicate = 0  # added once per batch: a counter update takes a lock
         for ev, slot, res in zip(batch.to_write, batch.write_index, batch.written, strict=True):
             seq = ev.origin_sequence
             if isinstance(res, AppendResult):
-                state.above.add(seq)
-                position = max(position, res.sequence)
+                state.stream(ev.origin_stream).above.add(seq)
                 outcome = _DUPLICATE if res.duplicate else _ACCEPTED
                 if res.duplicate:
                     duplicate += 1
@@ -165,7 +201,7 @@ class ReplicationService(replication_pb2_grpc.ReplicationServicer):
                 )
             elif not res.retriable:
                 message = f"region {self._gw.region} refused it for good: {res}"
-                state.refuse(seq, message)
+                state.stream(ev.origin_stream).refuse(seq, message)
                 metrics.replicated["refused"].inc()
                 batch.results[slot] = event_pb2.EventResult(id=ev.id, outcome=_REJECTED, code=_INVALID, message=message)
             elif failure is None:
@@ -176,7 +212,10 @@ class ReplicationService(replication_pb2_grpc.ReplicationServicer):
             metrics.replicated["duplicate"].inc(duplicate)
         if failure is None:
             # Every slot is filled now: the response keeps one result per event, in order.
-            state.advance(batch.last_seq, position)
+            # Each stream came in its own order after everything acked before: all of it up to
+            # the batch's highest sequence of that stream is handled.
+            for name, seq in batch.last.items():
+                state.stream(name).advance(seq)
         return failure
 
     async def Replicate(
@@ -220,8 +259,12 @@ class ReplicationService(replication_pb2_grpc.ReplicationServicer):
                 batch = self._classify(origin, state, request)
                 # A "{topic} process" span per event, child of its traceparent, over dedup and write.
                 spans = tracing.start_process(origin, request.events, batch.results, started) if started else None
+                checkpointer.writing()
                 batch = await self._write(batch)
                 failure = self._apply(state, batch)
+                # Not reached when the call is cancelled mid-write: what that write stored is not
+                # in the state, so no checkpoint is saved after it (the next recovery scans it).
+                checkpointer.written()
                 if spans is not None:
                     tracing.end_process(spans, batch.written, batch.write_index, batch.results)
                 if failure is not None:
@@ -229,7 +272,6 @@ class ReplicationService(replication_pb2_grpc.ReplicationServicer):
                     await context.abort(
                         grpc.StatusCode.UNAVAILABLE, f"region {gw.region} could not store a batch: {failure}"
                     )
-                checkpointer.touch()
                 yield replication_pb2.ReplicateResponse(
                     batch_id=request.batch_id, results=[r for r in batch.results if r is not None]
                 )

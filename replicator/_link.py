@@ -78,7 +78,9 @@ def dead_letter_event(ev: event_pb2.Event, *, destination: str, reason: str) -> 
     dlq.id = f"{ev.id}@dlq/{destination}"
     dlq.topic = f"{DLQ_TOPIC_PREFIX}{destination}"
     dlq.sequence = 0
+    dlq.stream = ""
     dlq.origin_sequence = 0
+    dlq.origin_stream = ""
     # Stays where it is: a dead letter is never replicated.
     dlq.route[:] = [ev.origin]
     dlq.extensions.update(
@@ -134,9 +136,9 @@ class Link:
         self._stopping = False
         self._inflight: deque[_Sent] = deque()
         self._consumer: DurableConsumer | None = None
-        # Log position of the last delivery taken in this session; anything at or below it
-        # is a redelivery out of order.
-        self._last_seq = 0
+        # Log position (per stream of the log) of the last delivery taken in this session;
+        # anything at or below it is a redelivery out of order.
+        self._last_seq: dict[str, int] = {}
         # When this replica last renewed the link's lease (monotonic), None when it holds none.
         self.lease_renewed: float | None = None
         # Set while nothing is in flight: stop() waits for it within its timeout.
@@ -276,7 +278,7 @@ class Link:
                     tracing.abandon(sent.spans, "not acked by the destination; sent again")
         self._inflight.clear()
         self._idle.set()
-        self._last_seq = 0
+        self._last_seq = {}
         consumer = self._consumer
         if consumer is None:
             return
@@ -344,17 +346,24 @@ class Link:
         while True:
             await window.acquire()
             deliveries = await consumer.fetch(opts.max_batch_events, timeout=opts.linger_seconds)
+            last_seq = self._last_seq
             for d in deliveries:
-                if d.event.sequence <= self._last_seq:
+                # The destination tells resends by (stream, sequence): each stream must come in
+                # its own order (streams may interleave).
+                ev = d.event
+                stream, seq = ev.stream, ev.sequence
+                if seq <= last_seq.get(stream, 0):
+                    where = f"{stream} " if stream else ""
                     raise _LinkError(
-                        f"event at log position {d.event.sequence} redelivered after {self._last_seq}; "
+                        f"event at log position {where}{seq} redelivered after {last_seq[stream]}; "
                         "restarting from the oldest unacked event"
                     )
-                self._last_seq = d.event.sequence
+                last_seq[stream] = seq
             if not deliveries:
                 window.release()
                 continue
-            # The consumer yields only this region's events routed to the destination.
+            # The consumer yields only this region's events routed to the destination, each with
+            # its stream and sequence: what the destination's dedup keys on.
             events = [d.event for d in deliveries]
             batch_id += 1
             tracing = opts.tracing

@@ -31,6 +31,10 @@ class Replicator:
     each link runs in the one replica holding its lease (the others show it as standby), and
     a replica that stops renewing loses its leases within ``lease_ttl`` to one that is alive.
     One sender per link is what keeps a link's events in log order at the destination.
+
+    A broker that ``shares_work`` (Kafka consumer groups) splits each link's durable consumer
+    across the replicas itself, each stream of the log to one replica: every replica then runs
+    every link, no lease is taken, and each stream still has one sender.
     """
 
     def __init__(
@@ -75,9 +79,11 @@ class Replicator:
 
         A region removed from the file keeps its link: events already routed to it wait in
         this region's log (its lag shows them) until it comes back or an operator acts.
-        New links start with the next lease round.
+        New links start with the next lease round (at once when the broker shares work).
         """
         self._make_links(config)
+        if self._started and self._broker.shares_work:
+            await self._run_all()
 
     async def start(self) -> None:
         if self._started:
@@ -85,6 +91,9 @@ class Replicator:
         self._started = True
         for link in self.links.values():
             link.state = LinkState.STANDBY
+        if self._broker.shares_work:
+            await self._run_all()
+            return
         await self._lease_round()
         self._leases = asyncio.create_task(self._hold_leases())
 
@@ -99,6 +108,8 @@ class Replicator:
             self._leases = None
         running = [link for link in self.links.values() if link.running]
         await asyncio.gather(*(link.stop(timeout) for link in running))
+        if self._broker.shares_work:
+            return  # no leases taken
         # Handing the leases back lets another replica take the links over at once.
         for link in running:
             with contextlib.suppress(BrokerError):
@@ -107,6 +118,12 @@ class Replicator:
     @staticmethod
     def _lease_name(link: Link) -> str:
         return f"link.{link.destination}"
+
+    async def _run_all(self) -> None:
+        for link in self.links.values():
+            if not link.running:
+                log.info("link %s -> %s runs here; the broker shares its work", self.region, link.destination)
+                await link.start()
 
     async def _hold_leases(self) -> None:
         while True:

@@ -822,7 +822,9 @@ class NatsBroker(Broker):
             raise _broker_error(exc, f"stream info of {self.settings.stream}") from exc
         return int(info.state.last_seq or 0)
 
-    async def stored_time(self, sequence: int) -> datetime | None:
+    async def stored_time(self, sequence: int, *, stream: str = "") -> datetime | None:
+        if stream:
+            return None  # JetStream numbers one stream: a named one is not in this log
         jsm = self._jsm
         if jsm is None:
             raise BrokerError(f"NATS broker {self.name!r} is not started", retriable=False)

@@ -55,6 +55,8 @@ def header_block(event: event_pb2.Event) -> str:
         block += f"mg-key: {escape_header_value(key)}\r\n"
     if event.origin_sequence:
         block += f"mg-origin-seq: {event.origin_sequence}\r\n"
+    if event.origin_stream:
+        block += f"mg-origin-stream: {escape_header_value(event.origin_stream)}\r\n"
     # Slicing first: iterating a protobuf repeated field item by item is slow.
     return f"{block}mg-origin: {esc[event.origin]}\r\nmg-route: {esc[','.join(event.route[:])]}\r\n\r\n"
 

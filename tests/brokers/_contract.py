@@ -8,6 +8,8 @@ A broker's test module subclasses ``BrokerContract`` and provides two fixtures:
   and ``start()`` (again, same address and data), and ``max_message_bytes``.
 
 ``TestNatsBroker`` runs it against a real nats-server; a Kafka adapter will run the same.
+Positions are compared as (``stream``, ``sequence``) pairs, so a broker whose log has several
+streams (Kafka topic-partitions) passes the same tests as one with a single stream.
 """
 
 from __future__ import annotations
@@ -68,6 +70,19 @@ def make_event(topic: str, ident: str, *, data: bytes | None = None, **fields: o
 def state_of(broker: Broker) -> BrokerState:
     # A call, not an attribute read: type checkers would keep a narrowed state across awaits.
     return broker.state
+
+
+def results_of(results: Sequence[AppendResult | BrokerError]) -> list[AppendResult]:
+    out = []
+    for r in results:
+        assert isinstance(r, AppendResult), f"expected an AppendResult, got {r!r}"
+        out.append(r)
+    return out
+
+
+def as_duplicate(result: AppendResult) -> AppendResult:
+    """What appending the same id again yields: the original's position."""
+    return AppendResult(result.sequence, True, result.stream)
 
 
 def sequences(results: Sequence[AppendResult | BrokerError]) -> list[int]:
@@ -176,22 +191,22 @@ class BrokerContract:
         assert len(set(seqs)) == 800
 
     async def test_duplicate_id_returns_original_sequence(self, broker: Broker) -> None:
-        [first] = sequences(await broker.append([make_event("orders/created", "dup")]))
+        [first] = results_of(await broker.append([make_event("orders/created", "dup")]))
         [again] = await broker.append([make_event("orders/created", "dup", data=b"a retry")])
-        assert again == AppendResult(first, True)
+        assert again == as_duplicate(first)
         # Within one batch too: the second copy is the duplicate of the first.
         a, b = await broker.append([make_event("orders/created", "twin"), make_event("orders/created", "twin")])
         assert isinstance(a, AppendResult) and not a.duplicate
-        assert b == AppendResult(a.sequence, True)
+        assert b == as_duplicate(a)
 
     async def test_duplicate_detected_after_restart_and_across_replicas(self, new_broker: BrokerFactory) -> None:
         async with new_broker() as first:
-            [seq] = sequences(await first.append([make_event("orders/created", "idem")]))
+            [stored] = results_of(await first.append([make_event("orders/created", "idem")]))
             async with new_broker() as replica:
                 # A second gateway replica of the region, alive at the same time.
-                assert await replica.append([make_event("orders/created", "idem")]) == [AppendResult(seq, True)]
+                assert await replica.append([make_event("orders/created", "idem")]) == [as_duplicate(stored)]
         async with new_broker() as restarted:
-            assert await restarted.append([make_event("orders/created", "idem")]) == [AppendResult(seq, True)]
+            assert await restarted.append([make_event("orders/created", "idem")]) == [as_duplicate(stored)]
 
     async def test_too_large_event_rejected_and_not_stored(self, broker: Broker, backend: Backend) -> None:
         big = make_event("orders/created", "big", data=b"x" * (backend.max_message_bytes + 1))
@@ -386,12 +401,12 @@ class BrokerContract:
 
     async def test_acked_events_survive_server_kill(self, broker: Broker, backend: Backend) -> None:
         events = [make_event("orders/created", f"k{i}") for i in range(200)]
-        seqs = sequences(await broker.append(events))
+        stored = results_of(await broker.append(events))
         await backend.kill()
         await backend.start()
         # Still there, and still remembered as duplicates.
         await append_until_accepted(broker, make_event("orders/created", "k0"))
-        assert await broker.append(events[:3]) == [AppendResult(s, True) for s in seqs[:3]]
+        assert await broker.append(events[:3]) == [as_duplicate(r) for r in stored[:3]]
         got = await read_events(broker, "orders/*", 200, start=StartAt(earliest=True), max_batch=1000)
         assert [e.id for e in got] == [e.id for e in events]
 
@@ -409,10 +424,18 @@ class BrokerContract:
 
     # -- what replication keeps in the broker ----------------------------------------------
 
-    async def test_last_sequence(self, broker: Broker) -> None:
-        assert await broker.last_sequence() == 0
-        results = await broker.append([make_event("orders/a", f"ls-{i}") for i in range(3)])
-        assert await broker.last_sequence() == sequences(results)[-1]
+    async def test_events_read_back_carry_their_position(self, broker: Broker) -> None:
+        stored = results_of(await broker.append([make_event("orders/a", f"pos-{i}") for i in range(3)]))
+        got = await read_events(broker, "orders/a", 3, start=StartAt(earliest=True))
+        assert [(e.id, e.stream, e.sequence) for e in got] == [
+            (f"pos-{i}", r.stream, r.sequence) for i, r in enumerate(stored)
+        ]
+        consumer = await broker.durable_consumer("position-probe", pattern="orders/a")
+        try:
+            deliveries = await consumer.fetch(3, timeout=BOUND)
+            assert [(d.event.stream, d.event.sequence) for d in deliveries] == [(r.stream, r.sequence) for r in stored]
+        finally:
+            await consumer.close()
 
     async def test_checkpoints_survive_a_restart(self, new_broker: BrokerFactory) -> None:
         first = new_broker()
@@ -426,21 +449,32 @@ class BrokerContract:
             assert await second.get_checkpoint("replication.else") == b"other"
 
     async def test_origin_sequences_after_a_position(self, broker: Broker) -> None:
+        empty = await broker.log_position()
+        assert await broker.origin_sequences_after("there", empty) == ({}, empty)
+        sequences(await broker.append([make_event("orders/a", "o-1", origin="there", origin_sequence=10)]))
+        middle = await broker.log_position()
         events = [
-            make_event("orders/a", "o-1", origin="there", origin_sequence=10),
             make_event("orders/b", "o-2", origin="here"),
             make_event("orders/a", "o-3", origin="there", origin_sequence=11),
             make_event("orders/c", "o-4", origin="yonder", origin_sequence=12),
             make_event("orders/a", "o-5", origin="there", origin_sequence=14),
+            # From an origin whose log has several streams: counted per origin stream.
+            make_event("orders/b", "o-6", origin="there", origin_sequence=3, origin_stream="mesh.orders.b/1"),
+            make_event("orders/a", "o-7", origin="there", origin_sequence=11, origin_stream="mesh.orders.a/0"),
         ]
-        positions = sequences(await broker.append(events))
-        found, end = await broker.origin_sequences_after("there", 0)
-        assert found == {10, 11, 14}
-        assert end == positions[-1]
-        found, _ = await broker.origin_sequences_after("there", positions[0])
-        assert found == {11, 14}
-        found, end = await broker.origin_sequences_after("there", positions[-1])
-        assert found == set() and end == positions[-1]
+        sequences(await broker.append(events))
+        everything = {"": {10, 11, 14}, "mesh.orders.b/1": {3}, "mesh.orders.a/0": {11}}
+        found, end = await broker.origin_sequences_after("there", "")  # "" is the beginning
+        assert found == everything
+        assert end == await broker.log_position()
+        assert (await broker.origin_sequences_after("there", empty))[0] == everything
+        found, _ = await broker.origin_sequences_after("there", middle)
+        assert found == {"": {11, 14}, "mesh.orders.b/1": {3}, "mesh.orders.a/0": {11}}
+        assert await broker.origin_sequences_after("there", end) == ({}, end)
+        # What comes later is found from the end of the last scan.
+        sequences(await broker.append([make_event("orders/a", "o-8", origin="there", origin_sequence=15)]))
+        found, later = await broker.origin_sequences_after("there", end)
+        assert found == {"": {15}} and later == await broker.log_position()
 
     async def test_oldest_pending_time_follows_the_ack_floor(self, broker: Broker) -> None:
         consumer = await broker.durable_consumer("lag-probe")
@@ -537,11 +571,11 @@ class BrokerContract:
         positions = sequences(await broker.append([make_event("orders/a", f"fe-{i}") for i in range(5)]))
         found = await broker.find_event("fe-3", since=before - timedelta(seconds=5))
         assert found is not None and found.id == "fe-3" and found.sequence == positions[3]
-        stored = await broker.stored_time(positions[3])
+        stored = await broker.stored_time(found.sequence, stream=found.stream)
         assert stored is not None and before - timedelta(seconds=5) <= stored <= datetime.now(UTC) + timedelta(
             seconds=5
         )
         assert await broker.find_event("nope", since=before - timedelta(seconds=5)) is None
         # Looking only after the last write finds nothing, and does not wait for new events.
         assert await broker.find_event("fe-3", since=datetime.now(UTC) + timedelta(seconds=60)) is None
-        assert await broker.stored_time(positions[-1] + 100) is None
+        assert await broker.stored_time(positions[-1] + 100, stream=found.stream) is None

@@ -58,6 +58,7 @@ def events(draw: st.DrawFn) -> event_pb2.Event:
         route=draw(st.lists(region_names, max_size=4)),
         extensions=draw(st.dictionaries(extension_names, texts, max_size=4)),
         origin_sequence=draw(st.integers(min_value=0, max_value=2**64 - 1)),
+        origin_stream=draw(st.one_of(st.just(""), st.just("orders.created/3"), texts)),
     )
     if draw(st.booleans()):
         event.time.CopyFrom(draw(timestamps))
@@ -232,6 +233,17 @@ def test_headers_of_a_typical_event() -> None:
         ("mg-origin", "us-west"),
         ("mg-route", "us-west,eu-central"),
     ]
+
+
+def test_origin_stream_header_only_when_set() -> None:
+    event = event_pb2.Event(id="x", source="s", type="t", topic="a", origin="o", origin_sequence=5)
+    assert [name for name, _ in encode_headers(event)][-1] == "mg-origin-seq"
+    event.origin_stream = "mesh.orders.created/7"
+    assert encode_headers(event)[-1] == ("mg-origin-stream", "mesh.orders.created/7")
+    assert "mg-origin-stream: mesh.orders.created/7\r\n" in header_block(event)
+    decoded = decode_event(dict(encode_headers(event)), b"", topic="a", sequence=9, stream="mesh.a/0")
+    assert (decoded.origin_sequence, decoded.origin_stream) == (5, "mesh.orders.created/7")
+    assert (decoded.sequence, decoded.stream) == (9, "mesh.a/0")
 
 
 def test_optional_attributes_are_left_out() -> None:

@@ -171,6 +171,21 @@ async def test_size_checked_before_publishing(nats_broker: NatsBroker) -> None:
     assert sequences(await nats_broker.append([make_event("orders/created", "fine")])) == [1]
 
 
+async def test_one_stream_positions(nats_broker: NatsBroker) -> None:
+    # JetStream is one stream: positions are its sequences, the stream name is empty.
+    assert not NatsBroker.shares_work
+    assert await nats_broker.last_sequence() == 0
+    assert await nats_broker.log_position() == "0"
+    results = await nats_broker.append([make_event("orders/a", f"ls-{i}") for i in range(3)])
+    assert [r.stream for r in results if isinstance(r, AppendResult)] == ["", "", ""]
+    assert await nats_broker.last_sequence() == sequences(results)[-1]
+    assert await nats_broker.log_position() == str(sequences(results)[-1])
+    assert await nats_broker.stored_time(1) is not None
+    assert await nats_broker.stored_time(1, stream="mesh.orders.a/0") is None  # not a stream of this log
+    with pytest.raises(ValueError, match="not a sequence"):
+        await nats_broker.origin_sequences_after("there", '{"mesh.orders.a/0": 3}')
+
+
 async def test_public_publish_path(nats_broker: NatsBroker, monkeypatch: pytest.MonkeyPatch) -> None:
     # The pipeline falls back to nats-py's publish() when its buffer internals are missing.
     monkeypatch.setattr(nats_broker, "_fast_publish", False)

@@ -88,6 +88,8 @@ class Event(_message.Message):
     ROUTE_FIELD_NUMBER: _builtins.int
     SEQUENCE_FIELD_NUMBER: _builtins.int
     ORIGIN_SEQUENCE_FIELD_NUMBER: _builtins.int
+    STREAM_FIELD_NUMBER: _builtins.int
+    ORIGIN_STREAM_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """CloudEvents `id`. The idempotency key: a retry with the same id within the idempotency
     window is absorbed. Assigned by the gateway (a UUIDv7) when empty.
@@ -109,10 +111,21 @@ class Event(_message.Message):
     origin: _builtins.str
     """Output only: the region that admitted the event."""
     sequence: _builtins.int
-    """Output only: the event's position in this region's log (Subscribe start_sequence)."""
+    """Output only: the event's position in this region's log, within `stream` (Subscribe
+    start_sequence).
+    """
     origin_sequence: _builtins.int
     """Output only: the event's position in its origin region's log. Replication carries it so
     a destination can tell a resent event from a new one however long after it comes.
+    """
+    stream: _builtins.str
+    """Output only: the log within this region that `sequence` counts in. Empty for a region
+    with one log (NATS JetStream: one stream); `<kafka topic>/<partition>` for a Kafka region,
+    whose topic-partitions each number their events on their own.
+    """
+    origin_stream: _builtins.str
+    """Output only: the same for `origin_sequence`: the log within the origin region that it
+    counts in. Replication dedup keeps one state per origin region and origin stream.
     """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
@@ -143,10 +156,12 @@ class Event(_message.Message):
         route: _abc.Iterable[_builtins.str] | None = ...,
         sequence: _builtins.int = ...,
         origin_sequence: _builtins.int = ...,
+        stream: _builtins.str = ...,
+        origin_stream: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "datacontenttype", b"datacontenttype", "extensions", b"extensions", "id", b"id", "key", b"key", "origin", b"origin", "origin_sequence", b"origin_sequence", "route", b"route", "sequence", b"sequence", "source", b"source", "specversion", b"specversion", "time", b"time", "topic", b"topic", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "datacontenttype", b"datacontenttype", "extensions", b"extensions", "id", b"id", "key", b"key", "origin", b"origin", "origin_sequence", b"origin_sequence", "origin_stream", b"origin_stream", "route", b"route", "sequence", b"sequence", "source", b"source", "specversion", b"specversion", "stream", b"stream", "time", b"time", "topic", b"topic", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
