@@ -137,8 +137,11 @@ class Broker(abc.ABC):
 
     state: BrokerState
     # True when the broker itself splits a durable consumer's work across the gateway replicas
-    # that open it under one name (Kafka consumer groups): the replicator then runs every link
-    # in every replica instead of one replica per link under a lease.
+    # that open it under one name (Kafka consumer groups), each stream to one of them: the
+    # replicator then runs every link in every replica instead of one replica per link under a
+    # lease. Such a consumer should fail one fetch (a retriable BrokerError) when its share
+    # changes, so that the link resends from its acked positions on a new Replicate call,
+    # whose dedup state the destination recovers afresh.
     shares_work: ClassVar[bool] = False
 
     @abc.abstractmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -157,5 +158,96 @@ async def test_unknown_source_region_refused(nats_server: EmbeddedNats, tmp_path
         assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
         assert "mars" in (info.value.details() or "")
         assert await stored(gw) == []
+    finally:
+        await gw.stop()
+
+
+# -- origins whose log has several streams (Kafka topic-partitions) ----------------------------
+
+
+def from_stream(stream: str, seqs: Sequence[int], *, tag: str = "") -> list[event_pb2.Event]:
+    """Events of one stream of `there`'s log; ``tag`` makes new ids for a resend the id window cannot catch."""
+    return [
+        ev(
+            "orders/created",
+            b"{}",
+            id=f"there-{stream}-{s}{tag}",
+            origin="there",
+            route=["here", "there"],
+            sequence=s,
+            stream=stream,
+        )
+        for s in seqs
+    ]
+
+
+A, B = "mesh.orders.created/0", "mesh.orders.created/1"
+
+
+def positions(events: Sequence[event_pb2.Event]) -> list[tuple[str, int]]:
+    return [(e.origin_stream, e.origin_sequence) for e in events]
+
+
+async def test_two_streams_interleaved_in_one_call(nats_server: EmbeddedNats, tmp_path: Path) -> None:
+    gw = await start_gateway(nats_server, tmp_path)
+    try:
+        # The same sequences in two streams are different events; streams interleave freely.
+        first = [*from_stream(A, [1]), *from_stream(B, [1]), *from_stream(A, [2]), *from_stream(B, [2, 3])]
+        # Then a resend in each stream (new ids: only the per-stream dedup can tell), mixed with news.
+        second = [*from_stream(B, [3], tag="-again"), *from_stream(A, [3]), *from_stream(A, [2], tag="-again")]
+        third = [*from_stream(B, [4]), *from_stream(A, [1], tag="-again")]
+        outcomes = await replicate(gw.address, first, second, third)
+        assert outcomes == [[ACCEPTED] * 5, [DUPLICATE, ACCEPTED, DUPLICATE], [ACCEPTED, DUPLICATE]]
+        events = await stored(gw)
+        assert positions(events) == [(A, 1), (B, 1), (A, 2), (B, 2), (B, 3), (A, 3), (B, 4)]
+        # Stored under this region's own position: the origin's is in origin_sequence/origin_stream.
+        assert all(e.stream == "" and e.sequence > 0 for e in events)
+    finally:
+        await gw.stop()
+
+
+async def test_two_streams_recovered_from_checkpoint_and_scan(nats_server: EmbeddedNats, tmp_path: Path) -> None:
+    gw = await start_gateway(nats_server, tmp_path)
+    try:
+        assert await replicate(gw.address, from_stream(A, [1, 2, 3]) + from_stream(B, [1, 2])) == [[ACCEPTED] * 5]
+        # The call's end saved the checkpoint: one value for the origin, a state per stream.
+        raw = await gw.broker.get_checkpoint("replication.there")
+        assert raw is not None
+        saved = json.loads(raw)
+        assert {name: s["acked"] for name, s in saved["streams"].items()} == {A: 3, B: 2}
+        assert saved["position"] == await gw.broker.log_position()
+        # Stored after that checkpoint and never recorded in it (a call that died before saving):
+        # only the scan of the log after the checkpoint's position finds them.
+        late = [*from_stream(A, [4]), *from_stream(B, [3])]
+        for event in late:
+            event.origin_sequence, event.origin_stream = event.sequence, event.stream
+            event.sequence, event.stream = 0, ""
+        assert all(not isinstance(r, Exception) for r in await gw.broker.append(late))
+        resend = [
+            *from_stream(A, [3], tag="-r"),  # known from the checkpoint
+            *from_stream(B, [3], tag="-r"),  # found by the scan
+            *from_stream(A, [4], tag="-r"),  # found by the scan
+            *from_stream(B, [2], tag="-r"),  # known from the checkpoint
+            *from_stream(A, [5]),
+            *from_stream(B, [4]),
+        ]
+        assert await replicate(gw.address, resend) == [[DUPLICATE] * 4 + [ACCEPTED] * 2]
+        assert sorted(positions(await stored(gw))) == sorted(
+            [(A, 1), (A, 2), (A, 3), (A, 4), (A, 5), (B, 1), (B, 2), (B, 3), (B, 4)]
+        )
+    finally:
+        await gw.stop()
+
+
+async def test_checkpoint_of_the_one_stream_format_still_loads(nats_server: EmbeddedNats, tmp_path: Path) -> None:
+    gw = await start_gateway(nats_server, tmp_path)
+    try:
+        # Written by a gateway from before streams: it speaks for stream "" (a NATS origin).
+        await gw.broker.put_checkpoint(
+            "replication.there", json.dumps({"acked": 3, "position": 0, "refused": {"5": "too large"}}).encode()
+        )
+        outcomes = await replicate(gw.address, from_there([2, 3, 4, 5]) + from_stream(A, [2]))
+        assert outcomes == [[DUPLICATE, DUPLICATE, ACCEPTED, REJECTED, ACCEPTED]]
+        assert positions(await stored(gw)) == [("", 4), (A, 2)]
     finally:
         await gw.stop()
