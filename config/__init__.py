@@ -9,12 +9,14 @@ from meshgate.config._errors import ConfigError, ConfigIssue
 from meshgate.config._loader import SCHEMA_PATH, load_config, load_config_bytes, load_config_text, mesh_schema
 from meshgate.config._model import (
     BrokerKind,
+    ClientToken,
     KafkaSettings,
     Limits,
     MeshConfig,
     NatsSettings,
     RegionConfig,
     RouteRule,
+    SecuritySettings,
     Settings,
 )
 from meshgate.config._reload import ConfigWatcher, ReloadOutcome, ReloadResult
@@ -25,6 +27,7 @@ __all__ = [
     "QUICKSTART_PATH",
     "SCHEMA_PATH",
     "BrokerKind",
+    "ClientToken",
     "ConfigError",
     "ConfigIssue",
     "ConfigWatcher",
@@ -36,6 +39,7 @@ __all__ = [
     "ReloadOutcome",
     "ReloadResult",
     "RouteRule",
+    "SecuritySettings",
     "Settings",
     "check_compatible",
     "format_duration",

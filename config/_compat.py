@@ -8,6 +8,8 @@ from meshgate.config._model import KafkaSettings, MeshConfig, NatsSettings, Regi
 
 __all__ = ["check_compatible", "region_changes"]
 
+_SERVER_LIMITS = ("max_message_bytes", "max_metadata_bytes")
+
 
 def _field_changes(block: str, old: NatsSettings | KafkaSettings, new: NatsSettings | KafkaSettings) -> list[str]:
     return [
@@ -41,14 +43,19 @@ def region_changes(old: RegionConfig, new: RegionConfig) -> list[str]:
 def check_compatible(old: MeshConfig, new: MeshConfig, region: str) -> str | None:
     """ "restart needed: ..." when ``new`` changes what region ``region``'s running gateway cannot swap live, else None.
 
-    Routing, other regions and settings swap live; this region's own listen addresses, broker kind,
-    brokers and broker layout do not.
+    Routing, other regions, settings and client tokens swap live; this region's own listen addresses,
+    broker kind, brokers and broker layout, and the gRPC server's size limits do not.
     """
     if region not in new.region_names:
         return f"restart needed: region {region!r} is not in the new file (regions: {', '.join(new.region_names)})"
     if region not in old.region_names:
         return f"restart needed: region {region!r} was not in the running config"
     changes = region_changes(old.region(region), new.region(region))
+    # The gRPC server enforces these itself, from options fixed when it started.
+    for name in _SERVER_LIMITS:
+        before, after = getattr(old.settings.limits, name), getattr(new.settings.limits, name)
+        if before != after:
+            changes.append(f"settings.limits.{name} {before} -> {after}")
     if not changes:
         return None
     return f"restart needed: region {region}'s " + "; ".join(changes)

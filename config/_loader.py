@@ -6,11 +6,13 @@ fixes a file in one pass rather than one error per run.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 import hashlib
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path as FsPath
 from typing import Any, cast
@@ -20,12 +22,14 @@ import jsonschema
 from meshgate.config._errors import ConfigError, ConfigIssue
 from meshgate.config._model import (
     BrokerKind,
+    ClientToken,
     KafkaSettings,
     Limits,
     MeshConfig,
     NatsSettings,
     RegionConfig,
     RouteRule,
+    SecuritySettings,
     Settings,
 )
 from meshgate.config._values import format_duration, parse_duration, parse_size, split_host_port
@@ -39,6 +43,19 @@ SCHEMA_PATH = FsPath(__file__).resolve().with_name("mesh.schema.json")
 _KINDS = tuple(k.value for k in BrokerKind)
 # Schema failures that a cross-check explains better at the same place.
 _SUPERSEDED_VALIDATORS = frozenset({"pattern", "minLength", "maxLength"})
+# A client token is one variable reference and nothing else: a default would be a secret in the file.
+_TOKEN_REFERENCE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)\}")
+_TOKEN_DEFAULT = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*:-.*\}", re.DOTALL)
+# What an HTTP/2 header value carries as is: printable ASCII, no spaces.
+_TOKEN_CHARS = re.compile(r"[\x21-\x7e]+")
+MIN_TOKEN_CHARS = 16
+# A request carries one event plus at most this much of framing and gateway fields.
+# The substitution's generic advice for an unset variable offers a default, which a token may not have.
+_UNSET_TOKEN_VARIABLE = re.compile(
+    r"(?P<head>event_mesh\.security\.tokens\[\d+\]\.token: environment variable \w+ is not set); set it, or give.*"
+)
+_EVENT_FRAMING_BYTES = 16 * 1024
+_MIN_METADATA_BYTES = 4 * 1024
 
 
 @functools.cache
@@ -167,6 +184,9 @@ class _Checker:
         window = self.check_settings(settings if isinstance(settings, dict) else {})
         if window is not None and isinstance(regions, list):
             self.check_retention(regions, window)
+        security = mesh.get("security")
+        if isinstance(security, dict) and isinstance(security.get("tokens"), list):
+            self.check_tokens(security["tokens"])
 
     def check_regions(self, regions: list[object]) -> list[str] | None:
         """The region names, or None when some name is unknown (an unset variable) so none can be checked against."""
@@ -327,7 +347,137 @@ class _Checker:
                     (*lbase, key),
                     f"max_inflight_events_per_stream ({per_stream}) is above max_inflight_events ({total})",
                 )
+            self.check_client_limits(lbase, limits, defaults)
         return window
+
+    @staticmethod
+    def size(value: object, default: int) -> int | None:
+        if value is None:
+            return default
+        try:
+            return parse_size(value)
+        except (TypeError, ValueError):
+            return None  # the schema reports it
+
+    def check_client_limits(self, lbase: Path, limits: dict[str, object], defaults: Limits) -> None:
+        data = self.size(limits.get("max_data_bytes"), defaults.max_data_bytes)
+        attributes = self.size(limits.get("max_attributes_bytes"), defaults.max_attributes_bytes)
+        # Unset, it grows to fit one event of the file's max_data_bytes (see _message_bytes).
+        message = self.size(limits.get("max_message_bytes"), -1) if "max_message_bytes" in limits else None
+        if message is not None and message >= 0 and data is not None and attributes is not None:
+            need = data + attributes + _EVENT_FRAMING_BYTES
+            if message < need:
+                self.add(
+                    (*lbase, "max_message_bytes"),
+                    f"max_message_bytes ({message} bytes) cannot carry one event of max_data_bytes ({data})"
+                    f" plus max_attributes_bytes ({attributes}) and framing; raise it to at least {need}"
+                    " or lower max_data_bytes",
+                )
+        metadata = self.size(limits.get("max_metadata_bytes"), defaults.max_metadata_bytes)
+        if metadata is not None and metadata < _MIN_METADATA_BYTES:
+            self.add(
+                (*lbase, "max_metadata_bytes"),
+                f"max_metadata_bytes of {metadata} bytes leaves no room for gRPC's own headers and a token;"
+                f" use at least {_MIN_METADATA_BYTES} (4KiB)",
+            )
+        if limits.get("client_burst") and not limits.get("client_rate"):
+            self.add(
+                (*lbase, "client_burst"),
+                "client_burst applies only with a client_rate above 0; set client_rate or remove client_burst",
+            )
+
+    def check_tokens(self, tokens: list[object]) -> None:
+        """Each client token is exactly one ``${VAR}`` reference to a usable secret; names and tokens unique."""
+        names: dict[str, int] = {}
+        secrets: dict[str, tuple[int, str]] = {}
+        for i, entry in enumerate(tokens):
+            if not isinstance(entry, dict):
+                continue
+            base: Path = ("event_mesh", "security", "tokens", i)
+            name = entry.get("name")
+            label = name if isinstance(name, str) else f"#{i}"
+            if isinstance(name, str) and (*base, "name") not in self.doc.broken:
+                if name in names:
+                    self.add(
+                        (*base, "name"),
+                        f"client {name!r} is listed twice (first as tokens[{names[name]}]);"
+                        " give each client its own name",
+                    )
+                else:
+                    names[name] = i
+            for what in ("publish", "subscribe"):
+                patterns = entry.get(what)
+                if not isinstance(patterns, list):
+                    continue
+                for j, pattern in enumerate(patterns):
+                    if isinstance(pattern, str):
+                        reason = validate_pattern(pattern)
+                        if reason is not None:
+                            self.add((*base, what, j), reason)
+            if "token" in entry:
+                secret = self.check_token((*base, "token"), entry["token"])
+                if secret is not None:
+                    if secret[1] in secrets:
+                        first, first_name = secrets[secret[1]]
+                        self.add(
+                            (*base, "token"),
+                            f"client {label!r} has the same token as tokens[{first}] ({first_name!r});"
+                            " give each client its own token",
+                        )
+                    else:
+                        secrets[secret[1]] = (i, label)
+
+    def check_token(self, path: Path, value: object) -> tuple[str, str] | None:
+        """(variable, token) when the token is a usable single reference; else adds why. Never shows the value."""
+        if path in self.doc.broken or isinstance(value, list | dict):
+            return None  # an unset variable or a list: already reported
+        written = self.doc.substituted.get(path)
+        if written is None:
+            if value is None:
+                self.add(path, "the token is empty; write one environment variable reference such as ${ORDERS_TOKEN}")
+            else:
+                self.add(
+                    path,
+                    "a token written in the file is refused (files get copied, committed and shown);"
+                    " write one environment variable reference such as ${ORDERS_TOKEN} and set that variable"
+                    " where the gateway runs",
+                )
+            return None
+        raw, token = written
+        ref = _TOKEN_REFERENCE.fullmatch(raw)
+        if ref is None:
+            if _TOKEN_DEFAULT.fullmatch(raw):
+                self.add(
+                    path,
+                    "a token cannot have a default (${NAME:-...}): the default would be a secret in"
+                    " the file; write ${NAME} alone",
+                )
+            else:
+                self.add(
+                    path,
+                    "a token must be exactly one environment variable reference such as ${ORDERS_TOKEN},"
+                    " with nothing before or after it",
+                )
+            return None
+        variable = ref.group("name")
+        if not token:
+            self.add(path, f"environment variable {variable} is empty; set it to the client's token")
+            return None
+        if _TOKEN_CHARS.fullmatch(token) is None:
+            self.add(
+                path,
+                f"environment variable {variable} holds characters a gRPC header cannot carry;"
+                " a token is printable ASCII without spaces (e.g. from openssl rand -hex 32)",
+            )
+            return None
+        if len(token) < MIN_TOKEN_CHARS:
+            self.add(
+                path,
+                f"environment variable {variable} holds a token of {len(token)} characters; use at least"
+                f" {MIN_TOKEN_CHARS} (e.g. openssl rand -hex 32)",
+            )
+            return None
+        return variable, token
 
     def check_retention(self, regions: list[object], window: float) -> None:
         for i, region in enumerate(regions):
@@ -409,6 +559,12 @@ def _build(data: dict[str, Any], doc: Document, *, source: str, sha256: str) -> 
             raw_limits.get("max_inflight_events_per_stream", default_limits.max_inflight_events_per_stream)
         ),
         max_inflight_events=int(raw_limits.get("max_inflight_events", default_limits.max_inflight_events)),
+        max_message_bytes=_message_bytes(raw_limits, default_limits),
+        max_metadata_bytes=parse_size(raw_limits.get("max_metadata_bytes", default_limits.max_metadata_bytes)),
+        max_streams_per_client=int(raw_limits.get("max_streams_per_client", default_limits.max_streams_per_client)),
+        client_rate=float(raw_limits.get("client_rate", default_limits.client_rate)),
+        client_burst=int(raw_limits.get("client_burst", default_limits.client_burst)),
+        subscribe_buffer_events=int(raw_limits.get("subscribe_buffer_events", default_limits.subscribe_buffer_events)),
     )
     default_settings = Settings()
     settings = Settings(
@@ -420,13 +576,59 @@ def _build(data: dict[str, Any], doc: Document, *, source: str, sha256: str) -> 
         ),
         limits=limits,
     )
-    return MeshConfig(regions=tuple(regions), routing=tuple(rules), settings=settings, source=source, sha256=sha256)
+    return MeshConfig(
+        regions=tuple(regions),
+        routing=tuple(rules),
+        settings=settings,
+        security=_build_security(mesh.get("security") or {}, doc),
+        source=source,
+        sha256=sha256,
+    )
+
+
+def _message_bytes(raw_limits: dict[str, Any], defaults: Limits) -> int:
+    """max_message_bytes as set, else the default or, if larger, room for one event of max_data_bytes."""
+    if "max_message_bytes" in raw_limits:
+        return parse_size(raw_limits["max_message_bytes"])
+    data = parse_size(raw_limits.get("max_data_bytes", defaults.max_data_bytes))
+    attributes = parse_size(raw_limits.get("max_attributes_bytes", defaults.max_attributes_bytes))
+    return max(defaults.max_message_bytes, data + attributes + _EVENT_FRAMING_BYTES)
+
+
+def _build_security(raw: dict[str, Any], doc: Document) -> SecuritySettings:
+    tokens: list[ClientToken] = []
+    for i, entry in enumerate(raw.get("tokens") or ()):
+        path: Path = ("event_mesh", "security", "tokens", i, "token")
+        # Checked above: the value came from exactly one ${VAR}; its text as substituted, not as retyped.
+        written, token = doc.substituted[path]
+        ref = _TOKEN_REFERENCE.fullmatch(written)
+        tokens.append(
+            ClientToken(
+                name=entry["name"],
+                token=token,
+                variable=ref.group("name") if ref else "",
+                publish=tuple(entry.get("publish") or ()),
+                subscribe=tuple(entry.get("subscribe") or ()),
+                admin=bool(entry.get("admin", False)),
+                line=doc.position(("event_mesh", "security", "tokens", i))[0],
+            )
+        )
+    return SecuritySettings(tokens=tuple(tokens))
+
+
+def _token_advice(issue: ConfigIssue) -> ConfigIssue:
+    m = _UNSET_TOKEN_VARIABLE.fullmatch(issue.message)
+    if m is None:
+        return issue
+    message = f"{m.group('head')}; set it to the client's token where the gateway runs (a token has no default)"
+    return dataclasses.replace(issue, message=message)
 
 
 def _load(text: str, *, source: str, sha256: str, env: Mapping[str, str] | None) -> MeshConfig:
     doc, issues = parse_yaml(text, source=source, env=os.environ if env is None else env)
     if doc is None:
         raise ConfigError(issues)
+    issues = [_token_advice(issue) for issue in issues]
     if doc.data is None:
         issues.append(
             ConfigIssue(

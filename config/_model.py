@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
 
 __all__ = [
     "BrokerKind",
+    "ClientToken",
     "KafkaSettings",
     "Limits",
     "MeshConfig",
     "NatsSettings",
     "RegionConfig",
     "RouteRule",
+    "SecuritySettings",
     "Settings",
 ]
 
@@ -86,6 +89,47 @@ class Limits:
     # Events admitted but not yet acked by the broker, per PublishStream and per gateway.
     max_inflight_events_per_stream: int = 20_000
     max_inflight_events: int = 100_000
+    # The gRPC server's own bounds, checked before a request is even parsed (restart to change).
+    max_message_bytes: int = 4 * 1024 * 1024
+    max_metadata_bytes: int = 16 * 1024
+    # Per client (its token's name, or its IP address when there are no tokens).
+    max_streams_per_client: int = 16
+    # Events per second, 0 = unlimited; the bucket holds client_burst events (0 = one second of client_rate).
+    client_rate: float = 0.0
+    client_burst: int = 0
+    # Events a Subscribe call holds between the broker and the client (its broker prefetch included).
+    subscribe_buffer_events: int = 1000
+
+    @property
+    def client_bucket(self) -> int:
+        """The client rate's bucket size: client_burst, else one second of client_rate (at least 1)."""
+        if self.client_burst:
+            return self.client_burst
+        return max(1, math.ceil(self.client_rate))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientToken:
+    """A client of the gateway's API: its name, its bearer token and what it may do."""
+
+    # Shown in errors and logs in place of the token.
+    name: str
+    # The secret: never in repr, logs or messages. Always from an environment variable.
+    token: str = field(repr=False)
+    # The environment variable the token came from (its name is no secret; it says which one to fix).
+    variable: str = ""
+    # Topic patterns it may publish to, and patterns its Subscribe patterns must lie within.
+    publish: tuple[str, ...] = ()
+    subscribe: tuple[str, ...] = ()
+    # May call meshgate.v1.Admin (Status, Explain, Reload, Locate).
+    admin: bool = False
+    line: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SecuritySettings:
+    # Empty: clients are not authenticated (anyone who reaches the port may call).
+    tokens: tuple[ClientToken, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -100,6 +144,7 @@ class MeshConfig:
     regions: tuple[RegionConfig, ...]
     routing: tuple[RouteRule, ...] = ()
     settings: Settings = field(default_factory=Settings)
+    security: SecuritySettings = field(default_factory=SecuritySettings)
     # The file it came from ("<string>" when built in code) and the sha256 of its bytes.
     source: str = "<string>"
     sha256: str = ""

@@ -47,6 +47,9 @@ class Document:
     key_positions: dict[Path, tuple[int, int]] = field(default_factory=dict)
     # Paths whose value already has an issue (e.g. an unset variable), so later checks stay quiet there.
     broken: set[Path] = field(default_factory=set)
+    # Values that held ``${...}``: (the text as written, after substitution), for checks that care
+    # where a value came from (a client token must be exactly one variable reference).
+    substituted: dict[Path, tuple[str, str]] = field(default_factory=dict)
 
     def position(self, path: Path, *, key: bool = False) -> tuple[int, int]:
         """Where ``path`` is (its key when ``key``), else where its nearest ancestor is."""
@@ -222,6 +225,7 @@ class _Builder:
             self.doc.broken.add(path)
             return value
         text = "".join(out)
+        self.doc.substituted[path] = (value, text)
         if node.style is None and text == value:
             return text
         if node.style is None:

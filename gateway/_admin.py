@@ -1,14 +1,15 @@
-"""``meshgate.v1.Admin``: Explain, Status, Reload."""
+"""``meshgate.v1.Admin``: Explain, Status, Reload, Locate; with client tokens on, for admin clients only."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from meshgate.brokers import BrokerError
+from meshgate.gateway._auth import AUTHORIZATION, authenticate
 from meshgate.router import validate_topic
 from meshgate.v1 import admin_pb2, admin_pb2_grpc
 
@@ -25,11 +26,17 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     def __init__(self, gateway: Gateway) -> None:
         self._gw = gateway
 
+    async def _require_admin(self, context: grpc.aio.ServicerContext[Any, Any], method: str) -> None:
+        client = await authenticate(self._gw.auth, context)
+        if not client.admin:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, client.admin_refusal(method))
+
     async def Explain(
         self,
         request: admin_pb2.ExplainRequest,
         context: grpc.aio.ServicerContext[admin_pb2.ExplainRequest, admin_pb2.ExplainResponse],
     ) -> admin_pb2.ExplainResponse:
+        await self._require_admin(context, "Explain")
         problem = validate_topic(request.topic)
         if problem is not None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
@@ -55,6 +62,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         request: admin_pb2.StatusRequest,
         context: grpc.aio.ServicerContext[admin_pb2.StatusRequest, admin_pb2.StatusResponse],
     ) -> admin_pb2.StatusResponse:
+        await self._require_admin(context, "Status")
         config, _ = self._gw.routing
         resp = admin_pb2.StatusResponse(
             region=self._gw.region, config_sha256=config.sha256, inflight_events=self._gw.budget.used
@@ -68,6 +76,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         request: admin_pb2.ReloadRequest,
         context: grpc.aio.ServicerContext[admin_pb2.ReloadRequest, admin_pb2.ReloadResponse],
     ) -> admin_pb2.ReloadResponse:
+        await self._require_admin(context, "Reload")
         result = await self._gw.reload()
         return admin_pb2.ReloadResponse(applied=result.applied, errors=result.errors, config_sha256=result.sha256)
 
@@ -76,6 +85,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         request: admin_pb2.LocateRequest,
         context: grpc.aio.ServicerContext[admin_pb2.LocateRequest, admin_pb2.LocateResponse],
     ) -> admin_pb2.LocateResponse:
+        await self._require_admin(context, "Locate")
         if not request.id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "id is required: the event id to look for")
         if request.HasField("since"):
@@ -87,7 +97,9 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             return admin_pb2.LocateResponse(locations=[local])
         config, _ = self._gw.routing
         peers = [r for r in config.regions if r.name != self._gw.region]
-        found = await asyncio.gather(*(self._locate_at(r.name, r.gateway, request) for r in peers))
+        # The peers of one mesh file know the same clients: the caller's token is theirs to check.
+        metadata = tuple((k, v) for k, v in context.invocation_metadata() or () if k.lower() == AUTHORIZATION)
+        found = await asyncio.gather(*(self._locate_at(r.name, r.gateway, request, metadata) for r in peers))
         return admin_pb2.LocateResponse(locations=[local, *found])
 
     async def _locate_here(self, event_id: str, since: datetime.datetime) -> admin_pb2.Location:
@@ -110,7 +122,11 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         return where
 
     async def _locate_at(
-        self, region: str, address: str | None, request: admin_pb2.LocateRequest
+        self,
+        region: str,
+        address: str | None,
+        request: admin_pb2.LocateRequest,
+        metadata: tuple[tuple[str, str | bytes], ...] = (),
     ) -> admin_pb2.Location:
         if address is None:
             return admin_pb2.Location(region=region, error=f"region {region} has no gateway address in the mesh file")
@@ -119,7 +135,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             ask.since.CopyFrom(request.since)
         try:
             async with grpc.aio.insecure_channel(address) as channel:
-                resp = await admin_pb2_grpc.AdminStub(channel).Locate(ask, timeout=_PEER_TIMEOUT)
+                resp = await admin_pb2_grpc.AdminStub(channel).Locate(ask, timeout=_PEER_TIMEOUT, metadata=metadata)
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
             return admin_pb2.Location(

@@ -28,7 +28,16 @@ if TYPE_CHECKING:
 __all__ = ["REFUSAL_REASONS", "GatewayMetrics", "admission_reason", "broker_reason"]
 
 # Why events were refused; a fixed set, so a label never grows with the input.
-REFUSAL_REASONS: Final = ("invalid", "too_large", "unavailable", "backpressure", "shutting_down", "permission")
+REFUSAL_REASONS: Final = (
+    "invalid",
+    "too_large",
+    "unavailable",
+    "backpressure",
+    "shutting_down",
+    "permission",
+    "unauthenticated",
+    "rate_limited",
+)
 # Outcomes of replicated events arriving here: written, recognised as already here, refused for good.
 REPLICATED_OUTCOMES: Final = ("stored", "duplicate", "refused")
 # Admission messages that are about a size or count limit (see gateway/_admission.py).
@@ -88,7 +97,8 @@ class GatewayMetrics:
         refused = Counter(
             "meshgate_events_refused_total",
             "Published events refused, by reason: invalid, too_large, unavailable (broker; retry), "
-            "backpressure (gateway full), shutting_down, permission (a region not allowed to replicate here).",
+            "backpressure (gateway full), shutting_down, permission (a client outside its publish list, or a region "
+            "not allowed to replicate here), unauthenticated (no valid client token), rate_limited (over client_rate).",
             ["region", "reason"],
             registry=registry,
         )
@@ -103,6 +113,13 @@ class GatewayMetrics:
         self.inflight = Gauge(
             "meshgate_inflight_events",
             "Events admitted and not yet acknowledged by the broker.",
+            ["region"],
+            registry=registry,
+        ).labels(region=region)
+        self.subscribe_buffered = Gauge(
+            "meshgate_subscribe_buffered_events",
+            "Events Subscribe calls hold: read from the broker, not yet taken by gRPC (at most "
+            "subscribe_buffer_events per call).",
             ["region"],
             registry=registry,
         ).labels(region=region)

@@ -14,10 +14,11 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from meshgate.brokers import AppendResult, BrokerError, StartAt
+from meshgate.gateway._auth import AuthError, Client, abort
 from meshgate.gateway._budget import InflightBudget
 from meshgate.gateway._metrics import admission_reason, broker_reason
 from meshgate.gateway._tracing import BatchTrace
-from meshgate.router import validate_pattern
+from meshgate.router import validate_pattern, validate_topic
 from meshgate.v1 import event_pb2, gateway_pb2, gateway_pb2_grpc
 
 if TYPE_CHECKING:
@@ -32,10 +33,17 @@ _DUPLICATE = event_pb2.OUTCOME_DUPLICATE
 _REJECTED = event_pb2.OUTCOME_REJECTED
 _INVALID_ARGUMENT = grpc.StatusCode.INVALID_ARGUMENT.value[0]
 _UNAVAILABLE = grpc.StatusCode.UNAVAILABLE.value[0]
+_PERMISSION_DENIED = grpc.StatusCode.PERMISSION_DENIED.value[0]
+_RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+_UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED.value[0]
 # How long a unary Publish waits for room among the gateway's in-flight events.
 _UNARY_ADMISSION_WAIT = 1.0
 _DEFAULT_SUBSCRIBE_BATCH = 256
 _MAX_SUBSCRIBE_BATCH = 10_000
+
+
+def _refusal_reason(slot: event_pb2.EventResult) -> str:
+    return "permission" if slot.code == _PERMISSION_DENIED else admission_reason(slot.message)
 
 
 def _now() -> Timestamp:
@@ -51,7 +59,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
     # --- admission -------------------------------------------------------------------------
 
     def _admit(
-        self, events: Sequence[event_pb2.Event]
+        self, events: Sequence[event_pb2.Event], client: Client
     ) -> tuple[list[event_pb2.Event], list[event_pb2.EventResult | None]]:
         """Checks and stamps a batch: the events to write, and a slot per event for its result."""
         admission = self._gw.admission
@@ -59,6 +67,14 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         accepted: list[event_pb2.Event] = []
         results: list[event_pb2.EventResult | None] = []
         for ev in events:
+            # A topic outside the client's publish list is refused as such; a malformed one as invalid.
+            if not client.may_publish(ev.topic) and validate_topic(ev.topic) is None:
+                results.append(
+                    event_pb2.EventResult(
+                        id=ev.id, outcome=_REJECTED, code=_PERMISSION_DENIED, message=client.publish_refusal(ev.topic)
+                    )
+                )
+                continue
             problem = admission.check(ev)
             if problem is None:
                 admission.stamp(ev, now)
@@ -101,7 +117,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         for slot in results:
             if slot is not None:
                 metrics.rejected.inc()
-                metrics.refuse(admission_reason(slot.message))
+                metrics.refuse(_refusal_reason(slot))
                 out.append(slot)
                 continue
             ev, res = next(it)
@@ -130,6 +146,19 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             metrics.duplicate.inc(duplicate)
         return out
 
+    async def _authenticate(self, context: grpc.aio.ServicerContext[Any, Any], events: int = 0) -> Client:
+        try:
+            return self._gw.auth.identify(context.invocation_metadata(), context.peer())
+        except AuthError as exc:
+            self._gw.metrics.refuse("unauthenticated", events)
+            await abort(context, exc)
+
+    async def _open_stream(self, context: grpc.aio.ServicerContext[Any, Any], client: Client) -> None:
+        """Takes one of the client's stream slots, or ends the call RESOURCE_EXHAUSTED naming the limit."""
+        refusal = self._gw.client_streams.open(client.key, client.label)
+        if refusal is not None:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
+
     async def _refuse_if_draining(self, context: grpc.aio.ServicerContext[Any, Any], events: int = 0) -> None:
         if self._gw.draining:
             self._gw.metrics.refuse("shutting_down", events)
@@ -151,28 +180,40 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         request: gateway_pb2.PublishRequest,
         context: grpc.aio.ServicerContext[gateway_pb2.PublishRequest, gateway_pb2.PublishResponse],
     ) -> gateway_pb2.PublishResponse:
-        await self._refuse_if_draining(context, len(request.events))
+        n = len(request.events)
+        client = await self._authenticate(context, n)
+        await self._refuse_if_draining(context, n)
         tracing = self._gw.tracing
         trace = tracing.batch(tracing.call_context(context.invocation_metadata())) if tracing.enabled else None
-        n = len(request.events)
         if n == 0:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no events: set PublishRequest.events")
         size_problem = self._check_batch_size(n)
         if size_problem:
             self._gw.metrics.refuse("too_large", n)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, size_problem)
-        events, slots = self._admit(request.events)
+        over_rate = self._gw.client_rates.take(client.key, client.label, n)
+        if over_rate:
+            self._gw.metrics.refuse("rate_limited", n)
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, over_rate)
+        events, slots = self._admit(request.events, client)
         if len(events) < n:
             # All or nothing: a unary batch with a bad event stores none of it.
             bad = [f"events[{i}]: {r.message}" for i, r in enumerate(slots) if r is not None]
             prefix = "" if n == 1 else f"{len(bad)} of {n} events refused, nothing stored: "
             self._gw.metrics.rejected.inc(n)
-            reasons = [admission_reason(r.message) for r in slots if r is not None]
+            refused = [r for r in slots if r is not None]
+            reasons = [_refusal_reason(r) for r in refused]
             for reason in reasons:
                 self._gw.metrics.refuse(reason)
             # The good events of the batch are refused with it, for the first bad event's reason.
             self._gw.metrics.refuse(reasons[0], n - len(reasons))
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, prefix + "; ".join(bad[:10]))
+            # A batch that reaches outside the client's allow-list is refused as such, whatever else is wrong.
+            code = (
+                grpc.StatusCode.PERMISSION_DENIED
+                if any(r.code == _PERMISSION_DENIED for r in refused)
+                else grpc.StatusCode.INVALID_ARGUMENT
+            )
+            await context.abort(code, prefix + "; ".join(bad[:10]))
         budget = self._gw.budget
         try:
             await asyncio.wait_for(budget.acquire(n), _UNARY_ADMISSION_WAIT)
@@ -180,7 +221,8 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             self._gw.metrics.refuse("backpressure", n)
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"gateway has {budget.used} events in flight (limit {budget.limit}); retry with backoff",
+                f"gateway has {budget.used} events in flight, max_inflight_events is {budget.limit};"
+                " retry with backoff",
             )
         try:
             results = await self._write(events, slots, trace)
@@ -199,18 +241,33 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         request_iterator: AsyncIterator[gateway_pb2.PublishRequest],
         context: grpc.aio.ServicerContext[gateway_pb2.PublishRequest, gateway_pb2.PublishResponse],
     ) -> AsyncIterator[gateway_pb2.PublishResponse]:
+        client = await self._authenticate(context)
         await self._refuse_if_draining(context)
+        await self._open_stream(context, client)
+        try:
+            async for resp in self._publish_stream(request_iterator, context, client):
+                yield resp
+        finally:
+            self._gw.client_streams.close(client.key)
+
+    async def _publish_stream(
+        self,
+        request_iterator: AsyncIterator[gateway_pb2.PublishRequest],
+        context: grpc.aio.ServicerContext[gateway_pb2.PublishRequest, gateway_pb2.PublishResponse],
+        client: Client,
+    ) -> AsyncIterator[gateway_pb2.PublishResponse]:
         gw = self._gw
+        auth = gw.auth
         stream_budget = InflightBudget(gw.limits.max_inflight_events_per_stream)
         tracing = gw.tracing
         call_parent = tracing.call_context(context.invocation_metadata()) if tracing.enabled else None
         # Acks go out in request order; the queue holds one pending write per batch.
         pending: asyncio.Queue[asyncio.Future[gateway_pb2.PublishResponse] | None] = asyncio.Queue()
 
-        async def write(req: gateway_pb2.PublishRequest, n: int) -> gateway_pb2.PublishResponse:
+        async def write(req: gateway_pb2.PublishRequest, n: int, client: Client) -> gateway_pb2.PublishResponse:
             try:
                 trace = tracing.batch(call_parent) if tracing.enabled else None
-                events, slots = self._admit(req.events)
+                events, slots = self._admit(req.events, client)
                 results = await self._write(events, slots, trace)
                 return gateway_pb2.PublishResponse(results=results, batch_id=req.batch_id)
             finally:
@@ -235,9 +292,22 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             return fut
 
         async def reader() -> None:
+            nonlocal auth, client
             try:
                 async for req in request_iterator:
                     n = len(req.events)
+                    if gw.auth is not auth:
+                        # A reload swapped the tokens: this call keeps only what its token still allows.
+                        auth = gw.auth
+                        current = auth.refresh(client)
+                        if current is None:
+                            gw.metrics.refuse("unauthenticated", n)
+                            await context.abort(
+                                grpc.StatusCode.UNAUTHENTICATED,
+                                f"the token of {client.label} was removed from the mesh file by a reload;"
+                                " reconnect with a current token",
+                            )
+                        client = current
                     if gw.draining:
                         msg = f"gateway of region {gw.region} is shutting down; publish again to another replica"
                         await pending.put(refuse(req, _UNAVAILABLE, msg, "shutting_down"))
@@ -246,11 +316,15 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
                     if problem:
                         await pending.put(refuse(req, _INVALID_ARGUMENT, problem, "too_large"))
                         continue
+                    over_rate = gw.client_rates.take(client.key, client.label, n)
+                    if over_rate:
+                        await pending.put(refuse(req, _RESOURCE_EXHAUSTED, over_rate, "rate_limited"))
+                        continue
                     # Backpressure: while this stream or the gateway is full we stop reading, and
                     # gRPC flow control holds the producer.
                     await stream_budget.acquire(n)
                     await gw.budget.acquire(n)
-                    await pending.put(asyncio.ensure_future(write(req, n)))
+                    await pending.put(asyncio.ensure_future(write(req, n, client)))
             finally:
                 await pending.put(None)
 
@@ -275,12 +349,15 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         request: gateway_pb2.SubscribeRequest,
         context: grpc.aio.ServicerContext[gateway_pb2.SubscribeRequest, gateway_pb2.SubscribeResponse],
     ) -> AsyncIterator[gateway_pb2.SubscribeResponse]:
+        client = await self._authenticate(context)
         await self._refuse_if_draining(context)
         if not request.pattern:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "pattern is required, e.g. 'orders/>'")
         problem = validate_pattern(request.pattern)
         if problem is not None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        if not client.may_subscribe(request.pattern):
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, client.subscribe_refusal(request.pattern))
         which = request.WhichOneof("start")
         if which == "start_time":
             start = StartAt(time=request.start_time.ToDatetime(tzinfo=datetime.UTC))
@@ -295,10 +372,55 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"max_batch of {request.max_batch} exceeds {_MAX_SUBSCRIBE_BATCH}",
             )
-        max_batch = request.max_batch or _DEFAULT_SUBSCRIBE_BATCH
+        await self._open_stream(context, client)
         try:
-            async for batch in self._gw.broker.read(request.pattern, start=start, max_batch=max_batch):
-                if batch:
+            async for resp in self._subscribe(request, context, client, start):
+                yield resp
+        finally:
+            self._gw.client_streams.close(client.key)
+
+    async def _subscribe(
+        self,
+        request: gateway_pb2.SubscribeRequest,
+        context: grpc.aio.ServicerContext[gateway_pb2.SubscribeRequest, gateway_pb2.SubscribeResponse],
+        client: Client,
+        start: StartAt,
+    ) -> AsyncIterator[gateway_pb2.SubscribeResponse]:
+        gw = self._gw
+        auth = gw.auth
+        # Bounded buffering: the broker's reader is an async generator resumed only once gRPC has
+        # taken the previous batch (a yield here waits while the client's HTTP/2 window is full),
+        # and it prefetches at most one batch. So a call holds at most two batches, and a batch
+        # is at most half of subscribe_buffer_events: a slow reader pauses the broker read.
+        max_batch = min(request.max_batch or _DEFAULT_SUBSCRIBE_BATCH, max(1, gw.limits.subscribe_buffer_events // 2))
+        buffer = gw.subscriptions.open(request.pattern)
+        try:
+            async for batch in gw.broker.read(request.pattern, start=start, max_batch=max_batch):
+                if not batch:
+                    continue
+                if gw.auth is not auth:
+                    auth = gw.auth
+                    current = auth.refresh(client)
+                    if current is None:
+                        await context.abort(
+                            grpc.StatusCode.UNAUTHENTICATED,
+                            f"the token of {client.label} was removed from the mesh file by a reload;"
+                            " reconnect with a current token",
+                        )
+                    client = current
+                    if not client.may_subscribe(request.pattern):
+                        await context.abort(
+                            grpc.StatusCode.PERMISSION_DENIED, client.subscribe_refusal(request.pattern)
+                        )
+                buffer.add(len(batch))
+                try:
+                    buffer.waiting = True
                     yield gateway_pb2.SubscribeResponse(events=batch)
+                finally:
+                    buffer.waiting = False
+                    buffer.held -= len(batch)
+                buffer.sent += len(batch)
         except BrokerError as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"reading region {self._gw.region}'s log: {exc}")
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"reading region {gw.region}'s log: {exc}")
+        finally:
+            gw.subscriptions.close(buffer)

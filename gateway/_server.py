@@ -22,7 +22,9 @@ from meshgate.brokers import Broker, make_broker
 from meshgate.config import ConfigWatcher, Limits, MeshConfig, ReloadResult
 from meshgate.gateway._admin import AdminService
 from meshgate.gateway._admission import Admission
+from meshgate.gateway._auth import Authenticator
 from meshgate.gateway._budget import InflightBudget
+from meshgate.gateway._limits import ClientRates, ClientStreams, SubscribeBuffers
 from meshgate.gateway._metrics import GatewayMetrics
 from meshgate.gateway._publish import GatewayService
 from meshgate.gateway._replication import ReplicationService
@@ -49,15 +51,26 @@ _SERVICES = (
     replication_pb2.DESCRIPTOR.services_by_name["Replication"].full_name,
     admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
 )
-# Options that make a gateway a good network citizen: big batches fit, dead peers are noticed.
+# Options that make a gateway a good network citizen: dead peers are noticed; request sizes are
+# bounded by settings.limits (see _server_options).
 _SERVER_OPTIONS = [
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.so_reuseport", 0),
 ]
+
+
+def _server_options(limits: Limits) -> list[tuple[str, int]]:
+    """gRPC refuses larger requests and metadata itself, RESOURCE_EXHAUSTED, before anything is parsed."""
+    return [
+        *_SERVER_OPTIONS,
+        ("grpc.max_receive_message_length", limits.max_message_bytes),
+        # Soft and hard limit alike: between the two, gRPC would refuse only some calls, at random.
+        ("grpc.max_metadata_size", limits.max_metadata_bytes),
+        ("grpc.absolute_max_metadata_size", limits.max_metadata_bytes),
+    ]
 
 
 class GatewayState(enum.Enum):
@@ -117,10 +130,20 @@ class Gateway:
         self.budget = InflightBudget(config.settings.limits.max_inflight_events)
         self.metrics = GatewayMetrics(region=region, registry=registry or CollectorRegistry())
         self.admission = self._make_admission()
+        # Client tokens (swapped whole by a reload) and the per-client limits, read from the config in force.
+        self.auth = Authenticator(config.security)
+        self.client_streams = ClientStreams(lambda: self.limits)
+        self.client_rates = ClientRates(lambda: self.limits)
+        self.subscriptions = SubscribeBuffers()
+        self.metrics.subscribe_buffered.set_function(lambda: self.subscriptions.held)
+        # A replication request must fit the destination's max_message_bytes (the same mesh file).
+        link_options = dataclasses.replace(
+            link_options or LinkOptions(), max_request_bytes=config.settings.limits.max_message_bytes
+        )
         # Traces per gateway, from the OTEL_* variables; off (no per-event work) when none is set.
         self.tracing = Tracing.from_env(region)
         if self.tracing.enabled:
-            link_options = dataclasses.replace(link_options or LinkOptions(), tracing=self.tracing)
+            link_options = dataclasses.replace(link_options, tracing=self.tracing)
         self.replicator: Replicator | None = None
         if replicate:
             self.replicator = Replicator(
@@ -186,6 +209,7 @@ class Gateway:
         self._config, self._router = new, router
         self.budget.limit = self.limits.max_inflight_events
         self.admission = self._make_admission()
+        self.auth = Authenticator(new.security)
         self.config_loaded_at = datetime.datetime.now(datetime.UTC)
         if self.replicator is not None:
             await self.replicator.apply(new)
@@ -204,7 +228,7 @@ class Gateway:
         self.state = GatewayState.STARTING
         try:
             await self.broker.start()
-            server = grpc.aio.server(options=_SERVER_OPTIONS)
+            server = grpc.aio.server(options=_server_options(self.limits))
             gateway_pb2_grpc.add_GatewayServicer_to_server(GatewayService(self), server)
             admin_pb2_grpc.add_AdminServicer_to_server(AdminService(self), server)
             replication_pb2_grpc.add_ReplicationServicer_to_server(ReplicationService(self), server)

@@ -32,6 +32,9 @@ DLQ_TOPIC_PREFIX = "meshgate/dlq/"
 _REJECTED = event_pb2.OUTCOME_REJECTED
 _MAX_REASON = 500
 _LAG_POLL_SECONDS = 0.5
+# Room in a request for its own fields and each event's tag and length.
+_REQUEST_OVERHEAD_BYTES = 1024
+_EVENT_OVERHEAD_BYTES = 8
 
 
 class LinkState(enum.Enum):
@@ -47,6 +50,8 @@ class LinkState(enum.Enum):
 class LinkOptions:
     # A batch closes at this many events, or when the log has nothing more within `linger`.
     max_batch_events: int = 500
+    # A batch larger than this (encoded) goes as several requests: the destination's max_message_bytes.
+    max_request_bytes: int = 4 * 1024 * 1024
     linger_seconds: float = 0.02
     # Batches sent and not yet acked; the destination applies them in order.
     window: int = 8
@@ -92,6 +97,23 @@ def dead_letter_event(ev: event_pb2.Event, *, destination: str, reason: str) -> 
         }
     )
     return dlq
+
+
+def _split_by_bytes(deliveries: list[Delivery], limit: int) -> list[list[Delivery]]:
+    """Consecutive runs of deliveries whose request stays within ``limit`` bytes (one event at least)."""
+    parts: list[list[Delivery]] = []
+    current: list[Delivery] = []
+    size = _REQUEST_OVERHEAD_BYTES
+    for d in deliveries:
+        n = d.event.ByteSize() + _EVENT_OVERHEAD_BYTES
+        if current and size + n > limit:
+            parts.append(current)
+            current, size = [], _REQUEST_OVERHEAD_BYTES
+        current.append(d)
+        size += n
+    if current:
+        parts.append(current)
+    return parts
 
 
 @dataclass(slots=True)
@@ -364,13 +386,20 @@ class Link:
                 continue
             # The consumer yields only this region's events routed to the destination, each with
             # its stream and sequence: what the destination's dedup keys on.
-            events = [d.event for d in deliveries]
-            batch_id += 1
-            tracing = opts.tracing
-            spans = tracing.start_send(events, self.destination) if tracing is not None and tracing.enabled else None
-            self._inflight.append(_Sent(batch_id, deliveries, events, spans))
-            self._idle.clear()
-            await call.write(replication_pb2.ReplicateRequest(source_region=source, batch_id=batch_id, events=events))
+            for n, part in enumerate(_split_by_bytes(deliveries, opts.max_request_bytes)):
+                if n:
+                    await window.acquire()  # each request is one batch in flight
+                events = [d.event for d in part]
+                batch_id += 1
+                tracing = opts.tracing
+                spans = (
+                    tracing.start_send(events, self.destination) if tracing is not None and tracing.enabled else None
+                )
+                self._inflight.append(_Sent(batch_id, part, events, spans))
+                self._idle.clear()
+                await call.write(
+                    replication_pb2.ReplicateRequest(source_region=source, batch_id=batch_id, events=events)
+                )
 
     async def _ack_loop(
         self,

@@ -22,6 +22,7 @@ from meshgate.router._router import (
 from meshgate.router._topics import (
     MAX_LEVEL_LENGTH,
     MAX_LEVELS,
+    pattern_covers,
     pattern_matches,
     pattern_regex,
     validate_pattern,
@@ -43,6 +44,7 @@ __all__ = [
     "TopicChange",
     "UnknownRegionError",
     "diff_routing",
+    "pattern_covers",
     "pattern_matches",
     "pattern_regex",
     "probe_topics",

@@ -13,6 +13,7 @@ __all__ = [
     "LEVEL_CHARS",
     "MAX_LEVELS",
     "MAX_LEVEL_LENGTH",
+    "pattern_covers",
     "pattern_matches",
     "pattern_regex",
     "validate_pattern",
@@ -108,6 +109,24 @@ def pattern_matches(pattern: str, topic: str) -> bool:
         if plevel not in ("*", tlevels[i]):
             return False
     return len(plevels) == len(tlevels)
+
+
+def pattern_covers(outer: str, inner: str) -> bool:
+    """Whether every topic the valid pattern ``inner`` matches is matched by the valid pattern ``outer``.
+
+    ``orders/>`` covers ``orders/*`` and ``orders/eu/>``; ``orders/*`` does not cover ``orders/>``
+    (which also matches ``orders/a/b``), and a literal level covers only itself, not ``*``.
+    """
+    olevels = outer.split("/")
+    ilevels = inner.split("/")
+    for i, olevel in enumerate(olevels):
+        if olevel == ">":
+            return len(ilevels) > i
+        if i >= len(ilevels) or ilevels[i] == ">":
+            return False
+        if olevel != "*" and olevel != ilevels[i]:
+            return False
+    return len(olevels) == len(ilevels)
 
 
 def pattern_regex(pattern: str) -> re.Pattern[str]:

@@ -17,11 +17,14 @@ from typing import Any
 import grpc
 
 from meshgate.cli._client import add_gateway_arg, channel, print_rpc_error
+from meshgate.cli._token import client_token
 from meshgate.v1 import event_pb2, gateway_pb2, gateway_pb2_grpc
 
 __all__ = ["register"]
 
 _STDIN_BATCH = 500
+# Well below a gateway's max_message_bytes (4MiB by default), whatever the lines' length.
+_STDIN_BATCH_BYTES = 1024 * 1024
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
@@ -65,19 +68,26 @@ def _format(r: event_pb2.EventResult) -> str:
 
 def _stdin_batches(args: argparse.Namespace) -> Iterator[list[event_pb2.Event]]:
     batch: list[event_pb2.Event] = []
+    size = 0
     for n, line in enumerate(sys.stdin, start=1):
         text = line.rstrip("\n")
-        batch.append(_event(args, text, f"{args.id}-{n}" if args.id else ""))
+        event = _event(args, text, f"{args.id}-{n}" if args.id else "")
+        event_size = event.ByteSize()
+        if batch and size + event_size > _STDIN_BATCH_BYTES:
+            yield batch
+            batch, size = [], 0
+        batch.append(event)
+        size += event_size
         if len(batch) >= _STDIN_BATCH:
             yield batch
-            batch = []
+            batch, size = [], 0
     if batch:
         yield batch
 
 
 async def _publish(args: argparse.Namespace) -> int:
     rejected = 0
-    async with channel(args.gateway) as ch:
+    async with channel(args.gateway, token=client_token(args)) as ch:
         stub = gateway_pb2_grpc.GatewayStub(ch)
         try:
             if args.data is not None:

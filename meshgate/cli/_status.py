@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 
 from meshgate.cli._client import add_gateway_arg, channel, print_rpc_error
+from meshgate.cli._token import client_token
 from meshgate.v1 import admin_pb2, admin_pb2_grpc
 
 __all__ = ["register"]
@@ -27,7 +28,7 @@ def _state(link: admin_pb2.LinkStatus) -> str:
 
 
 async def _status(args: argparse.Namespace) -> int:
-    async with channel(args.gateway) as ch:
+    async with channel(args.gateway, token=client_token(args)) as ch:
         try:
             resp = await admin_pb2_grpc.AdminStub(ch).Status(admin_pb2.StatusRequest(), timeout=10)
         except grpc.aio.AioRpcError as exc:

@@ -134,6 +134,8 @@ async def test_publish_counters_and_live_metrics(gateway: tuple[Gateway, str]) -
         "backpressure": 0,
         "shutting_down": 0,
         "permission": 0,
+        "unauthenticated": 0,
+        "rate_limited": 0,
     }
     assert value(got, "meshgate_publish_duration_seconds_count", region="here") >= 3
     assert value(got, "meshgate_broker_connected", region="here") == 1

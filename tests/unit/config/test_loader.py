@@ -130,6 +130,12 @@ event_mesh:
       max_batch_events: 500
       max_inflight_events_per_stream: 5000
       max_inflight_events: 50000
+      max_message_bytes: 8MiB
+      max_metadata_bytes: 32KiB
+      max_streams_per_client: 4
+      client_rate: 250.5
+      client_burst: 1000
+      subscribe_buffer_events: 500
 """
     config = load_config_text(text)
     n, k, e = config.regions
@@ -157,6 +163,12 @@ event_mesh:
             max_batch_events=500,
             max_inflight_events_per_stream=5000,
             max_inflight_events=50000,
+            max_message_bytes=8 * 1024 * 1024,
+            max_metadata_bytes=32 * 1024,
+            max_streams_per_client=4,
+            client_rate=250.5,
+            client_burst=1000,
+            subscribe_buffer_events=500,
         ),
     )
 

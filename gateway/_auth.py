@@ -1,0 +1,199 @@
+"""Client authentication and allow-lists: bearer tokens from the mesh file's ``security.tokens``.
+
+A client sends gRPC metadata ``authorization: Bearer <token>``. Without tokens in the mesh file
+every caller is let in as an anonymous client named after its IP address (so the per-client
+limits still have a key). Tokens are compared in constant time, and a token never appears in a
+message, a log line or a repr: clients are named by their ``name``.
+
+The handlers call ``authenticate`` first (they need the client for its allow-lists and its
+limits); Replication is not checked here: peers are authenticated by mTLS, not by tokens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+import grpc
+
+from meshgate.config import ClientToken, SecuritySettings
+from meshgate.router import pattern_covers, pattern_regex
+
+__all__ = ["AUTHORIZATION", "Authenticator", "Client", "abort", "authenticate", "peer_host"]
+
+AUTHORIZATION = "authorization"
+_BEARER = "bearer "
+_HOW = "send gRPC metadata 'authorization: Bearer <token>' (meshgate CLI: --token or MESHGATE_TOKEN)"
+_SHOWN_PATTERNS = 5
+
+
+def peer_host(peer: str) -> str:
+    """The address part of a gRPC peer string (``ipv4:10.0.0.7:51234`` -> ``10.0.0.7``), without its port."""
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv4":
+        return rest.rpartition(":")[0] or rest
+    if kind == "ipv6":
+        host = rest.rpartition(":")[0] if rest.startswith("[") else rest
+        return host.strip("[]") or rest
+    return peer or "unknown"
+
+
+def _shown(patterns: Sequence[str]) -> str:
+    if not patterns:
+        return "none"
+    head = ", ".join(patterns[:_SHOWN_PATTERNS])
+    return head if len(patterns) <= _SHOWN_PATTERNS else f"{head}, ... ({len(patterns)} in all)"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Client:
+    """Who is calling, and what it may do. ``patterns`` of None means anything (no tokens configured)."""
+
+    name: str
+    # What the per-client limits count by: the token's name, or the caller's IP address.
+    key: str
+    authenticated: bool
+    publish: tuple[str, ...] | None = None
+    subscribe: tuple[str, ...] | None = None
+    admin: bool = True
+    # SHA-256 of the token, to find the client's entry again after a reload; never shown.
+    digest: bytes = field(default=b"", repr=False)
+    _publish_re: re.Pattern[str] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def label(self) -> str:
+        return f"client {self.name!r}" if self.authenticated else f"client at {self.name}"
+
+    def may_publish(self, topic: str) -> bool:
+        if self.publish is None:
+            return True
+        return self._publish_re is not None and self._publish_re.fullmatch(topic) is not None
+
+    def may_subscribe(self, pattern: str) -> bool:
+        if self.subscribe is None:
+            return True
+        return any(pattern_covers(allowed, pattern) for allowed in self.subscribe)
+
+    def publish_refusal(self, topic: str) -> str:
+        return (
+            f"{self.label} may not publish to topic {topic!r}: no pattern of its publish list"
+            f" ({_shown(self.publish or ())}) matches it; publish within it, or have the operator add a"
+            " pattern to the client's publish list (security.tokens in the mesh file)"
+        )
+
+    def subscribe_refusal(self, pattern: str) -> str:
+        allowed = self.subscribe or ()
+        hint = f", e.g. {allowed[0]!r}" if allowed else ""
+        return (
+            f"{self.label} may not subscribe to {pattern!r}: it is not within its subscribe patterns"
+            f" ({_shown(allowed)}); subscribe to a pattern inside one of them{hint}, or have the operator"
+            " extend the client's subscribe list (security.tokens in the mesh file)"
+        )
+
+    def admin_refusal(self, method: str) -> str:
+        return (
+            f"{self.label} may not call Admin.{method}: it is not an admin client;"
+            " use an admin client's token, or set admin: true for it in security.tokens of the mesh file"
+        )
+
+
+def _client_of(entry: ClientToken, digest: bytes) -> Client:
+    publish_re = None
+    if entry.publish:
+        publish_re = re.compile("|".join(f"(?:{pattern_regex(p).pattern})" for p in entry.publish))
+    return Client(
+        name=entry.name,
+        key=entry.name,
+        authenticated=True,
+        publish=entry.publish,
+        subscribe=entry.subscribe,
+        admin=entry.admin,
+        digest=digest,
+        _publish_re=publish_re,
+    )
+
+
+class AuthError(Exception):
+    """Why a call is not let in: a gRPC code and a message that never holds the token."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Authenticator:
+    """The token table of one config; a reload builds a new one and swaps it in one assignment."""
+
+    def __init__(self, security: SecuritySettings) -> None:
+        # Digests, so that every comparison has the same length whatever the caller sent.
+        self._entries = [(hashlib.sha256(t.token.encode()).digest(), t) for t in security.tokens]
+        self._by_digest = {digest: _client_of(entry, digest) for digest, entry in self._entries}
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._entries)
+
+    def __repr__(self) -> str:
+        return f"Authenticator({len(self._entries)} client tokens)"
+
+    def identify(self, metadata: Iterable[tuple[str, str | bytes]] | None, peer: str) -> Client:
+        """The calling client, or AuthError (UNAUTHENTICATED) when tokens are on and none valid was sent."""
+        if not self._entries:
+            host = peer_host(peer)
+            return Client(name=host, key=host, authenticated=False)
+        values = [v for k, v in metadata or () if k.lower() == AUTHORIZATION]
+        if not values:
+            raise AuthError(grpc.StatusCode.UNAUTHENTICATED, f"this gateway requires a client token: {_HOW}")
+        if len(values) > 1:
+            raise AuthError(
+                grpc.StatusCode.UNAUTHENTICATED, f"{len(values)} authorization entries sent; send exactly one"
+            )
+        value = values[0]
+        text = value.decode("latin-1") if isinstance(value, bytes) else value
+        if text[: len(_BEARER)].lower() != _BEARER or not text[len(_BEARER) :].strip():
+            raise AuthError(
+                grpc.StatusCode.UNAUTHENTICATED,
+                f"the authorization metadata is not 'Bearer <token>'; {_HOW}",
+            )
+        presented = hashlib.sha256(text[len(_BEARER) :].strip().encode("utf-8", "surrogateescape")).digest()
+        found: ClientToken | None = None
+        # Every entry is compared, and each comparison takes the same time: how long this takes says
+        # nothing about which token, or how much of one, was right.
+        for digest, entry in self._entries:
+            if hmac.compare_digest(presented, digest):
+                found = entry
+        if found is None:
+            raise AuthError(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "the token sent is not valid for this gateway (unknown, mistyped or rotated away);"
+                " check the client's token against security.tokens of the mesh file",
+            )
+        return self._by_digest[presented]
+
+    def refresh(self, client: Client) -> Client | None:
+        """The same caller under this (newer) table: None when its token was removed."""
+        if not client.authenticated:
+            if self._entries:
+                return None
+            return client
+        if not self._entries:
+            return Client(name=client.name, key=client.key, authenticated=False)
+        return self._by_digest.get(client.digest)
+
+
+async def abort(context: grpc.aio.ServicerContext[Any, Any], error: AuthError) -> NoReturn:
+    await context.abort(error.code, error.message)
+    raise AssertionError("context.abort returned")  # pragma: no cover: abort always raises
+
+
+async def authenticate(auth: Authenticator, context: grpc.aio.ServicerContext[Any, Any]) -> Client:
+    """The calling client; the call ends UNAUTHENTICATED when tokens are on and none valid was sent."""
+    try:
+        return auth.identify(context.invocation_metadata(), context.peer())
+    except AuthError as exc:
+        await abort(context, exc)
