@@ -1,8 +1,21 @@
 """The regional gateway: gRPC servers (client API, replication ingress, admin), admission, lifecycle."""
 
 from meshgate.gateway._admission import Admission
+from meshgate.gateway._auth import Authenticator, Client
 from meshgate.gateway._budget import InflightBudget
 from meshgate.gateway._ids import uuid7
+from meshgate.gateway._limits import ClientRates, ClientStreams
 from meshgate.gateway._server import DEFAULT_LISTEN, Gateway, GatewayState
 
-__all__ = ["DEFAULT_LISTEN", "Admission", "Gateway", "GatewayState", "InflightBudget", "uuid7"]
+__all__ = [
+    "DEFAULT_LISTEN",
+    "Admission",
+    "Authenticator",
+    "Client",
+    "ClientRates",
+    "ClientStreams",
+    "Gateway",
+    "GatewayState",
+    "InflightBudget",
+    "uuid7",
+]

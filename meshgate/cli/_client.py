@@ -7,7 +7,7 @@ import sys
 
 import grpc
 
-from meshgate.cli._token import BearerToken, add_token_arg
+from meshgate.cli._token import add_token_arg, bearer_interceptors
 
 __all__ = ["add_gateway_arg", "channel", "print_rpc_error"]
 
@@ -21,7 +21,7 @@ def channel(target: str, *, token: str | None = None) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(
         target,
         options=[("grpc.max_receive_message_length", 64 * 1024 * 1024), ("grpc.enable_retries", 1)],
-        interceptors=[BearerToken(token)] if token else None,
+        interceptors=bearer_interceptors(token) if token else None,
     )
 
 
