@@ -300,7 +300,11 @@ async def test_a_reload_swaps_tokens_and_allow_lists_even_for_open_streams(write
             sub = gateway_pb2_grpc.GatewayStub(auditor).Subscribe(
                 gateway_pb2.SubscribeRequest(pattern="audit/>", position=gateway_pb2.START_POSITION_EARLIEST)
             )
-            await wait_until(lambda: gw.client_streams.count("auditor") == 1, 10, what="the subscription open")
+            audit_stream = gateway_pb2_grpc.GatewayStub(auditor).PublishStream()
+            await audit_stream.write(gateway_pb2.PublishRequest(events=[ev("audit/a", id="audit-before")], batch_id=1))
+            ack = await audit_stream.read()
+            assert isinstance(ack, gateway_pb2.PublishResponse) and ack.results[0].outcome == _ACCEPTED
+            await wait_until(lambda: gw.client_streams.count("auditor") == 2, 10, what="the auditor's two streams")
             assert (await rpc_error(gateway_pb2_grpc.GatewayStub(spare).Publish(
                 gateway_pb2.PublishRequest(events=[ev()])
             ))).code() is grpc.StatusCode.UNAUTHENTICATED  # fmt: skip
@@ -331,6 +335,16 @@ async def test_a_reload_swaps_tokens_and_allow_lists_even_for_open_streams(write
             err = await asyncio.wait_for(stream_error(sub), 10)
             assert err.code() is grpc.StatusCode.UNAUTHENTICATED
             assert "was removed from the mesh file by a reload" in (err.details() or "")
+            # Its publishing stream ends at its next batch, which is not stored.
+            await audit_stream.write(gateway_pb2.PublishRequest(events=[ev("audit/b", id="audit-after")], batch_id=2))
+            err = await asyncio.wait_for(stream_error(audit_stream), 10)
+            assert err.code() is grpc.StatusCode.UNAUTHENTICATED
+            assert err.details() == (
+                "the token of client 'auditor' was removed from the mesh file by a reload;"
+                " reconnect with a current token"
+            )
+            await wait_until(lambda: gw.client_streams.count("auditor") == 0, 10, what="the auditor's slots back")
+            assert "audit-after" not in {e.id async for e in _read(gw, "audit/>")}
             # New calls with the removed token are refused; the new client's are not.
             err = await rpc_error(
                 gateway_pb2_grpc.GatewayStub(auditor).Publish(gateway_pb2.PublishRequest(events=[ev("audit/x")]))
