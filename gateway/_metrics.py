@@ -118,8 +118,8 @@ class GatewayMetrics:
         ).labels(region=region)
         self.subscribe_buffered = Gauge(
             "meshgate_subscribe_buffered_events",
-            "Events Subscribe calls hold: read from the broker, not yet taken by gRPC (at most "
-            "subscribe_buffer_events per call).",
+            "Events Subscribe calls have from the broker and have not yet handed to gRPC (with the one batch "
+            "each prefetches, at most subscribe_buffer_events per call).",
             ["region"],
             registry=registry,
         ).labels(region=region)

@@ -35,7 +35,6 @@ _INVALID_ARGUMENT = grpc.StatusCode.INVALID_ARGUMENT.value[0]
 _UNAVAILABLE = grpc.StatusCode.UNAVAILABLE.value[0]
 _PERMISSION_DENIED = grpc.StatusCode.PERMISSION_DENIED.value[0]
 _RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
-_UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED.value[0]
 # How long a unary Publish waits for room among the gateway's in-flight events.
 _UNARY_ADMISSION_WAIT = 1.0
 _DEFAULT_SUBSCRIBE_BATCH = 256
