@@ -7,7 +7,7 @@ import contextlib
 import datetime
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -39,6 +39,9 @@ _RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
 _UNARY_ADMISSION_WAIT = 1.0
 _DEFAULT_SUBSCRIBE_BATCH = 256
 _MAX_SUBSCRIBE_BATCH = 10_000
+# gRPC clients refuse messages over 4 MiB unless told otherwise: a Subscribe response stays
+# under it, whatever max_batch a client asked for (one larger event still goes alone).
+_MAX_SUBSCRIBE_RESPONSE_BYTES = 4 * 1024 * 1024 - 64 * 1024
 
 
 def _refusal_reason(slot: event_pb2.EventResult) -> str:
@@ -414,7 +417,8 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
                 buffer.add(len(batch))
                 try:
                     buffer.waiting = True
-                    yield gateway_pb2.SubscribeResponse(events=batch)
+                    for part in _split_by_size(batch, _MAX_SUBSCRIBE_RESPONSE_BYTES):
+                        yield gateway_pb2.SubscribeResponse(events=part)
                 finally:
                     buffer.waiting = False
                     buffer.held -= len(batch)
@@ -423,3 +427,16 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"reading region {gw.region}'s log: {exc}")
         finally:
             gw.subscriptions.close(buffer)
+
+
+def _split_by_size(events: list[event_pb2.Event], limit: int) -> Iterator[list[event_pb2.Event]]:
+    """``events`` in order, in runs of at most ``limit`` encoded bytes (an event over it alone)."""
+    start, size = 0, 0
+    for i, event in enumerate(events):
+        # Field tag and length prefix of a repeated message: at most 6 bytes here.
+        n = event.ByteSize() + 6
+        if size + n > limit and i > start:
+            yield events[start:i]
+            start, size = i, 0
+        size += n
+    yield events[start:]

@@ -136,6 +136,7 @@ class Gateway:
         self.client_rates = ClientRates(lambda: self.limits)
         self.subscriptions = SubscribeBuffers()
         self.metrics.subscribe_buffered.set_function(lambda: self.subscriptions.held)
+        self.metrics.inflight.set_function(lambda: self.budget.used)
         # A replication request must fit the destination's max_message_bytes (the same mesh file).
         link_options = dataclasses.replace(
             link_options or LinkOptions(), max_request_bytes=config.settings.limits.max_message_bytes

@@ -229,3 +229,29 @@ async def test_subscribe_bad_pattern(stub: gateway_pb2_grpc.GatewayStub, pattern
             pass
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert info.value.details()
+
+
+async def test_subscribe_responses_fit_a_default_grpc_client(make_gateway: GatewayFactory) -> None:
+    # 12 events of 900 kB: one batch of them is ~10 MB, over the 4 MiB a default gRPC client takes.
+    gw: Gateway = await make_gateway(limits=Limits(max_data_bytes=1024 * 1024, max_batch_events=100))
+    async with grpc.aio.insecure_channel(gw.address) as ch:
+        await _subscribe_big_events(gateway_pb2_grpc.GatewayStub(ch))
+
+
+async def _subscribe_big_events(stub: gateway_pb2_grpc.GatewayStub) -> None:
+    for part in range(4):
+        resp = await stub.Publish(
+            gateway_pb2.PublishRequest(events=[ev(id=f"big-{part}-{i}", data=b"x" * 900_000) for i in range(3)])
+        )
+        assert all(r.outcome == ACCEPTED for r in resp.results)
+    call = stub.Subscribe(
+        gateway_pb2.SubscribeRequest(pattern="orders/>", position=gateway_pb2.START_POSITION_EARLIEST, max_batch=100)
+    )
+    got: list[str] = []
+    async for r in call:
+        assert r.ByteSize() < 4 * 1024 * 1024
+        got.extend(e.id for e in r.events)
+        if len(got) >= 12:
+            break
+    call.cancel()
+    assert got == [f"big-{p}-{i}" for p in range(4) for i in range(3)]
