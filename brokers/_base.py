@@ -188,6 +188,22 @@ class Broker(abc.ABC):
         and ``find_event`` build on it, so a broker with several streams overrides those.
         """
 
+    def earliest_position(self, positions: Sequence[str]) -> str:
+        """A position at or before each of ``positions`` (from ``log_position`` of this kind of broker).
+
+        Replication dedup keeps one position per origin stream and scans the log once, from
+        this, with ``origin_sequences_after``: everything stored after any of ``positions``
+        must be after the answer. "" (the beginning) when ``positions`` is empty or holds "".
+        Raises ValueError for a position this kind of broker cannot read. Default (one
+        stream): the lowest sequence. A broker with several streams (Kafka: one offset per
+        partition) takes the lowest offset of each partition, a partition missing from a
+        position counting as offset 0 (its beginning: the position was read before that
+        partition had events).
+        """
+        if not positions or "" in positions:
+            return ""
+        return str(min(_sequence_position(p) for p in positions))
+
     async def log_position(self) -> str:
         """The current end of the whole log as an opaque position ("" is the beginning).
 
@@ -203,6 +219,18 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     async def put_checkpoint(self, name: str, value: bytes) -> None:
         """Stores ``value`` under ``name``, replacing the previous one."""
+
+    @abc.abstractmethod
+    async def checkpoints(self, prefix: str) -> dict[str, bytes]:
+        """Every checkpoint whose name starts with ``prefix``: name -> its latest value ({} if none).
+
+        Names are those given to ``put_checkpoint``; replication dedup keeps one per origin
+        stream (``replication.<origin>.<stream>``, characters outside ``[-/_a-zA-Z0-9]``
+        escaped, so each name is valid for NATS KV) and lists an origin's with the prefix
+        ``replication.<origin>.``. A value written before the call starts is in the answer;
+        one written while it runs may or may not be. Cost: one read of the names under the
+        prefix (an origin has one per stream it ever sent).
+        """
 
     @abc.abstractmethod
     async def hold_lease(self, name: str, owner: str, *, ttl: float) -> bool:

@@ -16,53 +16,126 @@ So the destination keeps, per origin region and origin stream:
 batch is handled: batches are applied one at a time and a call ends at the first one that is
 not, so every earlier event of the stream was handled before.
 
-Everything is recovered from the broker, never from a gateway's memory: one checkpoint value
-per origin (written in the background after acked batches) holding every stream's state and
-one opaque log ``position`` (``Broker.log_position``) at or below which every event from the
-origin, of any stream, is accounted for by those states; plus one scan of this region's log
-after that position (``Broker.origin_sequences_after``), which finds whatever the checkpoint
-had not recorded yet, in every stream. A checkpoint may lag; a lagging one makes the scan
-longer, never the answer wrong.
+Everything is recovered from the broker, never from a gateway's memory. A source whose broker
+``shares_work`` (Kafka) holds several calls to this region open at once, one per replica of
+the source, each for its own share of the streams; so the state is kept per stream, and no
+call ever writes a stream it does not handle. One checkpoint entry per (origin, stream), key
+``replication.<origin>.<stream>`` (both escaped, see ``stream_key``), holds that stream's
+state and its own opaque log ``position`` (``Broker.log_position``): every event of that
+stream stored here at or below the position is ``<= acked`` or in ``above``. The entries:
 
-The position is read from the broker first; the state is snapshotted only once every write
-started before that read has been applied to it, so a write that landed at or below the
-position is in the snapshot. Nothing depends on how long an outage lasted.
+* are written in the background after batches, only for the streams the call changed since
+  its last save (each with the position read before the snapshot, and the snapshot taken
+  once every write started before that read is applied to the state, so a write that landed
+  at or below the position is in it);
+* are *registered* before a call first stores an event of a stream it has no entry for: the
+  entry is written, synchronously, with the end of the call's recovery scan as its position
+  (what the call knows for sure), before the event is stored. So no event is stored without
+  an entry of its stream at or below it: at recovery, a stream without an entry has nothing
+  stored here.
+
+A recovery (when a call opens) lists the origin's entries (``Broker.checkpoints``), then
+scans this region's log once from the earliest of their positions (``Broker.earliest_position``,
+``Broker.origin_sequences_after``) and adds what it finds above each stream's ``acked`` to
+that stream's ``above`` (events found above a stream's own position are exactly what its
+entry may lack; those below it are stored events too, so adding them is merely redundant).
+An entry that is older but was true when written only makes that scan longer, never the
+answer wrong. No entry at all (a checkpoint never written or lost) scans the whole log.
+Nothing depends on how long an outage lasted.
+
+Older checkpoints still load: one value per origin, key ``replication.<origin>``, either
+``{format: 2, position, streams: {stream: state}}`` or, from before streams, the state of
+stream ``""`` with a numeric position. The first recovery that reads one writes an entry per
+stream at the end of its scan and then replaces the old value by a marker (``moved``).
 
 Limits:
 
-* One call per origin at a time is what makes the one position true. The broker's own id
-  window (JetStream ``Nats-Msg-Id``) absorbs the short race of two connections from one
-  source writing at once. A source whose broker ``shares_work`` (Kafka: every gateway replica
-  of the source runs the link for its share of the partitions) holds several calls open at
-  once; each saves the whole origin's state as it knows it, so one can overwrite another's
-  progress on the other's streams with an older state under a newer position. A recovery
-  from such a checkpoint can take an event stored in that gap for new: it is then absorbed
-  only by the destination broker's id window, if still within it. Making that exact needs a
-  conditional (compare-and-set) checkpoint write or one checkpoint per source replica.
+* Two calls writing the same stream at the same time (the short overlap of a rebalance, an
+  old call not yet noticed dead) each write only what they know. The broker's own id window
+  (JetStream ``Nats-Msg-Id``) absorbs the resulting live duplicates (the same event stored
+  by both). An entry one call writes at a position above another call's store of that
+  stream which it has not seen (the other call was cut mid-write, or has not saved yet)
+  claims more than it knows: the source resends that event to the stream's current owner
+  first, which learns it then (from the broker's id window) and saves it; only if that call
+  ends before, and the next resend comes after the id window has passed, can a recovery take
+  the event for new. Exact would need a compare-and-set entry write, which not every broker
+  offers (a compacted Kafka topic does not).
 * A stream that moves from one call to another (a consumer-group rebalance) is trusted by the
   new call as it was when that call recovered; the source should start a new call when its
   share of the work changes (its consumer's fetch failing once does that), so that the new
   call recovers afresh.
 * ``refused`` keeps the last ``_MAX_REFUSALS`` per stream; ``above`` is kept whole (it only
   holds what a failed batch left above ``acked``, and empties as ``acked`` passes it).
+* Entries are never deleted: one per stream an origin ever sent (a Kafka topic-partition).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import string
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from meshgate.brokers import Broker
+from meshgate.brokers import Broker, BrokerError
 
-__all__ = ["OriginDedup", "OriginState", "StreamState"]
+__all__ = ["OriginDedup", "OriginState", "StreamState", "origin_prefix", "stream_key"]
 
 log = logging.getLogger("meshgate.gateway.replication")
 
 # Refusals remembered per stream so that a resent poison event is refused again, not taken
 # as a resend.
 _MAX_REFUSALS = 1000
-_FORMAT = 2
+_FORMAT = 3
+# Characters a key token keeps as they are; every other byte becomes "=XX" (hex), so that a
+# token never holds a "." (the key separator) and is valid in any broker (NATS KV allows
+# [-/_=.a-zA-Z0-9]).
+_KEPT = frozenset("-/_" + string.ascii_letters + string.digits)
+# The token of the empty stream (a one-stream origin): escaping never yields a lone "=".
+_EMPTY = "="
+
+
+def _escape(text: str) -> str:
+    if not text:
+        return _EMPTY
+    return "".join(c if c in _KEPT else "".join(f"={b:02X}" for b in c.encode()) for c in text)
+
+
+def _unescape(token: str) -> str:
+    if token == _EMPTY:
+        return ""
+    out = bytearray()
+    i = 0
+    while i < len(token):
+        c = token[i]
+        if c == "=":
+            digits = token[i + 1 : i + 3]
+            if len(digits) != 2 or not all(d in string.hexdigits for d in digits):
+                raise ValueError(f"key token {token!r} has a bad escape at {i}")
+            out.append(int(digits, 16))
+            i += 3
+        elif c in _KEPT:
+            out += c.encode()
+            i += 1
+        else:
+            raise ValueError(f"key token {token!r} holds {c!r}, which escaping never leaves")
+    return out.decode()
+
+
+def origin_prefix(origin: str) -> str:
+    """What every entry key of ``origin`` starts with (and no other origin's)."""
+    return f"replication.{_escape(origin)}."
+
+
+def stream_key(origin: str, stream: str) -> str:
+    """The checkpoint key of one stream of an origin."""
+    return origin_prefix(origin) + _escape(stream)
+
+
+def _legacy_key(origin: str) -> str:
+    # One value per origin, as written before entries per stream (the origin unescaped).
+    return f"replication.{origin}"
 
 
 @dataclass(slots=True)
@@ -87,6 +160,21 @@ class StreamState:
         while len(self.refused) > _MAX_REFUSALS:
             del self.refused[next(iter(self.refused))]
 
+    def copy(self) -> StreamState:
+        return StreamState(acked=self.acked, above=set(self.above), refused=dict(self.refused))
+
+    def lacks(self, other: StreamState) -> bool:
+        """Whether ``other`` knows of a stored event that this state does not."""
+        acked = self.acked
+        return other.acked > acked or any(s > acked and s not in self.above for s in other.above)
+
+    def merge(self, other: StreamState) -> None:
+        """Adds what ``other`` knows: each of its facts is true, so their union is."""
+        self.advance(other.acked)
+        self.above.update(s for s in other.above if s > self.acked)
+        for seq, reason in other.refused.items():
+            self.refuse(seq, reason)
+
     def to_json(self) -> dict[str, object]:
         return {
             "acked": self.acked,
@@ -94,6 +182,10 @@ class StreamState:
             "above": sorted(self.above),
             "refused": {str(k): v for k, v in self.refused.items()},
         }
+
+    def to_entry(self, position: str) -> bytes:
+        """The checkpoint entry: this state, accounting for the stream's events stored up to ``position``."""
+        return json.dumps({"format": _FORMAT, **self.to_json(), "position": position}).encode()
 
     @classmethod
     def from_json(cls, data: object) -> StreamState:
@@ -109,6 +201,37 @@ class StreamState:
             refused={int(k): str(v) for k, v in refused.items()},
         )
 
+    @classmethod
+    def from_entry(cls, raw: bytes) -> tuple[StreamState, str]:
+        """A checkpoint entry's state and position."""
+        data = json.loads(raw)
+        if not isinstance(data, dict) or data.get("format") != _FORMAT:
+            raise TypeError(f"an entry must be a JSON object of format {_FORMAT}")
+        position = data["position"]
+        if not isinstance(position, str):
+            raise TypeError("position must be a string")
+        return cls.from_json(data), position
+
+
+def _from_legacy(raw: bytes) -> tuple[dict[str, StreamState], str] | None:
+    """The streams and position of a one-value-per-origin checkpoint; None for the ``moved`` marker."""
+    data = json.loads(raw)
+    if not isinstance(data, dict):
+        raise TypeError("a checkpoint must be a JSON object")
+    if data.get("format") == _FORMAT and "moved" in data:
+        return None
+    if "streams" not in data:
+        # Written before origins had streams: the state of the one-stream origin ("") and
+        # the sequence it was written at.
+        return {"": StreamState.from_json(data)}, str(int(data["position"]))
+    streams = data["streams"]
+    if not isinstance(streams, dict):
+        raise TypeError("streams must be a JSON object")
+    position = data["position"]
+    if not isinstance(position, str):
+        raise TypeError("position must be a string")
+    return {str(name): StreamState.from_json(entry) for name, entry in streams.items()}, position
+
 
 @dataclass(slots=True)
 class OriginState:
@@ -116,8 +239,12 @@ class OriginState:
 
     origin: str
     streams: dict[str, StreamState] = field(default_factory=dict)
-    # Every event of the origin stored at or below it is accounted for by ``streams``.
+    # The end of the call's recovery scan: every event of the origin stored at or below it,
+    # by any call, is accounted for by ``streams``.
     position: str = ""
+    # Streams with an entry in the broker (read at recovery or written since): an event of
+    # any other stream may be stored only after its entry is written (``OriginDedup.register``).
+    registered: set[str] = field(default_factory=set)
 
     def stream(self, name: str) -> StreamState:
         state = self.streams.get(name)
@@ -125,82 +252,155 @@ class OriginState:
             state = self.streams[name] = StreamState()
         return state
 
-    def to_bytes(self, position: str) -> bytes:
-        """The checkpoint value: the states as they are now, accounting for the log up to ``position``."""
-        return json.dumps(
-            {
-                "format": _FORMAT,
-                "position": position,
-                "streams": {name: s.to_json() for name, s in self.streams.items()},
-            }
-        ).encode()
-
-    @classmethod
-    def from_bytes(cls, origin: str, raw: bytes) -> OriginState:
-        data = json.loads(raw)
-        if not isinstance(data, dict):
-            raise TypeError("a checkpoint must be a JSON object")
-        if "streams" not in data:
-            # Written before origins had streams: the state of the one-stream origin ("") and
-            # the sequence it was written at.
-            return cls(origin=origin, streams={"": StreamState.from_json(data)}, position=str(int(data["position"])))
-        streams = data["streams"]
-        if not isinstance(streams, dict):
-            raise TypeError("streams must be a JSON object")
-        position = data["position"]
-        if not isinstance(position, str):
-            raise TypeError("position must be a string")
-        return cls(
-            origin=origin,
-            streams={str(name): StreamState.from_json(entry) for name, entry in streams.items()},
-            position=position,
-        )
+    def snapshot(self, names: Iterable[str]) -> dict[str, StreamState]:
+        """Copies of the states of streams ``names`` as they are now."""
+        return {name: self.stream(name).copy() for name in names}
 
 
 class OriginDedup:
-    """Loads and saves the per-origin state in the destination's broker."""
+    """Loads and saves the per-stream states of origins in the destination's broker."""
 
     def __init__(self, broker: Broker) -> None:
         self._broker = broker
 
-    @staticmethod
-    def _key(origin: str) -> str:
-        return f"replication.{origin}"
-
     async def recover(self, origin: str) -> OriginState:
         state = OriginState(origin=origin)
-        raw = await self._broker.get_checkpoint(self._key(origin))
-        if raw is not None:
+        positions: list[str] = []
+        # An entry that cannot be read has no position to start from: the whole log is scanned.
+        whole = False
+        prefix = origin_prefix(origin)
+        for key, raw in (await self._broker.checkpoints(prefix)).items():
+            token = key[len(prefix) :]
+            if "." in token:
+                continue  # not an entry of this origin (another origin's unescaped legacy key)
             try:
-                state = OriginState.from_bytes(origin, raw)
+                name = _unescape(token)
+                entry, position = StreamState.from_entry(raw)
             except (ValueError, KeyError, TypeError) as exc:
-                # An unreadable checkpoint only costs a full scan of the log.
+                log.warning("replication checkpoint %s unreadable (%s); scanning the whole log", key, exc)
+                whole = True
+                continue
+            state.stream(name).merge(entry)
+            state.registered.add(name)
+            positions.append(position)
+        legacy = await self._broker.get_checkpoint(_legacy_key(origin))
+        migrate = legacy is not None
+        if legacy is not None:
+            try:
+                loaded = _from_legacy(legacy)
+            except (ValueError, KeyError, TypeError) as exc:
                 log.warning("replication checkpoint of %s unreadable (%s); scanning the whole log", origin, exc)
+                whole = True
+            else:
+                if loaded is None:
+                    migrate = False  # moved to entries already
+                else:
+                    streams, position = loaded
+                    for name, old in streams.items():
+                        state.stream(name).merge(old)
+                    positions.append(position)
+        start = ""
+        if positions and not whole:
+            try:
+                start = self._broker.earliest_position(positions)
+            except ValueError as exc:
+                # A position this broker cannot read (written by another kind of broker).
+                log.warning("replication checkpoints of %s unusable (%s); scanning the whole log", origin, exc)
         try:
-            found, end = await self._broker.origin_sequences_after(origin, state.position)
+            found, end = await self._broker.origin_sequences_after(origin, start)
         except ValueError as exc:
-            # A position this broker cannot read (written by another kind of broker): as unreadable.
-            log.warning("replication checkpoint of %s unusable (%s); scanning the whole log", origin, exc)
-            state = OriginState(origin=origin)
+            log.warning("replication checkpoints of %s unusable (%s); scanning the whole log", origin, exc)
+            start = ""
             found, end = await self._broker.origin_sequences_after(origin, "")
         for name, seqs in found.items():
             stream = state.stream(name)
             stream.above.update(s for s in seqs if s > stream.acked)
         log.info(
-            "replication from %s: resends recognised in %d stream(s) (highest acked %d), %d stored above acked "
-            "(scanned the log after position %r up to %r)",
+            "replication from %s: resends recognised in %d stream(s) (%d with an entry, highest acked %d), "
+            "%d stored above acked (scanned the log after position %r up to %r)",
             origin,
             len(state.streams),
+            len(state.registered),
             max((s.acked for s in state.streams.values()), default=0),
             sum(len(s.above) for s in state.streams.values()),
-            state.position,
+            start,
             end,
         )
         state.position = end
+        if migrate:
+            await self._migrate(state)
         return state
+
+    async def _migrate(self, state: OriginState) -> None:
+        """Writes an entry per stream of an old one-value checkpoint, then marks that value moved."""
+        origin = state.origin
+        # Every stream, not only the old value's: the state is complete up to the scan's end.
+        failed = await self.save(state, state.snapshot(state.streams), state.position)
+        if failed:
+            log.warning("replication checkpoint of %s not moved to entries per stream yet: %s", origin, failed)
+            return
+        try:
+            marker = {"format": _FORMAT, "moved": origin_prefix(origin)}
+            await self._broker.put_checkpoint(_legacy_key(origin), json.dumps(marker).encode())
+        except BrokerError as exc:
+            # Read again, and moved again, by the next recovery: only that one scans longer.
+            log.warning("replication checkpoint of %s not marked moved: %s", origin, exc)
+
+    async def register(self, state: OriginState, names: Iterable[str]) -> None:
+        """Writes an entry for each of ``names`` that has none, before an event of it is stored.
+
+        Its position is the end of the call's recovery scan: the state of a stream the call
+        has not stored in is known complete up to there, whoever else stores in it. Raises
+        BrokerError if an entry could not be written: nothing of that stream may be stored then.
+        """
+        new = [name for name in names if name not in state.registered]
+        if not new:
+            return
+        failed = await self.save(state, state.snapshot(new), state.position)
+        if failed:
+            raise BrokerError(f"checkpoint entries of {len(failed)} stream(s) not written: {failed}")
 
     async def position(self) -> str:
         return await self._broker.log_position()
 
-    async def save(self, origin: str, value: bytes) -> None:
-        await self._broker.put_checkpoint(self._key(origin), value)
+    async def save(self, state: OriginState, snapshot: dict[str, StreamState], position: str) -> dict[str, BrokerError]:
+        """Writes the entries of a snapshot taken at ``position``; the streams whose write failed, with why."""
+        names = list(snapshot)
+        results = await asyncio.gather(
+            *(self._write(state, name, snapshot[name], position) for name in names), return_exceptions=True
+        )
+        failed: dict[str, BrokerError] = {}
+        for name, result in zip(names, results, strict=True):
+            if isinstance(result, BrokerError):
+                failed[name] = result
+            elif result is not None:
+                raise result
+        return failed
+
+    async def _write(self, state: OriginState, name: str, mine: StreamState, position: str) -> None:
+        """Writes one stream's entry, keeping what the entry there knows and this call does not.
+
+        Another call of the origin may handle the same stream (a rebalance's overlap, an old
+        call saving late): its entry may know of events stored after this call's view of the
+        stream was complete. Overwriting it with this call's state under a newer position
+        would hide them from the next recovery; so its facts are merged in (into the call's
+        state too) and the entry takes the earlier of the two positions: each vouched for
+        its own facts only up to there.
+        """
+        key = stream_key(state.origin, name)
+        raw = await self._broker.get_checkpoint(key)
+        if raw is not None:
+            try:
+                theirs, their_position = StreamState.from_entry(raw)
+            except (ValueError, KeyError, TypeError):
+                pass  # unreadable: replaced by a readable one
+            else:
+                if mine.lacks(theirs):
+                    try:
+                        position = self._broker.earliest_position([position, their_position])
+                    except ValueError:
+                        position = ""  # a position of another kind of broker: the next recovery scans it all
+                mine.merge(theirs)
+                state.stream(name).merge(theirs)
+        await self._broker.put_checkpoint(key, mine.to_entry(position))
+        state.registered.add(name)

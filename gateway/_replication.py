@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -46,11 +46,13 @@ class _Batch:
 
 
 class _Checkpointer:
-    """Saves an origin's dedup state in the background, at most every ``_CHECKPOINT_EVERY`` s.
+    """Saves the streams of an origin the call changed, in the background, at most every ``_CHECKPOINT_EVERY`` s.
 
-    The checkpoint's log position is read first, then the state is snapshotted once every
-    write started before that read has been applied to it (``started``/``applied``, counted
-    by the call): what landed at or below the position is then in the snapshot.
+    The log position is read first, then the changed streams are snapshotted once every
+    write started before that read has been applied to the state (``started``/``applied``,
+    counted by the call): what landed at or below the position is then in the snapshot. Each
+    stream's entry is written with that position; a stream whose write failed is saved again
+    the next time.
 
     Stopped by a flag, not by cancelling: nats-py swallows a cancellation that lands inside
     one of its requests, and a cancelled saver could then wait forever.
@@ -59,7 +61,8 @@ class _Checkpointer:
     def __init__(self, dedup: OriginDedup, state: OriginState) -> None:
         self._dedup = dedup
         self._state = state
-        self._dirty = False
+        # Streams changed since their last save.
+        self._dirty: set[str] = set()
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self.started = 0
@@ -70,10 +73,10 @@ class _Checkpointer:
     def writing(self) -> None:
         self.started += 1
 
-    def written(self) -> None:
-        """The write counted by ``writing`` is applied to the state (or the call ends without it)."""
+    def written(self, streams: Iterable[str]) -> None:
+        """The write counted by ``writing`` is applied to the state; ``streams`` may have changed."""
         self.applied += 1
-        self._dirty = True
+        self._dirty.update(streams)
         self._applied.set()
         self._wake.set()
 
@@ -86,16 +89,27 @@ class _Checkpointer:
         return True
 
     async def _save(self) -> None:
-        self._dirty = False
-        origin = self._state.origin
+        state = self._state
         try:
             position = await self._dedup.position()
             if not await self._applied_up_to(self.started):
                 return
-            await self._dedup.save(origin, self._state.to_bytes(position))
+            # Taken at once: no write is applied between the snapshot and the dirty set's reset.
+            snapshot = state.snapshot(self._dirty)
+            self._dirty = set()
+            failed = await self._dedup.save(state, snapshot, position)
         except BrokerError as exc:
-            # Only the scan after the next recovery gets longer; retried on the next batch.
-            log.warning("replication checkpoint of %s not saved: %s", origin, exc)
+            log.warning("replication checkpoint of %s not saved: %s", state.origin, exc)
+            return
+        if failed:
+            # Only the scan after the next recovery gets longer; retried on the next save.
+            self._dirty.update(failed)
+            log.warning(
+                "replication checkpoint of %s not saved for %d stream(s): %s",
+                state.origin,
+                len(failed),
+                next(iter(failed.values())),
+            )
 
     async def _run(self) -> None:
         while True:
@@ -257,6 +271,14 @@ class ReplicationService(replication_pb2_grpc.ReplicationServicer):
                 tracing = gw.tracing
                 started = time.time_ns() if tracing.enabled else 0
                 batch = self._classify(origin, state, request)
+                if not state.registered.issuperset(batch.last):
+                    # A stream's first event this call stores: its entry is written before it.
+                    try:
+                        await self._dedup.register(state, batch.last)
+                    except BrokerError as exc:
+                        await context.abort(
+                            grpc.StatusCode.UNAVAILABLE, f"region {gw.region} cannot record a new stream: {exc}"
+                        )
                 # A "{topic} process" span per event, child of its traceparent, over dedup and write.
                 spans = tracing.start_process(origin, request.events, batch.results, started) if started else None
                 checkpointer.writing()
@@ -264,7 +286,7 @@ class ReplicationService(replication_pb2_grpc.ReplicationServicer):
                 failure = self._apply(state, batch)
                 # Not reached when the call is cancelled mid-write: what that write stored is not
                 # in the state, so no checkpoint is saved after it (the next recovery scans it).
-                checkpointer.written()
+                checkpointer.written(batch.last)
                 if spans is not None:
                     tracing.end_process(spans, batch.written, batch.write_index, batch.results)
                 if failure is not None:

@@ -916,6 +916,24 @@ class NatsBroker(Broker):
         except _NATS_FAILURES as exc:
             raise _broker_error(exc, f"write checkpoint {name!r}") from exc
 
+    async def checkpoints(self, prefix: str) -> dict[str, bytes]:
+        found: dict[str, bytes] = {}
+        try:
+            kv = await self._checkpoints()
+            # The last value of each key under the prefix, as KV entries of one watch; a prefix
+            # that ends a token is a subject filter, any other is filtered here.
+            pattern = f"{prefix}>" if prefix.endswith(".") and prefix.strip(".") else ">"
+            watcher = await kv.watch(pattern, ignore_deletes=True)
+            try:
+                while (entry := await watcher.updates(timeout=self._ack_timeout)) is not None:  # type: ignore[no-untyped-call]
+                    if entry.key.startswith(prefix) and entry.value is not None:
+                        found[entry.key] = entry.value
+            finally:
+                await watcher.stop()  # type: ignore[no-untyped-call]
+        except _NATS_FAILURES as exc:
+            raise _broker_error(exc, f"list checkpoints {prefix!r}") from exc
+        return found
+
     async def _consumer_info(self, name: str) -> ConsumerInfo:
         jsm = self._jsm
         if jsm is None:

@@ -448,6 +448,47 @@ class BrokerContract:
             assert await second.get_checkpoint("replication.there") == b"two"
             assert await second.get_checkpoint("replication.else") == b"other"
 
+    async def test_checkpoints_listed_by_prefix(self, new_broker: BrokerFactory) -> None:
+        first = new_broker()
+        async with first:
+            assert await first.checkpoints("replication.there.") == {}
+            await first.put_checkpoint("replication.there.=", b"one")
+            await first.put_checkpoint("replication.there.=", b"two")
+            await first.put_checkpoint("replication.there.mesh=2Eorders/0", b"a")
+            await first.put_checkpoint("replication.there", b"the origin's own value, not under the prefix")
+            await first.put_checkpoint("replication.therefore.=", b"another origin")
+            await first.put_checkpoint("link.there", b"something else")
+            expected = {"replication.there.=": b"two", "replication.there.mesh=2Eorders/0": b"a"}
+            assert await first.checkpoints("replication.there.") == expected
+            # A prefix that does not end a name's token is matched on the characters.
+            assert set(await first.checkpoints("replication.there")) == {
+                *expected,
+                "replication.there",
+                "replication.therefore.=",
+            }
+            assert await first.checkpoints("replication.yonder.") == {}
+        async with new_broker() as second:
+            assert await second.checkpoints("replication.there.") == expected
+
+    async def test_earliest_position_scans_from_the_oldest(self, broker: Broker) -> None:
+        assert broker.earliest_position([]) == ""
+        first = await broker.log_position()
+        sequences(await broker.append([make_event("orders/a", "e-1", origin="there", origin_sequence=1)]))
+        second = await broker.log_position()
+        sequences(await broker.append([make_event("orders/b", "e-2", origin="there", origin_sequence=2)]))
+        third = await broker.log_position()
+        sequences(await broker.append([make_event("orders/a", "e-3", origin="there", origin_sequence=3)]))
+        assert broker.earliest_position([second]) == second
+        # Whatever the order, a scan from the earliest finds what came after the oldest one.
+        for positions in ([third, second], [second, third], [third, second, third]):
+            found, _ = await broker.origin_sequences_after("there", broker.earliest_position(positions))
+            assert found == {"": {2, 3}}
+        found, _ = await broker.origin_sequences_after("there", broker.earliest_position([third, first]))
+        assert found == {"": {1, 2, 3}}
+        assert broker.earliest_position([third, ""]) == ""
+        with pytest.raises(ValueError, match="position"):
+            broker.earliest_position([second, "not a position of this broker"])
+
     async def test_origin_sequences_after_a_position(self, broker: Broker) -> None:
         empty = await broker.log_position()
         assert await broker.origin_sequences_after("there", empty) == ({}, empty)
