@@ -28,6 +28,12 @@ stream stored here at or below the position is ``<= acked`` or in ``above``. The
   its last save (each with the position read before the snapshot, and the snapshot taken
   once every write started before that read is applied to the state, so a write that landed
   at or below the position is in it);
+* are read before each write: when the entry there knows of a stored event the call does not
+  (another call handles the same stream: a rebalance's overlap, an old call saving late),
+  its facts are merged in (and into the call's state) and the earlier of the two positions
+  is kept, each having vouched for its own facts only; so a call saving late never hides a
+  newer call's progress. Without a compare-and-set this is a read then a write: an entry
+  written between the two by another call is overwritten by one that is older but true;
 * are *registered* before a call first stores an event of a stream it has no entry for: the
   entry is written, synchronously, with the end of the call's recovery scan as its position
   (what the call knows for sure), before the event is stored. So no event is stored without
@@ -50,16 +56,20 @@ stream at the end of its scan and then replaces the old value by a marker (``mov
 
 Limits:
 
-* Two calls writing the same stream at the same time (the short overlap of a rebalance, an
-  old call not yet noticed dead) each write only what they know. The broker's own id window
-  (JetStream ``Nats-Msg-Id``) absorbs the resulting live duplicates (the same event stored
-  by both). An entry one call writes at a position above another call's store of that
-  stream which it has not seen (the other call was cut mid-write, or has not saved yet)
-  claims more than it knows: the source resends that event to the stream's current owner
-  first, which learns it then (from the broker's id window) and saves it; only if that call
-  ends before, and the next resend comes after the id window has passed, can a recovery take
-  the event for new. Exact would need a compare-and-set entry write, which not every broker
-  offers (a compacted Kafka topic does not).
+* Two calls storing the same stream at the same time (the short overlap of a rebalance, an
+  old call not yet noticed dead) do not see each other's stores live: the broker's own id
+  window (JetStream ``Nats-Msg-Id``) absorbs those duplicates (the same event sent to both).
+* An entry vouches for everything stored at or below its position, but a call knows only its
+  own stores and what its recovery scanned. A store by another call of the same stream that
+  no entry records yet (that call was cut mid-write, or has not saved it yet) is hidden if
+  this call then saves the stream under a newer position (the merge cannot see it either).
+  The other call, if it goes on, saves it at once (merged in from then on); the source
+  resends it to the stream's current owner first, which learns it from the id window. Only
+  if neither happens and the next resend comes after the id window can a recovery take the
+  event for new (``test_limit_store_of_a_cut_call_hidden_by_another_calls_save``). Exact
+  would need calls to know of each other's stores: a scan of the log before each save, or
+  one call per stream at a time fenced by compare-and-set entries checked before each
+  store (which a compacted Kafka topic does not offer).
 * A stream that moves from one call to another (a consumer-group rebalance) is trusted by the
   new call as it was when that call recovered; the source should start a new call when its
   share of the work changes (its consumer's fetch failing once does that), so that the new
