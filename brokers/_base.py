@@ -16,11 +16,12 @@ from __future__ import annotations
 import abc
 import enum
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
 from typing import ClassVar, Self
 
+from meshgate.brokers._codec import decode_event, header_lines, parse_header_lines
 from meshgate.v1 import event_pb2
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "Delivery",
     "DurableConsumer",
     "EventRejectedError",
+    "RawBatch",
     "StartAt",
 ]
 
@@ -99,6 +101,31 @@ class Delivery:
     pending: int = 0
 
 
+@dataclass(slots=True, kw_only=True)
+class RawBatch:
+    """Events as their broker stored them, column by column: entry i of each list is event i.
+
+    ``headers`` holds an event's headers as raw header lines (``name: value\\r\\n``, values
+    escaped: ``_codec.header_lines``) without the position headers a destination sets, and
+    ``data`` its payload byte for byte. Replication forwards these as they are: no ``Event``
+    is built on either side, and the destination's broker writes the same bytes.
+    """
+
+    ids: list[str] = field(default_factory=list)
+    topics: list[str] = field(default_factory=list)
+    # Each event's position in this log.
+    sequences: list[int] = field(default_factory=list)
+    headers: list[bytes] = field(default_factory=list)
+    data: list[bytes] = field(default_factory=list)
+    # What the consumer needs to ack them (``DurableConsumer.ack_raw``).
+    tokens: list[object] = field(default_factory=list)
+    # Events stored after the last one on the consumer's filter.
+    pending: int = 0
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
 class DurableConsumer(abc.ABC):
     @abc.abstractmethod
     async def fetch(self, max_events: int, *, timeout: float) -> list[Delivery]:
@@ -107,6 +134,27 @@ class DurableConsumer(abc.ABC):
     @abc.abstractmethod
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
         """Marks the deliveries done; they are not delivered again to any replica."""
+
+    async def fetch_raw(self, max_events: int, *, timeout: float) -> RawBatch:
+        """``fetch`` without decoding: the events as the broker stored them.
+
+        The default encodes what ``fetch`` decoded; an adapter overrides it to skip both.
+        """
+        batch = RawBatch()
+        for d in await self.fetch(max_events, timeout=timeout):
+            ev = d.event
+            batch.ids.append(ev.id)
+            batch.topics.append(ev.topic)
+            batch.sequences.append(ev.sequence)
+            batch.headers.append(header_lines(ev))
+            batch.data.append(ev.data)
+            batch.tokens.append(d)
+            batch.pending = d.pending
+        return batch
+
+    async def ack_raw(self, batch: RawBatch) -> None:
+        """Marks the events of a ``fetch_raw`` batch done (as ``ack`` does)."""
+        await self.ack([t for t in batch.tokens if isinstance(t, Delivery)])
 
     @abc.abstractmethod
     async def pending(self) -> int:
@@ -157,8 +205,33 @@ class Broker(abc.ABC):
         """Writes a batch; one result per event, in order, each known only once the broker acked.
 
         Events must carry id, topic, origin and route. A duplicate id within the idempotency
-        window yields ``AppendResult(duplicate=True)`` with the original's sequence.
+        window yields ``AppendResult(duplicate=True)`` with the original's sequence. Concurrent
+        calls are written in the order they were made: a later call's events never land before
+        an earlier call's (the replication ingress pipelines batches on this).
         """
+
+    async def append_raw(
+        self,
+        *,
+        ids: Sequence[str],
+        topics: Sequence[str],
+        headers: Sequence[bytes],
+        data: Sequence[bytes],
+        origin_sequences: Sequence[int],
+    ) -> list[AppendResult | BrokerError]:
+        """``append`` of events given as raw header lines and payloads (see ``RawBatch``).
+
+        Each is written with ``origin_sequences[i]`` as its origin sequence. The lines must
+        have passed ``_codec.check_header_lines``. The default decodes them and calls
+        ``append``; an adapter overrides it to write the bytes as they are.
+        """
+        events = []
+        for eid, topic, lines, payload, seq in zip(ids, topics, headers, data, origin_sequences, strict=True):
+            ev = decode_event(parse_header_lines(lines), payload, topic=topic)
+            ev.id = eid
+            ev.origin_sequence = seq
+            events.append(ev)
+        return await self.append(events)
 
     @abc.abstractmethod
     def read(self, pattern: str, *, start: StartAt, max_batch: int) -> AsyncIterator[list[event_pb2.Event]]:

@@ -61,14 +61,18 @@ __all__ = [
     "HEADER_SPECVERSION",
     "HEADER_TIME",
     "HEADER_TYPE",
+    "POSITION_HEADERS",
     "RESERVED_EXTENSION_NAMES",
     "SubjectMapper",
+    "check_header_lines",
     "decode_event",
     "encode_headers",
     "escape_header_value",
     "escape_repeated_value",
     "escaped_repeated",
     "format_time",
+    "header_lines",
+    "parse_header_lines",
     "parse_time",
     "pattern_to_filter",
     "subject_to_topic",
@@ -343,3 +347,57 @@ def decode_event(
         elif name == HEADER_ORIGIN_STREAM:
             event.origin_stream = unesc(value)
     return event
+
+
+# -- raw header lines -------------------------------------------------------------------------
+#
+# Replication forwards an event's headers as the broker stored them: one ``name: value\r\n``
+# line per header of the table above (values already escaped), without the position headers
+# a destination sets itself. Neither side decodes or encodes the event on that path.
+
+# Headers a destination sets on a replicated event; never taken from the lines it is sent.
+POSITION_HEADERS = (HEADER_ORIGIN_SEQ, HEADER_ORIGIN_STREAM)
+
+
+def header_lines(event: event_pb2.Event) -> bytes:
+    """The event's headers as raw header lines, position headers left out."""
+    return "".join(
+        f"{name}: {value}\r\n" for name, value in encode_headers(event) if name not in POSITION_HEADERS
+    ).encode()
+
+
+def parse_header_lines(lines: bytes) -> dict[str, str]:
+    """Raw header lines -> {name: value} (values still escaped, as ``decode_event`` takes them)."""
+    out: dict[str, str] = {}
+    for line in lines.decode("utf-8", "replace").split("\r\n"):
+        name, sep, value = line.partition(":")
+        if sep:
+            out[name.strip()] = value.strip()
+    return out
+
+
+def check_header_lines(lines: bytes) -> str | None:
+    """Why ``lines`` may not be written as an event's headers, or None when they may.
+
+    A peer's bytes go into the broker's wire protocol as they are: each line must be
+    ``name: value`` ending in CRLF, with no line break of its own, and none may be a header
+    the broker acts on (``Nats-*``: a rollup or a TTL would change the stream) or a position
+    header the destination sets itself.
+    """
+    if not lines:
+        return None
+    if not lines.endswith(b"\r\n"):
+        return "header lines do not end with CRLF"
+    crlf = lines.count(b"\r\n")
+    if lines.count(b"\r") != crlf or lines.count(b"\n") != crlf:
+        return "header lines hold a line break outside CRLF"
+    if b"\r\n\r\n" in lines:
+        return "header lines hold an empty line"
+    lowered = b"\n" + lines.lower()
+    if b"\nnats-" in lowered:
+        return "header lines hold a broker control header (Nats-*)"
+    if b"\n" + HEADER_ORIGIN_SEQ.encode() + b":" in lowered:
+        return f"header lines hold {HEADER_ORIGIN_SEQ}, which only the destination sets"
+    if lines.count(b":") < crlf:
+        return "a header line is not 'name: value'"
+    return None

@@ -21,7 +21,7 @@ import enum
 import logging
 import math
 import secrets
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -52,24 +52,34 @@ from meshgate.brokers._base import (
     Delivery,
     DurableConsumer,
     EventRejectedError,
+    RawBatch,
     StartAt,
 )
 from meshgate.brokers._codec import (
     HEADER_ORIGIN,
-    HEADER_ROUTE,
     SubjectMapper,
     decode_event,
     encode_headers,
+    escape_header_value,
+    parse_header_lines,
     pattern_to_filter,
+    unescape_header_value,
 )
 from meshgate.brokers.nats._errors import AckTimeoutError, MessageTooLargeError, NotConnectedError
+from meshgate.brokers.nats._parser import install as install_parser
+from meshgate.brokers.nats._parser import subscribe_raw
 from meshgate.brokers.nats._pull import CLOSED, FULL, TIMEOUT, PullSubscription, reraise_swallowed_cancel
-from meshgate.brokers.nats._wire import PubAckParser, header_block, parse_ack_subject
+from meshgate.brokers.nats._wire import (
+    PubAckParser,
+    header_block,
+    parse_ack_subject,
+    parse_header_block,
+    split_header_block,
+)
 from meshgate.config import NatsSettings
 from meshgate.v1 import event_pb2
 
 if TYPE_CHECKING:
-    from nats.aio.msg import Msg
     from nats.js.manager import JetStreamManager
 
 __all__ = ["NatsBroker", "NatsBrokerStats", "NatsDurableConsumer"]
@@ -86,17 +96,20 @@ _PULL_GRACE_SECONDS = 0.5
 # Ephemeral reader consumers the server removes when their reader has gone (crash, cancel).
 _READER_INACTIVE_SECONDS = 60.0
 _DURABLE_MAX_ACK_PENDING = 50_000
+_MSG_ID_HEAD = b"NATS/1.0\r\nNats-Msg-Id: "
 
 
 class _Batch:
     """One ``append`` call's results, filled in by the ack callback."""
 
-    __slots__ = ("done", "events", "remaining", "results", "sealed", "tokens")
+    __slots__ = ("data", "done", "remaining", "results", "sealed", "tokens", "topics")
 
-    def __init__(self, events: Sequence[event_pb2.Event], done: asyncio.Future[None]) -> None:
-        self.events = events
-        self.results: list[AppendResult | BrokerError | None] = [None] * len(events)
-        self.tokens: list[str] = []
+    def __init__(self, topics: Sequence[str], data: Sequence[bytes], done: asyncio.Future[None]) -> None:
+        # Only read to describe a failed event.
+        self.topics = topics
+        self.data = data
+        self.results: list[AppendResult | BrokerError | None] = [None] * len(topics)
+        self.tokens: list[int] = []
         self.remaining = 0
         # No more events will be sent; until then a drained ``remaining`` does not end the batch.
         self.sealed = False
@@ -220,7 +233,7 @@ class NatsBroker(Broker):
         self._reply_prefix = ""
         self._reply_prefix_len = 0
         self._next_token = 0
-        self._pending: dict[str, tuple[_Batch, int]] = {}
+        self._pending: dict[int, tuple[_Batch, int]] = {}
         self._capacity = asyncio.Event()
         self._capacity.set()
         self._idle = asyncio.Event()
@@ -228,6 +241,7 @@ class NatsBroker(Broker):
         self._connected = asyncio.Event()
         self._stopping = False
         self._lock = asyncio.Lock()
+        self._send_lock = asyncio.Lock()
         self._pullers: set[PullSubscription] = set()
         self._consumers: set[NatsDurableConsumer] = set()
         self._reported_disconnect = False
@@ -265,6 +279,8 @@ class NatsBroker(Broker):
         self._reported_disconnect = False
         self._last_error = None
         nc = Client()
+        # Acks and pulled deliveries skip nats-py's per-message machinery (see _parser).
+        install_parser(nc)
         per_attempt = max(0.1, min(self._connect_timeout, 2.0))
         try:
             await asyncio.wait_for(
@@ -301,9 +317,10 @@ class NatsBroker(Broker):
         try:
             self._reply_prefix = f"{nc.new_inbox()}."
             self._reply_prefix_len = len(self._reply_prefix)
-            await nc.subscribe(
+            await subscribe_raw(
+                nc,
                 f"{self._reply_prefix}*",
-                cb=self._on_ack,
+                self._on_ack,
                 # Acks in flight are bounded; the limit only guards against a runaway server.
                 pending_msgs_limit=max(65_536, self._max_inflight * 4),
             )
@@ -479,12 +496,40 @@ class NatsBroker(Broker):
             nc = await self._ready()
         except BrokerUnavailableError as exc:
             return [exc] * len(events)
+        batch = _Batch([e.topic for e in events], [e.data for e in events], asyncio.get_running_loop().create_future())
+        return await self._append(batch, self._publish_batch(nc, batch, events))
+
+    async def append_raw(
+        self,
+        *,
+        ids: Sequence[str],
+        topics: Sequence[str],
+        headers: Sequence[bytes],
+        data: Sequence[bytes],
+        origin_sequences: Sequence[int],
+    ) -> list[AppendResult | BrokerError]:
+        n = len(ids)
+        if not (len(topics) == len(headers) == len(data) == len(origin_sequences) == n):
+            raise ValueError("append_raw needs one topic, header lines, payload and origin sequence per id")
+        if not n:
+            return []
+        try:
+            nc = await self._ready()
+        except BrokerUnavailableError as exc:
+            return [exc] * n
+        batch = _Batch(topics, data, asyncio.get_running_loop().create_future())
+        return await self._append(batch, self._publish_raw(nc, batch, ids, headers, origin_sequences))
+
+    async def _append(self, batch: _Batch, publish: Coroutine[None, None, None]) -> list[AppendResult | BrokerError]:
         loop = asyncio.get_running_loop()
-        batch = _Batch(events, loop.create_future())
         self._idle.clear()
         timer: asyncio.TimerHandle | None = None
         try:
-            await self._publish_batch(nc, batch)
+            # One batch goes out at a time, in call order: a batch waiting for room among the
+            # acks in flight is never overtaken by a later one (replication pipelines batches
+            # and relies on their order).
+            async with self._send_lock:
+                await publish
         finally:
             # Also on cancellation: sealed and timed, the batch's entries cannot outlive it.
             batch.sealed = True
@@ -501,8 +546,7 @@ class NatsBroker(Broker):
                     timer.cancel()
         return [r if r is not None else BrokerError("internal error: no result for the event") for r in batch.results]
 
-    async def _publish_batch(self, nc: Client, batch: _Batch) -> None:
-        events = batch.events
+    async def _publish_batch(self, nc: Client, batch: _Batch, events: Sequence[event_pb2.Event]) -> None:
         results = batch.results
         pending = self._pending
         subject_of = self._mapper.subject
@@ -538,7 +582,7 @@ class NatsBroker(Broker):
                 results[i] = MessageTooLargeError(size=size, data_size=len(data), max_payload=max_payload)
                 continue
             self._next_token += 1
-            token = str(self._next_token)
+            token = self._next_token
             pending[token] = (batch, i)
             batch.tokens.append(token)
             batch.remaining += 1
@@ -547,9 +591,101 @@ class NatsBroker(Broker):
                 chunk.append(data)
                 chunk.append(b"\r\n")
             else:
-                await self._publish_public(nc, subject, reply_prefix + token, event)
+                await self._publish_public(nc, subject, f"{reply_prefix}{token}", event)
         if chunk:
             await self._send(nc, chunk, len(chunk) // 3)
+        self.stats.published += len(batch.tokens)
+
+    async def _publish_raw(
+        self,
+        nc: Client,
+        batch: _Batch,
+        ids: Sequence[str],
+        headers: Sequence[bytes],
+        origin_sequences: Sequence[int],
+    ) -> None:
+        """``_publish_batch`` of raw header lines: the stored bytes of the source, plus the id
+        and origin sequence headers, go out without an ``Event``."""
+        topics = batch.topics
+        datas = batch.data
+        results = batch.results
+        pending = self._pending
+        subject_of = self._mapper.subject
+        reply_prefix = self._reply_prefix
+        max_payload = self._max_payload
+        max_inflight = self._max_inflight
+        esc = escape_header_value
+        if not self._fast_publish:
+            await self._publish_raw_public(nc, batch, ids, headers, origin_sequences)
+            return
+        chunk: list[bytes] = []
+        for i, eid in enumerate(ids):
+            if len(pending) >= max_inflight:
+                if chunk:
+                    await self._send(nc, chunk, len(chunk) // 3)
+                    chunk = []
+                failure = await self._wait_capacity(nc)
+                if failure is not None:
+                    for j in range(i, len(ids)):
+                        results[j] = failure
+                    break
+            if not eid:
+                results[i] = EventRejectedError(f"event {i} of the batch has no id")
+                continue
+            try:
+                subject = subject_of(topics[i])
+            except ValueError as exc:
+                results[i] = EventRejectedError(f"event {i} of the batch cannot be written: {exc}")
+                continue
+            seq_line = b"mg-origin-seq: %d\r\n\r\n" % origin_sequences[i]
+            head = b"".join((_MSG_ID_HEAD, esc(eid).encode(), b"\r\n", headers[i], seq_line))
+            data = datas[i]
+            head_len = len(head)
+            size = head_len + len(data)
+            if size > max_payload:
+                results[i] = MessageTooLargeError(size=size, data_size=len(data), max_payload=max_payload)
+                continue
+            self._next_token += 1
+            token = self._next_token
+            pending[token] = (batch, i)
+            batch.tokens.append(token)
+            batch.remaining += 1
+            chunk.append(f"HPUB {subject} {reply_prefix}{token} {head_len} {size}\r\n".encode())
+            chunk.append(head)
+            chunk.append(data)
+            chunk.append(b"\r\n")
+        if chunk:
+            await self._send(nc, chunk, len(chunk) // 4)
+        self.stats.published += len(batch.tokens)
+
+    async def _publish_raw_public(
+        self,
+        nc: Client,
+        batch: _Batch,
+        ids: Sequence[str],
+        headers: Sequence[bytes],
+        origin_sequences: Sequence[int],
+    ) -> None:
+        # Without nats-py's internals: decoded and published one by one (slow, but the same result).
+        for i, eid in enumerate(ids):
+            event = decode_event(parse_header_lines(headers[i]), batch.data[i], topic=batch.topics[i])
+            event.id = eid
+            event.origin_sequence = origin_sequences[i]
+            failure = await self._wait_capacity(nc) if len(self._pending) >= self._max_inflight else None
+            if failure is not None:
+                batch.results[i] = failure
+                continue
+            try:
+                subject = self._mapper.subject(event.topic)
+            except ValueError as exc:
+                batch.results[i] = EventRejectedError(f"event {i} of the batch cannot be written: {exc}")
+                continue
+            self._next_token += 1
+            token = self._next_token
+            self._pending[token] = (batch, i)
+            batch.tokens.append(token)
+            batch.remaining += 1
+            await self._publish_public(nc, subject, f"{self._reply_prefix}{token}", event)
         self.stats.published += len(batch.tokens)
 
     async def _send(self, nc: Client, chunk: list[bytes], messages: int) -> None:
@@ -588,24 +724,25 @@ class NatsBroker(Broker):
         if pending == 0:
             self._idle.set()
 
-    async def _on_ack(self, msg: Msg) -> None:
-        entry = self._pending.pop(msg.subject[self._reply_prefix_len :], None)
+    def _on_ack(self, subject: bytes, reply: bytes, hdr: bytes | None, data: bytes) -> None:
+        # A raw subscription (see _parser): runs in the connection's reader task, once per event.
+        try:
+            token = int(subject[self._reply_prefix_len :])
+        except ValueError:
+            token = 0
+        entry = self._pending.pop(token, None)
         if entry is None:
             self.stats.late_acks += 1
             return
         batch, index = entry
-        data = msg.data
         parse = self._parse_puback
         # Inline fast path of PubAckParser: this runs once per event.
         if data.startswith(parse.head) and data.endswith(b"}") and (digits := data[parse.head_len : -1]).isdigit():
             result: AppendResult | BrokerError = AppendResult(int(digits), False)
         else:
-            headers = msg.headers
-            event = batch.events[index]
+            status = hdr[9:12].decode(errors="replace") if hdr and hdr.startswith(b"NATS/1.0 ") else None
             try:
-                result = parse(
-                    data, headers.get("Status") if headers else None, subject=event.topic, size=len(event.data)
-                )
+                result = parse(data, status, subject=batch.topics[index], size=len(batch.data[index]))
             except ValueError as exc:
                 result = BrokerUnavailableError(f"unreadable PubAck {data[:200]!r}: {exc}")
         stats = self.stats
@@ -747,14 +884,16 @@ class NatsBroker(Broker):
                         caught_up = status in _NO_MESSAGES
                     if status == CLOSED:
                         return
-                    for msg in puller.take(max_batch):
-                        meta = parse_ack_subject(msg.reply)
+                    for subject, reply, hdr, data in puller.take(max_batch):
+                        meta = parse_ack_subject(reply.decode())
                         if meta.consumer_sequence != expected:
                             reset = True
                             break
                         expected += 1
                         last = meta.stream_sequence
-                        events.append(decode_event(msg.headers, msg.data, topic=topic_of(msg.subject), sequence=last))
+                        events.append(
+                            decode_event(parse_header_block(hdr), data, topic=topic_of(subject.decode()), sequence=last)
+                        )
                     if status in _CONSUMER_LOST or status == TIMEOUT:
                         # Gone (restart, inactivity) or silent (connection lost): start over
                         # right after the last event handed out.
@@ -946,17 +1085,15 @@ class NatsBroker(Broker):
         if jsm is not None:
             await jsm.add_consumer(self.settings.stream, config)
 
-    async def _ack_all(self, nc: Client, replies: Sequence[str], body: bytes) -> None:
+    async def _ack_all(self, nc: Client, replies: Sequence[bytes], body: bytes) -> None:
         if not replies:
             return
         if self._fast_publish:
-            line = len(body)
-            await self._send(
-                nc, [f"PUB {reply} {line}\r\n".encode() + body + b"\r\n" for reply in replies], len(replies)
-            )
+            tail = b" %d\r\n%b\r\n" % (len(body), body)
+            await self._send(nc, [b"PUB " + reply + tail for reply in replies], len(replies))
         else:
             for reply in replies:
-                await nc.publish(reply, body)
+                await nc.publish(reply.decode(), body)
 
 
 class NatsDurableConsumer(DurableConsumer):
@@ -981,13 +1118,40 @@ class NatsDurableConsumer(DurableConsumer):
         self._config = config
         self._puller = puller
         self.name = config.name or ""
+        # The exact header line of the wanted origin, matched in the raw header block.
+        self._origin_line = (
+            f"\r\n{HEADER_ORIGIN}: {escape_header_value(origin)}\r\n".encode() if origin is not None else None
+        )
+        # Route header value -> whether it names `routed_to` (routes repeat: a few per mesh).
+        self._routes: dict[bytes, bool] = {}
+        # Subject -> topic of the deliveries.
+        self._topics: dict[bytes, str] = {}
         # Ack subjects of deliveries handed out and not acked yet.
-        self._unacked: dict[str, None] = {}
+        self._unacked: dict[bytes, None] = {}
         # The ack floor seen by the last reset, for a reset that has to recreate the consumer.
         self._floor = 0
         self._closed = False
 
     async def fetch(self, max_events: int, *, timeout: float) -> list[Delivery]:
+        nc = await self._pull(max_events, timeout)
+        deliveries = []
+        skipped: list[bytes] = []
+        topic_of = self._broker._mapper.topic
+        for subject, reply, hdr, data in self._puller.take(max_events):
+            if not self._wanted(hdr):
+                skipped.append(reply)
+                continue
+            meta = parse_ack_subject(reply.decode())
+            event = decode_event(
+                parse_header_block(hdr), data, topic=topic_of(subject.decode()), sequence=meta.stream_sequence
+            )
+            self._unacked[reply] = None
+            deliveries.append(Delivery(event=event, token=reply, pending=meta.pending))
+        await self._ack_skipped(nc, skipped)
+        return deliveries
+
+    async def _pull(self, max_events: int, timeout: float) -> Client:
+        """Fills the puller's buffer with what the consumer has (lingering up to ``timeout``)."""
         if self._closed:
             raise BrokerError(f"durable consumer {self.name!r} is closed", retriable=False)
         if max_events < 1:
@@ -998,6 +1162,7 @@ class NatsDurableConsumer(DurableConsumer):
         nc = await broker._ready(max(timeout, 0.05))
         puller = self._puller
         try:
+            status: str | None = None
             if not puller.buffer:
                 await puller.request(max_events, no_wait=True)
                 status = await puller.wait(broker._ack_timeout)
@@ -1009,52 +1174,104 @@ class NatsDurableConsumer(DurableConsumer):
                     if status == FULL and max_events > 1:
                         await puller.request(max_events - 1, no_wait=True)
                         status = await puller.wait(broker._ack_timeout)
-                if status in _CONSUMER_LOST:
-                    await broker._recreate(self._config)
-                    if not puller.buffer:
-                        raise BrokerUnavailableError(
-                            f"durable consumer {self.name!r} was unavailable ({status} {puller.last_description}); "
-                            "it has been recreated, fetch again"
-                        )
-                elif status == TIMEOUT and not nc.is_connected:
-                    raise NotConnectedError(f"connection to NATS lost while consumer {self.name!r} fetched")
+            if status in _CONSUMER_LOST:
+                await broker._recreate(self._config)
+                if not puller.buffer:
+                    raise BrokerUnavailableError(
+                        f"durable consumer {self.name!r} was unavailable ({status} {puller.last_description}); "
+                        "it has been recreated, fetch again"
+                    )
+            elif status == TIMEOUT and not nc.is_connected:
+                raise NotConnectedError(f"connection to NATS lost while consumer {self.name!r} fetched")
         except _NATS_FAILURES as exc:
             raise _broker_error(exc, f"fetch from durable consumer {self.name!r}") from exc
-        topic_of = broker._mapper.topic
-        origin, routed_to = self._origin, self._routed_to
-        deliveries = []
-        skipped = []
-        for msg in puller.take(max_events):
-            if origin is not None or routed_to is not None:
-                # Decided on the raw headers: decoding is most of the cost of a delivery.
-                headers = msg.headers or {}
-                if (origin is not None and headers.get(HEADER_ORIGIN) != origin) or (
-                    routed_to is not None and routed_to not in headers.get(HEADER_ROUTE, "").split(",")
-                ):
-                    skipped.append(msg.reply)
-                    continue
-            meta = parse_ack_subject(msg.reply)
-            event = decode_event(msg.headers, msg.data, topic=topic_of(msg.subject), sequence=meta.stream_sequence)
-            self._unacked[msg.reply] = None
-            deliveries.append(Delivery(event=event, token=msg.reply, pending=meta.pending))
+        return nc
+
+    def _wanted(self, hdr: bytes | None) -> bool:
+        """Whether a delivery passes the origin and destination filter, read on its raw headers."""
+        origin_line = self._origin_line
+        if origin_line is not None and (hdr is None or origin_line not in hdr):
+            return False
+        routed_to = self._routed_to
+        if routed_to is None:
+            return True
+        if hdr is None:
+            return False
+        start = hdr.find(b"\r\nmg-route: ")
+        if start < 0:
+            return False
+        start += 12
+        route = hdr[start : hdr.find(b"\r\n", start)]
+        wanted = self._routes.get(route)
+        if wanted is None:
+            if len(self._routes) > 4096:
+                self._routes.clear()
+            wanted = self._routes[route] = routed_to in unescape_header_value(route.decode()).split(",")
+        return wanted
+
+    async def _ack_skipped(self, nc: Client, skipped: list[bytes]) -> None:
         if skipped:
             try:
-                await broker._ack_all(nc, skipped, b"+ACK")
+                await self._broker._ack_all(nc, skipped, b"+ACK")
             except _NATS_FAILURES as exc:
                 raise _broker_error(exc, f"ack of {len(skipped)} skipped deliveries of {self.name!r}") from exc
-        return deliveries
+
+    async def fetch_raw(self, max_events: int, *, timeout: float) -> RawBatch:
+        nc = await self._pull(max_events, timeout)
+        batch = RawBatch()
+        ids, topics, sequences, headers, datas, tokens = (
+            batch.ids,
+            batch.topics,
+            batch.sequences,
+            batch.headers,
+            batch.data,
+            batch.tokens,
+        )
+        skipped: list[bytes] = []
+        topic_cache = self._topics
+        unacked = self._unacked
+        pending = 0
+        for subject, reply, hdr, data in self._puller.take(max_events):
+            if not self._wanted(hdr):
+                skipped.append(reply)
+                continue
+            # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>[.<token>] (domains: 2 more)
+            tokens_ = reply.split(b".")
+            base = 4 if len(tokens_) == 9 else 6
+            sequences.append(int(tokens_[base + 1]))
+            pending = int(tokens_[base + 4])
+            topic = topic_cache.get(subject)
+            if topic is None:
+                if len(topic_cache) > 4096:
+                    topic_cache.clear()
+                topic = topic_cache[subject] = self._broker._mapper.topic(subject.decode())
+            eid, lines = split_header_block(hdr)
+            ids.append(eid)
+            topics.append(topic)
+            headers.append(lines)
+            datas.append(data)
+            tokens.append(reply)
+            unacked[reply] = None
+        batch.pending = pending
+        await self._ack_skipped(nc, skipped)
+        return batch
+
+    async def ack_raw(self, batch: RawBatch) -> None:
+        await self._ack_replies([t for t in batch.tokens if isinstance(t, bytes)])
 
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
-        if not deliveries:
+        await self._ack_replies([d.token for d in deliveries if isinstance(d.token, bytes)])
+
+    async def _ack_replies(self, replies: list[bytes]) -> None:
+        if not replies:
             return
         nc = await self._broker._ready()
-        replies = [str(d.token) for d in deliveries]
         try:
             await self._broker._ack_all(nc, replies[:-1], b"+ACK")
             # The last ack asks for a reply. The consumer handles acks in order, so the reply
             # means every ack of the batch is applied: none is delivered again, and pending()
             # already counts them out.
-            await nc.request(replies[-1], b"+ACK", timeout=self._broker._ack_timeout)
+            await nc.request(replies[-1].decode(), b"+ACK", timeout=self._broker._ack_timeout)
         except _NATS_FAILURES as exc:
             raise _broker_error(exc, f"ack of {len(replies)} deliveries of {self.name!r}") from exc
         for reply in replies:
@@ -1130,7 +1347,7 @@ class NatsDurableConsumer(DurableConsumer):
         broker._consumers.discard(self)
         nc = broker._nc
         # Buffered deliveries were delivered to us too: hand them back with the unacked ones.
-        unacked = list(self._unacked) + [m.reply for m in self._puller.buffer]
+        unacked = list(self._unacked) + [m[1] for m in self._puller.buffer]
         self._unacked.clear()
         self._puller.buffer.clear()
         if unacked and nc is not None and nc.is_connected:

@@ -25,21 +25,27 @@ from typing import TYPE_CHECKING
 
 import nats.errors
 
+from meshgate.brokers.nats._parser import subscribe_raw, unsubscribe_raw
+
 if TYPE_CHECKING:
     from nats.aio.client import Client
-    from nats.aio.msg import Msg
     from nats.aio.subscription import Subscription
 
-__all__ = ["FULL", "PullSubscription", "reraise_swallowed_cancel"]
+__all__ = ["FULL", "PullSubscription", "RawMsg", "reraise_swallowed_cancel"]
 
 # Outcomes of a request besides the server's status codes ("404", "408", "409", "503").
 FULL = "full"
 TIMEOUT = "timeout"
 CLOSED = "closed"
 
-_STATUS = "Status"
-_DESCRIPTION = "Description"
+_STATUS_LINE = b"NATS/1.0 "
+_STATUS_LINE_LEN = len(_STATUS_LINE)
 _HEARTBEAT = "100"
+# Deliveries are bounded by the requests made; the limit only guards against a runaway server.
+_PENDING_LIMIT = 1_000_000
+
+# A delivery as it came off the wire: (subject, ack reply subject, header block, payload).
+RawMsg = tuple[bytes, bytes, bytes | None, bytes]
 
 
 def reraise_swallowed_cancel() -> None:
@@ -75,19 +81,20 @@ class PullSubscription:
         self._inbox = nc.new_inbox()
         self._sub: Subscription | None = None
         self._token = 0
-        self._reply = ""
+        self._reply = b""
         self._expect = 0
         self._done: asyncio.Future[str] | None = None
         # Deliveries not yet handed out; bounded by the size of the requests made.
-        self.buffer: deque[Msg] = deque()
+        self.buffer: deque[RawMsg] = deque()
         self.last_description = ""
 
     async def open(self) -> None:
-        self._sub = await self._nc.subscribe(f"{self._inbox}.*", cb=self._on_msg)
+        self._sub = await subscribe_raw(self._nc, f"{self._inbox}.*", self._on_msg, pending_msgs_limit=_PENDING_LIMIT)
 
     async def request(self, batch: int, *, expires: float | None = None, no_wait: bool = False) -> None:
         self._token += 1
-        self._reply = f"{self._inbox}.{self._token}"
+        reply = f"{self._inbox}.{self._token}"
+        self._reply = reply.encode()
         self._expect = batch
         self._done = asyncio.get_running_loop().create_future()
         req: dict[str, object] = {"batch": batch}
@@ -95,7 +102,7 @@ class PullSubscription:
             req["expires"] = int(expires * 1e9)
         if no_wait:
             req["no_wait"] = True
-        await self._nc.publish(self._next_subject, json.dumps(req).encode(), reply=self._reply)
+        await self._nc.publish(self._next_subject, json.dumps(req).encode(), reply=reply)
         reraise_swallowed_cancel()
 
     async def wait(self, timeout: float) -> str:
@@ -110,23 +117,24 @@ class PullSubscription:
                 return TIMEOUT
         return done.result()
 
-    async def _on_msg(self, msg: Msg) -> None:
-        headers = msg.headers
-        if not msg.reply and headers is not None and _STATUS in headers:
-            status = headers[_STATUS]
+    def _on_msg(self, subject: bytes, reply: bytes, hdr: bytes | None, data: bytes) -> None:
+        # A raw subscription (see _parser): called in the connection's reader task, no Msg.
+        if not reply and hdr is not None and hdr.startswith(_STATUS_LINE):
+            line = hdr[_STATUS_LINE_LEN:].partition(b"\r\n")[0].decode(errors="replace")
+            status, _, description = line.partition(" ")
             done = self._done
-            if status != _HEARTBEAT and msg.subject == self._reply and done is not None and not done.done():
-                self.last_description = headers.get(_DESCRIPTION, "")
+            if status != _HEARTBEAT and subject == self._reply and done is not None and not done.done():
+                self.last_description = description.strip()
                 done.set_result(status)
             return
-        self.buffer.append(msg)
+        self.buffer.append((subject, reply, hdr, data))
         if self._expect > 0:
             self._expect -= 1
             done = self._done
             if self._expect == 0 and done is not None and not done.done():
                 done.set_result(FULL)
 
-    def take(self, max_items: int) -> list[Msg]:
+    def take(self, max_items: int) -> list[RawMsg]:
         buffer = self.buffer
         n = min(max_items, len(buffer))
         return [buffer.popleft() for _ in range(n)]
@@ -137,6 +145,7 @@ class PullSubscription:
             done.set_result(CLOSED)
         sub, self._sub = self._sub, None
         if sub is not None:
+            unsubscribe_raw(self._nc, sub)
             # The connection may already be closed or reconnecting; the interest dies with it.
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()

@@ -17,11 +17,20 @@ from meshgate.brokers._codec import (
     escape_header_value,
     escaped_repeated,
     format_time,
+    unescape_header_value,
 )
 from meshgate.brokers.nats._errors import JetStreamUnavailableError, jetstream_error
 from meshgate.v1 import event_pb2
 
-__all__ = ["AckMetadata", "PubAckParser", "header_block", "parse_ack_subject", "parse_puback"]
+__all__ = [
+    "AckMetadata",
+    "PubAckParser",
+    "header_block",
+    "parse_ack_subject",
+    "parse_header_block",
+    "parse_puback",
+    "split_header_block",
+]
 
 _HEAD = "NATS/1.0\r\nNats-Msg-Id: "
 
@@ -141,3 +150,46 @@ def parse_ack_subject(reply: str) -> AckMetadata:
         delivered=int(tokens[base]),
         pending=int(tokens[base + 4]),
     )
+
+
+_HEADER_LINE = b"NATS/1.0"
+_MSG_ID_HEAD = b"NATS/1.0\r\nNats-Msg-Id: "
+_MSG_ID_HEAD_LEN = len(_MSG_ID_HEAD)
+
+
+def parse_header_block(block: bytes | None) -> dict[str, str] | None:
+    """A stored message's header block -> {name: value}, as ``decode_event`` takes them."""
+    if not block:
+        return None
+    out: dict[str, str] = {}
+    lines = block.decode("utf-8", "replace").split("\r\n")
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if sep:
+            out[name.strip()] = value.strip()
+    return out
+
+
+def split_header_block(block: bytes | None) -> tuple[str, bytes]:
+    """A stored event's header block -> (its id, its raw header lines without ``Nats-*``).
+
+    Meshgate writes ``Nats-Msg-Id`` first, right after the version line, so the common case
+    is two slices; a block written otherwise (a native producer) is parsed line by line and
+    the id taken from ``ce-id``.
+    """
+    if not block:
+        return "", b""
+    if block.startswith(_MSG_ID_HEAD):
+        eol = block.find(b"\r\n", _MSG_ID_HEAD_LEN)
+        rest = block[eol + 2 : -2]
+        if eol > 0 and b"\nNats-" not in rest and not rest.startswith(b"Nats-"):
+            return unescape_header_value(block[_MSG_ID_HEAD_LEN:eol].decode()), rest
+    eid = ""
+    kept = []
+    for line in block.split(b"\r\n")[1:]:
+        if not line or line[:5].lower() == b"nats-":
+            continue
+        if line.lower().startswith(b"ce-id:"):
+            eid = unescape_header_value(line[6:].strip().decode(errors="replace"))
+        kept.append(line + b"\r\n")
+    return eid, b"".join(kept)

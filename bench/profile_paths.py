@@ -1,0 +1,147 @@
+"""Where the gateways spend their CPU: py-spy on the ingest, live replication and catch-up paths.
+
+Starts regions ``a`` and ``b`` (``kind: embedded``, each its own ``meshgate serve`` process,
+the same setup as ``replication_bench.py``) and samples them with py-spy (``pip install
+py-spy``) while:
+
+* ingest + live replication: one ``PublishStream`` into a for ``--seconds`` (a takes the
+  events and forwards them, b stores them);
+* catch-up: b stopped, ``--backlog`` events published into a, b started again; both sampled
+  while b drains the backlog.
+
+Prints, per process and phase, the functions with the most samples on CPU: "self" (the
+frame itself) and "incl." (anywhere on the stack, Meshgate's and its libraries' frames).
+Text, so a before/after can go into docs/PERFORMANCE.md.
+
+    python bench/profile_paths.py [--seconds 8] [--backlog 100000] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+import nats
+from replication_bench import STREAM, Region, free_port, mesh_file, publish_stream
+
+from meshgate.v1 import gateway_pb2_grpc
+
+
+async def record(pid: int, seconds: float, out: Path) -> Path:
+    """py-spy's collapsed stacks of ``pid`` for ``seconds`` (idle frames left out)."""
+    proc = await asyncio.create_subprocess_exec(
+        "py-spy", "record", "--pid", str(pid), "--duration", str(max(1, round(seconds))),
+        "--rate", "250", "--format", "raw", "--nonblocking", "-o", str(out),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await proc.communicate()
+    if proc.returncode != 0 or not out.exists():
+        raise RuntimeError(f"py-spy failed on pid {pid}: {err.decode(errors='replace')[-500:]}")
+    return out
+
+
+def _frame_name(frame: str) -> str:
+    # py-spy raw frames: "function (path/to/file.py:123)" -> "function (file.py)"
+    name, _, where = frame.partition(" (")
+    path = where.rsplit(":", 1)[0]
+    parts = Path(path).parts
+    short = "/".join(parts[-2:]) if parts else path
+    return f"{name} ({short})"
+
+
+def summarize(collapsed: Path, title: str, top: int = 18) -> str:
+    self_counts: collections.Counter[str] = collections.Counter()
+    incl: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in collapsed.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        frames = [_frame_name(f) for f in stack.split(";") if f]
+        # The event loop waiting in select/epoll is idle, not work.
+        if frames and frames[-1].startswith(("select (", "poll (", "_run_once (", "run_forever (")):
+            continue
+        total += n
+        if frames:
+            self_counts[frames[-1]] += n
+        for f in set(frames):
+            incl[f] += n
+    lines = [f"### {title}: {total} samples on CPU (250 Hz)", "", "self % | function", "---|---"]
+    lines += [f"{100 * c / total:5.1f} | {f}" for f, c in self_counts.most_common(top)] if total else []
+    lines += ["", "incl. % | function (Meshgate's frames and the libraries they call)", "---|---"]
+    interesting = ("brokers/", "gateway/", "replicator/", "nats/", "grpc", "protobuf", "_codec", "_wire", "_pull")
+    ranked = [(f, c) for f, c in incl.most_common() if any(k in f for k in interesting)]
+    lines += [f"{100 * c / total:5.1f} | {f}" for f, c in ranked[:top]] if total else []
+    return "\n".join(lines) + "\n"
+
+
+async def main(args: argparse.Namespace) -> None:
+    if shutil.which("py-spy") is None:
+        sys.exit("py-spy not found: pip install py-spy")
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report: list[str] = [f"load average at start: {os.getloadavg()[0]:.2f}, cpus {os.cpu_count()}\n"]
+    with tempfile.TemporaryDirectory(prefix="meshgate-prof-") as d:
+        tmp = Path(d)
+        config = tmp / "mesh.yaml"
+        a = Region("a", free_port(), tmp / "data-a", config)
+        b = Region("b", free_port(), tmp / "data-b", config)
+        mesh_file(config, a, b)
+        try:
+            address, _ = await asyncio.gather(a.start(), b.start())
+            async with grpc.aio.insecure_channel(address) as ch:
+                stub = gateway_pb2_grpc.GatewayStub(ch)
+                assert a.proc is not None and b.proc is not None
+                # Warm up (imports, caches, consumers), then sample the steady state.
+                await publish_stream(stub, "bench/warm", seconds=1.0)
+                pub = asyncio.create_task(publish_stream(stub, "bench/live", seconds=args.seconds + 1))
+                await asyncio.sleep(0.5)
+                ra, rb = await asyncio.gather(
+                    record(a.proc.pid, args.seconds, out_dir / "live-a.txt"),
+                    record(b.proc.pid, args.seconds, out_dir / "live-b.txt"),
+                )
+                p = await pub
+                report.append(f"live: PublishStream {p.rate:,.0f} events/s into a\n")
+                report.append(summarize(ra, "gateway a, ingest + link (live)"))
+                report.append(summarize(rb, "gateway b, replication ingress (live)"))
+                await asyncio.sleep(3)  # let b catch up before the outage
+                await b.stop()
+                p = await publish_stream(stub, "bench/catchup", seconds=600, limit=args.backlog)
+                report.append(f"catch-up backlog: {p.accepted:,} events\n")
+                await b.start()
+                nb = await nats.connect(b.nats_url)
+                t0 = time.perf_counter()
+                ra, rb = await asyncio.gather(
+                    record(a.proc.pid, args.seconds, out_dir / "catchup-a.txt"),
+                    record(b.proc.pid, args.seconds, out_dir / "catchup-b.txt"),
+                )
+                info = await nb.jetstream().stream_info(STREAM, subjects_filter="mesh.bench.catchup")
+                done = (info.state.subjects or {}).get("mesh.bench.catchup", 0)
+                await nb.close()
+                elapsed = time.perf_counter() - t0
+                report.append(f"catch-up: {done:,} events in b after {elapsed:.1f} s of sampling\n")
+                report.append(summarize(ra, "gateway a, link (catch-up)"))
+                report.append(summarize(rb, "gateway b, replication ingress (catch-up)"))
+        finally:
+            await asyncio.gather(a.stop(), b.stop(), return_exceptions=True)
+            await asyncio.gather(a.close(), b.close(), return_exceptions=True)
+    text = "\n".join(report)
+    (out_dir / "summary.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=8.0, help="sampling time per phase (default 8)")
+    parser.add_argument("--backlog", type=int, default=100_000, help="catch-up backlog (default 100000)")
+    parser.add_argument("--out", default="profile-out", help="folder for the raw stacks and summary.md")
+    asyncio.run(main(parser.parse_args()))

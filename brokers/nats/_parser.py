@@ -1,0 +1,182 @@
+"""A faster reader of the NATS protocol for the adapter's connection, with raw subscriptions.
+
+nats-py handles every incoming message the same way: two regular expressions over its
+buffer, a parsed header dict, a ``Msg`` object, a queue hop and an awaited callback in the
+subscription's own task. For the adapter's busiest subscriptions (the PubAck inbox, several
+per event published; the pull inboxes of readers and durable consumers) that is most of the
+cost of a message. This parser replaces nats-py's on the adapter's ``Client``: it walks its
+buffer by offsets and hands a message of a *raw* subscription straight to a plain callback
+as ``(subject, reply, header block, payload)`` bytes, in the reader task, without a ``Msg``
+or a header dict. Every other message and protocol operation goes to nats-py's own handlers
+exactly as its parser would.
+
+It relies on nats-py internals (the client's ``_ps`` parser and its ``_process_*``
+methods); ``install`` returns None when they are missing, and ``RawSubscriber`` then falls
+back to an ordinary subscription that renders the header block back from nats-py's dict.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import nats.errors
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client
+    from nats.aio.msg import Msg
+    from nats.aio.subscription import Subscription
+
+__all__ = ["FastParser", "RawHandler", "install", "subscribe_raw"]
+
+log = logging.getLogger(__name__)
+
+# (subject, reply, header block or None, payload); called in the connection's reader task.
+RawHandler = Callable[[bytes, bytes, bytes | None, bytes], None]
+
+_MAX_CONTROL_LINE = 4096
+# First bytes of HMSG and MSG.
+_MSG_START = frozenset(b"HM")
+
+
+class FastParser:
+    """Drop-in for ``nats.protocol.parser.Parser`` (``reset`` and ``parse``)."""
+
+    __slots__ = ("buf", "nc", "raw")
+
+    def __init__(self, nc: Client) -> None:
+        self.nc = nc
+        # sid -> handler of the raw subscriptions.
+        self.raw: dict[int, RawHandler] = {}
+        self.buf = b""
+
+    def reset(self) -> None:
+        self.buf = b""
+
+    async def parse(self, data: bytes = b"") -> None:
+        buf = self.buf + data if self.buf else bytes(data)
+        pos = 0
+        end = len(buf)
+        raw = self.raw
+        nc: Any = self.nc
+        received = 0
+        try:
+            while pos < end:
+                eol = buf.find(b"\r\n", pos)
+                if eol < 0:
+                    if end - pos > _MAX_CONTROL_LINE:
+                        raise nats.errors.ProtocolError
+                    break
+                c = buf[pos]
+                if c in _MSG_START:
+                    args = buf[pos:eol].split()
+                    n = len(args)
+                    if args[0] == b"HMSG":
+                        if n == 6:
+                            reply = args[3]
+                        elif n == 5:
+                            reply = b""
+                        else:
+                            raise nats.errors.ProtocolError
+                        hlen = int(args[-2])
+                    elif args[0] == b"MSG":
+                        if n == 5:
+                            reply = args[3]
+                        elif n == 4:
+                            reply = b""
+                        else:
+                            raise nats.errors.ProtocolError
+                        hlen = 0
+                    else:
+                        raise nats.errors.ProtocolError
+                    size = int(args[-1])
+                    start = eol + 2
+                    stop = start + size
+                    if stop + 2 > end:
+                        break  # the payload is not all here yet
+                    hdr = buf[start : start + hlen] if hlen else None
+                    payload = buf[start + hlen : stop]
+                    pos = stop + 2
+                    sid = int(args[2])
+                    handler = raw.get(sid)
+                    if handler is not None:
+                        received += 1
+                        try:
+                            handler(args[1], reply, hdr, payload)
+                        except Exception:
+                            # One bad message must not stop the connection's reader.
+                            log.exception("NATS raw subscription %d failed on a message of %r", sid, args[1])
+                    else:
+                        await nc._process_msg(sid, args[1], reply, payload, hdr)
+                    continue
+                line = buf[pos:eol]
+                pos = eol + 2
+                if line == b"PING":
+                    await nc._process_ping()
+                elif line == b"PONG":
+                    await nc._process_pong()
+                elif line == b"+OK":
+                    pass
+                elif line.startswith(b"-ERR"):
+                    await nc._process_err(line[4:].strip().decode(errors="replace").lower())
+                elif line.startswith(b"INFO "):
+                    await nc._process_info(json.loads(line[5:]))
+                else:
+                    raise nats.errors.ProtocolError
+        finally:
+            self.buf = buf[pos:] if pos < end else b""
+            if received:  # nats-py counts the others itself
+                nc.stats["in_msgs"] += received
+
+
+def install(nc: Client) -> FastParser | None:
+    """Puts a FastParser in place of nats-py's on ``nc`` (before connecting); None if it cannot."""
+    if not all(callable(getattr(nc, name, None)) for name in ("_process_msg", "_process_ping", "_process_pong")):
+        return None
+    if not callable(getattr(getattr(nc, "_ps", None), "parse", None)):
+        return None
+    parser = FastParser(nc)
+    client: Any = nc
+    client._ps = parser
+    return parser
+
+
+def _render_headers(msg: Msg) -> bytes | None:
+    """The header block of a message nats-py already parsed (the fallback path only)."""
+    headers = msg.headers
+    if not headers:
+        return None
+    status = headers.get("Status")
+    if status is not None:
+        desc = headers.get("Description", "")
+        return f"NATS/1.0 {status} {desc}".rstrip().encode() + b"\r\n\r\n"
+    lines = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    return f"NATS/1.0\r\n{lines}\r\n".encode()
+
+
+async def subscribe_raw(nc: Client, subject: str, handler: RawHandler, *, pending_msgs_limit: int) -> Subscription:
+    """Subscribes ``handler`` to ``subject`` as a raw subscription (or its fallback)."""
+    ps = getattr(nc, "_ps", None)
+    parser = ps if isinstance(ps, FastParser) else None
+
+    async def fallback(msg: Msg) -> None:
+        handler(msg.subject.encode(), msg.reply.encode(), _render_headers(msg), msg.data)
+
+    async def unused(msg: Msg) -> None:  # pragma: no cover - raw messages never reach it
+        return None
+
+    cb = unused if parser is not None else fallback
+    sub = await nc.subscribe(subject, cb=cb, pending_msgs_limit=pending_msgs_limit)
+    if parser is not None:
+        parser.raw[sub._id] = handler
+    return sub
+
+
+def unsubscribe_raw(nc: Client, sub: Subscription) -> None:
+    parser = getattr(nc, "_ps", None)
+    if isinstance(parser, FastParser):
+        with contextlib.suppress(AttributeError):
+            parser.raw.pop(sub._id, None)
