@@ -29,9 +29,9 @@ from types import SimpleNamespace
 from typing import Any
 
 import nats
-import nats_append_bench
 from nats.js.api import ExternalStream, StorageType, StreamConfig, StreamSource
 
+from meshgate.bench import nats_append_bench
 from meshgate.brokers.embedded._server import find_nats_server
 
 SRC = "SRC"

@@ -28,8 +28,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import grpc
-from nats_append_bench import bench_raw  # the raw baseline, shared with the adapter bench
 
+from meshgate.bench.nats_append_bench import bench_raw  # the raw baseline, shared with the adapter bench
 from meshgate.brokers import EmbeddedNats
 from meshgate.testing import ServeProcess
 from meshgate.v1 import event_pb2, gateway_pb2, gateway_pb2_grpc

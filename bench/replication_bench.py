@@ -54,10 +54,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import _nats_anchor as anchor
 import grpc
 import nats
-from _nats_anchor import (
+
+from meshgate.bench import _nats_anchor as anchor
+from meshgate.bench._nats_anchor import (
     CatchupResult,
     LiveResult,
     Origin,
@@ -67,8 +68,7 @@ from _nats_anchor import (
     subject_count,
     watch_fill,
 )
-from nats_append_bench import DATA
-
+from meshgate.bench.nats_append_bench import DATA
 from meshgate.brokers._codec import parse_time
 from meshgate.testing import ServeProcess
 from meshgate.v1 import event_pb2, gateway_pb2, gateway_pb2_grpc

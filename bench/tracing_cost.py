@@ -35,9 +35,9 @@ from typing import Any
 from urllib.parse import urlparse
 
 import grpc
-from ingest_bench import stream, unary  # the ingest bench's own loads
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
+from meshgate.bench.ingest_bench import stream, unary  # the ingest bench's own loads
 from meshgate.brokers import EmbeddedNats
 from meshgate.testing import ServeProcess
 from meshgate.v1 import gateway_pb2_grpc

@@ -113,8 +113,10 @@ class RawBatch:
 
     ids: list[str] = field(default_factory=list)
     topics: list[str] = field(default_factory=list)
-    # Each event's position in this log.
+    # Each event's position in this log: ``sequences[i]`` within ``streams[i]`` (``streams``
+    # stays empty for a log of one stream).
     sequences: list[int] = field(default_factory=list)
+    streams: list[str] = field(default_factory=list)
     headers: list[bytes] = field(default_factory=list)
     data: list[bytes] = field(default_factory=list)
     # What the consumer needs to ack them (``DurableConsumer.ack_raw``).
@@ -124,6 +126,37 @@ class RawBatch:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def part(self, start: int, stop: int) -> RawBatch:
+        """Events ``start`` to ``stop`` (exclusive) as a batch of their own."""
+        return RawBatch(
+            ids=self.ids[start:stop],
+            topics=self.topics[start:stop],
+            sequences=self.sequences[start:stop],
+            streams=self.streams[start:stop],
+            headers=self.headers[start:stop],
+            data=self.data[start:stop],
+            tokens=self.tokens[start:stop],
+            pending=self.pending,
+        )
+
+    def split(self, max_bytes: int, *, overhead: int = 1024, per_event: int = 16) -> list[RawBatch]:
+        """Consecutive parts whose encoded size stays within ``max_bytes`` (one event at least)."""
+        sizes = [
+            len(h) + len(d) + len(i) + len(t) + per_event
+            for h, d, i, t in zip(self.headers, self.data, self.ids, self.topics, strict=True)
+        ]
+        if sum(sizes) + overhead <= max_bytes:
+            return [self]
+        parts = []
+        start, size = 0, overhead
+        for i, n in enumerate(sizes):
+            if i > start and size + n > max_bytes:
+                parts.append(self.part(start, i))
+                start, size = i, overhead
+            size += n
+        parts.append(self.part(start, len(sizes)))
+        return parts
 
 
 class DurableConsumer(abc.ABC):
@@ -146,10 +179,13 @@ class DurableConsumer(abc.ABC):
             batch.ids.append(ev.id)
             batch.topics.append(ev.topic)
             batch.sequences.append(ev.sequence)
+            batch.streams.append(ev.stream)
             batch.headers.append(header_lines(ev))
             batch.data.append(ev.data)
             batch.tokens.append(d)
             batch.pending = d.pending
+        if not any(batch.streams):
+            batch.streams.clear()
         return batch
 
     async def ack_raw(self, batch: RawBatch) -> None:
@@ -218,18 +254,23 @@ class Broker(abc.ABC):
         headers: Sequence[bytes],
         data: Sequence[bytes],
         origin_sequences: Sequence[int],
+        origin_streams: Sequence[str] = (),
     ) -> list[AppendResult | BrokerError]:
         """``append`` of events given as raw header lines and payloads (see ``RawBatch``).
 
-        Each is written with ``origin_sequences[i]`` as its origin sequence. The lines must
-        have passed ``_codec.check_header_lines``. The default decodes them and calls
-        ``append``; an adapter overrides it to write the bytes as they are.
+        Each is written with ``origin_sequences[i]`` as its origin sequence, in origin stream
+        ``origin_streams[i]`` (none: all in the origin's one stream). The lines must have
+        passed ``_codec.check_header_lines``. The default decodes them and calls ``append``;
+        an adapter overrides it to write the bytes as they are.
         """
         events = []
-        for eid, topic, lines, payload, seq in zip(ids, topics, headers, data, origin_sequences, strict=True):
+        for i, (eid, topic, lines, payload, seq) in enumerate(
+            zip(ids, topics, headers, data, origin_sequences, strict=True)
+        ):
             ev = decode_event(parse_header_lines(lines), payload, topic=topic)
             ev.id = eid
             ev.origin_sequence = seq
+            ev.origin_stream = origin_streams[i] if origin_streams else ""
             events.append(ev)
         return await self.append(events)
 

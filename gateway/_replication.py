@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from meshgate.brokers import AppendResult, BrokerError
+from meshgate.brokers._codec import HEADER_ORIGIN, HEADER_ROUTE, check_header_lines, escape_header_value, parse_time
 from meshgate.gateway._dedup import OriginDedup, OriginState
 from meshgate.router import validate_topic
 from meshgate.v1 import event_pb2, replication_pb2, replication_pb2_grpc
@@ -28,6 +29,20 @@ _DUPLICATE = event_pb2.OUTCOME_DUPLICATE
 _REJECTED = event_pb2.OUTCOME_REJECTED
 _INVALID = grpc.StatusCode.INVALID_ARGUMENT.value[0]
 _CHECKPOINT_EVERY = 0.2
+# Batches of one call being written at once: the next batch is on its way to the broker
+# while the acks of the one before come back. Answers still go out in order, one per batch.
+_PIPELINE = 4
+_TIME_LINE = b"\r\nce-time: "
+_ROUTE_LINE = f"\r\n{HEADER_ROUTE}: ".encode()
+
+
+class _CallFailed(Exception):
+    """A request the call cannot go on after; ends it with ``code``."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
 
 
 class _Batch:
@@ -43,6 +58,57 @@ class _Batch:
         self.written: list[AppendResult | BrokerError] = []
         # Highest origin sequence of each origin stream in the request.
         self.last: dict[str, int] = {}
+
+
+class _RawBatch:
+    """One ``raw`` request: its events' indices to write and the refusals found on the way."""
+
+    __slots__ = (
+        "duplicates",
+        "ids",
+        "last",
+        "refused",
+        "request",
+        "seqs",
+        "w_data",
+        "w_headers",
+        "w_ids",
+        "w_index",
+        "w_seqs",
+        "w_streams",
+        "w_topics",
+        "written",
+    )
+
+    def __init__(self, request: replication_pb2.ReplicateRequest) -> None:
+        self.request = request
+        self.ids: list[str] = []
+        self.seqs: list[int] = []
+        self.refused: list[replication_pb2.RawRefusal] = []
+        self.duplicates = 0
+        self.w_index: list[int] = []
+        self.w_ids: list[str] = []
+        self.w_topics: list[str] = []
+        self.w_headers: list[bytes] = []
+        self.w_data: list[bytes] = []
+        self.w_seqs: list[int] = []
+        self.w_streams: list[str] = []
+        self.written: list[AppendResult | BrokerError] = []
+        # Highest origin sequence of each origin stream in the request.
+        self.last: dict[str, int] = {}
+
+
+class _InFlight:
+    """A batch handed to the broker, waiting to be applied and answered."""
+
+    __slots__ = ("request", "spans", "write")
+
+    def __init__(
+        self, request: replication_pb2.ReplicateRequest, write: asyncio.Future[Any], spans: list[Any] | None
+    ) -> None:
+        self.request = request
+        self.write = write
+        self.spans = spans
 
 
 class _Checkpointer:
@@ -135,10 +201,37 @@ class _Checkpointer:
                 await asyncio.wait_for(self._save(), 2.0)
 
 
+def _sequence_span(request: replication_pb2.ReplicateRequest) -> tuple[dict[str, int], dict[str, int]]:
+    """The lowest and the highest origin sequence of each stream in a request."""
+    lows: dict[str, int] = {}
+    highs: dict[str, int] = {}
+    if request.HasField("raw"):
+        raw = request.raw
+        seqs = raw.sequences
+        if not seqs:
+            return lows, highs
+        if not raw.streams:
+            return {"": min(seqs)}, {"": max(seqs)}
+        pairs = zip(raw.streams, seqs, strict=False)
+    else:
+        pairs = ((ev.stream, ev.sequence) for ev in request.events)  # type: ignore[assignment]
+    for name, seq in pairs:
+        if seq < lows.get(name, seq + 1):
+            lows[name] = seq
+        if seq > highs.get(name, 0):
+            highs[name] = seq
+    return lows, highs
+
+
 class ReplicationService(replication_pb2_grpc.ReplicationServicer):
     def __init__(self, gateway: Gateway) -> None:
         self._gw = gateway
         self._dedup = OriginDedup(gateway.broker)
+        # What repeats across raw events, decided once: a topic's problem, whether a route
+        # header names this region, the epoch second of a time's "YYYY-MM-DDTHH:MM:SS".
+        self._topic_problems: dict[str, str | None] = {}
+        self._routes_here: dict[bytes, bool] = {}
+        self._seconds: dict[bytes, int] = {}
 
     def _classify(self, origin: str, state: OriginState, request: replication_pb2.ReplicateRequest) -> _Batch:
         here = self._gw.region
@@ -185,6 +278,201 @@ class ReplicationService(replication_pb2_grpc.ReplicationServicer):
             if seq > last.get(name, 0):
                 last[name] = seq
         return batch
+
+    def _topic_problem(self, topic: str) -> str | None:
+        cache = self._topic_problems
+        if topic in cache:
+            return cache[topic]
+        if len(cache) > 65_536:
+            cache.clear()
+        problem = cache[topic] = validate_topic(topic)
+        return problem
+
+    def _route_names_here(self, lines: bytes) -> bool:
+        # The route header is one line; routes repeat, so each distinct one is split once.
+        start = lines.find(_ROUTE_LINE[2:])
+        if start != 0:
+            start = lines.find(_ROUTE_LINE)
+            if start < 0:
+                return False
+            start += 2
+        start += len(_ROUTE_LINE) - 2
+        route = lines[start : lines.find(b"\r\n", start)]
+        here = self._routes_here.get(route)
+        if here is None:
+            if len(self._routes_here) > 4096:
+                self._routes_here.clear()
+            here = self._routes_here[route] = self._gw.region in route.decode(errors="replace").split(",")
+        return here
+
+    def _classify_raw(self, origin: str, state: OriginState, request: replication_pb2.ReplicateRequest) -> _RawBatch:
+        raw = request.raw
+        batch = _RawBatch(request)
+        ids = batch.ids = list(raw.ids)
+        seqs = batch.seqs = list(raw.sequences)
+        topics = list(raw.topics)
+        headers = list(raw.headers)
+        datas = list(raw.data)
+        names = list(raw.streams)
+        n = len(ids)
+        if not (len(seqs) == len(topics) == len(headers) == len(datas) == n) or len(names) not in (0, n):
+            raise _CallFailed(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"raw batch {request.batch_id} has {n} ids, {len(seqs)} sequences, {len(topics)} topics, "
+                f"{len(headers)} header lines, {len(datas)} payloads and {len(names)} streams; it needs one of "
+                "each per event (streams: none when the source's log is one stream)",
+            )
+        origin_line = f"{HEADER_ORIGIN}: {escape_header_value(origin)}\r\n".encode()
+        origin_mid = b"\r\n" + origin_line
+        refused = batch.refused
+        streams = state.streams
+        last = batch.last
+        topic_problem = self._topic_problem
+        route_here = self._route_names_here
+        w_index, w_ids, w_topics, w_headers, w_data, w_seqs, w_streams = (
+            batch.w_index,
+            batch.w_ids,
+            batch.w_topics,
+            batch.w_headers,
+            batch.w_data,
+            batch.w_seqs,
+            batch.w_streams,
+        )
+        duplicates = 0
+        for i in range(n):
+            seq = seqs[i]
+            lines = headers[i]
+            name = names[i] if names else ""
+            problem = None
+            if seq < 1:
+                problem = "event carries no position in its origin's log (sequence)"
+            elif not (lines.startswith(origin_line) or origin_mid in lines):
+                problem = f"event origin is not the sending region {origin!r}"
+            if problem is not None:
+                # No place in any of the origin's streams to count as handled.
+                refused.append(replication_pb2.RawRefusal(index=i, code=_INVALID, message=problem))
+                continue
+            eid = ids[i]
+            if not eid:
+                problem = "event has no id"
+            elif not (
+                lines.startswith(id_line := b"ce-id: %b\r\n" % escape_header_value(eid).encode())
+                or (b"\r\n" + id_line in lines)
+            ):
+                problem = "event id is not the one in its ce-id header"
+            elif not route_here(lines):
+                problem = f"event's route does not name region {self._gw.region}"
+            else:
+                problem = topic_problem(topics[i]) or check_header_lines(lines)
+            stream = streams.get(name) or state.stream(name)
+            if problem is not None:
+                refused.append(replication_pb2.RawRefusal(index=i, code=_INVALID, message=problem))
+            elif seq in stream.refused:
+                refused.append(replication_pb2.RawRefusal(index=i, code=_INVALID, message=stream.refused[seq]))
+            elif stream.is_resend(seq):
+                duplicates += 1
+            else:
+                w_index.append(i)
+                w_ids.append(ids[i])
+                w_topics.append(topics[i])
+                w_headers.append(lines)
+                w_data.append(datas[i])
+                w_seqs.append(seq)
+                w_streams.append(name)
+            if seq > last.get(name, 0):
+                last[name] = seq
+        batch.duplicates = duplicates
+        return batch
+
+    async def _write_raw(self, batch: _RawBatch) -> _RawBatch:
+        if batch.w_ids:
+            try:
+                batch.written = await self._gw.broker.append_raw(
+                    ids=batch.w_ids,
+                    topics=batch.w_topics,
+                    headers=batch.w_headers,
+                    data=batch.w_data,
+                    origin_sequences=batch.w_seqs,
+                    origin_streams=batch.w_streams,
+                )
+            except BrokerError as exc:
+                batch.written = [exc] * len(batch.w_ids)
+        return batch
+
+    def _origin_time(self, lines: bytes) -> float | None:
+        """The event's CloudEvents time (Unix seconds) read off its header lines."""
+        at = lines.find(_TIME_LINE)
+        if at < 0:
+            if not lines.startswith(_TIME_LINE[2:]):
+                return None
+            at = -2
+        value = lines[at + 11 : lines.find(b"\r\n", at + 11)]
+        # Meshgate writes 2025-01-02T03:04:05.123456789Z; anything else takes the full parser.
+        if len(value) == 30 and value[19:20] == b"." and value[29:30] == b"Z" and value[20:29].isdigit():
+            seconds = self._seconds.get(value[:19])
+            if seconds is None:
+                try:
+                    seconds = parse_time(value.decode()).seconds
+                except ValueError:
+                    return None
+                if len(self._seconds) > 4096:
+                    self._seconds.clear()
+                self._seconds[value[:19]] = seconds
+            return seconds + int(value[20:29]) / 1e9
+        try:
+            ts = parse_time(value.decode(errors="replace"))
+        except (ValueError, OverflowError):
+            return None
+        return ts.seconds + ts.nanos / 1e9
+
+    def _apply_raw(self, state: OriginState, batch: _RawBatch) -> BrokerError | None:
+        """``_apply`` of a raw batch: the state, the metrics and the refusals of its answer."""
+        failure: BrokerError | None = None
+        stored = duplicate = 0
+        metrics = self._gw.metrics
+        refused = batch.refused
+        for slot, name, res in zip(batch.w_index, batch.w_streams, batch.written, strict=True):
+            if type(res) is AppendResult:
+                if res.duplicate:
+                    duplicate += 1
+                else:
+                    stored += 1
+            elif isinstance(res, BrokerError):
+                if not res.retriable:
+                    message = f"region {self._gw.region} refused it for good: {res}"
+                    state.stream(name).refuse(batch.seqs[slot], message)
+                    refused.append(replication_pb2.RawRefusal(index=slot, code=_INVALID, message=message))
+                elif failure is None:
+                    failure = res
+        if failure is not None:
+            # What did get stored is remembered for the resend that follows.
+            for seq, name, res in zip(batch.w_seqs, batch.w_streams, batch.written, strict=True):
+                if type(res) is AppendResult:
+                    state.stream(name).above.add(seq)
+        else:
+            # Each stream came in its own order after everything acked before: all of it up to
+            # the batch's highest sequence of that stream is handled.
+            for name, seq in batch.last.items():
+                state.stream(name).advance(seq)
+        if stored:
+            metrics.replicated["stored"].inc(stored)
+            now = time.time()
+            origin_time = self._origin_time
+            latencies = []
+            for lines, res in zip(batch.w_headers, batch.written, strict=True):
+                if type(res) is AppendResult and not res.duplicate:
+                    at = origin_time(lines)
+                    if at is not None:
+                        # Clocks of two regions differ a little: a negative latency is a zero.
+                        latencies.append(max(0.0, now - at))
+            metrics.observe_replication_latencies(latencies)
+        duplicate += batch.duplicates
+        if duplicate:
+            metrics.replicated["duplicate"].inc(duplicate)
+        if refused:
+            metrics.replicated["refused"].inc(len(refused))
+        batch.duplicates = duplicate
+        return failure
 
     async def _write(self, batch: _Batch) -> _Batch:
         if batch.to_write:
@@ -248,7 +536,7 @@ class ReplicationService(replication_pb2_grpc.ReplicationServicer):
         origin = first.source_region
         config, _ = gw.routing
         if origin not in config.region_names or origin == gw.region:
-            gw.metrics.refuse("permission", len(first.events))
+            gw.metrics.refuse("permission", len(first.events) or len(first.raw.ids))
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"region {origin!r} may not replicate to {gw.region} (mesh regions: {', '.join(config.region_names)})",
@@ -258,45 +546,141 @@ class ReplicationService(replication_pb2_grpc.ReplicationServicer):
         except BrokerError as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"region {gw.region} cannot read its log: {exc}")
         checkpointer = _Checkpointer(self._dedup, state)
+        # Each request is classified and handed to the broker in order, up to _PIPELINE at a
+        # time; each is applied and answered in order once its writes are acked. The call
+        # ends at the first batch that cannot be stored: later batches already written are
+        # not answered, and the source's resend finds them in the log (dedup).
+        queue: asyncio.Queue[_InFlight | BaseException | None] = asyncio.Queue()
+        slots = asyncio.Semaphore(_PIPELINE)
+        reader = asyncio.create_task(
+            self._read(
+                first,
+                requests=requests,
+                origin=origin,
+                state=state,
+                queue=queue,
+                slots=slots,
+                checkpointer=checkpointer,
+            )
+        )
         try:
-            request: replication_pb2.ReplicateRequest | None = first
-            # One batch at a time, in the call's own task: a batch is applied only after the one
-            # before it, and the call ends at the first batch that cannot be stored.
-            while request is not None:
-                if request.source_region != origin:
-                    await context.abort(
-                        grpc.StatusCode.INVALID_ARGUMENT,
-                        f"source_region changed from {origin!r} to {request.source_region!r} within one call",
-                    )
-                tracing = gw.tracing
-                started = time.time_ns() if tracing.enabled else 0
-                batch = self._classify(origin, state, request)
-                if not state.registered.issuperset(batch.last):
-                    # A stream's first event this call stores: its entry is written before it.
-                    try:
-                        await self._dedup.register(state, batch.last)
-                    except BrokerError as exc:
-                        await context.abort(
-                            grpc.StatusCode.UNAVAILABLE, f"region {gw.region} cannot record a new stream: {exc}"
-                        )
-                # A "{topic} process" span per event, child of its traceparent, over dedup and write.
-                spans = tracing.start_process(origin, request.events, batch.results, started) if started else None
-                checkpointer.writing()
-                batch = await self._write(batch)
-                failure = self._apply(state, batch)
-                # Not reached when the call is cancelled mid-write: what that write stored is not
-                # in the state, so no checkpoint is saved after it (the next recovery scans it).
-                checkpointer.written(batch.last)
-                if spans is not None:
-                    tracing.end_process(spans, batch.written, batch.write_index, batch.results)
+            while (item := await queue.get()) is not None:
+                if isinstance(item, _CallFailed):
+                    await context.abort(item.code, item.message)
+                if isinstance(item, BaseException):
+                    raise item
+                request, spans = item.request, item.spans
+                done = await item.write
+                if isinstance(done, _RawBatch):
+                    failure = self._apply_raw(state, done)
+                else:
+                    failure = self._apply(state, done)
+                    if spans is not None:
+                        gw.tracing.end_process(spans, done.written, done.write_index, done.results)
+                # Not reached for a write the call ended before: what it stored is not in the
+                # state, so no checkpoint is saved after it (the next recovery scans it).
+                checkpointer.written(done.last)
+                slots.release()
                 if failure is not None:
                     # The source resends from this batch; the log tells what is already here.
                     await context.abort(
                         grpc.StatusCode.UNAVAILABLE, f"region {gw.region} could not store a batch: {failure}"
                     )
-                yield replication_pb2.ReplicateResponse(
-                    batch_id=request.batch_id, results=[r for r in batch.results if r is not None]
-                )
-                request = await anext(requests, None)
+                if isinstance(done, _RawBatch):
+                    yield replication_pb2.ReplicateResponse(
+                        batch_id=request.batch_id,
+                        accepted=len(done.ids) - done.duplicates - len(done.refused),
+                        duplicates=done.duplicates,
+                        refused=done.refused,
+                    )
+                else:
+                    yield replication_pb2.ReplicateResponse(
+                        batch_id=request.batch_id, results=[r for r in done.results if r is not None]
+                    )
         finally:
+            if not reader.done():
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
+            # Writes already handed to the broker finish on their own (bounded by its ack
+            # timeout); their outcome is not answered, only found again by the next recovery.
+            while not queue.empty():
+                rest = queue.get_nowait()
+                if isinstance(rest, _InFlight) and not rest.write.done():
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(rest.write)
             await checkpointer.close()
+
+    async def _read(
+        self,
+        first: replication_pb2.ReplicateRequest,
+        *,
+        requests: AsyncIterator[replication_pb2.ReplicateRequest],
+        origin: str,
+        state: OriginState,
+        queue: asyncio.Queue[_InFlight | BaseException | None],
+        slots: asyncio.Semaphore,
+        checkpointer: _Checkpointer,
+    ) -> None:
+        """Takes the call's requests in order, classifies each and starts its write."""
+        request: replication_pb2.ReplicateRequest | None = first
+        # Highest origin sequence per stream sent in this call so far.
+        seen: dict[str, int] = {}
+        try:
+            while request is not None:
+                lows, highs = _sequence_span(request)
+                # A batch is classified against the state before the batches still in flight
+                # are applied to it. That is right for what a source sends in order; a resend
+                # within the call (at or below what came before) waits until all of them are.
+                drain = any(low <= seen.get(name, 0) for name, low in lows.items())
+                # No free slot: this stops reading, and gRPC flow control holds the source.
+                for _ in range(_PIPELINE if drain else 1):
+                    await slots.acquire()
+                # Queued with no await after the write started: every write started is awaited.
+                item = await self._start(request, origin, state)
+                checkpointer.writing()
+                queue.put_nowait(item)
+                if drain:
+                    for _ in range(_PIPELINE - 1):
+                        slots.release()
+                for name, high in highs.items():
+                    if high > seen.get(name, 0):
+                        seen[name] = high
+                request = await anext(requests, None)
+        except (_CallFailed, grpc.RpcError) as exc:
+            queue.put_nowait(exc)
+            return
+        queue.put_nowait(None)
+
+    async def _start(self, request: replication_pb2.ReplicateRequest, origin: str, state: OriginState) -> _InFlight:
+        """Classifies a request and starts its write (the write runs on in its own task)."""
+        if request.source_region != origin:
+            raise _CallFailed(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"source_region changed from {origin!r} to {request.source_region!r} within one call",
+            )
+        spans = None
+        batch: _Batch | _RawBatch
+        if request.HasField("raw"):
+            if request.events:
+                raise _CallFailed(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"batch {request.batch_id} sets both events and raw; send one of them",
+                )
+            batch = self._classify_raw(origin, state, request)
+        else:
+            tracing = self._gw.tracing
+            started = time.time_ns() if tracing.enabled else 0
+            batch = self._classify(origin, state, request)
+            # A "{topic} process" span per event, child of its traceparent, over dedup and write.
+            spans = tracing.start_process(origin, request.events, batch.results, started) if started else None
+        if not state.registered.issuperset(batch.last):
+            # A stream's first event this call stores: its entry is written before it.
+            try:
+                await self._dedup.register(state, batch.last)
+            except BrokerError as exc:
+                raise _CallFailed(
+                    grpc.StatusCode.UNAVAILABLE, f"region {self._gw.region} cannot record a new stream: {exc}"
+                ) from exc
+        write = self._write_raw(batch) if isinstance(batch, _RawBatch) else self._write(batch)
+        return _InFlight(request, asyncio.ensure_future(write), spans)

@@ -15,7 +15,15 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from meshgate.brokers import Broker, BrokerError, Delivery, DurableConsumer
+from meshgate.brokers import (
+    Broker,
+    BrokerError,
+    Delivery,
+    DurableConsumer,
+    RawBatch,
+    decode_event,
+    parse_header_lines,
+)
 from meshgate.v1 import admin_pb2, event_pb2, replication_pb2, replication_pb2_grpc
 
 if TYPE_CHECKING:
@@ -71,9 +79,27 @@ class _LinkError(Exception):
 @dataclass(slots=True)
 class _Sent:
     batch_id: int
+    # Sent as events (traces on: each carries its send span's context) or as stored (raw).
     deliveries: list[Delivery]
     events: list[event_pb2.Event]
     spans: list[Span] | None = None
+    raw: RawBatch | None = None
+
+    def __len__(self) -> int:
+        return len(self.raw) if self.raw is not None else len(self.events)
+
+
+def _raw_event(raw: RawBatch, i: int) -> event_pb2.Event:
+    """Event ``i`` of a raw batch, decoded (only for the rare one the destination refused)."""
+    ev = decode_event(
+        parse_header_lines(raw.headers[i]),
+        raw.data[i],
+        topic=raw.topics[i],
+        sequence=raw.sequences[i],
+        stream=raw.streams[i] if raw.streams else "",
+    )
+    ev.id = raw.ids[i]
+    return ev
 
 
 def dead_letter_event(ev: event_pb2.Event, *, destination: str, reason: str) -> event_pb2.Event:
@@ -362,6 +388,11 @@ class Link:
         call: grpc.aio.StreamStreamCall[replication_pb2.ReplicateRequest, replication_pb2.ReplicateResponse],
         window: asyncio.Semaphore,
     ) -> None:
+        tracing = self.options.tracing
+        if tracing is None or not tracing.enabled:
+            # No span to carry: the events go as the log stored them, never decoded here.
+            await self._send_raw_loop(consumer, call, window)
+            return
         opts = self.options
         source = self.source
         batch_id = 0
@@ -401,6 +432,84 @@ class Link:
                     replication_pb2.ReplicateRequest(source_region=source, batch_id=batch_id, events=events)
                 )
 
+    async def _send_raw_loop(
+        self,
+        consumer: DurableConsumer,
+        call: grpc.aio.StreamStreamCall[replication_pb2.ReplicateRequest, replication_pb2.ReplicateResponse],
+        window: asyncio.Semaphore,
+    ) -> None:
+        opts = self.options
+        source = self.source
+        batch_id = 0
+        while True:
+            await window.acquire()
+            raw = await consumer.fetch_raw(opts.max_batch_events, timeout=opts.linger_seconds)
+            if not raw.ids:
+                window.release()
+                continue
+            self._check_order(raw)
+            for n, part in enumerate(raw.split(opts.max_request_bytes)):
+                if n:
+                    await window.acquire()  # each request is one batch in flight
+                batch_id += 1
+                self._inflight.append(_Sent(batch_id, [], [], None, part))
+                self._idle.clear()
+                await call.write(
+                    replication_pb2.ReplicateRequest(
+                        source_region=source,
+                        batch_id=batch_id,
+                        raw=replication_pb2.RawEvents(
+                            ids=part.ids,
+                            topics=part.topics,
+                            sequences=part.sequences,
+                            streams=part.streams,
+                            headers=part.headers,
+                            data=part.data,
+                        ),
+                    )
+                )
+
+    def _check_order(self, raw: RawBatch) -> None:
+        """Each stream's events come in its own order; a redelivery out of order ends the session."""
+        last_seq = self._last_seq
+        if not raw.streams:
+            last = last_seq.get("", 0)
+            for seq in raw.sequences:
+                if seq <= last:
+                    raise _LinkError(
+                        f"event at log position {seq} redelivered after {last}; "
+                        "restarting from the oldest unacked event"
+                    )
+                last = seq
+            last_seq[""] = last
+            return
+        for stream, seq in zip(raw.streams, raw.sequences, strict=True):
+            if seq <= last_seq.get(stream, 0):
+                raise _LinkError(
+                    f"event at log position {stream} {seq} redelivered after {last_seq[stream]}; "
+                    "restarting from the oldest unacked event"
+                )
+            last_seq[stream] = seq
+
+    def _refusals(self, sent: _Sent, resp: replication_pb2.ReplicateResponse) -> list[tuple[event_pb2.Event, str]]:
+        """The events of a sent batch the destination refused for good, with why."""
+        n = len(sent)
+        if sent.raw is None:
+            if len(resp.results) != n:
+                raise _LinkError(
+                    f"region {self.destination} answered batch {resp.batch_id} with {len(resp.results)} results; "
+                    f"it has {n} events"
+                )
+            return [(ev, r.message) for ev, r in zip(sent.events, resp.results, strict=True) if r.outcome == _REJECTED]
+        refused = resp.refused
+        # A destination that did not read the raw events (one older than them) answers none.
+        if resp.accepted + resp.duplicates + len(refused) != n or any(r.index >= n for r in refused):
+            raise _LinkError(
+                f"region {self.destination} answered raw batch {resp.batch_id} with {resp.accepted} accepted, "
+                f"{resp.duplicates} duplicates and {len(refused)} refused; it has {n} events"
+            )
+        return [(_raw_event(sent.raw, r.index), r.message) for r in refused]
+
     async def _ack_loop(
         self,
         consumer: DurableConsumer,
@@ -418,23 +527,21 @@ class Link:
             if not self._inflight:
                 raise _LinkError(f"region {self.destination} acked batch {resp.batch_id} that was not sent")
             sent = self._inflight[0]
-            if resp.batch_id != sent.batch_id or len(resp.results) != len(sent.events):
-                raise _LinkError(
-                    f"region {self.destination} acked batch {resp.batch_id} with {len(resp.results)} results; "
-                    f"expected batch {sent.batch_id} with {len(sent.events)}"
-                )
-            refused = [
-                (ev, r.message) for ev, r in zip(sent.events, resp.results, strict=True) if r.outcome == _REJECTED
-            ]
+            if resp.batch_id != sent.batch_id:
+                raise _LinkError(f"region {self.destination} acked batch {resp.batch_id}; expected {sent.batch_id}")
+            refused = self._refusals(sent, resp)
             if refused:
                 await self._dead_letter(refused)
-            await consumer.ack(sent.deliveries)
+            if sent.raw is not None:
+                await consumer.ack_raw(sent.raw)
+            else:
+                await consumer.ack(sent.deliveries)
             self._inflight.popleft()
             if sent.spans and opts.tracing is not None:
                 opts.tracing.end_send(sent.spans, resp.results)
             if not self._inflight:
                 self._idle.set()
-            self.counters.forwarded += len(sent.events) - len(refused)
+            self.counters.forwarded += len(sent) - len(refused)
             self.counters.dead_lettered += len(refused)
             window.release()
 

@@ -507,9 +507,13 @@ class NatsBroker(Broker):
         headers: Sequence[bytes],
         data: Sequence[bytes],
         origin_sequences: Sequence[int],
+        origin_streams: Sequence[str] = (),
     ) -> list[AppendResult | BrokerError]:
         n = len(ids)
-        if not (len(topics) == len(headers) == len(data) == len(origin_sequences) == n):
+        if not (len(topics) == len(headers) == len(data) == len(origin_sequences) == n) or len(origin_streams) not in (
+            0,
+            n,
+        ):
             raise ValueError("append_raw needs one topic, header lines, payload and origin sequence per id")
         if not n:
             return []
@@ -518,7 +522,12 @@ class NatsBroker(Broker):
         except BrokerUnavailableError as exc:
             return [exc] * n
         batch = _Batch(topics, data, asyncio.get_running_loop().create_future())
-        return await self._append(batch, self._publish_raw(nc, batch, ids, headers, origin_sequences))
+        return await self._append(
+            batch,
+            self._publish_raw(
+                nc, batch, ids=ids, headers=headers, origin_sequences=origin_sequences, origin_streams=origin_streams
+            ),
+        )
 
     async def _append(self, batch: _Batch, publish: Coroutine[None, None, None]) -> list[AppendResult | BrokerError]:
         loop = asyncio.get_running_loop()
@@ -600,9 +609,11 @@ class NatsBroker(Broker):
         self,
         nc: Client,
         batch: _Batch,
+        *,
         ids: Sequence[str],
         headers: Sequence[bytes],
         origin_sequences: Sequence[int],
+        origin_streams: Sequence[str],
     ) -> None:
         """``_publish_batch`` of raw header lines: the stored bytes of the source, plus the id
         and origin sequence headers, go out without an ``Event``."""
@@ -616,7 +627,9 @@ class NatsBroker(Broker):
         max_inflight = self._max_inflight
         esc = escape_header_value
         if not self._fast_publish:
-            await self._publish_raw_public(nc, batch, ids, headers, origin_sequences)
+            await self._publish_raw_public(
+                nc, batch, ids=ids, headers=headers, origin_sequences=origin_sequences, origin_streams=origin_streams
+            )
             return
         chunk: list[bytes] = []
         for i, eid in enumerate(ids):
@@ -637,7 +650,13 @@ class NatsBroker(Broker):
             except ValueError as exc:
                 results[i] = EventRejectedError(f"event {i} of the batch cannot be written: {exc}")
                 continue
-            seq_line = b"mg-origin-seq: %d\r\n\r\n" % origin_sequences[i]
+            if origin_streams and origin_streams[i]:
+                seq_line = b"mg-origin-seq: %d\r\nmg-origin-stream: %b\r\n\r\n" % (
+                    origin_sequences[i],
+                    esc(origin_streams[i]).encode(),
+                )
+            else:
+                seq_line = b"mg-origin-seq: %d\r\n\r\n" % origin_sequences[i]
             head = b"".join((_MSG_ID_HEAD, esc(eid).encode(), b"\r\n", headers[i], seq_line))
             data = datas[i]
             head_len = len(head)
@@ -662,15 +681,18 @@ class NatsBroker(Broker):
         self,
         nc: Client,
         batch: _Batch,
+        *,
         ids: Sequence[str],
         headers: Sequence[bytes],
         origin_sequences: Sequence[int],
+        origin_streams: Sequence[str],
     ) -> None:
         # Without nats-py's internals: decoded and published one by one (slow, but the same result).
         for i, eid in enumerate(ids):
             event = decode_event(parse_header_lines(headers[i]), batch.data[i], topic=batch.topics[i])
             event.id = eid
             event.origin_sequence = origin_sequences[i]
+            event.origin_stream = origin_streams[i] if origin_streams else ""
             failure = await self._wait_capacity(nc) if len(self._pending) >= self._max_inflight else None
             if failure is not None:
                 batch.results[i] = failure

@@ -26,6 +26,7 @@ class ReplicateRequest(_message.Message):
     SOURCE_REGION_FIELD_NUMBER: _builtins.int
     BATCH_ID_FIELD_NUMBER: _builtins.int
     EVENTS_FIELD_NUMBER: _builtins.int
+    RAW_FIELD_NUMBER: _builtins.int
     source_region: _builtins.str
     """The region the events come from (their origin; checked against the peer's identity)."""
     batch_id: _builtins.int
@@ -36,20 +37,85 @@ class ReplicateRequest(_message.Message):
         They are stored with that as `origin_sequence` and never routed or forwarded again.
         """
 
+    @_builtins.property
+    def raw(self) -> Global___RawEvents:
+        """The same, as the source's broker stored them (set instead of `events`): the source does
+        not decode its log and the destination does not encode the events again.
+        """
+
     def __init__(
         self,
         *,
         source_region: _builtins.str = ...,
         batch_id: _builtins.int = ...,
         events: _abc.Iterable[_event_pb2.Event] | None = ...,
+        raw: Global___RawEvents | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["raw", b"raw"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "events", b"events", "source_region", b"source_region"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "events", b"events", "raw", b"raw", "source_region", b"source_region"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReplicateRequest: _TypeAlias = ReplicateRequest  # noqa: Y015
+
+@_typing.final
+class RawEvents(_message.Message):
+    """Events as the source's broker stored them, column by column: entry i of every field is
+    event i, in the order of the source's log.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDS_FIELD_NUMBER: _builtins.int
+    TOPICS_FIELD_NUMBER: _builtins.int
+    SEQUENCES_FIELD_NUMBER: _builtins.int
+    HEADERS_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    STREAMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def topics(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def sequences(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Each event's position in the source's log (`sequence` of `events`)."""
+
+    @_builtins.property
+    def headers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """Each event's headers as "name: value\\r\\n" lines: the CloudEvents binary-mode headers of
+        the broker binding (ce-*, content-type, mg-key, mg-origin, mg-route; values
+        percent-encoded), without mg-origin-seq, which the destination sets. The destination
+        checks them (no broker control header, no stray line break) and writes them as they are.
+        """
+
+    @_builtins.property
+    def data(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """Each event's payload (`data`), byte for byte."""
+
+    @_builtins.property
+    def streams(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Each event's stream in the source's log (`stream` of `events`): empty when the source's
+        log is one stream (NATS), else one per event.
+        """
+
+    def __init__(
+        self,
+        *,
+        ids: _abc.Iterable[_builtins.str] | None = ...,
+        topics: _abc.Iterable[_builtins.str] | None = ...,
+        sequences: _abc.Iterable[_builtins.int] | None = ...,
+        headers: _abc.Iterable[_builtins.bytes] | None = ...,
+        data: _abc.Iterable[_builtins.bytes] | None = ...,
+        streams: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "headers", b"headers", "ids", b"ids", "sequences", b"sequences", "streams", b"streams", "topics", b"topics"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RawEvents: _TypeAlias = RawEvents  # noqa: Y015
 
 @_typing.final
 class ReplicateResponse(_message.Message):
@@ -57,21 +123,65 @@ class ReplicateResponse(_message.Message):
 
     BATCH_ID_FIELD_NUMBER: _builtins.int
     RESULTS_FIELD_NUMBER: _builtins.int
+    ACCEPTED_FIELD_NUMBER: _builtins.int
+    DUPLICATES_FIELD_NUMBER: _builtins.int
+    REFUSED_FIELD_NUMBER: _builtins.int
     batch_id: _builtins.int
+    accepted: _builtins.int
+    """For a `raw` batch, instead of `results`: how many of its events were stored now
+    (`accepted`) or were already here (`duplicates`), and the refused ones, by index.
+    accepted + duplicates + refused always add up to the batch.
+    """
+    duplicates: _builtins.int
     @_builtins.property
     def results(self) -> _containers.RepeatedCompositeFieldContainer[_event_pb2.EventResult]:
-        """One result per event of the batch; REJECTED results are permanent refusals (dead-letter)."""
+        """One result per event of an `events` batch; REJECTED results are permanent refusals
+        (dead-letter).
+        """
 
+    @_builtins.property
+    def refused(self) -> _containers.RepeatedCompositeFieldContainer[Global___RawRefusal]: ...
     def __init__(
         self,
         *,
         batch_id: _builtins.int = ...,
         results: _abc.Iterable[_event_pb2.EventResult] | None = ...,
+        accepted: _builtins.int = ...,
+        duplicates: _builtins.int = ...,
+        refused: _abc.Iterable[Global___RawRefusal] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "results", b"results"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "batch_id", b"batch_id", "duplicates", b"duplicates", "refused", b"refused", "results", b"results"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReplicateResponse: _TypeAlias = ReplicateResponse  # noqa: Y015
+
+@_typing.final
+class RawRefusal(_message.Message):
+    """A permanent refusal of one event of a `raw` batch (dead-letter it)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """Index of the event in the batch."""
+    code: _builtins.int
+    message: _builtins.str
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        code: _builtins.int = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "index", b"index", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RawRefusal: _TypeAlias = RawRefusal  # noqa: Y015
