@@ -293,6 +293,14 @@ class Broker(abc.ABC):
         log order with the rest (a replication link reads only what it forwards).
         """
 
+    def sibling(self) -> Broker | None:
+        """A new, unstarted broker on the same log, for another event loop; None if unsupported.
+
+        Clients of a broker are bound to the event loop they run in; the replicator runs its
+        links in a thread of their own (so ingest cannot starve them) with a sibling.
+        """
+        return None
+
     @abc.abstractmethod
     async def last_sequence(self) -> int:
         """The sequence of the newest event of a one-stream log (0 when empty).

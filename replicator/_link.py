@@ -224,6 +224,12 @@ class Link:
     async def _drained(self) -> None:
         await self._idle.wait()
 
+    def use_broker(self, broker: Broker) -> None:
+        """The broker to read and dead-letter through from the next start (the link is stopped)."""
+        if self._task is not None:
+            raise RuntimeError(f"link {self.source} -> {self.destination} is running; stop it first")
+        self._broker = broker
+
     def set_address(self, address: str | None) -> None:
         if address != self.address:
             self.address = address

@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 import uuid
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from meshgate.brokers import Broker, BrokerError
 from meshgate.config import MeshConfig
@@ -19,6 +22,9 @@ log = logging.getLogger("meshgate.replicator")
 
 # A dead replica's links are taken over by another replica within about this long.
 DEFAULT_LEASE_TTL = 10.0
+_THREAD_JOIN_SECONDS = 5.0
+
+T = TypeVar("T")
 
 
 class Replicator:
@@ -35,6 +41,12 @@ class Replicator:
     A broker that ``shares_work`` (Kafka consumer groups) splits each link's durable consumer
     across the replicas itself, each stream of the log to one replica: every replica then runs
     every link, no lease is taken, and each stream still has one sender.
+
+    With ``own_thread`` (the default) and a broker that offers a ``sibling``, the links run in
+    a thread with their own event loop and their own broker connection: a gateway busy with
+    ingest does not starve them, nor they it. The methods here are called from the
+    gateway's loop and run their work in the links' loop; ``statuses`` and the link
+    counters are plain reads.
     """
 
     def __init__(
@@ -46,12 +58,18 @@ class Replicator:
         options: LinkOptions | None = None,
         owner: str | None = None,
         lease_ttl: float = DEFAULT_LEASE_TTL,
+        own_thread: bool = True,
     ) -> None:
         self.region = region
         self.owner = owner or f"{region}/{uuid.uuid4().hex[:12]}"
         self.lease_ttl = lease_ttl
+        # The gateway's broker; the links use `_links_broker` (a sibling in the links' thread).
         self._broker = broker
+        self._links_broker = broker
         self._options = options or LinkOptions()
+        self._own_thread = own_thread
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
         self.links: dict[str, Link] = {}
         self._started = False
         self._leases: asyncio.Task[None] | None = None
@@ -67,7 +85,7 @@ class Replicator:
                     source=self.region,
                     destination=r.name,
                     address=r.gateway,
-                    broker=self._broker,
+                    broker=self._links_broker,
                     options=self._options,
                 )
                 self.links[r.name] = link
@@ -81,14 +99,72 @@ class Replicator:
         this region's log (its lag shows them) until it comes back or an operator acts.
         New links start with the next lease round (at once when the broker shares work).
         """
+        await self._in_links_loop(self._apply(config))
+
+    async def _apply(self, config: MeshConfig) -> None:
         self._make_links(config)
         if self._started and self._broker.shares_work:
             await self._run_all()
+
+    @property
+    def threaded(self) -> bool:
+        """True while the links run in their own thread."""
+        return self._thread is not None
+
+    async def _in_links_loop(self, coro: Coroutine[Any, Any, T]) -> T:
+        loop = self._loop
+        if loop is None:
+            return await coro
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))
 
     async def start(self) -> None:
         if self._started:
             return
         self._started = True
+        sibling = self._broker.sibling() if self._own_thread else None
+        if sibling is not None:
+            loop = asyncio.new_event_loop()
+            thread = threading.Thread(target=self._run_loop, args=(loop,), name=f"links of {self.region}", daemon=True)
+            thread.start()
+            self._loop, self._thread = loop, thread
+        try:
+            await self._in_links_loop(self._start(sibling))
+        except BaseException:
+            self._started = False
+            await self._end_thread()
+            raise
+
+    @staticmethod
+    def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_forever()
+        finally:
+            # Whatever is left (a link that did not stop in time) is cancelled with the loop.
+            tasks = asyncio.all_tasks(loop)
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                loop.run_until_complete(asyncio.wait(tasks, timeout=2.0))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    async def _end_thread(self) -> None:
+        loop, thread = self._loop, self._thread
+        self._loop = self._thread = None
+        if loop is None or thread is None:
+            return
+        loop.call_soon_threadsafe(loop.stop)
+        await asyncio.to_thread(thread.join, _THREAD_JOIN_SECONDS)
+        if thread.is_alive():
+            log.warning("links thread of %s did not end within %g s", self.region, _THREAD_JOIN_SECONDS)
+
+    async def _start(self, sibling: Broker | None) -> None:
+        if sibling is not None:
+            await sibling.start()
+            self._links_broker = sibling
+            for link in self.links.values():
+                link.use_broker(sibling)
         for link in self.links.values():
             link.state = LinkState.STANDBY
         if self._broker.shares_work:
@@ -101,6 +177,12 @@ class Replicator:
         if not self._started:
             return
         self._started = False
+        try:
+            await self._in_links_loop(self._stop(timeout))
+        finally:
+            await self._end_thread()
+
+    async def _stop(self, timeout: float) -> None:
         if self._leases is not None:
             self._leases.cancel()
             # Bounded: nats-py can swallow a cancellation that lands inside one of its requests.
@@ -108,12 +190,16 @@ class Replicator:
             self._leases = None
         running = [link for link in self.links.values() if link.running]
         await asyncio.gather(*(link.stop(timeout) for link in running))
-        if self._broker.shares_work:
-            return  # no leases taken
-        # Handing the leases back lets another replica take the links over at once.
-        for link in running:
-            with contextlib.suppress(BrokerError):
-                await self._broker.release_lease(self._lease_name(link), self.owner)
+        if not self._broker.shares_work:  # else no leases were taken
+            # Handing the leases back lets another replica take the links over at once.
+            for link in running:
+                with contextlib.suppress(BrokerError):
+                    await self._links_broker.release_lease(self._lease_name(link), self.owner)
+        if self._links_broker is not self._broker:
+            sibling, self._links_broker = self._links_broker, self._broker
+            for link in self.links.values():
+                link.use_broker(self._broker)
+            await sibling.stop()
 
     @staticmethod
     def _lease_name(link: Link) -> str:
@@ -133,7 +219,7 @@ class Replicator:
     async def _lease_round(self) -> None:
         for link in list(self.links.values()):
             try:
-                held = await self._broker.hold_lease(self._lease_name(link), self.owner, ttl=self.lease_ttl)
+                held = await self._links_broker.hold_lease(self._lease_name(link), self.owner, ttl=self.lease_ttl)
                 link.lease_renewed = time.monotonic() if held else None
             except BrokerError as exc:
                 # Not renewed: still ours until the TTL runs out, then another replica's.

@@ -271,6 +271,22 @@ class NatsBroker(Broker):
                 return
             await self._start_locked()
 
+    def sibling(self) -> NatsBroker | None:
+        """A NatsBroker on the same servers and stream (once this one knows its servers)."""
+        if not self.servers:
+            return None
+        return NatsBroker(
+            servers=self.servers,
+            settings=self.settings,
+            idempotency_window_seconds=self._window,
+            max_acks_in_flight=self._max_inflight,
+            connect_timeout=self._connect_timeout,
+            ack_timeout=self._ack_timeout,
+            reconnect_wait=self._reconnect_wait,
+            durable_ack_wait=self._durable_ack_wait,
+            name=f"{self.name}-links",
+        )
+
     async def _start_locked(self) -> None:
         if not self.servers:
             raise BrokerError(f"NATS broker {self.name!r} has no servers to connect to", retriable=False)
