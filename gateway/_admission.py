@@ -29,6 +29,7 @@ _PRINTABLE = re.compile(r"[^\x00-\x1f\x7f]+")
 _MEDIA_TYPE = re.compile(r"[A-Za-z0-9][\w.+-]*/[A-Za-z0-9][\w.+-]*(\s*;.*)?")
 _MAX_ID_CHARS = 256
 _MAX_KEY_CHARS = 1024
+_MAX_CHECKED = 16_384
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,24 +59,40 @@ class Admission:
         self._region = region
         self._limits = limits
         self._route = route
+        # (source, type, key) triples that passed their checks under these limits.
+        self._checked: set[tuple[str, str, str]] = set()
+        self._valid_topics: set[str] = set()
 
     def check(self, event: event_pb2.Event) -> str | None:
         """The reason the event is refused, or None. Never mutates the event."""
         limits = self._limits
-        if not event.topic:
+        topic = event.topic
+        if not topic:
             return "topic is required, e.g. 'orders/created'"
-        problem = validate_topic(event.topic)
-        if problem is not None:
-            return problem
-        for name, value, cap, required in (
-            ("id", event.id, _MAX_ID_CHARS, False),
-            ("source", event.source, limits.max_attributes_bytes, True),
-            ("type", event.type, limits.max_attributes_bytes, True),
-            ("key", event.key, _MAX_KEY_CHARS, False),
-        ):
-            problem = _text_field(name, value, max_chars=cap, required=required)
+        if topic not in self._valid_topics:
+            problem = validate_topic(topic)
             if problem is not None:
                 return problem
+            if len(self._valid_topics) >= _MAX_CHECKED:
+                self._valid_topics.clear()
+            self._valid_topics.add(topic)
+        problem = _text_field("id", event.id, max_chars=_MAX_ID_CHARS, required=False)
+        if problem is not None:
+            return problem
+        # source, type and key repeat across events: each distinct triple is checked once.
+        triple = (event.source, event.type, event.key)
+        if triple not in self._checked:
+            for name, value, cap, required in (
+                ("source", triple[0], limits.max_attributes_bytes, True),
+                ("type", triple[1], limits.max_attributes_bytes, True),
+                ("key", triple[2], _MAX_KEY_CHARS, False),
+            ):
+                problem = _text_field(name, value, max_chars=cap, required=required)
+                if problem is not None:
+                    return problem
+            if len(self._checked) >= _MAX_CHECKED:
+                self._checked.clear()
+            self._checked.add(triple)
         if event.specversion not in ("", "1.0"):
             return f"specversion {event.specversion[:20]!r} is not supported; use '1.0' (or leave it empty)"
         if event.datacontenttype and _MEDIA_TYPE.fullmatch(event.datacontenttype) is None:
@@ -96,11 +113,14 @@ class Admission:
         size = len(event.data)
         if size > limits.max_data_bytes:
             return f"data of {size} bytes exceeds max_data_bytes of {limits.max_data_bytes} bytes"
-        if len(event.extensions) > limits.max_extensions:
-            return f"{len(event.extensions)} extensions exceed max_extensions of {limits.max_extensions}"
+        extensions = event.extensions
+        n_ext = len(extensions)
+        if n_ext > limits.max_extensions:
+            return f"{n_ext} extensions exceed max_extensions of {limits.max_extensions}"
         attr_bytes = len(event.id) + len(event.source) + len(event.type) + len(event.datacontenttype)
         attr_bytes += len(event.key)
-        for ext_name, ext_value in event.extensions.items():
+        # Guarded: iterating even an empty protobuf map costs more than the rest of the checks.
+        for ext_name, ext_value in extensions.items() if n_ext else ():
             if _EXTENSION_NAME.fullmatch(ext_name) is None:
                 return f"extension name {ext_name[:40]!r} is invalid; use 1 to 20 of a-z 0-9 (CloudEvents)"
             if ext_name in _RESERVED:
@@ -122,8 +142,11 @@ class Admission:
             return f"time has {event.time.nanos} nanos; must be 0 to 999999999"
         return None
 
-    def stamp(self, event: event_pb2.Event, now: Timestamp) -> None:
-        """Fills what the client may leave out and records origin and route, decided once here."""
+    def stamp(self, event: event_pb2.Event, now: Timestamp) -> tuple[str, ...]:
+        """Fills what the client may leave out and records origin and route, decided once here.
+
+        Returns the route (reading it back off the event costs more than keeping it).
+        """
         if not event.id:
             event.id = uuid7()
         if not event.specversion:
@@ -131,4 +154,8 @@ class Admission:
         if not event.HasField("time"):
             event.time.CopyFrom(now)
         event.origin = self._region
-        event.route[:] = self._route(event.topic, self._region)
+        route = self._route(event.topic, self._region)
+        if event.route:  # check() refuses events that carry one; replacing costs more than extending
+            del event.route[:]
+        event.route.extend(route)
+        return route

@@ -54,19 +54,35 @@ def _now() -> Timestamp:
     return ts
 
 
+class _Admitted:
+    """A batch after admission: the events to write with their routes, a slot per event."""
+
+    __slots__ = ("events", "routes", "slots")
+
+    def __init__(
+        self,
+        events: list[event_pb2.Event],
+        routes: list[tuple[str, ...]],
+        slots: list[event_pb2.EventResult | None],
+    ) -> None:
+        self.events = events
+        self.routes = routes
+        # None where the event is written; the refusal where admission refused it.
+        self.slots = slots
+
+
 class GatewayService(gateway_pb2_grpc.GatewayServicer):
     def __init__(self, gateway: Gateway) -> None:
         self._gw = gateway
 
     # --- admission -------------------------------------------------------------------------
 
-    def _admit(
-        self, events: Sequence[event_pb2.Event], client: Client
-    ) -> tuple[list[event_pb2.Event], list[event_pb2.EventResult | None]]:
+    def _admit(self, events: Sequence[event_pb2.Event], client: Client) -> _Admitted:
         """Checks and stamps a batch: the events to write, and a slot per event for its result."""
         admission = self._gw.admission
         now = _now()
         accepted: list[event_pb2.Event] = []
+        routes: list[tuple[str, ...]] = []
         results: list[event_pb2.EventResult | None] = []
         for ev in events:
             # A topic outside the client's publish list is refused as such; a malformed one as invalid.
@@ -79,22 +95,20 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
                 continue
             problem = admission.check(ev)
             if problem is None:
-                admission.stamp(ev, now)
+                routes.append(admission.stamp(ev, now))
                 accepted.append(ev)
                 results.append(None)
             else:
                 results.append(
                     event_pb2.EventResult(id=ev.id, outcome=_REJECTED, code=_INVALID_ARGUMENT, message=problem)
                 )
-        return accepted, results
+        return _Admitted(accepted, routes, results)
 
     async def _write(
-        self,
-        events: list[event_pb2.Event],
-        results: list[event_pb2.EventResult | None],
-        trace: BatchTrace | None = None,
-    ) -> list[event_pb2.EventResult]:
-        """Appends the admitted events and fills their result slots with the broker's answers."""
+        self, admitted: _Admitted, out: gateway_pb2.PublishResponse, trace: BatchTrace | None = None
+    ) -> gateway_pb2.PublishResponse:
+        """Appends the admitted events and adds one result per event of the batch to ``out``."""
+        events, results = admitted.events, admitted.slots
         metrics = self._gw.metrics
         started = time.perf_counter()
         outcomes: Sequence[AppendResult | BrokerError]
@@ -112,36 +126,30 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         if trace is not None:
             trace.end(outcomes)
         metrics.publish_seconds.observe(time.perf_counter() - started)
-        it = iter(zip(events, outcomes, strict=True))
-        out: list[event_pb2.EventResult] = []
+        it = iter(zip(events, admitted.routes, outcomes, strict=True))
+        add = out.results.add
         # Counted here and added once per batch: a counter update takes a lock.
         accepted = duplicate = 0
         for slot in results:
             if slot is not None:
                 metrics.rejected.inc()
                 metrics.refuse(_refusal_reason(slot))
-                out.append(slot)
+                out.results.append(slot)
                 continue
-            ev, res = next(it)
+            ev, route, res = next(it)
             if isinstance(res, AppendResult):
                 if res.duplicate:
                     duplicate += 1
+                    add(id=ev.id, outcome=_DUPLICATE, sequence=res.sequence, route=route)
                 else:
                     accepted += 1
-                out.append(
-                    event_pb2.EventResult(
-                        id=ev.id,
-                        outcome=_DUPLICATE if res.duplicate else _ACCEPTED,
-                        sequence=res.sequence,
-                        route=ev.route,
-                    )
-                )
+                    add(id=ev.id, outcome=_ACCEPTED, sequence=res.sequence, route=route)
             else:
                 metrics.rejected.inc()
                 metrics.refuse(broker_reason(res))
                 code = _UNAVAILABLE if res.retriable else _INVALID_ARGUMENT
                 hint = "; retry with the same id" if res.retriable else ""
-                out.append(event_pb2.EventResult(id=ev.id, outcome=_REJECTED, code=code, message=f"{res}{hint}"))
+                add(id=ev.id, outcome=_REJECTED, code=code, message=f"{res}{hint}")
         if accepted:
             metrics.accepted.inc(accepted)
         if duplicate:
@@ -197,8 +205,9 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         if over_rate:
             self._gw.metrics.refuse("rate_limited", n)
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, over_rate)
-        events, slots = self._admit(request.events, client)
-        if len(events) < n:
+        admitted = self._admit(request.events, client)
+        slots = admitted.slots
+        if len(admitted.events) < n:
             # All or nothing: a unary batch with a bad event stores none of it.
             bad = [f"events[{i}]: {r.message}" for i, r in enumerate(slots) if r is not None]
             prefix = "" if n == 1 else f"{len(bad)} of {n} events refused, nothing stored: "
@@ -226,17 +235,18 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
                 f"gateway has {budget.used} events in flight, max_inflight_events is {budget.limit};"
                 " retry with backoff",
             )
+        response = gateway_pb2.PublishResponse(batch_id=request.batch_id)
         try:
-            results = await self._write(events, slots, trace)
+            await self._write(admitted, response, trace)
         finally:
             budget.release(n)
-        failed = [r for r in results if r.outcome == _REJECTED]
+        failed = [r for r in response.results if r.outcome == _REJECTED]
         if failed:
             first = failed[0]
             code = grpc.StatusCode.UNAVAILABLE if first.code == _UNAVAILABLE else grpc.StatusCode.INVALID_ARGUMENT
             stored = n - len(failed)
             await context.abort(code, f"{len(failed)} of {n} events not stored ({stored} stored): {first.message}")
-        return gateway_pb2.PublishResponse(results=results, batch_id=request.batch_id)
+        return response
 
     async def PublishStream(
         self,
@@ -269,9 +279,9 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         async def write(req: gateway_pb2.PublishRequest, n: int, client: Client) -> gateway_pb2.PublishResponse:
             try:
                 trace = tracing.batch(call_parent) if tracing.enabled else None
-                events, slots = self._admit(req.events, client)
-                results = await self._write(events, slots, trace)
-                return gateway_pb2.PublishResponse(results=results, batch_id=req.batch_id)
+                return await self._write(
+                    self._admit(req.events, client), gateway_pb2.PublishResponse(batch_id=req.batch_id), trace
+                )
             finally:
                 gw.budget.release(n)
                 stream_budget.release(n)

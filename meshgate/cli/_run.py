@@ -11,9 +11,26 @@ from collections.abc import Sequence
 from meshgate.brokers import BrokerError
 from meshgate.gateway import Gateway
 
-__all__ = ["run_until_signalled"]
+__all__ = ["EVENT_LOOP_ENV", "run_until_signalled", "use_event_loop"]
 
 log = logging.getLogger("meshgate")
+
+# MESHGATE_EVENT_LOOP=uvloop runs the gateway (and its links' thread) on uvloop when it is
+# installed; "asyncio" (the default) or anything else keeps the standard loop.
+EVENT_LOOP_ENV = "MESHGATE_EVENT_LOOP"
+
+
+def use_event_loop() -> str:
+    """Sets the event loop policy MESHGATE_EVENT_LOOP asks for; returns the loop in use."""
+    if os.environ.get(EVENT_LOOP_ENV, "asyncio").strip().lower() != "uvloop":
+        return "asyncio"
+    try:
+        import uvloop  # noqa: PLC0415 - optional, only when asked for
+    except ImportError:
+        log.warning("%s=uvloop but uvloop is not installed (pip install uvloop); using asyncio", EVENT_LOOP_ENV)
+        return "asyncio"
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return "uvloop"
 
 
 async def run_until_signalled(gateways: Sequence[Gateway]) -> int:

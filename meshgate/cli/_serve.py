@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from meshgate.cli._run import run_until_signalled
+from meshgate.cli._run import run_until_signalled, use_event_loop
 from meshgate.config import ConfigError, load_config
 from meshgate.gateway import Gateway
 
@@ -44,4 +44,5 @@ def run(args: argparse.Namespace) -> int:
     except KeyError as exc:
         print(f"meshgate serve: {exc.args[0]}", file=sys.stderr)
         return 2
+    use_event_loop()
     return asyncio.run(run_until_signalled([gw]))

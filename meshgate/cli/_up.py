@@ -10,7 +10,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from meshgate.cli._run import run_until_signalled
+from meshgate.cli._run import run_until_signalled, use_event_loop
 from meshgate.config import QUICKSTART_PATH, ConfigError, load_config
 from meshgate.gateway import Gateway
 
@@ -50,4 +50,5 @@ def run(args: argparse.Namespace) -> int:
         )
     for gw, region in zip(gateways, config.regions, strict=True):
         print(f"region {region.name} ({region.kind}): gateway {gw.listen}", flush=True)
+    use_event_loop()
     return asyncio.run(run_until_signalled(gateways))
