@@ -357,6 +357,7 @@ def decode_event(
 
 # Headers a destination sets on a replicated event; never taken from the lines it is sent.
 POSITION_HEADERS = (HEADER_ORIGIN_SEQ, HEADER_ORIGIN_STREAM)
+_CANDIDATES = (b"s-", b"S-", b"n-s", b"n-S", b"N-s", b"N-S")
 
 
 def header_lines(event: event_pb2.Event) -> bytes:
@@ -394,13 +395,15 @@ def check_header_lines(lines: bytes) -> str | None:
     if b"\r\n\r\n" in lines:
         return "header lines hold an empty line"
     # The case-insensitive look runs only when a cheap one finds a candidate: every spelling
-    # of "nats-" holds "s-" or "S-", every spelling of "mg-origin-seq:" holds "q:" or "Q:".
-    if b"s-" in lines or b"S-" in lines or b"q:" in lines or b"Q:" in lines:
+    # of "nats-" holds "s-" or "S-", every spelling of "mg-origin-seq" and "mg-origin-stream"
+    # holds "n-s", "n-S", "N-s" or "N-S".
+    if any(c in lines for c in _CANDIDATES):
         lowered = b"\n" + lines.lower()
         if b"\nnats-" in lowered:
             return "header lines hold a broker control header (Nats-*)"
-        if b"\n" + HEADER_ORIGIN_SEQ.encode() + b":" in lowered:
-            return f"header lines hold {HEADER_ORIGIN_SEQ}, which only the destination sets"
+        for name in POSITION_HEADERS:
+            if b"\n" + name.encode() + b":" in lowered:
+                return f"header lines hold {name}, which only the destination sets"
     if lines.count(b":") < crlf:
         return "a header line is not 'name: value'"
     return None
