@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from meshgate.brokers import AppendResult, BrokerError
+from meshgate.brokers import AppendResult, BrokerError, header_lines
 from meshgate.brokers.embedded import EmbeddedNats
 from meshgate.config import NatsSettings, Settings
 from meshgate.gateway import Gateway
@@ -524,5 +524,86 @@ async def test_format_2_checkpoint_moves_to_entries(nats_server: EmbeddedNats, t
         outcomes = await replicate(gw.address, from_stream(B, [4, 5], tag="-rr") + from_stream(A, [4]))
         assert outcomes == [[DUPLICATE, REJECTED, ACCEPTED]]
         assert sorted(positions(await stored(gw))) == [(A, 4), (B, 1), (B, 2), (B, 3), (B, 4)]
+    finally:
+        await gw.stop()
+
+
+def raw_from_there(seqs: Sequence[int], *, topic: str = "orders/created") -> replication_pb2.RawEvents:
+    """from_there's events as the source's broker stored them (what a link sends)."""
+    events = from_there(seqs, topic=topic)
+    return replication_pb2.RawEvents(
+        ids=[e.id for e in events],
+        topics=[e.topic for e in events],
+        sequences=list(seqs),
+        headers=[header_lines(e) for e in events],
+        data=[e.data for e in events],
+    )
+
+
+async def replicate_raw(address: str, *batches: replication_pb2.RawEvents) -> list[replication_pb2.ReplicateResponse]:
+    async def requests() -> AsyncIterator[replication_pb2.ReplicateRequest]:
+        for i, raw in enumerate(batches, start=1):
+            yield replication_pb2.ReplicateRequest(source_region="there", batch_id=i, raw=raw)
+
+    async with grpc.aio.insecure_channel(address) as ch:
+        return [resp async for resp in replication_pb2_grpc.ReplicationStub(ch).Replicate(requests())]
+
+
+async def test_raw_batches_stored_once_like_events(nats_server: EmbeddedNats, tmp_path: Path) -> None:
+    gw = await start_gateway(nats_server, tmp_path)
+    try:
+        answers = await replicate_raw(gw.address, raw_from_there([1, 2, 3]), raw_from_there([4, 5]))
+        assert [(a.batch_id, a.accepted, a.duplicates, list(a.refused)) for a in answers] == [
+            (1, 3, 0, []),
+            (2, 2, 0, []),
+        ]
+        # A resend after a failure (a new call), and one within the call: both recognised.
+        again = await replicate_raw(gw.address, raw_from_there([2, 3, 6]), raw_from_there([6, 7]))
+        assert [(a.accepted, a.duplicates) for a in again] == [(1, 2), (1, 1)]
+        got = await stored(gw)
+        want = from_there(range(1, 8))
+        for e in want:
+            e.origin_sequence, e.sequence = e.sequence, 0
+        assert [(e.id, e.origin_sequence, e.data, list(e.route), e.source) for e in got] == [
+            (e.id, e.origin_sequence, e.data, list(e.route), e.source) for e in want
+        ]
+    finally:
+        await gw.stop()
+
+
+async def test_raw_events_that_may_not_be_written_are_refused_by_index(
+    nats_server: EmbeddedNats, tmp_path: Path
+) -> None:
+    gw = await start_gateway(nats_server, tmp_path)
+    try:
+        raw = raw_from_there([1, 2, 3, 4, 5, 6])
+        raw.headers[1] = raw.headers[1] + b"Nats-Rollup: all\r\n"  # a broker control header
+        raw.headers[2] = raw.headers[2].replace(b"mg-origin: there", b"mg-origin: elsewhere")
+        raw.ids[3] = "not-its-ce-id"
+        raw.headers[4] = raw.headers[4].replace(b"mg-route: here,there", b"mg-route: there")
+        [answer] = await replicate_raw(gw.address, raw)
+        refused = {r.index: r.message for r in answer.refused}
+        assert (answer.accepted, answer.duplicates) == (2, 0)
+        assert sorted(refused) == [1, 2, 3, 4]
+        assert "Nats-" in refused[1]
+        assert "origin" in refused[2]
+        assert "ce-id" in refused[3]
+        assert "route" in refused[4]
+        assert [e.id for e in await stored(gw)] == ["there-1", "there-6"]
+    finally:
+        await gw.stop()
+
+
+async def test_raw_batch_with_columns_of_different_lengths_ends_the_call(
+    nats_server: EmbeddedNats, tmp_path: Path
+) -> None:
+    gw = await start_gateway(nats_server, tmp_path)
+    try:
+        raw = raw_from_there([1, 2])
+        del raw.data[1]
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await replicate_raw(gw.address, raw)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "one of each per event" in (err.value.details() or "")
     finally:
         await gw.stop()

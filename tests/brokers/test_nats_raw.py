@@ -1,0 +1,196 @@
+"""The NATS adapter's raw paths: its protocol reader, fetch_raw/ack_raw and append_raw."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import nats.errors
+import pytest
+
+from meshgate.brokers import Broker, EmbeddedNats, NatsBroker, RawBatch, StartAt, header_lines
+from meshgate.brokers._codec import check_header_lines
+from meshgate.brokers.nats._parser import FastParser
+from meshgate.brokers.nats._wire import split_header_block
+from meshgate.config import NatsSettings
+from tests._servers import make_nats_broker
+from tests.brokers._contract import make_event, read_events, sequences
+
+BOUND = 10.0
+
+
+class _FakeClient:
+    """What FastParser calls on a nats-py client, recorded."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+        self.stats = {"in_msgs": 0}
+
+    async def _process_msg(self, sid: int, subject: bytes, reply: bytes, data: bytes, hdr: bytes | None) -> None:
+        self.calls.append(("msg", sid, subject, reply, data, hdr))
+
+    async def _process_ping(self) -> None:
+        self.calls.append(("ping",))
+
+    async def _process_pong(self) -> None:
+        self.calls.append(("pong",))
+
+    async def _process_err(self, err: str) -> None:
+        self.calls.append(("err", err))
+
+    async def _process_info(self, info: dict[str, Any]) -> None:
+        self.calls.append(("info", info))
+
+
+async def test_parser_splits_raw_and_ordinary_messages_across_reads() -> None:
+    nc = _FakeClient()
+    parser = FastParser(nc)  # type: ignore[arg-type]
+    raw: list[tuple[bytes, bytes, bytes | None, bytes]] = []
+    parser.raw[7] = lambda *m: raw.append(m)
+    wire = (
+        b'INFO {"max_payload":1048576}\r\n'
+        b"PING\r\n"
+        b"HMSG in.1 7 $JS.ACK.x 12 17\r\nNATS/1.0\r\n\r\nhello\r\n"
+        b"MSG other 3 5\r\nworld\r\n"
+        b"MSG in.2 7 reply.2 0\r\n\r\n"
+        b"HMSG in.3 7 16 16\r\nNATS/1.0 404\r\n\r\n\r\n"
+        b"+OK\r\nPONG\r\n-ERR 'Stale Connection'\r\n"
+    )
+    # Fed in pieces that cut control lines, headers and payloads anywhere.
+    for i in range(0, len(wire), 7):
+        await parser.parse(wire[i : i + 7])
+    assert raw == [
+        (b"in.1", b"$JS.ACK.x", b"NATS/1.0\r\n\r\n", b"hello"),
+        (b"in.2", b"reply.2", None, b""),
+        (b"in.3", b"", b"NATS/1.0 404\r\n\r\n", b""),
+    ]
+    assert nc.calls == [
+        ("info", {"max_payload": 1048576}),
+        ("ping",),
+        ("msg", 3, b"other", b"", b"world", None),
+        ("pong",),
+        ("err", "'stale connection'"),
+    ]
+    assert nc.stats["in_msgs"] == 3
+    assert parser.buf == b""
+
+
+async def test_parser_refuses_garbage_and_survives_a_failing_handler() -> None:
+    parser = FastParser(_FakeClient())  # type: ignore[arg-type]
+
+    def boom(*_m: object) -> None:
+        raise RuntimeError("handler bug")
+
+    parser.raw[1] = boom
+    await parser.parse(b"MSG a 1 2\r\nok\r\n")  # logged, not raised: the reader goes on
+    with pytest.raises(nats.errors.ProtocolError):
+        await parser.parse(b"WHAT is this\r\n")
+
+
+def test_split_header_block_takes_the_id_and_drops_nats_headers() -> None:
+    ev = make_event("orders/created", "id with space")
+    block = b"NATS/1.0\r\nNats-Msg-Id: id%20with%20space\r\n" + header_lines(ev) + b"\r\n"
+    assert split_header_block(block) == ("id with space", header_lines(ev))
+    # Written by someone else: the id comes from ce-id, Nats-* lines are left out.
+    foreign = b"NATS/1.0\r\nX-Other: 1\r\nNats-Expected-Stream: S\r\nce-id: abc\r\n\r\n"
+    assert split_header_block(foreign) == ("abc", b"X-Other: 1\r\nce-id: abc\r\n")
+
+
+@pytest.mark.parametrize(
+    ("lines", "problem"),
+    [
+        (b"ce-id: a\r\n", None),
+        (b"ce-id: a\r\nNats-Rollup: all\r\n", "Nats-"),
+        (b"ce-id: a\r\nnATS-ttl: 1\r\n", "Nats-"),
+        (b"MG-Origin-Seq: 5\r\n", "mg-origin-seq"),
+        (b"mg-origin-stream: p/1\r\n", "mg-origin-stream"),
+        (b"ce-id: a\r\n\r\nce-x: b\r\n", "empty line"),
+        (b"ce-id: a\nce-x: b\r\n", "line break"),
+        (b"ce-id: a", "CRLF"),
+        (b"no colon\r\n", "name: value"),
+    ],
+)
+def test_check_header_lines(lines: bytes, problem: str | None) -> None:
+    got = check_header_lines(lines)
+    assert (got is None) if problem is None else (got is not None and problem in got), got
+
+
+async def _fetch_all(consumer: Any, count: int) -> RawBatch:
+    got = RawBatch()
+    async with asyncio.timeout(BOUND):
+        while len(got) < count:
+            part = await consumer.fetch_raw(100, timeout=0.5)
+            for name in ("ids", "topics", "sequences", "headers", "data", "tokens"):
+                getattr(got, name).extend(getattr(part, name))
+    return got
+
+
+async def test_raw_fetch_and_append_carry_the_stored_bytes(nats_server: EmbeddedNats, nats_broker: NatsBroker) -> None:
+    events = [
+        make_event("orders/created", f"r{i}", key=f"k{i}", origin="here", route=["here", "there"]) for i in range(5)
+    ]
+    events[1].extensions["tenant"] = "acme corp"
+    other = make_event("orders/created", "elsewhere", origin="here", route=["here"])
+    seqs = sequences(await nats_broker.append([*events[:3], other, *events[3:]]))
+    consumer = await nats_broker.durable_consumer("link-there", origin="here", routed_to="there")
+    raw = await _fetch_all(consumer, 5)
+    assert raw.ids == [e.id for e in events]
+    assert raw.sequences == [*seqs[:3], *seqs[4:]]
+    assert raw.streams == []
+    assert raw.headers == [header_lines(e) for e in events]
+    assert raw.data == [e.data for e in events]
+    await consumer.ack_raw(raw)
+    assert await consumer.pending() == 0
+    await consumer.close()
+
+    # Written into another region's log (as a destination does): the same event, plus its
+    # origin sequence; sent again, the same ids are duplicates.
+    async with make_nats_broker(nats_server, settings=NatsSettings(stream="THERE", subject_prefix="there.")) as there:
+        for duplicate in (False, True):
+            results = await there.append_raw(
+                ids=raw.ids, topics=raw.topics, headers=raw.headers, data=raw.data, origin_sequences=raw.sequences
+            )
+            assert [r.duplicate for r in sequences_of(results)] == [duplicate] * 5
+        copies = await read_events(there, "orders/created", 5, start=StartAt(earliest=True))
+    for ev, copy, seq in zip(events, copies, raw.sequences, strict=True):
+        want = type(ev)()
+        want.CopyFrom(ev)
+        want.origin_sequence, want.sequence = seq, copy.sequence
+        assert copy == want
+
+
+def sequences_of(results: list[Any]) -> list[Any]:
+    assert all(not isinstance(r, Exception) for r in results), results
+    return results
+
+
+async def test_default_raw_paths_decode_and_encode(nats_broker: NatsBroker) -> None:
+    # The base class's fetch_raw/append_raw (what an adapter without raw paths gets) agree with NATS's own.
+    events = [make_event("orders/created", f"d{i}") for i in range(3)]
+    await nats_broker.append(events)
+    consumer = await nats_broker.durable_consumer("default-raw")
+    async with asyncio.timeout(BOUND):
+        raw = RawBatch()
+        while len(raw) < 3:
+            part = await type(consumer).__mro__[1].fetch_raw(consumer, 10, timeout=0.5)  # DurableConsumer's
+            raw.ids.extend(part.ids)
+            raw.headers.extend(part.headers)
+            raw.data.extend(part.data)
+            raw.sequences.extend(part.sequences)
+            raw.tokens.extend(part.tokens)
+    assert raw.headers == [header_lines(e) for e in events]
+    await consumer.close()
+    results = await Broker.append_raw(
+        nats_broker,
+        ids=["x0", "x1", "x2"],
+        topics=["orders/default"] * 3,
+        headers=raw.headers,
+        data=raw.data,
+        origin_sequences=raw.sequences,
+        origin_streams=["p/0", "p/1", "p/2"],
+    )
+    sequences_of(results)
+    copies = await read_events(nats_broker, "orders/default", 3, start=StartAt(earliest=True))
+    assert [(c.id, c.origin_sequence, c.origin_stream, c.data) for c in copies] == [
+        (f"x{i}", raw.sequences[i], f"p/{i}", events[i].data) for i in range(3)
+    ]
