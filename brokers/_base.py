@@ -142,12 +142,14 @@ class RawBatch:
 
     def split(self, max_bytes: int, *, overhead: int = 1024, per_event: int = 16) -> list[RawBatch]:
         """Consecutive parts whose encoded size stays within ``max_bytes`` (one event at least)."""
+        total = sum(map(len, self.headers)) + sum(map(len, self.data)) + sum(map(len, self.ids))
+        total += sum(map(len, self.topics)) + per_event * len(self.ids) + overhead
+        if total <= max_bytes:  # the common case, counted without a loop in Python
+            return [self]
         sizes = [
             len(h) + len(d) + len(i) + len(t) + per_event
             for h, d, i, t in zip(self.headers, self.data, self.ids, self.topics, strict=True)
         ]
-        if sum(sizes) + overhead <= max_bytes:
-            return [self]
         parts = []
         start, size = 0, overhead
         for i, n in enumerate(sizes):

@@ -194,3 +194,20 @@ async def test_default_raw_paths_decode_and_encode(nats_broker: NatsBroker) -> N
     assert [(c.id, c.origin_sequence, c.origin_stream, c.data) for c in copies] == [
         (f"x{i}", raw.sequences[i], f"p/{i}", events[i].data) for i in range(3)
     ]
+
+
+def test_raw_batch_splits_by_encoded_size_in_order() -> None:
+    batch = RawBatch(
+        ids=[f"e{i}" for i in range(5)],
+        topics=["orders/x"] * 5,
+        sequences=[1, 2, 3, 4, 5],
+        headers=[b"h: v\r\n" * 10] * 5,
+        data=[b"d" * 200] * 5,
+        tokens=list(range(5)),
+    )
+    assert batch.split(10_000) == [batch]
+    parts = batch.split(1024 + 2 * 290)  # room for two events of about 280 bytes each
+    assert [p.sequences for p in parts] == [[1, 2], [3, 4], [5]]
+    assert [p.tokens for p in parts] == [[0, 1], [2, 3], [4]]
+    # A single event larger than the limit still goes, alone.
+    assert [len(p) for p in batch.split(10)] == [1, 1, 1, 1, 1]
