@@ -29,6 +29,7 @@ COPY gateway/ gateway/
 COPY proto/ proto/
 COPY replicator/ replicator/
 COPY router/ router/
+COPY tls/ tls/
 RUN /opt/meshgate/bin/pip install --no-compile . \
  && /opt/meshgate/bin/python -m compileall -q /opt/meshgate/lib \
  && /opt/meshgate/bin/meshgate --help > /dev/null

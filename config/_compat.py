@@ -30,6 +30,9 @@ def region_changes(old: RegionConfig, new: RegionConfig) -> list[str]:
         changes.append(f"gateway address {old.gateway or '(default)'} -> {new.gateway or '(default)'}")
     if old.metrics != new.metrics:
         changes.append(f"metrics address {old.metrics or '(default)'} -> {new.metrics or '(default)'}")
+    if old.tls != new.tls:
+        # The files' contents are re-read on change; which files is fixed when the server starts.
+        changes.append(f"tls {_tls(old)} -> {_tls(new)}")
     # The broker adapter created its stream or topics from these at start.
     if old.kind != new.kind:
         return changes
@@ -40,11 +43,27 @@ def region_changes(old: RegionConfig, new: RegionConfig) -> list[str]:
     return changes
 
 
+def _tls(region: RegionConfig) -> str:
+    return f"cert {region.tls.cert}, key {region.tls.key}" if region.tls is not None else "(none)"
+
+
+def _security_changes(old: MeshConfig, new: MeshConfig) -> list[str]:
+    a, b = old.security, new.security
+    changes = []
+    if a.ca != b.ca:
+        changes.append(f"security.ca {a.ca or '(none: plaintext)'} -> {b.ca or '(none: plaintext)'}")
+    if a.client_certs != b.client_certs:
+        changes.append(f"security.client_certs {a.client_certs.value} -> {b.client_certs.value}")
+    return changes
+
+
 def check_compatible(old: MeshConfig, new: MeshConfig, region: str) -> str | None:
     """ "restart needed: ..." when ``new`` changes what region ``region``'s running gateway cannot swap live, else None.
 
     Routing, other regions, settings and client tokens swap live; this region's own listen addresses,
-    broker kind, brokers and broker layout, and the gRPC server's size limits do not.
+    broker kind, brokers, broker layout and certificate paths, the gRPC server's size limits, and the
+    TLS settings (security.ca, client_certs) do not. New contents of the certificate files need no
+    reload at all: they are used from the next handshake.
     """
     if region not in new.region_names:
         return f"restart needed: region {region!r} is not in the new file (regions: {', '.join(new.region_names)})"
@@ -56,6 +75,9 @@ def check_compatible(old: MeshConfig, new: MeshConfig, region: str) -> str | Non
         before, after = getattr(old.settings.limits, name), getattr(new.settings.limits, name)
         if before != after:
             changes.append(f"settings.limits.{name} {before} -> {after}")
+    security = _security_changes(old, new)
+    if security:
+        return "restart needed: " + "; ".join(security + changes)
     if not changes:
         return None
     return f"restart needed: region {region}'s " + "; ".join(changes)

@@ -18,16 +18,20 @@ from pathlib import Path as FsPath
 from typing import Any, cast
 
 import jsonschema
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 
 from meshgate.config._errors import ConfigError, ConfigIssue
 from meshgate.config._model import (
     BrokerKind,
+    ClientCerts,
     ClientToken,
     KafkaSettings,
     Limits,
     MeshConfig,
     NatsSettings,
     RegionConfig,
+    RegionTls,
     RouteRule,
     SecuritySettings,
     Settings,
@@ -35,6 +39,7 @@ from meshgate.config._model import (
 from meshgate.config._values import format_duration, parse_duration, parse_size, split_host_port
 from meshgate.config._yaml import Document, Path, format_path, parse_yaml, position_of_index
 from meshgate.router._topics import validate_pattern
+from meshgate.tls import TlsError, check_pair, read_ca, regions_named
 
 __all__ = ["SCHEMA_PATH", "load_config", "load_config_bytes", "load_config_text", "mesh_schema"]
 
@@ -97,15 +102,29 @@ def _describe_type(value: object) -> str:
     return _describe(value)
 
 
+def _base_dir(source: str) -> FsPath:
+    """The folder that relative paths in the mesh file start from: the file's own, else the working directory."""
+    if source.startswith("<"):
+        return FsPath.cwd()
+    return FsPath(os.path.abspath(source)).parent
+
+
+def _file_path(base: FsPath, value: str) -> FsPath:
+    # Normalised but never resolved: a Kubernetes Secret volume rotates its files by swapping
+    # a symlink, which a resolved path would no longer follow.
+    return FsPath(os.path.normpath(base / os.path.expanduser(value)))
+
+
 def _suggest(word: str, choices: list[str] | tuple[str, ...]) -> str:
     close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
 class _Checker:
-    def __init__(self, *, doc: Document, source: str) -> None:
+    def __init__(self, *, doc: Document, source: str, check_files: bool = True) -> None:
         self.doc = doc
         self.source = source
+        self.check_files = check_files
         self.issues: list[tuple[Path, str, ConfigIssue]] = []
 
     def add(self, path: Path, message: str, *, key: bool = False, origin: str = "check") -> None:
@@ -187,6 +206,9 @@ class _Checker:
         security = mesh.get("security")
         if isinstance(security, dict) and isinstance(security.get("tokens"), list):
             self.check_tokens(security["tokens"])
+        self.check_security(
+            security if isinstance(security, dict) else {}, regions if isinstance(regions, list) else []
+        )
 
     def check_regions(self, regions: list[object]) -> list[str] | None:
         """The region names, or None when some name is unknown (an unset variable) so none can be checked against."""
@@ -495,6 +517,96 @@ class _Checker:
                     " so raise max_age (0 keeps events without age limit) or lower the window",
                 )
 
+    def check_security(self, security: dict[str, object], regions: list[object]) -> None:
+        """TLS settings that hold together, and certificate files that exist and fit their region."""
+        base: Path = ("event_mesh", "security")
+        folder = _base_dir(self.source)
+        ca = security.get("ca")
+        ca_certs: list[x509.Certificate] | None = None
+        if self.check_files and isinstance(ca, str) and ca and (*base, "ca") not in self.doc.broken:
+            try:
+                ca_certs = read_ca(_file_path(folder, ca))[1]
+            except TlsError as exc:
+                self.add((*base, "ca"), str(exc))
+        tls_on = "ca" in security
+        mode = security.get("client_certs")
+        if "client_certs" in security and not tls_on:
+            self.add(
+                (*base, "client_certs"),
+                "client_certs applies only with security.ca set (the CA that signs client certificates)",
+                key=True,
+            )
+        elif tls_on and mode in (ClientCerts.OFF.value, ClientCerts.OPTIONAL.value):
+            self.add(
+                (*base, "client_certs"),
+                f"client_certs {mode} cannot be served: a gateway serves clients and peers on one port, Replicate"
+                " needs the peer's certificate, and gRPC Python can only require a client certificate or not ask"
+                " for one; use required and give clients a certificate of the CA (meshgate certs makes one)",
+            )
+        for i, region in enumerate(regions):
+            if not isinstance(region, dict):
+                continue
+            rbase: Path = ("event_mesh", "regions", i)
+            name = region.get("name")
+            label = f"region {name}" if isinstance(name, str) else f"region #{i + 1}"
+            tls = region.get("tls")
+            if tls is None:
+                if tls_on:
+                    self.add(
+                        rbase,
+                        f"{label} has no tls: {{cert, key}}; with security.ca set every gateway serves TLS only"
+                        " and shows its region's certificate to clients and peers",
+                    )
+                continue
+            if not tls_on:
+                self.add(
+                    (*rbase, "tls"),
+                    "tls needs security.ca: the mesh CA that signed the regions' certificates",
+                    key=True,
+                )
+                continue
+            if not isinstance(tls, dict):
+                continue
+            cert, key = tls.get("cert"), tls.get("key")
+            if not (self.check_files and isinstance(cert, str) and cert and isinstance(key, str) and key):
+                continue
+            if (*rbase, "tls", "cert") in self.doc.broken or (*rbase, "tls", "key") in self.doc.broken:
+                continue
+            try:
+                leaf = check_pair(_file_path(folder, cert), _file_path(folder, key))[2]
+            except TlsError as exc:
+                which = "key" if "private key" in str(exc) and "not the key of" not in str(exc) else "cert"
+                self.add((*rbase, "tls", which), str(exc))
+                continue
+            if isinstance(name, str) and (*rbase, "name") not in self.doc.broken:
+                self.check_region_cert((*rbase, "tls", "cert"), name, cert, leaf, ca_certs)
+
+    def check_region_cert(
+        self, path: Path, name: str, file: str, leaf: x509.Certificate, ca_certs: list[x509.Certificate] | None
+    ) -> None:
+        named = regions_named(leaf)
+        if named != (name,):
+            shown = ", ".join(named) if named else "no region"
+            self.add(
+                path,
+                f"the certificate {file} names {shown}, not region {name}: a region's certificate carries exactly"
+                f" one SAN URI:meshgate://region/{name} (meshgate certs --region {name} makes one)",
+            )
+        try:
+            dns = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+                x509.DNSName
+            )
+        except x509.ExtensionNotFound:
+            dns = []
+        if name not in dns:
+            self.add(
+                path,
+                f"the certificate {file} lacks the SAN DNS:{name}; peers replicating to region {name}"
+                " expect its gateway to present that name",
+            )
+        if ca_certs is not None and not any(_issued_by(leaf, ca) for ca in ca_certs):
+            self.add(path, f"the certificate {file} is not signed by the CA of security.ca")
+
     def results(self) -> list[ConfigIssue]:
         broken = self.doc.broken
         detailed = {path for path, origin, _ in self.issues if origin == "check"}
@@ -508,8 +620,17 @@ class _Checker:
         return list(kept.values())
 
 
+def _issued_by(leaf: x509.Certificate, ca: x509.Certificate) -> bool:
+    try:
+        leaf.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
 def _build(data: dict[str, Any], doc: Document, *, source: str, sha256: str) -> MeshConfig:
     mesh: dict[str, Any] = data["event_mesh"]
+    folder = _base_dir(source)
     regions: list[RegionConfig] = []
     for i, r in enumerate(mesh["regions"]):
         nats_raw: dict[str, Any] = r.get("nats") or {}
@@ -540,6 +661,11 @@ def _build(data: dict[str, Any], doc: Document, *, source: str, sha256: str) -> 
                 metrics=r.get("metrics"),
                 nats=nats,
                 kafka=kafka,
+                tls=(
+                    RegionTls(cert=_file_path(folder, r["tls"]["cert"]), key=_file_path(folder, r["tls"]["key"]))
+                    if r.get("tls")
+                    else None
+                ),
                 line=doc.position(("event_mesh", "regions", i))[0],
             )
         )
@@ -580,7 +706,7 @@ def _build(data: dict[str, Any], doc: Document, *, source: str, sha256: str) -> 
         regions=tuple(regions),
         routing=tuple(rules),
         settings=settings,
-        security=_build_security(mesh.get("security") or {}, doc),
+        security=_build_security(mesh.get("security") or {}, doc, folder),
         source=source,
         sha256=sha256,
     )
@@ -595,7 +721,7 @@ def _message_bytes(raw_limits: dict[str, Any], defaults: Limits) -> int:
     return max(defaults.max_message_bytes, data + attributes + _EVENT_FRAMING_BYTES)
 
 
-def _build_security(raw: dict[str, Any], doc: Document) -> SecuritySettings:
+def _build_security(raw: dict[str, Any], doc: Document, folder: FsPath) -> SecuritySettings:
     tokens: list[ClientToken] = []
     for i, entry in enumerate(raw.get("tokens") or ()):
         path: Path = ("event_mesh", "security", "tokens", i, "token")
@@ -613,7 +739,11 @@ def _build_security(raw: dict[str, Any], doc: Document) -> SecuritySettings:
                 line=doc.position(("event_mesh", "security", "tokens", i))[0],
             )
         )
-    return SecuritySettings(tokens=tuple(tokens))
+    return SecuritySettings(
+        ca=_file_path(folder, raw["ca"]) if raw.get("ca") else None,
+        client_certs=ClientCerts(raw.get("client_certs", ClientCerts.REQUIRED.value)),
+        tokens=tuple(tokens),
+    )
 
 
 def _token_advice(issue: ConfigIssue) -> ConfigIssue:
@@ -624,7 +754,9 @@ def _token_advice(issue: ConfigIssue) -> ConfigIssue:
     return dataclasses.replace(issue, message=message)
 
 
-def _load(text: str, *, source: str, sha256: str, env: Mapping[str, str] | None) -> MeshConfig:
+def _load(
+    text: str, *, source: str, sha256: str, env: Mapping[str, str] | None, check_files: bool = True
+) -> MeshConfig:
     doc, issues = parse_yaml(text, source=source, env=os.environ if env is None else env)
     if doc is None:
         raise ConfigError(issues)
@@ -640,7 +772,7 @@ def _load(text: str, *, source: str, sha256: str, env: Mapping[str, str] | None)
             )
         )
         raise ConfigError(issues)
-    checker = _Checker(doc=doc, source=source)
+    checker = _Checker(doc=doc, source=source, check_files=check_files)
     checker.schema()
     checker.cross()
     issues.extend(checker.results())
@@ -650,8 +782,13 @@ def _load(text: str, *, source: str, sha256: str, env: Mapping[str, str] | None)
     return _build(doc.data, doc, source=source, sha256=sha256)
 
 
-def load_config_bytes(data: bytes, source: str = "<bytes>", *, env: Mapping[str, str] | None = None) -> MeshConfig:
-    """The config of a mesh file's bytes (UTF-8); ``sha256`` is of these bytes."""
+def load_config_bytes(
+    data: bytes, source: str = "<bytes>", *, env: Mapping[str, str] | None = None, check_files: bool = True
+) -> MeshConfig:
+    """The config of a mesh file's bytes (UTF-8); ``sha256`` is of these bytes.
+
+    ``check_files`` False skips reading the certificate files the file names (``meshgate certs``
+    reads a mesh file to make them)."""
     digest = hashlib.sha256(data).hexdigest()
     try:
         text = data.decode("utf-8-sig")
@@ -668,7 +805,7 @@ def load_config_bytes(data: bytes, source: str = "<bytes>", *, env: Mapping[str,
                 )
             ]
         ) from None
-    return _load(text, source=source, sha256=digest, env=env)
+    return _load(text, source=source, sha256=digest, env=env, check_files=check_files)
 
 
 def load_config_text(text: str, source: str = "<string>", *, env: Mapping[str, str] | None = None) -> MeshConfig:
@@ -676,7 +813,9 @@ def load_config_text(text: str, source: str = "<string>", *, env: Mapping[str, s
     return _load(text, source=source, sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(), env=env)
 
 
-def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> MeshConfig:
+def load_config(
+    path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None, check_files: bool = True
+) -> MeshConfig:
     """The config of the mesh file at ``path``; raises ConfigError naming every problem as FILE:LINE:COL."""
     source = os.fspath(path)
     try:
@@ -686,4 +825,4 @@ def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None =
         raise ConfigError(
             [ConfigIssue(file=source, line=0, column=0, message=f"cannot read the file: {reason}")]
         ) from None
-    return load_config_bytes(data, source, env=env)
+    return load_config_bytes(data, source, env=env, check_files=check_files)

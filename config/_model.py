@@ -5,15 +5,18 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 __all__ = [
     "BrokerKind",
+    "ClientCerts",
     "ClientToken",
     "KafkaSettings",
     "Limits",
     "MeshConfig",
     "NatsSettings",
     "RegionConfig",
+    "RegionTls",
     "RouteRule",
     "SecuritySettings",
     "Settings",
@@ -53,6 +56,16 @@ class KafkaSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RegionTls:
+    """A region's gateway certificate: served to every client, and shown as the client certificate
+    when this region replicates to its peers. Absolute paths (relative ones are taken from the mesh
+    file's folder by the loader); the files are re-read when they change."""
+
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RegionConfig:
     name: str
     brokers: tuple[str, ...] = ()
@@ -63,6 +76,8 @@ class RegionConfig:
     metrics: str | None = None
     nats: NatsSettings = field(default_factory=NatsSettings)
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    # Its gateway's certificate and key; required when security.ca is set.
+    tls: RegionTls | None = None
     # Where the region is declared in the mesh file (1-based; 0 when built in code).
     line: int = 0
 
@@ -127,16 +142,32 @@ class ClientToken:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class SecuritySettings:
-    # Empty: clients are not authenticated (anyone who reaches the port may call).
-    tokens: tuple[ClientToken, ...] = ()
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
     idempotency_window_seconds: float = 15 * 60.0
     shutdown_grace_seconds: float = 10.0
     limits: Limits = field(default_factory=Limits)
+
+
+class ClientCerts(enum.StrEnum):
+    """Whether clients other than peer regions must present a certificate of the mesh CA."""
+
+    OFF = "off"
+    OPTIONAL = "optional"
+    REQUIRED = "required"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SecuritySettings:
+    # The mesh CA (PEM, may hold several certificates during a CA rotation). Set: every gateway
+    # serves TLS only and Replicate needs a peer certificate naming a region of the mesh.
+    ca: Path | None = None
+    client_certs: ClientCerts = ClientCerts.REQUIRED
+    # Empty: clients are not authenticated (anyone who reaches the port may call).
+    tokens: tuple[ClientToken, ...] = ()
+
+    @property
+    def tls(self) -> bool:
+        return self.ca is not None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -134,7 +134,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         if request.HasField("since"):
             ask.since.CopyFrom(request.since)
         try:
-            async with grpc.aio.insecure_channel(address) as channel:
+            async with self._gw.peer_channel(region, address) as channel:
                 resp = await admin_pb2_grpc.AdminStub(channel).Locate(ask, timeout=_PEER_TIMEOUT, metadata=metadata)
         except grpc.aio.AioRpcError as exc:
             code = exc.code()

@@ -15,6 +15,7 @@ from meshgate.brokers import AppendResult, BrokerError
 from meshgate.brokers._codec import HEADER_ORIGIN, HEADER_ROUTE, check_header_lines, escape_header_value, parse_time
 from meshgate.gateway._dedup import OriginDedup, OriginState
 from meshgate.router import validate_topic
+from meshgate.tls import peer_identity
 from meshgate.v1 import event_pb2, replication_pb2, replication_pb2_grpc
 
 if TYPE_CHECKING:
@@ -34,6 +35,12 @@ _CHECKPOINT_EVERY = 0.2
 _PIPELINE = 4
 _TIME_LINE = b"\r\nce-time: "
 _ROUTE_LINE = f"\r\n{HEADER_ROUTE}: ".encode()
+# With TLS on, a raw batch's header lines must carry exactly this header once, naming the peer.
+_ORIGIN_NAME = HEADER_ORIGIN.encode()
+
+
+def _escaped(region: str) -> bytes:
+    return escape_header_value(region).encode()
 
 
 class _CallFailed(Exception):
@@ -520,12 +527,62 @@ class ReplicationService(replication_pb2_grpc.ReplicationServicer):
                 state.stream(name).advance(seq)
         return failure
 
+    async def _peer_region(self, context: grpc.aio.ServicerContext[Any, Any]) -> str:
+        """The region of the caller's verified certificate; the call is aborted otherwise."""
+        gw = self._gw
+        identity = peer_identity(context.auth_context())
+        if not identity.verified:
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                f"region {gw.region} takes Replicate only from a peer showing its region's certificate of the mesh CA",
+            )
+        config, _ = gw.routing
+        known = [r for r in identity.regions if r in config.region_names and r != gw.region]
+        if len(identity.regions) != 1 or not known:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"region {gw.region} takes Replicate only from another region of the mesh; the caller showed"
+                f" {identity.describe()} (regions: {', '.join(config.region_names)})",
+            )
+        return known[0]
+
+    def _check_origins(self, peer: str, request: replication_pb2.ReplicateRequest) -> None:
+        """A peer forwards only its own events: one of another origin ends the call (_CallFailed)
+        before anything of its batch is stored."""
+        claimed: str | None = None
+        for ev in request.events:
+            if ev.origin != peer:
+                claimed = f"event {ev.id} claims origin {ev.origin!r}"
+                break
+        if request.HasField("raw"):
+            raw = request.raw
+            for i, lines in enumerate(raw.headers):
+                # The decoder keeps the last of repeated headers: exactly one mg-origin, the peer's.
+                origins = [
+                    value.strip()
+                    for name, _, value in (line.partition(b":") for line in lines.split(b"\r\n"))
+                    if name.strip().lower() == _ORIGIN_NAME
+                ]
+                if origins != [_escaped(peer)]:
+                    shown = b", ".join(origins).decode("utf-8", "replace") or "none"
+                    eid = raw.ids[i] if i < len(raw.ids) else f"#{i}"
+                    claimed = f"event {eid} carries the origin header(s) {shown}"
+                    break
+        if claimed is not None:
+            self._gw.metrics.refuse("permission", len(request.events) or len(request.raw.ids))
+            raise _CallFailed(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"{claimed}; the certificate of region {peer} may forward only events of region {peer}",
+            )
+
     async def Replicate(
         self,
         request_iterator: AsyncIterator[replication_pb2.ReplicateRequest],
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[replication_pb2.ReplicateResponse]:
         gw = self._gw
+        # With TLS on, the peer is the region its verified certificate names, before anything is read.
+        peer = await self._peer_region(context) if gw.server_tls is not None else None
         if gw.draining:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"gateway of region {gw.region} is shutting down")
         requests = request_iterator.__aiter__()
@@ -535,6 +592,12 @@ class ReplicationService(replication_pb2_grpc.ReplicationServicer):
             return
         origin = first.source_region
         config, _ = gw.routing
+        if peer is not None and origin != peer:
+            gw.metrics.refuse("permission", len(first.events) or len(first.raw.ids))
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"the certificate of region {peer} cannot replicate as region {origin!r}",
+            )
         if origin not in config.region_names or origin == gw.region:
             gw.metrics.refuse("permission", len(first.events) or len(first.raw.ids))
             await context.abort(
@@ -659,6 +722,9 @@ class ReplicationService(replication_pb2_grpc.ReplicationServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"source_region changed from {origin!r} to {request.source_region!r} within one call",
             )
+        if self._gw.server_tls is not None:
+            # The call's origin is the peer's certificate region (checked when it opened).
+            self._check_origins(origin, request)
         spans = None
         batch: _Batch | _RawBatch
         if request.HasField("raw"):

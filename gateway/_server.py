@@ -31,6 +31,7 @@ from meshgate.gateway._replication import ReplicationService
 from meshgate.gateway._tracing import Tracing
 from meshgate.replicator import DEFAULT_LEASE_TTL, LinkOptions, Replicator
 from meshgate.router import Router
+from meshgate.tls import ClientTls, ServerTls, TlsFiles, open_channel
 from meshgate.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -71,6 +72,19 @@ def _server_options(limits: Limits) -> list[tuple[str, int]]:
         ("grpc.max_metadata_size", limits.max_metadata_bytes),
         ("grpc.absolute_max_metadata_size", limits.max_metadata_bytes),
     ]
+
+
+def _peer_tls(config: MeshConfig, region: str) -> ClientTls | None:
+    ca = config.security.ca
+    if ca is None:
+        return None
+    tls = config.region(region).tls
+    if tls is None:
+        raise ValueError(
+            f"region {region} has no tls: {{cert, key}} in {config.source}, and security.ca is set:"
+            " every gateway serves TLS only"
+        )
+    return ClientTls(TlsFiles(ca=ca, cert=tls.cert, key=tls.key))
 
 
 class GatewayState(enum.Enum):
@@ -145,6 +159,12 @@ class Gateway:
         self.tracing = Tracing.from_env(region)
         if self.tracing.enabled:
             link_options = dataclasses.replace(link_options, tracing=self.tracing)
+        # With security.ca: this region's certificate serves every client and, as the client
+        # certificate, every peer this gateway calls (replication links, Locate).
+        self.peer_tls = _peer_tls(config, region)
+        self.server_tls: ServerTls | None = None
+        if self.peer_tls is not None:
+            link_options = dataclasses.replace(link_options, tls=self.peer_tls)
         self.replicator: Replicator | None = None
         if replicate:
             self.replicator = Replicator(
@@ -191,6 +211,10 @@ class Gateway:
         if host in ("0.0.0.0", "::"):
             host = "127.0.0.1"
         return f"{host}:{self.port}"
+
+    def peer_channel(self, region: str, address: str) -> grpc.aio.Channel:
+        """A channel to another region's gateway: with TLS on, it must present that region's certificate."""
+        return open_channel(address, self.peer_tls, target_name=region)
 
     def link_statuses(self) -> list[admin_pb2.LinkStatus]:
         return self.replicator.statuses() if self.replicator is not None else []
@@ -251,11 +275,20 @@ class Gateway:
             await self._shutdown(grace=0.0)
             raise
         self.state = GatewayState.SERVING
-        log.info("region %s: gateway serving on %s", self.region, self.address)
+        mode = " (TLS, client certificates of the mesh CA required)" if self.server_tls is not None else ""
+        log.info("region %s: gateway serving on %s%s", self.region, self.address, mode)
 
     def _bind(self, server: grpc.aio.Server) -> int:
+        if self.peer_tls is not None:
+            # Files read now (TlsError, an OSError, when unusable); re-read on change at handshakes.
+            # Peers must show a certificate for Replicate, and gRPC Python can only require one
+            # or not ask: it is required of every client.
+            self.server_tls = ServerTls(self.peer_tls.files, require_client_auth=True)
         try:
-            port = server.add_insecure_port(self.listen)
+            if self.server_tls is not None:
+                port = server.add_secure_port(self.listen, self.server_tls.credentials())
+            else:
+                port = server.add_insecure_port(self.listen)
         except RuntimeError as exc:  # grpc's "Failed to bind to address ..."
             raise OSError(
                 f"region {self.region}: cannot listen on {self.listen!r}: not a free HOST:PORT here ({exc})"

@@ -24,6 +24,7 @@ from meshgate.brokers import (
     decode_event,
     parse_header_lines,
 )
+from meshgate.tls import ClientTls, TlsError, TlsMaterial
 from meshgate.v1 import admin_pb2, event_pb2, replication_pb2, replication_pb2_grpc
 
 if TYPE_CHECKING:
@@ -43,6 +44,8 @@ _LAG_POLL_SECONDS = 0.5
 # Room in a request for its own fields and each event's tag and length.
 _REQUEST_OVERHEAD_BYTES = 1024
 _EVENT_OVERHEAD_BYTES = 8
+# How often a connected link looks at its TLS files for a rotation.
+_TLS_POLL_SECONDS = 1.0
 
 
 class LinkState(enum.Enum):
@@ -70,10 +73,17 @@ class LinkOptions:
     backoff_max_seconds: float = 10.0
     # The gateway's tracer when traces are on: a "{topic} send" span per forwarded event.
     tracing: Tracing | None = field(default=None, compare=False)
+    # TLS to the destinations (security.ca set): this region's certificate as the client's, and
+    # the destination must present its own region's certificate.
+    tls: ClientTls | None = field(default=None, compare=False)
 
 
 class _LinkError(Exception):
     """The destination broke the protocol or the call ended; reconnect and resend."""
+
+
+class _TlsRotated(Exception):
+    """The TLS files changed: the batches in flight were acked; reconnect with the new files at once."""
 
 
 @dataclass(slots=True)
@@ -192,6 +202,8 @@ class Link:
         # Set while nothing is in flight: stop() waits for it within its timeout.
         self._idle = asyncio.Event()
         self._idle.set()
+        # Set when the TLS files changed: no new batch goes out on this connection.
+        self._rotating = False
 
     # --- control ---------------------------------------------------------------------------
 
@@ -281,6 +293,11 @@ class Link:
                         self._consumer = await self._open_consumer()
                     self.state = LinkState.CONNECTING
                     await self._session(self._consumer, self.address)
+                except _TlsRotated:
+                    log.info("link %s -> %s: TLS files changed; reconnecting with them", self.source, self.destination)
+                    await self._hand_back()
+                    backoff = opts.backoff_initial_seconds
+                    continue
                 except Exception as exc:  # noqa: BLE001 - whatever ends a session, the link retries
                     if isinstance(exc, grpc.aio.AioRpcError):
                         code, message = exc.code().name, exc.details() or ""
@@ -360,33 +377,79 @@ class Link:
     async def _session(self, consumer: DurableConsumer, address: str) -> None:
         """One connection to the destination; returns only by raising why it ended."""
         opts = self.options
-        async with grpc.aio.insecure_channel(
-            address,
-            options=[
-                ("grpc.max_send_message_length", 64 * 1024 * 1024),
-                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-                ("grpc.keepalive_time_ms", 10_000),
-                ("grpc.keepalive_timeout_ms", 5_000),
-                ("grpc.keepalive_permit_without_calls", 1),
-            ],
-        ) as channel:
-            await asyncio.wait_for(channel.channel_ready(), opts.connect_timeout_seconds)
+        options = [
+            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            ("grpc.keepalive_time_ms", 10_000),
+            ("grpc.keepalive_timeout_ms", 5_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+        ]
+        tls = opts.tls
+        # Read when connecting, so a rotated certificate is used from the next connection on.
+        material = tls.material() if tls is not None else None
+        if tls is not None:
+            channel = tls.channel(address, target_name=self.destination, options=options, material=material)
+        else:
+            channel = grpc.aio.insecure_channel(address, options=options)
+        async with channel:
+            await self._connect(channel)
             call = replication_pb2_grpc.ReplicationStub(channel).Replicate()
             self.state = LinkState.REPLICATING
+            self._rotating = False
             window = asyncio.Semaphore(opts.window)
-            sender = asyncio.create_task(self._send_loop(consumer, call, window))
-            receiver = asyncio.create_task(self._ack_loop(consumer, call, window))
+            tasks = [
+                asyncio.create_task(self._send_loop(consumer, call, window)),
+                asyncio.create_task(self._ack_loop(consumer, call, window)),
+            ]
+            if tls is not None and material is not None:
+                tasks.append(asyncio.create_task(self._watch_tls(tls, material)))
             try:
-                done, _ = await asyncio.wait((sender, receiver), return_when=asyncio.FIRST_EXCEPTION)
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
                 for task in done:
                     task.result()  # re-raises the failure that ended the session
                 raise _LinkError("replication session ended")
             finally:
-                for task in (sender, receiver):
+                for task in tasks:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await task
                 call.cancel()
+
+    async def _connect(self, channel: grpc.aio.Channel) -> None:
+        try:
+            await asyncio.wait_for(channel.channel_ready(), self.options.connect_timeout_seconds)
+        except TimeoutError:
+            if self.options.tls is None:
+                raise
+            # A refused TLS handshake looks like a peer that never answers; a call says why
+            # (e.g. the destination's certificate does not name its region).
+            try:
+                await replication_pb2_grpc.ReplicationStub(channel).Replicate().read()
+            except grpc.aio.AioRpcError as exc:
+                raise _LinkError(f"cannot connect over TLS: {exc.details()}") from None
+            raise
+
+    async def _watch_tls(self, tls: ClientTls, material: TlsMaterial) -> None:
+        """Ends the session once the TLS files changed into usable ones and the batches in flight were acked."""
+        refused = ""
+        while True:
+            await asyncio.sleep(_TLS_POLL_SECONDS)
+            if not tls.changed(material):
+                continue
+            try:
+                tls.material()
+            except TlsError as exc:
+                # Halfway through a rotation (a new certificate, the old key) or broken: the
+                # connection made with the previous files stays up meanwhile.
+                if str(exc) != refused:
+                    refused = str(exc)
+                    log.warning("link %s -> %s: new TLS files not usable yet: %s", self.source, self.destination, exc)
+                continue
+            break
+        self._rotating = True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), self.options.ack_timeout_seconds)
+        raise _TlsRotated
 
     async def _send_loop(
         self,
@@ -404,6 +467,11 @@ class Link:
         batch_id = 0
         while True:
             await window.acquire()
+            if self._rotating:
+                # New TLS files: nothing more on this connection; _watch_tls ends it once acked.
+                window.release()
+                await asyncio.sleep(_TLS_POLL_SECONDS)
+                continue
             deliveries = await consumer.fetch(opts.max_batch_events, timeout=opts.linger_seconds)
             last_seq = self._last_seq
             for d in deliveries:

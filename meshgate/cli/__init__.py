@@ -16,7 +16,7 @@ from collections.abc import Sequence
 __all__ = ["main"]
 
 # Modules of meshgate.cli that add commands, in the order of `meshgate --help`.
-_COMMAND_MODULES = ("_up", "_serve", "_config", "_route", "_publish", "_tail", "_status", "_trace", "_bench")
+_COMMAND_MODULES = ("_up", "_serve", "_config", "_route", "_publish", "_tail", "_status", "_trace", "_certs", "_bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

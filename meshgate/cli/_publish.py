@@ -87,7 +87,7 @@ def _stdin_batches(args: argparse.Namespace) -> Iterator[list[event_pb2.Event]]:
 
 async def _publish(args: argparse.Namespace) -> int:
     rejected = 0
-    async with channel(args.gateway, token=client_token(args)) as ch:
+    async with channel(args.gateway, args, token=client_token(args)) as ch:
         stub = gateway_pb2_grpc.GatewayStub(ch)
         try:
             if args.data is not None:

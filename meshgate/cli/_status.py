@@ -28,7 +28,7 @@ def _state(link: admin_pb2.LinkStatus) -> str:
 
 
 async def _status(args: argparse.Namespace) -> int:
-    async with channel(args.gateway, token=client_token(args)) as ch:
+    async with channel(args.gateway, args, token=client_token(args)) as ch:
         try:
             resp = await admin_pb2_grpc.AdminStub(ch).Status(admin_pb2.StatusRequest(), timeout=10)
         except grpc.aio.AioRpcError as exc:

@@ -60,7 +60,7 @@ def _line(ev: event_pb2.Event, as_json: bool) -> str:
 async def _tail(args: argparse.Namespace) -> int:
     position = gateway_pb2.START_POSITION_EARLIEST if args.start == "earliest" else gateway_pb2.START_POSITION_LATEST
     seen = 0
-    async with channel(args.gateway, token=client_token(args)) as ch:
+    async with channel(args.gateway, args, token=client_token(args)) as ch:
         stub = gateway_pb2_grpc.GatewayStub(ch)
         call = stub.Subscribe(gateway_pb2.SubscribeRequest(pattern=args.pattern, position=position))
         try:

@@ -50,7 +50,7 @@ async def _trace(args: argparse.Namespace) -> int:
         return 2
     request = admin_pb2.LocateRequest(id=args.event_id, all_regions=True)
     request.since.FromDatetime(datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=lookback))
-    async with channel(args.gateway, token=client_token(args)) as ch:
+    async with channel(args.gateway, args, token=client_token(args)) as ch:
         try:
             resp = await admin_pb2_grpc.AdminStub(ch).Locate(request, timeout=120)
         except grpc.aio.AioRpcError as exc:

@@ -151,7 +151,7 @@ def test_unknown_region_key_with_suggestion() -> None:
         """)
     assert one_error(text) == (
         "mesh.yaml:5:7: event_mesh.regions[0].gatway: unknown key 'gatway'; did you mean 'gateway'?"
-        " (allowed here: name, kind, brokers, gateway, metrics, nats, kafka)"
+        " (allowed here: name, kind, brokers, gateway, metrics, nats, kafka, tls)"
     )
 
 
@@ -203,7 +203,7 @@ def test_no_regions() -> None:
 def test_region_is_not_a_mapping() -> None:
     assert one_error("event_mesh:\n  regions:\n    - us-west\n") == (
         "mesh.yaml:3:7: event_mesh.regions[0]: expected a region mapping"
-        " (name, brokers, kind, gateway, metrics, nats, kafka), got a string"
+        " (name, brokers, kind, gateway, metrics, nats, kafka, tls), got a string"
     )
 
 
