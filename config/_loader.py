@@ -102,6 +102,11 @@ def _describe_type(value: object) -> str:
     return _describe(value)
 
 
+def _client_certs(value: object) -> object:
+    # YAML 1.1 reads an unquoted `off` as the boolean false.
+    return ClientCerts.OFF.value if value is False else value
+
+
 def _base_dir(source: str) -> FsPath:
     """The folder that relative paths in the mesh file start from: the file's own, else the working directory."""
     if source.startswith("<"):
@@ -529,8 +534,8 @@ class _Checker:
             except TlsError as exc:
                 self.add((*base, "ca"), str(exc))
         tls_on = "ca" in security
-        mode = security.get("client_certs")
-        if "client_certs" in security and not tls_on:
+        mode = _client_certs(security.get("client_certs"))
+        if mode in (ClientCerts.OPTIONAL.value, ClientCerts.REQUIRED.value) and not tls_on:
             self.add(
                 (*base, "client_certs"),
                 "client_certs applies only with security.ca set (the CA that signs client certificates)",
@@ -741,7 +746,7 @@ def _build_security(raw: dict[str, Any], doc: Document, folder: FsPath) -> Secur
         )
     return SecuritySettings(
         ca=_file_path(folder, raw["ca"]) if raw.get("ca") else None,
-        client_certs=ClientCerts(raw.get("client_certs", ClientCerts.REQUIRED.value)),
+        client_certs=ClientCerts(str(_client_certs(raw.get("client_certs", ClientCerts.REQUIRED.value)))),
         tokens=tuple(tokens),
     )
 

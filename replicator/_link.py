@@ -426,7 +426,10 @@ class Link:
             try:
                 await replication_pb2_grpc.ReplicationStub(channel).Replicate().read()
             except grpc.aio.AioRpcError as exc:
-                raise _LinkError(f"cannot connect over TLS: {exc.details()}") from None
+                raise _LinkError(
+                    f"cannot connect over TLS (region {self.destination}'s gateway must present a certificate of"
+                    f" the mesh CA naming {self.destination}, and take this region's): {exc.details()}"
+                ) from None
             raise
 
     async def _watch_tls(self, tls: ClientTls, material: TlsMaterial) -> None:

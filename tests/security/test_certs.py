@@ -1,0 +1,103 @@
+"""``meshgate certs`` and the identities its certificates carry."""
+
+from __future__ import annotations
+
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from meshgate.config import EXAMPLES_DIR, QUICKSTART_PATH, load_config
+from meshgate.tls import CLIENT_URI_PREFIX, TlsError, TlsFiles, make_ca, make_region_cert, peer_identity, regions_named
+
+
+def certs(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "meshgate", "certs", *args], cwd=cwd, capture_output=True, text=True, timeout=60
+    )
+
+
+def sans(path: Path) -> tuple[list[str], list[str]]:
+    cert = x509.load_pem_x509_certificate(path.read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    ips = [str(i) for i in san.get_values_for_type(x509.IPAddress)]
+    return san.get_values_for_type(x509.UniformResourceIdentifier), san.get_values_for_type(x509.DNSName) + ips
+
+
+def test_certs_for_the_quickstart_mtls_file_make_it_load(tmp_path: Path) -> None:
+    example = EXAMPLES_DIR / "quickstart-mtls.yaml"
+    done = certs("--out", "certs", "-c", str(example), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    out = tmp_path / "certs"
+    names = {"ca", "us-west", "eu-central", "ap-south", "client"}
+    assert {p.name for p in out.iterdir()} == {f"{n}.{ext}" for n in names for ext in ("crt", "key")}
+    for n in names:
+        assert stat.S_IMODE((out / f"{n}.key").stat().st_mode) == 0o600
+        assert stat.S_IMODE((out / f"{n}.crt").stat().st_mode) == 0o644
+    uris, names_ = sans(out / "eu-central.crt")
+    assert uris == ["meshgate://region/eu-central"]
+    assert {"eu-central", "localhost", "127.0.0.1"} <= set(names_)
+    assert sans(out / "client.crt")[0] == [f"{CLIENT_URI_PREFIX}client"]
+    # It prints the lines to paste and the CLI options.
+    assert f"ca: {out}/ca.crt" in done.stdout
+    assert f"tls: {{cert: {out}/us-west.crt, key: {out}/us-west.key}}" in done.stdout
+    assert f"--cert-key {out}/client.key" in done.stdout
+    # The example loads with them, the files checked (CA signature, region names, key pairs).
+    config = load_config(example, env={"MESHGATE_CERTS": str(out)})
+    assert config.security.ca == out / "ca.crt"
+
+
+def test_the_ca_is_kept_so_a_region_can_be_made_again(tmp_path: Path) -> None:
+    assert certs("--region", "a", "--region", "b", cwd=tmp_path).returncode == 0
+    ca = (tmp_path / "certs" / "ca.crt").read_bytes()
+    old_a = (tmp_path / "certs" / "a.crt").read_bytes()
+    done = certs("--region", "a", "--days", "7", cwd=tmp_path)
+    assert done.returncode == 0 and done.stdout.startswith("kept certs/ca.crt")
+    assert (tmp_path / "certs" / "ca.crt").read_bytes() == ca
+    new_a = x509.load_pem_x509_certificate((tmp_path / "certs" / "a.crt").read_bytes())
+    assert new_a.public_bytes(Encoding.PEM) != old_a
+    new_a.verify_directly_issued_by(x509.load_pem_x509_certificate(ca))
+    assert (new_a.not_valid_after_utc - new_a.not_valid_before_utc).days == 7
+    assert certs("--region", "a", "--new-ca", cwd=tmp_path).stdout.startswith("wrote certs/ca.crt")
+    assert (tmp_path / "certs" / "ca.crt").read_bytes() != ca
+
+
+def test_default_regions_are_the_quickstart(tmp_path: Path) -> None:
+    assert certs(cwd=tmp_path).returncode == 0
+    for region in load_config(QUICKSTART_PATH).region_names:
+        assert regions_named(x509.load_pem_x509_certificate((tmp_path / "certs" / f"{region}.crt").read_bytes())) == (
+            region,
+        )
+
+
+def test_bad_days() -> None:
+    done = certs("--region", "a", "--days", "0", cwd=Path("/tmp"))
+    assert done.returncode == 2 and "--days" in done.stderr
+
+
+def test_peer_identity_from_an_auth_context() -> None:
+    pair = make_region_cert(make_ca(), "us-west")
+    verified = {"transport_security_type": [b"ssl"], "x509_pem_cert": [pair.cert]}
+    identity = peer_identity(verified)
+    assert identity.verified and identity.regions == ("us-west",)
+    assert identity.describe() == "a certificate of region us-west (CN=meshgate region us-west)"
+    # TLS without a client certificate, and plaintext: no identity.
+    assert not peer_identity({"transport_security_type": [b"ssl"]}).verified
+    assert not peer_identity({"transport_security_type": [b"insecure"], "x509_pem_cert": [pair.cert]}).verified
+    assert not peer_identity({}).verified
+
+
+def test_tls_files_refuse_a_key_of_another_certificate(tmp_path: Path) -> None:
+    ca = make_ca()
+    a, b = make_region_cert(ca, "a"), make_region_cert(ca, "b")
+    (tmp_path / "a.crt").write_bytes(a.cert)
+    (tmp_path / "b.key").write_bytes(b.key)
+    (tmp_path / "ca.crt").write_bytes(ca.cert)
+    with pytest.raises(TlsError, match="is not the key of the certificate"):
+        TlsFiles(ca=tmp_path / "ca.crt", cert=tmp_path / "a.crt", key=tmp_path / "b.key").read()
+    with pytest.raises(ValueError, match="give both or neither"):
+        TlsFiles(ca=None, cert=tmp_path / "a.crt")

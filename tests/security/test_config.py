@@ -1,0 +1,246 @@
+"""The mesh file's TLS settings: what loads, what is refused (FILE:LINE:COL), what needs a restart."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from meshgate.config import ClientCerts, ConfigError, check_compatible, load_config, region_changes
+from tests.security._pki import Pki
+
+MESH = """\
+event_mesh:
+  security:
+    ca: {ca}
+  regions:
+    - name: us-west
+      kind: embedded
+      gateway: 127.0.0.1:7401
+      tls: {{cert: {us_cert}, key: {us_key}}}
+    - name: eu-central
+      kind: embedded
+      gateway: 127.0.0.1:7402
+      tls: {{cert: {eu_cert}, key: {eu_key}}}
+"""
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    """A mesh folder with certs/ made by the product's own code."""
+    pki = Pki(tmp_path / "certs")
+    pki.regions(["us-west", "eu-central", "ap-south"])
+    return tmp_path
+
+
+def write(folder: Path, text: str, name: str = "mesh.yaml") -> Path:
+    path = folder / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def mesh(folder: Path, **paths: str) -> Path:
+    values = {
+        "ca": "certs/ca.crt",
+        "us_cert": "certs/us-west.crt",
+        "us_key": "certs/us-west.key",
+        "eu_cert": "certs/eu-central.crt",
+        "eu_key": "certs/eu-central.key",
+        **paths,
+    }
+    return write(folder, MESH.format(**values))
+
+
+def errors(path: Path) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    return list(info.value.lines)
+
+
+def test_paths_are_taken_from_the_mesh_file_folder(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = mesh(folder)
+    monkeypatch.chdir("/")
+    config = load_config(path)
+    assert config.security.ca == folder / "certs" / "ca.crt"
+    assert config.security.client_certs is ClientCerts.REQUIRED
+    tls = config.region("us-west").tls
+    assert (
+        tls is not None and tls.cert == folder / "certs" / "us-west.crt" and tls.key == folder / "certs" / "us-west.key"
+    )
+
+
+def test_paths_come_through_variables_and_symlinks_are_kept(folder: Path, tmp_path: Path) -> None:
+    # A Kubernetes Secret volume: files are symlinks through ..data, swapped on rotation.
+    link = tmp_path / "mounted"
+    link.symlink_to(folder / "certs")
+    text = MESH.format(
+        ca="${CERTS}/ca.crt",
+        us_cert='"${CERTS}/us-west.crt"',
+        us_key='"${CERTS}/us-west.key"',
+        eu_cert='"${CERTS}/eu-central.crt"',
+        eu_key='"${CERTS}/eu-central.key"',
+    )
+    config = load_config(write(folder, text), env={"CERTS": str(link)})
+    assert config.security.ca == link / "ca.crt"
+
+
+def test_plaintext_mesh_has_no_security(folder: Path) -> None:
+    config = load_config(write(folder, "event_mesh:\n  regions:\n    - name: a\n      kind: embedded\n"))
+    assert config.security.ca is None and not config.security.tls
+    assert config.region("a").tls is None
+
+
+def test_ca_set_but_a_region_lacks_tls(folder: Path) -> None:
+    text = MESH.format(
+        ca="certs/ca.crt",
+        us_cert="certs/us-west.crt",
+        us_key="certs/us-west.key",
+        eu_cert="x",
+        eu_key="y",
+    ).replace("      tls: {cert: x, key: y}\n", "")
+    assert errors(write(folder, text)) == [
+        f"{folder}/mesh.yaml:9:7: event_mesh.regions[1]: region eu-central has no tls: {{cert, key}}; with"
+        " security.ca set every gateway serves TLS only and shows its region's certificate to clients and peers"
+    ]
+
+
+def test_tls_without_ca(folder: Path) -> None:
+    text = MESH.format(
+        ca="certs/ca.crt",
+        us_cert="certs/us-west.crt",
+        us_key="certs/us-west.key",
+        eu_cert="certs/eu-central.crt",
+        eu_key="certs/eu-central.key",
+    ).replace("  security:\n    ca: certs/ca.crt\n", "")
+    assert errors(write(folder, text)) == [
+        f"{folder}/mesh.yaml:6:7: event_mesh.regions[0].tls: tls needs security.ca: the mesh CA that signed the"
+        " regions' certificates",
+        f"{folder}/mesh.yaml:10:7: event_mesh.regions[1].tls: tls needs security.ca: the mesh CA that signed the"
+        " regions' certificates",
+    ]
+
+
+def test_missing_and_unreadable_files_are_named(folder: Path) -> None:
+    (folder / "certs" / "eu-central.key").chmod(0o000)
+    path = mesh(folder, ca="certs/nope.crt", us_cert="certs/missing.crt")
+    found = errors(path)
+    assert found[0] == (
+        f"{path}:3:9: event_mesh.security.ca: cannot read the CA file {folder}/certs/nope.crt: No such file or directory"
+    )
+    assert found[1] == (
+        f"{path}:8:19: event_mesh.regions[0].tls.cert: cannot read the certificate {folder}/certs/missing.crt:"
+        " No such file or directory"
+    )
+    if os.geteuid() != 0:  # root reads a 0000 file anyway
+        assert f"cannot read the private key {folder}/certs/eu-central.key" in found[2]
+
+
+def test_a_key_that_is_not_the_certificate_key(folder: Path) -> None:
+    path = mesh(folder, us_key="certs/eu-central.key")
+    assert errors(path) == [
+        f"{path}:8:19: event_mesh.regions[0].tls.cert: the private key {folder}/certs/eu-central.key is not the key"
+        f" of the certificate {folder}/certs/us-west.crt"
+    ]
+
+
+def test_a_certificate_of_another_region(folder: Path) -> None:
+    path = mesh(folder, us_cert="certs/ap-south.crt", us_key="certs/ap-south.key")
+    found = errors(path)
+    assert len(found) == 2
+    assert all(
+        e.startswith(f"{path}:8:19: event_mesh.regions[0].tls.cert: the certificate certs/ap-south.crt") for e in found
+    )
+    assert any("names ap-south, not region us-west" in e for e in found)
+    assert any("lacks the SAN DNS:us-west" in e for e in found)
+
+
+def test_a_certificate_of_another_ca(folder: Path) -> None:
+    other = Pki(folder / "other")
+    other.regions(["us-west"])
+    path = mesh(folder, us_cert="other/us-west.crt", us_key="other/us-west.key")
+    assert errors(path) == [
+        f"{path}:8:19: event_mesh.regions[0].tls.cert: the certificate other/us-west.crt is not signed by the CA"
+        " of security.ca"
+    ]
+
+
+def test_not_pem(folder: Path) -> None:
+    (folder / "certs" / "ca.crt").write_text("hello\n")
+    path = mesh(folder)
+    assert errors(path) == [
+        f"{path}:3:9: event_mesh.security.ca: the CA file {folder}/certs/ca.crt holds no PEM certificate"
+    ]
+
+
+@pytest.mark.parametrize("mode", ["off", "optional"])
+def test_client_certs_other_than_required_cannot_be_served(folder: Path, mode: str) -> None:
+    path = write(
+        folder,
+        mesh(folder).read_text().replace("    ca: certs/ca.crt\n", f"    ca: certs/ca.crt\n    client_certs: {mode}\n"),
+    )
+    (found,) = errors(path)
+    assert found.startswith(f"{path}:4:19: event_mesh.security.client_certs: client_certs {mode} cannot be served")
+    assert "gRPC Python can only require a client certificate or not ask for one" in found
+
+
+def test_client_certs_off_is_the_plaintext_mesh(folder: Path) -> None:
+    for value in ("off", '"off"'):
+        text = f"event_mesh:\n  security:\n    client_certs: {value}\n  regions:\n    - name: a\n      kind: embedded\n"
+        config = load_config(write(folder, text))
+        assert config.security.client_certs is ClientCerts.OFF and config.security.ca is None
+
+
+def test_client_certs_without_ca(folder: Path) -> None:
+    text = "event_mesh:\n  security:\n    client_certs: required\n  regions:\n    - name: a\n      kind: embedded\n"
+    assert errors(write(folder, text)) == [
+        f"{folder}/mesh.yaml:3:5: event_mesh.security.client_certs: client_certs applies only with security.ca set"
+        " (the CA that signs client certificates)"
+    ]
+
+
+def test_unknown_security_key_and_tls_shape(folder: Path) -> None:
+    text = mesh(folder).read_text().replace("    ca: certs/ca.crt\n", "    ca: certs/ca.crt\n    cacert: x\n")
+    text = text.replace(
+        "tls: {cert: certs/eu-central.crt, key: certs/eu-central.key}", "tls: {cert: certs/eu-central.crt}"
+    )
+    found = errors(write(folder, text))
+    assert any("event_mesh.security.cacert: unknown key 'cacert'" in e for e in found), found
+    assert any("event_mesh.regions[1].tls: missing the required key 'key'" in e for e in found), found
+
+
+def test_check_files_false_reads_the_file_without_its_certificates(folder: Path) -> None:
+    path = mesh(folder, ca="certs/not-yet.crt", us_cert="certs/not-yet-us.crt")
+    config = load_config(path, check_files=False)
+    assert config.security.ca == folder / "certs" / "not-yet.crt"
+
+
+def test_what_needs_a_restart(folder: Path) -> None:
+    old = load_config(mesh(folder))
+    # Another region's certificate paths: nothing this gateway uses.
+    new = load_config(mesh(folder, eu_cert="certs/../certs/eu-central.crt", eu_key="./certs/eu-central.key"))
+    assert check_compatible(old, new, "us-west") is None
+    # This region's own paths, or the CA's: the server's files are fixed when it starts.
+    pki2 = Pki(folder / "certs2")
+    pki2.regions(["us-west", "eu-central"])
+    moved = load_config(
+        mesh(
+            folder,
+            ca="certs2/ca.crt",
+            us_cert="certs2/us-west.crt",
+            us_key="certs2/us-west.key",
+            eu_cert="certs2/eu-central.crt",
+            eu_key="certs2/eu-central.key",
+        )
+    )
+    reason = check_compatible(old, moved, "us-west")
+    assert reason is not None and reason.startswith("restart needed: security.ca ")
+    assert (
+        f"tls cert {folder}/certs/us-west.crt, key {folder}/certs/us-west.key -> cert {folder}/certs2/us-west.crt"
+        in reason
+    )
+    assert region_changes(old.region("us-west"), moved.region("us-west")) == [
+        f"tls cert {folder}/certs/us-west.crt, key {folder}/certs/us-west.key"
+        f" -> cert {folder}/certs2/us-west.crt, key {folder}/certs2/us-west.key"
+    ]

@@ -1,0 +1,145 @@
+"""``Replicate`` at a gateway with TLS on: only a peer region, as itself, and nothing stored otherwise.
+
+Every refused call is checked in the broker: the destination stores nothing from it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+
+import grpc
+import pytest
+
+from meshgate.gateway import Gateway
+from meshgate.v1 import event_pb2, gateway_pb2_grpc, replication_pb2, replication_pb2_grpc
+from tests.gateway._helpers import ev, read_all
+from tests.security._pki import Pki
+from tests.security.conftest import ELSEWHERE, HERE, THERE, THIRD, TlsGatewayFactory
+
+ACCEPTED = event_pb2.OUTCOME_ACCEPTED
+
+
+def events(origin: str, seqs: Sequence[int]) -> list[event_pb2.Event]:
+    """Events as region ``origin`` forwards them: its origin, a route naming `here`, its log positions."""
+    return [ev(id=f"{origin}-{s}", origin=origin, route=[HERE, origin], sequence=s) for s in seqs]
+
+
+async def replicate(channel: grpc.aio.Channel, source: str, *batches: list[event_pb2.Event]) -> list[list[int]]:
+    async def requests() -> AsyncIterator[replication_pb2.ReplicateRequest]:
+        for i, batch in enumerate(batches, start=1):
+            yield replication_pb2.ReplicateRequest(source_region=source, batch_id=i, events=batch)
+
+    call = replication_pb2_grpc.ReplicationStub(channel).Replicate(requests())
+    return [[r.outcome for r in resp.results] async for resp in call]
+
+
+async def stored(gw: Gateway, pki: Pki) -> list[event_pb2.Event]:
+    """Every event in `here`'s log (read over TLS with the client's certificate)."""
+    async with pki.channel(gw.address, "client") as ch:
+        return await read_all(gateway_pb2_grpc.GatewayStub(ch), ">", idle=0.5)
+
+
+async def refused(call: object) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call  # type: ignore[misc]
+    return info.value
+
+
+async def test_a_peer_with_its_region_certificate_replicates(make_tls_gateway: TlsGatewayFactory, pki: Pki) -> None:
+    gw = await make_tls_gateway(replicate=False)
+    async with pki.channel(gw.address, THERE, server_name=HERE) as ch:
+        assert await replicate(ch, THERE, events(THERE, [1, 2]), events(THERE, [3])) == [[ACCEPTED] * 2, [ACCEPTED]]
+    found = await stored(gw, pki)
+    assert [(e.id, e.origin, e.origin_sequence) for e in found] == [
+        ("there-1", THERE, 1),
+        ("there-2", THERE, 2),
+        ("there-3", THERE, 3),
+    ]
+
+
+async def test_without_a_certificate_the_handshake_is_refused(make_tls_gateway: TlsGatewayFactory, pki: Pki) -> None:
+    gw = await make_tls_gateway(replicate=False)
+    # TLS that trusts the CA, but no certificate of its own.
+    async with pki.channel(gw.address, None) as ch:
+        err = await refused(replicate(ch, THERE, events(THERE, [1])))
+    assert err.code() is grpc.StatusCode.UNAVAILABLE
+    # Plaintext: the port speaks TLS only.
+    async with grpc.aio.insecure_channel(gw.address) as ch:
+        err = await refused(replicate(ch, THERE, events(THERE, [1])))
+    assert err.code() is grpc.StatusCode.UNAVAILABLE
+    assert await stored(gw, pki) == []
+
+
+async def test_a_certificate_of_another_ca_is_refused(
+    make_tls_gateway: TlsGatewayFactory, pki: Pki, rogue: Pki
+) -> None:
+    gw = await make_tls_gateway(replicate=False)
+    # Names region `there` too, and trusts the gateway's CA: only its signer differs.
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=pki.ca_path.read_bytes(),
+        private_key=rogue.key(THERE).read_bytes(),
+        certificate_chain=rogue.cert(THERE).read_bytes(),
+    )
+    async with grpc.aio.secure_channel(gw.address, creds) as ch:
+        err = await refused(replicate(ch, THERE, events(THERE, [1])))
+    assert err.code() is grpc.StatusCode.UNAVAILABLE
+    assert await stored(gw, pki) == []
+
+
+@pytest.mark.parametrize("who", [ELSEWHERE, "client"])
+async def test_a_certificate_naming_no_region_of_the_mesh_is_refused(
+    make_tls_gateway: TlsGatewayFactory, pki: Pki, who: str
+) -> None:
+    gw = await make_tls_gateway(replicate=False)
+    async with pki.channel(gw.address, who) as ch:
+        # It claims to be `there`, or the region its certificate names: neither is a peer here.
+        for source in (THERE, ELSEWHERE):
+            err = await refused(replicate(ch, source, events(source, [1])))
+            assert err.code() is grpc.StatusCode.PERMISSION_DENIED, err
+            assert "takes Replicate only from another region of the mesh" in (err.details() or "")
+    assert await stored(gw, pki) == []
+
+
+async def test_the_destination_own_certificate_cannot_replicate_to_it(
+    make_tls_gateway: TlsGatewayFactory, pki: Pki
+) -> None:
+    gw = await make_tls_gateway(replicate=False)
+    async with pki.channel(gw.address, HERE) as ch:
+        err = await refused(replicate(ch, HERE, events(HERE, [1])))
+    assert err.code() is grpc.StatusCode.PERMISSION_DENIED
+    assert await stored(gw, pki) == []
+
+
+async def test_a_peer_cannot_claim_another_region_as_source(make_tls_gateway: TlsGatewayFactory, pki: Pki) -> None:
+    gw = await make_tls_gateway(replicate=False)
+    async with pki.channel(gw.address, THERE) as ch:
+        err = await refused(replicate(ch, THIRD, events(THIRD, [1, 2])))
+    assert err.code() is grpc.StatusCode.PERMISSION_DENIED
+    assert err.details() == "the certificate of region there cannot replicate as region 'third'"
+    assert await stored(gw, pki) == []
+
+
+async def test_a_peer_cannot_forward_events_of_another_origin(make_tls_gateway: TlsGatewayFactory, pki: Pki) -> None:
+    gw = await make_tls_gateway(replicate=False)
+    # Its own source_region, but one event of the batch claims region `third` as its origin:
+    # the whole batch is refused, the valid event beside it included.
+    mixed = [*events(THERE, [1]), *events(THIRD, [2])]
+    async with pki.channel(gw.address, THERE) as ch:
+        err = await refused(replicate(ch, THERE, mixed))
+    assert err.code() is grpc.StatusCode.PERMISSION_DENIED
+    assert "claims origin 'third'" in (err.details() or "")
+    assert await stored(gw, pki) == []
+    # A later batch of the same call is checked too: the first is stored, the second ends the call.
+    async with pki.channel(gw.address, THERE) as ch:
+        err = await refused(replicate(ch, THERE, events(THERE, [1]), events(THIRD, [2])))
+    assert err.code() is grpc.StatusCode.PERMISSION_DENIED
+    assert [e.id for e in await stored(gw, pki)] == ["there-1"]
+
+
+async def test_clients_need_a_certificate_of_the_ca_too(make_tls_gateway: TlsGatewayFactory, pki: Pki) -> None:
+    gw = await make_tls_gateway(replicate=False)
+    async with pki.channel(gw.address, None) as ch:
+        err = await refused(read_all(gateway_pb2_grpc.GatewayStub(ch), ">", idle=0.5))
+    assert err.code() is grpc.StatusCode.UNAVAILABLE
+    # The gateway's certificate names its region, localhost and 127.0.0.1: dialled by address, it verifies.
+    assert await stored(gw, pki) == []
