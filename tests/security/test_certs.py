@@ -17,7 +17,12 @@ from meshgate.tls import CLIENT_URI_PREFIX, TlsError, TlsFiles, make_ca, make_re
 
 def certs(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "meshgate", "certs", *args], cwd=cwd, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "meshgate", "certs", *args],
+        check=False,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 

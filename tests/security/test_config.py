@@ -127,7 +127,8 @@ def test_missing_and_unreadable_files_are_named(folder: Path) -> None:
     path = mesh(folder, ca="certs/nope.crt", us_cert="certs/missing.crt")
     found = errors(path)
     assert found[0] == (
-        f"{path}:3:9: event_mesh.security.ca: cannot read the CA file {folder}/certs/nope.crt: No such file or directory"
+        f"{path}:3:9: event_mesh.security.ca: cannot read the CA file {folder}/certs/nope.crt:"
+        " No such file or directory"
     )
     assert found[1] == (
         f"{path}:8:19: event_mesh.regions[0].tls.cert: cannot read the certificate {folder}/certs/missing.crt:"
