@@ -423,13 +423,17 @@ class Link:
                 raise
             # A refused TLS handshake looks like a peer that never answers; a call says why
             # (e.g. the destination's certificate does not name its region).
+            call = replication_pb2_grpc.ReplicationStub(channel).Replicate(timeout=self.options.connect_timeout_seconds)
             try:
-                await replication_pb2_grpc.ReplicationStub(channel).Replicate().read()
+                await call.read()
             except grpc.aio.AioRpcError as exc:
-                raise _LinkError(
-                    f"cannot connect over TLS (region {self.destination}'s gateway must present a certificate of"
-                    f" the mesh CA naming {self.destination}, and take this region's): {exc.details()}"
-                ) from None
+                if exc.code() is grpc.StatusCode.UNAVAILABLE:
+                    raise _LinkError(
+                        f"cannot connect over TLS (region {self.destination}'s gateway must present a certificate"
+                        f" of the mesh CA naming {self.destination}, and take this region's): {exc.details()}"
+                    ) from None
+            finally:
+                call.cancel()
             raise
 
     async def _watch_tls(self, tls: ClientTls, material: TlsMaterial) -> None:
