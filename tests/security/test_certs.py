@@ -106,3 +106,27 @@ def test_tls_files_refuse_a_key_of_another_certificate(tmp_path: Path) -> None:
         TlsFiles(ca=tmp_path / "ca.crt", cert=tmp_path / "a.crt", key=tmp_path / "b.key").read()
     with pytest.raises(ValueError, match="give both or neither"):
         TlsFiles(ca=None, cert=tmp_path / "a.crt")
+
+
+def test_a_server_keeps_its_certificate_until_the_new_files_hold_together(tmp_path: Path) -> None:
+    from meshgate.tls import ServerTls, write_pair
+
+    ca = make_ca()
+    (tmp_path / "ca.crt").write_bytes(ca.cert)
+    files = TlsFiles(ca=tmp_path / "ca.crt", cert=tmp_path / "a.crt", key=tmp_path / "a.key")
+    first = make_region_cert(ca, "a")
+    write_pair(first, tmp_path / "a.crt", tmp_path / "a.key")
+    server = ServerTls(files, require_client_auth=True)
+    assert server._fetch() is None  # nothing changed
+    # Half-way through a rotation: the new certificate beside the old key.
+    second = make_region_cert(ca, "a")
+    write_pair(second, tmp_path / "a.crt", None)
+    assert server._fetch() is None
+    assert "is not the key of the certificate" in server.last_error
+    assert server.certificate is not None and server.certificate.serial_number == first.certificate.serial_number
+    # The key arrives: the next handshake gets the new pair.
+    write_pair(second, tmp_path / "a.crt", tmp_path / "a.key")
+    assert server._fetch() is not None
+    assert server.reloads == 1 and server.last_error == ""
+    assert server.certificate is not None and server.certificate.serial_number == second.certificate.serial_number
+    assert server._fetch() is None
