@@ -85,69 +85,73 @@ async def test_certificates_rotate_under_load_without_a_lost_or_doubled_event(
     cluster: TlsMeshCluster = await make_tls_mesh([US, EU], ROUTING)
     pki = cluster.pki
     ledger = Ledger()
-    producer = Producer(cluster, ledger, US, workload(US, 3000), batch_size=50, pace=0.05, deadline=100)
-    producing = asyncio.create_task(producer.run())
     reconnected = "TLS files changed; reconnecting with them"
     calls_from_us = "replication from us-west:"
+    per_phase = 1200
 
-    async def forwarded() -> int:
-        link = await cluster.link(US, EU)
-        return link.forwarded if link is not None else 0
+    def producer(phase: int) -> Producer:
+        events = workload(US, per_phase * 3)[phase * per_phase : (phase + 1) * per_phase]
+        return Producer(cluster, ledger, US, events, batch_size=50, pace=0.05, deadline=60)
 
-    async def mid_stream(acked: int) -> None:
-        await wait_until(lambda: producer.acked >= acked, 60, what=f"{acked} events acked at {US}")
-        floor = await forwarded()
-        await wait_until(lambda: forwarded_above(floor), 30, what=f"{US} -> {EU} forwarding past {floor}")
+    async def under_load(phase: int, rotate: Callable[[], Any]) -> None:
+        """Publishes a phase's events and rotates once a quarter of them is acked and forwarding."""
+        p = producer(phase)
+        producing = asyncio.create_task(p.run())
+        try:
+            await wait_until(lambda: p.acked >= per_phase // 4, 60, what=f"phase {phase}: events acked at {US}")
+            link = await cluster.link(US, EU)
+            floor = link.forwarded if link is not None else 0
 
-    async def forwarded_above(floor: int) -> bool:
-        return await forwarded() > floor
+            async def forwarding() -> bool:
+                now = await cluster.link(US, EU)
+                return now is not None and now.forwarded > floor
 
-    try:
-        # 1. New certificates and keys, same CA, on both sides while events flow.
-        await mid_stream(600)
-        calls_before = count(cluster, EU, calls_from_us)
+            await wait_until(forwarding, 30, what=f"phase {phase}: {US} -> {EU} forwarding")
+            await rotate()
+            await asyncio.wait_for(producing, 60)
+        finally:
+            if not producing.done():
+                producing.cancel()
+
+    async def new_leaves() -> None:
+        # New certificates and keys, same CA, on both sides while events flow.
         eu_new = pki.region(EU)
         pki.region(US)
         # The destination serves its new certificate from the next handshake on ...
-        served = await wait_until(
-            lambda: asyncio.to_thread(served_certificate, cluster.address(EU), pki, "client"),
-            20,
-            what=f"{EU} to serve a certificate",
-        )
+        served = await asyncio.to_thread(served_certificate, cluster.address(EU), pki, "client")
         assert served.serial_number == eu_new.certificate.serial_number
         # ... and the source reconnects with its new one, the batches in flight acked first.
         await wait_until(lambda: count(cluster, US, reconnected) >= 1, 20, what=f"{US}'s link to reconnect")
-        await wait_until(
-            lambda: count(cluster, EU, calls_from_us) > calls_before, 20, what=f"a new Replicate call at {EU}"
-        )
-        await mid_stream(producer.acked + 300)
 
-        # 2. A new CA: trusted beside the old one first, then every region's certificate is made by it.
+    async def new_ca() -> None:
+        # A new CA: trusted beside the old one first, then every region's certificate is made by it.
         ca2 = make_ca(name="Meshgate development CA 2")
-        bundle = pki.ca_path.read_bytes() + ca2.cert
         tmp = pki.ca_path.with_name(".ca.crt.new")
-        tmp.write_bytes(bundle)
+        tmp.write_bytes(pki.ca_path.read_bytes() + ca2.cert)
         os.replace(tmp, pki.ca_path)
         eu_ca2 = pki.region(EU, ca=ca2)
         pki.region(US, ca=ca2)
         await wait_until(
-            lambda: count(cluster, US, reconnected) >= 2,
-            20,
-            what=f"{US}'s link to reconnect with the new CA's certificate",
+            lambda: count(cluster, US, reconnected) >= 2, 20, what=f"{US}'s link to reconnect with the new CA's"
         )
         served = await asyncio.to_thread(served_certificate, cluster.address(EU), pki, "client")
         assert served.serial_number == eu_ca2.certificate.serial_number
         served.verify_directly_issued_by(x509.load_pem_x509_certificate(ca2.cert))
-        await mid_stream(producer.acked + 300)
 
-        await asyncio.wait_for(producing, 100)
-    finally:
-        if not producing.done():
-            producing.cancel()
-    assert len(ledger.acked) == 3000 and not ledger.rejected
+    async def nothing() -> None:
+        return None
+
+    await under_load(0, new_leaves)
+    await under_load(1, new_ca)
+    await under_load(2, nothing)  # and events keep flowing on the new certificates
+
+    assert len(ledger.acked) == 3 * per_phase and not ledger.rejected
     # Every acked event is in every region of its route exactly once, in key order.
     await ledger.verify(cluster, timeout=60)
     await wait_links_idle(cluster, [US], 30)
     # No restart: one incarnation per region, and each gateway took the new files live.
     assert not cluster.regions[US].history and not cluster.regions[EU].history
     assert count(cluster, EU, "TLS files reloaded") >= 2
+    # The link's first call, and one after each reconnection (a call shows in the log with its
+    # first batch; the next phase's events at the latest went over the new connection).
+    assert count(cluster, EU, calls_from_us) >= 3
