@@ -5,7 +5,8 @@ Every refused call is checked in the broker: the destination stores nothing from
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Sequence
 
 import grpc
 import pytest
@@ -24,13 +25,29 @@ def events(origin: str, seqs: Sequence[int]) -> list[event_pb2.Event]:
     return [ev(id=f"{origin}-{s}", origin=origin, route=[HERE, origin], sequence=s) for s in seqs]
 
 
-async def replicate(channel: grpc.aio.Channel, source: str, *batches: list[event_pb2.Event]) -> list[list[int]]:
+async def replicate(
+    channel: grpc.aio.Channel, source: str, *batches: list[event_pb2.Event], hold_open: bool = False
+) -> list[list[int]]:
+    """Sends the batches on one call; the outcomes of each. ``hold_open``: the client does not close
+    its side after the batches, as a link does; the call ends when the destination ends it.
+
+    A destination that ends a call while the client still writes can make gRPC Python report the
+    client's failed write (INTERNAL) instead of the destination's status: tests that check a
+    refusal's code hold the call open, and write nothing when the refusal comes before reading.
+    """
+    release = asyncio.Event()
+
     async def requests() -> AsyncIterator[replication_pb2.ReplicateRequest]:
         for i, batch in enumerate(batches, start=1):
             yield replication_pb2.ReplicateRequest(source_region=source, batch_id=i, events=batch)
+        if hold_open:
+            await release.wait()
 
     call = replication_pb2_grpc.ReplicationStub(channel).Replicate(requests())
-    return [[r.outcome for r in resp.results] async for resp in call]
+    try:
+        return [[r.outcome for r in resp.results] async for resp in call]
+    finally:
+        release.set()
 
 
 async def stored(gw: Gateway, pki: Pki) -> list[event_pb2.Event]:
@@ -39,10 +56,16 @@ async def stored(gw: Gateway, pki: Pki) -> list[event_pb2.Event]:
         return await read_all(gateway_pb2_grpc.GatewayStub(ch), ">", idle=0.5)
 
 
-async def refused(call: object) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await call  # type: ignore[misc]
-    return info.value
+async def refused(call: Awaitable[object]) -> grpc.aio.AioRpcError:
+    """The error that ends ``call``; a call still open after 15 s was not refused (a held-open one never ends)."""
+    try:
+        async with asyncio.timeout(15):
+            result = await call
+    except grpc.aio.AioRpcError as exc:
+        return exc
+    except TimeoutError:
+        pytest.fail("the call was not refused: still open after 15 s")
+    pytest.fail(f"the call was not refused: it returned {result!r}")
 
 
 async def test_a_peer_with_its_region_certificate_replicates(make_tls_gateway: TlsGatewayFactory, pki: Pki) -> None:
@@ -92,11 +115,13 @@ async def test_a_certificate_naming_no_region_of_the_mesh_is_refused(
 ) -> None:
     gw = await make_tls_gateway(replicate=False)
     async with pki.channel(gw.address, who) as ch:
-        # It claims to be `there`, or the region its certificate names: neither is a peer here.
+        # Refused when the call opens, before anything is read.
+        err = await refused(replicate(ch, THERE, hold_open=True))
+        assert err.code() is grpc.StatusCode.PERMISSION_DENIED, err
+        assert "takes Replicate only from another region of the mesh" in (err.details() or "")
+        # Sending events anyway, as `there` or as the region its certificate names: refused too.
         for source in (THERE, ELSEWHERE):
-            err = await refused(replicate(ch, source, events(source, [1])))
-            assert err.code() is grpc.StatusCode.PERMISSION_DENIED, err
-            assert "takes Replicate only from another region of the mesh" in (err.details() or "")
+            await refused(replicate(ch, source, events(source, [1]), hold_open=True))
     assert await stored(gw, pki) == []
 
 
@@ -105,16 +130,17 @@ async def test_the_destination_own_certificate_cannot_replicate_to_it(
 ) -> None:
     gw = await make_tls_gateway(replicate=False)
     async with pki.channel(gw.address, HERE) as ch:
-        err = await refused(replicate(ch, HERE, events(HERE, [1])))
-    assert err.code() is grpc.StatusCode.PERMISSION_DENIED
+        err = await refused(replicate(ch, HERE, hold_open=True))
+        assert err.code() is grpc.StatusCode.PERMISSION_DENIED, err
+        await refused(replicate(ch, HERE, events(HERE, [1]), hold_open=True))
     assert await stored(gw, pki) == []
 
 
 async def test_a_peer_cannot_claim_another_region_as_source(make_tls_gateway: TlsGatewayFactory, pki: Pki) -> None:
     gw = await make_tls_gateway(replicate=False)
     async with pki.channel(gw.address, THERE) as ch:
-        err = await refused(replicate(ch, THIRD, events(THIRD, [1, 2])))
-    assert err.code() is grpc.StatusCode.PERMISSION_DENIED
+        err = await refused(replicate(ch, THIRD, events(THIRD, [1, 2]), hold_open=True))
+    assert err.code() is grpc.StatusCode.PERMISSION_DENIED, err
     assert err.details() == "the certificate of region there cannot replicate as region 'third'"
     assert await stored(gw, pki) == []
 
@@ -125,14 +151,14 @@ async def test_a_peer_cannot_forward_events_of_another_origin(make_tls_gateway: 
     # the whole batch is refused, the valid event beside it included.
     mixed = [*events(THERE, [1]), *events(THIRD, [2])]
     async with pki.channel(gw.address, THERE) as ch:
-        err = await refused(replicate(ch, THERE, mixed))
-    assert err.code() is grpc.StatusCode.PERMISSION_DENIED
+        err = await refused(replicate(ch, THERE, mixed, hold_open=True))
+    assert err.code() is grpc.StatusCode.PERMISSION_DENIED, err
     assert "claims origin 'third'" in (err.details() or "")
     assert await stored(gw, pki) == []
     # A later batch of the same call is checked too: the first is stored, the second ends the call.
     async with pki.channel(gw.address, THERE) as ch:
-        err = await refused(replicate(ch, THERE, events(THERE, [1]), events(THIRD, [2])))
-    assert err.code() is grpc.StatusCode.PERMISSION_DENIED
+        err = await refused(replicate(ch, THERE, events(THERE, [1]), events(THIRD, [2]), hold_open=True))
+    assert err.code() is grpc.StatusCode.PERMISSION_DENIED, err
     assert [e.id for e in await stored(gw, pki)] == ["there-1"]
 
 
