@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Sequence
 import grpc
 import pytest
 
+from meshgate.brokers import header_lines
 from meshgate.gateway import Gateway
 from meshgate.v1 import event_pb2, gateway_pb2_grpc, replication_pb2, replication_pb2_grpc
 from tests.gateway._helpers import ev, read_all
@@ -169,3 +170,64 @@ async def test_clients_need_a_certificate_of_the_ca_too(make_tls_gateway: TlsGat
     assert err.code() is grpc.StatusCode.UNAVAILABLE
     # The gateway's certificate names its region, localhost and 127.0.0.1: dialled by address, it verifies.
     assert await stored(gw, pki) == []
+
+
+def raw(origin: str, seqs: Sequence[int]) -> replication_pb2.RawEvents:
+    """Events of ``origin`` as its broker stored them: the `raw` form a link sends."""
+    evs = events(origin, seqs)
+    return replication_pb2.RawEvents(
+        ids=[e.id for e in evs],
+        topics=[e.topic for e in evs],
+        sequences=list(seqs),
+        headers=[header_lines(e) for e in evs],
+        data=[e.data for e in evs],
+    )
+
+
+async def replicate_raw(
+    channel: grpc.aio.Channel, source: str, *batches: replication_pb2.RawEvents
+) -> list[replication_pb2.ReplicateResponse]:
+    release = asyncio.Event()
+
+    async def requests() -> AsyncIterator[replication_pb2.ReplicateRequest]:
+        for i, batch in enumerate(batches, start=1):
+            yield replication_pb2.ReplicateRequest(source_region=source, batch_id=i, raw=batch)
+        await release.wait()  # held open, as a link does: the destination ends the call
+
+    call = replication_pb2_grpc.ReplicationStub(channel).Replicate(requests())
+    answers: list[replication_pb2.ReplicateResponse] = []
+    try:
+        async for resp in call:
+            answers.append(resp)
+            if len(answers) == len(batches):
+                break
+    finally:
+        release.set()
+        call.cancel()
+    return answers
+
+
+async def test_raw_batches_of_a_peer_replicate_and_cannot_smuggle_another_origin(
+    make_tls_gateway: TlsGatewayFactory, pki: Pki
+) -> None:
+    gw = await make_tls_gateway(replicate=False)
+    async with pki.channel(gw.address, THERE) as ch:
+        [answer] = await replicate_raw(ch, THERE, raw(THERE, [1, 2]))
+    assert (answer.accepted, answer.duplicates, list(answer.refused)) == (2, 0, [])
+    # A second origin header after the peer's own: the decoder would keep the last one, so
+    # the event would be stored as region `third`'s. The whole batch is refused.
+    smuggled = raw(THERE, [3, 4])
+    smuggled.headers[1] += b"mg-origin: third\r\n"
+    async with pki.channel(gw.address, THERE) as ch:
+        err = await refused(replicate_raw(ch, THERE, smuggled))
+    assert err.code() is grpc.StatusCode.PERMISSION_DENIED, err
+    assert "event there-4 carries the origin header(s) there, third" in (err.details() or "")
+    # Only another origin in the header, and no origin header at all: refused the same way.
+    for header in (b"mg-origin: third", b"x-nothing: here"):
+        other = raw(THERE, [5])
+        other.headers[0] = other.headers[0].replace(b"mg-origin: there", header)
+        async with pki.channel(gw.address, THERE) as ch:
+            err = await refused(replicate_raw(ch, THERE, other))
+        assert err.code() is grpc.StatusCode.PERMISSION_DENIED, err
+    found = await stored(gw, pki)
+    assert [(e.id, e.origin) for e in found] == [("there-1", THERE), ("there-2", THERE)]
