@@ -331,6 +331,7 @@ class ReplicationService(replication_pb2_grpc.ReplicationServicer):
             )
         origin_line = f"{HEADER_ORIGIN}: {escape_header_value(origin)}\r\n".encode()
         origin_mid = b"\r\n" + origin_line
+        origin_value = escape_header_value(origin).encode()
         refused = batch.refused
         streams = state.streams
         last = batch.last
@@ -355,6 +356,9 @@ class ReplicationService(replication_pb2_grpc.ReplicationServicer):
                 problem = "event carries no position in its origin's log (sequence)"
             elif not (lines.startswith(origin_line) or origin_mid in lines):
                 problem = f"event origin is not the sending region {origin!r}"
+            elif lines.lower().count(_ORIGIN_NAME) != 1 and _origin_values(lines) != [origin_value]:
+                # The decoder keeps the last of repeated headers: a second one would relabel the event.
+                problem = f"event carries more than one origin header; it must carry exactly one, {origin!r}"
             if problem is not None:
                 # No place in any of the origin's streams to count as handled.
                 refused.append(replication_pb2.RawRefusal(index=i, code=_INVALID, message=problem))
@@ -565,11 +569,7 @@ class ReplicationService(replication_pb2_grpc.ReplicationServicer):
                 # Fast: the text mg-origin once, in any case, and that is the peer's own line.
                 if lines.lower().count(_ORIGIN_NAME) == 1 and (lines.startswith(line) or mid in lines):
                     continue
-                origins = [
-                    value.strip()
-                    for name, _, value in (part.partition(b":") for part in lines.split(b"\r\n"))
-                    if name.strip().lower() == _ORIGIN_NAME
-                ]
+                origins = _origin_values(lines)
                 if origins != [own]:
                     shown = b", ".join(origins).decode("utf-8", "replace") or "none"
                     eid = raw.ids[i] if i < len(raw.ids) else f"#{i}"
@@ -757,3 +757,12 @@ class ReplicationService(replication_pb2_grpc.ReplicationServicer):
                 ) from exc
         write = self._write_raw(batch) if isinstance(batch, _RawBatch) else self._write(batch)
         return _InFlight(request, asyncio.ensure_future(write), spans)
+
+
+def _origin_values(lines: bytes) -> list[bytes]:
+    """The values of every mg-origin header of a raw event's header lines (slow path)."""
+    return [
+        value.strip()
+        for name, _, value in (part.partition(b":") for part in lines.split(b"\r\n"))
+        if name.strip().lower() == _ORIGIN_NAME
+    ]

@@ -581,15 +581,18 @@ async def test_raw_events_that_may_not_be_written_are_refused_by_index(
         raw.headers[2] = raw.headers[2].replace(b"mg-origin: there", b"mg-origin: elsewhere")
         raw.ids[3] = "not-its-ce-id"
         raw.headers[4] = raw.headers[4].replace(b"mg-route: here,there", b"mg-route: there")
+        # A second origin header after the sender's own: the decoder would keep the last one.
+        raw.headers[5] = raw.headers[5] + b"MG-Origin: elsewhere\r\n"
         [answer] = await replicate_raw(gw.address, raw)
         refused = {r.index: r.message for r in answer.refused}
-        assert (answer.accepted, answer.duplicates) == (2, 0)
-        assert sorted(refused) == [1, 2, 3, 4]
+        assert (answer.accepted, answer.duplicates) == (1, 0)
+        assert sorted(refused) == [1, 2, 3, 4, 5]
         assert "Nats-" in refused[1]
         assert "origin" in refused[2]
         assert "ce-id" in refused[3]
         assert "route" in refused[4]
-        assert [e.id for e in await stored(gw)] == ["there-1", "there-6"]
+        assert "more than one origin header" in refused[5]
+        assert [e.id for e in await stored(gw)] == ["there-1"]
     finally:
         await gw.stop()
 
