@@ -1,7 +1,8 @@
 """Broker adapters: one interface (``Broker``) for the gateway's writes and the replicator's reads.
 
 ``make_broker(region, ...)`` builds the adapter a region's config asks for: NATS JetStream
-(``NatsBroker``), or the embedded NATS server that Meshgate runs itself (``EmbeddedNatsBroker``).
+(``NatsBroker``), Kafka (``KafkaBroker``), or the embedded NATS server that Meshgate runs
+itself (``EmbeddedNatsBroker``).
 The codec (topic <-> subject, event <-> headers + payload) is shared by every adapter.
 """
 
@@ -30,8 +31,15 @@ from meshgate.brokers._codec import (
     validate_pattern,
     validate_topic,
 )
-from meshgate.brokers._factory import make_broker, nats_server_urls
+from meshgate.brokers._factory import kafka_bootstrap_servers, make_broker, nats_server_urls
 from meshgate.brokers.embedded import EmbeddedNats, EmbeddedNatsBroker, EmbeddedNatsError, EmbeddedNatsState
+from meshgate.brokers.kafka import (
+    KafkaBroker,
+    KafkaDurableConsumer,
+    KafkaMessageTooLargeError,
+    KafkaRejectedError,
+    KafkaUnavailableError,
+)
 from meshgate.brokers.nats import (
     AckTimeoutError,
     JetStreamRejectedError,
@@ -58,6 +66,11 @@ __all__ = [
     "EventRejectedError",
     "JetStreamRejectedError",
     "JetStreamUnavailableError",
+    "KafkaBroker",
+    "KafkaDurableConsumer",
+    "KafkaMessageTooLargeError",
+    "KafkaRejectedError",
+    "KafkaUnavailableError",
     "MessageTooLargeError",
     "NatsBroker",
     "NatsDurableConsumer",
@@ -67,6 +80,7 @@ __all__ = [
     "decode_event",
     "encode_headers",
     "header_lines",
+    "kafka_bootstrap_servers",
     "make_broker",
     "nats_server_urls",
     "parse_header_lines",

@@ -7,12 +7,14 @@ from pathlib import Path
 
 from meshgate.brokers._base import Broker, BrokerError
 from meshgate.brokers.embedded import EmbeddedNatsBroker
+from meshgate.brokers.kafka import KafkaBroker
 from meshgate.brokers.nats import NatsBroker
 from meshgate.config import BrokerKind, RegionConfig, split_host_port
 
-__all__ = ["DEFAULT_NATS_PORT", "make_broker", "nats_server_urls"]
+__all__ = ["DEFAULT_KAFKA_PORT", "DEFAULT_NATS_PORT", "kafka_bootstrap_servers", "make_broker", "nats_server_urls"]
 
 DEFAULT_NATS_PORT = 4222
+DEFAULT_KAFKA_PORT = 9092
 
 
 def nats_server_urls(brokers: Sequence[str]) -> list[str]:
@@ -27,6 +29,15 @@ def nats_server_urls(brokers: Sequence[str]) -> list[str]:
     return urls
 
 
+def kafka_bootstrap_servers(brokers: Sequence[str]) -> list[str]:
+    """``host[:port]`` entries as Kafka bootstrap servers (port 9092 by default)."""
+    servers = []
+    for entry in brokers:
+        host, port = split_host_port(entry.strip(), port_required=False)
+        servers.append(f"{_url_host(host)}:{port or DEFAULT_KAFKA_PORT}")
+    return servers
+
+
 def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
@@ -34,7 +45,8 @@ def _url_host(host: str) -> str:
 def make_broker(region: RegionConfig, *, idempotency_window_seconds: float, data_dir: Path) -> Broker:
     """The (not yet started) broker of ``region``.
 
-    ``nats``: a ``NatsBroker`` on the region's ``brokers``. ``embedded``: an ``EmbeddedNatsBroker``
+    ``nats``: a ``NatsBroker`` on the region's ``brokers``. ``kafka``: a ``KafkaBroker`` with the
+    region's ``brokers`` as bootstrap servers. ``embedded``: an ``EmbeddedNatsBroker``
     with its data in ``data_dir/<region>``, listening on the first ``brokers`` entry when one is
     given (so native clients find it), else on a free port of 127.0.0.1.
     """
@@ -62,9 +74,12 @@ def make_broker(region: RegionConfig, *, idempotency_window_seconds: float, data
             max_payload=region.nats.max_payload,
         )
     if region.kind is BrokerKind.KAFKA:
-        raise BrokerError(
-            f"region {region.name!r}: Kafka regions are not supported yet (kind: kafka); "
-            "use kind nats or embedded for now",
-            retriable=False,
+        if not region.brokers:
+            raise BrokerError(f"region {region.name!r} is of kind kafka but lists no brokers", retriable=False)
+        return KafkaBroker(
+            bootstrap_servers=kafka_bootstrap_servers(region.brokers),
+            settings=region.kafka,
+            idempotency_window_seconds=idempotency_window_seconds,
+            name=f"meshgate-{region.name}",
         )
     raise BrokerError(f"region {region.name!r}: unknown broker kind {region.kind!r}", retriable=False)

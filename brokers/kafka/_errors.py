@@ -1,0 +1,95 @@
+"""Errors of the Kafka adapter: the broker errors of ``_base`` with the data behind them."""
+
+from __future__ import annotations
+
+import aiokafka.errors as ke
+
+from meshgate.brokers._base import BrokerError, BrokerUnavailableError, EventRejectedError
+
+__all__ = [
+    "KAFKA_FAILURES",
+    "KafkaMessageTooLargeError",
+    "KafkaRejectedError",
+    "KafkaUnavailableError",
+    "kafka_error",
+]
+
+
+class KafkaUnavailableError(BrokerUnavailableError):
+    """Kafka could not take or answer the request now (down, slow, leader moving); retry."""
+
+    def __init__(self, message: str, *, cause: str = "") -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+class KafkaRejectedError(EventRejectedError):
+    """Kafka refused the request for good (invalid topic, not authorized, a policy)."""
+
+    def __init__(self, message: str, *, cause: str = "") -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+class KafkaMessageTooLargeError(EventRejectedError):
+    """The event's record is larger than the region's ``max_message_bytes``."""
+
+    def __init__(self, *, size: int, data_size: int, max_message_bytes: int) -> None:
+        super().__init__(
+            f"event of {size} bytes as a Kafka record ({data_size} bytes of data + {size - data_size} bytes "
+            f"of key, headers and record overhead) exceeds the region's max_message_bytes of "
+            f"{max_message_bytes} bytes; send less data, or raise max_message_bytes together with the "
+            "brokers' message.max.bytes"
+        )
+        self.size = size
+        self.data_size = data_size
+        self.max_message_bytes = max_message_bytes
+
+
+# Refusals that the same request meets again however often it is retried.
+_FINAL = (
+    ke.MessageSizeTooLargeError,
+    ke.RecordListTooLargeError,
+    ke.InvalidTopicError,
+    ke.CorruptRecordException,
+    ke.TopicAuthorizationFailedError,
+    ke.GroupAuthorizationFailedError,
+    ke.ClusterAuthorizationFailedError,
+    ke.PolicyViolationError,
+    ke.InvalidPartitionsError,
+    ke.InvalidReplicationFactorError,
+    ke.InvalidConfigurationError,
+    ke.InvalidRequiredAcksError,
+    ke.UnsupportedVersionError,
+    ke.AuthenticationFailedError,
+)
+# Not flagged retriable by aiokafka, yet about the moment, not the request: the broker was
+# slow or away, or the consumer group moved partitions under us.
+_TRANSIENT = (
+    ke.KafkaTimeoutError,
+    ke.KafkaUnavailableError,
+    ke.RequestTimedOutError,
+    ke.BrokerNotAvailableError,
+    ke.CommitFailedError,
+    ke.RebalanceInProgressError,
+    ke.IllegalGenerationError,
+    ke.UnknownMemberIdError,
+    ke.IllegalStateError,
+    ke.ProducerClosed,
+)
+
+# What aiokafka raises when the cluster is away, slow or refusing; all become BrokerErrors.
+KAFKA_FAILURES = (ke.KafkaError, OSError, TimeoutError)
+
+
+def kafka_error(exc: BaseException, what: str) -> BrokerError:
+    """An aiokafka failure as a broker error, retriable unless Kafka refused the request itself."""
+    if isinstance(exc, BrokerError):
+        return exc
+    name = type(exc).__name__
+    detail = f"{what}: {name}: {exc}" if str(exc) and str(exc) != name else f"{what}: {name}"
+    if isinstance(exc, _FINAL):
+        return KafkaRejectedError(detail, cause=name)
+    if isinstance(exc, _TRANSIENT) or not isinstance(exc, ke.KafkaError) or exc.retriable:
+        return KafkaUnavailableError(f"{detail}; retry later", cause=name)
+    return BrokerError(detail, retriable=False)

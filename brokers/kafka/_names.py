@@ -1,0 +1,93 @@
+"""Kafka names of mesh things: topics, topic patterns as regexes, streams, internal topics.
+
+Mesh topic ``orders/created`` is Kafka topic ``<prefix>orders.created`` (the codec's mapping,
+shared with NATS subjects). A Kafka topic is a mesh topic only if what follows the prefix is a
+valid mesh topic: a natively created ``<prefix>x..y`` or a topic of another prefix is never
+read as one.
+
+Every topic-partition is a log of its own: its events' ``stream`` is ``<topic>/<partition>``
+(``/`` never occurs in a Kafka topic name) and their ``sequence`` is the Kafka offset + 1, so
+that sequences start at 1 as on every other broker: the mesh reads 0 as "none" (an event
+without an origin sequence, a dedup state that has acked nothing).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+
+from aiokafka.structs import TopicPartition
+
+from meshgate.brokers._codec import validate_pattern
+
+__all__ = [
+    "CHECKPOINT_TOPIC",
+    "KafkaNames",
+    "parse_stream",
+    "stream_of",
+]
+
+# The mesh topic, under the prefix, that holds the gateway's checkpoints (compacted). A mesh
+# topic of that name is refused in Kafka regions rather than mixed with them.
+CHECKPOINT_TOPIC = "__meshgate_checkpoints"
+
+_LEVEL = r"[A-Za-z0-9_-]{1,64}"
+
+
+def stream_of(topic: str, partition: int) -> str:
+    return f"{topic}/{partition}"
+
+
+def parse_stream(stream: str) -> TopicPartition:
+    """``<topic>/<partition>`` -> TopicPartition; ``ValueError`` for anything else."""
+    topic, sep, partition = stream.rpartition("/")
+    if not sep or not topic or not partition.isdigit():
+        raise ValueError(f"{stream!r} is not a Kafka stream (<topic>/<partition>)")
+    return TopicPartition(topic, int(partition))
+
+
+class KafkaNames:
+    """The names of one region's topics under ``prefix``."""
+
+    __slots__ = ("_any", "_to_mesh", "checkpoints", "prefix")
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.checkpoints = prefix + CHECKPOINT_TOPIC
+        self._any = self.regex(">")
+        self._to_mesh: dict[str, str] = {}
+
+    def kafka_topic(self, topic: str) -> str:
+        """Mesh topic -> Kafka topic (the topic must be valid: the caller validated it)."""
+        return self.prefix + topic.replace("/", ".")
+
+    def mesh_topic(self, kafka_topic: str) -> str:
+        """Kafka topic -> mesh topic (for topics that ``is_mesh`` accepts), cached."""
+        topic = self._to_mesh.get(kafka_topic)
+        if topic is None:
+            if len(self._to_mesh) >= 65_536:
+                self._to_mesh.clear()
+            topic = self._to_mesh[kafka_topic] = kafka_topic[len(self.prefix) :].replace(".", "/")
+        return topic
+
+    def is_mesh(self, kafka_topic: str) -> bool:
+        return self._any.match(kafka_topic) is not None
+
+    @functools.lru_cache(maxsize=256)  # noqa: B019  # one KafkaNames per broker, a few patterns
+    def regex(self, pattern: str) -> re.Pattern[str]:
+        """The Kafka topics of a mesh pattern (``orders/*``, ``orders/>``) as an anchored regex.
+
+        ``*`` is exactly one level and a final ``>`` one or more, as in the router; the
+        checkpoint topic never matches. Raises ``ValueError`` for an invalid pattern.
+        """
+        validate_pattern(pattern)
+        parts = []
+        for level in pattern.split("/"):
+            if level == "*":
+                parts.append(_LEVEL)
+            elif level == ">":
+                parts.append(rf"{_LEVEL}(?:\.{_LEVEL})*")
+            else:
+                parts.append(re.escape(level))
+        body = r"\.".join(parts)
+        return re.compile(rf"^(?!{re.escape(self.checkpoints)}$){re.escape(self.prefix)}{body}$")
