@@ -581,7 +581,17 @@ class KafkaBroker(Broker):
         batches = [batch for group in sent for batch in group]
         if not batches:
             return
-        _done, waiting = await asyncio.wait([f for f, _, _ in batches], timeout=self._request_timeout + 1.0)
+        try:
+            _done, waiting = await asyncio.wait([f for f, _, _ in batches], timeout=self._request_timeout + 1.0)
+        except asyncio.CancelledError:
+            # The batches are on their way regardless: their ids still reach the window.
+            for future, tp, members in batches:
+                if not future.done():
+                    future.add_done_callback(functools.partial(self._late, tp, members, events))
+                    self._mark_uncertain(tp, members, events)
+                elif not future.cancelled():
+                    self._late(tp, members, events, future)
+            raise
         for future, tp, members in batches:
             if future in waiting:
                 for i in members:
@@ -744,6 +754,7 @@ class KafkaBroker(Broker):
         now = time.time()
         for n, i in enumerate(members):
             self._ids.add(events[i].id, stream, base + n + 1, now)
+            self._uncertain.pop(events[i].id, None)
 
     # -- reads --------------------------------------------------------------------------------
 
@@ -953,6 +964,8 @@ class KafkaBroker(Broker):
             raise BrokerError(str(exc), retriable=False) from exc
         probe = self._require_probe()
         try:
+            # All topics' metadata: asking for one by name would create it where the cluster
+            # creates topics on first mention.
             if tp not in await self._mesh_partitions():
                 return None
             record = await probe.record_at(tp, sequence - 1)

@@ -1,0 +1,151 @@
+"""The Kafka adapter's pure parts: names and patterns, the id window, positions, error mapping."""
+
+from __future__ import annotations
+
+import time
+
+import aiokafka.errors as ke
+import pytest
+from aiokafka.structs import TopicPartition
+
+from meshgate.brokers import BrokerError, BrokerUnavailableError, EventRejectedError, KafkaBroker
+from meshgate.brokers.kafka import KafkaMessageTooLargeError, KafkaNames, kafka_error, parse_stream, stream_of
+from meshgate.brokers.kafka._broker import _decode_position, _encode_position
+from meshgate.brokers.kafka._ids import IdWindow
+from meshgate.config import KafkaSettings
+
+
+@pytest.mark.parametrize(
+    ("pattern", "matches", "misses"),
+    [
+        ("orders/created", ["mesh.orders.created"], ["mesh.orders.createdx", "mesh.orders", "other.orders.created"]),
+        (
+            "orders/*",
+            ["mesh.orders.created", "mesh.orders.a-b_c"],
+            ["mesh.orders.a.b", "mesh.orders", "mesh.ordersx.a"],
+        ),
+        ("orders/>", ["mesh.orders.a", "mesh.orders.a.b.c"], ["mesh.orders", "mesh.orders.", "mesh.orders..a"]),
+        (">", ["mesh.a", "mesh.a.b"], ["mesh.", "mesh.__meshgate_checkpoints", "mesh.a b", "meshy.a"]),
+        ("*/created", ["mesh.x.created"], ["mesh.x.y.created", "mesh.created"]),
+    ],
+)
+def test_patterns_as_topic_regexes(pattern: str, matches: list[str], misses: list[str]) -> None:
+    regex = KafkaNames("mesh.").regex(pattern)
+    for topic in matches:
+        assert regex.match(topic), topic
+    for topic in misses:
+        assert not regex.match(topic), topic
+
+
+def test_prefix_is_literal_and_may_be_empty() -> None:
+    dotted = KafkaNames("a.b.")
+    assert dotted.regex(">").match("a.b.c") and not dotted.regex(">").match("aXb.c")
+    bare = KafkaNames("")
+    assert bare.kafka_topic("orders/created") == "orders.created"
+    assert bare.mesh_topic("orders.created") == "orders/created"
+    assert bare.is_mesh("orders.created") and not bare.is_mesh("__meshgate_checkpoints")
+    assert bare.checkpoints == "__meshgate_checkpoints"
+
+
+def test_invalid_pattern_refused() -> None:
+    with pytest.raises(ValueError, match="pattern"):
+        KafkaNames("mesh.").regex("orders/>/x")
+
+
+def test_streams() -> None:
+    assert stream_of("mesh.orders.created", 4) == "mesh.orders.created/4"
+    assert parse_stream("mesh.orders.created/4") == TopicPartition("mesh.orders.created", 4)
+    for bad in ("", "mesh.orders", "/3", "mesh.a/x", "mesh.a/-1"):
+        with pytest.raises(ValueError, match="not a Kafka stream"):
+            parse_stream(bad)
+
+
+def test_id_window_remembers_within_the_window_only() -> None:
+    window = IdWindow(window=10.0, max_ids=100)
+    window.add("a", "t/0", 1, stored_at=1000.0)
+    window.add("a", "t/1", 9, stored_at=1001.0)  # a second record of an id: the first is the original
+    assert window.get("a", now=1005.0) == ("t/0", 1)
+    assert window.get("a", now=1011.0) is None
+    assert window.get("b", now=1005.0) is None
+    window.prune(now=1011.0)
+    assert len(window) == 0
+
+
+def test_id_window_is_bounded_oldest_first() -> None:
+    window = IdWindow(window=3600.0, max_ids=3)
+    now = time.time()
+    for i in range(5):
+        window.add(f"id-{i}", "t/0", i + 1, stored_at=now + i)
+    assert len(window) == 3
+    assert window.get("id-0", now=now) is None and window.get("id-1", now=now) is None
+    assert window.get("id-4", now=now) == ("t/0", 5)
+
+
+def test_id_window_refuses_nonsense() -> None:
+    with pytest.raises(ValueError, match="window"):
+        IdWindow(window=0, max_ids=1)
+    with pytest.raises(ValueError, match="max_ids"):
+        IdWindow(window=1, max_ids=0)
+
+
+def test_positions_round_trip_and_empty_is_the_beginning() -> None:
+    assert _encode_position({}) == ""
+    assert _encode_position({"b/0": 0}) == ""  # offset 0 is the beginning: left out
+    position = _encode_position({"b/1": 7, "a/0": 3})
+    assert position == '{"a/0":3,"b/1":7}'
+    assert _decode_position(position) == {"a/0": 3, "b/1": 7}
+    assert _decode_position("") == {}
+    for bad in ("12", "[1]", '{"a/0": -1}', '{"a/0": "x"}', "{"):
+        with pytest.raises(BrokerError, match="not a Kafka region's position") as info:
+            _decode_position(bad)
+        assert info.value.retriable is False
+
+
+@pytest.mark.parametrize(
+    ("error", "kind", "retriable"),
+    [
+        (ke.KafkaConnectionError("down"), BrokerUnavailableError, True),
+        (ke.KafkaTimeoutError(), BrokerUnavailableError, True),
+        (ke.RequestTimedOutError(), BrokerUnavailableError, True),
+        (ke.NotLeaderForPartitionError(), BrokerUnavailableError, True),
+        (ke.NotEnoughReplicasError(), BrokerUnavailableError, True),
+        (ke.CommitFailedError("moved"), BrokerUnavailableError, True),
+        (ke.MessageSizeTooLargeError(), EventRejectedError, False),
+        (ke.TopicAuthorizationFailedError(), EventRejectedError, False),
+        (ke.InvalidReplicationFactorError("3 > 1 brokers"), EventRejectedError, False),
+        (OSError("connection reset"), BrokerUnavailableError, True),
+        (ke.UnsupportedCodecError("zstd"), BrokerError, False),
+    ],
+)
+def test_aiokafka_errors_become_broker_errors(error: Exception, kind: type[BrokerError], retriable: bool) -> None:
+    mapped = kafka_error(error, "write to mesh.a/0")
+    assert isinstance(mapped, kind)
+    assert mapped.retriable is retriable
+    assert str(mapped).startswith("write to mesh.a/0: ")
+    assert type(error).__name__ in str(mapped)
+
+
+def test_too_large_error_says_the_numbers() -> None:
+    error = KafkaMessageTooLargeError(size=2000, data_size=1800, max_message_bytes=1024)
+    assert not error.retriable
+    assert "event of 2000 bytes" in str(error) and "1800 bytes of data" in str(error) and "1024 bytes" in str(error)
+
+
+def test_broker_options_validated() -> None:
+    settings = KafkaSettings()
+    with pytest.raises(ValueError, match="idempotency_window_seconds"):
+        KafkaBroker(bootstrap_servers=["k:9092"], settings=settings, idempotency_window_seconds=0)
+    with pytest.raises(ValueError, match="partitions"):
+        KafkaBroker(bootstrap_servers=["k:9092"], settings=KafkaSettings(partitions=0), idempotency_window_seconds=1)
+    with pytest.raises(ValueError, match="max_message_bytes"):
+        KafkaBroker(bootstrap_servers=["k:9092"], settings=settings, idempotency_window_seconds=1, max_message_bytes=10)
+
+
+async def test_not_started_broker_says_so() -> None:
+    broker = KafkaBroker(bootstrap_servers=["k:9092"], settings=KafkaSettings(), idempotency_window_seconds=60)
+    assert await broker.append([]) == []  # an empty batch needs no broker
+    with pytest.raises(BrokerError, match="not started") as info:
+        await broker.log_position()
+    assert info.value.retriable is False
+    await broker.stop()  # never started: nothing to do, still safe
+    assert broker.state.value == "new"
