@@ -116,17 +116,17 @@ def _encode_position(ends: dict[str, int]) -> str:
 
 
 def _decode_position(position: str) -> dict[str, int]:
+    """A Kafka region's log position: stream -> the offset after what it covers ("" = beginning)."""
     if not position:
         return {}
     try:
         raw = json.loads(position)
     except ValueError:
         raw = None
-    if not isinstance(raw, dict) or not all(isinstance(v, int) and v >= 0 for v in raw.values()):
-        raise BrokerError(
+    if not isinstance(raw, dict) or not all(type(v) is int and v >= 0 for v in raw.values()):
+        raise ValueError(
             f"log position {position[:200]!r} is not a Kafka region's position "
-            "(a JSON object of <topic>/<partition> to offset)",
-            retriable=False,
+            "(a JSON object of <topic>/<partition> to offset)"
         )
     return {str(k): int(v) for k, v in raw.items()}
 
@@ -868,7 +868,7 @@ class KafkaBroker(Broker):
         )
         client = self._consumer(group_id=group_id)
         try:
-            await consumer.open(client, regex.pattern)
+            await consumer.open(client, regex.pattern, join_timeout=self._session_timeout + 5.0)
         except KAFKA_FAILURES as exc:
             await stop_consumer(client)
             raise kafka_error(exc, f"cannot join consumer group {group_id!r}") from exc
@@ -905,6 +905,14 @@ class KafkaBroker(Broker):
                 yield records
         finally:
             await stop_consumer(consumer)
+
+    def earliest_position(self, positions: Sequence[str]) -> str:
+        if not positions or "" in positions:
+            return ""
+        decoded = [_decode_position(p) for p in positions]
+        # A partition missing from a position had no events when it was read: offset 0.
+        streams = set().union(*decoded)
+        return _encode_position({s: min(d.get(s, 0) for d in decoded) for s in streams})
 
     async def origin_sequences_after(self, origin: str, position: str) -> tuple[dict[str, set[int]], str]:
         after = _decode_position(position)
@@ -1013,6 +1021,13 @@ class KafkaBroker(Broker):
             raise kafka_error(exc, f"write checkpoint {name!r}") from exc
         async with self._checkpoint_lock:
             self._checkpoints[name] = value
+
+    async def checkpoints(self, prefix: str) -> dict[str, bytes]:
+        try:
+            await self._refresh_checkpoints()
+        except KAFKA_FAILURES as exc:
+            raise kafka_error(exc, f"list checkpoints {prefix!r}") from exc
+        return {name: value for name, value in self._checkpoints.items() if name.startswith(prefix)}
 
     async def hold_lease(self, name: str, owner: str, *, ttl: float) -> bool:
         raise BrokerError(

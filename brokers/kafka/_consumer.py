@@ -10,15 +10,17 @@ the highest *contiguous* acked record, so an event is never skipped because a la
 acked first. Events the consumer filters out (another origin, a route without the
 destination) count as acked in their place in the log.
 
-A rebalance that takes a partition away makes the acks of its deliveries fail with a
-retriable ``BrokerUnavailableError`` (their tokens carry the assignment they came from): the
-caller resets, and the new owner starts at the last committed offset, so what was sent and
-not committed is sent again, in order.
+A rebalance (a replica joined or left, a new topic matched) fails the next ``fetch`` once,
+and the acks of deliveries handed out before it, with a retriable ``BrokerUnavailableError``
+(tokens carry the assignment they came from): the caller resets, and each partition's new
+owner starts at its last committed offset, so what was sent and not committed is sent again,
+in order.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -87,6 +89,7 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
 
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         self._owner._forget(assigned)
+        self._owner._rebalanced()
 
 
 def _header(record: ConsumerRecord[bytes, bytes], name: str) -> str | None:
@@ -117,12 +120,23 @@ class KafkaDurableConsumer(DurableConsumer):
         self._tracks: dict[TopicPartition, _Track] = {}
         self._epoch = 0
         self._oldest_cache: dict[tuple[TopicPartition, int], float] = {}
+        self._joined = asyncio.Event()
+        # The group changed this member's share since the last reset: the next fetch fails once.
+        self._share_changed = False
         self._closed = False
 
-    async def open(self, consumer: AIOKafkaConsumer, regex: str) -> None:
+    async def open(self, consumer: AIOKafkaConsumer, regex: str, *, join_timeout: float) -> None:
+        """Joins the group; returns once the first assignment is in (or after ``join_timeout``).
+
+        Waiting for it means that whatever the caller starts next (a Replicate call whose
+        destination recovers its dedup state at its start) begins after the group has handed
+        this member its share; every later change of share fails one fetch.
+        """
         consumer.subscribe(pattern=regex, listener=_Listener(self))
         await start_consumer(consumer)
         self._consumer = consumer
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._joined.wait(), join_timeout)
 
     @property
     def assignment(self) -> frozenset[str]:
@@ -131,6 +145,11 @@ class KafkaDurableConsumer(DurableConsumer):
         if consumer is None:
             return frozenset()
         return frozenset(f"{tp.topic}/{tp.partition}" for tp in consumer.assignment())
+
+    def _rebalanced(self) -> None:
+        if self._joined.is_set():
+            self._share_changed = True
+        self._joined.set()
 
     def _forget(self, tps: Sequence[TopicPartition]) -> None:
         # Assignment changed: deliveries handed out under the old one can no longer be acked.
@@ -170,11 +189,13 @@ class KafkaDurableConsumer(DurableConsumer):
         deadline = loop.time() + max(0.0, timeout)
         decode = self._broker._decode
         while True:
+            self._check_share()
             left = max(0.0, deadline - loop.time())
             try:
                 got = await consumer.getmany(timeout_ms=int(left * 1000), max_records=max_events)
             except KAFKA_FAILURES as exc:
                 raise kafka_error(exc, f"fetch of durable consumer {self.name!r}") from exc
+            self._check_share()
             deliveries: list[Delivery] = []
             commits: dict[TopicPartition, int] = {}
             for tp, records in got.items():
@@ -242,10 +263,19 @@ class KafkaDurableConsumer(DurableConsumer):
         if commits:
             await self._commit(consumer, commits)
 
+    def _check_share(self) -> None:
+        if self._share_changed:
+            self._share_changed = False
+            raise KafkaUnavailableError(
+                f"consumer group {self.group_id!r} moved partitions (a replica joined or left): reset and fetch again",
+                cause="rebalance",
+            )
+
     async def reset(self) -> None:
         consumer = self._require()
         self._epoch += 1
         self._tracks.clear()
+        self._share_changed = False
         try:
             for tp in consumer.assignment():
                 committed = await consumer.committed(tp)

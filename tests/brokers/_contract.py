@@ -28,6 +28,8 @@ from meshgate.brokers import (
     BrokerError,
     BrokerState,
     BrokerUnavailableError,
+    Delivery,
+    DurableConsumer,
     EventRejectedError,
     StartAt,
 )
@@ -118,6 +120,22 @@ async def read_events(
         return await collect(reader, count)
     finally:
         await reader.aclose()  # type: ignore[attr-defined]
+
+
+async def fetch_as_a_link(consumer: DurableConsumer, max_events: int, *, timeout: float) -> list[Delivery]:
+    """A fetch as a replication link makes it: a retriable failure resets the consumer and fetches again.
+
+    A broker that shares work (Kafka) fails one fetch when the consumer's share of the log
+    changes, e.g. when a topic created after the consumer joins it.
+    """
+    deadline = time.monotonic() + BOUND
+    while True:
+        try:
+            return await consumer.fetch(max_events, timeout=max(0.0, min(timeout, deadline - time.monotonic())))
+        except BrokerUnavailableError:
+            if time.monotonic() > deadline:
+                raise
+            await consumer.reset()
 
 
 async def append_until_accepted(broker: Broker, event: event_pb2.Event, *, within: float = BOUND) -> AppendResult:
@@ -377,7 +395,7 @@ class BrokerContract:
         assert await consumer.fetch(10, timeout=0.3) == []
         assert time.monotonic() - started < 0.3 + 2.0
         # An event that lands while a fetch waits is returned at once.
-        waiting = asyncio.ensure_future(consumer.fetch(10, timeout=BOUND))
+        waiting = asyncio.ensure_future(fetch_as_a_link(consumer, 10, timeout=BOUND))
         sequences(await broker.append([make_event("orders/created", "late")]))
         deliveries = await asyncio.wait_for(waiting, BOUND)
         assert [d.event.id for d in deliveries] == ["late"]
@@ -529,7 +547,7 @@ class BrokerContract:
                 assert time.monotonic() < deadline, "the appended events never showed as pending"
                 await asyncio.sleep(0.02)
             assert before - 1 <= oldest <= time.time() + 1
-            deliveries = await consumer.fetch(3, timeout=BOUND)
+            deliveries = await fetch_as_a_link(consumer, 3, timeout=BOUND)
             assert len(deliveries) == 3
             # Fetched but not acked: still pending, still as old.
             assert await consumer.oldest_pending_time() == oldest

@@ -43,6 +43,7 @@ from tests.brokers._contract import (
     BrokerContract,
     BrokerFactory,
     collect,
+    fetch_as_a_link,
     make_event,
     read_events,
     results_of,
@@ -105,7 +106,7 @@ async def fetch_until(consumer: KafkaDurableConsumer, count: int, *, ack: bool =
     got: list[Delivery] = []
     async with asyncio.timeout(BOUND):
         while len(got) < count:
-            deliveries = await consumer.fetch(count - len(got), timeout=0.5)
+            deliveries = await fetch_as_a_link(consumer, count - len(got), timeout=0.5)
             got.extend(deliveries)
             if ack:
                 await consumer.ack(deliveries)
@@ -255,8 +256,8 @@ class TestKafkaBroker(BrokerContract):
             got_b: list[Delivery] = []
             async with asyncio.timeout(BOUND):
                 while len(got_a) + len(got_b) < 21:
-                    got_a += await a.fetch(21, timeout=0.2)
-                    got_b += await b.fetch(21, timeout=0.2)
+                    got_a += await fetch_as_a_link(a, 21, timeout=0.2)
+                    got_b += await fetch_as_a_link(b, 21, timeout=0.2)
             ids_a = {d.event.id for d in got_a}
             ids_b = {d.event.id for d in got_b}
             assert ids_a and ids_b and not ids_a & ids_b
@@ -556,3 +557,23 @@ async def test_stats_and_state(kafka_broker: KafkaBroker) -> None:
     stats = kafka_broker.stats
     assert (stats.published, stats.acked, stats.duplicates, stats.failed) == (1, 1, 1, 0)
     assert stats.topics_created >= 2  # the checkpoint topic and orders/a
+
+
+async def test_a_change_of_share_fails_one_fetch(tansu: Tansu) -> None:
+    keys = keys_for_each_partition(3)
+    async with make_kafka_broker(tansu) as one, make_kafka_broker(tansu) as two:
+        results_of(await one.append([make_event("orders/created", f"s{i}", key=keys[i % 3]) for i in range(6)]))
+        a = await one.durable_consumer("link-z", pattern="orders/*")
+        assert a.assignment == {f"mesh.orders.created/{p}" for p in range(3)}  # joined before it returned
+        assert len(await a.fetch(6, timeout=BOUND)) > 0
+        b = await two.durable_consumer("link-z", pattern="orders/*")
+        await wait_for_assignment(a, b, streams=3)
+        with pytest.raises(BrokerUnavailableError, match="moved partitions") as info:
+            await a.fetch(6, timeout=BOUND)
+        assert info.value.retriable
+        await a.reset()
+        # Once reset, a's share is read from its committed offsets (nothing acked: the start).
+        again = await a.fetch(6, timeout=BOUND)
+        assert again and {d.event.stream for d in again} <= a.assignment
+        await a.close()
+        await b.close()
