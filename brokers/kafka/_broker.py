@@ -32,6 +32,7 @@ import functools
 import heapq
 import json
 import logging
+import random
 import time
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
@@ -90,7 +91,8 @@ _RECORD_OVERHEAD = 128
 _TOPIC_EXISTS = 36
 # How long a caught-up reader waits in one fetch before it looks at its stop flag again.
 _IDLE_FETCH_MS = 1000
-DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
+# Kafka's own default message.max.bytes: a record the brokers take out of the box.
+DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
 # Ids of writes in doubt remembered at most (the oldest are forgotten first).
 _MAX_UNCERTAIN = 100_000
 
@@ -565,7 +567,9 @@ class KafkaBroker(Broker):
                 for i in plan[topic]:
                     results[i] = error
                 continue
-            sticky = self._sticky.get(topic, -1) + 1
+            # Rotating from a random start: replicas (and restarts) do not all begin with partition 0.
+            last = self._sticky.get(topic)
+            sticky = random.randrange(len(parts)) if last is None else last + 1  # spread, not secrecy
             self._sticky[topic] = sticky
             for i in plan[topic]:
                 partition = self._partition(topic, parts, events[i].key, sticky)

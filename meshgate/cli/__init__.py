@@ -43,6 +43,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if logging.getLogger().level > logging.DEBUG:
+        # aiokafka logs every assignment of a consumer at INFO, and the Kafka adapter's lookup
+        # consumer is reassigned on every lag poll; group joins and problems still show.
+        logging.getLogger("aiokafka.consumer.subscription_state").setLevel(logging.WARNING)
     try:
         rc: int = args.func(args)
     except KeyboardInterrupt:
