@@ -205,6 +205,7 @@ class KafkaBroker(Broker):
         self._checkpoints: dict[str, bytes] = {}
         self._checkpoint_next = 0
         self._checkpoint_lock = asyncio.Lock()
+        self._order = asyncio.Lock()
         self._readers: set[AIOKafkaConsumer] = set()
         self._consumers: set[KafkaDurableConsumer] = set()
         self._lock = asyncio.Lock()
@@ -231,6 +232,28 @@ class KafkaBroker(Broker):
             heartbeat_interval_ms=int(self._heartbeat_interval * 1000),
             fetch_max_wait_ms=200,
             **options,
+        )
+
+    def sibling(self) -> KafkaBroker:
+        """A KafkaBroker on the same cluster and topics, for the replication links' own loop.
+
+        It has no id follower: the links write only dead letters, whose ids their own retries
+        repeat through this same sibling (its own window absorbs them); reading every topic a
+        second time in the same process would buy nothing more.
+        """
+        return KafkaBroker(
+            bootstrap_servers=self.bootstrap_servers,
+            settings=self.settings,
+            idempotency_window_seconds=self._window_seconds,
+            name=f"{self.name}-links",
+            connect_timeout=self._connect_timeout,
+            request_timeout=self._request_timeout,
+            max_message_bytes=self.max_message_bytes,
+            max_window_ids=self._ids.max_ids,
+            metadata_max_age=self._metadata_max_age,
+            session_timeout=self._session_timeout,
+            heartbeat_interval=self._heartbeat_interval,
+            follow_ids=False,
         )
 
     async def start(self) -> None:
@@ -436,8 +459,6 @@ class KafkaBroker(Broker):
         self, producer: AIOKafkaProducer, events: Sequence[event_pb2.Event]
     ) -> list[AppendResult | BrokerError]:
         results: list[AppendResult | BrokerError | None] = [None] * len(events)
-        names = self._names
-        now = time.time()
         # Kafka topic -> indexes of the events to write there, in order.
         plan: dict[str, list[int]] = {}
         headers: dict[int, list[tuple[str, bytes]]] = {}
@@ -446,7 +467,43 @@ class KafkaBroker(Broker):
         waits: dict[int, asyncio.Future[AppendResult | BrokerError]] = {}
         mine: dict[str, asyncio.Future[AppendResult | BrokerError]] = {}
         loop = asyncio.get_running_loop()
-        unsure = await self._settle_uncertain(events)
+        batches: list[tuple[asyncio.Future[RecordMetadata], TopicPartition, list[int]]] = []
+        try:
+            # One call at a time up to the hand-over to the producer: concurrent calls are
+            # written in the order they were made (the replication ingress pipelines on it).
+            async with self._order:
+                unsure = await self._settle_uncertain(events)
+                self._plan(events, results, unsure, plan, headers, first, twins, waits, mine, loop)
+                if plan:
+                    batches = await self._enqueue(producer, events, plan, headers, results)
+            if batches:
+                await self._collect(batches, events, results)
+        finally:
+            for event_id, future in mine.items():
+                if not future.done():
+                    index = first[event_id]
+                    result = results[index]
+                    future.set_result(
+                        result if result is not None else KafkaUnavailableError("the append was cancelled")
+                    )
+        return await self._finish(results, twins, waits)
+
+    def _plan(  # noqa: PLR0917  # the state of one append, filled in place
+        self,
+        events: Sequence[event_pb2.Event],
+        results: list[AppendResult | BrokerError | None],
+        unsure: dict[str, BrokerError],
+        plan: dict[str, list[int]],
+        headers: dict[int, list[tuple[str, bytes]]],
+        first: dict[str, int],
+        twins: dict[int, int],
+        waits: dict[int, asyncio.Future[AppendResult | BrokerError]],
+        mine: dict[str, asyncio.Future[AppendResult | BrokerError]],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        """Sorts the events: refused, known duplicates, twins, waiting on another call, to write."""
+        names = self._names
+        now = time.time()
         for i, event in enumerate(events):
             event_id = event.id
             if not event_id:
@@ -493,17 +550,13 @@ class KafkaBroker(Broker):
             future = mine[event_id] = self._inflight[event_id] = loop.create_future()
             future.add_done_callback(functools.partial(self._drop_inflight, event_id))
             plan.setdefault(names.kafka_topic(event.topic), []).append(i)
-        try:
-            if plan:
-                await self._write(producer, events, plan, headers, results)
-        finally:
-            for event_id, future in mine.items():
-                if not future.done():
-                    index = first[event_id]
-                    result = results[index]
-                    future.set_result(
-                        result if result is not None else KafkaUnavailableError("the append was cancelled")
-                    )
+
+    async def _finish(
+        self,
+        results: list[AppendResult | BrokerError | None],
+        twins: dict[int, int],
+        waits: dict[int, asyncio.Future[AppendResult | BrokerError]],
+    ) -> list[AppendResult | BrokerError]:
         for i, j in twins.items():
             original = results[j]
             results[i] = (
@@ -547,14 +600,15 @@ class KafkaBroker(Broker):
             return parts[index]
         return parts[sticky % len(parts)]
 
-    async def _write(
+    async def _enqueue(
         self,
         producer: AIOKafkaProducer,
         events: Sequence[event_pb2.Event],
         plan: dict[str, list[int]],
         headers: dict[int, list[tuple[str, bytes]]],
         results: list[AppendResult | BrokerError | None],
-    ) -> None:
+    ) -> list[tuple[asyncio.Future[RecordMetadata], TopicPartition, list[int]]]:
+        """Hands the events to the producer, one record batch per partition; the futures of the acks."""
         topics = list(plan)
         created = await asyncio.gather(*(self._ensure_topic(t) for t in topics), return_exceptions=True)
         groups: dict[TopicPartition, list[int]] = {}
@@ -575,16 +629,22 @@ class KafkaBroker(Broker):
                 partition = self._partition(topic, parts, events[i].key, sticky)
                 groups.setdefault(TopicPartition(topic, partition), []).append(i)
         if not groups:
-            return
+            return []
         sent = await asyncio.gather(
             *(
                 self._send_group(producer, tp, members=members, events=events, headers=headers, results=results)
                 for tp, members in groups.items()
             )
         )
-        batches = [batch for group in sent for batch in group]
-        if not batches:
-            return
+        return [batch for group in sent for batch in group]
+
+    async def _collect(
+        self,
+        batches: list[tuple[asyncio.Future[RecordMetadata], TopicPartition, list[int]]],
+        events: Sequence[event_pb2.Event],
+        results: list[AppendResult | BrokerError | None],
+    ) -> None:
+        """Waits for the acks of the batches (bounded) and fills in the results."""
         try:
             _done, waiting = await asyncio.wait([f for f, _, _ in batches], timeout=self._request_timeout + 1.0)
         except asyncio.CancelledError:

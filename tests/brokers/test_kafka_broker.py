@@ -577,3 +577,16 @@ async def test_a_change_of_share_fails_one_fetch(tansu: Tansu) -> None:
         assert again and {d.event.stream for d in again} <= a.assignment
         await a.close()
         await b.close()
+
+
+async def test_sibling_is_a_broker_on_the_same_topics(kafka_broker: KafkaBroker) -> None:
+    sibling = kafka_broker.sibling()
+    assert sibling.state is BrokerState.NEW and sibling.bootstrap_servers == kafka_broker.bootstrap_servers
+    async with sibling:
+        [stored] = results_of(await sibling.append([make_event("orders/a", "from-the-sibling", key="k")]))
+        [got] = await read_events(kafka_broker, "orders/a", 1, start=StartAt(earliest=True))
+        assert (got.id, got.stream, got.sequence) == ("from-the-sibling", stored.stream, stored.sequence)
+        # Its own retries are absorbed without an id follower.
+        assert await sibling.append([make_event("orders/a", "from-the-sibling", key="k")]) == [
+            AppendResult(stored.sequence, True, stored.stream)
+        ]
