@@ -7,7 +7,9 @@ A broker's test module subclasses ``BrokerContract`` and provides two fixtures:
 * ``backend``: the broker server(s) behind it, with ``stop()``, ``kill()`` (as a crash)
   and ``start()`` (again, same address and data), and ``max_message_bytes``.
 
-``TestNatsBroker`` runs it against a real nats-server; a Kafka adapter will run the same.
+``TestNatsBroker`` runs it against a real nats-server, ``TestKafkaBroker`` against tansu (a
+Kafka-protocol broker in memory), replacing the cases that assume one log with their per-stream
+meaning and skipping what a memory-only broker cannot show.
 Positions are compared as (``stream``, ``sequence``) pairs, so a broker whose log has several
 streams (Kafka topic-partitions) passes the same tests as one with a single stream.
 """
