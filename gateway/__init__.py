@@ -3,12 +3,15 @@
 from meshgate.gateway._admission import Admission
 from meshgate.gateway._auth import Authenticator, Client
 from meshgate.gateway._budget import InflightBudget
+from meshgate.gateway._http import HEALTHZ_PATH, READYZ_PATH, HttpEndpoint, HttpEndpointState
 from meshgate.gateway._ids import uuid7
 from meshgate.gateway._limits import ClientRates, ClientStreams
 from meshgate.gateway._server import DEFAULT_LISTEN, Gateway, GatewayState
 
 __all__ = [
     "DEFAULT_LISTEN",
+    "HEALTHZ_PATH",
+    "READYZ_PATH",
     "Admission",
     "Authenticator",
     "Client",
@@ -16,6 +19,8 @@ __all__ = [
     "ClientStreams",
     "Gateway",
     "GatewayState",
+    "HttpEndpoint",
+    "HttpEndpointState",
     "InflightBudget",
     "uuid7",
 ]

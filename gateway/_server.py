@@ -8,6 +8,7 @@ import dataclasses
 import datetime
 import enum
 import logging
+import threading
 import time
 from pathlib import Path
 from types import TracebackType
@@ -16,14 +17,15 @@ from typing import Self
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
-from meshgate.brokers import Broker, make_broker
+from meshgate.brokers import Broker, BrokerState, make_broker
 from meshgate.config import ConfigWatcher, Limits, MeshConfig, ReloadResult
 from meshgate.gateway._admin import AdminService
 from meshgate.gateway._admission import Admission
 from meshgate.gateway._auth import Authenticator
 from meshgate.gateway._budget import InflightBudget
+from meshgate.gateway._http import HttpEndpoint
 from meshgate.gateway._limits import ClientRates, ClientStreams, SubscribeBuffers
 from meshgate.gateway._metrics import GatewayMetrics
 from meshgate.gateway._publish import GatewayService
@@ -52,6 +54,9 @@ _SERVICES = (
     replication_pb2.DESCRIPTOR.services_by_name["Replication"].full_name,
     admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
 )
+# How long /healthz waits for the event loop to run a callback before calling the process stuck.
+# Below the chart's probe timeouts (2 s and more), so a stuck loop fails the probe with a reason.
+_LOOP_CHECK_SECONDS = 1.0
 # Options that make a gateway a good network citizen: dead peers are noticed; request sizes are
 # bounded by settings.limits (see _server_options).
 _SERVER_OPTIONS = [
@@ -185,7 +190,8 @@ class Gateway:
             )
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
-        self._metrics_server: object | None = None
+        self._http: HttpEndpoint | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.port = 0
         self._stopped = asyncio.Event()
         self._stop_lock = asyncio.Lock()
@@ -204,6 +210,38 @@ class Gateway:
     @property
     def draining(self) -> bool:
         return self.state in (GatewayState.DRAINING, GatewayState.STOPPED)
+
+    @property
+    def http_port(self) -> int:
+        """The bound port of the metrics, /healthz and /readyz endpoint (0 when it is not serving)."""
+        return self._http.port if self._http is not None else 0
+
+    def alive(self) -> str | None:
+        """None while the process works (its event loop runs callbacks), else why not. /healthz; any thread.
+
+        Draining is alive: a pod that is stopping must not be restarted for it."""
+        loop = self._loop
+        if self.state is GatewayState.STOPPED or loop is None:
+            return f"gateway is {self.state.value}"
+        ran = threading.Event()
+        try:
+            loop.call_soon_threadsafe(ran.set)
+        except RuntimeError:
+            return "the gateway's event loop is closed"
+        if not ran.wait(_LOOP_CHECK_SECONDS):
+            return f"the gateway's event loop did not run a callback within {_LOOP_CHECK_SECONDS:g} s (blocked?)"
+        return None
+
+    def ready(self) -> str | None:
+        """None while this gateway should get traffic, else why not. /readyz; any thread.
+
+        Ready is what the gRPC health service reports as SERVING (started, not draining), and
+        the broker client connected: a gateway whose broker is away can store nothing."""
+        if self.state is not GatewayState.SERVING:
+            return f"gateway is {self.state.value}"
+        if self.broker.state is not BrokerState.CONNECTED:
+            return f"broker client is {self.broker.state.value}"
+        return None
 
     @property
     def address(self) -> str:
@@ -251,6 +289,7 @@ class Gateway:
         if self.state is not GatewayState.NEW:
             return
         self.state = GatewayState.STARTING
+        self._loop = asyncio.get_running_loop()
         try:
             await self.broker.start()
             server = grpc.aio.server(options=_server_options(self.limits))
@@ -264,7 +303,10 @@ class Gateway:
             self._server = server
             if self._metrics_listen:
                 host, port = _split_hostport(self._metrics_listen)
-                self._metrics_server, _ = start_http_server(port, addr=host, registry=self.metrics.registry)
+                self._http = HttpEndpoint(
+                    host=host, port=port, registry=self.metrics.registry, alive=self.alive, ready=self.ready
+                )
+                self._http.start()
             if self._watcher is not None:
                 await self._watcher.start()
             if self.replicator is not None:
@@ -326,15 +368,9 @@ class Gateway:
             await self.tracing.aclose(max(1.0, deadline - time.monotonic()))
             if self._watcher is not None:
                 await self._watcher.stop()
-            if self._metrics_server is not None:
-                shutdown = getattr(self._metrics_server, "shutdown", None)
-                if shutdown is not None:
-                    await asyncio.to_thread(shutdown)
-                # shutdown() only ends the serving loop; the listening socket is closed here.
-                close = getattr(self._metrics_server, "server_close", None)
-                if close is not None:
-                    close()
-                self._metrics_server = None
+            if self._http is not None:
+                await asyncio.to_thread(self._http.stop)
+                self._http = None
             await self.broker.stop()
             self.state = GatewayState.STOPPED
             self._stopped.set()
