@@ -126,10 +126,12 @@ def _suggest(word: str, choices: list[str] | tuple[str, ...]) -> str:
 
 
 class _Checker:
-    def __init__(self, *, doc: Document, source: str, check_files: bool = True) -> None:
+    def __init__(self, *, doc: Document, source: str, check_files: bool = True, region: str | None = None) -> None:
         self.doc = doc
         self.source = source
         self.check_files = check_files
+        # With a region, only its certificate files (and the CA) are read: see load_config.
+        self.region = region
         self.issues: list[tuple[Path, str, ConfigIssue]] = []
 
     def add(self, path: Path, message: str, *, key: bool = False, origin: str = "check") -> None:
@@ -575,6 +577,10 @@ class _Checker:
             cert, key = tls.get("cert"), tls.get("key")
             if not (self.check_files and isinstance(cert, str) and cert and isinstance(key, str) and key):
                 continue
+            if self.region is not None and name != self.region:
+                # Another region's files live on its own gateways (a Kubernetes pod mounts only its
+                # region's Secret); this gateway never reads them.
+                continue
             if (*rbase, "tls", "cert") in self.doc.broken or (*rbase, "tls", "key") in self.doc.broken:
                 continue
             try:
@@ -760,7 +766,13 @@ def _token_advice(issue: ConfigIssue) -> ConfigIssue:
 
 
 def _load(
-    text: str, *, source: str, sha256: str, env: Mapping[str, str] | None, check_files: bool = True
+    text: str,
+    *,
+    source: str,
+    sha256: str,
+    env: Mapping[str, str] | None,
+    check_files: bool = True,
+    region: str | None = None,
 ) -> MeshConfig:
     doc, issues = parse_yaml(text, source=source, env=os.environ if env is None else env)
     if doc is None:
@@ -777,7 +789,7 @@ def _load(
             )
         )
         raise ConfigError(issues)
-    checker = _Checker(doc=doc, source=source, check_files=check_files)
+    checker = _Checker(doc=doc, source=source, check_files=check_files, region=region)
     checker.schema()
     checker.cross()
     issues.extend(checker.results())
@@ -788,12 +800,19 @@ def _load(
 
 
 def load_config_bytes(
-    data: bytes, source: str = "<bytes>", *, env: Mapping[str, str] | None = None, check_files: bool = True
+    data: bytes,
+    source: str = "<bytes>",
+    *,
+    env: Mapping[str, str] | None = None,
+    check_files: bool = True,
+    region: str | None = None,
 ) -> MeshConfig:
     """The config of a mesh file's bytes (UTF-8); ``sha256`` is of these bytes.
 
     ``check_files`` False skips reading the certificate files the file names (``meshgate certs``
-    reads a mesh file to make them)."""
+    reads a mesh file to make them). ``region`` set (the gateway of that region): of the
+    certificate files, only the CA and that region's certificate and key are read and checked;
+    the other regions' ``tls`` entries are checked for form only. None: every region's files."""
     digest = hashlib.sha256(data).hexdigest()
     try:
         text = data.decode("utf-8-sig")
@@ -810,18 +829,28 @@ def load_config_bytes(
                 )
             ]
         ) from None
-    return _load(text, source=source, sha256=digest, env=env, check_files=check_files)
+    return _load(text, source=source, sha256=digest, env=env, check_files=check_files, region=region)
 
 
-def load_config_text(text: str, source: str = "<string>", *, env: Mapping[str, str] | None = None) -> MeshConfig:
+def load_config_text(
+    text: str, source: str = "<string>", *, env: Mapping[str, str] | None = None, region: str | None = None
+) -> MeshConfig:
     """The config of mesh file text; ``env`` replaces ``os.environ`` for ``${VAR}`` (tests, tools)."""
-    return _load(text, source=source, sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(), env=env)
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return _load(text, source=source, sha256=digest, env=env, region=region)
 
 
 def load_config(
-    path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None, check_files: bool = True
+    path: str | os.PathLike[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    check_files: bool = True,
+    region: str | None = None,
 ) -> MeshConfig:
-    """The config of the mesh file at ``path``; raises ConfigError naming every problem as FILE:LINE:COL."""
+    """The config of the mesh file at ``path``; raises ConfigError naming every problem as FILE:LINE:COL.
+
+    ``region``: load it as that region's gateway does, reading only the CA and that region's
+    certificate files (see ``load_config_bytes``)."""
     source = os.fspath(path)
     try:
         data = FsPath(source).read_bytes()
@@ -830,4 +859,4 @@ def load_config(
         raise ConfigError(
             [ConfigIssue(file=source, line=0, column=0, message=f"cannot read the file: {reason}")]
         ) from None
-    return load_config_bytes(data, source, env=env, check_files=check_files)
+    return load_config_bytes(data, source, env=env, check_files=check_files, region=region)

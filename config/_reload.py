@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import inspect
 import logging
@@ -88,7 +89,7 @@ class ConfigWatcher:
     ) -> None:
         """``initial`` is the running config (else ``start()`` loads the file); ``poll_interval`` 0 turns
         polling off (``reload()`` only); with ``region`` set, changes that region's gateway cannot apply
-        live are refused (see ``check_compatible``)."""
+        live are refused (see ``check_compatible``) and only that region's certificate files are read."""
         if poll_interval < 0:
             raise ValueError(f"poll_interval must be 0 (no polling) or more seconds, got {poll_interval}")
         self._path = Path(path)
@@ -130,7 +131,7 @@ class ConfigWatcher:
             return
         self._last_state = _file_state(self._path)
         if self._config is None:
-            self._config = await asyncio.to_thread(load_config, self._path)
+            self._config = await asyncio.to_thread(functools.partial(load_config, self._path, region=self._region))
             self._last_sha = self._config.sha256
         self._stopping.clear()
         self._task = asyncio.create_task(self._poll(), name=f"meshgate-config-watch:{self._path}")
@@ -204,7 +205,7 @@ class ConfigWatcher:
             return ReloadResult(applied=False, sha256=sha)
         self._last_sha = sha
         try:
-            new = await asyncio.to_thread(load_config_bytes, data, source)
+            new = await asyncio.to_thread(functools.partial(load_config_bytes, data, source, region=self._region))
         except ConfigError as exc:
             return self._refuse(source, sha, exc.lines)
         if running is not None and self._region is not None:

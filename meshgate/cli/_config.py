@@ -15,7 +15,10 @@ __all__ = ["register", "run"]
 _VALIDATE_EPILOG = """\
 Checks YAML syntax, ${VAR} substitution, the JSON Schema (config/mesh.schema.json) and what a
 schema cannot: routing regions exist, unique region names and addresses, topic patterns, broker
-settings that fit each region's kind.
+settings that fit each region's kind. With security.ca: the CA file and every region's
+certificate and key (each must exist, hold together, name its region and be signed by the CA);
+with --region NAME, as the gateway of region NAME loads the file: the CA and NAME's files only
+(a Kubernetes pod has its own region's certificate only).
 
 exit status:
   0  every FILE is valid ("FILE: ok (N regions, M rules)" on stdout)
@@ -49,6 +52,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     validate.add_argument("files", nargs="+", metavar="FILE", help="mesh files (YAML)")
+    validate.add_argument(
+        "--region",
+        metavar="NAME",
+        help="check as region NAME's gateway does: of the certificate files, only the CA and NAME's are read",
+    )
     diff = sub.add_parser(
         "diff",
         help="show what an edit changes in routing",
@@ -64,7 +72,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     if args.config_command == "validate":
-        return _validate(args.files)
+        return _validate(args.files, region=args.region)
     return _diff(args.old, args.new, as_json=args.json)
 
 
@@ -77,13 +85,18 @@ def _print_errors(error: ConfigError) -> None:
         print(line, file=sys.stderr)
 
 
-def _validate(files: Iterable[str]) -> int:
+def _validate(files: Iterable[str], *, region: str | None = None) -> int:
     rc = 0
     for path in files:
         try:
-            config = load_config(path)
+            config = load_config(path, region=region)
         except ConfigError as exc:
             _print_errors(exc)
+            rc = 1
+            continue
+        if region is not None and region not in [r.name for r in config.regions]:
+            names = ", ".join(r.name for r in config.regions)
+            print(f"{path}: --region {region} is not a region of the file (regions: {names})", file=sys.stderr)
             rc = 1
             continue
         print(f"{path}: ok ({_plural(len(config.regions), 'region')}, {_plural(len(config.routing), 'rule')})")

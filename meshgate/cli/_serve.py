@@ -27,7 +27,8 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        config = load_config(args.config)
+        # Only this region's certificate files need to be here (a pod has its own Secret only).
+        config = load_config(args.config, region=args.region)
     except ConfigError as exc:
         for issue in exc.errors:
             print(issue, file=sys.stderr)

@@ -245,3 +245,121 @@ def test_what_needs_a_restart(folder: Path) -> None:
         f"tls cert {folder}/certs/us-west.crt, key {folder}/certs/us-west.key"
         f" -> cert {folder}/certs2/us-west.crt, key {folder}/certs2/us-west.key"
     ]
+
+
+# --- one mesh file, one region's certificate per machine (a Kubernetes pod) -------------------
+
+# The Helm chart's shape: every region's tls names the pod's own Secret through the same variables.
+POD_MESH = """\
+event_mesh:
+  security:
+    ca: ${MESHGATE_TLS_CA_FILE}
+  regions:
+    - name: us-west
+      kind: embedded
+      gateway: 127.0.0.1:7401
+      tls: {cert: "${MESHGATE_TLS_CERT_FILE}", key: "${MESHGATE_TLS_KEY_FILE}"}
+    - name: eu-central
+      kind: embedded
+      gateway: 127.0.0.1:7402
+      tls: {cert: "${MESHGATE_TLS_CERT_FILE}", key: "${MESHGATE_TLS_KEY_FILE}"}
+    - name: ap-south
+      kind: embedded
+      gateway: 127.0.0.1:7403
+      tls: {cert: /not/on/this/machine/ap-south.crt, key: /not/on/this/machine/ap-south.key}
+"""
+
+
+def pod_env(folder: Path, region: str) -> dict[str, str]:
+    """What the chart sets: the paths of the region's mounted Secret (here: that region's files only)."""
+    mounted = folder / f"pod-{region}"
+    mounted.mkdir(exist_ok=True)
+    for src, dst in (("ca.crt", "ca.crt"), (f"{region}.crt", "tls.crt"), (f"{region}.key", "tls.key")):
+        (mounted / dst).write_bytes((folder / "certs" / src).read_bytes())
+    return {
+        "MESHGATE_TLS_CA_FILE": str(mounted / "ca.crt"),
+        "MESHGATE_TLS_CERT_FILE": str(mounted / "tls.crt"),
+        "MESHGATE_TLS_KEY_FILE": str(mounted / "tls.key"),
+    }
+
+
+def errors_as(path: Path, env: dict[str, str], region: str | None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env=env, region=region)
+    return list(info.value.lines)
+
+
+def test_a_gateway_reads_only_the_ca_and_its_own_regions_files(folder: Path) -> None:
+    path = write(folder, POD_MESH)
+    for region in ("us-west", "eu-central"):
+        env = pod_env(folder, region)
+        config = load_config(path, env=env, region=region)
+        tls = config.region(region).tls
+        assert tls is not None and str(tls.cert) == env["MESHGATE_TLS_CERT_FILE"]
+        assert str(config.security.ca) == env["MESHGATE_TLS_CA_FILE"]
+
+
+def test_without_a_region_every_regions_files_are_still_checked(folder: Path) -> None:
+    path = write(folder, POD_MESH)
+    found = errors_as(path, pod_env(folder, "us-west"), None)
+    # eu-central's entry resolves to us-west's certificate, ap-south's files are elsewhere.
+    assert any(e.startswith(f"{path}:12:19: event_mesh.regions[1].tls.cert: the certificate ") for e in found), found
+    assert any("names us-west, not region eu-central" in e for e in found), found
+    assert f"{path}:16:19: event_mesh.regions[2].tls.cert: cannot read the certificate" in "\n".join(found), found
+    assert not [e for e in found if "regions[0]" in e]
+
+
+def test_the_serving_regions_own_files_and_the_ca_are_checked_with_positions(folder: Path) -> None:
+    path = write(folder, POD_MESH)
+    env = pod_env(folder, "us-west")
+    (folder / "pod-us-west" / "tls.crt").unlink()
+    assert errors_as(path, env, "us-west") == [
+        f"{path}:8:19: event_mesh.regions[0].tls.cert: cannot read the certificate {folder}/pod-us-west/tls.crt:"
+        " No such file or directory"
+    ]
+    env = pod_env(folder, "eu-central")  # a pod of eu-central given us-west's Secret by mistake
+    (folder / "pod-eu-central" / "tls.crt").write_bytes((folder / "certs" / "us-west.crt").read_bytes())
+    (folder / "pod-eu-central" / "tls.key").write_bytes((folder / "certs" / "us-west.key").read_bytes())
+    found = errors_as(path, env, "eu-central")
+    assert found and all(e.startswith(f"{path}:12:19: event_mesh.regions[1].tls.cert: ") for e in found), found
+    assert any("names us-west, not region eu-central" in e for e in found)
+    env["MESHGATE_TLS_CA_FILE"] = str(folder / "nope.crt")
+    assert f"{path}:3:9: event_mesh.security.ca: cannot read the CA file {folder}/nope.crt" in "\n".join(
+        errors_as(path, env, "eu-central")
+    )
+
+
+def test_config_validate_with_and_without_a_region(
+    folder: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from meshgate.cli import main
+
+    path = write(folder, POD_MESH)
+    for name, value in pod_env(folder, "us-west").items():
+        monkeypatch.setenv(name, value)
+    assert main(["config", "validate", "--region", "us-west", str(path)]) == 0
+    assert capsys.readouterr().out == f"{path}: ok (3 regions, 0 rules)\n"
+    assert main(["config", "validate", str(path)]) == 1
+    assert "names us-west, not region eu-central" in capsys.readouterr().err
+    assert main(["config", "validate", "--region", "us-wset", str(path)]) == 1
+    assert capsys.readouterr().err == (
+        f"{path}: --region us-wset is not a region of the file (regions: us-west, eu-central, ap-south)\n"
+    )
+
+
+async def test_a_reload_reads_only_the_watching_regions_files(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from meshgate.config import ConfigWatcher
+
+    path = write(folder, POD_MESH)
+    for name, value in pod_env(folder, "eu-central").items():
+        monkeypatch.setenv(name, value)
+    applied: list[object] = []
+    watcher = ConfigWatcher(path=path, on_change=applied.append, poll_interval=0, region="eu-central")
+    await watcher.start()
+    try:
+        write(folder, POD_MESH.replace("127.0.0.1:7403", "127.0.0.1:7404"))
+        result = await watcher.reload()
+        assert result.applied, result.errors
+        assert len(applied) == 1
+    finally:
+        await watcher.stop()
