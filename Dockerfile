@@ -6,9 +6,10 @@
 #     meshgate:0.1.0 -c /etc/meshgate/mesh.yaml --region us-west --listen 0.0.0.0:7400
 #
 # The root filesystem can be read-only: the gateway writes only under /tmp and the data dir
-# (/var/lib/meshgate, an `embedded` region's JetStream). In Kubernetes the Helm chart
-# (helm/meshgate) probes the gRPC health service with native grpc probes; the HEALTHCHECK
-# below serves plain Docker.
+# (/var/lib/meshgate, an `embedded` region's JetStream). Health is plain HTTP on the region's
+# `metrics:` address: /readyz (serving, broker connected) and /healthz (alive), which work with
+# TLS on (the gRPC port then wants a client certificate of the mesh CA). In Kubernetes the Helm
+# chart (helm/meshgate) probes them with httpGet probes; the HEALTHCHECK below serves plain Docker.
 #
 # Pin the base by digest in release builds: --build-arg PYTHON_IMAGE=python:3.12-slim-bookworm@sha256:...
 ARG PYTHON_IMAGE=python:3.12-slim-bookworm
@@ -49,14 +50,17 @@ COPY --from=build /opt/meshgate /opt/meshgate
 ENV PATH=/opt/meshgate/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    MESHGATE_HEALTHCHECK_ADDR=127.0.0.1:7400
+    MESHGATE_HEALTHCHECK_URL=http://127.0.0.1:9464/readyz
 WORKDIR /var/lib/meshgate
 USER 10001:10001
 # 7400: gRPC (Gateway, Replication, Admin, Health, reflection); 9464: Prometheus metrics
 # (where the mesh file's `metrics:` says).
 EXPOSE 7400 9464
-# Docker only: grpc.health.v1.Health, service "" must be SERVING. Kubernetes uses grpc probes.
+# Docker only: GET /readyz must answer 200. The region's `metrics:` must be 0.0.0.0:9464 or
+# 127.0.0.1:9464, else set MESHGATE_HEALTHCHECK_URL (docker run -e) to its address. urllib, not
+# grpc: a plain HTTP GET needs no certificate and imports in a fraction of the time.
+# Kubernetes ignores HEALTHCHECK and uses the chart's httpGet probes.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
-  CMD ["python", "-c", "import os, sys, grpc; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; c = grpc.insecure_channel(os.environ['MESHGATE_HEALTHCHECK_ADDR']); r = g.HealthStub(c).Check(h.HealthCheckRequest(service=''), timeout=3); sys.exit(0 if r.status == h.HealthCheckResponse.SERVING else 1)"]
+  CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(os.environ['MESHGATE_HEALTHCHECK_URL'], timeout=3)"]
 ENTRYPOINT ["meshgate", "serve"]
 CMD ["--help"]

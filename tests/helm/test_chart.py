@@ -10,6 +10,7 @@ validator and checked here by hand, their alert rules by ``promtool`` when it is
 
 from __future__ import annotations
 
+import base64
 import copy
 import shutil
 import subprocess
@@ -21,12 +22,14 @@ import pytest
 import yaml
 
 from meshgate.config import load_config_text
+from meshgate.tls import make_ca, make_region_cert, write_pair
 from tests.helm._helm import CHART, CI_VALUES, NAMESPACE, one, render, render_error, run_helm
 
 VALUE_SETS = {
     "default": (CI_VALUES / "default-values.yaml",),
     "hpa": (CI_VALUES / "hpa-values.yaml",),
     "tls": (CI_VALUES / "tls-values.yaml",),
+    "tls-inline": (CI_VALUES / "tls-inline-values.yaml",),
     "monitoring": (CI_VALUES / "monitoring-values.yaml",),
     "nats-sidecar": (CI_VALUES / "nats-sidecar-values.yaml",),
 }
@@ -117,12 +120,50 @@ def test_validator_rejects_unknown_fields(kv: ModuleType) -> None:
         kv.validate(broken, K8S_VERSIONS[0], strict=True)
 
 
+def pod_environment(objects: list[dict[str, Any]], values: dict[str, Any], files: Path) -> dict[str, str]:
+    """The gateway container's environment as the pod would have it: the rendered env, the token
+    Secret's keys (envFrom), and the TLS Secret's files, made here with Meshgate's own PKI code."""
+    gateway = gateway_container(objects)
+    env = {e["name"]: e["value"] for e in gateway["env"] if "value" in e}
+    tokens = values.get("auth", {}).get("tokens") or {}
+    for source in gateway.get("envFrom", []):
+        if values.get("auth", {}).get("existingSecret") == source["secretRef"]["name"]:
+            # A Secret the chart does not make: its keys are the variables the mesh file reads.
+            tokens = {var: f"{var.lower()}-0123456789abcdef" for var in token_variables(values)}
+    env.update(tokens)
+    if "MESHGATE_TLS_CA_FILE" in env:
+        ca = make_ca()
+        mount = files / "tls"
+        write_pair(ca, mount / "ca.crt", files / "ca.key")
+        write_pair(make_region_cert(ca, values["region"]), mount / "tls.crt", mount / "tls.key")
+        # The chart's paths are files of its Secret volume; here the same files live under `files`.
+        for name, file in (("MESHGATE_TLS_CA_FILE", "ca.crt"), ("MESHGATE_TLS_CERT_FILE", "tls.crt")):
+            assert env[name] == f"{values['tls'].get('mountPath', '/var/run/secrets/meshgate/tls')}/{file}"
+        env["MESHGATE_TLS_CA_FILE"] = str(mount / "ca.crt")
+        env["MESHGATE_TLS_CERT_FILE"] = str(mount / "tls.crt")
+        env["MESHGATE_TLS_KEY_FILE"] = str(mount / "tls.key")
+    return env
+
+
+def token_variables(values: dict[str, Any]) -> list[str]:
+    mesh = yaml.safe_load(values["config"]["mesh"])["event_mesh"]
+    return [t["token"].strip("${}") for t in mesh.get("security", {}).get("tokens", [])]
+
+
 @pytest.mark.parametrize("name", VALUE_SETS)
-def test_example_mesh_files_are_valid(name: str) -> None:
-    """The mesh files of the value sets load with Meshgate's own validation."""
+def test_example_mesh_files_load_in_the_pod(name: str, tmp_path: Path) -> None:
+    """The mesh files of the value sets load as `meshgate serve --region` loads them in the pod:
+    with the pod's environment (TLS paths, tokens) and only its own region's certificate."""
     values = values_of(name)
-    config = load_config_text(values["config"]["mesh"], source=f"{name}:config.mesh", env={})
+    env = pod_environment(rendered(name), values, tmp_path)
+    config = load_config_text(values["config"]["mesh"], source=f"{name}:config.mesh", env=env, region=values["region"])
     assert values["region"] in [r.name for r in config.regions]
+    if values.get("tls", {}).get("enabled"):
+        assert config.security.ca is not None
+        tls = config.region(values["region"]).tls
+        assert tls is not None and tls.cert == tmp_path / "tls" / "tls.crt"
+    if values.get("auth", {}).get("enabled"):
+        assert {t.variable for t in config.security.tokens} == set(token_variables(values))
 
 
 @pytest.mark.parametrize("name", VALUE_SETS)
@@ -130,10 +171,13 @@ def test_production_defaults_hold_in_every_value_set(name: str) -> None:
     objects = rendered(name)
     spec = pod_spec(objects)
     gateway = gateway_container(objects)
-    grpc_port = next(p["containerPort"] for p in gateway["ports"] if p["name"] == "grpc")
-    # gRPC probes on the gRPC port, Health service "".
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert gateway[probe]["grpc"] == {"port": grpc_port, "service": ""}, probe
+    # HTTP probes on the metrics address (no client certificate needed with TLS on): ready once
+    # serving with the broker connected, alive while the event loop runs.
+    ports = {p["name"]: p["containerPort"] for p in gateway["ports"]}
+    assert ports["metrics"] == metrics_port_of(values_of(name))
+    assert gateway["startupProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert gateway["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert gateway["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     # Resources.
     assert gateway["resources"]["requests"]["cpu"]
     assert gateway["resources"]["requests"]["memory"]
@@ -155,6 +199,12 @@ def test_production_defaults_hold_in_every_value_set(name: str) -> None:
     assert "emptyDir" in volumes[mounts["/var/lib/meshgate"]["name"]]
     assert "subPath" not in mounts["/etc/meshgate"]  # subPath mounts never see ConfigMap updates
     assert spec["automountServiceAccountToken"] is False
+
+
+def metrics_port_of(values: dict[str, Any]) -> int:
+    mesh = yaml.safe_load(values["config"]["mesh"])["event_mesh"]
+    (region,) = [r for r in mesh["regions"] if r["name"] == values["region"]]
+    return int(region["metrics"].rsplit(":", 1)[1])
 
 
 # --- the defaults ------------------------------------------------------------------------
@@ -261,16 +311,23 @@ def test_tls_and_tokens_from_existing_secrets() -> None:
     spec = pod_spec(objects)
     volumes = {v["name"]: v for v in spec["volumes"]}
     assert volumes["tls"]["secret"]["secretName"] == "meshgate-us-west-tls"
-    assert volumes["auth"]["secret"]["secretName"] == "meshgate-tokens"
+    assert "auth" not in volumes  # tokens are environment variables, not files
     gateway = gateway_container(objects)
     env = {e["name"]: e.get("value") for e in gateway["env"]}
+    # The variables the mesh file reads: security.ca and every region's tls.
     assert env["MESHGATE_TLS_CERT_FILE"] == "/var/run/secrets/meshgate/tls/tls.crt"
     assert env["MESHGATE_TLS_KEY_FILE"] == "/var/run/secrets/meshgate/tls/tls.key"
     assert env["MESHGATE_TLS_CA_FILE"] == "/var/run/secrets/meshgate/tls/ca.crt"
-    assert env["MESHGATE_AUTH_DIR"] == "/var/run/secrets/meshgate/auth"
+    assert "MESHGATE_AUTH_DIR" not in env
+    assert gateway["envFrom"] == [{"secretRef": {"name": "meshgate-tokens"}}]
     mounts = {m["name"]: m for m in gateway["volumeMounts"]}
-    assert mounts["tls"]["readOnly"] is True
-    assert mounts["auth"]["readOnly"] is True
+    assert mounts["tls"] == {"name": "tls", "mountPath": "/var/run/secrets/meshgate/tls", "readOnly": True}
+    assert "subPath" not in mounts["tls"]  # a rotated Secret is seen in place
+    assert set(mounts) == {"config", "tmp", "data", "tls"}
+    # The probes cannot show a client certificate: HTTP on the metrics port, not gRPC.
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert "grpc" not in gateway[probe]
+        assert gateway[probe]["httpGet"]["port"] == "metrics"
     replication = one(objects, "Service", f"{FULLNAME}-replication")
     assert replication["spec"]["type"] == "LoadBalancer"
     assert replication["spec"]["loadBalancerSourceRanges"] == ["10.20.0.0/16", "10.30.0.0/16"]
@@ -279,17 +336,71 @@ def test_tls_and_tokens_from_existing_secrets() -> None:
     assert policy["spec"]["ingress"][0]["ports"] == [{"port": "grpc", "protocol": "TCP"}]
 
 
-def test_inline_tls_creates_a_secret_and_rolls_pods() -> None:
-    objects = render(
-        DEFAULT, ("tls.enabled=true", "tls.cert=CERT", "tls.key=KEY", "auth.enabled=true", "auth.tokens.a=t")
-    )
+def test_inline_tls_and_tokens_create_secrets_and_roll_pods(tmp_path: Path) -> None:
+    objects = rendered("tls-inline")
     tls = one(objects, "Secret", f"{FULLNAME}-tls")
     assert tls["type"] == "kubernetes.io/tls"
-    assert set(tls["data"]) == {"tls.crt", "tls.key"}
-    assert one(objects, "Secret", f"{FULLNAME}-auth")["data"] == {"a": "dA=="}
+    assert set(tls["data"]) == {"tls.crt", "tls.key", "ca.crt"}
+    tokens = one(objects, "Secret", f"{FULLNAME}-tokens")
+    assert tokens["type"] == "Opaque"
+    assert tokens["data"] == {"ORDERS_TOKEN": base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()}
+    gateway = gateway_container(objects)
+    assert gateway["envFrom"] == [{"secretRef": {"name": f"{FULLNAME}-tokens"}}]
     annotations = one(objects, "Deployment")["spec"]["template"]["metadata"]["annotations"]
-    assert "checksum/tls" in annotations
-    assert "checksum/auth" in annotations
+    # A token is read at start: a changed inline token rolls the pods.
+    values = values_of("tls-inline")
+    values["auth"]["tokens"]["ORDERS_TOKEN"] = "fedcba9876543210fedcba9876543210"
+    (tmp_path / "values.yaml").write_text(yaml.safe_dump(values))
+    changed = one(render((tmp_path / "values.yaml",)), "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert changed["checksum/auth"] != annotations["checksum/auth"]
+    assert changed["checksum/tls"] == annotations["checksum/tls"]
+    # extraEnvFrom is kept beside the token Secret.
+    objects = render(VALUE_SETS["tls-inline"], ("extraEnvFrom[0].secretRef.name=broker-credentials",))
+    assert gateway_container(objects)["envFrom"] == [
+        {"secretRef": {"name": f"{FULLNAME}-tokens"}},
+        {"secretRef": {"name": "broker-credentials"}},
+    ]
+
+
+def test_grpc_probes_without_tls_when_the_region_serves_no_http(tmp_path: Path) -> None:
+    values = values_of("default")
+    values["config"]["mesh"] = values["config"]["mesh"].replace("metrics: 0.0.0.0:9464", "")
+    (tmp_path / "values.yaml").write_text(yaml.safe_dump(values))
+    gateway = gateway_container(render((tmp_path / "values.yaml",), ("metrics.enabled=false",)))
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert gateway[probe]["grpc"] == {"port": 7400, "service": ""}, probe
+    assert [p["name"] for p in gateway["ports"]] == ["grpc"]
+
+
+def test_probes_use_the_metrics_address_even_without_the_metrics_service() -> None:
+    objects = render(DEFAULT, ("metrics.enabled=false",))
+    gateway = gateway_container(objects)
+    assert {p["name"]: p["containerPort"] for p in gateway["ports"]} == {"grpc": 7400, "metrics": 9464}
+    assert gateway["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert not [o for o in objects if o["metadata"]["name"].endswith("-metrics")]
+
+
+def test_notes_tell_the_truth_about_tls_and_tokens() -> None:
+    def notes(*args: str | Path) -> str:
+        result = run_helm("install", "meshgate-us-west", CHART, "--dry-run=client", *args)
+        assert result.returncode == 0, result.stderr
+        text: str = result.stdout.split("NOTES:")[1]
+        return text
+
+    tls = notes("-f", VALUE_SETS["tls"][0])
+    assert "does not use them yet" not in tls
+    assert "TLS:          on, Secret meshgate-us-west-tls" in tls
+    assert "needs a client certificate of the mesh CA" in tls
+    assert "MESHGATE_CA=ca.crt MESHGATE_CERT=client.crt MESHGATE_KEY=client.key MESHGATE_SERVER_NAME=us-west" in tls
+    assert "Tokens:       the keys of Secret meshgate-tokens" in tls
+    assert "Probes:       HTTP /readyz (startup, readiness) and /healthz (liveness) on port 9464" in tls
+    assert "WARNING" not in tls
+    plain = notes("-f", DEFAULT[0])
+    assert "TLS:          off" in plain
+    assert "MESHGATE_CA" not in plain
+    # Tokens in the mesh file, but nothing passes their variables: said before the pod fails.
+    forgot = notes("-f", VALUE_SETS["tls"][0], "--set", "auth.enabled=false")
+    assert "WARNING: the mesh file's security.tokens read ORDERS_TOKEN, OPS_TOKEN" in forgot
 
 
 def test_service_monitor_scrapes_the_metrics_service() -> None:
@@ -514,11 +625,54 @@ def test_several_replicas_share_a_region() -> None:
         (("config.mesh=regions: []",), "config.mesh has no root key event_mesh"),
         (("gateway.terminationGracePeriodSeconds=10",), "needs at least 25 s to stop"),
         (("tls.enabled=true",), "tls.enabled needs tls.existingSecret"),
+        (("tls.enabled=true", "tls.cert=C", "tls.key=K"), "or all of tls.cert, tls.key and tls.ca"),
+        (
+            ("tls.enabled=true", "tls.existingSecret=s"),
+            "tls.enabled mounts the region's certificate, but the mesh file has no security.ca",
+        ),
         (("auth.enabled=true",), "auth.enabled needs auth.existingSecret"),
     ],
 )
 def test_chart_refuses_inconsistent_values(sets: tuple[str, ...], message: str) -> None:
     assert message in render_error(DEFAULT, sets)
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (("tls.enabled=false",), "the mesh file reads ${MESHGATE_TLS_...} variables"),
+        (
+            ("auth.tokens.ORDERS_TOKEN=0123456789abcdef", "auth.existingSecret="),
+            "the mesh file's security.tokens read OPS_TOKEN, which auth.tokens does not set (it sets ORDERS_TOKEN)",
+        ),
+        (("auth.tokens.OPS_TOKEN=0123456789abcdef",), "auth: set auth.existingSecret or auth.tokens, not both"),
+    ],
+)
+def test_chart_refuses_tls_and_tokens_that_do_not_fit_the_mesh_file(sets: tuple[str, ...], message: str) -> None:
+    assert message in render_error(VALUE_SETS["tls"], sets)
+
+
+def test_chart_refuses_tls_without_an_http_address_for_the_probes(tmp_path: Path) -> None:
+    values = values_of("tls")
+    values["config"]["mesh"] = values["config"]["mesh"].replace("metrics: 0.0.0.0:9464", "metrics: 127.0.0.1:9464")
+    (tmp_path / "values.yaml").write_text(yaml.safe_dump(values))
+    error = render_error((tmp_path / "values.yaml",), ("metrics.enabled=false",))
+    assert "Kubernetes probes cannot show" in error
+    assert 'region "us-west" has none the kubelet can reach: add `metrics: 0.0.0.0:9464`' in error
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (("auth.tokens.ORDERS_TOKEN=short",), "at '/auth/tokens/ORDERS_TOKEN'"),
+        (("auth.tokens.orders-token=0123456789abcdef",), "invalid propertyName 'orders-token'"),
+        (("auth.mountPath=/x",), "additional properties 'mountPath' not allowed"),
+    ],
+)
+def test_schema_refuses_bad_tokens(sets: tuple[str, ...], message: str) -> None:
+    error = render_error(VALUE_SETS["tls-inline"], sets)
+    assert SCHEMA_ERROR in error
+    assert message in error
 
 
 def test_chart_refuses_metrics_without_a_metrics_address(tmp_path: Path) -> None:

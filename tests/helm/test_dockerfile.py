@@ -160,15 +160,49 @@ def test_entrypoint_is_meshgate_serve() -> None:
     assert json.loads(entrypoint.args) == ["meshgate", "serve"]  # exec form: signals reach the gateway
 
 
-def test_healthcheck_asks_the_grpc_health_service() -> None:
+def test_healthcheck_asks_readyz_over_plain_http() -> None:
+    """With TLS on the gRPC port wants a client certificate: the healthcheck reads /readyz instead."""
     (healthcheck,) = final("HEALTHCHECK")
     options, _, command = healthcheck.args.partition("CMD ")
     argv = json.loads(command)
-    assert "grpc_health.v1" in argv[-1]
-    assert "SERVING" in argv[-1]
+    assert argv[:2] == ["python", "-c"]
+    assert "grpc" not in argv[-1]
     assert "--timeout=" in options
-    # Kubernetes ignores HEALTHCHECK: the chart probes the same service with grpc probes.
-    assert "grpc probes" in DOCKERFILE.read_text()
+    env = " ".join(i.args for i in final("ENV"))
+    url = re.search(r"MESHGATE_HEALTHCHECK_URL=(\S+)", env)
+    assert url is not None and url.group(1) == "http://127.0.0.1:9464/readyz"
+    exposed = " ".join(i.args for i in final("EXPOSE")).split()
+    assert "9464" in exposed  # the default metrics port the URL names
+
+
+def test_healthcheck_command_reports_the_gateway_readiness(tmp_path: Path) -> None:
+    """The HEALTHCHECK's own command, run against a stand-in /readyz: exit 0 on 200, not 0 on 503."""
+    import http.server
+    import threading
+
+    (healthcheck,) = final("HEALTHCHECK")
+    argv = json.loads(healthcheck.args.partition("CMD ")[2])
+    answers = iter([200, 503])
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(next(answers))
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        env = {**os.environ, "MESHGATE_HEALTHCHECK_URL": f"http://127.0.0.1:{server.server_address[1]}/readyz"}
+        command = [sys.executable, *argv[1:]]
+        assert subprocess.run(command, env=env, capture_output=True, timeout=30, check=False).returncode == 0
+        assert subprocess.run(command, env=env, capture_output=True, timeout=30, check=False).returncode != 0
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_base_images_have_explicit_tags() -> None:

@@ -202,14 +202,79 @@ cannot be scraped on.
 {{- $port -}}
 {{- end -}}
 
+{{/*
+The port of the gateway's plain-HTTP endpoint (metrics, /healthz, /readyz): the port of this
+region's `metrics:` when the pod can be reached there (host 0.0.0.0 or ::), metrics.port when the
+chart cannot read the address (existingConfigMap, ${VAR}); empty when the region serves no HTTP
+(no `metrics:`, or a host only the pod itself can reach).
+*/}}
+{{- define "meshgate.httpPort" -}}
+{{- $region := include "meshgate.meshRegion" . | fromJson -}}
+{{- if not $region -}}
+{{- .Values.metrics.port | int -}}
+{{- else -}}
+{{- $addr := get $region "metrics" | default "" | toString -}}
+{{- if contains "${" $addr -}}
+{{- .Values.metrics.port | int -}}
+{{- else if $addr -}}
+{{- $host := regexReplaceAll ":[0-9]+$" $addr "" -}}
+{{- if has $host (list "" "0.0.0.0" "::" "[::]") -}}
+{{- regexFind "[0-9]+$" $addr | int -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+"http" when the probes ask /healthz and /readyz on the HTTP port, "grpc" when they use the gRPC
+health service (only possible without TLS: a kubelet gRPC probe has no client certificate).
+*/}}
+{{- define "meshgate.probeKind" -}}
+{{- if include "meshgate.httpPort" . -}}
+http
+{{- else if .Values.tls.enabled -}}
+{{- fail (printf "tls.enabled: the gRPC port then requires a client certificate of the mesh CA, which Kubernetes probes cannot show, so the probes use HTTP /healthz and /readyz on the region's `metrics:` address; region %q has none the kubelet can reach: add `metrics: 0.0.0.0:%d` to it in the mesh file" .Values.region (.Values.metrics.port | int)) -}}
+{{- else -}}
+grpc
+{{- end -}}
+{{- end -}}
+
 {{/* TLS and token secrets ------------------------------------------------------------ */}}
 
 {{- define "meshgate.tlsSecretName" -}}
 {{- default (include "meshgate.suffixed" (list . "tls")) .Values.tls.existingSecret -}}
 {{- end -}}
 
+{{/* The Secret whose keys become the gateway's environment (token variables); empty when none. */}}
 {{- define "meshgate.authSecretName" -}}
-{{- default (include "meshgate.suffixed" (list . "auth")) .Values.auth.existingSecret -}}
+{{- if .Values.auth.existingSecret -}}
+{{- .Values.auth.existingSecret -}}
+{{- else if .Values.auth.tokens -}}
+{{- include "meshgate.suffixed" (list . "tokens") -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The variables the mesh file's security.tokens read, as a JSON list. */}}
+{{- define "meshgate.tokenVariables" -}}
+{{- $mesh := include "meshgate.mesh" . | fromJson -}}
+{{- $vars := list -}}
+{{- $security := get $mesh "security" -}}
+{{- if kindIs "map" $security -}}
+{{- range $t := (get $security "tokens" | default list) -}}
+{{- if kindIs "map" $t -}}
+{{- $ref := regexFind "\\$\\{[A-Za-z_][A-Za-z0-9_]*\\}" (toString (get $t "token")) -}}
+{{- if $ref -}}{{- $vars = append $vars (trimSuffix "}" (trimPrefix "${" $ref)) -}}{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- $vars | toJson -}}
+{{- end -}}
+
+{{/* "true" when the mesh file turns TLS on (security.ca) or names the chart's TLS variables. */}}
+{{- define "meshgate.meshUsesTls" -}}
+{{- $mesh := include "meshgate.mesh" . | fromJson -}}
+{{- $security := get $mesh "security" -}}
+{{- if and (kindIs "map" $security) (get $security "ca") -}}true{{- end -}}
 {{- end -}}
 
 {{/* "true" when the region's broker runs inside the pod: the NATS sidecar or kind embedded. */}}
@@ -226,11 +291,33 @@ cannot be scraped on.
 {{- if and (include "meshgate.brokerInPod" .) (not .Values.nats.enabled) (or (gt (int .Values.replicaCount) 1) .Values.autoscaling.enabled) -}}
 {{- fail (printf "region %q is kind: embedded (a nats-server inside each pod, i.e. one log per pod): it needs replicaCount 1 and autoscaling.enabled=false; use kind: nats with an external NATS cluster for several replicas" .Values.region) -}}
 {{- end -}}
-{{- if and .Values.tls.enabled (not .Values.tls.existingSecret) (not (and .Values.tls.cert .Values.tls.key)) -}}
-{{- fail "tls.enabled needs tls.existingSecret (a kubernetes.io/tls Secret) or both tls.cert and tls.key" -}}
+{{- if and .Values.tls.enabled (not .Values.tls.existingSecret) (not (and .Values.tls.cert .Values.tls.key .Values.tls.ca)) -}}
+{{- fail "tls.enabled needs tls.existingSecret (a kubernetes.io/tls Secret with tls.crt, tls.key and ca.crt) or all of tls.cert, tls.key and tls.ca" -}}
 {{- end -}}
-{{- if and .Values.auth.enabled (not .Values.auth.existingSecret) (not .Values.auth.tokens) -}}
-{{- fail "auth.enabled needs auth.existingSecret or at least one entry in auth.tokens" -}}
+{{- $mesh := include "meshgate.mesh" . | fromJson -}}
+{{- if $mesh -}}
+{{- $text := include "meshgate.meshText" . -}}
+{{- if and .Values.tls.enabled (not (include "meshgate.meshUsesTls" .)) -}}
+{{- fail "tls.enabled mounts the region's certificate, but the mesh file has no security.ca, so the gateway would serve plaintext: add `security: {ca: ${MESHGATE_TLS_CA_FILE}}` and, to every region, `tls: {cert: ${MESHGATE_TLS_CERT_FILE}, key: ${MESHGATE_TLS_KEY_FILE}}` (see docs/HELM.md), or set tls.enabled=false" -}}
+{{- end -}}
+{{- if and (not .Values.tls.enabled) (contains "${MESHGATE_TLS_" $text) -}}
+{{- fail "the mesh file reads ${MESHGATE_TLS_...} variables, which the chart sets only with tls.enabled=true (and tls.existingSecret or tls.cert/key/ca)" -}}
+{{- end -}}
+{{- end -}}
+{{- if and .Values.auth.enabled (not (include "meshgate.authSecretName" .)) -}}
+{{- fail "auth.enabled needs auth.existingSecret (a Secret whose keys are the token variables of the mesh file) or at least one entry in auth.tokens" -}}
+{{- end -}}
+{{- if and .Values.auth.existingSecret .Values.auth.tokens -}}
+{{- fail "auth: set auth.existingSecret or auth.tokens, not both" -}}
+{{- end -}}
+{{- if .Values.auth.tokens -}}
+{{- $missing := list -}}
+{{- range $var := (include "meshgate.tokenVariables" . | fromJsonArray) -}}
+{{- if not (hasKey $.Values.auth.tokens $var) -}}{{- $missing = append $missing $var -}}{{- end -}}
+{{- end -}}
+{{- if $missing -}}
+{{- fail (printf "the mesh file's security.tokens read %s, which auth.tokens does not set (it sets %s); the gateway would refuse the file" (join ", " $missing) (join ", " (keys .Values.auth.tokens | sortAlpha))) -}}
+{{- end -}}
 {{- end -}}
 {{- if and .Values.autoscaling.enabled (lt (int .Values.autoscaling.maxReplicas) (int .Values.autoscaling.minReplicas)) -}}
 {{- fail "autoscaling.maxReplicas must be at least autoscaling.minReplicas" -}}
