@@ -140,10 +140,10 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             if isinstance(res, AppendResult):
                 if res.duplicate:
                     duplicate += 1
-                    add(id=ev.id, outcome=_DUPLICATE, sequence=res.sequence, route=route)
+                    add(id=ev.id, outcome=_DUPLICATE, sequence=res.sequence, route=route, stream=res.stream)
                 else:
                     accepted += 1
-                    add(id=ev.id, outcome=_ACCEPTED, sequence=res.sequence, route=route)
+                    add(id=ev.id, outcome=_ACCEPTED, sequence=res.sequence, route=route, stream=res.stream)
             else:
                 metrics.rejected.inc()
                 metrics.refuse(broker_reason(res))
@@ -434,7 +434,9 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
                     buffer.held -= len(batch)
                 buffer.sent += len(batch)
         except BrokerError as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"reading region {gw.region}'s log: {exc}")
+            # A refusal for good (e.g. a start sequence on a Kafka region) is the request's fault.
+            code = grpc.StatusCode.UNAVAILABLE if exc.retriable else grpc.StatusCode.INVALID_ARGUMENT
+            await context.abort(code, f"reading region {gw.region}'s log: {exc}")
         finally:
             gw.subscriptions.close(buffer)
 

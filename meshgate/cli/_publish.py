@@ -2,7 +2,8 @@
 
 Publishes one event, or one per line of stdin when DATA is absent (batched over one
 PublishStream), and prints one ack per event:
-``accepted id=ID seq=N route=a,b`` / ``duplicate ...`` / ``rejected id=ID CODE: message``.
+``accepted id=ID seq=N route=a,b`` / ``duplicate ...`` / ``rejected id=ID CODE: message``
+(on a Kafka region ``seq=N stream=TOPIC/PARTITION``: each partition counts on its own).
 Exit 1 when any event was rejected.
 """
 
@@ -63,7 +64,9 @@ def _format(r: event_pb2.EventResult) -> str:
         name = next((c for c, v in code.items() if v.value[0] == r.code), str(r.code))
         return f"rejected id={r.id} {name}: {r.message}"
     word = "accepted" if r.outcome == event_pb2.OUTCOME_ACCEPTED else "duplicate"
-    return f"{word} id={r.id} seq={r.sequence} route={','.join(r.route)}"
+    # A Kafka region numbers each topic-partition on its own: seq alone would be ambiguous.
+    stream = f" stream={r.stream}" if r.stream else ""
+    return f"{word} id={r.id} seq={r.sequence}{stream} route={','.join(r.route)}"
 
 
 def _stdin_batches(args: argparse.Namespace) -> Iterator[list[event_pb2.Event]]:

@@ -1,8 +1,11 @@
 """A mesh of real regions on this machine: one ``meshgate serve`` process per region.
 
-``MeshCluster`` writes a mesh file for the regions a test names (each ``kind: embedded``, so
-each gateway runs its own nats-server child with JetStream under ``<tmp>/<region>/``), with
-``gateway: 127.0.0.1:<port>`` on free ports. A region may sit behind a ``TcpProxy``: then the
+``MeshCluster`` writes a mesh file for the regions a test names (``kind: embedded`` by default,
+so each gateway runs its own nats-server child with JetStream under ``<tmp>/<region>/``), with
+``gateway: 127.0.0.1:<port>`` on free ports. A region named in ``kafka`` is ``kind: kafka`` on
+a tansu broker (memory storage) the cluster starts on a free port; such a region may run
+several gateway replicas (``replicas``), each its own ``meshgate serve`` on its own port (the
+mesh file names the first one's). A region may sit behind a ``TcpProxy``: then the
 mesh file names the proxy's address (where its peers replicate to) and the region's process
 listens on its real port (``--listen``), which the test reaches directly.
 
@@ -28,7 +31,7 @@ from typing import Any, Self, TypeVar
 import grpc
 import yaml
 
-from meshgate.testing import ServeProcess
+from meshgate.testing import ServeProcess, Tansu
 from meshgate.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2_grpc
 from tests.e2e._proxy import TcpProxy
 
@@ -103,11 +106,17 @@ def _is_nats_server_of(pid: int, data_dir: Path) -> bool:
 
 @dataclass
 class Region:
+    """One gateway process of a region (a region with replicas has one ``Region`` per replica)."""
+
     name: str
     data_dir: Path
     port: int  # where its gateway process really listens
     proxy: TcpProxy | None = None
     nats: dict[str, Any] = field(default_factory=dict)
+    # Set for a Kafka region: its ``kafka:`` settings and the tansu it runs on.
+    kafka: dict[str, Any] | None = None
+    tansu: Tansu | None = None
+    replica: int = 0
     proc: ServeProcess | None = None
     # Logs of earlier incarnations (before a kill or stop), oldest first.
     history: list[str] = field(default_factory=list)
@@ -129,7 +138,9 @@ class MeshCluster:
     ``routing`` is a list of ``(pattern, [regions])``; ``proxied`` names the regions whose
     peers reach them through a ``TcpProxy`` (``cluster.proxy(name)``); ``nats`` gives extra
     per-region ``nats:`` settings (e.g. ``{"eu-central": {"max_payload": "64KiB"}}``);
-    ``limits`` goes to ``settings.limits``.
+    ``limits`` goes to ``settings.limits``. ``kafka`` names the regions that are ``kind: kafka``
+    (each on its own tansu) with their ``kafka:`` settings (``{}`` for the defaults);
+    ``replicas`` gives a Kafka region more than one gateway process.
     """
 
     def __init__(
@@ -141,12 +152,23 @@ class MeshCluster:
         proxied: Sequence[str] = (),
         nats: Mapping[str, Mapping[str, Any]] | None = None,
         limits: Mapping[str, Any] | None = None,
+        kafka: Mapping[str, Mapping[str, Any]] | None = None,
+        replicas: Mapping[str, int] | None = None,
         shutdown_grace: str = "5s",
         start_timeout: float = 60.0,
     ) -> None:
-        unknown = (set(proxied) | set(nats or {})) - set(regions)
+        kafka = kafka or {}
+        replicas = replicas or {}
+        unknown = (set(proxied) | set(nats or {}) | set(kafka) | set(replicas)) - set(regions)
         if unknown:
             raise ValueError(f"regions {sorted(unknown)} are not among {list(regions)}")
+        both = set(kafka) & set(nats or {})
+        if both:
+            raise ValueError(f"regions {sorted(both)} are given both nats and kafka settings")
+        # Replicas of an embedded region would each run their own nats-server on separate logs.
+        shared = {name for name, n in replicas.items() if n > 1} - set(kafka)
+        if shared:
+            raise ValueError(f"regions {sorted(shared)}: only a Kafka region runs several replicas here")
         self.root = root
         self.routing = [(pattern, list(dest)) for pattern, dest in routing]
         self.limits = dict(limits or {})
@@ -154,13 +176,27 @@ class MeshCluster:
         self.start_timeout = start_timeout
         self.config_path = root / "mesh.yaml"
         self.regions: dict[str, Region] = {}
+        # Replicas 1.. of a region (replica 0 is ``regions[name]``).
+        self.more_replicas: dict[str, list[Region]] = {name: [] for name in regions}
+        self.tansus: dict[str, Tansu] = {}
         for name in regions:
-            self.regions[name] = Region(
-                name=name,
-                data_dir=root / name,
-                port=free_port(),
-                nats=dict((nats or {}).get(name, {})),
-            )
+            tansu = None
+            if name in kafka:
+                tansu = self.tansus[name] = Tansu()
+            for i in range(max(1, replicas.get(name, 1))):
+                region = Region(
+                    name=name,
+                    data_dir=root / (name if i == 0 else f"{name}-r{i}"),
+                    port=free_port(),
+                    nats=dict((nats or {}).get(name, {})),
+                    kafka=dict(kafka[name]) if name in kafka else None,
+                    tansu=tansu,
+                    replica=i,
+                )
+                if i == 0:
+                    self.regions[name] = region
+                else:
+                    self.more_replicas[name].append(region)
         self._proxied = tuple(proxied)
         self._broker_pids: dict[str, set[int]] = {name: set() for name in regions}
 
@@ -170,6 +206,11 @@ class MeshCluster:
         regions = []
         for r in self.regions.values():
             entry: dict[str, Any] = {"name": r.name, "kind": "embedded", "gateway": r.advertised}
+            if r.tansu is not None:
+                entry["kind"] = "kafka"
+                entry["brokers"] = [r.tansu.bootstrap]
+                if r.kafka:
+                    entry["kafka"] = dict(r.kafka)
             if r.nats:
                 entry["nats"] = dict(r.nats)
             regions.append(entry)
@@ -189,13 +230,15 @@ class MeshCluster:
 
     async def start(self) -> Self:
         try:
+            for tansu in self.tansus.values():
+                await tansu.start()
             for name in self._proxied:
                 region = self.regions[name]
                 region.proxy = TcpProxy(region.listen)
                 await region.proxy.start()
             self.root.mkdir(parents=True, exist_ok=True)
             self.config_path.write_text(self.mesh_text())
-            await asyncio.gather(*(self._spawn(r) for r in self.regions.values()))
+            await asyncio.gather(*(self._spawn(r) for r in self.all_processes()))
         except BaseException:
             await self.close()
             raise
@@ -221,13 +264,24 @@ class MeshCluster:
             raise
         if address != region.listen:
             raise RuntimeError(f"region {region.name} serves on {address}, expected {region.listen}")
-        pid = self.broker_pid(region.name)
-        if pid is not None:
-            self._broker_pids[region.name].add(pid)
+        if region.tansu is None:
+            pid = self.broker_pid(region.name)
+            if pid is not None:
+                self._broker_pids[region.name].add(pid)
+
+    def all_processes(self) -> list[Region]:
+        """Every gateway process of every region (replicas included)."""
+        return [r for name, first in self.regions.items() for r in (first, *self.more_replicas[name])]
 
     async def close(self) -> None:
         """Stops every region (SIGTERM, then SIGKILL after a bound), its broker, channels, proxies."""
-        await asyncio.gather(*(self._terminate(r) for r in self.regions.values()), return_exceptions=True)
+        await asyncio.gather(*(self._terminate(r) for r in self.all_processes()), return_exceptions=True)
+        for region in self.all_processes():
+            if region.replica and region.channel is not None:
+                await region.channel.close()
+                region.channel = None
+        for tansu in self.tansus.values():
+            await tansu.stop()
         for region in self.regions.values():
             for pid in list(self._broker_pids[region.name]):
                 await self._reap_broker(region, pid, grace=5.0)
@@ -269,9 +323,25 @@ class MeshCluster:
 
     # --- per region ----------------------------------------------------------------------------
 
-    def address(self, name: str) -> str:
+    def replica(self, name: str, replica: int = 0) -> Region:
+        """The gateway process ``replica`` (0 = the one the mesh file names) of region ``name``."""
+        if replica == 0:
+            return self.regions[name]
+        more = self.more_replicas[name]
+        if not 0 < replica <= len(more):
+            raise KeyError(f"region {name} has {len(more) + 1} replicas, no replica {replica}")
+        return more[replica - 1]
+
+    def tansu(self, name: str) -> Tansu:
+        """The tansu broker of a Kafka region."""
+        tansu = self.regions[name].tansu
+        if tansu is None:
+            raise KeyError(f"region {name} is not a Kafka region (pass kafka={{{name!r}: {{}}}})")
+        return tansu
+
+    def address(self, name: str, replica: int = 0) -> str:
         """Where the test reaches the region's gateway (directly, never through its proxy)."""
-        return self.regions[name].listen
+        return self.replica(name, replica).listen
 
     def advertised(self, name: str) -> str:
         return self.regions[name].advertised
@@ -282,30 +352,30 @@ class MeshCluster:
             raise KeyError(f"region {name} is not behind a proxy (pass proxied=[{name!r}])")
         return proxy
 
-    def process(self, name: str) -> ServeProcess:
-        proc = self.regions[name].proc
+    def process(self, name: str, replica: int = 0) -> ServeProcess:
+        proc = self.replica(name, replica).proc
         if proc is None:
-            raise RuntimeError(f"region {name} is not started")
+            raise RuntimeError(f"region {name} (replica {replica}) is not started")
         return proc
 
-    def channel(self, name: str) -> grpc.aio.Channel:
-        region = self.regions[name]
+    def channel(self, name: str, replica: int = 0) -> grpc.aio.Channel:
+        region = self.replica(name, replica)
         if region.channel is None:
             region.channel = grpc.aio.insecure_channel(region.listen, options=_CHANNEL_OPTIONS)
         return region.channel
 
-    def stub(self, name: str) -> gateway_pb2_grpc.GatewayStub:
-        return gateway_pb2_grpc.GatewayStub(self.channel(name))
+    def stub(self, name: str, replica: int = 0) -> gateway_pb2_grpc.GatewayStub:
+        return gateway_pb2_grpc.GatewayStub(self.channel(name, replica))
 
-    def admin(self, name: str) -> admin_pb2_grpc.AdminStub:
-        return admin_pb2_grpc.AdminStub(self.channel(name))
+    def admin(self, name: str, replica: int = 0) -> admin_pb2_grpc.AdminStub:
+        return admin_pb2_grpc.AdminStub(self.channel(name, replica))
 
-    async def status(self, name: str, timeout: float = 5.0) -> admin_pb2.StatusResponse:
-        return await self.admin(name).Status(admin_pb2.StatusRequest(), timeout=timeout)
+    async def status(self, name: str, timeout: float = 5.0, *, replica: int = 0) -> admin_pb2.StatusResponse:
+        return await self.admin(name, replica).Status(admin_pb2.StatusRequest(), timeout=timeout)
 
-    async def link(self, source: str, destination: str) -> admin_pb2.LinkStatus | None:
+    async def link(self, source: str, destination: str, *, replica: int = 0) -> admin_pb2.LinkStatus | None:
         """The source's link to ``destination`` from Admin.Status, None when it reports none."""
-        for link in (await self.status(source)).links:
+        for link in (await self.status(source, replica=replica)).links:
             if link.destination == destination:
                 return link
         return None
@@ -329,15 +399,26 @@ class MeshCluster:
         region = self.regions[name]
         return pid if _pid_alive(pid) and _is_nats_server_of(pid, region.data_dir) else None
 
-    async def kill9(self, name: str, *, broker_too: bool) -> None:
+    async def kill9(self, name: str, *, broker_too: bool, replica: int = 0) -> None:
         """SIGKILL the region's gateway and, if asked, its embedded nats-server at the same moment.
 
         Without ``broker_too`` the broker is left to its own fate: it is told to stop (SIGTERM)
         by the kernel when its parent dies, and exits cleanly. Either way this returns once both
-        processes are gone, so a restart never finds its data dir in use.
+        processes are gone, so a restart never finds its data dir in use. A Kafka region's broker
+        is a separate tansu process that keeps running (``broker_too`` is refused: tansu keeps
+        its data in memory only, so killing it would lose every acked event, not test recovery).
         """
-        region = self.regions[name]
-        proc = self.process(name)
+        region = self.replica(name, replica)
+        proc = self.process(name, replica)
+        if region.tansu is not None:
+            if broker_too:
+                raise ValueError(f"region {name} is on tansu (memory storage): its broker cannot be killed and kept")
+            proc.signal(signal.SIGKILL)
+            await proc.wait(timeout=15)
+            region.history.append(proc.text())
+            await proc.close()
+            region.proc = None
+            return
         broker = self.broker_pid(name)
         if broker_too and broker is None:
             raise RuntimeError(f"region {name}: no running nats-server found under {region.data_dir}")
@@ -351,11 +432,11 @@ class MeshCluster:
         await proc.close()
         region.proc = None
 
-    async def stop(self, name: str, timeout: float = 20.0) -> int:
+    async def stop(self, name: str, timeout: float = 20.0, *, replica: int = 0) -> int:
         """SIGTERM the region's gateway and wait for it (and its broker) to exit; its exit code."""
-        region = self.regions[name]
-        proc = self.process(name)
-        broker = self.broker_pid(name)
+        region = self.replica(name, replica)
+        proc = self.process(name, replica)
+        broker = self.broker_pid(name) if region.tansu is None else None
         proc.signal(signal.SIGTERM)
         rc = await proc.wait(timeout=timeout)
         if broker is not None:
@@ -365,21 +446,26 @@ class MeshCluster:
         region.proc = None
         return rc
 
-    async def restart(self, name: str) -> None:
+    async def restart(self, name: str, *, replica: int = 0) -> None:
         """Starts the region again: same mesh file, data dir and listen port."""
-        region = self.regions[name]
+        region = self.replica(name, replica)
         if region.proc is not None and region.proc.proc is not None and region.proc.proc.returncode is None:
-            raise RuntimeError(f"region {name} is still running; kill9() or stop() it first")
+            raise RuntimeError(f"region {name} (replica {replica}) is still running; kill9() or stop() it first")
         # The region's channel stays: it reconnects by itself (backoff capped at 0.5 s).
         await self._spawn(region)
 
     # --- diagnostics -----------------------------------------------------------------------------
 
     def logs(self, name: str) -> str:
-        region = self.regions[name]
-        parts = [f"--- {name}: incarnation {i + 1} ---\n{text}" for i, text in enumerate(region.history)]
-        if region.proc is not None:
-            parts.append(f"--- {name}: current ---\n{region.proc.text()}")
+        parts = []
+        for region in (self.regions[name], *self.more_replicas[name]):
+            label = name if region.replica == 0 else f"{name} replica {region.replica}"
+            parts.extend(f"--- {label}: incarnation {i + 1} ---\n{text}" for i, text in enumerate(region.history))
+            if region.proc is not None:
+                parts.append(f"--- {label}: current ---\n{region.proc.text()}")
+        tansu = self.regions[name].tansu
+        if tansu is not None:
+            parts.append(f"--- {name}: tansu at {tansu.port} ({tansu.state.value}) ---\n" + "\n".join(tansu.log))
         return "\n".join(parts)
 
     def log_tails(self, lines: int = 40) -> str:

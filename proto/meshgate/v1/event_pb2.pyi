@@ -179,6 +179,7 @@ class EventResult(_message.Message):
     ROUTE_FIELD_NUMBER: _builtins.int
     CODE_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    STREAM_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     outcome: Global___Outcome.ValueType
     sequence: _builtins.int
@@ -187,6 +188,10 @@ class EventResult(_message.Message):
     """For REJECTED: a google.rpc.Code value (3 = INVALID_ARGUMENT, 14 = UNAVAILABLE, ...)."""
     message: _builtins.str
     """For REJECTED: what is wrong and what to change."""
+    stream: _builtins.str
+    """The log stream `sequence` counts in (for ACCEPTED and DUPLICATE): empty for a region with
+    one stream (NATS), `<kafka topic>/<partition>` for a Kafka region.
+    """
     @_builtins.property
     def route(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The regions the event will reach (for ACCEPTED and DUPLICATE)."""
@@ -200,10 +205,11 @@ class EventResult(_message.Message):
         route: _abc.Iterable[_builtins.str] | None = ...,
         code: _builtins.int = ...,
         message: _builtins.str = ...,
+        stream: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "id", b"id", "message", b"message", "outcome", b"outcome", "route", b"route", "sequence", b"sequence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "id", b"id", "message", b"message", "outcome", b"outcome", "route", b"route", "sequence", b"sequence", "stream", b"stream"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
