@@ -3,6 +3,13 @@
 Each test publishes a few thousand keyed events from us-west over PublishStream while the
 fault happens and after it, then checks with the ledger that every acked event is in every
 region of its route exactly once and in key order (see ``_ledger``).
+
+The crash and cut cases run once per pair of brokers (``brokers``): both regions on embedded
+NATS, a Kafka source (us-west on tansu) and a Kafka destination (eu-central on tansu). A Kafka
+region's broker is a separate tansu process with memory storage only, so the crash cases kill
+its gateway and leave tansu running (killing tansu would lose every acked event: not a
+recovery to test). A Kafka source with two gateway replicas that lose one (a consumer-group
+rebalance) is a case of its own.
 """
 
 from __future__ import annotations
@@ -24,7 +31,20 @@ US, EU = "us-west", "eu-central"
 ROUTING = [("orders/*", [US, EU]), ("inventory/>", [US, EU])]  # billing/* stays home
 REPLICATING = admin_pb2.LINK_STATE_REPLICATING
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+
+# Which regions are Kafka regions (with their kafka: settings), per case.
+BROKERS: dict[str, dict[str, dict[str, Any]]] = {
+    "nats": {},
+    "kafka-source": {US: {"partitions": 4}},
+    "kafka-destination": {EU: {"partitions": 4}},
+}
+
+
+@pytest.fixture(params=list(BROKERS))
+def brokers(request: pytest.FixtureRequest) -> dict[str, dict[str, Any]]:
+    """The ``kafka=`` of the mesh: the same case runs on NATS only, a Kafka source, a Kafka destination."""
+    return BROKERS[request.param]
 
 
 def workload(origin: str, n: int, *, keys: int = 8) -> list[event_pb2.Event]:
@@ -39,6 +59,22 @@ def routed(ledger: Ledger, source: str, dest: str) -> int:
 async def forwarded(cluster: MeshCluster, source: str, dest: str) -> int:
     link = await cluster.link(source, dest)
     return link.forwarded if link is not None else 0
+
+
+async def warm_up(cluster: MeshCluster, ledger: Ledger, events: list[event_pb2.Event], *, replicas: int = 1) -> None:
+    """Publishes ``events`` and waits until the link forwarded them all (from each replica).
+
+    A Kafka source's link forwards only once its consumer group has joined (a new group's first
+    join takes seconds) and has seen the new topics: the fault must hit a link that runs.
+    """
+    await Producer(cluster, ledger, US, events, batch_size=50).run()
+
+    async def forwarding() -> bool:
+        shares = [await cluster.link(US, EU, replica=r) for r in range(replicas)]
+        total = sum(link.forwarded for link in shares if link is not None)
+        return total >= routed(ledger, US, EU) and all(link is not None and link.forwarded for link in shares)
+
+    await wait_until(forwarding, 45, what=f"the warm-up events forwarded {US} -> {EU} by {replicas} replica(s)")
 
 
 async def mid_stream(cluster: MeshCluster, producer: Producer, *, acked: int, forwarded_at_least: int) -> None:
@@ -61,14 +97,19 @@ async def finish(cluster: MeshCluster, ledger: Ledger, producing: asyncio.Task[N
     await wait_links_idle(cluster, [US], timeout=30)
 
 
-async def test_destination_gateway_and_broker_killed_mid_stream(make_mesh: MeshFactory) -> None:
-    cluster: MeshCluster = await make_mesh([US, EU], ROUTING)
+async def test_destination_gateway_and_broker_killed_mid_stream(
+    make_mesh: MeshFactory, brokers: dict[str, dict[str, Any]]
+) -> None:
+    cluster: MeshCluster = await make_mesh([US, EU], ROUTING, kafka=brokers)
     ledger = Ledger()
-    producer = Producer(cluster, ledger, US, workload(US, 3000), batch_size=50, pace=0.03)
+    events = workload(US, 3000)
+    await warm_up(cluster, ledger, events[:100])
+    producer = Producer(cluster, ledger, US, events[100:], batch_size=50, pace=0.03)
     producing = asyncio.create_task(producer.run())
-    await mid_stream(cluster, producer, acked=1000, forwarded_at_least=100)
+    await mid_stream(cluster, producer, acked=1000, forwarded_at_least=200)
 
-    await cluster.kill9(EU, broker_too=True)
+    # A Kafka destination: its gateway only (tansu keeps its data in memory, see the docstring).
+    await cluster.kill9(EU, broker_too=EU not in brokers)
     # The source goes on admitting; its link to the dead region is not replicating.
     down_at = producer.acked
     link = await wait_link(
@@ -88,13 +129,17 @@ async def test_destination_gateway_and_broker_killed_mid_stream(make_mesh: MeshF
     assert final is not None and final.forwarded >= routed(ledger, US, EU)
 
 
-async def test_source_gateway_killed_mid_batch_and_retries_are_absorbed(make_mesh: MeshFactory) -> None:
-    cluster: MeshCluster = await make_mesh([US, EU], ROUTING)
+async def test_source_gateway_killed_mid_batch_and_retries_are_absorbed(
+    make_mesh: MeshFactory, brokers: dict[str, dict[str, Any]]
+) -> None:
+    cluster: MeshCluster = await make_mesh([US, EU], ROUTING, kafka=brokers)
     ledger = Ledger()
+    events = workload(US, 3000)
+    await warm_up(cluster, ledger, events[:100])
     # Slow enough that the kill lands mid-stream even on a loaded machine.
-    producer = Producer(cluster, ledger, US, workload(US, 3000), batch_size=100, pace=0.25, max_inflight_batches=8)
+    producer = Producer(cluster, ledger, US, events[100:], batch_size=100, pace=0.25, max_inflight_batches=8)
     producing = asyncio.create_task(producer.run())
-    await mid_stream(cluster, producer, acked=1000, forwarded_at_least=100)
+    await mid_stream(cluster, producer, acked=1000, forwarded_at_least=200)
 
     await cluster.kill9(US, broker_too=False)  # batches of the producer and of the link are in flight
     assert producer.acked < 3000, "the producer finished before the kill: nothing was mid-batch"
@@ -106,13 +151,17 @@ async def test_source_gateway_killed_mid_batch_and_retries_are_absorbed(make_mes
     assert not ledger.problems
 
 
-async def test_link_cut_reports_lag_and_catches_up_after_restore(make_mesh: MeshFactory) -> None:
-    cluster: MeshCluster = await make_mesh([US, EU], ROUTING, proxied=[EU])
+async def test_link_cut_reports_lag_and_catches_up_after_restore(
+    make_mesh: MeshFactory, brokers: dict[str, dict[str, Any]]
+) -> None:
+    cluster: MeshCluster = await make_mesh([US, EU], ROUTING, proxied=[EU], kafka=brokers)
     proxy = cluster.proxy(EU)
     ledger = Ledger()
-    producer = Producer(cluster, ledger, US, workload(US, 3000), batch_size=50, pace=0.03)
+    events = workload(US, 3000)
+    await warm_up(cluster, ledger, events[:100])
+    producer = Producer(cluster, ledger, US, events[100:], batch_size=50, pace=0.03)
     producing = asyncio.create_task(producer.run())
-    await mid_stream(cluster, producer, acked=800, forwarded_at_least=100)
+    await mid_stream(cluster, producer, acked=800, forwarded_at_least=200)
     assert proxy.accepted >= 1  # replication really goes through the proxy
 
     proxy.cut()
@@ -149,6 +198,25 @@ async def test_link_cut_reports_lag_and_catches_up_after_restore(make_mesh: Mesh
     assert final is not None and final.lag_seconds == 0.0
     assert not isinstance(aged, AssertionError), f"lag_seconds stayed 0 while the link was cut: {aged}"
     assert aged.state != REPLICATING, aged
+
+
+async def test_kafka_source_replica_killed_and_its_partitions_move_to_the_other(make_mesh: MeshFactory) -> None:
+    cluster: MeshCluster = await make_mesh([US, EU], ROUTING, kafka={US: {"partitions": 4}}, replicas={US: 2})
+    ledger = Ledger()
+    events = workload(US, 3000)
+    # Both replicas run the link, each for its share of the partitions (one consumer group).
+    await warm_up(cluster, ledger, events[:200], replicas=2)
+    producer = Producer(cluster, ledger, US, events[200:], batch_size=50, pace=0.05)
+    producing = asyncio.create_task(producer.run())
+    await mid_stream(cluster, producer, acked=800, forwarded_at_least=200)
+    assert producer.acked < 3000, "the producer finished before the kill: nothing was in flight"
+    await cluster.kill9(US, broker_too=False, replica=1)  # its batches to eu-central are in flight
+    # The survivor takes the dead member's partitions once the group rebalances (its session
+    # timeout) and goes on from their committed offsets: resends are absorbed by eu-central.
+    await asyncio.wait_for(producing, 90)
+    assert len(ledger.acked) == 3000, f"{len(ledger.acked)} of 3000 acked; refused: {list(ledger.rejected)[:5]}"
+    await ledger.verify(cluster, timeout=90)
+    assert not ledger.problems
 
 
 async def test_slow_destination_gets_everything_once_in_order(make_mesh: MeshFactory) -> None:
