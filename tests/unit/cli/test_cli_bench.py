@@ -54,3 +54,31 @@ def test_the_harness_summarizes_against_the_targets() -> None:
         "max_gateway_peak_rss_mb": False,
     }
     assert s["max_gateway_peak_rss_mb"] == 160.0
+
+
+def test_the_summary_carries_the_kafka_replication_figures() -> None:
+    from meshgate.bench.mesh_bench import summarize
+
+    s = summarize(
+        {
+            "kafka": {
+                "ratio_stream_100": 0.2,
+                "gateway_peak_rss_mb": 120.0,
+                "replication": {
+                    "kafka_to_nats_live": {"window_events_per_s": 4000},
+                    "nats_to_kafka_catchup": {"events_per_s": 5000},
+                    "gateway_peak_rss_mb": {"k": 130.0, "n": 155.0},
+                },
+            }
+        }
+    )
+    assert s["kafka_to_nats_live_events_per_s"] == 4000 and s["kafka_to_nats_catchup_events_per_s"] is None
+    assert s["nats_to_kafka_catchup_events_per_s"] == 5000
+    assert s["gateway_peak_rss_mb"]["kafka replication n"] == 155.0
+    assert s["max_gateway_peak_rss_mb"] == 155.0
+
+
+def test_kafka_backlog_is_bounded(capsys: pytest.CaptureFixture[str]) -> None:
+    assert parse().kafka_backlog == 50_000
+    assert main(["bench", "--kafka-backlog", "0"]) == 2
+    assert "--kafka-backlog >= 1" in capsys.readouterr().err
