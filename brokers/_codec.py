@@ -357,6 +357,15 @@ def decode_event(
 
 # Headers a destination sets on a replicated event; never taken from the lines it is sent.
 POSITION_HEADERS = (HEADER_ORIGIN_SEQ, HEADER_ORIGIN_STREAM)
+# Header lines that pass every test of check_header_lines, in one scan of the C regex engine
+# (the tests one by one cost about twice as much on the destination's path): each line a name
+# without CR, LF or ':' that is not Nats-* or a position header (any case), then ':', a value
+# without CR or LF, and CRLF. Anything else takes the tests one by one, which say why.
+_PLAIN_LINES_RE = re.compile(
+    rb"(?:(?!(?i:nats-|"
+    + b"|".join(re.escape(name.encode()) + b":" for name in POSITION_HEADERS)
+    + rb"))[^\r\n:]+:[^\r\n]*\r\n)+"
+)
 
 
 def header_lines(event: event_pb2.Event) -> bytes:
@@ -384,6 +393,13 @@ def check_header_lines(lines: bytes) -> str | None:
     the broker acts on (``Nats-*``: a rollup or a TTL would change the stream) or a position
     header the destination sets itself.
     """
+    if not lines or _PLAIN_LINES_RE.fullmatch(lines) is not None:
+        return None
+    return _header_lines_problem(lines)
+
+
+def _header_lines_problem(lines: bytes) -> str | None:
+    """``check_header_lines`` test by test: the first problem found, or None."""
     if not lines:
         return None
     if not lines.endswith(b"\r\n"):
