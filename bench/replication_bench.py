@@ -252,6 +252,27 @@ def origin_seq(msg: Any) -> int | None:
     return int(v) if v and v.isdigit() else None
 
 
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    tick = os.sysconf("SC_CLK_TCK")
+    return (sum(fields) - idle) / tick, sum(fields) / tick
+
+
+async def busy_during(pids: dict[str, int | None], seconds: float) -> dict[str, float]:
+    """Cores each process kept busy over the next ``seconds``, and the machine's busy share."""
+    cpu0 = {k: cpu_seconds(pid) for k, pid in pids.items()}
+    busy0, total0 = machine_busy()
+    t0 = time.perf_counter()
+    await asyncio.sleep(seconds)
+    elapsed = time.perf_counter() - t0
+    out = {k: round((cpu_seconds(pid) - cpu0[k]) / elapsed, 2) for k, pid in pids.items()}
+    busy1, total1 = machine_busy()
+    out["machine busy share"] = round((busy1 - busy0) / (total1 - total0), 2) if total1 > total0 else math.nan
+    return out
+
+
 @dataclass
 class Meshgate:
     a: Region
@@ -260,6 +281,17 @@ class Meshgate:
     channel: grpc.aio.Channel | None = None
     nb: Any = None
     notes: list[str] = field(default_factory=list)
+    # Per live phase (topic): cores each process kept busy during the publish window, and
+    # the share of the whole machine that was busy (everyone's load, not only ours).
+    live_cpu: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def _pids(self) -> dict[str, int | None]:
+        return {
+            "gateway a": self.a.proc.pid if self.a.proc else None,
+            "gateway b": self.b.proc.pid if self.b.proc else None,
+            "nats-server a": self.a.nats_pid,
+            "nats-server b": self.b.nats_pid,
+        }
 
     async def connect_b(self) -> None:
         if self.nb is not None:
@@ -274,6 +306,7 @@ class Meshgate:
         before = (await js.stream_info(STREAM)).state.last_seq
         start = time.perf_counter()
         pub = asyncio.create_task(publish_stream(self.stub, topic, seconds=seconds, rate=rate))
+        cpu_task = asyncio.create_task(busy_during(self._pids(), seconds))
 
         def target() -> int | None:
             return pub.result().accepted if pub.done() else None
@@ -284,6 +317,7 @@ class Meshgate:
         p = await pub
         if p.error:
             self.notes.append(f"{topic}: PublishStream ended with {p.error}")
+        self.live_cpu[topic] = await cpu_task  # done by now: the fill watch outlasts the publish window
         res = LiveResult(publish_rate=p.rate, published=p.accepted)
         res.delivered = fill.reached
         res.complete = fill.reached >= p.accepted
@@ -374,7 +408,7 @@ async def run_meshgate(tmp: Path, args: argparse.Namespace, anchor_rate: float) 
     b = Region("b", free_port(), root / "data-b", config)
     mesh_file(config, a, b)
     mg = Meshgate(a, b)
-    out: dict[str, object] = {"notes": mg.notes}
+    out: dict[str, object] = {"notes": mg.notes, "live_cpu": mg.live_cpu}
     try:
         address, _ = await asyncio.gather(a.start(), b.start())
         await mg.connect_b()
@@ -484,6 +518,9 @@ def report(an: dict[str, Any], mg: dict[str, Any], args: argparse.Namespace) -> 
     print(f"catch-up CPU per event (us): anchor: {cpu_line(ac)}")
     if mc is not None:
         print(f"                            meshgate: {cpu_line(mc)}")
+    for topic, cores in mg.get("live_cpu", {}).items():
+        shown = ", ".join(f"{k} {v}" for k, v in cores.items())
+        print(f"meshgate {topic}: busy cores during the publish window: {shown}")
     for note in mg.get("notes", []):
         print(f"note: {note}")
 
@@ -515,6 +552,7 @@ def report(an: dict[str, Any], mg: dict[str, Any], args: argparse.Namespace) -> 
         out["meshgate_catchup_cpu_us_per_event"] = mc.cpu_us_per_event()
         out.update({f"meshgate_catchup_{k}": v for k, v in mg.get("catchup_extra", {}).items()})
     out["meshgate_replicating"] = bool(ml and ml.delivered)
+    out["meshgate_live_busy_cores"] = mg.get("live_cpu", {})
     out["anchor_peak_rss_mb"] = {k: _r(v, 1) for k, v in ar.items()}
     out["meshgate_gateway_peak_rss_mb"] = {k: _r(v, 1) for k, v in mr.items()}
     out["meshgate_embedded_nats_peak_rss_mb"] = {k: _r(v, 1) for k, v in mnr.items()}
