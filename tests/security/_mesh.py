@@ -29,8 +29,8 @@ class TlsMeshCluster(MeshCluster):
             region["tls"] = {"cert": str(self.pki.cert(name)), "key": str(self.pki.key(name))}
         return yaml.safe_dump(doc, sort_keys=False)
 
-    def channel(self, name: str) -> grpc.aio.Channel:
-        region = self.regions[name]
+    def channel(self, name: str, replica: int = 0) -> grpc.aio.Channel:
+        region = self.replica(name, replica)
         if region.channel is None:
             region.channel = grpc.aio.secure_channel(
                 region.listen, self.pki.credentials("client"), options=_CHANNEL_OPTIONS
