@@ -25,6 +25,9 @@ _MERGE_TAG = "tag:yaml.org,2002:merge"
 _RETYPED_TAGS = frozenset(f"tag:yaml.org,2002:{t}" for t in ("int", "float", "bool", "null"))
 # Aliases can expand a small file into an exponential tree ("billion laughs"); a mesh file is far below this.
 _MAX_NODES = 200_000
+# PyYAML composes nested collections by recursion, so "[[[[..." thousands deep would end in a
+# RecursionError; a mesh file nests about 6 deep.
+_MAX_DEPTH = 64
 
 _ENV_TOKEN = re.compile(r"\$\$\{|\$\{(?P<body>[^}]*)\}|\$\{")
 _ENV_BODY = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>.*))?", re.DOTALL)
@@ -90,6 +93,8 @@ class _Builder:
         self.constructor = yaml.constructor.SafeConstructor()
         self.resolver = yaml.resolver.Resolver()
         self.nodes = 0
+        # The collections being built, from the root down to the current one.
+        self.open: set[yaml.Node] = set()
 
     def issue(self, where: tuple[int, int], message: str, *, path: Path | None = None) -> None:
         self.issues.append(ConfigIssue(file=self.source, line=where[0], column=where[1], message=message))
@@ -100,22 +105,44 @@ class _Builder:
     def mark(node: yaml.Node) -> tuple[int, int]:
         return node.start_mark.line + 1, node.start_mark.column + 1
 
-    def build(self, node: yaml.Node, path: Path) -> object:
-        self.nodes += 1
+    def count(self, n: int = 1) -> None:
+        self.nodes += n
         if self.nodes > _MAX_NODES:
             raise _TooManyNodesError
-        self.doc.positions[path] = self.mark(node)
-        if isinstance(node, yaml.MappingNode):
-            return self.mapping(node, path)
-        if isinstance(node, yaml.SequenceNode):
-            return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
-        assert isinstance(node, yaml.ScalarNode)
-        return self.scalar(node, path)
 
-    def merged_pairs(self, node: yaml.MappingNode, path: Path) -> list[tuple[yaml.Node, yaml.Node, bool]]:
+    def recursive(self, node: yaml.Node, path: Path) -> None:
+        self.issue(
+            self.mark(node),
+            f"{format_path(path) or 'the file'}: an alias refers to the collection it is in (&anchor inside"
+            " itself), which has no end; copy the values instead",
+            path=path,
+        )
+
+    def build(self, node: yaml.Node, path: Path) -> object:
+        self.count()
+        self.doc.positions[path] = self.mark(node)
+        if isinstance(node, yaml.ScalarNode):
+            return self.scalar(node, path)
+        # An alias is the node itself, so a collection met again on its own way down is recursive.
+        if node in self.open:
+            self.recursive(node, path)
+            return None
+        self.open.add(node)
+        try:
+            if isinstance(node, yaml.MappingNode):
+                return self.mapping(node, path)
+            assert isinstance(node, yaml.SequenceNode)
+            return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
+        finally:
+            self.open.discard(node)
+
+    def merged_pairs(
+        self, node: yaml.MappingNode, path: Path, merging: frozenset[yaml.Node] = frozenset()
+    ) -> list[tuple[yaml.Node, yaml.Node, bool]]:
         """The (key, value, explicit) pairs of a mapping with ``<<`` merges expanded; later pairs win."""
         merged: list[tuple[yaml.Node, yaml.Node, bool]] = []
         explicit: list[tuple[yaml.Node, yaml.Node, bool]] = []
+        merging = merging | {node}
         for key_node, value_node in node.value:
             if key_node.tag != _MERGE_TAG:
                 explicit.append((key_node, value_node, True))
@@ -126,7 +153,13 @@ class _Builder:
                 if not isinstance(source, yaml.MappingNode):
                     self.issue(self.mark(source), f"{format_path(path) or 'the file'}: '<<' merges only mappings")
                     continue
-                merged.extend((k, v, False) for k, v, _ in self.merged_pairs(source, path))
+                if source in merging or source in self.open:
+                    self.recursive(source, path)
+                    continue
+                pairs = self.merged_pairs(source, path, merging)
+                # Merges of merges multiply like aliases of aliases: counted before they are built.
+                self.count(len(pairs))
+                merged.extend((k, v, False) for k, v, _ in pairs)
         return merged + explicit
 
     def mapping(self, node: yaml.MappingNode, path: Path) -> dict[str, object]:
@@ -237,6 +270,27 @@ class _Builder:
         return text
 
 
+class _Loader(yaml.SafeLoader):
+    """The safe loader with a bound on nesting, refused as a YAML error at the collection too deep."""
+
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        if self._depth >= _MAX_DEPTH and self.check_event(yaml.CollectionStartEvent):
+            mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+            raise yaml.composer.ComposerError(
+                None,
+                None,
+                f"lists and mappings nest more than {_MAX_DEPTH} deep here; a mesh file needs far fewer",
+                mark,
+            )
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
 def _yaml_error_message(exc: yaml.MarkedYAMLError) -> str:
     problem = exc.problem or "invalid YAML"
     if "another document" in problem:
@@ -254,7 +308,7 @@ def _yaml_error_message(exc: yaml.MarkedYAMLError) -> str:
 def parse_yaml(text: str, *, source: str, env: Mapping[str, str]) -> tuple[Document | None, list[ConfigIssue]]:
     """The document of ``text`` and its issues; None when the text is not YAML at all."""
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=_Loader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, column = (mark.line + 1, mark.column + 1) if mark is not None else (0, 0)
