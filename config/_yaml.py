@@ -187,7 +187,18 @@ class _Builder:
         try:
             value = self.constructor.construct_object(node)
         except yaml.constructor.ConstructorError as exc:
-            self.issue(self.mark(node), f"{format_path(path)}: {exc.problem}; remove the tag", path=path)
+            self.issue(self.mark(node), f"{format_path(path) or 'the file'}: {exc.problem}; remove the tag", path=path)
+            return None
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError):
+            # SafeConstructor trusts an explicit tag: '!!int x', '!!bool', '!!timestamp' fail in
+            # int(), a dict lookup, a regex match that is None...
+            tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+            self.issue(
+                self.mark(node),
+                f"{format_path(path) or 'the file'}: {node.value[:40]!r} is not a valid {tag}; fix the value"
+                " or remove the tag",
+                path=path,
+            )
             return None
         if isinstance(value, str):
             if "$" in value:

@@ -86,6 +86,11 @@ any_text = st.one_of(yamlish, st.text(max_size=200))
 @example(text="[" * 3000 + "]" * 3000)  # deeper than PyYAML's recursive composer can go
 @example(text="a:\n" + "".join(" " * i + "- \n" for i in range(0, 1000, 2)))
 @example(text=MERGE_BOMB)  # was minutes of CPU: merges of merges expanded before being counted
+@example(text="a: !!int x")  # each was an exception from PyYAML's constructor of the tag
+@example(text="a: !!int")
+@example(text="a: !!bool")
+@example(text="a: !!timestamp")
+@example(text="event_mesh:\n  regions:\n    - name: !!float x")
 def test_any_text_loads_or_fails_in_place(text: str) -> None:
     check(lambda: load_config_text(text, SOURCE, env=ENV), text)
 
