@@ -8,6 +8,7 @@ variable can ever become YAML structure.
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -79,13 +80,34 @@ def position_of_index(text: str, index: int) -> tuple[int, int]:
     return line, column
 
 
+class _Lines:
+    """Line and column of a character index, with lines ending at '\\n' as grep -n and editors count them.
+
+    PyYAML's own marks also end a line at a lone '\\r', NEL, LS and PS (YAML 1.1), so a file with
+    one of those in a comment would be given places past its last line.
+    """
+
+    __slots__ = ("_starts",)
+
+    def __init__(self, text: str) -> None:
+        self._starts = [0, *(m.end() for m in re.finditer("\n", text))]
+
+    def at(self, index: int) -> tuple[int, int]:
+        line = bisect.bisect_right(self._starts, index)
+        return line, index - self._starts[line - 1] + 1
+
+    def of(self, mark: yaml.Mark) -> tuple[int, int]:
+        return self.at(mark.index)
+
+
 class _TooManyNodesError(Exception):
     pass
 
 
 class _Builder:
-    def __init__(self, *, text: str, source: str, env: Mapping[str, str]) -> None:
+    def __init__(self, *, text: str, lines: _Lines, source: str, env: Mapping[str, str]) -> None:
         self.text = text
+        self.lines = lines
         self.source = source
         self.env = env
         self.doc = Document(data=None)
@@ -101,9 +123,8 @@ class _Builder:
         if path is not None:
             self.doc.broken.add(path)
 
-    @staticmethod
-    def mark(node: yaml.Node) -> tuple[int, int]:
-        return node.start_mark.line + 1, node.start_mark.column + 1
+    def mark(self, node: yaml.Node) -> tuple[int, int]:
+        return self.lines.of(node.start_mark)
 
     def count(self, n: int = 1) -> None:
         self.nodes += n
@@ -217,7 +238,7 @@ class _Builder:
         if at < 0:
             # An escaped quoted scalar does not hold the token verbatim: point at the value.
             return self.mark(node), start
-        return position_of_index(self.text, raw_start + at), at + len(token)
+        return self.lines.at(raw_start + at), at + len(token)
 
     def substitute(self, node: yaml.ScalarNode, value: str, path: Path) -> object:
         out: list[str] = []
@@ -302,13 +323,14 @@ class _Loader(yaml.SafeLoader):
             self._depth -= 1
 
 
-def _yaml_error_message(exc: yaml.MarkedYAMLError) -> str:
+def _yaml_error_message(exc: yaml.MarkedYAMLError, lines: _Lines) -> str:
     problem = exc.problem or "invalid YAML"
     if "another document" in problem:
         return "invalid YAML: a second document starts here ('---'); a mesh file is one document"
     message = f"invalid YAML: {problem}"
     if exc.context and exc.context_mark is not None and exc.context_mark is not exc.problem_mark:
-        message += f" ({exc.context} at line {exc.context_mark.line + 1}, column {exc.context_mark.column + 1})"
+        line, column = lines.of(exc.context_mark)
+        message += f" ({exc.context} at line {line}, column {column})"
     for needle, hint in _YAML_HINTS:
         if needle in problem:
             message += f"; {hint}"
@@ -318,20 +340,21 @@ def _yaml_error_message(exc: yaml.MarkedYAMLError) -> str:
 
 def parse_yaml(text: str, *, source: str, env: Mapping[str, str]) -> tuple[Document | None, list[ConfigIssue]]:
     """The document of ``text`` and its issues; None when the text is not YAML at all."""
+    lines = _Lines(text)
     try:
         root = yaml.compose(text, Loader=_Loader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        line, column = (mark.line + 1, mark.column + 1) if mark is not None else (0, 0)
-        return None, [ConfigIssue(file=source, line=line, column=column, message=_yaml_error_message(exc))]
+        line, column = lines.of(mark) if mark is not None else (0, 0)
+        return None, [ConfigIssue(file=source, line=line, column=column, message=_yaml_error_message(exc, lines))]
     except yaml.reader.ReaderError as exc:
-        line, column = position_of_index(text, exc.position)
+        line, column = lines.at(exc.position)
         char = chr(exc.character) if isinstance(exc.character, int) else exc.character
         message = (
             f"invalid character {char!r} (U+{ord(char):04X}) in YAML; remove it or write it escaped in a quoted string"
         )
         return None, [ConfigIssue(file=source, line=line, column=column, message=message)]
-    builder = _Builder(text=text, source=source, env=env)
+    builder = _Builder(text=text, lines=lines, source=source, env=env)
     if root is None:
         return builder.doc, []
     try:

@@ -91,6 +91,9 @@ any_text = st.one_of(yamlish, st.text(max_size=200))
 @example(text="a: !!bool")
 @example(text="a: !!timestamp")
 @example(text="event_mesh:\n  regions:\n    - name: !!float x")
+@example(text="\u2028event_mesh")  # YAML 1.1 breaks lines at LS/NEL/lone CR; places were past the end
+@example(text="# \x85\nevent_mesh: [")
+@example(text="a: 1\r\rb: *c")
 def test_any_text_loads_or_fails_in_place(text: str) -> None:
     check(lambda: load_config_text(text, SOURCE, env=ENV), text)
 
