@@ -314,6 +314,12 @@ def messages_of(strategy: st.SearchStrategy[bytes]) -> st.SearchStrategy[list[by
 publish_bytes = request_bytes(publish_requests())
 
 
+def publish_of_time(seconds: int, nanos: int = 0) -> bytes:
+    ev = event_pb2.Event(id=f"time-{seconds}", topic="orders/t", source="/fuzz", type="fuzz.event")
+    ev.time.seconds, ev.time.nanos = seconds, nanos
+    return gateway_pb2.PublishRequest(events=[ev]).SerializeToString()
+
+
 def test_publish(gateway: ThreadGateway, channel: grpc.Channel, ledger: Ledger) -> None:
     method = "/meshgate.v1.Gateway/Publish"
 
@@ -324,6 +330,9 @@ def test_publish(gateway: ThreadGateway, channel: grpc.Channel, ledger: Ledger) 
     @example(data=tag(1, 2) + varint(2**63))  # a length far beyond the message
     @example(data=group_nest(99, 400))
     @example(data=len_nest(1, 150))
+    @example(data=publish_of_time(10**12))  # each was UNKNOWN: OverflowError writing the ce-time header
+    @example(data=publish_of_time(-62135596801))
+    @example(data=publish_of_time(2**62))
     def run(data: bytes) -> None:
         code, details, raw = unary(channel, method, data)
         check_status(method, code, details, ALLOWED)
@@ -393,12 +402,22 @@ def _ends_within(call: grpc.Future, seconds: float) -> bool:
     return done.wait(seconds)
 
 
+def replicate_of_time(seconds: int, nanos: int = 0) -> bytes:
+    ev = event_pb2.Event(id=f"rtime-{seconds}-{nanos}", topic="orders/t", source="/fuzz", type="fuzz.event")
+    ev.origin, ev.sequence = PEER, 10**9 + abs(seconds) % 10**6 + nanos % 1000
+    ev.route.extend([REGION, PEER])
+    ev.time.seconds, ev.time.nanos = seconds, nanos
+    return replication_pb2.ReplicateRequest(source_region=PEER, batch_id=1, events=[ev]).SerializeToString()
+
+
 def test_replicate(gateway: ThreadGateway, channel: grpc.Channel, ledger: Ledger) -> None:
     method = "/meshgate.v1.Replication/Replicate"
 
     @fuzz_settings(120)
     @given(messages=messages_of(request_bytes(replicate_requests(), nest_field=3)))
     @example(messages=[b"\xff\xff"])
+    @example(messages=[replicate_of_time(10**12)])  # was UNKNOWN: OverflowError writing the ce-time header
+    @example(messages=[replicate_of_time(0, -1)])  # was stored with an unreadable ce-time "...00.-00000001Z"
     def run(messages: list[bytes]) -> None:
         code, details, raws = streaming(channel, method, messages)
         check_status(method, code, details, ALLOWED)
