@@ -374,12 +374,20 @@ def test_publish_stream(gateway: ThreadGateway, channel: grpc.Channel, ledger: L
     settle(gateway, channel, ledger)
 
 
+def timestamp_request(request: Message, field: str, seconds: int, nanos: int = 0) -> bytes:
+    ts = getattr(request, field)
+    ts.seconds, ts.nanos = seconds, nanos
+    return request.SerializeToString()
+
+
 def test_subscribe(gateway: ThreadGateway, channel: grpc.Channel, ledger: Ledger) -> None:
     method = "/meshgate.v1.Gateway/Subscribe"
 
     @fuzz_settings(100)
     @given(data=request_bytes(subscribe_requests()))
     @example(data=b"\xff")
+    @example(data=timestamp_request(gateway_pb2.SubscribeRequest(pattern=">"), "start_time", 10**12))  # was UNKNOWN
+    @example(data=timestamp_request(gateway_pb2.SubscribeRequest(pattern=">"), "start_time", 0, 10**9))
     def run(data: bytes) -> None:
         call = channel.unary_stream(method)(data, timeout=CALL_TIMEOUT)
         # A refusal ends the call at once; a valid subscription stays open until we cancel it.
@@ -434,13 +442,20 @@ def test_replicate(gateway: ThreadGateway, channel: grpc.Channel, ledger: Ledger
     settle(gateway, channel, ledger)
 
 
+admin_cases = st.sampled_from(sorted(ADMIN)).flatmap(
+    lambda name: st.tuples(st.just(name), request_bytes(ADMIN[name][1]))
+)
+
+
 def test_admin(gateway: ThreadGateway, channel: grpc.Channel, ledger: Ledger) -> None:
     @fuzz_settings(150)
-    @given(data=st.data(), name=st.sampled_from(sorted(ADMIN)))
-    def run(data: st.DataObject, name: str) -> None:
-        response_type, valid = ADMIN[name]
+    @given(case=admin_cases)
+    @example(case=("Locate", timestamp_request(admin_pb2.LocateRequest(id="x"), "since", 10**12)))  # was UNKNOWN
+    @example(case=("Locate", timestamp_request(admin_pb2.LocateRequest(id="x"), "since", 0, -1)))
+    def run(case: tuple[str, bytes]) -> None:
+        name, raw_request = case
+        response_type, _ = ADMIN[name]
         method = f"/meshgate.v1.Admin/{name}"
-        raw_request = data.draw(request_bytes(valid), label="request")
         code, details, raw = unary(channel, method, raw_request)
         check_status(method, code, details, ALLOWED)
         if raw is not None:
