@@ -17,7 +17,7 @@ import threading
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 import grpc
 import nats
@@ -146,7 +146,7 @@ class ThreadGateway:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
     def stored_ids(self, sequences: list[int]) -> dict[int, str | None]:
-        """The ``Nats-Msg-Id`` of each stream sequence, read from JetStream itself (None: not there)."""
+        """The event id (``Nats-Msg-Id``) at each stream sequence, read from JetStream itself (None: not there)."""
 
         async def read() -> dict[int, str | None]:
             js = self._nc.jetstream()
@@ -157,7 +157,9 @@ class ThreadGateway:
                 except nats.js.errors.NotFoundError:
                     out[seq] = None
                     continue
-                out[seq] = (msg.headers or {}).get("Nats-Msg-Id")
+                stored = (msg.headers or {}).get("Nats-Msg-Id")
+                # Header values are percent-encoded as the CloudEvents HTTP binding says.
+                out[seq] = None if stored is None else unquote(stored)
             return out
 
         return self.run(read())
