@@ -161,6 +161,10 @@ topic_text = st.one_of(
 )
 VALID_TOPICS = ["orders/created", "orders/x", "inventory/eu/sku-1", "audit/a"]
 VALID_PATTERNS = [">", "orders/*", "inventory/>", "nope/>", "*"]
+# Log names within a region (a Kafka topic/partition); they end up in broker keys and subjects.
+stream_text = st.one_of(
+    st.sampled_from(["", "mesh.orders/0", "a b", "*", ">", ".", "a.b.c", "x/1", "..", "k" * 300]), short_text
+)
 ext_names = st.one_of(
     st.text(alphabet="abz09-_A\n", max_size=22), st.sampled_from(["id", "time", "data", "dataschema"])
 )
@@ -200,11 +204,15 @@ def _wild_event_field(draw: st.DrawFn, ev: event_pb2.Event, name: str) -> None:
         ev.sequence = draw(wide_uint64)
     elif name == "origin_sequence":
         ev.origin_sequence = draw(wide_uint64)
+    elif name == "stream":
+        ev.stream = draw(stream_text)
+    elif name == "origin_stream":
+        ev.origin_stream = draw(stream_text)
 
 
 EVENT_FIELDS = [
     "topic", "id", "source", "type", "specversion", "time", "time", "datacontenttype", "data", "extensions", "key",
-    "origin", "route", "sequence", "origin_sequence",
+    "origin", "route", "sequence", "origin_sequence", "stream", "origin_stream", "origin_stream",
 ]  # fmt: skip
 
 
@@ -495,8 +503,9 @@ def test_admin(gateway: ThreadGateway, channel: grpc.Channel, ledger: Ledger) ->
 def test_a_request_over_the_size_limit_is_refused(
     gateway: ThreadGateway, channel: grpc.Channel, ledger: Ledger
 ) -> None:
-    # Above the server's 64 MiB receive limit: gRPC itself refuses it before any parsing.
+    # Above settings.limits.max_message_bytes (the server's receive limit): gRPC refuses it before any parsing.
     method = "/meshgate.v1.Gateway/Publish"
-    code, details, _ = unary(channel, method, b"\x0a" + varint(64 * 1024 * 1024) + bytes(64 * 1024 * 1024))
+    size = LIMITS.max_message_bytes
+    code, details, _ = unary(channel, method, b"\x0a" + varint(size) + bytes(size))
     assert code is grpc.StatusCode.RESOURCE_EXHAUSTED, (code, details)
     settle(gateway, channel, ledger)
