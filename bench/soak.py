@@ -88,6 +88,8 @@ class State:
     latencies_ms: list[float] = field(default_factory=list)
     interval_latency_max: float = 0.0
     publishing_done: bool = False
+    # Why the subscription stopped before the end of the run (None: it did not).
+    reader_ended: str | None = None
     caught_up: asyncio.Event = field(default_factory=asyncio.Event)
 
     def check_caught_up(self) -> None:
@@ -145,17 +147,16 @@ async def publisher(stub: gateway_pb2_grpc.GatewayStub, state: State, rate: floa
 
 
 async def reader(stub: gateway_pb2_grpc.GatewayStub, state: State, stop: asyncio.Event) -> None:
+    """Reads the subscription until ``stop``; an end of the stream before that is recorded, not fatal."""
     call = stub.Subscribe(
         gateway_pb2.SubscribeRequest(pattern="soak/>", position=gateway_pb2.START_POSITION_EARLIEST, max_batch=1000)
     )
     prefix = state.run + "-"
-    it = call.__aiter__()
-    try:
-        while not stop.is_set():
-            try:
-                resp = await asyncio.wait_for(it.__anext__(), 0.5)
-            except TimeoutError:
-                continue
+
+    async def consume() -> None:
+        # Plain iteration, stopped by cancelling the call: a timeout on a pending __anext__()
+        # (asyncio.wait_for) would cancel the whole RPC at the first quiet half second.
+        async for resp in call:
             now = time.time()
             for ev in resp.events:
                 if not ev.id.startswith(prefix):
@@ -169,8 +170,22 @@ async def reader(stub: gateway_pb2_grpc.GatewayStub, state: State, stop: asyncio
                 state.latencies_ms.append(latency)
                 state.interval_latency_max = max(state.interval_latency_max, latency)
             state.check_caught_up()
-    finally:
+        state.reader_ended = f"the stream ended ({await call.code()})"
+
+    task = asyncio.create_task(consume())
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if not task.done():
         call.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass  # our cancel at the end of the run
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() is not grpc.StatusCode.CANCELLED or not stop.is_set():
+            state.reader_ended = f"the stream failed: {exc.code()} {exc.details()}"
+    state.caught_up.set()  # nothing more will arrive: the catch-up wait ends
 
 
 async def sampler(
@@ -258,6 +273,7 @@ async def main(seconds: float, rate: float, every: float) -> dict[str, object]:
         "duplicates": duplicates,
         "received_not_acked": never_acked,
         "unexpected": state.unexpected,
+        "reader_ended": state.reader_ended,
         "exactly_once": lost == 0 and duplicates == 0 and state.acked == state.sent and state.rejected == 0,
         "rss_mb_first": round(rss[0], 1),
         "rss_mb_min": round(min(rss), 1),

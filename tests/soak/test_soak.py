@@ -35,6 +35,7 @@ def test_soak_loses_nothing_and_memory_stays_flat() -> None:
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
     figures = json.loads(run.stdout.strip().splitlines()[-1])
     assert figures["published"] == figures["acked"] == 2000 * SECONDS, figures
+    assert figures["reader_ended"] is None, figures
     assert figures["lost"] == 0, figures
     assert figures["duplicates"] == 0, figures
     assert figures["received_not_acked"] == 0 and figures["unexpected"] == 0, figures
