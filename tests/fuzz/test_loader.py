@@ -8,7 +8,10 @@ text (the place an operator's editor can jump to); no other exception ever escap
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 
+import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
@@ -139,13 +142,30 @@ def mutated(draw: st.DrawFn) -> str:
     return "\n".join(lines)
 
 
+@pytest.fixture(scope="module")
+def certs_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """ENV plus MESHGATE_CERTS: certificates made by `meshgate certs` for the mTLS example."""
+    out = tmp_path_factory.mktemp("certs")
+    example = EXAMPLES_DIR / "quickstart-mtls.yaml"
+    made = subprocess.run(
+        [sys.executable, "-m", "meshgate", "certs", "--out", str(out), "-c", str(example)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert made.returncode == 0, made.stderr
+    return {**ENV, "MESHGATE_CERTS": str(out)}
+
+
 @fuzz_settings(400)
 @given(text=mutated())
-def test_mutated_examples_load_or_fail_in_place(text: str) -> None:
-    check(lambda: load_config_text(text, SOURCE, env=ENV), text)
+def test_mutated_examples_load_or_fail_in_place(certs_env: dict[str, str], text: str) -> None:
+    check(lambda: load_config_text(text, SOURCE, env=certs_env), text)
 
 
-def test_the_examples_themselves_load() -> None:
-    # The base of the mutations: unmutated, every example is a valid config.
+def test_the_examples_themselves_load(certs_env: dict[str, str]) -> None:
+    # The base of the mutations: unmutated, every example is a valid config (the mTLS one with
+    # the certificates `meshgate certs` makes for it).
     for text in EXAMPLES:
-        assert isinstance(load_config_text(text, SOURCE, env=ENV), MeshConfig)
+        assert isinstance(load_config_text(text, SOURCE, env=certs_env), MeshConfig)
