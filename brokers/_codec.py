@@ -234,10 +234,24 @@ def _parse_seconds(text: str) -> int:
     return (d - _EPOCH) // timedelta(seconds=1)
 
 
+# protobuf's Timestamp range, 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z: RFC 3339's years.
+_MIN_SECONDS = -62_135_596_800
+_MAX_SECONDS = 253_402_300_799
+
+
 def format_time(ts: timestamp_pb2.Timestamp) -> str:
-    """RFC 3339 in UTC with nine fraction digits: ``2025-01-02T03:04:05.123456789Z``."""
+    """RFC 3339 in UTC with nine fraction digits: ``2025-01-02T03:04:05.123456789Z``.
+
+    Raises ``ValueError`` for a time outside years 1 to 9999 or nanos outside 0 to 999999999
+    (a peer region's event is not checked by admission here; the write refuses it for good).
+    """
+    seconds, nanos = ts.seconds, ts.nanos
+    if not (_MIN_SECONDS <= seconds <= _MAX_SECONDS and 0 <= nanos < 1_000_000_000):
+        raise ValueError(
+            f"time of {seconds} s and {nanos} ns is not a valid timestamp (years 1 to 9999, nanos 0 to 999999999)"
+        )
     # zfill: a format spec like :09d costs twice as much on this path.
-    return f"{_format_seconds(ts.seconds)}.{str(ts.nanos).zfill(9)}Z"
+    return f"{_format_seconds(seconds)}.{str(nanos).zfill(9)}Z"
 
 
 _RFC3339_RE = re.compile(r"(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?(?:([Zz])|([+-])(\d{2}):(\d{2}))")

@@ -8,6 +8,7 @@ variable can ever become YAML structure.
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,6 +26,9 @@ _MERGE_TAG = "tag:yaml.org,2002:merge"
 _RETYPED_TAGS = frozenset(f"tag:yaml.org,2002:{t}" for t in ("int", "float", "bool", "null"))
 # Aliases can expand a small file into an exponential tree ("billion laughs"); a mesh file is far below this.
 _MAX_NODES = 200_000
+# PyYAML composes nested collections by recursion, so "[[[[..." thousands deep would end in a
+# RecursionError; a mesh file nests about 6 deep.
+_MAX_DEPTH = 64
 
 _ENV_TOKEN = re.compile(r"\$\$\{|\$\{(?P<body>[^}]*)\}|\$\{")
 _ENV_BODY = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>.*))?", re.DOTALL)
@@ -76,13 +80,34 @@ def position_of_index(text: str, index: int) -> tuple[int, int]:
     return line, column
 
 
+class _Lines:
+    """Line and column of a character index, with lines ending at '\\n' as grep -n and editors count them.
+
+    PyYAML's own marks also end a line at a lone '\\r', NEL, LS and PS (YAML 1.1), so a file with
+    one of those in a comment would be given places past its last line.
+    """
+
+    __slots__ = ("_starts",)
+
+    def __init__(self, text: str) -> None:
+        self._starts = [0, *(m.end() for m in re.finditer("\n", text))]
+
+    def at(self, index: int) -> tuple[int, int]:
+        line = bisect.bisect_right(self._starts, index)
+        return line, index - self._starts[line - 1] + 1
+
+    def of(self, mark: yaml.Mark) -> tuple[int, int]:
+        return self.at(mark.index)
+
+
 class _TooManyNodesError(Exception):
     pass
 
 
 class _Builder:
-    def __init__(self, *, text: str, source: str, env: Mapping[str, str]) -> None:
+    def __init__(self, *, text: str, lines: _Lines, source: str, env: Mapping[str, str]) -> None:
         self.text = text
+        self.lines = lines
         self.source = source
         self.env = env
         self.doc = Document(data=None)
@@ -90,32 +115,55 @@ class _Builder:
         self.constructor = yaml.constructor.SafeConstructor()
         self.resolver = yaml.resolver.Resolver()
         self.nodes = 0
+        # The collections being built, from the root down to the current one.
+        self.open: set[yaml.Node] = set()
 
     def issue(self, where: tuple[int, int], message: str, *, path: Path | None = None) -> None:
         self.issues.append(ConfigIssue(file=self.source, line=where[0], column=where[1], message=message))
         if path is not None:
             self.doc.broken.add(path)
 
-    @staticmethod
-    def mark(node: yaml.Node) -> tuple[int, int]:
-        return node.start_mark.line + 1, node.start_mark.column + 1
+    def mark(self, node: yaml.Node) -> tuple[int, int]:
+        return self.lines.of(node.start_mark)
 
-    def build(self, node: yaml.Node, path: Path) -> object:
-        self.nodes += 1
+    def count(self, n: int = 1) -> None:
+        self.nodes += n
         if self.nodes > _MAX_NODES:
             raise _TooManyNodesError
-        self.doc.positions[path] = self.mark(node)
-        if isinstance(node, yaml.MappingNode):
-            return self.mapping(node, path)
-        if isinstance(node, yaml.SequenceNode):
-            return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
-        assert isinstance(node, yaml.ScalarNode)
-        return self.scalar(node, path)
 
-    def merged_pairs(self, node: yaml.MappingNode, path: Path) -> list[tuple[yaml.Node, yaml.Node, bool]]:
+    def recursive(self, node: yaml.Node, path: Path) -> None:
+        self.issue(
+            self.mark(node),
+            f"{format_path(path) or 'the file'}: an alias refers to the collection it is in (&anchor inside"
+            " itself), which has no end; copy the values instead",
+            path=path,
+        )
+
+    def build(self, node: yaml.Node, path: Path) -> object:
+        self.count()
+        self.doc.positions[path] = self.mark(node)
+        if isinstance(node, yaml.ScalarNode):
+            return self.scalar(node, path)
+        # An alias is the node itself, so a collection met again on its own way down is recursive.
+        if node in self.open:
+            self.recursive(node, path)
+            return None
+        self.open.add(node)
+        try:
+            if isinstance(node, yaml.MappingNode):
+                return self.mapping(node, path)
+            assert isinstance(node, yaml.SequenceNode)
+            return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
+        finally:
+            self.open.discard(node)
+
+    def merged_pairs(
+        self, node: yaml.MappingNode, path: Path, merging: frozenset[yaml.Node] = frozenset()
+    ) -> list[tuple[yaml.Node, yaml.Node, bool]]:
         """The (key, value, explicit) pairs of a mapping with ``<<`` merges expanded; later pairs win."""
         merged: list[tuple[yaml.Node, yaml.Node, bool]] = []
         explicit: list[tuple[yaml.Node, yaml.Node, bool]] = []
+        merging = merging | {node}
         for key_node, value_node in node.value:
             if key_node.tag != _MERGE_TAG:
                 explicit.append((key_node, value_node, True))
@@ -126,7 +174,13 @@ class _Builder:
                 if not isinstance(source, yaml.MappingNode):
                     self.issue(self.mark(source), f"{format_path(path) or 'the file'}: '<<' merges only mappings")
                     continue
-                merged.extend((k, v, False) for k, v, _ in self.merged_pairs(source, path))
+                if source in merging or source in self.open:
+                    self.recursive(source, path)
+                    continue
+                pairs = self.merged_pairs(source, path, merging)
+                # Merges of merges multiply like aliases of aliases: counted before they are built.
+                self.count(len(pairs))
+                merged.extend((k, v, False) for k, v, _ in pairs)
         return merged + explicit
 
     def mapping(self, node: yaml.MappingNode, path: Path) -> dict[str, object]:
@@ -154,7 +208,18 @@ class _Builder:
         try:
             value = self.constructor.construct_object(node)
         except yaml.constructor.ConstructorError as exc:
-            self.issue(self.mark(node), f"{format_path(path)}: {exc.problem}; remove the tag", path=path)
+            self.issue(self.mark(node), f"{format_path(path) or 'the file'}: {exc.problem}; remove the tag", path=path)
+            return None
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError):
+            # SafeConstructor trusts an explicit tag: '!!int x', '!!bool', '!!timestamp' fail in
+            # int(), a dict lookup, a regex match that is None...
+            tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+            self.issue(
+                self.mark(node),
+                f"{format_path(path) or 'the file'}: {node.value[:40]!r} is not a valid {tag}; fix the value"
+                " or remove the tag",
+                path=path,
+            )
             return None
         if isinstance(value, str):
             if "$" in value:
@@ -173,7 +238,7 @@ class _Builder:
         if at < 0:
             # An escaped quoted scalar does not hold the token verbatim: point at the value.
             return self.mark(node), start
-        return position_of_index(self.text, raw_start + at), at + len(token)
+        return self.lines.at(raw_start + at), at + len(token)
 
     def substitute(self, node: yaml.ScalarNode, value: str, path: Path) -> object:
         out: list[str] = []
@@ -237,13 +302,35 @@ class _Builder:
         return text
 
 
-def _yaml_error_message(exc: yaml.MarkedYAMLError) -> str:
+class _Loader(yaml.SafeLoader):
+    """The safe loader with a bound on nesting, refused as a YAML error at the collection too deep."""
+
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        if self._depth >= _MAX_DEPTH and self.check_event(yaml.CollectionStartEvent):
+            mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+            raise yaml.composer.ComposerError(
+                None,
+                None,
+                f"lists and mappings nest more than {_MAX_DEPTH} deep here; a mesh file needs far fewer",
+                mark,
+            )
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _yaml_error_message(exc: yaml.MarkedYAMLError, lines: _Lines) -> str:
     problem = exc.problem or "invalid YAML"
     if "another document" in problem:
         return "invalid YAML: a second document starts here ('---'); a mesh file is one document"
     message = f"invalid YAML: {problem}"
     if exc.context and exc.context_mark is not None and exc.context_mark is not exc.problem_mark:
-        message += f" ({exc.context} at line {exc.context_mark.line + 1}, column {exc.context_mark.column + 1})"
+        line, column = lines.of(exc.context_mark)
+        message += f" ({exc.context} at line {line}, column {column})"
     for needle, hint in _YAML_HINTS:
         if needle in problem:
             message += f"; {hint}"
@@ -253,20 +340,21 @@ def _yaml_error_message(exc: yaml.MarkedYAMLError) -> str:
 
 def parse_yaml(text: str, *, source: str, env: Mapping[str, str]) -> tuple[Document | None, list[ConfigIssue]]:
     """The document of ``text`` and its issues; None when the text is not YAML at all."""
+    lines = _Lines(text)
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=_Loader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        line, column = (mark.line + 1, mark.column + 1) if mark is not None else (0, 0)
-        return None, [ConfigIssue(file=source, line=line, column=column, message=_yaml_error_message(exc))]
+        line, column = lines.of(mark) if mark is not None else (0, 0)
+        return None, [ConfigIssue(file=source, line=line, column=column, message=_yaml_error_message(exc, lines))]
     except yaml.reader.ReaderError as exc:
-        line, column = position_of_index(text, exc.position)
+        line, column = lines.at(exc.position)
         char = chr(exc.character) if isinstance(exc.character, int) else exc.character
         message = (
             f"invalid character {char!r} (U+{ord(char):04X}) in YAML; remove it or write it escaped in a quoted string"
         )
         return None, [ConfigIssue(file=source, line=line, column=column, message=message)]
-    builder = _Builder(text=text, source=source, env=env)
+    builder = _Builder(text=text, lines=lines, source=source, env=env)
     if root is None:
         return builder.doc, []
     try:

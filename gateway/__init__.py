@@ -3,6 +3,7 @@
 from meshgate.gateway._admission import Admission
 from meshgate.gateway._auth import Authenticator, Client
 from meshgate.gateway._budget import InflightBudget
+from meshgate.gateway._decode import MalformedRequestInterceptor
 from meshgate.gateway._http import HEALTHZ_PATH, READYZ_PATH, HttpEndpoint, HttpEndpointState
 from meshgate.gateway._ids import uuid7
 from meshgate.gateway._limits import ClientRates, ClientStreams
@@ -22,5 +23,6 @@ __all__ = [
     "HttpEndpoint",
     "HttpEndpointState",
     "InflightBudget",
+    "MalformedRequestInterceptor",
     "uuid7",
 ]

@@ -89,7 +89,10 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         if not request.id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "id is required: the event id to look for")
         if request.HasField("since"):
-            since = request.since.ToDatetime(tzinfo=datetime.UTC)
+            try:
+                since = request.since.ToDatetime(tzinfo=datetime.UTC)
+            except ValueError as exc:  # out of protobuf's range: years 1 to 9999, nanos 0 to 999999999
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"since is not a valid time: {exc}")
         else:
             since = datetime.datetime.now(datetime.UTC) - _DEFAULT_LOOKBACK
         local = await self._locate_here(request.id, since)

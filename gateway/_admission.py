@@ -28,6 +28,9 @@ _PRINTABLE = re.compile(r"[^\x00-\x1f\x7f]+")
 # RFC 2045 media type: type "/" subtype, optional parameters.
 _MEDIA_TYPE = re.compile(r"[A-Za-z0-9][\w.+-]*/[A-Za-z0-9][\w.+-]*(\s*;.*)?")
 _MAX_ID_CHARS = 256
+# protobuf's Timestamp range (0001-01-01 to 9999-12-31): the CloudEvents time is RFC 3339.
+_MIN_SECONDS = -62_135_596_800
+_MAX_SECONDS = 253_402_300_799
 _MAX_KEY_CHARS = 1024
 _MAX_CHECKED = 16_384
 
@@ -138,8 +141,14 @@ class Admission:
                 f"attributes and extensions of {attr_bytes} bytes exceed "
                 f"max_attributes_bytes of {limits.max_attributes_bytes} bytes"
             )
-        if event.HasField("time") and not 0 <= event.time.nanos < 1_000_000_000:
-            return f"time has {event.time.nanos} nanos; must be 0 to 999999999"
+        if event.HasField("time"):
+            if not 0 <= event.time.nanos < 1_000_000_000:
+                return f"time has {event.time.nanos} nanos; must be 0 to 999999999"
+            if not _MIN_SECONDS <= event.time.seconds <= _MAX_SECONDS:
+                return (
+                    f"time of {event.time.seconds} seconds since 1970 is outside years 1 to 9999"
+                    " (RFC 3339); send the event's real time, or none for the admission time"
+                )
         return None
 
     def stamp(self, event: event_pb2.Event, now: Timestamp) -> tuple[str, ...]:

@@ -372,7 +372,10 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, client.subscribe_refusal(request.pattern))
         which = request.WhichOneof("start")
         if which == "start_time":
-            start = StartAt(time=request.start_time.ToDatetime(tzinfo=datetime.UTC))
+            try:
+                start = StartAt(time=request.start_time.ToDatetime(tzinfo=datetime.UTC))
+            except ValueError as exc:  # out of protobuf's range: years 1 to 9999, nanos 0 to 999999999
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"start_time is not a valid time: {exc}")
         elif which == "start_sequence":
             if request.start_sequence < 1:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "start_sequence starts at 1")

@@ -672,6 +672,8 @@ class ReplicationService(replication_pb2_grpc.ReplicationServicer):
                 reader.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await reader
+            elif not reader.cancelled():
+                reader.exception()  # raised above from the queue; retrieved so asyncio does not log it again
             # Writes already handed to the broker finish on their own (bounded by its ack
             # timeout); their outcome is not answered, only found again by the next recovery.
             while not queue.empty():
@@ -720,6 +722,11 @@ class ReplicationService(replication_pb2_grpc.ReplicationServicer):
         except (_CallFailed, grpc.RpcError) as exc:
             queue.put_nowait(exc)
             return
+        except BaseException as exc:
+            # Whatever else ends the reading (a request that does not parse, a bug) ends the
+            # call too: the answering loop would otherwise wait for the next item for ever.
+            queue.put_nowait(exc)
+            raise
         queue.put_nowait(None)
 
     async def _start(self, request: replication_pb2.ReplicateRequest, origin: str, state: OriginState) -> _InFlight:

@@ -25,6 +25,7 @@ from meshgate.gateway._admin import AdminService
 from meshgate.gateway._admission import Admission
 from meshgate.gateway._auth import Authenticator
 from meshgate.gateway._budget import InflightBudget
+from meshgate.gateway._decode import MalformedRequestInterceptor
 from meshgate.gateway._http import HttpEndpoint
 from meshgate.gateway._limits import ClientRates, ClientStreams, SubscribeBuffers
 from meshgate.gateway._metrics import GatewayMetrics
@@ -292,7 +293,7 @@ class Gateway:
         self._loop = asyncio.get_running_loop()
         try:
             await self.broker.start()
-            server = grpc.aio.server(options=_server_options(self.limits))
+            server = grpc.aio.server(options=_server_options(self.limits), interceptors=[MalformedRequestInterceptor()])
             gateway_pb2_grpc.add_GatewayServicer_to_server(GatewayService(self), server)
             admin_pb2_grpc.add_AdminServicer_to_server(AdminService(self), server)
             replication_pb2_grpc.add_ReplicationServicer_to_server(ReplicationService(self), server)

@@ -115,6 +115,9 @@ class OffsetProbe:
         """
         if not tps:
             return {}
+        # Kafka's timestamps start at 1970 and a negative one is refused (ValueError from
+        # aiokafka; in the protocol -1 and -2 mean latest and earliest): before 1970 is from 0.
+        timestamp_ms = max(0, timestamp_ms)
         async with self._lock:
             consumer = self._consumer
             answers = await consumer.offsets_for_times(dict.fromkeys(tps, timestamp_ms))

@@ -86,6 +86,10 @@ __all__ = ["NatsBroker", "NatsBrokerStats", "NatsDurableConsumer"]
 
 logger = logging.getLogger(__name__)
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# The last time nats-server's int64 nanosecond clock can hold (Go's UnixNano ends in 2262).
+_LAST_SERVER_TIME = datetime(2262, 1, 1, tzinfo=UTC)
+
 _NO_MESSAGES = frozenset({"404", "408"})
 # The consumer is gone (503: nobody serves its pull subject) or was reset under us (409).
 _CONSUMER_LOST = frozenset({"503", "409"})
@@ -866,9 +870,14 @@ class NatsBroker(Broker):
             config.deliver_policy = DeliverPolicy.ALL
         elif mode is _StartMode.TIME:
             assert start.time is not None
-            at = start.time if start.time.tzinfo is not None else start.time.replace(tzinfo=UTC)
-            config.deliver_policy = DeliverPolicy.BY_START_TIME
-            config.opt_start_time = at.astimezone(UTC)
+            at = (start.time if start.time.tzinfo is not None else start.time.replace(tzinfo=UTC)).astimezone(UTC)
+            if at <= _EPOCH:
+                # Nothing is stored before 1970, and the server's nanosecond clock cannot say a
+                # time before 1678: such a start found nothing and waited, silently, forever.
+                config.deliver_policy = DeliverPolicy.ALL
+            else:
+                config.deliver_policy = DeliverPolicy.BY_START_TIME
+                config.opt_start_time = min(at, _LAST_SERVER_TIME)
         elif mode is _StartMode.SEQUENCE:
             assert start.sequence is not None
             config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE

@@ -306,6 +306,14 @@ class BrokerContract:
         got = await read_events(broker, "orders/*", 2, start=StartAt(time=at))
         assert [e.id for e in got] == ["after-1", "after-2"]
 
+    @pytest.mark.parametrize("year", [1969, 1600, 1])
+    async def test_read_from_a_time_before_1970_reads_everything(self, broker: Broker, year: int) -> None:
+        # Found by tests/fuzz (Admin.Locate since 1634 hung): nats-server's nanosecond clock ends
+        # before 1678, and a start there found nothing and waited for ever.
+        sequences(await broker.append([make_event("orders/created", "old-1"), make_event("orders/created", "old-2")]))
+        got = await read_events(broker, "orders/*", 2, start=StartAt(time=datetime(year, 6, 1, tzinfo=UTC)))
+        assert [e.id for e in got] == ["old-1", "old-2"]
+
     async def test_read_from_sequence(self, broker: Broker) -> None:
         seqs = sequences(await broker.append([make_event("orders/created", f"s{i}") for i in range(5)]))
         got = await read_events(broker, "orders/*", 3, start=StartAt(sequence=seqs[2]))
