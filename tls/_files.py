@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,11 +59,24 @@ def _stat(path: Path | None) -> _Stat:
     return (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns)
 
 
+# PEM files are a few kB; a CA bundle with every public root is about 250 kB.
+_MAX_PEM_BYTES = 1024 * 1024
+
+
 def _read(path: Path, what: str) -> bytes:
     try:
-        return path.read_bytes()
+        # Only a regular file: a device (/dev/zero) would be read without end, a FIFO would block.
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise TlsError(f"the {what} {path} is not a regular file")
+        with path.open("rb") as f:
+            data = f.read(_MAX_PEM_BYTES + 1)
     except OSError as exc:
+        if isinstance(exc, TlsError):
+            raise
         raise TlsError(f"cannot read the {what} {path}: {exc.strerror or exc}") from None
+    if len(data) > _MAX_PEM_BYTES:
+        raise TlsError(f"the {what} {path} is over {_MAX_PEM_BYTES} bytes; a PEM file is a few kB")
+    return data
 
 
 def read_ca(path: Path) -> tuple[bytes, list[x509.Certificate]]:

@@ -363,3 +363,15 @@ async def test_a_reload_reads_only_the_watching_regions_files(folder: Path, monk
         assert len(applied) == 1
     finally:
         await watcher.stop()
+
+
+def test_a_device_a_fifo_or_a_huge_file_is_refused_not_read(folder: Path) -> None:
+    os.mkfifo(folder / "certs" / "fifo.crt")
+    (folder / "certs" / "huge.crt").write_bytes(b"x" * (1024 * 1024 + 1))
+    for ca, says in [
+        ("/dev/zero", "the CA file /dev/zero is not a regular file"),
+        ("certs/fifo.crt", f"the CA file {folder}/certs/fifo.crt is not a regular file"),
+        ("certs/huge.crt", f"the CA file {folder}/certs/huge.crt is over 1048576 bytes"),
+    ]:
+        path = mesh(folder, ca=ca)
+        assert errors(path)[0].startswith(f"{path}:3:9: event_mesh.security.ca: {says}"), ca
