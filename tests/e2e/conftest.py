@@ -33,10 +33,18 @@ _FAILED = pytest.StashKey[bool]()
 @pytest.fixture
 async def make_mesh(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[MeshFactory]:
     """``await make_mesh(regions, routing, **options)``: a started ``MeshCluster`` (see there)."""
+    async for factory in clusters_of(MeshCluster, tmp_path, request):
+        yield factory
+
+
+async def clusters_of(
+    cls: type[MeshCluster], tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[MeshFactory]:
+    """The body of a mesh fixture for ``cls``: yields the factory, closes every cluster after the test."""
     clusters: list[MeshCluster] = []
 
     async def factory(regions: list[str], routing: list[tuple[str, list[str]]], **options: Any) -> MeshCluster:
-        cluster = MeshCluster(tmp_path / f"mesh{len(clusters)}", regions, routing, **options)
+        cluster = cls(tmp_path / f"mesh{len(clusters)}", regions, routing, **options)
         clusters.append(cluster)
         await cluster.start()
         return cluster

@@ -89,29 +89,12 @@ async def make_tls_gateway(nats_server: EmbeddedNats, pki: Pki, tmp_path: Path) 
 
 
 # The e2e hook that records a failed test, so a failed mesh test prints its regions' logs.
-from tests.e2e.conftest import _FAILED, pytest_runtest_makereport  # noqa: E402, F401
+from tests.e2e.conftest import clusters_of, pytest_runtest_makereport  # noqa: E402, F401
 from tests.security._mesh import TlsMeshCluster  # noqa: E402
 
 
 @pytest.fixture
 async def make_tls_mesh(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Callable[..., Any]]:
     """``await make_tls_mesh(regions, routing, **options)``: a started ``TlsMeshCluster``."""
-    import os
-    import sys
-
-    clusters: list[TlsMeshCluster] = []
-
-    async def factory(regions: list[str], routing: list[tuple[str, list[str]]], **options: Any) -> TlsMeshCluster:
-        cluster = TlsMeshCluster(tmp_path / f"mesh{len(clusters)}", regions, routing, **options)
-        clusters.append(cluster)
-        await cluster.start()
-        return cluster
-
-    try:
+    async for factory in clusters_of(TlsMeshCluster, tmp_path, request):
         yield factory
-    finally:
-        failed = request.node.stash.get(_FAILED, False)
-        for cluster in clusters:
-            if failed or os.environ.get("MESHGATE_E2E_LOGS"):
-                print(cluster.log_tails(60), file=sys.stderr)
-            await cluster.close()
