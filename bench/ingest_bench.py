@@ -26,10 +26,10 @@ import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from urllib.parse import urlparse
 
 import grpc
 
+from meshgate.bench._single import one_region_mesh
 from meshgate.bench.nats_append_bench import bench_raw  # the raw baseline, shared with the adapter bench
 from meshgate.brokers import EmbeddedNats
 from meshgate.testing import ServeProcess
@@ -105,12 +105,7 @@ async def main(seconds: float, clients: int, *, unary_loads: bool = True, rounds
     """
     with tempfile.TemporaryDirectory(prefix="meshgate-ingest-") as tmp:
         async with EmbeddedNats(data_dir=Path(tmp) / "nats") as server:
-            url = urlparse(server.url)
-            mesh = Path(tmp) / "mesh.yaml"
-            mesh.write_text(
-                "event_mesh:\n  regions:\n    - name: bench\n      kind: nats\n"
-                f'      brokers: ["{url.hostname}:{url.port}"]\n'
-            )
+            mesh = one_region_mesh(Path(tmp), region="bench", nats_url=server.url)
             gw = ServeProcess(config=mesh, region="bench", data_dir=Path(tmp))
             try:
                 address = await gw.start()

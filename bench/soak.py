@@ -30,11 +30,11 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from meshgate.bench._single import one_region_mesh
 from meshgate.brokers import EmbeddedNats
 from meshgate.testing import ServeProcess
 from meshgate.v1 import event_pb2, gateway_pb2, gateway_pb2_grpc
@@ -218,12 +218,7 @@ async def main(seconds: float, rate: float, every: float) -> dict[str, object]:
     samples: list[Sample] = []
     with tempfile.TemporaryDirectory(prefix="meshgate-soak-") as tmp:
         async with EmbeddedNats(data_dir=Path(tmp) / "nats") as server:
-            url = urlparse(server.url)
-            mesh = Path(tmp) / "mesh.yaml"
-            mesh.write_text(
-                "event_mesh:\n  regions:\n    - name: soak\n      kind: nats\n"
-                f'      brokers: ["{url.hostname}:{url.port}"]\n'
-            )
+            mesh = one_region_mesh(Path(tmp), region="soak", nats_url=server.url)
             gw = ServeProcess(config=mesh, region="soak", data_dir=Path(tmp))
             try:
                 address = await gw.start()

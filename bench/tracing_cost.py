@@ -32,11 +32,11 @@ import time
 from concurrent import futures
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
+from meshgate.bench._single import one_region_mesh
 from meshgate.bench.ingest_bench import stream, unary  # the ingest bench's own loads
 from meshgate.brokers import EmbeddedNats
 from meshgate.testing import ServeProcess
@@ -98,12 +98,7 @@ async def main(seconds: float, clients: int) -> dict[str, object]:
     try:
         with tempfile.TemporaryDirectory(prefix="meshgate-tracing-") as tmp:
             async with EmbeddedNats(data_dir=Path(tmp) / "nats") as nats:
-                url = urlparse(nats.url)
-                mesh = Path(tmp) / "mesh.yaml"
-                mesh.write_text(
-                    "event_mesh:\n  regions:\n    - name: bench\n      kind: nats\n"
-                    f'      brokers: ["{url.hostname}:{url.port}"]\n'
-                )
+                mesh = one_region_mesh(Path(tmp), region="bench", nats_url=nats.url)
                 for mode in MODES:
                     results[mode] = await run_mode(
                         mode, mesh=mesh, tmp=Path(tmp), otlp=otlp, receiver=receiver, seconds=seconds, clients=clients
