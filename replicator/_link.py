@@ -9,7 +9,7 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -480,19 +480,9 @@ class Link:
                 await asyncio.sleep(_TLS_POLL_SECONDS)
                 continue
             deliveries = await consumer.fetch(opts.max_batch_events, timeout=opts.linger_seconds)
-            last_seq = self._last_seq
-            for d in deliveries:
-                # The destination tells resends by (stream, sequence): each stream must come in
-                # its own order (streams may interleave).
-                ev = d.event
-                stream, seq = ev.stream, ev.sequence
-                if seq <= last_seq.get(stream, 0):
-                    where = f"{stream} " if stream else ""
-                    raise _LinkError(
-                        f"event at log position {where}{seq} redelivered after {last_seq[stream]}; "
-                        "restarting from the oldest unacked event"
-                    )
-                last_seq[stream] = seq
+            # The destination tells resends by (stream, sequence): each stream must come in its
+            # own order (streams may interleave).
+            self._check_pairs((d.event.stream, d.event.sequence) for d in deliveries)
             if not deliveries:
                 window.release()
                 continue
@@ -564,10 +554,17 @@ class Link:
                 last = seq
             last_seq[""] = last
             return
-        for stream, seq in zip(raw.streams, raw.sequences, strict=True):
-            if seq <= last_seq.get(stream, 0):
+        self._check_pairs(zip(raw.streams, raw.sequences, strict=True))
+
+    def _check_pairs(self, pairs: Iterable[tuple[str, int]]) -> None:
+        """``_check_order`` of (stream, sequence) pairs, remembering each stream's last."""
+        last_seq = self._last_seq
+        for stream, seq in pairs:
+            last = last_seq.get(stream, 0)
+            if seq <= last:
+                where = f"{stream} " if stream else ""
                 raise _LinkError(
-                    f"event at log position {stream} {seq} redelivered after {last_seq[stream]}; "
+                    f"event at log position {where}{seq} redelivered after {last}; "
                     "restarting from the oldest unacked event"
                 )
             last_seq[stream] = seq
