@@ -707,28 +707,16 @@ class NatsBroker(Broker):
         origin_sequences: Sequence[int],
         origin_streams: Sequence[str],
     ) -> None:
-        # Without nats-py's internals: decoded and published one by one (slow, but the same result).
+        # Without nats-py's internals: decoded, then written by append's own loop (slow, but the
+        # same checks and results: an id, the size, capacity failing the rest of the batch).
+        events = []
         for i, eid in enumerate(ids):
             event = decode_event(parse_header_lines(headers[i]), batch.data[i], topic=batch.topics[i])
             event.id = eid
             event.origin_sequence = origin_sequences[i]
             event.origin_stream = origin_streams[i] if origin_streams else ""
-            failure = await self._wait_capacity(nc) if len(self._pending) >= self._max_inflight else None
-            if failure is not None:
-                batch.results[i] = failure
-                continue
-            try:
-                subject = self._mapper.subject(event.topic)
-            except ValueError as exc:
-                batch.results[i] = EventRejectedError(f"event {i} of the batch cannot be written: {exc}")
-                continue
-            self._next_token += 1
-            token = self._next_token
-            self._pending[token] = (batch, i)
-            batch.tokens.append(token)
-            batch.remaining += 1
-            await self._publish_public(nc, subject, f"{self._reply_prefix}{token}", event)
-        self.stats.published += len(batch.tokens)
+            events.append(event)
+        await self._publish_batch(nc, batch, events)
 
     async def _send(self, nc: Client, chunk: list[bytes], messages: int) -> None:
         data = b"".join(chunk)

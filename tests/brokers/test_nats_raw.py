@@ -249,3 +249,28 @@ def test_raw_batch_splits_by_encoded_size_in_order() -> None:
     assert [p.tokens for p in parts] == [[0, 1], [2, 3], [4]]
     # A single event larger than the limit still goes, alone.
     assert [len(p) for p in batch.split(10)] == [1, 1, 1, 1, 1]
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "public"])
+async def test_raw_append_refuses_like_append_on_both_paths(
+    nats_broker: NatsBroker, monkeypatch: pytest.MonkeyPatch, fast: bool
+) -> None:
+    # Without nats-py's internals the raw append must check what the fast one checks.
+    monkeypatch.setattr(nats_broker, "_fast_publish", fast)
+    events = [make_event("orders/created", f"p{i}") for i in range(4)]
+    events[2].data = b"x" * (nats_broker._max_payload + 1)
+    results = await nats_broker.append_raw(
+        ids=[events[0].id, "", events[2].id, events[3].id],
+        topics=[e.topic for e in events],
+        headers=[header_lines(e) for e in events],
+        data=[e.data for e in events],
+        origin_sequences=[1, 2, 3, 4],
+    )
+    assert [type(r).__name__ for r in results] == [
+        "AppendResult",
+        "EventRejectedError",
+        "MessageTooLargeError",
+        "AppendResult",
+    ]
+    copies = await read_events(nats_broker, "orders/created", 2, start=StartAt(earliest=True))
+    assert [(c.id, c.origin_sequence) for c in copies] == [(events[0].id, 1), (events[3].id, 4)]
