@@ -642,13 +642,22 @@ class Link:
             for ev, res in zip(pending, results, strict=True):
                 if not isinstance(res, BrokerError):
                     continue
-                if res.retriable:
-                    retry.append(ev)
-                else:
+                if not res.retriable and "dlqdataomitted" in ev.extensions:
+                    # Refused even without its data: nothing left to shed, and dropping it would lose
+                    # the event, so it is retried with backoff and says why each time.
+                    log.error(
+                        "link %s -> %s: dead letter of event %s refused by this region's broker even without"
+                        " its data, retrying: %s",
+                        self.source,
+                        self.destination,
+                        ev.extensions.get("dlqid", ev.id),
+                        res,
+                    )
+                elif not res.retriable:
                     # Too large even here with the DLQ attributes: keep the why, not the data.
                     ev.extensions["dlqdataomitted"] = str(len(ev.data))
                     ev.data = b""
-                    retry.append(ev)
+                retry.append(ev)
             pending = retry
             if pending:
                 await asyncio.sleep(delay)
