@@ -94,6 +94,10 @@ class Client:
             " extend the client's subscribe list (security.tokens in the mesh file)"
         )
 
+    def revoked_refusal(self) -> str:
+        """Why an open call ends when a reload removed this client's token."""
+        return f"the token of {self.label} was removed from the mesh file by a reload; reconnect with a current token"
+
     def admin_refusal(self, method: str) -> str:
         return (
             f"{self.label} may not call Admin.{method}: it is not an admin client;"

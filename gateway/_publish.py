@@ -314,11 +314,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
                         current = auth.refresh(client)
                         if current is None:
                             gw.metrics.refuse("unauthenticated", n)
-                            await context.abort(
-                                grpc.StatusCode.UNAUTHENTICATED,
-                                f"the token of {client.label} was removed from the mesh file by a reload;"
-                                " reconnect with a current token",
-                            )
+                            await context.abort(grpc.StatusCode.UNAUTHENTICATED, client.revoked_refusal())
                         client = current
                     if gw.draining:
                         msg = f"gateway of region {gw.region} is shutting down; publish again to another replica"
@@ -417,11 +413,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
                     auth = gw.auth
                     current = auth.refresh(client)
                     if current is None:
-                        await context.abort(
-                            grpc.StatusCode.UNAUTHENTICATED,
-                            f"the token of {client.label} was removed from the mesh file by a reload;"
-                            " reconnect with a current token",
-                        )
+                        await context.abort(grpc.StatusCode.UNAUTHENTICATED, client.revoked_refusal())
                     client = current
                     if not client.may_subscribe(request.pattern):
                         await context.abort(
