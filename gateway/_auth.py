@@ -138,10 +138,6 @@ class Authenticator:
         self._entries = [(hashlib.sha256(t.token.encode()).digest(), t) for t in security.tokens]
         self._by_digest = {digest: _client_of(entry, digest) for digest, entry in self._entries}
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self._entries)
-
     def __repr__(self) -> str:
         return f"Authenticator({len(self._entries)} client tokens)"
 
