@@ -54,11 +54,11 @@ _TOKEN_DEFAULT = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*:-.*\}", re.DOTALL)
 # What an HTTP/2 header value carries as is: printable ASCII, no spaces.
 _TOKEN_CHARS = re.compile(r"[\x21-\x7e]+")
 MIN_TOKEN_CHARS = 16
-# A request carries one event plus at most this much of framing and gateway fields.
 # The substitution's generic advice for an unset variable offers a default, which a token may not have.
 _UNSET_TOKEN_VARIABLE = re.compile(
     r"(?P<head>event_mesh\.security\.tokens\[\d+\]\.token: environment variable \w+ is not set); set it, or give.*"
 )
+# A request carries one event plus at most this much of framing and gateway fields.
 _EVENT_FRAMING_BYTES = 16 * 1024
 _MIN_METADATA_BYTES = 4 * 1024
 
@@ -370,7 +370,7 @@ class _Checker:
                 key = (
                     "max_inflight_events_per_stream"
                     if "max_inflight_events_per_stream" in limits
-                    else ("max_inflight_events")
+                    else "max_inflight_events"
                 )
                 self.add(
                     (*lbase, key),
