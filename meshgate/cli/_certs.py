@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from meshgate.config import QUICKSTART_PATH, ConfigError, load_config, split_host_port
-from meshgate.tls import CertPair, make_ca, make_client_cert, make_region_cert, write_pair
+from meshgate.tls import CertPair, check_pair, make_ca, make_client_cert, make_region_cert, write_pair
 
 __all__ = ["register"]
 
@@ -72,10 +72,10 @@ def _ca(out: Path, args: argparse.Namespace) -> tuple[CertPair, bool] | None:
     cert, key = out / "ca.crt", out / "ca.key"
     if not args.new_ca and cert.exists():
         try:
-            pair = CertPair(cert=cert.read_bytes(), key=key.read_bytes())
-            pair.private_key()
-            pair.certificate  # noqa: B018 - parses, so a broken file fails here
-        except (OSError, ValueError, TypeError) as exc:
+            # The tls package's own check: readable PEM files, and a key that is the certificate's.
+            cert_pem, key_pem, _ = check_pair(cert, key)
+            pair = CertPair(cert=cert_pem, key=key_pem)
+        except OSError as exc:
             print(f"error: cannot reuse the CA in {out} ({exc}); pass --new-ca to make a new one", file=sys.stderr)
             return None
         return pair, False

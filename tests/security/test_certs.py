@@ -130,3 +130,14 @@ def test_a_server_keeps_its_certificate_until_the_new_files_hold_together(tmp_pa
     assert server.reloads == 1 and server.last_error == ""
     assert server.certificate is not None and server.certificate.serial_number == second.certificate.serial_number
     assert server._fetch() is None
+
+
+def test_a_ca_whose_key_is_not_its_own_is_not_reused(tmp_path: Path) -> None:
+    assert certs("--region", "a", cwd=tmp_path).returncode == 0
+    # The CA's key swapped for a region's: certificates signed with it would not chain to ca.crt.
+    (tmp_path / "certs" / "ca.key").write_bytes((tmp_path / "certs" / "a.key").read_bytes())
+    done = certs("--region", "b", cwd=tmp_path)
+    assert done.returncode == 1
+    assert "cannot reuse the CA" in done.stderr and "is not the key of the certificate" in done.stderr
+    assert "--new-ca" in done.stderr
+    assert not (tmp_path / "certs" / "b.crt").exists()
