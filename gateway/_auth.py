@@ -95,7 +95,12 @@ class Client:
         )
 
     def revoked_refusal(self) -> str:
-        """Why an open call ends when a reload removed this client's token."""
+        """Why an open call ends when a reload removed this client's token (or turned tokens on)."""
+        if not self.authenticated:
+            return (
+                f"a reload of the mesh file turned client tokens on; {self.label} sent none:"
+                " reconnect with a token (authorization: Bearer <token>)"
+            )
         return f"the token of {self.label} was removed from the mesh file by a reload; reconnect with a current token"
 
     def admin_refusal(self, method: str) -> str:

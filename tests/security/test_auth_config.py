@@ -320,3 +320,14 @@ def test_refresh_after_a_reload() -> None:
     assert again is not None and again.publish == ("orders/eu/>",)
     without = Authenticator(load(TOKENS.replace("token: ${ORDERS_TOKEN}", "token: ${SPARE_TOKEN}")).security)
     assert without.refresh(orders) is None
+    assert "was removed from the mesh file" in orders.revoked_refusal()
+    # Tokens turned on under an open anonymous call: it ends, and is told it needs a token.
+    anonymous = Authenticator(SecuritySettings()).identify([], "ipv4:127.0.0.1:1")
+    assert old.refresh(anonymous) is None
+    assert anonymous.revoked_refusal() == (
+        "a reload of the mesh file turned client tokens on; client at 127.0.0.1 sent none:"
+        " reconnect with a token (authorization: Bearer <token>)"
+    )
+    # Tokens turned off: a client keeps its call, with no allow-lists.
+    opened = Authenticator(SecuritySettings()).refresh(orders)
+    assert opened is not None and opened.publish is None
