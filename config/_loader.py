@@ -583,10 +583,11 @@ class _Checker:
                 continue
             if (*rbase, "tls", "cert") in self.doc.broken or (*rbase, "tls", "key") in self.doc.broken:
                 continue
+            key_path = _file_path(folder, key)
             try:
-                leaf = check_pair(_file_path(folder, cert), _file_path(folder, key))[2]
+                leaf = check_pair(_file_path(folder, cert), key_path)[2]
             except TlsError as exc:
-                which = "key" if "private key" in str(exc) and "not the key of" not in str(exc) else "cert"
+                which = "key" if exc.path == key_path else "cert"
                 self.add((*rbase, "tls", which), str(exc))
                 continue
             if isinstance(name, str) and (*rbase, "name") not in self.doc.broken:

@@ -46,7 +46,12 @@ class TlsError(OSError):
     """TLS material that cannot be used; the message names the file and what is wrong.
 
     An OSError: like a port in use, a gateway that cannot start for it says why in one line.
+    ``path`` is the file to fix (for a key that is not the certificate's: the certificate).
     """
+
+    def __init__(self, message: str, *, path: Path) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 def _stat(path: Path | None) -> _Stat:
@@ -67,15 +72,15 @@ def _read(path: Path, what: str) -> bytes:
     try:
         # Only a regular file: a device (/dev/zero) would be read without end, a FIFO would block.
         if not stat.S_ISREG(os.stat(path).st_mode):
-            raise TlsError(f"the {what} {path} is not a regular file")
+            raise TlsError(f"the {what} {path} is not a regular file", path=path)
         with path.open("rb") as f:
             data = f.read(_MAX_PEM_BYTES + 1)
     except OSError as exc:
         if isinstance(exc, TlsError):
             raise
-        raise TlsError(f"cannot read the {what} {path}: {exc.strerror or exc}") from None
+        raise TlsError(f"cannot read the {what} {path}: {exc.strerror or exc}", path=path) from None
     if len(data) > _MAX_PEM_BYTES:
-        raise TlsError(f"the {what} {path} is over {_MAX_PEM_BYTES} bytes; a PEM file is a few kB")
+        raise TlsError(f"the {what} {path} is over {_MAX_PEM_BYTES} bytes; a PEM file is a few kB", path=path)
     return data
 
 
@@ -85,7 +90,7 @@ def read_ca(path: Path) -> tuple[bytes, list[x509.Certificate]]:
     try:
         certs = x509.load_pem_x509_certificates(data)
     except ValueError:
-        raise TlsError(f"the CA file {path} holds no PEM certificate") from None
+        raise TlsError(f"the CA file {path} holds no PEM certificate", path=path) from None
     return data, certs
 
 
@@ -97,14 +102,16 @@ def check_pair(cert_path: Path, key_path: Path) -> tuple[bytes, bytes, x509.Cert
         # The first certificate is the leaf; a chain may follow it.
         cert = x509.load_pem_x509_certificates(cert_pem)[0]
     except ValueError:
-        raise TlsError(f"the certificate {cert_path} is not a PEM certificate") from None
+        raise TlsError(f"the certificate {cert_path} is not a PEM certificate", path=cert_path) from None
     try:
         key = serialization.load_pem_private_key(key_pem, password=None)
     except (ValueError, TypeError) as exc:
-        raise TlsError(f"the private key {key_path} is not an unencrypted PEM private key ({exc})") from None
+        raise TlsError(
+            f"the private key {key_path} is not an unencrypted PEM private key ({exc})", path=key_path
+        ) from None
     public = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     if key.public_key().public_bytes(*public) != cert.public_key().public_bytes(*public):
-        raise TlsError(f"the private key {key_path} is not the key of the certificate {cert_path}")
+        raise TlsError(f"the private key {key_path} is not the key of the certificate {cert_path}", path=cert_path)
     return cert_pem, key_pem, cert
 
 

@@ -375,3 +375,15 @@ def test_a_device_a_fifo_or_a_huge_file_is_refused_not_read(folder: Path) -> Non
     ]:
         path = mesh(folder, ca=ca)
         assert errors(path)[0].startswith(f"{path}:3:9: event_mesh.security.ca: {says}"), ca
+
+
+def test_a_bad_key_is_reported_at_the_key_a_mismatched_one_at_the_certificate(folder: Path) -> None:
+    (folder / "certs" / "garbage.key").write_text("not a key\n")
+    path = mesh(folder, us_key="certs/garbage.key")
+    line = path.read_text().splitlines()[7]
+    key_column = line.index("certs/garbage.key") + 1
+    [found] = errors(path)
+    assert found.startswith(f"{path}:8:{key_column}: event_mesh.regions[0].tls.key: the private key"), found
+    # A key that is readable but another certificate's: the certificate is what does not match it.
+    path = mesh(folder, us_key="certs/eu-central.key")
+    assert errors(path)[0].startswith(f"{path}:8:19: event_mesh.regions[0].tls.cert: ")
