@@ -296,7 +296,6 @@ class KafkaBroker(Broker):
                 self._follower = IdFollower(
                     make_consumer=self._consumer,
                     list_partitions=self._mesh_partitions,
-                    names=self._names,
                     window=self._ids,
                     probe=self._probe,
                     refresh_seconds=self._metadata_max_age,
@@ -592,7 +591,8 @@ class KafkaBroker(Broker):
         if self._inflight.get(event_id) is future:
             del self._inflight[event_id]
 
-    def _partition(self, topic: str, parts: list[int], key: str, sticky: int) -> int:
+    @staticmethod
+    def _partition(parts: list[int], key: str, sticky: int) -> int:
         if key:
             # Kafka's default partitioner (murmur2, as the Java client): a native producer of
             # the same key writes to the same partition.
@@ -626,7 +626,7 @@ class KafkaBroker(Broker):
             sticky = random.randrange(len(parts)) if last is None else last + 1  # spread, not secrecy
             self._sticky[topic] = sticky
             for i in plan[topic]:
-                partition = self._partition(topic, parts, events[i].key, sticky)
+                partition = self._partition(parts, events[i].key, sticky)
                 groups.setdefault(TopicPartition(topic, partition), []).append(i)
         if not groups:
             return []

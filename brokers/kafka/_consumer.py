@@ -35,6 +35,7 @@ from meshgate.brokers._base import BrokerError, Delivery, DurableConsumer
 from meshgate.brokers._codec import HEADER_ORIGIN, HEADER_ROUTE, unescape_header_value
 from meshgate.brokers.kafka._clients import start_consumer, stop_consumer
 from meshgate.brokers.kafka._errors import KAFKA_FAILURES, KafkaUnavailableError, kafka_error
+from meshgate.brokers.kafka._names import stream_of
 
 if TYPE_CHECKING:
     from meshgate.brokers.kafka._broker import KafkaBroker
@@ -144,7 +145,7 @@ class KafkaDurableConsumer(DurableConsumer):
         consumer = self._consumer
         if consumer is None:
             return frozenset()
-        return frozenset(f"{tp.topic}/{tp.partition}" for tp in consumer.assignment())
+        return frozenset(stream_of(tp.topic, tp.partition) for tp in consumer.assignment())
 
     def _rebalanced(self) -> None:
         if self._joined.is_set():

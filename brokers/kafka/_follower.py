@@ -29,7 +29,7 @@ from meshgate.brokers._codec import HEADER_ID, unescape_header_value
 from meshgate.brokers.kafka._clients import start_consumer, stop_consumer
 from meshgate.brokers.kafka._errors import KAFKA_FAILURES
 from meshgate.brokers.kafka._ids import IdWindow
-from meshgate.brokers.kafka._names import KafkaNames, stream_of
+from meshgate.brokers.kafka._names import stream_of
 from meshgate.brokers.kafka._offsets import OffsetProbe
 
 __all__ = ["IdFollower", "record_id"]
@@ -50,7 +50,6 @@ class IdFollower:
         *,
         make_consumer: Callable[[], AIOKafkaConsumer],
         list_partitions: Callable[[], Awaitable[list[TopicPartition]]],
-        names: KafkaNames,
         window: IdWindow,
         probe: OffsetProbe,
         refresh_seconds: float,
@@ -58,7 +57,6 @@ class IdFollower:
     ) -> None:
         self._make_consumer = make_consumer
         self._list_partitions = list_partitions
-        self._names = names
         self._window = window
         self._probe = probe
         self._refresh = refresh_seconds
