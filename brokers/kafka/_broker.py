@@ -40,7 +40,7 @@ from typing import Any, ClassVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import ConsumerStoppedError, UnknownTopicOrPartitionError, for_code
+from aiokafka.errors import ConsumerStoppedError, TopicAlreadyExistsError, UnknownTopicOrPartitionError, for_code
 from aiokafka.partitioner import murmur2
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.structs import ConsumerRecord, RecordMetadata, TopicPartition
@@ -88,7 +88,7 @@ logger = logging.getLogger(__name__)
 # (varints, attributes, the batch header of a batch of one): the size check stays on the
 # safe side of the brokers' message.max.bytes.
 _RECORD_OVERHEAD = 128
-_TOPIC_EXISTS = 36
+_TOPIC_EXISTS = TopicAlreadyExistsError.errno
 # How long a caught-up reader waits in one fetch before it looks at its stop flag again.
 _IDLE_FETCH_MS = 1000
 # Kafka's own default message.max.bytes: a record the brokers take out of the box.

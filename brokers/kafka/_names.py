@@ -18,7 +18,7 @@ import re
 
 from aiokafka.structs import TopicPartition
 
-from meshgate.brokers._codec import validate_pattern
+from meshgate.brokers._codec import topic_to_subject, validate_pattern
 
 __all__ = [
     "CHECKPOINT_TOPIC",
@@ -59,7 +59,7 @@ class KafkaNames:
 
     def kafka_topic(self, topic: str) -> str:
         """Mesh topic -> Kafka topic (the topic must be valid: the caller validated it)."""
-        return self.prefix + topic.replace("/", ".")
+        return topic_to_subject(topic, self.prefix)
 
     def mesh_topic(self, kafka_topic: str) -> str:
         """Kafka topic -> mesh topic (for topics that ``is_mesh`` accepts), cached."""
