@@ -586,7 +586,8 @@ async def test_sibling_is_a_broker_on_the_same_topics(kafka_broker: KafkaBroker)
         [stored] = results_of(await sibling.append([make_event("orders/a", "from-the-sibling", key="k")]))
         [got] = await read_events(kafka_broker, "orders/a", 1, start=StartAt(earliest=True))
         assert (got.id, got.stream, got.sequence) == ("from-the-sibling", stored.stream, stored.sequence)
-        # Its own retries are absorbed without an id follower.
+        # Its own retries are absorbed without an id follower (the links' broker reads no ids).
+        assert sibling._follower is None
         assert await sibling.append([make_event("orders/a", "from-the-sibling", key="k")]) == [
             AppendResult(stored.sequence, True, stored.stream)
         ]
