@@ -63,7 +63,6 @@ from meshgate.brokers._codec import (
     encode_headers,
     escape_header_value,
     unescape_header_value,
-    validate_topic,
 )
 from meshgate.brokers.kafka._clients import start_consumer, stop_consumer
 from meshgate.brokers.kafka._consumer import KafkaDurableConsumer
@@ -515,7 +514,7 @@ class KafkaBroker(Broker):
                 )
                 continue
             try:
-                validate_topic(event.topic)
+                kafka_topic = names.kafka_topic(event.topic)
                 pairs = encode_headers(event)
             except ValueError as exc:
                 results[i] = EventRejectedError(f"event {i} of the batch cannot be written: {exc}")
@@ -548,7 +547,7 @@ class KafkaBroker(Broker):
             first[event_id] = i
             future = mine[event_id] = self._inflight[event_id] = loop.create_future()
             future.add_done_callback(functools.partial(self._drop_inflight, event_id))
-            plan.setdefault(names.kafka_topic(event.topic), []).append(i)
+            plan.setdefault(kafka_topic, []).append(i)
 
     async def _finish(
         self,
@@ -1111,9 +1110,9 @@ class KafkaBroker(Broker):
 
     async def topic_partitions(self, topic: str) -> list[int]:
         """The partitions of mesh topic ``topic`` (created if missing)."""
-        validate_topic(topic)
+        kafka_topic = self._names.kafka_topic(topic)  # ValueError for an invalid topic
         try:
-            return list(await self._ensure_topic(self._names.kafka_topic(topic)))
+            return list(await self._ensure_topic(kafka_topic))
         except KAFKA_FAILURES as exc:
             raise kafka_error(exc, f"topic {topic}") from exc
 

@@ -18,7 +18,7 @@ import re
 
 from aiokafka.structs import TopicPartition
 
-from meshgate.brokers._codec import topic_to_subject, validate_pattern
+from meshgate.brokers._codec import SubjectMapper, validate_pattern
 
 __all__ = [
     "CHECKPOINT_TOPIC",
@@ -49,17 +49,19 @@ def parse_stream(stream: str) -> TopicPartition:
 class KafkaNames:
     """The names of one region's topics under ``prefix``."""
 
-    __slots__ = ("_any", "_to_mesh", "checkpoints", "prefix")
+    __slots__ = ("_any", "_mapper", "_to_mesh", "checkpoints", "prefix")
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         self.checkpoints = prefix + CHECKPOINT_TOPIC
         self._any = self.regex(">")
         self._to_mesh: dict[str, str] = {}
+        # The NATS adapter's topic -> subject mapping: Kafka topic names take the same form.
+        self._mapper = SubjectMapper(prefix)
 
     def kafka_topic(self, topic: str) -> str:
-        """Mesh topic -> Kafka topic (the topic must be valid: the caller validated it)."""
-        return topic_to_subject(topic, self.prefix)
+        """Mesh topic -> Kafka topic, validated (ValueError with the router's reason) and cached."""
+        return self._mapper.subject(topic)
 
     def mesh_topic(self, kafka_topic: str) -> str:
         """Kafka topic -> mesh topic (for topics that ``is_mesh`` accepts), cached."""
