@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
@@ -196,9 +196,19 @@ async def abort(context: grpc.aio.ServicerContext[Any, Any], error: AuthError) -
     raise AssertionError("context.abort returned")  # pragma: no cover: abort always raises
 
 
-async def authenticate(auth: Authenticator, context: grpc.aio.ServicerContext[Any, Any]) -> Client:
-    """The calling client; the call ends UNAUTHENTICATED when tokens are on and none valid was sent."""
+async def authenticate(
+    auth: Authenticator,
+    context: grpc.aio.ServicerContext[Any, Any],
+    *,
+    on_refused: Callable[[], object] | None = None,
+) -> Client:
+    """The calling client; the call ends UNAUTHENTICATED when tokens are on and none valid was sent.
+
+    ``on_refused`` runs just before such a call ends (the event path counts its refused events).
+    """
     try:
         return auth.identify(context.invocation_metadata(), context.peer())
     except AuthError as exc:
+        if on_refused is not None:
+            on_refused()
         await abort(context, exc)

@@ -14,7 +14,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from meshgate.brokers import AppendResult, BrokerError, StartAt
-from meshgate.gateway._auth import AuthError, Client, abort
+from meshgate.gateway._auth import Client, authenticate
 from meshgate.gateway._budget import InflightBudget
 from meshgate.gateway._metrics import admission_reason, broker_reason
 from meshgate.gateway._tracing import BatchTrace
@@ -157,11 +157,8 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         return out
 
     async def _authenticate(self, context: grpc.aio.ServicerContext[Any, Any], events: int = 0) -> Client:
-        try:
-            return self._gw.auth.identify(context.invocation_metadata(), context.peer())
-        except AuthError as exc:
-            self._gw.metrics.refuse("unauthenticated", events)
-            await abort(context, exc)
+        metrics = self._gw.metrics
+        return await authenticate(self._gw.auth, context, on_refused=lambda: metrics.refuse("unauthenticated", events))
 
     async def _open_stream(self, context: grpc.aio.ServicerContext[Any, Any], client: Client) -> None:
         """Takes one of the client's stream slots, or ends the call RESOURCE_EXHAUSTED naming the limit."""
