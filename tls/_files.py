@@ -253,8 +253,9 @@ def open_channel(
     *,
     target_name: str | None = None,
     options: Sequence[tuple[str, Any]] = (),
+    interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
 ) -> grpc.aio.Channel:
     """A channel to ``target``: TLS with ``tls``, plaintext without."""
     if tls is None:
-        return grpc.aio.insecure_channel(target, options=list(options))
-    return tls.channel(target, target_name=target_name, options=options)
+        return grpc.aio.insecure_channel(target, options=list(options), interceptors=interceptors)
+    return tls.channel(target, target_name=target_name, options=options, interceptors=interceptors)

@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 
 from meshgate.cli._token import add_token_arg, bearer_interceptors
-from meshgate.tls import ClientTls, TlsError, TlsFiles
+from meshgate.tls import ClientTls, TlsError, TlsFiles, open_channel
 
 __all__ = ["add_gateway_arg", "channel", "print_rpc_error"]
 
@@ -49,14 +49,17 @@ def channel(target: str, args: argparse.Namespace | None = None, *, token: str |
     options = [("grpc.max_receive_message_length", 64 * 1024 * 1024), ("grpc.enable_retries", 1)]
     interceptors = bearer_interceptors(token) if token else None
     ca, cert, key = (_tls_option(args, n) for n in ("ca", "cert", "cert_key"))
-    server_name = _tls_option(args, "server_name")
-    if not (ca or cert or key):
-        return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
-    if bool(cert) != bool(key):
-        raise SystemExit("error: --cert and --cert-key go together (or MESHGATE_CERT and MESHGATE_KEY)")
+    tls = None
+    if ca or cert or key:
+        if bool(cert) != bool(key):
+            raise SystemExit("error: --cert and --cert-key go together (or MESHGATE_CERT and MESHGATE_KEY)")
+        tls = ClientTls(
+            TlsFiles(ca=Path(ca) if ca else None, cert=Path(cert) if cert else None, key=Path(key) if key else None)
+        )
     try:
-        files = TlsFiles(ca=Path(ca) if ca else None, cert=Path(cert) if cert else None, key=Path(key) if key else None)
-        return ClientTls(files).channel(target, target_name=server_name, options=options, interceptors=interceptors)
+        return open_channel(
+            target, tls, target_name=_tls_option(args, "server_name"), options=options, interceptors=interceptors
+        )
     except TlsError as exc:
         raise SystemExit(f"error: {exc}") from None
 
