@@ -312,7 +312,11 @@ class ReplicationService(replication_pb2_grpc.ReplicationServicer):
             here = self._routes_here[route] = self._gw.region in route.decode(errors="replace").split(",")
         return here
 
-    def _classify_raw(self, origin: str, state: OriginState, request: replication_pb2.ReplicateRequest) -> _RawBatch:
+    def _classify_raw(
+        self, origin: str, state: OriginState, request: replication_pb2.ReplicateRequest, *, peer_checked: bool
+    ) -> _RawBatch:
+        """Sorts a raw batch's events; ``peer_checked`` (TLS on: ``origin`` is the peer's certificate
+        region) makes an event carrying any origin header but exactly the peer's end the call."""
         raw = request.raw
         batch = _RawBatch(request)
         ids = batch.ids = list(raw.ids)
@@ -323,15 +327,17 @@ class ReplicationService(replication_pb2_grpc.ReplicationServicer):
         names = list(raw.streams)
         n = len(ids)
         if not (len(seqs) == len(topics) == len(headers) == len(datas) == n) or len(names) not in (0, n):
+            if peer_checked:
+                self._check_raw_origins(origin, request)  # a foreign origin is refused as such first
             raise _CallFailed(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"raw batch {request.batch_id} has {n} ids, {len(seqs)} sequences, {len(topics)} topics, "
                 f"{len(headers)} header lines, {len(datas)} payloads and {len(names)} streams; it needs one of "
                 "each per event (streams: none when the source's log is one stream)",
             )
-        origin_line = f"{HEADER_ORIGIN}: {escape_header_value(origin)}\r\n".encode()
+        origin_value = _escaped(origin)
+        origin_line = _ORIGIN_NAME + b": " + origin_value + b"\r\n"
         origin_mid = b"\r\n" + origin_line
-        origin_value = escape_header_value(origin).encode()
         refused = batch.refused
         streams = state.streams
         last = batch.last
@@ -352,13 +358,22 @@ class ReplicationService(replication_pb2_grpc.ReplicationServicer):
             lines = headers[i]
             name = names[i] if names else ""
             problem = None
+            # The one origin check of an event. The decoder keeps the last of repeated headers:
+            # exactly one mg-origin (in any case), the sender's, and that one its own exact line.
+            # Fast: the text mg-origin once, and that is the sender's line.
+            exact = lines.startswith(origin_line) or origin_mid in lines
+            if not (exact and lines.lower().count(_ORIGIN_NAME) == 1):
+                origins = _origin_values(lines)
+                if origins != [origin_value]:
+                    if peer_checked:
+                        raise self._foreign_origin(origin, request, ids[i], origins)
+                    if exact:
+                        # A second one would relabel the event.
+                        problem = f"event carries more than one origin header; it must carry exactly one, {origin!r}"
             if seq < 1:
                 problem = "event carries no position in its origin's log (sequence)"
-            elif not (lines.startswith(origin_line) or origin_mid in lines):
+            elif not exact:
                 problem = f"event origin is not the sending region {origin!r}"
-            elif lines.lower().count(_ORIGIN_NAME) != 1 and _origin_values(lines) != [origin_value]:
-                # The decoder keeps the last of repeated headers: a second one would relabel the event.
-                problem = f"event carries more than one origin header; it must carry exactly one, {origin!r}"
             if problem is not None:
                 # No place in any of the origin's streams to count as handled.
                 refused.append(replication_pb2.RawRefusal(index=i, code=_INVALID, message=problem))
@@ -550,37 +565,36 @@ class ReplicationService(replication_pb2_grpc.ReplicationServicer):
             )
         return known[0]
 
-    def _check_origins(self, peer: str, request: replication_pb2.ReplicateRequest) -> None:
+    def _refuse_foreign(self, peer: str, request: replication_pb2.ReplicateRequest, claimed: str) -> _CallFailed:
+        """What ends a call whose batch holds an event of another origin than the peer's (TLS on)."""
+        self._gw.metrics.refuse("permission", len(request.events) or len(request.raw.ids))
+        return _CallFailed(
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"{claimed}; the certificate of region {peer} may forward only events of region {peer}",
+        )
+
+    def _foreign_origin(
+        self, peer: str, request: replication_pb2.ReplicateRequest, eid: str, origins: list[bytes]
+    ) -> _CallFailed:
+        shown = b", ".join(origins).decode("utf-8", "replace") or "none"
+        return self._refuse_foreign(peer, request, f"event {eid} carries the origin header(s) {shown}")
+
+    def _check_event_origins(self, peer: str, request: replication_pb2.ReplicateRequest) -> None:
         """A peer forwards only its own events: one of another origin ends the call (_CallFailed)
-        before anything of its batch is stored."""
-        claimed: str | None = None
+        before anything of its batch is stored. Raw events are checked as ``_classify_raw`` sorts them."""
         for ev in request.events:
             if ev.origin != peer:
-                claimed = f"event {ev.id} claims origin {ev.origin!r}"
-                break
-        if request.HasField("raw"):
-            raw = request.raw
-            own = _escaped(peer)
-            line = _ORIGIN_NAME + b": " + own + b"\r\n"
-            mid = b"\r\n" + line
-            # Sliced first: iterating a protobuf repeated field item by item is slow.
-            for i, lines in enumerate(raw.headers[:]):
-                # The decoder keeps the last of repeated headers: exactly one mg-origin, the peer's.
-                # Fast: the text mg-origin once, in any case, and that is the peer's own line.
-                if lines.lower().count(_ORIGIN_NAME) == 1 and (lines.startswith(line) or mid in lines):
-                    continue
-                origins = _origin_values(lines)
-                if origins != [own]:
-                    shown = b", ".join(origins).decode("utf-8", "replace") or "none"
-                    eid = raw.ids[i] if i < len(raw.ids) else f"#{i}"
-                    claimed = f"event {eid} carries the origin header(s) {shown}"
-                    break
-        if claimed is not None:
-            self._gw.metrics.refuse("permission", len(request.events) or len(request.raw.ids))
-            raise _CallFailed(
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"{claimed}; the certificate of region {peer} may forward only events of region {peer}",
-            )
+                raise self._refuse_foreign(peer, request, f"event {ev.id} claims origin {ev.origin!r}")
+
+    def _check_raw_origins(self, peer: str, request: replication_pb2.ReplicateRequest) -> None:
+        """``_classify_raw``'s origin refusal for a raw batch it does not sort (a malformed one), so
+        that another origin in it is still refused as such. Slow, and only on that error path."""
+        raw = request.raw
+        own = _escaped(peer)
+        for i, lines in enumerate(raw.headers[:]):
+            origins = _origin_values(lines)
+            if origins != [own]:
+                raise self._foreign_origin(peer, request, raw.ids[i] if i < len(raw.ids) else f"#{i}", origins)
 
     async def Replicate(
         self,
@@ -736,18 +750,21 @@ class ReplicationService(replication_pb2_grpc.ReplicationServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"source_region changed from {origin!r} to {request.source_region!r} within one call",
             )
-        if self._gw.server_tls is not None:
-            # The call's origin is the peer's certificate region (checked when it opened).
-            self._check_origins(origin, request)
+        # With TLS on, the call's origin is the peer's certificate region (checked when it opened).
+        peer_checked = self._gw.server_tls is not None
+        if peer_checked:
+            self._check_event_origins(origin, request)
         spans = None
         batch: _Batch | _RawBatch
         if request.HasField("raw"):
             if request.events:
+                if peer_checked:
+                    self._check_raw_origins(origin, request)
                 raise _CallFailed(
                     grpc.StatusCode.INVALID_ARGUMENT,
                     f"batch {request.batch_id} sets both events and raw; send one of them",
                 )
-            batch = self._classify_raw(origin, state, request)
+            batch = self._classify_raw(origin, state, request, peer_checked=peer_checked)
         else:
             tracing = self._gw.tracing
             started = time.time_ns() if tracing.enabled else 0

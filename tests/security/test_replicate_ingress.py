@@ -231,3 +231,24 @@ async def test_raw_batches_of_a_peer_replicate_and_cannot_smuggle_another_origin
         assert err.code() is grpc.StatusCode.PERMISSION_DENIED, err
     found = await stored(gw, pki)
     assert [(e.id, e.origin) for e in found] == [("there-1", THERE), ("there-2", THERE)]
+
+
+async def test_raw_origin_checks_keep_their_refusals_with_tls_on(make_tls_gateway: TlsGatewayFactory, pki: Pki) -> None:
+    """The one origin check of a raw event: the peer's origin spelt other than the exact line the
+    destination writes is refused per event; a foreign origin in a malformed batch still ends the
+    call as a foreign origin, not as the malformed batch it also is."""
+    gw = await make_tls_gateway(replicate=False)
+    respelt = raw(THERE, [1, 2])
+    respelt.headers[1] = respelt.headers[1].replace(b"mg-origin: there", b"MG-Origin: there")
+    async with pki.channel(gw.address, THERE) as ch:
+        [answer] = await replicate_raw(ch, THERE, respelt)
+    assert answer.accepted == 1
+    assert [(r.index, r.message) for r in answer.refused] == [(1, "event origin is not the sending region 'there'")]
+    malformed = raw(THERE, [3, 4])
+    malformed.headers[1] = malformed.headers[1].replace(b"mg-origin: there", b"mg-origin: third")
+    del malformed.topics[0]
+    async with pki.channel(gw.address, THERE) as ch:
+        err = await refused(replicate_raw(ch, THERE, malformed))
+    assert err.code() is grpc.StatusCode.PERMISSION_DENIED, err
+    assert "event there-4 carries the origin header(s) third" in (err.details() or "")
+    assert [e.id for e in await stored(gw, pki)] == ["there-1"]
