@@ -10,7 +10,6 @@ comes from collectors that look at the live objects, so nothing on the event pat
 from __future__ import annotations
 
 import bisect
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Final
 
@@ -20,7 +19,6 @@ from prometheus_client.registry import Collector
 
 from meshgate.brokers import BrokerError, BrokerState, MessageTooLargeError
 from meshgate.replicator._metrics import LinkCollector
-from meshgate.v1 import event_pb2
 
 if TYPE_CHECKING:
     from meshgate.brokers import Broker
@@ -149,15 +147,9 @@ class GatewayMetrics:
         if n > 0:
             self.refused[reason].inc(n)
 
-    def observe_replication_latency(self, event: event_pb2.Event, now: float | None = None) -> None:
-        """The end-to-end latency of a replicated event written here (origin time -> now)."""
-        if event.HasField("time"):
-            origin_time = event.time.seconds + event.time.nanos / 1e9
-            # Clocks of two regions differ a little: a negative latency is a zero.
-            self.replication_latency.observe(max(0.0, (now if now is not None else time.time()) - origin_time))
-
     def observe_replication_latencies(self, latencies: Sequence[float]) -> None:
-        """``observe_replication_latency`` of a whole batch: one lock per bucket, not per event."""
+        """The end-to-end latencies (origin time -> stored here) of a batch's replicated events, in
+        one go: one lock per bucket, not per event."""
         hist = self.replication_latency
         bounds = getattr(hist, "_upper_bounds", None)
         buckets = getattr(hist, "_buckets", None)

@@ -75,6 +75,30 @@ async def test_batches_stored_with_origin_and_acked_in_order(nats_server: Embedd
         await gw.stop()
 
 
+async def test_replication_latency_observed_for_each_stored_event_with_a_time(
+    nats_server: EmbeddedNats, tmp_path: Path
+) -> None:
+    gw = await start_gateway(nats_server, tmp_path)
+    try:
+        timed = from_there([1, 2, 3])
+        for e in timed[:2]:
+            e.time.GetCurrentTime()
+            e.time.seconds -= 30  # sent 30 s ago: over 30 s, in the 60 s bucket
+        # The third carries no time (nothing to measure); the resend of the first is no new store.
+        assert await replicate(gw.address, timed, from_there([1])) == [[ACCEPTED] * 3, [DUPLICATE]]
+
+        def sample(name: str, **labels: str) -> float | None:
+            return gw.metrics.registry.get_sample_value(name, {"region": "here", **labels})
+
+        assert sample("meshgate_replication_latency_seconds_count") == 2
+        assert sample("meshgate_replication_latency_seconds_bucket", le="30.0") == 0
+        assert sample("meshgate_replication_latency_seconds_bucket", le="60.0") == 2
+        total = sample("meshgate_replication_latency_seconds_sum")
+        assert total is not None and 60.0 <= total < 120.0
+    finally:
+        await gw.stop()
+
+
 async def test_resend_after_the_id_window_lapsed_is_still_recognised(nats_server: EmbeddedNats, tmp_path: Path) -> None:
     # A 1 s id window: after it lapses only the dedup rebuilt from the log can tell a resend.
     gw = await start_gateway(nats_server, tmp_path, window=1.0, max_age_seconds=60.0)
