@@ -18,9 +18,9 @@ import enum
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from types import TracebackType
-from typing import ClassVar, Self
+from typing import ClassVar
 
+from meshgate._lifecycle import StartStop
 from meshgate.brokers._codec import decode_event, header_lines, parse_header_lines
 from meshgate.v1 import event_pb2
 
@@ -218,7 +218,7 @@ class DurableConsumer(abc.ABC):
     async def close(self) -> None: ...
 
 
-class Broker(abc.ABC):
+class Broker(StartStop):
     """One region's log."""
 
     state: BrokerState
@@ -413,15 +413,6 @@ class Broker(abc.ABC):
             if batch and batch[-1].sequence >= end:
                 break
         return found, str(end)
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
 
 def _sequence_position(position: str) -> int:

@@ -22,6 +22,7 @@ from typing import Literal
 
 from prometheus_client import CollectorRegistry, Counter
 
+from meshgate._lifecycle import StartStop
 from meshgate.config._compat import check_compatible
 from meshgate.config._errors import ConfigError
 from meshgate.config._loader import load_config, load_config_bytes
@@ -70,7 +71,7 @@ def _file_state(path: Path) -> tuple[int, int, int, int] | None:
     return (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns)
 
 
-class ConfigWatcher:
+class ConfigWatcher(StartStop):
     """Watches a mesh file and swaps valid changes in through ``on_change``.
 
     One watcher per metrics registry: it registers ``meshgate_config_reloads_total`` there.
@@ -143,13 +144,6 @@ class ConfigWatcher:
             return
         self._stopping.set()
         await task
-
-    async def __aenter__(self) -> ConfigWatcher:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
 
     async def _poll(self) -> None:
         if not self._poll_interval:

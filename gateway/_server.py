@@ -11,14 +11,13 @@ import logging
 import threading
 import time
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
+from meshgate._lifecycle import StartStop
 from meshgate.brokers import Broker, BrokerState, make_broker
 from meshgate.config import ConfigWatcher, Limits, MeshConfig, ReloadResult
 from meshgate.gateway._admin import AdminService
@@ -108,7 +107,7 @@ def _split_hostport(value: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
-class Gateway:
+class Gateway(StartStop):
     """One region's gateway. ``start()``/``stop()`` are safe to call twice; ``async with`` works.
 
     Shutdown order, under one grace period: health turns NOT_SERVING and new work is refused;
@@ -379,12 +378,3 @@ class Gateway:
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()

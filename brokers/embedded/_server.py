@@ -26,9 +26,8 @@ import shutil
 import signal
 import sys
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
+from meshgate._lifecycle import StartStop
 from meshgate.brokers._base import BrokerError
 
 __all__ = [
@@ -144,7 +143,7 @@ async def _readline(stream: asyncio.StreamReader) -> bytes:
         return b"(log line longer than %d bytes dropped)\n" % _LINE_LIMIT
 
 
-class EmbeddedNats:
+class EmbeddedNats(StartStop):
     """One nats-server child process with JetStream on ``data_dir``.
 
     ``start()``/``stop()`` are safe to call twice, ``async with`` starts and stops it, and
@@ -414,12 +413,3 @@ class EmbeddedNats:
         transport = getattr(proc, "_transport", None)
         if transport is not None:
             transport.close()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()

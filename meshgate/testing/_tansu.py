@@ -27,8 +27,8 @@ import signal
 import socket
 import sys
 from pathlib import Path
-from types import TracebackType
-from typing import Self
+
+from meshgate._lifecycle import StartStop
 
 __all__ = ["Tansu", "TansuError", "TansuState", "find_tansu"]
 
@@ -87,7 +87,7 @@ def _die_with_parent() -> list[str]:
     return [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
 
 
-class Tansu:
+class Tansu(StartStop):
     """One tansu broker on ``host``, memory storage; ``bootstrap`` is its ``host:port``.
 
     ``start()``/``stop()`` are safe to call twice and ``async with`` runs it. ``kill()`` is a
@@ -206,12 +206,3 @@ class Tansu:
             raise TansuError("tansu is not running")
         self._proc.send_signal(signal.SIGCONT)
         self.state = TansuState.RUNNING
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()

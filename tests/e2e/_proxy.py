@@ -18,8 +18,8 @@ import asyncio
 import contextlib
 import ipaddress
 import time
-from types import TracebackType
-from typing import Self
+
+from meshgate._lifecycle import StartStop
 
 __all__ = ["TcpProxy"]
 
@@ -60,7 +60,7 @@ class _Conn:
             t.cancel()
 
 
-class TcpProxy:
+class TcpProxy(StartStop):
     def __init__(
         self,
         target: str,
@@ -132,15 +132,6 @@ class TcpProxy:
         if server is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(server.wait_closed(), 5)
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     # --- faults ---------------------------------------------------------------------------
 
