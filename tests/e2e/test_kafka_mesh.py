@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 
 import grpc
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from meshgate.v1 import event_pb2, gateway_pb2
+from tests._cli import run_cli
 from tests.e2e._ledger import Ledger, Producer, make_event
 from tests.e2e._mesh import MeshCluster, wait_until
 from tests.e2e.conftest import MeshFactory
@@ -37,20 +37,6 @@ def workload(origin: str, n: int, *, keys: int = 8) -> list[event_pb2.Event]:
         )
         for i in range(n)
     ]
-
-
-async def _cli(*args: str, timeout: float = 30.0) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "meshgate", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 async def _native_read(bootstrap: str, topic: str, expect: int, timeout: float = 30.0) -> list[object]:
@@ -135,7 +121,7 @@ async def test_nats_and_kafka_regions_replicate_both_ways_exactly_once(make_mesh
         assert ids == want, key
 
     # meshgate tail on the Kafka region: its own and replicated events.
-    rc, out, err = await _cli(
+    rc, out, err = await run_cli(
         "tail", "-g", cluster.address(KF), "orders/created", "--from", "earliest", "--limit", "600", "--json"
     )
     assert rc == 0, err
@@ -152,11 +138,11 @@ async def test_nats_and_kafka_regions_replicate_both_ways_exactly_once(make_mesh
     assert "sequence" in (info.value.details() or ""), info.value.details()
 
     # meshgate publish names the partition its seq counts in, on a Kafka region only.
-    rc, out, err = await _cli(
+    rc, out, err = await run_cli(
         "publish", "-g", cluster.address(KF), "billing/invoice", "x", "--id", "cli-1", "--key", "a"
     )
     assert rc == 0, err
     assert out.startswith("accepted id=cli-1 seq=") and f" stream={PREFIX}billing.invoice/" in out, out
-    rc, out, err = await _cli("publish", "-g", cluster.address(NT), "billing/invoice", "y", "--id", "cli-2")
+    rc, out, err = await run_cli("publish", "-g", cluster.address(NT), "billing/invoice", "y", "--id", "cli-2")
     assert rc == 0, err
     assert out.startswith("accepted id=cli-2 seq=") and "stream=" not in out, out

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from meshgate.v1 import admin_pb2, event_pb2, gateway_pb2
+from tests._cli import run_cli
 from tests.e2e._ledger import Ledger, Producer, make_event, read_region
 from tests.e2e._mesh import MeshCluster, wait_links_idle, wait_until
 from tests.e2e.conftest import MeshFactory
@@ -38,25 +38,6 @@ def workload(origin: str, n: int, *, keys: int = 8) -> list[event_pb2.Event]:
         )
         for i in range(n)
     ]
-
-
-async def _cli(*args: str, timeout: float = 30.0) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "meshgate",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 @pytest.mark.slow
@@ -133,7 +114,7 @@ async def test_replicated_event_keeps_its_attributes_and_the_cli_shows_it(make_m
 
     # meshgate tail in a destination shows the origin's events.
     tail = ("tail", "-g", cluster.address(AP), "orders/>", "--from", "earliest", "--limit", "3", "--json")
-    rc, out, err = await _cli(*tail)
+    rc, out, err = await run_cli(*tail)
     assert rc == 0, err
     lines = [json.loads(line) for line in out.splitlines()]
     assert [(x["id"], x["topic"], x["key"], x["origin"]) for x in lines] == [
@@ -146,7 +127,7 @@ async def test_replicated_event_keeps_its_attributes_and_the_cli_shows_it(make_m
 
     # meshgate status: a link per destination, replicating, no lag once caught up.
     await wait_links_idle(cluster, [EU], timeout=30)
-    rc, out, err = await _cli("status", "-g", cluster.address(EU), "--json")
+    rc, out, err = await run_cli("status", "-g", cluster.address(EU), "--json")
     assert rc == 0, err
     status = json.loads(out)
     assert status["region"] == EU
@@ -155,7 +136,7 @@ async def test_replicated_event_keeps_its_attributes_and_the_cli_shows_it(make_m
     for link in links.values():
         assert link["state"] == "replicating" and link["lag_events"] == 0, link
         assert link["forwarded"] == 3, link
-    rc, out, err = await _cli("status", "-g", cluster.address(EU))
+    rc, out, err = await run_cli("status", "-g", cluster.address(EU))
     assert rc == 0, err
     assert "-> us-west" in out and "-> ap-south" in out and "replicating" in out
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -14,6 +13,7 @@ from cryptography import x509
 
 from meshgate.tls import make_ca
 from meshgate.v1 import event_pb2
+from tests._cli import run_cli
 from tests.e2e._ledger import Ledger, Producer, make_event
 from tests.e2e._mesh import wait_links_idle, wait_until
 from tests.security._mesh import TlsMeshCluster
@@ -31,18 +31,7 @@ def workload(origin: str, n: int, *, keys: int = 8) -> list[event_pb2.Event]:
 
 
 async def cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "meshgate",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, **(env or {})},
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    return await run_cli(*args, env={**os.environ, **(env or {})})
 
 
 async def test_an_mtls_mesh_replicates_both_ways_and_the_cli_speaks_tls(
