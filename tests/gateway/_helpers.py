@@ -3,8 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
+import grpc
+import pytest
+
+from meshgate.brokers.embedded import EmbeddedNats
+from meshgate.config import BrokerKind, RegionConfig, load_config
+from meshgate.gateway import Gateway
 from meshgate.v1 import event_pb2, gateway_pb2, gateway_pb2_grpc
 
 
@@ -39,3 +49,61 @@ async def read_all(
     finally:
         call.cancel()
     return out
+
+
+def nats_region(name: str, server: EmbeddedNats, gateway: str) -> RegionConfig:
+    """Region ``name`` keeping its log on the test's nats-server, its gateway at ``gateway``."""
+    url = urlparse(server.url)
+    return RegionConfig(name=name, kind=BrokerKind.NATS, brokers=(f"{url.hostname}:{url.port}",), gateway=gateway)
+
+
+async def rpc_error(awaitable: Any) -> grpc.aio.AioRpcError:
+    """The error a unary call ends with (the test fails if it succeeds)."""
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await awaitable
+    return err.value
+
+
+async def stream_error(call: Any) -> grpc.aio.AioRpcError:
+    """The error a streaming call ends with, read to its end (the test fails if it ends well)."""
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for _ in call:
+            pass
+    return err.value
+
+
+@contextlib.asynccontextmanager
+async def started_gateways() -> AsyncIterator[Callable[..., Awaitable[Gateway]]]:
+    """``await start(**gateway_kwargs)``: a started Gateway; every one started is stopped at the end."""
+    started: list[Gateway] = []
+
+    async def start(**kwargs: Any) -> Gateway:
+        gw = Gateway(**kwargs)
+        await gw.start()
+        started.append(gw)
+        return gw
+
+    try:
+        yield start
+    finally:
+        for gw in started:
+            await gw.stop(grace=1.0)
+
+
+@contextlib.asynccontextmanager
+async def running_gateway(path: Path, data_dir: Path, **kwargs: Any) -> AsyncIterator[Gateway]:
+    """Region `here` of the mesh file ``path``, started; reloads happen only when a test asks."""
+    gw = Gateway(
+        config=load_config(path),
+        region="here",
+        data_dir=data_dir,
+        listen="127.0.0.1:0",
+        config_path=path,
+        watch_config=False,
+        **kwargs,
+    )
+    try:
+        await gw.start()
+        yield gw
+    finally:
+        await gw.stop(grace=1.0)

@@ -14,6 +14,7 @@ from meshgate.brokers.embedded import EmbeddedNats
 from meshgate.config import BrokerKind, Limits, MeshConfig, RegionConfig, RouteRule, Settings
 from meshgate.gateway import Gateway
 from meshgate.v1 import admin_pb2_grpc, gateway_pb2_grpc
+from tests.gateway._helpers import started_gateways
 
 
 def mesh_for(server: EmbeddedNats, *, limits: Limits | None = None, stream: str = "MESHGATE") -> MeshConfig:
@@ -45,18 +46,13 @@ GatewayFactory = Callable[..., Any]
 
 @pytest.fixture
 async def make_gateway(nats_server: EmbeddedNats, tmp_path: Path) -> AsyncIterator[GatewayFactory]:
-    started: list[Gateway] = []
+    async with started_gateways() as start:
 
-    async def factory(*, limits: Limits | None = None, **kwargs: Any) -> Gateway:
-        config = kwargs.pop("config", None) or mesh_for(nats_server, limits=limits)
-        gw = Gateway(config=config, region="here", data_dir=tmp_path, **kwargs)
-        await gw.start()
-        started.append(gw)
-        return gw
+        async def factory(*, limits: Limits | None = None, **kwargs: Any) -> Gateway:
+            config = kwargs.pop("config", None) or mesh_for(nats_server, limits=limits)
+            return await start(config=config, region="here", data_dir=tmp_path, **kwargs)
 
-    yield factory
-    for gw in started:
-        await gw.stop(grace=1.0)
+        yield factory
 
 
 @pytest.fixture

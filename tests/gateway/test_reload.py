@@ -18,7 +18,7 @@ from meshgate.config import load_config
 from meshgate.gateway import Gateway
 from meshgate.testing import ServeProcess
 from meshgate.v1 import admin_pb2, admin_pb2_grpc, event_pb2, gateway_pb2, gateway_pb2_grpc
-from tests.gateway._helpers import ev, read_all
+from tests.gateway._helpers import ev, read_all, running_gateway
 
 
 def mesh_text(server: EmbeddedNats, *, orders_to: str, extra_rule: str = "") -> str:
@@ -50,15 +50,7 @@ def mesh_file(tmp_path: Path, nats_server: EmbeddedNats) -> Path:
 
 @pytest.fixture
 async def gw(mesh_file: Path, tmp_path: Path) -> AsyncIterator[Gateway]:
-    gateway = Gateway(
-        config=load_config(mesh_file),
-        region="here",
-        data_dir=tmp_path,
-        listen="127.0.0.1:0",
-        config_path=mesh_file,
-        watch_config=False,  # reloads happen when the test says so
-    )
-    async with gateway:
+    async with running_gateway(mesh_file, tmp_path) as gateway:
         yield gateway
 
 

@@ -4,22 +4,16 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from urllib.parse import urlparse
 
 import grpc
 
 from meshgate.brokers.embedded import EmbeddedNats
-from meshgate.config import BrokerKind, MeshConfig, RegionConfig, RouteRule
+from meshgate.config import MeshConfig, RouteRule
 from meshgate.gateway import Gateway
 from meshgate.v1 import admin_pb2, gateway_pb2, gateway_pb2_grpc
-from tests.gateway._helpers import ev, read_all
+from tests.gateway._helpers import ev, nats_region, read_all
 
 LEASE_TTL = 1.5
-
-
-def _region(name: str, server: EmbeddedNats, gateway: str) -> RegionConfig:
-    url = urlparse(server.url)
-    return RegionConfig(name=name, kind=BrokerKind.NATS, brokers=(f"{url.hostname}:{url.port}",), gateway=gateway)
 
 
 async def _states(gw: Gateway) -> dict[str, int]:
@@ -30,15 +24,15 @@ async def test_links_run_in_one_replica_and_fail_over(nats_server: EmbeddedNats,
     async with EmbeddedNats(data_dir=tmp_path / "there-nats") as there_server:
         # "there" first, on a port of its own, so the mesh of "here" can name its gateway.
         probe = MeshConfig(
-            regions=(_region("here", nats_server, "127.0.0.1:0"), _region("there", there_server, "127.0.0.1:0"))
+            regions=(nats_region("here", nats_server, "127.0.0.1:0"), nats_region("there", there_server, "127.0.0.1:0"))
         )
         there = Gateway(config=probe, region="there", data_dir=tmp_path, replicate=False)
         await there.start()
         try:
             config = MeshConfig(
                 regions=(
-                    _region("here", nats_server, "127.0.0.1:0"),
-                    _region("there", there_server, there.address),
+                    nats_region("here", nats_server, "127.0.0.1:0"),
+                    nats_region("there", there_server, there.address),
                 ),
                 routing=(RouteRule(index=0, topic="orders/*", regions=("here", "there")),),
             )

@@ -6,20 +6,14 @@ import asyncio
 import json
 import sys
 from pathlib import Path
-from urllib.parse import urlparse
 
 import grpc
 
 from meshgate.brokers.embedded import EmbeddedNats
-from meshgate.config import BrokerKind, MeshConfig, RegionConfig, RouteRule
+from meshgate.config import MeshConfig, RouteRule
 from meshgate.gateway import Gateway
 from meshgate.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2, gateway_pb2_grpc
-from tests.gateway._helpers import ev, read_all
-
-
-def _region(name: str, server: EmbeddedNats, gateway: str) -> RegionConfig:
-    url = urlparse(server.url)
-    return RegionConfig(name=name, kind=BrokerKind.NATS, brokers=(f"{url.hostname}:{url.port}",), gateway=gateway)
+from tests.gateway._helpers import ev, nats_region, read_all
 
 
 async def test_locate_in_every_region_and_meshgate_trace(nats_server: EmbeddedNats, tmp_path: Path) -> None:
@@ -27,7 +21,10 @@ async def test_locate_in_every_region_and_meshgate_trace(nats_server: EmbeddedNa
         rules = (RouteRule(index=0, topic="orders/*", regions=("here", "there")),)
         there = Gateway(
             config=MeshConfig(
-                regions=(_region("here", nats_server, "127.0.0.1:0"), _region("there", there_server, "127.0.0.1:0")),
+                regions=(
+                    nats_region("here", nats_server, "127.0.0.1:0"),
+                    nats_region("there", there_server, "127.0.0.1:0"),
+                ),
                 routing=rules,
             ),
             region="there",
@@ -36,7 +33,10 @@ async def test_locate_in_every_region_and_meshgate_trace(nats_server: EmbeddedNa
         )
         await there.start()
         config = MeshConfig(
-            regions=(_region("here", nats_server, "127.0.0.1:0"), _region("there", there_server, there.address)),
+            regions=(
+                nats_region("here", nats_server, "127.0.0.1:0"),
+                nats_region("there", there_server, there.address),
+            ),
             routing=rules,
         )
         here = Gateway(config=config, region="here", data_dir=tmp_path)

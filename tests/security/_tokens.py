@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,9 +12,9 @@ import pytest
 
 from meshgate.brokers.embedded import EmbeddedNats
 from meshgate.cli._client import channel as cli_channel
-from meshgate.config import load_config
 from meshgate.gateway import Gateway
 from meshgate.v1 import event_pb2
+from tests.gateway._helpers import running_gateway
 
 # Each at least 16 characters; none a substring of another, so a leak of one is found by itself.
 ORDERS_TOKEN = "orders-0f9e8d7c6b5a4938271605f4"
@@ -87,24 +86,6 @@ def write_mesh(tmp_path: Path, nats_server: EmbeddedNats, token_env: dict[str, s
         return path
 
     return write
-
-
-@contextlib.asynccontextmanager
-async def running_gateway(path: Path, data_dir: Path, **kwargs: Any) -> AsyncIterator[Gateway]:
-    gw = Gateway(
-        config=load_config(path),
-        region="here",
-        data_dir=data_dir,
-        listen="127.0.0.1:0",
-        config_path=path,
-        watch_config=False,  # reloads happen when a test asks
-        **kwargs,
-    )
-    try:
-        await gw.start()
-        yield gw
-    finally:
-        await gw.stop(grace=1.0)
 
 
 @pytest.fixture

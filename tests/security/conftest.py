@@ -20,6 +20,7 @@ from meshgate.config import (
     SecuritySettings,
 )
 from meshgate.gateway import Gateway
+from tests.gateway._helpers import started_gateways
 from tests.security._pki import Pki
 
 # Regions of the in-process mesh; "elsewhere" has a certificate of the CA but is not in the mesh.
@@ -74,18 +75,13 @@ TlsGatewayFactory = Callable[..., Any]
 @pytest.fixture
 async def make_tls_gateway(nats_server: EmbeddedNats, pki: Pki, tmp_path: Path) -> AsyncIterator[TlsGatewayFactory]:
     """``await make_tls_gateway(**gateway_kwargs)``: region `here` with TLS on, started; stopped after the test."""
-    started: list[Gateway] = []
+    async with started_gateways() as start:
 
-    async def factory(*, gateways: dict[str, str] | None = None, **kwargs: Any) -> Gateway:
-        config = kwargs.pop("config", None) or tls_mesh(nats_server, pki, gateways=gateways)
-        gw = Gateway(config=config, region=HERE, data_dir=tmp_path, **kwargs)
-        await gw.start()
-        started.append(gw)
-        return gw
+        async def factory(*, gateways: dict[str, str] | None = None, **kwargs: Any) -> Gateway:
+            config = kwargs.pop("config", None) or tls_mesh(nats_server, pki, gateways=gateways)
+            return await start(config=config, region=HERE, data_dir=tmp_path, **kwargs)
 
-    yield factory
-    for gw in started:
-        await gw.stop(grace=1.0)
+        yield factory
 
 
 # The e2e hook that records a failed test, so a failed mesh test prints its regions' logs.

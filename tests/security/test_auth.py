@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,10 +15,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from meshgate.brokers.embedded import EmbeddedNats
 from meshgate.config import (
-    BrokerKind,
     ClientToken,
     MeshConfig,
-    RegionConfig,
     RouteRule,
     SecuritySettings,
 )
@@ -33,7 +30,9 @@ from meshgate.v1 import (
     replication_pb2,
     replication_pb2_grpc,
 )
+from tests._cli import run_cli
 from tests.e2e._mesh import wait_until
+from tests.gateway._helpers import nats_region, rpc_error, running_gateway, stream_error
 from tests.security._tokens import (
     ADMIN_TOKEN,
     ALL_TOKENS,
@@ -44,7 +43,6 @@ from tests.security._tokens import (
     WRONG_TOKEN,
     connect,
     ev,
-    running_gateway,
     secure_gw,
     token_env,
     write_mesh,
@@ -60,19 +58,6 @@ _PERMISSION_DENIED = grpc.StatusCode.PERMISSION_DENIED.value[0]
 async def stored(gw: Gateway) -> int:
     """How many events the region's log holds: a refused call must not change it."""
     return await gw.broker.last_sequence()
-
-
-async def rpc_error(awaitable: Any) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await awaitable
-    return err.value
-
-
-async def stream_error(call: Any) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        async for _ in call:
-            pass
-    return err.value
 
 
 def refused_count(gw: Gateway, reason: str) -> float:
@@ -397,12 +382,6 @@ async def test_tokens_never_reach_logs_or_messages(
 async def test_locate_in_every_region_passes_the_callers_token(
     nats_server: EmbeddedNats, tmp_path: Path, token_env: dict[str, str]
 ) -> None:
-    from urllib.parse import urlparse
-
-    def region(name: str, server: EmbeddedNats, gateway: str) -> RegionConfig:
-        url = urlparse(server.url)
-        return RegionConfig(name=name, kind=BrokerKind.NATS, brokers=(f"{url.hostname}:{url.port}",), gateway=gateway)
-
     security = SecuritySettings(
         tokens=(
             ClientToken(name="ops", token=ADMIN_TOKEN, admin=True),
@@ -413,7 +392,10 @@ async def test_locate_in_every_region_passes_the_callers_token(
     async with EmbeddedNats(data_dir=tmp_path / "there-nats") as there_server:
         there = Gateway(
             config=MeshConfig(
-                regions=(region("here", nats_server, "127.0.0.1:0"), region("there", there_server, "127.0.0.1:0")),
+                regions=(
+                    nats_region("here", nats_server, "127.0.0.1:0"),
+                    nats_region("there", there_server, "127.0.0.1:0"),
+                ),
                 routing=rules,
                 security=security,
             ),
@@ -423,7 +405,10 @@ async def test_locate_in_every_region_passes_the_callers_token(
         )
         await there.start()
         config = MeshConfig(
-            regions=(region("here", nats_server, "127.0.0.1:0"), region("there", there_server, there.address)),
+            regions=(
+                nats_region("here", nats_server, "127.0.0.1:0"),
+                nats_region("there", there_server, there.address),
+            ),
             routing=rules,
             security=security,
         )
@@ -451,16 +436,11 @@ async def test_locate_in_every_region_passes_the_callers_token(
 
 
 async def _cli(*args: str, token_env: str | None = None, stdin: bytes | None = None) -> tuple[int, str, str]:
+    # Only PATH: no MESHGATE_TOKEN of the test's own environment reaches the CLI.
     env = {"PATH": "/usr/bin:/bin"}
     if token_env is not None:
         env["MESHGATE_TOKEN"] = token_env
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "meshgate", *args,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(proc.communicate(stdin), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    return await run_cli(*args, env=env, stdin=stdin)
 
 
 async def test_cli_sends_the_token_from_the_flag_or_the_variable(secure_gw: Gateway) -> None:

@@ -8,7 +8,6 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import grpc
 import nats
@@ -16,37 +15,20 @@ import pytest
 
 from meshgate.brokers import Delivery
 from meshgate.brokers.embedded import EmbeddedNats
-from meshgate.config import BrokerKind, Limits, MeshConfig, RegionConfig, RouteRule
+from meshgate.config import Limits, MeshConfig, RouteRule
 from meshgate.gateway import Gateway
 from meshgate.gateway._limits import ClientRates, ClientStreams
 from meshgate.replicator._link import _split_by_bytes
 from meshgate.v1 import admin_pb2, admin_pb2_grpc, event_pb2, gateway_pb2, gateway_pb2_grpc
 from tests.e2e._mesh import free_port, wait_until
-from tests.security._tokens import AUDIT_TOKEN, ORDERS_TOKEN, connect, ev, running_gateway, token_env, write_mesh
+from tests.gateway._helpers import nats_region, rpc_error, running_gateway, started_gateways, stream_error
+from tests.security._tokens import AUDIT_TOKEN, ORDERS_TOKEN, connect, ev, token_env, write_mesh
 
 __all__ = ["token_env", "write_mesh"]  # fixtures used by name below
 
 _ACCEPTED = event_pb2.OUTCOME_ACCEPTED
 _REJECTED = event_pb2.OUTCOME_REJECTED
 _RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
-
-
-async def rpc_error(awaitable: Any) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await awaitable
-    return err.value
-
-
-async def stream_error(call: Any) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        async for _ in call:
-            pass
-    return err.value
-
-
-def _region(name: str, server: EmbeddedNats, gateway: str) -> RegionConfig:
-    url = urlparse(server.url)
-    return RegionConfig(name=name, kind=BrokerKind.NATS, brokers=(f"{url.hostname}:{url.port}",), gateway=gateway)
 
 
 # --- sizes: enforced by gRPC itself from settings.limits ---------------------------------------
@@ -151,24 +133,19 @@ async def test_without_tokens_streams_are_counted_per_ip_address(make_limits_gat
 
 @pytest.fixture
 async def make_limits_gateway(nats_server: EmbeddedNats, tmp_path: Path) -> AsyncIterator[Any]:
-    started: list[Gateway] = []
+    async with started_gateways() as start:
 
-    async def make(limits: Limits) -> Gateway:
-        config = MeshConfig(
-            regions=(_region("here", nats_server, "127.0.0.1:0"),),
-            routing=(RouteRule(index=0, topic="orders/>", regions=("here",)),),
-        )
-        from dataclasses import replace
+        async def make(limits: Limits) -> Gateway:
+            config = MeshConfig(
+                regions=(nats_region("here", nats_server, "127.0.0.1:0"),),
+                routing=(RouteRule(index=0, topic="orders/>", regions=("here",)),),
+            )
+            from dataclasses import replace
 
-        config = replace(config, settings=replace(config.settings, limits=limits))
-        gw = Gateway(config=config, region="here", data_dir=tmp_path, replicate=False)
-        await gw.start()
-        started.append(gw)
-        return gw
+            config = replace(config, settings=replace(config.settings, limits=limits))
+            return await start(config=config, region="here", data_dir=tmp_path, replicate=False)
 
-    yield make
-    for gw in started:
-        await gw.stop(grace=1.0)
+        yield make
 
 
 # --- rate per client ---------------------------------------------------------------------------
@@ -354,7 +331,10 @@ async def test_a_link_splits_batches_to_fit_the_destinations_max_message_bytes(
             from dataclasses import replace
 
             config = MeshConfig(
-                regions=(_region("here", nats_server, "127.0.0.1:0"), _region("there", there_server, there_address)),
+                regions=(
+                    nats_region("here", nats_server, "127.0.0.1:0"),
+                    nats_region("there", there_server, there_address),
+                ),
                 routing=rules,
             )
             return replace(config, settings=replace(config.settings, limits=limits))
