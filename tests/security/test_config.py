@@ -41,7 +41,8 @@ def write(folder: Path, text: str, name: str = "mesh.yaml") -> Path:
     return path
 
 
-def mesh(folder: Path, **paths: str) -> Path:
+def mesh_text(**paths: str) -> str:
+    """MESH with the files of the folder's certs/, but for ``paths``."""
     values = {
         "ca": "certs/ca.crt",
         "us_cert": "certs/us-west.crt",
@@ -50,7 +51,11 @@ def mesh(folder: Path, **paths: str) -> Path:
         "eu_key": "certs/eu-central.key",
         **paths,
     }
-    return write(folder, MESH.format(**values))
+    return MESH.format(**values)
+
+
+def mesh(folder: Path, **paths: str) -> Path:
+    return write(folder, mesh_text(**paths))
 
 
 def errors(path: Path) -> list[str]:
@@ -75,7 +80,7 @@ def test_paths_come_through_variables_and_symlinks_are_kept(folder: Path, tmp_pa
     # A Kubernetes Secret volume: files are symlinks through ..data, swapped on rotation.
     link = tmp_path / "mounted"
     link.symlink_to(folder / "certs")
-    text = MESH.format(
+    text = mesh_text(
         ca="${CERTS}/ca.crt",
         us_cert='"${CERTS}/us-west.crt"',
         us_key='"${CERTS}/us-west.key"',
@@ -93,13 +98,7 @@ def test_plaintext_mesh_has_no_security(folder: Path) -> None:
 
 
 def test_ca_set_but_a_region_lacks_tls(folder: Path) -> None:
-    text = MESH.format(
-        ca="certs/ca.crt",
-        us_cert="certs/us-west.crt",
-        us_key="certs/us-west.key",
-        eu_cert="x",
-        eu_key="y",
-    ).replace("      tls: {cert: x, key: y}\n", "")
+    text = mesh_text(eu_cert="x", eu_key="y").replace("      tls: {cert: x, key: y}\n", "")
     assert errors(write(folder, text)) == [
         f"{folder}/mesh.yaml:9:7: event_mesh.regions[1]: region eu-central has no tls: {{cert, key}}; with"
         " security.ca set every gateway serves TLS only and shows its region's certificate to clients and peers"
@@ -107,13 +106,7 @@ def test_ca_set_but_a_region_lacks_tls(folder: Path) -> None:
 
 
 def test_tls_without_ca(folder: Path) -> None:
-    text = MESH.format(
-        ca="certs/ca.crt",
-        us_cert="certs/us-west.crt",
-        us_key="certs/us-west.key",
-        eu_cert="certs/eu-central.crt",
-        eu_key="certs/eu-central.key",
-    ).replace("  security:\n    ca: certs/ca.crt\n", "")
+    text = mesh_text().replace("  security:\n    ca: certs/ca.crt\n", "")
     assert errors(write(folder, text)) == [
         f"{folder}/mesh.yaml:6:7: event_mesh.regions[0].tls: tls needs security.ca: the mesh CA that signed the"
         " regions' certificates",
