@@ -358,6 +358,28 @@ async def sample_latencies(
     return out
 
 
+async def sample_since(
+    js: Any,
+    stream: str,
+    subject: str,
+    before: int,
+    *,
+    sent_ns: Callable[[Any], int | None],
+    source_url: str,
+    source_stream: str,
+    source_seq: Callable[[Any], int | None],
+) -> Latencies:
+    """``sample_latencies`` of what ``stream`` took after sequence ``before``, each message's
+    source copy read from ``source_stream`` of the server at ``source_url``."""
+    after = (await js.stream_info(stream)).state.last_seq
+    source = await nats.connect(source_url)
+    try:
+        origin = Origin(source.jetstream(), source_stream, source_seq)
+        return await sample_latencies(js, stream, subject, (before + 1, after), sent_ns=sent_ns, origin=origin)
+    finally:
+        await source.close()
+
+
 def percentile(values: list[float], p: float) -> float:
     if not values:
         return float("nan")
@@ -398,6 +420,13 @@ class LiveResult:
     @property
     def hop_ms(self) -> list[float]:
         return self.latency.hop_ms
+
+    def take_fill(self, fill: Fill, seconds: float) -> None:
+        """The destination's side, from how its stream filled during a publish window of ``seconds``."""
+        self.delivered = fill.reached
+        self.seconds_to_all = fill.seconds
+        self.window_rate = fill.count_at(seconds) / seconds
+        self.drain_rate = fill.reached / fill.seconds if fill.seconds else 0.0
 
     def as_dict(self, prefix: str) -> dict[str, object]:
         return {
@@ -472,20 +501,18 @@ async def anchor_live(pair: AnchorPair, subject: str, seconds: float, rate: floa
         pub = asyncio.create_task(stamped_bench_raw(pair.a.url, subject, seconds, rate))
         fill = await watch_fill(count, start, lambda: _published(pub), timeout=seconds + drain)
         result.publish_rate, result.published = await pub
-        result.delivered = fill.reached
+        result.take_fill(fill, seconds)
         result.complete = fill.complete and fill.target == result.published
-        result.seconds_to_all = fill.seconds
-        result.window_rate = fill.count_at(seconds) / seconds
-        result.drain_rate = fill.reached / fill.seconds if fill.seconds else 0.0
-        after = (await jsb.stream_info(DST)).state.last_seq
-        na = await nats.connect(pair.a.url)
-        try:
-            origin = Origin(na.jetstream(), SRC, sourced_seq)
-            result.latency = await sample_latencies(
-                jsb, DST, subject, (before + 1, after), sent_ns=header_ts, origin=origin
-            )
-        finally:
-            await na.close()
+        result.latency = await sample_since(
+            jsb,
+            DST,
+            subject,
+            before,
+            sent_ns=header_ts,
+            source_url=pair.a.url,
+            source_stream=SRC,
+            source_seq=sourced_seq,
+        )
         return result
     finally:
         await nb.close()

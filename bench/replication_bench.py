@@ -61,10 +61,9 @@ from meshgate.bench import _nats_anchor as anchor
 from meshgate.bench._nats_anchor import (
     CatchupResult,
     LiveResult,
-    Origin,
     cpu_seconds,
     percentile,
-    sample_latencies,
+    sample_since,
     subject_count,
     watch_fill,
 )
@@ -319,22 +318,20 @@ class Meshgate:
             self.notes.append(f"{topic}: PublishStream ended with {p.error}")
         self.live_cpu[topic] = await cpu_task  # done by now: the fill watch outlasts the publish window
         res = LiveResult(publish_rate=p.rate, published=p.accepted)
-        res.delivered = fill.reached
+        res.take_fill(fill, seconds)
         res.complete = fill.reached >= p.accepted
-        res.seconds_to_all = fill.seconds
-        res.window_rate = fill.count_at(seconds) / seconds
-        res.drain_rate = fill.reached / fill.seconds if fill.seconds else 0.0
         self.a.note_rss()
         self.b.note_rss()
-        after = (await js.stream_info(STREAM)).state.last_seq
-        na = await nats.connect(self.a.nats_url)
-        try:
-            origin = Origin(na.jetstream(), STREAM, origin_seq)
-            res.latency = await sample_latencies(
-                js, STREAM, subject, (before + 1, after), sent_ns=ce_time_ns, origin=origin
-            )
-        finally:
-            await na.close()
+        res.latency = await sample_since(
+            js,
+            STREAM,
+            subject,
+            before,
+            sent_ns=ce_time_ns,
+            source_url=self.a.nats_url,
+            source_stream=STREAM,
+            source_seq=origin_seq,
+        )
         return res
 
     async def catchup(self, topic: str, backlog: int, timeout: float, stall: float) -> tuple[CatchupResult, dict]:
