@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 from meshgate.brokers.embedded import EmbeddedNats
-from meshgate.config import BrokerKind, RegionConfig, load_config
+from meshgate.config import BrokerKind, MeshConfig, RegionConfig, load_config
 from meshgate.gateway import Gateway
 from meshgate.v1 import event_pb2, gateway_pb2, gateway_pb2_grpc
 
@@ -55,6 +55,15 @@ def nats_region(name: str, server: EmbeddedNats, gateway: str) -> RegionConfig:
     """Region ``name`` keeping its log on the test's nats-server, its gateway at ``gateway``."""
     url = urlparse(server.url)
     return RegionConfig(name=name, kind=BrokerKind.NATS, brokers=(f"{url.hostname}:{url.port}",), gateway=gateway)
+
+
+def two_region_mesh(
+    here: EmbeddedNats, there: EmbeddedNats, *, there_gateway: str = "127.0.0.1:0", **mesh: Any
+) -> MeshConfig:
+    """Regions `here` and `there`, each on its own nats-server; `there`'s gateway at ``there_gateway``."""
+    return MeshConfig(
+        regions=(nats_region("here", here, "127.0.0.1:0"), nats_region("there", there, there_gateway)), **mesh
+    )
 
 
 async def rpc_error(awaitable: Any) -> grpc.aio.AioRpcError:

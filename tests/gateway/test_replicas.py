@@ -8,10 +8,10 @@ from pathlib import Path
 import grpc
 
 from meshgate.brokers.embedded import EmbeddedNats
-from meshgate.config import MeshConfig, RouteRule
+from meshgate.config import RouteRule
 from meshgate.gateway import Gateway
 from meshgate.v1 import admin_pb2, gateway_pb2, gateway_pb2_grpc
-from tests.gateway._helpers import ev, nats_region, read_all
+from tests.gateway._helpers import ev, read_all, two_region_mesh
 
 LEASE_TTL = 1.5
 
@@ -23,17 +23,14 @@ async def _states(gw: Gateway) -> dict[str, int]:
 async def test_links_run_in_one_replica_and_fail_over(nats_server: EmbeddedNats, tmp_path: Path) -> None:
     async with EmbeddedNats(data_dir=tmp_path / "there-nats") as there_server:
         # "there" first, on a port of its own, so the mesh of "here" can name its gateway.
-        probe = MeshConfig(
-            regions=(nats_region("here", nats_server, "127.0.0.1:0"), nats_region("there", there_server, "127.0.0.1:0"))
-        )
+        probe = two_region_mesh(nats_server, there_server)
         there = Gateway(config=probe, region="there", data_dir=tmp_path, replicate=False)
         await there.start()
         try:
-            config = MeshConfig(
-                regions=(
-                    nats_region("here", nats_server, "127.0.0.1:0"),
-                    nats_region("there", there_server, there.address),
-                ),
+            config = two_region_mesh(
+                nats_server,
+                there_server,
+                there_gateway=there.address,
                 routing=(RouteRule(index=0, topic="orders/*", regions=("here", "there")),),
             )
             replicas = [Gateway(config=config, region="here", data_dir=tmp_path, lease_ttl=LEASE_TTL) for _ in range(2)]

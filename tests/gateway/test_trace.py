@@ -10,35 +10,23 @@ from pathlib import Path
 import grpc
 
 from meshgate.brokers.embedded import EmbeddedNats
-from meshgate.config import MeshConfig, RouteRule
+from meshgate.config import RouteRule
 from meshgate.gateway import Gateway
 from meshgate.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2, gateway_pb2_grpc
-from tests.gateway._helpers import ev, nats_region, read_all
+from tests.gateway._helpers import ev, read_all, two_region_mesh
 
 
 async def test_locate_in_every_region_and_meshgate_trace(nats_server: EmbeddedNats, tmp_path: Path) -> None:
     async with EmbeddedNats(data_dir=tmp_path / "there-nats") as there_server:
         rules = (RouteRule(index=0, topic="orders/*", regions=("here", "there")),)
         there = Gateway(
-            config=MeshConfig(
-                regions=(
-                    nats_region("here", nats_server, "127.0.0.1:0"),
-                    nats_region("there", there_server, "127.0.0.1:0"),
-                ),
-                routing=rules,
-            ),
+            config=two_region_mesh(nats_server, there_server, routing=rules),
             region="there",
             data_dir=tmp_path,
             replicate=False,
         )
         await there.start()
-        config = MeshConfig(
-            regions=(
-                nats_region("here", nats_server, "127.0.0.1:0"),
-                nats_region("there", there_server, there.address),
-            ),
-            routing=rules,
-        )
+        config = two_region_mesh(nats_server, there_server, there_gateway=there.address, routing=rules)
         here = Gateway(config=config, region="here", data_dir=tmp_path)
         await here.start()
         try:

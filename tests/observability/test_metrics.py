@@ -21,12 +21,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from meshgate.brokers import BrokerUnavailableError, EventRejectedError, MessageTooLargeError
 from meshgate.brokers.embedded import EmbeddedNats
-from meshgate.config import Limits, MeshConfig, RouteRule
+from meshgate.config import Limits, RouteRule
 from meshgate.gateway import Gateway
 from meshgate.gateway._metrics import REFUSAL_REASONS, admission_reason, broker_reason
 from meshgate.replicator._metrics import LINK_STATES
 from meshgate.v1 import event_pb2, gateway_pb2, gateway_pb2_grpc, replication_pb2, replication_pb2_grpc
-from tests.gateway._helpers import ev, nats_region, read_all
+from tests.gateway._helpers import ev, read_all, two_region_mesh
 from tests.gateway.conftest import mesh_for
 from tests.observability.test_rules import METRICS
 
@@ -166,9 +166,7 @@ async def _wait_for(url: str, check: object, timeout: float = 15.0) -> Samples:
 
 async def test_link_and_ingress_metrics_across_two_regions(nats_server: EmbeddedNats, tmp_path: Path) -> None:
     async with EmbeddedNats(data_dir=tmp_path / "there-nats") as there_server:
-        probe = MeshConfig(
-            regions=(nats_region("here", nats_server, "127.0.0.1:0"), nats_region("there", there_server, "127.0.0.1:0"))
-        )
+        probe = two_region_mesh(nats_server, there_server)
         there_port, here_port = free_port(), free_port()
         there = Gateway(
             config=probe,
@@ -180,11 +178,10 @@ async def test_link_and_ingress_metrics_across_two_regions(nats_server: Embedded
         await there.start()
         there_url = f"http://127.0.0.1:{there_port}/metrics"
         here_url = f"http://127.0.0.1:{here_port}/metrics"
-        config = MeshConfig(
-            regions=(
-                nats_region("here", nats_server, "127.0.0.1:0"),
-                nats_region("there", there_server, there.address),
-            ),
+        config = two_region_mesh(
+            nats_server,
+            there_server,
+            there_gateway=there.address,
             routing=(RouteRule(index=0, topic="orders/*", regions=("here", "there")),),
         )
         here = Gateway(config=config, region="here", data_dir=tmp_path, metrics_listen=f"127.0.0.1:{here_port}")

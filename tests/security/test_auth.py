@@ -16,7 +16,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from meshgate.brokers.embedded import EmbeddedNats
 from meshgate.config import (
     ClientToken,
-    MeshConfig,
     RouteRule,
     SecuritySettings,
 )
@@ -32,7 +31,7 @@ from meshgate.v1 import (
 )
 from tests._cli import run_cli
 from tests.e2e._mesh import wait_until
-from tests.gateway._helpers import nats_region, rpc_error, running_gateway, stream_error
+from tests.gateway._helpers import rpc_error, running_gateway, stream_error, two_region_mesh
 from tests.security._tokens import (
     ADMIN_TOKEN,
     ALL_TOKENS,
@@ -391,26 +390,14 @@ async def test_locate_in_every_region_passes_the_callers_token(
     rules = (RouteRule(index=0, topic="orders/*", regions=("here", "there")),)
     async with EmbeddedNats(data_dir=tmp_path / "there-nats") as there_server:
         there = Gateway(
-            config=MeshConfig(
-                regions=(
-                    nats_region("here", nats_server, "127.0.0.1:0"),
-                    nats_region("there", there_server, "127.0.0.1:0"),
-                ),
-                routing=rules,
-                security=security,
-            ),
+            config=two_region_mesh(nats_server, there_server, routing=rules, security=security),
             region="there",
             data_dir=tmp_path,
             replicate=False,
         )
         await there.start()
-        config = MeshConfig(
-            regions=(
-                nats_region("here", nats_server, "127.0.0.1:0"),
-                nats_region("there", there_server, there.address),
-            ),
-            routing=rules,
-            security=security,
+        config = two_region_mesh(
+            nats_server, there_server, there_gateway=there.address, routing=rules, security=security
         )
         here = Gateway(config=config, region="here", data_dir=tmp_path)
         await here.start()

@@ -21,7 +21,14 @@ from meshgate.gateway._limits import ClientRates, ClientStreams
 from meshgate.replicator._link import _split_by_bytes
 from meshgate.v1 import admin_pb2, admin_pb2_grpc, event_pb2, gateway_pb2, gateway_pb2_grpc
 from tests.e2e._mesh import free_port, wait_until
-from tests.gateway._helpers import nats_region, rpc_error, running_gateway, started_gateways, stream_error
+from tests.gateway._helpers import (
+    nats_region,
+    rpc_error,
+    running_gateway,
+    started_gateways,
+    stream_error,
+    two_region_mesh,
+)
 from tests.security._tokens import AUDIT_TOKEN, ORDERS_TOKEN, connect, ev, token_env, write_mesh
 
 __all__ = ["token_env", "write_mesh"]  # fixtures used by name below
@@ -330,13 +337,7 @@ async def test_a_link_splits_batches_to_fit_the_destinations_max_message_bytes(
         def mesh() -> MeshConfig:
             from dataclasses import replace
 
-            config = MeshConfig(
-                regions=(
-                    nats_region("here", nats_server, "127.0.0.1:0"),
-                    nats_region("there", there_server, there_address),
-                ),
-                routing=rules,
-            )
+            config = two_region_mesh(nats_server, there_server, there_gateway=there_address, routing=rules)
             return replace(config, settings=replace(config.settings, limits=limits))
 
         here = Gateway(config=mesh(), region="here", data_dir=tmp_path / "here")
