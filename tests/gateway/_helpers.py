@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -12,10 +12,11 @@ from urllib.parse import urlparse
 import grpc
 import pytest
 
+from meshgate.brokers import header_lines
 from meshgate.brokers.embedded import EmbeddedNats
 from meshgate.config import BrokerKind, MeshConfig, RegionConfig, load_config
 from meshgate.gateway import Gateway
-from meshgate.v1 import event_pb2, gateway_pb2, gateway_pb2_grpc
+from meshgate.v1 import event_pb2, gateway_pb2, gateway_pb2_grpc, replication_pb2
 
 
 def ev(topic: str = "orders/created", data: bytes = b"{}", **fields: Any) -> event_pb2.Event:
@@ -49,6 +50,18 @@ async def read_all(
     finally:
         call.cancel()
     return out
+
+
+def as_raw(events: Sequence[event_pb2.Event]) -> replication_pb2.RawEvents:
+    """Events a source forwards (``sequence``: the place in its log) as its broker stored them:
+    the ``raw`` form a link sends."""
+    return replication_pb2.RawEvents(
+        ids=[e.id for e in events],
+        topics=[e.topic for e in events],
+        sequences=[e.sequence for e in events],
+        headers=[header_lines(e) for e in events],
+        data=[e.data for e in events],
+    )
 
 
 def nats_region(name: str, server: EmbeddedNats, gateway: str) -> RegionConfig:

@@ -10,13 +10,13 @@ from pathlib import Path
 import grpc
 import pytest
 
-from meshgate.brokers import AppendResult, BrokerError, header_lines
+from meshgate.brokers import AppendResult, BrokerError
 from meshgate.brokers.embedded import EmbeddedNats
 from meshgate.config import NatsSettings, Settings
 from meshgate.gateway import Gateway
 from meshgate.gateway._dedup import stream_key
 from meshgate.v1 import event_pb2, gateway_pb2_grpc, replication_pb2, replication_pb2_grpc
-from tests.gateway._helpers import ev, read_all
+from tests.gateway._helpers import as_raw, ev, read_all
 from tests.gateway.conftest import mesh_for
 
 ACCEPTED, DUPLICATE, REJECTED = event_pb2.OUTCOME_ACCEPTED, event_pb2.OUTCOME_DUPLICATE, event_pb2.OUTCOME_REJECTED
@@ -554,14 +554,7 @@ async def test_format_2_checkpoint_moves_to_entries(nats_server: EmbeddedNats, t
 
 def raw_from_there(seqs: Sequence[int], *, topic: str = "orders/created") -> replication_pb2.RawEvents:
     """from_there's events as the source's broker stored them (what a link sends)."""
-    events = from_there(seqs, topic=topic)
-    return replication_pb2.RawEvents(
-        ids=[e.id for e in events],
-        topics=[e.topic for e in events],
-        sequences=list(seqs),
-        headers=[header_lines(e) for e in events],
-        data=[e.data for e in events],
-    )
+    return as_raw(from_there(seqs, topic=topic))
 
 
 async def replicate_raw(address: str, *batches: replication_pb2.RawEvents) -> list[replication_pb2.ReplicateResponse]:

@@ -11,10 +11,9 @@ from collections.abc import AsyncIterator, Awaitable, Sequence
 import grpc
 import pytest
 
-from meshgate.brokers import header_lines
 from meshgate.gateway import Gateway
 from meshgate.v1 import event_pb2, gateway_pb2_grpc, replication_pb2, replication_pb2_grpc
-from tests.gateway._helpers import ev, read_all
+from tests.gateway._helpers import as_raw, ev, read_all
 from tests.security._pki import Pki
 from tests.security.conftest import ELSEWHERE, HERE, THERE, THIRD, TlsGatewayFactory
 
@@ -174,14 +173,7 @@ async def test_clients_need_a_certificate_of_the_ca_too(make_tls_gateway: TlsGat
 
 def raw(origin: str, seqs: Sequence[int]) -> replication_pb2.RawEvents:
     """Events of ``origin`` as its broker stored them: the `raw` form a link sends."""
-    evs = events(origin, seqs)
-    return replication_pb2.RawEvents(
-        ids=[e.id for e in evs],
-        topics=[e.topic for e in evs],
-        sequences=list(seqs),
-        headers=[header_lines(e) for e in evs],
-        data=[e.data for e in evs],
-    )
+    return as_raw(events(origin, seqs))
 
 
 async def replicate_raw(
