@@ -152,12 +152,13 @@ class SubjectMapper:
     broker's wire protocol, where a space or a line break would corrupt the command.
     """
 
-    __slots__ = ("_cache", "_max_entries", "prefix")
+    __slots__ = ("_cache", "_max_entries", "_topics", "prefix")
 
     def __init__(self, prefix: str, *, max_entries: int = 65_536) -> None:
         self.prefix = prefix
         self._max_entries = max_entries
         self._cache: dict[str, str] = {}
+        self._topics: dict[str, str] = {}
 
     def subject(self, topic: str) -> str:
         subject = self._cache.get(topic)
@@ -171,7 +172,14 @@ class SubjectMapper:
         return subject
 
     def topic(self, subject: str) -> str:
-        return subject_to_topic(subject, self.prefix)
+        """Subject (or Kafka topic) -> topic, cached: readers map every record they decode."""
+        topic = self._topics.get(subject)
+        if topic is None:
+            topic = subject_to_topic(subject, self.prefix)
+            if len(self._topics) >= self._max_entries:
+                self._topics.clear()
+            self._topics[subject] = topic
+        return topic
 
 
 # -- header values ----------------------------------------------------------------------------

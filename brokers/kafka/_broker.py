@@ -35,6 +35,7 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -79,7 +80,13 @@ from meshgate.brokers.kafka._offsets import OffsetProbe, scan
 from meshgate.config import KafkaSettings
 from meshgate.v1 import event_pb2
 
-__all__ = ["KafkaBroker", "KafkaBrokerStats"]
+__all__ = [
+    "DEFAULT_FETCH_MAX_BYTES",
+    "DEFAULT_MAX_WINDOW_IDS",
+    "DEFAULT_PARTITION_FETCH_BYTES",
+    "KafkaBroker",
+    "KafkaBrokerStats",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -94,21 +101,34 @@ _IDLE_FETCH_MS = 1000
 DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
 # Ids of writes in doubt remembered at most (the oldest are forgotten first).
 _MAX_UNCERTAIN = 100_000
+# Event ids the idempotency window holds at most by default: about 34 MB (ENTRY_BYTES each),
+# the largest share of a busy Kafka gateway's memory. At 12k events/s it covers ~16 s of
+# retries; a gateway with memory to spare raises it (max_window_ids).
+DEFAULT_MAX_WINDOW_IDS = 200_000
+# What one fetch of the adapter's consumers (id follower, readers, durable consumers, scans)
+# may bring back: aiokafka's defaults are 50 MB per fetch and 1 MB per partition, which a
+# follower of 36 partitions catching up after a restart fills. A record larger than the
+# per-partition figure still comes whole (brokers return the first batch of a partition
+# regardless since Kafka 0.10.1, KIP-74; tansu does too), so these bound memory, not sizes.
+DEFAULT_FETCH_MAX_BYTES = 2 * 1024 * 1024
+DEFAULT_PARTITION_FETCH_BYTES = 256 * 1024
 
 
+@dataclass(slots=True, kw_only=True)
 class KafkaBrokerStats:
     """Counters of one KafkaBroker (read by the gateway's metrics)."""
 
-    __slots__ = ("acked", "duplicates", "failed", "late_acks", "published", "topics_created")
+    published: int = 0
+    acked: int = 0
+    duplicates: int = 0
+    failed: int = 0
+    # Batches acked after their append had given up on them (recorded in the id window).
+    late_acks: int = 0
+    topics_created: int = 0
 
-    def __init__(self) -> None:
-        self.published = 0
-        self.acked = 0
-        self.duplicates = 0
-        self.failed = 0
-        # Batches acked after their append had given up on them (recorded in the id window).
-        self.late_acks = 0
-        self.topics_created = 0
+
+# One record to write: its key (None without one) and its headers, encoded.
+_Record = tuple[bytes | None, list[tuple[str, bytes]]]
 
 
 def _encode_position(ends: dict[str, int]) -> str:
@@ -132,6 +152,15 @@ def _decode_position(position: str) -> dict[str, int]:
     return {str(k): int(v) for k, v in raw.items()}
 
 
+def _advance(
+    positions: dict[TopicPartition, int], got: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+) -> None:
+    """Moves each partition's read position past the records just taken from it."""
+    for tp, records in got.items():
+        if records:
+            positions[tp] = records[-1].offset + 1
+
+
 def _record_headers(record: ConsumerRecord[bytes, bytes]) -> dict[str, str]:
     # Meshgate's values are ASCII (escaped); a native producer's stray bytes become U+FFFD.
     return {k: v.decode("utf-8", "replace") for k, v in record.headers if v is not None}
@@ -140,9 +169,12 @@ def _record_headers(record: ConsumerRecord[bytes, bytes]) -> dict[str, str]:
 class KafkaBroker(Broker):
     """A region's log in Kafka (``bootstrap_servers``: ``host:port`` entries).
 
-    ``idempotency_window_seconds`` is how long an event id is remembered (``max_window_ids``
-    bounds the memory it takes). ``max_message_bytes`` is the largest record (data, key,
-    headers) written: keep it at or below the brokers' ``message.max.bytes``.
+    ``idempotency_window_seconds`` is how long an event id is remembered; ``max_window_ids``
+    bounds how many are (about ``ENTRY_BYTES`` each: the oldest are forgotten first).
+    ``max_message_bytes`` is the largest record (data, key, headers) written: keep it at or
+    below the brokers' ``message.max.bytes``. ``fetch_max_bytes`` and
+    ``partition_fetch_bytes`` bound what each fetch of the adapter's consumers buffers (all
+    partitions, one partition).
     """
 
     shares_work: ClassVar[bool] = True
@@ -157,11 +189,13 @@ class KafkaBroker(Broker):
         connect_timeout: float = 5.0,
         request_timeout: float = 10.0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        max_window_ids: int = 500_000,
+        max_window_ids: int = DEFAULT_MAX_WINDOW_IDS,
         metadata_max_age: float = 5.0,
         session_timeout: float = 10.0,
         heartbeat_interval: float = 1.0,
         follow_ids: bool = True,
+        fetch_max_bytes: int = DEFAULT_FETCH_MAX_BYTES,
+        partition_fetch_bytes: int = DEFAULT_PARTITION_FETCH_BYTES,
     ) -> None:
         if idempotency_window_seconds <= 0:
             raise ValueError(f"idempotency_window_seconds must be > 0, got {idempotency_window_seconds}")
@@ -171,6 +205,10 @@ class KafkaBroker(Broker):
             raise ValueError(f"replication_factor must be >= 1, got {settings.replication_factor}")
         if max_message_bytes <= _RECORD_OVERHEAD:
             raise ValueError(f"max_message_bytes must be > {_RECORD_OVERHEAD}, got {max_message_bytes}")
+        if partition_fetch_bytes < 1 or fetch_max_bytes < partition_fetch_bytes:
+            raise ValueError(
+                f"need 1 <= partition_fetch_bytes <= fetch_max_bytes, got {partition_fetch_bytes} and {fetch_max_bytes}"
+            )
         self.state = BrokerState.NEW
         self.bootstrap_servers: tuple[str, ...] = tuple(bootstrap_servers)
         self.settings = settings
@@ -183,6 +221,8 @@ class KafkaBroker(Broker):
         self._session_timeout = session_timeout
         self._heartbeat_interval = heartbeat_interval
         self._follow_ids = follow_ids
+        self.fetch_max_bytes = fetch_max_bytes
+        self.partition_fetch_bytes = partition_fetch_bytes
         self._names = KafkaNames(settings.topic_prefix)
         self._ids = IdWindow(window=idempotency_window_seconds, max_ids=max_window_ids)
         self._admin: AIOKafkaAdminClient | None = None
@@ -230,6 +270,8 @@ class KafkaBroker(Broker):
             session_timeout_ms=int(self._session_timeout * 1000),
             heartbeat_interval_ms=int(self._heartbeat_interval * 1000),
             fetch_max_wait_ms=200,
+            fetch_max_bytes=self.fetch_max_bytes,
+            max_partition_fetch_bytes=self.partition_fetch_bytes,
             **options,
         )
 
@@ -253,6 +295,8 @@ class KafkaBroker(Broker):
             session_timeout=self._session_timeout,
             heartbeat_interval=self._heartbeat_interval,
             follow_ids=False,
+            fetch_max_bytes=self.fetch_max_bytes,
+            partition_fetch_bytes=self.partition_fetch_bytes,
         )
 
     async def start(self) -> None:
@@ -459,7 +503,8 @@ class KafkaBroker(Broker):
         results: list[AppendResult | BrokerError | None] = [None] * len(events)
         # Kafka topic -> indexes of the events to write there, in order.
         plan: dict[str, list[int]] = {}
-        headers: dict[int, list[tuple[str, bytes]]] = {}
+        # Index -> the record's key (encoded once: size check, partitioner, batch) and headers.
+        records: dict[int, _Record] = {}
         first: dict[str, int] = {}
         twins: dict[int, int] = {}
         waits: dict[int, asyncio.Future[AppendResult | BrokerError]] = {}
@@ -471,9 +516,9 @@ class KafkaBroker(Broker):
             # written in the order they were made (the replication ingress pipelines on it).
             async with self._order:
                 unsure = await self._settle_uncertain(events)
-                self._plan(events, results, unsure, plan, headers, first, twins, waits, mine, loop)
+                self._plan(events, results, unsure, plan, records, first, twins, waits, mine, loop)
                 if plan:
-                    batches = await self._enqueue(producer, events, plan, headers, results)
+                    batches = await self._enqueue(producer, events, plan, records, results)
             if batches:
                 await self._collect(batches, events, results)
         finally:
@@ -492,7 +537,7 @@ class KafkaBroker(Broker):
         results: list[AppendResult | BrokerError | None],
         unsure: dict[str, BrokerError],
         plan: dict[str, list[int]],
-        headers: dict[int, list[tuple[str, bytes]]],
+        records: dict[int, _Record],
         first: dict[str, int],
         twins: dict[int, int],
         waits: dict[int, asyncio.Future[AppendResult | BrokerError]],
@@ -535,15 +580,15 @@ class KafkaBroker(Broker):
                 waits[i] = other
                 continue
             encoded = [(k, v.encode()) for k, v in pairs]
-            size = (
-                len(event.data) + len(event.key.encode()) + sum(len(k) + len(v) for k, v in encoded) + _RECORD_OVERHEAD
-            )
+            key = event.key.encode() if event.key else None
+            data_size = len(event.data)
+            size = data_size + (len(key) if key else 0) + sum(len(k) + len(v) for k, v in encoded) + _RECORD_OVERHEAD
             if size > self.max_message_bytes:
                 results[i] = KafkaMessageTooLargeError(
-                    size=size, data_size=len(event.data), max_message_bytes=self.max_message_bytes
+                    size=size, data_size=data_size, max_message_bytes=self.max_message_bytes
                 )
                 continue
-            headers[i] = encoded
+            records[i] = (key, encoded)
             first[event_id] = i
             future = mine[event_id] = self._inflight[event_id] = loop.create_future()
             future.add_done_callback(functools.partial(self._drop_inflight, event_id))
@@ -591,11 +636,11 @@ class KafkaBroker(Broker):
             del self._inflight[event_id]
 
     @staticmethod
-    def _partition(parts: list[int], key: str, sticky: int) -> int:
+    def _partition(parts: list[int], key: bytes | None, sticky: int) -> int:
         if key:
             # Kafka's default partitioner (murmur2, as the Java client): a native producer of
             # the same key writes to the same partition.
-            index: int = (murmur2(key.encode()) & 0x7FFFFFFF) % len(parts)
+            index: int = (murmur2(key) & 0x7FFFFFFF) % len(parts)
             return parts[index]
         return parts[sticky % len(parts)]
 
@@ -604,7 +649,7 @@ class KafkaBroker(Broker):
         producer: AIOKafkaProducer,
         events: Sequence[event_pb2.Event],
         plan: dict[str, list[int]],
-        headers: dict[int, list[tuple[str, bytes]]],
+        records: dict[int, _Record],
         results: list[AppendResult | BrokerError | None],
     ) -> list[tuple[asyncio.Future[RecordMetadata], TopicPartition, list[int]]]:
         """Hands the events to the producer, one record batch per partition; the futures of the acks."""
@@ -625,13 +670,13 @@ class KafkaBroker(Broker):
             sticky = random.randrange(len(parts)) if last is None else last + 1  # spread, not secrecy
             self._sticky[topic] = sticky
             for i in plan[topic]:
-                partition = self._partition(parts, events[i].key, sticky)
+                partition = self._partition(parts, records[i][0], sticky)
                 groups.setdefault(TopicPartition(topic, partition), []).append(i)
         if not groups:
             return []
         sent = await asyncio.gather(
             *(
-                self._send_group(producer, tp, members=members, events=events, headers=headers, results=results)
+                self._send_group(producer, tp, members=members, events=events, records=records, results=results)
                 for tp, members in groups.items()
             )
         )
@@ -676,7 +721,7 @@ class KafkaBroker(Broker):
         *,
         members: list[int],
         events: Sequence[event_pb2.Event],
-        headers: dict[int, list[tuple[str, bytes]]],
+        records: dict[int, _Record],
         results: list[AppendResult | BrokerError | None],
     ) -> list[tuple[asyncio.Future[RecordMetadata], TopicPartition, list[int]]]:
         """Sends one partition's events as record batches; the futures of their acks."""
@@ -684,23 +729,19 @@ class KafkaBroker(Broker):
         batch: BatchBuilder = producer.create_batch()
         in_batch: list[int] = []
         for n, i in enumerate(members):
-            event = events[i]
-            key = event.key.encode() if event.key else None
-            if batch.append(key=key, value=event.data, timestamp=None, headers=headers[i]) is None:
-                # Full: send it, and start the next batch with this event.
+            key, headers = records[i]
+            value = events[i].data
+            if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                # Full: send it, and start the next batch with this event. An empty batch
+                # takes any record up to max_batch_size (= max_message_bytes, which _plan
+                # checked), so the second append cannot fail.
                 error = await self._send_batch(producer, batch, tp, in_batch, out)
                 if error is not None:
                     for j in members[n:]:
                         results[j] = error
                     return out
                 batch, in_batch = producer.create_batch(), []
-                if batch.append(key=key, value=event.data, timestamp=None, headers=headers[i]) is None:
-                    results[i] = KafkaMessageTooLargeError(
-                        size=len(event.data) + _RECORD_OVERHEAD,
-                        data_size=len(event.data),
-                        max_message_bytes=self.max_message_bytes,
-                    )
-                    continue
+                batch.append(key=key, value=value, timestamp=None, headers=headers)
             in_batch.append(i)
         if in_batch:
             await self._send_batch(producer, batch, tp, in_batch, out)
@@ -886,9 +927,7 @@ class KafkaBroker(Broker):
                 if not got:
                     continue
                 lists = [records for records in got.values() if records]
-                for records in lists:
-                    last = records[-1]
-                    positions[TopicPartition(last.topic, last.partition)] = last.offset + 1
+                _advance(positions, got)
                 merged = lists[0] if len(lists) == 1 else list(heapq.merge(*lists, key=lambda r: r.timestamp))
                 yield [self._decode(r) for r in merged]
         finally:
@@ -913,10 +952,7 @@ class KafkaBroker(Broker):
         if not new:
             return
         # Records already taken count as read before the reassignment forgets positions.
-        for records in got.values():
-            if records:
-                last = records[-1]
-                positions[TopicPartition(last.topic, last.partition)] = last.offset + 1
+        _advance(positions, got)
         positions.update(await self._require_probe().beginning_offsets(new))
         self._assign(consumer, positions)
 

@@ -9,17 +9,35 @@ rebuilds the window by reading the last window of every topic before it takes wr
 Bounded twice: entries older than the window are dropped, and past ``max_ids`` the oldest go
 first, so memory stays flat under any rate (at the cost of forgetting ids early when more than
 ``max_ids`` events arrive within one window).
+
+Memory: the window is the largest thing a busy Kafka gateway holds, so an entry is the id
+string and one int that packs where and when the event was stored (the stream as an index
+into a table of the region's streams, the sequence, the time in milliseconds): about 150
+bytes for a 36-character id against about 270 for an id -> (stream, sequence, time) tuple.
+``ENTRY_BYTES`` is that estimate, for sizing ``max_ids``.
 """
 
 from __future__ import annotations
 
 import time
 
-__all__ = ["IdWindow"]
+__all__ = ["ENTRY_BYTES", "IdWindow"]
+
+# Approximate bytes one entry takes with a 36-character id (the id string, the packed int, its
+# share of the dict), measured on CPython 3.11; the documentation's sizing uses it.
+ENTRY_BYTES = 150
+
+# Layout of a packed entry: sequence in the low 64 bits (a Kafka offset + 1 is below 2**63),
+# the stream's index in the next 24, the stored time in milliseconds above them.
+_SEQ_BITS = 64
+_STREAM_BITS = 24
+_TIME_SHIFT = _SEQ_BITS + _STREAM_BITS
+_SEQ_MASK = (1 << _SEQ_BITS) - 1
+_STREAM_MASK = (1 << _STREAM_BITS) - 1
 
 
 class IdWindow:
-    __slots__ = ("_entries", "max_ids", "window")
+    __slots__ = ("_entries", "_stream_index", "_streams", "max_ids", "window")
 
     def __init__(self, *, window: float, max_ids: int) -> None:
         if window <= 0:
@@ -28,40 +46,58 @@ class IdWindow:
             raise ValueError(f"max_ids must be >= 1, got {max_ids}")
         self.window = window
         self.max_ids = max_ids
-        # id -> (stream, sequence, stored at in Unix seconds); insertion order ~ age order.
-        self._entries: dict[str, tuple[str, int, float]] = {}
+        # id -> packed (stored at ms, stream index, sequence); insertion order ~ age order.
+        self._entries: dict[str, int] = {}
+        # The streams entries point at: few (one per topic-partition), shared by all entries.
+        self._streams: list[str] = []
+        self._stream_index: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def get(self, event_id: str, *, now: float | None = None) -> tuple[str, int] | None:
         """The (stream, sequence) of ``event_id`` if it was stored within the window."""
-        entry = self._entries.get(event_id)
-        if entry is None:
+        packed = self._entries.get(event_id)
+        if packed is None:
             return None
-        if entry[2] < (time.time() if now is None else now) - self.window:
+        if (packed >> _TIME_SHIFT) < ((time.time() if now is None else now) - self.window) * 1000:
             return None
-        return entry[0], entry[1]
+        return self._streams[(packed >> _SEQ_BITS) & _STREAM_MASK], packed & _SEQ_MASK
 
     def add(self, event_id: str, stream: str, sequence: int, stored_at: float) -> None:
         """Records where ``event_id`` was stored; the first record of an id is the one kept."""
         entries = self._entries
         if not event_id or event_id in entries:
             return
-        entries[event_id] = (stream, sequence, stored_at)
+        index = self._stream_index.get(stream)
+        if index is None:
+            index = self._new_stream(stream)
+        entries[event_id] = (max(0, int(stored_at * 1000)) << _TIME_SHIFT) | (index << _SEQ_BITS) | sequence
         if len(entries) > self.max_ids:
             self._prune(time.time())
+
+    def _new_stream(self, stream: str) -> int:
+        if len(self._streams) > _STREAM_MASK:
+            # 16.7 million topic-partitions seen by one process: start the table (and so the
+            # window, whose entries point into it) afresh rather than grow without bound.
+            self._entries.clear()
+            self._streams.clear()
+            self._stream_index.clear()
+        index = self._stream_index[stream] = len(self._streams)
+        self._streams.append(stream)
+        return index
 
     def prune(self, now: float | None = None) -> None:
         self._prune(time.time() if now is None else now)
 
     def _prune(self, now: float) -> None:
         entries = self._entries
-        horizon = now - self.window
+        horizon = (now - self.window) * 1000
+        max_ids = self.max_ids
         # Oldest first; entries from several partitions arrive slightly out of time order,
         # so this stops at the first fresh one rather than scanning everything.
         while entries:
             first = next(iter(entries))
-            if entries[first][2] >= horizon and len(entries) <= self.max_ids:
+            if (entries[first] >> _TIME_SHIFT) >= horizon and len(entries) <= max_ids:
                 break
             del entries[first]

@@ -19,6 +19,7 @@ import re
 from aiokafka.structs import TopicPartition
 
 from meshgate.brokers._codec import SubjectMapper, validate_pattern
+from meshgate.router import pattern_regex
 
 __all__ = [
     "CHECKPOINT_TOPIC",
@@ -30,8 +31,6 @@ __all__ = [
 # The mesh topic, under the prefix, that holds the gateway's checkpoints (compacted). A mesh
 # topic of that name is refused in Kafka regions rather than mixed with them.
 CHECKPOINT_TOPIC = "__meshgate_checkpoints"
-
-_LEVEL = r"[A-Za-z0-9_-]{1,64}"
 
 
 def stream_of(topic: str, partition: int) -> str:
@@ -49,13 +48,12 @@ def parse_stream(stream: str) -> TopicPartition:
 class KafkaNames:
     """The names of one region's topics under ``prefix``."""
 
-    __slots__ = ("_any", "_mapper", "_to_mesh", "checkpoints", "prefix")
+    __slots__ = ("_any", "_mapper", "checkpoints", "prefix")
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         self.checkpoints = prefix + CHECKPOINT_TOPIC
         self._any = self.regex(">")
-        self._to_mesh: dict[str, str] = {}
         # The NATS adapter's topic -> subject mapping: Kafka topic names take the same form.
         self._mapper = SubjectMapper(prefix)
 
@@ -65,12 +63,7 @@ class KafkaNames:
 
     def mesh_topic(self, kafka_topic: str) -> str:
         """Kafka topic -> mesh topic (for topics that ``is_mesh`` accepts), cached."""
-        topic = self._to_mesh.get(kafka_topic)
-        if topic is None:
-            if len(self._to_mesh) >= 65_536:
-                self._to_mesh.clear()
-            topic = self._to_mesh[kafka_topic] = kafka_topic[len(self.prefix) :].replace(".", "/")
-        return topic
+        return self._mapper.topic(kafka_topic)
 
     def is_mesh(self, kafka_topic: str) -> bool:
         return self._any.match(kafka_topic) is not None
@@ -83,13 +76,7 @@ class KafkaNames:
         checkpoint topic never matches. Raises ``ValueError`` for an invalid pattern.
         """
         validate_pattern(pattern)
-        parts = []
-        for level in pattern.split("/"):
-            if level == "*":
-                parts.append(_LEVEL)
-            elif level == ">":
-                parts.append(rf"{_LEVEL}(?:\.{_LEVEL})*")
-            else:
-                parts.append(re.escape(level))
-        body = r"\.".join(parts)
+        # The router's regex of the pattern, with Kafka's level separator: "/" occurs in it
+        # only between levels (a level's characters and re.escape never produce one).
+        body = pattern_regex(pattern).pattern.replace("/", r"\.")
         return re.compile(rf"^(?!{re.escape(self.checkpoints)}$){re.escape(self.prefix)}{body}$")
