@@ -129,6 +129,9 @@ class KafkaBrokerStats:
 
 # One record to write: its key (None without one) and its headers, encoded.
 _Record = tuple[bytes | None, list[tuple[str, bytes]]]
+# What an append call leaves for concurrent calls of the same ids: its results by index (None
+# where it ended before one), or the error that ended it (the broker stopped).
+_CallResults = list[AppendResult | BrokerError | None] | BrokerError
 
 
 def _encode_position(ends: dict[str, int]) -> str:
@@ -234,8 +237,10 @@ class KafkaBroker(Broker):
         self._topics: dict[str, list[int]] = {}
         self._creating: dict[str, asyncio.Future[list[int]]] = {}
         self._sticky: dict[str, int] = {}
-        # Event ids being written by an append of this broker -> that write's result.
-        self._inflight: dict[str, asyncio.Future[AppendResult | BrokerError]] = {}
+        # Event ids being written by an append of this broker -> that call's results and the
+        # id's index in them: one future per call, not per event (a future and a done callback
+        # per event cost a loop turn each).
+        self._inflight: dict[str, tuple[asyncio.Future[_CallResults], int]] = {}
         # Event ids whose write may or may not have been stored (no ack came) -> its partition.
         self._uncertain: dict[str, TopicPartition] = {}
         self._appending = 0
@@ -400,7 +405,7 @@ class KafkaBroker(Broker):
                 await stop_consumer(reader)
             self._readers.clear()
             await self._close_clients()
-            for future in self._inflight.values():
+            for future, _ in self._inflight.values():
                 if not future.done():
                     future.set_result(KafkaUnavailableError(f"broker {self.name!r} stopped before the ack"))
             self._inflight.clear()
@@ -507,28 +512,28 @@ class KafkaBroker(Broker):
         records: dict[int, _Record] = {}
         first: dict[str, int] = {}
         twins: dict[int, int] = {}
-        waits: dict[int, asyncio.Future[AppendResult | BrokerError]] = {}
-        mine: dict[str, asyncio.Future[AppendResult | BrokerError]] = {}
-        loop = asyncio.get_running_loop()
+        waits: dict[int, tuple[asyncio.Future[_CallResults], int]] = {}
+        mine: list[str] = []
+        call: asyncio.Future[_CallResults] = asyncio.get_running_loop().create_future()
         batches: list[tuple[asyncio.Future[RecordMetadata], TopicPartition, list[int]]] = []
         try:
             # One call at a time up to the hand-over to the producer: concurrent calls are
             # written in the order they were made (the replication ingress pipelines on it).
             async with self._order:
                 unsure = await self._settle_uncertain(events)
-                self._plan(events, results, unsure, plan, records, first, twins, waits, mine, loop)
+                self._plan(events, results, unsure, plan, records, first, twins, waits, mine, call)
                 if plan:
                     batches = await self._enqueue(producer, events, plan, records, results)
             if batches:
                 await self._collect(batches, events, results)
         finally:
-            for event_id, future in mine.items():
-                if not future.done():
-                    index = first[event_id]
-                    result = results[index]
-                    future.set_result(
-                        result if result is not None else KafkaUnavailableError("the append was cancelled")
-                    )
+            inflight = self._inflight
+            for event_id in mine:
+                entry = inflight.get(event_id)
+                if entry is not None and entry[0] is call:
+                    del inflight[event_id]
+            if not call.done():
+                call.set_result(results)
         return await self._finish(results, twins, waits)
 
     def _plan(  # noqa: PLR0917  # the state of one append, filled in place
@@ -540,9 +545,9 @@ class KafkaBroker(Broker):
         records: dict[int, _Record],
         first: dict[str, int],
         twins: dict[int, int],
-        waits: dict[int, asyncio.Future[AppendResult | BrokerError]],
-        mine: dict[str, asyncio.Future[AppendResult | BrokerError]],
-        loop: asyncio.AbstractEventLoop,
+        waits: dict[int, tuple[asyncio.Future[_CallResults], int]],
+        mine: list[str],
+        call: asyncio.Future[_CallResults],
     ) -> None:
         """Sorts the events: refused, known duplicates, twins, waiting on another call, to write."""
         names = self._names
@@ -590,15 +595,15 @@ class KafkaBroker(Broker):
                 continue
             records[i] = (key, encoded)
             first[event_id] = i
-            future = mine[event_id] = self._inflight[event_id] = loop.create_future()
-            future.add_done_callback(functools.partial(self._drop_inflight, event_id))
+            self._inflight[event_id] = (call, i)
+            mine.append(event_id)
             plan.setdefault(kafka_topic, []).append(i)
 
     async def _finish(
         self,
         results: list[AppendResult | BrokerError | None],
         twins: dict[int, int],
-        waits: dict[int, asyncio.Future[AppendResult | BrokerError]],
+        waits: dict[int, tuple[asyncio.Future[_CallResults], int]],
     ) -> list[AppendResult | BrokerError]:
         for i, j in twins.items():
             original = results[j]
@@ -607,13 +612,20 @@ class KafkaBroker(Broker):
                 if isinstance(original, AppendResult)
                 else original
             )
-        for i, future in waits.items():
+        for i, (future, j) in waits.items():
+            other_result: AppendResult | BrokerError | None
             try:
-                other_result = await asyncio.wait_for(asyncio.shield(future), self._request_timeout + 1.0)
+                other = await asyncio.wait_for(asyncio.shield(future), self._request_timeout + 1.0)
             except TimeoutError:
                 other_result = KafkaUnavailableError(
                     "an earlier append of the same id is still waiting for its ack; retry with the same id"
                 )
+            else:
+                other_result = other if isinstance(other, BrokerError) else other[j]
+                if other_result is None:
+                    other_result = KafkaUnavailableError(
+                        "an earlier append of the same id was cancelled before its ack; retry with the same id"
+                    )
             results[i] = (
                 AppendResult(other_result.sequence, True, other_result.stream)
                 if isinstance(other_result, AppendResult)
@@ -630,10 +642,6 @@ class KafkaBroker(Broker):
                 stats.failed += 1
             out.append(result)
         return out
-
-    def _drop_inflight(self, event_id: str, future: asyncio.Future[AppendResult | BrokerError]) -> None:
-        if self._inflight.get(event_id) is future:
-            del self._inflight[event_id]
 
     @staticmethod
     def _partition(parts: list[int], key: bytes | None, sticky: int) -> int:

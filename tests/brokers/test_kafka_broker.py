@@ -591,3 +591,77 @@ async def test_sibling_is_a_broker_on_the_same_topics(kafka_broker: KafkaBroker)
         assert await sibling.append([make_event("orders/a", "from-the-sibling", key="k")]) == [
             AppendResult(stored.sequence, True, stored.stream)
         ]
+
+
+# -- bounded memory ---------------------------------------------------------------------------
+
+
+async def test_concurrent_appends_of_the_same_ids_store_each_once(kafka_broker: KafkaBroker) -> None:
+    # Calls overlapping on ids wait for the call that writes them (one future per call).
+    batch = [make_event("orders/a", f"same-{i}", key=f"k{i}") for i in range(5)]
+    twins = [*batch, batch[0]]  # an id twice within one call, too
+    first, second, third = await asyncio.gather(
+        kafka_broker.append(batch), kafka_broker.append(twins), kafka_broker.append(list(reversed(batch)))
+    )
+    stored = results_of(first)
+    assert not any(r.duplicate for r in stored)
+    assert results_of(second) == [AppendResult(r.sequence, True, r.stream) for r in [*stored, stored[0]]]
+    assert results_of(third) == [AppendResult(r.sequence, True, r.stream) for r in reversed(stored)]
+    assert kafka_broker._inflight == {}  # nothing left behind for later calls
+    got = await read_events(kafka_broker, "orders/a", 5, start=StartAt(earliest=True))
+    assert sorted(e.id for e in got) == sorted(e.id for e in batch)
+
+
+def _fetch_limits(consumer: AIOKafkaConsumer) -> tuple[int, int]:
+    # aiokafka keeps what it was given on its fetcher; the fetch requests it builds use these.
+    fetcher = consumer._fetcher
+    return fetcher._fetch_max_bytes, fetcher._max_partition_fetch_bytes
+
+
+async def test_consumers_fetch_within_the_bounds_and_still_read_larger_records(tansu: Tansu) -> None:
+    # Fetch bounds far below the record size: tansu (as Kafka since 0.10.1) still returns a
+    # partition's first record whole, so the bounds cap memory without capping record sizes.
+    def broker() -> KafkaBroker:
+        return KafkaBroker(
+            bootstrap_servers=[tansu.bootstrap],
+            settings=KafkaSettings(partitions=1),
+            idempotency_window_seconds=120.0,
+            request_timeout=TEST_ACK_TIMEOUT,
+            max_message_bytes=TEST_KAFKA_MAX_MESSAGE_BYTES,
+            metadata_max_age=1.0,
+            fetch_max_bytes=48 * 1024,
+            partition_fetch_bytes=16 * 1024,
+        )
+
+    big = make_event("orders/big", "big-1", data=bytes(range(256)) * 800)  # 200 KiB
+    small = [make_event("orders/big", f"small-{i}") for i in range(3)]
+    async with broker() as one:
+        assert one._probe_consumer is not None and one._follower is not None
+        assert _fetch_limits(one._probe_consumer) == (48 * 1024, 16 * 1024)
+        assert one._follower._consumer is not None
+        assert _fetch_limits(one._follower._consumer) == (48 * 1024, 16 * 1024)
+        stored = results_of(await one.append([small[0], big, *small[1:]]))
+        got = await read_events(one, "orders/big", 4, start=StartAt(earliest=True))
+        assert [e.id for e in got] == ["small-0", "big-1", "small-1", "small-2"]
+        assert got[1].data == big.data
+        consumer = await one.durable_consumer("bounded", pattern="orders/*")
+        try:
+            assert consumer._consumer is not None and _fetch_limits(consumer._consumer) == (48 * 1024, 16 * 1024)
+            deliveries = await fetch_until(consumer, 4)
+            assert [d.event.id for d in deliveries] == ["small-0", "big-1", "small-1", "small-2"]
+        finally:
+            await consumer.close()
+    # A new replica's follower reads the window (the large record too) before taking writes.
+    async with broker() as two:
+        assert await two.append([big]) == [AppendResult(stored[1].sequence, True, stored[1].stream)]
+
+
+def test_fetch_bounds_refuse_nonsense() -> None:
+    with pytest.raises(ValueError, match="partition_fetch_bytes"):
+        KafkaBroker(
+            bootstrap_servers=["k:9092"],
+            settings=KafkaSettings(),
+            idempotency_window_seconds=60,
+            fetch_max_bytes=1024,
+            partition_fetch_bytes=2048,
+        )

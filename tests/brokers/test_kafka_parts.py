@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 import time
+import tracemalloc
 
 import aiokafka.errors as ke
 import pytest
@@ -10,8 +12,14 @@ from aiokafka.structs import TopicPartition
 
 from meshgate.brokers import BrokerError, BrokerUnavailableError, EventRejectedError, KafkaBroker
 from meshgate.brokers.kafka import KafkaMessageTooLargeError, KafkaNames, kafka_error, parse_stream, stream_of
-from meshgate.brokers.kafka._broker import _decode_position, _encode_position
-from meshgate.brokers.kafka._ids import IdWindow
+from meshgate.brokers.kafka._broker import (
+    DEFAULT_FETCH_MAX_BYTES,
+    DEFAULT_MAX_WINDOW_IDS,
+    DEFAULT_PARTITION_FETCH_BYTES,
+    _decode_position,
+    _encode_position,
+)
+from meshgate.brokers.kafka._ids import ENTRY_BYTES, IdWindow
 from meshgate.config import KafkaSettings
 
 
@@ -148,3 +156,51 @@ async def test_not_started_broker_says_so() -> None:
     assert info.value.retriable is False
     await broker.stop()  # never started: nothing to do, still safe
     assert broker.state.value == "new"
+
+
+def test_id_window_keeps_streams_sequences_and_times_exactly() -> None:
+    window = IdWindow(window=60.0, max_ids=10)
+    largest = 2**63  # a Kafka offset is below 2**63, so offset + 1 is at most this
+    window.add("far", "mesh.a.b/0", largest, stored_at=1_700_000_000.123)
+    window.add("near", "mesh.a.b/1", 1, stored_at=1_700_000_000.5)
+    window.add("other", "mesh.c/11", 42, stored_at=1_700_000_001.0)
+    assert window.get("far", now=1_700_000_010.0) == ("mesh.a.b/0", largest)
+    assert window.get("near", now=1_700_000_010.0) == ("mesh.a.b/1", 1)
+    assert window.get("other", now=1_700_000_010.0) == ("mesh.c/11", 42)
+    # Millisecond times: stored at .123, a window of 60 s ends at 60.123.
+    assert window.get("far", now=1_700_000_060.12) is not None
+    assert window.get("far", now=1_700_000_060.13) is None
+    assert window.get("near", now=1_700_000_060.13) == ("mesh.a.b/1", 1)
+
+
+def test_id_window_entry_is_compact() -> None:
+    # The documented sizing (ENTRY_BYTES per id) holds: the window's own share per entry, the
+    # ids excluded (they are the events' own strings).
+    ids = [f"{i:036d}" for i in range(20_000)]
+    window = IdWindow(window=3600.0, max_ids=len(ids))
+    now = time.time()
+    tracemalloc.start()
+    try:
+        for n, event_id in enumerate(ids):
+            window.add(event_id, f"mesh.orders/{n % 6}", n + 1, stored_at=now)
+        used, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    id_bytes = sys.getsizeof(ids[0])
+    assert len(window) == len(ids)
+    assert used / len(ids) + id_bytes <= ENTRY_BYTES
+
+
+def test_default_window_and_fetch_bounds() -> None:
+    broker = KafkaBroker(bootstrap_servers=["k:9092"], settings=KafkaSettings(), idempotency_window_seconds=60)
+    assert broker._ids.max_ids == DEFAULT_MAX_WINDOW_IDS
+    assert (broker.fetch_max_bytes, broker.partition_fetch_bytes) == (
+        DEFAULT_FETCH_MAX_BYTES,
+        DEFAULT_PARTITION_FETCH_BYTES,
+    )
+    sibling = broker.sibling()
+    assert (sibling.fetch_max_bytes, sibling.partition_fetch_bytes, sibling._ids.max_ids) == (
+        DEFAULT_FETCH_MAX_BYTES,
+        DEFAULT_PARTITION_FETCH_BYTES,
+        DEFAULT_MAX_WINDOW_IDS,
+    )
