@@ -798,15 +798,14 @@ class KafkaBroker(Broker):
         self._note(True)
         base = future.result().offset
         stream = stream_of(tp.topic, tp.partition)
-        now = time.time()
-        add = self._ids.add
-        uncertain = self._uncertain
-        for n, i in enumerate(members):
-            sequence = base + n + 1
+        ids = [events[i].id for i in members]
+        for sequence, i in enumerate(members, base + 1):
             results[i] = AppendResult(sequence, False, stream)
-            add(events[i].id, stream, sequence, now)
-            if uncertain:
-                uncertain.pop(events[i].id, None)
+        self._ids.add_run(ids, stream, base + 1, time.time())
+        uncertain = self._uncertain
+        if uncertain:
+            for event_id in ids:
+                uncertain.pop(event_id, None)
         self.stats.acked += len(members)
 
     def _mark_uncertain(self, tp: TopicPartition, members: list[int], events: Sequence[event_pb2.Event]) -> None:
@@ -861,12 +860,10 @@ class KafkaBroker(Broker):
         if future.cancelled() or future.exception() is not None:
             return
         self.stats.late_acks += 1
-        base = future.result().offset
-        stream = stream_of(tp.topic, tp.partition)
-        now = time.time()
-        for n, i in enumerate(members):
-            self._ids.add(events[i].id, stream, base + n + 1, now)
-            self._uncertain.pop(events[i].id, None)
+        ids = [events[i].id for i in members]
+        self._ids.add_run(ids, stream_of(tp.topic, tp.partition), future.result().offset + 1, time.time())
+        for event_id in ids:
+            self._uncertain.pop(event_id, None)
 
     # -- reads --------------------------------------------------------------------------------
 

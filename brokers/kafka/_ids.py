@@ -20,6 +20,7 @@ bytes with a 36-character id, against about 245 for an id -> (stream, sequence, 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 __all__ = ["ENTRY_BYTES", "IdWindow"]
 
@@ -73,6 +74,19 @@ class IdWindow:
         if index is None:
             index = self._new_stream(stream)
         entries[event_id] = (max(0, int(stored_at * 1000)) << _TIME_SHIFT) | (index << _SEQ_BITS) | sequence
+        if len(entries) > self.max_ids:
+            self._prune(time.time())
+
+    def add_run(self, event_ids: Sequence[str], stream: str, first_sequence: int, stored_at: float) -> None:
+        """``add`` for ids stored one after another in ``stream`` (an acked record batch)."""
+        entries = self._entries
+        index = self._stream_index.get(stream)
+        if index is None:
+            index = self._new_stream(stream)
+        head = (max(0, int(stored_at * 1000)) << _TIME_SHIFT) | (index << _SEQ_BITS)
+        for sequence, event_id in enumerate(event_ids, first_sequence):
+            if event_id and event_id not in entries:
+                entries[event_id] = head | sequence
         if len(entries) > self.max_ids:
             self._prune(time.time())
 

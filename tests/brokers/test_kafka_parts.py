@@ -204,3 +204,17 @@ def test_default_window_and_fetch_bounds() -> None:
         DEFAULT_PARTITION_FETCH_BYTES,
         DEFAULT_MAX_WINDOW_IDS,
     )
+
+
+def test_id_window_run_of_a_batch_is_added_like_one_by_one() -> None:
+    runs, single = IdWindow(window=60.0, max_ids=4), IdWindow(window=60.0, max_ids=4)
+    single.add("x", "t/0", 7, stored_at=1000.0)
+    runs.add("x", "t/0", 7, stored_at=1000.0)
+    runs.add_run(["a", "x", "", "b", "c"], "t/1", 10, stored_at=1001.0)
+    for n, event_id in enumerate(["a", "x", "", "b", "c"]):
+        single.add(event_id, "t/1", 10 + n, stored_at=1001.0)
+    assert len(runs) == len(single) == 4  # "x" kept its first record, "" is no id
+    for event_id in ("a", "x", "b", "c"):
+        assert runs.get(event_id, now=1002.0) == single.get(event_id, now=1002.0)
+    assert runs.get("b", now=1002.0) == ("t/1", 13)
+    assert runs.get("x", now=1002.0) == ("t/0", 7)
