@@ -22,6 +22,11 @@ before anything is timed:
   published over the time until n held it all);
 * live NATS->Kafka: the same into n, counted in k's topic by a plain aiokafka consumer
   reading every partition (tansu's ListOffsets end offsets are not trusted);
+* latency each way at a fixed offered rate (``LATENCY_RATE`` events/s, below what either
+  direction carries here): publish time (the events' ``ce-time``) to stored in the
+  destination, p50/p99: n's JetStream timestamp of the copy (sampled as the NATS phase of
+  ``meshgate bench`` does), or the Kafka record's timestamp (set by k's producer as it takes
+  the batch, so it leaves out the broker's own append: well under a millisecond on loopback);
 * catch-up each way: the destination's gateway stopped (SIGTERM; a Kafka destination's tansu
   keeps running, an embedded one's nats-server stops with its gateway), ``--kafka-backlog``
   events published into the source, the destination started again; events/s from it serving
@@ -51,10 +56,11 @@ from typing import Any
 
 import grpc
 
-from meshgate.bench._nats_anchor import Fill, subject_count, watch_fill
+from meshgate.bench._nats_anchor import Fill, percentile, sample_latencies, subject_count, watch_fill
 from meshgate.bench.ingest_bench import peak_rss_mb, stream
 from meshgate.bench.nats_append_bench import DATA
-from meshgate.bench.replication_bench import Published, Region, free_port, publish_stream
+from meshgate.bench.replication_bench import Published, Region, ce_time_ns, free_port, publish_stream
+from meshgate.brokers._codec import parse_time
 from meshgate.testing import ServeProcess
 from meshgate.v1 import gateway_pb2_grpc
 
@@ -62,8 +68,22 @@ TOPIC = "bench/orders"
 IN_FLIGHT = 4000
 REP_PREFIX = "rep."
 REP_PARTITIONS = 6
-REP_TOPICS = ("bench/warmk", "bench/warmn", "bench/k2n", "bench/n2k", "bench/k2nbacklog", "bench/n2kbacklog")
+REP_TOPICS = (
+    "bench/warmk",
+    "bench/warmn",
+    "bench/k2n",
+    "bench/n2k",
+    "bench/k2nlat",
+    "bench/n2klat",
+    "bench/k2nbacklog",
+    "bench/n2kbacklog",
+)
 NATS_STREAM = "MESHGATE"
+# The offered load of the latency phase, each way (events/s): about half of what the slower
+# direction (NATS->Kafka) carries on the 2-core machine, so queues stay short.
+LATENCY_RATE = 2000.0
+# Every Nth record of a latency topic is a sample (the counter parses its ce-time).
+_LATENCY_EVERY = 4
 
 
 def unavailable() -> str | None:
@@ -125,10 +145,12 @@ def _nats_subject(topic: str) -> str:
 class TopicCounter:
     """Counts the records of some Kafka topics with a plain consumer (every partition, from the start)."""
 
-    def __init__(self, bootstrap: str, topics: list[str]) -> None:
+    def __init__(self, bootstrap: str, topics: list[str], *, latency_topics: tuple[str, ...] = ()) -> None:
         self.bootstrap = bootstrap
         self.topics = topics
         self.counts: dict[str, int] = dict.fromkeys(topics, 0)
+        # Per latency topic: record timestamp - ce-time, in ms, for every _LATENCY_EVERY-th record.
+        self.latencies: dict[str, list[float]] = {t: [] for t in latency_topics}
         self._task: asyncio.Task[None] | None = None
         self._consumer: Any = None
 
@@ -154,6 +176,12 @@ class TopicCounter:
         while True:
             for tp, records in (await self._consumer.getmany(timeout_ms=100, max_records=10_000)).items():
                 self.counts[tp.topic] += len(records)
+                samples = self.latencies.get(tp.topic)
+                if samples is not None:
+                    for record in records[::_LATENCY_EVERY]:
+                        sent = _record_sent_ns(record)
+                        if sent is not None:
+                            samples.append(record.timestamp - sent / 1e6)
 
     async def count(self, topic: str) -> int:
         if self._task is not None and self._task.done():
@@ -167,6 +195,25 @@ class TopicCounter:
                 await self._task
         if self._consumer is not None:
             await self._consumer.stop()
+
+
+def _record_sent_ns(record: Any) -> int | None:
+    for name, value in record.headers:
+        if name == "ce-time" and value:
+            ts = parse_time(value.decode())
+            return int(ts.seconds * 1_000_000_000 + ts.nanos)
+    return None
+
+
+def _latency(p: Published, samples: list[float], rate: float) -> dict[str, object]:
+    return {
+        "offered_events_per_s": round(rate),
+        "published_events_per_s": round(p.rate),
+        "samples": len(samples),
+        "p50_ms": round(percentile(samples, 50), 1) if samples else None,
+        "p99_ms": round(percentile(samples, 99), 1) if samples else None,
+        "error": p.error or None,
+    }
 
 
 async def _create_topics(bootstrap: str, topics: list[str]) -> None:
@@ -246,7 +293,15 @@ async def _warm_up(stub: gateway_pb2_grpc.GatewayStub, topic: str, count: Callab
 
 
 async def replication(
-    bootstrap: str, tmp: Path, *, seconds: float, backlog: int, drain: float, timeout: float, stall: float
+    bootstrap: str,
+    tmp: Path,
+    *,
+    seconds: float,
+    backlog: int,
+    drain: float,
+    timeout: float,
+    stall: float,
+    latency_rate: float = LATENCY_RATE,
 ) -> dict[str, object]:
     """Kafka->NATS and NATS->Kafka: live rate and catch-up of a backlog (see the module doc)."""
     import nats
@@ -265,7 +320,9 @@ async def replication(
     await _create_topics(bootstrap, [_kafka_topic(t) for t in REP_TOPICS])
     k = _KafkaGateway(config, root / "data-k", kport)
     n = Region("n", nport, root / "data-n", config)
-    counter = TopicCounter(bootstrap, [_kafka_topic(t) for t in REP_TOPICS])
+    counter = TopicCounter(
+        bootstrap, [_kafka_topic(t) for t in REP_TOPICS], latency_topics=(_kafka_topic("bench/n2klat"),)
+    )
     out: dict[str, object] = {}
     nc: Any = None
     channels: list[grpc.aio.Channel] = []
@@ -307,6 +364,25 @@ async def replication(
             k.note_rss()
             n.note_rss()
             print(f"{name} live: {live['window_events_per_s']:,} events/s", file=sys.stderr, flush=True)
+
+        # Latency at a fixed offered rate, each way.
+        js = nc.jetstream()
+        before = (await js.stream_info(NATS_STREAM)).state.last_seq
+        start = time.perf_counter()
+        p = await publish_stream(kstub, "bench/k2nlat", seconds=seconds, rate=latency_rate)
+        f = await fill(lambda: at_n("bench/k2nlat"), start, lambda: p.accepted, seconds + drain)
+        after = (await js.stream_info(NATS_STREAM)).state.last_seq
+        lat = await sample_latencies(
+            js, NATS_STREAM, _nats_subject("bench/k2nlat"), (before + 1, after), sent_ns=ce_time_ns
+        )
+        out["kafka_to_nats_latency"] = _latency(p, lat.total_ms, latency_rate) | {"complete": f.complete}
+        start = time.perf_counter()
+        p = await publish_stream(nstub, "bench/n2klat", seconds=seconds, rate=latency_rate)
+        f = await fill(lambda: at_k("bench/n2klat"), start, lambda: p.accepted, seconds + drain)
+        samples = counter.latencies[_kafka_topic("bench/n2klat")]
+        out["nats_to_kafka_latency"] = _latency(p, samples, latency_rate) | {"complete": f.complete}
+        k.note_rss()
+        n.note_rss()
 
         # Catch-up into NATS: n down (its nats-server stops with it), a backlog in k, n back.
         await nc.close()
@@ -409,6 +485,13 @@ def print_replication(rep: dict[str, Any]) -> None:
         print(
             f"{name.replace('_', ' ') + ', live':<44} {g(live, 'window_events_per_s'):>9} "
             f"{g(live, 'drain_events_per_s'):>9} {g(live, 'published_events_per_s'):>12}"
+        )
+    print(f"{'latency, publish -> stored in the destination':<44} {'p50 ms':>9} {'p99 ms':>9} {'offered/s':>12}")
+    for name in ("kafka_to_nats", "nats_to_kafka"):
+        lat = rep.get(f"{name}_latency")
+        print(
+            f"{name.replace('_', ' ') + ', fixed rate':<44} {g(lat, 'p50_ms'):>9} {g(lat, 'p99_ms'):>9} "
+            f"{g(lat, 'offered_events_per_s'):>12}"
         )
     print(f"{'catch-up':<44} {'events/s':>9} {'backlog':>9} {'first event s':>14}")
     for name in ("kafka_to_nats", "nats_to_kafka"):

@@ -36,6 +36,10 @@ __all__ = ["IdFollower", "record_id"]
 
 logger = logging.getLogger(__name__)
 
+# Records taken (and so decoded: key, value, headers) per fetch call: a few hundred KB of
+# objects at a time, where 5000 made several MB at each step of a restart's catch-up.
+_MAX_RECORDS = 1000
+
 
 def record_id(record: ConsumerRecord[bytes, bytes]) -> str | None:
     for name, value in record.headers:
@@ -114,7 +118,7 @@ class IdFollower:
         behind = {tp for tp, end in ends.items() if self._positions.get(tp, 0) < end}
         last_progress = time.monotonic()
         while behind:
-            got = await consumer.getmany(timeout_ms=500, max_records=5000)
+            got = await consumer.getmany(timeout_ms=500, max_records=_MAX_RECORDS)
             self._take(got)
             if got:
                 last_progress = time.monotonic()
@@ -149,7 +153,7 @@ class IdFollower:
         backoff = 0.1
         while not self._stopping:
             try:
-                got = await consumer.getmany(timeout_ms=250, max_records=5000)
+                got = await consumer.getmany(timeout_ms=250, max_records=_MAX_RECORDS)
                 self._take(got)
                 if self._refresh_now or time.monotonic() >= next_refresh:
                     self._refresh_now = False
