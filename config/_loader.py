@@ -663,6 +663,7 @@ def _build(data: dict[str, Any], doc: Document, *, source: str, sha256: str) -> 
             topic_prefix=kafka_raw.get("topic_prefix", kafka_default.topic_prefix),
             partitions=int(kafka_raw.get("partitions", kafka_default.partitions)),
             replication_factor=int(kafka_raw.get("replication_factor", kafka_default.replication_factor)),
+            max_window_ids=int(kafka_raw.get("max_window_ids", kafka_default.max_window_ids)),
         )
         regions.append(
             RegionConfig(

@@ -101,10 +101,11 @@ _IDLE_FETCH_MS = 1000
 DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
 # Ids of writes in doubt remembered at most (the oldest are forgotten first).
 _MAX_UNCERTAIN = 100_000
-# Event ids the idempotency window holds at most by default: about 34 MB (ENTRY_BYTES each),
-# the largest share of a busy Kafka gateway's memory. At 12k events/s it covers ~16 s of
-# retries; a gateway with memory to spare raises it (max_window_ids).
-DEFAULT_MAX_WINDOW_IDS = 200_000
+# Event ids the idempotency window holds at most by default (the mesh file's
+# kafka.max_window_ids): about 34 MB (ENTRY_BYTES each), the largest share of a busy Kafka
+# gateway's memory. At 12k events/s it covers ~16 s of retries; a gateway with memory to
+# spare raises it.
+DEFAULT_MAX_WINDOW_IDS = KafkaSettings().max_window_ids
 # What one fetch of the adapter's consumers (id follower, readers, durable consumers, scans)
 # may bring back: aiokafka's defaults are 50 MB per fetch and 1 MB per partition, which a
 # follower of 36 partitions catching up after a restart fills. A record larger than the

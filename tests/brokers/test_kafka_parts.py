@@ -5,12 +5,13 @@ from __future__ import annotations
 import sys
 import time
 import tracemalloc
+from pathlib import Path
 
 import aiokafka.errors as ke
 import pytest
 from aiokafka.structs import TopicPartition
 
-from meshgate.brokers import BrokerError, BrokerUnavailableError, EventRejectedError, KafkaBroker
+from meshgate.brokers import BrokerError, BrokerUnavailableError, EventRejectedError, KafkaBroker, make_broker
 from meshgate.brokers.kafka import KafkaMessageTooLargeError, KafkaNames, kafka_error, parse_stream, stream_of
 from meshgate.brokers.kafka._broker import (
     DEFAULT_FETCH_MAX_BYTES,
@@ -20,7 +21,7 @@ from meshgate.brokers.kafka._broker import (
     _encode_position,
 )
 from meshgate.brokers.kafka._ids import ENTRY_BYTES, IdWindow
-from meshgate.config import KafkaSettings
+from meshgate.config import BrokerKind, KafkaSettings, RegionConfig
 
 
 @pytest.mark.parametrize(
@@ -218,3 +219,14 @@ def test_id_window_run_of_a_batch_is_added_like_one_by_one() -> None:
         assert runs.get(event_id, now=1002.0) == single.get(event_id, now=1002.0)
     assert runs.get("b", now=1002.0) == ("t/1", 13)
     assert runs.get("x", now=1002.0) == ("t/0", 7)
+
+
+def test_the_mesh_files_window_cap_reaches_the_broker(tmp_path: Path) -> None:
+    region = RegionConfig(
+        name="k", kind=BrokerKind.KAFKA, brokers=("k1:9092",), kafka=KafkaSettings(max_window_ids=1234)
+    )
+    broker = make_broker(region, idempotency_window_seconds=60, data_dir=tmp_path)
+    assert isinstance(broker, KafkaBroker)
+    assert broker._ids.max_ids == 1234
+    assert broker.sibling()._ids.max_ids == 1234
+    assert DEFAULT_MAX_WINDOW_IDS == KafkaSettings().max_window_ids == 200_000

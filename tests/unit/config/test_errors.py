@@ -505,3 +505,10 @@ def test_load_config_reports_the_path(tmp_path: Path) -> None:
     assert info.value.lines == (
         f"{path}:2:12: event_mesh.regions: expected a list of at least one region, got an empty list",
     )
+
+
+def test_kafka_window_cap_below_one() -> None:
+    text = region_file("name: a\nkind: kafka\nbrokers: [k1:9092]\nkafka: {max_window_ids: 0}\n")
+    assert one_error(text).endswith(
+        "event_mesh.regions[0].kafka.max_window_ids: expected an id count of 1 or more, got the number 0"
+    )

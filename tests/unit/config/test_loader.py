@@ -115,7 +115,7 @@ event_mesh:
       kind: kafka
       brokers: ["k1:9092"]
       gateway: "[::1]:7402"
-      kafka: {topic_prefix: "", partitions: 12, replication_factor: 3}
+      kafka: {topic_prefix: "", partitions: 12, replication_factor: 3, max_window_ids: 50000}
     - name: e
       kind: embedded
       nats: {sync_always: true, max_age: 1h30m}
@@ -150,6 +150,7 @@ event_mesh:
     assert (n.gateway, n.metrics) == ("0.0.0.0:7401", "0.0.0.0:9401")
     assert k.kind is BrokerKind.KAFKA
     assert (k.kafka.topic_prefix, k.kafka.partitions, k.kafka.replication_factor) == ("", 12, 3)
+    assert k.kafka.max_window_ids == 50_000
     assert e.nats.sync_always is True
     assert e.nats.max_age_seconds == 5400.0
     assert config.routing == ()
