@@ -612,10 +612,10 @@ async def test_concurrent_appends_of_the_same_ids_store_each_once(kafka_broker: 
     assert sorted(e.id for e in got) == sorted(e.id for e in batch)
 
 
-def _fetch_limits(consumer: AIOKafkaConsumer) -> tuple[int, int]:
+def _fetch_limits(consumer: AIOKafkaConsumer) -> tuple[int, int, int]:
     # aiokafka keeps what it was given on its fetcher; the fetch requests it builds use these.
     fetcher = consumer._fetcher
-    return fetcher._fetch_max_bytes, fetcher._max_partition_fetch_bytes
+    return fetcher._fetch_max_bytes, fetcher._max_partition_fetch_bytes, fetcher._fetch_max_wait_ms
 
 
 async def test_consumers_fetch_within_the_bounds_and_still_read_larger_records(tansu: Tansu) -> None:
@@ -631,22 +631,23 @@ async def test_consumers_fetch_within_the_bounds_and_still_read_larger_records(t
             metadata_max_age=1.0,
             fetch_max_bytes=48 * 1024,
             partition_fetch_bytes=16 * 1024,
+            fetch_max_wait=0.03,
         )
 
     big = make_event("orders/big", "big-1", data=bytes(range(256)) * 800)  # 200 KiB
     small = [make_event("orders/big", f"small-{i}") for i in range(3)]
     async with broker() as one:
         assert one._probe_consumer is not None and one._follower is not None
-        assert _fetch_limits(one._probe_consumer) == (48 * 1024, 16 * 1024)
+        assert _fetch_limits(one._probe_consumer) == (48 * 1024, 16 * 1024, 30)
         assert one._follower._consumer is not None
-        assert _fetch_limits(one._follower._consumer) == (48 * 1024, 16 * 1024)
+        assert _fetch_limits(one._follower._consumer) == (48 * 1024, 16 * 1024, 30)
         stored = results_of(await one.append([small[0], big, *small[1:]]))
         got = await read_events(one, "orders/big", 4, start=StartAt(earliest=True))
         assert [e.id for e in got] == ["small-0", "big-1", "small-1", "small-2"]
         assert got[1].data == big.data
         consumer = await one.durable_consumer("bounded", pattern="orders/*")
         try:
-            assert consumer._consumer is not None and _fetch_limits(consumer._consumer) == (48 * 1024, 16 * 1024)
+            assert consumer._consumer is not None and _fetch_limits(consumer._consumer) == (48 * 1024, 16 * 1024, 30)
             deliveries = await fetch_until(consumer, 4)
             assert [d.event.id for d in deliveries] == ["small-0", "big-1", "small-1", "small-2"]
         finally:
@@ -664,4 +665,8 @@ def test_fetch_bounds_refuse_nonsense() -> None:
             idempotency_window_seconds=60,
             fetch_max_bytes=1024,
             partition_fetch_bytes=2048,
+        )
+    with pytest.raises(ValueError, match="fetch_max_wait"):
+        KafkaBroker(
+            bootstrap_servers=["k:9092"], settings=KafkaSettings(), idempotency_window_seconds=60, fetch_max_wait=0
         )

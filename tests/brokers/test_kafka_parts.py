@@ -15,6 +15,7 @@ from meshgate.brokers import BrokerError, BrokerUnavailableError, EventRejectedE
 from meshgate.brokers.kafka import KafkaMessageTooLargeError, KafkaNames, kafka_error, parse_stream, stream_of
 from meshgate.brokers.kafka._broker import (
     DEFAULT_FETCH_MAX_BYTES,
+    DEFAULT_FETCH_MAX_WAIT,
     DEFAULT_MAX_WINDOW_IDS,
     DEFAULT_PARTITION_FETCH_BYTES,
     _decode_position,
@@ -195,9 +196,10 @@ def test_id_window_entry_is_compact() -> None:
 def test_default_window_and_fetch_bounds() -> None:
     broker = KafkaBroker(bootstrap_servers=["k:9092"], settings=KafkaSettings(), idempotency_window_seconds=60)
     assert broker._ids.max_ids == DEFAULT_MAX_WINDOW_IDS
-    assert (broker.fetch_max_bytes, broker.partition_fetch_bytes) == (
+    assert (broker.fetch_max_bytes, broker.partition_fetch_bytes, broker.fetch_max_wait) == (
         DEFAULT_FETCH_MAX_BYTES,
         DEFAULT_PARTITION_FETCH_BYTES,
+        DEFAULT_FETCH_MAX_WAIT,
     )
     sibling = broker.sibling()
     assert (sibling.fetch_max_bytes, sibling.partition_fetch_bytes, sibling._ids.max_ids) == (
