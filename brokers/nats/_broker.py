@@ -8,23 +8,27 @@ outstanding at once, and a batch is written to the socket with one flush.
 
 Reads come in two shapes: ``read`` is an ordered, ephemeral, no-ack pull consumer that resumes
 by itself after reconnects and server restarts (the replicator's catch-up and the Subscribe
-stream); ``durable_consumer`` is a durable, explicitly acked pull consumer whose position lives
-in JetStream and is shared by every gateway replica of the region.
+stream); ``durable_consumer`` is a durable pull consumer of one reader, acked once per batch
+(``AckPolicy.ALL``), whose position lives in JetStream: each open makes a new generation of it
+that fences the earlier ones (``NatsDurableConsumer``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import dataclasses
 import enum
+import json
 import logging
 import math
 import secrets
+from collections import deque
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import nats.errors
 import nats.js.errors
@@ -100,6 +104,16 @@ _PULL_GRACE_SECONDS = 0.5
 # Ephemeral reader consumers the server removes when their reader has gone (crash, cancel).
 _READER_INACTIVE_SECONDS = 60.0
 _DURABLE_MAX_ACK_PENDING = 50_000
+# A durable consumer's generations are named <name>@<n>. '@' is outside the alphabet of region
+# names ([A-Za-z0-9_-], so of link names mg-link-<destination>) and is refused in a name given
+# to durable_consumer: <name>@<n> can never be another name's generation (with '-', mg-link-b-2
+# would be both destination b's generation 2 and destination b-2's legacy consumer), and
+# JetStream takes it in a consumer name (which may not hold '.', '*', '>', whitespace, slashes).
+_GENERATION_SEP = "@"
+# JetStream's answer to a create-only request for a name that exists.
+_CONSUMER_EXISTS = 10148
+# Opens racing for generation numbers: each "exists" moves to the next number.
+_GENERATION_TRIES = 64
 _MSG_ID_HEAD = b"NATS/1.0\r\nNats-Msg-Id: "
 
 
@@ -148,6 +162,22 @@ def _start_mode(start: StartAt) -> _StartMode:
             f"StartAt sets {len(chosen)} positions ({', '.join(m.value for m in chosen)}); set at most one"
         )
     return chosen[0] if chosen else _StartMode.LATEST
+
+
+def _generation_of(name: str, base: str) -> int | None:
+    """The generation number of consumer ``name`` of durable consumer ``base`` (0: ``base`` itself), or None."""
+    if name == base:
+        return 0
+    head, sep, number = name.rpartition(_GENERATION_SEP)
+    if sep and head == base and number.isascii() and number.isdigit():
+        return int(number)
+    return None
+
+
+def _delivery_sequence(reply: bytes) -> int:
+    """The consumer (delivery) sequence in a JetStream ack subject (see ``parse_ack_subject``)."""
+    tokens = reply.split(b".")
+    return int(tokens[6 if len(tokens) == 9 else 8])
 
 
 def _broker_error(exc: BaseException, what: str) -> BrokerError:
@@ -960,31 +990,80 @@ class NatsBroker(Broker):
     async def durable_consumer(
         self, name: str, *, pattern: str = ">", origin: str | None = None, routed_to: str | None = None
     ) -> NatsDurableConsumer:
+        """A durable consumer, opened as the next generation of ``name`` (see ``NatsDurableConsumer``).
+
+        The caller is the only reader of its generation: a NATS region runs a link in one replica
+        at a time (a lease), and every open fences the instances opened before it.
+        """
         filter_subject = pattern_to_filter(pattern, self.settings.subject_prefix)
+        if not name or _GENERATION_SEP in name or any(c in name for c in ".*> \t\r\n/\\"):
+            raise ValueError(
+                f"durable consumer name {name!r} must be non-empty, without {_GENERATION_SEP!r}, '.', '*', '>', "
+                "whitespace or slashes"
+            )
         self._require_nc()
-        config = ConsumerConfig(
-            name=name,
-            durable_name=name,
+        template = ConsumerConfig(
             description=f"Meshgate durable consumer of {pattern}",
             deliver_policy=DeliverPolicy.ALL,
-            ack_policy=AckPolicy.EXPLICIT,
+            # One ack per batch: it acks every delivery of the generation up to it. Safe only
+            # because a generation has one reader (the fence) that acks a delivery only once
+            # everything before it is done.
+            ack_policy=AckPolicy.ALL,
             ack_wait=self._durable_ack_wait,
             max_deliver=-1,
             filter_subject=filter_subject,
             replay_policy=ReplayPolicy.INSTANT,
             max_ack_pending=_DURABLE_MAX_ACK_PENDING,
         )
+        consumer = NatsDurableConsumer(self, name, template, origin=origin, routed_to=routed_to)
         try:
-            # An existing durable keeps its own config: a reset may have moved its start, and
-            # JetStream refuses to change a durable's deliver policy.
-            with contextlib.suppress(nats.js.errors.NotFoundError):
-                config = (await self._consumer_info(name)).config
-            puller, _ = await self._open_puller(config)
+            await consumer._open_generation()
         except _NATS_FAILURES as exc:
-            raise _broker_error(exc, f"cannot create durable consumer {name!r}") from exc
-        consumer = NatsDurableConsumer(self, config, puller, origin=origin, routed_to=routed_to)
+            raise _broker_error(exc, f"cannot open durable consumer {name!r}") from exc
         self._consumers.add(consumer)
         return consumer
+
+    async def _js_api(self, subject: str, request: dict[str, object] | None = None) -> dict[str, Any]:
+        """A JetStream API request nats-py has no call for (or not with these fields)."""
+        jsm = self._jsm
+        if jsm is None:
+            raise BrokerError(f"NATS broker {self.name!r} is not started", retriable=False)
+        body = json.dumps(request).encode() if request is not None else b""
+        # nats-py's own request helper: it turns an error answer into its APIError classes.
+        resp: dict[str, Any] = await jsm._api_request(f"{jsm._prefix}.{subject}", body, timeout=jsm._timeout)
+        return resp
+
+    async def _generations(self, base: str) -> dict[str, int]:
+        """The stream's consumers that are generations of ``base``: name -> generation.
+
+        ``base`` itself (a link consumer from before generations) counts as generation 0.
+        """
+        stream = self.settings.stream
+        found: dict[str, int] = {}
+        offset = 0
+        while True:
+            resp = await self._js_api(f"CONSUMER.NAMES.{stream}", {"offset": offset})
+            names = resp.get("consumers") or []
+            for name in names:
+                generation = _generation_of(name, base)
+                if generation is not None:
+                    found[name] = generation
+            offset += len(names)
+            if not names or offset >= int(resp.get("total") or 0):
+                return found
+
+    async def _create_consumer(self, config: ConsumerConfig) -> None:
+        """Creates a consumer, create-only: an APIError with err_code 10148 if the name is taken.
+
+        JetStream's plain create is "create or update"; with action "create" it refuses a name
+        that exists, unless the existing consumer's config is identical (then it answers as if
+        it had created it): callers make each config unique.
+        """
+        stream = self.settings.stream
+        subject = f"CONSUMER.CREATE.{stream}.{config.name}"
+        if config.filter_subject and config.filter_subject != ">":
+            subject += f".{config.filter_subject}"
+        await self._js_api(subject, {"stream_name": stream, "config": config.as_dict(), "action": "create"})
 
     async def last_sequence(self) -> int:
         jsm = self._jsm
@@ -1115,11 +1194,6 @@ class NatsBroker(Broker):
         info: ConsumerInfo = await jsm.consumer_info(self.settings.stream, name)
         return info
 
-    async def _recreate(self, config: ConsumerConfig) -> None:
-        jsm = self._jsm
-        if jsm is not None:
-            await jsm.add_consumer(self.settings.stream, config)
-
     async def _ack_all(self, nc: Client, replies: Sequence[bytes], body: bytes) -> None:
         if not replies:
             return
@@ -1132,27 +1206,43 @@ class NatsBroker(Broker):
 
 
 class NatsDurableConsumer(DurableConsumer):
-    """A durable pull consumer: explicit acks, position kept by JetStream, shared by replicas.
+    """A durable pull consumer of one reader: position kept by JetStream, one ack per batch.
 
-    Deliveries not acked within ``ack_wait`` go to whichever replica pulls next; ``close``
-    hands back the ones this instance still holds at once (NAK) instead of after ``ack_wait``.
+    **Generations (the fence).** Every open and every ``reset`` creates a new JetStream
+    consumer ``<name>@<n>``, one number above the highest generation of ``name`` on the
+    stream, starting right after the highest ack floor among them, and then deletes the older
+    ones (the un-generationed ``<name>`` of earlier releases included: it is continued from its
+    floor). Taking the highest floor is safe because a floor only moves once everything up to
+    it is done: the reader of a generation acks a delivery only after the destination acked
+    it and everything delivered before it. The create is create-only, so two replicas racing
+    on a lease hand-over never share a generation (the loser of a number takes the next).
+
+    **One ack per batch.** Acks are ``AckPolicy.ALL``: acking a delivery acks every earlier
+    delivery of the generation, forwarded or skipped by the origin/route filter. That is safe
+    only with one reader per generation, which the fence gives: an instance that lost its
+    lease acks into a deleted consumer (nothing happens; its ack request fails with no
+    responders, which ends its session), and what it forwarded after the floor the next
+    generation started at comes again and is answered as duplicates by the destination.
     """
 
     def __init__(
         self,
         broker: NatsBroker,
-        config: ConsumerConfig,
-        puller: PullSubscription,
+        base: str,
+        template: ConsumerConfig,
         *,
         origin: str | None = None,
         routed_to: str | None = None,
     ) -> None:
         self._broker = broker
+        self._base = base
+        self._template = template
+        self._config = template
         self._origin = origin
         self._routed_to = routed_to
-        self._config = config
-        self._puller = puller
-        self.name = config.name or ""
+        self._puller: PullSubscription | None = None
+        # The current generation's consumer name (set by _open_generation).
+        self.name = base
         # The exact header line of the wanted origin, matched in the raw header block.
         self._origin_line = (
             f"\r\n{HEADER_ORIGIN}: {escape_header_value(origin)}\r\n".encode() if origin is not None else None
@@ -1161,41 +1251,122 @@ class NatsDurableConsumer(DurableConsumer):
         self._routes: dict[bytes, bool] = {}
         # Subject -> topic of the deliveries.
         self._topics: dict[bytes, str] = {}
-        # Ack subjects of deliveries handed out and not acked yet.
-        self._unacked: dict[bytes, None] = {}
-        # The ack floor seen by the last reset, for a reset that has to recreate the consumer.
+        # Ack subject -> delivery sequence of the deliveries handed out and not acked yet.
+        self._unacked: dict[bytes, int] = {}
+        # The same in delivery order; entries no longer in _unacked are dropped lazily.
+        self._order: deque[tuple[int, bytes]] = deque()
+        # Deliveries an ack may be sent on once everything handed out before them is acked:
+        # the last delivery of a fetch (so skipped ones after the last forwarded one are
+        # covered) and acked ones that wait for earlier ones. Sorted by delivery sequence.
+        self._marks: list[tuple[int, bytes]] = []
+        # The delivery sequence the last ack of this generation covered.
+        self._acked_to = 0
+        # The highest ack floor seen of this consumer's generations: where a new generation
+        # starts when the current one is gone (deleted under us) by the time it is reopened.
         self._floor = 0
         self._closed = False
 
+    # -- generations ------------------------------------------------------------------------
+
+    async def _open_generation(self) -> None:
+        """Creates the next generation after the highest ack floor and deletes the older ones."""
+        broker = self._broker
+        generations = await broker._generations(self._base)
+        floor = self._floor
+        for name in generations:
+            try:
+                info = await broker._consumer_info(name)
+            except nats.js.errors.NotFoundError:
+                continue  # deleted meanwhile, by whoever opened a newer generation
+            # Everything at or below any generation's floor was done by its (one) reader.
+            floor = max(floor, _floor_of(info))
+        number = max(generations.values(), default=0) + 1
+        # Unique per open: JetStream answers a create-only request for an existing consumer
+        # with an identical config as if it had created it, so racing opens would share one.
+        opener = secrets.token_hex(6)
+        for _ in range(_GENERATION_TRIES):
+            name = f"{self._base}{_GENERATION_SEP}{number}"
+            config = dataclasses.replace(
+                self._template,
+                name=name,
+                durable_name=name,
+                description=f"{self._template.description} (generation {number}, opener {opener})",
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE if floor else DeliverPolicy.ALL,
+                opt_start_seq=floor + 1 if floor else None,
+            )
+            try:
+                await broker._create_consumer(config)
+                break
+            except nats.js.errors.APIError as exc:
+                if exc.err_code != _CONSUMER_EXISTS:
+                    raise
+                number += 1  # another opener took this number first
+        else:
+            raise BrokerUnavailableError(
+                f"durable consumer {self._base!r}: generation numbers {number - _GENERATION_TRIES} to {number - 1}"
+                " were all taken by other openers; open it again"
+            )
+        puller = PullSubscription(broker._require_nc(), stream=broker.settings.stream, consumer=name)
+        await puller.open()
+        broker._pullers.add(puller)
+        self._puller = puller
+        self._config = config
+        self.name = name
+        self._floor = floor
+        self._acked_to = 0
+        # Listed again: a racing opener's generation created after the first listing is older
+        # than this one and must go too. Its late acks then land nowhere.
+        for old, n in (await broker._generations(self._base)).items():
+            if n < number:
+                with contextlib.suppress(nats.js.errors.NotFoundError):
+                    await broker._js_api(f"CONSUMER.DELETE.{broker.settings.stream}.{old}")
+
+    def _forget(self) -> None:
+        """Drops every delivery handed out or buffered: they are not acked through this generation."""
+        self._unacked.clear()
+        self._order.clear()
+        self._marks.clear()
+        if self._puller is not None:
+            self._puller.buffer.clear()
+
+    def _note_floor(self, info: ConsumerInfo) -> None:
+        self._floor = max(self._floor, _floor_of(info))
+
+    # -- reading ----------------------------------------------------------------------------
+
     async def fetch(self, max_events: int, *, timeout: float) -> list[Delivery]:
-        nc = await self._pull(max_events, timeout)
+        puller, nc = await self._pull(max_events, timeout)
         deliveries = []
-        skipped: list[bytes] = []
         topic_of = self._broker._mapper.topic
-        for subject, reply, hdr, data in self._puller.take(max_events):
+        unacked, order = self._unacked, self._order
+        msgs = puller.take(max_events)
+        for subject, reply, hdr, data in msgs:
             if not self._wanted(hdr):
-                skipped.append(reply)
                 continue
             meta = parse_ack_subject(reply.decode())
             event = decode_event(
                 parse_header_block(hdr), data, topic=topic_of(subject.decode()), sequence=meta.stream_sequence
             )
-            self._unacked[reply] = None
+            unacked[reply] = meta.consumer_sequence
+            order.append((meta.consumer_sequence, reply))
             deliveries.append(Delivery(event=event, token=reply, pending=meta.pending))
-        await self._ack_skipped(nc, skipped)
+        if msgs:
+            await self._after_take(nc, msgs[-1][1])
         return deliveries
 
-    async def _pull(self, max_events: int, timeout: float) -> Client:
+    async def _pull(self, max_events: int, timeout: float) -> tuple[PullSubscription, Client]:
         """Fills the puller's buffer with what the consumer has (lingering up to ``timeout``)."""
         if self._closed:
             raise BrokerError(f"durable consumer {self.name!r} is closed", retriable=False)
         if max_events < 1:
             raise ValueError(f"max_events must be >= 1, got {max_events}")
         broker = self._broker
+        puller = self._puller
+        if puller is None:
+            raise BrokerUnavailableError(f"durable consumer {self._base!r} has no open generation; reset() it")
         # Waiting (bounded) rather than failing at once: a caller that retries in a loop
         # must not spin while the client reconnects.
         nc = await broker._ready(max(timeout, 0.05))
-        puller = self._puller
         try:
             status: str | None = None
             if not puller.buffer:
@@ -1210,17 +1381,33 @@ class NatsDurableConsumer(DurableConsumer):
                         await puller.request(max_events - 1, no_wait=True)
                         status = await puller.wait(broker._ack_timeout)
             if status in _CONSUMER_LOST:
-                await broker._recreate(self._config)
-                if not puller.buffer:
-                    raise BrokerUnavailableError(
-                        f"durable consumer {self.name!r} was unavailable ({status} {puller.last_description}); "
-                        "it has been recreated, fetch again"
-                    )
+                await self._on_lost(puller, status)
             elif status == TIMEOUT and not nc.is_connected:
                 raise NotConnectedError(f"connection to NATS lost while consumer {self.name!r} fetched")
         except _NATS_FAILURES as exc:
             raise _broker_error(exc, f"fetch from durable consumer {self.name!r}") from exc
-        return nc
+        return puller, nc
+
+    async def _on_lost(self, puller: PullSubscription, status: str) -> None:
+        """A pull answered 503/409: the generation is unavailable for now, or gone."""
+        broker = self._broker
+        try:
+            self._note_floor(await broker._consumer_info(self.name))
+        except nats.js.errors.NotFoundError:
+            # Deleted: fenced by a newer generation (another replica opened it), or by an
+            # operator. Never recreated under the same name: a fenced reader must not come
+            # back into a generation; reset() opens the next one (and fences the other).
+            self._forget()
+            self._puller = None
+            await broker._close_puller(puller, delete=False)
+            raise BrokerUnavailableError(
+                f"durable consumer {self.name!r} is gone (a newer generation of {self._base!r} fenced it, or it was"
+                " deleted); reset() opens the next generation from the ack floor"
+            ) from None
+        if not puller.buffer:
+            raise BrokerUnavailableError(
+                f"durable consumer {self.name!r} was unavailable ({status} {puller.last_description}); fetch again"
+            )
 
     def _wanted(self, hdr: bytes | None) -> bool:
         """Whether a delivery passes the origin and destination filter, read on its raw headers."""
@@ -1244,15 +1431,25 @@ class NatsDurableConsumer(DurableConsumer):
             wanted = self._routes[route] = routed_to in unescape_header_value(route.decode()).split(",")
         return wanted
 
-    async def _ack_skipped(self, nc: Client, skipped: list[bytes]) -> None:
-        if skipped:
+    async def _after_take(self, nc: Client, last: bytes) -> None:
+        """Marks the last delivery taken; when it was skipped and nothing is outstanding, acks it now.
+
+        A skipped delivery is acked by the next ack at or above it: at once when nothing
+        handed out before it waits (a batch of only skipped events is acked here, without a
+        reply: the next ack covers it if this one is lost), else with the batch that precedes
+        it, once the destination acked that.
+        """
+        if last in self._unacked:
+            return  # a forwarded delivery: its own ack covers the fetch
+        self._marks.append((_delivery_sequence(last), last))
+        if not self._unacked:
             try:
-                await self._broker._ack_all(nc, skipped, b"+ACK")
+                await self._advance(nc, confirm=False)
             except _NATS_FAILURES as exc:
-                raise _broker_error(exc, f"ack of {len(skipped)} skipped deliveries of {self.name!r}") from exc
+                raise _broker_error(exc, f"ack of skipped deliveries of {self.name!r}") from exc
 
     async def fetch_raw(self, max_events: int, *, timeout: float) -> RawBatch:
-        nc = await self._pull(max_events, timeout)
+        puller, nc = await self._pull(max_events, timeout)
         batch = RawBatch()
         ids, topics, sequences, headers, datas, tokens = (
             batch.ids,
@@ -1262,18 +1459,18 @@ class NatsDurableConsumer(DurableConsumer):
             batch.data,
             batch.tokens,
         )
-        skipped: list[bytes] = []
         topic_cache = self._topics
-        unacked = self._unacked
+        unacked, order = self._unacked, self._order
         pending = 0
-        for subject, reply, hdr, data in self._puller.take(max_events):
+        msgs = puller.take(max_events)
+        for subject, reply, hdr, data in msgs:
             if not self._wanted(hdr):
-                skipped.append(reply)
                 continue
             # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>[.<token>] (domains: 2 more)
             tokens_ = reply.split(b".")
             base = 4 if len(tokens_) == 9 else 6
             sequences.append(int(tokens_[base + 1]))
+            delivery = int(tokens_[base + 2])
             pending = int(tokens_[base + 4])
             topic = topic_cache.get(subject)
             if topic is None:
@@ -1286,71 +1483,91 @@ class NatsDurableConsumer(DurableConsumer):
             headers.append(lines)
             datas.append(data)
             tokens.append(reply)
-            unacked[reply] = None
+            unacked[reply] = delivery
+            order.append((delivery, reply))
         batch.pending = pending
-        await self._ack_skipped(nc, skipped)
+        if msgs:
+            await self._after_take(nc, msgs[-1][1])
         return batch
 
+    # -- acking -----------------------------------------------------------------------------
+
     async def ack_raw(self, batch: RawBatch) -> None:
-        await self._ack_replies([t for t in batch.tokens if isinstance(t, bytes)])
+        await self._ack_tokens(batch.tokens)
 
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
-        await self._ack_replies([d.token for d in deliveries if isinstance(d.token, bytes)])
+        await self._ack_tokens([d.token for d in deliveries])
 
-    async def _ack_replies(self, replies: list[bytes]) -> None:
-        if not replies:
+    async def _ack_tokens(self, tokens: Sequence[object]) -> None:
+        unacked = self._unacked
+        top, top_reply = 0, b""
+        for token in tokens:
+            reply = token.token if isinstance(token, Delivery) else token  # Delivery: the default fetch_raw's
+            if not isinstance(reply, bytes):
+                continue
+            # Unknown: of a generation before the last reset, or acked already. Never sent:
+            # this instance no longer reads that generation.
+            delivery = unacked.pop(reply, None)
+            if delivery is not None and delivery > top:
+                top, top_reply = delivery, reply
+        if not top:
             return
+        bisect.insort(self._marks, (top, top_reply))
         nc = await self._broker._ready()
         try:
-            await self._broker._ack_all(nc, replies[:-1], b"+ACK")
-            # The last ack asks for a reply. The consumer handles acks in order, so the reply
-            # means every ack of the batch is applied: none is delivered again, and pending()
-            # already counts them out.
-            await nc.request(replies[-1].decode(), b"+ACK", timeout=self._broker._ack_timeout)
+            await self._advance(nc, confirm=True)
         except _NATS_FAILURES as exc:
-            raise _broker_error(exc, f"ack of {len(replies)} deliveries of {self.name!r}") from exc
-        for reply in replies:
-            self._unacked.pop(reply, None)
+            raise _broker_error(exc, f"ack of {len(tokens)} deliveries of {self.name!r}") from exc
+
+    async def _advance(self, nc: Client, *, confirm: bool) -> None:
+        """Sends one ack on the highest mark below the oldest delivery still handed out (if any)."""
+        order, unacked = self._order, self._unacked
+        while order and order[0][1] not in unacked:
+            order.popleft()
+        oldest = order[0][0] if order else math.inf
+        marks = self._marks
+        n = 0
+        while n < len(marks) and marks[n][0] < oldest:
+            n += 1
+        if not n:
+            return
+        delivery, reply = marks[n - 1]
+        del marks[:n]
+        if delivery <= self._acked_to:
+            return
+        if confirm:
+            # The reply means the ack is applied: nothing up to it is delivered again, and
+            # pending() already counts it out. No responders: the generation is gone (fenced).
+            await nc.request(reply.decode(), b"+ACK", timeout=self._broker._ack_timeout)
+        else:
+            await self._broker._ack_all(nc, [reply], b"+ACK")
+        self._acked_to = max(self._acked_to, delivery)
+
+    # -- position ---------------------------------------------------------------------------
 
     async def pending(self) -> int:
         try:
             info = await self._broker._consumer_info(self.name)
         except _NATS_FAILURES as exc:
             raise _broker_error(exc, f"consumer info of {self.name!r}") from exc
+        self._note_floor(info)
         return int(info.num_pending or 0) + int(info.num_ack_pending or 0)
 
     async def reset(self) -> None:
+        """Opens the next generation at the ack floor; the current one is deleted (see the class)."""
         if self._closed:
             raise BrokerError(f"durable consumer {self.name!r} is closed", retriable=False)
         broker = self._broker
-        jsm = broker._jsm
-        if jsm is None:
+        if broker._jsm is None:
             raise BrokerError(f"NATS broker {broker.name!r} is not started", retriable=False)
+        self._forget()
+        puller, self._puller = self._puller, None
+        if puller is not None:
+            await broker._close_puller(puller, delete=False)
         try:
-            try:
-                info = await broker._consumer_info(self.name)
-                floor = info.ack_floor.stream_seq if info.ack_floor is not None else 0
-                self._floor = floor
-            except nats.js.errors.NotFoundError:
-                # A reset that failed halfway deleted it: recreate at the floor it had then.
-                floor = self._floor
-            # Deleting the consumer drops its redelivery state with it; the new one starts at
-            # the first event after the ack floor and delivers in order from there.
-            self._unacked.clear()
-            self._puller.buffer.clear()
-            await broker._close_puller(self._puller, delete=False)
-            with contextlib.suppress(nats.js.errors.NotFoundError):
-                await jsm.delete_consumer(broker.settings.stream, self.name)
-            if floor:
-                config = dataclasses.replace(
-                    self._config, deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=floor + 1
-                )
-            else:
-                config = dataclasses.replace(self._config, deliver_policy=DeliverPolicy.ALL, opt_start_seq=None)
-            self._puller, _ = await broker._open_puller(config)
-            self._config = config
+            await self._open_generation()
         except _NATS_FAILURES as exc:
-            raise _broker_error(exc, f"reset of durable consumer {self.name!r}") from exc
+            raise _broker_error(exc, f"reset of durable consumer {self._base!r}") from exc
 
     async def oldest_pending_time(self) -> float | None:
         broker = self._broker
@@ -1359,13 +1576,13 @@ class NatsDurableConsumer(DurableConsumer):
             raise BrokerError(f"NATS broker {broker.name!r} is not started", retriable=False)
         try:
             info = await broker._consumer_info(self.name)
+            self._note_floor(info)
             if not (info.num_pending or info.num_ack_pending):
                 return None
-            floor = info.ack_floor.stream_seq if info.ack_floor is not None else 0
             # The first message after the ack floor on the consumer's subjects (next=True skips
             # deleted ones): the oldest this consumer has not finished with.
             msg = await jsm.get_msg(
-                broker.settings.stream, seq=(floor or 0) + 1, subject=self._config.filter_subject, next=True
+                broker.settings.stream, seq=_floor_of(info) + 1, subject=self._config.filter_subject, next=True
             )
         except nats.js.errors.NotFoundError:
             return None
@@ -1375,17 +1592,22 @@ class NatsDurableConsumer(DurableConsumer):
         return msg.time.timestamp() if msg.time is not None else None
 
     async def close(self) -> None:
+        """Stops reading; the generation stays (it holds the position) until the next open deletes it.
+
+        Nothing is handed back: no reader ever pulls from this generation again, the next one
+        starts at its ack floor.
+        """
         if self._closed:
             return
         self._closed = True
         broker = self._broker
         broker._consumers.discard(self)
-        nc = broker._nc
-        # Buffered deliveries were delivered to us too: hand them back with the unacked ones.
-        unacked = list(self._unacked) + [m[1] for m in self._puller.buffer]
-        self._unacked.clear()
-        self._puller.buffer.clear()
-        if unacked and nc is not None and nc.is_connected:
-            with contextlib.suppress(*_NATS_FAILURES):
-                await broker._ack_all(nc, unacked, b"-NAK")
-        await broker._close_puller(self._puller, delete=False)
+        self._forget()
+        puller, self._puller = self._puller, None
+        if puller is not None:
+            await broker._close_puller(puller, delete=False)
+
+
+def _floor_of(info: ConsumerInfo) -> int:
+    """The stream sequence of a consumer's ack floor (0: nothing acked, from the stream's start)."""
+    return int(info.ack_floor.stream_seq or 0) if info.ack_floor is not None else 0

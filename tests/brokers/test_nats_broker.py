@@ -11,9 +11,11 @@ from collections.abc import AsyncIterator
 import nats
 import pytest
 from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from meshgate.brokers import (
     AppendResult,
+    Broker,
     BrokerState,
     BrokerUnavailableError,
     DurableConsumer,
@@ -58,6 +60,25 @@ class TestNatsBroker(BrokerContract):
     @pytest.fixture
     def new_broker(self, nats_server: EmbeddedNats) -> BrokerFactory:
         return lambda: make_nats_broker(nats_server)
+
+    async def test_durable_consumer_splits_work_between_replicas(
+        self, broker: Broker, new_broker: BrokerFactory
+    ) -> None:
+        """Not on NATS (``shares_work`` is False): a link runs in one replica, and a second open fences the first."""
+        sequences(await broker.append([make_event("orders/created", f"w{i}") for i in range(20)]))
+        async with new_broker() as replica:
+            a = await broker.durable_consumer("shared", pattern="orders/>")
+            got_a = await a.fetch(10, timeout=BOUND)
+            await a.ack(got_a[:4])
+            b = await replica.durable_consumer("shared", pattern="orders/>")
+            with pytest.raises(BrokerUnavailableError):
+                await a.fetch(10, timeout=BOUND)
+            got_b = await b.fetch(20, timeout=BOUND)
+            assert [d.event.id for d in got_b] == [f"w{i}" for i in range(4, 20)]
+            await b.ack(got_b)
+            assert await b.pending() == 0
+            await a.close()
+            await b.close()
 
     @pytest.fixture
     def backend(self, nats_server: EmbeddedNats) -> _NatsBackend:
@@ -247,24 +268,187 @@ async def test_state_follows_the_connection(nats_server: EmbeddedNats, nats_brok
 # -- durable consumers ------------------------------------------------------------------------
 
 
-async def test_unacked_deliveries_come_back_after_ack_wait(nats_server: EmbeddedNats) -> None:
-    """A replica that dies holding deliveries (no close, no NAK): another gets them after ack_wait."""
-    async with make_nats_broker(nats_server, durable_ack_wait=1.0) as broker:
-        sequences(await broker.append([make_event("orders/created", f"u{i}") for i in range(3)]))
+async def test_a_replica_that_dies_holding_deliveries_hands_them_over_at_once(nats_server: EmbeddedNats) -> None:
+    """A replica dies holding deliveries (no close, no ack): the next opener starts at the ack floor."""
+    async with make_nats_broker(nats_server, durable_ack_wait=30.0) as broker:
+        sequences(await broker.append([make_event("orders/created", f"u{i}") for i in range(4)]))
         doomed = await broker.durable_consumer("crashy", pattern="orders/*")
+        first = await doomed.fetch(1, timeout=BOUND)
+        await doomed.ack(first)
         held = await doomed.fetch(3, timeout=BOUND)
-        assert len(held) == 3
+        assert [d.event.id for d in held] == ["u1", "u2", "u3"]
         survivor = await broker.durable_consumer("crashy", pattern="orders/*")
-        started = time.monotonic()
-        again: list[str] = []
-        async with asyncio.timeout(BOUND):
-            while len(again) < 3:
-                deliveries = await survivor.fetch(3, timeout=2.0)
-                again.extend(d.event.id for d in deliveries)
-                await survivor.ack(deliveries)
-        assert sorted(again) == ["u0", "u1", "u2"]
-        assert time.monotonic() - started >= 0.5
+        # Not after ack_wait (30 s here): its generation starts right after the floor.
+        again = await survivor.fetch(10, timeout=BOUND)
+        assert [d.event.id for d in again] == ["u1", "u2", "u3"]
+        await survivor.ack(again)
+        assert await survivor.pending() == 0
         await survivor.close()
+
+
+async def _consumer_names(nats_server: EmbeddedNats, stream: str = "MESHGATE") -> set[str]:
+    async with await nats.connect(nats_server.url) as nc:
+        return {c.name for c in await nc.jetstream().consumers_info(stream)}
+
+
+async def test_a_late_ack_of_an_old_generation_acks_nothing_of_the_new_one(nats_server: EmbeddedNats) -> None:
+    """The fence: a replica that lost its lease acks late, with a delivery sequence above the new holder's."""
+    async with make_nats_broker(nats_server) as one, make_nats_broker(nats_server) as two:
+        sequences(await one.append([make_event("orders/created", f"f{i}") for i in range(10)]))
+        old = await one.durable_consumer("link-there", pattern="orders/*")
+        held = await old.fetch(10, timeout=BOUND)
+        assert len(held) == 10
+        # The lease moves: the new holder opens the link's consumer and reads three events.
+        new = await two.durable_consumer("link-there", pattern="orders/*")
+        assert new.name != old.name
+        taken = await new.fetch(3, timeout=BOUND)
+        assert [d.event.id for d in taken] == ["f0", "f1", "f2"]
+        # The old holder's late ack of its delivery 10 (AckAll: "everything up to 10"), as the
+        # server would apply it: a request, so that it is known processed before the checks.
+        late = held[-1].token
+        assert isinstance(late, bytes)
+        async with await nats.connect(nats_server.url) as nc:
+            with pytest.raises(nats.errors.NoRespondersError):
+                await nc.request(late.decode(), b"+ACK", timeout=BOUND)
+        # Through the consumer itself it fails too (its session would end), and acks nothing.
+        with pytest.raises(BrokerUnavailableError):
+            await old.ack(held)
+        # Nothing of the new generation was acked: all ten are still pending there.
+        assert await new.pending() == 10
+        info = await two._consumer_info(new.name)
+        assert info.ack_floor is not None and info.ack_floor.stream_seq == 0
+        await new.ack(taken)
+        rest = await new.fetch(10, timeout=BOUND)
+        assert [d.event.id for d in rest] == [f"f{i}" for i in range(3, 10)]
+        # The old reader is fenced for good: its pulls fail until it opens a generation again.
+        with pytest.raises(BrokerUnavailableError, match="fenced"):
+            await old.fetch(10, timeout=0.5)
+        await old.close()
+        await new.close()
+
+
+async def test_a_legacy_consumer_is_continued_from_its_floor_and_deleted(nats_server: EmbeddedNats) -> None:
+    """Upgrade: mg-link-<dest> of earlier releases (explicit acks, no generation)."""
+    async with make_nats_broker(nats_server) as broker, await nats.connect(nats_server.url) as nc:
+        seqs = sequences(await broker.append([make_event("orders/created", f"l{i}") for i in range(6)]))
+        js = nc.jetstream()
+        await js.add_consumer(
+            "MESHGATE",
+            ConsumerConfig(
+                name="mg-link-there",
+                durable_name="mg-link-there",
+                ack_policy=AckPolicy.EXPLICIT,
+                deliver_policy=DeliverPolicy.ALL,
+                filter_subject="mesh.>",
+            ),
+        )
+        sub = await js.pull_subscribe_bind("mg-link-there", "MESHGATE")
+        msgs = await sub.fetch(4, timeout=BOUND)
+        for msg in msgs[:2]:
+            await msg.ack_sync()
+        await msgs[3].ack_sync()  # acked out of order: above the floor, which stays at l1
+        await sub.unsubscribe()
+        consumer = await broker.durable_consumer("mg-link-there")
+        assert consumer.name == "mg-link-there@1"
+        got = await consumer.fetch(10, timeout=BOUND)
+        # From right after the floor; l3 again (acked above the floor): the destination's dedup answers it.
+        assert [(d.event.id, d.event.sequence) for d in got] == [(f"l{i}", seqs[i]) for i in range(2, 6)]
+        assert await _consumer_names(nats_server) == {"mg-link-there@1"}
+        await consumer.ack(got)
+        await consumer.close()
+        # Reopened: the next generation, from the floor the last one reached.
+        again = await broker.durable_consumer("mg-link-there")
+        assert again.name == "mg-link-there@2"
+        assert await again.fetch(10, timeout=0.3) == []
+        assert await again.pending() == 0
+        assert await _consumer_names(nats_server) == {"mg-link-there@2"}
+        await again.close()
+
+
+async def test_racing_opens_get_different_generations(nats_server: EmbeddedNats) -> None:
+    brokers = [make_nats_broker(nats_server) for _ in range(4)]
+    for b in brokers:
+        await b.start()
+    try:
+        sequences(await brokers[0].append([make_event("orders/created", f"r{i}") for i in range(3)]))
+        consumers = await asyncio.gather(*(b.durable_consumer("link-race") for b in brokers))
+        names = [c.name for c in consumers]
+        assert len(set(names)) == 4, names
+        # The newest generation fenced the others.
+        newest = max(names, key=lambda n: int(n.rpartition("@")[2]))
+        assert await _consumer_names(nats_server) == {newest}
+        winner = next(c for c in consumers if c.name == newest)
+        assert [d.event.id for d in await winner.fetch(10, timeout=BOUND)] == ["r0", "r1", "r2"]
+        for c in consumers:
+            await c.close()
+    finally:
+        for b in brokers:
+            await b.stop()
+
+
+async def test_an_open_that_loses_its_generation_number_takes_the_next(
+    nats_server: EmbeddedNats, nats_broker: NatsBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Create-only: an opener whose listing is stale (another took @1 meanwhile) never shares it."""
+    first = await nats_broker.durable_consumer("link-stale")
+    assert first.name == "link-stale@1"
+    listed = NatsBroker._generations
+    calls = 0
+
+    async def stale_once(self: NatsBroker, base: str) -> dict[str, int]:
+        nonlocal calls
+        calls += 1
+        return {} if calls == 1 else await listed(self, base)
+
+    monkeypatch.setattr(NatsBroker, "_generations", stale_once)
+    second = await nats_broker.durable_consumer("link-stale")
+    assert second.name == "link-stale@2"
+    assert await _consumer_names(nats_server) == {"link-stale@2"}
+    await first.close()
+    await second.close()
+
+
+async def test_one_ack_per_batch_covers_skipped_deliveries_only_after_the_forwarded(
+    nats_broker: NatsBroker,
+) -> None:
+    here_there = {"origin": "here", "route": ["here", "there"]}
+    await nats_broker.append(
+        [
+            make_event("orders/a", "s-1", **here_there),
+            make_event("orders/a", "s-2", origin="there", route=["here", "there"]),  # replicated in: skipped
+            make_event("orders/a", "s-3", **here_there),
+            make_event("orders/a", "s-4", origin="here", route=["here"]),  # not routed there: skipped
+        ]
+    )
+    consumer = await nats_broker.durable_consumer("link-batch", origin="here", routed_to="there")
+    try:
+        got = await consumer.fetch(10, timeout=BOUND)
+        assert [d.event.id for d in got] == ["s-1", "s-3"]
+        # Nothing acked yet, not even the skipped ones: an ack of s-2 (AckAll) would ack s-1.
+        assert await consumer.pending() == 4
+        # Acked out of order: s-3 waits for s-1.
+        await consumer.ack(got[1:])
+        assert await consumer.pending() == 4
+        await consumer.ack(got[:1])
+        # One ack covered the four, s-4 after the last forwarded one included.
+        assert await consumer.pending() == 0
+        # A batch of only skipped events is acked by itself.
+        await nats_broker.append([make_event("orders/a", f"s-{i}", origin="there") for i in range(5, 9)])
+        assert await fetch_skipping(consumer) == []
+        deadline = time.monotonic() + BOUND
+        while await consumer.pending():
+            assert time.monotonic() < deadline, "the skipped-only batch was never acked"
+            await asyncio.sleep(0.02)
+    finally:
+        await consumer.close()
+
+
+async def fetch_skipping(consumer: DurableConsumer) -> list[str]:
+    """Fetches until the consumer has nothing more (every delivery skipped, here)."""
+    got: list[str] = []
+    while deliveries := await consumer.fetch(10, timeout=0.3):
+        got.extend(d.event.id for d in deliveries)
+    return got
 
 
 async def _fetch_ids(consumer: DurableConsumer, count: int) -> list[str]:
