@@ -3,11 +3,13 @@
 ``MeshCluster`` writes a mesh file for the regions a test names (``kind: embedded`` by default,
 so each gateway runs its own nats-server child with JetStream under ``<tmp>/<region>/``), with
 ``gateway: 127.0.0.1:<port>`` on free ports. A region named in ``kafka`` is ``kind: kafka`` on
-a tansu broker (memory storage) the cluster starts on a free port; such a region may run
-several gateway replicas (``replicas``), each its own ``meshgate serve`` on its own port (the
-mesh file names the first one's). A region may sit behind a ``TcpProxy``: then the
-mesh file names the proxy's address (where its peers replicate to) and the region's process
-listens on its real port (``--listen``), which the test reaches directly.
+a tansu broker (memory storage) the cluster starts on a free port. A region may run several
+gateway replicas (``replicas``), each its own ``meshgate serve`` on its own port (the mesh file
+names the first one's); a NATS region with replicas is ``kind: nats`` on one nats-server the
+cluster starts for it (``EmbeddedNats``), which its replicas share (links under leases). A
+region may sit behind a ``TcpProxy``: then the mesh file names the proxy's address (where its
+peers replicate to) and the region's process listens on its real port (``--listen``), which
+the test reaches directly.
 
 No fixed ports (ports are picked by binding port 0), no sleeps for readiness (a gateway is
 ready when its log says "gateway serving on"), bounded polling only.
@@ -31,6 +33,7 @@ from typing import Any, Self, TypeVar
 import grpc
 import yaml
 
+from meshgate.brokers.embedded import EmbeddedNats
 from meshgate.testing import ServeProcess, Tansu
 from meshgate.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2_grpc
 from tests.e2e._proxy import TcpProxy
@@ -116,6 +119,8 @@ class Region:
     # Set for a Kafka region: its ``kafka:`` settings and the tansu it runs on.
     kafka: dict[str, Any] | None = None
     tansu: Tansu | None = None
+    # Set for a NATS region with replicas: the nats-server they share (started by the cluster).
+    shared_nats: EmbeddedNats | None = None
     replica: int = 0
     proc: ServeProcess | None = None
     # Logs of earlier incarnations (before a kill or stop), oldest first.
@@ -140,7 +145,7 @@ class MeshCluster:
     per-region ``nats:`` settings (e.g. ``{"eu-central": {"max_payload": "64KiB"}}``);
     ``limits`` goes to ``settings.limits``. ``kafka`` names the regions that are ``kind: kafka``
     (each on its own tansu) with their ``kafka:`` settings (``{}`` for the defaults);
-    ``replicas`` gives a Kafka region more than one gateway process.
+    ``replicas`` gives a region more than one gateway process (a NATS region's share one nats-server).
     """
 
     def __init__(
@@ -165,10 +170,9 @@ class MeshCluster:
         both = set(kafka) & set(nats or {})
         if both:
             raise ValueError(f"regions {sorted(both)} are given both nats and kafka settings")
-        # Replicas of an embedded region would each run their own nats-server on separate logs.
+        # Replicas of an embedded region would each run their own nats-server on separate logs:
+        # a NATS region with replicas runs on one nats-server of its own that they share.
         shared = {name for name, n in replicas.items() if n > 1} - set(kafka)
-        if shared:
-            raise ValueError(f"regions {sorted(shared)}: only a Kafka region runs several replicas here")
         self.root = root
         self.routing = [(pattern, list(dest)) for pattern, dest in routing]
         self.limits = dict(limits or {})
@@ -179,10 +183,16 @@ class MeshCluster:
         # Replicas 1.. of a region (replica 0 is ``regions[name]``).
         self.more_replicas: dict[str, list[Region]] = {name: [] for name in regions}
         self.tansus: dict[str, Tansu] = {}
+        self.shared_nats: dict[str, EmbeddedNats] = {}
         for name in regions:
             tansu = None
+            shared_nats = None
             if name in kafka:
                 tansu = self.tansus[name] = Tansu()
+            elif name in shared:
+                shared_nats = self.shared_nats[name] = EmbeddedNats(
+                    data_dir=root / f"{name}-nats", server_name=f"{name}-shared"
+                )
             for i in range(max(1, replicas.get(name, 1))):
                 region = Region(
                     name=name,
@@ -191,6 +201,7 @@ class MeshCluster:
                     nats=dict((nats or {}).get(name, {})),
                     kafka=dict(kafka[name]) if name in kafka else None,
                     tansu=tansu,
+                    shared_nats=shared_nats,
                     replica=i,
                 )
                 if i == 0:
@@ -211,6 +222,9 @@ class MeshCluster:
                 entry["brokers"] = [r.tansu.bootstrap]
                 if r.kafka:
                     entry["kafka"] = dict(r.kafka)
+            elif r.shared_nats is not None:
+                entry["kind"] = "nats"
+                entry["brokers"] = [f"{r.shared_nats.host}:{r.shared_nats.port}"]
             if r.nats:
                 entry["nats"] = dict(r.nats)
             regions.append(entry)
@@ -232,6 +246,8 @@ class MeshCluster:
         try:
             for tansu in self.tansus.values():
                 await tansu.start()
+            for server in self.shared_nats.values():
+                await server.start()
             for name in self._proxied:
                 region = self.regions[name]
                 region.proxy = TcpProxy(region.listen)
@@ -264,7 +280,7 @@ class MeshCluster:
             raise
         if address != region.listen:
             raise RuntimeError(f"region {region.name} serves on {address}, expected {region.listen}")
-        if region.tansu is None:
+        if region.tansu is None and region.shared_nats is None:
             pid = self.broker_pid(region.name)
             if pid is not None:
                 self._broker_pids[region.name].add(pid)
@@ -282,6 +298,8 @@ class MeshCluster:
                 region.channel = None
         for tansu in self.tansus.values():
             await tansu.stop()
+        for server in self.shared_nats.values():
+            await server.stop()
         for region in self.regions.values():
             for pid in list(self._broker_pids[region.name]):
                 await self._reap_broker(region, pid, grace=5.0)
@@ -410,9 +428,9 @@ class MeshCluster:
         """
         region = self.replica(name, replica)
         proc = self.process(name, replica)
-        if region.tansu is not None:
+        if region.tansu is not None or region.shared_nats is not None:
             if broker_too:
-                raise ValueError(f"region {name} is on tansu (memory storage): its broker cannot be killed and kept")
+                raise ValueError(f"region {name}'s broker is not its gateway's child (tansu, or shared by replicas)")
             proc.signal(signal.SIGKILL)
             await proc.wait(timeout=15)
             region.history.append(proc.text())
@@ -436,7 +454,7 @@ class MeshCluster:
         """SIGTERM the region's gateway and wait for it (and its broker) to exit; its exit code."""
         region = self.replica(name, replica)
         proc = self.process(name, replica)
-        broker = self.broker_pid(name) if region.tansu is None else None
+        broker = self.broker_pid(name) if region.tansu is None and region.shared_nats is None else None
         proc.signal(signal.SIGTERM)
         rc = await proc.wait(timeout=timeout)
         if broker is not None:

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import re
+import signal
 from collections.abc import Callable
 from typing import Any
 
+import nats
 import pytest
 
 from meshgate.v1 import admin_pb2, event_pb2
@@ -217,6 +219,93 @@ async def test_kafka_source_replica_killed_and_its_partitions_move_to_the_other(
     assert len(ledger.acked) == 3000, f"{len(ledger.acked)} of 3000 acked; refused: {list(ledger.rejected)[:5]}"
     await ledger.verify(cluster, timeout=90)
     assert not ledger.problems
+
+
+async def _link_holder(cluster: MeshCluster, replicas: int) -> int:
+    """The replica of us-west running its link to eu-central (the others are standby)."""
+    running = []
+    for r in range(replicas):
+        link = await cluster.link(US, EU, replica=r)
+        if link is not None and link.state not in (admin_pb2.LINK_STATE_STANDBY, admin_pb2.LINK_STATE_UNSPECIFIED):
+            running.append(r)
+    assert len(running) == 1, f"replicas running the {US} -> {EU} link: {running}"
+    return running[0]
+
+
+async def _link_consumers(cluster: MeshCluster) -> set[str]:
+    async with await nats.connect(cluster.shared_nats[US].url) as nc:
+        return {c.name for c in await nc.jetstream().consumers_info("MESHGATE") if c.name.startswith("mg-link-")}
+
+
+@pytest.mark.parametrize("how", ["kill-9", "stop", "stall"])
+async def test_nats_link_lease_moves_to_the_other_replica_under_load(make_mesh: MeshFactory, how: str) -> None:
+    """Two replicas of a NATS source share a nats-server; the one holding the link's lease dies or stalls.
+
+    The other takes the lease (at once after a clean stop, after the lease TTL after a kill or
+    a stall) and opens the next generation of the link's consumer from the ack floor. A stalled
+    holder (SIGSTOP, then SIGCONT once the other runs the link) wakes up with batches in flight
+    and acks them late: into its deleted generation, so they cannot ack the new holder's
+    deliveries (AckAll); what it forwarded after the floor is sent again and answered as
+    duplicates. Every acked event is at eu-central exactly once.
+    """
+    cluster: MeshCluster = await make_mesh([US, EU], ROUTING, replicas={US: 2})
+    ledger = Ledger()
+    events = workload(US, 3000)
+
+    async def forwarded_by_all() -> int:
+        links = [await cluster.link(US, EU, replica=r) for r in (0, 1)]
+        return sum(link.forwarded for link in links if link is not None)
+
+    # The producer publishes to replica 0; the link runs in whichever replica holds the lease.
+    await Producer(cluster, ledger, US, events[:100], batch_size=50).run()
+
+    async def warm() -> bool:
+        return await forwarded_by_all() >= routed(ledger, US, EU)
+
+    await wait_until(warm, 45, what=f"the warm-up events forwarded {US} -> {EU}")
+    holder = await _link_holder(cluster, 2)
+    before = await _link_consumers(cluster)
+    # The link's consumer: one generation, never the un-generationed name.
+    assert len(before) == 1 and next(iter(before)).startswith(f"mg-link-{EU}@"), before
+    # Spread over about 15 s: the hand-over (up to the lease TTL, 10 s) happens under load.
+    producer = Producer(cluster, ledger, US, events[100:], batch_size=50, pace=0.25)
+    producing = asyncio.create_task(producer.run())
+
+    async def under_way() -> bool:
+        return producer.acked >= 600 and await forwarded_by_all() >= 300
+
+    await wait_until(under_way, 30, what=f"600 acked at {US} and 300 forwarded to {EU}")
+    if how == "kill-9":
+        await cluster.kill9(US, broker_too=False, replica=holder)  # its batches to eu-central are in flight
+    elif how == "stop":
+        await cluster.stop(US, replica=holder)
+    else:
+        cluster.process(US, holder).signal(signal.SIGSTOP)
+    assert producer.acked < 3000, "the producer finished before the holder died: nothing was in flight"
+    survivor = 1 - holder
+
+    async def taken_over() -> bool:
+        # (It may have nothing to forward yet: the producer publishes to replica 0, which may be the dead one.)
+        link = await cluster.link(US, EU, replica=survivor)
+        return link is not None and link.state == REPLICATING
+
+    try:
+        await wait_until(taken_over, 45, what=f"replica {survivor} to run the {US} -> {EU} link")
+    finally:
+        if how == "stall":
+            cluster.process(US, holder).signal(signal.SIGCONT)
+    if how != "stall":
+        # Back as a standby (replica 0 also takes the producer's stream and the ledger's reads).
+        await cluster.restart(US, replica=holder)
+    await asyncio.wait_for(producing, 90)
+    assert len(ledger.acked) == 3000, f"{len(ledger.acked)} of 3000 acked; refused: {list(ledger.rejected)[:5]}"
+    await ledger.verify(cluster, timeout=90)
+    assert not ledger.problems
+    # One generation, newer than before the hand-over; the older ones are deleted.
+    after = await _link_consumers(cluster)
+    [was], [now] = before, after
+    assert now.startswith(f"mg-link-{EU}@") and int(now.rpartition("@")[2]) > int(was.rpartition("@")[2]), (was, now)
+    assert await _link_holder(cluster, 2) == survivor
 
 
 async def test_slow_destination_gets_everything_once_in_order(make_mesh: MeshFactory) -> None:
