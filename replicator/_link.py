@@ -169,7 +169,9 @@ class Link:
     The consumer's position lives in the broker, so a link resumes where it stopped after any
     crash. Only this region's own events whose route names the destination are sent; the rest
     are acked and skipped. A batch's deliveries are acked only after the destination acked
-    the batch; on any failure the unacked ones are handed back and sent again after a backoff.
+    the batch, batches in the order they were sent (a NATS consumer acks once per batch,
+    everything up to a delivery: ``NatsDurableConsumer``); on any failure the unacked ones are
+    handed back and sent again after a backoff.
     """
 
     def __init__(
@@ -328,7 +330,8 @@ class Link:
 
     async def _open_consumer(self) -> DurableConsumer:
         # Only this region's own events routed to the destination come out of it; the broker
-        # adapter skips the rest before decoding them.
+        # adapter skips the rest before decoding them. On NATS each open (and each reset) is a
+        # new generation of the consumer that fences the replicas that ran the link before.
         return await self._broker.durable_consumer(self._consumer_name, origin=self.source, routed_to=self.destination)
 
     def _is_stopping(self) -> bool:

@@ -1315,11 +1315,15 @@ class NatsDurableConsumer(DurableConsumer):
         self._floor = floor
         self._acked_to = 0
         # Listed again: a racing opener's generation created after the first listing is older
-        # than this one and must go too. Its late acks then land nowhere.
-        for old, n in (await broker._generations(self._base)).items():
-            if n < number:
-                with contextlib.suppress(nats.js.errors.NotFoundError):
-                    await broker._js_api(f"CONSUMER.DELETE.{broker.settings.stream}.{old}")
+        # than this one and must go too. Its late acks then land nowhere, and its reader
+        # learns it was fenced. Safety does not hang on the deletes (an old generation's acks
+        # only ever ack that generation, and its floor stays true), so a failed one only
+        # leaves an old generation for the next open to delete.
+        with contextlib.suppress(*_NATS_FAILURES):
+            for old, n in (await broker._generations(self._base)).items():
+                if n < number:
+                    with contextlib.suppress(nats.js.errors.NotFoundError):
+                        await broker._js_api(f"CONSUMER.DELETE.{broker.settings.stream}.{old}")
 
     def _forget(self) -> None:
         """Drops every delivery handed out or buffered: they are not acked through this generation."""
