@@ -26,6 +26,7 @@ from meshgate.brokers import (
     StartAt,
 )
 from meshgate.brokers.nats import AckTimeoutError
+from meshgate.brokers.nats._broker import _generation_of
 from meshgate.config import NatsSettings
 from tests._servers import TEST_ACK_TIMEOUT, make_nats_broker
 from tests.brokers._contract import (
@@ -369,6 +370,23 @@ async def test_a_legacy_consumer_is_continued_from_its_floor_and_deleted(nats_se
         assert await again.pending() == 0
         assert await _consumer_names(nats_server) == {"mg-link-there@2"}
         await again.close()
+
+
+def test_generation_names_never_collide_across_destinations() -> None:
+    assert _generation_of("mg-link-b", "mg-link-b") == 0  # from before generations
+    assert _generation_of("mg-link-b@12", "mg-link-b") == 12
+    # Destination b-2's consumers are never b's generations, nor b's theirs.
+    assert _generation_of("mg-link-b-2", "mg-link-b") is None
+    assert _generation_of("mg-link-b-2@3", "mg-link-b") is None
+    assert _generation_of("mg-link-b@3", "mg-link-b-2") is None
+    assert _generation_of("mg-link-b@x", "mg-link-b") is None
+    assert _generation_of("mg-link-b@", "mg-link-b") is None
+
+
+async def test_a_durable_consumer_name_cannot_look_like_a_generation(nats_broker: NatsBroker) -> None:
+    for name in ("mg-link-b@1", "a.b", ""):
+        with pytest.raises(ValueError, match="durable consumer name"):
+            await nats_broker.durable_consumer(name)
 
 
 async def test_racing_opens_get_different_generations(nats_server: EmbeddedNats) -> None:
