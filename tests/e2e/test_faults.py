@@ -237,16 +237,17 @@ async def _link_consumers(cluster: MeshCluster) -> set[str]:
         return {c.name for c in await nc.jetstream().consumers_info("MESHGATE") if c.name.startswith("mg-link-")}
 
 
-@pytest.mark.parametrize("how", ["kill-9", "stop", "stall"])
+# A clean stop (the lease handed back at once) is tests/gateway/test_replicas.py's case; these two
+# are the hand-overs where the old holder cannot say it has gone, each ~20 s of the default run.
+@pytest.mark.parametrize("how", ["kill-9", "stall"])
 async def test_nats_link_lease_moves_to_the_other_replica_under_load(make_mesh: MeshFactory, how: str) -> None:
     """Two replicas of a NATS source share a nats-server; the one holding the link's lease dies or stalls.
 
-    The other takes the lease (at once after a clean stop, after the lease TTL after a kill or
-    a stall) and opens the next generation of the link's consumer from the ack floor. A stalled
-    holder (SIGSTOP, then SIGCONT once the other runs the link) wakes up with batches in flight
-    and acks them late: into its deleted generation, so they cannot ack the new holder's
-    deliveries (AckAll); what it forwarded after the floor is sent again and answered as
-    duplicates. Every acked event is at eu-central exactly once.
+    The other takes the lease (after the lease TTL) and opens the next generation of the link's
+    consumer from the ack floor. A stalled holder (SIGSTOP, then SIGCONT once the other runs the
+    link) wakes up with batches in flight and acks them late: into its deleted generation, so
+    they cannot ack the new holder's deliveries (AckAll); what it forwarded after the floor is
+    sent again and answered as duplicates. Every acked event is at eu-central exactly once.
     """
     cluster: MeshCluster = await make_mesh([US, EU], ROUTING, replicas={US: 2})
     ledger = Ledger()
@@ -277,8 +278,6 @@ async def test_nats_link_lease_moves_to_the_other_replica_under_load(make_mesh: 
     await wait_until(under_way, 30, what=f"600 acked at {US} and 300 forwarded to {EU}")
     if how == "kill-9":
         await cluster.kill9(US, broker_too=False, replica=holder)  # its batches to eu-central are in flight
-    elif how == "stop":
-        await cluster.stop(US, replica=holder)
     else:
         cluster.process(US, holder).signal(signal.SIGSTOP)
     assert producer.acked < 3000, "the producer finished before the holder died: nothing was in flight"
