@@ -1025,12 +1025,17 @@ class NatsBroker(Broker):
 
     async def _js_api(self, subject: str, request: dict[str, object] | None = None) -> dict[str, Any]:
         """A JetStream API request nats-py has no call for (or not with these fields)."""
-        jsm = self._jsm
-        if jsm is None:
+        if self._jsm is None:
             raise BrokerError(f"NATS broker {self.name!r} is not started", retriable=False)
         body = json.dumps(request).encode() if request is not None else b""
-        # nats-py's own request helper: it turns an error answer into its APIError classes.
-        resp: dict[str, Any] = await jsm._api_request(f"{jsm._prefix}.{subject}", body, timeout=jsm._timeout)
+        try:
+            msg = await self._require_nc().request(f"$JS.API.{subject}", body, timeout=self._ack_timeout)
+        except nats.errors.NoRespondersError:
+            raise nats.js.errors.ServiceUnavailableError from None  # JetStream is not enabled or not up
+        resp: dict[str, Any] = json.loads(msg.data)
+        if "error" in resp:
+            # nats-py's error classes, as its own calls raise them (NotFoundError for 404, ...).
+            nats.js.errors.APIError.from_error(resp["error"])
         return resp
 
     async def _generations(self, base: str) -> dict[str, int]:
