@@ -270,7 +270,7 @@ grpc
 {{- $vars | toJson -}}
 {{- end -}}
 
-{{/* "true" when the mesh file turns TLS on (security.ca) or names the chart's TLS variables. */}}
+{{/* "true" when the mesh file turns TLS on (security.ca set). */}}
 {{- define "meshgate.meshUsesTls" -}}
 {{- $mesh := include "meshgate.mesh" . | fromJson -}}
 {{- $security := get $mesh "security" -}}
