@@ -141,3 +141,26 @@ def test_a_ca_whose_key_is_not_its_own_is_not_reused(tmp_path: Path) -> None:
     assert "cannot reuse the CA" in done.stderr and "is not the key of the certificate" in done.stderr
     assert "--new-ca" in done.stderr
     assert not (tmp_path / "certs" / "b.crt").exists()
+
+
+def test_the_ca_only_signs_certificates_and_a_leaf_only_signs_and_agrees_keys() -> None:
+    ca = make_ca()
+    leaf = make_region_cert(ca, "a")
+    usage = {
+        name: pair.certificate.extensions.get_extension_for_class(x509.KeyUsage)
+        for name, pair in (("ca", ca), ("leaf", leaf))
+    }
+    assert all(ext.critical for ext in usage.values())
+    ca_usage, leaf_usage = usage["ca"].value, usage["leaf"].value
+    assert (ca_usage.key_cert_sign, ca_usage.crl_sign, ca_usage.digital_signature, ca_usage.key_agreement) == (
+        True,
+        True,
+        False,
+        False,
+    )
+    assert (leaf_usage.key_cert_sign, leaf_usage.crl_sign, leaf_usage.digital_signature, leaf_usage.key_agreement) == (
+        False,
+        False,
+        True,
+        True,
+    )
