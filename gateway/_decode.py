@@ -55,11 +55,7 @@ async def _refuse(request: object, context: _Context) -> None:
 
 
 class _MalformedRequestError(Exception):
-    """Raised into a streaming servicer where it reads a request that did not parse."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
+    """Raised into a streaming servicer where it reads a request that did not parse; str() is the message."""
 
 
 async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
@@ -115,7 +111,7 @@ def _wrap(handler: Any, method: str) -> Any:
             try:
                 return await stream_unary(_checked(requests), context)
             except _MalformedRequestError as exc:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.message)
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
         return grpc.stream_unary_rpc_method_handler(su, **options)
     stream_stream = handler.stream_stream
@@ -128,7 +124,7 @@ def _wrap(handler: Any, method: str) -> Any:
                 async for response in stream_stream(_checked(requests), context):
                     yield response
             except _MalformedRequestError as exc:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.message)
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
         return grpc.stream_stream_rpc_method_handler(ss_gen, **options)
 
@@ -136,7 +132,7 @@ def _wrap(handler: Any, method: str) -> Any:
         try:
             return await stream_stream(_checked(requests), context)
         except _MalformedRequestError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.message)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
     return grpc.stream_stream_rpc_method_handler(ss_coro, **options)
 
