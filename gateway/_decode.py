@@ -81,60 +81,61 @@ def _wrap(handler: Any, method: str) -> Any:
         "response_serializer": handler.response_serializer,
     }
     if handler.unary_unary is not None:
-        unary_unary = handler.unary_unary
-
-        async def uu(request: Any, context: _Context) -> Any:
-            await _refuse(request, context)
-            return await unary_unary(request, context)
-
-        return grpc.unary_unary_rpc_method_handler(uu, **options)
+        return grpc.unary_unary_rpc_method_handler(_unary_coro(handler.unary_unary), **options)
     if handler.unary_stream is not None:
-        unary_stream = handler.unary_stream
-        if inspect.isasyncgenfunction(unary_stream):
-
-            async def us_gen(request: Any, context: _Context) -> AsyncIterator[Any]:
-                await _refuse(request, context)
-                async for response in unary_stream(request, context):
-                    yield response
-
-            return grpc.unary_stream_rpc_method_handler(us_gen, **options)
-
-        async def us_coro(request: Any, context: _Context) -> Any:
-            await _refuse(request, context)
-            return await unary_stream(request, context)
-
-        return grpc.unary_stream_rpc_method_handler(us_coro, **options)
+        us = handler.unary_stream
+        return grpc.unary_stream_rpc_method_handler(
+            _unary_gen(us) if inspect.isasyncgenfunction(us) else _unary_coro(us), **options
+        )
     if handler.stream_unary is not None:
-        stream_unary = handler.stream_unary
-
-        async def su(requests: AsyncIterator[Any], context: _Context) -> Any:
-            try:
-                return await stream_unary(_checked(requests), context)
-            except _MalformedRequestError as exc:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-
-        return grpc.stream_unary_rpc_method_handler(su, **options)
-    stream_stream = handler.stream_stream
-    if stream_stream is None:
+        return grpc.stream_unary_rpc_method_handler(_stream_coro(handler.stream_unary), **options)
+    ss = handler.stream_stream
+    if ss is None:
         return handler
-    if inspect.isasyncgenfunction(stream_stream):
+    return grpc.stream_stream_rpc_method_handler(
+        _stream_gen(ss) if inspect.isasyncgenfunction(ss) else _stream_coro(ss), **options
+    )
 
-        async def ss_gen(requests: AsyncIterator[Any], context: _Context) -> AsyncIterator[Any]:
-            try:
-                async for response in stream_stream(_checked(requests), context):
-                    yield response
-            except _MalformedRequestError as exc:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
-        return grpc.stream_stream_rpc_method_handler(ss_gen, **options)
+# One wrapper per kind of behaviour: a request in or a stream of them, a coroutine or an async generator.
 
-    async def ss_coro(requests: AsyncIterator[Any], context: _Context) -> Any:
+
+def _unary_coro(behaviour: Any) -> Any:
+    async def call(request: Any, context: _Context) -> Any:
+        await _refuse(request, context)
+        return await behaviour(request, context)
+
+    return call
+
+
+def _unary_gen(behaviour: Any) -> Any:
+    async def call(request: Any, context: _Context) -> AsyncIterator[Any]:
+        await _refuse(request, context)
+        async for response in behaviour(request, context):
+            yield response
+
+    return call
+
+
+def _stream_coro(behaviour: Any) -> Any:
+    async def call(requests: AsyncIterator[Any], context: _Context) -> Any:
         try:
-            return await stream_stream(_checked(requests), context)
+            return await behaviour(_checked(requests), context)
         except _MalformedRequestError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
-    return grpc.stream_stream_rpc_method_handler(ss_coro, **options)
+    return call
+
+
+def _stream_gen(behaviour: Any) -> Any:
+    async def call(requests: AsyncIterator[Any], context: _Context) -> AsyncIterator[Any]:
+        try:
+            async for response in behaviour(_checked(requests), context):
+                yield response
+        except _MalformedRequestError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+
+    return call
 
 
 class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
