@@ -24,7 +24,6 @@ import json
 import logging
 import math
 import secrets
-from collections import deque
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -1199,15 +1198,11 @@ class NatsBroker(Broker):
         info: ConsumerInfo = await jsm.consumer_info(self.settings.stream, name)
         return info
 
-    async def _ack_all(self, nc: Client, replies: Sequence[bytes], body: bytes) -> None:
-        if not replies:
-            return
+    async def _ack_without_reply(self, nc: Client, reply: bytes) -> None:
         if self._fast_publish:
-            tail = b" %d\r\n%b\r\n" % (len(body), body)
-            await self._send(nc, [b"PUB " + reply + tail for reply in replies], len(replies))
+            await self._send(nc, [b"PUB " + reply + b" 4\r\n+ACK\r\n"], 1)
         else:
-            for reply in replies:
-                await nc.publish(reply.decode(), body)
+            await nc.publish(reply.decode(), b"+ACK")
 
 
 class NatsDurableConsumer(DurableConsumer):
@@ -1256,16 +1251,13 @@ class NatsDurableConsumer(DurableConsumer):
         self._routes: dict[bytes, bool] = {}
         # Subject -> topic of the deliveries.
         self._topics: dict[bytes, str] = {}
-        # Ack subject -> delivery sequence of the deliveries handed out and not acked yet.
+        # Ack subject -> delivery sequence of the deliveries handed out and not acked yet, in
+        # delivery order (insertion order): the first entry is the oldest still outstanding.
         self._unacked: dict[bytes, int] = {}
-        # The same in delivery order; entries no longer in _unacked are dropped lazily.
-        self._order: deque[tuple[int, bytes]] = deque()
         # Deliveries an ack may be sent on once everything handed out before them is acked:
         # the last delivery of a fetch (so skipped ones after the last forwarded one are
         # covered) and acked ones that wait for earlier ones. Sorted by delivery sequence.
         self._marks: list[tuple[int, bytes]] = []
-        # The delivery sequence the last ack of this generation covered.
-        self._acked_to = 0
         # The highest ack floor seen of this consumer's generations: where a new generation
         # starts when the current one is gone (deleted under us) by the time it is reopened.
         self._floor = 0
@@ -1318,7 +1310,6 @@ class NatsDurableConsumer(DurableConsumer):
         self._config = config
         self.name = name
         self._floor = floor
-        self._acked_to = 0
         # Listed again: a racing opener's generation created after the first listing is older
         # than this one and must go too. Its late acks then land nowhere, and its reader
         # learns it was fenced. Safety does not hang on the deletes (an old generation's acks
@@ -1333,7 +1324,6 @@ class NatsDurableConsumer(DurableConsumer):
     def _forget(self) -> None:
         """Drops every delivery handed out or buffered: they are not acked through this generation."""
         self._unacked.clear()
-        self._order.clear()
         self._marks.clear()
         if self._puller is not None:
             self._puller.buffer.clear()
@@ -1347,7 +1337,7 @@ class NatsDurableConsumer(DurableConsumer):
         puller, nc = await self._pull(max_events, timeout)
         deliveries = []
         topic_of = self._broker._mapper.topic
-        unacked, order = self._unacked, self._order
+        unacked = self._unacked
         msgs = puller.take(max_events)
         for subject, reply, hdr, data in msgs:
             if not self._wanted(hdr):
@@ -1357,7 +1347,6 @@ class NatsDurableConsumer(DurableConsumer):
                 parse_header_block(hdr), data, topic=topic_of(subject.decode()), sequence=meta.stream_sequence
             )
             unacked[reply] = meta.consumer_sequence
-            order.append((meta.consumer_sequence, reply))
             deliveries.append(Delivery(event=event, token=reply, pending=meta.pending))
         if msgs:
             await self._after_take(nc, msgs[-1][1])
@@ -1469,7 +1458,7 @@ class NatsDurableConsumer(DurableConsumer):
             batch.tokens,
         )
         topic_cache = self._topics
-        unacked, order = self._unacked, self._order
+        unacked = self._unacked
         pending = 0
         msgs = puller.take(max_events)
         for subject, reply, hdr, data in msgs:
@@ -1493,7 +1482,6 @@ class NatsDurableConsumer(DurableConsumer):
             datas.append(data)
             tokens.append(reply)
             unacked[reply] = delivery
-            order.append((delivery, reply))
         batch.pending = pending
         if msgs:
             await self._after_take(nc, msgs[-1][1])
@@ -1530,27 +1518,23 @@ class NatsDurableConsumer(DurableConsumer):
 
     async def _advance(self, nc: Client, *, confirm: bool) -> None:
         """Sends one ack on the highest mark below the oldest delivery still handed out (if any)."""
-        order, unacked = self._order, self._unacked
-        while order and order[0][1] not in unacked:
-            order.popleft()
-        oldest = order[0][0] if order else math.inf
+        oldest = next(iter(self._unacked.values()), math.inf)
         marks = self._marks
         n = 0
         while n < len(marks) and marks[n][0] < oldest:
             n += 1
         if not n:
             return
-        delivery, reply = marks[n - 1]
+        reply = marks[n - 1][1]
+        # Every mark left is above the one acked now, and later marks (a fetch's last delivery,
+        # an acked one) come later in delivery order: no ack is ever sent twice.
         del marks[:n]
-        if delivery <= self._acked_to:
-            return
         if confirm:
             # The reply means the ack is applied: nothing up to it is delivered again, and
             # pending() already counts it out. No responders: the generation is gone (fenced).
             await nc.request(reply.decode(), b"+ACK", timeout=self._broker._ack_timeout)
         else:
-            await self._broker._ack_all(nc, [reply], b"+ACK")
-        self._acked_to = max(self._acked_to, delivery)
+            await self._broker._ack_without_reply(nc, reply)
 
     # -- position ---------------------------------------------------------------------------
 
