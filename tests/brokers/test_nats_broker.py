@@ -15,7 +15,6 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from meshgate.brokers import (
     AppendResult,
-    Broker,
     BrokerState,
     BrokerUnavailableError,
     DurableConsumer,
@@ -61,25 +60,6 @@ class TestNatsBroker(BrokerContract):
     @pytest.fixture
     def new_broker(self, nats_server: EmbeddedNats) -> BrokerFactory:
         return lambda: make_nats_broker(nats_server)
-
-    async def test_durable_consumer_splits_work_between_replicas(
-        self, broker: Broker, new_broker: BrokerFactory
-    ) -> None:
-        """Not on NATS (``shares_work`` is False): a link runs in one replica, and a second open fences the first."""
-        sequences(await broker.append([make_event("orders/created", f"w{i}") for i in range(20)]))
-        async with new_broker() as replica:
-            a = await broker.durable_consumer("shared", pattern="orders/>")
-            got_a = await a.fetch(10, timeout=BOUND)
-            await a.ack(got_a[:4])
-            b = await replica.durable_consumer("shared", pattern="orders/>")
-            with pytest.raises(BrokerUnavailableError):
-                await a.fetch(10, timeout=BOUND)
-            got_b = await b.fetch(20, timeout=BOUND)
-            assert [d.event.id for d in got_b] == [f"w{i}" for i in range(4, 20)]
-            await b.ack(got_b)
-            assert await b.pending() == 0
-            await a.close()
-            await b.close()
 
     @pytest.fixture
     def backend(self, nats_server: EmbeddedNats) -> _NatsBackend:
