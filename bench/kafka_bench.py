@@ -46,7 +46,6 @@ import asyncio
 import contextlib
 import importlib
 import json
-import signal
 import sys
 import tempfile
 import time
@@ -59,7 +58,7 @@ import grpc
 from meshgate.bench._nats_anchor import Fill, percentile, sample_latencies, subject_count, watch_fill
 from meshgate.bench.ingest_bench import peak_rss_mb, stream
 from meshgate.bench.nats_append_bench import DATA
-from meshgate.bench.replication_bench import Published, Region, ce_time_ns, free_port, publish_stream
+from meshgate.bench.replication_bench import Published, Region, ce_time_ns, free_port, publish_stream, terminate
 from meshgate.brokers._codec import parse_time
 from meshgate.testing import ServeProcess
 from meshgate.v1 import gateway_pb2_grpc
@@ -278,11 +277,7 @@ class _KafkaGateway:
         if self.proc is None or self.proc.proc is None:
             return
         self.note_rss()
-        if self.proc.proc.returncode is None:
-            self.proc.signal(signal.SIGTERM)
-            with contextlib.suppress(TimeoutError):
-                await self.proc.wait(timeout=30)
-        await self.proc.close()
+        await terminate(self.proc)
 
 
 async def _warm_up(stub: gateway_pb2_grpc.GatewayStub, topic: str, count: Callable[[], Awaitable[int]]) -> None:

@@ -150,17 +150,20 @@ class Region:
         if self.proc is None or self.proc.proc is None:
             return
         self.note_rss()
-        if self.proc.proc.returncode is None:
-            self.proc.signal(signal.SIGTERM)
-            try:
-                await self.proc.wait(timeout=30)
-            except TimeoutError:
-                await self.proc.close()
-        await self.proc.close()
+        await terminate(self.proc)
 
     async def close(self) -> None:
         if self.proc is not None:
             await self.proc.close()
+
+
+async def terminate(proc: ServeProcess) -> None:
+    """SIGTERM, up to 30 s to drain, then whatever is left is killed."""
+    if proc.proc is not None and proc.proc.returncode is None:
+        proc.signal(signal.SIGTERM)
+        with contextlib.suppress(TimeoutError):
+            await proc.wait(timeout=30)
+    await proc.close()
 
 
 def mesh_file(path: Path, a: Region, b: Region) -> None:
