@@ -173,12 +173,6 @@ def _generation_of(name: str, base: str) -> int | None:
     return None
 
 
-def _delivery_sequence(reply: bytes) -> int:
-    """The consumer (delivery) sequence in a JetStream ack subject (see ``parse_ack_subject``)."""
-    tokens = reply.split(b".")
-    return int(tokens[6 if len(tokens) == 9 else 8])
-
-
 def _broker_error(exc: BaseException, what: str) -> BrokerError:
     """A nats-py failure as a broker error, retriable unless JetStream refused the request."""
     if isinstance(exc, BrokerError):
@@ -1439,7 +1433,7 @@ class NatsDurableConsumer(DurableConsumer):
         """
         if last in self._unacked:
             return  # a forwarded delivery: its own ack covers the fetch
-        self._marks.append((_delivery_sequence(last), last))
+        self._marks.append((parse_ack_subject(last.decode()).consumer_sequence, last))
         if not self._unacked:
             try:
                 await self._advance(nc, confirm=False)
