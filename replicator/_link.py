@@ -461,6 +461,15 @@ class Link:
             await asyncio.wait_for(self._idle.wait(), self.options.ack_timeout_seconds)
         raise _TlsRotated
 
+    async def _open_slot(self, window: asyncio.Semaphore) -> None:
+        """A place in the window for the next fetched batch, never while the TLS files rotate."""
+        await window.acquire()
+        while self._rotating:
+            # New TLS files: nothing more on this connection; _watch_tls ends it once acked.
+            window.release()
+            await asyncio.sleep(_TLS_POLL_SECONDS)
+            await window.acquire()
+
     async def _send_loop(
         self,
         consumer: DurableConsumer,
@@ -476,12 +485,7 @@ class Link:
         source = self.source
         batch_id = 0
         while True:
-            await window.acquire()
-            if self._rotating:
-                # New TLS files: nothing more on this connection; _watch_tls ends it once acked.
-                window.release()
-                await asyncio.sleep(_TLS_POLL_SECONDS)
-                continue
+            await self._open_slot(window)
             deliveries = await consumer.fetch(opts.max_batch_events, timeout=opts.linger_seconds)
             # The destination tells resends by (stream, sequence): each stream must come in its
             # own order (streams may interleave).
@@ -516,7 +520,7 @@ class Link:
         source = self.source
         batch_id = 0
         while True:
-            await window.acquire()
+            await self._open_slot(window)
             raw = await consumer.fetch_raw(opts.max_batch_events, timeout=opts.linger_seconds)
             if not raw.ids:
                 window.release()
