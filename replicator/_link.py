@@ -82,6 +82,13 @@ class _LinkError(Exception):
     """The destination broke the protocol or the call ended; reconnect and resend."""
 
 
+def _redelivered(stream: str, seq: int, last: int) -> _LinkError:
+    where = f"{stream} " if stream else ""
+    return _LinkError(
+        f"event at log position {where}{seq} redelivered after {last}; restarting from the oldest unacked event"
+    )
+
+
 class _TlsRotated(Exception):
     """The TLS files changed: the batches in flight were acked; reconnect with the new files at once."""
 
@@ -554,10 +561,7 @@ class Link:
             last = last_seq.get("", 0)
             for seq in raw.sequences:
                 if seq <= last:
-                    raise _LinkError(
-                        f"event at log position {seq} redelivered after {last}; "
-                        "restarting from the oldest unacked event"
-                    )
+                    raise _redelivered("", seq, last)
                 last = seq
             last_seq[""] = last
             return
@@ -569,11 +573,7 @@ class Link:
         for stream, seq in pairs:
             last = last_seq.get(stream, 0)
             if seq <= last:
-                where = f"{stream} " if stream else ""
-                raise _LinkError(
-                    f"event at log position {where}{seq} redelivered after {last}; "
-                    "restarting from the oldest unacked event"
-                )
+                raise _redelivered(stream, seq, last)
             last_seq[stream] = seq
 
     def _refusals(self, sent: _Sent, resp: replication_pb2.ReplicateResponse) -> list[tuple[event_pb2.Event, str]]:
