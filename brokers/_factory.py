@@ -50,9 +50,9 @@ def make_broker(region: RegionConfig, *, idempotency_window_seconds: float, data
     with its data in ``data_dir/<region>``, listening on the first ``brokers`` entry when one is
     given (so native clients find it), else on a free port of 127.0.0.1.
     """
+    if region.kind in (BrokerKind.NATS, BrokerKind.KAFKA) and not region.brokers:
+        raise BrokerError(f"region {region.name!r} is of kind {region.kind} but lists no brokers", retriable=False)
     if region.kind is BrokerKind.NATS:
-        if not region.brokers:
-            raise BrokerError(f"region {region.name!r} is of kind nats but lists no brokers", retriable=False)
         return NatsBroker(
             servers=nats_server_urls(region.brokers),
             settings=region.nats,
@@ -74,8 +74,6 @@ def make_broker(region: RegionConfig, *, idempotency_window_seconds: float, data
             max_payload=region.nats.max_payload,
         )
     if region.kind is BrokerKind.KAFKA:
-        if not region.brokers:
-            raise BrokerError(f"region {region.name!r} is of kind kafka but lists no brokers", retriable=False)
         return KafkaBroker(
             bootstrap_servers=kafka_bootstrap_servers(region.brokers),
             settings=region.kafka,
