@@ -79,6 +79,5 @@ def make_broker(region: RegionConfig, *, idempotency_window_seconds: float, data
             settings=region.kafka,
             idempotency_window_seconds=idempotency_window_seconds,
             name=f"meshgate-{region.name}",
-            max_window_ids=region.kafka.max_window_ids,
         )
     raise BrokerError(f"region {region.name!r}: unknown broker kind {region.kind!r}", retriable=False)

@@ -179,7 +179,7 @@ def _record_headers(record: ConsumerRecord[bytes, bytes]) -> dict[str, str]:
 class KafkaBroker(Broker):
     """A region's log in Kafka (``bootstrap_servers``: ``host:port`` entries).
 
-    ``idempotency_window_seconds`` is how long an event id is remembered; ``max_window_ids``
+    ``idempotency_window_seconds`` is how long an event id is remembered; ``settings.max_window_ids``
     bounds how many are (about ``ENTRY_BYTES`` each: the oldest are forgotten first).
     ``max_message_bytes`` is the largest record (data, key, headers) written: keep it at or
     below the brokers' ``message.max.bytes``. ``fetch_max_bytes`` and
@@ -199,7 +199,6 @@ class KafkaBroker(Broker):
         connect_timeout: float = 5.0,
         request_timeout: float = 10.0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        max_window_ids: int = DEFAULT_MAX_WINDOW_IDS,
         metadata_max_age: float = 5.0,
         session_timeout: float = 10.0,
         heartbeat_interval: float = 1.0,
@@ -238,7 +237,7 @@ class KafkaBroker(Broker):
         self.partition_fetch_bytes = partition_fetch_bytes
         self.fetch_max_wait = fetch_max_wait
         self._names = KafkaNames(settings.topic_prefix)
-        self._ids = IdWindow(window=idempotency_window_seconds, max_ids=max_window_ids)
+        self._ids = IdWindow(window=idempotency_window_seconds, max_ids=settings.max_window_ids)
         self._admin: AIOKafkaAdminClient | None = None
         self._producer: AIOKafkaProducer | None = None
         self._probe_consumer: AIOKafkaConsumer | None = None
@@ -306,7 +305,6 @@ class KafkaBroker(Broker):
             connect_timeout=self._connect_timeout,
             request_timeout=self._request_timeout,
             max_message_bytes=self.max_message_bytes,
-            max_window_ids=self._ids.max_ids,
             metadata_max_age=self._metadata_max_age,
             session_timeout=self._session_timeout,
             heartbeat_interval=self._heartbeat_interval,
