@@ -217,6 +217,8 @@ class TestKafkaBroker(BrokerContract):
         assert info.value.retriable is False
         assert "earliest, latest or a time" in str(info.value)
 
+    # The contract's round trip and more: a Kafka event also comes back with its stream
+    # (<topic>/<partition>), and the origin's sequence and stream go through headers.
     async def test_event_round_trip_is_identical(self, broker: Broker) -> None:
         event = make_event(
             "orders/eu/created",
@@ -226,8 +228,10 @@ class TestKafkaBroker(BrokerContract):
             key="customer-42",
         )
         event.source = 'https://shop.example/checkout?x=1&y="2"'
+        event.type = "com.example.order.created"
         event.time.FromNanoseconds(1_700_000_000_987_654_321)
         event.extensions["traceparent"] = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        event.extensions["dataschema"] = "https://schemas.example/order/v1"
         event.extensions["tenant"] = " padded, multi\nline "
         event.origin = "us-west"
         event.origin_sequence = 77
