@@ -171,6 +171,11 @@ def _advance(
             positions[tp] = records[-1].offset + 1
 
 
+def _as_duplicate(result: AppendResult | BrokerError | None) -> AppendResult | BrokerError | None:
+    """Another write's result, for an event of the same id: a duplicate of what it stored."""
+    return AppendResult(result.sequence, True, result.stream) if isinstance(result, AppendResult) else result
+
+
 def _record_headers(record: ConsumerRecord[bytes, bytes]) -> dict[str, str]:
     # Meshgate's values are ASCII (escaped); a native producer's stray bytes become U+FFFD.
     return {k: v.decode("utf-8", "replace") for k, v in record.headers if v is not None}
@@ -616,12 +621,7 @@ class KafkaBroker(Broker):
         waits: dict[int, tuple[asyncio.Future[_CallResults], int]],
     ) -> list[AppendResult | BrokerError]:
         for i, j in twins.items():
-            original = results[j]
-            results[i] = (
-                AppendResult(original.sequence, True, original.stream)
-                if isinstance(original, AppendResult)
-                else original
-            )
+            results[i] = _as_duplicate(results[j])
         for i, (future, j) in waits.items():
             other_result: AppendResult | BrokerError | None
             try:
@@ -636,11 +636,7 @@ class KafkaBroker(Broker):
                     other_result = KafkaUnavailableError(
                         "an earlier append of the same id was cancelled before its ack; retry with the same id"
                     )
-            results[i] = (
-                AppendResult(other_result.sequence, True, other_result.stream)
-                if isinstance(other_result, AppendResult)
-                else other_result
-            )
+            results[i] = _as_duplicate(other_result)
         stats = self.stats
         out: list[AppendResult | BrokerError] = []
         for maybe in results:
@@ -807,16 +803,21 @@ class KafkaBroker(Broker):
             return
         self._note(True)
         base = future.result().offset
-        stream = stream_of(tp.topic, tp.partition)
-        ids = [events[i].id for i in members]
+        stream = self._remember(tp, members, events, base)
         for sequence, i in enumerate(members, base + 1):
             results[i] = AppendResult(sequence, False, stream)
+        self.stats.acked += len(members)
+
+    def _remember(self, tp: TopicPartition, members: list[int], events: Sequence[event_pb2.Event], base: int) -> str:
+        """Puts an acked batch (first offset ``base``) into the id window, out of doubt; its stream."""
+        stream = stream_of(tp.topic, tp.partition)
+        ids = [events[i].id for i in members]
         self._ids.add_run(ids, stream, base + 1, time.time())
         uncertain = self._uncertain
         if uncertain:
             for event_id in ids:
                 uncertain.pop(event_id, None)
-        self.stats.acked += len(members)
+        return stream
 
     def _mark_uncertain(self, tp: TopicPartition, members: list[int], events: Sequence[event_pb2.Event]) -> None:
         """Sent, never acked: a retry of these ids first makes sure the log does not hold them."""
@@ -870,10 +871,7 @@ class KafkaBroker(Broker):
         if future.cancelled() or future.exception() is not None:
             return
         self.stats.late_acks += 1
-        ids = [events[i].id for i in members]
-        self._ids.add_run(ids, stream_of(tp.topic, tp.partition), future.result().offset + 1, time.time())
-        for event_id in ids:
-            self._uncertain.pop(event_id, None)
+        self._remember(tp, members, events, future.result().offset)
 
     # -- reads --------------------------------------------------------------------------------
 
