@@ -32,9 +32,10 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from meshgate.brokers._base import BrokerError, Delivery, DurableConsumer
-from meshgate.brokers._codec import HEADER_ORIGIN, HEADER_ROUTE, unescape_header_value
+from meshgate.brokers._codec import HEADER_ORIGIN, HEADER_ROUTE
 from meshgate.brokers.kafka._clients import start_consumer, stop_consumer
 from meshgate.brokers.kafka._errors import KAFKA_FAILURES, KafkaUnavailableError, kafka_error
+from meshgate.brokers.kafka._follower import header_value
 from meshgate.brokers.kafka._names import stream_of
 
 if TYPE_CHECKING:
@@ -91,13 +92,6 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         self._owner._forget(assigned)
         self._owner._rebalanced()
-
-
-def _header(record: ConsumerRecord[bytes, bytes], name: str) -> str | None:
-    for key, value in record.headers:
-        if key == name:
-            return value.decode("utf-8", "replace") if value is not None else None
-    return None
 
 
 class KafkaDurableConsumer(DurableConsumer):
@@ -172,13 +166,11 @@ class KafkaDurableConsumer(DurableConsumer):
 
     def _keep(self, record: ConsumerRecord[bytes, bytes]) -> bool:
         origin, routed_to = self._origin, self._routed_to
-        if origin is not None:
-            value = _header(record, HEADER_ORIGIN)
-            if value is None or unescape_header_value(value) != origin:
-                return False
+        if origin is not None and header_value(record, HEADER_ORIGIN) != origin:
+            return False
         if routed_to is not None:
-            route = _header(record, HEADER_ROUTE)
-            if route is None or routed_to not in unescape_header_value(route).split(","):
+            route = header_value(record, HEADER_ROUTE)
+            if route is None or routed_to not in route.split(","):
                 return False
         return True
 

@@ -32,7 +32,7 @@ from meshgate.brokers.kafka._ids import IdWindow
 from meshgate.brokers.kafka._names import stream_of
 from meshgate.brokers.kafka._offsets import OffsetProbe
 
-__all__ = ["IdFollower", "record_id"]
+__all__ = ["IdFollower", "header_value"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,9 +41,10 @@ logger = logging.getLogger(__name__)
 _MAX_RECORDS = 1000
 
 
-def record_id(record: ConsumerRecord[bytes, bytes]) -> str | None:
-    for name, value in record.headers:
-        if name == HEADER_ID and value is not None:
+def header_value(record: ConsumerRecord[bytes, bytes], name: str) -> str | None:
+    """The record's first value of header ``name``, unescaped (None without one)."""
+    for key, value in record.headers:
+        if key == name and value is not None:
             return unescape_header_value(value.decode("utf-8", "replace"))
     return None
 
@@ -106,7 +107,7 @@ class IdFollower:
                 continue
             stream = stream_of(tp.topic, tp.partition)
             for record in records:
-                event_id = record_id(record)
+                event_id = header_value(record, HEADER_ID)
                 if event_id:
                     add(event_id, stream, record.offset + 1, record.timestamp / 1000)
             self._positions[tp] = records[-1].offset + 1
