@@ -7,6 +7,7 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import nats
 import pytest
@@ -200,10 +201,36 @@ async def test_public_publish_path(nats_broker: NatsBroker, monkeypatch: pytest.
     assert got == event
 
 
+def _stopped(pid: int) -> bool:
+    """Whether every thread of process ``pid`` is stopped (state ``T`` in /proc)."""
+    states = []
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        try:
+            text = stat.read_text()
+        except FileNotFoundError:  # a thread that exited meanwhile
+            continue
+        # "tid (comm) S ...": the name may hold spaces and parentheses, the state follows the last ")".
+        states.append(text[text.rindex(")") + 2])
+    return bool(states) and all(state == "T" for state in states)
+
+
+async def stop_process(pid: int) -> None:
+    """SIGSTOPs ``pid`` and returns once all its threads are stopped.
+
+    kill() returns once the signal is queued: one thread of the process takes it and then stops
+    the others. Until that thread gets a CPU (a while on a loaded machine), the rest keep running
+    and the server keeps answering.
+    """
+    os.kill(pid, signal.SIGSTOP)
+    async with asyncio.timeout(BOUND):
+        while not _stopped(pid):
+            await asyncio.sleep(0.005)
+
+
 async def test_ack_timeout_when_server_stalls(nats_server: EmbeddedNats, nats_broker: NatsBroker) -> None:
     assert nats_server.pid is not None
-    os.kill(nats_server.pid, signal.SIGSTOP)
     try:
+        await stop_process(nats_server.pid)
         started = time.monotonic()
         results = await nats_broker.append([make_event("orders/created", f"stall-{i}") for i in range(5)])
         elapsed = time.monotonic() - started
