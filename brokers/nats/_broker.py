@@ -1087,12 +1087,16 @@ class NatsBroker(Broker):
             raise _broker_error(exc, f"stored time of event {sequence}") from exc
         return msg.time
 
+    @property
+    def _checkpoint_bucket(self) -> str:
+        return f"{self.settings.stream}_CHECKPOINTS"
+
     async def _checkpoints(self) -> KeyValue:
         # A KV bucket beside the stream: a few small values, last one kept, on file storage.
         if self._kv is None:
             nc = self._require_nc()
             js = nc.jetstream(timeout=self._ack_timeout)
-            bucket = f"{self.settings.stream}_CHECKPOINTS"
+            bucket = self._checkpoint_bucket
             try:
                 self._kv = await js.key_value(bucket)
             except nats.js.errors.BucketNotFoundError:
@@ -1168,22 +1172,32 @@ class NatsBroker(Broker):
             raise _broker_error(exc, f"write checkpoint {name!r}") from exc
 
     async def checkpoints(self, prefix: str) -> dict[str, bytes]:
-        found: dict[str, bytes] = {}
+        # The names are the subjects the bucket's stream holds, the values one direct get each.
+        # Not a KV watch: nats-py's watch can signal "initial values done" while values already
+        # sent are still on their way (nats-io/nats.py#842), and the listing came back short.
+        bucket = self._checkpoint_bucket
+        head = f"$KV.{bucket}."
+        # A prefix that ends a token is a subject filter, any other is filtered here.
+        pattern = f"{prefix}>" if prefix.endswith(".") and prefix.strip(".") else ">"
         try:
             kv = await self._checkpoints()
-            # The last value of each key under the prefix, as KV entries of one watch; a prefix
-            # that ends a token is a subject filter, any other is filtered here.
-            pattern = f"{prefix}>" if prefix.endswith(".") and prefix.strip(".") else ">"
-            watcher = await kv.watch(pattern, ignore_deletes=True)
-            try:
-                while (entry := await watcher.updates(timeout=self._ack_timeout)) is not None:  # type: ignore[no-untyped-call]
-                    if entry.key.startswith(prefix) and entry.value is not None:
-                        found[entry.key] = entry.value
-            finally:
-                await watcher.stop()  # type: ignore[no-untyped-call]
+            jsm = self._jsm
+            if jsm is None:
+                raise BrokerError(f"NATS broker {self.name!r} is not started", retriable=False)
+            info = await jsm.stream_info(f"KV_{bucket}", subjects_filter=head + pattern)
+            names = [s[len(head) :] for s in info.state.subjects or {} if s[len(head) :].startswith(prefix)]
+            values = await asyncio.gather(*(self._checkpoint_value(kv, name) for name in names))
         except _NATS_FAILURES as exc:
             raise _broker_error(exc, f"list checkpoints {prefix!r}") from exc
-        return found
+        return {name: value for name, value in zip(names, values, strict=True) if value is not None}
+
+    @staticmethod
+    async def _checkpoint_value(kv: KeyValue, name: str) -> bytes | None:
+        try:
+            entry = await kv.get(name)
+        except nats.js.errors.KeyNotFoundError:  # deleted (its marker keeps the subject) or purged since
+            return None
+        return entry.value
 
     async def _consumer_info(self, name: str) -> ConsumerInfo:
         jsm = self._jsm

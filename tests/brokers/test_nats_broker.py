@@ -8,11 +8,13 @@ import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.kv import KeyValue
 
 from meshgate.brokers import (
     AppendResult,
@@ -199,6 +201,34 @@ async def test_public_publish_path(nats_broker: NatsBroker, monkeypatch: pytest.
     [got] = await read_events(nats_broker, "orders/*", 1, start=StartAt(earliest=True))
     event.sequence = seq
     assert got == event
+
+
+async def test_checkpoints_listed_when_the_kv_watch_ends_early(
+    nats_broker: NatsBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """nats-py's KV watch can mark "initial values done" while values already sent are still on
+    their way (nats-io/nats.py#842, seen under load): the listing must not rest on that marker."""
+    await nats_broker.put_checkpoint("replication.there.=", b"one")
+    await nats_broker.put_checkpoint("replication.there.mesh=2Eorders/0", b"a")
+    await nats_broker.put_checkpoint("replication.there.gone", b"deleted below")
+    await nats_broker.put_checkpoint("replication.therefore.=", b"another origin")
+    await (await nats_broker._checkpoints()).delete("replication.there.gone")
+    watch = KeyValue.watch
+
+    async def marker_first(self: KeyValue, *args: Any, **kwargs: Any) -> KeyValue.KeyWatcher:
+        watcher = await watch(self, *args, **kwargs)
+        # What the race delivers: the marker ahead of every value.
+        watcher._updates = asyncio.Queue()
+        watcher._updates.put_nowait(None)
+        return watcher
+
+    monkeypatch.setattr(KeyValue, "watch", marker_first)
+    expected = {"replication.there.=": b"one", "replication.there.mesh=2Eorders/0": b"a"}
+    assert await nats_broker.checkpoints("replication.there.") == expected
+    assert await nats_broker.checkpoints("replication.there") == {
+        **expected,
+        "replication.therefore.=": b"another origin",
+    }
 
 
 def _stopped(pid: int) -> bool:
