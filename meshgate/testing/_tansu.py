@@ -29,6 +29,7 @@ from pathlib import Path
 
 from meshgate._lifecycle import StartStop
 from meshgate._process import die_with_parent, find_executable
+from meshgate.testing._freeze import freeze
 
 __all__ = ["Tansu", "TansuError", "TansuState", "find_tansu"]
 
@@ -185,10 +186,11 @@ class Tansu(StartStop):
     async def kill(self) -> None:
         await self._shutdown(signal.SIGKILL)
 
-    def pause(self) -> None:
+    async def pause(self) -> None:
+        """Freezes tansu (SIGSTOP) and returns once all its threads are stopped."""
         if self._proc is None:
             raise TansuError("tansu is not running")
-        self._proc.send_signal(signal.SIGSTOP)
+        await freeze(self._proc.pid)
         self.state = TansuState.PAUSED
 
     def resume(self) -> None:

@@ -460,7 +460,7 @@ async def test_ids_older_than_the_window_are_written_again(tansu: Tansu) -> None
 
 async def test_stalled_broker_fails_retriably_then_absorbs_the_retry(tansu: Tansu, kafka_broker: KafkaBroker) -> None:
     sequences(await kafka_broker.append([make_event("orders/created", "warm-up", key="k")]))
-    tansu.pause()
+    await tansu.pause()
     try:
         started = time.monotonic()
         results = await kafka_broker.append([make_event("orders/created", f"stall-{i}", key="k") for i in range(3)])

@@ -7,7 +7,6 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import nats
@@ -30,6 +29,7 @@ from meshgate.brokers import (
 from meshgate.brokers.nats import AckTimeoutError
 from meshgate.brokers.nats._broker import _generation_of
 from meshgate.config import NatsSettings
+from meshgate.testing import freeze
 from tests._servers import TEST_ACK_TIMEOUT, make_nats_broker
 from tests.brokers._contract import (
     BOUND,
@@ -231,36 +231,10 @@ async def test_checkpoints_listed_when_the_kv_watch_ends_early(
     }
 
 
-def _stopped(pid: int) -> bool:
-    """Whether every thread of process ``pid`` is stopped (state ``T`` in /proc)."""
-    states = []
-    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
-        try:
-            text = stat.read_text()
-        except FileNotFoundError:  # a thread that exited meanwhile
-            continue
-        # "tid (comm) S ...": the name may hold spaces and parentheses, the state follows the last ")".
-        states.append(text[text.rindex(")") + 2])
-    return bool(states) and all(state == "T" for state in states)
-
-
-async def stop_process(pid: int) -> None:
-    """SIGSTOPs ``pid`` and returns once all its threads are stopped.
-
-    kill() returns once the signal is queued: one thread of the process takes it and then stops
-    the others. Until that thread gets a CPU (a while on a loaded machine), the rest keep running
-    and the server keeps answering.
-    """
-    os.kill(pid, signal.SIGSTOP)
-    async with asyncio.timeout(BOUND):
-        while not _stopped(pid):
-            await asyncio.sleep(0.005)
-
-
 async def test_ack_timeout_when_server_stalls(nats_server: EmbeddedNats, nats_broker: NatsBroker) -> None:
     assert nats_server.pid is not None
     try:
-        await stop_process(nats_server.pid)
+        await freeze(nats_server.pid, timeout=BOUND)
         started = time.monotonic()
         results = await nats_broker.append([make_event("orders/created", f"stall-{i}") for i in range(5)])
         elapsed = time.monotonic() - started

@@ -23,6 +23,7 @@ from typing import Any
 import nats
 import pytest
 
+from meshgate.testing import freeze
 from meshgate.v1 import admin_pb2, event_pb2
 from tests.e2e._ledger import Ledger, Producer, make_event, read_region
 from tests.e2e._mesh import MeshCluster, wait_links_idle, wait_until
@@ -279,7 +280,7 @@ async def test_nats_link_lease_moves_to_the_other_replica_under_load(make_mesh: 
     if how == "kill-9":
         await cluster.kill9(US, broker_too=False, replica=holder)  # its batches to eu-central are in flight
     else:
-        cluster.process(US, holder).signal(signal.SIGSTOP)
+        await freeze(cluster.process(US, holder).pid)
     assert producer.acked < 3000, "the producer finished before the holder died: nothing was in flight"
     survivor = 1 - holder
 

@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from meshgate.brokers.embedded import EmbeddedNats
 from meshgate.gateway import Gateway, GatewayState
-from meshgate.testing import ServeProcess
+from meshgate.testing import ServeProcess, freeze
 from meshgate.v1 import admin_pb2, admin_pb2_grpc, event_pb2, gateway_pb2, gateway_pb2_grpc
 from tests.gateway._helpers import ev, read_all
 from tests.gateway.conftest import GatewayFactory
@@ -147,7 +147,7 @@ async def test_second_signal_forces_exit(serve: ServeProcess, nats_server: Embed
     address = await serve.start()
     assert nats_server.pid is not None
     # Freeze the broker: the next publish stays in flight, so the drain must wait for it.
-    os.kill(nats_server.pid, signal.SIGSTOP)
+    await freeze(nats_server.pid)
     try:
         async with grpc.aio.insecure_channel(address) as ch:
             stub = gateway_pb2_grpc.GatewayStub(ch)
