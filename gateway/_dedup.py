@@ -38,7 +38,15 @@ stream stored here at or below the position is ``<= acked`` or in ``above``. The
   entry is written, synchronously, with the end of the call's recovery scan as its position
   (what the call knows for sure), before the event is stored. So no event is stored without
   an entry of its stream at or below it: at recovery, a stream without an entry has nothing
-  stored here.
+  stored here;
+* are *moved up*: at the end of each recovery scan, every entry is written at the scan's end
+  (the state is complete up to there, whoever stored what); and an open call rewrites the
+  entries of the streams it has not changed every ``_REFRESH_EVERY`` (10 s) at the log's
+  position, the same way as a save, except a stream whose entry another call has written
+  since this call last did (that call stores the stream now and keeps it up to date). So
+  while the origin's link is up, a quiet stream does not pin the next recovery's scan to
+  where it went quiet; what it scans is this region's own traffic since the last call ended
+  (plus up to 10 s).
 
 A recovery (when a call opens) lists the origin's entries (``Broker.checkpoints``), then
 scans this region's log once from the earliest of their positions (``Broker.earliest_position``,
@@ -47,7 +55,8 @@ that stream's ``above`` (events found above a stream's own position are exactly 
 entry may lack; those below it are stored events too, so adding them is merely redundant).
 An entry that is older but was true when written only makes that scan longer, never the
 answer wrong. No entry at all (a checkpoint never written or lost) scans the whole log.
-Nothing depends on how long an outage lasted.
+Nothing depends on how long an outage lasted, nor (with the moves up) on how long the origin
+sent nothing while this region's own events grew the log.
 
 Older checkpoints still load: one value per origin, key ``replication.<origin>``, either
 ``{format: 2, position, streams: {stream: state}}`` or, from before streams, the state of
@@ -255,6 +264,9 @@ class OriginState:
     # Streams with an entry in the broker (read at recovery or written since): an event of
     # any other stream may be stored only after its entry is written (``OriginDedup.register``).
     registered: set[str] = field(default_factory=set)
+    # Each stream's entry as this call last read or wrote it: an entry that differs now was
+    # written by another call since (``OriginDedup.save(refresh=...)`` leaves it to that call).
+    entries: dict[str, bytes] = field(default_factory=dict)
 
     def stream(self, name: str) -> StreamState:
         state = self.streams.get(name)
@@ -292,6 +304,7 @@ class OriginDedup:
                 continue
             state.stream(name).merge(entry)
             state.registered.add(name)
+            state.entries[name] = raw
             positions.append(position)
         legacy = await self._broker.get_checkpoint(_legacy_key(origin))
         migrate = legacy is not None
@@ -339,7 +352,25 @@ class OriginDedup:
         state.position = end
         if migrate:
             await self._migrate(state)
+        elif start != end and state.streams:
+            await self._move_up(state)
         return state
+
+    async def _move_up(self, state: OriginState) -> None:
+        """Writes every stream's entry at the end of the recovery scan, which the state is complete up to.
+
+        Otherwise an entry keeps the position of its stream's last save: a stream idle while
+        this region's own traffic grows the log would make every later recovery scan all of
+        it again (a long reconnect after a quiet week). A failed write only leaves that scan long.
+        """
+        failed = await self.save(state, state.snapshot(state.streams), state.position)
+        if failed:
+            log.warning(
+                "replication checkpoints of %s not moved up to the scan's end for %d stream(s): %s",
+                state.origin,
+                len(failed),
+                next(iter(failed.values())),
+            )
 
     async def _migrate(self, state: OriginState) -> None:
         """Writes an entry per stream of an old one-value checkpoint, then marks that value moved."""
@@ -373,11 +404,24 @@ class OriginDedup:
     async def position(self) -> str:
         return await self._broker.log_position()
 
-    async def save(self, state: OriginState, snapshot: dict[str, StreamState], position: str) -> dict[str, BrokerError]:
-        """Writes the entries of a snapshot taken at ``position``; the streams whose write failed, with why."""
+    async def save(
+        self,
+        state: OriginState,
+        snapshot: dict[str, StreamState],
+        position: str,
+        *,
+        refresh: frozenset[str] = frozenset(),
+    ) -> dict[str, BrokerError]:
+        """Writes the entries of a snapshot taken at ``position``; the streams whose write failed, with why.
+
+        A stream in ``refresh`` has not changed in this call since its last save, and is
+        written only to move its position up; not if another call has written its entry
+        since this call last did (that call is storing the stream, and keeps it up to date).
+        """
         names = list(snapshot)
         results = await asyncio.gather(
-            *(self._write(state, name, snapshot[name], position) for name in names), return_exceptions=True
+            *(self._write(state, name, snapshot[name], position, refresh=name in refresh) for name in names),
+            return_exceptions=True,
         )
         failed: dict[str, BrokerError] = {}
         for name, result in zip(names, results, strict=True):
@@ -387,7 +431,9 @@ class OriginDedup:
                 raise result
         return failed
 
-    async def _write(self, state: OriginState, name: str, mine: StreamState, position: str) -> None:
+    async def _write(
+        self, state: OriginState, name: str, mine: StreamState, position: str, *, refresh: bool = False
+    ) -> None:
         """Writes one stream's entry, keeping what the entry there knows and this call does not.
 
         Another call of the origin may handle the same stream (a rebalance's overlap, an old
@@ -399,6 +445,8 @@ class OriginDedup:
         """
         key = stream_key(state.origin, name)
         raw = await self._broker.get_checkpoint(key)
+        if refresh and raw != state.entries.get(name):
+            return
         if raw is not None:
             try:
                 theirs, their_position = StreamState.from_entry(raw)
@@ -412,5 +460,7 @@ class OriginDedup:
                         position = ""  # a position of another kind of broker: the next recovery scans it all
                 mine.merge(theirs)
                 state.stream(name).merge(theirs)
-        await self._broker.put_checkpoint(key, mine.to_entry(position))
+        entry = mine.to_entry(position)
+        await self._broker.put_checkpoint(key, entry)
         state.registered.add(name)
+        state.entries[name] = entry

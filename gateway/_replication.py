@@ -30,6 +30,10 @@ _DUPLICATE = event_pb2.OUTCOME_DUPLICATE
 _REJECTED = event_pb2.OUTCOME_REJECTED
 _INVALID = grpc.StatusCode.INVALID_ARGUMENT.value[0]
 _CHECKPOINT_EVERY = 0.2
+# How often an open call moves up the entries of the streams it has not changed: a recovery
+# scans this region's log from the oldest entry's position, so an entry left where its
+# stream went quiet would have it scan all the local traffic since (see _dedup).
+_REFRESH_EVERY = 10.0
 # Batches of one call being written at once: the next batch is on its way to the broker
 # while the acks of the one before come back. Answers still go out in order, one per batch.
 _PIPELINE = 4
@@ -125,7 +129,8 @@ class _Checkpointer:
     write started before that read has been applied to the state (``started``/``applied``,
     counted by the call): what landed at or below the position is then in the snapshot. Each
     stream's entry is written with that position; a stream whose write failed is saved again
-    the next time.
+    the next time. Every ``_REFRESH_EVERY`` s the unchanged streams are saved too, so their
+    entries follow the log while their streams are quiet (``OriginDedup.save(refresh=...)``).
 
     Stopped by a flag, not by cancelling: nats-py swallows a cancellation that lands inside
     one of its requests, and a cancelled saver could then wait forever.
@@ -136,6 +141,8 @@ class _Checkpointer:
         self._state = state
         # Streams changed since their last save.
         self._dirty: set[str] = set()
+        # The log position the unchanged streams' entries were last moved up to (recovery did).
+        self._refreshed = state.position
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self.started = 0
@@ -161,16 +168,23 @@ class _Checkpointer:
             await self._applied.wait()
         return True
 
-    async def _save(self) -> None:
+    async def _save(self, *, refresh: bool = False) -> None:
+        """Saves the changed streams; with ``refresh``, also moves the others up to the log's position."""
         state = self._state
         try:
             position = await self._dedup.position()
             if not await self._applied_up_to(self.started):
                 return
             # Taken at once: no write is applied between the snapshot and the dirty set's reset.
-            snapshot = state.snapshot(self._dirty)
+            quiet: frozenset[str] = frozenset()
+            if refresh and position != self._refreshed:
+                quiet = frozenset(state.registered - self._dirty)
+                self._refreshed = position
+            snapshot = state.snapshot(self._dirty | quiet)
             self._dirty = set()
-            failed = await self._dedup.save(state, snapshot, position)
+            if not snapshot:
+                return
+            failed = await self._dedup.save(state, snapshot, position, refresh=quiet)
         except BrokerError as exc:
             log.warning("replication checkpoint of %s not saved: %s", state.origin, exc)
             return
@@ -185,12 +199,18 @@ class _Checkpointer:
             )
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        refresh_at = loop.time() + _REFRESH_EVERY
         while True:
-            await self._wake.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(0.0, refresh_at - loop.time()))
             self._wake.clear()
             if self._stop.is_set():
                 return
-            await self._save()
+            refresh = loop.time() >= refresh_at
+            if refresh:
+                refresh_at = loop.time() + _REFRESH_EVERY
+            await self._save(refresh=refresh)
             # Rate limit: touches meanwhile only set the flag; close() ends the pause at once.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), _CHECKPOINT_EVERY)

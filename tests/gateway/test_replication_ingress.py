@@ -13,7 +13,7 @@ import pytest
 from meshgate.brokers import AppendResult, BrokerError
 from meshgate.brokers.embedded import EmbeddedNats
 from meshgate.config import NatsSettings, Settings
-from meshgate.gateway import Gateway
+from meshgate.gateway import Gateway, _replication
 from meshgate.gateway._dedup import stream_key
 from meshgate.v1 import event_pb2, gateway_pb2_grpc, replication_pb2, replication_pb2_grpc
 from tests.gateway._helpers import as_raw, ev, read_all
@@ -517,6 +517,65 @@ def as_stored(events: list[event_pb2.Event]) -> list[event_pb2.Event]:
         event.origin_sequence, event.origin_stream = event.sequence, event.stream
         event.sequence, event.stream = 0, ""
     return events
+
+
+async def local_traffic(gw: Gateway, n: int) -> str:
+    """Stores ``n`` events of this region's own (no origin stream of `there`); the log's position after them."""
+    local = [ev("orders/created", b"{}", id=f"local-{i}-{await gw.broker.log_position()}") for i in range(n)]
+    assert all(not isinstance(r, Exception) for r in await gw.broker.append(local))
+    return await gw.broker.log_position()
+
+
+async def test_recovery_moves_every_entry_up_to_the_end_of_its_scan(nats_server: EmbeddedNats, tmp_path: Path) -> None:
+    gw = await start_gateway(nats_server, tmp_path)
+    try:
+        assert await replicate(gw.address, from_stream(A, [1, 2]) + from_stream(B, [1])) == [[ACCEPTED] * 3]
+        before = {name: e["position"] for name, e in (await entries(gw)).items()}
+        # This region's own traffic grows the log while `there` sends nothing.
+        grown = await local_traffic(gw, 50)
+        assert set(before.values()) != {grown}
+        # The next call's recovery scans it once, and moves every entry up to where it ended,
+        # B's too (the call never sends B): the recovery after it starts there, not before.
+        assert await replicate(gw.address, from_stream(A, [2])) == [[DUPLICATE]]
+        after = await entries(gw)
+        assert {name: e["position"] for name, e in after.items()} == {A: grown, B: grown}
+        assert (after[A]["acked"], after[B]["acked"]) == (2, 1)
+        assert await replicate(gw.address, from_stream(B, [1], tag="-r") + from_stream(B, [2])) == [
+            [DUPLICATE, ACCEPTED]
+        ]
+    finally:
+        await gw.stop()
+
+
+async def test_an_open_call_moves_up_the_entries_of_its_quiet_streams(
+    nats_server: EmbeddedNats, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_replication, "_REFRESH_EVERY", 0.2)
+    gw = await start_gateway(nats_server, tmp_path)
+    try:
+        call = OpenCall(gw.address)
+        assert await call.send(from_stream(A, [1]) + from_stream(B, [1]) + from_stream("", [1])) == [ACCEPTED] * 3
+        grown = await local_traffic(gw, 20)
+
+        async def moved_up(name: str, position: str) -> bool:
+            return (await entries(gw)).get(name, {}).get("position") == position
+
+        # Nothing more comes for B or "": their entries still move up with the log.
+        await until(lambda: moved_up(B, grown))
+        await until(lambda: moved_up("", grown))
+        # Another call now stores B (a rebalance) and has written B's entry, at a position of
+        # its own: that call keeps it up to date. This one leaves it as it is (had it written
+        # it, the position would move up: the entry knows nothing this call does not) while it
+        # goes on moving up its other streams.
+        theirs = json.dumps({"format": 3, "acked": 1, "above": [], "refused": {}, "position": "1"}).encode()
+        await gw.broker.put_checkpoint(stream_key("there", B), theirs)
+        grown_again = await local_traffic(gw, 20)
+        await until(lambda: moved_up("", grown_again))
+        assert await gw.broker.get_checkpoint(stream_key("there", B)) == theirs
+        await call.end()
+        assert (await entries(gw))[A]["acked"] == 1
+    finally:
+        await gw.stop()
 
 
 async def test_format_2_checkpoint_moves_to_entries(nats_server: EmbeddedNats, tmp_path: Path) -> None:
