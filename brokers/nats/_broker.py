@@ -512,7 +512,7 @@ class NatsBroker(Broker):
         """The connection to use, waiting through a reconnect for ``wait`` s (``ack_timeout``)."""
         nc = self._nc
         if nc is None:
-            raise BrokerError(f"NATS broker {self.name!r} is not started", retriable=False)
+            raise self._not_started()
         if self._stopping:
             raise BrokerUnavailableError(f"NATS broker {self.name!r} is stopping")
         if nc.is_connected:
@@ -835,11 +835,20 @@ class NatsBroker(Broker):
 
     # -- reads --------------------------------------------------------------------------------
 
+    def _not_started(self) -> BrokerError:
+        return BrokerError(f"NATS broker {self.name!r} is not started", retriable=False)
+
     def _require_nc(self) -> Client:
         nc = self._nc
         if nc is None:
-            raise BrokerError(f"NATS broker {self.name!r} is not started", retriable=False)
+            raise self._not_started()
         return nc
+
+    def _require_jsm(self) -> JetStreamManager:
+        jsm = self._jsm
+        if jsm is None:
+            raise self._not_started()
+        return jsm
 
     async def _open_puller(self, config: ConsumerConfig) -> tuple[PullSubscription, int]:
         """Creates (or updates) a consumer and its pull inbox; returns the last stream sequence before it."""
@@ -1018,8 +1027,7 @@ class NatsBroker(Broker):
 
     async def _js_api(self, subject: str, request: dict[str, object] | None = None) -> dict[str, Any]:
         """A JetStream API request nats-py has no call for (or not with these fields)."""
-        if self._jsm is None:
-            raise BrokerError(f"NATS broker {self.name!r} is not started", retriable=False)
+        self._require_jsm()
         body = json.dumps(request).encode() if request is not None else b""
         try:
             msg = await self._require_nc().request(f"$JS.API.{subject}", body, timeout=self._ack_timeout)
@@ -1064,9 +1072,7 @@ class NatsBroker(Broker):
         await self._js_api(subject, {"stream_name": stream, "config": config.as_dict(), "action": "create"})
 
     async def last_sequence(self) -> int:
-        jsm = self._jsm
-        if jsm is None:
-            raise BrokerError(f"NATS broker {self.name!r} is not started", retriable=False)
+        jsm = self._require_jsm()
         try:
             info = await jsm.stream_info(self.settings.stream)
         except _NATS_FAILURES as exc:
@@ -1076,9 +1082,7 @@ class NatsBroker(Broker):
     async def stored_time(self, sequence: int, *, stream: str = "") -> datetime | None:
         if stream:
             return None  # JetStream numbers one stream: a named one is not in this log
-        jsm = self._jsm
-        if jsm is None:
-            raise BrokerError(f"NATS broker {self.name!r} is not started", retriable=False)
+        jsm = self._require_jsm()
         try:
             msg = await jsm.get_msg(self.settings.stream, seq=sequence)
         except nats.js.errors.NotFoundError:
@@ -1181,10 +1185,7 @@ class NatsBroker(Broker):
         pattern = f"{prefix}>" if prefix.endswith(".") and prefix.strip(".") else ">"
         try:
             kv = await self._checkpoints()
-            jsm = self._jsm
-            if jsm is None:
-                raise BrokerError(f"NATS broker {self.name!r} is not started", retriable=False)
-            info = await jsm.stream_info(f"KV_{bucket}", subjects_filter=head + pattern)
+            info = await self._require_jsm().stream_info(f"KV_{bucket}", subjects_filter=head + pattern)
             names = [s[len(head) :] for s in info.state.subjects or {} if s[len(head) :].startswith(prefix)]
             values = await asyncio.gather(*(self._checkpoint_value(kv, name) for name in names))
         except _NATS_FAILURES as exc:
@@ -1200,10 +1201,7 @@ class NatsBroker(Broker):
         return entry.value
 
     async def _consumer_info(self, name: str) -> ConsumerInfo:
-        jsm = self._jsm
-        if jsm is None:
-            raise BrokerError(f"NATS broker {self.name!r} is not started", retriable=False)
-        info: ConsumerInfo = await jsm.consumer_info(self.settings.stream, name)
+        info: ConsumerInfo = await self._require_jsm().consumer_info(self.settings.stream, name)
         return info
 
     async def _ack_without_reply(self, nc: Client, reply: bytes) -> None:
@@ -1559,8 +1557,7 @@ class NatsDurableConsumer(DurableConsumer):
         if self._closed:
             raise BrokerError(f"durable consumer {self.name!r} is closed", retriable=False)
         broker = self._broker
-        if broker._jsm is None:
-            raise BrokerError(f"NATS broker {broker.name!r} is not started", retriable=False)
+        broker._require_jsm()
         self._forget()
         puller, self._puller = self._puller, None
         if puller is not None:
@@ -1572,9 +1569,7 @@ class NatsDurableConsumer(DurableConsumer):
 
     async def oldest_pending_time(self) -> float | None:
         broker = self._broker
-        jsm = broker._jsm
-        if jsm is None:
-            raise BrokerError(f"NATS broker {broker.name!r} is not started", retriable=False)
+        jsm = broker._require_jsm()
         try:
             info = await broker._consumer_info(self.name)
             self._note_floor(info)

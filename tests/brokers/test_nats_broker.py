@@ -17,6 +17,7 @@ from nats.js.kv import KeyValue
 
 from meshgate.brokers import (
     AppendResult,
+    BrokerError,
     BrokerState,
     BrokerUnavailableError,
     DurableConsumer,
@@ -537,3 +538,12 @@ async def test_regions_are_independent_logs(two_servers: tuple[EmbeddedNats, Emb
         assert sequences(await in_a.append([make_event("orders/created", "same-id")])) == [1]
         # Deduplication is per region: the same id is new in another region's log.
         assert sequences(await in_b.append([make_event("orders/created", "same-id")])) == [1]
+
+
+async def test_calls_before_start_say_the_broker_is_not_started() -> None:
+    broker = NatsBroker(servers=["nats://127.0.0.1:1"], settings=NatsSettings(), idempotency_window_seconds=60)
+    calls = (broker.last_sequence, lambda: broker.checkpoints("replication."), lambda: broker.stored_time(1))
+    for call in calls:
+        with pytest.raises(BrokerError, match="is not started") as info:
+            await call()
+        assert not info.value.retriable
