@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from meshgate.brokers._base import (
     AppendResult,
+    AppendStats,
     Broker,
     BrokerError,
     BrokerState,
@@ -53,6 +54,7 @@ from meshgate.brokers.nats import (
 __all__ = [
     "AckTimeoutError",
     "AppendResult",
+    "AppendStats",
     "Broker",
     "BrokerError",
     "BrokerState",

@@ -26,6 +26,7 @@ from meshgate.v1 import event_pb2
 
 __all__ = [
     "AppendResult",
+    "AppendStats",
     "Broker",
     "BrokerError",
     "BrokerState",
@@ -85,6 +86,21 @@ class StartAt:
     earliest: bool = False
     time: datetime | None = None
     sequence: int | None = None
+
+
+@dataclass(slots=True, kw_only=True)
+class AppendStats:
+    """What an adapter's appends came to, counted per event (each adapter adds its own counters).
+
+    Kept for tests, benchmarks and debugging; the gateway's metrics count at admission instead.
+    """
+
+    published: int = 0
+    acked: int = 0
+    duplicates: int = 0
+    failed: int = 0
+    # Acks that came back after their event had already timed out or been failed.
+    late_acks: int = 0
 
 
 @dataclass(slots=True)

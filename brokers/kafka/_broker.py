@@ -48,6 +48,7 @@ from aiokafka.structs import ConsumerRecord, RecordMetadata, TopicPartition
 
 from meshgate.brokers._base import (
     AppendResult,
+    AppendStats,
     Broker,
     BrokerError,
     BrokerState,
@@ -122,15 +123,10 @@ DEFAULT_FETCH_MAX_WAIT = 0.05
 
 
 @dataclass(slots=True, kw_only=True)
-class KafkaBrokerStats:
-    """Counters of one KafkaBroker (read by the gateway's metrics)."""
+class KafkaBrokerStats(AppendStats):
+    """Counters of one KafkaBroker (``late_acks``: batches acked after their append had given up
+    on them, recorded in the id window all the same)."""
 
-    published: int = 0
-    acked: int = 0
-    duplicates: int = 0
-    failed: int = 0
-    # Batches acked after their append had given up on them (recorded in the id window).
-    late_acks: int = 0
     topics_created: int = 0
 
 

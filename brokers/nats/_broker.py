@@ -48,6 +48,7 @@ from nats.js.kv import KeyValue
 
 from meshgate.brokers._base import (
     AppendResult,
+    AppendStats,
     Broker,
     BrokerError,
     BrokerState,
@@ -191,15 +192,9 @@ _NATS_FAILURES = (nats.errors.Error, OSError, TimeoutError)
 
 
 @dataclass(slots=True, kw_only=True)
-class NatsBrokerStats:
-    """Counters of one NatsBroker (read by the gateway's metrics)."""
+class NatsBrokerStats(AppendStats):
+    """Counters of one NatsBroker."""
 
-    published: int = 0
-    acked: int = 0
-    duplicates: int = 0
-    failed: int = 0
-    # PubAcks that came back after their event had already timed out or been failed.
-    late_acks: int = 0
     # Readers that recreated their consumer (server restart, inactivity, sequence gap).
     reader_resets: int = 0
 
