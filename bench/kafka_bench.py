@@ -474,27 +474,23 @@ def print_replication(rep: dict[str, Any]) -> None:
         v = d.get(key) if isinstance(d, dict) else None
         return "-" if v is None else f"{v:,}" if isinstance(v, int) else str(v)
 
-    print(f"{'kafka <-> nats replication (256 B events)':<44} {'window/s':>9} {'drain/s':>9} {'published/s':>12}")
-    for name in ("kafka_to_nats", "nats_to_kafka"):
-        live = rep.get(f"{name}_live")
-        print(
-            f"{name.replace('_', ' ') + ', live':<44} {g(live, 'window_events_per_s'):>9} "
-            f"{g(live, 'drain_events_per_s'):>9} {g(live, 'published_events_per_s'):>12}"
-        )
-    print(f"{'latency, publish -> stored in the destination':<44} {'p50 ms':>9} {'p99 ms':>9} {'offered/s':>12}")
-    for name in ("kafka_to_nats", "nats_to_kafka"):
-        lat = rep.get(f"{name}_latency")
-        print(
-            f"{name.replace('_', ' ') + ', fixed rate':<44} {g(lat, 'p50_ms'):>9} {g(lat, 'p99_ms'):>9} "
-            f"{g(lat, 'offered_events_per_s'):>12}"
-        )
-    print(f"{'catch-up':<44} {'events/s':>9} {'backlog':>9} {'first event s':>14}")
-    for name in ("kafka_to_nats", "nats_to_kafka"):
-        cu = rep.get(f"{name}_catchup")
-        print(
-            f"{name.replace('_', ' ') + ', catch-up':<44} {g(cu, 'events_per_s'):>9} {g(cu, 'backlog'):>9} "
-            f"{g(cu, 'first_event_after_s'):>14}"
-        )
+    # (heading, the figures' columns, the phase's key suffix, its label, the figures' keys)
+    tables = (
+        ("kafka <-> nats replication (256 B events)", ("window/s", "drain/s", "published/s"), "live", "live",
+         ("window_events_per_s", "drain_events_per_s", "published_events_per_s")),
+        ("latency, publish -> stored in the destination", ("p50 ms", "p99 ms", "offered/s"), "latency", "fixed rate",
+         ("p50_ms", "p99_ms", "offered_events_per_s")),
+        ("catch-up", ("events/s", "backlog", "first event s"), "catchup", "catch-up",
+         ("events_per_s", "backlog", "first_event_after_s")),
+    )  # fmt: skip
+    for heading, columns, suffix, label, keys in tables:
+        print(f"{heading:<44} {columns[0]:>9} {columns[1]:>9} {columns[2]:>14}")
+        for name in ("kafka_to_nats", "nats_to_kafka"):
+            row = rep.get(f"{name}_{suffix}")
+            print(
+                f"{name.replace('_', ' ') + ', ' + label:<44} {g(row, keys[0]):>9} {g(row, keys[1]):>9} "
+                f"{g(row, keys[2]):>14}"
+            )
     if "error" in rep:
         print(f"replication stopped: {rep['error']}")
 

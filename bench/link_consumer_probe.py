@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from meshgate.bench import nats_append_bench
 from meshgate.brokers import EmbeddedNats
 from meshgate.brokers.nats import NatsBroker
 from meshgate.config import NatsSettings
@@ -46,23 +47,13 @@ def _cpu_seconds(pid: int) -> float:
 
 def _events(n: int, skipped: float, start: int) -> list[event_pb2.Event]:
     """Events ``start`` to ``start + n``; one in ``1 / skipped`` is of another origin (all with 1.0)."""
-    out = []
+    events = nats_append_bench.make_events(n, f"probe-{start}")
     every = round(1 / skipped) if 0 < skipped < 1 else 0
-    for i in range(start, start + n):
+    for i, ev in enumerate(events, start=start):
         skip = skipped >= 1 or (every and i % every == 0)
-        ev = event_pb2.Event(
-            id=f"probe-{i}",
-            source="/bench/probe",
-            type="com.example.probe",
-            specversion="1.0",
-            topic="orders/created",
-            data=b"x" * 256,
-            origin="there" if skip else "here",
-            route=["here", "there"],
-        )
-        ev.time.FromNanoseconds(1_735_689_600_000_000_000 + i)
-        out.append(ev)
-    return out
+        ev.origin = "there" if skip else "here"
+        ev.route[:] = ["here", "there"]
+    return events
 
 
 async def _round(tmp: Path, *, events: int, batch: int, skipped: float, index: int) -> dict[str, Any]:
