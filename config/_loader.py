@@ -893,10 +893,10 @@ def _load(
     doc, issues = parse_yaml(text, source=source, env=os.environ if env is None else env)
     if doc is None:
         raise ConfigError(issues)
-    issues = [_token_advice(issue) for issue in issues]
     if not need_secrets:
         # The secrets' variables belong to the gateways; a tool that reads regions does without them.
         issues = [issue for issue in issues if _UNSET_TOKEN_VARIABLE.match(issue.message) is None]
+    issues = [_token_advice(issue) for issue in issues]
     if doc.data is None:
         issues.append(
             ConfigIssue(
