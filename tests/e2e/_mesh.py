@@ -34,9 +34,9 @@ import grpc
 import yaml
 
 from meshgate.brokers.embedded import EmbeddedNats
-from meshgate.config import REPLICATION_SECRET_VARIABLE
 from meshgate.testing import ServeProcess, Tansu
 from meshgate.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2_grpc
+from tests._replication import VARIABLE
 from tests.e2e._proxy import TcpProxy
 
 __all__ = ["MeshCluster", "free_port", "wait_links_idle", "wait_until"]
@@ -238,7 +238,7 @@ class MeshCluster:
                 "routing": [{"topic": p, "regions": d} for p, d in self.routing],
                 "settings": settings,
                 # Replication authenticated as in production, by the suite's secret (tests/_replication.py).
-                "security": {"replication_secret": "${" + REPLICATION_SECRET_VARIABLE + "}"},
+                "security": {"replication_secret": "${" + VARIABLE + "}"},
             }
         }
         return yaml.safe_dump(doc, sort_keys=False)
