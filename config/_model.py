@@ -186,8 +186,8 @@ class SecuritySettings:
     replication_secret_variable: str = ""
     replication: ReplicationMode = ReplicationMode.AUTHENTICATED
     # Where the security block (else the event_mesh key) is in the mesh file: what a refusal points at.
-    line: int = 0
-    column: int = 0
+    line: int = field(default=0, compare=False)
+    column: int = field(default=0, compare=False)
 
     @property
     def tls(self) -> bool:
