@@ -30,7 +30,8 @@ def test_validate_ok(files: tuple[Path, Path], capsys: pytest.CaptureFixture[str
     # The quickstart is `meshgate up`'s file, which gives its regions a secret itself: for
     # `meshgate serve` it lacks one, which validate says as a warning (still exit 0).
     (warning,) = err.splitlines()
-    assert warning.startswith(f"{QUICKSTART_PATH}:4:1: warning: meshgate serve refuses a mesh of 3 regions")
+    line = QUICKSTART_PATH.read_text().splitlines().index("event_mesh:") + 1
+    assert warning.startswith(f"{QUICKSTART_PATH}:{line}:1: warning: meshgate serve refuses a mesh of 3 regions")
     assert warning.endswith("(meshgate up gives its own regions a secret for each run)")
 
 
