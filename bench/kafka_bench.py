@@ -46,6 +46,8 @@ import asyncio
 import contextlib
 import importlib
 import json
+import os
+import secrets
 import sys
 import tempfile
 import time
@@ -60,6 +62,7 @@ from meshgate.bench.ingest_bench import peak_rss_mb, stream
 from meshgate.bench.nats_append_bench import DATA
 from meshgate.bench.replication_bench import Published, Region, ce_time_ns, free_port, publish_stream, terminate
 from meshgate.brokers._codec import parse_time
+from meshgate.config import REPLICATION_SECRET_VARIABLE
 from meshgate.testing import ServeProcess
 from meshgate.v1 import gateway_pb2_grpc
 
@@ -311,7 +314,10 @@ async def replication(
         f'      kafka: {{topic_prefix: "{REP_PREFIX}", partitions: {REP_PARTITIONS}}}\n'
         f"    - name: n\n      kind: embedded\n      gateway: 127.0.0.1:{nport}\n"
         '  routing:\n    - topic: "bench/*"\n      regions: ["k", "n"]\n'
+        # Replication between the two regions is authenticated, as a gateway requires.
+        f"  security:\n    replication_secret: ${{{REPLICATION_SECRET_VARIABLE}}}\n"
     )
+    os.environ.setdefault(REPLICATION_SECRET_VARIABLE, secrets.token_hex(32))
     await _create_topics(bootstrap, [_kafka_topic(t) for t in REP_TOPICS])
     k = _KafkaGateway(config, root / "data-k", kport)
     n = Region("n", nport, root / "data-n", config)

@@ -44,6 +44,7 @@ import json
 import math
 import os
 import re
+import secrets
 import signal
 import socket
 import sys
@@ -69,6 +70,7 @@ from meshgate.bench._nats_anchor import (
 )
 from meshgate.bench.nats_append_bench import DATA
 from meshgate.brokers._codec import parse_time
+from meshgate.config import REPLICATION_SECRET_VARIABLE
 from meshgate.testing import ServeProcess
 from meshgate.v1 import event_pb2, gateway_pb2, gateway_pb2_grpc
 
@@ -175,7 +177,10 @@ def mesh_file(path: Path, a: Region, b: Region) -> None:
         "  routing:\n"
         '    - topic: "bench/*"\n'
         f'      regions: ["{a.name}", "{b.name}"]\n'
+        # Replication between the two regions is authenticated, as a gateway requires.
+        f"  security:\n    replication_secret: ${{{REPLICATION_SECRET_VARIABLE}}}\n"
     )
+    os.environ.setdefault(REPLICATION_SECRET_VARIABLE, secrets.token_hex(32))
 
 
 @dataclass

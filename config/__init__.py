@@ -6,7 +6,16 @@ from pathlib import Path
 
 from meshgate.config._compat import check_compatible, region_changes
 from meshgate.config._errors import ConfigError, ConfigIssue
-from meshgate.config._loader import SCHEMA_PATH, load_config, load_config_bytes, load_config_text, mesh_schema
+from meshgate.config._loader import (
+    REPLICATION_SECRET_VARIABLE,
+    SCHEMA_PATH,
+    anonymous_replication_warning,
+    load_config,
+    load_config_bytes,
+    load_config_text,
+    mesh_schema,
+    replication_auth_issue,
+)
 from meshgate.config._model import (
     BrokerKind,
     ClientCerts,
@@ -17,6 +26,7 @@ from meshgate.config._model import (
     NatsSettings,
     RegionConfig,
     RegionTls,
+    ReplicationMode,
     RouteRule,
     SecuritySettings,
     Settings,
@@ -27,6 +37,7 @@ from meshgate.config._values import format_duration, parse_duration, parse_size,
 __all__ = [
     "EXAMPLES_DIR",
     "QUICKSTART_PATH",
+    "REPLICATION_SECRET_VARIABLE",
     "SCHEMA_PATH",
     "BrokerKind",
     "ClientCerts",
@@ -42,9 +53,11 @@ __all__ = [
     "RegionTls",
     "ReloadOutcome",
     "ReloadResult",
+    "ReplicationMode",
     "RouteRule",
     "SecuritySettings",
     "Settings",
+    "anonymous_replication_warning",
     "check_compatible",
     "format_duration",
     "load_config",
@@ -54,6 +67,7 @@ __all__ = [
     "parse_duration",
     "parse_size",
     "region_changes",
+    "replication_auth_issue",
     "split_host_port",
 ]
 

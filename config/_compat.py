@@ -54,6 +54,11 @@ def _security_changes(old: MeshConfig, new: MeshConfig) -> list[str]:
         changes.append(f"security.ca {a.ca or '(none: plaintext)'} -> {b.ca or '(none: plaintext)'}")
     if a.client_certs != b.client_certs:
         changes.append(f"security.client_certs {a.client_certs.value} -> {b.client_certs.value}")
+    # A gateway takes its replication credential when it starts (never shown: it is a secret).
+    if a.replication_secret != b.replication_secret:
+        changes.append("security.replication_secret changed")
+    if a.replication != b.replication:
+        changes.append(f"security.replication {a.replication.value} -> {b.replication.value}")
     return changes
 
 

@@ -32,6 +32,7 @@ from meshgate.config._model import (
     NatsSettings,
     RegionConfig,
     RegionTls,
+    ReplicationMode,
     RouteRule,
     SecuritySettings,
     Settings,
@@ -41,7 +42,16 @@ from meshgate.config._yaml import Document, Path, format_path, parse_yaml, posit
 from meshgate.router._topics import validate_pattern
 from meshgate.tls import TlsError, check_pair, read_ca, regions_named
 
-__all__ = ["SCHEMA_PATH", "load_config", "load_config_bytes", "load_config_text", "mesh_schema"]
+__all__ = [
+    "REPLICATION_SECRET_VARIABLE",
+    "SCHEMA_PATH",
+    "anonymous_replication_warning",
+    "load_config",
+    "load_config_bytes",
+    "load_config_text",
+    "mesh_schema",
+    "replication_auth_issue",
+]
 
 SCHEMA_PATH = FsPath(__file__).resolve().with_name("mesh.schema.json")
 
@@ -56,8 +66,12 @@ _TOKEN_CHARS = re.compile(r"[\x21-\x7e]+")
 MIN_TOKEN_CHARS = 16
 # The substitution's generic advice for an unset variable offers a default, which a token may not have.
 _UNSET_TOKEN_VARIABLE = re.compile(
-    r"(?P<head>event_mesh\.security\.tokens\[\d+\]\.token: environment variable \w+ is not set); set it, or give.*"
+    r"(?P<head>event_mesh\.security\.(?:(?P<token>tokens\[\d+\]\.token)|replication_secret):"
+    r" environment variable \w+ is not set); set it, or give.*"
 )
+# The variable the docs, the Helm chart and the test suite use for security.replication_secret.
+REPLICATION_SECRET_VARIABLE = "MESH_REPLICATION_SECRET"
+_SECRET_PATH: Path = ("event_mesh", "security", "replication_secret")
 # A request carries one event plus at most this much of framing and gateway fields.
 _EVENT_FRAMING_BYTES = 16 * 1024
 _MIN_METADATA_BYTES = 4 * 1024
@@ -213,6 +227,8 @@ class _Checker:
         security = mesh.get("security")
         if isinstance(security, dict) and isinstance(security.get("tokens"), list):
             self.check_tokens(security["tokens"])
+        if isinstance(security, dict):
+            self.check_replication(security)
         self.check_security(
             security if isinstance(security, dict) else {}, regions if isinstance(regions, list) else []
         )
@@ -456,19 +472,28 @@ class _Checker:
                     else:
                         secrets[secret[1]] = (i, label)
 
-    def check_token(self, path: Path, value: object) -> tuple[str, str] | None:
-        """(variable, token) when the token is a usable single reference; else adds why. Never shows the value."""
+    def check_token(
+        self,
+        path: Path,
+        value: object,
+        *,
+        what: str = "token",
+        example: str = "ORDERS_TOKEN",
+        owner: str = "the client's token",
+    ) -> tuple[str, str] | None:
+        """(variable, secret) when a secret (a client token, the replication secret: ``what``) is a usable
+        single reference; else adds why. Never shows the value."""
         if path in self.doc.broken or isinstance(value, list | dict):
             return None  # an unset variable or a list: already reported
         written = self.doc.substituted.get(path)
         if written is None:
             if value is None:
-                self.add(path, "the token is empty; write one environment variable reference such as ${ORDERS_TOKEN}")
+                self.add(path, f"the {what} is empty; write one environment variable reference such as ${{{example}}}")
             else:
                 self.add(
                     path,
-                    "a token written in the file is refused (files get copied, committed and shown);"
-                    " write one environment variable reference such as ${ORDERS_TOKEN} and set that variable"
+                    f"a {what} written in the file is refused (files get copied, committed and shown);"
+                    f" write one environment variable reference such as ${{{example}}} and set that variable"
                     " where the gateway runs",
                 )
             return None
@@ -478,35 +503,56 @@ class _Checker:
             if _TOKEN_DEFAULT.fullmatch(raw):
                 self.add(
                     path,
-                    "a token cannot have a default (${NAME:-...}): the default would be a secret in"
+                    f"a {what} cannot have a default (${{NAME:-...}}): the default would be a secret in"
                     " the file; write ${NAME} alone",
                 )
             else:
                 self.add(
                     path,
-                    "a token must be exactly one environment variable reference such as ${ORDERS_TOKEN},"
+                    f"a {what} must be exactly one environment variable reference such as ${{{example}}},"
                     " with nothing before or after it",
                 )
             return None
         variable = ref.group("name")
         if not token:
-            self.add(path, f"environment variable {variable} is empty; set it to the client's token")
+            self.add(path, f"environment variable {variable} is empty; set it to {owner}")
             return None
         if _TOKEN_CHARS.fullmatch(token) is None:
             self.add(
                 path,
                 f"environment variable {variable} holds characters a gRPC header cannot carry;"
-                " a token is printable ASCII without spaces (e.g. from openssl rand -hex 32)",
+                f" a {what} is printable ASCII without spaces (e.g. from openssl rand -hex 32)",
             )
             return None
         if len(token) < MIN_TOKEN_CHARS:
             self.add(
                 path,
-                f"environment variable {variable} holds a token of {len(token)} characters; use at least"
+                f"environment variable {variable} holds a {what} of {len(token)} characters; use at least"
                 f" {MIN_TOKEN_CHARS} (e.g. openssl rand -hex 32)",
             )
             return None
         return variable, token
+
+    def check_replication(self, security: dict[str, object]) -> None:
+        """The replication secret is a usable reference; anonymous replication is not mixed with a credential."""
+        if "replication_secret" in security:
+            self.check_token(
+                _SECRET_PATH,
+                security["replication_secret"],
+                what="replication secret",
+                example=REPLICATION_SECRET_VARIABLE,
+                owner="the secret the regions share (e.g. from openssl rand -hex 32)",
+            )
+        if security.get("replication") != ReplicationMode.ANONYMOUS.value:
+            return
+        # A gateway asking for a credential while the file says nobody needs one: one of the two is a mistake.
+        for key, what in (("ca", "a certificate of the mesh CA"), ("replication_secret", "the shared secret")):
+            if key in security:
+                self.add(
+                    ("event_mesh", "security", "replication"),
+                    f"replication: anonymous contradicts security.{key}, which makes every Replicate caller show"
+                    f" {what}; remove one of the two",
+                )
 
     def check_retention(self, regions: list[object], window: float) -> None:
         for i, region in enumerate(regions):
@@ -734,28 +780,89 @@ def _message_bytes(raw_limits: dict[str, Any], defaults: Limits) -> int:
     return max(defaults.max_message_bytes, data + attributes + _EVENT_FRAMING_BYTES)
 
 
+def _secret(doc: Document, path: Path) -> tuple[str, str] | None:
+    """(secret, variable) of a checked secret reference; None where the variable is unset (``need_secrets`` off)."""
+    if path not in doc.substituted:
+        return None
+    # Checked above: the value came from exactly one ${VAR}; its text as substituted, not as retyped.
+    written, secret = doc.substituted[path]
+    ref = _TOKEN_REFERENCE.fullmatch(written)
+    return secret, ref.group("name") if ref else ""
+
+
 def _build_security(raw: dict[str, Any], doc: Document, folder: FsPath) -> SecuritySettings:
     tokens: list[ClientToken] = []
     for i, entry in enumerate(raw.get("tokens") or ()):
-        path: Path = ("event_mesh", "security", "tokens", i, "token")
-        # Checked above: the value came from exactly one ${VAR}; its text as substituted, not as retyped.
-        written, token = doc.substituted[path]
-        ref = _TOKEN_REFERENCE.fullmatch(written)
+        found = _secret(doc, ("event_mesh", "security", "tokens", i, "token"))
+        if found is None:
+            continue
+        token, variable = found
         tokens.append(
             ClientToken(
                 name=entry["name"],
                 token=token,
-                variable=ref.group("name") if ref else "",
+                variable=variable,
                 publish=tuple(entry.get("publish") or ()),
                 subscribe=tuple(entry.get("subscribe") or ()),
                 admin=bool(entry.get("admin", False)),
                 line=doc.position(("event_mesh", "security", "tokens", i))[0],
             )
         )
+    secret = _secret(doc, _SECRET_PATH) if "replication_secret" in raw else None
+    # A refusal for the whole block points at its key, or at event_mesh when there is none.
+    where: Path = ("event_mesh", "security") if ("event_mesh", "security") in doc.key_positions else ("event_mesh",)
+    line, column = doc.position(where, key=True)
     return SecuritySettings(
         ca=_file_path(folder, raw["ca"]) if raw.get("ca") else None,
         client_certs=ClientCerts(str(_client_certs(raw.get("client_certs", ClientCerts.REQUIRED.value)))),
         tokens=tuple(tokens),
+        replication_secret=secret[0] if secret else None,
+        replication_secret_variable=secret[1] if secret else "",
+        replication=ReplicationMode(raw.get("replication", ReplicationMode.AUTHENTICATED.value)),
+        line=line,
+        column=column,
+    )
+
+
+def replication_auth_issue(config: MeshConfig, *, refuser: str = "meshgate serve") -> ConfigIssue | None:
+    """Why ``refuser`` refuses this mesh: several regions (so replication links) and no way to
+    authenticate a Replicate caller, nor the explicit anonymous opt-in. None when it is fine."""
+    security = config.security
+    if (
+        len(config.regions) < 2
+        or security.replication_authenticated
+        or security.replication is ReplicationMode.ANONYMOUS
+    ):
+        return None
+    return ConfigIssue(
+        file=config.source,
+        line=security.line,
+        column=security.column,
+        message=(
+            f"{refuser} refuses a mesh of {len(config.regions)} regions whose replication is not authenticated:"
+            " anyone who reaches a gateway could write events as any region. Set"
+            f" security.replication_secret: ${{{REPLICATION_SECRET_VARIABLE}}} (the same secret of 16 or more"
+            f" characters in {REPLICATION_SECRET_VARIABLE} on every gateway, e.g. from openssl rand -hex 32),"
+            " or security.ca with a certificate per region (meshgate certs), or, on a network you trust,"
+            " security.replication: anonymous"
+        ),
+    )
+
+
+def anonymous_replication_warning(config: MeshConfig) -> ConfigIssue | None:
+    """The warning of a mesh whose replication is anonymous by choice (None otherwise)."""
+    security = config.security
+    if security.replication is not ReplicationMode.ANONYMOUS or len(config.regions) < 2:
+        return None
+    return ConfigIssue(
+        file=config.source,
+        line=security.line,
+        column=security.column,
+        message=(
+            "warning: replication is unauthenticated (security.replication: anonymous): anyone who reaches a"
+            " gateway can write events as any region; set security.replication_secret or security.ca instead"
+            " unless every gateway's port is on a network you trust"
+        ),
     )
 
 
@@ -763,7 +870,13 @@ def _token_advice(issue: ConfigIssue) -> ConfigIssue:
     m = _UNSET_TOKEN_VARIABLE.fullmatch(issue.message)
     if m is None:
         return issue
-    message = f"{m.group('head')}; set it to the client's token where the gateway runs (a token has no default)"
+    if m.group("token"):
+        message = f"{m.group('head')}; set it to the client's token where the gateway runs (a token has no default)"
+    else:
+        message = (
+            f"{m.group('head')}; set it where the gateway runs to the secret every region shares"
+            " (a secret has no default; e.g. openssl rand -hex 32)"
+        )
     return dataclasses.replace(issue, message=message)
 
 
@@ -775,10 +888,14 @@ def _load(
     env: Mapping[str, str] | None,
     check_files: bool = True,
     region: str | None = None,
+    need_secrets: bool = True,
 ) -> MeshConfig:
     doc, issues = parse_yaml(text, source=source, env=os.environ if env is None else env)
     if doc is None:
         raise ConfigError(issues)
+    if not need_secrets:
+        # The secrets' variables belong to the gateways; a tool that reads regions does without them.
+        issues = [issue for issue in issues if _UNSET_TOKEN_VARIABLE.match(issue.message) is None]
     issues = [_token_advice(issue) for issue in issues]
     if doc.data is None:
         issues.append(
@@ -808,13 +925,17 @@ def load_config_bytes(
     env: Mapping[str, str] | None = None,
     check_files: bool = True,
     region: str | None = None,
+    need_secrets: bool = True,
 ) -> MeshConfig:
     """The config of a mesh file's bytes (UTF-8); ``sha256`` is of these bytes.
 
     ``check_files`` False skips reading the certificate files the file names (``meshgate certs``
     reads a mesh file to make them). ``region`` set (the gateway of that region): of the
     certificate files, only the CA and that region's certificate and key are read and checked;
-    the other regions' ``tls`` entries are checked for form only. None: every region's files."""
+    the other regions' ``tls`` entries are checked for form only. None: every region's files.
+    ``need_secrets`` False lets the variables of client tokens and of the replication secret be
+    unset (``meshgate certs`` reads only the regions): such a config lacks those secrets, so it
+    must never run a gateway."""
     digest = hashlib.sha256(data).hexdigest()
     try:
         text = data.decode("utf-8-sig")
@@ -831,7 +952,15 @@ def load_config_bytes(
                 )
             ]
         ) from None
-    return _load(text, source=source, sha256=digest, env=env, check_files=check_files, region=region)
+    return _load(
+        text,
+        source=source,
+        sha256=digest,
+        env=env,
+        check_files=check_files,
+        region=region,
+        need_secrets=need_secrets,
+    )
 
 
 def load_config_text(
@@ -848,6 +977,7 @@ def load_config(
     env: Mapping[str, str] | None = None,
     check_files: bool = True,
     region: str | None = None,
+    need_secrets: bool = True,
 ) -> MeshConfig:
     """The config of the mesh file at ``path``; raises ConfigError naming every problem as FILE:LINE:COL.
 
@@ -861,4 +991,4 @@ def load_config(
         raise ConfigError(
             [ConfigIssue(file=source, line=0, column=0, message=f"cannot read the file: {reason}")]
         ) from None
-    return load_config_bytes(data, source, env=env, check_files=check_files, region=region)
+    return load_config_bytes(data, source, env=env, check_files=check_files, region=region, need_secrets=need_secrets)

@@ -17,6 +17,7 @@ __all__ = [
     "NatsSettings",
     "RegionConfig",
     "RegionTls",
+    "ReplicationMode",
     "RouteRule",
     "SecuritySettings",
     "Settings",
@@ -159,6 +160,17 @@ class ClientCerts(enum.StrEnum):
     REQUIRED = "required"
 
 
+class ReplicationMode(enum.StrEnum):
+    """How a gateway knows that a ``Replicate`` caller is a region of the mesh."""
+
+    # By the peer's certificate (security.ca) or the regions' shared replication_secret: a mesh
+    # of several regions with neither is refused when a gateway starts.
+    AUTHENTICATED = "authenticated"
+    # Nobody is asked: anyone who reaches a gateway can write events as any other region.
+    # Only by explicit choice, and said loudly at start and in `meshgate config validate`.
+    ANONYMOUS = "anonymous"
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SecuritySettings:
     # The mesh CA (PEM, may hold several certificates during a CA rotation). Set: every gateway
@@ -167,10 +179,24 @@ class SecuritySettings:
     client_certs: ClientCerts = ClientCerts.REQUIRED
     # Empty: clients are not authenticated (anyone who reaches the port may call).
     tokens: tuple[ClientToken, ...] = ()
+    # The secret every region of the mesh sends with Replicate, and asks of its callers. Like a
+    # client token: always from one environment variable, never in repr, logs or messages.
+    replication_secret: str | None = field(default=None, repr=False)
+    # The variable it came from (no secret; it says which one to set).
+    replication_secret_variable: str = ""
+    replication: ReplicationMode = ReplicationMode.AUTHENTICATED
+    # Where the security block (else the event_mesh key) is in the mesh file: what a refusal points at.
+    line: int = field(default=0, compare=False)
+    column: int = field(default=0, compare=False)
 
     @property
     def tls(self) -> bool:
         return self.ca is not None
+
+    @property
+    def replication_authenticated(self) -> bool:
+        """A Replicate caller must prove it is a region: by its certificate, the shared secret, or both."""
+        return self.ca is not None or self.replication_secret is not None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -6,7 +6,10 @@ limits still have a key). Tokens are compared in constant time, and a token neve
 message, a log line or a repr: clients are named by their ``name``.
 
 The handlers call ``authenticate`` first (they need the client for its allow-lists and its
-limits); Replication is not checked here: peers are authenticated by mTLS, not by tokens.
+limits). Replication is not a client's call: a peer region proves itself by its certificate
+(mTLS) and/or by the secret the regions share, sent as ``meshgate-replication-secret`` metadata
+(never as ``authorization``, so a replication secret is never taken for a client token nor a
+token for it); ``ReplicationGuard`` checks it.
 """
 
 from __future__ import annotations
@@ -23,12 +26,23 @@ import grpc
 from meshgate.config import ClientToken, SecuritySettings
 from meshgate.router import pattern_covers, pattern_regex
 
-__all__ = ["AUTHORIZATION", "Authenticator", "Client", "abort", "authenticate", "peer_host"]
+__all__ = [
+    "AUTHORIZATION",
+    "REPLICATION_SECRET_KEY",
+    "Authenticator",
+    "Client",
+    "ReplicationGuard",
+    "abort",
+    "authenticate",
+    "peer_host",
+]
 
 AUTHORIZATION = "authorization"
 _BEARER = "bearer "
 _HOW = "send gRPC metadata 'authorization: Bearer <token>' (meshgate CLI: --token or MESHGATE_TOKEN)"
 _SHOWN_PATTERNS = 5
+# The metadata key of the replication secret: its own, not `authorization`.
+REPLICATION_SECRET_KEY = "meshgate-replication-secret"
 
 
 def peer_host(peer: str) -> str:
@@ -212,3 +226,59 @@ async def authenticate(
         if on_refused is not None:
             on_refused()
         await abort(context, exc)
+
+
+class ReplicationGuard:
+    """Who may call ``Replicate``, fixed when the gateway starts (a reload that changes it needs a restart).
+
+    With a secret, a call must carry it (compared in constant time); the TLS check of the peer's
+    certificate is the replication service's own. The secret is sent by this gateway's links too.
+    """
+
+    def __init__(self, security: SecuritySettings, *, secret: str | None = None) -> None:
+        # ``secret`` replaces the file's (meshgate up makes one per run for its own regions).
+        secret = secret if secret is not None else security.replication_secret
+        self._secret = secret
+        self._digest = hashlib.sha256(secret.encode()).digest() if secret is not None else None
+        self._variable = security.replication_secret_variable or "the replication secret's variable"
+        self.tls = security.ca is not None
+        self.anonymous = not self.tls and secret is None
+
+    def __repr__(self) -> str:
+        kinds = [k for k, on in (("certificate", self.tls), ("secret", self._digest is not None)) if on]
+        return f"ReplicationGuard({' and '.join(kinds) or 'anonymous'})"
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """What a link sends with its Replicate call."""
+        return ((REPLICATION_SECRET_KEY, self._secret),) if self._secret is not None else ()
+
+    def check(self, metadata: Iterable[tuple[str, str | bytes]] | None, *, region: str) -> AuthError | None:
+        """Why a Replicate call to ``region`` is not let in (UNAUTHENTICATED), or None. Never shows a secret."""
+        if self._digest is None:
+            return None
+        values = [v for k, v in metadata or () if k.lower() == REPLICATION_SECRET_KEY]
+        how = (
+            f"a peer must send the mesh's replication secret ({self._variable} on every gateway of the mesh,"
+            f" security.replication_secret) as gRPC metadata {REPLICATION_SECRET_KEY}"
+        )
+        if not values:
+            return AuthError(
+                grpc.StatusCode.UNAUTHENTICATED,
+                f"region {region} takes Replicate only from a region of the mesh: {how}",
+            )
+        if len(values) > 1:
+            return AuthError(
+                grpc.StatusCode.UNAUTHENTICATED,
+                f"{len(values)} {REPLICATION_SECRET_KEY} entries sent; send exactly one",
+            )
+        value = values[0]
+        text = value.decode("latin-1") if isinstance(value, bytes) else value
+        presented = hashlib.sha256(text.encode("utf-8", "surrogateescape")).digest()
+        if not hmac.compare_digest(presented, self._digest):
+            return AuthError(
+                grpc.StatusCode.UNAUTHENTICATED,
+                f"the replication secret sent is not region {region}'s (mistyped, or rotated on some gateways only);"
+                f" {how}",
+            )
+        return None

@@ -628,6 +628,11 @@ class ReplicationService(replication_pb2_grpc.ReplicationServicer):
         gw = self._gw
         # With TLS on, the peer is the region its verified certificate names, before anything is read.
         peer = await self._peer_region(context) if gw.server_tls is not None else None
+        # With a replication secret, the call carries it, or it ends here: nothing of it is read,
+        # no origin's state is recovered, no checkpoint written.
+        refused = gw.replication_guard.check(context.invocation_metadata(), region=gw.region)
+        if refused is not None:
+            await context.abort(refused.code, refused.message)
         if gw.draining:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"gateway of region {gw.region} is shutting down")
         requests = request_iterator.__aiter__()

@@ -19,10 +19,10 @@ from prometheus_client import CollectorRegistry
 
 from meshgate._lifecycle import StartStop
 from meshgate.brokers import Broker, BrokerState, make_broker
-from meshgate.config import ConfigWatcher, Limits, MeshConfig, ReloadResult
+from meshgate.config import ConfigError, ConfigWatcher, Limits, MeshConfig, ReloadResult, replication_auth_issue
 from meshgate.gateway._admin import AdminService
 from meshgate.gateway._admission import Admission
-from meshgate.gateway._auth import Authenticator
+from meshgate.gateway._auth import Authenticator, ReplicationGuard
 from meshgate.gateway._budget import InflightBudget
 from meshgate.gateway._decode import MalformedRequestInterceptor
 from meshgate.gateway._http import HttpEndpoint
@@ -131,8 +131,17 @@ class Gateway(StartStop):
         replicate: bool = True,
         link_options: LinkOptions | None = None,
         lease_ttl: float = DEFAULT_LEASE_TTL,
+        replication_secret: str | None = None,
     ) -> None:
+        """``replication_secret`` replaces the mesh file's security.replication_secret (``meshgate up``
+        gives its own regions one per run). Raises ConfigError for a mesh of several regions whose
+        replication nothing authenticates (no ca, no secret, not ``replication: anonymous``)."""
         self._region_cfg = config.region(region)  # raises KeyError naming the known regions
+        refusal = replication_auth_issue(config, refuser=f"the gateway of region {region}")
+        if refusal is not None and replication_secret is None:
+            raise ConfigError([refusal])
+        # Who may call Replicate, and what this gateway's links send: fixed for the process.
+        self.replication_guard = ReplicationGuard(config.security, secret=replication_secret)
         self.region = region
         self.state = GatewayState.NEW
         self._config = config
@@ -170,6 +179,7 @@ class Gateway(StartStop):
         self.server_tls: ServerTls | None = None
         if self.peer_tls is not None:
             link_options = dataclasses.replace(link_options, tls=self.peer_tls)
+        link_options = dataclasses.replace(link_options, metadata=self.replication_guard.metadata)
         self.replicator: Replicator | None = None
         if replicate:
             self.replicator = Replicator(
@@ -319,6 +329,13 @@ class Gateway(StartStop):
         self.state = GatewayState.SERVING
         mode = " (TLS, client certificates of the mesh CA required)" if self.server_tls is not None else ""
         log.info("region %s: gateway serving on %s%s", self.region, self.address, mode)
+        if self.replication_guard.anonymous and len(self._config.regions) > 1:
+            log.warning(
+                "region %s: replication is unauthenticated (security.replication: anonymous): anyone who reaches"
+                " %s can write events as any region; set security.replication_secret or security.ca",
+                self.region,
+                self.address,
+            )
 
     def _bind(self, server: grpc.aio.Server) -> int:
         if self.peer_tls is not None:

@@ -76,6 +76,9 @@ class LinkOptions:
     # TLS to the destinations (security.ca set): this region's certificate as the client's, and
     # the destination must present its own region's certificate.
     tls: ClientTls | None = field(default=None, compare=False)
+    # Sent with every Replicate call: the mesh's replication secret (security.replication_secret).
+    # Never in repr or logs.
+    metadata: tuple[tuple[str, str], ...] = field(default=(), repr=False, compare=False)
 
 
 class _LinkError(Exception):
@@ -403,7 +406,7 @@ class Link:
             channel = grpc.aio.insecure_channel(address, options=options)
         async with channel:
             await self._connect(channel)
-            call = replication_pb2_grpc.ReplicationStub(channel).Replicate()
+            call = replication_pb2_grpc.ReplicationStub(channel).Replicate(metadata=opts.metadata or None)
             self.state = LinkState.REPLICATING
             self._rotating = False
             window = asyncio.Semaphore(opts.window)
@@ -433,7 +436,9 @@ class Link:
                 raise
             # A refused TLS handshake looks like a peer that never answers; a call says why
             # (e.g. the destination's certificate does not name its region).
-            call = replication_pb2_grpc.ReplicationStub(channel).Replicate(timeout=self.options.connect_timeout_seconds)
+            call = replication_pb2_grpc.ReplicationStub(channel).Replicate(
+                timeout=self.options.connect_timeout_seconds, metadata=self.options.metadata or None
+            )
             try:
                 await call.read()
             except grpc.aio.AioRpcError as exc:

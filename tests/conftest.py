@@ -17,6 +17,7 @@ from meshgate.brokers.embedded import EmbeddedNats
 from meshgate.brokers.kafka import KafkaBroker
 from meshgate.brokers.nats import NatsBroker
 from meshgate.testing import Tansu
+from tests import _replication  # noqa: F401  (sets MESH_REPLICATION_SECRET for the whole session)
 from tests._servers import make_kafka_broker, make_nats_broker
 
 

@@ -51,8 +51,9 @@ def _regions(args: argparse.Namespace) -> list[tuple[str, list[str]]] | None:
         return [(name, []) for name in dict.fromkeys(args.region)]
     path: Path = args.config or QUICKSTART_PATH
     try:
-        # The certificates the file names are the ones about to be made.
-        config = load_config(path, check_files=False)
+        # The certificates the file names are the ones about to be made; the secrets' variables
+        # belong to the gateways, not to whoever makes certificates.
+        config = load_config(path, check_files=False, need_secrets=False)
     except ConfigError as exc:
         for issue in exc.errors:
             print(issue, file=sys.stderr)

@@ -7,7 +7,14 @@ import json
 import sys
 from collections.abc import Iterable
 
-from meshgate.config import ConfigError, MeshConfig, RouteRule, load_config
+from meshgate.config import (
+    ConfigError,
+    MeshConfig,
+    RouteRule,
+    anonymous_replication_warning,
+    load_config,
+    replication_auth_issue,
+)
 from meshgate.router import RoutingDiff, diff_routing
 
 __all__ = ["register", "run"]
@@ -20,8 +27,13 @@ certificate and key (each must exist, hold together, name its region and be sign
 with --region NAME, as the gateway of region NAME loads the file: the CA and NAME's files only
 (a Kubernetes pod has its own region's certificate only).
 
+Replication: a file of several regions needs security.replication_secret or security.ca (or,
+on a network you trust, security.replication: anonymous, warned about). Without any of them,
+meshgate serve refuses the file: with --region that is an error here; without, a warning
+(meshgate up runs such a file, giving its own regions a secret of its own).
+
 exit status:
-  0  every FILE is valid ("FILE: ok (N regions, M rules)" on stdout)
+  0  every FILE is valid ("FILE: ok (N regions, M rules)" on stdout; warnings on stderr)
   1  some FILE is invalid: one "FILE:LINE:COL: message" line per error on stderr
 """
 
@@ -99,6 +111,20 @@ def _validate(files: Iterable[str], *, region: str | None = None) -> int:
             print(f"{path}: --region {region} is not a region of the file (regions: {names})", file=sys.stderr)
             rc = 1
             continue
+        unauthenticated = replication_auth_issue(config)
+        if unauthenticated is not None and region is not None:
+            print(unauthenticated, file=sys.stderr)
+            rc = 1
+            continue
+        if unauthenticated is not None:
+            print(
+                f"{unauthenticated.file}:{unauthenticated.line}:{unauthenticated.column}: warning:"
+                f" {unauthenticated.message} (meshgate up gives its own regions a secret for each run)",
+                file=sys.stderr,
+            )
+        warning = anonymous_replication_warning(config)
+        if warning is not None:
+            print(warning, file=sys.stderr)
         print(f"{path}: ok ({_plural(len(config.regions), 'region')}, {_plural(len(config.routing), 'rule')})")
     return rc
 

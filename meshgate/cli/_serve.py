@@ -45,5 +45,9 @@ def run(args: argparse.Namespace) -> int:
     except KeyError as exc:
         print(f"meshgate serve: {exc.args[0]}", file=sys.stderr)
         return 2
+    except ConfigError as exc:  # e.g. replication between the regions that nothing authenticates
+        for issue in exc.errors:
+            print(issue, file=sys.stderr)
+        return 1
     use_event_loop()
     return asyncio.run(run_until_signalled([gw]))

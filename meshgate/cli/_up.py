@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import secrets
 import sys
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from meshgate.cli._run import run_until_signalled, use_event_loop
-from meshgate.config import QUICKSTART_PATH, ConfigError, load_config
+from meshgate.config import QUICKSTART_PATH, ConfigError, load_config, replication_auth_issue
 from meshgate.gateway import Gateway
 
 __all__ = ["register"]
@@ -35,6 +36,9 @@ def run(args: argparse.Namespace) -> int:
         for issue in exc.errors:
             print(issue, file=sys.stderr)
         return 1
+    # Every region runs in this process: when the file names no credential for replication,
+    # a secret made for this run authenticates them to each other (nobody else knows it).
+    secret = secrets.token_hex(32) if replication_auth_issue(config) is not None else None
     gateways = []
     for i, region in enumerate(config.regions):
         listen = region.gateway or f"127.0.0.1:{_FIRST_PORT + i}"
@@ -46,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
                 listen=listen,
                 config_path=path,
                 registry=CollectorRegistry(),
+                replication_secret=secret,
             )
         )
     for gw, region in zip(gateways, config.regions, strict=True):

@@ -36,6 +36,7 @@ import yaml
 from meshgate.brokers.embedded import EmbeddedNats
 from meshgate.testing import ServeProcess, Tansu
 from meshgate.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2_grpc
+from tests._replication import VARIABLE
 from tests.e2e._proxy import TcpProxy
 
 __all__ = ["MeshCluster", "free_port", "wait_links_idle", "wait_until"]
@@ -236,6 +237,8 @@ class MeshCluster:
                 "regions": regions,
                 "routing": [{"topic": p, "regions": d} for p, d in self.routing],
                 "settings": settings,
+                # Replication authenticated as in production, by the suite's secret (tests/_replication.py).
+                "security": {"replication_secret": "${" + VARIABLE + "}"},
             }
         }
         return yaml.safe_dump(doc, sort_keys=False)

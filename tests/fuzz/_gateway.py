@@ -24,7 +24,17 @@ import nats
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from meshgate.brokers.embedded import EmbeddedNats
-from meshgate.config import BrokerKind, Limits, MeshConfig, NatsSettings, RegionConfig, RouteRule, Settings
+from meshgate.config import (
+    BrokerKind,
+    Limits,
+    MeshConfig,
+    NatsSettings,
+    RegionConfig,
+    ReplicationMode,
+    RouteRule,
+    SecuritySettings,
+    Settings,
+)
 from meshgate.gateway import Gateway
 
 __all__ = ["HEALTH_SERVICES", "REGION", "STREAM", "ThreadGateway"]
@@ -58,6 +68,8 @@ def mesh_for(server: EmbeddedNats) -> MeshConfig:
             RouteRule(index=1, topic="inventory/>", regions=(REGION,)),
         ),
         settings=Settings(limits=LIMITS),
+        # The fuzzer plays the peer region on Replicate too: what it tests is past authentication.
+        security=SecuritySettings(replication=ReplicationMode.ANONYMOUS),
     )
 
 

@@ -17,6 +17,7 @@ from meshgate.brokers.embedded import EmbeddedNats
 from meshgate.config import BrokerKind, MeshConfig, RegionConfig, load_config
 from meshgate.gateway import Gateway
 from meshgate.v1 import event_pb2, gateway_pb2, gateway_pb2_grpc, replication_pb2
+from tests._replication import SECURITY
 
 
 def ev(topic: str = "orders/created", data: bytes = b"{}", **fields: Any) -> event_pb2.Event:
@@ -73,7 +74,9 @@ def nats_region(name: str, server: EmbeddedNats, gateway: str) -> RegionConfig:
 def two_region_mesh(
     here: EmbeddedNats, there: EmbeddedNats, *, there_gateway: str = "127.0.0.1:0", **mesh: Any
 ) -> MeshConfig:
-    """Regions `here` and `there`, each on its own nats-server; `there`'s gateway at ``there_gateway``."""
+    """Regions `here` and `there`, each on its own nats-server; `there`'s gateway at ``there_gateway``.
+    Replication is authenticated by the suite's secret unless ``security`` says otherwise."""
+    mesh.setdefault("security", SECURITY)
     return MeshConfig(
         regions=(nats_region("here", here, "127.0.0.1:0"), nats_region("there", there, there_gateway)), **mesh
     )

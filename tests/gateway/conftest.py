@@ -14,6 +14,7 @@ from meshgate.brokers.embedded import EmbeddedNats
 from meshgate.config import BrokerKind, Limits, MeshConfig, RegionConfig, RouteRule, Settings
 from meshgate.gateway import Gateway
 from meshgate.v1 import admin_pb2_grpc, gateway_pb2_grpc
+from tests._replication import SECURITY
 from tests.gateway._helpers import started_gateways
 
 
@@ -38,6 +39,7 @@ def mesh_for(server: EmbeddedNats, *, limits: Limits | None = None, stream: str 
             RouteRule(index=1, topic="inventory/>", regions=("here",)),
         ),
         settings=Settings(limits=limits or Limits(max_data_bytes=4096, max_batch_events=100)),
+        security=SECURITY,
     )
 
 

@@ -14,6 +14,7 @@ from meshgate.config import BrokerKind, KafkaSettings, MeshConfig, RegionConfig,
 from meshgate.gateway import Gateway
 from meshgate.testing import Tansu
 from meshgate.v1 import event_pb2, gateway_pb2, gateway_pb2_grpc
+from tests._replication import SECURITY
 from tests._servers import make_kafka_broker
 from tests.gateway._helpers import ev, read_all
 
@@ -56,6 +57,7 @@ async def test_kafka_region_replicates_both_ways_with_two_replicas(
             ),
         ),
         routing=(RouteRule(index=0, topic="orders/*", regions=("kf", "nt")),),
+        security=SECURITY,
     )
     nt = Gateway(config=config, region="nt", data_dir=tmp_path / "nt")
     kf = [

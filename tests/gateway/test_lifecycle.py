@@ -28,6 +28,8 @@ def write_mesh(path: Path, server: EmbeddedNats, *, grace: str = "10s") -> Path:
     path.write_text(
         f"""\
 event_mesh:
+  security:
+    replication_secret: ${{MESH_REPLICATION_SECRET}}
   regions:
     - name: here
       kind: nats

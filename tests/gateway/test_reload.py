@@ -25,6 +25,8 @@ def mesh_text(server: EmbeddedNats, *, orders_to: str, extra_rule: str = "") -> 
     url = urlparse(server.url)
     return f"""\
 event_mesh:
+  security:
+    replication_secret: ${{MESH_REPLICATION_SECRET}}
   regions:
     - name: here
       kind: nats

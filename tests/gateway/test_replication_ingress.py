@@ -16,6 +16,7 @@ from meshgate.config import NatsSettings, Settings
 from meshgate.gateway import Gateway, _replication
 from meshgate.gateway._dedup import stream_key
 from meshgate.v1 import event_pb2, gateway_pb2_grpc, replication_pb2, replication_pb2_grpc
+from tests._replication import METADATA
 from tests.gateway._helpers import as_raw, ev, read_all
 from tests.gateway.conftest import mesh_for
 
@@ -35,7 +36,7 @@ async def replicate(address: str, *batches: list[event_pb2.Event], source: str =
             yield replication_pb2.ReplicateRequest(source_region=source, batch_id=i, events=events)
 
     async with grpc.aio.insecure_channel(address) as ch:
-        call = replication_pb2_grpc.ReplicationStub(ch).Replicate(requests())
+        call = replication_pb2_grpc.ReplicationStub(ch).Replicate(requests(), metadata=METADATA)
         return [[r.outcome for r in resp.results] async for resp in call]
 
 
@@ -49,6 +50,7 @@ async def start_gateway(server: EmbeddedNats, tmp_path: Path, *, window: float =
         regions=regions,
         routing=base.routing,
         settings=Settings(idempotency_window_seconds=window, limits=base.settings.limits),
+        security=base.security,
     )
     # No links out of this gateway: the test plays the source region itself.
     gw = Gateway(config=config, region="here", data_dir=tmp_path, replicate=False)
@@ -167,7 +169,8 @@ async def test_invalid_replicated_event_refused(
             setattr(bad, field, value)
         async with grpc.aio.insecure_channel(gw.address) as ch:
             call = replication_pb2_grpc.ReplicationStub(ch).Replicate(
-                iter([replication_pb2.ReplicateRequest(source_region="there", batch_id=1, events=[bad])])
+                iter([replication_pb2.ReplicateRequest(source_region="there", batch_id=1, events=[bad])]),
+                metadata=METADATA,
             )
             (resp,) = [r async for r in call]
         (result,) = resp.results
@@ -305,7 +308,7 @@ class OpenCall:
     def __init__(self, address: str) -> None:
         self._queue: asyncio.Queue[list[event_pb2.Event] | None] = asyncio.Queue()
         self._channel = grpc.aio.insecure_channel(address)
-        self._call = replication_pb2_grpc.ReplicationStub(self._channel).Replicate(self._requests())
+        self._call = replication_pb2_grpc.ReplicationStub(self._channel).Replicate(self._requests(), metadata=METADATA)
         self._batch = 0
 
     async def _requests(self) -> AsyncIterator[replication_pb2.ReplicateRequest]:
@@ -622,7 +625,8 @@ async def replicate_raw(address: str, *batches: replication_pb2.RawEvents) -> li
             yield replication_pb2.ReplicateRequest(source_region="there", batch_id=i, raw=raw)
 
     async with grpc.aio.insecure_channel(address) as ch:
-        return [resp async for resp in replication_pb2_grpc.ReplicationStub(ch).Replicate(requests())]
+        call = replication_pb2_grpc.ReplicationStub(ch).Replicate(requests(), metadata=METADATA)
+        return [resp async for resp in call]
 
 
 async def test_raw_batches_stored_once_like_events(nats_server: EmbeddedNats, tmp_path: Path) -> None:

@@ -131,6 +131,12 @@ def pod_environment(objects: list[dict[str, Any]], values: dict[str, Any], files
             # A Secret the chart does not make: its keys are the variables the mesh file reads.
             tokens = {var: f"{var.lower()}-0123456789abcdef" for var in token_variables(values)}
     env.update(tokens)
+    replication = values.get("replication") or {}
+    for entry in gateway["env"]:
+        ref = entry.get("valueFrom", {}).get("secretKeyRef")
+        if ref is not None:
+            # The chart's own Secret holds the inline secret; a Secret it does not make, any valid one.
+            env[entry["name"]] = replication.get("secret") or "replication-0123456789abcdef"
     if "MESHGATE_TLS_CA_FILE" in env:
         ca = make_ca()
         mount = files / "tls"
@@ -360,6 +366,52 @@ def test_inline_tls_and_tokens_create_secrets_and_roll_pods(tmp_path: Path) -> N
         {"secretRef": {"name": f"{FULLNAME}-tokens"}},
         {"secretRef": {"name": "broker-credentials"}},
     ]
+
+
+def test_the_replication_secret_comes_from_a_secret_into_the_variable_the_mesh_file_reads(tmp_path: Path) -> None:
+    objects = rendered("default")
+    secret = one(objects, "Secret", f"{FULLNAME}-replication")
+    assert secret["data"] == {"MESH_REPLICATION_SECRET": base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()}
+    (entry,) = [e for e in gateway_container(objects)["env"] if e["name"] == "MESH_REPLICATION_SECRET"]
+    assert entry["valueFrom"] == {"secretKeyRef": {"name": f"{FULLNAME}-replication", "key": "MESH_REPLICATION_SECRET"}}
+    annotations = one(objects, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    values = values_of("default")
+    values["replication"]["secret"] = "fedcba9876543210fedcba9876543210"
+    (tmp_path / "values.yaml").write_text(yaml.safe_dump(values))
+    changed = one(render((tmp_path / "values.yaml",)), "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert changed["checksum/replication"] != annotations["checksum/replication"]
+    # A Secret you manage: the chart makes none and reads its key into the mesh file's variable.
+    objects = rendered("hpa")
+    assert not [o for o in objects if o["kind"] == "Secret"]
+    (entry,) = [e for e in gateway_container(objects)["env"] if e["name"] == "MESH_REPLICATION_SECRET"]
+    assert entry["valueFrom"]["secretKeyRef"] == {"name": "meshgate-replication", "key": "MESH_REPLICATION_SECRET"}
+
+
+@pytest.mark.parametrize(
+    ("mesh_edit", "sets", "message"),
+    [
+        (
+            ('  security:\n    replication_secret: "${MESH_REPLICATION_SECRET}"\n', ""),
+            ("replication.secret=",),
+            "the mesh file has several regions and nothing authenticates replication between them",
+        ),
+        (
+            ('replication_secret: "${MESH_REPLICATION_SECRET}"', "replication: anonymous"),
+            (),
+            "replication.existingSecret/secret is set, but the mesh file has no security.replication_secret",
+        ),
+        ((), ("replication.existingSecret=s",), "set replication.existingSecret or replication.secret, not both"),
+    ],
+)
+def test_chart_refuses_replication_that_the_gateway_would_refuse(
+    mesh_edit: tuple[str, str], sets: tuple[str, ...], message: str, tmp_path: Path
+) -> None:
+    values = values_of("default")
+    if mesh_edit:
+        assert mesh_edit[0] in values["config"]["mesh"]
+        values["config"]["mesh"] = values["config"]["mesh"].replace(*mesh_edit)
+    (tmp_path / "values.yaml").write_text(yaml.safe_dump(values))
+    assert message in render_error((tmp_path / "values.yaml",), sets)
 
 
 def test_grpc_probes_without_tls_when_the_region_serves_no_http(tmp_path: Path) -> None:
@@ -697,7 +749,7 @@ def test_chart_refuses_an_embedded_region_with_several_replicas(tmp_path: Path) 
         f"- name: us-west\n      brokers: {brokers}", "- name: us-west\n      kind: embedded"
     )
     assert "kind: embedded" in mesh
-    load_config_text(mesh, env={})
+    load_config_text(mesh, env={"MESH_REPLICATION_SECRET": "0123456789abcdef"})
     values["config"]["mesh"] = mesh
     (tmp_path / "values.yaml").write_text(yaml.safe_dump(values))
     assert 'region "us-west" is kind: embedded' in render_error((tmp_path / "values.yaml",), ("replicaCount=2",))

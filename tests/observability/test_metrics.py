@@ -26,6 +26,7 @@ from meshgate.gateway import Gateway
 from meshgate.gateway._metrics import REFUSAL_REASONS, admission_reason, broker_reason
 from meshgate.replicator._metrics import LINK_STATES
 from meshgate.v1 import event_pb2, gateway_pb2, gateway_pb2_grpc, replication_pb2, replication_pb2_grpc
+from tests._replication import METADATA
 from tests.gateway._helpers import ev, read_all, two_region_mesh
 from tests.gateway.conftest import mesh_for
 from tests.observability.test_rules import METRICS
@@ -222,10 +223,10 @@ async def test_link_and_ingress_metrics_across_two_regions(nats_server: Embedded
 
             async with grpc.aio.insecure_channel(there.address) as ch:
                 repl = replication_pb2_grpc.ReplicationStub(ch)
-                answers = [r async for r in repl.Replicate(resend())]
+                answers = [r async for r in repl.Replicate(resend(), metadata=METADATA)]
                 assert {r.outcome for r in answers[0].results} == {event_pb2.OUTCOME_DUPLICATE}
                 with pytest.raises(grpc.aio.AioRpcError) as err:
-                    _ = [r async for r in repl.Replicate(intruder())]
+                    _ = [r async for r in repl.Replicate(intruder(), metadata=METADATA)]
                 assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
             text = await scrape(there_url)
             got = samples(text)

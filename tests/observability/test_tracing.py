@@ -32,6 +32,7 @@ from meshgate.gateway import Gateway
 from meshgate.gateway._tracing import BatchTrace, Tracing, tracing_configured
 from meshgate.testing import ServeProcess
 from meshgate.v1 import event_pb2, gateway_pb2, gateway_pb2_grpc
+from tests._replication import VARIABLE
 from tests.e2e._mesh import free_port, wait_until
 from tests.gateway._helpers import ev, read_all
 from tests.gateway.conftest import mesh_for
@@ -116,6 +117,7 @@ async def test_one_trace_across_two_regions(tmp_path: Path, otlp_receiver: tuple
                     "regions": [{"name": r, "kind": "embedded", "gateway": f"127.0.0.1:{p}"} for r, p in ports.items()],
                     "routing": [{"topic": "orders/*", "regions": ["a", "b"]}],
                     "settings": {"shutdown_grace": "5s"},
+                    "security": {"replication_secret": "${" + VARIABLE + "}"},
                 }
             },
             sort_keys=False,

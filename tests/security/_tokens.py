@@ -14,6 +14,7 @@ from meshgate.brokers.embedded import EmbeddedNats
 from meshgate.cli._client import channel as cli_channel
 from meshgate.gateway import Gateway
 from meshgate.v1 import event_pb2
+from tests._replication import SECURITY_YAML
 from tests.gateway._helpers import running_gateway
 
 # Each at least 16 characters; none a substring of another, so a leak of one is found by itself.
@@ -44,7 +45,8 @@ TOKENS = """\
 def mesh_text(server: EmbeddedNats, *, tokens: str = TOKENS, limits: str = "") -> str:
     url = urlparse(server.url)
     limits_block = f"  settings:\n    limits:\n{limits}" if limits else ""
-    security_block = f"  security:\n{tokens}" if tokens else ""
+    # Two regions: replication authenticated by the suite's secret (tests/_replication.py).
+    security_block = f"{SECURITY_YAML}{tokens}"
     return f"""\
 event_mesh:
   regions:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,7 +18,6 @@ from meshgate.brokers.embedded import EmbeddedNats
 from meshgate.config import (
     ClientToken,
     RouteRule,
-    SecuritySettings,
 )
 from meshgate.gateway import Gateway
 from meshgate.v1 import (
@@ -30,6 +30,7 @@ from meshgate.v1 import (
     replication_pb2_grpc,
 )
 from tests._cli import run_cli
+from tests._replication import METADATA, SECURITY
 from tests.e2e._mesh import wait_until
 from tests.gateway._helpers import rpc_error, running_gateway, stream_error, two_region_mesh
 from tests.security._tokens import (
@@ -143,13 +144,21 @@ async def test_health_and_replication_are_not_token_checked(secure_gw: Gateway) 
     async with grpc.aio.insecure_channel(secure_gw.address) as ch:
         health = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest())
         assert health.status == health_pb2.HealthCheckResponse.SERVING
-        # Replication is for peers, authenticated by mTLS: a token check would break every link.
+        # Replication is for peers, authenticated by the regions' secret (or mTLS), not by client
+        # tokens: a token check would break every link.
         bad = event_pb2.Event(topic="orders/x", id="r-1", source="/s", type="t", origin="there", origin_sequence=1)
-        call = replication_pb2_grpc.ReplicationStub(ch).Replicate(
-            iter([replication_pb2.ReplicateRequest(source_region="there", batch_id=1, events=[bad])])
-        )
+
+        def requests() -> Any:
+            return iter([replication_pb2.ReplicateRequest(source_region="there", batch_id=1, events=[bad])])
+
+        call = replication_pb2_grpc.ReplicationStub(ch).Replicate(requests(), metadata=METADATA)
         answers = [resp async for resp in call]
         assert [r.batch_id for r in answers] == [1]
+        # And a client token, even an admin's, is no replication credential.
+        admin = (("authorization", f"Bearer {ADMIN_TOKEN}"),)
+        err = await stream_error(replication_pb2_grpc.ReplicationStub(ch).Replicate(requests(), metadata=admin))
+        assert err.code() is grpc.StatusCode.UNAUTHENTICATED
+        assert ADMIN_TOKEN not in (err.details() or "")
 
 
 # --- what a client may do --------------------------------------------------------------------
@@ -381,11 +390,12 @@ async def test_tokens_never_reach_logs_or_messages(
 async def test_locate_in_every_region_passes_the_callers_token(
     nats_server: EmbeddedNats, tmp_path: Path, token_env: dict[str, str]
 ) -> None:
-    security = SecuritySettings(
+    security = dataclasses.replace(
+        SECURITY,
         tokens=(
             ClientToken(name="ops", token=ADMIN_TOKEN, admin=True),
             ClientToken(name="orders-service", token=ORDERS_TOKEN, publish=("orders/>",)),
-        )
+        ),
     )
     rules = (RouteRule(index=0, topic="orders/*", regions=("here", "there")),)
     async with EmbeddedNats(data_dir=tmp_path / "there-nats") as there_server:

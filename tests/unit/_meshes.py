@@ -10,6 +10,8 @@ event_mesh:
       regions: ["us-west", "eu-central"]
     - topic: "inventory/*"
       regions: ["us-west"]
+  security:
+    replication_secret: ${MESH_REPLICATION_SECRET}
 """
 
 NEW = """\

@@ -270,6 +270,34 @@ grpc
 {{- $vars | toJson -}}
 {{- end -}}
 
+{{/* The Secret holding the replication secret; empty when none. */}}
+{{- define "meshgate.replicationSecretName" -}}
+{{- if .Values.replication.existingSecret -}}
+{{- .Values.replication.existingSecret -}}
+{{- else if .Values.replication.secret -}}
+{{- include "meshgate.suffixed" (list . "replication") -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The variable the mesh file's security.replication_secret reads; empty when it has none. */}}
+{{- define "meshgate.replicationSecretVariable" -}}
+{{- $mesh := include "meshgate.mesh" . | fromJson -}}
+{{- $security := get $mesh "security" -}}
+{{- if kindIs "map" $security -}}
+{{- $ref := regexFind "\\$\\{[A-Za-z_][A-Za-z0-9_]*\\}" (toString (get $security "replication_secret")) -}}
+{{- if $ref -}}{{- trimSuffix "}" (trimPrefix "${" $ref) -}}{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* "true" when the mesh file authenticates replication or opts out of it (ca, replication_secret, replication: anonymous), or has one region. */}}
+{{- define "meshgate.replicationDecided" -}}
+{{- $mesh := include "meshgate.mesh" . | fromJson -}}
+{{- $security := get $mesh "security" -}}
+{{- if lt (len (get $mesh "regions" | default list)) 2 -}}true
+{{- else if and (kindIs "map" $security) (or (get $security "ca") (hasKey $security "replication_secret") (eq (toString (get $security "replication")) "anonymous")) -}}true
+{{- end -}}
+{{- end -}}
+
 {{/* "true" when the mesh file turns TLS on (security.ca set). */}}
 {{- define "meshgate.meshUsesTls" -}}
 {{- $mesh := include "meshgate.mesh" . | fromJson -}}
@@ -303,6 +331,15 @@ grpc
 {{- if and (not .Values.tls.enabled) (contains "${MESHGATE_TLS_" $text) -}}
 {{- fail "the mesh file reads ${MESHGATE_TLS_...} variables, which the chart sets only with tls.enabled=true (and tls.existingSecret or tls.cert/key/ca)" -}}
 {{- end -}}
+{{- end -}}
+{{- if and $mesh (not (include "meshgate.replicationDecided" .)) -}}
+{{- fail "the mesh file has several regions and nothing authenticates replication between them, so the gateway would refuse it: add `security: {replication_secret: \"${MESH_REPLICATION_SECRET}\"}` and set replication.existingSecret (or replication.secret) with the same secret in every region's release, or use mTLS (security.ca, tls.enabled), or, on a network you trust only, `security: {replication: anonymous}`" -}}
+{{- end -}}
+{{- if and .Values.replication.existingSecret .Values.replication.secret -}}
+{{- fail "replication: set replication.existingSecret or replication.secret, not both" -}}
+{{- end -}}
+{{- if and $mesh (include "meshgate.replicationSecretName" .) (not (include "meshgate.replicationSecretVariable" .)) -}}
+{{- fail "replication.existingSecret/secret is set, but the mesh file has no security.replication_secret: \"${MESH_REPLICATION_SECRET}\" to read it" -}}
 {{- end -}}
 {{- if and .Values.auth.enabled (not (include "meshgate.authSecretName" .)) -}}
 {{- fail "auth.enabled needs auth.existingSecret (a Secret whose keys are the token variables of the mesh file) or at least one entry in auth.tokens" -}}
