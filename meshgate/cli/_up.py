@@ -10,8 +10,9 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from meshgate.cli._claim import ClaimError, UpClaim, endpoints_of
 from meshgate.cli._run import run_until_signalled, use_event_loop
-from meshgate.config import QUICKSTART_PATH, ConfigError, load_config
+from meshgate.config import QUICKSTART_PATH, ConfigError, MeshConfig, load_config
 from meshgate.gateway import Gateway
 
 __all__ = ["register"]
@@ -35,9 +36,23 @@ def run(args: argparse.Namespace) -> int:
         for issue in exc.errors:
             print(issue, file=sys.stderr)
         return 1
+    listens = [region.gateway or f"127.0.0.1:{_FIRST_PORT + i}" for i, region in enumerate(config.regions)]
+    # Before any broker starts: a mesh already running on this data dir or these ports is named, not disturbed.
+    claim = UpClaim(data_dir=args.data_dir, config_path=path)
+    try:
+        claim.acquire(endpoints_of(config, listens))
+    except ClaimError as exc:
+        print(exc.message, file=sys.stderr)
+        return 1
+    try:
+        return _run(args, path, config, listens)
+    finally:
+        claim.release()
+
+
+def _run(args: argparse.Namespace, path: Path, config: MeshConfig, listens: list[str]) -> int:
     gateways = []
-    for i, region in enumerate(config.regions):
-        listen = region.gateway or f"127.0.0.1:{_FIRST_PORT + i}"
+    for region, listen in zip(config.regions, listens, strict=True):
         gateways.append(
             Gateway(
                 config=config,
