@@ -204,3 +204,13 @@ async def test_idle_connections_are_reaped(make_gateway: GatewayFactory) -> None
         )
         resp = await stub.Publish(gateway_pb2.PublishRequest(events=[ev(id="after-idle")]))
         assert [r.outcome for r in resp.results] == [event_pb2.OUTCOME_ACCEPTED]
+
+
+async def test_idle_sockets_on_the_probe_port_are_closed(make_gateway: GatewayFactory) -> None:
+    gw = await make_gateway(metrics_listen="127.0.0.1:0")
+    with _flood("127.0.0.1", gw.http_port, 50) as socks:
+        assert await asyncio.to_thread(_readyz, gw.http_port) == 200
+        # Each held a thread and a descriptor until the peer went away.
+        await wait_until(
+            lambda: all(_closed_by_server(s) for s in socks), 30, interval=0.5, what="idle probe sockets closed"
+        )
