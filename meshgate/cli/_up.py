@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from meshgate.cli._claim import ClaimError, UpClaim, endpoints_of
 from meshgate.cli._run import run_until_signalled, use_event_loop
-from meshgate.config import QUICKSTART_PATH, ConfigError, MeshConfig, load_config
+from meshgate.config import QUICKSTART_PATH, ConfigError, load_config
 from meshgate.gateway import Gateway
 
 __all__ = ["register"]
@@ -44,15 +44,9 @@ def run(args: argparse.Namespace) -> int:
     except ClaimError as exc:
         print(exc.message, file=sys.stderr)
         return 1
-    try:
-        return _run(args, path, config, listens)
-    finally:
-        claim.release()
-
-
-def _run(args: argparse.Namespace, path: Path, config: MeshConfig, listens: list[str]) -> int:
     gateways = []
-    for region, listen in zip(config.regions, listens, strict=True):
+    for i, region in enumerate(config.regions):
+        listen = listens[i]
         gateways.append(
             Gateway(
                 config=config,
@@ -66,4 +60,7 @@ def _run(args: argparse.Namespace, path: Path, config: MeshConfig, listens: list
     for gw, region in zip(gateways, config.regions, strict=True):
         print(f"region {region.name} ({region.kind}): gateway {gw.listen}", flush=True)
     use_event_loop()
-    return asyncio.run(run_until_signalled(gateways))
+    try:
+        return asyncio.run(run_until_signalled(gateways))
+    finally:
+        claim.release()
