@@ -214,3 +214,13 @@ async def test_idle_sockets_on_the_probe_port_are_closed(make_gateway: GatewayFa
         await wait_until(
             lambda: all(_closed_by_server(s) for s in socks), 30, interval=0.5, what="idle probe sockets closed"
         )
+
+
+def test_peer_addresses_read_from_proc() -> None:
+    from meshgate.gateway._connections import _address
+
+    # /proc/net/tcp prints each 32-bit word of an address in the host's (little-endian) order.
+    assert _address("0200007F") == "127.0.0.2"
+    assert _address("0000000000000000FFFF00000200007F") == "127.0.0.2"  # v4-mapped, as gRPC's dual-stack sockets show
+    assert _address("00000000000000000000000001000000") == "::1"
+    assert _address("B80D0120000000000000000001000000") == "2001:db8::1"
