@@ -8,7 +8,13 @@ from meshgate.config._model import KafkaSettings, MeshConfig, NatsSettings, Regi
 
 __all__ = ["check_compatible", "region_changes"]
 
-_SERVER_LIMITS = ("max_message_bytes", "max_metadata_bytes")
+_SERVER_LIMITS = (
+    "max_message_bytes",
+    "max_metadata_bytes",
+    "max_connections",
+    "max_connections_per_address",
+    "idle_connection_timeout_seconds",
+)
 
 
 def _field_changes(block: str, old: NatsSettings | KafkaSettings, new: NatsSettings | KafkaSettings) -> list[str]:

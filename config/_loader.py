@@ -750,6 +750,13 @@ def _build(data: dict[str, Any], doc: Document, *, source: str, sha256: str) -> 
         client_rate=float(raw_limits.get("client_rate", default_limits.client_rate)),
         client_burst=int(raw_limits.get("client_burst", default_limits.client_burst)),
         subscribe_buffer_events=int(raw_limits.get("subscribe_buffer_events", default_limits.subscribe_buffer_events)),
+        max_connections=int(raw_limits.get("max_connections", default_limits.max_connections)),
+        max_connections_per_address=int(
+            raw_limits.get("max_connections_per_address", default_limits.max_connections_per_address)
+        ),
+        idle_connection_timeout_seconds=parse_duration(
+            raw_limits.get("idle_connection_timeout", default_limits.idle_connection_timeout_seconds)
+        ),
     )
     default_settings = Settings()
     settings = Settings(

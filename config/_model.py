@@ -118,6 +118,13 @@ class Limits:
     client_burst: int = 0
     # Events a Subscribe call holds between the broker and the client (its broker prefetch included).
     subscribe_buffer_events: int = 1000
+    # gRPC connections (restart to change). The total is lowered to fit the process's open-file
+    # limit; 0 = only that bound. Per peer IP address, 0 = no cap. A connection with no call for
+    # idle_connection_timeout_seconds is closed, and one that has not finished its handshake
+    # within that (at most 10 s) too.
+    max_connections: int = 4096
+    max_connections_per_address: int = 256
+    idle_connection_timeout_seconds: float = 60.0
 
     @property
     def client_bucket(self) -> int:

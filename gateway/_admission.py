@@ -18,7 +18,17 @@ from meshgate.gateway._ids import uuid7
 from meshgate.router import validate_topic
 from meshgate.v1 import event_pb2
 
-__all__ = ["Admission", "Refusal"]
+__all__ = ["OUTPUT_ONLY_FIELDS", "RESERVED_TOPIC_PREFIX", "Admission", "Refusal", "output_only_refusal"]
+
+# The Event fields event.proto marks "output only": the gateway sets them at admission or on
+# storing, and replication carries them between regions. A client's value would be stored as
+# if the gateway had set it (an origin_sequence set by a client made every destination refuse
+# the event as a resend from nowhere, after the client was told ACCEPTED): refused, not ignored.
+OUTPUT_ONLY_FIELDS = ("origin", "route", "sequence", "origin_sequence", "stream", "origin_stream")
+# Topics under this prefix belong to the gateway: the dead letters of a link are written to
+# meshgate/dlq/<destination> by the replicator itself, past admission. Clients may publish
+# there only when their token's publish list names the prefix (see gateway/_auth.py).
+RESERVED_TOPIC_PREFIX = "meshgate/"
 
 # CloudEvents: extension names are lower-case letters and digits; these are its attributes.
 _EXTENSION_NAME = re.compile(r"[a-z0-9]{1,20}")
@@ -43,6 +53,14 @@ class Refusal:
 
 
 _INVALID = 3
+
+
+def output_only_refusal(event: event_pb2.Event) -> str:
+    """The message for an event that carries output-only fields: names every one that is set."""
+    names = [name for name in OUTPUT_ONLY_FIELDS if getattr(event, name)]
+    if len(names) == 1:
+        return f"{names[0]} is set by the gateway (output only); leave it empty when publishing"
+    return f"{', '.join(names)} are set by the gateway (output only); leave them empty when publishing"
 
 
 def _text_field(name: str, value: str, *, max_chars: int, required: bool) -> str | None:
@@ -111,8 +129,15 @@ class Admission:
                 f"event carries fields {numbers} that this gateway does not know; "
                 "upgrade the gateway or publish without them"
             )
-        if event.origin or event.route or event.sequence or event.stream or event.origin_stream:
-            return "origin, route, sequence and stream are set by the gateway; leave them empty when publishing"
+        if (
+            event.origin
+            or event.route
+            or event.sequence
+            or event.origin_sequence
+            or event.stream
+            or event.origin_stream
+        ):
+            return output_only_refusal(event)
         size = len(event.data)
         if size > limits.max_data_bytes:
             return f"data of {size} bytes exceeds max_data_bytes of {limits.max_data_bytes} bytes"

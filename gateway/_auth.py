@@ -24,6 +24,7 @@ from typing import Any, NoReturn
 import grpc
 
 from meshgate.config import ClientToken, SecuritySettings
+from meshgate.gateway._admission import RESERVED_TOPIC_PREFIX
 from meshgate.router import pattern_covers, pattern_regex
 
 __all__ = [
@@ -77,12 +78,17 @@ class Client:
     # SHA-256 of the token, to find the client's entry again after a reload; never shown.
     digest: bytes = field(default=b"", repr=False)
     _publish_re: re.Pattern[str] | None = field(default=None, repr=False, compare=False)
+    # The publish patterns that name the reserved prefix literally (``meshgate/dlq/>``; not ``>``).
+    _reserved_re: re.Pattern[str] | None = field(default=None, repr=False, compare=False)
 
     @property
     def label(self) -> str:
         return f"client {self.name!r}" if self.authenticated else f"client at {self.name}"
 
     def may_publish(self, topic: str) -> bool:
+        if topic.startswith(RESERVED_TOPIC_PREFIX):
+            # The gateway's own topics (dead letters): only a pattern that names them lets a client in.
+            return self._reserved_re is not None and self._reserved_re.fullmatch(topic) is not None
         if self.publish is None:
             return True
         return self._publish_re is not None and self._publish_re.fullmatch(topic) is not None
@@ -93,6 +99,13 @@ class Client:
         return any(pattern_covers(allowed, pattern) for allowed in self.subscribe)
 
     def publish_refusal(self, topic: str) -> str:
+        if topic.startswith(RESERVED_TOPIC_PREFIX):
+            return (
+                f"{self.label} may not publish to topic {topic!r}: topics under {RESERVED_TOPIC_PREFIX!r} are"
+                " reserved for the gateway (dead letters: meshgate/dlq/<destination>); publish elsewhere, or have"
+                f" the operator name the topic in the client's publish list with a pattern that starts with"
+                f" {RESERVED_TOPIC_PREFIX!r} (security.tokens in the mesh file; '>' does not count)"
+            )
         return (
             f"{self.label} may not publish to topic {topic!r}: no pattern of its publish list"
             f" ({_shown(self.publish or ())}) matches it; publish within it, or have the operator add a"
@@ -124,10 +137,13 @@ class Client:
         )
 
 
+def _any_of(patterns: Sequence[str]) -> re.Pattern[str] | None:
+    return re.compile("|".join(f"(?:{pattern_regex(p).pattern})" for p in patterns)) if patterns else None
+
+
 def _client_of(entry: ClientToken, digest: bytes) -> Client:
-    publish_re = None
-    if entry.publish:
-        publish_re = re.compile("|".join(f"(?:{pattern_regex(p).pattern})" for p in entry.publish))
+    publish_re = _any_of(entry.publish)
+    reserved_re = _any_of([p for p in entry.publish if p.startswith(RESERVED_TOPIC_PREFIX)])
     return Client(
         name=entry.name,
         key=entry.name,
@@ -137,6 +153,7 @@ def _client_of(entry: ClientToken, digest: bytes) -> Client:
         admin=entry.admin,
         digest=digest,
         _publish_re=publish_re,
+        _reserved_re=reserved_re,
     )
 
 

@@ -25,6 +25,8 @@ __all__ = ["HEALTHZ_PATH", "READYZ_PATH", "HttpEndpoint", "HttpEndpointState"]
 HEALTHZ_PATH = "/healthz"
 READYZ_PATH = "/readyz"
 
+# Probes and scrapes send their request at once; the kubelet's probe timeout is seconds too.
+_REQUEST_TIMEOUT = 10.0
 # A check answers None when all is well, else why not (the body of the 503).
 Check = Callable[[], str | None]
 _StartResponse = Callable[..., Any]
@@ -40,11 +42,24 @@ class _ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
     # Worker threads are not joined at close (a probe stuck on a blocked event loop must not
     # hold up shutdown), and are not collected in a list that grows with every request.
     daemon_threads = True
+    # socketserver's default backlog of 5 drops the connections of a burst (scrapes and probes of
+    # several replicas, or a flood), and a dropped SYN is retried only after 1, 3, 7 s...
+    request_queue_size = 128
 
 
 class _QuietHandler(WSGIRequestHandler):
+    # A connection that sends no complete request within this is closed: without it, every idle
+    # socket opened to this port held a thread and a descriptor for ever.
+    timeout = _REQUEST_TIMEOUT
+
     def log_message(self, format: str, *args: Any) -> None:
         """Probes and scrapes every few seconds would flood the log."""
+
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except TimeoutError:
+            return  # no complete request within the timeout: the server closes the connection next
 
 
 def _app(registry: CollectorRegistry, checks: Mapping[str, Check]) -> Callable[..., Iterable[bytes]]:

@@ -24,6 +24,7 @@ from meshgate.gateway._admin import AdminService
 from meshgate.gateway._admission import Admission
 from meshgate.gateway._auth import Authenticator, ReplicationGuard
 from meshgate.gateway._budget import InflightBudget
+from meshgate.gateway._connections import ConnectionGuard, plan_connections
 from meshgate.gateway._decode import MalformedRequestInterceptor
 from meshgate.gateway._http import HttpEndpoint
 from meshgate.gateway._limits import ClientRates, ClientStreams, SubscribeBuffers
@@ -199,6 +200,7 @@ class Gateway(StartStop):
                 region=region,
             )
         self._server: grpc.aio.Server | None = None
+        self._connections: ConnectionGuard | None = None
         self._health = health.aio.HealthServicer()
         self._http: HttpEndpoint | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -302,7 +304,11 @@ class Gateway(StartStop):
         self._loop = asyncio.get_running_loop()
         try:
             await self.broker.start()
-            server = grpc.aio.server(options=_server_options(self.limits), interceptors=[MalformedRequestInterceptor()])
+            plan = plan_connections(self.limits, region=self.region)
+            server = grpc.aio.server(
+                options=[*_server_options(self.limits), *plan.server_options()],
+                interceptors=[MalformedRequestInterceptor()],
+            )
             gateway_pb2_grpc.add_GatewayServicer_to_server(GatewayService(self), server)
             admin_pb2_grpc.add_AdminServicer_to_server(AdminService(self), server)
             replication_pb2_grpc.add_ReplicationServicer_to_server(ReplicationService(self), server)
@@ -311,6 +317,9 @@ class Gateway(StartStop):
             self.port = self._bind(server)
             await server.start()
             self._server = server
+            self._connections = ConnectionGuard(region=self.region, port=self.port, plan=plan)
+            self._connections.start()
+            log.info("region %s: %s", self.region, plan.describe())
             if self._metrics_listen:
                 host, port = _split_hostport(self._metrics_listen)
                 self._http = HttpEndpoint(
@@ -378,6 +387,8 @@ class Gateway(StartStop):
             if self._server is not None:
                 # Idle streams and subscriptions are cancelled; a little grace for the last acks.
                 await self._server.stop(max(0.0, min(0.5, deadline - time.monotonic())))
+            if self._connections is not None:
+                await asyncio.to_thread(self._connections.stop)
             if self.replicator is not None:
                 # Batches already sent get their acks within what is left of the grace period.
                 await self.replicator.stop(max(0.5, deadline - time.monotonic()))

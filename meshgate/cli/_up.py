@@ -11,6 +11,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from meshgate.cli._claim import ClaimError, UpClaim, endpoints_of
 from meshgate.cli._run import run_until_signalled, use_event_loop
 from meshgate.config import QUICKSTART_PATH, ConfigError, load_config, replication_auth_issue
 from meshgate.gateway import Gateway
@@ -39,9 +40,17 @@ def run(args: argparse.Namespace) -> int:
     # Every region runs in this process: when the file names no credential for replication,
     # a secret made for this run authenticates them to each other (nobody else knows it).
     secret = secrets.token_hex(32) if replication_auth_issue(config) is not None else None
+    listens = [region.gateway or f"127.0.0.1:{_FIRST_PORT + i}" for i, region in enumerate(config.regions)]
+    # Before any broker starts: a mesh already running on this data dir or these ports is named, not disturbed.
+    claim = UpClaim(data_dir=args.data_dir, config_path=path)
+    try:
+        claim.acquire(endpoints_of(config, listens))
+    except ClaimError as exc:
+        print(exc.message, file=sys.stderr)
+        return 1
     gateways = []
     for i, region in enumerate(config.regions):
-        listen = region.gateway or f"127.0.0.1:{_FIRST_PORT + i}"
+        listen = listens[i]
         gateways.append(
             Gateway(
                 config=config,
@@ -56,4 +65,7 @@ def run(args: argparse.Namespace) -> int:
     for gw, region in zip(gateways, config.regions, strict=True):
         print(f"region {region.name} ({region.kind}): gateway {gw.listen}", flush=True)
     use_event_loop()
-    return asyncio.run(run_until_signalled(gateways))
+    try:
+        return asyncio.run(run_until_signalled(gateways))
+    finally:
+        claim.release()

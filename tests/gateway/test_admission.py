@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from meshgate.brokers.embedded import EmbeddedNats
+from meshgate.cli._client import channel as cli_channel
+from meshgate.config import ClientToken, SecuritySettings
 from meshgate.v1 import event_pb2, gateway_pb2, gateway_pb2_grpc
 from tests.gateway._helpers import ev, read_all
+from tests.gateway.conftest import mesh_for
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
@@ -98,3 +103,112 @@ async def test_route_and_sequence_cannot_be_forged(stub: gateway_pb2_grpc.Gatewa
                 gateway_pb2.PublishRequest(events=[event_pb2.Event(topic="orders/x", source="s", type="t", **forged)])
             )
         assert info.value.code() == INVALID
+
+
+# --- output-only fields and reserved topics ------------------------------------------------
+
+# event.proto numbers the client's fields 1 to 15 and the output-only ones from 16 up: every
+# field there, today's and any added later, must be refused when a client sets it.
+_OUTPUT_ONLY = [f for f in event_pb2.Event.DESCRIPTOR.fields if f.number >= 16]
+_FORGED: dict[str, Any] = {"origin": "there", "route": ["there"], "origin_stream": "orders.x/0", "stream": "s"}
+
+
+def _forged(name: str) -> dict[str, Any]:
+    return {name: _FORGED.get(name, 7)}
+
+
+def test_output_only_fields_are_known() -> None:
+    from meshgate.gateway._admission import OUTPUT_ONLY_FIELDS
+
+    assert {f.name for f in _OUTPUT_ONLY} == set(OUTPUT_ONLY_FIELDS)
+    assert "origin_sequence" in OUTPUT_ONLY_FIELDS
+
+
+@pytest.mark.parametrize("name", [f.name for f in _OUTPUT_ONLY])
+async def test_every_output_only_field_is_refused_on_publish(stub: gateway_pb2_grpc.GatewayStub, name: str) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Publish(gateway_pb2.PublishRequest(events=[ev(id=f"forged-{name}", **_forged(name))]))
+    assert info.value.code() == INVALID
+    assert f"{name} is set by the gateway" in info.value.details(), info.value.details()
+    assert await read_all(stub, ">", idle=0.3) == []
+
+
+async def test_output_only_fields_are_refused_per_event_on_publish_stream(
+    stub: gateway_pb2_grpc.GatewayStub,
+) -> None:
+    names = [f.name for f in _OUTPUT_ONLY]
+    batch = [ev(id="good-1"), *(ev(id=f"forged-{n}", **_forged(n)) for n in names), ev(id="good-2")]
+    call = stub.PublishStream()
+    await call.write(gateway_pb2.PublishRequest(batch_id=1, events=batch))
+    await call.done_writing()
+    [resp] = [r async for r in call]
+    by_id = {r.id: r for r in resp.results}
+    assert by_id["good-1"].outcome == by_id["good-2"].outcome == event_pb2.OUTCOME_ACCEPTED
+    for name in names:
+        result = by_id[f"forged-{name}"]
+        assert result.outcome == event_pb2.OUTCOME_REJECTED, (name, result)
+        assert result.code == INVALID.value[0]
+        assert f"{name} is set by the gateway" in result.message, result.message
+    stored = await read_all(stub, ">", expect=2, idle=0.5)
+    assert sorted(e.id for e in stored) == ["good-1", "good-2"]
+    assert all(e.origin_sequence == 0 for e in stored)
+
+
+async def test_two_output_only_fields_are_both_named(stub: gateway_pb2_grpc.GatewayStub) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Publish(gateway_pb2.PublishRequest(events=[ev(origin_sequence=3, origin_stream="x")]))
+    assert info.value.code() == INVALID
+    assert "origin_sequence, origin_stream are set by the gateway" in info.value.details(), info.value.details()
+
+
+DENIED = grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_reserved_topics_are_refused_to_anonymous_clients(stub: gateway_pb2_grpc.GatewayStub) -> None:
+    # Without tokens every client may publish anywhere, except into the gateway's own topics.
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Publish(gateway_pb2.PublishRequest(events=[ev("meshgate/dlq/there", id="fake-dlq")]))
+    assert info.value.code() == DENIED
+    assert "reserved for the gateway" in info.value.details(), info.value.details()
+    call = stub.PublishStream()
+    await call.write(gateway_pb2.PublishRequest(batch_id=1, events=[ev("meshgate/x", id="s-1"), ev(id="s-2")]))
+    await call.done_writing()
+    [resp] = [r async for r in call]
+    assert [r.outcome for r in resp.results] == [event_pb2.OUTCOME_REJECTED, event_pb2.OUTCOME_ACCEPTED]
+    assert resp.results[0].code == DENIED.value[0] and "'meshgate/'" in resp.results[0].message
+    assert [e.id for e in await read_all(stub, ">", expect=1, idle=0.5)] == ["s-2"]
+
+
+async def test_reserved_topics_only_for_a_token_that_names_them(make_gateway: Any, nats_server: EmbeddedNats) -> None:
+    everything = "everything-0123456789abcdef"
+    dlq_writer = "dlq-writer-0123456789abcdef"
+    config = dataclasses.replace(
+        mesh_for(nats_server),
+        security=SecuritySettings(
+            tokens=(
+                ClientToken(name="everything", token=everything, publish=(">",), subscribe=(">",)),
+                ClientToken(name="dlq-writer", token=dlq_writer, publish=("meshgate/dlq/>",)),
+            )
+        ),
+    )
+    gw = await make_gateway(config=config)
+
+    async def publish(token: str, topic: str, id: str) -> gateway_pb2.PublishResponse:
+        async with cli_channel(gw.address, token=token) as ch:
+            response: gateway_pb2.PublishResponse = await gateway_pb2_grpc.GatewayStub(ch).Publish(
+                gateway_pb2.PublishRequest(events=[ev(topic, id=id)])
+            )
+            return response
+
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await publish(everything, "meshgate/dlq/there", "by-wildcard")
+    assert info.value.code() == DENIED
+    assert "client 'everything'" in info.value.details() and "'>' does not count" in info.value.details()
+    ok = await publish(dlq_writer, "meshgate/dlq/there", "by-name")
+    assert [r.outcome for r in ok.results] == [event_pb2.OUTCOME_ACCEPTED]
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await publish(dlq_writer, "meshgate/other", "outside-its-pattern")
+    assert info.value.code() == DENIED
+    async with cli_channel(gw.address, token=everything) as ch:
+        stored = await read_all(gateway_pb2_grpc.GatewayStub(ch), ">", expect=1, idle=0.5)
+    assert [e.id for e in stored] == ["by-name"]
