@@ -11,8 +11,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from meshgate.brokers.embedded import EmbeddedNats
 from meshgate.cli._client import channel as cli_channel
-from meshgate.config import ClientToken, SecuritySettings
+from meshgate.config import ClientToken
 from meshgate.v1 import event_pb2, gateway_pb2, gateway_pb2_grpc
+from tests._replication import SECURITY
 from tests.gateway._helpers import ev, read_all
 from tests.gateway.conftest import mesh_for
 
@@ -184,11 +185,12 @@ async def test_reserved_topics_only_for_a_token_that_names_them(make_gateway: An
     dlq_writer = "dlq-writer-0123456789abcdef"
     config = dataclasses.replace(
         mesh_for(nats_server),
-        security=SecuritySettings(
+        security=dataclasses.replace(
+            SECURITY,
             tokens=(
                 ClientToken(name="everything", token=everything, publish=(">",), subscribe=(">",)),
                 ClientToken(name="dlq-writer", token=dlq_writer, publish=("meshgate/dlq/>",)),
-            )
+            ),
         ),
     )
     gw = await make_gateway(config=config)
