@@ -804,7 +804,10 @@ class ReplicationService(replication_pb2_grpc.ReplicationServicer):
                 await self._dedup.register(state, batch.last)
             except BrokerError as exc:
                 raise _CallFailed(
-                    grpc.StatusCode.UNAVAILABLE, f"region {self._gw.region} cannot record a new stream: {exc}"
+                    grpc.StatusCode.RESOURCE_EXHAUSTED
+                    if isinstance(exc, StorageFullError)
+                    else grpc.StatusCode.UNAVAILABLE,
+                    f"region {self._gw.region} cannot record a new stream: {exc}",
                 ) from exc
         write = self._write_raw(batch) if isinstance(batch, _RawBatch) else self._write(batch)
         return _InFlight(request, asyncio.ensure_future(write), spans)

@@ -1261,7 +1261,10 @@ class NatsBroker(Broker):
             kv = await self._checkpoints()
             await kv.put(name, value)
         except _NATS_FAILURES as exc:
-            raise _broker_error(exc, f"write checkpoint {name!r}") from exc
+            error = _broker_error(exc, f"write checkpoint {name!r}")
+            if isinstance(error, StorageFullError):
+                self.storage.refused(str(error))
+            raise error from exc
 
     async def checkpoints(self, prefix: str) -> dict[str, bytes]:
         # The names are the subjects the bucket's stream holds, the values one direct get each.
