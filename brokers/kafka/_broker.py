@@ -797,8 +797,19 @@ class KafkaBroker(Broker):
             if isinstance(error, BrokerUnavailableError):
                 self._mark_uncertain(tp, members, events)
             return
-        self._note(True)
         base = future.result().offset
+        if base < 0:
+            # No offset means no stored record (an answer of acks=0, or a broken one): never an ack.
+            error = KafkaUnavailableError(
+                f"write to {tp.topic}/{tp.partition}: Kafka answered without an offset ({base}); "
+                "the events are not counted as stored, retry with the same id",
+                cause="no offset",
+            )
+            for i in members:
+                results[i] = error
+            self._mark_uncertain(tp, members, events)
+            return
+        self._note(True)
         stream = self._remember(tp, members, events, base)
         for sequence, i in enumerate(members, base + 1):
             results[i] = AppendResult(sequence, False, stream)
