@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -48,16 +48,15 @@ def readyz(gw: Gateway) -> tuple[int, str]:
             return exc.code, exc.read().decode()
 
 
-async def wait_for(predicate: object, what: str, timeout: float = BOUND) -> None:
-    assert callable(predicate)
-    async with asyncio.timeout(timeout):
-        while True:
-            value = predicate()
-            if asyncio.iscoroutine(value):
-                value = await value
-            if value:
-                return
-            await asyncio.sleep(0.1)
+async def wait_for(
+    predicate: Callable[[], object], what: str, timeout: float = BOUND, *, status: Callable[[], object] | None = None
+) -> None:
+    """Polls ``predicate`` until true; fails naming ``what`` (and ``status()``) after ``timeout``."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"no {what} within {timeout:g} s" + (f"; now: {status()}" if status else ""))
+        await asyncio.sleep(0.1)
 
 
 @pytest.fixture
@@ -139,8 +138,6 @@ async def test_a_link_into_a_full_region_waits_with_lag_and_error_then_delivers_
     nats_server: EmbeddedNats, small_server: SmallStoreNats, tmp_path: Path
 ) -> None:
     rules = (RouteRule(index=0, topic="orders/*", regions=("here", "there")),)
-    # Region "there" is full before anything reaches it: its JetStream holds only filler.
-    await fill_with_filler(small_server.url)
     there = Gateway(
         config=two_region_mesh(nats_server, small_server, routing=rules),
         region="there", data_dir=tmp_path / "there", replicate=False,
@@ -157,8 +154,12 @@ async def test_a_link_into_a_full_region_waits_with_lag_and_error_then_delivers_
             assert here is not None
             return next(s for s in here.link_statuses() if s.destination == "there")
 
-        async with grpc.aio.insecure_channel(here.address) as ch:
+        async with (
+            grpc.aio.insecure_channel(here.address) as ch,
+            grpc.aio.insecure_channel(there.address) as there_ch,
+        ):
             stub = gateway_pb2_grpc.GatewayStub(ch)
+            there_stub = gateway_pb2_grpc.GatewayStub(there_ch)
 
             async def publish(first: int, n: int) -> None:
                 batch = [
@@ -168,29 +169,36 @@ async def test_a_link_into_a_full_region_waits_with_lag_and_error_then_delivers_
                 resp = await stub.Publish(gateway_pb2.PublishRequest(events=batch))
                 assert ledger.record("here", batch, resp.results) == []
 
-            await publish(0, 40)
-            # The destination refuses for want of room: the link shows lag and why, nothing is lost.
-            await wait_for(lambda: link().lag_events >= 40 and "no room" in link().last_error, "lag and the error")
+            # The link runs (the destination knows this origin's stream), then "there" fills up.
+            await publish(0, 20)
+            assert len(await read_all(there_stub, "orders/>", expect=20, idle=BOUND)) == 20
+            await fill_with_filler(small_server.url)
+
+            await publish(20, 40)
+            # The destination refuses for want of room: the link shows lag and why; the source
+            # keeps the events (before: answered ACCEPTED with sequence 0, acked, gone, lag 0).
+            await wait_for(
+                lambda: link().lag_events >= 40 and "no room" in link().last_error,
+                "the link to show lag >= 40 and the destination's refusal",
+                status=link,
+            )
             first_lag = link().lag_events
-            await publish(40, 40)
-            await wait_for(lambda: link().lag_events >= first_lag + 40, "growing lag")
+            await publish(60, 20)
+            await wait_for(lambda: link().lag_events >= first_lag + 20, "growing lag", status=link)
             assert "insufficient resources" in link().last_error
             problem = there.ready()
             assert problem is not None and problem.startswith("broker cannot store:"), problem
-            async with grpc.aio.insecure_channel(there.address) as there_ch:
-                assert await read_all(gateway_pb2_grpc.GatewayStub(there_ch), "orders/>", idle=0.5) == []
+            assert len(await read_all(there_stub, "orders/>", idle=0.5)) == 20
 
             # Room returns (the filler is purged): every event arrives once, in key order.
             await purge_stream(small_server.url, "FILLER")
             await publish(80, 20)
-            async with grpc.aio.insecure_channel(there.address) as there_ch:
-                there_stub = gateway_pb2_grpc.GatewayStub(there_ch)
-                async with asyncio.timeout(BOUND):
-                    while True:
-                        # The whole log each time, until quiet for a second: a late duplicate shows.
-                        got = await read_all(there_stub, "orders/>", idle=1.0)
-                        if len({e.id for e in got}) >= 100:
-                            break
+            async with asyncio.timeout(BOUND):
+                while True:
+                    # The whole log each time, until quiet for a second: a late duplicate shows.
+                    got = await read_all(there_stub, "orders/>", idle=1.0)
+                    if len({e.id for e in got}) >= 100:
+                        break
             mine = await read_all(stub, "orders/>", expect=100, idle=5.0)
         problems = ledger.check({"here": mine, "there": got})
         assert not problems, "\n".join(problems)
