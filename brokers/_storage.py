@@ -60,7 +60,7 @@ class StorageHealth:
         if self.state is StorageState.OK:
             return
         took = self._clock() - (self.since or self._clock())
-        logger.warning(
+        logger.info(
             "broker %s stores events again after %.1f s (%d writes refused meanwhile)",
             self.name,
             took,

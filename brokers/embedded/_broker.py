@@ -7,7 +7,7 @@ import shutil
 import time
 from pathlib import Path
 
-from meshgate.brokers.embedded._server import DEFAULT_EMBEDDED_MAX_PAYLOAD, EmbeddedNats
+from meshgate.brokers.embedded._server import DEFAULT_EMBEDDED_MAX_PAYLOAD, EmbeddedNats, EmbeddedNatsError
 from meshgate.brokers.nats._broker import NatsBroker
 from meshgate.config import NatsSettings
 
@@ -95,7 +95,11 @@ class EmbeddedNatsBroker(NatsBroker):
             next(line for line in reversed(lines) if any(w in line.lower() for w in _STORE_FAILED)),
             free,
         )
-        await self.server.restart()
+        try:
+            await self.server.restart()
+        except EmbeddedNatsError:
+            logger.exception("embedded NATS %s did not come back after a restart for storage", self.region)
+            raise
 
     async def start(self) -> None:
         await self.server.start()

@@ -855,8 +855,8 @@ class NatsBroker(Broker):
             # Connected, yet JetStream stayed silent: a server whose store failed to write (a full
             # disk) answers no write until it is restarted.
             self.storage.refused(
-                f"JetStream acknowledged none of {expired} writes within {self._ack_timeout:g} s while "
-                "connected (its storage may be failing: see the nats-server log for 'no space left on device')"
+                f"JetStream acknowledged none of {expired} writes within {self._ack_timeout:g} s while connected: "
+                "the server is stalled or cannot write (a full disk? its log says 'no space left on device')"
             )
         if not batch.done.done():
             batch.done.set_result(None)
