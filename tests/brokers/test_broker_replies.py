@@ -6,17 +6,21 @@ real server that runs out of room are in ``test_full_storage.py``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import aiokafka.errors as ke
 import nats.js.errors
 import pytest
+from aiokafka.structs import RecordMetadata, TopicPartition
 
-from meshgate.brokers import AppendResult, BrokerError, StorageFullError
+from meshgate.brokers import AppendResult, BrokerError, KafkaBroker, StorageFullError
 from meshgate.brokers.kafka._errors import kafka_error
 from meshgate.brokers.nats._broker import _broker_error
 from meshgate.brokers.nats._errors import JetStreamRejectedError, JetStreamStorageFullError, jetstream_error
 from meshgate.brokers.nats._wire import PubAckParser, parse_puback
+from meshgate.config import KafkaSettings
+from meshgate.v1 import event_pb2
 
 STREAM = "MESHGATE"
 parser = PubAckParser(STREAM)
@@ -144,3 +148,35 @@ def test_kafka_out_of_room_is_retriable(exc: BaseException) -> None:
 def test_kafka_final_refusals_stay_final() -> None:
     assert not kafka_error(ke.MessageSizeTooLargeError(), "write").retriable
     assert not kafka_error(ke.TopicAuthorizationFailedError(), "write").retriable
+
+
+def _settled(broker: KafkaBroker, outcome: BaseException | int) -> AppendResult | BrokerError | None:
+    """One event's result after ``_settle`` of a produce future that failed or stored at ``outcome``."""
+    future: asyncio.Future[RecordMetadata] = asyncio.get_running_loop().create_future()
+    tp = TopicPartition("mg.orders.created", 0)
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(RecordMetadata("mg.orders.created", 0, tp, outcome, -1, 0, -1))
+    results: list[AppendResult | BrokerError | None] = [None]
+    event = event_pb2.Event(id=f"k-{outcome!r}", topic="orders/created", origin="here", route=["here"])
+    broker._settle(future, tp, [0], [event], results)
+    return results[0]
+
+
+async def test_kafka_produce_answers_storage_full_no_offset_and_recovery() -> None:
+    # The produce future's outcome, as aiokafka hands it over (one module; tansu never runs out of room).
+    broker = KafkaBroker(
+        bootstrap_servers=["127.0.0.1:1"], settings=KafkaSettings(), idempotency_window_seconds=60, name="t"
+    )
+    full = _settled(broker, ke.KafkaStorageError())
+    assert isinstance(full, StorageFullError) and full.retriable
+    problem = broker.storage_problem()
+    assert problem is not None and "KafkaStorageError" in problem
+    # An answer without an offset is no ack either, and does not clear the problem.
+    no_offset = _settled(broker, -1)
+    assert isinstance(no_offset, BrokerError) and no_offset.retriable
+    assert broker.storage_problem() is not None
+    stored = _settled(broker, 41)
+    assert stored == AppendResult(42, False, "mg.orders.created/0")
+    assert broker.storage_problem() is None
