@@ -382,6 +382,9 @@ class KafkaBroker(Broker):
                 ) from exc
             raise
         self.state = BrokerState.CONNECTED
+        if self.storage.problem is not None:
+            # Left from before a stop: the probe tells when it is over, writes or not.
+            self._start_storage_probe()
         logger.info(
             "connected to Kafka %s (topics %s*, %d partitions, replication factor %d, %d ids in the window)",
             servers,

@@ -392,6 +392,9 @@ class NatsBroker(Broker):
             raise
         self._connected.set()
         self.state = BrokerState.CONNECTED
+        if self.storage.problem is not None:
+            # Left from before a stop: the probe tells when it is over, writes or not.
+            self._start_storage_probe()
         logger.info(
             "connected to NATS %s (stream %s, max_payload %d bytes, duplicate window %g s)",
             self.connected_url,
