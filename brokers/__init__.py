@@ -20,6 +20,7 @@ from meshgate.brokers._base import (
     EventRejectedError,
     RawBatch,
     StartAt,
+    StorageFullError,
 )
 from meshgate.brokers._codec import (
     decode_event,
@@ -79,6 +80,7 @@ __all__ = [
     "NotConnectedError",
     "RawBatch",
     "StartAt",
+    "StorageFullError",
     "decode_event",
     "encode_headers",
     "header_lines",

@@ -36,6 +36,7 @@ __all__ = [
     "EventRejectedError",
     "RawBatch",
     "StartAt",
+    "StorageFullError",
 ]
 
 
@@ -60,6 +61,17 @@ class BrokerError(Exception):
 
 class BrokerUnavailableError(BrokerError):
     """The broker cannot be reached or did not answer in time; retry."""
+
+    retriable = True
+
+
+class StorageFullError(BrokerUnavailableError):
+    """The broker is up but has no room to store the event (disk, storage limit or resources full).
+
+    Retriable: the same write succeeds once room is made (events expire or are purged, the
+    limit is raised, the disk is freed). The gateway answers RESOURCE_EXHAUSTED with the reason
+    and reports itself not ready until the broker stores again (``Broker.storage_problem``).
+    """
 
     retriable = True
 
@@ -310,6 +322,15 @@ class Broker(StartStop):
         names that region: the others are acked by the consumer itself, before decoding, in
         log order with the rest (a replication link reads only what it forwards).
         """
+
+    def storage_problem(self) -> str | None:
+        """Why the broker cannot store events now (its last storage refusal), else None. Any thread.
+
+        Readiness reads it: a gateway whose broker refuses writes for want of room should get
+        no traffic. Set by a storage refusal, cleared by the next stored write or a probe the
+        adapter runs meanwhile; never costs I/O on the write path. Default: never a problem.
+        """
+        return None
 
     def sibling(self) -> Broker | None:
         """A new, unstarted broker on the same log, for another event loop; None if unsupported.

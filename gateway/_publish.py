@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from meshgate.brokers import AppendResult, BrokerError, StartAt
+from meshgate.brokers import AppendResult, BrokerError, StartAt, StorageFullError
 from meshgate.gateway._auth import Client, authenticate
 from meshgate.gateway._budget import InflightBudget
 from meshgate.gateway._metrics import admission_reason, broker_reason
@@ -35,6 +35,7 @@ _INVALID_ARGUMENT = grpc.StatusCode.INVALID_ARGUMENT.value[0]
 _UNAVAILABLE = grpc.StatusCode.UNAVAILABLE.value[0]
 _PERMISSION_DENIED = grpc.StatusCode.PERMISSION_DENIED.value[0]
 _RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+_STATUS_OF = {code.value[0]: code for code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)}
 # How long a unary Publish waits for room among the gateway's in-flight events.
 _UNARY_ADMISSION_WAIT = 1.0
 _DEFAULT_SUBSCRIBE_BATCH = 256
@@ -42,6 +43,18 @@ _MAX_SUBSCRIBE_BATCH = 10_000
 # gRPC clients refuse messages over 4 MiB unless told otherwise: a Subscribe response stays
 # under it, whatever max_batch a client asked for (one larger event still goes alone).
 _MAX_SUBSCRIBE_RESPONSE_BYTES = 4 * 1024 * 1024 - 64 * 1024
+
+
+def broker_code(error: BrokerError) -> int:
+    """The gRPC status code (its number) of a write the broker did not store.
+
+    A broker out of room is RESOURCE_EXHAUSTED (backpressure: retry later with the same id,
+    once room is made), any other retriable failure UNAVAILABLE, a refusal for good
+    INVALID_ARGUMENT.
+    """
+    if isinstance(error, StorageFullError):
+        return _RESOURCE_EXHAUSTED
+    return _UNAVAILABLE if error.retriable else _INVALID_ARGUMENT
 
 
 def _refusal_reason(slot: event_pb2.EventResult) -> str:
@@ -147,7 +160,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             else:
                 metrics.rejected.inc()
                 metrics.refuse(broker_reason(res))
-                code = _UNAVAILABLE if res.retriable else _INVALID_ARGUMENT
+                code = broker_code(res)
                 hint = "; retry with the same id" if res.retriable else ""
                 add(id=ev.id, outcome=_REJECTED, code=code, message=f"{res}{hint}")
         if accepted:
@@ -240,7 +253,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         failed = [r for r in response.results if r.outcome == _REJECTED]
         if failed:
             first = failed[0]
-            code = grpc.StatusCode.UNAVAILABLE if first.code == _UNAVAILABLE else grpc.StatusCode.INVALID_ARGUMENT
+            code = _STATUS_OF.get(first.code, grpc.StatusCode.INVALID_ARGUMENT)
             stored = n - len(failed)
             await context.abort(code, f"{len(failed)} of {n} events not stored ({stored} stored): {first.message}")
         return response

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from meshgate.brokers import AppendResult, BrokerError
+from meshgate.brokers import AppendResult, BrokerError, StorageFullError
 from meshgate.brokers._codec import HEADER_ORIGIN, HEADER_ROUTE, check_header_lines, escape_header_value, parse_time
 from meshgate.gateway._dedup import OriginDedup, OriginState
 from meshgate.router import validate_topic
@@ -697,7 +697,10 @@ class ReplicationService(replication_pb2_grpc.ReplicationServicer):
                 if failure is not None:
                     # The source resends from this batch; the log tells what is already here.
                     await context.abort(
-                        grpc.StatusCode.UNAVAILABLE, f"region {gw.region} could not store a batch: {failure}"
+                        grpc.StatusCode.RESOURCE_EXHAUSTED
+                        if isinstance(failure, StorageFullError)
+                        else grpc.StatusCode.UNAVAILABLE,
+                        f"region {gw.region} could not store a batch: {failure}",
                     )
                 if isinstance(done, _RawBatch):
                     yield replication_pb2.ReplicateResponse(
@@ -806,7 +809,10 @@ class ReplicationService(replication_pb2_grpc.ReplicationServicer):
                 await self._dedup.register(state, batch.last)
             except BrokerError as exc:
                 raise _CallFailed(
-                    grpc.StatusCode.UNAVAILABLE, f"region {self._gw.region} cannot record a new stream: {exc}"
+                    grpc.StatusCode.RESOURCE_EXHAUSTED
+                    if isinstance(exc, StorageFullError)
+                    else grpc.StatusCode.UNAVAILABLE,
+                    f"region {self._gw.region} cannot record a new stream: {exc}",
                 ) from exc
         write = self._write_raw(batch) if isinstance(batch, _RawBatch) else self._write(batch)
         return _InFlight(request, asyncio.ensure_future(write), spans)

@@ -248,11 +248,16 @@ class Gateway(StartStop):
         """None while this gateway should get traffic, else why not. /readyz; any thread.
 
         Ready is what the gRPC health service reports as SERVING (started, not draining), and
-        the broker client connected: a gateway whose broker is away can store nothing."""
+        the broker client connected and able to store: a gateway whose broker is away, or out
+        of room, can store nothing."""
         if self.state is not GatewayState.SERVING:
             return f"gateway is {self.state.value}"
         if self.broker.state is not BrokerState.CONNECTED:
             return f"broker client is {self.broker.state.value}"
+        # Connected is not enough: a broker out of room refuses every write until room is made.
+        storage = self.broker.storage_problem()
+        if storage is not None:
+            return f"broker cannot store: {storage}"
         return None
 
     @property

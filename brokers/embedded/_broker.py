@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import logging
+import shutil
+import time
 from pathlib import Path
 
-from meshgate.brokers.embedded._server import DEFAULT_EMBEDDED_MAX_PAYLOAD, EmbeddedNats
+from meshgate.brokers.embedded._server import DEFAULT_EMBEDDED_MAX_PAYLOAD, EmbeddedNats, EmbeddedNatsError
 from meshgate.brokers.nats._broker import NatsBroker
 from meshgate.config import NatsSettings
 
 __all__ = ["EmbeddedNatsBroker"]
+
+logger = logging.getLogger(__name__)
+
+# nats-server's words when a stream's store failed to write: from then on that stream answers no
+# write until the server restarts, whatever room is made meanwhile.
+_STORE_FAILED = ("critical write error", "no space left on device")
+# Room the data dir needs before such a server is restarted, and the least time between two restarts.
+_MIN_FREE_BYTES = 8 * 1024 * 1024
+_RESTART_INTERVAL_SECONDS = 10.0
 
 
 class EmbeddedNatsBroker(NatsBroker):
@@ -55,6 +67,39 @@ class EmbeddedNatsBroker(NatsBroker):
             server_name=f"meshgate-{region}",
             max_payload=max_payload,
         )
+        self._storage_restarted = -_RESTART_INTERVAL_SECONDS
+
+    async def _recover_storage(self) -> None:
+        """Restarts the server once a store that failed to write (a full disk) has room again.
+
+        nats-server keeps a stream whose file store hit a write error (ENOSPC) refusing every
+        write, silently, until it restarts: freeing the disk is not enough. The restart is on
+        the same port and data; the client reconnects by itself.
+        """
+        lines = self.server.log_tail(10_000)
+        if not any(word in line.lower() for line in lines for word in _STORE_FAILED):
+            return
+        now = time.monotonic()
+        if now - self._storage_restarted < _RESTART_INTERVAL_SECONDS:
+            return
+        try:
+            free = shutil.disk_usage(self.server.data_dir).free
+        except OSError:
+            return
+        if free < max(_MIN_FREE_BYTES, 2 * self.server.max_payload):
+            return
+        self._storage_restarted = now
+        logger.warning(
+            "embedded NATS %s: its store failed to write (%s) and %d bytes are free again; restarting it",
+            self.server.server_name,
+            next(line for line in reversed(lines) if any(w in line.lower() for w in _STORE_FAILED)),
+            free,
+        )
+        try:
+            await self.server.restart()
+        except EmbeddedNatsError:
+            logger.exception("embedded NATS %s did not come back after a restart for storage", self.region)
+            raise
 
     async def start(self) -> None:
         await self.server.start()

@@ -55,6 +55,7 @@ from meshgate.brokers._base import (
     BrokerUnavailableError,
     EventRejectedError,
     StartAt,
+    StorageFullError,
 )
 from meshgate.brokers._codec import (
     HEADER_ID,
@@ -66,6 +67,7 @@ from meshgate.brokers._codec import (
     escape_header_value,
     unescape_header_value,
 )
+from meshgate.brokers._storage import StorageHealth
 from meshgate.brokers.kafka._clients import start_consumer, stop_consumer
 from meshgate.brokers.kafka._consumer import KafkaDurableConsumer
 from meshgate.brokers.kafka._errors import (
@@ -91,6 +93,12 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+# While no broker can store, a checkpoint write under this key (not an event) tells when one can
+# again; first after this long, doubling up to the maximum.
+_PROBE_KEY = "mg-storage-probe"
+_PROBE_FIRST_SECONDS = 0.25
+_PROBE_MAX_SECONDS = 2.0
 
 # Bytes a record adds to its key, value and headers inside a batch, counted generously
 # (varints, attributes, the batch header of a batch of one): the size check stays on the
@@ -266,6 +274,8 @@ class KafkaBroker(Broker):
         self._lock = asyncio.Lock()
         self._stopping = False
         self.stats = KafkaBrokerStats()
+        self.storage = StorageHealth(name=name, on_problem=self._start_storage_probe)
+        self._storage_probe: asyncio.Task[None] | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -372,6 +382,9 @@ class KafkaBroker(Broker):
                 ) from exc
             raise
         self.state = BrokerState.CONNECTED
+        if self.storage.problem is not None:
+            # Left from before a stop: the probe tells when it is over, writes or not.
+            self._start_storage_probe()
         logger.info(
             "connected to Kafka %s (topics %s*, %d partitions, replication factor %d, %d ids in the window)",
             servers,
@@ -406,6 +419,11 @@ class KafkaBroker(Broker):
                     self.state = BrokerState.CLOSED
                 return
             self._stopping = True
+            storage_probe, self._storage_probe = self._storage_probe, None
+            if storage_probe is not None:
+                storage_probe.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await storage_probe
             if self._appending:
                 # In-flight appends settle by ack or by the producer's request timeout.
                 with contextlib.suppress(TimeoutError):
@@ -434,6 +452,39 @@ class KafkaBroker(Broker):
         if probe is None:
             raise BrokerError(f"Kafka broker {self.name!r} is not started", retriable=False)
         return probe
+
+    # -- storage health -----------------------------------------------------------------------
+
+    def storage_problem(self) -> str | None:
+        return self.storage.problem
+
+    def _start_storage_probe(self) -> None:
+        probe = self._storage_probe
+        if self._stopping or self._producer is None or (probe is not None and not probe.done()):
+            return
+        self._storage_probe = asyncio.get_running_loop().create_task(
+            self._probe_storage(), name=f"storage-probe-{self.name}"
+        )
+
+    async def _probe_storage(self) -> None:
+        """Writes a checkpoint (not an event) until a broker stores again, or a write of an event does."""
+        delay = _PROBE_FIRST_SECONDS
+        storage = self.storage
+        while not self._stopping:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _PROBE_MAX_SECONDS)
+            if storage.problem is None:
+                return  # an event was stored meanwhile
+            try:
+                await self.put_checkpoint(_PROBE_KEY, b"%d" % self.stats.acked)
+            except BrokerError as exc:
+                storage.failed_probes += 1
+                if isinstance(exc, StorageFullError):
+                    storage.refused(str(exc))
+                logger.debug("storage probe of %s: %s", self.name, exc)
+                continue
+            storage.stored()
+            return
 
     def _note(self, ok: bool) -> None:
         """Follows the cluster's reachability from the outcome of requests (aiokafka has no callbacks)."""
@@ -773,6 +824,8 @@ class KafkaBroker(Broker):
                 self._topics.pop(tp.topic, None)
             error = kafka_error(exc, f"write to {tp.topic}/{tp.partition}")
             self._note(not isinstance(error, BrokerUnavailableError))
+            if isinstance(error, StorageFullError):
+                self.storage.refused(str(error))
             return error
         out.append((future, tp, members))
         self.stats.published += len(members)
@@ -792,13 +845,28 @@ class KafkaBroker(Broker):
             if isinstance(exc, UnknownTopicOrPartitionError):
                 self._topics.pop(tp.topic, None)
             self._note(not isinstance(error, BrokerUnavailableError))
+            if isinstance(error, StorageFullError):
+                self.storage.refused(str(error))
             for i in members:
                 results[i] = error
             if isinstance(error, BrokerUnavailableError):
                 self._mark_uncertain(tp, members, events)
             return
-        self._note(True)
         base = future.result().offset
+        if base < 0:
+            # No offset means no stored record (an answer of acks=0, or a broken one): never an ack.
+            error = KafkaUnavailableError(
+                f"write to {tp.topic}/{tp.partition}: Kafka answered without an offset ({base}); "
+                "the events are not counted as stored, retry with the same id",
+                cause="no offset",
+            )
+            for i in members:
+                results[i] = error
+            self._mark_uncertain(tp, members, events)
+            return
+        self._note(True)
+        if self.storage.problem is not None:
+            self.storage.stored()
         stream = self._remember(tp, members, events, base)
         for sequence, i in enumerate(members, base + 1):
             results[i] = AppendResult(sequence, False, stream)
@@ -1126,7 +1194,10 @@ class KafkaBroker(Broker):
             future = await producer.send(self._names.checkpoints, value, key=name.encode(), partition=0)
             await asyncio.wait_for(future, self._request_timeout + 1.0)
         except KAFKA_FAILURES as exc:
-            raise kafka_error(exc, f"write checkpoint {name!r}") from exc
+            error = kafka_error(exc, f"write checkpoint {name!r}")
+            if isinstance(error, StorageFullError):
+                self.storage.refused(str(error))
+            raise error from exc
         async with self._checkpoint_lock:
             self._checkpoints[name] = value
 

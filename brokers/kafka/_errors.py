@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import aiokafka.errors as ke
 
-from meshgate.brokers._base import BrokerError, BrokerUnavailableError, EventRejectedError
+from meshgate.brokers._base import BrokerError, BrokerUnavailableError, EventRejectedError, StorageFullError
 
 __all__ = [
     "KAFKA_FAILURES",
     "KafkaMessageTooLargeError",
     "KafkaRejectedError",
+    "KafkaStorageFullError",
     "KafkaUnavailableError",
     "kafka_error",
 ]
@@ -21,6 +22,11 @@ class KafkaUnavailableError(BrokerUnavailableError):
     def __init__(self, message: str, *, cause: str = "") -> None:
         super().__init__(message)
         self.cause = cause
+
+
+class KafkaStorageFullError(KafkaUnavailableError, StorageFullError):
+    """A broker could not write the record to its log directory (KAFKA_STORAGE_ERROR: a full or
+    failed disk); retriable once the broker's storage is back."""
 
 
 class KafkaRejectedError(EventRejectedError):
@@ -78,6 +84,9 @@ _TRANSIENT = (
     ke.ProducerClosed,
 )
 
+# The write cannot reach min.insync.replicas now (acks=all): never an ack, always a retry.
+_TOO_FEW_REPLICAS = (ke.NotEnoughReplicasError, ke.NotEnoughReplicasAfterAppendError)
+
 # What aiokafka raises when the cluster is away, slow or refusing; all become BrokerErrors.
 KAFKA_FAILURES = (ke.KafkaError, OSError, TimeoutError)
 
@@ -90,6 +99,18 @@ def kafka_error(exc: BaseException, what: str) -> BrokerError:
     detail = f"{what}: {name}: {exc}" if str(exc) and str(exc) != name else f"{what}: {name}"
     if isinstance(exc, _FINAL):
         return KafkaRejectedError(detail, cause=name)
+    if isinstance(exc, ke.KafkaStorageError):
+        return KafkaStorageFullError(
+            f"{detail}: a Kafka broker could not write to its log directory (full or failed disk); "
+            "free or repair it, then retry",
+            cause=name,
+        )
+    if isinstance(exc, _TOO_FEW_REPLICAS):
+        return KafkaUnavailableError(
+            f"{detail}: fewer replicas in sync than min.insync.replicas, so acks=all cannot be met; "
+            "bring the brokers back, then retry",
+            cause=name,
+        )
     if isinstance(exc, _TRANSIENT) or not isinstance(exc, ke.KafkaError) or exc.retriable:
         return KafkaUnavailableError(f"{detail}; retry later", cause=name)
     return BrokerError(detail, retriable=False)

@@ -58,6 +58,7 @@ from meshgate.brokers._base import (
     EventRejectedError,
     RawBatch,
     StartAt,
+    StorageFullError,
 )
 from meshgate.brokers._codec import (
     HEADER_ORIGIN,
@@ -69,7 +70,14 @@ from meshgate.brokers._codec import (
     pattern_to_filter,
     unescape_header_value,
 )
-from meshgate.brokers.nats._errors import AckTimeoutError, MessageTooLargeError, NotConnectedError
+from meshgate.brokers._storage import StorageHealth
+from meshgate.brokers.nats._errors import (
+    AckTimeoutError,
+    MessageTooLargeError,
+    NotConnectedError,
+    is_storage_full,
+    jetstream_error,
+)
 from meshgate.brokers.nats._parser import install as install_parser
 from meshgate.brokers.nats._parser import subscribe_raw
 from meshgate.brokers.nats._pull import CLOSED, FULL, TIMEOUT, PullSubscription, reraise_swallowed_cancel
@@ -115,6 +123,13 @@ _CONSUMER_EXISTS = 10148
 # Opens racing for generation numbers: each "exists" moves to the next number.
 _GENERATION_TRIES = 64
 _MSG_ID_HEAD = b"NATS/1.0\r\nNats-Msg-Id: "
+# The byte value of b"0": an ack's sequence never starts with it.
+_ZERO = 0x30
+# While the broker cannot store, a write of this key in the checkpoint bucket (not an event)
+# tells when it can again; first after this long, doubling up to the maximum.
+_PROBE_KEY = "mg-storage-probe"
+_PROBE_FIRST_SECONDS = 0.25
+_PROBE_MAX_SECONDS = 2.0
 
 
 class _Batch:
@@ -180,6 +195,10 @@ def _broker_error(exc: BaseException, what: str) -> BrokerError:
         return exc
     if isinstance(exc, nats.js.errors.APIError):
         code = exc.code or 0
+        if is_storage_full(err_code=exc.err_code or 0, description=exc.description or ""):
+            return jetstream_error(
+                code=code, err_code=exc.err_code or 0, description=exc.description or "", subject=what
+            )
         detail = f"{what}: JetStream error {code}/{exc.err_code}: {exc.description}"
         if code >= 500 or code in (408, 429) or isinstance(exc, nats.js.errors.ServiceUnavailableError):
             return BrokerUnavailableError(detail)
@@ -269,6 +288,8 @@ class NatsBroker(Broker):
         self._reported_disconnect = False
         self._last_error: BaseException | None = None
         self.stats = NatsBrokerStats()
+        self.storage = StorageHealth(name=name, on_problem=self._start_storage_probe)
+        self._probe: asyncio.Task[None] | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -371,6 +392,9 @@ class NatsBroker(Broker):
             raise
         self._connected.set()
         self.state = BrokerState.CONNECTED
+        if self.storage.problem is not None:
+            # Left from before a stop: the probe tells when it is over, writes or not.
+            self._start_storage_probe()
         logger.info(
             "connected to NATS %s (stream %s, max_payload %d bytes, duplicate window %g s)",
             self.connected_url,
@@ -438,6 +462,11 @@ class NatsBroker(Broker):
                     self.state = BrokerState.CLOSED
                 return
             self._stopping = True
+            probe, self._probe = self._probe, None
+            if probe is not None:
+                probe.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await probe
             if self._pending:
                 # In-flight appends settle by ack or by their own timeout, so this is bounded.
                 with contextlib.suppress(TimeoutError):
@@ -591,6 +620,8 @@ class NatsBroker(Broker):
                 # Left running on cancellation: it settles this batch's acks that never come.
                 if batch.done.done():
                     timer.cancel()
+        if self.storage.problem is not None and any(type(r) is AppendResult and not r.duplicate for r in batch.results):
+            self.storage.stored()
         return [r if r is not None else BrokerError("internal error: no result for the event") for r in batch.results]
 
     async def _publish_batch(self, nc: Client, batch: _Batch, events: Sequence[event_pb2.Event]) -> None:
@@ -785,14 +816,17 @@ class NatsBroker(Broker):
         batch, index = entry
         parse = self._parse_puback
         # Inline fast path of PubAckParser: this runs once per event.
-        if data.startswith(parse.head) and data.endswith(b"}") and (digits := data[parse.head_len : -1]).isdigit():
+        # A sequence of 0 (or with a leading zero) is never an ack: it takes the full parser.
+        if (
+            data.startswith(parse.head)
+            and data.endswith(b"}")
+            and (digits := data[parse.head_len : -1]).isdigit()
+            and digits[0] != _ZERO
+        ):
             result: AppendResult | BrokerError = AppendResult(int(digits), False)
         else:
             status = hdr[9:12].decode(errors="replace") if hdr and hdr.startswith(b"NATS/1.0 ") else None
-            try:
-                result = parse(data, status, subject=batch.topics[index], size=len(batch.data[index]))
-            except ValueError as exc:
-                result = BrokerUnavailableError(f"unreadable PubAck {data[:200]!r}: {exc}")
+            result = parse(data, status, subject=batch.topics[index], size=len(batch.data[index]))
         stats = self.stats
         if type(result) is AppendResult:
             stats.acked += 1
@@ -800,6 +834,8 @@ class NatsBroker(Broker):
                 stats.duplicates += 1
         else:
             stats.failed += 1
+            if isinstance(result, StorageFullError):
+                self.storage.refused(str(result))
         batch.settle(index, result)
         pending = len(self._pending)
         if pending < self._max_inflight:
@@ -810,11 +846,21 @@ class NatsBroker(Broker):
     def _expire(self, batch: _Batch) -> None:
         pending = self._pending
         error = AckTimeoutError(timeout=self._ack_timeout, in_flight=len(pending))
+        expired = 0
         for token in batch.tokens:
             entry = pending.pop(token, None)
             if entry is not None:
-                self.stats.failed += 1
+                expired += 1
                 batch.settle(entry[1], error)
+        self.stats.failed += expired
+        nc = self._nc
+        if expired and nc is not None and nc.is_connected and not self._stopping:
+            # Connected, yet JetStream stayed silent: a server whose store failed to write (a full
+            # disk) answers no write until it is restarted.
+            self.storage.refused(
+                f"JetStream acknowledged none of {expired} writes within {self._ack_timeout:g} s while connected: "
+                "the server is stalled or cannot write (a full disk? its log says 'no space left on device')"
+            )
         if not batch.done.done():
             batch.done.set_result(None)
         self._release()
@@ -827,6 +873,48 @@ class NatsBroker(Broker):
             batch.settle(index, error)
         self.stats.failed += len(entries)
         self._release()
+
+    # -- storage health -----------------------------------------------------------------------
+
+    def storage_problem(self) -> str | None:
+        return self.storage.problem
+
+    def _start_storage_probe(self) -> None:
+        if self._stopping or self._nc is None or (self._probe is not None and not self._probe.done()):
+            return
+        self._probe = asyncio.get_running_loop().create_task(self._probe_storage(), name=f"storage-probe-{self.name}")
+
+    async def _probe_storage(self) -> None:
+        """Writes a probe (not an event) until the broker stores again, or a write of an event does."""
+        delay = _PROBE_FIRST_SECONDS
+        storage = self.storage
+        while not self._stopping:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _PROBE_MAX_SECONDS)
+            if storage.problem is None:
+                return  # an event was stored meanwhile
+            try:
+                await self._recover_storage()
+                nc = await self._ready(wait=0.0)
+                kv = await self._checkpoints()
+                # Its own timeout: the probe must not wait out a reconnect longer than a write does.
+                await asyncio.wait_for(kv.put(_PROBE_KEY, b"%d" % nc.stats["out_msgs"]), self._ack_timeout)
+            except (BrokerError, *_NATS_FAILURES) as exc:
+                storage.failed_probes += 1
+                error = _broker_error(exc, "storage probe")
+                if isinstance(error, StorageFullError):
+                    storage.refused(str(error))
+                logger.debug("storage probe of %s: %s", self.name, error)
+                continue
+            storage.stored()
+            return
+
+    async def _recover_storage(self) -> None:
+        """What the adapter can do itself, between probes, to make the broker store again.
+
+        Nothing for a server run by others; ``EmbeddedNatsBroker`` restarts its own server
+        once a store that failed to write (a full disk) has room again.
+        """
 
     # -- reads --------------------------------------------------------------------------------
 
@@ -1028,10 +1116,18 @@ class NatsBroker(Broker):
             msg = await self._require_nc().request(f"$JS.API.{subject}", body, timeout=self._ack_timeout)
         except nats.errors.NoRespondersError:
             raise nats.js.errors.ServiceUnavailableError from None  # JetStream is not enabled or not up
-        resp: dict[str, Any] = json.loads(msg.data)
-        if "error" in resp:
+        try:
+            resp = json.loads(msg.data)
+        except ValueError:
+            resp = None
+        if not isinstance(resp, dict):
+            raise nats.js.errors.APIError(code=500, description=f"unreadable reply to {subject}: {msg.data[:200]!r}")
+        err = resp.get("error")
+        if err is not None:
+            if not isinstance(err, dict) or not isinstance(err.get("code"), int):
+                raise nats.js.errors.APIError(code=500, description=f"error reply to {subject}: {err!r}")
             # nats-py's error classes, as its own calls raise them (NotFoundError for 404, ...).
-            nats.js.errors.APIError.from_error(resp["error"])
+            nats.js.errors.APIError.from_error(err)
         return resp
 
     async def _generations(self, base: str) -> dict[str, int]:
@@ -1168,7 +1264,10 @@ class NatsBroker(Broker):
             kv = await self._checkpoints()
             await kv.put(name, value)
         except _NATS_FAILURES as exc:
-            raise _broker_error(exc, f"write checkpoint {name!r}") from exc
+            error = _broker_error(exc, f"write checkpoint {name!r}")
+            if isinstance(error, StorageFullError):
+                self.storage.refused(str(error))
+            raise error from exc
 
     async def checkpoints(self, prefix: str) -> dict[str, bytes]:
         # The names are the subjects the bucket's stream holds, the values one direct get each.

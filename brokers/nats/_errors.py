@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from meshgate.brokers._base import BrokerError, BrokerUnavailableError, EventRejectedError
+from meshgate.brokers._base import BrokerError, BrokerUnavailableError, EventRejectedError, StorageFullError
 
 __all__ = [
     "AckTimeoutError",
     "JetStreamRejectedError",
+    "JetStreamStorageFullError",
     "JetStreamUnavailableError",
     "MessageTooLargeError",
     "NotConnectedError",
@@ -68,10 +69,40 @@ class JetStreamUnavailableError(BrokerUnavailableError):
         self.description = description
 
 
+class JetStreamStorageFullError(JetStreamUnavailableError, StorageFullError):
+    """JetStream has no room for the event: its storage limit, the account's or the disk is full.
+
+    Retriable once room is made; JetStream answers such a write with an error and ``seq`` 0.
+    """
+
+
 # Status codes that describe the server's condition, not the request's.
 _RETRIABLE_CODES = frozenset({408, 429})
 # JSStreamMessageExceedsMaximumErr: the stream's max_msg_size or the account's max payload.
 ERR_CODE_MESSAGE_TOO_LARGE = 10054
+# Out of room: JSAccountResourcesExceededErr (a 400, yet about the moment, not the request),
+# JSInsufficientResourcesErr, JSMemoryResourcesExceededErr, JSStorageResourcesExceededErr.
+_STORAGE_FULL_ERR_CODES = frozenset({10002, 10023, 10028, 10047})
+# JSStreamStoreFailedF and JSStreamGeneralErrorF carry the store's own error as their text:
+# full only when that says so. Older servers send no err_code at all, only these texts.
+_STORAGE_FULL_TEXTS = (
+    "insufficient resources",
+    "insufficient storage",
+    "resource limits exceeded",
+    "resources exceeded",
+    "no space left on device",
+    "disk quota exceeded",
+    "maximum bytes exceeded",
+    "maximum messages exceeded",
+)
+
+
+def is_storage_full(*, err_code: int, description: str) -> bool:
+    """Whether a JetStream error says the server has no room (rather than a bad request)."""
+    if err_code in _STORAGE_FULL_ERR_CODES:
+        return True
+    text = description.lower()
+    return any(t in text for t in _STORAGE_FULL_TEXTS)
 
 
 def jetstream_error(
@@ -79,6 +110,14 @@ def jetstream_error(
 ) -> BrokerError:
     """Maps a JetStream API error (PubAck ``error``) to a retriable or a final broker error."""
     detail = f"JetStream error {code}/{err_code} on {subject!r}: {description}"
+    if err_code != ERR_CODE_MESSAGE_TOO_LARGE and is_storage_full(err_code=err_code, description=description):
+        return JetStreamStorageFullError(
+            f"{detail}: the region's JetStream has no room to store it; free space (expire or purge "
+            "events, raise max_file_store or the stream's limits, free the disk)",
+            code=code,
+            err_code=err_code,
+            description=description,
+        )
     if code >= 500 or code in _RETRIABLE_CODES:
         return JetStreamUnavailableError(
             f"{detail}; retry later", code=code, err_code=err_code, description=description

@@ -75,7 +75,8 @@ class PubAckParser:
 
     A plain ack is ``{"stream":"<name>","seq":<n>}``: matching that exact byte shape and
     reading the number is several times cheaper than ``json.loads``, and it runs per event.
-    Anything else (duplicates, domains, errors, a future field) goes through the JSON path.
+    Anything else (duplicates, domains, errors, a sequence of 0, a future field) goes through
+    the JSON path, where an ``error`` always wins over whatever else the reply carries.
     """
 
     __slots__ = ("head", "head_len")
@@ -87,9 +88,14 @@ class PubAckParser:
     def __call__(self, data: bytes, status: str | None, *, subject: str, size: int) -> AppendResult | BrokerError:
         if data.startswith(self.head) and data.endswith(b"}"):
             digits = data[self.head_len : -1]
-            if digits.isdigit():
+            # A stored event's sequence starts at 1: "0" (or a leading zero) is no ack.
+            if digits.isdigit() and digits[0] != _ZERO:
                 return AppendResult(int(digits), False)
         return parse_puback(data, status, subject=subject, size=size)
+
+
+# The byte value of b"0": a fast-path sequence must not start with it.
+_ZERO = 0x30
 
 
 def parse_puback(data: bytes, status: str | None, *, subject: str, size: int) -> AppendResult | BrokerError:
@@ -97,6 +103,10 @@ def parse_puback(data: bytes, status: str | None, *, subject: str, size: int) ->
 
     ``status`` is the NATS status header of a payload-less reply (503: nobody answers the
     subject, e.g. the stream is missing or JetStream is still recovering after a restart).
+    An ``error`` wins over every other field: JetStream answers a write it could not store
+    (e.g. ``{"error": {"code": 503, "err_code": 10023, ...}, "stream": "S", "seq": 0}`` when
+    out of room) with the same fields as an ack. A reply without a sequence of 1 or more is
+    never an ack either.
     """
     if not data:
         code = int(status) if status and status.isdigit() else 503
@@ -107,17 +117,49 @@ def parse_puback(data: bytes, status: str | None, *, subject: str, size: int) ->
             err_code=0,
             description="no responders",
         )
-    resp = json.loads(data)
+    try:
+        resp = json.loads(data)
+    except ValueError as exc:
+        return _unreadable(data, subject, f"not JSON: {exc}")
+    if not isinstance(resp, dict):
+        return _unreadable(data, subject, "not a JSON object")
+    err = resp.get("error")
+    if err is not None:
+        if not isinstance(err, dict):
+            err = {"description": str(err)}
+        return jetstream_error(
+            code=_int(err.get("code"), 500),
+            err_code=_int(err.get("err_code"), 0),
+            description=str(err.get("description") or data[:200].decode(errors="replace")),
+            subject=subject,
+            size=size,
+        )
     seq = resp.get("seq")
-    if seq is not None:
-        return AppendResult(int(seq), resp.get("duplicate", False) is True)
-    err = resp.get("error") or {}
-    return jetstream_error(
-        code=int(err.get("code", 500)),
-        err_code=int(err.get("err_code", 0)),
-        description=str(err.get("description", data[:200].decode(errors="replace"))),
-        subject=subject,
-        size=size,
+    # bool is an int to Python, never a sequence to JetStream.
+    if type(seq) is not int or seq < 1:
+        return _unreadable(data, subject, f"no stored sequence (seq {seq!r})")
+    return AppendResult(seq, resp.get("duplicate", False) is True)
+
+
+def _int(value: object, default: int) -> int:
+    if isinstance(value, bool):
+        return default
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return default
+
+
+def _unreadable(data: bytes, subject: str, why: str) -> BrokerError:
+    # Not known to be stored, not known to be refused: the writer retries with the same id and
+    # the duplicate window absorbs a write that did land.
+    return JetStreamUnavailableError(
+        f"JetStream's reply to a write on {subject!r} is no ack ({why}): {data[:200]!r}; "
+        "the event is not counted as stored",
+        code=500,
+        err_code=0,
+        description=why,
     )
 
 
