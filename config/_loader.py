@@ -10,6 +10,7 @@ import dataclasses
 import difflib
 import functools
 import hashlib
+import ipaddress
 import json
 import os
 import re
@@ -125,6 +126,114 @@ def _suggest(word: str, choices: list[str] | tuple[str, ...]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
+# Host names and addresses that all reach this machine: a peer that dials one reaches a gateway
+# listening on another (and binding the wildcard takes the port of the loopback addresses too).
+_LOOPBACK = "this machine"
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
+_LOOPBACK_IPS = frozenset(
+    {
+        ipaddress.ip_address("127.0.0.1"),
+        ipaddress.ip_address("::1"),
+        ipaddress.ip_address("0.0.0.0"),
+        ipaddress.ip_address("::"),
+    }
+)
+_LOOPBACK_NOTE = "localhost, 127.0.0.1, [::1], 0.0.0.0 and [::] all reach this machine"
+
+
+def _address_key(address: str, *, default_port: int | None) -> tuple[str, int | None]:
+    """``address`` as compared with others: host case and spelling of one IP address aside, the
+    loopback and wildcard addresses as one, and the broker's default port when none is given.
+
+    No DNS lookups: a file is checked the same wherever it is checked, and two names of one host
+    are the operator's to see. ValueError for an address that is not host[:port]."""
+    host, port = split_host_port(address, port_required=False)
+    name = host.lower().rstrip(".")
+    if name in _LOOPBACK_NAMES or name.endswith(".localhost"):
+        name = _LOOPBACK
+    else:
+        try:
+            ip = ipaddress.ip_address(name)
+        except ValueError:
+            pass
+        else:
+            if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+                ip = ip.ipv4_mapped
+            name = _LOOPBACK if ip in _LOOPBACK_IPS else ip.compressed
+    return name, port if port is not None else default_port
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class _BrokerUse:
+    """What one region keeps on its brokers: where, and under which stream and prefix."""
+
+    label: str
+    line: int
+    kind: str
+    family: str
+    # (index in brokers, as written, as compared)
+    addresses: tuple[tuple[int, str, tuple[str, int | None]], ...]
+    stream: str
+    prefix: str
+
+    @property
+    def keys(self) -> frozenset[tuple[str, int | None]]:
+        return frozenset(key for _, _, key in self.addresses)
+
+
+def _shared_broker(address: str, key: tuple[str, int | None], other: _BrokerUse) -> str:
+    """'broker X is also a broker of region R (line L)', saying why when the two are spelled apart."""
+    written = next(a for _, a, k in other.addresses if k == key)
+    where = f"a broker of region {other.label} (line {other.line})"
+    if written.lower() == address.lower():
+        return f"broker {address} is also {where}"
+    notes = []
+    if ":" not in address.rpartition("]")[2] or ":" not in written.rpartition("]")[2]:
+        notes.append(f"without a port, a broker is at port {key[1]}")
+    if key[0] == _LOOPBACK:
+        notes.append(_LOOPBACK_NOTE)
+    why = f" ({'; '.join(notes)})" if notes else ""
+    return f"broker {address} is the same as {written}, {where}{why}"
+
+
+def _broker_conflict(use: _BrokerUse, other: _BrokerUse) -> str | None:
+    """Why two regions on one broker cannot work, or None when they keep apart."""
+    embedded = BrokerKind.EMBEDDED.value
+    if use.kind == embedded and other.kind == embedded:
+        return (
+            "both are embedded regions, so both would run a broker listening there and the second would fail"
+            " to start; give this one another port, or no brokers (a free port of 127.0.0.1)"
+        )
+    if use.family == "kafka":
+        if use.prefix == other.prefix:
+            return (
+                f"both use kafka.topic_prefix {use.prefix!r}, so they would share their topics, consumer groups"
+                " and checkpoints (each reading the other's events as its own); give this region its own"
+                " kafka.topic_prefix (e.g. 'eu.') that neither starts nor is started by the other's, or other brokers"
+            )
+        if use.prefix.startswith(other.prefix) or other.prefix.startswith(use.prefix):
+            return (
+                f"its kafka.topic_prefix {use.prefix!r} and that region's {other.prefix!r} overlap (one starts the"
+                " other), so one region would read the other's topics as its own; give this region a prefix that"
+                " neither starts nor is started by the other's, or other brokers"
+            )
+        return None
+    if use.stream == other.stream:
+        return (
+            f"both use JetStream stream {use.stream}, so they would share one stream (each reading the other's"
+            " events as its own); give this region its own nats.stream and nats.subject_prefix"
+            " (e.g. stream: MESHGATE_EU, subject_prefix: 'eu.'), or other brokers"
+        )
+    if use.prefix.startswith(other.prefix) or other.prefix.startswith(use.prefix):
+        return (
+            f"its stream {use.stream} would hold subjects {use.prefix}> and that region's stream {other.stream}"
+            f" holds {other.prefix}>, which overlap, and JetStream refuses a second stream over the same subjects;"
+            " give this region a nats.subject_prefix that neither starts nor is started by the other's"
+            " (e.g. 'eu.'), or other brokers"
+        )
+    return None
+
+
 class _Checker:
     def __init__(self, *, doc: Document, source: str, check_files: bool = True, region: str | None = None) -> None:
         self.doc = doc
@@ -221,7 +330,7 @@ class _Checker:
         """The region names, or None when some name is unknown (an unset variable) so none can be checked against."""
         names: dict[str, int] = {}
         unknown_name = False
-        addresses: dict[str, tuple[str, str, int]] = {}
+        addresses: dict[tuple[str, int | None], tuple[str, str, int, str]] = {}
         for i, region in enumerate(regions):
             if not isinstance(region, dict):
                 continue
@@ -249,17 +358,94 @@ class _Checker:
                 address = region.get(what)
                 if not isinstance(address, str) or not self.check_address((*base, what), address, port_required=True):
                     continue
-                norm = address.lower()
+                norm = _address_key(address, default_port=None)
                 if norm in addresses:
-                    other, other_what, other_line = addresses[norm]
+                    other, other_what, other_line, other_address = addresses[norm]
+                    same = "" if address.lower() == other_address.lower() else f"the same as {other_address}, which is "
+                    alias = f" ({_LOOPBACK_NOTE})" if same and norm[0] == _LOOPBACK else ""
                     self.add(
                         (*base, what),
-                        f"address {address} is already the {other_what} of region {other} (line {other_line});"
-                        " every gateway and metrics endpoint needs its own HOST:PORT",
+                        f"address {address} is {same}already the {other_what} of region {other} (line {other_line})"
+                        f"{alias}; every gateway and metrics endpoint needs its own HOST:PORT",
                     )
                 else:
-                    addresses[norm] = (label, what, line)
+                    addresses[norm] = (label, what, line, address)
+        self.check_shared_brokers(regions)
         return None if unknown_name else list(names)
+
+    def check_shared_brokers(self, regions: list[object]) -> None:
+        """Two regions on one broker (cluster) must not share what they store there.
+
+        Regions share a broker when they list the same address (spelled alike or not; no DNS
+        lookups). Two embedded regions there would both listen on it. Two NATS regions may share
+        a server only with their own stream and subjects that do not overlap (JetStream refuses a
+        second stream over the same subjects), two Kafka regions only with topic prefixes where
+        neither starts the other (a region reads every topic under its prefix as its own)."""
+        seen: list[_BrokerUse] = []
+        for i, region in enumerate(regions):
+            if not isinstance(region, dict):
+                continue
+            use = self.broker_use(i, region)
+            if use is None:
+                continue
+            for other in seen:
+                if other.family != use.family:
+                    continue
+                shared = next(((j, a, key) for j, a, key in use.addresses if key in other.keys), None)
+                if shared is None:
+                    continue
+                reason = _broker_conflict(use, other)
+                if reason is not None:
+                    j, address, key = shared
+                    self.add(
+                        ("event_mesh", "regions", i, "brokers", j),
+                        f"{_shared_broker(address, key, other)}; {reason}",
+                    )
+                    break
+            seen.append(use)
+
+    def broker_use(self, i: int, region: dict[str, object]) -> _BrokerUse | None:
+        base: Path = ("event_mesh", "regions", i)
+        kind = region.get("kind", BrokerKind.NATS.value)
+        brokers = region.get("brokers")
+        if kind not in _KINDS or not isinstance(brokers, list):
+            return None
+        if kind == BrokerKind.EMBEDDED.value:
+            # An embedded region listens on its first broker address only (else on a free port).
+            brokers = brokers[:1]
+        family = "kafka" if kind == BrokerKind.KAFKA.value else "nats"
+        default_port = 9092 if family == "kafka" else 4222
+        addresses: list[tuple[int, str, tuple[str, int | None]]] = []
+        for j, broker in enumerate(brokers):
+            if not isinstance(broker, str) or (*base, "brokers", j) in self.doc.broken:
+                continue
+            try:
+                addresses.append((j, broker, _address_key(broker, default_port=default_port)))
+            except ValueError:
+                continue  # check_address reported it
+        block = region.get(family)
+        settings = block if isinstance(block, dict) else {}
+        if family == "kafka":
+            stream, prefix = "", settings.get("topic_prefix", KafkaSettings().topic_prefix)
+        else:
+            stream, prefix = (
+                settings.get("stream", NatsSettings().stream),
+                settings.get("subject_prefix", NatsSettings().subject_prefix),
+            )
+        if not isinstance(stream, str) or not isinstance(prefix, str) or not addresses:
+            return None
+        if any((*base, family, key) in self.doc.broken for key in ("stream", "subject_prefix", "topic_prefix")):
+            return None
+        name = region.get("name")
+        return _BrokerUse(
+            label=name if isinstance(name, str) else f"#{i + 1}",
+            line=self.doc.position(base)[0],
+            kind=kind,
+            family=family,
+            addresses=tuple(addresses),
+            stream=stream,
+            prefix=prefix,
+        )
 
     def check_kind(self, base: Path, region: dict[str, object], kind: str) -> None:
         brokers = region.get("brokers")
