@@ -163,6 +163,32 @@ def _address_key(address: str, *, default_port: int | None) -> tuple[str, int | 
     return name, port if port is not None else default_port
 
 
+_BrokerKey = tuple[str, str, int | None]
+# Names that only mean something inside one network (a Kubernetes cluster, a LAN): two regions
+# in two clusters may each have their own "nats.nats.svc.cluster.local".
+_LOCAL_SUFFIXES = (".local", ".localdomain", ".internal", ".lan", ".home.arpa", ".svc")
+
+
+def _network_local(host: str) -> bool:
+    """Whether ``host`` (as _address_key gives it) names a place only within the network it is used in."""
+    if host == _LOOPBACK or ("." not in host.strip("[]") and ":" not in host) or host.endswith(_LOCAL_SUFFIXES):
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return ip.is_private or ip.is_link_local
+
+
+def _broker_key(address: str, *, default_port: int, gateway_host: str) -> _BrokerKey:
+    """Where a region's broker is. A broker is dialed by its own region's gateway, so an address of
+    a local network (127.0.0.1 of a sidecar, a cluster's service name) is one place only for
+    regions whose gateways run on one host (``meshgate up``, a test) and unknown otherwise: those
+    are given the gateway's host as their scope; global names and addresses have scope ''."""
+    host, port = _address_key(address, default_port=default_port)
+    return (gateway_host if _network_local(host) else "", host, port)
+
+
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class _BrokerUse:
     """What one region keeps on its brokers: where, and under which stream and prefix."""
@@ -171,26 +197,31 @@ class _BrokerUse:
     line: int
     kind: str
     family: str
-    # (index in brokers, as written, as compared)
-    addresses: tuple[tuple[int, str, tuple[str, int | None]], ...]
+    # (index in brokers, as written, as compared: (scope, host, port), see _broker_key)
+    addresses: tuple[tuple[int, str, _BrokerKey], ...]
     stream: str
     prefix: str
 
     @property
-    def keys(self) -> frozenset[tuple[str, int | None]]:
+    def keys(self) -> frozenset[_BrokerKey]:
         return frozenset(key for _, _, key in self.addresses)
 
 
-def _shared_broker(address: str, key: tuple[str, int | None], other: _BrokerUse) -> str:
+def _shared_broker(address: str, key: _BrokerKey, other: _BrokerUse) -> str:
     """'broker X is also a broker of region R (line L)', saying why when the two are spelled apart."""
     written = next(a for _, a, k in other.addresses if k == key)
     where = f"a broker of region {other.label} (line {other.line})"
-    if written.lower() == address.lower():
-        return f"broker {address} is also {where}"
+    scope, host, port = key
     notes = []
+    if scope:
+        on = "this machine" if scope == _LOOPBACK else f"host {scope}"
+        notes.append(f"both regions' gateways run on {on}, so it is one place for both")
+    if written.lower() == address.lower():
+        why = f" ({'; '.join(notes)})" if notes else ""
+        return f"broker {address} is also {where}{why}"
     if ":" not in address.rpartition("]")[2] or ":" not in written.rpartition("]")[2]:
-        notes.append(f"without a port, a broker is at port {key[1]}")
-    if key[0] == _LOOPBACK:
+        notes.append(f"without a port, a broker is at port {port}")
+    if host == _LOOPBACK:
         notes.append(_LOOPBACK_NOTE)
     why = f" ({'; '.join(notes)})" if notes else ""
     return f"broker {address} is the same as {written}, {where}{why}"
@@ -415,12 +446,18 @@ class _Checker:
             brokers = brokers[:1]
         family = "kafka" if kind == BrokerKind.KAFKA.value else "nats"
         default_port = 9092 if family == "kafka" else 4222
-        addresses: list[tuple[int, str, tuple[str, int | None]]] = []
+        gateway = region.get("gateway")
+        try:
+            # Without one it listens on the default 0.0.0.0: this machine.
+            gateway_host = _address_key(gateway, default_port=None)[0] if isinstance(gateway, str) else _LOOPBACK
+        except ValueError:
+            return None  # check_address reported it
+        addresses: list[tuple[int, str, _BrokerKey]] = []
         for j, broker in enumerate(brokers):
             if not isinstance(broker, str) or (*base, "brokers", j) in self.doc.broken:
                 continue
             try:
-                addresses.append((j, broker, _address_key(broker, default_port=default_port)))
+                addresses.append((j, broker, _broker_key(broker, default_port=default_port, gateway_host=gateway_host)))
             except ValueError:
                 continue  # check_address reported it
         block = region.get(family)

@@ -73,14 +73,16 @@ def test_two_embedded_regions_on_one_broker_address() -> None:
     )
     assert errors(text) == [
         "mesh.yaml:10:17: event_mesh.regions[1].brokers[0]: broker localhost:4250 is the same as 127.0.0.1:4250,"
-        f" a broker of region us-west (line 3) ({LOOPBACK}); both are embedded regions, so both would run a"
+        f" a broker of region us-west (line 3) (both regions' gateways run on this machine, so it is one place for"
+        f" both; {LOOPBACK}); both are embedded regions, so both would run a"
         " broker listening there and the second would fail to start; give this one another port, or no brokers"
         " (a free port of 127.0.0.1)"
     ]
     # Without a port an embedded broker listens on 4222, like a NATS client dials.
     text = mesh(first='kind: embedded\nbrokers: ["127.0.0.1"]', second='kind: embedded\nbrokers: ["127.0.0.1:4222"]')
     assert (
-        "broker 127.0.0.1:4222 is the same as 127.0.0.1, a broker of region us-west (line 3) (without a port,"
+        "broker 127.0.0.1:4222 is the same as 127.0.0.1, a broker of region us-west (line 3) (both regions'"
+        " gateways run on this machine, so it is one place for both; without a port, a broker is at port 4222;"
         in (errors(text)[0])
     )
     # Without brokers each embedded region takes a free port of its own; other addresses are other places.
@@ -101,12 +103,12 @@ def test_two_nats_regions_on_one_stream() -> None:
 
 def test_two_nats_regions_with_overlapping_subjects() -> None:
     text = mesh(
-        first='brokers: ["nats1:4222"]\nnats: {stream: US, subject_prefix: "mesh."}',
-        second='brokers: ["nats1:4222"]\nnats: {stream: EU, subject_prefix: "mesh.eu."}',
+        first='brokers: ["nats1.example.com:4222"]\nnats: {stream: US, subject_prefix: "mesh."}',
+        second='brokers: ["nats1.example.com:4222"]\nnats: {stream: EU, subject_prefix: "mesh.eu."}',
     )
     assert errors(text) == [
-        "mesh.yaml:9:17: event_mesh.regions[1].brokers[0]: broker nats1:4222 is also a broker of region us-west"
-        " (line 3); its stream EU would hold subjects mesh.eu.> and that region's stream US holds mesh.>, which"
+        "mesh.yaml:9:17: event_mesh.regions[1].brokers[0]: broker nats1.example.com:4222 is also a broker of region"
+        " us-west (line 3); its stream EU would hold subjects mesh.eu.> and that region's stream US holds mesh.>, which"
         " overlap, and JetStream refuses a second stream over the same subjects; give this region a"
         " nats.subject_prefix that neither starts nor is started by the other's (e.g. 'eu.'), or other brokers"
     ]
@@ -115,8 +117,8 @@ def test_two_nats_regions_with_overlapping_subjects() -> None:
 def test_nats_regions_on_one_server_with_their_own_stream_and_subjects_pass() -> None:
     # Decided: one JetStream server may hold several regions, each in a stream and subjects of its own.
     text = mesh(
-        first='brokers: ["nats1:4222"]\nnats: {stream: US, subject_prefix: "us."}',
-        second='brokers: ["nats1:4222"]\nnats: {stream: EU, subject_prefix: "eu."}',
+        first='brokers: ["nats1.example.com:4222"]\nnats: {stream: US, subject_prefix: "us."}',
+        second='brokers: ["nats1.example.com:4222"]\nnats: {stream: EU, subject_prefix: "eu."}',
     )
     assert load_config_text(text, env={}).region("eu-central").nats.stream == "EU"
     # An embedded region's own server, reached as a nats region: the same rule.
@@ -130,23 +132,48 @@ def test_nats_regions_on_one_server_with_their_own_stream_and_subjects_pass() ->
     )
 
 
+@pytest.mark.parametrize(
+    "broker",
+    ["127.0.0.1:4222", "localhost", "nats", "nats-0.nats.nats.svc.cluster.local:4222", "nats.nats.svc", "10.0.0.5"],
+)
+def test_a_local_network_name_is_one_place_only_for_gateways_on_one_host(broker: str) -> None:
+    # A region's broker is dialed by that region's gateway: on two hosts (two Kubernetes clusters,
+    # a NATS sidecar in each pod) a loopback or cluster-local name is two places.
+    first = f'brokers: ["{broker}"]'
+    apart = mesh("gw.eu.example.com:7401", first=first, second=first).replace(
+        "127.0.0.1:7401", "gw.us.example.com:7401"
+    )
+    assert load_config_text(apart, env={}).region_names == ("us-west", "eu-central")
+    together = mesh("gw.example.com:7402", first=first, second=first).replace("127.0.0.1:7401", "GW.example.com:7401")
+    assert errors(together) == [
+        f"mesh.yaml:8:17: event_mesh.regions[1].brokers[0]: broker {broker} is also a broker of region us-west"
+        " (line 3) (both regions' gateways run on host gw.example.com, so it is one place for both); both use"
+        " JetStream stream MESHGATE, so they would share one stream (each reading the other's events as its own);"
+        " give this region its own nats.stream and nats.subject_prefix (e.g. stream: MESHGATE_EU,"
+        " subject_prefix: 'eu.'), or other brokers"
+    ]
+
+
 def test_two_kafka_regions_on_one_cluster() -> None:
-    first = 'kind: kafka\nbrokers: ["kafka1:9092", "kafka2:9092"]'
-    text = mesh(first=first, second='kind: kafka\nbrokers: ["Kafka2"]')
+    first = 'kind: kafka\nbrokers: ["kafka1.example.com:9092", "kafka2.example.com:9092"]'
+    text = mesh(first=first, second='kind: kafka\nbrokers: ["Kafka2.example.com"]')
     assert errors(text) == [
-        "mesh.yaml:10:17: event_mesh.regions[1].brokers[0]: broker Kafka2 is the same as kafka2:9092, a broker of"
+        "mesh.yaml:10:17: event_mesh.regions[1].brokers[0]: broker Kafka2.example.com is the same as"
+        " kafka2.example.com:9092, a broker of"
         " region us-west (line 3) (without a port, a broker is at port 9092); both use kafka.topic_prefix 'mesh.',"
         " so they would share their topics, consumer groups and checkpoints (each reading the other's events as"
         " its own); give this region its own kafka.topic_prefix (e.g. 'eu.') that neither starts nor is started"
         " by the other's, or other brokers"
     ]
-    text = mesh(first=first, second='kind: kafka\nbrokers: ["kafka1:9092"]\nkafka: {topic_prefix: "mesh.eu."}')
+    text = mesh(
+        first=first, second='kind: kafka\nbrokers: ["kafka1.example.com:9092"]\nkafka: {topic_prefix: "mesh.eu."}'
+    )
     assert "its kafka.topic_prefix 'mesh.eu.' and that region's 'mesh.' overlap" in errors(text)[0]
     # Decided: prefixes apart keep the regions apart on one cluster.
-    text = mesh(first=first, second='kind: kafka\nbrokers: ["kafka1:9092"]\nkafka: {topic_prefix: "eu."}')
+    text = mesh(first=first, second='kind: kafka\nbrokers: ["kafka1.example.com:9092"]\nkafka: {topic_prefix: "eu."}')
     assert load_config_text(text, env={}).region("eu-central").kafka.topic_prefix == "eu."
     # A NATS server and a Kafka broker are never one broker, whatever their addresses.
-    text = mesh(first=first, second='brokers: ["kafka1:9092"]')
+    text = mesh(first=first, second='brokers: ["kafka1.example.com:9092"]')
     assert load_config_text(text, env={})
 
 
