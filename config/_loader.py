@@ -42,9 +42,30 @@ from meshgate.config._yaml import Document, Path, format_path, parse_yaml, posit
 from meshgate.router._topics import validate_pattern
 from meshgate.tls import TlsError, check_pair, read_ca, regions_named
 
-__all__ = ["SCHEMA_PATH", "load_config", "load_config_bytes", "load_config_text", "mesh_schema"]
+__all__ = [
+    "DEFAULT_MAX_CONFIG_BYTES",
+    "MAX_CONFIG_BYTES_ENV",
+    "MAX_RULES",
+    "SCHEMA_PATH",
+    "load_config",
+    "load_config_bytes",
+    "load_config_text",
+    "max_config_bytes",
+    "mesh_schema",
+    "read_config_file",
+]
 
 SCHEMA_PATH = FsPath(__file__).resolve().with_name("mesh.schema.json")
+
+# A mesh file's size: checked before it is read (parsing takes about a second per MB, and a reload
+# holds the next one). 20,000 rules, the most a file may have, take about 1.5 MB.
+DEFAULT_MAX_CONFIG_BYTES = 4 * 1024 * 1024
+# Not a key of the file, which would have to be read to know it: an environment variable of the
+# process that reads it (gateway, CLI), a size such as 8MiB.
+MAX_CONFIG_BYTES_ENV = "MESHGATE_CONFIG_MAX_BYTES"
+# Rules of event_mesh.routing; 5,000 load in about a second, each rule costs admission nothing
+# (the router matches a trie of levels) but a reload parses them all.
+MAX_RULES = 20_000
 
 _KINDS = tuple(k.value for k in BrokerKind)
 # Schema failures that a cross-check explains better at the same place.
@@ -990,6 +1011,78 @@ def _token_advice(issue: ConfigIssue) -> ConfigIssue:
     return dataclasses.replace(issue, message=message)
 
 
+def _too_many_rules(doc: Document, source: str) -> ConfigIssue | None:
+    mesh = doc.data.get("event_mesh") if isinstance(doc.data, dict) else None
+    routing = mesh.get("routing") if isinstance(mesh, dict) else None
+    if not isinstance(routing, list) or len(routing) <= MAX_RULES:
+        return None
+    path: Path = ("event_mesh", "routing")
+    line, column = doc.position(path, key=True)
+    return ConfigIssue(
+        file=source,
+        line=line,
+        column=column,
+        message=f"{format_path(path)}: {len(routing)} rules exceed the limit of {MAX_RULES} rules; one rule with"
+        " a wildcard (orders/*, orders/>) routes many topics",
+    )
+
+
+def max_config_bytes() -> int:
+    """The largest mesh file read: $MESHGATE_CONFIG_MAX_BYTES (a size: 8MiB, 10000000), else 4 MiB.
+
+    ValueError naming the variable when it is not a size."""
+    raw = os.environ.get(MAX_CONFIG_BYTES_ENV, "")
+    if not raw.strip():
+        return DEFAULT_MAX_CONFIG_BYTES
+    try:
+        limit = parse_size(raw)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{MAX_CONFIG_BYTES_ENV}={raw!r} is not a size: {exc}") from None
+    if limit <= 0:
+        raise ValueError(f"{MAX_CONFIG_BYTES_ENV}={raw!r}: the limit must be above 0 bytes")
+    return limit
+
+
+def _size_issue(source: str, size: int, limit: int) -> ConfigIssue:
+    return ConfigIssue(
+        file=source,
+        line=0,
+        column=0,
+        message=f"the file is {size} bytes, more than the limit of {limit} bytes ({limit / 1024**2:g} MiB) for a"
+        f" mesh file (20000 rules take about 1.5 MB); look for a generated or pasted block, or raise the limit"
+        f" with {MAX_CONFIG_BYTES_ENV} where it is read",
+    )
+
+
+def _limit_or_error(source: str) -> int:
+    try:
+        return max_config_bytes()
+    except ValueError as exc:
+        raise ConfigError([ConfigIssue(file=source, line=0, column=0, message=str(exc))]) from None
+
+
+def read_config_file(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of a mesh file, refused (ConfigError) when it cannot be read or is over the size
+    limit: its size is checked before it is read, and no more than the limit and one byte are
+    read (a file that grows meanwhile, or a pipe, is refused as well)."""
+    source = os.fspath(path)
+    limit = _limit_or_error(source)
+    try:
+        with open(source, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > limit:
+                raise ConfigError([_size_issue(source, size, limit)])
+            data = f.read(limit + 1)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConfigError(
+            [ConfigIssue(file=source, line=0, column=0, message=f"cannot read the file: {reason}")]
+        ) from None
+    if len(data) > limit:
+        raise ConfigError([_size_issue(source, max(size, len(data)), limit)])
+    return data
+
+
 def _load(
     text: str,
     *,
@@ -1014,6 +1107,10 @@ def _load(
             )
         )
         raise ConfigError(issues)
+    too_many = _too_many_rules(doc, source)
+    if too_many is not None:
+        # Checked before the schema, which would take as long again over every rule.
+        raise ConfigError([*issues, too_many])
     checker = _Checker(doc=doc, source=source, check_files=check_files, region=region)
     checker.schema()
     checker.cross()
@@ -1038,6 +1135,9 @@ def load_config_bytes(
     reads a mesh file to make them). ``region`` set (the gateway of that region): of the
     certificate files, only the CA and that region's certificate and key are read and checked;
     the other regions' ``tls`` entries are checked for form only. None: every region's files."""
+    limit = _limit_or_error(source)
+    if len(data) > limit:
+        raise ConfigError([_size_issue(source, len(data), limit)])
     digest = hashlib.sha256(data).hexdigest()
     try:
         text = data.decode("utf-8-sig")
@@ -1061,7 +1161,11 @@ def load_config_text(
     text: str, source: str = "<string>", *, env: Mapping[str, str] | None = None, region: str | None = None
 ) -> MeshConfig:
     """The config of mesh file text; ``env`` replaces ``os.environ`` for ``${VAR}`` (tests, tools)."""
-    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    data = text.encode("utf-8")
+    limit = _limit_or_error(source)
+    if len(data) > limit:
+        raise ConfigError([_size_issue(source, len(data), limit)])
+    digest = hashlib.sha256(data).hexdigest()
     return _load(text, source=source, sha256=digest, env=env, region=region)
 
 
@@ -1077,11 +1181,5 @@ def load_config(
     ``region``: load it as that region's gateway does, reading only the CA and that region's
     certificate files (see ``load_config_bytes``)."""
     source = os.fspath(path)
-    try:
-        data = FsPath(source).read_bytes()
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise ConfigError(
-            [ConfigIssue(file=source, line=0, column=0, message=f"cannot read the file: {reason}")]
-        ) from None
+    data = read_config_file(source)
     return load_config_bytes(data, source, env=env, check_files=check_files, region=region)
