@@ -126,6 +126,9 @@ class ConfigWatcher(StartStop):
             raise ValueError(f"settle must be 0 (apply at once) or more seconds, got {settle}")
         self._settle = settle
         self._pending: _Pending | None = None
+        # Why the file could not be read at the last poll: polls within the racy window re-read
+        # it, and the same refusal is not counted again.
+        self._read_error: tuple[str, ...] | None = None
         self.state = WatcherState.NEW
         self._path = Path(path)
         self._on_change = on_change
@@ -211,11 +214,14 @@ class ConfigWatcher(StartStop):
             return
         try:
             data = await asyncio.to_thread(read_config_file, self._path)
-        except ConfigError:
+        except ConfigError as exc:
             # Missing, unreadable or too large: refused (and logged) as such, once per change.
             self._settle_done()
-            await self._attempt(force=False, data=None)
+            if exc.lines != self._read_error:
+                self._read_error = exc.lines
+                await self._attempt(force=False, data=None)
             return
+        self._read_error = None
         sha = hashlib.sha256(data).hexdigest()
         if (self._config is not None and sha == self._config.sha256) or sha == self._last_sha:
             # Back to the bytes running or refused already: nothing to wait for.

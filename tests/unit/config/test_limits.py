@@ -5,6 +5,7 @@ Each refusal says what is too large, by how much, and where.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -131,3 +132,33 @@ def test_an_alias_bomb_is_blamed_on_its_anchor() -> None:
         ' collection here is used again and again, with aliases inside it multiplying ("billion laughs"); write'
         " the values out, or alias fewer levels"
     ]
+
+
+async def test_a_poll_refuses_a_file_over_the_limit_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    mesh = tmp_path / "mesh.yaml"
+    mesh.write_text(HEAD + rules(1))
+    monkeypatch.delenv("MESHGATE_CONFIG_MAX_BYTES", raising=False)
+    from meshgate.config import _reload
+
+    reads: list[str] = []
+    read = _reload.__dict__.get("read_config_file", Path.read_bytes)
+
+    def counted(path: Path) -> bytes:
+        reads.append(str(path))
+        return read(path)
+
+    monkeypatch.setattr(_reload, "read_config_file", counted, raising=False)
+    refusals: list[tuple[str, ...]] = []
+    watcher = ConfigWatcher(
+        path=mesh, on_change=lambda c: None, on_error=lambda r: refusals.append(r.errors), poll_interval=0.01
+    )
+    async with watcher:
+        await asyncio.to_thread(mesh.write_text, HEAD + rules(1) + ("# padding\n" * (LIMIT // 10 + 1)))
+        # Just written, the file is re-read at every poll (its mtime may hide the next write).
+        async with asyncio.timeout(10):
+            while len(reads) < 20 and watcher.config.sha256 == load_config_text(HEAD + rules(1), env={}).sha256:
+                await asyncio.sleep(0.01)
+        assert len(refusals) == 1
+        assert "more than the limit of 4194304 bytes" in refusals[0][0]
+        value = watcher.registry.get_sample_value("meshgate_config_reloads_total", {"result": "refused"})
+        assert value == 1
