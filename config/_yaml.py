@@ -399,12 +399,15 @@ def parse_yaml(text: str, *, source: str, env: Mapping[str, str]) -> tuple[Docum
         builder.doc.data = builder.build(root, ())
     except _TooManyNodesError as exc:
         # The file itself has at most MAX_NODES nodes (see _Loader), so aliases made the rest.
-        line, column = builder.mark(exc.anchor) if exc.anchor is not None else (1, 1)
-        what = "the anchored collection here" if exc.anchor is not None else "its aliases"
-        message = (
-            f"aliases (*name) and merges (<<) expand the file to more than {MAX_NODES} values: {what} is"
-            ' used again and again, with aliases inside it multiplying ("billion laughs"); write the values'
-            " out, or alias fewer levels"
-        )
+        message = f"aliases (*name) and merges (<<) expand the file to more than {MAX_NODES} values"
+        line, column = 1, 1
+        if exc.anchor is not None:
+            line, column = builder.mark(exc.anchor)
+            message += (
+                ": the anchored collection here is used again and again, with aliases inside it multiplying"
+                ' ("billion laughs"); write the values out, or alias fewer levels'
+            )
+        else:
+            message += "; write the values out, or use fewer aliases"
         return None, [ConfigIssue(file=source, line=line, column=column, message=message)]
     return builder.doc, builder.issues

@@ -162,3 +162,11 @@ async def test_a_poll_refuses_a_file_over_the_limit_once(tmp_path: Path, monkeyp
         assert "more than the limit of 4194304 bytes" in refusals[0][0]
         value = watcher.registry.get_sample_value("meshgate_config_reloads_total", {"result": "refused"})
         assert value == 1
+
+
+def test_many_aliases_of_one_scalar_are_blamed_on_aliases() -> None:
+    text = "event_mesh:\n  s: &s x\n  l: [" + ", ".join(["*s"] * 600_000) + "]\n"
+    assert errors(text) == [
+        "mesh.yaml:1:1: aliases (*name) and merges (<<) expand the file to more than 500000 values; write the"
+        " values out, or use fewer aliases"
+    ]
