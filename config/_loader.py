@@ -42,18 +42,7 @@ from meshgate.config._yaml import Document, Path, format_path, parse_yaml, posit
 from meshgate.router._topics import validate_pattern
 from meshgate.tls import TlsError, check_pair, read_ca, regions_named
 
-__all__ = [
-    "DEFAULT_MAX_CONFIG_BYTES",
-    "MAX_CONFIG_BYTES_ENV",
-    "MAX_RULES",
-    "SCHEMA_PATH",
-    "load_config",
-    "load_config_bytes",
-    "load_config_text",
-    "max_config_bytes",
-    "mesh_schema",
-    "read_config_file",
-]
+__all__ = ["SCHEMA_PATH", "load_config", "load_config_bytes", "load_config_text", "mesh_schema"]
 
 SCHEMA_PATH = FsPath(__file__).resolve().with_name("mesh.schema.json")
 
@@ -1054,6 +1043,12 @@ def _size_issue(source: str, size: int, limit: int) -> ConfigIssue:
     )
 
 
+def _check_size(source: str, size: int) -> None:
+    limit = _limit_or_error(source)
+    if size > limit:
+        raise ConfigError([_size_issue(source, size, limit)])
+
+
 def _limit_or_error(source: str) -> int:
     try:
         return max_config_bytes()
@@ -1061,26 +1056,31 @@ def _limit_or_error(source: str) -> int:
         raise ConfigError([ConfigIssue(file=source, line=0, column=0, message=str(exc))]) from None
 
 
-def read_config_file(path: str | os.PathLike[str]) -> bytes:
-    """The bytes of a mesh file, refused (ConfigError) when it cannot be read or is over the size
-    limit: its size is checked before it is read, and no more than the limit and one byte are
-    read (a file that grows meanwhile, or a pipe, is refused as well)."""
-    source = os.fspath(path)
+def _read_limited(source: str) -> bytes:
+    """The bytes of a mesh file, its size checked before it is read and no more than the limit and
+    one byte read (a file that grows meanwhile, or a pipe, is refused as well): ConfigError when
+    over the limit, OSError when it cannot be read."""
     limit = _limit_or_error(source)
+    with open(source, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > limit:
+            raise ConfigError([_size_issue(source, size, limit)])
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ConfigError([_size_issue(source, max(size, len(data)), limit)])
+    return data
+
+
+def read_config_file(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of a mesh file; ConfigError when it cannot be read or is over the size limit."""
+    source = os.fspath(path)
     try:
-        with open(source, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size > limit:
-                raise ConfigError([_size_issue(source, size, limit)])
-            data = f.read(limit + 1)
+        return _read_limited(source)
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise ConfigError(
             [ConfigIssue(file=source, line=0, column=0, message=f"cannot read the file: {reason}")]
         ) from None
-    if len(data) > limit:
-        raise ConfigError([_size_issue(source, max(size, len(data)), limit)])
-    return data
 
 
 def _load(
@@ -1135,10 +1135,8 @@ def load_config_bytes(
     reads a mesh file to make them). ``region`` set (the gateway of that region): of the
     certificate files, only the CA and that region's certificate and key are read and checked;
     the other regions' ``tls`` entries are checked for form only. None: every region's files."""
-    limit = _limit_or_error(source)
-    if len(data) > limit:
-        raise ConfigError([_size_issue(source, len(data), limit)])
     digest = hashlib.sha256(data).hexdigest()
+    _check_size(source, len(data))
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -1162,9 +1160,7 @@ def load_config_text(
 ) -> MeshConfig:
     """The config of mesh file text; ``env`` replaces ``os.environ`` for ``${VAR}`` (tests, tools)."""
     data = text.encode("utf-8")
-    limit = _limit_or_error(source)
-    if len(data) > limit:
-        raise ConfigError([_size_issue(source, len(data), limit)])
+    _check_size(source, len(data))
     digest = hashlib.sha256(data).hexdigest()
     return _load(text, source=source, sha256=digest, env=env, region=region)
 
@@ -1181,5 +1177,11 @@ def load_config(
     ``region``: load it as that region's gateway does, reading only the CA and that region's
     certificate files (see ``load_config_bytes``)."""
     source = os.fspath(path)
-    data = read_config_file(source)
+    try:
+        data = _read_limited(source)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConfigError(
+            [ConfigIssue(file=source, line=0, column=0, message=f"cannot read the file: {reason}")]
+        ) from None
     return load_config_bytes(data, source, env=env, check_files=check_files, region=region)
