@@ -10,6 +10,7 @@ import dataclasses
 import difflib
 import functools
 import hashlib
+import ipaddress
 import json
 import os
 import re
@@ -54,6 +55,16 @@ __all__ = [
 ]
 
 SCHEMA_PATH = FsPath(__file__).resolve().with_name("mesh.schema.json")
+
+# A mesh file's size: checked before it is read (parsing takes about a second per MB, and a reload
+# holds the next one). 20,000 rules, the most a file may have, take about 1.5 MB.
+DEFAULT_MAX_CONFIG_BYTES = 4 * 1024 * 1024
+# Not a key of the file, which would have to be read to know it: an environment variable of the
+# process that reads it (gateway, CLI), a size such as 8MiB.
+MAX_CONFIG_BYTES_ENV = "MESHGATE_CONFIG_MAX_BYTES"
+# Rules of event_mesh.routing; 5,000 load in about a second, each rule costs admission nothing
+# (the router matches a trie of levels) but a reload parses them all.
+MAX_RULES = 20_000
 
 _KINDS = tuple(k.value for k in BrokerKind)
 # Schema failures that a cross-check explains better at the same place.
@@ -137,6 +148,145 @@ def _file_path(base: FsPath, value: str) -> FsPath:
 def _suggest(word: str, choices: list[str] | tuple[str, ...]) -> str:
     close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else ""
+
+
+# Host names and addresses that all reach this machine: a peer that dials one reaches a gateway
+# listening on another (and binding the wildcard takes the port of the loopback addresses too).
+_LOOPBACK = "this machine"
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
+_LOOPBACK_IPS = frozenset(
+    {
+        ipaddress.ip_address("127.0.0.1"),
+        ipaddress.ip_address("::1"),
+        ipaddress.ip_address("0.0.0.0"),
+        ipaddress.ip_address("::"),
+    }
+)
+_LOOPBACK_NOTE = "localhost, 127.0.0.1, [::1], 0.0.0.0 and [::] all reach this machine"
+
+
+def _address_key(address: str, *, default_port: int | None) -> tuple[str, int | None]:
+    """``address`` as compared with others: host case and spelling of one IP address aside, the
+    loopback and wildcard addresses as one, and the broker's default port when none is given.
+
+    No DNS lookups: a file is checked the same wherever it is checked, and two names of one host
+    are the operator's to see. ValueError for an address that is not host[:port]."""
+    host, port = split_host_port(address, port_required=False)
+    name = host.lower().rstrip(".")
+    if name in _LOOPBACK_NAMES or name.endswith(".localhost"):
+        name = _LOOPBACK
+    else:
+        try:
+            ip = ipaddress.ip_address(name)
+        except ValueError:
+            pass
+        else:
+            if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+                ip = ip.ipv4_mapped
+            name = _LOOPBACK if ip in _LOOPBACK_IPS else ip.compressed
+    return name, port if port is not None else default_port
+
+
+_BrokerKey = tuple[str, str, int | None]
+# Names that only mean something inside one network (a Kubernetes cluster, a LAN): two regions
+# in two clusters may each have their own "nats.nats.svc.cluster.local".
+_LOCAL_SUFFIXES = (".local", ".localdomain", ".internal", ".lan", ".home.arpa", ".svc")
+
+
+def _network_local(host: str) -> bool:
+    """Whether ``host`` (as _address_key gives it) names a place only within the network it is used in."""
+    if host == _LOOPBACK or ("." not in host.strip("[]") and ":" not in host) or host.endswith(_LOCAL_SUFFIXES):
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return ip.is_private or ip.is_link_local
+
+
+def _broker_key(address: str, *, default_port: int, gateway_host: str) -> _BrokerKey:
+    """Where a region's broker is. A broker is dialed by its own region's gateway, so an address of
+    a local network (127.0.0.1 of a sidecar, a cluster's service name) is one place only for
+    regions whose gateways run on one host (``meshgate up``, a test) and unknown otherwise: those
+    are given the gateway's host as their scope; global names and addresses have scope ''."""
+    host, port = _address_key(address, default_port=default_port)
+    return (gateway_host if _network_local(host) else "", host, port)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class _BrokerUse:
+    """What one region keeps on its brokers: where, and under which stream and prefix."""
+
+    label: str
+    line: int
+    kind: str
+    family: str
+    # (index in brokers, as written, as compared: (scope, host, port), see _broker_key)
+    addresses: tuple[tuple[int, str, _BrokerKey], ...]
+    stream: str
+    prefix: str
+
+    @property
+    def keys(self) -> frozenset[_BrokerKey]:
+        return frozenset(key for _, _, key in self.addresses)
+
+
+def _shared_broker(address: str, key: _BrokerKey, other: _BrokerUse) -> str:
+    """'broker X is also a broker of region R (line L)', saying why when the two are spelled apart."""
+    written = next(a for _, a, k in other.addresses if k == key)
+    where = f"a broker of region {other.label} (line {other.line})"
+    scope, host, port = key
+    notes = []
+    if scope:
+        on = "this machine" if scope == _LOOPBACK else f"host {scope}"
+        notes.append(f"both regions' gateways run on {on}, so it is one place for both")
+    if written.lower() == address.lower():
+        why = f" ({'; '.join(notes)})" if notes else ""
+        return f"broker {address} is also {where}{why}"
+    if ":" not in address.rpartition("]")[2] or ":" not in written.rpartition("]")[2]:
+        notes.append(f"without a port, a broker is at port {port}")
+    if host == _LOOPBACK:
+        notes.append(_LOOPBACK_NOTE)
+    why = f" ({'; '.join(notes)})" if notes else ""
+    return f"broker {address} is the same as {written}, {where}{why}"
+
+
+def _broker_conflict(use: _BrokerUse, other: _BrokerUse) -> str | None:
+    """Why two regions on one broker cannot work, or None when they keep apart."""
+    embedded = BrokerKind.EMBEDDED.value
+    if use.kind == embedded and other.kind == embedded:
+        return (
+            "both are embedded regions, so both would run a broker listening there and the second would fail"
+            " to start; give this one another port, or no brokers (a free port of 127.0.0.1)"
+        )
+    if use.family == "kafka":
+        if use.prefix == other.prefix:
+            return (
+                f"both use kafka.topic_prefix {use.prefix!r}, so they would share their topics, consumer groups"
+                " and checkpoints (each reading the other's events as its own); give this region its own"
+                " kafka.topic_prefix (e.g. 'eu.') that neither starts nor is started by the other's, or other brokers"
+            )
+        if use.prefix.startswith(other.prefix) or other.prefix.startswith(use.prefix):
+            return (
+                f"its kafka.topic_prefix {use.prefix!r} and that region's {other.prefix!r} overlap (one starts the"
+                " other), so one region would read the other's topics as its own; give this region a prefix that"
+                " neither starts nor is started by the other's, or other brokers"
+            )
+        return None
+    if use.stream == other.stream:
+        return (
+            f"both use JetStream stream {use.stream}, so they would share one stream (each reading the other's"
+            " events as its own); give this region its own nats.stream and nats.subject_prefix"
+            " (e.g. stream: MESHGATE_EU, subject_prefix: 'eu.'), or other brokers"
+        )
+    if use.prefix.startswith(other.prefix) or other.prefix.startswith(use.prefix):
+        return (
+            f"its stream {use.stream} would hold subjects {use.prefix}> and that region's stream {other.stream}"
+            f" holds {other.prefix}>, which overlap, and JetStream refuses a second stream over the same subjects;"
+            " give this region a nats.subject_prefix that neither starts nor is started by the other's"
+            " (e.g. 'eu.'), or other brokers"
+        )
+    return None
 
 
 class _Checker:
@@ -237,7 +387,7 @@ class _Checker:
         """The region names, or None when some name is unknown (an unset variable) so none can be checked against."""
         names: dict[str, int] = {}
         unknown_name = False
-        addresses: dict[str, tuple[str, str, int]] = {}
+        addresses: dict[tuple[str, int | None], tuple[str, str, int, str]] = {}
         for i, region in enumerate(regions):
             if not isinstance(region, dict):
                 continue
@@ -265,17 +415,100 @@ class _Checker:
                 address = region.get(what)
                 if not isinstance(address, str) or not self.check_address((*base, what), address, port_required=True):
                     continue
-                norm = address.lower()
+                norm = _address_key(address, default_port=None)
                 if norm in addresses:
-                    other, other_what, other_line = addresses[norm]
+                    other, other_what, other_line, other_address = addresses[norm]
+                    same = "" if address.lower() == other_address.lower() else f"the same as {other_address}, which is "
+                    alias = f" ({_LOOPBACK_NOTE})" if same and norm[0] == _LOOPBACK else ""
                     self.add(
                         (*base, what),
-                        f"address {address} is already the {other_what} of region {other} (line {other_line});"
-                        " every gateway and metrics endpoint needs its own HOST:PORT",
+                        f"address {address} is {same}already the {other_what} of region {other} (line {other_line})"
+                        f"{alias}; every gateway and metrics endpoint needs its own HOST:PORT",
                     )
                 else:
-                    addresses[norm] = (label, what, line)
+                    addresses[norm] = (label, what, line, address)
+        self.check_shared_brokers(regions)
         return None if unknown_name else list(names)
+
+    def check_shared_brokers(self, regions: list[object]) -> None:
+        """Two regions on one broker (cluster) must not share what they store there.
+
+        Regions share a broker when they list the same address (spelled alike or not; no DNS
+        lookups). Two embedded regions there would both listen on it. Two NATS regions may share
+        a server only with their own stream and subjects that do not overlap (JetStream refuses a
+        second stream over the same subjects), two Kafka regions only with topic prefixes where
+        neither starts the other (a region reads every topic under its prefix as its own)."""
+        seen: list[_BrokerUse] = []
+        for i, region in enumerate(regions):
+            if not isinstance(region, dict):
+                continue
+            use = self.broker_use(i, region)
+            if use is None:
+                continue
+            for other in seen:
+                if other.family != use.family:
+                    continue
+                shared = next(((j, a, key) for j, a, key in use.addresses if key in other.keys), None)
+                if shared is None:
+                    continue
+                reason = _broker_conflict(use, other)
+                if reason is not None:
+                    j, address, key = shared
+                    self.add(
+                        ("event_mesh", "regions", i, "brokers", j),
+                        f"{_shared_broker(address, key, other)}; {reason}",
+                    )
+                    break
+            seen.append(use)
+
+    def broker_use(self, i: int, region: dict[str, object]) -> _BrokerUse | None:
+        base: Path = ("event_mesh", "regions", i)
+        kind = region.get("kind", BrokerKind.NATS.value)
+        brokers = region.get("brokers")
+        if kind not in _KINDS or not isinstance(brokers, list):
+            return None
+        if kind == BrokerKind.EMBEDDED.value:
+            # An embedded region listens on its first broker address only (else on a free port).
+            brokers = brokers[:1]
+        family = "kafka" if kind == BrokerKind.KAFKA.value else "nats"
+        default_port = 9092 if family == "kafka" else 4222
+        gateway = region.get("gateway")
+        try:
+            # Without one it listens on the default 0.0.0.0: this machine.
+            gateway_host = _address_key(gateway, default_port=None)[0] if isinstance(gateway, str) else _LOOPBACK
+        except ValueError:
+            return None  # check_address reported it
+        addresses: list[tuple[int, str, _BrokerKey]] = []
+        for j, broker in enumerate(brokers):
+            if not isinstance(broker, str) or (*base, "brokers", j) in self.doc.broken:
+                continue
+            try:
+                addresses.append((j, broker, _broker_key(broker, default_port=default_port, gateway_host=gateway_host)))
+            except ValueError:
+                continue  # check_address reported it
+        block = region.get(family)
+        settings = block if isinstance(block, dict) else {}
+        if family == "kafka":
+            stream, prefix = "", settings.get("topic_prefix", KafkaSettings().topic_prefix)
+        else:
+            stream, prefix = (
+                settings.get("stream", NatsSettings().stream),
+                settings.get("subject_prefix", NatsSettings().subject_prefix),
+            )
+        if not isinstance(stream, str) or not isinstance(prefix, str) or not addresses:
+            return None
+        if any((*base, family, key) in self.doc.broken for key in ("stream", "subject_prefix", "topic_prefix")):
+            return None
+        name = region.get("name")
+        return _BrokerUse(
+            label=name if isinstance(name, str) else f"#{i + 1}",
+            line=self.doc.position(base)[0],
+            kind=kind,
+            family=family,
+            addresses=tuple(addresses),
+            stream=stream,
+            prefix=prefix,
+        )
 
     def check_kind(self, base: Path, region: dict[str, object], kind: str) -> None:
         brokers = region.get("brokers")
@@ -887,6 +1120,89 @@ def _token_advice(issue: ConfigIssue) -> ConfigIssue:
     return dataclasses.replace(issue, message=message)
 
 
+def _too_many_rules(doc: Document, source: str) -> ConfigIssue | None:
+    mesh = doc.data.get("event_mesh") if isinstance(doc.data, dict) else None
+    routing = mesh.get("routing") if isinstance(mesh, dict) else None
+    if not isinstance(routing, list) or len(routing) <= MAX_RULES:
+        return None
+    path: Path = ("event_mesh", "routing")
+    line, column = doc.position(path, key=True)
+    return ConfigIssue(
+        file=source,
+        line=line,
+        column=column,
+        message=f"{format_path(path)}: {len(routing)} rules exceed the limit of {MAX_RULES} rules; one rule with"
+        " a wildcard (orders/*, orders/>) routes many topics",
+    )
+
+
+def max_config_bytes() -> int:
+    """The largest mesh file read: $MESHGATE_CONFIG_MAX_BYTES (a size: 8MiB, 10000000), else 4 MiB.
+
+    ValueError naming the variable when it is not a size."""
+    raw = os.environ.get(MAX_CONFIG_BYTES_ENV, "")
+    if not raw.strip():
+        return DEFAULT_MAX_CONFIG_BYTES
+    try:
+        limit = parse_size(raw)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{MAX_CONFIG_BYTES_ENV}={raw!r} is not a size: {exc}") from None
+    if limit <= 0:
+        raise ValueError(f"{MAX_CONFIG_BYTES_ENV}={raw!r}: the limit must be above 0 bytes")
+    return limit
+
+
+def _size_issue(source: str, size: int, limit: int) -> ConfigIssue:
+    return ConfigIssue(
+        file=source,
+        line=0,
+        column=0,
+        message=f"the file is {size} bytes, more than the limit of {limit} bytes ({limit / 1024**2:g} MiB) for a"
+        f" mesh file (20000 rules take about 1.5 MB); look for a generated or pasted block, or raise the limit"
+        f" with {MAX_CONFIG_BYTES_ENV} where it is read",
+    )
+
+
+def _check_size(source: str, size: int) -> None:
+    limit = _limit_or_error(source)
+    if size > limit:
+        raise ConfigError([_size_issue(source, size, limit)])
+
+
+def _limit_or_error(source: str) -> int:
+    try:
+        return max_config_bytes()
+    except ValueError as exc:
+        raise ConfigError([ConfigIssue(file=source, line=0, column=0, message=str(exc))]) from None
+
+
+def _read_limited(source: str) -> bytes:
+    """The bytes of a mesh file, its size checked before it is read and no more than the limit and
+    one byte read (a file that grows meanwhile, or a pipe, is refused as well): ConfigError when
+    over the limit, OSError when it cannot be read."""
+    limit = _limit_or_error(source)
+    with open(source, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > limit:
+            raise ConfigError([_size_issue(source, size, limit)])
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ConfigError([_size_issue(source, max(size, len(data)), limit)])
+    return data
+
+
+def read_config_file(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of a mesh file; ConfigError when it cannot be read or is over the size limit."""
+    source = os.fspath(path)
+    try:
+        return _read_limited(source)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConfigError(
+            [ConfigIssue(file=source, line=0, column=0, message=f"cannot read the file: {reason}")]
+        ) from None
+
+
 def _load(
     text: str,
     *,
@@ -915,6 +1231,10 @@ def _load(
             )
         )
         raise ConfigError(issues)
+    too_many = _too_many_rules(doc, source)
+    if too_many is not None:
+        # Checked before the schema, which would take as long again over every rule.
+        raise ConfigError([*issues, too_many])
     checker = _Checker(doc=doc, source=source, check_files=check_files, region=region)
     checker.schema()
     checker.cross()
@@ -944,6 +1264,7 @@ def load_config_bytes(
     unset (``meshgate certs`` reads only the regions): such a config lacks those secrets, so it
     must never run a gateway."""
     digest = hashlib.sha256(data).hexdigest()
+    _check_size(source, len(data))
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -974,7 +1295,9 @@ def load_config_text(
     text: str, source: str = "<string>", *, env: Mapping[str, str] | None = None, region: str | None = None
 ) -> MeshConfig:
     """The config of mesh file text; ``env`` replaces ``os.environ`` for ``${VAR}`` (tests, tools)."""
-    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    data = text.encode("utf-8")
+    _check_size(source, len(data))
+    digest = hashlib.sha256(data).hexdigest()
     return _load(text, source=source, sha256=digest, env=env, region=region)
 
 
@@ -992,7 +1315,7 @@ def load_config(
     certificate files (see ``load_config_bytes``)."""
     source = os.fspath(path)
     try:
-        data = FsPath(source).read_bytes()
+        data = _read_limited(source)
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise ConfigError(

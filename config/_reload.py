@@ -3,12 +3,20 @@
 A change is seen by polling the file (stat, then sha256 of its bytes), by SIGHUP or by
 Admin.Reload; the last two call ``ConfigWatcher.reload()``. The route of an event is decided at
 admission, so swapping the config never re-routes events already admitted.
+
+That is also why a file must be whole when it is applied: a truncated file can be valid (its last
+rules missing), and events admitted while it ran keep its routes for good. A file replaced by a
+rename (a new inode: ``mv``, an editor's safe write, a Kubernetes ConfigMap's symlink swap) is
+whole at once and applied at the first poll that sees it; a file written in place is applied
+only once its bytes have stayed the same for ``settle`` seconds and at least one more poll.
+SIGHUP and Admin.Reload apply what the file holds at once: the operator says it is ready.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import functools
 import hashlib
 import inspect
@@ -25,10 +33,10 @@ from prometheus_client import CollectorRegistry, Counter
 from meshgate._lifecycle import StartStop
 from meshgate.config._compat import check_compatible
 from meshgate.config._errors import ConfigError
-from meshgate.config._loader import load_config, load_config_bytes
+from meshgate.config._loader import load_config, load_config_bytes, read_config_file
 from meshgate.config._model import MeshConfig
 
-__all__ = ["ConfigWatcher", "ReloadOutcome", "ReloadResult"]
+__all__ = ["DEFAULT_SETTLE_SECONDS", "ConfigWatcher", "ReloadOutcome", "ReloadResult", "WatcherState"]
 
 logger = logging.getLogger("meshgate.config")
 
@@ -39,6 +47,24 @@ OnError = Callable[["ReloadResult"], Awaitable[None] | None]
 # A file modified this recently may be modified again within the filesystem's mtime granularity
 # without its stat changing, so it is hashed on every poll until it settles.
 _RACY_SECONDS = 2.0
+DEFAULT_SETTLE_SECONDS = 0.5
+
+
+class WatcherState(enum.Enum):
+    NEW = "new"
+    WATCHING = "watching"
+    # A change written in place was seen; it is applied once it stops changing.
+    SETTLING = "settling"
+    STOPPED = "stopped"
+
+
+@dataclass(slots=True, kw_only=True)
+class _Pending:
+    """Bytes seen changed in place, waiting to stay the same for the settle period."""
+
+    sha256: str
+    # Loop time of the poll that first read these bytes; a later poll that reads them again applies them.
+    since: float
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -87,12 +113,23 @@ class ConfigWatcher(StartStop):
         initial: MeshConfig | None = None,
         region: str | None = None,
         registry: CollectorRegistry | None = None,
+        settle: float = DEFAULT_SETTLE_SECONDS,
     ) -> None:
         """``initial`` is the running config (else ``start()`` loads the file); ``poll_interval`` 0 turns
         polling off (``reload()`` only); with ``region`` set, changes that region's gateway cannot apply
-        live are refused (see ``check_compatible``) and only that region's certificate files are read."""
+        live are refused (see ``check_compatible``) and only that region's certificate files are read.
+        ``settle``: seconds a file written in place must stay the same (and one more poll) before a
+        poll applies it; 0 applies every change as soon as a poll sees it."""
         if poll_interval < 0:
             raise ValueError(f"poll_interval must be 0 (no polling) or more seconds, got {poll_interval}")
+        if settle < 0:
+            raise ValueError(f"settle must be 0 (apply at once) or more seconds, got {settle}")
+        self._settle = settle
+        self._pending: _Pending | None = None
+        # Why the file could not be read at the last poll: polls within the racy window re-read
+        # it, and the same refusal is not counted again.
+        self._read_error: tuple[str, ...] | None = None
+        self.state = WatcherState.NEW
         self._path = Path(path)
         self._on_change = on_change
         self._on_error = on_error
@@ -136,6 +173,7 @@ class ConfigWatcher(StartStop):
             self._last_sha = self._config.sha256
         self._stopping.clear()
         self._task = asyncio.create_task(self._poll(), name=f"meshgate-config-watch:{self._path}")
+        self.state = WatcherState.WATCHING
 
     async def stop(self) -> None:
         """Stops polling; a reload in progress finishes first (a half-applied config helps no one). Safe twice."""
@@ -144,6 +182,8 @@ class ConfigWatcher(StartStop):
             return
         self._stopping.set()
         await task
+        self._pending = None
+        self.state = WatcherState.STOPPED
 
     async def _poll(self) -> None:
         if not self._poll_interval:
@@ -156,22 +196,71 @@ class ConfigWatcher(StartStop):
                 return
             state = _file_state(self._path)
             racy = state is not None and time.time() - state[3] / 1e9 < _RACY_SECONDS
-            if state == self._last_state and not racy:
+            if state == self._last_state and not racy and self._pending is None:
                 continue
+            # A new inode where the file was: renamed into place, so whole.
+            replaced = state is not None and self._last_state is not None and state[:2] != self._last_state[:2]
             self._last_state = state
             try:
-                await self.reload(force=False)
+                await self._poll_once(replaced=replaced)
             except Exception:
                 # The watcher outlives one bad attempt: the next change is tried again.
                 logger.exception("reloading %s failed", self._path)
+
+    async def _poll_once(self, *, replaced: bool) -> None:
+        if replaced or not self._settle:
+            self._settle_done()
+            await self._attempt(force=False, data=None)
+            return
+        try:
+            data = await asyncio.to_thread(read_config_file, self._path)
+        except ConfigError as exc:
+            # Missing, unreadable or too large: refused (and logged) as such, once per change.
+            self._settle_done()
+            if exc.lines != self._read_error:
+                self._read_error = exc.lines
+                await self._attempt(force=False, data=None)
+            return
+        self._read_error = None
+        sha = hashlib.sha256(data).hexdigest()
+        if (self._config is not None and sha == self._config.sha256) or sha == self._last_sha:
+            # Back to the bytes running or refused already: nothing to wait for.
+            self._settle_done()
+            return
+        now = asyncio.get_running_loop().time()
+        pending = self._pending
+        if pending is None or pending.sha256 != sha:
+            if pending is None:
+                logger.info(
+                    "%s changed in place; it is applied once it has not changed for %g s"
+                    " (write a new file and rename it into place to apply it at once)",
+                    self._path,
+                    self._settle,
+                )
+            self._pending = _Pending(sha256=sha, since=now)
+            self.state = WatcherState.SETTLING
+            return
+        if now - pending.since < self._settle:
+            return
+        self._settle_done()
+        await self._attempt(force=False, data=data)
+
+    def _settle_done(self) -> None:
+        self._pending = None
+        if self.state is WatcherState.SETTLING:
+            self.state = WatcherState.WATCHING
 
     async def reload(self, *, force: bool = True) -> ReloadResult:
         """Reads, validates and applies the file now (SIGHUP, Admin.Reload).
 
         ``force`` re-validates a file whose bytes were refused before; the poller passes False.
         """
+        return await self._attempt(force=force, data=None)
+
+    async def _attempt(self, *, force: bool, data: bytes | None) -> ReloadResult:
+        """Validates and applies ``data`` (None: the file as read now), then counts and reports."""
         async with self._lock:
-            result = await self._reload(force=force)
+            result = await self._reload(force=force, data=data)
         if result.outcome == "unchanged" and not force:
             # Polls that find the same bytes are not reload attempts.
             return result
@@ -183,13 +272,13 @@ class ConfigWatcher(StartStop):
                 logger.exception("the on_error callback of the config watcher of %s failed", self._path)
         return result
 
-    async def _reload(self, *, force: bool) -> ReloadResult:
+    async def _reload(self, *, force: bool, data: bytes | None) -> ReloadResult:
         source = str(self._path)
-        try:
-            data = await asyncio.to_thread(self._path.read_bytes)
-        except OSError as exc:
-            message = f"{source}: cannot read the file: {exc.strerror or exc}"
-            return self._refuse(source, "", (message,))
+        if data is None:
+            try:
+                data = await asyncio.to_thread(read_config_file, self._path)
+            except ConfigError as exc:
+                return self._refuse(source, "", exc.lines)
         sha = hashlib.sha256(data).hexdigest()
         running = self._config
         if running is not None and sha == running.sha256:

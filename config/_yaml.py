@@ -17,15 +17,17 @@ import yaml
 
 from meshgate.config._errors import ConfigIssue
 
-__all__ = ["Document", "Path", "format_path", "parse_yaml", "position_of_index"]
+__all__ = ["MAX_NODES", "Document", "Path", "format_path", "parse_yaml", "position_of_index"]
 
 Path = tuple[str | int, ...]
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 # Scalar tags a substituted unquoted value may take, as if its text had been written in the file.
 _RETYPED_TAGS = frozenset(f"tag:yaml.org,2002:{t}" for t in ("int", "float", "bool", "null"))
-# Aliases can expand a small file into an exponential tree ("billion laughs"); a mesh file is far below this.
-_MAX_NODES = 200_000
+# YAML nodes (keys, values, lists, mappings) a file may have, and values its aliases may expand
+# it to ("billion laughs": an alias of a list of aliases multiplies). A rule is about 7 nodes, so
+# a mesh of the loader's limit of 20,000 rules has about 150,000; composing 500,000 takes seconds.
+MAX_NODES = 500_000
 # PyYAML composes nested collections by recursion, so "[[[[..." thousands deep would end in a
 # RecursionError; a mesh file nests about 6 deep.
 _MAX_DEPTH = 64
@@ -101,7 +103,20 @@ class _Lines:
 
 
 class _TooManyNodesError(Exception):
-    pass
+    """More than MAX_NODES values built: what aliases (or merges) expand to; ``anchor`` the
+    outermost collection being expanded again, the one to copy rather than alias."""
+
+    def __init__(self, anchor: yaml.Node | None) -> None:
+        super().__init__("too many values")
+        self.anchor = anchor
+
+
+class _FileTooLargeError(Exception):
+    """More than MAX_NODES nodes in the file itself; ``mark`` where the count went past it."""
+
+    def __init__(self, mark: yaml.Mark) -> None:
+        super().__init__("too many nodes")
+        self.mark = mark
 
 
 class _Builder:
@@ -117,6 +132,9 @@ class _Builder:
         self.nodes = 0
         # The collections being built, from the root down to the current one.
         self.open: set[yaml.Node] = set()
+        # Collections built so far, and those on the way down that are built again (aliased).
+        self.built: set[yaml.Node] = set()
+        self.again: list[yaml.Node] = []
 
     def issue(self, where: tuple[int, int], message: str, *, path: Path | None = None) -> None:
         self.issues.append(ConfigIssue(file=self.source, line=where[0], column=where[1], message=message))
@@ -128,8 +146,8 @@ class _Builder:
 
     def count(self, n: int = 1) -> None:
         self.nodes += n
-        if self.nodes > _MAX_NODES:
-            raise _TooManyNodesError
+        if self.nodes > MAX_NODES:
+            raise _TooManyNodesError(self.again[0] if self.again else None)
 
     def recursive(self, node: yaml.Node, path: Path) -> None:
         self.issue(
@@ -149,6 +167,10 @@ class _Builder:
             self.recursive(node, path)
             return None
         self.open.add(node)
+        again = node in self.built
+        if again:
+            self.again.append(node)
+        self.built.add(node)
         try:
             if isinstance(node, yaml.MappingNode):
                 return self.mapping(node, path)
@@ -156,6 +178,8 @@ class _Builder:
             return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
         finally:
             self.open.discard(node)
+            if again:
+                self.again.pop()
 
     def merged_pairs(
         self, node: yaml.MappingNode, path: Path, merging: frozenset[yaml.Node] = frozenset()
@@ -306,8 +330,15 @@ class _Loader(yaml.SafeLoader):
     """The safe loader with a bound on nesting, refused as a YAML error at the collection too deep."""
 
     _depth = 0
+    _nodes = 0
 
     def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        # Counted as composed, aliases aside (the builder bounds what they expand to): a file of
+        # millions of tiny values is refused at the place it passes the limit, not after.
+        if not self.check_event(yaml.AliasEvent):
+            self._nodes += 1
+            if self._nodes > MAX_NODES:
+                raise _FileTooLargeError(self.peek_event().start_mark)  # type: ignore[no-untyped-call]
         if self._depth >= _MAX_DEPTH and self.check_event(yaml.CollectionStartEvent):
             mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
             raise yaml.composer.ComposerError(
@@ -343,6 +374,13 @@ def parse_yaml(text: str, *, source: str, env: Mapping[str, str]) -> tuple[Docum
     lines = _Lines(text)
     try:
         root = yaml.compose(text, Loader=_Loader)
+    except _FileTooLargeError as exc:
+        line, column = lines.of(exc.mark)
+        message = (
+            f"the file has more than {MAX_NODES} YAML nodes (keys, values, lists and mappings) by here;"
+            " a mesh file of 20000 rules has about 150000: look for a generated or pasted block"
+        )
+        return None, [ConfigIssue(file=source, line=line, column=column, message=message)]
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, column = lines.of(mark) if mark is not None else (0, 0)
@@ -359,7 +397,17 @@ def parse_yaml(text: str, *, source: str, env: Mapping[str, str]) -> tuple[Docum
         return builder.doc, []
     try:
         builder.doc.data = builder.build(root, ())
-    except _TooManyNodesError:
-        message = f"the file expands to more than {_MAX_NODES} values (aliases of aliases?); a mesh file is far smaller"
-        return None, [ConfigIssue(file=source, line=1, column=1, message=message)]
+    except _TooManyNodesError as exc:
+        # The file itself has at most MAX_NODES nodes (see _Loader), so aliases made the rest.
+        message = f"aliases (*name) and merges (<<) expand the file to more than {MAX_NODES} values"
+        line, column = 1, 1
+        if exc.anchor is not None:
+            line, column = builder.mark(exc.anchor)
+            message += (
+                ": the anchored collection here is used again and again, with aliases inside it multiplying"
+                ' ("billion laughs"); write the values out, or alias fewer levels'
+            )
+        else:
+            message += "; write the values out, or use fewer aliases"
+        return None, [ConfigIssue(file=source, line=line, column=column, message=message)]
     return builder.doc, builder.issues

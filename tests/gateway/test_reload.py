@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -190,3 +191,43 @@ async def test_file_change_is_picked_up_without_a_signal(
             while gateway.routing[1].route("orders/x", "here") != ("here", "yonder"):
                 await asyncio.sleep(0.05)
         assert reloads(gateway, "applied") == 1
+
+
+async def test_a_mesh_file_written_in_place_in_two_halves_is_never_half_applied(
+    mesh_file: Path, tmp_path: Path, nats_server: EmbeddedNats, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The new file's first half is a valid mesh file too (its last rule missing), whose routes
+    # events admitted meanwhile would keep for good.
+    full = mesh_text(
+        nats_server, orders_to='["yonder"]', extra_rule='    - topic: "orders/*"\n      regions: ["there"]\n'
+    )
+    half = mesh_text(nats_server, orders_to='["yonder"]')
+    assert full.startswith(half)
+    caplog.set_level(logging.INFO, logger="meshgate.config")
+    gateway = Gateway(
+        config=load_config(mesh_file), region="here", data_dir=tmp_path, listen="127.0.0.1:0", config_path=mesh_file
+    )
+    routes: set[tuple[str, ...]] = set()
+
+    def route() -> tuple[str, ...]:
+        routes.add(gateway.routing[1].route("orders/x", "here"))
+        return gateway.routing[1].route("orders/x", "here")
+
+    async with gateway:
+        assert route() == ("here", "there")
+        with mesh_file.open("w") as f:
+            f.write(half)
+            f.flush()
+            # A slow writer's pause: until the gateway's watcher has seen the half-written file.
+            async with asyncio.timeout(15):
+                while route() == ("here", "there") and not any(
+                    "changed in place" in r.getMessage() for r in caplog.records
+                ):
+                    await asyncio.sleep(0.01)
+            f.write(full[len(half) :])
+        async with asyncio.timeout(15):
+            # The route is swapped in before the reload is counted.
+            while route() != ("here", "there", "yonder") or not reloads(gateway, "applied"):
+                await asyncio.sleep(0.01)
+        assert reloads(gateway, "applied") == 1
+    assert ("here", "yonder") not in routes
