@@ -704,6 +704,12 @@ def _build(data: dict[str, Any], doc: Document, *, source: str, sha256: str) -> 
         client_rate=float(raw_limits.get("client_rate", default_limits.client_rate)),
         client_burst=int(raw_limits.get("client_burst", default_limits.client_burst)),
         subscribe_buffer_events=int(raw_limits.get("subscribe_buffer_events", default_limits.subscribe_buffer_events)),
+        subscribe_buffer_bytes=parse_size(
+            raw_limits.get("subscribe_buffer_bytes", default_limits.subscribe_buffer_bytes)
+        ),
+        subscribe_buffer_total_bytes=parse_size(
+            raw_limits.get("subscribe_buffer_total_bytes", default_limits.subscribe_buffer_total_bytes)
+        ),
     )
     default_settings = Settings()
     settings = Settings(

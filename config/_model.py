@@ -117,6 +117,10 @@ class Limits:
     client_burst: int = 0
     # Events a Subscribe call holds between the broker and the client (its broker prefetch included).
     subscribe_buffer_events: int = 1000
+    # Bytes of events the same, per call (at least one event), and for all calls of a gateway:
+    # each call reserves subscribe_buffer_bytes of the total, and one beyond it is refused.
+    subscribe_buffer_bytes: int = 4 * 1024 * 1024
+    subscribe_buffer_total_bytes: int = 256 * 1024 * 1024
 
     @property
     def client_bucket(self) -> int:

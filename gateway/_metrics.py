@@ -122,6 +122,13 @@ class GatewayMetrics:
             ["region"],
             registry=registry,
         ).labels(region=region)
+        self.subscribe_buffered_bytes = Gauge(
+            "meshgate_subscribe_buffered_bytes",
+            "Bytes of the events in meshgate_subscribe_buffered_events (with each call's prefetch, at most "
+            "subscribe_buffer_bytes per call and subscribe_buffer_total_bytes per gateway).",
+            ["region"],
+            registry=registry,
+        ).labels(region=region)
         replicated = Counter(
             "meshgate_replicated_events_total",
             "Events other regions replicated to this one, by outcome: stored, duplicate (a resend "
