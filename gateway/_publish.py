@@ -7,6 +7,7 @@ import contextlib
 import datetime
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -400,8 +401,10 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         # Bounded buffering: the broker's reader is an async generator resumed only once gRPC has
         # taken the previous batch (a yield here waits while the client's HTTP/2 window is full),
         # and it prefetches at most one batch. So a call holds at most two batches, and a batch
-        # is at most half of subscribe_buffer_events and of subscribe_buffer_bytes (or one larger
-        # event): a slow reader pauses the broker read. Each call reserves its byte bound from
+        # is at most half of subscribe_buffer_events: a slow reader pauses the broker read. In
+        # bytes, the batch being sent is held three times over (the responses, their serialized
+        # bytes, gRPC's copy of them) besides the prefetched one: a batch is at most a quarter of
+        # subscribe_buffer_bytes (or one larger event). Each call reserves its byte bound from
         # the gateway's total first, so many slow readers cannot add up past it.
         limits = gw.limits
         max_batch = min(request.max_batch or _DEFAULT_SUBSCRIBE_BATCH, max(1, limits.subscribe_buffer_events // 2))
@@ -414,7 +417,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"gateway of region {gw.region}: {exc}")
         try:
             reader = gw.broker.read(
-                request.pattern, start=start, max_batch=max_batch, max_bytes=max(1, buffer_bytes // 2)
+                request.pattern, start=start, max_batch=max_batch, max_bytes=max(1, buffer_bytes // 4)
             )
             async with contextlib.aclosing(reader):  # its broker consumer goes when the call ends
                 async for batch in reader:
@@ -430,18 +433,26 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
                             await context.abort(
                                 grpc.StatusCode.PERMISSION_DENIED, client.subscribe_refusal(request.pattern)
                             )
+                    n = len(batch)
                     # Field tag and length prefix of a repeated message: at most 6 bytes here.
                     sizes = [e.ByteSize() + 6 for e in batch]
                     size = sum(sizes)
-                    buffer.add(len(batch), size)
+                    buffer.add(n, size)
                     try:
                         buffer.waiting = True
-                        for part in _split_by_size(batch, sizes, _MAX_SUBSCRIBE_RESPONSE_BYTES):
-                            yield gateway_pb2.SubscribeResponse(events=part)
+                        # The responses copy the events: the batch (which the reader's frame
+                        # still references) is emptied, and each response dropped once sent.
+                        responses = deque(
+                            gateway_pb2.SubscribeResponse(events=part)
+                            for part in _split_by_size(batch, sizes, _MAX_SUBSCRIBE_RESPONSE_BYTES)
+                        )
+                        batch.clear()
+                        while responses:
+                            yield responses.popleft()
                     finally:
                         buffer.waiting = False
-                        buffer.drop(len(batch), size)
-                    buffer.sent += len(batch)
+                        buffer.drop(n, size)
+                    buffer.sent += n
         except BrokerError as exc:
             # A refusal for good (e.g. a start sequence on a Kafka region) is the request's fault.
             code = grpc.StatusCode.UNAVAILABLE if exc.retriable else grpc.StatusCode.INVALID_ARGUMENT

@@ -72,7 +72,15 @@ from meshgate.brokers._codec import (
 from meshgate.brokers.nats._errors import AckTimeoutError, MessageTooLargeError, NotConnectedError
 from meshgate.brokers.nats._parser import install as install_parser
 from meshgate.brokers.nats._parser import subscribe_raw
-from meshgate.brokers.nats._pull import BYTES, CLOSED, FULL, TIMEOUT, PullSubscription, reraise_swallowed_cancel
+from meshgate.brokers.nats._pull import (
+    BYTES,
+    CLOSED,
+    FULL,
+    TIMEOUT,
+    PullBytes,
+    PullSubscription,
+    reraise_swallowed_cancel,
+)
 from meshgate.brokers.nats._wire import (
     PubAckParser,
     header_block,
@@ -108,6 +116,9 @@ _READER_INACTIVE_SECONDS = 60.0
 _READ_PULL_BYTES = 4 * 1024 * 1024
 # A pull's max_bytes counts an event's subject and ack reply besides its headers and payload.
 _PULL_BYTES_SLACK = 4096
+# What the readers' pulls on one connection may have asked for and not received, all together:
+# half of nats-server's default max_pending, however many readers there are.
+_CONNECTION_PULL_BYTES = 32 * 1024 * 1024
 _DURABLE_MAX_ACK_PENDING = 50_000
 # A durable consumer's generations are named <name>@<n>. '@' is outside the alphabet of region
 # names ([A-Za-z0-9_-], so of link names mg-link-<destination>) and is refused in a name given
@@ -279,6 +290,7 @@ class NatsBroker(Broker):
         self._reader: NatsBroker | None = None
         self._reader_lock = asyncio.Lock()
         self._is_reader = False
+        self._pull_bytes = PullBytes(_CONNECTION_PULL_BYTES)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -968,6 +980,9 @@ class NatsBroker(Broker):
         self, pattern: str, filter_subject: str, start: StartAt, max_batch: int, max_bytes: int
     ) -> AsyncGenerator[list[event_pb2.Event]]:
         topic_of = self._mapper.topic
+        pull_bytes = self._pull_bytes
+        # One pull stays well below the server's max_pending, whatever the caller asked for.
+        max_bytes = min(max_bytes, pull_bytes.limit)
         puller: PullSubscription | None = None
         # Stream sequence of the last event handed out (or just before the start), once known.
         last: int | None = None
@@ -975,8 +990,17 @@ class NatsBroker(Broker):
         requested = False
         caught_up = False
         backoff = 0.05
-        # max_bytes of the pull for one event larger than max_bytes (0: none pending).
+        # max_bytes of the pulls for one event larger than max_bytes (0: pulls of max_bytes).
         alone = 0
+        # Whether the last event handed out was larger than max_bytes.
+        big = False
+
+        async def pull(puller: PullSubscription, batch: int, size: int) -> None:
+            # An event larger than the connection's whole share still comes (alone).
+            taken = await pull_bytes.acquire(size)
+            # Given back when the request ends (its events arrived) or its puller closes.
+            await puller.request(batch, no_wait=True, max_bytes=size, on_end=lambda: pull_bytes.release(taken))
+
         try:
             while not self._stopping and self._nc is not None:
                 reset = False
@@ -995,7 +1019,7 @@ class NatsBroker(Broker):
                         caught_up = status != FULL
                     else:
                         if not requested:
-                            await puller.request(max_batch, no_wait=True, max_bytes=max_bytes)
+                            await pull(puller, max_batch, max_bytes)
                         requested = False
                         status = await puller.wait(self._ack_timeout)
                         caught_up = status in _NO_MESSAGES
@@ -1008,6 +1032,7 @@ class NatsBroker(Broker):
                             break
                         expected += 1
                         last = meta.stream_sequence
+                        big = len(data) + len(hdr or b"") + _PULL_BYTES_SLACK > max_bytes
                         events.append(
                             decode_event(parse_header_block(hdr), data, topic=topic_of(subject.decode()), sequence=last)
                         )
@@ -1019,12 +1044,16 @@ class NatsBroker(Broker):
                         # The next event alone is larger than max_bytes: it comes by itself
                         # (the server's max_payload bounds it; doubled if that changed).
                         alone = max(alone * 2, self._max_payload + _PULL_BYTES_SLACK)
-                        await puller.request(1, no_wait=True, max_bytes=alone)
+                        await pull(puller, 1, alone)
                         requested = True
                     elif status in (FULL, BYTES) and not caught_up and not reset and not puller.buffer:
-                        # Prefetch: the next batch travels while the caller handles this one.
-                        alone = 0
-                        await puller.request(max_batch, no_wait=True, max_bytes=max_bytes)
+                        # Prefetch: the next batch travels while the caller handles this one
+                        # (after a large event, the next is asked for alone straight away).
+                        if alone and big:
+                            await pull(puller, 1, alone)
+                        else:
+                            alone = 0
+                            await pull(puller, max_batch, max_bytes)
                         requested = True
                 except _NATS_FAILURES as exc:
                     logger.warning("reader of %s: %s; resuming after sequence %s", pattern, exc, last)

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import json
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import nats.errors
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
     from nats.aio.client import Client
     from nats.aio.subscription import Subscription
 
-__all__ = ["BYTES", "FULL", "PullSubscription", "RawMsg", "next_request", "reraise_swallowed_cancel"]
+__all__ = ["BYTES", "FULL", "PullBytes", "PullSubscription", "RawMsg", "next_request", "reraise_swallowed_cancel"]
 
 # Outcomes of a request besides the server's status codes ("404", "408", "409", "503").
 FULL = "full"
@@ -85,6 +86,60 @@ def next_request(
     return json.dumps(req).encode()
 
 
+class PullBytes:
+    """The bytes one connection's pulls have asked for and not yet all received.
+
+    nats-server queues a pull's events for the connection at once; many readers, each within
+    its own ``max_bytes``, could still pass its ``max_pending`` together. So a pull first waits
+    here for room (first come, first served), and gives its bytes back when it ends: by then
+    its events have arrived, whether or not its reader has taken them, so a reader that does
+    not read holds none of it.
+    """
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        self.limit = limit
+        self.used = 0
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    async def acquire(self, n: int) -> int:
+        """Takes ``n`` bytes (at most the limit), waiting for room; returns what was taken."""
+        n = min(n, self.limit)
+        if not self._waiters and self.used + n <= self.limit:
+            self.used += n
+            return n
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (n, fut)
+        self._waiters.append(entry)
+        try:
+            await fut
+        except BaseException:
+            if fut.done() and not fut.cancelled():
+                self.release(n)  # granted and cancelled in the same tick: give it back
+            else:
+                self._waiters.remove(entry)
+                self._wake()
+            raise
+        return n
+
+    def release(self, n: int) -> None:
+        self.used -= n
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters:
+            n, fut = self._waiters[0]
+            if fut.done():
+                self._waiters.popleft()
+                continue
+            if self.used + n > self.limit:
+                return
+            self._waiters.popleft()
+            self.used += n
+            fut.set_result(None)
+
+
 class PullSubscription:
     __slots__ = (
         "_done",
@@ -118,13 +173,26 @@ class PullSubscription:
         self._sub = await subscribe_raw(self._nc, f"{self._inbox}.*", self._on_msg, pending_msgs_limit=_PENDING_LIMIT)
 
     async def request(
-        self, batch: int, *, expires: float | None = None, no_wait: bool = False, max_bytes: int | None = None
+        self,
+        batch: int,
+        *,
+        expires: float | None = None,
+        no_wait: bool = False,
+        max_bytes: int | None = None,
+        on_end: Callable[[], None] | None = None,
     ) -> None:
+        """Asks for ``batch`` events; ``on_end`` runs once the request has ended (or was dropped)."""
         self._token += 1
         reply = f"{self._inbox}.{self._token}"
         self._reply = reply.encode()
         self._expect = batch
-        self._done = asyncio.get_running_loop().create_future()
+        previous = self._done
+        if previous is not None and not previous.done():
+            # Replaced before it ended: its late events, if any, count for the new request.
+            previous.set_result(CLOSED)
+        done = self._done = asyncio.get_running_loop().create_future()
+        if on_end is not None:
+            done.add_done_callback(lambda _: on_end())
         body = next_request(batch, expires=expires, no_wait=no_wait, max_bytes=max_bytes)
         await self._nc.publish(self._next_subject, body, reply=reply)
         reraise_swallowed_cancel()

@@ -175,9 +175,9 @@ async def test_subscribe_pulls_carry_max_bytes(make_gateway: Any, nats_server: E
         await watcher.close()
     batches = [p for p in pulls if p.get("no_wait")]
     assert batches, pulls
-    # Half of subscribe_buffer_bytes: the batch being sent and the one prefetched fit in it.
-    assert all(p.get("max_bytes") == MiB // 2 for p in batches), batches
-    # 100 kB events in pulls of 512 KiB: four at a time, never the whole backlog.
+    # A quarter of subscribe_buffer_bytes: the batch being sent (with its copies in gRPC) and the
+    # one prefetched fit in it.
+    assert all(p.get("max_bytes") == MiB // 4 for p in batches), batches
     assert got == [f"big-{i:04d}" for i in range(10)]
 
 
@@ -215,11 +215,11 @@ async def test_slow_subscribers_hold_at_most_their_bytes(make_gateway: Any, nats
             delivered = sum(r.delivered.consumer_seq for r in readers)
             assert (delivered - sent) * size <= subscribers * buffer_bytes, (delivered, sent)
             assert len(readers) == subscribers
-            # Held, not yet taken by gRPC: at most the batch being sent, half of the bytes, per call.
+            # Held, not yet taken by gRPC: at most the batch being sent, a quarter of the bytes, per call.
             for buf in gw.subscriptions.live:
-                assert 0 < buf.high_water_bytes <= buffer_bytes // 2, buf.high_water_bytes
+                assert 0 < buf.high_water_bytes <= buffer_bytes // 4, buf.high_water_bytes
             held = gw.subscriptions.held_bytes
-            assert 0 < held <= subscribers * buffer_bytes // 2
+            assert 0 < held <= subscribers * buffer_bytes // 4
             metric = gw.metrics.registry.get_sample_value("meshgate_subscribe_buffered_bytes", {"region": "here"})
             assert metric == held
             # What nobody read stayed in the broker.
@@ -304,6 +304,32 @@ async def test_nats_read_batches_stay_within_max_bytes(nats_broker: NatsBroker) 
     assert ["e07"] in batches and all(len(b) <= 2 for b in batches), batches
 
 
+async def test_many_readers_do_not_get_their_connection_dropped(
+    nats_broker: NatsBroker, nats_server: EmbeddedNats
+) -> None:
+    for start in range(0, 24, 3):
+        await nats_broker.append(
+            [make_event("orders/a", f"m{i:02d}", data=b"m" * MiB) for i in range(start, start + 3)]
+        )
+    # 40 readers asking for 3 MiB each at once: 120 MiB, past nats-server's max_pending for one
+    # connection (64 MiB), unless their pulls wait for room on it.
+    readers = [
+        nats_broker.read("orders/>", start=StartAt(earliest=True), max_batch=100, max_bytes=3 * MiB) for _ in range(40)
+    ]
+    try:
+        firsts = await asyncio.wait_for(asyncio.gather(*(anext(r) for r in readers)), 60)
+        assert all([e.id for e in batch] == ["m00", "m01"] for batch in firsts)
+        own = nats_broker._reader
+        assert own is not None and own._nc is not None
+        assert own._nc.stats["reconnects"] == 0 and nats_broker.stats.reader_resets == 0
+        assert _slow_consumer_lines(nats_server) == []
+    finally:
+        for reader in readers:
+            await reader.aclose()
+    # Every pull gave its bytes back once it ended or its reader closed.
+    assert own._pull_bytes.used == 0
+
+
 async def test_nats_reads_go_over_a_connection_of_their_own(nats_broker: NatsBroker, nats_server: EmbeddedNats) -> None:
     await nats_broker.append([make_event("orders/a", "one")])
     reader = nats_broker.read("orders/>", start=StartAt(earliest=True), max_batch=10)
@@ -334,3 +360,27 @@ async def test_kafka_read_fetches_within_max_bytes(kafka_broker: KafkaBroker) ->
         with contextlib.suppress(RuntimeError):
             await reader.aclose()
     assert [e.id for e in got] == [e.id for e in events]
+
+
+async def test_pull_bytes_wait_in_order_and_come_back() -> None:
+    from meshgate.brokers.nats._pull import PullBytes
+
+    budget = PullBytes(10)
+    assert await budget.acquire(6) == 6
+    # Larger than the whole budget: it takes all of it, once there is room.
+    big = asyncio.create_task(budget.acquire(50))
+    small = asyncio.create_task(budget.acquire(1))
+    await asyncio.sleep(0)
+    assert not big.done() and not small.done() and budget.used == 6
+    budget.release(6)
+    assert await big == 10 and not small.done()
+    budget.release(10)
+    assert await small == 1
+    # A waiter that gives up takes nothing.
+    gone = asyncio.create_task(budget.acquire(10))
+    await asyncio.sleep(0)
+    gone.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    budget.release(1)
+    assert budget.used == 0
