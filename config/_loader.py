@@ -414,6 +414,17 @@ class _Checker:
                 (*lbase, "client_burst"),
                 "client_burst applies only with a client_rate above 0; set client_rate or remove client_burst",
             )
+        per_call = self.size(limits.get("subscribe_buffer_bytes"), defaults.subscribe_buffer_bytes)
+        total = self.size(limits.get("subscribe_buffer_total_bytes"), defaults.subscribe_buffer_total_bytes)
+        if per_call is not None and total is not None and total < per_call:
+            key = (
+                "subscribe_buffer_total_bytes" if "subscribe_buffer_total_bytes" in limits else "subscribe_buffer_bytes"
+            )
+            self.add(
+                (*lbase, key),
+                f"subscribe_buffer_total_bytes ({total}) is below subscribe_buffer_bytes ({per_call}): every"
+                " Subscribe would be refused; raise the total or lower the per-call bytes",
+            )
 
     def check_tokens(self, tokens: list[object]) -> None:
         """Each client token is exactly one ``${VAR}`` reference to a usable secret; names and tokens unique."""

@@ -25,7 +25,7 @@ from meshgate.brokers import StartAt
 from meshgate.brokers.embedded import EmbeddedNats
 from meshgate.brokers.kafka import KafkaBroker
 from meshgate.brokers.nats import NatsBroker
-from meshgate.config import Limits, MeshConfig, RouteRule
+from meshgate.config import ConfigError, Limits, MeshConfig, RouteRule, load_config_text
 from meshgate.gateway import Gateway
 from meshgate.v1 import event_pb2, gateway_pb2, gateway_pb2_grpc
 from tests.brokers._contract import collect, make_event
@@ -286,8 +286,9 @@ def test_the_pull_request_carries_max_bytes() -> None:
 
 async def test_nats_read_batches_stay_within_max_bytes(nats_broker: NatsBroker) -> None:
     events = [make_event("orders/a", f"e{i:02d}", data=bytes([i]) * 100_000) for i in range(12)]
-    # One larger than a pull's max_bytes: it comes alone, not never.
+    # Two larger than a pull's max_bytes: each comes alone, not never.
     events[7] = make_event("orders/a", "e07", data=b"L" * 400_000)
+    events[8] = make_event("orders/a", "e08", data=b"L" * 300_000)
     await nats_broker.append(events)
     reader = nats_broker.read("orders/>", start=StartAt(earliest=True), max_batch=100, max_bytes=250_000)
     batches: list[list[str]] = []
@@ -300,8 +301,8 @@ async def test_nats_read_batches_stay_within_max_bytes(nats_broker: NatsBroker) 
     finally:
         await reader.aclose()
     assert [i for b in batches for i in b] == [e.id for e in events]
-    # 100 kB events, 250 kB a pull: two at a time; the large one alone.
-    assert ["e07"] in batches and all(len(b) <= 2 for b in batches), batches
+    # 100 kB events, 250 kB a pull: two at a time; the large ones alone.
+    assert ["e07"] in batches and ["e08"] in batches and all(len(b) <= 2 for b in batches), batches
 
 
 async def test_many_readers_do_not_get_their_connection_dropped(
@@ -384,3 +385,30 @@ async def test_pull_bytes_wait_in_order_and_come_back() -> None:
         await gone
     budget.release(1)
     assert budget.used == 0
+
+
+_MESH = """\
+event_mesh:
+  regions:
+    - name: here
+      brokers: ["127.0.0.1:4222"]
+  settings:
+    limits:
+{limits}
+"""
+
+
+def test_the_byte_bounds_are_settings() -> None:
+    limits = load_config_text(_MESH.format(limits="      subscribe_buffer_bytes: 2MiB"), "mesh.yaml").settings.limits
+    assert (limits.subscribe_buffer_bytes, limits.subscribe_buffer_total_bytes) == (2 * MiB, 256 * MiB)
+    text = _MESH.format(limits="      subscribe_buffer_bytes: 1MiB\n      subscribe_buffer_total_bytes: 64MiB")
+    limits = load_config_text(text, "mesh.yaml").settings.limits
+    assert (limits.subscribe_buffer_bytes, limits.subscribe_buffer_total_bytes) == (MiB, 64 * MiB)
+    # A total below one call's bytes would refuse every Subscribe.
+    with pytest.raises(ConfigError) as info:
+        load_config_text(_MESH.format(limits="      subscribe_buffer_total_bytes: 1MiB"), "mesh.yaml")
+    assert info.value.lines == (
+        "mesh.yaml:7:37: event_mesh.settings.limits.subscribe_buffer_total_bytes: subscribe_buffer_total_bytes"
+        " (1048576) is below subscribe_buffer_bytes (4194304): every Subscribe would be refused; raise the total"
+        " or lower the per-call bytes",
+    )
