@@ -353,6 +353,8 @@ async def test_kafka_read_fetches_within_max_bytes(kafka_broker: KafkaBroker) ->
     assert kafka_broker._read_fetch_bytes(300_000) == (300_000, min(kafka_broker.partition_fetch_bytes, 300_000))
     assert kafka_broker._read_fetch_bytes(None) == (kafka_broker.fetch_max_bytes, kafka_broker.partition_fetch_bytes)
     events = [make_event("orders/a", f"k{i:02d}", key="k", data=b"x" * 50_000) for i in range(8)]
+    # Larger than the fetch: Kafka still returns it, alone.
+    events[5] = make_event("orders/a", "k05", key="k", data=b"L" * 200_000)
     await kafka_broker.append(events)
     reader = kafka_broker.read("orders/>", start=StartAt(earliest=True), max_batch=100, max_bytes=120_000)
     try:
