@@ -936,10 +936,11 @@ class NatsBroker(Broker):
         """Batches of the pattern's events from ``start`` on, in log order, until cancelled.
 
         Catch-up is pulled in batches of ``max_batch`` events and at most ``max_bytes`` bytes
-        (4 MiB when None; an event larger than that comes alone), with the next batch requested
-        before the current one is handed out; once caught up, a pull lingers on the server for
-        the next event. So a reader holds at most two batches. Pulls go over the broker's
-        reader connection (opened at the first read), never the one appends use. If the
+        (4 MiB when None, 32 MiB at most; an event larger than that comes alone), with the next
+        batch requested before the current one is handed out; once caught up, a pull lingers
+        on the server for the next event. So a reader holds at most two batches. Pulls go over
+        the broker's reader connection (opened at the first read), never the one appends use,
+        and all readers' pulls together ask for at most 32 MiB at a time there. If the
         consumer disappears (server restart, inactivity, a gap in its sequence, a dropped
         reader connection), the reader recreates it right after the last event it delivered,
         so nothing is skipped or repeated. Ends when the broker stops.
