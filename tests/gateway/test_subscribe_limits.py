@@ -94,7 +94,6 @@ async def test_a_reader_of_big_events_that_does_not_read_fails_no_publish(
         # Another client publishes all along, four small events in flight at any time.
         writer = gateway_pb2_grpc.GatewayStub(ch2)
         failures: list[str] = []
-        stored: list[int] = []
         published = 0
         stop = asyncio.Event()
 
@@ -113,8 +112,6 @@ async def test_a_reader_of_big_events_that_does_not_read_fails_no_publish(
                     continue
                 if resp.results[0].outcome != _ACCEPTED:
                     failures.append(f"{event_id}: {resp.results[0]}")
-                else:
-                    stored.append(resp.results[0].sequence)
                 published += 1
 
         publishers = [asyncio.create_task(publish(w)) for w in range(4)]
