@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import ClassVar
@@ -305,11 +305,15 @@ class Broker(StartStop):
         return await self.append(events)
 
     @abc.abstractmethod
-    def read(self, pattern: str, *, start: StartAt, max_batch: int) -> AsyncIterator[list[event_pb2.Event]]:
+    def read(
+        self, pattern: str, *, start: StartAt, max_batch: int, max_bytes: int | None = None
+    ) -> AsyncGenerator[list[event_pb2.Event]]:
         """Batches of the events of a topic pattern from ``start`` on, until cancelled.
 
         Events carry their ``stream`` and ``sequence``; ``StartAt.sequence`` applies to a
-        broker with one stream.
+        broker with one stream. A batch holds at most ``max_batch`` events and about
+        ``max_bytes`` bytes (the adapter's own bound when None), or one larger event; what the
+        adapter reads ahead of the caller is bounded the same way.
         """
 
     @abc.abstractmethod

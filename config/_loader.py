@@ -663,6 +663,17 @@ class _Checker:
                 (*lbase, "client_burst"),
                 "client_burst applies only with a client_rate above 0; set client_rate or remove client_burst",
             )
+        per_call = self.size(limits.get("subscribe_buffer_bytes"), defaults.subscribe_buffer_bytes)
+        total = self.size(limits.get("subscribe_buffer_total_bytes"), defaults.subscribe_buffer_total_bytes)
+        if per_call is not None and total is not None and total < per_call:
+            key = (
+                "subscribe_buffer_total_bytes" if "subscribe_buffer_total_bytes" in limits else "subscribe_buffer_bytes"
+            )
+            self.add(
+                (*lbase, key),
+                f"subscribe_buffer_total_bytes ({total}) is below subscribe_buffer_bytes ({per_call}): every"
+                " Subscribe would be refused; raise the total or lower the per-call bytes",
+            )
 
     def check_tokens(self, tokens: list[object]) -> None:
         """Each client token is exactly one ``${VAR}`` reference to a usable secret; names and tokens unique."""
@@ -989,6 +1000,12 @@ def _build(data: dict[str, Any], doc: Document, *, source: str, sha256: str) -> 
         ),
         idle_connection_timeout_seconds=parse_duration(
             raw_limits.get("idle_connection_timeout", default_limits.idle_connection_timeout_seconds)
+        ),
+        subscribe_buffer_bytes=parse_size(
+            raw_limits.get("subscribe_buffer_bytes", default_limits.subscribe_buffer_bytes)
+        ),
+        subscribe_buffer_total_bytes=parse_size(
+            raw_limits.get("subscribe_buffer_total_bytes", default_limits.subscribe_buffer_total_bytes)
         ),
     )
     default_settings = Settings()

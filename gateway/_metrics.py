@@ -122,6 +122,14 @@ class GatewayMetrics:
             ["region"],
             registry=registry,
         ).labels(region=region)
+        self.subscribe_buffered_bytes = Gauge(
+            "meshgate_subscribe_buffered_bytes",
+            "Bytes of the events Subscribe calls have from the broker and have not yet handed to gRPC (the batch "
+            "each is sending: at most a quarter of subscribe_buffer_bytes per call, which also bounds its prefetch "
+            "and gRPC's copies; each call reserves subscribe_buffer_bytes of subscribe_buffer_total_bytes).",
+            ["region"],
+            registry=registry,
+        ).labels(region=region)
         replicated = Counter(
             "meshgate_replicated_events_total",
             "Events other regions replicated to this one, by outcome: stored, duplicate (a resend "

@@ -165,6 +165,7 @@ class Gateway(StartStop):
         self.client_rates = ClientRates(lambda: self.limits)
         self.subscriptions = SubscribeBuffers()
         self.metrics.subscribe_buffered.set_function(lambda: self.subscriptions.held)
+        self.metrics.subscribe_buffered_bytes.set_function(lambda: self.subscriptions.held_bytes)
         self.metrics.inflight.set_function(lambda: self.budget.used)
         # A replication request must fit the destination's max_message_bytes (the same mesh file).
         link_options = dataclasses.replace(

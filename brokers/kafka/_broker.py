@@ -34,7 +34,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -285,6 +285,8 @@ class KafkaBroker(Broker):
             # A JoinGroup is answered only once the rebalance completes, up to the rebalance
             # timeout (the session timeout here): give it that long, as the Java client does.
             timeout = max(timeout, self._session_timeout + 5.0)
+        options.setdefault("fetch_max_bytes", self.fetch_max_bytes)
+        options.setdefault("max_partition_fetch_bytes", self.partition_fetch_bytes)
         return AIOKafkaConsumer(
             bootstrap_servers=list(self.bootstrap_servers),
             client_id=self.name,
@@ -296,8 +298,6 @@ class KafkaBroker(Broker):
             session_timeout_ms=int(self._session_timeout * 1000),
             heartbeat_interval_ms=int(self._heartbeat_interval * 1000),
             fetch_max_wait_ms=int(self.fetch_max_wait * 1000),
-            fetch_max_bytes=self.fetch_max_bytes,
-            max_partition_fetch_bytes=self.partition_fetch_bytes,
             **options,
         )
 
@@ -957,12 +957,17 @@ class KafkaBroker(Broker):
             return await probe.offsets_for_time(tps, int(at.timestamp() * 1000))
         return await probe.end_offsets(tps)
 
-    async def read(self, pattern: str, *, start: StartAt, max_batch: int) -> AsyncIterator[list[event_pb2.Event]]:
+    async def read(
+        self, pattern: str, *, start: StartAt, max_batch: int, max_bytes: int | None = None
+    ) -> AsyncGenerator[list[event_pb2.Event]]:
         """Batches of the pattern's events from ``start`` on, until cancelled or the broker stops.
 
         Every partition of every matching topic is read (no consumer group); topics created
         later join at the next metadata refresh, from their beginning. Within a partition
         events come in log order; across partitions a batch is merged by stored time.
+        ``max_bytes`` lowers the reader's fetch bounds (``fetch_max_bytes`` and
+        ``partition_fetch_bytes``): what its consumer buffers ahead of the caller. Kafka still
+        returns a record larger than them, alone.
         """
         self._names.regex(pattern)  # validates
         chosen = sum((start.earliest, start.time is not None, start.sequence is not None))
@@ -976,8 +981,11 @@ class KafkaBroker(Broker):
             )
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        if max_bytes is not None and max_bytes < 1:
+            raise ValueError(f"max_bytes must be >= 1, got {max_bytes}")
         self._require_producer()
-        consumer = self._consumer()
+        fetch_bytes, partition_bytes = self._read_fetch_bytes(max_bytes)
+        consumer = self._consumer(fetch_max_bytes=fetch_bytes, max_partition_fetch_bytes=partition_bytes)
         await start_consumer(consumer)
         self._readers.add(consumer)
         positions: dict[TopicPartition, int] = {}
@@ -1010,6 +1018,11 @@ class KafkaBroker(Broker):
         finally:
             self._readers.discard(consumer)
             await stop_consumer(consumer)
+
+    def _read_fetch_bytes(self, max_bytes: int | None) -> tuple[int, int]:
+        """A reader consumer's fetch bounds (all partitions, one partition): the broker's, lowered to ``max_bytes``."""
+        total = self.fetch_max_bytes if max_bytes is None else min(self.fetch_max_bytes, max_bytes)
+        return total, min(self.partition_fetch_bytes, total)
 
     @staticmethod
     def _assign(consumer: AIOKafkaConsumer, positions: dict[TopicPartition, int]) -> None:

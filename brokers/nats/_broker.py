@@ -24,7 +24,7 @@ import json
 import logging
 import math
 import secrets
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import AsyncGenerator, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -80,7 +80,15 @@ from meshgate.brokers.nats._errors import (
 )
 from meshgate.brokers.nats._parser import install as install_parser
 from meshgate.brokers.nats._parser import subscribe_raw
-from meshgate.brokers.nats._pull import CLOSED, FULL, TIMEOUT, PullSubscription, reraise_swallowed_cancel
+from meshgate.brokers.nats._pull import (
+    BYTES,
+    CLOSED,
+    FULL,
+    TIMEOUT,
+    PullBytes,
+    PullSubscription,
+    reraise_swallowed_cancel,
+)
 from meshgate.brokers.nats._wire import (
     PubAckParser,
     header_block,
@@ -111,6 +119,14 @@ _IDLE_PULL_SECONDS = 5.0
 _PULL_GRACE_SECONDS = 0.5
 # Ephemeral reader consumers the server removes when their reader has gone (crash, cancel).
 _READER_INACTIVE_SECONDS = 60.0
+# What one pull of a reader may bring when its caller sets no max_bytes: far below nats-server's
+# max_pending (64 MiB by default), past which the server drops the connection as a slow consumer.
+_READ_PULL_BYTES = 4 * 1024 * 1024
+# A pull's max_bytes counts an event's subject and ack reply besides its headers and payload.
+_PULL_BYTES_SLACK = 4096
+# What the readers' pulls on one connection may have asked for and not received, all together:
+# half of nats-server's default max_pending, however many readers there are.
+_CONNECTION_PULL_BYTES = 32 * 1024 * 1024
 _DURABLE_MAX_ACK_PENDING = 50_000
 # A durable consumer's generations are named <name>@<n>. '@' is outside the alphabet of region
 # names ([A-Za-z0-9_-], so of link names mg-link-<destination>) and is refused in a name given
@@ -290,6 +306,12 @@ class NatsBroker(Broker):
         self.stats = NatsBrokerStats()
         self.storage = StorageHealth(name=name, on_problem=self._start_storage_probe)
         self._probe: asyncio.Task[None] | None = None
+        # Readers (Subscribe) pull on a connection of their own, opened at the first read: a
+        # reader's burst that gets that connection dropped as a slow consumer fails no write.
+        self._reader: NatsBroker | None = None
+        self._reader_lock = asyncio.Lock()
+        self._is_reader = False
+        self._pull_bytes = PullBytes(_CONNECTION_PULL_BYTES)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -318,6 +340,9 @@ class NatsBroker(Broker):
         """A NatsBroker on the same servers and stream (once this one knows its servers)."""
         if not self.servers:
             return None
+        return self._sibling(f"{self.name}-links")
+
+    def _sibling(self, name: str) -> NatsBroker:
         return NatsBroker(
             servers=self.servers,
             settings=self.settings,
@@ -327,7 +352,7 @@ class NatsBroker(Broker):
             ack_timeout=self._ack_timeout,
             reconnect_wait=self._reconnect_wait,
             durable_ack_wait=self._durable_ack_wait,
-            name=f"{self.name}-links",
+            name=name,
         )
 
     async def _start_locked(self) -> None:
@@ -476,6 +501,10 @@ class NatsBroker(Broker):
             for puller in list(self._pullers):
                 await puller.close()
             self._pullers.clear()
+            async with self._reader_lock:
+                reader, self._reader = self._reader, None
+            if reader is not None:
+                await reader.stop()
             try:
                 await asyncio.wait_for(nc.drain(), self._ack_timeout)
             except (TimeoutError, *_NATS_FAILURES):
@@ -989,21 +1018,60 @@ class NatsBroker(Broker):
             config.deliver_policy = DeliverPolicy.NEW
         return config
 
-    async def read(self, pattern: str, *, start: StartAt, max_batch: int) -> AsyncIterator[list[event_pb2.Event]]:
+    async def read(
+        self, pattern: str, *, start: StartAt, max_batch: int, max_bytes: int | None = None
+    ) -> AsyncGenerator[list[event_pb2.Event]]:
         """Batches of the pattern's events from ``start`` on, in log order, until cancelled.
 
-        Catch-up is pulled in batches of ``max_batch`` with the next batch requested before the
-        current one is handed out; once caught up, a pull lingers on the server for the next
-        event. If the consumer disappears (server restart, inactivity, a gap in its sequence),
-        the reader recreates it right after the last event it delivered, so nothing is skipped
-        or repeated. Ends when the broker stops.
+        Catch-up is pulled in batches of ``max_batch`` events and at most ``max_bytes`` bytes
+        (4 MiB when None, 32 MiB at most; an event larger than that comes alone), with the next
+        batch requested before the current one is handed out; once caught up, a pull lingers
+        on the server for the next event. So a reader holds at most two batches. Pulls go over
+        the broker's reader connection (opened at the first read), never the one appends use,
+        and all readers' pulls together ask for at most 32 MiB at a time there. If the
+        consumer disappears (server restart, inactivity, a gap in its sequence, a dropped
+        reader connection), the reader recreates it right after the last event it delivered,
+        so nothing is skipped or repeated. Ends when the broker stops.
         """
         filter_subject = pattern_to_filter(pattern, self.settings.subject_prefix)
         _start_mode(start)
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        if max_bytes is not None and max_bytes < 1:
+            raise ValueError(f"max_bytes must be >= 1, got {max_bytes}")
         self._require_nc()
+        reader = await self._reading_broker()
+        batches = reader._read(pattern, filter_subject, start, max_batch, max_bytes or _READ_PULL_BYTES)
+        # Closed with this generator, so its consumer is deleted now, not when it is collected.
+        async with contextlib.aclosing(batches):
+            async for batch in batches:
+                yield batch
+
+    async def _reading_broker(self) -> NatsBroker:
+        """The reader connection's broker, started at the first call."""
+        if self._is_reader:
+            return self
+        async with self._reader_lock:
+            reader = self._reader
+            if reader is None:
+                reader = self._sibling(f"{self.name}-readers")
+                reader._is_reader = True
+                # Its reader_resets count as this broker's.
+                reader.stats = self.stats
+                await reader.start()
+                if self._nc is None or self._stopping:
+                    await reader.stop()
+                    raise BrokerUnavailableError(f"NATS broker {self.name!r} is stopping")
+                self._reader = reader
+            return reader
+
+    async def _read(
+        self, pattern: str, filter_subject: str, start: StartAt, max_batch: int, max_bytes: int
+    ) -> AsyncGenerator[list[event_pb2.Event]]:
         topic_of = self._mapper.topic
+        pull_bytes = self._pull_bytes
+        # One pull stays well below the server's max_pending, whatever the caller asked for.
+        max_bytes = min(max_bytes, pull_bytes.limit)
         puller: PullSubscription | None = None
         # Stream sequence of the last event handed out (or just before the start), once known.
         last: int | None = None
@@ -1011,6 +1079,17 @@ class NatsBroker(Broker):
         requested = False
         caught_up = False
         backoff = 0.05
+        # max_bytes of the pulls for one event larger than max_bytes (0: pulls of max_bytes).
+        alone = 0
+        # Whether the last event handed out was larger than max_bytes.
+        big = False
+
+        async def pull(puller: PullSubscription, batch: int, size: int) -> None:
+            # An event larger than the connection's whole share still comes (alone).
+            taken = await pull_bytes.acquire(size)
+            # Given back when the request ends (its events arrived) or its puller closes.
+            await puller.request(batch, no_wait=True, max_bytes=size, on_end=lambda: pull_bytes.release(taken))
+
         try:
             while not self._stopping and self._nc is not None:
                 reset = False
@@ -1022,13 +1101,14 @@ class NatsBroker(Broker):
                         expected = 1
                         requested = False
                         caught_up = False
+                        alone = 0
                     if caught_up and not puller.buffer:
                         await puller.request(1, expires=_IDLE_PULL_SECONDS)
                         status = await puller.wait(_IDLE_PULL_SECONDS + _PULL_GRACE_SECONDS)
                         caught_up = status != FULL
                     else:
                         if not requested:
-                            await puller.request(max_batch, no_wait=True)
+                            await pull(puller, max_batch, max_bytes)
                         requested = False
                         status = await puller.wait(self._ack_timeout)
                         caught_up = status in _NO_MESSAGES
@@ -1041,6 +1121,7 @@ class NatsBroker(Broker):
                             break
                         expected += 1
                         last = meta.stream_sequence
+                        big = len(data) + len(hdr or b"") + _PULL_BYTES_SLACK > max_bytes
                         events.append(
                             decode_event(parse_header_block(hdr), data, topic=topic_of(subject.decode()), sequence=last)
                         )
@@ -1048,9 +1129,20 @@ class NatsBroker(Broker):
                         # Gone (restart, inactivity) or silent (connection lost): start over
                         # right after the last event handed out.
                         reset = True
-                    elif status == FULL and not caught_up and not reset and not puller.buffer:
-                        # Prefetch: the next batch travels while the caller handles this one.
-                        await puller.request(max_batch, no_wait=True)
+                    elif status == BYTES and not events and not reset:
+                        # The next event alone is larger than max_bytes: it comes by itself
+                        # (the server's max_payload bounds it; doubled if that changed).
+                        alone = max(alone * 2, self._max_payload + _PULL_BYTES_SLACK)
+                        await pull(puller, 1, alone)
+                        requested = True
+                    elif status in (FULL, BYTES) and not caught_up and not reset and not puller.buffer:
+                        # Prefetch: the next batch travels while the caller handles this one
+                        # (after a large event, the next is asked for alone straight away).
+                        if alone and big:
+                            await pull(puller, 1, alone)
+                        else:
+                            alone = 0
+                            await pull(puller, max_batch, max_bytes)
                         requested = True
                 except _NATS_FAILURES as exc:
                     logger.warning("reader of %s: %s; resuming after sequence %s", pattern, exc, last)
