@@ -191,6 +191,14 @@ def _broker_error(exc: BaseException, what: str) -> BrokerError:
 _NATS_FAILURES = (nats.errors.Error, OSError, TimeoutError)
 
 
+def _describe(exc: BaseException) -> str:
+    """An error as a person reads it: nats-py's own text ("nats: stale connection") or type and text."""
+    text = str(exc)
+    if text.startswith("nats: "):
+        return text.removeprefix("nats: ")
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 @dataclass(slots=True, kw_only=True)
 class NatsBrokerStats(AppendStats):
     """Counters of one NatsBroker."""
@@ -268,6 +276,8 @@ class NatsBroker(Broker):
         self._consumers: set[NatsDurableConsumer] = set()
         self._reported_disconnect = False
         self._last_error: BaseException | None = None
+        # Why the connection last dropped, for the log and for `state_reason`.
+        self._drop_reason = ""
         self.stats = NatsBrokerStats()
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -316,9 +326,11 @@ class NatsBroker(Broker):
         self._stopping = False
         self._reported_disconnect = False
         self._last_error = None
+        self._drop_reason = ""
         nc = Client()
         # Acks and pulled deliveries skip nats-py's per-message machinery (see _parser).
         install_parser(nc)
+        self._capture_reasons(nc)
         per_attempt = max(0.1, min(self._connect_timeout, 2.0))
         try:
             await asyncio.wait_for(
@@ -371,6 +383,7 @@ class NatsBroker(Broker):
             raise
         self._connected.set()
         self.state = BrokerState.CONNECTED
+        self.state_reason = ""
         logger.info(
             "connected to NATS %s (stream %s, max_payload %d bytes, duplicate window %g s)",
             self.connected_url,
@@ -463,6 +476,36 @@ class NatsBroker(Broker):
 
     # -- connection callbacks -----------------------------------------------------------------
 
+    def _capture_reasons(self, nc: Client) -> None:
+        """Records why the connection drops, which nats-py does not hand to the callbacks.
+
+        A server's ``-ERR`` ("stale connection", "authorization violation", "maximum
+        connections exceeded") and a client-side failure (missed pings, a socket error) end
+        the connection without ``error_cb`` being called, and nats-py forgets the error
+        before ``disconnected_cb`` runs: both are wrapped so ``_on_disconnected`` can say why.
+        """
+        process_err = getattr(nc, "_process_err", None)
+        process_op_err = getattr(nc, "_process_op_err", None)
+        if not (callable(process_err) and callable(process_op_err)):
+            return
+
+        async def on_server_err(message: str) -> None:
+            said = f"the server said: {message.strip(chr(39))}"
+            logger.warning("NATS %s: %s", self.name, said)
+            # A permissions violation refuses one operation; the connection stays.
+            if "permissions violation" not in message.lower():
+                self._drop_reason = said
+            await process_err(message)
+
+        async def on_op_err(exc: Exception) -> None:
+            # The server's own words, when it gave some, win over the client's view of the drop.
+            if not (nc.is_closed or nc.is_reconnecting or self._drop_reason):
+                self._drop_reason = _describe(exc)
+            await process_op_err(exc)
+
+        nc._process_err = on_server_err  # type: ignore[method-assign,assignment]
+        nc._process_op_err = on_op_err  # type: ignore[method-assign,assignment]
+
     async def _on_error(self, exc: Exception) -> None:
         self._last_error = exc
         # nats-py reports every failed reconnect attempt; one line per outage is enough.
@@ -473,12 +516,14 @@ class NatsBroker(Broker):
 
     async def _on_disconnected(self) -> None:
         self._connected.clear()
-        if self._stopping or self.state is BrokerState.CLOSED:
+        if self._stopping or self.state in (BrokerState.CLOSED, BrokerState.FAILED):
             return
         self.state = BrokerState.RECONNECTING
+        reason = self._drop_reason or "connection lost"
+        self.state_reason = f"reconnecting to {', '.join(self.servers)}: {reason}"
         if not self._reported_disconnect:
             self._reported_disconnect = True
-            logger.warning("NATS %s: disconnected; reconnecting to %s", self.name, ", ".join(self.servers))
+            logger.warning("NATS %s: disconnected (%s); reconnecting to %s", self.name, reason, ", ".join(self.servers))
         # Replies to the old connection are lost: fail now instead of at the ack timeout.
         self._fail_pending(
             NotConnectedError(
@@ -494,12 +539,23 @@ class NatsBroker(Broker):
         self._reported_disconnect = False
         if not self._stopping:
             self.state = BrokerState.CONNECTED
+            self.state_reason = ""
+        self._drop_reason = ""
         self._connected.set()
         logger.info("NATS %s: reconnected to %s", self.name, self.connected_url)
 
     async def _on_closed(self) -> None:
         self._connected.clear()
-        self.state = BrokerState.CLOSED
+        if self._stopping or self._nc is None:
+            self.state = BrokerState.CLOSED
+            return
+        # Closed while nobody asked: nats-py does not reconnect after a server's -ERR (e.g. an
+        # authorization violation), so this client is done; liveness fails and says why.
+        nc = self._nc
+        cause = self._drop_reason or (_describe(nc.last_error) if nc.last_error is not None else "no reason given")
+        self.state = BrokerState.FAILED
+        self.state_reason = f"the NATS client closed for good: {cause}; restart the gateway"
+        logger.error("NATS %s: %s", self.name, self.state_reason)
 
     # -- append -------------------------------------------------------------------------------
 
