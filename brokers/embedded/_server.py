@@ -271,7 +271,8 @@ class EmbeddedNats(StartStop):
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._refuse_if_in_use()
         self.config_path.write_text(self._config_text())
-        self.state = EmbeddedNatsState.STARTING
+        if self.state is not EmbeddedNatsState.RESTARTING:
+            self.state = EmbeddedNatsState.STARTING
         self._log.clear()
         proc = await asyncio.create_subprocess_exec(
             *die_with_parent(),
