@@ -191,11 +191,21 @@ def _broker_error(exc: BaseException, what: str) -> BrokerError:
 _NATS_FAILURES = (nats.errors.Error, OSError, TimeoutError)
 
 
+def _redact(url: str) -> str:
+    """``url`` without a password or token (``nats://user:***@host:4222``)."""
+    scheme, sep, rest = url.rpartition("://")
+    userinfo, at, hostport = rest.rpartition("@")
+    if not at:
+        return url
+    user, colon, _ = userinfo.partition(":")
+    return f"{scheme}{sep}{user}:***@{hostport}" if colon else f"{scheme}{sep}***@{hostport}"
+
+
 def _describe(exc: BaseException) -> str:
     """An error as a person reads it: nats-py's own text ("nats: stale connection") or type and text."""
     text = str(exc)
     if text.startswith("nats: "):
-        return text.removeprefix("nats: ")
+        return text.removeprefix("nats: ").strip("'")
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
@@ -297,6 +307,11 @@ class NatsBroker(Broker):
         url = nc.connected_url if nc is not None else None
         return url.geturl() if url is not None else None
 
+    @property
+    def _where(self) -> str:
+        """The servers, for messages: credentials in a URL are not shown."""
+        return ", ".join(_redact(url) for url in self.servers)
+
     async def start(self) -> None:
         async with self._lock:
             if self._nc is not None:
@@ -354,7 +369,7 @@ class NatsBroker(Broker):
                 await nc.close()
             cause = self._last_error or exc
             raise NotConnectedError(
-                f"could not connect to NATS at {', '.join(self.servers)} within {self._connect_timeout:g} s "
+                f"could not connect to NATS at {self._where} within {self._connect_timeout:g} s "
                 f"(last error: {type(cause).__name__}: {cause})",
                 waited=self._connect_timeout,
             ) from exc
@@ -511,6 +526,10 @@ class NatsBroker(Broker):
         # nats-py reports every failed reconnect attempt; one line per outage is enough.
         if self.state is BrokerState.RECONNECTING and self._reported_disconnect:
             logger.debug("NATS %s: %s", self.name, exc)
+            # Why the server cannot be reached now (refused, authorization violation) matters
+            # more to an operator than how the connection first dropped.
+            reason = self._drop_reason or "connection lost"
+            self.state_reason = f"reconnecting to {self._where}: {reason}; last attempt: {_describe(exc)}"
             return
         logger.warning("NATS %s: %s: %s", self.name, type(exc).__name__, exc)
 
@@ -520,10 +539,10 @@ class NatsBroker(Broker):
             return
         self.state = BrokerState.RECONNECTING
         reason = self._drop_reason or "connection lost"
-        self.state_reason = f"reconnecting to {', '.join(self.servers)}: {reason}"
+        self.state_reason = f"reconnecting to {self._where}: {reason}"
         if not self._reported_disconnect:
             self._reported_disconnect = True
-            logger.warning("NATS %s: disconnected (%s); reconnecting to %s", self.name, reason, ", ".join(self.servers))
+            logger.warning("NATS %s: disconnected (%s); reconnecting to %s", self.name, reason, self._where)
         # Replies to the old connection are lost: fail now instead of at the ack timeout.
         self._fail_pending(
             NotConnectedError(
@@ -573,7 +592,7 @@ class NatsBroker(Broker):
             await asyncio.wait_for(self._connected.wait(), wait)
         except TimeoutError:
             raise NotConnectedError(
-                f"not connected to NATS ({', '.join(self.servers)}) for {wait:g} s; retry later",
+                f"not connected to NATS ({self._where}) for {wait:g} s; retry later",
                 waited=wait,
             ) from None
         if not self._live(nc):

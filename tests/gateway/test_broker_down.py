@@ -20,7 +20,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from meshgate.brokers import BrokerState
+from meshgate.brokers import BrokerState, NatsBroker
 from meshgate.brokers.embedded import EmbeddedNats, EmbeddedNatsBroker, RestartPolicy, find_nats_server
 from meshgate.config import BrokerKind, MeshConfig, NatsSettings, RegionConfig, RouteRule
 from meshgate.gateway import HEALTHZ_PATH, READYZ_PATH, Gateway
@@ -203,6 +203,52 @@ async def test_kind_nats_readiness_follows_the_connection(tmp_path: Path, caplog
         assert (await get(gw, READYZ_PATH))[0] == 200
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any(m.startswith("NATS meshgate-here: disconnected (unexpected EOF); reconnecting to") for m in warnings)
+
+
+class PasswordNats(EmbeddedNats):
+    """A nats-server that takes one user, ``mesh``, with ``password``."""
+
+    password = "first"
+
+    def _config_text(self) -> str:
+        return super()._config_text() + f'authorization {{ user: "mesh", password: "{self.password}" }}\n'
+
+    def change_password(self, password: str) -> None:
+        """Rewrites the config and has the server reload it (SIGHUP): connected clients must log in again."""
+        self.password = password
+        self.config_path.write_text(self._config_text())
+        assert self.pid is not None
+        os.kill(self.pid, signal.SIGHUP)
+
+
+# nats-py leaves the socket of a refused reconnect attempt for the garbage collector to close.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+async def test_kind_nats_readiness_says_why_the_server_refuses_the_reconnect(tmp_path: Path) -> None:
+    """Credentials rotated on the server only: not ready, with the server's reason and no password shown."""
+    async with PasswordNats(data_dir=tmp_path / "nats", restart=None) as server, started_gateways() as start:
+        config = MeshConfig(regions=(nats_region("here", server, "127.0.0.1:0"),))
+        broker = NatsBroker(
+            servers=[f"nats://mesh:first@127.0.0.1:{server.port}"],
+            settings=NatsSettings(),
+            idempotency_window_seconds=60,
+            reconnect_wait=0.1,
+            name="meshgate-here",
+        )
+        gw = await start(config=config, region="here", data_dir=tmp_path, broker=broker, replicate=False)
+        assert gw.ready() is None
+        server.change_password("second")
+        await wait_for(lambda: "last attempt" in (gw.ready() or ""), "a refused reconnect")
+        reason = gw.ready()
+        assert reason is not None
+        assert reason.startswith(
+            f"broker client is reconnecting: reconnecting to nats://mesh:***@127.0.0.1:{server.port}"
+        )
+        assert reason.endswith("; last attempt: Authorization Violation"), reason
+        assert "first" not in reason
+        await wait_for_health(gw, health_pb2.HealthCheckResponse.NOT_SERVING)
+        server.change_password("first")
+        await wait_for(lambda: gw.ready() is None, "the client to log in again")
+        await wait_for_health(gw, health_pb2.HealthCheckResponse.SERVING)
 
 
 def _link(gw: Gateway) -> admin_pb2.LinkStatus:
