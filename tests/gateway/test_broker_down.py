@@ -302,3 +302,46 @@ async def test_link_says_backing_off_not_standby_while_its_broker_is_down(tmp_pa
         async with grpc.aio.insecure_channel(there.address) as ch:
             got = await read_all(gateway_pb2_grpc.GatewayStub(ch), "orders/>", expect=20, idle=10)
         assert sorted(e.id for e in got) == sorted([f"a-{i}" for i in range(10)] + [f"b-{i}" for i in range(10)])
+
+
+async def test_link_error_is_cleared_once_the_destination_is_back(tmp_path: Path) -> None:
+    """The destination's gateway goes away and comes back on its address: the idle link's error goes too."""
+    async with (
+        EmbeddedNats(data_dir=tmp_path / "here-nats") as here_server,
+        EmbeddedNats(data_dir=tmp_path / "there-nats") as there_server,
+        started_gateways() as start,
+    ):
+
+        def mesh(there_gateway: str) -> MeshConfig:
+            return MeshConfig(
+                regions=(
+                    nats_region("here", here_server, "127.0.0.1:0"),
+                    nats_region("there", there_server, there_gateway),
+                ),
+                routing=(RouteRule(index=0, topic="orders/*", regions=("here", "there")),),
+            )
+
+        there = await start(config=mesh("127.0.0.1:0"), region="there", data_dir=tmp_path, replicate=False)
+        address = there.address
+        options = LinkOptions(backoff_initial_seconds=0.05, backoff_max_seconds=0.2, connect_timeout_seconds=0.5)
+        here = await start(config=mesh(address), region="here", data_dir=tmp_path, link_options=options)
+        assert here.replicator is not None
+        link = here.replicator.links["there"]
+        await publish(here, ["a-0"])
+        await wait_for(lambda: link.counters.forwarded == 1, "the first event to reach there")
+
+        await there.stop(grace=0.5)
+        await wait_for(
+            lambda: _link(here).state == admin_pb2.LINK_STATE_BACKING_OFF and _link(here).last_error != "",
+            "the link to report the lost destination",
+        )
+
+        # Back on the same address; nothing is waiting to be sent, so no ack will come.
+        await start(config=mesh(address), region="there", data_dir=tmp_path, listen=address, replicate=False)
+        await wait_for(lambda: _link(here).last_error == "", "the error to clear once the link works again")
+        status = _link(here)
+        assert status.state == admin_pb2.LINK_STATE_REPLICATING
+        assert not status.HasField("last_error_time")
+        await publish(here, ["b-0"])
+        await wait_for(lambda: link.counters.forwarded == 2, "the next event to reach there")
+        assert _link(here).last_error == ""
