@@ -46,6 +46,9 @@ class BrokerState(enum.Enum):
     CONNECTED = "connected"
     RECONNECTING = "reconnecting"
     CLOSED = "closed"
+    # Gave up for good (the client closed by itself, an embedded server that cannot be
+    # restarted): only a restart of the process brings it back, so liveness fails.
+    FAILED = "failed"
 
 
 class BrokerError(Exception):
@@ -250,6 +253,8 @@ class Broker(StartStop):
     """One region's log."""
 
     state: BrokerState
+    # Why ``state`` is not CONNECTED, as the client last heard it ("" while connected).
+    state_reason: str = ""
     # True when the broker itself splits a durable consumer's work across the gateway replicas
     # that open it under one name (Kafka consumer groups), each stream to one of them: the
     # replicator then runs every link in every replica instead of one replica per link under a

@@ -58,6 +58,8 @@ _SERVICES = (
 # How long /healthz waits for the event loop to run a callback before calling the process stuck.
 # Below the chart's probe timeouts (2 s and more), so a stuck loop fails the probe with a reason.
 _LOOP_CHECK_SECONDS = 1.0
+# How often the gRPC health status is brought in line with ready() (a broker that comes and goes).
+_READINESS_POLL_SECONDS = 0.25
 # Options that make a gateway a good network citizen: dead peers are noticed; request sizes are
 # bounded by settings.limits (see _server_options).
 _SERVER_OPTIONS = [
@@ -205,6 +207,7 @@ class Gateway(StartStop):
         self._health = health.aio.HealthServicer()
         self._http: HttpEndpoint | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._readiness: asyncio.Task[None] | None = None
         self.port = 0
         self._stopped = asyncio.Event()
         self._stop_lock = asyncio.Lock()
@@ -243,6 +246,13 @@ class Gateway(StartStop):
             return "the gateway's event loop is closed"
         if not ran.wait(_LOOP_CHECK_SECONDS):
             return f"the gateway's event loop did not run a callback within {_LOOP_CHECK_SECONDS:g} s (blocked?)"
+        return self._broker_dead()
+
+    def _broker_dead(self) -> str | None:
+        # A broker client that gave up (an embedded server that cannot be restarted, a NATS
+        # client closed by the server) comes back only with a new process.
+        if self.broker.state is BrokerState.FAILED:
+            return f"broker failed: {self.broker.state_reason or 'no reason given'}"
         return None
 
     def ready(self) -> str | None:
@@ -253,10 +263,16 @@ class Gateway(StartStop):
         of room, can store nothing."""
         if self.state is not GatewayState.SERVING:
             return f"gateway is {self.state.value}"
-        if self.broker.state is not BrokerState.CONNECTED:
-            return f"broker client is {self.broker.state.value}"
+        return self._broker_unready()
+
+    def _broker_unready(self) -> str | None:
+        broker = self.broker
+        state = broker.state
+        if state is not BrokerState.CONNECTED:
+            reason = broker.state_reason
+            return f"broker client is {state.value}: {reason}" if reason else f"broker client is {state.value}"
         # Connected is not enough: a broker out of room refuses every write until room is made.
-        storage = self.broker.storage_problem()
+        storage = broker.storage_problem()
         if storage is not None:
             return f"broker cannot store: {storage}"
         return None
@@ -342,6 +358,7 @@ class Gateway(StartStop):
             await self._shutdown(grace=0.0)
             raise
         self.state = GatewayState.SERVING
+        self._readiness = asyncio.create_task(self._follow_readiness(), name=f"readiness of {self.region}")
         mode = " (TLS, client certificates of the mesh CA required)" if self.server_tls is not None else ""
         log.info("region %s: gateway serving on %s%s", self.region, self.address, mode)
         if self.replication_guard.anonymous and len(self._config.regions) > 1:
@@ -351,6 +368,23 @@ class Gateway(StartStop):
                 self.region,
                 self.address,
             )
+
+    async def _follow_readiness(self) -> None:
+        """Keeps the gRPC health status (and the log) in step with ready() while serving."""
+        serving = True
+        while self.state is GatewayState.SERVING:
+            await asyncio.sleep(_READINESS_POLL_SECONDS)
+            reason = self.ready()
+            if (reason is None) == serving or self.state is not GatewayState.SERVING:
+                continue
+            serving = reason is None
+            status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+            for name in ("", *_SERVICES):
+                await self._health.set(name, status)
+            if serving:
+                log.info("region %s: ready again", self.region)
+            else:
+                log.warning("region %s: not ready: %s", self.region, reason)
 
     def _bind(self, server: grpc.aio.Server) -> int:
         if self.peer_tls is not None:
@@ -382,6 +416,11 @@ class Gateway(StartStop):
                 return
             deadline = time.monotonic() + grace
             self.state = GatewayState.DRAINING
+            readiness, self._readiness = self._readiness, None
+            if readiness is not None:
+                readiness.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await readiness
             await self._health.enter_graceful_shutdown()
             # Admitted batches finish: their broker acks come back within the grace period.
             with contextlib.suppress(TimeoutError):

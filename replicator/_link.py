@@ -46,6 +46,9 @@ _REQUEST_OVERHEAD_BYTES = 1024
 _EVENT_OVERHEAD_BYTES = 8
 # How often a connected link looks at its TLS files for a rotation.
 _TLS_POLL_SECONDS = 1.0
+# A session this old with nothing to send has shown the link works (a destination refuses a
+# call at once): an idle link's last_error is cleared then, a busy one's at its first ack.
+_SETTLED_SECONDS = 1.0
 
 
 class LinkState(enum.Enum):
@@ -216,6 +219,8 @@ class Link:
         self._idle.set()
         # Set when the TLS files changed: no new batch goes out on this connection.
         self._rotating = False
+        # When the current session started replicating (monotonic).
+        self._session_started = 0.0
 
     # --- control ---------------------------------------------------------------------------
 
@@ -281,9 +286,15 @@ class Link:
             status.last_error_time.FromNanoseconds(int(c.last_error_time * 1e9))
         return status
 
-    def _error(self, message: str) -> None:
+    def record_error(self, message: str) -> None:
+        """Sets ``last_error`` (shown by Status until the link replicates again)."""
         self.counters.last_error = message
         self.counters.last_error_time = time.time()
+
+    def clear_error(self) -> None:
+        """Forgets ``last_error``: the link works again (Status shows only what is wrong now)."""
+        self.counters.last_error = ""
+        self.counters.last_error_time = None
 
     # --- the loop --------------------------------------------------------------------------
 
@@ -295,7 +306,7 @@ class Link:
             while not self._stopping:
                 if self.address is None:
                     self.state = LinkState.PAUSED
-                    self._error(f"region {self.destination} has no gateway address in the mesh file")
+                    self.record_error(f"region {self.destination} has no gateway address in the mesh file")
                     self._wake.clear()
                     await self._wake.wait()
                     continue
@@ -315,7 +326,7 @@ class Link:
                         code, message = exc.code().name, exc.details() or ""
                     else:
                         code, message = type(exc).__name__, str(exc) or "timed out"
-                    self._error(f"{code}: {message}")
+                    self.record_error(f"{code}: {message}")
                     log.warning("link %s -> %s: %s: %s", self.source, self.destination, code, message)
                 if self._is_stopping():
                     break
@@ -369,7 +380,7 @@ class Link:
         try:
             await consumer.reset()
         except BrokerError as exc:
-            self._error(f"{type(exc).__name__}: {exc}")
+            self.record_error(f"{type(exc).__name__}: {exc}")
             with contextlib.suppress(BrokerError):
                 await consumer.close()
             self._consumer = None
@@ -408,6 +419,7 @@ class Link:
             await self._connect(channel)
             call = replication_pb2_grpc.ReplicationStub(channel).Replicate(metadata=opts.metadata or None)
             self.state = LinkState.REPLICATING
+            self._session_started = time.monotonic()
             self._rotating = False
             window = asyncio.Semaphore(opts.window)
             tasks = [
@@ -504,6 +516,7 @@ class Link:
             self._check_pairs((d.event.stream, d.event.sequence) for d in deliveries)
             if not deliveries:
                 window.release()
+                self._settled()
                 continue
             # The consumer yields only this region's events routed to the destination, each with
             # its stream and sequence: what the destination's dedup keys on.
@@ -536,6 +549,7 @@ class Link:
             raw = await consumer.fetch_raw(opts.max_batch_events, timeout=opts.linger_seconds)
             if not raw.ids:
                 window.release()
+                self._settled()
                 continue
             self._check_order(raw)
             for n, part in enumerate(raw.split(opts.max_request_bytes)):
@@ -558,6 +572,15 @@ class Link:
                         ),
                     )
                 )
+
+    def _settled(self) -> None:
+        """Nothing to send: an old error is past once the session has lasted and nothing is in flight."""
+        if (
+            self.counters.last_error
+            and not self._inflight
+            and time.monotonic() - self._session_started >= _SETTLED_SECONDS
+        ):
+            self.clear_error()
 
     def _check_order(self, raw: RawBatch) -> None:
         """Each stream's events come in its own order; a redelivery out of order ends the session."""
@@ -633,6 +656,8 @@ class Link:
                 self._idle.set()
             self.counters.forwarded += len(sent) - len(refused)
             self.counters.dead_lettered += len(refused)
+            if self.counters.last_error:
+                self.clear_error()  # the destination stores again: what went wrong before is past
             window.release()
 
     async def _dead_letter(self, refused: Sequence[tuple[event_pb2.Event, str]]) -> None:

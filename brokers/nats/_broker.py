@@ -226,6 +226,24 @@ def _broker_error(exc: BaseException, what: str) -> BrokerError:
 _NATS_FAILURES = (nats.errors.Error, OSError, TimeoutError)
 
 
+def _redact(url: str) -> str:
+    """``url`` without a password or token (``nats://user:***@host:4222``)."""
+    scheme, sep, rest = url.rpartition("://")
+    userinfo, at, hostport = rest.rpartition("@")
+    if not at:
+        return url
+    user, colon, _ = userinfo.partition(":")
+    return f"{scheme}{sep}{user}:***@{hostport}" if colon else f"{scheme}{sep}***@{hostport}"
+
+
+def _describe(exc: BaseException) -> str:
+    """An error as a person reads it: nats-py's own text ("nats: stale connection") or type and text."""
+    text = str(exc)
+    if text.startswith("nats: "):
+        return text.removeprefix("nats: ").strip("'")
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 @dataclass(slots=True, kw_only=True)
 class NatsBrokerStats(AppendStats):
     """Counters of one NatsBroker."""
@@ -303,6 +321,8 @@ class NatsBroker(Broker):
         self._consumers: set[NatsDurableConsumer] = set()
         self._reported_disconnect = False
         self._last_error: BaseException | None = None
+        # Why the connection last dropped, for the log and for `state_reason`.
+        self._drop_reason = ""
         self.stats = NatsBrokerStats()
         self.storage = StorageHealth(name=name, on_problem=self._start_storage_probe)
         self._probe: asyncio.Task[None] | None = None
@@ -329,6 +349,11 @@ class NatsBroker(Broker):
         nc = self._nc
         url = nc.connected_url if nc is not None else None
         return url.geturl() if url is not None else None
+
+    @property
+    def _where(self) -> str:
+        """The servers, for messages: credentials in a URL are not shown."""
+        return ", ".join(_redact(url) for url in self.servers)
 
     async def start(self) -> None:
         async with self._lock:
@@ -362,9 +387,11 @@ class NatsBroker(Broker):
         self._stopping = False
         self._reported_disconnect = False
         self._last_error = None
+        self._drop_reason = ""
         nc = Client()
         # Acks and pulled deliveries skip nats-py's per-message machinery (see _parser).
         install_parser(nc)
+        self._capture_reasons(nc)
         per_attempt = max(0.1, min(self._connect_timeout, 2.0))
         try:
             await asyncio.wait_for(
@@ -388,7 +415,7 @@ class NatsBroker(Broker):
                 await nc.close()
             cause = self._last_error or exc
             raise NotConnectedError(
-                f"could not connect to NATS at {', '.join(self.servers)} within {self._connect_timeout:g} s "
+                f"could not connect to NATS at {self._where} within {self._connect_timeout:g} s "
                 f"(last error: {type(cause).__name__}: {cause})",
                 waited=self._connect_timeout,
             ) from exc
@@ -417,6 +444,7 @@ class NatsBroker(Broker):
             raise
         self._connected.set()
         self.state = BrokerState.CONNECTED
+        self.state_reason = ""
         if self.storage.problem is not None:
             # Left from before a stop: the probe tells when it is over, writes or not.
             self._start_storage_probe()
@@ -521,22 +549,58 @@ class NatsBroker(Broker):
 
     # -- connection callbacks -----------------------------------------------------------------
 
+    def _capture_reasons(self, nc: Client) -> None:
+        """Records why the connection drops, which nats-py does not hand to the callbacks.
+
+        A server's ``-ERR`` ("stale connection", "authorization violation", "maximum
+        connections exceeded") and a client-side failure (missed pings, a socket error) end
+        the connection without ``error_cb`` being called, and nats-py forgets the error
+        before ``disconnected_cb`` runs: both are wrapped so ``_on_disconnected`` can say why.
+        """
+        process_err = getattr(nc, "_process_err", None)
+        process_op_err = getattr(nc, "_process_op_err", None)
+        if not (callable(process_err) and callable(process_op_err)):
+            return
+
+        async def on_server_err(message: str) -> None:
+            said = f"the server said: {message.strip(chr(39))}"
+            logger.warning("NATS %s: %s", self.name, said)
+            # A permissions violation refuses one operation; the connection stays.
+            if "permissions violation" not in message.lower():
+                self._drop_reason = said
+            await process_err(message)
+
+        async def on_op_err(exc: Exception) -> None:
+            # The server's own words, when it gave some, win over the client's view of the drop.
+            if not (nc.is_closed or nc.is_reconnecting or self._drop_reason):
+                self._drop_reason = _describe(exc)
+            await process_op_err(exc)
+
+        nc._process_err = on_server_err  # type: ignore[method-assign,assignment]
+        nc._process_op_err = on_op_err  # type: ignore[method-assign,assignment]
+
     async def _on_error(self, exc: Exception) -> None:
         self._last_error = exc
         # nats-py reports every failed reconnect attempt; one line per outage is enough.
         if self.state is BrokerState.RECONNECTING and self._reported_disconnect:
             logger.debug("NATS %s: %s", self.name, exc)
+            # Why the server cannot be reached now (refused, authorization violation) matters
+            # more to an operator than how the connection first dropped.
+            reason = self._drop_reason or "connection lost"
+            self.state_reason = f"reconnecting to {self._where}: {reason}; last attempt: {_describe(exc)}"
             return
         logger.warning("NATS %s: %s: %s", self.name, type(exc).__name__, exc)
 
     async def _on_disconnected(self) -> None:
         self._connected.clear()
-        if self._stopping or self.state is BrokerState.CLOSED:
+        if self._stopping or self.state in (BrokerState.CLOSED, BrokerState.FAILED):
             return
         self.state = BrokerState.RECONNECTING
+        reason = self._drop_reason or "connection lost"
+        self.state_reason = f"reconnecting to {self._where}: {reason}"
         if not self._reported_disconnect:
             self._reported_disconnect = True
-            logger.warning("NATS %s: disconnected; reconnecting to %s", self.name, ", ".join(self.servers))
+            logger.warning("NATS %s: disconnected (%s); reconnecting to %s", self.name, reason, self._where)
         # Replies to the old connection are lost: fail now instead of at the ack timeout.
         self._fail_pending(
             NotConnectedError(
@@ -552,12 +616,23 @@ class NatsBroker(Broker):
         self._reported_disconnect = False
         if not self._stopping:
             self.state = BrokerState.CONNECTED
+            self.state_reason = ""
+        self._drop_reason = ""
         self._connected.set()
         logger.info("NATS %s: reconnected to %s", self.name, self.connected_url)
 
     async def _on_closed(self) -> None:
         self._connected.clear()
-        self.state = BrokerState.CLOSED
+        if self._stopping or self._nc is None:
+            self.state = BrokerState.CLOSED
+            return
+        # Closed while nobody asked: nats-py does not reconnect after a server's -ERR (e.g. an
+        # authorization violation), so this client is done; liveness fails and says why.
+        nc = self._nc
+        cause = self._drop_reason or (_describe(nc.last_error) if nc.last_error is not None else "no reason given")
+        self.state = BrokerState.FAILED
+        self.state_reason = f"the NATS client closed for good: {cause}; restart the gateway"
+        logger.error("NATS %s: %s", self.name, self.state_reason)
 
     # -- append -------------------------------------------------------------------------------
 
@@ -575,7 +650,7 @@ class NatsBroker(Broker):
             await asyncio.wait_for(self._connected.wait(), wait)
         except TimeoutError:
             raise NotConnectedError(
-                f"not connected to NATS ({', '.join(self.servers)}) for {wait:g} s; retry later",
+                f"not connected to NATS ({self._where}) for {wait:g} s; retry later",
                 waited=wait,
             ) from None
         if not self._live(nc):
