@@ -26,6 +26,7 @@ from meshgate.config import BrokerKind, MeshConfig, NatsSettings, RegionConfig, 
 from meshgate.gateway import HEALTHZ_PATH, READYZ_PATH, Gateway
 from meshgate.replicator import LinkOptions
 from meshgate.v1 import admin_pb2, event_pb2, gateway_pb2, gateway_pb2_grpc
+from tests._replication import SECURITY
 from tests.gateway._helpers import ev, nats_region, read_all, started_gateways
 from tests.gateway.test_probes import get
 
@@ -58,6 +59,7 @@ def embedded_here(tmp_path: Path, policy: RestartPolicy) -> tuple[MeshConfig, Em
             RegionConfig(name="there", kind=BrokerKind.NATS, brokers=("127.0.0.1:1",), gateway="127.0.0.1:0"),
         ),
         routing=(RouteRule(index=0, topic="orders/*", regions=("here",)),),
+        security=SECURITY,
     )
     broker = EmbeddedNatsBroker(
         data_dir=tmp_path / "data",
@@ -271,6 +273,7 @@ async def test_link_says_backing_off_not_standby_while_its_broker_is_down(tmp_pa
                     nats_region("there", there_server, there_gateway),
                 ),
                 routing=(RouteRule(index=0, topic="orders/*", regions=("here", "there")),),
+                security=SECURITY,
             )
 
         there = await start(config=mesh("127.0.0.1:0"), region="there", data_dir=tmp_path, replicate=False)
@@ -319,6 +322,7 @@ async def test_link_error_is_cleared_once_the_destination_is_back(tmp_path: Path
                     nats_region("there", there_server, there_gateway),
                 ),
                 routing=(RouteRule(index=0, topic="orders/*", regions=("here", "there")),),
+                security=SECURITY,
             )
 
         there = await start(config=mesh("127.0.0.1:0"), region="there", data_dir=tmp_path, replicate=False)
