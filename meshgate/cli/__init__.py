@@ -53,8 +53,8 @@ def _parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParse
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="meshgate", description="Multi-region event mesh gateway.")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--log-level", type=_log_level, default="INFO", help=_LOG_LEVEL_HELP)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}", help="print the version")
+    parser.add_argument("--log-level", type=_log_level, default="INFO", metavar="LEVEL", help=_LOG_LEVEL_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in _COMMAND_MODULES:
         try:
@@ -68,7 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     for p in _parsers(parser):
         if p is not parser:
             # SUPPRESS: unset unless given here, so a level given before the command stays.
-            p.add_argument("--log-level", type=_log_level, default=argparse.SUPPRESS, help=_LOG_LEVEL_HELP)
+            p.add_argument(
+                "--log-level", type=_log_level, default=argparse.SUPPRESS, metavar="LEVEL", help=_LOG_LEVEL_HELP
+            )
         p.description, p.epilog = _plain(p.description), _plain(p.epilog)
         for action in p._actions:
             action.help = _plain(action.help)

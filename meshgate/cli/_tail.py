@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         help="earliest: every event the region still retains, then new ones; latest: only events stored from now on"
         " (default latest)",
     )
-    p.add_argument("--limit", type=int, default=0, help="stop after N events (default: follow forever)")
+    p.add_argument("--limit", type=int, default=0, metavar="N", help="stop after N events (default: follow forever)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=run)
 
