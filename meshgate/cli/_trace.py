@@ -33,7 +33,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("event_id", metavar="EVENT_ID", help="the event's id, as publish printed it (id=...)")
     p.add_argument("--since", default="1h", help="look at events stored this long ago and later (default 1h)")
     p.add_argument(
-        "--json", action="store_true", help="print one JSON object: the event's route, where it is missing, per region"
+        "--json",
+        action="store_true",
+        help="print one JSON object: the event's route, the regions it is missing from, each region's answer",
     )
     p.set_defaults(func=run)
 
@@ -45,8 +47,8 @@ def _when(where: admin_pb2.Location) -> datetime.datetime | None:
 async def _trace(args: argparse.Namespace) -> int:
     import grpc.aio
 
-    # Of the config package only its duration syntax; the package is imported on this command's
-    # path only, not when the parser is built.
+    # The duration syntax only: meshgate.config loads its file loader (jsonschema, YAML,
+    # certificates) when one of the loader's names is used, which trace never does.
     from meshgate.config import parse_duration
     from meshgate.v1 import admin_pb2, admin_pb2_grpc
 

@@ -2,7 +2,7 @@
 
 Each check runs in a fresh interpreter (this one has imported everything already) and looks
 at ``sys.modules``; nothing is timed. The start time that follows from it (about 0.05 s for
-``meshgate --help`` against about 0.45 s when every command module imported the gateway and
+``meshgate --help`` against about 0.4 s when every command module imported the gateway and
 the brokers' clients) is measured by hand, not here.
 """
 
