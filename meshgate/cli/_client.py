@@ -28,8 +28,17 @@ _TLS_ENV = {
 }
 
 
+def _gateway_address(value: str) -> str:
+    # gRPC would look a bare "7401" up as a host name and fail on DNS; say what is meant instead.
+    if value.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"{value!r} is a port only: give HOST:PORT, e.g. 127.0.0.1:{value.strip()}")
+    return value
+
+
 def add_gateway_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-g", "--gateway", required=True, metavar="HOST:PORT", help="the gateway to talk to")
+    p.add_argument(
+        "-g", "--gateway", required=True, type=_gateway_address, metavar="HOST:PORT", help="the gateway to talk to"
+    )
     add_token_arg(p)
     tls = p.add_argument_group("TLS (plaintext unless one of these is given)")
     tls.add_argument("--ca", metavar="FILE", help="CA certificate(s) that signed the gateway's (env MESHGATE_CA)")

@@ -117,3 +117,13 @@ def test_python_dash_m_meshgate_help(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "--version" in proc.stdout
     assert "--log-level LEVEL" in proc.stdout
+
+
+@pytest.mark.parametrize("command", [["status"], ["publish", "orders/x", "d"], ["tail", "orders/>"], ["trace", "o-1"]])
+def test_a_bare_port_for_the_gateway_is_a_usage_error_that_says_host_port(
+    command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main([command[0], "-g", "7401", *command[1:]])
+    assert exc.value.code == 2
+    assert "'7401' is a port only: give HOST:PORT, e.g. 127.0.0.1:7401" in capsys.readouterr().err
