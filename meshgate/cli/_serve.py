@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,9 @@ def run(args: argparse.Namespace) -> int:
             watch_config=not args.no_watch,
         )
     except KeyError as exc:
-        print(f"meshgate serve: {exc.args[0]}", file=sys.stderr)
+        close = difflib.get_close_matches(args.region, config.region_names, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        print(f"meshgate serve: {exc.args[0]}{hint}", file=sys.stderr)
         return 2
     except ConfigError as exc:  # e.g. replication between the regions that nothing authenticates
         for issue in exc.errors:

@@ -127,3 +127,12 @@ def test_a_bare_port_for_the_gateway_is_a_usage_error_that_says_host_port(
         main([command[0], "-g", "7401", *command[1:]])
     assert exc.value.code == 2
     assert "'7401' is a port only: give HOST:PORT, e.g. 127.0.0.1:7401" in capsys.readouterr().err
+
+
+def test_serve_of_a_misspelt_region_suggests_the_region(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    quickstart = str(EXAMPLES_DIR / "quickstart.yaml")
+    assert main(["serve", "-c", quickstart, "--region", "eu-centrl", "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "region 'eu-centrl' is not in" in err
+    assert err.rstrip().endswith("(regions: us-west, eu-central, ap-south); did you mean 'eu-central'?")
+    assert list(tmp_path.iterdir()) == []  # refused before anything started
