@@ -109,3 +109,14 @@ def test_route_loads_the_file_without_the_gateway_or_the_watcher() -> None:
     assert rc == 0
     assert "meshgate.config._loader" in modules
     assert _loaded(modules, (*_SERVER_SIDE, "meshgate.config._reload")) == []
+
+
+@pytest.mark.parametrize("module", ["meshgate.config", "meshgate.router", "meshgate.brokers"])
+def test_the_model_and_the_topic_syntax_come_without_the_file_loader(module: str) -> None:
+    # meshgate.brokers imports meshgate.router for the topic syntax, and the router imports the
+    # config model: neither needs jsonschema, YAML or the certificate checks of the loader.
+    code = f"import json, sys; import {module}; print(json.dumps(sorted(sys.modules)))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    modules = set(json.loads(proc.stdout.splitlines()[-1]))
+    assert _loaded(modules, (*_LOADER, "meshgate.config._loader", "meshgate.config._reload")) == []
