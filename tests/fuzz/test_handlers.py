@@ -23,6 +23,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -175,39 +176,39 @@ def _wild_time(draw: st.DrawFn, ts: Timestamp) -> None:
     ts.nanos = draw(st.one_of(st.integers(0, 999_999_999), wide_int32))
 
 
+def _wild_scalars() -> dict[str, st.SearchStrategy[Any]]:
+    """The wild value of each scalar field, by field name."""
+    return {
+        "topic": topic_text,
+        "id": st.one_of(st.just(""), st.text(max_size=300)),
+        "source": st.one_of(st.just(""), short_text, st.text(min_size=2000, max_size=2100)),
+        "type": st.one_of(st.just(""), short_text),
+        "specversion": st.sampled_from(["0.3", "1.0\x00", "2"]),
+        "datacontenttype": st.one_of(st.sampled_from(["application/json", "text/plain; a=b", "x"]), short_text),
+        "data": st.one_of(st.binary(max_size=64), st.just(b"x" * (LIMITS.max_data_bytes + 1))),
+        "key": short_text,
+        "origin": short_text,
+        "sequence": wide_uint64,
+        "origin_sequence": wide_uint64,
+        "stream": stream_text,
+        "origin_stream": stream_text,
+    }
+
+
+WILD_SCALARS = _wild_scalars()
+
+
 def _wild_event_field(draw: st.DrawFn, ev: event_pb2.Event, name: str) -> None:
-    if name == "topic":
-        ev.topic = draw(topic_text)
-    elif name == "id":
-        ev.id = draw(st.one_of(st.just(""), st.text(max_size=300)))
-    elif name == "source":
-        ev.source = draw(st.one_of(st.just(""), short_text, st.text(min_size=2000, max_size=2100)))
-    elif name == "type":
-        ev.type = draw(st.one_of(st.just(""), short_text))
-    elif name == "specversion":
-        ev.specversion = draw(st.sampled_from(["0.3", "1.0\x00", "2"]))
+    if name in WILD_SCALARS:
+        setattr(ev, name, draw(WILD_SCALARS[name]))
     elif name == "time":
         _wild_time(draw, ev.time)
-    elif name == "datacontenttype":
-        ev.datacontenttype = draw(st.one_of(st.sampled_from(["application/json", "text/plain; a=b", "x"]), short_text))
-    elif name == "data":
-        ev.data = draw(st.one_of(st.binary(max_size=64), st.just(b"x" * (LIMITS.max_data_bytes + 1))))
     elif name == "extensions":
         ev.extensions.update(draw(st.dictionaries(ext_names, short_text, min_size=1, max_size=10)))
-    elif name == "key":
-        ev.key = draw(short_text)
-    elif name == "origin":
-        ev.origin = draw(short_text)
     elif name == "route":
         ev.route.extend(draw(st.lists(short_text, max_size=3)))
-    elif name == "sequence":
-        ev.sequence = draw(wide_uint64)
-    elif name == "origin_sequence":
-        ev.origin_sequence = draw(wide_uint64)
-    elif name == "stream":
-        ev.stream = draw(stream_text)
-    elif name == "origin_stream":
-        ev.origin_stream = draw(stream_text)
+    else:
+        raise AssertionError(f"no wild value for field {name!r}")
 
 
 EVENT_FIELDS = [

@@ -106,6 +106,28 @@ def _attrs(span: trace_pb2.Span) -> dict[str, Any]:
     return {a.key: _value(a.value) for a in span.attributes}
 
 
+def _assert_one_trace(spans: list[ReceivedSpan], trace_id: int) -> None:
+    """One trace, the producer's, over both regions; each span with the messaging attributes."""
+    assert {s.span.trace_id for s in spans} == {trace_id.to_bytes(16, "big")}
+    assert {s.region for s in spans} == {"a", "b"}
+    expected_service = os.environ.get("OTEL_SERVICE_NAME") or "meshgate"
+    for s in spans:
+        assert s.resource.get("service.name") == expected_service
+        assert _attrs(s.span)["messaging.system"] == "nats"
+        assert _attrs(s.span)["messaging.destination.name"] == "orders/created"
+        assert _attrs(s.span)["cloud.region"] == s.region
+
+
+def _chain(spans: list[ReceivedSpan], last: ReceivedSpan) -> tuple[list[tuple[str, str]], int]:
+    """The (region, name) of each ancestor of ``last`` among ``spans``, and the parent id of the first."""
+    by_id = {s.span.span_id: s for s in spans}
+    chain, at = [], last
+    while at.parent in by_id:
+        at = by_id[at.parent]
+        chain.append((at.region, at.span.name))
+    return chain, int.from_bytes(at.parent, "big")
+
+
 async def test_one_trace_across_two_regions(tmp_path: Path, otlp_receiver: tuple[Receiver, int]) -> None:
     receiver, otlp_port = otlp_receiver
     ports = {"a": free_port(), "b": free_port()}
@@ -159,15 +181,7 @@ async def test_one_trace_across_two_regions(tmp_path: Path, otlp_receiver: tuple
 
         spans = await wait_until(complete, 60, what="spans of the event from both regions")
 
-        # One trace: the producer's.
-        assert {s.span.trace_id for s in spans} == {trace_id.to_bytes(16, "big")}
-        assert {s.region for s in spans} == {"a", "b"}
-        expected_service = os.environ.get("OTEL_SERVICE_NAME") or "meshgate"
-        for s in spans:
-            assert s.resource.get("service.name") == expected_service
-            assert _attrs(s.span)["messaging.system"] == "nats"
-            assert _attrs(s.span)["messaging.destination.name"] == "orders/created"
-            assert _attrs(s.span)["cloud.region"] == s.region
+        _assert_one_trace(spans, trace_id)
 
         by_name = {(s.region, s.span.name): s for s in spans}
         publish = by_name["a", "orders/created publish"]
@@ -188,13 +202,10 @@ async def test_one_trace_across_two_regions(tmp_path: Path, otlp_receiver: tuple
         assert process.parent == send.span.span_id
         assert process.span.kind == trace_pb2.Span.SPAN_KIND_CONSUMER
         assert _attrs(process.span)["meshgate.dedup"] == "stored"
-        by_id = {s.span.span_id: s for s in spans}
-        chain, at = [], process
-        while at.parent in by_id:
-            at = by_id[at.parent]
-            chain.append((at.region, at.span.name))
-        assert chain == [("a", "orders/created send"), ("a", "orders/created publish")]
-        assert at.parent == producer_span.to_bytes(8, "big")
+        assert _chain(spans, process) == (
+            [("a", "orders/created send"), ("a", "orders/created publish")],
+            producer_span,
+        )
         # Spans nest in time: the send covers b's processing, the publish starts first.
         assert publish.span.start_time_unix_nano <= send.span.start_time_unix_nano
         assert send.span.start_time_unix_nano <= process.span.start_time_unix_nano
