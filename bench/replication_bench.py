@@ -101,10 +101,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _r(x: float, nd: int = 0) -> float | int | None:
+def _r(x: float, digits: int = 0) -> float | int | None:
     if math.isnan(x):
         return None
-    return round(x, nd) if nd else round(x)
+    return round(x, digits) if digits else round(x)
 
 
 def _ratio(m: float, a: float) -> float | None:
