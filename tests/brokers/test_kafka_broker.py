@@ -38,6 +38,7 @@ from meshgate.config import KafkaSettings
 from meshgate.testing import Tansu
 from meshgate.v1 import event_pb2
 from tests._servers import TEST_ACK_TIMEOUT, TEST_KAFKA_MAX_MESSAGE_BYTES, make_kafka_broker
+from tests._wait import eventually
 from tests.brokers._contract import (
     BOUND,
     BrokerContract,
@@ -115,13 +116,19 @@ async def fetch_until(consumer: KafkaDurableConsumer, count: int, *, ack: bool =
 
 async def wait_for_assignment(*consumers: KafkaDurableConsumer, streams: int) -> None:
     """Until the group has given out ``streams`` streams, each to exactly one of ``consumers``."""
-    async with asyncio.timeout(BOUND * 2):
-        while True:
-            owned = [c.assignment for c in consumers]
-            union = frozenset().union(*owned)
-            if all(owned) and len(union) == streams and sum(len(o) for o in owned) == streams:
-                return
-            await asyncio.sleep(0.05)
+
+    def assigned() -> bool:
+        owned = [c.assignment for c in consumers]
+        union = frozenset().union(*owned)
+        return all(owned) and len(union) == streams and sum(len(o) for o in owned) == streams
+
+    await eventually(
+        assigned,
+        BOUND * 2,
+        interval=0.05,
+        what=f"{streams} streams each given to one of {len(consumers)} consumers",
+        status=lambda: [sorted(c.assignment) for c in consumers],
+    )
 
 
 class TestKafkaBroker(BrokerContract):

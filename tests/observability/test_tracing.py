@@ -33,7 +33,8 @@ from meshgate.gateway._tracing import BatchTrace, Tracing, tracing_configured
 from meshgate.testing import ServeProcess
 from meshgate.v1 import event_pb2, gateway_pb2, gateway_pb2_grpc
 from tests._replication import VARIABLE
-from tests.e2e._mesh import free_port, wait_until
+from tests._wait import eventually
+from tests.e2e._mesh import free_port
 from tests.gateway._helpers import ev, read_all
 from tests.gateway.conftest import mesh_for
 
@@ -179,7 +180,7 @@ async def test_one_trace_across_two_regions(tmp_path: Path, otlp_receiver: tuple
             wanted = {("a", "orders/created publish"), ("a", "orders/created send"), ("b", "orders/created process")}
             return spans if wanted <= names else None
 
-        spans = await wait_until(complete, 60, what="spans of the event from both regions")
+        spans = await eventually(complete, 60, what="spans of the event from both regions")
 
         _assert_one_trace(spans, trace_id)
 

@@ -31,7 +31,7 @@ from meshgate.v1 import (
 )
 from tests._cli import run_cli
 from tests._replication import METADATA, SECURITY
-from tests.e2e._mesh import wait_until
+from tests._wait import eventually
 from tests.gateway._helpers import rpc_error, running_gateway, stream_error, two_region_mesh
 from tests.security._tokens import (
     ADMIN_TOKEN,
@@ -297,7 +297,7 @@ async def test_a_reload_swaps_tokens_and_allow_lists_even_for_open_streams(write
             await audit_stream.write(gateway_pb2.PublishRequest(events=[ev("audit/a", id="audit-before")], batch_id=1))
             ack = await audit_stream.read()
             assert isinstance(ack, gateway_pb2.PublishResponse) and ack.results[0].outcome == _ACCEPTED
-            await wait_until(lambda: gw.client_streams.count("auditor") == 2, 10, what="the auditor's two streams")
+            await eventually(lambda: gw.client_streams.count("auditor") == 2, 10, what="the auditor's two streams")
             assert (await rpc_error(gateway_pb2_grpc.GatewayStub(spare).Publish(
                 gateway_pb2.PublishRequest(events=[ev()])
             ))).code() is grpc.StatusCode.UNAUTHENTICATED  # fmt: skip
@@ -336,7 +336,7 @@ async def test_a_reload_swaps_tokens_and_allow_lists_even_for_open_streams(write
                 "the token of client 'auditor' was removed from the mesh file by a reload;"
                 " reconnect with a current token"
             )
-            await wait_until(lambda: gw.client_streams.count("auditor") == 0, 10, what="the auditor's slots back")
+            await eventually(lambda: gw.client_streams.count("auditor") == 0, 10, what="the auditor's slots back")
             assert "audit-after" not in {e.id async for e in _read(gw, "audit/>")}
             # New calls with the removed token are refused; the new client's are not.
             err = await rpc_error(
@@ -423,7 +423,7 @@ async def test_locate_in_every_region_passes_the_callers_token(
                     assert not where["there"].error, where["there"].error  # not UNAUTHENTICATED from the peer
                     return where["here"].found and where["there"].found
 
-                await wait_until(in_both, 30, what="loc-1 in both regions")
+                await eventually(in_both, 30, what="loc-1 in both regions")
         finally:
             await here.stop()
             await there.stop()
