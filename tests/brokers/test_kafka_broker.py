@@ -1,7 +1,8 @@
 """KafkaBroker against a real Kafka-protocol broker (tansu): the broker contract, then what is Kafka-specific.
 
-tansu keeps everything in memory, so a restart of it is a new, empty cluster: the contract
-cases about data surviving a broker restart are skipped with that reason. The cases that assume
+tansu keeps everything in memory, so a restart of it is a new, empty cluster: data surviving a
+broker kill, and leases (a Kafka region has none), are DurableLeasesContract's, which only the
+NATS tests inherit. The cases that assume
 one log with one sequence (NATS JetStream: one stream) are replaced by their Kafka meaning:
 order and uniqueness per stream (topic-partition), and a read across partitions compared per
 stream.
@@ -51,8 +52,6 @@ from tests.brokers._contract import (
     sequences,
     state_of,
 )
-
-TANSU_IS_MEMORY_ONLY = "tansu keeps its data in memory only: a restarted tansu is an empty cluster"
 
 
 class _KafkaBackend:
@@ -191,7 +190,7 @@ class TestKafkaBroker(BrokerContract):
             )
         reader = broker.read("orders/*", start=StartAt(earliest=True), max_batch=400)
         got = await collect(reader, n)
-        await reader.aclose()  # type: ignore[attr-defined]
+        await reader.aclose()
         assert len(got) == n
         expected: dict[str, list[str]] = defaultdict(list)
         for i, r in enumerate(appended):
@@ -281,12 +280,6 @@ class TestKafkaBroker(BrokerContract):
             await a.close()
             await b.close()
 
-    # -- what a memory-only broker cannot show ------------------------------------------------
-
-    @pytest.mark.skip(reason=TANSU_IS_MEMORY_ONLY)
-    async def test_acked_events_survive_server_kill(self) -> None:
-        raise AssertionError("skipped")
-
     # -- leases: none in Kafka regions --------------------------------------------------------
 
     async def test_one_owner_per_lease_and_takeover(self, new_broker: BrokerFactory) -> None:
@@ -297,10 +290,6 @@ class TestKafkaBroker(BrokerContract):
             assert info.value.retriable is False
             with pytest.raises(BrokerError, match="does not use leases"):
                 await broker.release_lease("link.there", "replica-1")
-
-    @pytest.mark.skip(reason="a Kafka region has no leases (shares_work): see test_one_owner_per_lease_and_takeover")
-    async def test_lease_lapses_when_not_renewed(self) -> None:
-        raise AssertionError("skipped")
 
 
 # -- topics ---------------------------------------------------------------------------------
@@ -415,7 +404,7 @@ async def test_latest_and_log_position_count_whole_batches(kafka_broker: KafkaBr
             break
     batch = await asyncio.wait_for(first, BOUND)
     assert batch and all(e.id.startswith("new-") for e in batch)
-    await reader.aclose()  # type: ignore[attr-defined]
+    await reader.aclose()
 
 
 async def test_read_from_a_time_inside_a_partition(kafka_broker: KafkaBroker) -> None:
@@ -515,7 +504,7 @@ async def test_commits_survive_a_restart_of_every_replica(tansu: Tansu) -> None:
         # Each acks the first of each of its partitions, then both go away.
         for consumer in (a, b):
             got = await fetch_until(consumer, 4 * len(consumer.assignment), ack=False)
-            firsts = {}
+            firsts: dict[str, Delivery] = {}
             for d in got:
                 firsts.setdefault(d.event.stream, d)
             await consumer.ack(list(firsts.values()))

@@ -36,6 +36,7 @@ from tests.brokers._contract import (
     BOUND,
     BrokerContract,
     BrokerFactory,
+    DurableLeasesContract,
     make_event,
     read_events,
     sequences,
@@ -60,7 +61,7 @@ class _NatsBackend:
         await self.server.kill()
 
 
-class TestNatsBroker(BrokerContract):
+class TestNatsBroker(BrokerContract, DurableLeasesContract):
     @pytest.fixture
     def new_broker(self, nats_server: EmbeddedNats) -> BrokerFactory:
         return lambda: make_nats_broker(nats_server)
@@ -447,7 +448,7 @@ async def test_an_open_that_loses_its_generation_number_takes_the_next(
 async def test_one_ack_per_batch_covers_skipped_deliveries_only_after_the_forwarded(
     nats_broker: NatsBroker,
 ) -> None:
-    here_there = {"origin": "here", "route": ["here", "there"]}
+    here_there: dict[str, Any] = {"origin": "here", "route": ["here", "there"]}
     await nats_broker.append(
         [
             make_event("orders/a", "s-1", **here_there),

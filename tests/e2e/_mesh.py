@@ -356,10 +356,10 @@ class MeshCluster:
             region.channel = grpc.aio.insecure_channel(region.listen, options=_CHANNEL_OPTIONS)
         return region.channel
 
-    def stub(self, name: str, replica: int = 0) -> gateway_pb2_grpc.GatewayStub:
+    def stub(self, name: str, replica: int = 0) -> gateway_pb2_grpc.GatewayAsyncStub:
         return gateway_pb2_grpc.GatewayStub(self.channel(name, replica))
 
-    def admin(self, name: str, replica: int = 0) -> admin_pb2_grpc.AdminStub:
+    def admin(self, name: str, replica: int = 0) -> admin_pb2_grpc.AdminAsyncStub:
         return admin_pb2_grpc.AdminStub(self.channel(name, replica))
 
     async def status(self, name: str, timeout: float = 5.0, *, replica: int = 0) -> admin_pb2.StatusResponse:
@@ -449,7 +449,7 @@ class MeshCluster:
     # --- diagnostics -----------------------------------------------------------------------------
 
     def logs(self, name: str) -> str:
-        parts = []
+        parts: list[str] = []
         for region in (self.regions[name], *self.more_replicas[name]):
             label = name if region.replica == 0 else f"{name} replica {region.replica}"
             parts.extend(f"--- {label}: incarnation {i + 1} ---\n{text}" for i, text in enumerate(region.history))

@@ -27,7 +27,9 @@ ACC, DUP, REJ = event_pb2.OUTCOME_ACCEPTED, event_pb2.OUTCOME_DUPLICATE, event_p
 # --- the ledger, by hand -----------------------------------------------------------------------
 
 
-def _ack(ev: event_pb2.Event, seq: int, route: Sequence[str], outcome: int = ACC) -> event_pb2.EventResult:
+def _ack(
+    ev: event_pb2.Event, seq: int, route: Sequence[str], outcome: event_pb2.Outcome.ValueType = ACC
+) -> event_pb2.EventResult:
     return event_pb2.EventResult(id=ev.id, outcome=outcome, sequence=seq, route=sorted(route))
 
 

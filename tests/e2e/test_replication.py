@@ -6,6 +6,7 @@ with its attributes; links report REPLICATING with no lag; the CLI shows it all.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 
 import pytest
@@ -101,7 +102,7 @@ async def test_replicated_event_keeps_its_attributes_and_the_cli_shows_it(make_m
 
     for region in (US, AP):
         got = await eventually(
-            lambda r=region: _read_ids(cluster, r, 3), 30, what=f"the 3 events of eu-central in {region}"
+            functools.partial(_read_ids, cluster, region, 3), 30, what=f"the 3 events of eu-central in {region}"
         )
         assert [e.id for e in got] == ["attr-1", "attr-2", "attr-3"], region
         for e, orig, pub in zip(got, (at_origin[i] for i in ("attr-1", "attr-2", "attr-3")), sent, strict=True):

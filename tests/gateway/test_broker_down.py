@@ -16,7 +16,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from meshgate.brokers import BrokerState, NatsBroker
 from meshgate.brokers.embedded import EmbeddedNats, EmbeddedNatsBroker, RestartPolicy, find_nats_server
@@ -24,6 +24,7 @@ from meshgate.config import BrokerKind, MeshConfig, NatsSettings, RegionConfig, 
 from meshgate.gateway import HEALTHZ_PATH, READYZ_PATH, Gateway
 from meshgate.replicator import LinkOptions
 from meshgate.v1 import admin_pb2, event_pb2, gateway_pb2, gateway_pb2_grpc
+from tests._health import async_health_stub
 from tests._replication import SECURITY
 from tests._wait import eventually
 from tests.gateway._helpers import ev, nats_region, read_all, started_gateways
@@ -75,7 +76,7 @@ async def publish(gw: Gateway, ids: list[str]) -> gateway_pb2.PublishResponse:
 
 async def health(gw: Gateway) -> int:
     async with grpc.aio.insecure_channel(gw.address) as ch:
-        resp = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""))
+        resp = await async_health_stub(ch).Check(health_pb2.HealthCheckRequest(service=""))
         return int(resp.status)
 
 

@@ -60,7 +60,7 @@ async def small_server(tmp_path: Path) -> AsyncIterator[SmallStoreNats]:
 
 
 async def publish_stream(
-    stub: gateway_pb2_grpc.GatewayStub, batches: list[list[event_pb2.Event]]
+    stub: gateway_pb2_grpc.GatewayAsyncStub, batches: list[list[event_pb2.Event]]
 ) -> list[gateway_pb2.PublishResponse]:
     async def requests() -> AsyncIterator[gateway_pb2.PublishRequest]:
         for i, events in enumerate(batches):

@@ -13,12 +13,13 @@ from urllib.parse import urlparse
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from meshgate.brokers.embedded import EmbeddedNats
 from meshgate.gateway import Gateway, GatewayState
 from meshgate.testing import ServeProcess, freeze
 from meshgate.v1 import admin_pb2, admin_pb2_grpc, event_pb2, gateway_pb2, gateway_pb2_grpc
+from tests._health import async_health_stub
 from tests.gateway._helpers import ev, read_all
 from tests.gateway.conftest import GatewayFactory
 
@@ -67,7 +68,7 @@ async def test_start_and_stop_are_safe_twice(make_gateway: GatewayFactory) -> No
 async def test_health_serving_then_not_serving(make_gateway: GatewayFactory) -> None:
     gw: Gateway = await make_gateway()
     async with grpc.aio.insecure_channel(gw.address) as ch:
-        health = health_pb2_grpc.HealthStub(ch)
+        health = async_health_stub(ch)
         resp = await health.Check(health_pb2.HealthCheckRequest(service="meshgate.v1.Gateway"))
         assert resp.status == health_pb2.HealthCheckResponse.SERVING
         watch = health.Watch(health_pb2.HealthCheckRequest(service=""))

@@ -6,6 +6,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -41,7 +42,7 @@ async def replicate(address: str, *batches: list[event_pb2.Event], source: str =
         return [[r.outcome for r in resp.results] async for resp in call]
 
 
-async def start_gateway(server: EmbeddedNats, tmp_path: Path, *, window: float = 900.0, **nats: object) -> Gateway:
+async def start_gateway(server: EmbeddedNats, tmp_path: Path, *, window: float = 900.0, **nats: Any) -> Gateway:
     base = mesh_for(server)
     regions = tuple(
         r if r.name != "here" else type(r)(**{**{f: getattr(r, f) for f in r.__slots__}, "nats": NatsSettings(**nats)})

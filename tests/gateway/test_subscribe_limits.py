@@ -36,6 +36,12 @@ MiB = 1024 * 1024
 _ACCEPTED = event_pb2.OUTCOME_ACCEPTED
 
 
+def _nats_stream(gw: Gateway) -> str:
+    """The JetStream stream of a NATS region's gateway."""
+    assert isinstance(gw.broker, NatsBroker), gw.broker
+    return gw.broker.settings.stream
+
+
 @pytest.fixture
 async def make_gateway(nats_server: EmbeddedNats, tmp_path: Path) -> AsyncIterator[Any]:
     async with started_gateways() as start:
@@ -52,7 +58,9 @@ async def make_gateway(nats_server: EmbeddedNats, tmp_path: Path) -> AsyncIterat
         yield make
 
 
-async def _publish_backlog(stub: gateway_pb2_grpc.GatewayStub, n: int, size: int, *, per_request: int) -> list[str]:
+async def _publish_backlog(
+    stub: gateway_pb2_grpc.GatewayAsyncStub, n: int, size: int, *, per_request: int
+) -> list[str]:
     ids = [f"big-{i:04d}" for i in range(n)]
     payload = b"b" * size
     for start in range(0, n, per_request):
@@ -152,7 +160,7 @@ async def test_subscribe_pulls_carry_max_bytes(make_gateway: Any, nats_server: E
     async def on_pull(msg: Any) -> None:
         pulls.append(json.loads(msg.data))
 
-    await watcher.subscribe(f"$JS.API.CONSUMER.MSG.NEXT.{gw.broker.settings.stream}.*", cb=on_pull)
+    await watcher.subscribe(f"$JS.API.CONSUMER.MSG.NEXT.{_nats_stream(gw)}.*", cb=on_pull)
     await watcher.flush()
     try:
         async with grpc.aio.insecure_channel(gw.address) as ch:
@@ -206,7 +214,7 @@ async def test_slow_subscribers_hold_at_most_their_bytes(make_gateway: Any, nats
                 return all(b.waiting for b in bufs) and len(seen) >= 4 and len(set(seen[-4:])) == 1
 
             await eventually(stalled, 60, interval=0.25, what="every Subscribe call to wait on its client")
-            readers = await _reader_consumers(nats_server, gw.broker.settings.stream)
+            readers = await _reader_consumers(nats_server, _nats_stream(gw))
             sent = sum(b.sent for b in gw.subscriptions.live)
             # What the broker handed the gateway and gRPC has not taken, from JetStream's own books.
             delivered = sum(r.delivered.consumer_seq for r in readers)

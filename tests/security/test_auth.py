@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf import descriptor_pb2
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from meshgate.brokers.embedded import EmbeddedNats
 from meshgate.config import (
@@ -30,6 +30,7 @@ from meshgate.v1 import (
     replication_pb2_grpc,
 )
 from tests._cli import run_cli
+from tests._health import async_health_stub
 from tests._replication import METADATA, SECURITY
 from tests._wait import eventually
 from tests.gateway._helpers import rpc_error, running_gateway, stream_error, two_region_mesh
@@ -142,7 +143,7 @@ async def test_every_client_method_needs_a_token(secure_gw: Gateway) -> None:
 
 async def test_health_and_replication_are_not_token_checked(secure_gw: Gateway) -> None:
     async with grpc.aio.insecure_channel(secure_gw.address) as ch:
-        health = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest())
+        health = await async_health_stub(ch).Check(health_pb2.HealthCheckRequest())
         assert health.status == health_pb2.HealthCheckResponse.SERVING
         # Replication is for peers, authenticated by the regions' secret (or mTLS), not by client
         # tokens: a token check would break every link.

@@ -124,7 +124,11 @@ async def test_two_regions_replicate_with_the_secret_and_not_with_a_wrong_one(
             (status,) = [s for s in replicator.statuses() if s.destination == "there"]
             return status.last_error
 
-        error = await eventually(lambda: "UNAUTHENTICATED" in link_error() and link_error(), 20, what="link refused")
+        def refused() -> str | None:
+            error = link_error()
+            return error if "UNAUTHENTICATED" in error else None
+
+        error = await eventually(refused, 20, what="link refused")
         assert "replication secret" in error and "w" * 40 not in error
         async with grpc.aio.insecure_channel(there.address) as ch:
             assert await read_all(gateway_pb2_grpc.GatewayStub(ch), idle=0.3) == []

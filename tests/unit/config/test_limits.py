@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -141,7 +142,7 @@ async def test_a_poll_refuses_a_file_over_the_limit_once(tmp_path: Path, monkeyp
     from meshgate.config import _reload
 
     reads: list[str] = []
-    read = _reload.__dict__.get("read_config_file", Path.read_bytes)
+    read: Callable[[Path], bytes] = _reload.__dict__.get("read_config_file", Path.read_bytes)
 
     def counted(path: Path) -> bytes:
         reads.append(str(path))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -66,7 +67,7 @@ async def test_a_file_written_in_place_in_two_halves_is_applied_only_whole(
         reads.append(data)
         return data
 
-    read = _reload.__dict__.get("read_config_file", Path.read_bytes)
+    read: Callable[[Path], bytes] = _reload.__dict__.get("read_config_file", Path.read_bytes)
     monkeypatch.setattr(_reload, "read_config_file", counted, raising=False)
     applied: list[MeshConfig] = []
     watcher = ConfigWatcher(path=mesh, on_change=applied.append, poll_interval=0.02, settle=3.0)
