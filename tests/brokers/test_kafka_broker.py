@@ -206,8 +206,9 @@ class TestKafkaBroker(BrokerContract):
         assert stored is not None
         # Kafka stores milliseconds: start 1 ms after "before", and write the rest after that.
         at = stored + timedelta(milliseconds=1)
-        while datetime.now(UTC) <= at + timedelta(milliseconds=1):
-            await asyncio.sleep(0.001)
+        await eventually(
+            lambda: datetime.now(UTC) > at + timedelta(milliseconds=1), 1, interval=0.001, what="the next millisecond"
+        )
         results_of(
             await broker.append(
                 [make_event("orders/created", "after-1", key="k"), make_event("orders/created", "after-2", key="k")]
@@ -414,8 +415,9 @@ async def test_read_from_a_time_inside_a_partition(kafka_broker: KafkaBroker) ->
     stored = await kafka_broker.stored_time(first[-1].sequence, stream=first[-1].stream)
     assert stored is not None
     at = stored + timedelta(milliseconds=1)
-    while datetime.now(UTC) <= at + timedelta(milliseconds=1):
-        await asyncio.sleep(0.001)
+    await eventually(
+        lambda: datetime.now(UTC) > at + timedelta(milliseconds=1), 1, interval=0.001, what="the next millisecond"
+    )
     for i in range(3):
         results_of(await kafka_broker.append([make_event("orders/a", f"late-{i}-{j}", key="k") for j in range(7)]))
     got = await read_events(kafka_broker, "orders/a", 21, start=StartAt(time=at))
@@ -433,9 +435,7 @@ async def test_retry_on_another_live_replica_is_a_duplicate(tansu: Tansu) -> Non
         # Both replicas run before the write: the second learns the id from its follower.
         known = two.window_size
         [stored] = results_of(await one.append([make_event("orders/created", "retried")]))
-        async with asyncio.timeout(BOUND):
-            while two.window_size == known:
-                await asyncio.sleep(0.02)
+        await eventually(lambda: two.window_size != known, BOUND, interval=0.02, what="the id window to grow")
         assert await two.append([make_event("orders/created", "retried")]) == [
             AppendResult(stored.sequence, True, stored.stream)
         ]

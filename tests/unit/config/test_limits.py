@@ -14,6 +14,7 @@ import pytest
 
 from meshgate.config import ConfigError, ConfigWatcher, load_config, load_config_text
 from tests._cli import run_cli
+from tests._wait import eventually
 
 HEAD = """\
 event_mesh:
@@ -156,9 +157,12 @@ async def test_a_poll_refuses_a_file_over_the_limit_once(tmp_path: Path, monkeyp
     async with watcher:
         await asyncio.to_thread(mesh.write_text, HEAD + rules(1) + ("# padding\n" * (LIMIT // 10 + 1)))
         # Just written, the file is re-read at every poll (its mtime may hide the next write).
-        async with asyncio.timeout(10):
-            while len(reads) < 20 and watcher.config.sha256 == load_config_text(HEAD + rules(1), env={}).sha256:
-                await asyncio.sleep(0.01)
+        await eventually(
+            lambda: len(reads) >= 20 or watcher.config.sha256 != load_config_text(HEAD + rules(1), env={}).sha256,
+            10,
+            interval=0.01,
+            what="20 reads of the file, or a new config",
+        )
         assert len(refusals) == 1
         assert "more than the limit of 4194304 bytes" in refusals[0][0]
         value = watcher.registry.get_sample_value("meshgate_config_reloads_total", {"result": "refused"})
