@@ -155,7 +155,11 @@ async def test_a_poll_refuses_a_file_over_the_limit_once(tmp_path: Path, monkeyp
         path=mesh, on_change=lambda c: None, on_error=lambda r: refusals.append(r.errors), poll_interval=0.01
     )
     async with watcher:
-        await asyncio.to_thread(mesh.write_text, HEAD + rules(1) + ("# padding\n" * (LIMIT // 10 + 1)))
+        # Renamed into place whole: a poll that caught the 4 MB file half-written would see
+        # another file (another size) and rightly refuse that one too.
+        big = tmp_path / "mesh.yaml.new"
+        await asyncio.to_thread(big.write_text, HEAD + rules(1) + ("# padding\n" * (LIMIT // 10 + 1)))
+        big.replace(mesh)
         # Just written, the file is re-read at every poll (its mtime may hide the next write).
         await eventually(
             lambda: len(reads) >= 20 or watcher.config.sha256 != load_config_text(HEAD + rules(1), env={}).sha256,
