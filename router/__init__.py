@@ -19,7 +19,7 @@ from meshgate.router._router import (
     Router,
     UnknownRegionError,
 )
-from meshgate.router._topics import (
+from meshgate.topics import (
     MAX_LEVEL_LENGTH,
     MAX_LEVELS,
     pattern_covers,

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from meshgate.config._model import MeshConfig, RouteRule
-from meshgate.router._topics import _TOPIC_RE, validate_pattern, validate_topic
+from meshgate.topics import TOPIC_RE, validate_pattern, validate_topic
 
 __all__ = [
     "DEFAULT_CACHE_SIZE",
@@ -157,7 +157,7 @@ class Router:
         return bit
 
     def _decide(self, topic: str, origin: str) -> tuple[str, ...]:
-        if _TOPIC_RE.fullmatch(topic) is None:
+        if TOPIC_RE.fullmatch(topic) is None:
             raise InvalidTopicError(topic, validate_topic(topic) or f"invalid topic {topic!r}")
         mask = self._origin_bit(origin)
         # Most walks follow one branch; only a literal child next to a '*' child forks them.
