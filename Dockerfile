@@ -27,6 +27,7 @@ COPY meshgate/ meshgate/
 COPY brokers/ brokers/
 COPY config/ config/
 COPY gateway/ gateway/
+COPY observability/ observability/
 COPY proto/ proto/
 COPY replicator/ replicator/
 COPY router/ router/
