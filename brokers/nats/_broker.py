@@ -70,7 +70,7 @@ from meshgate.brokers._codec import (
     pattern_to_filter,
     unescape_header_value,
 )
-from meshgate.brokers._storage import StorageHealth
+from meshgate.brokers._storage import PROBE_KEY, StorageHealth
 from meshgate.brokers.nats._errors import (
     AckTimeoutError,
     MessageTooLargeError,
@@ -143,9 +143,6 @@ _MSG_ID_HEAD = b"NATS/1.0\r\nNats-Msg-Id: "
 _ZERO = 0x30
 # While the broker cannot store, a write of this key in the checkpoint bucket (not an event)
 # tells when it can again; first after this long, doubling up to the maximum.
-_PROBE_KEY = "mg-storage-probe"
-_PROBE_FIRST_SECONDS = 0.25
-_PROBE_MAX_SECONDS = 2.0
 
 
 class _Batch:
@@ -990,28 +987,19 @@ class NatsBroker(Broker):
 
     async def _probe_storage(self) -> None:
         """Writes a probe (not an event) until the broker stores again, or a write of an event does."""
-        delay = _PROBE_FIRST_SECONDS
-        storage = self.storage
-        while not self._stopping:
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, _PROBE_MAX_SECONDS)
-            if storage.problem is None:
-                return  # an event was stored meanwhile
-            try:
-                await self._recover_storage()
-                nc = await self._ready(wait=0.0)
-                kv = await self._checkpoints()
-                # Its own timeout: the probe must not wait out a reconnect longer than a write does.
-                await asyncio.wait_for(kv.put(_PROBE_KEY, b"%d" % nc.stats["out_msgs"]), self._ack_timeout)
-            except (BrokerError, *_NATS_FAILURES) as exc:
-                storage.failed_probes += 1
-                error = _broker_error(exc, "storage probe")
-                if isinstance(error, StorageFullError):
-                    storage.refused(str(error))
-                logger.debug("storage probe of %s: %s", self.name, error)
-                continue
-            storage.stored()
-            return
+        await self.storage.probe(self._probe_write, running=lambda: not self._stopping)
+
+    async def _probe_write(self) -> None:
+        try:
+            await self._recover_storage()
+            nc = await self._ready(wait=0.0)
+            kv = await self._checkpoints()
+            # Its own timeout: the probe must not wait out a reconnect longer than a write does.
+            await asyncio.wait_for(kv.put(PROBE_KEY, b"%d" % nc.stats["out_msgs"]), self._ack_timeout)
+        except BrokerError:
+            raise
+        except _NATS_FAILURES as exc:
+            raise _broker_error(exc, "storage probe") from exc
 
     async def _recover_storage(self) -> None:
         """What the adapter can do itself, between probes, to make the broker store again.
