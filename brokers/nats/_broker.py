@@ -1149,7 +1149,7 @@ class NatsBroker(Broker):
 
         async def pull(puller: PullSubscription, batch: int, size: int) -> None:
             # An event larger than the connection's whole share still comes (alone).
-            taken = await pull_bytes.acquire(size)
+            taken = await pull_bytes.take(size)
             # Given back when the request ends (its events arrived) or its puller closes.
             await puller.request(batch, no_wait=True, max_bytes=size, on_end=lambda: pull_bytes.release(taken))
 
