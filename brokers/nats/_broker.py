@@ -131,7 +131,7 @@ _DURABLE_MAX_ACK_PENDING = 50_000
 # A durable consumer's generations are named <name>@<n>. '@' is outside the alphabet of region
 # names ([A-Za-z0-9_-], so of link names mg-link-<destination>) and is refused in a name given
 # to durable_consumer: <name>@<n> can never be another name's generation (with '-', mg-link-b-2
-# would be both destination b's generation 2 and destination b-2's legacy consumer), and
+# would be both destination b's generation 2 and a name of destination b-2), and
 # JetStream takes it in a consumer name (which may not hold '.', '*', '>', whitespace, slashes).
 _GENERATION_SEP = "@"
 # JetStream's answer to a create-only request for a name that exists.
@@ -193,9 +193,7 @@ def _start_mode(start: StartAt) -> _StartMode:
 
 
 def _generation_of(name: str, base: str) -> int | None:
-    """The generation number of consumer ``name`` of durable consumer ``base`` (0: ``base`` itself), or None."""
-    if name == base:
-        return 0
+    """The generation number of consumer ``name`` of durable consumer ``base``, or None."""
     head, sep, number = name.rpartition(_GENERATION_SEP)
     if sep and head == base and number.isascii() and number.isdigit():
         return int(number)
@@ -1286,10 +1284,7 @@ class NatsBroker(Broker):
         return resp
 
     async def _generations(self, base: str) -> dict[str, int]:
-        """The stream's consumers that are generations of ``base``: name -> generation.
-
-        ``base`` itself (a link consumer from before generations) counts as generation 0.
-        """
+        """The stream's consumers that are generations of ``base``: name -> generation."""
         stream = self.settings.stream
         found: dict[str, int] = {}
         offset = 0
@@ -1466,8 +1461,7 @@ class NatsDurableConsumer(DurableConsumer):
     **Generations (the fence).** Every open and every ``reset`` creates a new JetStream
     consumer ``<name>@<n>``, one number above the highest generation of ``name`` on the
     stream, starting right after the highest ack floor among them, and then deletes the older
-    ones (the un-generationed ``<name>`` of earlier releases included: it is continued from its
-    floor). Taking the highest floor is safe because a floor only moves once everything up to
+    ones. Taking the highest floor is safe because a floor only moves once everything up to
     it is done: the reader of a generation acks a delivery only after the destination acked
     it and everything delivered before it. The create is create-only, so two replicas racing
     on a lease hand-over never share a generation (the loser of a number takes the next).
