@@ -9,13 +9,21 @@ gets no traffic to prove it wrong).
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-__all__ = ["StorageHealth", "StorageState"]
+from meshgate.brokers._base import BrokerError, StorageFullError
+
+__all__ = ["PROBE_KEY", "StorageHealth", "StorageState"]
+
+# The key of the probe write in the adapter's checkpoint store: never an event.
+PROBE_KEY = "mg-storage-probe"
+_PROBE_FIRST_SECONDS = 0.25
+_PROBE_MAX_SECONDS = 2.0
 
 logger = logging.getLogger("meshgate.brokers")
 
@@ -70,3 +78,23 @@ class StorageHealth:
         self.problem = None
         self.since = None
         self.refusals = 0
+
+    async def probe(self, write: Callable[[], Awaitable[object]], *, running: Callable[[], bool]) -> None:
+        """Calls ``write`` (a small write that is not an event; a BrokerError when refused), backing
+        off from 0.25 s to 2 s, until it stores, an event is stored meanwhile, or ``running()`` is false."""
+        delay = _PROBE_FIRST_SECONDS
+        while running():
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _PROBE_MAX_SECONDS)
+            if self.problem is None:
+                return  # an event was stored meanwhile
+            try:
+                await write()
+            except BrokerError as exc:
+                self.failed_probes += 1
+                if isinstance(exc, StorageFullError):
+                    self.refused(str(exc))
+                logger.debug("storage probe of %s: %s", self.name, exc)
+                continue
+            self.stored()
+            return

@@ -67,7 +67,7 @@ from meshgate.brokers._codec import (
     escape_header_value,
     unescape_header_value,
 )
-from meshgate.brokers._storage import StorageHealth
+from meshgate.brokers._storage import PROBE_KEY, StorageHealth
 from meshgate.brokers.kafka._clients import start_consumer, stop_consumer
 from meshgate.brokers.kafka._consumer import KafkaDurableConsumer
 from meshgate.brokers.kafka._errors import (
@@ -96,9 +96,6 @@ logger = logging.getLogger(__name__)
 
 # While no broker can store, a checkpoint write under this key (not an event) tells when one can
 # again; first after this long, doubling up to the maximum.
-_PROBE_KEY = "mg-storage-probe"
-_PROBE_FIRST_SECONDS = 0.25
-_PROBE_MAX_SECONDS = 2.0
 
 # Bytes a record adds to its key, value and headers inside a batch, counted generously
 # (varints, attributes, the batch header of a batch of one): the size check stays on the
@@ -467,24 +464,10 @@ class KafkaBroker(Broker):
         )
 
     async def _probe_storage(self) -> None:
-        """Writes a checkpoint (not an event) until a broker stores again, or a write of an event does."""
-        delay = _PROBE_FIRST_SECONDS
-        storage = self.storage
-        while not self._stopping:
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, _PROBE_MAX_SECONDS)
-            if storage.problem is None:
-                return  # an event was stored meanwhile
-            try:
-                await self.put_checkpoint(_PROBE_KEY, b"%d" % self.stats.acked)
-            except BrokerError as exc:
-                storage.failed_probes += 1
-                if isinstance(exc, StorageFullError):
-                    storage.refused(str(exc))
-                logger.debug("storage probe of %s: %s", self.name, exc)
-                continue
-            storage.stored()
-            return
+        """Writes a checkpoint (not an event) until the broker stores again, or a write of an event does."""
+        await self.storage.probe(
+            lambda: self.put_checkpoint(PROBE_KEY, b"%d" % self.stats.acked), running=lambda: not self._stopping
+        )
 
     def _note(self, ok: bool) -> None:
         """Follows the cluster's reachability from the outcome of requests (aiokafka has no callbacks)."""

@@ -70,7 +70,7 @@ from meshgate.brokers._codec import (
     pattern_to_filter,
     unescape_header_value,
 )
-from meshgate.brokers._storage import StorageHealth
+from meshgate.brokers._storage import PROBE_KEY, StorageHealth
 from meshgate.brokers.nats._errors import (
     AckTimeoutError,
     MessageTooLargeError,
@@ -131,7 +131,7 @@ _DURABLE_MAX_ACK_PENDING = 50_000
 # A durable consumer's generations are named <name>@<n>. '@' is outside the alphabet of region
 # names ([A-Za-z0-9_-], so of link names mg-link-<destination>) and is refused in a name given
 # to durable_consumer: <name>@<n> can never be another name's generation (with '-', mg-link-b-2
-# would be both destination b's generation 2 and destination b-2's legacy consumer), and
+# would be both destination b's generation 2 and a name of destination b-2), and
 # JetStream takes it in a consumer name (which may not hold '.', '*', '>', whitespace, slashes).
 _GENERATION_SEP = "@"
 # JetStream's answer to a create-only request for a name that exists.
@@ -143,9 +143,6 @@ _MSG_ID_HEAD = b"NATS/1.0\r\nNats-Msg-Id: "
 _ZERO = 0x30
 # While the broker cannot store, a write of this key in the checkpoint bucket (not an event)
 # tells when it can again; first after this long, doubling up to the maximum.
-_PROBE_KEY = "mg-storage-probe"
-_PROBE_FIRST_SECONDS = 0.25
-_PROBE_MAX_SECONDS = 2.0
 
 
 class _Batch:
@@ -196,9 +193,7 @@ def _start_mode(start: StartAt) -> _StartMode:
 
 
 def _generation_of(name: str, base: str) -> int | None:
-    """The generation number of consumer ``name`` of durable consumer ``base`` (0: ``base`` itself), or None."""
-    if name == base:
-        return 0
+    """The generation number of consumer ``name`` of durable consumer ``base``, or None."""
     head, sep, number = name.rpartition(_GENERATION_SEP)
     if sep and head == base and number.isascii() and number.isdigit():
         return int(number)
@@ -990,28 +985,19 @@ class NatsBroker(Broker):
 
     async def _probe_storage(self) -> None:
         """Writes a probe (not an event) until the broker stores again, or a write of an event does."""
-        delay = _PROBE_FIRST_SECONDS
-        storage = self.storage
-        while not self._stopping:
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, _PROBE_MAX_SECONDS)
-            if storage.problem is None:
-                return  # an event was stored meanwhile
-            try:
-                await self._recover_storage()
-                nc = await self._ready(wait=0.0)
-                kv = await self._checkpoints()
-                # Its own timeout: the probe must not wait out a reconnect longer than a write does.
-                await asyncio.wait_for(kv.put(_PROBE_KEY, b"%d" % nc.stats["out_msgs"]), self._ack_timeout)
-            except (BrokerError, *_NATS_FAILURES) as exc:
-                storage.failed_probes += 1
-                error = _broker_error(exc, "storage probe")
-                if isinstance(error, StorageFullError):
-                    storage.refused(str(error))
-                logger.debug("storage probe of %s: %s", self.name, error)
-                continue
-            storage.stored()
-            return
+        await self.storage.probe(self._probe_write, running=lambda: not self._stopping)
+
+    async def _probe_write(self) -> None:
+        try:
+            await self._recover_storage()
+            nc = await self._ready(wait=0.0)
+            kv = await self._checkpoints()
+            # Its own timeout: the probe must not wait out a reconnect longer than a write does.
+            await asyncio.wait_for(kv.put(PROBE_KEY, b"%d" % nc.stats["out_msgs"]), self._ack_timeout)
+        except BrokerError:
+            raise
+        except _NATS_FAILURES as exc:
+            raise _broker_error(exc, "storage probe") from exc
 
     async def _recover_storage(self) -> None:
         """What the adapter can do itself, between probes, to make the broker store again.
@@ -1161,7 +1147,7 @@ class NatsBroker(Broker):
 
         async def pull(puller: PullSubscription, batch: int, size: int) -> None:
             # An event larger than the connection's whole share still comes (alone).
-            taken = await pull_bytes.acquire(size)
+            taken = await pull_bytes.take(size)
             # Given back when the request ends (its events arrived) or its puller closes.
             await puller.request(batch, no_wait=True, max_bytes=size, on_end=lambda: pull_bytes.release(taken))
 
@@ -1298,10 +1284,7 @@ class NatsBroker(Broker):
         return resp
 
     async def _generations(self, base: str) -> dict[str, int]:
-        """The stream's consumers that are generations of ``base``: name -> generation.
-
-        ``base`` itself (a link consumer from before generations) counts as generation 0.
-        """
+        """The stream's consumers that are generations of ``base``: name -> generation."""
         stream = self.settings.stream
         found: dict[str, int] = {}
         offset = 0
@@ -1478,8 +1461,7 @@ class NatsDurableConsumer(DurableConsumer):
     **Generations (the fence).** Every open and every ``reset`` creates a new JetStream
     consumer ``<name>@<n>``, one number above the highest generation of ``name`` on the
     stream, starting right after the highest ack floor among them, and then deletes the older
-    ones (the un-generationed ``<name>`` of earlier releases included: it is continued from its
-    floor). Taking the highest floor is safe because a floor only moves once everything up to
+    ones. Taking the highest floor is safe because a floor only moves once everything up to
     it is done: the reader of a generation acks a delivery only after the destination acked
     it and everything delivered before it. The create is create-only, so two replicas racing
     on a lease hand-over never share a generation (the loser of a number takes the next).

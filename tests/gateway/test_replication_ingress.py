@@ -267,23 +267,6 @@ async def test_two_streams_recovered_from_checkpoint_and_scan(nats_server: Embed
         await gw.stop()
 
 
-async def test_checkpoint_of_the_one_stream_format_still_loads(nats_server: EmbeddedNats, tmp_path: Path) -> None:
-    gw = await start_gateway(nats_server, tmp_path)
-    try:
-        # Written by a gateway from before streams: it speaks for stream "" (a NATS origin).
-        await gw.broker.put_checkpoint(
-            "replication.there", json.dumps({"acked": 3, "position": 0, "refused": {"5": "too large"}}).encode()
-        )
-        outcomes = await replicate(gw.address, from_there([2, 3, 4, 5]) + from_stream(A, [2]))
-        assert outcomes == [[DUPLICATE, DUPLICATE, ACCEPTED, REJECTED, ACCEPTED]]
-        assert positions(await stored(gw)) == [("", 4), (A, 2)]
-        # Moved to entries per stream; the old value only says so.
-        assert {name: s["acked"] for name, s in (await entries(gw)).items()} == {"": 5, A: 2}
-        assert "moved" in json.loads(await gw.broker.get_checkpoint("replication.there") or b"{}")
-    finally:
-        await gw.stop()
-
-
 # -- several calls from one origin at once (a Kafka source: one per replica of the source) -----
 
 
@@ -570,46 +553,13 @@ async def test_an_open_call_moves_up_the_entries_of_its_quiet_streams(
         # its own: that call keeps it up to date. This one leaves it as it is (had it written
         # it, the position would move up: the entry knows nothing this call does not) while it
         # goes on moving up its other streams.
-        theirs = json.dumps({"format": 3, "acked": 1, "above": [], "refused": {}, "position": "1"}).encode()
+        theirs = json.dumps({"format": 1, "acked": 1, "above": [], "refused": {}, "position": "1"}).encode()
         await gw.broker.put_checkpoint(stream_key("there", B), theirs)
         grown_again = await local_traffic(gw, 20)
         await until(lambda: moved_up("", grown_again))
         assert await gw.broker.get_checkpoint(stream_key("there", B)) == theirs
         await call.end()
         assert (await entries(gw))[A]["acked"] == 1
-    finally:
-        await gw.stop()
-
-
-async def test_format_2_checkpoint_moves_to_entries(nats_server: EmbeddedNats, tmp_path: Path) -> None:
-    gw = await start_gateway(nats_server, tmp_path)
-    try:
-        assert all(isinstance(r, AppendResult) for r in await gw.broker.append(as_stored(from_stream(B, [1, 2]))))
-        # A gateway of the previous version wrote one value for the origin, and no entries. What
-        # it knows of A is not in the log (A:1..3 were refused, or aged out): only it can tell.
-        old = {
-            "format": 2,
-            "position": await gw.broker.log_position(),
-            "streams": {
-                A: {"acked": 3, "above": [], "refused": {}},
-                B: {"acked": 1, "above": [2], "refused": {"5": "too large"}},
-            },
-        }
-        await gw.broker.put_checkpoint("replication.there", json.dumps(old).encode())
-        # Stored after the old value's position: only the scan from there finds it.
-        assert all(isinstance(r, AppendResult) for r in await gw.broker.append(as_stored(from_stream(B, [3]))))
-        resend = [*from_stream(A, [2, 3], tag="-r"), *from_stream(B, [2, 3], tag="-r")]
-        assert await replicate(gw.address, resend, from_stream(B, [4, 5], tag="-r")) == [
-            [DUPLICATE] * 4,
-            [ACCEPTED, REJECTED],
-        ]
-        saved = await entries(gw)
-        assert {name: s["acked"] for name, s in saved.items()} == {A: 3, B: 5}
-        assert "moved" in json.loads(await gw.broker.get_checkpoint("replication.there") or b"{}")
-        # From then on the entries are what a recovery reads (the poison event refused again).
-        outcomes = await replicate(gw.address, from_stream(B, [4, 5], tag="-rr") + from_stream(A, [4]))
-        assert outcomes == [[DUPLICATE, REJECTED, ACCEPTED]]
-        assert sorted(positions(await stored(gw))) == [(A, 4), (B, 1), (B, 2), (B, 3), (B, 4)]
     finally:
         await gw.stop()
 
