@@ -31,8 +31,6 @@ from meshgate.brokers._codec import (
     pattern_to_filter,
     subject_to_topic,
     topic_to_subject,
-    validate_pattern,
-    validate_topic,
 )
 from meshgate.brokers._factory import kafka_bootstrap_servers, make_broker, nats_server_urls
 from meshgate.brokers.embedded import EmbeddedNats, EmbeddedNatsBroker, EmbeddedNatsError, EmbeddedNatsState
@@ -93,6 +91,4 @@ __all__ = [
     "pattern_to_filter",
     "subject_to_topic",
     "topic_to_subject",
-    "validate_pattern",
-    "validate_topic",
 ]

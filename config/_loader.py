@@ -40,8 +40,8 @@ from meshgate.config._model import (
 )
 from meshgate.config._values import format_duration, parse_duration, parse_size, split_host_port
 from meshgate.config._yaml import Document, Path, format_path, parse_yaml, position_of_index
-from meshgate.router._topics import validate_pattern
 from meshgate.tls import TlsError, check_pair, read_ca, regions_named
+from meshgate.topics import validate_pattern
 
 __all__ = [
     "REPLICATION_SECRET_VARIABLE",

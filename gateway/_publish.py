@@ -19,7 +19,7 @@ from meshgate.gateway._auth import Client, authenticate
 from meshgate.gateway._budget import InflightBudget
 from meshgate.gateway._limits import SubscribeBudgetError
 from meshgate.gateway._metrics import RefusalReason, broker_reason
-from meshgate.gateway._tracing import BatchTrace
+from meshgate.observability import BatchTrace
 from meshgate.router import validate_pattern, validate_topic
 from meshgate.v1 import event_pb2, gateway_pb2, gateway_pb2_grpc
 

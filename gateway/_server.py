@@ -31,7 +31,7 @@ from meshgate.gateway._limits import ClientRates, ClientStreams, SubscribeBuffer
 from meshgate.gateway._metrics import GatewayMetrics
 from meshgate.gateway._publish import GatewayService
 from meshgate.gateway._replication import ReplicationService
-from meshgate.gateway._tracing import Tracing
+from meshgate.observability import Tracing
 from meshgate.replicator import DEFAULT_LEASE_TTL, LinkOptions, Replicator
 from meshgate.router import Router
 from meshgate.tls import ClientTls, ServerTls, TlsFiles, open_channel

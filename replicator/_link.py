@@ -30,7 +30,7 @@ from meshgate.v1 import admin_pb2, event_pb2, replication_pb2, replication_pb2_g
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
 
-    from meshgate.gateway._tracing import Tracing
+    from meshgate.observability import Tracing
 
 __all__ = ["DLQ_TOPIC_PREFIX", "Link", "LinkOptions", "LinkState", "dead_letter_event"]
 

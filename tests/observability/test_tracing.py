@@ -29,7 +29,7 @@ from opentelemetry.trace import SpanKind
 
 from meshgate.brokers.embedded import EmbeddedNats
 from meshgate.gateway import Gateway
-from meshgate.gateway._tracing import BatchTrace, Tracing, tracing_configured
+from meshgate.observability import BatchTrace, Tracing, tracing_configured
 from meshgate.testing import ServeProcess
 from meshgate.v1 import event_pb2, gateway_pb2, gateway_pb2_grpc
 from tests._replication import VARIABLE
