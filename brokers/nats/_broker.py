@@ -68,8 +68,8 @@ from meshgate.brokers._codec import (
     escape_header_value,
     parse_header_lines,
     pattern_to_filter,
-    unescape_header_value,
 )
+from meshgate.brokers._headers import RouteMatcher
 from meshgate.brokers._storage import StorageHealth
 from meshgate.brokers.nats._errors import (
     AckTimeoutError,
@@ -1506,7 +1506,6 @@ class NatsDurableConsumer(DurableConsumer):
         self._template = template
         self._config = template
         self._origin = origin
-        self._routed_to = routed_to
         self._puller: PullSubscription | None = None
         # The current generation's consumer name (set by _open_generation).
         self.name = base
@@ -1514,8 +1513,8 @@ class NatsDurableConsumer(DurableConsumer):
         self._origin_line = (
             f"\r\n{HEADER_ORIGIN}: {escape_header_value(origin)}\r\n".encode() if origin is not None else None
         )
-        # Route header value -> whether it names `routed_to` (routes repeat: a few per mesh).
-        self._routes: dict[bytes, bool] = {}
+        # Whether a route header names `routed_to` (routes repeat: a few per mesh).
+        self._routes = RouteMatcher(routed_to) if routed_to is not None else None
         # Subject -> topic of the deliveries.
         self._topics: dict[bytes, str] = {}
         # Ack subject -> delivery sequence of the deliveries handed out and not acked yet, in
@@ -1679,22 +1678,10 @@ class NatsDurableConsumer(DurableConsumer):
         origin_line = self._origin_line
         if origin_line is not None and (hdr is None or origin_line not in hdr):
             return False
-        routed_to = self._routed_to
-        if routed_to is None:
+        routes = self._routes
+        if routes is None:
             return True
-        if hdr is None:
-            return False
-        start = hdr.find(b"\r\nmg-route: ")
-        if start < 0:
-            return False
-        start += 12
-        route = hdr[start : hdr.find(b"\r\n", start)]
-        wanted = self._routes.get(route)
-        if wanted is None:
-            if len(self._routes) > 4096:
-                self._routes.clear()
-            wanted = self._routes[route] = routed_to in unescape_header_value(route.decode()).split(",")
-        return wanted
+        return hdr is not None and routes(hdr)
 
     async def _after_take(self, nc: Client, last: bytes) -> None:
         """Marks the last delivery taken; when it was skipped and nothing is outstanding, acks it now.
