@@ -73,7 +73,7 @@ class ProcessedBatch:
 
 def as_raw(request: replication_pb2.ReplicateRequest) -> tuple[replication_pb2.ReplicateRequest, dict[int, str]]:
     """A request of decoded ``events`` as the raw request a link sends, and the events that
-    cannot be encoded (index -> why; their header lines are left without extensions)."""
+    cannot be encoded (index -> why; their header lines then hold only what the sorting reads)."""
     raw = replication_pb2.RawEvents()
     invalid: dict[int, str] = {}
     for i, ev in enumerate(request.events):
@@ -82,9 +82,7 @@ def as_raw(request: replication_pb2.ReplicateRequest) -> tuple[replication_pb2.R
         except ValueError as exc:
             # Refused by the sorting, after the origin and sequence checks it still needs.
             invalid[i] = f"event cannot be written: {exc}"
-            bare = event_pb2.Event()
-            bare.CopyFrom(ev)
-            bare.ClearField("extensions")
+            bare = event_pb2.Event(id=ev.id, source=ev.source, type=ev.type, origin=ev.origin, route=ev.route)
             lines = header_lines(bare)
         raw.ids.append(ev.id)
         raw.topics.append(ev.topic)
@@ -231,9 +229,16 @@ class Classifier:
         streams = state.streams
         last = batch.last
         duplicates = 0
+        _, origin_line, origin_mid = self._origin_lines(origin)
         for i, seq in enumerate(seqs):
             lines = headers[i]
-            problem = self._origin_problem(origin, request, i, lines, peer_checked=peer_checked)
+            # Fast: the text mg-origin once, and that is the sender's line (_origin_problem says why not).
+            if seq < 1 or not (
+                (lines.startswith(origin_line) or origin_mid in lines) and lines.lower().count(ORIGIN_NAME) == 1
+            ):
+                problem = self._origin_problem(origin, request, i, lines, peer_checked=peer_checked)
+            else:
+                problem = None
             if problem is not None:
                 # No place in any of the origin's streams to count as handled.
                 refused.append(replication_pb2.RawRefusal(index=i, code=_INVALID, message=problem))
