@@ -25,10 +25,13 @@ The span model (messaging semantic conventions, ``messaging.system = nats``):
 ``{topic} send`` (PRODUCER, origin region, replicator)
     One per event a link forwards, from the forward to the destination's ack of its batch.
     Parent: the stored event's ``traceparent`` (the publish span). The forwarded copy carries
-    this span's context (the origin's stored event is never changed).
+    this span's context: links send events as their broker stored them (raw header lines), and
+    the ``ce-traceparent`` line of those bytes is replaced, or added (the origin's stored event
+    is never changed).
 ``{topic} process`` (CONSUMER, destination region)
     One per event of a replicated batch, covering dedup and the write. Parent: the incoming
-    event's ``traceparent`` (the send span). ``meshgate.dedup`` says what happened:
+    event's ``ce-traceparent`` header line (the send span); the copy written here carries this
+    span's context in that line. ``meshgate.dedup`` says what happened:
     ``stored``, ``duplicate`` (a resend, or the broker's id window) or ``refused``.
 
 So every region's copy of an event names, in its ``traceparent``, the span that wrote it

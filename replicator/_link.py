@@ -37,12 +37,12 @@ log = logging.getLogger("meshgate.replicator")
 
 # Refused events of a link go to topic meshgate/dlq/<destination> in the source region.
 DLQ_TOPIC_PREFIX = "meshgate/dlq/"
-_REJECTED = event_pb2.OUTCOME_REJECTED
 _MAX_REASON = 500
 _LAG_POLL_SECONDS = 0.5
-# Room in a request for its own fields and each event's tag and length.
-_REQUEST_OVERHEAD_BYTES = 1024
-_EVENT_OVERHEAD_BYTES = 8
+# Room per event in a request for its fields' tags and lengths; with traces on, also for the
+# ce-traceparent line the send span adds to an event stored without one.
+_EVENT_OVERHEAD_BYTES = 16
+_TRACED_EVENT_OVERHEAD_BYTES = _EVENT_OVERHEAD_BYTES + 80
 # How often a connected link looks at its TLS files for a rotation.
 _TLS_POLL_SECONDS = 1.0
 # A session this old with nothing to send has shown the link works (a destination refuses a
@@ -485,6 +485,7 @@ class Link:
         opts = self.options
         source = self.source
         tracing = opts.tracing if opts.tracing is not None and opts.tracing.enabled else None
+        per_event = _EVENT_OVERHEAD_BYTES if tracing is None else _TRACED_EVENT_OVERHEAD_BYTES
         batch_id = 0
         while True:
             await self._open_slot(window)
@@ -496,7 +497,7 @@ class Link:
             # The destination tells resends by (stream, sequence): each stream must come in its
             # own order (streams may interleave).
             self._check_order(raw)
-            for n, part in enumerate(raw.split(opts.max_request_bytes)):
+            for n, part in enumerate(raw.split(opts.max_request_bytes, per_event=per_event)):
                 if n:
                     await window.acquire()  # each request is one batch in flight
                 batch_id += 1
