@@ -24,7 +24,7 @@ import json
 import logging
 import math
 import secrets
-from collections.abc import AsyncGenerator, Coroutine, Sequence
+from collections.abc import AsyncGenerator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -64,12 +64,10 @@ from meshgate.brokers._codec import (
     HEADER_ORIGIN,
     SubjectMapper,
     decode_event,
-    encode_headers,
     escape_header_value,
-    parse_header_lines,
     pattern_to_filter,
-    unescape_header_value,
 )
+from meshgate.brokers._headers import RouteMatcher
 from meshgate.brokers._storage import PROBE_KEY, StorageHealth
 from meshgate.brokers.nats._errors import (
     AckTimeoutError,
@@ -663,7 +661,11 @@ class NatsBroker(Broker):
         except BrokerUnavailableError as exc:
             return [exc] * len(events)
         batch = _Batch([e.topic for e in events], [e.data for e in events], asyncio.get_running_loop().create_future())
-        return await self._append(batch, self._publish_batch(nc, batch, events))
+
+        def head_of(i: int) -> bytes:
+            return header_block(events[i]).encode()
+
+        return await self._append(batch, self._publish_batch(nc, batch, [e.id for e in events], head_of))
 
     async def append_raw(
         self,
@@ -688,12 +690,20 @@ class NatsBroker(Broker):
         except BrokerUnavailableError as exc:
             return [exc] * n
         batch = _Batch(topics, data, asyncio.get_running_loop().create_future())
-        return await self._append(
-            batch,
-            self._publish_raw(
-                nc, batch, ids=ids, headers=headers, origin_sequences=origin_sequences, origin_streams=origin_streams
-            ),
-        )
+        esc = escape_header_value
+
+        def head_of(i: int) -> bytes:
+            # The stored bytes of the source, plus the id and the origin position headers.
+            if origin_streams and origin_streams[i]:
+                seq_line = b"mg-origin-seq: %d\r\nmg-origin-stream: %b\r\n\r\n" % (
+                    origin_sequences[i],
+                    esc(origin_streams[i]).encode(),
+                )
+            else:
+                seq_line = b"mg-origin-seq: %d\r\n\r\n" % origin_sequences[i]
+            return b"".join((_MSG_ID_HEAD, esc(ids[i]).encode(), b"\r\n", headers[i], seq_line))
+
+        return await self._append(batch, self._publish_batch(nc, batch, ids, head_of))
 
     async def _append(self, batch: _Batch, publish: Coroutine[None, None, None]) -> list[AppendResult | BrokerError]:
         loop = asyncio.get_running_loop()
@@ -723,68 +733,14 @@ class NatsBroker(Broker):
             self.storage.stored()
         return [r if r is not None else BrokerError("internal error: no result for the event") for r in batch.results]
 
-    async def _publish_batch(self, nc: Client, batch: _Batch, events: Sequence[event_pb2.Event]) -> None:
-        results = batch.results
-        pending = self._pending
-        subject_of = self._mapper.subject
-        reply_prefix = self._reply_prefix
-        max_payload = self._max_payload
-        max_inflight = self._max_inflight
-        fast = self._fast_publish
-        chunk: list[bytes] = []
-        for i, event in enumerate(events):
-            if len(pending) >= max_inflight:
-                if chunk:
-                    await self._send(nc, chunk, len(chunk) // 3)
-                    chunk = []
-                failure = await self._wait_capacity(nc)
-                if failure is not None:
-                    for j in range(i, len(events)):
-                        results[j] = failure
-                    break
-            if not event.id:
-                results[i] = EventRejectedError(f"event {i} of the batch has no id (the gateway assigns one)")
-                continue
-            try:
-                subject = subject_of(event.topic)
-                head = header_block(event)
-            except ValueError as exc:
-                results[i] = EventRejectedError(f"event {i} of the batch cannot be written: {exc}")
-                continue
-            data = event.data
-            # The header block is pure ASCII (values are percent-encoded), so len() is its byte size.
-            head_len = len(head)
-            size = head_len + len(data)
-            if size > max_payload:
-                results[i] = MessageTooLargeError(size=size, data_size=len(data), max_payload=max_payload)
-                continue
-            self._next_token += 1
-            token = self._next_token
-            pending[token] = (batch, i)
-            batch.tokens.append(token)
-            batch.remaining += 1
-            if fast:
-                chunk.append(f"HPUB {subject} {reply_prefix}{token} {head_len} {size}\r\n{head}".encode())
-                chunk.append(data)
-                chunk.append(b"\r\n")
-            else:
-                await self._publish_public(nc, subject, f"{reply_prefix}{token}", event)
-        if chunk:
-            await self._send(nc, chunk, len(chunk) // 3)
-        self.stats.published += len(batch.tokens)
-
-    async def _publish_raw(
-        self,
-        nc: Client,
-        batch: _Batch,
-        *,
-        ids: Sequence[str],
-        headers: Sequence[bytes],
-        origin_sequences: Sequence[int],
-        origin_streams: Sequence[str],
+    async def _publish_batch(
+        self, nc: Client, batch: _Batch, ids: Sequence[str], head_of: Callable[[int], bytes]
     ) -> None:
-        """``_publish_batch`` of raw header lines: the stored bytes of the source, plus the id
-        and origin sequence headers, go out without an ``Event``."""
+        """Writes event ``i`` of the batch as the header block ``head_of(i)`` and its payload.
+
+        One loop for events and raw header lines alike: what differs is only how the header
+        block is made (it raises ValueError for an event that cannot be written).
+        """
         topics = batch.topics
         datas = batch.data
         results = batch.results
@@ -793,17 +749,12 @@ class NatsBroker(Broker):
         reply_prefix = self._reply_prefix
         max_payload = self._max_payload
         max_inflight = self._max_inflight
-        esc = escape_header_value
-        if not self._fast_publish:
-            await self._publish_raw_public(
-                nc, batch, ids=ids, headers=headers, origin_sequences=origin_sequences, origin_streams=origin_streams
-            )
-            return
+        fast = self._fast_publish
         chunk: list[bytes] = []
         for i, eid in enumerate(ids):
             if len(pending) >= max_inflight:
                 if chunk:
-                    await self._send(nc, chunk, len(chunk) // 3)
+                    await self._send(nc, chunk, len(chunk) // 4)
                     chunk = []
                 failure = await self._wait_capacity(nc)
                 if failure is not None:
@@ -811,21 +762,14 @@ class NatsBroker(Broker):
                         results[j] = failure
                     break
             if not eid:
-                results[i] = EventRejectedError(f"event {i} of the batch has no id")
+                results[i] = EventRejectedError(f"event {i} of the batch has no id (the gateway assigns one)")
                 continue
             try:
                 subject = subject_of(topics[i])
+                head = head_of(i)
             except ValueError as exc:
                 results[i] = EventRejectedError(f"event {i} of the batch cannot be written: {exc}")
                 continue
-            if origin_streams and origin_streams[i]:
-                seq_line = b"mg-origin-seq: %d\r\nmg-origin-stream: %b\r\n\r\n" % (
-                    origin_sequences[i],
-                    esc(origin_streams[i]).encode(),
-                )
-            else:
-                seq_line = b"mg-origin-seq: %d\r\n\r\n" % origin_sequences[i]
-            head = b"".join((_MSG_ID_HEAD, esc(eid).encode(), b"\r\n", headers[i], seq_line))
             data = datas[i]
             head_len = len(head)
             size = head_len + len(data)
@@ -837,34 +781,16 @@ class NatsBroker(Broker):
             pending[token] = (batch, i)
             batch.tokens.append(token)
             batch.remaining += 1
-            chunk.append(f"HPUB {subject} {reply_prefix}{token} {head_len} {size}\r\n".encode())
-            chunk.append(head)
-            chunk.append(data)
-            chunk.append(b"\r\n")
+            if fast:
+                chunk.append(f"HPUB {subject} {reply_prefix}{token} {head_len} {size}\r\n".encode())
+                chunk.append(head)
+                chunk.append(data)
+                chunk.append(b"\r\n")
+            else:
+                await self._publish_public(nc, subject, f"{reply_prefix}{token}", head, data)
         if chunk:
             await self._send(nc, chunk, len(chunk) // 4)
         self.stats.published += len(batch.tokens)
-
-    async def _publish_raw_public(
-        self,
-        nc: Client,
-        batch: _Batch,
-        *,
-        ids: Sequence[str],
-        headers: Sequence[bytes],
-        origin_sequences: Sequence[int],
-        origin_streams: Sequence[str],
-    ) -> None:
-        # Without nats-py's internals: decoded, then written by append's own loop (slow, but the
-        # same checks and results: an id, the size, capacity failing the rest of the batch).
-        events = []
-        for i, eid in enumerate(ids):
-            event = decode_event(parse_header_lines(headers[i]), batch.data[i], topic=batch.topics[i])
-            event.id = eid
-            event.origin_sequence = origin_sequences[i]
-            event.origin_stream = origin_streams[i] if origin_streams else ""
-            events.append(event)
-        await self._publish_batch(nc, batch, events)
 
     async def _send(self, nc: Client, chunk: list[bytes], messages: int) -> None:
         data = b"".join(chunk)
@@ -876,9 +802,10 @@ class NatsBroker(Broker):
         await nc._flush_pending()
         reraise_swallowed_cancel()
 
-    async def _publish_public(self, nc: Client, subject: str, reply: str, event: event_pb2.Event) -> None:
-        headers = {"Nats-Msg-Id": event.id, **dict(encode_headers(event))}
-        await nc.publish(subject, event.data, reply=reply, headers=headers)
+    async def _publish_public(self, nc: Client, subject: str, reply: str, head: bytes, data: bytes) -> None:
+        # nats-py's own publish writes the headers again from a dict (slow: without its internals).
+        headers = parse_header_block(head) or {}
+        await nc.publish(subject, data, reply=reply, headers=headers)
         reraise_swallowed_cancel()
 
     async def _wait_capacity(self, nc: Client) -> BrokerError | None:
@@ -1488,7 +1415,6 @@ class NatsDurableConsumer(DurableConsumer):
         self._template = template
         self._config = template
         self._origin = origin
-        self._routed_to = routed_to
         self._puller: PullSubscription | None = None
         # The current generation's consumer name (set by _open_generation).
         self.name = base
@@ -1496,8 +1422,8 @@ class NatsDurableConsumer(DurableConsumer):
         self._origin_line = (
             f"\r\n{HEADER_ORIGIN}: {escape_header_value(origin)}\r\n".encode() if origin is not None else None
         )
-        # Route header value -> whether it names `routed_to` (routes repeat: a few per mesh).
-        self._routes: dict[bytes, bool] = {}
+        # Whether a route header names `routed_to` (routes repeat: a few per mesh).
+        self._routes = RouteMatcher(routed_to) if routed_to is not None else None
         # Subject -> topic of the deliveries.
         self._topics: dict[bytes, str] = {}
         # Ack subject -> delivery sequence of the deliveries handed out and not acked yet, in
@@ -1661,22 +1587,10 @@ class NatsDurableConsumer(DurableConsumer):
         origin_line = self._origin_line
         if origin_line is not None and (hdr is None or origin_line not in hdr):
             return False
-        routed_to = self._routed_to
-        if routed_to is None:
+        routes = self._routes
+        if routes is None:
             return True
-        if hdr is None:
-            return False
-        start = hdr.find(b"\r\nmg-route: ")
-        if start < 0:
-            return False
-        start += 12
-        route = hdr[start : hdr.find(b"\r\n", start)]
-        wanted = self._routes.get(route)
-        if wanted is None:
-            if len(self._routes) > 4096:
-                self._routes.clear()
-            wanted = self._routes[route] = routed_to in unescape_header_value(route.decode()).split(",")
-        return wanted
+        return hdr is not None and routes(hdr)
 
     async def _after_take(self, nc: Client, last: bytes) -> None:
         """Marks the last delivery taken; when it was skipped and nothing is outstanding, acks it now.

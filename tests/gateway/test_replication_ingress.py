@@ -6,6 +6,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -13,7 +14,7 @@ import pytest
 from meshgate.brokers import AppendResult, BrokerError
 from meshgate.brokers.embedded import EmbeddedNats
 from meshgate.config import NatsSettings, Settings
-from meshgate.gateway import Gateway, _replication
+from meshgate.gateway import Gateway, _checkpoint
 from meshgate.gateway._dedup import stream_key
 from meshgate.v1 import event_pb2, gateway_pb2_grpc, replication_pb2, replication_pb2_grpc
 from tests._replication import METADATA
@@ -325,25 +326,25 @@ def hold_append(gw: Gateway, monkeypatch: pytest.MonkeyPatch, stream: str, seq: 
     even if its call was cut meanwhile (a write already on its way to the broker).
 
     Returns (entered, release, landed)."""
-    real = gw.broker.append
+    real = gw.broker.append_raw
     entered, release, landed = asyncio.Event(), asyncio.Event(), asyncio.Event()
     tasks: list[asyncio.Task[list[AppendResult | BrokerError]]] = []
 
-    async def land(events: Sequence[event_pb2.Event]) -> list[AppendResult | BrokerError]:
+    async def land(**batch: Any) -> list[AppendResult | BrokerError]:
         entered.set()
         await release.wait()
         try:
-            return await real(events)
+            return await real(**batch)
         finally:
             landed.set()
 
-    async def append(events: Sequence[event_pb2.Event]) -> list[AppendResult | BrokerError]:
-        if any(e.origin_stream == stream and e.origin_sequence == seq for e in events):
-            tasks.append(asyncio.create_task(land(events)))
+    async def append_raw(**batch: Any) -> list[AppendResult | BrokerError]:
+        if (stream, seq) in zip(batch["origin_streams"], batch["origin_sequences"], strict=True):
+            tasks.append(asyncio.create_task(land(**batch)))
             return await asyncio.shield(tasks[-1])
-        return await real(events)
+        return await real(**batch)
 
-    monkeypatch.setattr(gw.broker, "append", append)
+    monkeypatch.setattr(gw.broker, "append_raw", append_raw)
     return entered, release, landed
 
 
@@ -475,17 +476,17 @@ async def test_stream_entry_written_before_its_first_event_is_stored(
     gw = await start_gateway(nats_server, tmp_path)
     try:
         seen: list[str] = []
-        real_append, real_put = gw.broker.append, gw.broker.put_checkpoint
+        real_append, real_put = gw.broker.append_raw, gw.broker.put_checkpoint
 
-        async def append(events: Sequence[event_pb2.Event]) -> list[AppendResult | BrokerError]:
-            seen.extend(f"store {e.origin_stream}" for e in events)
-            return await real_append(events)
+        async def append_raw(**batch: Any) -> list[AppendResult | BrokerError]:
+            seen.extend(f"store {name}" for name in batch["origin_streams"])
+            return await real_append(**batch)
 
         async def put(name: str, value: bytes) -> None:
             seen.append(f"entry {name}")
             await real_put(name, value)
 
-        monkeypatch.setattr(gw.broker, "append", append)
+        monkeypatch.setattr(gw.broker, "append_raw", append_raw)
         monkeypatch.setattr(gw.broker, "put_checkpoint", put)
         call = OpenCall(gw.address)
         assert await call.send(from_stream(A, [1])) == [ACCEPTED]
@@ -536,7 +537,7 @@ async def test_recovery_moves_every_entry_up_to_the_end_of_its_scan(nats_server:
 async def test_an_open_call_moves_up_the_entries_of_its_quiet_streams(
     nats_server: EmbeddedNats, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_replication, "_REFRESH_EVERY", 0.2)
+    monkeypatch.setattr(_checkpoint, "_REFRESH_EVERY", 0.2)
     gw = await start_gateway(nats_server, tmp_path)
     try:
         call = OpenCall(gw.address)
