@@ -10,6 +10,7 @@ gets no traffic to prove it wrong).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import time
@@ -49,6 +50,7 @@ class StorageHealth:
     episodes: int = 0
     failed_probes: int = 0
     _clock: Callable[[], float] = field(default=time.monotonic, repr=False)
+    _probe: asyncio.Task[None] | None = field(default=None, repr=False)
 
     def refused(self, reason: str) -> None:
         """A write was refused (or went unanswered) for want of room; ``reason`` says why."""
@@ -98,3 +100,18 @@ class StorageHealth:
                 continue
             self.stored()
             return
+
+    def start_probe(self, write: Callable[[], Awaitable[object]], *, running: Callable[[], bool]) -> None:
+        """Runs ``probe`` in a task of its own, unless one runs or ``running()`` is false."""
+        if not running() or (self._probe is not None and not self._probe.done()):
+            return
+        self._probe = asyncio.get_running_loop().create_task(
+            self.probe(write, running=running), name=f"storage-probe-{self.name}"
+        )
+
+    async def stop_probe(self) -> None:
+        probe, self._probe = self._probe, None
+        if probe is not None:
+            probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await probe

@@ -272,7 +272,6 @@ class KafkaBroker(Broker):
         self._stopping = False
         self.stats = KafkaBrokerStats()
         self.storage = StorageHealth(name=name, on_problem=self._start_storage_probe)
-        self._storage_probe: asyncio.Task[None] | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -416,11 +415,7 @@ class KafkaBroker(Broker):
                     self.state = BrokerState.CLOSED
                 return
             self._stopping = True
-            storage_probe, self._storage_probe = self._storage_probe, None
-            if storage_probe is not None:
-                storage_probe.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await storage_probe
+            await self.storage.stop_probe()
             if self._appending:
                 # In-flight appends settle by ack or by the producer's request timeout.
                 with contextlib.suppress(TimeoutError):
@@ -456,17 +451,10 @@ class KafkaBroker(Broker):
         return self.storage.problem
 
     def _start_storage_probe(self) -> None:
-        probe = self._storage_probe
-        if self._stopping or self._producer is None or (probe is not None and not probe.done()):
-            return
-        self._storage_probe = asyncio.get_running_loop().create_task(
-            self._probe_storage(), name=f"storage-probe-{self.name}"
-        )
-
-    async def _probe_storage(self) -> None:
         """Writes a checkpoint (not an event) until the broker stores again, or a write of an event does."""
-        await self.storage.probe(
-            lambda: self.put_checkpoint(PROBE_KEY, b"%d" % self.stats.acked), running=lambda: not self._stopping
+        self.storage.start_probe(
+            lambda: self.put_checkpoint(PROBE_KEY, b"%d" % self.stats.acked),
+            running=lambda: not self._stopping and self._producer is not None,
         )
 
     def _note(self, ok: bool) -> None:

@@ -318,7 +318,6 @@ class NatsBroker(Broker):
         self._drop_reason = ""
         self.stats = NatsBrokerStats()
         self.storage = StorageHealth(name=name, on_problem=self._start_storage_probe)
-        self._probe: asyncio.Task[None] | None = None
         # Readers (Subscribe) pull on a connection of their own, opened at the first read: a
         # reader's burst that gets that connection dropped as a slow consumer fails no write.
         self._reader: NatsBroker | None = None
@@ -508,11 +507,7 @@ class NatsBroker(Broker):
                     self.state = BrokerState.CLOSED
                 return
             self._stopping = True
-            probe, self._probe = self._probe, None
-            if probe is not None:
-                probe.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await probe
+            await self.storage.stop_probe()
             if self._pending:
                 # In-flight appends settle by ack or by their own timeout, so this is bounded.
                 with contextlib.suppress(TimeoutError):
@@ -906,13 +901,8 @@ class NatsBroker(Broker):
         return self.storage.problem
 
     def _start_storage_probe(self) -> None:
-        if self._stopping or self._nc is None or (self._probe is not None and not self._probe.done()):
-            return
-        self._probe = asyncio.get_running_loop().create_task(self._probe_storage(), name=f"storage-probe-{self.name}")
-
-    async def _probe_storage(self) -> None:
         """Writes a probe (not an event) until the broker stores again, or a write of an event does."""
-        await self.storage.probe(self._probe_write, running=lambda: not self._stopping)
+        self.storage.start_probe(self._probe_write, running=lambda: not self._stopping and self._nc is not None)
 
     async def _probe_write(self) -> None:
         try:
