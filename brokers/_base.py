@@ -34,6 +34,7 @@ __all__ = [
     "Delivery",
     "DurableConsumer",
     "EventRejectedError",
+    "EventTooLargeError",
     "RawBatch",
     "StartAt",
     "StorageFullError",
@@ -83,6 +84,13 @@ class EventRejectedError(BrokerError):
     """The broker refused this event for good (too large, invalid there)."""
 
     retriable = False
+
+
+class EventTooLargeError(EventRejectedError):
+    """The event is larger than the broker takes (by the adapter's own check or the broker's answer).
+
+    Final: only a smaller event, or a broker configured for larger ones, is stored.
+    """
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,8 +18,8 @@ from meshgate.brokers import AppendResult, BrokerError, StartAt, StorageFullErro
 from meshgate.gateway._auth import Client, authenticate
 from meshgate.gateway._budget import InflightBudget
 from meshgate.gateway._limits import SubscribeBudgetError
-from meshgate.gateway._metrics import admission_reason, broker_reason
-from meshgate.gateway._tracing import BatchTrace
+from meshgate.gateway._metrics import RefusalReason, broker_reason
+from meshgate.observability import BatchTrace
 from meshgate.router import validate_pattern, validate_topic
 from meshgate.v1 import event_pb2, gateway_pb2, gateway_pb2_grpc
 
@@ -59,10 +59,6 @@ def broker_code(error: BrokerError) -> int:
     return _UNAVAILABLE if error.retriable else _INVALID_ARGUMENT
 
 
-def _refusal_reason(slot: event_pb2.EventResult) -> str:
-    return "permission" if slot.code == _PERMISSION_DENIED else admission_reason(slot.message)
-
-
 def _now() -> Timestamp:
     ts = Timestamp()
     ts.GetCurrentTime()
@@ -72,18 +68,21 @@ def _now() -> Timestamp:
 class _Admitted:
     """A batch after admission: the events to write with their routes, a slot per event."""
 
-    __slots__ = ("events", "routes", "slots")
+    __slots__ = ("events", "reasons", "routes", "slots")
 
     def __init__(
         self,
         events: list[event_pb2.Event],
         routes: list[tuple[str, ...]],
         slots: list[event_pb2.EventResult | None],
+        reasons: list[RefusalReason],
     ) -> None:
         self.events = events
         self.routes = routes
         # None where the event is written; the refusal where admission refused it.
         self.slots = slots
+        # The metric reason of each refusal among the slots, in their order.
+        self.reasons = reasons
 
 
 class GatewayService(gateway_pb2_grpc.GatewayServicer):
@@ -99,6 +98,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         accepted: list[event_pb2.Event] = []
         routes: list[tuple[str, ...]] = []
         results: list[event_pb2.EventResult | None] = []
+        reasons: list[RefusalReason] = []
         for ev in events:
             # A topic outside the client's publish list is refused as such; a malformed one as invalid.
             if not client.may_publish(ev.topic) and validate_topic(ev.topic) is None:
@@ -107,17 +107,19 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
                         id=ev.id, outcome=_REJECTED, code=_PERMISSION_DENIED, message=client.publish_refusal(ev.topic)
                     )
                 )
+                reasons.append("permission")
                 continue
-            problem = admission.check(ev)
-            if problem is None:
+            refusal = admission.check(ev)
+            if refusal is None:
                 routes.append(admission.stamp(ev, now))
                 accepted.append(ev)
                 results.append(None)
             else:
                 results.append(
-                    event_pb2.EventResult(id=ev.id, outcome=_REJECTED, code=_INVALID_ARGUMENT, message=problem)
+                    event_pb2.EventResult(id=ev.id, outcome=_REJECTED, code=_INVALID_ARGUMENT, message=refusal.message)
                 )
-        return _Admitted(accepted, routes, results)
+                reasons.append("too_large" if refusal.too_large else "invalid")
+        return _Admitted(accepted, routes, results, reasons)
 
     async def _write(
         self, admitted: _Admitted, out: gateway_pb2.PublishResponse, trace: BatchTrace | None = None
@@ -142,13 +144,14 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             trace.end(outcomes)
         metrics.publish_seconds.observe(time.perf_counter() - started)
         it = iter(zip(events, admitted.routes, outcomes, strict=True))
+        reasons = iter(admitted.reasons)
         add = out.results.add
         # Counted here and added once per batch: a counter update takes a lock.
         accepted = duplicate = 0
         for slot in results:
             if slot is not None:
                 metrics.rejected.inc()
-                metrics.refuse(_refusal_reason(slot))
+                metrics.refuse(next(reasons))
                 out.results.append(slot)
                 continue
             ev, route, res = next(it)
@@ -225,7 +228,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             prefix = "" if n == 1 else f"{len(bad)} of {n} events refused, nothing stored: "
             self._gw.metrics.rejected.inc(n)
             refused = [r for r in slots if r is not None]
-            reasons = [_refusal_reason(r) for r in refused]
+            reasons = admitted.reasons
             for reason in reasons:
                 self._gw.metrics.refuse(reason)
             # The good events of the batch are refused with it, for the first bad event's reason.
@@ -350,7 +353,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
                     await asyncio.shield(rest)
 
     def _refused_batch(
-        self, req: gateway_pb2.PublishRequest, code: int, message: str, reason: str
+        self, req: gateway_pb2.PublishRequest, code: int, message: str, reason: RefusalReason
     ) -> asyncio.Future[gateway_pb2.PublishResponse]:
         """The already answered ack of a batch refused whole (every event with ``code`` and ``message``)."""
         fut: asyncio.Future[gateway_pb2.PublishResponse] = asyncio.get_running_loop().create_future()

@@ -31,7 +31,7 @@ from meshgate.gateway._limits import ClientRates, ClientStreams, SubscribeBuffer
 from meshgate.gateway._metrics import GatewayMetrics
 from meshgate.gateway._publish import GatewayService
 from meshgate.gateway._replication import ReplicationService
-from meshgate.gateway._tracing import Tracing
+from meshgate.observability import Tracing
 from meshgate.replicator import DEFAULT_LEASE_TTL, LinkOptions, Replicator
 from meshgate.router import Router
 from meshgate.tls import ClientTls, ServerTls, TlsFiles, open_channel
@@ -333,7 +333,7 @@ class Gateway(StartStop):
             )
             gateway_pb2_grpc.add_GatewayServicer_to_server(GatewayService(self), server)
             admin_pb2_grpc.add_AdminServicer_to_server(AdminService(self), server)
-            replication_pb2_grpc.add_ReplicationServicer_to_server(ReplicationService(self), server)
+            replication_pb2_grpc.add_ReplicationServicer_to_server(ReplicationService.for_gateway(self), server)
             health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
             reflection.enable_server_reflection((*_SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
             self.port = self._bind(server)

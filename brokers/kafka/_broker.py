@@ -67,7 +67,7 @@ from meshgate.brokers._codec import (
     escape_header_value,
     unescape_header_value,
 )
-from meshgate.brokers._storage import StorageHealth
+from meshgate.brokers._storage import PROBE_KEY, StorageHealth
 from meshgate.brokers.kafka._clients import start_consumer, stop_consumer
 from meshgate.brokers.kafka._consumer import KafkaDurableConsumer
 from meshgate.brokers.kafka._errors import (
@@ -96,9 +96,6 @@ logger = logging.getLogger(__name__)
 
 # While no broker can store, a checkpoint write under this key (not an event) tells when one can
 # again; first after this long, doubling up to the maximum.
-_PROBE_KEY = "mg-storage-probe"
-_PROBE_FIRST_SECONDS = 0.25
-_PROBE_MAX_SECONDS = 2.0
 
 # Bytes a record adds to its key, value and headers inside a batch, counted generously
 # (varints, attributes, the batch header of a batch of one): the size check stays on the
@@ -275,7 +272,6 @@ class KafkaBroker(Broker):
         self._stopping = False
         self.stats = KafkaBrokerStats()
         self.storage = StorageHealth(name=name, on_problem=self._start_storage_probe)
-        self._storage_probe: asyncio.Task[None] | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -419,11 +415,7 @@ class KafkaBroker(Broker):
                     self.state = BrokerState.CLOSED
                 return
             self._stopping = True
-            storage_probe, self._storage_probe = self._storage_probe, None
-            if storage_probe is not None:
-                storage_probe.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await storage_probe
+            await self.storage.stop_probe()
             if self._appending:
                 # In-flight appends settle by ack or by the producer's request timeout.
                 with contextlib.suppress(TimeoutError):
@@ -459,32 +451,11 @@ class KafkaBroker(Broker):
         return self.storage.problem
 
     def _start_storage_probe(self) -> None:
-        probe = self._storage_probe
-        if self._stopping or self._producer is None or (probe is not None and not probe.done()):
-            return
-        self._storage_probe = asyncio.get_running_loop().create_task(
-            self._probe_storage(), name=f"storage-probe-{self.name}"
+        """Writes a checkpoint (not an event) until the broker stores again, or a write of an event does."""
+        self.storage.start_probe(
+            lambda: self.put_checkpoint(PROBE_KEY, b"%d" % self.stats.acked),
+            running=lambda: not self._stopping and self._producer is not None,
         )
-
-    async def _probe_storage(self) -> None:
-        """Writes a checkpoint (not an event) until a broker stores again, or a write of an event does."""
-        delay = _PROBE_FIRST_SECONDS
-        storage = self.storage
-        while not self._stopping:
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, _PROBE_MAX_SECONDS)
-            if storage.problem is None:
-                return  # an event was stored meanwhile
-            try:
-                await self.put_checkpoint(_PROBE_KEY, b"%d" % self.stats.acked)
-            except BrokerError as exc:
-                storage.failed_probes += 1
-                if isinstance(exc, StorageFullError):
-                    storage.refused(str(exc))
-                logger.debug("storage probe of %s: %s", self.name, exc)
-                continue
-            storage.stored()
-            return
 
     def _note(self, ok: bool) -> None:
         """Follows the cluster's reachability from the outcome of requests (aiokafka has no callbacks)."""

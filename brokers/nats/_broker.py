@@ -24,7 +24,7 @@ import json
 import logging
 import math
 import secrets
-from collections.abc import AsyncGenerator, Coroutine, Sequence
+from collections.abc import AsyncGenerator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -64,13 +64,11 @@ from meshgate.brokers._codec import (
     HEADER_ORIGIN,
     SubjectMapper,
     decode_event,
-    encode_headers,
     escape_header_value,
-    parse_header_lines,
     pattern_to_filter,
-    unescape_header_value,
 )
-from meshgate.brokers._storage import StorageHealth
+from meshgate.brokers._headers import RouteMatcher
+from meshgate.brokers._storage import PROBE_KEY, StorageHealth
 from meshgate.brokers.nats._errors import (
     AckTimeoutError,
     MessageTooLargeError,
@@ -131,7 +129,7 @@ _DURABLE_MAX_ACK_PENDING = 50_000
 # A durable consumer's generations are named <name>@<n>. '@' is outside the alphabet of region
 # names ([A-Za-z0-9_-], so of link names mg-link-<destination>) and is refused in a name given
 # to durable_consumer: <name>@<n> can never be another name's generation (with '-', mg-link-b-2
-# would be both destination b's generation 2 and destination b-2's legacy consumer), and
+# would be both destination b's generation 2 and a name of destination b-2), and
 # JetStream takes it in a consumer name (which may not hold '.', '*', '>', whitespace, slashes).
 _GENERATION_SEP = "@"
 # JetStream's answer to a create-only request for a name that exists.
@@ -143,9 +141,6 @@ _MSG_ID_HEAD = b"NATS/1.0\r\nNats-Msg-Id: "
 _ZERO = 0x30
 # While the broker cannot store, a write of this key in the checkpoint bucket (not an event)
 # tells when it can again; first after this long, doubling up to the maximum.
-_PROBE_KEY = "mg-storage-probe"
-_PROBE_FIRST_SECONDS = 0.25
-_PROBE_MAX_SECONDS = 2.0
 
 
 class _Batch:
@@ -196,9 +191,7 @@ def _start_mode(start: StartAt) -> _StartMode:
 
 
 def _generation_of(name: str, base: str) -> int | None:
-    """The generation number of consumer ``name`` of durable consumer ``base`` (0: ``base`` itself), or None."""
-    if name == base:
-        return 0
+    """The generation number of consumer ``name`` of durable consumer ``base``, or None."""
     head, sep, number = name.rpartition(_GENERATION_SEP)
     if sep and head == base and number.isascii() and number.isdigit():
         return int(number)
@@ -325,7 +318,6 @@ class NatsBroker(Broker):
         self._drop_reason = ""
         self.stats = NatsBrokerStats()
         self.storage = StorageHealth(name=name, on_problem=self._start_storage_probe)
-        self._probe: asyncio.Task[None] | None = None
         # Readers (Subscribe) pull on a connection of their own, opened at the first read: a
         # reader's burst that gets that connection dropped as a slow consumer fails no write.
         self._reader: NatsBroker | None = None
@@ -515,11 +507,7 @@ class NatsBroker(Broker):
                     self.state = BrokerState.CLOSED
                 return
             self._stopping = True
-            probe, self._probe = self._probe, None
-            if probe is not None:
-                probe.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await probe
+            await self.storage.stop_probe()
             if self._pending:
                 # In-flight appends settle by ack or by their own timeout, so this is bounded.
                 with contextlib.suppress(TimeoutError):
@@ -668,7 +656,11 @@ class NatsBroker(Broker):
         except BrokerUnavailableError as exc:
             return [exc] * len(events)
         batch = _Batch([e.topic for e in events], [e.data for e in events], asyncio.get_running_loop().create_future())
-        return await self._append(batch, self._publish_batch(nc, batch, events))
+
+        def head_of(i: int) -> bytes:
+            return header_block(events[i]).encode()
+
+        return await self._append(batch, self._publish_batch(nc, batch, [e.id for e in events], head_of))
 
     async def append_raw(
         self,
@@ -693,12 +685,20 @@ class NatsBroker(Broker):
         except BrokerUnavailableError as exc:
             return [exc] * n
         batch = _Batch(topics, data, asyncio.get_running_loop().create_future())
-        return await self._append(
-            batch,
-            self._publish_raw(
-                nc, batch, ids=ids, headers=headers, origin_sequences=origin_sequences, origin_streams=origin_streams
-            ),
-        )
+        esc = escape_header_value
+
+        def head_of(i: int) -> bytes:
+            # The stored bytes of the source, plus the id and the origin position headers.
+            if origin_streams and origin_streams[i]:
+                seq_line = b"mg-origin-seq: %d\r\nmg-origin-stream: %b\r\n\r\n" % (
+                    origin_sequences[i],
+                    esc(origin_streams[i]).encode(),
+                )
+            else:
+                seq_line = b"mg-origin-seq: %d\r\n\r\n" % origin_sequences[i]
+            return b"".join((_MSG_ID_HEAD, esc(ids[i]).encode(), b"\r\n", headers[i], seq_line))
+
+        return await self._append(batch, self._publish_batch(nc, batch, ids, head_of))
 
     async def _append(self, batch: _Batch, publish: Coroutine[None, None, None]) -> list[AppendResult | BrokerError]:
         loop = asyncio.get_running_loop()
@@ -728,68 +728,14 @@ class NatsBroker(Broker):
             self.storage.stored()
         return [r if r is not None else BrokerError("internal error: no result for the event") for r in batch.results]
 
-    async def _publish_batch(self, nc: Client, batch: _Batch, events: Sequence[event_pb2.Event]) -> None:
-        results = batch.results
-        pending = self._pending
-        subject_of = self._mapper.subject
-        reply_prefix = self._reply_prefix
-        max_payload = self._max_payload
-        max_inflight = self._max_inflight
-        fast = self._fast_publish
-        chunk: list[bytes] = []
-        for i, event in enumerate(events):
-            if len(pending) >= max_inflight:
-                if chunk:
-                    await self._send(nc, chunk, len(chunk) // 3)
-                    chunk = []
-                failure = await self._wait_capacity(nc)
-                if failure is not None:
-                    for j in range(i, len(events)):
-                        results[j] = failure
-                    break
-            if not event.id:
-                results[i] = EventRejectedError(f"event {i} of the batch has no id (the gateway assigns one)")
-                continue
-            try:
-                subject = subject_of(event.topic)
-                head = header_block(event)
-            except ValueError as exc:
-                results[i] = EventRejectedError(f"event {i} of the batch cannot be written: {exc}")
-                continue
-            data = event.data
-            # The header block is pure ASCII (values are percent-encoded), so len() is its byte size.
-            head_len = len(head)
-            size = head_len + len(data)
-            if size > max_payload:
-                results[i] = MessageTooLargeError(size=size, data_size=len(data), max_payload=max_payload)
-                continue
-            self._next_token += 1
-            token = self._next_token
-            pending[token] = (batch, i)
-            batch.tokens.append(token)
-            batch.remaining += 1
-            if fast:
-                chunk.append(f"HPUB {subject} {reply_prefix}{token} {head_len} {size}\r\n{head}".encode())
-                chunk.append(data)
-                chunk.append(b"\r\n")
-            else:
-                await self._publish_public(nc, subject, f"{reply_prefix}{token}", event)
-        if chunk:
-            await self._send(nc, chunk, len(chunk) // 3)
-        self.stats.published += len(batch.tokens)
-
-    async def _publish_raw(
-        self,
-        nc: Client,
-        batch: _Batch,
-        *,
-        ids: Sequence[str],
-        headers: Sequence[bytes],
-        origin_sequences: Sequence[int],
-        origin_streams: Sequence[str],
+    async def _publish_batch(
+        self, nc: Client, batch: _Batch, ids: Sequence[str], head_of: Callable[[int], bytes]
     ) -> None:
-        """``_publish_batch`` of raw header lines: the stored bytes of the source, plus the id
-        and origin sequence headers, go out without an ``Event``."""
+        """Writes event ``i`` of the batch as the header block ``head_of(i)`` and its payload.
+
+        One loop for events and raw header lines alike: what differs is only how the header
+        block is made (it raises ValueError for an event that cannot be written).
+        """
         topics = batch.topics
         datas = batch.data
         results = batch.results
@@ -798,17 +744,12 @@ class NatsBroker(Broker):
         reply_prefix = self._reply_prefix
         max_payload = self._max_payload
         max_inflight = self._max_inflight
-        esc = escape_header_value
-        if not self._fast_publish:
-            await self._publish_raw_public(
-                nc, batch, ids=ids, headers=headers, origin_sequences=origin_sequences, origin_streams=origin_streams
-            )
-            return
+        fast = self._fast_publish
         chunk: list[bytes] = []
         for i, eid in enumerate(ids):
             if len(pending) >= max_inflight:
                 if chunk:
-                    await self._send(nc, chunk, len(chunk) // 3)
+                    await self._send(nc, chunk, len(chunk) // 4)
                     chunk = []
                 failure = await self._wait_capacity(nc)
                 if failure is not None:
@@ -816,21 +757,14 @@ class NatsBroker(Broker):
                         results[j] = failure
                     break
             if not eid:
-                results[i] = EventRejectedError(f"event {i} of the batch has no id")
+                results[i] = EventRejectedError(f"event {i} of the batch has no id (the gateway assigns one)")
                 continue
             try:
                 subject = subject_of(topics[i])
+                head = head_of(i)
             except ValueError as exc:
                 results[i] = EventRejectedError(f"event {i} of the batch cannot be written: {exc}")
                 continue
-            if origin_streams and origin_streams[i]:
-                seq_line = b"mg-origin-seq: %d\r\nmg-origin-stream: %b\r\n\r\n" % (
-                    origin_sequences[i],
-                    esc(origin_streams[i]).encode(),
-                )
-            else:
-                seq_line = b"mg-origin-seq: %d\r\n\r\n" % origin_sequences[i]
-            head = b"".join((_MSG_ID_HEAD, esc(eid).encode(), b"\r\n", headers[i], seq_line))
             data = datas[i]
             head_len = len(head)
             size = head_len + len(data)
@@ -842,34 +776,16 @@ class NatsBroker(Broker):
             pending[token] = (batch, i)
             batch.tokens.append(token)
             batch.remaining += 1
-            chunk.append(f"HPUB {subject} {reply_prefix}{token} {head_len} {size}\r\n".encode())
-            chunk.append(head)
-            chunk.append(data)
-            chunk.append(b"\r\n")
+            if fast:
+                chunk.append(f"HPUB {subject} {reply_prefix}{token} {head_len} {size}\r\n".encode())
+                chunk.append(head)
+                chunk.append(data)
+                chunk.append(b"\r\n")
+            else:
+                await self._publish_public(nc, subject, f"{reply_prefix}{token}", head, data)
         if chunk:
             await self._send(nc, chunk, len(chunk) // 4)
         self.stats.published += len(batch.tokens)
-
-    async def _publish_raw_public(
-        self,
-        nc: Client,
-        batch: _Batch,
-        *,
-        ids: Sequence[str],
-        headers: Sequence[bytes],
-        origin_sequences: Sequence[int],
-        origin_streams: Sequence[str],
-    ) -> None:
-        # Without nats-py's internals: decoded, then written by append's own loop (slow, but the
-        # same checks and results: an id, the size, capacity failing the rest of the batch).
-        events = []
-        for i, eid in enumerate(ids):
-            event = decode_event(parse_header_lines(headers[i]), batch.data[i], topic=batch.topics[i])
-            event.id = eid
-            event.origin_sequence = origin_sequences[i]
-            event.origin_stream = origin_streams[i] if origin_streams else ""
-            events.append(event)
-        await self._publish_batch(nc, batch, events)
 
     async def _send(self, nc: Client, chunk: list[bytes], messages: int) -> None:
         data = b"".join(chunk)
@@ -881,9 +797,10 @@ class NatsBroker(Broker):
         await nc._flush_pending()
         reraise_swallowed_cancel()
 
-    async def _publish_public(self, nc: Client, subject: str, reply: str, event: event_pb2.Event) -> None:
-        headers = {"Nats-Msg-Id": event.id, **dict(encode_headers(event))}
-        await nc.publish(subject, event.data, reply=reply, headers=headers)
+    async def _publish_public(self, nc: Client, subject: str, reply: str, head: bytes, data: bytes) -> None:
+        # nats-py's own publish writes the headers again from a dict (slow: without its internals).
+        headers = parse_header_block(head) or {}
+        await nc.publish(subject, data, reply=reply, headers=headers)
         reraise_swallowed_cancel()
 
     async def _wait_capacity(self, nc: Client) -> BrokerError | None:
@@ -984,34 +901,20 @@ class NatsBroker(Broker):
         return self.storage.problem
 
     def _start_storage_probe(self) -> None:
-        if self._stopping or self._nc is None or (self._probe is not None and not self._probe.done()):
-            return
-        self._probe = asyncio.get_running_loop().create_task(self._probe_storage(), name=f"storage-probe-{self.name}")
-
-    async def _probe_storage(self) -> None:
         """Writes a probe (not an event) until the broker stores again, or a write of an event does."""
-        delay = _PROBE_FIRST_SECONDS
-        storage = self.storage
-        while not self._stopping:
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, _PROBE_MAX_SECONDS)
-            if storage.problem is None:
-                return  # an event was stored meanwhile
-            try:
-                await self._recover_storage()
-                nc = await self._ready(wait=0.0)
-                kv = await self._checkpoints()
-                # Its own timeout: the probe must not wait out a reconnect longer than a write does.
-                await asyncio.wait_for(kv.put(_PROBE_KEY, b"%d" % nc.stats["out_msgs"]), self._ack_timeout)
-            except (BrokerError, *_NATS_FAILURES) as exc:
-                storage.failed_probes += 1
-                error = _broker_error(exc, "storage probe")
-                if isinstance(error, StorageFullError):
-                    storage.refused(str(error))
-                logger.debug("storage probe of %s: %s", self.name, error)
-                continue
-            storage.stored()
-            return
+        self.storage.start_probe(self._probe_write, running=lambda: not self._stopping and self._nc is not None)
+
+    async def _probe_write(self) -> None:
+        try:
+            await self._recover_storage()
+            nc = await self._ready(wait=0.0)
+            kv = await self._checkpoints()
+            # Its own timeout: the probe must not wait out a reconnect longer than a write does.
+            await asyncio.wait_for(kv.put(PROBE_KEY, b"%d" % nc.stats["out_msgs"]), self._ack_timeout)
+        except BrokerError:
+            raise
+        except _NATS_FAILURES as exc:
+            raise _broker_error(exc, "storage probe") from exc
 
     async def _recover_storage(self) -> None:
         """What the adapter can do itself, between probes, to make the broker store again.
@@ -1161,7 +1064,7 @@ class NatsBroker(Broker):
 
         async def pull(puller: PullSubscription, batch: int, size: int) -> None:
             # An event larger than the connection's whole share still comes (alone).
-            taken = await pull_bytes.acquire(size)
+            taken = await pull_bytes.take(size)
             # Given back when the request ends (its events arrived) or its puller closes.
             await puller.request(batch, no_wait=True, max_bytes=size, on_end=lambda: pull_bytes.release(taken))
 
@@ -1298,10 +1201,7 @@ class NatsBroker(Broker):
         return resp
 
     async def _generations(self, base: str) -> dict[str, int]:
-        """The stream's consumers that are generations of ``base``: name -> generation.
-
-        ``base`` itself (a link consumer from before generations) counts as generation 0.
-        """
+        """The stream's consumers that are generations of ``base``: name -> generation."""
         stream = self.settings.stream
         found: dict[str, int] = {}
         offset = 0
@@ -1478,8 +1378,7 @@ class NatsDurableConsumer(DurableConsumer):
     **Generations (the fence).** Every open and every ``reset`` creates a new JetStream
     consumer ``<name>@<n>``, one number above the highest generation of ``name`` on the
     stream, starting right after the highest ack floor among them, and then deletes the older
-    ones (the un-generationed ``<name>`` of earlier releases included: it is continued from its
-    floor). Taking the highest floor is safe because a floor only moves once everything up to
+    ones. Taking the highest floor is safe because a floor only moves once everything up to
     it is done: the reader of a generation acks a delivery only after the destination acked
     it and everything delivered before it. The create is create-only, so two replicas racing
     on a lease hand-over never share a generation (the loser of a number takes the next).
@@ -1506,7 +1405,6 @@ class NatsDurableConsumer(DurableConsumer):
         self._template = template
         self._config = template
         self._origin = origin
-        self._routed_to = routed_to
         self._puller: PullSubscription | None = None
         # The current generation's consumer name (set by _open_generation).
         self.name = base
@@ -1514,8 +1412,8 @@ class NatsDurableConsumer(DurableConsumer):
         self._origin_line = (
             f"\r\n{HEADER_ORIGIN}: {escape_header_value(origin)}\r\n".encode() if origin is not None else None
         )
-        # Route header value -> whether it names `routed_to` (routes repeat: a few per mesh).
-        self._routes: dict[bytes, bool] = {}
+        # Whether a route header names `routed_to` (routes repeat: a few per mesh).
+        self._routes = RouteMatcher(routed_to) if routed_to is not None else None
         # Subject -> topic of the deliveries.
         self._topics: dict[bytes, str] = {}
         # Ack subject -> delivery sequence of the deliveries handed out and not acked yet, in
@@ -1679,22 +1577,10 @@ class NatsDurableConsumer(DurableConsumer):
         origin_line = self._origin_line
         if origin_line is not None and (hdr is None or origin_line not in hdr):
             return False
-        routed_to = self._routed_to
-        if routed_to is None:
+        routes = self._routes
+        if routes is None:
             return True
-        if hdr is None:
-            return False
-        start = hdr.find(b"\r\nmg-route: ")
-        if start < 0:
-            return False
-        start += 12
-        route = hdr[start : hdr.find(b"\r\n", start)]
-        wanted = self._routes.get(route)
-        if wanted is None:
-            if len(self._routes) > 4096:
-                self._routes.clear()
-            wanted = self._routes[route] = routed_to in unescape_header_value(route.decode()).split(",")
-        return wanted
+        return hdr is not None and routes(hdr)
 
     async def _after_take(self, nc: Client, last: bytes) -> None:
         """Marks the last delivery taken; when it was skipped and nothing is outstanding, acks it now.

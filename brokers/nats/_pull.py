@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 
 import nats.errors
 
+from meshgate._quota import FifoQuota
 from meshgate.brokers.nats._parser import subscribe_raw, unsubscribe_raw
 
 if TYPE_CHECKING:
@@ -86,7 +87,7 @@ def next_request(
     return json.dumps(req).encode()
 
 
-class PullBytes:
+class PullBytes(FifoQuota):
     """The bytes one connection's pulls have asked for and not yet all received.
 
     nats-server queues a pull's events for the connection at once; many readers, each within
@@ -96,48 +97,11 @@ class PullBytes:
     not read holds none of it.
     """
 
-    def __init__(self, limit: int) -> None:
-        if limit < 1:
-            raise ValueError(f"limit must be at least 1, got {limit}")
-        self.limit = limit
-        self.used = 0
-        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
-
-    async def acquire(self, n: int) -> int:
+    async def take(self, n: int) -> int:
         """Takes ``n`` bytes (at most the limit), waiting for room; returns what was taken."""
         n = min(n, self.limit)
-        if not self._waiters and self.used + n <= self.limit:
-            self.used += n
-            return n
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        entry = (n, fut)
-        self._waiters.append(entry)
-        try:
-            await fut
-        except BaseException:
-            if fut.done() and not fut.cancelled():
-                self.release(n)  # granted and cancelled in the same tick: give it back
-            else:
-                self._waiters.remove(entry)
-                self._wake()
-            raise
+        await self.acquire(n)
         return n
-
-    def release(self, n: int) -> None:
-        self.used -= n
-        self._wake()
-
-    def _wake(self) -> None:
-        while self._waiters:
-            n, fut = self._waiters[0]
-            if fut.done():
-                self._waiters.popleft()
-                continue
-            if self.used + n > self.limit:
-                return
-            self._waiters.popleft()
-            self.used += n
-            fut.set_result(None)
 
 
 class PullSubscription:

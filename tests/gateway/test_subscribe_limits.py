@@ -374,10 +374,10 @@ async def test_pull_bytes_wait_in_order_and_come_back() -> None:
     from meshgate.brokers.nats._pull import PullBytes
 
     budget = PullBytes(10)
-    assert await budget.acquire(6) == 6
+    assert await budget.take(6) == 6
     # Larger than the whole budget: it takes all of it, once there is room.
-    big = asyncio.create_task(budget.acquire(50))
-    small = asyncio.create_task(budget.acquire(1))
+    big = asyncio.create_task(budget.take(50))
+    small = asyncio.create_task(budget.take(1))
     await asyncio.sleep(0)
     assert not big.done() and not small.done() and budget.used == 6
     budget.release(6)
@@ -385,7 +385,7 @@ async def test_pull_bytes_wait_in_order_and_come_back() -> None:
     budget.release(10)
     assert await small == 1
     # A waiter that gives up takes nothing.
-    gone = asyncio.create_task(budget.acquire(10))
+    gone = asyncio.create_task(budget.take(10))
     await asyncio.sleep(0)
     gone.cancel()
     with pytest.raises(asyncio.CancelledError):
