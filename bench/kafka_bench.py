@@ -290,7 +290,7 @@ async def _warm_up(stub: gateway_pb2_grpc.GatewayStub, topic: str, count: Callab
         raise RuntimeError(f"warm-up {topic}: {w.reached} of {p.accepted} replicated within 60 s")
 
 
-async def replication(
+async def replication(  # noqa: PLR0915 - one scenario: its phases share the two regions, clients and counter
     bootstrap: str,
     tmp: Path,
     *,

@@ -101,10 +101,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _r(x: float, nd: int = 0) -> float | int | None:
+def _r(x: float, digits: int = 0) -> float | int | None:
     if math.isnan(x):
         return None
-    return round(x, nd) if nd else round(x)
+    return round(x, digits) if digits else round(x)
 
 
 def _ratio(m: float, a: float) -> float | None:
@@ -465,7 +465,8 @@ def _hop(res: Any, p: float) -> float:
     return percentile(res.hop_ms, p) if isinstance(res, LiveResult) else float("nan")
 
 
-def report(an: dict[str, Any], mg: dict[str, Any], args: argparse.Namespace) -> dict[str, object]:
+# The table printed and the JSON returned are one pass over the same results, line for line.
+def report(an: dict[str, Any], mg: dict[str, Any], args: argparse.Namespace) -> dict[str, object]:  # noqa: PLR0915
     nan = float("nan")
     al: LiveResult = an["live"]
     ah: LiveResult = an["half"]

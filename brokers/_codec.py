@@ -258,24 +258,9 @@ def decode_event(
     if not headers:
         return event
     unesc = unescape_header_value
-    extensions = event.extensions
     for name, value in headers.items():
         if name.startswith(CE_PREFIX):
-            if name == HEADER_ID:
-                event.id = unesc(value)
-            elif name == HEADER_SOURCE:
-                event.source = unesc(value)
-            elif name == HEADER_TYPE:
-                event.type = unesc(value)
-            elif name == HEADER_SPECVERSION:
-                event.specversion = unesc(value)
-            elif name == HEADER_TIME:
-                # A native producer's unreadable time leaves the attribute unset, not the
-                # reader stuck at this message.
-                with contextlib.suppress(ValueError, OverflowError):
-                    event.time.CopyFrom(parse_time(value))
-            else:
-                extensions[unesc(name[3:])] = unesc(value)
+            _decode_ce_header(event, name, value)
         elif name == HEADER_CONTENT_TYPE:
             event.datacontenttype = unesc(value)
         elif name == HEADER_KEY:
@@ -291,6 +276,26 @@ def decode_event(
         elif name == HEADER_ORIGIN_STREAM:
             event.origin_stream = unesc(value)
     return event
+
+
+def _decode_ce_header(event: event_pb2.Event, name: str, value: str) -> None:
+    """Sets the CloudEvents attribute (or extension) that the ``ce-`` header ``name`` carries."""
+    unesc = unescape_header_value
+    if name == HEADER_ID:
+        event.id = unesc(value)
+    elif name == HEADER_SOURCE:
+        event.source = unesc(value)
+    elif name == HEADER_TYPE:
+        event.type = unesc(value)
+    elif name == HEADER_SPECVERSION:
+        event.specversion = unesc(value)
+    elif name == HEADER_TIME:
+        # A native producer's unreadable time leaves the attribute unset, not the
+        # reader stuck at this message.
+        with contextlib.suppress(ValueError, OverflowError):
+            event.time.CopyFrom(parse_time(value))
+    else:
+        event.extensions[unesc(name[3:])] = unesc(value)
 
 
 # -- raw header lines -------------------------------------------------------------------------

@@ -857,47 +857,58 @@ class _Checker:
                 " for one; use required and give clients a certificate of the CA (meshgate certs makes one)",
             )
         for i, region in enumerate(regions):
-            if not isinstance(region, dict):
-                continue
-            rbase: Path = ("event_mesh", "regions", i)
-            name = region.get("name")
-            label = f"region {name}" if isinstance(name, str) else f"region #{i + 1}"
-            tls = region.get("tls")
-            if tls is None:
-                if tls_on:
-                    self.add(
-                        rbase,
-                        f"{label} has no tls: {{cert, key}}; with security.ca set every gateway serves TLS only"
-                        " and shows its region's certificate to clients and peers",
-                    )
-                continue
-            if not tls_on:
+            if isinstance(region, dict):
+                self.check_region_tls(i, region, tls_on=tls_on, folder=folder, ca_certs=ca_certs)
+
+    def check_region_tls(
+        self,
+        i: int,
+        region: dict[str, object],
+        *,
+        tls_on: bool,
+        folder: FsPath,
+        ca_certs: list[x509.Certificate] | None,
+    ) -> None:
+        """A region's ``tls``: present exactly when security.ca is, and its files a pair that fits the region."""
+        rbase: Path = ("event_mesh", "regions", i)
+        name = region.get("name")
+        label = f"region {name}" if isinstance(name, str) else f"region #{i + 1}"
+        tls = region.get("tls")
+        if tls is None:
+            if tls_on:
                 self.add(
-                    (*rbase, "tls"),
-                    "tls needs security.ca: the mesh CA that signed the regions' certificates",
-                    key=True,
+                    rbase,
+                    f"{label} has no tls: {{cert, key}}; with security.ca set every gateway serves TLS only"
+                    " and shows its region's certificate to clients and peers",
                 )
-                continue
-            if not isinstance(tls, dict):
-                continue
-            cert, key = tls.get("cert"), tls.get("key")
-            if not (self.check_files and isinstance(cert, str) and cert and isinstance(key, str) and key):
-                continue
-            if self.region is not None and name != self.region:
-                # Another region's files live on its own gateways (a Kubernetes pod mounts only its
-                # region's Secret); this gateway never reads them.
-                continue
-            if (*rbase, "tls", "cert") in self.doc.broken or (*rbase, "tls", "key") in self.doc.broken:
-                continue
-            key_path = _file_path(folder, key)
-            try:
-                leaf = check_pair(_file_path(folder, cert), key_path)[2]
-            except TlsError as exc:
-                which = "key" if exc.path == key_path else "cert"
-                self.add((*rbase, "tls", which), str(exc))
-                continue
-            if isinstance(name, str) and (*rbase, "name") not in self.doc.broken:
-                self.check_region_cert((*rbase, "tls", "cert"), name, cert, leaf, ca_certs)
+            return
+        if not tls_on:
+            self.add(
+                (*rbase, "tls"),
+                "tls needs security.ca: the mesh CA that signed the regions' certificates",
+                key=True,
+            )
+            return
+        if not isinstance(tls, dict):
+            return
+        cert, key = tls.get("cert"), tls.get("key")
+        if not (self.check_files and isinstance(cert, str) and cert and isinstance(key, str) and key):
+            return
+        if self.region is not None and name != self.region:
+            # Another region's files live on its own gateways (a Kubernetes pod mounts only its
+            # region's Secret); this gateway never reads them.
+            return
+        if (*rbase, "tls", "cert") in self.doc.broken or (*rbase, "tls", "key") in self.doc.broken:
+            return
+        key_path = _file_path(folder, key)
+        try:
+            leaf = check_pair(_file_path(folder, cert), key_path)[2]
+        except TlsError as exc:
+            which = "key" if exc.path == key_path else "cert"
+            self.add((*rbase, "tls", which), str(exc))
+            return
+        if isinstance(name, str) and (*rbase, "name") not in self.doc.broken:
+            self.check_region_cert((*rbase, "tls", "cert"), name, cert, leaf, ca_certs)
 
     def check_region_cert(
         self, path: Path, name: str, file: str, leaf: x509.Certificate, ca_certs: list[x509.Certificate] | None

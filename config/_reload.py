@@ -208,20 +208,21 @@ class ConfigWatcher(StartStop):
                 logger.exception("reloading %s failed", self._path)
 
     async def _poll_once(self, *, replaced: bool) -> None:
-        if replaced or not self._settle:
-            self._settle_done()
-            await self._attempt(force=False, data=None)
-            return
         try:
             data = await asyncio.to_thread(read_config_file, self._path)
         except ConfigError as exc:
-            # Missing, unreadable or too large: refused (and logged) as such, once per change.
+            # Missing, unreadable or too large: refused (and logged) as such, once per change,
+            # renamed into place or not (a just-written file is polled again and again).
             self._settle_done()
             if exc.lines != self._read_error:
                 self._read_error = exc.lines
                 await self._attempt(force=False, data=None)
             return
         self._read_error = None
+        if replaced or not self._settle:
+            self._settle_done()
+            await self._attempt(force=False, data=data)
+            return
         sha = hashlib.sha256(data).hexdigest()
         if (self._config is not None and sha == self._config.sha256) or sha == self._last_sha:
             # Back to the bytes running or refused already: nothing to wait for.

@@ -73,6 +73,48 @@ def _text_field(name: str, value: str, *, max_chars: int, required: bool) -> Ref
     return None
 
 
+def _attributes_refusal(event: event_pb2.Event, limits: Limits) -> Refusal | None:
+    """Extensions (count, names, text) and the attributes' total size against the limits."""
+    extensions = event.extensions
+    n_ext = len(extensions)
+    if n_ext > limits.max_extensions:
+        return Refusal(f"{n_ext} extensions exceed max_extensions of {limits.max_extensions}", too_large=True)
+    attr_bytes = len(event.id) + len(event.source) + len(event.type) + len(event.datacontenttype)
+    attr_bytes += len(event.key)
+    # Guarded: iterating even an empty protobuf map costs more than the rest of the checks.
+    for ext_name, ext_value in extensions.items() if n_ext else ():
+        if _EXTENSION_NAME.fullmatch(ext_name) is None:
+            return Refusal(f"extension name {ext_name[:40]!r} is invalid; use 1 to 20 of a-z 0-9 (CloudEvents)")
+        if ext_name in _RESERVED:
+            return Refusal(f"extension name {ext_name!r} is a CloudEvents attribute; set the field instead")
+        if _PRINTABLE.fullmatch(ext_value) is None and ext_value:
+            return Refusal(f"extension {ext_name!r} contains control characters; use printable text")
+        attr_bytes += len(ext_name) + len(ext_value)
+    if attr_bytes * 4 > limits.max_attributes_bytes:
+        # Counted in characters above (cheap); only a near miss pays for exact UTF-8 sizes.
+        attr_bytes = sum(
+            len(s.encode()) for s in (event.id, event.source, event.type, event.datacontenttype, event.key)
+        ) + sum(len(k.encode()) + len(v.encode()) for k, v in event.extensions.items())
+    if attr_bytes > limits.max_attributes_bytes:
+        return Refusal(
+            f"attributes and extensions of {attr_bytes} bytes exceed "
+            f"max_attributes_bytes of {limits.max_attributes_bytes} bytes",
+            too_large=True,
+        )
+    return None
+
+
+def _time_refusal(time: Timestamp) -> Refusal | None:
+    if not 0 <= time.nanos < 1_000_000_000:
+        return Refusal(f"time has {time.nanos} nanos; must be 0 to 999999999")
+    if not _MIN_SECONDS <= time.seconds <= _MAX_SECONDS:
+        return Refusal(
+            f"time of {time.seconds} seconds since 1970 is outside years 1 to 9999"
+            " (RFC 3339); send the event's real time, or none for the admission time"
+        )
+    return None
+
+
 class Admission:
     """Checks and stamps events for one region; the route comes from the current router."""
 
@@ -86,34 +128,9 @@ class Admission:
 
     def check(self, event: event_pb2.Event) -> Refusal | None:
         """Why the event is refused, or None. Never mutates the event."""
-        limits = self._limits
-        topic = event.topic
-        if not topic:
-            return Refusal("topic is required, e.g. 'orders/created'")
-        if topic not in self._valid_topics:
-            problem = validate_topic(topic)
-            if problem is not None:
-                return Refusal(problem)
-            if len(self._valid_topics) >= _MAX_CHECKED:
-                self._valid_topics.clear()
-            self._valid_topics.add(topic)
-        refusal = _text_field("id", event.id, max_chars=_MAX_ID_CHARS, required=False)
+        refusal = self._check_names(event)
         if refusal is not None:
             return refusal
-        # source, type and key repeat across events: each distinct triple is checked once.
-        triple = (event.source, event.type, event.key)
-        if triple not in self._checked:
-            for name, value, cap, required in (
-                ("source", triple[0], limits.max_attributes_bytes, True),
-                ("type", triple[1], limits.max_attributes_bytes, True),
-                ("key", triple[2], _MAX_KEY_CHARS, False),
-            ):
-                refusal = _text_field(name, value, max_chars=cap, required=required)
-                if refusal is not None:
-                    return refusal
-            if len(self._checked) >= _MAX_CHECKED:
-                self._checked.clear()
-            self._checked.add(triple)
         if event.specversion not in ("", "1.0"):
             return Refusal(f"specversion {event.specversion[:20]!r} is not supported; use '1.0' (or leave it empty)")
         if event.datacontenttype and _MEDIA_TYPE.fullmatch(event.datacontenttype) is None:
@@ -139,44 +156,46 @@ class Admission:
         ):
             return Refusal(output_only_refusal(event))
         size = len(event.data)
-        if size > limits.max_data_bytes:
+        if size > self._limits.max_data_bytes:
             return Refusal(
-                f"data of {size} bytes exceeds max_data_bytes of {limits.max_data_bytes} bytes", too_large=True
+                f"data of {size} bytes exceeds max_data_bytes of {self._limits.max_data_bytes} bytes", too_large=True
             )
-        extensions = event.extensions
-        n_ext = len(extensions)
-        if n_ext > limits.max_extensions:
-            return Refusal(f"{n_ext} extensions exceed max_extensions of {limits.max_extensions}", too_large=True)
-        attr_bytes = len(event.id) + len(event.source) + len(event.type) + len(event.datacontenttype)
-        attr_bytes += len(event.key)
-        # Guarded: iterating even an empty protobuf map costs more than the rest of the checks.
-        for ext_name, ext_value in extensions.items() if n_ext else ():
-            if _EXTENSION_NAME.fullmatch(ext_name) is None:
-                return Refusal(f"extension name {ext_name[:40]!r} is invalid; use 1 to 20 of a-z 0-9 (CloudEvents)")
-            if ext_name in _RESERVED:
-                return Refusal(f"extension name {ext_name!r} is a CloudEvents attribute; set the field instead")
-            if _PRINTABLE.fullmatch(ext_value) is None and ext_value:
-                return Refusal(f"extension {ext_name!r} contains control characters; use printable text")
-            attr_bytes += len(ext_name) + len(ext_value)
-        if attr_bytes * 4 > limits.max_attributes_bytes:
-            # Counted in characters above (cheap); only a near miss pays for exact UTF-8 sizes.
-            attr_bytes = sum(
-                len(s.encode()) for s in (event.id, event.source, event.type, event.datacontenttype, event.key)
-            ) + sum(len(k.encode()) + len(v.encode()) for k, v in event.extensions.items())
-        if attr_bytes > limits.max_attributes_bytes:
-            return Refusal(
-                f"attributes and extensions of {attr_bytes} bytes exceed "
-                f"max_attributes_bytes of {limits.max_attributes_bytes} bytes",
-                too_large=True,
-            )
+        refusal = _attributes_refusal(event, self._limits)
+        if refusal is not None:
+            return refusal
         if event.HasField("time"):
-            if not 0 <= event.time.nanos < 1_000_000_000:
-                return Refusal(f"time has {event.time.nanos} nanos; must be 0 to 999999999")
-            if not _MIN_SECONDS <= event.time.seconds <= _MAX_SECONDS:
-                return Refusal(
-                    f"time of {event.time.seconds} seconds since 1970 is outside years 1 to 9999"
-                    " (RFC 3339); send the event's real time, or none for the admission time"
-                )
+            return _time_refusal(event.time)
+        return None
+
+    def _check_names(self, event: event_pb2.Event) -> Refusal | None:
+        """Topic, id, source, type and key; a topic or triple that passed is remembered, not checked again."""
+        topic = event.topic
+        if not topic:
+            return Refusal("topic is required, e.g. 'orders/created'")
+        if topic not in self._valid_topics:
+            problem = validate_topic(topic)
+            if problem is not None:
+                return Refusal(problem)
+            if len(self._valid_topics) >= _MAX_CHECKED:
+                self._valid_topics.clear()
+            self._valid_topics.add(topic)
+        refusal = _text_field("id", event.id, max_chars=_MAX_ID_CHARS, required=False)
+        if refusal is not None:
+            return refusal
+        # source, type and key repeat across events: each distinct triple is checked once.
+        triple = (event.source, event.type, event.key)
+        if triple not in self._checked:
+            for name, value, cap, required in (
+                ("source", triple[0], self._limits.max_attributes_bytes, True),
+                ("type", triple[1], self._limits.max_attributes_bytes, True),
+                ("key", triple[2], _MAX_KEY_CHARS, False),
+            ):
+                refusal = _text_field(name, value, max_chars=cap, required=required)
+                if refusal is not None:
+                    return refusal
+            if len(self._checked) >= _MAX_CHECKED:
+                self._checked.clear()
+            self._checked.add(triple)
         return None
 
     def stamp(self, event: event_pb2.Event, now: Timestamp) -> tuple[str, ...]:

@@ -68,8 +68,7 @@ _raised_to: tuple[int, int] | None = None
 
 def raise_open_file_limit() -> tuple[int, int]:
     """Raises this process's soft RLIMIT_NOFILE to its hard limit, once; returns (soft, hard) in force."""
-    # One process-wide limit, raised once whatever the number of gateways in the process.
-    global _raised_to
+    global _raised_to  # noqa: PLW0603 - one process-wide limit, raised once whatever the number of gateways
     with _raised:
         if _raised_to is not None:
             return _raised_to

@@ -301,22 +301,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
                 gw.budget.release(n)
                 stream_budget.release(n)
 
-        def refuse(
-            req: gateway_pb2.PublishRequest, code: int, message: str, reason: RefusalReason
-        ) -> asyncio.Future[gateway_pb2.PublishResponse]:
-            fut: asyncio.Future[gateway_pb2.PublishResponse] = asyncio.get_running_loop().create_future()
-            fut.set_result(
-                gateway_pb2.PublishResponse(
-                    batch_id=req.batch_id,
-                    results=[
-                        event_pb2.EventResult(id=e.id, outcome=_REJECTED, code=code, message=message)
-                        for e in req.events
-                    ],
-                )
-            )
-            gw.metrics.rejected.inc(len(req.events))
-            gw.metrics.refuse(reason, len(req.events))
-            return fut
+        refuse = self._refused_batch
 
         async def reader() -> None:
             nonlocal auth, client
@@ -366,6 +351,23 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
                 rest = pending.get_nowait()
                 if rest is not None and not rest.done():
                     await asyncio.shield(rest)
+
+    def _refused_batch(
+        self, req: gateway_pb2.PublishRequest, code: int, message: str, reason: RefusalReason
+    ) -> asyncio.Future[gateway_pb2.PublishResponse]:
+        """The already answered ack of a batch refused whole (every event with ``code`` and ``message``)."""
+        fut: asyncio.Future[gateway_pb2.PublishResponse] = asyncio.get_running_loop().create_future()
+        fut.set_result(
+            gateway_pb2.PublishResponse(
+                batch_id=req.batch_id,
+                results=[
+                    event_pb2.EventResult(id=e.id, outcome=_REJECTED, code=code, message=message) for e in req.events
+                ],
+            )
+        )
+        self._gw.metrics.rejected.inc(len(req.events))
+        self._gw.metrics.refuse(reason, len(req.events))
+        return fut
 
     async def Subscribe(
         self,

@@ -112,7 +112,7 @@ def _make_exporter(name: str, environ: Mapping[str, str]) -> SpanExporter | None
         protocol = environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
         if protocol and protocol != "grpc":
             log.warning("OTEL_EXPORTER_OTLP_PROTOCOL=%s is not supported; traces are exported by OTLP/gRPC", protocol)
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter  # noqa: PLC0415
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter  # noqa: PLC0415 - OTLP/gRPC only when exporting
 
         return OTLPSpanExporter()  # endpoint, headers, TLS, timeout, compression: OTEL_EXPORTER_OTLP_*
     if name == "console":

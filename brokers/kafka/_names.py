@@ -67,7 +67,7 @@ class KafkaNames:
     def is_mesh(self, kafka_topic: str) -> bool:
         return self._any.match(kafka_topic) is not None
 
-    @functools.lru_cache(maxsize=256)  # noqa: B019  # one KafkaNames per broker, a few patterns
+    @functools.lru_cache(maxsize=256)  # noqa: B019 - one KafkaNames per broker, a few patterns
     def regex(self, pattern: str) -> re.Pattern[str]:
         """The Kafka topics of a mesh pattern (``orders/*``, ``orders/>``) as an anchored regex.
 

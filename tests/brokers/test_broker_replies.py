@@ -103,6 +103,7 @@ def test_other_errors_keep_their_meaning() -> None:
     wrong_seq = parse({"error": err(400, "wrong last sequence: 3", 10071), "seq": 0})
     assert isinstance(wrong_seq, JetStreamRejectedError)
     unavailable = parse({"error": err(503, "JetStream system temporarily unavailable", 10008)})
+    assert isinstance(unavailable, BrokerError)
     assert unavailable.retriable and not isinstance(unavailable, StorageFullError)
     # An error without its fields is still an error, never an ack.
     assert isinstance(parse({"error": "boom", "seq": 4}), BrokerError)

@@ -27,6 +27,7 @@ from meshgate.brokers import (
 from meshgate.brokers.embedded import RestartPolicy, find_nats_server
 from meshgate.brokers.kafka import KafkaBroker
 from meshgate.config import BrokerKind, NatsSettings, RegionConfig
+from tests._wait import eventually
 from tests.brokers._contract import make_event, read_events, sequences
 
 
@@ -141,9 +142,7 @@ async def test_log_keeps_flowing_after_ready(nats_server: EmbeddedNats) -> None:
     assert nats_server.pid is not None
     before = len(nats_server.log_tail(1000))
     os.kill(nats_server.pid, 1)  # SIGHUP: nats-server reloads its config and logs about it
-    async with asyncio.timeout(10):
-        while len(nats_server.log_tail(1000)) == before:
-            await asyncio.sleep(0.01)
+    await eventually(lambda: len(nats_server.log_tail(1000)) != before, 10, interval=0.01, what="a new log line")
 
 
 async def test_unexpected_exit_without_restarts_is_noticed_and_start_recovers(tmp_path: Path) -> None:
@@ -151,9 +150,9 @@ async def test_unexpected_exit_without_restarts_is_noticed_and_start_recovers(tm
         port, pid = server.port, server.pid
         assert pid is not None
         os.kill(pid, signal.SIGKILL)  # not through kill(): as if the OOM killer did it
-        async with asyncio.timeout(10):
-            while server_state(server) is not EmbeddedNatsState.FAILED:
-                await asyncio.sleep(0.01)
+        await eventually(
+            lambda: server_state(server) is EmbeddedNatsState.FAILED, 10, interval=0.01, what="the server FAILED"
+        )
         assert server.pid is None
         assert server.failure == f"nats-server pid {pid} exited unexpectedly with signal 9 (SIGKILL)"
         await server.start()
@@ -184,9 +183,12 @@ async def test_killed_server_is_restarted_on_its_port_and_data(
             acked = sequences(await b.append([make_event("orders/created", f"e{i}") for i in range(20)]))
             assert acked == list(range(1, 21))
             os.kill(pid, signal.SIGKILL)
-            async with asyncio.timeout(30):
-                while server.pid in (None, pid) or server_state(server) is not EmbeddedNatsState.RUNNING:
-                    await asyncio.sleep(0.01)
+            await eventually(
+                lambda: server.pid not in (None, pid) and server_state(server) is EmbeddedNatsState.RUNNING,
+                30,
+                interval=0.01,
+                what="a new nats-server RUNNING",
+            )
             assert server.port == port and server.restarts == 1
             # The client reconnects to the same URL by itself, and the log is whole.
             got = await read_events(b, ">", 20, start=StartAt(earliest=True))
@@ -209,9 +211,9 @@ async def test_supervisor_gives_up_when_restarts_keep_failing(tmp_path: Path) ->
         assert pid is not None
         flag.unlink()
         os.kill(pid, signal.SIGKILL)
-        async with asyncio.timeout(30):
-            while server_state(server) is not EmbeddedNatsState.FAILED:
-                await asyncio.sleep(0.01)
+        await eventually(
+            lambda: server_state(server) is EmbeddedNatsState.FAILED, 30, interval=0.01, what="the server FAILED"
+        )
         assert server.restarts == 3
         assert server.failure.startswith("gave up restarting nats-server after 3 restarts within 60 s; last: restart 3")
         assert "exited with code 7" in server.failure and "the store is broken (on purpose)" in server.failure
@@ -230,9 +232,7 @@ async def test_stop_and_kill_never_restart(tmp_path: Path) -> None:
         pid = server.pid
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
-        async with asyncio.timeout(30):
-            while server.restarts < 2:
-                await asyncio.sleep(0.01)
+        await eventually(lambda: server.restarts >= 2, 30, interval=0.01, what="a second restart")
         assert server_state(server) is EmbeddedNatsState.RESTARTING
         await server.stop()
         restarts = server.restarts

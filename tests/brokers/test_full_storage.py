@@ -17,6 +17,7 @@ from meshgate.brokers import AppendResult, BrokerError, NatsBroker, StartAt, Sto
 from meshgate.v1 import event_pb2
 from tests._full_store import SmallStoreNats, purge_stream
 from tests._servers import make_nats_broker
+from tests._wait import eventually
 
 BOUND = 30.0
 DATA = b"x" * 2048
@@ -106,9 +107,9 @@ async def test_full_jetstream_refuses_with_storage_full_and_never_acks_seq_0(
     # Room is made (an operator purges the stream): the probe clears the problem by itself,
     # without any event written meanwhile.
     await purge_stream(small_server.url, broker.settings.stream)
-    async with asyncio.timeout(BOUND):
-        while broker.storage_problem() is not None:
-            await asyncio.sleep(0.05)
+    await eventually(
+        lambda: broker.storage_problem() is None, BOUND, interval=0.05, what="the storage problem to clear"
+    )
     results = await broker.append(events(100_000, 5))
     assert all(isinstance(r, AppendResult) and r.sequence > len(acked) for r in results), results
     await broker.put_checkpoint("replication.there.x", b"{}")

@@ -1,7 +1,8 @@
 """KafkaBroker against a real Kafka-protocol broker (tansu): the broker contract, then what is Kafka-specific.
 
-tansu keeps everything in memory, so a restart of it is a new, empty cluster: the contract
-cases about data surviving a broker restart are skipped with that reason. The cases that assume
+tansu keeps everything in memory, so a restart of it is a new, empty cluster: data surviving a
+broker kill, and leases (a Kafka region has none), are DurableLeasesContract's, which only the
+NATS tests inherit. The cases that assume
 one log with one sequence (NATS JetStream: one stream) are replaced by their Kafka meaning:
 order and uniqueness per stream (topic-partition), and a read across partitions compared per
 stream.
@@ -38,6 +39,7 @@ from meshgate.config import KafkaSettings
 from meshgate.testing import Tansu
 from meshgate.v1 import event_pb2
 from tests._servers import TEST_ACK_TIMEOUT, TEST_KAFKA_MAX_MESSAGE_BYTES, make_kafka_broker
+from tests._wait import eventually
 from tests.brokers._contract import (
     BOUND,
     BrokerContract,
@@ -50,8 +52,6 @@ from tests.brokers._contract import (
     sequences,
     state_of,
 )
-
-TANSU_IS_MEMORY_ONLY = "tansu keeps its data in memory only: a restarted tansu is an empty cluster"
 
 
 class _KafkaBackend:
@@ -115,13 +115,19 @@ async def fetch_until(consumer: KafkaDurableConsumer, count: int, *, ack: bool =
 
 async def wait_for_assignment(*consumers: KafkaDurableConsumer, streams: int) -> None:
     """Until the group has given out ``streams`` streams, each to exactly one of ``consumers``."""
-    async with asyncio.timeout(BOUND * 2):
-        while True:
-            owned = [c.assignment for c in consumers]
-            union = frozenset().union(*owned)
-            if all(owned) and len(union) == streams and sum(len(o) for o in owned) == streams:
-                return
-            await asyncio.sleep(0.05)
+
+    def assigned() -> bool:
+        owned = [c.assignment for c in consumers]
+        union = frozenset().union(*owned)
+        return all(owned) and len(union) == streams and sum(len(o) for o in owned) == streams
+
+    await eventually(
+        assigned,
+        BOUND * 2,
+        interval=0.05,
+        what=f"{streams} streams each given to one of {len(consumers)} consumers",
+        status=lambda: [sorted(c.assignment) for c in consumers],
+    )
 
 
 class TestKafkaBroker(BrokerContract):
@@ -184,7 +190,7 @@ class TestKafkaBroker(BrokerContract):
             )
         reader = broker.read("orders/*", start=StartAt(earliest=True), max_batch=400)
         got = await collect(reader, n)
-        await reader.aclose()  # type: ignore[attr-defined]
+        await reader.aclose()
         assert len(got) == n
         expected: dict[str, list[str]] = defaultdict(list)
         for i, r in enumerate(appended):
@@ -200,8 +206,9 @@ class TestKafkaBroker(BrokerContract):
         assert stored is not None
         # Kafka stores milliseconds: start 1 ms after "before", and write the rest after that.
         at = stored + timedelta(milliseconds=1)
-        while datetime.now(UTC) <= at + timedelta(milliseconds=1):
-            await asyncio.sleep(0.001)
+        await eventually(
+            lambda: datetime.now(UTC) > at + timedelta(milliseconds=1), 1, interval=0.001, what="the next millisecond"
+        )
         results_of(
             await broker.append(
                 [make_event("orders/created", "after-1", key="k"), make_event("orders/created", "after-2", key="k")]
@@ -274,12 +281,6 @@ class TestKafkaBroker(BrokerContract):
             await a.close()
             await b.close()
 
-    # -- what a memory-only broker cannot show ------------------------------------------------
-
-    @pytest.mark.skip(reason=TANSU_IS_MEMORY_ONLY)
-    async def test_acked_events_survive_server_kill(self) -> None:
-        raise AssertionError("skipped")
-
     # -- leases: none in Kafka regions --------------------------------------------------------
 
     async def test_one_owner_per_lease_and_takeover(self, new_broker: BrokerFactory) -> None:
@@ -290,10 +291,6 @@ class TestKafkaBroker(BrokerContract):
             assert info.value.retriable is False
             with pytest.raises(BrokerError, match="does not use leases"):
                 await broker.release_lease("link.there", "replica-1")
-
-    @pytest.mark.skip(reason="a Kafka region has no leases (shares_work): see test_one_owner_per_lease_and_takeover")
-    async def test_lease_lapses_when_not_renewed(self) -> None:
-        raise AssertionError("skipped")
 
 
 # -- topics ---------------------------------------------------------------------------------
@@ -408,7 +405,7 @@ async def test_latest_and_log_position_count_whole_batches(kafka_broker: KafkaBr
             break
     batch = await asyncio.wait_for(first, BOUND)
     assert batch and all(e.id.startswith("new-") for e in batch)
-    await reader.aclose()  # type: ignore[attr-defined]
+    await reader.aclose()
 
 
 async def test_read_from_a_time_inside_a_partition(kafka_broker: KafkaBroker) -> None:
@@ -418,8 +415,9 @@ async def test_read_from_a_time_inside_a_partition(kafka_broker: KafkaBroker) ->
     stored = await kafka_broker.stored_time(first[-1].sequence, stream=first[-1].stream)
     assert stored is not None
     at = stored + timedelta(milliseconds=1)
-    while datetime.now(UTC) <= at + timedelta(milliseconds=1):
-        await asyncio.sleep(0.001)
+    await eventually(
+        lambda: datetime.now(UTC) > at + timedelta(milliseconds=1), 1, interval=0.001, what="the next millisecond"
+    )
     for i in range(3):
         results_of(await kafka_broker.append([make_event("orders/a", f"late-{i}-{j}", key="k") for j in range(7)]))
     got = await read_events(kafka_broker, "orders/a", 21, start=StartAt(time=at))
@@ -437,9 +435,7 @@ async def test_retry_on_another_live_replica_is_a_duplicate(tansu: Tansu) -> Non
         # Both replicas run before the write: the second learns the id from its follower.
         known = two.window_size
         [stored] = results_of(await one.append([make_event("orders/created", "retried")]))
-        async with asyncio.timeout(BOUND):
-            while two.window_size == known:
-                await asyncio.sleep(0.02)
+        await eventually(lambda: two.window_size != known, BOUND, interval=0.02, what="the id window to grow")
         assert await two.append([make_event("orders/created", "retried")]) == [
             AppendResult(stored.sequence, True, stored.stream)
         ]
@@ -508,7 +504,7 @@ async def test_commits_survive_a_restart_of_every_replica(tansu: Tansu) -> None:
         # Each acks the first of each of its partitions, then both go away.
         for consumer in (a, b):
             got = await fetch_until(consumer, 4 * len(consumer.assignment), ack=False)
-            firsts = {}
+            firsts: dict[str, Delivery] = {}
             for d in got:
                 firsts.setdefault(d.event.stream, d)
             await consumer.ack(list(firsts.values()))

@@ -31,10 +31,12 @@ from meshgate.brokers.nats._broker import _generation_of
 from meshgate.config import NatsSettings
 from meshgate.testing import freeze
 from tests._servers import TEST_ACK_TIMEOUT, make_nats_broker
+from tests._wait import eventually
 from tests.brokers._contract import (
     BOUND,
     BrokerContract,
     BrokerFactory,
+    DurableLeasesContract,
     make_event,
     read_events,
     sequences,
@@ -59,7 +61,7 @@ class _NatsBackend:
         await self.server.kill()
 
 
-class TestNatsBroker(BrokerContract):
+class TestNatsBroker(BrokerContract, DurableLeasesContract):
     @pytest.fixture
     def new_broker(self, nats_server: EmbeddedNats) -> BrokerFactory:
         return lambda: make_nats_broker(nats_server)
@@ -153,16 +155,12 @@ async def test_batches_larger_than_the_ack_window(nats_server: EmbeddedNats) -> 
 async def test_cancelled_append_leaves_nothing_behind(nats_broker: NatsBroker) -> None:
     task = asyncio.ensure_future(nats_broker.append([make_event("orders/created", f"cancel-{i}") for i in range(5000)]))
     # Let it fill the ack window (5,000 events > 4,096 acks in flight), then cancel it.
-    async with asyncio.timeout(BOUND):
-        while not nats_broker.acks_in_flight:
-            await asyncio.sleep(0)
+    await eventually(lambda: nats_broker.acks_in_flight, BOUND, interval=0, what="acks in flight")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     # Its acks still settle (or time out): nothing stays in flight.
-    async with asyncio.timeout(BOUND):
-        while nats_broker.acks_in_flight:
-            await asyncio.sleep(0.01)
+    await eventually(lambda: not nats_broker.acks_in_flight, BOUND, interval=0.01, what="no ack in flight")
     assert sequences(await nats_broker.append([make_event("orders/created", "after-cancel")]))
 
 
@@ -264,15 +262,13 @@ async def test_start_fails_when_no_server_answers(nats_server: EmbeddedNats) -> 
 async def test_state_follows_the_connection(nats_server: EmbeddedNats, nats_broker: NatsBroker) -> None:
     assert state_of(nats_broker) is BrokerState.CONNECTED
     await nats_server.stop()
-    async with asyncio.timeout(BOUND):
-        while state_of(nats_broker) is not BrokerState.RECONNECTING:
-            await asyncio.sleep(0.01)
+    await eventually(
+        lambda: state_of(nats_broker) is BrokerState.RECONNECTING, BOUND, interval=0.01, what="RECONNECTING"
+    )
     [down] = await nats_broker.append([make_event("orders/created", "while-down")])
     assert isinstance(down, BrokerUnavailableError)
     await nats_server.start()
-    async with asyncio.timeout(BOUND):
-        while state_of(nats_broker) is not BrokerState.CONNECTED:
-            await asyncio.sleep(0.01)
+    await eventually(lambda: state_of(nats_broker) is BrokerState.CONNECTED, BOUND, interval=0.01, what="CONNECTED")
     await nats_broker.stop()
     assert state_of(nats_broker) is BrokerState.CLOSED
 
@@ -408,7 +404,7 @@ async def test_an_open_that_loses_its_generation_number_takes_the_next(
 async def test_one_ack_per_batch_covers_skipped_deliveries_only_after_the_forwarded(
     nats_broker: NatsBroker,
 ) -> None:
-    here_there = {"origin": "here", "route": ["here", "there"]}
+    here_there: dict[str, Any] = {"origin": "here", "route": ["here", "there"]}
     await nats_broker.append(
         [
             make_event("orders/a", "s-1", **here_there),

@@ -9,7 +9,7 @@ from typing import Any
 import nats.errors
 import pytest
 
-from meshgate.brokers import Broker, EmbeddedNats, NatsBroker, RawBatch, StartAt, header_lines
+from meshgate.brokers import Broker, DurableConsumer, EmbeddedNats, NatsBroker, RawBatch, StartAt, header_lines
 from meshgate.brokers._codec import _PLAIN_LINES_RE, _header_lines_problem, check_header_lines
 from meshgate.brokers.nats._parser import FastParser
 from meshgate.brokers.nats._wire import split_header_block
@@ -210,7 +210,7 @@ async def test_default_raw_paths_decode_and_encode(nats_broker: NatsBroker) -> N
     async with asyncio.timeout(BOUND):
         raw = RawBatch()
         while len(raw) < 3:
-            part = await type(consumer).__mro__[1].fetch_raw(consumer, 10, timeout=0.5)  # DurableConsumer's
+            part = await DurableConsumer.fetch_raw(consumer, 10, timeout=0.5)
             raw.ids.extend(part.ids)
             raw.headers.extend(part.headers)
             raw.data.extend(part.data)

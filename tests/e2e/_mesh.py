@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import os
 import signal
 import socket
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -37,9 +36,10 @@ from meshgate.brokers.embedded import EmbeddedNats
 from meshgate.testing import ServeProcess, Tansu
 from meshgate.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2_grpc
 from tests._replication import VARIABLE
+from tests._wait import eventually
 from tests.e2e._proxy import TcpProxy
 
-__all__ = ["MeshCluster", "free_port", "wait_links_idle", "wait_until"]
+__all__ = ["MeshCluster", "free_port", "wait_links_idle"]
 
 T = TypeVar("T")
 
@@ -59,35 +59,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-async def wait_until(
-    predicate: Callable[[], T | Awaitable[T]],
-    timeout: float,
-    *,
-    interval: float = 0.1,
-    what: str = "condition",
-) -> T:
-    """Polls ``predicate`` (sync or async) until it returns a truthy value, which is returned.
-
-    Raises AssertionError naming ``what`` and the last value (or exception) after ``timeout``.
-    An exception from the predicate counts as "not yet".
-    """
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while True:
-        try:
-            value = predicate()
-            if inspect.isawaitable(value):
-                value = await value
-            if value:
-                return value  # type: ignore[return-value]
-            last = value
-        except (grpc.aio.AioRpcError, OSError, TimeoutError) as exc:
-            last = exc
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}; last value: {last!r}")
-        await asyncio.sleep(interval)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -385,10 +356,10 @@ class MeshCluster:
             region.channel = grpc.aio.insecure_channel(region.listen, options=_CHANNEL_OPTIONS)
         return region.channel
 
-    def stub(self, name: str, replica: int = 0) -> gateway_pb2_grpc.GatewayStub:
+    def stub(self, name: str, replica: int = 0) -> gateway_pb2_grpc.GatewayAsyncStub:
         return gateway_pb2_grpc.GatewayStub(self.channel(name, replica))
 
-    def admin(self, name: str, replica: int = 0) -> admin_pb2_grpc.AdminStub:
+    def admin(self, name: str, replica: int = 0) -> admin_pb2_grpc.AdminAsyncStub:
         return admin_pb2_grpc.AdminStub(self.channel(name, replica))
 
     async def status(self, name: str, timeout: float = 5.0, *, replica: int = 0) -> admin_pb2.StatusResponse:
@@ -478,7 +449,7 @@ class MeshCluster:
     # --- diagnostics -----------------------------------------------------------------------------
 
     def logs(self, name: str) -> str:
-        parts = []
+        parts: list[str] = []
         for region in (self.regions[name], *self.more_replicas[name]):
             label = name if region.replica == 0 else f"{name} replica {region.replica}"
             parts.extend(f"--- {label}: incarnation {i + 1} ---\n{text}" for i, text in enumerate(region.history))
@@ -511,4 +482,4 @@ async def wait_links_idle(cluster: MeshCluster, sources: Sequence[str], timeout:
                     return False
         return True
 
-    await wait_until(idle, timeout, interval=0.2, what=f"links of {list(sources)} REPLICATING with lag 0")
+    await eventually(idle, timeout, interval=0.2, what=f"links of {list(sources)} REPLICATING with lag 0")

@@ -25,8 +25,9 @@ import pytest
 
 from meshgate.testing import freeze
 from meshgate.v1 import admin_pb2, event_pb2
+from tests._wait import eventually
 from tests.e2e._ledger import Ledger, Producer, make_event, read_region
-from tests.e2e._mesh import MeshCluster, wait_links_idle, wait_until
+from tests.e2e._mesh import MeshCluster, wait_links_idle
 from tests.e2e._proxy import TcpProxy
 from tests.e2e.conftest import MeshFactory
 
@@ -77,7 +78,7 @@ async def warm_up(cluster: MeshCluster, ledger: Ledger, events: list[event_pb2.E
         total = sum(link.forwarded for link in shares if link is not None)
         return total >= routed(ledger, US, EU) and all(link is not None and link.forwarded for link in shares)
 
-    await wait_until(forwarding, 45, what=f"the warm-up events forwarded {US} -> {EU} by {replicas} replica(s)")
+    await eventually(forwarding, 45, what=f"the warm-up events forwarded {US} -> {EU} by {replicas} replica(s)")
 
 
 async def mid_stream(cluster: MeshCluster, producer: Producer, *, acked: int, forwarded_at_least: int) -> None:
@@ -86,7 +87,7 @@ async def mid_stream(cluster: MeshCluster, producer: Producer, *, acked: int, fo
     async def ready() -> bool:
         return producer.acked >= acked and await forwarded(cluster, US, EU) >= forwarded_at_least
 
-    await wait_until(ready, 30, what=f"{acked} acked at {US} and {forwarded_at_least} forwarded to {EU}")
+    await eventually(ready, 30, what=f"{acked} acked at {US} and {forwarded_at_least} forwarded to {EU}")
 
 
 async def finish(cluster: MeshCluster, ledger: Ledger, producing: asyncio.Task[None], total: int) -> None:
@@ -123,7 +124,7 @@ async def test_destination_gateway_and_broker_killed_mid_stream(
         timeout=20,
         what=f"the {US} -> {EU} link to leave REPLICATING with a last_error",
     )
-    await wait_until(lambda: producer.acked >= min(3000, down_at + 300), 30, what="publishing during the outage")
+    await eventually(lambda: producer.acked >= min(3000, down_at + 300), 30, what="publishing during the outage")
 
     await cluster.restart(EU)
     await finish(cluster, ledger, producing, 3000)
@@ -178,7 +179,7 @@ async def test_link_cut_reports_lag_and_catches_up_after_restore(
         timeout=20,
         what=f"the {US} -> {EU} link to show the cut (not REPLICATING, lag_events > 0, last_error)",
     )
-    await wait_until(lambda: producer.acked >= min(3000, cut_at + 500), 30, what="publishing during the cut")
+    await eventually(lambda: producer.acked >= min(3000, cut_at + 500), 30, what="publishing during the cut")
     # The age of the oldest event waiting grows while the link is stuck. Checked after the
     # catch-up below, so that a failure here does not hide how the rest went.
     aged: admin_pb2.LinkStatus | AssertionError
@@ -264,7 +265,7 @@ async def test_nats_link_lease_moves_to_the_other_replica_under_load(make_mesh: 
     async def warm() -> bool:
         return await forwarded_by_all() >= routed(ledger, US, EU)
 
-    await wait_until(warm, 45, what=f"the warm-up events forwarded {US} -> {EU}")
+    await eventually(warm, 45, what=f"the warm-up events forwarded {US} -> {EU}")
     holder = await _link_holder(cluster, 2)
     before = await _link_consumers(cluster)
     # The link's consumer: one generation, never the un-generationed name.
@@ -276,7 +277,7 @@ async def test_nats_link_lease_moves_to_the_other_replica_under_load(make_mesh: 
     async def under_way() -> bool:
         return producer.acked >= 600 and await forwarded_by_all() >= 300
 
-    await wait_until(under_way, 30, what=f"600 acked at {US} and 300 forwarded to {EU}")
+    await eventually(under_way, 30, what=f"600 acked at {US} and 300 forwarded to {EU}")
     if how == "kill-9":
         await cluster.kill9(US, broker_too=False, replica=holder)  # its batches to eu-central are in flight
     else:
@@ -290,7 +291,7 @@ async def test_nats_link_lease_moves_to_the_other_replica_under_load(make_mesh: 
         return link is not None and link.state == REPLICATING
 
     try:
-        await wait_until(taken_over, 45, what=f"replica {survivor} to run the {US} -> {EU} link")
+        await eventually(taken_over, 45, what=f"replica {survivor} to run the {US} -> {EU} link")
     finally:
         if how == "stall":
             cluster.process(US, holder).signal(signal.SIGCONT)
@@ -347,7 +348,7 @@ async def test_poison_event_is_dead_lettered_and_never_blocks_the_link(make_mesh
     # stay in us-west only.
     await ledger.verify(cluster, timeout=60)
 
-    dlq = await wait_until(
+    dlq = await eventually(
         lambda: _read_at_least(cluster, US, "meshgate/dlq/>", len(poison)),
         30,
         what=f"{len(poison)} dead letters in {US}",
@@ -399,7 +400,7 @@ async def wait_link(
         return link if link is not None and cond(link) else None
 
     try:
-        return await wait_until(check, timeout, what=what)
+        return await eventually(check, timeout, what=what)
     except AssertionError as exc:
         last = seen[0]
         shown = "no such link" if last is None else str(last).replace("\n", "; ")

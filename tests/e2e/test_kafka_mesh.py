@@ -15,8 +15,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from meshgate.v1 import event_pb2, gateway_pb2
 from tests._cli import run_cli
+from tests._wait import eventually
 from tests.e2e._ledger import Ledger, Producer, make_event
-from tests.e2e._mesh import MeshCluster, wait_until
+from tests.e2e._mesh import MeshCluster
 from tests.e2e.conftest import MeshFactory
 
 NT, KF = "us-west", "eu-kafka"
@@ -44,7 +45,7 @@ async def _native_read(bootstrap: str, topic: str, expect: int, timeout: float =
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
     await consumer.start()
     try:
-        partitions = await wait_until(
+        partitions = await eventually(
             lambda: consumer.partitions_for_topic(topic), 15, what=f"topic {topic} in the metadata"
         )
         consumer.assign([TopicPartition(topic, p) for p in sorted(partitions)])

@@ -6,6 +6,7 @@ with its attributes; links report REPLICATING with no lag; the CLI shows it all.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 
 import pytest
@@ -13,8 +14,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from meshgate.v1 import admin_pb2, event_pb2, gateway_pb2
 from tests._cli import run_cli
+from tests._wait import eventually
 from tests.e2e._ledger import Ledger, Producer, make_event, read_region
-from tests.e2e._mesh import MeshCluster, wait_links_idle, wait_until
+from tests.e2e._mesh import MeshCluster, wait_links_idle
 from tests.e2e.conftest import MeshFactory
 
 US, EU, AP = "us-west", "eu-central", "ap-south"
@@ -99,8 +101,8 @@ async def test_replicated_event_keeps_its_attributes_and_the_cli_shows_it(make_m
     at_origin = {e.id: e for e in await read_region(cluster, EU, "orders/>", expect=3)}
 
     for region in (US, AP):
-        got = await wait_until(
-            lambda r=region: _read_ids(cluster, r, 3), 30, what=f"the 3 events of eu-central in {region}"
+        got = await eventually(
+            functools.partial(_read_ids, cluster, region, 3), 30, what=f"the 3 events of eu-central in {region}"
         )
         assert [e.id for e in got] == ["attr-1", "attr-2", "attr-3"], region
         for e, orig, pub in zip(got, (at_origin[i] for i in ("attr-1", "attr-2", "attr-3")), sent, strict=True):

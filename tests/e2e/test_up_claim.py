@@ -13,7 +13,8 @@ import grpc
 import pytest
 
 from meshgate.v1 import event_pb2, gateway_pb2, gateway_pb2_grpc
-from tests.e2e._mesh import _is_nats_server_of, _pid_alive, free_port, wait_until
+from tests._wait import eventually
+from tests.e2e._mesh import _is_nats_server_of, _pid_alive, free_port
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads /proc to count nats-server processes")
 
@@ -108,7 +109,7 @@ async def running(tmp_path: Path) -> AsyncIterator[tuple[_Up, Path, Path, list[i
     first = _Up(config, data_dir)
     await first.start()
     try:
-        await wait_until(
+        await eventually(
             lambda: first.text().count("gateway serving on") == 2, 60, what=f"two regions serving:\n{first.text()}"
         )
         assert len(_nats_servers_of(data_dir)) == 2

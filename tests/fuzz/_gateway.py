@@ -21,7 +21,7 @@ from urllib.parse import unquote, urlparse
 
 import grpc
 import nats
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from meshgate.brokers.embedded import EmbeddedNats
 from meshgate.config import (
@@ -36,6 +36,7 @@ from meshgate.config import (
     Settings,
 )
 from meshgate.gateway import Gateway
+from tests._health import health_stub
 
 __all__ = ["HEALTH_SERVICES", "REGION", "STREAM", "ThreadGateway"]
 
@@ -177,7 +178,7 @@ class ThreadGateway:
         return self.run(read())
 
     def health(self, channel: grpc.Channel) -> dict[str, str]:
-        stub = health_pb2_grpc.HealthStub(channel)
+        stub = health_stub(channel)
         out: dict[str, str] = {}
         for service in HEALTH_SERVICES:
             resp = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)

@@ -23,6 +23,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -74,9 +75,8 @@ class Ledger:
         ev = event_pb2.Event(
             id=f"control-{uuid.uuid4()}-{next(self._control)}", topic="orders/control", source="/fuzz", type="control"
         )
-        raw = channel.unary_unary("/meshgate.v1.Gateway/Publish")(
-            gateway_pb2.PublishRequest(events=[ev]).SerializeToString(), timeout=CALL_TIMEOUT
-        )
+        publish: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary("/meshgate.v1.Gateway/Publish")
+        raw = publish(gateway_pb2.PublishRequest(events=[ev]).SerializeToString(), timeout=CALL_TIMEOUT)
         resp = gateway_pb2.PublishResponse.FromString(raw)
         assert [r.outcome for r in resp.results] == [event_pb2.OUTCOME_ACCEPTED], resp
         self.record(list(resp.results))
@@ -175,39 +175,39 @@ def _wild_time(draw: st.DrawFn, ts: Timestamp) -> None:
     ts.nanos = draw(st.one_of(st.integers(0, 999_999_999), wide_int32))
 
 
+def _wild_scalars() -> dict[str, st.SearchStrategy[Any]]:
+    """The wild value of each scalar field, by field name."""
+    return {
+        "topic": topic_text,
+        "id": st.one_of(st.just(""), st.text(max_size=300)),
+        "source": st.one_of(st.just(""), short_text, st.text(min_size=2000, max_size=2100)),
+        "type": st.one_of(st.just(""), short_text),
+        "specversion": st.sampled_from(["0.3", "1.0\x00", "2"]),
+        "datacontenttype": st.one_of(st.sampled_from(["application/json", "text/plain; a=b", "x"]), short_text),
+        "data": st.one_of(st.binary(max_size=64), st.just(b"x" * (LIMITS.max_data_bytes + 1))),
+        "key": short_text,
+        "origin": short_text,
+        "sequence": wide_uint64,
+        "origin_sequence": wide_uint64,
+        "stream": stream_text,
+        "origin_stream": stream_text,
+    }
+
+
+WILD_SCALARS = _wild_scalars()
+
+
 def _wild_event_field(draw: st.DrawFn, ev: event_pb2.Event, name: str) -> None:
-    if name == "topic":
-        ev.topic = draw(topic_text)
-    elif name == "id":
-        ev.id = draw(st.one_of(st.just(""), st.text(max_size=300)))
-    elif name == "source":
-        ev.source = draw(st.one_of(st.just(""), short_text, st.text(min_size=2000, max_size=2100)))
-    elif name == "type":
-        ev.type = draw(st.one_of(st.just(""), short_text))
-    elif name == "specversion":
-        ev.specversion = draw(st.sampled_from(["0.3", "1.0\x00", "2"]))
+    if name in WILD_SCALARS:
+        setattr(ev, name, draw(WILD_SCALARS[name]))
     elif name == "time":
         _wild_time(draw, ev.time)
-    elif name == "datacontenttype":
-        ev.datacontenttype = draw(st.one_of(st.sampled_from(["application/json", "text/plain; a=b", "x"]), short_text))
-    elif name == "data":
-        ev.data = draw(st.one_of(st.binary(max_size=64), st.just(b"x" * (LIMITS.max_data_bytes + 1))))
     elif name == "extensions":
         ev.extensions.update(draw(st.dictionaries(ext_names, short_text, min_size=1, max_size=10)))
-    elif name == "key":
-        ev.key = draw(short_text)
-    elif name == "origin":
-        ev.origin = draw(short_text)
     elif name == "route":
         ev.route.extend(draw(st.lists(short_text, max_size=3)))
-    elif name == "sequence":
-        ev.sequence = draw(wide_uint64)
-    elif name == "origin_sequence":
-        ev.origin_sequence = draw(wide_uint64)
-    elif name == "stream":
-        ev.stream = draw(stream_text)
-    elif name == "origin_stream":
-        ev.origin_stream = draw(stream_text)
+    else:
+        raise AssertionError(f"no wild value for field {name!r}")
 
 
 EVENT_FIELDS = [
@@ -256,7 +256,9 @@ def subscribe_requests(draw: st.DrawFn) -> gateway_pb2.SubscribeRequest:
     start = draw(st.sampled_from(["none", "position", "time", "sequence"]))
     if start == "position":
         # proto3 enums are open: unknown values parse.
-        req.position = draw(st.one_of(st.integers(0, 2), st.integers(-(2**31), 2**31 - 1)))
+        req.position = gateway_pb2.StartPosition.ValueType(
+            draw(st.one_of(st.integers(0, 2), st.integers(-(2**31), 2**31 - 1)))
+        )
     elif start == "time":
         _wild_time(draw, req.start_time)
     elif start == "sequence":
@@ -355,7 +357,8 @@ ADMIN: dict[str, tuple[type[Message], st.SearchStrategy[Message]]] = {
 
 def unary(channel: grpc.Channel, method: str, data: bytes) -> tuple[grpc.StatusCode, str, bytes | None]:
     try:
-        return grpc.StatusCode.OK, "", channel.unary_unary(method)(data, timeout=CALL_TIMEOUT)
+        call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(method)
+        return grpc.StatusCode.OK, "", call(data, timeout=CALL_TIMEOUT)
     except grpc.RpcError as exc:
         code, details = status_of(exc)
         return code, details, None
@@ -364,7 +367,8 @@ def unary(channel: grpc.Channel, method: str, data: bytes) -> tuple[grpc.StatusC
 def streaming(channel: grpc.Channel, method: str, messages: list[bytes]) -> tuple[grpc.StatusCode, str, list[bytes]]:
     out: list[bytes] = []
     try:
-        out.extend(channel.stream_stream(method)(iter(messages), timeout=CALL_TIMEOUT))
+        call: grpc.StreamStreamMultiCallable[bytes, bytes] = channel.stream_stream(method)
+        out.extend(call(iter(messages), timeout=CALL_TIMEOUT))
     except grpc.RpcError as exc:
         code, details = status_of(exc)
         return code, details, out
@@ -472,7 +476,8 @@ def test_subscribe(gateway: ThreadGateway, channel: grpc.Channel, ledger: Ledger
     @example(data=timestamp_request(gateway_pb2.SubscribeRequest(pattern=">"), "start_time", 10**12))  # was UNKNOWN
     @example(data=timestamp_request(gateway_pb2.SubscribeRequest(pattern=">"), "start_time", 0, 10**9))
     def run(data: bytes) -> None:
-        call = channel.unary_stream(method)(data, timeout=CALL_TIMEOUT)
+        subscribe: grpc.UnaryStreamMultiCallable[bytes, bytes] = channel.unary_stream(method)
+        call = subscribe(data, timeout=CALL_TIMEOUT)
         if must_refuse(data):
             # The call has to end by itself, with a refusal: waited for, however busy the machine.
             code, details = call.code(), call.details() or ""
@@ -480,7 +485,8 @@ def test_subscribe(gateway: ThreadGateway, channel: grpc.Channel, ledger: Ledger
             assert code is not grpc.StatusCode.OK, f"{method}: a subscription the contract refuses ended OK"
         else:
             # A valid subscription stays open until we cancel it.
-            if not _ends_within(call, SUBSCRIBE_WAIT):
+            # The call object of a response-streaming call is a Future too (grpc's rendezvous).
+            if not _ends_within(cast("grpc.Future[Any]", call), SUBSCRIBE_WAIT):
                 call.cancel()
             code, details = call.code(), call.details() or ""
             check_status(method, code, details, SUBSCRIBE_ALLOWED)
@@ -490,7 +496,7 @@ def test_subscribe(gateway: ThreadGateway, channel: grpc.Channel, ledger: Ledger
     settle(gateway, channel, ledger)
 
 
-def _ends_within(call: grpc.Future, seconds: float) -> bool:
+def _ends_within(call: grpc.Future[Any], seconds: float) -> bool:
     """Whether the call ends within ``seconds``."""
     done = threading.Event()
     call.add_done_callback(lambda _: done.set())

@@ -27,7 +27,7 @@ def ev(topic: str = "orders/created", data: bytes = b"{}", **fields: Any) -> eve
 
 
 async def read_all(
-    stub: gateway_pb2_grpc.GatewayStub,
+    stub: gateway_pb2_grpc.GatewayAsyncStub,
     pattern: str = ">",
     *,
     expect: int | None = None,

@@ -70,10 +70,10 @@ async def channel(gateway: Gateway) -> AsyncIterator[grpc.aio.Channel]:
 
 
 @pytest.fixture
-def stub(channel: grpc.aio.Channel) -> gateway_pb2_grpc.GatewayStub:
+def stub(channel: grpc.aio.Channel) -> gateway_pb2_grpc.GatewayAsyncStub:
     return gateway_pb2_grpc.GatewayStub(channel)
 
 
 @pytest.fixture
-def admin(channel: grpc.aio.Channel) -> admin_pb2_grpc.AdminStub:
+def admin(channel: grpc.aio.Channel) -> admin_pb2_grpc.AdminAsyncStub:
     return admin_pb2_grpc.AdminStub(channel)

@@ -51,7 +51,7 @@ CASES: list[tuple[str, dict[str, Any], list[str]]] = [
 
 @pytest.mark.parametrize(("fields", "words"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 async def test_bad_event_refused_with_message_and_nothing_stored(
-    stub: gateway_pb2_grpc.GatewayStub, fields: dict[str, Any], words: list[str]
+    stub: gateway_pb2_grpc.GatewayAsyncStub, fields: dict[str, Any], words: list[str]
 ) -> None:
     topic = fields.pop("topic", "orders/created")
     bad = ev(topic, **fields)
@@ -59,29 +59,29 @@ async def test_bad_event_refused_with_message_and_nothing_stored(
         await stub.Publish(gateway_pb2.PublishRequest(events=[bad]))
     assert info.value.code() == INVALID
     for word in words:
-        assert word in info.value.details(), info.value.details()
+        assert word in (info.value.details() or ""), info.value.details()
     assert await read_all(stub, ">", idle=0.3) == []
 
 
-async def test_one_bad_event_fails_the_whole_unary_batch(stub: gateway_pb2_grpc.GatewayStub) -> None:
+async def test_one_bad_event_fails_the_whole_unary_batch(stub: gateway_pb2_grpc.GatewayAsyncStub) -> None:
     batch = [ev(id="a"), ev("bad topic", id="b"), ev(id="c", source="")]
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stub.Publish(gateway_pb2.PublishRequest(events=batch))
     assert info.value.code() == INVALID
-    details = info.value.details()
+    details = info.value.details() or ""
     assert "2 of 3 events refused, nothing stored" in details
     assert "events[1]" in details and "events[2]" in details
     assert await read_all(stub, ">", idle=0.3) == []
 
 
-async def test_empty_and_oversized_batches(stub: gateway_pb2_grpc.GatewayStub) -> None:
+async def test_empty_and_oversized_batches(stub: gateway_pb2_grpc.GatewayAsyncStub) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stub.Publish(gateway_pb2.PublishRequest())
-    assert info.value.code() == INVALID and "no events" in info.value.details()
+    assert info.value.code() == INVALID and "no events" in (info.value.details() or "")
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stub.Publish(gateway_pb2.PublishRequest(events=[ev(id=str(i)) for i in range(101)]))
     assert info.value.code() == INVALID
-    assert "batch of 101 events exceeds max_batch_events of 100" in info.value.details()
+    assert "batch of 101 events exceeds max_batch_events of 100" in (info.value.details() or "")
     assert await read_all(stub, ">", idle=0.3) == []
 
 
@@ -93,11 +93,11 @@ async def test_unknown_fields_refused(channel: grpc.aio.Channel) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stub.Publish(request)
     assert info.value.code() == INVALID
-    assert "fields [101]" in info.value.details()
+    assert "fields [101]" in (info.value.details() or "")
     assert await read_all(stub, ">", idle=0.3) == []
 
 
-async def test_route_and_sequence_cannot_be_forged(stub: gateway_pb2_grpc.GatewayStub) -> None:
+async def test_route_and_sequence_cannot_be_forged(stub: gateway_pb2_grpc.GatewayAsyncStub) -> None:
     for forged in ({"route": ["there"]}, {"sequence": 7}):
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await stub.Publish(
@@ -126,16 +126,18 @@ def test_output_only_fields_are_known() -> None:
 
 
 @pytest.mark.parametrize("name", [f.name for f in _OUTPUT_ONLY])
-async def test_every_output_only_field_is_refused_on_publish(stub: gateway_pb2_grpc.GatewayStub, name: str) -> None:
+async def test_every_output_only_field_is_refused_on_publish(
+    stub: gateway_pb2_grpc.GatewayAsyncStub, name: str
+) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stub.Publish(gateway_pb2.PublishRequest(events=[ev(id=f"forged-{name}", **_forged(name))]))
     assert info.value.code() == INVALID
-    assert f"{name} is set by the gateway" in info.value.details(), info.value.details()
+    assert f"{name} is set by the gateway" in (info.value.details() or ""), info.value.details()
     assert await read_all(stub, ">", idle=0.3) == []
 
 
 async def test_output_only_fields_are_refused_per_event_on_publish_stream(
-    stub: gateway_pb2_grpc.GatewayStub,
+    stub: gateway_pb2_grpc.GatewayAsyncStub,
 ) -> None:
     names = [f.name for f in _OUTPUT_ONLY]
     batch = [ev(id="good-1"), *(ev(id=f"forged-{n}", **_forged(n)) for n in names), ev(id="good-2")]
@@ -155,22 +157,22 @@ async def test_output_only_fields_are_refused_per_event_on_publish_stream(
     assert all(e.origin_sequence == 0 for e in stored)
 
 
-async def test_two_output_only_fields_are_both_named(stub: gateway_pb2_grpc.GatewayStub) -> None:
+async def test_two_output_only_fields_are_both_named(stub: gateway_pb2_grpc.GatewayAsyncStub) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stub.Publish(gateway_pb2.PublishRequest(events=[ev(origin_sequence=3, origin_stream="x")]))
     assert info.value.code() == INVALID
-    assert "origin_sequence, origin_stream are set by the gateway" in info.value.details(), info.value.details()
+    assert "origin_sequence, origin_stream are set by the gateway" in (info.value.details() or ""), info.value.details()
 
 
 DENIED = grpc.StatusCode.PERMISSION_DENIED
 
 
-async def test_reserved_topics_are_refused_to_anonymous_clients(stub: gateway_pb2_grpc.GatewayStub) -> None:
+async def test_reserved_topics_are_refused_to_anonymous_clients(stub: gateway_pb2_grpc.GatewayAsyncStub) -> None:
     # Without tokens every client may publish anywhere, except into the gateway's own topics.
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stub.Publish(gateway_pb2.PublishRequest(events=[ev("meshgate/dlq/there", id="fake-dlq")]))
     assert info.value.code() == DENIED
-    assert "reserved for the gateway" in info.value.details(), info.value.details()
+    assert "reserved for the gateway" in (info.value.details() or ""), info.value.details()
     call = stub.PublishStream()
     await call.write(gateway_pb2.PublishRequest(batch_id=1, events=[ev("meshgate/x", id="s-1"), ev(id="s-2")]))
     await call.done_writing()
@@ -205,7 +207,9 @@ async def test_reserved_topics_only_for_a_token_that_names_them(make_gateway: An
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await publish(everything, "meshgate/dlq/there", "by-wildcard")
     assert info.value.code() == DENIED
-    assert "client 'everything'" in info.value.details() and "'>' does not count" in info.value.details()
+    assert "client 'everything'" in (info.value.details() or "") and "'>' does not count" in (
+        info.value.details() or ""
+    )
     ok = await publish(dlq_writer, "meshgate/dlq/there", "by-name")
     assert [r.outcome for r in ok.results] == [event_pb2.OUTCOME_ACCEPTED]
     with pytest.raises(grpc.aio.AioRpcError) as info:

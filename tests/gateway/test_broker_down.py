@@ -12,13 +12,11 @@ import logging
 import os
 import signal
 import stat
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from meshgate.brokers import BrokerState, NatsBroker
 from meshgate.brokers.embedded import EmbeddedNats, EmbeddedNatsBroker, RestartPolicy, find_nats_server
@@ -26,16 +24,11 @@ from meshgate.config import BrokerKind, MeshConfig, NatsSettings, RegionConfig, 
 from meshgate.gateway import HEALTHZ_PATH, READYZ_PATH, Gateway
 from meshgate.replicator import LinkOptions
 from meshgate.v1 import admin_pb2, event_pb2, gateway_pb2, gateway_pb2_grpc
+from tests._health import async_health_stub
 from tests._replication import SECURITY
+from tests._wait import eventually
 from tests.gateway._helpers import ev, nats_region, read_all, started_gateways
 from tests.gateway.test_probes import get
-
-
-async def wait_for(predicate: Callable[[], object], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
 
 
 def switchable_nats_server(tmp_path: Path) -> tuple[Path, Path]:
@@ -83,7 +76,7 @@ async def publish(gw: Gateway, ids: list[str]) -> gateway_pb2.PublishResponse:
 
 async def health(gw: Gateway) -> int:
     async with grpc.aio.insecure_channel(gw.address) as ch:
-        resp = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""))
+        resp = await async_health_stub(ch).Check(health_pb2.HealthCheckRequest(service=""))
         return int(resp.status)
 
 
@@ -113,13 +106,13 @@ async def test_killed_embedded_broker_is_restarted_on_its_data(
 
         flag.unlink()
         os.kill(pid, signal.SIGKILL)  # as the OOM killer would
-        await wait_for(lambda: gw.ready() is not None, "readiness to turn off")
+        await eventually(lambda: gw.ready() is not None, 60, interval=0.02, what="readiness to turn off")
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await publish(gw, ["while-down"])
         assert err.value.code() is grpc.StatusCode.UNAVAILABLE
         status, _, body = await get(gw, READYZ_PATH)
         assert status == 503
-        await wait_for(lambda: server.restarts >= 1, "a first restart to fail")
+        await eventually(lambda: server.restarts >= 1, 60, interval=0.02, what="a first restart to fail")
         status, _, body = await get(gw, READYZ_PATH)
         assert status == 503
         assert body.startswith(b"broker client is reconnecting: embedded restarting: restart "), body
@@ -128,7 +121,9 @@ async def test_killed_embedded_broker_is_restarted_on_its_data(
         assert (await get(gw, HEALTHZ_PATH))[0] == 200  # restarting: alive
 
         flag.touch()
-        await wait_for(lambda: gw.ready() is None, "the restarted server and the client's reconnect")
+        await eventually(
+            lambda: gw.ready() is None, 60, interval=0.02, what="the restarted server and the client's reconnect"
+        )
         assert (await get(gw, READYZ_PATH))[:3:2] == (200, b"ok\n")
         assert server.port == port and server.data_dir == data_dir and server.pid not in (None, pid)
         after = [f"after-{i}" for i in range(10)]
@@ -148,10 +143,10 @@ async def test_killed_embedded_broker_is_restarted_on_its_data(
 
 
 async def wait_for_health(gw: Gateway, want: int) -> None:
-    deadline = time.monotonic() + 30
-    while (got := await health(gw)) != want:
-        assert time.monotonic() < deadline, f"gRPC health stayed {got}, want {want}"
-        await asyncio.sleep(0.05)
+    async def wanted() -> bool:
+        return await health(gw) == want
+
+    await eventually(wanted, 30, interval=0.05, what=f"gRPC health {want}", status=gw.ready)
 
 
 async def test_liveness_fails_when_the_embedded_broker_cannot_be_restarted(
@@ -175,7 +170,9 @@ async def test_liveness_fails_when_the_embedded_broker_cannot_be_restarted(
         assert pid is not None
         flag.unlink()
         os.kill(pid, signal.SIGKILL)
-        await wait_for(lambda: gw.broker.state is BrokerState.FAILED, "the supervisor to give up")
+        await eventually(
+            lambda: gw.broker.state is BrokerState.FAILED, 60, interval=0.02, what="the supervisor to give up"
+        )
         reason = await asyncio.to_thread(gw.alive)
         assert reason is not None
         assert reason.startswith("broker failed: embedded failed: gave up restarting nats-server after 2 restarts")
@@ -193,14 +190,16 @@ async def test_kind_nats_readiness_follows_the_connection(tmp_path: Path, caplog
         assert gw.ready() is None
         assert await health(gw) == health_pb2.HealthCheckResponse.SERVING
         await server.stop()
-        await wait_for(lambda: gw.ready() is not None, "the client to notice the server is gone")
+        await eventually(
+            lambda: gw.ready() is not None, 60, interval=0.02, what="the client to notice the server is gone"
+        )
         reason = gw.ready()
         assert reason == f"broker client is reconnecting: reconnecting to {server.url}: unexpected EOF", reason
         await wait_for_health(gw, health_pb2.HealthCheckResponse.NOT_SERVING)
         assert (await get(gw, READYZ_PATH))[:3:2] == (503, f"{reason}\n".encode())
         assert (await get(gw, HEALTHZ_PATH))[0] == 200
         await server.start()
-        await wait_for(lambda: gw.ready() is None, "the client to reconnect")
+        await eventually(lambda: gw.ready() is None, 60, interval=0.02, what="the client to reconnect")
         await wait_for_health(gw, health_pb2.HealthCheckResponse.SERVING)
         assert (await get(gw, READYZ_PATH))[0] == 200
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -239,7 +238,7 @@ async def test_kind_nats_readiness_says_why_the_server_refuses_the_reconnect(tmp
         gw = await start(config=config, region="here", data_dir=tmp_path, broker=broker, replicate=False)
         assert gw.ready() is None
         server.change_password("second")
-        await wait_for(lambda: "last attempt" in (gw.ready() or ""), "a refused reconnect")
+        await eventually(lambda: "last attempt" in (gw.ready() or ""), 60, interval=0.02, what="a refused reconnect")
         reason = gw.ready()
         assert reason is not None
         assert reason.startswith(
@@ -249,7 +248,7 @@ async def test_kind_nats_readiness_says_why_the_server_refuses_the_reconnect(tmp
         assert "first" not in reason
         await wait_for_health(gw, health_pb2.HealthCheckResponse.NOT_SERVING)
         server.change_password("first")
-        await wait_for(lambda: gw.ready() is None, "the client to log in again")
+        await eventually(lambda: gw.ready() is None, 60, interval=0.02, what="the client to log in again")
         await wait_for_health(gw, health_pb2.HealthCheckResponse.SERVING)
 
 
@@ -284,11 +283,13 @@ async def test_link_says_backing_off_not_standby_while_its_broker_is_down(tmp_pa
         assert here.replicator is not None
         link = here.replicator.links["there"]
         await publish(here, [f"a-{i}" for i in range(10)])
-        await wait_for(lambda: link.counters.forwarded == 10, "the first events to reach there")
+        await eventually(
+            lambda: link.counters.forwarded == 10, 60, interval=0.02, what="the first events to reach there"
+        )
 
         await here_server.stop()
         # Once its lease can no longer be renewed, the link stops here, and nobody runs it.
-        await wait_for(lambda: not link.running, "the link to stop for want of its lease")
+        await eventually(lambda: not link.running, 60, interval=0.02, what="the link to stop for want of its lease")
         await asyncio.sleep(0)
         status = _link(here)
         assert status.state == admin_pb2.LINK_STATE_BACKING_OFF, admin_pb2.LinkState.Name(status.state)
@@ -296,9 +297,11 @@ async def test_link_says_backing_off_not_standby_while_its_broker_is_down(tmp_pa
         assert status.HasField("last_error_time")
 
         await here_server.start()
-        await wait_for(lambda: here.ready() is None, "the broker to be back")
+        await eventually(lambda: here.ready() is None, 60, interval=0.02, what="the broker to be back")
         await publish(here, [f"b-{i}" for i in range(10)])
-        await wait_for(lambda: link.counters.forwarded >= 20, "the link to run again and forward")
+        await eventually(
+            lambda: link.counters.forwarded >= 20, 60, interval=0.02, what="the link to run again and forward"
+        )
         status = _link(here)
         assert status.state == admin_pb2.LINK_STATE_REPLICATING
         assert status.last_error == "" and not status.HasField("last_error_time")
@@ -332,20 +335,24 @@ async def test_link_error_is_cleared_once_the_destination_is_back(tmp_path: Path
         assert here.replicator is not None
         link = here.replicator.links["there"]
         await publish(here, ["a-0"])
-        await wait_for(lambda: link.counters.forwarded == 1, "the first event to reach there")
+        await eventually(lambda: link.counters.forwarded == 1, 60, interval=0.02, what="the first event to reach there")
 
         await there.stop(grace=0.5)
-        await wait_for(
+        await eventually(
             lambda: _link(here).state == admin_pb2.LINK_STATE_BACKING_OFF and _link(here).last_error != "",
-            "the link to report the lost destination",
+            60,
+            interval=0.02,
+            what="the link to report the lost destination",
         )
 
         # Back on the same address; nothing is waiting to be sent, so no ack will come.
         await start(config=mesh(address), region="there", data_dir=tmp_path, listen=address, replicate=False)
-        await wait_for(lambda: _link(here).last_error == "", "the error to clear once the link works again")
+        await eventually(
+            lambda: _link(here).last_error == "", 60, interval=0.02, what="the error to clear once the link works again"
+        )
         status = _link(here)
         assert status.state == admin_pb2.LINK_STATE_REPLICATING
         assert not status.HasField("last_error_time")
         await publish(here, ["b-0"])
-        await wait_for(lambda: link.counters.forwarded == 2, "the next event to reach there")
+        await eventually(lambda: link.counters.forwarded == 2, 60, interval=0.02, what="the next event to reach there")
         assert _link(here).last_error == ""

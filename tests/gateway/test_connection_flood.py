@@ -24,7 +24,8 @@ import pytest
 from meshgate.brokers.embedded import EmbeddedNats
 from meshgate.config import Limits
 from meshgate.v1 import event_pb2, gateway_pb2, gateway_pb2_grpc
-from tests.e2e._mesh import free_port, wait_until
+from tests._wait import eventually
+from tests.e2e._mesh import free_port
 from tests.gateway._helpers import ev
 from tests.gateway.conftest import GatewayFactory
 
@@ -105,7 +106,7 @@ class _Serve:
         )
         assert self.proc.stdout is not None
         self._pump = asyncio.create_task(self._read(self.proc.stdout))
-        await wait_until(lambda: b"gateway serving on" in b"".join(self.log), 30, what="meshgate serve serving")
+        await eventually(lambda: b"gateway serving on" in b"".join(self.log), 30, what="meshgate serve serving")
 
     async def _read(self, stdout: asyncio.StreamReader) -> None:
         while line := await stdout.readline():
@@ -169,10 +170,10 @@ async def test_a_socket_flood_leaves_publishes_and_probes_working(flooded: tuple
                 )
                 return [r.outcome for r in resp.results] == [event_pb2.OUTCOME_ACCEPTED]
 
-            await wait_until(published, 30, interval=0.5, what="a publish during the flood")
-        assert await wait_until(lambda: asyncio.to_thread(_readyz, metrics), 30, what="/readyz during the flood") == 200
+            await eventually(published, 30, interval=0.5, what="a publish during the flood")
+        assert await eventually(lambda: asyncio.to_thread(_readyz, metrics), 30, what="/readyz during the flood") == 200
         # The flood's sockets are closed by the gateway (per-address cap, handshake timeout, cap at accept).
-        await wait_until(
+        await eventually(
             lambda: sum(_closed_by_server(s) for s in socks) == len(socks),
             40,
             interval=0.5,
@@ -195,11 +196,11 @@ async def test_idle_connections_are_reaped(make_gateway: GatewayFactory) -> None
         assert channel.get_state() is grpc.ChannelConnectivity.READY
         with _flood(host, int(port), 20) as socks:
             # Raw sockets that never speak HTTP/2: closed at the end of the handshake timeout.
-            await wait_until(
+            await eventually(
                 lambda: all(_closed_by_server(s) for s in socks), 20, interval=0.2, what="raw idle sockets closed"
             )
         # The client's HTTP/2 connection without a call: GOAWAY, and the channel goes idle.
-        await wait_until(
+        await eventually(
             lambda: channel.get_state() is not grpc.ChannelConnectivity.READY, 20, what="the idle channel closed"
         )
         resp = await stub.Publish(gateway_pb2.PublishRequest(events=[ev(id="after-idle")]))
@@ -211,7 +212,7 @@ async def test_idle_sockets_on_the_probe_port_are_closed(make_gateway: GatewayFa
     with _flood("127.0.0.1", gw.http_port, 50) as socks:
         assert await asyncio.to_thread(_readyz, gw.http_port) == 200
         # Each held a thread and a descriptor until the peer went away.
-        await wait_until(
+        await eventually(
             lambda: all(_closed_by_server(s) for s in socks), 30, interval=0.5, what="idle probe sockets closed"
         )
 

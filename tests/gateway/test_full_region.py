@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import grpc
@@ -27,6 +27,7 @@ from meshgate.config import BrokerKind, Limits, MeshConfig, RegionConfig, RouteR
 from meshgate.gateway import READYZ_PATH, Gateway
 from meshgate.v1 import admin_pb2, event_pb2, gateway_pb2, gateway_pb2_grpc
 from tests._full_store import SmallStoreNats, fill_with_filler, purge_stream
+from tests._wait import eventually
 from tests.e2e._ledger import Ledger
 from tests.gateway._helpers import ev, read_all, rpc_error, two_region_mesh
 from tests.gateway.conftest import mesh_for
@@ -48,17 +49,6 @@ def readyz(gw: Gateway) -> tuple[int, str]:
             return exc.code, exc.read().decode()
 
 
-async def wait_for(
-    predicate: Callable[[], object], what: str, timeout: float = BOUND, *, status: Callable[[], object] | None = None
-) -> None:
-    """Polls ``predicate`` until true; fails naming ``what`` (and ``status()``) after ``timeout``."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"no {what} within {timeout:g} s" + (f"; now: {status()}" if status else ""))
-        await asyncio.sleep(0.1)
-
-
 @pytest.fixture
 async def small_server(tmp_path: Path) -> AsyncIterator[SmallStoreNats]:
     server = SmallStoreNats(max_file_store=512 * 1024, data_dir=tmp_path / "small", server_name="meshgate-small")
@@ -70,7 +60,7 @@ async def small_server(tmp_path: Path) -> AsyncIterator[SmallStoreNats]:
 
 
 async def publish_stream(
-    stub: gateway_pb2_grpc.GatewayStub, batches: list[list[event_pb2.Event]]
+    stub: gateway_pb2_grpc.GatewayAsyncStub, batches: list[list[event_pb2.Event]]
 ) -> list[gateway_pb2.PublishResponse]:
     async def requests() -> AsyncIterator[gateway_pb2.PublishRequest]:
         for i, events in enumerate(batches):
@@ -126,7 +116,7 @@ async def test_publish_into_a_full_region_is_refused_with_a_reason_and_recovers_
 
             # An operator makes room; no client writes meanwhile: readiness comes back by itself.
             await purge_stream(small_server.url, "MESHGATE")
-            await wait_for(lambda: gw.ready() is None, "readiness back after the purge")
+            await eventually(lambda: gw.ready() is None, BOUND, what="readiness back after the purge")
             assert (await asyncio.to_thread(readyz, gw))[0] == 200
             resp = await stub.Publish(gateway_pb2.PublishRequest(events=[ev(data=DATA, id="after-1")]))
             assert resp.results[0].outcome == ACCEPTED and resp.results[0].sequence > max(acked.values())
@@ -177,14 +167,15 @@ async def test_a_link_into_a_full_region_waits_with_lag_and_error_then_delivers_
             await publish(20, 40)
             # The destination refuses for want of room: the link shows lag and why; the source
             # keeps the events (before: answered ACCEPTED with sequence 0, acked, gone, lag 0).
-            await wait_for(
+            await eventually(
                 lambda: link().lag_events >= 40 and "no room" in link().last_error,
-                "the link to show lag >= 40 and the destination's refusal",
+                BOUND,
+                what="the link to show lag >= 40 and the destination's refusal",
                 status=link,
             )
             first_lag = link().lag_events
             await publish(60, 20)
-            await wait_for(lambda: link().lag_events >= first_lag + 20, "growing lag", status=link)
+            await eventually(lambda: link().lag_events >= first_lag + 20, BOUND, what="growing lag", status=link)
             assert "insufficient resources" in link().last_error
             problem = there.ready()
             assert problem is not None and problem.startswith("broker cannot store:"), problem
@@ -203,7 +194,7 @@ async def test_a_link_into_a_full_region_waits_with_lag_and_error_then_delivers_
         problems = ledger.check({"here": mine, "there": got})
         assert not problems, "\n".join(problems)
         assert len(got) == 100
-        await wait_for(lambda: link().lag_events == 0, "link caught up")
+        await eventually(lambda: link().lag_events == 0, BOUND, what="link caught up")
         assert there.ready() is None
     finally:
         if here is not None:
@@ -256,7 +247,7 @@ async def test_a_full_disk_turns_readiness_off_and_the_gateway_recovers_without_
 
                 # Space is freed; nobody restarts anything and no client writes meanwhile.
                 filler.unlink()
-                await wait_for(lambda: gw.ready() is None, "readiness back after the disk was freed")
+                await eventually(lambda: gw.ready() is None, BOUND, what="readiness back after the disk was freed")
                 after = await stub.Publish(gateway_pb2.PublishRequest(events=[ev(id="full-1"), ev(id="a-1")]))
                 assert [r.outcome for r in after.results] == [ACCEPTED, ACCEPTED]
                 stored = await read_all(stub, "orders/>", expect=12, idle=5.0)

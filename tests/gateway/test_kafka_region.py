@@ -27,7 +27,7 @@ def _free_address() -> str:
         return f"127.0.0.1:{s.getsockname()[1]}"
 
 
-async def _publish(gw: Gateway, events: list[event_pb2.Event]) -> list[gateway_pb2.EventResult]:
+async def _publish(gw: Gateway, events: list[event_pb2.Event]) -> list[event_pb2.EventResult]:
     async with grpc.aio.insecure_channel(gw.address) as ch:
         resp = await gateway_pb2_grpc.GatewayStub(ch).Publish(gateway_pb2.PublishRequest(events=events))
     return list(resp.results)

@@ -13,12 +13,14 @@ from urllib.parse import urlparse
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from meshgate.brokers.embedded import EmbeddedNats
 from meshgate.gateway import Gateway, GatewayState
 from meshgate.testing import ServeProcess, freeze
 from meshgate.v1 import admin_pb2, admin_pb2_grpc, event_pb2, gateway_pb2, gateway_pb2_grpc
+from tests._health import async_health_stub
+from tests._wait import eventually
 from tests.gateway._helpers import ev, read_all
 from tests.gateway.conftest import GatewayFactory
 
@@ -67,7 +69,7 @@ async def test_start_and_stop_are_safe_twice(make_gateway: GatewayFactory) -> No
 async def test_health_serving_then_not_serving(make_gateway: GatewayFactory) -> None:
     gw: Gateway = await make_gateway()
     async with grpc.aio.insecure_channel(gw.address) as ch:
-        health = health_pb2_grpc.HealthStub(ch)
+        health = async_health_stub(ch)
         resp = await health.Check(health_pb2.HealthCheckRequest(service="meshgate.v1.Gateway"))
         assert resp.status == health_pb2.HealthCheckResponse.SERVING
         watch = health.Watch(health_pb2.HealthCheckRequest(service=""))
@@ -103,9 +105,7 @@ async def test_kill_9_loses_no_acked_event(serve: ServeProcess, nats_server: Emb
     acked: list[str] = []
     sent: list[list[str]] = []
     publisher = asyncio.create_task(_publish_until_broken(address, acked, sent))
-    async with asyncio.timeout(60):
-        while len(acked) < 3000:
-            await asyncio.sleep(0.01)
+    await eventually(lambda: len(acked) >= 3000, 60, interval=0.01, what="3,000 events acked")
     serve.signal(signal.SIGKILL)  # mid-stream: batches are in flight at this moment
     await serve.wait()
     await asyncio.wait_for(publisher, 30)
@@ -155,13 +155,13 @@ async def test_second_signal_forces_exit(serve: ServeProcess, nats_server: Embed
             stub = gateway_pb2_grpc.GatewayStub(ch)
             pending = asyncio.ensure_future(stub.Publish(gateway_pb2.PublishRequest(events=[ev(id="stuck")])))
             admin = admin_pb2_grpc.AdminStub(ch)
-            async with asyncio.timeout(10):
-                while (await admin.Status(admin_pb2.StatusRequest())).inflight_events == 0:
-                    await asyncio.sleep(0.05)
+
+            async def in_flight() -> int:
+                return (await admin.Status(admin_pb2.StatusRequest())).inflight_events
+
+            await eventually(in_flight, 10, interval=0.05, what="the stuck event in flight")
             serve.signal(signal.SIGTERM)
-            async with asyncio.timeout(10):
-                while "draining" not in serve.text():
-                    await asyncio.sleep(0.05)
+            await eventually(lambda: "draining" in serve.text(), 10, interval=0.05, what="the gateway draining")
             serve.signal(signal.SIGTERM)
             assert await serve.wait(timeout=10) == 1
             assert "exiting without draining" in serve.text()

@@ -8,16 +8,15 @@ from __future__ import annotations
 import asyncio
 import gzip
 import threading
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 
 import pytest
 from prometheus_client import start_http_server
 
 from meshgate.brokers.embedded import EmbeddedNats
 from meshgate.gateway import HEALTHZ_PATH, READYZ_PATH, Gateway, GatewayState
+from tests._wait import eventually
 from tests.gateway.conftest import GatewayFactory
 
 Response = tuple[int, dict[str, str], bytes]
@@ -39,13 +38,6 @@ async def get(gw: Gateway, path: str, **kwargs: object) -> Response:
     return await asyncio.to_thread(fetch, f"http://127.0.0.1:{gw.http_port}{path}", **kwargs)  # type: ignore[arg-type]
 
 
-async def wait_for(predicate: Callable[[], object], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
-
-
 async def test_healthz_and_readyz_while_serving(make_gateway: GatewayFactory) -> None:
     gw: Gateway = await make_gateway(metrics_listen="127.0.0.1:0")
     assert gw.http_port > 0
@@ -64,7 +56,7 @@ async def test_draining_is_alive_but_not_ready_then_the_endpoint_closes(make_gat
     # An admitted batch that never finishes keeps the gateway draining until the grace period ends.
     await gw.budget.acquire(1)
     stopping = asyncio.create_task(gw.stop(grace=30.0))
-    await wait_for(lambda: gw.state is GatewayState.DRAINING, "the drain to start")
+    await eventually(lambda: gw.state is GatewayState.DRAINING, 30, interval=0.02, what="the drain to start")
     status, _, body = await get(gw, READYZ_PATH)
     assert (status, body) == (503, b"gateway is draining\n")
     # Liveness stays up: the kubelet must not restart a pod that is finishing its work.
@@ -80,13 +72,15 @@ async def test_draining_is_alive_but_not_ready_then_the_endpoint_closes(make_gat
 async def test_readyz_follows_the_broker_connection(make_gateway: GatewayFactory, nats_server: EmbeddedNats) -> None:
     gw: Gateway = await make_gateway(metrics_listen="127.0.0.1:0")
     await nats_server.stop()
-    await wait_for(lambda: gw.ready() is not None, "the broker client to notice the server is gone")
+    await eventually(
+        lambda: gw.ready() is not None, 30, interval=0.02, what="the broker client to notice the server is gone"
+    )
     status, _, body = await get(gw, READYZ_PATH)
     assert status == 503
     assert body.startswith(b"broker client is reconnecting: reconnecting to nats://"), body
     assert (await get(gw, HEALTHZ_PATH))[0] == 200  # alive: a restart would not bring the broker back
     await nats_server.start()  # same port: the client reconnects by itself
-    await wait_for(lambda: gw.ready() is None, "the broker client to reconnect")
+    await eventually(lambda: gw.ready() is None, 30, interval=0.02, what="the broker client to reconnect")
     assert (await get(gw, READYZ_PATH))[:3:2] == (200, b"ok\n")
 
 

@@ -20,7 +20,7 @@ DUPLICATE = event_pb2.OUTCOME_DUPLICATE
 REJECTED = event_pb2.OUTCOME_REJECTED
 
 
-async def test_publish_then_subscribe_round_trip(stub: gateway_pb2_grpc.GatewayStub) -> None:
+async def test_publish_then_subscribe_round_trip(stub: gateway_pb2_grpc.GatewayAsyncStub) -> None:
     sent = ev(
         "orders/created",
         b'{"n": 1}',
@@ -52,7 +52,7 @@ async def test_publish_then_subscribe_round_trip(stub: gateway_pb2_grpc.GatewayS
     assert got.HasField("time")
 
 
-async def test_gateway_assigns_id_and_time(stub: gateway_pb2_grpc.GatewayStub) -> None:
+async def test_gateway_assigns_id_and_time(stub: gateway_pb2_grpc.GatewayAsyncStub) -> None:
     resp = await stub.Publish(gateway_pb2.PublishRequest(events=[ev("inventory/eu/sku-1")]))
     (result,) = resp.results
     assert result.outcome == ACCEPTED
@@ -64,12 +64,12 @@ async def test_gateway_assigns_id_and_time(stub: gateway_pb2_grpc.GatewayStub) -
     assert list(got.route) == ["here"]
 
 
-async def test_unmatched_topic_stays_in_origin(stub: gateway_pb2_grpc.GatewayStub) -> None:
+async def test_unmatched_topic_stays_in_origin(stub: gateway_pb2_grpc.GatewayAsyncStub) -> None:
     resp = await stub.Publish(gateway_pb2.PublishRequest(events=[ev("billing/paid")]))
     assert list(resp.results[0].route) == ["here"]
 
 
-async def test_same_id_twice_is_absorbed(stub: gateway_pb2_grpc.GatewayStub) -> None:
+async def test_same_id_twice_is_absorbed(stub: gateway_pb2_grpc.GatewayAsyncStub) -> None:
     first = await stub.Publish(gateway_pb2.PublishRequest(events=[ev(id="dup-1", data=b"a")]))
     second = await stub.Publish(gateway_pb2.PublishRequest(events=[ev(id="dup-1", data=b"a")]))
     assert first.results[0].outcome == ACCEPTED
@@ -101,7 +101,7 @@ async def test_duplicates_absorbed_across_restart_and_replicas(make_gateway: Gat
         assert [e.id for e in await read_all(stub, "orders/>")] == ["r-1"]
 
 
-async def test_publish_batch_one_outcome_per_event(stub: gateway_pb2_grpc.GatewayStub) -> None:
+async def test_publish_batch_one_outcome_per_event(stub: gateway_pb2_grpc.GatewayAsyncStub) -> None:
     events = [ev(id=f"b-{i}", key="k", data=str(i).encode()) for i in range(50)]
     resp = await stub.Publish(gateway_pb2.PublishRequest(events=events, batch_id=9))
     assert resp.batch_id == 9
@@ -111,7 +111,7 @@ async def test_publish_batch_one_outcome_per_event(stub: gateway_pb2_grpc.Gatewa
     assert seqs == sorted(seqs) and len(set(seqs)) == 50
 
 
-async def test_publish_stream_batches_acks_in_order(stub: gateway_pb2_grpc.GatewayStub) -> None:
+async def test_publish_stream_batches_acks_in_order(stub: gateway_pb2_grpc.GatewayAsyncStub) -> None:
     n_batches, per_batch = 40, 50
 
     async def requests() -> AsyncIterator[gateway_pb2.PublishRequest]:
@@ -133,7 +133,7 @@ async def test_publish_stream_batches_acks_in_order(stub: gateway_pb2_grpc.Gatew
         assert order == sent
 
 
-async def test_publish_stream_rejects_bad_event_and_keeps_the_rest(stub: gateway_pb2_grpc.GatewayStub) -> None:
+async def test_publish_stream_rejects_bad_event_and_keeps_the_rest(stub: gateway_pb2_grpc.GatewayAsyncStub) -> None:
     async def requests() -> AsyncIterator[gateway_pb2.PublishRequest]:
         yield gateway_pb2.PublishRequest(
             batch_id=1, events=[ev(id="ok-1"), ev("bad//topic", id="bad-1"), ev(id="ok-2")]
@@ -176,7 +176,7 @@ async def test_publish_stream_backpressure_bounds_inflight(make_gateway: Gateway
         assert len(await read_all(stub, "orders/>", expect=1000)) == 1000
 
 
-async def test_subscribe_positions(stub: gateway_pb2_grpc.GatewayStub) -> None:
+async def test_subscribe_positions(stub: gateway_pb2_grpc.GatewayAsyncStub) -> None:
     resp = await stub.Publish(gateway_pb2.PublishRequest(events=[ev(id=f"p-{i}") for i in range(5)]))
     seqs = [r.sequence for r in resp.results]
 
@@ -212,7 +212,7 @@ async def test_subscribe_positions(stub: gateway_pb2_grpc.GatewayStub) -> None:
     call.cancel()
 
 
-async def test_subscribe_pattern_levels(stub: gateway_pb2_grpc.GatewayStub) -> None:
+async def test_subscribe_pattern_levels(stub: gateway_pb2_grpc.GatewayAsyncStub) -> None:
     topics = ["orders/created", "orders/a/b", "orders", "inventory/x"]
     await stub.Publish(gateway_pb2.PublishRequest(events=[ev(t, id=t) for t in topics]))
     one_level = await read_all(stub, "orders/*")
@@ -222,7 +222,7 @@ async def test_subscribe_pattern_levels(stub: gateway_pb2_grpc.GatewayStub) -> N
 
 
 @pytest.mark.parametrize("pattern", ["", "orders//x", "a/>/b", "x" * 65])
-async def test_subscribe_bad_pattern(stub: gateway_pb2_grpc.GatewayStub, pattern: str) -> None:
+async def test_subscribe_bad_pattern(stub: gateway_pb2_grpc.GatewayAsyncStub, pattern: str) -> None:
     call = stub.Subscribe(gateway_pb2.SubscribeRequest(pattern=pattern))
     with pytest.raises(grpc.aio.AioRpcError) as info:
         async for _ in call:
@@ -238,7 +238,7 @@ async def test_subscribe_responses_fit_a_default_grpc_client(make_gateway: Gatew
         await _subscribe_big_events(gateway_pb2_grpc.GatewayStub(ch))
 
 
-async def _subscribe_big_events(stub: gateway_pb2_grpc.GatewayStub) -> None:
+async def _subscribe_big_events(stub: gateway_pb2_grpc.GatewayAsyncStub) -> None:
     for part in range(4):
         resp = await stub.Publish(
             gateway_pb2.PublishRequest(events=[ev(id=f"big-{part}-{i}", data=b"x" * 900_000) for i in range(3)])

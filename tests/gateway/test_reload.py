@@ -19,6 +19,7 @@ from meshgate.config import load_config
 from meshgate.gateway import Gateway
 from meshgate.testing import ServeProcess
 from meshgate.v1 import admin_pb2, admin_pb2_grpc, event_pb2, gateway_pb2, gateway_pb2_grpc
+from tests._wait import eventually
 from tests.gateway._helpers import ev, read_all, running_gateway
 
 
@@ -88,7 +89,7 @@ async def test_explain_refuses_bad_topic_and_unknown_region(gw: Gateway) -> None
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await admin.Explain(admin_pb2.ExplainRequest(topic="orders/x", from_region="mars"))
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert "here, there, yonder" in info.value.details()
+        assert "here, there, yonder" in (info.value.details() or "")
 
 
 async def test_reload_under_load_swaps_routes_atomically(
@@ -109,7 +110,7 @@ async def test_reload_under_load_swaps_routes_atomically(
                     after_swap.update(ids)
                 yield gateway_pb2.PublishRequest(batch_id=b, events=[ev(id=i, key="k") for i in ids])
                 if b == 40:
-                    mesh_file.write_text(mesh_text(nats_server, orders_to='["yonder"]'))
+                    await asyncio.to_thread(mesh_file.write_text, mesh_text(nats_server, orders_to='["yonder"]'))
                     result = await gw.reload()
                     assert result.applied, result.errors
                     swapped.set()
@@ -134,7 +135,8 @@ async def test_reload_under_load_swaps_routes_atomically(
 
 async def test_invalid_file_refused_and_running_config_stays(gw: Gateway, mesh_file: Path) -> None:
     before = gw.routing[0].sha256
-    mesh_file.write_text(mesh_file.read_text().replace('regions: ["yonder"]', 'regions: ["yondr"]'))
+    text = await asyncio.to_thread(mesh_file.read_text)
+    await asyncio.to_thread(mesh_file.write_text, text.replace('regions: ["yonder"]', 'regions: ["yondr"]'))
     async with grpc.aio.insecure_channel(gw.address) as ch:
         admin = admin_pb2_grpc.AdminStub(ch)
         resp = await admin.Reload(admin_pb2.ReloadRequest())
@@ -151,9 +153,10 @@ async def test_invalid_file_refused_and_running_config_stays(gw: Gateway, mesh_f
 
 
 async def test_change_needing_restart_is_refused(gw: Gateway, mesh_file: Path) -> None:
-    text = mesh_file.read_text()
-    mesh_file.write_text(
-        text.replace('kind: nats\n      brokers: ["', 'kind: nats\n      brokers: ["10.0.0.9:4222", "', 1)
+    text = await asyncio.to_thread(mesh_file.read_text)
+    await asyncio.to_thread(
+        mesh_file.write_text,
+        text.replace('kind: nats\n      brokers: ["', 'kind: nats\n      brokers: ["10.0.0.9:4222", "', 1),
     )
     result = await gw.reload()
     assert not result.applied
@@ -168,11 +171,13 @@ async def test_sighup_reloads_a_serving_gateway(mesh_file: Path, nats_server: Em
         async with grpc.aio.insecure_channel(address) as ch:
             admin = admin_pb2_grpc.AdminStub(ch)
             before = (await admin.Status(admin_pb2.StatusRequest())).config_sha256
-            mesh_file.write_text(mesh_text(nats_server, orders_to='["yonder"]'))
+            await asyncio.to_thread(mesh_file.write_text, mesh_text(nats_server, orders_to='["yonder"]'))
             proc.signal(signal.SIGHUP)
-            async with asyncio.timeout(15):
-                while (await admin.Status(admin_pb2.StatusRequest())).config_sha256 == before:
-                    await asyncio.sleep(0.05)
+
+            async def reloaded() -> bool:
+                return (await admin.Status(admin_pb2.StatusRequest())).config_sha256 != before
+
+            await eventually(reloaded, 15, interval=0.05, what="the new config's sha256 in Admin.Status")
             explain = await admin.Explain(admin_pb2.ExplainRequest(topic="orders/x"))
             assert list(explain.destinations) == ["here", "yonder"]
     finally:
@@ -186,10 +191,13 @@ async def test_file_change_is_picked_up_without_a_signal(
         config=load_config(mesh_file), region="here", data_dir=tmp_path, listen="127.0.0.1:0", config_path=mesh_file
     )
     async with gateway:
-        mesh_file.write_text(mesh_text(nats_server, orders_to='["yonder"]'))
-        async with asyncio.timeout(15):
-            while gateway.routing[1].route("orders/x", "here") != ("here", "yonder"):
-                await asyncio.sleep(0.05)
+        await asyncio.to_thread(mesh_file.write_text, mesh_text(nats_server, orders_to='["yonder"]'))
+        await eventually(
+            lambda: gateway.routing[1].route("orders/x", "here") == ("here", "yonder"),
+            15,
+            interval=0.05,
+            what="orders/x routed to yonder",
+        )
         assert reloads(gateway, "applied") == 1
 
 
@@ -219,15 +227,21 @@ async def test_a_mesh_file_written_in_place_in_two_halves_is_never_half_applied(
             f.write(half)
             f.flush()
             # A slow writer's pause: until the gateway's watcher has seen the half-written file.
-            async with asyncio.timeout(15):
-                while route() == ("here", "there") and not any(
-                    "changed in place" in r.getMessage() for r in caplog.records
-                ):
-                    await asyncio.sleep(0.01)
+            await eventually(
+                lambda: (
+                    route() != ("here", "there") or any("changed in place" in r.getMessage() for r in caplog.records)
+                ),
+                15,
+                interval=0.01,
+                what="the watcher to see the half-written file",
+            )
             f.write(full[len(half) :])
-        async with asyncio.timeout(15):
-            # The route is swapped in before the reload is counted.
-            while route() != ("here", "there", "yonder") or not reloads(gateway, "applied"):
-                await asyncio.sleep(0.01)
+        # The route is swapped in before the reload is counted.
+        await eventually(
+            lambda: route() == ("here", "there", "yonder") and reloads(gateway, "applied"),
+            15,
+            interval=0.01,
+            what="the whole file applied and counted",
+        )
         assert reloads(gateway, "applied") == 1
     assert ("here", "yonder") not in routes

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import grpc
@@ -11,6 +10,7 @@ from meshgate.brokers.embedded import EmbeddedNats
 from meshgate.config import RouteRule
 from meshgate.gateway import Gateway
 from meshgate.v1 import admin_pb2, gateway_pb2, gateway_pb2_grpc
+from tests._wait import eventually
 from tests.gateway._helpers import ev, read_all, two_region_mesh
 
 LEASE_TTL = 1.5
@@ -52,9 +52,11 @@ async def test_links_run_in_one_replica_and_fail_over(nats_server: EmbeddedNats,
             async with grpc.aio.insecure_channel(other.address) as ch:
                 stub = gateway_pb2_grpc.GatewayStub(ch)
                 await stub.Publish(gateway_pb2.PublishRequest(events=[ev(id=f"b-{i}") for i in range(50)]))
-            async with asyncio.timeout(20):
-                while (await _states(other))["there"] != admin_pb2.LINK_STATE_REPLICATING:
-                    await asyncio.sleep(0.1)
+
+            async def replicating() -> bool:
+                return (await _states(other))["there"] == admin_pb2.LINK_STATE_REPLICATING
+
+            await eventually(replicating, 20, what="the other replica's link to there REPLICATING")
             async with grpc.aio.insecure_channel(there.address) as ch:
                 got = await read_all(gateway_pb2_grpc.GatewayStub(ch), "orders/>", expect=100, idle=10)
             ids = [e.id for e in got]

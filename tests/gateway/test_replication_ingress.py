@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from meshgate.gateway import Gateway, _checkpoint
 from meshgate.gateway._dedup import stream_key
 from meshgate.v1 import event_pb2, gateway_pb2_grpc, replication_pb2, replication_pb2_grpc
 from tests._replication import METADATA
+from tests._wait import eventually
 from tests.gateway._helpers import as_raw, ev, read_all
 from tests.gateway.conftest import mesh_for
 
@@ -41,7 +42,7 @@ async def replicate(address: str, *batches: list[event_pb2.Event], source: str =
         return [[r.outcome for r in resp.results] async for resp in call]
 
 
-async def start_gateway(server: EmbeddedNats, tmp_path: Path, *, window: float = 900.0, **nats: object) -> Gateway:
+async def start_gateway(server: EmbeddedNats, tmp_path: Path, *, window: float = 900.0, **nats: Any) -> Gateway:
     base = mesh_for(server)
     regions = tuple(
         r if r.name != "here" else type(r)(**{**{f: getattr(r, f) for f in r.__slots__}, "nats": NatsSettings(**nats)})
@@ -279,13 +280,6 @@ async def entries(gw: Gateway) -> dict[str, dict[str, object]]:
     return {known[key]: json.loads(value) for key, value in raw.items()}
 
 
-async def until(check: Callable[[], Awaitable[bool]], *, timeout: float = 10.0) -> None:
-    """Waits (bounded) for a condition on the broker, polling."""
-    async with asyncio.timeout(timeout):
-        while not await check():
-            await asyncio.sleep(0.02)
-
-
 class OpenCall:
     """A Replicate call the test drives batch by batch, as one replica of the source would."""
 
@@ -367,7 +361,7 @@ async def test_two_calls_at_once_each_with_its_streams_one_cut_mid_batch(
         await a_call.end()
         # The B call goes on after the A call saved A's progress; what it saves must not hide it.
         assert await b_call.send(from_stream(B, [2])) == [ACCEPTED]
-        await until(lambda: _acked_at_least(gw, B, 2))
+        await eventually(lambda: _acked_at_least(gw, B, 2), 10, interval=0.02, what="B acked up to 2")
         # Then it is cut while its next batch is on its way: B:3 lands, recorded by no call.
         b_call.send_only(from_stream(B, [3]))
         await asyncio.wait_for(entered.wait(), 10)
@@ -404,7 +398,7 @@ async def test_one_stream_in_two_calls_at_once(nats_server: EmbeddedNats, tmp_pa
         # The new call gets A from the source's committed position: 3 and 4 again (the same
         # events, caught by the broker's id window), then what comes next.
         assert await new.send(from_stream(A, [3, 4, 5, 6])) == [DUPLICATE, DUPLICATE, ACCEPTED, ACCEPTED]
-        await until(lambda: _acked_at_least(gw, A, 6))
+        await eventually(lambda: _acked_at_least(gw, A, 6), 10, interval=0.02, what="A acked up to 6")
         # The old call learns of the rebalance late: one more (resent) batch of A, then it ends and
         # saves A as it knows it (up to 4), after the new call saved it up to 6.
         assert await old.send(from_stream(A, [4])) == [DUPLICATE]
@@ -426,7 +420,7 @@ async def test_old_call_saving_late_does_not_hide_the_new_calls_progress(
     try:
         old = OpenCall(gw.address)
         assert await old.send(from_stream(A, [1, 2])) == [ACCEPTED] * 2
-        await until(lambda: _acked_at_least(gw, A, 2))
+        await eventually(lambda: _acked_at_least(gw, A, 2), 10, interval=0.02, what="A acked up to 2")
         # The new call took A over and stored 3..5, saved; then the old call saves A (as it knows
         # it, up to 2) under a newer position, e.g. at its end after a late batch of A.
         assert await replicate(gw.address, from_stream(A, [3, 4, 5])) == [[ACCEPTED] * 3]
@@ -454,7 +448,7 @@ async def test_limit_store_of_a_cut_call_hidden_by_another_calls_save(
         entered, release, landed = hold_append(gw, monkeypatch, A, 3)
         old = OpenCall(gw.address)
         assert await old.send(from_stream(A, [1, 2])) == [ACCEPTED] * 2
-        await until(lambda: _acked_at_least(gw, A, 2))
+        await eventually(lambda: _acked_at_least(gw, A, 2), 10, interval=0.02, what="A acked up to 2")
         # A new call takes A over and is cut while its first write is on its way: A:3 lands unrecorded.
         new = OpenCall(gw.address)
         new.send_only(from_stream(A, [3]))
@@ -548,8 +542,10 @@ async def test_an_open_call_moves_up_the_entries_of_its_quiet_streams(
             return (await entries(gw)).get(name, {}).get("position") == position
 
         # Nothing more comes for B or "": their entries still move up with the log.
-        await until(lambda: moved_up(B, grown))
-        await until(lambda: moved_up("", grown))
+        await eventually(lambda: moved_up(B, grown), 10, interval=0.02, what="B's checkpoint entry to move up")
+        await eventually(
+            lambda: moved_up("", grown), 10, interval=0.02, what="the stream-less checkpoint entry to move up"
+        )
         # Another call now stores B (a rebalance) and has written B's entry, at a position of
         # its own: that call keeps it up to date. This one leaves it as it is (had it written
         # it, the position would move up: the entry knows nothing this call does not) while it
@@ -557,7 +553,12 @@ async def test_an_open_call_moves_up_the_entries_of_its_quiet_streams(
         theirs = json.dumps({"format": 1, "acked": 1, "above": [], "refused": {}, "position": "1"}).encode()
         await gw.broker.put_checkpoint(stream_key("there", B), theirs)
         grown_again = await local_traffic(gw, 20)
-        await until(lambda: moved_up("", grown_again))
+        await eventually(
+            lambda: moved_up("", grown_again),
+            10,
+            interval=0.02,
+            what="the stream-less checkpoint entry to move up again",
+        )
         assert await gw.broker.get_checkpoint(stream_key("there", B)) == theirs
         await call.end()
         assert (await entries(gw))[A]["acked"] == 1

@@ -28,12 +28,18 @@ from meshgate.brokers.nats import NatsBroker
 from meshgate.config import ConfigError, Limits, MeshConfig, RouteRule, load_config_text
 from meshgate.gateway import Gateway
 from meshgate.v1 import event_pb2, gateway_pb2, gateway_pb2_grpc
+from tests._wait import eventually
 from tests.brokers._contract import collect, make_event
-from tests.e2e._mesh import wait_until
 from tests.gateway._helpers import ev, nats_region, started_gateways
 
 MiB = 1024 * 1024
 _ACCEPTED = event_pb2.OUTCOME_ACCEPTED
+
+
+def _nats_stream(gw: Gateway) -> str:
+    """The JetStream stream of a NATS region's gateway."""
+    assert isinstance(gw.broker, NatsBroker), gw.broker
+    return gw.broker.settings.stream
 
 
 @pytest.fixture
@@ -52,7 +58,9 @@ async def make_gateway(nats_server: EmbeddedNats, tmp_path: Path) -> AsyncIterat
         yield make
 
 
-async def _publish_backlog(stub: gateway_pb2_grpc.GatewayStub, n: int, size: int, *, per_request: int) -> list[str]:
+async def _publish_backlog(
+    stub: gateway_pb2_grpc.GatewayAsyncStub, n: int, size: int, *, per_request: int
+) -> list[str]:
     ids = [f"big-{i:04d}" for i in range(n)]
     payload = b"b" * size
     for start in range(0, n, per_request):
@@ -116,7 +124,7 @@ async def test_a_reader_of_big_events_that_does_not_read_fails_no_publish(
 
         publishers = [asyncio.create_task(publish(w)) for w in range(4)]
         try:
-            await wait_until(lambda: published >= 100, 30, what="the writer to be publishing")
+            await eventually(lambda: published >= 100, 30, what="the writer to be publishing")
             # A reader that takes the first response and then reads nothing.
             call = stub.Subscribe(
                 gateway_pb2.SubscribeRequest(pattern="orders/big", position=gateway_pb2.START_POSITION_EARLIEST)
@@ -124,7 +132,7 @@ async def test_a_reader_of_big_events_that_does_not_read_fails_no_publish(
             first = await asyncio.wait_for(call.read(), 60)
             assert isinstance(first, gateway_pb2.SubscribeResponse) and first.events
             mark = published
-            await wait_until(lambda: published >= mark + 400, 60, what="400 more publishes")
+            await eventually(lambda: published >= mark + 400, 60, what="400 more publishes")
         finally:
             stop.set()
             await asyncio.gather(*publishers)
@@ -152,7 +160,7 @@ async def test_subscribe_pulls_carry_max_bytes(make_gateway: Any, nats_server: E
     async def on_pull(msg: Any) -> None:
         pulls.append(json.loads(msg.data))
 
-    await watcher.subscribe(f"$JS.API.CONSUMER.MSG.NEXT.{gw.broker.settings.stream}.*", cb=on_pull)
+    await watcher.subscribe(f"$JS.API.CONSUMER.MSG.NEXT.{_nats_stream(gw)}.*", cb=on_pull)
     await watcher.flush()
     try:
         async with grpc.aio.insecure_channel(gw.address) as ch:
@@ -167,7 +175,7 @@ async def test_subscribe_pulls_carry_max_bytes(make_gateway: Any, nats_server: E
                 assert isinstance(resp, gateway_pb2.SubscribeResponse)
                 got.extend(e.id for e in resp.events)
             call.cancel()
-        await wait_until(lambda: len(pulls) >= 2, 10, what="the reader's pull requests")
+        await eventually(lambda: len(pulls) >= 2, 10, what="the reader's pull requests")
     finally:
         await watcher.close()
     batches = [p for p in pulls if p.get("no_wait")]
@@ -197,7 +205,7 @@ async def test_slow_subscribers_hold_at_most_their_bytes(make_gateway: Any, nats
             for c in channels
         ]
         try:
-            await wait_until(lambda: len(gw.subscriptions.live) == subscribers, 30, what="every Subscribe call")
+            await eventually(lambda: len(gw.subscriptions.live) == subscribers, 30, what="every Subscribe call")
             seen: list[tuple[int, ...]] = []
 
             def stalled() -> bool:
@@ -205,8 +213,8 @@ async def test_slow_subscribers_hold_at_most_their_bytes(make_gateway: Any, nats
                 seen.append(tuple(b.sent for b in bufs))
                 return all(b.waiting for b in bufs) and len(seen) >= 4 and len(set(seen[-4:])) == 1
 
-            await wait_until(stalled, 60, interval=0.25, what="every Subscribe call to wait on its client")
-            readers = await _reader_consumers(nats_server, gw.broker.settings.stream)
+            await eventually(stalled, 60, interval=0.25, what="every Subscribe call to wait on its client")
+            readers = await _reader_consumers(nats_server, _nats_stream(gw))
             sent = sum(b.sent for b in gw.subscriptions.live)
             # What the broker handed the gateway and gRPC has not taken, from JetStream's own books.
             delivered = sum(r.delivered.consumer_seq for r in readers)
@@ -248,7 +256,7 @@ async def test_a_subscribe_beyond_the_gateway_budget_is_refused(make_gateway: An
         stub = gateway_pb2_grpc.GatewayStub(ch)
         request = gateway_pb2.SubscribeRequest(pattern="orders/>")
         calls = [stub.Subscribe(request) for _ in range(3)]
-        await wait_until(lambda: len(gw.subscriptions.live) == 3, 30, what="three Subscribe calls")
+        await eventually(lambda: len(gw.subscriptions.live) == 3, 30, what="three Subscribe calls")
         refused = stub.Subscribe(request)
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await asyncio.wait_for(refused.read(), 10)
@@ -257,12 +265,12 @@ async def test_a_subscribe_beyond_the_gateway_budget_is_refused(make_gateway: An
         assert len(gw.subscriptions.live) == 3 and gw.subscriptions.reserved_bytes == 3 * MiB
         # A call that ends gives its share back.
         calls.pop().cancel()
-        await wait_until(lambda: gw.subscriptions.reserved_bytes == 2 * MiB, 30, what="the share given back")
+        await eventually(lambda: gw.subscriptions.reserved_bytes == 2 * MiB, 30, what="the share given back")
         calls.append(stub.Subscribe(request))
-        await wait_until(lambda: len(gw.subscriptions.live) == 3, 30, what="a new call admitted")
+        await eventually(lambda: len(gw.subscriptions.live) == 3, 30, what="a new call admitted")
         for call in calls:
             call.cancel()
-        await wait_until(lambda: gw.subscriptions.reserved_bytes == 0, 30, what="every share given back")
+        await eventually(lambda: gw.subscriptions.reserved_bytes == 0, 30, what="every share given back")
 
 
 # --- the broker read path -------------------------------------------------------------------------

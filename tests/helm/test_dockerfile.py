@@ -207,9 +207,9 @@ def test_healthcheck_command_reports_the_gateway_readiness(tmp_path: Path) -> No
 
 
 def test_base_images_have_explicit_tags() -> None:
-    froms = [i for i in INSTRUCTIONS if i.keyword == "FROM"]
-    assert len(froms) >= 2, "expected a build stage and a slim runtime stage"
-    for instruction in froms:
+    from_lines = [i for i in INSTRUCTIONS if i.keyword == "FROM"]
+    assert len(from_lines) >= 2, "expected a build stage and a slim runtime stage"
+    for instruction in from_lines:
         image = expand(shlex.split(instruction.args)[0])
         assert "$" not in image, f"unresolved ARG in FROM {instruction.args}"
         name, _, tag = image.partition("@")[0].rpartition(":")

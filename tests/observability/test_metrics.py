@@ -11,7 +11,7 @@ import shutil
 import socket
 import subprocess
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aiokafka.errors as ke
@@ -40,6 +40,7 @@ from meshgate.v1 import event_pb2, gateway_pb2, gateway_pb2_grpc, replication_pb
 from tests._full_store import SmallStoreNats, fill_with_filler
 from tests._replication import METADATA, SECURITY
 from tests._servers import make_kafka_broker
+from tests._wait import eventually
 from tests.gateway._helpers import ev, read_all, two_region_mesh
 from tests.gateway.conftest import mesh_for
 from tests.observability.test_rules import METRICS
@@ -196,14 +197,14 @@ async def test_publish_counters_and_live_metrics(gateway: tuple[Gateway, str]) -
     promtool_check_metrics(text)
 
 
-async def _wait_for(url: str, check: object, timeout: float = 15.0) -> Samples:
-    assert callable(check)
-    async with asyncio.timeout(timeout):
-        while True:
-            got = samples(await scrape(url))
-            if check(got):
-                return got
-            await asyncio.sleep(0.1)
+async def _scrape_until(url: str, check: Callable[[Samples], bool], *, what: str) -> Samples:
+    """Scrapes ``url`` until ``check`` holds for its samples, which are returned."""
+
+    async def scraped() -> Samples | None:
+        got = samples(await scrape(url))
+        return got if check(got) else None
+
+    return await eventually(scraped, 15, what=what)
 
 
 async def test_link_and_ingress_metrics_across_two_regions(nats_server: EmbeddedNats, tmp_path: Path) -> None:
@@ -236,12 +237,13 @@ async def test_link_and_ingress_metrics_across_two_regions(nats_server: Embedded
                 await stub.Publish(gateway_pb2.PublishRequest(events=[ev("inventory/x", id="local")]))
                 log = await read_all(stub, "orders/>", expect=20)
             link = {"region": "here", "destination": "there"}
-            got = await _wait_for(
+            got = await _scrape_until(
                 here_url,
                 lambda s: (
                     value(s, "meshgate_forwarded_total", **link) == 20
                     and value(s, "meshgate_link_lag_events", **link) == 0
                 ),
+                what="20 forwarded and lag 0 on here's link",
             )
             assert value(got, "meshgate_link_state", **link, state="replicating") == 1
             assert value(got, "meshgate_link_state", **link, state="backing_off") == 0
@@ -281,12 +283,13 @@ async def test_link_and_ingress_metrics_across_two_regions(nats_server: Embedded
             async with grpc.aio.insecure_channel(here.address) as ch:
                 stub = gateway_pb2_grpc.GatewayStub(ch)
                 await stub.Publish(gateway_pb2.PublishRequest(events=[ev(id=f"b-{i}") for i in range(5)]))
-            first = await _wait_for(
+            first = await _scrape_until(
                 here_url,
                 lambda s: (
                     value(s, "meshgate_link_lag_events", **link) == 5
                     and value(s, "meshgate_link_lag_seconds", **link) > 0
                 ),
+                what="a lag of 5 events and some seconds on here's link",
             )
             await asyncio.sleep(1.0)
             later = samples(await scrape(here_url))

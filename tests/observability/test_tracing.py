@@ -37,7 +37,8 @@ from meshgate.observability import BatchTrace, Tracing, tracing_configured
 from meshgate.testing import ServeProcess
 from meshgate.v1 import event_pb2, gateway_pb2, gateway_pb2_grpc, replication_pb2
 from tests._replication import VARIABLE
-from tests.e2e._mesh import free_port, wait_until
+from tests._wait import eventually
+from tests.e2e._mesh import free_port
 from tests.gateway._helpers import ev, read_all
 from tests.gateway.conftest import mesh_for
 
@@ -94,7 +95,7 @@ class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
 async def otlp_receiver() -> AsyncIterator[tuple[Receiver, int]]:
     receiver = Receiver()
     server = grpc.aio.server()
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(receiver, server)
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(receiver, server)  # type: ignore[no-untyped-call]
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:
@@ -108,6 +109,28 @@ async def otlp_receiver() -> AsyncIterator[tuple[Receiver, int]]:
 
 def _attrs(span: trace_pb2.Span) -> dict[str, Any]:
     return {a.key: _value(a.value) for a in span.attributes}
+
+
+def _assert_one_trace(spans: list[ReceivedSpan], trace_id: int) -> None:
+    """One trace, the producer's, over both regions; each span with the messaging attributes."""
+    assert {s.span.trace_id for s in spans} == {trace_id.to_bytes(16, "big")}
+    assert {s.region for s in spans} == {"a", "b"}
+    expected_service = os.environ.get("OTEL_SERVICE_NAME") or "meshgate"
+    for s in spans:
+        assert s.resource.get("service.name") == expected_service
+        assert _attrs(s.span)["messaging.system"] == "nats"
+        assert _attrs(s.span)["messaging.destination.name"] == "orders/created"
+        assert _attrs(s.span)["cloud.region"] == s.region
+
+
+def _chain(spans: list[ReceivedSpan], last: ReceivedSpan) -> tuple[list[tuple[str, str]], int]:
+    """The (region, name) of each ancestor of ``last`` among ``spans``, and the parent id of the first."""
+    by_id = {s.span.span_id: s for s in spans}
+    chain, at = [], last
+    while at.parent in by_id:
+        at = by_id[at.parent]
+        chain.append((at.region, at.span.name))
+    return chain, int.from_bytes(at.parent, "big")
 
 
 async def test_one_trace_across_two_regions(tmp_path: Path, otlp_receiver: tuple[Receiver, int]) -> None:
@@ -161,17 +184,9 @@ async def test_one_trace_across_two_regions(tmp_path: Path, otlp_receiver: tuple
             wanted = {("a", "orders/created publish"), ("a", "orders/created send"), ("b", "orders/created process")}
             return spans if wanted <= names else None
 
-        spans = await wait_until(complete, 60, what="spans of the event from both regions")
+        spans = await eventually(complete, 60, what="spans of the event from both regions")
 
-        # One trace: the producer's.
-        assert {s.span.trace_id for s in spans} == {trace_id.to_bytes(16, "big")}
-        assert {s.region for s in spans} == {"a", "b"}
-        expected_service = os.environ.get("OTEL_SERVICE_NAME") or "meshgate"
-        for s in spans:
-            assert s.resource.get("service.name") == expected_service
-            assert _attrs(s.span)["messaging.system"] == "nats"
-            assert _attrs(s.span)["messaging.destination.name"] == "orders/created"
-            assert _attrs(s.span)["cloud.region"] == s.region
+        _assert_one_trace(spans, trace_id)
 
         by_name = {(s.region, s.span.name): s for s in spans}
         publish = by_name["a", "orders/created publish"]
@@ -192,13 +207,10 @@ async def test_one_trace_across_two_regions(tmp_path: Path, otlp_receiver: tuple
         assert process.parent == send.span.span_id
         assert process.span.kind == trace_pb2.Span.SPAN_KIND_CONSUMER
         assert _attrs(process.span)["meshgate.dedup"] == "stored"
-        by_id = {s.span.span_id: s for s in spans}
-        chain, at = [], process
-        while at.parent in by_id:
-            at = by_id[at.parent]
-            chain.append((at.region, at.span.name))
-        assert chain == [("a", "orders/created send"), ("a", "orders/created publish")]
-        assert at.parent == producer_span.to_bytes(8, "big")
+        assert _chain(spans, process) == (
+            [("a", "orders/created send"), ("a", "orders/created publish")],
+            producer_span,
+        )
         # Spans nest in time: the send covers b's processing, the publish starts first.
         assert publish.span.start_time_unix_nano <= send.span.start_time_unix_nano
         assert send.span.start_time_unix_nano <= process.span.start_time_unix_nano

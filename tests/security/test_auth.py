@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf import descriptor_pb2
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from meshgate.brokers.embedded import EmbeddedNats
 from meshgate.config import (
@@ -30,8 +30,9 @@ from meshgate.v1 import (
     replication_pb2_grpc,
 )
 from tests._cli import run_cli
+from tests._health import async_health_stub
 from tests._replication import METADATA, SECURITY
-from tests.e2e._mesh import wait_until
+from tests._wait import eventually
 from tests.gateway._helpers import rpc_error, running_gateway, stream_error, two_region_mesh
 from tests.security._tokens import (
     ADMIN_TOKEN,
@@ -142,7 +143,7 @@ async def test_every_client_method_needs_a_token(secure_gw: Gateway) -> None:
 
 async def test_health_and_replication_are_not_token_checked(secure_gw: Gateway) -> None:
     async with grpc.aio.insecure_channel(secure_gw.address) as ch:
-        health = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest())
+        health = await async_health_stub(ch).Check(health_pb2.HealthCheckRequest())
         assert health.status == health_pb2.HealthCheckResponse.SERVING
         # Replication is for peers, authenticated by the regions' secret (or mTLS), not by client
         # tokens: a token check would break every link.
@@ -297,7 +298,7 @@ async def test_a_reload_swaps_tokens_and_allow_lists_even_for_open_streams(write
             await audit_stream.write(gateway_pb2.PublishRequest(events=[ev("audit/a", id="audit-before")], batch_id=1))
             ack = await audit_stream.read()
             assert isinstance(ack, gateway_pb2.PublishResponse) and ack.results[0].outcome == _ACCEPTED
-            await wait_until(lambda: gw.client_streams.count("auditor") == 2, 10, what="the auditor's two streams")
+            await eventually(lambda: gw.client_streams.count("auditor") == 2, 10, what="the auditor's two streams")
             assert (await rpc_error(gateway_pb2_grpc.GatewayStub(spare).Publish(
                 gateway_pb2.PublishRequest(events=[ev()])
             ))).code() is grpc.StatusCode.UNAUTHENTICATED  # fmt: skip
@@ -336,7 +337,7 @@ async def test_a_reload_swaps_tokens_and_allow_lists_even_for_open_streams(write
                 "the token of client 'auditor' was removed from the mesh file by a reload;"
                 " reconnect with a current token"
             )
-            await wait_until(lambda: gw.client_streams.count("auditor") == 0, 10, what="the auditor's slots back")
+            await eventually(lambda: gw.client_streams.count("auditor") == 0, 10, what="the auditor's slots back")
             assert "audit-after" not in {e.id async for e in _read(gw, "audit/>")}
             # New calls with the removed token are refused; the new client's are not.
             err = await rpc_error(
@@ -423,7 +424,7 @@ async def test_locate_in_every_region_passes_the_callers_token(
                     assert not where["there"].error, where["there"].error  # not UNAUTHENTICATED from the peer
                     return where["here"].found and where["there"].found
 
-                await wait_until(in_both, 30, what="loc-1 in both regions")
+                await eventually(in_both, 30, what="loc-1 in both regions")
         finally:
             await here.stop()
             await there.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hmac
 from collections.abc import Callable
 
@@ -237,7 +238,7 @@ def test_identify_by_bearer_token() -> None:
     assert "send exactly one" in _code(lambda: auth.identify(two, peer))[1]
     # A prefix or an extension of a token is not the token.
     for near in (ORDERS_TOKEN[:-1], ORDERS_TOKEN + "0", ORDERS_TOKEN.upper()):
-        assert _code(lambda near=near: auth.identify([("authorization", f"Bearer {near}")], peer))[0] is (
+        assert _code(functools.partial(auth.identify, [("authorization", f"Bearer {near}")], peer))[0] is (
             grpc.StatusCode.UNAUTHENTICATED
         )
 

@@ -15,11 +15,13 @@ import pytest
 
 from meshgate.brokers import RawBatch
 from meshgate.brokers.embedded import EmbeddedNats
+from meshgate.brokers.nats import NatsBroker
 from meshgate.config import Limits, MeshConfig, RouteRule
 from meshgate.gateway import Gateway
 from meshgate.gateway._limits import ClientRates, ClientStreams
 from meshgate.v1 import admin_pb2, admin_pb2_grpc, event_pb2, gateway_pb2, gateway_pb2_grpc
-from tests.e2e._mesh import free_port, wait_until
+from tests._wait import eventually
+from tests.e2e._mesh import free_port
 from tests.gateway._helpers import (
     nats_region,
     rpc_error,
@@ -40,6 +42,12 @@ _RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
 # --- sizes: enforced by gRPC itself from settings.limits ---------------------------------------
 
 _SMALL = "      max_data_bytes: 16KiB\n      max_message_bytes: 64KiB\n      max_metadata_bytes: 8KiB\n"
+
+
+def _nats_stream(gw: Gateway) -> str:
+    """The JetStream stream of a NATS region's gateway."""
+    assert isinstance(gw.broker, NatsBroker), gw.broker
+    return gw.broker.settings.stream
 
 
 async def test_message_and_metadata_sizes(write_mesh: Any, tmp_path: Path) -> None:
@@ -92,7 +100,7 @@ async def test_streams_per_client(write_mesh: Any, tmp_path: Path) -> None:
         try:
             stub = gateway_pb2_grpc.GatewayStub(orders)
             subs = [stub.Subscribe(gateway_pb2.SubscribeRequest(pattern="orders/>")) for _ in range(2)]
-            await wait_until(lambda: gw.client_streams.count("orders-service") == 2, 10, what="two streams open")
+            await eventually(lambda: gw.client_streams.count("orders-service") == 2, 10, what="two streams open")
             message = (
                 "client 'orders-service' already has 2 streams open (PublishStream and Subscribe calls);"
                 " max_streams_per_client is 2: close one, or send more batches on one stream"
@@ -105,15 +113,15 @@ async def test_streams_per_client(write_mesh: Any, tmp_path: Path) -> None:
             ok = await stub.Publish(gateway_pb2.PublishRequest(events=[ev()]))
             assert ok.results[0].outcome == _ACCEPTED
             other = gateway_pb2_grpc.GatewayStub(auditor).Subscribe(gateway_pb2.SubscribeRequest(pattern="audit/>"))
-            await wait_until(lambda: gw.client_streams.count("auditor") == 1, 10, what="the auditor's stream")
+            await eventually(lambda: gw.client_streams.count("auditor") == 1, 10, what="the auditor's stream")
             # A closed stream gives its slot back.
             subs[0].cancel()
-            await wait_until(lambda: gw.client_streams.count("orders-service") == 1, 10, what="a slot given back")
+            await eventually(lambda: gw.client_streams.count("orders-service") == 1, 10, what="a slot given back")
             answers = [r async for r in stub.PublishStream(_one_batch())]
             assert answers[0].results[0].outcome == _ACCEPTED
             other.cancel()
             subs[1].cancel()
-            await wait_until(lambda: not gw.client_streams.count("orders-service"), 10, what="all slots back")
+            await eventually(lambda: not gw.client_streams.count("orders-service"), 10, what="all slots back")
         finally:
             await orders.close()
             await auditor.close()
@@ -128,7 +136,7 @@ async def test_without_tokens_streams_are_counted_per_ip_address(make_limits_gat
     async with grpc.aio.insecure_channel(gw.address) as ch:
         stub = gateway_pb2_grpc.GatewayStub(ch)
         sub = stub.Subscribe(gateway_pb2.SubscribeRequest(pattern="orders/>"))
-        await wait_until(lambda: gw.client_streams.count("127.0.0.1") == 1, 10, what="one stream open")
+        await eventually(lambda: gw.client_streams.count("127.0.0.1") == 1, 10, what="one stream open")
         # Another connection from the same address is the same client.
         async with grpc.aio.insecure_channel(gw.address) as ch2:
             err = await stream_error(gateway_pb2_grpc.GatewayStub(ch2).PublishStream(_one_batch()))
@@ -280,11 +288,11 @@ async def test_a_subscriber_that_does_not_read_keeps_the_gateway_buffer_bounded(
             seen.append(buf.sent)
             return buf.waiting and len(seen) >= 4 and len(set(seen[-4:])) == 1
 
-        await wait_until(stalled, 60, interval=0.25, what="the Subscribe call to wait on its client")
+        await eventually(stalled, 60, interval=0.25, what="the Subscribe call to wait on its client")
         # What the broker has handed this call, from JetStream's own books.
         nc = await nats.connect(nats_server.url)
         try:
-            infos = await nc.jetstream().consumers_info(gw.broker.settings.stream)
+            infos = await nc.jetstream().consumers_info(_nats_stream(gw))
         finally:
             await nc.close()
         readers = [i for i in infos if i.name.startswith("mg-read-")]
@@ -298,14 +306,15 @@ async def test_a_subscriber_that_does_not_read_keeps_the_gateway_buffer_bounded(
             buf.held
         )
         # The broker still holds the rest for this reader: it was not read ahead into memory.
-        assert readers[0].num_pending >= backlog - buf.sent - buffer_events > 0, (readers[0].num_pending, buf.sent)
+        pending = readers[0].num_pending
+        assert pending is not None and pending >= backlog - buf.sent - buffer_events > 0, (pending, buf.sent)
 
         # Reading again delivers everything, once, in order.
         ids = [e.id for e in first.events]
         while len(ids) < backlog:
-            resp = await asyncio.wait_for(call.read(), 30)
-            assert isinstance(resp, gateway_pb2.SubscribeResponse)
-            ids.extend(e.id for e in resp.events)
+            more = await asyncio.wait_for(call.read(), 30)
+            assert isinstance(more, gateway_pb2.SubscribeResponse)
+            ids.extend(e.id for e in more.events)
         call.cancel()
         assert ids == [f"bk-{i:05d}" for i in range(backlog)]
         assert buf.high_water <= buffer_events // 2
@@ -368,7 +377,7 @@ async def test_a_link_splits_batches_to_fit_the_destinations_max_message_bytes(
                     assert "larger than max" not in link.last_error, link.last_error
                     return link if link.forwarded == 60 else None
 
-                link = await wait_until(forwarded, 60, what="60 events forwarded")
+                link = await eventually(forwarded, 60, what="60 events forwarded")
                 assert link.dead_lettered == 0
             async with grpc.aio.insecure_channel(there.address) as ch:
                 call = gateway_pb2_grpc.GatewayStub(ch).Subscribe(

@@ -12,7 +12,7 @@ from meshgate.gateway import Gateway
 from meshgate.replicator import LinkOptions
 from meshgate.tls import peer_identity
 from meshgate.v1 import admin_pb2, event_pb2, gateway_pb2, gateway_pb2_grpc, replication_pb2, replication_pb2_grpc
-from tests.e2e._mesh import wait_until
+from tests._wait import eventually
 from tests.gateway._helpers import ev
 from tests.security._pki import Pki
 from tests.security.conftest import HERE, THERE, THIRD, TlsGatewayFactory
@@ -82,7 +82,7 @@ async def test_a_destination_presenting_another_region_certificate_gets_nothing(
     try:
         gw = await make_tls_gateway(gateways={THERE: f"127.0.0.1:{port}"}, link_options=FAST)
         await publish_one(gw, pki)
-        error = await wait_until(
+        error = await eventually(
             lambda: link_to_there(gw).last_error, 20, what="the link to `there` to report why it cannot connect"
         )
         assert "cannot connect over TLS" in error, error
@@ -101,7 +101,7 @@ async def test_a_destination_with_its_region_certificate_receives_the_events(
     try:
         gw = await make_tls_gateway(gateways={THERE: f"127.0.0.1:{port}"}, link_options=FAST)
         await publish_one(gw, pki)
-        await wait_until(lambda: link_to_there(gw).forwarded == 1, 20, what="the event forwarded to `there`")
+        await eventually(lambda: link_to_there(gw).forwarded == 1, 20, what="the event forwarded to `there`")
         assert sink.ids == ["e-1"]
         assert sink.callers and all(c == (HERE,) for c in sink.callers)
     finally:

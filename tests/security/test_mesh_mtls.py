@@ -14,8 +14,9 @@ from cryptography import x509
 from meshgate.tls import make_ca
 from meshgate.v1 import event_pb2
 from tests._cli import run_cli
+from tests._wait import eventually
 from tests.e2e._ledger import Ledger, Producer, make_event
-from tests.e2e._mesh import wait_links_idle, wait_until
+from tests.e2e._mesh import wait_links_idle
 from tests.security._mesh import TlsMeshCluster
 from tests.security._pki import served_certificate
 
@@ -87,7 +88,7 @@ async def test_certificates_rotate_under_load_without_a_lost_or_doubled_event(
         p = producer(phase)
         producing = asyncio.create_task(p.run())
         try:
-            await wait_until(lambda: p.acked >= per_phase // 4, 60, what=f"phase {phase}: events acked at {US}")
+            await eventually(lambda: p.acked >= per_phase // 4, 60, what=f"phase {phase}: events acked at {US}")
             link = await cluster.link(US, EU)
             floor = link.forwarded if link is not None else 0
 
@@ -95,7 +96,7 @@ async def test_certificates_rotate_under_load_without_a_lost_or_doubled_event(
                 now = await cluster.link(US, EU)
                 return now is not None and now.forwarded > floor
 
-            await wait_until(forwarding, 30, what=f"phase {phase}: {US} -> {EU} forwarding")
+            await eventually(forwarding, 30, what=f"phase {phase}: {US} -> {EU} forwarding")
             await rotate()
             await asyncio.wait_for(producing, 60)
         finally:
@@ -110,7 +111,7 @@ async def test_certificates_rotate_under_load_without_a_lost_or_doubled_event(
         served = await asyncio.to_thread(served_certificate, cluster.address(EU), pki, "client")
         assert served.serial_number == eu_new.certificate.serial_number
         # ... and the source reconnects with its new one, the batches in flight acked first.
-        await wait_until(lambda: count(cluster, US, reconnected) >= 1, 20, what=f"{US}'s link to reconnect")
+        await eventually(lambda: count(cluster, US, reconnected) >= 1, 20, what=f"{US}'s link to reconnect")
 
     async def new_ca() -> None:
         # A new CA: trusted beside the old one first, then every region's certificate is made by it.
@@ -120,7 +121,7 @@ async def test_certificates_rotate_under_load_without_a_lost_or_doubled_event(
         os.replace(tmp, pki.ca_path)
         eu_ca2 = pki.region(EU, ca=ca2)
         pki.region(US, ca=ca2)
-        await wait_until(
+        await eventually(
             lambda: count(cluster, US, reconnected) >= 2, 20, what=f"{US}'s link to reconnect with the new CA's"
         )
         served = await asyncio.to_thread(served_certificate, cluster.address(EU), pki, "client")

@@ -32,7 +32,8 @@ from meshgate.gateway._dedup import origin_prefix
 from meshgate.v1 import event_pb2, gateway_pb2, gateway_pb2_grpc, replication_pb2, replication_pb2_grpc
 from tests._cli import run_cli
 from tests._replication import METADATA, SECRET, VARIABLE
-from tests.e2e._mesh import free_port, wait_until
+from tests._wait import eventually
+from tests.e2e._mesh import free_port
 from tests.gateway._helpers import ev, read_all, started_gateways, stream_error, two_region_mesh
 
 RULES = (RouteRule(index=0, topic="orders/>", regions=("here", "there")),)
@@ -128,7 +129,11 @@ async def test_two_regions_replicate_with_the_secret_and_not_with_a_wrong_one(
             (status,) = [s for s in replicator.statuses() if s.destination == "there"]
             return status.last_error
 
-        error = await wait_until(lambda: "UNAUTHENTICATED" in link_error() and link_error(), 20, what="link refused")
+        def refused() -> str | None:
+            error = link_error()
+            return error if "UNAUTHENTICATED" in error else None
+
+        error = await eventually(refused, 20, what="link refused")
         assert "replication secret" in error and "w" * 40 not in error
         async with grpc.aio.insecure_channel(there.address) as ch:
             assert await read_all(gateway_pb2_grpc.GatewayStub(ch), idle=0.3) == []
@@ -141,7 +146,7 @@ async def test_two_regions_replicate_with_the_secret_and_not_with_a_wrong_one(
             async def arrived() -> list[str]:
                 return [e.id for e in await read_all(stub, idle=0.2)]
 
-            assert await wait_until(arrived, 30, what="event replicated") == ["e-1"]
+            assert await eventually(arrived, 30, what="event replicated") == ["e-1"]
 
 
 # --- refusal of a mesh without a credential ---------------------------------------------------
@@ -338,7 +343,7 @@ async def test_meshgate_up_needs_no_setup_and_its_regions_refuse_anonymous_peers
         def serving() -> bool:
             return b"".join(lines).count(b"gateway serving on") == 2
 
-        await wait_until(serving, 60, what="both regions serving")
+        await eventually(serving, 60, what="both regions serving")
         west, eu = (f"127.0.0.1:{p}" for p in ports)
         async with grpc.aio.insecure_channel(west) as ch:
             await gateway_pb2_grpc.GatewayStub(ch).Publish(gateway_pb2.PublishRequest(events=[ev(id="up-1")]))
@@ -348,7 +353,7 @@ async def test_meshgate_up_needs_no_setup_and_its_regions_refuse_anonymous_peers
             async def arrived() -> list[str]:
                 return [e.id for e in await read_all(stub, idle=0.2)]
 
-            assert await wait_until(arrived, 30, what="event replicated by up's regions") == ["up-1"]
+            assert await eventually(arrived, 30, what="event replicated by up's regions") == ["up-1"]
         # The regions of `up` authenticate each other: an anonymous peer is refused.
         forged = ev(id="forged", origin="us-west", route=["us-west", "eu-central"], sequence=HUGE)
         request = replication_pb2.ReplicateRequest(source_region="us-west", batch_id=1, events=[forged])

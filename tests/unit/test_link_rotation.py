@@ -18,6 +18,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from meshgate.brokers import RawBatch
 from meshgate.observability import Tracing
 from meshgate.replicator import Link, LinkOptions
+from tests._wait import eventually
 
 
 class _Consumer:
@@ -58,9 +59,7 @@ async def test_no_batch_is_fetched_while_the_tls_files_rotate(traced: bool) -> N
         # The window is not held by the waiting loop: what is in flight can still be acked.
         assert window._value == 8
         link._rotating = False
-        async with asyncio.timeout(5):
-            while consumer.fetches == 0:
-                await asyncio.sleep(0.01)
+        await eventually(lambda: consumer.fetches, 5, interval=0.01, what="a fetch after the rotation")
     finally:
         if tracing is not None:
             tracing.shutdown()

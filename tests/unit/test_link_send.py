@@ -17,6 +17,7 @@ from meshgate.brokers._codec import header_lines, parse_header_lines
 from meshgate.observability import Tracing
 from meshgate.replicator import Link, LinkOptions
 from meshgate.v1 import replication_pb2
+from tests._wait import eventually
 from tests.gateway._helpers import ev
 
 _STORED_TP = f"00-{0xABC:032x}-{0x42:016x}-01"
@@ -68,9 +69,7 @@ async def test_a_link_sends_raw_with_traces_on_or_off(traced: bool) -> None:
     call = _Call()
     task = asyncio.create_task(link._send_loop(_Consumer(), call, asyncio.Semaphore(8)))  # type: ignore[arg-type]
     try:
-        async with asyncio.timeout(5):
-            while not call.requests:
-                await asyncio.sleep(0.01)
+        await eventually(lambda: call.requests, 5, interval=0.01, what="the link to send a request")
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):

@@ -40,7 +40,8 @@ def test_validate_reports_every_error_of_every_file(
 ) -> None:
     old, _ = files
     bad = tmp_path / "bad.yaml"
-    bad.write_text(OLD.replace('["us-west"]', '["us-wset"]').replace("kind: embedded}", "kind: embeded}", 1))
+    typo = "kind: embeded}"  # codespell:ignore embeded
+    bad.write_text(OLD.replace('["us-west"]', '["us-wset"]').replace("kind: embedded}", typo, 1))
     missing = tmp_path / "missing.yaml"
     assert main(["config", "validate", str(bad), str(old), str(missing)]) == 1
     out, err = capsys.readouterr()

@@ -92,7 +92,7 @@ def test_control_character() -> None:
 
 def test_not_utf8() -> None:
     with pytest.raises(ConfigError) as info:
-        load_config_bytes(b"event_mesh:\n  regions: [caf\xe9]\n", FILE)
+        load_config_bytes(b"event_mesh:\n  regions: [caf\xe9]\n", FILE)  # codespell:ignore caf
     assert info.value.lines == ("mesh.yaml:2:16: byte 0xe9 is not UTF-8; save the file as UTF-8",)
 
 
@@ -147,10 +147,11 @@ def test_unknown_region_key_with_suggestion() -> None:
     text = region_file("""\
         name: a
         kind: embedded
-        gatway: 127.0.0.1:7401
+        gatway: 127.0.0.1:7401  # codespell:ignore gatway
         """)
     assert one_error(text) == (
-        "mesh.yaml:5:7: event_mesh.regions[0].gatway: unknown key 'gatway'; did you mean 'gateway'?"
+        "mesh.yaml:5:7: event_mesh.regions[0].gatway: "  # codespell:ignore gatway
+        "unknown key 'gatway'; did you mean 'gateway'?"  # codespell:ignore gatway
         " (allowed here: name, kind, brokers, gateway, metrics, nats, kafka, tls)"
     )
 

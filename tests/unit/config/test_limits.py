@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ import pytest
 from meshgate.config import ConfigError, ConfigWatcher, load_config, load_config_text
 from meshgate.config import _yaml as config_yaml
 from tests._cli import run_cli
+from tests._wait import eventually
 
 HEAD = """\
 event_mesh:
@@ -147,7 +149,7 @@ async def test_a_poll_refuses_a_file_over_the_limit_once(tmp_path: Path, monkeyp
     from meshgate.config import _reload
 
     reads: list[str] = []
-    read = _reload.__dict__.get("read_config_file", Path.read_bytes)
+    read: Callable[[Path], bytes] = _reload.__dict__.get("read_config_file", Path.read_bytes)
 
     def counted(path: Path) -> bytes:
         reads.append(str(path))
@@ -159,11 +161,18 @@ async def test_a_poll_refuses_a_file_over_the_limit_once(tmp_path: Path, monkeyp
         path=mesh, on_change=lambda c: None, on_error=lambda r: refusals.append(r.errors), poll_interval=0.01
     )
     async with watcher:
-        await asyncio.to_thread(mesh.write_text, HEAD + rules(1) + ("# padding\n" * (LIMIT // 10 + 1)))
+        # Renamed into place whole: a poll that caught the 4 MB file half-written would see
+        # another file (another size) and rightly refuse that one too.
+        big = tmp_path / "mesh.yaml.new"
+        await asyncio.to_thread(big.write_text, HEAD + rules(1) + ("# padding\n" * (LIMIT // 10 + 1)))
+        big.replace(mesh)
         # Just written, the file is re-read at every poll (its mtime may hide the next write).
-        async with asyncio.timeout(10):
-            while len(reads) < 20 and watcher.config.sha256 == load_config_text(HEAD + rules(1), env={}).sha256:
-                await asyncio.sleep(0.01)
+        await eventually(
+            lambda: len(reads) >= 20 or watcher.config.sha256 != load_config_text(HEAD + rules(1), env={}).sha256,
+            10,
+            interval=0.01,
+            what="20 reads of the file, or a new config",
+        )
         assert len(refusals) == 1
         assert "more than the limit of 4194304 bytes" in refusals[0][0]
         value = watcher.registry.get_sample_value("meshgate_config_reloads_total", {"result": "refused"})

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
 
 from meshgate.config import ConfigError, ConfigWatcher, MeshConfig, ReloadResult, check_compatible, load_config
+from tests._wait import eventually
 
 BASE = """\
 event_mesh:
@@ -38,14 +38,6 @@ CHANGED = (
 INVALID = BASE.replace("regions: [us-west, eu-central]", "regions: [us-west, eu-centrl]")
 
 
-async def eventually(predicate: Callable[[], bool], *, timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
-
-
 async def write(path: Path, text: str) -> None:
     await asyncio.to_thread(path.write_text, text)
 
@@ -70,7 +62,7 @@ async def test_valid_change_is_applied_by_polling(mesh: Path) -> None:
     try:
         assert watcher.config.sha256 == hashlib.sha256(BASE.encode()).hexdigest()
         await write(mesh, CHANGED)
-        await eventually(lambda: bool(applied))
+        await eventually(lambda: bool(applied), 5, interval=0.01, what="the changed file applied")
     finally:
         await watcher.stop()
     assert len(applied[0].routing) == 2
@@ -95,7 +87,7 @@ async def test_invalid_change_is_refused_logged_and_counted(mesh: Path, caplog: 
     await watcher.start()
     try:
         await write(mesh, INVALID)
-        await eventually(lambda: bool(refusals))
+        await eventually(lambda: bool(refusals), 5, interval=0.01, what="the invalid file refused")
     finally:
         await watcher.stop()
     assert applied == []

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from meshgate.config import ConfigWatcher, MeshConfig, _reload, load_config, load_config_bytes
+from tests._wait import eventually
 
 BASE = """\
 event_mesh:
@@ -34,14 +35,6 @@ event_mesh:
 HALF = BASE + '    - topic: "inventory/>"\n      regions: [us-west]\n'
 FULL = HALF + '    - topic: "billing/>"\n      regions: [eu-central]\n'
 SETTLING = "changed in place"
-
-
-async def eventually(predicate: Callable[[], bool], *, timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 def seen_settling(caplog: pytest.LogCaptureFixture) -> bool:
@@ -74,7 +67,7 @@ async def test_a_file_written_in_place_in_two_halves_is_applied_only_whole(
         reads.append(data)
         return data
 
-    read = _reload.__dict__.get("read_config_file", Path.read_bytes)
+    read: Callable[[Path], bytes] = _reload.__dict__.get("read_config_file", Path.read_bytes)
     monkeypatch.setattr(_reload, "read_config_file", counted, raising=False)
     applied: list[MeshConfig] = []
     watcher = ConfigWatcher(path=mesh, on_change=applied.append, poll_interval=0.02, settle=3.0)
@@ -83,11 +76,16 @@ async def test_a_file_written_in_place_in_two_halves_is_applied_only_whole(
             f.write(HALF)
             f.flush()
             # The pause of a slow writer: the watcher reads the half-written file again and again.
-            await eventually(lambda: bool(applied) or (seen_settling(caplog) and reads.count(HALF.encode()) >= 3))
+            await eventually(
+                lambda: bool(applied) or (seen_settling(caplog) and reads.count(HALF.encode()) >= 3),
+                10,
+                interval=0.01,
+                what="the half-written file seen settling (or applied)",
+            )
             assert applied == []
             assert watcher.state is _reload.WatcherState.SETTLING
             f.write(FULL[len(HALF) :])
-        await eventually(lambda: bool(applied))
+        await eventually(lambda: bool(applied), 10, interval=0.01, what="the whole file applied")
         assert watcher.state is _reload.WatcherState.WATCHING
     assert [len(c.routing) for c in applied] == [3]
     assert watcher.config is applied[0]
@@ -101,13 +99,18 @@ async def test_a_file_renamed_into_place_is_applied_at_once(mesh: Path, caplog: 
     watcher = ConfigWatcher(path=mesh, on_change=applied.append, poll_interval=0.02, settle=600)
     async with watcher:
         await asyncio.to_thread(mesh.write_text, HALF)
-        await eventually(lambda: bool(applied) or seen_settling(caplog))
+        await eventually(
+            lambda: bool(applied) or seen_settling(caplog),
+            10,
+            interval=0.01,
+            what="the file seen settling (or applied)",
+        )
         assert applied == []
         # How operators should write it: a new file beside it, renamed over it.
         tmp = mesh.with_name(".mesh.yaml.tmp")
         await asyncio.to_thread(tmp.write_text, FULL)
         await asyncio.to_thread(os.replace, tmp, mesh)
-        await eventually(lambda: bool(applied))
+        await eventually(lambda: bool(applied), 10, interval=0.01, what="the renamed file applied")
     assert [len(c.routing) for c in applied] == [3]
 
 
@@ -121,7 +124,12 @@ async def test_sighup_or_admin_reload_applies_a_settling_file_at_once(
     )
     async with watcher:
         await asyncio.to_thread(mesh.write_text, FULL)
-        await eventually(lambda: bool(applied) or seen_settling(caplog))
+        await eventually(
+            lambda: bool(applied) or seen_settling(caplog),
+            10,
+            interval=0.01,
+            what="the file seen settling (or applied)",
+        )
         assert applied == []
         # The operator says the file is ready.
         result = await watcher.reload()

@@ -34,7 +34,7 @@ def test_valid_topics(topic: str) -> None:
         ("orders.created", f"topic 'orders.created': level 1 has '.' at position 7; {LEVEL_RULE}"),
         ("orders/*", "topic 'orders/*': level 2 is the wildcard '*'; wildcards are for patterns, a topic names one"),
         ("orders/>", "topic 'orders/>': level 2 is the wildcard '>'; wildcards are for patterns, a topic names one"),
-        ("caf\u00e9", f"topic 'caf\u00e9': level 1 has '\u00e9' at position 4; {LEVEL_RULE}"),
+        ("caf\u00e9", f"topic 'caf\u00e9': level 1 has '\u00e9' at position 4; {LEVEL_RULE}"),  # codespell:ignore caf
     ],
 )
 def test_invalid_topic_messages(topic: str, message: str) -> None:
