@@ -41,6 +41,22 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
     return cpus + 1
 
 
+# Files whose tests keep a CPU busy for seconds (huge mesh files, Hypothesis): they share one
+# worker (``--dist loadgroup``) so that they never compete with each other for the cores and
+# push one another past the hang guards of their child processes (``config validate``: 60 s).
+_CPU_BOUND = ("tests/unit/config/test_limits.py", "tests/fuzz/")
+_CPU_GROUP = "cpu-bound"
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups in the same hook
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    root = config.rootpath
+    for item in items:
+        where = item.path.relative_to(root).as_posix() if item.path.is_relative_to(root) else ""
+        if where.startswith(_CPU_BOUND):
+            item.add_marker(pytest.mark.xdist_group(_CPU_GROUP))
+
+
 @pytest.fixture
 async def nats_server(tmp_path: Path) -> AsyncIterator[EmbeddedNats]:
     """A running nats-server with JetStream on ``tmp_path/nats``; stopped after the test."""
