@@ -20,13 +20,16 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 RUN python -m venv /opt/meshgate
 WORKDIR /src
-# Only what the package needs (see .dockerignore): the project metadata, the import package
-# and the folders it links to.
+# Only what the package needs (see .dockerignore): the project metadata, `meshgate/` and the
+# folders pyproject.toml maps into it ([tool.setuptools.package-dir]; bench/ too, so that
+# `meshgate bench` runs in the image as it does from the wheel).
 COPY pyproject.toml README.md ./
 COPY meshgate/ meshgate/
+COPY bench/ bench/
 COPY brokers/ brokers/
 COPY config/ config/
 COPY gateway/ gateway/
+COPY observability/ observability/
 COPY proto/ proto/
 COPY replicator/ replicator/
 COPY router/ router/

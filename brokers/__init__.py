@@ -18,6 +18,7 @@ from meshgate.brokers._base import (
     Delivery,
     DurableConsumer,
     EventRejectedError,
+    EventTooLargeError,
     RawBatch,
     StartAt,
     StorageFullError,
@@ -30,8 +31,6 @@ from meshgate.brokers._codec import (
     pattern_to_filter,
     subject_to_topic,
     topic_to_subject,
-    validate_pattern,
-    validate_topic,
 )
 from meshgate.brokers._factory import kafka_bootstrap_servers, make_broker, nats_server_urls
 from meshgate.brokers.embedded import EmbeddedNats, EmbeddedNatsBroker, EmbeddedNatsError, EmbeddedNatsState
@@ -67,6 +66,7 @@ __all__ = [
     "EmbeddedNatsError",
     "EmbeddedNatsState",
     "EventRejectedError",
+    "EventTooLargeError",
     "JetStreamRejectedError",
     "JetStreamUnavailableError",
     "KafkaBroker",
@@ -91,6 +91,4 @@ __all__ = [
     "pattern_to_filter",
     "subject_to_topic",
     "topic_to_subject",
-    "validate_pattern",
-    "validate_topic",
 ]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import ClassVar
@@ -34,6 +34,7 @@ __all__ = [
     "Delivery",
     "DurableConsumer",
     "EventRejectedError",
+    "EventTooLargeError",
     "RawBatch",
     "StartAt",
     "StorageFullError",
@@ -46,6 +47,9 @@ class BrokerState(enum.Enum):
     CONNECTED = "connected"
     RECONNECTING = "reconnecting"
     CLOSED = "closed"
+    # Gave up for good (the client closed by itself, an embedded server that cannot be
+    # restarted): only a restart of the process brings it back, so liveness fails.
+    FAILED = "failed"
 
 
 class BrokerError(Exception):
@@ -80,6 +84,13 @@ class EventRejectedError(BrokerError):
     """The broker refused this event for good (too large, invalid there)."""
 
     retriable = False
+
+
+class EventTooLargeError(EventRejectedError):
+    """The event is larger than the broker takes (by the adapter's own check or the broker's answer).
+
+    Final: only a smaller event, or a broker configured for larger ones, is stored.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,6 +261,8 @@ class Broker(StartStop):
     """One region's log."""
 
     state: BrokerState
+    # Why ``state`` is not CONNECTED, as the client last heard it ("" while connected).
+    state_reason: str = ""
     # True when the broker itself splits a durable consumer's work across the gateway replicas
     # that open it under one name (Kafka consumer groups), each stream to one of them: the
     # replicator then runs every link in every replica instead of one replica per link under a
@@ -305,11 +318,15 @@ class Broker(StartStop):
         return await self.append(events)
 
     @abc.abstractmethod
-    def read(self, pattern: str, *, start: StartAt, max_batch: int) -> AsyncIterator[list[event_pb2.Event]]:
+    def read(
+        self, pattern: str, *, start: StartAt, max_batch: int, max_bytes: int | None = None
+    ) -> AsyncGenerator[list[event_pb2.Event]]:
         """Batches of the events of a topic pattern from ``start`` on, until cancelled.
 
         Events carry their ``stream`` and ``sequence``; ``StartAt.sequence`` applies to a
-        broker with one stream.
+        broker with one stream. A batch holds at most ``max_batch`` events and about
+        ``max_bytes`` bytes (the adapter's own bound when None), or one larger event; what the
+        adapter reads ahead of the caller is bounded the same way.
         """
 
     @abc.abstractmethod

@@ -1,7 +1,8 @@
 """The broker-neutral mapping between mesh events and broker messages.
 
 Topics become subjects (NATS) or topic names (Kafka) by swapping ``/`` for ``.`` behind a
-prefix; the mapping is one-to-one because a topic level never contains a dot.
+prefix (``meshgate.topics``, re-exported here); the mapping is one-to-one because a topic
+level never contains a dot.
 
 Events travel in the CloudEvents *binary content mode* of the NATS and Kafka protocol
 bindings: the message payload is ``event.data`` byte for byte (a native consumer reads exactly
@@ -44,8 +45,7 @@ from urllib.parse import quote, unquote
 
 from google.protobuf import timestamp_pb2
 
-from meshgate.router import validate_pattern as router_validate_pattern
-from meshgate.router import validate_topic as router_validate_topic
+from meshgate.topics import SubjectMapper, pattern_to_filter, subject_to_topic, topic_to_subject
 from meshgate.v1 import event_pb2
 
 __all__ = [
@@ -78,8 +78,6 @@ __all__ = [
     "subject_to_topic",
     "topic_to_subject",
     "unescape_header_value",
-    "validate_pattern",
-    "validate_topic",
 ]
 
 CE_PREFIX = "ce-"
@@ -104,82 +102,6 @@ RESERVED_EXTENSION_NAMES = frozenset({"id", "source", "type", "specversion", "ti
 # Printable ASCII (0x21-0x7E) except '"' and '%': what a header value may carry unescaped.
 _UNSAFE_RE = re.compile(r"[^!#$&-~]")
 _QUOTE_SAFE = "!#$&'()*+,/:;<=>?@[\\]^`{|}"
-
-
-# -- topics and subjects ----------------------------------------------------------------------
-
-
-def validate_topic(topic: str) -> None:
-    """Raises ``ValueError`` with the router's reason unless ``topic`` is a valid topic."""
-    problem = router_validate_topic(topic)
-    if problem is not None:
-        raise ValueError(problem)
-
-
-def validate_pattern(pattern: str) -> None:
-    """Raises ``ValueError`` with the router's reason unless ``pattern`` is a valid pattern."""
-    problem = router_validate_pattern(pattern)
-    if problem is not None:
-        raise ValueError(problem)
-
-
-def topic_to_subject(topic: str, prefix: str) -> str:
-    """``orders/created`` -> ``<prefix>orders.created`` (the topic must be valid)."""
-    return prefix + topic.replace("/", ".")
-
-
-def subject_to_topic(subject: str, prefix: str) -> str:
-    """``<prefix>orders.created`` -> ``orders/created``; ``ValueError`` outside the prefix."""
-    if not subject.startswith(prefix) or len(subject) == len(prefix):
-        raise ValueError(f"subject {subject!r} is not a mesh subject (prefix {prefix!r})")
-    return subject[len(prefix) :].replace(".", "/")
-
-
-def pattern_to_filter(pattern: str, prefix: str) -> str:
-    """A topic pattern as a NATS filter subject: ``orders/*`` -> ``<prefix>orders.*``.
-
-    NATS wildcards mean what mesh wildcards mean (``*`` one token, a final ``>`` one or more),
-    so the mapping is the topic mapping; Kafka adapters translate the same pattern to a regex.
-    """
-    validate_pattern(pattern)
-    return prefix + pattern.replace("/", ".")
-
-
-class SubjectMapper:
-    """Topic -> subject with validation, cached: producers reuse a small set of topics.
-
-    Validating here too (not only at admission) keeps a malformed topic from ever reaching a
-    broker's wire protocol, where a space or a line break would corrupt the command.
-    """
-
-    __slots__ = ("_cache", "_max_entries", "_topics", "prefix")
-
-    def __init__(self, prefix: str, *, max_entries: int = 65_536) -> None:
-        self.prefix = prefix
-        self._max_entries = max_entries
-        self._cache: dict[str, str] = {}
-        self._topics: dict[str, str] = {}
-
-    def subject(self, topic: str) -> str:
-        subject = self._cache.get(topic)
-        if subject is None:
-            validate_topic(topic)
-            subject = self.prefix + topic.replace("/", ".")
-            if len(self._cache) >= self._max_entries:
-                # Wholesale reset: cheaper than LRU bookkeeping on every hit, and rare.
-                self._cache.clear()
-            self._cache[topic] = subject
-        return subject
-
-    def topic(self, subject: str) -> str:
-        """Subject (or Kafka topic) -> topic, cached: readers map every record they decode."""
-        topic = self._topics.get(subject)
-        if topic is None:
-            topic = subject_to_topic(subject, self.prefix)
-            if len(self._topics) >= self._max_entries:
-                self._topics.clear()
-            self._topics[subject] = topic
-        return topic
 
 
 # -- header values ----------------------------------------------------------------------------

@@ -9,13 +9,22 @@ gets no traffic to prove it wrong).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import enum
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-__all__ = ["StorageHealth", "StorageState"]
+from meshgate.brokers._base import BrokerError, StorageFullError
+
+__all__ = ["PROBE_KEY", "StorageHealth", "StorageState"]
+
+# The key of the probe write in the adapter's checkpoint store: never an event.
+PROBE_KEY = "mg-storage-probe"
+_PROBE_FIRST_SECONDS = 0.25
+_PROBE_MAX_SECONDS = 2.0
 
 logger = logging.getLogger("meshgate.brokers")
 
@@ -41,6 +50,7 @@ class StorageHealth:
     episodes: int = 0
     failed_probes: int = 0
     _clock: Callable[[], float] = field(default=time.monotonic, repr=False)
+    _probe: asyncio.Task[None] | None = field(default=None, repr=False)
 
     def refused(self, reason: str) -> None:
         """A write was refused (or went unanswered) for want of room; ``reason`` says why."""
@@ -70,3 +80,38 @@ class StorageHealth:
         self.problem = None
         self.since = None
         self.refusals = 0
+
+    async def probe(self, write: Callable[[], Awaitable[object]], *, running: Callable[[], bool]) -> None:
+        """Calls ``write`` (a small write that is not an event; a BrokerError when refused), backing
+        off from 0.25 s to 2 s, until it stores, an event is stored meanwhile, or ``running()`` is false."""
+        delay = _PROBE_FIRST_SECONDS
+        while running():
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _PROBE_MAX_SECONDS)
+            if self.problem is None:
+                return  # an event was stored meanwhile
+            try:
+                await write()
+            except BrokerError as exc:
+                self.failed_probes += 1
+                if isinstance(exc, StorageFullError):
+                    self.refused(str(exc))
+                logger.debug("storage probe of %s: %s", self.name, exc)
+                continue
+            self.stored()
+            return
+
+    def start_probe(self, write: Callable[[], Awaitable[object]], *, running: Callable[[], bool]) -> None:
+        """Runs ``probe`` in a task of its own, unless one runs or ``running()`` is false."""
+        if not running() or (self._probe is not None and not self._probe.done()):
+            return
+        self._probe = asyncio.get_running_loop().create_task(
+            self.probe(write, running=running), name=f"storage-probe-{self.name}"
+        )
+
+    async def stop_probe(self) -> None:
+        probe, self._probe = self._probe, None
+        if probe is not None:
+            probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await probe

@@ -40,8 +40,8 @@ from meshgate.config._model import (
 )
 from meshgate.config._values import format_duration, parse_duration, parse_size, split_host_port
 from meshgate.config._yaml import Document, Path, format_path, parse_yaml, position_of_index
-from meshgate.router._topics import validate_pattern
 from meshgate.tls import TlsError, check_pair, read_ca, regions_named
+from meshgate.topics import validate_pattern
 
 __all__ = [
     "REPLICATION_SECRET_VARIABLE",
@@ -127,6 +127,22 @@ def _describe_type(value: object) -> str:
     if isinstance(value, int | float):
         return "a number"
     return _describe(value)
+
+
+def _model_default(model: type[Any], name: str) -> Any:
+    """The model's default of one field. The loader has no defaults of its own: what a file leaves
+    out is what the model says (and the schema's "default"s agree with the model's, a test checks)."""
+    for f in dataclasses.fields(model):
+        if f.name == name:
+            if f.default_factory is not dataclasses.MISSING:
+                return f.default_factory()
+            return f.default
+    raise KeyError(f"{model.__name__} has no field {name!r}")
+
+
+def _kind_of(region: Mapping[str, object]) -> object:
+    """A region's kind as written, else the default kind (a BrokerKind, equal to its value)."""
+    return region.get("kind", _model_default(RegionConfig, "kind"))
 
 
 def _client_certs(value: object) -> object:
@@ -405,7 +421,7 @@ class _Checker:
                 else:
                     names[name] = i
             label = name if isinstance(name, str) else f"#{i}"
-            kind = region.get("kind", BrokerKind.NATS.value)
+            kind = _kind_of(region)
             if kind in _KINDS:
                 self.check_kind(base, region, kind)
             brokers = region.get("brokers")
@@ -465,7 +481,7 @@ class _Checker:
 
     def broker_use(self, i: int, region: dict[str, object]) -> _BrokerUse | None:
         base: Path = ("event_mesh", "regions", i)
-        kind = region.get("kind", BrokerKind.NATS.value)
+        kind = _kind_of(region)
         brokers = region.get("brokers")
         if kind not in _KINDS or not isinstance(brokers, list):
             return None
@@ -595,7 +611,7 @@ class _Checker:
 
     def check_settings(self, settings: dict[str, object]) -> float | None:
         base: Path = ("event_mesh", "settings")
-        window = self.duration(settings.get("idempotency_window", "15m"))
+        window = self.duration(settings.get("idempotency_window", Settings().idempotency_window_seconds))
         if window is not None and window <= 0:
             self.add(
                 (*base, "idempotency_window"),
@@ -671,6 +687,17 @@ class _Checker:
             self.add(
                 (*lbase, "client_burst"),
                 "client_burst applies only with a client_rate above 0; set client_rate or remove client_burst",
+            )
+        per_call = self.size(limits.get("subscribe_buffer_bytes"), defaults.subscribe_buffer_bytes)
+        total = self.size(limits.get("subscribe_buffer_total_bytes"), defaults.subscribe_buffer_total_bytes)
+        if per_call is not None and total is not None and total < per_call:
+            key = (
+                "subscribe_buffer_total_bytes" if "subscribe_buffer_total_bytes" in limits else "subscribe_buffer_bytes"
+            )
+            self.add(
+                (*lbase, key),
+                f"subscribe_buffer_total_bytes ({total}) is below subscribe_buffer_bytes ({per_call}): every"
+                " Subscribe would be refused; raise the total or lower the per-call bytes",
             )
 
     def check_tokens(self, tokens: list[object]) -> None:
@@ -798,7 +825,7 @@ class _Checker:
 
     def check_retention(self, regions: list[object], window: float) -> None:
         for i, region in enumerate(regions):
-            if not isinstance(region, dict) or region.get("kind", "nats") not in ("nats", "embedded"):
+            if not isinstance(region, dict) or _kind_of(region) not in (BrokerKind.NATS, BrokerKind.EMBEDDED):
                 continue
             nats = region.get("nats")
             if not isinstance(nats, dict) or "max_age" not in nats:
@@ -957,7 +984,7 @@ def _build(data: dict[str, Any], doc: Document, *, source: str, sha256: str) -> 
             RegionConfig(
                 name=r["name"],
                 brokers=tuple(r.get("brokers") or ()),
-                kind=BrokerKind(r.get("kind", BrokerKind.NATS.value)),
+                kind=BrokerKind(str(_kind_of(r))),
                 gateway=r.get("gateway"),
                 metrics=r.get("metrics"),
                 nats=nats,
@@ -998,6 +1025,12 @@ def _build(data: dict[str, Any], doc: Document, *, source: str, sha256: str) -> 
         ),
         idle_connection_timeout_seconds=parse_duration(
             raw_limits.get("idle_connection_timeout", default_limits.idle_connection_timeout_seconds)
+        ),
+        subscribe_buffer_bytes=parse_size(
+            raw_limits.get("subscribe_buffer_bytes", default_limits.subscribe_buffer_bytes)
+        ),
+        subscribe_buffer_total_bytes=parse_size(
+            raw_limits.get("subscribe_buffer_total_bytes", default_limits.subscribe_buffer_total_bytes)
         ),
     )
     default_settings = Settings()
@@ -1054,7 +1087,7 @@ def _build_security(raw: dict[str, Any], doc: Document, folder: FsPath) -> Secur
                 variable=variable,
                 publish=tuple(entry.get("publish") or ()),
                 subscribe=tuple(entry.get("subscribe") or ()),
-                admin=bool(entry.get("admin", False)),
+                admin=bool(entry.get("admin", _model_default(ClientToken, "admin"))),
                 line=doc.position(("event_mesh", "security", "tokens", i))[0],
             )
         )
@@ -1062,13 +1095,14 @@ def _build_security(raw: dict[str, Any], doc: Document, folder: FsPath) -> Secur
     # A refusal for the whole block points at its key, or at event_mesh when there is none.
     where: Path = ("event_mesh", "security") if ("event_mesh", "security") in doc.key_positions else ("event_mesh",)
     line, column = doc.position(where, key=True)
+    defaults = SecuritySettings()
     return SecuritySettings(
         ca=_file_path(folder, raw["ca"]) if raw.get("ca") else None,
-        client_certs=ClientCerts(str(_client_certs(raw.get("client_certs", ClientCerts.REQUIRED.value)))),
+        client_certs=ClientCerts(str(_client_certs(raw.get("client_certs", defaults.client_certs)))),
         tokens=tuple(tokens),
         replication_secret=secret[0] if secret else None,
         replication_secret_variable=secret[1] if secret else "",
-        replication=ReplicationMode(raw.get("replication", ReplicationMode.AUTHENTICATED.value)),
+        replication=ReplicationMode(raw.get("replication", defaults.replication)),
         line=line,
         column=column,
     )

@@ -125,6 +125,10 @@ class Limits:
     max_connections: int = 4096
     max_connections_per_address: int = 256
     idle_connection_timeout_seconds: float = 60.0
+    # Bytes of events the same, per call (at least one event), and for all calls of a gateway:
+    # each call reserves subscribe_buffer_bytes of the total, and one beyond it is refused.
+    subscribe_buffer_bytes: int = 4 * 1024 * 1024
+    subscribe_buffer_total_bytes: int = 256 * 1024 * 1024
 
     @property
     def client_bucket(self) -> int:

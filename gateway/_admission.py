@@ -47,12 +47,12 @@ _MAX_CHECKED = 16_384
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
-    # google.rpc.Code: 3 INVALID_ARGUMENT for every admission check.
-    code: int
+    """Why admission refused an event: the message for the producer, and whether it is over a size limit."""
+
     message: str
-
-
-_INVALID = 3
+    # Over a size or count limit (data, attributes, extensions, a field's length): counted as
+    # too_large, not invalid.
+    too_large: bool = False
 
 
 def output_only_refusal(event: event_pb2.Event) -> str:
@@ -63,13 +63,13 @@ def output_only_refusal(event: event_pb2.Event) -> str:
     return f"{', '.join(names)} are set by the gateway (output only); leave them empty when publishing"
 
 
-def _text_field(name: str, value: str, *, max_chars: int, required: bool) -> str | None:
+def _text_field(name: str, value: str, *, max_chars: int, required: bool) -> Refusal | None:
     if not value:
-        return f"{name} is required" if required else None
+        return Refusal(f"{name} is required") if required else None
     if len(value) > max_chars:
-        return f"{name} has {len(value)} characters; at most {max_chars}"
+        return Refusal(f"{name} has {len(value)} characters; at most {max_chars}", too_large=True)
     if _PRINTABLE.fullmatch(value) is None:
-        return f"{name} {value[:40]!r} contains control characters; use printable text"
+        return Refusal(f"{name} {value[:40]!r} contains control characters; use printable text")
     return None
 
 
@@ -84,22 +84,22 @@ class Admission:
         self._checked: set[tuple[str, str, str]] = set()
         self._valid_topics: set[str] = set()
 
-    def check(self, event: event_pb2.Event) -> str | None:
-        """The reason the event is refused, or None. Never mutates the event."""
+    def check(self, event: event_pb2.Event) -> Refusal | None:
+        """Why the event is refused, or None. Never mutates the event."""
         limits = self._limits
         topic = event.topic
         if not topic:
-            return "topic is required, e.g. 'orders/created'"
+            return Refusal("topic is required, e.g. 'orders/created'")
         if topic not in self._valid_topics:
             problem = validate_topic(topic)
             if problem is not None:
-                return problem
+                return Refusal(problem)
             if len(self._valid_topics) >= _MAX_CHECKED:
                 self._valid_topics.clear()
             self._valid_topics.add(topic)
-        problem = _text_field("id", event.id, max_chars=_MAX_ID_CHARS, required=False)
-        if problem is not None:
-            return problem
+        refusal = _text_field("id", event.id, max_chars=_MAX_ID_CHARS, required=False)
+        if refusal is not None:
+            return refusal
         # source, type and key repeat across events: each distinct triple is checked once.
         triple = (event.source, event.type, event.key)
         if triple not in self._checked:
@@ -108,16 +108,16 @@ class Admission:
                 ("type", triple[1], limits.max_attributes_bytes, True),
                 ("key", triple[2], _MAX_KEY_CHARS, False),
             ):
-                problem = _text_field(name, value, max_chars=cap, required=required)
-                if problem is not None:
-                    return problem
+                refusal = _text_field(name, value, max_chars=cap, required=required)
+                if refusal is not None:
+                    return refusal
             if len(self._checked) >= _MAX_CHECKED:
                 self._checked.clear()
             self._checked.add(triple)
         if event.specversion not in ("", "1.0"):
-            return f"specversion {event.specversion[:20]!r} is not supported; use '1.0' (or leave it empty)"
+            return Refusal(f"specversion {event.specversion[:20]!r} is not supported; use '1.0' (or leave it empty)")
         if event.datacontenttype and _MEDIA_TYPE.fullmatch(event.datacontenttype) is None:
-            return (
+            return Refusal(
                 f"datacontenttype {event.datacontenttype[:60]!r} is not a media type; "
                 "use type/subtype, e.g. 'application/json'"
             )
@@ -125,7 +125,7 @@ class Admission:
         if len(unknown):
             numbers = sorted({unknown[i].field_number for i in range(len(unknown))})
             # Storing the event without them would lose what the producer sent.
-            return (
+            return Refusal(
                 f"event carries fields {numbers} that this gateway does not know; "
                 "upgrade the gateway or publish without them"
             )
@@ -137,24 +137,26 @@ class Admission:
             or event.stream
             or event.origin_stream
         ):
-            return output_only_refusal(event)
+            return Refusal(output_only_refusal(event))
         size = len(event.data)
         if size > limits.max_data_bytes:
-            return f"data of {size} bytes exceeds max_data_bytes of {limits.max_data_bytes} bytes"
+            return Refusal(
+                f"data of {size} bytes exceeds max_data_bytes of {limits.max_data_bytes} bytes", too_large=True
+            )
         extensions = event.extensions
         n_ext = len(extensions)
         if n_ext > limits.max_extensions:
-            return f"{n_ext} extensions exceed max_extensions of {limits.max_extensions}"
+            return Refusal(f"{n_ext} extensions exceed max_extensions of {limits.max_extensions}", too_large=True)
         attr_bytes = len(event.id) + len(event.source) + len(event.type) + len(event.datacontenttype)
         attr_bytes += len(event.key)
         # Guarded: iterating even an empty protobuf map costs more than the rest of the checks.
         for ext_name, ext_value in extensions.items() if n_ext else ():
             if _EXTENSION_NAME.fullmatch(ext_name) is None:
-                return f"extension name {ext_name[:40]!r} is invalid; use 1 to 20 of a-z 0-9 (CloudEvents)"
+                return Refusal(f"extension name {ext_name[:40]!r} is invalid; use 1 to 20 of a-z 0-9 (CloudEvents)")
             if ext_name in _RESERVED:
-                return f"extension name {ext_name!r} is a CloudEvents attribute; set the field instead"
+                return Refusal(f"extension name {ext_name!r} is a CloudEvents attribute; set the field instead")
             if _PRINTABLE.fullmatch(ext_value) is None and ext_value:
-                return f"extension {ext_name!r} contains control characters; use printable text"
+                return Refusal(f"extension {ext_name!r} contains control characters; use printable text")
             attr_bytes += len(ext_name) + len(ext_value)
         if attr_bytes * 4 > limits.max_attributes_bytes:
             # Counted in characters above (cheap); only a near miss pays for exact UTF-8 sizes.
@@ -162,15 +164,16 @@ class Admission:
                 len(s.encode()) for s in (event.id, event.source, event.type, event.datacontenttype, event.key)
             ) + sum(len(k.encode()) + len(v.encode()) for k, v in event.extensions.items())
         if attr_bytes > limits.max_attributes_bytes:
-            return (
+            return Refusal(
                 f"attributes and extensions of {attr_bytes} bytes exceed "
-                f"max_attributes_bytes of {limits.max_attributes_bytes} bytes"
+                f"max_attributes_bytes of {limits.max_attributes_bytes} bytes",
+                too_large=True,
             )
         if event.HasField("time"):
             if not 0 <= event.time.nanos < 1_000_000_000:
-                return f"time has {event.time.nanos} nanos; must be 0 to 999999999"
+                return Refusal(f"time has {event.time.nanos} nanos; must be 0 to 999999999")
             if not _MIN_SECONDS <= event.time.seconds <= _MAX_SECONDS:
-                return (
+                return Refusal(
                     f"time of {event.time.seconds} seconds since 1970 is outside years 1 to 9999"
                     " (RFC 3339); send the event's real time, or none for the admission time"
                 )

@@ -58,11 +58,6 @@ answer wrong. No entry at all (a checkpoint never written or lost) scans the who
 Nothing depends on how long an outage lasted, nor (with the moves up) on how long the origin
 sent nothing while this region's own events grew the log.
 
-Older checkpoints still load: one value per origin, key ``replication.<origin>``, either
-``{format: 2, position, streams: {stream: state}}`` or, from before streams, the state of
-stream ``""`` with a numeric position. The first recovery that reads one writes an entry per
-stream at the end of its scan and then replaces the old value by a marker (``moved``).
-
 Limits:
 
 * Two calls storing the same stream at the same time (the short overlap of a rebalance, an
@@ -106,7 +101,8 @@ log = logging.getLogger("meshgate.gateway.replication")
 # Refusals remembered per stream so that a resent poison event is refused again, not taken
 # as a resend.
 _MAX_REFUSALS = 1000
-_FORMAT = 3
+# The version of the entries, checked on reading: a later release that changes them can tell.
+_FORMAT = 1
 # Characters a key token keeps as they are; every other byte becomes "=XX" (hex), so that a
 # token never holds a "." (the key separator) and is valid in any broker (NATS KV allows
 # [-/_=.a-zA-Z0-9]).
@@ -150,11 +146,6 @@ def origin_prefix(origin: str) -> str:
 def stream_key(origin: str, stream: str) -> str:
     """The checkpoint key of one stream of an origin."""
     return origin_prefix(origin) + _escape(stream)
-
-
-def _legacy_key(origin: str) -> str:
-    # One value per origin, as written before entries per stream (the origin unescaped).
-    return f"replication.{origin}"
 
 
 @dataclass(slots=True)
@@ -232,26 +223,6 @@ class StreamState:
         return cls.from_json(data), position
 
 
-def _from_legacy(raw: bytes) -> tuple[dict[str, StreamState], str] | None:
-    """The streams and position of a one-value-per-origin checkpoint; None for the ``moved`` marker."""
-    data = json.loads(raw)
-    if not isinstance(data, dict):
-        raise TypeError("a checkpoint must be a JSON object")
-    if data.get("format") == _FORMAT and "moved" in data:
-        return None
-    if "streams" not in data:
-        # Written before origins had streams: the state of the one-stream origin ("") and
-        # the sequence it was written at.
-        return {"": StreamState.from_json(data)}, str(int(data["position"]))
-    streams = data["streams"]
-    if not isinstance(streams, dict):
-        raise TypeError("streams must be a JSON object")
-    position = data["position"]
-    if not isinstance(position, str):
-        raise TypeError("position must be a string")
-    return {str(name): StreamState.from_json(entry) for name, entry in streams.items()}, position
-
-
 @dataclass(slots=True)
 class OriginState:
     """One Replicate call's view of an origin: a ``StreamState`` per origin stream."""
@@ -292,11 +263,8 @@ class OriginDedup:
         whole = False
         prefix = origin_prefix(origin)
         for key, raw in (await self._broker.checkpoints(prefix)).items():
-            token = key[len(prefix) :]
-            if "." in token:
-                continue  # not an entry of this origin (another origin's unescaped legacy key)
             try:
-                name = _unescape(token)
+                name = _unescape(key[len(prefix) :])
                 entry, position = StreamState.from_entry(raw)
             except (ValueError, KeyError, TypeError) as exc:
                 log.warning("replication checkpoint %s unreadable (%s); scanning the whole log", key, exc)
@@ -306,22 +274,6 @@ class OriginDedup:
             state.registered.add(name)
             state.entries[name] = raw
             positions.append(position)
-        legacy = await self._broker.get_checkpoint(_legacy_key(origin))
-        migrate = legacy is not None
-        if legacy is not None:
-            try:
-                loaded = _from_legacy(legacy)
-            except (ValueError, KeyError, TypeError) as exc:
-                log.warning("replication checkpoint of %s unreadable (%s); scanning the whole log", origin, exc)
-                whole = True
-            else:
-                if loaded is None:
-                    migrate = False  # moved to entries already
-                else:
-                    streams, position = loaded
-                    for name, old in streams.items():
-                        state.stream(name).merge(old)
-                    positions.append(position)
         start = ""
         if positions and not whole:
             try:
@@ -350,9 +302,7 @@ class OriginDedup:
             end,
         )
         state.position = end
-        if migrate:
-            await self._migrate(state)
-        elif start != end and state.streams:
+        if start != end and state.streams:
             await self._move_up(state)
         return state
 
@@ -371,21 +321,6 @@ class OriginDedup:
                 len(failed),
                 next(iter(failed.values())),
             )
-
-    async def _migrate(self, state: OriginState) -> None:
-        """Writes an entry per stream of an old one-value checkpoint, then marks that value moved."""
-        origin = state.origin
-        # Every stream, not only the old value's: the state is complete up to the scan's end.
-        failed = await self.save(state, state.snapshot(state.streams), state.position)
-        if failed:
-            log.warning("replication checkpoint of %s not moved to entries per stream yet: %s", origin, failed)
-            return
-        try:
-            marker = {"format": _FORMAT, "moved": origin_prefix(origin)}
-            await self._broker.put_checkpoint(_legacy_key(origin), json.dumps(marker).encode())
-        except BrokerError as exc:
-            # Read again, and moved again, by the next recovery: only that one scans longer.
-            log.warning("replication checkpoint of %s not marked moved: %s", origin, exc)
 
     async def register(self, state: OriginState, names: Iterable[str]) -> None:
         """Writes an entry for each of ``names`` that has none, before an event of it is stored.

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from meshgate.config import Limits
 
-__all__ = ["ClientRates", "ClientStreams", "SubscribeBuffer", "SubscribeBuffers"]
+__all__ = ["ClientRates", "ClientStreams", "SubscribeBudgetError", "SubscribeBuffer", "SubscribeBuffers"]
 
 # Buckets of clients that have not published for a while are dropped past this many (a full bucket
 # and a missing one behave the same).
@@ -101,38 +101,88 @@ class ClientRates:
             del self._buckets[k]
 
 
+class SubscribeBudgetError(Exception):
+    """A Subscribe call refused: the calls open have reserved the gateway's subscribe_buffer_total_bytes."""
+
+    retriable = True
+
+    def __init__(self, *, calls: int, reserved: int, want: int, total: int) -> None:
+        self.calls = calls
+        self.reserved = reserved
+        self.want = want
+        self.total = total
+        super().__init__(
+            f"{calls} Subscribe calls hold up to {reserved} bytes ({_mib(reserved)}) of subscribe_buffer_total_bytes"
+            f" {total} ({_mib(total)}), and another needs subscribe_buffer_bytes {want} ({_mib(want)}): retry later"
+            " or on another replica, or read from the broker directly"
+        )
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1024 * 1024):.4g} MiB"
+
+
 class SubscribeBuffer:
     """What one Subscribe call holds: events read from the broker and not yet taken by gRPC."""
 
-    __slots__ = ("held", "high_water", "pattern", "sent", "waiting")
+    __slots__ = ("held", "held_bytes", "high_water", "high_water_bytes", "pattern", "reserved_bytes", "sent", "waiting")
 
-    def __init__(self, pattern: str) -> None:
+    def __init__(self, pattern: str, *, reserved_bytes: int = 0) -> None:
         self.pattern = pattern
+        # Its share of subscribe_buffer_total_bytes, taken at open for the call's life.
+        self.reserved_bytes = reserved_bytes
         self.held = 0
+        self.held_bytes = 0
         self.high_water = 0
+        self.high_water_bytes = 0
         self.sent = 0
         # True while the call waits for gRPC to take a batch (the client or the network is slow).
         self.waiting = False
 
-    def add(self, n: int) -> None:
+    def add(self, n: int, size: int = 0) -> None:
         self.held += n
+        self.held_bytes += size
         self.high_water = max(self.high_water, self.held)
+        self.high_water_bytes = max(self.high_water_bytes, self.held_bytes)
+
+    def drop(self, n: int, size: int = 0) -> None:
+        """``n`` events of ``size`` bytes left the buffer (taken by gRPC, or the call ended)."""
+        self.held -= n
+        self.held_bytes -= size
 
 
 class SubscribeBuffers:
-    """The live Subscribe calls of a gateway, for ``meshgate_subscribe_buffered_events`` and tests."""
+    """The live Subscribe calls of a gateway, for ``meshgate_subscribe_buffered_*`` and tests.
+
+    Each call reserves its byte bound (``subscribe_buffer_bytes``) when it opens; a call that
+    would take the reservations past ``subscribe_buffer_total_bytes`` is refused, so what all
+    readers of a gateway hold is bounded however many there are and however slowly they read.
+    """
 
     def __init__(self) -> None:
         self.live: set[SubscribeBuffer] = set()
+        self.reserved_bytes = 0
 
-    def open(self, pattern: str) -> SubscribeBuffer:
-        buf = SubscribeBuffer(pattern)
+    def open(self, pattern: str, *, reserve_bytes: int = 0, total_bytes: int | None = None) -> SubscribeBuffer:
+        """A new call's buffer; SubscribeBudgetError when ``reserve_bytes`` more would pass ``total_bytes``."""
+        if total_bytes is not None and self.reserved_bytes + reserve_bytes > total_bytes:
+            raise SubscribeBudgetError(
+                calls=len(self.live), reserved=self.reserved_bytes, want=reserve_bytes, total=total_bytes
+            )
+        buf = SubscribeBuffer(pattern, reserved_bytes=reserve_bytes)
         self.live.add(buf)
+        self.reserved_bytes += reserve_bytes
         return buf
 
     def close(self, buf: SubscribeBuffer) -> None:
-        self.live.discard(buf)
+        if buf in self.live:
+            self.live.discard(buf)
+            self.reserved_bytes -= buf.reserved_bytes
 
     @property
     def held(self) -> int:
         return sum(b.held for b in self.live)
+
+    @property
+    def held_bytes(self) -> int:
+        return sum(b.held_bytes for b in self.live)

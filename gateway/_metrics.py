@@ -11,50 +11,52 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Literal, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from meshgate.brokers import BrokerError, BrokerState, MessageTooLargeError
+from meshgate.brokers import BrokerError, BrokerState, EventTooLargeError, StorageFullError
 from meshgate.replicator._metrics import LinkCollector
 
 if TYPE_CHECKING:
     from meshgate.brokers import Broker
     from meshgate.replicator import Replicator
 
-__all__ = ["REFUSAL_REASONS", "GatewayMetrics", "admission_reason", "broker_reason"]
+__all__ = ["REFUSAL_REASONS", "GatewayMetrics", "RefusalReason", "broker_reason"]
 
-# Why events were refused; a fixed set, so a label never grows with the input.
-REFUSAL_REASONS: Final = (
+# Why events were refused; a fixed set, so a label never grows with the input (and a typo is a
+# type error, not a new series).
+RefusalReason = Literal[
     "invalid",
     "too_large",
     "unavailable",
+    "storage_full",
     "backpressure",
     "shutting_down",
     "permission",
     "unauthenticated",
     "rate_limited",
-)
+]
+REFUSAL_REASONS: Final[tuple[RefusalReason, ...]] = get_args(RefusalReason)
 # Outcomes of replicated events arriving here: written, recognised as already here, refused for good.
 REPLICATED_OUTCOMES: Final = ("stored", "duplicate", "refused")
-# Admission messages that are about a size or count limit (see gateway/_admission.py).
-_SIZE_MARKERS: Final = ("max_data_bytes", "max_attributes_bytes", "max_extensions", "max_batch_events", "; at most ")
 _PUBLISH_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _REPLICATION_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
-def admission_reason(message: str) -> str:
-    """The refusal reason of an admission (or batch) problem: ``too_large`` or ``invalid``."""
-    return "too_large" if any(marker in message for marker in _SIZE_MARKERS) else "invalid"
+def broker_reason(error: BrokerError) -> RefusalReason:
+    """The refusal reason of a broker's answer, by the error's class (never by its message).
 
-
-def broker_reason(error: BrokerError) -> str:
-    """The refusal reason of a broker's answer: retry later, too large for it, or invalid there."""
+    Out of room (retry once room is made), any other retriable failure, too large for the
+    broker, or refused there for good.
+    """
+    if isinstance(error, StorageFullError):
+        return "storage_full"
     if error.retriable:
         return "unavailable"
-    return "too_large" if isinstance(error, MessageTooLargeError) else "invalid"
+    return "too_large" if isinstance(error, EventTooLargeError) else "invalid"
 
 
 class _BrokerCollector(Collector):
@@ -96,8 +98,9 @@ class GatewayMetrics:
         refused = Counter(
             "meshgate_events_refused_total",
             "Published events refused, by reason: invalid, too_large, unavailable (broker; retry), "
-            "backpressure (gateway full), shutting_down, permission (a client outside its publish list, or a region "
-            "not allowed to replicate here), unauthenticated (no valid client token), rate_limited (over client_rate).",
+            "storage_full (the broker has no room; retry once room is made), backpressure (gateway full), "
+            "shutting_down, permission (a client outside its publish list, or a region not allowed to replicate "
+            "here), unauthenticated (no valid client token), rate_limited (over client_rate).",
             ["region", "reason"],
             registry=registry,
         )
@@ -122,6 +125,14 @@ class GatewayMetrics:
             ["region"],
             registry=registry,
         ).labels(region=region)
+        self.subscribe_buffered_bytes = Gauge(
+            "meshgate_subscribe_buffered_bytes",
+            "Bytes of the events Subscribe calls have from the broker and have not yet handed to gRPC (the batch "
+            "each is sending: at most a quarter of subscribe_buffer_bytes per call, which also bounds its prefetch "
+            "and gRPC's copies; each call reserves subscribe_buffer_bytes of subscribe_buffer_total_bytes).",
+            ["region"],
+            registry=registry,
+        ).labels(region=region)
         replicated = Counter(
             "meshgate_replicated_events_total",
             "Events other regions replicated to this one, by outcome: stored, duplicate (a resend "
@@ -142,7 +153,7 @@ class GatewayMetrics:
 
     # --- what the event path calls ---------------------------------------------------------
 
-    def refuse(self, reason: str, n: int = 1) -> None:
+    def refuse(self, reason: RefusalReason, n: int = 1) -> None:
         """Counts ``n`` refused events; ``reason`` is one of ``REFUSAL_REASONS``."""
         if n > 0:
             self.refused[reason].inc(n)

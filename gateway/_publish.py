@@ -7,6 +7,7 @@ import contextlib
 import datetime
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -16,8 +17,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from meshgate.brokers import AppendResult, BrokerError, StartAt, StorageFullError
 from meshgate.gateway._auth import Client, authenticate
 from meshgate.gateway._budget import InflightBudget
-from meshgate.gateway._metrics import admission_reason, broker_reason
-from meshgate.gateway._tracing import BatchTrace
+from meshgate.gateway._limits import SubscribeBudgetError
+from meshgate.gateway._metrics import RefusalReason, broker_reason
+from meshgate.observability import BatchTrace
 from meshgate.router import validate_pattern, validate_topic
 from meshgate.v1 import event_pb2, gateway_pb2, gateway_pb2_grpc
 
@@ -57,10 +59,6 @@ def broker_code(error: BrokerError) -> int:
     return _UNAVAILABLE if error.retriable else _INVALID_ARGUMENT
 
 
-def _refusal_reason(slot: event_pb2.EventResult) -> str:
-    return "permission" if slot.code == _PERMISSION_DENIED else admission_reason(slot.message)
-
-
 def _now() -> Timestamp:
     ts = Timestamp()
     ts.GetCurrentTime()
@@ -70,18 +68,21 @@ def _now() -> Timestamp:
 class _Admitted:
     """A batch after admission: the events to write with their routes, a slot per event."""
 
-    __slots__ = ("events", "routes", "slots")
+    __slots__ = ("events", "reasons", "routes", "slots")
 
     def __init__(
         self,
         events: list[event_pb2.Event],
         routes: list[tuple[str, ...]],
         slots: list[event_pb2.EventResult | None],
+        reasons: list[RefusalReason],
     ) -> None:
         self.events = events
         self.routes = routes
         # None where the event is written; the refusal where admission refused it.
         self.slots = slots
+        # The metric reason of each refusal among the slots, in their order.
+        self.reasons = reasons
 
 
 class GatewayService(gateway_pb2_grpc.GatewayServicer):
@@ -97,6 +98,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         accepted: list[event_pb2.Event] = []
         routes: list[tuple[str, ...]] = []
         results: list[event_pb2.EventResult | None] = []
+        reasons: list[RefusalReason] = []
         for ev in events:
             # A topic outside the client's publish list is refused as such; a malformed one as invalid.
             if not client.may_publish(ev.topic) and validate_topic(ev.topic) is None:
@@ -105,17 +107,19 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
                         id=ev.id, outcome=_REJECTED, code=_PERMISSION_DENIED, message=client.publish_refusal(ev.topic)
                     )
                 )
+                reasons.append("permission")
                 continue
-            problem = admission.check(ev)
-            if problem is None:
+            refusal = admission.check(ev)
+            if refusal is None:
                 routes.append(admission.stamp(ev, now))
                 accepted.append(ev)
                 results.append(None)
             else:
                 results.append(
-                    event_pb2.EventResult(id=ev.id, outcome=_REJECTED, code=_INVALID_ARGUMENT, message=problem)
+                    event_pb2.EventResult(id=ev.id, outcome=_REJECTED, code=_INVALID_ARGUMENT, message=refusal.message)
                 )
-        return _Admitted(accepted, routes, results)
+                reasons.append("too_large" if refusal.too_large else "invalid")
+        return _Admitted(accepted, routes, results, reasons)
 
     async def _write(
         self, admitted: _Admitted, out: gateway_pb2.PublishResponse, trace: BatchTrace | None = None
@@ -140,13 +144,14 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             trace.end(outcomes)
         metrics.publish_seconds.observe(time.perf_counter() - started)
         it = iter(zip(events, admitted.routes, outcomes, strict=True))
+        reasons = iter(admitted.reasons)
         add = out.results.add
         # Counted here and added once per batch: a counter update takes a lock.
         accepted = duplicate = 0
         for slot in results:
             if slot is not None:
                 metrics.rejected.inc()
-                metrics.refuse(_refusal_reason(slot))
+                metrics.refuse(next(reasons))
                 out.results.append(slot)
                 continue
             ev, route, res = next(it)
@@ -223,7 +228,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             prefix = "" if n == 1 else f"{len(bad)} of {n} events refused, nothing stored: "
             self._gw.metrics.rejected.inc(n)
             refused = [r for r in slots if r is not None]
-            reasons = [_refusal_reason(r) for r in refused]
+            reasons = admitted.reasons
             for reason in reasons:
                 self._gw.metrics.refuse(reason)
             # The good events of the batch are refused with it, for the first bad event's reason.
@@ -297,7 +302,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
                 stream_budget.release(n)
 
         def refuse(
-            req: gateway_pb2.PublishRequest, code: int, message: str, reason: str
+            req: gateway_pb2.PublishRequest, code: int, message: str, reason: RefusalReason
         ) -> asyncio.Future[gateway_pb2.PublishResponse]:
             fut: asyncio.Future[gateway_pb2.PublishResponse] = asyncio.get_running_loop().create_future()
             fut.set_result(
@@ -412,32 +417,58 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         # Bounded buffering: the broker's reader is an async generator resumed only once gRPC has
         # taken the previous batch (a yield here waits while the client's HTTP/2 window is full),
         # and it prefetches at most one batch. So a call holds at most two batches, and a batch
-        # is at most half of subscribe_buffer_events: a slow reader pauses the broker read.
-        max_batch = min(request.max_batch or _DEFAULT_SUBSCRIBE_BATCH, max(1, gw.limits.subscribe_buffer_events // 2))
-        buffer = gw.subscriptions.open(request.pattern)
+        # is at most half of subscribe_buffer_events: a slow reader pauses the broker read. In
+        # bytes, the batch being sent is held three times over (the responses, their serialized
+        # bytes, gRPC's copy of them) besides the prefetched one: a batch is at most a quarter of
+        # subscribe_buffer_bytes (or one larger event). Each call reserves its byte bound from
+        # the gateway's total first, so many slow readers cannot add up past it.
+        limits = gw.limits
+        max_batch = min(request.max_batch or _DEFAULT_SUBSCRIBE_BATCH, max(1, limits.subscribe_buffer_events // 2))
+        buffer_bytes = limits.subscribe_buffer_bytes
         try:
-            async for batch in gw.broker.read(request.pattern, start=start, max_batch=max_batch):
-                if not batch:
-                    continue
-                if gw.auth is not auth:
-                    auth = gw.auth
-                    current = auth.refresh(client)
-                    if current is None:
-                        await context.abort(grpc.StatusCode.UNAUTHENTICATED, client.revoked_refusal())
-                    client = current
-                    if not client.may_subscribe(request.pattern):
-                        await context.abort(
-                            grpc.StatusCode.PERMISSION_DENIED, client.subscribe_refusal(request.pattern)
+            buffer = gw.subscriptions.open(
+                request.pattern, reserve_bytes=buffer_bytes, total_bytes=limits.subscribe_buffer_total_bytes
+            )
+        except SubscribeBudgetError as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"gateway of region {gw.region}: {exc}")
+        try:
+            reader = gw.broker.read(
+                request.pattern, start=start, max_batch=max_batch, max_bytes=max(1, buffer_bytes // 4)
+            )
+            async with contextlib.aclosing(reader):  # its broker consumer goes when the call ends
+                async for batch in reader:
+                    if not batch:
+                        continue
+                    if gw.auth is not auth:
+                        auth = gw.auth
+                        current = auth.refresh(client)
+                        if current is None:
+                            await context.abort(grpc.StatusCode.UNAUTHENTICATED, client.revoked_refusal())
+                        client = current
+                        if not client.may_subscribe(request.pattern):
+                            await context.abort(
+                                grpc.StatusCode.PERMISSION_DENIED, client.subscribe_refusal(request.pattern)
+                            )
+                    n = len(batch)
+                    # Field tag and length prefix of a repeated message: at most 6 bytes here.
+                    sizes = [e.ByteSize() + 6 for e in batch]
+                    size = sum(sizes)
+                    buffer.add(n, size)
+                    try:
+                        buffer.waiting = True
+                        # The responses copy the events: the batch (which the reader's frame
+                        # still references) is emptied, and each response dropped once sent.
+                        responses = deque(
+                            gateway_pb2.SubscribeResponse(events=part)
+                            for part in _split_by_size(batch, sizes, _MAX_SUBSCRIBE_RESPONSE_BYTES)
                         )
-                buffer.add(len(batch))
-                try:
-                    buffer.waiting = True
-                    for part in _split_by_size(batch, _MAX_SUBSCRIBE_RESPONSE_BYTES):
-                        yield gateway_pb2.SubscribeResponse(events=part)
-                finally:
-                    buffer.waiting = False
-                    buffer.held -= len(batch)
-                buffer.sent += len(batch)
+                        batch.clear()
+                        while responses:
+                            yield responses.popleft()
+                    finally:
+                        buffer.waiting = False
+                        buffer.drop(n, size)
+                    buffer.sent += n
         except BrokerError as exc:
             # A refusal for good (e.g. a start sequence on a Kafka region) is the request's fault.
             code = grpc.StatusCode.UNAVAILABLE if exc.retriable else grpc.StatusCode.INVALID_ARGUMENT
@@ -446,12 +477,10 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             gw.subscriptions.close(buffer)
 
 
-def _split_by_size(events: list[event_pb2.Event], limit: int) -> Iterator[list[event_pb2.Event]]:
-    """``events`` in order, in runs of at most ``limit`` encoded bytes (an event over it alone)."""
+def _split_by_size(events: list[event_pb2.Event], sizes: list[int], limit: int) -> Iterator[list[event_pb2.Event]]:
+    """``events`` (of encoded ``sizes``) in order, in runs of at most ``limit`` bytes (an event over it alone)."""
     start, size = 0, 0
-    for i, event in enumerate(events):
-        # Field tag and length prefix of a repeated message: at most 6 bytes here.
-        n = event.ByteSize() + 6
+    for i, n in enumerate(sizes):
         if size + n > limit and i > start:
             yield events[start:i]
             start, size = i, 0

@@ -31,7 +31,7 @@ from meshgate.gateway._limits import ClientRates, ClientStreams, SubscribeBuffer
 from meshgate.gateway._metrics import GatewayMetrics
 from meshgate.gateway._publish import GatewayService
 from meshgate.gateway._replication import ReplicationService
-from meshgate.gateway._tracing import Tracing
+from meshgate.observability import Tracing
 from meshgate.replicator import LinkOptions, Replicator
 from meshgate.router import Router
 from meshgate.tls import ClientTls, ServerTls, TlsFiles, open_channel
@@ -58,6 +58,8 @@ _SERVICES = (
 # How long /healthz waits for the event loop to run a callback before calling the process stuck.
 # Below the chart's probe timeouts (2 s and more), so a stuck loop fails the probe with a reason.
 _LOOP_CHECK_SECONDS = 1.0
+# How often the gRPC health status is brought in line with ready() (a broker that comes and goes).
+_READINESS_POLL_SECONDS = 0.25
 # Options that make a gateway a good network citizen: dead peers are noticed; request sizes are
 # bounded by settings.limits (see _server_options).
 _SERVER_OPTIONS = [
@@ -165,6 +167,7 @@ class Gateway(StartStop):
         self.client_rates = ClientRates(lambda: self.limits)
         self.subscriptions = SubscribeBuffers()
         self.metrics.subscribe_buffered.set_function(lambda: self.subscriptions.held)
+        self.metrics.subscribe_buffered_bytes.set_function(lambda: self.subscriptions.held_bytes)
         self.metrics.inflight.set_function(lambda: self.budget.used)
         # A replication request must fit the destination's max_message_bytes (the same mesh file).
         link_options = dataclasses.replace(
@@ -209,6 +212,7 @@ class Gateway(StartStop):
         self._health = health.aio.HealthServicer()
         self._http: HttpEndpoint | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._readiness: asyncio.Task[None] | None = None
         self.port = 0
         self._stopped = asyncio.Event()
         self._stop_lock = asyncio.Lock()
@@ -247,6 +251,13 @@ class Gateway(StartStop):
             return "the gateway's event loop is closed"
         if not ran.wait(_LOOP_CHECK_SECONDS):
             return f"the gateway's event loop did not run a callback within {_LOOP_CHECK_SECONDS:g} s (blocked?)"
+        return self._broker_dead()
+
+    def _broker_dead(self) -> str | None:
+        # A broker client that gave up (an embedded server that cannot be restarted, a NATS
+        # client closed by the server) comes back only with a new process.
+        if self.broker.state is BrokerState.FAILED:
+            return f"broker failed: {self.broker.state_reason or 'no reason given'}"
         return None
 
     def ready(self) -> str | None:
@@ -257,10 +268,16 @@ class Gateway(StartStop):
         of room, can store nothing."""
         if self.state is not GatewayState.SERVING:
             return f"gateway is {self.state.value}"
-        if self.broker.state is not BrokerState.CONNECTED:
-            return f"broker client is {self.broker.state.value}"
+        return self._broker_unready()
+
+    def _broker_unready(self) -> str | None:
+        broker = self.broker
+        state = broker.state
+        if state is not BrokerState.CONNECTED:
+            reason = broker.state_reason
+            return f"broker client is {state.value}: {reason}" if reason else f"broker client is {state.value}"
         # Connected is not enough: a broker out of room refuses every write until room is made.
-        storage = self.broker.storage_problem()
+        storage = broker.storage_problem()
         if storage is not None:
             return f"broker cannot store: {storage}"
         return None
@@ -321,7 +338,7 @@ class Gateway(StartStop):
             )
             gateway_pb2_grpc.add_GatewayServicer_to_server(GatewayService(self), server)
             admin_pb2_grpc.add_AdminServicer_to_server(AdminService(self), server)
-            replication_pb2_grpc.add_ReplicationServicer_to_server(ReplicationService(self), server)
+            replication_pb2_grpc.add_ReplicationServicer_to_server(ReplicationService.for_gateway(self), server)
             health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
             reflection.enable_server_reflection((*_SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
             self.port = self._bind(server)
@@ -346,6 +363,7 @@ class Gateway(StartStop):
             await self._shutdown(grace=0.0)
             raise
         self.state = GatewayState.SERVING
+        self._readiness = asyncio.create_task(self._follow_readiness(), name=f"readiness of {self.region}")
         mode = " (TLS, client certificates of the mesh CA required)" if self.server_tls is not None else ""
         log.info("region %s: gateway serving on %s%s", self.region, self.address, mode)
         if self.replication_guard.anonymous and len(self._config.regions) > 1:
@@ -355,6 +373,23 @@ class Gateway(StartStop):
                 self.region,
                 self.address,
             )
+
+    async def _follow_readiness(self) -> None:
+        """Keeps the gRPC health status (and the log) in step with ready() while serving."""
+        serving = True
+        while self.state is GatewayState.SERVING:
+            await asyncio.sleep(_READINESS_POLL_SECONDS)
+            reason = self.ready()
+            if (reason is None) == serving or self.state is not GatewayState.SERVING:
+                continue
+            serving = reason is None
+            status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+            for name in ("", *_SERVICES):
+                await self._health.set(name, status)
+            if serving:
+                log.info("region %s: ready again", self.region)
+            else:
+                log.warning("region %s: not ready: %s", self.region, reason)
 
     def _bind(self, server: grpc.aio.Server) -> int:
         if self.peer_tls is not None:
@@ -386,6 +421,11 @@ class Gateway(StartStop):
                 return
             deadline = time.monotonic() + grace
             self.state = GatewayState.DRAINING
+            readiness, self._readiness = self._readiness, None
+            if readiness is not None:
+                readiness.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await readiness
             await self._health.enter_graceful_shutdown()
             # Admitted batches finish: their broker acks come back within the grace period.
             with contextlib.suppress(TimeoutError):

@@ -18,7 +18,6 @@ import grpc
 from meshgate.brokers import (
     Broker,
     BrokerError,
-    Delivery,
     DurableConsumer,
     RawBatch,
     decode_event,
@@ -30,7 +29,7 @@ from meshgate.v1 import admin_pb2, event_pb2, replication_pb2, replication_pb2_g
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
 
-    from meshgate.gateway._tracing import Tracing
+    from meshgate.observability import Tracing
 
 __all__ = ["DLQ_TOPIC_PREFIX", "Link", "LinkOptions", "LinkState", "dead_letter_event"]
 
@@ -38,14 +37,17 @@ log = logging.getLogger("meshgate.replicator")
 
 # Refused events of a link go to topic meshgate/dlq/<destination> in the source region.
 DLQ_TOPIC_PREFIX = "meshgate/dlq/"
-_REJECTED = event_pb2.OUTCOME_REJECTED
 _MAX_REASON = 500
 _LAG_POLL_SECONDS = 0.5
-# Room in a request for its own fields and each event's tag and length.
-_REQUEST_OVERHEAD_BYTES = 1024
-_EVENT_OVERHEAD_BYTES = 8
+# Room per event in a request for its fields' tags and lengths; with traces on, also for the
+# ce-traceparent line the send span adds to an event stored without one.
+_EVENT_OVERHEAD_BYTES = 16
+_TRACED_EVENT_OVERHEAD_BYTES = _EVENT_OVERHEAD_BYTES + 80
 # How often a connected link looks at its TLS files for a rotation.
 _TLS_POLL_SECONDS = 1.0
+# A session this old with nothing to send has shown the link works (a destination refuses a
+# call at once): an idle link's last_error is cleared then, a busy one's at its first ack.
+_SETTLED_SECONDS = 1.0
 
 
 class LinkState(enum.Enum):
@@ -99,14 +101,12 @@ class _TlsRotated(Exception):
 @dataclass(slots=True)
 class _Sent:
     batch_id: int
-    # Sent as events (traces on: each carries its send span's context) or as stored (raw).
-    deliveries: list[Delivery]
-    events: list[event_pb2.Event]
+    # The events as their broker stored them (traces on: each carrying its send span's context).
+    raw: RawBatch
     spans: list[Span] | None = None
-    raw: RawBatch | None = None
 
     def __len__(self) -> int:
-        return len(self.raw) if self.raw is not None else len(self.events)
+        return len(self.raw)
 
 
 def _raw_event(raw: RawBatch, i: int) -> event_pb2.Event:
@@ -143,23 +143,6 @@ def dead_letter_event(ev: event_pb2.Event, *, destination: str, reason: str) -> 
         }
     )
     return dlq
-
-
-def _split_by_bytes(deliveries: list[Delivery], limit: int) -> list[list[Delivery]]:
-    """Consecutive runs of deliveries whose request stays within ``limit`` bytes (one event at least)."""
-    parts: list[list[Delivery]] = []
-    current: list[Delivery] = []
-    size = _REQUEST_OVERHEAD_BYTES
-    for d in deliveries:
-        n = d.event.ByteSize() + _EVENT_OVERHEAD_BYTES
-        if current and size + n > limit:
-            parts.append(current)
-            current, size = [], _REQUEST_OVERHEAD_BYTES
-        current.append(d)
-        size += n
-    if current:
-        parts.append(current)
-    return parts
 
 
 @dataclass(slots=True)
@@ -216,6 +199,8 @@ class Link:
         self._idle.set()
         # Set when the TLS files changed: no new batch goes out on this connection.
         self._rotating = False
+        # When the current session started replicating (monotonic).
+        self._session_started = 0.0
 
     # --- control ---------------------------------------------------------------------------
 
@@ -281,9 +266,15 @@ class Link:
             status.last_error_time.FromNanoseconds(int(c.last_error_time * 1e9))
         return status
 
-    def _error(self, message: str) -> None:
+    def record_error(self, message: str) -> None:
+        """Sets ``last_error`` (shown by Status until the link replicates again)."""
         self.counters.last_error = message
         self.counters.last_error_time = time.time()
+
+    def clear_error(self) -> None:
+        """Forgets ``last_error``: the link works again (Status shows only what is wrong now)."""
+        self.counters.last_error = ""
+        self.counters.last_error_time = None
 
     # --- the loop --------------------------------------------------------------------------
 
@@ -295,7 +286,7 @@ class Link:
             while not self._stopping:
                 if self.address is None:
                     self.state = LinkState.PAUSED
-                    self._error(f"region {self.destination} has no gateway address in the mesh file")
+                    self.record_error(f"region {self.destination} has no gateway address in the mesh file")
                     self._wake.clear()
                     await self._wake.wait()
                     continue
@@ -315,7 +306,7 @@ class Link:
                         code, message = exc.code().name, exc.details() or ""
                     else:
                         code, message = type(exc).__name__, str(exc) or "timed out"
-                    self._error(f"{code}: {message}")
+                    self.record_error(f"{code}: {message}")
                     log.warning("link %s -> %s: %s: %s", self.source, self.destination, code, message)
                 if self._is_stopping():
                     break
@@ -369,7 +360,7 @@ class Link:
         try:
             await consumer.reset()
         except BrokerError as exc:
-            self._error(f"{type(exc).__name__}: {exc}")
+            self.record_error(f"{type(exc).__name__}: {exc}")
             with contextlib.suppress(BrokerError):
                 await consumer.close()
             self._consumer = None
@@ -408,6 +399,7 @@ class Link:
             await self._connect(channel)
             call = replication_pb2_grpc.ReplicationStub(channel).Replicate(metadata=opts.metadata or None)
             self.state = LinkState.REPLICATING
+            self._session_started = time.monotonic()
             self._rotating = False
             window = asyncio.Semaphore(opts.window)
             tasks = [
@@ -488,61 +480,29 @@ class Link:
         call: grpc.aio.StreamStreamCall[replication_pb2.ReplicateRequest, replication_pb2.ReplicateResponse],
         window: asyncio.Semaphore,
     ) -> None:
-        tracing = self.options.tracing
-        if tracing is None or not tracing.enabled:
-            # No span to carry: the events go as the log stored them, never decoded here.
-            await self._send_raw_loop(consumer, call, window)
-            return
+        """Sends the events as the log stored them, never decoded here; with traces on, each
+        event's header lines carry its send span's context."""
         opts = self.options
         source = self.source
-        batch_id = 0
-        while True:
-            await self._open_slot(window)
-            deliveries = await consumer.fetch(opts.max_batch_events, timeout=opts.linger_seconds)
-            # The destination tells resends by (stream, sequence): each stream must come in its
-            # own order (streams may interleave).
-            self._check_pairs((d.event.stream, d.event.sequence) for d in deliveries)
-            if not deliveries:
-                window.release()
-                continue
-            # The consumer yields only this region's events routed to the destination, each with
-            # its stream and sequence: what the destination's dedup keys on.
-            for n, part in enumerate(_split_by_bytes(deliveries, opts.max_request_bytes)):
-                if n:
-                    await window.acquire()  # each request is one batch in flight
-                events = [d.event for d in part]
-                batch_id += 1
-                tracing = opts.tracing
-                spans = (
-                    tracing.start_send(events, self.destination) if tracing is not None and tracing.enabled else None
-                )
-                self._inflight.append(_Sent(batch_id, part, events, spans))
-                self._idle.clear()
-                await call.write(
-                    replication_pb2.ReplicateRequest(source_region=source, batch_id=batch_id, events=events)
-                )
-
-    async def _send_raw_loop(
-        self,
-        consumer: DurableConsumer,
-        call: grpc.aio.StreamStreamCall[replication_pb2.ReplicateRequest, replication_pb2.ReplicateResponse],
-        window: asyncio.Semaphore,
-    ) -> None:
-        opts = self.options
-        source = self.source
+        tracing = opts.tracing if opts.tracing is not None and opts.tracing.enabled else None
+        per_event = _EVENT_OVERHEAD_BYTES if tracing is None else _TRACED_EVENT_OVERHEAD_BYTES
         batch_id = 0
         while True:
             await self._open_slot(window)
             raw = await consumer.fetch_raw(opts.max_batch_events, timeout=opts.linger_seconds)
             if not raw.ids:
                 window.release()
+                self._settled()
                 continue
+            # The destination tells resends by (stream, sequence): each stream must come in its
+            # own order (streams may interleave).
             self._check_order(raw)
-            for n, part in enumerate(raw.split(opts.max_request_bytes)):
+            for n, part in enumerate(raw.split(opts.max_request_bytes, per_event=per_event)):
                 if n:
                     await window.acquire()  # each request is one batch in flight
                 batch_id += 1
-                self._inflight.append(_Sent(batch_id, [], [], None, part))
+                spans = tracing.start_send(part, self.destination) if tracing is not None else None
+                self._inflight.append(_Sent(batch_id, part, spans))
                 self._idle.clear()
                 await call.write(
                     replication_pb2.ReplicateRequest(
@@ -558,6 +518,15 @@ class Link:
                         ),
                     )
                 )
+
+    def _settled(self) -> None:
+        """Nothing to send: an old error is past once the session has lasted and nothing is in flight."""
+        if (
+            self.counters.last_error
+            and not self._inflight
+            and time.monotonic() - self._session_started >= _SETTLED_SECONDS
+        ):
+            self.clear_error()
 
     def _check_order(self, raw: RawBatch) -> None:
         """Each stream's events come in its own order; a redelivery out of order ends the session."""
@@ -584,13 +553,6 @@ class Link:
     def _refusals(self, sent: _Sent, resp: replication_pb2.ReplicateResponse) -> list[tuple[event_pb2.Event, str]]:
         """The events of a sent batch the destination refused for good, with why."""
         n = len(sent)
-        if sent.raw is None:
-            if len(resp.results) != n:
-                raise _LinkError(
-                    f"region {self.destination} answered batch {resp.batch_id} with {len(resp.results)} results; "
-                    f"it has {n} events"
-                )
-            return [(ev, r.message) for ev, r in zip(sent.events, resp.results, strict=True) if r.outcome == _REJECTED]
         refused = resp.refused
         # A destination that did not read the raw events (one older than them) answers none.
         if resp.accepted + resp.duplicates + len(refused) != n or any(r.index >= n for r in refused):
@@ -622,17 +584,18 @@ class Link:
             refused = self._refusals(sent, resp)
             if refused:
                 await self._dead_letter(refused)
-            if sent.raw is not None:
-                await consumer.ack_raw(sent.raw)
-            else:
-                await consumer.ack(sent.deliveries)
+            await consumer.ack_raw(sent.raw)
             self._inflight.popleft()
             if sent.spans and opts.tracing is not None:
-                opts.tracing.end_send(sent.spans, resp.results)
+                opts.tracing.end_send(
+                    sent.spans, {r.index: r.message for r in resp.refused}, duplicates=resp.duplicates
+                )
             if not self._inflight:
                 self._idle.set()
             self.counters.forwarded += len(sent) - len(refused)
             self.counters.dead_lettered += len(refused)
+            if self.counters.last_error:
+                self.clear_error()  # the destination stores again: what went wrong before is past
             window.release()
 
     async def _dead_letter(self, refused: Sequence[tuple[event_pb2.Event, str]]) -> None:

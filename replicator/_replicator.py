@@ -219,6 +219,9 @@ class Replicator:
 
     async def _lease_round(self) -> None:
         for link in list(self.links.values()):
+            # Set when the broker could not say who holds the lease: then nobody is known to
+            # run the link, and it must not claim STANDBY ("another replica runs it").
+            unknown = ""
             try:
                 held = await self._links_broker.hold_lease(self._lease_name(link), self.owner, ttl=self.lease_ttl)
                 link.lease_renewed = time.monotonic() if held else None
@@ -226,16 +229,34 @@ class Replicator:
                 # Not renewed: still ours until the TTL runs out, then another replica's.
                 renewed = link.lease_renewed
                 held = renewed is not None and time.monotonic() - renewed < self.lease_ttl * 2 / 3
+                unknown = f"lease of the link cannot be read or taken, the broker is unreachable: {exc}"
                 log.warning("lease of link %s -> %s not renewed: %s", self.region, link.destination, exc)
             if held and not link.running:
                 log.info("link %s -> %s runs in this replica (%s)", self.region, link.destination, self.owner)
                 await link.start()
             elif not held and link.running:
-                log.info("link %s -> %s: lease lost; another replica runs it", self.region, link.destination)
+                if unknown:
+                    log.warning(
+                        "link %s -> %s: stopped, its lease could not be renewed in time", self.region, link.destination
+                    )
+                else:
+                    log.info("link %s -> %s: lease lost; another replica runs it", self.region, link.destination)
                 await link.stop(1.0)
-                link.state = LinkState.STANDBY
+                self._idle_state(link, unknown)
             elif not held:
-                link.state = LinkState.STANDBY
+                self._idle_state(link, unknown)
+
+    @staticmethod
+    def _idle_state(link: Link, unknown: str) -> None:
+        """The state of a link that does not run here: STANDBY only when another replica holds its lease."""
+        if unknown:
+            link.state = LinkState.BACKING_OFF
+            link.record_error(unknown)
+        else:
+            link.state = LinkState.STANDBY
+            # What this replica saw while it ran the link (or could not reach the broker) is
+            # past: the replica that runs it now has the link's current story.
+            link.clear_error()
 
     def statuses(self) -> list[admin_pb2.LinkStatus]:
         return [self.links[name].status() for name in sorted(self.links)]

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
-from meshgate.config._model import MeshConfig, RouteRule
-from meshgate.router._topics import _TOPIC_RE, validate_pattern, validate_topic
+from meshgate.topics import TOPIC_RE, validate_pattern, validate_topic
 
 __all__ = [
     "DEFAULT_CACHE_SIZE",
@@ -19,10 +19,45 @@ __all__ = [
     "InvalidPatternError",
     "InvalidTopicError",
     "Router",
+    "RoutingConfig",
+    "Rule",
     "UnknownRegionError",
 ]
 
 DEFAULT_CACHE_SIZE = 65_536
+
+
+# The router reads a mesh config's rules by their shape, not by importing `meshgate.config`:
+# config and router are siblings of one layer and neither imports the other
+# (`meshgate.config.Rule` and `MeshConfig` are what is passed in).
+class Rule(Protocol):
+    """One routing rule: events of topics matching ``topic`` (a pattern) go to ``regions``."""
+
+    @property
+    def index(self) -> int:
+        """Zero-based position in the config's routing list: the rule's identity in explanations."""
+
+    @property
+    def topic(self) -> str: ...
+
+    @property
+    def regions(self) -> tuple[str, ...]: ...
+
+    @property
+    def line(self) -> int: ...
+
+    @property
+    def column(self) -> int: ...
+
+
+class RoutingConfig(Protocol):
+    """What ``Router.from_config`` reads of a mesh config."""
+
+    @property
+    def region_names(self) -> tuple[str, ...]: ...
+
+    @property
+    def routing(self) -> tuple[Rule, ...]: ...
 
 
 class InvalidTopicError(ValueError):
@@ -33,7 +68,7 @@ class InvalidTopicError(ValueError):
 
 
 class InvalidPatternError(ValueError):
-    def __init__(self, rule: RouteRule, reason: str) -> None:
+    def __init__(self, rule: Rule, reason: str) -> None:
         super().__init__(f"rule {rule.index}: {reason}")
         self.rule = rule
         self.reason = reason
@@ -52,7 +87,7 @@ class Explanation:
     origin: str
     destinations: tuple[str, ...]
     # The rules whose pattern matches the topic, in file order.
-    rules: tuple[RouteRule, ...]
+    rules: tuple[Rule, ...]
 
 
 class _Node:
@@ -83,9 +118,7 @@ class Router:
         "_rules",
     )
 
-    def __init__(
-        self, *, regions: Sequence[str], rules: Sequence[RouteRule], cache_size: int = DEFAULT_CACHE_SIZE
-    ) -> None:
+    def __init__(self, *, regions: Sequence[str], rules: Sequence[Rule], cache_size: int = DEFAULT_CACHE_SIZE) -> None:
         """``regions`` are the possible origins; ``cache_size`` 0 turns the decision cache off."""
         if cache_size < 0:
             raise ValueError(f"cache_size must be 0 (off) or more, got {cache_size}")
@@ -106,18 +139,18 @@ class Router:
         self._cache_size = cache_size
 
     @classmethod
-    def from_config(cls, config: MeshConfig, *, cache_size: int = DEFAULT_CACHE_SIZE) -> Router:
+    def from_config(cls, config: RoutingConfig, *, cache_size: int = DEFAULT_CACHE_SIZE) -> Router:
         return cls(regions=config.region_names, rules=config.routing, cache_size=cache_size)
 
     @property
-    def rules(self) -> tuple[RouteRule, ...]:
+    def rules(self) -> tuple[Rule, ...]:
         return self._rules
 
     @property
     def regions(self) -> tuple[str, ...]:
         return self._region_names
 
-    def _insert(self, position: int, rule: RouteRule) -> None:
+    def _insert(self, position: int, rule: Rule) -> None:
         mask = 0
         for region in rule.regions:
             mask |= self._bits[region]
@@ -157,7 +190,7 @@ class Router:
         return bit
 
     def _decide(self, topic: str, origin: str) -> tuple[str, ...]:
-        if _TOPIC_RE.fullmatch(topic) is None:
+        if TOPIC_RE.fullmatch(topic) is None:
             raise InvalidTopicError(topic, validate_topic(topic) or f"invalid topic {topic!r}")
         mask = self._origin_bit(origin)
         # Most walks follow one branch; only a literal child next to a '*' child forks them.
@@ -213,7 +246,7 @@ class Router:
         self._cache[key] = result
         return result
 
-    def matching_rules(self, topic: str) -> tuple[RouteRule, ...]:
+    def matching_rules(self, topic: str) -> tuple[Rule, ...]:
         """The rules whose pattern matches ``topic``, in file order."""
         reason = validate_topic(topic)
         if reason is not None:

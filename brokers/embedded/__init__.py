@@ -8,6 +8,7 @@ from meshgate.brokers.embedded._server import (
     EmbeddedNats,
     EmbeddedNatsError,
     EmbeddedNatsState,
+    RestartPolicy,
     find_nats_server,
 )
 
@@ -17,5 +18,6 @@ __all__ = [
     "EmbeddedNatsBroker",
     "EmbeddedNatsError",
     "EmbeddedNatsState",
+    "RestartPolicy",
     "find_nats_server",
 ]

@@ -7,7 +7,15 @@ import shutil
 import time
 from pathlib import Path
 
-from meshgate.brokers.embedded._server import DEFAULT_EMBEDDED_MAX_PAYLOAD, EmbeddedNats, EmbeddedNatsError
+from meshgate.brokers._base import BrokerState
+from meshgate.brokers.embedded._server import (
+    DEFAULT_EMBEDDED_MAX_PAYLOAD,
+    DEFAULT_RESTART,
+    EmbeddedNats,
+    EmbeddedNatsError,
+    EmbeddedNatsState,
+    RestartPolicy,
+)
 from meshgate.brokers.nats._broker import NatsBroker
 from meshgate.config import NatsSettings
 
@@ -29,6 +37,11 @@ class EmbeddedNatsBroker(NatsBroker):
     ``start()`` starts the server, then connects; ``stop()`` disconnects (after in-flight
     appends), then stops the server. ``server`` is there for fault tests (``kill()``,
     ``start()`` again on the same port and data).
+
+    The server is supervised (``restart``): one that exits by itself is started again on the
+    same port and data, and the client reconnects. ``state`` is the client's, except that it
+    is FAILED once the server cannot be brought back; ``state_reason`` names the server's
+    trouble while it is being restarted.
     """
 
     def __init__(
@@ -46,7 +59,10 @@ class EmbeddedNatsBroker(NatsBroker):
         ack_timeout: float = 5.0,
         reconnect_wait: float = 1.0,
         durable_ack_wait: float = 30.0,
+        restart: RestartPolicy | None = DEFAULT_RESTART,
     ) -> None:
+        self._client_state = BrokerState.NEW
+        self._client_reason = ""
         super().__init__(
             servers=(),
             settings=settings,
@@ -66,6 +82,7 @@ class EmbeddedNatsBroker(NatsBroker):
             sync_always=settings.sync_always,
             server_name=f"meshgate-{region}",
             max_payload=max_payload,
+            restart=restart,
         )
         self._storage_restarted = -_RESTART_INTERVAL_SECONDS
 
@@ -100,6 +117,27 @@ class EmbeddedNatsBroker(NatsBroker):
         except EmbeddedNatsError:
             logger.exception("embedded NATS %s did not come back after a restart for storage", self.region)
             raise
+
+    @property
+    def state(self) -> BrokerState:
+        if self.server.state is EmbeddedNatsState.FAILED and self._client_state is not BrokerState.CLOSED:
+            return BrokerState.FAILED
+        return self._client_state
+
+    @state.setter
+    def state(self, value: BrokerState) -> None:
+        self._client_state = value
+
+    @property
+    def state_reason(self) -> str:
+        server = self.server
+        if server.state in (EmbeddedNatsState.RESTARTING, EmbeddedNatsState.FAILED) and server.failure:
+            return f"embedded {server.state.value}: {server.failure}"
+        return self._client_reason
+
+    @state_reason.setter
+    def state_reason(self, value: str) -> None:
+        self._client_reason = value
 
     async def start(self) -> None:
         await self.server.start()

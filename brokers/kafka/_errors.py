@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import aiokafka.errors as ke
 
-from meshgate.brokers._base import BrokerError, BrokerUnavailableError, EventRejectedError, StorageFullError
+from meshgate.brokers._base import (
+    BrokerError,
+    BrokerUnavailableError,
+    EventRejectedError,
+    EventTooLargeError,
+    StorageFullError,
+)
 
 __all__ = [
     "KAFKA_FAILURES",
     "KafkaMessageTooLargeError",
+    "KafkaRecordTooLargeError",
     "KafkaRejectedError",
     "KafkaStorageFullError",
     "KafkaUnavailableError",
@@ -37,7 +44,7 @@ class KafkaRejectedError(EventRejectedError):
         self.cause = cause
 
 
-class KafkaMessageTooLargeError(EventRejectedError):
+class KafkaMessageTooLargeError(EventTooLargeError):
     """The event's record is larger than the region's ``max_message_bytes``."""
 
     def __init__(self, *, size: int, data_size: int, max_message_bytes: int) -> None:
@@ -52,10 +59,16 @@ class KafkaMessageTooLargeError(EventRejectedError):
         self.max_message_bytes = max_message_bytes
 
 
+# The record, or the batch holding it, is larger than the brokers take (message.max.bytes).
+_TOO_LARGE = (ke.MessageSizeTooLargeError, ke.RecordListTooLargeError)
+
+
+class KafkaRecordTooLargeError(KafkaRejectedError, EventTooLargeError):
+    """A Kafka broker refused the record for its size (MESSAGE_TOO_LARGE, RECORD_LIST_TOO_LARGE)."""
+
+
 # Refusals that the same request meets again however often it is retried.
 _FINAL = (
-    ke.MessageSizeTooLargeError,
-    ke.RecordListTooLargeError,
     ke.InvalidTopicError,
     ke.CorruptRecordException,
     ke.TopicAuthorizationFailedError,
@@ -97,6 +110,12 @@ def kafka_error(exc: BaseException, what: str) -> BrokerError:
         return exc
     name = type(exc).__name__
     detail = f"{what}: {name}: {exc}" if str(exc) and str(exc) != name else f"{what}: {name}"
+    if isinstance(exc, _TOO_LARGE):
+        return KafkaRecordTooLargeError(
+            f"{detail}: larger than the Kafka brokers take; keep the region's max_message_bytes at or below "
+            "the brokers' message.max.bytes",
+            cause=name,
+        )
     if isinstance(exc, _FINAL):
         return KafkaRejectedError(detail, cause=name)
     if isinstance(exc, ke.KafkaStorageError):

@@ -18,8 +18,7 @@ import re
 
 from aiokafka.structs import TopicPartition
 
-from meshgate.brokers._codec import SubjectMapper, validate_pattern
-from meshgate.router import pattern_regex
+from meshgate.topics import SubjectMapper, pattern_regex, validate_pattern
 
 __all__ = [
     "CHECKPOINT_TOPIC",
@@ -75,7 +74,9 @@ class KafkaNames:
         ``*`` is exactly one level and a final ``>`` one or more, as in the router; the
         checkpoint topic never matches. Raises ``ValueError`` for an invalid pattern.
         """
-        validate_pattern(pattern)
+        problem = validate_pattern(pattern)
+        if problem is not None:
+            raise ValueError(problem)
         # The router's regex of the pattern, with Kafka's level separator: "/" occurs in it
         # only between levels (a level's characters and re.escape never produce one).
         body = pattern_regex(pattern).pattern.replace("/", r"\.")

@@ -24,7 +24,7 @@ import json
 import logging
 import math
 import secrets
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import AsyncGenerator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -64,13 +64,11 @@ from meshgate.brokers._codec import (
     HEADER_ORIGIN,
     SubjectMapper,
     decode_event,
-    encode_headers,
     escape_header_value,
-    parse_header_lines,
     pattern_to_filter,
-    unescape_header_value,
 )
-from meshgate.brokers._storage import StorageHealth
+from meshgate.brokers._headers import RouteMatcher
+from meshgate.brokers._storage import PROBE_KEY, StorageHealth
 from meshgate.brokers.nats._errors import (
     AckTimeoutError,
     MessageTooLargeError,
@@ -80,7 +78,15 @@ from meshgate.brokers.nats._errors import (
 )
 from meshgate.brokers.nats._parser import install as install_parser
 from meshgate.brokers.nats._parser import subscribe_raw
-from meshgate.brokers.nats._pull import CLOSED, FULL, TIMEOUT, PullSubscription, reraise_swallowed_cancel
+from meshgate.brokers.nats._pull import (
+    BYTES,
+    CLOSED,
+    FULL,
+    TIMEOUT,
+    PullBytes,
+    PullSubscription,
+    reraise_swallowed_cancel,
+)
 from meshgate.brokers.nats._wire import (
     PubAckParser,
     header_block,
@@ -111,11 +117,19 @@ _IDLE_PULL_SECONDS = 5.0
 _PULL_GRACE_SECONDS = 0.5
 # Ephemeral reader consumers the server removes when their reader has gone (crash, cancel).
 _READER_INACTIVE_SECONDS = 60.0
+# What one pull of a reader may bring when its caller sets no max_bytes: far below nats-server's
+# max_pending (64 MiB by default), past which the server drops the connection as a slow consumer.
+_READ_PULL_BYTES = 4 * 1024 * 1024
+# A pull's max_bytes counts an event's subject and ack reply besides its headers and payload.
+_PULL_BYTES_SLACK = 4096
+# What the readers' pulls on one connection may have asked for and not received, all together:
+# half of nats-server's default max_pending, however many readers there are.
+_CONNECTION_PULL_BYTES = 32 * 1024 * 1024
 _DURABLE_MAX_ACK_PENDING = 50_000
 # A durable consumer's generations are named <name>@<n>. '@' is outside the alphabet of region
 # names ([A-Za-z0-9_-], so of link names mg-link-<destination>) and is refused in a name given
 # to durable_consumer: <name>@<n> can never be another name's generation (with '-', mg-link-b-2
-# would be both destination b's generation 2 and destination b-2's legacy consumer), and
+# would be both destination b's generation 2 and a name of destination b-2), and
 # JetStream takes it in a consumer name (which may not hold '.', '*', '>', whitespace, slashes).
 _GENERATION_SEP = "@"
 # JetStream's answer to a create-only request for a name that exists.
@@ -127,9 +141,6 @@ _MSG_ID_HEAD = b"NATS/1.0\r\nNats-Msg-Id: "
 _ZERO = 0x30
 # While the broker cannot store, a write of this key in the checkpoint bucket (not an event)
 # tells when it can again; first after this long, doubling up to the maximum.
-_PROBE_KEY = "mg-storage-probe"
-_PROBE_FIRST_SECONDS = 0.25
-_PROBE_MAX_SECONDS = 2.0
 
 
 class _Batch:
@@ -180,9 +191,7 @@ def _start_mode(start: StartAt) -> _StartMode:
 
 
 def _generation_of(name: str, base: str) -> int | None:
-    """The generation number of consumer ``name`` of durable consumer ``base`` (0: ``base`` itself), or None."""
-    if name == base:
-        return 0
+    """The generation number of consumer ``name`` of durable consumer ``base``, or None."""
     head, sep, number = name.rpartition(_GENERATION_SEP)
     if sep and head == base and number.isascii() and number.isdigit():
         return int(number)
@@ -208,6 +217,24 @@ def _broker_error(exc: BaseException, what: str) -> BrokerError:
 
 # What nats-py raises when the server is away, slow or refusing; all become BrokerErrors.
 _NATS_FAILURES = (nats.errors.Error, OSError, TimeoutError)
+
+
+def _redact(url: str) -> str:
+    """``url`` without a password or token (``nats://user:***@host:4222``)."""
+    scheme, sep, rest = url.rpartition("://")
+    userinfo, at, hostport = rest.rpartition("@")
+    if not at:
+        return url
+    user, colon, _ = userinfo.partition(":")
+    return f"{scheme}{sep}{user}:***@{hostport}" if colon else f"{scheme}{sep}***@{hostport}"
+
+
+def _describe(exc: BaseException) -> str:
+    """An error as a person reads it: nats-py's own text ("nats: stale connection") or type and text."""
+    text = str(exc)
+    if text.startswith("nats: "):
+        return text.removeprefix("nats: ").strip("'")
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 @dataclass(slots=True, kw_only=True)
@@ -287,9 +314,16 @@ class NatsBroker(Broker):
         self._consumers: set[NatsDurableConsumer] = set()
         self._reported_disconnect = False
         self._last_error: BaseException | None = None
+        # Why the connection last dropped, for the log and for `state_reason`.
+        self._drop_reason = ""
         self.stats = NatsBrokerStats()
         self.storage = StorageHealth(name=name, on_problem=self._start_storage_probe)
-        self._probe: asyncio.Task[None] | None = None
+        # Readers (Subscribe) pull on a connection of their own, opened at the first read: a
+        # reader's burst that gets that connection dropped as a slow consumer fails no write.
+        self._reader: NatsBroker | None = None
+        self._reader_lock = asyncio.Lock()
+        self._is_reader = False
+        self._pull_bytes = PullBytes(_CONNECTION_PULL_BYTES)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -308,6 +342,11 @@ class NatsBroker(Broker):
         url = nc.connected_url if nc is not None else None
         return url.geturl() if url is not None else None
 
+    @property
+    def _where(self) -> str:
+        """The servers, for messages: credentials in a URL are not shown."""
+        return ", ".join(_redact(url) for url in self.servers)
+
     async def start(self) -> None:
         async with self._lock:
             if self._nc is not None:
@@ -318,6 +357,9 @@ class NatsBroker(Broker):
         """A NatsBroker on the same servers and stream (once this one knows its servers)."""
         if not self.servers:
             return None
+        return self._sibling(f"{self.name}-links")
+
+    def _sibling(self, name: str) -> NatsBroker:
         return NatsBroker(
             servers=self.servers,
             settings=self.settings,
@@ -327,7 +369,7 @@ class NatsBroker(Broker):
             ack_timeout=self._ack_timeout,
             reconnect_wait=self._reconnect_wait,
             durable_ack_wait=self._durable_ack_wait,
-            name=f"{self.name}-links",
+            name=name,
         )
 
     async def _start_locked(self) -> None:
@@ -337,9 +379,11 @@ class NatsBroker(Broker):
         self._stopping = False
         self._reported_disconnect = False
         self._last_error = None
+        self._drop_reason = ""
         nc = Client()
         # Acks and pulled deliveries skip nats-py's per-message machinery (see _parser).
         install_parser(nc)
+        self._capture_reasons(nc)
         per_attempt = max(0.1, min(self._connect_timeout, 2.0))
         try:
             await asyncio.wait_for(
@@ -363,7 +407,7 @@ class NatsBroker(Broker):
                 await nc.close()
             cause = self._last_error or exc
             raise NotConnectedError(
-                f"could not connect to NATS at {', '.join(self.servers)} within {self._connect_timeout:g} s "
+                f"could not connect to NATS at {self._where} within {self._connect_timeout:g} s "
                 f"(last error: {type(cause).__name__}: {cause})",
                 waited=self._connect_timeout,
             ) from exc
@@ -392,6 +436,7 @@ class NatsBroker(Broker):
             raise
         self._connected.set()
         self.state = BrokerState.CONNECTED
+        self.state_reason = ""
         if self.storage.problem is not None:
             # Left from before a stop: the probe tells when it is over, writes or not.
             self._start_storage_probe()
@@ -462,11 +507,7 @@ class NatsBroker(Broker):
                     self.state = BrokerState.CLOSED
                 return
             self._stopping = True
-            probe, self._probe = self._probe, None
-            if probe is not None:
-                probe.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await probe
+            await self.storage.stop_probe()
             if self._pending:
                 # In-flight appends settle by ack or by their own timeout, so this is bounded.
                 with contextlib.suppress(TimeoutError):
@@ -476,6 +517,10 @@ class NatsBroker(Broker):
             for puller in list(self._pullers):
                 await puller.close()
             self._pullers.clear()
+            async with self._reader_lock:
+                reader, self._reader = self._reader, None
+            if reader is not None:
+                await reader.stop()
             try:
                 await asyncio.wait_for(nc.drain(), self._ack_timeout)
             except (TimeoutError, *_NATS_FAILURES):
@@ -492,22 +537,58 @@ class NatsBroker(Broker):
 
     # -- connection callbacks -----------------------------------------------------------------
 
+    def _capture_reasons(self, nc: Client) -> None:
+        """Records why the connection drops, which nats-py does not hand to the callbacks.
+
+        A server's ``-ERR`` ("stale connection", "authorization violation", "maximum
+        connections exceeded") and a client-side failure (missed pings, a socket error) end
+        the connection without ``error_cb`` being called, and nats-py forgets the error
+        before ``disconnected_cb`` runs: both are wrapped so ``_on_disconnected`` can say why.
+        """
+        process_err = getattr(nc, "_process_err", None)
+        process_op_err = getattr(nc, "_process_op_err", None)
+        if not (callable(process_err) and callable(process_op_err)):
+            return
+
+        async def on_server_err(message: str) -> None:
+            said = f"the server said: {message.strip(chr(39))}"
+            logger.warning("NATS %s: %s", self.name, said)
+            # A permissions violation refuses one operation; the connection stays.
+            if "permissions violation" not in message.lower():
+                self._drop_reason = said
+            await process_err(message)
+
+        async def on_op_err(exc: Exception) -> None:
+            # The server's own words, when it gave some, win over the client's view of the drop.
+            if not (nc.is_closed or nc.is_reconnecting or self._drop_reason):
+                self._drop_reason = _describe(exc)
+            await process_op_err(exc)
+
+        nc._process_err = on_server_err  # type: ignore[method-assign,assignment]
+        nc._process_op_err = on_op_err  # type: ignore[method-assign,assignment]
+
     async def _on_error(self, exc: Exception) -> None:
         self._last_error = exc
         # nats-py reports every failed reconnect attempt; one line per outage is enough.
         if self.state is BrokerState.RECONNECTING and self._reported_disconnect:
             logger.debug("NATS %s: %s", self.name, exc)
+            # Why the server cannot be reached now (refused, authorization violation) matters
+            # more to an operator than how the connection first dropped.
+            reason = self._drop_reason or "connection lost"
+            self.state_reason = f"reconnecting to {self._where}: {reason}; last attempt: {_describe(exc)}"
             return
         logger.warning("NATS %s: %s: %s", self.name, type(exc).__name__, exc)
 
     async def _on_disconnected(self) -> None:
         self._connected.clear()
-        if self._stopping or self.state is BrokerState.CLOSED:
+        if self._stopping or self.state in (BrokerState.CLOSED, BrokerState.FAILED):
             return
         self.state = BrokerState.RECONNECTING
+        reason = self._drop_reason or "connection lost"
+        self.state_reason = f"reconnecting to {self._where}: {reason}"
         if not self._reported_disconnect:
             self._reported_disconnect = True
-            logger.warning("NATS %s: disconnected; reconnecting to %s", self.name, ", ".join(self.servers))
+            logger.warning("NATS %s: disconnected (%s); reconnecting to %s", self.name, reason, self._where)
         # Replies to the old connection are lost: fail now instead of at the ack timeout.
         self._fail_pending(
             NotConnectedError(
@@ -523,12 +604,23 @@ class NatsBroker(Broker):
         self._reported_disconnect = False
         if not self._stopping:
             self.state = BrokerState.CONNECTED
+            self.state_reason = ""
+        self._drop_reason = ""
         self._connected.set()
         logger.info("NATS %s: reconnected to %s", self.name, self.connected_url)
 
     async def _on_closed(self) -> None:
         self._connected.clear()
-        self.state = BrokerState.CLOSED
+        if self._stopping or self._nc is None:
+            self.state = BrokerState.CLOSED
+            return
+        # Closed while nobody asked: nats-py does not reconnect after a server's -ERR (e.g. an
+        # authorization violation), so this client is done; liveness fails and says why.
+        nc = self._nc
+        cause = self._drop_reason or (_describe(nc.last_error) if nc.last_error is not None else "no reason given")
+        self.state = BrokerState.FAILED
+        self.state_reason = f"the NATS client closed for good: {cause}; restart the gateway"
+        logger.error("NATS %s: %s", self.name, self.state_reason)
 
     # -- append -------------------------------------------------------------------------------
 
@@ -546,7 +638,7 @@ class NatsBroker(Broker):
             await asyncio.wait_for(self._connected.wait(), wait)
         except TimeoutError:
             raise NotConnectedError(
-                f"not connected to NATS ({', '.join(self.servers)}) for {wait:g} s; retry later",
+                f"not connected to NATS ({self._where}) for {wait:g} s; retry later",
                 waited=wait,
             ) from None
         if not self._live(nc):
@@ -564,7 +656,11 @@ class NatsBroker(Broker):
         except BrokerUnavailableError as exc:
             return [exc] * len(events)
         batch = _Batch([e.topic for e in events], [e.data for e in events], asyncio.get_running_loop().create_future())
-        return await self._append(batch, self._publish_batch(nc, batch, events))
+
+        def head_of(i: int) -> bytes:
+            return header_block(events[i]).encode()
+
+        return await self._append(batch, self._publish_batch(nc, batch, [e.id for e in events], head_of))
 
     async def append_raw(
         self,
@@ -589,12 +685,20 @@ class NatsBroker(Broker):
         except BrokerUnavailableError as exc:
             return [exc] * n
         batch = _Batch(topics, data, asyncio.get_running_loop().create_future())
-        return await self._append(
-            batch,
-            self._publish_raw(
-                nc, batch, ids=ids, headers=headers, origin_sequences=origin_sequences, origin_streams=origin_streams
-            ),
-        )
+        esc = escape_header_value
+
+        def head_of(i: int) -> bytes:
+            # The stored bytes of the source, plus the id and the origin position headers.
+            if origin_streams and origin_streams[i]:
+                seq_line = b"mg-origin-seq: %d\r\nmg-origin-stream: %b\r\n\r\n" % (
+                    origin_sequences[i],
+                    esc(origin_streams[i]).encode(),
+                )
+            else:
+                seq_line = b"mg-origin-seq: %d\r\n\r\n" % origin_sequences[i]
+            return b"".join((_MSG_ID_HEAD, esc(ids[i]).encode(), b"\r\n", headers[i], seq_line))
+
+        return await self._append(batch, self._publish_batch(nc, batch, ids, head_of))
 
     async def _append(self, batch: _Batch, publish: Coroutine[None, None, None]) -> list[AppendResult | BrokerError]:
         loop = asyncio.get_running_loop()
@@ -624,68 +728,14 @@ class NatsBroker(Broker):
             self.storage.stored()
         return [r if r is not None else BrokerError("internal error: no result for the event") for r in batch.results]
 
-    async def _publish_batch(self, nc: Client, batch: _Batch, events: Sequence[event_pb2.Event]) -> None:
-        results = batch.results
-        pending = self._pending
-        subject_of = self._mapper.subject
-        reply_prefix = self._reply_prefix
-        max_payload = self._max_payload
-        max_inflight = self._max_inflight
-        fast = self._fast_publish
-        chunk: list[bytes] = []
-        for i, event in enumerate(events):
-            if len(pending) >= max_inflight:
-                if chunk:
-                    await self._send(nc, chunk, len(chunk) // 3)
-                    chunk = []
-                failure = await self._wait_capacity(nc)
-                if failure is not None:
-                    for j in range(i, len(events)):
-                        results[j] = failure
-                    break
-            if not event.id:
-                results[i] = EventRejectedError(f"event {i} of the batch has no id (the gateway assigns one)")
-                continue
-            try:
-                subject = subject_of(event.topic)
-                head = header_block(event)
-            except ValueError as exc:
-                results[i] = EventRejectedError(f"event {i} of the batch cannot be written: {exc}")
-                continue
-            data = event.data
-            # The header block is pure ASCII (values are percent-encoded), so len() is its byte size.
-            head_len = len(head)
-            size = head_len + len(data)
-            if size > max_payload:
-                results[i] = MessageTooLargeError(size=size, data_size=len(data), max_payload=max_payload)
-                continue
-            self._next_token += 1
-            token = self._next_token
-            pending[token] = (batch, i)
-            batch.tokens.append(token)
-            batch.remaining += 1
-            if fast:
-                chunk.append(f"HPUB {subject} {reply_prefix}{token} {head_len} {size}\r\n{head}".encode())
-                chunk.append(data)
-                chunk.append(b"\r\n")
-            else:
-                await self._publish_public(nc, subject, f"{reply_prefix}{token}", event)
-        if chunk:
-            await self._send(nc, chunk, len(chunk) // 3)
-        self.stats.published += len(batch.tokens)
-
-    async def _publish_raw(
-        self,
-        nc: Client,
-        batch: _Batch,
-        *,
-        ids: Sequence[str],
-        headers: Sequence[bytes],
-        origin_sequences: Sequence[int],
-        origin_streams: Sequence[str],
+    async def _publish_batch(
+        self, nc: Client, batch: _Batch, ids: Sequence[str], head_of: Callable[[int], bytes]
     ) -> None:
-        """``_publish_batch`` of raw header lines: the stored bytes of the source, plus the id
-        and origin sequence headers, go out without an ``Event``."""
+        """Writes event ``i`` of the batch as the header block ``head_of(i)`` and its payload.
+
+        One loop for events and raw header lines alike: what differs is only how the header
+        block is made (it raises ValueError for an event that cannot be written).
+        """
         topics = batch.topics
         datas = batch.data
         results = batch.results
@@ -694,17 +744,12 @@ class NatsBroker(Broker):
         reply_prefix = self._reply_prefix
         max_payload = self._max_payload
         max_inflight = self._max_inflight
-        esc = escape_header_value
-        if not self._fast_publish:
-            await self._publish_raw_public(
-                nc, batch, ids=ids, headers=headers, origin_sequences=origin_sequences, origin_streams=origin_streams
-            )
-            return
+        fast = self._fast_publish
         chunk: list[bytes] = []
         for i, eid in enumerate(ids):
             if len(pending) >= max_inflight:
                 if chunk:
-                    await self._send(nc, chunk, len(chunk) // 3)
+                    await self._send(nc, chunk, len(chunk) // 4)
                     chunk = []
                 failure = await self._wait_capacity(nc)
                 if failure is not None:
@@ -712,21 +757,14 @@ class NatsBroker(Broker):
                         results[j] = failure
                     break
             if not eid:
-                results[i] = EventRejectedError(f"event {i} of the batch has no id")
+                results[i] = EventRejectedError(f"event {i} of the batch has no id (the gateway assigns one)")
                 continue
             try:
                 subject = subject_of(topics[i])
+                head = head_of(i)
             except ValueError as exc:
                 results[i] = EventRejectedError(f"event {i} of the batch cannot be written: {exc}")
                 continue
-            if origin_streams and origin_streams[i]:
-                seq_line = b"mg-origin-seq: %d\r\nmg-origin-stream: %b\r\n\r\n" % (
-                    origin_sequences[i],
-                    esc(origin_streams[i]).encode(),
-                )
-            else:
-                seq_line = b"mg-origin-seq: %d\r\n\r\n" % origin_sequences[i]
-            head = b"".join((_MSG_ID_HEAD, esc(eid).encode(), b"\r\n", headers[i], seq_line))
             data = datas[i]
             head_len = len(head)
             size = head_len + len(data)
@@ -738,34 +776,16 @@ class NatsBroker(Broker):
             pending[token] = (batch, i)
             batch.tokens.append(token)
             batch.remaining += 1
-            chunk.append(f"HPUB {subject} {reply_prefix}{token} {head_len} {size}\r\n".encode())
-            chunk.append(head)
-            chunk.append(data)
-            chunk.append(b"\r\n")
+            if fast:
+                chunk.append(f"HPUB {subject} {reply_prefix}{token} {head_len} {size}\r\n".encode())
+                chunk.append(head)
+                chunk.append(data)
+                chunk.append(b"\r\n")
+            else:
+                await self._publish_public(nc, subject, f"{reply_prefix}{token}", head, data)
         if chunk:
             await self._send(nc, chunk, len(chunk) // 4)
         self.stats.published += len(batch.tokens)
-
-    async def _publish_raw_public(
-        self,
-        nc: Client,
-        batch: _Batch,
-        *,
-        ids: Sequence[str],
-        headers: Sequence[bytes],
-        origin_sequences: Sequence[int],
-        origin_streams: Sequence[str],
-    ) -> None:
-        # Without nats-py's internals: decoded, then written by append's own loop (slow, but the
-        # same checks and results: an id, the size, capacity failing the rest of the batch).
-        events = []
-        for i, eid in enumerate(ids):
-            event = decode_event(parse_header_lines(headers[i]), batch.data[i], topic=batch.topics[i])
-            event.id = eid
-            event.origin_sequence = origin_sequences[i]
-            event.origin_stream = origin_streams[i] if origin_streams else ""
-            events.append(event)
-        await self._publish_batch(nc, batch, events)
 
     async def _send(self, nc: Client, chunk: list[bytes], messages: int) -> None:
         data = b"".join(chunk)
@@ -777,9 +797,10 @@ class NatsBroker(Broker):
         await nc._flush_pending()
         reraise_swallowed_cancel()
 
-    async def _publish_public(self, nc: Client, subject: str, reply: str, event: event_pb2.Event) -> None:
-        headers = {"Nats-Msg-Id": event.id, **dict(encode_headers(event))}
-        await nc.publish(subject, event.data, reply=reply, headers=headers)
+    async def _publish_public(self, nc: Client, subject: str, reply: str, head: bytes, data: bytes) -> None:
+        # nats-py's own publish writes the headers again from a dict (slow: without its internals).
+        headers = parse_header_block(head) or {}
+        await nc.publish(subject, data, reply=reply, headers=headers)
         reraise_swallowed_cancel()
 
     async def _wait_capacity(self, nc: Client) -> BrokerError | None:
@@ -880,34 +901,20 @@ class NatsBroker(Broker):
         return self.storage.problem
 
     def _start_storage_probe(self) -> None:
-        if self._stopping or self._nc is None or (self._probe is not None and not self._probe.done()):
-            return
-        self._probe = asyncio.get_running_loop().create_task(self._probe_storage(), name=f"storage-probe-{self.name}")
-
-    async def _probe_storage(self) -> None:
         """Writes a probe (not an event) until the broker stores again, or a write of an event does."""
-        delay = _PROBE_FIRST_SECONDS
-        storage = self.storage
-        while not self._stopping:
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, _PROBE_MAX_SECONDS)
-            if storage.problem is None:
-                return  # an event was stored meanwhile
-            try:
-                await self._recover_storage()
-                nc = await self._ready(wait=0.0)
-                kv = await self._checkpoints()
-                # Its own timeout: the probe must not wait out a reconnect longer than a write does.
-                await asyncio.wait_for(kv.put(_PROBE_KEY, b"%d" % nc.stats["out_msgs"]), self._ack_timeout)
-            except (BrokerError, *_NATS_FAILURES) as exc:
-                storage.failed_probes += 1
-                error = _broker_error(exc, "storage probe")
-                if isinstance(error, StorageFullError):
-                    storage.refused(str(error))
-                logger.debug("storage probe of %s: %s", self.name, error)
-                continue
-            storage.stored()
-            return
+        self.storage.start_probe(self._probe_write, running=lambda: not self._stopping and self._nc is not None)
+
+    async def _probe_write(self) -> None:
+        try:
+            await self._recover_storage()
+            nc = await self._ready(wait=0.0)
+            kv = await self._checkpoints()
+            # Its own timeout: the probe must not wait out a reconnect longer than a write does.
+            await asyncio.wait_for(kv.put(PROBE_KEY, b"%d" % nc.stats["out_msgs"]), self._ack_timeout)
+        except BrokerError:
+            raise
+        except _NATS_FAILURES as exc:
+            raise _broker_error(exc, "storage probe") from exc
 
     async def _recover_storage(self) -> None:
         """What the adapter can do itself, between probes, to make the broker store again.
@@ -989,21 +996,60 @@ class NatsBroker(Broker):
             config.deliver_policy = DeliverPolicy.NEW
         return config
 
-    async def read(self, pattern: str, *, start: StartAt, max_batch: int) -> AsyncIterator[list[event_pb2.Event]]:
+    async def read(
+        self, pattern: str, *, start: StartAt, max_batch: int, max_bytes: int | None = None
+    ) -> AsyncGenerator[list[event_pb2.Event]]:
         """Batches of the pattern's events from ``start`` on, in log order, until cancelled.
 
-        Catch-up is pulled in batches of ``max_batch`` with the next batch requested before the
-        current one is handed out; once caught up, a pull lingers on the server for the next
-        event. If the consumer disappears (server restart, inactivity, a gap in its sequence),
-        the reader recreates it right after the last event it delivered, so nothing is skipped
-        or repeated. Ends when the broker stops.
+        Catch-up is pulled in batches of ``max_batch`` events and at most ``max_bytes`` bytes
+        (4 MiB when None, 32 MiB at most; an event larger than that comes alone), with the next
+        batch requested before the current one is handed out; once caught up, a pull lingers
+        on the server for the next event. So a reader holds at most two batches. Pulls go over
+        the broker's reader connection (opened at the first read), never the one appends use,
+        and all readers' pulls together ask for at most 32 MiB at a time there. If the
+        consumer disappears (server restart, inactivity, a gap in its sequence, a dropped
+        reader connection), the reader recreates it right after the last event it delivered,
+        so nothing is skipped or repeated. Ends when the broker stops.
         """
         filter_subject = pattern_to_filter(pattern, self.settings.subject_prefix)
         _start_mode(start)
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        if max_bytes is not None and max_bytes < 1:
+            raise ValueError(f"max_bytes must be >= 1, got {max_bytes}")
         self._require_nc()
+        reader = await self._reading_broker()
+        batches = reader._read(pattern, filter_subject, start, max_batch, max_bytes or _READ_PULL_BYTES)
+        # Closed with this generator, so its consumer is deleted now, not when it is collected.
+        async with contextlib.aclosing(batches):
+            async for batch in batches:
+                yield batch
+
+    async def _reading_broker(self) -> NatsBroker:
+        """The reader connection's broker, started at the first call."""
+        if self._is_reader:
+            return self
+        async with self._reader_lock:
+            reader = self._reader
+            if reader is None:
+                reader = self._sibling(f"{self.name}-readers")
+                reader._is_reader = True
+                # Its reader_resets count as this broker's.
+                reader.stats = self.stats
+                await reader.start()
+                if self._nc is None or self._stopping:
+                    await reader.stop()
+                    raise BrokerUnavailableError(f"NATS broker {self.name!r} is stopping")
+                self._reader = reader
+            return reader
+
+    async def _read(
+        self, pattern: str, filter_subject: str, start: StartAt, max_batch: int, max_bytes: int
+    ) -> AsyncGenerator[list[event_pb2.Event]]:
         topic_of = self._mapper.topic
+        pull_bytes = self._pull_bytes
+        # One pull stays well below the server's max_pending, whatever the caller asked for.
+        max_bytes = min(max_bytes, pull_bytes.limit)
         puller: PullSubscription | None = None
         # Stream sequence of the last event handed out (or just before the start), once known.
         last: int | None = None
@@ -1011,6 +1057,17 @@ class NatsBroker(Broker):
         requested = False
         caught_up = False
         backoff = 0.05
+        # max_bytes of the pulls for one event larger than max_bytes (0: pulls of max_bytes).
+        alone = 0
+        # Whether the last event handed out was larger than max_bytes.
+        big = False
+
+        async def pull(puller: PullSubscription, batch: int, size: int) -> None:
+            # An event larger than the connection's whole share still comes (alone).
+            taken = await pull_bytes.take(size)
+            # Given back when the request ends (its events arrived) or its puller closes.
+            await puller.request(batch, no_wait=True, max_bytes=size, on_end=lambda: pull_bytes.release(taken))
+
         try:
             while not self._stopping and self._nc is not None:
                 reset = False
@@ -1022,13 +1079,14 @@ class NatsBroker(Broker):
                         expected = 1
                         requested = False
                         caught_up = False
+                        alone = 0
                     if caught_up and not puller.buffer:
                         await puller.request(1, expires=_IDLE_PULL_SECONDS)
                         status = await puller.wait(_IDLE_PULL_SECONDS + _PULL_GRACE_SECONDS)
                         caught_up = status != FULL
                     else:
                         if not requested:
-                            await puller.request(max_batch, no_wait=True)
+                            await pull(puller, max_batch, max_bytes)
                         requested = False
                         status = await puller.wait(self._ack_timeout)
                         caught_up = status in _NO_MESSAGES
@@ -1041,6 +1099,7 @@ class NatsBroker(Broker):
                             break
                         expected += 1
                         last = meta.stream_sequence
+                        big = len(data) + len(hdr or b"") + _PULL_BYTES_SLACK > max_bytes
                         events.append(
                             decode_event(parse_header_block(hdr), data, topic=topic_of(subject.decode()), sequence=last)
                         )
@@ -1048,9 +1107,20 @@ class NatsBroker(Broker):
                         # Gone (restart, inactivity) or silent (connection lost): start over
                         # right after the last event handed out.
                         reset = True
-                    elif status == FULL and not caught_up and not reset and not puller.buffer:
-                        # Prefetch: the next batch travels while the caller handles this one.
-                        await puller.request(max_batch, no_wait=True)
+                    elif status == BYTES and not events and not reset:
+                        # The next event alone is larger than max_bytes: it comes by itself
+                        # (the server's max_payload bounds it; doubled if that changed).
+                        alone = max(alone * 2, self._max_payload + _PULL_BYTES_SLACK)
+                        await pull(puller, 1, alone)
+                        requested = True
+                    elif status in (FULL, BYTES) and not caught_up and not reset and not puller.buffer:
+                        # Prefetch: the next batch travels while the caller handles this one
+                        # (after a large event, the next is asked for alone straight away).
+                        if alone and big:
+                            await pull(puller, 1, alone)
+                        else:
+                            alone = 0
+                            await pull(puller, max_batch, max_bytes)
                         requested = True
                 except _NATS_FAILURES as exc:
                     logger.warning("reader of %s: %s; resuming after sequence %s", pattern, exc, last)
@@ -1131,10 +1201,7 @@ class NatsBroker(Broker):
         return resp
 
     async def _generations(self, base: str) -> dict[str, int]:
-        """The stream's consumers that are generations of ``base``: name -> generation.
-
-        ``base`` itself (a link consumer from before generations) counts as generation 0.
-        """
+        """The stream's consumers that are generations of ``base``: name -> generation."""
         stream = self.settings.stream
         found: dict[str, int] = {}
         offset = 0
@@ -1319,8 +1386,7 @@ class NatsDurableConsumer(DurableConsumer):
     **Generations (the fence).** Every open and every ``reset`` creates a new JetStream
     consumer ``<name>@<n>``, one number above the highest generation of ``name`` on the
     stream, starting right after the highest ack floor among them, and then deletes the older
-    ones (the un-generationed ``<name>`` of earlier releases included: it is continued from its
-    floor). Taking the highest floor is safe because a floor only moves once everything up to
+    ones. Taking the highest floor is safe because a floor only moves once everything up to
     it is done: the reader of a generation acks a delivery only after the destination acked
     it and everything delivered before it. The create is create-only, so two replicas racing
     on a lease hand-over never share a generation (the loser of a number takes the next).
@@ -1347,7 +1413,6 @@ class NatsDurableConsumer(DurableConsumer):
         self._template = template
         self._config = template
         self._origin = origin
-        self._routed_to = routed_to
         self._puller: PullSubscription | None = None
         # The current generation's consumer name (set by _open_generation).
         self.name = base
@@ -1355,8 +1420,8 @@ class NatsDurableConsumer(DurableConsumer):
         self._origin_line = (
             f"\r\n{HEADER_ORIGIN}: {escape_header_value(origin)}\r\n".encode() if origin is not None else None
         )
-        # Route header value -> whether it names `routed_to` (routes repeat: a few per mesh).
-        self._routes: dict[bytes, bool] = {}
+        # Whether a route header names `routed_to` (routes repeat: a few per mesh).
+        self._routes = RouteMatcher(routed_to) if routed_to is not None else None
         # Subject -> topic of the deliveries.
         self._topics: dict[bytes, str] = {}
         # Ack subject -> delivery sequence of the deliveries handed out and not acked yet, in
@@ -1520,22 +1585,10 @@ class NatsDurableConsumer(DurableConsumer):
         origin_line = self._origin_line
         if origin_line is not None and (hdr is None or origin_line not in hdr):
             return False
-        routed_to = self._routed_to
-        if routed_to is None:
+        routes = self._routes
+        if routes is None:
             return True
-        if hdr is None:
-            return False
-        start = hdr.find(b"\r\nmg-route: ")
-        if start < 0:
-            return False
-        start += 12
-        route = hdr[start : hdr.find(b"\r\n", start)]
-        wanted = self._routes.get(route)
-        if wanted is None:
-            if len(self._routes) > 4096:
-                self._routes.clear()
-            wanted = self._routes[route] = routed_to in unescape_header_value(route.decode()).split(",")
-        return wanted
+        return hdr is not None and routes(hdr)
 
     async def _after_take(self, nc: Client, last: bytes) -> None:
         """Marks the last delivery taken; when it was skipped and nothing is outstanding, acks it now.

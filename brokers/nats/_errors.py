@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-from meshgate.brokers._base import BrokerError, BrokerUnavailableError, EventRejectedError, StorageFullError
+from meshgate.brokers._base import (
+    BrokerError,
+    BrokerUnavailableError,
+    EventRejectedError,
+    EventTooLargeError,
+    StorageFullError,
+)
 
 __all__ = [
     "AckTimeoutError",
+    "JetStreamMessageTooLargeError",
     "JetStreamRejectedError",
     "JetStreamStorageFullError",
     "JetStreamUnavailableError",
@@ -15,7 +22,7 @@ __all__ = [
 ]
 
 
-class MessageTooLargeError(EventRejectedError):
+class MessageTooLargeError(EventTooLargeError):
     """The event's message (headers + data) is larger than the server's ``max_payload``."""
 
     def __init__(self, *, size: int, data_size: int, max_payload: int) -> None:
@@ -57,6 +64,11 @@ class JetStreamRejectedError(EventRejectedError):
         self.code = code
         self.err_code = err_code
         self.description = description
+
+
+class JetStreamMessageTooLargeError(JetStreamRejectedError, EventTooLargeError):
+    """JetStream refused the event for its size: the stream's ``max_msg_size`` or the account's
+    max payload is below the server's ``max_payload`` (err_code 10054)."""
 
 
 class JetStreamUnavailableError(BrokerUnavailableError):
@@ -122,6 +134,8 @@ def jetstream_error(
         return JetStreamUnavailableError(
             f"{detail}; retry later", code=code, err_code=err_code, description=description
         )
-    if err_code == ERR_CODE_MESSAGE_TOO_LARGE and size is not None:
-        detail = f"event of {size} bytes refused, {detail}"
+    if err_code == ERR_CODE_MESSAGE_TOO_LARGE:
+        if size is not None:
+            detail = f"event of {size} bytes refused, {detail}"
+        return JetStreamMessageTooLargeError(detail, code=code, err_code=err_code, description=description)
     return JetStreamRejectedError(detail, code=code, err_code=err_code, description=description)

@@ -10,6 +10,12 @@ end on the server:
   fewer than N (nothing when it was exactly N);
 * ``expires`` for 1: the next event, or a 408 status at expiry.
 
+A request may carry ``max_bytes``: the server then stops once the next event would not fit
+(a 409 "Message Size Exceeds MaxBytes", here the outcome ``bytes``; that event stays for the
+next request). Without it a batch of large events lands on the connection at once, and
+nats-server drops a client whose unread bytes pass its ``max_pending`` (64 MiB by default)
+as a slow consumer.
+
 Each request replies to its own subject under the inbox (``<inbox>.<n>``), so a late status
 of an earlier request cannot end the current one. Deliveries keep their stream subject on the
 wire, so they are matched to a request by count only.
@@ -21,26 +27,32 @@ import asyncio
 import contextlib
 import json
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import nats.errors
 
+from meshgate._quota import FifoQuota
 from meshgate.brokers.nats._parser import subscribe_raw, unsubscribe_raw
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
     from nats.aio.subscription import Subscription
 
-__all__ = ["FULL", "PullSubscription", "RawMsg", "reraise_swallowed_cancel"]
+__all__ = ["BYTES", "FULL", "PullBytes", "PullSubscription", "RawMsg", "next_request", "reraise_swallowed_cancel"]
 
 # Outcomes of a request besides the server's status codes ("404", "408", "409", "503").
 FULL = "full"
+# The request's max_bytes was used up (or the next event alone is larger).
+BYTES = "bytes"
 TIMEOUT = "timeout"
 CLOSED = "closed"
 
 _STATUS_LINE = b"NATS/1.0 "
 _STATUS_LINE_LEN = len(_STATUS_LINE)
 _HEARTBEAT = "100"
+_MAX_BYTES_STATUS = "409"
+_MAX_BYTES_DESCRIPTION = "Message Size Exceeds MaxBytes"
 # Deliveries are bounded by the requests made; the limit only guards against a runaway server.
 _PENDING_LIMIT = 1_000_000
 
@@ -57,6 +69,39 @@ def reraise_swallowed_cancel() -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
+
+
+def next_request(
+    batch: int, *, expires: float | None = None, no_wait: bool = False, max_bytes: int | None = None
+) -> bytes:
+    """The body of a JetStream ``CONSUMER.MSG.NEXT`` request."""
+    req: dict[str, object] = {"batch": batch}
+    if expires is not None:
+        req["expires"] = int(expires * 1e9)
+    if no_wait:
+        req["no_wait"] = True
+    if max_bytes is not None:
+        if max_bytes < 1:
+            raise ValueError(f"max_bytes must be >= 1, got {max_bytes}")
+        req["max_bytes"] = max_bytes
+    return json.dumps(req).encode()
+
+
+class PullBytes(FifoQuota):
+    """The bytes one connection's pulls have asked for and not yet all received.
+
+    nats-server queues a pull's events for the connection at once; many readers, each within
+    its own ``max_bytes``, could still pass its ``max_pending`` together. So a pull first waits
+    here for room (first come, first served), and gives its bytes back when it ends: by then
+    its events have arrived, whether or not its reader has taken them, so a reader that does
+    not read holds none of it.
+    """
+
+    async def take(self, n: int) -> int:
+        """Takes ``n`` bytes (at most the limit), waiting for room; returns what was taken."""
+        n = min(n, self.limit)
+        await self.acquire(n)
+        return n
 
 
 class PullSubscription:
@@ -91,18 +136,29 @@ class PullSubscription:
     async def open(self) -> None:
         self._sub = await subscribe_raw(self._nc, f"{self._inbox}.*", self._on_msg, pending_msgs_limit=_PENDING_LIMIT)
 
-    async def request(self, batch: int, *, expires: float | None = None, no_wait: bool = False) -> None:
+    async def request(
+        self,
+        batch: int,
+        *,
+        expires: float | None = None,
+        no_wait: bool = False,
+        max_bytes: int | None = None,
+        on_end: Callable[[], None] | None = None,
+    ) -> None:
+        """Asks for ``batch`` events; ``on_end`` runs once the request has ended (or was dropped)."""
         self._token += 1
         reply = f"{self._inbox}.{self._token}"
         self._reply = reply.encode()
         self._expect = batch
-        self._done = asyncio.get_running_loop().create_future()
-        req: dict[str, object] = {"batch": batch}
-        if expires is not None:
-            req["expires"] = int(expires * 1e9)
-        if no_wait:
-            req["no_wait"] = True
-        await self._nc.publish(self._next_subject, json.dumps(req).encode(), reply=reply)
+        previous = self._done
+        if previous is not None and not previous.done():
+            # Replaced before it ended: its late events, if any, count for the new request.
+            previous.set_result(CLOSED)
+        done = self._done = asyncio.get_running_loop().create_future()
+        if on_end is not None:
+            done.add_done_callback(lambda _: on_end())
+        body = next_request(batch, expires=expires, no_wait=no_wait, max_bytes=max_bytes)
+        await self._nc.publish(self._next_subject, body, reply=reply)
         reraise_swallowed_cancel()
 
     async def wait(self, timeout: float) -> str:
@@ -125,6 +181,9 @@ class PullSubscription:
             done = self._done
             if status != _HEARTBEAT and subject == self._reply and done is not None and not done.done():
                 self.last_description = description.strip()
+                if status == _MAX_BYTES_STATUS and self.last_description == _MAX_BYTES_DESCRIPTION:
+                    # Not a reset of the consumer: the request is full by bytes.
+                    status = BYTES
                 done.set_result(status)
             return
         self.buffer.append((subject, reply, hdr, data))

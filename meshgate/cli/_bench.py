@@ -13,7 +13,6 @@ each phase runs about ``--seconds`` and every wait has a limit. The harness is `
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib
 import json
 import sys
@@ -85,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as exc:
         print(f"meshgate bench: the benchmark harness (bench/) is not installed here: {exc}", file=sys.stderr)
         return 1
+    import asyncio
+
     try:
         result = asyncio.run(harness.run(args))
     except (asyncio.CancelledError, KeyboardInterrupt):

@@ -16,10 +16,10 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from meshgate.config import QUICKSTART_PATH, ConfigError, load_config, split_host_port
-from meshgate.tls import CertPair, check_pair, make_ca, make_client_cert, make_region_cert, write_pair
+if TYPE_CHECKING:
+    from meshgate.tls import CertPair
 
 __all__ = ["register"]
 
@@ -47,6 +47,8 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
 def _regions(args: argparse.Namespace) -> list[tuple[str, list[str]]] | None:
     """(name, gateway hosts) per region; None after printing why not."""
+    from meshgate.config import QUICKSTART_PATH, ConfigError, load_config, split_host_port
+
     if args.region:
         return [(name, []) for name in dict.fromkeys(args.region)]
     path: Path = args.config or QUICKSTART_PATH
@@ -70,6 +72,8 @@ def _regions(args: argparse.Namespace) -> list[tuple[str, list[str]]] | None:
 
 
 def _ca(out: Path, args: argparse.Namespace) -> tuple[CertPair, bool] | None:
+    from meshgate.tls import CertPair, check_pair, make_ca, write_pair
+
     cert, key = out / "ca.crt", out / "ca.key"
     if not args.new_ca and cert.exists():
         try:
@@ -86,6 +90,8 @@ def _ca(out: Path, args: argparse.Namespace) -> tuple[CertPair, bool] | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from meshgate.tls import make_client_cert, make_region_cert, write_pair
+
     if args.days < 1 or args.ca_days < 1:
         print("error: --days and --ca-days must be 1 or more", file=sys.stderr)
         return 2

@@ -1,4 +1,8 @@
-"""What the person-facing commands share: a channel to a gateway and readable gRPC errors."""
+"""What the person-facing commands share: a channel to a gateway and readable gRPC errors.
+
+gRPC and the TLS code are imported when a channel is opened or an error printed, not when the
+parser is built; a plaintext channel does not import the certificate code at all.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,12 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import grpc
+from meshgate.cli._token import add_token_arg
 
-from meshgate.cli._token import add_token_arg, bearer_interceptors
-from meshgate.tls import ClientTls, TlsError, TlsFiles, open_channel
+if TYPE_CHECKING:
+    import grpc
 
 __all__ = ["add_gateway_arg", "channel", "print_rpc_error"]
 
@@ -23,8 +28,17 @@ _TLS_ENV = {
 }
 
 
+def _gateway_address(value: str) -> str:
+    # gRPC would look a bare "7401" up as a host name and fail on DNS; say what is meant instead.
+    if value.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"{value!r} is a port only: give HOST:PORT, e.g. 127.0.0.1:{value.strip()}")
+    return value
+
+
 def add_gateway_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-g", "--gateway", required=True, metavar="HOST:PORT", help="the gateway to talk to")
+    p.add_argument(
+        "-g", "--gateway", required=True, type=_gateway_address, metavar="HOST:PORT", help="the gateway to talk to"
+    )
     add_token_arg(p)
     tls = p.add_argument_group("TLS (plaintext unless one of these is given)")
     tls.add_argument("--ca", metavar="FILE", help="CA certificate(s) that signed the gateway's (env MESHGATE_CA)")
@@ -46,16 +60,23 @@ def _tls_option(args: argparse.Namespace | None, name: str) -> str | None:
 def channel(target: str, args: argparse.Namespace | None = None, *, token: str | None = None) -> grpc.aio.Channel:
     """A channel to the gateway: TLS when ``args`` (or the MESHGATE_* variables) name TLS files;
     ``token`` is sent on every call."""
+    import grpc.aio
+
+    from meshgate.cli._bearer import bearer_interceptors
+
     options = [("grpc.max_receive_message_length", 64 * 1024 * 1024), ("grpc.enable_retries", 1)]
     interceptors = bearer_interceptors(token) if token else None
     ca, cert, key = (_tls_option(args, n) for n in ("ca", "cert", "cert_key"))
-    tls = None
-    if ca or cert or key:
-        if bool(cert) != bool(key):
-            raise SystemExit("error: --cert and --cert-key go together (or MESHGATE_CERT and MESHGATE_KEY)")
-        tls = ClientTls(
-            TlsFiles(ca=Path(ca) if ca else None, cert=Path(cert) if cert else None, key=Path(key) if key else None)
-        )
+    if not (ca or cert or key):
+        # meshgate.tls.open_channel(target, None, ...) without importing the certificate code.
+        return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
+    if bool(cert) != bool(key):
+        raise SystemExit("error: --cert and --cert-key go together (or MESHGATE_CERT and MESHGATE_KEY)")
+    from meshgate.tls import ClientTls, TlsError, TlsFiles, open_channel
+
+    tls = ClientTls(
+        TlsFiles(ca=Path(ca) if ca else None, cert=Path(cert) if cert else None, key=Path(key) if key else None)
+    )
     try:
         return open_channel(
             target, tls, target_name=_tls_option(args, "server_name"), options=options, interceptors=interceptors
@@ -65,6 +86,8 @@ def channel(target: str, args: argparse.Namespace | None = None, *, token: str |
 
 
 def print_rpc_error(exc: grpc.aio.AioRpcError, target: str) -> None:
+    import grpc
+
     code = exc.code()
     name = code.name if code is not None else "UNKNOWN"
     details = exc.details() or ""

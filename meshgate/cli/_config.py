@@ -6,16 +6,11 @@ import argparse
 import json
 import sys
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-from meshgate.config import (
-    ConfigError,
-    MeshConfig,
-    RouteRule,
-    anonymous_replication_warning,
-    load_config,
-    replication_auth_issue,
-)
-from meshgate.router import RoutingDiff, diff_routing
+if TYPE_CHECKING:
+    from meshgate.cli._diff import RoutingDiff
+    from meshgate.config import ConfigError, MeshConfig, RouteRule
 
 __all__ = ["register", "run"]
 
@@ -98,6 +93,8 @@ def _print_errors(error: ConfigError) -> None:
 
 
 def _validate(files: Iterable[str], *, region: str | None = None) -> int:
+    from meshgate.config import ConfigError, anonymous_replication_warning, load_config, replication_auth_issue
+
     rc = 0
     for path in files:
         try:
@@ -130,6 +127,8 @@ def _validate(files: Iterable[str], *, region: str | None = None) -> int:
 
 
 def _load_both(old: str, new: str) -> tuple[MeshConfig, MeshConfig] | None:
+    from meshgate.config import ConfigError, load_config
+
     configs: list[MeshConfig] = []
     for path in (old, new):
         try:
@@ -184,6 +183,8 @@ def format_diff(diff: RoutingDiff, *, old: str, new: str) -> str:
 
 
 def _diff(old: str, new: str, *, as_json: bool) -> int:
+    from meshgate.cli._diff import diff_routing
+
     loaded = _load_both(old, new)
     if loaded is None:
         return 1

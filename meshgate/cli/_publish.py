@@ -10,16 +10,15 @@ Exit 1 when any event was rejected.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
-
-import grpc
+from typing import TYPE_CHECKING, Any
 
 from meshgate.cli._client import add_gateway_arg, channel, print_rpc_error
 from meshgate.cli._token import client_token
-from meshgate.v1 import event_pb2, gateway_pb2, gateway_pb2_grpc
+
+if TYPE_CHECKING:
+    from meshgate.v1 import event_pb2
 
 __all__ = ["register"]
 
@@ -47,6 +46,8 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
 
 def _event(args: argparse.Namespace, data: str, event_id: str) -> event_pb2.Event:
+    from meshgate.v1 import event_pb2
+
     return event_pb2.Event(
         id=event_id,
         topic=args.topic,
@@ -59,6 +60,10 @@ def _event(args: argparse.Namespace, data: str, event_id: str) -> event_pb2.Even
 
 
 def _format(r: event_pb2.EventResult) -> str:
+    import grpc
+
+    from meshgate.v1 import event_pb2
+
     if r.outcome == event_pb2.OUTCOME_REJECTED:
         code = grpc.StatusCode.__members__
         name = next((c for c, v in code.items() if v.value[0] == r.code), str(r.code))
@@ -89,6 +94,10 @@ def _stdin_batches(args: argparse.Namespace) -> Iterator[list[event_pb2.Event]]:
 
 
 async def _publish(args: argparse.Namespace) -> int:
+    import grpc.aio
+
+    from meshgate.v1 import event_pb2, gateway_pb2, gateway_pb2_grpc
+
     rejected = 0
     async with channel(args.gateway, args, token=client_token(args)) as ch:
         stub = gateway_pb2_grpc.GatewayStub(ch)
@@ -119,4 +128,6 @@ async def _publish(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    import asyncio
+
     return asyncio.run(_publish(args))

@@ -6,9 +6,6 @@ import argparse
 import json
 import sys
 
-from meshgate.config import ConfigError, load_config
-from meshgate.router import Router, validate_topic
-
 __all__ = ["register", "run"]
 
 _EPILOG = """\
@@ -39,6 +36,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
+    from meshgate.config import ConfigError, load_config
+    from meshgate.router import Router, validate_topic
+
     try:
         config = load_config(args.config)
     except ConfigError as exc:

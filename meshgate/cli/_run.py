@@ -25,7 +25,7 @@ def use_event_loop() -> str:
     if os.environ.get(EVENT_LOOP_ENV, "asyncio").strip().lower() != "uvloop":
         return "asyncio"
     try:
-        import uvloop  # noqa: PLC0415 - optional, only when asked for
+        import uvloop  # optional: only when asked for
     except ImportError:
         log.warning("%s=uvloop but uvloop is not installed (pip install uvloop); using asyncio", EVENT_LOOP_ENV)
         return "asyncio"

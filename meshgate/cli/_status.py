@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-from typing import Any
-
-import grpc
+from typing import TYPE_CHECKING, Any
 
 from meshgate.cli._client import add_gateway_arg, channel, print_rpc_error
 from meshgate.cli._token import client_token
-from meshgate.v1 import admin_pb2, admin_pb2_grpc
+
+if TYPE_CHECKING:
+    from meshgate.v1 import admin_pb2
 
 __all__ = ["register"]
 
@@ -19,15 +18,21 @@ __all__ = ["register"]
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser("status", help="replication links of a gateway", description=__doc__)
     add_gateway_arg(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON object: the region and its links")
     p.set_defaults(func=run)
 
 
 def _state(link: admin_pb2.LinkStatus) -> str:
+    from meshgate.v1 import admin_pb2
+
     return admin_pb2.LinkState.Name(link.state).removeprefix("LINK_STATE_").lower()
 
 
 async def _status(args: argparse.Namespace) -> int:
+    import grpc.aio
+
+    from meshgate.v1 import admin_pb2, admin_pb2_grpc
+
     async with channel(args.gateway, args, token=client_token(args)) as ch:
         try:
             resp = await admin_pb2_grpc.AdminStub(ch).Status(admin_pb2.StatusRequest(), timeout=10)
@@ -69,4 +74,6 @@ async def _status(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    import asyncio
+
     return asyncio.run(_status(args))

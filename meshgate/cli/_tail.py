@@ -9,17 +9,16 @@ the object then has ``"data_encoding": "base64"``.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
 import json
 import sys
-from typing import Any
-
-import grpc
+from typing import TYPE_CHECKING, Any
 
 from meshgate.cli._client import add_gateway_arg, channel, print_rpc_error
 from meshgate.cli._token import client_token
-from meshgate.v1 import event_pb2, gateway_pb2, gateway_pb2_grpc
+
+if TYPE_CHECKING:
+    from meshgate.v1 import event_pb2
 
 __all__ = ["register"]
 
@@ -33,8 +32,15 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     )
     add_gateway_arg(p)
     p.add_argument("pattern", metavar="PATTERN", help="e.g. 'orders/>' or 'orders/*'")
-    p.add_argument("--from", dest="start", choices=("earliest", "latest"), default="latest")
-    p.add_argument("--limit", type=int, default=0, help="stop after N events (default: follow forever)")
+    p.add_argument(
+        "--from",
+        dest="start",
+        choices=("earliest", "latest"),
+        default="latest",
+        help="earliest: every event the region still retains, then new ones; latest: only events stored from now on"
+        " (default latest)",
+    )
+    p.add_argument("--limit", type=int, default=0, metavar="N", help="stop after N events (default: follow forever)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=run)
 
@@ -58,6 +64,10 @@ def _line(ev: event_pb2.Event, as_json: bool) -> str:
 
 
 async def _tail(args: argparse.Namespace) -> int:
+    import grpc.aio
+
+    from meshgate.v1 import gateway_pb2, gateway_pb2_grpc
+
     position = gateway_pb2.START_POSITION_EARLIEST if args.start == "earliest" else gateway_pb2.START_POSITION_LATEST
     seen = 0
     async with channel(args.gateway, args, token=client_token(args)) as ch:
@@ -81,4 +91,6 @@ def run(args: argparse.Namespace) -> int:
     if args.limit < 0:
         print("meshgate tail: --limit must be 0 or more", file=sys.stderr)
         return 2
+    import asyncio
+
     return asyncio.run(_tail(args))

@@ -8,18 +8,16 @@ the event is in every region of its route, 1 when it is missing somewhere (or no
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime
 import json
 import sys
-from typing import Any
-
-import grpc
+from typing import TYPE_CHECKING, Any
 
 from meshgate.cli._client import add_gateway_arg, channel, print_rpc_error
 from meshgate.cli._token import client_token
-from meshgate.config import parse_duration
-from meshgate.v1 import admin_pb2, admin_pb2_grpc
+
+if TYPE_CHECKING:
+    from meshgate.v1 import admin_pb2
 
 __all__ = ["register"]
 
@@ -32,9 +30,13 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_gateway_arg(p)
-    p.add_argument("event_id", metavar="EVENT_ID")
+    p.add_argument("event_id", metavar="EVENT_ID", help="the event's id, as publish printed it (id=...)")
     p.add_argument("--since", default="1h", help="look at events stored this long ago and later (default 1h)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object: the event's route, the regions it is missing from, each region's answer",
+    )
     p.set_defaults(func=run)
 
 
@@ -43,6 +45,13 @@ def _when(where: admin_pb2.Location) -> datetime.datetime | None:
 
 
 async def _trace(args: argparse.Namespace) -> int:
+    import grpc.aio
+
+    # The duration syntax only: meshgate.config loads its file loader (jsonschema, YAML,
+    # certificates) when one of the loader's names is used, which trace never does.
+    from meshgate.config import parse_duration
+    from meshgate.v1 import admin_pb2, admin_pb2_grpc
+
     try:
         lookback = parse_duration(args.since)
     except ValueError as exc:
@@ -106,4 +115,6 @@ async def _trace(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    import asyncio
+
     return asyncio.run(_trace(args))

@@ -3,18 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import secrets
 import sys
 from pathlib import Path
 from typing import Any
-
-from prometheus_client import CollectorRegistry
-
-from meshgate.cli._claim import ClaimError, UpClaim, endpoints_of
-from meshgate.cli._run import run_until_signalled, use_event_loop
-from meshgate.config import QUICKSTART_PATH, ConfigError, load_config, replication_auth_issue
-from meshgate.gateway import Gateway
 
 __all__ = ["register"]
 
@@ -30,6 +21,16 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import asyncio
+    import secrets
+
+    from prometheus_client import CollectorRegistry
+
+    from meshgate.cli._claim import ClaimError, UpClaim, endpoints_of
+    from meshgate.cli._run import run_until_signalled, use_event_loop
+    from meshgate.config import QUICKSTART_PATH, ConfigError, load_config, replication_auth_issue
+    from meshgate.gateway import Gateway
+
     path: Path = args.config or QUICKSTART_PATH
     try:
         config = load_config(path)

@@ -20,11 +20,10 @@ from meshgate.brokers._codec import (
     subject_to_topic,
     topic_to_subject,
     unescape_header_value,
-    validate_pattern,
-    validate_topic,
 )
 from meshgate.brokers.nats import JetStreamRejectedError, JetStreamUnavailableError
 from meshgate.brokers.nats._wire import PubAckParser, header_block, parse_ack_subject, parse_puback
+from meshgate.topics import validate_topic
 from meshgate.v1 import event_pb2
 
 LEVEL_CHARS = string.ascii_letters + string.digits + "-_"
@@ -76,7 +75,7 @@ def parse_block(block: str) -> dict[str, str]:
 
 @given(topics)
 def test_topic_subject_mapping_is_one_to_one(topic: str) -> None:
-    validate_topic(topic)
+    assert validate_topic(topic) is None
     subject = topic_to_subject(topic, "mesh.")
     assert subject == "mesh." + topic.replace("/", ".")
     assert subject_to_topic(subject, "mesh.") == topic
@@ -88,10 +87,12 @@ def test_topic_subject_mapping_is_one_to_one(topic: str) -> None:
     ["", "orders/", "/orders", "orders//x", "orders.created", "orders/cre ated", "a" * 65, "/".join(["a"] * 17), "ü"],
 )
 def test_invalid_topics(topic: str) -> None:
-    with pytest.raises(ValueError, match="topic"):  # the router's reason, e.g. "level 2 is empty"
-        validate_topic(topic)
-    with pytest.raises(ValueError):
+    reason = validate_topic(topic)  # e.g. "topic 'orders//x': level 2 is empty; ..."
+    assert reason is not None
+    assert reason.startswith("topic")
+    with pytest.raises(ValueError, match="topic") as refused:
         SubjectMapper("mesh.").subject(topic)
+    assert str(refused.value) == reason
 
 
 def test_subject_outside_prefix() -> None:
@@ -116,7 +117,7 @@ def test_pattern_to_filter(pattern: str, subject: str) -> None:
 @pytest.mark.parametrize("pattern", ["", "orders/>/x", "orders/*x", "orders/a>", "orders//*", "or ders/*"])
 def test_invalid_patterns(pattern: str) -> None:
     with pytest.raises(ValueError, match="pattern"):
-        validate_pattern(pattern)
+        pattern_to_filter(pattern, "mesh.")
 
 
 # -- header values and time -------------------------------------------------------------------

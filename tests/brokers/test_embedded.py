@@ -24,7 +24,7 @@ from meshgate.brokers import (
     StartAt,
     make_broker,
 )
-from meshgate.brokers.embedded import find_nats_server
+from meshgate.brokers.embedded import RestartPolicy, find_nats_server
 from meshgate.brokers.kafka import KafkaBroker
 from meshgate.config import BrokerKind, NatsSettings, RegionConfig
 from tests.brokers._contract import make_event, read_events, sequences
@@ -146,17 +146,111 @@ async def test_log_keeps_flowing_after_ready(nats_server: EmbeddedNats) -> None:
             await asyncio.sleep(0.01)
 
 
-async def test_unexpected_exit_is_noticed_and_start_recovers(nats_server: EmbeddedNats) -> None:
-    port, pid = nats_server.port, nats_server.pid
-    assert pid is not None
-    os.kill(pid, signal.SIGKILL)  # not through kill(): as if the OOM killer did it
-    async with asyncio.timeout(10):
-        while server_state(nats_server) is not EmbeddedNatsState.FAILED:
-            await asyncio.sleep(0.01)
-    assert nats_server.pid is None
-    await nats_server.start()
-    assert server_state(nats_server) is EmbeddedNatsState.RUNNING
-    assert nats_server.port == port and nats_server.pid != pid
+async def test_unexpected_exit_without_restarts_is_noticed_and_start_recovers(tmp_path: Path) -> None:
+    async with EmbeddedNats(data_dir=tmp_path / "nats", restart=None) as server:
+        port, pid = server.port, server.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)  # not through kill(): as if the OOM killer did it
+        async with asyncio.timeout(10):
+            while server_state(server) is not EmbeddedNatsState.FAILED:
+                await asyncio.sleep(0.01)
+        assert server.pid is None
+        assert server.failure == f"nats-server pid {pid} exited unexpectedly with signal 9 (SIGKILL)"
+        await server.start()
+        assert server_state(server) is EmbeddedNatsState.RUNNING
+        assert server.port == port and server.pid != pid
+
+
+def switchable_server(tmp_path: Path) -> tuple[Path, Path]:
+    """A nats-server binary that runs the real one while ``flag`` exists and fails to start otherwise."""
+    flag = tmp_path / "may-start"
+    flag.touch()
+    real = find_nats_server()
+    binary = fake_server(
+        tmp_path,
+        f'[ -e "{flag}" ] || {{ echo "[FTL] the store is broken (on purpose)"; exit 7; }}\nexec "{real}" "$@"\n',
+    )
+    return binary, flag
+
+
+async def test_killed_server_is_restarted_on_its_port_and_data(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """kill -9 of the child: restarted by itself, same port, every acked event still there."""
+    async with EmbeddedNats(data_dir=tmp_path / "nats") as server:
+        port, pid = server.port, server.pid
+        assert pid is not None
+        async with NatsBroker(servers=[server.url], settings=NatsSettings(), idempotency_window_seconds=60) as b:
+            acked = sequences(await b.append([make_event("orders/created", f"e{i}") for i in range(20)]))
+            assert acked == list(range(1, 21))
+            os.kill(pid, signal.SIGKILL)
+            async with asyncio.timeout(30):
+                while server.pid in (None, pid) or server_state(server) is not EmbeddedNatsState.RUNNING:
+                    await asyncio.sleep(0.01)
+            assert server.port == port and server.restarts == 1
+            # The client reconnects to the same URL by itself, and the log is whole.
+            got = await read_events(b, ">", 20, start=StartAt(earliest=True))
+            assert [e.id for e in got] == [f"e{i}" for i in range(20)]
+            assert sequences(await b.append([make_event("orders/created", "after")])) == [21]
+    warnings = [
+        r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "embedded NATS" in r.getMessage()
+    ]
+    assert any(f"pid {pid} exited unexpectedly with signal 9 (SIGKILL); restarting it on" in m for m in warnings)
+    assert any("Server is ready" in m for m in warnings)  # the log tail of the dead server
+    assert any("restarted (pid" in m for m in warnings)
+
+
+async def test_supervisor_gives_up_when_restarts_keep_failing(tmp_path: Path) -> None:
+    binary, flag = switchable_server(tmp_path)
+    policy = RestartPolicy(initial_backoff_seconds=0.01, max_backoff_seconds=0.05, max_restarts=3)
+    server = EmbeddedNats(data_dir=tmp_path / "nats", binary=binary, restart=policy)
+    async with server:
+        pid = server.pid
+        assert pid is not None
+        flag.unlink()
+        os.kill(pid, signal.SIGKILL)
+        async with asyncio.timeout(30):
+            while server_state(server) is not EmbeddedNatsState.FAILED:
+                await asyncio.sleep(0.01)
+        assert server.restarts == 3
+        assert server.failure.startswith("gave up restarting nats-server after 3 restarts within 60 s; last: restart 3")
+        assert "exited with code 7" in server.failure and "the store is broken (on purpose)" in server.failure
+    assert server_state(server) is EmbeddedNatsState.STOPPED
+
+
+async def test_stop_and_kill_never_restart(tmp_path: Path) -> None:
+    """Only an exit nobody asked for is restarted; a stop during a restart's backoff ends it."""
+    binary, flag = switchable_server(tmp_path)
+    policy = RestartPolicy(initial_backoff_seconds=0.01, max_backoff_seconds=0.02, max_restarts=1000)
+    async with EmbeddedNats(data_dir=tmp_path / "nats", binary=binary, restart=policy) as server:
+        await server.kill()
+        assert server_state(server) is EmbeddedNatsState.STOPPED and server.restarts == 0
+        await server.start()
+        flag.unlink()  # restarts fail from now on, and the supervisor keeps trying
+        pid = server.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        async with asyncio.timeout(30):
+            while server.restarts < 2:
+                await asyncio.sleep(0.01)
+        assert server_state(server) is EmbeddedNatsState.RESTARTING
+        await server.stop()
+        restarts = server.restarts
+        assert server_state(server) is EmbeddedNatsState.STOPPED and server.pid is None
+        flag.touch()
+        await asyncio.sleep(0.2)  # a restart after stop() would be due within 0.02 s
+        assert server.restarts == restarts and server.pid is None
+
+
+def test_restart_policy_backoff() -> None:
+    policy = RestartPolicy(initial_backoff_seconds=0.1, max_backoff_seconds=3.0)
+    assert 0.05 <= policy.delay(0) <= 0.1
+    assert 0.2 <= policy.delay(2) <= 0.4
+    assert 1.5 <= policy.delay(10) <= 3.0
+    with pytest.raises(ValueError, match="restart backoff"):
+        RestartPolicy(initial_backoff_seconds=0)
+    with pytest.raises(ValueError, match="max_restarts"):
+        RestartPolicy(max_restarts=0)
 
 
 # -- EmbeddedNatsBroker and make_broker -------------------------------------------------------

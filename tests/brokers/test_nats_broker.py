@@ -12,7 +12,6 @@ from typing import Any
 import nats
 import pytest
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.kv import KeyValue
 
 from meshgate.brokers import (
@@ -346,46 +345,8 @@ async def test_a_late_ack_of_an_old_generation_acks_nothing_of_the_new_one(nats_
         await new.close()
 
 
-async def test_a_legacy_consumer_is_continued_from_its_floor_and_deleted(nats_server: EmbeddedNats) -> None:
-    """Upgrade: mg-link-<dest> of earlier releases (explicit acks, no generation)."""
-    async with make_nats_broker(nats_server) as broker, await nats.connect(nats_server.url) as nc:
-        seqs = sequences(await broker.append([make_event("orders/created", f"l{i}") for i in range(6)]))
-        js = nc.jetstream()
-        await js.add_consumer(
-            "MESHGATE",
-            ConsumerConfig(
-                name="mg-link-there",
-                durable_name="mg-link-there",
-                ack_policy=AckPolicy.EXPLICIT,
-                deliver_policy=DeliverPolicy.ALL,
-                filter_subject="mesh.>",
-            ),
-        )
-        sub = await js.pull_subscribe_bind("mg-link-there", "MESHGATE")
-        msgs = await sub.fetch(4, timeout=BOUND)
-        for msg in msgs[:2]:
-            await msg.ack_sync()
-        await msgs[3].ack_sync()  # acked out of order: above the floor, which stays at l1
-        await sub.unsubscribe()
-        consumer = await broker.durable_consumer("mg-link-there")
-        assert consumer.name == "mg-link-there@1"
-        got = await consumer.fetch(10, timeout=BOUND)
-        # From right after the floor; l3 again (acked above the floor): the destination's dedup answers it.
-        assert [(d.event.id, d.event.sequence) for d in got] == [(f"l{i}", seqs[i]) for i in range(2, 6)]
-        assert await _consumer_names(nats_server) == {"mg-link-there@1"}
-        await consumer.ack(got)
-        await consumer.close()
-        # Reopened: the next generation, from the floor the last one reached.
-        again = await broker.durable_consumer("mg-link-there")
-        assert again.name == "mg-link-there@2"
-        assert await again.fetch(10, timeout=0.3) == []
-        assert await again.pending() == 0
-        assert await _consumer_names(nats_server) == {"mg-link-there@2"}
-        await again.close()
-
-
 def test_generation_names_never_collide_across_destinations() -> None:
-    assert _generation_of("mg-link-b", "mg-link-b") == 0  # from before generations
+    assert _generation_of("mg-link-b", "mg-link-b") is None  # the name itself is no generation
     assert _generation_of("mg-link-b@12", "mg-link-b") == 12
     # Destination b-2's consumers are never b's generations, nor b's theirs.
     assert _generation_of("mg-link-b-2", "mg-link-b") is None

@@ -6,6 +6,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -13,7 +14,7 @@ import pytest
 from meshgate.brokers import AppendResult, BrokerError
 from meshgate.brokers.embedded import EmbeddedNats
 from meshgate.config import NatsSettings, Settings
-from meshgate.gateway import Gateway, _replication
+from meshgate.gateway import Gateway, _checkpoint
 from meshgate.gateway._dedup import stream_key
 from meshgate.v1 import event_pb2, gateway_pb2_grpc, replication_pb2, replication_pb2_grpc
 from tests._replication import METADATA
@@ -267,23 +268,6 @@ async def test_two_streams_recovered_from_checkpoint_and_scan(nats_server: Embed
         await gw.stop()
 
 
-async def test_checkpoint_of_the_one_stream_format_still_loads(nats_server: EmbeddedNats, tmp_path: Path) -> None:
-    gw = await start_gateway(nats_server, tmp_path)
-    try:
-        # Written by a gateway from before streams: it speaks for stream "" (a NATS origin).
-        await gw.broker.put_checkpoint(
-            "replication.there", json.dumps({"acked": 3, "position": 0, "refused": {"5": "too large"}}).encode()
-        )
-        outcomes = await replicate(gw.address, from_there([2, 3, 4, 5]) + from_stream(A, [2]))
-        assert outcomes == [[DUPLICATE, DUPLICATE, ACCEPTED, REJECTED, ACCEPTED]]
-        assert positions(await stored(gw)) == [("", 4), (A, 2)]
-        # Moved to entries per stream; the old value only says so.
-        assert {name: s["acked"] for name, s in (await entries(gw)).items()} == {"": 5, A: 2}
-        assert "moved" in json.loads(await gw.broker.get_checkpoint("replication.there") or b"{}")
-    finally:
-        await gw.stop()
-
-
 # -- several calls from one origin at once (a Kafka source: one per replica of the source) -----
 
 
@@ -342,25 +326,25 @@ def hold_append(gw: Gateway, monkeypatch: pytest.MonkeyPatch, stream: str, seq: 
     even if its call was cut meanwhile (a write already on its way to the broker).
 
     Returns (entered, release, landed)."""
-    real = gw.broker.append
+    real = gw.broker.append_raw
     entered, release, landed = asyncio.Event(), asyncio.Event(), asyncio.Event()
     tasks: list[asyncio.Task[list[AppendResult | BrokerError]]] = []
 
-    async def land(events: Sequence[event_pb2.Event]) -> list[AppendResult | BrokerError]:
+    async def land(**batch: Any) -> list[AppendResult | BrokerError]:
         entered.set()
         await release.wait()
         try:
-            return await real(events)
+            return await real(**batch)
         finally:
             landed.set()
 
-    async def append(events: Sequence[event_pb2.Event]) -> list[AppendResult | BrokerError]:
-        if any(e.origin_stream == stream and e.origin_sequence == seq for e in events):
-            tasks.append(asyncio.create_task(land(events)))
+    async def append_raw(**batch: Any) -> list[AppendResult | BrokerError]:
+        if (stream, seq) in zip(batch["origin_streams"], batch["origin_sequences"], strict=True):
+            tasks.append(asyncio.create_task(land(**batch)))
             return await asyncio.shield(tasks[-1])
-        return await real(events)
+        return await real(**batch)
 
-    monkeypatch.setattr(gw.broker, "append", append)
+    monkeypatch.setattr(gw.broker, "append_raw", append_raw)
     return entered, release, landed
 
 
@@ -492,17 +476,17 @@ async def test_stream_entry_written_before_its_first_event_is_stored(
     gw = await start_gateway(nats_server, tmp_path)
     try:
         seen: list[str] = []
-        real_append, real_put = gw.broker.append, gw.broker.put_checkpoint
+        real_append, real_put = gw.broker.append_raw, gw.broker.put_checkpoint
 
-        async def append(events: Sequence[event_pb2.Event]) -> list[AppendResult | BrokerError]:
-            seen.extend(f"store {e.origin_stream}" for e in events)
-            return await real_append(events)
+        async def append_raw(**batch: Any) -> list[AppendResult | BrokerError]:
+            seen.extend(f"store {name}" for name in batch["origin_streams"])
+            return await real_append(**batch)
 
         async def put(name: str, value: bytes) -> None:
             seen.append(f"entry {name}")
             await real_put(name, value)
 
-        monkeypatch.setattr(gw.broker, "append", append)
+        monkeypatch.setattr(gw.broker, "append_raw", append_raw)
         monkeypatch.setattr(gw.broker, "put_checkpoint", put)
         call = OpenCall(gw.address)
         assert await call.send(from_stream(A, [1])) == [ACCEPTED]
@@ -553,7 +537,7 @@ async def test_recovery_moves_every_entry_up_to_the_end_of_its_scan(nats_server:
 async def test_an_open_call_moves_up_the_entries_of_its_quiet_streams(
     nats_server: EmbeddedNats, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_replication, "_REFRESH_EVERY", 0.2)
+    monkeypatch.setattr(_checkpoint, "_REFRESH_EVERY", 0.2)
     gw = await start_gateway(nats_server, tmp_path)
     try:
         call = OpenCall(gw.address)
@@ -570,46 +554,13 @@ async def test_an_open_call_moves_up_the_entries_of_its_quiet_streams(
         # its own: that call keeps it up to date. This one leaves it as it is (had it written
         # it, the position would move up: the entry knows nothing this call does not) while it
         # goes on moving up its other streams.
-        theirs = json.dumps({"format": 3, "acked": 1, "above": [], "refused": {}, "position": "1"}).encode()
+        theirs = json.dumps({"format": 1, "acked": 1, "above": [], "refused": {}, "position": "1"}).encode()
         await gw.broker.put_checkpoint(stream_key("there", B), theirs)
         grown_again = await local_traffic(gw, 20)
         await until(lambda: moved_up("", grown_again))
         assert await gw.broker.get_checkpoint(stream_key("there", B)) == theirs
         await call.end()
         assert (await entries(gw))[A]["acked"] == 1
-    finally:
-        await gw.stop()
-
-
-async def test_format_2_checkpoint_moves_to_entries(nats_server: EmbeddedNats, tmp_path: Path) -> None:
-    gw = await start_gateway(nats_server, tmp_path)
-    try:
-        assert all(isinstance(r, AppendResult) for r in await gw.broker.append(as_stored(from_stream(B, [1, 2]))))
-        # A gateway of the previous version wrote one value for the origin, and no entries. What
-        # it knows of A is not in the log (A:1..3 were refused, or aged out): only it can tell.
-        old = {
-            "format": 2,
-            "position": await gw.broker.log_position(),
-            "streams": {
-                A: {"acked": 3, "above": [], "refused": {}},
-                B: {"acked": 1, "above": [2], "refused": {"5": "too large"}},
-            },
-        }
-        await gw.broker.put_checkpoint("replication.there", json.dumps(old).encode())
-        # Stored after the old value's position: only the scan from there finds it.
-        assert all(isinstance(r, AppendResult) for r in await gw.broker.append(as_stored(from_stream(B, [3]))))
-        resend = [*from_stream(A, [2, 3], tag="-r"), *from_stream(B, [2, 3], tag="-r")]
-        assert await replicate(gw.address, resend, from_stream(B, [4, 5], tag="-r")) == [
-            [DUPLICATE] * 4,
-            [ACCEPTED, REJECTED],
-        ]
-        saved = await entries(gw)
-        assert {name: s["acked"] for name, s in saved.items()} == {A: 3, B: 5}
-        assert "moved" in json.loads(await gw.broker.get_checkpoint("replication.there") or b"{}")
-        # From then on the entries are what a recovery reads (the poison event refused again).
-        outcomes = await replicate(gw.address, from_stream(B, [4, 5], tag="-rr") + from_stream(A, [4]))
-        assert outcomes == [[DUPLICATE, REJECTED, ACCEPTED]]
-        assert sorted(positions(await stored(gw))) == [(A, 4), (B, 1), (B, 2), (B, 3), (B, 4)]
     finally:
         await gw.stop()
 

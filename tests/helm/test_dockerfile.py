@@ -16,6 +16,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tomllib
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -251,17 +252,18 @@ def test_copies_only_what_dockerignore_allows() -> None:
     assert top == set(sources)
 
 
-# The benchmark harness (meshgate/bench -> ../bench, for `meshgate bench`) stays out of the image.
-_NOT_IN_IMAGE = {"bench"}
+def package_dirs() -> dict[str, str]:
+    """pyproject.toml's package-directory mapping: subpackage -> the top-level folder it is built from."""
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        setuptools = tomllib.load(f)["tool"]["setuptools"]
+    return dict(setuptools["package-dir"])
 
 
-def test_the_import_package_links_are_all_copied() -> None:
-    links = {p.name: os.readlink(p) for p in (ROOT / "meshgate").iterdir() if p.is_symlink()}
-    assert links, "meshgate/ links to the architecture folders"
-    for name, target in links.items():
-        if name in _NOT_IN_IMAGE:
-            continue
-        assert Path(target).parts[1] in copy_sources(), f"meshgate -> {target} is not copied"
+def test_every_mapped_folder_is_copied() -> None:
+    dirs = package_dirs()
+    assert "meshgate.gateway" in dirs, "pyproject.toml maps the architecture folders into meshgate"
+    for package, folder in dirs.items():
+        assert Path(folder).parts[0] in copy_sources(), f"{package} ({folder}/) is not copied"
 
 
 def test_context_leaves_out_local_state() -> None:
@@ -270,7 +272,7 @@ def test_context_leaves_out_local_state() -> None:
     assert "config/mesh.schema.json" in CONTEXT
     for f in CONTEXT:
         top = f.split("/")[0]
-        assert top not in (".git", ".venv", ".venv-ci", "tests", "helm", ".meshgate", "bench", "docs"), f
+        assert top not in (".git", ".venv", ".venv-ci", "tests", "helm", ".meshgate", "docs"), f
         assert "__pycache__" not in f
         assert ".egg-info" not in f
 
@@ -282,12 +284,8 @@ def test_the_context_builds_the_package(tmp_path: Path) -> None:
         src, dst = ROOT / f, context / f
         dst.parent.mkdir(parents=True, exist_ok=True)
         if src.is_symlink():
-            dst.symlink_to(os.readlink(src))
-        else:
-            shutil.copy2(src, dst)
-    for link in (ROOT / "meshgate").iterdir():
-        if link.is_symlink():
-            (context / "meshgate" / link.name).symlink_to(os.readlink(link))
+            continue  # the wheel is built from the package-directory mapping, never through a link
+        shutil.copy2(src, dst)
     isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "-q", "-w", str(tmp_path / "dist"), "."],
@@ -310,6 +308,10 @@ def test_the_context_builds_the_package(tmp_path: Path) -> None:
         "meshgate/replicator/__init__.py",
         "meshgate/brokers/__init__.py",
         "meshgate/router/__init__.py",
+        "meshgate/observability/_tracing.py",
+        "meshgate/topics.py",
+        "meshgate/testing/__init__.py",
+        "meshgate/bench/mesh_bench.py",
     ):
         assert needed in names, needed
     assert "meshgate = meshgate.cli:main" in entry_points

@@ -14,19 +14,32 @@ import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiokafka.errors as ke
 import grpc
+import nats
 import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from meshgate.brokers import BrokerUnavailableError, EventRejectedError, MessageTooLargeError
+from meshgate.brokers import (
+    BrokerUnavailableError,
+    EventRejectedError,
+    KafkaMessageTooLargeError,
+    MessageTooLargeError,
+)
 from meshgate.brokers.embedded import EmbeddedNats
-from meshgate.config import Limits, RouteRule
+from meshgate.brokers.kafka._errors import kafka_error
+from meshgate.brokers.nats._errors import jetstream_error
+from meshgate.config import BrokerKind, Limits, MeshConfig, RegionConfig, RouteRule, Settings
 from meshgate.gateway import Gateway
-from meshgate.gateway._metrics import REFUSAL_REASONS, admission_reason, broker_reason
+from meshgate.gateway._admission import Admission
+from meshgate.gateway._metrics import REFUSAL_REASONS, broker_reason
 from meshgate.replicator._metrics import LINK_STATES
+from meshgate.testing import Tansu
 from meshgate.v1 import event_pb2, gateway_pb2, gateway_pb2_grpc, replication_pb2, replication_pb2_grpc
-from tests._replication import METADATA
+from tests._full_store import SmallStoreNats, fill_with_filler
+from tests._replication import METADATA, SECURITY
+from tests._servers import make_kafka_broker
 from tests.gateway._helpers import ev, read_all, two_region_mesh
 from tests.gateway.conftest import mesh_for
 from tests.observability.test_rules import METRICS
@@ -86,16 +99,43 @@ async def gateway(nats_server: EmbeddedNats, tmp_path: Path) -> AsyncIterator[tu
         await gw.stop(grace=1.0)
 
 
-def test_refusal_reasons_map_admission_and_broker_answers() -> None:
-    assert admission_reason("data of 5000 bytes exceeds max_data_bytes of 4096 bytes") == "too_large"
-    assert (
-        admission_reason("attributes and extensions of 9 bytes exceed max_attributes_bytes of 8 bytes") == "too_large"
-    )
-    assert admission_reason("id has 300 characters; at most 256") == "too_large"
-    assert admission_reason("topic is required, e.g. 'orders/created'") == "invalid"
+def test_admission_says_which_refusals_are_over_a_size_limit() -> None:
+    limits = Limits(max_data_bytes=8, max_extensions=1, max_attributes_bytes=1024)
+    admission = Admission(region="here", limits=limits, route=lambda topic, region: ())
+    too_large = [
+        ev(data=b"x" * 9),
+        ev(id="i" * 300),
+        ev(extensions={"a": "1", "b": "2"}),
+        ev(source="s" * 2000),
+        ev(extensions={"a": "v" * 1100}),
+    ]
+    invalid = [ev(topic=""), ev(topic="bad//topic"), ev(id="bad\x01id"), ev(specversion="0.3"), ev(origin="x")]
+    for event in too_large:
+        refusal = admission.check(event)
+        assert refusal is not None and refusal.too_large, (event, refusal)
+    for event in invalid:
+        refusal = admission.check(event)
+        assert refusal is not None and not refusal.too_large, (event, refusal)
+    assert admission.check(ev()) is None
+
+
+def test_broker_refusals_are_labelled_by_their_class_not_their_message() -> None:
     assert broker_reason(BrokerUnavailableError("timeout")) == "unavailable"
-    assert broker_reason(MessageTooLargeError(size=10, data_size=5, max_payload=8)) == "too_large"
+    assert broker_reason(BrokerUnavailableError("too large, no room")) == "unavailable"
     assert broker_reason(EventRejectedError("no")) == "invalid"
+    assert broker_reason(EventRejectedError("event too large: exceeds max_data_bytes")) == "invalid"
+    # Too large, whichever adapter said so, by its own check or the broker's answer.
+    assert broker_reason(MessageTooLargeError(size=10, data_size=5, max_payload=8)) == "too_large"
+    assert broker_reason(KafkaMessageTooLargeError(size=10, data_size=5, max_message_bytes=8)) == "too_large"
+    assert broker_reason(kafka_error(ke.MessageSizeTooLargeError(), "write")) == "too_large"
+    assert broker_reason(kafka_error(ke.RecordListTooLargeError(), "write")) == "too_large"
+    too_big = jetstream_error(code=400, err_code=10054, description="message size exceeds maximum allowed", subject="s")
+    assert broker_reason(too_big) == "too_large"
+    assert broker_reason(kafka_error(ke.InvalidTopicError(), "write")) == "invalid"
+    # Out of room: its own label, not unavailable.
+    assert broker_reason(kafka_error(ke.KafkaStorageError(), "write")) == "storage_full"
+    full = jetstream_error(code=500, err_code=10023, description="insufficient resources", subject="s")
+    assert broker_reason(full) == "storage_full"
 
 
 async def test_publish_counters_and_live_metrics(gateway: tuple[Gateway, str]) -> None:
@@ -131,6 +171,7 @@ async def test_publish_counters_and_live_metrics(gateway: tuple[Gateway, str]) -
         "invalid": 2,
         "too_large": 2 + 101,
         "unavailable": 0,
+        "storage_full": 0,
         "backpressure": 0,
         "shutting_down": 0,
         "permission": 0,
@@ -259,3 +300,90 @@ async def test_link_and_ingress_metrics_across_two_regions(nats_server: Embedded
         finally:
             await here.stop(grace=1.0)
             await there.stop(grace=1.0)
+
+
+# -- refusals by real brokers: the label comes from the kind of refusal ---------------------------
+
+
+def refused_by_reason(gw: Gateway) -> dict[str, float]:
+    got = samples(generate_latest(gw.metrics.registry).decode())
+    counts = {r: value(got, "meshgate_events_refused_total", region=gw.region, reason=r) for r in REFUSAL_REASONS}
+    return {r: n for r, n in counts.items() if n}
+
+
+async def publish_one(gw: Gateway, event: event_pb2.Event) -> event_pb2.EventResult:
+    """Publishes one event on a stream (answered per event, not as a status)."""
+    async with grpc.aio.insecure_channel(gw.address) as ch:
+        call = gateway_pb2_grpc.GatewayStub(ch).PublishStream()
+        await call.write(gateway_pb2.PublishRequest(events=[event]))
+        resp = await call.read()
+        await call.done_writing()
+    assert isinstance(resp, gateway_pb2.PublishResponse)
+    (result,) = resp.results
+    return result
+
+
+async def test_a_record_too_large_for_kafka_is_counted_too_large(tansu: Tansu, tmp_path: Path) -> None:
+    config = MeshConfig(
+        regions=(
+            RegionConfig(name="kf", kind=BrokerKind.KAFKA, brokers=(tansu.bootstrap,), gateway="127.0.0.1:0"),
+            RegionConfig(name="there", kind=BrokerKind.NATS, brokers=("127.0.0.1:1",), gateway="127.0.0.1:0"),
+        ),
+        routing=(RouteRule(index=0, topic="orders/*", regions=("kf",)),),
+        # Admission lets 4 KiB of data through; the region's Kafka records hold at most 2 KiB.
+        settings=Settings(limits=Limits(max_data_bytes=4096)),
+        security=SECURITY,
+    )
+    gw = Gateway(
+        config=config,
+        region="kf",
+        data_dir=tmp_path,
+        listen="127.0.0.1:0",
+        broker=make_kafka_broker(tansu, max_message_bytes=2048),
+        replicate=False,
+    )
+    await gw.start()
+    try:
+        result = await publish_one(gw, ev(id="big", data=b"x" * 3000))
+        assert result.outcome == event_pb2.OUTCOME_REJECTED and "max_message_bytes" in result.message, result
+        assert (await publish_one(gw, ev(id="small"))).outcome == event_pb2.OUTCOME_ACCEPTED
+        assert refused_by_reason(gw) == {"too_large": 1}
+    finally:
+        await gw.stop(grace=1.0)
+
+
+async def test_an_event_over_the_streams_max_msg_size_is_counted_too_large(
+    nats_server: EmbeddedNats, tmp_path: Path
+) -> None:
+    gw = Gateway(config=mesh_for(nats_server), region="here", data_dir=tmp_path, listen="127.0.0.1:0", replicate=False)
+    await gw.start()
+    try:
+        # An operator caps the stream's messages below the server's max_payload: JetStream
+        # itself refuses the event (err_code 10054), not the adapter's max_payload check.
+        async with await nats.connect(nats_server.url) as nc:
+            jsm = nc.jetstream()
+            info = await jsm.stream_info("MESHGATE")
+            info.config.max_msg_size = 1024
+            await jsm.update_stream(info.config)
+        result = await publish_one(gw, ev(id="big", data=b"x" * 2000))
+        assert result.outcome == event_pb2.OUTCOME_REJECTED and "10054" in result.message, result
+        assert refused_by_reason(gw) == {"too_large": 1}
+    finally:
+        await gw.stop(grace=1.0)
+
+
+async def test_a_full_jetstream_is_counted_storage_full(tmp_path: Path) -> None:
+    server = SmallStoreNats(max_file_store=512 * 1024, data_dir=tmp_path / "small", server_name="meshgate-small")
+    await server.start()
+    gw = Gateway(config=mesh_for(server), region="here", data_dir=tmp_path, listen="127.0.0.1:0", replicate=False)
+    try:
+        await gw.start()
+        assert (await publish_one(gw, ev(id="before"))).outcome == event_pb2.OUTCOME_ACCEPTED
+        await fill_with_filler(server.url)
+        result = await publish_one(gw, ev(id="full", data=b"x" * 2048))
+        assert result.outcome == event_pb2.OUTCOME_REJECTED, result
+        assert result.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], result
+        assert refused_by_reason(gw) == {"storage_full": 1}
+    finally:
+        await gw.stop(grace=1.0)
+        await server.stop()

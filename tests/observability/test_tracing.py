@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,11 +28,14 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
+from meshgate.brokers import AppendResult, RawBatch
+from meshgate.brokers._codec import header_lines, parse_header_lines
 from meshgate.brokers.embedded import EmbeddedNats
 from meshgate.gateway import Gateway
-from meshgate.gateway._tracing import BatchTrace, Tracing, tracing_configured
+from meshgate.gateway._classify import ProcessedBatch
+from meshgate.observability import BatchTrace, Tracing, tracing_configured
 from meshgate.testing import ServeProcess
-from meshgate.v1 import event_pb2, gateway_pb2, gateway_pb2_grpc
+from meshgate.v1 import event_pb2, gateway_pb2, gateway_pb2_grpc, replication_pb2
 from tests._replication import VARIABLE
 from tests.e2e._mesh import free_port, wait_until
 from tests.gateway._helpers import ev, read_all
@@ -317,3 +321,66 @@ async def test_off_without_otel_env_does_no_span_work(
         assert stored["own"].extensions["traceparent"] == tp
     finally:
         await gw.stop(grace=1.0)
+
+
+# --- the one replication path: spans from, and contexts into, raw header lines ---------------------
+
+
+def test_send_spans_rewrite_the_traceparent_line_of_raw_events() -> None:
+    tracing, exporter = _in_memory()
+    tid, publish_sid = 0xFEED, 0x51
+    stored = header_lines(ev(id="t-1", origin="a", route=["a", "b"], extensions={"traceparent": _tp(tid, publish_sid)}))
+    bare = header_lines(ev(id="t-2", origin="a", route=["a", "b"]))
+    raw = RawBatch(
+        ids=["t-1", "t-2"], topics=["orders/created"] * 2, sequences=[7, 8], headers=[stored, bare], data=[b"{}"] * 2
+    )
+    spans = tracing.start_send(raw, "b")
+    tracing.end_send(spans, {1: "too large"}, duplicates=0)
+    finished = {s.attributes["messaging.message.id"]: s for s in exporter.get_finished_spans()}  # type: ignore[index]
+    send = finished["t-1"]
+    assert send.name == "orders/created send"
+    assert send.parent.span_id == publish_sid  # type: ignore[union-attr]
+    assert send.context.trace_id == tid
+    assert send.attributes["meshgate.outcome"] == "accepted"  # type: ignore[index]
+    assert not finished["t-2"].status.is_ok
+    # The forwarded lines carry the send span's context: the line replaced in place, or added.
+    assert raw.headers[0] == stored.replace(_tp(tid, publish_sid).encode(), _tp(tid, send.context.span_id).encode())
+    assert raw.headers[0].count(b"ce-traceparent:") == 1
+    new = parse_header_lines(raw.headers[1])["ce-traceparent"]
+    root = finished["t-2"].context
+    assert new == f"00-{root.trace_id:032x}-{root.span_id:016x}-{root.trace_flags:02x}"
+    tracing.shutdown()
+
+
+def test_process_spans_stamp_the_lines_written_here() -> None:
+    tracing, exporter = _in_memory("b")
+    tid, send_sid = 0xBEEF, 0x77
+    lines = [
+        header_lines(ev(id=f"p-{i}", origin="a", route=["a", "b"], extensions={"traceparent": _tp(tid, send_sid)}))
+        for i in range(2)
+    ]
+    request = replication_pb2.ReplicateRequest(
+        source_region="a",
+        batch_id=1,
+        raw=replication_pb2.RawEvents(
+            ids=["p-0", "p-1"], topics=["orders/created"] * 2, sequences=[1, 2], headers=lines, data=[b"{}"] * 2
+        ),
+    )
+    batch = ProcessedBatch(request)
+    batch.w_index, batch.w_headers = [1], [lines[1]]  # p-0 a resend, p-1 to be written
+    spans = tracing.start_process("a", batch, time.time_ns())
+    batch.written = [AppendResult(sequence=42, duplicate=False)]
+    tracing.end_process(spans, batch)
+    finished = {s.attributes["messaging.message.id"]: s for s in exporter.get_finished_spans()}  # type: ignore[index]
+    assert {s.parent.span_id for s in finished.values()} == {send_sid}  # type: ignore[union-attr]
+    assert finished["p-0"].attributes["meshgate.dedup"] == "duplicate"  # type: ignore[index]
+    assert finished["p-1"].attributes["meshgate.dedup"] == "stored"  # type: ignore[index]
+    assert finished["p-1"].kind is SpanKind.CONSUMER
+    # The copy written here names the process span that wrote it; the request's lines are unchanged.
+    assert parse_header_lines(batch.w_headers[0])["ce-traceparent"] == _tp(tid, finished["p-1"].context.span_id)
+    assert request.raw.headers[1] == lines[1]
+    tracing.shutdown()
+
+
+def _tp(trace_id: int, span_id: int) -> str:
+    return f"00-{trace_id:032x}-{span_id:016x}-01"

@@ -13,12 +13,11 @@ import grpc
 import nats
 import pytest
 
-from meshgate.brokers import Delivery
+from meshgate.brokers import RawBatch
 from meshgate.brokers.embedded import EmbeddedNats
 from meshgate.config import Limits, MeshConfig, RouteRule
 from meshgate.gateway import Gateway
 from meshgate.gateway._limits import ClientRates, ClientStreams
-from meshgate.replicator._link import _split_by_bytes
 from meshgate.v1 import admin_pb2, admin_pb2_grpc, event_pb2, gateway_pb2, gateway_pb2_grpc
 from tests.e2e._mesh import free_port, wait_until
 from tests.gateway._helpers import (
@@ -316,14 +315,18 @@ async def test_a_subscriber_that_does_not_read_keeps_the_gateway_buffer_bounded(
 
 
 def test_split_by_bytes() -> None:
-    def delivery(size: int) -> Delivery:
-        return Delivery(event=event_pb2.Event(id="x", data=b"d" * size), token=None)
-
-    deliveries = [delivery(30_000) for _ in range(5)] + [delivery(200_000)] + [delivery(10)]
-    parts = _split_by_bytes(deliveries, 100_000)
+    # What a link sends is a RawBatch; each request of it fits the destination's max_message_bytes.
+    sizes = [30_000] * 5 + [200_000, 10]
+    batch = RawBatch(
+        ids=[f"x{i}" for i in range(len(sizes))],
+        topics=["orders/x"] * len(sizes),
+        sequences=list(range(1, len(sizes) + 1)),
+        headers=[b"ce-id: x\r\n"] * len(sizes),
+        data=[b"d" * n for n in sizes],
+    )
+    parts = batch.split(100_000)
     assert [len(p) for p in parts] == [3, 2, 1, 1]
-    assert [d for p in parts for d in p] == deliveries
-    assert _split_by_bytes([], 100_000) == []
+    assert [s for p in parts for s in p.sequences] == batch.sequences
 
 
 async def test_a_link_splits_batches_to_fit_the_destinations_max_message_bytes(

@@ -57,9 +57,14 @@ async def _refused(
     address: str, request: replication_pb2.ReplicateRequest, metadata: tuple[tuple[str, str], ...] | None
 ) -> grpc.aio.AioRpcError:
     async with grpc.aio.insecure_channel(address) as ch:
-        return await stream_error(
-            replication_pb2_grpc.ReplicationStub(ch).Replicate(iter([request]), metadata=metadata)
-        )
+        call = replication_pb2_grpc.ReplicationStub(ch).Replicate(metadata=metadata)
+        # The gateway refuses the call when it opens, before reading a request: the write may
+        # meet a call that has already ended (grpc's request-iterator form then reports its own
+        # INTERNAL send failure instead of the server's status), so the status is read from the call.
+        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            await call.write(request)
+            await call.done_writing()
+        return await stream_error(call)
 
 
 # --- the ingress ------------------------------------------------------------------------------

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from meshgate.cli._diff import diff_routing, probe_topics
 from meshgate.config import load_config_text
-from meshgate.router import diff_routing, probe_topics
 from tests.unit._meshes import NEW, OLD
 
 

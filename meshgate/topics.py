@@ -1,4 +1,9 @@
-"""Topic and pattern syntax: validation with messages a person can act on, and the reference matcher.
+"""Topic and pattern syntax: validation with messages a person can act on, the reference matcher, and
+the mapping of topics onto broker names.
+
+The bottom layer of the package: it imports nothing of meshgate (and nothing outside the standard
+library), so a broker adapter, the config loader and the router share one definition of a topic
+without importing each other.
 
 A topic is 1 to 16 levels separated by ``/``; a level is 1 to 64 characters of
 ``A-Z a-z 0-9 - _``. A pattern is the same, except that a level may be ``*`` (exactly one
@@ -13,9 +18,14 @@ __all__ = [
     "LEVEL_CHARS",
     "MAX_LEVELS",
     "MAX_LEVEL_LENGTH",
+    "TOPIC_RE",
+    "SubjectMapper",
     "pattern_covers",
     "pattern_matches",
     "pattern_regex",
+    "pattern_to_filter",
+    "subject_to_topic",
+    "topic_to_subject",
     "validate_pattern",
     "validate_topic",
 ]
@@ -29,7 +39,7 @@ _LEVEL = rf"[A-Za-z0-9_-]{{1,{MAX_LEVEL_LENGTH}}}"
 _LEVEL_RE = re.compile(_LEVEL)
 # The fast path: one regex call accepts every valid topic; only invalid input pays for the
 # level-by-level diagnosis below.
-_TOPIC_RE = re.compile(rf"{_LEVEL}(?:/{_LEVEL}){{0,{MAX_LEVELS - 1}}}")
+TOPIC_RE = re.compile(rf"{_LEVEL}(?:/{_LEVEL}){{0,{MAX_LEVELS - 1}}}")
 _PLEVEL = rf"(?:{_LEVEL}|\*)"
 _PATTERN_RE = re.compile(rf"(?:{_PLEVEL}/){{0,{MAX_LEVELS - 1}}}(?:{_PLEVEL}|>)")
 # Longer inputs are cut in messages so a megabyte of garbage does not become a megabyte of log.
@@ -84,8 +94,12 @@ def _diagnose(s: object, *, what: str) -> str | None:
 
 
 def validate_topic(s: str) -> str | None:
-    """None when ``s`` is a valid topic, else what is wrong with it and what to change."""
-    if isinstance(s, str) and _TOPIC_RE.fullmatch(s):
+    """None when ``s`` is a valid topic, else what is wrong with it and what to change.
+
+    The one topic check of the package: callers that must refuse raise their own error with
+    this message (the router's ``InvalidTopicError``, a broker adapter's ``ValueError``).
+    """
+    if isinstance(s, str) and TOPIC_RE.fullmatch(s):
         return None
     return _diagnose(s, what="topic")
 
@@ -140,3 +154,73 @@ def pattern_regex(pattern: str) -> re.Pattern[str]:
         else:
             parts.append(re.escape(level))
     return re.compile("/".join(parts))
+
+
+# -- topics as broker names ------------------------------------------------------------------
+# A topic becomes a NATS subject or a Kafka topic name by swapping ``/`` for ``.`` behind a
+# prefix; the mapping is one-to-one because a topic level never contains a dot.
+
+
+def topic_to_subject(topic: str, prefix: str) -> str:
+    """``orders/created`` -> ``<prefix>orders.created`` (the topic must be valid)."""
+    return prefix + topic.replace("/", ".")
+
+
+def subject_to_topic(subject: str, prefix: str) -> str:
+    """``<prefix>orders.created`` -> ``orders/created``; ``ValueError`` outside the prefix."""
+    if not subject.startswith(prefix) or len(subject) == len(prefix):
+        raise ValueError(f"subject {subject!r} is not a mesh subject (prefix {prefix!r})")
+    return subject[len(prefix) :].replace(".", "/")
+
+
+def pattern_to_filter(pattern: str, prefix: str) -> str:
+    """A topic pattern as a NATS filter subject: ``orders/*`` -> ``<prefix>orders.*``.
+
+    NATS wildcards mean what mesh wildcards mean (``*`` one token, a final ``>`` one or more),
+    so the mapping is the topic mapping; Kafka adapters translate the same pattern to a regex.
+    ``ValueError`` with the reason for an invalid pattern.
+    """
+    problem = validate_pattern(pattern)
+    if problem is not None:
+        raise ValueError(problem)
+    return prefix + pattern.replace("/", ".")
+
+
+class SubjectMapper:
+    """Topic -> subject with validation, cached: producers reuse a small set of topics.
+
+    Validating here too (not only at admission) keeps a malformed topic from ever reaching a
+    broker's wire protocol, where a space or a line break would corrupt the command: an invalid
+    topic raises ``ValueError`` with the reason.
+    """
+
+    __slots__ = ("_cache", "_max_entries", "_topics", "prefix")
+
+    def __init__(self, prefix: str, *, max_entries: int = 65_536) -> None:
+        self.prefix = prefix
+        self._max_entries = max_entries
+        self._cache: dict[str, str] = {}
+        self._topics: dict[str, str] = {}
+
+    def subject(self, topic: str) -> str:
+        subject = self._cache.get(topic)
+        if subject is None:
+            problem = validate_topic(topic)
+            if problem is not None:
+                raise ValueError(problem)
+            subject = self.prefix + topic.replace("/", ".")
+            if len(self._cache) >= self._max_entries:
+                # Wholesale reset: cheaper than LRU bookkeeping on every hit, and rare.
+                self._cache.clear()
+            self._cache[topic] = subject
+        return subject
+
+    def topic(self, subject: str) -> str:
+        """Subject (or Kafka topic) -> topic, cached: readers map every record they decode."""
+        topic = self._topics.get(subject)
+        if topic is None:
+            topic = subject_to_topic(subject, self.prefix)
+            if len(self._topics) >= self._max_entries:
+                self._topics.clear()
+            self._topics[subject] = topic
+        return topic

@@ -25,10 +25,13 @@ The span model (messaging semantic conventions, ``messaging.system = nats``):
 ``{topic} send`` (PRODUCER, origin region, replicator)
     One per event a link forwards, from the forward to the destination's ack of its batch.
     Parent: the stored event's ``traceparent`` (the publish span). The forwarded copy carries
-    this span's context (the origin's stored event is never changed).
+    this span's context: links send events as their broker stored them (raw header lines), and
+    the ``ce-traceparent`` line of those bytes is replaced, or added (the origin's stored event
+    is never changed).
 ``{topic} process`` (CONSUMER, destination region)
     One per event of a replicated batch, covering dedup and the write. Parent: the incoming
-    event's ``traceparent`` (the send span). ``meshgate.dedup`` says what happened:
+    event's ``ce-traceparent`` header line (the send span); the copy written here carries this
+    span's context in that line. ``meshgate.dedup`` says what happened:
     ``stored``, ``duplicate`` (a resend, or the broker's id window) or ``refused``.
 
 So every region's copy of an event names, in its ``traceparent``, the span that wrote it
@@ -45,7 +48,7 @@ import os
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
@@ -54,8 +57,22 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 from opentelemetry.trace import NoOpTracer, Span, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from meshgate.brokers import AppendResult, BrokerError
-from meshgate.v1 import event_pb2
+from meshgate.brokers import AppendResult, BrokerError, RawBatch
+from meshgate.brokers._codec import CE_PREFIX, escape_header_value, unescape_header_value
+from meshgate.brokers._headers import header_value, set_header
+from meshgate.v1 import event_pb2, replication_pb2
+
+
+class ProcessedBatch(Protocol):
+    """What the process spans read of a replicated request once the ingress sorted it
+    (``gateway._classify.ProcessedBatch``; a Protocol, as observability sits below gateway)."""
+
+    request: replication_pb2.ReplicateRequest
+    refused: list[replication_pb2.RawRefusal]
+    w_index: list[int]
+    w_headers: list[bytes]
+    written: list[AppendResult | BrokerError]
+
 
 __all__ = ["BatchTrace", "Tracing", "tracing_configured"]
 
@@ -64,6 +81,9 @@ log = logging.getLogger("meshgate.tracing")
 _ENDPOINT_VARS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 _TRACEPARENT = "traceparent"
 _TRACESTATE = "tracestate"
+# The extensions as header names (CloudEvents' binary mode, as _codec writes them).
+_TRACEPARENT_HEADER = (CE_PREFIX + _TRACEPARENT).encode()
+_TRACESTATE_HEADER = (CE_PREFIX + _TRACESTATE).encode()
 _PROPAGATOR = TraceContextTextMapPropagator()
 _ACCEPTED = event_pb2.OUTCOME_ACCEPTED
 _DUPLICATE = event_pb2.OUTCOME_DUPLICATE
@@ -125,6 +145,28 @@ def _parent_of(ev: event_pb2.Event, default: Context | None) -> Context | None:
         carrier[_TRACESTATE] = extensions[_TRACESTATE]
     ctx = _PROPAGATOR.extract(carrier)
     return ctx if ctx else default
+
+
+def _parent_of_lines(lines: bytes) -> Context | None:
+    """The context in raw header lines' ``ce-traceparent`` (and ``ce-tracestate``), if valid."""
+    traceparent = header_value(lines, _TRACEPARENT_HEADER)
+    if traceparent is None:
+        return None
+    carrier = {_TRACEPARENT: unescape_header_value(traceparent.decode(errors="replace"))}
+    tracestate = header_value(lines, _TRACESTATE_HEADER)
+    if tracestate is not None:
+        carrier[_TRACESTATE] = unescape_header_value(tracestate.decode(errors="replace"))
+    ctx = _PROPAGATOR.extract(carrier)
+    return ctx if ctx else None
+
+
+def _stamp_lines(lines: bytes, span: Span) -> bytes:
+    """``_stamp`` on raw header lines: the ``ce-traceparent`` line replaced or added."""
+    sc = span.get_span_context()
+    lines = set_header(lines, _TRACEPARENT_HEADER, b"00-%032x-%016x-%02x" % (sc.trace_id, sc.span_id, sc.trace_flags))
+    if sc.trace_state:
+        lines = set_header(lines, _TRACESTATE_HEADER, escape_header_value(sc.trace_state.to_header()).encode())
+    return lines
 
 
 def _stamp(ev: event_pb2.Event, span: Span) -> None:
@@ -258,13 +300,19 @@ class Tracing:
 
     # --- source: a link forwarding a batch -------------------------------------------------
 
-    def start_send(self, events: Sequence[event_pb2.Event], destination: str) -> list[Span]:
-        """A send span per forwarded event; the forwarded copy carries its context."""
+    def start_send(self, raw: RawBatch, destination: str) -> list[Span]:
+        """A send span per forwarded event; its header lines then carry the span's context.
+
+        ``raw.headers`` is rewritten in place (the ``ce-traceparent`` line replaced or added):
+        the forwarded copy, and a dead letter made of it, carry the send span's context; the
+        origin's stored event is never changed.
+        """
         tracer, region = self.tracer, self.region
         spans = []
-        for ev in events:
-            topic = ev.topic
-            span = tracer.start_span(_name(topic, " send"), context=_parent_of(ev, None), kind=_PRODUCER)
+        headers = raw.headers
+        for i, lines in enumerate(headers):
+            topic = raw.topics[i]
+            span = tracer.start_span(_name(topic, " send"), context=_parent_of_lines(lines), kind=_PRODUCER)
             if span.is_recording():
                 span.set_attributes(
                     {
@@ -272,25 +320,33 @@ class Tracing:
                         "messaging.operation.type": "send",
                         "messaging.operation.name": "send",
                         "messaging.destination.name": topic,
-                        "messaging.message.id": ev.id,
+                        "messaging.message.id": raw.ids[i],
                         "cloud.region": region,
                         "meshgate.destination": destination,
-                        "meshgate.origin.sequence": ev.sequence,
+                        "meshgate.origin.sequence": raw.sequences[i],
                     }
                 )
-            _stamp(ev, span)
+            headers[i] = _stamp_lines(lines, span)
             spans.append(span)
         return spans
 
     @staticmethod
-    def end_send(spans: Sequence[Span], results: Sequence[event_pb2.EventResult]) -> None:
-        for span, r in zip(spans, results, strict=False):
-            if r.outcome == _REJECTED:
-                _fail(span, f"refused by the destination, dead-lettered: {r.message}")
-            else:
-                if span.is_recording():
-                    span.set_attribute("meshgate.outcome", "duplicate" if r.outcome == _DUPLICATE else "accepted")
-                span.end()
+    def end_send(spans: Sequence[Span], refused: Mapping[int, str], *, duplicates: int) -> None:
+        """Ends the send spans of an acked batch: ``refused`` by index, ``duplicates`` of the rest.
+
+        The destination counts duplicates per batch, not per event: the outcome attribute says
+        ``duplicate`` or ``accepted`` when the whole rest of the batch was one or the other.
+        """
+        kept = len(spans) - len(refused)
+        outcome = "duplicate" if duplicates and duplicates == kept else "accepted" if not duplicates else None
+        for i, span in enumerate(spans):
+            message = refused.get(i)
+            if message is not None:
+                _fail(span, f"refused by the destination, dead-lettered: {message}")
+                continue
+            if outcome is not None and span.is_recording():
+                span.set_attribute("meshgate.outcome", outcome)
+            span.end()
 
     @staticmethod
     def abandon(spans: Sequence[Span], message: str) -> None:
@@ -299,74 +355,65 @@ class Tracing:
 
     # --- destination: the Replicate handler ------------------------------------------------
 
-    def start_process(
-        self,
-        origin: str,
-        events: Sequence[event_pb2.Event],
-        results: Sequence[event_pb2.EventResult | None],
-        start_ns: int,
-    ) -> list[Span]:
+    def start_process(self, origin: str, batch: ProcessedBatch, start_ns: int) -> list[Span]:
         """A process span per event of a replicated batch, after dedup classified it.
 
-        ``results[i]`` is None for an event to be written (its copy here then carries the
-        span's context), else the answer dedup already gave (a resend, a refusal).
+        Each event to be written has its header lines (``batch.w_headers``) rewritten to carry
+        its span's context: the copy stored here names the span that wrote it.
         """
         tracer, region = self.tracer, self.region
+        raw = batch.request.raw
+        headers, topics, ids, seqs = raw.headers, raw.topics, raw.ids, raw.sequences
+        refused = {r.index for r in batch.refused}
+        slot_of = {i: k for k, i in enumerate(batch.w_index)}
+        w_headers = batch.w_headers
         spans = []
-        for ev, res in zip(events, results, strict=True):
-            if res is None:
-                dedup = None
-            elif res.outcome == _DUPLICATE:
-                dedup = "duplicate"
-            else:
-                dedup = "refused"
+        for i, lines in enumerate(headers):
+            topic = topics[i]
             attributes: dict[str, Any] = {
                 "messaging.system": "nats",
                 "messaging.operation.type": "process",
                 "messaging.operation.name": "process",
-                "messaging.destination.name": ev.topic,
-                "messaging.message.id": ev.id,
+                "messaging.destination.name": topic,
+                "messaging.message.id": ids[i],
                 "cloud.region": region,
                 "meshgate.origin": origin,
-                "meshgate.origin.sequence": ev.origin_sequence or ev.sequence,
+                "meshgate.origin.sequence": seqs[i],
             }
-            if dedup is not None:
-                attributes["meshgate.dedup"] = dedup
+            slot = slot_of.get(i)
+            if slot is None:
+                attributes["meshgate.dedup"] = "refused" if i in refused else "duplicate"
             span = tracer.start_span(
-                _name(ev.topic, " process"), context=_parent_of(ev, None), kind=_CONSUMER, start_time=start_ns
+                _name(topic, " process"), context=_parent_of_lines(lines), kind=_CONSUMER, start_time=start_ns
             )
             if span.is_recording():
                 span.set_attributes(attributes)
-            if res is None:
-                _stamp(ev, span)
+            if slot is not None:
+                w_headers[slot] = _stamp_lines(w_headers[slot], span)
             spans.append(span)
         return spans
 
     @staticmethod
-    def end_process(
-        spans: Sequence[Span],
-        written: Sequence[AppendResult | BrokerError],
-        write_index: Sequence[int],
-        results: Sequence[event_pb2.EventResult | None],
-    ) -> None:
-        """Ends the spans once the batch is applied: ``results`` holds the final answers."""
-        outcome = dict(zip(write_index, written, strict=False))
+    def end_process(spans: Sequence[Span], batch: ProcessedBatch) -> None:
+        """Ends the spans once the batch is applied (its refusals final)."""
+        outcome = dict(zip(batch.w_index, batch.written, strict=False))
+        refused = {r.index: r.message for r in batch.refused}
         for i, span in enumerate(spans):
             res = outcome.get(i)
-            final = results[i]
+            message = refused.get(i)
             if i not in outcome:
-                if final is not None and final.outcome == _REJECTED:
-                    span.set_status(Status(StatusCode.ERROR, final.message))
+                if message is not None:
+                    span.set_status(Status(StatusCode.ERROR, message))
                 span.end()
             elif isinstance(res, AppendResult):
                 if span.is_recording():
                     span.set_attribute("meshgate.dedup", "duplicate" if res.duplicate else "stored")
                     span.set_attribute("meshgate.sequence", res.sequence)
                 span.end()
-            elif final is not None:  # refused for good by this region's broker
+            elif message is not None:  # refused for good by this region's broker
                 if span.is_recording():
                     span.set_attribute("meshgate.dedup", "refused")
-                _fail(span, final.message)
+                _fail(span, message)
             else:
                 _fail(span, f"not stored, the source resends it: {res}")
 

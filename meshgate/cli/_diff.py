@@ -1,13 +1,16 @@
-"""The routing effect of editing a mesh file: what ``meshgate config diff`` shows before a reload."""
+"""The routing effect of editing a mesh file: what ``meshgate config diff`` shows before a reload.
+
+Here, above both, because it reads the config (regions, rules) and asks the router: config and
+router are siblings of one layer and neither imports the other.
+"""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
 
-from meshgate.config._compat import region_changes
-from meshgate.config._model import MeshConfig, RouteRule
-from meshgate.router._router import Router
+from meshgate.config import MeshConfig, RouteRule, region_changes
+from meshgate.router import Router
 
 __all__ = ["PROBE_LEVEL", "RegionChange", "RoutingDiff", "RuleChange", "TopicChange", "diff_routing", "probe_topics"]
 

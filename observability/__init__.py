@@ -1,0 +1,15 @@
+"""What a gateway reports about itself beyond its answers: OpenTelemetry traces of an event's path.
+
+A layer of its own between the broker adapters and the replicator, because both the replicator
+(its ``send`` spans) and the gateway (``publish`` and ``process``) trace events and the
+replicator may not import the gateway. The folder also holds the Prometheus alert rules and the
+Grafana dashboard (``prometheus/``, ``grafana/``), which are not Python and do not ship in the
+wheel. The metrics stay beside what they measure (``gateway/_metrics.py``,
+``replicator/_metrics.py``): each reads the objects of its own layer.
+"""
+
+from __future__ import annotations
+
+from meshgate.observability._tracing import BatchTrace, Tracing, tracing_configured
+
+__all__ = ["BatchTrace", "Tracing", "tracing_configured"]

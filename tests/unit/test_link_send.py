@@ -1,0 +1,101 @@
+"""A link sends what its log stored, raw, whether traces are on or off: one send path.
+
+With traces on, each event's ``ce-traceparent`` header line names its send span (replaced
+when the stored event had one, added when not); the rest of the bytes go as stored. A unit
+test with a fake consumer and call: the end-to-end trace test covers the destination's side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+
+from meshgate.brokers import RawBatch
+from meshgate.brokers._codec import header_lines, parse_header_lines
+from meshgate.observability import Tracing
+from meshgate.replicator import Link, LinkOptions
+from meshgate.v1 import replication_pb2
+from tests.gateway._helpers import ev
+
+_STORED_TP = f"00-{0xABC:032x}-{0x42:016x}-01"
+
+
+def _stored() -> RawBatch:
+    events = [
+        ev(id="e-1", origin="here", route=["here", "there"], extensions={"traceparent": _STORED_TP}),
+        ev(id="e-2", origin="here", route=["here", "there"]),
+    ]
+    return RawBatch(
+        ids=[e.id for e in events],
+        topics=[e.topic for e in events],
+        sequences=[1, 2],
+        headers=[header_lines(e) for e in events],
+        data=[e.data for e in events],
+    )
+
+
+class _Consumer:
+    """Hands out one batch, then nothing."""
+
+    def __init__(self) -> None:
+        self.batches = [_stored()]
+
+    async def fetch_raw(self, max_events: int, *, timeout: float) -> RawBatch:
+        await asyncio.sleep(0.001)
+        return self.batches.pop() if self.batches else RawBatch()
+
+
+class _Call:
+    def __init__(self) -> None:
+        self.requests: list[replication_pb2.ReplicateRequest] = []
+
+    async def write(self, request: replication_pb2.ReplicateRequest) -> None:
+        self.requests.append(request)
+
+
+@pytest.mark.parametrize("traced", [False, True], ids=["untraced", "traced"])
+async def test_a_link_sends_raw_with_traces_on_or_off(traced: bool) -> None:
+    tracing = Tracing(region="here", provider=TracerProvider()) if traced else None
+    link = Link(
+        source="here",
+        destination="there",
+        address="127.0.0.1:1",
+        broker=None,  # type: ignore[arg-type]
+        options=LinkOptions(tracing=tracing),
+    )
+    call = _Call()
+    task = asyncio.create_task(link._send_loop(_Consumer(), call, asyncio.Semaphore(8)))  # type: ignore[arg-type]
+    try:
+        async with asyncio.timeout(5):
+            while not call.requests:
+                await asyncio.sleep(0.01)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    (request,) = call.requests
+    assert not request.events
+    assert request.HasField("raw")
+    assert list(request.raw.ids) == ["e-1", "e-2"]
+    stored = _stored()
+    if tracing is None:
+        assert list(request.raw.headers) == stored.headers
+        return
+    (sent,) = link._inflight
+    assert sent.spans is not None
+    for i, span in enumerate(sent.spans):
+        ctx = span.get_span_context()
+        lines = request.raw.headers[i]
+        assert lines.count(b"ce-traceparent:") == 1
+        assert parse_header_lines(lines)["ce-traceparent"] == (
+            f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"
+        )
+        # Everything but that line is the stored bytes.
+        without = [ln for ln in lines.split(b"\r\n") if not ln.startswith(b"ce-traceparent:")]
+        assert without == [ln for ln in stored.headers[i].split(b"\r\n") if not ln.startswith(b"ce-traceparent:")]
+    # The first event's send span continues the trace its stored traceparent named.
+    assert sent.spans[0].get_span_context().trace_id == 0xABC
+    tracing.abandon(sent.spans, "test over")
+    tracing.shutdown()
