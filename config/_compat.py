@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from meshgate.config._model import KafkaSettings, MeshConfig, NatsSettings, RegionConfig
+from meshgate.config._values import format_duration
 
 __all__ = ["check_compatible", "region_changes"]
 
@@ -72,7 +73,7 @@ def check_compatible(old: MeshConfig, new: MeshConfig, region: str) -> str | Non
     """ "restart needed: ..." when ``new`` changes what region ``region``'s running gateway cannot swap live, else None.
 
     Routing, other regions, settings and client tokens swap live; this region's own listen addresses,
-    broker kind, brokers, broker layout and certificate paths, the gRPC server's size limits, and the
+    broker kind, brokers, broker layout and certificate paths, the gRPC server's size limits, the lease TTL, and the
     TLS settings (security.ca, client_certs) do not. New contents of the certificate files need no
     reload at all: they are used from the next handshake.
     """
@@ -86,6 +87,12 @@ def check_compatible(old: MeshConfig, new: MeshConfig, region: str) -> str | Non
         before, after = getattr(old.settings.limits, name), getattr(new.settings.limits, name)
         if before != after:
             changes.append(f"settings.limits.{name} {before} -> {after}")
+    # The replicator renews at the TTL it started with, and the NATS lease bucket lapses entries at it.
+    if old.settings.lease_ttl_seconds != new.settings.lease_ttl_seconds:
+        changes.append(
+            f"settings.lease_ttl {format_duration(old.settings.lease_ttl_seconds)}"
+            f" -> {format_duration(new.settings.lease_ttl_seconds)}"
+        )
     security = _security_changes(old, new)
     if security:
         return "restart needed: " + "; ".join(security + changes)

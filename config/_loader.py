@@ -85,6 +85,8 @@ REPLICATION_SECRET_VARIABLE = "MESH_REPLICATION_SECRET"
 _SECRET_PATH: Path = ("event_mesh", "security", "replication_secret")
 # A request carries one event plus at most this much of framing and gateway fields.
 _EVENT_FRAMING_BYTES = 16 * 1024
+# Renewals come every third of the lease TTL: below this, one slow broker round trip loses a link.
+_MIN_LEASE_TTL_SECONDS = 1.0
 _MIN_METADATA_BYTES = 4 * 1024
 
 
@@ -615,6 +617,13 @@ class _Checker:
                 (*base, "idempotency_window"),
                 "the idempotency window must be longer than 0; retries of an event id would be stored twice",
             )
+        lease_ttl = self.duration(settings.get("lease_ttl", "10s"))
+        if lease_ttl is not None and lease_ttl < _MIN_LEASE_TTL_SECONDS:
+            self.add(
+                (*base, "lease_ttl"),
+                f"lease_ttl {format_duration(lease_ttl)} is below {format_duration(_MIN_LEASE_TTL_SECONDS)}; a lease"
+                " renewed every third of it would lapse on any pause of the gateway or its broker",
+            )
         limits = settings.get("limits")
         if isinstance(limits, dict):
             lbase: Path = (*base, "limits")
@@ -1043,6 +1052,7 @@ def _build(data: dict[str, Any], doc: Document, *, source: str, sha256: str) -> 
         shutdown_grace_seconds=parse_duration(
             raw_settings.get("shutdown_grace", default_settings.shutdown_grace_seconds)
         ),
+        lease_ttl_seconds=parse_duration(raw_settings.get("lease_ttl", default_settings.lease_ttl_seconds)),
         limits=limits,
     )
     return MeshConfig(

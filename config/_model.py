@@ -160,6 +160,9 @@ class ClientToken:
 class Settings:
     idempotency_window_seconds: float = 15 * 60.0
     shutdown_grace_seconds: float = 10.0
+    # A replica that stops renewing a link's lease loses it within this long, and another
+    # replica of the region takes the link over; renewals come every third of it.
+    lease_ttl_seconds: float = 10.0
     limits: Limits = field(default_factory=Limits)
 
 

@@ -32,7 +32,7 @@ from meshgate.gateway._metrics import GatewayMetrics
 from meshgate.gateway._publish import GatewayService
 from meshgate.gateway._replication import ReplicationService
 from meshgate.observability import Tracing
-from meshgate.replicator import DEFAULT_LEASE_TTL, LinkOptions, Replicator
+from meshgate.replicator import LinkOptions, Replicator
 from meshgate.router import Router
 from meshgate.tls import ClientTls, ServerTls, TlsFiles, open_channel
 from meshgate.v1 import (
@@ -133,7 +133,7 @@ class Gateway(StartStop):
         registry: CollectorRegistry | None = None,
         replicate: bool = True,
         link_options: LinkOptions | None = None,
-        lease_ttl: float = DEFAULT_LEASE_TTL,
+        lease_ttl: float | None = None,
         replication_secret: str | None = None,
     ) -> None:
         """``replication_secret`` replaces the mesh file's security.replication_secret (``meshgate up``
@@ -187,7 +187,12 @@ class Gateway(StartStop):
         self.replicator: Replicator | None = None
         if replicate:
             self.replicator = Replicator(
-                region=region, broker=self.broker, config=config, options=link_options, lease_ttl=lease_ttl
+                region=region,
+                broker=self.broker,
+                config=config,
+                options=link_options,
+                # The mesh file's settings.lease_ttl unless the caller (a test) sets its own.
+                lease_ttl=lease_ttl if lease_ttl is not None else config.settings.lease_ttl_seconds,
             )
         # Broker connection and link figures are read from the live objects at scrape time.
         self.metrics.watch(broker=self.broker, replicator=self.replicator)

@@ -12,7 +12,7 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from meshgate.brokers import Broker, BrokerError
-from meshgate.config import MeshConfig
+from meshgate.config import MeshConfig, Settings
 from meshgate.replicator._link import Link, LinkOptions, LinkState
 from meshgate.v1 import admin_pb2
 
@@ -20,8 +20,9 @@ __all__ = ["DEFAULT_LEASE_TTL", "Replicator"]
 
 log = logging.getLogger("meshgate.replicator")
 
-# A dead replica's links are taken over by another replica within about this long.
-DEFAULT_LEASE_TTL = 10.0
+# A dead replica's links are taken over by another replica within about this long
+# (the mesh file's settings.lease_ttl; its default).
+DEFAULT_LEASE_TTL = Settings().lease_ttl_seconds
 _THREAD_JOIN_SECONDS = 5.0
 
 T = TypeVar("T")

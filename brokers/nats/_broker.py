@@ -1274,13 +1274,21 @@ class NatsBroker(Broker):
             js = nc.jetstream(timeout=self._ack_timeout)
             bucket = f"{self.settings.stream}_LEASES"
             try:
-                self._lease_kv = await js.key_value(bucket)
+                kv = await js.key_value(bucket)
             except nats.js.errors.BucketNotFoundError:
-                self._lease_kv = await js.create_key_value(
+                kv = await js.create_key_value(
                     KeyValueConfig(
                         bucket=bucket, history=1, ttl=ttl, storage=StorageType.FILE, replicas=self.settings.replicas
                     )
                 )
+            else:
+                # The bucket outlives the gateway: a lease TTL changed since it was made (the mesh
+                # file's settings.lease_ttl) would otherwise lapse leases at the old one.
+                info = await js.stream_info(f"KV_{bucket}")
+                if info.config.max_age is None or abs(info.config.max_age - ttl) > 0.001:
+                    window = min(info.config.duplicate_window or ttl, ttl)
+                    await js.update_stream(dataclasses.replace(info.config, max_age=ttl, duplicate_window=window))
+            self._lease_kv = kv
         return self._lease_kv
 
     async def hold_lease(self, name: str, owner: str, *, ttl: float) -> bool:

@@ -117,7 +117,8 @@ class MeshCluster:
     per-region ``nats:`` settings (e.g. ``{"eu-central": {"max_payload": "64KiB"}}``);
     ``limits`` goes to ``settings.limits``. ``kafka`` names the regions that are ``kind: kafka``
     (each on its own tansu) with their ``kafka:`` settings (``{}`` for the defaults);
-    ``replicas`` gives a region more than one gateway process (a NATS region's share one nats-server).
+    ``replicas`` gives a region more than one gateway process (a NATS region's share one nats-server);
+    ``lease_ttl`` is the mesh file's ``settings.lease_ttl`` (how soon a dead holder's links move).
     """
 
     def __init__(
@@ -132,6 +133,7 @@ class MeshCluster:
         kafka: Mapping[str, Mapping[str, Any]] | None = None,
         replicas: Mapping[str, int] | None = None,
         shutdown_grace: str = "5s",
+        lease_ttl: str = "3s",
         start_timeout: float = 60.0,
     ) -> None:
         kafka = kafka or {}
@@ -149,6 +151,7 @@ class MeshCluster:
         self.routing = [(pattern, list(dest)) for pattern, dest in routing]
         self.limits = dict(limits or {})
         self.shutdown_grace = shutdown_grace
+        self.lease_ttl = lease_ttl
         self.start_timeout = start_timeout
         self.config_path = root / "mesh.yaml"
         self.regions: dict[str, Region] = {}
@@ -200,7 +203,9 @@ class MeshCluster:
             if r.nats:
                 entry["nats"] = dict(r.nats)
             regions.append(entry)
-        settings: dict[str, Any] = {"shutdown_grace": self.shutdown_grace}
+        # A short lease: a region restarted after a kill -9, or the surviving replica, takes the
+        # dead process's links over within seconds instead of the default 10 s.
+        settings: dict[str, Any] = {"shutdown_grace": self.shutdown_grace, "lease_ttl": self.lease_ttl}
         if self.limits:
             settings["limits"] = dict(self.limits)
         doc = {

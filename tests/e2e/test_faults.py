@@ -240,7 +240,7 @@ async def _link_consumers(cluster: MeshCluster) -> set[str]:
 
 
 # A clean stop (the lease handed back at once) is tests/gateway/test_replicas.py's case; these two
-# are the hand-overs where the old holder cannot say it has gone, each ~20 s of the default run.
+# are the hand-overs where the old holder cannot say it has gone, waiting out the lease TTL.
 @pytest.mark.parametrize("how", ["kill-9", "stall"])
 async def test_nats_link_lease_moves_to_the_other_replica_under_load(make_mesh: MeshFactory, how: str) -> None:
     """Two replicas of a NATS source share a nats-server; the one holding the link's lease dies or stalls.
@@ -270,8 +270,8 @@ async def test_nats_link_lease_moves_to_the_other_replica_under_load(make_mesh: 
     before = await _link_consumers(cluster)
     # The link's consumer: one generation, never the un-generationed name.
     assert len(before) == 1 and next(iter(before)).startswith(f"mg-link-{EU}@"), before
-    # Spread over about 15 s: the hand-over (up to the lease TTL, 10 s) happens under load.
-    producer = Producer(cluster, ledger, US, events[100:], batch_size=50, pace=0.25)
+    # Spread over about 7 s: the hand-over (up to the mesh's lease TTL, 3 s) happens under load.
+    producer = Producer(cluster, ledger, US, events[100:], batch_size=50, pace=0.12)
     producing = asyncio.create_task(producer.run())
 
     async def under_way() -> bool:

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import errno
 import os
-import resource
 import socket
 import sys
 import urllib.request
@@ -81,15 +80,31 @@ def _readyz(port: int) -> int:
         return int(resp.status)
 
 
-def _lower_open_files() -> None:
-    resource.setrlimit(resource.RLIMIT_NOFILE, (OPEN_FILES, OPEN_FILES))
+# `python -m meshgate` with the limit set by the child itself. Not a preexec_fn: that forces
+# fork() in this test process, whose gRPC threads (other tests' channels) make gRPC skip its fork
+# handlers, and the child could hang before exec ("meshgate serve" never serving).
+_LOWERED_MESHGATE = (
+    "import resource, runpy; "
+    f"resource.setrlimit(resource.RLIMIT_NOFILE, ({OPEN_FILES}, {OPEN_FILES})); "
+    "runpy.run_module('meshgate', run_name='__main__', alter_sys=True)"
+)
 
 
 class _Serve:
     """``meshgate serve`` as a child whose open-file limit is OPEN_FILES (soft and hard)."""
 
     def __init__(self, config: Path, data_dir: Path) -> None:
-        self.args = ("-m", "meshgate", "serve", "-c", str(config), "--region", "here", "--data-dir", str(data_dir))
+        self.args = (
+            "-c",
+            _LOWERED_MESHGATE,
+            "serve",
+            "-c",
+            str(config),
+            "--region",
+            "here",
+            "--data-dir",
+            str(data_dir),
+        )
         self.proc: asyncio.subprocess.Process | None = None
         self.log: list[bytes] = []
         self._pump: asyncio.Task[None] | None = None
@@ -102,7 +117,6 @@ class _Serve:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             env=env,
-            preexec_fn=_lower_open_files,
         )
         assert self.proc.stdout is not None
         self._pump = asyncio.create_task(self._read(self.proc.stdout))
