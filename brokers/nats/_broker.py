@@ -524,8 +524,10 @@ class NatsBroker(Broker):
             try:
                 await asyncio.wait_for(nc.drain(), self._ack_timeout)
             except (TimeoutError, *_NATS_FAILURES):
+                # Bounded too: nats-py's close waits for its reconnect task and flushes what is
+                # pending to a server that may be gone; a stop must end whatever the server does.
                 with contextlib.suppress(*_NATS_FAILURES):
-                    await nc.close()
+                    await asyncio.wait_for(nc.close(), self._ack_timeout)
             self._fail_pending(BrokerUnavailableError(f"broker {self.name!r} stopped before the ack"))
             self._nc = None
             self._jsm = None
