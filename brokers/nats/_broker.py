@@ -16,18 +16,15 @@ that fences the earlier ones (``NatsDurableConsumer``).
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
-import dataclasses
 import enum
-import json
 import logging
 import math
 import secrets
 from collections.abc import AsyncGenerator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import nats.errors
 import nats.js.errors
@@ -35,7 +32,6 @@ from nats.aio.client import Client
 from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
-    ConsumerInfo,
     DeliverPolicy,
     DiscardPolicy,
     KeyValueConfig,
@@ -53,35 +49,34 @@ from meshgate.brokers._base import (
     BrokerError,
     BrokerState,
     BrokerUnavailableError,
-    Delivery,
-    DurableConsumer,
     EventRejectedError,
-    RawBatch,
     StartAt,
     StorageFullError,
 )
 from meshgate.brokers._codec import (
-    HEADER_ORIGIN,
     SubjectMapper,
     decode_event,
     escape_header_value,
     pattern_to_filter,
 )
-from meshgate.brokers._headers import RouteMatcher
 from meshgate.brokers._storage import PROBE_KEY, StorageHealth
+from meshgate.brokers.nats._consumer import ConsumerApi, ConsumerHost, NatsDurableConsumer, durable_template
 from meshgate.brokers.nats._errors import (
+    NATS_FAILURES,
     AckTimeoutError,
     MessageTooLargeError,
     NotConnectedError,
-    is_storage_full,
-    jetstream_error,
+    broker_error,
 )
 from meshgate.brokers.nats._parser import install as install_parser
 from meshgate.brokers.nats._parser import subscribe_raw
 from meshgate.brokers.nats._pull import (
     BYTES,
     CLOSED,
+    CONSUMER_LOST,
     FULL,
+    NO_MESSAGES,
+    PULL_GRACE_SECONDS,
     TIMEOUT,
     PullBytes,
     PullSubscription,
@@ -92,7 +87,6 @@ from meshgate.brokers.nats._wire import (
     header_block,
     parse_ack_subject,
     parse_header_block,
-    split_header_block,
 )
 from meshgate.config import NatsSettings
 from meshgate.v1 import event_pb2
@@ -108,13 +102,8 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # The last time nats-server's int64 nanosecond clock can hold (Go's UnixNano ends in 2262).
 _LAST_SERVER_TIME = datetime(2262, 1, 1, tzinfo=UTC)
 
-_NO_MESSAGES = frozenset({"404", "408"})
-# The consumer is gone (503: nobody serves its pull subject) or was reset under us (409).
-_CONSUMER_LOST = frozenset({"503", "409"})
 # How long a caught-up reader's pull for the next event lingers on the server.
 _IDLE_PULL_SECONDS = 5.0
-# Slack on top of a pull's server-side expiry before the client gives up on its 408.
-_PULL_GRACE_SECONDS = 0.5
 # Ephemeral reader consumers the server removes when their reader has gone (crash, cancel).
 _READER_INACTIVE_SECONDS = 60.0
 # What one pull of a reader may bring when its caller sets no max_bytes: far below nats-server's
@@ -125,17 +114,6 @@ _PULL_BYTES_SLACK = 4096
 # What the readers' pulls on one connection may have asked for and not received, all together:
 # half of nats-server's default max_pending, however many readers there are.
 _CONNECTION_PULL_BYTES = 32 * 1024 * 1024
-_DURABLE_MAX_ACK_PENDING = 50_000
-# A durable consumer's generations are named <name>@<n>. '@' is outside the alphabet of region
-# names ([A-Za-z0-9_-], so of link names mg-link-<destination>) and is refused in a name given
-# to durable_consumer: <name>@<n> can never be another name's generation (with '-', mg-link-b-2
-# would be both destination b's generation 2 and a name of destination b-2), and
-# JetStream takes it in a consumer name (which may not hold '.', '*', '>', whitespace, slashes).
-_GENERATION_SEP = "@"
-# JetStream's answer to a create-only request for a name that exists.
-_CONSUMER_EXISTS = 10148
-# Opens racing for generation numbers: each "exists" moves to the next number.
-_GENERATION_TRIES = 64
 _MSG_ID_HEAD = b"NATS/1.0\r\nNats-Msg-Id: "
 # The byte value of b"0": an ack's sequence never starts with it.
 _ZERO = 0x30
@@ -188,35 +166,6 @@ def _start_mode(start: StartAt) -> _StartMode:
             f"StartAt sets {len(chosen)} positions ({', '.join(m.value for m in chosen)}); set at most one"
         )
     return chosen[0] if chosen else _StartMode.LATEST
-
-
-def _generation_of(name: str, base: str) -> int | None:
-    """The generation number of consumer ``name`` of durable consumer ``base``, or None."""
-    head, sep, number = name.rpartition(_GENERATION_SEP)
-    if sep and head == base and number.isascii() and number.isdigit():
-        return int(number)
-    return None
-
-
-def _broker_error(exc: BaseException, what: str) -> BrokerError:
-    """A nats-py failure as a broker error, retriable unless JetStream refused the request."""
-    if isinstance(exc, BrokerError):
-        return exc
-    if isinstance(exc, nats.js.errors.APIError):
-        code = exc.code or 0
-        if is_storage_full(err_code=exc.err_code or 0, description=exc.description or ""):
-            return jetstream_error(
-                code=code, err_code=exc.err_code or 0, description=exc.description or "", subject=what
-            )
-        detail = f"{what}: JetStream error {code}/{exc.err_code}: {exc.description}"
-        if code >= 500 or code in (408, 429) or isinstance(exc, nats.js.errors.ServiceUnavailableError):
-            return BrokerUnavailableError(detail)
-        return BrokerError(detail, retriable=False)
-    return BrokerUnavailableError(f"{what}: {type(exc).__name__}: {exc}")
-
-
-# What nats-py raises when the server is away, slow or refusing; all become BrokerErrors.
-_NATS_FAILURES = (nats.errors.Error, OSError, TimeoutError)
 
 
 def _redact(url: str) -> str:
@@ -324,6 +273,19 @@ class NatsBroker(Broker):
         self._reader_lock = asyncio.Lock()
         self._is_reader = False
         self._pull_bytes = PullBytes(_CONNECTION_PULL_BYTES)
+        # All a durable consumer uses of this broker (see NatsDurableConsumer).
+        self._consumer_host = ConsumerHost(
+            api=ConsumerApi(
+                connection=self._require_nc, manager=self._require_jsm, stream=settings.stream, timeout=ack_timeout
+            ),
+            ack_timeout=ack_timeout,
+            topic_of=self._mapper.topic,
+            ready=self._ready,
+            track=self._pullers.add,
+            close_puller=self._close_durable_puller,
+            ack_without_reply=self._ack_without_reply,
+            closed=self._consumers.discard,
+        )
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -401,9 +363,9 @@ class NatsBroker(Broker):
                 ),
                 timeout=self._connect_timeout,
             )
-        except (TimeoutError, *_NATS_FAILURES) as exc:
+        except (TimeoutError, *NATS_FAILURES) as exc:
             self.state = BrokerState.CLOSED
-            with contextlib.suppress(*_NATS_FAILURES):
+            with contextlib.suppress(*NATS_FAILURES):
                 await nc.close()
             cause = self._last_error or exc
             raise NotConnectedError(
@@ -430,7 +392,7 @@ class NatsBroker(Broker):
             await self._ensure_stream()
         except BaseException:
             self._nc = None
-            with contextlib.suppress(*_NATS_FAILURES):
+            with contextlib.suppress(*NATS_FAILURES):
                 await nc.close()
             self.state = BrokerState.CLOSED
             raise
@@ -496,8 +458,8 @@ class NatsBroker(Broker):
             if drift:
                 await jsm.update_stream(want)
                 logger.info("updated JetStream stream %s: %s", want.name, "; ".join(drift))
-        except _NATS_FAILURES as exc:
-            raise _broker_error(exc, f"cannot create or update stream {want.name}") from exc
+        except NATS_FAILURES as exc:
+            raise broker_error(exc, f"cannot create or update stream {want.name}") from exc
 
     async def stop(self) -> None:
         async with self._lock:
@@ -511,7 +473,7 @@ class NatsBroker(Broker):
             if self._pending:
                 # In-flight appends settle by ack or by their own timeout, so this is bounded.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._idle.wait(), self._ack_timeout + _PULL_GRACE_SECONDS)
+                    await asyncio.wait_for(self._idle.wait(), self._ack_timeout + PULL_GRACE_SECONDS)
             for consumer in list(self._consumers):
                 await consumer.close()
             for puller in list(self._pullers):
@@ -523,8 +485,8 @@ class NatsBroker(Broker):
                 await reader.stop()
             try:
                 await asyncio.wait_for(nc.drain(), self._ack_timeout)
-            except (TimeoutError, *_NATS_FAILURES):
-                with contextlib.suppress(*_NATS_FAILURES):
+            except (TimeoutError, *NATS_FAILURES):
+                with contextlib.suppress(*NATS_FAILURES):
                     await nc.close()
             self._fail_pending(BrokerUnavailableError(f"broker {self.name!r} stopped before the ack"))
             self._nc = None
@@ -913,8 +875,8 @@ class NatsBroker(Broker):
             await asyncio.wait_for(kv.put(PROBE_KEY, b"%d" % nc.stats["out_msgs"]), self._ack_timeout)
         except BrokerError:
             raise
-        except _NATS_FAILURES as exc:
-            raise _broker_error(exc, "storage probe") from exc
+        except NATS_FAILURES as exc:
+            raise broker_error(exc, "storage probe") from exc
 
     async def _recover_storage(self) -> None:
         """What the adapter can do itself, between probes, to make the broker store again.
@@ -957,8 +919,11 @@ class NatsBroker(Broker):
         await puller.close()
         jsm = self._jsm
         if delete and jsm is not None and self._nc is not None and self._nc.is_connected:
-            with contextlib.suppress(*_NATS_FAILURES):
+            with contextlib.suppress(*NATS_FAILURES):
                 await asyncio.wait_for(jsm.delete_consumer(self.settings.stream, puller.consumer), 1.0)
+
+    async def _close_durable_puller(self, puller: PullSubscription) -> None:
+        await self._close_puller(puller, delete=False)
 
     def _reader_config(self, filter_subject: str, start: StartAt, resume_after: int | None) -> ConsumerConfig:
         config = ConsumerConfig(
@@ -1082,14 +1047,14 @@ class NatsBroker(Broker):
                         alone = 0
                     if caught_up and not puller.buffer:
                         await puller.request(1, expires=_IDLE_PULL_SECONDS)
-                        status = await puller.wait(_IDLE_PULL_SECONDS + _PULL_GRACE_SECONDS)
+                        status = await puller.wait(_IDLE_PULL_SECONDS + PULL_GRACE_SECONDS)
                         caught_up = status != FULL
                     else:
                         if not requested:
                             await pull(puller, max_batch, max_bytes)
                         requested = False
                         status = await puller.wait(self._ack_timeout)
-                        caught_up = status in _NO_MESSAGES
+                        caught_up = status in NO_MESSAGES
                     if status == CLOSED:
                         return
                     for subject, reply, hdr, data in puller.take(max_batch):
@@ -1103,7 +1068,7 @@ class NatsBroker(Broker):
                         events.append(
                             decode_event(parse_header_block(hdr), data, topic=topic_of(subject.decode()), sequence=last)
                         )
-                    if status in _CONSUMER_LOST or status == TIMEOUT:
+                    if status in CONSUMER_LOST or status == TIMEOUT:
                         # Gone (restart, inactivity) or silent (connection lost): start over
                         # right after the last event handed out.
                         reset = True
@@ -1122,7 +1087,7 @@ class NatsBroker(Broker):
                             alone = 0
                             await pull(puller, max_batch, max_bytes)
                         requested = True
-                except _NATS_FAILURES as exc:
+                except NATS_FAILURES as exc:
                     logger.warning("reader of %s: %s; resuming after sequence %s", pattern, exc, last)
                     reset = True
                     await asyncio.sleep(backoff)
@@ -1151,90 +1116,24 @@ class NatsBroker(Broker):
         at a time (a lease), and every open fences the instances opened before it.
         """
         filter_subject = pattern_to_filter(pattern, self.settings.subject_prefix)
-        if not name or _GENERATION_SEP in name or any(c in name for c in ".*> \t\r\n/\\"):
-            raise ValueError(
-                f"durable consumer name {name!r} must be non-empty, without {_GENERATION_SEP!r}, '.', '*', '>', "
-                "whitespace or slashes"
-            )
-        self._require_nc()
-        template = ConsumerConfig(
-            description=f"Meshgate durable consumer of {pattern}",
-            deliver_policy=DeliverPolicy.ALL,
-            # One ack per batch: it acks every delivery of the generation up to it. Safe only
-            # because a generation has one reader (the fence) that acks a delivery only once
-            # everything before it is done.
-            ack_policy=AckPolicy.ALL,
-            ack_wait=self._durable_ack_wait,
-            max_deliver=-1,
-            filter_subject=filter_subject,
-            replay_policy=ReplayPolicy.INSTANT,
-            max_ack_pending=_DURABLE_MAX_ACK_PENDING,
+        template = durable_template(
+            name, pattern=pattern, filter_subject=filter_subject, ack_wait=self._durable_ack_wait
         )
-        consumer = NatsDurableConsumer(self, name, template, origin=origin, routed_to=routed_to)
+        self._require_nc()
+        consumer = NatsDurableConsumer(self._consumer_host, name, template, origin=origin, routed_to=routed_to)
         try:
-            await consumer._open_generation()
-        except _NATS_FAILURES as exc:
-            raise _broker_error(exc, f"cannot open durable consumer {name!r}") from exc
+            await consumer.open()
+        except NATS_FAILURES as exc:
+            raise broker_error(exc, f"cannot open durable consumer {name!r}") from exc
         self._consumers.add(consumer)
         return consumer
-
-    async def _js_api(self, subject: str, request: dict[str, object] | None = None) -> dict[str, Any]:
-        """A JetStream API request nats-py has no call for (or not with these fields)."""
-        self._require_jsm()
-        body = json.dumps(request).encode() if request is not None else b""
-        try:
-            msg = await self._require_nc().request(f"$JS.API.{subject}", body, timeout=self._ack_timeout)
-        except nats.errors.NoRespondersError:
-            raise nats.js.errors.ServiceUnavailableError from None  # JetStream is not enabled or not up
-        try:
-            resp = json.loads(msg.data)
-        except ValueError:
-            resp = None
-        if not isinstance(resp, dict):
-            raise nats.js.errors.APIError(code=500, description=f"unreadable reply to {subject}: {msg.data[:200]!r}")
-        err = resp.get("error")
-        if err is not None:
-            if not isinstance(err, dict) or not isinstance(err.get("code"), int):
-                raise nats.js.errors.APIError(code=500, description=f"error reply to {subject}: {err!r}")
-            # nats-py's error classes, as its own calls raise them (NotFoundError for 404, ...).
-            nats.js.errors.APIError.from_error(err)
-        return resp
-
-    async def _generations(self, base: str) -> dict[str, int]:
-        """The stream's consumers that are generations of ``base``: name -> generation."""
-        stream = self.settings.stream
-        found: dict[str, int] = {}
-        offset = 0
-        while True:
-            resp = await self._js_api(f"CONSUMER.NAMES.{stream}", {"offset": offset})
-            names = resp.get("consumers") or []
-            for name in names:
-                generation = _generation_of(name, base)
-                if generation is not None:
-                    found[name] = generation
-            offset += len(names)
-            if not names or offset >= int(resp.get("total") or 0):
-                return found
-
-    async def _create_consumer(self, config: ConsumerConfig) -> None:
-        """Creates a consumer, create-only: an APIError with err_code 10148 if the name is taken.
-
-        JetStream's plain create is "create or update"; with action "create" it refuses a name
-        that exists, unless the existing consumer's config is identical (then it answers as if
-        it had created it): callers make each config unique.
-        """
-        stream = self.settings.stream
-        subject = f"CONSUMER.CREATE.{stream}.{config.name}"
-        if config.filter_subject and config.filter_subject != ">":
-            subject += f".{config.filter_subject}"
-        await self._js_api(subject, {"stream_name": stream, "config": config.as_dict(), "action": "create"})
 
     async def last_sequence(self) -> int:
         jsm = self._require_jsm()
         try:
             info = await jsm.stream_info(self.settings.stream)
-        except _NATS_FAILURES as exc:
-            raise _broker_error(exc, f"stream info of {self.settings.stream}") from exc
+        except NATS_FAILURES as exc:
+            raise broker_error(exc, f"stream info of {self.settings.stream}") from exc
         return int(info.state.last_seq or 0)
 
     async def stored_time(self, sequence: int, *, stream: str = "") -> datetime | None:
@@ -1245,8 +1144,8 @@ class NatsBroker(Broker):
             msg = await jsm.get_msg(self.settings.stream, seq=sequence)
         except nats.js.errors.NotFoundError:
             return None
-        except _NATS_FAILURES as exc:
-            raise _broker_error(exc, f"stored time of event {sequence}") from exc
+        except NATS_FAILURES as exc:
+            raise broker_error(exc, f"stored time of event {sequence}") from exc
         return msg.time
 
     @property
@@ -1301,8 +1200,8 @@ class NatsBroker(Broker):
             return True
         except nats.js.errors.KeyWrongLastSequenceError:
             return False
-        except _NATS_FAILURES as exc:
-            raise _broker_error(exc, f"lease {name!r}") from exc
+        except NATS_FAILURES as exc:
+            raise broker_error(exc, f"lease {name!r}") from exc
 
     async def release_lease(self, name: str, owner: str) -> None:
         if self._lease_kv is None:
@@ -1313,8 +1212,8 @@ class NatsBroker(Broker):
                 await self._lease_kv.delete(name, last=entry.revision)
         except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyWrongLastSequenceError):
             return
-        except _NATS_FAILURES as exc:
-            raise _broker_error(exc, f"release of lease {name!r}") from exc
+        except NATS_FAILURES as exc:
+            raise broker_error(exc, f"release of lease {name!r}") from exc
 
     async def get_checkpoint(self, name: str) -> bytes | None:
         try:
@@ -1322,16 +1221,16 @@ class NatsBroker(Broker):
             entry = await kv.get(name)
         except nats.js.errors.KeyNotFoundError:
             return None
-        except _NATS_FAILURES as exc:
-            raise _broker_error(exc, f"read checkpoint {name!r}") from exc
+        except NATS_FAILURES as exc:
+            raise broker_error(exc, f"read checkpoint {name!r}") from exc
         return entry.value
 
     async def put_checkpoint(self, name: str, value: bytes) -> None:
         try:
             kv = await self._checkpoints()
             await kv.put(name, value)
-        except _NATS_FAILURES as exc:
-            error = _broker_error(exc, f"write checkpoint {name!r}")
+        except NATS_FAILURES as exc:
+            error = broker_error(exc, f"write checkpoint {name!r}")
             if isinstance(error, StorageFullError):
                 self.storage.refused(str(error))
             raise error from exc
@@ -1349,8 +1248,8 @@ class NatsBroker(Broker):
             info = await self._require_jsm().stream_info(f"KV_{bucket}", subjects_filter=head + pattern)
             names = [s[len(head) :] for s in info.state.subjects or {} if s[len(head) :].startswith(prefix)]
             values = await asyncio.gather(*(self._checkpoint_value(kv, name) for name in names))
-        except _NATS_FAILURES as exc:
-            raise _broker_error(exc, f"list checkpoints {prefix!r}") from exc
+        except NATS_FAILURES as exc:
+            raise broker_error(exc, f"list checkpoints {prefix!r}") from exc
         return {name: value for name, value in zip(names, values, strict=True) if value is not None}
 
     @staticmethod
@@ -1361,396 +1260,8 @@ class NatsBroker(Broker):
             return None
         return entry.value
 
-    async def _consumer_info(self, name: str) -> ConsumerInfo:
-        info: ConsumerInfo = await self._require_jsm().consumer_info(self.settings.stream, name)
-        return info
-
     async def _ack_without_reply(self, nc: Client, reply: bytes) -> None:
         if self._fast_publish:
             await self._send(nc, [b"PUB " + reply + b" 4\r\n+ACK\r\n"], 1)
         else:
             await nc.publish(reply.decode(), b"+ACK")
-
-
-class NatsDurableConsumer(DurableConsumer):
-    """A durable pull consumer of one reader: position kept by JetStream, one ack per batch.
-
-    **Generations (the fence).** Every open and every ``reset`` creates a new JetStream
-    consumer ``<name>@<n>``, one number above the highest generation of ``name`` on the
-    stream, starting right after the highest ack floor among them, and then deletes the older
-    ones. Taking the highest floor is safe because a floor only moves once everything up to
-    it is done: the reader of a generation acks a delivery only after the destination acked
-    it and everything delivered before it. The create is create-only, so two replicas racing
-    on a lease hand-over never share a generation (the loser of a number takes the next).
-
-    **One ack per batch.** Acks are ``AckPolicy.ALL``: acking a delivery acks every earlier
-    delivery of the generation, forwarded or skipped by the origin/route filter. That is safe
-    only with one reader per generation, which the fence gives: an instance that lost its
-    lease acks into a deleted consumer (nothing happens; its ack request fails with no
-    responders, which ends its session), and what it forwarded after the floor the next
-    generation started at comes again and is answered as duplicates by the destination.
-    """
-
-    def __init__(
-        self,
-        broker: NatsBroker,
-        base: str,
-        template: ConsumerConfig,
-        *,
-        origin: str | None = None,
-        routed_to: str | None = None,
-    ) -> None:
-        self._broker = broker
-        self._base = base
-        self._template = template
-        self._config = template
-        self._origin = origin
-        self._puller: PullSubscription | None = None
-        # The current generation's consumer name (set by _open_generation).
-        self.name = base
-        # The exact header line of the wanted origin, matched in the raw header block.
-        self._origin_line = (
-            f"\r\n{HEADER_ORIGIN}: {escape_header_value(origin)}\r\n".encode() if origin is not None else None
-        )
-        # Whether a route header names `routed_to` (routes repeat: a few per mesh).
-        self._routes = RouteMatcher(routed_to) if routed_to is not None else None
-        # Subject -> topic of the deliveries.
-        self._topics: dict[bytes, str] = {}
-        # Ack subject -> delivery sequence of the deliveries handed out and not acked yet, in
-        # delivery order (insertion order): the first entry is the oldest still outstanding.
-        self._unacked: dict[bytes, int] = {}
-        # Deliveries an ack may be sent on once everything handed out before them is acked:
-        # the last delivery of a fetch (so skipped ones after the last forwarded one are
-        # covered) and acked ones that wait for earlier ones. Sorted by delivery sequence.
-        self._marks: list[tuple[int, bytes]] = []
-        # The highest ack floor seen of this consumer's generations: where a new generation
-        # starts when the current one is gone (deleted under us) by the time it is reopened.
-        self._floor = 0
-        self._closed = False
-
-    # -- generations ------------------------------------------------------------------------
-
-    async def _open_generation(self) -> None:
-        """Creates the next generation after the highest ack floor and deletes the older ones."""
-        broker = self._broker
-        generations = await broker._generations(self._base)
-        floor = self._floor
-        for name in generations:
-            try:
-                info = await broker._consumer_info(name)
-            except nats.js.errors.NotFoundError:
-                continue  # deleted meanwhile, by whoever opened a newer generation
-            # Everything at or below any generation's floor was done by its (one) reader.
-            floor = max(floor, _floor_of(info))
-        number = max(generations.values(), default=0) + 1
-        # Unique per open: JetStream answers a create-only request for an existing consumer
-        # with an identical config as if it had created it, so racing opens would share one.
-        opener = secrets.token_hex(6)
-        for _ in range(_GENERATION_TRIES):
-            name = f"{self._base}{_GENERATION_SEP}{number}"
-            config = dataclasses.replace(
-                self._template,
-                name=name,
-                durable_name=name,
-                description=f"{self._template.description} (generation {number}, opener {opener})",
-                deliver_policy=DeliverPolicy.BY_START_SEQUENCE if floor else DeliverPolicy.ALL,
-                opt_start_seq=floor + 1 if floor else None,
-            )
-            try:
-                await broker._create_consumer(config)
-                break
-            except nats.js.errors.APIError as exc:
-                if exc.err_code != _CONSUMER_EXISTS:
-                    raise
-                number += 1  # another opener took this number first
-        else:
-            raise BrokerUnavailableError(
-                f"durable consumer {self._base!r}: generation numbers {number - _GENERATION_TRIES} to {number - 1}"
-                " were all taken by other openers; open it again"
-            )
-        puller = PullSubscription(broker._require_nc(), stream=broker.settings.stream, consumer=name)
-        await puller.open()
-        broker._pullers.add(puller)
-        self._puller = puller
-        self._config = config
-        self.name = name
-        self._floor = floor
-        # Listed again: a racing opener's generation created after the first listing is older
-        # than this one and must go too. Its late acks then land nowhere, and its reader
-        # learns it was fenced. Safety does not hang on the deletes (an old generation's acks
-        # only ever ack that generation, and its floor stays true), so a failed one only
-        # leaves an old generation for the next open to delete.
-        with contextlib.suppress(*_NATS_FAILURES):
-            for old, n in (await broker._generations(self._base)).items():
-                if n < number:
-                    with contextlib.suppress(nats.js.errors.NotFoundError):
-                        await broker._js_api(f"CONSUMER.DELETE.{broker.settings.stream}.{old}")
-
-    def _forget(self) -> None:
-        """Drops every delivery handed out or buffered: they are not acked through this generation."""
-        self._unacked.clear()
-        self._marks.clear()
-        if self._puller is not None:
-            self._puller.buffer.clear()
-
-    def _note_floor(self, info: ConsumerInfo) -> None:
-        self._floor = max(self._floor, _floor_of(info))
-
-    # -- reading ----------------------------------------------------------------------------
-
-    async def fetch(self, max_events: int, *, timeout: float) -> list[Delivery]:
-        puller, nc = await self._pull(max_events, timeout)
-        deliveries = []
-        topic_of = self._broker._mapper.topic
-        unacked = self._unacked
-        msgs = puller.take(max_events)
-        for subject, reply, hdr, data in msgs:
-            if not self._wanted(hdr):
-                continue
-            meta = parse_ack_subject(reply.decode())
-            event = decode_event(
-                parse_header_block(hdr), data, topic=topic_of(subject.decode()), sequence=meta.stream_sequence
-            )
-            unacked[reply] = meta.consumer_sequence
-            deliveries.append(Delivery(event=event, token=reply, pending=meta.pending))
-        if msgs:
-            await self._after_take(nc, msgs[-1][1])
-        return deliveries
-
-    async def _pull(self, max_events: int, timeout: float) -> tuple[PullSubscription, Client]:
-        """Fills the puller's buffer with what the consumer has (lingering up to ``timeout``)."""
-        if self._closed:
-            raise BrokerError(f"durable consumer {self.name!r} is closed", retriable=False)
-        if max_events < 1:
-            raise ValueError(f"max_events must be >= 1, got {max_events}")
-        broker = self._broker
-        puller = self._puller
-        if puller is None:
-            raise BrokerUnavailableError(f"durable consumer {self._base!r} has no open generation; reset() it")
-        # Waiting (bounded) rather than failing at once: a caller that retries in a loop
-        # must not spin while the client reconnects.
-        nc = await broker._ready(max(timeout, 0.05))
-        try:
-            status: str | None = None
-            if not puller.buffer:
-                await puller.request(max_events, no_wait=True)
-                status = await puller.wait(broker._ack_timeout)
-                if not puller.buffer and status in _NO_MESSAGES and timeout > 0:
-                    # Nothing now: linger for ONE event so nothing stays requested afterwards,
-                    # then take whatever else has arrived meanwhile.
-                    await puller.request(1, expires=timeout)
-                    status = await puller.wait(timeout + _PULL_GRACE_SECONDS)
-                    if status == FULL and max_events > 1:
-                        await puller.request(max_events - 1, no_wait=True)
-                        status = await puller.wait(broker._ack_timeout)
-            if status in _CONSUMER_LOST:
-                await self._on_lost(puller, status)
-            elif status == TIMEOUT and not nc.is_connected:
-                raise NotConnectedError(f"connection to NATS lost while consumer {self.name!r} fetched")
-        except _NATS_FAILURES as exc:
-            raise _broker_error(exc, f"fetch from durable consumer {self.name!r}") from exc
-        return puller, nc
-
-    async def _on_lost(self, puller: PullSubscription, status: str) -> None:
-        """A pull answered 503/409: the generation is unavailable for now, or gone."""
-        broker = self._broker
-        try:
-            self._note_floor(await broker._consumer_info(self.name))
-        except nats.js.errors.NotFoundError:
-            # Deleted: fenced by a newer generation (another replica opened it), or by an
-            # operator. Never recreated under the same name: a fenced reader must not come
-            # back into a generation; reset() opens the next one (and fences the other).
-            self._forget()
-            self._puller = None
-            await broker._close_puller(puller, delete=False)
-            raise BrokerUnavailableError(
-                f"durable consumer {self.name!r} is gone (a newer generation of {self._base!r} fenced it, or it was"
-                " deleted); reset() opens the next generation from the ack floor"
-            ) from None
-        if not puller.buffer:
-            raise BrokerUnavailableError(
-                f"durable consumer {self.name!r} was unavailable ({status} {puller.last_description}); fetch again"
-            )
-
-    def _wanted(self, hdr: bytes | None) -> bool:
-        """Whether a delivery passes the origin and destination filter, read on its raw headers."""
-        origin_line = self._origin_line
-        if origin_line is not None and (hdr is None or origin_line not in hdr):
-            return False
-        routes = self._routes
-        if routes is None:
-            return True
-        return hdr is not None and routes(hdr)
-
-    async def _after_take(self, nc: Client, last: bytes) -> None:
-        """Marks the last delivery taken; when it was skipped and nothing is outstanding, acks it now.
-
-        A skipped delivery is acked by the next ack at or above it: at once when nothing
-        handed out before it waits (a batch of only skipped events is acked here, without a
-        reply: the next ack covers it if this one is lost), else with the batch that precedes
-        it, once the destination acked that.
-        """
-        if last in self._unacked:
-            return  # a forwarded delivery: its own ack covers the fetch
-        self._marks.append((parse_ack_subject(last.decode()).consumer_sequence, last))
-        if not self._unacked:
-            try:
-                await self._advance(nc, confirm=False)
-            except _NATS_FAILURES as exc:
-                raise _broker_error(exc, f"ack of skipped deliveries of {self.name!r}") from exc
-
-    async def fetch_raw(self, max_events: int, *, timeout: float) -> RawBatch:
-        puller, nc = await self._pull(max_events, timeout)
-        batch = RawBatch()
-        ids, topics, sequences, headers, datas, tokens = (
-            batch.ids,
-            batch.topics,
-            batch.sequences,
-            batch.headers,
-            batch.data,
-            batch.tokens,
-        )
-        topic_cache = self._topics
-        unacked = self._unacked
-        pending = 0
-        msgs = puller.take(max_events)
-        for subject, reply, hdr, data in msgs:
-            if not self._wanted(hdr):
-                continue
-            # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>[.<token>] (domains: 2 more)
-            tokens_ = reply.split(b".")
-            base = 4 if len(tokens_) == 9 else 6
-            sequences.append(int(tokens_[base + 1]))
-            delivery = int(tokens_[base + 2])
-            pending = int(tokens_[base + 4])
-            topic = topic_cache.get(subject)
-            if topic is None:
-                if len(topic_cache) > 4096:
-                    topic_cache.clear()
-                topic = topic_cache[subject] = self._broker._mapper.topic(subject.decode())
-            eid, lines = split_header_block(hdr)
-            ids.append(eid)
-            topics.append(topic)
-            headers.append(lines)
-            datas.append(data)
-            tokens.append(reply)
-            unacked[reply] = delivery
-        batch.pending = pending
-        if msgs:
-            await self._after_take(nc, msgs[-1][1])
-        return batch
-
-    # -- acking -----------------------------------------------------------------------------
-
-    async def ack_raw(self, batch: RawBatch) -> None:
-        await self._ack_tokens(batch.tokens)
-
-    async def ack(self, deliveries: Sequence[Delivery]) -> None:
-        await self._ack_tokens([d.token for d in deliveries])
-
-    async def _ack_tokens(self, tokens: Sequence[object]) -> None:
-        unacked = self._unacked
-        top, top_reply = 0, b""
-        for token in tokens:
-            reply = token.token if isinstance(token, Delivery) else token  # Delivery: the default fetch_raw's
-            if not isinstance(reply, bytes):
-                continue
-            # Unknown: of a generation before the last reset, or acked already. Never sent:
-            # this instance no longer reads that generation.
-            delivery = unacked.pop(reply, None)
-            if delivery is not None and delivery > top:
-                top, top_reply = delivery, reply
-        if not top:
-            return
-        bisect.insort(self._marks, (top, top_reply))
-        nc = await self._broker._ready()
-        try:
-            await self._advance(nc, confirm=True)
-        except _NATS_FAILURES as exc:
-            raise _broker_error(exc, f"ack of {len(tokens)} deliveries of {self.name!r}") from exc
-
-    async def _advance(self, nc: Client, *, confirm: bool) -> None:
-        """Sends one ack on the highest mark below the oldest delivery still handed out (if any)."""
-        oldest = next(iter(self._unacked.values()), math.inf)
-        marks = self._marks
-        n = 0
-        while n < len(marks) and marks[n][0] < oldest:
-            n += 1
-        if not n:
-            return
-        reply = marks[n - 1][1]
-        # Every mark left is above the one acked now, and later marks (a fetch's last delivery,
-        # an acked one) come later in delivery order: no ack is ever sent twice.
-        del marks[:n]
-        if confirm:
-            # The reply means the ack is applied: nothing up to it is delivered again, and
-            # pending() already counts it out. No responders: the generation is gone (fenced).
-            await nc.request(reply.decode(), b"+ACK", timeout=self._broker._ack_timeout)
-        else:
-            await self._broker._ack_without_reply(nc, reply)
-
-    # -- position ---------------------------------------------------------------------------
-
-    async def pending(self) -> int:
-        try:
-            info = await self._broker._consumer_info(self.name)
-        except _NATS_FAILURES as exc:
-            raise _broker_error(exc, f"consumer info of {self.name!r}") from exc
-        self._note_floor(info)
-        return int(info.num_pending or 0) + int(info.num_ack_pending or 0)
-
-    async def reset(self) -> None:
-        """Opens the next generation at the ack floor; the current one is deleted (see the class)."""
-        if self._closed:
-            raise BrokerError(f"durable consumer {self.name!r} is closed", retriable=False)
-        broker = self._broker
-        broker._require_jsm()
-        self._forget()
-        puller, self._puller = self._puller, None
-        if puller is not None:
-            await broker._close_puller(puller, delete=False)
-        try:
-            await self._open_generation()
-        except _NATS_FAILURES as exc:
-            raise _broker_error(exc, f"reset of durable consumer {self._base!r}") from exc
-
-    async def oldest_pending_time(self) -> float | None:
-        broker = self._broker
-        jsm = broker._require_jsm()
-        try:
-            info = await broker._consumer_info(self.name)
-            self._note_floor(info)
-            if not (info.num_pending or info.num_ack_pending):
-                return None
-            # The first message after the ack floor on the consumer's subjects (next=True skips
-            # deleted ones): the oldest this consumer has not finished with.
-            msg = await jsm.get_msg(
-                broker.settings.stream, seq=_floor_of(info) + 1, subject=self._config.filter_subject, next=True
-            )
-        except nats.js.errors.NotFoundError:
-            return None
-        except _NATS_FAILURES as exc:
-            raise _broker_error(exc, f"oldest pending of {self.name!r}") from exc
-        # nats-py parses the stored time into a datetime.
-        return msg.time.timestamp() if msg.time is not None else None
-
-    async def close(self) -> None:
-        """Stops reading; the generation stays (it holds the position) until the next open deletes it.
-
-        Nothing is handed back: no reader ever pulls from this generation again, the next one
-        starts at its ack floor.
-        """
-        if self._closed:
-            return
-        self._closed = True
-        broker = self._broker
-        broker._consumers.discard(self)
-        self._forget()
-        puller, self._puller = self._puller, None
-        if puller is not None:
-            await broker._close_puller(puller, delete=False)
-
-
-def _floor_of(info: ConsumerInfo) -> int:
-    """The stream sequence of a consumer's ack floor (0: nothing acked, from the stream's start)."""
-    return int(info.ack_floor.stream_seq or 0) if info.ack_floor is not None else 0

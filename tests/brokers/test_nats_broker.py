@@ -27,7 +27,7 @@ from meshgate.brokers import (
     StartAt,
 )
 from meshgate.brokers.nats import AckTimeoutError
-from meshgate.brokers.nats._broker import _generation_of
+from meshgate.brokers.nats._consumer import ConsumerApi, _generation_of
 from meshgate.config import NatsSettings
 from meshgate.testing import freeze
 from tests._servers import TEST_ACK_TIMEOUT, make_nats_broker
@@ -331,7 +331,7 @@ async def test_a_late_ack_of_an_old_generation_acks_nothing_of_the_new_one(nats_
             await old.ack(held)
         # Nothing of the new generation was acked: all ten are still pending there.
         assert await new.pending() == 10
-        info = await two._consumer_info(new.name)
+        info = await two._consumer_host.api.info(new.name)
         assert info.ack_floor is not None and info.ack_floor.stream_seq == 0
         await new.ack(taken)
         rest = await new.fetch(10, timeout=BOUND)
@@ -389,15 +389,15 @@ async def test_an_open_that_loses_its_generation_number_takes_the_next(
     """Create-only: an opener whose listing is stale (another took @1 meanwhile) never shares it."""
     first = await nats_broker.durable_consumer("link-stale")
     assert first.name == "link-stale@1"
-    listed = NatsBroker._generations
+    listed = ConsumerApi.generations
     calls = 0
 
-    async def stale_once(self: NatsBroker, base: str) -> dict[str, int]:
+    async def stale_once(self: ConsumerApi, base: str) -> dict[str, int]:
         nonlocal calls
         calls += 1
         return {} if calls == 1 else await listed(self, base)
 
-    monkeypatch.setattr(NatsBroker, "_generations", stale_once)
+    monkeypatch.setattr(ConsumerApi, "generations", stale_once)
     second = await nats_broker.durable_consumer("link-stale")
     assert second.name == "link-stale@2"
     assert await _consumer_names(nats_server) == {"link-stale@2"}
