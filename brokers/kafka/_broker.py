@@ -21,7 +21,7 @@ Client retries of an id within the idempotency window are absorbed by the adapte
 Reads: ``read`` assigns every partition of the matching topics to a consumer of its own (no
 group); ``durable_consumer`` is a consumer group (``_consumer``). Checkpoints live in a
 compacted topic ``<prefix>__meshgate_checkpoints`` (key = name, the last value wins). Leases
-do not exist: Kafka splits a durable consumer's work between replicas itself (``shares_work``).
+do not exist: Kafka splits a durable consumer's work between replicas itself (``WorkSharing``).
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
-from typing import ClassVar
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
@@ -39,6 +38,7 @@ from meshgate.brokers._base import (
     Broker,
     BrokerError,
     BrokerState,
+    WorkSharing,
 )
 from meshgate.brokers._storage import StorageHealth
 from meshgate.brokers.kafka._append import RECORD_OVERHEAD, KafkaAppend
@@ -96,7 +96,7 @@ DEFAULT_PARTITION_FETCH_BYTES = 256 * 1024
 DEFAULT_FETCH_MAX_WAIT = 0.05
 
 
-class KafkaBroker(KafkaAppend, KafkaRead, KafkaCheckpoints, Broker):
+class KafkaBroker(KafkaAppend, KafkaRead, KafkaCheckpoints, Broker, WorkSharing):
     """A region's log in Kafka (``bootstrap_servers``: ``host:port`` entries).
 
     ``idempotency_window_seconds`` is how long an event id is remembered; ``settings.max_window_ids``
@@ -106,8 +106,6 @@ class KafkaBroker(KafkaAppend, KafkaRead, KafkaCheckpoints, Broker):
     ``partition_fetch_bytes`` bound what each fetch of the adapter's consumers buffers (all
     partitions, one partition); ``fetch_max_wait`` is how long a fetch waits at the broker.
     """
-
-    shares_work: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -344,20 +342,6 @@ class KafkaBroker(KafkaAppend, KafkaRead, KafkaCheckpoints, Broker):
         return consumer
 
     # -- positions ----------------------------------------------------------------------------
-
-    async def hold_lease(self, name: str, owner: str, *, ttl: float) -> bool:
-        raise BrokerError(
-            f"lease {name!r}: a Kafka region does not use leases; its consumer groups split the work "
-            "between replicas (shares_work)",
-            retriable=False,
-        )
-
-    async def release_lease(self, name: str, owner: str) -> None:
-        raise BrokerError(
-            f"lease {name!r}: a Kafka region does not use leases; its consumer groups split the work "
-            "between replicas (shares_work)",
-            retriable=False,
-        )
 
     # -- helpers for tests and the gateway ----------------------------------------------------
 

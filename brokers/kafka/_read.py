@@ -189,12 +189,6 @@ class KafkaRead(KafkaState):
         positions.update(await self._require_probe().beginning_offsets(new))
         self._assign(consumer, positions)
 
-    async def last_sequence(self) -> int:
-        raise BrokerError(
-            "a Kafka region has no single last sequence (every topic-partition counts its own); use log_position()",
-            retriable=False,
-        )
-
     async def log_position(self) -> str:
         probe = self._require_probe()
         try:

@@ -43,6 +43,8 @@ from meshgate.brokers._base import (
     BrokerError,
     BrokerState,
     BrokerUnavailableError,
+    Leases,
+    SequencedLog,
 )
 from meshgate.brokers._codec import (
     SubjectMapper,
@@ -92,7 +94,7 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-class NatsBroker(NatsAppend, NatsRead, NatsCheckpoints, NatsLeases, Broker):
+class NatsBroker(NatsAppend, NatsRead, NatsCheckpoints, NatsLeases, SequencedLog, Leases, Broker):
     """A region's log in a NATS JetStream stream (created or updated on ``start``).
 
     ``servers`` are NATS URLs (``nats://host:4222``). Once connected the client reconnects

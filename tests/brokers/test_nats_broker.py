@@ -21,10 +21,13 @@ from meshgate.brokers import (
     BrokerUnavailableError,
     DurableConsumer,
     EmbeddedNats,
+    Leases,
     MessageTooLargeError,
     NatsBroker,
     NotConnectedError,
+    SequencedLog,
     StartAt,
+    WorkSharing,
 )
 from meshgate.brokers.nats import AckTimeoutError
 from meshgate.brokers.nats._consumer import ConsumerApi, _generation_of
@@ -35,6 +38,7 @@ from tests.brokers._contract import (
     BOUND,
     BrokerContract,
     BrokerFactory,
+    LeasesContract,
     make_event,
     read_events,
     sequences,
@@ -59,7 +63,7 @@ class _NatsBackend:
         await self.server.kill()
 
 
-class TestNatsBroker(BrokerContract):
+class TestNatsBroker(BrokerContract, LeasesContract):
     @pytest.fixture
     def new_broker(self, nats_server: EmbeddedNats) -> BrokerFactory:
         return lambda: make_nats_broker(nats_server)
@@ -178,7 +182,8 @@ async def test_size_checked_before_publishing(nats_broker: NatsBroker) -> None:
 
 async def test_one_stream_positions(nats_broker: NatsBroker) -> None:
     # JetStream is one stream: positions are its sequences, the stream name is empty.
-    assert not NatsBroker.shares_work
+    assert isinstance(nats_broker, SequencedLog) and isinstance(nats_broker, Leases)
+    assert not isinstance(nats_broker, WorkSharing)
     assert await nats_broker.last_sequence() == 0
     assert await nats_broker.log_position() == "0"
     results = await nats_broker.append([make_event("orders/a", f"ls-{i}") for i in range(3)])
