@@ -44,7 +44,7 @@ from meshgate.brokers._storage import StorageHealth
 from meshgate.brokers.kafka._append import RECORD_OVERHEAD, KafkaAppend
 from meshgate.brokers.kafka._checkpoints import KafkaCheckpoints
 from meshgate.brokers.kafka._clients import start_consumer, stop_consumer
-from meshgate.brokers.kafka._consumer import KafkaDurableConsumer
+from meshgate.brokers.kafka._consumer import KafkaConsumerHost, KafkaDurableConsumer
 from meshgate.brokers.kafka._errors import (
     KAFKA_FAILURES,
     KafkaUnavailableError,
@@ -184,6 +184,10 @@ class KafkaBroker(KafkaAppend, KafkaRead, KafkaCheckpoints, Broker, WorkSharing)
         self._stopping = False
         self.stats = KafkaBrokerStats()
         self.storage = StorageHealth(name=name, on_problem=self._start_storage_probe)
+        # All a durable consumer uses of this broker (see KafkaDurableConsumer).
+        self._consumer_host = KafkaConsumerHost(
+            decode=self._decode, probe=self._require_probe, closed=self._consumers.discard
+        )
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -330,7 +334,7 @@ class KafkaBroker(KafkaAppend, KafkaRead, KafkaCheckpoints, Broker, WorkSharing)
         self._require_producer()
         group_id = f"{self._names.prefix}{name}"
         consumer = KafkaDurableConsumer(
-            self, name=name, group_id=group_id, pattern=pattern, origin=origin, routed_to=routed_to
+            self._consumer_host, name=name, group_id=group_id, pattern=pattern, origin=origin, routed_to=routed_to
         )
         client = self._consumer(group_id=group_id)
         try:
