@@ -23,6 +23,7 @@ from meshgate.brokers.nats._errors import (
     NATS_FAILURES,
     broker_error,
 )
+from meshgate.brokers.nats._names import checkpoint_bucket, kv_stream, kv_subject_prefix
 from meshgate.brokers.nats._state import NatsState
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ class NatsCheckpoints(NatsState):
 
     @property
     def _checkpoint_bucket(self) -> str:
-        return f"{self.settings.stream}_CHECKPOINTS"
+        return checkpoint_bucket(self.settings.stream)
 
     async def _checkpoints(self) -> KeyValue:
         # A KV bucket beside the stream: a few small values, last one kept, on file storage.
@@ -79,12 +80,12 @@ class NatsCheckpoints(NatsState):
         # Not a KV watch: nats-py's watch can signal "initial values done" while values already
         # sent are still on their way (nats-io/nats.py#842), and the listing came back short.
         bucket = self._checkpoint_bucket
-        head = f"$KV.{bucket}."
+        head = kv_subject_prefix(bucket)
         # A prefix that ends a token is a subject filter, any other is filtered here.
         pattern = f"{prefix}>" if prefix.endswith(".") and prefix.strip(".") else ">"
         try:
             kv = await self._checkpoints()
-            info = await self._require_jsm().stream_info(f"KV_{bucket}", subjects_filter=head + pattern)
+            info = await self._require_jsm().stream_info(kv_stream(bucket), subjects_filter=head + pattern)
             names = [s[len(head) :] for s in info.state.subjects or {} if s[len(head) :].startswith(prefix)]
             values = await asyncio.gather(*(self._checkpoint_value(kv, name) for name in names))
         except NATS_FAILURES as exc:

@@ -32,6 +32,7 @@ from meshgate.brokers._base import (
 from meshgate.brokers._codec import HEADER_ORIGIN, decode_event, escape_header_value
 from meshgate.brokers._headers import RouteMatcher
 from meshgate.brokers.nats._errors import NATS_FAILURES, NotConnectedError, broker_error
+from meshgate.brokers.nats._names import check_durable_name, generation_name, generation_of
 from meshgate.brokers.nats._pull import (
     CONSUMER_LOST,
     FULL,
@@ -45,36 +46,18 @@ from meshgate.brokers.nats._wire import parse_ack_subject, parse_header_block, s
 if TYPE_CHECKING:
     from nats.js.manager import JetStreamManager
 
-__all__ = ["GENERATION_SEP", "ConsumerApi", "ConsumerHost", "NatsDurableConsumer", "durable_template"]
+__all__ = ["ConsumerApi", "ConsumerHost", "NatsDurableConsumer", "durable_template"]
 
 DURABLE_MAX_ACK_PENDING = 50_000
-# A durable consumer's generations are named <name>@<n>. '@' is outside the alphabet of region
-# names ([A-Za-z0-9_-], so of link names mg-link-<destination>) and is refused in a name given
-# to durable_consumer: <name>@<n> can never be another name's generation (with '-', mg-link-b-2
-# would be both destination b's generation 2 and a name of destination b-2), and
-# JetStream takes it in a consumer name (which may not hold '.', '*', '>', whitespace, slashes).
-GENERATION_SEP = "@"
 # JetStream's answer to a create-only request for a name that exists.
 _CONSUMER_EXISTS = 10148
 # Opens racing for generation numbers: each "exists" moves to the next number.
 _GENERATION_TRIES = 64
 
 
-def _generation_of(name: str, base: str) -> int | None:
-    """The generation number of consumer ``name`` of durable consumer ``base``, or None."""
-    head, sep, number = name.rpartition(GENERATION_SEP)
-    if sep and head == base and number.isascii() and number.isdigit():
-        return int(number)
-    return None
-
-
 def durable_template(name: str, *, pattern: str, filter_subject: str, ack_wait: float) -> ConsumerConfig:
     """The config every generation of durable consumer ``name`` starts from (name and start left out)."""
-    if not name or GENERATION_SEP in name or any(c in name for c in ".*> \t\r\n/\\"):
-        raise ValueError(
-            f"durable consumer name {name!r} must be non-empty, without {GENERATION_SEP!r}, '.', '*', '>', "
-            "whitespace or slashes"
-        )
+    check_durable_name(name)
     return ConsumerConfig(
         description=f"Meshgate durable consumer of {pattern}",
         deliver_policy=DeliverPolicy.ALL,
@@ -146,7 +129,7 @@ class ConsumerApi:
             resp = await self.request(f"CONSUMER.NAMES.{stream}", {"offset": offset})
             names = resp.get("consumers") or []
             for name in names:
-                generation = _generation_of(name, base)
+                generation = generation_of(name, base)
                 if generation is not None:
                     found[name] = generation
             offset += len(names)
@@ -274,7 +257,7 @@ class NatsDurableConsumer(DurableConsumer):
         # with an identical config as if it had created it, so racing opens would share one.
         opener = secrets.token_hex(6)
         for _ in range(_GENERATION_TRIES):
-            name = f"{self._base}{GENERATION_SEP}{number}"
+            name = generation_name(self._base, number)
             config = dataclasses.replace(
                 self._template,
                 name=name,

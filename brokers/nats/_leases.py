@@ -17,6 +17,7 @@ from meshgate.brokers.nats._errors import (
     NATS_FAILURES,
     broker_error,
 )
+from meshgate.brokers.nats._names import lease_bucket
 from meshgate.brokers.nats._state import NatsState
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ class NatsLeases(NatsState):
         if self._lease_kv is None:
             nc = self._require_nc()
             js = nc.jetstream(timeout=self._ack_timeout)
-            bucket = f"{self.settings.stream}_LEASES"
+            bucket = lease_bucket(self.settings.stream)
             try:
                 self._lease_kv = await js.key_value(bucket)
             except nats.js.errors.BucketNotFoundError:

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import enum
 import logging
-import secrets
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,6 +32,7 @@ from meshgate.brokers.nats._errors import (
     NATS_FAILURES,
     broker_error,
 )
+from meshgate.brokers.nats._names import reader_name
 from meshgate.brokers.nats._pull import (
     BYTES,
     CLOSED,
@@ -139,7 +139,7 @@ class NatsRead(NatsState):
 
     def _reader_config(self, filter_subject: str, start: StartAt, resume_after: int | None) -> ConsumerConfig:
         config = ConsumerConfig(
-            name=f"mg-read-{secrets.token_hex(8)}",
+            name=reader_name(),
             ack_policy=AckPolicy.NONE,
             filter_subject=filter_subject,
             replay_policy=ReplayPolicy.INSTANT,

@@ -30,7 +30,8 @@ from meshgate.brokers import (
     WorkSharing,
 )
 from meshgate.brokers.nats import AckTimeoutError
-from meshgate.brokers.nats._consumer import ConsumerApi, _generation_of
+from meshgate.brokers.nats._consumer import ConsumerApi
+from meshgate.brokers.nats._names import generation_of
 from meshgate.config import NatsSettings
 from meshgate.testing import freeze
 from tests._servers import TEST_ACK_TIMEOUT, make_nats_broker
@@ -351,14 +352,14 @@ async def test_a_late_ack_of_an_old_generation_acks_nothing_of_the_new_one(nats_
 
 
 def test_generation_names_never_collide_across_destinations() -> None:
-    assert _generation_of("mg-link-b", "mg-link-b") is None  # the name itself is no generation
-    assert _generation_of("mg-link-b@12", "mg-link-b") == 12
+    assert generation_of("mg-link-b", "mg-link-b") is None  # the name itself is no generation
+    assert generation_of("mg-link-b@12", "mg-link-b") == 12
     # Destination b-2's consumers are never b's generations, nor b's theirs.
-    assert _generation_of("mg-link-b-2", "mg-link-b") is None
-    assert _generation_of("mg-link-b-2@3", "mg-link-b") is None
-    assert _generation_of("mg-link-b@3", "mg-link-b-2") is None
-    assert _generation_of("mg-link-b@x", "mg-link-b") is None
-    assert _generation_of("mg-link-b@", "mg-link-b") is None
+    assert generation_of("mg-link-b-2", "mg-link-b") is None
+    assert generation_of("mg-link-b-2@3", "mg-link-b") is None
+    assert generation_of("mg-link-b@3", "mg-link-b-2") is None
+    assert generation_of("mg-link-b@x", "mg-link-b") is None
+    assert generation_of("mg-link-b@", "mg-link-b") is None
 
 
 async def test_a_durable_consumer_name_cannot_look_like_a_generation(nats_broker: NatsBroker) -> None:
