@@ -9,6 +9,12 @@ A region's log may be one stream (NATS JetStream: ``stream`` is empty everywhere
 (Kafka: one per topic-partition, ``<topic>/<partition>``), each numbering its events on its
 own: an event's position is (``stream``, ``sequence``). Whatever spans the whole log (where
 replication dedup resumes a scan) is an opaque position string that only the adapter reads.
+
+The interface is split into capabilities, tested with ``isinstance`` rather than flags:
+``Log`` (appends, reads, durable consumers, positions) and ``Checkpoints``, which every
+adapter has (``Broker`` is both); ``SequencedLog`` (one stream numbered from 1: NATS);
+``Leases`` (NATS: one replica runs a link); ``WorkSharing`` (Kafka: consumer groups split a
+link's work between the replicas, which then take no leases).
 """
 
 from __future__ import annotations
@@ -18,7 +24,6 @@ import enum
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import ClassVar
 
 from meshgate._lifecycle import StartStop
 from meshgate.brokers._codec import decode_event, header_lines, parse_header_lines
@@ -31,13 +36,18 @@ __all__ = [
     "BrokerError",
     "BrokerState",
     "BrokerUnavailableError",
+    "Checkpoints",
     "Delivery",
     "DurableConsumer",
     "EventRejectedError",
     "EventTooLargeError",
+    "Leases",
+    "Log",
     "RawBatch",
+    "SequencedLog",
     "StartAt",
     "StorageFullError",
+    "WorkSharing",
 ]
 
 
@@ -257,19 +267,12 @@ class DurableConsumer(abc.ABC):
     async def close(self) -> None: ...
 
 
-class Broker(StartStop):
-    """One region's log."""
+class Log(StartStop):
+    """One region's log: writes, reads, durable consumers and positions (every adapter is one)."""
 
     state: BrokerState
     # Why ``state`` is not CONNECTED, as the client last heard it ("" while connected).
     state_reason: str = ""
-    # True when the broker itself splits a durable consumer's work across the gateway replicas
-    # that open it under one name (Kafka consumer groups), each stream to one of them: the
-    # replicator then runs every link in every replica instead of one replica per link under a
-    # lease. Such a consumer should fail one fetch (a retriable BrokerError) when its share
-    # changes, so that the link resends from its acked positions on a new Replicate call,
-    # whose dedup state the destination recovers afresh.
-    shares_work: ClassVar[bool] = False
 
     @abc.abstractmethod
     async def start(self) -> None:
@@ -358,37 +361,53 @@ class Broker(StartStop):
         return None
 
     @abc.abstractmethod
-    async def last_sequence(self) -> int:
-        """The sequence of the newest event of a one-stream log (0 when empty).
-
-        Only meaningful for a broker with one stream; Meshgate's own callers outside the
-        adapters use ``log_position``. The default ``log_position``, ``origin_sequences_after``
-        and ``find_event`` build on it, so a broker with several streams overrides those.
-        """
-
     def earliest_position(self, positions: Sequence[str]) -> str:
         """A position at or before each of ``positions`` (from ``log_position`` of this kind of broker).
 
         Replication dedup keeps one position per origin stream and scans the log once, from
         this, with ``origin_sequences_after``: everything stored after any of ``positions``
         must be after the answer. "" (the beginning) when ``positions`` is empty or holds "".
-        Raises ValueError for a position this kind of broker cannot read. Default (one
-        stream): the lowest sequence. A broker with several streams (Kafka: one offset per
+        Raises ValueError for a position this kind of broker cannot read. A ``SequencedLog``
+        answers the lowest sequence. A broker with several streams (Kafka: one offset per
         partition) takes the lowest offset of each partition, a partition missing from a
         position counting as offset 0 (its beginning: the position was read before that
         partition had events).
         """
-        if not positions or "" in positions:
-            return ""
-        return str(min(_sequence_position(p) for p in positions))
 
+    @abc.abstractmethod
     async def log_position(self) -> str:
         """The current end of the whole log as an opaque position ("" is the beginning).
 
-        Only ``origin_sequences_after`` of the same kind of broker reads it. Default (one
-        stream): the last sequence as decimal text.
+        Only ``origin_sequences_after`` of the same kind of broker reads it. A
+        ``SequencedLog``'s is its last sequence as decimal text.
         """
-        return str(await self.last_sequence())
+
+    @abc.abstractmethod
+    async def stored_time(self, sequence: int, *, stream: str = "") -> datetime | None:
+        """When the broker stored the event at ``sequence`` of ``stream`` (None if it is gone)."""
+
+    @abc.abstractmethod
+    async def find_event(self, event_id: str, *, since: datetime) -> event_pb2.Event | None:
+        """The event with ``event_id`` stored at or after ``since``, or None.
+
+        A scan of the log from ``since``: an operator's lookup (``meshgate trace``), not a
+        hot path; its cost is the number of events stored since then.
+        """
+
+    @abc.abstractmethod
+    async def origin_sequences_after(self, origin: str, position: str) -> tuple[dict[str, set[int]], str]:
+        """What of ``origin``'s events is stored after ``position`` (from ``log_position``).
+
+        Returns origin stream -> the origin sequences found in it (``event.origin_stream`` ->
+        ``event.origin_sequence``, events without an origin sequence left out), and the
+        position of the end of what was scanned: at least every event stored before the call
+        is looked at. Replication dedup uses it to rebuild, from the log itself, what a
+        checkpoint had not recorded yet.
+        """
+
+
+class Checkpoints(abc.ABC):
+    """Small values a gateway keeps in its region's broker (not in its memory)."""
 
     @abc.abstractmethod
     async def get_checkpoint(self, name: str) -> bytes | None:
@@ -410,30 +429,43 @@ class Broker(StartStop):
         prefix (an origin has one per stream it ever sent).
         """
 
-    @abc.abstractmethod
-    async def hold_lease(self, name: str, owner: str, *, ttl: float) -> bool:
-        """Takes lease ``name`` for ``owner``, or renews it; True while ``owner`` holds it.
 
-        A lease its owner does not renew within ``ttl`` seconds lapses and another owner can
-        take it: the gateway replicas of a region use one per replication link, so that one
-        replica runs each link and another takes over when it dies.
+class Broker(Log, Checkpoints):
+    """What every adapter is: a region's log and its checkpoints.
+
+    Further capabilities an adapter may have, tested with ``isinstance``: ``SequencedLog``
+    (one stream numbered from 1: NATS), ``Leases`` (NATS), ``WorkSharing`` (Kafka).
+    """
+
+
+class SequencedLog(Log):
+    """A log of one stream whose events are numbered 1, 2, ... (NATS JetStream).
+
+    Its positions are sequences, so ``log_position``, ``earliest_position``, ``find_event``
+    and ``origin_sequences_after`` are given here, on ``last_sequence``.
+    """
+
+    @abc.abstractmethod
+    async def last_sequence(self) -> int:
+        """The sequence of the newest event of a one-stream log (0 when empty).
+
+        Only meaningful for a broker with one stream; Meshgate's own callers outside the
+        adapters use ``log_position``. The default ``log_position``, ``origin_sequences_after``
+        and ``find_event`` build on it, so a broker with several streams overrides those.
         """
 
-    @abc.abstractmethod
-    async def release_lease(self, name: str, owner: str) -> None:
-        """Gives lease ``name`` up at once if ``owner`` holds it (a clean shutdown)."""
+    def earliest_position(self, positions: Sequence[str]) -> str:
+        """The lowest sequence of ``positions`` ("" when empty or holding "")."""
+        if not positions or "" in positions:
+            return ""
+        return str(min(_sequence_position(p) for p in positions))
 
-    @abc.abstractmethod
-    async def stored_time(self, sequence: int, *, stream: str = "") -> datetime | None:
-        """When the broker stored the event at ``sequence`` of ``stream`` (None if it is gone)."""
+    async def log_position(self) -> str:
+        """The last sequence as decimal text."""
+        return str(await self.last_sequence())
 
     async def find_event(self, event_id: str, *, since: datetime) -> event_pb2.Event | None:
-        """The event with ``event_id`` stored at or after ``since``, or None.
-
-        A scan of the log from ``since``: an operator's lookup (``meshgate trace``), not a
-        hot path; its cost is the number of events stored since then. The default reads one
-        stream; a broker with several overrides it.
-        """
+        """A read of the one stream from ``since`` (see ``Log.find_event``)."""
         end = await self.last_sequence()
         last_time = await self.stored_time(end) if end else None
         if last_time is None or last_time < since:
@@ -447,14 +479,7 @@ class Broker(StartStop):
         return None
 
     async def origin_sequences_after(self, origin: str, position: str) -> tuple[dict[str, set[int]], str]:
-        """What of ``origin``'s events is stored after ``position`` (from ``log_position``).
-
-        Returns origin stream -> the origin sequences found in it (``event.origin_stream`` ->
-        ``event.origin_sequence``, events without an origin sequence left out), and the
-        position of the end of what was scanned: at least every event stored before the call
-        is looked at. Replication dedup uses it to rebuild, from the log itself, what a
-        checkpoint had not recorded yet. Default (one stream): ``position`` is a sequence.
-        """
+        """A read of the one stream after sequence ``position`` (see ``Log.origin_sequences_after``)."""
         start = _sequence_position(position)
         end = await self.last_sequence()
         found: dict[str, set[int]] = {}
@@ -467,6 +492,38 @@ class Broker(StartStop):
             if batch and batch[-1].sequence >= end:
                 break
         return found, str(end)
+
+
+class Leases(abc.ABC):
+    """Leases kept in the broker: one owner per name at a time (NATS regions).
+
+    The replicator of a broker without ``WorkSharing`` runs each link in the one replica
+    that holds the link's lease.
+    """
+
+    @abc.abstractmethod
+    async def hold_lease(self, name: str, owner: str, *, ttl: float) -> bool:
+        """Takes lease ``name`` for ``owner``, or renews it; True while ``owner`` holds it.
+
+        A lease its owner does not renew within ``ttl`` seconds lapses and another owner can
+        take it: the gateway replicas of a region use one per replication link, so that one
+        replica runs each link and another takes over when it dies.
+        """
+
+    @abc.abstractmethod
+    async def release_lease(self, name: str, owner: str) -> None:
+        """Gives lease ``name`` up at once if ``owner`` holds it (a clean shutdown)."""
+
+
+class WorkSharing(abc.ABC):  # noqa: B024  # a capability without methods: isinstance says it
+    """The broker itself splits a durable consumer's work across the replicas that open it (Kafka).
+
+    Replicas opening a durable consumer under one name (Kafka consumer groups) each get some
+    of the log's streams: the replicator then runs every link in every replica instead of one
+    replica per link under a lease. Such a consumer should fail one fetch (a retriable
+    BrokerError) when its share changes, so that the link resends from its acked positions on
+    a new Replicate call, whose dedup state the destination recovers afresh.
+    """
 
 
 def _sequence_position(position: str) -> int:

@@ -17,7 +17,7 @@ batch is handled: batches are applied one at a time and a call ends at the first
 not, so every earlier event of the stream was handled before.
 
 Everything is recovered from the broker, never from a gateway's memory. A source whose broker
-``shares_work`` (Kafka) holds several calls to this region open at once, one per replica of
+has ``WorkSharing`` (Kafka) holds several calls to this region open at once, one per replica of
 the source, each for its own share of the streams; so the state is kept per stream, and no
 call ever writes a stream it does not handle. One checkpoint entry per (origin, stream), key
 ``replication.<origin>.<stream>`` (both escaped, see ``stream_key``), holds that stream's

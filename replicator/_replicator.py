@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from meshgate.brokers import Broker, BrokerError
+from meshgate.brokers import Broker, BrokerError, Leases, WorkSharing
 from meshgate.config import MeshConfig, Settings
 from meshgate.replicator._link import Link, LinkOptions, LinkState
 from meshgate.v1 import admin_pb2
@@ -39,7 +39,7 @@ class Replicator:
     a replica that stops renewing loses its leases within ``lease_ttl`` to one that is alive.
     One sender per link is what keeps a link's events in log order at the destination.
 
-    A broker that ``shares_work`` (Kafka consumer groups) splits each link's durable consumer
+    A broker with ``WorkSharing`` (Kafka consumer groups) splits each link's durable consumer
     across the replicas itself, each stream of the log to one replica: every replica then runs
     every link, no lease is taken, and each stream still has one sender.
 
@@ -61,12 +61,17 @@ class Replicator:
         lease_ttl: float = DEFAULT_LEASE_TTL,
         own_thread: bool = True,
     ) -> None:
+        if not isinstance(broker, WorkSharing | Leases):
+            raise TypeError(
+                f"{type(broker).__name__} neither shares work between replicas nor keeps leases: "
+                "the replicator cannot tell which replica runs a link"
+            )
         self.region = region
         self.owner = owner or f"{region}/{uuid.uuid4().hex[:12]}"
         self.lease_ttl = lease_ttl
         # The gateway's broker; the links use `_links_broker` (a sibling in the links' thread).
-        self._broker = broker
-        self._links_broker = broker
+        self._broker: Broker = broker
+        self._links_broker: Broker = broker
         self._options = options or LinkOptions()
         self._own_thread = own_thread
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -104,7 +109,7 @@ class Replicator:
 
     async def _apply(self, config: MeshConfig) -> None:
         self._make_links(config)
-        if self._started and self._broker.shares_work:
+        if self._started and self._shares_work:
             await self._run_all()
 
     @property
@@ -168,7 +173,7 @@ class Replicator:
                 link.use_broker(sibling)
         for link in self.links.values():
             link.state = LinkState.STANDBY
-        if self._broker.shares_work:
+        if self._shares_work:
             await self._run_all()
             return
         await self._lease_round()
@@ -191,16 +196,28 @@ class Replicator:
             self._leases = None
         running = [link for link in self.links.values() if link.running]
         await asyncio.gather(*(link.stop(timeout) for link in running))
-        if not self._broker.shares_work:  # else no leases were taken
+        if not self._shares_work:  # else no leases were taken
             # Handing the leases back lets another replica take the links over at once.
             for link in running:
                 with contextlib.suppress(BrokerError):
-                    await self._links_broker.release_lease(self._lease_name(link), self.owner)
+                    await self._lease_keeper().release_lease(self._lease_name(link), self.owner)
         if self._links_broker is not self._broker:
             sibling, self._links_broker = self._links_broker, self._broker
             for link in self.links.values():
                 link.use_broker(self._broker)
             await sibling.stop()
+
+    @property
+    def _shares_work(self) -> bool:
+        """Whether the broker splits each link's work between the replicas (no leases then)."""
+        return isinstance(self._broker, WorkSharing)
+
+    def _lease_keeper(self) -> Leases:
+        keeper = self._links_broker
+        # Checked in __init__: a broker without WorkSharing keeps leases (and so does its sibling).
+        if not isinstance(keeper, Leases):
+            raise TypeError(f"{type(keeper).__name__} keeps no leases")
+        return keeper
 
     @staticmethod
     def _lease_name(link: Link) -> str:
@@ -223,7 +240,7 @@ class Replicator:
             # run the link, and it must not claim STANDBY ("another replica runs it").
             unknown = ""
             try:
-                held = await self._links_broker.hold_lease(self._lease_name(link), self.owner, ttl=self.lease_ttl)
+                held = await self._lease_keeper().hold_lease(self._lease_name(link), self.owner, ttl=self.lease_ttl)
                 link.lease_renewed = time.monotonic() if held else None
             except BrokerError as exc:
                 # Not renewed: still ours until the TTL runs out, then another replica's.

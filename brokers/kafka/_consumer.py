@@ -24,7 +24,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -39,9 +39,10 @@ from meshgate.brokers.kafka._follower import header_value
 from meshgate.brokers.kafka._names import stream_of
 
 if TYPE_CHECKING:
-    from meshgate.brokers.kafka._broker import KafkaBroker
+    from meshgate.brokers.kafka._offsets import OffsetProbe
+    from meshgate.v1 import event_pb2
 
-__all__ = ["KafkaDurableConsumer", "KafkaToken"]
+__all__ = ["KafkaConsumerHost", "KafkaDurableConsumer", "KafkaToken"]
 
 logger = logging.getLogger(__name__)
 
@@ -94,10 +95,22 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
         self._owner._rebalanced()
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KafkaConsumerHost:
+    """What a durable consumer uses of its broker, handed over explicitly by the broker."""
+
+    # A record as an event.
+    decode: Callable[[ConsumerRecord[bytes, bytes]], event_pb2.Event]
+    # The broker's offset probe (raises "not started" while it has none).
+    probe: Callable[[], OffsetProbe]
+    # The consumer closed: the broker no longer closes it on stop.
+    closed: Callable[[KafkaDurableConsumer], None]
+
+
 class KafkaDurableConsumer(DurableConsumer):
     def __init__(
         self,
-        broker: KafkaBroker,
+        host: KafkaConsumerHost,
         *,
         name: str,
         group_id: str,
@@ -105,7 +118,7 @@ class KafkaDurableConsumer(DurableConsumer):
         origin: str | None,
         routed_to: str | None,
     ) -> None:
-        self._broker = broker
+        self._host = host
         self.name = name
         self.group_id = group_id
         self.pattern = pattern
@@ -180,7 +193,7 @@ class KafkaDurableConsumer(DurableConsumer):
             raise ValueError(f"max_events must be >= 1, got {max_events}")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, timeout)
-        decode = self._broker._decode
+        decode = self._host.decode
         while True:
             self._check_share()
             left = max(0.0, deadline - loop.time())
@@ -285,7 +298,7 @@ class KafkaDurableConsumer(DurableConsumer):
         tps = sorted(consumer.assignment())
         if not tps:
             return {}
-        probe = self._broker._require_probe()
+        probe = self._host.probe()
         now_ms = time.time() * 1000
         ends: dict[TopicPartition, int] = {}
         stale = []
@@ -325,7 +338,7 @@ class KafkaDurableConsumer(DurableConsumer):
 
     async def oldest_pending_time(self) -> float | None:
         consumer = self._require()
-        probe = self._broker._require_probe()
+        probe = self._host.probe()
         oldest: float | None = None
         try:
             floors = await self._floors(consumer)
@@ -351,7 +364,7 @@ class KafkaDurableConsumer(DurableConsumer):
         if self._closed:
             return
         self._closed = True
-        self._broker._consumers.discard(self)
+        self._host.closed(self)
         consumer, self._consumer = self._consumer, None
         self._tracks.clear()
         if consumer is not None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from meshgate.brokers.nats._broker import NatsBroker, NatsBrokerStats, NatsDurableConsumer
+from meshgate.brokers.nats._broker import NatsBroker, NatsBrokerStats
+from meshgate.brokers.nats._consumer import NatsDurableConsumer
 from meshgate.brokers.nats._errors import (
     AckTimeoutError,
     JetStreamRejectedError,

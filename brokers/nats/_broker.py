@@ -11,222 +11,75 @@ by itself after reconnects and server restarts (the replicator's catch-up and th
 stream); ``durable_consumer`` is a durable pull consumer of one reader, acked once per batch
 (``AckPolicy.ALL``), whose position lives in JetStream: each open makes a new generation of it
 that fences the earlier ones (``NatsDurableConsumer``).
+
+This module keeps the lifecycle: the connection, the stream, the state. Each other concern
+is a module of its own, mixed into ``NatsBroker`` on the state of ``_state``: ``_append``
+(writes, PubAcks), ``_read`` (Subscribe reads, the reader connection, log positions),
+``_checkpoints`` (KV checkpoints, the storage probe), ``_leases``; ``_consumer`` holds the
+durable consumer, which sees the broker only through the ``ConsumerHost`` it is given.
 """
 
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
-import dataclasses
-import enum
-import json
 import logging
 import math
-import secrets
-from collections.abc import AsyncGenerator, Callable, Coroutine, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
 
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 from nats.js.api import (
-    AckPolicy,
-    ConsumerConfig,
-    ConsumerInfo,
-    DeliverPolicy,
     DiscardPolicy,
-    KeyValueConfig,
-    ReplayPolicy,
     RetentionPolicy,
     StorageType,
     StreamConfig,
 )
-from nats.js.kv import KeyValue
 
 from meshgate.brokers._base import (
-    AppendResult,
-    AppendStats,
     Broker,
     BrokerError,
     BrokerState,
     BrokerUnavailableError,
-    Delivery,
-    DurableConsumer,
-    EventRejectedError,
-    RawBatch,
-    StartAt,
-    StorageFullError,
+    Leases,
+    SequencedLog,
 )
 from meshgate.brokers._codec import (
-    HEADER_ORIGIN,
     SubjectMapper,
-    decode_event,
-    escape_header_value,
     pattern_to_filter,
 )
-from meshgate.brokers._headers import RouteMatcher
-from meshgate.brokers._storage import PROBE_KEY, StorageHealth
+from meshgate.brokers._storage import StorageHealth
+from meshgate.brokers.nats._append import NatsAppend
+from meshgate.brokers.nats._checkpoints import NatsCheckpoints
+from meshgate.brokers.nats._consumer import ConsumerApi, ConsumerHost, NatsDurableConsumer, durable_template
 from meshgate.brokers.nats._errors import (
-    AckTimeoutError,
-    MessageTooLargeError,
+    NATS_FAILURES,
     NotConnectedError,
-    is_storage_full,
-    jetstream_error,
+    broker_error,
 )
+from meshgate.brokers.nats._leases import NatsLeases
 from meshgate.brokers.nats._parser import install as install_parser
 from meshgate.brokers.nats._parser import subscribe_raw
 from meshgate.brokers.nats._pull import (
-    BYTES,
-    CLOSED,
-    FULL,
-    TIMEOUT,
+    PULL_GRACE_SECONDS,
     PullBytes,
     PullSubscription,
-    reraise_swallowed_cancel,
 )
+from meshgate.brokers.nats._read import NatsRead
+from meshgate.brokers.nats._state import NatsBrokerStats
 from meshgate.brokers.nats._wire import (
     PubAckParser,
-    header_block,
-    parse_ack_subject,
-    parse_header_block,
-    split_header_block,
 )
 from meshgate.config import NatsSettings
-from meshgate.v1 import event_pb2
-
-if TYPE_CHECKING:
-    from nats.js.manager import JetStreamManager
 
 __all__ = ["NatsBroker", "NatsBrokerStats", "NatsDurableConsumer"]
 
 logger = logging.getLogger(__name__)
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-# The last time nats-server's int64 nanosecond clock can hold (Go's UnixNano ends in 2262).
-_LAST_SERVER_TIME = datetime(2262, 1, 1, tzinfo=UTC)
-
-_NO_MESSAGES = frozenset({"404", "408"})
-# The consumer is gone (503: nobody serves its pull subject) or was reset under us (409).
-_CONSUMER_LOST = frozenset({"503", "409"})
-# How long a caught-up reader's pull for the next event lingers on the server.
-_IDLE_PULL_SECONDS = 5.0
-# Slack on top of a pull's server-side expiry before the client gives up on its 408.
-_PULL_GRACE_SECONDS = 0.5
-# Ephemeral reader consumers the server removes when their reader has gone (crash, cancel).
-_READER_INACTIVE_SECONDS = 60.0
-# What one pull of a reader may bring when its caller sets no max_bytes: far below nats-server's
-# max_pending (64 MiB by default), past which the server drops the connection as a slow consumer.
-_READ_PULL_BYTES = 4 * 1024 * 1024
-# A pull's max_bytes counts an event's subject and ack reply besides its headers and payload.
-_PULL_BYTES_SLACK = 4096
 # What the readers' pulls on one connection may have asked for and not received, all together:
 # half of nats-server's default max_pending, however many readers there are.
 _CONNECTION_PULL_BYTES = 32 * 1024 * 1024
-_DURABLE_MAX_ACK_PENDING = 50_000
-# A durable consumer's generations are named <name>@<n>. '@' is outside the alphabet of region
-# names ([A-Za-z0-9_-], so of link names mg-link-<destination>) and is refused in a name given
-# to durable_consumer: <name>@<n> can never be another name's generation (with '-', mg-link-b-2
-# would be both destination b's generation 2 and a name of destination b-2), and
-# JetStream takes it in a consumer name (which may not hold '.', '*', '>', whitespace, slashes).
-_GENERATION_SEP = "@"
-# JetStream's answer to a create-only request for a name that exists.
-_CONSUMER_EXISTS = 10148
-# Opens racing for generation numbers: each "exists" moves to the next number.
-_GENERATION_TRIES = 64
-_MSG_ID_HEAD = b"NATS/1.0\r\nNats-Msg-Id: "
-# The byte value of b"0": an ack's sequence never starts with it.
-_ZERO = 0x30
-# While the broker cannot store, a write of this key in the checkpoint bucket (not an event)
-# tells when it can again; first after this long, doubling up to the maximum.
-
-
-class _Batch:
-    """One ``append`` call's results, filled in by the ack callback."""
-
-    __slots__ = ("data", "done", "remaining", "results", "sealed", "tokens", "topics")
-
-    def __init__(self, topics: Sequence[str], data: Sequence[bytes], done: asyncio.Future[None]) -> None:
-        # Only read to describe a failed event.
-        self.topics = topics
-        self.data = data
-        self.results: list[AppendResult | BrokerError | None] = [None] * len(topics)
-        self.tokens: list[int] = []
-        self.remaining = 0
-        # No more events will be sent; until then a drained ``remaining`` does not end the batch.
-        self.sealed = False
-        self.done = done
-
-    def settle(self, index: int, result: AppendResult | BrokerError) -> None:
-        self.results[index] = result
-        self.remaining -= 1
-        if self.remaining == 0 and self.sealed and not self.done.done():
-            self.done.set_result(None)
-
-
-class _StartMode(enum.Enum):
-    LATEST = "latest"
-    EARLIEST = "earliest"
-    TIME = "time"
-    SEQUENCE = "sequence"
-
-
-def _start_mode(start: StartAt) -> _StartMode:
-    chosen = [
-        mode
-        for mode, on in (
-            (_StartMode.EARLIEST, start.earliest),
-            (_StartMode.TIME, start.time is not None),
-            (_StartMode.SEQUENCE, start.sequence is not None),
-        )
-        if on
-    ]
-    if len(chosen) > 1:
-        raise ValueError(
-            f"StartAt sets {len(chosen)} positions ({', '.join(m.value for m in chosen)}); set at most one"
-        )
-    return chosen[0] if chosen else _StartMode.LATEST
-
-
-def _generation_of(name: str, base: str) -> int | None:
-    """The generation number of consumer ``name`` of durable consumer ``base``, or None."""
-    head, sep, number = name.rpartition(_GENERATION_SEP)
-    if sep and head == base and number.isascii() and number.isdigit():
-        return int(number)
-    return None
-
-
-def _broker_error(exc: BaseException, what: str) -> BrokerError:
-    """A nats-py failure as a broker error, retriable unless JetStream refused the request."""
-    if isinstance(exc, BrokerError):
-        return exc
-    if isinstance(exc, nats.js.errors.APIError):
-        code = exc.code or 0
-        if is_storage_full(err_code=exc.err_code or 0, description=exc.description or ""):
-            return jetstream_error(
-                code=code, err_code=exc.err_code or 0, description=exc.description or "", subject=what
-            )
-        detail = f"{what}: JetStream error {code}/{exc.err_code}: {exc.description}"
-        if code >= 500 or code in (408, 429) or isinstance(exc, nats.js.errors.ServiceUnavailableError):
-            return BrokerUnavailableError(detail)
-        return BrokerError(detail, retriable=False)
-    return BrokerUnavailableError(f"{what}: {type(exc).__name__}: {exc}")
-
-
-# What nats-py raises when the server is away, slow or refusing; all become BrokerErrors.
-_NATS_FAILURES = (nats.errors.Error, OSError, TimeoutError)
-
-
-def _redact(url: str) -> str:
-    """``url`` without a password or token (``nats://user:***@host:4222``)."""
-    scheme, sep, rest = url.rpartition("://")
-    userinfo, at, hostport = rest.rpartition("@")
-    if not at:
-        return url
-    user, colon, _ = userinfo.partition(":")
-    return f"{scheme}{sep}{user}:***@{hostport}" if colon else f"{scheme}{sep}***@{hostport}"
 
 
 def _describe(exc: BaseException) -> str:
@@ -237,15 +90,7 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-@dataclass(slots=True, kw_only=True)
-class NatsBrokerStats(AppendStats):
-    """Counters of one NatsBroker."""
-
-    # Readers that recreated their consumer (server restart, inactivity, sequence gap).
-    reader_resets: int = 0
-
-
-class NatsBroker(Broker):
+class NatsBroker(NatsAppend, NatsRead, NatsCheckpoints, NatsLeases, SequencedLog, Leases, Broker):
     """A region's log in a NATS JetStream stream (created or updated on ``start``).
 
     ``servers`` are NATS URLs (``nats://host:4222``). Once connected the client reconnects
@@ -280,7 +125,7 @@ class NatsBroker(Broker):
         if max_acks_in_flight < 1:
             raise ValueError(f"max_acks_in_flight must be >= 1, got {max_acks_in_flight}")
         self.state = BrokerState.NEW
-        self.servers: tuple[str, ...] = tuple(servers)
+        self.servers = tuple(servers)
         self.settings = settings
         self.name = name
         self._window = idempotency_window_seconds
@@ -291,17 +136,17 @@ class NatsBroker(Broker):
         self._durable_ack_wait = durable_ack_wait
         self._mapper = SubjectMapper(settings.subject_prefix)
         self._parse_puback = PubAckParser(settings.stream)
-        self._nc: Client | None = None
-        self._jsm: JetStreamManager | None = None
-        self._kv: KeyValue | None = None
-        self._lease_kv: KeyValue | None = None
+        self._nc = None
+        self._jsm = None
+        self._kv = None
+        self._lease_kv = None
         # The fast publish path writes protocol commands into nats-py's outbound buffer.
         self._fast_publish = True
         self._max_payload = 1024 * 1024
         self._reply_prefix = ""
         self._reply_prefix_len = 0
         self._next_token = 0
-        self._pending: dict[int, tuple[_Batch, int]] = {}
+        self._pending = {}
         self._capacity = asyncio.Event()
         self._capacity.set()
         self._idle = asyncio.Event()
@@ -310,20 +155,33 @@ class NatsBroker(Broker):
         self._stopping = False
         self._lock = asyncio.Lock()
         self._send_lock = asyncio.Lock()
-        self._pullers: set[PullSubscription] = set()
-        self._consumers: set[NatsDurableConsumer] = set()
+        self._pullers = set()
+        self._consumers = set()
         self._reported_disconnect = False
-        self._last_error: BaseException | None = None
+        self._last_error = None
         # Why the connection last dropped, for the log and for `state_reason`.
         self._drop_reason = ""
         self.stats = NatsBrokerStats()
         self.storage = StorageHealth(name=name, on_problem=self._start_storage_probe)
         # Readers (Subscribe) pull on a connection of their own, opened at the first read: a
         # reader's burst that gets that connection dropped as a slow consumer fails no write.
-        self._reader: NatsBroker | None = None
+        self._reader = None
         self._reader_lock = asyncio.Lock()
         self._is_reader = False
         self._pull_bytes = PullBytes(_CONNECTION_PULL_BYTES)
+        # All a durable consumer uses of this broker (see NatsDurableConsumer).
+        self._consumer_host = ConsumerHost(
+            api=ConsumerApi(
+                connection=self._require_nc, manager=self._require_jsm, stream=settings.stream, timeout=ack_timeout
+            ),
+            ack_timeout=ack_timeout,
+            topic_of=self._mapper.topic,
+            ready=self._ready,
+            track=self._pullers.add,
+            close_puller=self._close_durable_puller,
+            ack_without_reply=self._ack_without_reply,
+            closed=self._consumers.discard,
+        )
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -341,11 +199,6 @@ class NatsBroker(Broker):
         nc = self._nc
         url = nc.connected_url if nc is not None else None
         return url.geturl() if url is not None else None
-
-    @property
-    def _where(self) -> str:
-        """The servers, for messages: credentials in a URL are not shown."""
-        return ", ".join(_redact(url) for url in self.servers)
 
     async def start(self) -> None:
         async with self._lock:
@@ -401,9 +254,9 @@ class NatsBroker(Broker):
                 ),
                 timeout=self._connect_timeout,
             )
-        except (TimeoutError, *_NATS_FAILURES) as exc:
+        except (TimeoutError, *NATS_FAILURES) as exc:
             self.state = BrokerState.CLOSED
-            with contextlib.suppress(*_NATS_FAILURES):
+            with contextlib.suppress(*NATS_FAILURES):
                 await nc.close()
             cause = self._last_error or exc
             raise NotConnectedError(
@@ -430,7 +283,7 @@ class NatsBroker(Broker):
             await self._ensure_stream()
         except BaseException:
             self._nc = None
-            with contextlib.suppress(*_NATS_FAILURES):
+            with contextlib.suppress(*NATS_FAILURES):
                 await nc.close()
             self.state = BrokerState.CLOSED
             raise
@@ -496,8 +349,8 @@ class NatsBroker(Broker):
             if drift:
                 await jsm.update_stream(want)
                 logger.info("updated JetStream stream %s: %s", want.name, "; ".join(drift))
-        except _NATS_FAILURES as exc:
-            raise _broker_error(exc, f"cannot create or update stream {want.name}") from exc
+        except NATS_FAILURES as exc:
+            raise broker_error(exc, f"cannot create or update stream {want.name}") from exc
 
     async def stop(self) -> None:
         async with self._lock:
@@ -511,7 +364,7 @@ class NatsBroker(Broker):
             if self._pending:
                 # In-flight appends settle by ack or by their own timeout, so this is bounded.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._idle.wait(), self._ack_timeout + _PULL_GRACE_SECONDS)
+                    await asyncio.wait_for(self._idle.wait(), self._ack_timeout + PULL_GRACE_SECONDS)
             for consumer in list(self._consumers):
                 await consumer.close()
             for puller in list(self._pullers):
@@ -523,10 +376,10 @@ class NatsBroker(Broker):
                 await reader.stop()
             try:
                 await asyncio.wait_for(nc.drain(), self._ack_timeout)
-            except (TimeoutError, *_NATS_FAILURES):
+            except (TimeoutError, *NATS_FAILURES):
                 # Bounded too: nats-py's close waits for its reconnect task and flushes what is
                 # pending to a server that may be gone; a stop must end whatever the server does.
-                with contextlib.suppress(*_NATS_FAILURES):
+                with contextlib.suppress(*NATS_FAILURES):
                     await asyncio.wait_for(nc.close(), self._ack_timeout)
             self._fail_pending(BrokerUnavailableError(f"broker {self.name!r} stopped before the ack"))
             self._nc = None
@@ -626,523 +479,8 @@ class NatsBroker(Broker):
 
     # -- append -------------------------------------------------------------------------------
 
-    async def _ready(self, wait: float | None = None) -> Client:
-        """The connection to use, waiting through a reconnect for ``wait`` s (``ack_timeout``)."""
-        nc = self._nc
-        if nc is None:
-            raise self._not_started()
-        if self._stopping:
-            raise BrokerUnavailableError(f"NATS broker {self.name!r} is stopping")
-        if nc.is_connected:
-            return nc
-        wait = self._ack_timeout if wait is None else wait
-        try:
-            await asyncio.wait_for(self._connected.wait(), wait)
-        except TimeoutError:
-            raise NotConnectedError(
-                f"not connected to NATS ({self._where}) for {wait:g} s; retry later",
-                waited=wait,
-            ) from None
-        if not self._live(nc):
-            raise NotConnectedError(f"NATS broker {self.name!r} lost its connection")
-        return nc
-
-    def _live(self, nc: Client) -> bool:
-        return self._nc is nc and nc.is_connected
-
-    async def append(self, events: Sequence[event_pb2.Event]) -> list[AppendResult | BrokerError]:
-        if not events:
-            return []
-        try:
-            nc = await self._ready()
-        except BrokerUnavailableError as exc:
-            return [exc] * len(events)
-        batch = _Batch([e.topic for e in events], [e.data for e in events], asyncio.get_running_loop().create_future())
-
-        def head_of(i: int) -> bytes:
-            return header_block(events[i]).encode()
-
-        return await self._append(batch, self._publish_batch(nc, batch, [e.id for e in events], head_of))
-
-    async def append_raw(
-        self,
-        *,
-        ids: Sequence[str],
-        topics: Sequence[str],
-        headers: Sequence[bytes],
-        data: Sequence[bytes],
-        origin_sequences: Sequence[int],
-        origin_streams: Sequence[str] = (),
-    ) -> list[AppendResult | BrokerError]:
-        n = len(ids)
-        if not (len(topics) == len(headers) == len(data) == len(origin_sequences) == n) or len(origin_streams) not in (
-            0,
-            n,
-        ):
-            raise ValueError("append_raw needs one topic, header lines, payload and origin sequence per id")
-        if not n:
-            return []
-        try:
-            nc = await self._ready()
-        except BrokerUnavailableError as exc:
-            return [exc] * n
-        batch = _Batch(topics, data, asyncio.get_running_loop().create_future())
-        esc = escape_header_value
-
-        def head_of(i: int) -> bytes:
-            # The stored bytes of the source, plus the id and the origin position headers.
-            if origin_streams and origin_streams[i]:
-                seq_line = b"mg-origin-seq: %d\r\nmg-origin-stream: %b\r\n\r\n" % (
-                    origin_sequences[i],
-                    esc(origin_streams[i]).encode(),
-                )
-            else:
-                seq_line = b"mg-origin-seq: %d\r\n\r\n" % origin_sequences[i]
-            return b"".join((_MSG_ID_HEAD, esc(ids[i]).encode(), b"\r\n", headers[i], seq_line))
-
-        return await self._append(batch, self._publish_batch(nc, batch, ids, head_of))
-
-    async def _append(self, batch: _Batch, publish: Coroutine[None, None, None]) -> list[AppendResult | BrokerError]:
-        loop = asyncio.get_running_loop()
-        self._idle.clear()
-        timer: asyncio.TimerHandle | None = None
-        try:
-            # One batch goes out at a time, in call order: a batch waiting for room among the
-            # acks in flight is never overtaken by a later one (replication pipelines batches
-            # and relies on their order).
-            async with self._send_lock:
-                await publish
-        finally:
-            # Also on cancellation: sealed and timed, the batch's entries cannot outlive it.
-            batch.sealed = True
-            if batch.remaining > 0:
-                timer = loop.call_later(self._ack_timeout, self._expire, batch)
-            if not self._pending:
-                self._idle.set()
-        if timer is not None:
-            try:
-                await batch.done
-            finally:
-                # Left running on cancellation: it settles this batch's acks that never come.
-                if batch.done.done():
-                    timer.cancel()
-        if self.storage.problem is not None and any(type(r) is AppendResult and not r.duplicate for r in batch.results):
-            self.storage.stored()
-        return [r if r is not None else BrokerError("internal error: no result for the event") for r in batch.results]
-
-    async def _publish_batch(
-        self, nc: Client, batch: _Batch, ids: Sequence[str], head_of: Callable[[int], bytes]
-    ) -> None:
-        """Writes event ``i`` of the batch as the header block ``head_of(i)`` and its payload.
-
-        One loop for events and raw header lines alike: what differs is only how the header
-        block is made (it raises ValueError for an event that cannot be written).
-        """
-        topics = batch.topics
-        datas = batch.data
-        results = batch.results
-        pending = self._pending
-        subject_of = self._mapper.subject
-        reply_prefix = self._reply_prefix
-        max_payload = self._max_payload
-        max_inflight = self._max_inflight
-        fast = self._fast_publish
-        chunk: list[bytes] = []
-        for i, eid in enumerate(ids):
-            if len(pending) >= max_inflight:
-                if chunk:
-                    await self._send(nc, chunk, len(chunk) // 4)
-                    chunk = []
-                failure = await self._wait_capacity(nc)
-                if failure is not None:
-                    for j in range(i, len(ids)):
-                        results[j] = failure
-                    break
-            if not eid:
-                results[i] = EventRejectedError(f"event {i} of the batch has no id (the gateway assigns one)")
-                continue
-            try:
-                subject = subject_of(topics[i])
-                head = head_of(i)
-            except ValueError as exc:
-                results[i] = EventRejectedError(f"event {i} of the batch cannot be written: {exc}")
-                continue
-            data = datas[i]
-            head_len = len(head)
-            size = head_len + len(data)
-            if size > max_payload:
-                results[i] = MessageTooLargeError(size=size, data_size=len(data), max_payload=max_payload)
-                continue
-            self._next_token += 1
-            token = self._next_token
-            pending[token] = (batch, i)
-            batch.tokens.append(token)
-            batch.remaining += 1
-            if fast:
-                chunk.append(f"HPUB {subject} {reply_prefix}{token} {head_len} {size}\r\n".encode())
-                chunk.append(head)
-                chunk.append(data)
-                chunk.append(b"\r\n")
-            else:
-                await self._publish_public(nc, subject, f"{reply_prefix}{token}", head, data)
-        if chunk:
-            await self._send(nc, chunk, len(chunk) // 4)
-        self.stats.published += len(batch.tokens)
-
-    async def _send(self, nc: Client, chunk: list[bytes], messages: int) -> None:
-        data = b"".join(chunk)
-        nc.stats["out_msgs"] += messages
-        nc.stats["out_bytes"] += len(data)
-        # One buffered write and one flusher wake-up for the whole chunk; nats-py's own
-        # publish() flushes per message and re-validates every header.
-        await nc._send_command(data)
-        await nc._flush_pending()
-        reraise_swallowed_cancel()
-
-    async def _publish_public(self, nc: Client, subject: str, reply: str, head: bytes, data: bytes) -> None:
-        # nats-py's own publish writes the headers again from a dict (slow: without its internals).
-        headers = parse_header_block(head) or {}
-        await nc.publish(subject, data, reply=reply, headers=headers)
-        reraise_swallowed_cancel()
-
-    async def _wait_capacity(self, nc: Client) -> BrokerError | None:
-        """Waits until fewer than ``max_acks_in_flight`` acks are outstanding (bounded)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._ack_timeout
-        while len(self._pending) >= self._max_inflight:
-            self._capacity.clear()
-            try:
-                await asyncio.wait_for(self._capacity.wait(), max(0.0, deadline - loop.time()))
-            except TimeoutError:
-                return AckTimeoutError(timeout=self._ack_timeout, in_flight=len(self._pending))
-        if not self._live(nc):
-            return NotConnectedError("the connection to NATS dropped; the event was not sent")
-        return None
-
-    def _release(self) -> None:
-        pending = len(self._pending)
-        if pending < self._max_inflight:
-            self._capacity.set()
-        if pending == 0:
-            self._idle.set()
-
-    def _on_ack(self, subject: bytes, reply: bytes, hdr: bytes | None, data: bytes) -> None:
-        # A raw subscription (see _parser): runs in the connection's reader task, once per event.
-        try:
-            token = int(subject[self._reply_prefix_len :])
-        except ValueError:
-            token = 0
-        entry = self._pending.pop(token, None)
-        if entry is None:
-            self.stats.late_acks += 1
-            return
-        batch, index = entry
-        parse = self._parse_puback
-        # Inline fast path of PubAckParser: this runs once per event.
-        # A sequence of 0 (or with a leading zero) is never an ack: it takes the full parser.
-        if (
-            data.startswith(parse.head)
-            and data.endswith(b"}")
-            and (digits := data[parse.head_len : -1]).isdigit()
-            and digits[0] != _ZERO
-        ):
-            result: AppendResult | BrokerError = AppendResult(int(digits), False)
-        else:
-            status = hdr[9:12].decode(errors="replace") if hdr and hdr.startswith(b"NATS/1.0 ") else None
-            result = parse(data, status, subject=batch.topics[index], size=len(batch.data[index]))
-        stats = self.stats
-        if type(result) is AppendResult:
-            stats.acked += 1
-            if result.duplicate:
-                stats.duplicates += 1
-        else:
-            stats.failed += 1
-            if isinstance(result, StorageFullError):
-                self.storage.refused(str(result))
-        batch.settle(index, result)
-        pending = len(self._pending)
-        if pending < self._max_inflight:
-            self._capacity.set()
-            if pending == 0:
-                self._idle.set()
-
-    def _expire(self, batch: _Batch) -> None:
-        pending = self._pending
-        error = AckTimeoutError(timeout=self._ack_timeout, in_flight=len(pending))
-        expired = 0
-        for token in batch.tokens:
-            entry = pending.pop(token, None)
-            if entry is not None:
-                expired += 1
-                batch.settle(entry[1], error)
-        self.stats.failed += expired
-        nc = self._nc
-        if expired and nc is not None and nc.is_connected and not self._stopping:
-            # Connected, yet JetStream stayed silent: a server whose store failed to write (a full
-            # disk) answers no write until it is restarted.
-            self.storage.refused(
-                f"JetStream acknowledged none of {expired} writes within {self._ack_timeout:g} s while connected: "
-                "the server is stalled or cannot write (a full disk? its log says 'no space left on device')"
-            )
-        if not batch.done.done():
-            batch.done.set_result(None)
-        self._release()
-
-    def _fail_pending(self, error: BrokerError) -> None:
-        # Emptied in place: an append in progress holds a reference to this dict.
-        entries = list(self._pending.values())
-        self._pending.clear()
-        for batch, index in entries:
-            batch.settle(index, error)
-        self.stats.failed += len(entries)
-        self._release()
-
-    # -- storage health -----------------------------------------------------------------------
-
-    def storage_problem(self) -> str | None:
-        return self.storage.problem
-
-    def _start_storage_probe(self) -> None:
-        """Writes a probe (not an event) until the broker stores again, or a write of an event does."""
-        self.storage.start_probe(self._probe_write, running=lambda: not self._stopping and self._nc is not None)
-
-    async def _probe_write(self) -> None:
-        try:
-            await self._recover_storage()
-            nc = await self._ready(wait=0.0)
-            kv = await self._checkpoints()
-            # Its own timeout: the probe must not wait out a reconnect longer than a write does.
-            await asyncio.wait_for(kv.put(PROBE_KEY, b"%d" % nc.stats["out_msgs"]), self._ack_timeout)
-        except BrokerError:
-            raise
-        except _NATS_FAILURES as exc:
-            raise _broker_error(exc, "storage probe") from exc
-
-    async def _recover_storage(self) -> None:
-        """What the adapter can do itself, between probes, to make the broker store again.
-
-        Nothing for a server run by others; ``EmbeddedNatsBroker`` restarts its own server
-        once a store that failed to write (a full disk) has room again.
-        """
-
-    # -- reads --------------------------------------------------------------------------------
-
-    def _not_started(self) -> BrokerError:
-        return BrokerError(f"NATS broker {self.name!r} is not started", retriable=False)
-
-    def _require_nc(self) -> Client:
-        nc = self._nc
-        if nc is None:
-            raise self._not_started()
-        return nc
-
-    def _require_jsm(self) -> JetStreamManager:
-        jsm = self._jsm
-        if jsm is None:
-            raise self._not_started()
-        return jsm
-
-    async def _open_puller(self, config: ConsumerConfig) -> tuple[PullSubscription, int]:
-        """Creates (or updates) a consumer and its pull inbox; returns the last stream sequence before it."""
-        nc = self._require_nc()
-        jsm = self._jsm
-        assert jsm is not None and config.name is not None
-        info = await jsm.add_consumer(self.settings.stream, config)
-        puller = PullSubscription(nc, stream=self.settings.stream, consumer=config.name)
-        await puller.open()
-        self._pullers.add(puller)
-        delivered = info.delivered.stream_seq if info.delivered is not None else 0
-        return puller, delivered
-
-    async def _close_puller(self, puller: PullSubscription, *, delete: bool) -> None:
-        self._pullers.discard(puller)
-        await puller.close()
-        jsm = self._jsm
-        if delete and jsm is not None and self._nc is not None and self._nc.is_connected:
-            with contextlib.suppress(*_NATS_FAILURES):
-                await asyncio.wait_for(jsm.delete_consumer(self.settings.stream, puller.consumer), 1.0)
-
-    def _reader_config(self, filter_subject: str, start: StartAt, resume_after: int | None) -> ConsumerConfig:
-        config = ConsumerConfig(
-            name=f"mg-read-{secrets.token_hex(8)}",
-            ack_policy=AckPolicy.NONE,
-            filter_subject=filter_subject,
-            replay_policy=ReplayPolicy.INSTANT,
-            inactive_threshold=_READER_INACTIVE_SECONDS,
-            mem_storage=True,
-            num_replicas=1,
-            max_deliver=1,
-        )
-        if resume_after is not None:
-            config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
-            config.opt_start_seq = resume_after + 1
-            return config
-        mode = _start_mode(start)
-        if mode is _StartMode.EARLIEST:
-            config.deliver_policy = DeliverPolicy.ALL
-        elif mode is _StartMode.TIME:
-            assert start.time is not None
-            at = (start.time if start.time.tzinfo is not None else start.time.replace(tzinfo=UTC)).astimezone(UTC)
-            if at <= _EPOCH:
-                # Nothing is stored before 1970, and the server's nanosecond clock cannot say a
-                # time before 1678: such a start found nothing and waited, silently, forever.
-                config.deliver_policy = DeliverPolicy.ALL
-            else:
-                config.deliver_policy = DeliverPolicy.BY_START_TIME
-                config.opt_start_time = min(at, _LAST_SERVER_TIME)
-        elif mode is _StartMode.SEQUENCE:
-            assert start.sequence is not None
-            config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
-            config.opt_start_seq = max(1, start.sequence)
-        else:
-            config.deliver_policy = DeliverPolicy.NEW
-        return config
-
-    async def read(
-        self, pattern: str, *, start: StartAt, max_batch: int, max_bytes: int | None = None
-    ) -> AsyncGenerator[list[event_pb2.Event]]:
-        """Batches of the pattern's events from ``start`` on, in log order, until cancelled.
-
-        Catch-up is pulled in batches of ``max_batch`` events and at most ``max_bytes`` bytes
-        (4 MiB when None, 32 MiB at most; an event larger than that comes alone), with the next
-        batch requested before the current one is handed out; once caught up, a pull lingers
-        on the server for the next event. So a reader holds at most two batches. Pulls go over
-        the broker's reader connection (opened at the first read), never the one appends use,
-        and all readers' pulls together ask for at most 32 MiB at a time there. If the
-        consumer disappears (server restart, inactivity, a gap in its sequence, a dropped
-        reader connection), the reader recreates it right after the last event it delivered,
-        so nothing is skipped or repeated. Ends when the broker stops.
-        """
-        filter_subject = pattern_to_filter(pattern, self.settings.subject_prefix)
-        _start_mode(start)
-        if max_batch < 1:
-            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
-        if max_bytes is not None and max_bytes < 1:
-            raise ValueError(f"max_bytes must be >= 1, got {max_bytes}")
-        self._require_nc()
-        reader = await self._reading_broker()
-        batches = reader._read(pattern, filter_subject, start, max_batch, max_bytes or _READ_PULL_BYTES)
-        # Closed with this generator, so its consumer is deleted now, not when it is collected.
-        async with contextlib.aclosing(batches):
-            async for batch in batches:
-                yield batch
-
-    async def _reading_broker(self) -> NatsBroker:
-        """The reader connection's broker, started at the first call."""
-        if self._is_reader:
-            return self
-        async with self._reader_lock:
-            reader = self._reader
-            if reader is None:
-                reader = self._sibling(f"{self.name}-readers")
-                reader._is_reader = True
-                # Its reader_resets count as this broker's.
-                reader.stats = self.stats
-                await reader.start()
-                if self._nc is None or self._stopping:
-                    await reader.stop()
-                    raise BrokerUnavailableError(f"NATS broker {self.name!r} is stopping")
-                self._reader = reader
-            return reader
-
-    async def _read(
-        self, pattern: str, filter_subject: str, start: StartAt, max_batch: int, max_bytes: int
-    ) -> AsyncGenerator[list[event_pb2.Event]]:
-        topic_of = self._mapper.topic
-        pull_bytes = self._pull_bytes
-        # One pull stays well below the server's max_pending, whatever the caller asked for.
-        max_bytes = min(max_bytes, pull_bytes.limit)
-        puller: PullSubscription | None = None
-        # Stream sequence of the last event handed out (or just before the start), once known.
-        last: int | None = None
-        expected = 1
-        requested = False
-        caught_up = False
-        backoff = 0.05
-        # max_bytes of the pulls for one event larger than max_bytes (0: pulls of max_bytes).
-        alone = 0
-        # Whether the last event handed out was larger than max_bytes.
-        big = False
-
-        async def pull(puller: PullSubscription, batch: int, size: int) -> None:
-            # An event larger than the connection's whole share still comes (alone).
-            taken = await pull_bytes.take(size)
-            # Given back when the request ends (its events arrived) or its puller closes.
-            await puller.request(batch, no_wait=True, max_bytes=size, on_end=lambda: pull_bytes.release(taken))
-
-        try:
-            while not self._stopping and self._nc is not None:
-                reset = False
-                events: list[event_pb2.Event] = []
-                try:
-                    if puller is None:
-                        puller, before = await self._open_puller(self._reader_config(filter_subject, start, last))
-                        last = before
-                        expected = 1
-                        requested = False
-                        caught_up = False
-                        alone = 0
-                    if caught_up and not puller.buffer:
-                        await puller.request(1, expires=_IDLE_PULL_SECONDS)
-                        status = await puller.wait(_IDLE_PULL_SECONDS + _PULL_GRACE_SECONDS)
-                        caught_up = status != FULL
-                    else:
-                        if not requested:
-                            await pull(puller, max_batch, max_bytes)
-                        requested = False
-                        status = await puller.wait(self._ack_timeout)
-                        caught_up = status in _NO_MESSAGES
-                    if status == CLOSED:
-                        return
-                    for subject, reply, hdr, data in puller.take(max_batch):
-                        meta = parse_ack_subject(reply.decode())
-                        if meta.consumer_sequence != expected:
-                            reset = True
-                            break
-                        expected += 1
-                        last = meta.stream_sequence
-                        big = len(data) + len(hdr or b"") + _PULL_BYTES_SLACK > max_bytes
-                        events.append(
-                            decode_event(parse_header_block(hdr), data, topic=topic_of(subject.decode()), sequence=last)
-                        )
-                    if status in _CONSUMER_LOST or status == TIMEOUT:
-                        # Gone (restart, inactivity) or silent (connection lost): start over
-                        # right after the last event handed out.
-                        reset = True
-                    elif status == BYTES and not events and not reset:
-                        # The next event alone is larger than max_bytes: it comes by itself
-                        # (the server's max_payload bounds it; doubled if that changed).
-                        alone = max(alone * 2, self._max_payload + _PULL_BYTES_SLACK)
-                        await pull(puller, 1, alone)
-                        requested = True
-                    elif status in (FULL, BYTES) and not caught_up and not reset and not puller.buffer:
-                        # Prefetch: the next batch travels while the caller handles this one
-                        # (after a large event, the next is asked for alone straight away).
-                        if alone and big:
-                            await pull(puller, 1, alone)
-                        else:
-                            alone = 0
-                            await pull(puller, max_batch, max_bytes)
-                        requested = True
-                except _NATS_FAILURES as exc:
-                    logger.warning("reader of %s: %s; resuming after sequence %s", pattern, exc, last)
-                    reset = True
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 2.0)
-                if reset and puller is not None:
-                    self.stats.reader_resets += 1
-                    logger.debug("reader of %s: consumer %s lost (%s); recreating", pattern, puller.consumer, last)
-                    await self._close_puller(puller, delete=True)
-                    puller = None
-                    if self._nc is not None and not self._nc.is_connected:
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(self._connected.wait(), _IDLE_PULL_SECONDS)
-                if events:
-                    backoff = 0.05
-                    yield events
-        finally:
-            if puller is not None:
-                await self._close_puller(puller, delete=True)
+    async def _close_durable_puller(self, puller: PullSubscription) -> None:
+        await self._close_puller(puller, delete=False)
 
     async def durable_consumer(
         self, name: str, *, pattern: str = ">", origin: str | None = None, routed_to: str | None = None
@@ -1153,614 +491,14 @@ class NatsBroker(Broker):
         at a time (a lease), and every open fences the instances opened before it.
         """
         filter_subject = pattern_to_filter(pattern, self.settings.subject_prefix)
-        if not name or _GENERATION_SEP in name or any(c in name for c in ".*> \t\r\n/\\"):
-            raise ValueError(
-                f"durable consumer name {name!r} must be non-empty, without {_GENERATION_SEP!r}, '.', '*', '>', "
-                "whitespace or slashes"
-            )
-        self._require_nc()
-        template = ConsumerConfig(
-            description=f"Meshgate durable consumer of {pattern}",
-            deliver_policy=DeliverPolicy.ALL,
-            # One ack per batch: it acks every delivery of the generation up to it. Safe only
-            # because a generation has one reader (the fence) that acks a delivery only once
-            # everything before it is done.
-            ack_policy=AckPolicy.ALL,
-            ack_wait=self._durable_ack_wait,
-            max_deliver=-1,
-            filter_subject=filter_subject,
-            replay_policy=ReplayPolicy.INSTANT,
-            max_ack_pending=_DURABLE_MAX_ACK_PENDING,
+        template = durable_template(
+            name, pattern=pattern, filter_subject=filter_subject, ack_wait=self._durable_ack_wait
         )
-        consumer = NatsDurableConsumer(self, name, template, origin=origin, routed_to=routed_to)
+        self._require_nc()
+        consumer = NatsDurableConsumer(self._consumer_host, name, template, origin=origin, routed_to=routed_to)
         try:
-            await consumer._open_generation()
-        except _NATS_FAILURES as exc:
-            raise _broker_error(exc, f"cannot open durable consumer {name!r}") from exc
+            await consumer.open()
+        except NATS_FAILURES as exc:
+            raise broker_error(exc, f"cannot open durable consumer {name!r}") from exc
         self._consumers.add(consumer)
         return consumer
-
-    async def _js_api(self, subject: str, request: dict[str, object] | None = None) -> dict[str, Any]:
-        """A JetStream API request nats-py has no call for (or not with these fields)."""
-        self._require_jsm()
-        body = json.dumps(request).encode() if request is not None else b""
-        try:
-            msg = await self._require_nc().request(f"$JS.API.{subject}", body, timeout=self._ack_timeout)
-        except nats.errors.NoRespondersError:
-            raise nats.js.errors.ServiceUnavailableError from None  # JetStream is not enabled or not up
-        try:
-            resp = json.loads(msg.data)
-        except ValueError:
-            resp = None
-        if not isinstance(resp, dict):
-            raise nats.js.errors.APIError(code=500, description=f"unreadable reply to {subject}: {msg.data[:200]!r}")
-        err = resp.get("error")
-        if err is not None:
-            if not isinstance(err, dict) or not isinstance(err.get("code"), int):
-                raise nats.js.errors.APIError(code=500, description=f"error reply to {subject}: {err!r}")
-            # nats-py's error classes, as its own calls raise them (NotFoundError for 404, ...).
-            nats.js.errors.APIError.from_error(err)
-        return resp
-
-    async def _generations(self, base: str) -> dict[str, int]:
-        """The stream's consumers that are generations of ``base``: name -> generation."""
-        stream = self.settings.stream
-        found: dict[str, int] = {}
-        offset = 0
-        while True:
-            resp = await self._js_api(f"CONSUMER.NAMES.{stream}", {"offset": offset})
-            names = resp.get("consumers") or []
-            for name in names:
-                generation = _generation_of(name, base)
-                if generation is not None:
-                    found[name] = generation
-            offset += len(names)
-            if not names or offset >= int(resp.get("total") or 0):
-                return found
-
-    async def _create_consumer(self, config: ConsumerConfig) -> None:
-        """Creates a consumer, create-only: an APIError with err_code 10148 if the name is taken.
-
-        JetStream's plain create is "create or update"; with action "create" it refuses a name
-        that exists, unless the existing consumer's config is identical (then it answers as if
-        it had created it): callers make each config unique.
-        """
-        stream = self.settings.stream
-        subject = f"CONSUMER.CREATE.{stream}.{config.name}"
-        if config.filter_subject and config.filter_subject != ">":
-            subject += f".{config.filter_subject}"
-        await self._js_api(subject, {"stream_name": stream, "config": config.as_dict(), "action": "create"})
-
-    async def last_sequence(self) -> int:
-        jsm = self._require_jsm()
-        try:
-            info = await jsm.stream_info(self.settings.stream)
-        except _NATS_FAILURES as exc:
-            raise _broker_error(exc, f"stream info of {self.settings.stream}") from exc
-        return int(info.state.last_seq or 0)
-
-    async def stored_time(self, sequence: int, *, stream: str = "") -> datetime | None:
-        if stream:
-            return None  # JetStream numbers one stream: a named one is not in this log
-        jsm = self._require_jsm()
-        try:
-            msg = await jsm.get_msg(self.settings.stream, seq=sequence)
-        except nats.js.errors.NotFoundError:
-            return None
-        except _NATS_FAILURES as exc:
-            raise _broker_error(exc, f"stored time of event {sequence}") from exc
-        return msg.time
-
-    @property
-    def _checkpoint_bucket(self) -> str:
-        return f"{self.settings.stream}_CHECKPOINTS"
-
-    async def _checkpoints(self) -> KeyValue:
-        # A KV bucket beside the stream: a few small values, last one kept, on file storage.
-        if self._kv is None:
-            nc = self._require_nc()
-            js = nc.jetstream(timeout=self._ack_timeout)
-            bucket = self._checkpoint_bucket
-            try:
-                self._kv = await js.key_value(bucket)
-            except nats.js.errors.BucketNotFoundError:
-                self._kv = await js.create_key_value(
-                    KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE, replicas=self.settings.replicas)
-                )
-        return self._kv
-
-    async def _leases(self, ttl: float) -> KeyValue:
-        # A KV bucket whose entries lapse after `ttl`: an owner renews (rewrites) its entry in time.
-        if self._lease_kv is None:
-            nc = self._require_nc()
-            js = nc.jetstream(timeout=self._ack_timeout)
-            bucket = f"{self.settings.stream}_LEASES"
-            try:
-                kv = await js.key_value(bucket)
-            except nats.js.errors.BucketNotFoundError:
-                kv = await js.create_key_value(
-                    KeyValueConfig(
-                        bucket=bucket, history=1, ttl=ttl, storage=StorageType.FILE, replicas=self.settings.replicas
-                    )
-                )
-            else:
-                # The bucket outlives the gateway: a lease TTL changed since it was made (the mesh
-                # file's settings.lease_ttl) would otherwise lapse leases at the old one.
-                info = await js.stream_info(f"KV_{bucket}")
-                if info.config.max_age is None or abs(info.config.max_age - ttl) > 0.001:
-                    window = min(info.config.duplicate_window or ttl, ttl)
-                    await js.update_stream(dataclasses.replace(info.config, max_age=ttl, duplicate_window=window))
-            self._lease_kv = kv
-        return self._lease_kv
-
-    async def hold_lease(self, name: str, owner: str, *, ttl: float) -> bool:
-        mine = owner.encode()
-        try:
-            kv = await self._leases(ttl)
-            try:
-                entry = await kv.get(name)
-            except nats.js.errors.KeyNotFoundError:  # also a deleted (released) one
-                entry = None
-            if entry is None or not entry.value:
-                await kv.create(name, mine)
-                return True
-            if entry.value != mine:
-                return False
-            # Renewing is a conditional write: it fails if another owner took the lease meanwhile.
-            await kv.update(name, mine, last=entry.revision)
-            return True
-        except nats.js.errors.KeyWrongLastSequenceError:
-            return False
-        except _NATS_FAILURES as exc:
-            raise _broker_error(exc, f"lease {name!r}") from exc
-
-    async def release_lease(self, name: str, owner: str) -> None:
-        if self._lease_kv is None:
-            return
-        try:
-            entry = await self._lease_kv.get(name)
-            if entry.value == owner.encode():
-                await self._lease_kv.delete(name, last=entry.revision)
-        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyWrongLastSequenceError):
-            return
-        except _NATS_FAILURES as exc:
-            raise _broker_error(exc, f"release of lease {name!r}") from exc
-
-    async def get_checkpoint(self, name: str) -> bytes | None:
-        try:
-            kv = await self._checkpoints()
-            entry = await kv.get(name)
-        except nats.js.errors.KeyNotFoundError:
-            return None
-        except _NATS_FAILURES as exc:
-            raise _broker_error(exc, f"read checkpoint {name!r}") from exc
-        return entry.value
-
-    async def put_checkpoint(self, name: str, value: bytes) -> None:
-        try:
-            kv = await self._checkpoints()
-            await kv.put(name, value)
-        except _NATS_FAILURES as exc:
-            error = _broker_error(exc, f"write checkpoint {name!r}")
-            if isinstance(error, StorageFullError):
-                self.storage.refused(str(error))
-            raise error from exc
-
-    async def checkpoints(self, prefix: str) -> dict[str, bytes]:
-        # The names are the subjects the bucket's stream holds, the values one direct get each.
-        # Not a KV watch: nats-py's watch can signal "initial values done" while values already
-        # sent are still on their way (nats-io/nats.py#842), and the listing came back short.
-        bucket = self._checkpoint_bucket
-        head = f"$KV.{bucket}."
-        # A prefix that ends a token is a subject filter, any other is filtered here.
-        pattern = f"{prefix}>" if prefix.endswith(".") and prefix.strip(".") else ">"
-        try:
-            kv = await self._checkpoints()
-            info = await self._require_jsm().stream_info(f"KV_{bucket}", subjects_filter=head + pattern)
-            names = [s[len(head) :] for s in info.state.subjects or {} if s[len(head) :].startswith(prefix)]
-            values = await asyncio.gather(*(self._checkpoint_value(kv, name) for name in names))
-        except _NATS_FAILURES as exc:
-            raise _broker_error(exc, f"list checkpoints {prefix!r}") from exc
-        return {name: value for name, value in zip(names, values, strict=True) if value is not None}
-
-    @staticmethod
-    async def _checkpoint_value(kv: KeyValue, name: str) -> bytes | None:
-        try:
-            entry = await kv.get(name)
-        except nats.js.errors.KeyNotFoundError:  # deleted (its marker keeps the subject) or purged since
-            return None
-        return entry.value
-
-    async def _consumer_info(self, name: str) -> ConsumerInfo:
-        info: ConsumerInfo = await self._require_jsm().consumer_info(self.settings.stream, name)
-        return info
-
-    async def _ack_without_reply(self, nc: Client, reply: bytes) -> None:
-        if self._fast_publish:
-            await self._send(nc, [b"PUB " + reply + b" 4\r\n+ACK\r\n"], 1)
-        else:
-            await nc.publish(reply.decode(), b"+ACK")
-
-
-class NatsDurableConsumer(DurableConsumer):
-    """A durable pull consumer of one reader: position kept by JetStream, one ack per batch.
-
-    **Generations (the fence).** Every open and every ``reset`` creates a new JetStream
-    consumer ``<name>@<n>``, one number above the highest generation of ``name`` on the
-    stream, starting right after the highest ack floor among them, and then deletes the older
-    ones. Taking the highest floor is safe because a floor only moves once everything up to
-    it is done: the reader of a generation acks a delivery only after the destination acked
-    it and everything delivered before it. The create is create-only, so two replicas racing
-    on a lease hand-over never share a generation (the loser of a number takes the next).
-
-    **One ack per batch.** Acks are ``AckPolicy.ALL``: acking a delivery acks every earlier
-    delivery of the generation, forwarded or skipped by the origin/route filter. That is safe
-    only with one reader per generation, which the fence gives: an instance that lost its
-    lease acks into a deleted consumer (nothing happens; its ack request fails with no
-    responders, which ends its session), and what it forwarded after the floor the next
-    generation started at comes again and is answered as duplicates by the destination.
-    """
-
-    def __init__(
-        self,
-        broker: NatsBroker,
-        base: str,
-        template: ConsumerConfig,
-        *,
-        origin: str | None = None,
-        routed_to: str | None = None,
-    ) -> None:
-        self._broker = broker
-        self._base = base
-        self._template = template
-        self._config = template
-        self._origin = origin
-        self._puller: PullSubscription | None = None
-        # The current generation's consumer name (set by _open_generation).
-        self.name = base
-        # The exact header line of the wanted origin, matched in the raw header block.
-        self._origin_line = (
-            f"\r\n{HEADER_ORIGIN}: {escape_header_value(origin)}\r\n".encode() if origin is not None else None
-        )
-        # Whether a route header names `routed_to` (routes repeat: a few per mesh).
-        self._routes = RouteMatcher(routed_to) if routed_to is not None else None
-        # Subject -> topic of the deliveries.
-        self._topics: dict[bytes, str] = {}
-        # Ack subject -> delivery sequence of the deliveries handed out and not acked yet, in
-        # delivery order (insertion order): the first entry is the oldest still outstanding.
-        self._unacked: dict[bytes, int] = {}
-        # Deliveries an ack may be sent on once everything handed out before them is acked:
-        # the last delivery of a fetch (so skipped ones after the last forwarded one are
-        # covered) and acked ones that wait for earlier ones. Sorted by delivery sequence.
-        self._marks: list[tuple[int, bytes]] = []
-        # The highest ack floor seen of this consumer's generations: where a new generation
-        # starts when the current one is gone (deleted under us) by the time it is reopened.
-        self._floor = 0
-        self._closed = False
-
-    # -- generations ------------------------------------------------------------------------
-
-    async def _open_generation(self) -> None:
-        """Creates the next generation after the highest ack floor and deletes the older ones."""
-        broker = self._broker
-        generations = await broker._generations(self._base)
-        floor = self._floor
-        for name in generations:
-            try:
-                info = await broker._consumer_info(name)
-            except nats.js.errors.NotFoundError:
-                continue  # deleted meanwhile, by whoever opened a newer generation
-            # Everything at or below any generation's floor was done by its (one) reader.
-            floor = max(floor, _floor_of(info))
-        number = max(generations.values(), default=0) + 1
-        # Unique per open: JetStream answers a create-only request for an existing consumer
-        # with an identical config as if it had created it, so racing opens would share one.
-        opener = secrets.token_hex(6)
-        for _ in range(_GENERATION_TRIES):
-            name = f"{self._base}{_GENERATION_SEP}{number}"
-            config = dataclasses.replace(
-                self._template,
-                name=name,
-                durable_name=name,
-                description=f"{self._template.description} (generation {number}, opener {opener})",
-                deliver_policy=DeliverPolicy.BY_START_SEQUENCE if floor else DeliverPolicy.ALL,
-                opt_start_seq=floor + 1 if floor else None,
-            )
-            try:
-                await broker._create_consumer(config)
-                break
-            except nats.js.errors.APIError as exc:
-                if exc.err_code != _CONSUMER_EXISTS:
-                    raise
-                number += 1  # another opener took this number first
-        else:
-            raise BrokerUnavailableError(
-                f"durable consumer {self._base!r}: generation numbers {number - _GENERATION_TRIES} to {number - 1}"
-                " were all taken by other openers; open it again"
-            )
-        puller = PullSubscription(broker._require_nc(), stream=broker.settings.stream, consumer=name)
-        await puller.open()
-        broker._pullers.add(puller)
-        self._puller = puller
-        self._config = config
-        self.name = name
-        self._floor = floor
-        # Listed again: a racing opener's generation created after the first listing is older
-        # than this one and must go too. Its late acks then land nowhere, and its reader
-        # learns it was fenced. Safety does not hang on the deletes (an old generation's acks
-        # only ever ack that generation, and its floor stays true), so a failed one only
-        # leaves an old generation for the next open to delete.
-        with contextlib.suppress(*_NATS_FAILURES):
-            for old, n in (await broker._generations(self._base)).items():
-                if n < number:
-                    with contextlib.suppress(nats.js.errors.NotFoundError):
-                        await broker._js_api(f"CONSUMER.DELETE.{broker.settings.stream}.{old}")
-
-    def _forget(self) -> None:
-        """Drops every delivery handed out or buffered: they are not acked through this generation."""
-        self._unacked.clear()
-        self._marks.clear()
-        if self._puller is not None:
-            self._puller.buffer.clear()
-
-    def _note_floor(self, info: ConsumerInfo) -> None:
-        self._floor = max(self._floor, _floor_of(info))
-
-    # -- reading ----------------------------------------------------------------------------
-
-    async def fetch(self, max_events: int, *, timeout: float) -> list[Delivery]:
-        puller, nc = await self._pull(max_events, timeout)
-        deliveries = []
-        topic_of = self._broker._mapper.topic
-        unacked = self._unacked
-        msgs = puller.take(max_events)
-        for subject, reply, hdr, data in msgs:
-            if not self._wanted(hdr):
-                continue
-            meta = parse_ack_subject(reply.decode())
-            event = decode_event(
-                parse_header_block(hdr), data, topic=topic_of(subject.decode()), sequence=meta.stream_sequence
-            )
-            unacked[reply] = meta.consumer_sequence
-            deliveries.append(Delivery(event=event, token=reply, pending=meta.pending))
-        if msgs:
-            await self._after_take(nc, msgs[-1][1])
-        return deliveries
-
-    async def _pull(self, max_events: int, timeout: float) -> tuple[PullSubscription, Client]:
-        """Fills the puller's buffer with what the consumer has (lingering up to ``timeout``)."""
-        if self._closed:
-            raise BrokerError(f"durable consumer {self.name!r} is closed", retriable=False)
-        if max_events < 1:
-            raise ValueError(f"max_events must be >= 1, got {max_events}")
-        broker = self._broker
-        puller = self._puller
-        if puller is None:
-            raise BrokerUnavailableError(f"durable consumer {self._base!r} has no open generation; reset() it")
-        # Waiting (bounded) rather than failing at once: a caller that retries in a loop
-        # must not spin while the client reconnects.
-        nc = await broker._ready(max(timeout, 0.05))
-        try:
-            status: str | None = None
-            if not puller.buffer:
-                await puller.request(max_events, no_wait=True)
-                status = await puller.wait(broker._ack_timeout)
-                if not puller.buffer and status in _NO_MESSAGES and timeout > 0:
-                    # Nothing now: linger for ONE event so nothing stays requested afterwards,
-                    # then take whatever else has arrived meanwhile.
-                    await puller.request(1, expires=timeout)
-                    status = await puller.wait(timeout + _PULL_GRACE_SECONDS)
-                    if status == FULL and max_events > 1:
-                        await puller.request(max_events - 1, no_wait=True)
-                        status = await puller.wait(broker._ack_timeout)
-            if status in _CONSUMER_LOST:
-                await self._on_lost(puller, status)
-            elif status == TIMEOUT and not nc.is_connected:
-                raise NotConnectedError(f"connection to NATS lost while consumer {self.name!r} fetched")
-        except _NATS_FAILURES as exc:
-            raise _broker_error(exc, f"fetch from durable consumer {self.name!r}") from exc
-        return puller, nc
-
-    async def _on_lost(self, puller: PullSubscription, status: str) -> None:
-        """A pull answered 503/409: the generation is unavailable for now, or gone."""
-        broker = self._broker
-        try:
-            self._note_floor(await broker._consumer_info(self.name))
-        except nats.js.errors.NotFoundError:
-            # Deleted: fenced by a newer generation (another replica opened it), or by an
-            # operator. Never recreated under the same name: a fenced reader must not come
-            # back into a generation; reset() opens the next one (and fences the other).
-            self._forget()
-            self._puller = None
-            await broker._close_puller(puller, delete=False)
-            raise BrokerUnavailableError(
-                f"durable consumer {self.name!r} is gone (a newer generation of {self._base!r} fenced it, or it was"
-                " deleted); reset() opens the next generation from the ack floor"
-            ) from None
-        if not puller.buffer:
-            raise BrokerUnavailableError(
-                f"durable consumer {self.name!r} was unavailable ({status} {puller.last_description}); fetch again"
-            )
-
-    def _wanted(self, hdr: bytes | None) -> bool:
-        """Whether a delivery passes the origin and destination filter, read on its raw headers."""
-        origin_line = self._origin_line
-        if origin_line is not None and (hdr is None or origin_line not in hdr):
-            return False
-        routes = self._routes
-        if routes is None:
-            return True
-        return hdr is not None and routes(hdr)
-
-    async def _after_take(self, nc: Client, last: bytes) -> None:
-        """Marks the last delivery taken; when it was skipped and nothing is outstanding, acks it now.
-
-        A skipped delivery is acked by the next ack at or above it: at once when nothing
-        handed out before it waits (a batch of only skipped events is acked here, without a
-        reply: the next ack covers it if this one is lost), else with the batch that precedes
-        it, once the destination acked that.
-        """
-        if last in self._unacked:
-            return  # a forwarded delivery: its own ack covers the fetch
-        self._marks.append((parse_ack_subject(last.decode()).consumer_sequence, last))
-        if not self._unacked:
-            try:
-                await self._advance(nc, confirm=False)
-            except _NATS_FAILURES as exc:
-                raise _broker_error(exc, f"ack of skipped deliveries of {self.name!r}") from exc
-
-    async def fetch_raw(self, max_events: int, *, timeout: float) -> RawBatch:
-        puller, nc = await self._pull(max_events, timeout)
-        batch = RawBatch()
-        ids, topics, sequences, headers, datas, tokens = (
-            batch.ids,
-            batch.topics,
-            batch.sequences,
-            batch.headers,
-            batch.data,
-            batch.tokens,
-        )
-        topic_cache = self._topics
-        unacked = self._unacked
-        pending = 0
-        msgs = puller.take(max_events)
-        for subject, reply, hdr, data in msgs:
-            if not self._wanted(hdr):
-                continue
-            # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>[.<token>] (domains: 2 more)
-            tokens_ = reply.split(b".")
-            base = 4 if len(tokens_) == 9 else 6
-            sequences.append(int(tokens_[base + 1]))
-            delivery = int(tokens_[base + 2])
-            pending = int(tokens_[base + 4])
-            topic = topic_cache.get(subject)
-            if topic is None:
-                if len(topic_cache) > 4096:
-                    topic_cache.clear()
-                topic = topic_cache[subject] = self._broker._mapper.topic(subject.decode())
-            eid, lines = split_header_block(hdr)
-            ids.append(eid)
-            topics.append(topic)
-            headers.append(lines)
-            datas.append(data)
-            tokens.append(reply)
-            unacked[reply] = delivery
-        batch.pending = pending
-        if msgs:
-            await self._after_take(nc, msgs[-1][1])
-        return batch
-
-    # -- acking -----------------------------------------------------------------------------
-
-    async def ack_raw(self, batch: RawBatch) -> None:
-        await self._ack_tokens(batch.tokens)
-
-    async def ack(self, deliveries: Sequence[Delivery]) -> None:
-        await self._ack_tokens([d.token for d in deliveries])
-
-    async def _ack_tokens(self, tokens: Sequence[object]) -> None:
-        unacked = self._unacked
-        top, top_reply = 0, b""
-        for token in tokens:
-            reply = token.token if isinstance(token, Delivery) else token  # Delivery: the default fetch_raw's
-            if not isinstance(reply, bytes):
-                continue
-            # Unknown: of a generation before the last reset, or acked already. Never sent:
-            # this instance no longer reads that generation.
-            delivery = unacked.pop(reply, None)
-            if delivery is not None and delivery > top:
-                top, top_reply = delivery, reply
-        if not top:
-            return
-        bisect.insort(self._marks, (top, top_reply))
-        nc = await self._broker._ready()
-        try:
-            await self._advance(nc, confirm=True)
-        except _NATS_FAILURES as exc:
-            raise _broker_error(exc, f"ack of {len(tokens)} deliveries of {self.name!r}") from exc
-
-    async def _advance(self, nc: Client, *, confirm: bool) -> None:
-        """Sends one ack on the highest mark below the oldest delivery still handed out (if any)."""
-        oldest = next(iter(self._unacked.values()), math.inf)
-        marks = self._marks
-        n = 0
-        while n < len(marks) and marks[n][0] < oldest:
-            n += 1
-        if not n:
-            return
-        reply = marks[n - 1][1]
-        # Every mark left is above the one acked now, and later marks (a fetch's last delivery,
-        # an acked one) come later in delivery order: no ack is ever sent twice.
-        del marks[:n]
-        if confirm:
-            # The reply means the ack is applied: nothing up to it is delivered again, and
-            # pending() already counts it out. No responders: the generation is gone (fenced).
-            await nc.request(reply.decode(), b"+ACK", timeout=self._broker._ack_timeout)
-        else:
-            await self._broker._ack_without_reply(nc, reply)
-
-    # -- position ---------------------------------------------------------------------------
-
-    async def pending(self) -> int:
-        try:
-            info = await self._broker._consumer_info(self.name)
-        except _NATS_FAILURES as exc:
-            raise _broker_error(exc, f"consumer info of {self.name!r}") from exc
-        self._note_floor(info)
-        return int(info.num_pending or 0) + int(info.num_ack_pending or 0)
-
-    async def reset(self) -> None:
-        """Opens the next generation at the ack floor; the current one is deleted (see the class)."""
-        if self._closed:
-            raise BrokerError(f"durable consumer {self.name!r} is closed", retriable=False)
-        broker = self._broker
-        broker._require_jsm()
-        self._forget()
-        puller, self._puller = self._puller, None
-        if puller is not None:
-            await broker._close_puller(puller, delete=False)
-        try:
-            await self._open_generation()
-        except _NATS_FAILURES as exc:
-            raise _broker_error(exc, f"reset of durable consumer {self._base!r}") from exc
-
-    async def oldest_pending_time(self) -> float | None:
-        broker = self._broker
-        jsm = broker._require_jsm()
-        try:
-            info = await broker._consumer_info(self.name)
-            self._note_floor(info)
-            if not (info.num_pending or info.num_ack_pending):
-                return None
-            # The first message after the ack floor on the consumer's subjects (next=True skips
-            # deleted ones): the oldest this consumer has not finished with.
-            msg = await jsm.get_msg(
-                broker.settings.stream, seq=_floor_of(info) + 1, subject=self._config.filter_subject, next=True
-            )
-        except nats.js.errors.NotFoundError:
-            return None
-        except _NATS_FAILURES as exc:
-            raise _broker_error(exc, f"oldest pending of {self.name!r}") from exc
-        # nats-py parses the stored time into a datetime.
-        return msg.time.timestamp() if msg.time is not None else None
-
-    async def close(self) -> None:
-        """Stops reading; the generation stays (it holds the position) until the next open deletes it.
-
-        Nothing is handed back: no reader ever pulls from this generation again, the next one
-        starts at its ack floor.
-        """
-        if self._closed:
-            return
-        self._closed = True
-        broker = self._broker
-        broker._consumers.discard(self)
-        self._forget()
-        puller, self._puller = self._puller, None
-        if puller is not None:
-            await broker._close_puller(puller, delete=False)
-
-
-def _floor_of(info: ConsumerInfo) -> int:
-    """The stream sequence of a consumer's ack floor (0: nothing acked, from the stream's start)."""
-    return int(info.ack_floor.stream_seq or 0) if info.ack_floor is not None else 0

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import nats.errors
+import nats.js.errors
+
 from meshgate.brokers._base import (
     BrokerError,
     BrokerUnavailableError,
@@ -11,6 +14,7 @@ from meshgate.brokers._base import (
 )
 
 __all__ = [
+    "NATS_FAILURES",
     "AckTimeoutError",
     "JetStreamMessageTooLargeError",
     "JetStreamRejectedError",
@@ -18,6 +22,7 @@ __all__ = [
     "JetStreamUnavailableError",
     "MessageTooLargeError",
     "NotConnectedError",
+    "broker_error",
     "jetstream_error",
 ]
 
@@ -139,3 +144,24 @@ def jetstream_error(
             detail = f"event of {size} bytes refused, {detail}"
         return JetStreamMessageTooLargeError(detail, code=code, err_code=err_code, description=description)
     return JetStreamRejectedError(detail, code=code, err_code=err_code, description=description)
+
+
+# What nats-py raises when the server is away, slow or refusing; all become BrokerErrors.
+NATS_FAILURES = (nats.errors.Error, OSError, TimeoutError)
+
+
+def broker_error(exc: BaseException, what: str) -> BrokerError:
+    """A nats-py failure as a broker error, retriable unless JetStream refused the request."""
+    if isinstance(exc, BrokerError):
+        return exc
+    if isinstance(exc, nats.js.errors.APIError):
+        code = exc.code or 0
+        if is_storage_full(err_code=exc.err_code or 0, description=exc.description or ""):
+            return jetstream_error(
+                code=code, err_code=exc.err_code or 0, description=exc.description or "", subject=what
+            )
+        detail = f"{what}: JetStream error {code}/{exc.err_code}: {exc.description}"
+        if code >= 500 or code in (408, 429) or isinstance(exc, nats.js.errors.ServiceUnavailableError):
+            return BrokerUnavailableError(detail)
+        return BrokerError(detail, retriable=False)
+    return BrokerUnavailableError(f"{what}: {type(exc).__name__}: {exc}")

@@ -39,7 +39,25 @@ if TYPE_CHECKING:
     from nats.aio.client import Client
     from nats.aio.subscription import Subscription
 
-__all__ = ["BYTES", "FULL", "PullBytes", "PullSubscription", "RawMsg", "next_request", "reraise_swallowed_cancel"]
+__all__ = [
+    "BYTES",
+    "CONSUMER_LOST",
+    "FULL",
+    "NO_MESSAGES",
+    "PULL_GRACE_SECONDS",
+    "PullBytes",
+    "PullSubscription",
+    "RawMsg",
+    "next_request",
+    "reraise_swallowed_cancel",
+]
+
+# A pull's statuses: no messages now (404) or the request expired (408).
+NO_MESSAGES = frozenset({"404", "408"})
+# The consumer is gone (503: nobody serves its pull subject) or was reset under us (409).
+CONSUMER_LOST = frozenset({"503", "409"})
+# Slack on top of a pull's server-side expiry before the client gives up on its 408.
+PULL_GRACE_SECONDS = 0.5
 
 # Outcomes of a request besides the server's status codes ("404", "408", "409", "503").
 FULL = "full"

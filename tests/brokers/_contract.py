@@ -33,7 +33,9 @@ from meshgate.brokers import (
     Delivery,
     DurableConsumer,
     EventRejectedError,
+    Leases,
     StartAt,
+    WorkSharing,
 )
 from meshgate.v1 import event_pb2
 from tests._wait import eventually
@@ -385,7 +387,7 @@ class BrokerContract:
         self, broker: Broker, new_broker: BrokerFactory
     ) -> None:
         # A broker that shares work (Kafka: partitions) overrides this with how it splits it.
-        assert not broker.shares_work, f"{type(broker).__name__} shares work: override this test"
+        assert not isinstance(broker, WorkSharing), f"{type(broker).__name__} shares work: override this test"
         sequences(await broker.append([make_event("orders/created", f"w{i}") for i in range(20)]))
         # A link runs in one replica: a second open fences the first, and continues after what it acked.
         async with new_broker() as replica:
@@ -604,18 +606,6 @@ class BrokerContract:
         finally:
             await reopened.close()
 
-    async def test_one_owner_per_lease_and_takeover(self, new_broker: BrokerFactory) -> None:
-        async with new_broker() as one, new_broker() as two:
-            assert await one.hold_lease("link.there", "replica-1", ttl=30)
-            assert not await two.hold_lease("link.there", "replica-2", ttl=30)
-            assert await one.hold_lease("link.there", "replica-1", ttl=30)  # renewed
-            assert await two.hold_lease("link.else", "replica-2", ttl=30)  # leases are independent
-            await one.release_lease("link.there", "replica-1")
-            assert await two.hold_lease("link.there", "replica-2", ttl=30)
-            assert not await one.hold_lease("link.there", "replica-1", ttl=30)
-            await one.release_lease("link.there", "replica-1")  # not its lease: nothing happens
-            assert await two.hold_lease("link.there", "replica-2", ttl=30)
-
     async def test_find_event_by_id_and_its_stored_time(self, broker: Broker) -> None:
         before = datetime.now(UTC)
         positions = sequences(await broker.append([make_event("orders/a", f"fe-{i}") for i in range(5)]))
@@ -631,12 +621,9 @@ class BrokerContract:
         assert await broker.stored_time(positions[-1] + 100, stream=found.stream) is None
 
 
-class DurableLeasesContract:
-    """What a broker that keeps its log on disk and grants leases must show (a NATS region).
-
-    Not part of BrokerContract: the Kafka tests' broker (tansu) keeps its data in memory only,
-    and a Kafka region shares work through its consumer group instead of leases.
-    """
+class DurableContract:
+    """What a broker that keeps its log on disk must show (a NATS region): not part of
+    BrokerContract, as the Kafka tests' broker (tansu) keeps its data in memory only."""
 
     async def test_acked_events_survive_server_kill(self, broker: Broker, backend: Backend) -> None:
         events = [make_event("orders/created", f"k{i}") for i in range(200)]
@@ -649,8 +636,30 @@ class DurableLeasesContract:
         got = await read_events(broker, "orders/*", 200, start=StartAt(earliest=True), max_batch=1000)
         assert [e.id for e in got] == [e.id for e in events]
 
+
+class LeasesContract:
+    """The contract of a broker with the ``Leases`` capability (run with ``BrokerContract``)."""
+
+    @pytest.fixture
+    def new_broker(self) -> BrokerFactory:
+        raise NotImplementedError("a broker test module provides new_broker")
+
+    async def test_one_owner_per_lease_and_takeover(self, new_broker: BrokerFactory) -> None:
+        async with new_broker() as one, new_broker() as two:
+            assert isinstance(one, Leases) and isinstance(two, Leases)
+            assert await one.hold_lease("link.there", "replica-1", ttl=30)
+            assert not await two.hold_lease("link.there", "replica-2", ttl=30)
+            assert await one.hold_lease("link.there", "replica-1", ttl=30)  # renewed
+            assert await two.hold_lease("link.else", "replica-2", ttl=30)  # leases are independent
+            await one.release_lease("link.there", "replica-1")
+            assert await two.hold_lease("link.there", "replica-2", ttl=30)
+            assert not await one.hold_lease("link.there", "replica-1", ttl=30)
+            await one.release_lease("link.there", "replica-1")  # not its lease: nothing happens
+            assert await two.hold_lease("link.there", "replica-2", ttl=30)
+
     async def test_lease_lapses_when_not_renewed(self, new_broker: BrokerFactory) -> None:
         async with new_broker() as one, new_broker() as two:
+            assert isinstance(one, Leases) and isinstance(two, Leases)
             assert await one.hold_lease("link.there", "replica-1", ttl=1.0)
             assert not await two.hold_lease("link.there", "replica-2", ttl=1.0)
             # replica-1 has died (stops renewing): replica-2 gets it once the TTL ran out.

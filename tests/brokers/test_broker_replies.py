@@ -16,8 +16,8 @@ from aiokafka.structs import RecordMetadata, TopicPartition
 
 from meshgate.brokers import AppendResult, BrokerError, KafkaBroker, StorageFullError
 from meshgate.brokers.kafka._errors import kafka_error
-from meshgate.brokers.nats._broker import _broker_error
 from meshgate.brokers.nats._errors import JetStreamRejectedError, JetStreamStorageFullError, jetstream_error
+from meshgate.brokers.nats._errors import broker_error as _broker_error
 from meshgate.brokers.nats._wire import PubAckParser, parse_puback
 from meshgate.config import KafkaSettings
 from meshgate.v1 import event_pb2

@@ -22,6 +22,7 @@ from meshgate.brokers import (
     EmbeddedNatsState,
     NatsBroker,
     StartAt,
+    WorkSharing,
     make_broker,
 )
 from meshgate.brokers.embedded import RestartPolicy, find_nats_server
@@ -292,7 +293,7 @@ def test_factory_for_kafka_regions(tmp_path: Path) -> None:
     broker = make_broker(region, idempotency_window_seconds=60, data_dir=tmp_path)
     assert isinstance(broker, KafkaBroker)
     assert broker.bootstrap_servers == ("kafka1:9092", "kafka2:9093", "[::1]:9094")
-    assert broker.name == "meshgate-k" and broker.shares_work is True
+    assert broker.name == "meshgate-k" and isinstance(broker, WorkSharing)
     with pytest.raises(BrokerError, match="lists no brokers") as info:
         make_broker(RegionConfig(name="k", kind=BrokerKind.KAFKA), idempotency_window_seconds=60, data_dir=tmp_path)
     assert info.value.retriable is False

@@ -18,10 +18,9 @@ from meshgate.brokers.kafka._broker import (
     DEFAULT_FETCH_MAX_WAIT,
     DEFAULT_MAX_WINDOW_IDS,
     DEFAULT_PARTITION_FETCH_BYTES,
-    _decode_position,
-    _encode_position,
 )
 from meshgate.brokers.kafka._ids import ENTRY_BYTES, IdWindow
+from meshgate.brokers.kafka._read import _decode_position, _encode_position
 from meshgate.config import BrokerKind, KafkaSettings, RegionConfig
 
 

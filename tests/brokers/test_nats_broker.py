@@ -21,13 +21,17 @@ from meshgate.brokers import (
     BrokerUnavailableError,
     DurableConsumer,
     EmbeddedNats,
+    Leases,
     MessageTooLargeError,
     NatsBroker,
     NotConnectedError,
+    SequencedLog,
     StartAt,
+    WorkSharing,
 )
 from meshgate.brokers.nats import AckTimeoutError
-from meshgate.brokers.nats._broker import _generation_of
+from meshgate.brokers.nats._consumer import ConsumerApi
+from meshgate.brokers.nats._names import generation_of
 from meshgate.config import NatsSettings
 from meshgate.testing import freeze
 from tests._servers import TEST_ACK_TIMEOUT, make_nats_broker
@@ -36,7 +40,8 @@ from tests.brokers._contract import (
     BOUND,
     BrokerContract,
     BrokerFactory,
-    DurableLeasesContract,
+    DurableContract,
+    LeasesContract,
     make_event,
     read_events,
     sequences,
@@ -61,7 +66,7 @@ class _NatsBackend:
         await self.server.kill()
 
 
-class TestNatsBroker(BrokerContract, DurableLeasesContract):
+class TestNatsBroker(BrokerContract, LeasesContract, DurableContract):
     @pytest.fixture
     def new_broker(self, nats_server: EmbeddedNats) -> BrokerFactory:
         return lambda: make_nats_broker(nats_server)
@@ -176,7 +181,8 @@ async def test_size_checked_before_publishing(nats_broker: NatsBroker) -> None:
 
 async def test_one_stream_positions(nats_broker: NatsBroker) -> None:
     # JetStream is one stream: positions are its sequences, the stream name is empty.
-    assert not NatsBroker.shares_work
+    assert isinstance(nats_broker, SequencedLog) and isinstance(nats_broker, Leases)
+    assert not isinstance(nats_broker, WorkSharing)
     assert await nats_broker.last_sequence() == 0
     assert await nats_broker.log_position() == "0"
     results = await nats_broker.append([make_event("orders/a", f"ls-{i}") for i in range(3)])
@@ -327,7 +333,7 @@ async def test_a_late_ack_of_an_old_generation_acks_nothing_of_the_new_one(nats_
             await old.ack(held)
         # Nothing of the new generation was acked: all ten are still pending there.
         assert await new.pending() == 10
-        info = await two._consumer_info(new.name)
+        info = await two._consumer_host.api.info(new.name)
         assert info.ack_floor is not None and info.ack_floor.stream_seq == 0
         await new.ack(taken)
         rest = await new.fetch(10, timeout=BOUND)
@@ -342,14 +348,14 @@ async def test_a_late_ack_of_an_old_generation_acks_nothing_of_the_new_one(nats_
 
 
 def test_generation_names_never_collide_across_destinations() -> None:
-    assert _generation_of("mg-link-b", "mg-link-b") is None  # the name itself is no generation
-    assert _generation_of("mg-link-b@12", "mg-link-b") == 12
+    assert generation_of("mg-link-b", "mg-link-b") is None  # the name itself is no generation
+    assert generation_of("mg-link-b@12", "mg-link-b") == 12
     # Destination b-2's consumers are never b's generations, nor b's theirs.
-    assert _generation_of("mg-link-b-2", "mg-link-b") is None
-    assert _generation_of("mg-link-b-2@3", "mg-link-b") is None
-    assert _generation_of("mg-link-b@3", "mg-link-b-2") is None
-    assert _generation_of("mg-link-b@x", "mg-link-b") is None
-    assert _generation_of("mg-link-b@", "mg-link-b") is None
+    assert generation_of("mg-link-b-2", "mg-link-b") is None
+    assert generation_of("mg-link-b-2@3", "mg-link-b") is None
+    assert generation_of("mg-link-b@3", "mg-link-b-2") is None
+    assert generation_of("mg-link-b@x", "mg-link-b") is None
+    assert generation_of("mg-link-b@", "mg-link-b") is None
 
 
 async def test_a_durable_consumer_name_cannot_look_like_a_generation(nats_broker: NatsBroker) -> None:
@@ -385,15 +391,15 @@ async def test_an_open_that_loses_its_generation_number_takes_the_next(
     """Create-only: an opener whose listing is stale (another took @1 meanwhile) never shares it."""
     first = await nats_broker.durable_consumer("link-stale")
     assert first.name == "link-stale@1"
-    listed = NatsBroker._generations
+    listed = ConsumerApi.generations
     calls = 0
 
-    async def stale_once(self: NatsBroker, base: str) -> dict[str, int]:
+    async def stale_once(self: ConsumerApi, base: str) -> dict[str, int]:
         nonlocal calls
         calls += 1
         return {} if calls == 1 else await listed(self, base)
 
-    monkeypatch.setattr(NatsBroker, "_generations", stale_once)
+    monkeypatch.setattr(ConsumerApi, "generations", stale_once)
     second = await nats_broker.durable_consumer("link-stale")
     assert second.name == "link-stale@2"
     assert await _consumer_names(nats_server) == {"link-stale@2"}

@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 import grpc
 import pytest
 
-from meshgate.brokers import header_lines
+from meshgate.brokers import SequencedLog, header_lines
 from meshgate.brokers.embedded import EmbeddedNats
 from meshgate.config import BrokerKind, MeshConfig, RegionConfig, load_config
 from meshgate.gateway import Gateway
@@ -132,3 +132,10 @@ async def running_gateway(path: Path, data_dir: Path, **kwargs: Any) -> AsyncIte
         yield gw
     finally:
         await gw.stop(grace=1.0)
+
+
+async def stored(gw: Gateway) -> int:
+    """How many events the region's log holds (a NATS region: one stream numbered from 1)."""
+    broker = gw.broker
+    assert isinstance(broker, SequencedLog)
+    return await broker.last_sequence()

@@ -33,7 +33,7 @@ from tests._cli import run_cli
 from tests._health import async_health_stub
 from tests._replication import METADATA, SECURITY
 from tests._wait import eventually
-from tests.gateway._helpers import rpc_error, running_gateway, stream_error, two_region_mesh
+from tests.gateway._helpers import rpc_error, running_gateway, stored, stream_error, two_region_mesh
 from tests.security._tokens import (
     ADMIN_TOKEN,
     ALL_TOKENS,
@@ -54,11 +54,6 @@ __all__ = ["secure_gw", "token_env", "write_mesh"]  # fixtures used by name belo
 _REJECTED = event_pb2.OUTCOME_REJECTED
 _ACCEPTED = event_pb2.OUTCOME_ACCEPTED
 _PERMISSION_DENIED = grpc.StatusCode.PERMISSION_DENIED.value[0]
-
-
-async def stored(gw: Gateway) -> int:
-    """How many events the region's log holds: a refused call must not change it."""
-    return await gw.broker.last_sequence()
 
 
 def refused_count(gw: Gateway, reason: str) -> float:
@@ -211,7 +206,7 @@ async def _read(gw: Gateway, pattern: str) -> AsyncIterator[event_pb2.Event]:
     """The region's events of a pattern, from the broker itself (not through the API under test)."""
     from meshgate.brokers import StartAt
 
-    last = await gw.broker.last_sequence()
+    last = await stored(gw)
     if not last:
         return
     async for batch in gw.broker.read(pattern, start=StartAt(earliest=True), max_batch=500):

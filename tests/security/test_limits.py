@@ -27,6 +27,7 @@ from tests.gateway._helpers import (
     rpc_error,
     running_gateway,
     started_gateways,
+    stored,
     stream_error,
     two_region_mesh,
 )
@@ -52,7 +53,7 @@ def _nats_stream(gw: Gateway) -> str:
 
 async def test_message_and_metadata_sizes(write_mesh: Any, tmp_path: Path) -> None:
     async with running_gateway(write_mesh(limits=_SMALL), tmp_path) as gw:
-        before = await gw.broker.last_sequence()
+        before = await stored(gw)
         async with connect(gw, ORDERS_TOKEN) as ch:
             stub = gateway_pb2_grpc.GatewayStub(ch)
             big = [ev(data=b"x" * 10_000, id=f"big-{i}") for i in range(8)]
@@ -73,7 +74,7 @@ async def test_message_and_metadata_sizes(write_mesh: Any, tmp_path: Path) -> No
                 gateway_pb2.PublishRequest(events=[ev(id="small-md")]), metadata=(("x-pad", "p" * 2000),)
             )
             assert ok.results[0].outcome == _ACCEPTED
-        assert await gw.broker.last_sequence() == before + 5
+        assert await stored(gw) == before + 5
 
         # The command a person runs names the setting behind gRPC's words.
         proc = await asyncio.create_subprocess_exec(
@@ -177,7 +178,7 @@ async def test_client_rate(write_mesh: Any, tmp_path: Path) -> None:
             stub = gateway_pb2_grpc.GatewayStub(ch)
             ok = await stub.Publish(gateway_pb2.PublishRequest(events=[ev(id=f"r-{i}") for i in range(10)]))
             assert [r.outcome for r in ok.results] == [_ACCEPTED] * 10
-            before = await gw.broker.last_sequence()
+            before = await stored(gw)
             err = await rpc_error(
                 stub.Publish(gateway_pb2.PublishRequest(events=[ev(id=f"over-{i}") for i in range(8)]))
             )
@@ -189,7 +190,7 @@ async def test_client_rate(write_mesh: Any, tmp_path: Path) -> None:
             answers = [r async for r in stub.PublishStream(_batches([[ev(id=f"so-{i}") for i in range(9)]]))]
             assert {(r.outcome, r.code) for r in answers[0].results} == {(_REJECTED, _RESOURCE_EXHAUSTED)}
             assert _RATE.fullmatch(answers[0].results[0].message), answers[0].results[0].message
-            assert await gw.broker.last_sequence() == before
+            assert await stored(gw) == before
             # Another client has its own bucket.
             ok = await gateway_pb2_grpc.GatewayStub(ch2).Publish(
                 gateway_pb2.PublishRequest(events=[ev("audit/x", id=f"a-{i}") for i in range(10)])

@@ -1,0 +1,450 @@
+"""The Kafka adapter's writes: one record batch per topic-partition, ids checked against the window."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import random
+import time
+from collections.abc import Sequence
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import UnknownTopicOrPartitionError
+from aiokafka.partitioner import murmur2
+from aiokafka.producer.message_accumulator import BatchBuilder
+from aiokafka.structs import RecordMetadata, TopicPartition
+
+from meshgate.brokers._base import (
+    AppendResult,
+    BrokerError,
+    BrokerUnavailableError,
+    EventRejectedError,
+    StorageFullError,
+)
+from meshgate.brokers._codec import (
+    encode_headers,
+)
+from meshgate.brokers.kafka._errors import (
+    KAFKA_FAILURES,
+    KafkaMessageTooLargeError,
+    KafkaUnavailableError,
+    kafka_error,
+)
+from meshgate.brokers.kafka._names import CHECKPOINT_TOPIC, stream_of
+from meshgate.brokers.kafka._state import KafkaState
+from meshgate.v1 import event_pb2
+
+__all__ = ["KafkaAppend"]
+
+logger = logging.getLogger(__name__)
+
+RECORD_OVERHEAD = 128
+
+
+# Ids of writes in doubt remembered at most (the oldest are forgotten first).
+_MAX_UNCERTAIN = 100_000
+
+
+# One record to write: its key (None without one) and its headers, encoded.
+_Record = tuple[bytes | None, list[tuple[str, bytes]]]
+# What an append call leaves for concurrent calls of the same ids: its results by index (None
+# where it ended before one), or the error that ended it (the broker stopped).
+CallResults = list[AppendResult | BrokerError | None] | BrokerError
+
+
+def _as_duplicate(result: AppendResult | BrokerError | None) -> AppendResult | BrokerError | None:
+    """Another write's result, for an event of the same id: a duplicate of what it stored."""
+    return AppendResult(result.sequence, True, result.stream) if isinstance(result, AppendResult) else result
+
+
+class KafkaAppend(KafkaState):
+    """The write path of ``KafkaBroker``: ``append``, its id window checks and the record batches."""
+
+    async def append(self, events: Sequence[event_pb2.Event]) -> list[AppendResult | BrokerError]:
+        if not events:
+            return []
+        producer = self._require_producer()
+        if self._stopping:
+            return [BrokerUnavailableError(f"Kafka broker {self.name!r} is stopping")] * len(events)
+        self._appending += 1
+        self._idle.clear()
+        try:
+            return await self._append(producer, events)
+        finally:
+            self._appending -= 1
+            if not self._appending:
+                self._idle.set()
+
+    async def _append(
+        self, producer: AIOKafkaProducer, events: Sequence[event_pb2.Event]
+    ) -> list[AppendResult | BrokerError]:
+        results: list[AppendResult | BrokerError | None] = [None] * len(events)
+        # Kafka topic -> indexes of the events to write there, in order.
+        plan: dict[str, list[int]] = {}
+        # Index -> the record's key (encoded once: size check, partitioner, batch) and headers.
+        records: dict[int, _Record] = {}
+        first: dict[str, int] = {}
+        twins: dict[int, int] = {}
+        waits: dict[int, tuple[asyncio.Future[CallResults], int]] = {}
+        mine: list[str] = []
+        call: asyncio.Future[CallResults] = asyncio.get_running_loop().create_future()
+        batches: list[tuple[asyncio.Future[RecordMetadata], TopicPartition, list[int]]] = []
+        try:
+            # One call at a time up to the hand-over to the producer: concurrent calls are
+            # written in the order they were made (the replication ingress pipelines on it).
+            async with self._order:
+                unsure = await self._settle_uncertain(events)
+                self._plan(events, results, unsure, plan, records, first, twins, waits, mine, call)
+                if plan:
+                    batches = await self._enqueue(producer, events, plan, records, results)
+            if batches:
+                await self._collect(batches, events, results)
+        finally:
+            inflight = self._inflight
+            for event_id in mine:
+                entry = inflight.get(event_id)
+                if entry is not None and entry[0] is call:
+                    del inflight[event_id]
+            if not call.done():
+                call.set_result(results)
+        return await self._finish(results, twins, waits)
+
+    def _plan(  # noqa: PLR0917  # the state of one append, filled in place
+        self,
+        events: Sequence[event_pb2.Event],
+        results: list[AppendResult | BrokerError | None],
+        unsure: dict[str, BrokerError],
+        plan: dict[str, list[int]],
+        records: dict[int, _Record],
+        first: dict[str, int],
+        twins: dict[int, int],
+        waits: dict[int, tuple[asyncio.Future[CallResults], int]],
+        mine: list[str],
+        call: asyncio.Future[CallResults],
+    ) -> None:
+        """Sorts the events: refused, known duplicates, twins, waiting on another call, to write."""
+        names = self._names
+        now = time.time()
+        for i, event in enumerate(events):
+            event_id = event.id
+            if not event_id:
+                results[i] = EventRejectedError(f"event {i} of the batch has no id (the gateway assigns one)")
+                continue
+            if event.topic == CHECKPOINT_TOPIC:
+                results[i] = EventRejectedError(
+                    f"event {i} of the batch cannot be written: topic {CHECKPOINT_TOPIC} is reserved in Kafka "
+                    "regions (it holds the gateway's checkpoints)"
+                )
+                continue
+            try:
+                kafka_topic = names.kafka_topic(event.topic)
+                pairs = encode_headers(event)
+            except ValueError as exc:
+                results[i] = EventRejectedError(f"event {i} of the batch cannot be written: {exc}")
+                continue
+            seen = self._ids.get(event_id, now=now)
+            if seen is not None:
+                results[i] = AppendResult(seen[1], True, seen[0])
+                self._uncertain.pop(event_id, None)
+                continue
+            if event_id in unsure:
+                results[i] = unsure[event_id]
+                continue
+            if event_id in first:
+                twins[i] = first[event_id]
+                continue
+            other = self._inflight.get(event_id)
+            if other is not None:
+                waits[i] = other
+                continue
+            encoded = [(k, v.encode()) for k, v in pairs]
+            key = event.key.encode() if event.key else None
+            data_size = len(event.data)
+            size = data_size + (len(key) if key else 0) + sum(len(k) + len(v) for k, v in encoded) + RECORD_OVERHEAD
+            if size > self.max_message_bytes:
+                results[i] = KafkaMessageTooLargeError(
+                    size=size, data_size=data_size, max_message_bytes=self.max_message_bytes
+                )
+                continue
+            records[i] = (key, encoded)
+            first[event_id] = i
+            self._inflight[event_id] = (call, i)
+            mine.append(event_id)
+            plan.setdefault(kafka_topic, []).append(i)
+
+    async def _finish(
+        self,
+        results: list[AppendResult | BrokerError | None],
+        twins: dict[int, int],
+        waits: dict[int, tuple[asyncio.Future[CallResults], int]],
+    ) -> list[AppendResult | BrokerError]:
+        for i, j in twins.items():
+            results[i] = _as_duplicate(results[j])
+        for i, (future, j) in waits.items():
+            other_result: AppendResult | BrokerError | None
+            try:
+                other = await asyncio.wait_for(asyncio.shield(future), self._request_timeout + 1.0)
+            except TimeoutError:
+                other_result = KafkaUnavailableError(
+                    "an earlier append of the same id is still waiting for its ack; retry with the same id"
+                )
+            else:
+                other_result = other if isinstance(other, BrokerError) else other[j]
+                if other_result is None:
+                    other_result = KafkaUnavailableError(
+                        "an earlier append of the same id was cancelled before its ack; retry with the same id"
+                    )
+            results[i] = _as_duplicate(other_result)
+        stats = self.stats
+        out: list[AppendResult | BrokerError] = []
+        for maybe in results:
+            result = maybe if maybe is not None else BrokerError("internal error: no result for the event")
+            if isinstance(result, AppendResult):
+                if result.duplicate:
+                    stats.duplicates += 1
+            else:
+                stats.failed += 1
+            out.append(result)
+        return out
+
+    @staticmethod
+    def _partition(parts: list[int], key: bytes | None, sticky: int) -> int:
+        if key:
+            # Kafka's default partitioner (murmur2, as the Java client): a native producer of
+            # the same key writes to the same partition.
+            index: int = (murmur2(key) & 0x7FFFFFFF) % len(parts)
+            return parts[index]
+        return parts[sticky % len(parts)]
+
+    async def _enqueue(
+        self,
+        producer: AIOKafkaProducer,
+        events: Sequence[event_pb2.Event],
+        plan: dict[str, list[int]],
+        records: dict[int, _Record],
+        results: list[AppendResult | BrokerError | None],
+    ) -> list[tuple[asyncio.Future[RecordMetadata], TopicPartition, list[int]]]:
+        """Hands the events to the producer, one record batch per partition; the futures of the acks."""
+        topics = list(plan)
+        created = await asyncio.gather(*(self._ensure_topic(t) for t in topics), return_exceptions=True)
+        groups: dict[TopicPartition, list[int]] = {}
+        for topic, parts in zip(topics, created, strict=True):
+            if isinstance(parts, BaseException):
+                if not isinstance(parts, (*KAFKA_FAILURES, BrokerError)):
+                    raise parts
+                error = kafka_error(parts, f"topic {topic}")
+                self._note(not isinstance(error, BrokerUnavailableError))
+                for i in plan[topic]:
+                    results[i] = error
+                continue
+            # Rotating from a random start: replicas (and restarts) do not all begin with partition 0.
+            last = self._sticky.get(topic)
+            sticky = random.randrange(len(parts)) if last is None else last + 1  # spread, not secrecy
+            self._sticky[topic] = sticky
+            for i in plan[topic]:
+                partition = self._partition(parts, records[i][0], sticky)
+                groups.setdefault(TopicPartition(topic, partition), []).append(i)
+        if not groups:
+            return []
+        sent = await asyncio.gather(
+            *(
+                self._send_group(producer, tp, members=members, events=events, records=records, results=results)
+                for tp, members in groups.items()
+            )
+        )
+        return [batch for group in sent for batch in group]
+
+    async def _collect(
+        self,
+        batches: list[tuple[asyncio.Future[RecordMetadata], TopicPartition, list[int]]],
+        events: Sequence[event_pb2.Event],
+        results: list[AppendResult | BrokerError | None],
+    ) -> None:
+        """Waits for the acks of the batches (bounded) and fills in the results."""
+        try:
+            _done, waiting = await asyncio.wait([f for f, _, _ in batches], timeout=self._request_timeout + 1.0)
+        except asyncio.CancelledError:
+            # The batches are on their way regardless: their ids still reach the window.
+            for future, tp, members in batches:
+                if not future.done():
+                    future.add_done_callback(functools.partial(self._late, tp, members, events))
+                    self._mark_uncertain(tp, members, events)
+                elif not future.cancelled():
+                    self._late(tp, members, events, future)
+            raise
+        for future, tp, members in batches:
+            if future in waiting:
+                for i in members:
+                    results[i] = KafkaUnavailableError(
+                        f"Kafka did not acknowledge the write to {tp.topic}/{tp.partition} within "
+                        f"{self._request_timeout:g} s; retry with the same id, duplicates are absorbed",
+                        cause="timeout",
+                    )
+                future.add_done_callback(functools.partial(self._late, tp, members, events))
+                self._note(False)
+                self._mark_uncertain(tp, members, events)
+            else:
+                self._settle(future, tp, members, events, results)
+
+    async def _send_group(
+        self,
+        producer: AIOKafkaProducer,
+        tp: TopicPartition,
+        *,
+        members: list[int],
+        events: Sequence[event_pb2.Event],
+        records: dict[int, _Record],
+        results: list[AppendResult | BrokerError | None],
+    ) -> list[tuple[asyncio.Future[RecordMetadata], TopicPartition, list[int]]]:
+        """Sends one partition's events as record batches; the futures of their acks."""
+        out: list[tuple[asyncio.Future[RecordMetadata], TopicPartition, list[int]]] = []
+        batch: BatchBuilder = producer.create_batch()
+        in_batch: list[int] = []
+        for n, i in enumerate(members):
+            key, headers = records[i]
+            value = events[i].data
+            if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                # Full: send it, and start the next batch with this event. An empty batch
+                # takes any record up to max_batch_size (= max_message_bytes, which _plan
+                # checked), so the second append cannot fail.
+                error = await self._send_batch(producer, batch, tp, in_batch, out)
+                if error is not None:
+                    for j in members[n:]:
+                        results[j] = error
+                    return out
+                batch, in_batch = producer.create_batch(), []
+                batch.append(key=key, value=value, timestamp=None, headers=headers)
+            in_batch.append(i)
+        if in_batch:
+            await self._send_batch(producer, batch, tp, in_batch, out)
+        return out
+
+    async def _send_batch(
+        self,
+        producer: AIOKafkaProducer,
+        batch: BatchBuilder,
+        tp: TopicPartition,
+        members: list[int],
+        out: list[tuple[asyncio.Future[RecordMetadata], TopicPartition, list[int]]],
+    ) -> BrokerError | None:
+        """Queues one record batch; its ack future goes to ``out``, a failure to queue is returned."""
+        try:
+            future = await producer.send_batch(batch, tp.topic, partition=tp.partition)
+        except KAFKA_FAILURES as exc:
+            if isinstance(exc, UnknownTopicOrPartitionError):
+                self._topics.pop(tp.topic, None)
+            error = kafka_error(exc, f"write to {tp.topic}/{tp.partition}")
+            self._note(not isinstance(error, BrokerUnavailableError))
+            if isinstance(error, StorageFullError):
+                self.storage.refused(str(error))
+            return error
+        out.append((future, tp, members))
+        self.stats.published += len(members)
+        return None
+
+    def _settle(
+        self,
+        future: asyncio.Future[RecordMetadata],
+        tp: TopicPartition,
+        members: list[int],
+        events: Sequence[event_pb2.Event],
+        results: list[AppendResult | BrokerError | None],
+    ) -> None:
+        exc = future.exception()
+        if exc is not None:
+            error = kafka_error(exc, f"write to {tp.topic}/{tp.partition}")
+            if isinstance(exc, UnknownTopicOrPartitionError):
+                self._topics.pop(tp.topic, None)
+            self._note(not isinstance(error, BrokerUnavailableError))
+            if isinstance(error, StorageFullError):
+                self.storage.refused(str(error))
+            for i in members:
+                results[i] = error
+            if isinstance(error, BrokerUnavailableError):
+                self._mark_uncertain(tp, members, events)
+            return
+        base = future.result().offset
+        if base < 0:
+            # No offset means no stored record (an answer of acks=0, or a broken one): never an ack.
+            error = KafkaUnavailableError(
+                f"write to {tp.topic}/{tp.partition}: Kafka answered without an offset ({base}); "
+                "the events are not counted as stored, retry with the same id",
+                cause="no offset",
+            )
+            for i in members:
+                results[i] = error
+            self._mark_uncertain(tp, members, events)
+            return
+        self._note(True)
+        if self.storage.problem is not None:
+            self.storage.stored()
+        stream = self._remember(tp, members, events, base)
+        for sequence, i in enumerate(members, base + 1):
+            results[i] = AppendResult(sequence, False, stream)
+        self.stats.acked += len(members)
+
+    def _remember(self, tp: TopicPartition, members: list[int], events: Sequence[event_pb2.Event], base: int) -> str:
+        """Puts an acked batch (first offset ``base``) into the id window, out of doubt; its stream."""
+        stream = stream_of(tp.topic, tp.partition)
+        ids = [events[i].id for i in members]
+        self._ids.add_run(ids, stream, base + 1, time.time())
+        uncertain = self._uncertain
+        if uncertain:
+            for event_id in ids:
+                uncertain.pop(event_id, None)
+        return stream
+
+    def _mark_uncertain(self, tp: TopicPartition, members: list[int], events: Sequence[event_pb2.Event]) -> None:
+        """Sent, never acked: a retry of these ids first makes sure the log does not hold them."""
+        uncertain = self._uncertain
+        for i in members:
+            uncertain[events[i].id] = tp
+        while len(uncertain) > _MAX_UNCERTAIN:
+            del uncertain[next(iter(uncertain))]
+
+    async def _settle_uncertain(self, events: Sequence[event_pb2.Event]) -> dict[str, BrokerError]:
+        """Brings the id window up to the end of the partitions of ids whose last write is in doubt.
+
+        A write that timed out may still have been stored (the broker took it and the answer
+        was lost), so a retry of its id waits until the id follower has read that partition
+        up to its current end: the window then knows whether it is there. The ids that cannot
+        be settled now (the broker is still away) get an error to retry with.
+        """
+        uncertain = self._uncertain
+        if not uncertain:
+            return {}
+        doubtful = {e.id: uncertain[e.id] for e in events if e.id in uncertain and self._ids.get(e.id) is None}
+        if not doubtful:
+            return {}
+        follower, probe = self._follower, self._probe
+        if follower is None or probe is None:
+            return {}  # no follower: nothing to settle with; the retry is written
+        try:
+            ends = await probe.end_offsets(sorted(set(doubtful.values())))
+            settled = await follower.caught_up(ends, timeout=self._request_timeout)
+        except KAFKA_FAILURES:
+            settled = False
+        if settled:
+            for event_id in doubtful:
+                uncertain.pop(event_id, None)
+            return {}
+        error = KafkaUnavailableError(
+            "an earlier write of this id got no answer from Kafka, and whether it was stored cannot be "
+            "read back yet; retry with the same id",
+            cause="uncertain",
+        )
+        return dict.fromkeys(doubtful, error)
+
+    def _late(
+        self,
+        tp: TopicPartition,
+        members: list[int],
+        events: Sequence[event_pb2.Event],
+        future: asyncio.Future[RecordMetadata],
+    ) -> None:
+        """A batch acked after its append gave up: its ids go into the window all the same."""
+        if future.cancelled() or future.exception() is not None:
+            return
+        self.stats.late_acks += 1
+        self._remember(tp, members, events, future.result().offset)

@@ -1,0 +1,331 @@
+"""The NATS adapter's writes: pipelined publishes whose PubAcks settle a batch's results.
+
+Every event is a plain ``HPUB`` whose reply subject is ``<inbox>.<token>`` under ONE wildcard
+subscription; the PubAcks resolve a batch's results as they come back, up to
+``max_acks_in_flight`` acks are outstanding at once, and a batch is written with one flush.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine, Sequence
+
+from nats.aio.client import Client
+
+from meshgate.brokers._base import (
+    AppendResult,
+    BrokerError,
+    BrokerUnavailableError,
+    EventRejectedError,
+    StorageFullError,
+)
+from meshgate.brokers._codec import (
+    escape_header_value,
+)
+from meshgate.brokers.nats._errors import (
+    AckTimeoutError,
+    MessageTooLargeError,
+    NotConnectedError,
+)
+from meshgate.brokers.nats._pull import (
+    reraise_swallowed_cancel,
+)
+from meshgate.brokers.nats._state import NatsState
+from meshgate.brokers.nats._wire import (
+    header_block,
+    parse_header_block,
+)
+from meshgate.v1 import event_pb2
+
+__all__ = ["NatsAppend"]
+
+logger = logging.getLogger(__name__)
+
+_MSG_ID_HEAD = b"NATS/1.0\r\nNats-Msg-Id: "
+# The byte value of b"0": an ack's sequence never starts with it.
+_ZERO = 0x30
+
+
+class AppendBatch:
+    """One ``append`` call's results, filled in by the ack callback."""
+
+    __slots__ = ("data", "done", "remaining", "results", "sealed", "tokens", "topics")
+
+    def __init__(self, topics: Sequence[str], data: Sequence[bytes], done: asyncio.Future[None]) -> None:
+        # Only read to describe a failed event.
+        self.topics = topics
+        self.data = data
+        self.results: list[AppendResult | BrokerError | None] = [None] * len(topics)
+        self.tokens: list[int] = []
+        self.remaining = 0
+        # No more events will be sent; until then a drained ``remaining`` does not end the batch.
+        self.sealed = False
+        self.done = done
+
+    def settle(self, index: int, result: AppendResult | BrokerError) -> None:
+        self.results[index] = result
+        self.remaining -= 1
+        if self.remaining == 0 and self.sealed and not self.done.done():
+            self.done.set_result(None)
+
+
+class NatsAppend(NatsState):
+    """The write path of ``NatsBroker``: ``append``, ``append_raw`` and the PubAck collection."""
+
+    async def append(self, events: Sequence[event_pb2.Event]) -> list[AppendResult | BrokerError]:
+        if not events:
+            return []
+        try:
+            nc = await self._ready()
+        except BrokerUnavailableError as exc:
+            return [exc] * len(events)
+        batch = AppendBatch(
+            [e.topic for e in events], [e.data for e in events], asyncio.get_running_loop().create_future()
+        )
+
+        def head_of(i: int) -> bytes:
+            return header_block(events[i]).encode()
+
+        return await self._append(batch, self._publish_batch(nc, batch, [e.id for e in events], head_of))
+
+    async def append_raw(
+        self,
+        *,
+        ids: Sequence[str],
+        topics: Sequence[str],
+        headers: Sequence[bytes],
+        data: Sequence[bytes],
+        origin_sequences: Sequence[int],
+        origin_streams: Sequence[str] = (),
+    ) -> list[AppendResult | BrokerError]:
+        n = len(ids)
+        if not (len(topics) == len(headers) == len(data) == len(origin_sequences) == n) or len(origin_streams) not in (
+            0,
+            n,
+        ):
+            raise ValueError("append_raw needs one topic, header lines, payload and origin sequence per id")
+        if not n:
+            return []
+        try:
+            nc = await self._ready()
+        except BrokerUnavailableError as exc:
+            return [exc] * n
+        batch = AppendBatch(topics, data, asyncio.get_running_loop().create_future())
+        esc = escape_header_value
+
+        def head_of(i: int) -> bytes:
+            # The stored bytes of the source, plus the id and the origin position headers.
+            if origin_streams and origin_streams[i]:
+                seq_line = b"mg-origin-seq: %d\r\nmg-origin-stream: %b\r\n\r\n" % (
+                    origin_sequences[i],
+                    esc(origin_streams[i]).encode(),
+                )
+            else:
+                seq_line = b"mg-origin-seq: %d\r\n\r\n" % origin_sequences[i]
+            return b"".join((_MSG_ID_HEAD, esc(ids[i]).encode(), b"\r\n", headers[i], seq_line))
+
+        return await self._append(batch, self._publish_batch(nc, batch, ids, head_of))
+
+    async def _append(
+        self, batch: AppendBatch, publish: Coroutine[None, None, None]
+    ) -> list[AppendResult | BrokerError]:
+        loop = asyncio.get_running_loop()
+        self._idle.clear()
+        timer: asyncio.TimerHandle | None = None
+        try:
+            # One batch goes out at a time, in call order: a batch waiting for room among the
+            # acks in flight is never overtaken by a later one (replication pipelines batches
+            # and relies on their order).
+            async with self._send_lock:
+                await publish
+        finally:
+            # Also on cancellation: sealed and timed, the batch's entries cannot outlive it.
+            batch.sealed = True
+            if batch.remaining > 0:
+                timer = loop.call_later(self._ack_timeout, self._expire, batch)
+            if not self._pending:
+                self._idle.set()
+        if timer is not None:
+            try:
+                await batch.done
+            finally:
+                # Left running on cancellation: it settles this batch's acks that never come.
+                if batch.done.done():
+                    timer.cancel()
+        if self.storage.problem is not None and any(type(r) is AppendResult and not r.duplicate for r in batch.results):
+            self.storage.stored()
+        return [r if r is not None else BrokerError("internal error: no result for the event") for r in batch.results]
+
+    async def _publish_batch(
+        self, nc: Client, batch: AppendBatch, ids: Sequence[str], head_of: Callable[[int], bytes]
+    ) -> None:
+        """Writes event ``i`` of the batch as the header block ``head_of(i)`` and its payload.
+
+        One loop for events and raw header lines alike: what differs is only how the header
+        block is made (it raises ValueError for an event that cannot be written).
+        """
+        topics = batch.topics
+        datas = batch.data
+        results = batch.results
+        pending = self._pending
+        subject_of = self._mapper.subject
+        reply_prefix = self._reply_prefix
+        max_payload = self._max_payload
+        max_inflight = self._max_inflight
+        fast = self._fast_publish
+        chunk: list[bytes] = []
+        for i, eid in enumerate(ids):
+            if len(pending) >= max_inflight:
+                if chunk:
+                    await self._send(nc, chunk, len(chunk) // 4)
+                    chunk = []
+                failure = await self._wait_capacity(nc)
+                if failure is not None:
+                    for j in range(i, len(ids)):
+                        results[j] = failure
+                    break
+            if not eid:
+                results[i] = EventRejectedError(f"event {i} of the batch has no id (the gateway assigns one)")
+                continue
+            try:
+                subject = subject_of(topics[i])
+                head = head_of(i)
+            except ValueError as exc:
+                results[i] = EventRejectedError(f"event {i} of the batch cannot be written: {exc}")
+                continue
+            data = datas[i]
+            head_len = len(head)
+            size = head_len + len(data)
+            if size > max_payload:
+                results[i] = MessageTooLargeError(size=size, data_size=len(data), max_payload=max_payload)
+                continue
+            self._next_token += 1
+            token = self._next_token
+            pending[token] = (batch, i)
+            batch.tokens.append(token)
+            batch.remaining += 1
+            if fast:
+                chunk.append(f"HPUB {subject} {reply_prefix}{token} {head_len} {size}\r\n".encode())
+                chunk.append(head)
+                chunk.append(data)
+                chunk.append(b"\r\n")
+            else:
+                await self._publish_public(nc, subject, f"{reply_prefix}{token}", head, data)
+        if chunk:
+            await self._send(nc, chunk, len(chunk) // 4)
+        self.stats.published += len(batch.tokens)
+
+    async def _send(self, nc: Client, chunk: list[bytes], messages: int) -> None:
+        data = b"".join(chunk)
+        nc.stats["out_msgs"] += messages
+        nc.stats["out_bytes"] += len(data)
+        # One buffered write and one flusher wake-up for the whole chunk; nats-py's own
+        # publish() flushes per message and re-validates every header.
+        await nc._send_command(data)
+        await nc._flush_pending()
+        reraise_swallowed_cancel()
+
+    async def _publish_public(self, nc: Client, subject: str, reply: str, head: bytes, data: bytes) -> None:
+        # nats-py's own publish writes the headers again from a dict (slow: without its internals).
+        headers = parse_header_block(head) or {}
+        await nc.publish(subject, data, reply=reply, headers=headers)
+        reraise_swallowed_cancel()
+
+    async def _wait_capacity(self, nc: Client) -> BrokerError | None:
+        """Waits until fewer than ``max_acks_in_flight`` acks are outstanding (bounded)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._ack_timeout
+        while len(self._pending) >= self._max_inflight:
+            self._capacity.clear()
+            try:
+                await asyncio.wait_for(self._capacity.wait(), max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                return AckTimeoutError(timeout=self._ack_timeout, in_flight=len(self._pending))
+        if not self._live(nc):
+            return NotConnectedError("the connection to NATS dropped; the event was not sent")
+        return None
+
+    def _release(self) -> None:
+        pending = len(self._pending)
+        if pending < self._max_inflight:
+            self._capacity.set()
+        if pending == 0:
+            self._idle.set()
+
+    def _on_ack(self, subject: bytes, reply: bytes, hdr: bytes | None, data: bytes) -> None:
+        # A raw subscription (see _parser): runs in the connection's reader task, once per event.
+        try:
+            token = int(subject[self._reply_prefix_len :])
+        except ValueError:
+            token = 0
+        entry = self._pending.pop(token, None)
+        if entry is None:
+            self.stats.late_acks += 1
+            return
+        batch, index = entry
+        parse = self._parse_puback
+        # Inline fast path of PubAckParser: this runs once per event.
+        # A sequence of 0 (or with a leading zero) is never an ack: it takes the full parser.
+        if (
+            data.startswith(parse.head)
+            and data.endswith(b"}")
+            and (digits := data[parse.head_len : -1]).isdigit()
+            and digits[0] != _ZERO
+        ):
+            result: AppendResult | BrokerError = AppendResult(int(digits), False)
+        else:
+            status = hdr[9:12].decode(errors="replace") if hdr and hdr.startswith(b"NATS/1.0 ") else None
+            result = parse(data, status, subject=batch.topics[index], size=len(batch.data[index]))
+        stats = self.stats
+        if type(result) is AppendResult:
+            stats.acked += 1
+            if result.duplicate:
+                stats.duplicates += 1
+        else:
+            stats.failed += 1
+            if isinstance(result, StorageFullError):
+                self.storage.refused(str(result))
+        batch.settle(index, result)
+        pending = len(self._pending)
+        if pending < self._max_inflight:
+            self._capacity.set()
+            if pending == 0:
+                self._idle.set()
+
+    def _expire(self, batch: AppendBatch) -> None:
+        pending = self._pending
+        error = AckTimeoutError(timeout=self._ack_timeout, in_flight=len(pending))
+        expired = 0
+        for token in batch.tokens:
+            entry = pending.pop(token, None)
+            if entry is not None:
+                expired += 1
+                batch.settle(entry[1], error)
+        self.stats.failed += expired
+        nc = self._nc
+        if expired and nc is not None and nc.is_connected and not self._stopping:
+            # Connected, yet JetStream stayed silent: a server whose store failed to write (a full
+            # disk) answers no write until it is restarted.
+            self.storage.refused(
+                f"JetStream acknowledged none of {expired} writes within {self._ack_timeout:g} s while connected: "
+                "the server is stalled or cannot write (a full disk? its log says 'no space left on device')"
+            )
+        if not batch.done.done():
+            batch.done.set_result(None)
+        self._release()
+
+    def _fail_pending(self, error: BrokerError) -> None:
+        # Emptied in place: an append in progress holds a reference to this dict.
+        entries = list(self._pending.values())
+        self._pending.clear()
+        for batch, index in entries:
+            batch.settle(index, error)
+        self.stats.failed += len(entries)
+        self._release()
+
+    async def _ack_without_reply(self, nc: Client, reply: bytes) -> None:
+        if self._fast_publish:
+            await self._send(nc, [b"PUB " + reply + b" 4\r\n+ACK\r\n"], 1)
+        else:
+            await nc.publish(reply.decode(), b"+ACK")

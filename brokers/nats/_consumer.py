@@ -1,0 +1,564 @@
+"""The NATS adapter's durable consumer: one reader, position kept by JetStream, fenced by generations.
+
+``NatsDurableConsumer`` talks to its broker through a ``ConsumerHost`` the broker hands it: the
+JetStream consumer API of the stream (``ConsumerApi``), the connection to wait for, where pull
+subscriptions are tracked and closed, and the ack without a reply. Nothing else of the broker.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import dataclasses
+import json
+import math
+import secrets
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy, ReplayPolicy
+
+from meshgate.brokers._base import (
+    BrokerError,
+    BrokerUnavailableError,
+    Delivery,
+    DurableConsumer,
+    RawBatch,
+)
+from meshgate.brokers._codec import HEADER_ORIGIN, decode_event, escape_header_value
+from meshgate.brokers._headers import RouteMatcher
+from meshgate.brokers.nats._errors import NATS_FAILURES, NotConnectedError, broker_error
+from meshgate.brokers.nats._names import check_durable_name, generation_name, generation_of
+from meshgate.brokers.nats._pull import (
+    CONSUMER_LOST,
+    FULL,
+    NO_MESSAGES,
+    PULL_GRACE_SECONDS,
+    TIMEOUT,
+    PullSubscription,
+)
+from meshgate.brokers.nats._wire import parse_ack_subject, parse_header_block, split_header_block
+
+if TYPE_CHECKING:
+    from nats.js.manager import JetStreamManager
+
+__all__ = ["ConsumerApi", "ConsumerHost", "NatsDurableConsumer", "durable_template"]
+
+DURABLE_MAX_ACK_PENDING = 50_000
+# JetStream's answer to a create-only request for a name that exists.
+_CONSUMER_EXISTS = 10148
+# Opens racing for generation numbers: each "exists" moves to the next number.
+_GENERATION_TRIES = 64
+
+
+def durable_template(name: str, *, pattern: str, filter_subject: str, ack_wait: float) -> ConsumerConfig:
+    """The config every generation of durable consumer ``name`` starts from (name and start left out)."""
+    check_durable_name(name)
+    return ConsumerConfig(
+        description=f"Meshgate durable consumer of {pattern}",
+        deliver_policy=DeliverPolicy.ALL,
+        # One ack per batch: it acks every delivery of the generation up to it. Safe only
+        # because a generation has one reader (the fence) that acks a delivery only once
+        # everything before it is done.
+        ack_policy=AckPolicy.ALL,
+        ack_wait=ack_wait,
+        max_deliver=-1,
+        filter_subject=filter_subject,
+        replay_policy=ReplayPolicy.INSTANT,
+        max_ack_pending=DURABLE_MAX_ACK_PENDING,
+    )
+
+
+class ConsumerApi:
+    """The JetStream consumer calls of one stream, on the broker's current connection."""
+
+    __slots__ = ("_connection", "_manager", "stream", "timeout")
+
+    def __init__(
+        self,
+        *,
+        connection: Callable[[], Client],
+        manager: Callable[[], JetStreamManager],
+        stream: str,
+        timeout: float,
+    ) -> None:
+        # Both raise "not started" while the broker has no connection.
+        self._connection = connection
+        self._manager = manager
+        self.stream = stream
+        self.timeout = timeout
+
+    def connection(self) -> Client:
+        return self._connection()
+
+    def manager(self) -> JetStreamManager:
+        return self._manager()
+
+    async def request(self, subject: str, request: dict[str, object] | None = None) -> dict[str, Any]:
+        """A JetStream API request nats-py has no call for (or not with these fields)."""
+        self._manager()
+        body = json.dumps(request).encode() if request is not None else b""
+        try:
+            msg = await self._connection().request(f"$JS.API.{subject}", body, timeout=self.timeout)
+        except nats.errors.NoRespondersError:
+            raise nats.js.errors.ServiceUnavailableError from None  # JetStream is not enabled or not up
+        try:
+            resp = json.loads(msg.data)
+        except ValueError:
+            resp = None
+        if not isinstance(resp, dict):
+            raise nats.js.errors.APIError(code=500, description=f"unreadable reply to {subject}: {msg.data[:200]!r}")
+        err = resp.get("error")
+        if err is not None:
+            if not isinstance(err, dict) or not isinstance(err.get("code"), int):
+                raise nats.js.errors.APIError(code=500, description=f"error reply to {subject}: {err!r}")
+            # nats-py's error classes, as its own calls raise them (NotFoundError for 404, ...).
+            nats.js.errors.APIError.from_error(err)
+        return resp
+
+    async def generations(self, base: str) -> dict[str, int]:
+        """The stream's consumers that are generations of ``base``: name -> generation."""
+        stream = self.stream
+        found: dict[str, int] = {}
+        offset = 0
+        while True:
+            resp = await self.request(f"CONSUMER.NAMES.{stream}", {"offset": offset})
+            names = resp.get("consumers") or []
+            for name in names:
+                generation = generation_of(name, base)
+                if generation is not None:
+                    found[name] = generation
+            offset += len(names)
+            if not names or offset >= int(resp.get("total") or 0):
+                return found
+
+    async def create(self, config: ConsumerConfig) -> None:
+        """Creates a consumer, create-only: an APIError with err_code 10148 if the name is taken.
+
+        JetStream's plain create is "create or update"; with action "create" it refuses a name
+        that exists, unless the existing consumer's config is identical (then it answers as if
+        it had created it): callers make each config unique.
+        """
+        stream = self.stream
+        subject = f"CONSUMER.CREATE.{stream}.{config.name}"
+        if config.filter_subject and config.filter_subject != ">":
+            subject += f".{config.filter_subject}"
+        await self.request(subject, {"stream_name": stream, "config": config.as_dict(), "action": "create"})
+
+    async def delete(self, name: str) -> None:
+        await self.request(f"CONSUMER.DELETE.{self.stream}.{name}")
+
+    async def info(self, name: str) -> ConsumerInfo:
+        info: ConsumerInfo = await self._manager().consumer_info(self.stream, name)
+        return info
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConsumerHost:
+    """What a durable consumer uses of its broker, handed over explicitly by the broker."""
+
+    api: ConsumerApi
+    # The ack timeout: how long a pull status or an ack reply is waited for.
+    ack_timeout: float
+    # Subject -> topic.
+    topic_of: Callable[[str], str]
+    # The connection to use, waiting through a reconnect up to the given seconds (None: ack_timeout).
+    ready: Callable[[float | None], Awaitable[Client]]
+    # A pull subscription opened: the broker closes it on stop.
+    track: Callable[[PullSubscription], None]
+    # Closes a tracked pull subscription; the consumer stays (it holds the position).
+    close_puller: Callable[[PullSubscription], Awaitable[None]]
+    # An ack that wants no reply (the next ack covers it if it is lost).
+    ack_without_reply: Callable[[Client, bytes], Awaitable[None]]
+    # The consumer closed: the broker no longer closes it on stop.
+    closed: Callable[[NatsDurableConsumer], None]
+
+
+class NatsDurableConsumer(DurableConsumer):
+    """A durable pull consumer of one reader: position kept by JetStream, one ack per batch.
+
+    **Generations (the fence).** Every open and every ``reset`` creates a new JetStream
+    consumer ``<name>@<n>``, one number above the highest generation of ``name`` on the
+    stream, starting right after the highest ack floor among them, and then deletes the older
+    ones. Taking the highest floor is safe because a floor only moves once everything up to
+    it is done: the reader of a generation acks a delivery only after the destination acked
+    it and everything delivered before it. The create is create-only, so two replicas racing
+    on a lease hand-over never share a generation (the loser of a number takes the next).
+
+    **One ack per batch.** Acks are ``AckPolicy.ALL``: acking a delivery acks every earlier
+    delivery of the generation, forwarded or skipped by the origin/route filter. That is safe
+    only with one reader per generation, which the fence gives: an instance that lost its
+    lease acks into a deleted consumer (nothing happens; its ack request fails with no
+    responders, which ends its session), and what it forwarded after the floor the next
+    generation started at comes again and is answered as duplicates by the destination.
+    """
+
+    def __init__(
+        self,
+        host: ConsumerHost,
+        base: str,
+        template: ConsumerConfig,
+        *,
+        origin: str | None = None,
+        routed_to: str | None = None,
+    ) -> None:
+        self._host = host
+        self._base = base
+        self._template = template
+        self._config = template
+        self._origin = origin
+        self._puller: PullSubscription | None = None
+        # The current generation's consumer name (set by _open_generation).
+        self.name = base
+        # The exact header line of the wanted origin, matched in the raw header block.
+        self._origin_line = (
+            f"\r\n{HEADER_ORIGIN}: {escape_header_value(origin)}\r\n".encode() if origin is not None else None
+        )
+        # Whether a route header names `routed_to` (routes repeat: a few per mesh).
+        self._routes = RouteMatcher(routed_to) if routed_to is not None else None
+        # Subject -> topic of the deliveries.
+        self._topics: dict[bytes, str] = {}
+        # Ack subject -> delivery sequence of the deliveries handed out and not acked yet, in
+        # delivery order (insertion order): the first entry is the oldest still outstanding.
+        self._unacked: dict[bytes, int] = {}
+        # Deliveries an ack may be sent on once everything handed out before them is acked:
+        # the last delivery of a fetch (so skipped ones after the last forwarded one are
+        # covered) and acked ones that wait for earlier ones. Sorted by delivery sequence.
+        self._marks: list[tuple[int, bytes]] = []
+        # The highest ack floor seen of this consumer's generations: where a new generation
+        # starts when the current one is gone (deleted under us) by the time it is reopened.
+        self._floor = 0
+        self._closed = False
+
+    async def open(self) -> None:
+        """Opens the first generation (the broker's ``durable_consumer`` does, once)."""
+        await self._open_generation()
+
+    # -- generations ------------------------------------------------------------------------
+
+    async def _open_generation(self) -> None:
+        """Creates the next generation after the highest ack floor and deletes the older ones."""
+        host = self._host
+        generations = await host.api.generations(self._base)
+        floor = self._floor
+        for name in generations:
+            try:
+                info = await host.api.info(name)
+            except nats.js.errors.NotFoundError:
+                continue  # deleted meanwhile, by whoever opened a newer generation
+            # Everything at or below any generation's floor was done by its (one) reader.
+            floor = max(floor, _floor_of(info))
+        number = max(generations.values(), default=0) + 1
+        # Unique per open: JetStream answers a create-only request for an existing consumer
+        # with an identical config as if it had created it, so racing opens would share one.
+        opener = secrets.token_hex(6)
+        for _ in range(_GENERATION_TRIES):
+            name = generation_name(self._base, number)
+            config = dataclasses.replace(
+                self._template,
+                name=name,
+                durable_name=name,
+                description=f"{self._template.description} (generation {number}, opener {opener})",
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE if floor else DeliverPolicy.ALL,
+                opt_start_seq=floor + 1 if floor else None,
+            )
+            try:
+                await host.api.create(config)
+                break
+            except nats.js.errors.APIError as exc:
+                if exc.err_code != _CONSUMER_EXISTS:
+                    raise
+                number += 1  # another opener took this number first
+        else:
+            raise BrokerUnavailableError(
+                f"durable consumer {self._base!r}: generation numbers {number - _GENERATION_TRIES} to {number - 1}"
+                " were all taken by other openers; open it again"
+            )
+        puller = PullSubscription(host.api.connection(), stream=host.api.stream, consumer=name)
+        await puller.open()
+        host.track(puller)
+        self._puller = puller
+        self._config = config
+        self.name = name
+        self._floor = floor
+        # Listed again: a racing opener's generation created after the first listing is older
+        # than this one and must go too. Its late acks then land nowhere, and its reader
+        # learns it was fenced. Safety does not hang on the deletes (an old generation's acks
+        # only ever ack that generation, and its floor stays true), so a failed one only
+        # leaves an old generation for the next open to delete.
+        with contextlib.suppress(*NATS_FAILURES):
+            for old, n in (await host.api.generations(self._base)).items():
+                if n < number:
+                    with contextlib.suppress(nats.js.errors.NotFoundError):
+                        await host.api.delete(old)
+
+    def _forget(self) -> None:
+        """Drops every delivery handed out or buffered: they are not acked through this generation."""
+        self._unacked.clear()
+        self._marks.clear()
+        if self._puller is not None:
+            self._puller.buffer.clear()
+
+    def _note_floor(self, info: ConsumerInfo) -> None:
+        self._floor = max(self._floor, _floor_of(info))
+
+    # -- reading ----------------------------------------------------------------------------
+
+    async def fetch(self, max_events: int, *, timeout: float) -> list[Delivery]:
+        puller, nc = await self._pull(max_events, timeout)
+        deliveries = []
+        topic_of = self._host.topic_of
+        unacked = self._unacked
+        msgs = puller.take(max_events)
+        for subject, reply, hdr, data in msgs:
+            if not self._wanted(hdr):
+                continue
+            meta = parse_ack_subject(reply.decode())
+            event = decode_event(
+                parse_header_block(hdr), data, topic=topic_of(subject.decode()), sequence=meta.stream_sequence
+            )
+            unacked[reply] = meta.consumer_sequence
+            deliveries.append(Delivery(event=event, token=reply, pending=meta.pending))
+        if msgs:
+            await self._after_take(nc, msgs[-1][1])
+        return deliveries
+
+    async def _pull(self, max_events: int, timeout: float) -> tuple[PullSubscription, Client]:
+        """Fills the puller's buffer with what the consumer has (lingering up to ``timeout``)."""
+        if self._closed:
+            raise BrokerError(f"durable consumer {self.name!r} is closed", retriable=False)
+        if max_events < 1:
+            raise ValueError(f"max_events must be >= 1, got {max_events}")
+        host = self._host
+        puller = self._puller
+        if puller is None:
+            raise BrokerUnavailableError(f"durable consumer {self._base!r} has no open generation; reset() it")
+        # Waiting (bounded) rather than failing at once: a caller that retries in a loop
+        # must not spin while the client reconnects.
+        nc = await host.ready(max(timeout, 0.05))
+        try:
+            status: str | None = None
+            if not puller.buffer:
+                await puller.request(max_events, no_wait=True)
+                status = await puller.wait(host.ack_timeout)
+                if not puller.buffer and status in NO_MESSAGES and timeout > 0:
+                    # Nothing now: linger for ONE event so nothing stays requested afterwards,
+                    # then take whatever else has arrived meanwhile.
+                    await puller.request(1, expires=timeout)
+                    status = await puller.wait(timeout + PULL_GRACE_SECONDS)
+                    if status == FULL and max_events > 1:
+                        await puller.request(max_events - 1, no_wait=True)
+                        status = await puller.wait(host.ack_timeout)
+            if status in CONSUMER_LOST:
+                await self._on_lost(puller, status)
+            elif status == TIMEOUT and not nc.is_connected:
+                raise NotConnectedError(f"connection to NATS lost while consumer {self.name!r} fetched")
+        except NATS_FAILURES as exc:
+            raise broker_error(exc, f"fetch from durable consumer {self.name!r}") from exc
+        return puller, nc
+
+    async def _on_lost(self, puller: PullSubscription, status: str) -> None:
+        """A pull answered 503/409: the generation is unavailable for now, or gone."""
+        host = self._host
+        try:
+            self._note_floor(await host.api.info(self.name))
+        except nats.js.errors.NotFoundError:
+            # Deleted: fenced by a newer generation (another replica opened it), or by an
+            # operator. Never recreated under the same name: a fenced reader must not come
+            # back into a generation; reset() opens the next one (and fences the other).
+            self._forget()
+            self._puller = None
+            await host.close_puller(puller)
+            raise BrokerUnavailableError(
+                f"durable consumer {self.name!r} is gone (a newer generation of {self._base!r} fenced it, or it was"
+                " deleted); reset() opens the next generation from the ack floor"
+            ) from None
+        if not puller.buffer:
+            raise BrokerUnavailableError(
+                f"durable consumer {self.name!r} was unavailable ({status} {puller.last_description}); fetch again"
+            )
+
+    def _wanted(self, hdr: bytes | None) -> bool:
+        """Whether a delivery passes the origin and destination filter, read on its raw headers."""
+        origin_line = self._origin_line
+        if origin_line is not None and (hdr is None or origin_line not in hdr):
+            return False
+        routes = self._routes
+        if routes is None:
+            return True
+        return hdr is not None and routes(hdr)
+
+    async def _after_take(self, nc: Client, last: bytes) -> None:
+        """Marks the last delivery taken; when it was skipped and nothing is outstanding, acks it now.
+
+        A skipped delivery is acked by the next ack at or above it: at once when nothing
+        handed out before it waits (a batch of only skipped events is acked here, without a
+        reply: the next ack covers it if this one is lost), else with the batch that precedes
+        it, once the destination acked that.
+        """
+        if last in self._unacked:
+            return  # a forwarded delivery: its own ack covers the fetch
+        self._marks.append((parse_ack_subject(last.decode()).consumer_sequence, last))
+        if not self._unacked:
+            try:
+                await self._advance(nc, confirm=False)
+            except NATS_FAILURES as exc:
+                raise broker_error(exc, f"ack of skipped deliveries of {self.name!r}") from exc
+
+    async def fetch_raw(self, max_events: int, *, timeout: float) -> RawBatch:
+        puller, nc = await self._pull(max_events, timeout)
+        batch = RawBatch()
+        ids, topics, sequences, headers, datas, tokens = (
+            batch.ids,
+            batch.topics,
+            batch.sequences,
+            batch.headers,
+            batch.data,
+            batch.tokens,
+        )
+        topic_cache = self._topics
+        unacked = self._unacked
+        pending = 0
+        msgs = puller.take(max_events)
+        for subject, reply, hdr, data in msgs:
+            if not self._wanted(hdr):
+                continue
+            # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>[.<token>] (domains: 2 more)
+            tokens_ = reply.split(b".")
+            base = 4 if len(tokens_) == 9 else 6
+            sequences.append(int(tokens_[base + 1]))
+            delivery = int(tokens_[base + 2])
+            pending = int(tokens_[base + 4])
+            topic = topic_cache.get(subject)
+            if topic is None:
+                if len(topic_cache) > 4096:
+                    topic_cache.clear()
+                topic = topic_cache[subject] = self._host.topic_of(subject.decode())
+            eid, lines = split_header_block(hdr)
+            ids.append(eid)
+            topics.append(topic)
+            headers.append(lines)
+            datas.append(data)
+            tokens.append(reply)
+            unacked[reply] = delivery
+        batch.pending = pending
+        if msgs:
+            await self._after_take(nc, msgs[-1][1])
+        return batch
+
+    # -- acking -----------------------------------------------------------------------------
+
+    async def ack_raw(self, batch: RawBatch) -> None:
+        await self._ack_tokens(batch.tokens)
+
+    async def ack(self, deliveries: Sequence[Delivery]) -> None:
+        await self._ack_tokens([d.token for d in deliveries])
+
+    async def _ack_tokens(self, tokens: Sequence[object]) -> None:
+        unacked = self._unacked
+        top, top_reply = 0, b""
+        for token in tokens:
+            reply = token.token if isinstance(token, Delivery) else token  # Delivery: the default fetch_raw's
+            if not isinstance(reply, bytes):
+                continue
+            # Unknown: of a generation before the last reset, or acked already. Never sent:
+            # this instance no longer reads that generation.
+            delivery = unacked.pop(reply, None)
+            if delivery is not None and delivery > top:
+                top, top_reply = delivery, reply
+        if not top:
+            return
+        bisect.insort(self._marks, (top, top_reply))
+        nc = await self._host.ready(None)
+        try:
+            await self._advance(nc, confirm=True)
+        except NATS_FAILURES as exc:
+            raise broker_error(exc, f"ack of {len(tokens)} deliveries of {self.name!r}") from exc
+
+    async def _advance(self, nc: Client, *, confirm: bool) -> None:
+        """Sends one ack on the highest mark below the oldest delivery still handed out (if any)."""
+        oldest = next(iter(self._unacked.values()), math.inf)
+        marks = self._marks
+        n = 0
+        while n < len(marks) and marks[n][0] < oldest:
+            n += 1
+        if not n:
+            return
+        reply = marks[n - 1][1]
+        # Every mark left is above the one acked now, and later marks (a fetch's last delivery,
+        # an acked one) come later in delivery order: no ack is ever sent twice.
+        del marks[:n]
+        if confirm:
+            # The reply means the ack is applied: nothing up to it is delivered again, and
+            # pending() already counts it out. No responders: the generation is gone (fenced).
+            await nc.request(reply.decode(), b"+ACK", timeout=self._host.ack_timeout)
+        else:
+            await self._host.ack_without_reply(nc, reply)
+
+    # -- position ---------------------------------------------------------------------------
+
+    async def pending(self) -> int:
+        try:
+            info = await self._host.api.info(self.name)
+        except NATS_FAILURES as exc:
+            raise broker_error(exc, f"consumer info of {self.name!r}") from exc
+        self._note_floor(info)
+        return int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+
+    async def reset(self) -> None:
+        """Opens the next generation at the ack floor; the current one is deleted (see the class)."""
+        if self._closed:
+            raise BrokerError(f"durable consumer {self.name!r} is closed", retriable=False)
+        host = self._host
+        host.api.manager()  # not started: refused before anything is dropped
+        self._forget()
+        puller, self._puller = self._puller, None
+        if puller is not None:
+            await host.close_puller(puller)
+        try:
+            await self._open_generation()
+        except NATS_FAILURES as exc:
+            raise broker_error(exc, f"reset of durable consumer {self._base!r}") from exc
+
+    async def oldest_pending_time(self) -> float | None:
+        api = self._host.api
+        jsm = api.manager()
+        try:
+            info = await api.info(self.name)
+            self._note_floor(info)
+            if not (info.num_pending or info.num_ack_pending):
+                return None
+            # The first message after the ack floor on the consumer's subjects (next=True skips
+            # deleted ones): the oldest this consumer has not finished with.
+            msg = await jsm.get_msg(api.stream, seq=_floor_of(info) + 1, subject=self._config.filter_subject, next=True)
+        except nats.js.errors.NotFoundError:
+            return None
+        except NATS_FAILURES as exc:
+            raise broker_error(exc, f"oldest pending of {self.name!r}") from exc
+        # nats-py parses the stored time into a datetime.
+        return msg.time.timestamp() if msg.time is not None else None
+
+    async def close(self) -> None:
+        """Stops reading; the generation stays (it holds the position) until the next open deletes it.
+
+        Nothing is handed back: no reader ever pulls from this generation again, the next one
+        starts at its ack floor.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        host = self._host
+        host.closed(self)
+        self._forget()
+        puller, self._puller = self._puller, None
+        if puller is not None:
+            await host.close_puller(puller)
+
+
+def _floor_of(info: ConsumerInfo) -> int:
+    """The stream sequence of a consumer's ack floor (0: nothing acked, from the stream's start)."""
+    return int(info.ack_floor.stream_seq or 0) if info.ack_floor is not None else 0

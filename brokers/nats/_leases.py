@@ -1,0 +1,86 @@
+"""The NATS adapter's leases: a KV bucket whose entries lapse unless their owner renews them."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import nats.errors
+import nats.js.errors
+from nats.js.api import (
+    KeyValueConfig,
+    StorageType,
+)
+from nats.js.kv import KeyValue
+
+from meshgate.brokers.nats._errors import (
+    NATS_FAILURES,
+    broker_error,
+)
+from meshgate.brokers.nats._names import lease_bucket
+from meshgate.brokers.nats._state import NatsState
+
+__all__ = ["NatsLeases"]
+
+logger = logging.getLogger(__name__)
+
+
+class NatsLeases(NatsState):
+    """The leases of ``NatsBroker``: one owner per name at a time."""
+
+    async def _leases(self, ttl: float) -> KeyValue:
+        # A KV bucket whose entries lapse after `ttl`: an owner renews (rewrites) its entry in time.
+        if self._lease_kv is None:
+            nc = self._require_nc()
+            js = nc.jetstream(timeout=self._ack_timeout)
+            bucket = lease_bucket(self.settings.stream)
+            try:
+                kv = await js.key_value(bucket)
+            except nats.js.errors.BucketNotFoundError:
+                kv = await js.create_key_value(
+                    KeyValueConfig(
+                        bucket=bucket, history=1, ttl=ttl, storage=StorageType.FILE, replicas=self.settings.replicas
+                    )
+                )
+            else:
+                # The bucket outlives the gateway: a lease TTL changed since it was made (the mesh
+                # file's settings.lease_ttl) would otherwise lapse leases at the old one.
+                info = await js.stream_info(f"KV_{bucket}")
+                if info.config.max_age is None or abs(info.config.max_age - ttl) > 0.001:
+                    window = min(info.config.duplicate_window or ttl, ttl)
+                    await js.update_stream(dataclasses.replace(info.config, max_age=ttl, duplicate_window=window))
+            self._lease_kv = kv
+        return self._lease_kv
+
+    async def hold_lease(self, name: str, owner: str, *, ttl: float) -> bool:
+        mine = owner.encode()
+        try:
+            kv = await self._leases(ttl)
+            try:
+                entry = await kv.get(name)
+            except nats.js.errors.KeyNotFoundError:  # also a deleted (released) one
+                entry = None
+            if entry is None or not entry.value:
+                await kv.create(name, mine)
+                return True
+            if entry.value != mine:
+                return False
+            # Renewing is a conditional write: it fails if another owner took the lease meanwhile.
+            await kv.update(name, mine, last=entry.revision)
+            return True
+        except nats.js.errors.KeyWrongLastSequenceError:
+            return False
+        except NATS_FAILURES as exc:
+            raise broker_error(exc, f"lease {name!r}") from exc
+
+    async def release_lease(self, name: str, owner: str) -> None:
+        if self._lease_kv is None:
+            return
+        try:
+            entry = await self._lease_kv.get(name)
+            if entry.value == owner.encode():
+                await self._lease_kv.delete(name, last=entry.revision)
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyWrongLastSequenceError):
+            return
+        except NATS_FAILURES as exc:
+            raise broker_error(exc, f"release of lease {name!r}") from exc
