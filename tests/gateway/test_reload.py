@@ -110,6 +110,9 @@ async def test_reload_under_load_swaps_routes_atomically(
                     after_swap.update(ids)
                 yield gateway_pb2.PublishRequest(batch_id=b, events=[ev(id=i, key="k") for i in ids])
                 if b == 40:
+                    # gRPC sends ahead of what the gateway admitted: the swap must come after some
+                    # events were admitted under the old file, or every event gets the new route.
+                    await eventually(lambda: len(acked) >= 200, 30, what="200 events acked before the reload")
                     await asyncio.to_thread(mesh_file.write_text, mesh_text(nats_server, orders_to='["yonder"]'))
                     result = await gw.reload()
                     assert result.applied, result.errors
