@@ -1,4 +1,5 @@
-"""Cross-checks of event_mesh.settings: durations and limits that must fit together."""
+"""Cross-checks of event_mesh.settings: durations and limits that must fit together (and a NATS region's max_age,
+which must outlast the idempotency window)."""
 
 from __future__ import annotations
 
