@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -14,7 +15,12 @@ from meshgate.router import validate_topic
 from meshgate.v1 import admin_pb2, admin_pb2_grpc
 
 if TYPE_CHECKING:
+    from meshgate.brokers import Broker
+    from meshgate.config import MeshConfig, ReloadResult
+    from meshgate.gateway._auth import Authenticator
+    from meshgate.gateway._budget import InflightBudget
     from meshgate.gateway._server import Gateway
+    from meshgate.router import Router
 
 __all__ = ["AdminService"]
 
@@ -23,11 +29,49 @@ _PEER_TIMEOUT = 30.0
 
 
 class AdminService(admin_pb2_grpc.AdminServicer):
-    def __init__(self, gateway: Gateway) -> None:
-        self._gw = gateway
+    """The admin calls of one region; ``auth``, ``routing`` and ``config_loaded_at`` read the
+    gateway's state in force (a reload swaps them), ``reload`` asks for one."""
+
+    def __init__(
+        self,
+        *,
+        region: str,
+        broker: Broker,
+        budget: InflightBudget,
+        auth: Callable[[], Authenticator],
+        routing: Callable[[], tuple[MeshConfig, Router]],
+        config_loaded_at: Callable[[], datetime.datetime],
+        link_statuses: Callable[[], list[admin_pb2.LinkStatus]],
+        reload: Callable[[], Awaitable[ReloadResult]],
+        peer_channel: Callable[[str, str], grpc.aio.Channel],
+    ) -> None:
+        self._region = region
+        self._broker = broker
+        self._budget = budget
+        self._auth = auth
+        self._routing = routing
+        self._config_loaded_at = config_loaded_at
+        self._link_statuses = link_statuses
+        self._reload = reload
+        # A channel to another region's gateway (with TLS on, checked to be that region's).
+        self._peer_channel = peer_channel
+
+    @classmethod
+    def for_gateway(cls, gateway: Gateway) -> AdminService:
+        return cls(
+            region=gateway.region,
+            broker=gateway.broker,
+            budget=gateway.budget,
+            auth=lambda: gateway.auth,
+            routing=lambda: gateway.routing,
+            config_loaded_at=lambda: gateway.config_loaded_at,
+            link_statuses=gateway.link_statuses,
+            reload=gateway.reload,
+            peer_channel=gateway.peer_channel,
+        )
 
     async def _require_admin(self, context: grpc.aio.ServicerContext[Any, Any], method: str) -> None:
-        client = await authenticate(self._gw.auth, context)
+        client = await authenticate(self._auth(), context)
         if not client.admin:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, client.admin_refusal(method))
 
@@ -40,8 +84,8 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         problem = validate_topic(request.topic)
         if problem is not None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
-        config, router = self._gw.routing
-        origin = request.from_region or self._gw.region
+        config, router = self._routing()
+        origin = request.from_region or self._region
         if origin not in config.region_names:
             known = ", ".join(config.region_names)
             await context.abort(
@@ -63,12 +107,12 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         context: grpc.aio.ServicerContext[admin_pb2.StatusRequest, admin_pb2.StatusResponse],
     ) -> admin_pb2.StatusResponse:
         await self._require_admin(context, "Status")
-        config, _ = self._gw.routing
+        config, _ = self._routing()
         resp = admin_pb2.StatusResponse(
-            region=self._gw.region, config_sha256=config.sha256, inflight_events=self._gw.budget.used
+            region=self._region, config_sha256=config.sha256, inflight_events=self._budget.used
         )
-        resp.config_loaded_time.FromDatetime(self._gw.config_loaded_at)
-        resp.links.extend(self._gw.link_statuses())
+        resp.config_loaded_time.FromDatetime(self._config_loaded_at())
+        resp.links.extend(self._link_statuses())
         return resp
 
     async def Reload(
@@ -77,7 +121,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         context: grpc.aio.ServicerContext[admin_pb2.ReloadRequest, admin_pb2.ReloadResponse],
     ) -> admin_pb2.ReloadResponse:
         await self._require_admin(context, "Reload")
-        result = await self._gw.reload()
+        result = await self._reload()
         return admin_pb2.ReloadResponse(applied=result.applied, errors=result.errors, config_sha256=result.sha256)
 
     async def Locate(
@@ -98,22 +142,22 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         local = await self._locate_here(request.id, since)
         if not request.all_regions:
             return admin_pb2.LocateResponse(locations=[local])
-        config, _ = self._gw.routing
-        peers = [r for r in config.regions if r.name != self._gw.region]
+        config, _ = self._routing()
+        peers = [r for r in config.regions if r.name != self._region]
         # The peers of one mesh file know the same clients: the caller's token is theirs to check.
         metadata = tuple((k, v) for k, v in context.invocation_metadata() or () if k.lower() == AUTHORIZATION)
         found = await asyncio.gather(*(self._locate_at(r.name, r.gateway, request, metadata) for r in peers))
         return admin_pb2.LocateResponse(locations=[local, *found])
 
     async def _locate_here(self, event_id: str, since: datetime.datetime) -> admin_pb2.Location:
-        where = admin_pb2.Location(region=self._gw.region)
+        where = admin_pb2.Location(region=self._region)
         try:
-            event = await self._gw.broker.find_event(event_id, since=since)
+            event = await self._broker.find_event(event_id, since=since)
             if event is None:
                 return where
-            stored = await self._gw.broker.stored_time(event.sequence, stream=event.stream)
+            stored = await self._broker.stored_time(event.sequence, stream=event.stream)
         except BrokerError as exc:
-            where.error = f"region {self._gw.region} cannot read its log: {exc}"
+            where.error = f"region {self._region} cannot read its log: {exc}"
             return where
         where.found = True
         where.sequence = event.sequence
@@ -137,7 +181,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         if request.HasField("since"):
             ask.since.CopyFrom(request.since)
         try:
-            async with self._gw.peer_channel(region, address) as channel:
+            async with self._peer_channel(region, address) as channel:
                 resp = await admin_pb2_grpc.AdminStub(channel).Locate(ask, timeout=_PEER_TIMEOUT, metadata=metadata)
         except grpc.aio.AioRpcError as exc:
             code = exc.code()

@@ -8,7 +8,7 @@ import datetime
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -24,7 +24,14 @@ from meshgate.router import validate_pattern, validate_topic
 from meshgate.v1 import event_pb2, gateway_pb2, gateway_pb2_grpc
 
 if TYPE_CHECKING:
+    from meshgate.brokers import Broker
+    from meshgate.config import Limits
+    from meshgate.gateway._admission import Admission
+    from meshgate.gateway._auth import Authenticator
+    from meshgate.gateway._limits import ClientRates, ClientStreams, SubscribeBuffers
+    from meshgate.gateway._metrics import GatewayMetrics
     from meshgate.gateway._server import Gateway
+    from meshgate.observability import Tracing
 
 __all__ = ["GatewayService"]
 
@@ -86,14 +93,61 @@ class _Admitted:
 
 
 class GatewayService(gateway_pb2_grpc.GatewayServicer):
-    def __init__(self, gateway: Gateway) -> None:
-        self._gw = gateway
+    """The client calls of one region; ``admission``, ``auth``, ``limits`` and ``draining`` read the
+    gateway's state in force (a reload swaps the first three, a shutdown sets the last)."""
+
+    def __init__(
+        self,
+        *,
+        region: str,
+        broker: Broker,
+        metrics: GatewayMetrics,
+        tracing: Tracing,
+        budget: InflightBudget,
+        client_streams: ClientStreams,
+        client_rates: ClientRates,
+        subscriptions: SubscribeBuffers,
+        admission: Callable[[], Admission],
+        auth: Callable[[], Authenticator],
+        limits: Callable[[], Limits],
+        draining: Callable[[], bool],
+    ) -> None:
+        self._region = region
+        self._broker = broker
+        self._metrics = metrics
+        self._tracing = tracing
+        # The gateway's in-flight events, shared by every call.
+        self._budget = budget
+        self._client_streams = client_streams
+        self._client_rates = client_rates
+        self._subscriptions = subscriptions
+        self._admission = admission
+        self._auth = auth
+        self._limits = limits
+        self._draining = draining
+
+    @classmethod
+    def for_gateway(cls, gateway: Gateway) -> GatewayService:
+        return cls(
+            region=gateway.region,
+            broker=gateway.broker,
+            metrics=gateway.metrics,
+            tracing=gateway.tracing,
+            budget=gateway.budget,
+            client_streams=gateway.client_streams,
+            client_rates=gateway.client_rates,
+            subscriptions=gateway.subscriptions,
+            admission=lambda: gateway.admission,
+            auth=lambda: gateway.auth,
+            limits=lambda: gateway.limits,
+            draining=lambda: gateway.draining,
+        )
 
     # --- admission -------------------------------------------------------------------------
 
     def _admit(self, events: Sequence[event_pb2.Event], client: Client) -> _Admitted:
         """Checks and stamps a batch: the events to write, and a slot per event for its result."""
-        admission = self._gw.admission
+        admission = self._admission()
         now = _now()
         accepted: list[event_pb2.Event] = []
         routes: list[tuple[str, ...]] = []
@@ -126,13 +180,13 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
     ) -> gateway_pb2.PublishResponse:
         """Appends the admitted events and adds one result per event of the batch to ``out``."""
         events, results = admitted.events, admitted.slots
-        metrics = self._gw.metrics
+        metrics = self._metrics
         started = time.perf_counter()
         outcomes: Sequence[AppendResult | BrokerError]
         if trace is not None:
             trace.start(events)  # a publish span per event, its context in the event's traceparent
         try:
-            outcomes = await self._gw.broker.append(events) if events else []
+            outcomes = await self._broker.append(events) if events else []
         except BrokerError as exc:
             # The adapter reports per event; a whole-batch failure is still an answer for each.
             outcomes = [exc] * len(events)
@@ -175,25 +229,25 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         return out
 
     async def _authenticate(self, context: grpc.aio.ServicerContext[Any, Any], events: int = 0) -> Client:
-        metrics = self._gw.metrics
-        return await authenticate(self._gw.auth, context, on_refused=lambda: metrics.refuse("unauthenticated", events))
+        metrics = self._metrics
+        return await authenticate(self._auth(), context, on_refused=lambda: metrics.refuse("unauthenticated", events))
 
     async def _open_stream(self, context: grpc.aio.ServicerContext[Any, Any], client: Client) -> None:
         """Takes one of the client's stream slots, or ends the call RESOURCE_EXHAUSTED naming the limit."""
-        refusal = self._gw.client_streams.open(client.key, client.label)
+        refusal = self._client_streams.open(client.key, client.label)
         if refusal is not None:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
 
     async def _refuse_if_draining(self, context: grpc.aio.ServicerContext[Any, Any], events: int = 0) -> None:
-        if self._gw.draining:
-            self._gw.metrics.refuse("shutting_down", events)
+        if self._draining():
+            self._metrics.refuse("shutting_down", events)
             await context.abort(
                 grpc.StatusCode.UNAVAILABLE,
-                f"gateway of region {self._gw.region} is shutting down; retry on another replica",
+                f"gateway of region {self._region} is shutting down; retry on another replica",
             )
 
     def _check_batch_size(self, n: int) -> str | None:
-        limit = self._gw.limits.max_batch_events
+        limit = self._limits().max_batch_events
         if n > limit:
             return f"batch of {n} events exceeds max_batch_events of {limit}; split it"
         return None
@@ -208,17 +262,17 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         n = len(request.events)
         client = await self._authenticate(context, n)
         await self._refuse_if_draining(context, n)
-        tracing = self._gw.tracing
+        tracing = self._tracing
         trace = tracing.batch(tracing.call_context(context.invocation_metadata())) if tracing.enabled else None
         if n == 0:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no events: set PublishRequest.events")
         size_problem = self._check_batch_size(n)
         if size_problem:
-            self._gw.metrics.refuse("too_large", n)
+            self._metrics.refuse("too_large", n)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, size_problem)
-        over_rate = self._gw.client_rates.take(client.key, client.label, n)
+        over_rate = self._client_rates.take(client.key, client.label, n)
         if over_rate:
-            self._gw.metrics.refuse("rate_limited", n)
+            self._metrics.refuse("rate_limited", n)
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, over_rate)
         admitted = self._admit(request.events, client)
         slots = admitted.slots
@@ -226,13 +280,13 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             # All or nothing: a unary batch with a bad event stores none of it.
             bad = [f"events[{i}]: {r.message}" for i, r in enumerate(slots) if r is not None]
             prefix = "" if n == 1 else f"{len(bad)} of {n} events refused, nothing stored: "
-            self._gw.metrics.rejected.inc(n)
+            self._metrics.rejected.inc(n)
             refused = [r for r in slots if r is not None]
             reasons = admitted.reasons
             for reason in reasons:
-                self._gw.metrics.refuse(reason)
+                self._metrics.refuse(reason)
             # The good events of the batch are refused with it, for the first bad event's reason.
-            self._gw.metrics.refuse(reasons[0], n - len(reasons))
+            self._metrics.refuse(reasons[0], n - len(reasons))
             # A batch that reaches outside the client's allow-list is refused as such, whatever else is wrong.
             code = (
                 grpc.StatusCode.PERMISSION_DENIED
@@ -240,11 +294,11 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
                 else grpc.StatusCode.INVALID_ARGUMENT
             )
             await context.abort(code, prefix + "; ".join(bad[:10]))
-        budget = self._gw.budget
+        budget = self._budget
         try:
             await asyncio.wait_for(budget.acquire(n), _UNARY_ADMISSION_WAIT)
         except TimeoutError:
-            self._gw.metrics.refuse("backpressure", n)
+            self._metrics.refuse("backpressure", n)
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"gateway has {budget.used} events in flight, max_inflight_events is {budget.limit};"
@@ -275,7 +329,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             async for resp in self._publish_stream(request_iterator, context, client):
                 yield resp
         finally:
-            self._gw.client_streams.close(client.key)
+            self._client_streams.close(client.key)
 
     async def _publish_stream(
         self,
@@ -283,10 +337,9 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         context: grpc.aio.ServicerContext[gateway_pb2.PublishRequest, gateway_pb2.PublishResponse],
         client: Client,
     ) -> AsyncIterator[gateway_pb2.PublishResponse]:
-        gw = self._gw
-        auth = gw.auth
-        stream_budget = InflightBudget(gw.limits.max_inflight_events_per_stream)
-        tracing = gw.tracing
+        auth = self._auth()
+        stream_budget = InflightBudget(self._limits().max_inflight_events_per_stream)
+        tracing = self._tracing
         call_parent = tracing.call_context(context.invocation_metadata()) if tracing.enabled else None
         # Acks go out in request order; the queue holds one pending write per batch.
         pending: asyncio.Queue[asyncio.Future[gateway_pb2.PublishResponse] | None] = asyncio.Queue()
@@ -298,7 +351,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
                     self._admit(req.events, client), gateway_pb2.PublishResponse(batch_id=req.batch_id), trace
                 )
             finally:
-                gw.budget.release(n)
+                self._budget.release(n)
                 stream_budget.release(n)
 
         refuse = self._refused_batch
@@ -308,30 +361,30 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             try:
                 async for req in request_iterator:
                     n = len(req.events)
-                    if gw.auth is not auth:
+                    if self._auth() is not auth:
                         # A reload swapped the tokens: this call keeps only what its token still allows.
-                        auth = gw.auth
+                        auth = self._auth()
                         current = auth.refresh(client)
                         if current is None:
-                            gw.metrics.refuse("unauthenticated", n)
+                            self._metrics.refuse("unauthenticated", n)
                             await context.abort(grpc.StatusCode.UNAUTHENTICATED, client.revoked_refusal())
                         client = current
-                    if gw.draining:
-                        msg = f"gateway of region {gw.region} is shutting down; publish again to another replica"
+                    if self._draining():
+                        msg = f"gateway of region {self._region} is shutting down; publish again to another replica"
                         await pending.put(refuse(req, _UNAVAILABLE, msg, "shutting_down"))
                         continue
                     problem = self._check_batch_size(n)
                     if problem:
                         await pending.put(refuse(req, _INVALID_ARGUMENT, problem, "too_large"))
                         continue
-                    over_rate = gw.client_rates.take(client.key, client.label, n)
+                    over_rate = self._client_rates.take(client.key, client.label, n)
                     if over_rate:
                         await pending.put(refuse(req, _RESOURCE_EXHAUSTED, over_rate, "rate_limited"))
                         continue
                     # Backpressure: while this stream or the gateway is full we stop reading, and
                     # gRPC flow control holds the producer.
                     await stream_budget.acquire(n)
-                    await gw.budget.acquire(n)
+                    await self._budget.acquire(n)
                     await pending.put(asyncio.ensure_future(write(req, n, client)))
             finally:
                 await pending.put(None)
@@ -365,8 +418,8 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
                 ],
             )
         )
-        self._gw.metrics.rejected.inc(len(req.events))
-        self._gw.metrics.refuse(reason, len(req.events))
+        self._metrics.rejected.inc(len(req.events))
+        self._metrics.refuse(reason, len(req.events))
         return fut
 
     async def Subscribe(
@@ -405,7 +458,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             async for resp in self._subscribe(request, context, client, start):
                 yield resp
         finally:
-            self._gw.client_streams.close(client.key)
+            self._client_streams.close(client.key)
 
     async def _subscribe(
         self,
@@ -414,8 +467,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         client: Client,
         start: StartAt,
     ) -> AsyncIterator[gateway_pb2.SubscribeResponse]:
-        gw = self._gw
-        auth = gw.auth
+        auth = self._auth()
         # Bounded buffering: the broker's reader is an async generator resumed only once gRPC has
         # taken the previous batch (a yield here waits while the client's HTTP/2 window is full),
         # and it prefetches at most one batch. So a call holds at most two batches, and a batch
@@ -424,25 +476,25 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         # bytes, gRPC's copy of them) besides the prefetched one: a batch is at most a quarter of
         # subscribe_buffer_bytes (or one larger event). Each call reserves its byte bound from
         # the gateway's total first, so many slow readers cannot add up past it.
-        limits = gw.limits
+        limits = self._limits()
         max_batch = min(request.max_batch or _DEFAULT_SUBSCRIBE_BATCH, max(1, limits.subscribe_buffer_events // 2))
         buffer_bytes = limits.subscribe_buffer_bytes
         try:
-            buffer = gw.subscriptions.open(
+            buffer = self._subscriptions.open(
                 request.pattern, reserve_bytes=buffer_bytes, total_bytes=limits.subscribe_buffer_total_bytes
             )
         except SubscribeBudgetError as exc:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"gateway of region {gw.region}: {exc}")
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"gateway of region {self._region}: {exc}")
         try:
-            reader = gw.broker.read(
+            reader = self._broker.read(
                 request.pattern, start=start, max_batch=max_batch, max_bytes=max(1, buffer_bytes // 4)
             )
             async with contextlib.aclosing(reader):  # its broker consumer goes when the call ends
                 async for batch in reader:
                     if not batch:
                         continue
-                    if gw.auth is not auth:
-                        auth = gw.auth
+                    if self._auth() is not auth:
+                        auth = self._auth()
                         current = auth.refresh(client)
                         if current is None:
                             await context.abort(grpc.StatusCode.UNAUTHENTICATED, client.revoked_refusal())
@@ -474,9 +526,9 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         except BrokerError as exc:
             # A refusal for good (e.g. a start sequence on a Kafka region) is the request's fault.
             code = grpc.StatusCode.UNAVAILABLE if exc.retriable else grpc.StatusCode.INVALID_ARGUMENT
-            await context.abort(code, f"reading region {gw.region}'s log: {exc}")
+            await context.abort(code, f"reading region {self._region}'s log: {exc}")
         finally:
-            gw.subscriptions.close(buffer)
+            self._subscriptions.close(buffer)
 
 
 def _split_by_size(events: list[event_pb2.Event], sizes: list[int], limit: int) -> Iterator[list[event_pb2.Event]]:

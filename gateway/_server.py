@@ -336,8 +336,8 @@ class Gateway(StartStop):
                 options=[*_server_options(self.limits), *plan.server_options()],
                 interceptors=[MalformedRequestInterceptor()],
             )
-            gateway_pb2_grpc.add_GatewayServicer_to_server(GatewayService(self), server)
-            admin_pb2_grpc.add_AdminServicer_to_server(AdminService(self), server)
+            gateway_pb2_grpc.add_GatewayServicer_to_server(GatewayService.for_gateway(self), server)
+            admin_pb2_grpc.add_AdminServicer_to_server(AdminService.for_gateway(self), server)
             replication_pb2_grpc.add_ReplicationServicer_to_server(ReplicationService.for_gateway(self), server)
             health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
             reflection.enable_server_reflection((*_SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
