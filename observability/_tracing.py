@@ -49,6 +49,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from random import getrandbits as _getrandbits
 from typing import Any, Protocol
 
 from opentelemetry.context import Context
@@ -200,7 +201,6 @@ _ZERO_TRACE_ID = "0" * 32
 _ZERO_SPAN_ID = "0" * 16
 _LOW64 = TraceIdRatioBased.TRACE_ID_LIMIT
 _SAMPLED = 0x01
-_RANDOM_TRACE_ID = 0x02
 
 
 def parse_traceparent(value: str) -> tuple[int, int] | None:
@@ -271,9 +271,14 @@ class DecisionIds(RandomIdGenerator):
     def __init__(self) -> None:
         self.pending = 0
 
-    def fresh_trace_id(self) -> int:
-        """A new random trace id, to decide on (not the pending one)."""
-        return super().generate_trace_id()
+    def root_sampled(self, decide: Decide) -> bool:
+        """The decision for a new root, on fresh random low 64 bits (all a ratio reads); when
+        sampled, the span then gets a trace id ending in those bits."""
+        low = _getrandbits(64)
+        if not decide(low, None):
+            return False
+        self.pending = (_getrandbits(64) << 64) | low or 1 << 64  # never the invalid 0
+        return True
 
     def generate_trace_id(self) -> int:
         trace_id = self.pending
@@ -281,13 +286,6 @@ class DecisionIds(RandomIdGenerator):
             self.pending = 0
             return trace_id
         return super().generate_trace_id()
-
-
-_SPAN_IDS = RandomIdGenerator()  # span ids of unsampled events' traceparent
-
-
-def _unsampled_traceparent(trace_id: int, span_id: int, flags: int) -> str:
-    return "00-%032x-%016x-%02x" % (trace_id, span_id, flags & _RANDOM_TRACE_ID)  # noqa: UP031 - the fastest form
 
 
 def _settle(fut: asyncio.Future[None]) -> None:
@@ -311,50 +309,42 @@ class BatchTrace:
         self.start_ns = time.time_ns()
         # A publish span per sampled event, by its index in the batch.
         self.spans: list[tuple[int, Span]] = []
-        # The call's parent as (trace id, flags, tracestate) for the decision, once per batch.
-        self._call: tuple[int, int, str] | None = None
+        # The call's parent as (trace id, flags), for the decision.
+        self._call: tuple[int, int] | None = None
         if parent is not None:
             sc = get_current_span(parent).get_span_context()
             if sc.is_valid:
-                self._call = (sc.trace_id, int(sc.trace_flags), sc.trace_state.to_header() if sc.trace_state else "")
+                self._call = (sc.trace_id, int(sc.trace_flags))
 
     def start(self, events: Sequence[event_pb2.Event]) -> None:
         """Starts a publish span per admitted event that is sampled and stamps its context on it.
 
-        An unsampled event gets no span: one with a valid ``traceparent`` of its own keeps it
-        unchanged, one without gets a not-sampled ``traceparent`` (the trace id the decision
-        was made on), so the regions after it decide alike and consumers still see a trace id.
+        The decision comes first (see ``fast_decision``): an unsampled event gets no span and is
+        not changed, a ``traceparent`` of its own travels as the producer set it.
         """
-        decide = self._tracing.decide
+        tr = self._tracing
+        decide, ids = tr.decide, tr.ids
         # The span runs from the batch's arrival: admission and routing, then the broker write;
         # an "admitted" event marks the boundary (child spans per step would double the cost).
         admitted_ns = time.time_ns()
-        for i, ev in enumerate(events):
-            if decide is None or self._sampled(ev, decide):
+        if decide is None:
+            for i, ev in enumerate(events):
                 self._open(i, ev, admitted_ns)
-
-    def _sampled(self, ev: event_pb2.Event, decide: Decide) -> bool:
-        """The decision for one event, before any span work (see ``start``)."""
-        extensions = ev.extensions
-        own = parse_traceparent(extensions[_TRACEPARENT]) if _TRACEPARENT in extensions else None
-        if own is not None:
-            return decide(own[0], bool(own[1] & _SAMPLED))
-        call, ids = self._call, self._tracing.ids
-        if call is not None:
-            trace_id, flags, state = call
-            if decide(trace_id, bool(flags & _SAMPLED)):
-                return True
-        elif ids is None:
-            return True  # the SDK draws root trace ids itself here: it decides, in start_span
-        else:
-            trace_id, flags, state = ids.fresh_trace_id(), _RANDOM_TRACE_ID, ""
-            if decide(trace_id, None):
-                ids.pending = trace_id  # the span gets the trace id decided on
-                return True
-        extensions[_TRACEPARENT] = _unsampled_traceparent(trace_id, _SPAN_IDS.generate_span_id(), flags)
-        if state:
-            extensions[_TRACESTATE] = state
-        return False
+            return
+        # An event without a valid traceparent of its own is the call's child: one decision per batch.
+        call = self._call
+        call_sampled = None if call is None else decide(call[0], bool(call[1] & _SAMPLED))
+        for i, ev in enumerate(events):
+            extensions = ev.extensions
+            own = parse_traceparent(extensions[_TRACEPARENT]) if _TRACEPARENT in extensions else None
+            if own is not None:
+                sampled = decide(own[0], bool(own[1] & _SAMPLED))
+            elif call_sampled is not None:
+                sampled = call_sampled
+            else:  # a root; without DecisionIds the SDK draws its trace id, so it decides in start_span
+                sampled = ids is None or ids.root_sampled(decide)
+            if sampled:
+                self._open(i, ev, admitted_ns)
 
     def _open(self, i: int, ev: event_pb2.Event, admitted_ns: int) -> None:
         tr = self._tracing
@@ -466,14 +456,8 @@ class Tracing:
             parsed = parse_traceparent(unescape_header_value(traceparent.decode(errors="replace")))
             if parsed is not None:
                 return decide(parsed[0], bool(parsed[1] & _SAMPLED))
-        ids = self.ids
-        if ids is None:
-            return True  # the SDK draws root trace ids itself here: it decides, in start_span
-        trace_id = ids.fresh_trace_id()
-        if decide(trace_id, None):
-            ids.pending = trace_id  # the span gets the trace id decided on
-            return True
-        return False
+        ids = self.ids  # a root; without DecisionIds the SDK draws its trace id, so it decides in start_span
+        return ids is None or ids.root_sampled(decide)
 
     def start_send(self, raw: RawBatch, destination: str) -> list[Span | None]:
         """A send span per forwarded event that is sampled; its header lines then carry the span's context.
