@@ -14,27 +14,36 @@ gateways may share a process, as in ``meshgate up``, so nothing is set globally)
   ``OTEL_RESOURCE_ATTRIBUTES``). ``service.name`` defaults to ``meshgate``; ``cloud.region``
   is always the gateway's region.
 
+Sampling is decided first, per event and before any span work, from the trace id and the
+sampled flag of the event's parent (its ``traceparent``, else the call's, else a new random
+trace id): for the SDK's own samplers (``always_on``, ``always_off``, ``traceidratio`` and the
+``parentbased_*`` forms) that decision is made here, equal to the SDK's (``fast_decision``);
+any other sampler is asked per span by the SDK as before. Only a sampled event gets a span and
+has its ``traceparent`` rewritten; an unsampled one costs the decision and is left as it came
+(a ``traceparent`` it carries travels unchanged, so later regions with a parent-based sampler
+decide alike; one that carries none gets none).
+
 The span model (messaging semantic conventions, ``messaging.system = nats``):
 
 ``{topic} publish`` (PRODUCER, origin region)
-    One per admitted event, from the batch's arrival to the broker's ack. Parent: the event's
+    One per admitted event that is sampled, from the batch's arrival to the broker's ack. Parent: the event's
     ``traceparent`` extension when the producer set one, else the W3C ``traceparent`` of the
     gRPC call's metadata, else none (a new trace). Its context is written into the event's
     ``traceparent`` (and ``tracestate``) extension before the broker write, so it travels in
     the ``ce-traceparent`` broker header: it is the event's creation context.
 ``{topic} send`` (PRODUCER, origin region, replicator)
-    One per event a link forwards, from the forward to the destination's ack of its batch.
+    One per sampled event a link forwards, from the forward to the destination's ack of its batch.
     Parent: the stored event's ``traceparent`` (the publish span). The forwarded copy carries
     this span's context: links send events as their broker stored them (raw header lines), and
     the ``ce-traceparent`` line of those bytes is replaced, or added (the origin's stored event
     is never changed).
 ``{topic} process`` (CONSUMER, destination region)
-    One per event of a replicated batch, covering dedup and the write. Parent: the incoming
+    One per sampled event of a replicated batch, covering dedup and the write. Parent: the incoming
     event's ``ce-traceparent`` header line (the send span); the copy written here carries this
     span's context in that line. ``meshgate.dedup`` says what happened:
     ``stored``, ``duplicate`` (a resend, or the broker's id window) or ``refused``.
 
-So every region's copy of an event names, in its ``traceparent``, the span that wrote it
+So every region's copy of a sampled event names, in its ``traceparent``, the span that wrote it
 there (publish in the origin, process in a destination), and a consumer anywhere continues
 the event's one trace: producer -> publish -> send -> process.
 """
