@@ -5,8 +5,9 @@ counts spans and answers at once), all on loopback, then for each mode runs a fr
 `meshgate serve` process whose environment says it all (the gateway reads only ``OTEL_*``):
 
 * off: no ``OTEL_*`` variable (no provider, no per-event work);
-* on: ``OTEL_EXPORTER_OTLP_ENDPOINT`` = the receiver, ``OTEL_TRACES_SAMPLER=always_on``;
-* 1 %: the same with ``parentbased_traceidratio`` and ``OTEL_TRACES_SAMPLER_ARG=0.01``;
+* 1 %: ``OTEL_EXPORTER_OTLP_ENDPOINT`` = the receiver, ``parentbased_traceidratio`` and
+  ``OTEL_TRACES_SAMPLER_ARG=0.01``;
+* on: the same with ``OTEL_TRACES_SAMPLER=always_on``;
 
 and measures, each for about ``--seconds``, with events of 256 bytes of data (no producer
 ``traceparent``: each event starts its own trace at the gateway):
@@ -16,7 +17,7 @@ and measures, each for about ``--seconds``, with events of 256 bytes of data (no
 
 Prints a table (events/s, ratio to off, spans the receiver got) and, last, one JSON line.
 
-    python bench/tracing_cost.py [--seconds 3] [--clients 8]
+    python bench/tracing_cost.py [--seconds 3] [--clients 8] [--rounds 1]
 """
 
 from __future__ import annotations
@@ -42,10 +43,11 @@ from meshgate.brokers import EmbeddedNats
 from meshgate.testing import ServeProcess
 from meshgate.v1 import gateway_pb2_grpc
 
+# "on" last: its spans keep the receiver (in this process, beside the load) busy a while after.
 MODES: dict[str, dict[str, str]] = {
     "off": {},
-    "on": {"OTEL_TRACES_SAMPLER": "always_on"},
     "1%": {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.01"},
+    "on": {"OTEL_TRACES_SAMPLER": "always_on"},
 }
 
 
@@ -77,7 +79,8 @@ async def run_mode(
         address = await gw.start()
         async with grpc.aio.insecure_channel(address) as ch:
             stub = gateway_pb2_grpc.GatewayStub(ch)
-            run = f"{mode}-{time.monotonic_ns()}"
+            # No "%" in the ids: an id with one takes the header escaping's slow path (a cost of its own).
+            run = f"{mode.replace('%', 'pct')}-{time.monotonic_ns()}"
             u100 = await unary(stub, seconds, clients, 100, f"u-{run}")
             s100 = await stream(stub, seconds, f"s-{run}")
         gw.signal(signal.SIGTERM)  # a clean stop flushes the spans still queued
@@ -87,7 +90,7 @@ async def run_mode(
     return {"unary_100": u100, "stream_100": s100, "spans": receiver.spans - before}
 
 
-async def main(seconds: float, clients: int) -> dict[str, object]:
+async def main(seconds: float, clients: int, rounds: int = 1) -> dict[str, object]:
     receiver = CountingReceiver()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(receiver, server)
@@ -99,10 +102,23 @@ async def main(seconds: float, clients: int) -> dict[str, object]:
         with tempfile.TemporaryDirectory(prefix="meshgate-tracing-") as tmp:
             async with EmbeddedNats(data_dir=Path(tmp) / "nats") as nats:
                 mesh = one_region_mesh(Path(tmp), region="bench", nats_url=nats.url)
-                for mode in MODES:
-                    results[mode] = await run_mode(
-                        mode, mesh=mesh, tmp=Path(tmp), otlp=otlp, receiver=receiver, seconds=seconds, clients=clients
-                    )
+                # Rounds of all modes in turn, the best of each kept: on a shared machine a
+                # neighbour's burst then costs one round, not one mode.
+                for n in range(rounds):
+                    (Path(tmp) / f"round-{n}").mkdir()
+                    for mode in MODES:
+                        r = await run_mode(
+                            mode,
+                            mesh=mesh,
+                            tmp=Path(tmp) / f"round-{n}",
+                            otlp=otlp,
+                            receiver=receiver,
+                            seconds=seconds,
+                            clients=clients,
+                        )
+                        best = results.setdefault(mode, r)
+                        for key in ("unary_100", "stream_100"):
+                            best[key] = max(best[key], r[key])
     finally:
         server.stop(0)
     off = results["off"]
@@ -112,7 +128,7 @@ async def main(seconds: float, clients: int) -> dict[str, object]:
             f"{mode:<6} {r['unary_100']:>18,.0f} {r['unary_100'] / off['unary_100']:>6.2f} "
             f"{r['stream_100']:>18,.0f} {r['stream_100'] / off['stream_100']:>6.2f} {r['spans']:>10,.0f}"
         )
-    out: dict[str, object] = {"seconds_each": seconds, "clients": clients}
+    out: dict[str, object] = {"seconds_each": seconds, "clients": clients, "rounds": rounds}
     for mode, key in (("off", "off"), ("on", "on"), ("1%", "ratio_0_01")):
         r = results[mode]
         out[f"{key}_unary_100_events_per_s"] = round(r["unary_100"])
@@ -129,5 +145,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=3.0, help="duration of each measurement (default 3)")
     parser.add_argument("--clients", type=int, default=8, help="concurrent unary callers (default 8)")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="rounds of all modes in turn; the best of each is kept (default 1)"
+    )
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(main(args.seconds, args.clients))))
+    print(json.dumps(asyncio.run(main(args.seconds, args.clients, args.rounds))))

@@ -184,7 +184,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         started = time.perf_counter()
         outcomes: Sequence[AppendResult | BrokerError]
         if trace is not None:
-            trace.start(events)  # a publish span per event, its context in the event's traceparent
+            trace.start(events)  # a publish span per sampled event, its context in the event's traceparent
         try:
             outcomes = await self._broker.append(events) if events else []
         except BrokerError as exc:

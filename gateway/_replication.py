@@ -48,7 +48,7 @@ class _InFlight:
         self,
         request: replication_pb2.ReplicateRequest,
         write: asyncio.Future[ProcessedBatch],
-        spans: list[Span] | None,
+        spans: list[Span | None] | None,
         events: list[event_pb2.Event] | None,
     ) -> None:
         self.request = request

@@ -14,27 +14,36 @@ gateways may share a process, as in ``meshgate up``, so nothing is set globally)
   ``OTEL_RESOURCE_ATTRIBUTES``). ``service.name`` defaults to ``meshgate``; ``cloud.region``
   is always the gateway's region.
 
+Sampling is decided first, per event and before any span work, from the trace id and the
+sampled flag of the event's parent (its ``traceparent``, else the call's, else a new random
+trace id): for the SDK's own samplers (``always_on``, ``always_off``, ``traceidratio`` and the
+``parentbased_*`` forms) that decision is made here, equal to the SDK's (``fast_decision``);
+any other sampler is asked per span by the SDK as before. Only a sampled event gets a span and
+has its ``traceparent`` rewritten; an unsampled one costs the decision and is left as it came
+(a ``traceparent`` it carries travels unchanged, so later regions with a parent-based sampler
+decide alike; one that carries none gets none).
+
 The span model (messaging semantic conventions, ``messaging.system = nats``):
 
 ``{topic} publish`` (PRODUCER, origin region)
-    One per admitted event, from the batch's arrival to the broker's ack. Parent: the event's
+    One per admitted event that is sampled, from the batch's arrival to the broker's ack. Parent: the event's
     ``traceparent`` extension when the producer set one, else the W3C ``traceparent`` of the
     gRPC call's metadata, else none (a new trace). Its context is written into the event's
     ``traceparent`` (and ``tracestate``) extension before the broker write, so it travels in
     the ``ce-traceparent`` broker header: it is the event's creation context.
 ``{topic} send`` (PRODUCER, origin region, replicator)
-    One per event a link forwards, from the forward to the destination's ack of its batch.
+    One per sampled event a link forwards, from the forward to the destination's ack of its batch.
     Parent: the stored event's ``traceparent`` (the publish span). The forwarded copy carries
     this span's context: links send events as their broker stored them (raw header lines), and
     the ``ce-traceparent`` line of those bytes is replaced, or added (the origin's stored event
     is never changed).
 ``{topic} process`` (CONSUMER, destination region)
-    One per event of a replicated batch, covering dedup and the write. Parent: the incoming
+    One per sampled event of a replicated batch, covering dedup and the write. Parent: the incoming
     event's ``ce-traceparent`` header line (the send span); the copy written here carries this
     span's context in that line. ``meshgate.dedup`` says what happened:
     ``stored``, ``duplicate`` (a resend, or the broker's id window) or ``refused``.
 
-So every region's copy of an event names, in its ``traceparent``, the span that wrote it
+So every region's copy of a sampled event names, in its ``traceparent``, the span that wrote it
 there (publish in the origin, process in a destination), and a consumer anywhere continues
 the event's one trace: producer -> publish -> send -> process.
 """
@@ -45,16 +54,20 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from random import getrandbits as _getrandbits
 from typing import Any, Protocol
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
-from opentelemetry.trace import NoOpTracer, Span, SpanKind, Status, StatusCode, Tracer
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.sdk.trace.sampling import Decision, ParentBased, Sampler, StaticSampler, TraceIdRatioBased
+from opentelemetry.trace import NoOpTracer, Span, SpanKind, Status, StatusCode, Tracer, get_current_span
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from meshgate.brokers import AppendResult, BrokerError, RawBatch
@@ -178,6 +191,112 @@ def _stamp(ev: event_pb2.Event, span: Span) -> None:
         extensions[_TRACESTATE] = sc.trace_state.to_header()
 
 
+# --- the sampling decision, made before any span work ---------------------------------------
+#
+# At 1 % sampling, ``tracer.start_span`` for every event (context extraction, ids, the sampler,
+# a span object) and the header rewrite cost a quarter of ingest. For the SDK's own samplers the
+# decision is a pure function of the trace id and the parent's sampled flag, so it is made here
+# first, on the traceparent's text; only sampled events then take the SDK's path (which decides
+# the same again). Unsampled events get no span and keep the traceparent they carry.
+
+# (trace id, parent sampled: True/False for a remote parent, None for a root) -> sampled
+Decide = Callable[[int, bool | None], bool]
+
+# The propagator's own pattern and checks (TraceContextTextMapPropagator.extract): a value it
+# rejects is no parent here either.
+_TRACEPARENT_RE = re.compile("^[ \t]*([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(?:(-.*)|[ \t]*)$")
+_TRACEPARENT_MAX = 512
+_ZERO_TRACE_ID = "0" * 32
+_ZERO_SPAN_ID = "0" * 16
+_LOW64 = TraceIdRatioBased.TRACE_ID_LIMIT
+_SAMPLED = 0x01
+
+
+def parse_traceparent(value: str) -> tuple[int, int] | None:
+    """The trace id and flags of a W3C ``traceparent`` the propagator would accept, else None."""
+    if len(value) > _TRACEPARENT_MAX:
+        return None
+    m = _TRACEPARENT_RE.match(value)
+    if m is None:
+        return None
+    version, trace_id, span_id, flags, rest = m.groups()
+    if trace_id == _ZERO_TRACE_ID or span_id == _ZERO_SPAN_ID or version == "ff" or (version == "00" and rest):
+        return None
+    return int(trace_id, 16), int(flags, 16)
+
+
+def _always(trace_id: int, parent_sampled: bool | None) -> bool:
+    return True
+
+
+def _never(trace_id: int, parent_sampled: bool | None) -> bool:
+    return False
+
+
+def fast_decision(sampler: Sampler) -> Decide | None:
+    """``sampler``'s decision as a function of the trace id and a remote parent's sampled flag.
+
+    Only for the SDK's own ``StaticSampler`` (always_on/off), ``TraceIdRatioBased`` and
+    ``ParentBased`` of those, unsubclassed in behaviour: their ``should_sample`` reads nothing
+    else (not the name, kind or attributes). None for any other sampler, or one that only
+    records (RECORD_ONLY): those keep the SDK's path for every event.
+    """
+    kind = type(sampler)
+    if isinstance(sampler, StaticSampler) and kind.should_sample is StaticSampler.should_sample:
+        decision = getattr(sampler, "_decision", None)
+        return _always if decision is Decision.RECORD_AND_SAMPLE else _never if decision is Decision.DROP else None
+    if isinstance(sampler, TraceIdRatioBased) and kind.should_sample is TraceIdRatioBased.should_sample:
+        bound = sampler.bound
+
+        def ratio(trace_id: int, parent_sampled: bool | None) -> bool:
+            return trace_id & _LOW64 < bound  # exactly TraceIdRatioBased.should_sample
+
+        return ratio
+    if isinstance(sampler, ParentBased) and kind.should_sample is ParentBased.should_sample:
+        # Every parent here is remote (extracted from a traceparent): the local delegates never apply.
+        root = fast_decision(getattr(sampler, "_root", None))  # type: ignore[arg-type]
+        if_sampled = fast_decision(getattr(sampler, "_remote_parent_sampled", None))  # type: ignore[arg-type]
+        if_not = fast_decision(getattr(sampler, "_remote_parent_not_sampled", None))  # type: ignore[arg-type]
+        if root is None or if_sampled is None or if_not is None:
+            return None
+
+        def parent_based(trace_id: int, parent_sampled: bool | None) -> bool:
+            if parent_sampled is None:
+                return root(trace_id, None)
+            return (if_sampled if parent_sampled else if_not)(trace_id, parent_sampled)
+
+        return parent_based
+    return None
+
+
+class DecisionIds(RandomIdGenerator):
+    """The provider's id generator: a root span gets the trace id its decision was made on.
+
+    ``Tracing`` draws a root event's trace id itself to decide; for a sampled one it hands the
+    id over in ``pending`` just before ``start_span``, which asks for a trace id only for a root.
+    One gateway's tracer runs on one event loop, and nothing awaits between the two.
+    """
+
+    def __init__(self) -> None:
+        self.pending = 0
+
+    def root_sampled(self, decide: Decide) -> bool:
+        """The decision for a new root, on fresh random low 64 bits (all a ratio reads); when
+        sampled, the span then gets a trace id ending in those bits."""
+        low = _getrandbits(64)
+        if not decide(low, None):
+            return False
+        self.pending = (_getrandbits(64) << 64) | low or 1 << 64  # never the invalid 0
+        return True
+
+    def generate_trace_id(self) -> int:
+        trace_id = self.pending
+        if trace_id:
+            self.pending = 0
+            return trace_id
+        return super().generate_trace_id()
+
+
 def _settle(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
@@ -191,46 +310,80 @@ def _fail(span: Span, message: str) -> None:
 class BatchTrace:
     """The trace side of one published batch: its arrival time and the call's context."""
 
-    __slots__ = ("_tracing", "parent", "spans", "start_ns")
+    __slots__ = ("_call", "_tracing", "parent", "spans", "start_ns")
 
     def __init__(self, tracing: Tracing, parent: Context | None) -> None:
         self._tracing = tracing
         self.parent = parent
         self.start_ns = time.time_ns()
-        self.spans: list[Span] = []
+        # A publish span per sampled event, by its index in the batch.
+        self.spans: list[tuple[int, Span]] = []
+        # The call's parent as (trace id, flags), for the decision.
+        self._call: tuple[int, int] | None = None
+        if parent is not None:
+            sc = get_current_span(parent).get_span_context()
+            if sc.is_valid:
+                self._call = (sc.trace_id, int(sc.trace_flags))
 
     def start(self, events: Sequence[event_pb2.Event]) -> None:
-        """Starts a publish span per admitted event and stamps its context on the event."""
+        """Starts a publish span per admitted event that is sampled and stamps its context on it.
+
+        The decision comes first (see ``fast_decision``): an unsampled event gets no span and is
+        not changed, a ``traceparent`` of its own travels as the producer set it.
+        """
         tr = self._tracing
-        tracer, region, parent, start = tr.tracer, tr.region, self.parent, self.start_ns
+        decide, ids = tr.decide, tr.ids
         # The span runs from the batch's arrival: admission and routing, then the broker write;
         # an "admitted" event marks the boundary (child spans per step would double the cost).
         admitted_ns = time.time_ns()
-        spans = self.spans
-        for ev in events:
-            topic = ev.topic
-            span = tracer.start_span(
-                _name(topic, " publish"), context=_parent_of(ev, parent), kind=_PRODUCER, start_time=start
+        if decide is None:
+            for i, ev in enumerate(events):
+                self._open(i, ev, admitted_ns)
+            return
+        # An event without a valid traceparent of its own is the call's child: one decision per batch.
+        call = self._call
+        call_sampled = None if call is None else decide(call[0], bool(call[1] & _SAMPLED))
+        for i, ev in enumerate(events):
+            extensions = ev.extensions
+            own = parse_traceparent(extensions[_TRACEPARENT]) if _TRACEPARENT in extensions else None
+            if own is not None:
+                sampled = decide(own[0], bool(own[1] & _SAMPLED))
+            elif call_sampled is not None:
+                sampled = call_sampled
+            else:  # a root; without DecisionIds the SDK draws its trace id, so it decides in start_span
+                sampled = ids is None or ids.root_sampled(decide)
+            if sampled:
+                self._open(i, ev, admitted_ns)
+
+    def _open(self, i: int, ev: event_pb2.Event, admitted_ns: int) -> None:
+        tr = self._tracing
+        tracer, region = tr.tracer, tr.region
+        topic = ev.topic
+        span = tracer.start_span(
+            _name(topic, " publish"), context=_parent_of(ev, self.parent), kind=_PRODUCER, start_time=self.start_ns
+        )
+        if span.is_recording():  # attributes only for sampled spans: the others cost the least
+            span.set_attributes(
+                {
+                    "messaging.system": "nats",
+                    "messaging.operation.type": "send",
+                    "messaging.operation.name": "publish",
+                    "messaging.destination.name": topic,
+                    "messaging.message.id": ev.id,
+                    "cloud.region": region,
+                    "meshgate.route": ",".join(ev.route),
+                }
             )
-            if span.is_recording():  # attributes only for sampled spans: the others cost the least
-                span.set_attributes(
-                    {
-                        "messaging.system": "nats",
-                        "messaging.operation.type": "send",
-                        "messaging.operation.name": "publish",
-                        "messaging.destination.name": topic,
-                        "messaging.message.id": ev.id,
-                        "cloud.region": region,
-                        "meshgate.route": ",".join(ev.route),
-                    }
-                )
-                span.add_event("admitted", {"meshgate.route": ",".join(ev.route)}, timestamp=admitted_ns)
-            _stamp(ev, span)
-            spans.append(span)
+            span.add_event("admitted", {"meshgate.route": ",".join(ev.route)}, timestamp=admitted_ns)
+        _stamp(ev, span)
+        self.spans.append((i, span))
 
     def end(self, outcomes: Sequence[AppendResult | Exception]) -> None:
         """Ends the spans with the broker's answer per event (same order as ``start``)."""
-        for span, res in zip(self.spans, outcomes, strict=False):
+        for i, span in self.spans:
+            if i >= len(outcomes):
+                continue
+            res = outcomes[i]
             if isinstance(res, AppendResult):
                 if span.is_recording():
                     span.set_attribute("meshgate.outcome", "duplicate" if res.duplicate else "accepted")
@@ -242,7 +395,7 @@ class BatchTrace:
 
     def abandon(self, message: str) -> None:
         """Ends every span still open as failed (the batch ended before the broker answered)."""
-        for span in self.spans:
+        for _, span in self.spans:
             _fail(span, message)
         self.spans = []
 
@@ -254,6 +407,11 @@ class Tracing:
         self.region = region
         self.provider = provider
         self.enabled = provider is not None
+        # The decision before any span work (None: an unknown sampler, the SDK decides per span);
+        # root events need the provider's DecisionIds for it (else the SDK decides those).
+        self.decide: Decide | None = fast_decision(provider.sampler) if provider is not None else None
+        ids = provider.id_generator if provider is not None else None
+        self.ids: DecisionIds | None = ids if isinstance(ids, DecisionIds) else None
         self.tracer: Tracer = (
             provider.get_tracer("meshgate", schema_url="https://opentelemetry.io/schemas/1.26.0")
             if provider is not None
@@ -272,7 +430,7 @@ class Tracing:
         if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
             resource = resource.merge(Resource({"service.name": "meshgate"}))
         # The sampler comes from OTEL_TRACES_SAMPLER(_ARG); the provider is shut down by the gateway.
-        provider = TracerProvider(resource=resource, shutdown_on_exit=False)
+        provider = TracerProvider(resource=resource, shutdown_on_exit=False, id_generator=DecisionIds())
         for exporter in exporters:
             provider.add_span_processor(BatchSpanProcessor(exporter))
         log.info(
@@ -300,17 +458,33 @@ class Tracing:
 
     # --- source: a link forwarding a batch -------------------------------------------------
 
-    def start_send(self, raw: RawBatch, destination: str) -> list[Span]:
-        """A send span per forwarded event; its header lines then carry the span's context.
+    def _lines_sampled(self, lines: bytes, decide: Decide) -> bool:
+        """The decision for an event as raw header lines, before any span work."""
+        traceparent = header_value(lines, _TRACEPARENT_HEADER)
+        if traceparent is not None:
+            parsed = parse_traceparent(unescape_header_value(traceparent.decode(errors="replace")))
+            if parsed is not None:
+                return decide(parsed[0], bool(parsed[1] & _SAMPLED))
+        ids = self.ids  # a root; without DecisionIds the SDK draws its trace id, so it decides in start_span
+        return ids is None or ids.root_sampled(decide)
+
+    def start_send(self, raw: RawBatch, destination: str) -> list[Span | None]:
+        """A send span per forwarded event that is sampled; its header lines then carry the span's context.
 
         ``raw.headers`` is rewritten in place (the ``ce-traceparent`` line replaced or added):
         the forwarded copy, and a dead letter made of it, carry the send span's context; the
-        origin's stored event is never changed.
+        origin's stored event is never changed. An unsampled event (None in the list) keeps
+        its lines; the list is empty when no event is sampled.
         """
-        tracer, region = self.tracer, self.region
-        spans = []
+        tracer, region, decide = self.tracer, self.region, self.decide
+        spans: list[Span | None] = []
+        sampled = 0
         headers = raw.headers
         for i, lines in enumerate(headers):
+            if decide is not None and not self._lines_sampled(lines, decide):
+                spans.append(None)
+                continue
+            sampled += 1
             topic = raw.topics[i]
             span = tracer.start_span(_name(topic, " send"), context=_parent_of_lines(lines), kind=_PRODUCER)
             if span.is_recording():
@@ -328,10 +502,10 @@ class Tracing:
                 )
             headers[i] = _stamp_lines(lines, span)
             spans.append(span)
-        return spans
+        return spans if sampled else []
 
     @staticmethod
-    def end_send(spans: Sequence[Span], refused: Mapping[int, str], *, duplicates: int) -> None:
+    def end_send(spans: Sequence[Span | None], refused: Mapping[int, str], *, duplicates: int) -> None:
         """Ends the send spans of an acked batch: ``refused`` by index, ``duplicates`` of the rest.
 
         The destination counts duplicates per batch, not per event: the outcome attribute says
@@ -340,6 +514,8 @@ class Tracing:
         kept = len(spans) - len(refused)
         outcome = "duplicate" if duplicates and duplicates == kept else "accepted" if not duplicates else None
         for i, span in enumerate(spans):
+            if span is None:
+                continue
             message = refused.get(i)
             if message is not None:
                 _fail(span, f"refused by the destination, dead-lettered: {message}")
@@ -349,26 +525,33 @@ class Tracing:
             span.end()
 
     @staticmethod
-    def abandon(spans: Sequence[Span], message: str) -> None:
+    def abandon(spans: Sequence[Span | None], message: str) -> None:
         for span in spans:
-            _fail(span, message)
+            if span is not None:
+                _fail(span, message)
 
     # --- destination: the Replicate handler ------------------------------------------------
 
-    def start_process(self, origin: str, batch: ProcessedBatch, start_ns: int) -> list[Span]:
-        """A process span per event of a replicated batch, after dedup classified it.
+    def start_process(self, origin: str, batch: ProcessedBatch, start_ns: int) -> list[Span | None]:
+        """A process span per sampled event of a replicated batch, after dedup classified it.
 
-        Each event to be written has its header lines (``batch.w_headers``) rewritten to carry
-        its span's context: the copy stored here names the span that wrote it.
+        Each sampled event to be written has its header lines (``batch.w_headers``) rewritten to
+        carry its span's context: the copy stored here names the span that wrote it. An
+        unsampled event (None in the list) keeps its lines; the list is empty when none is sampled.
         """
-        tracer, region = self.tracer, self.region
+        tracer, region, decide = self.tracer, self.region, self.decide
         raw = batch.request.raw
         headers, topics, ids, seqs = raw.headers, raw.topics, raw.ids, raw.sequences
         refused = {r.index for r in batch.refused}
         slot_of = {i: k for k, i in enumerate(batch.w_index)}
         w_headers = batch.w_headers
-        spans = []
+        spans: list[Span | None] = []
+        sampled = 0
         for i, lines in enumerate(headers):
+            if decide is not None and not self._lines_sampled(lines, decide):
+                spans.append(None)
+                continue
+            sampled += 1
             topic = topics[i]
             attributes: dict[str, Any] = {
                 "messaging.system": "nats",
@@ -391,14 +574,16 @@ class Tracing:
             if slot is not None:
                 w_headers[slot] = _stamp_lines(w_headers[slot], span)
             spans.append(span)
-        return spans
+        return spans if sampled else []
 
     @staticmethod
-    def end_process(spans: Sequence[Span], batch: ProcessedBatch) -> None:
+    def end_process(spans: Sequence[Span | None], batch: ProcessedBatch) -> None:
         """Ends the spans once the batch is applied (its refusals final)."""
         outcome = dict(zip(batch.w_index, batch.written, strict=False))
         refused = {r.index: r.message for r in batch.refused}
         for i, span in enumerate(spans):
+            if span is None:
+                continue
             res = outcome.get(i)
             message = refused.get(i)
             if i not in outcome:

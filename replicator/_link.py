@@ -103,7 +103,7 @@ class _Sent:
     batch_id: int
     # The events as their broker stored them (traces on: each carrying its send span's context).
     raw: RawBatch
-    spans: list[Span] | None = None
+    spans: list[Span | None] | None = None
 
     def __len__(self) -> int:
         return len(self.raw)

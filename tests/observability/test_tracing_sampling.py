@@ -1,0 +1,358 @@
+"""The sampling decision before any span work (issue 17): unsampled events cost only the decision.
+
+Unit tests of ``meshgate.observability._tracing``: the fast decision must equal the SDK sampler's
+own for the samplers it shortcuts, and an unsampled event must get no span (``start_span`` is
+counted) and keep the traceparent it carries, on all three paths (publish, send, process).
+"""
+
+from __future__ import annotations
+
+import random
+import secrets
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import yaml
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    DEFAULT_OFF,
+    DEFAULT_ON,
+    Decision,
+    ParentBased,
+    ParentBasedTraceIdRatio,
+    Sampler,
+    SamplingResult,
+    StaticSampler,
+    TraceIdRatioBased,
+)
+from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, TraceFlags, set_span_in_context
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from meshgate.brokers import AppendResult, RawBatch
+from meshgate.brokers._codec import header_lines, parse_header_lines
+from meshgate.gateway._classify import ProcessedBatch
+from meshgate.observability import Tracing
+from meshgate.observability._tracing import DecisionIds, fast_decision, parse_traceparent
+from meshgate.testing import ServeProcess
+from meshgate.v1 import event_pb2, gateway_pb2, gateway_pb2_grpc, replication_pb2
+from tests._replication import VARIABLE
+from tests._wait import eventually
+from tests.e2e._mesh import free_port
+from tests.gateway._helpers import ev, read_all
+from tests.observability.test_tracing import Receiver, _attrs, otlp_receiver  # noqa: F401 - the fixture
+
+_LOW64 = (1 << 64) - 1
+
+
+class CountingTracer:
+    """Counts ``start_span`` calls of the tracer it wraps (the per-event span work)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.started = 0
+
+    def start_span(self, *args: Any, **kwargs: Any) -> Span:
+        self.started += 1
+        span: Span = self.inner.start_span(*args, **kwargs)
+        return span
+
+
+def _traced(sampler: Sampler) -> tuple[Tracing, CountingTracer, InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=sampler, id_generator=DecisionIds())
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing = Tracing(region="a", provider=provider)
+    counting = CountingTracer(tracing.tracer)
+    tracing.tracer = counting  # type: ignore[assignment]
+    return tracing, counting, exporter
+
+
+def _tp(trace_id: int, span_id: int, flags: int) -> str:
+    return f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}"
+
+
+def _parent(trace_id: int, sampled: bool | None) -> Context | None:
+    if sampled is None:
+        return None
+    flags = TraceFlags(TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT)
+    sc = SpanContext(trace_id, 0x1234, is_remote=True, trace_flags=flags)
+    return set_span_in_context(NonRecordingSpan(sc))
+
+
+class _Custom(Sampler):
+    def should_sample(self, *args: Any, **kwargs: Any) -> SamplingResult:
+        return SamplingResult(Decision.RECORD_AND_SAMPLE)
+
+    def get_description(self) -> str:
+        return "custom"
+
+
+# --- the decision equals the SDK's ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "sampler",
+    [
+        ALWAYS_ON,
+        ALWAYS_OFF,
+        DEFAULT_ON,
+        DEFAULT_OFF,
+        *(TraceIdRatioBased(r) for r in (0.0, 0.01, 0.25, 0.5, 0.999, 1.0)),
+        *(ParentBasedTraceIdRatio(r) for r in (0.0, 0.01, 0.5, 1.0)),
+        ParentBased(
+            root=TraceIdRatioBased(0.3),
+            remote_parent_sampled=TraceIdRatioBased(0.5),
+            remote_parent_not_sampled=ParentBasedTraceIdRatio(0.7),
+        ),
+    ],
+    ids=lambda s: s.get_description(),
+)
+def test_fast_decision_equals_the_sdk_sampler(sampler: Sampler) -> None:
+    decide = fast_decision(sampler)
+    assert decide is not None
+    rng = random.Random(17)
+    ids = [rng.getrandbits(128) or 1 for _ in range(3000)]
+    if isinstance(sampler, TraceIdRatioBased):  # the bound's edges, with high bits set
+        ids += [(0xABC << 64) | max(sampler.bound + d, 1) & _LOW64 for d in (-1, 0, 1)]
+    for trace_id in ids:
+        for parent_sampled in (None, True, False):
+            expected = sampler.should_sample(_parent(trace_id, parent_sampled), trace_id, "t").decision.is_sampled()
+            assert decide(trace_id, parent_sampled) is expected, (hex(trace_id), parent_sampled)
+
+
+def test_other_samplers_keep_the_sdk_path() -> None:
+    assert fast_decision(_Custom()) is None
+    assert fast_decision(StaticSampler(Decision.RECORD_ONLY)) is None
+    assert fast_decision(ParentBased(root=_Custom())) is None
+    tracing, counting, _ = _traced(_Custom())
+    assert tracing.decide is None
+    trace = tracing.batch(None)
+    trace.start([ev(id="x")])
+    assert counting.started == 1
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        _tp(0xAB, 0xCD, 1),
+        _tp(0xAB, 0xCD, 0),
+        _tp(0xAB, 0xCD, 3),
+        " \t" + _tp(0xAB, 0xCD, 1) + " ",
+        _tp(0xAB, 0xCD, 1).upper(),
+        _tp(0, 0xCD, 1),
+        _tp(0xAB, 0, 1),
+        _tp(0xAB, 0xCD, 1) + "-extra",
+        "01" + _tp(0xAB, 0xCD, 1)[2:] + "-future",
+        "ff" + _tp(0xAB, 0xCD, 1)[2:],
+        "00-ab-cd-01",
+        "",
+        "x" * 600,
+    ],
+)
+def test_parse_traceparent_accepts_what_the_propagator_accepts(value: str) -> None:
+    ctx = TraceContextTextMapPropagator().extract({"traceparent": value})
+    parsed = parse_traceparent(value)
+    if not ctx:
+        assert parsed is None
+        return
+    sc = next(iter(ctx.values())).get_span_context()
+    assert parsed == (sc.trace_id, int(sc.trace_flags))
+
+
+# --- unsampled: no span, headers unchanged -------------------------------------------------------
+
+
+@pytest.mark.parametrize("sampler", [ALWAYS_OFF, TraceIdRatioBased(0.0), ParentBasedTraceIdRatio(0.0)])
+def test_unsampled_events_start_no_span_and_keep_their_traceparent(sampler: Sampler) -> None:
+    tracing, counting, exporter = _traced(sampler)
+    not_sampled, sampled_parent = _tp(0xAA, 0x11, 0), _tp(0xBB, 0x22, 1)
+    # publish
+    own = ev(id="own", extensions={"traceparent": not_sampled})
+    bare = ev(id="bare")
+    trace = tracing.batch(None)
+    trace.start([own, bare])
+    trace.end([AppendResult(sequence=1, duplicate=False)] * 2)
+    assert own.extensions["traceparent"] == not_sampled
+    assert "traceparent" not in bare.extensions
+    # send
+    lines = [header_lines(ev(id=f"s-{i}", origin="a", extensions={"traceparent": not_sampled})) for i in range(3)]
+    lines.append(header_lines(ev(id="s-bare", origin="a")))
+    raw = RawBatch(
+        ids=["s-0", "s-1", "s-2", "s-bare"],
+        topics=["t"] * 4,
+        sequences=[1, 2, 3, 4],
+        headers=list(lines),
+        data=[b"{}"] * 4,
+    )
+    assert tracing.start_send(raw, "b") == []
+    assert raw.headers == lines
+    # process
+    request = replication_pb2.ReplicateRequest(
+        source_region="a",
+        batch_id=1,
+        raw=replication_pb2.RawEvents(
+            ids=raw.ids, topics=raw.topics, sequences=raw.sequences, headers=lines, data=raw.data
+        ),
+    )
+    batch = ProcessedBatch(request)
+    batch.w_index, batch.w_headers = [0, 1, 2, 3], list(lines)
+    spans = tracing.start_process("a", batch, time.time_ns())
+    assert spans == []
+    assert batch.w_headers == lines
+    batch.written = [AppendResult(sequence=i, duplicate=False) for i in range(4)]
+    tracing.end_process(spans, batch)
+    assert counting.started == 0
+    assert exporter.get_finished_spans() == ()
+    if not isinstance(sampler, ParentBased):  # a sampled parent does not matter to these
+        trace = tracing.batch(None)
+        trace.start([ev(id="p", extensions={"traceparent": sampled_parent})])
+        assert counting.started == 0
+    tracing.shutdown()
+
+
+def test_parent_based_respects_the_incoming_sampled_flag() -> None:
+    tracing, counting, exporter = _traced(ParentBasedTraceIdRatio(0.0))
+    tid = 0xC0FFEE
+    yes, no = (
+        ev(id="yes", extensions={"traceparent": _tp(tid, 0x1, 1)}),
+        ev(id="no", extensions={"traceparent": _tp(tid, 0x2, 0)}),
+    )
+    trace = tracing.batch(None)
+    trace.start([yes, no])
+    trace.end([AppendResult(sequence=1, duplicate=False)] * 2)
+    assert counting.started == 1
+    (span,) = exporter.get_finished_spans()
+    assert span.attributes is not None
+    assert span.attributes["messaging.message.id"] == "yes"
+    assert span.context.trace_id == tid
+    assert span.parent is not None
+    assert span.parent.span_id == 0x1
+    assert yes.extensions["traceparent"] == _tp(tid, span.context.span_id, span.context.trace_flags)
+    assert no.extensions["traceparent"] == _tp(tid, 0x2, 0)
+    # The same on the replication path: the not-sampled line is left as it is.
+    lines = [
+        header_lines(ev(id=i, origin="a", extensions={"traceparent": _tp(tid, 0x3, f)}))
+        for i, f in (("y", 1), ("n", 0))
+    ]
+    raw = RawBatch(ids=["y", "n"], topics=["t"] * 2, sequences=[1, 2], headers=list(lines), data=[b"{}"] * 2)
+    spans = tracing.start_send(raw, "b")
+    assert spans[1] is None
+    assert raw.headers[1] == lines[1]
+    assert parse_header_lines(raw.headers[0])["ce-traceparent"] != _tp(tid, 0x3, 1)
+    assert counting.started == 2
+    tracing.end_send(spans, {}, duplicates=0)
+    tracing.shutdown()
+
+
+def test_root_ratio_decides_on_the_trace_id_the_event_carries() -> None:
+    tracing, counting, exporter = _traced(ParentBasedTraceIdRatio(0.5))
+    bound = TraceIdRatioBased(0.5).bound
+    events = [ev(id=f"r-{i}") for i in range(400)]
+    trace = tracing.batch(None)
+    trace.start(events)
+    trace.end([AppendResult(sequence=i, duplicate=False) for i in range(len(events))])
+    spans = {s.attributes["messaging.message.id"]: s for s in exporter.get_finished_spans()}  # type: ignore[index]
+    assert counting.started == len(spans)
+    assert 120 < len(spans) < 280
+    for e in events:
+        if e.id not in spans:  # not sampled: no span, not stamped
+            assert "traceparent" not in e.extensions
+            continue
+        parsed = parse_traceparent(e.extensions["traceparent"])
+        assert parsed is not None
+        trace_id, flags = parsed
+        # The span's trace id is the one decided on, so every region after decides alike.
+        assert trace_id & _LOW64 < bound
+        assert flags & 1
+        assert spans[e.id].context.trace_id == trace_id
+    tracing.shutdown()
+
+
+# --- through two real gateways: a sampled event keeps its one trace, the others cost no span -------
+
+
+async def test_ratio_zero_traces_only_sampled_parents_across_regions(
+    tmp_path: Path,
+    otlp_receiver: tuple[Receiver, int],  # noqa: F811 - the fixture
+) -> None:
+    receiver, otlp_port = otlp_receiver
+    ports = {"a": free_port(), "b": free_port()}
+    mesh = tmp_path / "mesh.yaml"
+    mesh.write_text(
+        yaml.safe_dump(
+            {
+                "event_mesh": {
+                    "regions": [{"name": r, "kind": "embedded", "gateway": f"127.0.0.1:{p}"} for r, p in ports.items()],
+                    "routing": [{"topic": "orders/*", "regions": ["a", "b"]}],
+                    "settings": {"shutdown_grace": "5s"},
+                    "security": {"replication_secret": "${" + VARIABLE + "}"},
+                }
+            },
+            sort_keys=False,
+        )
+    )
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{otlp_port}",
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG": "0",
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+    }
+    procs = {
+        r: ServeProcess(config=mesh, region=r, data_dir=tmp_path / r, extra=("--listen", f"127.0.0.1:{p}"), env=env)
+        for r, p in ports.items()
+    }
+    try:
+        for proc in procs.values():
+            await proc.start(timeout=60)
+        trace_id = secrets.randbits(128) or 1
+        sampled, unsampled = _tp(trace_id, 0x5A, 1), _tp(trace_id, 0x5B, 0)
+        events = [
+            ev(id="sampled", extensions={"traceparent": sampled}),
+            ev(id="unsampled", extensions={"traceparent": unsampled}),
+            *(ev(id=f"plain-{i}") for i in range(10)),
+        ]
+        async with grpc.aio.insecure_channel(procs["a"].address) as channel:
+            resp = await gateway_pb2_grpc.GatewayStub(channel).Publish(gateway_pb2.PublishRequest(events=events))
+        assert [r.outcome for r in resp.results] == [event_pb2.OUTCOME_ACCEPTED] * len(events)
+
+        def chain() -> set[tuple[str, str]] | None:
+            names = {
+                (str(s.region), s.span.name)
+                for s in receiver.spans()
+                if _attrs(s.span).get("messaging.message.id") == "sampled"
+            }
+            return names if ("b", "orders/created process") in names else None
+
+        assert await eventually(chain, 60, what="the sampled event's spans from both regions") == {
+            ("a", "orders/created publish"),
+            ("a", "orders/created send"),
+            ("b", "orders/created process"),
+        }
+        for region in ("a", "b"):
+            async with grpc.aio.insecure_channel(procs[region].address) as channel:
+                stored = {e.id: e for e in await read_all(gateway_pb2_grpc.GatewayStub(channel), "orders/>", expect=12)}
+            assert len(stored) == 12
+            # Unsampled: the producer's traceparent travels as it was set, none is added.
+            assert stored["unsampled"].extensions["traceparent"] == unsampled
+            assert all("traceparent" not in stored[f"plain-{i}"].extensions for i in range(10))
+            assert stored["sampled"].extensions["traceparent"] != sampled  # a span of this region's
+        # Every span the receiver got is the sampled event's: the others started none.
+        assert {_attrs(s.span).get("messaging.message.id") for s in receiver.spans()} == {"sampled"}
+        assert {s.span.trace_id for s in receiver.spans()} == {trace_id.to_bytes(16, "big")}
+    finally:
+        for proc in procs.values():
+            if proc.proc is not None and proc.proc.returncode is None:
+                proc.signal(signal.SIGTERM)
+                try:
+                    await proc.wait(timeout=20)
+                finally:
+                    await proc.close()
