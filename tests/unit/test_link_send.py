@@ -85,6 +85,7 @@ async def test_a_link_sends_raw_with_traces_on_or_off(traced: bool) -> None:
     (sent,) = link._inflight
     assert sent.spans is not None
     for i, span in enumerate(sent.spans):
+        assert span is not None  # always_on: every event is sampled
         ctx = span.get_span_context()
         lines = request.raw.headers[i]
         assert lines.count(b"ce-traceparent:") == 1
@@ -95,6 +96,8 @@ async def test_a_link_sends_raw_with_traces_on_or_off(traced: bool) -> None:
         without = [ln for ln in lines.split(b"\r\n") if not ln.startswith(b"ce-traceparent:")]
         assert without == [ln for ln in stored.headers[i].split(b"\r\n") if not ln.startswith(b"ce-traceparent:")]
     # The first event's send span continues the trace its stored traceparent named.
-    assert sent.spans[0].get_span_context().trace_id == 0xABC
+    first = sent.spans[0]
+    assert first is not None
+    assert first.get_span_context().trace_id == 0xABC
     tracing.abandon(sent.spans, "test over")
     tracing.shutdown()
