@@ -69,6 +69,11 @@ def count(cluster: TlsMeshCluster, region: str, text: str) -> int:
     return cluster.process(region).text().count(text)
 
 
+# A rotating link reconnects once its batches in flight are acked, or after the link's ack
+# timeout (30 s) when one is not: the guarantee checked here is the ledger, not how fast.
+_ROTATED_WITHIN = 45
+
+
 async def test_certificates_rotate_under_load_without_a_lost_or_doubled_event(
     make_tls_mesh: Callable[..., Any],
 ) -> None:
@@ -111,7 +116,9 @@ async def test_certificates_rotate_under_load_without_a_lost_or_doubled_event(
         served = await asyncio.to_thread(served_certificate, cluster.address(EU), pki, "client")
         assert served.serial_number == eu_new.certificate.serial_number
         # ... and the source reconnects with its new one, the batches in flight acked first.
-        await eventually(lambda: count(cluster, US, reconnected) >= 1, 20, what=f"{US}'s link to reconnect")
+        await eventually(
+            lambda: count(cluster, US, reconnected) >= 1, _ROTATED_WITHIN, what=f"{US}'s link to reconnect"
+        )
 
     async def new_ca() -> None:
         # A new CA: trusted beside the old one first, then every region's certificate is made by it.
@@ -122,7 +129,9 @@ async def test_certificates_rotate_under_load_without_a_lost_or_doubled_event(
         eu_ca2 = pki.region(EU, ca=ca2)
         pki.region(US, ca=ca2)
         await eventually(
-            lambda: count(cluster, US, reconnected) >= 2, 20, what=f"{US}'s link to reconnect with the new CA's"
+            lambda: count(cluster, US, reconnected) >= 2,
+            _ROTATED_WITHIN,
+            what=f"{US}'s link to reconnect with the new CA's",
         )
         served = await asyncio.to_thread(served_certificate, cluster.address(EU), pki, "client")
         assert served.serial_number == eu_ca2.certificate.serial_number
