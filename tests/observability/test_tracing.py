@@ -9,6 +9,7 @@ must give one trace with spans of both regions, parented producer -> publish -> 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -133,8 +134,12 @@ def _chain(spans: list[ReceivedSpan], last: ReceivedSpan) -> tuple[list[tuple[st
     return chain, int.from_bytes(at.parent, "big")
 
 
-async def test_one_trace_across_two_regions(tmp_path: Path, otlp_receiver: tuple[Receiver, int]) -> None:
-    receiver, otlp_port = otlp_receiver
+@contextlib.asynccontextmanager
+async def traced_regions(
+    tmp_path: Path, otlp_port: int, sampler: dict[str, str]
+) -> AsyncIterator[dict[str, ServeProcess]]:
+    """Regions a and b as `meshgate serve` processes, exporting to the receiver with ``sampler``'s
+    OTEL_TRACES_SAMPLER(_ARG); stopped (SIGTERM, then closed) at the end."""
     ports = {"a": free_port(), "b": free_port()}
     mesh = tmp_path / "mesh.yaml"
     mesh.write_text(
@@ -150,11 +155,7 @@ async def test_one_trace_across_two_regions(tmp_path: Path, otlp_receiver: tuple
             sort_keys=False,
         )
     )
-    env = {
-        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{otlp_port}",
-        "OTEL_TRACES_SAMPLER": "parentbased_always_on",
-        "OTEL_BSP_SCHEDULE_DELAY": "100",
-    }
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{otlp_port}", "OTEL_BSP_SCHEDULE_DELAY": "100", **sampler}
     procs = {
         r: ServeProcess(config=mesh, region=r, data_dir=tmp_path / r, extra=("--listen", f"127.0.0.1:{p}"), env=env)
         for r, p in ports.items()
@@ -162,7 +163,20 @@ async def test_one_trace_across_two_regions(tmp_path: Path, otlp_receiver: tuple
     try:
         for proc in procs.values():
             await proc.start(timeout=60)
+        yield procs
+    finally:
+        for proc in procs.values():
+            if proc.proc is not None and proc.proc.returncode is None:
+                proc.signal(signal.SIGTERM)
+                try:
+                    await proc.wait(timeout=20)
+                finally:
+                    await proc.close()
 
+
+async def test_one_trace_across_two_regions(tmp_path: Path, otlp_receiver: tuple[Receiver, int]) -> None:
+    receiver, otlp_port = otlp_receiver
+    async with traced_regions(tmp_path, otlp_port, {"OTEL_TRACES_SAMPLER": "parentbased_always_on"}) as procs:
         # The producer's own span: a root the test makes up, sampled.
         trace_id, producer_span = secrets.randbits(128) or 1, secrets.randbits(64) or 1
         traceparent = f"00-{trace_id:032x}-{producer_span:016x}-01"
@@ -224,14 +238,6 @@ async def test_one_trace_across_two_regions(tmp_path: Path, otlp_receiver: tuple
             assert [e.id for e in stored] == ["traced-1"]
             tp = stored[0].extensions["traceparent"]
             assert tp == f"00-{trace_id:032x}-{span.span.span_id.hex()}-01"
-    finally:
-        for proc in procs.values():
-            if proc.proc is not None and proc.proc.returncode is None:
-                proc.signal(signal.SIGTERM)
-                try:
-                    await proc.wait(timeout=20)
-                finally:
-                    await proc.close()
 
 
 # --- unit level ----------------------------------------------------------------------------------

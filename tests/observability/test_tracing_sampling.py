@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import random
 import secrets
-import signal
 import time
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-import yaml
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -42,13 +40,15 @@ from meshgate.brokers._codec import header_lines, parse_header_lines
 from meshgate.gateway._classify import ProcessedBatch
 from meshgate.observability import Tracing
 from meshgate.observability._tracing import DecisionIds, fast_decision, parse_traceparent
-from meshgate.testing import ServeProcess
 from meshgate.v1 import event_pb2, gateway_pb2, gateway_pb2_grpc, replication_pb2
-from tests._replication import VARIABLE
 from tests._wait import eventually
-from tests.e2e._mesh import free_port
 from tests.gateway._helpers import ev, read_all
-from tests.observability.test_tracing import Receiver, _attrs, otlp_receiver  # noqa: F401 - the fixture
+from tests.observability.test_tracing import (  # noqa: F401 - otlp_receiver: the fixture
+    Receiver,
+    _attrs,
+    otlp_receiver,
+    traced_regions,
+)
 
 _LOW64 = (1 << 64) - 1
 
@@ -288,34 +288,9 @@ async def test_ratio_zero_traces_only_sampled_parents_across_regions(
     otlp_receiver: tuple[Receiver, int],  # noqa: F811 - the fixture
 ) -> None:
     receiver, otlp_port = otlp_receiver
-    ports = {"a": free_port(), "b": free_port()}
-    mesh = tmp_path / "mesh.yaml"
-    mesh.write_text(
-        yaml.safe_dump(
-            {
-                "event_mesh": {
-                    "regions": [{"name": r, "kind": "embedded", "gateway": f"127.0.0.1:{p}"} for r, p in ports.items()],
-                    "routing": [{"topic": "orders/*", "regions": ["a", "b"]}],
-                    "settings": {"shutdown_grace": "5s"},
-                    "security": {"replication_secret": "${" + VARIABLE + "}"},
-                }
-            },
-            sort_keys=False,
-        )
-    )
-    env = {
-        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{otlp_port}",
-        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
-        "OTEL_TRACES_SAMPLER_ARG": "0",
-        "OTEL_BSP_SCHEDULE_DELAY": "100",
-    }
-    procs = {
-        r: ServeProcess(config=mesh, region=r, data_dir=tmp_path / r, extra=("--listen", f"127.0.0.1:{p}"), env=env)
-        for r, p in ports.items()
-    }
-    try:
-        for proc in procs.values():
-            await proc.start(timeout=60)
+    async with traced_regions(
+        tmp_path, otlp_port, {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0"}
+    ) as procs:
         trace_id = secrets.randbits(128) or 1
         sampled, unsampled = _tp(trace_id, 0x5A, 1), _tp(trace_id, 0x5B, 0)
         events = [
@@ -353,11 +328,3 @@ async def test_ratio_zero_traces_only_sampled_parents_across_regions(
         # Every span the receiver got is the sampled event's: the others started none.
         assert {_attrs(s.span).get("messaging.message.id") for s in receiver.spans()} == {"sampled"}
         assert {s.span.trace_id for s in receiver.spans()} == {trace_id.to_bytes(16, "big")}
-    finally:
-        for proc in procs.values():
-            if proc.proc is not None and proc.proc.returncode is None:
-                proc.signal(signal.SIGTERM)
-                try:
-                    await proc.wait(timeout=20)
-                finally:
-                    await proc.close()
