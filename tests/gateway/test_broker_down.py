@@ -27,7 +27,7 @@ from meshgate.v1 import admin_pb2, event_pb2, gateway_pb2, gateway_pb2_grpc
 from tests._health import async_health_stub
 from tests._replication import SECURITY
 from tests._wait import eventually
-from tests.gateway._helpers import ev, nats_region, read_all, started_gateways
+from tests.gateway._helpers import ev, nats_region, read_all, started_gateways, two_region_mesh
 from tests.gateway.test_probes import get
 
 
@@ -252,6 +252,9 @@ async def test_kind_nats_readiness_says_why_the_server_refuses_the_reconnect(tmp
         await wait_for_health(gw, health_pb2.HealthCheckResponse.SERVING)
 
 
+ROUTING = (RouteRule(index=0, topic="orders/*", regions=("here", "there")),)
+
+
 def _link(gw: Gateway) -> admin_pb2.LinkStatus:
     [status] = gw.link_statuses()
     return status
@@ -266,14 +269,7 @@ async def test_link_says_backing_off_not_standby_while_its_broker_is_down(tmp_pa
     ):
 
         def mesh(there_gateway: str) -> MeshConfig:
-            return MeshConfig(
-                regions=(
-                    nats_region("here", here_server, "127.0.0.1:0"),
-                    nats_region("there", there_server, there_gateway),
-                ),
-                routing=(RouteRule(index=0, topic="orders/*", regions=("here", "there")),),
-                security=SECURITY,
-            )
+            return two_region_mesh(here_server, there_server, there_gateway=there_gateway, routing=ROUTING)
 
         there = await start(config=mesh("127.0.0.1:0"), region="there", data_dir=tmp_path, replicate=False)
         options = LinkOptions(backoff_initial_seconds=0.05, backoff_max_seconds=0.2)
@@ -319,14 +315,7 @@ async def test_link_error_is_cleared_once_the_destination_is_back(tmp_path: Path
     ):
 
         def mesh(there_gateway: str) -> MeshConfig:
-            return MeshConfig(
-                regions=(
-                    nats_region("here", here_server, "127.0.0.1:0"),
-                    nats_region("there", there_server, there_gateway),
-                ),
-                routing=(RouteRule(index=0, topic="orders/*", regions=("here", "there")),),
-                security=SECURITY,
-            )
+            return two_region_mesh(here_server, there_server, there_gateway=there_gateway, routing=ROUTING)
 
         there = await start(config=mesh("127.0.0.1:0"), region="there", data_dir=tmp_path, replicate=False)
         address = there.address

@@ -1,4 +1,5 @@
-"""Mesh files the unit tests of config diff share: an edit from OLD to NEW."""
+"""Mesh files unit tests share: an edit from OLD to NEW (config diff), and BASE, two regions and one
+rule that the reload tests edit."""
 
 OLD = """\
 event_mesh:
@@ -25,4 +26,18 @@ event_mesh:
       regions: ["us-west"]
     - topic: "payments/>"
       regions: ["ap-south"]
+"""
+
+BASE = """\
+event_mesh:
+  regions:
+    - name: us-west
+      kind: embedded
+      gateway: 127.0.0.1:7401
+    - name: eu-central
+      kind: embedded
+      gateway: 127.0.0.1:7402
+  routing:
+    - topic: "orders/*"
+      regions: [us-west, eu-central]
 """

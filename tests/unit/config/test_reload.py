@@ -12,20 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from meshgate.config import ConfigError, ConfigWatcher, MeshConfig, ReloadResult, check_compatible, load_config
 from tests._wait import eventually
-
-BASE = """\
-event_mesh:
-  regions:
-    - name: us-west
-      kind: embedded
-      gateway: 127.0.0.1:7401
-    - name: eu-central
-      kind: embedded
-      gateway: 127.0.0.1:7402
-  routing:
-    - topic: "orders/*"
-      regions: [us-west, eu-central]
-"""
+from tests.unit._meshes import BASE
 
 CHANGED = (
     BASE

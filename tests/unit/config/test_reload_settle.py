@@ -17,20 +17,8 @@ import pytest
 
 from meshgate.config import ConfigWatcher, MeshConfig, _reload, load_config, load_config_bytes
 from tests._wait import eventually
+from tests.unit._meshes import BASE
 
-BASE = """\
-event_mesh:
-  regions:
-    - name: us-west
-      kind: embedded
-      gateway: 127.0.0.1:7401
-    - name: eu-central
-      kind: embedded
-      gateway: 127.0.0.1:7402
-  routing:
-    - topic: "orders/*"
-      regions: [us-west, eu-central]
-"""
 # Cut after its second rule, the new file is a valid mesh file too: it only lacks the last rule.
 HALF = BASE + '    - topic: "inventory/>"\n      regions: [us-west]\n'
 FULL = HALF + '    - topic: "billing/>"\n      regions: [eu-central]\n'
