@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import os
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,6 +9,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from meshgate.testing import ChildProcess
 from meshgate.v1 import event_pb2, gateway_pb2, gateway_pb2_grpc
 from tests._wait import eventually
 from tests.e2e._mesh import _is_nats_server_of, _pid_alive, free_port
@@ -25,57 +23,9 @@ def _nats_servers_of(data_dir: Path) -> list[int]:
     return [pid for pid in pids if _pid_alive(pid) and _is_nats_server_of(pid, data_dir)]
 
 
-class _Up:
+def _up(config: Path, data_dir: Path) -> ChildProcess:
     """``meshgate up`` as a child process, its output kept."""
-
-    def __init__(self, config: Path, data_dir: Path) -> None:
-        self.args = ("-m", "meshgate", "up", "-c", str(config), "--data-dir", str(data_dir))
-        self.proc: asyncio.subprocess.Process | None = None
-        self.log: list[bytes] = []
-        self._pump: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            *self.args,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        assert self.proc.stdout is not None
-        self._pump = asyncio.create_task(self._read(self.proc.stdout))
-
-    async def _read(self, stdout: asyncio.StreamReader) -> None:
-        while line := await stdout.readline():
-            self.log.append(line)
-
-    def text(self) -> str:
-        return b"".join(self.log).decode(errors="replace")
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    async def wait(self, timeout: float) -> int:
-        assert self.proc is not None
-        rc = await asyncio.wait_for(self.proc.wait(), timeout)
-        if self._pump is not None:
-            await asyncio.wait_for(self._pump, 5)
-        return rc
-
-    async def close(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.terminate()  # drains and stops its brokers
-            try:
-                await asyncio.wait_for(self.proc.wait(), 30)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
-        if self._pump is not None:
-            self._pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._pump
+    return ChildProcess(args=("-m", "meshgate", "up", "-c", str(config), "--data-dir", str(data_dir)))
 
 
 def _mesh(tmp_path: Path) -> tuple[Path, list[int]]:
@@ -102,12 +52,12 @@ event_mesh:
 
 
 @pytest.fixture
-async def running(tmp_path: Path) -> AsyncIterator[tuple[_Up, Path, Path, list[int]]]:
+async def running(tmp_path: Path) -> AsyncIterator[tuple[ChildProcess, Path, Path, list[int]]]:
     """A serving ``meshgate up`` of two embedded regions: (it, its config, its data dir, its ports)."""
     config, ports = _mesh(tmp_path)
     data_dir = tmp_path / "first"
-    first = _Up(config, data_dir)
-    await first.start()
+    first = _up(config, data_dir)
+    await first.launch()
     try:
         await eventually(
             lambda: first.text().count("gateway serving on") == 2, 60, what=f"two regions serving:\n{first.text()}"
@@ -115,7 +65,7 @@ async def running(tmp_path: Path) -> AsyncIterator[tuple[_Up, Path, Path, list[i
         assert len(_nats_servers_of(data_dir)) == 2
         yield first, config, data_dir, ports
     finally:
-        await first.close()
+        await first.close(grace=30)  # SIGTERM: it drains and stops its brokers
 
 
 async def _still_serves(port: int) -> None:
@@ -130,11 +80,11 @@ async def _still_serves(port: int) -> None:
 
 
 async def test_a_second_up_in_the_same_folder_names_the_running_mesh(
-    running: tuple[_Up, Path, Path, list[int]],
+    running: tuple[ChildProcess, Path, Path, list[int]],
 ) -> None:
     first, config, data_dir, ports = running
-    second = _Up(config, data_dir)
-    await second.start()
+    second = _up(config, data_dir)
+    await second.launch()
     rc = await second.wait(30)
     text = second.text()
     assert rc != 0, text
@@ -149,12 +99,12 @@ async def test_a_second_up_in_the_same_folder_names_the_running_mesh(
 
 
 async def test_a_second_up_on_the_same_ports_names_the_running_mesh(
-    running: tuple[_Up, Path, Path, list[int]], tmp_path: Path
+    running: tuple[ChildProcess, Path, Path, list[int]], tmp_path: Path
 ) -> None:
     first, config, data_dir, ports = running
     other_dir = tmp_path / "second"
-    second = _Up(config, other_dir)
-    await second.start()
+    second = _up(config, other_dir)
+    await second.launch()
     rc = await second.wait(30)
     text = second.text()
     assert rc != 0, text

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import errno
 import os
+import re
 import socket
 import sys
 import urllib.request
@@ -22,6 +23,7 @@ import pytest
 
 from meshgate.brokers.embedded import EmbeddedNats
 from meshgate.config import Limits
+from meshgate.testing import ChildProcess
 from meshgate.v1 import event_pb2, gateway_pb2, gateway_pb2_grpc
 from tests._wait import eventually
 from tests.e2e._mesh import free_port
@@ -90,61 +92,14 @@ _LOWERED_MESHGATE = (
 )
 
 
-class _Serve:
+def _serve(config: Path, data_dir: Path) -> ChildProcess:
     """``meshgate serve`` as a child whose open-file limit is OPEN_FILES (soft and hard)."""
-
-    def __init__(self, config: Path, data_dir: Path) -> None:
-        self.args = (
-            "-c",
-            _LOWERED_MESHGATE,
-            "serve",
-            "-c",
-            str(config),
-            "--region",
-            "here",
-            "--data-dir",
-            str(data_dir),
-        )
-        self.proc: asyncio.subprocess.Process | None = None
-        self.log: list[bytes] = []
-        self._pump: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            *self.args,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            env=env,
-        )
-        assert self.proc.stdout is not None
-        self._pump = asyncio.create_task(self._read(self.proc.stdout))
-        await eventually(lambda: b"gateway serving on" in b"".join(self.log), 30, what="meshgate serve serving")
-
-    async def _read(self, stdout: asyncio.StreamReader) -> None:
-        while line := await stdout.readline():
-            self.log.append(line)
-
-    def text(self) -> str:
-        return b"".join(self.log).decode(errors="replace")
-
-    async def close(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.terminate()
-            try:
-                await asyncio.wait_for(self.proc.wait(), 15)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
-        if self._pump is not None:
-            self._pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._pump
+    args = ("-c", _LOWERED_MESHGATE, "serve", "-c", str(config), "--region", "here", "--data-dir", str(data_dir))
+    return ChildProcess(args=args)
 
 
 @pytest.fixture
-async def flooded(nats_server: EmbeddedNats, tmp_path: Path) -> AsyncIterator[tuple[_Serve, int, int]]:
+async def flooded(nats_server: EmbeddedNats, tmp_path: Path) -> AsyncIterator[tuple[ChildProcess, int, int]]:
     """A gateway process with a low open-file limit: (the process, its gRPC port, its metrics port)."""
     url = urlparse(nats_server.url)
     port, metrics = free_port(), free_port()
@@ -163,15 +118,15 @@ event_mesh:
       max_connections_per_address: {PER_ADDRESS}
 """
     )
-    serve = _Serve(config, tmp_path / "data")
+    serve = _serve(config, tmp_path / "data")
     try:
-        await serve.start()
+        await serve.launch(ready=re.compile(rb"gateway serving on"))
         yield serve, port, metrics
     finally:
-        await serve.close()
+        await serve.close(grace=15)
 
 
-async def test_a_socket_flood_leaves_publishes_and_probes_working(flooded: tuple[_Serve, int, int]) -> None:
+async def test_a_socket_flood_leaves_publishes_and_probes_working(flooded: tuple[ChildProcess, int, int]) -> None:
     serve, port, metrics = flooded
     assert await asyncio.to_thread(_readyz, metrics) == 200
     with _flood("127.0.0.1", port, FLOOD) as socks:

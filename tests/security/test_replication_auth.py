@@ -10,8 +10,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -29,6 +27,7 @@ from meshgate.config import (
 from meshgate.gateway import Gateway
 from meshgate.gateway._auth import REPLICATION_SECRET_KEY
 from meshgate.gateway._dedup import origin_prefix
+from meshgate.testing import ChildProcess
 from meshgate.v1 import event_pb2, gateway_pb2, gateway_pb2_grpc, replication_pb2, replication_pb2_grpc
 from tests._cli import run_cli
 from tests._replication import METADATA, SECRET, VARIABLE
@@ -299,30 +298,15 @@ async def test_certs_reads_the_regions_without_the_secrets_variables(tmp_path: P
 
 @contextlib.asynccontextmanager
 async def _meshgate_up(path: Path, data_dir: Path, env: dict[str, str]) -> AsyncIterator[list[bytes]]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "meshgate", "up", "-c", str(path), "--data-dir", str(data_dir),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env={**env, "PYTHONUNBUFFERED": "1"},
-    )  # fmt: skip
-    assert proc.stdout is not None
-    lines: list[bytes] = []
-
-    async def pump() -> None:
-        assert proc.stdout is not None
-        while line := await proc.stdout.readline():
-            lines.append(line)
-
-    reader = asyncio.create_task(pump())
+    """``meshgate up`` with exactly ``env`` (not this process's), its output lines as they come."""
+    up = ChildProcess(
+        args=("-m", "meshgate", "up", "-c", str(path), "--data-dir", str(data_dir)), env=env, inherit_env=False
+    )
+    await up.launch()
     try:
-        yield lines
+        yield up.log
     finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), 40)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-        await reader
+        await up.close(grace=40)
 
 
 async def test_meshgate_up_needs_no_setup_and_its_regions_refuse_anonymous_peers(tmp_path: Path) -> None:
