@@ -16,6 +16,7 @@ from meshgate.brokers.embedded import EmbeddedNats
 from meshgate.config import NatsSettings, Settings
 from meshgate.gateway import Gateway, _checkpoint
 from meshgate.gateway._dedup import stream_key
+from meshgate.gateway._replication import ReplicationService
 from meshgate.v1 import event_pb2, gateway_pb2_grpc, replication_pb2, replication_pb2_grpc
 from tests._replication import METADATA
 from tests._wait import eventually
@@ -453,7 +454,18 @@ async def test_limit_store_of_a_cut_call_hidden_by_another_calls_save(
         new = OpenCall(gw.address)
         new.send_only(from_stream(A, [3]))
         await asyncio.wait_for(entered.wait(), 10)
+        ended = asyncio.Event()
+        real_end = ReplicationService._end
+
+        async def end(*args: Any) -> None:
+            ended.set()
+            await real_end(*args)
+
+        monkeypatch.setattr(ReplicationService, "_end", staticmethod(end))
         await new.cut()
+        # The write lands once the cut call has ended: a loaded machine could otherwise let the
+        # call record it first, and the limit would not be reached.
+        await asyncio.wait_for(ended.wait(), 10)
         release.set()
         await asyncio.wait_for(landed.wait(), 10)
         # The old call, still on A, saves it as it knows it: nothing above 2, under a newer position.
