@@ -19,6 +19,7 @@ from meshgate.brokers import (
     Broker,
     BrokerError,
     DurableConsumer,
+    PartitionedLog,
     RawBatch,
     decode_event,
     parse_header_lines,
@@ -146,7 +147,7 @@ def dead_letter_event(ev: event_pb2.Event, *, destination: str, reason: str) -> 
 
 
 @dataclass(slots=True)
-class _Counters:
+class LinkCounters:
     forwarded: int = 0
     dead_lettered: int = 0
     retries: int = 0
@@ -175,15 +176,19 @@ class Link:
         address: str | None,
         broker: Broker,
         options: LinkOptions | None = None,
+        partition: int | None = None,
     ) -> None:
         self.source = source
         self.destination = destination
+        # The partition of this region's log the link sends (a PartitionedLog's), None: all of it.
+        self.partition = partition
         self.address = address
         self.options = options or LinkOptions()
         self.state = LinkState.STOPPED
-        self.counters = _Counters()
+        self.counters = LinkCounters()
         self._broker = broker
-        self._consumer_name = f"mg-link-{destination}"
+        # A partitioned log's links all end in -p<n>, so no two (destination, partition) share one.
+        self._consumer_name = f"mg-link-{destination}" if partition is None else f"mg-link-{destination}-p{partition}"
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._stopping = False
@@ -333,7 +338,14 @@ class Link:
         # Only this region's own events routed to the destination come out of it; the broker
         # adapter skips the rest before decoding them. On NATS each open (and each reset) is a
         # new generation of the consumer that fences the replicas that ran the link before.
-        return await self._broker.durable_consumer(self._consumer_name, origin=self.source, routed_to=self.destination)
+        broker = self._broker
+        if self.partition is not None:
+            if not isinstance(broker, PartitionedLog):
+                raise TypeError(f"{type(broker).__name__} has no partitions; link to {self.destination} has one")
+            return await broker.durable_consumer(
+                self._consumer_name, origin=self.source, routed_to=self.destination, partition=self.partition
+            )
+        return await broker.durable_consumer(self._consumer_name, origin=self.source, routed_to=self.destination)
 
     def _is_stopping(self) -> bool:
         # A method, not the attribute: stop() flips it while this task awaits.
