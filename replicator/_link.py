@@ -110,6 +110,24 @@ class _Sent:
         return len(self.raw)
 
 
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    """Cancels ``task`` until it has ended.
+
+    Once is not enough: nats-py can swallow a cancellation that lands inside one of its
+    requests, and a send loop that lived on would spin (waiting out a TLS rotation that never
+    ends for it) while the session waited for it forever: its partition would stop.
+    """
+    while not task.done():
+        task.cancel()
+        try:
+            await asyncio.wait({task}, timeout=0.5)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        task.result()
+
+
 def _raw_event(raw: RawBatch, i: int) -> event_pb2.Event:
     """Event ``i`` of a raw batch, decoded (only for the rare one the destination refused)."""
     ev = decode_event(
@@ -428,8 +446,8 @@ class Link:
             finally:
                 for task in tasks:
                     task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await task
+                for task in tasks:
+                    await _cancelled(task)
                 call.cancel()
 
     async def _connect(self, channel: grpc.aio.Channel) -> None:
