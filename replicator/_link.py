@@ -40,6 +40,8 @@ log = logging.getLogger("meshgate.replicator")
 DLQ_TOPIC_PREFIX = "meshgate/dlq/"
 _MAX_REASON = 500
 _LAG_POLL_SECONDS = 0.5
+# How long an idle link's fetch waits for the next event.
+_IDLE_WAIT_SECONDS = 0.5
 # Room per event in a request for its fields' tags and lengths; with traces on, also for the
 # ce-traceparent line the send span adds to an event stored without one.
 _EVENT_OVERHEAD_BYTES = 16
@@ -517,13 +519,19 @@ class Link:
         tracing = opts.tracing if opts.tracing is not None and opts.tracing.enabled else None
         per_event = _EVENT_OVERHEAD_BYTES if tracing is None else _TRACED_EVENT_OVERHEAD_BYTES
         batch_id = 0
+        wait = opts.linger_seconds
         while True:
             await self._open_slot(window)
-            raw = await consumer.fetch_raw(opts.max_batch_events, timeout=opts.linger_seconds)
+            raw = await consumer.fetch_raw(opts.max_batch_events, timeout=wait)
             if not raw.ids:
                 window.release()
                 self._settled()
+                # Idle: wait longer for the next event (it still comes at once, and the rest
+                # behind it with it) instead of asking the broker 50 times a second; a
+                # destination has a link per partition, most of them idle at any time.
+                wait = max(opts.linger_seconds, _IDLE_WAIT_SECONDS)
                 continue
+            wait = opts.linger_seconds
             # The destination tells resends by (stream, sequence): each stream must come in its
             # own order (streams may interleave).
             self._check_order(raw)
