@@ -18,8 +18,10 @@ from meshgate.brokers.nats._subjects import partition_of
 from meshgate.config import MeshConfig, RouteRule
 from meshgate.gateway import Gateway
 from meshgate.v1 import admin_pb2, event_pb2, gateway_pb2, gateway_pb2_grpc
+from tests._replication import SECURITY
 from tests._wait import eventually
-from tests.gateway._helpers import ev, read_all, two_region_mesh
+from tests.e2e._mesh import free_port
+from tests.gateway._helpers import ev, nats_region, read_all, two_region_mesh
 
 LEASE_TTL = 1.5
 PARTITIONS = 8
@@ -47,10 +49,11 @@ async def _publish_rounds(gw: Gateway, rounds: range) -> None:
             assert all(r.outcome == event_pb2.OUTCOME_ACCEPTED for r in resp.results)
 
 
-async def _check_there(there: Gateway, rounds: int) -> None:
-    """Every event once at the destination, each key's in the order published."""
+async def _check_there(there: Gateway, rounds: int, *, extra: int = 0) -> None:
+    """Every event once at the destination (and ``extra`` of its own), each key's in the order published."""
     async with grpc.aio.insecure_channel(there.address) as ch:
-        got = await read_all(gateway_pb2_grpc.GatewayStub(ch), "orders/>", expect=len(KEYS) * rounds, idle=10)
+        got = await read_all(gateway_pb2_grpc.GatewayStub(ch), "orders/>", expect=len(KEYS) * rounds + extra, idle=10)
+    got = [e for e in got if e.origin == "here"]
     ids = [e.id for e in got]
     assert len(ids) == len(set(ids)) == len(KEYS) * rounds
     per_key: dict[str, list[int]] = collections.defaultdict(list)
@@ -119,15 +122,29 @@ async def test_a_destination_s_links_never_read_the_events_replicated_into_it(
     nats_server: EmbeddedNats, tmp_path: Path
 ) -> None:
     async with EmbeddedNats(data_dir=tmp_path / "there-nats") as there_server:
-        there = Gateway(config=_mesh(nats_server, there_server, "127.0.0.1:0"), region="there", data_dir=tmp_path)
+        # Both gateways at known addresses: there's links to here connect and read.
+        here_address, there_address = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+        config = MeshConfig(
+            regions=(nats_region("here", nats_server, here_address), nats_region("there", there_server, there_address)),
+            routing=ROUTING,
+            security=SECURITY,
+        )
+        there = Gateway(config=config, region="there", data_dir=tmp_path)
         await there.start()
-        here = Gateway(config=_mesh(nats_server, there_server, there.address), region="here", data_dir=tmp_path)
+        here = Gateway(config=config, region="here", data_dir=tmp_path)
         try:
             await here.start()
+            # There's own events, routed to here: its links do read and send these.
+            async with grpc.aio.insecure_channel(there.address) as ch:
+                own = [ev(id=f"there-{i}", key=f"k{i}") for i in range(16)]
+                await gateway_pb2_grpc.GatewayStub(ch).Publish(gateway_pb2.PublishRequest(events=own))
             await _publish_rounds(here, range(2))
-            await _check_there(there, 2)
+            await _check_there(there, 2, extra=16)
             # There's own links (to "here") filter on its own origin: the 400 events replicated
             # into its log were never delivered to them, not even to be skipped.
+            async with grpc.aio.insecure_channel(here.address) as ch:
+                got = await read_all(gateway_pb2_grpc.GatewayStub(ch), "orders/>", expect=len(KEYS) * 2 + 16, idle=10)
+            assert {e.id for e in got} >= {e.id for e in own}
             nc = Client()
             await nc.connect(there_server.url)
             try:
@@ -138,7 +155,8 @@ async def test_a_destination_s_links_never_read_the_events_replicated_into_it(
                 delivered = [(await jsm.consumer_info("MESHGATE", n)).delivered.consumer_seq for n in links]
             finally:
                 await nc.close()
-            assert sum(delivered) == 0, delivered
+            # Delivered: there's own 16 events only (they reached here).
+            assert sum(delivered) == 16, delivered
         finally:
             await here.stop()
             await there.stop()
