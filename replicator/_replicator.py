@@ -336,7 +336,10 @@ class Replicator:
         """Stops links above this replica's share (their batches in flight acked first), then frees their leases."""
         for link in links:
             log.info("link %s -> %s: handed to another replica (rebalance)", self.region, self._shown(link))
-        await asyncio.gather(*(link.stop(_HAND_OVER_SECONDS) for link in links))
+        # Bounded by a third of the TTL too: the leases this replica keeps are renewed only
+        # once this round is over.
+        drain = min(_HAND_OVER_SECONDS, self.lease_ttl / 3)
+        await asyncio.gather(*(link.stop(drain) for link in links))
         for link in links:
             link.lease_renewed = None
             with contextlib.suppress(BrokerError):
