@@ -14,6 +14,7 @@ is 0 only when nothing is waiting.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -22,9 +23,10 @@ from prometheus_client.registry import Collector
 from meshgate.replicator._link import LinkState
 
 if TYPE_CHECKING:
+    from meshgate.replicator._board import LinkBoard
     from meshgate.replicator._replicator import Replicator
 
-__all__ = ["LINK_STATES", "LinkCollector"]
+__all__ = ["LINK_STATES", "BoardCollector", "LinkCollector"]
 
 # The label values of meshgate_link_state, one per LinkState.
 LINK_STATES: Final = tuple(s.name.lower() for s in LinkState)
@@ -48,52 +50,125 @@ class LinkCollector(Collector):
         return self._families(with_samples=True)
 
     def _families(self, *, with_samples: bool) -> Iterator[Metric]:
-        labels = ["region", "destination"]
-        lag_events = GaugeMetricFamily(
-            "meshgate_link_lag_events",
-            "Events of this region routed to the destination and not yet acked by it (from the broker).",
-            labels=labels,
-        )
-        lag_seconds = GaugeMetricFamily(
-            "meshgate_link_lag_seconds",
-            "Age of the oldest event not yet acked by the destination, as the broker stored it; "
-            "grows while the link is stuck (the link's heartbeat), 0 when nothing waits.",
-            labels=labels,
-        )
-        state = GaugeMetricFamily(
-            "meshgate_link_state",
-            "1 for the link's current state (connecting, replicating, backing_off, paused, standby, stopped), "
-            "0 for the others.",
-            labels=[*labels, "state"],
-        )
-        forwarded = CounterMetricFamily(
-            "meshgate_forwarded",
-            "Events the destination acked (stored or already there), by link.",
-            labels=labels,
-        )
-        retries = CounterMetricFamily(
-            "meshgate_link_retries",
-            "Times the link failed (call ended, ack timeout, broker error) and backed off before resending.",
-            labels=labels,
-        )
-        dead_lettered = CounterMetricFamily(
-            "meshgate_dead_lettered",
-            "Events the destination refused for good, written to meshgate/dlq/<destination> in this region.",
-            labels=labels,
-        )
+        rows: list[_Row] = []
         if with_samples:
-            region = self._replicator.region
             for name in sorted(self._replicator.links):
                 link = self._replicator.links[name]
                 c = link.counters
-                key = [region, name]
-                if link.running:
-                    lag_events.add_metric(key, float(c.lag_events))
-                    lag_seconds.add_metric(key, link.lag_seconds)
-                current = link.state.name.lower()
-                for s in LINK_STATES:
-                    state.add_metric([*key, s], 1.0 if s == current else 0.0)
-                forwarded.add_metric(key, float(c.forwarded))
-                retries.add_metric(key, float(c.retries))
-                dead_lettered.add_metric(key, float(c.dead_lettered))
-        yield from (lag_events, lag_seconds, state, forwarded, retries, dead_lettered)
+                rows.append(
+                    _Row(
+                        destination=name,
+                        running=link.running,
+                        lag_events=c.lag_events,
+                        lag_seconds=link.lag_seconds,
+                        state=link.state.name.lower(),
+                        forwarded=c.forwarded,
+                        retries=c.retries,
+                        dead_lettered=c.dead_lettered,
+                    )
+                )
+        yield from _link_families(self._replicator.region, rows)
+
+
+class BoardCollector(Collector):
+    """The same families as ``LinkCollector``, from the link status board (links run elsewhere).
+
+    For a gateway that runs no link itself (``--role gateway``, or replication in worker
+    processes): each link as the board merges it, the lag of the process that runs it, the
+    counters summed over the live processes (``meshgate_link_retries`` is not on the board: 0).
+    Also ``meshgate_replicator_processes``: how many processes of the region post to the board.
+    """
+
+    def __init__(self, board: LinkBoard) -> None:
+        self._board = board
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families(with_samples=False)
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families(with_samples=True)
+
+    def _families(self, *, with_samples: bool) -> Iterator[Metric]:
+        rows: list[_Row] = []
+        processes = GaugeMetricFamily(
+            "meshgate_replicator_processes",
+            "Processes of this region running a replicator (lease owners) seen on the link status board.",
+            labels=["region"],
+        )
+        if with_samples:
+            for status in self._board.statuses():
+                state = LinkState(status.state)
+                rows.append(
+                    _Row(
+                        destination=status.destination,
+                        running=state not in (LinkState.STANDBY, LinkState.STOPPED),
+                        lag_events=status.lag_events,
+                        lag_seconds=status.lag_seconds,
+                        state=state.name.lower(),
+                        forwarded=status.forwarded,
+                        retries=0,
+                        dead_lettered=status.dead_lettered,
+                    )
+                )
+            processes.add_metric([self._board.region], float(len(self._board.notes)))
+        yield from _link_families(self._board.region, rows)
+        yield processes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Row:
+    destination: str
+    running: bool
+    lag_events: int
+    lag_seconds: float
+    state: str
+    forwarded: int
+    retries: int
+    dead_lettered: int
+
+
+def _link_families(region: str, rows: Iterable[_Row]) -> Iterator[Metric]:
+    labels = ["region", "destination"]
+    lag_events = GaugeMetricFamily(
+        "meshgate_link_lag_events",
+        "Events of this region routed to the destination and not yet acked by it (from the broker).",
+        labels=labels,
+    )
+    lag_seconds = GaugeMetricFamily(
+        "meshgate_link_lag_seconds",
+        "Age of the oldest event not yet acked by the destination, as the broker stored it; "
+        "grows while the link is stuck (the link's heartbeat), 0 when nothing waits.",
+        labels=labels,
+    )
+    state = GaugeMetricFamily(
+        "meshgate_link_state",
+        "1 for the link's current state (connecting, replicating, backing_off, paused, standby, stopped), "
+        "0 for the others.",
+        labels=[*labels, "state"],
+    )
+    forwarded = CounterMetricFamily(
+        "meshgate_forwarded",
+        "Events the destination acked (stored or already there), by link.",
+        labels=labels,
+    )
+    retries = CounterMetricFamily(
+        "meshgate_link_retries",
+        "Times the link failed (call ended, ack timeout, broker error) and backed off before resending.",
+        labels=labels,
+    )
+    dead_lettered = CounterMetricFamily(
+        "meshgate_dead_lettered",
+        "Events the destination refused for good, written to meshgate/dlq/<destination> in this region.",
+        labels=labels,
+    )
+    for row in rows:
+        key = [region, row.destination]
+        if row.running:
+            lag_events.add_metric(key, float(row.lag_events))
+            lag_seconds.add_metric(key, row.lag_seconds)
+        for st in LINK_STATES:
+            state.add_metric([*key, st], 1.0 if st == row.state else 0.0)
+        forwarded.add_metric(key, float(row.forwarded))
+        retries.add_metric(key, float(row.retries))
+        dead_lettered.add_metric(key, float(row.dead_lettered))
+    yield from (lag_events, lag_seconds, state, forwarded, retries, dead_lettered)
