@@ -10,6 +10,7 @@ the link status board in ``a``'s broker.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -23,6 +24,7 @@ from meshgate.config import NatsSettings
 from meshgate.replicator import LinkBoard
 from meshgate.testing import ChildProcess
 from meshgate.v1 import admin_pb2, event_pb2
+from tests._cli import run_cli
 from tests._wait import eventually
 from tests.e2e._ledger import Ledger, Producer, make_event
 from tests.e2e._mesh import MeshCluster
@@ -121,6 +123,10 @@ async def test_gateway_and_replicator_processes_replicate_and_status_shows_the_l
             return s.lag_events >= 200 and s.lag_seconds > 0 and bool(s.last_error)
 
         await eventually(lagging, 30, what="a's gateway shows the link's lag in events and seconds, and its error")
+        rc, out, err = await run_cli("status", "-g", cluster.address(A), "--json")
+        assert rc == 0, err
+        (shown,) = json.loads(out)["links"]
+        assert shown["destination"] == B and int(shown["lag_events"]) >= 200 and shown["last_error"]
         await cluster.restart(B)
         await ledger.verify(cluster, timeout=60)
         await eventually(replicating, 30, what="the link caught up after b came back")
