@@ -802,12 +802,10 @@ def test_replicator_deployment_runs_the_links_and_the_gateways_ingest_only() -> 
     # No Service sends client or peer traffic to the replicator pods.
     for service in (o for o in objects if o["kind"] == "Service"):
         assert service["spec"]["selector"]["app.kubernetes.io/component"] == "gateway"
-
-
-def test_without_the_replicator_the_gateways_run_the_links() -> None:
-    objects = rendered("default")
-    assert [o["metadata"]["name"] for o in objects if o["kind"] == "Deployment"] == [FULLNAME]
-    assert "--role" not in gateway_container(objects)["args"]
+    # Off (the default): the gateway pods run the links themselves.
+    default = render(DEFAULT, ("replicator.enabled=false",))
+    assert [o["metadata"]["name"] for o in default if o["kind"] == "Deployment"] == [FULLNAME]
+    assert "--role" not in gateway_container(default)["args"]
 
 
 def test_replicator_workers_zero_runs_the_links_in_the_pod_process() -> None:
