@@ -98,6 +98,9 @@ async def test_gateway_and_replicator_processes_replicate_and_status_shows_the_l
         assert "no replicator process of region a runs the link to b" in link.last_error
         await board.refresh()
         assert board.owners == ()
+        rc, out, err = await run_cli("status", "-g", cluster.address(A))
+        assert rc == 0, err
+        assert "-> b" in out and "stopped" in out and "no replicator process of region a" in out, out
         ledger = Ledger()
         await asyncio.wait_for(Producer(cluster, ledger, A, events("one", 400)).run(), 60)
         assert len(ledger.acked) == 400
