@@ -14,7 +14,7 @@ STANDBY = admin_pb2.LINK_STATE_STANDBY
 
 
 def link(
-    destination: str, state: int, *, lag: int = 0, error: str = "", at: int = 0, fwd: int = 0
+    destination: str, state: admin_pb2.LinkState.ValueType, *, lag: int = 0, error: str = "", at: int = 0, fwd: int = 0
 ) -> admin_pb2.LinkStatus:
     status = admin_pb2.LinkStatus(
         destination=destination, state=state, lag_events=lag, lag_seconds=lag / 10, last_error=error, forwarded=fwd
