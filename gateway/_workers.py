@@ -103,7 +103,12 @@ class WorkerPool:
 
     async def _spawn(self, worker: _Worker) -> None:
         command = [*die_with_parent(), sys.executable, "-m", "meshgate", *self.args, "--worker", str(worker.index)]
-        worker.proc = await asyncio.create_subprocess_exec(*command, stdin=asyncio.subprocess.DEVNULL)
+        # A session of its own: a terminal's Ctrl-C reaches the parent only, which then stops the
+        # workers itself (a worker given SIGINT and then the parent's SIGTERM would take the
+        # second signal as "exit without draining").
+        worker.proc = await asyncio.create_subprocess_exec(
+            *command, stdin=asyncio.subprocess.DEVNULL, start_new_session=True
+        )
         log.info("region %s: replication worker %d started (pid %d)", self.region, worker.index, worker.proc.pid)
 
     def _running(self) -> bool:
