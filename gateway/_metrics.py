@@ -10,7 +10,7 @@ comes from collectors that look at the live objects, so nothing on the event pat
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Final, Literal, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -180,12 +180,20 @@ class GatewayMetrics:
 
     # --- what is read at scrape time -------------------------------------------------------
 
-    def watch(self, *, broker: Broker, replicator: Replicator | None, board: LinkBoard | None = None) -> None:
+    def watch(
+        self,
+        *,
+        broker: Broker,
+        replicator: Replicator | None,
+        board: LinkBoard | None = None,
+        board_pids: Callable[[], Collection[int]] | None = None,
+    ) -> None:
         """Registers the collectors reading the broker's state and the replication links.
 
-        The links are read from ``replicator`` when they run here, else from ``board`` (run elsewhere)."""
+        The links are read from ``replicator`` when they run here, else from ``board`` (run elsewhere;
+        ``board_pids``: this process's workers, whose counters it exports)."""
         self.registry.register(BrokerCollector(self.region, broker))
         if replicator is not None:
             self.registry.register(LinkCollector(replicator))
         elif board is not None:
-            self.registry.register(BoardCollector(board))
+            self.registry.register(BoardCollector(board, board_pids))

@@ -150,7 +150,7 @@ class ReplicatorProcess(StartStop):
         self.workers: WorkerPool | None = None
         if workers:
             self.board = LinkBoard(broker=self.broker, region=region, destinations=self._destinations)
-            self.registry.register(BoardCollector(self.board))
+            self.registry.register(BoardCollector(self.board, lambda: self.workers.pids if self.workers else []))
         else:
             self.replicator = Replicator(
                 region=region,

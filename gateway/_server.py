@@ -231,7 +231,9 @@ class Gateway(StartStop):
             # The links run in other processes: Status and the link metrics come from the board.
             self.board = LinkBoard(broker=self.broker, region=region, destinations=self._destinations)
         # Broker connection and link figures are read from the live objects at scrape time.
-        self.metrics.watch(broker=self.broker, replicator=self.replicator, board=self.board)
+        self.metrics.watch(
+            broker=self.broker, replicator=self.replicator, board=self.board, board_pids=self._worker_pids
+        )
         self._config_path = config_path
         self._watch_config = watch_config
         self._watcher: ConfigWatcher | None = None
@@ -337,6 +339,9 @@ class Gateway(StartStop):
         if self.replicator is not None:
             return self.replicator.statuses()
         return self.board.statuses() if self.board is not None else []
+
+    def _worker_pids(self) -> list[int]:
+        return self.workers.pids if self.workers is not None else []
 
     def _destinations(self) -> list[str]:
         return [r.name for r in self._config.regions if r.name != self.region]

@@ -25,7 +25,7 @@ import os
 import re
 import socket
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from google.protobuf import json_format
@@ -89,6 +89,8 @@ class BoardNote:
     host: str
     posted: float  # seconds since the epoch
     links: tuple[admin_pb2.LinkStatus, ...] = ()
+    # Per destination: the times its link failed and backed off (not in LinkStatus).
+    retries: Mapping[str, int] = field(default_factory=dict)
 
     def encode(self) -> bytes:
         return json.dumps(
@@ -98,6 +100,7 @@ class BoardNote:
                 "host": self.host,
                 "posted": self.posted,
                 "links": [json_format.MessageToDict(s) for s in self.links],
+                "retries": dict(self.retries),
             },
             separators=(",", ":"),
         ).encode()
@@ -114,8 +117,9 @@ class BoardNote:
                 host=str(doc["host"]),
                 posted=float(doc["posted"]),
                 links=links,
+                retries={str(k): int(v) for k, v in doc.get("retries", {}).items()},
             )
-        except (KeyError, TypeError, json.JSONDecodeError, json_format.ParseError) as exc:
+        except (KeyError, TypeError, AttributeError, ValueError, json_format.ParseError) as exc:
             raise ValueError(f"not a link board note ({len(value)} bytes): {exc}") from None
 
     def running(self) -> list[str]:
@@ -198,6 +202,7 @@ class BoardPoster:
             host=socket.gethostname(),
             posted=time.time(),
             links=tuple(self._replicator.statuses()),
+            retries={name: link.counters.retries for name, link in self._replicator.links.items()},
         )
 
     async def post(self) -> None:
@@ -298,6 +303,24 @@ class LinkBoard:
                 notes.append(note)
         self.notes = tuple(notes)
         self.problem = ""
+
+    def counters(self, pids: Collection[int]) -> dict[str, tuple[int, int, int]]:
+        """Per destination: forwarded, retries, dead-lettered, summed over the notes of ``pids`` only.
+
+        A process exports the counters of its own workers: summed over every process that
+        scrapes the board, each would be counted once per reader."""
+        out: dict[str, tuple[int, int, int]] = {}
+        for note in self.notes:
+            if note.pid not in pids:
+                continue
+            for status in note.links:
+                f, r, d = out.get(status.destination, (0, 0, 0))
+                out[status.destination] = (
+                    f + status.forwarded,
+                    r + note.retries.get(status.destination, 0),
+                    d + status.dead_lettered,
+                )
+        return out
 
     def statuses(self) -> list[admin_pb2.LinkStatus]:
         merged = merge_links(self.region, self._destinations(), self.notes)

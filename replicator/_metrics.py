@@ -13,7 +13,7 @@ is 0 only when nothing is waiting.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -62,9 +62,7 @@ class LinkCollector(Collector):
                         lag_events=c.lag_events,
                         lag_seconds=link.lag_seconds,
                         state=link.state.name.lower(),
-                        forwarded=c.forwarded,
-                        retries=c.retries,
-                        dead_lettered=c.dead_lettered,
+                        counters=(c.forwarded, c.retries, c.dead_lettered),
                     )
                 )
         yield from _link_families(self._replicator.region, rows)
@@ -73,14 +71,17 @@ class LinkCollector(Collector):
 class BoardCollector(Collector):
     """The same families as ``LinkCollector``, from the link status board (links run elsewhere).
 
-    For a gateway that runs no link itself (``--role gateway``, or replication in worker
-    processes): each link as the board merges it, the lag of the process that runs it, the
-    counters summed over the live processes (``meshgate_link_retries`` is not on the board: 0).
+    For a process that runs no link itself (``--role gateway``, or one whose links run in its
+    worker processes): each link's state and lag as the board merges them (gauges: every
+    reader shows the same, aggregate them with ``max``). The counters only of the processes
+    ``own_pids`` gives (this process's workers), so that summing every scraped process counts
+    each event once; none for a gateway, whose replicators export their own.
     Also ``meshgate_replicator_processes``: how many processes of the region post to the board.
     """
 
-    def __init__(self, board: LinkBoard) -> None:
+    def __init__(self, board: LinkBoard, own_pids: Callable[[], Collection[int]] | None = None) -> None:
         self._board = board
+        self._own_pids = own_pids
 
     def describe(self) -> Iterable[Metric]:
         return self._families(with_samples=False)
@@ -90,6 +91,7 @@ class BoardCollector(Collector):
 
     def _families(self, *, with_samples: bool) -> Iterator[Metric]:
         rows: list[_Row] = []
+        counters = self._board.counters(self._own_pids()) if with_samples and self._own_pids is not None else {}
         processes = GaugeMetricFamily(
             "meshgate_replicator_processes",
             "Processes of this region running a replicator (lease owners) seen on the link status board.",
@@ -105,9 +107,7 @@ class BoardCollector(Collector):
                         lag_events=status.lag_events,
                         lag_seconds=status.lag_seconds,
                         state=state.name.lower(),
-                        forwarded=status.forwarded,
-                        retries=0,
-                        dead_lettered=status.dead_lettered,
+                        counters=counters.get(status.destination, (0, 0, 0)) if self._own_pids is not None else None,
                     )
                 )
             processes.add_metric([self._board.region], float(len(self._board.notes)))
@@ -122,9 +122,8 @@ class _Row:
     lag_events: int
     lag_seconds: float
     state: str
-    forwarded: int
-    retries: int
-    dead_lettered: int
+    # forwarded, retries, dead-lettered; None: not this process's to export.
+    counters: tuple[int, int, int] | None
 
 
 def _link_families(region: str, rows: Iterable[_Row]) -> Iterator[Metric]:
@@ -168,7 +167,8 @@ def _link_families(region: str, rows: Iterable[_Row]) -> Iterator[Metric]:
             lag_seconds.add_metric(key, row.lag_seconds)
         for st in LINK_STATES:
             state.add_metric([*key, st], 1.0 if st == row.state else 0.0)
-        forwarded.add_metric(key, float(row.forwarded))
-        retries.add_metric(key, float(row.retries))
-        dead_lettered.add_metric(key, float(row.dead_lettered))
+        if row.counters is not None:
+            forwarded.add_metric(key, float(row.counters[0]))
+            retries.add_metric(key, float(row.counters[1]))
+            dead_lettered.add_metric(key, float(row.counters[2]))
     yield from (lag_events, lag_seconds, state, forwarded, retries, dead_lettered)

@@ -197,6 +197,18 @@ async def test_replication_workers_are_lease_owners_and_a_killed_one_is_restarte
         await ledger.verify(cluster, timeout=90)
         await eventually(two_owners, 30, what="two lease owners again, the new worker among them")
         assert victim not in {n.pid for n in board.notes}
+
+        async def counted() -> bool:
+            # The parent exports its own workers' counters (the killed one's count is gone with it).
+            text = await asyncio.to_thread(scrape, metrics_port)
+            values = [
+                float(line.rpartition(" ")[2])
+                for line in text.splitlines()
+                if line.startswith("meshgate_forwarded_total{") and 'destination="b"' in line
+            ]
+            return len(values) == 1 and values[0] > 0
+
+        await eventually(counted, 10, what="the replicator's metrics count what its workers forwarded")
     finally:
         await board._broker.stop()
         await replicator.close(grace=15)

@@ -799,9 +799,13 @@ def test_replicator_deployment_runs_the_links_and_the_gateways_ingest_only() -> 
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     pdb = one(objects, "PodDisruptionBudget", f"{FULLNAME}-replicator")
     assert pdb["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "replicator"
-    # No Service sends client or peer traffic to the replicator pods.
+    # No Service sends client or peer traffic to the replicator pods; their metrics have one.
     for service in (o for o in objects if o["kind"] == "Service"):
-        assert service["spec"]["selector"]["app.kubernetes.io/component"] == "gateway"
+        expected = "replicator" if service["metadata"]["name"] == f"{FULLNAME}-replicator-metrics" else "gateway"
+        assert service["spec"]["selector"]["app.kubernetes.io/component"] == expected
+    metrics = one(objects, "Service", f"{FULLNAME}-replicator-metrics")
+    assert metrics["metadata"]["labels"]["app.kubernetes.io/component"] == "metrics"  # the ServiceMonitor's
+    assert metrics["spec"]["ports"][0]["targetPort"] == "metrics"
     # Off (the default): the gateway pods run the links themselves.
     default = render(DEFAULT, ("replicator.enabled=false",))
     assert [o["metadata"]["name"] for o in default if o["kind"] == "Deployment"] == [FULLNAME]

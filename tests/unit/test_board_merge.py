@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from meshgate.replicator import BoardNote
+from meshgate.brokers import Broker
+from meshgate.replicator import BoardNote, LinkBoard
 from meshgate.replicator._board import merge_links
 from meshgate.v1 import admin_pb2
 
@@ -53,10 +56,35 @@ def test_links_nobody_runs_say_so_and_unknown_destinations_are_kept() -> None:
     assert (old.destination, old.state) == ("old", REPLICATING)  # a region removed from the file
 
 
+def test_counters_only_of_the_processes_asked_for() -> None:
+    notes = [
+        BoardNote(owner="a/1", pid=11, host="h", posted=0.0, links=(link("b", REPLICATING, fwd=5),), retries={"b": 2}),
+        BoardNote(owner="a/2", pid=12, host="h", posted=0.0, links=(link("b", STANDBY, fwd=7),), retries={"b": 1}),
+        BoardNote(owner="a/3", pid=13, host="h", posted=0.0, links=(link("b", STANDBY, fwd=100),)),
+    ]
+    board = LinkBoard(broker=cast(Broker, None), region="a", destinations=lambda: ["b"])
+    board.notes = tuple(notes)
+    assert board.counters({11, 12}) == {"b": (12, 3, 0)}
+    assert board.counters(()) == {}
+
+
 def test_a_note_round_trips_and_garbage_is_refused() -> None:
-    original = note("a/1", link("b", BACKING_OFF, lag=3, error="x", at=7))
+    original = BoardNote(
+        owner="a/1",
+        pid=1,
+        host="h",
+        posted=0.0,
+        links=(link("b", BACKING_OFF, lag=3, error="x", at=7),),
+        retries={"b": 4},
+    )
     assert BoardNote.decode(original.encode()) == original
-    for junk in (b"", b"{}", b"[1]", b'{"owner": "x"}'):
+    for junk in (
+        b"",
+        b"{}",
+        b"[1]",
+        b'{"owner": "x"}',
+        b'{"owner": "x", "pid": 1, "host": "h", "posted": 0, "links": [], "retries": 5}',
+    ):
         try:
             BoardNote.decode(junk)
         except ValueError as exc:
