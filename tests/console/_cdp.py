@@ -1,0 +1,181 @@
+"""A small Chrome DevTools protocol client: headless Chromium driven over ``--remote-debugging-pipe``.
+
+The pipe (commands on the browser's fd 3, replies on its fd 4, each message JSON ended by a NUL)
+needs no websocket client and no port: nothing but the standard library and the system's Chromium.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Browser", "CdpError", "Page", "find_chromium", "launch"]
+
+_COMMAND_TIMEOUT = 30.0
+
+
+class CdpError(Exception):
+    """A command the browser answered with an error (or a page script that threw)."""
+
+    def __init__(self, method: str, error: object) -> None:
+        self.method = method
+        self.error = error
+        super().__init__(f"{method} failed: {error}")
+
+
+def find_chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+class Browser:
+    """One headless Chromium process; ``page()`` opens a tab."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, writer: int, reader: asyncio.StreamReader) -> None:
+        self._proc = proc
+        self._writer = writer
+        self._reader = reader
+        self._next_id = 0
+        self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._pump = asyncio.create_task(self._read_replies())
+
+    async def _read_replies(self) -> None:
+        while True:
+            try:
+                raw = await self._reader.readuntil(b"\0")
+            except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+                break
+            message = json.loads(raw[:-1])
+            waiter = self._waiting.pop(message.get("id", -1), None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(message)
+        for waiter in self._waiting.values():
+            if not waiter.done():
+                waiter.set_exception(ConnectionError("the browser closed its pipe"))
+
+    async def send(self, method: str, params: dict[str, Any] | None = None, *, session: str | None = None) -> Any:
+        self._next_id += 1
+        message: dict[str, Any] = {"id": self._next_id, "method": method, "params": params or {}}
+        if session is not None:
+            message["sessionId"] = session
+        waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._waiting[self._next_id] = waiter
+        os.write(self._writer, json.dumps(message).encode() + b"\0")
+        reply = await asyncio.wait_for(waiter, _COMMAND_TIMEOUT)
+        if "error" in reply:
+            raise CdpError(method, reply["error"])
+        return reply.get("result", {})
+
+    async def page(self, *, width: int = 1280, height: int = 900) -> Page:
+        target = await self.send("Target.createTarget", {"url": "about:blank"})
+        attached = await self.send("Target.attachToTarget", {"targetId": target["targetId"], "flatten": True})
+        page = Page(self, attached["sessionId"])
+        await page.send("Emulation.setDeviceMetricsOverride", {
+            "width": width, "height": height, "deviceScaleFactor": 1, "mobile": False,
+        })
+        return page
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.send("Browser.close"), 5)
+        try:
+            await asyncio.wait_for(self._proc.wait(), 10)
+        except TimeoutError:
+            self._proc.kill()
+            await self._proc.wait()
+        self._pump.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._pump
+        os.close(self._writer)
+
+
+class Page:
+    """One tab: navigate, evaluate scripts, type, take screenshots."""
+
+    def __init__(self, browser: Browser, session: str) -> None:
+        self._browser = browser
+        self._session = session
+
+    async def send(self, method: str, params: dict[str, Any] | None = None) -> Any:
+        return await self._browser.send(method, params, session=self._session)
+
+    async def goto(self, url: str) -> None:
+        await self.send("Page.enable")
+        await self.send("Page.navigate", {"url": url})
+
+    async def evaluate(self, expression: str) -> Any:
+        """The value of a page script (awaited when it is a promise); CdpError when it throws."""
+        result = await self.send(
+            "Runtime.evaluate", {"expression": expression, "returnByValue": True, "awaitPromise": True}
+        )
+        if "exceptionDetails" in result:
+            raise CdpError("Runtime.evaluate", result["exceptionDetails"])
+        return result["result"].get("value")
+
+    async def press(self, key: str, *, code: str = "", key_code: int = 0) -> None:
+        """One key pressed and released (as a person's keyboard sends it)."""
+        for kind in ("keyDown", "keyUp"):
+            await self.send(
+                "Input.dispatchKeyEvent",
+                {"type": kind, "key": key, "code": code or key, "windowsVirtualKeyCode": key_code},
+            )
+
+    async def screenshot(self, path: Path) -> None:
+        shot = await self.send("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True})
+        path.write_bytes(base64.b64decode(shot["data"]))
+
+
+@contextlib.asynccontextmanager
+async def launch(executable: str) -> AsyncIterator[Browser]:
+    """A headless Chromium with its own profile, closed on exit."""
+    commands_r, commands_w = os.pipe()
+    replies_r, replies_w = os.pipe()
+    profile = tempfile.mkdtemp(prefix="meshgate-chromium-")
+    args = [
+        executable,
+        "--headless",
+        "--remote-debugging-pipe",
+        # As root (CI, containers) Chromium refuses to start with its sandbox.
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--no-default-browser-check",
+        f"--user-data-dir={profile}",
+        "about:blank",
+    ]
+    # The browser reads commands on fd 3 and writes replies on fd 4: put the pipe ends there.
+    script = f'exec 3<&{commands_r} 4>&{replies_w} {commands_r}<&- {replies_w}>&-; exec "$@"'
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            "/bin/sh", "-c", script, "sh", *args,
+            pass_fds=(commands_r, replies_w),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+    finally:
+        os.close(commands_r)
+        os.close(replies_w)
+    reader = asyncio.StreamReader(limit=64 * 1024 * 1024)
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(replies_r, "rb", buffering=0)
+    )
+    browser = Browser(proc, commands_w, reader)
+    try:
+        yield browser
+    finally:
+        await browser.close()
+        transport.close()
+        shutil.rmtree(profile, ignore_errors=True)
