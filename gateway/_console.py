@@ -205,28 +205,31 @@ class Console:
         return ConsoleReply(status=200, body=self._static[path.removeprefix(CONSOLE_PATH)], content_type=found[1])
 
     def _api_reply(self, environ: dict[str, Any], path: str) -> ConsoleReply:
+        try:
+            return self._api(environ, path)
+        except _Refused as exc:
+            return _json(exc.status, {"error": exc.message})
+
+    def _api(self, environ: dict[str, Any], path: str) -> ConsoleReply:
         name = path.removeprefix(_API)
         method = environ.get("REQUEST_METHOD", "GET")
         query = {k: v[-1] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
-        try:
-            metadata = self._authorize(environ)
-            if name == "diff":
-                if method != "POST":
-                    raise _Refused(405, "POST the edited mesh file as the request body")
-                return _json(200, self.diff(_read_body(environ), name=query.get("name") or "edited.yaml"))
-            if name not in _GET_APIS:
-                raise _Refused(404, f"no console API {path} (there are: diff, {', '.join(_GET_APIS)})")
-            if method not in ("GET", "HEAD"):
-                raise _Refused(405, f"{path} is read with GET")
-            if name == "mesh":
-                return _json(200, self._on_loop(self.mesh(metadata)))
-            if name == "explain":
-                return _json(200, self._on_loop(self._explain_async(query.get("topic", ""), query.get("from", ""))))
-            if name == "locate":
-                return _json(200, self._on_loop(self.locate(query.get("id", ""), metadata=metadata)))
-            return _json(200, self._on_loop(self.dead_letters()))
-        except _Refused as exc:
-            return _json(exc.status, {"error": exc.message})
+        metadata = self._authorize(environ)
+        if name == "diff":
+            if method != "POST":
+                raise _Refused(405, "POST the edited mesh file as the request body")
+            return _json(200, self.diff(_read_body(environ), name=query.get("name") or "edited.yaml"))
+        if name not in _GET_APIS:
+            raise _Refused(404, f"no console API {path} (there are: diff, {', '.join(_GET_APIS)})")
+        if method not in ("GET", "HEAD"):
+            raise _Refused(405, f"{path} is read with GET")
+        if name == "mesh":
+            return _json(200, self._on_loop(self.mesh(metadata)))
+        if name == "explain":
+            return _json(200, self._on_loop(self._explain_async(query.get("topic", ""), query.get("from", ""))))
+        if name == "locate":
+            return _json(200, self._on_loop(self.locate(query.get("id", ""), metadata=metadata)))
+        return _json(200, self._on_loop(self.dead_letters()))
 
     def _authorize(self, environ: dict[str, Any]) -> tuple[tuple[str, str], ...]:
         """The metadata to pass to peers; _Refused unless the caller may call Admin."""

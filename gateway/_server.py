@@ -25,8 +25,8 @@ from meshgate.gateway._admission import Admission
 from meshgate.gateway._auth import Authenticator, ReplicationGuard
 from meshgate.gateway._budget import InflightBudget
 from meshgate.gateway._connections import ConnectionGuard, plan_connections
-from meshgate.gateway._decode import MalformedRequestInterceptor
 from meshgate.gateway._console import CONSOLE_PATH, Console, latest_dead_letters
+from meshgate.gateway._decode import MalformedRequestInterceptor
 from meshgate.gateway._http import HttpEndpoint
 from meshgate.gateway._limits import ClientRates, ClientStreams, SubscribeBuffers
 from meshgate.gateway._metrics import GatewayMetrics

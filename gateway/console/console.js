@@ -77,7 +77,7 @@ function drawMap(mesh, rate) {
   const svg = document.getElementById("mesh-svg");
   svg.replaceChildren();
   const n = mesh.regions.length;
-  const cx = 400, cy = 215, radius = n > 1 ? 160 : 0, nodeR = 48;
+  const cx = 400, cy = 220, radius = n > 1 ? 165 : 0, nodeR = 48;
   const pos = new Map();
   mesh.regions.forEach((r, i) => {
     const a = -Math.PI / 2 + (2 * Math.PI * i) / n;
@@ -98,9 +98,13 @@ function drawMap(mesh, rate) {
     const hx = x2 - ux * 12, hy = y2 - uy * 12;
     g.append(svgEl("polygon", { points: `${x2},${y2} ${hx + nx * 6},${hy + ny * 6} ${hx - nx * 6},${hy - ny * 6}`,
       fill: "currentColor" }));
-    // The label sits beside its own arrow, on the side away from the arrow of the other direction.
-    const anchor = nx > 0.35 ? "start" : nx < -0.35 ? "end" : "middle";
-    const mx = (x1 + x2) / 2 + nx * 10, my = (y1 + y2) / 2 + ny * (ny > 0 ? 22 : 16) - (ny > 0 ? 0 : 10);
+    // Labels go outside the pair of arrows (away from the map's centre), each near its own
+    // arrow's origin, so the two directions' labels never sit on each other.
+    const mx0 = (a[0] + b[0]) / 2 - cx, my0 = (a[1] + b[1]) / 2 - cy, olen = Math.hypot(mx0, my0);
+    const ox = olen > 1 ? mx0 / olen : nx, oy = olen > 1 ? my0 / olen : ny;
+    const t = 0.3, lx = a[0] + dx * t + ox * 24, ly = a[1] + dy * t + oy * 24;
+    const anchor = ox > 0.3 ? "start" : ox < -0.3 ? "end" : "middle";
+    const mx = lx, my = oy > 0.3 ? ly + 10 : oy < -0.3 ? ly - 12 : ly + 4;
     const lines = [];
     if (l.reported) {
       const r = rate.get(l.origin + ">" + l.destination);
@@ -226,10 +230,10 @@ function showDiff(d) {
     listOf("Topics whose destinations change", d.topics.map((t) =>
       `from ${t.origin}: ${t.topic}: ${t.old.join(", ")} → ${t.new.join(", ")}`)),
     listOf("Links", [...d.links.added.map((l) => `+ ${l.origin} → ${l.destination}`),
-      ...d.links.removed.map((l) => `− ${l.origin} → ${l.destination}`)]),
-    listOf("Rules", [...d.rules.added.map((r) => "+ " + rule(r)), ...d.rules.removed.map((r) => "− " + rule(r)),
+      ...d.links.removed.map((l) => `- ${l.origin} → ${l.destination}`)]),
+    listOf("Rules", [...d.rules.added.map((r) => "+ " + rule(r)), ...d.rules.removed.map((r) => "- " + rule(r)),
       ...d.rules.changed.map((c) => `~ ${c.pattern}: ${c.old.regions.join(", ")} → ${c.new.regions.join(", ")}`)]),
-    listOf("Regions", [...d.regions.added.map((n) => "+ " + n), ...d.regions.removed.map((n) => "− " + n),
+    listOf("Regions", [...d.regions.added.map((n) => "+ " + n), ...d.regions.removed.map((n) => "- " + n),
       ...d.regions.changed.map((c) => `~ ${c.name}: ${c.changes.join("; ")}`)]),
   ];
   out.replaceChildren(...parts.filter((p) => p));

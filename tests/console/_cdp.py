@@ -9,13 +9,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import fcntl
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 __all__ = ["Browser", "CdpError", "Page", "find_chromium", "launch"]
 
@@ -42,8 +44,9 @@ def find_chromium() -> str | None:
 class Browser:
     """One headless Chromium process; ``page()`` opens a tab."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, writer: int, reader: asyncio.StreamReader) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, writer: int, reader: asyncio.StreamReader, log: Path) -> None:
         self._proc = proc
+        self._log = log
         self._writer = writer
         self._reader = reader
         self._next_id = 0
@@ -62,7 +65,13 @@ class Browser:
                 waiter.set_result(message)
         for waiter in self._waiting.values():
             if not waiter.done():
-                waiter.set_exception(ConnectionError("the browser closed its pipe"))
+                waiter.set_exception(ConnectionError(f"the browser closed its pipe; its log:\n{self.log_text()}"))
+
+    def log_text(self) -> str:
+        try:
+            return self._log.read_text(errors="replace")[-4000:]
+        except OSError:
+            return ""
 
     async def send(self, method: str, params: dict[str, Any] | None = None, *, session: str | None = None) -> Any:
         self._next_id += 1
@@ -81,9 +90,15 @@ class Browser:
         target = await self.send("Target.createTarget", {"url": "about:blank"})
         attached = await self.send("Target.attachToTarget", {"targetId": target["targetId"], "flatten": True})
         page = Page(self, attached["sessionId"])
-        await page.send("Emulation.setDeviceMetricsOverride", {
-            "width": width, "height": height, "deviceScaleFactor": 1, "mobile": False,
-        })
+        await page.send(
+            "Emulation.setDeviceMetricsOverride",
+            {
+                "width": width,
+                "height": height,
+                "deviceScaleFactor": 1,
+                "mobile": False,
+            },
+        )
         return page
 
     async def close(self) -> None:
@@ -131,9 +146,24 @@ class Page:
                 {"type": kind, "key": key, "code": code or key, "windowsVirtualKeyCode": key_code},
             )
 
-    async def screenshot(self, path: Path) -> None:
-        shot = await self.send("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True})
-        path.write_bytes(base64.b64decode(shot["data"]))
+    async def screenshot(self, path: Path, *, selector: str | None = None) -> None:
+        """A PNG of the whole page, or of the element ``selector`` finds."""
+        params: dict[str, Any] = {"format": "png", "captureBeyondViewport": True}
+        if selector is not None:
+            box = await self.evaluate(
+                f"(() => {{ const r = document.querySelector({json.dumps(selector)}).getBoundingClientRect();"
+                " return {x: r.x + scrollX, y: r.y + scrollY, width: r.width, height: r.height}; })()"
+            )
+            params["clip"] = {**box, "scale": 1}
+        shot = await self.send("Page.captureScreenshot", params)
+        await asyncio.to_thread(path.write_bytes, base64.b64decode(shot["data"]))
+
+
+def _profile() -> tuple[str, Path, BinaryIO]:
+    """A new browser profile folder, and the file there that takes the browser's output."""
+    profile = tempfile.mkdtemp(prefix="meshgate-chromium-")
+    log_path = Path(profile) / "chromium.log"
+    return profile, log_path, log_path.open("wb")
 
 
 @contextlib.asynccontextmanager
@@ -141,7 +171,17 @@ async def launch(executable: str) -> AsyncIterator[Browser]:
     """A headless Chromium with its own profile, closed on exit."""
     commands_r, commands_w = os.pipe()
     replies_r, replies_w = os.pipe()
-    profile = tempfile.mkdtemp(prefix="meshgate-chromium-")
+    # The child's ends moved above fd 9: were one of them 3 or 4 itself, the redirections below
+    # would overwrite it before it is read.
+    for end in ("commands_r", "replies_w"):
+        low = commands_r if end == "commands_r" else replies_w
+        high = fcntl.fcntl(low, fcntl.F_DUPFD, 10)
+        os.close(low)
+        if end == "commands_r":
+            commands_r = high
+        else:
+            replies_w = high
+    profile, log_path, log = _profile()
     args = [
         executable,
         "--headless",
@@ -155,16 +195,26 @@ async def launch(executable: str) -> AsyncIterator[Browser]:
         f"--user-data-dir={profile}",
         "about:blank",
     ]
-    # The browser reads commands on fd 3 and writes replies on fd 4: put the pipe ends there.
-    script = f'exec 3<&{commands_r} 4>&{replies_w} {commands_r}<&- {replies_w}>&-; exec "$@"'
+    # The browser reads commands on fd 3 and writes replies on fd 4: a small Python step puts the
+    # pipe ends there (sh's redirections stop at fd 9) and becomes the browser.
+    script = (
+        "import os, sys; os.dup2(int(sys.argv[1]), 3); os.dup2(int(sys.argv[2]), 4);"
+        " os.close(int(sys.argv[1])); os.close(int(sys.argv[2])); os.execv(sys.argv[3], sys.argv[3:])"
+    )
     try:
         proc = await asyncio.create_subprocess_exec(
-            "/bin/sh", "-c", script, "sh", *args,
+            sys.executable,
+            "-c",
+            script,
+            str(commands_r),
+            str(replies_w),
+            *args,
             pass_fds=(commands_r, replies_w),
             stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
+            stderr=log,
         )
     finally:
+        log.close()
         os.close(commands_r)
         os.close(replies_w)
     reader = asyncio.StreamReader(limit=64 * 1024 * 1024)
@@ -172,7 +222,7 @@ async def launch(executable: str) -> AsyncIterator[Browser]:
     transport, _ = await loop.connect_read_pipe(
         lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(replies_r, "rb", buffering=0)
     )
-    browser = Browser(proc, commands_w, reader)
+    browser = Browser(proc, commands_w, reader, log_path)
     try:
         yield browser
     finally:

@@ -43,10 +43,13 @@ async def call(
 ) -> tuple[int, Any]:
     """Status and decoded JSON of a console call (in a thread: the API needs this loop free)."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    status, _, raw = await asyncio.to_thread(
-        _fetch, f"http://127.0.0.1:{gw.http_port}{path}", headers, method, body
-    )
+    status, _, raw = await asyncio.to_thread(_fetch, f"http://127.0.0.1:{gw.http_port}{path}", headers, method, body)
     return status, json.loads(raw)
+
+
+def _mesh_text(gw: Gateway) -> str:
+    """The text of the mesh file the gateway runs."""
+    return Path(gw.routing[0].source).read_text()
 
 
 @pytest.fixture
@@ -101,7 +104,7 @@ async def test_explain_names_each_rules_line_of_the_file(secure_console: Gateway
     gw = secure_console
     status, ex = await call(gw, "/console/api/explain?topic=orders/eu/1&from=there", token=ADMIN_TOKEN)
     assert status == 200, ex
-    lines = Path(gw.routing[0].source).read_text().splitlines()
+    lines = _mesh_text(gw).splitlines()
     line = next(i for i, text in enumerate(lines, 1) if 'topic: "orders/>"' in text)
     assert ex["destinations"] == ["here", "there"] and ex["origin"] == "there"
     assert ex["rules"] == [
@@ -115,17 +118,19 @@ async def test_explain_names_each_rules_line_of_the_file(secure_console: Gateway
 
 async def test_a_diff_preview_shows_errors_by_line_and_never_a_secret(secure_console: Gateway) -> None:
     gw = secure_console
-    text = Path(gw.routing[0].source).read_text()
+    text = _mesh_text(gw)
     # The routing rule now names a region that does not exist, and the admin token's variable.
-    broken = text.replace('regions: ["here", "there"]', 'regions: ["here", "thre"]').replace(
+    broken = text.replace('regions: ["here", "there"]', 'regions: ["here", "mars"]').replace(
         'topic: "orders/>"', 'topic: "${ADMIN_TOKEN}/>"'
     )
-    status, d = await call(gw, "/console/api/diff?name=edited.yaml", token=ADMIN_TOKEN, method="POST", body=broken.encode())
+    status, d = await call(
+        gw, "/console/api/diff?name=edited.yaml", token=ADMIN_TOKEN, method="POST", body=broken.encode()
+    )
     assert status == 200 and d["valid"] is False, d
-    line = next(i for i, t in enumerate(broken.splitlines(), 1) if '"thre"' in t)
-    column = broken.splitlines()[line - 1].index('"thre"') + 1
+    line = next(i for i, t in enumerate(broken.splitlines(), 1) if '"mars"' in t)
+    column = broken.splitlines()[line - 1].index('"mars"') + 1
     texts = [e["text"] for e in d["errors"]]
-    assert any(t.startswith(f"edited.yaml:{line}:{column}: ") and "unknown region 'thre'" in t for t in texts), texts
+    assert any(t.startswith(f"edited.yaml:{line}:{column}: ") and "unknown region 'mars'" in t for t in texts), texts
     # The token's variable is not given to the preview: it is reported unset, its value shown nowhere.
     assert ADMIN_TOKEN not in json.dumps(d)
     assert any("ADMIN_TOKEN" in t for t in texts), texts
