@@ -14,6 +14,7 @@ import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -23,6 +24,8 @@ from meshgate.v1 import event_pb2, gateway_pb2, gateway_pb2_grpc
 from tests._wait import eventually
 from tests.console._cdp import Page, find_chromium, launch
 from tests.e2e._mesh import _pid_alive, free_port
+from tests.gateway._helpers import running_gateway
+from tests.security._tokens import ADMIN_TOKEN, ORDERS_TOKEN, token_env, write_mesh
 
 CHROMIUM = find_chromium()
 pytestmark = [
@@ -33,6 +36,8 @@ pytestmark = [
     pytest.mark.xdist_group("console-browser"),
     pytest.mark.timeout(150),
 ]
+
+__all__ = ["token_env", "write_mesh"]  # fixtures used by name
 
 REGIONS = ("us-west", "eu-central", "ap-south")
 
@@ -290,3 +295,42 @@ async def test_a_killed_regions_links_back_off_and_their_lag_grows(mesh: Mesh, p
     await page.screenshot(shots / "console-backing-off.png", selector="#map")
     os.kill(ap_south, signal.SIGCONT)
     await eventually(lambda: _all_replicating(page), 90, what="every link replicating again once ap-south is back")
+
+
+async def test_with_tokens_the_page_asks_for_an_admin_token(write_mesh: Any, tmp_path: Path, page: Page) -> None:
+    async with running_gateway(write_mesh(), tmp_path, metrics_listen="127.0.0.1:0") as gw:
+        await page.goto(f"http://127.0.0.1:{gw.http_port}/console/")
+        asked = await eventually(
+            lambda: page.evaluate(
+                "!document.getElementById('token-form').hidden && document.getElementById('token-error').textContent"
+            ),
+            30,
+            what="the token form shown",
+        )
+        assert "requires a client token" in asked, asked
+        # A client that is not an admin is refused as Admin refuses it.
+        await _set(page, "token", ORDERS_TOKEN)
+        await _submit(page, "token-form")
+        refused = await eventually(
+            lambda: page.evaluate(
+                "document.getElementById('token-error').textContent.includes('may not call')"
+                " && document.getElementById('token-error').textContent"
+            ),
+            30,
+            what="the refusal of a client that is not an admin",
+        )
+        assert "'orders-service' may not call Admin" in refused, refused
+        await _set(page, "token", ADMIN_TOKEN)
+        await _submit(page, "token-form")
+        names = await eventually(
+            lambda: page.evaluate(
+                "document.getElementById('token-form').hidden"
+                " && [...document.querySelectorAll('#mesh-svg g.region')].map(g => g.dataset.region).join(' ')"
+            ),
+            30,
+            what="the map drawn with the admin token",
+        )
+        assert names == "here there", names
+        # Kept for this tab only: sessionStorage, never a cookie or localStorage.
+        assert await page.evaluate("sessionStorage.getItem('meshgate-console-token')") == ADMIN_TOKEN
+        assert await page.evaluate("document.cookie + localStorage.length") == "0"
