@@ -136,7 +136,8 @@ function fillTables(mesh, rate) {
   body.replaceChildren(...mesh.links.map((l) => {
     const r = rate.get(l.origin + ">" + l.destination);
     return el("tr", { "data-origin": l.origin, "data-destination": l.destination, "data-state": l.state,
-      "data-lag-events": l.lag_events === undefined ? "" : l.lag_events },
+      "data-lag-events": l.lag_events === undefined ? "" : l.lag_events,
+      "data-forwarded": l.forwarded === undefined ? "" : l.forwarded },
       el("th", { scope: "row" }, `${l.origin} → ${l.destination}`),
       el("td", { class: "state " + stateClass(l.state) }, STATE_TEXT[l.state] || l.state),
       el("td", { class: "num" }, fmt(l.lag_events)),

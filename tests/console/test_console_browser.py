@@ -179,9 +179,10 @@ async def test_the_map_the_route_explorer_and_a_broken_file(mesh: Mesh, page: Pa
 
     async def forwarded() -> bool:
         links = await _links(page)
-        return links["us-west", "ap-south"].get("lagEvents") == "0" and all(
-            r["state"] == "replicating" for r in links.values()
-        )
+        wanted = {("us-west", "ap-south"): 20, ("us-west", "eu-central"): 20, ("eu-central", "ap-south"): 10}
+        return all(
+            int(links[key]["forwarded"] or 0) >= n and links[key]["lagEvents"] == "0" for key, n in wanted.items()
+        ) and all(r["state"] == "replicating" for r in links.values())
 
     await eventually(forwarded, 60, what="the published events forwarded")
     await page.screenshot(shots / "console-map.png", selector="#map")
