@@ -370,6 +370,11 @@ class Gateway(StartStop):
                     mounts={CONSOLE_PATH: console.app},
                 )
                 self._http.start()
+                shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+                shown = f"[{shown}]" if ":" in shown else shown
+                log.info(
+                    "region %s: mesh console on http://%s:%d%s/", self.region, shown, self._http.port, CONSOLE_PATH
+                )
             if self._watcher is not None:
                 await self._watcher.start()
             if self.replicator is not None:
