@@ -138,13 +138,20 @@ class Page:
             raise CdpError("Runtime.evaluate", result["exceptionDetails"])
         return result["result"].get("value")
 
-    async def press(self, key: str, *, code: str = "", key_code: int = 0) -> None:
-        """One key pressed and released (as a person's keyboard sends it)."""
-        for kind in ("keyDown", "keyUp"):
-            await self.send(
-                "Input.dispatchKeyEvent",
-                {"type": kind, "key": key, "code": code or key, "windowsVirtualKeyCode": key_code},
-            )
+    async def press(self, key: str, *, code: str = "", key_code: int = 0, text: str = "") -> None:
+        """One key pressed and released (as a person's keyboard sends it); ``text`` what it types."""
+        down: dict[str, Any] = {"type": "keyDown", "key": key, "code": code or key, "windowsVirtualKeyCode": key_code}
+        if text:
+            down["text"] = text
+        await self.send("Input.dispatchKeyEvent", down)
+        await self.send(
+            "Input.dispatchKeyEvent",
+            {"type": "keyUp", "key": key, "code": code or key, "windowsVirtualKeyCode": key_code},
+        )
+
+    async def type(self, text: str) -> None:
+        """Text typed into the focused element."""
+        await self.send("Input.insertText", {"text": text})
 
     async def screenshot(self, path: Path, *, selector: str | None = None) -> None:
         """A PNG of the whole page, or of the element ``selector`` finds."""

@@ -124,6 +124,38 @@ def _nats_servers(data_dir: Path) -> dict[int, str]:
     return found
 
 
+# The texts whose colour is less than 4.5:1 against what is behind them (WCAG 2 contrast ratio).
+_LOW_CONTRAST = """(() => {
+  const lum = (c) => {
+    const [r, g, b] = c.match(/[\\d.]+/g).slice(0, 3).map(Number).map((v) => {
+      v /= 255;
+      return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4;
+    });
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+  };
+  const behind = (el) => {
+    for (let e = el; e; e = e.parentElement) {
+      const c = getComputedStyle(e).backgroundColor;
+      if (c && c !== "transparent" && !c.startsWith("rgba(0, 0, 0, 0)")) return c;
+    }
+    return "rgb(255, 255, 255)";
+  };
+  const low = [];
+  for (const el of document.querySelectorAll("body *")) {
+    if (![...el.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim())) continue;
+    if (el.closest("[hidden], .skip, title, script, style, option")) continue;
+    const style = getComputedStyle(el);
+    const svg = el instanceof SVGElement;
+    const fg = svg ? style.fill : style.color;
+    const bg = svg ? getComputedStyle(document.getElementById("mesh-svg")).backgroundColor : behind(el);
+    const [a, b] = [lum(fg), lum(bg)];
+    const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+    if (ratio < 4.5) low.push(`${el.tagName} "${el.textContent.trim().slice(0, 40)}": ${ratio.toFixed(2)}`);
+  }
+  return low;
+})()"""
+
+
 def _shots(tmp_path: Path) -> Path:
     folder = Path(os.environ.get("MESHGATE_CONSOLE_SCREENSHOTS") or tmp_path)
     folder.mkdir(parents=True, exist_ok=True)
@@ -254,10 +286,21 @@ async def test_the_map_the_route_explorer_and_a_broken_file(mesh: Mesh, page: Pa
     assert "- us-west → ap-south" in summary and "- eu-central → ap-south" in summary, summary
     await page.screenshot(shots / "console-diff.png", selector="#diff-out")
 
-    # The keyboard reaches the sections: the first Tab lands on the skip link, Enter follows it.
+    # Every text on the page, filled in as it now is, keeps a contrast of 4.5:1 or more (WCAG AA).
+    assert await page.evaluate(_LOW_CONTRAST) == []
+
+    # The keyboard alone: the first Tab lands on the skip link; a topic typed and Enter explain it.
     await page.evaluate("document.activeElement.blur(); window.scrollTo(0, 0)")
     await page.press("Tab", key_code=9)
     assert await page.evaluate("document.activeElement.className") == "skip"
+    await page.evaluate("document.getElementById('topic').value = ''; document.getElementById('topic').focus()")
+    await page.type("inventory/sku-1")
+    await page.press("Enter", key_code=13, text="\r")
+    await eventually(
+        lambda: page.evaluate("document.getElementById('explain-out').innerText.includes('inventory/sku-1 from')"),
+        30,
+        what="the route explained from the keyboard",
+    )
 
 
 async def test_a_killed_regions_links_back_off_and_their_lag_grows(mesh: Mesh, page: Page, tmp_path: Path) -> None:
