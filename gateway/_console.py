@@ -20,6 +20,7 @@ ports need not be reachable from an operator's desk; each gateway already reache
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import datetime
 import hashlib
 import json
@@ -254,14 +255,18 @@ class Console:
         return metadata
 
     def _on_loop(self, coro: Coroutine[Any, Any, T]) -> T:
-        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        except RuntimeError:  # the loop is closed: the gateway has stopped
+            coro.close()
+            raise _Refused(503, "the gateway is stopping") from None
         try:
             return future.result(_LOOP_TIMEOUT)
         except TimeoutError:
             future.cancel()
             raise _Refused(504, f"the gateway did not answer within {_LOOP_TIMEOUT:g} s") from None
-        except RuntimeError as exc:  # the loop is closed: the gateway is stopping
-            raise _Refused(503, f"the gateway is stopping: {exc}") from None
+        except concurrent.futures.CancelledError:  # cancelled by the loop's shutdown
+            raise _Refused(503, "the gateway is stopping") from None
 
     # --- the API (also called directly by tests) ----------------------------------------------
 

@@ -10,7 +10,6 @@ const STATE_TEXT = {
   paused: "paused", standby: "standby", unknown: "unknown", unspecified: "unknown",
 };
 let lastForwarded = new Map(); // "origin>destination" -> [forwarded, time ms]
-let pollTimer = null;
 
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
@@ -164,7 +163,12 @@ function fillOrigins(mesh) {
   select.value = mesh.region;
 }
 
+let refreshing = false;
+
 async function refreshMap() {
+  // A peer that does not answer takes up to 3 s: one request at a time, never a pile of them.
+  if (refreshing) return;
+  refreshing = true;
   const status = document.getElementById("map-status");
   try {
     const mesh = await api("mesh");
@@ -177,6 +181,8 @@ async function refreshMap() {
     document.body.dataset.updated = mesh.time;
   } catch (e) {
     status.textContent = "Not refreshed: " + e.message;
+  } finally {
+    refreshing = false;
   }
 }
 
@@ -315,7 +321,7 @@ function start() {
   document.getElementById("dead-refresh").addEventListener("click", deadLetters);
   document.getElementById("trace-form").addEventListener("submit", trace);
   refreshMap();
-  pollTimer = setInterval(() => { if (!document.hidden) refreshMap(); }, POLL_MS);
+  setInterval(() => { if (!document.hidden) refreshMap(); }, POLL_MS);
 }
 
 document.addEventListener("DOMContentLoaded", start);
