@@ -125,9 +125,15 @@ class Page:
     async def send(self, method: str, params: dict[str, Any] | None = None) -> Any:
         return await self._browser.send(method, params, session=self._session)
 
-    async def goto(self, url: str) -> None:
+    async def goto(self, url: str, *, timeout: float = _COMMAND_TIMEOUT) -> None:
+        """Navigates to ``url`` and returns once its document has loaded (its scripts have run)."""
         await self.send("Page.enable")
-        await self.send("Page.navigate", {"url": url})
+        reply = await self.send("Page.navigate", {"url": url})
+        if reply.get("errorText"):
+            raise CdpError("Page.navigate", reply["errorText"])
+        async with asyncio.timeout(timeout):
+            while not await self.evaluate(f"location.href === {json.dumps(url)} && document.readyState === 'complete'"):  # noqa: ASYNC110 - the protocol's load events would need a subscription for one wait
+                await asyncio.sleep(0.05)
 
     async def evaluate(self, expression: str) -> Any:
         """The value of a page script (awaited when it is a promise); CdpError when it throws."""

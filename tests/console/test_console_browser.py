@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 import pytest
 
+from meshgate.replicator import dead_letter_event
 from meshgate.testing import ChildProcess, freeze
 from meshgate.v1 import event_pb2, gateway_pb2, gateway_pb2_grpc
 from tests._wait import eventually
@@ -378,3 +379,17 @@ async def test_with_tokens_the_page_asks_for_an_admin_token(write_mesh: Any, tmp
         # Kept for this tab only: sessionStorage, never a cookie or localStorage.
         assert await page.evaluate("sessionStorage.getItem('meshgate-console-token')") == ADMIN_TOKEN
         assert await page.evaluate("document.cookie + localStorage.length") == "0"
+
+        # Dead letters: the latest of each destination, with its reason, topic and id.
+        refused = event_pb2.Event(id="too-big-1", topic="orders/big", source="/t", type="t", origin="here", data=b"{}")
+        [stored] = await gw.broker.append([dead_letter_event(refused, destination="there", reason="too large there")])
+        assert not isinstance(stored, Exception), stored
+        await page.evaluate("document.getElementById('dead-refresh').click()")
+        row = await eventually(
+            lambda: page.evaluate(
+                "[...document.querySelectorAll('#dead-table tbody tr > *')].map(c => c.textContent).join('|') || null"
+            ),
+            30,
+            what="the dead letter listed",
+        )
+        assert row.startswith("there|too large there|orders/big|too-big-1|"), row
