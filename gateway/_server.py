@@ -26,6 +26,7 @@ from meshgate.gateway._admission import Admission
 from meshgate.gateway._auth import Authenticator, ReplicationGuard
 from meshgate.gateway._budget import InflightBudget
 from meshgate.gateway._connections import ConnectionGuard, plan_connections
+from meshgate.gateway._console import CONSOLE_PATH, Console, latest_dead_letters
 from meshgate.gateway._decode import MalformedRequestInterceptor
 from meshgate.gateway._http import HttpEndpoint
 from meshgate.gateway._limits import ClientRates, ClientStreams, SubscribeBuffers
@@ -398,7 +399,8 @@ class Gateway(StartStop):
                 interceptors=[MalformedRequestInterceptor()],
             )
             gateway_pb2_grpc.add_GatewayServicer_to_server(GatewayService.for_gateway(self), server)
-            admin_pb2_grpc.add_AdminServicer_to_server(AdminService.for_gateway(self), server)
+            admin = AdminService.for_gateway(self)
+            admin_pb2_grpc.add_AdminServicer_to_server(admin, server)
             replication_pb2_grpc.add_ReplicationServicer_to_server(ReplicationService.for_gateway(self), server)
             health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
             reflection.enable_server_reflection((*_SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
@@ -410,10 +412,30 @@ class Gateway(StartStop):
             log.info("region %s: %s", self.region, plan.describe())
             if self._metrics_listen:
                 host, port = _split_hostport(self._metrics_listen)
+                console = Console(
+                    region=self.region,
+                    loop=self._loop,
+                    auth=lambda: self.auth,
+                    routing=lambda: self.routing,
+                    link_statuses=self.link_statuses,
+                    peer_channel=self.peer_channel,
+                    locate=admin.locate,
+                    dead_letters=lambda: latest_dead_letters(self.broker),
+                )
                 self._http = HttpEndpoint(
-                    host=host, port=port, registry=self.metrics.registry, alive=self.alive, ready=self.ready
+                    host=host,
+                    port=port,
+                    registry=self.metrics.registry,
+                    alive=self.alive,
+                    ready=self.ready,
+                    mounts={CONSOLE_PATH: console.app},
                 )
                 self._http.start()
+                shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+                shown = f"[{shown}]" if ":" in shown else shown
+                log.info(
+                    "region %s: mesh console on http://%s:%d%s/", self.region, shown, self._http.port, CONSOLE_PATH
+                )
             if self._watcher is not None:
                 await self._watcher.start()
             if self.replicator is not None:
