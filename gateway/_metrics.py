@@ -10,7 +10,7 @@ comes from collectors that look at the live objects, so nothing on the event pat
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Final, Literal, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -18,13 +18,13 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from meshgate.brokers import BrokerError, BrokerState, EventTooLargeError, StorageFullError
-from meshgate.replicator._metrics import LinkCollector
+from meshgate.replicator._metrics import BoardCollector, LinkCollector
 
 if TYPE_CHECKING:
     from meshgate.brokers import Broker
-    from meshgate.replicator import Replicator
+    from meshgate.replicator import LinkBoard, Replicator
 
-__all__ = ["REFUSAL_REASONS", "GatewayMetrics", "RefusalReason", "broker_reason"]
+__all__ = ["REFUSAL_REASONS", "BrokerCollector", "GatewayMetrics", "RefusalReason", "broker_reason"]
 
 # Why events were refused; a fixed set, so a label never grows with the input (and a typo is a
 # type error, not a new series).
@@ -59,7 +59,7 @@ def broker_reason(error: BrokerError) -> RefusalReason:
     return "too_large" if isinstance(error, EventTooLargeError) else "invalid"
 
 
-class _BrokerCollector(Collector):
+class BrokerCollector(Collector):
     """``meshgate_broker_connected``, read from the broker's state at scrape time."""
 
     def __init__(self, region: str, broker: Broker) -> None:
@@ -180,8 +180,20 @@ class GatewayMetrics:
 
     # --- what is read at scrape time -------------------------------------------------------
 
-    def watch(self, *, broker: Broker, replicator: Replicator | None) -> None:
-        """Registers the collectors reading the broker's state and the replication links."""
-        self.registry.register(_BrokerCollector(self.region, broker))
+    def watch(
+        self,
+        *,
+        broker: Broker,
+        replicator: Replicator | None,
+        board: LinkBoard | None = None,
+        board_pids: Callable[[], Collection[int]] | None = None,
+    ) -> None:
+        """Registers the collectors reading the broker's state and the replication links.
+
+        The links are read from ``replicator`` when they run here, else from ``board`` (run elsewhere;
+        ``board_pids``: this process's workers, whose counters it exports)."""
+        self.registry.register(BrokerCollector(self.region, broker))
         if replicator is not None:
             self.registry.register(LinkCollector(replicator))
+        elif board is not None:
+            self.registry.register(BoardCollector(board, board_pids))
