@@ -53,7 +53,9 @@ def header_block(event: event_pb2.Event) -> str:
         block += f"ce-time: {format_time(event.time)}\r\n"
     ctype = event.datacontenttype
     if ctype:
-        block += f"content-type: {esc[ctype]}\r\n"
+        block += f"ce-datacontenttype: {esc[ctype]}\r\n"
+    if event.dataschema:
+        block += f"ce-dataschema: {esc[event.dataschema]}\r\n"
     if event.extensions:
         for name, value in event.extensions.items():
             if name in RESERVED_EXTENSION_NAMES:
