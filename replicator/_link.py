@@ -501,7 +501,9 @@ class Link:
                 if n:
                     await window.acquire()  # each request is one batch in flight
                 batch_id += 1
-                spans = tracing.start_send(part, self.destination) if tracing is not None else None
+                spans = (
+                    tracing.start_send(part, self.destination, address=self.address) if tracing is not None else None
+                )
                 self._inflight.append(_Sent(batch_id, part, spans))
                 self._idle.clear()
                 await call.write(
