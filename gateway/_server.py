@@ -177,6 +177,7 @@ class Gateway(StartStop):
         self.metrics.subscribe_buffered.set_function(lambda: self.subscriptions.held)
         self.metrics.subscribe_buffered_bytes.set_function(lambda: self.subscriptions.held_bytes)
         self.metrics.inflight.set_function(lambda: self.budget.used)
+        self.metrics.ready.set_function(lambda: 0.0 if self.ready() else 1.0)
         # A replication request must fit the destination's max_message_bytes (the same mesh file).
         link_options = dataclasses.replace(
             link_options or LinkOptions(), max_request_bytes=config.settings.limits.max_message_bytes

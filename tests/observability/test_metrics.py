@@ -7,6 +7,8 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
+import platform
 import shutil
 import socket
 import subprocess
@@ -184,17 +186,70 @@ async def test_publish_counters_and_live_metrics(gateway: tuple[Gateway, str]) -
     # The link to `there` (no gateway listening at 127.0.0.1:0) exists: one state at 1.
     states = {s: value(got, "meshgate_link_state", region="here", destination="there", state=s) for s in LINK_STATES}
     assert sorted(states.values()) == [0.0] * (len(LINK_STATES) - 1) + [1.0]
-    assert ("meshgate_config_reloads_total", frozenset({"result": "applied"}.items())) not in got  # no file path
+    assert not series(got, "meshgate_config_reloads_total")  # no file path
     # No label carries a topic or an event id.
     for family in text_string_to_metric_families(text):
         for s in family.samples:
-            assert set(s.labels) <= {"region", "destination", "outcome", "reason", "state", "result", "le"}, s
+            if s.name.startswith("meshgate_") and s.name != "meshgate_build_info":
+                assert set(s.labels) <= {"region", "destination", "outcome", "reason", "state", "result", "le"}, s
     # Every metric the dashboard and the alerts use is exposed (reloads need a mesh file path).
     exposed = {n.removesuffix("_bucket").removesuffix("_count").removesuffix("_sum") for n, _ in got}
     assert METRICS - {"meshgate_config_reloads_total"} <= exposed
     # The live output and the registry agree, and promtool finds nothing to lint.
     assert samples(generate_latest(gw.metrics.registry).decode()).keys() == got.keys()
     promtool_check_metrics(text)
+
+
+async def test_exposition_runtime_build_info_region_on_every_family_and_no_created_series(
+    nats_server: EmbeddedNats, tmp_path: Path
+) -> None:
+    """process_*/python_* collectors and meshgate_build_info are there; every meshgate_* family has
+    the region (the config reloads too); no _created series (main: one per counter and histogram
+    child, a third of the exposition); promtool lints nothing."""
+    mesh = tmp_path / "mesh.yaml"
+    mesh.write_text("# the watcher is given the running config; this file only has to exist\n")
+    port = free_port()
+    gw = Gateway(
+        config=mesh_for(nats_server),
+        region="here",
+        data_dir=tmp_path,
+        metrics_listen=f"127.0.0.1:{port}",
+        config_path=mesh,
+        watch_config=False,
+    )
+    await gw.start()
+    try:
+        text = await scrape(f"http://127.0.0.1:{port}/metrics")
+        got = samples(text)
+        names = {n for n, _ in got}
+        assert {
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_open_fds",
+            "process_start_time_seconds",
+            "python_info",
+            "python_gc_objects_collected_total",
+        } <= names
+        (build,) = series(got, "meshgate_build_info")
+        assert build == {
+            "version": importlib.metadata.version("meshgate"),
+            "python": platform.python_version(),
+            "region": "here",
+        }
+        assert value(got, "meshgate_build_info", **build) == 1
+        assert value(got, "meshgate_ready", region="here") == 1
+        assert value(got, "meshgate_config_reloads_total", region="here", result="refused") == 0
+        assert ("meshgate_config_reloads_total", frozenset({"region": "here", "result": "applied"}.items())) in got
+        for name, labels in got:
+            if name.startswith("meshgate_"):
+                assert dict(labels).get("region") == "here", (name, dict(labels))
+        assert not [n for n in names if n.endswith("_created")]
+        assert "_created" not in text
+        promtool_check_metrics(text)
+    finally:
+        await gw.stop(grace=1.0)
+    # Stopped: not ready (what /readyz would answer), read at scrape time.
+    assert gw.metrics.registry.get_sample_value("meshgate_ready", {"region": "here"}) == 0
 
 
 async def _scrape_until(url: str, check: Callable[[Samples], bool], *, what: str) -> Samples:
