@@ -99,7 +99,7 @@ class _BrokerCollector(Collector):
 # Counters and histograms get no ``_created`` series: they doubled the exposition and no
 # query reads them (the OpenMetrics format still carries the created time where it has a field).
 # Process-wide, as prometheus_client's own switch is; every gateway of a process wants it.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 def _version() -> str:
