@@ -517,6 +517,7 @@ class Link:
                             streams=part.streams,
                             headers=part.headers,
                             data=part.data,
+                            stored_unix_nanos=part.stored_ns,
                         ),
                     )
                 )

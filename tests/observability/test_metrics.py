@@ -15,6 +15,8 @@ import subprocess
 import urllib.request
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
 
 import aiokafka.errors as ke
 import grpc
@@ -445,3 +447,62 @@ async def test_a_full_jetstream_is_counted_storage_full(tmp_path: Path) -> None:
     finally:
         await gw.stop(grace=1.0)
         await server.stop()
+
+
+# -- replication latency: from the origin broker's stored time, both broker kinds -----------------
+
+
+async def test_replication_latency_runs_from_the_stored_time_for_kafka_and_nats_origins(
+    tansu: Tansu, nats_server: EmbeddedNats, tmp_path: Path
+) -> None:
+    """Events whose producer set a CloudEvents time a year ago, replicated both ways between a
+    Kafka and a NATS region by real links: each destination measures from when the origin's
+    broker stored the event (Kafka's record timestamp, JetStream's stored time), so every
+    latency is seconds, not a year (main: a year per event)."""
+    url = urlparse(nats_server.url)
+    config = MeshConfig(
+        regions=(
+            RegionConfig(
+                name="kf", kind=BrokerKind.KAFKA, brokers=(tansu.bootstrap,), gateway=f"127.0.0.1:{free_port()}"
+            ),
+            RegionConfig(
+                name="nt",
+                kind=BrokerKind.NATS,
+                brokers=(f"{url.hostname}:{url.port}",),
+                gateway=f"127.0.0.1:{free_port()}",
+            ),
+        ),
+        routing=(RouteRule(index=0, topic="orders/*", regions=("kf", "nt")),),
+        security=SECURITY,
+    )
+    gws = {
+        "kf": Gateway(config=config, region="kf", data_dir=tmp_path / "kf", broker=make_kafka_broker(tansu)),
+        "nt": Gateway(config=config, region="nt", data_dir=tmp_path / "nt"),
+    }
+    for gw in gws.values():
+        await gw.start()
+    try:
+        for name, gw in gws.items():
+            events = [ev(id=f"{name}-{i}") for i in range(5)]
+            for e in events:
+                e.time.GetCurrentTime()
+                e.time.seconds -= 365 * 24 * 3600
+            async with grpc.aio.insecure_channel(gw.address) as ch:
+                resp = await gateway_pb2_grpc.GatewayStub(ch).Publish(gateway_pb2.PublishRequest(events=events))
+            assert all(r.outcome == event_pb2.OUTCOME_ACCEPTED for r in resp.results), resp
+        for name, gw in gws.items():
+            registry = gw.metrics.registry
+
+            def count(registry: Any = registry, name: str = name) -> bool:
+                return registry.get_sample_value("meshgate_replication_latency_seconds_count", {"region": name}) == 5
+
+            await eventually(count, 60, what=f"5 replicated events measured in {name}")
+            total = registry.get_sample_value("meshgate_replication_latency_seconds_sum", {"region": name})
+            assert total is not None and 0 <= total < 5 * 60, (name, total)
+            assert (
+                registry.get_sample_value("meshgate_replication_latency_seconds_bucket", {"region": name, "le": "60.0"})
+                == 5
+            )
+    finally:
+        for gw in gws.values():
+            await gw.stop(grace=1.0)
