@@ -15,14 +15,13 @@ import subprocess
 import urllib.request
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlparse
 
 import aiokafka.errors as ke
 import grpc
 import nats
 import pytest
-from prometheus_client import generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from meshgate.brokers import (
@@ -493,7 +492,7 @@ async def test_replication_latency_runs_from_the_stored_time_for_kafka_and_nats_
         for name, gw in gws.items():
             registry = gw.metrics.registry
 
-            def count(registry: Any = registry, name: str = name) -> bool:
+            def count(registry: CollectorRegistry = registry, name: str = name) -> bool:
                 return registry.get_sample_value("meshgate_replication_latency_seconds_count", {"region": name}) == 5
 
             await eventually(count, 60, what=f"5 replicated events measured in {name}")
