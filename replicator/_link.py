@@ -39,9 +39,10 @@ log = logging.getLogger("meshgate.replicator")
 DLQ_TOPIC_PREFIX = "meshgate/dlq/"
 _MAX_REASON = 500
 _LAG_POLL_SECONDS = 0.5
-# Room per event in a request for its fields' tags and lengths; with traces on, also for the
-# ce-traceparent line the send span adds to an event stored without one.
-_EVENT_OVERHEAD_BYTES = 16
+# Room per event in a request for its fields' tags and lengths, and its stored time (a 9-byte
+# varint of Unix nanoseconds, stored_unix_nanos); with traces on, also for the ce-traceparent
+# line the send span adds to an event stored without one.
+_EVENT_OVERHEAD_BYTES = 16 + 10
 _TRACED_EVENT_OVERHEAD_BYTES = _EVENT_OVERHEAD_BYTES + 80
 # How often a connected link looks at its TLS files for a rotation.
 _TLS_POLL_SECONDS = 1.0
