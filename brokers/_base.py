@@ -443,7 +443,7 @@ class Broker(Log, Checkpoints):
     """What every adapter is: a region's log and its checkpoints.
 
     Further capabilities an adapter may have, tested with ``isinstance``: ``SequencedLog``
-    (one stream numbered from 1: NATS), ``Leases`` (NATS), ``WorkSharing`` (Kafka).
+    (one stream numbered from 1: NATS), ``Leases`` (NATS), ``Board`` (NATS), ``WorkSharing`` (Kafka).
     """
 
 
@@ -522,6 +522,27 @@ class Leases(abc.ABC):
     @abc.abstractmethod
     async def release_lease(self, name: str, owner: str) -> None:
         """Gives lease ``name`` up at once if ``owner`` holds it (a clean shutdown)."""
+
+
+class Board(abc.ABC):
+    """Short notes kept in the broker that lapse unless their writer rewrites them in time (NATS).
+
+    The processes of a region that run replication links post what their links do here, so that
+    a gateway running none of them can still show every link (``replicator._board``). A broker
+    without it keeps the notes as checkpoints, which never lapse: the reader then judges their age.
+    """
+
+    @abc.abstractmethod
+    async def post_note(self, name: str, value: bytes, *, ttl: float) -> None:
+        """Writes note ``name``; it lapses ``ttl`` seconds after its last write."""
+
+    @abc.abstractmethod
+    async def notes(self, prefix: str, *, ttl: float) -> dict[str, bytes]:
+        """Every note not lapsed whose name starts with ``prefix`` (a prefix ending in '.')."""
+
+    @abc.abstractmethod
+    async def remove_note(self, name: str) -> None:
+        """Removes note ``name`` at once (a clean shutdown); nothing if it is not there."""
 
 
 class WorkSharing(abc.ABC):  # noqa: B024  # a capability without methods: isinstance says it

@@ -14,7 +14,7 @@ from __future__ import annotations
 import bisect
 import importlib.metadata
 import platform
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Final, Literal, get_args
 
 from prometheus_client import (
@@ -31,14 +31,21 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from meshgate.brokers import BrokerError, BrokerState, EventTooLargeError, StorageFullError
-from meshgate.replicator._metrics import LinkCollector
+from meshgate.replicator._metrics import BoardCollector, LinkCollector
 
 if TYPE_CHECKING:
     from meshgate.brokers import Broker
-    from meshgate.replicator import Replicator
+    from meshgate.replicator import LinkBoard, Replicator
 
 
-__all__ = ["REFUSAL_REASONS", "GatewayMetrics", "RefusalReason", "broker_reason"]
+__all__ = [
+    "REFUSAL_REASONS",
+    "BrokerCollector",
+    "GatewayMetrics",
+    "RefusalReason",
+    "broker_reason",
+    "register_process_metrics",
+]
 
 # Why events were refused; a fixed set, so a label never grows with the input (and a typo is a
 # type error, not a new series).
@@ -73,7 +80,7 @@ def broker_reason(error: BrokerError) -> RefusalReason:
     return "too_large" if isinstance(error, EventTooLargeError) else "invalid"
 
 
-class _BrokerCollector(Collector):
+class BrokerCollector(Collector):
     """``meshgate_broker_connected``, read from the broker's state at scrape time."""
 
     def __init__(self, region: str, broker: Broker) -> None:
@@ -109,15 +116,23 @@ def _version() -> str:
         return "unknown"
 
 
-def _register_runtime(registry: CollectorRegistry) -> None:
-    """``process_*`` (CPU, memory, descriptors, start time), ``python_info`` and ``python_gc_*``:
-    per process, without a region (``meshgate up`` runs several regions in one process; their
-    registries each show the same figures). The default registry's own collectors, shared."""
+def register_process_metrics(registry: CollectorRegistry, *, region: str, version: str = "") -> None:
+    """What every meshgate process's registry has, a gateway's or a replicator's:
+    ``meshgate_build_info{version,python,region}`` (``version``: of meshgate, default the installed
+    package's), and ``process_*`` (CPU, memory, descriptors, start time), ``python_info`` and
+    ``python_gc_*``: per process, without a region (``meshgate up`` runs several regions in one
+    process; their registries each show the same figures). The default registry's collectors, shared."""
     for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
         try:
             registry.register(collector)
         except ValueError:  # the caller's registry has it already (e.g. the default registry)
             continue
+    Gauge(
+        "meshgate_build_info",
+        "1, labelled with the running meshgate version, the Python version and the region.",
+        ["version", "python", "region"],
+        registry=registry,
+    ).labels(version=version or _version(), python=platform.python_version(), region=region).set(1)
 
 
 class GatewayMetrics:
@@ -125,13 +140,7 @@ class GatewayMetrics:
         """``version``: of meshgate, for ``meshgate_build_info`` (default: the installed package's)."""
         self.region = region
         self.registry = registry
-        _register_runtime(registry)
-        Gauge(
-            "meshgate_build_info",
-            "1, labelled with the running meshgate version, the Python version and the region.",
-            ["version", "python", "region"],
-            registry=registry,
-        ).labels(version=version or _version(), python=platform.python_version(), region=region).set(1)
+        register_process_metrics(registry, region=region, version=version)
         self.ready = Gauge(
             "meshgate_ready",
             "1 while the gateway is ready for traffic (what /readyz answers 200 for: serving, its broker "
@@ -234,8 +243,20 @@ class GatewayMetrics:
 
     # --- what is read at scrape time -------------------------------------------------------
 
-    def watch(self, *, broker: Broker, replicator: Replicator | None) -> None:
-        """Registers the collectors reading the broker's state and the replication links."""
-        self.registry.register(_BrokerCollector(self.region, broker))
+    def watch(
+        self,
+        *,
+        broker: Broker,
+        replicator: Replicator | None,
+        board: LinkBoard | None = None,
+        board_pids: Callable[[], Collection[int]] | None = None,
+    ) -> None:
+        """Registers the collectors reading the broker's state and the replication links.
+
+        The links are read from ``replicator`` when they run here, else from ``board`` (run elsewhere;
+        ``board_pids``: this process's workers, whose counters it exports)."""
+        self.registry.register(BrokerCollector(self.region, broker))
         if replicator is not None:
             self.registry.register(LinkCollector(replicator))
+        elif board is not None:
+            self.registry.register(BoardCollector(board, board_pids))

@@ -7,11 +7,12 @@ import logging
 import os
 import signal
 from collections.abc import Sequence
+from typing import Protocol
 
 from meshgate.brokers import BrokerError
-from meshgate.gateway import Gateway
+from meshgate.config import ReloadResult
 
-__all__ = ["EVENT_LOOP_ENV", "run_until_signalled", "use_event_loop"]
+__all__ = ["EVENT_LOOP_ENV", "Served", "run_until_signalled", "use_event_loop"]
 
 log = logging.getLogger("meshgate")
 
@@ -33,7 +34,20 @@ def use_event_loop() -> str:
     return "uvloop"
 
 
-async def run_until_signalled(gateways: Sequence[Gateway]) -> int:
+class Served(Protocol):
+    """What runs in the foreground: a ``Gateway`` or a ``ReplicatorProcess``."""
+
+    @property
+    def region(self) -> str: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self, grace: float | None = None) -> None: ...
+
+    async def reload(self) -> ReloadResult: ...
+
+
+async def run_until_signalled(gateways: Sequence[Served]) -> int:
     """Starts the gateways, serves until SIGTERM/SIGINT, then drains them all.
 
     A second SIGTERM/SIGINT during the drain exits at once (status 1). SIGHUP re-reads the
@@ -61,7 +75,7 @@ async def run_until_signalled(gateways: Sequence[Gateway]) -> int:
         loop.add_signal_handler(sig, on_stop, sig.name)
     loop.add_signal_handler(signal.SIGHUP, on_hup)
     try:
-        started: list[Gateway] = []
+        started: list[Served] = []
         try:
             for gw in gateways:
                 await gw.start()
@@ -82,7 +96,7 @@ async def run_until_signalled(gateways: Sequence[Gateway]) -> int:
     return 0
 
 
-async def _reload(gw: Gateway) -> None:
+async def _reload(gw: Served) -> None:
     result = await gw.reload()
     if result.applied:
         log.info("region %s: reloaded (sha256 %s)", gw.region, result.sha256[:12])

@@ -34,6 +34,7 @@ VALUE_SETS = {
     "tls-inline": (CI_VALUES / "tls-inline-values.yaml",),
     "monitoring": (CI_VALUES / "monitoring-values.yaml",),
     "nats-sidecar": (CI_VALUES / "nats-sidecar-values.yaml",),
+    "replicator": (CI_VALUES / "replicator-values.yaml",),
 }
 DEFAULT = VALUE_SETS["default"]
 # The chart's kubeVersion floor, and the Kubernetes of the helm the tests use (v4.1, client 1.35).
@@ -59,7 +60,8 @@ def values_of(name: str) -> dict[str, Any]:
 
 
 def pod_spec(objects: list[dict[str, Any]]) -> dict[str, Any]:
-    spec: dict[str, Any] = one(objects, "Deployment")["spec"]["template"]["spec"]
+    """The gateway Deployment's pod (the replicator Deployment, when on, is another one)."""
+    spec: dict[str, Any] = one(objects, "Deployment", FULLNAME)["spec"]["template"]["spec"]
     return spec
 
 
@@ -773,3 +775,57 @@ def test_chart_refuses_an_embedded_region_with_several_replicas(tmp_path: Path) 
     assert 'region "us-west" is kind: embedded' in render_error((tmp_path / "values.yaml",), ("replicaCount=2",))
     objects = render((tmp_path / "values.yaml",))
     assert one(objects, "Deployment")["spec"]["strategy"] == {"type": "Recreate"}
+
+
+# --- replication apart from ingest (replicator.enabled) -----------------------------------------
+
+
+def test_replicator_deployment_runs_the_links_and_the_gateways_ingest_only() -> None:
+    objects = rendered("replicator")
+    gateway_args = gateway_container(objects)["args"]
+    assert gateway_args[gateway_args.index("--role") + 1] == "gateway"
+    deployment = one(objects, "Deployment", f"{FULLNAME}-replicator")
+    assert deployment["spec"]["replicas"] == 2
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert selector["app.kubernetes.io/component"] == "replicator"
+    spec = deployment["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    args = container["args"]
+    assert args[args.index("--role") + 1] == "replicator"
+    assert args[args.index("--metrics") + 1] == "0.0.0.0:9464"
+    assert args[args.index("--replication-workers") + 1] == "2"
+    assert "--listen" not in args
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"metrics": 9464}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert container["resources"]["requests"]["cpu"] == "1"
+    # The same mesh file, secret and environment as the gateway's.
+    env = {e["name"] for e in container["env"]}
+    assert {"MESHGATE_REGION", "MESH_REPLICATION_SECRET", "OTEL_RESOURCE_ATTRIBUTES"} <= env
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    pdb = one(objects, "PodDisruptionBudget", f"{FULLNAME}-replicator")
+    assert pdb["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "replicator"
+    # No Service sends client or peer traffic to the replicator pods; their metrics have one.
+    for service in (o for o in objects if o["kind"] == "Service"):
+        expected = "replicator" if service["metadata"]["name"] == f"{FULLNAME}-replicator-metrics" else "gateway"
+        assert service["spec"]["selector"]["app.kubernetes.io/component"] == expected
+    metrics = one(objects, "Service", f"{FULLNAME}-replicator-metrics")
+    assert metrics["metadata"]["labels"]["app.kubernetes.io/component"] == "metrics"  # the ServiceMonitor's
+    assert metrics["spec"]["ports"][0]["targetPort"] == "metrics"
+    # Off (the default): the gateway pods run the links themselves.
+    default = render(DEFAULT, ("replicator.enabled=false",))
+    assert [o["metadata"]["name"] for o in default if o["kind"] == "Deployment"] == [FULLNAME]
+    assert "--role" not in gateway_container(default)["args"]
+
+
+def test_replicator_workers_zero_runs_the_links_in_the_pod_process() -> None:
+    objects = render(VALUE_SETS["replicator"], ("replicator.workers=0", "replicator.metricsPort=9500"))
+    (container,) = one(objects, "Deployment", f"{FULLNAME}-replicator")["spec"]["template"]["spec"]["containers"]
+    assert "--replication-workers" not in container["args"]
+    assert container["args"][container["args"].index("--metrics") + 1] == "0.0.0.0:9500"
+
+
+def test_chart_refuses_a_replicator_without_a_broker_it_can_reach() -> None:
+    message = "replicator.enabled runs the replication links in pods of their own, which cannot reach a broker"
+    assert message in render_error(VALUE_SETS["nats-sidecar"], ("replicator.enabled=true",))
+    assert "/replicator/workers" in render_error(VALUE_SETS["replicator"], ("replicator.workers=-1",))
