@@ -148,6 +148,8 @@ class Delivery:
     token: object
     # Events stored after this one on the consumer's filter (the consumer's lag).
     pending: int = 0
+    # When the broker stored it, in Unix nanoseconds (0: unknown).
+    stored_ns: int = 0
 
 
 @dataclass(slots=True, kw_only=True)
@@ -168,6 +170,9 @@ class RawBatch:
     streams: list[str] = field(default_factory=list)
     headers: list[bytes] = field(default_factory=list)
     data: list[bytes] = field(default_factory=list)
+    # When the broker stored each event, in Unix nanoseconds (JetStream's stored time, Kafka's
+    # record timestamp); empty when the adapter does not know.
+    stored_ns: list[int] = field(default_factory=list)
     # What the consumer needs to ack them (``DurableConsumer.ack_raw``).
     tokens: list[object] = field(default_factory=list)
     # Events stored after the last one on the consumer's filter.
@@ -185,6 +190,7 @@ class RawBatch:
             streams=self.streams[start:stop],
             headers=self.headers[start:stop],
             data=self.data[start:stop],
+            stored_ns=self.stored_ns[start:stop],
             tokens=self.tokens[start:stop],
             pending=self.pending,
         )
@@ -233,10 +239,13 @@ class DurableConsumer(abc.ABC):
             batch.streams.append(ev.stream)
             batch.headers.append(header_lines(ev))
             batch.data.append(ev.data)
+            batch.stored_ns.append(d.stored_ns)
             batch.tokens.append(d)
             batch.pending = d.pending
         if not any(batch.streams):
             batch.streams.clear()
+        if not all(batch.stored_ns):
+            batch.stored_ns.clear()
         return batch
 
     async def ack_raw(self, batch: RawBatch) -> None:

@@ -36,7 +36,7 @@ from meshgate.config import (
 )
 from meshgate.gateway._auth import ReplicationGuard
 from meshgate.gateway._http import HttpEndpoint
-from meshgate.gateway._metrics import BrokerCollector
+from meshgate.gateway._metrics import BrokerCollector, register_process_metrics
 from meshgate.gateway._server import replication_options
 from meshgate.gateway._workers import WorkerPool
 from meshgate.replicator import BoardPoster, LinkBoard, LinkOptions, Replicator
@@ -141,6 +141,7 @@ class ReplicatorProcess(StartStop):
         )
         self._broker_url = broker_url
         self.registry = registry or CollectorRegistry()
+        register_process_metrics(self.registry, region=region)
         self.registry.register(BrokerCollector(region, self.broker))
         guard = ReplicationGuard(config.security, secret=replication_secret)
         options, self.tracing, _ = replication_options(config, region, base=link_options, guard=guard)

@@ -20,7 +20,15 @@ from prometheus_client import CollectorRegistry
 from meshgate._lifecycle import StartStop
 from meshgate.brokers import Broker, BrokerState, make_broker
 from meshgate.brokers.embedded import EmbeddedNatsBroker
-from meshgate.config import ConfigError, ConfigWatcher, Limits, MeshConfig, ReloadResult, replication_auth_issue
+from meshgate.config import (
+    BrokerKind,
+    ConfigError,
+    ConfigWatcher,
+    Limits,
+    MeshConfig,
+    ReloadResult,
+    replication_auth_issue,
+)
 from meshgate.gateway._admin import AdminService
 from meshgate.gateway._admission import Admission
 from meshgate.gateway._auth import Authenticator, ReplicationGuard
@@ -95,7 +103,7 @@ def replication_options(
     client certificate to every peer; every call carries what ``guard`` sends (the secret).
     """
     options = dataclasses.replace(base or LinkOptions(), max_request_bytes=config.settings.limits.max_message_bytes)
-    tracing = Tracing.from_env(region)
+    tracing = Tracing.from_env(region, system=_messaging_system(config.region(region).kind))
     if tracing.enabled:
         options = dataclasses.replace(options, tracing=tracing)
     peer_tls = _peer_tls(config, region)
@@ -199,6 +207,7 @@ class Gateway(StartStop):
         self.metrics.subscribe_buffered.set_function(lambda: self.subscriptions.held)
         self.metrics.subscribe_buffered_bytes.set_function(lambda: self.subscriptions.held_bytes)
         self.metrics.inflight.set_function(lambda: self.budget.used)
+        self.metrics.ready.set_function(lambda: 0.0 if self.ready() else 1.0)
         # Traces per gateway, from the OTEL_* variables; off (no per-event work) when none is set.
         # With security.ca: this region's certificate serves every client and, as the client
         # certificate, every peer this gateway calls (replication links, Locate).
@@ -393,6 +402,8 @@ class Gateway(StartStop):
         self._loop = asyncio.get_running_loop()
         try:
             await self.broker.start()
+            if self.tracing.enabled:  # an embedded broker's address is known once it runs
+                self.tracing.set_broker_address(_broker_address(self.broker))
             plan = plan_connections(self.limits, region=self.region)
             server = grpc.aio.server(
                 options=[*_server_options(self.limits), *plan.server_options()],
@@ -552,3 +563,17 @@ class Gateway(StartStop):
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
+
+
+def _messaging_system(kind: BrokerKind) -> str:
+    """The OTel ``messaging.system`` of a region's broker kind (an embedded region runs nats-server)."""
+    return "kafka" if kind is BrokerKind.KAFKA else "nats"
+
+
+def _broker_address(broker: Broker) -> str | None:
+    """The first address the broker client was given (NATS URLs or Kafka bootstrap servers)."""
+    for attr in ("servers", "bootstrap_servers"):
+        servers = getattr(broker, attr, None)
+        if servers:
+            return str(servers[0])
+    return None

@@ -172,6 +172,8 @@ class AckMetadata:
     delivered: int
     # Messages on the consumer's filter after this one when it was delivered.
     pending: int
+    # When the stream stored it, in Unix nanoseconds.
+    timestamp_ns: int = 0
 
 
 def parse_ack_subject(reply: str) -> AckMetadata:
@@ -193,6 +195,7 @@ def parse_ack_subject(reply: str) -> AckMetadata:
         consumer_sequence=int(tokens[base + 2]),
         delivered=int(tokens[base]),
         pending=int(tokens[base + 4]),
+        timestamp_ns=int(tokens[base + 3]),
     )
 
 

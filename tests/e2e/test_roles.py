@@ -18,6 +18,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from meshgate.brokers import NatsBroker
 from meshgate.config import NatsSettings
@@ -168,6 +169,15 @@ async def test_replication_workers_are_lease_owners_and_a_killed_one_is_restarte
             return 'meshgate_replicator_processes{region="a"} 2.0' in text
 
         await eventually(scraped_two, 10, what="the replicator's metrics count its 2 worker processes")
+        # A replicator process is a meshgate process like a gateway: build info, process figures,
+        # its region on every meshgate_* family (the gateway-down alert counts it by build info).
+        text = await asyncio.to_thread(scrape, metrics_port)
+        families = list(text_string_to_metric_families(text))
+        assert {"process_cpu_seconds", "python_info", "meshgate_build_info"} <= {f.name for f in families}
+        for family in families:
+            for sample in family.samples:
+                if sample.name.startswith("meshgate_"):
+                    assert sample.labels.get("region") == "a", sample
 
         ledger = Ledger()
         producer = asyncio.create_task(Producer(cluster, ledger, A, events("w", 3000), pace=0.02).run())

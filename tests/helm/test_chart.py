@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import base64
 import copy
+import json
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -476,29 +478,34 @@ def prometheus_rules() -> dict[str, Any]:
     return spec
 
 
-def test_prometheus_rule_alerts() -> None:
-    (group,) = prometheus_rules()["groups"]
-    alerts = {r["alert"]: r for r in group["rules"]}
-    assert set(alerts) >= {
-        "MeshgateLinkStuck",
-        "MeshgateLinkLagHigh",
-        "MeshgateLinkLagCritical",
-        "MeshgateLinkLagGrowing",
-        "MeshgateDeadLetterSurge",
-        "MeshgateConfigReloadRefused",
-        "MeshgateGatewayDown",
-    }
-    assert "meshgate_link_lag_seconds" in alerts["MeshgateLinkStuck"]["expr"]
-    assert "meshgate_link_lag_events" in alerts["MeshgateLinkLagGrowing"]["expr"]
-    assert "meshgate_dead_lettered_total" in alerts["MeshgateDeadLetterSurge"]["expr"]
-    assert 'meshgate_config_reloads_total{result="refused"' in alerts["MeshgateConfigReloadRefused"]["expr"]
-    for alert in alerts.values():
-        assert alert["labels"]["severity"] in ("warning", "critical")
-        assert alert["labels"]["region"] == "us-west"
-        assert alert["labels"]["team"] == "platform"
-        assert alert["annotations"]["summary"]
-        if "meshgate_link" in alert["expr"] or "dead_lettered" in alert["expr"]:
-            assert 'region="us-west"' in alert["expr"]  # one release's rules cover its own region
+def test_prometheus_rule_is_the_one_rule_set() -> None:
+    """The chart renders files/alerts.yaml as it is (main had its own set, with other expressions),
+    with alertLabels added to each alert and its own labels winning."""
+    spec = prometheus_rules()
+    plain = yaml.safe_load((CHART / "files" / "alerts.yaml").read_text())
+    expected = copy.deepcopy(plain["groups"])
+    for group in expected:
+        for rule in group["rules"]:
+            rule["labels"] = {"team": "platform", **rule["labels"]}
+    assert spec["groups"] == expected
+    alerts = {r["alert"] for g in spec["groups"] for r in g["rules"]}
+    assert {"MeshgateGatewayDown", "MeshgateLinkStuck", "MeshgateLinkLagHigh", "MeshgateStorageFull"} <= alerts
+
+
+def test_prometheus_rule_leaves_out_disabled_alerts_and_adds_rules() -> None:
+    extra = {"alert": "MyMeshgateAlert", "expr": "vector(1)", "labels": {"severity": "info"}}
+    values = {"metrics": {"prometheusRule": {"disabledAlerts": ["MeshgateLinkPaused"], "additionalRules": [extra]}}}
+    objects = render((*VALUE_SETS["monitoring"], _values_file(values)))
+    groups = one(objects, "PrometheusRule")["spec"]["groups"]
+    alerts = [r["alert"] for g in groups for r in g["rules"]]
+    assert "MeshgateLinkPaused" not in alerts
+    assert groups[-1] == {"name": "meshgate-additional", "rules": [extra]}
+
+
+def _values_file(values: dict[str, Any]) -> Path:
+    path = Path(tempfile.mkstemp(prefix="meshgate-values-", suffix=".yaml")[1])
+    path.write_text(yaml.safe_dump(values))
+    return path
 
 
 @pytest.fixture
@@ -516,77 +523,88 @@ def test_prometheus_rules_pass_promtool(promtool: str, tmp_path: Path) -> None:
         [promtool, "check", "rules", str(rules)], capture_output=True, text=True, timeout=60, check=False
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "SUCCESS: 9 rules found" in proc.stdout
+    assert "SUCCESS: 11 rules found" in proc.stdout
 
 
-def test_prometheus_alerts_fire_on_synthetic_series(promtool: str, tmp_path: Path) -> None:
-    """promtool unit tests: a stuck link, a dead-letter surge and a refused reload fire; a moving link does not."""
-    # promtool compares annotations exactly: test the alerts' logic (expr, for, labels) on the
-    # rules without them; the annotation templates are checked by `promtool check rules` above.
-    groups = prometheus_rules()["groups"]
-    for rule in groups[0]["rules"]:
-        rule.pop("annotations", None)
-    (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": groups}))
-    target = 'job="meshgate-us-west-metrics", namespace="meshgate", pod="meshgate-us-west-0"'
-    link = 'region="us-west", destination="eu-central"'
-    moving = 'region="us-west", destination="ap-south"'
-    common = {"region": "us-west", "destination": "eu-central", "team": "platform"}
-    tests = {
-        "rule_files": ["rules.yaml"],
-        "evaluation_interval": "1m",
-        "tests": [
-            {
-                "interval": "1m",
-                "input_series": [
-                    # Stuck: 50 events wait and the oldest one's age grows a minute a minute.
-                    {"series": f"meshgate_link_lag_events{{{link}}}", "values": "50x30"},
-                    {"series": f"meshgate_link_lag_seconds{{{link}}}", "values": "0+60x30"},
-                    # Moving: events wait but the oldest one keeps being replaced.
-                    {"series": f"meshgate_link_lag_events{{{moving}}}", "values": "50x30"},
-                    {"series": f"meshgate_link_lag_seconds{{{moving}}}", "values": "2x30"},
-                    {"series": f"meshgate_dead_lettered_total{{{link}}}", "values": "0 0 0 0 0 30 60 90 90 90 90"},
-                    {"series": f'meshgate_config_reloads_total{{result="refused", {target}}}', "values": "0 0 1 1 1"},
-                    {"series": f"up{{{target}}}", "values": "1x30"},
-                ],
-                "alert_rule_test": [
-                    {
-                        "eval_time": "15m",
-                        "alertname": "MeshgateLinkStuck",
-                        "exp_alerts": [{"exp_labels": {**common, "severity": "critical"}}],
-                    },
-                    {
-                        "eval_time": "8m",
-                        "alertname": "MeshgateDeadLetterSurge",
-                        "exp_alerts": [{"exp_labels": {**common, "severity": "warning"}}],
-                    },
-                    {
-                        "eval_time": "3m",
-                        "alertname": "MeshgateConfigReloadRefused",
-                        "exp_alerts": [
-                            {
-                                "exp_labels": {
-                                    "region": "us-west",
-                                    "team": "platform",
-                                    "severity": "warning",
-                                    "result": "refused",
-                                    "job": "meshgate-us-west-metrics",
-                                    "namespace": "meshgate",
-                                    "pod": "meshgate-us-west-0",
-                                }
-                            }
-                        ],
-                    },
-                    {"eval_time": "15m", "alertname": "MeshgateGatewayDown", "exp_alerts": []},
-                    {"eval_time": "15m", "alertname": "MeshgateLinkLagCritical", "exp_alerts": []},
-                ],
-            }
-        ],
-    }
+def test_prometheus_rule_passes_the_unit_tests_of_the_rule_set(promtool: str, tmp_path: Path) -> None:
+    """observability/prometheus/alerts_test.yaml run on the rules as the chart renders them
+    (alertLabels off: the tests expect the set's own labels)."""
+    objects = render(DEFAULT, ("metrics.prometheusRule.enabled=true",))
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(one(objects, "PrometheusRule")["spec"]))
+    tests = yaml.safe_load((CHART.parents[1] / "observability" / "prometheus" / "alerts_test.yaml").read_text())
+    tests["rule_files"] = ["rules.yaml"]
     (tmp_path / "tests.yaml").write_text(yaml.safe_dump(tests))
     proc = subprocess.run(
         [promtool, "test", "rules", "tests.yaml"], cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_grafana_dashboard_configmap_for_the_sidecar() -> None:
+    objects = render(VALUE_SETS["monitoring"], ("metrics.grafanaDashboard.annotations.grafana_folder=Meshgate",))
+    cm = one(objects, "ConfigMap", f"{FULLNAME}-dashboard")
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert cm["metadata"]["annotations"] == {"grafana_folder": "Meshgate"}
+    assert json.loads(cm["data"]["meshgate.json"]) == json.loads(
+        (CHART / "files" / "grafana" / "meshgate.json").read_text()
+    )
+    other = render(VALUE_SETS["monitoring"], ("metrics.grafanaDashboard.namespace=grafana",))
+    assert one(other, "ConfigMap", f"{FULLNAME}-dashboard")["metadata"]["namespace"] == "grafana"
+    assert not [o for o in rendered("default") if o["metadata"]["name"].endswith("-dashboard")]
+
+
+def test_helm_test_hook_waits_for_readyz_through_the_service() -> None:
+    pod = one(rendered("default"), "Pod")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    (container,) = pod["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["READYZ_URL"] == f"http://{FULLNAME}-metrics.{NAMESPACE}.svc:9464/readyz"
+    assert container["command"][:2] == ["python", "-c"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    # Without the metrics Service: the gRPC health service of the client Service.
+    grpc_pod = one(render(DEFAULT, ("metrics.enabled=false",)), "Pod")
+    env = {e["name"]: e["value"] for e in grpc_pod["spec"]["containers"][0]["env"]}
+    assert env["GATEWAY_ADDRESS"] == f"{FULLNAME}.{NAMESPACE}.svc:7400"
+    assert "health_pb2_grpc.HealthStub" in grpc_pod["spec"]["containers"][0]["command"][2]
+    assert not [o for o in render(DEFAULT, ("helmTest.enabled=false",)) if o["kind"] == "Pod"]
+
+
+def test_tracing_values_set_the_otel_variables_and_open_the_collector_port() -> None:
+    objects = rendered("monitoring")
+    env = {e["name"]: e for e in gateway_container(objects)["env"]}
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"] == "http://otel-collector.observability:4318"
+    assert env["OTEL_EXPORTER_OTLP_PROTOCOL"]["value"] == "http/protobuf"
+    assert env["OTEL_TRACES_SAMPLER"]["value"] == "parentbased_traceidratio"
+    assert env["OTEL_TRACES_SAMPLER_ARG"]["value"] == "0.05"
+    assert env["OTEL_EXPORTER_OTLP_HEADERS"]["valueFrom"] == {
+        "secretKeyRef": {"name": "otel-collector-auth", "key": "headers"}
+    }
+    assert env["OTEL_SERVICE_NAME"]["value"] == "meshgate"
+    # The NetworkPolicy's egress lets the pod reach the collector (main blocked it).
+    egress = one(objects, "NetworkPolicy")["spec"]["egress"]
+    collector = [e for e in egress if e.get("ports") == [{"port": 4318, "protocol": "TCP"}]]
+    assert collector == [
+        {
+            "ports": [{"port": 4318, "protocol": "TCP"}],
+            "to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "observability"}}}],
+        }
+    ]
+    # Off by default: no exporter variables at all, so the gateway does no span work.
+    default_env = {e["name"] for e in gateway_container(rendered("default"))["env"]}
+    assert not {n for n in default_env if n.startswith("OTEL_EXPORTER")}
+    # The collector's port from the endpoint, else the protocol's default.
+    for sets, port in (
+        (("tracing.endpoint=http://c:4317", "tracing.protocol=grpc"), 4317),
+        (("tracing.endpoint=http://c", "tracing.protocol=grpc"), 4317),
+        (("tracing.endpoint=http://c", "tracing.protocol=http/protobuf"), 4318),
+        (("tracing.endpoint=https://c", "tracing.protocol=http/protobuf"), 443),
+    ):
+        policy = one(render(VALUE_SETS["monitoring"], sets), "NetworkPolicy")
+        assert {"port": port, "protocol": "TCP"} in [p for e in policy["spec"]["egress"] for p in e.get("ports", [])], (
+            sets
+        )
+    error = render_error(DEFAULT, ("tracing.enabled=true",))
+    assert "tracing.enabled needs tracing.endpoint" in error
 
 
 def test_nats_sidecar() -> None:
@@ -757,18 +775,6 @@ def test_chart_refuses_an_embedded_region_with_several_replicas(tmp_path: Path) 
     assert 'region "us-west" is kind: embedded' in render_error((tmp_path / "values.yaml",), ("replicaCount=2",))
     objects = render((tmp_path / "values.yaml",))
     assert one(objects, "Deployment")["spec"]["strategy"] == {"type": "Recreate"}
-
-
-def test_chart_alerts_are_the_observability_alerts() -> None:
-    # Two forms of one set of alerts: the chart's are scoped to its region with thresholds from
-    # values, observability/prometheus/alerts.yaml is the plain file. Their names stay in step.
-    rule = one(rendered("monitoring"), "PrometheusRule")
-    chart = {r["alert"] for group in rule["spec"]["groups"] for r in group["rules"] if "alert" in r}
-    plain_file = Path(__file__).resolve().parents[2] / "observability" / "prometheus" / "alerts.yaml"
-    plain = {r["alert"] for group in yaml.safe_load(plain_file.read_text())["groups"] for r in group["rules"]}
-    # Only the chart knows its scrape job, so only it can tell that no gateway is up.
-    assert chart - plain == {"MeshgateGatewayDown"}
-    assert plain - chart == set()
 
 
 # --- replication apart from ingest (replicator.enabled) -----------------------------------------

@@ -14,10 +14,7 @@ extraEnv; and the envFrom of the client tokens and extraEnvFrom.
   valueFrom:
     fieldRef:
       fieldPath: metadata.namespace
-- name: OTEL_SERVICE_NAME
-  value: meshgate
-- name: OTEL_RESOURCE_ATTRIBUTES
-  value: {{ printf "meshgate.region=%s,k8s.namespace.name=$(POD_NAMESPACE),k8s.pod.name=$(POD_NAME)" .Values.region | quote }}
+{{ include "meshgate.tracingEnv" . }}
 {{- if .Values.tls.enabled }}
 # Read by the mesh file: security.ca: ${MESHGATE_TLS_CA_FILE}, and the region's
 # tls: {cert: ${MESHGATE_TLS_CERT_FILE}, key: ${MESHGATE_TLS_KEY_FILE}}.
