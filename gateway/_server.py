@@ -330,7 +330,6 @@ class Gateway(StartStop):
         self.state = GatewayState.STARTING
         self._loop = asyncio.get_running_loop()
         try:
-            await self.broker.start()
             plan = plan_connections(self.limits, region=self.region)
             server = grpc.aio.server(
                 options=[*_server_options(self.limits), *plan.server_options()],
@@ -341,18 +340,26 @@ class Gateway(StartStop):
             replication_pb2_grpc.add_ReplicationServicer_to_server(ReplicationService.for_gateway(self), server)
             health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
             reflection.enable_server_reflection((*_SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+            # The ports are taken before the broker starts: a port in use is refused before any
+            # broker is started or stream created. /readyz says "starting" until the end.
             self.port = self._bind(server)
-            await server.start()
             self._server = server
-            self._connections = ConnectionGuard(region=self.region, port=self.port, plan=plan)
-            self._connections.start()
-            log.info("region %s: %s", self.region, plan.describe())
             if self._metrics_listen:
                 host, port = _split_hostport(self._metrics_listen)
                 self._http = HttpEndpoint(
                     host=host, port=port, registry=self.metrics.registry, alive=self.alive, ready=self.ready
                 )
-                self._http.start()
+                try:
+                    self._http.start()
+                except OSError as exc:
+                    raise OSError(
+                        f"region {self.region}: cannot serve metrics on {self._metrics_listen}: {exc.strerror or exc}"
+                    ) from None
+            await self.broker.start()
+            await server.start()
+            self._connections = ConnectionGuard(region=self.region, port=self.port, plan=plan)
+            self._connections.start()
+            log.info("region %s: %s", self.region, plan.describe())
             if self._watcher is not None:
                 await self._watcher.start()
             if self.replicator is not None:
@@ -414,6 +421,15 @@ class Gateway(StartStop):
         if grace is None:
             grace = self._config.settings.shutdown_grace_seconds
         await self._shutdown(grace=grace)
+
+    async def stop_links(self, grace: float | None = None) -> None:
+        """Stops the replication links only (their sent batches acked within ``grace``); ``stop()`` then
+        stops the rest. Gateways of one process (``meshgate up``) replicate to each other: stopping
+        every link first, while each peer still serves, means no link sees its destination vanish."""
+        if grace is None:
+            grace = self._config.settings.shutdown_grace_seconds
+        if self.replicator is not None and self.state is GatewayState.SERVING:
+            await self.replicator.stop(max(0.5, grace))
 
     async def _shutdown(self, *, grace: float) -> None:
         async with self._stop_lock:

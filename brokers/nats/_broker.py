@@ -191,6 +191,10 @@ class NatsBroker(NatsAppend, NatsRead, NatsCheckpoints, NatsLeases, SequencedLog
         return self._max_payload
 
     @property
+    def addresses(self) -> tuple[str, ...]:
+        return self.servers
+
+    @property
     def acks_in_flight(self) -> int:
         return len(self._pending)
 

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from meshgate.brokers import BrokerError
 from meshgate.gateway import Gateway
@@ -33,11 +33,15 @@ def use_event_loop() -> str:
     return "uvloop"
 
 
-async def run_until_signalled(gateways: Sequence[Gateway]) -> int:
+async def run_until_signalled(
+    gateways: Sequence[Gateway], *, on_serving: Callable[[Sequence[Gateway]], None] | None = None
+) -> int:
     """Starts the gateways, serves until SIGTERM/SIGINT, then drains them all.
 
-    A second SIGTERM/SIGINT during the drain exits at once (status 1). SIGHUP re-reads the
-    mesh file: a valid file is swapped in, an invalid one is refused and the config stays.
+    ``on_serving`` is called once every gateway serves (``meshgate up`` prints its banner: the
+    brokers' ports are known only then). A second SIGTERM/SIGINT during the drain exits at once
+    (status 1). SIGHUP re-reads the mesh file: a valid file is swapped in, an invalid one is
+    refused and the config stays.
     """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -74,7 +78,13 @@ async def run_until_signalled(gateways: Sequence[Gateway]) -> int:
         except BaseException:
             await asyncio.gather(*(gw.stop(grace=0.0) for gw in started), return_exceptions=True)
             raise
+        if on_serving is not None:
+            on_serving(gateways)
         await stop.wait()
+        if len(gateways) > 1:
+            # They replicate to each other: their links end first, while every destination
+            # still serves, so a clean stop logs no "Cancelling all calls" warning per link.
+            await asyncio.gather(*(gw.stop_links() for gw in gateways))
         await asyncio.gather(*(gw.stop() for gw in gateways))
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
