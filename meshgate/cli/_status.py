@@ -16,7 +16,7 @@ __all__ = ["register"]
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
-    p = sub.add_parser("status", help="replication links of a gateway", description=__doc__)
+    p = sub.add_parser("status", help="a gateway's broker and replication links", description=__doc__)
     add_gateway_arg(p)
     p.add_argument("--json", action="store_true", help="print one JSON object: the region, its broker and its links")
     p.set_defaults(func=run)
