@@ -249,6 +249,9 @@ class EmbeddedNats(StartStop):
         self.monitor_host = monitor_host if monitor_host is not None else host
         # None: no monitoring; -1: a free port, found in the log at the first start and kept.
         self._monitor_port = monitor_port
+        # The monitoring port in the config of the running process: nats-server cannot reload a
+        # change of it, so a config rewritten while it runs (a reload) keeps what it started with.
+        self._monitor_in_config = monitor_port
         self._proc: asyncio.subprocess.Process | None = None
         self._pump: asyncio.Task[None] | None = None
         self._log: collections.deque[str] = collections.deque(maxlen=log_lines)
@@ -302,6 +305,7 @@ class EmbeddedNats(StartStop):
         binary = self._binary or find_nats_server()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._refuse_if_in_use()
+        self._monitor_in_config = self._monitor_port
         self.config_path.write_text(self._config_text())
         if self.state is not EmbeddedNatsState.RESTARTING:
             self.state = EmbeddedNatsState.STARTING
@@ -360,8 +364,8 @@ class EmbeddedNats(StartStop):
         q = json.dumps  # NATS config strings take JSON escapes.
         listen_host = _url_host(self.host)
         monitor = (
-            f"http: {q(f'{_url_host(self.monitor_host)}:{self._monitor_port}')}\n"
-            if self._monitor_port is not None
+            f"http: {q(f'{_url_host(self.monitor_host)}:{self._monitor_in_config}')}\n"
+            if self._monitor_in_config is not None
             else ""
         )
         sync = (
