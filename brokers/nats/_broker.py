@@ -67,7 +67,7 @@ from meshgate.brokers.nats._pull import (
     PullSubscription,
 )
 from meshgate.brokers.nats._read import NatsRead
-from meshgate.brokers.nats._state import NatsBrokerStats
+from meshgate.brokers.nats._state import NatsBrokerStats, _redact
 from meshgate.brokers.nats._wire import (
     PubAckParser,
 )
@@ -192,7 +192,8 @@ class NatsBroker(NatsAppend, NatsRead, NatsCheckpoints, NatsLeases, SequencedLog
 
     @property
     def addresses(self) -> tuple[str, ...]:
-        return self.servers
+        # Shown to operators (meshgate status): never a password or token of a server URL.
+        return tuple(_redact(url) for url in self.servers)
 
     @property
     def acks_in_flight(self) -> int:

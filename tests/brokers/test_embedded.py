@@ -337,9 +337,10 @@ def test_factory_listens_where_an_embedded_region_says(tmp_path: Path) -> None:
 
 async def test_brokers_say_where_they_are(tmp_path: Path) -> None:
     """What `meshgate status` and the `up` banner show: addresses, and an embedded broker's monitoring."""
-    nats_region = RegionConfig(name="eu", brokers=("broker1.eu",))
+    nats_region = RegionConfig(name="eu", brokers=("broker1.eu", "tls://mesh:s3cret@broker2.eu:4443"))
     assert make_broker(nats_region, idempotency_window_seconds=60, data_dir=tmp_path).addresses == (
         "nats://broker1.eu:4222",
+        "tls://mesh:***@broker2.eu:4443",  # shown to operators: never a password
     )
     kafka_region = RegionConfig(name="k", kind=BrokerKind.KAFKA, brokers=("kafka1",))
     kafka = make_broker(kafka_region, idempotency_window_seconds=60, data_dir=tmp_path)
