@@ -38,6 +38,7 @@ from nats.js.api import (
 )
 
 from meshgate.brokers._base import (
+    Board,
     Broker,
     BrokerError,
     BrokerState,
@@ -51,6 +52,7 @@ from meshgate.brokers._codec import (
 )
 from meshgate.brokers._storage import StorageHealth
 from meshgate.brokers.nats._append import NatsAppend
+from meshgate.brokers.nats._board import NatsBoard
 from meshgate.brokers.nats._checkpoints import NatsCheckpoints
 from meshgate.brokers.nats._consumer import ConsumerApi, ConsumerHost, NatsDurableConsumer, durable_template
 from meshgate.brokers.nats._errors import (
@@ -90,7 +92,7 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-class NatsBroker(NatsAppend, NatsRead, NatsCheckpoints, NatsLeases, SequencedLog, Leases, Broker):
+class NatsBroker(NatsAppend, NatsRead, NatsCheckpoints, NatsLeases, NatsBoard, SequencedLog, Leases, Board, Broker):
     """A region's log in a NATS JetStream stream (created or updated on ``start``).
 
     ``servers`` are NATS URLs (``nats://host:4222``). Once connected the client reconnects

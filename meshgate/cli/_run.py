@@ -7,11 +7,12 @@ import logging
 import os
 import signal
 from collections.abc import Callable, Sequence
+from typing import Protocol, runtime_checkable
 
 from meshgate.brokers import BrokerError
-from meshgate.gateway import Gateway
+from meshgate.config import ReloadResult
 
-__all__ = ["EVENT_LOOP_ENV", "run_until_signalled", "use_event_loop"]
+__all__ = ["EVENT_LOOP_ENV", "Served", "run_until_signalled", "use_event_loop"]
 
 log = logging.getLogger("meshgate")
 
@@ -33,9 +34,27 @@ def use_event_loop() -> str:
     return "uvloop"
 
 
-async def run_until_signalled(
-    gateways: Sequence[Gateway], *, on_serving: Callable[[Sequence[Gateway]], None] | None = None
-) -> int:
+class Served(Protocol):
+    """What runs in the foreground: a ``Gateway`` or a ``ReplicatorProcess``."""
+
+    @property
+    def region(self) -> str: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self, grace: float | None = None) -> None: ...
+
+    async def reload(self) -> ReloadResult: ...
+
+
+@runtime_checkable
+class _WithLinks(Protocol):
+    """A ``Gateway``: its links can be stopped before the rest of it."""
+
+    async def stop_links(self, grace: float | None = None) -> None: ...
+
+
+async def run_until_signalled(gateways: Sequence[Served], *, on_serving: Callable[[], None] | None = None) -> int:
     """Starts the gateways, serves until SIGTERM/SIGINT, then drains them all.
 
     ``on_serving`` is called once every gateway serves (``meshgate up`` prints its banner: the
@@ -65,7 +84,7 @@ async def run_until_signalled(
         loop.add_signal_handler(sig, on_stop, sig.name)
     loop.add_signal_handler(signal.SIGHUP, on_hup)
     try:
-        started: list[Gateway] = []
+        started: list[Served] = []
         try:
             for gw in gateways:
                 await gw.start()
@@ -79,12 +98,13 @@ async def run_until_signalled(
             await asyncio.gather(*(gw.stop(grace=0.0) for gw in started), return_exceptions=True)
             raise
         if on_serving is not None:
-            on_serving(gateways)
+            on_serving()
         await stop.wait()
         if len(gateways) > 1:
             # They replicate to each other: their links end first, while every destination
             # still serves, so a clean stop logs no "Cancelling all calls" warning per link.
-            await asyncio.gather(*(gw.stop_links() for gw in gateways))
+            linked: list[_WithLinks] = [gw for gw in gateways if isinstance(gw, _WithLinks)]
+            await asyncio.gather(*(gw.stop_links() for gw in linked))
         await asyncio.gather(*(gw.stop() for gw in gateways))
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -92,7 +112,7 @@ async def run_until_signalled(
     return 0
 
 
-async def _reload(gw: Gateway) -> None:
+async def _reload(gw: Served) -> None:
     result = await gw.reload()
     if result.applied:
         log.info("region %s: reloaded (sha256 %s)", gw.region, result.sha256[:12])

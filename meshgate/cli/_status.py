@@ -25,6 +25,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 def _state(link: admin_pb2.LinkStatus) -> str:
     from meshgate.v1 import admin_pb2
 
+    if link.state == admin_pb2.LINK_STATE_UNSPECIFIED:
+        # A link nobody runs (no replicator process of the region posts it): as the metrics call it.
+        return "stopped"
     return admin_pb2.LinkState.Name(link.state).removeprefix("LINK_STATE_").lower()
 
 

@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         )
     use_event_loop()
     try:
-        banner = functools.partial(_banner, [str(region.kind) for region in config.regions])
+        banner = functools.partial(_banner, [str(region.kind) for region in config.regions], gateways)
         return asyncio.run(run_until_signalled(gateways, on_serving=banner))
     finally:
         claim.release()
