@@ -446,6 +446,16 @@ class Broker(Log, Checkpoints):
     (one stream numbered from 1: NATS), ``Leases`` (NATS), ``Board`` (NATS), ``WorkSharing`` (Kafka).
     """
 
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        """Where the broker is, for operators (``meshgate status``, the ``up`` banner); () if unknown."""
+        return ()
+
+    @property
+    def monitor_url(self) -> str:
+        """The HTTP monitoring endpoint of a broker Meshgate runs itself ("" for any other)."""
+        return ""
+
 
 class SequencedLog(Log):
     """A log of one stream whose events are numbered 1, 2, ... (NATS JetStream).

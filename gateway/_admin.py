@@ -109,7 +109,11 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         await self._require_admin(context, "Status")
         config, _ = self._routing()
         resp = admin_pb2.StatusResponse(
-            region=self._region, config_sha256=config.sha256, inflight_events=self._budget.used
+            region=self._region,
+            config_sha256=config.sha256,
+            inflight_events=self._budget.used,
+            broker_addresses=self._broker.addresses,
+            broker_monitor_url=self._broker.monitor_url,
         )
         resp.config_loaded_time.FromDatetime(self._config_loaded_at())
         resp.links.extend(self._link_statuses())

@@ -401,9 +401,6 @@ class Gateway(StartStop):
         self.state = GatewayState.STARTING
         self._loop = asyncio.get_running_loop()
         try:
-            await self.broker.start()
-            if self.tracing.enabled:  # an embedded broker's address is known once it runs
-                self.tracing.set_broker_address(_broker_address(self.broker))
             plan = plan_connections(self.limits, region=self.region)
             server = grpc.aio.server(
                 options=[*_server_options(self.limits), *plan.server_options()],
@@ -415,12 +412,10 @@ class Gateway(StartStop):
             replication_pb2_grpc.add_ReplicationServicer_to_server(ReplicationService.for_gateway(self), server)
             health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
             reflection.enable_server_reflection((*_SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+            # The ports are taken before the broker starts: a port in use is refused before any
+            # broker is started or stream created. /readyz says "starting" until the end.
             self.port = self._bind(server)
-            await server.start()
             self._server = server
-            self._connections = ConnectionGuard(region=self.region, port=self.port, plan=plan)
-            self._connections.start()
-            log.info("region %s: %s", self.region, plan.describe())
             if self._metrics_listen:
                 host, port = _split_hostport(self._metrics_listen)
                 console = Console(
@@ -441,12 +436,24 @@ class Gateway(StartStop):
                     ready=self.ready,
                     mounts={CONSOLE_PATH: console.app},
                 )
-                self._http.start()
+                try:
+                    self._http.start()
+                except OSError as exc:
+                    raise OSError(
+                        f"region {self.region}: cannot serve metrics on {self._metrics_listen}: {exc.strerror or exc}"
+                    ) from None
                 shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
                 shown = f"[{shown}]" if ":" in shown else shown
                 log.info(
                     "region %s: mesh console on http://%s:%d%s/", self.region, shown, self._http.port, CONSOLE_PATH
                 )
+            await self.broker.start()
+            if self.tracing.enabled:  # an embedded broker's address is known once it runs
+                self.tracing.set_broker_address(_broker_address(self.broker))
+            await server.start()
+            self._connections = ConnectionGuard(region=self.region, port=self.port, plan=plan)
+            self._connections.start()
+            log.info("region %s: %s", self.region, plan.describe())
             if self._watcher is not None:
                 await self._watcher.start()
             if self.replicator is not None:
@@ -515,6 +522,15 @@ class Gateway(StartStop):
         if grace is None:
             grace = self._config.settings.shutdown_grace_seconds
         await self._shutdown(grace=grace)
+
+    async def stop_links(self, grace: float | None = None) -> None:
+        """Stops the replication links only (their sent batches acked within ``grace``); ``stop()`` then
+        stops the rest. Gateways of one process (``meshgate up``) replicate to each other: stopping
+        every link first, while each peer still serves, means no link sees its destination vanish."""
+        if grace is None:
+            grace = self._config.settings.shutdown_grace_seconds
+        if self.replicator is not None and self.state is GatewayState.SERVING:
+            await self.replicator.stop(max(0.5, grace))
 
     async def _shutdown(self, *, grace: float) -> None:
         async with self._stop_lock:

@@ -358,6 +358,10 @@ class KafkaBroker(KafkaAppend, KafkaRead, KafkaCheckpoints, Broker, WorkSharing)
             raise kafka_error(exc, f"topic {topic}") from exc
 
     @property
+    def addresses(self) -> tuple[str, ...]:
+        return self.bootstrap_servers
+
+    @property
     def window_size(self) -> int:
         """Event ids currently remembered for duplicate detection."""
         return len(self._ids)

@@ -69,7 +69,7 @@ from meshgate.brokers.nats._pull import (
     PullSubscription,
 )
 from meshgate.brokers.nats._read import NatsRead
-from meshgate.brokers.nats._state import NatsBrokerStats
+from meshgate.brokers.nats._state import NatsBrokerStats, _redact
 from meshgate.brokers.nats._wire import (
     PubAckParser,
 )
@@ -191,6 +191,11 @@ class NatsBroker(NatsAppend, NatsRead, NatsCheckpoints, NatsLeases, NatsBoard, S
     def max_payload(self) -> int:
         """The connected server's max_payload: the largest message (headers + data) it takes."""
         return self._max_payload
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        # Shown to operators (meshgate status): never a password or token of a server URL.
+        return tuple(_redact(url) for url in self.servers)
 
     @property
     def acks_in_flight(self) -> int:

@@ -6,8 +6,8 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from typing import Protocol, runtime_checkable
 
 from meshgate.brokers import BrokerError
 from meshgate.config import ReloadResult
@@ -47,11 +47,20 @@ class Served(Protocol):
     async def reload(self) -> ReloadResult: ...
 
 
-async def run_until_signalled(gateways: Sequence[Served]) -> int:
+@runtime_checkable
+class _WithLinks(Protocol):
+    """A ``Gateway``: its links can be stopped before the rest of it."""
+
+    async def stop_links(self, grace: float | None = None) -> None: ...
+
+
+async def run_until_signalled(gateways: Sequence[Served], *, on_serving: Callable[[], None] | None = None) -> int:
     """Starts the gateways, serves until SIGTERM/SIGINT, then drains them all.
 
-    A second SIGTERM/SIGINT during the drain exits at once (status 1). SIGHUP re-reads the
-    mesh file: a valid file is swapped in, an invalid one is refused and the config stays.
+    ``on_serving`` is called once every gateway serves (``meshgate up`` prints its banner: the
+    brokers' ports are known only then). A second SIGTERM/SIGINT during the drain exits at once
+    (status 1). SIGHUP re-reads the mesh file: a valid file is swapped in, an invalid one is
+    refused and the config stays.
     """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -88,7 +97,14 @@ async def run_until_signalled(gateways: Sequence[Served]) -> int:
         except BaseException:
             await asyncio.gather(*(gw.stop(grace=0.0) for gw in started), return_exceptions=True)
             raise
+        if on_serving is not None:
+            on_serving()
         await stop.wait()
+        if len(gateways) > 1:
+            # They replicate to each other: their links end first, while every destination
+            # still serves, so a clean stop logs no "Cancelling all calls" warning per link.
+            linked: list[_WithLinks] = [gw for gw in gateways if isinstance(gw, _WithLinks)]
+            await asyncio.gather(*(gw.stop_links() for gw in linked))
         await asyncio.gather(*(gw.stop() for gw in gateways))
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
