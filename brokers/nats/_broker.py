@@ -38,6 +38,7 @@ from nats.js.api import (
 )
 
 from meshgate.brokers._base import (
+    Board,
     Broker,
     BrokerError,
     BrokerState,
@@ -48,6 +49,7 @@ from meshgate.brokers._base import (
 )
 from meshgate.brokers._storage import StorageHealth
 from meshgate.brokers.nats._append import NatsAppend
+from meshgate.brokers.nats._board import NatsBoard
 from meshgate.brokers.nats._checkpoints import NatsCheckpoints
 from meshgate.brokers.nats._consumer import ConsumerApi, ConsumerHost, NatsDurableConsumer, durable_template
 from meshgate.brokers.nats._errors import (
@@ -64,7 +66,7 @@ from meshgate.brokers.nats._pull import (
     PullSubscription,
 )
 from meshgate.brokers.nats._read import NatsRead
-from meshgate.brokers.nats._state import NatsBrokerStats
+from meshgate.brokers.nats._state import NatsBrokerStats, _redact
 from meshgate.brokers.nats._subjects import (
     LAYOUT,
     METADATA_LAYOUT,
@@ -94,7 +96,18 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-class NatsBroker(NatsAppend, NatsRead, NatsCheckpoints, NatsLeases, SequencedLog, Leases, PartitionedLog, Broker):
+class NatsBroker(
+    NatsAppend,
+    NatsRead,
+    NatsCheckpoints,
+    NatsLeases,
+    NatsBoard,
+    SequencedLog,
+    Leases,
+    PartitionedLog,
+    Board,
+    Broker,
+):
     """A region's log in a NATS JetStream stream (created or updated on ``start``).
 
     ``servers`` are NATS URLs (``nats://host:4222``). Once connected the client reconnects
@@ -199,6 +212,11 @@ class NatsBroker(NatsAppend, NatsRead, NatsCheckpoints, NatsLeases, SequencedLog
     @property
     def partitions(self) -> int:
         return self.settings.partitions
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        # Shown to operators (meshgate status): never a password or token of a server URL.
+        return tuple(_redact(url) for url in self.servers)
 
     @property
     def acks_in_flight(self) -> int:
