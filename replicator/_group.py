@@ -87,14 +87,11 @@ class LinkGroup:
             total.forwarded += c.forwarded
             total.dead_lettered += c.dead_lettered
             total.retries += c.retries
-            if link.running:
-                total.lag_events += c.lag_events
-                if c.oldest_unacked is not None:
-                    total.oldest_unacked = (
-                        c.oldest_unacked
-                        if total.oldest_unacked is None
-                        else min(total.oldest_unacked, c.oldest_unacked)
-                    )
+            # A link that stopped here (its lease went to another replica) had its lag cleared.
+            total.lag_events += c.lag_events
+            oldest = c.oldest_unacked
+            if oldest is not None and (total.oldest_unacked is None or oldest < total.oldest_unacked):
+                total.oldest_unacked = oldest
             if c.last_error and (total.last_error_time or 0.0) <= (c.last_error_time or 0.0):
                 total.last_error, total.last_error_time = c.last_error, c.last_error_time
         return total

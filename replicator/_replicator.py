@@ -358,6 +358,9 @@ class Replicator:
             link.record_error(unknown)
         else:
             link.state = LinkState.STANDBY
+            # Its lag is the replica's that runs it now: not summed into this one's.
+            link.counters.lag_events = 0
+            link.counters.oldest_unacked = None
             # What this replica saw while it ran the link (or could not reach the broker) is
             # past: the replica that runs it now has the link's current story.
             link.clear_error()
