@@ -90,6 +90,23 @@ def test_id_window_is_bounded_oldest_first() -> None:
     assert window.get("id-4", now=now) == ("t/0", 5)
 
 
+def test_id_window_past_its_cap_drops_a_tenth_at_once() -> None:
+    # One entry dropped per add made every add past the cap walk the slots deleted before it
+    # (quadratic in the window's size); a tenth at once keeps pruning a rare, single pass.
+    window = IdWindow(window=3600.0, max_ids=100)
+    now = time.time()
+    window.add_run([f"id-{i}" for i in range(100)], "t/0", 1, stored_at=now)
+    assert len(window) == 100
+    window.add("id-100", "t/0", 101, stored_at=now)
+    assert len(window) == 90
+    assert window.get("id-10", now=now) is None and window.get("id-11", now=now) == ("t/0", 12)
+    for i in range(101, 110):
+        window.add(f"id-{i}", "t/0", i + 1, stored_at=now)
+    assert len(window) == 99  # under the cap: nothing more dropped
+    window.prune(now=now)
+    assert len(window) == 99
+
+
 def test_id_window_refuses_nonsense() -> None:
     with pytest.raises(ValueError, match="window"):
         IdWindow(window=0, max_ids=1)
