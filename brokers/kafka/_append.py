@@ -389,6 +389,10 @@ class KafkaAppend(KafkaState):
         stream = stream_of(tp.topic, tp.partition)
         ids = [events[i].id for i in members]
         self._ids.add_run(ids, stream, base + 1, time.time())
+        follower = self._follower
+        if follower is not None:
+            # Known from the ack: the follower need not read these back.
+            follower.skip_own(tp, base, base + len(members))
         uncertain = self._uncertain
         if uncertain:
             for event_id in ids:

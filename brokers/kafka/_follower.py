@@ -7,6 +7,14 @@ ids the others stored. On start it reads the last idempotency window of every pa
 before the broker takes writes (the restart case); afterwards it runs in the background and
 picks up new topics as they appear.
 
+Its own gateway's writes it does not read back: their ids are in the window from the ack
+(``KafkaAppend._remember``), so the broker hands the follower each acked offset range
+(``skip_own``) and the follower seeks past it when its position reaches the range's start, before
+a fetch brings the records back (a fetch already under way is dropped by aiokafka on the seek,
+undecoded). Reading them back was a fifth of a Kafka gateway's CPU on ingest. Other replicas'
+writes between or after them are read as before: a range is skipped only when the follower
+stands at its first offset, so nothing in front of it is passed over.
+
 The limit: a retry that reaches another replica before that replica's follower has read the
 first write (typically a fetch round trip, up to ``fetch_max_wait`` plus the metadata refresh
 for a brand-new topic) is written twice. NATS JetStream checks ids in the server and has no
@@ -39,6 +47,9 @@ logger = logging.getLogger(__name__)
 # Records taken (and so decoded: key, value, headers) per fetch call: a few hundred KB of
 # objects at a time, where 5000 made several MB at each step of a restart's catch-up.
 _MAX_RECORDS = 1000
+# Own acked ranges waiting for the follower to reach them (another replica's records in front),
+# at most; the oldest are forgotten first (those records are then read back, no harm done).
+_MAX_OWN_RANGES = 10_000
 
 
 def header_value(record: ConsumerRecord[bytes, bytes], name: str) -> str | None:
@@ -71,8 +82,12 @@ class IdFollower:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._refresh_now = False
-        # Records read (for tests and metrics).
+        # Per partition: first offset of an own acked range -> the offset after it.
+        self._own: dict[TopicPartition, dict[int, int]] = {}
+        self._own_count = 0
+        # Records read, and own records passed over unread (for tests and metrics).
         self.records_read = 0
+        self.records_skipped = 0
 
     async def start(self) -> None:
         """Reads the last window of every partition, then follows in the background."""
@@ -100,6 +115,52 @@ class IdFollower:
         for tp, offset in self._positions.items():
             consumer.seek(tp, offset)
 
+    def skip_own(self, tp: TopicPartition, first: int, end: int) -> None:
+        """Offsets ``first`` to ``end`` - 1 of ``tp`` are this gateway's acked writes (in the window)."""
+        if self._consumer is None:
+            return
+        position = self._positions.get(tp)
+        if position is not None and end <= position:
+            return  # already read
+        if position is None or first > position:
+            # Someone else's records come first, or a topic not followed yet (it will be read
+            # from its start): skip this range once the follower reaches it.
+            own = self._own.setdefault(tp, {})
+            if first not in own:
+                own[first] = end
+                self._own_count += 1
+                if self._own_count > _MAX_OWN_RANGES:
+                    self._forget_own()
+            return
+        self._skip_to(tp, end)
+
+    def _skip_to(self, tp: TopicPartition, position: int, *, seek: bool = True) -> None:
+        """Moves the follower of ``tp`` to ``position``, and on over own ranges that follow it."""
+        own = self._own.get(tp)
+        if own:
+            while position in own:
+                position = own.pop(position)
+                self._own_count -= 1
+        skipped = position - self._positions[tp]
+        if skipped <= 0:
+            return
+        self._positions[tp] = position
+        self.records_skipped += skipped
+        consumer = self._consumer
+        if seek and consumer is not None:
+            consumer.seek(tp, position)
+
+    def _forget_own(self) -> None:
+        for tp, own in self._own.items():
+            position = self._positions.get(tp, 0)
+            for first in [f for f in own if f < position]:
+                del own[first]
+        self._own_count = sum(map(len, self._own.values()))
+        while self._own_count > _MAX_OWN_RANGES:
+            own = max(self._own.values(), key=len)
+            del own[min(own)]
+            self._own_count -= 1
+
     def _take(self, got: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
         add = self._window.add
         for tp, records in got.items():
@@ -110,8 +171,10 @@ class IdFollower:
                 event_id = header_value(record, HEADER_ID)
                 if event_id:
                     add(event_id, stream, record.offset + 1, record.timestamp / 1000)
-            self._positions[tp] = records[-1].offset + 1
+            self._positions[tp] = position = records[-1].offset + 1
             self.records_read += len(records)
+            if self._own_count and tp in self._own:
+                self._skip_to(tp, position)
 
     async def _catch_up(self, ends: dict[TopicPartition, int]) -> None:
         consumer = self._consumer
@@ -178,6 +241,8 @@ class IdFollower:
         begins = await self._probe.beginning_offsets(new)
         for tp in new:
             self._positions[tp] = begins[tp]
+            if tp in self._own:
+                self._skip_to(tp, begins[tp], seek=False)  # _assign seeks
         self._assign()
 
     async def stop(self) -> None:
