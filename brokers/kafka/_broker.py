@@ -4,7 +4,9 @@ Mesh topic ``a/b`` is Kafka topic ``<prefix>a.b``, created on first use with the
 ``partitions`` and ``replication_factor``. Each topic-partition is a log of its own, so an
 event's position is its ``stream`` (``<topic>/<partition>``) and ``sequence`` (offset + 1).
 
-Writes go out as one record batch per topic-partition with ``acks=all``; the idempotent
+Writes go out as record batches per topic-partition with ``acks=all``: concurrent appends
+share the batch of a partition that waits for the producer (in call order), so one produce
+request carries many calls' events; the idempotent
 producer stays off (brokers that do not implement it refuse it, and it would not cover a
 client's retry of the same event anyway). The event's key is the record key, placed with
 Kafka's own partitioner (murmur2, as the Java client), so events of one key keep their order
@@ -171,6 +173,10 @@ class KafkaBroker(KafkaAppend, KafkaRead, KafkaCheckpoints, Broker, WorkSharing)
         self._inflight = {}
         # Event ids whose write may or may not have been stored (no ack came) -> its partition.
         self._uncertain = {}
+        # Per partition: the record batches not yet handed to the producer (the last one open
+        # to more records), and the task handing them over.
+        self._outbox = {}
+        self._senders = {}
         self._appending = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -314,6 +320,10 @@ class KafkaBroker(KafkaAppend, KafkaRead, KafkaCheckpoints, Broker, WorkSharing)
                 # In-flight appends settle by ack or by the producer's request timeout.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._idle.wait(), self._request_timeout + 1.0)
+            senders = list(self._senders.values())
+            for task in senders:
+                task.cancel()  # each fails the batches it still held
+            await asyncio.gather(*senders, return_exceptions=True)
             for consumer in list(self._consumers):
                 await consumer.close()
             for reader in list(self._readers):
