@@ -10,6 +10,7 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import chain
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import UnknownTopicOrPartitionError
@@ -67,6 +68,20 @@ class _Batch:
 # A call's share of one batch: the batch's ack, its partition, the call's event indexes and
 # the position of the first of them in the batch.
 _Part = tuple[asyncio.Future[RecordMetadata], TopicPartition, list[int], int]
+
+
+# Keys hashed at most, remembered (aiokafka's murmur2 is pure Python, and keys repeat).
+_MAX_KEY_HASHES = 65_536
+_key_hashes: dict[bytes, int] = {}
+
+
+def _key_hash(key: bytes) -> int:
+    hashed = _key_hashes.get(key)
+    if hashed is None:
+        if len(_key_hashes) >= _MAX_KEY_HASHES:
+            _key_hashes.clear()
+        hashed = _key_hashes[key] = murmur2(key)
+    return hashed
 
 
 def _retrieved(future: asyncio.Future[RecordMetadata]) -> None:
@@ -199,7 +214,7 @@ class KafkaAppend(KafkaState):
             encoded = [(k, v.encode()) for k, v in pairs]
             key = event.key.encode() if event.key else None
             data_size = len(event.data)
-            size = data_size + (len(key) if key else 0) + sum(len(k) + len(v) for k, v in encoded) + RECORD_OVERHEAD
+            size = data_size + (len(key) if key else 0) + sum(map(len, chain.from_iterable(encoded))) + RECORD_OVERHEAD
             if size > self.max_message_bytes:
                 results[i] = KafkaMessageTooLargeError(
                     size=size, data_size=data_size, max_message_bytes=self.max_message_bytes
@@ -251,7 +266,7 @@ class KafkaAppend(KafkaState):
         if key:
             # Kafka's default partitioner (murmur2, as the Java client): a native producer of
             # the same key writes to the same partition.
-            index: int = (murmur2(key) & 0x7FFFFFFF) % len(parts)
+            index: int = (_key_hash(key) & 0x7FFFFFFF) % len(parts)
             return parts[index]
         return parts[sticky % len(parts)]
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Sequence
 
@@ -96,6 +97,13 @@ DEFAULT_PARTITION_FETCH_BYTES = 256 * 1024
 # wait whatever arrives, so a record waits for it: 200 ms made Kafka -> NATS replication
 # ~80 ms at p50 (a plain consumer on tansu: 54 ms p50 at 200, 3.5 ms at 20).
 DEFAULT_FETCH_MAX_WAIT = 0.05
+# The id follower's fetches wait at the broker for this much (or fetch_max_wait): on a busy
+# gateway most of what it would fetch is its own writes, which it skips (seeking past them
+# drops a fetched response unread and fetches again); answered at once, that was a fetch
+# round trip per ack, 8 % of a gateway's CPU on ingest. Paced by fetch_max_wait instead. At
+# most partition_fetch_bytes: asking for more than that, the follower got nothing back from
+# tansu (a test's 16 KiB bounds).
+FOLLOWER_FETCH_MIN_BYTES = 1024 * 1024
 
 
 class KafkaBroker(KafkaAppend, KafkaRead, KafkaCheckpoints, Broker, WorkSharing):
@@ -259,7 +267,9 @@ class KafkaBroker(KafkaAppend, KafkaRead, KafkaCheckpoints, Broker, WorkSharing)
             await self._refresh_checkpoints()
             if self._follow_ids:
                 self._follower = IdFollower(
-                    make_consumer=self._consumer,
+                    make_consumer=functools.partial(
+                        self._consumer, fetch_min_bytes=min(FOLLOWER_FETCH_MIN_BYTES, self.partition_fetch_bytes)
+                    ),
                     list_partitions=self._mesh_partitions,
                     window=self._ids,
                     probe=self._probe,
