@@ -391,6 +391,12 @@ async def replication(  # noqa: PLR0915 - one scenario: its phases share the two
         ):
             start = time.perf_counter()
             pub = asyncio.create_task(publish_stream(stub, topic, seconds=seconds))
+            live_sampled = _Sampled(
+                {"gateway k": k.pid, "gateway n": n.proc.pid if n.proc else None, "nats-server n": n.nats_pid,
+                 "tansu": tansu_pid},
+                (profile_dir / f"{name}-live", {"gateway-k": k.pid, "gateway-n": n.proc.pid if n.proc else None})
+                if profile_dir else None,
+            )  # fmt: skip
             f = await fill(
                 lambda c=count, t=topic: c(t),
                 start,
@@ -398,6 +404,8 @@ async def replication(  # noqa: PLR0915 - one scenario: its phases share the two
                 seconds + drain,
             )
             out[f"{name}_live"] = live = _live(await pub, f, seconds)
+            cpu = await live_sampled.done()
+            live["busy_cores"] = {key: round(v / f.seconds, 2) for key, v in cpu.items()} if f.seconds else None
             k.note_rss()
             n.note_rss()
             print(f"{name} live: {live['window_events_per_s']:,} events/s", file=sys.stderr, flush=True)
@@ -483,8 +491,12 @@ async def main(
     timeout: float = 120.0,
     stall: float = 15.0,
     profile_dir: Path | None = None,
+    replicate: bool = True,
 ) -> dict[str, object]:
-    """The Kafka phase; with ``profile_dir``, py-spy of both gateways during each catch-up too."""
+    """The Kafka phase; with ``profile_dir``, py-spy of both gateways during each catch-up too.
+
+    ``replicate=False``: ingest against raw aiokafka only.
+    """
     reason = unavailable()
     if reason is not None:
         print(f"kafka: skipped ({reason})")
@@ -502,33 +514,43 @@ async def main(
                 async with grpc.aio.insecure_channel(address) as ch:
                     stub = gateway_pb2_grpc.GatewayStub(ch)
                     await stream(stub, 1.0, "warm")  # creates the topic
+                    cpu0 = cpu_seconds(gw.pid), cpu_seconds(server.pid)
                     s100 = await stream(stub, seconds, "s100")
+                    # CPU per event, the steadiest figure on a shared machine: the gateway's and tansu's.
+                    cpu_gw = (cpu_seconds(gw.pid) - cpu0[0]) / max(s100 * seconds, 1) * 1e6
+                    cpu_tansu = (cpu_seconds(server.pid) - cpu0[1]) / max(s100 * seconds, 1) * 1e6
                 rss = peak_rss_mb(gw.pid)
             finally:
                 await gw.close()
             # The adapter's topic name for TOPIC (prefix "mesh.", "/" -> ".").
             raw = await raw_produce(server.bootstrap, "mesh." + TOPIC.replace("/", "."), seconds)
-            rep = await replication(
-                server.bootstrap,
-                Path(tmp),
-                seconds=seconds,
-                backlog=backlog,
-                drain=drain,
-                timeout=timeout,
-                stall=stall,
-                tansu_pid=server.pid,
-                profile_dir=profile_dir,
+            rep = (
+                {}
+                if not replicate
+                else await replication(
+                    server.bootstrap,
+                    Path(tmp),
+                    seconds=seconds,
+                    backlog=backlog,
+                    drain=drain,
+                    timeout=timeout,
+                    stall=stall,
+                    tansu_pid=server.pid,
+                    profile_dir=profile_dir,
+                )
             )
     print(f"{'kafka (256 B events)':<48} {'events/s':>10} {'x raw':>6}")
     print(f"{'raw aiokafka produce, acks=all':<48} {raw:>10,.0f} {1:>6.2f}")
     print(f"{'PublishStream into a kind: kafka region':<48} {s100:>10,.0f} {s100 / raw:>6.2f}")
-    print(f"kafka gateway peak RSS: {rss:.0f} MB")
-    print_replication(rep)
+    print(f"kafka gateway peak RSS: {rss:.0f} MB; CPU per event: gateway {cpu_gw:.1f}, tansu {cpu_tansu:.1f} us")
+    if replicate:
+        print_replication(rep)
     return {
         "raw_events_per_s": round(raw),
         "stream_100_events_per_s": round(s100),
         "ratio_stream_100": round(s100 / raw, 3) if raw else None,
         "gateway_peak_rss_mb": round(rss, 1),
+        "ingest_cpu_us_per_event": {"gateway": round(cpu_gw, 1), "tansu": round(cpu_tansu, 1)},
         "replication": rep,
     }
 
@@ -571,10 +593,13 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=3.0, help="duration of each measurement (default 3)")
     parser.add_argument("--kafka-backlog", type=int, default=50_000, help="catch-up backlog each way (default 50000)")
     parser.add_argument("--profile", type=Path, help="py-spy both gateways in each catch-up (into DIR)")
+    parser.add_argument("--ingest-only", action="store_true", help="ingest against raw aiokafka, no replication")
     cli = parser.parse_args()
     if cli.profile is not None:
-        for way in ("k2n", "n2k"):
+        for way in ("k2n", "n2k", "kafka_to_nats-live", "nats_to_kafka-live"):
             (cli.profile / way).mkdir(parents=True, exist_ok=True)
-    result = asyncio.run(main(cli.seconds, backlog=cli.kafka_backlog, profile_dir=cli.profile))
+    result = asyncio.run(
+        main(cli.seconds, backlog=cli.kafka_backlog, profile_dir=cli.profile, replicate=not cli.ingest_only)
+    )
     print(json.dumps(result))
     sys.exit(0)

@@ -130,6 +130,12 @@ def _kafka(s: dict[str, Any], kafka: dict[str, Any], rss: dict[str, Any]) -> Non
         live, cu = krep.get(f"{way}_live") or {}, krep.get(f"{way}_catchup") or {}
         s[f"{way}_live_events_per_s"] = live.get("window_events_per_s")
         s[f"{way}_catchup_events_per_s"] = cu.get("events_per_s")
+        s[f"{way}_catchup_events_per_s_after_first"] = cu.get("events_per_s_after_first")
+        cpu = cu.get("cpu_us_per_event") or {}
+        total = sum(v for v in map(_num, cpu.values()) if not math.isnan(v))
+        # What the machine's cores could carry at that CPU per event, with no wait anywhere.
+        s[f"{way}_catchup_cpu_us_per_event"] = round(total, 1) if total else None
+        s[f"{way}_catchup_cpu_ceiling_events_per_s"] = round((os.cpu_count() or 1) * 1e6 / total) if total else None
 
 
 def summarize(result: dict[str, Any]) -> dict[str, Any]:
@@ -200,7 +206,10 @@ def print_summary(s: dict[str, Any]) -> None:
     for way in ("kafka_to_nats", "nats_to_kafka"):
         print(
             f"  {way.replace('_', ' ')}: live {f(s[f'{way}_live_events_per_s'])}, "
-            f"catch-up {f(s[f'{way}_catchup_events_per_s'])} events/s (no native reference)"
+            f"catch-up {f(s[f'{way}_catchup_events_per_s'])} events/s "
+            f"({f(s[f'{way}_catchup_events_per_s_after_first'])} after the first event; CPU per event, all "
+            f"processes, {f(s[f'{way}_catchup_cpu_us_per_event'])} us: at most "
+            f"{f(s[f'{way}_catchup_cpu_ceiling_events_per_s'])} events/s on these cores)"
         )
     if "replicas_partitions" in s["not_measured"]:
         print(f"  two replicas: {s['not_measured']['replicas_partitions']}")
