@@ -14,6 +14,7 @@ import asyncio
 import time
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer
@@ -426,6 +427,35 @@ async def test_read_from_a_time_inside_a_partition(kafka_broker: KafkaBroker) ->
     assert await kafka_broker.find_event("early-3", since=at) is None
     found = await kafka_broker.find_event("late-1-2", since=at)
     assert found is not None and found.sequence == 20 + 7 + 3
+
+
+async def test_concurrent_appends_share_record_batches_in_call_order(
+    kafka_broker: KafkaBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # aiokafka queues one batch per partition until its request goes out: calls that each sent
+    # their own batch waited for each other's round trips. Concurrent calls now fill the batch
+    # the producer has not taken yet, and still land in the order they were made.
+    results_of(await kafka_broker.append([make_event("orders/shared", "warm", key="k")]))
+    producer = kafka_broker._producer
+    assert producer is not None
+    sent: list[int] = []
+    send_batch = producer.send_batch
+
+    async def counting(batch: Any, topic: str, *, partition: int) -> Any:
+        delivery = await send_batch(batch, topic, partition=partition)
+        sent.append(batch.record_count())  # what the producer took (records joined until then)
+        return delivery
+
+    monkeypatch.setattr(producer, "send_batch", counting)
+    calls = [[make_event("orders/shared", f"c{c}-{i}", key="k") for i in range(10)] for c in range(32)]
+    stored = await asyncio.gather(*(kafka_broker.append(events) for events in calls))
+    # While one request is out and the next batch waits in the producer, every later call
+    # joins a third: main sent one batch per call.
+    assert sum(sent) == 320 and len(sent) < len(calls), sent
+    # One partition (one key): the calls' events follow each other in call order, without gaps.
+    flat = [r for call in stored for r in results_of(call)]
+    assert len({r.stream for r in flat}) == 1
+    assert [r.sequence for r in flat] == list(range(flat[0].sequence, flat[0].sequence + 320))
 
 
 # -- the id window ----------------------------------------------------------------------------
