@@ -11,8 +11,10 @@
 # TLS on (the gRPC port then wants a client certificate of the mesh CA). In Kubernetes the Helm
 # chart (helm/meshgate) probes them with httpGet probes; the HEALTHCHECK below serves plain Docker.
 #
-# Pin the base by digest in release builds: --build-arg PYTHON_IMAGE=python:3.12-slim-bookworm@sha256:...
-ARG PYTHON_IMAGE=python:3.12-slim-bookworm
+# The base is pinned by digest (the multi-platform index of python:3.12.14-slim-bookworm), so a
+# rebuild gets the same Python and Debian. To move it: docker buildx imagetools inspect
+# python:3.12-slim-bookworm, put the new digest here, and rebuild.
+ARG PYTHON_IMAGE=python:3.12.14-slim-bookworm@sha256:782412e85d0f0984994c290652577d4018aff08145c85b262bb63dc0c7522254
 
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
@@ -20,6 +22,13 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 RUN python -m venv /opt/meshgate
 WORKDIR /src
+# The dependencies first, in a layer of their own: a change of the sources reuses it. Every
+# one is pinned in requirements.lock with the hashes of its files (python scripts/lock_image.py
+# writes it), and pip refuses any file whose hash is not there; wheels only, nothing compiled.
+# The lock holds the build-system's setuptools too: meshgate is built below without build
+# isolation, so nothing unpinned is fetched.
+COPY requirements.lock ./
+RUN /opt/meshgate/bin/pip install --require-hashes --no-deps --only-binary :all: -r requirements.lock
 # Only what the package needs (see .dockerignore): the project metadata, `meshgate/` and the
 # folders pyproject.toml maps into it ([tool.setuptools.package-dir]; bench/ too, so that
 # `meshgate bench` runs in the image as it does from the wheel).
@@ -34,7 +43,11 @@ COPY proto/ proto/
 COPY replicator/ replicator/
 COPY router/ router/
 COPY tls/ tls/
-RUN /opt/meshgate/bin/pip install --no-compile . \
+# --no-deps: the dependencies are the locked ones above; pip check fails the build if the lock
+# misses one. The build tools are removed after: the image runs meshgate, it builds nothing.
+RUN /opt/meshgate/bin/pip install --no-deps --no-build-isolation --no-index --no-compile . \
+ && /opt/meshgate/bin/pip check \
+ && /opt/meshgate/bin/pip uninstall -q -y setuptools wheel \
  && /opt/meshgate/bin/python -m compileall -q /opt/meshgate/lib \
  && /opt/meshgate/bin/meshgate --help > /dev/null
 

@@ -23,7 +23,7 @@ before anything is timed:
 * live NATS->Kafka: the same into n, counted in k's topic by a plain aiokafka consumer
   reading every partition (tansu's ListOffsets end offsets are not trusted);
 * latency each way at a fixed offered rate (``LATENCY_RATE`` events/s, below what either
-  direction carries here): publish time (the events' ``ce-time``) to stored in the
+  direction carries here): publish time (the events' ``ce_time``) to stored in the
   destination, p50/p99: n's JetStream timestamp of the copy (sampled as the NATS phase of
   ``meshgate bench`` does), or the Kafka record's timestamp (set by k's producer as it takes
   the batch, so it leaves out the broker's own append: well under a millisecond on loopback);
@@ -85,7 +85,7 @@ NATS_STREAM = "MESHGATE"
 # The offered load of the latency phase, each way (events/s): about half of what the slower
 # direction (NATS->Kafka) carries on the 2-core machine, so queues stay short.
 LATENCY_RATE = 2000.0
-# Every Nth record of a latency topic is a sample (the counter parses its ce-time).
+# Every Nth record of a latency topic is a sample (the counter parses its ce_time).
 _LATENCY_EVERY = 4
 
 
@@ -152,7 +152,7 @@ class TopicCounter:
         self.bootstrap = bootstrap
         self.topics = topics
         self.counts: dict[str, int] = dict.fromkeys(topics, 0)
-        # Per latency topic: record timestamp - ce-time, in ms, for every _LATENCY_EVERY-th record.
+        # Per latency topic: record timestamp - ce_time, in ms, for every _LATENCY_EVERY-th record.
         self.latencies: dict[str, list[float]] = {t: [] for t in latency_topics}
         self._task: asyncio.Task[None] | None = None
         self._consumer: Any = None
@@ -202,7 +202,7 @@ class TopicCounter:
 
 def _record_sent_ns(record: Any) -> int | None:
     for name, value in record.headers:
-        if name == "ce-time" and value:
+        if name == "ce_time" and value:
             ts = parse_time(value.decode())
             return int(ts.seconds * 1_000_000_000 + ts.nanos)
     return None

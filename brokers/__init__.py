@@ -11,6 +11,7 @@ from __future__ import annotations
 from meshgate.brokers._base import (
     AppendResult,
     AppendStats,
+    Board,
     Broker,
     BrokerError,
     BrokerState,
@@ -60,6 +61,7 @@ __all__ = [
     "AckTimeoutError",
     "AppendResult",
     "AppendStats",
+    "Board",
     "Broker",
     "BrokerError",
     "BrokerState",

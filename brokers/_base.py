@@ -148,6 +148,8 @@ class Delivery:
     token: object
     # Events stored after this one on the consumer's filter (the consumer's lag).
     pending: int = 0
+    # When the broker stored it, in Unix nanoseconds (0: unknown).
+    stored_ns: int = 0
 
 
 @dataclass(slots=True, kw_only=True)
@@ -168,6 +170,9 @@ class RawBatch:
     streams: list[str] = field(default_factory=list)
     headers: list[bytes] = field(default_factory=list)
     data: list[bytes] = field(default_factory=list)
+    # When the broker stored each event, in Unix nanoseconds (JetStream's stored time, Kafka's
+    # record timestamp); empty when the adapter does not know.
+    stored_ns: list[int] = field(default_factory=list)
     # What the consumer needs to ack them (``DurableConsumer.ack_raw``).
     tokens: list[object] = field(default_factory=list)
     # Events stored after the last one on the consumer's filter.
@@ -185,6 +190,7 @@ class RawBatch:
             streams=self.streams[start:stop],
             headers=self.headers[start:stop],
             data=self.data[start:stop],
+            stored_ns=self.stored_ns[start:stop],
             tokens=self.tokens[start:stop],
             pending=self.pending,
         )
@@ -233,10 +239,13 @@ class DurableConsumer(abc.ABC):
             batch.streams.append(ev.stream)
             batch.headers.append(header_lines(ev))
             batch.data.append(ev.data)
+            batch.stored_ns.append(d.stored_ns)
             batch.tokens.append(d)
             batch.pending = d.pending
         if not any(batch.streams):
             batch.streams.clear()
+        if not all(batch.stored_ns):
+            batch.stored_ns.clear()
         return batch
 
     async def ack_raw(self, batch: RawBatch) -> None:
@@ -434,8 +443,18 @@ class Broker(Log, Checkpoints):
     """What every adapter is: a region's log and its checkpoints.
 
     Further capabilities an adapter may have, tested with ``isinstance``: ``SequencedLog``
-    (one stream numbered from 1: NATS), ``Leases`` (NATS), ``WorkSharing`` (Kafka).
+    (one stream numbered from 1: NATS), ``Leases`` (NATS), ``Board`` (NATS), ``WorkSharing`` (Kafka).
     """
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        """Where the broker is, for operators (``meshgate status``, the ``up`` banner); () if unknown."""
+        return ()
+
+    @property
+    def monitor_url(self) -> str:
+        """The HTTP monitoring endpoint of a broker Meshgate runs itself ("" for any other)."""
+        return ""
 
 
 class SequencedLog(Log):
@@ -513,6 +532,27 @@ class Leases(abc.ABC):
     @abc.abstractmethod
     async def release_lease(self, name: str, owner: str) -> None:
         """Gives lease ``name`` up at once if ``owner`` holds it (a clean shutdown)."""
+
+
+class Board(abc.ABC):
+    """Short notes kept in the broker that lapse unless their writer rewrites them in time (NATS).
+
+    The processes of a region that run replication links post what their links do here, so that
+    a gateway running none of them can still show every link (``replicator._board``). A broker
+    without it keeps the notes as checkpoints, which never lapse: the reader then judges their age.
+    """
+
+    @abc.abstractmethod
+    async def post_note(self, name: str, value: bytes, *, ttl: float) -> None:
+        """Writes note ``name``; it lapses ``ttl`` seconds after its last write."""
+
+    @abc.abstractmethod
+    async def notes(self, prefix: str, *, ttl: float) -> dict[str, bytes]:
+        """Every note not lapsed whose name starts with ``prefix`` (a prefix ending in '.')."""
+
+    @abc.abstractmethod
+    async def remove_note(self, name: str) -> None:
+        """Removes note ``name`` at once (a clean shutdown); nothing if it is not there."""
 
 
 class WorkSharing(abc.ABC):  # noqa: B024  # a capability without methods: isinstance says it

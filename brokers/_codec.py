@@ -4,31 +4,41 @@ Topics become subjects (NATS) or topic names (Kafka) by swapping ``/`` for ``.``
 prefix (``meshgate.topics``, re-exported here); the mapping is one-to-one because a topic
 level never contains a dot.
 
-Events travel in the CloudEvents *binary content mode* of the NATS and Kafka protocol
-bindings: the message payload is ``event.data`` byte for byte (a native consumer reads exactly
-what the producer sent) and every other attribute is a header:
+Events travel in the CloudEvents *binary content mode*: the message payload is ``event.data``
+byte for byte (a native consumer reads exactly what the producer sent) and every other
+attribute is a header. Each broker kind follows its own protocol binding exactly, so the
+CloudEvents SDKs read a stored event as the event that was published:
 
-=================  =====================================================================
-header             attribute
-=================  =====================================================================
-``ce-id``          ``id``
-``ce-source``      ``source``
-``ce-type``        ``type``
-``ce-specversion`` ``specversion`` (empty is written as ``1.0``, its documented meaning)
-``ce-time``        ``time``, RFC 3339 in UTC with nanoseconds (absent when unset)
-``content-type``   ``datacontenttype`` (absent when empty)
-``ce-<name>``      extension ``<name>``
-``mg-key``         ``key`` (absent when empty)
-``mg-origin``      ``origin``
-``mg-route``       ``route``, the region names joined by commas
-``mg-origin-seq``  ``origin_sequence``: position in the origin region's log (replicated events)
-``mg-origin-stream`` ``origin_stream``: the origin's log stream it counts in (absent when empty)
-=================  =====================================================================
+======================  ========================  ===========================================
+NATS binding            Kafka binding             attribute
+======================  ========================  ===========================================
+``ce-id``               ``ce_id``                 ``id``
+``ce-source``           ``ce_source``             ``source``
+``ce-type``             ``ce_type``               ``type``
+``ce-specversion``      ``ce_specversion``        ``specversion`` (empty is written as ``1.0``)
+``ce-time``             ``ce_time``               ``time``, RFC 3339 in UTC with nanoseconds
+``ce-datacontenttype``  ``content-type``          ``datacontenttype`` (absent when empty)
+``ce-dataschema``       ``ce_dataschema``         ``dataschema`` (absent when empty)
+``ce-<name>``           ``ce_<name>``             extension ``<name>``
+``mg-key``              the record key            ``key`` (absent when empty)
+``mg-origin``           ``mg-origin``             ``origin``
+``mg-route``            ``mg-route``              ``route``, the region names joined by commas
+``mg-origin-seq``       ``mg-origin-seq``         ``origin_sequence`` (replicated events)
+``mg-origin-stream``    ``mg-origin-stream``      ``origin_stream`` (absent when empty)
+======================  ========================  ===========================================
 
-Header values are percent-encoded as the CloudEvents HTTP binding prescribes (UTF-8 bytes of
-space, ``"``, ``%`` and anything outside printable ASCII), so values with spaces, line breaks
-or non-ASCII text survive header transports that trim or reject them. Plain values, the
-overwhelming majority, are written as they are.
+NATS (binding section 3.1.3): every attribute, ``datacontenttype`` included, is a ``ce-``
+header, and its value is percent-encoded (the UTF-8 bytes of space, ``"``, ``%`` and anything
+outside printable ASCII), so values with spaces, line breaks or non-ASCII text survive a
+header transport that trims or rejects them; plain values, the overwhelming majority, are
+written as they are. Kafka (binding section 3.2): attributes are ``ce_`` headers and
+``datacontenttype`` is ``content-type``, every value plain UTF-8 (the binding encodes nothing,
+and its readers decode nothing); the event's ``key`` is the record key.
+
+The NATS form is also the replication wire form (``header_lines``): a Kafka region translates
+between the two through the event (``encode_kafka_headers`` and ``decode_kafka_record``).
+Records written before the bindings were followed (Kafka ``ce-`` headers, percent-encoded; a
+NATS ``content-type``) still decode.
 
 Encoding runs once per event on the write path, so the hot functions avoid intermediate
 containers and cache what repeats (subjects per topic, time strings per second).
@@ -39,7 +49,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from urllib.parse import quote, unquote
 
@@ -51,6 +61,8 @@ from meshgate.v1 import event_pb2
 __all__ = [
     "CE_PREFIX",
     "HEADER_CONTENT_TYPE",
+    "HEADER_DATACONTENTTYPE",
+    "HEADER_DATASCHEMA",
     "HEADER_ID",
     "HEADER_KEY",
     "HEADER_ORIGIN",
@@ -61,17 +73,22 @@ __all__ = [
     "HEADER_SPECVERSION",
     "HEADER_TIME",
     "HEADER_TYPE",
+    "KAFKA_CE_PREFIX",
+    "KAFKA_HEADER_ID",
     "POSITION_HEADERS",
     "RESERVED_EXTENSION_NAMES",
     "SubjectMapper",
     "check_header_lines",
     "decode_event",
+    "decode_kafka_record",
     "encode_headers",
+    "encode_kafka_headers",
     "escape_header_value",
     "escape_repeated_value",
     "escaped_repeated",
     "format_time",
     "header_lines",
+    "kafka_record_id",
     "parse_header_lines",
     "parse_time",
     "pattern_to_filter",
@@ -86,6 +103,10 @@ HEADER_SOURCE = "ce-source"
 HEADER_TYPE = "ce-type"
 HEADER_SPECVERSION = "ce-specversion"
 HEADER_TIME = "ce-time"
+HEADER_DATACONTENTTYPE = "ce-datacontenttype"
+HEADER_DATASCHEMA = "ce-dataschema"
+# datacontenttype in the Kafka binding (and the HTTP one); on NATS read only from foreign or
+# older records.
 HEADER_CONTENT_TYPE = "content-type"
 HEADER_KEY = "mg-key"
 HEADER_ORIGIN = "mg-origin"
@@ -95,8 +116,11 @@ HEADER_ORIGIN_STREAM = "mg-origin-stream"
 
 DEFAULT_SPECVERSION = "1.0"
 
+KAFKA_CE_PREFIX = "ce_"
+KAFKA_HEADER_ID = "ce_id"
+
 # Extension names that would land on the header of a context attribute.
-RESERVED_EXTENSION_NAMES = frozenset({"id", "source", "type", "specversion", "time"})
+RESERVED_EXTENSION_NAMES = frozenset({"id", "source", "type", "specversion", "time", "datacontenttype", "dataschema"})
 
 
 # Printable ASCII (0x21-0x7E) except '"' and '%': what a header value may carry unescaped.
@@ -223,7 +247,9 @@ def encode_headers(event: event_pb2.Event) -> list[tuple[str, str]]:
     if event.HasField("time"):
         headers.append((HEADER_TIME, format_time(event.time)))
     if event.datacontenttype:
-        headers.append((HEADER_CONTENT_TYPE, esc(event.datacontenttype)))
+        headers.append((HEADER_DATACONTENTTYPE, esc(event.datacontenttype)))
+    if event.dataschema:
+        headers.append((HEADER_DATASCHEMA, esc(event.dataschema)))
     if event.extensions:
         for name, value in event.extensions.items():
             if name in RESERVED_EXTENSION_NAMES:
@@ -262,7 +288,10 @@ def decode_event(
         if name.startswith(CE_PREFIX):
             _decode_ce_header(event, name, value)
         elif name == HEADER_CONTENT_TYPE:
-            event.datacontenttype = unesc(value)
+            # An HTTP-style producer's, or Meshgate's before it followed the NATS binding
+            # (escaped then): ce-datacontenttype wins wherever it is.
+            if HEADER_DATACONTENTTYPE not in headers:
+                event.datacontenttype = unesc(value)
         elif name == HEADER_KEY:
             event.key = unesc(value)
         elif name == HEADER_ORIGIN:
@@ -295,7 +324,127 @@ def _decode_ce_header(event: event_pb2.Event, name: str, value: str) -> None:
         with contextlib.suppress(ValueError, OverflowError):
             event.time.CopyFrom(parse_time(value))
     else:
-        event.extensions[unesc(name[3:])] = unesc(value)
+        _set_attribute(event, unesc(name[3:]), unesc(value))
+
+
+def _set_attribute(event: event_pb2.Event, name: str, value: str) -> None:
+    """Sets attribute ``name`` (decoded, without its prefix) to ``value`` (decoded)."""
+    if not name:
+        return
+    if name == "id":
+        event.id = value
+    elif name == "source":
+        event.source = value
+    elif name == "type":
+        event.type = value
+    elif name == "specversion":
+        event.specversion = value
+    elif name == "time":
+        with contextlib.suppress(ValueError, OverflowError):
+            event.time.CopyFrom(parse_time(value))
+    elif name == "datacontenttype":
+        event.datacontenttype = value
+    elif name == "dataschema":
+        event.dataschema = value
+    else:
+        event.extensions[name] = value
+
+
+# -- the Kafka binding ------------------------------------------------------------------------
+
+
+def encode_kafka_headers(event: event_pb2.Event) -> list[tuple[str, str]]:
+    """The event's headers in the CloudEvents Kafka binding: ``ce_`` names, plain values.
+
+    The key is not among them: it is the record key. Raises ``ValueError`` as
+    ``encode_headers`` does.
+    """
+    spec = event.specversion
+    headers = [
+        (KAFKA_HEADER_ID, event.id),
+        ("ce_source", event.source),
+        ("ce_type", event.type),
+        ("ce_specversion", spec or DEFAULT_SPECVERSION),
+    ]
+    if event.HasField("time"):
+        headers.append(("ce_time", format_time(event.time)))
+    if event.datacontenttype:
+        headers.append((HEADER_CONTENT_TYPE, event.datacontenttype))
+    if event.dataschema:
+        headers.append(("ce_dataschema", event.dataschema))
+    if event.extensions:
+        for name, value in event.extensions.items():
+            if name in RESERVED_EXTENSION_NAMES:
+                raise ValueError(f"extension {name!r} collides with the CloudEvents attribute of that name")
+            headers.append((KAFKA_CE_PREFIX + name, value))
+    headers.append((HEADER_ORIGIN, event.origin))
+    headers.append((HEADER_ROUTE, ",".join(event.route[:])))
+    if event.origin_sequence:
+        headers.append((HEADER_ORIGIN_SEQ, str(event.origin_sequence)))
+    if event.origin_stream:
+        headers.append((HEADER_ORIGIN_STREAM, event.origin_stream))
+    return headers
+
+
+def decode_kafka_record(
+    headers: Sequence[tuple[str, bytes | None]],
+    key: bytes | None,
+    value: bytes | None,
+    *,
+    topic: str,
+    sequence: int = 0,
+    stream: str = "",
+) -> event_pb2.Event:
+    """A Kafka record (headers as the client gives them, key, value) -> the event it holds.
+
+    Reads the Kafka binding (what ``encode_kafka_headers`` writes, or a CloudEvents SDK's
+    ``to_binary``), and records Meshgate wrote before it followed the binding (``ce-`` names,
+    values percent-encoded). A foreign producer's other headers are ignored; malformed values
+    never raise, bytes that are not UTF-8 become U+FFFD.
+    """
+    event = event_pb2.Event(topic=topic, data=value or b"", sequence=sequence, stream=stream)
+    if key:
+        event.key = key.decode("utf-8", "replace")
+    content_type: str | None = None
+    legacy = False
+    for name, raw in headers:
+        if raw is None:
+            continue
+        text = raw.decode("utf-8", "replace")
+        if name.startswith(KAFKA_CE_PREFIX):
+            _set_attribute(event, name[3:], text)
+        elif name == HEADER_ORIGIN:
+            event.origin = text
+        elif name == HEADER_ROUTE:
+            if text:
+                event.route.extend(text.split(","))
+        elif name == HEADER_ORIGIN_SEQ:
+            if text.isdigit():
+                event.origin_sequence = int(text)
+        elif name == HEADER_ORIGIN_STREAM:
+            event.origin_stream = text
+        elif name.lower() == HEADER_CONTENT_TYPE:
+            content_type = text
+        elif name.startswith(CE_PREFIX):
+            legacy = True
+            _decode_ce_header(event, name, text)
+        elif name[:3].lower() == KAFKA_CE_PREFIX:
+            # Header names are case-sensitive in Kafka; the SDKs match them in any case.
+            _set_attribute(event, name[3:].lower(), text)
+    if content_type is not None:
+        event.datacontenttype = unescape_header_value(content_type) if legacy else content_type
+    return event
+
+
+def kafka_record_id(headers: Sequence[tuple[str, bytes | None]]) -> str | None:
+    """The event id of a Kafka record's headers (``ce_id``, or an older record's ``ce-id``)."""
+    for name, raw in headers:
+        if raw is not None:
+            if name == KAFKA_HEADER_ID:
+                return raw.decode("utf-8", "replace")
+            if name == HEADER_ID:
+                return unescape_header_value(raw.decode("utf-8", "replace"))
+    return None
 
 
 # -- raw header lines -------------------------------------------------------------------------

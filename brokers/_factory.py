@@ -48,7 +48,8 @@ def make_broker(region: RegionConfig, *, idempotency_window_seconds: float, data
     ``nats``: a ``NatsBroker`` on the region's ``brokers``. ``kafka``: a ``KafkaBroker`` with the
     region's ``brokers`` as bootstrap servers. ``embedded``: an ``EmbeddedNatsBroker``
     with its data in ``data_dir/<region>``, listening on the first ``brokers`` entry when one is
-    given (so native clients find it), else on a free port of 127.0.0.1.
+    given (so native clients find it), else on a free port of 127.0.0.1; its HTTP monitoring on
+    ``nats.monitor`` when set, else on a free port of the same host.
     """
     if region.kind in (BrokerKind.NATS, BrokerKind.KAFKA) and not region.brokers:
         raise BrokerError(f"region {region.name!r} is of kind {region.kind} but lists no brokers", retriable=False)
@@ -64,6 +65,10 @@ def make_broker(region: RegionConfig, *, idempotency_window_seconds: float, data
         if region.brokers:
             listen_host, listen_port = split_host_port(region.brokers[0], port_required=False)
             host, port = listen_host, listen_port or DEFAULT_NATS_PORT
+        monitor_host, monitor_port = host, -1
+        if region.nats.monitor:
+            monitor_host, pinned = split_host_port(region.nats.monitor)
+            monitor_port = pinned or -1
         return EmbeddedNatsBroker(
             data_dir=data_dir,
             region=region.name,
@@ -72,6 +77,8 @@ def make_broker(region: RegionConfig, *, idempotency_window_seconds: float, data
             host=host,
             port=port,
             max_payload=region.nats.max_payload,
+            monitor_host=monitor_host,
+            monitor_port=monitor_port,
         )
     if region.kind is BrokerKind.KAFKA:
         return KafkaBroker(

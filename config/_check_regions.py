@@ -177,24 +177,42 @@ def check_regions(ctx: CheckContext, regions: list[object]) -> list[str] | None:
             for j, broker in enumerate(brokers):
                 if isinstance(broker, str):
                     _check_address(ctx, (*base, "brokers", j), broker, port_required=False)
-        for what in ("gateway", "metrics"):
-            address = region.get(what)
-            if not isinstance(address, str) or not _check_address(ctx, (*base, what), address, port_required=True):
+        nats = region.get("nats")
+        endpoints: list[tuple[str, Path, object]] = [
+            ("gateway", (*base, "gateway"), region.get("gateway")),
+            ("metrics", (*base, "metrics"), region.get("metrics")),
+            ("broker monitoring", (*base, "nats", "monitor"), nats.get("monitor") if isinstance(nats, dict) else None),
+        ]
+        for what, path, address in endpoints:
+            if not isinstance(address, str) or not _valid_address(ctx, what, path, address):
                 continue
             norm = _address_key(address, default_port=None)
             if norm in addresses:
                 other, other_what, other_line, other_address = addresses[norm]
                 same = "" if address.lower() == other_address.lower() else f"the same as {other_address}, which is "
                 alias = f" ({_LOOPBACK_NOTE})" if same and norm[0] == _LOOPBACK else ""
+                monitor_free = "broker monitoring" not in (what, other_what)
                 ctx.add(
-                    (*base, what),
+                    path,
                     f"address {address} is {same}already the {other_what} of region {other} (line {other_line})"
-                    f"{alias}; every gateway and metrics endpoint needs its own HOST:PORT",
+                    f"{alias}; every gateway{' and metrics' if monitor_free else ', metrics and broker monitoring'}"
+                    " endpoint needs its own HOST:PORT",
                 )
             else:
                 addresses[norm] = (label, what, line, address)
     _check_shared_brokers(ctx, regions)
     return None if unknown_name else list(names)
+
+
+def _valid_address(ctx: CheckContext, what: str, path: Path, address: str) -> bool:
+    if what == "broker monitoring":
+        # Its errors are reported with the rest of the nats block (_check_kind), once.
+        try:
+            split_host_port(address)
+        except ValueError:
+            return False
+        return True
+    return _check_address(ctx, path, address, port_required=True)
 
 
 def _check_shared_brokers(ctx: CheckContext, regions: list[object]) -> None:
@@ -308,6 +326,15 @@ def _check_kind(ctx: CheckContext, base: Path, region: dict[str, object], kind: 
             " policy (jetstream sync_interval)",
             key=True,
         )
+    monitor = nats.get("monitor")
+    if kind == BrokerKind.NATS.value and monitor is not None:
+        ctx.add(
+            (*base, "nats", "monitor"),
+            "monitor applies only to embedded regions; a nats region's server sets its own monitoring port (http_port)",
+            key=True,
+        )
+    elif isinstance(monitor, str):
+        _check_address(ctx, (*base, "nats", "monitor"), monitor, port_required=True)
     replicas = nats.get("replicas")
     if kind == BrokerKind.EMBEDDED.value and isinstance(replicas, int) and replicas > 1:
         ctx.add(

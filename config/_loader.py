@@ -221,6 +221,7 @@ def _build(data: dict[str, Any], doc: Document, *, source: str, sha256: str) -> 
             max_msgs=int(nats_raw.get("max_msgs", nats_default.max_msgs)),
             sync_always=bool(nats_raw.get("sync_always", nats_default.sync_always)),
             max_payload=parse_size(nats_raw.get("max_payload", nats_default.max_payload)),
+            monitor=nats_raw.get("monitor", nats_default.monitor),
         )
         kafka_default = KafkaSettings()
         kafka = KafkaSettings(

@@ -47,6 +47,9 @@ class NatsSettings:
     sync_always: bool = False
     # Embedded only: the server's max_payload, the largest event (data and headers) it stores.
     max_payload: int = 4 * 1024 * 1024
+    # Embedded only: HOST:PORT of the server's HTTP monitoring (/varz, /jsz) for NATS tools;
+    # None: a free port on the broker's host, shown by `meshgate up` and `meshgate status`.
+    monitor: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

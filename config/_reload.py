@@ -137,14 +137,18 @@ class ConfigWatcher(StartStop):
         self._region = region
         self._config = initial
         self.registry = registry if registry is not None else CollectorRegistry()
-        self._reloads = Counter(
+        # A gateway's watcher labels its region, as every meshgate_* family of its registry does;
+        # one of no region (a tool's) has no region to label.
+        reloads = Counter(
             "meshgate_config_reloads",
             "Mesh config reload attempts by result: applied, refused (invalid or needs a restart), unchanged.",
-            ["result"],
+            ["region", "result"] if region is not None else ["result"],
             registry=self.registry,
         )
-        for outcome in ("applied", "refused", "unchanged"):
-            self._reloads.labels(result=outcome)
+        by_region = {"region": region} if region is not None else {}
+        self._reloads = {
+            outcome: reloads.labels(**by_region, result=outcome) for outcome in ("applied", "refused", "unchanged")
+        }
         self._lock = asyncio.Lock()
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -265,7 +269,7 @@ class ConfigWatcher(StartStop):
         if result.outcome == "unchanged" and not force:
             # Polls that find the same bytes are not reload attempts.
             return result
-        self._reloads.labels(result=result.outcome).inc()
+        self._reloads[result.outcome].inc()
         if result.outcome == "refused" and self._on_error is not None:
             try:
                 await _call(self._on_error, result)

@@ -109,7 +109,11 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         await self._require_admin(context, "Status")
         config, _ = self._routing()
         resp = admin_pb2.StatusResponse(
-            region=self._region, config_sha256=config.sha256, inflight_events=self._budget.used
+            region=self._region,
+            config_sha256=config.sha256,
+            inflight_events=self._budget.used,
+            broker_addresses=self._broker.addresses,
+            broker_monitor_url=self._broker.monitor_url,
         )
         resp.config_loaded_time.FromDatetime(self._config_loaded_at())
         resp.links.extend(self._link_statuses())
@@ -139,13 +143,23 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"since is not a valid time: {exc}")
         else:
             since = datetime.datetime.now(datetime.UTC) - _DEFAULT_LOOKBACK
+        # The peers of one mesh file know the same clients: the caller's token is theirs to check.
+        metadata = tuple((k, v) for k, v in context.invocation_metadata() or () if k.lower() == AUTHORIZATION)
+        return await self.locate(request, since=since, metadata=metadata)
+
+    async def locate(
+        self,
+        request: admin_pb2.LocateRequest,
+        *,
+        since: datetime.datetime,
+        metadata: tuple[tuple[str, str | bytes], ...] = (),
+    ) -> admin_pb2.LocateResponse:
+        """Locate for a caller already let in (the console too); ``metadata`` goes to the peers."""
         local = await self._locate_here(request.id, since)
         if not request.all_regions:
             return admin_pb2.LocateResponse(locations=[local])
         config, _ = self._routing()
         peers = [r for r in config.regions if r.name != self._region]
-        # The peers of one mesh file know the same clients: the caller's token is theirs to check.
-        metadata = tuple((k, v) for k, v in context.invocation_metadata() or () if k.lower() == AUTHORIZATION)
         found = await asyncio.gather(*(self._locate_at(r.name, r.gateway, request, metadata) for r in peers))
         return admin_pb2.LocateResponse(locations=[local, *found])
 

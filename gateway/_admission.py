@@ -37,6 +37,9 @@ _RESERVED = frozenset({"id", "source", "type", "specversion", "time", "dataconte
 _PRINTABLE = re.compile(r"[^\x00-\x1f\x7f]+")
 # RFC 2045 media type: type "/" subtype, optional parameters.
 _MEDIA_TYPE = re.compile(r"[A-Za-z0-9][\w.+-]*/[A-Za-z0-9][\w.+-]*(\s*;.*)?")
+# CloudEvents' URI type: RFC 3986's absolute-URI (a scheme, no fragment), in URI characters
+# only (others percent-encoded).
+_ABSOLUTE_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:(?:[A-Za-z0-9._~:/?@!$&'()*+,;=\[\]-]|%[0-9A-Fa-f]{2})*")
 _MAX_ID_CHARS = 256
 # protobuf's Timestamp range (0001-01-01 to 9999-12-31): the CloudEvents time is RFC 3339.
 _MIN_SECONDS = -62_135_596_800
@@ -80,7 +83,7 @@ def _attributes_refusal(event: event_pb2.Event, limits: Limits) -> Refusal | Non
     if n_ext > limits.max_extensions:
         return Refusal(f"{n_ext} extensions exceed max_extensions of {limits.max_extensions}", too_large=True)
     attr_bytes = len(event.id) + len(event.source) + len(event.type) + len(event.datacontenttype)
-    attr_bytes += len(event.key)
+    attr_bytes += len(event.key) + len(event.dataschema)
     # Guarded: iterating even an empty protobuf map costs more than the rest of the checks.
     for ext_name, ext_value in extensions.items() if n_ext else ():
         if _EXTENSION_NAME.fullmatch(ext_name) is None:
@@ -93,7 +96,8 @@ def _attributes_refusal(event: event_pb2.Event, limits: Limits) -> Refusal | Non
     if attr_bytes * 4 > limits.max_attributes_bytes:
         # Counted in characters above (cheap); only a near miss pays for exact UTF-8 sizes.
         attr_bytes = sum(
-            len(s.encode()) for s in (event.id, event.source, event.type, event.datacontenttype, event.key)
+            len(s.encode())
+            for s in (event.id, event.source, event.type, event.datacontenttype, event.key, event.dataschema)
         ) + sum(len(k.encode()) + len(v.encode()) for k, v in event.extensions.items())
     if attr_bytes > limits.max_attributes_bytes:
         return Refusal(
@@ -138,6 +142,11 @@ class Admission:
                 f"datacontenttype {event.datacontenttype[:60]!r} is not a media type; "
                 "use type/subtype, e.g. 'application/json'"
             )
+        if event.dataschema and _ABSOLUTE_URI.fullmatch(event.dataschema) is None:
+            return Refusal(
+                f"dataschema {event.dataschema[:60]!r} is not an absolute URI (CloudEvents); use a scheme and no "
+                "fragment, e.g. 'https://example.com/schemas/order.json', other characters percent-encoded"
+            )
         unknown = unknown_fields.UnknownFieldSet(event)
         if len(unknown):
             numbers = sorted({unknown[i].field_number for i in range(len(unknown))})
@@ -156,6 +165,13 @@ class Admission:
         ):
             return Refusal(output_only_refusal(event))
         size = len(event.data)
+        if event.text_data:
+            if size:
+                return Refusal(
+                    "data and text_data are both set; send the payload once: text_data for text, "
+                    "data for bytes (base64 in JSON)"
+                )
+            size = len(event.text_data.encode())
         if size > self._limits.max_data_bytes:
             return Refusal(
                 f"data of {size} bytes exceeds max_data_bytes of {self._limits.max_data_bytes} bytes", too_large=True
@@ -205,6 +221,10 @@ class Admission:
         """
         if not event.id:
             event.id = uuid7()
+        if event.text_data:
+            # Stored, replicated and served as data: text_data only exists on the way in.
+            event.data = event.text_data.encode()
+            event.text_data = ""
         if not event.specversion:
             event.specversion = "1.0"
         if not event.HasField("time"):

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 import grpc
 
 from meshgate.brokers import AppendResult, BrokerError
-from meshgate.brokers._codec import check_header_lines, escape_header_value, header_lines, parse_time
+from meshgate.brokers._codec import check_header_lines, escape_header_value, header_lines
 from meshgate.brokers._headers import ORIGIN_NAME, RouteMatcher, header_values
 from meshgate.gateway._dedup import OriginState
 from meshgate.gateway._metrics import GatewayMetrics
@@ -30,7 +30,6 @@ _ACCEPTED = event_pb2.OUTCOME_ACCEPTED
 _DUPLICATE = event_pb2.OUTCOME_DUPLICATE
 _REJECTED = event_pb2.OUTCOME_REJECTED
 _INVALID = grpc.StatusCode.INVALID_ARGUMENT.value[0]
-_TIME_LINE = b"\r\nce-time: "
 
 
 class ProcessedBatch:
@@ -122,7 +121,7 @@ class Classifier:
     """Sorts raw batches against an origin's dedup state and applies their writes' outcomes.
 
     What repeats across events is decided once: a topic's problem, whether a route header
-    names this region, the epoch second of a time's ``YYYY-MM-DDTHH:MM:SS``.
+    names this region.
     """
 
     def __init__(self, *, region: str, metrics: GatewayMetrics, peers: PeerCheck) -> None:
@@ -131,7 +130,6 @@ class Classifier:
         self._peers = peers
         self._topic_problems: dict[str, str | None] = {}
         self._route_here = RouteMatcher(region)
-        self._seconds: dict[bytes, int] = {}
         # The mesh's regions: a handful.
         self._origins: dict[str, tuple[bytes, bytes, bytes]] = {}
 
@@ -157,15 +155,16 @@ class Classifier:
         raw = request.raw
         n = len(raw.ids)
         counts = (len(raw.sequences), len(raw.topics), len(raw.headers), len(raw.data))
-        if all(c == n for c in counts) and len(raw.streams) in (0, n):
+        if all(c == n for c in counts) and len(raw.streams) in (0, n) and len(raw.stored_unix_nanos) in (0, n):
             return
         if peer_checked:
             self._peers.check_raw_origins(origin, request)  # a foreign origin is refused as such first
         raise CallFailed(
             grpc.StatusCode.INVALID_ARGUMENT,
             f"raw batch {request.batch_id} has {n} ids, {counts[0]} sequences, {counts[1]} topics, "
-            f"{counts[2]} header lines, {counts[3]} payloads and {len(raw.streams)} streams; it needs one of "
-            "each per event (streams: none when the source's log is one stream)",
+            f"{counts[2]} header lines, {counts[3]} payloads, {len(raw.streams)} streams and "
+            f"{len(raw.stored_unix_nanos)} stored times; it needs one of each per event (streams: none when the "
+            "source's log is one stream; stored times: none when the source does not send them)",
         )
 
     def _origin_problem(
@@ -265,32 +264,6 @@ class Classifier:
         batch.duplicates = duplicates
         return batch
 
-    def _origin_time(self, lines: bytes) -> float | None:
-        """The event's CloudEvents time (Unix seconds) read off its header lines."""
-        at = lines.find(_TIME_LINE)
-        if at < 0:
-            if not lines.startswith(_TIME_LINE[2:]):
-                return None
-            at = -2
-        value = lines[at + 11 : lines.find(b"\r\n", at + 11)]
-        # Meshgate writes 2025-01-02T03:04:05.123456789Z; anything else takes the full parser.
-        if len(value) == 30 and value[19:20] == b"." and value[29:30] == b"Z" and value[20:29].isdigit():
-            seconds = self._seconds.get(value[:19])
-            if seconds is None:
-                try:
-                    seconds = parse_time(value.decode()).seconds
-                except ValueError:
-                    return None
-                if len(self._seconds) > 4096:
-                    self._seconds.clear()
-                self._seconds[value[:19]] = seconds
-            return seconds + int(value[20:29]) / 1e9
-        try:
-            ts = parse_time(value.decode(errors="replace"))
-        except (ValueError, OverflowError):
-            return None
-        return ts.seconds + ts.nanos / 1e9
-
     def apply(self, state: OriginState, batch: ProcessedBatch) -> BrokerError | None:
         """Records the batch's outcome in the state, the metrics and the refusals of its answer;
         the retriable error that stops the call, if any."""
@@ -328,16 +301,18 @@ class Classifier:
         metrics = self._metrics
         if stored:
             metrics.replicated["stored"].inc(stored)
-            now = time.time()
-            origin_time = self._origin_time
-            latencies = []
-            for lines, res in zip(batch.w_headers, batch.written, strict=True):
-                if type(res) is AppendResult and not res.duplicate:
-                    at = origin_time(lines)
-                    if at is not None:
-                        # Clocks of two regions differ a little: a negative latency is a zero.
-                        latencies.append(max(0.0, now - at))
-            metrics.observe_replication_latencies(latencies)
+            # From when the origin's broker stored each event (never the producer's CloudEvents
+            # time, which a client sets as it likes); a source that sends no stored times gives none.
+            stored_at = batch.request.raw.stored_unix_nanos
+            if stored_at:
+                now = time.time_ns()
+                latencies = [
+                    # Clocks of two regions differ a little: a negative latency is a zero.
+                    max(0, now - stored_at[i]) / 1e9
+                    for i, res in zip(batch.w_index, batch.written, strict=True)
+                    if type(res) is AppendResult and not res.duplicate
+                ]
+                metrics.observe_replication_latencies(latencies)
         if duplicate:
             metrics.replicated["duplicate"].inc(duplicate)
         if batch.refused:

@@ -1,4 +1,5 @@
-"""The gateway's plain-HTTP endpoint on the region's ``metrics:`` address: Prometheus metrics, /healthz, /readyz.
+"""The gateway's plain-HTTP endpoint on the region's ``metrics:`` address: Prometheus metrics, /healthz, /readyz,
+and the mesh console under /console (gateway/_console.py).
 
 Kubernetes' gRPC probes and Docker's HEALTHCHECK speak plaintext gRPC; with ``security.ca`` the gRPC
 port takes only TLS with a client certificate of the mesh CA, so probes read these two paths instead.
@@ -30,6 +31,7 @@ _REQUEST_TIMEOUT = 10.0
 # A check answers None when all is well, else why not (the body of the 503).
 Check = Callable[[], str | None]
 _StartResponse = Callable[..., Any]
+WsgiApp = Callable[[dict[str, Any], _StartResponse], Iterable[bytes]]
 
 
 class HttpEndpointState(enum.Enum):
@@ -62,11 +64,17 @@ class _QuietHandler(WSGIRequestHandler):
             return  # no complete request within the timeout: the server closes the connection next
 
 
-def _app(registry: CollectorRegistry, checks: Mapping[str, Check]) -> Callable[..., Iterable[bytes]]:
+def _app(
+    registry: CollectorRegistry, checks: Mapping[str, Check], mounts: Mapping[str, WsgiApp]
+) -> Callable[..., Iterable[bytes]]:
     metrics = make_wsgi_app(registry)
 
     def app(environ: dict[str, Any], start_response: _StartResponse) -> Iterable[bytes]:
-        check = checks.get(environ.get("PATH_INFO", ""))
+        path = environ.get("PATH_INFO", "")
+        for prefix, mounted in mounts.items():
+            if path == prefix or path.startswith(f"{prefix}/"):
+                return mounted(environ, start_response)
+        check = checks.get(path)
         if check is None:
             return metrics(environ, start_response)  # type: ignore[no-any-return]
         try:
@@ -92,13 +100,23 @@ class HttpEndpoint:
     """Metrics plus ``/healthz`` (``alive``) and ``/readyz`` (``ready``) on ``host:port``, in a daemon thread.
 
     The checks run in the server's worker threads, not in the event loop. ``start()`` and
-    ``stop()`` are safe to call twice. Port 0 binds a free port (see ``port``).
+    ``stop()`` are safe to call twice. Port 0 binds a free port (see ``port``). ``mounts`` maps a
+    path prefix (``/console``) to the WSGI app that answers it and every path below it.
     """
 
-    def __init__(self, *, host: str, port: int, registry: CollectorRegistry, alive: Check, ready: Check) -> None:
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        registry: CollectorRegistry,
+        alive: Check,
+        ready: Check,
+        mounts: Mapping[str, WsgiApp] | None = None,
+    ) -> None:
         self._host = host
         self._requested_port = port
-        self._app = _app(registry, {HEALTHZ_PATH: alive, READYZ_PATH: ready})
+        self._app = _app(registry, {HEALTHZ_PATH: alive, READYZ_PATH: ready}, mounts or {})
         self._server: _ThreadingWSGIServer | None = None
         self._thread: threading.Thread | None = None
         self.state = HttpEndpointState.NEW

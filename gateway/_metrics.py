@@ -1,30 +1,51 @@
 """The gateway's Prometheus metrics, on a registry per gateway (several may share a process).
 
-Names are prefixed ``meshgate_`` and carry their unit; labels come from a small fixed set
-(region, destination, outcome, plus ``reason`` for refusals, ``state`` for link states and
-``result`` for config reloads), never from a topic or an event. What the gateway counts as
-things happen is here; what it reads at scrape time (broker connection, replication links)
-comes from collectors that look at the live objects, so nothing on the event path polls.
+Names are prefixed ``meshgate_`` and carry their unit; every family has the ``region`` label,
+the rest come from a small fixed set (destination, outcome, plus ``reason`` for refusals,
+``state`` for link states and ``result`` for config reloads), never from a topic or an event.
+Beside them: ``meshgate_build_info`` and the process's own ``process_*``/``python_*``
+figures. What the gateway counts as things happen is here; what it reads at scrape time
+(broker connection, readiness, replication links) comes from collectors that look at the live
+objects, so nothing on the event path polls.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Iterator, Sequence
+import importlib.metadata
+import platform
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Final, Literal, get_args
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from meshgate.brokers import BrokerError, BrokerState, EventTooLargeError, StorageFullError
-from meshgate.replicator._metrics import LinkCollector
+from meshgate.replicator._metrics import BoardCollector, LinkCollector
 
 if TYPE_CHECKING:
     from meshgate.brokers import Broker
-    from meshgate.replicator import Replicator
+    from meshgate.replicator import LinkBoard, Replicator
 
-__all__ = ["REFUSAL_REASONS", "GatewayMetrics", "RefusalReason", "broker_reason"]
+
+__all__ = [
+    "REFUSAL_REASONS",
+    "BrokerCollector",
+    "GatewayMetrics",
+    "RefusalReason",
+    "broker_reason",
+    "register_process_metrics",
+]
 
 # Why events were refused; a fixed set, so a label never grows with the input (and a typo is a
 # type error, not a new series).
@@ -59,7 +80,7 @@ def broker_reason(error: BrokerError) -> RefusalReason:
     return "too_large" if isinstance(error, EventTooLargeError) else "invalid"
 
 
-class _BrokerCollector(Collector):
+class BrokerCollector(Collector):
     """``meshgate_broker_connected``, read from the broker's state at scrape time."""
 
     def __init__(self, region: str, broker: Broker) -> None:
@@ -82,10 +103,51 @@ class _BrokerCollector(Collector):
         yield g
 
 
+# Counters and histograms get no ``_created`` series: they doubled the exposition and no
+# query reads them (the OpenMetrics format still carries the created time where it has a field).
+# Process-wide, as prometheus_client's own switch is; every gateway of a process wants it.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("meshgate")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree without an install
+        return "unknown"
+
+
+def register_process_metrics(registry: CollectorRegistry, *, region: str, version: str = "") -> None:
+    """What every meshgate process's registry has, a gateway's or a replicator's:
+    ``meshgate_build_info{version,python,region}`` (``version``: of meshgate, default the installed
+    package's), and ``process_*`` (CPU, memory, descriptors, start time), ``python_info`` and
+    ``python_gc_*``: per process, without a region (``meshgate up`` runs several regions in one
+    process; their registries each show the same figures). The default registry's collectors, shared."""
+    for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+        try:
+            registry.register(collector)
+        except ValueError:  # the caller's registry has it already (e.g. the default registry)
+            continue
+    Gauge(
+        "meshgate_build_info",
+        "1, labelled with the running meshgate version, the Python version and the region.",
+        ["version", "python", "region"],
+        registry=registry,
+    ).labels(version=version or _version(), python=platform.python_version(), region=region).set(1)
+
+
 class GatewayMetrics:
-    def __init__(self, *, region: str, registry: CollectorRegistry) -> None:
+    def __init__(self, *, region: str, registry: CollectorRegistry, version: str = "") -> None:
+        """``version``: of meshgate, for ``meshgate_build_info`` (default: the installed package's)."""
         self.region = region
         self.registry = registry
+        register_process_metrics(registry, region=region, version=version)
+        self.ready = Gauge(
+            "meshgate_ready",
+            "1 while the gateway is ready for traffic (what /readyz answers 200 for: serving, its broker "
+            "connected and able to store), 0 otherwise.",
+            ["region"],
+            registry=registry,
+        ).labels(region=region)
         self.events = Counter(
             "meshgate_events_total",
             "Events that reached admission, by outcome (accepted, duplicate, rejected).",
@@ -145,7 +207,8 @@ class GatewayMetrics:
         }
         self.replication_latency = Histogram(
             "meshgate_replication_latency_seconds",
-            "From a replicated event's time at its origin (CloudEvents time) to its write in this region.",
+            "From when the origin region's broker stored a replicated event (JetStream's stored time, Kafka's "
+            "record timestamp) to its write in this region.",
             ["region"],
             registry=registry,
             buckets=_REPLICATION_BUCKETS,
@@ -180,8 +243,20 @@ class GatewayMetrics:
 
     # --- what is read at scrape time -------------------------------------------------------
 
-    def watch(self, *, broker: Broker, replicator: Replicator | None) -> None:
-        """Registers the collectors reading the broker's state and the replication links."""
-        self.registry.register(_BrokerCollector(self.region, broker))
+    def watch(
+        self,
+        *,
+        broker: Broker,
+        replicator: Replicator | None,
+        board: LinkBoard | None = None,
+        board_pids: Callable[[], Collection[int]] | None = None,
+    ) -> None:
+        """Registers the collectors reading the broker's state and the replication links.
+
+        The links are read from ``replicator`` when they run here, else from ``board`` (run elsewhere;
+        ``board_pids``: this process's workers, whose counters it exports)."""
+        self.registry.register(BrokerCollector(self.region, broker))
         if replicator is not None:
             self.registry.register(LinkCollector(replicator))
+        elif board is not None:
+            self.registry.register(BoardCollector(board, board_pids))

@@ -19,20 +19,31 @@ from prometheus_client import CollectorRegistry
 
 from meshgate._lifecycle import StartStop
 from meshgate.brokers import Broker, BrokerState, make_broker
-from meshgate.config import ConfigError, ConfigWatcher, Limits, MeshConfig, ReloadResult, replication_auth_issue
+from meshgate.brokers.embedded import EmbeddedNatsBroker
+from meshgate.config import (
+    BrokerKind,
+    ConfigError,
+    ConfigWatcher,
+    Limits,
+    MeshConfig,
+    ReloadResult,
+    replication_auth_issue,
+)
 from meshgate.gateway._admin import AdminService
 from meshgate.gateway._admission import Admission
 from meshgate.gateway._auth import Authenticator, ReplicationGuard
 from meshgate.gateway._budget import InflightBudget
 from meshgate.gateway._connections import ConnectionGuard, plan_connections
+from meshgate.gateway._console import CONSOLE_PATH, Console, latest_dead_letters
 from meshgate.gateway._decode import MalformedRequestInterceptor
 from meshgate.gateway._http import HttpEndpoint
 from meshgate.gateway._limits import ClientRates, ClientStreams, SubscribeBuffers
 from meshgate.gateway._metrics import GatewayMetrics
 from meshgate.gateway._publish import GatewayService
 from meshgate.gateway._replication import ReplicationService
+from meshgate.gateway._workers import WorkerPool
 from meshgate.observability import Tracing
-from meshgate.replicator import LinkOptions, Replicator
+from meshgate.replicator import BoardPoster, LinkBoard, LinkOptions, Replicator
 from meshgate.router import Router
 from meshgate.tls import ClientTls, ServerTls, TlsFiles, open_channel
 from meshgate.v1 import (
@@ -44,7 +55,7 @@ from meshgate.v1 import (
     replication_pb2_grpc,
 )
 
-__all__ = ["DEFAULT_LISTEN", "Gateway", "GatewayState"]
+__all__ = ["DEFAULT_LISTEN", "Gateway", "GatewayState", "replication_options"]
 
 log = logging.getLogger("meshgate.gateway")
 
@@ -80,6 +91,25 @@ def _server_options(limits: Limits) -> list[tuple[str, int]]:
         ("grpc.max_metadata_size", limits.max_metadata_bytes),
         ("grpc.absolute_max_metadata_size", limits.max_metadata_bytes),
     ]
+
+
+def replication_options(
+    config: MeshConfig, region: str, *, base: LinkOptions | None, guard: ReplicationGuard
+) -> tuple[LinkOptions, Tracing, ClientTls | None]:
+    """What a region's links send with, wherever they run: the link options, the tracer, the peer TLS.
+
+    A replication request must fit the destination's max_message_bytes (the same mesh file);
+    traces come from the OTEL_* variables; with security.ca this region's certificate is the
+    client certificate to every peer; every call carries what ``guard`` sends (the secret).
+    """
+    options = dataclasses.replace(base or LinkOptions(), max_request_bytes=config.settings.limits.max_message_bytes)
+    tracing = Tracing.from_env(region, system=_messaging_system(config.region(region).kind))
+    if tracing.enabled:
+        options = dataclasses.replace(options, tracing=tracing)
+    peer_tls = _peer_tls(config, region)
+    if peer_tls is not None:
+        options = dataclasses.replace(options, tls=peer_tls)
+    return dataclasses.replace(options, metadata=guard.metadata), tracing, peer_tls
 
 
 def _peer_tls(config: MeshConfig, region: str) -> ClientTls | None:
@@ -135,10 +165,18 @@ class Gateway(StartStop):
         link_options: LinkOptions | None = None,
         lease_ttl: float | None = None,
         replication_secret: str | None = None,
+        replication_workers: int = 0,
+        link_board: bool = False,
     ) -> None:
         """``replication_secret`` replaces the mesh file's security.replication_secret (``meshgate up``
         gives its own regions one per run). Raises ConfigError for a mesh of several regions whose
-        replication nothing authenticates (no ca, no secret, not ``replication: anonymous``)."""
+        replication nothing authenticates (no ca, no secret, not ``replication: anonymous``).
+
+        ``replicate`` runs the region's links: in this process, or with ``replication_workers``
+        in that many child processes (``meshgate serve --role replicator --worker I``, from the
+        mesh file at ``config_path``). Without ``replicate`` they run elsewhere (``--role
+        gateway``): with ``link_board``, Status and the link metrics show them from the board
+        the processes running them post to (always so with workers)."""
         self._region_cfg = config.region(region)  # raises KeyError naming the known regions
         refusal = replication_auth_issue(config, refuser=f"the gateway of region {region}")
         if refusal is not None and replication_secret is None:
@@ -169,23 +207,26 @@ class Gateway(StartStop):
         self.metrics.subscribe_buffered.set_function(lambda: self.subscriptions.held)
         self.metrics.subscribe_buffered_bytes.set_function(lambda: self.subscriptions.held_bytes)
         self.metrics.inflight.set_function(lambda: self.budget.used)
-        # A replication request must fit the destination's max_message_bytes (the same mesh file).
-        link_options = dataclasses.replace(
-            link_options or LinkOptions(), max_request_bytes=config.settings.limits.max_message_bytes
-        )
+        self.metrics.ready.set_function(lambda: 0.0 if self.ready() else 1.0)
         # Traces per gateway, from the OTEL_* variables; off (no per-event work) when none is set.
-        self.tracing = Tracing.from_env(region)
-        if self.tracing.enabled:
-            link_options = dataclasses.replace(link_options, tracing=self.tracing)
         # With security.ca: this region's certificate serves every client and, as the client
         # certificate, every peer this gateway calls (replication links, Locate).
-        self.peer_tls = _peer_tls(config, region)
+        link_options, self.tracing, self.peer_tls = replication_options(
+            config, region, base=link_options, guard=self.replication_guard
+        )
         self.server_tls: ServerTls | None = None
-        if self.peer_tls is not None:
-            link_options = dataclasses.replace(link_options, tls=self.peer_tls)
-        link_options = dataclasses.replace(link_options, metadata=self.replication_guard.metadata)
         self.replicator: Replicator | None = None
-        if replicate:
+        self._poster: BoardPoster | None = None
+        self.workers: WorkerPool | None = None
+        self.board: LinkBoard | None = None
+        if replication_workers < 0:
+            raise ValueError(f"replication_workers must be >= 0, got {replication_workers}")
+        self._replication_workers = replication_workers if replicate else 0
+        if self._replication_workers and (config_path is None or replication_secret is not None):
+            raise ValueError(
+                "replication workers read the mesh file themselves: give its path, and no replication_secret"
+            )
+        if replicate and not self._replication_workers:
             self.replicator = Replicator(
                 region=region,
                 broker=self.broker,
@@ -194,9 +235,17 @@ class Gateway(StartStop):
                 # The mesh file's settings.lease_ttl unless the caller (a test) sets its own.
                 lease_ttl=lease_ttl if lease_ttl is not None else config.settings.lease_ttl_seconds,
             )
+            # What the links do is posted for the processes that run none (``--role gateway``).
+            self._poster = BoardPoster(broker=self.broker, replicator=self.replicator)
+        elif self._replication_workers or link_board:
+            # The links run in other processes: Status and the link metrics come from the board.
+            self.board = LinkBoard(broker=self.broker, region=region, destinations=self._destinations)
         # Broker connection and link figures are read from the live objects at scrape time.
-        self.metrics.watch(broker=self.broker, replicator=self.replicator)
+        self.metrics.watch(
+            broker=self.broker, replicator=self.replicator, board=self.board, board_pids=self._worker_pids
+        )
         self._config_path = config_path
+        self._watch_config = watch_config
         self._watcher: ConfigWatcher | None = None
         if config_path is not None:
             self._watcher = ConfigWatcher(
@@ -254,6 +303,9 @@ class Gateway(StartStop):
         return self._broker_dead()
 
     def _broker_dead(self) -> str | None:
+        # Workers that cannot be kept running come back only with a new process (a new pod).
+        if self.workers is not None and (problem := self.workers.problem()) is not None:
+            return problem
         # A broker client that gave up (an embedded server that cannot be restarted, a NATS
         # client closed by the server) comes back only with a new process.
         if self.broker.state is BrokerState.FAILED:
@@ -294,7 +346,26 @@ class Gateway(StartStop):
         return open_channel(address, self.peer_tls, target_name=region)
 
     def link_statuses(self) -> list[admin_pb2.LinkStatus]:
-        return self.replicator.statuses() if self.replicator is not None else []
+        if self.replicator is not None:
+            return self.replicator.statuses()
+        return self.board.statuses() if self.board is not None else []
+
+    def _worker_pids(self) -> list[int]:
+        return self.workers.pids if self.workers is not None else []
+
+    def _destinations(self) -> list[str]:
+        return [r.name for r in self._config.regions if r.name != self.region]
+
+    def _worker_args(self) -> list[str]:
+        """The command line of a replication worker (``WorkerPool`` adds ``--worker I``)."""
+        args = ["serve", "-c", str(self._config_path), "--region", self.region, "--data-dir", str(self._data_dir)]
+        args += ["--role", "replicator"]
+        if isinstance(self.broker, EmbeddedNatsBroker):
+            # The embedded server runs in this process: the workers connect to it where it listens.
+            args += ["--broker-url", self.broker.server.url]
+        if self._watcher is not None and not self._watch_config:
+            args.append("--no-watch")
+        return args
 
     def _make_admission(self) -> Admission:
         return Admission(region=self.region, limits=self.limits, route=self._route)
@@ -330,33 +401,70 @@ class Gateway(StartStop):
         self.state = GatewayState.STARTING
         self._loop = asyncio.get_running_loop()
         try:
-            await self.broker.start()
             plan = plan_connections(self.limits, region=self.region)
             server = grpc.aio.server(
                 options=[*_server_options(self.limits), *plan.server_options()],
                 interceptors=[MalformedRequestInterceptor()],
             )
             gateway_pb2_grpc.add_GatewayServicer_to_server(GatewayService.for_gateway(self), server)
-            admin_pb2_grpc.add_AdminServicer_to_server(AdminService.for_gateway(self), server)
+            admin = AdminService.for_gateway(self)
+            admin_pb2_grpc.add_AdminServicer_to_server(admin, server)
             replication_pb2_grpc.add_ReplicationServicer_to_server(ReplicationService.for_gateway(self), server)
             health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
             reflection.enable_server_reflection((*_SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+            # The ports are taken before the broker starts: a port in use is refused before any
+            # broker is started or stream created. /readyz says "starting" until the end.
             self.port = self._bind(server)
-            await server.start()
             self._server = server
+            if self._metrics_listen:
+                host, port = _split_hostport(self._metrics_listen)
+                console = Console(
+                    region=self.region,
+                    loop=self._loop,
+                    auth=lambda: self.auth,
+                    routing=lambda: self.routing,
+                    link_statuses=self.link_statuses,
+                    peer_channel=self.peer_channel,
+                    locate=admin.locate,
+                    dead_letters=lambda: latest_dead_letters(self.broker),
+                )
+                self._http = HttpEndpoint(
+                    host=host,
+                    port=port,
+                    registry=self.metrics.registry,
+                    alive=self.alive,
+                    ready=self.ready,
+                    mounts={CONSOLE_PATH: console.app},
+                )
+                try:
+                    self._http.start()
+                except OSError as exc:
+                    raise OSError(
+                        f"region {self.region}: cannot serve metrics on {self._metrics_listen}: {exc.strerror or exc}"
+                    ) from None
+                shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+                shown = f"[{shown}]" if ":" in shown else shown
+                log.info(
+                    "region %s: mesh console on http://%s:%d%s/", self.region, shown, self._http.port, CONSOLE_PATH
+                )
+            await self.broker.start()
+            if self.tracing.enabled:  # an embedded broker's address is known once it runs
+                self.tracing.set_broker_address(_broker_address(self.broker))
+            await server.start()
             self._connections = ConnectionGuard(region=self.region, port=self.port, plan=plan)
             self._connections.start()
             log.info("region %s: %s", self.region, plan.describe())
-            if self._metrics_listen:
-                host, port = _split_hostport(self._metrics_listen)
-                self._http = HttpEndpoint(
-                    host=host, port=port, registry=self.metrics.registry, alive=self.alive, ready=self.ready
-                )
-                self._http.start()
             if self._watcher is not None:
                 await self._watcher.start()
             if self.replicator is not None:
                 await self.replicator.start()
+            if self._poster is not None:
+                await self._poster.start()
+            if self._replication_workers:
+                self.workers = WorkerPool(count=self._replication_workers, args=self._worker_args(), region=self.region)
+                await self.workers.start()
+            if self.board is not None:
+                await self.board.start()
             for name in ("", *_SERVICES):
                 await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         except BaseException:
@@ -415,6 +523,15 @@ class Gateway(StartStop):
             grace = self._config.settings.shutdown_grace_seconds
         await self._shutdown(grace=grace)
 
+    async def stop_links(self, grace: float | None = None) -> None:
+        """Stops the replication links only (their sent batches acked within ``grace``); ``stop()`` then
+        stops the rest. Gateways of one process (``meshgate up``) replicate to each other: stopping
+        every link first, while each peer still serves, means no link sees its destination vanish."""
+        if grace is None:
+            grace = self._config.settings.shutdown_grace_seconds
+        if self.replicator is not None and self.state is GatewayState.SERVING:
+            await self.replicator.stop(max(0.5, grace))
+
     async def _shutdown(self, *, grace: float) -> None:
         async with self._stop_lock:
             if self.state is GatewayState.STOPPED:
@@ -442,6 +559,12 @@ class Gateway(StartStop):
             if self.replicator is not None:
                 # Batches already sent get their acks within what is left of the grace period.
                 await self.replicator.stop(max(0.5, deadline - time.monotonic()))
+            if self.workers is not None:
+                # The workers drain their links (SIGTERM) within what is left of the grace period.
+                await self.workers.stop(max(0.5, deadline - time.monotonic()))
+            for board in (self._poster, self.board):
+                if board is not None:
+                    await board.stop()
             # The spans of the calls and links that just ended are flushed to the collector.
             await self.tracing.aclose(max(1.0, deadline - time.monotonic()))
             if self._watcher is not None:
@@ -456,3 +579,17 @@ class Gateway(StartStop):
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
+
+
+def _messaging_system(kind: BrokerKind) -> str:
+    """The OTel ``messaging.system`` of a region's broker kind (an embedded region runs nats-server)."""
+    return "kafka" if kind is BrokerKind.KAFKA else "nats"
+
+
+def _broker_address(broker: Broker) -> str | None:
+    """The first address the broker client was given (NATS URLs or Kafka bootstrap servers)."""
+    for attr in ("servers", "bootstrap_servers"):
+        servers = getattr(broker, attr, None)
+        if servers:
+            return str(servers[0])
+    return None

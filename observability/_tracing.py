@@ -7,8 +7,14 @@ gateways may share a process, as in ``meshgate up``, so nothing is set globally)
   ``OTEL_TRACES_EXPORTER`` (``otlp``, ``console``) is set; off when none is, when
   ``OTEL_TRACES_EXPORTER=none`` or when ``OTEL_SDK_DISABLED=true``. Off means no provider, no
   exporter and no per-event work: the event path checks one flag per batch.
-* the OTLP/gRPC exporter reads its endpoint, headers, TLS and timeout from the environment
-  itself, the ``BatchSpanProcessor`` its queue and delays (``OTEL_BSP_*``; it never blocks the
+* ``OTEL_EXPORTER_OTLP_TRACES_PROTOCOL``, else ``OTEL_EXPORTER_OTLP_PROTOCOL``, picks the
+  transport: ``grpc`` (the default) or ``http/protobuf`` (``http/json`` is sent as
+  ``http/protobuf``, the Python SDK has no JSON encoder). The exporter reads its endpoint,
+  headers, TLS, timeout and compression from the environment itself, per the OTel
+  specification: ``OTEL_EXPORTER_OTLP_ENDPOINT`` is the base URL (HTTP appends
+  ``/v1/traces``), ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` the full one, and
+  ``OTEL_EXPORTER_OTLP_(TRACES_)HEADERS`` ``key=value`` pairs. The ``BatchSpanProcessor``
+  reads its queue and delays (``OTEL_BSP_*``; it never blocks the
   event path, a full queue drops spans), the SDK its sampler (``OTEL_TRACES_SAMPLER`` and
   ``_ARG``, default ``parentbased_always_on``) and resource (``OTEL_SERVICE_NAME``,
   ``OTEL_RESOURCE_ATTRIBUTES``). ``service.name`` defaults to ``meshgate``; ``cloud.region``
@@ -23,21 +29,27 @@ has its ``traceparent`` rewritten; an unsampled one costs the decision and is le
 (a ``traceparent`` it carries travels unchanged, so later regions with a parent-based sampler
 decide alike; one that carries none gets none).
 
-The span model (messaging semantic conventions, ``messaging.system = nats``):
+The span model follows the messaging semantic conventions (schema 1.27): names are
+``{messaging.operation.name} {destination}``; every span has ``messaging.system`` (``nats``
+for NATS and embedded regions, ``kafka`` for Kafka ones: the broker of the span's region),
+``messaging.operation.type``, ``messaging.destination.name`` (the topic),
+``messaging.message.id``, ``messaging.message.body.size`` (the payload's bytes),
+``server.address``/``server.port`` (the broker written to; for ``send`` the destination's
+gateway) and ``cloud.region``:
 
-``{topic} publish`` (PRODUCER, origin region)
+``publish {topic}`` (PRODUCER, origin region)
     One per admitted event that is sampled, from the batch's arrival to the broker's ack. Parent: the event's
     ``traceparent`` extension when the producer set one, else the W3C ``traceparent`` of the
     gRPC call's metadata, else none (a new trace). Its context is written into the event's
     ``traceparent`` (and ``tracestate``) extension before the broker write, so it travels in
     the ``ce-traceparent`` broker header: it is the event's creation context.
-``{topic} send`` (PRODUCER, origin region, replicator)
+``send {topic}`` (PRODUCER, origin region, replicator)
     One per sampled event a link forwards, from the forward to the destination's ack of its batch.
     Parent: the stored event's ``traceparent`` (the publish span). The forwarded copy carries
     this span's context: links send events as their broker stored them (raw header lines), and
     the ``ce-traceparent`` line of those bytes is replaced, or added (the origin's stored event
     is never changed).
-``{topic} process`` (CONSUMER, destination region)
+``process {topic}`` (CONSUMER, destination region)
     One per sampled event of a replicated batch, covering dedup and the write. Parent: the incoming
     event's ``ce-traceparent`` header line (the send span); the copy written here carries this
     span's context in that line. ``meshgate.dedup`` says what happened:
@@ -60,6 +72,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from random import getrandbits as _getrandbits
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
@@ -120,31 +133,85 @@ def tracing_configured(environ: Mapping[str, str] = os.environ) -> bool:
     return bool(names) and "none" not in names
 
 
+# OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL values (the OTel specification's); the signal's own wins.
+_PROTOCOL_VARS = ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
+OTLP_PROTOCOLS = ("grpc", "http/protobuf", "http/json")
+
+
+def otlp_protocol(environ: Mapping[str, str]) -> str:
+    """The OTLP transport the variables ask for: the traces variable first, then the general
+    one; ``grpc`` when neither is set (the default of Python's OTel distribution, and what
+    meshgate always used: an endpoint on port 4317 keeps working)."""
+    for var in _PROTOCOL_VARS:
+        value = environ.get(var, "").strip().lower()
+        if value:
+            return value
+    return "grpc"
+
+
 def _make_exporter(name: str, environ: Mapping[str, str]) -> SpanExporter | None:
     if name == "otlp":
-        protocol = environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-        if protocol and protocol != "grpc":
-            log.warning("OTEL_EXPORTER_OTLP_PROTOCOL=%s is not supported; traces are exported by OTLP/gRPC", protocol)
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter  # noqa: PLC0415 - OTLP/gRPC only when exporting
+        protocol = otlp_protocol(environ)
+        # Both exporters read their endpoint, headers, TLS, timeout and compression from the
+        # OTEL_EXPORTER_OTLP_(TRACES_)* variables themselves; the HTTP one appends /v1/traces to
+        # OTEL_EXPORTER_OTLP_ENDPOINT and takes OTEL_EXPORTER_OTLP_TRACES_ENDPOINT as the full URL.
+        if protocol == "grpc":
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # noqa: PLC0415 - only when exporting
+                OTLPSpanExporter as GrpcExporter,
+            )
 
-        return OTLPSpanExporter()  # endpoint, headers, TLS, timeout, compression: OTEL_EXPORTER_OTLP_*
+            return GrpcExporter()
+        if protocol in ("http/protobuf", "http/json"):
+            if protocol == "http/json":
+                # The Python SDK has no JSON encoder; every OTLP/HTTP receiver also takes protobuf.
+                log.warning("OTEL_EXPORTER_OTLP_PROTOCOL=http/json is not supported; traces go by http/protobuf")
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # noqa: PLC0415 - only when exporting
+                OTLPSpanExporter as HttpExporter,
+            )
+
+            return HttpExporter()
+        log.warning(
+            "OTEL_EXPORTER_OTLP_PROTOCOL=%s is not one of %s; no traces are exported",
+            protocol,
+            ", ".join(OTLP_PROTOCOLS),
+        )
+        return None
     if name == "console":
         return ConsoleSpanExporter()
     log.warning("OTEL_TRACES_EXPORTER=%s is not supported (use otlp, console or none); ignored", name)
     return None
 
 
+# The semantic conventions' version whose messaging names the spans follow.
+SCHEMA_URL = "https://opentelemetry.io/schemas/1.27.0"
+
+
+def server_attributes(address: str | None) -> dict[str, Any]:
+    """``server.address`` and ``server.port`` of ``host:port``, ``[v6]:port`` or a URL; {} for none."""
+    if not address:
+        return {}
+    parts = urlsplit(address if "://" in address else "//" + address)
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:  # a port that is not a number: the address only
+        host, port = parts.hostname, None
+    if not host:
+        return {}
+    return {"server.address": host, "server.port": port} if port else {"server.address": host}
+
+
 _NAMES: dict[tuple[str, str], str] = {}
 
 
-def _name(topic: str, operation: str) -> str:
-    """``"{topic} {operation}"``, cached: producers reuse a small set of topics."""
-    key = (topic, operation)
+def _name(operation: str, topic: str) -> str:
+    """``"{operation} {topic}"`` (the messaging conventions' ``{messaging.operation.name}
+    {destination}``), cached: producers reuse a small set of topics."""
+    key = (operation, topic)
     name = _NAMES.get(key)
     if name is None:
         if len(_NAMES) >= 16_384:
             _NAMES.clear()
-        name = _NAMES[key] = topic + operation
+        name = _NAMES[key] = operation + topic
     return name
 
 
@@ -357,20 +424,20 @@ class BatchTrace:
 
     def _open(self, i: int, ev: event_pb2.Event, admitted_ns: int) -> None:
         tr = self._tracing
-        tracer, region = tr.tracer, tr.region
+        tracer = tr.tracer
         topic = ev.topic
         span = tracer.start_span(
-            _name(topic, " publish"), context=_parent_of(ev, self.parent), kind=_PRODUCER, start_time=self.start_ns
+            _name("publish ", topic), context=_parent_of(ev, self.parent), kind=_PRODUCER, start_time=self.start_ns
         )
         if span.is_recording():  # attributes only for sampled spans: the others cost the least
             span.set_attributes(
                 {
-                    "messaging.system": "nats",
+                    **tr.broker_attributes,
                     "messaging.operation.type": "send",
                     "messaging.operation.name": "publish",
                     "messaging.destination.name": topic,
                     "messaging.message.id": ev.id,
-                    "cloud.region": region,
+                    "messaging.message.body.size": len(ev.data),
                     "meshgate.route": ",".join(ev.route),
                 }
             )
@@ -403,8 +470,13 @@ class BatchTrace:
 class Tracing:
     """One gateway's tracer; ``enabled`` is False (and everything a no-op) without ``OTEL_*``."""
 
-    def __init__(self, *, region: str, provider: TracerProvider | None = None) -> None:
+    def __init__(self, *, region: str, provider: TracerProvider | None = None, system: str = "nats") -> None:
         self.region = region
+        self.system = system
+        # On every span: the messaging system of this region's broker and the region; with the
+        # broker's address (``set_broker_address``) on the spans that write to it.
+        self.base_attributes: dict[str, Any] = {"messaging.system": system, "cloud.region": region}
+        self.broker_attributes: dict[str, Any] = dict(self.base_attributes)
         self.provider = provider
         self.enabled = provider is not None
         # The decision before any span work (None: an unknown sampler, the SDK decides per span);
@@ -413,19 +485,24 @@ class Tracing:
         ids = provider.id_generator if provider is not None else None
         self.ids: DecisionIds | None = ids if isinstance(ids, DecisionIds) else None
         self.tracer: Tracer = (
-            provider.get_tracer("meshgate", schema_url="https://opentelemetry.io/schemas/1.26.0")
-            if provider is not None
-            else NoOpTracer()
+            provider.get_tracer("meshgate", schema_url=SCHEMA_URL) if provider is not None else NoOpTracer()
         )
 
+    def set_broker_address(self, address: str | None) -> None:
+        """``server.address``/``server.port`` of the publish and process spans: the broker they
+        write to (``host:port`` or a URL; the first of the region's brokers, the embedded
+        server's once it runs)."""
+        self.broker_attributes = {**self.base_attributes, **server_attributes(address)}
+
     @classmethod
-    def from_env(cls, region: str, environ: Mapping[str, str] | None = None) -> Tracing:
+    def from_env(cls, region: str, environ: Mapping[str, str] | None = None, *, system: str = "nats") -> Tracing:
+        """``system``: ``messaging.system`` of the region's broker (``nats``, ``kafka``)."""
         env = os.environ if environ is None else environ
         if not tracing_configured(env):
-            return cls(region=region)
+            return cls(region=region, system=system)
         exporters = [e for e in (_make_exporter(n, env) for n in _exporter_names(env)) if e is not None]
         if not exporters:
-            return cls(region=region)
+            return cls(region=region, system=system)
         resource = Resource.create({"cloud.region": region})
         if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
             resource = resource.merge(Resource({"service.name": "meshgate"}))
@@ -434,12 +511,13 @@ class Tracing:
         for exporter in exporters:
             provider.add_span_processor(BatchSpanProcessor(exporter))
         log.info(
-            "region %s: traces on (%s), sampler %s",
+            "region %s: traces on (%s, OTLP over %s), sampler %s",
             region,
             ", ".join(_exporter_names(env)),
+            otlp_protocol(env),
             provider.sampler.get_description(),
         )
-        return cls(region=region, provider=provider)
+        return cls(region=region, provider=provider, system=system)
 
     # --- origin: Publish / PublishStream ---------------------------------------------------
 
@@ -468,15 +546,16 @@ class Tracing:
         ids = self.ids  # a root; without DecisionIds the SDK draws its trace id, so it decides in start_span
         return ids is None or ids.root_sampled(decide)
 
-    def start_send(self, raw: RawBatch, destination: str) -> list[Span | None]:
+    def start_send(self, raw: RawBatch, destination: str, *, address: str | None = None) -> list[Span | None]:
         """A send span per forwarded event that is sampled; its header lines then carry the span's context.
 
         ``raw.headers`` is rewritten in place (the ``ce-traceparent`` line replaced or added):
         the forwarded copy, and a dead letter made of it, carry the send span's context; the
         origin's stored event is never changed. An unsampled event (None in the list) keeps
-        its lines; the list is empty when no event is sampled.
+        its lines; the list is empty when no event is sampled. ``address``: the destination
+        gateway's (``server.address``/``server.port``: the server the send talks to).
         """
-        tracer, region, decide = self.tracer, self.region, self.decide
+        tracer, decide = self.tracer, self.decide
         spans: list[Span | None] = []
         sampled = 0
         headers = raw.headers
@@ -486,16 +565,17 @@ class Tracing:
                 continue
             sampled += 1
             topic = raw.topics[i]
-            span = tracer.start_span(_name(topic, " send"), context=_parent_of_lines(lines), kind=_PRODUCER)
+            span = tracer.start_span(_name("send ", topic), context=_parent_of_lines(lines), kind=_PRODUCER)
             if span.is_recording():
                 span.set_attributes(
                     {
-                        "messaging.system": "nats",
+                        **self.base_attributes,
+                        **server_attributes(address),
                         "messaging.operation.type": "send",
                         "messaging.operation.name": "send",
                         "messaging.destination.name": topic,
                         "messaging.message.id": raw.ids[i],
-                        "cloud.region": region,
+                        "messaging.message.body.size": len(raw.data[i]),
                         "meshgate.destination": destination,
                         "meshgate.origin.sequence": raw.sequences[i],
                     }
@@ -539,9 +619,9 @@ class Tracing:
         carry its span's context: the copy stored here names the span that wrote it. An
         unsampled event (None in the list) keeps its lines; the list is empty when none is sampled.
         """
-        tracer, region, decide = self.tracer, self.region, self.decide
+        tracer, decide = self.tracer, self.decide
         raw = batch.request.raw
-        headers, topics, ids, seqs = raw.headers, raw.topics, raw.ids, raw.sequences
+        headers, topics, ids, seqs, datas = raw.headers, raw.topics, raw.ids, raw.sequences, raw.data
         refused = {r.index for r in batch.refused}
         slot_of = {i: k for k, i in enumerate(batch.w_index)}
         w_headers = batch.w_headers
@@ -554,12 +634,12 @@ class Tracing:
             sampled += 1
             topic = topics[i]
             attributes: dict[str, Any] = {
-                "messaging.system": "nats",
+                **self.broker_attributes,
                 "messaging.operation.type": "process",
                 "messaging.operation.name": "process",
                 "messaging.destination.name": topic,
                 "messaging.message.id": ids[i],
-                "cloud.region": region,
+                "messaging.message.body.size": len(datas[i]),
                 "meshgate.origin": origin,
                 "meshgate.origin.sequence": seqs[i],
             }
@@ -567,7 +647,7 @@ class Tracing:
             if slot is None:
                 attributes["meshgate.dedup"] = "refused" if i in refused else "duplicate"
             span = tracer.start_span(
-                _name(topic, " process"), context=_parent_of_lines(lines), kind=_CONSUMER, start_time=start_ns
+                _name("process ", topic), context=_parent_of_lines(lines), kind=_CONSUMER, start_time=start_ns
             )
             if span.is_recording():
                 span.set_attributes(attributes)

@@ -39,9 +39,10 @@ log = logging.getLogger("meshgate.replicator")
 DLQ_TOPIC_PREFIX = "meshgate/dlq/"
 _MAX_REASON = 500
 _LAG_POLL_SECONDS = 0.5
-# Room per event in a request for its fields' tags and lengths; with traces on, also for the
-# ce-traceparent line the send span adds to an event stored without one.
-_EVENT_OVERHEAD_BYTES = 16
+# Room per event in a request for its fields' tags and lengths, and its stored time (a 9-byte
+# varint of Unix nanoseconds, stored_unix_nanos); with traces on, also for the ce-traceparent
+# line the send span adds to an event stored without one.
+_EVENT_OVERHEAD_BYTES = 16 + 10
 _TRACED_EVENT_OVERHEAD_BYTES = _EVENT_OVERHEAD_BYTES + 80
 # How often a connected link looks at its TLS files for a rotation.
 _TLS_POLL_SECONDS = 1.0
@@ -501,7 +502,9 @@ class Link:
                 if n:
                     await window.acquire()  # each request is one batch in flight
                 batch_id += 1
-                spans = tracing.start_send(part, self.destination) if tracing is not None else None
+                spans = (
+                    tracing.start_send(part, self.destination, address=self.address) if tracing is not None else None
+                )
                 self._inflight.append(_Sent(batch_id, part, spans))
                 self._idle.clear()
                 await call.write(
@@ -515,6 +518,7 @@ class Link:
                             streams=part.streams,
                             headers=part.headers,
                             data=part.data,
+                            stored_unix_nanos=part.stored_ns,
                         ),
                     )
                 )

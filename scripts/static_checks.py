@@ -90,9 +90,7 @@ def _lint_imports(args: list[str]) -> int:
     build_view()
     # Run from the copy: import-linter puts the working directory first on sys.path, so it finds
     # the copied `meshgate` before the checkout's (which lacks the mapped subpackages).
-    return subprocess.run(
-        ["lint-imports", "--config", str(ROOT / "pyproject.toml"), *args], cwd=VIEW, check=False
-    ).returncode
+    return subprocess.run(["lint-imports", *args, str(ROOT / "pyproject.toml")], cwd=VIEW, check=False).returncode
 
 
 def main(argv: list[str]) -> int:

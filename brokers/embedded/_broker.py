@@ -60,6 +60,8 @@ class EmbeddedNatsBroker(NatsBroker):
         reconnect_wait: float = 1.0,
         durable_ack_wait: float = 30.0,
         restart: RestartPolicy | None = DEFAULT_RESTART,
+        monitor_host: str | None = None,
+        monitor_port: int | None = -1,
     ) -> None:
         self._client_state = BrokerState.NEW
         self._client_reason = ""
@@ -83,6 +85,8 @@ class EmbeddedNatsBroker(NatsBroker):
             server_name=f"meshgate-{region}",
             max_payload=max_payload,
             restart=restart,
+            monitor_host=monitor_host,
+            monitor_port=monitor_port,
         )
         self._storage_restarted = -_RESTART_INTERVAL_SECONDS
 
@@ -117,6 +121,10 @@ class EmbeddedNatsBroker(NatsBroker):
         except EmbeddedNatsError:
             logger.exception("embedded NATS %s did not come back after a restart for storage", self.region)
             raise
+
+    @property
+    def monitor_url(self) -> str:
+        return self.server.monitor_url
 
     @property
     def state(self) -> BrokerState:

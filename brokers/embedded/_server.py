@@ -11,6 +11,12 @@ stderr; the readiness of the process is read from that log ("Server is ready"), 
 with a sleep, and the client port is parsed from it, so ``port=-1`` (any free port) works. The
 port found on the first start is kept for every restart, so clients reconnect by themselves.
 
+The server also serves NATS's HTTP monitoring (``/varz``, ``/jsz``, ``/connz``: what ``nats
+server check``, ``nats-top`` and Prometheus exporters read) on ``monitor_port`` of ``monitor_host``
+(the client host by default), a free port unless one is given, also kept across restarts;
+``monitor_port=None`` turns it off. It answers without credentials, like the client port:
+both listen on 127.0.0.1 unless the mesh file says otherwise.
+
 Durability: by default JetStream writes every event to its files (the OS page cache) before it
 acks, and fsyncs every 2 minutes: an event survives a crash or a ``kill -9`` of the server, not
 the loss of the machine within those 2 minutes. ``sync_always=True`` fsyncs every write before
@@ -57,6 +63,7 @@ DEFAULT_EMBEDDED_MAX_PAYLOAD = 4 * 1024 * 1024
 
 _READY = "Server is ready"
 _LISTENING_RE = re.compile(r"Listening for client connections on (\S+):(\d+)")
+_MONITOR_RE = re.compile(r"Starting http monitor on (\S+):(\d+)")
 _CONFIG_NAME = "nats-server.conf"
 _PID_NAME = "nats-server.pid"
 # Longest log line kept whole; a longer one (a huge trace) is dropped, never fatal.
@@ -153,6 +160,15 @@ def find_nats_server() -> Path:
     )
 
 
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _reachable(host: str) -> str:
+    """A host a URL can name: a server listening on every address is reached on loopback."""
+    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -208,6 +224,8 @@ class EmbeddedNats(StartStop):
         binary: Path | str | None = None,
         log_lines: int = 200,
         restart: RestartPolicy | None = DEFAULT_RESTART,
+        monitor_host: str | None = None,
+        monitor_port: int | None = -1,
     ) -> None:
         # Absolute: the path is also how start() recognizes a server left running on it.
         self.data_dir = Path(data_dir).absolute()
@@ -228,6 +246,12 @@ class EmbeddedNats(StartStop):
         self._supervisor: asyncio.Task[None] | None = None
         self._binary = Path(binary) if binary is not None else None
         self._port = port
+        self.monitor_host = monitor_host if monitor_host is not None else host
+        # None: no monitoring; -1: a free port, found in the log at the first start and kept.
+        self._monitor_port = monitor_port
+        # The monitoring port in the config of the running process: nats-server cannot reload a
+        # change of it, so a config rewritten while it runs (a reload) keeps what it started with.
+        self._monitor_in_config = monitor_port
         self._proc: asyncio.subprocess.Process | None = None
         self._pump: asyncio.Task[None] | None = None
         self._log: collections.deque[str] = collections.deque(maxlen=log_lines)
@@ -244,8 +268,19 @@ class EmbeddedNats(StartStop):
     def url(self) -> str:
         if self._port <= 0:
             raise EmbeddedNatsError(f"embedded NATS {self.server_name!r} has no port yet: start it first")
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"nats://{host}:{self._port}"
+        return f"nats://{_url_host(self.host)}:{self._port}"
+
+    @property
+    def monitor_port(self) -> int | None:
+        """The HTTP monitoring port (-1 until the first start has found one, None when off)."""
+        return self._monitor_port
+
+    @property
+    def monitor_url(self) -> str:
+        """``http://HOST:PORT`` of the monitoring endpoints ("" when off or not started yet)."""
+        if self._monitor_port is None or self._monitor_port <= 0:
+            return ""
+        return f"http://{_url_host(_reachable(self.monitor_host))}:{self._monitor_port}"
 
     @property
     def pid(self) -> int | None:
@@ -270,6 +305,7 @@ class EmbeddedNats(StartStop):
         binary = self._binary or find_nats_server()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._refuse_if_in_use()
+        self._monitor_in_config = self._monitor_port
         self.config_path.write_text(self._config_text())
         if self.state is not EmbeddedNatsState.RESTARTING:
             self.state = EmbeddedNatsState.STARTING
@@ -289,7 +325,7 @@ class EmbeddedNats(StartStop):
         )
         self._proc = proc
         try:
-            port = await asyncio.wait_for(self._await_ready(proc), self.ready_timeout)
+            port, monitor_port = await asyncio.wait_for(self._await_ready(proc), self.ready_timeout)
         except TimeoutError:
             await self._terminate(proc, graceful=False)
             self._discard(proc)
@@ -310,12 +346,15 @@ class EmbeddedNats(StartStop):
             self.state = EmbeddedNatsState.FAILED
             raise
         self._port = port
+        if self._monitor_port is not None and monitor_port is not None:
+            self._monitor_port = monitor_port
         self.state = EmbeddedNatsState.RUNNING
         self._pump = asyncio.create_task(self._pump_log(proc), name=f"nats-server-log-{self.server_name}")
         logger.info(
-            "embedded NATS %s ready at %s (pid %d, data %s, sync %s)",
+            "embedded NATS %s ready at %s%s (pid %d, data %s, sync %s)",
             self.server_name,
             self.url,
+            f", monitoring {self.monitor_url}" if self.monitor_url else "",
             proc.pid,
             self.data_dir,
             "always" if self.sync_always else "every 2 min",
@@ -323,7 +362,12 @@ class EmbeddedNats(StartStop):
 
     def _config_text(self) -> str:
         q = json.dumps  # NATS config strings take JSON escapes.
-        listen_host = f"[{self.host}]" if ":" in self.host else self.host
+        listen_host = _url_host(self.host)
+        monitor = (
+            f"http: {q(f'{_url_host(self.monitor_host)}:{self._monitor_in_config}')}\n"
+            if self._monitor_in_config is not None
+            else ""
+        )
         sync = (
             "  # fsync every write before the ack.\n  sync_interval: always\n"
             if self.sync_always
@@ -333,6 +377,7 @@ class EmbeddedNats(StartStop):
             "# Written by Meshgate at every start of the embedded NATS server; edits are overwritten.\n"
             f"server_name: {q(self.server_name)}\n"
             f"listen: {q(f'{listen_host}:{self._port}')}\n"
+            f"{monitor}"
             f"max_payload: {self.max_payload}\n"
             f"pid_file: {q(str(self.data_dir / _PID_NAME))}\n"
             "jetstream {\n"
@@ -354,9 +399,11 @@ class EmbeddedNats(StartStop):
                 f"stop it (kill {pid}) or use another data dir"
             )
 
-    async def _await_ready(self, proc: asyncio.subprocess.Process) -> int:
+    async def _await_ready(self, proc: asyncio.subprocess.Process) -> tuple[int, int | None]:
+        """The client port and the monitoring port (None if the log did not name one)."""
         assert proc.stdout is not None
         port: int | None = None
+        monitor_port: int | None = None
         while True:
             raw = await _readline(proc.stdout)
             if not raw:
@@ -371,12 +418,15 @@ class EmbeddedNats(StartStop):
             m = _LISTENING_RE.search(line)
             if m:
                 port = int(m.group(2))
+            m = _MONITOR_RE.search(line)
+            if m:
+                monitor_port = int(m.group(2))
             if _READY in line:
                 if port is None:
                     raise EmbeddedNatsError(
                         "nats-server is ready but did not log its client port", log_tail=self.log_tail()
                     )
-                return port
+                return port, monitor_port
 
     async def _pump_log(self, proc: asyncio.subprocess.Process) -> None:
         """Keeps reading the log so the pipe never fills up (a full pipe blocks the server)."""

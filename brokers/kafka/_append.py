@@ -26,7 +26,7 @@ from meshgate.brokers._base import (
     StorageFullError,
 )
 from meshgate.brokers._codec import (
-    encode_headers,
+    encode_kafka_headers,
 )
 from meshgate.brokers.kafka._errors import (
     KAFKA_FAILURES,
@@ -192,7 +192,7 @@ class KafkaAppend(KafkaState):
                 continue
             try:
                 kafka_topic = names.kafka_topic(event.topic)
-                pairs = encode_headers(event)
+                pairs = encode_kafka_headers(event)
             except ValueError as exc:
                 results[i] = EventRejectedError(f"event {i} of the batch cannot be written: {exc}")
                 continue

@@ -13,9 +13,9 @@ Kafka's own partitioner (murmur2, as the Java client), so events of one key keep
 and native producers of the same key land in the same partition. Events without a key go
 to one partition per topic per ``append`` call, rotating between calls.
 
-Headers are the CloudEvents binary-mode headers of the codec (``ce-*``, ``mg-*``,
-``ce-traceparent``), the value is ``event.data`` byte for byte: a plain Kafka consumer reads
-the same event.
+Headers are the CloudEvents Kafka binding's binary-mode headers (``ce_*``, ``content-type``,
+``ce_traceparent``) and Meshgate's ``mg-*``, the value is ``event.data`` byte for byte: a plain
+Kafka consumer or a CloudEvents SDK reads the same event.
 
 Client retries of an id within the idempotency window are absorbed by the adapter's id window
 (``_ids``/``_follower``): Kafka has no duplicate detection by id of its own.
@@ -376,6 +376,10 @@ class KafkaBroker(KafkaAppend, KafkaRead, KafkaCheckpoints, Broker, WorkSharing)
             return list(await self._ensure_topic(kafka_topic))
         except KAFKA_FAILURES as exc:
             raise kafka_error(exc, f"topic {topic}") from exc
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        return self.bootstrap_servers
 
     @property
     def window_size(self) -> int:

@@ -221,6 +221,9 @@ class KafkaDurableConsumer(DurableConsumer):
                             event=decode(record),
                             token=KafkaToken(tp, record.offset, track.epoch),
                             pending=max(0, high - record.offset - 1) if high is not None else 0,
+                            # CreateTime set at produce (the adapter appends without one), or
+                            # the broker's LogAppendTime when the topic is configured so.
+                            stored_ns=max(0, record.timestamp) * 1_000_000,
                         )
                     )
                 if skipped:

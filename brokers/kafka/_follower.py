@@ -1,7 +1,7 @@
 """The id follower: reads the ids of every event written to the region into the id window.
 
 Each gateway replica writes to the same topics, and a client's retry may land on any of
-them. The follower reads the ``ce-id`` header of every record of every mesh topic (one
+them. The follower reads the ``ce_id`` header of every record of every mesh topic (one
 assign-only consumer, no group: every replica needs all of them) so that a replica knows the
 ids the others stored. On start it reads the last idempotency window of every partition
 before the broker takes writes (the restart case); afterwards it runs in the background and
@@ -33,7 +33,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import ConsumerStoppedError
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
-from meshgate.brokers._codec import HEADER_ID, unescape_header_value
+from meshgate.brokers._codec import kafka_record_id, unescape_header_value
 from meshgate.brokers.kafka._clients import start_consumer, stop_consumer
 from meshgate.brokers.kafka._errors import KAFKA_FAILURES
 from meshgate.brokers.kafka._ids import IdWindow
@@ -168,7 +168,7 @@ class IdFollower:
                 continue
             stream = stream_of(tp.topic, tp.partition)
             for record in records:
-                event_id = header_value(record, HEADER_ID)
+                event_id = kafka_record_id(record.headers)
                 if event_id:
                     add(event_id, stream, record.offset + 1, record.timestamp / 1000)
             self._positions[tp] = position = records[-1].offset + 1

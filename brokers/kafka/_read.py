@@ -23,7 +23,8 @@ from meshgate.brokers._codec import (
     HEADER_ORIGIN,
     HEADER_ORIGIN_SEQ,
     HEADER_ORIGIN_STREAM,
-    decode_event,
+    KAFKA_HEADER_ID,
+    decode_kafka_record,
     escape_header_value,
     unescape_header_value,
 )
@@ -74,18 +75,14 @@ def _advance(
             positions[tp] = records[-1].offset + 1
 
 
-def _record_headers(record: ConsumerRecord[bytes, bytes]) -> dict[str, str]:
-    # Meshgate's values are ASCII (escaped); a native producer's stray bytes become U+FFFD.
-    return {k: v.decode("utf-8", "replace") for k, v in record.headers if v is not None}
-
-
 class KafkaRead(KafkaState):
     """The reads of ``KafkaBroker``: ``read`` (Subscribe, catch-up) and the positions of the region's log."""
 
     def _decode(self, record: ConsumerRecord[bytes, bytes]) -> event_pb2.Event:
-        return decode_event(
-            _record_headers(record),
-            record.value or b"",
+        return decode_kafka_record(
+            record.headers,
+            record.key,
+            record.value,
             topic=self._names.mesh_topic(record.topic),
             sequence=record.offset + 1,
             stream=stream_of(record.topic, record.partition),
@@ -239,14 +236,19 @@ class KafkaRead(KafkaState):
     async def find_event(self, event_id: str, *, since: datetime) -> event_pb2.Event | None:
         probe = self._require_probe()
         at = since if since.tzinfo is not None else since.replace(tzinfo=UTC)
-        wanted = escape_header_value(event_id).encode()
+        wanted = event_id.encode()
+        # Records written before the Kafka binding was followed: ce-id, percent-encoded.
+        legacy = escape_header_value(event_id).encode()
         try:
             tps = await self._mesh_partitions()
             starts = await probe.offsets_for_time(tps, int(at.timestamp() * 1000))
             ends = await probe.end_offsets(tps)
             async for records in self._scan({tp: (starts[tp], ends[tp]) for tp in tps}):
                 for record in records:
-                    if any(k == HEADER_ID and v == wanted for k, v in record.headers):
+                    if any(
+                        (k == KAFKA_HEADER_ID and v == wanted) or (k == HEADER_ID and v == legacy)
+                        for k, v in record.headers
+                    ):
                         return self._decode(record)
         except KAFKA_FAILURES as exc:
             raise kafka_error(exc, f"search for event {event_id!r}") from exc

@@ -38,6 +38,7 @@ from nats.js.api import (
 )
 
 from meshgate.brokers._base import (
+    Board,
     Broker,
     BrokerError,
     BrokerState,
@@ -51,6 +52,7 @@ from meshgate.brokers._codec import (
 )
 from meshgate.brokers._storage import StorageHealth
 from meshgate.brokers.nats._append import NatsAppend
+from meshgate.brokers.nats._board import NatsBoard
 from meshgate.brokers.nats._checkpoints import NatsCheckpoints
 from meshgate.brokers.nats._consumer import ConsumerApi, ConsumerHost, NatsDurableConsumer, durable_template
 from meshgate.brokers.nats._errors import (
@@ -67,7 +69,7 @@ from meshgate.brokers.nats._pull import (
     PullSubscription,
 )
 from meshgate.brokers.nats._read import NatsRead
-from meshgate.brokers.nats._state import NatsBrokerStats
+from meshgate.brokers.nats._state import NatsBrokerStats, _redact
 from meshgate.brokers.nats._wire import (
     PubAckParser,
 )
@@ -90,7 +92,7 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-class NatsBroker(NatsAppend, NatsRead, NatsCheckpoints, NatsLeases, SequencedLog, Leases, Broker):
+class NatsBroker(NatsAppend, NatsRead, NatsCheckpoints, NatsLeases, NatsBoard, SequencedLog, Leases, Board, Broker):
     """A region's log in a NATS JetStream stream (created or updated on ``start``).
 
     ``servers`` are NATS URLs (``nats://host:4222``). Once connected the client reconnects
@@ -189,6 +191,11 @@ class NatsBroker(NatsAppend, NatsRead, NatsCheckpoints, NatsLeases, SequencedLog
     def max_payload(self) -> int:
         """The connected server's max_payload: the largest message (headers + data) it takes."""
         return self._max_payload
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        # Shown to operators (meshgate status): never a password or token of a server URL.
+        return tuple(_redact(url) for url in self.servers)
 
     @property
     def acks_in_flight(self) -> int:

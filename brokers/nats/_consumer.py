@@ -322,7 +322,7 @@ class NatsDurableConsumer(DurableConsumer):
                 parse_header_block(hdr), data, topic=topic_of(subject.decode()), sequence=meta.stream_sequence
             )
             unacked[reply] = meta.consumer_sequence
-            deliveries.append(Delivery(event=event, token=reply, pending=meta.pending))
+            deliveries.append(Delivery(event=event, token=reply, pending=meta.pending, stored_ns=meta.timestamp_ns))
         if msgs:
             await self._after_take(nc, msgs[-1][1])
         return deliveries
@@ -412,12 +412,13 @@ class NatsDurableConsumer(DurableConsumer):
     async def fetch_raw(self, max_events: int, *, timeout: float) -> RawBatch:
         puller, nc = await self._pull(max_events, timeout)
         batch = RawBatch()
-        ids, topics, sequences, headers, datas, tokens = (
+        ids, topics, sequences, headers, datas, stored, tokens = (
             batch.ids,
             batch.topics,
             batch.sequences,
             batch.headers,
             batch.data,
+            batch.stored_ns,
             batch.tokens,
         )
         topic_cache = self._topics
@@ -432,6 +433,7 @@ class NatsDurableConsumer(DurableConsumer):
             base = 4 if len(tokens_) == 9 else 6
             sequences.append(int(tokens_[base + 1]))
             delivery = int(tokens_[base + 2])
+            stored.append(int(tokens_[base + 3]))
             pending = int(tokens_[base + 4])
             topic = topic_cache.get(subject)
             if topic is None:

@@ -9,6 +9,7 @@ import secrets
 
 __all__ = [
     "GENERATION_SEP",
+    "board_bucket",
     "check_durable_name",
     "checkpoint_bucket",
     "generation_name",
@@ -35,6 +36,11 @@ def checkpoint_bucket(stream: str) -> str:
 def lease_bucket(stream: str) -> str:
     """The KV bucket of the leases kept beside ``stream``."""
     return f"{stream}_LEASES"
+
+
+def board_bucket(stream: str) -> str:
+    """The KV bucket of the notes (the link status board) kept beside ``stream``."""
+    return f"{stream}_LINKS"
 
 
 def kv_stream(bucket: str) -> str:

@@ -53,7 +53,9 @@ def header_block(event: event_pb2.Event) -> str:
         block += f"ce-time: {format_time(event.time)}\r\n"
     ctype = event.datacontenttype
     if ctype:
-        block += f"content-type: {esc[ctype]}\r\n"
+        block += f"ce-datacontenttype: {esc[ctype]}\r\n"
+    if event.dataschema:
+        block += f"ce-dataschema: {esc[event.dataschema]}\r\n"
     if event.extensions:
         for name, value in event.extensions.items():
             if name in RESERVED_EXTENSION_NAMES:
@@ -170,6 +172,8 @@ class AckMetadata:
     delivered: int
     # Messages on the consumer's filter after this one when it was delivered.
     pending: int
+    # When the stream stored it, in Unix nanoseconds.
+    timestamp_ns: int = 0
 
 
 def parse_ack_subject(reply: str) -> AckMetadata:
@@ -191,6 +195,7 @@ def parse_ack_subject(reply: str) -> AckMetadata:
         consumer_sequence=int(tokens[base + 2]),
         delivered=int(tokens[base]),
         pending=int(tokens[base + 4]),
+        timestamp_ns=int(tokens[base + 3]),
     )
 
 

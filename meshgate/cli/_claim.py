@@ -65,6 +65,9 @@ def endpoints_of(config: MeshConfig, listens: Sequence[str]) -> list[Endpoint]:
         if region.kind is BrokerKind.EMBEDDED and region.brokers:
             bhost, bport = split_host_port(region.brokers[0], port_required=False)
             out.append(Endpoint(f"embedded broker of region {region.name}", bhost, bport or _DEFAULT_NATS_PORT))
+        if region.kind is BrokerKind.EMBEDDED and region.nats.monitor:
+            nhost, nport = split_host_port(region.nats.monitor)
+            out.append(Endpoint(f"broker monitoring of region {region.name}", nhost, nport or 0))
     return [e for e in out if e.port > 0]
 
 

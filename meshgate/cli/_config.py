@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from meshgate.cli._diff import RoutingDiff
+    from meshgate._routing_diff import RoutingDiff
     from meshgate.config import ConfigError, MeshConfig, RouteRule
 
 __all__ = ["register", "run"]
@@ -183,7 +183,7 @@ def format_diff(diff: RoutingDiff, *, old: str, new: str) -> str:
 
 
 def _diff(old: str, new: str, *, as_json: bool) -> int:
-    from meshgate.cli._diff import diff_routing
+    from meshgate._routing_diff import diff_routing
 
     loaded = _load_both(old, new)
     if loaded is None:

@@ -6,12 +6,13 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Protocol, runtime_checkable
 
 from meshgate.brokers import BrokerError
-from meshgate.gateway import Gateway
+from meshgate.config import ReloadResult
 
-__all__ = ["EVENT_LOOP_ENV", "run_until_signalled", "use_event_loop"]
+__all__ = ["EVENT_LOOP_ENV", "Served", "run_until_signalled", "use_event_loop"]
 
 log = logging.getLogger("meshgate")
 
@@ -33,11 +34,33 @@ def use_event_loop() -> str:
     return "uvloop"
 
 
-async def run_until_signalled(gateways: Sequence[Gateway]) -> int:
+class Served(Protocol):
+    """What runs in the foreground: a ``Gateway`` or a ``ReplicatorProcess``."""
+
+    @property
+    def region(self) -> str: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self, grace: float | None = None) -> None: ...
+
+    async def reload(self) -> ReloadResult: ...
+
+
+@runtime_checkable
+class _WithLinks(Protocol):
+    """A ``Gateway``: its links can be stopped before the rest of it."""
+
+    async def stop_links(self, grace: float | None = None) -> None: ...
+
+
+async def run_until_signalled(gateways: Sequence[Served], *, on_serving: Callable[[], None] | None = None) -> int:
     """Starts the gateways, serves until SIGTERM/SIGINT, then drains them all.
 
-    A second SIGTERM/SIGINT during the drain exits at once (status 1). SIGHUP re-reads the
-    mesh file: a valid file is swapped in, an invalid one is refused and the config stays.
+    ``on_serving`` is called once every gateway serves (``meshgate up`` prints its banner: the
+    brokers' ports are known only then). A second SIGTERM/SIGINT during the drain exits at once
+    (status 1). SIGHUP re-reads the mesh file: a valid file is swapped in, an invalid one is
+    refused and the config stays.
     """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -61,7 +84,7 @@ async def run_until_signalled(gateways: Sequence[Gateway]) -> int:
         loop.add_signal_handler(sig, on_stop, sig.name)
     loop.add_signal_handler(signal.SIGHUP, on_hup)
     try:
-        started: list[Gateway] = []
+        started: list[Served] = []
         try:
             for gw in gateways:
                 await gw.start()
@@ -74,7 +97,14 @@ async def run_until_signalled(gateways: Sequence[Gateway]) -> int:
         except BaseException:
             await asyncio.gather(*(gw.stop(grace=0.0) for gw in started), return_exceptions=True)
             raise
+        if on_serving is not None:
+            on_serving()
         await stop.wait()
+        if len(gateways) > 1:
+            # They replicate to each other: their links end first, while every destination
+            # still serves, so a clean stop logs no "Cancelling all calls" warning per link.
+            linked: list[_WithLinks] = [gw for gw in gateways if isinstance(gw, _WithLinks)]
+            await asyncio.gather(*(gw.stop_links() for gw in linked))
         await asyncio.gather(*(gw.stop() for gw in gateways))
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -82,7 +112,7 @@ async def run_until_signalled(gateways: Sequence[Gateway]) -> int:
     return 0
 
 
-async def _reload(gw: Gateway) -> None:
+async def _reload(gw: Served) -> None:
     result = await gw.reload()
     if result.applied:
         log.info("region %s: reloaded (sha256 %s)", gw.region, result.sha256[:12])

@@ -1,4 +1,4 @@
-"""``meshgate status -g HOST:PORT [--json]``: per link, destination, state, lag, last error."""
+"""``meshgate status -g HOST:PORT [--json]``: the region's broker, and per link: destination, state, lag, last error."""
 
 from __future__ import annotations
 
@@ -16,15 +16,18 @@ __all__ = ["register"]
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
-    p = sub.add_parser("status", help="replication links of a gateway", description=__doc__)
+    p = sub.add_parser("status", help="a gateway's broker and replication links", description=__doc__)
     add_gateway_arg(p)
-    p.add_argument("--json", action="store_true", help="print one JSON object: the region and its links")
+    p.add_argument("--json", action="store_true", help="print one JSON object: the region, its broker and its links")
     p.set_defaults(func=run)
 
 
 def _state(link: admin_pb2.LinkStatus) -> str:
     from meshgate.v1 import admin_pb2
 
+    if link.state == admin_pb2.LINK_STATE_UNSPECIFIED:
+        # A link nobody runs (no replicator process of the region posts it): as the metrics call it.
+        return "stopped"
     return admin_pb2.LinkState.Name(link.state).removeprefix("LINK_STATE_").lower()
 
 
@@ -45,6 +48,8 @@ async def _status(args: argparse.Namespace) -> int:
                 {
                     "region": resp.region,
                     "config_sha256": resp.config_sha256,
+                    "broker": list(resp.broker_addresses),
+                    "broker_monitor_url": resp.broker_monitor_url,
                     "links": [
                         {
                             "destination": link.destination,
@@ -62,6 +67,9 @@ async def _status(args: argparse.Namespace) -> int:
         )
         return 0
     print(f"region {resp.region} (config sha256 {resp.config_sha256[:12]})")
+    if resp.broker_addresses:
+        monitor = f" (monitoring {resp.broker_monitor_url})" if resp.broker_monitor_url else ""
+        print(f"broker {', '.join(resp.broker_addresses)}{monitor}")
     if not resp.links:
         print("no replication links")
     for link in resp.links:

@@ -3,7 +3,8 @@
 Prints the region's events of PATTERN (local and replicated), one per line:
 ``SEQ TOPIC origin=REGION key=KEY id=ID DATA``. ``--json`` prints
 ``{"id","topic","key","data","origin"}`` per line; data that is not UTF-8 text is base64 and
-the object then has ``"data_encoding": "base64"``.
+the object then has ``"data_encoding": "base64"``. While no event has come for a second, it
+says on stderr that it waits, and for what (stdout carries events only).
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ if TYPE_CHECKING:
     from meshgate.v1 import event_pb2
 
 __all__ = ["register"]
+
+# How long tail shows nothing before it says (on stderr) that it is waiting, not stuck.
+_QUIET_SECONDS = 1.0
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
@@ -63,7 +67,19 @@ def _line(ev: event_pb2.Event, as_json: bool) -> str:
     return f"{ev.sequence} {ev.topic} origin={ev.origin}{key} id={ev.id} {shown}"
 
 
+def _waiting(args: argparse.Namespace) -> str:
+    what = f"events of {args.pattern!r} at {args.gateway}"
+    if args.start == "earliest":
+        return f"meshgate tail: no {what} yet; waiting for new ones (Ctrl-C stops)"
+    return (
+        f"meshgate tail: waiting for new {what}, stored from now on"
+        " (--from earliest shows those already stored; Ctrl-C stops)"
+    )
+
+
 async def _tail(args: argparse.Namespace) -> int:
+    import asyncio
+
     import grpc.aio
 
     from meshgate.v1 import gateway_pb2, gateway_pb2_grpc
@@ -73,9 +89,14 @@ async def _tail(args: argparse.Namespace) -> int:
     async with channel(args.gateway, args, token=client_token(args)) as ch:
         stub = gateway_pb2_grpc.GatewayStub(ch)
         call = stub.Subscribe(gateway_pb2.SubscribeRequest(pattern=args.pattern, position=position))
+        # Said once, if nothing comes: a quiet tail looks stuck otherwise.
+        notice = asyncio.get_running_loop().call_later(
+            _QUIET_SECONDS, lambda: print(_waiting(args), file=sys.stderr, flush=True)
+        )
         try:
             async for resp in call:
                 for ev in resp.events:
+                    notice.cancel()
                     print(_line(ev, args.json), flush=True)
                     seen += 1
                     if args.limit and seen >= args.limit:
@@ -84,6 +105,8 @@ async def _tail(args: argparse.Namespace) -> int:
         except grpc.aio.AioRpcError as exc:
             print_rpc_error(exc, args.gateway)
             return 1
+        finally:
+            notice.cancel()
     return 0
 
 

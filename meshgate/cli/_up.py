@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from meshgate.gateway import Gateway
 
 __all__ = ["register"]
 
@@ -20,8 +24,19 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.set_defaults(func=run)
 
 
+def _banner(kinds: Sequence[str], gateways: Sequence[Gateway]) -> None:
+    """One line per region once all serve: where its gateway, broker and monitoring are."""
+    for kind, gw in zip(kinds, gateways, strict=True):
+        broker = gw.broker
+        where = f", broker {', '.join(broker.addresses)}" if broker.addresses else ""
+        monitor = f", monitoring {broker.monitor_url}" if broker.monitor_url else ""
+        print(f"region {gw.region} ({kind}): gateway {gw.address}{where}{monitor}", flush=True)
+    print(f"{len(gateways)} regions serving; Ctrl-C drains and stops them", flush=True)
+
+
 def run(args: argparse.Namespace) -> int:
     import asyncio
+    import functools
     import secrets
 
     from prometheus_client import CollectorRegistry
@@ -63,10 +78,9 @@ def run(args: argparse.Namespace) -> int:
                 replication_secret=secret,
             )
         )
-    for gw, region in zip(gateways, config.regions, strict=True):
-        print(f"region {region.name} ({region.kind}): gateway {gw.listen}", flush=True)
     use_event_loop()
     try:
-        return asyncio.run(run_until_signalled(gateways))
+        banner = functools.partial(_banner, [str(region.kind) for region in config.regions], gateways)
+        return asyncio.run(run_until_signalled(gateways, on_serving=banner))
     finally:
         claim.release()

@@ -342,7 +342,7 @@ class BrokerContract:
         event.time.FromNanoseconds(1_700_000_000_987_654_321)
         event.extensions["traceparent"] = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
         event.extensions["tenant"] = " padded, multi\nline "
-        event.extensions["dataschema"] = "https://schemas.example/order/v1"
+        event.dataschema = "https://schemas.example/order/v1"
         event.origin = "us-west"
         event.route[:] = ["us-west", "eu-central", "ap-south"]
         [seq] = sequences(await broker.append([event]))

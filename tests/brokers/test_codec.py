@@ -14,8 +14,11 @@ from meshgate.brokers import AppendResult, decode_event, encode_headers, pattern
 from meshgate.brokers._codec import (
     RESERVED_EXTENSION_NAMES,
     SubjectMapper,
+    decode_kafka_record,
+    encode_kafka_headers,
     escape_header_value,
     format_time,
+    kafka_record_id,
     parse_time,
     subject_to_topic,
     topic_to_subject,
@@ -50,6 +53,7 @@ def events(draw: st.DrawFn) -> event_pb2.Event:
         type=draw(texts),
         specversion="1.0",
         datacontenttype=draw(texts),
+        dataschema=draw(texts),
         data=draw(st.binary(max_size=64)),
         topic=draw(topics),
         key=draw(texts),
@@ -214,7 +218,8 @@ def test_headers_of_a_typical_event() -> None:
         id="01J0ABC",
         source="/checkout",
         type="com.example.order.created",
-        datacontenttype="application/json",
+        datacontenttype="application/json; charset=utf-8",
+        dataschema="https://example.com/order.json",
         topic="orders/created",
         key="cust-1",
         origin="us-west",
@@ -222,18 +227,88 @@ def test_headers_of_a_typical_event() -> None:
         extensions={"traceparent": "00-abc-def-01"},
     )
     event.time.FromNanoseconds(1_735_689_600_000_000_001)
+    # The NATS binding: every attribute a ce- header, values percent-encoded.
     assert encode_headers(event) == [
         ("ce-id", "01J0ABC"),
         ("ce-source", "/checkout"),
         ("ce-type", "com.example.order.created"),
         ("ce-specversion", "1.0"),  # empty means 1.0
         ("ce-time", "2025-01-01T00:00:00.000000001Z"),
-        ("content-type", "application/json"),
+        ("ce-datacontenttype", "application/json;%20charset=utf-8"),
+        ("ce-dataschema", "https://example.com/order.json"),
         ("ce-traceparent", "00-abc-def-01"),
         ("mg-key", "cust-1"),
         ("mg-origin", "us-west"),
         ("mg-route", "us-west,eu-central"),
     ]
+    # The Kafka binding: ce_ names, datacontenttype as content-type, nothing encoded, the key
+    # in the record key.
+    assert encode_kafka_headers(event) == [
+        ("ce_id", "01J0ABC"),
+        ("ce_source", "/checkout"),
+        ("ce_type", "com.example.order.created"),
+        ("ce_specversion", "1.0"),
+        ("ce_time", "2025-01-01T00:00:00.000000001Z"),
+        ("content-type", "application/json; charset=utf-8"),
+        ("ce_dataschema", "https://example.com/order.json"),
+        ("ce_traceparent", "00-abc-def-01"),
+        ("mg-origin", "us-west"),
+        ("mg-route", "us-west,eu-central"),
+    ]
+
+
+@given(events(), st.integers(min_value=1, max_value=2**63))
+def test_kafka_record_round_trip(event: event_pb2.Event, sequence: int) -> None:
+    headers = [(name, value.encode()) for name, value in encode_kafka_headers(event)]
+    key = event.key.encode() or None
+    decoded = decode_kafka_record(headers, key, event.data, topic=event.topic, sequence=sequence, stream="t/0")
+    event.sequence, event.stream = sequence, "t/0"
+    assert decoded == event
+    assert kafka_record_id(headers) == event.id
+
+
+def test_kafka_records_of_older_versions_still_decode() -> None:
+    # Before the Kafka binding was followed: ce- names, percent-encoded values, mg-key.
+    headers: list[tuple[str, bytes | None]] = [
+        ("ce-id", b"old%20one"),
+        ("ce-source", b"/s"),
+        ("ce-type", b"t"),
+        ("ce-specversion", b"1.0"),
+        ("content-type", b"text/plain;%20charset=utf-8"),
+        ("ce-note", b"na%C3%AFve"),
+        ("mg-key", b"k"),
+        ("mg-origin", b"eu"),
+        ("mg-route", b"eu,us"),
+    ]
+    event = decode_kafka_record(headers, b"k", b"x", topic="a")
+    assert (event.id, event.source, event.type, event.key) == ("old one", "/s", "t", "k")
+    assert event.datacontenttype == "text/plain; charset=utf-8"
+    assert dict(event.extensions) == {"note": "na\u00efve"}
+    assert kafka_record_id(headers) == "old one"
+
+
+def test_kafka_decode_takes_a_foreign_producers_headers() -> None:
+    headers: list[tuple[str, bytes | None]] = [
+        ("CE_ID", b"1"),
+        ("ce_time", b"2025-01-01T00:00:00+01:00"),
+        ("Content-Type", b"application/json"),
+        ("ce_partitionkey", b"p"),
+        ("ce_", b"nameless"),
+        ("x-other", b"\xff"),
+        ("ce_source", None),
+    ]
+    event = decode_kafka_record(headers, None, None, topic="a")
+    assert event.id == "1" and event.datacontenttype == "application/json" and event.data == b""
+    assert event.time.ToSeconds() == 1_735_686_000
+    assert dict(event.extensions) == {"partitionkey": "p"}
+
+
+def test_nats_content_type_of_older_versions_still_decodes() -> None:
+    event = decode_event({"ce-id": "1", "content-type": "text/plain;%20charset=utf-8"}, b"", topic="a")
+    assert event.datacontenttype == "text/plain; charset=utf-8"
+    # The binding's header wins over an HTTP-style one, whichever comes first.
+    both = {"content-type": "a/b", "ce-datacontenttype": "c/d"}
+    assert decode_event(both, b"", topic="a").datacontenttype == "c/d"
 
 
 def test_origin_stream_header_only_when_set() -> None:
@@ -262,6 +337,8 @@ def test_extension_named_like_an_attribute_is_refused(name: str) -> None:
         encode_headers(event)
     with pytest.raises(ValueError, match="collides"):
         header_block(event)
+    with pytest.raises(ValueError, match="collides"):
+        encode_kafka_headers(event)
 
 
 def test_decode_native_message_without_headers() -> None:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
+import socket
 import stat
 import time
+import urllib.request
 from pathlib import Path
 
 import nats
@@ -55,6 +58,42 @@ async def test_ready_from_its_log_on_a_port_it_picked(nats_server: EmbeddedNats)
     assert nc.max_payload == nats_server.max_payload
 
 
+def _varz(url: str) -> dict[str, object]:
+    with urllib.request.urlopen(f"{url}/varz", timeout=10) as resp:
+        data: dict[str, object] = json.loads(resp.read())
+    return data
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_monitoring_on_a_port_it_picked_kept_across_restarts(nats_server: EmbeddedNats) -> None:
+    """NATS tools (nats-top, `nats server check`, exporters) read /varz and /jsz from the URL shown."""
+    port = nats_server.monitor_port
+    assert port is not None and port > 0
+    assert nats_server.monitor_url == f"http://127.0.0.1:{port}"
+    varz = await asyncio.to_thread(_varz, nats_server.monitor_url)
+    assert (varz["server_name"], varz["port"]) == ("meshgate-test", nats_server.port)
+    await nats_server.kill()
+    await nats_server.start()
+    assert nats_server.monitor_port == port
+    assert (await asyncio.to_thread(_varz, nats_server.monitor_url))["port"] == nats_server.port
+
+
+async def test_monitoring_on_a_given_port_or_off(tmp_path: Path) -> None:
+    port = _free_port()
+    async with EmbeddedNats(data_dir=tmp_path / "a", monitor_port=port) as pinned:
+        assert pinned.monitor_url == f"http://127.0.0.1:{port}"
+        assert (await asyncio.to_thread(_varz, pinned.monitor_url))["port"] == pinned.port
+    off = EmbeddedNats(data_dir=tmp_path / "b", monitor_port=None)
+    assert "http:" not in off._config_text()
+    async with off:
+        assert off.monitor_url == "" and off.monitor_port is None
+
+
 def test_config_file(tmp_path: Path) -> None:
     default = EmbeddedNats(data_dir=tmp_path / "a")._config_text()
     assert "sync_interval" not in default.replace("# Default sync", "")
@@ -62,6 +101,8 @@ def test_config_file(tmp_path: Path) -> None:
     synced = EmbeddedNats(data_dir=tmp_path / "b", sync_always=True, port=4333)._config_text()
     assert "sync_interval: always" in synced
     assert 'listen: "127.0.0.1:4333"' in synced
+    assert 'http: "127.0.0.1:-1"' in default
+    assert 'http: "[::1]:8222"' in EmbeddedNats(data_dir=tmp_path / "c", host="::1", monitor_port=8222)._config_text()
 
 
 async def test_sync_always_server_runs(tmp_path: Path) -> None:
@@ -286,6 +327,31 @@ def test_factory_listens_where_an_embedded_region_says(tmp_path: Path) -> None:
     broker = make_broker(region, idempotency_window_seconds=60, data_dir=tmp_path)
     assert isinstance(broker, EmbeddedNatsBroker)
     assert broker.server.port == 4999 and broker.server.host == "127.0.0.1"
+    # Its monitoring on a free port of the same host, unless nats.monitor names one.
+    assert (broker.server.monitor_host, broker.server.monitor_port) == ("127.0.0.1", -1)
+    pinned = RegionConfig(name="dev", kind=BrokerKind.EMBEDDED, nats=NatsSettings(monitor="127.0.0.2:8333"))
+    broker = make_broker(pinned, idempotency_window_seconds=60, data_dir=tmp_path)
+    assert isinstance(broker, EmbeddedNatsBroker)
+    assert (broker.server.monitor_host, broker.server.monitor_port) == ("127.0.0.2", 8333)
+
+
+async def test_brokers_say_where_they_are(tmp_path: Path) -> None:
+    """What `meshgate status` and the `up` banner show: addresses, and an embedded broker's monitoring."""
+    nats_region = RegionConfig(name="eu", brokers=("broker1.eu", "tls://mesh:s3cret@broker2.eu:4443"))
+    assert make_broker(nats_region, idempotency_window_seconds=60, data_dir=tmp_path).addresses == (
+        "nats://broker1.eu:4222",
+        "tls://mesh:***@broker2.eu:4443",  # shown to operators: never a password
+    )
+    kafka_region = RegionConfig(name="k", kind=BrokerKind.KAFKA, brokers=("kafka1",))
+    kafka = make_broker(kafka_region, idempotency_window_seconds=60, data_dir=tmp_path)
+    assert (kafka.addresses, kafka.monitor_url) == (("kafka1:9092",), "")
+    embedded = make_broker(
+        RegionConfig(name="dev", kind=BrokerKind.EMBEDDED), idempotency_window_seconds=60, data_dir=tmp_path
+    )
+    async with embedded:
+        assert isinstance(embedded, EmbeddedNatsBroker)
+        assert embedded.addresses == (embedded.server.url,)
+        assert embedded.monitor_url == embedded.server.monitor_url != ""
 
 
 def test_factory_for_kafka_regions(tmp_path: Path) -> None:

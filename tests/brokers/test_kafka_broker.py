@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.partitioner import murmur2
@@ -242,7 +242,7 @@ class TestKafkaBroker(BrokerContract):
         event.type = "com.example.order.created"
         event.time.FromNanoseconds(1_700_000_000_987_654_321)
         event.extensions["traceparent"] = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-        event.extensions["dataschema"] = "https://schemas.example/order/v1"
+        event.dataschema = "https://schemas.example/order/v1"
         event.extensions["tenant"] = " padded, multi\nline "
         event.origin = "us-west"
         event.origin_sequence = 77
@@ -379,14 +379,64 @@ async def test_plain_kafka_consumer_reads_data_key_and_cloudevents_headers(
     assert record.key == b"customer-7"
     assert record.value == b'{"total": 42}'
     headers = {k: v.decode() for k, v in record.headers}
-    assert headers["ce-id"] == "native-1"
-    assert headers["ce-specversion"] == "1.0"
-    assert headers["ce-time"] == "2025-01-01T00:00:00.123456789Z"
+    # The CloudEvents Kafka binding: ce_ names, datacontenttype as content-type; the key is the
+    # record key only.
+    assert headers["ce_id"] == "native-1"
+    assert headers["ce_specversion"] == "1.0"
+    assert headers["ce_time"] == "2025-01-01T00:00:00.123456789Z"
     assert headers["content-type"] == "application/json"
-    assert headers["ce-traceparent"] == event.extensions["traceparent"]
-    assert headers["mg-key"] == "customer-7"
+    assert headers["ce_traceparent"] == event.extensions["traceparent"]
+    assert "mg-key" not in headers
     assert headers["mg-origin"] == "here"
     assert headers["mg-route"] == "here,there"
+
+
+async def test_records_of_the_older_header_form_are_read_and_new_ones_follow_the_kafka_binding(
+    tansu: Tansu, kafka_broker: KafkaBroker
+) -> None:
+    # A record as Meshgate wrote it before it followed the Kafka binding: ce- names, values
+    # percent-encoded (content-type too), the key in mg-key as well as in the record key.
+    old_headers = [
+        ("ce-id", b"old%20one"),
+        ("ce-source", b"/tests/producer"),
+        ("ce-type", b"com.example.test"),
+        ("ce-specversion", b"1.0"),
+        ("ce-time", b"2025-01-01T00:00:00.123456789Z"),
+        ("content-type", b"application/json;%20charset=utf-8"),
+        ("ce-tenant", b"na%C3%AFve"),
+        ("mg-key", b"customer-7"),
+        ("mg-origin", b"here"),
+        ("mg-route", b"here,there"),
+    ]
+    await kafka_broker.topic_partitions("orders/created")
+    producer = AIOKafkaProducer(bootstrap_servers=tansu.bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait("mesh.orders.created", b"{}", key=b"customer-7", headers=old_headers)
+    finally:
+        await producer.stop()
+    [old] = await read_events(kafka_broker, "orders/>", 1, start=StartAt(earliest=True))
+    assert (old.id, old.key, old.origin, list(old.route)) == ("old one", "customer-7", "here", ["here", "there"])
+    assert old.datacontenttype == "application/json; charset=utf-8" and dict(old.extensions) == {"tenant": "naïve"}
+    # Its id is in the window: a retry of it is a duplicate.
+    retry = make_event("orders/created", "old one", key="customer-7")
+    await eventually(lambda: kafka_broker.window_size >= 1, BOUND, what="the older record's id in the window")
+    [again] = results_of(await kafka_broker.append([retry]))
+    assert again.duplicate
+    # A new write is in the Kafka binding.
+    event = make_event("orders/created", "new one", datacontenttype="application/json; charset=utf-8")
+    [stored] = results_of(await kafka_broker.append([event]))
+    consumer = AIOKafkaConsumer(bootstrap_servers=tansu.bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tp = TopicPartition("mesh.orders.created", int(stored.stream.rsplit("/", 1)[1]))
+        consumer.assign([tp])
+        consumer.seek(tp, stored.sequence - 1)
+        record = await asyncio.wait_for(consumer.getone(tp), BOUND)
+    finally:
+        await consumer.stop()
+    headers = dict(record.headers)
+    assert headers["ce_id"] == b"new one" and headers["content-type"] == b"application/json; charset=utf-8"
 
 
 # -- positions that tansu reports wrongly -----------------------------------------------------

@@ -140,7 +140,7 @@ async def test_native_subscriber_reads_exact_data_and_cloudevents_headers(
     assert msg.headers["ce-id"] == "native-1"
     assert msg.headers["ce-specversion"] == "1.0"
     assert msg.headers["ce-time"] == "2025-01-01T00:00:00.123456789Z"
-    assert msg.headers["content-type"] == "application/json"
+    assert msg.headers["ce-datacontenttype"] == "application/json"
     assert msg.headers["mg-route"] == "here,there"
     assert msg.headers["Nats-Msg-Id"] == "native-1"
 

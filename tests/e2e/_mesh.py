@@ -119,6 +119,9 @@ class MeshCluster:
     (each on its own tansu) with their ``kafka:`` settings (``{}`` for the defaults);
     ``replicas`` gives a region more than one gateway process (a NATS region's share one nats-server);
     ``lease_ttl`` is the mesh file's ``settings.lease_ttl`` (how soon a dead holder's links move).
+    ``shared`` names further regions on a nats-server of their own (``kind: nats``), as a region with
+    replicas is, so that other processes (``meshgate serve --role replicator``) reach its broker;
+    ``serve_args`` adds ``meshgate serve`` options per region (e.g. ``("--role", "gateway")``).
     """
 
     def __init__(
@@ -135,10 +138,15 @@ class MeshCluster:
         shutdown_grace: str = "5s",
         lease_ttl: str = "3s",
         start_timeout: float = 60.0,
+        shared: Sequence[str] = (),
+        serve_args: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         kafka = kafka or {}
         replicas = replicas or {}
-        unknown = (set(proxied) | set(nats or {}) | set(kafka) | set(replicas)) - set(regions)
+        self.serve_args = {name: tuple(a) for name, a in (serve_args or {}).items()}
+        unknown = (
+            set(proxied) | set(nats or {}) | set(kafka) | set(replicas) | set(shared) | set(self.serve_args)
+        ) - set(regions)
         if unknown:
             raise ValueError(f"regions {sorted(unknown)} are not among {list(regions)}")
         both = set(kafka) & set(nats or {})
@@ -146,7 +154,7 @@ class MeshCluster:
             raise ValueError(f"regions {sorted(both)} are given both nats and kafka settings")
         # Replicas of an embedded region would each run their own nats-server on separate logs:
         # a NATS region with replicas runs on one nats-server of its own that they share.
-        shared = {name for name, n in replicas.items() if n > 1} - set(kafka)
+        on_shared = ({name for name, n in replicas.items() if n > 1} | set(shared)) - set(kafka)
         self.root = root
         self.routing = [(pattern, list(dest)) for pattern, dest in routing]
         self.limits = dict(limits or {})
@@ -164,7 +172,7 @@ class MeshCluster:
             shared_nats = None
             if name in kafka:
                 tansu = self.tansus[name] = Tansu()
-            elif name in shared:
+            elif name in on_shared:
                 shared_nats = self.shared_nats[name] = EmbeddedNats(
                     data_dir=root / f"{name}-nats", server_name=f"{name}-shared"
                 )
@@ -245,7 +253,8 @@ class MeshCluster:
             config=self.config_path,
             region=region.name,
             data_dir=region.data_dir,
-            extra=("--listen", region.listen),  # the last --listen wins over ServeProcess's :0
+            # The last --listen wins over ServeProcess's :0.
+            extra=("--listen", region.listen, *self.serve_args.get(region.name, ())),
         )
         region.proc = proc
         try:

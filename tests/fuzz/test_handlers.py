@@ -185,6 +185,8 @@ def _wild_scalars() -> dict[str, st.SearchStrategy[Any]]:
         "specversion": st.sampled_from(["0.3", "1.0\x00", "2"]),
         "datacontenttype": st.one_of(st.sampled_from(["application/json", "text/plain; a=b", "x"]), short_text),
         "data": st.one_of(st.binary(max_size=64), st.just(b"x" * (LIMITS.max_data_bytes + 1))),
+        "text_data": st.one_of(short_text, st.just("x" * (LIMITS.max_data_bytes + 1))),
+        "dataschema": st.one_of(st.sampled_from(["https://e.x/s", "urn:a", "/rel", "a b:c", "h:#f"]), short_text),
         "key": short_text,
         "origin": short_text,
         "sequence": wide_uint64,
@@ -212,7 +214,8 @@ def _wild_event_field(draw: st.DrawFn, ev: event_pb2.Event, name: str) -> None:
 
 EVENT_FIELDS = [
     "topic", "id", "source", "type", "specversion", "time", "time", "datacontenttype", "data", "extensions", "key",
-    "origin", "route", "sequence", "origin_sequence", "stream", "origin_stream", "origin_stream",
+    "origin", "route", "sequence", "origin_sequence", "stream", "origin_stream", "origin_stream", "text_data",
+    "dataschema",
 ]  # fmt: skip
 
 

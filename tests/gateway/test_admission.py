@@ -7,6 +7,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from meshgate.brokers.embedded import EmbeddedNats
@@ -46,6 +47,11 @@ CASES: list[tuple[str, dict[str, Any], list[str]]] = [
     ("id too long", {"id": "i" * 300}, ["id has 300 characters", "256"]),
     ("bad time", {"time": _bad_time()}, ["nanos"]),
     ("bad content type", {"datacontenttype": "json please"}, ["not a media type", "application/json"]),
+    ("dataschema not a URI", {"dataschema": "order schema"}, ["dataschema 'order schema'", "absolute URI"]),
+    ("dataschema relative", {"dataschema": "/schemas/order.json"}, ["absolute URI", "scheme"]),
+    ("dataschema fragment", {"dataschema": "https://example.com/s.json#v1"}, ["absolute URI", "no fragment"]),
+    ("data and text_data", {"text_data": "x"}, ["data and text_data are both set"]),
+    ("text_data too large", {"data": b"", "text_data": "é" * 2500}, ["5000 bytes", "max_data_bytes of 4096"]),
 ]
 
 
@@ -95,6 +101,21 @@ async def test_unknown_fields_refused(channel: grpc.aio.Channel) -> None:
     assert info.value.code() == INVALID
     assert "fields [101]" in (info.value.details() or "")
     assert await read_all(stub, ">", idle=0.3) == []
+
+
+async def test_json_client_sends_text_and_dataschema(stub: gateway_pb2_grpc.GatewayAsyncStub) -> None:
+    # What grpcurl sends: protobuf's JSON mapping, where bytes are base64 and text goes in text_data.
+    request = json_format.Parse(
+        '{"events": [{"topic": "orders/created", "source": "/t", "type": "t", "text_data": "test", '
+        '"dataschema": "urn:example:order:v1", "datacontenttype": "text/plain"},'
+        '{"topic": "orders/created", "source": "/t", "type": "t", "data": "dGVzdA=="}]}',
+        gateway_pb2.PublishRequest(),
+    )
+    resp = await stub.Publish(request)
+    assert [r.outcome for r in resp.results] == [event_pb2.OUTCOME_ACCEPTED] * 2
+    text, binary = await read_all(stub, ">", expect=2)
+    assert text.data == b"test" and text.text_data == "" and text.dataschema == "urn:example:order:v1"
+    assert binary.data == b"test" and binary.dataschema == ""
 
 
 async def test_route_and_sequence_cannot_be_forged(stub: gateway_pb2_grpc.GatewayAsyncStub) -> None:

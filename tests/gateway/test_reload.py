@@ -59,7 +59,9 @@ async def gw(mesh_file: Path, tmp_path: Path) -> AsyncIterator[Gateway]:
 
 
 def reloads(gw: Gateway, result: str) -> float:
-    value = gw.metrics.registry.get_sample_value("meshgate_config_reloads_total", {"result": result})
+    value = gw.metrics.registry.get_sample_value(
+        "meshgate_config_reloads_total", {"region": gw.region, "result": result}
+    )
     return value or 0.0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -80,26 +81,45 @@ async def test_batches_stored_with_origin_and_acked_in_order(nats_server: Embedd
         await gw.stop()
 
 
-async def test_replication_latency_observed_for_each_stored_event_with_a_time(
+async def test_replication_latency_runs_from_the_origin_brokers_stored_time(
     nats_server: EmbeddedNats, tmp_path: Path
 ) -> None:
+    """Measured from when the origin's broker stored each event, never from the producer's
+    CloudEvents time: main measured from that time, so one event whose producer set a year-old
+    time added a year to the sum."""
     gw = await start_gateway(nats_server, tmp_path)
     try:
-        timed = from_there([1, 2, 3])
-        for e in timed[:2]:
+        events = from_there([1, 2, 3])
+        for e in events:
             e.time.GetCurrentTime()
-            e.time.seconds -= 30  # sent 30 s ago: over 30 s, in the 60 s bucket
-        # The third carries no time (nothing to measure); the resend of the first is no new store.
-        assert await replicate(gw.address, timed, from_there([1])) == [[ACCEPTED] * 3, [DUPLICATE]]
+            e.time.seconds -= 365 * 24 * 3600  # the producer's time: a year ago
+        now = time.time_ns()
+        stored = as_raw(events)
+        # Stored 30 s ago at the origin (over 30 s, in the 60 s bucket), 40 s ago, and just now.
+        stored.stored_unix_nanos.extend([now - 30 * 10**9, now - 40 * 10**9, now])
+        resend = as_raw(events[:1])  # the resend of the first is no new store
+        resend.stored_unix_nanos.append(now - 30 * 10**9)
+        # A source that sends no stored times (an older meshgate): stored, nothing measured.
+        older = as_raw(from_there([4]))
+        answers = await replicate_raw(gw.address, stored, resend, older)
+        assert [(a.accepted, a.duplicates) for a in answers] == [(3, 0), (0, 1), (1, 0)]
 
         def sample(name: str, **labels: str) -> float | None:
             return gw.metrics.registry.get_sample_value(name, {"region": "here", **labels})
 
-        assert sample("meshgate_replication_latency_seconds_count") == 2
-        assert sample("meshgate_replication_latency_seconds_bucket", le="30.0") == 0
-        assert sample("meshgate_replication_latency_seconds_bucket", le="60.0") == 2
+        assert sample("meshgate_replication_latency_seconds_count") == 3
+        assert sample("meshgate_replication_latency_seconds_bucket", le="10.0") == 1
+        assert sample("meshgate_replication_latency_seconds_bucket", le="30.0") == 1
+        assert sample("meshgate_replication_latency_seconds_bucket", le="60.0") == 3
         total = sample("meshgate_replication_latency_seconds_sum")
-        assert total is not None and 60.0 <= total < 120.0
+        assert total is not None and 70.0 <= total < 130.0
+        # Stored times, when sent, come one per event.
+        bad = as_raw(from_there([5, 6]))
+        bad.stored_unix_nanos.append(now)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await replicate_raw(gw.address, bad)
+        assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert "1 stored times; it needs one of each per event" in str(err.value.details())
     finally:
         await gw.stop()
 

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import base64
 import copy
+import json
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -32,6 +34,7 @@ VALUE_SETS = {
     "tls-inline": (CI_VALUES / "tls-inline-values.yaml",),
     "monitoring": (CI_VALUES / "monitoring-values.yaml",),
     "nats-sidecar": (CI_VALUES / "nats-sidecar-values.yaml",),
+    "replicator": (CI_VALUES / "replicator-values.yaml",),
 }
 DEFAULT = VALUE_SETS["default"]
 # The chart's kubeVersion floor, and the Kubernetes of the helm the tests use (v4.1, client 1.35).
@@ -57,7 +60,8 @@ def values_of(name: str) -> dict[str, Any]:
 
 
 def pod_spec(objects: list[dict[str, Any]]) -> dict[str, Any]:
-    spec: dict[str, Any] = one(objects, "Deployment")["spec"]["template"]["spec"]
+    """The gateway Deployment's pod (the replicator Deployment, when on, is another one)."""
+    spec: dict[str, Any] = one(objects, "Deployment", FULLNAME)["spec"]["template"]["spec"]
     return spec
 
 
@@ -474,29 +478,34 @@ def prometheus_rules() -> dict[str, Any]:
     return spec
 
 
-def test_prometheus_rule_alerts() -> None:
-    (group,) = prometheus_rules()["groups"]
-    alerts = {r["alert"]: r for r in group["rules"]}
-    assert set(alerts) >= {
-        "MeshgateLinkStuck",
-        "MeshgateLinkLagHigh",
-        "MeshgateLinkLagCritical",
-        "MeshgateLinkLagGrowing",
-        "MeshgateDeadLetterSurge",
-        "MeshgateConfigReloadRefused",
-        "MeshgateGatewayDown",
-    }
-    assert "meshgate_link_lag_seconds" in alerts["MeshgateLinkStuck"]["expr"]
-    assert "meshgate_link_lag_events" in alerts["MeshgateLinkLagGrowing"]["expr"]
-    assert "meshgate_dead_lettered_total" in alerts["MeshgateDeadLetterSurge"]["expr"]
-    assert 'meshgate_config_reloads_total{result="refused"' in alerts["MeshgateConfigReloadRefused"]["expr"]
-    for alert in alerts.values():
-        assert alert["labels"]["severity"] in ("warning", "critical")
-        assert alert["labels"]["region"] == "us-west"
-        assert alert["labels"]["team"] == "platform"
-        assert alert["annotations"]["summary"]
-        if "meshgate_link" in alert["expr"] or "dead_lettered" in alert["expr"]:
-            assert 'region="us-west"' in alert["expr"]  # one release's rules cover its own region
+def test_prometheus_rule_is_the_one_rule_set() -> None:
+    """The chart renders files/alerts.yaml as it is (main had its own set, with other expressions),
+    with alertLabels added to each alert and its own labels winning."""
+    spec = prometheus_rules()
+    plain = yaml.safe_load((CHART / "files" / "alerts.yaml").read_text())
+    expected = copy.deepcopy(plain["groups"])
+    for group in expected:
+        for rule in group["rules"]:
+            rule["labels"] = {"team": "platform", **rule["labels"]}
+    assert spec["groups"] == expected
+    alerts = {r["alert"] for g in spec["groups"] for r in g["rules"]}
+    assert {"MeshgateGatewayDown", "MeshgateLinkStuck", "MeshgateLinkLagHigh", "MeshgateStorageFull"} <= alerts
+
+
+def test_prometheus_rule_leaves_out_disabled_alerts_and_adds_rules() -> None:
+    extra = {"alert": "MyMeshgateAlert", "expr": "vector(1)", "labels": {"severity": "info"}}
+    values = {"metrics": {"prometheusRule": {"disabledAlerts": ["MeshgateLinkPaused"], "additionalRules": [extra]}}}
+    objects = render((*VALUE_SETS["monitoring"], _values_file(values)))
+    groups = one(objects, "PrometheusRule")["spec"]["groups"]
+    alerts = [r["alert"] for g in groups for r in g["rules"]]
+    assert "MeshgateLinkPaused" not in alerts
+    assert groups[-1] == {"name": "meshgate-additional", "rules": [extra]}
+
+
+def _values_file(values: dict[str, Any]) -> Path:
+    path = Path(tempfile.mkstemp(prefix="meshgate-values-", suffix=".yaml")[1])
+    path.write_text(yaml.safe_dump(values))
+    return path
 
 
 @pytest.fixture
@@ -514,77 +523,88 @@ def test_prometheus_rules_pass_promtool(promtool: str, tmp_path: Path) -> None:
         [promtool, "check", "rules", str(rules)], capture_output=True, text=True, timeout=60, check=False
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "SUCCESS: 9 rules found" in proc.stdout
+    assert "SUCCESS: 11 rules found" in proc.stdout
 
 
-def test_prometheus_alerts_fire_on_synthetic_series(promtool: str, tmp_path: Path) -> None:
-    """promtool unit tests: a stuck link, a dead-letter surge and a refused reload fire; a moving link does not."""
-    # promtool compares annotations exactly: test the alerts' logic (expr, for, labels) on the
-    # rules without them; the annotation templates are checked by `promtool check rules` above.
-    groups = prometheus_rules()["groups"]
-    for rule in groups[0]["rules"]:
-        rule.pop("annotations", None)
-    (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": groups}))
-    target = 'job="meshgate-us-west-metrics", namespace="meshgate", pod="meshgate-us-west-0"'
-    link = 'region="us-west", destination="eu-central"'
-    moving = 'region="us-west", destination="ap-south"'
-    common = {"region": "us-west", "destination": "eu-central", "team": "platform"}
-    tests = {
-        "rule_files": ["rules.yaml"],
-        "evaluation_interval": "1m",
-        "tests": [
-            {
-                "interval": "1m",
-                "input_series": [
-                    # Stuck: 50 events wait and the oldest one's age grows a minute a minute.
-                    {"series": f"meshgate_link_lag_events{{{link}}}", "values": "50x30"},
-                    {"series": f"meshgate_link_lag_seconds{{{link}}}", "values": "0+60x30"},
-                    # Moving: events wait but the oldest one keeps being replaced.
-                    {"series": f"meshgate_link_lag_events{{{moving}}}", "values": "50x30"},
-                    {"series": f"meshgate_link_lag_seconds{{{moving}}}", "values": "2x30"},
-                    {"series": f"meshgate_dead_lettered_total{{{link}}}", "values": "0 0 0 0 0 30 60 90 90 90 90"},
-                    {"series": f'meshgate_config_reloads_total{{result="refused", {target}}}', "values": "0 0 1 1 1"},
-                    {"series": f"up{{{target}}}", "values": "1x30"},
-                ],
-                "alert_rule_test": [
-                    {
-                        "eval_time": "15m",
-                        "alertname": "MeshgateLinkStuck",
-                        "exp_alerts": [{"exp_labels": {**common, "severity": "critical"}}],
-                    },
-                    {
-                        "eval_time": "8m",
-                        "alertname": "MeshgateDeadLetterSurge",
-                        "exp_alerts": [{"exp_labels": {**common, "severity": "warning"}}],
-                    },
-                    {
-                        "eval_time": "3m",
-                        "alertname": "MeshgateConfigReloadRefused",
-                        "exp_alerts": [
-                            {
-                                "exp_labels": {
-                                    "region": "us-west",
-                                    "team": "platform",
-                                    "severity": "warning",
-                                    "result": "refused",
-                                    "job": "meshgate-us-west-metrics",
-                                    "namespace": "meshgate",
-                                    "pod": "meshgate-us-west-0",
-                                }
-                            }
-                        ],
-                    },
-                    {"eval_time": "15m", "alertname": "MeshgateGatewayDown", "exp_alerts": []},
-                    {"eval_time": "15m", "alertname": "MeshgateLinkLagCritical", "exp_alerts": []},
-                ],
-            }
-        ],
-    }
+def test_prometheus_rule_passes_the_unit_tests_of_the_rule_set(promtool: str, tmp_path: Path) -> None:
+    """observability/prometheus/alerts_test.yaml run on the rules as the chart renders them
+    (alertLabels off: the tests expect the set's own labels)."""
+    objects = render(DEFAULT, ("metrics.prometheusRule.enabled=true",))
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(one(objects, "PrometheusRule")["spec"]))
+    tests = yaml.safe_load((CHART.parents[1] / "observability" / "prometheus" / "alerts_test.yaml").read_text())
+    tests["rule_files"] = ["rules.yaml"]
     (tmp_path / "tests.yaml").write_text(yaml.safe_dump(tests))
     proc = subprocess.run(
         [promtool, "test", "rules", "tests.yaml"], cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_grafana_dashboard_configmap_for_the_sidecar() -> None:
+    objects = render(VALUE_SETS["monitoring"], ("metrics.grafanaDashboard.annotations.grafana_folder=Meshgate",))
+    cm = one(objects, "ConfigMap", f"{FULLNAME}-dashboard")
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert cm["metadata"]["annotations"] == {"grafana_folder": "Meshgate"}
+    assert json.loads(cm["data"]["meshgate.json"]) == json.loads(
+        (CHART / "files" / "grafana" / "meshgate.json").read_text()
+    )
+    other = render(VALUE_SETS["monitoring"], ("metrics.grafanaDashboard.namespace=grafana",))
+    assert one(other, "ConfigMap", f"{FULLNAME}-dashboard")["metadata"]["namespace"] == "grafana"
+    assert not [o for o in rendered("default") if o["metadata"]["name"].endswith("-dashboard")]
+
+
+def test_helm_test_hook_waits_for_readyz_through_the_service() -> None:
+    pod = one(rendered("default"), "Pod")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    (container,) = pod["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["READYZ_URL"] == f"http://{FULLNAME}-metrics.{NAMESPACE}.svc:9464/readyz"
+    assert container["command"][:2] == ["python", "-c"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    # Without the metrics Service: the gRPC health service of the client Service.
+    grpc_pod = one(render(DEFAULT, ("metrics.enabled=false",)), "Pod")
+    env = {e["name"]: e["value"] for e in grpc_pod["spec"]["containers"][0]["env"]}
+    assert env["GATEWAY_ADDRESS"] == f"{FULLNAME}.{NAMESPACE}.svc:7400"
+    assert "health_pb2_grpc.HealthStub" in grpc_pod["spec"]["containers"][0]["command"][2]
+    assert not [o for o in render(DEFAULT, ("helmTest.enabled=false",)) if o["kind"] == "Pod"]
+
+
+def test_tracing_values_set_the_otel_variables_and_open_the_collector_port() -> None:
+    objects = rendered("monitoring")
+    env = {e["name"]: e for e in gateway_container(objects)["env"]}
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"] == "http://otel-collector.observability:4318"
+    assert env["OTEL_EXPORTER_OTLP_PROTOCOL"]["value"] == "http/protobuf"
+    assert env["OTEL_TRACES_SAMPLER"]["value"] == "parentbased_traceidratio"
+    assert env["OTEL_TRACES_SAMPLER_ARG"]["value"] == "0.05"
+    assert env["OTEL_EXPORTER_OTLP_HEADERS"]["valueFrom"] == {
+        "secretKeyRef": {"name": "otel-collector-auth", "key": "headers"}
+    }
+    assert env["OTEL_SERVICE_NAME"]["value"] == "meshgate"
+    # The NetworkPolicy's egress lets the pod reach the collector (main blocked it).
+    egress = one(objects, "NetworkPolicy")["spec"]["egress"]
+    collector = [e for e in egress if e.get("ports") == [{"port": 4318, "protocol": "TCP"}]]
+    assert collector == [
+        {
+            "ports": [{"port": 4318, "protocol": "TCP"}],
+            "to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "observability"}}}],
+        }
+    ]
+    # Off by default: no exporter variables at all, so the gateway does no span work.
+    default_env = {e["name"] for e in gateway_container(rendered("default"))["env"]}
+    assert not {n for n in default_env if n.startswith("OTEL_EXPORTER")}
+    # The collector's port from the endpoint, else the protocol's default.
+    for sets, port in (
+        (("tracing.endpoint=http://c:4317", "tracing.protocol=grpc"), 4317),
+        (("tracing.endpoint=http://c", "tracing.protocol=grpc"), 4317),
+        (("tracing.endpoint=http://c", "tracing.protocol=http/protobuf"), 4318),
+        (("tracing.endpoint=https://c", "tracing.protocol=http/protobuf"), 443),
+    ):
+        policy = one(render(VALUE_SETS["monitoring"], sets), "NetworkPolicy")
+        assert {"port": port, "protocol": "TCP"} in [p for e in policy["spec"]["egress"] for p in e.get("ports", [])], (
+            sets
+        )
+    error = render_error(DEFAULT, ("tracing.enabled=true",))
+    assert "tracing.enabled needs tracing.endpoint" in error
 
 
 def test_nats_sidecar() -> None:
@@ -757,13 +777,55 @@ def test_chart_refuses_an_embedded_region_with_several_replicas(tmp_path: Path) 
     assert one(objects, "Deployment")["spec"]["strategy"] == {"type": "Recreate"}
 
 
-def test_chart_alerts_are_the_observability_alerts() -> None:
-    # Two forms of one set of alerts: the chart's are scoped to its region with thresholds from
-    # values, observability/prometheus/alerts.yaml is the plain file. Their names stay in step.
-    rule = one(rendered("monitoring"), "PrometheusRule")
-    chart = {r["alert"] for group in rule["spec"]["groups"] for r in group["rules"] if "alert" in r}
-    plain_file = Path(__file__).resolve().parents[2] / "observability" / "prometheus" / "alerts.yaml"
-    plain = {r["alert"] for group in yaml.safe_load(plain_file.read_text())["groups"] for r in group["rules"]}
-    # Only the chart knows its scrape job, so only it can tell that no gateway is up.
-    assert chart - plain == {"MeshgateGatewayDown"}
-    assert plain - chart == set()
+# --- replication apart from ingest (replicator.enabled) -----------------------------------------
+
+
+def test_replicator_deployment_runs_the_links_and_the_gateways_ingest_only() -> None:
+    objects = rendered("replicator")
+    gateway_args = gateway_container(objects)["args"]
+    assert gateway_args[gateway_args.index("--role") + 1] == "gateway"
+    deployment = one(objects, "Deployment", f"{FULLNAME}-replicator")
+    assert deployment["spec"]["replicas"] == 2
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert selector["app.kubernetes.io/component"] == "replicator"
+    spec = deployment["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    args = container["args"]
+    assert args[args.index("--role") + 1] == "replicator"
+    assert args[args.index("--metrics") + 1] == "0.0.0.0:9464"
+    assert args[args.index("--replication-workers") + 1] == "2"
+    assert "--listen" not in args
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"metrics": 9464}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert container["resources"]["requests"]["cpu"] == "1"
+    # The same mesh file, secret and environment as the gateway's.
+    env = {e["name"] for e in container["env"]}
+    assert {"MESHGATE_REGION", "MESH_REPLICATION_SECRET", "OTEL_RESOURCE_ATTRIBUTES"} <= env
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    pdb = one(objects, "PodDisruptionBudget", f"{FULLNAME}-replicator")
+    assert pdb["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "replicator"
+    # No Service sends client or peer traffic to the replicator pods; their metrics have one.
+    for service in (o for o in objects if o["kind"] == "Service"):
+        expected = "replicator" if service["metadata"]["name"] == f"{FULLNAME}-replicator-metrics" else "gateway"
+        assert service["spec"]["selector"]["app.kubernetes.io/component"] == expected
+    metrics = one(objects, "Service", f"{FULLNAME}-replicator-metrics")
+    assert metrics["metadata"]["labels"]["app.kubernetes.io/component"] == "metrics"  # the ServiceMonitor's
+    assert metrics["spec"]["ports"][0]["targetPort"] == "metrics"
+    # Off (the default): the gateway pods run the links themselves.
+    default = render(DEFAULT, ("replicator.enabled=false",))
+    assert [o["metadata"]["name"] for o in default if o["kind"] == "Deployment"] == [FULLNAME]
+    assert "--role" not in gateway_container(default)["args"]
+
+
+def test_replicator_workers_zero_runs_the_links_in_the_pod_process() -> None:
+    objects = render(VALUE_SETS["replicator"], ("replicator.workers=0", "replicator.metricsPort=9500"))
+    (container,) = one(objects, "Deployment", f"{FULLNAME}-replicator")["spec"]["template"]["spec"]["containers"]
+    assert "--replication-workers" not in container["args"]
+    assert container["args"][container["args"].index("--metrics") + 1] == "0.0.0.0:9500"
+
+
+def test_chart_refuses_a_replicator_without_a_broker_it_can_reach() -> None:
+    message = "replicator.enabled runs the replication links in pods of their own, which cannot reach a broker"
+    assert message in render_error(VALUE_SETS["nats-sidecar"], ("replicator.enabled=true",))
+    assert "/replicator/workers" in render_error(VALUE_SETS["replicator"], ("replicator.workers=-1",))

@@ -218,6 +218,112 @@ def test_base_images_have_explicit_tags() -> None:
         assert "slim" in tag
 
 
+def test_base_images_are_pinned_by_digest() -> None:
+    """A tag moves; a digest names one image: a rebuild gets the same Python and Debian."""
+    for instruction in (i for i in INSTRUCTIONS if i.keyword == "FROM"):
+        image = expand(shlex.split(instruction.args)[0])
+        assert re.fullmatch(r"[^@\s]+@sha256:[0-9a-f]{64}", image), f"FROM {image} is not pinned by digest"
+
+
+# --- the dependencies: their own layer, from a lock with hashes ---------------------------
+
+LOCK = ROOT / "requirements.lock"
+
+
+def build_stage() -> list[Instruction]:
+    return [i for i in INSTRUCTIONS if i.stage == 0]
+
+
+def test_dependencies_are_installed_in_their_own_layer_before_the_sources() -> None:
+    """A change of the sources must not reinstall every dependency: the layer that installs them
+    comes from the lock alone, before any source is copied."""
+    stage = build_stage()
+    installs = [n for n, i in enumerate(stage) if i.keyword == "RUN" and "-r requirements.lock" in i.args]
+    assert len(installs) == 1, "the build stage installs requirements.lock in one RUN"
+    (install,) = installs
+    copies_before = [shlex.split(i.args) for i in stage[:install] if i.keyword == "COPY"]
+    assert copies_before == [["requirements.lock", "./"]], f"only the lock is copied before it: {copies_before}"
+    assert "--require-hashes" in stage[install].args
+    copies_after = [i for i in stage[install:] if i.keyword == "COPY"]
+    assert {"pyproject.toml", "meshgate", "gateway"} <= {
+        w.rstrip("/") for i in copies_after for w in shlex.split(i.args)[:-1]
+    }
+    # meshgate itself adds nothing unlocked: no dependencies, no build isolation, no index.
+    (package,) = [i for i in stage[install + 1 :] if i.keyword == "RUN" and "pip install" in i.args]
+    for flag in ("--no-deps", "--no-build-isolation", "--no-index"):
+        assert flag in package.args, f"meshgate's own install lacks {flag}: {package.args}"
+    assert "pip check" in package.args
+
+
+def lock_entries() -> dict[str, tuple[str, list[str]]]:
+    """normalized name -> (version, hashes) of requirements.lock."""
+    from packaging.utils import canonicalize_name
+
+    entries: dict[str, tuple[str, list[str]]] = {}
+    text = LOCK.read_text().replace("\\\n", " ")
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        spec, *options = line.split()
+        name, sep, version = spec.partition("==")
+        assert sep, f"requirements.lock: {spec} is not pinned with =="
+        hashes = [o.removeprefix("--hash=sha256:") for o in options if o.startswith("--hash=sha256:")]
+        assert hashes and all(re.fullmatch(r"[0-9a-f]{64}", h) for h in hashes), f"{spec} has no sha256 hash"
+        assert len(hashes) == len(options), f"{spec}: options other than hashes: {options}"
+        entries[canonicalize_name(name)] = (version, hashes)
+    return entries
+
+
+def declared_requirements() -> list[str]:
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        pyproject = tomllib.load(f)
+    return [*pyproject["project"]["dependencies"], *pyproject["build-system"]["requires"]]
+
+
+def test_the_lock_pins_every_dependency_within_its_specifier() -> None:
+    """pyproject.toml's dependencies and build requirements, each pinned, in range, with hashes.
+    A dependency added or narrowed without `python scripts/lock_image.py` fails here."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    locked = lock_entries()
+    for text in declared_requirements():
+        req = Requirement(text)
+        name = canonicalize_name(req.name)
+        assert name in locked, f"{req.name} is not in requirements.lock: run python scripts/lock_image.py"
+        version = locked[name][0]
+        assert req.specifier.contains(version, prereleases=True), f"requirements.lock pins {name}=={version}: {req}"
+
+
+def test_the_lock_holds_what_the_dependencies_need() -> None:
+    """Closed under dependencies (pip installs it with --no-deps): followed through the metadata of
+    the packages installed here, with the markers of the image's Python (3.12 on Linux)."""
+    from importlib.metadata import PackageNotFoundError, requires
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    locked = lock_entries()
+    environment = {"python_version": "3.12", "python_full_version": "3.12.14", "sys_platform": "linux",
+                   "platform_system": "Linux", "platform_machine": "x86_64", "implementation_name": "cpython",
+                   "platform_python_implementation": "CPython", "os_name": "posix", "extra": ""}  # fmt: skip
+    pending = [Requirement(text) for text in declared_requirements()]
+    seen: set[str] = set()
+    while pending:
+        req = pending.pop()
+        name = canonicalize_name(req.name)
+        if name in seen or (req.marker is not None and not req.marker.evaluate(environment)):
+            continue
+        seen.add(name)
+        assert name in locked, f"{name} (needed through {req}) is not in requirements.lock"
+        try:
+            pending += [Requirement(t) for t in requires(req.name) or []]
+        except PackageNotFoundError:
+            continue  # not installed here (a build requirement): its own needs are not known here
+    assert {"grpcio", "nats-py", "protobuf", "setuptools"} <= seen
+
+
 def test_no_latest_anywhere() -> None:
     assert ":latest" not in DOCKERFILE.read_text()
 

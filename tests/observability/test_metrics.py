@@ -7,18 +7,21 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
+import platform
 import shutil
 import socket
 import subprocess
 import urllib.request
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from urllib.parse import urlparse
 
 import aiokafka.errors as ke
 import grpc
 import nats
 import pytest
-from prometheus_client import generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from meshgate.brokers import (
@@ -184,17 +187,70 @@ async def test_publish_counters_and_live_metrics(gateway: tuple[Gateway, str]) -
     # The link to `there` (no gateway listening at 127.0.0.1:0) exists: one state at 1.
     states = {s: value(got, "meshgate_link_state", region="here", destination="there", state=s) for s in LINK_STATES}
     assert sorted(states.values()) == [0.0] * (len(LINK_STATES) - 1) + [1.0]
-    assert ("meshgate_config_reloads_total", frozenset({"result": "applied"}.items())) not in got  # no file path
+    assert not series(got, "meshgate_config_reloads_total")  # no file path
     # No label carries a topic or an event id.
     for family in text_string_to_metric_families(text):
         for s in family.samples:
-            assert set(s.labels) <= {"region", "destination", "outcome", "reason", "state", "result", "le"}, s
+            if s.name.startswith("meshgate_") and s.name != "meshgate_build_info":
+                assert set(s.labels) <= {"region", "destination", "outcome", "reason", "state", "result", "le"}, s
     # Every metric the dashboard and the alerts use is exposed (reloads need a mesh file path).
     exposed = {n.removesuffix("_bucket").removesuffix("_count").removesuffix("_sum") for n, _ in got}
     assert METRICS - {"meshgate_config_reloads_total"} <= exposed
     # The live output and the registry agree, and promtool finds nothing to lint.
     assert samples(generate_latest(gw.metrics.registry).decode()).keys() == got.keys()
     promtool_check_metrics(text)
+
+
+async def test_exposition_runtime_build_info_region_on_every_family_and_no_created_series(
+    nats_server: EmbeddedNats, tmp_path: Path
+) -> None:
+    """process_*/python_* collectors and meshgate_build_info are there; every meshgate_* family has
+    the region (the config reloads too); no _created series (main: one per counter and histogram
+    child, a third of the exposition); promtool lints nothing."""
+    mesh = tmp_path / "mesh.yaml"
+    mesh.write_text("# the watcher is given the running config; this file only has to exist\n")
+    port = free_port()
+    gw = Gateway(
+        config=mesh_for(nats_server),
+        region="here",
+        data_dir=tmp_path,
+        metrics_listen=f"127.0.0.1:{port}",
+        config_path=mesh,
+        watch_config=False,
+    )
+    await gw.start()
+    try:
+        text = await scrape(f"http://127.0.0.1:{port}/metrics")
+        got = samples(text)
+        names = {n for n, _ in got}
+        assert {
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_open_fds",
+            "process_start_time_seconds",
+            "python_info",
+            "python_gc_objects_collected_total",
+        } <= names
+        (build,) = series(got, "meshgate_build_info")
+        assert build == {
+            "version": importlib.metadata.version("meshgate"),
+            "python": platform.python_version(),
+            "region": "here",
+        }
+        assert value(got, "meshgate_build_info", **build) == 1
+        assert value(got, "meshgate_ready", region="here") == 1
+        assert value(got, "meshgate_config_reloads_total", region="here", result="refused") == 0
+        assert ("meshgate_config_reloads_total", frozenset({"region": "here", "result": "applied"}.items())) in got
+        for name, labels in got:
+            if name.startswith("meshgate_"):
+                assert dict(labels).get("region") == "here", (name, dict(labels))
+        assert not [n for n in names if n.endswith("_created")]
+        assert "_created" not in text
+        promtool_check_metrics(text)
+    finally:
+        await gw.stop(grace=1.0)
+    # Stopped: not ready (what /readyz would answer), read at scrape time.
+    assert gw.metrics.registry.get_sample_value("meshgate_ready", {"region": "here"}) == 0
 
 
 async def _scrape_until(url: str, check: Callable[[Samples], bool], *, what: str) -> Samples:
@@ -390,3 +446,62 @@ async def test_a_full_jetstream_is_counted_storage_full(tmp_path: Path) -> None:
     finally:
         await gw.stop(grace=1.0)
         await server.stop()
+
+
+# -- replication latency: from the origin broker's stored time, both broker kinds -----------------
+
+
+async def test_replication_latency_runs_from_the_stored_time_for_kafka_and_nats_origins(
+    tansu: Tansu, nats_server: EmbeddedNats, tmp_path: Path
+) -> None:
+    """Events whose producer set a CloudEvents time a year ago, replicated both ways between a
+    Kafka and a NATS region by real links: each destination measures from when the origin's
+    broker stored the event (Kafka's record timestamp, JetStream's stored time), so every
+    latency is seconds, not a year (main: a year per event)."""
+    url = urlparse(nats_server.url)
+    config = MeshConfig(
+        regions=(
+            RegionConfig(
+                name="kf", kind=BrokerKind.KAFKA, brokers=(tansu.bootstrap,), gateway=f"127.0.0.1:{free_port()}"
+            ),
+            RegionConfig(
+                name="nt",
+                kind=BrokerKind.NATS,
+                brokers=(f"{url.hostname}:{url.port}",),
+                gateway=f"127.0.0.1:{free_port()}",
+            ),
+        ),
+        routing=(RouteRule(index=0, topic="orders/*", regions=("kf", "nt")),),
+        security=SECURITY,
+    )
+    gws = {
+        "kf": Gateway(config=config, region="kf", data_dir=tmp_path / "kf", broker=make_kafka_broker(tansu)),
+        "nt": Gateway(config=config, region="nt", data_dir=tmp_path / "nt"),
+    }
+    for gw in gws.values():
+        await gw.start()
+    try:
+        for name, gw in gws.items():
+            events = [ev(id=f"{name}-{i}") for i in range(5)]
+            for e in events:
+                e.time.GetCurrentTime()
+                e.time.seconds -= 365 * 24 * 3600
+            async with grpc.aio.insecure_channel(gw.address) as ch:
+                resp = await gateway_pb2_grpc.GatewayStub(ch).Publish(gateway_pb2.PublishRequest(events=events))
+            assert all(r.outcome == event_pb2.OUTCOME_ACCEPTED for r in resp.results), resp
+        for name, gw in gws.items():
+            registry = gw.metrics.registry
+
+            def count(registry: CollectorRegistry = registry, name: str = name) -> bool:
+                return registry.get_sample_value("meshgate_replication_latency_seconds_count", {"region": name}) == 5
+
+            await eventually(count, 60, what=f"5 replicated events measured in {name}")
+            total = registry.get_sample_value("meshgate_replication_latency_seconds_sum", {"region": name})
+            assert total is not None and 0 <= total < 5 * 60, (name, total)
+            assert (
+                registry.get_sample_value("meshgate_replication_latency_seconds_bucket", {"region": name, "le": "60.0"})
+                == 5
+            )
+    finally:
+        for gw in gws.values():
+            await gw.stop(grace=1.0)

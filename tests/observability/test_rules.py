@@ -1,4 +1,5 @@
-"""The alert rules, their unit test and the dashboard's queries, checked by promtool.
+"""The alert rules (the one set: the chart's files/alerts.yaml), their unit tests and the
+dashboard's queries, checked by promtool.
 
 promtool comes with Debian's `prometheus` package (CI: `apt-get install -y prometheus`);
 without it these tests are skipped with that reason, the structural checks still run.
@@ -17,9 +18,10 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-RULES = ROOT / "observability" / "prometheus" / "alerts.yaml"
+# Helm reads only files inside the chart: the rules and the dashboard live there, once.
+RULES = ROOT / "helm" / "meshgate" / "files" / "alerts.yaml"
 RULES_TEST = ROOT / "observability" / "prometheus" / "alerts_test.yaml"
-DASHBOARD = ROOT / "observability" / "grafana" / "meshgate.json"
+DASHBOARD = ROOT / "helm" / "meshgate" / "files" / "grafana" / "meshgate.json"
 PROMTOOL = shutil.which("promtool")
 
 # Every series the gateway exposes (as Prometheus names them), by metric family.
@@ -38,6 +40,8 @@ METRICS = {
     "meshgate_link_retries_total",
     "meshgate_dead_lettered_total",
     "meshgate_config_reloads_total",
+    "meshgate_build_info",
+    "meshgate_ready",
 }
 # Grafana's variables, as literals promtool can parse.
 _TEMPLATE_VARS = {
@@ -93,24 +97,60 @@ def test_alert_rules_unit_test() -> None:
     promtool("test", "rules", RULES_TEST.name, cwd=RULES_TEST.parent)
 
 
+# Every alert of the set, by severity.
+ALERTS = {
+    "MeshgateLinkLagHigh": "warning",
+    "MeshgateLinkStuck": "critical",
+    "MeshgateLinkLagCritical": "critical",
+    "MeshgateLinkLagGrowing": "warning",
+    "MeshgateDeadLettered": "warning",
+    "MeshgateLinkPaused": "warning",
+    "MeshgateGatewayDown": "critical",
+    "MeshgateGatewayNotReady": "warning",
+    "MeshgateBrokerDisconnected": "critical",
+    "MeshgateStorageFull": "critical",
+    "MeshgateConfigReloadRefused": "warning",
+}
+
+
+def rules() -> list[dict[str, Any]]:
+    return [r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]]
+
+
 def test_alert_rules_name_exposed_metrics_and_tell_on_call_what_to_check() -> None:
-    groups = yaml.safe_load(RULES.read_text())["groups"]
-    rules = [r for g in groups for r in g["rules"]]
-    names = {r["alert"] for r in rules}
-    assert {
-        "MeshgateLinkStuck",
-        "MeshgateLinkLagGrowing",
-        "MeshgateDeadLetterSurge",
-        "MeshgateConfigReloadRefused",
-        "MeshgateBrokerDisconnected",
-    } <= names
-    for rule in rules:
+    found = rules()
+    assert {r["alert"]: r["labels"]["severity"] for r in found} == ALERTS
+    for rule in found:
         assert rule["annotations"]["summary"] and len(rule["annotations"]["description"]) > 80, rule["alert"]
         assert _names(rule["expr"]) <= METRICS, rule["alert"]
-    tested = {
-        t["alertname"] for case in yaml.safe_load(RULES_TEST.read_text())["tests"] for t in case["alert_rule_test"]
+    # Every alert has a promtool unit test that fires it.
+    fired = {
+        t["alertname"]
+        for case in yaml.safe_load(RULES_TEST.read_text())["tests"]
+        for t in case["alert_rule_test"]
+        if t.get("exp_alerts")
     }
-    assert {"MeshgateLinkStuck", "MeshgateDeadLetterSurge"} <= tested
+    assert fired == set(ALERTS)
+
+
+def test_one_rule_set_and_one_dashboard_in_the_repository() -> None:
+    """main had two rule sets (observability/ and the chart's template) that differed."""
+    defining = sorted(
+        str(path.relative_to(ROOT))
+        for path in ROOT.rglob("*.y*ml")
+        if not {".venv", "build", ".git"} & set(path.relative_to(ROOT).parts)
+        and "alert: Meshgate" in path.read_text(errors="replace")
+    )
+    assert defining == ["helm/meshgate/files/alerts.yaml"]
+    dashboards = sorted(
+        str(path.relative_to(ROOT))
+        for path in ROOT.rglob("*.json")
+        if not {".venv", "build", ".git", "node_modules"} & set(path.relative_to(ROOT).parts)
+        and '"panels"' in path.read_text(errors="replace")
+    )
+    assert dashboards == ["helm/meshgate/files/grafana/meshgate.json"]
+    # The unit tests run the chart's file itself.
+    assert yaml.safe_load(RULES_TEST.read_text())["rule_files"] == ["../../helm/meshgate/files/alerts.yaml"]
 
 
 def test_dashboard_shape() -> None:
@@ -131,8 +171,7 @@ def test_dashboard_shape() -> None:
     # Every metric the gateway exposes is on the dashboard, and nothing else is.
     assert used == METRICS
     for where, expr in queries:
-        if "meshgate_config_reloads_total" not in expr:  # the one metric without a region label
-            assert "$region" in expr, where
+        assert "$region" in expr, where  # every family has the region label
 
 
 def test_dashboard_queries_parse(tmp_path: Path) -> None:

@@ -1,8 +1,12 @@
 """Traced delivery: one trace per event, from the producer's span to the write in the last region.
 
-The end-to-end test runs an in-process OTLP/gRPC receiver (opentelemetry-proto's collector
-service) and two ``meshgate serve`` processes (regions ``a`` and ``b``, each with its own
-embedded nats-server) exporting to it through the standard ``OTEL_*`` variables; one event
+The end-to-end test runs an in-process OTLP receiver and two ``meshgate serve`` processes
+(regions ``a`` and ``b``, each with its own embedded nats-server) exporting to it through the
+standard ``OTEL_*`` variables, once per OTLP protocol: over gRPC (opentelemetry-proto's
+collector service) and over HTTP (``tests/observability/_otlp.py``: an HTTP server that takes
+``POST /v1/traces`` and decodes the protobuf ``ExportTraceServiceRequest`` with
+opentelemetry-proto, as a collector's OTLP/HTTP receiver does; no OTLP/HTTP receiver
+installs from the registries here without a large server of its own). One event
 published in ``a`` with a producer's ``traceparent`` in the gRPC metadata, routed to ``b``,
 must give one trace with spans of both regions, parented producer -> publish -> send -> process.
 """
@@ -15,14 +19,13 @@ import secrets
 import signal
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 import yaml
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 from opentelemetry.proto.trace.v1 import trace_pb2
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -42,6 +45,7 @@ from tests._wait import eventually
 from tests.e2e._mesh import free_port
 from tests.gateway._helpers import ev, read_all
 from tests.gateway.conftest import mesh_for
+from tests.observability._otlp import HttpReceiver, ReceivedSpan, Receiver, _value
 
 _OTEL_VARS = (
     "OTEL_EXPORTER_OTLP_ENDPOINT",
@@ -52,44 +56,6 @@ _OTEL_VARS = (
 
 
 # --- an in-process OTLP/gRPC receiver ----------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ReceivedSpan:
-    span: trace_pb2.Span
-    resource: dict[str, Any]
-
-    @property
-    def region(self) -> str:
-        return str(self.resource.get("cloud.region"))
-
-    @property
-    def parent(self) -> bytes:
-        return self.span.parent_span_id
-
-
-def _value(v: Any) -> Any:
-    which = v.WhichOneof("value")
-    return getattr(v, which) if which else None
-
-
-class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
-    def __init__(self) -> None:
-        self.requests: list[trace_service_pb2.ExportTraceServiceRequest] = []
-
-    async def Export(
-        self, request: trace_service_pb2.ExportTraceServiceRequest, context: Any
-    ) -> trace_service_pb2.ExportTraceServiceResponse:
-        self.requests.append(request)
-        return trace_service_pb2.ExportTraceServiceResponse()
-
-    def spans(self) -> Iterator[ReceivedSpan]:
-        for req in self.requests:
-            for rs in req.resource_spans:
-                resource = {a.key: _value(a.value) for a in rs.resource.attributes}
-                for ss in rs.scope_spans:
-                    for span in ss.spans:
-                        yield ReceivedSpan(span, resource)
 
 
 @pytest.fixture
@@ -103,6 +69,12 @@ async def otlp_receiver() -> AsyncIterator[tuple[Receiver, int]]:
         yield receiver, port
     finally:
         await server.stop(0)
+
+
+@pytest.fixture
+def otlp_http_receiver() -> Iterator[HttpReceiver]:
+    with HttpReceiver() as receiver:
+        yield receiver
 
 
 # --- one event, two regions, one trace -----------------------------------------------------------
@@ -119,9 +91,15 @@ def _assert_one_trace(spans: list[ReceivedSpan], trace_id: int) -> None:
     expected_service = os.environ.get("OTEL_SERVICE_NAME") or "meshgate"
     for s in spans:
         assert s.resource.get("service.name") == expected_service
-        assert _attrs(s.span)["messaging.system"] == "nats"
-        assert _attrs(s.span)["messaging.destination.name"] == "orders/created"
-        assert _attrs(s.span)["cloud.region"] == s.region
+        attrs = _attrs(s.span)
+        assert attrs["messaging.system"] == "nats"  # embedded regions run nats-server
+        assert attrs["messaging.destination.name"] == "orders/created"
+        assert attrs["messaging.message.body.size"] == len(b'{"n": 1}')
+        assert attrs["messaging.operation.type"] in ("send", "process")
+        assert attrs["cloud.region"] == s.region
+        # The server each span talks to: the region's broker (publish, process) or the peer (send).
+        assert attrs["server.address"] == "127.0.0.1"
+        assert isinstance(attrs["server.port"], int) and attrs["server.port"] > 0
 
 
 def _chain(spans: list[ReceivedSpan], last: ReceivedSpan) -> tuple[list[tuple[str, str]], int]:
@@ -136,10 +114,11 @@ def _chain(spans: list[ReceivedSpan], last: ReceivedSpan) -> tuple[list[tuple[st
 
 @contextlib.asynccontextmanager
 async def traced_regions(
-    tmp_path: Path, otlp_port: int, sampler: dict[str, str]
+    tmp_path: Path, otlp_port: int, sampler: dict[str, str], *, protocol: str = "grpc", headers: str = ""
 ) -> AsyncIterator[dict[str, ServeProcess]]:
     """Regions a and b as `meshgate serve` processes, exporting to the receiver with ``sampler``'s
-    OTEL_TRACES_SAMPLER(_ARG); stopped (SIGTERM, then closed) at the end."""
+    OTEL_TRACES_SAMPLER(_ARG) by OTLP ``protocol`` (OTEL_EXPORTER_OTLP_PROTOCOL) with ``headers``
+    (OTEL_EXPORTER_OTLP_HEADERS); stopped (SIGTERM, then closed) at the end."""
     ports = {"a": free_port(), "b": free_port()}
     mesh = tmp_path / "mesh.yaml"
     mesh.write_text(
@@ -155,7 +134,14 @@ async def traced_regions(
             sort_keys=False,
         )
     )
-    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{otlp_port}", "OTEL_BSP_SCHEDULE_DELAY": "100", **sampler}
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{otlp_port}",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+        **sampler,
+    }
+    if headers:
+        env["OTEL_EXPORTER_OTLP_HEADERS"] = headers
     procs = {
         r: ServeProcess(config=mesh, region=r, data_dir=tmp_path / r, extra=("--listen", f"127.0.0.1:{p}"), env=env)
         for r, p in ports.items()
@@ -176,7 +162,30 @@ async def traced_regions(
 
 async def test_one_trace_across_two_regions(tmp_path: Path, otlp_receiver: tuple[Receiver, int]) -> None:
     receiver, otlp_port = otlp_receiver
-    async with traced_regions(tmp_path, otlp_port, {"OTEL_TRACES_SAMPLER": "parentbased_always_on"}) as procs:
+    await one_trace_across_two_regions(tmp_path, receiver, otlp_port, "grpc")
+
+
+async def test_one_trace_across_two_regions_over_otlp_http(tmp_path: Path, otlp_http_receiver: HttpReceiver) -> None:
+    """OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf: the spans go to <endpoint>/v1/traces as protobuf,
+    with the OTEL_EXPORTER_OTLP_HEADERS (main exported by OTLP/gRPC whatever the protocol, so
+    every export to an OTLP/HTTP receiver failed)."""
+    receiver = otlp_http_receiver
+    await one_trace_across_two_regions(tmp_path, receiver, receiver.port, "http/protobuf")
+    assert receiver.paths == {"/v1/traces"}
+    assert receiver.content_types == {"application/x-protobuf"}
+    assert receiver.header_values("authorization") == {"Bearer s3cret token"}
+
+
+async def one_trace_across_two_regions(
+    tmp_path: Path, receiver: Receiver | HttpReceiver, otlp_port: int, protocol: str
+) -> None:
+    async with traced_regions(
+        tmp_path,
+        otlp_port,
+        {"OTEL_TRACES_SAMPLER": "parentbased_always_on"},
+        protocol=protocol,
+        headers="Authorization=Bearer%20s3cret%20token",
+    ) as procs:
         # The producer's own span: a root the test makes up, sampled.
         trace_id, producer_span = secrets.randbits(128) or 1, secrets.randbits(64) or 1
         traceparent = f"00-{trace_id:032x}-{producer_span:016x}-01"
@@ -195,7 +204,7 @@ async def test_one_trace_across_two_regions(tmp_path: Path, otlp_receiver: tuple
         def complete() -> list[ReceivedSpan] | None:
             spans = of_event()
             names = {(s.region, s.span.name) for s in spans}
-            wanted = {("a", "orders/created publish"), ("a", "orders/created send"), ("b", "orders/created process")}
+            wanted = {("a", "publish orders/created"), ("a", "send orders/created"), ("b", "process orders/created")}
             return spans if wanted <= names else None
 
         spans = await eventually(complete, 60, what="spans of the event from both regions")
@@ -203,9 +212,9 @@ async def test_one_trace_across_two_regions(tmp_path: Path, otlp_receiver: tuple
         _assert_one_trace(spans, trace_id)
 
         by_name = {(s.region, s.span.name): s for s in spans}
-        publish = by_name["a", "orders/created publish"]
-        send = by_name["a", "orders/created send"]
-        process = by_name["b", "orders/created process"]
+        publish = by_name["a", "publish orders/created"]
+        send = by_name["a", "send orders/created"]
+        process = by_name["b", "process orders/created"]
         # The gateway's publish span is the child of the producer's span.
         assert publish.parent == producer_span.to_bytes(8, "big")
         assert publish.span.kind == trace_pb2.Span.SPAN_KIND_PRODUCER
@@ -222,7 +231,7 @@ async def test_one_trace_across_two_regions(tmp_path: Path, otlp_receiver: tuple
         assert process.span.kind == trace_pb2.Span.SPAN_KIND_CONSUMER
         assert _attrs(process.span)["meshgate.dedup"] == "stored"
         assert _chain(spans, process) == (
-            [("a", "orders/created send"), ("a", "orders/created publish")],
+            [("a", "send orders/created"), ("a", "publish orders/created")],
             producer_span,
         )
         # Spans nest in time: the send covers b's processing, the publish starts first.
@@ -303,7 +312,7 @@ def test_per_event_traceparent_wins_over_metadata() -> None:
     assert spans["plain"].context.trace_id == call_tid
     assert spans["plain"].parent.span_id == call_sid  # type: ignore[union-attr]
     assert spans["plain"].kind is SpanKind.PRODUCER
-    assert spans["plain"].name == "orders/created publish"
+    assert spans["plain"].name == "publish orders/created"
     assert not spans["plain"].status.is_ok
     # The events now carry the publish span's context.
     assert own.extensions["traceparent"] == f"00-{event_tid:032x}-{spans['own'].context.span_id:016x}-01"
@@ -356,7 +365,7 @@ def test_send_spans_rewrite_the_traceparent_line_of_raw_events() -> None:
     tracing.end_send(spans, {1: "too large"}, duplicates=0)
     finished = {s.attributes["messaging.message.id"]: s for s in exporter.get_finished_spans()}  # type: ignore[index]
     send = finished["t-1"]
-    assert send.name == "orders/created send"
+    assert send.name == "send orders/created"
     assert send.parent.span_id == publish_sid  # type: ignore[union-attr]
     assert send.context.trace_id == tid
     assert send.attributes["meshgate.outcome"] == "accepted"  # type: ignore[index]

@@ -43,8 +43,8 @@ from meshgate.observability._tracing import DecisionIds, fast_decision, parse_tr
 from meshgate.v1 import event_pb2, gateway_pb2, gateway_pb2_grpc, replication_pb2
 from tests._wait import eventually
 from tests.gateway._helpers import ev, read_all
+from tests.observability._otlp import Receiver
 from tests.observability.test_tracing import (  # noqa: F401 - otlp_receiver: the fixture
-    Receiver,
     _attrs,
     otlp_receiver,
     traced_regions,
@@ -309,13 +309,13 @@ async def test_ratio_zero_traces_only_sampled_parents_across_regions(
                 if _attrs(s.span).get("messaging.message.id") == "sampled"
             }
             # The send span ends (and is exported) when b's ack is back: after b's process span.
-            done = {("a", "orders/created send"), ("b", "orders/created process")} <= names
+            done = {("a", "send orders/created"), ("b", "process orders/created")} <= names
             return names if done else None
 
         assert await eventually(chain, 60, what="the sampled event's spans from both regions") == {
-            ("a", "orders/created publish"),
-            ("a", "orders/created send"),
-            ("b", "orders/created process"),
+            ("a", "publish orders/created"),
+            ("a", "send orders/created"),
+            ("b", "process orders/created"),
         }
         for region in ("a", "b"):
             async with grpc.aio.insecure_channel(procs[region].address) as channel:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shlex
+import shutil
 import stat
 import subprocess
 import sys
@@ -54,6 +57,50 @@ def test_certs_for_the_quickstart_mtls_file_make_it_load(tmp_path: Path) -> None
     # The example loads with them, the files checked (CA signature, region names, key pairs).
     config = load_config(example, env={"MESHGATE_CERTS": str(out)})
     assert config.security.ca == out / "ca.crt"
+
+
+def _header_commands(example: Path) -> list[list[str]]:
+    """The ``meshgate ...`` commands the example's header comment tells a reader to run, as argv."""
+    texts: list[str] = []
+    continued = False
+    for line in example.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        text = line.removeprefix("#").strip()
+        if continued:
+            texts[-1] += " " + text.removesuffix("\\")
+        elif text.startswith("meshgate "):
+            texts.append(text.removesuffix("\\"))
+        continued = text.endswith("\\") and bool(texts)
+    return [shlex.split(text) for text in texts]
+
+
+def test_the_mtls_example_validates_as_its_comment_says(tmp_path: Path) -> None:
+    """From a clone's root, with no variable set: `meshgate certs` as the file's comment says, then
+    `meshgate config validate` as it says, passes (it looked for the certificates beside itself)."""
+    example = EXAMPLES_DIR / "quickstart-mtls.yaml"
+    # A clone's layout: the example under config/examples/, the commands run from the root.
+    (tmp_path / "config" / "examples").mkdir(parents=True)
+    shutil.copy(example, tmp_path / "config" / "examples" / example.name)
+    commands = {argv[1]: argv for argv in _header_commands(example)}
+    assert "certs" in commands, commands
+    validate = ["meshgate", "config", "validate", "config/examples/quickstart-mtls.yaml"]
+    assert commands.get("config", validate) == validate
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MESHGATE_")}
+    for argv in (commands["certs"], validate):
+        done = subprocess.run(
+            [sys.executable, "-m", *argv],
+            check=False,
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, f"{' '.join(argv)}:\n{done.stdout}{done.stderr}"
+    # The gateways load it as `up` will, the files checked.
+    config = load_config(tmp_path / validate[-1], env=env)
+    assert config.security.ca == (tmp_path / "certs" / "ca.crt").resolve()
 
 
 def test_the_ca_is_kept_so_a_region_can_be_made_again(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from meshgate.brokers import RawBatch
 from meshgate.brokers._codec import header_lines, parse_header_lines
 from meshgate.observability import Tracing
-from meshgate.replicator import Link, LinkOptions
+from meshgate.replicator import Link, LinkOptions, _link
 from meshgate.v1 import replication_pb2
 from tests._wait import eventually
 from tests.gateway._helpers import ev
@@ -101,3 +101,36 @@ async def test_a_link_sends_raw_with_traces_on_or_off(traced: bool) -> None:
     assert first.get_span_context().trace_id == 0xABC
     tracing.abandon(sent.spans, "test over")
     tracing.shutdown()
+
+
+def test_requests_of_tiny_events_with_stored_times_fit_the_limit() -> None:
+    """The link's room per event covers the stored time each event now carries: every part of
+    a split batch of tiny events, encoded as the request the link writes, fits the limit."""
+    n = 5000
+    batch = RawBatch(
+        ids=[f"e{i}" for i in range(n)],
+        topics=["t"] * n,
+        sequences=list(range(2**40, 2**40 + n)),
+        headers=[b""] * n,
+        data=[b""] * n,
+        stored_ns=[1_800_000_000_000_000_000 + i for i in range(n)],
+        tokens=list(range(n)),
+    )
+    limit = 16 * 1024
+    parts = batch.split(limit, per_event=_link._EVENT_OVERHEAD_BYTES)
+    assert len(parts) > 1
+    for part in parts:
+        request = replication_pb2.ReplicateRequest(
+            source_region="a-region-name",
+            batch_id=2**40,
+            raw=replication_pb2.RawEvents(
+                ids=part.ids,
+                topics=part.topics,
+                sequences=part.sequences,
+                streams=part.streams,
+                headers=part.headers,
+                data=part.data,
+                stored_unix_nanos=part.stored_ns,
+            ),
+        )
+        assert request.ByteSize() <= limit

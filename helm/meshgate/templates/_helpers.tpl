@@ -356,6 +356,9 @@ grpc
 {{- fail (printf "the mesh file's security.tokens read %s, which auth.tokens does not set (it sets %s); the gateway would refuse the file" (join ", " $missing) (join ", " (keys .Values.auth.tokens | sortAlpha))) -}}
 {{- end -}}
 {{- end -}}
+{{- if and .Values.replicator.enabled (include "meshgate.brokerInPod" .) -}}
+{{- fail "replicator.enabled runs the replication links in pods of their own, which cannot reach a broker inside the gateway pod (the NATS sidecar, or a kind: embedded region): use kind: nats or kind: kafka with brokers outside the pods" -}}
+{{- end -}}
 {{- if and .Values.autoscaling.enabled (lt (int .Values.autoscaling.maxReplicas) (int .Values.autoscaling.minReplicas)) -}}
 {{- fail "autoscaling.maxReplicas must be at least autoscaling.minReplicas" -}}
 {{- end -}}

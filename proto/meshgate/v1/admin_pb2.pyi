@@ -200,15 +200,25 @@ class StatusResponse(_message.Message):
     CONFIG_SHA256_FIELD_NUMBER: _builtins.int
     CONFIG_LOADED_TIME_FIELD_NUMBER: _builtins.int
     INFLIGHT_EVENTS_FIELD_NUMBER: _builtins.int
+    BROKER_ADDRESSES_FIELD_NUMBER: _builtins.int
+    BROKER_MONITOR_URL_FIELD_NUMBER: _builtins.int
     region: _builtins.str
     config_sha256: _builtins.str
     """sha256 of the mesh file now in force."""
     inflight_events: _builtins.int
     """Events admitted by this gateway and not yet acknowledged by its broker."""
+    broker_monitor_url: _builtins.str
+    """The embedded nats-server's HTTP monitoring (/varz, /jsz); empty for other kinds."""
     @_builtins.property
     def links(self) -> _containers.RepeatedCompositeFieldContainer[Global___LinkStatus]: ...
     @_builtins.property
     def config_loaded_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def broker_addresses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Where the region's broker is: NATS URLs or Kafka bootstrap servers. An embedded region's
+        is the nats-server this gateway runs (a free port unless the mesh file's brokers pins it).
+        """
+
     def __init__(
         self,
         *,
@@ -217,10 +227,12 @@ class StatusResponse(_message.Message):
         config_sha256: _builtins.str = ...,
         config_loaded_time: _timestamp_pb2.Timestamp | None = ...,
         inflight_events: _builtins.int = ...,
+        broker_addresses: _abc.Iterable[_builtins.str] | None = ...,
+        broker_monitor_url: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["config_loaded_time", b"config_loaded_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config_loaded_time", b"config_loaded_time", "config_sha256", b"config_sha256", "inflight_events", b"inflight_events", "links", b"links", "region", b"region"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["broker_addresses", b"broker_addresses", "broker_monitor_url", b"broker_monitor_url", "config_loaded_time", b"config_loaded_time", "config_sha256", b"config_sha256", "inflight_events", b"inflight_events", "links", b"links", "region", b"region"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

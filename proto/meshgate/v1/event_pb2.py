@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17meshgate/v1/event.proto\x12\x0bmeshgate.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8f\x03\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x13\n\x0bspecversion\x18\x04 \x01(\t\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x64\x61tacontenttype\x18\x06 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x07 \x01(\x0c\x12\x36\n\nextensions\x18\x08 \x03(\x0b\x32\".meshgate.v1.Event.ExtensionsEntry\x12\r\n\x05topic\x18\t \x01(\t\x12\x0b\n\x03key\x18\n \x01(\t\x12\x0e\n\x06origin\x18\x10 \x01(\t\x12\r\n\x05route\x18\x11 \x03(\t\x12\x10\n\x08sequence\x18\x12 \x01(\x04\x12\x17\n\x0forigin_sequence\x18\x13 \x01(\x04\x12\x0e\n\x06stream\x18\x14 \x01(\t\x12\x15\n\rorigin_stream\x18\x15 \x01(\t\x1a\x31\n\x0f\x45xtensionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x90\x01\n\x0b\x45ventResult\x12\n\n\x02id\x18\x01 \x01(\t\x12%\n\x07outcome\x18\x02 \x01(\x0e\x32\x14.meshgate.v1.Outcome\x12\x10\n\x08sequence\x18\x03 \x01(\x04\x12\r\n\x05route\x18\x04 \x03(\t\x12\x0c\n\x04\x63ode\x18\x05 \x01(\x05\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\x0e\n\x06stream\x18\x07 \x01(\t*e\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x14\n\x10OUTCOME_ACCEPTED\x10\x01\x12\x15\n\x11OUTCOME_DUPLICATE\x10\x02\x12\x14\n\x10OUTCOME_REJECTED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17meshgate/v1/event.proto\x12\x0bmeshgate.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb6\x03\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x13\n\x0bspecversion\x18\x04 \x01(\t\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x64\x61tacontenttype\x18\x06 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x07 \x01(\x0c\x12\x36\n\nextensions\x18\x08 \x03(\x0b\x32\".meshgate.v1.Event.ExtensionsEntry\x12\r\n\x05topic\x18\t \x01(\t\x12\x0b\n\x03key\x18\n \x01(\t\x12\x12\n\ndataschema\x18\x0b \x01(\t\x12\x11\n\ttext_data\x18\x0c \x01(\t\x12\x0e\n\x06origin\x18\x10 \x01(\t\x12\r\n\x05route\x18\x11 \x03(\t\x12\x10\n\x08sequence\x18\x12 \x01(\x04\x12\x17\n\x0forigin_sequence\x18\x13 \x01(\x04\x12\x0e\n\x06stream\x18\x14 \x01(\t\x12\x15\n\rorigin_stream\x18\x15 \x01(\t\x1a\x31\n\x0f\x45xtensionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x90\x01\n\x0b\x45ventResult\x12\n\n\x02id\x18\x01 \x01(\t\x12%\n\x07outcome\x18\x02 \x01(\x0e\x32\x14.meshgate.v1.Outcome\x12\x10\n\x08sequence\x18\x03 \x01(\x04\x12\r\n\x05route\x18\x04 \x03(\t\x12\x0c\n\x04\x63ode\x18\x05 \x01(\x05\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\x0e\n\x06stream\x18\x07 \x01(\t*e\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x14\n\x10OUTCOME_ACCEPTED\x10\x01\x12\x15\n\x11OUTCOME_DUPLICATE\x10\x02\x12\x14\n\x10OUTCOME_REJECTED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,12 +34,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_EVENT_EXTENSIONSENTRY']._loaded_options = None
   _globals['_EVENT_EXTENSIONSENTRY']._serialized_options = b'8\001'
-  _globals['_OUTCOME']._serialized_start=622
-  _globals['_OUTCOME']._serialized_end=723
+  _globals['_OUTCOME']._serialized_start=661
+  _globals['_OUTCOME']._serialized_end=762
   _globals['_EVENT']._serialized_start=74
-  _globals['_EVENT']._serialized_end=473
-  _globals['_EVENT_EXTENSIONSENTRY']._serialized_start=424
-  _globals['_EVENT_EXTENSIONSENTRY']._serialized_end=473
-  _globals['_EVENTRESULT']._serialized_start=476
-  _globals['_EVENTRESULT']._serialized_end=620
+  _globals['_EVENT']._serialized_end=512
+  _globals['_EVENT_EXTENSIONSENTRY']._serialized_start=463
+  _globals['_EVENT_EXTENSIONSENTRY']._serialized_end=512
+  _globals['_EVENTRESULT']._serialized_start=515
+  _globals['_EVENTRESULT']._serialized_end=659
 # @@protoc_insertion_point(module_scope)

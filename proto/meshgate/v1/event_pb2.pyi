@@ -84,6 +84,8 @@ class Event(_message.Message):
     EXTENSIONS_FIELD_NUMBER: _builtins.int
     TOPIC_FIELD_NUMBER: _builtins.int
     KEY_FIELD_NUMBER: _builtins.int
+    DATASCHEMA_FIELD_NUMBER: _builtins.int
+    TEXT_DATA_FIELD_NUMBER: _builtins.int
     ORIGIN_FIELD_NUMBER: _builtins.int
     ROUTE_FIELD_NUMBER: _builtins.int
     SEQUENCE_FIELD_NUMBER: _builtins.int
@@ -103,11 +105,20 @@ class Event(_message.Message):
     datacontenttype: _builtins.str
     """CloudEvents `datacontenttype`, e.g. "application/json"."""
     data: _builtins.bytes
-    """The payload, stored as-is: brokers' native consumers read exactly these bytes."""
+    """The payload, stored as-is: brokers' native consumers read exactly these bytes.
+    In protobuf's JSON mapping (grpcurl) bytes are base64: send text as `text_data` instead.
+    """
     topic: _builtins.str
     """The mesh topic, e.g. "orders/created". Required."""
     key: _builtins.str
     """Optional ordering key: events with the same key keep their order in every region."""
+    dataschema: _builtins.str
+    """CloudEvents `dataschema`: an absolute URI of the schema `data` adheres to (optional)."""
+    text_data: _builtins.str
+    """Publish only: the payload as text, for JSON clients (the `text_data` of the CloudEvents
+    protobuf format). The gateway stores its UTF-8 bytes as `data`; set `data` or
+    `text_data`, not both (INVALID_ARGUMENT). Never set on events a gateway returns.
+    """
     origin: _builtins.str
     """Output only: the region that admitted the event."""
     sequence: _builtins.int
@@ -152,6 +163,8 @@ class Event(_message.Message):
         extensions: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         topic: _builtins.str = ...,
         key: _builtins.str = ...,
+        dataschema: _builtins.str = ...,
+        text_data: _builtins.str = ...,
         origin: _builtins.str = ...,
         route: _abc.Iterable[_builtins.str] | None = ...,
         sequence: _builtins.int = ...,
@@ -161,7 +174,7 @@ class Event(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "datacontenttype", b"datacontenttype", "extensions", b"extensions", "id", b"id", "key", b"key", "origin", b"origin", "origin_sequence", b"origin_sequence", "origin_stream", b"origin_stream", "route", b"route", "sequence", b"sequence", "source", b"source", "specversion", b"specversion", "stream", b"stream", "time", b"time", "topic", b"topic", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "datacontenttype", b"datacontenttype", "dataschema", b"dataschema", "extensions", b"extensions", "id", b"id", "key", b"key", "origin", b"origin", "origin_sequence", b"origin_sequence", "origin_stream", b"origin_stream", "route", b"route", "sequence", b"sequence", "source", b"source", "specversion", b"specversion", "stream", b"stream", "text_data", b"text_data", "time", b"time", "topic", b"topic", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from meshgate.v1 import event_pb2 as meshgate_dot_v1_dot_event__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmeshgate/v1/replication.proto\x12\x0bmeshgate.v1\x1a\x17meshgate/v1/event.proto\"\x84\x01\n\x10ReplicateRequest\x12\x15\n\rsource_region\x18\x01 \x01(\t\x12\x10\n\x08\x62\x61tch_id\x18\x02 \x01(\x04\x12\"\n\x06\x65vents\x18\x03 \x03(\x0b\x32\x12.meshgate.v1.Event\x12#\n\x03raw\x18\x04 \x01(\x0b\x32\x16.meshgate.v1.RawEvents\"k\n\tRawEvents\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12\x0e\n\x06topics\x18\x02 \x03(\t\x12\x11\n\tsequences\x18\x03 \x03(\x04\x12\x0f\n\x07headers\x18\x04 \x03(\x0c\x12\x0c\n\x04\x64\x61ta\x18\x05 \x03(\x0c\x12\x0f\n\x07streams\x18\x06 \x03(\t\"\xa0\x01\n\x11ReplicateResponse\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12)\n\x07results\x18\x02 \x03(\x0b\x32\x18.meshgate.v1.EventResult\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x03 \x01(\r\x12\x12\n\nduplicates\x18\x04 \x01(\r\x12(\n\x07refused\x18\x05 \x03(\x0b\x32\x17.meshgate.v1.RawRefusal\":\n\nRawRefusal\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04\x63ode\x18\x02 \x01(\x05\x12\x0f\n\x07message\x18\x03 \x01(\t2]\n\x0bReplication\x12N\n\tReplicate\x12\x1d.meshgate.v1.ReplicateRequest\x1a\x1e.meshgate.v1.ReplicateResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmeshgate/v1/replication.proto\x12\x0bmeshgate.v1\x1a\x17meshgate/v1/event.proto\"\x84\x01\n\x10ReplicateRequest\x12\x15\n\rsource_region\x18\x01 \x01(\t\x12\x10\n\x08\x62\x61tch_id\x18\x02 \x01(\x04\x12\"\n\x06\x65vents\x18\x03 \x03(\x0b\x32\x12.meshgate.v1.Event\x12#\n\x03raw\x18\x04 \x01(\x0b\x32\x16.meshgate.v1.RawEvents\"\x86\x01\n\tRawEvents\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12\x0e\n\x06topics\x18\x02 \x03(\t\x12\x11\n\tsequences\x18\x03 \x03(\x04\x12\x0f\n\x07headers\x18\x04 \x03(\x0c\x12\x0c\n\x04\x64\x61ta\x18\x05 \x03(\x0c\x12\x0f\n\x07streams\x18\x06 \x03(\t\x12\x19\n\x11stored_unix_nanos\x18\x07 \x03(\x03\"\xa0\x01\n\x11ReplicateResponse\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12)\n\x07results\x18\x02 \x03(\x0b\x32\x18.meshgate.v1.EventResult\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x03 \x01(\r\x12\x12\n\nduplicates\x18\x04 \x01(\r\x12(\n\x07refused\x18\x05 \x03(\x0b\x32\x17.meshgate.v1.RawRefusal\":\n\nRawRefusal\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04\x63ode\x18\x02 \x01(\x05\x12\x0f\n\x07message\x18\x03 \x01(\t2]\n\x0bReplication\x12N\n\tReplicate\x12\x1d.meshgate.v1.ReplicateRequest\x1a\x1e.meshgate.v1.ReplicateResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,12 +34,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_REPLICATEREQUEST']._serialized_start=72
   _globals['_REPLICATEREQUEST']._serialized_end=204
-  _globals['_RAWEVENTS']._serialized_start=206
-  _globals['_RAWEVENTS']._serialized_end=313
-  _globals['_REPLICATERESPONSE']._serialized_start=316
-  _globals['_REPLICATERESPONSE']._serialized_end=476
-  _globals['_RAWREFUSAL']._serialized_start=478
-  _globals['_RAWREFUSAL']._serialized_end=536
-  _globals['_REPLICATION']._serialized_start=538
-  _globals['_REPLICATION']._serialized_end=631
+  _globals['_RAWEVENTS']._serialized_start=207
+  _globals['_RAWEVENTS']._serialized_end=341
+  _globals['_REPLICATERESPONSE']._serialized_start=344
+  _globals['_REPLICATERESPONSE']._serialized_end=504
+  _globals['_RAWREFUSAL']._serialized_start=506
+  _globals['_RAWREFUSAL']._serialized_end=564
+  _globals['_REPLICATION']._serialized_start=566
+  _globals['_REPLICATION']._serialized_end=659
 # @@protoc_insertion_point(module_scope)

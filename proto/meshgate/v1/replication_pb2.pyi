@@ -73,6 +73,7 @@ class RawEvents(_message.Message):
     HEADERS_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
     STREAMS_FIELD_NUMBER: _builtins.int
+    STORED_UNIX_NANOS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -99,6 +100,13 @@ class RawEvents(_message.Message):
         log is one stream (NATS), else one per event.
         """
 
+    @_builtins.property
+    def stored_unix_nanos(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """When the source's broker stored each event, in Unix nanoseconds (JetStream's stored time,
+        Kafka's record timestamp): the start of meshgate_replication_latency_seconds at the
+        destination. Empty from a source that does not send them (no latency is observed then).
+        """
+
     def __init__(
         self,
         *,
@@ -108,10 +116,11 @@ class RawEvents(_message.Message):
         headers: _abc.Iterable[_builtins.bytes] | None = ...,
         data: _abc.Iterable[_builtins.bytes] | None = ...,
         streams: _abc.Iterable[_builtins.str] | None = ...,
+        stored_unix_nanos: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "headers", b"headers", "ids", b"ids", "sequences", b"sequences", "streams", b"streams", "topics", b"topics"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "headers", b"headers", "ids", b"ids", "sequences", b"sequences", "stored_unix_nanos", b"stored_unix_nanos", "streams", b"streams", "topics", b"topics"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

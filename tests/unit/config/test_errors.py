@@ -430,6 +430,27 @@ def test_sync_always_is_for_embedded_regions() -> None:
     )
 
 
+def test_a_broker_monitoring_port_is_for_embedded_regions() -> None:
+    """nats.monitor pins the embedded nats-server's HTTP monitoring; a nats region's server has its own."""
+    assert load_config_text(region_file("name: a\nkind: embedded\nnats: {monitor: '127.0.0.1:8222'}\n")).regions[
+        0
+    ].nats.monitor == ("127.0.0.1:8222")
+    assert load_config_text(region_file("name: a\nkind: embedded\n")).regions[0].nats.monitor is None
+    assert one_error(region_file("name: a\nbrokers: [n1]\nnats: {monitor: '127.0.0.1:8222'}\n")) == (
+        "mesh.yaml:5:14: event_mesh.regions[0].nats.monitor: monitor applies only to embedded regions;"
+        " a nats region's server sets its own monitoring port (http_port)"
+    )
+    assert one_error(region_file("name: a\nkind: embedded\nnats: {monitor: '127.0.0.1'}\n")) == (
+        "mesh.yaml:5:23: event_mesh.regions[0].nats.monitor: '127.0.0.1': the port is missing;"
+        " expected HOST:PORT, e.g. 127.0.0.1:7401"
+    )
+    # Its address may not be another endpoint's.
+    taken = region_file("name: a\nkind: embedded\nmetrics: 127.0.0.1:8222\nnats: {monitor: 'localhost:8222'}\n")
+    assert "event_mesh.regions[0].nats.monitor: address localhost:8222 is the same as 127.0.0.1:8222, which is" in (
+        one_error(taken)
+    )
+
+
 def test_embedded_has_one_replica() -> None:
     assert one_error(region_file("name: a\nkind: embedded\nnats: {replicas: 3}\n")) == (
         "mesh.yaml:5:24: event_mesh.regions[0].nats.replicas: an embedded region runs one nats-server, so replicas"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from meshgate.cli._diff import diff_routing, probe_topics
+from meshgate._routing_diff import diff_routing, probe_topics
 from meshgate.config import load_config_text
 from tests.unit._meshes import NEW, OLD
 

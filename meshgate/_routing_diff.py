@@ -1,7 +1,8 @@
 """The routing effect of editing a mesh file: what ``meshgate config diff`` shows before a reload.
 
-Here, above both, because it reads the config (regions, rules) and asks the router: config and
-router are siblings of one layer and neither imports the other.
+A module of its own, above both, because it reads the config (regions, rules) and asks the
+router (config and router are siblings of one layer and neither imports the other), and below the
+gateway, whose console previews an edit as the CLI does (pyproject's [tool.importlinter] layers).
 """
 
 from __future__ import annotations
