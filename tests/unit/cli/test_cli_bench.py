@@ -122,3 +122,21 @@ def test_kafka_backlog_is_bounded(capsys: pytest.CaptureFixture[str]) -> None:
     assert parse().kafka_backlog == 50_000
     assert main(["bench", "--kafka-backlog", "0"]) == 2
     assert "--kafka-backlog >= 1" in capsys.readouterr().err
+
+
+def test_the_benches_find_the_embedded_broker_in_a_gateway_log() -> None:
+    # The replication phases read the embedded nats-server's URL and pid from the gateway's
+    # log; the line names the monitoring URL too, since the first-run work.
+    from meshgate.bench.replication_bench import _EMBEDDED_URL
+
+    for line, url, pid in (
+        (
+            b"2026-12-06 23:37:33,273 INFO meshgate.brokers.embedded._server: embedded NATS meshgate-b ready at "
+            b"nats://127.0.0.1:41369, monitoring http://127.0.0.1:32843 (pid 808, data /tmp/b, sync every 2 min)",
+            b"nats://127.0.0.1:41369",
+            b"808",
+        ),
+        (b"embedded NATS a ready at nats://127.0.0.1:4222 (pid 9, data d, sync always)", b"nats://127.0.0.1:4222", b"9"),
+    ):
+        found = _EMBEDDED_URL.search(line)
+        assert found is not None and found.groups() == (url, pid)
