@@ -136,7 +136,7 @@ def test_the_benches_find_the_embedded_broker_in_a_gateway_log() -> None:
             b"nats://127.0.0.1:41369",
             b"808",
         ),
-        (b"embedded NATS a ready at nats://127.0.0.1:4222 (pid 9, data d, sync always)", b"nats://127.0.0.1:4222", b"9"),
+        (b"embedded NATS a ready at nats://127.0.0.1:4222 (pid 9, data d)", b"nats://127.0.0.1:4222", b"9"),
     ):
         found = _EMBEDDED_URL.search(line)
         assert found is not None and found.groups() == (url, pid)
