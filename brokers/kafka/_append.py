@@ -49,8 +49,8 @@ RECORD_OVERHEAD = 128
 _MAX_UNCERTAIN = 100_000
 
 
-# One record to write: its key (None without one) and its headers, encoded.
-_Record = tuple[bytes | None, list[tuple[str, bytes]]]
+# One record to write: its key (None without one), its headers, encoded, and its value.
+_Record = tuple[bytes | None, list[tuple[str, bytes]], bytes]
 
 
 @dataclass(slots=True)
@@ -150,7 +150,7 @@ class KafkaAppend(KafkaState):
                 unsure = await self._settle_uncertain(events)
                 self._plan(events, results, unsure, plan, records, first, twins, waits, mine, call)
                 if plan:
-                    batches = await self._enqueue(producer, events, plan, records, results)
+                    batches = await self._enqueue(producer, plan, records, results)
             if batches:
                 await self._collect(batches, events, results)
         finally:
@@ -177,7 +177,10 @@ class KafkaAppend(KafkaState):
         call: asyncio.Future[CallResults],
     ) -> None:
         """Sorts the events: refused, known duplicates, twins, waiting on another call, to write."""
-        names = self._names
+        kafka_topic_of = self._names.kafka_topic
+        known = self._ids.get
+        uncertain, inflight = self._uncertain, self._inflight
+        max_bytes = self.max_message_bytes
         now = time.time()
         for i, event in enumerate(events):
             event_id = event.id
@@ -191,15 +194,15 @@ class KafkaAppend(KafkaState):
                 )
                 continue
             try:
-                kafka_topic = names.kafka_topic(event.topic)
+                kafka_topic = kafka_topic_of(event.topic)
                 pairs = encode_kafka_headers(event)
             except ValueError as exc:
                 results[i] = EventRejectedError(f"event {i} of the batch cannot be written: {exc}")
                 continue
-            seen = self._ids.get(event_id, now=now)
+            seen = known(event_id, now=now)
             if seen is not None:
                 results[i] = AppendResult(seen[1], True, seen[0])
-                self._uncertain.pop(event_id, None)
+                uncertain.pop(event_id, None)
                 continue
             if event_id in unsure:
                 results[i] = unsure[event_id]
@@ -207,22 +210,22 @@ class KafkaAppend(KafkaState):
             if event_id in first:
                 twins[i] = first[event_id]
                 continue
-            other = self._inflight.get(event_id)
+            other = inflight.get(event_id)
             if other is not None:
                 waits[i] = other
                 continue
             encoded = [(k, v.encode()) for k, v in pairs]
             key = event.key.encode() if event.key else None
-            data_size = len(event.data)
+            # Read once: each read of a bytes field of a protobuf message is a copy.
+            data = event.data
+            data_size = len(data)
             size = data_size + (len(key) if key else 0) + sum(map(len, chain.from_iterable(encoded))) + RECORD_OVERHEAD
-            if size > self.max_message_bytes:
-                results[i] = KafkaMessageTooLargeError(
-                    size=size, data_size=data_size, max_message_bytes=self.max_message_bytes
-                )
+            if size > max_bytes:
+                results[i] = KafkaMessageTooLargeError(size=size, data_size=data_size, max_message_bytes=max_bytes)
                 continue
-            records[i] = (key, encoded)
+            records[i] = (key, encoded, data)
             first[event_id] = i
-            self._inflight[event_id] = (call, i)
+            inflight[event_id] = (call, i)
             mine.append(event_id)
             plan.setdefault(kafka_topic, []).append(i)
 
@@ -273,7 +276,6 @@ class KafkaAppend(KafkaState):
     async def _enqueue(
         self,
         producer: AIOKafkaProducer,
-        events: Sequence[event_pb2.Event],
         plan: dict[str, list[int]],
         records: dict[int, _Record],
         results: list[AppendResult | BrokerError | None],
@@ -299,9 +301,7 @@ class KafkaAppend(KafkaState):
             for i in plan[topic]:
                 groups.setdefault(self._partition(partitions, records[i][0], sticky), []).append(i)
             for partition, members in groups.items():
-                self._fill(
-                    producer, TopicPartition(topic, partition), members, events=events, records=records, parts=parts
-                )
+                self._fill(producer, TopicPartition(topic, partition), members, records=records, parts=parts)
         return parts
 
     def _fill(
@@ -310,7 +310,6 @@ class KafkaAppend(KafkaState):
         tp: TopicPartition,
         members: list[int],
         *,
-        events: Sequence[event_pb2.Event],
         records: dict[int, _Record],
         parts: list[_Part],
     ) -> None:
@@ -321,8 +320,7 @@ class KafkaAppend(KafkaState):
         batch = outbox[-1] if outbox and not outbox[-1].closed else None
         part: _Part | None = None
         for i in members:
-            key, headers = records[i]
-            value = events[i].data
+            key, headers, value = records[i]
             if batch is None or batch.builder.append(key=key, value=value, timestamp=None, headers=headers) is None:
                 if batch is not None:
                     batch.closed = True  # full: the producer takes it as it is

@@ -275,6 +275,7 @@ class KafkaBroker(KafkaAppend, KafkaRead, KafkaCheckpoints, Broker, WorkSharing)
                     probe=self._probe,
                     refresh_seconds=self._metadata_max_age,
                     timeout=self._request_timeout,
+                    pace=self.fetch_max_wait,
                 )
                 await self._follower.start()
         except BaseException as exc:
