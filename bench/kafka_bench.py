@@ -57,9 +57,10 @@ from typing import Any
 
 import grpc
 
-from meshgate.bench._nats_anchor import Fill, percentile, sample_latencies, subject_count, watch_fill
+from meshgate.bench._nats_anchor import Fill, cpu_seconds, percentile, sample_latencies, subject_count, watch_fill
 from meshgate.bench.ingest_bench import peak_rss_mb, stream
 from meshgate.bench.nats_append_bench import DATA
+from meshgate.bench.profile_paths import record, summarize
 from meshgate.bench.replication_bench import Published, Region, ce_time_ns, free_port, publish_stream, terminate
 from meshgate.brokers._codec import parse_time
 from meshgate.config import REPLICATION_SECRET_VARIABLE
@@ -242,8 +243,9 @@ def _live(p: Published, fill: Fill, seconds: float) -> dict[str, object]:
     }
 
 
-def _catchup(p: Published, fill: Fill, restart_s: float) -> dict[str, object]:
+def _catchup(p: Published, fill: Fill, restart_s: float, cpu: dict[str, float] | None = None) -> dict[str, object]:
     first = next((t for t, n in fill.samples if n > 0), None)
+    after_first = fill.seconds - first if first is not None else 0.0
     return {
         "backlog": p.accepted,
         "reached": fill.reached,
@@ -251,9 +253,37 @@ def _catchup(p: Published, fill: Fill, restart_s: float) -> dict[str, object]:
         "seconds": round(fill.seconds, 2),
         "events_per_s": round(fill.reached / fill.seconds) if fill.seconds else None,
         "first_event_after_s": round(first, 2) if first is not None else None,
+        # The drain alone, from the first event stored to the last: what the links carry once
+        # the restarted side has joined its group, recovered its dedup state and connected.
+        "events_per_s_after_first": round(fill.reached / after_first) if after_first > 0 else None,
+        "cpu_us_per_event": {k: round(v / fill.reached * 1e6, 1) for k, v in (cpu or {}).items()}
+        if fill.reached
+        else None,
         "destination_restart_s": round(restart_s, 2),
         "error": p.error or None,
     }
+
+
+class _Sampled:
+    """CPU seconds of some processes (by pid, looked up when started) and, with a folder, py-spy of two."""
+
+    def __init__(self, pids: dict[str, int | None], profile: tuple[Path, dict[str, int | None]] | None) -> None:
+        self.pids = pids
+        self.cpu0 = {k: cpu_seconds(pid) for k, pid in pids.items()}
+        self.tasks: list[asyncio.Task[Path]] = []
+        if profile is not None:
+            folder, targets = profile
+            for name, pid in targets.items():
+                if pid is not None:
+                    self.tasks.append(asyncio.create_task(record(pid, 6.0, folder / f"{name}.txt")))
+
+    async def done(self) -> dict[str, float]:
+        cpu = {k: cpu_seconds(pid) - self.cpu0[k] for k, pid in self.pids.items()}
+        for task in self.tasks:
+            with contextlib.suppress(Exception):
+                path = await task
+                print(summarize(path, path.stem, top=25))
+        return cpu
 
 
 class _KafkaGateway:
@@ -276,6 +306,10 @@ class _KafkaGateway:
     def note_rss(self) -> None:
         if self.proc is not None and self.proc.proc is not None and self.proc.proc.returncode is None:
             self.peak_rss = max(self.peak_rss, peak_rss_mb(self.proc.pid))
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None and self.proc.proc is not None else None
 
     async def stop(self) -> None:
         if self.proc is None or self.proc.proc is None:
@@ -301,6 +335,8 @@ async def replication(  # noqa: PLR0915 - one scenario: its phases share the two
     timeout: float,
     stall: float,
     latency_rate: float = LATENCY_RATE,
+    tansu_pid: int | None = None,
+    profile_dir: Path | None = None,
 ) -> dict[str, object]:
     """Kafka->NATS and NATS->Kafka: live rate and catch-up of a backlog (see the module doc)."""
     import nats
@@ -356,6 +392,12 @@ async def replication(  # noqa: PLR0915 - one scenario: its phases share the two
         ):
             start = time.perf_counter()
             pub = asyncio.create_task(publish_stream(stub, topic, seconds=seconds))
+            live_sampled = _Sampled(
+                {"gateway k": k.pid, "gateway n": n.proc.pid if n.proc else None, "nats-server n": n.nats_pid,
+                 "tansu": tansu_pid},
+                (profile_dir / f"{name}-live", {"gateway-k": k.pid, "gateway-n": n.proc.pid if n.proc else None})
+                if profile_dir else None,
+            )  # fmt: skip
             f = await fill(
                 lambda c=count, t=topic: c(t),
                 start,
@@ -363,6 +405,8 @@ async def replication(  # noqa: PLR0915 - one scenario: its phases share the two
                 seconds + drain,
             )
             out[f"{name}_live"] = live = _live(await pub, f, seconds)
+            cpu = await live_sampled.done()
+            live["busy_cores"] = {key: round(v / f.seconds, 2) for key, v in cpu.items()} if f.seconds else None
             k.note_rss()
             n.note_rss()
             print(f"{name} live: {live['window_events_per_s']:,} events/s", file=sys.stderr, flush=True)
@@ -395,8 +439,14 @@ async def replication(  # noqa: PLR0915 - one scenario: its phases share the two
         await n.start()
         serving = time.perf_counter()
         nc = await nats.connect(n.nats_url)
+        sampled = _Sampled(
+            {"gateway k": k.pid, "gateway n": n.proc.pid if n.proc else None, "nats-server n": n.nats_pid,
+             "tansu": tansu_pid},
+            (profile_dir / "k2n", {"gateway-k": k.pid, "gateway-n": n.proc.pid if n.proc else None})
+            if profile_dir else None,
+        )  # fmt: skip
         f = await fill(lambda: at_n("bench/k2nbacklog"), serving, lambda: p.accepted, timeout)
-        out["kafka_to_nats_catchup"] = cu = _catchup(p, f, serving - t0)
+        out["kafka_to_nats_catchup"] = cu = _catchup(p, f, serving - t0, await sampled.done())
         print(f"kafka_to_nats catch-up: {cu['events_per_s']} events/s", file=sys.stderr, flush=True)
 
         # Catch-up into Kafka: k's gateway down (tansu keeps running), a backlog in n, k back.
@@ -405,8 +455,14 @@ async def replication(  # noqa: PLR0915 - one scenario: its phases share the two
         t0 = time.perf_counter()
         await k.start()
         serving = time.perf_counter()
+        sampled = _Sampled(
+            {"gateway k": k.pid, "gateway n": n.proc.pid if n.proc else None, "nats-server n": n.nats_pid,
+             "tansu": tansu_pid},
+            (profile_dir / "n2k", {"gateway-k": k.pid, "gateway-n": n.proc.pid if n.proc else None})
+            if profile_dir else None,
+        )  # fmt: skip
         f = await fill(lambda: at_k("bench/n2kbacklog"), serving, lambda: p.accepted, timeout)
-        out["nats_to_kafka_catchup"] = cu = _catchup(p, f, serving - t0)
+        out["nats_to_kafka_catchup"] = cu = _catchup(p, f, serving - t0, await sampled.done())
         print(f"nats_to_kafka catch-up: {cu['events_per_s']} events/s", file=sys.stderr, flush=True)
     except Exception as exc:  # noqa: BLE001 - report what was reached
         out["error"] = f"{type(exc).__name__}: {exc}"
@@ -435,7 +491,13 @@ async def main(
     drain: float = 30.0,
     timeout: float = 120.0,
     stall: float = 15.0,
+    profile_dir: Path | None = None,
+    replicate: bool = True,
 ) -> dict[str, object]:
+    """The Kafka phase; with ``profile_dir``, py-spy of both gateways during each catch-up too.
+
+    ``replicate=False``: ingest against raw aiokafka only.
+    """
     reason = unavailable()
     if reason is not None:
         print(f"kafka: skipped ({reason})")
@@ -453,25 +515,43 @@ async def main(
                 async with grpc.aio.insecure_channel(address) as ch:
                     stub = gateway_pb2_grpc.GatewayStub(ch)
                     await stream(stub, 1.0, "warm")  # creates the topic
+                    cpu0 = cpu_seconds(gw.pid), cpu_seconds(server.pid)
                     s100 = await stream(stub, seconds, "s100")
+                    # CPU per event, the steadiest figure on a shared machine: the gateway's and tansu's.
+                    cpu_gw = (cpu_seconds(gw.pid) - cpu0[0]) / max(s100 * seconds, 1) * 1e6
+                    cpu_tansu = (cpu_seconds(server.pid) - cpu0[1]) / max(s100 * seconds, 1) * 1e6
                 rss = peak_rss_mb(gw.pid)
             finally:
                 await gw.close()
             # The adapter's topic name for TOPIC (prefix "mesh.", "/" -> ".").
             raw = await raw_produce(server.bootstrap, "mesh." + TOPIC.replace("/", "."), seconds)
-            rep = await replication(
-                server.bootstrap, Path(tmp), seconds=seconds, backlog=backlog, drain=drain, timeout=timeout, stall=stall
+            rep = (
+                {}
+                if not replicate
+                else await replication(
+                    server.bootstrap,
+                    Path(tmp),
+                    seconds=seconds,
+                    backlog=backlog,
+                    drain=drain,
+                    timeout=timeout,
+                    stall=stall,
+                    tansu_pid=server.pid,
+                    profile_dir=profile_dir,
+                )
             )
     print(f"{'kafka (256 B events)':<48} {'events/s':>10} {'x raw':>6}")
     print(f"{'raw aiokafka produce, acks=all':<48} {raw:>10,.0f} {1:>6.2f}")
     print(f"{'PublishStream into a kind: kafka region':<48} {s100:>10,.0f} {s100 / raw:>6.2f}")
-    print(f"kafka gateway peak RSS: {rss:.0f} MB")
-    print_replication(rep)
+    print(f"kafka gateway peak RSS: {rss:.0f} MB; CPU per event: gateway {cpu_gw:.1f}, tansu {cpu_tansu:.1f} us")
+    if replicate:
+        print_replication(rep)
     return {
         "raw_events_per_s": round(raw),
         "stream_100_events_per_s": round(s100),
         "ratio_stream_100": round(s100 / raw, 3) if raw else None,
         "gateway_peak_rss_mb": round(rss, 1),
+        "ingest_cpu_us_per_event": {"gateway": round(cpu_gw, 1), "tansu": round(cpu_tansu, 1)},
         "replication": rep,
     }
 
@@ -489,6 +569,8 @@ def print_replication(rep: dict[str, Any]) -> None:
          ("p50_ms", "p99_ms", "offered_events_per_s")),
         ("catch-up", ("events/s", "backlog", "first event s"), "catchup", "catch-up",
          ("events_per_s", "backlog", "first_event_after_s")),
+        ("catch-up after the first event", ("events/s", "reached", "complete"), "catchup", "drain",
+         ("events_per_s_after_first", "reached", "complete")),
     )  # fmt: skip
     for heading, columns, suffix, label, keys in tables:
         print(f"{heading:<44} {columns[0]:>9} {columns[1]:>9} {columns[2]:>14}")
@@ -498,6 +580,11 @@ def print_replication(rep: dict[str, Any]) -> None:
                 f"{name.replace('_', ' ') + ', ' + label:<44} {g(row, keys[0]):>9} {g(row, keys[1]):>9} "
                 f"{g(row, keys[2]):>14}"
             )
+    for name in ("kafka_to_nats", "nats_to_kafka"):
+        cpu = (rep.get(f"{name}_catchup") or {}).get("cpu_us_per_event")
+        if cpu:
+            shown = ", ".join(f"{k} {v}" for k, v in cpu.items())
+            print(f"{name.replace('_', ' ')} catch-up, CPU per event (us): {shown}")
     if "error" in rep:
         print(f"replication stopped: {rep['error']}")
 
@@ -506,7 +593,14 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=3.0, help="duration of each measurement (default 3)")
     parser.add_argument("--kafka-backlog", type=int, default=50_000, help="catch-up backlog each way (default 50000)")
+    parser.add_argument("--profile", type=Path, help="py-spy both gateways in each catch-up (into DIR)")
+    parser.add_argument("--ingest-only", action="store_true", help="ingest against raw aiokafka, no replication")
     cli = parser.parse_args()
-    result = asyncio.run(main(cli.seconds, backlog=cli.kafka_backlog))
+    if cli.profile is not None:
+        for way in ("k2n", "n2k", "kafka_to_nats-live", "nats_to_kafka-live"):
+            (cli.profile / way).mkdir(parents=True, exist_ok=True)
+    result = asyncio.run(
+        main(cli.seconds, backlog=cli.kafka_backlog, profile_dir=cli.profile, replicate=not cli.ingest_only)
+    )
     print(json.dumps(result))
     sys.exit(0)

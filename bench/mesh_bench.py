@@ -11,10 +11,19 @@ On loopback, with 256-byte events, each phase starting what it needs and stoppin
 * kafka (``kafka_bench``): ingest into a Kafka region, and Kafka->NATS and NATS->Kafka
   replication (live rate, catch-up of a ``--kafka-backlog``), where the Kafka adapter and a
   tansu broker are there; otherwise "kafka: skipped (reason)";
+* tracing (``tracing_cost``): PublishStream into one gateway with tracing off and at 1 %
+  sampling in turn (a counting OTLP receiver): the share of ingest tracing costs;
+* replicas (``replicas_bench``): two replicas of region a, and the share of the replication
+  to b each carries (events from each replica's Status; partitions where the build reports
+  them);
 * peak RSS of every gateway.
 
-Each phase prints its own table; then a summary against the targets, and, as the last line,
-one JSON object with every figure and the ratios. Figures move with whatever else runs on the
+``--quick`` shortens every phase (2 s, smaller backlogs) for a look in about two minutes.
+
+Each phase prints its own table; then a summary against the targets of issue 17 (a figure not
+measured says why), and, as the last line, one JSON object with every figure, the ratios,
+``summary.met`` and ``summary.not_measured``. A phase that fails is reported as such and the
+others still run. Figures move with whatever else runs on the
 machine: compare the ratios, which are measured in the same run.
 """
 
@@ -27,20 +36,41 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from meshgate.bench import ingest_bench, kafka_bench, replication_bench
-from meshgate.cli._bench import add_arguments, skipped
+from meshgate.bench import ingest_bench, kafka_bench, replicas_bench, replication_bench, tracing_cost
+from meshgate.cli._bench import add_arguments, apply_quick, skipped
 
 __all__ = ["run", "summarize"]
 
-# The targets: (summary key, comparison, bound).
-TARGETS: dict[str, tuple[str, float]] = {
-    "ingest_ratio": (">=", 0.6),
-    "live_replication_ratio": (">=", 0.9),
-    "half_load_p99_ms": ("<", 50.0),
-    "catchup_ratio": (">=", 0.5),
-    "max_gateway_peak_rss_mb": ("<", 150.0),
+# The targets of issue 17: summary key -> (comparison, bound, what it is).
+TARGETS: dict[str, tuple[str, float, str]] = {
+    "live_replication_ratio": (">=", 0.9, "live replication into b / PublishStream ingest into a, same phase"),
+    "catchup_ratio": (">=", 0.4, "catch-up of the backlog / NATS-native sourcing drain"),
+    "catchup_cpu_us_per_event_gateways": ("<=", 15.0, "Meshgate CPU per replicated event, both gateways (us)"),
+    "catchup_cpu_us_per_event_destination_nats": ("<=", 10.0, "destination nats-server CPU per event, catch-up (us)"),
+    "half_own_rate_p99_ms": ("<", 25.0, "p99 publish -> stored in b at half Meshgate's own live rate (ms)"),
+    "kafka_ingest_ratio": (">=", 0.5, "Kafka region: PublishStream / raw aiokafka"),
+    "kafka_to_nats_catchup_events_per_s": (">=", 20_000.0, "Kafka -> NATS catch-up (events/s)"),
+    "nats_to_kafka_catchup_events_per_s": (">=", 20_000.0, "NATS -> Kafka catch-up (events/s)"),
+    "tracing_cost_1pct": ("<=", 0.05, "ingest cost of tracing at 1 % sampling (share of PublishStream)"),
+    "max_gateway_peak_rss_mb": ("<", 150.0, "gateway peak RSS, largest of the run (MB)"),
+    "replicas_imbalance": ("<=", 0.2, "two replicas: largest share of events/partitions over the mean, less 1"),
+}
+
+# The phase each target's figure comes from (a skipped phase's figures are "not measured").
+_PHASE_OF = {
+    "live_replication_ratio": "replication",
+    "catchup_ratio": "replication",
+    "catchup_cpu_us_per_event_gateways": "replication",
+    "catchup_cpu_us_per_event_destination_nats": "replication",
+    "half_own_rate_p99_ms": "replication",
+    "kafka_ingest_ratio": "kafka",
+    "kafka_to_nats_catchup_events_per_s": "kafka",
+    "nats_to_kafka_catchup_events_per_s": "kafka",
+    "tracing_cost_1pct": "tracing",
+    "replicas_imbalance": "replicas",
 }
 
 
@@ -48,103 +78,147 @@ def _num(x: Any) -> float:
     return float(x) if isinstance(x, int | float) and not isinstance(x, bool) else math.nan
 
 
+def _ratio(a: Any, b: Any) -> float | None:
+    x, y = _num(a), _num(b)
+    return None if math.isnan(x) or math.isnan(y) or y <= 0 else round(x / y, 3)
+
+
+def _replication(s: dict[str, Any], rep: dict[str, Any]) -> None:
+    s.update(
+        {
+            "live_replication_events_per_s": rep.get("meshgate_live_events_per_s"),
+            "live_ingest_events_per_s": rep.get("meshgate_live_publish_events_per_s"),
+            "live_replication_ratio": _ratio(
+                rep.get("meshgate_live_events_per_s"), rep.get("meshgate_live_publish_events_per_s")
+            ),
+            "live_anchor_events_per_s": rep.get("anchor_live_events_per_s"),
+            "live_anchor_ratio": rep.get("ratio_live_rate"),
+            "live_p50_ms": rep.get("meshgate_live_p50_ms"),
+            "live_p99_ms": rep.get("meshgate_live_p99_ms"),
+            "half_load_events_per_s": rep.get("anchor_half_publish_events_per_s"),
+            "half_load_p50_ms": rep.get("meshgate_half_anchor_rate_p50_ms"),
+            "half_load_p99_ms": rep.get("meshgate_half_anchor_rate_p99_ms"),
+            "anchor_half_load_p99_ms": rep.get("anchor_half_p99_ms"),
+            "half_own_rate_events_per_s": rep.get("meshgate_half_own_rate_publish_events_per_s"),
+            "half_own_rate_p50_ms": rep.get("meshgate_half_own_rate_p50_ms"),
+            "half_own_rate_p99_ms": rep.get("meshgate_half_own_rate_p99_ms"),
+            "catchup_events_per_s": rep.get("meshgate_catchup_events_per_s"),
+            "catchup_anchor_events_per_s": rep.get("anchor_catchup_events_per_s"),
+            "catchup_ratio": rep.get("ratio_catchup_rate"),
+        }
+    )
+    cpu = rep.get("meshgate_catchup_cpu_us_per_event") or {}
+    gateways = [_num(cpu.get("gateway a")), _num(cpu.get("gateway b"))]
+    s["catchup_cpu_us_per_event_gateways"] = None if any(map(math.isnan, gateways)) else round(sum(gateways), 1)
+    s["catchup_cpu_us_per_event_destination_nats"] = cpu.get("nats-server b")
+    anchor_cpu = rep.get("anchor_catchup_cpu_us_per_event") or {}
+    s["catchup_cpu_us_per_event_anchor"] = anchor_cpu or None
+
+
+def _kafka(s: dict[str, Any], kafka: dict[str, Any], rss: dict[str, Any]) -> None:
+    if "gateway_peak_rss_mb" in kafka:
+        rss["kafka"] = kafka["gateway_peak_rss_mb"]
+    krep = kafka.get("replication")
+    if isinstance(krep, dict):
+        for region, mb in (krep.get("gateway_peak_rss_mb") or {}).items():
+            rss[f"kafka replication {region}"] = mb
+    s["kafka_ingest_events_per_s"] = kafka.get("stream_100_events_per_s")
+    s["kafka_raw_events_per_s"] = kafka.get("raw_events_per_s")
+    s["kafka_ingest_ratio"] = kafka.get("ratio_stream_100")
+    krep = krep if isinstance(krep, dict) else {}
+    for way in ("kafka_to_nats", "nats_to_kafka"):
+        live, cu = krep.get(f"{way}_live") or {}, krep.get(f"{way}_catchup") or {}
+        s[f"{way}_live_events_per_s"] = live.get("window_events_per_s")
+        s[f"{way}_catchup_events_per_s"] = cu.get("events_per_s")
+        s[f"{way}_catchup_events_per_s_after_first"] = cu.get("events_per_s_after_first")
+        cpu = cu.get("cpu_us_per_event") or {}
+        total = sum(v for v in map(_num, cpu.values()) if not math.isnan(v))
+        # What the machine's cores could carry at that CPU per event, with no wait anywhere.
+        s[f"{way}_catchup_cpu_us_per_event"] = round(total, 1) if total else None
+        s[f"{way}_catchup_cpu_ceiling_events_per_s"] = round((os.cpu_count() or 1) * 1e6 / total) if total else None
+
+
 def summarize(result: dict[str, Any]) -> dict[str, Any]:
-    """The figures the targets name, their ratios, and whether each target is met."""
+    """Every figure the targets name (None where not measured), whether each is met, and why not measured."""
     ing = result.get("ingest") or {}
-    rep = result.get("replication") or {}
     s: dict[str, Any] = {
         "ingest_events_per_s": ing.get("stream_100_events_per_s"),
         "ingest_raw_events_per_s": ing.get("raw_events_per_s"),
         "ingest_ratio": ing.get("ratio_stream_100"),
-        "live_replication_events_per_s": rep.get("meshgate_live_events_per_s"),
-        "live_anchor_events_per_s": rep.get("anchor_live_events_per_s"),
-        "live_replication_ratio": rep.get("ratio_live_rate"),
-        "live_p50_ms": rep.get("meshgate_live_p50_ms"),
-        "live_p99_ms": rep.get("meshgate_live_p99_ms"),
-        "half_load_events_per_s": rep.get("anchor_half_publish_events_per_s"),
-        "half_load_p50_ms": rep.get("meshgate_half_anchor_rate_p50_ms"),
-        "half_load_p99_ms": rep.get("meshgate_half_anchor_rate_p99_ms"),
-        "anchor_half_load_p99_ms": rep.get("anchor_half_p99_ms"),
-        "catchup_events_per_s": rep.get("meshgate_catchup_events_per_s"),
-        "catchup_anchor_events_per_s": rep.get("anchor_catchup_events_per_s"),
-        "catchup_ratio": rep.get("ratio_catchup_rate"),
     }
-    rss = {"ingest": ing.get("gateway_peak_rss_mb")}
-    for region, mb in (rep.get("meshgate_gateway_peak_rss_mb") or {}).items():
+    _replication(s, result.get("replication") or {})
+    rss: dict[str, Any] = {"ingest": ing.get("gateway_peak_rss_mb")}
+    for region, mb in ((result.get("replication") or {}).get("meshgate_gateway_peak_rss_mb") or {}).items():
         rss[f"replication {region}"] = mb
-    kafka = result.get("kafka") or {}
-    if "gateway_peak_rss_mb" in kafka:
-        rss["kafka"] = kafka["gateway_peak_rss_mb"]
-    if isinstance(kafka.get("replication"), dict):
-        for region, mb in (kafka["replication"].get("gateway_peak_rss_mb") or {}).items():
-            rss[f"kafka replication {region}"] = mb
+    _kafka(s, result.get("kafka") or {}, rss)
+    tracing = result.get("tracing") or {}
+    ratio = _num(tracing.get("ratio_0_01_stream_ratio_to_off"))
+    s["tracing_1pct_ratio_to_off"] = None if math.isnan(ratio) else ratio
+    s["tracing_cost_1pct"] = None if math.isnan(ratio) else round(1.0 - ratio, 3)
+    replicas = result.get("replicas") or {}
+    s["replicas_events_share"] = replicas.get("events_share")
+    s["replicas_partitions_share"] = replicas.get("partitions_share")
+    imbalances = [_num(replicas.get(k)) for k in ("events_imbalance", "partitions_imbalance")]
+    measured_imbalances = [x for x in imbalances if not math.isnan(x)]
+    s["replicas_imbalance"] = max(measured_imbalances) if measured_imbalances else None
     s["gateway_peak_rss_mb"] = rss
     measured = [v for v in map(_num, rss.values()) if not math.isnan(v)]
     s["max_gateway_peak_rss_mb"] = max(measured) if measured else None
-    if "ratio_stream_100" in kafka:
-        s["kafka_ingest_ratio"] = kafka["ratio_stream_100"]
-    krep = kafka.get("replication")
-    if isinstance(krep, dict):
-        for way in ("kafka_to_nats", "nats_to_kafka"):
-            live, cu = krep.get(f"{way}_live") or {}, krep.get(f"{way}_catchup") or {}
-            s[f"{way}_live_events_per_s"] = live.get("window_events_per_s")
-            s[f"{way}_catchup_events_per_s"] = cu.get("events_per_s")
     met: dict[str, bool | None] = {}
-    for key, (op, bound) in TARGETS.items():
+    why: dict[str, str] = {}
+    for key, (op, bound, _what) in TARGETS.items():
         v = _num(s.get(key))
-        met[key] = None if math.isnan(v) else (v >= bound if op == ">=" else v < bound)
-    s["targets"] = {k: f"{op} {bound:g}" for k, (op, bound) in TARGETS.items()}
+        if math.isnan(v):
+            met[key] = None
+            phase = _PHASE_OF.get(key)
+            reason = (result.get(phase) or {}).get("skipped") if phase else None
+            why[key] = f"{phase} phase skipped: {reason}" if reason else "not measured in this run"
+            continue
+        met[key] = v >= bound if op == ">=" else v <= bound if op == "<=" else v < bound
+    if replicas and replicas.get("partitions") is None and met.get("replicas_imbalance") is not None:
+        why["replicas_partitions"] = str(replicas.get("note") or "partitions per replica not reported")
+    s["targets"] = {k: f"{op} {bound:g}" for k, (op, bound, _what) in TARGETS.items()}
     s["met"] = met
+    s["not_measured"] = why
     return s
 
 
 def print_summary(s: dict[str, Any]) -> None:
-    def f(v: Any, unit: str = "") -> str:
+    def f(v: Any) -> str:
         x = _num(v)
         if math.isnan(x):
             return "-"
-        return f"{x:,.0f}{unit}" if abs(x) >= 100 else f"{x:,.2f}{unit}"
+        return f"{x:,.0f}" if abs(x) >= 100 else f"{x:,.3g}"
 
-    rows = [
-        ("ingest, PublishStream (events/s)", s["ingest_events_per_s"], s["ingest_raw_events_per_s"], "ingest_ratio"),
-        (
-            "live replication into b (events/s)",
-            s["live_replication_events_per_s"],
-            s["live_anchor_events_per_s"],
-            "live_replication_ratio",
-        ),
-        ("latency p99 at half the anchor's rate (ms)", s["half_load_p99_ms"], s["anchor_half_load_p99_ms"], None),
-        (
-            "catch-up of the backlog (events/s)",
-            s["catchup_events_per_s"],
-            s["catchup_anchor_events_per_s"],
-            "catchup_ratio",
-        ),
-    ]
     print()
-    print(f"{'summary (256 B events)':<44} {'meshgate':>10} {'reference':>10} {'ratio':>6}  target")
-    for name, mine, ref, ratio_key in rows:
-        ratio = s.get(ratio_key) if ratio_key else None
-        target_key = ratio_key or "half_load_p99_ms"
-        op, bound = TARGETS[target_key]
-        verdict = {True: "met", False: "NOT met", None: "not measured"}[s["met"][target_key]]
-        what = "ratio" if ratio_key else "meshgate"
-        print(f"{name:<44} {f(mine):>10} {f(ref):>10} {f(ratio):>6}  {what} {op} {bound:g}: {verdict}")
+    print(f"{'summary (256 B events), targets of issue 17':<82} {'figure':>9}  target")
+    for key, (op, bound, what) in TARGETS.items():
+        verdict = {True: "met", False: "NOT met", None: "not measured"}[s["met"][key]]
+        note = f" ({s['not_measured'][key]})" if key in s["not_measured"] else ""
+        print(f"{what:<82} {f(s.get(key)):>9}  {op} {bound:g}: {verdict}{note}")
     rss = ", ".join(f"{k} {f(v)}" for k, v in s["gateway_peak_rss_mb"].items() if v is not None)
-    verdict = {True: "met", False: "NOT met", None: "not measured"}[s["met"]["max_gateway_peak_rss_mb"]]
-    print(f"{'gateway peak RSS (MB)':<44} {rss}  (< 150: {verdict})")
-    if "kafka_ingest_ratio" in s:
-        print(f"{'kafka ingest, PublishStream / raw produce':<44} {f(s['kafka_ingest_ratio']):>28}")
+    print(f"  peak RSS by gateway (MB): {rss or '-'}")
+    print(
+        f"  ingest PublishStream {f(s['ingest_events_per_s'])} vs raw JetStream {f(s['ingest_raw_events_per_s'])} "
+        f"({f(s['ingest_ratio'])}); live vs NATS-native sourcing {f(s['live_anchor_ratio'])}; "
+        f"Kafka PublishStream {f(s['kafka_ingest_events_per_s'])} vs raw aiokafka {f(s['kafka_raw_events_per_s'])}"
+    )
     for way in ("kafka_to_nats", "nats_to_kafka"):
-        if f"{way}_live_events_per_s" in s:
-            label = way.replace("_", " ")
-            print(f"{label + ' live, catch-up (events/s)':<44} {f(s[f'{way}_live_events_per_s']):>10} "
-                  f"{f(s[f'{way}_catchup_events_per_s']):>10}  (no native reference)")  # fmt: skip
+        print(
+            f"  {way.replace('_', ' ')}: live {f(s[f'{way}_live_events_per_s'])}, "
+            f"catch-up {f(s[f'{way}_catchup_events_per_s'])} events/s "
+            f"({f(s[f'{way}_catchup_events_per_s_after_first'])} after the first event; CPU per event, all "
+            f"processes, {f(s[f'{way}_catchup_cpu_us_per_event'])} us: at most "
+            f"{f(s[f'{way}_catchup_cpu_ceiling_events_per_s'])} events/s on these cores)"
+        )
+    if "replicas_partitions" in s["not_measured"]:
+        print(f"  two replicas: {s['not_measured']['replicas_partitions']}")
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     """Runs the phases not skipped; returns every figure plus ``summary``."""
     skip = skipped(args)
+    apply_quick(args)
     started = time.perf_counter()
     result: dict[str, Any] = {
         "event_data_bytes": 256,
@@ -158,30 +232,34 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "skipped": sorted(skip),
     }
-    if "ingest" not in skip:
-        print("== ingest", flush=True)
-        result["ingest"] = await ingest_bench.main(args.seconds, 8, unary_loads=False)
-    if "replication" not in skip:
-        print("== replication", flush=True)
-        rargs = argparse.Namespace(
-            seconds=args.seconds,
-            backlog=args.backlog,
-            drain=args.drain,
-            catchup_timeout=args.catchup_timeout,
-            stall=args.stall,
-        )
-        result["replication"] = await replication_bench.main(rargs)
-    if "kafka" not in skip:
-        print("== kafka", flush=True)
-        result["kafka"] = await kafka_bench.main(
-            args.seconds,
-            backlog=args.kafka_backlog,
-            drain=args.drain,
-            timeout=args.catchup_timeout,
-            stall=args.stall,
-        )
-    else:
-        result["kafka"] = {"skipped": "--skip kafka"}
+    phases: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {
+        "ingest": lambda: ingest_bench.main(args.seconds, 8, unary_loads=False),
+        "replication": lambda: replication_bench.main(
+            argparse.Namespace(
+                seconds=args.seconds,
+                backlog=args.backlog,
+                drain=args.drain,
+                catchup_timeout=args.catchup_timeout,
+                stall=args.stall,
+            )
+        ),
+        "kafka": lambda: kafka_bench.main(
+            args.seconds, backlog=args.kafka_backlog, drain=args.drain, timeout=args.catchup_timeout, stall=args.stall
+        ),
+        # PublishStream only, tracing off and at 1 % in turn: the ratio the target names.
+        "tracing": lambda: tracing_cost.main(args.seconds, 8, 1, modes=("off", "1%"), unary_loads=False),
+        "replicas": lambda: replicas_bench.main(args.seconds, drain=args.drain),
+    }
+    for phase, measure in phases.items():
+        if phase in skip:
+            result[phase] = {"skipped": f"--skip {phase}"}
+            continue
+        print(f"== {phase}", flush=True)
+        try:
+            result[phase] = await measure()
+        except Exception as exc:  # noqa: BLE001 - one phase failing leaves the others' figures
+            print(f"{phase}: failed: {type(exc).__name__}: {exc}", flush=True)
+            result[phase] = {"skipped": f"failed: {type(exc).__name__}: {exc}"}
     result["summary"] = summarize(result)
     result["total_seconds"] = round(time.perf_counter() - started, 1)
     print_summary(result["summary"])

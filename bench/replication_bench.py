@@ -77,7 +77,8 @@ from meshgate.v1 import event_pb2, gateway_pb2, gateway_pb2_grpc
 BATCH = 100
 KEYS = 64
 STREAM = "MESHGATE"
-_EMBEDDED_URL = re.compile(rb"embedded NATS .* ready at (nats://\S+) \(pid (\d+)")
+# "embedded NATS <name> ready at <url>[, monitoring <url>] (pid <n>, ...)"
+_EMBEDDED_URL = re.compile(rb"embedded NATS .* ready at (nats://[^\s,]+)[^(\n]* \(pid (\d+)")
 
 
 # -- helpers -----------------------------------------------------------------------------------

@@ -64,6 +64,8 @@ DEFAULT_EMBEDDED_MAX_PAYLOAD = 4 * 1024 * 1024
 _READY = "Server is ready"
 _LISTENING_RE = re.compile(r"Listening for client connections on (\S+):(\d+)")
 _MONITOR_RE = re.compile(r"Starting http monitor on (\S+):(\d+)")
+# nats-server's fatal line when the monitoring port cannot be bound.
+_MONITOR_TAKEN = "can't listen to the monitor port"
 _CONFIG_NAME = "nats-server.conf"
 _PID_NAME = "nats-server.pid"
 # Longest log line kept whole; a longer one (a huge trace) is dropped, never fatal.
@@ -249,6 +251,9 @@ class EmbeddedNats(StartStop):
         self.monitor_host = monitor_host if monitor_host is not None else host
         # None: no monitoring; -1: a free port, found in the log at the first start and kept.
         self._monitor_port = monitor_port
+        # A port the caller chose is kept at any cost; one found on a free port is only kept
+        # while it stays free (another process may take it while the server is down).
+        self._monitor_pinned = monitor_port is not None and monitor_port > 0
         # The monitoring port in the config of the running process: nats-server cannot reload a
         # change of it, so a config rewritten while it runs (a reload) keeps what it started with.
         self._monitor_in_config = monitor_port
@@ -302,6 +307,22 @@ class EmbeddedNats(StartStop):
             await self._start_locked()
 
     async def _start_locked(self) -> None:
+        try:
+            await self._start_once()
+        except EmbeddedNatsError as exc:
+            if self._monitor_pinned or not any(_MONITOR_TAKEN in line for line in exc.log_tail):
+                raise
+            # The monitoring port this server had was taken while it was down: monitoring is
+            # not worth a failed start, so take a new free port (the next status shows it).
+            logger.warning(
+                "embedded NATS %s: monitoring port %s was taken while the server was down; using a new free port",
+                self.server_name,
+                self._monitor_port,
+            )
+            self._monitor_port = -1
+            await self._start_once()
+
+    async def _start_once(self) -> None:
         binary = self._binary or find_nats_server()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._refuse_if_in_use()

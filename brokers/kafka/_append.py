@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import logging
 import random
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import chain
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import UnknownTopicOrPartitionError
@@ -46,8 +49,58 @@ RECORD_OVERHEAD = 128
 _MAX_UNCERTAIN = 100_000
 
 
-# One record to write: its key (None without one) and its headers, encoded.
-_Record = tuple[bytes | None, list[tuple[str, bytes]]]
+# One record to write: its key (None without one), its headers, encoded, and its value.
+_Record = tuple[bytes | None, list[tuple[str, bytes]], bytes]
+
+
+@dataclass(slots=True)
+class _Batch:
+    """A record batch of one partition, filled by append calls until the producer takes it."""
+
+    builder: BatchBuilder
+    # The batch's ack: its first offset (RecordMetadata), or the failure.
+    acked: asyncio.Future[RecordMetadata]
+    count: int = 0
+    # Full, or handed to the producer: no record joins it any more.
+    closed: bool = False
+
+
+# A call's share of one batch: the batch's ack, its partition, the call's event indexes and
+# the position of the first of them in the batch.
+_Part = tuple[asyncio.Future[RecordMetadata], TopicPartition, list[int], int]
+
+
+# Keys hashed at most, remembered (aiokafka's murmur2 is pure Python, and keys repeat).
+_MAX_KEY_HASHES = 65_536
+_key_hashes: dict[bytes, int] = {}
+
+
+def _key_hash(key: bytes) -> int:
+    hashed = _key_hashes.get(key)
+    if hashed is None:
+        if len(_key_hashes) >= _MAX_KEY_HASHES:
+            _key_hashes.clear()
+        hashed = _key_hashes[key] = murmur2(key)
+    return hashed
+
+
+def _retrieved(future: asyncio.Future[RecordMetadata]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+def _deliver(acked: asyncio.Future[RecordMetadata], delivery: asyncio.Future[RecordMetadata]) -> None:
+    """The producer's answer for a batch, passed on to the calls that share it."""
+    if acked.done():
+        return
+    if delivery.cancelled():
+        acked.set_exception(KafkaUnavailableError("the producer gave up on the batch before an answer"))
+    elif (exc := delivery.exception()) is not None:
+        acked.set_exception(exc)
+    else:
+        acked.set_result(delivery.result())
+
+
 # What an append call leaves for concurrent calls of the same ids: its results by index (None
 # where it ended before one), or the error that ended it (the broker stopped).
 CallResults = list[AppendResult | BrokerError | None] | BrokerError
@@ -89,7 +142,7 @@ class KafkaAppend(KafkaState):
         waits: dict[int, tuple[asyncio.Future[CallResults], int]] = {}
         mine: list[str] = []
         call: asyncio.Future[CallResults] = asyncio.get_running_loop().create_future()
-        batches: list[tuple[asyncio.Future[RecordMetadata], TopicPartition, list[int]]] = []
+        batches: list[_Part] = []
         try:
             # One call at a time up to the hand-over to the producer: concurrent calls are
             # written in the order they were made (the replication ingress pipelines on it).
@@ -97,7 +150,7 @@ class KafkaAppend(KafkaState):
                 unsure = await self._settle_uncertain(events)
                 self._plan(events, results, unsure, plan, records, first, twins, waits, mine, call)
                 if plan:
-                    batches = await self._enqueue(producer, events, plan, records, results)
+                    batches = await self._enqueue(producer, plan, records, results)
             if batches:
                 await self._collect(batches, events, results)
         finally:
@@ -124,7 +177,10 @@ class KafkaAppend(KafkaState):
         call: asyncio.Future[CallResults],
     ) -> None:
         """Sorts the events: refused, known duplicates, twins, waiting on another call, to write."""
-        names = self._names
+        kafka_topic_of = self._names.kafka_topic
+        known = self._ids.get
+        uncertain, inflight = self._uncertain, self._inflight
+        max_bytes = self.max_message_bytes
         now = time.time()
         for i, event in enumerate(events):
             event_id = event.id
@@ -138,15 +194,15 @@ class KafkaAppend(KafkaState):
                 )
                 continue
             try:
-                kafka_topic = names.kafka_topic(event.topic)
+                kafka_topic = kafka_topic_of(event.topic)
                 pairs = encode_kafka_headers(event)
             except ValueError as exc:
                 results[i] = EventRejectedError(f"event {i} of the batch cannot be written: {exc}")
                 continue
-            seen = self._ids.get(event_id, now=now)
+            seen = known(event_id, now=now)
             if seen is not None:
                 results[i] = AppendResult(seen[1], True, seen[0])
-                self._uncertain.pop(event_id, None)
+                uncertain.pop(event_id, None)
                 continue
             if event_id in unsure:
                 results[i] = unsure[event_id]
@@ -154,22 +210,22 @@ class KafkaAppend(KafkaState):
             if event_id in first:
                 twins[i] = first[event_id]
                 continue
-            other = self._inflight.get(event_id)
+            other = inflight.get(event_id)
             if other is not None:
                 waits[i] = other
                 continue
             encoded = [(k, v.encode()) for k, v in pairs]
             key = event.key.encode() if event.key else None
-            data_size = len(event.data)
-            size = data_size + (len(key) if key else 0) + sum(len(k) + len(v) for k, v in encoded) + RECORD_OVERHEAD
-            if size > self.max_message_bytes:
-                results[i] = KafkaMessageTooLargeError(
-                    size=size, data_size=data_size, max_message_bytes=self.max_message_bytes
-                )
+            # Read once: each read of a bytes field of a protobuf message is a copy.
+            data = event.data
+            data_size = len(data)
+            size = data_size + (len(key) if key else 0) + sum(map(len, chain.from_iterable(encoded))) + RECORD_OVERHEAD
+            if size > max_bytes:
+                results[i] = KafkaMessageTooLargeError(size=size, data_size=data_size, max_message_bytes=max_bytes)
                 continue
-            records[i] = (key, encoded)
+            records[i] = (key, encoded, data)
             first[event_id] = i
-            self._inflight[event_id] = (call, i)
+            inflight[event_id] = (call, i)
             mine.append(event_id)
             plan.setdefault(kafka_topic, []).append(i)
 
@@ -213,67 +269,142 @@ class KafkaAppend(KafkaState):
         if key:
             # Kafka's default partitioner (murmur2, as the Java client): a native producer of
             # the same key writes to the same partition.
-            index: int = (murmur2(key) & 0x7FFFFFFF) % len(parts)
+            index: int = (_key_hash(key) & 0x7FFFFFFF) % len(parts)
             return parts[index]
         return parts[sticky % len(parts)]
 
     async def _enqueue(
         self,
         producer: AIOKafkaProducer,
-        events: Sequence[event_pb2.Event],
         plan: dict[str, list[int]],
         records: dict[int, _Record],
         results: list[AppendResult | BrokerError | None],
-    ) -> list[tuple[asyncio.Future[RecordMetadata], TopicPartition, list[int]]]:
-        """Hands the events to the producer, one record batch per partition; the futures of the acks."""
+    ) -> list[_Part]:
+        """Adds the events to their partitions' open record batches; the parts to wait for."""
         topics = list(plan)
         created = await asyncio.gather(*(self._ensure_topic(t) for t in topics), return_exceptions=True)
-        groups: dict[TopicPartition, list[int]] = {}
-        for topic, parts in zip(topics, created, strict=True):
-            if isinstance(parts, BaseException):
-                if not isinstance(parts, (*KAFKA_FAILURES, BrokerError)):
-                    raise parts
-                error = kafka_error(parts, f"topic {topic}")
+        parts: list[_Part] = []
+        for topic, partitions in zip(topics, created, strict=True):
+            if isinstance(partitions, BaseException):
+                if not isinstance(partitions, (*KAFKA_FAILURES, BrokerError)):
+                    raise partitions
+                error = kafka_error(partitions, f"topic {topic}")
                 self._note(not isinstance(error, BrokerUnavailableError))
                 for i in plan[topic]:
                     results[i] = error
                 continue
             # Rotating from a random start: replicas (and restarts) do not all begin with partition 0.
             last = self._sticky.get(topic)
-            sticky = random.randrange(len(parts)) if last is None else last + 1  # spread, not secrecy
+            sticky = random.randrange(len(partitions)) if last is None else last + 1  # spread, not secrecy
             self._sticky[topic] = sticky
+            groups: dict[int, list[int]] = {}
             for i in plan[topic]:
-                partition = self._partition(parts, records[i][0], sticky)
-                groups.setdefault(TopicPartition(topic, partition), []).append(i)
-        if not groups:
-            return []
-        sent = await asyncio.gather(
-            *(
-                self._send_group(producer, tp, members=members, events=events, records=records, results=results)
-                for tp, members in groups.items()
-            )
-        )
-        return [batch for group in sent for batch in group]
+                groups.setdefault(self._partition(partitions, records[i][0], sticky), []).append(i)
+            for partition, members in groups.items():
+                self._fill(producer, TopicPartition(topic, partition), members, records=records, parts=parts)
+        return parts
+
+    def _fill(
+        self,
+        producer: AIOKafkaProducer,
+        tp: TopicPartition,
+        members: list[int],
+        *,
+        records: dict[int, _Record],
+        parts: list[_Part],
+    ) -> None:
+        """Appends one partition's events, in order, to its open batch (a new one when full or none)."""
+        outbox = self._outbox.get(tp)
+        if outbox is None:
+            outbox = self._outbox[tp] = collections.deque()
+        batch = outbox[-1] if outbox and not outbox[-1].closed else None
+        part: _Part | None = None
+        for i in members:
+            key, headers, value = records[i]
+            if batch is None or batch.builder.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                if batch is not None:
+                    batch.closed = True  # full: the producer takes it as it is
+                batch = self._open_batch(producer, tp, outbox)
+                # An empty batch takes any record up to max_batch_size (= max_message_bytes,
+                # which _plan checked), so this append cannot fail.
+                batch.builder.append(key=key, value=value, timestamp=None, headers=headers)
+            if part is None or part[0] is not batch.acked:
+                part = (batch.acked, tp, [], batch.count)
+                parts.append(part)
+            part[2].append(i)
+            batch.count += 1
+
+    def _open_batch(self, producer: AIOKafkaProducer, tp: TopicPartition, outbox: collections.deque[_Batch]) -> _Batch:
+        batch = _Batch(producer.create_batch(), asyncio.get_running_loop().create_future())
+        # Every call whose part of it failed reads the error; this reads it too for the rare
+        # batch all of whose calls ended first (no "exception never retrieved" then).
+        batch.acked.add_done_callback(_retrieved)
+        outbox.append(batch)
+        if tp not in self._senders:
+            self._senders[tp] = asyncio.create_task(self._send_outbox(producer, tp, outbox), name=f"kafka-send-{tp}")
+        return batch
+
+    async def _send_outbox(
+        self, producer: AIOKafkaProducer, tp: TopicPartition, outbox: collections.deque[_Batch]
+    ) -> None:
+        """Hands a partition's batches to the producer, in order, while there are any.
+
+        The producer queues one batch per partition until its request is sent: while it
+        waits, the open batch keeps taking the records of later append calls, so concurrent
+        calls share record batches and produce requests (one request per call was a round
+        trip per 100 events).
+        """
+        try:
+            while outbox:
+                batch = outbox[0]
+                try:
+                    delivery = await producer.send_batch(batch.builder, tp.topic, partition=tp.partition)
+                except KAFKA_FAILURES as exc:
+                    outbox.popleft()
+                    batch.closed = True
+                    if isinstance(exc, UnknownTopicOrPartitionError):
+                        self._topics.pop(tp.topic, None)
+                    if not batch.acked.done():
+                        batch.acked.set_exception(exc)
+                    continue
+                # In the producer's queue now (no await since): no record may join it any more.
+                outbox.popleft()
+                batch.closed = True
+                self.stats.published += batch.count
+                delivery.add_done_callback(functools.partial(_deliver, batch.acked))
+        except BaseException as exc:
+            # Cancelled (the broker stops): no batch left here can be sent any more.
+            for batch in outbox:
+                batch.closed = True
+                if not batch.acked.done():
+                    batch.acked.set_exception(KafkaUnavailableError(f"write to {tp.topic}/{tp.partition}: {exc!r}"))
+            outbox.clear()
+            raise
+        finally:
+            self._senders.pop(tp, None)
+            if not outbox:
+                self._outbox.pop(tp, None)
 
     async def _collect(
         self,
-        batches: list[tuple[asyncio.Future[RecordMetadata], TopicPartition, list[int]]],
+        parts: list[_Part],
         events: Sequence[event_pb2.Event],
         results: list[AppendResult | BrokerError | None],
     ) -> None:
         """Waits for the acks of the batches (bounded) and fills in the results."""
         try:
-            _done, waiting = await asyncio.wait([f for f, _, _ in batches], timeout=self._request_timeout + 1.0)
+            _done, waiting = await asyncio.wait({p[0] for p in parts}, timeout=self._request_timeout + 1.0)
         except asyncio.CancelledError:
             # The batches are on their way regardless: their ids still reach the window.
-            for future, tp, members in batches:
+            for future, tp, members, first in parts:
                 if not future.done():
-                    future.add_done_callback(functools.partial(self._late, tp, members, events))
+                    future.add_done_callback(functools.partial(self._late, tp, members, events, first))
                     self._mark_uncertain(tp, members, events)
                 elif not future.cancelled():
-                    self._late(tp, members, events, future)
+                    self._late(tp, members, events, first, future)
             raise
-        for future, tp, members in batches:
+        for part in parts:
+            future, tp, members, first = part
             if future in waiting:
                 for i in members:
                     results[i] = KafkaUnavailableError(
@@ -281,76 +412,17 @@ class KafkaAppend(KafkaState):
                         f"{self._request_timeout:g} s; retry with the same id, duplicates are absorbed",
                         cause="timeout",
                     )
-                future.add_done_callback(functools.partial(self._late, tp, members, events))
+                future.add_done_callback(functools.partial(self._late, tp, members, events, first))
                 self._note(False)
                 self._mark_uncertain(tp, members, events)
             else:
-                self._settle(future, tp, members, events, results)
-
-    async def _send_group(
-        self,
-        producer: AIOKafkaProducer,
-        tp: TopicPartition,
-        *,
-        members: list[int],
-        events: Sequence[event_pb2.Event],
-        records: dict[int, _Record],
-        results: list[AppendResult | BrokerError | None],
-    ) -> list[tuple[asyncio.Future[RecordMetadata], TopicPartition, list[int]]]:
-        """Sends one partition's events as record batches; the futures of their acks."""
-        out: list[tuple[asyncio.Future[RecordMetadata], TopicPartition, list[int]]] = []
-        batch: BatchBuilder = producer.create_batch()
-        in_batch: list[int] = []
-        for n, i in enumerate(members):
-            key, headers = records[i]
-            value = events[i].data
-            if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
-                # Full: send it, and start the next batch with this event. An empty batch
-                # takes any record up to max_batch_size (= max_message_bytes, which _plan
-                # checked), so the second append cannot fail.
-                error = await self._send_batch(producer, batch, tp, in_batch, out)
-                if error is not None:
-                    for j in members[n:]:
-                        results[j] = error
-                    return out
-                batch, in_batch = producer.create_batch(), []
-                batch.append(key=key, value=value, timestamp=None, headers=headers)
-            in_batch.append(i)
-        if in_batch:
-            await self._send_batch(producer, batch, tp, in_batch, out)
-        return out
-
-    async def _send_batch(
-        self,
-        producer: AIOKafkaProducer,
-        batch: BatchBuilder,
-        tp: TopicPartition,
-        members: list[int],
-        out: list[tuple[asyncio.Future[RecordMetadata], TopicPartition, list[int]]],
-    ) -> BrokerError | None:
-        """Queues one record batch; its ack future goes to ``out``, a failure to queue is returned."""
-        try:
-            future = await producer.send_batch(batch, tp.topic, partition=tp.partition)
-        except KAFKA_FAILURES as exc:
-            if isinstance(exc, UnknownTopicOrPartitionError):
-                self._topics.pop(tp.topic, None)
-            error = kafka_error(exc, f"write to {tp.topic}/{tp.partition}")
-            self._note(not isinstance(error, BrokerUnavailableError))
-            if isinstance(error, StorageFullError):
-                self.storage.refused(str(error))
-            return error
-        out.append((future, tp, members))
-        self.stats.published += len(members)
-        return None
+                self._settle(part, events, results)
 
     def _settle(
-        self,
-        future: asyncio.Future[RecordMetadata],
-        tp: TopicPartition,
-        members: list[int],
-        events: Sequence[event_pb2.Event],
-        results: list[AppendResult | BrokerError | None],
+        self, part: _Part, events: Sequence[event_pb2.Event], results: list[AppendResult | BrokerError | None]
     ) -> None:
+        """Fills in the results of a call's part of an answered batch."""
+        future, tp, members, first = part
         exc = future.exception()
         if exc is not None:
             error = kafka_error(exc, f"write to {tp.topic}/{tp.partition}")
@@ -379,6 +451,7 @@ class KafkaAppend(KafkaState):
         self._note(True)
         if self.storage.problem is not None:
             self.storage.stored()
+        base += first
         stream = self._remember(tp, members, events, base)
         for sequence, i in enumerate(members, base + 1):
             results[i] = AppendResult(sequence, False, stream)
@@ -389,6 +462,10 @@ class KafkaAppend(KafkaState):
         stream = stream_of(tp.topic, tp.partition)
         ids = [events[i].id for i in members]
         self._ids.add_run(ids, stream, base + 1, time.time())
+        follower = self._follower
+        if follower is not None:
+            # Known from the ack: the follower need not read these back.
+            follower.skip_own(tp, base, base + len(members))
         uncertain = self._uncertain
         if uncertain:
             for event_id in ids:
@@ -441,10 +518,11 @@ class KafkaAppend(KafkaState):
         tp: TopicPartition,
         members: list[int],
         events: Sequence[event_pb2.Event],
+        first: int,
         future: asyncio.Future[RecordMetadata],
     ) -> None:
         """A batch acked after its append gave up: its ids go into the window all the same."""
-        if future.cancelled() or future.exception() is not None:
+        if future.cancelled() or future.exception() is not None or future.result().offset < 0:
             return
         self.stats.late_acks += 1
-        self._remember(tp, members, events, future.result().offset)
+        self._remember(tp, members, events, future.result().offset + first)

@@ -4,7 +4,9 @@ Mesh topic ``a/b`` is Kafka topic ``<prefix>a.b``, created on first use with the
 ``partitions`` and ``replication_factor``. Each topic-partition is a log of its own, so an
 event's position is its ``stream`` (``<topic>/<partition>``) and ``sequence`` (offset + 1).
 
-Writes go out as one record batch per topic-partition with ``acks=all``; the idempotent
+Writes go out as record batches per topic-partition with ``acks=all``: concurrent appends
+share the batch of a partition that waits for the producer (in call order), so one produce
+request carries many calls' events; the idempotent
 producer stays off (brokers that do not implement it refuse it, and it would not cover a
 client's retry of the same event anyway). The event's key is the record key, placed with
 Kafka's own partitioner (murmur2, as the Java client), so events of one key keep their order
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Sequence
 
@@ -94,6 +97,13 @@ DEFAULT_PARTITION_FETCH_BYTES = 256 * 1024
 # wait whatever arrives, so a record waits for it: 200 ms made Kafka -> NATS replication
 # ~80 ms at p50 (a plain consumer on tansu: 54 ms p50 at 200, 3.5 ms at 20).
 DEFAULT_FETCH_MAX_WAIT = 0.05
+# The id follower's fetches wait at the broker for this much (or fetch_max_wait): on a busy
+# gateway most of what it would fetch is its own writes, which it skips (seeking past them
+# drops a fetched response unread and fetches again); answered at once, that was a fetch
+# round trip per ack, 8 % of a gateway's CPU on ingest. Paced by fetch_max_wait instead. At
+# most partition_fetch_bytes: asking for more than that, the follower got nothing back from
+# tansu (a test's 16 KiB bounds).
+FOLLOWER_FETCH_MIN_BYTES = 1024 * 1024
 
 
 class KafkaBroker(KafkaAppend, KafkaRead, KafkaCheckpoints, Broker, WorkSharing):
@@ -171,6 +181,10 @@ class KafkaBroker(KafkaAppend, KafkaRead, KafkaCheckpoints, Broker, WorkSharing)
         self._inflight = {}
         # Event ids whose write may or may not have been stored (no ack came) -> its partition.
         self._uncertain = {}
+        # Per partition: the record batches not yet handed to the producer (the last one open
+        # to more records), and the task handing them over.
+        self._outbox = {}
+        self._senders = {}
         self._appending = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -253,12 +267,15 @@ class KafkaBroker(KafkaAppend, KafkaRead, KafkaCheckpoints, Broker, WorkSharing)
             await self._refresh_checkpoints()
             if self._follow_ids:
                 self._follower = IdFollower(
-                    make_consumer=self._consumer,
+                    make_consumer=functools.partial(
+                        self._consumer, fetch_min_bytes=min(FOLLOWER_FETCH_MIN_BYTES, self.partition_fetch_bytes)
+                    ),
                     list_partitions=self._mesh_partitions,
                     window=self._ids,
                     probe=self._probe,
                     refresh_seconds=self._metadata_max_age,
                     timeout=self._request_timeout,
+                    pace=self.fetch_max_wait,
                 )
                 await self._follower.start()
         except BaseException as exc:
@@ -314,6 +331,10 @@ class KafkaBroker(KafkaAppend, KafkaRead, KafkaCheckpoints, Broker, WorkSharing)
                 # In-flight appends settle by ack or by the producer's request timeout.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._idle.wait(), self._request_timeout + 1.0)
+            senders = list(self._senders.values())
+            for task in senders:
+                task.cancel()  # each fails the batches it still held
+            await asyncio.gather(*senders, return_exceptions=True)
             for consumer in list(self._consumers):
                 await consumer.close()
             for reader in list(self._readers):

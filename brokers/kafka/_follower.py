@@ -7,6 +7,14 @@ ids the others stored. On start it reads the last idempotency window of every pa
 before the broker takes writes (the restart case); afterwards it runs in the background and
 picks up new topics as they appear.
 
+Its own gateway's writes it does not read back: their ids are in the window from the ack
+(``KafkaAppend._remember``), so the broker hands the follower each acked offset range
+(``skip_own``) and the follower, before each look at what it fetched, seeks past the ranges
+it stands at or in (what was fetched of them is dropped by aiokafka on the seek, undecoded).
+Reading them back was a fifth of a Kafka gateway's CPU on ingest. Other replicas' writes
+between or after them are read as before: a range is skipped only once the follower stands
+at or inside it (a fetch may end inside one), so nothing in front of it is passed over.
+
 The limit: a retry that reaches another replica before that replica's follower has read the
 first write (typically a fetch round trip, up to ``fetch_max_wait`` plus the metadata refresh
 for a brand-new topic) is written twice. NATS JetStream checks ids in the server and has no
@@ -16,6 +24,7 @@ such gap.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -39,6 +48,9 @@ logger = logging.getLogger(__name__)
 # Records taken (and so decoded: key, value, headers) per fetch call: a few hundred KB of
 # objects at a time, where 5000 made several MB at each step of a restart's catch-up.
 _MAX_RECORDS = 1000
+# Own acked ranges waiting for the follower to reach them (another replica's records in front),
+# at most; the oldest are forgotten first (those records are then read back, no harm done).
+_MAX_OWN_RANGES = 10_000
 
 
 def header_value(record: ConsumerRecord[bytes, bytes], name: str) -> str | None:
@@ -59,6 +71,7 @@ class IdFollower:
         probe: OffsetProbe,
         refresh_seconds: float,
         timeout: float,
+        pace: float = 0.05,
     ) -> None:
         self._make_consumer = make_consumer
         self._list_partitions = list_partitions
@@ -66,13 +79,19 @@ class IdFollower:
         self._probe = probe
         self._refresh = refresh_seconds
         self._timeout = timeout
+        # The pause between looks at what was fetched (the broker's fetch_max_wait).
+        self._pace = pace
         self._consumer: AIOKafkaConsumer | None = None
         self._positions: dict[TopicPartition, int] = {}
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._refresh_now = False
-        # Records read (for tests and metrics).
+        # Per partition: this gateway's acked offset ranges (first, end) not yet passed, in order.
+        self._own: dict[TopicPartition, collections.deque[tuple[int, int]]] = {}
+        self._own_count = 0
+        # Records read, and own records passed over unread (for tests and metrics).
         self.records_read = 0
+        self.records_skipped = 0
 
     async def start(self) -> None:
         """Reads the last window of every partition, then follows in the background."""
@@ -99,6 +118,74 @@ class IdFollower:
         consumer.assign(list(self._positions))
         for tp, offset in self._positions.items():
             consumer.seek(tp, offset)
+
+    def skip_own(self, tp: TopicPartition, first: int, end: int) -> None:
+        """Offsets ``first`` to ``end`` - 1 of ``tp`` are this gateway's acked writes (in the window)."""
+        if self._consumer is None:
+            return
+        position = self._positions.get(tp)
+        if position is not None and end <= position:
+            return  # already read
+        # Kept in order of their first offset (acks of one partition mostly come in order);
+        # skipped once the follower stands at or inside one. A topic not followed yet is read
+        # from its start, past what is here by then.
+        own = self._own.get(tp)
+        if own is None:
+            own = self._own[tp] = collections.deque()
+        if own and own[-1][1] == first:
+            # Right after the last one (one writer's batches, one after the other): one range,
+            # however long the follower takes to get there (a topic it finds seconds later).
+            own[-1] = (own[-1][0], end)
+            return
+        own.append((first, end))
+        if len(own) > 1 and own[-2][0] > first:
+            self._own[tp] = collections.deque(sorted(own))
+        self._own_count += 1
+        if self._own_count > _MAX_OWN_RANGES:
+            self._forget_own()
+
+    def _pass_own(self) -> None:
+        """Seeks past the own ranges each partition's follower stands at or in, before a read.
+
+        Once per look rather than at each ack: a fetch returns whole record batches, so a seek
+        into the middle of one (an ack of one call's part of a shared batch) made the next
+        fetch decode that batch up to the new position all the same. By the time of the look
+        the batch's other parts are acked too, and the seek lands at its end.
+        """
+        for tp in list(self._own):
+            position = self._positions.get(tp)
+            if position is not None:
+                self._skip_to(tp, position)
+
+    def _skip_to(self, tp: TopicPartition, position: int, *, seek: bool = True) -> None:
+        """Moves the follower of ``tp`` from ``position`` past the own ranges it stands at or in."""
+        own = self._own.get(tp)
+        while own and own[0][0] <= position:
+            _first, end = own.popleft()
+            self._own_count -= 1
+            position = max(position, end)
+        if own is not None and not own:
+            del self._own[tp]
+        skipped = position - self._positions[tp]
+        if skipped <= 0:
+            return
+        self._positions[tp] = position
+        self.records_skipped += skipped
+        consumer = self._consumer
+        if seek and consumer is not None:
+            consumer.seek(tp, position)
+
+    def _forget_own(self) -> None:
+        """Far behind its own writes: forgets the newest half of the ranges (read back instead)."""
+        keep = _MAX_OWN_RANGES // 2
+        while self._own_count > keep:
+            tp = max(self._own, key=lambda t: len(self._own[t]))
+            own = self._own[tp]
+            for _ in range(min(len(own), self._own_count - keep)):
+                own.pop()
+                self._own_count -= 1
+            if not own:
+                del self._own[tp]
 
     def _take(self, got: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
         add = self._window.add
@@ -154,8 +241,15 @@ class IdFollower:
         backoff = 0.1
         while not self._stopping:
             try:
-                got = await consumer.getmany(timeout_ms=250, max_records=_MAX_RECORDS)
+                # Only what is fetched already, then a pause: the acks of this gateway's own
+                # records in a response arrive meanwhile and drop them (seek) before they are
+                # decoded. Taking a response the moment it came raced those acks, and lost
+                # often at 40k events/s (a tenth of the gateway's CPU went to reading them).
+                self._pass_own()
+                got = await consumer.getmany(timeout_ms=0, max_records=_MAX_RECORDS)
                 self._take(got)
+                if sum(map(len, got.values())) < _MAX_RECORDS:
+                    await asyncio.sleep(self._pace)
                 if self._refresh_now or time.monotonic() >= next_refresh:
                     self._refresh_now = False
                     next_refresh = time.monotonic() + self._refresh
@@ -178,6 +272,8 @@ class IdFollower:
         begins = await self._probe.beginning_offsets(new)
         for tp in new:
             self._positions[tp] = begins[tp]
+            if tp in self._own:
+                self._skip_to(tp, begins[tp], seek=False)  # _assign seeks
         self._assign()
 
     async def stop(self) -> None:

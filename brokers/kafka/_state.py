@@ -8,6 +8,7 @@ concern's module is type-checked on its own, and the helpers they share (clients
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import logging
 from collections.abc import AsyncIterator
@@ -34,7 +35,7 @@ from meshgate.brokers.kafka._offsets import OffsetProbe, scan
 from meshgate.config import KafkaSettings
 
 if TYPE_CHECKING:
-    from meshgate.brokers.kafka._append import CallResults
+    from meshgate.brokers.kafka._append import CallResults, _Batch
     from meshgate.brokers.kafka._consumer import KafkaDurableConsumer
 
 __all__ = ["KafkaBrokerStats", "KafkaState"]
@@ -89,6 +90,10 @@ class KafkaState:
     _inflight: dict[str, tuple[asyncio.Future[CallResults], int]]
     # Event ids whose write may or may not have been stored (no ack came) -> its partition.
     _uncertain: dict[str, TopicPartition]
+    # Per partition: the record batches not yet handed to the producer (the last one open to
+    # more records), and the task handing them over.
+    _outbox: dict[TopicPartition, collections.deque[_Batch]]
+    _senders: dict[TopicPartition, asyncio.Task[None]]
     _appending: int
     _idle: asyncio.Event
     _checkpoints: dict[str, bytes]

@@ -1,12 +1,13 @@
-"""``meshgate bench [--seconds S] [--backlog N] [--kafka-backlog N] [--skip PHASE]``: the performance
-figures in one run.
+"""``meshgate bench [--quick] [--seconds S] [--backlog N] [--kafka-backlog N] [--skip PHASE]``: the
+performance figures in one run.
 
 Starts what it measures on loopback (embedded nats-servers, ``meshgate serve`` processes,
 the NATS-native anchor; a tansu Kafka broker where there is one), measures ingest, live
-replication, catch-up (NATS to NATS, and Kafka to NATS and back) and each gateway's peak
-RSS with 256-byte events, stops everything, prints the tables and a summary against the
-targets, and, as its last line, one JSON object with the figures and the ratios. Bounded:
-each phase runs about ``--seconds`` and every wait has a limit. The harness is ``bench/``
+replication, catch-up (NATS to NATS, and Kafka to NATS and back), the cost of tracing, the
+share two replicas of a region carry and each gateway's peak RSS with 256-byte events, stops
+everything, prints the tables and a summary against the targets (a figure it cannot measure
+says why), and, as its last line, one JSON object with the figures and the ratios. Bounded:
+each phase runs about ``--seconds`` and every wait has a limit; ``--quick`` is a short run. The harness is ``bench/``
 (``meshgate.bench``); docs/PERFORMANCE.md reads it.
 """
 
@@ -18,9 +19,18 @@ import json
 import sys
 from typing import Any
 
-__all__ = ["PHASES", "add_arguments", "register"]
+__all__ = ["PHASES", "add_arguments", "apply_quick", "register"]
 
-PHASES = ("ingest", "replication", "kafka")
+PHASES = ("ingest", "replication", "kafka", "tracing", "replicas")
+# What --quick sets, where the option is still at its default: (option, default, quick value).
+_QUICK = (
+    ("seconds", 5.0, 2.0),
+    ("backlog", 200_000, 50_000),
+    ("kafka_backlog", 50_000, 20_000),
+    ("drain", 30.0, 15.0),
+    ("catchup_timeout", 120.0, 60.0),
+    ("stall", 15.0, 10.0),
+)
 
 
 def _harness() -> Any:
@@ -32,7 +42,7 @@ def _harness() -> Any:
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser(
         "bench",
-        help="measure ingest, replication and catch-up against NATS-native baselines",
+        help="measure ingest, replication, catch-up, Kafka, tracing and replicas against the targets",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -59,6 +69,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--drain", type=float, default=30.0, help="max wait after a live phase (default 30 s)")
     p.add_argument("--catchup-timeout", type=float, default=120.0, help="max catch-up wait (default 120 s)")
     p.add_argument("--stall", type=float, default=15.0, help="give up after this long without progress (15 s)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a short run: 2 s phases, backlogs of 50000 and 20000 (options given explicitly still win)",
+    )
+
+
+def apply_quick(args: argparse.Namespace) -> None:
+    """With ``--quick``, the short run's values for every option left at its default."""
+    if not getattr(args, "quick", False):
+        return
+    for name, default, quick in _QUICK:
+        if getattr(args, name) == default:
+            setattr(args, name, quick)
 
 
 def skipped(args: argparse.Namespace) -> set[str]:

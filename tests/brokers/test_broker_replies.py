@@ -161,7 +161,7 @@ def _settled(broker: KafkaBroker, outcome: BaseException | int) -> AppendResult 
         future.set_result(RecordMetadata("mg.orders.created", 0, tp, outcome, -1, 0, -1))
     results: list[AppendResult | BrokerError | None] = [None]
     event = event_pb2.Event(id=f"k-{outcome!r}", topic="orders/created", origin="here", route=["here"])
-    broker._settle(future, tp, [0], [event], results)
+    broker._settle((future, tp, [0], 0), [event], results)
     return results[0]
 
 

@@ -83,6 +83,19 @@ async def test_monitoring_on_a_port_it_picked_kept_across_restarts(nats_server: 
     assert (await asyncio.to_thread(_varz, nats_server.monitor_url))["port"] == nats_server.port
 
 
+async def test_a_picked_monitoring_port_taken_while_down_gives_way_to_a_new_one(nats_server: EmbeddedNats) -> None:
+    """Monitoring never costs a restart: another process may take a port the server picked."""
+    port = nats_server.monitor_port
+    assert port is not None and port > 0
+    await nats_server.kill()
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        await nats_server.start()
+        assert nats_server.monitor_port not in (None, -1, port)
+        assert (await asyncio.to_thread(_varz, nats_server.monitor_url))["port"] == nats_server.port
+
+
 async def test_monitoring_on_a_given_port_or_off(tmp_path: Path) -> None:
     port = _free_port()
     async with EmbeddedNats(data_dir=tmp_path / "a", monitor_port=port) as pinned:

@@ -6,10 +6,11 @@ import sys
 import time
 import tracemalloc
 from pathlib import Path
+from typing import Any, cast
 
 import aiokafka.errors as ke
 import pytest
-from aiokafka.structs import TopicPartition
+from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from meshgate.brokers import BrokerError, BrokerUnavailableError, EventRejectedError, KafkaBroker, make_broker
 from meshgate.brokers.kafka import KafkaMessageTooLargeError, KafkaNames, kafka_error, parse_stream, stream_of
@@ -19,6 +20,7 @@ from meshgate.brokers.kafka._broker import (
     DEFAULT_MAX_WINDOW_IDS,
     DEFAULT_PARTITION_FETCH_BYTES,
 )
+from meshgate.brokers.kafka._follower import IdFollower
 from meshgate.brokers.kafka._ids import ENTRY_BYTES, IdWindow
 from meshgate.brokers.kafka._read import _decode_position, _encode_position
 from meshgate.config import BrokerKind, KafkaSettings, RegionConfig
@@ -88,6 +90,23 @@ def test_id_window_is_bounded_oldest_first() -> None:
     assert len(window) == 3
     assert window.get("id-0", now=now) is None and window.get("id-1", now=now) is None
     assert window.get("id-4", now=now) == ("t/0", 5)
+
+
+def test_id_window_past_its_cap_drops_a_tenth_at_once() -> None:
+    # One entry dropped per add made every add past the cap walk the slots deleted before it
+    # (quadratic in the window's size); a tenth at once keeps pruning a rare, single pass.
+    window = IdWindow(window=3600.0, max_ids=100)
+    now = time.time()
+    window.add_run([f"id-{i}" for i in range(100)], "t/0", 1, stored_at=now)
+    assert len(window) == 100
+    window.add("id-100", "t/0", 101, stored_at=now)
+    assert len(window) == 90
+    assert window.get("id-10", now=now) is None and window.get("id-11", now=now) == ("t/0", 12)
+    for i in range(101, 110):
+        window.add(f"id-{i}", "t/0", i + 1, stored_at=now)
+    assert len(window) == 99  # under the cap: nothing more dropped
+    window.prune(now=now)
+    assert len(window) == 99
 
 
 def test_id_window_refuses_nonsense() -> None:
@@ -231,3 +250,74 @@ def test_the_mesh_files_window_cap_reaches_the_broker(tmp_path: Path) -> None:
     assert broker._ids.max_ids == 1234
     assert broker.sibling()._ids.max_ids == 1234
     assert DEFAULT_MAX_WINDOW_IDS == KafkaSettings().max_window_ids == 200_000
+
+
+class _SeekingConsumer:
+    """Records the follower's seeks (the unit under test is the follower's range bookkeeping)."""
+
+    def __init__(self) -> None:
+        self.seeks: list[int] = []
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.seeks.append(offset)
+
+
+def _records(tp: TopicPartition, first: int, end: int) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
+    return {
+        tp: [
+            ConsumerRecord(
+                tp.topic,
+                tp.partition,
+                o,
+                int(time.time() * 1000),
+                0,
+                None,
+                b"",
+                None,
+                0,
+                0,
+                [("ce_id", f"o{o}".encode())],
+            )
+            for o in range(first, end)
+        ]
+    }
+
+
+def test_the_id_follower_passes_its_own_ranges_once_per_look_from_their_start_or_inside() -> None:
+    tp = TopicPartition("mesh.orders", 0)
+    window = IdWindow(window=3600.0, max_ids=1000)
+    follower = IdFollower(
+        make_consumer=lambda: cast(Any, None),
+        list_partitions=lambda: cast(Any, None),
+        window=window,
+        probe=cast(Any, None),
+        refresh_seconds=1.0,
+        timeout=1.0,
+    )
+    consumer = _SeekingConsumer()
+    follower._consumer = cast(Any, consumer)
+    follower._positions = {tp: 0}
+    follower.skip_own(tp, 0, 5)  # two calls' parts of one batch, acked one after the other
+    follower.skip_own(tp, 5, 10)
+    follower.skip_own(tp, 20, 30)  # someone else's 10-19 come first: kept for later
+    follower._pass_own()  # a look: one seek, to the end of the batch
+    assert (follower._positions[tp], consumer.seeks) == (10, [10])
+    follower._take(_records(tp, 10, 20))  # read; the next look passes 20-29
+    follower._pass_own()
+    assert (follower._positions[tp], consumer.seeks) == (30, [10, 30])
+    follower._take(_records(tp, 30, 35))  # a fetch that raced the ack of 30-39 ended inside it
+    follower.skip_own(tp, 30, 40)
+    follower._pass_own()
+    assert (follower._positions[tp], consumer.seeks) == (40, [10, 30, 40])
+    follower.skip_own(tp, 50, 60)  # acks of one partition out of order
+    follower.skip_own(tp, 40, 50)
+    follower._pass_own()
+    assert (follower._positions[tp], consumer.seeks[-1]) == (60, 60)
+    follower.skip_own(tp, 70, 80)  # behind someone else's 60-69
+    follower._take(_records(tp, 60, 75))  # a fetch that ends inside the own range: on past it
+    follower._pass_own()
+    assert (follower._positions[tp], consumer.seeks[-1]) == (80, 80)
+    assert len(consumer.seeks) == 5
+    assert (follower.records_read, follower.records_skipped) == (30, 50)
+    assert window.get("o12") is not None and window.get("o5") is None  # only what it read
+    assert follower._own == {} and follower._own_count == 0
