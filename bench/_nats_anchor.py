@@ -255,8 +255,9 @@ class Fill:
 
 
 async def subject_count(js: Any, stream: str, subject: str) -> int:
+    """Messages of ``stream`` on ``subject``, a filter (Meshgate's ``mesh.*.*.<topic>``: every origin and partition)."""
     info = await js.stream_info(stream, subjects_filter=subject)
-    return int((info.state.subjects or {}).get(subject, 0))
+    return int(sum((info.state.subjects or {}).values()))
 
 
 async def watch_fill(

@@ -142,7 +142,8 @@ def _kafka_topic(topic: str) -> str:
 
 
 def _nats_subject(topic: str) -> str:
-    return "mesh." + topic.replace("/", ".")
+    """The filter of every origin and partition of ``topic`` in a NATS region (docs/SUBJECTS.md)."""
+    return "mesh.*.*." + topic.replace("/", ".")
 
 
 class TopicCounter:

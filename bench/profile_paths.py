@@ -124,8 +124,8 @@ async def main(args: argparse.Namespace) -> None:
                     record(a.proc.pid, args.seconds, out_dir / "catchup-a.txt"),
                     record(b.proc.pid, args.seconds, out_dir / "catchup-b.txt"),
                 )
-                info = await nb.jetstream().stream_info(STREAM, subjects_filter="mesh.bench.catchup")
-                done = (info.state.subjects or {}).get("mesh.bench.catchup", 0)
+                info = await nb.jetstream().stream_info(STREAM, subjects_filter="mesh.*.*.bench.catchup")
+                done = sum((info.state.subjects or {}).values())
                 await nb.close()
                 elapsed = time.perf_counter() - t0
                 report.append(f"catch-up: {done:,} events in b after {elapsed:.1f} s of sampling\n")

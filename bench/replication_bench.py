@@ -309,7 +309,8 @@ class Meshgate:
 
     async def live(self, topic: str, seconds: float, rate: float | None, drain: float, stall: float) -> LiveResult:
         assert self.stub is not None
-        subject = "mesh." + topic.replace("/", ".")
+        # Every origin and partition of the topic (docs/SUBJECTS.md).
+        subject = "mesh.*.*." + topic.replace("/", ".")
         js = self.nb.jetstream()
         before = (await js.stream_info(STREAM)).state.last_seq
         start = time.perf_counter()
@@ -345,7 +346,8 @@ class Meshgate:
 
     async def catchup(self, topic: str, backlog: int, timeout: float, stall: float) -> tuple[CatchupResult, dict]:
         assert self.stub is not None
-        subject = "mesh." + topic.replace("/", ".")
+        # Every origin and partition of the topic (docs/SUBJECTS.md).
+        subject = "mesh.*.*." + topic.replace("/", ".")
         extra: dict[str, object] = {}
         with contextlib.suppress(Exception):
             await self.nb.close()

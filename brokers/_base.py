@@ -43,6 +43,7 @@ __all__ = [
     "EventTooLargeError",
     "Leases",
     "Log",
+    "PartitionedLog",
     "RawBatch",
     "SequencedLog",
     "StartAt",
@@ -532,6 +533,44 @@ class Leases(abc.ABC):
     @abc.abstractmethod
     async def release_lease(self, name: str, owner: str) -> None:
         """Gives lease ``name`` up at once if ``owner`` holds it (a clean shutdown)."""
+
+    @abc.abstractmethod
+    async def lease_holders(self, prefix: str, *, ttl: float) -> dict[str, str]:
+        """The live leases whose names start with ``prefix``: name -> owner.
+
+        A replica's membership is a lease it renews (``member.<owner>``): the replicas alive
+        are the holders of those, and each takes its fair share of the other leases.
+        """
+
+
+class PartitionedLog(abc.ABC):
+    """A log split into partitions by event key, each read by a durable consumer of its own (NATS).
+
+    Replication runs a link per (destination, partition), each under its own lease, so a
+    destination's work spreads over the replicas; a key's events share a partition, which
+    one replica sends at a time in log order.
+    """
+
+    @property
+    @abc.abstractmethod
+    def partitions(self) -> int:
+        """The number of partitions (fixed for the life of the log)."""
+
+    @abc.abstractmethod
+    async def durable_consumer(
+        self,
+        name: str,
+        *,
+        pattern: str = ">",
+        origin: str | None = None,
+        routed_to: str | None = None,
+        partition: int | None = None,
+    ) -> DurableConsumer:
+        """``Log.durable_consumer`` of only ``origin``'s events of ``partition`` (given with an origin).
+
+        Its deliveries carry the partition as their stream (``p<n>``), so the destination
+        keeps its dedup state per partition.
+        """
 
 
 class Board(abc.ABC):

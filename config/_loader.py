@@ -215,6 +215,7 @@ def _build(data: dict[str, Any], doc: Document, *, source: str, sha256: str) -> 
         nats = NatsSettings(
             subject_prefix=nats_raw.get("subject_prefix", nats_default.subject_prefix),
             stream=nats_raw.get("stream", nats_default.stream),
+            partitions=int(nats_raw.get("partitions", nats_default.partitions)),
             replicas=int(nats_raw.get("replicas", nats_default.replicas)),
             max_age_seconds=parse_duration(nats_raw.get("max_age", nats_default.max_age_seconds)),
             max_bytes=parse_size(nats_raw.get("max_bytes", nats_default.max_bytes)),

@@ -34,10 +34,14 @@ class BrokerKind(enum.StrEnum):
 class NatsSettings:
     """JetStream layout of a NATS or embedded region (created by the gateway if missing)."""
 
-    # JetStream cannot hold a stream over every subject, so mesh subjects live under a prefix:
-    # topic `orders/created` is subject `mesh.orders.created`.
+    # JetStream cannot hold a stream over every subject, so mesh subjects live under a prefix,
+    # then the origin region and the partition: topic `orders/created` of origin us-west in
+    # partition 3 is subject `mesh.us-west.3.orders.created` (brokers/nats/_subjects.py).
     subject_prefix: str = "mesh."
     stream: str = "MESHGATE"
+    # Partitions of the log, by a hash of the event key: replication's units of work, each sent
+    # by one replica at a time. A fixed property of the stream (recorded in its metadata).
+    partitions: int = 8
     replicas: int = 1
     # Retention: 0 means unlimited. When reached, JetStream discards the oldest events.
     max_age_seconds: float = 7 * 24 * 3600.0

@@ -1,7 +1,9 @@
 """Replication dedup at a destination: which of an origin's events this region already holds.
 
-An origin region's log is one stream (NATS) or several (Kafka: one per topic-partition), each
-numbering its events on its own. The source sends its events for this region in the order of
+An origin region's log is made of streams, each sent in its own order by one sender at a time:
+a NATS region's partitions (``p0`` ... ``p7``: subsequences of its one JetStream stream, whose
+sequences number them, with gaps) or a Kafka region's topic-partitions, each numbering its
+events on its own. The source sends its events for this region in the order of
 each stream, each with its stream and its position there (``stream``/``sequence``, stored
 here as ``origin_stream``/``origin_sequence``), and after any failure resends every stream
 from its first unacked event. Streams may interleave within one Replicate call in any way.

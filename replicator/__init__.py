@@ -1,6 +1,7 @@
 """Replication links: this region's log to every other region's gateway, acked, ordered, resumable."""
 
 from meshgate.replicator._board import NOTE_TTL, BoardNote, BoardPoster, LinkBoard, board_prefix
+from meshgate.replicator._group import LinkGroup
 from meshgate.replicator._link import DLQ_TOPIC_PREFIX, Link, LinkOptions, LinkState, dead_letter_event
 from meshgate.replicator._replicator import DEFAULT_LEASE_TTL, Replicator
 
@@ -12,6 +13,7 @@ __all__ = [
     "BoardPoster",
     "Link",
     "LinkBoard",
+    "LinkGroup",
     "LinkOptions",
     "LinkState",
     "Replicator",

@@ -135,8 +135,9 @@ def _merge_one(destination: str, region: str, entries: Sequence[admin_pb2.LinkSt
     out.dead_lettered = sum(s.dead_lettered for s in entries)
     if runners:
         out.state = max((s.state for s in runners), key=lambda st: _ATTENTION.get(st, 0))
-        # Each runner's lag is that of the consumer it reads: the largest is what waits longest.
-        out.lag_events = max(s.lag_events for s in runners)
+        # Each runner reports its own share (its partitions: a NATS source's leased ones, a
+        # Kafka group's assigned ones): the destination waits for all of them.
+        out.lag_events = sum(s.lag_events for s in runners)
         out.lag_seconds = max(s.lag_seconds for s in runners)
         failed = [s for s in runners if s.last_error]
         if failed:

@@ -19,6 +19,7 @@ from meshgate.brokers import (
     Broker,
     BrokerError,
     DurableConsumer,
+    PartitionedLog,
     RawBatch,
     decode_event,
     parse_header_lines,
@@ -39,6 +40,8 @@ log = logging.getLogger("meshgate.replicator")
 DLQ_TOPIC_PREFIX = "meshgate/dlq/"
 _MAX_REASON = 500
 _LAG_POLL_SECONDS = 0.5
+# How long an idle link's fetch waits for the next event.
+_IDLE_WAIT_SECONDS = 0.5
 # Room per event in a request for its fields' tags and lengths, and its stored time (a 9-byte
 # varint of Unix nanoseconds, stored_unix_nanos); with traces on, also for the ce-traceparent
 # line the send span adds to an event stored without one.
@@ -110,6 +113,24 @@ class _Sent:
         return len(self.raw)
 
 
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    """Cancels ``task`` until it has ended.
+
+    Once is not enough: nats-py can swallow a cancellation that lands inside one of its
+    requests, and a send loop that lived on would spin (waiting out a TLS rotation that never
+    ends for it) while the session waited for it forever: its partition would stop.
+    """
+    while not task.done():
+        task.cancel()
+        try:
+            await asyncio.wait({task}, timeout=0.5)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        task.result()
+
+
 def _raw_event(raw: RawBatch, i: int) -> event_pb2.Event:
     """Event ``i`` of a raw batch, decoded (only for the rare one the destination refused)."""
     ev = decode_event(
@@ -147,7 +168,7 @@ def dead_letter_event(ev: event_pb2.Event, *, destination: str, reason: str) -> 
 
 
 @dataclass(slots=True)
-class _Counters:
+class LinkCounters:
     forwarded: int = 0
     dead_lettered: int = 0
     retries: int = 0
@@ -176,15 +197,19 @@ class Link:
         address: str | None,
         broker: Broker,
         options: LinkOptions | None = None,
+        partition: int | None = None,
     ) -> None:
         self.source = source
         self.destination = destination
+        # The partition of this region's log the link sends (a PartitionedLog's), None: all of it.
+        self.partition = partition
         self.address = address
         self.options = options or LinkOptions()
         self.state = LinkState.STOPPED
-        self.counters = _Counters()
+        self.counters = LinkCounters()
         self._broker = broker
-        self._consumer_name = f"mg-link-{destination}"
+        # A partitioned log's links all end in -p<n>, so no two (destination, partition) share one.
+        self._consumer_name = f"mg-link-{destination}" if partition is None else f"mg-link-{destination}-p{partition}"
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._stopping = False
@@ -334,7 +359,14 @@ class Link:
         # Only this region's own events routed to the destination come out of it; the broker
         # adapter skips the rest before decoding them. On NATS each open (and each reset) is a
         # new generation of the consumer that fences the replicas that ran the link before.
-        return await self._broker.durable_consumer(self._consumer_name, origin=self.source, routed_to=self.destination)
+        broker = self._broker
+        if self.partition is not None:
+            if not isinstance(broker, PartitionedLog):
+                raise TypeError(f"{type(broker).__name__} has no partitions; link to {self.destination} has one")
+            return await broker.durable_consumer(
+                self._consumer_name, origin=self.source, routed_to=self.destination, partition=self.partition
+            )
+        return await broker.durable_consumer(self._consumer_name, origin=self.source, routed_to=self.destination)
 
     def _is_stopping(self) -> bool:
         # A method, not the attribute: stop() flips it while this task awaits.
@@ -417,8 +449,8 @@ class Link:
             finally:
                 for task in tasks:
                     task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await task
+                for task in tasks:
+                    await _cancelled(task)
                 call.cancel()
 
     async def _connect(self, channel: grpc.aio.Channel) -> None:
@@ -488,13 +520,19 @@ class Link:
         tracing = opts.tracing if opts.tracing is not None and opts.tracing.enabled else None
         per_event = _EVENT_OVERHEAD_BYTES if tracing is None else _TRACED_EVENT_OVERHEAD_BYTES
         batch_id = 0
+        wait = opts.linger_seconds
         while True:
             await self._open_slot(window)
-            raw = await consumer.fetch_raw(opts.max_batch_events, timeout=opts.linger_seconds)
+            raw = await consumer.fetch_raw(opts.max_batch_events, timeout=wait)
             if not raw.ids:
                 window.release()
                 self._settled()
+                # Idle: wait longer for the next event (it still comes at once, and the rest
+                # behind it with it) instead of asking the broker 50 times a second; a
+                # destination has a link per partition, most of them idle at any time.
+                wait = max(opts.linger_seconds, _IDLE_WAIT_SECONDS)
                 continue
+            wait = opts.linger_seconds
             # The destination tells resends by (stream, sequence): each stream must come in its
             # own order (streams may interleave).
             self._check_order(raw)

@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import re
 import threading
 import time
 import uuid
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from meshgate.brokers import Broker, BrokerError, Leases, WorkSharing
+from meshgate.brokers import Broker, BrokerError, Leases, PartitionedLog, WorkSharing
 from meshgate.config import MeshConfig, Settings
+from meshgate.replicator._group import LinkGroup
 from meshgate.replicator._link import Link, LinkOptions, LinkState
 from meshgate.v1 import admin_pb2
 
@@ -24,6 +27,10 @@ log = logging.getLogger("meshgate.replicator")
 # (the mesh file's settings.lease_ttl; its default).
 DEFAULT_LEASE_TTL = Settings().lease_ttl_seconds
 _THREAD_JOIN_SECONDS = 5.0
+# A replica's membership lease: the replicas alive are the holders of these.
+_MEMBER_PREFIX = "member."
+# A link handed to another replica lets its batches in flight be acked for up to this long.
+_HAND_OVER_SECONDS = 2.0
 
 T = TypeVar("T")
 
@@ -38,6 +45,14 @@ class Replicator:
     each link runs in the one replica holding its lease (the others show it as standby), and
     a replica that stops renewing loses its leases within ``lease_ttl`` to one that is alive.
     One sender per link is what keeps a link's events in log order at the destination.
+
+    On a ``PartitionedLog`` (NATS) a destination has a link per partition, each with its own
+    lease (``link.<destination>.p<n>``), balanced over the replicas: each replica renews a
+    membership lease (``member.<owner>``), and its fair share of a destination's partitions
+    is ceil(partitions / live replicas). A replica above it stops the extra links (their
+    batches in flight acked first) and hands their leases back; one below takes free ones.
+    So a replica that joins gets its share within about a lease round or two, and one that
+    dies leaves its partitions to the others once its leases lapse (``lease_ttl``).
 
     A broker with ``WorkSharing`` (Kafka consumer groups) splits each link's durable consumer
     across the replicas itself, each stream of the log to one replica: every replica then runs
@@ -76,27 +91,30 @@ class Replicator:
         self._own_thread = own_thread
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self.links: dict[str, Link] = {}
+        self.links: dict[str, LinkGroup] = {}
         self._started = False
         self._leases: asyncio.Task[None] | None = None
+        # The membership lease: owner names may hold characters a lease name may not.
+        self._member = _MEMBER_PREFIX + re.sub(r"[^-_=A-Za-z0-9]", "_", self.owner)
+        self._partitions = broker.partitions if isinstance(broker, PartitionedLog) else None
         self._make_links(config)
 
     def _make_links(self, config: MeshConfig) -> None:
         for r in config.regions:
             if r.name == self.region:
                 continue
-            link = self.links.get(r.name)
-            if link is None:
-                link = Link(
+            group = self.links.get(r.name)
+            if group is None:
+                self.links[r.name] = LinkGroup(
                     source=self.region,
                     destination=r.name,
                     address=r.gateway,
                     broker=self._links_broker,
                     options=self._options,
+                    partitions=self._partitions,
                 )
-                self.links[r.name] = link
             else:
-                link.set_address(r.gateway)
+                group.set_address(r.gateway)
 
     async def apply(self, config: MeshConfig) -> None:
         """A reloaded mesh file: new regions get links, moved gateways are reconnected.
@@ -169,10 +187,10 @@ class Replicator:
         if sibling is not None:
             await sibling.start()
             self._links_broker = sibling
-            for link in self.links.values():
-                link.use_broker(sibling)
-        for link in self.links.values():
-            link.state = LinkState.STANDBY
+            for group in self.links.values():
+                group.use_broker(sibling)
+        for group in self.links.values():
+            group.state = LinkState.STANDBY
         if self._shares_work:
             await self._run_all()
             return
@@ -194,18 +212,24 @@ class Replicator:
             # Bounded: nats-py can swallow a cancellation that lands inside one of its requests.
             await asyncio.wait({self._leases}, timeout=2.0)
             self._leases = None
-        running = [link for link in self.links.values() if link.running]
+        running = [link for link in self._all_links() if link.running]
         await asyncio.gather(*(link.stop(timeout) for link in running))
         if not self._shares_work:  # else no leases were taken
             # Handing the leases back lets another replica take the links over at once.
+            with contextlib.suppress(BrokerError):
+                await self._lease_keeper().release_lease(self._member, self.owner)
             for link in running:
                 with contextlib.suppress(BrokerError):
                     await self._lease_keeper().release_lease(self._lease_name(link), self.owner)
+                link.lease_renewed = None
         if self._links_broker is not self._broker:
             sibling, self._links_broker = self._links_broker, self._broker
-            for link in self.links.values():
-                link.use_broker(self._broker)
+            for group in self.links.values():
+                group.use_broker(self._broker)
             await sibling.stop()
+
+    def _all_links(self) -> list[Link]:
+        return [link for group in self.links.values() for link in group.parts.values()]
 
     @property
     def _shares_work(self) -> bool:
@@ -221,13 +245,15 @@ class Replicator:
 
     @staticmethod
     def _lease_name(link: Link) -> str:
-        return f"link.{link.destination}"
+        if link.partition is None:
+            return f"link.{link.destination}"
+        return f"link.{link.destination}.p{link.partition}"
 
     async def _run_all(self) -> None:
-        for link in self.links.values():
-            if not link.running:
-                log.info("link %s -> %s runs here; the broker shares its work", self.region, link.destination)
-                await link.start()
+        for group in self.links.values():
+            if not group.running:
+                log.info("link %s -> %s runs here; the broker shares its work", self.region, group.destination)
+                await group.start()
 
     async def _hold_leases(self) -> None:
         while True:
@@ -235,33 +261,94 @@ class Replicator:
             await self._lease_round()
 
     async def _lease_round(self) -> None:
-        for link in list(self.links.values()):
-            # Set when the broker could not say who holds the lease: then nobody is known to
-            # run the link, and it must not claim STANDBY ("another replica runs it").
-            unknown = ""
-            try:
-                held = await self._lease_keeper().hold_lease(self._lease_name(link), self.owner, ttl=self.lease_ttl)
-                link.lease_renewed = time.monotonic() if held else None
-            except BrokerError as exc:
-                # Not renewed: still ours until the TTL runs out, then another replica's.
-                renewed = link.lease_renewed
-                held = renewed is not None and time.monotonic() - renewed < self.lease_ttl * 2 / 3
-                unknown = f"lease of the link cannot be read or taken, the broker is unreachable: {exc}"
-                log.warning("lease of link %s -> %s not renewed: %s", self.region, link.destination, exc)
-            if held and not link.running:
-                log.info("link %s -> %s runs in this replica (%s)", self.region, link.destination, self.owner)
-                await link.start()
-            elif not held and link.running:
-                if unknown:
-                    log.warning(
-                        "link %s -> %s: stopped, its lease could not be renewed in time", self.region, link.destination
-                    )
-                else:
-                    log.info("link %s -> %s: lease lost; another replica runs it", self.region, link.destination)
+        members, unknown = await self._members()
+        for group in list(self.links.values()):
+            links = list(group.parts.values())
+            held = [link for link in links if await self._renew(link)]
+            # This replica's fair share of the destination's partitions; while the replicas alive
+            # cannot be read, leases held are renewed and none is taken or handed over.
+            share = math.ceil(len(links) / members) if members else len(held)
+            if len(held) > share:
+                await self._hand_over(held[share:])
+                held = held[:share]
+            for link in links:
+                if link in held:
+                    continue
+                problem = unknown
+                if not problem and len(held) < share:
+                    taken, problem = await self._take(link)
+                    if taken:
+                        held.append(link)
+                        continue
+                if link.running:
+                    log.info("link %s -> %s: lease lost; another replica runs it", self.region, self._shown(link))
+                    await link.stop(1.0)
+                self._idle_state(link, problem)
+            for link in held:
+                if not link.running:
+                    log.info("link %s -> %s runs in this replica (%s)", self.region, self._shown(link), self.owner)
+                    await link.start()
+
+    async def _members(self) -> tuple[int, str]:
+        """How many replicas of the region are alive (this one included), renewing this one's membership."""
+        keeper = self._lease_keeper()
+        try:
+            await keeper.hold_lease(self._member, self.owner, ttl=self.lease_ttl)
+            holders = await keeper.lease_holders(_MEMBER_PREFIX, ttl=self.lease_ttl)
+        except BrokerError as exc:
+            log.warning("leases of %s cannot be read or taken: %s", self.region, exc)
+            return 0, f"lease of the link cannot be read or taken, the broker is unreachable: {exc}"
+        return max(1, len(set(holders.values()) | {self.owner})), ""
+
+    async def _renew(self, link: Link) -> bool:
+        """Renews a lease this replica holds; False when it holds none (or lost it)."""
+        if link.lease_renewed is None:
+            return False
+        try:
+            held = await self._lease_keeper().hold_lease(self._lease_name(link), self.owner, ttl=self.lease_ttl)
+        except BrokerError as exc:
+            # Not renewed: still ours until the TTL runs out, then another replica's.
+            renewed = link.lease_renewed
+            if time.monotonic() - renewed < self.lease_ttl * 2 / 3:
+                return True
+            link.lease_renewed = None
+            log.warning(
+                "link %s -> %s: stopped, its lease could not be renewed in time", self.region, self._shown(link)
+            )
+            if link.running:
                 await link.stop(1.0)
-                self._idle_state(link, unknown)
-            elif not held:
-                self._idle_state(link, unknown)
+            self._idle_state(link, f"lease of the link cannot be read or taken, the broker is unreachable: {exc}")
+            return False
+        link.lease_renewed = time.monotonic() if held else None
+        return held
+
+    async def _take(self, link: Link) -> tuple[bool, str]:
+        """Takes a free lease: (taken, why the broker could not say)."""
+        try:
+            held = await self._lease_keeper().hold_lease(self._lease_name(link), self.owner, ttl=self.lease_ttl)
+        except BrokerError as exc:
+            return False, f"lease of the link cannot be read or taken, the broker is unreachable: {exc}"
+        if held:
+            link.lease_renewed = time.monotonic()
+        return held, ""
+
+    async def _hand_over(self, links: list[Link]) -> None:
+        """Stops links above this replica's share (their batches in flight acked first), then frees their leases."""
+        for link in links:
+            log.info("link %s -> %s: handed to another replica (rebalance)", self.region, self._shown(link))
+        # Bounded by a third of the TTL too: the leases this replica keeps are renewed only
+        # once this round is over.
+        drain = min(_HAND_OVER_SECONDS, self.lease_ttl / 3)
+        await asyncio.gather(*(link.stop(drain) for link in links))
+        for link in links:
+            link.lease_renewed = None
+            with contextlib.suppress(BrokerError):
+                await self._lease_keeper().release_lease(self._lease_name(link), self.owner)
+            self._idle_state(link, "")
+
+    @staticmethod
+    def _shown(link: Link) -> str:
+        return link.destination if link.partition is None else f"{link.destination} partition {link.partition}"
 
     @staticmethod
     def _idle_state(link: Link, unknown: str) -> None:
@@ -271,6 +358,9 @@ class Replicator:
             link.record_error(unknown)
         else:
             link.state = LinkState.STANDBY
+            # Its lag is the replica's that runs it now: not summed into this one's.
+            link.counters.lag_events = 0
+            link.counters.oldest_unacked = None
             # What this replica saw while it ran the link (or could not reach the broker) is
             # past: the replica that runs it now has the link's current story.
             link.clear_error()

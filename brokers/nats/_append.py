@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import zlib
 from collections.abc import Callable, Coroutine, Sequence
 
 from nats.aio.client import Client
@@ -32,6 +33,7 @@ from meshgate.brokers.nats._pull import (
     reraise_swallowed_cancel,
 )
 from meshgate.brokers.nats._state import NatsState
+from meshgate.brokers.nats._subjects import header_value, stream_partition
 from meshgate.brokers.nats._wire import (
     header_block,
     parse_header_block,
@@ -87,7 +89,13 @@ class NatsAppend(NatsState):
         def head_of(i: int) -> bytes:
             return header_block(events[i]).encode()
 
-        return await self._append(batch, self._publish_batch(nc, batch, [e.id for e in events], head_of))
+        layout = self._layout
+
+        def subject_of(i: int) -> str:
+            e = events[i]
+            return layout.subject(e.topic, e.origin, layout.partition(e.key, e.id))
+
+        return await self._append(batch, self._publish_batch(nc, batch, [e.id for e in events], head_of, subject_of))
 
     async def append_raw(
         self,
@@ -125,7 +133,23 @@ class NatsAppend(NatsState):
                 seq_line = b"mg-origin-seq: %d\r\n\r\n" % origin_sequences[i]
             return b"".join((_MSG_ID_HEAD, esc(ids[i]).encode(), b"\r\n", headers[i], seq_line))
 
-        return await self._append(batch, self._publish_batch(nc, batch, ids, head_of))
+        layout = self._layout
+        partitions = layout.partitions
+
+        def subject_of(i: int) -> str:
+            # Stored under the origin's subject, so this region's own links never read it.
+            lines = headers[i]
+            origin = header_value(lines, b"mg-origin")
+            if origin is None:
+                raise ValueError("a replicated event carries its origin (header mg-origin)")
+            partition = stream_partition(origin_streams[i]) if origin_streams else None
+            if partition is None or partition >= partitions:
+                # A Kafka origin's stream, or an origin with more partitions than this log.
+                key = header_value(lines, b"mg-key")
+                partition = zlib.crc32(key or ids[i].encode()) % partitions
+            return layout.subject(topics[i], origin.decode(), partition)
+
+        return await self._append(batch, self._publish_batch(nc, batch, ids, head_of, subject_of))
 
     async def _append(
         self, batch: AppendBatch, publish: Coroutine[None, None, None]
@@ -158,18 +182,21 @@ class NatsAppend(NatsState):
         return [r if r is not None else BrokerError("internal error: no result for the event") for r in batch.results]
 
     async def _publish_batch(
-        self, nc: Client, batch: AppendBatch, ids: Sequence[str], head_of: Callable[[int], bytes]
+        self,
+        nc: Client,
+        batch: AppendBatch,
+        ids: Sequence[str],
+        head_of: Callable[[int], bytes],
+        subject_of: Callable[[int], str],
     ) -> None:
-        """Writes event ``i`` of the batch as the header block ``head_of(i)`` and its payload.
+        """Writes event ``i`` of the batch to ``subject_of(i)`` as the header block ``head_of(i)`` and its payload.
 
-        One loop for events and raw header lines alike: what differs is only how the header
-        block is made (it raises ValueError for an event that cannot be written).
+        One loop for events and raw header lines alike: what differs is only how the subject
+        and the header block are made (they raise ValueError for an event that cannot be written).
         """
-        topics = batch.topics
         datas = batch.data
         results = batch.results
         pending = self._pending
-        subject_of = self._mapper.subject
         reply_prefix = self._reply_prefix
         max_payload = self._max_payload
         max_inflight = self._max_inflight
@@ -189,7 +216,7 @@ class NatsAppend(NatsState):
                 results[i] = EventRejectedError(f"event {i} of the batch has no id (the gateway assigns one)")
                 continue
             try:
-                subject = subject_of(topics[i])
+                subject = subject_of(i)
                 head = head_of(i)
             except ValueError as exc:
                 results[i] = EventRejectedError(f"event {i} of the batch cannot be written: {exc}")

@@ -44,11 +44,8 @@ from meshgate.brokers._base import (
     BrokerState,
     BrokerUnavailableError,
     Leases,
+    PartitionedLog,
     SequencedLog,
-)
-from meshgate.brokers._codec import (
-    SubjectMapper,
-    pattern_to_filter,
 )
 from meshgate.brokers._storage import StorageHealth
 from meshgate.brokers.nats._append import NatsAppend
@@ -70,6 +67,13 @@ from meshgate.brokers.nats._pull import (
 )
 from meshgate.brokers.nats._read import NatsRead
 from meshgate.brokers.nats._state import NatsBrokerStats, _redact
+from meshgate.brokers.nats._subjects import (
+    LAYOUT,
+    METADATA_LAYOUT,
+    METADATA_PARTITIONS,
+    SubjectLayout,
+    partition_stream,
+)
 from meshgate.brokers.nats._wire import (
     PubAckParser,
 )
@@ -92,7 +96,18 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-class NatsBroker(NatsAppend, NatsRead, NatsCheckpoints, NatsLeases, NatsBoard, SequencedLog, Leases, Board, Broker):
+class NatsBroker(
+    NatsAppend,
+    NatsRead,
+    NatsCheckpoints,
+    NatsLeases,
+    NatsBoard,
+    SequencedLog,
+    Leases,
+    PartitionedLog,
+    Board,
+    Broker,
+):
     """A region's log in a NATS JetStream stream (created or updated on ``start``).
 
     ``servers`` are NATS URLs (``nats://host:4222``). Once connected the client reconnects
@@ -136,7 +151,9 @@ class NatsBroker(NatsAppend, NatsRead, NatsCheckpoints, NatsLeases, NatsBoard, S
         self._ack_timeout = ack_timeout
         self._reconnect_wait = reconnect_wait
         self._durable_ack_wait = durable_ack_wait
-        self._mapper = SubjectMapper(settings.subject_prefix)
+        if settings.partitions < 1:
+            raise ValueError(f"partitions must be >= 1, got {settings.partitions}")
+        self._layout = SubjectLayout(settings.subject_prefix, settings.partitions)
         self._parse_puback = PubAckParser(settings.stream)
         self._nc = None
         self._jsm = None
@@ -177,7 +194,7 @@ class NatsBroker(NatsAppend, NatsRead, NatsCheckpoints, NatsLeases, NatsBoard, S
                 connection=self._require_nc, manager=self._require_jsm, stream=settings.stream, timeout=ack_timeout
             ),
             ack_timeout=ack_timeout,
-            topic_of=self._mapper.topic,
+            topic_of=self._layout.topic,
             ready=self._ready,
             track=self._pullers.add,
             close_puller=self._close_durable_puller,
@@ -191,6 +208,10 @@ class NatsBroker(NatsAppend, NatsRead, NatsCheckpoints, NatsLeases, NatsBoard, S
     def max_payload(self) -> int:
         """The connected server's max_payload: the largest message (headers + data) it takes."""
         return self._max_payload
+
+    @property
+    def partitions(self) -> int:
+        return self.settings.partitions
 
     @property
     def addresses(self) -> tuple[str, ...]:
@@ -323,6 +344,7 @@ class NatsBroker(NatsAppend, NatsRead, NatsCheckpoints, NatsLeases, NatsBoard, S
             max_msgs=s.max_msgs or -1,
             num_replicas=s.replicas,
             allow_direct=True,
+            metadata={METADATA_LAYOUT: LAYOUT, METADATA_PARTITIONS: str(s.partitions)},
         )
 
     async def _ensure_stream(self) -> None:
@@ -337,6 +359,7 @@ class NatsBroker(NatsAppend, NatsRead, NatsCheckpoints, NatsLeases, NatsBoard, S
                 logger.info("created JetStream stream %s on %s", want.name, want.subjects)
                 return
             have = info.config
+            self._check_layout(have)
             drift = [
                 f"{name} {getattr(have, name)!r} -> {getattr(want, name)!r}"
                 for name in ("subjects", "max_bytes", "max_msgs", "num_replicas", "allow_direct", "discard")
@@ -358,6 +381,27 @@ class NatsBroker(NatsAppend, NatsRead, NatsCheckpoints, NatsLeases, NatsBoard, S
                 logger.info("updated JetStream stream %s: %s", want.name, "; ".join(drift))
         except NATS_FAILURES as exc:
             raise broker_error(exc, f"cannot create or update stream {want.name}") from exc
+
+    def _check_layout(self, have: StreamConfig) -> None:
+        """Refuses a stream of another subject layout or partition count: its events would be read wrongly."""
+        name = self.settings.stream
+        meta = have.metadata or {}
+        layout = meta.get(METADATA_LAYOUT)
+        if layout != LAYOUT:
+            raise BrokerError(
+                f"stream {name} holds subjects of another layout ({layout or 'Meshgate 0.1: <prefix><topic>'}); "
+                f"this Meshgate stores <prefix><origin>.<partition>.<topic> and does not migrate: delete the stream "
+                f"(nats stream rm {name}) or give the region another nats.stream",
+                retriable=False,
+            )
+        partitions = meta.get(METADATA_PARTITIONS)
+        if partitions != str(self.settings.partitions):
+            raise BrokerError(
+                f"stream {name} was created with {partitions} partitions and the mesh file says "
+                f"nats.partitions: {self.settings.partitions}; a log's partition count is fixed (a key's events "
+                f"must stay in one partition): set nats.partitions back to {partitions}, or start a new stream",
+                retriable=False,
+            )
 
     async def stop(self) -> None:
         async with self._lock:
@@ -490,19 +534,43 @@ class NatsBroker(NatsAppend, NatsRead, NatsCheckpoints, NatsLeases, NatsBoard, S
         await self._close_puller(puller, delete=False)
 
     async def durable_consumer(
-        self, name: str, *, pattern: str = ">", origin: str | None = None, routed_to: str | None = None
+        self,
+        name: str,
+        *,
+        pattern: str = ">",
+        origin: str | None = None,
+        routed_to: str | None = None,
+        partition: int | None = None,
     ) -> NatsDurableConsumer:
         """A durable consumer, opened as the next generation of ``name`` (see ``NatsDurableConsumer``).
 
-        The caller is the only reader of its generation: a NATS region runs a link in one replica
-        at a time (a lease), and every open fences the instances opened before it.
+        The caller is the only reader of its generation: a NATS region runs a link's partition in
+        one replica at a time (a lease), and every open fences the instances opened before it.
+        With ``origin`` the consumer's filter is that origin's subjects (of ``partition`` when
+        given), so the server never delivers another region's events; its deliveries then
+        carry the partition as their origin stream (``p3``).
         """
-        filter_subject = pattern_to_filter(pattern, self.settings.subject_prefix)
+        layout = self._layout
+        if partition is not None and not 0 <= partition < layout.partitions:
+            raise ValueError(f"partition {partition} is outside 0..{layout.partitions - 1}")
+        if origin is not None:
+            filter_subject = layout.origin_filter(origin, partition, pattern)
+        elif partition is not None:
+            raise ValueError("a partition is read only with its origin")
+        else:
+            filter_subject = layout.pattern_filter(pattern)
         template = durable_template(
             name, pattern=pattern, filter_subject=filter_subject, ack_wait=self._durable_ack_wait
         )
         self._require_nc()
-        consumer = NatsDurableConsumer(self._consumer_host, name, template, origin=origin, routed_to=routed_to)
+        consumer = NatsDurableConsumer(
+            self._consumer_host,
+            name,
+            template,
+            origin=origin,
+            routed_to=routed_to,
+            stream=partition_stream(partition) if partition is not None else "",
+        )
         try:
             await consumer.open()
         except NATS_FAILURES as exc:

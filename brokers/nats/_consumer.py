@@ -205,8 +205,12 @@ class NatsDurableConsumer(DurableConsumer):
         *,
         origin: str | None = None,
         routed_to: str | None = None,
+        stream: str = "",
     ) -> None:
         self._host = host
+        # The origin stream of every delivery (a partition's, ``p3``; "" for the whole log): the
+        # destination's dedup keeps its state per (origin, stream), each sent in log order.
+        self._stream = stream
         self._base = base
         self._template = template
         self._config = template
@@ -319,7 +323,11 @@ class NatsDurableConsumer(DurableConsumer):
                 continue
             meta = parse_ack_subject(reply.decode())
             event = decode_event(
-                parse_header_block(hdr), data, topic=topic_of(subject.decode()), sequence=meta.stream_sequence
+                parse_header_block(hdr),
+                data,
+                topic=topic_of(subject.decode()),
+                sequence=meta.stream_sequence,
+                stream=self._stream,
             )
             unacked[reply] = meta.consumer_sequence
             deliveries.append(Delivery(event=event, token=reply, pending=meta.pending, stored_ns=meta.timestamp_ns))
@@ -448,6 +456,8 @@ class NatsDurableConsumer(DurableConsumer):
             tokens.append(reply)
             unacked[reply] = delivery
         batch.pending = pending
+        if self._stream and ids:
+            batch.streams.extend([self._stream] * len(ids))
         if msgs:
             await self._after_take(nc, msgs[-1][1])
         return batch

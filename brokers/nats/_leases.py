@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 
@@ -17,7 +18,7 @@ from meshgate.brokers.nats._errors import (
     NATS_FAILURES,
     broker_error,
 )
-from meshgate.brokers.nats._names import lease_bucket
+from meshgate.brokers.nats._names import kv_stream, kv_subject_prefix, lease_bucket
 from meshgate.brokers.nats._state import NatsState
 
 __all__ = ["NatsLeases"]
@@ -84,3 +85,26 @@ class NatsLeases(NatsState):
             return
         except NATS_FAILURES as exc:
             raise broker_error(exc, f"release of lease {name!r}") from exc
+
+    async def lease_holders(self, prefix: str, *, ttl: float) -> dict[str, str]:
+        # The names are the subjects the bucket's stream holds (lapsed ones are gone with their
+        # message), the owners one direct get each; a released lease is an empty marker.
+        bucket = lease_bucket(self.settings.stream)
+        head = kv_subject_prefix(bucket)
+        pattern = f"{prefix}>" if prefix.endswith(".") and prefix.strip(".") else ">"
+        try:
+            kv = await self._leases(ttl)
+            info = await self._require_jsm().stream_info(kv_stream(bucket), subjects_filter=head + pattern)
+            names = [s[len(head) :] for s in info.state.subjects or {} if s[len(head) :].startswith(prefix)]
+            owners = await asyncio.gather(*(_owner(kv, name) for name in names))
+        except NATS_FAILURES as exc:
+            raise broker_error(exc, f"list leases {prefix!r}") from exc
+        return {name: owner for name, owner in zip(names, owners, strict=True) if owner}
+
+
+async def _owner(kv: KeyValue, name: str) -> str:
+    try:
+        entry = await kv.get(name)
+    except nats.js.errors.KeyNotFoundError:  # released (its marker keeps the subject) or lapsed since
+        return ""
+    return entry.value.decode() if entry.value else ""

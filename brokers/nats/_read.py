@@ -25,7 +25,6 @@ from meshgate.brokers._base import (
 )
 from meshgate.brokers._codec import (
     decode_event,
-    pattern_to_filter,
 )
 from meshgate.brokers.nats._errors import (
     NATS_FAILURES,
@@ -184,7 +183,7 @@ class NatsRead(NatsState):
         reader connection), the reader recreates it right after the last event it delivered,
         so nothing is skipped or repeated. Ends when the broker stops.
         """
-        filter_subject = pattern_to_filter(pattern, self.settings.subject_prefix)
+        filter_subject = self._layout.pattern_filter(pattern)
         _start_mode(start)
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
@@ -300,7 +299,7 @@ class NatsRead(NatsState):
         self, cursor: _Cursor, puller: PullSubscription, events: list[event_pb2.Event], max_batch: int, max_bytes: int
     ) -> bool:
         """Moves the puller's buffered events to ``events``; True on a gap in the consumer's sequence."""
-        topic_of = self._mapper.topic
+        topic_of = self._layout.topic
         for subject, reply, hdr, data in puller.take(max_batch):
             meta = parse_ack_subject(reply.decode())
             if meta.consumer_sequence != cursor.expected:

@@ -15,10 +15,10 @@ from nats.aio.client import Client
 from nats.js.kv import KeyValue
 
 from meshgate.brokers._base import AppendStats, BrokerError, BrokerUnavailableError
-from meshgate.brokers._codec import SubjectMapper
 from meshgate.brokers._storage import StorageHealth
 from meshgate.brokers.nats._errors import NotConnectedError
 from meshgate.brokers.nats._pull import PullBytes, PullSubscription
+from meshgate.brokers.nats._subjects import SubjectLayout
 from meshgate.brokers.nats._wire import PubAckParser
 from meshgate.config import NatsSettings
 
@@ -64,7 +64,8 @@ class NatsState:
     _ack_timeout: float
     _reconnect_wait: float
     _durable_ack_wait: float
-    _mapper: SubjectMapper
+    # Topic, origin and partition <-> subject (`_subjects`).
+    _layout: SubjectLayout
     _parse_puback: PubAckParser
     _nc: Client | None
     _jsm: JetStreamManager | None

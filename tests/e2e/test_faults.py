@@ -15,14 +15,17 @@ rebalance) is a case of its own.
 from __future__ import annotations
 
 import asyncio
+import collections
 import re
 import signal
 from collections.abc import Callable
 from typing import Any
 
 import nats
+import nats.js.errors
 import pytest
 
+from meshgate.brokers.nats._subjects import partition_of
 from meshgate.testing import freeze
 from meshgate.v1 import admin_pb2, event_pb2
 from tests._wait import eventually
@@ -223,90 +226,118 @@ async def test_kafka_source_replica_killed_and_its_partitions_move_to_the_other(
     assert not ledger.problems
 
 
-async def _link_holder(cluster: MeshCluster, replicas: int) -> int:
-    """The replica of us-west running its link to eu-central (the others are standby)."""
-    running = []
-    for r in range(replicas):
-        link = await cluster.link(US, EU, replica=r)
-        if link is not None and link.state not in (admin_pb2.LINK_STATE_STANDBY, admin_pb2.LINK_STATE_UNSPECIFIED):
-            running.append(r)
-    assert len(running) == 1, f"replicas running the {US} -> {EU} link: {running}"
-    return running[0]
+PARTITIONS = 8  # the default nats.partitions of a region
 
 
-async def _link_consumers(cluster: MeshCluster) -> set[str]:
+def balanced_workload(origin: str, n: int, *, per_partition: int = 8) -> list[event_pb2.Event]:
+    """Keyed events, every one routed to eu-central, spread evenly over the origin's partitions:
+    ``per_partition`` keys of each partition, the events round-robin over the keys."""
+    by_partition: dict[int, list[str]] = {p: [] for p in range(PARTITIONS)}
+    i = 0
+    while any(len(keys) < per_partition for keys in by_partition.values()):
+        key = f"{origin}-key{i}"
+        keys = by_partition[partition_of(key, PARTITIONS)]
+        if len(keys) < per_partition:
+            keys.append(key)
+        i += 1
+    keys = [key for p in range(PARTITIONS) for key in by_partition[p]]
+    return [make_event(f"{origin}-{i:05d}", "orders/created", key=keys[i % len(keys)]) for i in range(n)]
+
+
+async def _lease_owners(cluster: MeshCluster) -> collections.Counter[str]:
+    """Owner -> how many of the us-west -> eu-central partitions' leases it holds."""
     async with await nats.connect(cluster.shared_nats[US].url) as nc:
-        return {c.name for c in await nc.jetstream().consumers_info("MESHGATE") if c.name.startswith("mg-link-")}
+        kv = await nc.jetstream().key_value("MESHGATE_LEASES")
+        owners: collections.Counter[str] = collections.Counter()
+        for p in range(PARTITIONS):
+            try:
+                entry = await kv.get(f"link.{EU}.p{p}")
+            except nats.js.errors.KeyNotFoundError:
+                continue
+            if entry.value:
+                owners[entry.value.decode()] += 1
+        return owners
 
 
-# A clean stop (the lease handed back at once) is tests/gateway/test_replicas.py's case; these two
+async def _link_consumers(cluster: MeshCluster) -> dict[str, int]:
+    """Partition link consumer -> its generation."""
+    async with await nats.connect(cluster.shared_nats[US].url) as nc:
+        infos = await nc.jetstream().consumers_info("MESHGATE")
+    names = [c.name for c in infos if c.name.startswith("mg-link-")]
+    return {name.rpartition("@")[0]: int(name.rpartition("@")[2]) for name in names}
+
+
+# A clean stop (the leases handed back at once) is tests/gateway/test_replicas.py's case; these two
 # are the hand-overs where the old holder cannot say it has gone, waiting out the lease TTL.
 @pytest.mark.parametrize("how", ["kill-9", "stall"])
-async def test_nats_link_lease_moves_to_the_other_replica_under_load(make_mesh: MeshFactory, how: str) -> None:
-    """Two replicas of a NATS source share a nats-server; the one holding the link's lease dies or stalls.
+async def test_nats_partitions_move_to_the_other_replica_under_load(make_mesh: MeshFactory, how: str) -> None:
+    """Two replicas of a NATS source share a nats-server and the partitions of its link to eu-central.
 
-    The other takes the lease (after the lease TTL) and opens the next generation of the link's
-    consumer from the ack floor. A stalled holder (SIGSTOP, then SIGCONT once the other runs the
-    link) wakes up with batches in flight and acks them late: into its deleted generation, so
-    they cannot ack the new holder's deliveries (AckAll); what it forwarded after the floor is
-    sent again and answered as duplicates. Every acked event is at eu-central exactly once.
+    Each runs half of the 8 partitions and carries half of the events (within 20 %). Then one
+    dies (kill -9) or stalls mid-traffic: the other takes its partitions once their leases lapse
+    and opens the next generation of each partition's consumer from its ack floor. A stalled
+    holder (SIGSTOP, then SIGCONT once the other runs them) wakes up with batches in flight and
+    acks them late: into its deleted generations; what it forwarded after a floor is sent again
+    and answered as duplicates. Every acked event is at eu-central exactly once, in key order.
     """
     cluster: MeshCluster = await make_mesh([US, EU], ROUTING, replicas={US: 2})
     ledger = Ledger()
-    events = workload(US, 3000)
+    events = balanced_workload(US, 3000)
 
-    async def forwarded_by_all() -> int:
-        links = [await cluster.link(US, EU, replica=r) for r in (0, 1)]
-        return sum(link.forwarded for link in links if link is not None)
+    async def forwarded_by(replica: int) -> int:
+        link = await cluster.link(US, EU, replica=replica)
+        return link.forwarded if link is not None else 0
 
-    # The producer publishes to replica 0; the link runs in whichever replica holds the lease.
-    await Producer(cluster, ledger, US, events[:100], batch_size=50).run()
+    async def split() -> bool:
+        return sorted((await _lease_owners(cluster)).values()) == [PARTITIONS // 2] * 2
+
+    await eventually(split, 45, what="the 8 partitions split 4/4 between the two replicas")
+    # The producer publishes to replica 0; each partition goes out of the replica holding its lease.
+    await Producer(cluster, ledger, US, events[:800], batch_size=50).run()
 
     async def warm() -> bool:
-        return await forwarded_by_all() >= routed(ledger, US, EU)
+        return await forwarded_by(0) + await forwarded_by(1) >= 800
 
     await eventually(warm, 45, what=f"the warm-up events forwarded {US} -> {EU}")
-    holder = await _link_holder(cluster, 2)
+    shares = [await forwarded_by(r) for r in (0, 1)]
+    assert all(abs(share - 400) <= 80 for share in shares), f"events carried per replica: {shares}"
+    owners = await _lease_owners(cluster)
     before = await _link_consumers(cluster)
-    # The link's consumer: one generation, never the un-generationed name.
-    assert len(before) == 1 and next(iter(before)).startswith(f"mg-link-{EU}@"), before
-    # Spread over about 7 s: the hand-over (up to the mesh's lease TTL, 3 s) happens under load.
-    producer = Producer(cluster, ledger, US, events[100:], batch_size=50, pace=0.12)
+    assert sorted(before) == sorted(f"mg-link-{EU}-p{p}" for p in range(PARTITIONS)), before
+    # Spread over about 6 s: the hand-over (up to the mesh's lease TTL, 3 s) happens under load.
+    producer = Producer(cluster, ledger, US, events[800:], batch_size=50, pace=0.12)
     producing = asyncio.create_task(producer.run())
 
     async def under_way() -> bool:
-        return producer.acked >= 600 and await forwarded_by_all() >= 300
+        return producer.acked >= 1200 and await forwarded_by(0) + await forwarded_by(1) >= 1000
 
-    await eventually(under_way, 30, what=f"600 acked at {US} and 300 forwarded to {EU}")
+    await eventually(under_way, 30, what=f"1200 acked at {US} and 1000 forwarded to {EU}")
+    victim = 1  # the producer's replica (0) stays up
     if how == "kill-9":
-        await cluster.kill9(US, broker_too=False, replica=holder)  # its batches to eu-central are in flight
+        await cluster.kill9(US, broker_too=False, replica=victim)  # its batches to eu-central are in flight
     else:
-        await freeze(cluster.process(US, holder).pid)
-    assert producer.acked < 3000, "the producer finished before the holder died: nothing was in flight"
-    survivor = 1 - holder
+        await freeze(cluster.process(US, victim).pid)
+    assert producer.acked < 3000, "the producer finished before the replica died: nothing was in flight"
 
     async def taken_over() -> bool:
-        # (It may have nothing to forward yet: the producer publishes to replica 0, which may be the dead one.)
-        link = await cluster.link(US, EU, replica=survivor)
-        return link is not None and link.state == REPLICATING
+        return list((await _lease_owners(cluster)).values()) == [PARTITIONS]
 
     try:
-        await eventually(taken_over, 45, what=f"replica {survivor} to run the {US} -> {EU} link")
+        await eventually(taken_over, 45, what=f"replica 0 to hold every partition of {US} -> {EU}")
     finally:
         if how == "stall":
-            cluster.process(US, holder).signal(signal.SIGCONT)
-    if how != "stall":
-        # Back as a standby (replica 0 also takes the producer's stream and the ledger's reads).
-        await cluster.restart(US, replica=holder)
+            cluster.process(US, victim).signal(signal.SIGCONT)
+    survivor = next(iter(await _lease_owners(cluster)))
+    assert survivor in owners and owners[survivor] == PARTITIONS // 2
     await asyncio.wait_for(producing, 90)
     assert len(ledger.acked) == 3000, f"{len(ledger.acked)} of 3000 acked; refused: {list(ledger.rejected)[:5]}"
     await ledger.verify(cluster, timeout=90)
     assert not ledger.problems
-    # One generation, newer than before the hand-over; the older ones are deleted.
+    # One generation per partition; the victim's partitions are on a newer one.
     after = await _link_consumers(cluster)
-    [was], [now] = before, after
-    assert now.startswith(f"mg-link-{EU}@") and int(now.rpartition("@")[2]) > int(was.rpartition("@")[2]), (was, now)
-    assert await _link_holder(cluster, 2) == survivor
+    assert sorted(after) == sorted(before)
+    moved = [name for name in after if after[name] > before[name]]
+    assert len(moved) >= PARTITIONS // 2, (before, after)
 
 
 async def test_slow_destination_gets_everything_once_in_order(make_mesh: MeshFactory) -> None:

@@ -183,15 +183,16 @@ async def test_replication_workers_are_lease_owners_and_a_killed_one_is_restarte
         producer = asyncio.create_task(Producer(cluster, ledger, A, events("w", 3000), pace=0.02).run())
 
         async def runner() -> int | None:
+            # The link's partitions are shared by the two workers (4 of 8 each): both run it.
             await board.refresh()
             running = [n.pid for n in board.notes if B in n.running()]
-            return running[0] if len(running) == 1 else None
+            return running[0] if len(running) == 2 else None
 
         async def forwarding() -> bool:
             return (await link_b(cluster)).forwarded > 100
 
         await eventually(forwarding, 30, what="the link forwards")
-        victim = await eventually(runner, 30, what="one worker runs the link")
+        victim = await eventually(runner, 30, what="both workers run a share of the link")
         assert victim is not None
         restarts_before = len(_WORKER.findall(b"".join(replicator.log)))
         os.kill(victim, signal.SIGKILL)

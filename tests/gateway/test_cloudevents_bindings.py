@@ -35,7 +35,7 @@ from nats.aio.msg import Msg
 from meshgate.brokers.embedded import EmbeddedNats
 from meshgate.config import BrokerKind, KafkaSettings, MeshConfig, RegionConfig, RouteRule
 from meshgate.gateway import Gateway
-from meshgate.replicator import Link, LinkState
+from meshgate.replicator import LinkGroup, LinkState
 from meshgate.testing import Tansu
 from meshgate.v1 import event_pb2, gateway_pb2, gateway_pb2_grpc
 from tests._replication import SECURITY
@@ -45,6 +45,9 @@ from tests.gateway._helpers import read_all
 
 BOUND = 60.0
 TOPIC = "mesh.orders.created"
+# The NATS subject of orders/created: <prefix><origin>.<partition>.<topic> (docs/SUBJECTS.md); a
+# native writer picks the origin and partition tokens (here region nt's partition 0).
+NATS_SUBJECT = "mesh.nt.0.orders.created"
 CONTENT_TYPE = "application/json; charset=utf-8"
 SCHEMA = "https://example.com/schemas/order.json"
 WHEN = datetime(2025, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
@@ -133,7 +136,7 @@ async def _mesh(tansu: Tansu, nats_server: EmbeddedNats, tmp_path: Path) -> Asyn
         await nt.stop(grace=1.0)
 
 
-def _replicating(link: Link) -> bool:
+def _replicating(link: LinkGroup) -> bool:
     return link.state is LinkState.REPLICATING
 
 
@@ -298,7 +301,7 @@ async def test_events_the_sdk_produces_natively_are_read_by_subscribe(
         else:
             http_message = ce_http.to_binary(_sdk_event(), JSONFormat())
             async with await nats.connect(mesh.nats_url) as nc:
-                await nc.jetstream().publish(TOPIC, http_message.body, headers=http_message.headers)
+                await nc.jetstream().publish(NATS_SUBJECT, http_message.body, headers=http_message.headers)
             gw = mesh.nt
         async with grpc.aio.insecure_channel(gw.address) as ch:
             [event] = await read_all(gateway_pb2_grpc.GatewayStub(ch), "orders/>", expect=1, idle=BOUND)

@@ -1,67 +1,162 @@
-"""Several gateway replicas of one region: each link runs in exactly one, and fails over."""
+"""Several gateway replicas of one region: a destination's partitions spread over them, and move.
+
+On NATS a destination has a link per partition of the region's log, each under its own lease;
+the replicas alive share them fairly (ceil(partitions / replicas) each) and take a departed
+replica's share. Each partition has one sender at a time, so key order holds through it all.
+"""
 
 from __future__ import annotations
 
+import collections
 from pathlib import Path
 
 import grpc
+from nats.aio.client import Client
 
 from meshgate.brokers.embedded import EmbeddedNats
-from meshgate.config import RouteRule
+from meshgate.brokers.nats._subjects import partition_of
+from meshgate.config import MeshConfig, RouteRule
 from meshgate.gateway import Gateway
-from meshgate.v1 import admin_pb2, gateway_pb2, gateway_pb2_grpc
+from meshgate.v1 import admin_pb2, event_pb2, gateway_pb2, gateway_pb2_grpc
+from tests._replication import SECURITY
 from tests._wait import eventually
-from tests.gateway._helpers import ev, read_all, two_region_mesh
+from tests.e2e._mesh import free_port
+from tests.gateway._helpers import ev, nats_region, read_all, two_region_mesh
 
 LEASE_TTL = 1.5
+PARTITIONS = 8
+ROUTING = (RouteRule(index=0, topic="orders/*", regions=("here", "there")),)
+KEYS = [f"customer-{k}" for k in range(200)]
 
 
-async def _states(gw: Gateway) -> dict[str, int]:
-    return {s.destination: s.state for s in gw.link_statuses()}
+def _parts(gw: Gateway) -> int:
+    assert gw.replicator is not None
+    return gw.replicator.links["there"].running_parts
 
 
-async def test_links_run_in_one_replica_and_fail_over(nats_server: EmbeddedNats, tmp_path: Path) -> None:
+def _forwarded(gw: Gateway) -> int:
+    assert gw.replicator is not None
+    return gw.replicator.links["there"].counters.forwarded
+
+
+async def _publish_rounds(gw: Gateway, rounds: range) -> None:
+    """Event n of every key, for each n of ``rounds``: a key's events are acked in order."""
+    async with grpc.aio.insecure_channel(gw.address) as ch:
+        stub = gateway_pb2_grpc.GatewayStub(ch)
+        for n in rounds:
+            events = [ev(id=f"{key}-{n}", key=key, data=f"{key}:{n}".encode()) for key in KEYS]
+            resp = await stub.Publish(gateway_pb2.PublishRequest(events=events))
+            assert all(r.outcome == event_pb2.OUTCOME_ACCEPTED for r in resp.results)
+
+
+async def _check_there(there: Gateway, rounds: int, *, extra: int = 0) -> None:
+    """Every event once at the destination (and ``extra`` of its own), each key's in the order published."""
+    async with grpc.aio.insecure_channel(there.address) as ch:
+        got = await read_all(gateway_pb2_grpc.GatewayStub(ch), "orders/>", expect=len(KEYS) * rounds + extra, idle=10)
+    got = [e for e in got if e.origin == "here"]
+    ids = [e.id for e in got]
+    assert len(ids) == len(set(ids)) == len(KEYS) * rounds
+    per_key: dict[str, list[int]] = collections.defaultdict(list)
+    for e in got:
+        per_key[e.key].append(int(e.data.decode().rpartition(":")[2]))
+    assert all(seen == list(range(rounds)) for seen in per_key.values()), "a key's events came out of order"
+
+
+def _mesh(here: EmbeddedNats, there: EmbeddedNats, there_gateway: str) -> MeshConfig:
+    return two_region_mesh(here, there, there_gateway=there_gateway, routing=ROUTING)
+
+
+async def test_partitions_balance_over_two_replicas_and_move_when_one_goes(
+    nats_server: EmbeddedNats, tmp_path: Path
+) -> None:
     async with EmbeddedNats(data_dir=tmp_path / "there-nats") as there_server:
         # "there" first, on a port of its own, so the mesh of "here" can name its gateway.
-        probe = two_region_mesh(nats_server, there_server)
-        there = Gateway(config=probe, region="there", data_dir=tmp_path, replicate=False)
+        there = Gateway(config=_mesh(nats_server, there_server, "127.0.0.1:0"), region="there", replicate=False)
         await there.start()
+        config = _mesh(nats_server, there_server, there.address)
+        replicas = [Gateway(config=config, region="here", data_dir=tmp_path, lease_ttl=LEASE_TTL) for _ in range(2)]
         try:
-            config = two_region_mesh(
-                nats_server,
-                there_server,
-                there_gateway=there.address,
-                routing=(RouteRule(index=0, topic="orders/*", regions=("here", "there")),),
-            )
-            replicas = [Gateway(config=config, region="here", data_dir=tmp_path, lease_ttl=LEASE_TTL) for _ in range(2)]
             for gw in replicas:
                 await gw.start()
-            states = [await _states(gw) for gw in replicas]
-            running = [s["there"] for s in states]
-            assert sorted(running) == sorted([admin_pb2.LINK_STATE_STANDBY, running[0]])
-            owner = next(
-                gw for gw, s in zip(replicas, states, strict=True) if s["there"] != admin_pb2.LINK_STATE_STANDBY
+            # Each replica's fair share: ceil(8 / 2) partitions of the destination.
+            await eventually(
+                lambda: [_parts(gw) for gw in replicas] == [PARTITIONS // 2] * 2,
+                30,
+                interval=0.05,
+                what="the partitions to be split 4/4 between the replicas",
             )
-            other = next(gw for gw in replicas if gw is not owner)
+            states = {s.state for gw in replicas for s in gw.link_statuses()}
+            assert admin_pb2.LINK_STATE_STANDBY not in states
 
-            async with grpc.aio.insecure_channel(other.address) as ch:
-                stub = gateway_pb2_grpc.GatewayStub(ch)
-                await stub.Publish(gateway_pb2.PublishRequest(events=[ev(id=f"a-{i}") for i in range(50)]))
-            # The owner stops (a clean stop hands its lease back): the other replica takes over.
-            await owner.stop()
-            async with grpc.aio.insecure_channel(other.address) as ch:
-                stub = gateway_pb2_grpc.GatewayStub(ch)
-                await stub.Publish(gateway_pb2.PublishRequest(events=[ev(id=f"b-{i}") for i in range(50)]))
+            await _publish_rounds(replicas[0], range(4))
+            await _check_there(there, 4)
+            # The events each replica sent (counted once the destination's ack is back): its
+            # partitions' share, within 20 % of half.
+            await eventually(
+                lambda: sum(_forwarded(gw) for gw in replicas) == len(KEYS) * 4,
+                30,
+                interval=0.05,
+                what="the acks of every event to be counted",
+            )
+            forwarded = [_forwarded(gw) for gw in replicas]
+            half = len(KEYS) * 2
+            assert all(abs(f - half) <= half * 0.2 for f in forwarded), forwarded
+            # The keys spread over every partition (what makes the split above hold).
+            assert len({partition_of(key, PARTITIONS) for key in KEYS}) == PARTITIONS
 
-            async def replicating() -> bool:
-                return (await _states(other))["there"] == admin_pb2.LINK_STATE_REPLICATING
-
-            await eventually(replicating, 20, what="the other replica's link to there REPLICATING")
-            async with grpc.aio.insecure_channel(there.address) as ch:
-                got = await read_all(gateway_pb2_grpc.GatewayStub(ch), "orders/>", expect=100, idle=10)
-            ids = [e.id for e in got]
-            assert sorted(ids) == sorted([f"a-{i}" for i in range(50)] + [f"b-{i}" for i in range(50)])
-            assert len(ids) == len(set(ids))
-            await other.stop()
+            # One replica goes: the other takes all of the destination's partitions.
+            gone, left = replicas
+            await gone.stop()
+            await eventually(
+                lambda: _parts(left) == PARTITIONS, 30, interval=0.05, what="the left replica to run every partition"
+            )
+            await _publish_rounds(left, range(4, 8))
+            await _check_there(there, 8)
         finally:
+            for gw in replicas:
+                await gw.stop()
+            await there.stop()
+
+
+async def test_a_destination_s_links_never_read_the_events_replicated_into_it(
+    nats_server: EmbeddedNats, tmp_path: Path
+) -> None:
+    async with EmbeddedNats(data_dir=tmp_path / "there-nats") as there_server:
+        # Both gateways at known addresses: there's links to here connect and read.
+        here_address, there_address = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+        config = MeshConfig(
+            regions=(nats_region("here", nats_server, here_address), nats_region("there", there_server, there_address)),
+            routing=ROUTING,
+            security=SECURITY,
+        )
+        there = Gateway(config=config, region="there", data_dir=tmp_path)
+        await there.start()
+        here = Gateway(config=config, region="here", data_dir=tmp_path)
+        try:
+            await here.start()
+            # There's own events, routed to here: its links do read and send these.
+            async with grpc.aio.insecure_channel(there.address) as ch:
+                own = [ev(id=f"there-{i}", key=f"k{i}") for i in range(16)]
+                await gateway_pb2_grpc.GatewayStub(ch).Publish(gateway_pb2.PublishRequest(events=own))
+            await _publish_rounds(here, range(2))
+            await _check_there(there, 2, extra=16)
+            # There's own links (to "here") filter on its own origin: the 400 events replicated
+            # into its log were never delivered to them, not even to be skipped.
+            async with grpc.aio.insecure_channel(here.address) as ch:
+                got = await read_all(gateway_pb2_grpc.GatewayStub(ch), "orders/>", expect=len(KEYS) * 2 + 16, idle=10)
+            assert {e.id for e in got} >= {e.id for e in own}
+            nc = Client()
+            await nc.connect(there_server.url)
+            try:
+                jsm = nc.jsm()
+                names = [c.name for c in await jsm.consumers_info("MESHGATE")]
+                links = [n for n in names if n.startswith("mg-link-here")]
+                assert links, names
+                delivered = [(await jsm.consumer_info("MESHGATE", n)).delivered.consumer_seq for n in links]
+            finally:
+                await nc.close()
+            # Delivered: there's own 16 events only (they reached here).
+            assert sum(delivered) == 16, delivered
+        finally:
+            await here.stop()
             await there.stop()

@@ -534,7 +534,9 @@ def as_stored(events: list[event_pb2.Event]) -> list[event_pb2.Event]:
 
 async def local_traffic(gw: Gateway, n: int) -> str:
     """Stores ``n`` events of this region's own (no origin stream of `there`); the log's position after them."""
-    local = [ev("orders/created", b"{}", id=f"local-{i}-{await gw.broker.log_position()}") for i in range(n)]
+    local = [
+        ev("orders/created", b"{}", id=f"local-{i}-{await gw.broker.log_position()}", origin="here") for i in range(n)
+    ]
     assert all(not isinstance(r, Exception) for r in await gw.broker.append(local))
     return await gw.broker.log_position()
 

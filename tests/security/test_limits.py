@@ -364,7 +364,11 @@ async def test_a_link_splits_batches_to_fit_the_destinations_max_message_bytes(
                 for start in range(0, 60, 4):
                     await stub.Publish(
                         gateway_pb2.PublishRequest(
-                            events=[ev(data=b"z" * 12_000, id=f"split-{i:03d}") for i in range(start, start + 4)]
+                            events=[
+                                # One key: one partition of here's log, so one link sends them in order.
+                                ev(data=b"z" * 12_000, id=f"split-{i:03d}", key="one")
+                                for i in range(start, start + 4)
+                            ]
                         )
                     )
             there = Gateway(config=mesh(), region="there", data_dir=tmp_path / "there", replicate=False)
