@@ -264,7 +264,11 @@ class Replicator:
         members, unknown = await self._members()
         for group in list(self.links.values()):
             links = list(group.parts.values())
-            held = [link for link in links if await self._renew(link)]
+            # All at once: with the broker away each renewal waits out a request timeout, and
+            # one after another they would keep a destination's partitions running (and the
+            # next round waiting) for partitions x that timeout.
+            renewed = await asyncio.gather(*(self._renew(link) for link in links))
+            held = [link for link, ok in zip(links, renewed, strict=True) if ok]
             # This replica's fair share of the destination's partitions; while the replicas alive
             # cannot be read, leases held are renewed and none is taken or handed over.
             share = math.ceil(len(links) / members) if members else len(held)
