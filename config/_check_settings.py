@@ -12,6 +12,7 @@ from meshgate.config._yaml import Path
 EVENT_FRAMING_BYTES = 16 * 1024
 # Renewals come every third of the lease TTL: below this, one slow broker round trip loses a link.
 _MIN_LEASE_TTL_SECONDS = 1.0
+_MIN_ACK_TIMEOUT_SECONDS = 1.0
 _MIN_METADATA_BYTES = 4 * 1024
 
 
@@ -44,6 +45,14 @@ def check_settings(ctx: CheckContext, settings: dict[str, object]) -> float | No
             (*base, "lease_ttl"),
             f"lease_ttl {format_duration(lease_ttl)} is below {format_duration(_MIN_LEASE_TTL_SECONDS)}; a lease"
             " renewed every third of it would lapse on any pause of the gateway or its broker",
+        )
+    ack_timeout = _duration(settings.get("replication_ack_timeout", "30s"))
+    if ack_timeout is not None and ack_timeout < _MIN_ACK_TIMEOUT_SECONDS:
+        ctx.add(
+            (*base, "replication_ack_timeout"),
+            f"replication_ack_timeout {format_duration(ack_timeout)} is below"
+            f" {format_duration(_MIN_ACK_TIMEOUT_SECONDS)}; a destination writing a full batch into a busy broker"
+            " would be dropped and sent the same batch again and again",
         )
     limits = settings.get("limits")
     if isinstance(limits, dict):

@@ -93,6 +93,12 @@ def check_compatible(old: MeshConfig, new: MeshConfig, region: str) -> str | Non
             f"settings.lease_ttl {format_duration(old.settings.lease_ttl_seconds)}"
             f" -> {format_duration(new.settings.lease_ttl_seconds)}"
         )
+    # Each link's call waits by the timeout its options had when it started.
+    if old.settings.replication_ack_timeout_seconds != new.settings.replication_ack_timeout_seconds:
+        changes.append(
+            f"settings.replication_ack_timeout {format_duration(old.settings.replication_ack_timeout_seconds)}"
+            f" -> {format_duration(new.settings.replication_ack_timeout_seconds)}"
+        )
     security = _security_changes(old, new)
     if security:
         return "restart needed: " + "; ".join(security + changes)

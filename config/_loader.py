@@ -293,6 +293,9 @@ def _build(data: dict[str, Any], doc: Document, *, source: str, sha256: str) -> 
             raw_settings.get("shutdown_grace", default_settings.shutdown_grace_seconds)
         ),
         lease_ttl_seconds=parse_duration(raw_settings.get("lease_ttl", default_settings.lease_ttl_seconds)),
+        replication_ack_timeout_seconds=parse_duration(
+            raw_settings.get("replication_ack_timeout", default_settings.replication_ack_timeout_seconds)
+        ),
         limits=limits,
     )
     return MeshConfig(

@@ -170,6 +170,10 @@ class Settings:
     # A replica that stops renewing a link's lease loses it within this long, and another
     # replica of the region takes the link over; renewals come every third of it.
     lease_ttl_seconds: float = 10.0
+    # A link that sent a batch and has no answer within this long drops the call, resets to its
+    # oldest unacked event and backs off: how soon a destination that hangs (a frozen broker, a
+    # stalled gateway) shows as backing_off with growing lag.
+    replication_ack_timeout_seconds: float = 30.0
     limits: Limits = field(default_factory=Limits)
 
 

@@ -71,6 +71,8 @@ event_mesh:
       regions: ["eu-central"]
   settings:
     shutdown_grace: 5s
+    # A region whose broker is frozen answers no batch: its links back off after this long.
+    replication_ack_timeout: 5s
 """
 
 
