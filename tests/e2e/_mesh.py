@@ -79,6 +79,19 @@ def _is_nats_server_of(pid: int, data_dir: Path) -> bool:
     return b"nats-server" in cmdline and str(data_dir.resolve()).encode() in cmdline
 
 
+def _is_other_process(pid: int, data_dir: Path) -> bool:
+    """A live pid that is not (or no longer) this data dir's nats-server: the pid was reused.
+
+    An exiting process reads an empty cmdline before it turns zombie: that is still the
+    server on its way out, not another process.
+    """
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return cmdline != b"" and not _is_nats_server_of(pid, data_dir)
+
+
 @dataclass
 class Region:
     """One gateway process of a region (a region with replicas has one ``Region`` per replica)."""
@@ -311,7 +324,7 @@ class MeshCluster:
     async def _reap_broker(self, region: Region, pid: int, *, grace: float) -> None:
         """Waits for a broker pid to go; SIGKILLs it after ``grace`` (never a reused pid)."""
         deadline = time.monotonic() + grace
-        while _pid_alive(pid) and _is_nats_server_of(pid, region.data_dir):
+        while _pid_alive(pid) and not _is_other_process(pid, region.data_dir):
             if time.monotonic() >= deadline:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
