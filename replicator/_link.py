@@ -223,6 +223,9 @@ class Link:
         # Set while nothing is in flight: stop() waits for it within its timeout.
         self._idle = asyncio.Event()
         self._idle.set()
+        # Its opposite: set while a batch is in flight, so that an answer awaited while idle
+        # gets the ack timeout from the moment a batch is sent.
+        self._busy = asyncio.Event()
         # Set when the TLS files changed: no new batch goes out on this connection.
         self._rotating = False
         # When the current session started replicating (monotonic).
@@ -386,6 +389,7 @@ class Link:
                     tracing.abandon(sent.spans, "not acked by the destination; sent again")
         self._inflight.clear()
         self._idle.set()
+        self._busy.clear()
         self._last_seq = {}
         consumer = self._consumer
         if consumer is None:
@@ -545,6 +549,7 @@ class Link:
                 )
                 self._inflight.append(_Sent(batch_id, part, spans))
                 self._idle.clear()
+                self._busy.set()
                 await call.write(
                     replication_pb2.ReplicateRequest(
                         source_region=source,
@@ -604,6 +609,31 @@ class Link:
             )
         return [(_raw_event(sent.raw, r.index), r.message) for r in refused]
 
+    async def _read_from_idle(
+        self,
+        call: grpc.aio.StreamStreamCall[replication_pb2.ReplicateRequest, replication_pb2.ReplicateResponse],
+        timeout: float,
+    ) -> object:
+        """The next answer, awaited with nothing in flight: no limit until a batch is sent, then ``timeout``.
+
+        A read started while idle would otherwise wait for the first batch's answer with no
+        limit at all, and a destination that hangs after a quiet spell (a frozen broker, a
+        stalled gateway) would never be noticed.
+        """
+        read = asyncio.ensure_future(call.read())
+        busy = asyncio.ensure_future(self._busy.wait())
+        try:
+            await asyncio.wait({read, busy}, return_when=asyncio.FIRST_COMPLETED)
+            if not read.done():
+                done, _ = await asyncio.wait({read}, timeout=timeout)
+                if not done:
+                    raise _LinkError(f"region {self.destination} did not answer a batch within {timeout:g} s")
+            return read.result()
+        finally:
+            busy.cancel()
+            if not read.done():
+                read.cancel()
+
     async def _ack_loop(
         self,
         consumer: DurableConsumer,
@@ -615,7 +645,7 @@ class Link:
             if self._inflight:
                 resp = await asyncio.wait_for(call.read(), opts.ack_timeout_seconds)
             else:
-                resp = await call.read()
+                resp = await self._read_from_idle(call, opts.ack_timeout_seconds)
             if not isinstance(resp, replication_pb2.ReplicateResponse):  # grpc.aio.EOF
                 raise _LinkError(f"region {self.destination} ended the replication call")
             if not self._inflight:
@@ -634,6 +664,7 @@ class Link:
                 )
             if not self._inflight:
                 self._idle.set()
+                self._busy.clear()
             self.counters.forwarded += len(sent) - len(refused)
             self.counters.dead_lettered += len(refused)
             if self.counters.last_error:

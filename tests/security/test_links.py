@@ -106,3 +106,53 @@ async def test_a_destination_with_its_region_certificate_receives_the_events(
         assert sink.callers and all(c == (HERE,) for c in sink.callers)
     finally:
         await server.stop(0)
+
+
+class HangsAfterFirst(Sink):
+    """Acks the first batch it gets, then takes every later one and never answers (a destination that hangs)."""
+
+    async def Replicate(
+        self,
+        request_iterator: AsyncIterator[replication_pb2.ReplicateRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[replication_pb2.ReplicateResponse]:
+        self.calls += 1
+        async for req in request_iterator:
+            first = not self.ids
+            self.ids.extend(req.raw.ids)
+            if first:
+                yield replication_pb2.ReplicateResponse(batch_id=req.batch_id, accepted=len(req.raw.ids))
+
+
+async def test_a_destination_that_hangs_after_a_quiet_spell_is_noticed_within_the_ack_timeout(
+    make_tls_gateway: TlsGatewayFactory, pki: Pki
+) -> None:
+    # The link's answer was awaited with no limit when nothing was in flight, so a batch sent
+    # after a quiet spell waited forever on a destination that took it and never answered.
+    server = grpc.aio.server()
+    sink = HangsAfterFirst()
+    replication_pb2_grpc.add_ReplicationServicer_to_server(sink, server)
+    creds = grpc.ssl_server_credentials(
+        [(pki.key(THERE).read_bytes(), pki.cert(THERE).read_bytes())],
+        root_certificates=pki.ca_path.read_bytes(),
+        require_client_auth=True,
+    )
+    port = server.add_secure_port("127.0.0.1:0", creds)
+    await server.start()
+    try:
+        options = LinkOptions(connect_timeout_seconds=1.0, backoff_max_seconds=0.5, ack_timeout_seconds=1.0)
+        gw = await make_tls_gateway(gateways={THERE: f"127.0.0.1:{port}"}, link_options=options)
+        await publish_one(gw, pki)
+        await eventually(lambda: link_to_there(gw).forwarded == 1, 20, what="the first event acked by `there`")
+        async with pki.channel(gw.address, "client") as ch:
+            await gateway_pb2_grpc.GatewayStub(ch).Publish(
+                gateway_pb2.PublishRequest(events=[ev("orders/created", id="e-2")])
+            )
+        await eventually(lambda: "e-2" in sink.ids, 20, what="the second event taken by `there`")
+        error = await eventually(
+            lambda: link_to_there(gw).last_error, 15, what="the link to report the unanswered batch"
+        )
+        assert "did not answer a batch within 1 s" in error, error
+        assert link_to_there(gw).forwarded == 1
+    finally:
+        await server.stop(0)
