@@ -26,11 +26,12 @@ _XDIST_WORKERS_ENV = "PYTEST_XDIST_AUTO_NUM_WORKERS"
 
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
-    """``-n auto`` (pyproject's addopts): one worker more than the CPUs this process may use.
+    """``-n auto`` (pyproject's addopts): two workers more than the CPUs this process may use.
 
-    Most tests wait on brokers and child processes rather than compute, so a worker more than
-    the cores keeps them busy; on the 2-core development machine 3 workers ran the suite in
-    about 3m20s (9m50s serially), 4 no faster. ``-n 0`` runs in this process (one file, pdb).
+    Most tests wait on brokers and child processes rather than compute (the whole suite keeps
+    the 2-core development machine's cores about 40 % busy), so workers beyond the cores keep
+    them busy: there, with the browser and replica tests of issue 17-19, 3 workers ran the
+    suite in 3m52s and 4 in 3m00s. ``-n 0`` runs in this process (one file, pdb).
     """
     if os.environ.get(_XDIST_WORKERS_ENV):
         return None  # pytest-xdist's own reading of it
@@ -38,7 +39,7 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cpus = os.cpu_count() or 1
-    return cpus + 1
+    return cpus + 2
 
 
 # Files whose tests keep a CPU busy for seconds (huge mesh files, Hypothesis): they share one
