@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 from meshgate.brokers import Broker
-from meshgate.replicator._link import Link, LinkCounters, LinkOptions, LinkState
+from meshgate.replicator._link import Link, LinkCounters, LinkOptions, LinkState, lag_seconds_of, status_of
 from meshgate.v1 import admin_pb2
 
 __all__ = ["LinkGroup"]
@@ -98,23 +97,10 @@ class LinkGroup:
 
     @property
     def lag_seconds(self) -> float:
-        oldest = self.counters.oldest_unacked
-        return max(0.0, time.time() - oldest) if oldest is not None else 0.0
+        return lag_seconds_of(self.counters)
 
     def status(self) -> admin_pb2.LinkStatus:
-        c = self.counters
-        status = admin_pb2.LinkStatus(
-            destination=self.destination,
-            state=self.state.value,
-            lag_events=c.lag_events,
-            lag_seconds=self.lag_seconds,
-            last_error=c.last_error,
-            forwarded=c.forwarded,
-            dead_lettered=c.dead_lettered,
-        )
-        if c.last_error_time is not None:
-            status.last_error_time.FromNanoseconds(int(c.last_error_time * 1e9))
-        return status
+        return status_of(self.destination, self.state, self.counters)
 
     # --- control ---------------------------------------------------------------------------
 

@@ -178,6 +178,28 @@ class LinkCounters:
     last_error_time: float | None = None
 
 
+def lag_seconds_of(counters: LinkCounters) -> float:
+    """The age of the oldest event not yet acked by the destination (0 when none waits)."""
+    oldest = counters.oldest_unacked
+    return max(0.0, time.time() - oldest) if oldest is not None else 0.0
+
+
+def status_of(destination: str, state: LinkState, counters: LinkCounters) -> admin_pb2.LinkStatus:
+    """What Admin.Status says of a link (or of a destination's partition links, summed)."""
+    status = admin_pb2.LinkStatus(
+        destination=destination,
+        state=state.value,
+        lag_events=counters.lag_events,
+        lag_seconds=lag_seconds_of(counters),
+        last_error=counters.last_error,
+        forwarded=counters.forwarded,
+        dead_lettered=counters.dead_lettered,
+    )
+    if counters.last_error_time is not None:
+        status.last_error_time.FromNanoseconds(int(counters.last_error_time * 1e9))
+    return status
+
+
 class Link:
     """Reads this region's log through a durable consumer and forwards to one destination.
 
@@ -277,23 +299,10 @@ class Link:
 
     @property
     def lag_seconds(self) -> float:
-        oldest = self.counters.oldest_unacked
-        return max(0.0, time.time() - oldest) if oldest is not None else 0.0
+        return lag_seconds_of(self.counters)
 
     def status(self) -> admin_pb2.LinkStatus:
-        c = self.counters
-        status = admin_pb2.LinkStatus(
-            destination=self.destination,
-            state=self.state.value,
-            lag_events=c.lag_events,
-            lag_seconds=self.lag_seconds,
-            last_error=c.last_error,
-            forwarded=c.forwarded,
-            dead_lettered=c.dead_lettered,
-        )
-        if c.last_error_time is not None:
-            status.last_error_time.FromNanoseconds(int(c.last_error_time * 1e9))
-        return status
+        return status_of(self.destination, self.state, self.counters)
 
     def record_error(self, message: str) -> None:
         """Sets ``last_error`` (shown by Status until the link replicates again)."""
