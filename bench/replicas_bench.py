@@ -2,14 +2,18 @@
 
 Region ``a`` is two ``meshgate serve`` processes (``kind: nats``) on one nats-server (an
 ``EmbeddedNats`` of the bench), region ``b`` one gateway (``kind: embedded``); ``bench/*`` is
-routed to both. Events are published into a through both replicas in turn for ``--seconds``,
+routed to both. Once the replicas have split b's partitions (where Status reports them; up
+to 30 s), events are published into a through both replicas in turn for ``--seconds``,
 then, once a's links report no lag, each replica's ``Status`` says what its link to b
 forwarded during the run (the ``forwarded`` counter's growth) and, where the build reports
-them, the partitions it holds (a ``partitions`` field of ``LinkStatus``, if the proto has one).
+them, how many partitions it holds (``LinkStatus.partitions``, the partitions the answering
+process sends), at the end and when publishing began.
 
 * ``events_share``: each replica's part of the events forwarded to b;
 * ``imbalance``: the largest share over the mean, less 1 (0 = even; the target is <= 0.2);
-* ``partitions``: per replica, or None when this build does not report them.
+* ``partitions``: per replica, or None when this build does not report them;
+  ``partitions_at_start`` the same when publishing began, ``settle_seconds`` how long the
+  split took once the gateways were up (None: not reported, or not settled within 30 s).
 
 Where replication of one destination is leased to one replica as a whole, one carries all of
 it: ``imbalance`` 1.0, and the summary says so.
@@ -75,6 +79,24 @@ async def _link(address: str, destination: str) -> dict[str, Any]:
     return {"forwarded": 0, "lag_events": 0, "partitions": None}
 
 
+async def _settled(addresses: list[str], *, timeout: float) -> float | None:
+    """Seconds until every replica holds some of b's partitions and together all of them (the
+    most seen at once): the lease balancing's start-up. None when the build reports no partitions
+    or it did not settle within ``timeout`` (then publishing starts anyway)."""
+    started = time.perf_counter()
+    most = 0
+    while time.perf_counter() - started < timeout:
+        held = [(await _link(address, "b"))["partitions"] for address in addresses]
+        if any(p is None for p in held):
+            return None
+        counts = [int(p) for p in held if p is not None]
+        most = max(most, sum(counts))
+        if most and all(counts) and sum(counts) == most:
+            return round(time.perf_counter() - started, 1)
+        await asyncio.sleep(0.2)
+    return None
+
+
 def shares(counts: list[int]) -> tuple[list[float] | None, float | None]:
     """Each count's share of the total, and the largest share over the mean less 1 (None without any)."""
     total = sum(counts)
@@ -84,7 +106,7 @@ def shares(counts: list[int]) -> tuple[list[float] | None, float | None]:
     return [round(p, 3) for p in parts], round(max(parts) * len(parts) - 1.0, 3)
 
 
-async def main(seconds: float, *, drain: float = 60.0) -> dict[str, object]:
+async def main(seconds: float, *, drain: float = 60.0, settle_timeout: float = 30.0) -> dict[str, object]:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="meshgate-replicas-") as d:
         tmp = Path(d)
@@ -96,6 +118,8 @@ async def main(seconds: float, *, drain: float = 60.0) -> dict[str, object]:
             try:
                 addresses = list(await asyncio.gather(*(r.start(timeout=60) for r in replicas)))
                 await b.start(timeout=60)
+                # Publishing before the split settles measures the start-up, not the balance.
+                settle = await _settled(addresses, timeout=settle_timeout)
                 before = [await _link(address, "b") for address in addresses]
                 published = 0
                 per = seconds / REPLICAS
@@ -126,8 +150,11 @@ async def main(seconds: float, *, drain: float = 60.0) -> dict[str, object]:
         "events_share": events_share,
         "events_imbalance": imbalance,
         "partitions": partitions if reported else None,
+        # When publishing began: a split not yet settled then skews the events' shares.
+        "partitions_at_start": [x["partitions"] for x in before] if reported else None,
         "partitions_share": part_share,
         "partitions_imbalance": part_imbalance,
+        "settle_seconds": settle,
         "complete": sum(forwarded) >= published,
         "total_seconds": round(time.perf_counter() - started, 1),
     }
@@ -136,7 +163,11 @@ async def main(seconds: float, *, drain: float = 60.0) -> dict[str, object]:
     print(f"two replicas of a: published {published:,}, forwarded to b by each {forwarded} (shares {events_share})")
     print(
         f"  imbalance of events {imbalance} (target <= 0.2); partitions "
-        + (f"{partitions} (imbalance {part_imbalance})" if reported else "not reported by this build")
+        + (
+            f"{partitions} (imbalance {part_imbalance}; {[x['partitions'] for x in before]} when publishing began)"
+            if reported
+            else "not reported by this build"
+        )
     )
     return out
 

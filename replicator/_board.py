@@ -139,6 +139,8 @@ def _merge_one(destination: str, region: str, entries: Sequence[admin_pb2.LinkSt
         # Kafka group's assigned ones): the destination waits for all of them.
         out.lag_events = sum(s.lag_events for s in runners)
         out.lag_seconds = max(s.lag_seconds for s in runners)
+        # A partition has one sender at a time; a lease passing between two posts may show it twice.
+        out.partitions.extend(sorted({p for s in runners for p in s.partitions}))
         failed = [s for s in runners if s.last_error]
         if failed:
             latest = max(failed, key=lambda s: s.last_error_time.ToNanoseconds())

@@ -100,7 +100,10 @@ class LinkGroup:
         return lag_seconds_of(self.counters)
 
     def status(self) -> admin_pb2.LinkStatus:
-        return status_of(self.destination, self.state, self.counters)
+        status = status_of(self.destination, self.state, self.counters)
+        # Which share of the destination this process carries (none for a whole-log link: Kafka).
+        status.partitions.extend(sorted(p for p, link in self.parts.items() if p is not None and link.running))
+        return status
 
     # --- control ---------------------------------------------------------------------------
 

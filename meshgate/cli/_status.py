@@ -1,4 +1,5 @@
-"""``meshgate status -g HOST:PORT [--json]``: the region's broker, and per link: destination, state, lag, last error."""
+"""``meshgate status -g HOST:PORT [--json]``: the region's broker, and per link: destination, state, lag,
+partitions run here, last error."""
 
 from __future__ import annotations
 
@@ -59,6 +60,7 @@ async def _status(args: argparse.Namespace) -> int:
                             "last_error": link.last_error,
                             "forwarded": link.forwarded,
                             "dead_lettered": link.dead_lettered,
+                            "partitions": list(link.partitions),
                         }
                         for link in resp.links
                     ],
@@ -74,9 +76,10 @@ async def _status(args: argparse.Namespace) -> int:
         print("no replication links")
     for link in resp.links:
         err = f"  last error: {link.last_error}" if link.last_error else ""
+        parts = f"  partitions {','.join(map(str, link.partitions))}" if link.partitions else ""
         print(
             f"-> {link.destination:<16} {_state(link):<12} lag {link.lag_events} events "
-            f"{link.lag_seconds:.1f}s  forwarded {link.forwarded}  dead-lettered {link.dead_lettered}{err}"
+            f"{link.lag_seconds:.1f}s  forwarded {link.forwarded}  dead-lettered {link.dead_lettered}{parts}{err}"
         )
     return 0
 

@@ -7,7 +7,10 @@ replica's share. Each partition has one sender at a time, so key order holds thr
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import json
+import sys
 from pathlib import Path
 
 import grpc
@@ -17,7 +20,7 @@ from meshgate.brokers.embedded import EmbeddedNats
 from meshgate.brokers.nats._subjects import partition_of
 from meshgate.config import MeshConfig, RouteRule
 from meshgate.gateway import Gateway
-from meshgate.v1 import admin_pb2, event_pb2, gateway_pb2, gateway_pb2_grpc
+from meshgate.v1 import admin_pb2, admin_pb2_grpc, event_pb2, gateway_pb2, gateway_pb2_grpc
 from tests._replication import SECURITY
 from tests._wait import eventually
 from tests.e2e._mesh import free_port
@@ -112,6 +115,52 @@ async def test_partitions_balance_over_two_replicas_and_move_when_one_goes(
             )
             await _publish_rounds(left, range(4, 8))
             await _check_there(there, 8)
+        finally:
+            for gw in replicas:
+                await gw.stop()
+            await there.stop()
+
+
+async def _cli_partitions(address: str) -> list[int]:
+    """The partitions ``meshgate status --json`` shows for the link to "there" of the gateway at ``address``."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "meshgate", "status", "-g", address, "--json", stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, out
+    (link,) = [x for x in json.loads(out)["links"] if x["destination"] == "there"]
+    return list(link["partitions"])
+
+
+async def test_each_replica_s_status_lists_the_partitions_it_runs(nats_server: EmbeddedNats, tmp_path: Path) -> None:
+    async with EmbeddedNats(data_dir=tmp_path / "there-nats") as there_server:
+        there = Gateway(config=_mesh(nats_server, there_server, "127.0.0.1:0"), region="there", replicate=False)
+        await there.start()
+        config = _mesh(nats_server, there_server, there.address)
+        replicas = [Gateway(config=config, region="here", data_dir=tmp_path, lease_ttl=LEASE_TTL) for _ in range(2)]
+        try:
+            for gw in replicas:
+                await gw.start()
+            await eventually(
+                lambda: [_parts(gw) for gw in replicas] == [PARTITIONS // 2] * 2,
+                30,
+                interval=0.05,
+                what="the partitions to be split 4/4 between the replicas",
+            )
+            shown: list[list[int]] = []
+            for gw in replicas:
+                async with grpc.aio.insecure_channel(gw.address) as ch:
+                    resp = await admin_pb2_grpc.AdminStub(ch).Status(admin_pb2.StatusRequest(), timeout=10)
+                (link,) = [s for s in resp.links if s.destination == "there"]
+                shown.append(list(link.partitions))
+            # Each its own four, ascending; together every partition once.
+            assert [len(p) for p in shown] == [PARTITIONS // 2] * 2, shown
+            assert all(p == sorted(p) for p in shown), shown
+            assert sorted(shown[0] + shown[1]) == list(range(PARTITIONS)), shown
+            # What `meshgate status --json` prints is the same.
+            assert [await _cli_partitions(gw.address) for gw in replicas] == shown
+            # A gateway that runs no link shows none.
+            assert all(not s.partitions for s in there.link_statuses())
         finally:
             for gw in replicas:
                 await gw.stop()

@@ -92,3 +92,18 @@ def test_a_note_round_trips_and_garbage_is_refused() -> None:
             assert "not a link board note" in str(exc)
         else:
             raise AssertionError(f"{junk!r} decoded")
+
+
+def test_partitions_are_the_union_of_the_runners_and_survive_a_note_s_round_trip() -> None:
+    first, second, idle = link("b", REPLICATING), link("b", BACKING_OFF), link("b", STANDBY)
+    first.partitions.extend([0, 2, 4])
+    # A lease passing between two posts: partition 4 shown by both.
+    second.partitions.extend([1, 4, 3])
+    idle.partitions.extend([7])  # not running: its partitions are none of the destination's senders
+    notes = [BoardNote.decode(note(o, s).encode()) for o, s in (("a/1", first), ("a/2", second), ("a/3", idle))]
+    assert [list(n.links[0].partitions) for n in notes] == [[0, 2, 4], [1, 4, 3], [7]]
+    (b,) = merge_links("a", ["b"], notes)
+    assert list(b.partitions) == [0, 1, 2, 3, 4]
+    # Nobody running: none.
+    (c,) = merge_links("a", ["b"], notes[2:])
+    assert list(c.partitions) == []

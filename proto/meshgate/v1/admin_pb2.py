@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17meshgate/v1/admin.proto\x12\x0bmeshgate.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"4\n\x0e\x45xplainRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x13\n\x0b\x66rom_region\x18\x02 \x01(\t\"L\n\x0bMatchedRule\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0f\n\x07pattern\x18\x02 \x01(\t\x12\x0f\n\x07regions\x18\x03 \x03(\t\x12\x0c\n\x04line\x18\x04 \x01(\r\"o\n\x0f\x45xplainResponse\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x0e\n\x06origin\x18\x02 \x01(\t\x12\x14\n\x0c\x64\x65stinations\x18\x03 \x03(\t\x12\'\n\x05rules\x18\x04 \x03(\x0b\x32\x18.meshgate.v1.MatchedRule\"\x0f\n\rStatusRequest\"\xe4\x01\n\nLinkStatus\x12\x13\n\x0b\x64\x65stination\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.meshgate.v1.LinkState\x12\x12\n\nlag_events\x18\x03 \x01(\x04\x12\x13\n\x0blag_seconds\x18\x04 \x01(\x01\x12\x12\n\nlast_error\x18\x05 \x01(\t\x12\x33\n\x0flast_error_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tforwarded\x18\x07 \x01(\x04\x12\x15\n\rdead_lettered\x18\x08 \x01(\x04\"\xe6\x01\n\x0eStatusResponse\x12\x0e\n\x06region\x18\x01 \x01(\t\x12&\n\x05links\x18\x02 \x03(\x0b\x32\x17.meshgate.v1.LinkStatus\x12\x15\n\rconfig_sha256\x18\x03 \x01(\t\x12\x36\n\x12\x63onfig_loaded_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0finflight_events\x18\x05 \x01(\x04\x12\x18\n\x10\x62roker_addresses\x18\x06 \x03(\t\x12\x1a\n\x12\x62roker_monitor_url\x18\x07 \x01(\t\"\x0f\n\rReloadRequest\"H\n\x0eReloadResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x08\x12\x0e\n\x06\x65rrors\x18\x02 \x03(\t\x12\x15\n\rconfig_sha256\x18\x03 \x01(\t\"[\n\rLocateRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12)\n\x05since\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x61ll_regions\x18\x03 \x01(\x08\"\xa9\x01\n\x08Location\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\r\n\x05\x66ound\x18\x02 \x01(\x08\x12\x10\n\x08sequence\x18\x03 \x01(\x04\x12/\n\x0bstored_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06origin\x18\x05 \x01(\t\x12\r\n\x05topic\x18\x06 \x01(\t\x12\r\n\x05route\x18\x07 \x03(\t\x12\r\n\x05\x65rror\x18\x08 \x01(\t\":\n\x0eLocateResponse\x12(\n\tlocations\x18\x01 \x03(\x0b\x32\x15.meshgate.v1.Location*\xa9\x01\n\tLinkState\x12\x1a\n\x16LINK_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15LINK_STATE_CONNECTING\x10\x01\x12\x1a\n\x16LINK_STATE_REPLICATING\x10\x02\x12\x1a\n\x16LINK_STATE_BACKING_OFF\x10\x03\x12\x15\n\x11LINK_STATE_PAUSED\x10\x04\x12\x16\n\x12LINK_STATE_STANDBY\x10\x05\x32\x96\x02\n\x05\x41\x64min\x12\x44\n\x07\x45xplain\x12\x1b.meshgate.v1.ExplainRequest\x1a\x1c.meshgate.v1.ExplainResponse\x12\x41\n\x06Status\x12\x1a.meshgate.v1.StatusRequest\x1a\x1b.meshgate.v1.StatusResponse\x12\x41\n\x06Reload\x12\x1a.meshgate.v1.ReloadRequest\x1a\x1b.meshgate.v1.ReloadResponse\x12\x41\n\x06Locate\x12\x1a.meshgate.v1.LocateRequest\x1a\x1b.meshgate.v1.LocateResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17meshgate/v1/admin.proto\x12\x0bmeshgate.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"4\n\x0e\x45xplainRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x13\n\x0b\x66rom_region\x18\x02 \x01(\t\"L\n\x0bMatchedRule\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0f\n\x07pattern\x18\x02 \x01(\t\x12\x0f\n\x07regions\x18\x03 \x03(\t\x12\x0c\n\x04line\x18\x04 \x01(\r\"o\n\x0f\x45xplainResponse\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x0e\n\x06origin\x18\x02 \x01(\t\x12\x14\n\x0c\x64\x65stinations\x18\x03 \x03(\t\x12\'\n\x05rules\x18\x04 \x03(\x0b\x32\x18.meshgate.v1.MatchedRule\"\x0f\n\rStatusRequest\"\xf8\x01\n\nLinkStatus\x12\x13\n\x0b\x64\x65stination\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.meshgate.v1.LinkState\x12\x12\n\nlag_events\x18\x03 \x01(\x04\x12\x13\n\x0blag_seconds\x18\x04 \x01(\x01\x12\x12\n\nlast_error\x18\x05 \x01(\t\x12\x33\n\x0flast_error_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tforwarded\x18\x07 \x01(\x04\x12\x15\n\rdead_lettered\x18\x08 \x01(\x04\x12\x12\n\npartitions\x18\t \x03(\r\"\xe6\x01\n\x0eStatusResponse\x12\x0e\n\x06region\x18\x01 \x01(\t\x12&\n\x05links\x18\x02 \x03(\x0b\x32\x17.meshgate.v1.LinkStatus\x12\x15\n\rconfig_sha256\x18\x03 \x01(\t\x12\x36\n\x12\x63onfig_loaded_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0finflight_events\x18\x05 \x01(\x04\x12\x18\n\x10\x62roker_addresses\x18\x06 \x03(\t\x12\x1a\n\x12\x62roker_monitor_url\x18\x07 \x01(\t\"\x0f\n\rReloadRequest\"H\n\x0eReloadResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x08\x12\x0e\n\x06\x65rrors\x18\x02 \x03(\t\x12\x15\n\rconfig_sha256\x18\x03 \x01(\t\"[\n\rLocateRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12)\n\x05since\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x61ll_regions\x18\x03 \x01(\x08\"\xa9\x01\n\x08Location\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\r\n\x05\x66ound\x18\x02 \x01(\x08\x12\x10\n\x08sequence\x18\x03 \x01(\x04\x12/\n\x0bstored_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06origin\x18\x05 \x01(\t\x12\r\n\x05topic\x18\x06 \x01(\t\x12\r\n\x05route\x18\x07 \x03(\t\x12\r\n\x05\x65rror\x18\x08 \x01(\t\":\n\x0eLocateResponse\x12(\n\tlocations\x18\x01 \x03(\x0b\x32\x15.meshgate.v1.Location*\xa9\x01\n\tLinkState\x12\x1a\n\x16LINK_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15LINK_STATE_CONNECTING\x10\x01\x12\x1a\n\x16LINK_STATE_REPLICATING\x10\x02\x12\x1a\n\x16LINK_STATE_BACKING_OFF\x10\x03\x12\x15\n\x11LINK_STATE_PAUSED\x10\x04\x12\x16\n\x12LINK_STATE_STANDBY\x10\x05\x32\x96\x02\n\x05\x41\x64min\x12\x44\n\x07\x45xplain\x12\x1b.meshgate.v1.ExplainRequest\x1a\x1c.meshgate.v1.ExplainResponse\x12\x41\n\x06Status\x12\x1a.meshgate.v1.StatusRequest\x1a\x1b.meshgate.v1.StatusResponse\x12\x41\n\x06Reload\x12\x1a.meshgate.v1.ReloadRequest\x1a\x1b.meshgate.v1.ReloadResponse\x12\x41\n\x06Locate\x12\x1a.meshgate.v1.LocateRequest\x1a\x1b.meshgate.v1.LocateResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'meshgate.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LINKSTATE']._serialized_start=1216
-  _globals['_LINKSTATE']._serialized_end=1385
+  _globals['_LINKSTATE']._serialized_start=1236
+  _globals['_LINKSTATE']._serialized_end=1405
   _globals['_EXPLAINREQUEST']._serialized_start=73
   _globals['_EXPLAINREQUEST']._serialized_end=125
   _globals['_MATCHEDRULE']._serialized_start=127
@@ -43,19 +43,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STATUSREQUEST']._serialized_start=318
   _globals['_STATUSREQUEST']._serialized_end=333
   _globals['_LINKSTATUS']._serialized_start=336
-  _globals['_LINKSTATUS']._serialized_end=564
-  _globals['_STATUSRESPONSE']._serialized_start=567
-  _globals['_STATUSRESPONSE']._serialized_end=797
-  _globals['_RELOADREQUEST']._serialized_start=799
-  _globals['_RELOADREQUEST']._serialized_end=814
-  _globals['_RELOADRESPONSE']._serialized_start=816
-  _globals['_RELOADRESPONSE']._serialized_end=888
-  _globals['_LOCATEREQUEST']._serialized_start=890
-  _globals['_LOCATEREQUEST']._serialized_end=981
-  _globals['_LOCATION']._serialized_start=984
-  _globals['_LOCATION']._serialized_end=1153
-  _globals['_LOCATERESPONSE']._serialized_start=1155
-  _globals['_LOCATERESPONSE']._serialized_end=1213
-  _globals['_ADMIN']._serialized_start=1388
-  _globals['_ADMIN']._serialized_end=1666
+  _globals['_LINKSTATUS']._serialized_end=584
+  _globals['_STATUSRESPONSE']._serialized_start=587
+  _globals['_STATUSRESPONSE']._serialized_end=817
+  _globals['_RELOADREQUEST']._serialized_start=819
+  _globals['_RELOADREQUEST']._serialized_end=834
+  _globals['_RELOADRESPONSE']._serialized_start=836
+  _globals['_RELOADRESPONSE']._serialized_end=908
+  _globals['_LOCATEREQUEST']._serialized_start=910
+  _globals['_LOCATEREQUEST']._serialized_end=1001
+  _globals['_LOCATION']._serialized_start=1004
+  _globals['_LOCATION']._serialized_end=1173
+  _globals['_LOCATERESPONSE']._serialized_start=1175
+  _globals['_LOCATERESPONSE']._serialized_end=1233
+  _globals['_ADMIN']._serialized_start=1408
+  _globals['_ADMIN']._serialized_end=1686
 # @@protoc_insertion_point(module_scope)

@@ -160,6 +160,7 @@ class LinkStatus(_message.Message):
     LAST_ERROR_TIME_FIELD_NUMBER: _builtins.int
     FORWARDED_FIELD_NUMBER: _builtins.int
     DEAD_LETTERED_FIELD_NUMBER: _builtins.int
+    PARTITIONS_FIELD_NUMBER: _builtins.int
     destination: _builtins.str
     state: Global___LinkState.ValueType
     lag_events: _builtins.int
@@ -171,6 +172,13 @@ class LinkStatus(_message.Message):
     dead_lettered: _builtins.int
     @_builtins.property
     def last_error_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def partitions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The partitions of this region's log (NATS) that the answering process sends to the
+        destination now, ascending; a gateway that shows its region's board gives their union over
+        the processes that post. Empty for a Kafka link and for one that runs elsewhere.
+        """
+
     def __init__(
         self,
         *,
@@ -182,10 +190,11 @@ class LinkStatus(_message.Message):
         last_error_time: _timestamp_pb2.Timestamp | None = ...,
         forwarded: _builtins.int = ...,
         dead_lettered: _builtins.int = ...,
+        partitions: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_error_time", b"last_error_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dead_lettered", b"dead_lettered", "destination", b"destination", "forwarded", b"forwarded", "lag_events", b"lag_events", "lag_seconds", b"lag_seconds", "last_error", b"last_error", "last_error_time", b"last_error_time", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dead_lettered", b"dead_lettered", "destination", b"destination", "forwarded", b"forwarded", "lag_events", b"lag_events", "lag_seconds", b"lag_seconds", "last_error", b"last_error", "last_error_time", b"last_error_time", "partitions", b"partitions", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
