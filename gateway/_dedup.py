@@ -59,6 +59,10 @@ An entry that is older but was true when written only makes that scan longer, ne
 answer wrong. No entry at all (a checkpoint never written or lost) scans the whole log.
 Nothing depends on how long an outage lasted, nor (with the moves up) on how long the origin
 sent nothing while this region's own events grew the log.
+Calls of one origin that open while its recovery is under way share it (one listing, one
+scan), each taking its own copy of the result: a NATS origin opens one call per partition
+link at once when this region comes back, and each scanning the same log on its own made the
+first event wait for all of them.
 
 Limits:
 
@@ -252,13 +256,52 @@ class OriginState:
         return {name: self.stream(name).copy() for name in names}
 
 
+def _copy(state: OriginState) -> OriginState:
+    """A call's own copy of a recovered state: each call changes its state as it stores."""
+    return OriginState(
+        origin=state.origin,
+        streams={name: stream.copy() for name, stream in state.streams.items()},
+        position=state.position,
+        registered=set(state.registered),
+        entries=dict(state.entries),
+    )
+
+
 class OriginDedup:
     """Loads and saves the per-stream states of origins in the destination's broker."""
 
     def __init__(self, broker: Broker) -> None:
         self._broker = broker
+        # The recovery of each origin under way: calls of that origin opening meanwhile share it.
+        self._recovering: dict[str, asyncio.Task[OriginState]] = {}
 
     async def recover(self, origin: str) -> OriginState:
+        """The origin's state as the broker holds it: the call's own copy.
+
+        Calls of one origin that open while its recovery is under way share that recovery
+        (one checkpoint listing, one scan of the log) instead of each running its own: a
+        source with several streams (a NATS region's 8 partition links) opens them all at
+        once after the destination restarts, and 8 scans of the same log took 8 times as
+        long (0.9 s each here, one after the other, before the first event was stored) and
+        as much memory. A call that joins gets the state as of the shared scan's end, the
+        same as if it had opened when that recovery began: every event stored at or below
+        that end is accounted for, and what other calls store after it is the case of two
+        calls storing one stream at once (see the module's limits).
+        """
+        task = self._recovering.get(origin)
+        if task is None:
+            task = self._recovering[origin] = asyncio.create_task(self._recover(origin))
+            task.add_done_callback(lambda done: self._forget(origin, done))
+        # Shielded: one call going away does not cancel the recovery the others wait for.
+        return _copy(await asyncio.shield(task))
+
+    def _forget(self, origin: str, task: asyncio.Task[OriginState]) -> None:
+        if self._recovering.get(origin) is task:
+            del self._recovering[origin]
+        if not task.cancelled():
+            task.exception()  # retrieved: a recovery every caller left is not reported as lost
+
+    async def _recover(self, origin: str) -> OriginState:
         state = OriginState(origin=origin)
         positions: list[str] = []
         # An entry that cannot be read has no position to start from: the whole log is scanned.
