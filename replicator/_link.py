@@ -252,6 +252,8 @@ class Link:
         self._rotating = False
         # When the current session started replicating (monotonic).
         self._session_started = 0.0
+        # True while a Replicate call to the destination is open.
+        self._session_open = False
 
     # --- control ---------------------------------------------------------------------------
 
@@ -313,6 +315,8 @@ class Link:
         """Forgets ``last_error``: the link works again (Status shows only what is wrong now)."""
         self.counters.last_error = ""
         self.counters.last_error_time = None
+        if self.state is LinkState.BACKING_OFF and self._session_open:
+            self.state = LinkState.REPLICATING
 
     # --- the loop --------------------------------------------------------------------------
 
@@ -332,7 +336,11 @@ class Link:
                 try:
                     if self._consumer is None:
                         self._consumer = await self._open_consumer()
-                    self.state = LinkState.CONNECTING
+                    # After a failure the link shows backing_off until it works again (an ack,
+                    # or a quiet call that outlived the ack timeout): a retry that opens a call
+                    # and fails again seconds later is not "replicating" meanwhile.
+                    if not self.counters.last_error:
+                        self.state = LinkState.CONNECTING
                     await self._session(self._consumer, self.address)
                 except _TlsRotated:
                     log.info("link %s -> %s: TLS files changed; reconnecting with them", self.source, self.destination)
@@ -444,8 +452,10 @@ class Link:
         async with channel:
             await self._connect(channel)
             call = replication_pb2_grpc.ReplicationStub(channel).Replicate(metadata=opts.metadata or None)
-            self.state = LinkState.REPLICATING
+            if not self.counters.last_error:
+                self.state = LinkState.REPLICATING
             self._session_started = time.monotonic()
+            self._session_open = True
             self._rotating = False
             window = asyncio.Semaphore(opts.window)
             tasks = [
@@ -460,6 +470,7 @@ class Link:
                     task.result()  # re-raises the failure that ended the session
                 raise _LinkError("replication session ended")
             finally:
+                self._session_open = False
                 for task in tasks:
                     task.cancel()
                 for task in tasks:
@@ -632,7 +643,10 @@ class Link:
         read = asyncio.ensure_future(call.read())
         busy = asyncio.ensure_future(self._busy.wait())
         try:
-            await asyncio.wait({read, busy}, return_when=asyncio.FIRST_COMPLETED)
+            while not (await asyncio.wait({read, busy}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED))[0]:
+                # A call open and quiet for a whole ack timeout works: whatever failed before is past.
+                if self.counters.last_error:
+                    self.clear_error()
             if not read.done():
                 done, _ = await asyncio.wait({read}, timeout=timeout)
                 if not done:

@@ -23,6 +23,7 @@ from meshgate.brokers.embedded import EmbeddedNats, EmbeddedNatsBroker, RestartP
 from meshgate.config import BrokerKind, MeshConfig, NatsSettings, RegionConfig, RouteRule
 from meshgate.gateway import HEALTHZ_PATH, READYZ_PATH, Gateway
 from meshgate.replicator import LinkOptions
+from meshgate.testing import freeze
 from meshgate.v1 import admin_pb2, event_pb2, gateway_pb2, gateway_pb2_grpc
 from tests._health import async_health_stub
 from tests._replication import SECURITY
@@ -345,3 +346,42 @@ async def test_link_error_is_cleared_once_the_destination_is_back(tmp_path: Path
         await publish(here, ["b-0"])
         await eventually(lambda: link.counters.forwarded == 2, 60, interval=0.02, what="the next event to reach there")
         assert _link(here).last_error == ""
+
+
+async def test_a_destination_whose_broker_froze_shows_backing_off_until_it_stores_again(tmp_path: Path) -> None:
+    """A retry that opens a call and fails again is not `replicating`: the link shows backing_off throughout."""
+    async with (
+        EmbeddedNats(data_dir=tmp_path / "here-nats") as here_server,
+        EmbeddedNats(data_dir=tmp_path / "there-nats") as there_server,
+        started_gateways() as start,
+    ):
+
+        def mesh(there_gateway: str) -> MeshConfig:
+            return two_region_mesh(here_server, there_server, there_gateway=there_gateway, routing=ROUTING)
+
+        there = await start(config=mesh("127.0.0.1:0"), region="there", data_dir=tmp_path, replicate=False)
+        options = LinkOptions(ack_timeout_seconds=2.0, backoff_initial_seconds=0.05, backoff_max_seconds=0.2)
+        here = await start(config=mesh(there.address), region="here", data_dir=tmp_path, link_options=options)
+        await publish(here, [f"a-{i}" for i in range(10)])
+        await eventually(lambda: _link(here).forwarded == 10, 30, what="the first events to reach there")
+        pid = there_server.pid
+        assert pid is not None
+        await freeze(pid)  # there's broker stops answering; its gateway still takes calls
+        try:
+            await publish(here, [f"b-{i}" for i in range(10)])
+            await eventually(
+                lambda: _link(here).state == admin_pb2.LINK_STATE_BACKING_OFF, 30, what="the link to back off"
+            )
+            # Retries keep opening calls that fail again (backoff at most 0.2 s): none shows replicating.
+            seen = set()
+            for _ in range(30):
+                status = _link(here)
+                seen.add(admin_pb2.LinkState.Name(status.state))
+                assert status.lag_events >= 10 and status.last_error, status
+                await asyncio.sleep(0.1)
+            assert seen == {"LINK_STATE_BACKING_OFF"}, seen
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        await eventually(lambda: _link(here).forwarded == 20, 60, what="the held events to reach there")
+        status = _link(here)
+        assert status.state == admin_pb2.LINK_STATE_REPLICATING and status.last_error == "", status
