@@ -37,7 +37,7 @@ from meshgate.config import (
 from meshgate.gateway._auth import ReplicationGuard
 from meshgate.gateway._http import HttpEndpoint
 from meshgate.gateway._metrics import BrokerCollector, register_process_metrics
-from meshgate.gateway._server import replication_options
+from meshgate.gateway._server import replication_options, stop_replication_and_below
 from meshgate.gateway._workers import WorkerPool
 from meshgate.replicator import BoardPoster, LinkBoard, LinkOptions, Replicator
 from meshgate.replicator._metrics import BoardCollector, LinkCollector
@@ -292,19 +292,16 @@ class ReplicatorProcess(StartStop):
                 return
             deadline = time.monotonic() + grace
             self.state = ReplicatorProcessState.DRAINING
-            if self.replicator is not None:
-                await self.replicator.stop(max(0.5, deadline - time.monotonic()))
-            if self.workers is not None:
-                await self.workers.stop(max(0.5, deadline - time.monotonic()))
-            for board in (self._poster, self.board):
-                if board is not None:
-                    await board.stop()
-            await self.tracing.aclose(max(1.0, deadline - time.monotonic()))
-            if self._watcher is not None:
-                await self._watcher.stop()
-            if self._http is not None:
-                await asyncio.to_thread(self._http.stop)
-                self._http = None
-            await self.broker.stop()
+            http, self._http = self._http, None
+            await stop_replication_and_below(
+                deadline=deadline,
+                replicator=self.replicator,
+                workers=self.workers,
+                boards=(self._poster, self.board),
+                tracing=self.tracing,
+                watcher=self._watcher,
+                http=http,
+                broker=self.broker,
+            )
             self.state = ReplicatorProcessState.STOPPED
             log.info("region %s: replicator stopped", self.region)

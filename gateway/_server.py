@@ -55,7 +55,7 @@ from meshgate.v1 import (
     replication_pb2_grpc,
 )
 
-__all__ = ["DEFAULT_LISTEN", "Gateway", "GatewayState", "replication_options"]
+__all__ = ["DEFAULT_LISTEN", "Gateway", "GatewayState", "replication_options", "stop_replication_and_below"]
 
 log = logging.getLogger("meshgate.gateway")
 
@@ -112,6 +112,39 @@ def replication_options(
     if peer_tls is not None:
         options = dataclasses.replace(options, tls=peer_tls)
     return dataclasses.replace(options, metadata=guard.metadata), tracing, peer_tls
+
+
+async def stop_replication_and_below(
+    *,
+    deadline: float,
+    replicator: Replicator | None,
+    workers: WorkerPool | None,
+    boards: tuple[BoardPoster | LinkBoard | None, ...],
+    tracing: Tracing,
+    watcher: ConfigWatcher | None,
+    http: HttpEndpoint | None,
+    broker: Broker,
+) -> None:
+    """The end of the fixed shutdown order, shared by a gateway and a replicator process.
+
+    Links (here or in workers) get the acks of the batches they sent within what is left of
+    the grace period (``deadline``, a ``time.monotonic()``), then the board stops, the spans of
+    what just ended are flushed, and the watcher, the HTTP endpoint and the broker client close.
+    """
+    if replicator is not None:
+        await replicator.stop(max(0.5, deadline - time.monotonic()))
+    if workers is not None:
+        # The workers drain their links (SIGTERM) within what is left of the grace period.
+        await workers.stop(max(0.5, deadline - time.monotonic()))
+    for board in boards:
+        if board is not None:
+            await board.stop()
+    await tracing.aclose(max(1.0, deadline - time.monotonic()))
+    if watcher is not None:
+        await watcher.stop()
+    if http is not None:
+        await asyncio.to_thread(http.stop)
+    await broker.stop()
 
 
 def _peer_tls(config: MeshConfig, region: str) -> ClientTls | None:
@@ -558,23 +591,17 @@ class Gateway(StartStop):
                 await self._server.stop(max(0.0, min(0.5, deadline - time.monotonic())))
             if self._connections is not None:
                 await asyncio.to_thread(self._connections.stop)
-            if self.replicator is not None:
-                # Batches already sent get their acks within what is left of the grace period.
-                await self.replicator.stop(max(0.5, deadline - time.monotonic()))
-            if self.workers is not None:
-                # The workers drain their links (SIGTERM) within what is left of the grace period.
-                await self.workers.stop(max(0.5, deadline - time.monotonic()))
-            for board in (self._poster, self.board):
-                if board is not None:
-                    await board.stop()
-            # The spans of the calls and links that just ended are flushed to the collector.
-            await self.tracing.aclose(max(1.0, deadline - time.monotonic()))
-            if self._watcher is not None:
-                await self._watcher.stop()
-            if self._http is not None:
-                await asyncio.to_thread(self._http.stop)
-                self._http = None
-            await self.broker.stop()
+            http, self._http = self._http, None
+            await stop_replication_and_below(
+                deadline=deadline,
+                replicator=self.replicator,
+                workers=self.workers,
+                boards=(self._poster, self.board),
+                tracing=self.tracing,
+                watcher=self._watcher,
+                http=http,
+                broker=self.broker,
+            )
             self.state = GatewayState.STOPPED
             self._stopped.set()
             log.info("region %s: gateway stopped", self.region)
