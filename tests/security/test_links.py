@@ -47,9 +47,9 @@ class Sink(replication_pb2_grpc.ReplicationServicer):
             )
 
 
-async def start_sink(pki: Pki, presenting: str) -> tuple[grpc.aio.Server, Sink, int]:
+async def start_sink(pki: Pki, presenting: str, sink: Sink | None = None) -> tuple[grpc.aio.Server, Sink, int]:
     server = grpc.aio.server()
-    sink = Sink()
+    sink = sink if sink is not None else Sink()
     replication_pb2_grpc.add_ReplicationServicer_to_server(sink, server)
     creds = grpc.ssl_server_credentials(
         [(pki.key(presenting).read_bytes(), pki.cert(presenting).read_bytes())],
@@ -129,16 +129,7 @@ async def test_a_destination_that_hangs_after_a_quiet_spell_is_noticed_within_th
 ) -> None:
     # The link's answer was awaited with no limit when nothing was in flight, so a batch sent
     # after a quiet spell waited forever on a destination that took it and never answered.
-    server = grpc.aio.server()
-    sink = HangsAfterFirst()
-    replication_pb2_grpc.add_ReplicationServicer_to_server(sink, server)
-    creds = grpc.ssl_server_credentials(
-        [(pki.key(THERE).read_bytes(), pki.cert(THERE).read_bytes())],
-        root_certificates=pki.ca_path.read_bytes(),
-        require_client_auth=True,
-    )
-    port = server.add_secure_port("127.0.0.1:0", creds)
-    await server.start()
+    server, sink, port = await start_sink(pki, THERE, HangsAfterFirst())
     try:
         options = LinkOptions(connect_timeout_seconds=1.0, backoff_max_seconds=0.5, ack_timeout_seconds=1.0)
         gw = await make_tls_gateway(gateways={THERE: f"127.0.0.1:{port}"}, link_options=options)

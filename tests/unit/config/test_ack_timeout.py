@@ -10,37 +10,18 @@ from meshgate.config import ConfigError, Settings, check_compatible, load_config
 from meshgate.gateway._auth import ReplicationGuard
 from meshgate.gateway._server import replication_options
 from meshgate.replicator import LinkOptions
-
-MESH = """\
-event_mesh:
-  regions:
-    - name: us-west
-      kind: embedded
-      gateway: 127.0.0.1:7401
-    - name: eu-central
-      kind: embedded
-      gateway: 127.0.0.1:7402
-  security:
-    replication: anonymous
-  settings:
-    shutdown_grace: 5s
-{settings}
-"""
-
-
-def _mesh(settings: str = "") -> str:
-    return MESH.format(settings=settings)
+from tests.unit._meshes import with_settings
 
 
 def test_ack_timeout_defaults_to_thirty_seconds() -> None:
-    config = load_config_text(_mesh())
+    config = load_config_text(with_settings())
     assert config.settings.replication_ack_timeout_seconds == 30.0 == Settings().replication_ack_timeout_seconds
     assert LinkOptions().ack_timeout_seconds == 30.0
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("5s", 5.0), ("1500ms", 1.5), ("2m", 120.0)])
 def test_the_links_wait_as_long_as_the_mesh_file_says(text: str, seconds: float) -> None:
-    config = load_config_text(_mesh(f"    replication_ack_timeout: {text}"))
+    config = load_config_text(with_settings(f"    replication_ack_timeout: {text}"))
     assert config.settings.replication_ack_timeout_seconds == seconds
     guard = ReplicationGuard(config.security)
     options, _, _ = replication_options(config, "us-west", base=None, guard=guard)
@@ -50,13 +31,13 @@ def test_the_links_wait_as_long_as_the_mesh_file_says(text: str, seconds: float)
 @pytest.mark.parametrize("text", ["500ms", "0s"])
 def test_an_ack_timeout_below_a_second_is_refused(text: str) -> None:
     with pytest.raises(ConfigError) as info:
-        load_config_text(_mesh(f"    replication_ack_timeout: {text}"))
+        load_config_text(with_settings(f"    replication_ack_timeout: {text}"))
     message = str(info.value)
     assert "replication_ack_timeout" in message and "below 1s" in message, message
 
 
 def test_a_changed_ack_timeout_needs_a_restart() -> None:
-    old = load_config_text(_mesh())
+    old = load_config_text(with_settings())
     new = dataclasses.replace(old, settings=dataclasses.replace(old.settings, replication_ack_timeout_seconds=5.0))
     assert (
         check_compatible(old, new, "us-west")
