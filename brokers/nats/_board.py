@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 
 import nats.js.errors
 from nats.aio.client import Client
-from nats.js.api import KeyValueConfig, StorageType
+from nats.js.api import StorageType
 from nats.js.kv import KeyValue
 
 from meshgate.brokers.nats._errors import NATS_FAILURES, broker_error
 from meshgate.brokers.nats._names import board_bucket, kv_stream, kv_subject_prefix
 from meshgate.brokers.nats._state import NatsState
+from meshgate.brokers.nats._ttl_bucket import ttl_bucket
 
 __all__ = ["NatsBoard"]
 
@@ -29,21 +29,10 @@ class NatsBoard(NatsState):
         if self._board is not None and self._board[0] is nc:
             return self._board[1]
         js = nc.jetstream(timeout=self._ack_timeout)
-        bucket = board_bucket(self.settings.stream)
-        try:
-            kv = await js.key_value(bucket)
-        except nats.js.errors.BucketNotFoundError:
-            kv = await js.create_key_value(
-                KeyValueConfig(
-                    bucket=bucket, history=1, ttl=ttl, storage=StorageType.MEMORY, replicas=self.settings.replicas
-                )
-            )
-        else:
-            # The bucket outlives its writers: a note must lapse at the TTL of the writers now.
-            info = await js.stream_info(kv_stream(bucket))
-            if info.config.max_age is None or abs(info.config.max_age - ttl) > 0.001:
-                window = min(info.config.duplicate_window or ttl, ttl)
-                await js.update_stream(dataclasses.replace(info.config, max_age=ttl, duplicate_window=window))
+        # Memory storage: a note is worth nothing after a restart of the server.
+        kv = await ttl_bucket(
+            js, board_bucket(self.settings.stream), ttl=ttl, storage=StorageType.MEMORY, replicas=self.settings.replicas
+        )
         self._board = (nc, kv)
         return kv
 

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 
 import nats.errors
 import nats.js.errors
 from nats.js.api import (
-    KeyValueConfig,
     StorageType,
 )
 from nats.js.kv import KeyValue
@@ -20,6 +18,7 @@ from meshgate.brokers.nats._errors import (
 )
 from meshgate.brokers.nats._names import kv_stream, kv_subject_prefix, lease_bucket
 from meshgate.brokers.nats._state import NatsState
+from meshgate.brokers.nats._ttl_bucket import ttl_bucket
 
 __all__ = ["NatsLeases"]
 
@@ -34,23 +33,13 @@ class NatsLeases(NatsState):
         if self._lease_kv is None:
             nc = self._require_nc()
             js = nc.jetstream(timeout=self._ack_timeout)
-            bucket = lease_bucket(self.settings.stream)
-            try:
-                kv = await js.key_value(bucket)
-            except nats.js.errors.BucketNotFoundError:
-                kv = await js.create_key_value(
-                    KeyValueConfig(
-                        bucket=bucket, history=1, ttl=ttl, storage=StorageType.FILE, replicas=self.settings.replicas
-                    )
-                )
-            else:
-                # The bucket outlives the gateway: a lease TTL changed since it was made (the mesh
-                # file's settings.lease_ttl) would otherwise lapse leases at the old one.
-                info = await js.stream_info(f"KV_{bucket}")
-                if info.config.max_age is None or abs(info.config.max_age - ttl) > 0.001:
-                    window = min(info.config.duplicate_window or ttl, ttl)
-                    await js.update_stream(dataclasses.replace(info.config, max_age=ttl, duplicate_window=window))
-            self._lease_kv = kv
+            self._lease_kv = await ttl_bucket(
+                js,
+                lease_bucket(self.settings.stream),
+                ttl=ttl,
+                storage=StorageType.FILE,
+                replicas=self.settings.replicas,
+            )
         return self._lease_kv
 
     async def hold_lease(self, name: str, owner: str, *, ttl: float) -> bool:
