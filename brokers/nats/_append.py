@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import zlib
 from collections.abc import Callable, Coroutine, Sequence
 
 from nats.aio.client import Client
@@ -33,7 +32,7 @@ from meshgate.brokers.nats._pull import (
     reraise_swallowed_cancel,
 )
 from meshgate.brokers.nats._state import NatsState
-from meshgate.brokers.nats._subjects import header_value, stream_partition
+from meshgate.brokers.nats._subjects import header_value, partition_of, stream_partition
 from meshgate.brokers.nats._wire import (
     header_block,
     parse_header_block,
@@ -146,7 +145,7 @@ class NatsAppend(NatsState):
             if partition is None or partition >= partitions:
                 # A Kafka origin's stream, or an origin with more partitions than this log.
                 key = header_value(lines, b"mg-key")
-                partition = zlib.crc32(key or ids[i].encode()) % partitions
+                partition = partition_of(key or ids[i], partitions)
             return layout.subject(topics[i], origin.decode(), partition)
 
         return await self._append(batch, self._publish_batch(nc, batch, ids, head_of, subject_of))

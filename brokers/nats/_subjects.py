@@ -114,7 +114,7 @@ class SubjectLayout:
 
     def partition(self, key: str, event_id: str) -> int:
         """The partition of an event: of its key, else of its id."""
-        return zlib.crc32((key or event_id).encode()) % self.partitions
+        return partition_of(key or event_id, self.partitions)
 
     def topic(self, subject: str) -> str:
         """Subject -> topic, cached: readers map every record they decode."""
