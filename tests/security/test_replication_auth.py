@@ -64,7 +64,13 @@ async def _refused(
         with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
             await call.write(request)
             await call.done_writing()
-        return await stream_error(call)
+        err = await stream_error(call)
+        if err.code() is grpc.StatusCode.INTERNAL and "execute_batch" in (err.debug_error_string() or ""):
+            # The write met a call the server had already ended, and grpc kept its own send
+            # failure as the call's status. The server ended it before reading anything, so a
+            # call that only reads gets the server's answer.
+            err = await stream_error(replication_pb2_grpc.ReplicationStub(ch).Replicate(metadata=metadata))
+        return err
 
 
 # --- the ingress ------------------------------------------------------------------------------
