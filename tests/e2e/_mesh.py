@@ -54,11 +54,16 @@ _CHANNEL_OPTIONS = [
 ]
 
 
-def free_port() -> int:
-    """A port free on 127.0.0.1 right now (bound to port 0, read back, released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_port(*, besides: set[int] | None = None) -> int:
+    """A port free on 127.0.0.1 right now (bound to port 0, read back, released), not in ``besides``."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if besides is None or port not in besides:
+            if besides is not None:
+                besides.add(port)
+            return port
 
 
 def _pid_alive(pid: int) -> bool:
@@ -178,6 +183,8 @@ class MeshCluster:
         self.regions: dict[str, Region] = {}
         # Replicas 1.. of a region (replica 0 is ``regions[name]``).
         self.more_replicas: dict[str, list[Region]] = {name: [] for name in regions}
+        # Each gateway process its own port: free_port() alone may hand out one number twice.
+        ports: set[int] = set()
         self.tansus: dict[str, Tansu] = {}
         self.shared_nats: dict[str, EmbeddedNats] = {}
         for name in regions:
@@ -193,7 +200,7 @@ class MeshCluster:
                 region = Region(
                     name=name,
                     data_dir=root / (name if i == 0 else f"{name}-r{i}"),
-                    port=free_port(),
+                    port=free_port(besides=ports),
                     nats=dict((nats or {}).get(name, {})),
                     kafka=dict(kafka[name]) if name in kafka else None,
                     tansu=tansu,
@@ -248,10 +255,18 @@ class MeshCluster:
                 await tansu.start()
             for server in self.shared_nats.values():
                 await server.start()
+            taken = {r.port for r in self.all_processes()}
             for name in self._proxied:
                 region = self.regions[name]
                 region.proxy = TcpProxy(region.listen)
                 await region.proxy.start()
+                # The gateways' ports are numbers nobody listens on yet: the kernel may give a
+                # proxy one of them. Bind it again until it has a port of its own.
+                while region.proxy.port in taken:
+                    stale, region.proxy = region.proxy, TcpProxy(region.listen)
+                    await region.proxy.start()
+                    await stale.stop()
+                taken.add(region.proxy.port)
             self.root.mkdir(parents=True, exist_ok=True)
             self.config_path.write_text(self.mesh_text())
             await asyncio.gather(*(self._spawn(r) for r in self.all_processes()))
