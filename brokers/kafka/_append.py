@@ -8,9 +8,8 @@ import functools
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from itertools import chain
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import UnknownTopicOrPartitionError
@@ -24,10 +23,9 @@ from meshgate.brokers._base import (
     BrokerUnavailableError,
     EventRejectedError,
     StorageFullError,
+    decode_raw,
 )
-from meshgate.brokers._codec import (
-    encode_kafka_headers,
-)
+from meshgate.brokers._codec import kafka_record_headers
 from meshgate.brokers.kafka._errors import (
     KAFKA_FAILURES,
     KafkaMessageTooLargeError,
@@ -117,17 +115,62 @@ class KafkaAppend(KafkaState):
     async def append(self, events: Sequence[event_pb2.Event]) -> list[AppendResult | BrokerError]:
         if not events:
             return []
+        return await self._append_held(len(events), events)
+
+    async def append_raw(
+        self,
+        *,
+        ids: Sequence[str],
+        topics: Sequence[str],
+        headers: Sequence[bytes],
+        data: Sequence[bytes],
+        origin_sequences: Sequence[int],
+        origin_streams: Sequence[str] = (),
+    ) -> list[AppendResult | BrokerError]:
+        if not ids:
+            return []
+        # Decoded only once the call has its share of max_append_events: a call waiting for
+        # it holds the raw columns its request holds anyway, not an event object per event.
+        decode = functools.partial(decode_raw, ids, topics, headers, data, origin_sequences, origin_streams)
+        return await self._append_held(len(ids), decode)
+
+    async def _append_held(
+        self, n: int, events: Sequence[event_pb2.Event] | Callable[[], list[event_pb2.Event]]
+    ) -> list[AppendResult | BrokerError]:
+        """An append within the bound on events held by appends (``max_append_events``).
+
+        An event being appended costs a few KB until its ack (its encoded headers and record,
+        its share of the record batch and the produce request, its result): a destination
+        region's replication ingress (a call per origin partition, several batches of each
+        being written) took a gateway from ~115 MB to over 180 MB without this bound. Calls
+        take their share first come, first served, so concurrent calls still reach the
+        producer in the order they were made.
+        """
         producer = self._require_producer()
-        if self._stopping:
-            return [BrokerUnavailableError(f"Kafka broker {self.name!r} is stopping")] * len(events)
+        refused = self._refused_while_stopping(n)
+        if refused is not None:
+            return refused
         self._appending += 1
         self._idle.clear()
         try:
-            return await self._append(producer, events)
+            await self._held.acquire(n)
+            try:
+                # stop() may have begun while this call waited for room.
+                refused = self._refused_while_stopping(n)
+                if refused is not None:
+                    return refused
+                return await self._append(producer, events if isinstance(events, Sequence) else events())
+            finally:
+                self._held.release(n)
         finally:
             self._appending -= 1
             if not self._appending:
                 self._idle.set()
+
+    def _refused_while_stopping(self, n: int) -> list[AppendResult | BrokerError] | None:
+        if not self._stopping:
+            return None
+        return [BrokerUnavailableError(f"Kafka broker {self.name!r} is stopping")] * n
 
     async def _append(
         self, producer: AIOKafkaProducer, events: Sequence[event_pb2.Event]
@@ -195,7 +238,7 @@ class KafkaAppend(KafkaState):
                 continue
             try:
                 kafka_topic = kafka_topic_of(event.topic)
-                pairs = encode_kafka_headers(event)
+                headers, headers_size = kafka_record_headers(event)
             except ValueError as exc:
                 results[i] = EventRejectedError(f"event {i} of the batch cannot be written: {exc}")
                 continue
@@ -214,16 +257,15 @@ class KafkaAppend(KafkaState):
             if other is not None:
                 waits[i] = other
                 continue
-            encoded = [(k, v.encode()) for k, v in pairs]
             key = event.key.encode() if event.key else None
             # Read once: each read of a bytes field of a protobuf message is a copy.
             data = event.data
             data_size = len(data)
-            size = data_size + (len(key) if key else 0) + sum(map(len, chain.from_iterable(encoded))) + RECORD_OVERHEAD
+            size = data_size + (len(key) if key else 0) + headers_size + RECORD_OVERHEAD
             if size > max_bytes:
                 results[i] = KafkaMessageTooLargeError(size=size, data_size=data_size, max_message_bytes=max_bytes)
                 continue
-            records[i] = (key, encoded, data)
+            records[i] = (key, headers, data)
             first[event_id] = i
             inflight[event_id] = (call, i)
             mine.append(event_id)
