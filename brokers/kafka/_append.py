@@ -176,6 +176,8 @@ class KafkaAppend(KafkaState):
         self, producer: AIOKafkaProducer, events: Sequence[event_pb2.Event]
     ) -> list[AppendResult | BrokerError]:
         results: list[AppendResult | BrokerError | None] = [None] * len(events)
+        # Index -> the id of each event written (read off the message once: each read is a copy).
+        ids: list[str] = [""] * len(events)
         # Kafka topic -> indexes of the events to write there, in order.
         plan: dict[str, list[int]] = {}
         # Index -> the record's key (encoded once: size check, partitioner, batch) and headers.
@@ -191,11 +193,11 @@ class KafkaAppend(KafkaState):
             # written in the order they were made (the replication ingress pipelines on it).
             async with self._order:
                 unsure = await self._settle_uncertain(events)
-                self._plan(events, results, unsure, plan, records, first, twins, waits, mine, call)
+                self._plan(events, results, unsure, plan, records, ids, first, twins, waits, mine, call)
                 if plan:
                     batches = await self._enqueue(producer, plan, records, results)
             if batches:
-                await self._collect(batches, events, results)
+                await self._collect(batches, ids, results)
         finally:
             inflight = self._inflight
             for event_id in mine:
@@ -213,6 +215,7 @@ class KafkaAppend(KafkaState):
         unsure: dict[str, BrokerError],
         plan: dict[str, list[int]],
         records: dict[int, _Record],
+        ids: list[str],
         first: dict[str, int],
         twins: dict[int, int],
         waits: dict[int, tuple[asyncio.Future[CallResults], int]],
@@ -266,6 +269,7 @@ class KafkaAppend(KafkaState):
                 results[i] = KafkaMessageTooLargeError(size=size, data_size=data_size, max_message_bytes=max_bytes)
                 continue
             records[i] = (key, headers, data)
+            ids[i] = event_id
             first[event_id] = i
             inflight[event_id] = (call, i)
             mine.append(event_id)
@@ -430,7 +434,7 @@ class KafkaAppend(KafkaState):
     async def _collect(
         self,
         parts: list[_Part],
-        events: Sequence[event_pb2.Event],
+        ids: Sequence[str],
         results: list[AppendResult | BrokerError | None],
     ) -> None:
         """Waits for the acks of the batches (bounded) and fills in the results."""
@@ -440,10 +444,10 @@ class KafkaAppend(KafkaState):
             # The batches are on their way regardless: their ids still reach the window.
             for future, tp, members, first in parts:
                 if not future.done():
-                    future.add_done_callback(functools.partial(self._late, tp, members, events, first))
-                    self._mark_uncertain(tp, members, events)
+                    future.add_done_callback(functools.partial(self._late, tp, members, ids, first))
+                    self._mark_uncertain(tp, members, ids)
                 elif not future.cancelled():
-                    self._late(tp, members, events, first, future)
+                    self._late(tp, members, ids, first, future)
             raise
         for part in parts:
             future, tp, members, first = part
@@ -454,15 +458,13 @@ class KafkaAppend(KafkaState):
                         f"{self._request_timeout:g} s; retry with the same id, duplicates are absorbed",
                         cause="timeout",
                     )
-                future.add_done_callback(functools.partial(self._late, tp, members, events, first))
+                future.add_done_callback(functools.partial(self._late, tp, members, ids, first))
                 self._note(False)
-                self._mark_uncertain(tp, members, events)
+                self._mark_uncertain(tp, members, ids)
             else:
-                self._settle(part, events, results)
+                self._settle(part, ids, results)
 
-    def _settle(
-        self, part: _Part, events: Sequence[event_pb2.Event], results: list[AppendResult | BrokerError | None]
-    ) -> None:
+    def _settle(self, part: _Part, ids: Sequence[str], results: list[AppendResult | BrokerError | None]) -> None:
         """Fills in the results of a call's part of an answered batch."""
         future, tp, members, first = part
         exc = future.exception()
@@ -476,7 +478,7 @@ class KafkaAppend(KafkaState):
             for i in members:
                 results[i] = error
             if isinstance(error, BrokerUnavailableError):
-                self._mark_uncertain(tp, members, events)
+                self._mark_uncertain(tp, members, ids)
             return
         base = future.result().offset
         if base < 0:
@@ -488,37 +490,37 @@ class KafkaAppend(KafkaState):
             )
             for i in members:
                 results[i] = error
-            self._mark_uncertain(tp, members, events)
+            self._mark_uncertain(tp, members, ids)
             return
         self._note(True)
         if self.storage.problem is not None:
             self.storage.stored()
         base += first
-        stream = self._remember(tp, members, events, base)
+        stream = self._remember(tp, members, ids, base)
         for sequence, i in enumerate(members, base + 1):
             results[i] = AppendResult(sequence, False, stream)
         self.stats.acked += len(members)
 
-    def _remember(self, tp: TopicPartition, members: list[int], events: Sequence[event_pb2.Event], base: int) -> str:
+    def _remember(self, tp: TopicPartition, members: list[int], ids: Sequence[str], base: int) -> str:
         """Puts an acked batch (first offset ``base``) into the id window, out of doubt; its stream."""
         stream = stream_of(tp.topic, tp.partition)
-        ids = [events[i].id for i in members]
-        self._ids.add_run(ids, stream, base + 1, time.time())
+        written = [ids[i] for i in members]
+        self._ids.add_run(written, stream, base + 1, time.time())
         follower = self._follower
         if follower is not None:
             # Known from the ack: the follower need not read these back.
             follower.skip_own(tp, base, base + len(members))
         uncertain = self._uncertain
         if uncertain:
-            for event_id in ids:
+            for event_id in written:
                 uncertain.pop(event_id, None)
         return stream
 
-    def _mark_uncertain(self, tp: TopicPartition, members: list[int], events: Sequence[event_pb2.Event]) -> None:
+    def _mark_uncertain(self, tp: TopicPartition, members: list[int], ids: Sequence[str]) -> None:
         """Sent, never acked: a retry of these ids first makes sure the log does not hold them."""
         uncertain = self._uncertain
         for i in members:
-            uncertain[events[i].id] = tp
+            uncertain[ids[i]] = tp
         while len(uncertain) > _MAX_UNCERTAIN:
             del uncertain[next(iter(uncertain))]
 
@@ -559,7 +561,7 @@ class KafkaAppend(KafkaState):
         self,
         tp: TopicPartition,
         members: list[int],
-        events: Sequence[event_pb2.Event],
+        ids: Sequence[str],
         first: int,
         future: asyncio.Future[RecordMetadata],
     ) -> None:
@@ -567,4 +569,4 @@ class KafkaAppend(KafkaState):
         if future.cancelled() or future.exception() is not None or future.result().offset < 0:
             return
         self.stats.late_acks += 1
-        self._remember(tp, members, events, future.result().offset + first)
+        self._remember(tp, members, ids, future.result().offset + first)
