@@ -228,19 +228,23 @@ class KafkaAppend(KafkaState):
         uncertain, inflight = self._uncertain, self._inflight
         max_bytes = self.max_message_bytes
         now = time.time()
+        # The topics of this call, mapped once (a batch mostly has one).
+        topics: dict[str, str] = {}
         for i, event in enumerate(events):
             event_id = event.id
             if not event_id:
                 results[i] = EventRejectedError(f"event {i} of the batch has no id (the gateway assigns one)")
                 continue
-            if event.topic == CHECKPOINT_TOPIC:
+            topic = event.topic
+            if topic == CHECKPOINT_TOPIC:
                 results[i] = EventRejectedError(
                     f"event {i} of the batch cannot be written: topic {CHECKPOINT_TOPIC} is reserved in Kafka "
                     "regions (it holds the gateway's checkpoints)"
                 )
                 continue
             try:
-                kafka_topic = kafka_topic_of(event.topic)
+                kafka_topic = topics.get(topic) or kafka_topic_of(topic)
+                topics[topic] = kafka_topic
                 headers, headers_size = kafka_record_headers(event)
             except ValueError as exc:
                 results[i] = EventRejectedError(f"event {i} of the batch cannot be written: {exc}")
@@ -260,7 +264,8 @@ class KafkaAppend(KafkaState):
             if other is not None:
                 waits[i] = other
                 continue
-            key = event.key.encode() if event.key else None
+            key_text = event.key
+            key = key_text.encode() if key_text else None
             # Read once: each read of a bytes field of a protobuf message is a copy.
             data = event.data
             data_size = len(data)
