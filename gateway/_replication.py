@@ -319,9 +319,9 @@ class ReplicationService(replication_pb2_grpc.ReplicationServicer):
                 raise CallFailed(
                     _failure_code(exc), f"region {self._region} cannot record a new stream: {exc}"
                 ) from exc
-        return _InFlight(request, asyncio.ensure_future(self._write(batch)), spans, events)
+        return _InFlight(request, asyncio.ensure_future(self._write(batch, state.origin)), spans, events)
 
-    async def _write(self, batch: ProcessedBatch) -> ProcessedBatch:
+    async def _write(self, batch: ProcessedBatch, origin: str) -> ProcessedBatch:
         if batch.w_ids:
             try:
                 batch.written = await self._broker.append_raw(
@@ -331,6 +331,8 @@ class ReplicationService(replication_pb2_grpc.ReplicationServicer):
                     data=batch.w_data,
                     origin_sequences=batch.w_seqs,
                     origin_streams=batch.w_streams,
+                    # The sorting let through only events carrying exactly the call's origin.
+                    origin=origin,
                 )
             except BrokerError as exc:
                 batch.written = [exc] * len(batch.w_ids)

@@ -6,6 +6,7 @@ import asyncio
 import random
 from typing import Any
 
+import nats
 import nats.errors
 import pytest
 
@@ -274,3 +275,58 @@ async def test_raw_append_refuses_like_append_on_both_paths(
     ]
     copies = await read_events(nats_broker, "orders/created", 2, start=StartAt(earliest=True))
     assert [(c.id, c.origin_sequence) for c in copies] == [(events[0].id, 1), (events[3].id, 4)]
+
+
+async def test_raw_append_of_one_known_origin_writes_what_each_event_alone_writes(nats_server: EmbeddedNats) -> None:
+    # A destination that checked every event's origin says so (``origin=``): the adapter makes
+    # the batch's header blocks and subjects at once. What it stores must be what the event by
+    # event path stores: the same subjects, the same headers, the same duplicates on a resend.
+    # One id needs escaping, and so takes the event by event path within the same call.
+    events = [make_event("orders/created", f"e{i}", key=f"k{i}", origin="here", route=["there"]) for i in range(6)]
+    ids = [e.id for e in events]
+    headers = [header_lines(e) for e in events]
+    streams = [f"p{i % 3}" for i in range(6)]
+    stored: dict[str, list[tuple[str, dict[str, str]]]] = {}
+    for label, origin, stream in (("alone", "", "ALONE"), ("known", "here", "KNOWN")):
+        settings = NatsSettings(stream=stream, subject_prefix=f"{stream.lower()}.")
+        async with make_nats_broker(nats_server, settings=settings) as broker:
+            for duplicate in (False, True):
+                results = await broker.append_raw(
+                    ids=ids,
+                    topics=[e.topic for e in events],
+                    headers=headers,
+                    data=[e.data for e in events],
+                    origin_sequences=list(range(11, 17)),
+                    origin_streams=streams,
+                    origin=origin,
+                )
+                assert [r.duplicate for r in sequences_of(results)] == [duplicate] * 6
+        async with await nats.connect(nats_server.url) as nc:
+            js = nc.jetstream()
+            msgs = [await js.get_msg(stream, seq) for seq in range(1, 7)]
+        prefix = f"{stream.lower()}."
+        stored[label] = [(str(m.subject).removeprefix(prefix), dict(m.headers or {})) for m in msgs]
+    assert stored["known"] == stored["alone"]
+    assert stored["known"][4][0] == "here.1.orders.created"
+    assert stored["known"][4][1]["mg-origin-stream"] == "p1"
+    assert stored["known"][4][1]["mg-origin-seq"] == "15"
+
+    # The fast path is taken for such a batch, and not when an id needs escaping.
+    async with make_nats_broker(nats_server, settings=NatsSettings(stream="KNOWN", subject_prefix="known.")) as broker:
+        topics, two = ["orders/created"] * 2, headers[:2]
+        made = broker._raw_heads(
+            "here", ids=ids[:2], topics=topics, headers=two, sequences=[1, 2], streams=["p0", "p1"]
+        )
+        assert made is not None
+        assert (
+            broker._raw_heads(
+                "here", ids=["an id", ids[1]], topics=topics, headers=two, sequences=[1, 2], streams=["p0", "p1"]
+            )
+            is None
+        )
+        assert (
+            broker._raw_heads(
+                "here", ids=ids[:2], topics=topics, headers=two, sequences=[1, 2], streams=["orders/0", "p1"]
+            )
+            is None
+        )
