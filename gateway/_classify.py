@@ -10,7 +10,6 @@ there is one path.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Mapping
 from itertools import repeat
@@ -39,8 +38,6 @@ _DUPLICATE = event_pb2.OUTCOME_DUPLICATE
 _REJECTED = event_pb2.OUTCOME_REJECTED
 _INVALID = grpc.StatusCode.INVALID_ARGUMENT.value[0]
 _CRLF = b"\r\n"
-_ROUTE_MARK = b"\r\nmg-route: "
-_ROUTE_VALUE_RE = re.compile(rb"\r\nmg-route: ([^\r\n]*)")
 # An id's own line, for ids that need no escaping: "\x00" (escaped in any id) splits them.
 _ID_LINES_HEAD = "\r\nce-id: "
 _ID_LINES_SEP = "\r\n\x00\r\nce-id: "
@@ -251,10 +248,7 @@ class Classifier:
         id_lines = (_ID_LINES_HEAD + _ID_LINES_SEP.join(ids) + "\r\n").encode().split(b"\x00")
         if not all(map(bytes.__contains__, lined, id_lines)):
             return None
-        if not all(map(bytes.__contains__, lined, repeat(_ROUTE_MARK))) or joined.count(_ROUTE_MARK) != n:
-            return None
-        route_here = self._route_here.route
-        if not all(route_here(route) for route in set(_ROUTE_VALUE_RE.findall(joined))):
+        if not self._route_here.names_all(lined, joined):
             return None
         topics = list(raw.topics)
         if any(self._topic_problem(topic) is not None for topic in set(topics)):

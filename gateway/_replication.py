@@ -65,9 +65,14 @@ def _sequence_span(raw: replication_pb2.RawEvents) -> tuple[dict[str, int], dict
     seqs = raw.sequences
     if not seqs:
         return lows, highs
-    if not raw.streams:
+    streams = list(raw.streams)
+    if not streams:
         return {"": min(seqs)}, {"": max(seqs)}
-    for name, seq in zip(raw.streams, seqs, strict=False):
+    first = streams[0]
+    if streams.count(first) == len(streams):
+        # A NATS origin's call carries one partition: no loop over the events.
+        return {first: min(seqs)}, {first: max(seqs)}
+    for name, seq in zip(streams, seqs, strict=False):
         if seq < lows.get(name, seq + 1):
             lows[name] = seq
         if seq > highs.get(name, 0):
