@@ -366,7 +366,11 @@ class NatsAppend(NatsState):
             stats.failed += 1
             if isinstance(result, StorageFullError):
                 self.storage.refused(str(result))
-        batch.settle(index, result)
+        # AppendBatch.settle, inline: this runs once per event.
+        batch.results[index] = result
+        batch.remaining -= 1
+        if batch.remaining == 0 and batch.sealed and not batch.done.done():
+            batch.done.set_result(None)
         pending = len(self._pending)
         if pending < self._max_inflight:
             self._capacity.set()
