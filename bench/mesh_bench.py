@@ -163,6 +163,11 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
     # How far the rounds' ratios lie apart: a cost of a few % is read against it.
     s["tracing_1pct_ratio_rounds"] = tracing.get("ratio_0_01_stream_ratio_rounds")
     s["tracing_1pct_ratio_spread"] = tracing.get("ratio_0_01_stream_ratio_spread")
+    # The gateway's CPU per PublishStream event, off and at 1 %: what the rate's cost is made of.
+    s["tracing_cpu_us_per_event"] = {
+        "off": tracing.get("off_stream_cpu_us_per_event"),
+        "1%": tracing.get("ratio_0_01_stream_cpu_us_per_event"),
+    }
     replicas = result.get("replicas") or {}
     s["replicas_events_share"] = replicas.get("events_share")
     s["replicas_partitions_share"] = replicas.get("partitions_share")
@@ -223,7 +228,9 @@ def print_summary(s: dict[str, Any]) -> None:
     if rounds:
         print(
             f"  tracing 1 % / off, PublishStream, round by round: {', '.join(f(x) for x in rounds)} "
-            f"(mean {f(s['tracing_1pct_ratio_to_off'])}, spread {f(s['tracing_1pct_ratio_spread'])})"
+            f"(mean {f(s['tracing_1pct_ratio_to_off'])}, spread {f(s['tracing_1pct_ratio_spread'])}); "
+            f"gateway CPU per event off {f(s['tracing_cpu_us_per_event']['off'])} us, "
+            f"1 % {f(s['tracing_cpu_us_per_event']['1%'])} us"
         )
     if "replicas_partitions" in s["not_measured"]:
         print(f"  two replicas: {s['not_measured']['replicas_partitions']}")

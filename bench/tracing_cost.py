@@ -23,7 +23,9 @@ their spread (largest less smallest). "on" runs after the rounds (its spans keep
 receiver, in this process beside the load, busy a while), for ``--seconds / --rounds``
 against the mean of off.
 
-Prints a table (events/s, ratio to off, spans the receiver got) and, last, one JSON line.
+Prints a table (events/s, ratio to off, spans the receiver got, the gateway's CPU per
+PublishStream event: a figure the machine's other load moves less than a rate) and, last,
+one JSON line.
 
     python bench/tracing_cost.py [--seconds 3] [--clients 8] [--rounds 5]
 """
@@ -35,6 +37,7 @@ import asyncio
 import contextlib
 import json
 import math
+import os
 import signal
 import sys
 import tempfile
@@ -115,15 +118,33 @@ class Gateway:
     proc: ServeProcess
     stub: gateway_pb2_grpc.GatewayStub | None = None
     rates: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in LOADS})
+    # The gateway process's CPU (s) and the events it took over its PublishStream slices.
+    stream_cpu_s: float = 0.0
+    stream_events: float = 0.0
 
     async def measure(self, seconds: float, clients: int, *, tag: str, unary_loads: bool) -> None:
         assert self.stub is not None
         # No "%" in the ids: an id with one takes the header escaping's slow path (a cost of its own).
         run = f"{self.mode.replace('%', 'pct')}-{tag}-{time.monotonic_ns()}"
         u100 = await unary(self.stub, seconds, clients, 100, f"u-{run}") if unary_loads else math.nan
+        cpu, start = process_cpu_s(self.proc.pid), time.perf_counter()
         s100 = await stream(self.stub, seconds, f"s-{run}")
+        self.stream_cpu_s += process_cpu_s(self.proc.pid) - cpu
+        self.stream_events += s100 * (time.perf_counter() - start)
         self.rates["unary_100"].append(u100)
         self.rates["stream_100"].append(s100)
+
+    def cpu_us_per_event(self) -> float:
+        return self.stream_cpu_s / self.stream_events * 1e6 if self.stream_events else math.nan
+
+
+_TICK_S = 1 / os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_s(pid: int) -> float:
+    """A process's CPU time so far (user + system, all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * _TICK_S
 
 
 @contextlib.asynccontextmanager
@@ -198,7 +219,10 @@ def report(
     """Prints the table and returns the figures (the JSON keys ``meshgate bench`` reads)."""
     off = gws["off"].rates
     out: dict[str, object] = {"seconds_each": seconds, "clients": clients, "rounds": rounds}
-    print(f"{'mode':<6} {'Publish 100/call':>18} {'x off':>6} {'PublishStream 100':>18} {'x off':>6} {'spans':>10}")
+    print(
+        f"{'mode':<6} {'Publish 100/call':>18} {'x off':>6} {'PublishStream 100':>18} {'x off':>6} "
+        f"{'spans':>10} {'CPU us/event':>12}"
+    )
     for mode, gw in gws.items():
         key = {"off": "off", "on": "on", "1%": "ratio_0_01"}[mode]
         cells = []
@@ -224,7 +248,9 @@ def report(
                 out[f"{key}_{short}_ratio_spread"] = _round(stats.spread)
         spans = receiver.spans[service_name(mode)] if mode != "off" else 0
         out[f"{key}_spans_received"] = spans
-        print(f"{mode:<6} {' '.join(cells)} {spans:>10,}")
+        # The gateway's CPU per PublishStream event: less moved by neighbours than a rate.
+        out[f"{key}_stream_cpu_us_per_event"] = _round(gw.cpu_us_per_event(), 2)
+        print(f"{mode:<6} {' '.join(cells)} {spans:>10,} {gw.cpu_us_per_event():>12.2f}")
     for mode in gws:
         if mode in ("off", "on"):
             continue

@@ -158,8 +158,11 @@ def test_the_tracing_cost_is_the_mean_of_alternating_rounds_with_its_spread() ->
                 "ratio_0_01_stream_ratio_to_off": 0.957,
                 "ratio_0_01_stream_ratio_rounds": [0.95, 0.96, 0.96],
                 "ratio_0_01_stream_ratio_spread": 0.01,
+                "off_stream_cpu_us_per_event": 20.5,
+                "ratio_0_01_stream_cpu_us_per_event": 21.4,
             }
         }
     )
     assert s["tracing_cost_1pct"] == 0.043 and s["met"]["tracing_cost_1pct"] is True
     assert s["tracing_1pct_ratio_rounds"] == [0.95, 0.96, 0.96] and s["tracing_1pct_ratio_spread"] == 0.01
+    assert s["tracing_cpu_us_per_event"] == {"off": 20.5, "1%": 21.4}
