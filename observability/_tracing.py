@@ -347,6 +347,24 @@ def fast_decision(sampler: Sampler) -> Decide | None:
     return None
 
 
+_EVERY_ROOT = 1 << 64  # above every 64-bit value
+
+
+def root_bound(sampler: Sampler) -> int | None:
+    """``sampler``'s decision for a root (no parent) as ``low 64 bits of the trace id < bound``:
+    for the samplers ``fast_decision`` knows (equal to its ``decide(trace_id, None)``), else None.
+    One comparison per root event instead of two calls: most events at a gateway are roots."""
+    kind = type(sampler)
+    if isinstance(sampler, StaticSampler) and kind.should_sample is StaticSampler.should_sample:
+        decision = getattr(sampler, "_decision", None)
+        return _EVERY_ROOT if decision is Decision.RECORD_AND_SAMPLE else 0 if decision is Decision.DROP else None
+    if isinstance(sampler, TraceIdRatioBased) and kind.should_sample is TraceIdRatioBased.should_sample:
+        return int(sampler.bound)
+    if isinstance(sampler, ParentBased) and kind.should_sample is ParentBased.should_sample:
+        return root_bound(getattr(sampler, "_root", None))  # type: ignore[arg-type]
+    return None
+
+
 class DecisionIds(RandomIdGenerator):
     """The provider's id generator: a root span gets the trace id its decision was made on.
 
@@ -364,8 +382,12 @@ class DecisionIds(RandomIdGenerator):
         low = _getrandbits(64)
         if not decide(low, None):
             return False
-        self.pending = (_getrandbits(64) << 64) | low or 1 << 64  # never the invalid 0
+        self.root(low)
         return True
+
+    def root(self, low: int) -> None:
+        """The next root span's trace id: random high bits, ``low`` as its low 64 bits."""
+        self.pending = (_getrandbits(64) << 64) | low or 1 << 64  # never the invalid 0
 
     def generate_trace_id(self) -> int:
         trace_id = self.pending
@@ -473,6 +495,7 @@ class BatchTrace:
         # An event without a valid traceparent of its own is the call's child: one decision per batch.
         call = self._call
         call_sampled = None if call is None else decide(call[0], bool(call[1] & _SAMPLED))
+        bound = tr.root_bound
         for i, ev in enumerate(events):
             extensions = ev.extensions
             own = parse_traceparent(extensions[_TRACEPARENT]) if _TRACEPARENT in extensions else None
@@ -480,6 +503,12 @@ class BatchTrace:
                 sampled = decide(own[0], bool(own[1] & _SAMPLED))
             elif call_sampled is not None:
                 sampled = call_sampled
+            elif bound is not None and ids is not None:  # a root: the most common event, decided inline
+                low = _getrandbits(64)
+                if low >= bound:
+                    continue
+                ids.root(low)
+                sampled = True
             else:  # a root; without DecisionIds the SDK draws its trace id, so it decides in start_span
                 sampled = ids is None or ids.root_sampled(decide)
             if not sampled:
@@ -609,6 +638,7 @@ class Tracing:
         self.decide: Decide | None = fast_decision(provider.sampler) if provider is not None else None
         ids = provider.id_generator if provider is not None else None
         self.ids: DecisionIds | None = ids if isinstance(ids, DecisionIds) else None
+        self.root_bound = root_bound(provider.sampler) if self.decide is not None and provider is not None else None
         self.tracer: Tracer = (
             provider.get_tracer("meshgate", schema_url=SCHEMA_URL) if provider is not None else NoOpTracer()
         )
@@ -695,7 +725,14 @@ class Tracing:
             parsed = parse_traceparent(unescape_header_value(traceparent.decode(errors="replace")))
             if parsed is not None:
                 return decide(parsed[0], bool(parsed[1] & _SAMPLED))
-        ids = self.ids  # a root; without DecisionIds the SDK draws its trace id, so it decides in start_span
+        ids, bound = self.ids, self.root_bound  # a root
+        if ids is not None and bound is not None:
+            low = _getrandbits(64)
+            if low >= bound:
+                return False
+            ids.root(low)
+            return True
+        # without DecisionIds the SDK draws its trace id, so it decides in start_span
         return ids is None or ids.root_sampled(decide)
 
     def start_send(self, raw: RawBatch, destination: str, *, address: str | None = None) -> list[Span | None]:

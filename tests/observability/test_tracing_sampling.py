@@ -47,7 +47,7 @@ from meshgate.brokers import AppendResult, RawBatch
 from meshgate.brokers._codec import header_lines, parse_header_lines
 from meshgate.gateway._classify import ProcessedBatch
 from meshgate.observability import Tracing
-from meshgate.observability._tracing import DecisionIds, fast_decision, parse_traceparent
+from meshgate.observability._tracing import DecisionIds, fast_decision, parse_traceparent, root_bound
 from meshgate.v1 import event_pb2, gateway_pb2, gateway_pb2_grpc, replication_pb2
 from tests._wait import eventually
 from tests.gateway._helpers import ev, read_all
@@ -136,10 +136,17 @@ def test_fast_decision_equals_the_sdk_sampler(sampler: Sampler) -> None:
             decision = sampler.should_sample(_parent(trace_id, parent_sampled), trace_id, "t").decision
             expected = decision is Decision.RECORD_AND_SAMPLE
             assert decide(trace_id, parent_sampled) is expected, (hex(trace_id), parent_sampled)
+    # A root's decision as one comparison of the trace id's low 64 bits: the same again.
+    bound = root_bound(sampler)
+    assert bound is not None
+    for trace_id in ids:
+        expected = sampler.should_sample(None, trace_id, "t").decision is Decision.RECORD_AND_SAMPLE
+        assert (trace_id & _LOW64 < bound) is expected, hex(trace_id)
 
 
 def test_other_samplers_keep_the_sdk_path() -> None:
     assert fast_decision(_Custom()) is None
+    assert root_bound(_Custom()) is None and root_bound(ParentBased(root=_Custom())) is None
     assert fast_decision(StaticSampler(Decision.RECORD_ONLY)) is None
     assert fast_decision(ParentBased(root=_Custom())) is None
     tracing, counting, _ = _traced(_Custom())
