@@ -167,11 +167,11 @@ def _make_exporter(name: str, environ: Mapping[str, str]) -> SpanExporter | None
         # OTEL_EXPORTER_OTLP_(TRACES_)* variables themselves; the HTTP one appends /v1/traces to
         # OTEL_EXPORTER_OTLP_ENDPOINT and takes OTEL_EXPORTER_OTLP_TRACES_ENDPOINT as the full URL.
         if protocol == "grpc":
-            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # noqa: PLC0415 - only when exporting
-                OTLPSpanExporter as GrpcExporter,
-            )
+            # The SDK's exporter with a cheaper encoding (_encode.py): it runs in the batch
+            # processor's thread, holding the GIL the event loop needs.
+            from meshgate.observability._encode import CachingOTLPSpanExporter  # noqa: PLC0415 - only when exporting
 
-            return GrpcExporter()
+            return CachingOTLPSpanExporter()
         if protocol in ("http/protobuf", "http/json"):
             if protocol == "http/json":
                 # The Python SDK has no JSON encoder; every OTLP/HTTP receiver also takes protobuf.
