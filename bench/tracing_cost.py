@@ -27,7 +27,8 @@ Prints a table (events/s, ratio to off, spans the receiver got, the gateway's CP
 PublishStream event: a figure the machine's other load moves less than a rate) and, last,
 one JSON line.
 
-    python bench/tracing_cost.py [--seconds 3] [--clients 8] [--rounds 5]
+    python bench/tracing_cost.py [--seconds 3] [--clients 8] [--rounds 5] [--modes off,1%,on]
+    python bench/tracing_cost.py --in-process   # the per-event costs, in us of CPU, no servers
 """
 
 from __future__ import annotations
@@ -263,12 +264,98 @@ def report(
     return out
 
 
+def in_process(repeat: int = 7) -> dict[str, float]:
+    """The per-event costs of tracing at 1 %, in this process (no servers), in us of this thread's
+    CPU (the best of ``repeat``): the decision for an unsampled event; a sampled publish span
+    on the event loop, light and through the SDK's ``Span``; its OTLP encoding in the batch
+    processor's thread, ours and the SDK's."""
+    import gc
+
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import (
+        encode_spans as sdk_encode,
+    )
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBasedTraceIdRatio, Sampler
+
+    from meshgate.bench.ingest_bench import _event
+    from meshgate.brokers import AppendResult
+    from meshgate.observability import Tracing
+    from meshgate.observability._encode import encode_spans
+    from meshgate.observability._tracing import DecisionIds
+
+    def tracing(sampler: Sampler) -> tuple[Tracing, BatchSpanProcessor, InMemorySpanExporter]:
+        # The gateway's processor, exporting only when flushed (its encoding is measured apart).
+        exporter = InMemorySpanExporter()
+        processor = BatchSpanProcessor(
+            exporter, max_queue_size=1 << 20, max_export_batch_size=1 << 20, schedule_delay_millis=1e9
+        )
+        resource = Resource.create({"cloud.region": "bench", "service.name": "meshgate"})
+        provider = TracerProvider(sampler=sampler, id_generator=DecisionIds(), resource=resource)
+        provider.add_span_processor(processor)
+        t = Tracing(region="bench", provider=provider)
+        t.set_broker_address("127.0.0.1:4222")
+        return t, processor, exporter
+
+    batches = [[_event(i, f"m{b}") for i in range(100)] for b in range(50)]
+    for batch in batches:
+        for e in batch:
+            e.route.append("bench")
+    acks = [AppendResult(sequence=i, duplicate=False) for i in range(100)]
+
+    def per_event(t: Tracing) -> float:
+        best = math.inf
+        for _ in range(repeat):
+            fresh = [[type(e)() for e in b] for b in batches]
+            for b, src in zip(fresh, batches, strict=True):
+                for e, s in zip(b, src, strict=True):
+                    e.CopyFrom(s)
+            gc.collect()
+            start = time.thread_time()
+            for b in fresh:
+                trace = t.batch(None)
+                trace.start(b)
+                trace.end(acks)
+            best = min(best, (time.thread_time() - start) / (len(fresh) * 100) * 1e6)
+        return best
+
+    out: dict[str, float] = {}
+    t, _, _ = tracing(ParentBasedTraceIdRatio(0.0))  # nothing sampled: the decision alone
+    out["decision_us_per_event"] = per_event(t)
+    t, processor, exporter = tracing(ALWAYS_ON)
+    out["sampled_light_us_per_span"] = per_event(t)
+    processor.force_flush()
+    spans = exporter.get_finished_spans()[-512:]
+    t, _, _ = tracing(ALWAYS_ON)
+    t.sink = None  # the SDK's Span for each sampled event
+    out["sampled_sdk_span_us_per_span"] = per_event(t)
+    for name, encode in (("encode_ours_us_per_span", encode_spans), ("encode_sdk_us_per_span", sdk_encode)):
+        best = math.inf
+        for _ in range(repeat):
+            start = time.thread_time()
+            data = encode(spans).SerializeToString()
+            best = min(best, (time.thread_time() - start) / len(spans) * 1e6)
+        out[name] = best
+    out["encoded_bytes_per_span"] = len(data) / len(spans)
+    for key, value in out.items():
+        print(f"{key:<32} {value:>8.2f}")
+    return {k: round(v, 2) for k, v in out.items()}
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=3.0, help="measured time of each mode and load (default 3)")
     parser.add_argument("--clients", type=int, default=8, help="concurrent unary callers (default 8)")
     parser.add_argument("--rounds", type=int, default=5, help="turns of off and 1 %% (default 5)")
     parser.add_argument("--modes", default="off,1%,on", help="comma-separated modes among off, 1%%, on (default all)")
+    parser.add_argument(
+        "--in-process", action="store_true", help="only the per-event costs in this process (no servers)"
+    )
     args = parser.parse_args()
-    chosen = [m.strip() for m in args.modes.split(",") if m.strip()]
-    print(json.dumps(asyncio.run(main(args.seconds, args.clients, args.rounds, modes=chosen))))
+    if args.in_process:
+        print(json.dumps(in_process()))
+    else:
+        chosen = [m.strip() for m in args.modes.split(",") if m.strip()]
+        print(json.dumps(asyncio.run(main(args.seconds, args.clients, args.rounds, modes=chosen))))
