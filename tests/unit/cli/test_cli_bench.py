@@ -165,4 +165,4 @@ def test_the_tracing_cost_is_the_mean_of_alternating_rounds_with_its_spread() ->
     )
     assert s["tracing_cost_1pct"] == 0.043 and s["met"]["tracing_cost_1pct"] is True
     assert s["tracing_1pct_ratio_rounds"] == [0.95, 0.96, 0.96] and s["tracing_1pct_ratio_spread"] == 0.01
-    assert s["tracing_cpu_us_per_event"] == {"off": 20.5, "1%": 21.4}
+    assert s["tracing_cpu_us_per_event"] == {"off": 20.5, "1%": 21.4} and s["tracing_cpu_cost_1pct"] == 0.044
