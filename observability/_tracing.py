@@ -15,7 +15,8 @@ gateways may share a process, as in ``meshgate up``, so nothing is set globally)
   ``/v1/traces``), ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` the full one, and
   ``OTEL_EXPORTER_OTLP_(TRACES_)HEADERS`` ``key=value`` pairs. The ``BatchSpanProcessor``
   reads its queue and delays (``OTEL_BSP_*``; it never blocks the
-  event path, a full queue drops spans), the SDK its sampler (``OTEL_TRACES_SAMPLER`` and
+  event path, a full queue drops spans; OTLP/gRPC encodes with ``_encode.py``, the SDK's
+  encoding with less work per span), the SDK its sampler (``OTEL_TRACES_SAMPLER`` and
   ``_ARG``, default ``parentbased_always_on``) and resource (``OTEL_SERVICE_NAME``,
   ``OTEL_RESOURCE_ATTRIBUTES``). ``service.name`` defaults to ``meshgate``; ``cloud.region``
   is always the gateway's region.
@@ -42,7 +43,11 @@ gateway) and ``cloud.region``:
     ``traceparent`` extension when the producer set one, else the W3C ``traceparent`` of the
     gRPC call's metadata, else none (a new trace). Its context is written into the event's
     ``traceparent`` (and ``tracestate``) extension before the broker write, so it travels in
-    the ``ce-traceparent`` broker header: it is the event's creation context.
+    the ``ce-traceparent`` broker header: it is the event's creation context. Also
+    ``meshgate.route``, ``meshgate.admission_us`` (from the batch's arrival to the end of
+    admission and routing; the broker write takes the rest), ``meshgate.outcome`` and
+    ``meshgate.sequence``. Recorded without the SDK's ``Span`` object where the decision is
+    made here (``BatchTrace``): the same span, handed to the span processors when it ends.
 ``send {topic}`` (PRODUCER, origin region, replicator)
     One per sampled event a link forwards, from the forward to the destination's ack of its batch.
     Parent: the stored event's ``traceparent`` (the publish span). The forwarded copy carries
