@@ -13,7 +13,17 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
+from opentelemetry.trace import (
+    Link,
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    TraceState,
+    set_span_in_context,
+)
 
 from meshgate.brokers import AppendResult, RawBatch
 from meshgate.brokers._codec import header_lines
@@ -54,13 +64,33 @@ def _spans(region: str) -> tuple[ReadableSpan, ...]:
     ) as span:
         span.add_event("e", {"n": 3})
         span.set_status(Status(StatusCode.ERROR, "broken"))
+    # Written byte by byte: values at the edges of the wire format, a remote parent with a state.
+    parent = set_span_in_context(NonRecordingSpan(linked))
+    edges = tracer.start_span("größe ✓", context=parent, kind=SpanKind.CONSUMER)
+    edges.set_attributes(
+        {
+            "neg": -5,
+            "big": (1 << 63) - 1,
+            "zero": 0,
+            "empty": "",
+            "uni": "größe ✓",
+            "meshgate.route": "",
+            "meshgate.outcome": False,
+            "f": -0.0,
+            "t": ("a",),
+            "long": "x" * 300,  # a length over one varint byte
+        }
+    )
+    edges.set_status(Status(StatusCode.ERROR, "ünicode"))
+    edges.end()
+    tracer.start_span("", kind=SpanKind.INTERNAL).end()  # no name, no attributes, UNSET
     tracing.shutdown()
     return exporter.get_finished_spans()
 
 
 def test_the_request_is_the_sdks() -> None:
     spans = [*_spans("a"), *_spans("a")]  # two providers: equal resources, distinct objects
-    assert len(spans) == 10
+    assert len(spans) == 14
     ours, theirs = encode_spans(spans), sdk_encode_spans(spans)
     assert ours == theirs
     assert ours.SerializeToString(deterministic=True) == theirs.SerializeToString(deterministic=True)
