@@ -459,7 +459,9 @@ class BatchTrace:
     provider's span processors as one finished ``ReadableSpan`` when the broker answers. The
     SDK's ``Span`` takes ~25 us per sampled event on the event loop (the sampler again, locks,
     attribute validation per key, bounded lists) for what is known up front here: the same
-    span, with the same ids, flags, parent, resource and scope, for a fifth of that.
+    span, with the same ids, flags, parent, resource and scope, for a fifth of that. Not
+    called for it: the processors' ``on_start`` and ``_on_ending`` (the batch processor's do
+    nothing) and the SDK's own span metrics (off unless a meter provider is given to it).
     """
 
     __slots__ = ("_call", "_call_sc", "_tracing", "light", "parent", "spans", "start_ns")
