@@ -655,6 +655,8 @@ class Tracing:
         self.sink: SpanProcessor | None = _light_sink(provider) if light else None
         self.resource = provider.resource if provider is not None else Resource.get_empty()
         self.scope: InstrumentationScope | None = getattr(self.tracer, "_instrumentation_scope", None)
+        if self.scope is None:  # another SDK version: its spans would lose their scope, keep its Span
+            self.sink = None
         self.id_generator: IdGenerator = self.ids or RandomIdGenerator()
         # A root span's flags, as Tracer.start_span sets them: sampled, and W3C level 2's
         # random-trace-id flag when the id generator says its ids are random.
