@@ -126,6 +126,7 @@ class KafkaAppend(KafkaState):
         data: Sequence[bytes],
         origin_sequences: Sequence[int],
         origin_streams: Sequence[str] = (),
+        origin: str = "",  # decoding reads each event's origin anyway
     ) -> list[AppendResult | BrokerError]:
         if not ids:
             return []
@@ -333,7 +334,11 @@ class KafkaAppend(KafkaState):
     ) -> list[_Part]:
         """Adds the events to their partitions' open record batches; the parts to wait for."""
         topics = list(plan)
-        created = await asyncio.gather(*(self._ensure_topic(t) for t in topics), return_exceptions=True)
+        known = [self._topics[t] for t in topics if t in self._topics]
+        created: Sequence[list[int] | BaseException] = known
+        if len(known) < len(topics):
+            # A task per topic only when one is not known yet (a gather per call cost a loop turn each).
+            created = await asyncio.gather(*(self._ensure_topic(t) for t in topics), return_exceptions=True)
         parts: list[_Part] = []
         for topic, partitions in zip(topics, created, strict=True):
             if isinstance(partitions, BaseException):
