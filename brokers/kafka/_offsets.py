@@ -25,7 +25,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaTimeoutError
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
-__all__ = ["OffsetProbe", "scan"]
+__all__ = ["OffsetProbe", "scan", "scan_to_end"]
 
 
 class OffsetProbe:
@@ -206,4 +206,54 @@ async def scan(
             if await consumer.position(tp) >= todo[tp][1]:
                 del todo[tp]  # the rest up to the end were gaps
         if todo and time.monotonic() - last_progress > timeout:
+            raise KafkaTimeoutError(f"scan of {len(todo)} partitions made no progress for {timeout:g} s")
+
+
+async def scan_to_end(
+    consumer: AIOKafkaConsumer,
+    starts: Mapping[TopicPartition, int],
+    *,
+    reached: dict[TopicPartition, int],
+    max_records: int = 1000,
+    poll_ms: int = 20,
+    timeout: float,
+) -> AsyncIterator[list[ConsumerRecord[bytes, bytes]]]:
+    """The records of each partition from its start up to its end, in batches, through ``consumer``.
+
+    The end is the high watermark of the scan's own fetches, each sent after the call began: it
+    is at or past every record stored before the call. ``reached`` gets the offset each
+    partition was read up to. Unlike ``end_offsets``, no fetch at the last record's offset is
+    needed (which brings that record's whole batch back, for every partition), and a partition
+    with nothing after its start costs an empty answer. ``consumer`` is new (no high watermark
+    known yet), assign-only and used by nothing else meanwhile; a partition that makes no
+    progress for ``timeout`` seconds ends the scan with ``KafkaTimeoutError``.
+    """
+    todo = set(starts)
+    if not todo:
+        return
+    consumer.assign(list(todo))
+    for tp, start in starts.items():
+        consumer.seek(tp, start)
+    last_progress = time.monotonic()
+    while todo:
+        # Short waits: an answer without records (the partition is at its end) does not end
+        # a getmany, only its timeout does.
+        got = await consumer.getmany(*todo, timeout_ms=poll_ms, max_records=max_records)
+        out: list[ConsumerRecord[bytes, bytes]] = []
+        for tp, records in got.items():
+            if tp in todo and records:
+                out.extend(records)
+        for tp in list(todo):
+            high = consumer.highwater(tp)
+            if high is None:
+                continue  # no answer for it yet
+            position = await consumer.position(tp)
+            if position >= high:
+                reached[tp] = position
+                todo.discard(tp)
+                consumer.pause(tp)
+        if out:
+            last_progress = time.monotonic()
+            yield out
+        elif todo and time.monotonic() - last_progress > timeout:
             raise KafkaTimeoutError(f"scan of {len(todo)} partitions made no progress for {timeout:g} s")
