@@ -44,10 +44,27 @@ class OffsetProbe:
             self._consumer.assign(list(wanted))
             self._assigned = wanted
 
+    async def _know(self, tps: Sequence[TopicPartition]) -> None:
+        """Brings the topics of ``tps`` into the consumer's metadata in one update.
+
+        aiokafka keeps metadata only for the topics last assigned, and a ListOffsets for a
+        partition of another topic adds that one topic and retries after its backoff (100 ms):
+        0.7 s for 8 topics, each time the lookups turned from one partition (a time lookup,
+        the checkpoints) to all of them (the region's log position).
+        """
+        client = self._consumer._client
+        missing = {tp.topic for tp in tps if client.cluster.leader_for_partition(tp) is None}
+        if not missing:
+            return
+        # Each add asks for the same pending update, which reads every topic added by then.
+        updates = [client.add_topic(topic) for topic in missing]
+        await asyncio.gather(*updates)
+
     async def beginning_offsets(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
         if not tps:
             return {}
         async with self._lock:
+            await self._know(tps)
             got: dict[TopicPartition, int] = await self._consumer.beginning_offsets(list(tps))
             return got
 
@@ -60,6 +77,7 @@ class OffsetProbe:
 
     async def _end_offsets(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
         consumer = self._consumer
+        await self._know(tps)
         ends: dict[TopicPartition, int] = dict(await consumer.end_offsets(list(tps)))
         begins: dict[TopicPartition, int] = await consumer.beginning_offsets(list(tps))
         check = [tp for tp in tps if ends[tp] > begins[tp]]
@@ -120,6 +138,7 @@ class OffsetProbe:
         timestamp_ms = max(0, timestamp_ms)
         async with self._lock:
             consumer = self._consumer
+            await self._know(tps)
             answers = await consumer.offsets_for_times(dict.fromkeys(tps, timestamp_ms))
             result: dict[TopicPartition, int] = {}
             ends = await self._end_offsets(tps)
