@@ -311,13 +311,16 @@ class Log(StartStop):
         data: Sequence[bytes],
         origin_sequences: Sequence[int],
         origin_streams: Sequence[str] = (),
+        origin: str = "",
     ) -> list[AppendResult | BrokerError]:
         """``append`` of events given as raw header lines and payloads (see ``RawBatch``).
 
         Each is written with ``origin_sequences[i]`` as its origin sequence, in origin stream
         ``origin_streams[i]`` (none: all in the origin's one stream). The lines must have
-        passed ``_codec.check_header_lines``. The default decodes them and calls ``append``;
-        an adapter overrides it to write the bytes as they are.
+        passed ``_codec.check_header_lines``. ``origin``: the caller checked that every
+        event's lines carry exactly this origin (an adapter may then skip reading it from
+        each); "" when it did not. The default decodes them and calls ``append``; an adapter
+        overrides it to write the bytes as they are.
         """
         events = []
         for i, (eid, topic, lines, payload, seq) in enumerate(

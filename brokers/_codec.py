@@ -51,6 +51,7 @@ import functools
 import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from itertools import repeat
 from urllib.parse import quote, unquote
 
 from google.protobuf import timestamp_pb2
@@ -92,6 +93,8 @@ __all__ = [
     "parse_header_lines",
     "parse_time",
     "pattern_to_filter",
+    "plain_header_blocks",
+    "plain_values",
     "subject_to_topic",
     "topic_to_subject",
     "unescape_header_value",
@@ -494,6 +497,25 @@ def check_header_lines(lines: bytes) -> str | None:
     if not lines or _PLAIN_LINES_RE.fullmatch(lines) is not None:
         return None
     return _header_lines_problem(lines)
+
+
+def plain_header_blocks(blocks: Sequence[bytes]) -> bool:
+    """Whether ``check_header_lines`` finds no problem in any of ``blocks``, in one scan of them all.
+
+    False also when one of them is empty or does not end with CRLF (the caller then checks
+    each): each then holds whole lines only, so no line runs from one into the next, and
+    their concatenation matches ``_PLAIN_LINES_RE`` exactly when each of them does.
+    """
+    if not blocks or not all(map(bytes.endswith, blocks, repeat(b"\r\n"))):
+        return False
+    return _PLAIN_LINES_RE.fullmatch(b"".join(blocks)) is not None
+
+
+def plain_values(values: Sequence[str]) -> bool:
+    """Whether no value of ``values`` needs escaping (``escape_header_value`` returns each as it is)."""
+    text = "".join(values)
+    # The characters _UNSAFE_RE finds: not ASCII, control characters and DEL (not printable), space, '"', '%'.
+    return text.isascii() and text.isprintable() and " " not in text and '"' not in text and "%" not in text
 
 
 def _header_lines_problem(lines: bytes) -> str | None:

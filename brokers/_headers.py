@@ -9,6 +9,10 @@ first) works too: its header lines follow the version line.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
+from itertools import repeat
+
 from meshgate.brokers._codec import HEADER_ORIGIN, HEADER_ROUTE, unescape_header_value
 
 __all__ = [
@@ -22,6 +26,8 @@ __all__ = [
 
 ORIGIN_NAME = HEADER_ORIGIN.encode()
 ROUTE_NAME = HEADER_ROUTE.encode()
+_ROUTE_MARK = b"\r\n" + ROUTE_NAME + b": "
+_ROUTE_VALUE_RE = re.compile(re.escape(_ROUTE_MARK) + rb"([^\r\n]*)")
 
 
 def header_value(lines: bytes, name: bytes) -> bytes | None:
@@ -82,6 +88,19 @@ class RouteMatcher:
                 self._cache.clear()
             named = self._cache[route] = self.region in unescape_header_value(route.decode(errors="replace")).split(",")
         return named
+
+    def names_all(self, blocks: Sequence[bytes], joined: bytes) -> bool:
+        """Whether each of ``blocks`` carries exactly one route header, and it names the region.
+
+        Decided at once for all (``joined``: their concatenation). Each block's lines must each
+        follow a CRLF (a NATS header block, or lines led by CRLF) and a block must not begin
+        with the route header, so that no match runs from one block into the next. False
+        also when any block holds none or several (the caller then asks of each).
+        """
+        if joined.count(_ROUTE_MARK) != len(blocks) or not all(map(bytes.__contains__, blocks, repeat(_ROUTE_MARK))):
+            return False
+        route = self.route
+        return all(route(value) for value in set(_ROUTE_VALUE_RE.findall(joined)))
 
     def __call__(self, lines: bytes) -> bool:
         """Whether the header lines carry a route header that names the region."""

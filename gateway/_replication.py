@@ -65,9 +65,14 @@ def _sequence_span(raw: replication_pb2.RawEvents) -> tuple[dict[str, int], dict
     seqs = raw.sequences
     if not seqs:
         return lows, highs
-    if not raw.streams:
+    streams = list(raw.streams)
+    if not streams:
         return {"": min(seqs)}, {"": max(seqs)}
-    for name, seq in zip(raw.streams, seqs, strict=False):
+    first = streams[0]
+    if streams.count(first) == len(streams):
+        # A NATS origin's call carries one partition: no loop over the events.
+        return {first: min(seqs)}, {first: max(seqs)}
+    for name, seq in zip(streams, seqs, strict=False):
         if seq < lows.get(name, seq + 1):
             lows[name] = seq
         if seq > highs.get(name, 0):
@@ -319,9 +324,9 @@ class ReplicationService(replication_pb2_grpc.ReplicationServicer):
                 raise CallFailed(
                     _failure_code(exc), f"region {self._region} cannot record a new stream: {exc}"
                 ) from exc
-        return _InFlight(request, asyncio.ensure_future(self._write(batch)), spans, events)
+        return _InFlight(request, asyncio.ensure_future(self._write(batch, state.origin)), spans, events)
 
-    async def _write(self, batch: ProcessedBatch) -> ProcessedBatch:
+    async def _write(self, batch: ProcessedBatch, origin: str) -> ProcessedBatch:
         if batch.w_ids:
             try:
                 batch.written = await self._broker.append_raw(
@@ -331,6 +336,8 @@ class ReplicationService(replication_pb2_grpc.ReplicationServicer):
                     data=batch.w_data,
                     origin_sequences=batch.w_seqs,
                     origin_streams=batch.w_streams,
+                    # The sorting let through only events carrying exactly the call's origin.
+                    origin=origin,
                 )
             except BrokerError as exc:
                 batch.written = [exc] * len(batch.w_ids)

@@ -441,6 +441,10 @@ class Link:
             ("grpc.keepalive_time_ms", 10_000),
             ("grpc.keepalive_timeout_ms", 5_000),
             ("grpc.keepalive_permit_without_calls", 1),
+            # While the destination is down, gRPC retries the connection within 0.1 s doubling
+            # to 0.5 s (its defaults: 1 s to 120 s): a restarted gateway is found at once.
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 500),
         ]
         tls = opts.tls
         # Read when connecting, so a rotated certificate is used from the next connection on.

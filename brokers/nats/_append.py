@@ -22,6 +22,7 @@ from meshgate.brokers._base import (
 )
 from meshgate.brokers._codec import (
     escape_header_value,
+    plain_values,
 )
 from meshgate.brokers.nats._errors import (
     AckTimeoutError,
@@ -105,6 +106,7 @@ class NatsAppend(NatsState):
         data: Sequence[bytes],
         origin_sequences: Sequence[int],
         origin_streams: Sequence[str] = (),
+        origin: str = "",
     ) -> list[AppendResult | BrokerError]:
         n = len(ids)
         if not (len(topics) == len(headers) == len(data) == len(origin_sequences) == n) or len(origin_streams) not in (
@@ -119,6 +121,18 @@ class NatsAppend(NatsState):
         except BrokerUnavailableError as exc:
             return [exc] * n
         batch = AppendBatch(topics, data, asyncio.get_running_loop().create_future())
+        made = (
+            self._raw_heads(
+                origin, ids=ids, topics=topics, headers=headers, sequences=origin_sequences, streams=origin_streams
+            )
+            if origin
+            else None
+        )
+        if made is not None:
+            heads, subjects = made
+            return await self._append(
+                batch, self._publish_batch(nc, batch, ids, heads.__getitem__, subjects.__getitem__)
+            )
         esc = escape_header_value
 
         def head_of(i: int) -> bytes:
@@ -149,6 +163,46 @@ class NatsAppend(NatsState):
             return layout.subject(topics[i], origin.decode(), partition)
 
         return await self._append(batch, self._publish_batch(nc, batch, ids, head_of, subject_of))
+
+    def _raw_heads(
+        self,
+        origin: str,
+        *,
+        ids: Sequence[str],
+        topics: Sequence[str],
+        headers: Sequence[bytes],
+        sequences: Sequence[int],
+        streams: Sequence[str],
+    ) -> tuple[list[bytes], list[str]] | None:
+        """Every event's header block and subject, as ``append_raw``'s ``head_of`` and ``subject_of``
+        make them, but a batch at a time: for events of one known origin, ids that need no
+        escaping, in streams that are this log's partitions (``p<n>``, a NATS origin's). None
+        otherwise, and for a topic or origin the layout refuses: each event is then made alone."""
+        if not streams or not plain_values(ids):
+            return None
+        layout = self._layout
+        esc = escape_header_value
+        # Per stream: its subjects' head, and the header block's end after the origin sequence.
+        starts: dict[str, str] = {}
+        ends: dict[str, bytes] = {}
+        try:
+            for name in set(streams):
+                partition = stream_partition(name)
+                if partition is None or partition >= layout.partitions:
+                    return None
+                starts[name] = layout.head(origin, partition)
+                ends[name] = b"\r\nmg-origin-stream: " + esc(name).encode() + b"\r\n\r\n"
+            levels = {topic: layout.levels(topic) for topic in set(topics)}
+        except ValueError:
+            return None
+        # "\x00" is escaped in an id: none holds it.
+        raw_ids = "\x00".join(ids).encode().split(b"\x00")
+        heads = [
+            b"%b%b\r\n%bmg-origin-seq: %d%b" % (_MSG_ID_HEAD, eid, lines, seq, ends[name])
+            for eid, lines, seq, name in zip(raw_ids, headers, sequences, streams, strict=True)
+        ]
+        subjects = [starts[name] + levels[topic] for name, topic in zip(streams, topics, strict=True)]
+        return heads, subjects
 
     async def _append(
         self, batch: AppendBatch, publish: Coroutine[None, None, None]
@@ -312,7 +366,11 @@ class NatsAppend(NatsState):
             stats.failed += 1
             if isinstance(result, StorageFullError):
                 self.storage.refused(str(result))
-        batch.settle(index, result)
+        # AppendBatch.settle, inline: this runs once per event.
+        batch.results[index] = result
+        batch.remaining -= 1
+        if batch.remaining == 0 and batch.sealed and not batch.done.done():
+            batch.done.set_result(None)
         pending = len(self._pending)
         if pending < self._max_inflight:
             self._capacity.set()

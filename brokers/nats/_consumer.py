@@ -12,9 +12,11 @@ import contextlib
 import dataclasses
 import json
 import math
+import re
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
 import nats.errors
@@ -40,8 +42,14 @@ from meshgate.brokers.nats._pull import (
     PULL_GRACE_SECONDS,
     TIMEOUT,
     PullSubscription,
+    RawMsg,
 )
-from meshgate.brokers.nats._wire import parse_ack_subject, parse_header_block, split_header_block
+from meshgate.brokers.nats._wire import (
+    parse_ack_subject,
+    parse_header_block,
+    split_header_block,
+    split_header_blocks,
+)
 
 if TYPE_CHECKING:
     from nats.js.manager import JetStreamManager
@@ -51,6 +59,9 @@ __all__ = ["ConsumerApi", "ConsumerHost", "NatsDurableConsumer", "durable_templa
 DURABLE_MAX_ACK_PENDING = 50_000
 # JetStream's answer to a create-only request for a name that exists.
 _CONSUMER_EXISTS = 10148
+# A delivery's ack subject without a domain, in replies joined by spaces: its stream sequence,
+# consumer sequence, timestamp and pending count (the delivery count left out).
+_ACK_RE = re.compile(rb"(?<![^ ])\$JS\.ACK\.[^. ]+\.[^. ]+\.\d+\.(\d+)\.(\d+)\.(\d+)\.(\d+)(?![^ ])")
 # Opens racing for generation numbers: each "exists" moves to the next number.
 _GENERATION_TRIES = 64
 
@@ -433,6 +444,9 @@ class NatsDurableConsumer(DurableConsumer):
         unacked = self._unacked
         pending = 0
         msgs = puller.take(max_events)
+        if msgs and self._take_plain(msgs, batch):
+            await self._after_take(nc, msgs[-1][1])
+            return batch
         for subject, reply, hdr, data in msgs:
             if not self._wanted(hdr):
                 continue
@@ -461,6 +475,49 @@ class NatsDurableConsumer(DurableConsumer):
         if msgs:
             await self._after_take(nc, msgs[-1][1])
         return batch
+
+    def _take_plain(self, msgs: list[RawMsg], batch: RawBatch) -> bool:
+        """``fetch_raw``'s loop over ``msgs``, in scans of them all that iterate in C, when every
+        delivery is wanted, in Meshgate's own header form, with a plain ack subject (no
+        domain); False, with nothing done, otherwise (``fetch_raw`` then takes each alone)."""
+        subjects, replies, hdrs, datas = zip(*msgs, strict=True)
+        n = len(msgs)
+        split = split_header_blocks(list(hdrs))
+        if split is None:
+            return False
+        blocks: list[bytes] = hdrs  # type: ignore[assignment]  # split_header_blocks: no None
+        joined = b"".join(blocks)
+        origin_line = self._origin_line
+        if origin_line is not None and (
+            joined.count(origin_line) != n or not all(map(bytes.__contains__, blocks, repeat(origin_line)))
+        ):
+            return False
+        routes = self._routes
+        if routes is not None and not routes.names_all(blocks, joined):
+            return False
+        # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>, one per delivery.
+        found = _ACK_RE.findall(b" ".join(replies))
+        if len(found) != n:
+            return False
+        sseqs, cseqs, stored_ns, pending = zip(*found, strict=True)
+        topic_cache = self._topics
+        for subject in set(subjects).difference(topic_cache):
+            if len(topic_cache) > 4096:
+                topic_cache.clear()
+            topic_cache[subject] = self._host.topic_of(subject.decode())
+        ids, lines = split
+        batch.ids.extend(ids)
+        batch.topics.extend(map(topic_cache.__getitem__, subjects))
+        batch.sequences.extend(map(int, sseqs))
+        batch.stored_ns.extend(map(int, stored_ns))
+        batch.headers.extend(lines)
+        batch.data.extend(datas)
+        batch.tokens.extend(replies)
+        batch.pending = int(pending[-1])
+        self._unacked.update(zip(replies, map(int, cseqs), strict=True))
+        if self._stream:
+            batch.streams.extend([self._stream] * n)
+        return True
 
     # -- acking -----------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ import asyncio
 import random
 from typing import Any
 
+import nats
 import nats.errors
 import pytest
 
@@ -274,3 +275,103 @@ async def test_raw_append_refuses_like_append_on_both_paths(
     ]
     copies = await read_events(nats_broker, "orders/created", 2, start=StartAt(earliest=True))
     assert [(c.id, c.origin_sequence) for c in copies] == [(events[0].id, 1), (events[3].id, 4)]
+
+
+async def test_raw_append_of_one_known_origin_writes_what_each_event_alone_writes(nats_server: EmbeddedNats) -> None:
+    # A destination that checked every event's origin says so (``origin=``): the adapter makes
+    # the batch's header blocks and subjects at once. What it stores must be what the event by
+    # event path stores: the same subjects, the same headers, the same duplicates on a resend.
+    # One id needs escaping, and so takes the event by event path within the same call.
+    events = [make_event("orders/created", f"e{i}", key=f"k{i}", origin="here", route=["there"]) for i in range(6)]
+    ids = [e.id for e in events]
+    headers = [header_lines(e) for e in events]
+    streams = [f"p{i % 3}" for i in range(6)]
+    stored: dict[str, list[tuple[str, dict[str, str]]]] = {}
+    for label, origin, stream in (("alone", "", "ALONE"), ("known", "here", "KNOWN")):
+        settings = NatsSettings(stream=stream, subject_prefix=f"{stream.lower()}.")
+        async with make_nats_broker(nats_server, settings=settings) as broker:
+            for duplicate in (False, True):
+                results = await broker.append_raw(
+                    ids=ids,
+                    topics=[e.topic for e in events],
+                    headers=headers,
+                    data=[e.data for e in events],
+                    origin_sequences=list(range(11, 17)),
+                    origin_streams=streams,
+                    origin=origin,
+                )
+                assert [r.duplicate for r in sequences_of(results)] == [duplicate] * 6
+        async with await nats.connect(nats_server.url) as nc:
+            js = nc.jetstream()
+            msgs = [await js.get_msg(stream, seq) for seq in range(1, 7)]
+        prefix = f"{stream.lower()}."
+        stored[label] = [(str(m.subject).removeprefix(prefix), dict(m.headers or {})) for m in msgs]
+    assert stored["known"] == stored["alone"]
+    assert stored["known"][4][0] == "here.1.orders.created"
+    assert stored["known"][4][1]["mg-origin-stream"] == "p1"
+    assert stored["known"][4][1]["mg-origin-seq"] == "15"
+
+    # The fast path is taken for such a batch, and not when an id needs escaping.
+    async with make_nats_broker(nats_server, settings=NatsSettings(stream="KNOWN", subject_prefix="known.")) as broker:
+        topics, two = ["orders/created"] * 2, headers[:2]
+        made = broker._raw_heads(
+            "here", ids=ids[:2], topics=topics, headers=two, sequences=[1, 2], streams=["p0", "p1"]
+        )
+        assert made is not None
+        assert (
+            broker._raw_heads(
+                "here", ids=["an id", ids[1]], topics=topics, headers=two, sequences=[1, 2], streams=["p0", "p1"]
+            )
+            is None
+        )
+        assert (
+            broker._raw_heads(
+                "here", ids=ids[:2], topics=topics, headers=two, sequences=[1, 2], streams=["orders/0", "p1"]
+            )
+            is None
+        )
+
+
+async def test_raw_fetch_of_a_whole_batch_at_once_takes_what_each_delivery_alone_takes(
+    nats_broker: NatsBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A batch of deliveries that are all wanted, in Meshgate's own header form, is taken in
+    # scans of them all; a reference consumer on the same log takes each alone. Batches mixing
+    # in an event not routed to the destination, or an id that was escaped, fall back.
+    events = [make_event("orders/created", f"all-{i}", key=f"k{i}", route=["there"]) for i in range(40)]
+    events += [make_event("orders/created", "not-there", route=["here"])]
+    events += [make_event("orders/paid", f"more-{i}", route=["here", "there"]) for i in range(20)]
+    events += [make_event("orders/paid", "an id with spaces", route=["there"])]
+    events += [make_event("orders/paid", f"last-{i}", route=["there"]) for i in range(20)]
+    await nats_broker.append(events)
+    fast = await nats_broker.durable_consumer("link-fast", origin="here", routed_to="there")
+    each = await nats_broker.durable_consumer("link-each", origin="here", routed_to="there")
+    taken: list[bool] = []
+    real = type(fast)._take_plain
+
+    def spy(self: Any, msgs: Any, batch: RawBatch) -> bool:
+        if self is each:
+            return False
+        result = real(self, msgs, batch)
+        taken.append(result)
+        return result
+
+    monkeypatch.setattr(type(fast), "_take_plain", spy)
+    got: dict[str, list[RawBatch]] = {"fast": [], "each": []}
+    for label, consumer in (("fast", fast), ("each", each)):
+        async with asyncio.timeout(BOUND):
+            # The skipped event is in no batch.
+            while sum(len(p) for p in got[label]) < len(events) - 1:
+                part = await consumer.fetch_raw(20, timeout=0.5)
+                got[label].append(part)
+                await consumer.ack_raw(part)
+    for name in ("ids", "topics", "sequences", "headers", "data", "stored_ns", "streams"):
+        flat = {label: [x for p in parts for x in getattr(p, name)] for label, parts in got.items()}
+        assert flat["fast"] == flat["each"], name
+    assert got["fast"][-1].pending == got["each"][-1].pending == 0
+    assert [e.id for e in events if e.id != "not-there"] == [x for p in got["fast"] for x in p.ids]
+    # Taken at once for the clean batches, not for those holding the skipped or the escaped event.
+    assert True in taken and False in taken, taken
+    for consumer in (fast, each):
+        assert await consumer.pending() == 0
+        await consumer.close()

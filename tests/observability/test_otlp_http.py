@@ -92,7 +92,9 @@ async def test_traces_variables_win_and_the_traces_endpoint_is_the_full_url(
     assert not receiver.refused
     url = urlparse(nats_server.url)
     assert span.span.name == "publish orders/created"
-    assert _attrs(span) == {
+    attrs = _attrs(span)
+    assert isinstance(attrs.pop("meshgate.admission_us"), int)  # admission and routing took that long
+    assert attrs == {
         "messaging.system": "nats",
         "messaging.operation.type": "send",
         "messaging.operation.name": "publish",

@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 import pytest
 from opentelemetry.context import Context
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import (
@@ -32,14 +32,22 @@ from opentelemetry.sdk.trace.sampling import (
     StaticSampler,
     TraceIdRatioBased,
 )
-from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, TraceFlags, set_span_in_context
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    StatusCode,
+    TraceFlags,
+    set_span_in_context,
+)
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from meshgate.brokers import AppendResult, RawBatch
 from meshgate.brokers._codec import header_lines, parse_header_lines
 from meshgate.gateway._classify import ProcessedBatch
 from meshgate.observability import Tracing
-from meshgate.observability._tracing import DecisionIds, fast_decision, parse_traceparent
+from meshgate.observability._tracing import DecisionIds, fast_decision, parse_traceparent, root_bound
 from meshgate.v1 import event_pb2, gateway_pb2, gateway_pb2_grpc, replication_pb2
 from tests._wait import eventually
 from tests.gateway._helpers import ev, read_all
@@ -128,10 +136,17 @@ def test_fast_decision_equals_the_sdk_sampler(sampler: Sampler) -> None:
             decision = sampler.should_sample(_parent(trace_id, parent_sampled), trace_id, "t").decision
             expected = decision is Decision.RECORD_AND_SAMPLE
             assert decide(trace_id, parent_sampled) is expected, (hex(trace_id), parent_sampled)
+    # A root's decision as one comparison of the trace id's low 64 bits: the same again.
+    bound = root_bound(sampler)
+    assert bound is not None
+    for trace_id in ids:
+        expected = sampler.should_sample(None, trace_id, "t").decision is Decision.RECORD_AND_SAMPLE
+        assert (trace_id & _LOW64 < bound) is expected, hex(trace_id)
 
 
 def test_other_samplers_keep_the_sdk_path() -> None:
     assert fast_decision(_Custom()) is None
+    assert root_bound(_Custom()) is None and root_bound(ParentBased(root=_Custom())) is None
     assert fast_decision(StaticSampler(Decision.RECORD_ONLY)) is None
     assert fast_decision(ParentBased(root=_Custom())) is None
     tracing, counting, _ = _traced(_Custom())
@@ -232,7 +247,7 @@ def test_parent_based_respects_the_incoming_sampled_flag() -> None:
     trace = tracing.batch(None)
     trace.start([yes, no])
     trace.end([AppendResult(sequence=1, duplicate=False)] * 2)
-    assert counting.started == 1
+    assert counting.started == 0  # the publish span is recorded without an SDK Span
     (span,) = exporter.get_finished_spans()
     assert span.attributes is not None
     assert span.attributes["messaging.message.id"] == "yes"
@@ -251,7 +266,7 @@ def test_parent_based_respects_the_incoming_sampled_flag() -> None:
     assert spans[1] is None
     assert raw.headers[1] == lines[1]
     assert parse_header_lines(raw.headers[0])["ce-traceparent"] != _tp(tid, 0x3, 1)
-    assert counting.started == 2
+    assert counting.started == 1
     tracing.end_send(spans, {}, duplicates=0)
     tracing.shutdown()
 
@@ -264,7 +279,7 @@ def test_root_ratio_decides_on_the_trace_id_the_event_carries() -> None:
     trace.start(events)
     trace.end([AppendResult(sequence=i, duplicate=False) for i in range(len(events))])
     spans = {s.attributes["messaging.message.id"]: s for s in exporter.get_finished_spans()}  # type: ignore[index]
-    assert counting.started == len(spans)
+    assert counting.started == 0  # the publish spans are recorded without an SDK Span
     assert 120 < len(spans) < 280
     for e in events:
         if e.id not in spans:  # not sampled: no span, not stamped
@@ -277,6 +292,87 @@ def test_root_ratio_decides_on_the_trace_id_the_event_carries() -> None:
         assert trace_id & _LOW64 < bound
         assert flags & 1
         assert spans[e.id].context.trace_id == trace_id
+    tracing.shutdown()
+
+
+# --- a sampled publish span without the SDK's Span: the same span -------------------------------
+
+
+def _publish_spans(tracing: Tracing, exporter: InMemorySpanExporter) -> dict[str, Any]:
+    """Publishes roots, an event with its own traceparent (and tracestate), a failed one and a
+    child of the call's context; the finished spans by message id, and the stamped events."""
+    tracing.set_broker_address("127.0.0.1:4222")
+    root, failed = ev(id="root"), ev(id="failed")
+    own = ev(id="own", extensions={"traceparent": _tp(0x0E, 0x6, 3), "tracestate": "k=v"})
+    child = ev(id="child")
+    trace = tracing.batch(None)
+    trace.start([root, own, failed])
+    trace.end([AppendResult(sequence=1, duplicate=False), AppendResult(sequence=2, duplicate=True), OSError("down")])
+    trace = tracing.batch(tracing.call_context((("traceparent", _tp(0xCA11, 0x5, 1)),)))
+    trace.start([child])
+    trace.abandon("the call ended before the broker answered")
+    stamped = {e.id: e.extensions["traceparent"] for e in (root, own, failed, child)}
+    return {
+        "spans": {s.attributes["messaging.message.id"]: s for s in exporter.get_finished_spans()},  # type: ignore[index]
+        "stamped": stamped,
+    }
+
+
+def test_sampled_publish_spans_are_the_sdks_without_its_span_work() -> None:
+    light, light_count, light_exporter = _traced(ParentBasedTraceIdRatio(1.0))
+    sdk, sdk_count, sdk_exporter = _traced(ParentBasedTraceIdRatio(1.0))
+    assert light.sink is not None
+    sdk.sink = None  # the SDK's path: a Span per sampled event
+    got, want = _publish_spans(light, light_exporter), _publish_spans(sdk, sdk_exporter)
+    assert light_count.started == 0 and sdk_count.started == 4
+    assert set(got["spans"]) == set(want["spans"]) == {"root", "own", "failed", "child"}
+    for mid, w in want["spans"].items():
+        g = got["spans"][mid]
+        assert (g.name, g.kind, g.resource, g.instrumentation_scope) == (
+            w.name,
+            w.kind,
+            w.resource,
+            w.instrumentation_scope,
+        )
+        assert (g.status.status_code, g.status.description) == (w.status.status_code, w.status.description)
+        assert g.events == w.events == ()
+        assert (g.context.trace_flags, g.context.trace_state, g.context.is_remote) == (
+            w.context.trace_flags,
+            w.context.trace_state,
+            w.context.is_remote,
+        )
+        assert (g.parent is None) == (w.parent is None)
+        if w.parent is not None:  # roots draw their ids at random
+            assert g.context.trace_id == w.context.trace_id
+            assert (g.parent.span_id, g.parent.is_remote) == (w.parent.span_id, w.parent.is_remote)
+        ga, wa = dict(g.attributes), dict(w.attributes)
+        assert isinstance(ga.pop("meshgate.admission_us"), int) and isinstance(wa.pop("meshgate.admission_us"), int)
+        assert ga == wa
+        # What the messaging conventions ask of a producer span, and the stamped context.
+        assert g.kind is SpanKind.PRODUCER and g.name == "publish orders/created"
+        assert ga["messaging.system"] == "nats" and ga["messaging.destination.name"] == "orders/created"
+        assert (ga["messaging.operation.type"], ga["messaging.operation.name"]) == ("send", "publish")
+        assert ga["messaging.message.id"] == mid
+        assert got["stamped"][mid] == _tp(g.context.trace_id, g.context.span_id, g.context.trace_flags)
+        assert g.start_time <= g.end_time
+    assert got["spans"]["failed"].status.status_code is StatusCode.ERROR
+    assert got["spans"]["own"].context.trace_state.to_header() == "k=v"
+    assert got["spans"]["own"].attributes["meshgate.outcome"] == "duplicate"
+    light.shutdown()
+    sdk.shutdown()
+
+
+def test_tighter_span_limits_keep_the_sdks_span() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(id_generator=DecisionIds(), span_limits=SpanLimits(max_span_attribute_length=4))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing = Tracing(region="a", provider=provider)
+    assert tracing.sink is None
+    trace = tracing.batch(None)
+    trace.start([ev(id="long-id")])
+    trace.end([AppendResult(sequence=1, duplicate=False)])
+    (span,) = exporter.get_finished_spans()
+    assert span.attributes is not None and span.attributes["messaging.message.id"] == "long"
     tracing.shutdown()
 
 

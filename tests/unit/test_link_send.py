@@ -8,7 +8,9 @@ test with a fake consumer and call: the end-to-end trace test covers the destina
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
+import grpc
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
@@ -18,6 +20,7 @@ from meshgate.observability import Tracing
 from meshgate.replicator import Link, LinkOptions, _link
 from meshgate.v1 import replication_pb2
 from tests._wait import eventually
+from tests.e2e._mesh import free_port
 from tests.gateway._helpers import ev
 
 _STORED_TP = f"00-{0xABC:032x}-{0x42:016x}-01"
@@ -134,3 +137,33 @@ def test_requests_of_tiny_events_with_stored_times_fit_the_limit() -> None:
             ),
         )
         assert request.ByteSize() <= limit
+
+
+async def test_a_link_retries_a_down_destination_within_half_a_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    # gRPC's own reconnect backoff (1 s growing to 120 s) would leave a restarted destination
+    # unseen for up to that long while the link waits for its channel: the link's channels
+    # retry within 0.1 s growing to 0.5 s. Checked on the channel a session really opens.
+    opened: list[dict[str, object]] = []
+    real = grpc.aio.insecure_channel
+
+    def spy(target: str, options: Any = None, **kwargs: Any) -> grpc.aio.Channel:
+        opened.append(dict(options or ()))
+        return real(target, options=options, **kwargs)
+
+    monkeypatch.setattr(grpc.aio, "insecure_channel", spy)
+    link = Link(
+        source="here",
+        destination="there",
+        address=f"127.0.0.1:{free_port()}",  # nothing listens: the session fails to connect
+        broker=None,  # type: ignore[arg-type]
+        options=LinkOptions(connect_timeout_seconds=0.2),
+    )
+    with pytest.raises(TimeoutError):
+        await link._session(_Consumer(), link.address or "")  # type: ignore[arg-type]
+    (options,) = opened
+    initial = options["grpc.initial_reconnect_backoff_ms"]
+    most = options["grpc.max_reconnect_backoff_ms"]
+    assert isinstance(initial, int) and isinstance(most, int)
+    assert initial <= 100 and most <= 500
+    # The connection attempt's own deadline stays gRPC's (20 s): a slow handshake still completes.
+    assert "grpc.min_reconnect_backoff_ms" not in options

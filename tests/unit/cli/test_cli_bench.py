@@ -140,3 +140,29 @@ def test_the_benches_find_the_embedded_broker_in_a_gateway_log() -> None:
     ):
         found = _EMBEDDED_URL.search(line)
         assert found is not None and found.groups() == (url, pid)
+
+
+def test_the_tracing_cost_is_the_mean_of_alternating_rounds_with_its_spread() -> None:
+    from meshgate.bench.mesh_bench import summarize
+    from meshgate.bench.tracing_cost import RatioStats
+
+    # Off and 1 % take turns; a neighbour's burst in round 2 costs both alike.
+    stats = RatioStats.of([60_000, 30_000, 62_000], [57_000, 28_800, 59_520])
+    assert [round(x, 3) for x in stats.rounds] == [0.95, 0.96, 0.96]
+    assert round(stats.mean, 3) == 0.957 and round(stats.spread, 3) == 0.01
+    # A round without a figure (NaN) is left out rather than making the mean NaN.
+    assert RatioStats.of([60_000, 60_000], [float("nan"), 57_000]).rounds == [0.95]
+    s = summarize(
+        {
+            "tracing": {
+                "ratio_0_01_stream_ratio_to_off": 0.957,
+                "ratio_0_01_stream_ratio_rounds": [0.95, 0.96, 0.96],
+                "ratio_0_01_stream_ratio_spread": 0.01,
+                "off_stream_cpu_us_per_event": 20.5,
+                "ratio_0_01_stream_cpu_us_per_event": 21.4,
+            }
+        }
+    )
+    assert s["tracing_cost_1pct"] == 0.043 and s["met"]["tracing_cost_1pct"] is True
+    assert s["tracing_1pct_ratio_rounds"] == [0.95, 0.96, 0.96] and s["tracing_1pct_ratio_spread"] == 0.01
+    assert s["tracing_cpu_us_per_event"] == {"off": 20.5, "1%": 21.4} and s["tracing_cpu_cost_1pct"] == 0.044

@@ -1,0 +1,109 @@
+"""The gRPC exporter's encoding (``observability/_encode.py``) is the SDK's ``encode_spans``, field for field.
+
+Spans of every shape the gateway makes (light publish spans, SDK send and process spans) and
+some it does not (events, links, trace state, attribute values of every type, a cached key
+with a bool and an int of equal value), from two providers with equal but distinct resources.
+The end-to-end proof, a real OTLP/gRPC receiver, is ``test_tracing.test_one_trace_across_two_regions``.
+"""
+
+from __future__ import annotations
+
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as sdk_encode_spans
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import (
+    Link,
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    TraceState,
+    set_span_in_context,
+)
+
+from meshgate.brokers import AppendResult, RawBatch
+from meshgate.brokers._codec import header_lines
+from meshgate.observability import Tracing
+from meshgate.observability._encode import CachingOTLPSpanExporter, encode_spans
+from meshgate.observability._tracing import DecisionIds, _make_exporter
+from tests.gateway._helpers import ev
+
+
+def _spans(region: str) -> tuple[ReadableSpan, ...]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"cloud.region": "a"}), id_generator=DecisionIds())
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing = Tracing(region=region, provider=provider)
+    tracing.set_broker_address("127.0.0.1:4222")
+    assert tracing.sink is not None  # publish spans go the light way
+    trace = tracing.batch(None)
+    trace.start([ev(id=f"p-{i}", route=["a", "b"]) for i in range(3)])
+    trace.end([AppendResult(sequence=1, duplicate=False), AppendResult(sequence=2, duplicate=True), OSError("x")])
+    raw = RawBatch(
+        ids=["s-1"], topics=["orders/created"], sequences=[7], headers=[header_lines(ev(id="s-1"))], data=[b"{}"]
+    )
+    tracing.end_send(tracing.start_send(raw, "b", address="10.0.0.2:7443"), {}, duplicates=0)
+    tracer = provider.get_tracer("other", "1.2", schema_url="https://example.com/s")
+    linked = SpanContext(0xAB, 0xCD, is_remote=True, trace_flags=TraceFlags(1), trace_state=TraceState([("k", "v")]))
+    with tracer.start_as_current_span(
+        "odd",
+        kind=SpanKind.INTERNAL,
+        links=[Link(linked, {"why": "because"})],
+        attributes={
+            "meshgate.outcome": True,  # a cached key with a bool, then with an int of equal value
+            "meshgate.dedup": 1,
+            "f": 1.5,
+            "b": b"\x00",
+            "seq": ("x", "y"),
+            "ints": [1, 2],
+        },
+    ) as span:
+        span.add_event("e", {"n": 3})
+        span.set_status(Status(StatusCode.ERROR, "broken"))
+    # Written byte by byte: values at the edges of the wire format, a remote parent with a state.
+    parent = set_span_in_context(NonRecordingSpan(linked))
+    edges = tracer.start_span("größe ✓", context=parent, kind=SpanKind.CONSUMER)
+    edges.set_attributes(
+        {
+            "neg": -5,
+            "big": (1 << 63) - 1,
+            "zero": 0,
+            "empty": "",
+            "uni": "größe ✓",
+            "meshgate.route": "",
+            "meshgate.outcome": False,
+            "f": -0.0,
+            "t": ("a",),
+            "long": "x" * 300,  # a length over one varint byte
+        }
+    )
+    edges.set_status(Status(StatusCode.ERROR, "ünicode"))
+    edges.end()
+    tracer.start_span("", kind=SpanKind.INTERNAL).end()  # no name, no attributes, UNSET
+    tracing.shutdown()
+    return exporter.get_finished_spans()
+
+
+def test_the_request_is_the_sdks() -> None:
+    spans = [*_spans("a"), *_spans("a")]  # two providers: equal resources, distinct objects
+    assert len(spans) == 14
+    ours, theirs = encode_spans(spans), sdk_encode_spans(spans)
+    assert ours == theirs
+    assert ours.SerializeToString(deterministic=True) == theirs.SerializeToString(deterministic=True)
+    assert len(ours.resource_spans) == 1 and len(ours.resource_spans[0].scope_spans) == 2
+    # Twice: the second time from the cache of repeated values.
+    assert encode_spans(spans) == theirs
+    assert encode_spans([]) == sdk_encode_spans([])
+
+
+def test_otlp_grpc_exports_with_the_cheaper_encoding() -> None:
+    exporter = _make_exporter("otlp", {"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"})
+    try:
+        assert isinstance(exporter, CachingOTLPSpanExporter)
+    finally:
+        if exporter is not None:
+            exporter.shutdown()
