@@ -52,13 +52,18 @@ class OffsetProbe:
         0.7 s for 8 topics, each time the lookups turned from one partition (a time lookup,
         the checkpoints) to all of them (the region's log position).
         """
-        client = self._consumer._client
-        missing = {tp.topic for tp in tps if client.cluster.leader_for_partition(tp) is None}
+        # aiokafka's client internals: where another version lacks them, the lookups work as
+        # before (a retry per topic), only slower.
+        client = getattr(self._consumer, "_client", None)
+        cluster = getattr(client, "cluster", None)
+        add_topic = getattr(client, "add_topic", None)
+        if cluster is None or not callable(add_topic):
+            return
+        missing = {tp.topic for tp in tps if cluster.leader_for_partition(tp) is None}
         if not missing:
             return
         # Each add asks for the same pending update, which reads every topic added by then.
-        updates = [client.add_topic(topic) for topic in missing]
-        await asyncio.gather(*updates)
+        await asyncio.gather(*(add_topic(topic) for topic in missing))
 
     async def beginning_offsets(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
         if not tps:
