@@ -55,6 +55,9 @@ scans this region's log once from the earliest of their positions (``Broker.earl
 ``Broker.origin_sequences_after``) and adds what it finds above each stream's ``acked`` to
 that stream's ``above`` (events found above a stream's own position are exactly what its
 entry may lack; those below it are stored events too, so adding them is merely redundant).
+That redundancy is what lets an adapter answer part of the scan from what it read of its log
+already: a restarted Kafka gateway takes the range its start read for the id window from the
+origin sequences it noted then (``brokers/kafka/_origins.py``), and scans only the rest.
 An entry that is older but was true when written only makes that scan longer, never the
 answer wrong. No entry at all (a checkpoint never written or lost) scans the whole log.
 Nothing depends on how long an outage lasted, nor (with the moves up) on how long the origin

@@ -557,7 +557,7 @@ class BatchTrace:
             flags, state = tr.root_flags, None
         else:
             trace_id, state = parent.trace_id, parent.trace_state
-            flags = _SAMPLED | (int(parent.trace_flags) & _RANDOM_TRACE_ID)
+            flags = _SAMPLED | (int(parent.trace_flags) & tr.random_flag)
         context = SpanContext(
             trace_id,
             tr.id_generator.generate_span_id(),
@@ -660,7 +660,10 @@ class Tracing:
         self.id_generator: IdGenerator = self.ids or RandomIdGenerator()
         # A root span's flags, as Tracer.start_span sets them: sampled, and W3C level 2's
         # random-trace-id flag when the id generator says its ids are random.
-        self.root_flags = _SAMPLED | (_RANDOM_TRACE_ID if self.id_generator.is_trace_id_random() else 0)
+        # The flag came with opentelemetry-sdk 1.42; before, a span's flags are its sampled bit alone.
+        is_random = getattr(self.id_generator, "is_trace_id_random", None)
+        self.random_flag = _RANDOM_TRACE_ID if callable(is_random) else 0
+        self.root_flags = _SAMPLED | (_RANDOM_TRACE_ID if callable(is_random) and is_random() else 0)
         # The publish spans' attributes that depend on the topic only, built once per topic.
         self._publish_attributes: dict[str, dict[str, Any]] = {}
 

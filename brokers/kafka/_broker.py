@@ -58,6 +58,7 @@ from meshgate.brokers.kafka._follower import IdFollower
 from meshgate.brokers.kafka._ids import IdWindow
 from meshgate.brokers.kafka._names import KafkaNames
 from meshgate.brokers.kafka._offsets import OffsetProbe
+from meshgate.brokers.kafka._origins import StartRead
 from meshgate.brokers.kafka._read import KafkaRead
 from meshgate.brokers.kafka._state import KafkaBrokerStats
 from meshgate.config import KafkaSettings
@@ -187,6 +188,8 @@ class KafkaBroker(KafkaAppend, KafkaRead, KafkaCheckpoints, Broker, WorkSharing)
         self._probe_consumer = None
         self._probe = None
         self._follower = None
+        # What the follower's read at start found of replicated events (dedup's first recoveries).
+        self._start_read = None
         # Kafka topic -> its partitions, for topics known to exist.
         self._topics = {}
         self._creating = {}
@@ -285,6 +288,7 @@ class KafkaBroker(KafkaAppend, KafkaRead, KafkaCheckpoints, Broker, WorkSharing)
             await self._ensure_topic(self._names.checkpoints, partitions=1, compact=True)
             await self._refresh_checkpoints()
             if self._follow_ids:
+                start_read = StartRead(max_sequences=self.settings.max_window_ids)
                 self._follower = IdFollower(
                     make_consumer=functools.partial(
                         self._consumer, fetch_min_bytes=min(FOLLOWER_FETCH_MIN_BYTES, self.partition_fetch_bytes)
@@ -295,8 +299,12 @@ class KafkaBroker(KafkaAppend, KafkaRead, KafkaCheckpoints, Broker, WorkSharing)
                     refresh_seconds=self._metadata_max_age,
                     timeout=self._request_timeout,
                     pace=self.fetch_max_wait,
+                    on_start_read=start_read.add,
                 )
                 await self._follower.start()
+                # No await since the read ended: the follower has read nothing more yet.
+                start_read.seal(self._follower.start_offsets, self._follower.positions)
+                self._start_read = start_read
         except BaseException as exc:
             await self._close_clients()
             self.state = BrokerState.CLOSED
@@ -321,6 +329,7 @@ class KafkaBroker(KafkaAppend, KafkaRead, KafkaCheckpoints, Broker, WorkSharing)
         )
 
     async def _close_clients(self) -> None:
+        self._start_read = None
         follower, self._follower = self._follower, None
         if follower is not None:
             await follower.stop()

@@ -72,6 +72,7 @@ class IdFollower:
         refresh_seconds: float,
         timeout: float,
         pace: float = 0.05,
+        on_start_read: Callable[[dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]], None] | None = None,
     ) -> None:
         self._make_consumer = make_consumer
         self._list_partitions = list_partitions
@@ -81,6 +82,10 @@ class IdFollower:
         self._timeout = timeout
         # The pause between looks at what was fetched (the broker's fetch_max_wait).
         self._pace = pace
+        # Also given each response of the start's read (replication dedup's ``StartRead``).
+        self._on_start_read = on_start_read
+        # Where the start's read began in each partition.
+        self.start_offsets: dict[TopicPartition, int] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._positions: dict[TopicPartition, int] = {}
         self._task: asyncio.Task[None] | None = None
@@ -104,6 +109,7 @@ class IdFollower:
             ends = await self._probe.end_offsets(tps)
             starts = await self._probe.offsets_for_time(tps, int((time.time() - self._window.window) * 1000))
             self._positions = {tp: starts[tp] for tp in tps}
+            self.start_offsets = dict(self._positions)
             self._assign()
             await self._catch_up(ends)
         except BaseException:
@@ -207,6 +213,8 @@ class IdFollower:
         last_progress = time.monotonic()
         while behind:
             got = await consumer.getmany(timeout_ms=500, max_records=_MAX_RECORDS)
+            if self._on_start_read is not None:
+                self._on_start_read(got)
             self._take(got)
             if got:
                 last_progress = time.monotonic()
@@ -219,6 +227,11 @@ class IdFollower:
                     f"for {self._timeout:g} s"
                 )
         self._window.prune()
+
+    @property
+    def positions(self) -> dict[TopicPartition, int]:
+        """Per partition, the offset after the last record read (a copy)."""
+        return dict(self._positions)
 
     async def caught_up(self, ends: dict[TopicPartition, int], *, timeout: float) -> bool:
         """Waits until the follower has read each partition up to its offset in ``ends``.

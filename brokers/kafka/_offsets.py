@@ -25,7 +25,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaTimeoutError
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
-__all__ = ["OffsetProbe", "scan"]
+__all__ = ["OffsetProbe", "scan", "scan_to_end"]
 
 
 class OffsetProbe:
@@ -44,10 +44,32 @@ class OffsetProbe:
             self._consumer.assign(list(wanted))
             self._assigned = wanted
 
+    async def _know(self, tps: Sequence[TopicPartition]) -> None:
+        """Brings the topics of ``tps`` into the consumer's metadata in one update.
+
+        aiokafka keeps metadata only for the topics last assigned, and a ListOffsets for a
+        partition of another topic adds that one topic and retries after its backoff (100 ms):
+        0.7 s for 8 topics, each time the lookups turned from one partition (a time lookup,
+        the checkpoints) to all of them (the region's log position).
+        """
+        # aiokafka's client internals: where another version lacks them, the lookups work as
+        # before (a retry per topic), only slower.
+        client = getattr(self._consumer, "_client", None)
+        cluster = getattr(client, "cluster", None)
+        add_topic = getattr(client, "add_topic", None)
+        if cluster is None or not callable(add_topic):
+            return
+        missing = {tp.topic for tp in tps if cluster.leader_for_partition(tp) is None}
+        if not missing:
+            return
+        # Each add asks for the same pending update, which reads every topic added by then.
+        await asyncio.gather(*(add_topic(topic) for topic in missing))
+
     async def beginning_offsets(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
         if not tps:
             return {}
         async with self._lock:
+            await self._know(tps)
             got: dict[TopicPartition, int] = await self._consumer.beginning_offsets(list(tps))
             return got
 
@@ -60,6 +82,7 @@ class OffsetProbe:
 
     async def _end_offsets(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
         consumer = self._consumer
+        await self._know(tps)
         ends: dict[TopicPartition, int] = dict(await consumer.end_offsets(list(tps)))
         begins: dict[TopicPartition, int] = await consumer.beginning_offsets(list(tps))
         check = [tp for tp in tps if ends[tp] > begins[tp]]
@@ -120,6 +143,7 @@ class OffsetProbe:
         timestamp_ms = max(0, timestamp_ms)
         async with self._lock:
             consumer = self._consumer
+            await self._know(tps)
             answers = await consumer.offsets_for_times(dict.fromkeys(tps, timestamp_ms))
             result: dict[TopicPartition, int] = {}
             ends = await self._end_offsets(tps)
@@ -206,4 +230,54 @@ async def scan(
             if await consumer.position(tp) >= todo[tp][1]:
                 del todo[tp]  # the rest up to the end were gaps
         if todo and time.monotonic() - last_progress > timeout:
+            raise KafkaTimeoutError(f"scan of {len(todo)} partitions made no progress for {timeout:g} s")
+
+
+async def scan_to_end(
+    consumer: AIOKafkaConsumer,
+    starts: Mapping[TopicPartition, int],
+    *,
+    reached: dict[TopicPartition, int],
+    max_records: int = 1000,
+    poll_ms: int = 20,
+    timeout: float,
+) -> AsyncIterator[list[ConsumerRecord[bytes, bytes]]]:
+    """The records of each partition from its start up to its end, in batches, through ``consumer``.
+
+    The end is the high watermark of the scan's own fetches, each sent after the call began: it
+    is at or past every record stored before the call. ``reached`` gets the offset each
+    partition was read up to. Unlike ``end_offsets``, no fetch at the last record's offset is
+    needed (which brings that record's whole batch back, for every partition), and a partition
+    with nothing after its start costs an empty answer. ``consumer`` is new (no high watermark
+    known yet), assign-only and used by nothing else meanwhile; a partition that makes no
+    progress for ``timeout`` seconds ends the scan with ``KafkaTimeoutError``.
+    """
+    todo = set(starts)
+    if not todo:
+        return
+    consumer.assign(list(todo))
+    for tp, start in starts.items():
+        consumer.seek(tp, start)
+    last_progress = time.monotonic()
+    while todo:
+        # Short waits: an answer without records (the partition is at its end) does not end
+        # a getmany, only its timeout does.
+        got = await consumer.getmany(*todo, timeout_ms=poll_ms, max_records=max_records)
+        out: list[ConsumerRecord[bytes, bytes]] = []
+        for tp, records in got.items():
+            if tp in todo and records:
+                out.extend(records)
+        for tp in list(todo):
+            high = consumer.highwater(tp)
+            if high is None:
+                continue  # no answer for it yet
+            position = await consumer.position(tp)
+            if position >= high:
+                reached[tp] = position
+                todo.discard(tp)
+                consumer.pause(tp)
+        if out:
+            last_progress = time.monotonic()
+            yield out
+        elif todo and time.monotonic() - last_progress > timeout:
             raise KafkaTimeoutError(f"scan of {len(todo)} partitions made no progress for {timeout:g} s")

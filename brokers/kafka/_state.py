@@ -32,7 +32,8 @@ from meshgate.brokers.kafka._consumer import KafkaDurableConsumer
 from meshgate.brokers.kafka._follower import IdFollower
 from meshgate.brokers.kafka._ids import IdWindow
 from meshgate.brokers.kafka._names import KafkaNames
-from meshgate.brokers.kafka._offsets import OffsetProbe, scan
+from meshgate.brokers.kafka._offsets import OffsetProbe, scan, scan_to_end
+from meshgate.brokers.kafka._origins import StartRead
 from meshgate.config import KafkaSettings
 
 if TYPE_CHECKING:
@@ -81,6 +82,7 @@ class KafkaState:
     _probe_consumer: AIOKafkaConsumer | None
     _probe: OffsetProbe | None
     _follower: IdFollower | None
+    _start_read: StartRead | None
     # Kafka topic -> its partitions, for topics known to exist.
     _topics: dict[str, list[int]]
     _creating: dict[str, asyncio.Future[list[int]]]
@@ -212,6 +214,20 @@ class KafkaState:
         await start_consumer(consumer)
         try:
             async for records in scan(consumer, ranges, timeout=self._request_timeout):
+                yield records
+        finally:
+            await stop_consumer(consumer)
+
+    async def _scan_to_end(
+        self, starts: dict[TopicPartition, int], reached: dict[TopicPartition, int]
+    ) -> AsyncIterator[list[ConsumerRecord[bytes, bytes]]]:
+        """``scan_to_end`` through a consumer of its own; ``reached`` gets where each partition ended."""
+        if not starts:
+            return
+        consumer = self._consumer()
+        await start_consumer(consumer)
+        try:
+            async for records in scan_to_end(consumer, starts, reached=reached, timeout=self._request_timeout):
                 yield records
         finally:
             await stop_consumer(consumer)
