@@ -49,7 +49,29 @@ __all__ = [
     "StartAt",
     "StorageFullError",
     "WorkSharing",
+    "decode_raw",
 ]
+
+
+def decode_raw(  # noqa: PLR0917  # the columns of a raw batch
+    ids: Sequence[str],
+    topics: Sequence[str],
+    headers: Sequence[bytes],
+    data: Sequence[bytes],
+    origin_sequences: Sequence[int],
+    origin_streams: Sequence[str] = (),
+) -> list[event_pb2.Event]:
+    """The events of a raw batch (``Log.append_raw``'s columns), decoded."""
+    events = []
+    for i, (eid, topic, lines, payload, seq) in enumerate(
+        zip(ids, topics, headers, data, origin_sequences, strict=True)
+    ):
+        ev = decode_event(parse_header_lines(lines), payload, topic=topic)
+        ev.id = eid
+        ev.origin_sequence = seq
+        ev.origin_stream = origin_streams[i] if origin_streams else ""
+        events.append(ev)
+    return events
 
 
 class BrokerState(enum.Enum):
@@ -322,16 +344,7 @@ class Log(StartStop):
         each); "" when it did not. The default decodes them and calls ``append``; an adapter
         overrides it to write the bytes as they are.
         """
-        events = []
-        for i, (eid, topic, lines, payload, seq) in enumerate(
-            zip(ids, topics, headers, data, origin_sequences, strict=True)
-        ):
-            ev = decode_event(parse_header_lines(lines), payload, topic=topic)
-            ev.id = eid
-            ev.origin_sequence = seq
-            ev.origin_stream = origin_streams[i] if origin_streams else ""
-            events.append(ev)
-        return await self.append(events)
+        return await self.append(decode_raw(ids, topics, headers, data, origin_sequences, origin_streams))
 
     @abc.abstractmethod
     def read(

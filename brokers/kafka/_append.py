@@ -8,9 +8,8 @@ import functools
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from itertools import chain
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import UnknownTopicOrPartitionError
@@ -24,10 +23,9 @@ from meshgate.brokers._base import (
     BrokerUnavailableError,
     EventRejectedError,
     StorageFullError,
+    decode_raw,
 )
-from meshgate.brokers._codec import (
-    encode_kafka_headers,
-)
+from meshgate.brokers._codec import kafka_record_headers
 from meshgate.brokers.kafka._errors import (
     KAFKA_FAILURES,
     KafkaMessageTooLargeError,
@@ -117,22 +115,70 @@ class KafkaAppend(KafkaState):
     async def append(self, events: Sequence[event_pb2.Event]) -> list[AppendResult | BrokerError]:
         if not events:
             return []
+        return await self._append_held(len(events), events)
+
+    async def append_raw(
+        self,
+        *,
+        ids: Sequence[str],
+        topics: Sequence[str],
+        headers: Sequence[bytes],
+        data: Sequence[bytes],
+        origin_sequences: Sequence[int],
+        origin_streams: Sequence[str] = (),
+        origin: str = "",  # decoding reads each event's origin anyway
+    ) -> list[AppendResult | BrokerError]:
+        if not ids:
+            return []
+        # Decoded only once the call has its share of max_append_events: a call waiting for
+        # it holds the raw columns its request holds anyway, not an event object per event.
+        decode = functools.partial(decode_raw, ids, topics, headers, data, origin_sequences, origin_streams)
+        return await self._append_held(len(ids), decode)
+
+    async def _append_held(
+        self, n: int, events: Sequence[event_pb2.Event] | Callable[[], list[event_pb2.Event]]
+    ) -> list[AppendResult | BrokerError]:
+        """An append within the bound on events held by appends (``max_append_events``).
+
+        An event being appended costs a few KB until its ack (its encoded headers and record,
+        its share of the record batch and the produce request, its result): a destination
+        region's replication ingress (a call per origin partition, several batches of each
+        being written) took a gateway from ~115 MB to over 180 MB without this bound. Calls
+        take their share first come, first served, so concurrent calls still reach the
+        producer in the order they were made.
+        """
         producer = self._require_producer()
-        if self._stopping:
-            return [BrokerUnavailableError(f"Kafka broker {self.name!r} is stopping")] * len(events)
+        refused = self._refused_while_stopping(n)
+        if refused is not None:
+            return refused
         self._appending += 1
         self._idle.clear()
         try:
-            return await self._append(producer, events)
+            await self._held.acquire(n)
+            try:
+                # stop() may have begun while this call waited for room.
+                refused = self._refused_while_stopping(n)
+                if refused is not None:
+                    return refused
+                return await self._append(producer, events if isinstance(events, Sequence) else events())
+            finally:
+                self._held.release(n)
         finally:
             self._appending -= 1
             if not self._appending:
                 self._idle.set()
 
+    def _refused_while_stopping(self, n: int) -> list[AppendResult | BrokerError] | None:
+        if not self._stopping:
+            return None
+        return [BrokerUnavailableError(f"Kafka broker {self.name!r} is stopping")] * n
+
     async def _append(
         self, producer: AIOKafkaProducer, events: Sequence[event_pb2.Event]
     ) -> list[AppendResult | BrokerError]:
         results: list[AppendResult | BrokerError | None] = [None] * len(events)
+        # Index -> the id of each event written (read off the message once: each read is a copy).
+        ids: list[str] = [""] * len(events)
         # Kafka topic -> indexes of the events to write there, in order.
         plan: dict[str, list[int]] = {}
         # Index -> the record's key (encoded once: size check, partitioner, batch) and headers.
@@ -148,11 +194,11 @@ class KafkaAppend(KafkaState):
             # written in the order they were made (the replication ingress pipelines on it).
             async with self._order:
                 unsure = await self._settle_uncertain(events)
-                self._plan(events, results, unsure, plan, records, first, twins, waits, mine, call)
+                self._plan(events, results, unsure, plan, records, ids, first, twins, waits, mine, call)
                 if plan:
                     batches = await self._enqueue(producer, plan, records, results)
             if batches:
-                await self._collect(batches, events, results)
+                await self._collect(batches, ids, results)
         finally:
             inflight = self._inflight
             for event_id in mine:
@@ -170,6 +216,7 @@ class KafkaAppend(KafkaState):
         unsure: dict[str, BrokerError],
         plan: dict[str, list[int]],
         records: dict[int, _Record],
+        ids: list[str],
         first: dict[str, int],
         twins: dict[int, int],
         waits: dict[int, tuple[asyncio.Future[CallResults], int]],
@@ -182,20 +229,24 @@ class KafkaAppend(KafkaState):
         uncertain, inflight = self._uncertain, self._inflight
         max_bytes = self.max_message_bytes
         now = time.time()
+        # The topics of this call, mapped once (a batch mostly has one).
+        topics: dict[str, str] = {}
         for i, event in enumerate(events):
             event_id = event.id
             if not event_id:
                 results[i] = EventRejectedError(f"event {i} of the batch has no id (the gateway assigns one)")
                 continue
-            if event.topic == CHECKPOINT_TOPIC:
+            topic = event.topic
+            if topic == CHECKPOINT_TOPIC:
                 results[i] = EventRejectedError(
                     f"event {i} of the batch cannot be written: topic {CHECKPOINT_TOPIC} is reserved in Kafka "
                     "regions (it holds the gateway's checkpoints)"
                 )
                 continue
             try:
-                kafka_topic = kafka_topic_of(event.topic)
-                pairs = encode_kafka_headers(event)
+                kafka_topic = topics.get(topic) or kafka_topic_of(topic)
+                topics[topic] = kafka_topic
+                headers, headers_size = kafka_record_headers(event)
             except ValueError as exc:
                 results[i] = EventRejectedError(f"event {i} of the batch cannot be written: {exc}")
                 continue
@@ -214,16 +265,17 @@ class KafkaAppend(KafkaState):
             if other is not None:
                 waits[i] = other
                 continue
-            encoded = [(k, v.encode()) for k, v in pairs]
-            key = event.key.encode() if event.key else None
+            key_text = event.key
+            key = key_text.encode() if key_text else None
             # Read once: each read of a bytes field of a protobuf message is a copy.
             data = event.data
             data_size = len(data)
-            size = data_size + (len(key) if key else 0) + sum(map(len, chain.from_iterable(encoded))) + RECORD_OVERHEAD
+            size = data_size + (len(key) if key else 0) + headers_size + RECORD_OVERHEAD
             if size > max_bytes:
                 results[i] = KafkaMessageTooLargeError(size=size, data_size=data_size, max_message_bytes=max_bytes)
                 continue
-            records[i] = (key, encoded, data)
+            records[i] = (key, headers, data)
+            ids[i] = event_id
             first[event_id] = i
             inflight[event_id] = (call, i)
             mine.append(event_id)
@@ -282,7 +334,11 @@ class KafkaAppend(KafkaState):
     ) -> list[_Part]:
         """Adds the events to their partitions' open record batches; the parts to wait for."""
         topics = list(plan)
-        created = await asyncio.gather(*(self._ensure_topic(t) for t in topics), return_exceptions=True)
+        known = [self._topics[t] for t in topics if t in self._topics]
+        created: Sequence[list[int] | BaseException] = known
+        if len(known) < len(topics):
+            # A task per topic only when one is not known yet (a gather per call cost a loop turn each).
+            created = await asyncio.gather(*(self._ensure_topic(t) for t in topics), return_exceptions=True)
         parts: list[_Part] = []
         for topic, partitions in zip(topics, created, strict=True):
             if isinstance(partitions, BaseException):
@@ -388,7 +444,7 @@ class KafkaAppend(KafkaState):
     async def _collect(
         self,
         parts: list[_Part],
-        events: Sequence[event_pb2.Event],
+        ids: Sequence[str],
         results: list[AppendResult | BrokerError | None],
     ) -> None:
         """Waits for the acks of the batches (bounded) and fills in the results."""
@@ -398,10 +454,10 @@ class KafkaAppend(KafkaState):
             # The batches are on their way regardless: their ids still reach the window.
             for future, tp, members, first in parts:
                 if not future.done():
-                    future.add_done_callback(functools.partial(self._late, tp, members, events, first))
-                    self._mark_uncertain(tp, members, events)
+                    future.add_done_callback(functools.partial(self._late, tp, members, ids, first))
+                    self._mark_uncertain(tp, members, ids)
                 elif not future.cancelled():
-                    self._late(tp, members, events, first, future)
+                    self._late(tp, members, ids, first, future)
             raise
         for part in parts:
             future, tp, members, first = part
@@ -412,15 +468,13 @@ class KafkaAppend(KafkaState):
                         f"{self._request_timeout:g} s; retry with the same id, duplicates are absorbed",
                         cause="timeout",
                     )
-                future.add_done_callback(functools.partial(self._late, tp, members, events, first))
+                future.add_done_callback(functools.partial(self._late, tp, members, ids, first))
                 self._note(False)
-                self._mark_uncertain(tp, members, events)
+                self._mark_uncertain(tp, members, ids)
             else:
-                self._settle(part, events, results)
+                self._settle(part, ids, results)
 
-    def _settle(
-        self, part: _Part, events: Sequence[event_pb2.Event], results: list[AppendResult | BrokerError | None]
-    ) -> None:
+    def _settle(self, part: _Part, ids: Sequence[str], results: list[AppendResult | BrokerError | None]) -> None:
         """Fills in the results of a call's part of an answered batch."""
         future, tp, members, first = part
         exc = future.exception()
@@ -434,7 +488,7 @@ class KafkaAppend(KafkaState):
             for i in members:
                 results[i] = error
             if isinstance(error, BrokerUnavailableError):
-                self._mark_uncertain(tp, members, events)
+                self._mark_uncertain(tp, members, ids)
             return
         base = future.result().offset
         if base < 0:
@@ -446,37 +500,37 @@ class KafkaAppend(KafkaState):
             )
             for i in members:
                 results[i] = error
-            self._mark_uncertain(tp, members, events)
+            self._mark_uncertain(tp, members, ids)
             return
         self._note(True)
         if self.storage.problem is not None:
             self.storage.stored()
         base += first
-        stream = self._remember(tp, members, events, base)
+        stream = self._remember(tp, members, ids, base)
         for sequence, i in enumerate(members, base + 1):
             results[i] = AppendResult(sequence, False, stream)
         self.stats.acked += len(members)
 
-    def _remember(self, tp: TopicPartition, members: list[int], events: Sequence[event_pb2.Event], base: int) -> str:
+    def _remember(self, tp: TopicPartition, members: list[int], ids: Sequence[str], base: int) -> str:
         """Puts an acked batch (first offset ``base``) into the id window, out of doubt; its stream."""
         stream = stream_of(tp.topic, tp.partition)
-        ids = [events[i].id for i in members]
-        self._ids.add_run(ids, stream, base + 1, time.time())
+        written = [ids[i] for i in members]
+        self._ids.add_run(written, stream, base + 1, time.time())
         follower = self._follower
         if follower is not None:
             # Known from the ack: the follower need not read these back.
             follower.skip_own(tp, base, base + len(members))
         uncertain = self._uncertain
         if uncertain:
-            for event_id in ids:
+            for event_id in written:
                 uncertain.pop(event_id, None)
         return stream
 
-    def _mark_uncertain(self, tp: TopicPartition, members: list[int], events: Sequence[event_pb2.Event]) -> None:
+    def _mark_uncertain(self, tp: TopicPartition, members: list[int], ids: Sequence[str]) -> None:
         """Sent, never acked: a retry of these ids first makes sure the log does not hold them."""
         uncertain = self._uncertain
         for i in members:
-            uncertain[events[i].id] = tp
+            uncertain[ids[i]] = tp
         while len(uncertain) > _MAX_UNCERTAIN:
             del uncertain[next(iter(uncertain))]
 
@@ -517,7 +571,7 @@ class KafkaAppend(KafkaState):
         self,
         tp: TopicPartition,
         members: list[int],
-        events: Sequence[event_pb2.Event],
+        ids: Sequence[str],
         first: int,
         future: asyncio.Future[RecordMetadata],
     ) -> None:
@@ -525,4 +579,4 @@ class KafkaAppend(KafkaState):
         if future.cancelled() or future.exception() is not None or future.result().offset < 0:
             return
         self.stats.late_acks += 1
-        self._remember(tp, members, events, future.result().offset + first)
+        self._remember(tp, members, ids, future.result().offset + first)

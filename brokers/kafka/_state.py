@@ -20,6 +20,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionError, for_code
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
+from meshgate._quota import FifoQuota
 from meshgate.brokers._base import (
     AppendStats,
     BrokerError,
@@ -97,6 +98,9 @@ class KafkaState:
     _outbox: dict[TopicPartition, collections.deque[_Batch]]
     _senders: dict[TopicPartition, asyncio.Task[None]]
     _appending: int
+    # Events held by append calls, from their start to their results (max_append_events).
+    _held: FifoQuota
+    max_append_events: int
     _idle: asyncio.Event
     _checkpoints: dict[str, bytes]
     _checkpoint_next: int

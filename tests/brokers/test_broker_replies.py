@@ -20,7 +20,6 @@ from meshgate.brokers.nats._errors import JetStreamRejectedError, JetStreamStora
 from meshgate.brokers.nats._errors import broker_error as _broker_error
 from meshgate.brokers.nats._wire import PubAckParser, parse_puback
 from meshgate.config import KafkaSettings
-from meshgate.v1 import event_pb2
 
 STREAM = "MESHGATE"
 parser = PubAckParser(STREAM)
@@ -160,8 +159,7 @@ def _settled(broker: KafkaBroker, outcome: BaseException | int) -> AppendResult 
     else:
         future.set_result(RecordMetadata("mg.orders.created", 0, tp, outcome, -1, 0, -1))
     results: list[AppendResult | BrokerError | None] = [None]
-    event = event_pb2.Event(id=f"k-{outcome!r}", topic="orders/created", origin="here", route=["here"])
-    broker._settle((future, tp, [0], 0), [event], results)
+    broker._settle((future, tp, [0], 0), [f"k-{outcome!r}"], results)
     return results[0]
 
 

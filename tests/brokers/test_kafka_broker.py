@@ -11,6 +11,7 @@ stream.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import defaultdict
@@ -40,6 +41,7 @@ from meshgate.brokers import (
     StartAt,
     WorkSharing,
 )
+from meshgate.brokers._codec import header_lines
 from meshgate.config import KafkaSettings
 from meshgate.testing import Tansu
 from meshgate.v1 import event_pb2
@@ -728,6 +730,66 @@ async def test_concurrent_appends_of_the_same_ids_store_each_once(kafka_broker: 
     assert sorted(e.id for e in got) == sorted(e.id for e in batch)
 
 
+async def test_appends_hold_at_most_max_append_events_and_keep_call_order(
+    tansu: Tansu, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every event of an append holds a few KB until its ack: calls past the bound wait (first
+    # come, first served) instead of all encoding their records at once. Main let a
+    # destination's replication ingress hold 16,000 events (over 180 MB of gateway).
+    broker = KafkaBroker(
+        bootstrap_servers=[tansu.bootstrap],
+        settings=KafkaSettings(partitions=1),
+        idempotency_window_seconds=120.0,
+        request_timeout=TEST_ACK_TIMEOUT,
+        max_message_bytes=TEST_KAFKA_MAX_MESSAGE_BYTES,
+        metadata_max_age=1.0,
+        max_append_events=30,
+    )
+    async with broker:
+        results_of(await broker.append([make_event("orders/held", "warm", key="k")]))
+        producer = broker._producer
+        assert producer is not None
+        held = 0  # records handed to the producer, not yet answered
+        most = 0
+        send_batch = producer.send_batch
+
+        def answered(count: int, _delivery: asyncio.Future[Any]) -> None:
+            nonlocal held
+            held -= count
+
+        async def counting(batch: Any, topic: str, *, partition: int) -> Any:
+            nonlocal held, most
+            delivery = await send_batch(batch, topic, partition=partition)
+            count = batch.record_count()
+            held += count
+            most = max(most, held)
+            delivery.add_done_callback(functools.partial(answered, count))
+            return delivery
+
+        monkeypatch.setattr(producer, "send_batch", counting)
+        calls = [[make_event("orders/held", f"c{c}-{i}", key="k") for i in range(10)] for c in range(20)]
+        raw = [make_event("orders/held", f"raw-{i}", key="k") for i in range(10)]
+        stored = await asyncio.gather(
+            *(broker.append(events) for events in calls[:10]),
+            broker.append_raw(
+                ids=[e.id for e in raw],
+                topics=[e.topic for e in raw],
+                headers=[header_lines(e) for e in raw],
+                data=[e.data for e in raw],
+                origin_sequences=list(range(1, 11)),
+            ),
+            *(broker.append(events) for events in calls[10:]),
+        )
+        assert 0 < most <= 30, most
+        # Waiting for room kept the order of the calls: one partition, no gaps.
+        flat = [r for call in stored for r in results_of(call)]
+        assert [r.sequence for r in flat] == list(range(flat[0].sequence, flat[0].sequence + 210))
+        # A call larger than the bound is written, alone.
+        large = [make_event("orders/held", f"large-{i}", key="k") for i in range(45)]
+        assert len(results_of(await broker.append(large))) == 45
+        assert broker._held.used == 0
+
+
 def _fetch_limits(consumer: AIOKafkaConsumer) -> tuple[int, int, int]:
     # aiokafka keeps what it was given on its fetcher; the fetch requests it builds use these.
     fetcher = consumer._fetcher
@@ -781,6 +843,10 @@ def test_fetch_bounds_refuse_nonsense() -> None:
             idempotency_window_seconds=60,
             fetch_max_bytes=1024,
             partition_fetch_bytes=2048,
+        )
+    with pytest.raises(ValueError, match="max_append_events"):
+        KafkaBroker(
+            bootstrap_servers=["k:9092"], settings=KafkaSettings(), idempotency_window_seconds=60, max_append_events=0
         )
     with pytest.raises(ValueError, match="fetch_max_wait"):
         KafkaBroker(
