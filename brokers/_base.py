@@ -50,6 +50,7 @@ __all__ = [
     "StorageFullError",
     "WorkSharing",
     "decode_raw",
+    "sequence_position",
 ]
 
 
@@ -494,7 +495,7 @@ class SequencedLog(Log):
         """The lowest sequence of ``positions`` ("" when empty or holding "")."""
         if not positions or "" in positions:
             return ""
-        return str(min(_sequence_position(p) for p in positions))
+        return str(min(sequence_position(p) for p in positions))
 
     async def log_position(self) -> str:
         """The last sequence as decimal text."""
@@ -516,7 +517,7 @@ class SequencedLog(Log):
 
     async def origin_sequences_after(self, origin: str, position: str) -> tuple[dict[str, set[int]], str]:
         """A read of the one stream after sequence ``position`` (see ``Log.origin_sequences_after``)."""
-        start = _sequence_position(position)
+        start = sequence_position(position)
         end = await self.last_sequence()
         found: dict[str, set[int]] = {}
         if end <= start:
@@ -621,7 +622,7 @@ class WorkSharing(abc.ABC):  # noqa: B024  # a capability without methods: isins
     """
 
 
-def _sequence_position(position: str) -> int:
+def sequence_position(position: str) -> int:
     """A one-stream broker's position: the decimal sequence, "" for the beginning."""
     if not position:
         return 0

@@ -6,9 +6,10 @@ import asyncio
 import contextlib
 import enum
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TypeVar
 
 import nats.errors
 import nats.js.errors
@@ -22,9 +23,11 @@ from nats.js.api import (
 from meshgate.brokers._base import (
     BrokerUnavailableError,
     StartAt,
+    sequence_position,
 )
 from meshgate.brokers._codec import (
     decode_event,
+    unescape_header_value,
 )
 from meshgate.brokers.nats._errors import (
     NATS_FAILURES,
@@ -42,6 +45,7 @@ from meshgate.brokers.nats._pull import (
     PullSubscription,
 )
 from meshgate.brokers.nats._state import NatsState
+from meshgate.brokers.nats._subjects import header_value
 from meshgate.brokers.nats._wire import (
     parse_ack_subject,
     parse_header_block,
@@ -65,6 +69,10 @@ _READER_INACTIVE_SECONDS = 60.0
 _READ_PULL_BYTES = 4 * 1024 * 1024
 # A pull's max_bytes counts an event's subject and ack reply besides its headers and payload.
 _PULL_BYTES_SLACK = 4096
+
+_T = TypeVar("_T")
+# What a reader makes of a delivery: (subject, header block, payload, stream sequence) -> an item.
+_Make = Callable[[bytes, "bytes | None", bytes, int], _T]
 
 
 class _StartMode(enum.Enum):
@@ -235,6 +243,7 @@ class NatsRead(NatsState):
                         start=start,
                         max_batch=max_batch,
                         max_bytes=max_bytes,
+                        make=self._decode,
                     )
                     if status == CLOSED:
                         return
@@ -252,15 +261,21 @@ class NatsRead(NatsState):
             if cursor.puller is not None:
                 await self._close_puller(cursor.puller, delete=True)
 
+    def _decode(self, subject: bytes, hdr: bytes | None, data: bytes, sequence: int) -> event_pb2.Event:
+        return decode_event(
+            parse_header_block(hdr), data, topic=self._layout.topic(subject.decode()), sequence=sequence
+        )
+
     async def _read_step(
         self,
         cursor: _Cursor,
-        events: list[event_pb2.Event],
+        events: list[_T],
         *,
         filter_subject: str,
         start: StartAt,
         max_batch: int,
         max_bytes: int,
+        make: _Make[_T],
     ) -> tuple[str, bool]:
         """One pull of a reader, its events appended to ``events``: the pull's status, and whether to reset."""
         if cursor.puller is None:
@@ -284,7 +299,7 @@ class NatsRead(NatsState):
             cursor.caught_up = status in NO_MESSAGES
         if status == CLOSED:
             return status, False
-        reset = self._take(cursor, puller, events, max_batch, max_bytes)
+        reset = self._take(cursor, puller, events, max_batch, max_bytes, make)
         if status in CONSUMER_LOST or status == TIMEOUT:
             # Gone (restart, inactivity) or silent (connection lost): start over
             # right after the last event handed out.
@@ -295,11 +310,12 @@ class NatsRead(NatsState):
             )
         return status, reset
 
-    def _take(
-        self, cursor: _Cursor, puller: PullSubscription, events: list[event_pb2.Event], max_batch: int, max_bytes: int
+    @staticmethod
+    def _take(  # noqa: PLR0917 - a reader's step, its state and what it makes of a delivery
+        cursor: _Cursor, puller: PullSubscription, events: list[_T], max_batch: int, max_bytes: int, make: _Make[_T]
     ) -> bool:
-        """Moves the puller's buffered events to ``events``; True on a gap in the consumer's sequence."""
-        topic_of = self._layout.topic
+        """Moves the puller's buffered events to ``events`` (each as ``make`` makes it); True on a
+        gap in the consumer's sequence."""
         for subject, reply, hdr, data in puller.take(max_batch):
             meta = parse_ack_subject(reply.decode())
             if meta.consumer_sequence != cursor.expected:
@@ -307,11 +323,7 @@ class NatsRead(NatsState):
             cursor.expected += 1
             cursor.last = meta.stream_sequence
             cursor.big = len(data) + len(hdr or b"") + _PULL_BYTES_SLACK > max_bytes
-            events.append(
-                decode_event(
-                    parse_header_block(hdr), data, topic=topic_of(subject.decode()), sequence=meta.stream_sequence
-                )
-            )
+            events.append(make(subject, hdr, data, meta.stream_sequence))
         return False
 
     async def _next_pull(
@@ -361,6 +373,51 @@ class NatsRead(NatsState):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._connected.wait(), _IDLE_PULL_SECONDS)
 
+    async def origin_sequences_after(self, origin: str, position: str) -> tuple[dict[str, set[int]], str]:
+        """``Log.origin_sequences_after``, reading the origin's subjects only, and of each event
+        only its two position headers (nothing decoded): a destination's recovery scan.
+
+        The scan ends at the stream's last sequence read first, or once a pull finds nothing
+        more of the origin (every event of it stored before then has been delivered).
+        """
+        start = sequence_position(position)
+        end = await self.last_sequence()
+        found: dict[str, set[int]] = {}
+        if end <= start:
+            return found, str(start)
+        reader = await self._reading_broker()
+        filter_subject = self._layout.origin_filter(origin)
+        max_bytes = min(_READ_PULL_BYTES, reader._pull_bytes.limit)
+        cursor = _Cursor()
+        try:
+            while cursor.last is None or cursor.last < end:
+                positions: list[tuple[bytes, bytes] | None] = []
+                try:
+                    status, reset = await reader._read_step(
+                        cursor,
+                        positions,
+                        filter_subject=filter_subject,
+                        start=StartAt(sequence=start + 1),
+                        max_batch=1000,
+                        max_bytes=max_bytes,
+                        make=_origin_position,
+                    )
+                except NATS_FAILURES as exc:
+                    raise broker_error(exc, f"scan of {origin}'s events in {self.settings.stream}") from exc
+                for position_ in positions:
+                    if position_ is not None:
+                        found.setdefault(unescape_header_value(position_[1].decode()), set()).add(int(position_[0]))
+                if status == CLOSED:
+                    raise BrokerUnavailableError(f"NATS broker {self.name!r} stopped during a scan of its log")
+                if reset and cursor.puller is not None:
+                    await reader._reset_reader(cursor, filter_subject)
+                elif cursor.caught_up:
+                    break
+        finally:
+            if cursor.puller is not None:
+                await reader._close_puller(cursor.puller, delete=True)
+        return found, str(end)
+
     async def last_sequence(self) -> int:
         jsm = self._require_jsm()
         try:
@@ -380,3 +437,13 @@ class NatsRead(NatsState):
         except NATS_FAILURES as exc:
             raise broker_error(exc, f"stored time of event {sequence}") from exc
         return msg.time
+
+
+def _origin_position(subject: bytes, hdr: bytes | None, data: bytes, sequence: int) -> tuple[bytes, bytes] | None:
+    """A delivery's origin sequence and (still escaped) origin stream, None without a sequence."""
+    if hdr is None:
+        return None
+    seq = header_value(hdr, b"mg-origin-seq")
+    if seq is None or not seq.isdigit() or int(seq) < 1:
+        return None
+    return seq, header_value(hdr, b"mg-origin-stream") or b""

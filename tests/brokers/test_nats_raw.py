@@ -11,6 +11,7 @@ import nats.errors
 import pytest
 
 from meshgate.brokers import Broker, DurableConsumer, EmbeddedNats, NatsBroker, RawBatch, StartAt, header_lines
+from meshgate.brokers._base import SequencedLog
 from meshgate.brokers._codec import _PLAIN_LINES_RE, _header_lines_problem, check_header_lines
 from meshgate.brokers.nats._parser import FastParser
 from meshgate.brokers.nats._wire import split_header_block
@@ -375,3 +376,40 @@ async def test_raw_fetch_of_a_whole_batch_at_once_takes_what_each_delivery_alone
     for consumer in (fast, each):
         assert await consumer.pending() == 0
         await consumer.close()
+
+
+async def test_recovery_scan_reads_the_origins_subjects_and_headers_only(
+    nats_broker: NatsBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A destination's recovery scan reads only the origin's subjects, and of each event its
+    # two position headers: what it finds must be what decoding every event of the log finds
+    # (the one-stream default, SequencedLog's), and it must end when the origin's last event
+    # lies far below the log's end (no event of the filter reaches that end).
+    start = await nats_broker.log_position()
+    events = [make_event("orders/a", "x-0", origin="there", origin_sequence=1)]
+    events += [
+        make_event("orders/b", f"y-{i}", origin="yonder", origin_sequence=i + 1, origin_stream="p1") for i in range(50)
+    ]
+    events += [
+        make_event("orders/a", "x-1", origin="there", origin_sequence=7, origin_stream="orders/a 3"),
+        make_event("orders/c", "x-2", origin="there", origin_sequence=8, origin_stream="p2"),
+        make_event("orders/c", "h-1", origin="here"),
+    ]
+    events += [make_event("orders/d", f"z-{i}", origin="yonder", origin_sequence=100 + i) for i in range(2000)]
+    await nats_broker.append(events)
+    for position in (start, "1", "52"):
+        got = await nats_broker.origin_sequences_after("there", position)
+        assert got == await SequencedLog.origin_sequences_after(nats_broker, "there", position), position
+    filters: list[str | None] = []
+    real_open = NatsBroker._open_puller
+
+    async def spy(self: NatsBroker, config: Any) -> Any:
+        filters.append(config.filter_subject)
+        return await real_open(self, config)
+
+    monkeypatch.setattr(NatsBroker, "_open_puller", spy)
+    found, end = await nats_broker.origin_sequences_after("there", start)
+    assert filters == [nats_broker._layout.origin_filter("there")]
+    assert found == {"": {1}, "orders/a 3": {7}, "p2": {8}}
+    assert end == await nats_broker.log_position()
+    assert await nats_broker.origin_sequences_after("nowhere", start) == ({}, end)
