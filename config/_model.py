@@ -115,6 +115,9 @@ class Limits:
     # Events admitted but not yet acked by the broker, per PublishStream and per gateway.
     max_inflight_events_per_stream: int = 20_000
     max_inflight_events: int = 100_000
+    # Events all Replicate calls of a gateway hold at once, from before a batch is sorted until
+    # it is answered: 8 link batches of 500 (a batch larger than this is taken alone).
+    max_replication_inflight_events: int = 4000
     # The gRPC server's own bounds, checked before a request is even parsed (restart to change).
     max_message_bytes: int = 4 * 1024 * 1024
     max_metadata_bytes: int = 16 * 1024
