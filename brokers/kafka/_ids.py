@@ -49,6 +49,10 @@ _PRUNE_SHARE = 10
 _DIGEST_BYTES = 16
 _blake2b = hashlib.blake2b
 _from_bytes = int.from_bytes
+# Digests ``get`` computed for ids it did not know, kept for the ``add_run`` of their write (an
+# append looks each id up, then adds it once acked: one digest per event, not two). Past this
+# many (ids looked up and never written: refused, in doubt) the memo starts afresh.
+_MAX_MEMO = 8192
 
 
 def _key(event_id: str) -> int:
@@ -57,7 +61,7 @@ def _key(event_id: str) -> int:
 
 
 class IdWindow:
-    __slots__ = ("_entries", "_stream_index", "_streams", "max_ids", "window")
+    __slots__ = ("_entries", "_memo", "_stream_index", "_streams", "max_ids", "window")
 
     def __init__(self, *, window: float, max_ids: int) -> None:
         if window <= 0:
@@ -71,6 +75,7 @@ class IdWindow:
         # The streams entries point at: few (one per topic-partition), shared by all entries.
         self._streams: list[str] = []
         self._stream_index: dict[str, int] = {}
+        self._memo: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -79,8 +84,13 @@ class IdWindow:
         """The (stream, sequence) of ``event_id`` if it was stored within the window."""
         if not event_id:
             return None
-        packed = self._entries.get(_key(event_id))
+        key = _key(event_id)
+        packed = self._entries.get(key)
         if packed is None:
+            memo = self._memo
+            if len(memo) >= _MAX_MEMO:
+                memo.clear()
+            memo[event_id] = key
             return None
         if (packed >> _TIME_SHIFT) < ((time.time() if now is None else now) - self.window) * 1000:
             return None
@@ -109,9 +119,12 @@ class IdWindow:
             index = self._new_stream(stream)
         head = (max(0, int(stored_at * 1000)) << _TIME_SHIFT) | (index << _SEQ_BITS)
         blake2b, from_bytes, size = _blake2b, _from_bytes, _DIGEST_BYTES
+        memo = self._memo.pop
         for sequence, event_id in enumerate(event_ids, first_sequence):
             if event_id:
-                key = from_bytes(blake2b(event_id.encode(), digest_size=size).digest())
+                key = memo(event_id, None)
+                if key is None:
+                    key = from_bytes(blake2b(event_id.encode(), digest_size=size).digest())
                 if key not in entries:
                     entries[key] = head | sequence
         if len(entries) > self.max_ids:

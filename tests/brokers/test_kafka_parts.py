@@ -227,6 +227,14 @@ def test_id_window_tells_apart_ids_that_differ_anywhere() -> None:
     assert [window.get(i) for i in ids] == [("mesh.a.b/0", n) for n in range(1, len(ids) + 1)]
     assert window.get("1" * 36) is None
     assert window.get("") is None
+    # An append looks its ids up before it writes them: the run it adds then is found as such.
+    fresh = [f"fresh-{n}" for n in range(5)]
+    assert [window.get(i) for i in fresh[:3]] == [None] * 3
+    window.add_run(fresh, "mesh.a.b/1", 10, stored_at=time.time())
+    assert [window.get(i) for i in [*fresh, *ids[:1]]] == [
+        *(("mesh.a.b/1", n) for n in range(10, 15)),
+        ("mesh.a.b/0", 1),
+    ]
 
 
 def test_default_window_and_fetch_bounds() -> None:
