@@ -759,3 +759,61 @@ async def test_calls_together_hold_at_most_the_ingress_bound(
             assert seqs == sorted(seqs) and len(seqs) == batches * size + (bound + 10 if call == 0 else 0)
     finally:
         await gw.stop()
+
+
+async def test_a_call_cut_mid_pipeline_gives_its_share_of_the_bound_back(
+    nats_server: EmbeddedNats, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call that ends with batches still being written holds their events until the writes
+    are done, then none: the other calls, and a later one, are not left waiting for ever."""
+    bound, size = 30, 10
+    base = mesh_for(nats_server)
+    limits = dataclasses.replace(base.settings.limits, max_replication_inflight_events=bound)
+    config = dataclasses.replace(base, settings=dataclasses.replace(base.settings, limits=limits))
+    gw = Gateway(config=config, region="here", data_dir=tmp_path, replicate=False)
+    await gw.start()
+    real_append = gw.broker.append_raw
+    gate = asyncio.Event()
+    writing: list[str] = []
+
+    async def gated_append(**kwargs: Any) -> Any:
+        writing.append(kwargs["origin_streams"][0])
+        if kwargs["origin_streams"][0] == "cut":
+            await gate.wait()  # the cut call's writes are still running when it ends
+        return await real_append(**kwargs)
+
+    monkeypatch.setattr(gw.broker, "append_raw", gated_append)
+
+    def raw(stream: str, first: int) -> replication_pb2.RawEvents:
+        events = [
+            ev("orders/created", id=f"there-{stream}-{s}", origin="there", route=["here", "there"], sequence=s)
+            for s in range(first, first + size)
+        ]
+        out = as_raw(events)
+        out.streams.extend([stream] * size)
+        return out
+
+    async def requests(stream: str, batches: int) -> AsyncIterator[replication_pb2.ReplicateRequest]:
+        for i in range(batches):
+            yield replication_pb2.ReplicateRequest(source_region="there", batch_id=i + 1, raw=raw(stream, 1 + i * size))
+
+    try:
+        async with grpc.aio.insecure_channel(gw.address) as ch:
+            stub = replication_pb2_grpc.ReplicationStub(ch)
+            cut = stub.Replicate(requests("cut", 6), metadata=METADATA)
+            # Its batches fill the bound while their writes wait.
+            await eventually(lambda: gw.replication_ingress.used == bound, 10, what="the cut call holding the bound")
+            cut.cancel()
+            other = stub.Replicate(requests("other", 3), metadata=METADATA)
+            assert gw.replication_ingress.used == bound  # the cut call's writes still run
+            assert "other" not in writing
+            gate.set()
+            answers = [(r.batch_id, r.accepted) async for r in other]
+            assert answers == [(1, size), (2, size), (3, size)]
+        await eventually(lambda: gw.replication_ingress.used == 0, 10, what="every share given back")
+        ids = [e.id for e in await stored(gw)]
+        assert len(ids) == len(set(ids))
+        assert [i for i in ids if "-other-" in i] == [f"there-other-{s}" for s in range(1, 3 * size + 1)]
+    finally:
+        gate.set()
+        await gw.stop()
