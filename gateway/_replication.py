@@ -32,16 +32,11 @@ if TYPE_CHECKING:
 
     from meshgate.gateway._server import Gateway
 
-__all__ = ["DEFAULT_MAX_INGRESS_EVENTS", "ReplicationService"]
+__all__ = ["ReplicationService"]
 
 # Batches of one call being written at once: the next batch is on its way to the broker
 # while the acks of the one before come back. Answers still go out in order, one per batch.
 _PIPELINE = 4
-
-# Events all Replicate calls of a gateway hold together, from before a batch is sorted until
-# it is answered (or its call ends and its write is done): 8 link batches of 500. Without it a
-# destination held calls x _PIPELINE batches (8 partitions of a NATS origin: 16,000 events).
-DEFAULT_MAX_INGRESS_EVENTS = 4000
 
 _Queue = asyncio.Queue["_InFlight | BaseException | None"]
 
@@ -149,13 +144,14 @@ class ReplicationService(replication_pb2_grpc.ReplicationServicer):
         peer_tls: bool,
         region_names: Callable[[], Sequence[str]],
         draining: Callable[[], bool],
-        ingress: FifoQuota | None = None,
+        ingress: FifoQuota,
     ) -> None:
         self._region = region
-        # Events held by all calls (limits.max_replication_inflight_events): a destination with
-        # many origin partitions holds the bound, not calls x _PIPELINE batches. First come,
-        # first served, so one call's batches keep their order.
-        self._ingress = ingress if ingress is not None else FifoQuota(DEFAULT_MAX_INGRESS_EVENTS)
+        # Events held by all calls, from before a batch is sorted until it is answered or its call
+        # ends and its write is done (limits.max_replication_inflight_events): a destination with
+        # many origin partitions holds the bound, not calls x _PIPELINE batches (8 partitions of
+        # a NATS origin: 16,000 events). First come, first served: a call's batches keep their order.
+        self._ingress = ingress
         self._broker = broker
         self._tracing = tracing
         self._guard = guard

@@ -234,7 +234,7 @@ class Gateway(StartStop):
         )
         self.budget = InflightBudget(config.settings.limits.max_inflight_events)
         # Events the Replicate calls hold together (see _replication.py); a reload sets its limit.
-        self.replication_ingress = FifoQuota(config.settings.limits.max_replication_inflight_events)
+        self.replication_ingress = FifoQuota(config.settings.limits.replication_inflight_events(self._region_cfg.kind))
         self.metrics = GatewayMetrics(region=region, registry=registry or CollectorRegistry())
         self.admission = self._make_admission()
         # Client tokens (swapped whole by a reload) and the per-client limits, read from the config in force.
@@ -419,7 +419,7 @@ class Gateway(StartStop):
         # One assignment each, no await between: a batch sees either the old pair or the new.
         self._config, self._router = new, router
         self.budget.limit = self.limits.max_inflight_events
-        self.replication_ingress.limit = self.limits.max_replication_inflight_events
+        self.replication_ingress.limit = self.limits.replication_inflight_events(self._region_cfg.kind)
         self.admission = self._make_admission()
         self.auth = Authenticator(new.security)
         self.config_loaded_at = datetime.datetime.now(datetime.UTC)
