@@ -264,6 +264,9 @@ def _build(data: dict[str, Any], doc: Document, *, source: str, sha256: str) -> 
             raw_limits.get("max_inflight_events_per_stream", default_limits.max_inflight_events_per_stream)
         ),
         max_inflight_events=int(raw_limits.get("max_inflight_events", default_limits.max_inflight_events)),
+        max_replication_inflight_events=int(
+            raw_limits.get("max_replication_inflight_events", default_limits.max_replication_inflight_events)
+        ),
         max_message_bytes=_message_bytes(raw_limits, default_limits),
         max_metadata_bytes=parse_size(raw_limits.get("max_metadata_bytes", default_limits.max_metadata_bytes)),
         max_streams_per_client=int(raw_limits.get("max_streams_per_client", default_limits.max_streams_per_client)),

@@ -62,7 +62,7 @@ class KafkaSettings:
     partitions: int = 6
     replication_factor: int = 1
     # Event ids the gateway remembers for duplicate detection at most (Kafka has none by id):
-    # ~170 bytes each, the oldest forgotten first when more arrive within the window.
+    # ~140 bytes each, the oldest forgotten first when more arrive within the window.
     max_window_ids: int = 200_000
 
 
@@ -103,6 +103,11 @@ class RouteRule:
     column: int = 0
 
 
+# Defaults of limits.max_replication_inflight_events by the region's broker (see Limits).
+KAFKA_REPLICATION_INFLIGHT_EVENTS = 6000
+NATS_REPLICATION_INFLIGHT_EVENTS = 32_000
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Limits:
     """Admission limits; each refusal names the limit and the measured size."""
@@ -115,6 +120,10 @@ class Limits:
     # Events admitted but not yet acked by the broker, per PublishStream and per gateway.
     max_inflight_events_per_stream: int = 20_000
     max_inflight_events: int = 100_000
+    # Events all Replicate calls of a gateway hold at once, from before a batch is sorted until
+    # it is answered (a batch larger than this is taken alone); 0 = by the region's broker
+    # (replication_inflight_events).
+    max_replication_inflight_events: int = 0
     # The gRPC server's own bounds, checked before a request is even parsed (restart to change).
     max_message_bytes: int = 4 * 1024 * 1024
     max_metadata_bytes: int = 16 * 1024
@@ -143,6 +152,15 @@ class Limits:
         if self.client_burst:
             return self.client_burst
         return max(1, math.ceil(self.client_rate))
+
+    def replication_inflight_events(self, kind: BrokerKind) -> int:
+        """``max_replication_inflight_events``, or when 0 the broker's default: a Kafka region's
+        appends hold 2,000 events at a time, so 6,000 keeps 4,000 sorted and waiting behind them
+        (12 link batches of 500); a NATS region writes more at once the more it is given, so
+        32,000 only stops a runaway number of calls (16 calls of 4 batches of 500)."""
+        if self.max_replication_inflight_events:
+            return self.max_replication_inflight_events
+        return KAFKA_REPLICATION_INFLIGHT_EVENTS if kind is BrokerKind.KAFKA else NATS_REPLICATION_INFLIGHT_EVENTS
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from meshgate._quota import FifoQuota
 from meshgate.brokers import Broker, BrokerError, StorageFullError
 from meshgate.gateway._auth import ReplicationGuard
 from meshgate.gateway._checkpoint import Checkpointer
@@ -42,7 +44,7 @@ _Queue = asyncio.Queue["_InFlight | BaseException | None"]
 class _InFlight:
     """A batch handed to the broker, waiting to be applied and answered."""
 
-    __slots__ = ("events", "request", "spans", "write")
+    __slots__ = ("events", "held", "request", "spans", "write")
 
     def __init__(
         self,
@@ -56,6 +58,50 @@ class _InFlight:
         self.spans = spans
         # The request's decoded events when it came as such: answered per event.
         self.events = events
+        # Its share of the gateway's ingress bound, until answered or its call ends.
+        self.held = 0
+
+
+class _Held:
+    """One call's share of the gateway's ingress bound: what it took, given back in order.
+
+    Every batch the call read is counted from before it is sorted; ``pending`` are those
+    handed to the broker and not yet answered, which ``close`` waits for before it gives
+    their share back (a write still running holds its events).
+    """
+
+    __slots__ = ("pending", "quota", "taken")
+
+    def __init__(self, quota: FifoQuota) -> None:
+        self.quota = quota
+        self.taken = 0
+        self.pending: deque[_InFlight] = deque()
+
+    async def take(self, n: int) -> None:
+        await self.quota.acquire(n)
+        self.taken += n
+
+    def give(self, n: int) -> None:
+        if n:
+            self.taken -= n
+            self.quota.release(n)
+
+    def answered(self, item: _InFlight) -> None:
+        if self.pending and self.pending[0] is item:
+            self.pending.popleft()
+        self.give(item.held)
+        item.held = 0
+
+    async def close(self) -> None:
+        """Once the call's writes are done, all it holds is given back."""
+        try:
+            while self.pending:
+                item = self.pending.popleft()
+                if not item.write.done():
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(item.write)
+        finally:
+            self.give(self.taken)
 
 
 def _sequence_span(raw: replication_pb2.RawEvents) -> tuple[dict[str, int], dict[str, int]]:
@@ -98,8 +144,14 @@ class ReplicationService(replication_pb2_grpc.ReplicationServicer):
         peer_tls: bool,
         region_names: Callable[[], Sequence[str]],
         draining: Callable[[], bool],
+        ingress: FifoQuota,
     ) -> None:
         self._region = region
+        # Events held by all calls, from before a batch is sorted until it is answered or its call
+        # ends and its write is done (limits.max_replication_inflight_events): a destination with
+        # many origin partitions holds the bound, not calls x _PIPELINE batches (8 partitions of
+        # a NATS origin: 16,000 events). First come, first served: a call's batches keep their order.
+        self._ingress = ingress
         self._broker = broker
         self._tracing = tracing
         self._guard = guard
@@ -121,6 +173,7 @@ class ReplicationService(replication_pb2_grpc.ReplicationServicer):
             peer_tls=gateway.peer_tls is not None,
             region_names=lambda: gateway.routing[0].region_names,
             draining=lambda: gateway.draining,
+            ingress=gateway.replication_ingress,
         )
 
     async def _open(
@@ -167,8 +220,11 @@ class ReplicationService(replication_pb2_grpc.ReplicationServicer):
         # not answered, and the source's resend finds them in the log (dedup).
         queue: _Queue = asyncio.Queue()
         slots = asyncio.Semaphore(_PIPELINE)
+        held = _Held(self._ingress)
         reader = asyncio.create_task(
-            self._read(first, requests=requests, state=state, queue=queue, slots=slots, checkpointer=checkpointer)
+            self._read(
+                first, requests=requests, state=state, queue=queue, slots=slots, held=held, checkpointer=checkpointer
+            )
         )
         try:
             while (item := await queue.get()) is not None:
@@ -176,20 +232,23 @@ class ReplicationService(replication_pb2_grpc.ReplicationServicer):
                     await context.abort(item.code, item.message)
                 if isinstance(item, BaseException):
                     raise item
-                yield await self._answer(item, state, checkpointer, slots, context)
+                yield await self._answer(item, state, checkpointer, slots=slots, held=held, context=context)
         finally:
-            await self._end(reader, queue, checkpointer)
+            await self._end(reader, held, checkpointer)
 
     async def _answer(
         self,
         item: _InFlight,
         state: OriginState,
         checkpointer: Checkpointer,
+        *,
         slots: asyncio.Semaphore,
+        held: _Held,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> replication_pb2.ReplicateResponse:
         """Applies a written batch to the state once its write is done, and answers it."""
         done = await item.write
+        held.answered(item)
         failure = self._classifier.apply(state, done)
         if item.spans is not None:
             self._tracing.end_process(item.spans, done)
@@ -211,7 +270,7 @@ class ReplicationService(replication_pb2_grpc.ReplicationServicer):
         )
 
     @staticmethod
-    async def _end(reader: asyncio.Task[None], queue: _Queue, checkpointer: Checkpointer) -> None:
+    async def _end(reader: asyncio.Task[None], held: _Held, checkpointer: Checkpointer) -> None:
         if not reader.done():
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -220,11 +279,8 @@ class ReplicationService(replication_pb2_grpc.ReplicationServicer):
             reader.exception()  # raised from the queue; retrieved so asyncio does not log it again
         # Writes already handed to the broker finish on their own (bounded by its ack
         # timeout); their outcome is not answered, only found again by the next recovery.
-        while not queue.empty():
-            rest = queue.get_nowait()
-            if isinstance(rest, _InFlight) and not rest.write.done():
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(rest.write)
+        # Their events count against the ingress bound until then.
+        await held.close()
         await checkpointer.close()
 
     async def _read(
@@ -235,6 +291,7 @@ class ReplicationService(replication_pb2_grpc.ReplicationServicer):
         state: OriginState,
         queue: _Queue,
         slots: asyncio.Semaphore,
+        held: _Held,
         checkpointer: Checkpointer,
     ) -> None:
         """Takes the call's requests in order, classifies each and starts its write."""
@@ -252,8 +309,18 @@ class ReplicationService(replication_pb2_grpc.ReplicationServicer):
                 # No free slot: this stops reading, and gRPC flow control holds the source.
                 for _ in range(_PIPELINE if drain else 1):
                     await slots.acquire()
+                # Room in the gateway's bound before the batch is sorted (its columns copied);
+                # waiting here stops reading, like a full pipeline.
+                size = len(request.raw.ids)
+                await held.take(size)
+                try:
+                    item = await self._start(request, state, events, invalid)
+                except BaseException:
+                    held.give(size)
+                    raise
                 # Queued with no await after the write started: every write started is awaited.
-                item = await self._start(request, state, events, invalid)
+                item.held = size
+                held.pending.append(item)
                 checkpointer.writing()
                 queue.put_nowait(item)
                 if drain:

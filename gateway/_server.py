@@ -18,6 +18,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
 from meshgate._lifecycle import StartStop
+from meshgate._quota import FifoQuota
 from meshgate.brokers import Broker, BrokerState, make_broker
 from meshgate.brokers.embedded import EmbeddedNatsBroker
 from meshgate.config import (
@@ -232,6 +233,8 @@ class Gateway(StartStop):
             data_dir=data_dir,
         )
         self.budget = InflightBudget(config.settings.limits.max_inflight_events)
+        # Events the Replicate calls hold together (see _replication.py); a reload sets its limit.
+        self.replication_ingress = FifoQuota(config.settings.limits.replication_inflight_events(self._region_cfg.kind))
         self.metrics = GatewayMetrics(region=region, registry=registry or CollectorRegistry())
         self.admission = self._make_admission()
         # Client tokens (swapped whole by a reload) and the per-client limits, read from the config in force.
@@ -416,6 +419,7 @@ class Gateway(StartStop):
         # One assignment each, no await between: a batch sees either the old pair or the new.
         self._config, self._router = new, router
         self.budget.limit = self.limits.max_inflight_events
+        self.replication_ingress.limit = self.limits.replication_inflight_events(self._region_cfg.kind)
         self.admission = self._make_admission()
         self.auth = Authenticator(new.security)
         self.config_loaded_at = datetime.datetime.now(datetime.UTC)

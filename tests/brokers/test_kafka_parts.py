@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import time
 import tracemalloc
+import uuid
 from pathlib import Path
 from typing import Any, cast
 
@@ -194,21 +195,46 @@ def test_id_window_keeps_streams_sequences_and_times_exactly() -> None:
 
 
 def test_id_window_entry_is_compact() -> None:
-    # The documented sizing (ENTRY_BYTES per id) holds: the window's own share per entry, the
-    # ids excluded (they are the events' own strings).
-    ids = [f"{i:036d}" for i in range(20_000)]
+    # The documented sizing (ENTRY_BYTES per id) holds, and the window keeps none of the ids'
+    # strings (a 36-character id alone is 85 bytes): it keys on their 128-bit digests.
+    ids = [str(uuid.UUID(int=i)) for i in range(20_000)]
     window = IdWindow(window=3600.0, max_ids=len(ids))
     now = time.time()
     tracemalloc.start()
     try:
         for n, event_id in enumerate(ids):
             window.add(event_id, f"mesh.orders/{n % 6}", n + 1, stored_at=now)
+        window.add_run(ids[:100], "mesh.orders/0", 1, now)  # all known: nothing added
         used, _ = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    id_bytes = sys.getsizeof(ids[0])
     assert len(window) == len(ids)
-    assert used / len(ids) + id_bytes <= ENTRY_BYTES
+    assert used / len(ids) <= ENTRY_BYTES
+    refs = [sys.getrefcount(i) for i in ids[:100]]
+    del window
+    assert [sys.getrefcount(i) for i in ids[:100]] == refs
+
+
+def test_id_window_tells_apart_ids_that_differ_anywhere() -> None:
+    # Keys are digests: ids that share all but one character, or differ only in case or length,
+    # are each their own entry, found where each was stored.
+    base = "0123456789abcdef" + "0" * 20
+    ids = [base, base.upper(), base + "0", base[:-1], "a" + base[1:], base[:-1] + "a", "é" + base[1:]]
+    window = IdWindow(window=60.0, max_ids=100)
+    for n, event_id in enumerate(ids, 1):
+        window.add(event_id, "mesh.a.b/0", n, stored_at=time.time())
+    assert len(window) == len(set(ids))
+    assert [window.get(i) for i in ids] == [("mesh.a.b/0", n) for n in range(1, len(ids) + 1)]
+    assert window.get("1" * 36) is None
+    assert window.get("") is None
+    # An append looks its ids up before it writes them: the run it adds then is found as such.
+    fresh = [f"fresh-{n}" for n in range(5)]
+    assert [window.get(i) for i in fresh[:3]] == [None] * 3
+    window.add_run(fresh, "mesh.a.b/1", 10, stored_at=time.time())
+    assert [window.get(i) for i in [*fresh, *ids[:1]]] == [
+        *(("mesh.a.b/1", n) for n in range(10, 15)),
+        ("mesh.a.b/0", 1),
+    ]
 
 
 def test_default_window_and_fetch_bounds() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -16,6 +17,7 @@ from meshgate.brokers import AppendResult, BrokerError
 from meshgate.brokers.embedded import EmbeddedNats
 from meshgate.config import NatsSettings, Settings
 from meshgate.gateway import Gateway, _checkpoint
+from meshgate.gateway._classify import Classifier
 from meshgate.gateway._dedup import stream_key
 from meshgate.gateway._replication import ReplicationService
 from meshgate.v1 import event_pb2, gateway_pb2_grpc, replication_pb2, replication_pb2_grpc
@@ -675,4 +677,143 @@ async def test_raw_batch_with_columns_of_different_lengths_ends_the_call(
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "one of each per event" in (err.value.details() or "")
     finally:
+        await gw.stop()
+
+
+async def test_calls_together_hold_at_most_the_ingress_bound(
+    nats_server: EmbeddedNats, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Events sorted and not yet answered, over all Replicate calls, stay within
+    limits.max_replication_inflight_events (a batch larger than it alone); each event is still
+    stored once, each call's in order. Main held calls x 4 batches: 160 here."""
+    bound, calls, batches, size = 30, 4, 6, 10
+    held = peak = 0
+    over: list[tuple[int, int]] = []
+    real_classify, real_apply = Classifier.classify, Classifier.apply
+
+    def classify(self: Classifier, *args: Any, **kwargs: Any) -> Any:
+        nonlocal held, peak
+        n = len(args[2].raw.ids)
+        held += n
+        if held != n:
+            peak = max(peak, held)
+        if held > bound and held != n:
+            over.append((held, n))
+        return real_classify(self, *args, **kwargs)
+
+    def apply(self: Classifier, state: Any, batch: Any) -> Any:
+        nonlocal held
+        held -= len(batch.request.raw.ids)
+        return real_apply(self, state, batch)
+
+    monkeypatch.setattr(Classifier, "classify", classify)
+    monkeypatch.setattr(Classifier, "apply", apply)
+    base = mesh_for(nats_server)
+    limits = dataclasses.replace(base.settings.limits, max_replication_inflight_events=bound)
+    config = dataclasses.replace(base, settings=dataclasses.replace(base.settings, limits=limits))
+    gw = Gateway(config=config, region="here", data_dir=tmp_path, replicate=False)
+    await gw.start()
+    real_append = gw.broker.append_raw
+
+    async def slow_append(**kwargs: Any) -> Any:
+        # Writes that take a while: every call's pipeline fills while they run.
+        await asyncio.sleep(0.02)
+        return await real_append(**kwargs)
+
+    monkeypatch.setattr(gw.broker, "append_raw", slow_append)
+
+    def raw(call: int, first: int, n: int) -> replication_pb2.RawEvents:
+        events = [
+            ev("orders/created", id=f"there-{call}-{s}", origin="there", route=["here", "there"], sequence=s)
+            for s in range(first, first + n)
+        ]
+        out = as_raw(events)
+        out.streams.extend([f"p{call}"] * n)
+        return out
+
+    async def one_call(call: int) -> list[tuple[int, int]]:
+        # Call 0 also sends a batch larger than the bound: it is taken alone, nothing waits for ever.
+        sizes = [size] * batches + ([bound + 10] if call == 0 else [])
+        firsts = [1 + sum(sizes[:i]) for i in range(len(sizes))]
+
+        async def requests() -> AsyncIterator[replication_pb2.ReplicateRequest]:
+            for i, (first, n) in enumerate(zip(firsts, sizes, strict=True), start=1):
+                yield replication_pb2.ReplicateRequest(source_region="there", batch_id=i, raw=raw(call, first, n))
+
+        async with grpc.aio.insecure_channel(gw.address) as ch:
+            rpc = replication_pb2_grpc.ReplicationStub(ch).Replicate(requests(), metadata=METADATA)
+            return [(r.batch_id, r.accepted) async for r in rpc]
+
+    try:
+        answers = await asyncio.wait_for(asyncio.gather(*(one_call(c) for c in range(calls))), 60)
+        assert answers[0] == [(i, size) for i in range(1, batches + 1)] + [(batches + 1, bound + 10)]
+        assert all(a == [(i, size) for i in range(1, batches + 1)] for a in answers[1:])
+        assert over == [], f"held past the bound of {bound}: {over[:5]}"
+        assert bound >= peak > size  # batches of several calls were held at once
+        assert gw.replication_ingress.used == 0
+        events = await stored(gw)
+        ids = [e.id for e in events]
+        assert len(ids) == len(set(ids)) == calls * batches * size + bound + 10
+        for call in range(calls):
+            seqs = [e.origin_sequence for e in events if e.id.startswith(f"there-{call}-")]
+            assert seqs == sorted(seqs) and len(seqs) == batches * size + (bound + 10 if call == 0 else 0)
+    finally:
+        await gw.stop()
+
+
+async def test_a_call_cut_mid_pipeline_gives_its_share_of_the_bound_back(
+    nats_server: EmbeddedNats, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call that ends with batches still being written holds their events until the writes
+    are done, then none: the other calls, and a later one, are not left waiting for ever."""
+    bound, size = 30, 10
+    base = mesh_for(nats_server)
+    limits = dataclasses.replace(base.settings.limits, max_replication_inflight_events=bound)
+    config = dataclasses.replace(base, settings=dataclasses.replace(base.settings, limits=limits))
+    gw = Gateway(config=config, region="here", data_dir=tmp_path, replicate=False)
+    await gw.start()
+    real_append = gw.broker.append_raw
+    gate = asyncio.Event()
+    writing: list[str] = []
+
+    async def gated_append(**kwargs: Any) -> Any:
+        writing.append(kwargs["origin_streams"][0])
+        if kwargs["origin_streams"][0] == "cut":
+            await gate.wait()  # the cut call's writes are still running when it ends
+        return await real_append(**kwargs)
+
+    monkeypatch.setattr(gw.broker, "append_raw", gated_append)
+
+    def raw(stream: str, first: int) -> replication_pb2.RawEvents:
+        events = [
+            ev("orders/created", id=f"there-{stream}-{s}", origin="there", route=["here", "there"], sequence=s)
+            for s in range(first, first + size)
+        ]
+        out = as_raw(events)
+        out.streams.extend([stream] * size)
+        return out
+
+    async def requests(stream: str, batches: int) -> AsyncIterator[replication_pb2.ReplicateRequest]:
+        for i in range(batches):
+            yield replication_pb2.ReplicateRequest(source_region="there", batch_id=i + 1, raw=raw(stream, 1 + i * size))
+
+    try:
+        async with grpc.aio.insecure_channel(gw.address) as ch:
+            stub = replication_pb2_grpc.ReplicationStub(ch)
+            cut = stub.Replicate(requests("cut", 6), metadata=METADATA)
+            # Its batches fill the bound while their writes wait.
+            await eventually(lambda: gw.replication_ingress.used == bound, 10, what="the cut call holding the bound")
+            cut.cancel()
+            other = stub.Replicate(requests("other", 3), metadata=METADATA)
+            assert gw.replication_ingress.used == bound  # the cut call's writes still run
+            assert "other" not in writing
+            gate.set()
+            answers = [(r.batch_id, r.accepted) async for r in other]
+            assert answers == [(1, size), (2, size), (3, size)]
+        await eventually(lambda: gw.replication_ingress.used == 0, 10, what="every share given back")
+        ids = [e.id for e in await stored(gw)]
+        assert len(ids) == len(set(ids))
+        assert [i for i in ids if "-other-" in i] == [f"there-other-{s}" for s in range(1, 3 * size + 1)]
+    finally:
+        gate.set()
         await gw.stop()

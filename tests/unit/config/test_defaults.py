@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from meshgate.config import (
+    BrokerKind,
     ClientToken,
     KafkaSettings,
     Limits,
@@ -152,3 +153,13 @@ def test_the_loader_fills_in_the_models_default(default: Default, monkeypatch: p
     monkeypatch.setattr(f, "default", changed)
     monkeypatch.setitem(default.model.__init__.__kwdefaults__, default.field, changed)
     assert default.of(load_config_text(MINIMAL, env=ENV)) == changed
+
+
+def test_replication_inflight_events_default_by_broker() -> None:
+    # 0 (the default) is the region's broker's own: a Kafka region's appends hold 2,000 events
+    # at a time, so its ingress holds 6,000; a NATS region writes more the more it is given.
+    assert Limits().max_replication_inflight_events == 0
+    assert Limits().replication_inflight_events(BrokerKind.KAFKA) == 6000
+    assert Limits().replication_inflight_events(BrokerKind.NATS) == 32_000
+    assert Limits().replication_inflight_events(BrokerKind.EMBEDDED) == 32_000
+    assert Limits(max_replication_inflight_events=500).replication_inflight_events(BrokerKind.KAFKA) == 500
