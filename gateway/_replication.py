@@ -58,16 +58,18 @@ class _InFlight:
         self.spans = spans
         # The request's decoded events when it came as such: answered per event.
         self.events = events
-        # Its share of the gateway's ingress bound, until answered or its call ends.
+        # Its share of the gateway's ingress bound, until its write is done.
         self.held = 0
 
 
 class _Held:
-    """One call's share of the gateway's ingress bound: what it took, given back in order.
+    """One call's share of the gateway's ingress bound.
 
-    Every batch the call read is counted from before it is sorted; ``pending`` are those
-    handed to the broker and not yet answered, which ``close`` waits for before it gives
-    their share back (a write still running holds its events).
+    A batch's share is taken before it is sorted and given back as soon as its write is done
+    (the write's done callback), not when it is answered: a call whose source stops reading
+    answers keeps only its own pipeline's batches (``_PIPELINE``), never the room the other
+    calls share. ``pending`` are the batches handed to the broker and not yet answered;
+    ``close`` waits for their writes (a write still running holds its events).
     """
 
     __slots__ = ("pending", "quota", "taken")
@@ -86,21 +88,36 @@ class _Held:
             self.taken -= n
             self.quota.release(n)
 
+    def started(self, item: _InFlight, n: int) -> None:
+        """``item``'s write started with ``n`` events of the call's share."""
+        item.held = n
+        self.pending.append(item)
+        item.write.add_done_callback(lambda _: self._written(item))
+
+    def _written(self, item: _InFlight) -> None:
+        # Once per item: whichever of the callback and close comes first gives its share.
+        self.give(item.held)
+        item.held = 0
+
     def answered(self, item: _InFlight) -> None:
         if self.pending and self.pending[0] is item:
             self.pending.popleft()
-        self.give(item.held)
-        item.held = 0
 
     async def close(self) -> None:
         """Once the call's writes are done, all it holds is given back."""
         try:
             while self.pending:
-                item = self.pending.popleft()
+                item = self.pending[0]
                 if not item.write.done():
                     with contextlib.suppress(Exception):
                         await asyncio.shield(item.write)
+                self.pending.popleft()
+                self._written(item)
         finally:
+            # Cancelled while waiting: the rest is given back now (their callbacks then give nothing).
+            for item in self.pending:
+                item.held = 0
+            self.pending.clear()
             self.give(self.taken)
 
 
@@ -147,8 +164,8 @@ class ReplicationService(replication_pb2_grpc.ReplicationServicer):
         ingress: FifoQuota,
     ) -> None:
         self._region = region
-        # Events held by all calls, from before a batch is sorted until it is answered or its call
-        # ends and its write is done (limits.max_replication_inflight_events): a destination with
+        # Events held by all calls, from before a batch is sorted until its write is done
+        # (limits.max_replication_inflight_events): a destination with
         # many origin partitions holds the bound, not calls x _PIPELINE batches (8 partitions of
         # a NATS origin: 16,000 events). First come, first served: a call's batches keep their order.
         self._ingress = ingress
@@ -319,8 +336,7 @@ class ReplicationService(replication_pb2_grpc.ReplicationServicer):
                     held.give(size)
                     raise
                 # Queued with no await after the write started: every write started is awaited.
-                item.held = size
-                held.pending.append(item)
+                held.started(item, size)
                 checkpointer.writing()
                 queue.put_nowait(item)
                 if drain:
