@@ -680,6 +680,16 @@ async def test_raw_batch_with_columns_of_different_lengths_ends_the_call(
         await gw.stop()
 
 
+async def _bounded_gateway(nats_server: EmbeddedNats, tmp_path: Path, bound: int) -> Gateway:
+    """A started gateway of region ``here`` whose Replicate ingress holds at most ``bound`` events."""
+    base = mesh_for(nats_server)
+    limits = dataclasses.replace(base.settings.limits, max_replication_inflight_events=bound)
+    config = dataclasses.replace(base, settings=dataclasses.replace(base.settings, limits=limits))
+    gw = Gateway(config=config, region="here", data_dir=tmp_path, replicate=False)
+    await gw.start()
+    return gw
+
+
 async def test_calls_together_hold_at_most_the_ingress_bound(
     nats_server: EmbeddedNats, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -702,11 +712,7 @@ async def test_calls_together_hold_at_most_the_ingress_bound(
         return real_classify(self, *args, **kwargs)
 
     monkeypatch.setattr(Classifier, "classify", classify)
-    base = mesh_for(nats_server)
-    limits = dataclasses.replace(base.settings.limits, max_replication_inflight_events=bound)
-    config = dataclasses.replace(base, settings=dataclasses.replace(base.settings, limits=limits))
-    gw = Gateway(config=config, region="here", data_dir=tmp_path, replicate=False)
-    await gw.start()
+    gw = await _bounded_gateway(nats_server, tmp_path, bound)
     real_append = gw.broker.append_raw
 
     async def slow_append(**kwargs: Any) -> Any:
@@ -766,11 +772,7 @@ async def test_a_call_cut_mid_pipeline_gives_its_share_of_the_bound_back(
     """A call that ends with batches still being written holds their events until the writes
     are done, then none: the other calls, and a later one, are not left waiting for ever."""
     bound, size = 30, 10
-    base = mesh_for(nats_server)
-    limits = dataclasses.replace(base.settings.limits, max_replication_inflight_events=bound)
-    config = dataclasses.replace(base, settings=dataclasses.replace(base.settings, limits=limits))
-    gw = Gateway(config=config, region="here", data_dir=tmp_path, replicate=False)
-    await gw.start()
+    gw = await _bounded_gateway(nats_server, tmp_path, bound)
     real_append = gw.broker.append_raw
     gate = asyncio.Event()
     writing: list[str] = []
