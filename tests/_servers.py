@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 from meshgate.brokers.embedded import EmbeddedNats
 from meshgate.brokers.kafka import KafkaBroker
 from meshgate.brokers.nats import NatsBroker
@@ -66,3 +68,25 @@ def make_kafka_broker(
         heartbeat_interval=0.5,
         follow_ids=follow_ids,
     )
+
+
+def free_port(*, besides: set[int] | None = None) -> int:
+    """A port free on 127.0.0.1 right now (bound to port 0, read back, released), not in ``besides``.
+
+    Released, so the kernel may hand the same number out again: ports that must differ are
+    taken with one ``besides`` set (each port returned is added to it), or with ``free_ports``.
+    """
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if besides is None or port not in besides:
+            if besides is not None:
+                besides.add(port)
+            return port
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct ports free on 127.0.0.1 right now."""
+    taken: set[int] = set()
+    return [free_port(besides=taken) for _ in range(n)]

@@ -31,6 +31,7 @@ from meshgate.brokers import (
 from meshgate.brokers.embedded import RestartPolicy, find_nats_server
 from meshgate.brokers.kafka import KafkaBroker
 from meshgate.config import BrokerKind, NatsSettings, RegionConfig
+from tests._servers import free_port
 from tests._wait import eventually
 from tests.brokers._contract import make_event, read_events, sequences
 
@@ -64,12 +65,6 @@ def _varz(url: str) -> dict[str, object]:
     return data
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_monitoring_on_a_port_it_picked_kept_across_restarts(nats_server: EmbeddedNats) -> None:
     """NATS tools (nats-top, `nats server check`, exporters) read /varz and /jsz from the URL shown."""
     port = nats_server.monitor_port
@@ -97,7 +92,7 @@ async def test_a_picked_monitoring_port_taken_while_down_gives_way_to_a_new_one(
 
 
 async def test_monitoring_on_a_given_port_or_off(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     async with EmbeddedNats(data_dir=tmp_path / "a", monitor_port=port) as pinned:
         assert pinned.monitor_url == f"http://127.0.0.1:{port}"
         assert (await asyncio.to_thread(_varz, pinned.monitor_url))["port"] == pinned.port

@@ -278,7 +278,9 @@ async def test_raw_append_refuses_like_append_on_both_paths(
     assert [(c.id, c.origin_sequence) for c in copies] == [(events[0].id, 1), (events[3].id, 4)]
 
 
-async def test_raw_append_of_one_known_origin_writes_what_each_event_alone_writes(nats_server: EmbeddedNats) -> None:
+async def test_raw_append_of_one_known_origin_writes_what_each_event_alone_writes(
+    nats_server: EmbeddedNats, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # A destination that checked every event's origin says so (``origin=``): the adapter makes
     # the batch's header blocks and subjects at once. What it stores must be what the event by
     # event path stores: the same subjects, the same headers, the same duplicates on a resend.
@@ -288,6 +290,15 @@ async def test_raw_append_of_one_known_origin_writes_what_each_event_alone_write
     headers = [header_lines(e) for e in events]
     streams = [f"p{i % 3}" for i in range(6)]
     stored: dict[str, list[tuple[str, dict[str, str]]]] = {}
+    batched: list[bool] = []
+    real_heads = NatsBroker._raw_heads
+
+    def spy(self: NatsBroker, *args: Any, **kwargs: Any) -> Any:
+        result = real_heads(self, *args, **kwargs)
+        batched.append(result is not None)
+        return result
+
+    monkeypatch.setattr(NatsBroker, "_raw_heads", spy)
     for label, origin, stream in (("alone", "", "ALONE"), ("known", "here", "KNOWN")):
         settings = NatsSettings(stream=stream, subject_prefix=f"{stream.lower()}.")
         async with make_nats_broker(nats_server, settings=settings) as broker:
@@ -308,6 +319,8 @@ async def test_raw_append_of_one_known_origin_writes_what_each_event_alone_write
         prefix = f"{stream.lower()}."
         stored[label] = [(str(m.subject).removeprefix(prefix), dict(m.headers or {})) for m in msgs]
     assert stored["known"] == stored["alone"]
+    # The batch path made the known origin's two writes; the path without an origin never asked it.
+    assert batched == [True, True]
     assert stored["known"][4][0] == "here.1.orders.created"
     assert stored["known"][4][1]["mg-origin-stream"] == "p1"
     assert stored["known"][4][1]["mg-origin-seq"] == "15"

@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,10 +35,11 @@ from meshgate.brokers.embedded import EmbeddedNats
 from meshgate.testing import ServeProcess, Tansu
 from meshgate.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2_grpc
 from tests._replication import VARIABLE
+from tests._servers import free_port, free_ports
 from tests._wait import eventually
 from tests.e2e._proxy import TcpProxy
 
-__all__ = ["MeshCluster", "free_port", "wait_links_idle"]
+__all__ = ["MeshCluster", "free_port", "free_ports", "wait_links_idle"]
 
 T = TypeVar("T")
 
@@ -52,18 +52,6 @@ _CHANNEL_OPTIONS = [
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 500),
 ]
-
-
-def free_port(*, besides: set[int] | None = None) -> int:
-    """A port free on 127.0.0.1 right now (bound to port 0, read back, released), not in ``besides``."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if besides is None or port not in besides:
-            if besides is not None:
-                besides.add(port)
-            return port
 
 
 def _pid_alive(pid: int) -> bool:

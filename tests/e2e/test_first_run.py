@@ -22,8 +22,8 @@ from nats.js.errors import NotFoundError
 from meshgate.brokers.embedded import EmbeddedNats
 from meshgate.testing import ChildProcess
 from tests._cli import run_cli
+from tests._servers import free_ports
 from tests._wait import eventually
-from tests.e2e._mesh import free_port
 
 _BANNER = re.compile(rb"region (\S+) \(embedded\): gateway (\S+), broker (nats://\S+), monitoring (http://\S+)\n")
 
@@ -57,7 +57,7 @@ class Up:
 @pytest.fixture
 async def up(tmp_path: Path) -> AsyncIterator[Up]:
     """``meshgate up`` of two embedded regions (east, west), once both serve."""
-    ports = [free_port() for _ in range(2)]
+    ports = free_ports(2)
     config = _mesh(tmp_path, ports)
     child = ChildProcess(args=("-m", "meshgate", "up", "-c", str(config), "--data-dir", str(tmp_path / "data")))
     await child.launch()
@@ -157,7 +157,8 @@ def _holding(port: int) -> socket.socket:
 async def test_serve_refuses_a_port_in_use_before_it_creates_a_stream(
     nats_server: EmbeddedNats, tmp_path: Path, taken: str
 ) -> None:
-    ports = {"gateway": free_port(), "metrics": free_port()}
+    gateway, metrics = free_ports(2)  # distinct: the same number twice is refused for another reason
+    ports = {"gateway": gateway, "metrics": metrics}
     config = tmp_path / "mesh.yaml"
     config.write_text(
         f"""\

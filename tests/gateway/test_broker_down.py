@@ -22,7 +22,7 @@ from meshgate.brokers import BrokerState, NatsBroker
 from meshgate.brokers.embedded import EmbeddedNats, EmbeddedNatsBroker, RestartPolicy, find_nats_server
 from meshgate.config import BrokerKind, MeshConfig, NatsSettings, RegionConfig, RouteRule
 from meshgate.gateway import HEALTHZ_PATH, READYZ_PATH, Gateway
-from meshgate.replicator import LinkOptions
+from meshgate.replicator import Link, LinkOptions, LinkState
 from meshgate.testing import freeze
 from meshgate.v1 import admin_pb2, event_pb2, gateway_pb2, gateway_pb2_grpc
 from tests._health import async_health_stub
@@ -348,7 +348,25 @@ async def test_link_error_is_cleared_once_the_destination_is_back(tmp_path: Path
         assert _link(here).last_error == ""
 
 
-async def test_a_destination_whose_broker_froze_shows_backing_off_until_it_stores_again(tmp_path: Path) -> None:
+class _RecordedState:
+    """``Link.state`` with every value set recorded (a data descriptor: it sees each assignment)."""
+
+    def __init__(self, changes: list[LinkState]) -> None:
+        self.changes = changes
+
+    def __get__(self, link: Link | None, owner: type[Link]) -> LinkState:
+        assert link is not None
+        state: LinkState = link.__dict__["state"]
+        return state
+
+    def __set__(self, link: Link, value: LinkState) -> None:
+        link.__dict__["state"] = value
+        self.changes.append(value)
+
+
+async def test_a_destination_whose_broker_froze_shows_backing_off_until_it_stores_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A retry that opens a call and fails again is not `replicating`: the link shows backing_off throughout."""
     async with (
         EmbeddedNats(data_dir=tmp_path / "here-nats") as here_server,
@@ -372,7 +390,10 @@ async def test_a_destination_whose_broker_froze_shows_backing_off_until_it_store
             await eventually(
                 lambda: _link(here).state == admin_pb2.LINK_STATE_BACKING_OFF, 30, what="the link to back off"
             )
-            # Retries keep opening calls that fail again (backoff at most 0.2 s): none shows replicating.
+            # Retries keep opening calls that fail again (backoff at most 0.2 s): none shows
+            # replicating, not even for a moment between two looks (every state set is recorded).
+            changes: list[LinkState] = []
+            monkeypatch.setattr(Link, "state", _RecordedState(changes), raising=False)
             seen = set()
             for _ in range(30):
                 status = _link(here)
@@ -380,6 +401,7 @@ async def test_a_destination_whose_broker_froze_shows_backing_off_until_it_store
                 assert status.lag_events >= 10 and status.last_error, status
                 await asyncio.sleep(0.1)
             assert seen == {"LINK_STATE_BACKING_OFF"}, seen
+            assert changes and set(changes) == {LinkState.BACKING_OFF}, changes
         finally:
             os.kill(pid, signal.SIGCONT)
         await eventually(lambda: _link(here).forwarded == 20, 60, what="the held events to reach there")

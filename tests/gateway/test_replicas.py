@@ -22,8 +22,8 @@ from meshgate.config import MeshConfig, RouteRule
 from meshgate.gateway import Gateway
 from meshgate.v1 import admin_pb2, admin_pb2_grpc, event_pb2, gateway_pb2, gateway_pb2_grpc
 from tests._replication import SECURITY
+from tests._servers import free_ports
 from tests._wait import eventually
-from tests.e2e._mesh import free_port
 from tests.gateway._helpers import ev, nats_region, read_all, two_region_mesh
 
 LEASE_TTL = 1.5
@@ -172,7 +172,7 @@ async def test_a_destination_s_links_never_read_the_events_replicated_into_it(
 ) -> None:
     async with EmbeddedNats(data_dir=tmp_path / "there-nats") as there_server:
         # Both gateways at known addresses: there's links to here connect and read.
-        here_address, there_address = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+        here_address, there_address = (f"127.0.0.1:{port}" for port in free_ports(2))
         config = MeshConfig(
             regions=(nats_region("here", nats_server, here_address), nats_region("there", there_server, there_address)),
             routing=ROUTING,

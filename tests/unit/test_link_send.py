@@ -19,8 +19,8 @@ from meshgate.brokers._codec import header_lines, parse_header_lines
 from meshgate.observability import Tracing
 from meshgate.replicator import Link, LinkOptions, _link
 from meshgate.v1 import replication_pb2
+from tests._servers import free_port
 from tests._wait import eventually
-from tests.e2e._mesh import free_port
 from tests.gateway._helpers import ev
 
 _STORED_TP = f"00-{0xABC:032x}-{0x42:016x}-01"
