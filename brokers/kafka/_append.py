@@ -416,13 +416,17 @@ class KafkaAppend(KafkaState):
                 try:
                     delivery = await producer.send_batch(batch.builder, tp.topic, partition=tp.partition)
                 except KAFKA_FAILURES as exc:
-                    outbox.popleft()
-                    batch.closed = True
                     if isinstance(exc, UnknownTopicOrPartitionError):
                         self._topics.pop(tp.topic, None)
-                    if not batch.acked.done():
-                        batch.acked.set_exception(exc)
-                    continue
+                    # Every batch behind it holds later events of this partition (later calls,
+                    # often the same keys): sent now, they would be stored before the resend
+                    # of this one. They fail with it.
+                    for waiting in outbox:
+                        waiting.closed = True
+                        if not waiting.acked.done():
+                            waiting.acked.set_exception(exc)
+                    outbox.clear()
+                    break
                 # In the producer's queue now (no await since): no record may join it any more.
                 outbox.popleft()
                 batch.closed = True

@@ -24,6 +24,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import KafkaConnectionError
 from aiokafka.partitioner import murmur2
 from aiokafka.structs import TopicPartition
 
@@ -873,3 +874,39 @@ async def test_a_lookup_over_every_topic_after_one_of_one_partition_needs_no_met
     assert "unknown for fetching offset" in inspect.getsource(aiokafka.consumer.fetcher)
     retries = [r for r in caplog.records if "unknown for fetching offset" in r.getMessage()]
     assert not retries, f"{len(retries)} ListOffsets retries waiting for metadata (main: one per unknown topic)"
+
+
+async def test_a_failed_send_fails_the_partitions_later_batches_too(
+    tansu: Tansu, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Calls to one partition share record batches queued behind each other. When one cannot be
+    # handed to the producer, the batches behind it (later events, the same keys) must fail
+    # with it: sent, they would be stored before the failed events' resend (key order).
+    broker = make_kafka_broker(tansu, settings=KafkaSettings(partitions=1))
+    async with broker:
+        results_of(await broker.append([make_event("order/one", "warm", key="k")]))
+        producer = broker._require_producer()
+        real = producer.send_batch
+        sends = 0
+
+        async def failing_first(*args: Any, **kwargs: Any) -> Any:
+            nonlocal sends
+            sends += 1
+            if sends == 1:
+                await asyncio.sleep(0.2)  # later calls queue their batches behind this one
+                raise KafkaConnectionError("injected: the first batch cannot be sent")
+            return await real(*args, **kwargs)
+
+        monkeypatch.setattr(producer, "send_batch", failing_first)
+        # A batch holds up to max_message_bytes: 8 of these fill one, later calls open their own.
+        data = b"x" * (TEST_KAFKA_MAX_MESSAGE_BYTES // 8)
+        calls = [
+            broker.append([make_event("order/one", f"c{c}-{i}", key="k", data=data) for i in range(10)])
+            for c in range(6)
+        ]
+        outcomes = [r for call in await asyncio.gather(*calls) for r in call]
+    stored = [isinstance(r, AppendResult) for r in outcomes]
+    assert not stored[0], "the injected failure did not hit the first batch"
+    # In call order: once an event failed, no later event of the key was stored.
+    assert sends == 1, f"{sends} batches sent after the failed one"
+    assert True not in stored[stored.index(False) :], stored
