@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -44,7 +44,7 @@ _Queue = asyncio.Queue["_InFlight | BaseException | None"]
 class _InFlight:
     """A batch handed to the broker, waiting to be applied and answered."""
 
-    __slots__ = ("events", "held", "request", "spans", "write")
+    __slots__ = ("events", "request", "spans", "write")
 
     def __init__(
         self,
@@ -58,67 +58,10 @@ class _InFlight:
         self.spans = spans
         # The request's decoded events when it came as such: answered per event.
         self.events = events
-        # Its share of the gateway's ingress bound, until its write is done.
-        self.held = 0
 
 
-class _Held:
-    """One call's share of the gateway's ingress bound.
-
-    A batch's share is taken before it is sorted and given back as soon as its write is done
-    (the write's done callback), not when it is answered: a call whose source stops reading
-    answers keeps only its own pipeline's batches (``_PIPELINE``), never the room the other
-    calls share. ``pending`` are the batches handed to the broker and not yet answered;
-    ``close`` waits for their writes (a write still running holds its events).
-    """
-
-    __slots__ = ("pending", "quota", "taken")
-
-    def __init__(self, quota: FifoQuota) -> None:
-        self.quota = quota
-        self.taken = 0
-        self.pending: deque[_InFlight] = deque()
-
-    async def take(self, n: int) -> None:
-        await self.quota.acquire(n)
-        self.taken += n
-
-    def give(self, n: int) -> None:
-        if n:
-            self.taken -= n
-            self.quota.release(n)
-
-    def started(self, item: _InFlight, n: int) -> None:
-        """``item``'s write started with ``n`` events of the call's share."""
-        item.held = n
-        self.pending.append(item)
-        item.write.add_done_callback(lambda _: self._written(item))
-
-    def _written(self, item: _InFlight) -> None:
-        # Once per item: whichever of the callback and close comes first gives its share.
-        self.give(item.held)
-        item.held = 0
-
-    def answered(self, item: _InFlight) -> None:
-        if self.pending and self.pending[0] is item:
-            self.pending.popleft()
-
-    async def close(self) -> None:
-        """Once the call's writes are done, all it holds is given back."""
-        try:
-            while self.pending:
-                item = self.pending[0]
-                if not item.write.done():
-                    with contextlib.suppress(Exception):
-                        await asyncio.shield(item.write)
-                self.pending.popleft()
-                self._written(item)
-        finally:
-            # Cancelled while waiting: the rest is given back now (their callbacks then give nothing).
-            for item in self.pending:
-                item.held = 0
-            self.pending.clear()
-            self.give(self.taken)
+def _give_back(ingress: FifoQuota, n: int, _write: asyncio.Future[ProcessedBatch]) -> None:
+    ingress.release(n)
 
 
 def _sequence_span(raw: replication_pb2.RawEvents) -> tuple[dict[str, int], dict[str, int]]:
@@ -237,11 +180,8 @@ class ReplicationService(replication_pb2_grpc.ReplicationServicer):
         # not answered, and the source's resend finds them in the log (dedup).
         queue: _Queue = asyncio.Queue()
         slots = asyncio.Semaphore(_PIPELINE)
-        held = _Held(self._ingress)
         reader = asyncio.create_task(
-            self._read(
-                first, requests=requests, state=state, queue=queue, slots=slots, held=held, checkpointer=checkpointer
-            )
+            self._read(first, requests=requests, state=state, queue=queue, slots=slots, checkpointer=checkpointer)
         )
         try:
             while (item := await queue.get()) is not None:
@@ -249,9 +189,9 @@ class ReplicationService(replication_pb2_grpc.ReplicationServicer):
                     await context.abort(item.code, item.message)
                 if isinstance(item, BaseException):
                     raise item
-                yield await self._answer(item, state, checkpointer, slots=slots, held=held, context=context)
+                yield await self._answer(item, state, checkpointer, slots=slots, context=context)
         finally:
-            await self._end(reader, held, checkpointer)
+            await self._end(reader, queue, checkpointer)
 
     async def _answer(
         self,
@@ -260,12 +200,10 @@ class ReplicationService(replication_pb2_grpc.ReplicationServicer):
         checkpointer: Checkpointer,
         *,
         slots: asyncio.Semaphore,
-        held: _Held,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> replication_pb2.ReplicateResponse:
         """Applies a written batch to the state once its write is done, and answers it."""
         done = await item.write
-        held.answered(item)
         failure = self._classifier.apply(state, done)
         if item.spans is not None:
             self._tracing.end_process(item.spans, done)
@@ -287,7 +225,7 @@ class ReplicationService(replication_pb2_grpc.ReplicationServicer):
         )
 
     @staticmethod
-    async def _end(reader: asyncio.Task[None], held: _Held, checkpointer: Checkpointer) -> None:
+    async def _end(reader: asyncio.Task[None], queue: _Queue, checkpointer: Checkpointer) -> None:
         if not reader.done():
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -296,8 +234,12 @@ class ReplicationService(replication_pb2_grpc.ReplicationServicer):
             reader.exception()  # raised from the queue; retrieved so asyncio does not log it again
         # Writes already handed to the broker finish on their own (bounded by its ack
         # timeout); their outcome is not answered, only found again by the next recovery.
-        # Their events count against the ingress bound until then.
-        await held.close()
+        # (Each gives its share of the ingress bound back when it is done.)
+        while not queue.empty():
+            rest = queue.get_nowait()
+            if isinstance(rest, _InFlight) and not rest.write.done():
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(rest.write)
         await checkpointer.close()
 
     async def _read(
@@ -308,7 +250,6 @@ class ReplicationService(replication_pb2_grpc.ReplicationServicer):
         state: OriginState,
         queue: _Queue,
         slots: asyncio.Semaphore,
-        held: _Held,
         checkpointer: Checkpointer,
     ) -> None:
         """Takes the call's requests in order, classifies each and starts its write."""
@@ -329,14 +270,18 @@ class ReplicationService(replication_pb2_grpc.ReplicationServicer):
                 # Room in the gateway's bound before the batch is sorted (its columns copied);
                 # waiting here stops reading, like a full pipeline.
                 size = len(request.raw.ids)
-                await held.take(size)
+                ingress = self._ingress
+                await ingress.acquire(size)
                 try:
                     item = await self._start(request, state, events, invalid)
                 except BaseException:
-                    held.give(size)
+                    ingress.release(size)
                     raise
+                # Given back once the write is done (a done callback runs once, also when the
+                # call ends first): a call whose source stops reading answers keeps only its
+                # own pipeline, never the room the other calls share.
+                item.write.add_done_callback(functools.partial(_give_back, ingress, size))
                 # Queued with no await after the write started: every write started is awaited.
-                held.started(item, size)
                 checkpointer.writing()
                 queue.put_nowait(item)
                 if drain:
