@@ -121,7 +121,7 @@ class Limits:
     max_inflight_events_per_stream: int = 20_000
     max_inflight_events: int = 100_000
     # Events all Replicate calls of a gateway hold at once, from before a batch is sorted until
-    # it is answered (a batch larger than this is taken alone); 0 = by the region's broker
+    # its write is done (a batch larger than this is taken alone); 0 = by the region's broker
     # (replication_inflight_events).
     max_replication_inflight_events: int = 0
     # The gRPC server's own bounds, checked before a request is even parsed (restart to change).

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from meshgate.brokers import Broker
 from meshgate.replicator._link import Link, LinkCounters, LinkOptions, LinkState, lag_seconds_of, status_of
 from meshgate.v1 import admin_pb2
@@ -31,7 +29,7 @@ class LinkGroup:
     destination's work spreads over the replicas (``Replicator``).
     """
 
-    __slots__ = ("destination", "parts", "source")
+    __slots__ = ("destination", "parts")
 
     def __init__(
         self,
@@ -43,7 +41,6 @@ class LinkGroup:
         options: LinkOptions,
         partitions: int | None,
     ) -> None:
-        self.source = source
         self.destination = destination
         keys: list[int | None] = list(range(partitions)) if partitions is not None else [None]
         self.parts: dict[int | None, Link] = {
@@ -54,10 +51,6 @@ class LinkGroup:
         }
 
     # --- the group as one link -------------------------------------------------------------
-
-    @property
-    def address(self) -> str | None:
-        return next(iter(self.parts.values())).address
 
     @property
     def running(self) -> bool:
@@ -110,9 +103,6 @@ class LinkGroup:
     async def start(self) -> None:
         for link in self.parts.values():
             await link.start()
-
-    async def stop(self, timeout: float = 5.0) -> None:
-        await asyncio.gather(*(link.stop(timeout) for link in self.parts.values()))
 
     def use_broker(self, broker: Broker) -> None:
         for link in self.parts.values():
