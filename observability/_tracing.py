@@ -174,8 +174,16 @@ def _make_exporter(name: str, environ: Mapping[str, str]) -> SpanExporter | None
         if protocol == "grpc":
             # The SDK's exporter with a cheaper encoding (_encode.py): it runs in the batch
             # processor's thread, holding the GIL the event loop needs.
-            from meshgate.observability._encode import CachingOTLPSpanExporter  # noqa: PLC0415 - only when exporting
+            try:
+                from meshgate.observability._encode import CachingOTLPSpanExporter  # noqa: PLC0415 - only when exporting
+            except ImportError:
+                # _encode uses the OTLP exporter's private encoders: where another version moved
+                # them, the SDK's own exporter (its own encoding) does the same job.
+                from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # noqa: PLC0415
+                    OTLPSpanExporter,
+                )
 
+                return OTLPSpanExporter()
             return CachingOTLPSpanExporter()
         if protocol in ("http/protobuf", "http/json"):
             if protocol == "http/json":
@@ -537,12 +545,10 @@ class BatchTrace:
     def _open(self, i: int, ev: event_pb2.Event, admitted_ns: int) -> None:
         """The SDK's path: a ``Span`` (its sampler decides, for a sampler ``fast_decision`` does not know)."""
         span = self._tracing.tracer.start_span(
-            _name("publish ", ev.topic),
-            context=_parent_of(ev, self.parent),
-            kind=_PRODUCER,
-            attributes=self._attributes(ev, admitted_ns),
-            start_time=self.start_ns,
+            _name("publish ", ev.topic), context=_parent_of(ev, self.parent), kind=_PRODUCER, start_time=self.start_ns
         )
+        if span.is_recording():  # attributes only for sampled spans: the others cost the least
+            span.set_attributes(self._attributes(ev, admitted_ns))
         _stamp(ev, span.get_span_context())
         self.spans.append((i, span))
 

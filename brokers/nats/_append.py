@@ -21,9 +21,11 @@ from meshgate.brokers._base import (
     StorageFullError,
 )
 from meshgate.brokers._codec import (
+    HEADER_KEY,
     escape_header_value,
     plain_values,
 )
+from meshgate.brokers._headers import ORIGIN_NAME, header_value
 from meshgate.brokers.nats._errors import (
     AckTimeoutError,
     MessageTooLargeError,
@@ -33,7 +35,7 @@ from meshgate.brokers.nats._pull import (
     reraise_swallowed_cancel,
 )
 from meshgate.brokers.nats._state import NatsState
-from meshgate.brokers.nats._subjects import header_value, partition_of, stream_partition
+from meshgate.brokers.nats._subjects import partition_of, stream_partition
 from meshgate.brokers.nats._wire import (
     header_block,
     parse_header_block,
@@ -45,6 +47,7 @@ __all__ = ["NatsAppend"]
 logger = logging.getLogger(__name__)
 
 _MSG_ID_HEAD = b"NATS/1.0\r\nNats-Msg-Id: "
+_KEY_NAME = HEADER_KEY.encode()
 # The byte value of b"0": an ack's sequence never starts with it.
 _ZERO = 0x30
 
@@ -152,15 +155,18 @@ class NatsAppend(NatsState):
         def subject_of(i: int) -> str:
             # Stored under the origin's subject, so this region's own links never read it.
             lines = headers[i]
-            origin = header_value(lines, b"mg-origin")
-            if origin is None:
-                raise ValueError("a replicated event carries its origin (header mg-origin)")
+            name = origin  # the caller's checked origin, else each event's own
+            if not name:
+                found = header_value(lines, ORIGIN_NAME)
+                if found is None:
+                    raise ValueError("a replicated event carries its origin (header mg-origin)")
+                name = found.decode()
             partition = stream_partition(origin_streams[i]) if origin_streams else None
             if partition is None or partition >= partitions:
                 # A Kafka origin's stream, or an origin with more partitions than this log.
-                key = header_value(lines, b"mg-key")
+                key = header_value(lines, _KEY_NAME)
                 partition = partition_of(key or ids[i], partitions)
-            return layout.subject(topics[i], origin.decode(), partition)
+            return layout.subject(topics[i], name, partition)
 
         return await self._append(batch, self._publish_batch(nc, batch, ids, head_of, subject_of))
 

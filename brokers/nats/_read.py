@@ -26,9 +26,12 @@ from meshgate.brokers._base import (
     sequence_position,
 )
 from meshgate.brokers._codec import (
+    HEADER_ORIGIN_SEQ,
+    HEADER_ORIGIN_STREAM,
     decode_event,
     unescape_header_value,
 )
+from meshgate.brokers._headers import header_value
 from meshgate.brokers.nats._errors import (
     NATS_FAILURES,
     broker_error,
@@ -45,7 +48,6 @@ from meshgate.brokers.nats._pull import (
     PullSubscription,
 )
 from meshgate.brokers.nats._state import NatsState
-from meshgate.brokers.nats._subjects import header_value
 from meshgate.brokers.nats._wire import (
     parse_ack_subject,
     parse_header_block,
@@ -69,6 +71,9 @@ _READER_INACTIVE_SECONDS = 60.0
 _READ_PULL_BYTES = 4 * 1024 * 1024
 # A pull's max_bytes counts an event's subject and ack reply besides its headers and payload.
 _PULL_BYTES_SLACK = 4096
+
+_ORIGIN_SEQ_NAME = HEADER_ORIGIN_SEQ.encode()
+_ORIGIN_STREAM_NAME = HEADER_ORIGIN_STREAM.encode()
 
 _T = TypeVar("_T")
 # What a reader makes of a delivery: (subject, header block, payload, stream sequence) -> an item.
@@ -443,7 +448,7 @@ def _origin_position(subject: bytes, hdr: bytes | None, data: bytes, sequence: i
     """A delivery's origin sequence and (still escaped) origin stream, None without a sequence."""
     if hdr is None:
         return None
-    seq = header_value(hdr, b"mg-origin-seq")
+    seq = header_value(hdr, _ORIGIN_SEQ_NAME)
     if seq is None or not seq.isdigit() or int(seq) < 1:
         return None
-    return seq, header_value(hdr, b"mg-origin-stream") or b""
+    return seq, header_value(hdr, _ORIGIN_STREAM_NAME) or b""

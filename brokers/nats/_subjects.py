@@ -150,17 +150,3 @@ class SubjectLayout:
             self.head(origin, 0)  # validates the origin
             return f"{self.prefix}{origin}.*.{levels}"
         return self.head(origin, partition) + levels
-
-
-def header_value(lines: bytes, name: bytes) -> bytes | None:
-    """The value of header ``name`` (lower case, e.g. ``b"mg-origin"``) in raw header lines, or None."""
-    start = 0
-    marker = name + b": "
-    if not lines.startswith(marker):
-        at = lines.find(b"\r\n" + marker)
-        if at < 0:
-            return None
-        start = at + 2
-    start += len(marker)
-    end = lines.find(b"\r\n", start)
-    return lines[start:] if end < 0 else lines[start:end]
