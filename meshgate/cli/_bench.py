@@ -22,14 +22,14 @@ from typing import Any
 __all__ = ["PHASES", "add_arguments", "apply_quick", "register"]
 
 PHASES = ("ingest", "replication", "kafka", "tracing", "replicas")
-# What --quick sets, where the option is still at its default: (option, default, quick value).
+# What --quick sets for each option not given explicitly: (option, quick value).
 _QUICK = (
-    ("seconds", 5.0, 2.0),
-    ("backlog", 200_000, 50_000),
-    ("kafka_backlog", 50_000, 20_000),
-    ("drain", 30.0, 15.0),
-    ("catchup_timeout", 120.0, 60.0),
-    ("stall", 15.0, 10.0),
+    ("seconds", 2.0),
+    ("backlog", 50_000),
+    ("kafka_backlog", 20_000),
+    ("drain", 15.0),
+    ("catchup_timeout", 60.0),
+    ("stall", 10.0),
 )
 
 
@@ -51,10 +51,15 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--seconds", type=float, default=5.0, help="duration of each measured phase (default 5)")
-    p.add_argument("--backlog", type=int, default=200_000, help="events of the catch-up backlog (default 200000)")
+    p.add_argument(
+        "--seconds", action=_Given, type=float, default=5.0, help="duration of each measured phase (default 5)"
+    )
+    p.add_argument(
+        "--backlog", action=_Given, type=int, default=200_000, help="events of the catch-up backlog (default 200000)"
+    )
     p.add_argument(
         "--kafka-backlog",
+        action=_Given,
         type=int,
         default=50_000,
         help="events of each Kafka<->NATS catch-up backlog (default 50000)",
@@ -66,9 +71,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="PHASE",
         help=f"leave a phase out ({', '.join(PHASES)}); repeat it or separate phases with commas",
     )
-    p.add_argument("--drain", type=float, default=30.0, help="max wait after a live phase (default 30 s)")
-    p.add_argument("--catchup-timeout", type=float, default=120.0, help="max catch-up wait (default 120 s)")
-    p.add_argument("--stall", type=float, default=15.0, help="give up after this long without progress (15 s)")
+    p.add_argument(
+        "--drain", action=_Given, type=float, default=30.0, help="max wait after a live phase (default 30 s)"
+    )
+    p.add_argument(
+        "--catchup-timeout", action=_Given, type=float, default=120.0, help="max catch-up wait (default 120 s)"
+    )
+    p.add_argument(
+        "--stall", action=_Given, type=float, default=15.0, help="give up after this long without progress (15 s)"
+    )
     p.add_argument(
         "--quick",
         action="store_true",
@@ -76,12 +87,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+class _Given(argparse.Action):
+    """Stores the value and notes the option as given (``--quick`` leaves it alone even when it
+    equals the default: ``--quick --seconds 5`` runs 5 s phases)."""
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option: str | None = None
+    ) -> None:
+        setattr(namespace, self.dest, values)
+        given: set[str] = getattr(namespace, "given", set())
+        namespace.given = given | {self.dest}
+
+
 def apply_quick(args: argparse.Namespace) -> None:
-    """With ``--quick``, the short run's values for every option left at its default."""
+    """With ``--quick``, the short run's values for every option not given explicitly."""
     if not getattr(args, "quick", False):
         return
-    for name, default, quick in _QUICK:
-        if getattr(args, name) == default:
+    given: set[str] = getattr(args, "given", set())
+    for name, quick in _QUICK:
+        if name not in given:
             setattr(args, name, quick)
 
 

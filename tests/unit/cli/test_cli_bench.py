@@ -94,6 +94,10 @@ def test_quick_shortens_what_was_not_given() -> None:
     plain = parse()
     apply_quick(plain)
     assert (plain.seconds, plain.backlog) == (5.0, 200_000)
+    # Given explicitly, a value equal to the default still wins over --quick.
+    explicit = parse("--quick", "--seconds", "5")
+    apply_quick(explicit)
+    assert (explicit.seconds, explicit.backlog) == (5.0, 50_000)
 
 
 def test_the_summary_carries_the_kafka_replication_figures() -> None:
