@@ -562,6 +562,11 @@ class Gateway(StartStop):
             grace = self._config.settings.shutdown_grace_seconds
         await self._shutdown(grace=grace)
 
+    @property
+    def shutdown_grace(self) -> float:
+        """``settings.shutdown_grace`` of the config in force: the whole of a stop, in seconds."""
+        return self._config.settings.shutdown_grace_seconds
+
     async def stop_links(self, grace: float | None = None) -> None:
         """Stops the replication links only (their sent batches acked within ``grace``); ``stop()`` then
         stops the rest. Gateways of one process (``meshgate up``) replicate to each other: stopping

@@ -51,6 +51,9 @@ class Served(Protocol):
 class _WithLinks(Protocol):
     """A ``Gateway``: its links can be stopped before the rest of it."""
 
+    @property
+    def shutdown_grace(self) -> float: ...
+
     async def stop_links(self, grace: float | None = None) -> None: ...
 
 
@@ -100,12 +103,20 @@ async def run_until_signalled(gateways: Sequence[Served], *, on_serving: Callabl
         if on_serving is not None:
             on_serving()
         await stop.wait()
+        began = loop.time()
         if len(gateways) > 1:
             # They replicate to each other: their links end first, while every destination
             # still serves, so a clean stop logs no "Cancelling all calls" warning per link.
             linked: list[_WithLinks] = [gw for gw in gateways if isinstance(gw, _WithLinks)]
             await asyncio.gather(*(gw.stop_links() for gw in linked))
-        await asyncio.gather(*(gw.stop() for gw in gateways))
+        spent = loop.time() - began
+        # One grace period for the whole stop: what the links took is not given again.
+        await asyncio.gather(
+            *(
+                gw.stop(grace=max(0.0, gw.shutdown_grace - spent)) if isinstance(gw, _WithLinks) else gw.stop()
+                for gw in gateways
+            )
+        )
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
