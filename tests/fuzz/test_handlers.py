@@ -592,11 +592,18 @@ def test_the_base_of_the_fuzzed_messages_is_valid(
     # The strategies make up to three fields of a valid message wild; were their base refused,
     # the fuzz would only ever test refusals. An events batch and a raw batch built like the
     # strategies' bases, with no wild field, are stored.
-    base = event_pb2.Event(id=str(uuid.uuid4()), topic="orders/base", source="/fuzz", type="fuzz.event", origin=PEER)
+    # An origin stream of its own: the fuzzed calls before it (same gateway, same origin) may
+    # have stored events of the origin's one stream at any sequence, which would make these resends.
+    stream = f"base-{uuid.uuid4().hex}"
+    base = event_pb2.Event(
+        id=str(uuid.uuid4()), topic="orders/base", source="/fuzz", type="fuzz.event", origin=PEER, stream=stream
+    )
     base.sequence = 2**41 + 1
     base.route.extend([REGION, PEER])
     raw_id = str(uuid.uuid4())
-    raw = replication_pb2.RawEvents(ids=[raw_id], topics=["orders/base"], sequences=[2**41 + 2], data=[b"{}"])
+    raw = replication_pb2.RawEvents(
+        ids=[raw_id], topics=["orders/base"], sequences=[2**41 + 2], streams=[stream], data=[b"{}"]
+    )
     raw.headers.append(
         f"ce-id: {raw_id}\r\nce-source: /fuzz\r\nce-type: fuzz.event\r\nce-specversion: 1.0\r\n"
         f"mg-origin: {PEER}\r\nmg-route: {REGION},{PEER}\r\n".encode()
