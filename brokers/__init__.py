@@ -3,7 +3,9 @@
 ``make_broker(region, ...)`` builds the adapter a region's config asks for: NATS JetStream
 (``NatsBroker``), Kafka (``KafkaBroker``), or the embedded NATS server that Meshgate runs
 itself (``EmbeddedNatsBroker``).
-The codec (topic <-> subject, event <-> headers + payload) is shared by every adapter.
+The codec (event <-> headers + payload, topic <-> Kafka topic name) is shared by every adapter;
+a NATS region's subjects also carry the origin and a partition (``nats.SubjectLayout``,
+docs/SUBJECTS.md), so ``pattern_to_filter`` and ``topic_to_subject`` are Kafka's mapping only.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The NATS adapter's names: the buckets beside the stream, reader consumers, durable consumer generations.
 
-Mesh topic <-> subject is the codec's (``_codec.SubjectMapper``), shared by every adapter.
+Mesh topic <-> subject is the layout's (``_subjects.SubjectLayout``: prefix, origin, partition, levels).
 """
 
 from __future__ import annotations
