@@ -4,7 +4,7 @@
 (``NatsBroker``), Kafka (``KafkaBroker``), or the embedded NATS server that Meshgate runs
 itself (``EmbeddedNatsBroker``).
 The codec (event <-> headers + payload, topic <-> Kafka topic name) is shared by every adapter;
-a NATS region's subjects also carry the origin and a partition (``nats.SubjectLayout``,
+a NATS region's subjects also carry the origin and a partition (``nats._subjects.SubjectLayout``,
 docs/SUBJECTS.md), so ``pattern_to_filter`` and ``topic_to_subject`` are Kafka's mapping only.
 """
 

@@ -3,7 +3,7 @@
 Topics become Kafka topic names by swapping ``/`` for ``.`` behind a prefix
 (``meshgate.topics``, re-exported here); the mapping is one-to-one because a topic level never
 contains a dot. NATS subjects put the origin and a partition between the prefix and the
-topic's levels (``nats.SubjectLayout``).
+topic's levels (``nats._subjects.SubjectLayout``).
 
 Events travel in the CloudEvents *binary content mode*: the message payload is ``event.data``
 byte for byte (a native consumer reads exactly what the producer sent) and every other
