@@ -169,12 +169,14 @@ async def terminate(proc: ServeProcess) -> None:
     await proc.close()
 
 
-def mesh_file(path: Path, a: Region, b: Region) -> None:
+def mesh_file(path: Path, a: Region, b: Region, *, partitions: int | None = None) -> None:
+    # The region's nats.partitions when given; the default otherwise.
+    nats = f"      nats:\n        partitions: {partitions}\n" if partitions else ""
     path.write_text(
         "event_mesh:\n"
         "  regions:\n"
-        f"    - name: {a.name}\n      kind: embedded\n      gateway: 127.0.0.1:{a.port}\n"
-        f"    - name: {b.name}\n      kind: embedded\n      gateway: 127.0.0.1:{b.port}\n"
+        f"    - name: {a.name}\n      kind: embedded\n      gateway: 127.0.0.1:{a.port}\n{nats}"
+        f"    - name: {b.name}\n      kind: embedded\n      gateway: 127.0.0.1:{b.port}\n{nats}"
         "  routing:\n"
         '    - topic: "bench/*"\n'
         f'      regions: ["{a.name}", "{b.name}"]\n'
@@ -414,7 +416,7 @@ async def run_meshgate(tmp: Path, args: argparse.Namespace, anchor_rate: float) 
     config = root / "mesh.yaml"
     a = Region("a", free_port(), root / "data-a", config)
     b = Region("b", free_port(), root / "data-b", config)
-    mesh_file(config, a, b)
+    mesh_file(config, a, b, partitions=getattr(args, "partitions", None))
     mg = Meshgate(a, b)
     out: dict[str, object] = {"notes": mg.notes, "live_cpu": mg.live_cpu}
     try:
@@ -620,6 +622,9 @@ if __name__ == "__main__":
     parser.add_argument("--drain", type=float, default=30.0, help="max wait after a live phase (default 30 s)")
     parser.add_argument("--catchup-timeout", type=float, default=90.0, help="max catch-up wait (default 90 s)")
     parser.add_argument("--stall", type=float, default=15.0, help="give up after this long without progress (15 s)")
+    parser.add_argument(
+        "--partitions", type=int, default=None, help="nats.partitions of both regions (default: the region default)"
+    )
     try:
         result = asyncio.run(main(parser.parse_args()))
     except (asyncio.CancelledError, KeyboardInterrupt):
