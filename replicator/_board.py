@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from google.protobuf import json_format
 
 from meshgate.brokers import Board, Broker, BrokerError
+from meshgate.replicator._group import merge_statuses
 from meshgate.replicator._replicator import Replicator
 from meshgate.v1 import admin_pb2
 
@@ -54,14 +55,6 @@ NOTE_TTL = 5.0
 _NAME_UNSAFE = re.compile(r"[^-_a-zA-Z0-9]")
 # The states of a link that runs in the process that posted it.
 _IDLE = frozenset({admin_pb2.LINK_STATE_STANDBY, admin_pb2.LINK_STATE_UNSPECIFIED})
-# Of the processes that run one link (several on Kafka, each with some of its partitions), the
-# state shown is the one most in need of attention.
-_ATTENTION = {
-    admin_pb2.LINK_STATE_BACKING_OFF: 4,
-    admin_pb2.LINK_STATE_PAUSED: 3,
-    admin_pb2.LINK_STATE_CONNECTING: 2,
-    admin_pb2.LINK_STATE_REPLICATING: 1,
-}
 
 
 def _safe(text: str) -> str:
@@ -128,24 +121,14 @@ class BoardNote:
 
 
 def _merge_one(destination: str, region: str, entries: Sequence[admin_pb2.LinkStatus]) -> admin_pb2.LinkStatus:
+    # Of the processes that run one link (several on Kafka, each with some of its partitions;
+    # on NATS each with the partitions it holds the leases of), the runners make the line.
     runners = [s for s in entries if s.state not in _IDLE]
-    out = admin_pb2.LinkStatus(destination=destination)
+    out = merge_statuses(destination, runners)
     # Counters are per process (a restarted process starts from 0): their sum over the live ones.
     out.forwarded = sum(s.forwarded for s in entries)
     out.dead_lettered = sum(s.dead_lettered for s in entries)
     if runners:
-        out.state = max((s.state for s in runners), key=lambda st: _ATTENTION.get(st, 0))
-        # Each runner reports its own share (its partitions: a NATS source's leased ones, a
-        # Kafka group's assigned ones): the destination waits for all of them.
-        out.lag_events = sum(s.lag_events for s in runners)
-        out.lag_seconds = max(s.lag_seconds for s in runners)
-        # A partition has one sender at a time; a lease passing between two posts may show it twice.
-        out.partitions.extend(sorted({p for s in runners for p in s.partitions}))
-        failed = [s for s in runners if s.last_error]
-        if failed:
-            latest = max(failed, key=lambda s: s.last_error_time.ToNanoseconds())
-            out.last_error = latest.last_error
-            out.last_error_time.CopyFrom(latest.last_error_time)
         return out
     if entries:
         out.state = admin_pb2.LINK_STATE_STANDBY

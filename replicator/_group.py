@@ -2,22 +2,65 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
+from types import MappingProxyType
+from typing import Final
+
 from meshgate.brokers import Broker
 from meshgate.replicator._link import Link, LinkCounters, LinkOptions, LinkState, lag_seconds_of, status_of
 from meshgate.v1 import admin_pb2
 
-__all__ = ["LinkGroup"]
+__all__ = ["ATTENTION", "LinkGroup", "merge_statuses", "worst_state"]
 
-# How bad a state is, for the one state a destination shows: a partition backing off is the
-# destination's news, one replicating here outranks the others standing by.
-_RANK = {
-    LinkState.STOPPED: 0,
-    LinkState.STANDBY: 1,
-    LinkState.REPLICATING: 2,
-    LinkState.CONNECTING: 3,
-    LinkState.PAUSED: 4,
-    LinkState.BACKING_OFF: 5,
-}
+# How much a link state needs the on-call engineer's eye, for the one state a merged line shows:
+# of a destination's partition links here (``LinkGroup``), and of the processes that run one
+# link on the link status board (``merge_statuses``). Down (failing, or no address to send
+# to) before degraded before healthy before idle: a partition backing off is the destination's
+# news, one replicating here outranks the others standing by.
+ATTENTION: Final[Mapping[LinkState, int]] = MappingProxyType(
+    {
+        LinkState.STOPPED: 0,
+        LinkState.STANDBY: 1,
+        LinkState.REPLICATING: 2,
+        LinkState.CONNECTING: 3,
+        LinkState.PAUSED: 4,
+        LinkState.BACKING_OFF: 5,
+    }
+)
+# The same, by the wire value a LinkStatus carries; a value this version does not know (a note
+# posted by a newer one) ranks below all.
+_ATTENTION_OF_VALUE: Final[Mapping[int, int]] = MappingProxyType({s.value: r for s, r in ATTENTION.items()})
+
+
+def worst_state(states: Iterable[LinkState]) -> LinkState:
+    """The state most in need of attention (``ATTENTION``); ValueError when there is none."""
+    return max(states, key=ATTENTION.__getitem__)
+
+
+def merge_statuses(destination: str, statuses: Sequence[admin_pb2.LinkStatus]) -> admin_pb2.LinkStatus:
+    """One status of ``destination``'s link from several senders' (partition links, or processes).
+
+    Each sender reports its own share of the log: counters and lag events add up, the
+    destination waits for the oldest unacked event of any, the partitions are their union (a
+    lease passing between two posts may show one twice), the state the one most in need of
+    attention and the error the latest. Which statuses count (all, or only the running
+    ones') is the caller's.
+    """
+    out = admin_pb2.LinkStatus(destination=destination)
+    if not statuses:
+        return out
+    out.state = max((s.state for s in statuses), key=lambda v: _ATTENTION_OF_VALUE.get(v, -1))
+    out.forwarded = sum(s.forwarded for s in statuses)
+    out.dead_lettered = sum(s.dead_lettered for s in statuses)
+    out.lag_events = sum(s.lag_events for s in statuses)
+    out.lag_seconds = max(s.lag_seconds for s in statuses)
+    out.partitions.extend(sorted({p for s in statuses for p in s.partitions}))
+    failed = [s for s in statuses if s.last_error]
+    if failed:
+        latest = max(failed, key=lambda s: s.last_error_time.ToNanoseconds())
+        out.last_error = latest.last_error
+        out.last_error_time.CopyFrom(latest.last_error_time)
+    return out
 
 
 class LinkGroup:
@@ -63,7 +106,7 @@ class LinkGroup:
 
     @property
     def state(self) -> LinkState:
-        return max((link.state for link in self.parts.values()), key=_RANK.__getitem__)
+        return worst_state(link.state for link in self.parts.values())
 
     @state.setter
     def state(self, state: LinkState) -> None:
@@ -93,10 +136,16 @@ class LinkGroup:
         return lag_seconds_of(self.counters)
 
     def status(self) -> admin_pb2.LinkStatus:
-        status = status_of(self.destination, self.state, self.counters)
-        # Which share of the destination this process carries (none for a whole-log link: Kafka).
-        status.partitions.extend(sorted(p for p, link in self.parts.items() if p is not None and link.running))
-        return status
+        parts = []
+        for p, link in self.parts.items():
+            part = status_of(self.destination, link.state, link.counters)
+            # Which share of the destination this process carries (none for a whole-log link: Kafka).
+            if p is not None and link.running:
+                part.partitions.append(p)
+            parts.append(part)
+        # All of them, idle ones too: a partition whose lease went elsewhere had its lag cleared,
+        # and one that stopped here keeps the error it stopped on.
+        return merge_statuses(self.destination, parts)
 
     # --- control ---------------------------------------------------------------------------
 

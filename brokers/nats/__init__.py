@@ -10,6 +10,7 @@ from meshgate.brokers.nats._errors import (
     JetStreamUnavailableError,
     MessageTooLargeError,
     NotConnectedError,
+    ServerTooOldError,
 )
 
 __all__ = [
@@ -21,4 +22,5 @@ __all__ = [
     "NatsBrokerStats",
     "NatsDurableConsumer",
     "NotConnectedError",
+    "ServerTooOldError",
 ]

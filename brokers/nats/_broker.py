@@ -55,6 +55,7 @@ from meshgate.brokers.nats._consumer import ConsumerApi, ConsumerHost, NatsDurab
 from meshgate.brokers.nats._errors import (
     NATS_FAILURES,
     NotConnectedError,
+    ServerTooOldError,
     broker_error,
 )
 from meshgate.brokers.nats._leases import NatsLeases
@@ -74,6 +75,7 @@ from meshgate.brokers.nats._subjects import (
     SubjectLayout,
     partition_stream,
 )
+from meshgate.brokers.nats._version import MINIMUM_SERVER_VERSION, older_than
 from meshgate.brokers.nats._wire import (
     PubAckParser,
 )
@@ -94,6 +96,12 @@ def _describe(exc: BaseException) -> str:
     if text.startswith("nats: "):
         return text.removeprefix("nats: ").strip("'")
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _server_version(nc: Client) -> str:
+    """The version the connected server's INFO gave ("" when none): nats-py keeps that INFO, and
+    offers the version only parsed (``connected_server_version``, which fails on a leading "v")."""
+    return str(nc._server_info.get("version", ""))
 
 
 class NatsBroker(
@@ -299,6 +307,7 @@ class NatsBroker(
             getattr(nc, "_flush_pending", None)
         )
         try:
+            self._check_server_version(nc)
             self._reply_prefix = f"{nc.new_inbox()}."
             self._reply_prefix_len = len(self._reply_prefix)
             await subscribe_raw(
@@ -322,12 +331,25 @@ class NatsBroker(
             # Left from before a stop: the probe tells when it is over, writes or not.
             self._start_storage_probe()
         logger.info(
-            "connected to NATS %s (stream %s, max_payload %d bytes, duplicate window %g s)",
+            "connected to NATS %s (nats-server %s, stream %s, max_payload %d bytes, duplicate window %g s)",
             self.connected_url,
+            _server_version(nc) or "of unknown version",
             self.settings.stream,
             self._max_payload,
             self._window,
         )
+
+    @staticmethod
+    def _check_server_version(nc: Client) -> None:
+        """Refuses a server that would drop the stream's metadata, before the stream is touched."""
+        version = _server_version(nc)
+        if older_than(version, MINIMUM_SERVER_VERSION):
+            url = nc.connected_url
+            raise ServerTooOldError(
+                version=version,
+                minimum=MINIMUM_SERVER_VERSION,
+                where=_redact(url.geturl()) if url is not None else "?",
+            )
 
     def _stream_config(self) -> StreamConfig:
         s = self.settings

@@ -22,6 +22,7 @@ __all__ = [
     "JetStreamUnavailableError",
     "MessageTooLargeError",
     "NotConnectedError",
+    "ServerTooOldError",
     "broker_error",
     "jetstream_error",
 ]
@@ -59,6 +60,22 @@ class NotConnectedError(BrokerUnavailableError):
     def __init__(self, message: str, *, waited: float = 0.0) -> None:
         super().__init__(message)
         self.waited = waited
+
+
+class ServerTooOldError(BrokerError):
+    """The NATS server is older than Meshgate needs; final until the servers are upgraded."""
+
+    retriable = False
+
+    def __init__(self, *, version: str, minimum: str, where: str) -> None:
+        super().__init__(
+            f"nats-server {version} at {where}: Meshgate needs {minimum} or newer (the region's stream keeps its "
+            f"subject layout and partition count in stream metadata, which older servers drop); upgrade the "
+            f"NATS servers"
+        )
+        self.version = version
+        self.minimum = minimum
+        self.where = where
 
 
 class JetStreamRejectedError(EventRejectedError):

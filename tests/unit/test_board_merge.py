@@ -1,14 +1,17 @@
-"""The link status board's merge (``replicator._board.merge_links``), one module, hand-made notes."""
+"""The link status board's merge (``replicator._board.merge_links``), one module, hand-made notes, and
+that it ranks link states as a destination's partition links do (``replicator._group``)."""
 
 from __future__ import annotations
 
+import itertools
 from typing import cast
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from meshgate.brokers import Broker
-from meshgate.replicator import BoardNote, LinkBoard
+from meshgate.replicator import BoardNote, LinkBoard, LinkGroup, LinkOptions, LinkState
 from meshgate.replicator._board import merge_links
+from meshgate.replicator._group import ATTENTION, merge_statuses, worst_state
 from meshgate.v1 import admin_pb2
 
 REPLICATING = admin_pb2.LINK_STATE_REPLICATING
@@ -107,3 +110,52 @@ def test_partitions_are_the_union_of_the_runners_and_survive_a_note_s_round_trip
     # Nobody running: none.
     (c,) = merge_links("a", ["b"], notes[2:])
     assert list(c.partitions) == []
+
+
+def _group_of(*states: LinkState) -> LinkGroup:
+    """A destination's partition links here, one per state, none running (nothing behind them)."""
+    group = LinkGroup(
+        source="a",
+        destination="b",
+        address=None,
+        broker=cast(Broker, None),
+        options=LinkOptions(),
+        partitions=len(states),
+    )
+    for part, state in zip(group.parts.values(), states, strict=True):
+        part.state = state
+    return group
+
+
+def test_a_destination_s_partitions_and_the_board_s_processes_show_the_same_state() -> None:
+    # The two merges of one destination's senders into one line, here and on the board, pick the
+    # same state of every two: one ranking. Not the pair (stopped, stopped): a posting process
+    # that runs the link nowhere is a standby on the board, and that line says why.
+    for first, second in itertools.product(LinkState, repeat=2):
+        if first is second is LinkState.STOPPED:
+            continue
+        here = _group_of(first, second).status().state
+        (board,) = merge_links("a", ["b"], [note("a/1", link("b", first.value)), note("a/2", link("b", second.value))])
+        assert (first, second, LinkState(here)) == (first, second, LinkState(board.state))
+
+
+def test_the_ranking_puts_what_is_down_before_what_is_degraded_before_what_is_healthy() -> None:
+    order = [
+        LinkState.BACKING_OFF,
+        LinkState.PAUSED,
+        LinkState.CONNECTING,
+        LinkState.REPLICATING,
+        LinkState.STANDBY,
+        LinkState.STOPPED,
+    ]
+    assert set(order) == set(LinkState) == set(ATTENTION)
+    for i, worse in enumerate(order):
+        for better in order[i + 1 :]:
+            assert worst_state([better, worse]) is worse
+            assert worst_state([worse, better]) is worse
+            assert _group_of(better, worse).state is worse
+            # The board ranks its runners only (a standby or stopped process runs nothing).
+            if better not in (LinkState.STANDBY, LinkState.STOPPED):
+                statuses = [link("b", better.value), link("b", worse.value)]
+                (merged,) = merge_links("a", ["b"], [note("a/1", statuses[0]), note("a/2", statuses[1])])
+                assert merged.state == merge_statuses("b", statuses).state == worse.value

@@ -5,9 +5,6 @@ from __future__ import annotations
 import gc
 import os
 import signal
-from collections.abc import Iterator
-
-import pytest
 
 from meshgate.cli._run import YOUNG_GC_THRESHOLD, run_until_signalled
 from meshgate.config import ReloadResult
@@ -31,18 +28,6 @@ class _Quiet:
 
     async def reload(self) -> ReloadResult:
         raise AssertionError("not reloaded in this test")
-
-
-@pytest.fixture
-def restored_gc() -> Iterator[None]:
-    # The test process's own collector is put back as it was: other tests share it.
-    threshold = gc.get_threshold()
-    gc.unfreeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
-        gc.set_threshold(*threshold)
 
 
 async def test_the_heap_is_frozen_and_young_collections_rarer_once_serving(restored_gc: None) -> None:
