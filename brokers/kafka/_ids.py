@@ -156,20 +156,28 @@ class IdWindow:
         """Records where ``event_id`` was stored; the first record of an id is the one kept."""
         if not event_id:
             return
+        # The stream first: a new one may start the window afresh (see _new_stream).
+        index = self._stream_index.get(stream)
+        if index is None:
+            index = self._new_stream(stream)
         digest = _blake2b(event_id.encode(), digest_size=_DIGEST_BYTES).digest()
+        buckets = self._buckets
         number = hash(digest) & self._mask
-        bucket = self._buckets[number]
+        bucket = buckets[number]
         at = bucket.find(digest)
         if at > 0 and at % _RECORD:
             at = _aligned(bucket, digest, at)
         if at >= 0:
             return
-        index = self._stream_index.get(stream)
-        if index is None:
-            index = self._new_stream(stream)
-        self._buckets[number] = bucket + _pack_record(digest, sequence, self._head(index, stored_at))
-        self._order.append(number)
-        if len(self._order) > self.max_ids:
+        # One add per record read by the id follower, each with its own time: packed inline.
+        ms = int(stored_at * 1000)
+        if not 0 <= ms <= _MAX_MS:
+            ms = min(max(0, ms), _MAX_MS)
+        packed = (ms << _TIME_SHIFT) | (index << _SEQ_BITS) | sequence
+        buckets[number] = bucket + (digest + packed.to_bytes(_PACKED_BYTES, "little"))
+        order = self._order
+        order.append(number)
+        if len(order) > self.max_ids:
             self._prune(time.time())
 
     def add_run(self, event_ids: Sequence[str], stream: str, first_sequence: int, stored_at: float) -> None:
@@ -179,7 +187,7 @@ class IdWindow:
             index = self._new_stream(stream)
         head = self._head(index, stored_at)
         buckets, mask, order = self._buckets, self._mask, self._order
-        blake2b, size, pack = _blake2b, _DIGEST_BYTES, _pack_record
+        blake2b, size, pack, record = _blake2b, _DIGEST_BYTES, _pack_record, _RECORD
         memo = self._memo.pop
         for sequence, event_id in enumerate(event_ids, first_sequence):
             if event_id:
@@ -189,7 +197,7 @@ class IdWindow:
                 number = hash(digest) & mask
                 bucket = buckets[number]
                 at = bucket.find(digest)
-                if at > 0 and at % _RECORD:
+                if at > 0 and at % record:
                     at = _aligned(bucket, digest, at)
                 if at < 0:
                     buckets[number] = bucket + pack(digest, sequence, head)

@@ -404,6 +404,23 @@ def test_id_window_keeps_a_time_past_the_year_10000() -> None:
     assert (window.get("future"), window.get("later"), len(window)) == (("mesh.t/0", 1), ("mesh.t/0", 2), 2)
 
 
+def test_id_window_starts_afresh_past_its_stream_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Entries point into a table of streams; past its size (2**24, 4 here) the window starts
+    # afresh rather than grow the table: the add that found it full is the only entry left.
+    monkeypatch.setattr(ids_module, "_STREAM_MASK", 3)
+    window = IdWindow(window=60.0, max_ids=10)
+    for n in range(4):
+        window.add(f"id-{n}", f"mesh.t/{n}", n + 1, stored_at=time.time())
+    window.add_run(["id-4"], "mesh.t/0", 5, stored_at=time.time())
+    assert len(window) == 5
+    window.add("late", "mesh.t/9", 9, stored_at=time.time())
+    assert len(window) == 1
+    assert [window.get(f"id-{n}") for n in range(5)] == [None] * 5
+    assert window.get("late") == ("mesh.t/9", 9)
+    window.add_run(["id-0", "late"], "mesh.t/8", 20, stored_at=time.time())
+    assert (len(window), window.get("id-0"), window.get("late")) == (2, ("mesh.t/8", 20), ("mesh.t/9", 9))
+
+
 def test_the_mesh_files_window_cap_reaches_the_broker(tmp_path: Path) -> None:
     region = RegionConfig(
         name="k", kind=BrokerKind.KAFKA, brokers=("k1:9092",), kafka=KafkaSettings(max_window_ids=1234)
