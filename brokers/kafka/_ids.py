@@ -24,10 +24,10 @@ a few hundred bytes: no spare room kept). About 42 bytes an id in a full window 
 (tracemalloc; ``ENTRY_BYTES``, for sizing ``max_ids``), against ~140 for a dict of the digest
 as an int -> one packed int, ~180 with the id string itself as the key (36 characters) and
 ~245 for an id -> (stream, sequence, time) tuple. The cost is CPU: the look-up and add of an
-appended event take ~0.4 us more than with that dict (~1.15 us against ~0.75 on a full
-window, most of it the BLAKE2b digest both compute), one add from the id follower ~0.35 us
-more: the bucket's list slot and object are cache misses, a slice and a new ``bytes`` per
-add and per dropped entry, where the dict inserted and deleted in place.
+appended event take ~0.4-0.5 us more than with that dict (1.15-1.3 us against 0.75-0.8 on a
+full window, ~0.3 of it the BLAKE2b digest both compute), one add from the id follower ~0.2
+us more: the bucket's list slot and object miss the cache, and an add makes a new ``bytes``
+(a dropped entry too: +0.06 us an event at the cap) where the dict inserted in place.
 
 A digest can collide, and a collision would call a new event a duplicate of another one and
 drop it; at 128 bits the chance that any two of 10 million ids in a window share a digest is
