@@ -62,7 +62,7 @@ class KafkaSettings:
     partitions: int = 6
     replication_factor: int = 1
     # Event ids the gateway remembers for duplicate detection at most (Kafka has none by id):
-    # ~140 bytes each, the oldest forgotten first when more arrive within the window.
+    # ~45 bytes each, the oldest forgotten first when more arrive within the window.
     max_window_ids: int = 200_000
 
 

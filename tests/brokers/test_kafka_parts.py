@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import random
 import sys
 import time
 import tracemalloc
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from types import SimpleNamespace
+from typing import Any, ClassVar, cast
 
 import aiokafka.errors as ke
 import pytest
@@ -15,6 +18,7 @@ from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from meshgate.brokers import BrokerError, BrokerUnavailableError, EventRejectedError, KafkaBroker, make_broker
 from meshgate.brokers.kafka import KafkaMessageTooLargeError, KafkaNames, kafka_error, parse_stream, stream_of
+from meshgate.brokers.kafka import _ids as ids_module
 from meshgate.brokers.kafka._broker import (
     DEFAULT_FETCH_MAX_BYTES,
     DEFAULT_FETCH_MAX_WAIT,
@@ -195,21 +199,24 @@ def test_id_window_keeps_streams_sequences_and_times_exactly() -> None:
 
 
 def test_id_window_entry_is_compact() -> None:
-    # The documented sizing (ENTRY_BYTES per id) holds, and the window keeps none of the ids'
-    # strings (a 36-character id alone is 85 bytes): it keys on their 128-bit digests.
-    ids = [str(uuid.UUID(int=i)) for i in range(20_000)]
+    # The documented sizing (ENTRY_BYTES per id) holds for a full window of the default cap, and
+    # the window keeps no Python object per id: no id string (a 36-character id alone is 85
+    # bytes), no int (a 128-bit digest as an int is 44): a dict of digest ints took ~140 bytes.
+    ids = [str(uuid.UUID(int=i)) for i in range(DEFAULT_MAX_WINDOW_IDS)]
     window = IdWindow(window=3600.0, max_ids=len(ids))
     now = time.time()
     tracemalloc.start()
     try:
-        for n, event_id in enumerate(ids):
-            window.add(event_id, f"mesh.orders/{n % 6}", n + 1, stored_at=now)
-        window.add_run(ids[:100], "mesh.orders/0", 1, now)  # all known: nothing added
+        for n in range(0, len(ids), 500):
+            window.add_run(ids[n : n + 500], f"mesh.orders/{n % 6}", n + 1, now)
+        for n, event_id in enumerate(ids[:100]):
+            window.add(event_id, "mesh.orders/0", n + 1, stored_at=now)  # all known: nothing added
+        window.add_run(ids[:100], "mesh.orders/0", 1, now)
         used, _ = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
     assert len(window) == len(ids)
-    assert used / len(ids) <= ENTRY_BYTES
+    assert used / len(ids) <= ENTRY_BYTES <= 50
     refs = [sys.getrefcount(i) for i in ids[:100]]
     del window
     assert [sys.getrefcount(i) for i in ids[:100]] == refs
@@ -265,6 +272,153 @@ def test_id_window_run_of_a_batch_is_added_like_one_by_one() -> None:
         assert runs.get(event_id, now=1002.0) == single.get(event_id, now=1002.0)
     assert runs.get("b", now=1002.0) == ("t/1", 13)
     assert runs.get("x", now=1002.0) == ("t/0", 7)
+
+
+class _WindowModel:
+    """What an id window does, written plainly: an insertion-ordered dict of id -> record."""
+
+    def __init__(self, *, window: float, max_ids: int, clock: Callable[[], float]) -> None:
+        self.window, self.max_ids, self.clock = window, max_ids, clock
+        self.entries: dict[str, tuple[str, int, int]] = {}
+
+    def get(self, event_id: str, now: float) -> tuple[str, int] | None:
+        entry = self.entries.get(event_id) if event_id else None
+        if entry is None or entry[2] < (now - self.window) * 1000:
+            return None
+        return entry[0], entry[1]
+
+    def put(self, event_id: str, stream: str, sequence: int, stored_at: float) -> None:
+        if event_id and event_id not in self.entries:  # the first record of an id is kept
+            self.entries[event_id] = (stream, sequence, max(0, int(stored_at * 1000)))
+
+    def add(self, event_id: str, stream: str, sequence: int, stored_at: float) -> None:
+        self.put(event_id, stream, sequence, stored_at)
+        if len(self.entries) > self.max_ids:
+            self.prune(self.clock())
+
+    def add_run(self, event_ids: list[str], stream: str, first_sequence: int, stored_at: float) -> None:
+        for sequence, event_id in enumerate(event_ids, first_sequence):
+            self.put(event_id, stream, sequence, stored_at)
+        if len(self.entries) > self.max_ids:
+            self.prune(self.clock())
+
+    def prune(self, now: float) -> None:
+        # Oldest first: past the cap down to 90 % of it, then while stale.
+        over = len(self.entries) - (self.max_ids - self.max_ids // 10) if len(self.entries) > self.max_ids else 0
+        for dropped, (event_id, entry) in enumerate(list(self.entries.items())):
+            if dropped >= over and entry[2] >= (now - self.window) * 1000:
+                break
+            del self.entries[event_id]
+
+
+@pytest.mark.parametrize(("max_ids", "pool", "seed"), [(5, 12, 1), (12, 40, 2), (60, 150, 3), (700, 1500, 4)])
+def test_id_window_does_what_a_plain_dict_would(
+    monkeypatch: pytest.MonkeyPatch, max_ids: int, pool: int, seed: int
+) -> None:
+    # Random gets, adds, runs (looked up first, as an append does, or not, as the follower's),
+    # prunes, at times that go forward with jitter (partitions read out of time order) and
+    # sometimes back, against the model; up to 1,500 ids in 1 to 64 buckets. The window's own
+    # prunes past the cap read the clock: it is the test's.
+    rng = random.Random(seed)
+    clock = [1_700_000_000.0]
+    monkeypatch.setattr(ids_module, "time", SimpleNamespace(time=lambda: clock[0]))
+    window = IdWindow(window=30.0, max_ids=max_ids)
+    model = _WindowModel(window=30.0, max_ids=max_ids, clock=lambda: clock[0])
+    names = [f"id-{n}" for n in range(pool)] + [""]
+    streams = [f"mesh.t{n}/{p}" for n in range(3) for p in range(2)]
+    for step in range(4000):
+        clock[0] += rng.choice((0.0, 0.001, 0.05, 0.5, 3.0))
+        stored_at = clock[0] + rng.choice((0.0, -0.5, -2.0, -40.0, 0.25))
+        op = rng.random()
+        if op < 0.35:
+            event_id, now = rng.choice(names), clock[0] + rng.choice((0.0, -5.0, 10.0, 31.0))
+            assert window.get(event_id, now=now) == model.get(event_id, now), (step, event_id)
+        elif op < 0.6:
+            args = (rng.choice(names), rng.choice(streams), rng.randrange(1, 2**63), stored_at)
+            window.add(*args)
+            model.add(*args)
+        elif op < 0.95:
+            run = [rng.choice(names) for _ in range(rng.randrange(1, 3 * max_ids))]
+            if rng.random() < 0.5:
+                for event_id in run:
+                    assert window.get(event_id, now=clock[0]) == model.get(event_id, clock[0])
+            stream, first = rng.choice(streams), rng.randrange(1, 2**40)
+            window.add_run(run, stream, first, stored_at)
+            model.add_run(run, stream, first, stored_at)
+        else:
+            now = clock[0] + rng.choice((0.0, -20.0))
+            window.prune(now=now)
+            model.prune(now)
+        assert len(window) == len(model.entries), step
+    assert [window.get(n, now=clock[0]) for n in names] == [model.get(n, clock[0]) for n in names]
+
+
+class _ChosenDigests:
+    """Stands in for BLAKE2b: each id's digest is the one the test chose."""
+
+    chosen: ClassVar[dict[str, bytes]] = {}
+
+    def __init__(self, data: bytes, *, digest_size: int) -> None:
+        self._digest = self.chosen[data.decode()][:digest_size]
+
+    def digest(self) -> bytes:
+        return self._digest
+
+
+def test_id_window_finds_an_id_only_where_its_record_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The window's records lie one after another (a 16-byte digest, then 17 bytes: sequence,
+    # stream index, time in ms); a digest whose bytes occur inside a record or across two is
+    # not an entry of that id. Ids with such digests, chosen here, in a window of one bucket.
+    monkeypatch.setattr(ids_module, "_blake2b", _ChosenDigests)
+    stored_at = time.time()
+    ms = int(stored_at * 1000)
+    a, b = bytes(range(16)), bytes(range(100, 116))
+    packed_a = ((ms << 88) | (0 << 64) | 7).to_bytes(17, "little")  # stream 0 ("mesh.t/0"), sequence 7
+    inside = {"x": a[8:] + packed_a[:8], "y": packed_a[1:], "z": packed_a[9:] + b[:8]}
+    monkeypatch.setattr(_ChosenDigests, "chosen", {"a": a, "b": b} | inside)
+    window = IdWindow(window=60.0, max_ids=10)
+    window.add("a", "mesh.t/0", 7, stored_at=stored_at)
+    window.add_run(["b"], "mesh.t/1", 8, stored_at=stored_at)
+    assert [window.get(i) for i in inside] == [None, None, None]
+    window.add_run(["x", "y"], "mesh.t/2", 20, stored_at=stored_at)
+    window.add("z", "mesh.t/3", 30, stored_at=stored_at)
+    assert len(window) == 5
+    assert [window.get(i) for i in ("a", "b", "x", "y", "z")] == [
+        ("mesh.t/0", 7),
+        ("mesh.t/1", 8),
+        ("mesh.t/2", 20),
+        ("mesh.t/2", 21),
+        ("mesh.t/3", 30),
+    ]
+    window.prune(now=stored_at + 61)
+    assert len(window) == 0 and [window.get(i) for i in inside] == [None, None, None]
+
+
+def test_id_window_keeps_a_time_past_the_year_10000() -> None:
+    # A record's timestamp is its producer's: one far in the future (2**62 ms) is kept as the
+    # latest time a record holds, so the entry only leaves by the cap, as any future one.
+    window = IdWindow(window=60.0, max_ids=10)
+    window.add("future", "mesh.t/0", 1, stored_at=2**62 / 1000)
+    window.add_run(["later"], "mesh.t/0", 2, stored_at=2**70 / 1000)
+    window.prune()
+    assert (window.get("future"), window.get("later"), len(window)) == (("mesh.t/0", 1), ("mesh.t/0", 2), 2)
+
+
+def test_id_window_starts_afresh_past_its_stream_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Entries point into a table of streams; past its size (2**24, 4 here) the window starts
+    # afresh rather than grow the table: the add that found it full is the only entry left.
+    monkeypatch.setattr(ids_module, "_STREAM_MASK", 3)
+    window = IdWindow(window=60.0, max_ids=10)
+    for n in range(4):
+        window.add(f"id-{n}", f"mesh.t/{n}", n + 1, stored_at=time.time())
+    window.add_run(["id-4"], "mesh.t/0", 5, stored_at=time.time())
+    assert len(window) == 5
+    window.add("late", "mesh.t/9", 9, stored_at=time.time())
+    assert len(window) == 1
+    assert [window.get(f"id-{n}") for n in range(5)] == [None] * 5
+    assert window.get("late") == ("mesh.t/9", 9)
+    window.add_run(["id-0", "late"], "mesh.t/8", 20, stored_at=time.time())
+    assert (len(window), window.get("id-0"), window.get("late")) == (2, ("mesh.t/8", 20), ("mesh.t/9", 9))
 
 
 def test_the_mesh_files_window_cap_reaches_the_broker(tmp_path: Path) -> None:
