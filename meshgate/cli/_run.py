@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import os
 import signal
@@ -13,7 +12,7 @@ from typing import Protocol, runtime_checkable
 from meshgate.brokers import BrokerError
 from meshgate.config import ReloadResult
 
-__all__ = ["EVENT_LOOP_ENV", "YOUNG_GC_THRESHOLD", "Served", "run_until_signalled", "settle_heap", "use_event_loop"]
+__all__ = ["EVENT_LOOP_ENV", "Served", "run_until_signalled", "use_event_loop"]
 
 log = logging.getLogger("meshgate")
 
@@ -33,27 +32,6 @@ def use_event_loop() -> str:
         return "asyncio"
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     return "uvloop"
-
-
-# Net container allocations between young collections (CPython's default: 700). At 700 a busy
-# gateway collected 400-650 times in a short benchmark and promoted its batches in flight to the
-# older generations, whose collections walked them again; at 10,000 most of them are freed
-# before any collection sees them (docs/PERFORMANCE.md, "Garbage collection").
-YOUNG_GC_THRESHOLD = 10_000
-
-
-def settle_heap() -> None:
-    """Once the gateways serve: what was built to start them leaves the garbage collector's view.
-
-    Modules, descriptors, the config and the clients live as long as the process; frozen, no
-    later full collection walks them again (each walked them for 20-50 ms of CPU, holding the
-    event loop). The young generation's threshold is raised so that batches in flight mostly die before
-    a collection sees them. Collected first, so no garbage is frozen with them.
-    """
-    gc.collect()
-    gc.freeze()
-    _, older, oldest = gc.get_threshold()
-    gc.set_threshold(YOUNG_GC_THRESHOLD, older, oldest)
 
 
 class Served(Protocol):
@@ -122,7 +100,6 @@ async def run_until_signalled(gateways: Sequence[Served], *, on_serving: Callabl
         except BaseException:
             await asyncio.gather(*(gw.stop(grace=0.0) for gw in started), return_exceptions=True)
             raise
-        settle_heap()
         if on_serving is not None:
             on_serving()
         await stop.wait()

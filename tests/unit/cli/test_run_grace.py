@@ -7,8 +7,6 @@ import asyncio
 import os
 import signal
 
-import pytest
-
 from meshgate.cli._run import run_until_signalled
 from meshgate.config import ReloadResult
 
@@ -47,7 +45,6 @@ def _terminate() -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-@pytest.mark.usefixtures("restored_gc")
 async def test_each_gateway_gets_what_its_links_left_of_the_grace() -> None:
     steps: list[tuple[str, float]] = []
     a = _Linked("a", shutdown_grace=5.0, links_take=0.2, steps=steps)
@@ -66,7 +63,6 @@ async def test_each_gateway_gets_what_its_links_left_of_the_grace() -> None:
         assert 0.0 <= gw.grace <= gw.shutdown_grace - links_took + 1e-6, (gw.region, gw.grace, links_took)
 
 
-@pytest.mark.usefixtures("restored_gc")
 async def test_links_that_took_the_whole_grace_leave_none() -> None:
     steps: list[tuple[str, float]] = []
     a = _Linked("a", shutdown_grace=0.1, links_take=0.2, steps=steps)
