@@ -100,6 +100,11 @@ def check_compatible(old: MeshConfig, new: MeshConfig, region: str) -> str | Non
             f"settings.replication_ack_timeout {format_duration(old.settings.replication_ack_timeout_seconds)}"
             f" -> {format_duration(new.settings.replication_ack_timeout_seconds)}"
         )
+    # So does its window.
+    if old.settings.replication_window != new.settings.replication_window:
+        changes.append(
+            f"settings.replication_window {old.settings.replication_window} -> {new.settings.replication_window}"
+        )
     security = _security_changes(old, new)
     if security:
         return "restart needed: " + "; ".join(security + changes)

@@ -299,6 +299,7 @@ def _build(data: dict[str, Any], doc: Document, *, source: str, sha256: str) -> 
         replication_ack_timeout_seconds=parse_duration(
             raw_settings.get("replication_ack_timeout", default_settings.replication_ack_timeout_seconds)
         ),
+        replication_window=int(raw_settings.get("replication_window", default_settings.replication_window)),
         limits=limits,
     )
     return MeshConfig(

@@ -70,8 +70,9 @@ class LinkOptions:
     # A batch larger than this (encoded) goes as several requests: the destination's max_message_bytes.
     max_request_bytes: int = 4 * 1024 * 1024
     linger_seconds: float = 0.02
-    # Batches sent and not yet acked; the destination applies them in order.
-    window: int = 8
+    # Batches sent and not yet acked; the destination applies them in order. The mesh file's
+    # settings.replication_window (its default, 4, in docs/PERFORMANCE.md: "The link's window").
+    window: int = 4
     # No ack for the oldest batch in flight within this time: the link is broken.
     ack_timeout_seconds: float = 30.0
     connect_timeout_seconds: float = 5.0
