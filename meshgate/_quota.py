@@ -14,7 +14,9 @@ class FifoQuota:
     FIFO matters: a task waiting for room for a large request must not be starved by small
     ones, and the requests of one task must be granted in the order they arrived. A request
     larger than the whole limit is granted alone (when nothing else is in use), or it would
-    wait forever.
+    wait forever. Granted means resumed in that order too: a request made while a granted
+    waiter has not run yet queues behind it (the Kafka adapter's calls reach the producer in
+    the order they took their share).
     """
 
     def __init__(self, limit: int) -> None:
@@ -23,6 +25,8 @@ class FifoQuota:
         self.limit = limit
         self.used = 0
         self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+        # Waiters granted their share whose tasks have not resumed yet.
+        self._granted = 0
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -34,21 +38,29 @@ class FifoQuota:
         return self.used + n <= self.limit or self.used == 0
 
     async def acquire(self, n: int) -> None:
-        if not self._waiters and self._fits(n):
+        if not self._waiters and not self._granted and self._fits(n):
             self._take(n)
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         entry = (n, fut)
         self._waiters.append(entry)
+        # Granted at once if it fits; it still resumes after the waiters granted before it,
+        # whose tasks are already scheduled (awaiting a done future would not yield).
+        self._wake()
         try:
+            if fut.done():
+                await asyncio.sleep(0)
             await fut
         except BaseException:
             if fut.done() and not fut.cancelled():
+                self._granted -= 1
                 self.release(n)  # granted and cancelled in the same tick: give it back
             else:
-                self._waiters.remove(entry)
+                if entry in self._waiters:  # a release in between may have dropped it already
+                    self._waiters.remove(entry)
                 self._wake()
             raise
+        self._granted -= 1
 
     def _take(self, n: int) -> None:
         self.used += n
@@ -71,4 +83,5 @@ class FifoQuota:
                 return
             self._waiters.popleft()
             self._take(n)
+            self._granted += 1
             fut.set_result(None)
