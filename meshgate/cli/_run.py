@@ -120,8 +120,10 @@ async def run_until_signalled(gateways: Sequence[Served], *, on_serving: Callabl
         if len(gateways) > 1:
             # They replicate to each other: their links end first, while every destination
             # still serves, so a clean stop logs no "Cancelling all calls" warning per link.
+            # At most half of the grace: the other half is the admitted publishes' (they finish
+            # within the grace period, as a gateway's own stop promises).
             linked: list[_WithLinks] = [gw for gw in gateways if isinstance(gw, _WithLinks)]
-            await asyncio.gather(*(gw.stop_links() for gw in linked))
+            await asyncio.gather(*(gw.stop_links(grace=gw.shutdown_grace / 2) for gw in linked))
         spent = loop.time() - began
         # One grace period for the whole stop: what the links took is not given again.
         await asyncio.gather(

@@ -1,5 +1,5 @@
-"""``meshgate up``'s one grace period: the gateways' links stop first, and each gateway then gets
-what is left of its ``shutdown_grace``, not all of it again (``run_until_signalled``)."""
+"""``meshgate up``'s one grace period: the gateways' links stop first, within half of it, and each
+gateway then gets what is left of its ``shutdown_grace``, not all of it again (``run_until_signalled``)."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ class _Linked:
         self.links_take = links_take
         self.steps = steps
         self.grace: float | None = None
+        self.links_grace: float | None = None
 
     async def start(self) -> None:
         pass
@@ -29,7 +30,9 @@ class _Linked:
     async def stop_links(self, grace: float | None = None) -> None:
         loop = asyncio.get_running_loop()
         self.steps.append((f"{self.region} links stopping", loop.time()))
-        await asyncio.sleep(self.links_take)  # what its links' drain took
+        self.links_grace = grace
+        # What its links' drain took: a drain longer than its grace is cut at it, as a gateway's is.
+        await asyncio.sleep(self.links_take if grace is None else min(self.links_take, grace))
         self.steps.append((f"{self.region} links stopped", loop.time()))
 
     async def stop(self, grace: float | None = None) -> None:
@@ -40,9 +43,21 @@ class _Linked:
         raise AssertionError("not reloaded in this test")
 
 
+SIGNALLED: list[float] = []
+
+
 def _terminate() -> None:
     # The runner's own SIGTERM handler ends the run, as an operator's would.
+    SIGNALLED.append(asyncio.get_running_loop().time())
     os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _check_grace(gw: _Linked, at: dict[str, float], links_took: float) -> None:
+    """Each gateway gets its grace less what the links took: not all of it again, not less."""
+    assert gw.links_grace == gw.shutdown_grace / 2, (gw.region, gw.links_grace)
+    assert gw.grace is not None
+    assert gw.grace <= gw.shutdown_grace - links_took + 1e-6, (gw.region, gw.grace, links_took)
+    assert gw.grace >= gw.shutdown_grace - (at[f"{gw.region} stopping"] - SIGNALLED[-1]) - 1e-6, (gw.region, gw.grace)
 
 
 async def test_each_gateway_gets_what_its_links_left_of_the_grace() -> None:
@@ -59,13 +74,16 @@ async def test_each_gateway_gets_what_its_links_left_of_the_grace() -> None:
     links_took = max(at["a links stopped"], at["b links stopped"]) - min(at["a links stopping"], at["b links stopping"])
     assert links_took >= 0.3
     for gw in (a, b):
-        assert gw.grace is not None
-        assert 0.0 <= gw.grace <= gw.shutdown_grace - links_took + 1e-6, (gw.region, gw.grace, links_took)
+        _check_grace(gw, at, links_took)
 
 
-async def test_links_that_took_the_whole_grace_leave_none() -> None:
+async def test_slow_links_leave_half_of_the_grace_to_the_gateways() -> None:
     steps: list[tuple[str, float]] = []
-    a = _Linked("a", shutdown_grace=0.1, links_take=0.2, steps=steps)
-    b = _Linked("b", shutdown_grace=0.1, links_take=0.0, steps=steps)
+    a = _Linked("a", shutdown_grace=0.4, links_take=5.0, steps=steps)
+    b = _Linked("b", shutdown_grace=0.4, links_take=0.0, steps=steps)
     assert await run_until_signalled([a, b], on_serving=_terminate) == 0
-    assert (a.grace, b.grace) == (0.0, 0.0)
+    at = dict(steps)
+    links_took = at["a links stopped"] - at["a links stopping"]
+    for gw in (a, b):
+        _check_grace(gw, at, links_took)
+        assert gw.grace is not None and gw.grace > 0.1, (gw.region, gw.grace)
