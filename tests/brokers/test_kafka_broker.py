@@ -893,7 +893,12 @@ async def test_a_failed_send_fails_the_partitions_later_batches_too(
             nonlocal sends
             sends += 1
             if sends == 1:
-                await asyncio.sleep(0.2)  # later calls queue their batches behind this one
+                # Every call's events queued in batches behind this one (its own included).
+                await eventually(
+                    lambda: sum(b.count for o in broker._outbox.values() for b in o) == 60,
+                    10,
+                    what="the six calls' 60 events queued behind the first batch",
+                )
                 raise KafkaConnectionError("injected: the first batch cannot be sent")
             return await real(*args, **kwargs)
 

@@ -196,6 +196,11 @@ def test_id_window_keeps_streams_sequences_and_times_exactly() -> None:
     assert window.get("far", now=1_700_000_060.12) is not None
     assert window.get("far", now=1_700_000_060.13) is None
     assert window.get("near", now=1_700_000_060.13) == ("mesh.a.b/1", 1)
+    # The append path packs its run's time on its own.
+    window.add_run(["run-a", "run-b"], "mesh.a.b/2", 5, stored_at=1_700_000_000.123)
+    assert window.get("run-b", now=1_700_000_010.0) == ("mesh.a.b/2", 6)
+    assert window.get("run-a", now=1_700_000_060.12) == ("mesh.a.b/2", 5)
+    assert window.get("run-a", now=1_700_000_060.13) is None
 
 
 def test_id_window_entry_is_compact() -> None:

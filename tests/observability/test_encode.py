@@ -54,7 +54,7 @@ def _spans(region: str) -> tuple[ReadableSpan, ...]:
         kind=SpanKind.INTERNAL,
         links=[Link(linked, {"why": "because"})],
         attributes={
-            "meshgate.outcome": True,  # a cached key with a bool, then with an int of equal value
+            "meshgate.outcome": True,  # a cached key with a bool (an int of equal value follows)
             "meshgate.dedup": 1,
             "f": 1.5,
             "b": b"\x00",
@@ -84,13 +84,15 @@ def _spans(region: str) -> tuple[ReadableSpan, ...]:
     edges.set_status(Status(StatusCode.ERROR, "ünicode"))
     edges.end()
     tracer.start_span("", kind=SpanKind.INTERNAL).end()  # no name, no attributes, UNSET
+    # An int equal to the bool cached above under the same key: written as an int.
+    tracer.start_span("", kind=SpanKind.INTERNAL, attributes={"meshgate.outcome": 0}).end()
     tracing.shutdown()
     return exporter.get_finished_spans()
 
 
 def test_the_request_is_the_sdks() -> None:
     spans = [*_spans("a"), *_spans("a")]  # two providers: equal resources, distinct objects
-    assert len(spans) == 14
+    assert len(spans) == 16
     ours, theirs = encode_spans(spans), sdk_encode_spans(spans)
     assert ours == theirs
     assert ours.SerializeToString(deterministic=True) == theirs.SerializeToString(deterministic=True)

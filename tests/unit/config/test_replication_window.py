@@ -40,6 +40,7 @@ def test_a_window_out_of_range_is_refused_with_its_place(value: str) -> None:
 
 def test_a_changed_window_needs_a_restart() -> None:
     old = load_config_text(with_settings())
+    assert check_compatible(old, old, "us-west") is None
     new = dataclasses.replace(old, settings=dataclasses.replace(old.settings, replication_window=16))
     expected = "restart needed: region us-west's settings.replication_window 4 -> 16"
     assert check_compatible(old, new, "us-west") == expected
