@@ -8,6 +8,8 @@ test with a fake consumer and call: the end-to-end trace test covers the destina
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -18,7 +20,7 @@ from meshgate.brokers import RawBatch
 from meshgate.brokers._codec import header_lines, parse_header_lines
 from meshgate.observability import Tracing
 from meshgate.replicator import Link, LinkOptions, _link
-from meshgate.v1 import replication_pb2
+from meshgate.v1 import replication_pb2, replication_pb2_grpc
 from tests._servers import free_port
 from tests._wait import eventually
 from tests.gateway._helpers import ev
@@ -167,3 +169,82 @@ async def test_a_link_retries_a_down_destination_within_half_a_second(monkeypatc
     assert initial <= 100 and most <= 500
     # The connection attempt's own deadline stays gRPC's (20 s): a slow handshake still completes.
     assert "grpc.min_reconnect_backoff_ms" not in options
+
+
+class _Answering(replication_pb2_grpc.ReplicationServicer):
+    """A destination that answers a batch only when the test lets it (``permits``)."""
+
+    def __init__(self) -> None:
+        self.batch_ids: list[int] = []
+        self.permits: asyncio.Queue[None] = asyncio.Queue()
+
+    async def Replicate(
+        self,
+        request_iterator: AsyncIterator[replication_pb2.ReplicateRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[replication_pb2.ReplicateResponse]:
+        async def read() -> None:
+            async for request in request_iterator:
+                self.batch_ids.append(request.batch_id)
+
+        reader = asyncio.create_task(read())
+        try:
+            answered = 0
+            while True:
+                await self.permits.get()
+                yield replication_pb2.ReplicateResponse(batch_id=self.batch_ids[answered], accepted=2)
+                answered += 1
+        finally:
+            reader.cancel()
+
+
+class _Endless:
+    """Always has another batch of two: only the window holds the link back."""
+
+    def __init__(self) -> None:
+        self.fetched = 0
+
+    async def fetch_raw(self, max_events: int, *, timeout: float) -> RawBatch:
+        self.fetched += 1
+        batch = _stored()
+        return RawBatch(
+            ids=[f"{i}-{self.fetched}" for i in batch.ids],
+            topics=batch.topics,
+            sequences=[2 * self.fetched - 1, 2 * self.fetched],
+            headers=batch.headers,
+            data=batch.data,
+        )
+
+    async def ack_raw(self, batch: RawBatch) -> None:
+        pass
+
+
+@pytest.mark.parametrize("window", [1, 3])
+async def test_a_link_keeps_at_most_its_window_of_batches_unanswered(window: int) -> None:
+    server = grpc.aio.server()
+    destination = _Answering()
+    replication_pb2_grpc.add_ReplicationServicer_to_server(destination, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    link = Link(
+        source="here",
+        destination="there",
+        address=f"127.0.0.1:{port}",
+        broker=None,  # type: ignore[arg-type]
+        options=LinkOptions(window=window, ack_timeout_seconds=60.0),
+    )
+    consumer = _Endless()
+    session = asyncio.create_task(link._session(consumer, f"127.0.0.1:{port}"))  # type: ignore[arg-type]
+    sent = destination.batch_ids
+    try:
+        await eventually(lambda: len(sent) >= window, 10, interval=0.01, what=f"{window} batches sent")
+        # One answer frees one place: exactly one more batch goes (a larger window sends on at once).
+        destination.permits.put_nowait(None)
+        await eventually(lambda: len(sent) >= window + 1, 10, interval=0.01, what="one more batch after an answer")
+        assert len(sent) == window + 1, sent
+        assert consumer.fetched == window + 1
+    finally:
+        session.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await session
+        await server.stop(None)

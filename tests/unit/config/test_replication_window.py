@@ -26,7 +26,7 @@ def test_the_window_defaults_to_four_batches() -> None:
 
 
 @pytest.mark.parametrize("window", [1, 16, 64])
-def test_the_links_keep_as_many_batches_in_flight_as_the_mesh_file_says(window: int) -> None:
+def test_the_links_get_the_window_the_mesh_file_says(window: int) -> None:
     assert _options(with_settings(f"    replication_window: {window}")).window == window
 
 
