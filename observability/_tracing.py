@@ -613,12 +613,13 @@ class BatchTrace:
                 continue
             res = outcomes[i]
             if isinstance(res, AppendResult):
-                span.set_attributes(
-                    {
-                        "meshgate.outcome": "duplicate" if res.duplicate else "accepted",
-                        "meshgate.sequence": res.sequence,
-                    }
-                )
+                if span.is_recording():  # a custom sampler's unsampled spans: no attributes to build
+                    span.set_attributes(
+                        {
+                            "meshgate.outcome": "duplicate" if res.duplicate else "accepted",
+                            "meshgate.sequence": res.sequence,
+                        }
+                    )
                 span.end()
             else:
                 _fail(span, f"not stored: {res}")
