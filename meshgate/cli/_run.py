@@ -13,7 +13,14 @@ from typing import Protocol, runtime_checkable
 from meshgate.brokers import BrokerError
 from meshgate.config import ReloadResult
 
-__all__ = ["EVENT_LOOP_ENV", "SWITCH_INTERVAL_SECONDS", "Served", "run_until_signalled", "use_event_loop"]
+__all__ = [
+    "EVENT_LOOP_ENV",
+    "SWITCH_INTERVAL_SECONDS",
+    "Served",
+    "run_until_signalled",
+    "use_event_loop",
+    "use_switch_interval",
+]
 
 log = logging.getLogger("meshgate")
 
@@ -32,10 +39,13 @@ EVENT_LOOP_ENV = "MESHGATE_EVENT_LOOP"
 SWITCH_INTERVAL_SECONDS = 0.001
 
 
-def use_event_loop() -> str:
-    """Sets the event loop policy MESHGATE_EVENT_LOOP asks for, and the GIL's switch interval
-    for the gateway's threads; returns the loop in use."""
+def use_switch_interval() -> None:
+    """The GIL's switch interval for a process that runs gateways (see SWITCH_INTERVAL_SECONDS)."""
     sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
+
+
+def use_event_loop() -> str:
+    """Sets the event loop policy MESHGATE_EVENT_LOOP asks for; returns the loop in use."""
     if os.environ.get(EVENT_LOOP_ENV, "asyncio").strip().lower() != "uvloop":
         return "asyncio"
     try:

@@ -113,7 +113,7 @@ def _make(args: argparse.Namespace, config: MeshConfig) -> Served:
 def run(args: argparse.Namespace) -> int:
     import asyncio
 
-    from meshgate.cli._run import run_until_signalled, use_event_loop
+    from meshgate.cli._run import run_until_signalled, use_event_loop, use_switch_interval
     from meshgate.config import ConfigError, load_config
 
     problem = _check(args)
@@ -139,4 +139,5 @@ def run(args: argparse.Namespace) -> int:
             print(issue, file=sys.stderr)
         return 1
     use_event_loop()
+    use_switch_interval()
     return asyncio.run(run_until_signalled([served]))

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from prometheus_client import CollectorRegistry
 
     from meshgate.cli._claim import ClaimError, UpClaim, endpoints_of
-    from meshgate.cli._run import run_until_signalled, use_event_loop
+    from meshgate.cli._run import run_until_signalled, use_event_loop, use_switch_interval
     from meshgate.config import QUICKSTART_PATH, ConfigError, load_config, replication_auth_issue
     from meshgate.gateway import Gateway
 
@@ -79,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
             )
         )
     use_event_loop()
+    use_switch_interval()
     try:
         banner = functools.partial(_banner, [str(region.kind) for region in config.regions], gateways)
         return asyncio.run(run_until_signalled(gateways, on_serving=banner))
