@@ -74,7 +74,7 @@ def check_compatible(old: MeshConfig, new: MeshConfig, region: str) -> str | Non
 
     Routing, other regions, settings and client tokens swap live; this region's own listen addresses,
     broker kind, brokers, broker layout and certificate paths, the gRPC server's size limits, the lease TTL, the
-    replication ack timeout, and the
+    replication ack timeout and window, and the
     TLS settings (security.ca, client_certs) do not. New contents of the certificate files need no
     reload at all: they are used from the next handshake.
     """

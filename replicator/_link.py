@@ -24,6 +24,7 @@ from meshgate.brokers import (
     decode_event,
     parse_header_lines,
 )
+from meshgate.config import Settings
 from meshgate.tls import ClientTls, TlsError, TlsMaterial
 from meshgate.v1 import admin_pb2, event_pb2, replication_pb2, replication_pb2_grpc
 
@@ -71,8 +72,8 @@ class LinkOptions:
     max_request_bytes: int = 4 * 1024 * 1024
     linger_seconds: float = 0.02
     # Batches sent and not yet acked; the destination applies them in order. The mesh file's
-    # settings.replication_window (its default, 4, in docs/PERFORMANCE.md: "The link's window").
-    window: int = 4
+    # settings.replication_window (its default: docs/PERFORMANCE.md, "The link's window").
+    window: int = Settings().replication_window
     # No ack for the oldest batch in flight within this time: the link is broken.
     ack_timeout_seconds: float = 30.0
     connect_timeout_seconds: float = 5.0
