@@ -61,10 +61,10 @@ TARGETS: dict[str, tuple[str, float, str]] = {
     "replicas_imbalance": ("<=", 0.2, "two replicas: largest share of events/partitions over the mean, less 1"),
 }
 
-# The phase each target's figure comes from (a skipped phase's figures are "not measured").
 # Rounds of the tracing phase: off and 1 % take turns, ``--seconds / TRACING_ROUNDS`` each.
 TRACING_ROUNDS = 5
 
+# The phase each target's figure comes from (a skipped phase's figures are "not measured").
 _PHASE_OF = {
     "live_replication_ratio": "replication",
     "catchup_ratio": "replication",

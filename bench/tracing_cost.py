@@ -39,7 +39,6 @@ import asyncio
 import contextlib
 import json
 import math
-import os
 import signal
 import sys
 import tempfile
@@ -55,6 +54,7 @@ from typing import Any
 import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
+from meshgate.bench._nats_anchor import cpu_seconds
 from meshgate.bench._single import one_region_mesh
 from meshgate.bench.ingest_bench import stream, unary  # the ingest bench's own loads
 from meshgate.brokers import EmbeddedNats
@@ -134,24 +134,15 @@ class Gateway:
         # No "%" in the ids: an id with one takes the header escaping's slow path (a cost of its own).
         run = f"{self.mode.replace('%', 'pct')}-{tag}-{time.monotonic_ns()}"
         u100 = await unary(self.stub, seconds, clients, 100, f"u-{run}") if unary_loads else math.nan
-        cpu, start = process_cpu_s(self.proc.pid), time.perf_counter()
+        cpu, start = cpu_seconds(self.proc.pid), time.perf_counter()
         s100 = await stream(self.stub, seconds, f"s-{run}")
-        self.stream_cpu_s += process_cpu_s(self.proc.pid) - cpu
+        self.stream_cpu_s += cpu_seconds(self.proc.pid) - cpu
         self.stream_events += s100 * (time.perf_counter() - start)
         self.rates["unary_100"].append(u100)
         self.rates["stream_100"].append(s100)
 
     def cpu_us_per_event(self) -> float:
         return self.stream_cpu_s / self.stream_events * 1e6 if self.stream_events else math.nan
-
-
-_TICK_S = 1 / os.sysconf("SC_CLK_TCK")
-
-
-def process_cpu_s(pid: int) -> float:
-    """A process's CPU time so far (user + system, all its threads), from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) * _TICK_S
 
 
 @contextlib.asynccontextmanager
