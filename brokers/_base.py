@@ -49,9 +49,37 @@ __all__ = [
     "StartAt",
     "StorageFullError",
     "WorkSharing",
+    "check_raw_columns",
     "decode_raw",
     "sequence_position",
 ]
+
+
+def check_raw_columns(  # noqa: PLR0917  # the columns of a raw batch
+    ids: Sequence[str],
+    topics: Sequence[str],
+    headers: Sequence[bytes],
+    data: Sequence[bytes],
+    origin_sequences: Sequence[int],
+    origin_streams: Sequence[str] = (),
+) -> None:
+    """Raises ValueError unless every column of a raw batch has one entry per id (origin
+    streams: one per id, or none), naming the columns that do not."""
+    n = len(ids)
+    wrong = [
+        f"{name} {len(column)}"
+        for name, column in (
+            ("topics", topics),
+            ("headers", headers),
+            ("data", data),
+            ("origin_sequences", origin_sequences),
+        )
+        if len(column) != n
+    ]
+    if origin_streams and len(origin_streams) != n:
+        wrong.append(f"origin_streams {len(origin_streams)} (or none)")
+    if wrong:
+        raise ValueError(f"a raw batch of {n} ids needs one entry per id in each column; got " + ", ".join(wrong))
 
 
 def decode_raw(  # noqa: PLR0917  # the columns of a raw batch
@@ -63,6 +91,7 @@ def decode_raw(  # noqa: PLR0917  # the columns of a raw batch
     origin_streams: Sequence[str] = (),
 ) -> list[event_pb2.Event]:
     """The events of a raw batch (``Log.append_raw``'s columns), decoded."""
+    check_raw_columns(ids, topics, headers, data, origin_sequences, origin_streams)
     events = []
     for i, (eid, topic, lines, payload, seq) in enumerate(
         zip(ids, topics, headers, data, origin_sequences, strict=True)

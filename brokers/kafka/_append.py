@@ -23,6 +23,7 @@ from meshgate.brokers._base import (
     BrokerUnavailableError,
     EventRejectedError,
     StorageFullError,
+    check_raw_columns,
     decode_raw,
 )
 from meshgate.brokers._codec import kafka_record_headers
@@ -128,6 +129,8 @@ class KafkaAppend(KafkaState):
         origin_streams: Sequence[str] = (),
         origin: str = "",  # decoding reads each event's origin anyway
     ) -> list[AppendResult | BrokerError]:
+        # Checked before the call waits for its share: a malformed batch is refused at once.
+        check_raw_columns(ids, topics, headers, data, origin_sequences, origin_streams)
         if not ids:
             return []
         # Decoded only once the call has its share of max_append_events: a call waiting for

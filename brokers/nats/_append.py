@@ -19,6 +19,7 @@ from meshgate.brokers._base import (
     BrokerUnavailableError,
     EventRejectedError,
     StorageFullError,
+    check_raw_columns,
 )
 from meshgate.brokers._codec import (
     HEADER_KEY,
@@ -112,11 +113,7 @@ class NatsAppend(NatsState):
         origin: str = "",
     ) -> list[AppendResult | BrokerError]:
         n = len(ids)
-        if not (len(topics) == len(headers) == len(data) == len(origin_sequences) == n) or len(origin_streams) not in (
-            0,
-            n,
-        ):
-            raise ValueError("append_raw needs one topic, header lines, payload and origin sequence per id")
+        check_raw_columns(ids, topics, headers, data, origin_sequences, origin_streams)
         if not n:
             return []
         try:

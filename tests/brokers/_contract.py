@@ -37,6 +37,7 @@ from meshgate.brokers import (
     StartAt,
     WorkSharing,
 )
+from meshgate.brokers._codec import header_lines
 from meshgate.v1 import event_pb2
 from tests._wait import eventually
 
@@ -249,6 +250,23 @@ class BrokerContract:
         )
         assert isinstance(bad_topic, EventRejectedError) and not bad_topic.retriable
         assert isinstance(no_id, EventRejectedError) and not no_id.retriable
+
+    async def test_raw_batch_with_a_short_column_is_refused_by_name(self, broker: Broker) -> None:
+        events = [make_event("orders/created", f"raw-{i}") for i in range(3)]
+        columns = {
+            "ids": [e.id for e in events],
+            "topics": [e.topic for e in events],
+            "headers": [header_lines(e) for e in events],
+            "data": [e.data for e in events][:2],  # one payload short
+            "origin_sequences": [1, 2, 3],
+            "origin_streams": ["p0"],  # one stream for three ids
+        }
+        with pytest.raises(ValueError, match=r"raw batch of 3 ids .*data 2, origin_streams 1") as info:
+            await broker.append_raw(**columns)  # type: ignore[arg-type]
+        assert "topics" not in str(info.value)
+        await broker.append([make_event("orders/created", "after")])
+        stored = await read_events(broker, ">", 1, start=StartAt(earliest=True))
+        assert [e.id for e in stored] == ["after"]  # nothing of the refused batch before it
 
     # -- read ---------------------------------------------------------------------------------
 
