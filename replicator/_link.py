@@ -444,7 +444,8 @@ class Link:
             ("grpc.keepalive_timeout_ms", 5_000),
             ("grpc.keepalive_permit_without_calls", 1),
             # While the destination is down, gRPC retries the connection within 0.1 s doubling
-            # to 0.5 s (its defaults: 1 s to 120 s): a restarted gateway is found at once.
+            # to 0.5 s (its defaults: 1 s to 120 s) for as long as a session waits to connect: a
+            # gateway restarted meanwhile is found at once (between sessions, the link's backoff).
             ("grpc.initial_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 500),
         ]
