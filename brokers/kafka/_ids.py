@@ -167,14 +167,19 @@ class IdWindow:
         at = bucket.find(digest)
         if at > 0 and at % _RECORD:
             at = _aligned(bucket, digest, at)
-        if at >= 0:
+        if at >= 0 and not self._stale(bucket, at, stored_at):
             return
         # One add per record read by the id follower, each with its own time: packed inline.
         ms = int(stored_at * 1000)
         if not 0 <= ms <= _MAX_MS:
             ms = min(max(0, ms), _MAX_MS)
         packed = (ms << _TIME_SHIFT) | (index << _SEQ_BITS) | sequence
-        buckets[number] = bucket + (digest + packed.to_bytes(_PACKED_BYTES, "little"))
+        record = digest + packed.to_bytes(_PACKED_BYTES, "little")
+        if at >= 0:
+            # Written again after its entry went stale (not yet pruned): the entry now says where.
+            buckets[number] = bucket[:at] + record + bucket[at + _RECORD :]
+            return
+        buckets[number] = bucket + record
         order = self._order
         order.append(number)
         if len(order) > self.max_ids:
@@ -202,8 +207,15 @@ class IdWindow:
                 if at < 0:
                     buckets[number] = bucket + pack(digest, sequence, head)
                     order.append(number)
+                elif self._stale(bucket, at, stored_at):
+                    # Written again after its entry went stale (not yet pruned): it now says where.
+                    buckets[number] = bucket[:at] + pack(digest, sequence, head) + bucket[at + record :]
         if len(order) > self.max_ids:
             self._prune(time.time())
+
+    def _stale(self, bucket: bytes, at: int, stored_at: float) -> bool:
+        """Whether the record at ``at`` lies more than the window before a write at ``stored_at``."""
+        return _from_bytes(bucket[at + _TIME_AT : at + _RECORD], "little") < (stored_at - self.window) * 1000
 
     @staticmethod
     def _head(index: int, stored_at: float) -> bytes:

@@ -87,6 +87,20 @@ def test_id_window_remembers_within_the_window_only() -> None:
     assert len(window) == 0
 
 
+def test_id_window_records_an_id_written_again_after_its_entry_went_stale() -> None:
+    # Not pruned yet (pruning waits for the cap or the follower), the old entry must not hide
+    # the new write: a retry of it within the window is a duplicate, not stored again.
+    for add in ("add", "add_run"):
+        window = IdWindow(window=10.0, max_ids=100)
+        window.add("x", "t/0", 1, stored_at=1000.0)
+        if add == "add":
+            window.add("x", "t/1", 7, stored_at=1020.0)
+        else:
+            window.add_run(["x"], "t/1", 7, stored_at=1020.0)
+        assert window.get("x", now=1021.0) == ("t/1", 7), add
+        assert len(window) == 1
+
+
 def test_id_window_is_bounded_oldest_first() -> None:
     window = IdWindow(window=3600.0, max_ids=3)
     now = time.time()
@@ -293,8 +307,10 @@ class _WindowModel:
         return entry[0], entry[1]
 
     def put(self, event_id: str, stream: str, sequence: int, stored_at: float) -> None:
-        if event_id and event_id not in self.entries:  # the first record of an id is kept
-            self.entries[event_id] = (stream, sequence, max(0, int(stored_at * 1000)))
+        # The first record of an id is kept; one older than the window before this write is
+        # replaced where it stands (a dict keeps the key's place).
+        if event_id and (event_id not in self.entries or self.get(event_id, stored_at) is None):
+            self.entries[event_id] = (stream, sequence, min(max(0, int(stored_at * 1000)), 2**48 - 1))
 
     def add(self, event_id: str, stream: str, sequence: int, stored_at: float) -> None:
         self.put(event_id, stream, sequence, stored_at)
