@@ -2,39 +2,36 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from types import MappingProxyType
+from collections.abc import Iterable, Sequence
 from typing import Final
 
 from meshgate.brokers import Broker
 from meshgate.replicator._link import Link, LinkCounters, LinkOptions, LinkState, lag_seconds_of, status_of
 from meshgate.v1 import admin_pb2
 
-__all__ = ["ATTENTION", "LinkGroup", "merge_statuses", "worst_state"]
+__all__ = ["BY_ATTENTION", "LinkGroup", "merge_statuses", "worst_state"]
 
 # How much a link state needs the on-call engineer's eye, for the one state a merged line shows:
 # of a destination's partition links here (``LinkGroup``), and of the processes that run one
 # link on the link status board (``merge_statuses``). Down (failing, or no address to send
 # to) before degraded before healthy before idle: a partition backing off is the destination's
 # news, one replicating here outranks the others standing by.
-ATTENTION: Final[Mapping[LinkState, int]] = MappingProxyType(
-    {
-        LinkState.STOPPED: 0,
-        LinkState.STANDBY: 1,
-        LinkState.REPLICATING: 2,
-        LinkState.CONNECTING: 3,
-        LinkState.PAUSED: 4,
-        LinkState.BACKING_OFF: 5,
-    }
+BY_ATTENTION: Final = (
+    LinkState.STOPPED,
+    LinkState.STANDBY,
+    LinkState.REPLICATING,
+    LinkState.CONNECTING,
+    LinkState.PAUSED,
+    LinkState.BACKING_OFF,
 )
-# The same, by the wire value a LinkStatus carries; a value this version does not know (a note
-# posted by a newer one) ranks below all.
-_ATTENTION_OF_VALUE: Final[Mapping[int, int]] = MappingProxyType({s.value: r for s, r in ATTENTION.items()})
+# By the wire value a LinkStatus carries (a LinkState's value); a value this version does not
+# know (a note posted by a newer one) ranks below all.
+_ATTENTION: Final = {state.value: rank for rank, state in enumerate(BY_ATTENTION)}
 
 
 def worst_state(states: Iterable[LinkState]) -> LinkState:
-    """The state most in need of attention (``ATTENTION``); ValueError when there is none."""
-    return max(states, key=ATTENTION.__getitem__)
+    """The state most in need of attention (``BY_ATTENTION``); ValueError when there is none."""
+    return max(states, key=lambda state: _ATTENTION[state.value])
 
 
 def merge_statuses(destination: str, statuses: Sequence[admin_pb2.LinkStatus]) -> admin_pb2.LinkStatus:
@@ -49,7 +46,7 @@ def merge_statuses(destination: str, statuses: Sequence[admin_pb2.LinkStatus]) -
     out = admin_pb2.LinkStatus(destination=destination)
     if not statuses:
         return out
-    out.state = max((s.state for s in statuses), key=lambda v: _ATTENTION_OF_VALUE.get(v, -1))
+    out.state = max((s.state for s in statuses), key=lambda v: _ATTENTION.get(v, -1))
     out.forwarded = sum(s.forwarded for s in statuses)
     out.dead_lettered = sum(s.dead_lettered for s in statuses)
     out.lag_events = sum(s.lag_events for s in statuses)

@@ -11,7 +11,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from meshgate.brokers import Broker
 from meshgate.replicator import BoardNote, LinkBoard, LinkGroup, LinkOptions, LinkState
 from meshgate.replicator._board import merge_links
-from meshgate.replicator._group import ATTENTION, merge_statuses, worst_state
+from meshgate.replicator._group import BY_ATTENTION, merge_statuses, worst_state
 from meshgate.v1 import admin_pb2
 
 REPLICATING = admin_pb2.LINK_STATE_REPLICATING
@@ -148,7 +148,8 @@ def test_the_ranking_puts_what_is_down_before_what_is_degraded_before_what_is_he
         LinkState.STANDBY,
         LinkState.STOPPED,
     ]
-    assert set(order) == set(LinkState) == set(ATTENTION)
+    assert set(order) == set(LinkState) == set(BY_ATTENTION)
+    assert list(reversed(order)) == list(BY_ATTENTION)
     for i, worse in enumerate(order):
         for better in order[i + 1 :]:
             assert worst_state([better, worse]) is worse
