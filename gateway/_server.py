@@ -421,8 +421,8 @@ class Gateway(StartStop):
         router = Router.from_config(new)
         # One assignment each, no await between: a batch sees either the old pair or the new.
         self._config, self._router = new, router
-        self.budget.limit = self.limits.max_inflight_events
-        self.replication_ingress.limit = self.limits.replication_inflight_events(self._region_cfg.kind)
+        self.budget.set_limit(self.limits.max_inflight_events)
+        self.replication_ingress.set_limit(self.limits.replication_inflight_events(self._region_cfg.kind))
         self.admission = self._make_admission()
         self.auth = Authenticator(new.security)
         self.config_loaded_at = datetime.datetime.now(datetime.UTC)

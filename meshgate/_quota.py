@@ -30,6 +30,13 @@ class FifoQuota:
         self._idle = asyncio.Event()
         self._idle.set()
 
+    def set_limit(self, limit: int) -> None:
+        """A new limit (a reload); waiters that fit under a raised one are granted at once."""
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        self.limit = limit
+        self._wake()
+
     async def wait_idle(self) -> None:
         """Returns once nothing is in use."""
         await self._idle.wait()

@@ -15,7 +15,7 @@ __all__ = ["BY_ATTENTION", "LinkGroup", "merge_statuses", "worst_state"]
 # of a destination's partition links here (``LinkGroup``), and of the processes that run one
 # link on the link status board (``merge_statuses``). Down (failing, or no address to send
 # to) before degraded before healthy before idle: a partition backing off is the destination's
-# news, one replicating here outranks the others standing by.
+# news, one replicating here outranks the others standing by. Least in need first.
 BY_ATTENTION: Final = (
     LinkState.STOPPED,
     LinkState.STANDBY,

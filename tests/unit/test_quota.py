@@ -43,3 +43,14 @@ async def test_a_granted_waiter_cancelled_before_it_runs_gives_its_share_back() 
     assert quota.used == 0 and quota._granted == 0
     await asyncio.wait_for(quota.acquire(4), 1.0)  # the fast path is open again
     assert quota.used == 4
+
+
+async def test_a_raised_limit_grants_the_waiters_that_now_fit() -> None:
+    quota = FifoQuota(4)
+    await quota.acquire(4)
+    waiter = asyncio.create_task(quota.acquire(4))
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    quota.set_limit(8)  # a reload: nothing is released, yet the waiter fits now
+    await asyncio.wait_for(waiter, 5.0)
+    assert quota.used == 8
