@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from typing import Any
 
 from meshgate.brokers.embedded import EmbeddedNats
 from meshgate.brokers.kafka import KafkaBroker
@@ -53,8 +54,10 @@ def make_kafka_broker(
     metadata_max_age: float = 1.0,
     follow_ids: bool = True,
     name: str = "meshgate-test",
+    **options: Any,
 ) -> KafkaBroker:
-    """A KafkaBroker (not started) on ``server``, with 3 partitions per topic by default."""
+    """A KafkaBroker (not started) on ``server``, with 3 partitions per topic by default;
+    ``options`` are further ``KafkaBroker`` options (bounds a test sets low)."""
     return KafkaBroker(
         bootstrap_servers=[server.bootstrap],
         settings=settings or KafkaSettings(partitions=3),
@@ -67,6 +70,7 @@ def make_kafka_broker(
         session_timeout=6.0,
         heartbeat_interval=0.5,
         follow_ids=follow_ids,
+        **options,
     )
 
 

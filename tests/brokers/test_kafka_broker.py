@@ -739,15 +739,7 @@ async def test_appends_hold_at_most_max_append_events_and_keep_call_order(
     # Every event of an append holds a few KB until its ack: calls past the bound wait (first
     # come, first served) instead of all encoding their records at once. Main let a
     # destination's replication ingress hold 16,000 events (over 180 MB of gateway).
-    broker = KafkaBroker(
-        bootstrap_servers=[tansu.bootstrap],
-        settings=KafkaSettings(partitions=1),
-        idempotency_window_seconds=120.0,
-        request_timeout=TEST_ACK_TIMEOUT,
-        max_message_bytes=TEST_KAFKA_MAX_MESSAGE_BYTES,
-        metadata_max_age=1.0,
-        max_append_events=30,
-    )
+    broker = make_kafka_broker(tansu, settings=KafkaSettings(partitions=1), max_append_events=30)
     async with broker:
         results_of(await broker.append([make_event("orders/held", "warm", key="k")]))
         producer = broker._producer
@@ -803,13 +795,9 @@ async def test_consumers_fetch_within_the_bounds_and_still_read_larger_records(t
     # Fetch bounds far below the record size: tansu (as Kafka since 0.10.1) still returns a
     # partition's first record whole, so the bounds cap memory without capping record sizes.
     def broker() -> KafkaBroker:
-        return KafkaBroker(
-            bootstrap_servers=[tansu.bootstrap],
+        return make_kafka_broker(
+            tansu,
             settings=KafkaSettings(partitions=1),
-            idempotency_window_seconds=120.0,
-            request_timeout=TEST_ACK_TIMEOUT,
-            max_message_bytes=TEST_KAFKA_MAX_MESSAGE_BYTES,
-            metadata_max_age=1.0,
             fetch_max_bytes=48 * 1024,
             partition_fetch_bytes=16 * 1024,
             fetch_max_wait=0.03,
