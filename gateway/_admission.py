@@ -71,19 +71,23 @@ def _text_field(name: str, value: str, *, max_chars: int, required: bool) -> Ref
         return Refusal(f"{name} is required") if required else None
     if len(value) > max_chars:
         return Refusal(f"{name} has {len(value)} characters; at most {max_chars}", too_large=True)
-    if _PRINTABLE.fullmatch(value) is None:
+    # isprintable() is the cheap test; it also refuses what the rule allows (a zero-width space).
+    if not value.isprintable() and _PRINTABLE.fullmatch(value) is None:
         return Refusal(f"{name} {value[:40]!r} contains control characters; use printable text")
     return None
 
 
-def _attributes_refusal(event: event_pb2.Event, limits: Limits) -> Refusal | None:
-    """Extensions (count, names, text) and the attributes' total size against the limits."""
+def _attributes_refusal(event: event_pb2.Event, limits: Limits, attr_chars: int) -> Refusal | None:
+    """Extensions (count, names, text) and the attributes' total size against the limits.
+
+    ``attr_chars``: the characters of id, source, type, datacontenttype, key and dataschema,
+    which the caller has read already (each read of a protobuf field makes a new string).
+    """
     extensions = event.extensions
     n_ext = len(extensions)
     if n_ext > limits.max_extensions:
         return Refusal(f"{n_ext} extensions exceed max_extensions of {limits.max_extensions}", too_large=True)
-    attr_bytes = len(event.id) + len(event.source) + len(event.type) + len(event.datacontenttype)
-    attr_bytes += len(event.key) + len(event.dataschema)
+    attr_bytes = attr_chars
     # Guarded: iterating even an empty protobuf map costs more than the rest of the checks.
     for ext_name, ext_value in extensions.items() if n_ext else ():
         if _EXTENSION_NAME.fullmatch(ext_name) is None:
@@ -132,19 +136,65 @@ class Admission:
 
     def check(self, event: event_pb2.Event) -> Refusal | None:
         """Why the event is refused, or None. Never mutates the event."""
-        refusal = self._check_names(event)
+        refusal = self._refusal(event, event.topic, event.id, event.specversion, event.text_data)
+        if refusal is None and event.HasField("time"):
+            return _time_refusal(event.time)
+        return refusal
+
+    def admit(self, event: event_pb2.Event, now: Timestamp) -> tuple[str, ...] | Refusal:
+        """``check``, then, if the event passes, the stamp: its route, or why it is refused.
+
+        One read of each field for both (this runs once per published event, and every read
+        of a protobuf field costs about as much as the check made with it).
+        """
+        topic, event_id, spec, text = event.topic, event.id, event.specversion, event.text_data
+        refusal = self._refusal(event, topic, event_id, spec, text)
         if refusal is not None:
             return refusal
-        if event.specversion not in ("", "1.0"):
-            return Refusal(f"specversion {event.specversion[:20]!r} is not supported; use '1.0' (or leave it empty)")
-        if event.datacontenttype and _MEDIA_TYPE.fullmatch(event.datacontenttype) is None:
+        if event.HasField("time"):
+            refusal = _time_refusal(event.time)
+            if refusal is not None:
+                return refusal
+        else:
+            event.time.CopyFrom(now)
+        return self._stamp(event, topic, event_id, spec, text)
+
+    def _stamp(self, event: event_pb2.Event, topic: str, event_id: str, spec: str, text: str) -> tuple[str, ...]:
+        """Fills what the client may leave out and records origin and route, decided once here.
+
+        Returns the route (reading it back off the event costs more than keeping it).
+        """
+        if not event_id:
+            event.id = uuid7()
+        if text:
+            # Stored, replicated and served as data: text_data only exists on the way in.
+            event.data = text.encode()
+            event.text_data = ""
+        if not spec:
+            event.specversion = "1.0"
+        event.origin = self._region
+        route = self._route(topic, self._region)
+        # Extended, not replaced: check refused any event that carries a route.
+        event.route.extend(route)
+        return route
+
+    def _refusal(self, event: event_pb2.Event, topic: str, event_id: str, spec: str, text: str) -> Refusal | None:
+        """``check`` but for the time, given the fields the caller has read."""
+        source, type_, key = event.source, event.type, event.key
+        refusal = self._check_names(topic, event_id, source, type_, key)
+        if refusal is not None:
+            return refusal
+        if spec not in ("", "1.0"):
+            return Refusal(f"specversion {spec[:20]!r} is not supported; use '1.0' (or leave it empty)")
+        content_type = event.datacontenttype
+        if content_type and _MEDIA_TYPE.fullmatch(content_type) is None:
             return Refusal(
-                f"datacontenttype {event.datacontenttype[:60]!r} is not a media type; "
-                "use type/subtype, e.g. 'application/json'"
+                f"datacontenttype {content_type[:60]!r} is not a media type; use type/subtype, e.g. 'application/json'"
             )
-        if event.dataschema and _ABSOLUTE_URI.fullmatch(event.dataschema) is None:
+        schema = event.dataschema
+        if schema and _ABSOLUTE_URI.fullmatch(schema) is None:
             return Refusal(
-                f"dataschema {event.dataschema[:60]!r} is not an absolute URI (CloudEvents); use a scheme and no "
+                f"dataschema {schema[:60]!r} is not an absolute URI (CloudEvents); use a scheme and no "
                 "fragment, e.g. 'https://example.com/schemas/order.json', other characters percent-encoded"
             )
         unknown = unknown_fields.UnknownFieldSet(event)
@@ -165,27 +215,22 @@ class Admission:
         ):
             return Refusal(output_only_refusal(event))
         size = len(event.data)
-        if event.text_data:
+        if text:
             if size:
                 return Refusal(
                     "data and text_data are both set; send the payload once: text_data for text, "
                     "data for bytes (base64 in JSON)"
                 )
-            size = len(event.text_data.encode())
+            size = len(text.encode())
         if size > self._limits.max_data_bytes:
             return Refusal(
                 f"data of {size} bytes exceeds max_data_bytes of {self._limits.max_data_bytes} bytes", too_large=True
             )
-        refusal = _attributes_refusal(event, self._limits)
-        if refusal is not None:
-            return refusal
-        if event.HasField("time"):
-            return _time_refusal(event.time)
-        return None
+        attr_chars = len(event_id) + len(source) + len(type_) + len(content_type) + len(key) + len(schema)
+        return _attributes_refusal(event, self._limits, attr_chars)
 
-    def _check_names(self, event: event_pb2.Event) -> Refusal | None:
+    def _check_names(self, topic: str, event_id: str, source: str, type_: str, key: str) -> Refusal | None:
         """Topic, id, source, type and key; a topic or triple that passed is remembered, not checked again."""
-        topic = event.topic
         if not topic:
             return Refusal("topic is required, e.g. 'orders/created'")
         if topic not in self._valid_topics:
@@ -195,16 +240,18 @@ class Admission:
             if len(self._valid_topics) >= _MAX_CHECKED:
                 self._valid_topics.clear()
             self._valid_topics.add(topic)
-        refusal = _text_field("id", event.id, max_chars=_MAX_ID_CHARS, required=False)
-        if refusal is not None:
-            return refusal
+        # Inline first: every event has its own id.
+        if event_id and (len(event_id) > _MAX_ID_CHARS or not event_id.isprintable()):
+            refusal = _text_field("id", event_id, max_chars=_MAX_ID_CHARS, required=False)
+            if refusal is not None:
+                return refusal
         # source, type and key repeat across events: each distinct triple is checked once.
-        triple = (event.source, event.type, event.key)
+        triple = (source, type_, key)
         if triple not in self._checked:
             for name, value, cap, required in (
-                ("source", triple[0], self._limits.max_attributes_bytes, True),
-                ("type", triple[1], self._limits.max_attributes_bytes, True),
-                ("key", triple[2], _MAX_KEY_CHARS, False),
+                ("source", source, self._limits.max_attributes_bytes, True),
+                ("type", type_, self._limits.max_attributes_bytes, True),
+                ("key", key, _MAX_KEY_CHARS, False),
             ):
                 refusal = _text_field(name, value, max_chars=cap, required=required)
                 if refusal is not None:
@@ -213,25 +260,3 @@ class Admission:
                 self._checked.clear()
             self._checked.add(triple)
         return None
-
-    def stamp(self, event: event_pb2.Event, now: Timestamp) -> tuple[str, ...]:
-        """Fills what the client may leave out and records origin and route, decided once here.
-
-        Returns the route (reading it back off the event costs more than keeping it).
-        """
-        if not event.id:
-            event.id = uuid7()
-        if event.text_data:
-            # Stored, replicated and served as data: text_data only exists on the way in.
-            event.data = event.text_data.encode()
-            event.text_data = ""
-        if not event.specversion:
-            event.specversion = "1.0"
-        if not event.HasField("time"):
-            event.time.CopyFrom(now)
-        event.origin = self._region
-        route = self._route(event.topic, self._region)
-        if event.route:  # check() refuses events that carry one; replacing costs more than extending
-            del event.route[:]
-        event.route.extend(route)
-        return route

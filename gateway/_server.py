@@ -409,10 +409,8 @@ class Gateway(StartStop):
         return args
 
     def _make_admission(self) -> Admission:
-        return Admission(region=self.region, limits=self.limits, route=self._route)
-
-    def _route(self, topic: str, origin: str) -> tuple[str, ...]:
-        return self._router.route(topic, origin)
+        # The router's own method: an admission is made again whenever the router is replaced.
+        return Admission(region=self.region, limits=self.limits, route=self._router.route)
 
     # --- config ----------------------------------------------------------------------------
 

@@ -12,7 +12,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from meshgate.brokers.embedded import EmbeddedNats
 from meshgate.cli._client import channel as cli_channel
-from meshgate.config import ClientToken
+from meshgate.config import ClientToken, Limits
+from meshgate.gateway._admission import Admission
 from meshgate.v1 import event_pb2, gateway_pb2, gateway_pb2_grpc
 from tests._replication import SECURITY
 from tests.gateway._helpers import ev, read_all
@@ -239,3 +240,46 @@ async def test_reserved_topics_only_for_a_token_that_names_them(make_gateway: An
     async with cli_channel(gw.address, token=everything) as ch:
         stored = await read_all(gateway_pb2_grpc.GatewayStub(ch), ">", expect=1, idle=0.5)
     assert [e.id for e in stored] == ["by-name"]
+
+
+def _admission() -> Admission:
+    limits = Limits(max_data_bytes=4096, max_batch_events=100)
+    return Admission(region="here", limits=limits, route=lambda topic, origin: (origin, "there"))
+
+
+@pytest.mark.parametrize(("fields", "words"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_admit_refuses_as_check_does_and_leaves_the_event_as_it_came(fields: dict[str, Any], words: list[str]) -> None:
+    # admit is check and stamp in one pass over the fields: it must refuse what check refuses,
+    # with the same message, and stamp nothing on a refused event.
+    admission, event = _admission(), ev(**fields)
+    before = event.SerializeToString()
+    refusal = admission.check(event)
+    assert refusal is not None
+    admitted = admission.admit(event, Timestamp(seconds=1_700_000_000))
+    assert admitted == refusal
+    assert event.SerializeToString() == before
+
+
+def test_admit_stamps_what_the_client_left_out() -> None:
+    admission, event = _admission(), ev(text_data="hello", data=b"")
+    now = Timestamp(seconds=1_700_000_000, nanos=5)
+    assert admission.check(event) is None
+    assert admission.admit(event, now) == ("here", "there")
+    assert event.id and event.specversion == "1.0" and event.time == now
+    assert (event.origin, list(event.route)) == ("here", ["here", "there"])
+    assert (event.data, event.text_data) == (b"hello", "")
+    # A time the client set is kept.
+    timed = ev(time=Timestamp(seconds=5))
+    assert admission.admit(timed, now) == ("here", "there")
+    assert timed.time == Timestamp(seconds=5)
+
+
+@pytest.mark.parametrize("text", ["a\u200bb", "caf\u00e9", "a\u2028b"])
+def test_printable_text_that_str_isprintable_refuses_is_admitted(text: str) -> None:
+    # The rule is "no control characters" (\x00-\x1f, \x7f); str.isprintable is only the cheap
+    # first look and also says no to format and separator characters, which the rule allows.
+    admission = _admission()
+    for field in ("id", "source", "type", "key"):
+        event = ev(**{field: text})
+        assert admission.check(event) is None, field
+        assert isinstance(admission.admit(event, Timestamp(seconds=1)), tuple), field
