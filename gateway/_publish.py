@@ -163,16 +163,16 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
                 )
                 reasons.append("permission")
                 continue
-            refusal = admission.check(ev)
-            if refusal is None:
-                routes.append(admission.stamp(ev, now))
+            admitted = admission.admit(ev, now)
+            if isinstance(admitted, tuple):
+                routes.append(admitted)
                 accepted.append(ev)
                 results.append(None)
             else:
                 results.append(
-                    event_pb2.EventResult(id=ev.id, outcome=_REJECTED, code=_INVALID_ARGUMENT, message=refusal.message)
+                    event_pb2.EventResult(id=ev.id, outcome=_REJECTED, code=_INVALID_ARGUMENT, message=admitted.message)
                 )
-                reasons.append("too_large" if refusal.too_large else "invalid")
+                reasons.append("too_large" if admitted.too_large else "invalid")
         return _Admitted(accepted, routes, results, reasons)
 
     async def _write(
@@ -200,6 +200,9 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         it = iter(zip(events, admitted.routes, outcomes, strict=True))
         reasons = iter(admitted.reasons)
         add = out.results.add
+        # A stored event's result is a copy of one made per (outcome, route, stream), the id and
+        # sequence set on it: setting a repeated field (the route) costs as much as the rest.
+        stored: dict[tuple[bool, tuple[str, ...], str], event_pb2.EventResult] = {}
         # Counted here and added once per batch: a counter update takes a lock.
         accepted = duplicate = 0
         for slot in results:
@@ -212,10 +215,17 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             if isinstance(res, AppendResult):
                 if res.duplicate:
                     duplicate += 1
-                    add(id=ev.id, outcome=_DUPLICATE, sequence=res.sequence, route=route, stream=res.stream)
                 else:
                     accepted += 1
-                    add(id=ev.id, outcome=_ACCEPTED, sequence=res.sequence, route=route, stream=res.stream)
+                shape = (res.duplicate, route, res.stream)
+                template = stored.get(shape)
+                if template is None:
+                    outcome = _DUPLICATE if res.duplicate else _ACCEPTED
+                    template = stored[shape] = event_pb2.EventResult(outcome=outcome, route=route, stream=res.stream)
+                result = add()
+                result.CopyFrom(template)
+                result.id = ev.id
+                result.sequence = res.sequence
             else:
                 metrics.rejected.inc()
                 metrics.refuse(broker_reason(res))
