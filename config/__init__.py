@@ -9,6 +9,9 @@ from typing import TYPE_CHECKING
 from meshgate.config._compat import check_compatible, region_changes
 from meshgate.config._errors import ConfigError, ConfigIssue
 from meshgate.config._model import (
+    KAFKA_MAX_APPEND_EVENTS,
+    KAFKA_REPLICATION_INFLIGHT_EVENTS,
+    NATS_REPLICATION_INFLIGHT_EVENTS,
     BrokerKind,
     ClientCerts,
     ClientToken,
@@ -75,6 +78,9 @@ else:
 
 __all__ = [
     "EXAMPLES_DIR",
+    "KAFKA_MAX_APPEND_EVENTS",
+    "KAFKA_REPLICATION_INFLIGHT_EVENTS",
+    "NATS_REPLICATION_INFLIGHT_EVENTS",
     "QUICKSTART_PATH",
     "REPLICATION_SECRET_VARIABLE",
     "SCHEMA_PATH",

@@ -174,6 +174,11 @@ def _schema_error(ctx: CheckContext, error: jsonschema.ValidationError) -> None:
             origin=kind,
         )
         return
+    if kind == "type" and error.validator_value == "integer" and isinstance(value, float):
+        # "got a number" would read as no fault at all: say the value, and that a whole one is wanted.
+        wanted = "an integer" if expected is None else f"an integer ({expected})"
+        ctx.add(path, f"expected {wanted}, got {value!r}", origin=kind)
+        return
     got = _describe_type(value) if kind == "type" else _describe(value)
     if expected is None:
         ctx.add(path, error.message, origin=kind)

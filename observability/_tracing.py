@@ -316,57 +316,20 @@ def parse_traceparent(value: str) -> tuple[int, int] | None:
     return int(trace_id, 16), int(flags, 16)
 
 
-def _always(trace_id: int, parent_sampled: bool | None) -> bool:
-    return True
-
-
-def _never(trace_id: int, parent_sampled: bool | None) -> bool:
-    return False
-
-
-def fast_decision(sampler: Sampler) -> Decide | None:
-    """``sampler``'s decision as a function of the trace id and a remote parent's sampled flag.
-
-    Only for the SDK's own ``StaticSampler`` (always_on/off), ``TraceIdRatioBased`` and
-    ``ParentBased`` of those, unsubclassed in behaviour: their ``should_sample`` reads nothing
-    else (not the name, kind or attributes). None for any other sampler, or one that only
-    records (RECORD_ONLY): those keep the SDK's path for every event.
-    """
-    kind = type(sampler)
-    if isinstance(sampler, StaticSampler) and kind.should_sample is StaticSampler.should_sample:
-        decision = getattr(sampler, "_decision", None)
-        return _always if decision is Decision.RECORD_AND_SAMPLE else _never if decision is Decision.DROP else None
-    if isinstance(sampler, TraceIdRatioBased) and kind.should_sample is TraceIdRatioBased.should_sample:
-        bound = sampler.bound
-
-        def ratio(trace_id: int, parent_sampled: bool | None) -> bool:
-            return trace_id & _LOW64 < bound  # exactly TraceIdRatioBased.should_sample
-
-        return ratio
-    if isinstance(sampler, ParentBased) and kind.should_sample is ParentBased.should_sample:
-        # Every parent here is remote (extracted from a traceparent): the local delegates never apply.
-        root = fast_decision(getattr(sampler, "_root", None))  # type: ignore[arg-type]
-        if_sampled = fast_decision(getattr(sampler, "_remote_parent_sampled", None))  # type: ignore[arg-type]
-        if_not = fast_decision(getattr(sampler, "_remote_parent_not_sampled", None))  # type: ignore[arg-type]
-        if root is None or if_sampled is None or if_not is None:
-            return None
-
-        def parent_based(trace_id: int, parent_sampled: bool | None) -> bool:
-            if parent_sampled is None:
-                return root(trace_id, None)
-            return (if_sampled if parent_sampled else if_not)(trace_id, parent_sampled)
-
-        return parent_based
-    return None
-
-
 _EVERY_ROOT = 1 << 64  # above every 64-bit value
 
 
 def root_bound(sampler: Sampler) -> int | None:
-    """``sampler``'s decision for a root (no parent) as ``low 64 bits of the trace id < bound``:
-    for the samplers ``fast_decision`` knows (equal to its ``decide(trace_id, None)``), else None.
-    One comparison per root event instead of two calls: most events at a gateway are roots."""
+    """``sampler``'s decision for a root (no parent) as ``low 64 bits of the trace id < bound``.
+
+    The one place a root's decision is made: ``fast_decision`` applies it to parentless
+    events, and a root event is decided on it with one comparison (``DecisionIds.draw_root``).
+    Only for the SDK's own ``StaticSampler`` (always_on/off), ``TraceIdRatioBased`` and
+    ``ParentBased`` of those, unsubclassed in behaviour: their ``should_sample`` reads nothing
+    else (not the name, kind or attributes). The first two ignore any parent, so for them this
+    is the decision for every trace. None for any other sampler, or one that only records
+    (RECORD_ONLY): those keep the SDK's path for every event.
+    """
     kind = type(sampler)
     if isinstance(sampler, StaticSampler) and kind.should_sample is StaticSampler.should_sample:
         decision = getattr(sampler, "_decision", None)
@@ -376,6 +339,33 @@ def root_bound(sampler: Sampler) -> int | None:
     if isinstance(sampler, ParentBased) and kind.should_sample is ParentBased.should_sample:
         return root_bound(getattr(sampler, "_root", None))  # type: ignore[arg-type]
     return None
+
+
+def fast_decision(sampler: Sampler) -> Decide | None:
+    """``sampler``'s decision as a function of the trace id and a remote parent's sampled flag,
+    for the samplers ``root_bound`` knows (and a ``ParentBased`` whose delegates it knows)."""
+    if isinstance(sampler, ParentBased) and type(sampler).should_sample is ParentBased.should_sample:
+        # Every parent here is remote (extracted from a traceparent): the local delegates never apply.
+        root = root_bound(sampler)
+        if_sampled = fast_decision(getattr(sampler, "_remote_parent_sampled", None))  # type: ignore[arg-type]
+        if_not = fast_decision(getattr(sampler, "_remote_parent_not_sampled", None))  # type: ignore[arg-type]
+        if root is None or if_sampled is None or if_not is None:
+            return None
+
+        def parent_based(trace_id: int, parent_sampled: bool | None) -> bool:
+            if parent_sampled is None:
+                return trace_id & _LOW64 < root
+            return (if_sampled if parent_sampled else if_not)(trace_id, parent_sampled)
+
+        return parent_based
+    bound = root_bound(sampler)
+    if bound is None:
+        return None
+
+    def below(trace_id: int, parent_sampled: bool | None) -> bool:
+        return trace_id & _LOW64 < bound  # exactly TraceIdRatioBased.should_sample (always_on/off: 2**64, 0)
+
+    return below
 
 
 class DecisionIds(RandomIdGenerator):
@@ -389,18 +379,14 @@ class DecisionIds(RandomIdGenerator):
     def __init__(self) -> None:
         self.pending = 0
 
-    def root_sampled(self, decide: Decide) -> bool:
-        """The decision for a new root, on fresh random low 64 bits (all a ratio reads); when
-        sampled, the span then gets a trace id ending in those bits."""
+    def draw_root(self, bound: int) -> bool:
+        """The decision for a new root event (``root_bound``), on fresh random low 64 bits (all
+        a ratio reads); when sampled, the next root span gets a trace id ending in those bits."""
         low = _getrandbits(64)
-        if not decide(low, None):
+        if low >= bound:
             return False
-        self.root(low)
-        return True
-
-    def root(self, low: int) -> None:
-        """The next root span's trace id: random high bits, ``low`` as its low 64 bits."""
         self.pending = (_getrandbits(64) << 64) | low or 1 << 64  # never the invalid 0
+        return True
 
     def generate_trace_id(self) -> int:
         trace_id = self.pending
@@ -518,14 +504,8 @@ class BatchTrace:
                 sampled = decide(own[0], bool(own[1] & _SAMPLED))
             elif call_sampled is not None:
                 sampled = call_sampled
-            elif bound is not None and ids is not None:  # a root: the most common event, decided inline
-                low = _getrandbits(64)
-                if low >= bound:
-                    continue
-                ids.root(low)
-                sampled = True
             else:  # a root; without DecisionIds the SDK draws its trace id, so it decides in start_span
-                sampled = ids is None or ids.root_sampled(decide)
+                sampled = ids is None or ids.draw_root(bound)
             if not sampled:
                 continue
             if light:  # (a sink implies DecisionIds: a root's trace id is the one decided on)
@@ -652,7 +632,8 @@ class Tracing:
         self.decide: Decide | None = fast_decision(provider.sampler) if provider is not None else None
         ids = provider.id_generator if provider is not None else None
         self.ids: DecisionIds | None = ids if isinstance(ids, DecisionIds) else None
-        self.root_bound = root_bound(provider.sampler) if self.decide is not None and provider is not None else None
+        # A root event's decision (read only where ``decide`` is set, which implies a bound).
+        self.root_bound = (root_bound(provider.sampler) if provider is not None else None) or 0
         self.tracer: Tracer = (
             provider.get_tracer("meshgate", schema_url=SCHEMA_URL) if provider is not None else NoOpTracer()
         )
@@ -744,15 +725,8 @@ class Tracing:
             parsed = parse_traceparent(unescape_header_value(traceparent.decode(errors="replace")))
             if parsed is not None:
                 return decide(parsed[0], bool(parsed[1] & _SAMPLED))
-        ids, bound = self.ids, self.root_bound  # a root
-        if ids is not None and bound is not None:
-            low = _getrandbits(64)
-            if low >= bound:
-                return False
-            ids.root(low)
-            return True
-        # without DecisionIds the SDK draws its trace id, so it decides in start_span
-        return ids is None or ids.root_sampled(decide)
+        # A root; without DecisionIds the SDK draws its trace id, so it decides in start_span.
+        return self.ids is None or self.ids.draw_root(self.root_bound)
 
     def start_send(self, raw: RawBatch, destination: str, *, address: str | None = None) -> list[Span | None]:
         """A send span per forwarded event that is sampled; its header lines then carry the span's context.

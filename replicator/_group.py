@@ -35,13 +35,18 @@ def worst_state(states: Iterable[LinkState]) -> LinkState:
 
 
 def merge_statuses(destination: str, statuses: Sequence[admin_pb2.LinkStatus]) -> admin_pb2.LinkStatus:
-    """One status of ``destination``'s link from several senders' (partition links, or processes).
+    """One status of ``destination``'s link from several processes' (the link status board).
 
-    Each sender reports its own share of the log: counters and lag events add up, the
+    Each process reports its own share of the log: counters and lag events add up, the
     destination waits for the oldest unacked event of any, the partitions are their union (a
     lease passing between two posts may show one twice), the state the one most in need of
     attention and the error the latest. Which statuses count (all, or only the running
     ones') is the caller's.
+
+    Across processes, a LinkStatus is all there is, so this merges protos; within one process
+    ``LinkGroup.counters`` merges the links' own counters, which a LinkStatus lacks (retries,
+    for the metrics; the oldest unacked event's time, where a status has only its age at the
+    time it was made), and ``LinkGroup.status`` is made from that merge. The rules are the same.
     """
     out = admin_pb2.LinkStatus(destination=destination)
     if not statuses:
@@ -112,7 +117,9 @@ class LinkGroup:
 
     @property
     def counters(self) -> LinkCounters:
-        """A snapshot of the summed counters (a new object: the links' own stay theirs)."""
+        """A snapshot of the summed counters (a new object: the links' own stay theirs): the
+        one merge of the destination's partition links, for the metrics and for ``status``
+        (``merge_statuses`` merges processes' statuses, which carry less)."""
         total = LinkCounters()
         for link in self.parts.values():
             c = link.counters
@@ -124,7 +131,7 @@ class LinkGroup:
             oldest = c.oldest_unacked
             if oldest is not None and (total.oldest_unacked is None or oldest < total.oldest_unacked):
                 total.oldest_unacked = oldest
-            if c.last_error and (total.last_error_time or 0.0) <= (c.last_error_time or 0.0):
+            if c.last_error and (total.last_error_time or 0.0) < (c.last_error_time or 0.0):
                 total.last_error, total.last_error_time = c.last_error, c.last_error_time
         return total
 
@@ -133,16 +140,12 @@ class LinkGroup:
         return lag_seconds_of(self.counters)
 
     def status(self) -> admin_pb2.LinkStatus:
-        parts = []
-        for p, link in self.parts.items():
-            part = status_of(self.destination, link.state, link.counters)
-            # Which share of the destination this process carries (none for a whole-log link: Kafka).
-            if p is not None and link.running:
-                part.partitions.append(p)
-            parts.append(part)
-        # All of them, idle ones too: a partition whose lease went elsewhere had its lag cleared,
-        # and one that stopped here keeps the error it stopped on.
-        return merge_statuses(self.destination, parts)
+        # All the parts, idle ones too: a partition whose lease went elsewhere had its lag
+        # cleared, and one that stopped here keeps the error it stopped on.
+        status = status_of(self.destination, self.state, self.counters)
+        # Which share of the destination this process carries (none for a whole-log link: Kafka).
+        status.partitions.extend(p for p, link in self.parts.items() if p is not None and link.running)
+        return status
 
     # --- control ---------------------------------------------------------------------------
 

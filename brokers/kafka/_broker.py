@@ -61,7 +61,7 @@ from meshgate.brokers.kafka._offsets import OffsetProbe
 from meshgate.brokers.kafka._origins import StartRead
 from meshgate.brokers.kafka._read import KafkaRead
 from meshgate.brokers.kafka._state import KafkaBrokerStats
-from meshgate.config import KafkaSettings
+from meshgate.config import KAFKA_MAX_APPEND_EVENTS, KafkaSettings
 
 __all__ = [
     "DEFAULT_FETCH_MAX_BYTES",
@@ -107,14 +107,9 @@ DEFAULT_FETCH_MAX_WAIT = 0.05
 # most partition_fetch_bytes: asking for more than that, the follower got nothing back from
 # tansu (a test's 16 KiB bounds).
 FOLLOWER_FETCH_MIN_BYTES = 1024 * 1024
-# Events all append calls together hold at most between their start and their results (more
-# wait, first come, first served): an event costs a few KB of encoded headers, record, batch
-# and result until its ack, besides its own bytes. 2,000 is 4 batches of 500 (a replication
-# link's batch) or 20 requests of 100: enough for the next produce request to fill while the
-# one before it is answered (an append bench ran fastest with 2-4 calls of 500 at once). A
-# destination's replication ingress held up to 16,000 without it (8 calls, 4 batches of 500
-# each being written): the gateway's peak went from ~115 to 181-210 MB.
-DEFAULT_MAX_APPEND_EVENTS = 2000
+# Events all append calls together hold at most (see KAFKA_MAX_APPEND_EVENTS): config's constant,
+# from which the default of a Kafka region's replication ingress is derived.
+DEFAULT_MAX_APPEND_EVENTS = KAFKA_MAX_APPEND_EVENTS
 
 
 class KafkaBroker(KafkaAppend, KafkaRead, KafkaCheckpoints, Broker, WorkSharing):

@@ -31,6 +31,7 @@ from meshgate.brokers.nats._errors import (
     AckTimeoutError,
     MessageTooLargeError,
     NotConnectedError,
+    ServerTooOldError,
 )
 from meshgate.brokers.nats._pull import (
     reraise_swallowed_cancel,
@@ -84,7 +85,7 @@ class NatsAppend(NatsState):
             return []
         try:
             nc = await self._ready()
-        except BrokerUnavailableError as exc:
+        except (BrokerUnavailableError, ServerTooOldError) as exc:
             return [exc] * len(events)
         batch = AppendBatch(
             [e.topic for e in events], [e.data for e in events], asyncio.get_running_loop().create_future()
@@ -118,7 +119,7 @@ class NatsAppend(NatsState):
             return []
         try:
             nc = await self._ready()
-        except BrokerUnavailableError as exc:
+        except (BrokerUnavailableError, ServerTooOldError) as exc:
             return [exc] * n
         batch = AppendBatch(topics, data, asyncio.get_running_loop().create_future())
         made = (
@@ -327,7 +328,8 @@ class NatsAppend(NatsState):
                 return AckTimeoutError(timeout=self._ack_timeout, in_flight=len(self._pending))
         if not self._live(nc):
             return NotConnectedError("the connection to NATS dropped; the event was not sent")
-        return None
+        # The connection may have come back meanwhile, to a server too old to write to.
+        return self._too_old if nc._server_info is self._judged_info else self._judge_server(nc)
 
     def _release(self) -> None:
         pending = len(self._pending)
@@ -348,15 +350,20 @@ class NatsAppend(NatsState):
             return
         batch, index = entry
         parse = self._parse_puback
+        too_old = self._too_old
+        if too_old is not None:
+            # From a server the client reconnected to that is older than Meshgate needs (judged
+            # as its INFO came, before any ack of it is read): not taken as stored.
+            result: AppendResult | BrokerError = too_old
         # Inline fast path of PubAckParser: this runs once per event.
         # A sequence of 0 (or with a leading zero) is never an ack: it takes the full parser.
-        if (
+        elif (
             data.startswith(parse.head)
             and data.endswith(b"}")
             and (digits := data[parse.head_len : -1]).isdigit()
             and digits[0] != _ZERO
         ):
-            result: AppendResult | BrokerError = AppendResult(int(digits), False)
+            result = AppendResult(int(digits), False)
         else:
             status = hdr[9:12].decode(errors="replace") if hdr and hdr.startswith(b"NATS/1.0 ") else None
             result = parse(data, status, subject=batch.topics[index], size=len(batch.data[index]))

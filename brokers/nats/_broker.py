@@ -26,6 +26,7 @@ import contextlib
 import logging
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import nats.errors
 import nats.js.errors
@@ -55,7 +56,6 @@ from meshgate.brokers.nats._consumer import ConsumerApi, ConsumerHost, NatsDurab
 from meshgate.brokers.nats._errors import (
     NATS_FAILURES,
     NotConnectedError,
-    ServerTooOldError,
     broker_error,
 )
 from meshgate.brokers.nats._leases import NatsLeases
@@ -67,7 +67,7 @@ from meshgate.brokers.nats._pull import (
     PullSubscription,
 )
 from meshgate.brokers.nats._read import NatsRead
-from meshgate.brokers.nats._state import NatsBrokerStats, _redact
+from meshgate.brokers.nats._state import NatsBrokerStats, _redact, too_old
 from meshgate.brokers.nats._subjects import (
     LAYOUT,
     METADATA_LAYOUT,
@@ -75,7 +75,7 @@ from meshgate.brokers.nats._subjects import (
     SubjectLayout,
     partition_stream,
 )
-from meshgate.brokers.nats._version import MINIMUM_SERVER_VERSION, older_than
+from meshgate.brokers.nats._version import server_version
 from meshgate.brokers.nats._wire import (
     PubAckParser,
 )
@@ -96,12 +96,6 @@ def _describe(exc: BaseException) -> str:
     if text.startswith("nats: "):
         return text.removeprefix("nats: ").strip("'")
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _server_version(nc: Client) -> str:
-    """The version the connected server's INFO gave ("" when none): nats-py keeps that INFO, and
-    offers the version only parsed (``connected_server_version``, which fails on a leading "v")."""
-    return str(nc._server_info.get("version", ""))
 
 
 class NatsBroker(
@@ -188,6 +182,8 @@ class NatsBroker(
         self._last_error = None
         # Why the connection last dropped, for the log and for `state_reason`.
         self._drop_reason = ""
+        self._judged_info = None
+        self._too_old = None
         self.stats = NatsBrokerStats()
         self.storage = StorageHealth(name=name, on_problem=self._start_storage_probe)
         # Readers (Subscribe) pull on a connection of their own, opened at the first read: a
@@ -273,6 +269,7 @@ class NatsBroker(
         # Acks and pulled deliveries skip nats-py's per-message machinery (see _parser).
         install_parser(nc)
         self._capture_reasons(nc)
+        self._judge_each_server(nc)
         per_attempt = max(0.1, min(self._connect_timeout, 2.0))
         try:
             await asyncio.wait_for(
@@ -333,23 +330,19 @@ class NatsBroker(
         logger.info(
             "connected to NATS %s (nats-server %s, stream %s, max_payload %d bytes, duplicate window %g s)",
             self.connected_url,
-            _server_version(nc) or "of unknown version",
+            server_version(nc) or "of unknown version",
             self.settings.stream,
             self._max_payload,
             self._window,
         )
 
-    @staticmethod
-    def _check_server_version(nc: Client) -> None:
-        """Refuses a server that would drop the stream's metadata, before the stream is touched."""
-        version = _server_version(nc)
-        if older_than(version, MINIMUM_SERVER_VERSION):
-            url = nc.connected_url
-            raise ServerTooOldError(
-                version=version,
-                minimum=MINIMUM_SERVER_VERSION,
-                where=_redact(url.geturl()) if url is not None else "?",
-            )
+    def _check_server_version(self, nc: Client) -> None:
+        """Refuses a server that would drop the stream's metadata, before the stream is touched
+        (for good: at start; a reconnect's server is judged by ``_judge_server``)."""
+        refusal = too_old(nc, reconnected=False)
+        if refusal is not None:
+            raise refusal
+        self._judged_info, self._too_old = nc._server_info, None
 
     def _stream_config(self) -> StreamConfig:
         s = self.settings
@@ -460,6 +453,7 @@ class NatsBroker(
             self._kv = None
             self._lease_kv = None
             self._connected.clear()
+            self._judged_info, self._too_old = None, None
             self.state = BrokerState.CLOSED
             self._stopping = False
 
@@ -494,6 +488,23 @@ class NatsBroker(
 
         nc._process_err = on_server_err  # type: ignore[method-assign,assignment]
         nc._process_op_err = on_op_err  # type: ignore[method-assign,assignment]
+
+    def _judge_each_server(self, nc: Client) -> None:
+        """Judges the server of each reconnect (``_judge_server``) as its INFO arrives: before
+        nats-py sends what it buffered while disconnected and before it reads any ack from it
+        (its reconnected callback comes after both). Without the hook (another nats-py
+        version) the callback and ``_ready`` judge it, later."""
+        process_info = getattr(nc, "_process_info", None)
+        if not callable(process_info):
+            return
+
+        async def on_info(info: dict[str, Any], initial_connection: bool = False) -> None:
+            await process_info(info, initial_connection)
+            # The first connect's server is judged by start, which refuses it for good.
+            if initial_connection and self._nc is nc:
+                self._judge_server(nc)
+
+        nc._process_info = on_info  # type: ignore[method-assign]
 
     async def _on_error(self, exc: Exception) -> None:
         self._last_error = exc
@@ -534,6 +545,8 @@ class NatsBroker(
             self.state = BrokerState.CONNECTED
             self.state_reason = ""
         self._drop_reason = ""
+        if nc is not None and nc._server_info is not self._judged_info:
+            self._judge_server(nc)  # seen at once (log, readiness), not only at the next append
         self._connected.set()
         logger.info("NATS %s: reconnected to %s", self.name, self.connected_url)
 

@@ -97,7 +97,9 @@ class NatsCheckpoints(NatsState):
         return entry.value
 
     def storage_problem(self) -> str | None:
-        return self.storage.problem
+        # The server reconnected to is too old: it is not written to (readiness says why).
+        too_old = self._too_old
+        return self.storage.problem or (str(too_old) if too_old is not None else None)
 
     def _start_storage_probe(self) -> None:
         """Writes a probe (not an event) until the broker stores again, or a write of an event does."""

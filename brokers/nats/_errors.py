@@ -63,19 +63,30 @@ class NotConnectedError(BrokerUnavailableError):
 
 
 class ServerTooOldError(BrokerError):
-    """The NATS server is older than Meshgate needs; final until the servers are upgraded."""
+    """The NATS server is older than Meshgate needs.
+
+    At start, final until the servers are upgraded. After a reconnect (``reconnected``: nats-py
+    reconnects by itself, maybe to another server of a cluster), appends are refused while
+    connected to it, and retriable: a later reconnect to a server new enough ends it.
+    """
 
     retriable = False
 
-    def __init__(self, *, version: str, minimum: str, where: str) -> None:
-        super().__init__(
+    def __init__(self, *, version: str, minimum: str, where: str, reconnected: bool = False) -> None:
+        message = (
             f"nats-server {version} at {where}: Meshgate needs {minimum} or newer (the region's stream keeps its "
             f"subject layout and partition count in stream metadata, which older servers drop); upgrade the "
             f"NATS servers"
         )
+        if reconnected:
+            message += (
+                f"; the client reconnected to it: appends are refused until it reconnects to one of {minimum} or newer"
+            )
+        super().__init__(message, retriable=reconnected)
         self.version = version
         self.minimum = minimum
         self.where = where
+        self.reconnected = reconnected
 
 
 class JetStreamRejectedError(EventRejectedError):

@@ -8,6 +8,7 @@ each concern's module is type-checked on its own, and the connection helpers the
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -16,9 +17,10 @@ from nats.js.kv import KeyValue
 
 from meshgate.brokers._base import AppendStats, BrokerError, BrokerUnavailableError
 from meshgate.brokers._storage import StorageHealth
-from meshgate.brokers.nats._errors import NotConnectedError
+from meshgate.brokers.nats._errors import NotConnectedError, ServerTooOldError
 from meshgate.brokers.nats._pull import PullBytes, PullSubscription
 from meshgate.brokers.nats._subjects import SubjectLayout
+from meshgate.brokers.nats._version import MINIMUM_SERVER_VERSION, older_than, server_version
 from meshgate.brokers.nats._wire import PubAckParser
 from meshgate.config import NatsSettings
 
@@ -29,7 +31,9 @@ if TYPE_CHECKING:
     from meshgate.brokers.nats._broker import NatsBroker
     from meshgate.brokers.nats._consumer import ConsumerHost, NatsDurableConsumer
 
-__all__ = ["NatsBrokerStats", "NatsState"]
+__all__ = ["NatsBrokerStats", "NatsState", "too_old"]
+
+logger = logging.getLogger(__name__)
 
 
 def _redact(url: str) -> str:
@@ -40,6 +44,26 @@ def _redact(url: str) -> str:
         return url
     user, colon, _ = userinfo.partition(":")
     return f"{scheme}{sep}{user}:***@{hostport}" if colon else f"{scheme}{sep}***@{hostport}"
+
+
+def _server_url(nc: Client) -> str:
+    """The URL of the server ``nc`` talks to, also while it connects (``connected_url`` is None
+    until then, and a reconnect's server is judged as its INFO comes)."""
+    url = nc.connected_url
+    if url is None:
+        server = getattr(nc, "_current_server", None)
+        url = getattr(server, "uri", None)
+    return _redact(url.geturl()) if url is not None else "?"
+
+
+def too_old(nc: Client, *, reconnected: bool) -> ServerTooOldError | None:
+    """The refusal of the server ``nc`` is connected to when it is older than Meshgate needs, else None."""
+    version = server_version(nc)
+    if not older_than(version, MINIMUM_SERVER_VERSION):
+        return None
+    return ServerTooOldError(
+        version=version, minimum=MINIMUM_SERVER_VERSION, where=_server_url(nc), reconnected=reconnected
+    )
 
 
 @dataclass(slots=True, kw_only=True)
@@ -100,6 +124,10 @@ class NatsState:
     _pull_bytes: PullBytes
     # All a durable consumer uses of this broker (see NatsDurableConsumer).
     _consumer_host: ConsumerHost
+    # The INFO of the server the connection was last judged on (nats-py keeps a new one at each
+    # connect), and while that server is older than Meshgate needs, the refusal of appends.
+    _judged_info: object
+    _too_old: ServerTooOldError | None
 
     if TYPE_CHECKING:
         # Of NatsBroker (lifecycle): a NatsBroker on the same servers and stream.
@@ -117,19 +145,41 @@ class NatsState:
             raise self._not_started()
         if self._stopping:
             raise BrokerUnavailableError(f"NATS broker {self.name!r} is stopping")
-        if nc.is_connected:
-            return nc
-        wait = self._ack_timeout if wait is None else wait
-        try:
-            await asyncio.wait_for(self._connected.wait(), wait)
-        except TimeoutError:
-            raise NotConnectedError(
-                f"not connected to NATS ({self._where}) for {wait:g} s; retry later",
-                waited=wait,
-            ) from None
-        if not self._live(nc):
-            raise NotConnectedError(f"NATS broker {self.name!r} lost its connection")
+        if not nc.is_connected:
+            wait = self._ack_timeout if wait is None else wait
+            try:
+                await asyncio.wait_for(self._connected.wait(), wait)
+            except TimeoutError:
+                raise NotConnectedError(
+                    f"not connected to NATS ({self._where}) for {wait:g} s; retry later",
+                    waited=wait,
+                ) from None
+            if not self._live(nc):
+                raise NotConnectedError(f"NATS broker {self.name!r} lost its connection")
+        refusal = self._too_old if nc._server_info is self._judged_info else self._judge_server(nc)
+        if refusal is not None:
+            raise refusal
         return nc
+
+    def _judge_server(self, nc: Client) -> ServerTooOldError | None:
+        """Whether the server the client is connected to now takes appends: after a reconnect
+        (maybe to another server of a cluster) it may be older than Meshgate needs. Once per
+        connect, from its reconnected callback or from the first ``_ready`` after it, whichever
+        comes first: nats-py sends on a new connection before it calls the callback. Logged
+        when appends stop being taken and when they are again."""
+        self._judged_info = nc._server_info
+        refusal = too_old(nc, reconnected=True)
+        if refusal is not None and self._too_old is None:
+            logger.warning("NATS %s: %s", self.name, refusal)
+        elif refusal is None and self._too_old is not None:
+            logger.warning(
+                "NATS %s: reconnected to nats-server %s at %s: appends are taken again",
+                self.name,
+                server_version(nc),
+                _server_url(nc),
+            )
+        self._too_old = refusal
+        return refusal
 
     def _live(self, nc: Client) -> bool:
         return self._nc is nc and nc.is_connected

@@ -8,9 +8,12 @@ config and drops the metadata, so the next start would find a stream of "another
 from __future__ import annotations
 
 import re
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-__all__ = ["MINIMUM_SERVER_VERSION", "older_than", "version_key"]
+if TYPE_CHECKING:
+    from nats.aio.client import Client
+
+__all__ = ["MINIMUM_SERVER_VERSION", "older_than", "server_version", "version_key"]
 
 MINIMUM_SERVER_VERSION: Final = "2.10.0"
 
@@ -40,3 +43,10 @@ def older_than(version: str, minimum: str = MINIMUM_SERVER_VERSION) -> bool:
     if need is None:
         raise ValueError(f"minimum version {minimum!r} is not major.minor.patch")
     return have is not None and have < need
+
+
+def server_version(nc: Client) -> str:
+    """The version the connected server's INFO gave ("" when none): nats-py keeps that INFO (a
+    new dict at each connect, reconnects too), and offers the version only parsed
+    (``connected_server_version``, which fails on a leading "v")."""
+    return str(nc._server_info.get("version", ""))

@@ -46,7 +46,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from meshgate.brokers import AppendResult, RawBatch
 from meshgate.brokers._codec import header_lines, parse_header_lines
 from meshgate.gateway._classify import ProcessedBatch
-from meshgate.observability import Tracing
+from meshgate.observability import Tracing, _tracing
 from meshgate.observability._tracing import DecisionIds, fast_decision, parse_traceparent, root_bound
 from meshgate.v1 import event_pb2, gateway_pb2, gateway_pb2_grpc, replication_pb2
 from tests._wait import eventually
@@ -293,6 +293,46 @@ def test_root_ratio_decides_on_the_trace_id_the_event_carries() -> None:
         assert flags & 1
         assert spans[e.id].context.trace_id == trace_id
     tracing.shutdown()
+
+
+@pytest.mark.parametrize(
+    "sampler", [TraceIdRatioBased(0.3), ParentBasedTraceIdRatio(0.3)], ids=lambda s: s.get_description()
+)
+def test_a_root_is_decided_alike_on_the_publish_and_the_send_path(
+    sampler: Sampler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The same random draws give the same roots sampled, with the same trace ids, whichever
+    # path decides: one decision for a parentless event (root_bound), equal to the SDK's.
+    def sampled_trace_ids(path: str) -> list[int | None]:
+        monkeypatch.setattr(_tracing, "_getrandbits", random.Random(17).getrandbits)
+        tracing, _, _ = _traced(sampler)
+        events = [ev(id=f"r-{i}", origin="a") for i in range(300)]
+        if path == "publish":
+            trace = tracing.batch(None)
+            trace.start(events)
+            trace.abandon("test")
+            stamped = [e.extensions.get("traceparent") for e in events]
+        else:
+            raw = RawBatch(
+                ids=[e.id for e in events],
+                topics=["t"] * len(events),
+                sequences=list(range(len(events))),
+                headers=[header_lines(e) for e in events],
+                data=[b"{}"] * len(events),
+            )
+            spans = tracing.start_send(raw, "b")
+            tracing.abandon(spans, "test")
+            stamped = [parse_header_lines(h).get("ce-traceparent") for h in raw.headers]
+        tracing.shutdown()
+        parsed = [None if t is None else parse_traceparent(t) for t in stamped]
+        return [None if p is None else p[0] for p in parsed]
+
+    publish, send = sampled_trace_ids("publish"), sampled_trace_ids("send")
+    assert publish == send
+    assert 40 < sum(t is not None for t in publish) < 140
+    for trace_id in publish:
+        if trace_id is not None:
+            assert sampler.should_sample(None, trace_id, "t").decision is Decision.RECORD_AND_SAMPLE
 
 
 # --- a sampled publish span without the SDK's Span: the same span -------------------------------

@@ -14,7 +14,10 @@ from typing import Any
 
 import pytest
 
+from meshgate.brokers.kafka import KafkaBroker
 from meshgate.config import (
+    KAFKA_REPLICATION_INFLIGHT_EVENTS,
+    NATS_REPLICATION_INFLIGHT_EVENTS,
     BrokerKind,
     ClientToken,
     KafkaSettings,
@@ -163,3 +166,16 @@ def test_replication_inflight_events_default_by_broker() -> None:
     assert Limits().replication_inflight_events(BrokerKind.NATS) == 32_000
     assert Limits().replication_inflight_events(BrokerKind.EMBEDDED) == 32_000
     assert Limits(max_replication_inflight_events=500).replication_inflight_events(BrokerKind.KAFKA) == 500
+
+
+def test_kafka_replication_ingress_follows_the_append_bound() -> None:
+    # The ingress holds what a Kafka broker's appends hold and twice that waiting behind them:
+    # a change of the adapter's bound moves it (both come from config's KAFKA_MAX_APPEND_EVENTS).
+    broker = KafkaBroker(bootstrap_servers=["k:9092"], settings=KafkaSettings(), idempotency_window_seconds=60)
+    assert Limits().replication_inflight_events(BrokerKind.KAFKA) == 3 * broker.max_append_events
+
+
+def test_schema_states_the_replication_ingress_defaults() -> None:
+    description = mesh_schema()["$defs"]["limits"]["properties"]["max_replication_inflight_events"]["description"]
+    kafka, nats = KAFKA_REPLICATION_INFLIGHT_EVENTS, NATS_REPLICATION_INFLIGHT_EVENTS
+    assert f"0: {kafka} in a Kafka region, {nats} in a NATS one." in description

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from meshgate.config import ConfigError, ConfigIssue, load_config, load_config_bytes, load_config_text
+from meshgate.config import ConfigError, ConfigIssue, load_config, load_config_bytes, load_config_text, mesh_schema
 
 FILE = "mesh.yaml"
 
@@ -273,6 +273,41 @@ def test_numbers_out_of_range() -> None:
         " got the number 7",
         "mesh.yaml:5:40: event_mesh.regions[0].nats.sync_always: expected true or false, got a string",
     ]
+
+
+# Where each $defs section that has integer settings sits in a file: the text before the key, the
+# indentation of the key, and the dotted path the message names. The limits give a client_rate, without
+# which a client_burst is refused for itself.
+_INTEGER_SECTIONS = {
+    "nats": (region_file("name: a\nbrokers: [n1]\nnats:\n"), 8, "event_mesh.regions[0].nats"),
+    "kafka": (region_file("name: a\nkind: kafka\nbrokers: [k1:9092]\nkafka:\n"), 8, "event_mesh.regions[0].kafka"),
+    "settings": (region_file("name: a\nkind: embedded\n") + "  settings:\n", 4, "event_mesh.settings"),
+    "limits": (
+        region_file("name: a\nkind: embedded\n") + "  settings:\n    limits:\n      client_rate: 10\n",
+        6,
+        "event_mesh.settings.limits",
+    ),
+}
+
+
+def _integer_settings() -> list[tuple[str, str, str]]:
+    """(section, key, x-expected) of every integer-typed property in the shipped schema."""
+    found = []
+    for section, definition in mesh_schema()["$defs"].items():
+        for key, prop in definition.get("properties", {}).items():
+            if isinstance(prop, dict) and prop.get("type") == "integer":
+                found.append((section, key, str(prop["x-expected"])))
+    return found
+
+
+@pytest.mark.parametrize(("section", "key", "expected"), _integer_settings())
+def test_fraction_for_an_integer_setting_is_named(section: str, key: str, expected: str) -> None:
+    # A new section with integer settings fails here (KeyError) until it is added to _INTEGER_SECTIONS.
+    head, indent, dotted = _INTEGER_SECTIONS[section]
+    text = head + " " * indent + f"{key}: 4.5\n"
+    line = text.count("\n")
+    column = indent + len(key) + 3
+    assert one_error(text) == f"mesh.yaml:{line}:{column}: {dotted}.{key}: expected an integer ({expected}), got 4.5"
 
 
 def test_bad_subject_prefix_and_stream() -> None:
