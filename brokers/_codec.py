@@ -367,76 +367,115 @@ def encode_kafka_headers(event: event_pb2.Event) -> list[tuple[str, str]]:
     return [(name, value.decode()) for name, value in kafka_record_headers(event)[0]]
 
 
-# The last event time formatted (seconds, nanos, bytes): a gateway stamps every event of a
-# request with the same admission time, so consecutive events mostly share it. One tuple,
+# The last event time as a record header (seconds, nanos, header): a gateway stamps every event
+# of a request with the same admission time, so consecutive events mostly share it. One tuple,
 # replaced whole: safe from the links' thread too.
-_last_time: tuple[int, int, bytes] = (0, -1, b"")
+_last_time: tuple[int, int, tuple[str, bytes]] = (0, -1, ("ce_time", b""))
 # Bytes of the header names every record carries (ce_id, ce_source, ce_type, ce_specversion,
 # mg-origin, mg-route).
 _FIXED_NAMES_BYTES = sum(
     map(len, (KAFKA_HEADER_ID, "ce_source", "ce_type", "ce_specversion", HEADER_ORIGIN, HEADER_ROUTE))
 )
+# Distinct values kept per header name before its table starts afresh.
+_MAX_SHARED_VALUES = 1024
 
 
-def _time_bytes(ts: timestamp_pb2.Timestamp) -> bytes:
+class _SharedHeaders(dict[str, tuple[str, bytes]]):
+    """A header's (name, encoded value) pairs by value, made at the first use of each value.
+
+    Most of a record's header values repeat from event to event (source, type, origin, route,
+    the admission time): their pairs are shared, and a record's headers are a new list with a
+    new pair for its id and those. Every tuple made is an object the garbage collector tracks,
+    and with thousands of records in flight the collections that eight new pairs per record
+    caused cost more than making them. A dict's own look-up (``__missing__`` on a miss only),
+    so safe from the links' thread too.
+    """
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+
+    def __missing__(self, value: str) -> tuple[str, bytes]:
+        if len(self) >= _MAX_SHARED_VALUES:
+            self.clear()
+        pair = self[value] = (self.name, value.encode())
+        return pair
+
+
+_SOURCES = _SharedHeaders("ce_source")
+_TYPES = _SharedHeaders("ce_type")
+_SPECVERSIONS = _SharedHeaders("ce_specversion")
+_SPEC_DEFAULT = ("ce_specversion", DEFAULT_SPECVERSION.encode())
+_CONTENT_TYPES = _SharedHeaders(HEADER_CONTENT_TYPE)
+_SCHEMAS = _SharedHeaders("ce_dataschema")
+_ORIGINS = _SharedHeaders(HEADER_ORIGIN)
+_ROUTES = _SharedHeaders(HEADER_ROUTE)
+_ORIGIN_STREAMS = _SharedHeaders(HEADER_ORIGIN_STREAM)
+
+
+def _time_header(ts: timestamp_pb2.Timestamp) -> tuple[str, bytes]:
     global _last_time  # noqa: PLW0603  # a one-entry cache, replaced whole
     seconds, nanos = ts.seconds, ts.nanos
     last = _last_time
     if last[0] == seconds and last[1] == nanos:
         return last[2]
-    text = format_time(ts).encode()
-    _last_time = (seconds, nanos, text)
-    return text
+    header = ("ce_time", format_time(ts).encode())
+    _last_time = (seconds, nanos, header)
+    return header
 
 
 def kafka_record_headers(event: event_pb2.Event) -> tuple[list[tuple[str, bytes]], int]:
     """``encode_kafka_headers`` with the values encoded (UTF-8), as a record carries them, and
-    the bytes of all names and values: the Kafka adapter's write path, in one pass per event."""
+    the bytes of all names and values: the Kafka adapter's write path, in one pass per event.
+
+    The pairs of repeating values are shared between records (``_SharedHeaders``): the list
+    is the caller's, its pairs are not to be changed.
+    """
     event_id = event.id.encode()
-    source = event.source.encode()
-    type_ = event.type.encode()
     spec = event.specversion
-    spec_value = b"1.0" if not spec or spec == DEFAULT_SPECVERSION else spec.encode()
-    origin = event.origin.encode()
     route = event.route
-    route_value = route[0].encode() if len(route) == 1 else ",".join(route[:]).encode()
-    headers = [
-        (KAFKA_HEADER_ID, event_id),
-        ("ce_source", source),
-        ("ce_type", type_),
-        ("ce_specversion", spec_value),
-    ]
-    size = _FIXED_NAMES_BYTES + len(event_id) + len(source) + len(type_) + len(spec_value)
-    size += len(origin) + len(route_value)
+    source = _SOURCES[event.source]
+    type_ = _TYPES[event.type]
+    spec_header = _SPEC_DEFAULT if not spec or spec == DEFAULT_SPECVERSION else _SPECVERSIONS[spec]
+    origin = _ORIGINS[event.origin]
+    route_header = _ROUTES[route[0] if len(route) == 1 else ",".join(route)]
+    headers = [(KAFKA_HEADER_ID, event_id), source, type_, spec_header]
+    size = _FIXED_NAMES_BYTES + len(event_id) + len(source[1]) + len(type_[1]) + len(spec_header[1])
+    size += len(origin[1]) + len(route_header[1])
     if event.HasField("time"):
-        value = _time_bytes(event.time)
-        headers.append(("ce_time", value))
-        size += 7 + len(value)
-    if event.datacontenttype:
-        value = event.datacontenttype.encode()
-        headers.append((HEADER_CONTENT_TYPE, value))
-        size += len(HEADER_CONTENT_TYPE) + len(value)
-    if event.dataschema:
-        value = event.dataschema.encode()
-        headers.append(("ce_dataschema", value))
-        size += 13 + len(value)
+        header = _time_header(event.time)
+        headers.append(header)
+        size += 7 + len(header[1])
+    content_type = event.datacontenttype
+    if content_type:
+        header = _CONTENT_TYPES[content_type]
+        headers.append(header)
+        size += len(HEADER_CONTENT_TYPE) + len(header[1])
+    schema = event.dataschema
+    if schema:
+        header = _SCHEMAS[schema]
+        headers.append(header)
+        size += 13 + len(header[1])
     if event.extensions:
         for name, text in event.extensions.items():
             if name in RESERVED_EXTENSION_NAMES:
                 raise ValueError(f"extension {name!r} collides with the CloudEvents attribute of that name")
-            header, value = KAFKA_CE_PREFIX + name, text.encode()
-            headers.append((header, value))
-            size += len(header) + len(value)
-    headers.append((HEADER_ORIGIN, origin))
-    headers.append((HEADER_ROUTE, route_value))
+            header = (KAFKA_CE_PREFIX + name, text.encode())
+            headers.append(header)
+            size += len(header[0]) + len(header[1])
+    headers.append(origin)
+    headers.append(route_header)
     if event.origin_sequence:
         value = str(event.origin_sequence).encode()
         headers.append((HEADER_ORIGIN_SEQ, value))
         size += len(HEADER_ORIGIN_SEQ) + len(value)
-    if event.origin_stream:
-        value = event.origin_stream.encode()
-        headers.append((HEADER_ORIGIN_STREAM, value))
-        size += len(HEADER_ORIGIN_STREAM) + len(value)
+    origin_stream = event.origin_stream
+    if origin_stream:
+        header = _ORIGIN_STREAMS[origin_stream]
+        headers.append(header)
+        size += len(HEADER_ORIGIN_STREAM) + len(header[1])
     return headers, size
 
 

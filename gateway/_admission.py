@@ -130,8 +130,10 @@ class Admission:
         self._region = region
         self._limits = limits
         self._route = route
-        # (source, type, key) triples that passed their checks under these limits.
-        self._checked: set[tuple[str, str, str]] = set()
+        # Sources, types and keys that passed their checks under these limits.
+        self._sources: set[str] = set()
+        self._types: set[str] = set()
+        self._keys: set[str] = set()
         self._valid_topics: set[str] = set()
 
     def check(self, event: event_pb2.Event) -> Refusal | None:
@@ -230,7 +232,7 @@ class Admission:
         return _attributes_refusal(event, self._limits, attr_chars)
 
     def _check_names(self, topic: str, event_id: str, source: str, type_: str, key: str) -> Refusal | None:
-        """Topic, id, source, type and key; a topic or triple that passed is remembered, not checked again."""
+        """Topic, id, source, type and key; a topic, source, type or key that passed is remembered."""
         if not topic:
             return Refusal("topic is required, e.g. 'orders/created'")
         if topic not in self._valid_topics:
@@ -245,18 +247,22 @@ class Admission:
             refusal = _text_field("id", event_id, max_chars=_MAX_ID_CHARS, required=False)
             if refusal is not None:
                 return refusal
-        # source, type and key repeat across events: each distinct triple is checked once.
-        triple = (source, type_, key)
-        if triple not in self._checked:
-            for name, value, cap, required in (
-                ("source", source, self._limits.max_attributes_bytes, True),
-                ("type", type_, self._limits.max_attributes_bytes, True),
-                ("key", key, _MAX_KEY_CHARS, False),
-            ):
-                refusal = _text_field(name, value, max_chars=cap, required=required)
-                if refusal is not None:
-                    return refusal
-            if len(self._checked) >= _MAX_CHECKED:
-                self._checked.clear()
-            self._checked.add(triple)
+        # source, type and key repeat across events: each distinct value is checked once (no
+        # triple of them made per event: each tuple is an object for the garbage collector).
+        if source in self._sources and type_ in self._types and key in self._keys:
+            return None
+        limits = self._limits
+        for name, value, passed, cap, required in (
+            ("source", source, self._sources, limits.max_attributes_bytes, True),
+            ("type", type_, self._types, limits.max_attributes_bytes, True),
+            ("key", key, self._keys, _MAX_KEY_CHARS, False),
+        ):
+            if value in passed:
+                continue
+            refusal = _text_field(name, value, max_chars=cap, required=required)
+            if refusal is not None:
+                return refusal
+            if len(passed) >= _MAX_CHECKED:
+                passed.clear()
+            passed.add(value)
         return None

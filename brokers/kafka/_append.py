@@ -200,6 +200,8 @@ class KafkaAppend(KafkaState):
                 self._plan(events, results, unsure, plan, records, ids, first, twins, waits, mine, call)
                 if plan:
                     batches = await self._enqueue(producer, plan, records, results)
+                # In the record batches now: their headers and keys need not wait for the ack here.
+                records.clear()
             if batches:
                 await self._collect(batches, ids, results)
         finally:
@@ -282,7 +284,10 @@ class KafkaAppend(KafkaState):
             first[event_id] = i
             inflight[event_id] = (call, i)
             mine.append(event_id)
-            plan.setdefault(kafka_topic, []).append(i)
+            members = plan.get(kafka_topic)
+            if members is None:
+                members = plan[kafka_topic] = []  # (setdefault would make a list per event)
+            members.append(i)
 
     async def _finish(
         self,
@@ -357,8 +362,13 @@ class KafkaAppend(KafkaState):
             sticky = random.randrange(len(partitions)) if last is None else last + 1  # spread, not secrecy
             self._sticky[topic] = sticky
             groups: dict[int, list[int]] = {}
+            partition_of = self._partition
             for i in plan[topic]:
-                groups.setdefault(self._partition(partitions, records[i][0], sticky), []).append(i)
+                partition = partition_of(partitions, records[i][0], sticky)
+                members = groups.get(partition)
+                if members is None:
+                    members = groups[partition] = []  # (setdefault would make a list per event)
+                members.append(i)
             for partition, members in groups.items():
                 self._fill(producer, TopicPartition(topic, partition), members, records=records, parts=parts)
         return parts
