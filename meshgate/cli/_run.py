@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -17,6 +18,7 @@ __all__ = [
     "EVENT_LOOP_ENV",
     "SWITCH_INTERVAL_SECONDS",
     "Served",
+    "freeze_startup_heap",
     "run_until_signalled",
     "use_event_loop",
     "use_switch_interval",
@@ -55,6 +57,19 @@ def use_event_loop() -> str:
         return "asyncio"
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     return "uvloop"
+
+
+def freeze_startup_heap() -> None:
+    """Takes what the start made (modules, classes, protobuf descriptors, the config: ~60,000
+    objects) out of the garbage collector's full collections.
+
+    A gateway under load ran one full collection every ~1.2 s, each 20-40 ms of CPU spent
+    walking those objects, which never become garbage: 3 % of a Kafka gateway's CPU, and a
+    pause in every event then in flight. Frozen, they are not walked again (``gc.freeze``); the
+    start's own garbage is collected first, or it would stay for good.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 class Served(Protocol):
@@ -123,6 +138,7 @@ async def run_until_signalled(gateways: Sequence[Served], *, on_serving: Callabl
         except BaseException:
             await asyncio.gather(*(gw.stop(grace=0.0) for gw in started), return_exceptions=True)
             raise
+        freeze_startup_heap()
         if on_serving is not None:
             on_serving()
         await stop.wait()
