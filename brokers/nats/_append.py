@@ -387,6 +387,35 @@ class NatsAppend(NatsState):
             if pending == 0:
                 self._idle.set()
 
+    def _on_acks(self, run: list[tuple[bytes, bytes]]) -> None:
+        """``_on_ack`` for a run of plain acks, (token, sequence) each (see ``_parser.subscribe_acks``)."""
+        if self._too_old is not None:
+            # Rare: each goes the way of any other ack (which turns it into the refusal).
+            prefix, head = self._reply_prefix.encode(), self._parse_puback.head
+            for token, seq in run:
+                self._on_ack(prefix + token, b"", None, head + seq + b"}")
+            return
+        pending = self._pending
+        late = 0
+        for token, seq in run:
+            entry = pending.pop(int(token), None)
+            if entry is None:
+                late += 1
+                continue
+            batch, index = entry
+            batch.results[index] = AppendResult(int(seq), False)
+            batch.remaining -= 1
+            if batch.remaining == 0 and batch.sealed and not batch.done.done():
+                batch.done.set_result(None)
+        stats = self.stats
+        stats.acked += len(run) - late
+        stats.late_acks += late
+        left = len(pending)
+        if left < self._max_inflight:
+            self._capacity.set()
+            if left == 0:
+                self._idle.set()
+
     def _expire(self, batch: AppendBatch) -> None:
         pending = self._pending
         error = AckTimeoutError(timeout=self._ack_timeout, in_flight=len(pending))

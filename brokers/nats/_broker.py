@@ -60,7 +60,7 @@ from meshgate.brokers.nats._errors import (
 )
 from meshgate.brokers.nats._leases import NatsLeases
 from meshgate.brokers.nats._parser import install as install_parser
-from meshgate.brokers.nats._parser import subscribe_raw
+from meshgate.brokers.nats._parser import subscribe_acks
 from meshgate.brokers.nats._pull import (
     PULL_GRACE_SECONDS,
     PullBytes,
@@ -307,10 +307,12 @@ class NatsBroker(
             self._check_server_version(nc)
             self._reply_prefix = f"{nc.new_inbox()}."
             self._reply_prefix_len = len(self._reply_prefix)
-            await subscribe_raw(
+            await subscribe_acks(
                 nc,
-                f"{self._reply_prefix}*",
+                self._reply_prefix,
+                self._parse_puback.head,
                 self._on_ack,
+                self._on_acks,
                 # Acks in flight are bounded; the limit only guards against a runaway server.
                 pending_msgs_limit=max(65_536, self._max_inflight * 4),
             )

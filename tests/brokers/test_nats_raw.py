@@ -13,7 +13,7 @@ import pytest
 from meshgate.brokers import Broker, DurableConsumer, EmbeddedNats, NatsBroker, RawBatch, StartAt, header_lines
 from meshgate.brokers._base import SequencedLog
 from meshgate.brokers._codec import _PLAIN_LINES_RE, _header_lines_problem, check_header_lines
-from meshgate.brokers.nats._parser import FastParser
+from meshgate.brokers.nats._parser import FastParser, _AckRun
 from meshgate.brokers.nats._wire import split_header_block
 from meshgate.config import NatsSettings
 from tests._servers import make_nats_broker
@@ -88,6 +88,62 @@ async def test_parser_refuses_garbage_and_survives_a_failing_handler() -> None:
     await parser.parse(b"MSG a 1 2\r\nok\r\n")  # logged, not raised: the reader goes on
     with pytest.raises(nats.errors.ProtocolError):
         await parser.parse(b"WHAT is this\r\n")
+
+
+async def test_parser_reads_runs_of_plain_acks_in_order_with_every_other_frame() -> None:
+    # The PubAck inbox's plain acks go to the run handler, a run at a time; every other frame of
+    # the inbox (a duplicate, a domain, an error, a status, a size that does not fit) goes to
+    # its raw handler, in the order the frames came, whatever the reads cut.
+    nc = _FakeClient()
+    parser = FastParser(nc)  # type: ignore[arg-type]
+    head = b'{"stream":"S","seq":'
+    order: list[tuple[str, bytes, bytes]] = []
+    parser.raw[9] = lambda subject, reply, hdr, data: order.append(("raw", subject, data))
+    parser.acks = _AckRun(b"_INBOX.ab.", 9, head, lambda run: order.extend(("ack", t, s) for t, s in run))
+
+    def ack(token: int, payload: bytes) -> bytes:
+        return b"MSG _INBOX.ab.%d 9 %d\r\n%s\r\n" % (token, len(payload), payload)
+
+    duplicate = head + b'7,"duplicate":true}'
+    status = b"NATS/1.0 503 No Responders\r\n\r\n"
+    failed = b'{"error":{"code":503,"err_code":10077,"description":"maximum bytes exceeded"},"stream":"S","seq":0}'
+    wire = b"".join(
+        [
+            ack(1, head + b"101}"),
+            ack(2, head + b"102}"),
+            ack(3, duplicate),
+            ack(4, head + b"104}"),
+            b"PING\r\n",
+            ack(5, failed),
+            ack(6, head + b"0}"),  # a sequence of 0 is no ack: the raw handler's parser says so
+            ack(7, head + b"107}\r\nxyz"),  # a payload that only starts like a plain ack
+            b"HMSG _INBOX.ab.8 9 %d %d\r\n%s\r\n" % (len(status), len(status), status),
+            ack(9, head + b"109}"),
+            ack(10, head + b"110}"),
+            b"MSG other 3 5\r\nworld\r\n",
+        ]
+    )
+    for step in (len(wire), 1, 7, 50):
+        order.clear()
+        nc.calls.clear()
+        nc.stats["in_msgs"] = 0
+        for i in range(0, len(wire), step):
+            await parser.parse(wire[i : i + step])
+        assert parser.buf == b""
+        assert order == [
+            ("ack", b"1", b"101"),
+            ("ack", b"2", b"102"),
+            ("raw", b"_INBOX.ab.3", duplicate),
+            ("ack", b"4", b"104"),
+            ("raw", b"_INBOX.ab.5", failed),
+            ("raw", b"_INBOX.ab.6", head + b"0}"),
+            ("raw", b"_INBOX.ab.7", head + b"107}\r\nxyz"),
+            ("raw", b"_INBOX.ab.8", b""),  # (its header block: the status)
+            ("ack", b"9", b"109"),
+            ("ack", b"10", b"110"),
+        ], step
+        assert nc.calls == [("ping",), ("msg", 3, b"other", b"", b"world", None)], step
+        assert nc.stats["in_msgs"] == 10, step
 
 
 def test_split_header_block_takes_the_id_and_drops_nats_headers() -> None:
