@@ -4,8 +4,12 @@ gateway then gets what is left of its ``shutdown_grace``, not all of it again (`
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
+from collections.abc import Iterator
+
+import pytest
 
 from meshgate.cli._run import run_until_signalled
 from meshgate.config import ReloadResult
@@ -44,6 +48,13 @@ class _Linked:
 
 
 SIGNALLED: list[float] = []
+
+
+@pytest.fixture(autouse=True)
+def _unfreeze() -> Iterator[None]:
+    # run_until_signalled freezes the heap once serving; the test process's other tests keep theirs collectable.
+    yield
+    gc.unfreeze()
 
 
 def _terminate() -> None:
@@ -87,3 +98,18 @@ async def test_slow_links_leave_half_of_the_grace_to_the_gateways() -> None:
     for gw in (a, b):
         _check_grace(gw, at, links_took)
         assert gw.grace is not None and gw.grace > 0.1, (gw.region, gw.grace)
+
+
+async def test_the_start_heap_is_frozen_out_of_collections_once_every_gateway_serves() -> None:
+    gc.unfreeze()
+    assert gc.get_freeze_count() == 0
+    frozen: list[int] = []
+
+    def serving() -> None:
+        frozen.append(gc.get_freeze_count())
+        _terminate()
+
+    a = _Linked("a", shutdown_grace=1.0, links_take=0.0, steps=[])
+    assert await run_until_signalled([a], on_serving=serving) == 0
+    # Frozen before the gateways are said to serve: what the start made is out of full collections.
+    assert frozen and frozen[0] > 0
