@@ -11,7 +11,7 @@ import nats.errors
 import pytest
 
 from meshgate.brokers import Broker, DurableConsumer, EmbeddedNats, NatsBroker, RawBatch, StartAt, header_lines
-from meshgate.brokers._base import SequencedLog
+from meshgate.brokers._base import AppendResult, SequencedLog
 from meshgate.brokers._codec import _PLAIN_LINES_RE, _header_lines_problem, check_header_lines
 from meshgate.brokers.nats._parser import FastParser, _AckRun
 from meshgate.brokers.nats._wire import split_header_block
@@ -482,3 +482,32 @@ async def test_recovery_scan_reads_the_origins_subjects_and_headers_only(
     assert found == {"": {1}, "orders/a 3": {7}, "p2": {8}}
     assert end == await nats_broker.log_position()
     assert await nats_broker.origin_sequences_after("nowhere", start) == ({}, end)
+
+
+async def test_a_real_servers_acks_come_in_runs_and_a_duplicate_on_its_own(nats_broker: NatsBroker) -> None:
+    # The run pattern is built from what nats-server sends: if its PubAck ever took another
+    # shape, every ack would quietly go frame by frame again. Counted on a real server.
+    runs: list[int] = []
+    singles: list[bytes] = []
+    on_acks, on_ack = nats_broker._on_acks, nats_broker._on_ack
+
+    def counted_runs(run: list[tuple[bytes, bytes]]) -> None:
+        runs.append(len(run))
+        on_acks(run)
+
+    def counted_single(subject: bytes, reply: bytes, hdr: bytes | None, data: bytes) -> None:
+        singles.append(data)
+        on_ack(subject, reply, hdr, data)
+
+    parser = nats_broker._nc._ps  # type: ignore[union-attr]
+    assert isinstance(parser, FastParser) and parser.acks is not None
+    parser.acks.handler = counted_runs
+    parser.raw = {sid: counted_single for sid in parser.raw}
+    events = [make_event("orders/created", f"run-{i}") for i in range(300)]
+    results = await nats_broker.append(events)
+    assert [r.sequence for r in results if isinstance(r, AppendResult)] == list(range(1, 301))
+    assert sum(runs) == 300 and not singles
+    assert max(runs) > 1  # many to one call
+    again = await nats_broker.append(events[:1])
+    assert isinstance(again[0], AppendResult) and again[0].duplicate and again[0].sequence == 1
+    assert sum(runs) == 300 and len(singles) == 1 and b'"duplicate"' in singles[0]
