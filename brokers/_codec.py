@@ -89,6 +89,7 @@ __all__ = [
     "escape_repeated_value",
     "escaped_repeated",
     "format_time",
+    "format_time_repeated",
     "header_lines",
     "kafka_record_headers",
     "kafka_record_id",
@@ -138,6 +139,10 @@ _QUOTE_SAFE = "!#$&'()*+,/:;<=>?@[\\]^`{|}"
 
 def escape_header_value(value: str) -> str:
     """Percent-encodes a value only when it holds a character a header may not carry as is."""
+    # What _UNSAFE_RE finds, in string methods that cost half of its search: not ASCII,
+    # control characters and DEL (not printable), space, '"', '%'.
+    if value.isascii() and value.isprintable() and " " not in value and '"' not in value and "%" not in value:
+        return value
     if _UNSAFE_RE.search(value) is None:
         return value
     return quote(value, safe=_QUOTE_SAFE)
@@ -196,6 +201,28 @@ def _parse_seconds(text: str) -> int:
 # protobuf's Timestamp range, 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z: RFC 3339's years.
 _MIN_SECONDS = -62_135_596_800
 _MAX_SECONDS = 253_402_300_799
+
+
+# The last time formatted (seconds, nanos, text, Kafka record header): a gateway stamps every
+# event of a request with the same admission time, so consecutive events mostly share it. One
+# tuple, replaced whole: safe from the links' thread too.
+_last_time: tuple[int, int, str, tuple[str, bytes]] = (0, -1, "", ("ce_time", b""))
+
+
+def _repeated_time(ts: timestamp_pb2.Timestamp) -> tuple[int, int, str, tuple[str, bytes]]:
+    global _last_time  # noqa: PLW0603  # a one-entry cache, replaced whole
+    seconds, nanos = ts.seconds, ts.nanos
+    last = _last_time
+    if last[0] == seconds and last[1] == nanos:
+        return last
+    text = format_time(ts)
+    last = _last_time = (seconds, nanos, text, ("ce_time", text.encode()))
+    return last
+
+
+def format_time_repeated(ts: timestamp_pb2.Timestamp) -> str:
+    """``format_time``, remembering the last time formatted (consecutive events mostly share it)."""
+    return _repeated_time(ts)[2]
 
 
 def format_time(ts: timestamp_pb2.Timestamp) -> str:
@@ -367,10 +394,6 @@ def encode_kafka_headers(event: event_pb2.Event) -> list[tuple[str, str]]:
     return [(name, value.decode()) for name, value in kafka_record_headers(event)[0]]
 
 
-# The last event time as a record header (seconds, nanos, header): a gateway stamps every event
-# of a request with the same admission time, so consecutive events mostly share it. One tuple,
-# replaced whole: safe from the links' thread too.
-_last_time: tuple[int, int, tuple[str, bytes]] = (0, -1, ("ce_time", b""))
 # Bytes of the header names every record carries (ce_id, ce_source, ce_type, ce_specversion,
 # mg-origin, mg-route).
 _FIXED_NAMES_BYTES = sum(
@@ -415,17 +438,6 @@ _ROUTES = _SharedHeaders(HEADER_ROUTE)
 _ORIGIN_STREAMS = _SharedHeaders(HEADER_ORIGIN_STREAM)
 
 
-def _time_header(ts: timestamp_pb2.Timestamp) -> tuple[str, bytes]:
-    global _last_time  # noqa: PLW0603  # a one-entry cache, replaced whole
-    seconds, nanos = ts.seconds, ts.nanos
-    last = _last_time
-    if last[0] == seconds and last[1] == nanos:
-        return last[2]
-    header = ("ce_time", format_time(ts).encode())
-    _last_time = (seconds, nanos, header)
-    return header
-
-
 def kafka_record_headers(event: event_pb2.Event) -> tuple[list[tuple[str, bytes]], int]:
     """``encode_kafka_headers`` with the values encoded (UTF-8), as a record carries them, and
     the bytes of all names and values: the Kafka adapter's write path, in one pass per event.
@@ -445,7 +457,7 @@ def kafka_record_headers(event: event_pb2.Event) -> tuple[list[tuple[str, bytes]
     size = _FIXED_NAMES_BYTES + len(event_id) + len(source[1]) + len(type_[1]) + len(spec_header[1])
     size += len(origin[1]) + len(route_header[1])
     if event.HasField("time"):
-        header = _time_header(event.time)
+        header = _repeated_time(event.time)[3]
         headers.append(header)
         size += 7 + len(header[1])
     content_type = event.datacontenttype

@@ -18,7 +18,7 @@ from meshgate.brokers._codec import (
     RESERVED_EXTENSION_NAMES,
     escape_header_value,
     escaped_repeated,
-    format_time,
+    format_time_repeated,
     unescape_header_value,
 )
 from meshgate.brokers.nats._errors import JetStreamUnavailableError, jetstream_error
@@ -53,7 +53,7 @@ def header_block(event: event_pb2.Event) -> str:
         f"\r\nce-specversion: {esc[spec] if spec else '1.0'}\r\n"
     )
     if event.HasField("time"):
-        block += f"ce-time: {format_time(event.time)}\r\n"
+        block += f"ce-time: {format_time_repeated(event.time)}\r\n"
     ctype = event.datacontenttype
     if ctype:
         block += f"ce-datacontenttype: {esc[ctype]}\r\n"

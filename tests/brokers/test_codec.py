@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import string
 
 import pytest
@@ -12,6 +13,7 @@ from nats.aio.client import Client
 
 from meshgate.brokers import AppendResult, decode_event, encode_headers, pattern_to_filter
 from meshgate.brokers._codec import (
+    _UNSAFE_RE,
     RESERVED_EXTENSION_NAMES,
     SubjectMapper,
     decode_kafka_record,
@@ -395,3 +397,35 @@ def test_ack_subjects() -> None:
     assert (v2.delivered, v2.stream_sequence, v2.consumer_sequence, v2.pending) == (1, 18, 6, 0)
     with pytest.raises(ValueError, match="ack subject"):
         parse_ack_subject("_INBOX.abc")
+
+
+def test_escape_header_value_leaves_exactly_what_the_rule_allows() -> None:
+    # The string-method look first must never let through what _UNSAFE_RE finds (or escape what
+    # it does not): random values over the edge characters of both give the same answer.
+    alphabet = [
+        "a",
+        "Z",
+        "0",
+        "-",
+        "!",
+        "#",
+        "$",
+        "&",
+        "~",
+        " ",
+        '"',
+        "%",
+        "\x00",
+        "\x1f",
+        "\x7f",
+        "\x80",
+        "é",
+        "\u200b",
+        "\u2028",
+    ]
+    rng = random.Random(11)
+    for _ in range(20_000):
+        value = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 6)))
+        plain = _UNSAFE_RE.search(value) is None
+        assert (escape_header_value(value) == value) is plain, repr(value)
+        assert unescape_header_value(escape_header_value(value)) == value, repr(value)
