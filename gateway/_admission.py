@@ -7,7 +7,7 @@ allowed, so a person can fix the producer without reading our code.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from google.protobuf import unknown_fields
@@ -77,14 +77,15 @@ def _text_field(name: str, value: str, *, max_chars: int, required: bool) -> Ref
     return None
 
 
-def _attributes_refusal(event: event_pb2.Event, limits: Limits, attr_chars: int) -> Refusal | None:
+def _attributes_refusal(
+    event: event_pb2.Event, extensions: Mapping[str, str], n_ext: int, limits: Limits, attr_chars: int
+) -> Refusal | None:
     """Extensions (count, names, text) and the attributes' total size against the limits.
 
     ``attr_chars``: the characters of id, source, type, datacontenttype, key and dataschema,
-    which the caller has read already (each read of a protobuf field makes a new string).
+    which the caller has read already (each read of a protobuf field makes a new string), as
+    it has the extensions and their count.
     """
-    extensions = event.extensions
-    n_ext = len(extensions)
     if n_ext > limits.max_extensions:
         return Refusal(f"{n_ext} extensions exceed max_extensions of {limits.max_extensions}", too_large=True)
     attr_bytes = attr_chars
@@ -135,6 +136,10 @@ class Admission:
         self._types: set[str] = set()
         self._keys: set[str] = set()
         self._valid_topics: set[str] = set()
+        # Set when an event checked carries extensions (so perhaps a traceparent of its own);
+        # the caller clears it before a batch and reads it after: when still False, tracing
+        # decides the batch as a whole, without reading any event's extensions again.
+        self.extended = False
 
     def check(self, event: event_pb2.Event) -> Refusal | None:
         """Why the event is refused, or None. Never mutates the event."""
@@ -229,7 +234,11 @@ class Admission:
                 f"data of {size} bytes exceeds max_data_bytes of {self._limits.max_data_bytes} bytes", too_large=True
             )
         attr_chars = len(event_id) + len(source) + len(type_) + len(content_type) + len(key) + len(schema)
-        return _attributes_refusal(event, self._limits, attr_chars)
+        extensions = event.extensions
+        n_ext = len(extensions)
+        if n_ext:
+            self.extended = True
+        return _attributes_refusal(event, extensions, n_ext, self._limits, attr_chars)
 
     def _check_names(self, topic: str, event_id: str, source: str, type_: str, key: str) -> Refusal | None:
         """Topic, id, source, type and key; a topic, source, type or key that passed is remembered."""

@@ -75,7 +75,7 @@ def _now() -> Timestamp:
 class _Admitted:
     """A batch after admission: the events to write with their routes, a slot per event."""
 
-    __slots__ = ("events", "reasons", "routes", "slots")
+    __slots__ = ("events", "extended", "reasons", "routes", "slots")
 
     def __init__(
         self,
@@ -83,6 +83,8 @@ class _Admitted:
         routes: list[tuple[str, ...]],
         slots: list[event_pb2.EventResult | None],
         reasons: list[RefusalReason],
+        *,
+        extended: bool = True,
     ) -> None:
         self.events = events
         self.routes = routes
@@ -90,6 +92,8 @@ class _Admitted:
         self.slots = slots
         # The metric reason of each refusal among the slots, in their order.
         self.reasons = reasons
+        # False when no event carries extensions: none has a traceparent of its own.
+        self.extended = extended
 
 
 class GatewayService(gateway_pb2_grpc.GatewayServicer):
@@ -148,6 +152,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
     def _admit(self, events: Sequence[event_pb2.Event], client: Client) -> _Admitted:
         """Checks and stamps a batch: the events to write, and a slot per event for its result."""
         admission = self._admission()
+        admission.extended = False
         now = _now()
         accepted: list[event_pb2.Event] = []
         routes: list[tuple[str, ...]] = []
@@ -173,7 +178,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
                     event_pb2.EventResult(id=ev.id, outcome=_REJECTED, code=_INVALID_ARGUMENT, message=admitted.message)
                 )
                 reasons.append("too_large" if admitted.too_large else "invalid")
-        return _Admitted(accepted, routes, results, reasons)
+        return _Admitted(accepted, routes, results, reasons, extended=admission.extended)
 
     async def _write(
         self, admitted: _Admitted, out: gateway_pb2.PublishResponse, trace: BatchTrace | None = None
@@ -184,7 +189,8 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         started = time.perf_counter()
         outcomes: Sequence[AppendResult | BrokerError]
         if trace is not None:
-            trace.start(events)  # a publish span per sampled event, its context in the event's traceparent
+            # A publish span per sampled event, its context in the event's traceparent.
+            trace.start(events, own_traceparents=admitted.extended)
         try:
             outcomes = await self._broker.append(events) if events else []
         except BrokerError as exc:

@@ -70,12 +70,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
+import random
 import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from random import getrandbits as _getrandbits
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -317,6 +318,7 @@ def parse_traceparent(value: str) -> tuple[int, int] | None:
 
 
 _EVERY_ROOT = 1 << 64  # above every 64-bit value
+_NEVER = 1 << 62  # a gap no gateway reaches: roots at a ratio of 0
 
 
 def root_bound(sampler: Sampler) -> int | None:
@@ -371,22 +373,75 @@ def fast_decision(sampler: Sampler) -> Decide | None:
 class DecisionIds(RandomIdGenerator):
     """The provider's id generator: a root span gets the trace id its decision was made on.
 
-    ``Tracing`` draws a root event's trace id itself to decide; for a sampled one it hands the
-    id over in ``pending`` just before ``start_span``, which asks for a trace id only for a root.
-    One gateway's tracer runs on one event loop, and nothing awaits between the two.
+    ``Tracing`` decides a root event itself; for a sampled one it hands the trace id over in
+    ``pending`` just before ``start_span``, which asks for a trace id only for a root. One
+    gateway's tracer runs on one event loop, and nothing awaits between the two.
+
+    A root is sampled with probability ``bound / 2**64`` (``root_bound``), each independently of
+    the others. Rather than draw per root, the number of roots until the next sampled one is
+    drawn once (geometric: the gaps between independent draws), so an unsampled root costs one
+    decrement, and a batch of roots that falls in a gap costs one subtraction (``roots``). A
+    sampled root's trace id is drawn below the bound: what ``TraceIdRatioBased`` decides on, so
+    every region after this one, deciding on the trace id, decides alike.
+
+    ``rng``: the random source of the decisions (a seeded one in tests); trace and span ids
+    otherwise come from the SDK's generator.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, rng: random.Random | None = None) -> None:
         self.pending = 0
+        self._rng = rng if rng is not None else random.Random()
+        self._bound = -1  # the bound the gap was drawn for
+        self._gap = 0  # roots to pass over before the next sampled one
+
+    def _next_gap(self, bound: int) -> int:
+        """Roots before the next sampled one: P(k) = (1 - p)**k * p, p = bound / 2**64."""
+        if bound <= 0:
+            return _NEVER
+        p = bound / _EVERY_ROOT
+        if p >= 1.0:
+            return 0
+        # Inverse transform of the geometric law; 1 - random() is in (0, 1], so the log is finite.
+        return int(math.log(1.0 - self._rng.random()) / math.log1p(-p))
+
+    def _root_trace_id(self, bound: int) -> int:
+        """A trace id whose low 64 bits (all a ratio reads) are below ``bound``: never the invalid 0."""
+        rng = self._rng
+        low = rng.randrange(min(bound, _EVERY_ROOT))
+        return (rng.getrandbits(64) << 64) | low or 1 << 64
 
     def draw_root(self, bound: int) -> bool:
-        """The decision for a new root event (``root_bound``), on fresh random low 64 bits (all
-        a ratio reads); when sampled, the next root span gets a trace id ending in those bits."""
-        low = _getrandbits(64)
-        if low >= bound:
+        """The decision for one new root event (``root_bound``); when sampled, the next root
+        span gets the trace id it was decided on (``pending``)."""
+        if bound != self._bound:
+            self._bound, self._gap = bound, self._next_gap(bound)
+        gap = self._gap
+        if gap:
+            self._gap = gap - 1
             return False
-        self.pending = (_getrandbits(64) << 64) | low or 1 << 64  # never the invalid 0
+        self.pending = self._root_trace_id(bound)
+        self._gap = self._next_gap(bound)
         return True
+
+    def roots(self, n: int, bound: int) -> list[tuple[int, int]]:
+        """The decisions for ``n`` new root events at once: (index, trace id) of each sampled one.
+
+        The same decisions, from the same random draws in the same order, as ``n`` calls of
+        ``draw_root``; the caller sets ``pending`` to a sampled root's trace id before its span.
+        """
+        if bound != self._bound:
+            self._bound, self._gap = bound, self._next_gap(bound)
+        gap = self._gap
+        if gap >= n:
+            self._gap = gap - n
+            return []
+        sampled: list[tuple[int, int]] = []
+        i = gap
+        while i < n:
+            sampled.append((i, self._root_trace_id(bound)))
+            i += 1 + self._next_gap(bound)
+        self._gap = i - n
+        return sampled
 
     def generate_trace_id(self) -> int:
         trace_id = self.pending
@@ -476,11 +531,13 @@ class BatchTrace:
                 self._call = (sc.trace_id, int(sc.trace_flags))
                 self._call_sc = sc
 
-    def start(self, events: Sequence[event_pb2.Event]) -> None:
+    def start(self, events: Sequence[event_pb2.Event], *, own_traceparents: bool = True) -> None:
         """Starts a publish span per admitted event that is sampled and stamps its context on it.
 
         The decision comes first (see ``fast_decision``): an unsampled event gets no span and is
         not changed, a ``traceparent`` of its own travels as the producer set it.
+        ``own_traceparents``: False when no event of the batch carries extensions (admission
+        knows), so none has a traceparent of its own: the batch is then decided as a whole.
         """
         tr = self._tracing
         decide, ids = tr.decide, tr.ids
@@ -497,6 +554,15 @@ class BatchTrace:
         call = self._call
         call_sampled = None if call is None else decide(call[0], bool(call[1] & _SAMPLED))
         bound = tr.root_bound
+        if not own_traceparents and call_sampled is not True:
+            if call_sampled is None and ids is not None:
+                # All roots: only the sampled ones are visited (an unsampled root costs nothing here).
+                for i, trace_id in ids.roots(len(events), bound):
+                    ids.pending = trace_id
+                    self._span(i, events[i], admitted_ns, light=light, own=False)
+                return
+            if call_sampled is False:
+                return
         for i, ev in enumerate(events):
             extensions = ev.extensions
             own = parse_traceparent(extensions[_TRACEPARENT]) if _TRACEPARENT in extensions else None
@@ -506,12 +572,14 @@ class BatchTrace:
                 sampled = call_sampled
             else:  # a root; without DecisionIds the SDK draws its trace id, so it decides in start_span
                 sampled = ids is None or ids.draw_root(bound)
-            if not sampled:
-                continue
-            if light:  # (a sink implies DecisionIds: a root's trace id is the one decided on)
-                self._record(i, ev, admitted_ns, own is not None)
-            else:
-                self._open(i, ev, admitted_ns)
+            if sampled:
+                self._span(i, ev, admitted_ns, light=light, own=own is not None)
+
+    def _span(self, i: int, ev: event_pb2.Event, admitted_ns: int, *, light: bool, own: bool) -> None:
+        if light:  # (a sink implies DecisionIds: a root's trace id is the one decided on)
+            self._record(i, ev, admitted_ns, own)
+        else:
+            self._open(i, ev, admitted_ns)
 
     def _attributes(self, ev: event_pb2.Event, admitted_ns: int) -> dict[str, Any]:
         return {

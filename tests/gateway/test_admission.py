@@ -285,3 +285,17 @@ def test_printable_text_that_str_isprintable_refuses_is_admitted(text: str) -> N
         event = ev(**fields)
         assert admission.check(event) is None, field
         assert isinstance(admission.admit(event, Timestamp(seconds=1)), tuple), field
+
+
+def test_admission_says_when_an_event_carried_extensions() -> None:
+    # Tracing decides a batch as a whole when no event carries extensions (so no traceparent
+    # of its own); the flag must be set by any event that does, and by none that does not.
+    admission, now = _admission(), Timestamp(seconds=1)
+    for event in (ev(id="plain"), ev(id="keyed", key="k")):
+        assert isinstance(admission.admit(event, now), tuple)
+    assert admission.extended is False
+    assert isinstance(
+        admission.admit(ev(id="own", extensions={"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"}), now), tuple
+    )
+    assert isinstance(admission.admit(ev(id="after"), now), tuple)
+    assert admission.extended is True  # until the caller clears it for the next batch

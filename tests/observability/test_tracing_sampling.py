@@ -7,6 +7,7 @@ counted) and keep the traceparent it carries, on all three paths (publish, send,
 
 from __future__ import annotations
 
+import itertools
 import random
 import secrets
 import time
@@ -46,7 +47,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from meshgate.brokers import AppendResult, RawBatch
 from meshgate.brokers._codec import header_lines, parse_header_lines
 from meshgate.gateway._classify import ProcessedBatch
-from meshgate.observability import Tracing, _tracing
+from meshgate.observability import Tracing
 from meshgate.observability._tracing import DecisionIds, fast_decision, parse_traceparent, root_bound
 from meshgate.v1 import event_pb2, gateway_pb2, gateway_pb2_grpc, replication_pb2
 from tests._wait import eventually
@@ -74,9 +75,11 @@ class CountingTracer:
         return span
 
 
-def _traced(sampler: Sampler) -> tuple[Tracing, CountingTracer, InMemorySpanExporter]:
+def _traced(
+    sampler: Sampler, *, rng: random.Random | None = None
+) -> tuple[Tracing, CountingTracer, InMemorySpanExporter]:
     exporter = InMemorySpanExporter()
-    provider = TracerProvider(sampler=sampler, id_generator=DecisionIds())
+    provider = TracerProvider(sampler=sampler, id_generator=DecisionIds(rng=rng))
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracing = Tracing(region="a", provider=provider)
     counting = CountingTracer(tracing.tracer)
@@ -298,19 +301,20 @@ def test_root_ratio_decides_on_the_trace_id_the_event_carries() -> None:
 @pytest.mark.parametrize(
     "sampler", [TraceIdRatioBased(0.3), ParentBasedTraceIdRatio(0.3)], ids=lambda s: s.get_description()
 )
-def test_a_root_is_decided_alike_on_the_publish_and_the_send_path(
-    sampler: Sampler, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_root_is_decided_alike_on_the_publish_and_the_send_path(sampler: Sampler) -> None:
     # The same random draws give the same roots sampled, with the same trace ids, whichever
-    # path decides: one decision for a parentless event (root_bound), equal to the SDK's.
+    # path decides: one decision for a parentless event (root_bound), equal to the SDK's;
+    # on the publish path alike whether the batch is decided at once (no event carries
+    # extensions) or event by event.
     def sampled_trace_ids(path: str) -> list[int | None]:
-        monkeypatch.setattr(_tracing, "_getrandbits", random.Random(17).getrandbits)
-        tracing, _, _ = _traced(sampler)
+        tracing, _, _ = _traced(sampler, rng=random.Random(17))
         events = [ev(id=f"r-{i}", origin="a") for i in range(300)]
-        if path == "publish":
-            trace = tracing.batch(None)
-            trace.start(events)
-            trace.abandon("test")
+        if path.startswith("publish"):
+            # In batches of several sizes: the gap left by one batch carries to the next.
+            for lo, hi in ((0, 7), (7, 8), (8, 150), (150, 300)):
+                trace = tracing.batch(None)
+                trace.start(events[lo:hi], own_traceparents=path == "publish, each")
+                trace.abandon("test")
             stamped = [e.extensions.get("traceparent") for e in events]
         else:
             raw = RawBatch(
@@ -327,12 +331,56 @@ def test_a_root_is_decided_alike_on_the_publish_and_the_send_path(
         parsed = [None if t is None else parse_traceparent(t) for t in stamped]
         return [None if p is None else p[0] for p in parsed]
 
-    publish, send = sampled_trace_ids("publish"), sampled_trace_ids("send")
-    assert publish == send
-    assert 40 < sum(t is not None for t in publish) < 140
-    for trace_id in publish:
+    whole, each, send = (sampled_trace_ids(p) for p in ("publish, whole", "publish, each", "send"))
+    assert whole == each == send
+    assert 40 < sum(t is not None for t in whole) < 140
+    for trace_id in whole:
         if trace_id is not None:
             assert sampler.should_sample(None, trace_id, "t").decision is Decision.RECORD_AND_SAMPLE
+
+
+@pytest.mark.parametrize("ratio", [0.01, 0.3])
+def test_roots_are_sampled_each_on_its_own_at_the_ratio(ratio: float) -> None:
+    # The gaps between sampled roots are drawn, not each root: the result must still be
+    # independent draws at the ratio. Checked on the rate and on pairs of neighbours (a
+    # sampler that took every 1/ratio-th root would have the rate but no sampled pairs).
+    bound = TraceIdRatioBased(ratio).bound
+    ids = DecisionIds(rng=random.Random(3))
+    n = 200_000
+    sampled = [ids.draw_root(bound) for _ in range(n)]
+    count = sum(sampled)
+    sd = (n * ratio * (1 - ratio)) ** 0.5
+    assert abs(count - n * ratio) < 5 * sd
+    pairs = sum(a and b for a, b in itertools.pairwise(sampled))
+    expected_pairs = (n - 1) * ratio * ratio
+    assert abs(pairs - expected_pairs) < 5 * (expected_pairs**0.5) + 5
+    # The batched decisions are the same draws: the same roots, the same trace ids.
+    one, batched = DecisionIds(rng=random.Random(11)), DecisionIds(rng=random.Random(11))
+    each: list[int] = []
+    for _ in range(5000):
+        if one.draw_root(bound):
+            each.append(one.generate_trace_id())
+        else:
+            each.append(0)
+    at_once = [0] * 5000
+    start = 0
+    for size in (1, 999, 0, 3000, 1000):
+        for i, trace_id in batched.roots(size, bound):
+            at_once[start + i] = trace_id
+        start += size
+    assert at_once == each
+    assert all(t & _LOW64 < bound and t for t in each if t)
+
+
+def test_roots_at_ratios_one_and_zero() -> None:
+    ids = DecisionIds(rng=random.Random(1))
+    every, none = TraceIdRatioBased(1.0).bound, TraceIdRatioBased(0.0).bound
+    assert [i for i, _ in ids.roots(50, every)] == list(range(50))
+    assert all(ids.draw_root(every) for _ in range(50))
+    assert ids.roots(10_000, none) == []
+    assert not any(ids.draw_root(none) for _ in range(10_000))
+    # A changed bound is decided on at once (a reload's new sampler): not after the old gap.
+    assert ids.draw_root(every)
 
 
 # --- a sampled publish span without the SDK's Span: the same span -------------------------------
