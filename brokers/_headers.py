@@ -27,7 +27,8 @@ __all__ = [
 ORIGIN_NAME = HEADER_ORIGIN.encode()
 ROUTE_NAME = HEADER_ROUTE.encode()
 _ROUTE_MARK = b"\r\n" + ROUTE_NAME + b": "
-_ROUTE_VALUE_RE = re.compile(re.escape(_ROUTE_MARK) + rb"([^\r\n]*)")
+# A value as ``header_value`` reads it: up to the next CRLF (or the end).
+_ROUTE_VALUE_RE = re.compile(re.escape(_ROUTE_MARK) + rb"(.*?)(?:\r\n|\Z)", re.DOTALL)
 
 
 def header_value(lines: bytes, name: bytes) -> bytes | None:
@@ -97,8 +98,18 @@ class RouteMatcher:
         with the route header, so that no match runs from one block into the next. False
         also when any block holds none or several (the caller then asks of each).
         """
-        if joined.count(_ROUTE_MARK) != len(blocks) or not all(map(bytes.__contains__, blocks, repeat(_ROUTE_MARK))):
+        n = len(blocks)
+        if joined.count(_ROUTE_MARK) != n or not all(map(bytes.__contains__, blocks, repeat(_ROUTE_MARK))):
             return False
+        # A batch mostly carries one route: when each route line is the first block's, one
+        # count over the bytes says so (the regex below costs ~0.2 us an event to say the same).
+        first = blocks[0]
+        start = first.find(_ROUTE_MARK) + len(_ROUTE_MARK)
+        end = first.find(b"\r\n", start)
+        if end >= 0:
+            value = first[start:end]
+            if joined.count(_ROUTE_MARK + value + b"\r\n") == n:
+                return self.route(value)
         route = self.route
         return all(route(value) for value in set(_ROUTE_VALUE_RE.findall(joined)))
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 from meshgate.brokers._codec import header_lines, parse_header_lines
 from meshgate.brokers._headers import ROUTE_NAME, RouteMatcher, header_value, header_values, set_header
 from tests.gateway._helpers import ev
@@ -42,3 +44,31 @@ def test_route_matcher_reads_the_route_of_encoded_events() -> None:
     # The decoder agrees on what the rewritten lines say.
     lines = set_header(header_lines(ev(id="4", origin="us", route=["us"])), b"ce-traceparent", b"00-x-01")
     assert parse_header_lines(lines)["ce-traceparent"] == "00-x-01"
+
+
+def test_route_matcher_names_all_equals_a_check_of_each_block() -> None:
+    # names_all decides a whole batch in scans of its bytes (one count when every route is the
+    # same); it must say what asking of each block says: exactly one route line, naming here.
+    rng = random.Random(7)
+    here = RouteMatcher("b")
+    values = [b"a,b", b"a,b", b"a,b", b"a,c", b"b", b"a,b\rjunk", b"b\nx", b"bb", b""]
+
+    def block(value: bytes | None, *, nats: bool, twice: bool = False) -> bytes:
+        lines = b"ce-id: x\r\n" + (b"" if value is None else b"mg-route: " + value + b"\r\n")
+        if twice and value is not None:
+            lines += b"mg-route: " + value + b"\r\n"
+        lines += b"mg-origin: a\r\n"
+        return b"NATS/1.0\r\n" + lines + b"\r\n" if nats else b"\r\n" + lines
+
+    def each(blocks: list[bytes]) -> bool:
+        return all(b.count(b"\r\nmg-route: ") == 1 and here(b) for b in blocks)
+
+    for _ in range(3000):
+        nats = rng.random() < 0.5
+        common = rng.choice(values)
+        blocks = []
+        for _ in range(rng.randint(1, 6)):
+            roll = rng.random()
+            value = common if roll < 0.7 else None if roll < 0.75 else rng.choice(values)
+            blocks.append(block(value, nats=nats, twice=rng.random() < 0.03))
+        assert here.names_all(blocks, b"".join(blocks)) == each(blocks), blocks
