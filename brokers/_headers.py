@@ -10,7 +10,7 @@ first) works too: its header lines follow the version line.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from itertools import repeat
 
 from meshgate.brokers._codec import HEADER_ORIGIN, HEADER_ROUTE, unescape_header_value
@@ -19,6 +19,7 @@ __all__ = [
     "ORIGIN_NAME",
     "ROUTE_NAME",
     "RouteMatcher",
+    "each_contains",
     "header_value",
     "header_values",
     "set_header",
@@ -29,6 +30,16 @@ ROUTE_NAME = HEADER_ROUTE.encode()
 _ROUTE_MARK = b"\r\n" + ROUTE_NAME + b": "
 # A value as ``header_value`` reads it: up to the next CRLF (or the end).
 _ROUTE_VALUE_RE = re.compile(re.escape(_ROUTE_MARK) + rb"(.*?)(?:\r\n|\Z)", re.DOTALL)
+
+
+def each_contains(blocks: Iterable[bytes], parts: Iterable[bytes]) -> bool:
+    """Whether each block contains its part (pass ``repeat(part)`` for the same in every block).
+
+    One pass in C: ``bytes.find`` is a fast call, where ``bytes.__contains__`` through ``map``
+    goes through a slot wrapper at about twice the cost (~170 ns a block, on every event of a
+    replicated batch, several times).
+    """
+    return min(map(bytes.find, blocks, parts), default=0) >= 0
 
 
 def header_value(lines: bytes, name: bytes) -> bytes | None:
@@ -99,8 +110,10 @@ class RouteMatcher:
         also when any block holds none or several (the caller then asks of each).
         """
         n = len(blocks)
-        if joined.count(_ROUTE_MARK) != n or not all(map(bytes.__contains__, blocks, repeat(_ROUTE_MARK))):
+        if joined.count(_ROUTE_MARK) != n or not each_contains(blocks, repeat(_ROUTE_MARK)):
             return False
+        if not n:
+            return True
         # A batch mostly carries one route: when each route line is the first block's, one
         # count over the bytes says so (the regex below costs ~0.2 us an event to say the same).
         first = blocks[0]

@@ -24,7 +24,7 @@ from meshgate.brokers._codec import (
     plain_header_blocks,
     plain_values,
 )
-from meshgate.brokers._headers import ORIGIN_NAME, RouteMatcher, header_values
+from meshgate.brokers._headers import ORIGIN_NAME, RouteMatcher, each_contains, header_values
 from meshgate.gateway._dedup import OriginState
 from meshgate.gateway._metrics import GatewayMetrics
 from meshgate.gateway._replication_peer import CallFailed, PeerCheck
@@ -243,10 +243,10 @@ class Classifier:
         _, _, origin_mid = self._origin_lines(origin)
         lined = list(map(_CRLF.__add__, headers))
         joined = b"".join(lined)
-        if not all(map(bytes.__contains__, lined, repeat(origin_mid))) or joined.lower().count(ORIGIN_NAME) != n:
+        if not each_contains(lined, repeat(origin_mid)) or joined.lower().count(ORIGIN_NAME) != n:
             return None
         id_lines = (_ID_LINES_HEAD + _ID_LINES_SEP.join(ids) + "\r\n").encode().split(b"\x00")
-        if not all(map(bytes.__contains__, lined, id_lines)):
+        if not each_contains(lined, id_lines):
             return None
         if not self._route_here.names_all(lined, joined):
             return None

@@ -32,7 +32,7 @@ from meshgate.brokers._base import (
     RawBatch,
 )
 from meshgate.brokers._codec import HEADER_ORIGIN, decode_event, escape_header_value
-from meshgate.brokers._headers import RouteMatcher
+from meshgate.brokers._headers import RouteMatcher, each_contains
 from meshgate.brokers.nats._errors import NATS_FAILURES, NotConnectedError, broker_error
 from meshgate.brokers.nats._names import check_durable_name, generation_name, generation_of
 from meshgate.brokers.nats._pull import (
@@ -489,7 +489,7 @@ class NatsDurableConsumer(DurableConsumer):
         joined = b"".join(blocks)
         origin_line = self._origin_line
         if origin_line is not None and (
-            joined.count(origin_line) != n or not all(map(bytes.__contains__, blocks, repeat(origin_line)))
+            joined.count(origin_line) != n or not each_contains(blocks, repeat(origin_line))
         ):
             return False
         routes = self._routes

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 from meshgate.brokers._codec import header_lines, parse_header_lines
-from meshgate.brokers._headers import ROUTE_NAME, RouteMatcher, header_value, header_values, set_header
+from meshgate.brokers._headers import (
+    ROUTE_NAME,
+    RouteMatcher,
+    each_contains,
+    header_value,
+    header_values,
+    set_header,
+)
 from tests.gateway._helpers import ev
 
 LINES = b"ce-id: e-1\r\nce-traceparent: 00-old-01\r\nmg-route: a,b\r\n"
@@ -72,3 +80,14 @@ def test_route_matcher_names_all_equals_a_check_of_each_block() -> None:
             value = common if roll < 0.7 else None if roll < 0.75 else rng.choice(values)
             blocks.append(block(value, nats=nats, twice=rng.random() < 0.03))
         assert here.names_all(blocks, b"".join(blocks)) == each(blocks), blocks
+
+
+def test_each_contains_is_all_of_in() -> None:
+    rng = random.Random(5)
+    parts = [b"ab", b"\r\nmg-route: ", b"x", b""]
+    for _ in range(2000):
+        blocks = [bytes(rng.choice(b"ab\r\nx") for _ in range(rng.randint(0, 8))) for _ in range(rng.randint(0, 5))]
+        part = rng.choice(parts)
+        assert each_contains(blocks, itertools.repeat(part)) == all(part in b for b in blocks)
+        own = [rng.choice(parts) for _ in blocks]
+        assert each_contains(blocks, own) == all(p in b for p, b in zip(own, blocks, strict=True))
