@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.metadata
-import itertools
 import json
 import os
 import subprocess
@@ -63,6 +62,8 @@ READERS = ("pull_ack_all", "pull_ack_none", "direct_batch", "ordered_push")
 _FILL_CHUNK = 1000
 _FILL_IN_FLIGHT = 8
 _STATUS = "Status"
+# Server log lines a drain reports: a slow consumer is logged at [INF].
+_WORTH_NOTING = ("[WRN]", "[ERR]", "Slow Consumer")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -149,6 +150,18 @@ class Drain:
     def status(self, code: str) -> None:
         self.statuses[code] = self.statuses.get(code, 0) + 1
 
+    def seen(self, seq: int) -> None:
+        """A delivery of stream sequence ``seq``: one at or below the last is a repeat or out of order."""
+        if seq <= self.last_seq:
+            self.out_of_order += 1
+        else:
+            self.last_seq = seq
+
+
+def ack_sequence(reply: str) -> int:
+    """The stream sequence in an ack subject ``$JS.ACK.<stream>.<consumer>.<n>.<sseq>.<cseq>.<ts>.<pending>``."""
+    return int(reply.split(".")[5])
+
 
 class Round:
     """One request's deliveries up to its end (``want`` messages or a status)."""
@@ -177,6 +190,7 @@ class Round:
         self.count += 1
         drain.received += 1
         self.last_reply = msg.reply
+        drain.seen(ack_sequence(msg.reply) if msg.reply else int(headers["Nats-Sequence"]))
         if self.count >= self.want:
             self.ended.set()
 
@@ -226,35 +240,22 @@ async def read_pull(nc: Any, drain: Drain, *, name: str, filter_subject: str, ba
 
 async def read_direct(nc: Any, drain: Drain, *, filter_subject: str, batch: int) -> None:
     rnd = Round()
-    inbox = nc.new_inbox()
-    sequences: list[int] = []
 
     async def on_msg(msg: Any) -> None:
-        headers = msg.headers or {}
-        if _STATUS not in headers:
-            sequences.append(int(headers["Nats-Sequence"]))
         rnd.message(msg, drain)
 
+    inbox = nc.new_inbox()
     sub = await nc.subscribe(inbox, cb=on_msg, pending_msgs_limit=4 * batch)
-    seq = 1
     try:
         while drain.received < drain.expect:
             rnd.start(batch + 1)  # the messages, then the EOB status ends it
-            sequences.clear()
             drain.requests += 1
-            body = json.dumps({"seq": seq, "batch": batch, "next_by_subj": filter_subject}).encode()
+            # From just after the last sequence seen: the reader's own position, nothing in the server.
+            body = json.dumps({"seq": drain.last_seq + 1, "batch": batch, "next_by_subj": filter_subject}).encode()
             await nc.publish(f"$JS.API.DIRECT.GET.{STREAM}", body, reply=inbox)
             await asyncio.wait_for(rnd.ended.wait(), 10)
             drain.largest_reply = max(drain.largest_reply, rnd.count)
-            drain.out_of_order += sum(1 for x, y in itertools.pairwise(sequences) if y <= x)
-            if not sequences or rnd.status not in ("204", ""):
-                break
-            if drain.last_seq and sequences[0] <= drain.last_seq:
-                drain.out_of_order += 1
-            drain.last_seq = sequences[-1]
-            # The next request starts after the last one seen: the reader's own position.
-            seq = drain.last_seq + 1
-            if rnd.headers.get("Nats-Num-Pending") == "0":
+            if not rnd.count or rnd.status != "204" or rnd.headers.get("Nats-Num-Pending") == "0":
                 break
     finally:
         await sub.unsubscribe()
@@ -265,6 +266,7 @@ async def read_ordered(nc: Any, drain: Drain, *, filter_subject: str) -> None:
 
     async def on_msg(msg: Any) -> None:
         drain.received += 1
+        drain.seen(ack_sequence(msg.reply))
         if drain.received >= drain.expect:
             drain.done.set()
 
@@ -296,10 +298,22 @@ def reader_call(
 
 
 async def drain_once(
-    url: str, pid: int, *, reader: str, run: int, expect: list[int], batch: int, timeout: float
+    server: EmbeddedNats, *, reader: str, run: int, expect: list[int], batch: int, timeout: float
 ) -> dict[str, object]:
     """One reader per partition (as Meshgate runs one link per partition), all on one connection."""
-    nc = await nats.connect(url, pending_size=64 * 1024 * 1024)
+    pid = server.pid
+    assert pid is not None
+    troubles: list[str] = []
+
+    async def on_disconnect() -> None:
+        if not nc.is_closed:
+            troubles.append("disconnected")
+
+    async def on_error(exc: Exception) -> None:
+        troubles.append(f"{type(exc).__name__}: {exc}")
+
+    nc = await nats.connect(server.url, pending_size=64 * 1024 * 1024, disconnected_cb=on_disconnect, error_cb=on_error)
+    log_mark = len(server.log_tail(10_000))
     drains = [Drain(expect=n) for n in expect]
     names = [f"probe-{reader.replace('_', '-')}-{run}-p{p}" for p in range(len(expect))]
     calls = [
@@ -307,6 +321,7 @@ async def drain_once(
         for p, d in enumerate(drains)
     ]
     error = ""
+    load = os.getloadavg()[0]
     cpu0, client0, t0 = cpu_seconds(pid), time.process_time(), time.perf_counter()
     try:
         await asyncio.wait_for(asyncio.gather(*(call() for call in calls)), timeout)
@@ -323,6 +338,7 @@ async def drain_once(
             except RuntimeError as exc:
                 error = error or f"delete: {exc}"
     await nc.close()
+    server_said = [line for line in server.log_tail(10_000)[log_mark:] if any(m in line for m in _WORTH_NOTING)]
     received = sum(d.received for d in drains)
     n = max(received, 1)
     statuses: dict[str, int] = {}
@@ -337,12 +353,15 @@ async def drain_once(
         "server_cpu_us_per_event": round(server_cpu / n * 1e6, 2),
         "client_cpu_us_per_event": round(client_cpu / n * 1e6, 1),
         "seconds": round(seconds, 2),
+        "loadavg_before": round(load, 2),
         "requests": sum(d.requests for d in drains),
         "acks": sum(d.acks for d in drains),
         "largest_reply": max(d.largest_reply for d in drains),
         "out_of_order": sum(d.out_of_order for d in drains),
         "statuses": statuses,
         "error": error,
+        "client_troubles": troubles[:5],
+        "server_warnings": [line[-160:] for line in server_said[:5]],
     }
 
 
@@ -372,11 +391,13 @@ async def direct_supported(nc: Any) -> str:
     return f"answered {len(box)} replies ending in {last}"
 
 
-async def main(*, events: int, partitions: int, batch: int, timeout: float) -> dict[str, object]:
+async def main(
+    *, events: int, partitions: int, batch: int, timeout: float, chosen: list[str], rounds: int
+) -> dict[str, object]:
     out: dict[str, object] = {"server_version": server_version()}
     print(f"nats-server: {out['server_version']}", flush=True)
     with tempfile.TemporaryDirectory(prefix="meshgate-probe-") as data_dir:
-        async with EmbeddedNats(data_dir=data_dir) as server:
+        async with EmbeddedNats(data_dir=data_dir, log_lines=100_000) as server:
             pid = server.pid
             assert pid is not None
             nc = await nats.connect(server.url, pending_size=64 * 1024 * 1024)
@@ -391,14 +412,14 @@ async def main(*, events: int, partitions: int, batch: int, timeout: float) -> d
                 out["direct_batch_unsupported"] = unsupported
             finally:
                 await nc.close()
-            readers = [r for r in READERS if not (r == "direct_batch" and unsupported)]
+            readers = [r for r in chosen if not (r == "direct_batch" and unsupported)]
             if unsupported:
                 print(f"direct_batch: not supported ({unsupported})", flush=True)
             results: dict[str, list[dict[str, object]]] = {r: [] for r in readers}
-            for run in range(2):
+            for run in range(rounds):
                 for reader in readers:
                     figures = await drain_once(
-                        server.url, pid, reader=reader, run=run, expect=expect, batch=batch, timeout=timeout
+                        server, reader=reader, run=run, expect=expect, batch=batch, timeout=timeout
                     )
                     results[reader].append(figures)
                     print(f"{reader:>14} run {run}: {figures}", flush=True)
@@ -409,6 +430,7 @@ async def main(*, events: int, partitions: int, batch: int, timeout: float) -> d
             "drained_per_partition": expect,
             "partitions": partitions,
             "batch": batch,
+            "rounds": rounds,
             "python": sys.version.split()[0],
             "nats_py": importlib.metadata.version("nats-py"),
             "loadavg": os.getloadavg()[0],
@@ -419,15 +441,31 @@ async def main(*, events: int, partitions: int, batch: int, timeout: float) -> d
 
 
 def summarize(results: dict[str, list[dict[str, object]]]) -> dict[str, object]:
-    """Mean server CPU per event of each reader, and what each saves against pull_ack_all."""
+    """Mean and least server CPU per event of each reader, and what each saves against pull_ack_all.
+
+    The least of the runs is the steadier figure on a shared machine: other load only adds.
+    """
     mean: dict[str, float] = {}
+    least: dict[str, float] = {}
     for reader, runs in results.items():
         values = [float(str(r["server_cpu_us_per_event"])) for r in runs]
         mean[reader] = round(sum(values) / len(values), 2)
-    base = mean.get("pull_ack_all", 0.0)
-    saves = {r: round(base - v, 2) for r, v in mean.items() if r != "pull_ack_all"}
-    print("server CPU us/event (mean of 2):", mean, "saved against pull_ack_all:", saves, flush=True)
-    return {"server_cpu_us_per_event_mean": mean, "saved_us_per_event_vs_pull_ack_all": saves}
+        least[reader] = min(values)
+    saves: dict[str, dict[str, float]] = {}
+    if "pull_ack_all" in mean:
+        for reader, value in mean.items():
+            if reader != "pull_ack_all":
+                saves[reader] = {
+                    "mean": round(mean["pull_ack_all"] - value, 2),
+                    "least": round(least["pull_ack_all"] - least[reader], 2),
+                }
+    print(f"server CPU us/event, mean of runs: {mean}; least: {least}", flush=True)
+    print(f"saved per event against pull_ack_all: {saves}", flush=True)
+    return {
+        "server_cpu_us_per_event_mean": mean,
+        "server_cpu_us_per_event_least": least,
+        "saved_us_per_event_vs_pull_ack_all": saves,
+    }
 
 
 if __name__ == "__main__":
@@ -438,6 +476,23 @@ if __name__ == "__main__":
     )
     parser.add_argument("--batch", type=int, default=1000, help="events per pull or direct get request (default 1000)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds each drain may take (default 60)")
+    parser.add_argument("--rounds", type=int, default=2, help="drains of each reader, alternating (default 2)")
+    parser.add_argument(
+        "--readers", default=",".join(READERS), help=f"readers to run, comma-separated (default {','.join(READERS)})"
+    )
     args = parser.parse_args()
-    figures = asyncio.run(main(events=args.events, partitions=args.partitions, batch=args.batch, timeout=args.timeout))
+    chosen = [r for r in args.readers.split(",") if r]
+    unknown = sorted(set(chosen) - set(READERS))
+    if unknown:
+        parser.error(f"unknown readers {unknown}; choose from {list(READERS)}")
+    figures = asyncio.run(
+        main(
+            events=args.events,
+            partitions=args.partitions,
+            batch=args.batch,
+            timeout=args.timeout,
+            chosen=chosen,
+            rounds=args.rounds,
+        )
+    )
     print(json.dumps(figures))
