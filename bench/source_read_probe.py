@@ -29,7 +29,8 @@ per event (nats-py's own parsing included, so only a rough guide to a reader's c
 
 Prints the findings and, last, one JSON object with the figures.
 
-    python bench/source_read_probe.py [--events 200000] [--batch 1000] [--timeout 60]
+    python bench/source_read_probe.py [--events 200000] [--partitions 8] [--batch 1000] [--timeout 60]
+        [--rounds 2] [--readers pull_ack_all,pull_ack_none,direct_batch,ordered_push]
 """
 
 from __future__ import annotations
