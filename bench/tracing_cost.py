@@ -21,8 +21,9 @@ Off and 1 % take turns in ``--rounds`` short rounds (off first in even rounds, 1
 odd ones), each load for ``--seconds / --rounds`` per mode: a neighbour's burst on a shared
 machine then weighs on both alike, and the figure is the mean of the rounds' ratios, with
 their spread (largest less smallest). "on" runs after the rounds (its spans keep the
-receiver, in this process beside the load, busy a while), for ``--seconds / --rounds``
-against the mean of off.
+receiver busy a while), for ``--seconds / --rounds`` against the mean of off. The receiver
+runs in a process of its own, as a collector would (in the load's process its decoding took
+the interpreter from the clients in the traced gateway's turns only).
 
 Prints a table (events/s, ratio to off, spans the receiver got, the gateway's CPU per
 PublishStream event: a figure the machine's other load moves less than a rate) and, last,
@@ -39,6 +40,7 @@ import asyncio
 import contextlib
 import json
 import math
+import multiprocessing
 import signal
 import sys
 import tempfile
@@ -48,6 +50,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +101,21 @@ class CountingReceiver(trace_service_pb2_grpc.TraceServiceServicer):
             with self._lock:
                 self.spans[name] += n
         return trace_service_pb2.ExportTraceServiceResponse()
+
+
+def _serve_receiver(conn: Connection) -> None:
+    """A ``CountingReceiver`` on a free port (sent first), until "stop"; then its counts."""
+    receiver = CountingReceiver()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(receiver, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        conn.send(port)
+        conn.recv()
+    finally:
+        server.stop(0)
+    conn.send(dict(receiver.spans))
 
 
 @dataclass(slots=True)
@@ -184,11 +202,17 @@ async def main(
     modes = ["off", *(m for m in MODES if m in modes and m != "off")]
     alternating = [m for m in modes if m != "on"]
     slice_s = seconds / rounds
+    # The receiver in a process of its own, as a collector is: in this one, its decoding would
+    # take the interpreter from the load's clients in the traced gateway's turns only.
+    ctx = multiprocessing.get_context("spawn")
+    conn, child_conn = ctx.Pipe()
+    receiver_proc = ctx.Process(target=_serve_receiver, args=(child_conn,), daemon=True)
+    receiver_proc.start()
+    if not conn.poll(30):
+        receiver_proc.kill()
+        raise RuntimeError("the OTLP receiver process did not start within 30 s")
+    port = conn.recv()
     receiver = CountingReceiver()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(receiver, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
     try:
         with tempfile.TemporaryDirectory(prefix="meshgate-tracing-") as tmp:
             async with EmbeddedNats(data_dir=Path(tmp) / "nats") as nats:
@@ -203,7 +227,12 @@ async def main(
                         await stream(gws["on"].stub, WARMUP_S, "warmup-on")  # type: ignore[arg-type]
                         await gws["on"].measure(slice_s, clients, tag="r0", unary_loads=unary_loads)
     finally:
-        server.stop(0)
+        conn.send("stop")
+        if conn.poll(30):
+            receiver.spans.update(conn.recv())
+        receiver_proc.join(10)
+        if receiver_proc.is_alive():
+            receiver_proc.kill()
     return report(gws, receiver, seconds=seconds, clients=clients, rounds=rounds, unary_loads=unary_loads)
 
 
