@@ -2,12 +2,13 @@
 
 Region ``a`` is two ``meshgate serve`` processes (``kind: nats``) on one nats-server (an
 ``EmbeddedNats`` of the bench), region ``b`` one gateway (``kind: embedded``); ``bench/*`` is
-routed to both. Once the replicas have split b's partitions (where Status reports them; up
-to 30 s), events are published into a through both replicas in turn for ``--seconds``,
-then, once a's links report no lag, each replica's ``Status`` says what its link to b
-forwarded during the run (the ``forwarded`` counter's growth) and, where the build reports
-them, how many partitions it holds (``LinkStatus.partitions``, the partitions the answering
-process sends), at the end and when publishing began.
+routed to both. Once the replicas have split b's partitions as the leases balance them, none
+holding more than its share (where Status reports them; up to 30 s), events are published
+into a through both replicas in turn for ``--seconds``, then, once a's links report no lag,
+each replica's ``Status`` says what its link to b forwarded during the run (the ``forwarded``
+counter's growth) and, where the build reports them, how many partitions it holds
+(``LinkStatus.partitions``, the partitions the answering process sends), at the end and when
+publishing began.
 
 * ``events_share``: each replica's part of the events forwarded to b;
 * ``imbalance``: the largest share over the mean, less 1 (0 = even; the target is <= 0.2);
@@ -80,9 +81,10 @@ async def _link(address: str, destination: str) -> dict[str, Any]:
 
 
 async def _settled(addresses: list[str], *, timeout: float) -> float | None:
-    """Seconds until every replica holds some of b's partitions and together all of them (the
-    most seen at once): the lease balancing's start-up. None when the build reports no partitions
-    or it did not settle within ``timeout`` (then publishing starts anyway)."""
+    """Seconds until the replicas hold b's partitions between them as the leases balance them:
+    together all of them (the most seen at once), none more than its share (``ceil(all /
+    replicas)``): the lease balancing's start-up. None when the build reports no partitions or
+    it did not settle within ``timeout`` (then publishing starts anyway)."""
     started = time.perf_counter()
     most = 0
     while time.perf_counter() - started < timeout:
@@ -91,7 +93,7 @@ async def _settled(addresses: list[str], *, timeout: float) -> float | None:
             return None
         counts = [int(p) for p in held if p is not None]
         most = max(most, sum(counts))
-        if most and all(counts) and sum(counts) == most:
+        if most and sum(counts) == most and max(counts) <= -(-most // len(counts)):
             return round(time.perf_counter() - started, 1)
         await asyncio.sleep(0.2)
     return None
