@@ -326,6 +326,13 @@ def _check_kind(ctx: CheckContext, base: Path, region: dict[str, object], kind: 
             " policy (jetstream sync_interval)",
             key=True,
         )
+    cpus = nats.get("cpus")
+    if kind == BrokerKind.NATS.value and type(cpus) is int and cpus != 0:  # a wrong type: the schema says so
+        ctx.add(
+            (*base, "nats", "cpus"),
+            "cpus applies only to embedded regions; a nats region's server sets its own (GOMAXPROCS)",
+            key=True,
+        )
     monitor = nats.get("monitor")
     if kind == BrokerKind.NATS.value and monitor is not None:
         ctx.add(

@@ -228,6 +228,7 @@ def _build(data: dict[str, Any], doc: Document, *, source: str, sha256: str) -> 
             sync_always=bool(nats_raw.get("sync_always", nats_default.sync_always)),
             max_payload=parse_size(nats_raw.get("max_payload", nats_default.max_payload)),
             monitor=nats_raw.get("monitor", nats_default.monitor),
+            cpus=int(nats_raw.get("cpus", nats_default.cpus)),
         )
         kafka_default = KafkaSettings()
         kafka = KafkaSettings(

@@ -54,6 +54,9 @@ class NatsSettings:
     # Embedded only: HOST:PORT of the server's HTTP monitoring (/varz, /jsz) for NATS tools;
     # None: a free port on the broker's host, shown by `meshgate up` and `meshgate status`.
     monitor: str | None = None
+    # Embedded only: the cores the server runs on at once (its GOMAXPROCS); 0: half of this
+    # machine's (at least 1), the rest left to the gateway and any other region on it.
+    cpus: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

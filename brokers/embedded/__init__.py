@@ -9,7 +9,9 @@ from meshgate.brokers.embedded._server import (
     EmbeddedNatsError,
     EmbeddedNatsState,
     RestartPolicy,
+    default_cpus,
     find_nats_server,
+    usable_cores,
 )
 
 __all__ = [
@@ -19,5 +21,7 @@ __all__ = [
     "EmbeddedNatsError",
     "EmbeddedNatsState",
     "RestartPolicy",
+    "default_cpus",
     "find_nats_server",
+    "usable_cores",
 ]

@@ -87,6 +87,7 @@ class EmbeddedNatsBroker(NatsBroker):
             restart=restart,
             monitor_host=monitor_host,
             monitor_port=monitor_port,
+            cpus=settings.cpus or None,
         )
         self._storage_restarted = -_RESTART_INTERVAL_SECONDS
 

@@ -21,6 +21,13 @@ Durability: by default JetStream writes every event to its files (the OS page ca
 acks, and fsyncs every 2 minutes: an event survives a crash or a ``kill -9`` of the server, not
 the loss of the machine within those 2 minutes. ``sync_always=True`` fsyncs every write before
 the ack (``sync_interval: always``), at a large cost in throughput.
+
+Cores: the server's Go runtime runs on ``cpus`` cores at once (its ``GOMAXPROCS``); by default
+half of those this process may use (at least one), since the gateway that embeds it, and in
+``meshgate up`` the other regions, share the machine with it. On 2 cores a server free to use
+both spent a third more CPU per replicated event than one held to one (its idle threads spin
+looking for work, and it contends with the gateways): docs/PERFORMANCE.md. ``$GOMAXPROCS`` in
+the environment is kept when ``cpus`` is not given.
 """
 
 from __future__ import annotations
@@ -51,7 +58,9 @@ __all__ = [
     "EmbeddedNatsError",
     "EmbeddedNatsState",
     "RestartPolicy",
+    "default_cpus",
     "find_nats_server",
+    "usable_cores",
 ]
 
 logger = logging.getLogger(__name__)
@@ -203,6 +212,32 @@ async def _readline(stream: asyncio.StreamReader) -> bytes:
         return b"(log line longer than %d bytes dropped)\n" % _LINE_LIMIT
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity, within a cgroup v2 CPU quota if any."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, -(-int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 limit to read
+    return max(1, cores)
+
+
+def _env_cpus() -> int | None:
+    """``$GOMAXPROCS`` when it is a core count (an operator's choice for the server), else None."""
+    value = os.environ.get("GOMAXPROCS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
+def default_cpus() -> int:
+    """The embedded server's cores when the mesh file says nothing: half of ``usable_cores``, at least 1."""
+    return max(1, usable_cores() // 2)
+
+
 class EmbeddedNats(StartStop):
     """One nats-server child process with JetStream on ``data_dir``.
 
@@ -228,9 +263,14 @@ class EmbeddedNats(StartStop):
         restart: RestartPolicy | None = DEFAULT_RESTART,
         monitor_host: str | None = None,
         monitor_port: int | None = -1,
+        cpus: int | None = None,
     ) -> None:
+        if cpus is not None and cpus < 1:
+            raise ValueError(f"cpus of {cpus} is not a core count; give 1 or more, or None for the default")
         # Absolute: the path is also how start() recognizes a server left running on it.
         self.data_dir = Path(data_dir).absolute()
+        # GOMAXPROCS of the server: the caller's, else the environment's, else default_cpus().
+        self.cpus = cpus if cpus is not None else _env_cpus() or default_cpus()
         self.host = host
         self.sync_always = sync_always
         self.server_name = server_name
@@ -343,6 +383,7 @@ class EmbeddedNats(StartStop):
             # Its own session: a Ctrl-C meant for the gateway must not kill the broker
             # before the gateway has drained into it; stop() ends it in order.
             start_new_session=True,
+            env={**os.environ, "GOMAXPROCS": str(self.cpus)},
         )
         self._proc = proc
         try:
@@ -372,13 +413,15 @@ class EmbeddedNats(StartStop):
         self.state = EmbeddedNatsState.RUNNING
         self._pump = asyncio.create_task(self._pump_log(proc), name=f"nats-server-log-{self.server_name}")
         logger.info(
-            "embedded NATS %s ready at %s%s (pid %d, data %s, sync %s)",
+            "embedded NATS %s ready at %s%s (pid %d, data %s, sync %s, %d of %d cores)",
             self.server_name,
             self.url,
             f", monitoring {self.monitor_url}" if self.monitor_url else "",
             proc.pid,
             self.data_dir,
             "always" if self.sync_always else "every 2 min",
+            self.cpus,
+            usable_cores(),
         )
 
     def _config_text(self) -> str:

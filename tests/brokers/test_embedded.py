@@ -28,7 +28,7 @@ from meshgate.brokers import (
     WorkSharing,
     make_broker,
 )
-from meshgate.brokers.embedded import RestartPolicy, find_nats_server
+from meshgate.brokers.embedded import RestartPolicy, default_cpus, find_nats_server, usable_cores
 from meshgate.brokers.kafka import KafkaBroker
 from meshgate.config import BrokerKind, NatsSettings, RegionConfig
 from tests._servers import free_port
@@ -111,6 +111,23 @@ def test_config_file(tmp_path: Path) -> None:
     assert 'listen: "127.0.0.1:4333"' in synced
     assert 'http: "127.0.0.1:-1"' in default
     assert 'http: "[::1]:8222"' in EmbeddedNats(data_dir=tmp_path / "c", host="::1", monitor_port=8222)._config_text()
+
+
+async def test_the_server_runs_on_the_cores_it_is_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # GOMAXPROCS as the server itself reports it (/varz): the mesh file's cpus, else the
+    # environment's, else half of the usable cores (the gateway shares the machine with it).
+    monkeypatch.delenv("GOMAXPROCS", raising=False)
+    for cpus, env, expected in ((1, None, 1), (3, "2", 3), (None, "2", 2), (None, None, default_cpus())):
+        if env is not None:
+            monkeypatch.setenv("GOMAXPROCS", env)
+        async with EmbeddedNats(data_dir=tmp_path / f"c{cpus}-{env}", cpus=cpus) as server:
+            assert server.monitor_url is not None
+            varz = await asyncio.to_thread(_varz, server.monitor_url)
+        assert varz["gomaxprocs"] == server.cpus == expected, (cpus, env)
+        monkeypatch.delenv("GOMAXPROCS", raising=False)
+    assert default_cpus() == max(1, usable_cores() // 2)
+    with pytest.raises(ValueError, match="cpus of 0 is not a core count"):
+        EmbeddedNats(data_dir=tmp_path / "zero", cpus=0)
 
 
 async def test_sync_always_server_runs(tmp_path: Path) -> None:

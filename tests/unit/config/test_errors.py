@@ -465,6 +465,21 @@ def test_sync_always_is_for_embedded_regions() -> None:
     )
 
 
+def test_cpus_is_for_embedded_regions_and_counts_cores() -> None:
+    """nats.cpus is the embedded nats-server's GOMAXPROCS; a nats region's server sets its own."""
+    region = load_config_text(region_file("name: a\nkind: embedded\nnats: {cpus: 3}\n")).regions[0]
+    assert region.nats.cpus == 3
+    assert load_config_text(region_file("name: a\nkind: embedded\n")).regions[0].nats.cpus == 0
+    assert one_error(region_file("name: a\nbrokers: [n1]\nnats: {cpus: 2}\n")) == (
+        "mesh.yaml:5:14: event_mesh.regions[0].nats.cpus: cpus applies only to embedded regions;"
+        " a nats region's server sets its own (GOMAXPROCS)"
+    )
+    assert one_error(region_file("name: a\nkind: embedded\nnats: {cpus: -1}\n")) == (
+        "mesh.yaml:5:20: event_mesh.regions[0].nats.cpus: expected a count of cores, 1 or more (0 for the default),"
+        " got the number -1"
+    )
+
+
 def test_a_broker_monitoring_port_is_for_embedded_regions() -> None:
     """nats.monitor pins the embedded nats-server's HTTP monitoring; a nats region's server has its own."""
     assert load_config_text(region_file("name: a\nkind: embedded\nnats: {monitor: '127.0.0.1:8222'}\n")).regions[
