@@ -61,8 +61,12 @@ TARGETS: dict[str, tuple[str, float, str]] = {
     "replicas_imbalance": ("<=", 0.2, "two replicas: largest share of events/partitions over the mean, less 1"),
 }
 
-# Rounds of the tracing phase: off and 1 % take turns, ``--seconds / TRACING_ROUNDS`` each.
-TRACING_ROUNDS = 5
+# Rounds of the tracing phase: off and 1 % take turns, ``TRACING_SECONDS_FACTOR * --seconds /
+# TRACING_ROUNDS`` each (1 s at the defaults). One round's ratio moves by up to 0.13 with the
+# machine's other load against a cost of 0.02-0.03: ten rounds, not five, so that the mean of
+# one run strays half as far.
+TRACING_ROUNDS = 10
+TRACING_SECONDS_FACTOR = 2
 
 # The phase each target's figure comes from (a skipped phase's figures are "not measured").
 _PHASE_OF = {
@@ -270,7 +274,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             args.seconds, backlog=args.kafka_backlog, drain=args.drain, timeout=args.catchup_timeout, stall=args.stall
         ),
         # PublishStream only, tracing off and at 1 % taking turns: the ratio the target names.
-        "tracing": lambda: tracing_cost.main(args.seconds, 8, TRACING_ROUNDS, modes=("off", "1%"), unary_loads=False),
+        "tracing": lambda: tracing_cost.main(
+            args.seconds * TRACING_SECONDS_FACTOR, 8, TRACING_ROUNDS, modes=("off", "1%"), unary_loads=False
+        ),
         "replicas": lambda: replicas_bench.main(args.seconds, drain=args.drain),
     }
     for phase, measure in phases.items():
