@@ -37,16 +37,12 @@ from typing import Any
 
 import nats
 
+from meshgate.bench._nats_anchor import cpu_seconds
 from meshgate.brokers import EmbeddedNats
 
 DATA = b"x" * 256
 _HEAD = "mg-origin: a\r\nmg-route: a,b\r\nce-type: bench\r\nce-source: probe\r\nce-specversion: 1.0\r\n"
 _IN_FLIGHT_BATCHES = 8
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()  # noqa: SIM115 - one read
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def hpub(subject: str, reply: str, head: str) -> list[bytes]:

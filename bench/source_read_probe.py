@@ -51,14 +51,16 @@ from typing import Any
 import nats
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
+from meshgate.bench._nats_anchor import cpu_seconds
 from meshgate.brokers import EmbeddedNats
 from meshgate.brokers.embedded import find_nats_server
+from meshgate.brokers.nats._subjects import SubjectLayout
 
 STREAM = "MESH"
-PREFIX = "mesh."
+_PREFIX = "mesh."
 ORIGIN = "a"
 DATA = b"x" * 256
-TOPICS = ("orders.created", "orders.shipped", "payments.settled", "users.updated")
+TOPICS = ("orders/created", "orders/shipped", "payments/settled", "users/updated")
 READERS = ("pull_ack_all", "pull_ack_none", "direct_batch", "ordered_push")
 _FILL_CHUNK = 1000
 _FILL_IN_FLIGHT = 8
@@ -67,27 +69,24 @@ _STATUS = "Status"
 _WORTH_NOTING = ("[WRN]", "[ERR]", "Slow Consumer")
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()  # noqa: SIM115 - one read
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def server_version() -> str:
     out = subprocess.run([str(find_nats_server()), "--version"], capture_output=True, text=True, check=False)
     return (out.stdout or out.stderr).strip()
 
 
-def event_hpub(n: int, partitions: int, reply: str) -> bytes:
-    """One event as Meshgate stores it: ``Nats-Msg-Id`` first, then CloudEvents and mesh headers."""
-    partition = n % partitions
-    subject = f"{PREFIX}{ORIGIN}.{partition}.{TOPICS[n % len(TOPICS)]}"
+def event_hpub(n: int, layout: SubjectLayout, reply: str) -> tuple[int, bytes]:
+    """One event as Meshgate stores it (``Nats-Msg-Id`` first, then CloudEvents and mesh headers,
+    under the subject layout's subject for its key's partition): (its partition, its HPUB)."""
+    key = f"key-{n % 997}"
+    partition = layout.partition(key, "")
+    subject = layout.subject(TOPICS[n % len(TOPICS)], ORIGIN, partition)
     head = (
         f"NATS/1.0\r\nNats-Msg-Id: ev-{n:09d}\r\nce-id: ev-{n:09d}\r\nce-source: probe\r\n"
-        f"ce-type: bench.event\r\nce-specversion: 1.0\r\nmg-key: key-{n % 997}\r\n"
+        f"ce-type: bench.event\r\nce-specversion: 1.0\r\nmg-key: {key}\r\n"
         f"mg-origin: {ORIGIN}\r\nmg-route: {ORIGIN}\r\n\r\n"
     ).encode()
     line = f"HPUB {subject} {reply} {len(head)} {len(head) + len(DATA)}\r\n".encode()
-    return line + head + DATA + b"\r\n"
+    return partition, line + head + DATA + b"\r\n"
 
 
 async def api(nc: Any, subject: str, body: dict[str, object] | None = None) -> dict[str, Any]:
@@ -98,12 +97,13 @@ async def api(nc: Any, subject: str, body: dict[str, object] | None = None) -> d
     return reply
 
 
-async def fill(nc: Any, *, events: int, partitions: int) -> int:
-    """Stores ``events`` events, each with a reply (at most 8 chunks in flight); returns the stream's count."""
+async def fill(nc: Any, *, events: int, layout: SubjectLayout) -> tuple[int, list[int]]:
+    """Stores ``events`` events, each with a reply (at most 8 chunks in flight); returns the
+    stream's count and how many events each partition holds."""
     await api(
         nc,
         f"STREAM.CREATE.{STREAM}",
-        {"name": STREAM, "subjects": [f"{PREFIX}>"], "storage": "file", "allow_direct": True},
+        {"name": STREAM, "subjects": [f"{_PREFIX}>"], "storage": "file", "allow_direct": True},
     )
     acked = 0
     errors = 0
@@ -117,9 +117,12 @@ async def fill(nc: Any, *, events: int, partitions: int) -> int:
 
     inbox = nc.new_inbox()
     sub = await nc.subscribe(inbox, cb=on_ack)
+    per_partition = [0] * layout.partitions
     for start in range(0, events, _FILL_CHUNK):
-        chunk = b"".join(event_hpub(n, partitions, inbox) for n in range(start, min(events, start + _FILL_CHUNK)))
-        await nc._send_command(chunk)
+        frames = [event_hpub(n, layout, inbox) for n in range(start, min(events, start + _FILL_CHUNK))]
+        for partition, _ in frames:
+            per_partition[partition] += 1
+        await nc._send_command(b"".join(frame for _, frame in frames))
         await nc._flush_pending()
         while acked < start - _FILL_IN_FLIGHT * _FILL_CHUNK:
             arrived.clear()
@@ -131,7 +134,7 @@ async def fill(nc: Any, *, events: int, partitions: int) -> int:
     if errors:
         raise RuntimeError(f"{errors} of {events} publishes answered an error")
     info = await api(nc, f"STREAM.INFO.{STREAM}")
-    return int(info["state"]["messages"])
+    return int(info["state"]["messages"]), per_partition
 
 
 @dataclass(slots=True)
@@ -299,7 +302,14 @@ def reader_call(
 
 
 async def drain_once(
-    server: EmbeddedNats, *, reader: str, run: int, expect: list[int], batch: int, timeout: float
+    server: EmbeddedNats,
+    *,
+    layout: SubjectLayout,
+    reader: str,
+    run: int,
+    expect: list[int],
+    batch: int,
+    timeout: float,
 ) -> dict[str, object]:
     """One reader per partition (as Meshgate runs one link per partition), all on one connection."""
     pid = server.pid
@@ -318,7 +328,7 @@ async def drain_once(
     drains = [Drain(expect=n) for n in expect]
     names = [f"probe-{reader.replace('_', '-')}-{run}-p{p}" for p in range(len(expect))]
     calls = [
-        reader_call(nc, d, reader=reader, name=names[p], filter_subject=f"{PREFIX}{ORIGIN}.{p}.>", batch=batch)
+        reader_call(nc, d, reader=reader, name=names[p], filter_subject=f"{layout.head(ORIGIN, p)}>", batch=batch)
         for p, d in enumerate(drains)
     ]
     error = ""
@@ -378,7 +388,7 @@ async def direct_supported(nc: Any) -> str:
 
     inbox = nc.new_inbox()
     sub = await nc.subscribe(inbox, cb=on_msg)
-    body = json.dumps({"seq": 1, "batch": 3, "next_by_subj": f"{PREFIX}{ORIGIN}.0.>"}).encode()
+    body = json.dumps({"seq": 1, "batch": 3, "next_by_subj": f"{_PREFIX}{ORIGIN}.*.>"}).encode()
     await nc.publish(f"$JS.API.DIRECT.GET.{STREAM}", body, reply=inbox)
     try:
         await asyncio.wait_for(ended.wait(), 5)
@@ -404,8 +414,8 @@ async def main(
             nc = await nats.connect(server.url, pending_size=64 * 1024 * 1024)
             try:
                 t0 = time.perf_counter()
-                stored = await fill(nc, events=events, partitions=partitions)
-                expect = [len(range(p, events, partitions)) for p in range(partitions)]
+                layout = SubjectLayout(_PREFIX, partitions)
+                stored, expect = await fill(nc, events=events, layout=layout)
                 print(
                     f"filled {stored} events in {time.perf_counter() - t0:.1f} s, {partitions} partitions", flush=True
                 )
@@ -420,7 +430,7 @@ async def main(
             for run in range(rounds):
                 for reader in readers:
                     figures = await drain_once(
-                        server, reader=reader, run=run, expect=expect, batch=batch, timeout=timeout
+                        server, layout=layout, reader=reader, run=run, expect=expect, batch=batch, timeout=timeout
                     )
                     results[reader].append(figures)
                     print(f"{reader:>14} run {run}: {figures}", flush=True)
