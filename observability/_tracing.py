@@ -410,12 +410,16 @@ class DecisionIds(RandomIdGenerator):
         low = rng.randrange(min(bound, _EVERY_ROOT))
         return (rng.getrandbits(64) << 64) | low or 1 << 64
 
+    def _gap_for(self, bound: int) -> int:
+        """The roots still to pass over at ``bound`` (a new bound, a reload's sampler, draws anew)."""
+        if bound != self._bound:
+            self._bound, self._gap = bound, self._next_gap(bound)
+        return self._gap
+
     def draw_root(self, bound: int) -> bool:
         """The decision for one new root event (``root_bound``); when sampled, the next root
         span gets the trace id it was decided on (``pending``)."""
-        if bound != self._bound:
-            self._bound, self._gap = bound, self._next_gap(bound)
-        gap = self._gap
+        gap = self._gap_for(bound)
         if gap:
             self._gap = gap - 1
             return False
@@ -429,9 +433,7 @@ class DecisionIds(RandomIdGenerator):
         The same decisions, from the same random draws in the same order, as ``n`` calls of
         ``draw_root``; the caller sets ``pending`` to a sampled root's trace id before its span.
         """
-        if bound != self._bound:
-            self._bound, self._gap = bound, self._next_gap(bound)
-        gap = self._gap
+        gap = self._gap_for(bound)
         if gap >= n:
             self._gap = gap - n
             return []
@@ -554,14 +556,18 @@ class BatchTrace:
         call = self._call
         call_sampled = None if call is None else decide(call[0], bool(call[1] & _SAMPLED))
         bound = tr.root_bound
-        if not own_traceparents and call_sampled is not True:
-            if call_sampled is None and ids is not None:
-                # All roots: only the sampled ones are visited (an unsampled root costs nothing here).
+        if not own_traceparents:
+            # No event has a traceparent of its own: each is the call's child, or a root.
+            if call_sampled is not None:
+                if call_sampled:
+                    for i, ev in enumerate(events):
+                        self._span(i, ev, admitted_ns, light=light, own=False)
+                return
+            if ids is not None:
+                # Only the sampled roots are visited: an unsampled one costs nothing here.
                 for i, trace_id in ids.roots(len(events), bound):
                     ids.pending = trace_id
                     self._span(i, events[i], admitted_ns, light=light, own=False)
-                return
-            if call_sampled is False:
                 return
         for i, ev in enumerate(events):
             extensions = ev.extensions

@@ -339,6 +339,26 @@ def test_a_root_is_decided_alike_on_the_publish_and_the_send_path(sampler: Sampl
             assert sampler.should_sample(None, trace_id, "t").decision is Decision.RECORD_AND_SAMPLE
 
 
+@pytest.mark.parametrize("call_flags", [1, 0])
+def test_a_batch_decided_at_once_follows_the_calls_sampled_flag(call_flags: int) -> None:
+    # Without extensions in the batch (own_traceparents=False) every event is the call's child:
+    # all sampled with a sampled call, none with an unsampled one, as event by event.
+    def publish(own_traceparents: bool) -> tuple[list[int | None], int]:
+        tracing, _, exporter = _traced(ParentBasedTraceIdRatio(0.0))
+        events = [ev(id=f"c-{i}") for i in range(5)]
+        trace = tracing.batch(tracing.call_context((("traceparent", _tp(0xCA11, 0x5, call_flags)),)))
+        trace.start(events, own_traceparents=own_traceparents)
+        trace.end([AppendResult(sequence=i, duplicate=False) for i in range(len(events))])
+        parsed = [parse_traceparent(e.extensions.get("traceparent", "")) for e in events]
+        spans = len(exporter.get_finished_spans())
+        tracing.shutdown()
+        return [None if p is None else p[0] for p in parsed], spans
+
+    whole, each = publish(False), publish(True)
+    assert whole == each
+    assert whole == ([0xCA11] * 5, 5) if call_flags else ([None] * 5, 0)
+
+
 @pytest.mark.parametrize("ratio", [0.01, 0.3])
 def test_roots_are_sampled_each_on_its_own_at_the_ratio(ratio: float) -> None:
     # The gaps between sampled roots are drawn, not each root: the result must still be
