@@ -25,9 +25,10 @@ the ack (``sync_interval: always``), at a large cost in throughput.
 Cores: the server's Go runtime runs on ``cpus`` cores at once (its ``GOMAXPROCS``); by default
 half of those this process may use (at least one), since the gateway that embeds it, and in
 ``meshgate up`` the other regions, share the machine with it. On 2 cores a server free to use
-both spent a third more CPU per replicated event than one held to one (its idle threads spin
-looking for work, and it contends with the gateways): docs/PERFORMANCE.md. ``$GOMAXPROCS`` in
-the environment is kept when ``cpus`` is not given.
+both spent ~13 % more CPU per replicated event as a destination than one held to one (its idle
+threads spin looking for work, and it contends with the gateways): docs/PERFORMANCE.md.
+``$GOMAXPROCS`` in the environment is kept when ``cpus`` is not given. The quota read is the
+cgroup v2 one at ``/sys/fs/cgroup`` (a container's own cgroup).
 """
 
 from __future__ import annotations
@@ -230,7 +231,13 @@ def usable_cores() -> int:
 def _env_cpus() -> int | None:
     """``$GOMAXPROCS`` when it is a core count (an operator's choice for the server), else None."""
     value = os.environ.get("GOMAXPROCS", "")
-    return int(value) if value.isdigit() and int(value) > 0 else None
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    if value:
+        logger.warning(
+            "GOMAXPROCS=%r is not a core count (1 or more); the embedded nats-server gets the default instead", value
+        )
+    return None
 
 
 def default_cpus() -> int:

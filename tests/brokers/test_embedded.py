@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import socket
@@ -113,7 +114,9 @@ def test_config_file(tmp_path: Path) -> None:
     assert 'http: "[::1]:8222"' in EmbeddedNats(data_dir=tmp_path / "c", host="::1", monitor_port=8222)._config_text()
 
 
-async def test_the_server_runs_on_the_cores_it_is_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_the_server_runs_on_the_cores_it_is_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     # GOMAXPROCS as the server itself reports it (/varz): the mesh file's cpus, else the
     # environment's, else half of the usable cores (the gateway shares the machine with it).
     monkeypatch.delenv("GOMAXPROCS", raising=False)
@@ -126,6 +129,11 @@ async def test_the_server_runs_on_the_cores_it_is_given(tmp_path: Path, monkeypa
         assert varz["gomaxprocs"] == server.cpus == expected, (cpus, env)
         monkeypatch.delenv("GOMAXPROCS", raising=False)
     assert default_cpus() == max(1, usable_cores() // 2)
+    # A $GOMAXPROCS that is no core count is said, not obeyed.
+    monkeypatch.setenv("GOMAXPROCS", "two")
+    with caplog.at_level(logging.WARNING, logger="meshgate.brokers.embedded._server"):
+        assert EmbeddedNats(data_dir=tmp_path / "bad-env").cpus == default_cpus()
+    assert "GOMAXPROCS='two' is not a core count" in caplog.text
     with pytest.raises(ValueError, match="cpus of 0 is not a core count"):
         EmbeddedNats(data_dir=tmp_path / "zero", cpus=0)
 
