@@ -37,8 +37,6 @@ from meshgate.brokers.nats._errors import NATS_FAILURES, NotConnectedError, brok
 from meshgate.brokers.nats._names import check_durable_name, generation_name, generation_of
 from meshgate.brokers.nats._pull import (
     CONSUMER_LOST,
-    FULL,
-    NO_MESSAGES,
     PULL_GRACE_SECONDS,
     TIMEOUT,
     PullSubscription,
@@ -361,17 +359,17 @@ class NatsDurableConsumer(DurableConsumer):
         nc = await host.ready(max(timeout, 0.05))
         try:
             status: str | None = None
-            if not puller.buffer:
+            if not puller.buffer and timeout > 0:
+                # One request: what is there now, else the first events to land within
+                # ``timeout``. With no_wait and expires the server ends it as soon as it has
+                # delivered what was pending (or at expiry), so nothing stays requested
+                # afterwards; one round trip where "nothing now", "the next one" and "the rest"
+                # took three.
+                await puller.request(max_events, no_wait=True, expires=timeout)
+                status = await puller.wait(timeout + PULL_GRACE_SECONDS)
+            elif not puller.buffer:
                 await puller.request(max_events, no_wait=True)
                 status = await puller.wait(host.ack_timeout)
-                if not puller.buffer and status in NO_MESSAGES and timeout > 0:
-                    # Nothing now: linger for ONE event so nothing stays requested afterwards,
-                    # then take whatever else has arrived meanwhile.
-                    await puller.request(1, expires=timeout)
-                    status = await puller.wait(timeout + PULL_GRACE_SECONDS)
-                    if status == FULL and max_events > 1:
-                        await puller.request(max_events - 1, no_wait=True)
-                        status = await puller.wait(host.ack_timeout)
             if status in CONSUMER_LOST:
                 await self._on_lost(puller, status)
             elif status == TIMEOUT and not nc.is_connected:

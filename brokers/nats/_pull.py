@@ -8,6 +8,9 @@ end on the server:
 
 * ``no_wait`` for up to N: the server sends what it has, then a 404/408 status when that was
   fewer than N (nothing when it was exactly N);
+* ``no_wait`` with ``expires`` for up to N: the same when there are events; when there are
+  none, the first ones to land within the expiry (then a 404 once it has sent what was
+  pending), or a 408 at expiry;
 * ``expires`` for 1: the next event, or a 408 status at expiry.
 
 A request may carry ``max_bytes``: the server then stops once the next event would not fit

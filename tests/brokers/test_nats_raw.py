@@ -14,6 +14,7 @@ from meshgate.brokers import Broker, DurableConsumer, EmbeddedNats, NatsBroker, 
 from meshgate.brokers._base import AppendResult, SequencedLog
 from meshgate.brokers._codec import _PLAIN_LINES_RE, _header_lines_problem, check_header_lines
 from meshgate.brokers.nats._parser import FastParser, _AckRun
+from meshgate.brokers.nats._pull import PullSubscription
 from meshgate.brokers.nats._wire import split_header_block
 from meshgate.config import NatsSettings
 from tests._servers import make_nats_broker
@@ -253,6 +254,42 @@ async def test_raw_fetch_and_append_carry_the_stored_bytes(nats_server: Embedded
         want.CopyFrom(ev)
         want.origin_sequence, want.sequence = seq, copy.sequence
         assert copy == want
+
+
+async def test_a_fetch_that_waits_takes_the_first_events_in_one_pull_and_leaves_none_waiting(
+    nats_broker: NatsBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A link's fetch when it is caught up: one pull request (no_wait with expires) that the
+    server ends as soon as it has delivered what landed, never one left waiting there."""
+    consumer = await nats_broker.durable_consumer("link-there", origin="here", routed_to="there")
+    host = nats_broker._consumer_host
+    started = asyncio.get_running_loop().time()
+    assert len(await consumer.fetch_raw(100, timeout=0.3)) == 0
+    assert asyncio.get_running_loop().time() - started >= 0.25  # it waited for the expiry
+    assert (await host.api.info(consumer.name)).num_waiting == 0
+    requests: list[dict[str, Any]] = []
+    request = PullSubscription.request
+
+    async def counted(self: PullSubscription, batch: int, **options: Any) -> None:
+        requests.append({"batch": batch, **options})
+        await request(self, batch, **options)
+
+    monkeypatch.setattr(PullSubscription, "request", counted)
+    waiting = asyncio.ensure_future(consumer.fetch_raw(100, timeout=BOUND))
+    await asyncio.sleep(0.1)  # the pull is at the server, waiting
+    assert (await host.api.info(consumer.name)).num_waiting == 1
+    events = [make_event("orders/created", f"w{i}", origin="here", route=["here", "there"]) for i in range(5)]
+    sequences(await nats_broker.append(events))
+    raw = await asyncio.wait_for(waiting, BOUND)
+    assert len(raw) >= 1 and raw.ids == [e.id for e in events[: len(raw)]]
+    assert requests == [{"batch": 100, "no_wait": True, "expires": BOUND}]
+    assert (await host.api.info(consumer.name)).num_waiting == 0
+    # Whatever the first pull did not take comes with the next, in order.
+    rest = await _fetch_all(consumer, 5 - len(raw)) if len(raw) < 5 else RawBatch()
+    assert raw.ids + rest.ids == [e.id for e in events]
+    await consumer.ack_raw(rest if rest.ids else raw)
+    assert await consumer.pending() == 0
+    await consumer.close()
 
 
 def sequences_of(results: list[Any]) -> list[Any]:
