@@ -10,6 +10,9 @@ reads only ``OTEL_*``):
   ``OTEL_TRACES_SAMPLER_ARG=0.01``, ``OTEL_BSP_SCHEDULE_DELAY=100`` (exports within its own
   turns; see ``EXPORT_EVERY_MS``);
 * on: the same with ``OTEL_TRACES_SAMPLER=always_on``;
+* control (only when named): a second gateway like off (``OTEL_SDK_DISABLED=true``), in
+  turns with the others like 1 %: its ratio to off is the bench's own reading between two
+  processes doing the same work;
 
 then measures, with events of 256 bytes of data (no producer ``traceparent``: each event
 starts its own trace at the gateway):
@@ -30,6 +33,7 @@ PublishStream event: a figure the machine's other load moves less than a rate) a
 one JSON line.
 
     python bench/tracing_cost.py [--seconds 3] [--clients 8] [--rounds 5] [--modes off,1%,on]
+    python bench/tracing_cost.py --seconds 10 --rounds 10 --modes off,1%,control
     python bench/tracing_cost.py --in-process   # the per-event costs, in us of CPU, no servers
 """
 
@@ -68,7 +72,13 @@ MODES: dict[str, dict[str, str]] = {
     "off": {},
     "1%": {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.01"},
     "on": {"OTEL_TRACES_SAMPLER": "always_on"},
+    # A second untraced gateway in 1 %'s place: what the bench reads between two processes
+    # that do the same work (one process against another differs by a few %, which a single
+    # run of off against 1 % cannot tell from tracing's cost).
+    "control": {"OTEL_SDK_DISABLED": "true"},
 }
+# What a run measures when no modes are named: the control only when asked for.
+DEFAULT_MODES = ("off", "1%", "on")
 # Loads of a measurement: key in the figures -> what the table calls it.
 LOADS = {"unary_100": "Publish 100/call", "stream_100": "PublishStream 100"}
 # Each gateway's first load runs this long unmeasured (the channel, the stream, the SDK's imports).
@@ -191,11 +201,12 @@ async def _gateways(modes: Sequence[str], *, mesh: Path, tmp: Path, otlp: str) -
 
 
 async def main(
-    seconds: float, clients: int, rounds: int = 5, *, modes: Sequence[str] = tuple(MODES), unary_loads: bool = True
+    seconds: float, clients: int, rounds: int = 5, *, modes: Sequence[str] = DEFAULT_MODES, unary_loads: bool = True
 ) -> dict[str, object]:
     """Off and 1 % in turn for ``rounds`` rounds of ``seconds / rounds`` each, then "on"; the figures.
 
-    ``modes``: which of off (always measured), 1 % and on. ``unary_loads=False`` measures
+    ``modes``: which of off (always measured), 1 %, on and control (untraced, in turns with
+    off like 1 %). ``unary_loads=False`` measures
     PublishStream only (unary figures are then None).
     """
     rounds = max(1, rounds)
@@ -257,7 +268,7 @@ def report(
         f"{'spans':>10} {'CPU us/event':>12}"
     )
     for mode, gw in gws.items():
-        key = {"off": "off", "on": "on", "1%": "ratio_0_01"}[mode]
+        key = {"off": "off", "on": "on", "1%": "ratio_0_01", "control": "control"}[mode]
         cells = []
         for load in LOADS:
             rate = _mean(gw.rates[load])
@@ -279,7 +290,7 @@ def report(
                 out[f"{key}_{short}_ratio_to_off"] = _round(stats.mean)
                 out[f"{key}_{short}_ratio_rounds"] = [round(x, 3) for x in stats.rounds]
                 out[f"{key}_{short}_ratio_spread"] = _round(stats.spread)
-        spans = received[service_name(mode)] if mode != "off" else 0
+        spans = received[service_name(mode)] if mode not in ("off", "control") else 0
         out[f"{key}_spans_received"] = spans
         # The gateway's CPU per PublishStream event: less moved by neighbours than a rate.
         out[f"{key}_stream_cpu_us_per_event"] = _round(gw.cpu_us_per_event(), 2)
@@ -384,7 +395,11 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=3.0, help="measured time of each mode and load (default 3)")
     parser.add_argument("--clients", type=int, default=8, help="concurrent unary callers (default 8)")
     parser.add_argument("--rounds", type=int, default=5, help="turns of off and 1 %% (default 5)")
-    parser.add_argument("--modes", default="off,1%,on", help="comma-separated modes among off, 1%%, on (default all)")
+    parser.add_argument(
+        "--modes",
+        default=",".join(DEFAULT_MODES),
+        help="comma-separated modes among off, 1%%, on, control (a second untraced gateway; default off,1%%,on)",
+    )
     parser.add_argument(
         "--in-process", action="store_true", help="only the per-event costs in this process (no servers)"
     )
