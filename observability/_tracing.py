@@ -841,14 +841,23 @@ class Tracing:
         return spans if sampled else []
 
     @staticmethod
-    def end_send(spans: Sequence[Span | None], refused: Mapping[int, str], *, duplicates: int) -> None:
-        """Ends the send spans of an acked batch: ``refused`` by index, ``duplicates`` of the rest.
+    def end_send(spans: Sequence[Span | None], refused: Mapping[int, str], *, duplicates: int | None) -> None:
+        """Ends the send spans of an acked batch: ``refused`` by index, ``duplicates`` of the rest
+        (None: not known, as for a batch sent within a larger request).
 
         The destination counts duplicates per batch, not per event: the outcome attribute says
         ``duplicate`` or ``accepted`` when the whole rest of the batch was one or the other.
         """
         kept = len(spans) - len(refused)
-        outcome = "duplicate" if duplicates and duplicates == kept else "accepted" if not duplicates else None
+        outcome = (
+            None
+            if duplicates is None
+            else "duplicate"
+            if duplicates and duplicates == kept
+            else "accepted"
+            if not duplicates
+            else None
+        )
         for i, span in enumerate(spans):
             if span is None:
                 continue

@@ -7,6 +7,7 @@ from typing import Final
 
 from meshgate.brokers import Broker
 from meshgate.replicator._link import Link, LinkCounters, LinkOptions, LinkState, lag_seconds_of, status_of
+from meshgate.replicator._trunk import Trunk
 from meshgate.v1 import admin_pb2
 
 __all__ = ["BY_ATTENTION", "LinkGroup", "merge_statuses", "worst_state"]
@@ -88,9 +89,17 @@ class LinkGroup:
     ) -> None:
         self.destination = destination
         keys: list[int | None] = list(range(partitions)) if partitions is not None else [None]
+        # The partition links running here share one call to the destination (replicator._trunk).
+        trunk = Trunk(source=source, destination=destination, options=options) if partitions is not None else None
         self.parts: dict[int | None, Link] = {
             p: Link(
-                source=source, destination=destination, address=address, broker=broker, options=options, partition=p
+                source=source,
+                destination=destination,
+                address=address,
+                broker=broker,
+                options=options,
+                partition=p,
+                trunk=trunk,
             )
             for p in keys
         }

@@ -9,9 +9,9 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -25,6 +25,7 @@ from meshgate.brokers import (
     parse_header_lines,
 )
 from meshgate.config import Settings
+from meshgate.replicator._trunk import CHANNEL_OPTIONS, LinkError, Member, TlsRotated, Trunk
 from meshgate.tls import ClientTls, TlsError, TlsMaterial
 from meshgate.v1 import admin_pb2, event_pb2, replication_pb2, replication_pb2_grpc
 
@@ -89,8 +90,8 @@ class LinkOptions:
     metadata: tuple[tuple[str, str], ...] = field(default=(), repr=False, compare=False)
 
 
-class _LinkError(Exception):
-    """The destination broke the protocol or the call ended; reconnect and resend."""
+_LinkError = LinkError
+ReplicateCall = grpc.aio.StreamStreamCall[replication_pb2.ReplicateRequest, replication_pb2.ReplicateResponse]
 
 
 def _redelivered(stream: str, seq: int, last: int) -> _LinkError:
@@ -100,8 +101,7 @@ def _redelivered(stream: str, seq: int, last: int) -> _LinkError:
     )
 
 
-class _TlsRotated(Exception):
-    """The TLS files changed: the batches in flight were acked; reconnect with the new files at once."""
+_TlsRotated = TlsRotated
 
 
 @dataclass(slots=True)
@@ -222,6 +222,7 @@ class Link:
         broker: Broker,
         options: LinkOptions | None = None,
         partition: int | None = None,
+        trunk: Trunk | None = None,
     ) -> None:
         self.source = source
         self.destination = destination
@@ -256,6 +257,10 @@ class Link:
         self._session_started = 0.0
         # True while a Replicate call to the destination is open.
         self._session_open = False
+        # The call this link shares with the destination's other partition links here, if any
+        # (``replicator._trunk``); else each session opens a call of its own.
+        self._trunk = trunk
+        self._member: Member | None = None
 
     # --- control ---------------------------------------------------------------------------
 
@@ -436,53 +441,67 @@ class Link:
 
     async def _session(self, consumer: DurableConsumer, address: str) -> None:
         """One connection to the destination; returns only by raising why it ended."""
+        if self._trunk is not None:
+            await self._shared_session(consumer, address, self._trunk)
+            return
         opts = self.options
-        options = [
-            ("grpc.max_send_message_length", 64 * 1024 * 1024),
-            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-            ("grpc.keepalive_time_ms", 10_000),
-            ("grpc.keepalive_timeout_ms", 5_000),
-            ("grpc.keepalive_permit_without_calls", 1),
-            # While the destination is down, gRPC retries the connection within 0.1 s doubling
-            # to 0.5 s (its defaults: 1 s to 120 s) for as long as a session waits to connect: a
-            # gateway restarted meanwhile is found at once (between sessions, the link's backoff).
-            ("grpc.initial_reconnect_backoff_ms", 100),
-            ("grpc.max_reconnect_backoff_ms", 500),
-        ]
         tls = opts.tls
         # Read when connecting, so a rotated certificate is used from the next connection on.
         material = tls.material() if tls is not None else None
         if tls is not None:
-            channel = tls.channel(address, target_name=self.destination, options=options, material=material)
+            channel = tls.channel(address, target_name=self.destination, options=CHANNEL_OPTIONS, material=material)
         else:
-            channel = grpc.aio.insecure_channel(address, options=options)
+            channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
         async with channel:
             await self._connect(channel)
             call = replication_pb2_grpc.ReplicationStub(channel).Replicate(metadata=opts.metadata or None)
-            if not self.counters.last_error:
-                self.state = LinkState.REPLICATING
-            self._session_started = time.monotonic()
-            self._session_open = True
-            self._rotating = False
-            window = asyncio.Semaphore(opts.window)
-            tasks = [
-                asyncio.create_task(self._send_loop(consumer, call, window)),
-                asyncio.create_task(self._ack_loop(consumer, call, window)),
-            ]
-            if tls is not None and material is not None:
-                tasks.append(asyncio.create_task(self._watch_tls(tls, material)))
+            watch = self._watch_tls(tls, material) if tls is not None and material is not None else None
             try:
-                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-                for task in done:
-                    task.result()  # re-raises the failure that ended the session
-                raise _LinkError("replication session ended")
+                await self._serve(consumer, call, watch)
             finally:
-                self._session_open = False
-                for task in tasks:
-                    task.cancel()
-                for task in tasks:
-                    await _cancelled(task)
                 call.cancel()
+
+    async def _shared_session(self, consumer: DurableConsumer, address: str, trunk: Trunk) -> None:
+        """A session on the call the destination's partition links here share."""
+        member = self._member = await trunk.join(address, self._connect)
+        try:
+            await self._serve(consumer, member, None)
+        except BaseException as exc:
+            member.leave(exc)  # an error is the call's: it ends for every link on it
+            raise
+        finally:
+            member.leave()
+            self._member = None
+            await trunk.closed()
+
+    async def _serve(
+        self, consumer: DurableConsumer, call: ReplicateCall | Member, watch: Coroutine[Any, Any, None] | None
+    ) -> None:
+        """Sends and acks on ``call`` until it fails; raises why."""
+        opts = self.options
+        if not self.counters.last_error:
+            self.state = LinkState.REPLICATING
+        self._session_started = time.monotonic()
+        self._session_open = True
+        self._rotating = False
+        window = asyncio.Semaphore(opts.window)
+        tasks = [
+            asyncio.create_task(self._send_loop(consumer, call, window)),
+            asyncio.create_task(self._ack_loop(consumer, call, window)),
+        ]
+        if watch is not None:
+            tasks.append(asyncio.create_task(watch))
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()  # re-raises the failure that ended the session
+            raise _LinkError("replication session ended")
+        finally:
+            self._session_open = False
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                await _cancelled(task)
 
     async def _connect(self, channel: grpc.aio.Channel) -> None:
         try:
@@ -532,7 +551,7 @@ class Link:
     async def _open_slot(self, window: asyncio.Semaphore) -> None:
         """A place in the window for the next fetched batch, never while the TLS files rotate."""
         await window.acquire()
-        while self._rotating:
+        while self._rotating or (self._member is not None and self._member.rotating):
             # New TLS files: nothing more on this connection; _watch_tls ends it once acked.
             window.release()
             await asyncio.sleep(_TLS_POLL_SECONDS)
@@ -541,7 +560,7 @@ class Link:
     async def _send_loop(
         self,
         consumer: DurableConsumer,
-        call: grpc.aio.StreamStreamCall[replication_pb2.ReplicateRequest, replication_pb2.ReplicateResponse],
+        call: ReplicateCall | Member,
         window: asyncio.Semaphore,
     ) -> None:
         """Sends the events as the log stored them, never decoded here; with traces on, each
@@ -638,7 +657,7 @@ class Link:
 
     async def _read_from_idle(
         self,
-        call: grpc.aio.StreamStreamCall[replication_pb2.ReplicateRequest, replication_pb2.ReplicateResponse],
+        call: ReplicateCall | Member,
         timeout: float,
     ) -> object:
         """The next answer, awaited with nothing in flight: no limit until a batch is sent, then ``timeout``.
@@ -667,7 +686,7 @@ class Link:
     async def _ack_loop(
         self,
         consumer: DurableConsumer,
-        call: grpc.aio.StreamStreamCall[replication_pb2.ReplicateRequest, replication_pb2.ReplicateResponse],
+        call: ReplicateCall | Member,
         window: asyncio.Semaphore,
     ) -> None:
         opts = self.options
@@ -689,8 +708,12 @@ class Link:
             await consumer.ack_raw(sent.raw)
             self._inflight.popleft()
             if sent.spans and opts.tracing is not None:
+                # On a shared call, an answer split out of a merged one may not know its duplicates.
+                known = not isinstance(call, Member) or call.duplicates_known
                 opts.tracing.end_send(
-                    sent.spans, {r.index: r.message for r in resp.refused}, duplicates=resp.duplicates
+                    sent.spans,
+                    {r.index: r.message for r in resp.refused},
+                    duplicates=resp.duplicates if known else None,
                 )
             if not self._inflight:
                 self._idle.set()
