@@ -51,8 +51,9 @@ class _Destination(replication_pb2_grpc.ReplicationServicer):
 class _Partition:
     """A partition's consumer: ``batches`` small batches, then nothing; acks and resets as the log does."""
 
-    def __init__(self, partition: int, batches: int, size: int = 2) -> None:
+    def __init__(self, partition: int, batches: int, size: int = 2, delay: float = 0.0) -> None:
         self.stream = f"p{partition}"
+        self.delay = delay
         self.events = [f"{self.stream}-e{i}" for i in range(batches * size)]
         self.size = size
         self.next = 0  # index of the next event to hand out
@@ -62,6 +63,8 @@ class _Partition:
         if self.next >= len(self.events):
             await asyncio.sleep(min(timeout, 0.05))
             return RawBatch()
+        if self.delay:
+            await asyncio.sleep(self.delay)
         ids = self.events[self.next : self.next + min(self.size, max_events)]
         seqs = list(range(self.next + 1, self.next + 1 + len(ids)))
         self.next += len(ids)
@@ -175,6 +178,25 @@ async def test_a_call_that_fails_ends_for_every_link_on_it_and_each_resends_on_a
         mine = [i for i in got if i.startswith(p.stream + "-")]
         assert set(mine) == set(p.events)
         assert [i for i in dict.fromkeys(mine)] == p.events
+
+
+async def test_a_link_that_stops_leaves_the_call_to_the_others() -> None:
+    first, second = _Partition(0, batches=2), _Partition(1, batches=40, delay=0.02)
+    async with _destination() as (destination, address):
+        links = _links(address, [first, second])
+        for link in links:
+            await link.start()
+        try:
+            await eventually(lambda: first.acked == len(first.events), BOUND, what="partition 0 acked")
+            await links[0].stop()  # its lease went elsewhere, say
+            assert second.acked < len(second.events)  # the other is still at work
+            await eventually(lambda: second.acked == len(second.events), BOUND, what="partition 1 acked")
+        finally:
+            for link in links:
+                await link.stop()
+    # The stop ended nothing for the other link: one call throughout, no retry.
+    assert destination.calls == 1
+    assert links[1].counters.retries == 0
 
 
 def _merged(*sizes: int) -> _Merged:
