@@ -25,8 +25,16 @@ from meshgate.brokers import (
     parse_header_lines,
 )
 from meshgate.config import Settings
-from meshgate.replicator._trunk import CHANNEL_OPTIONS, LinkError, Member, TlsRotated, Trunk
-from meshgate.tls import ClientTls, TlsError, TlsMaterial
+from meshgate.replicator._trunk import (
+    TLS_POLL_SECONDS,
+    LinkError,
+    Member,
+    TlsRotated,
+    Trunk,
+    open_channel,
+    tls_changed,
+)
+from meshgate.tls import ClientTls, TlsMaterial
 from meshgate.v1 import admin_pb2, event_pb2, replication_pb2, replication_pb2_grpc
 
 if TYPE_CHECKING:
@@ -49,8 +57,6 @@ _IDLE_WAIT_SECONDS = 0.5
 # line the send span adds to an event stored without one.
 _EVENT_OVERHEAD_BYTES = 16 + 10
 _TRACED_EVENT_OVERHEAD_BYTES = _EVENT_OVERHEAD_BYTES + 80
-# How often a connected link looks at its TLS files for a rotation.
-_TLS_POLL_SECONDS = 1.0
 # A session this old with nothing to send has shown the link works (a destination refuses a
 # call at once): an idle link's last_error is cleared then, a busy one's at its first ack.
 _SETTLED_SECONDS = 1.0
@@ -446,12 +452,7 @@ class Link:
             return
         opts = self.options
         tls = opts.tls
-        # Read when connecting, so a rotated certificate is used from the next connection on.
-        material = tls.material() if tls is not None else None
-        if tls is not None:
-            channel = tls.channel(address, target_name=self.destination, options=CHANNEL_OPTIONS, material=material)
-        else:
-            channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        channel, material = open_channel(address, destination=self.destination, tls=tls)
         async with channel:
             await self._connect(channel)
             call = replication_pb2_grpc.ReplicationStub(channel).Replicate(metadata=opts.metadata or None)
@@ -528,21 +529,7 @@ class Link:
 
     async def _watch_tls(self, tls: ClientTls, material: TlsMaterial) -> None:
         """Ends the session once the TLS files changed into usable ones and the batches in flight were acked."""
-        refused = ""
-        while True:
-            await asyncio.sleep(_TLS_POLL_SECONDS)
-            if not tls.changed(material):
-                continue
-            try:
-                tls.material()
-            except TlsError as exc:
-                # Halfway through a rotation (a new certificate, the old key) or broken: the
-                # connection made with the previous files stays up meanwhile.
-                if str(exc) != refused:
-                    refused = str(exc)
-                    log.warning("link %s -> %s: new TLS files not usable yet: %s", self.source, self.destination, exc)
-                continue
-            break
+        await tls_changed(tls, material, who=f"link {self.source} -> {self.destination}")
         self._rotating = True
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), self.options.ack_timeout_seconds)
@@ -554,7 +541,7 @@ class Link:
         while self._rotating or (self._member is not None and self._member.rotating):
             # New TLS files: nothing more on this connection; _watch_tls ends it once acked.
             window.release()
-            await asyncio.sleep(_TLS_POLL_SECONDS)
+            await asyncio.sleep(TLS_POLL_SECONDS)
             await window.acquire()
 
     async def _send_loop(

@@ -35,7 +35,16 @@ from meshgate.v1 import replication_pb2, replication_pb2_grpc
 if TYPE_CHECKING:
     from meshgate.replicator._link import LinkOptions
 
-__all__ = ["CHANNEL_OPTIONS", "LinkError", "Member", "TlsRotated", "Trunk"]
+__all__ = [
+    "CHANNEL_OPTIONS",
+    "TLS_POLL_SECONDS",
+    "LinkError",
+    "Member",
+    "TlsRotated",
+    "Trunk",
+    "open_channel",
+    "tls_changed",
+]
 
 log = logging.getLogger("meshgate.replicator")
 
@@ -51,8 +60,8 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 500),
 ]
-# How often a trunk's call looks at its TLS files for a rotation.
-_TLS_POLL_SECONDS = 1.0
+# How often a connected link or trunk looks at its TLS files for a rotation.
+TLS_POLL_SECONDS = 1.0
 
 Call = grpc.aio.StreamStreamCall[replication_pb2.ReplicateRequest, replication_pb2.ReplicateResponse]
 
@@ -258,27 +267,43 @@ class _TrunkCall:
 
     async def _watch_tls(self, tls: ClientTls, material: TlsMaterial) -> None:
         """Ends the call once the TLS files changed into usable ones and every batch on it was answered."""
-        refused = ""
-        while True:
-            await asyncio.sleep(_TLS_POLL_SECONDS)
-            if not tls.changed(material):
-                continue
-            try:
-                tls.material()
-            except TlsError as exc:
-                # Halfway through a rotation (a new certificate, the old key) or broken: the
-                # connection made with the previous files stays up meanwhile.
-                if str(exc) != refused:
-                    refused = str(exc)
-                    log.warning("replication to %s: new TLS files not usable yet: %s", self.destination, exc)
-                continue
-            break
+        await tls_changed(tls, material, who=f"replication to {self.destination}")
         self.rotating = True
         for member in self._members:
             member.rotating = True
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), self._options.ack_timeout_seconds)
         self.fail(TlsRotated())
+
+
+def open_channel(
+    address: str, *, destination: str, tls: ClientTls | None
+) -> tuple[grpc.aio.Channel, TlsMaterial | None]:
+    """A channel to a destination's gateway, with TLS when ``tls`` is set, and the TLS material
+    it was made with (read now, so a rotated certificate is used from the next connection on)."""
+    material = tls.material() if tls is not None else None
+    if tls is not None:
+        return tls.channel(address, target_name=destination, options=CHANNEL_OPTIONS, material=material), material
+    return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS), None
+
+
+async def tls_changed(tls: ClientTls, material: TlsMaterial, *, who: str) -> None:
+    """Returns once the TLS files changed from ``material`` into usable ones (``who``: for the log)."""
+    refused = ""
+    while True:
+        await asyncio.sleep(TLS_POLL_SECONDS)
+        if not tls.changed(material):
+            continue
+        try:
+            tls.material()
+        except TlsError as exc:
+            # Halfway through a rotation (a new certificate, the old key) or broken: the
+            # connection made with the previous files stays up meanwhile.
+            if str(exc) != refused:
+                refused = str(exc)
+                log.warning("%s: new TLS files not usable yet: %s", who, exc)
+            continue
+        return
 
 
 def _groups(
@@ -384,13 +409,7 @@ class Trunk:
 
     async def _open(self, address: str, connect: Callable[[grpc.aio.Channel], Awaitable[None]]) -> _TrunkCall:
         opts = self.options
-        tls = opts.tls
-        # Read when connecting, so a rotated certificate is used from the next connection on.
-        material = tls.material() if tls is not None else None
-        if tls is not None:
-            channel = tls.channel(address, target_name=self.destination, options=CHANNEL_OPTIONS, material=material)
-        else:
-            channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        channel, material = open_channel(address, destination=self.destination, tls=opts.tls)
         try:
             await connect(channel)
             call = replication_pb2_grpc.ReplicationStub(channel).Replicate(metadata=opts.metadata or None)

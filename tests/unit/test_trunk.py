@@ -127,19 +127,23 @@ def _links(address: str, partitions: list[_Partition]) -> list[Link]:
     return links
 
 
+async def _run_until_acked(address: str, partitions: list[_Partition]) -> list[Link]:
+    """Runs a link per partition on one trunk until every partition's events are acked."""
+    links = _links(address, partitions)
+    for link in links:
+        await link.start()
+    try:
+        await eventually(lambda: all(p.acked == len(p.events) for p in partitions), BOUND, what="every partition acked")
+    finally:
+        for link in links:
+            await link.stop()
+    return links
+
+
 async def test_partition_links_share_one_call_and_their_small_batches_go_together() -> None:
     partitions = [_Partition(p, batches=5) for p in range(4)]
     async with _destination() as (destination, address):
-        links = _links(address, partitions)
-        for link in links:
-            await link.start()
-        try:
-            await eventually(
-                lambda: all(p.acked == len(p.events) for p in partitions), BOUND, what="every partition acked"
-            )
-        finally:
-            for link in links:
-                await link.stop()
+        links = await _run_until_acked(address, partitions)
     assert destination.calls == 1
     # Each partition's events reached the destination once and in its own order.
     got = [i for r in destination.requests for i in r.raw.ids]
@@ -159,16 +163,7 @@ async def test_a_call_that_fails_ends_for_every_link_on_it_and_each_resends_on_a
     partitions = [_Partition(p, batches=6) for p in range(3)]
     async with _destination() as (destination, address):
         destination.abort_after = 2
-        links = _links(address, partitions)
-        for link in links:
-            await link.start()
-        try:
-            await eventually(
-                lambda: all(p.acked == len(p.events) for p in partitions), BOUND, what="every partition acked"
-            )
-        finally:
-            for link in links:
-                await link.stop()
+        links = await _run_until_acked(address, partitions)
     assert destination.calls >= 2
     # Every link on the cut call went through a retry; nothing was lost, and what was resent
     # came again in each partition's order (the destination drops the copies by id).
