@@ -261,7 +261,14 @@ class Classifier:
             highs = {names[0]: max(seqs)}
             lows = {names[0]: min(seqs)}
         else:
-            return None
+            # Several streams (a source's partition links merged their batches into one
+            # request): each stream's lowest and highest, in one pass.
+            highs, lows = {}, {}
+            for name, seq in zip(names, seqs, strict=True):
+                if seq > highs.get(name, 0):
+                    highs[name] = seq
+                if seq < lows.get(name, seq + 1):
+                    lows[name] = seq
         for name, low in lows.items():
             stream = state.streams.get(name)
             if stream is not None and (stream.above or stream.refused or low <= stream.acked):

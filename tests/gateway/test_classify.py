@@ -92,24 +92,32 @@ def _same(a: ProcessedBatch, b: ProcessedBatch) -> None:
 def test_fast_path_decides_as_event_by_event() -> None:
     classifier = _classifier()
     rng = random.Random(17)
-    taken = 0
+    taken = taken_merged = 0
     for round_ in range(600):
         n = rng.randint(1, 6)
         events: list[dict[str, object]] = []
-        for i in range(n):
+        # Some batches hold two streams, as a source's merged partition batches do: runs of
+        # each, in its own order.
+        merged = round_ % 4 == 3
+        next_seq = {"p3": 11, "p9": 11}
+        for _ in range(n):
             eid = str(uuid.UUID(int=rng.getrandbits(128)))
-            events.append({"id": eid, "lines": _lines(eid), "topic": "orders/created", "seq": 11 + i, "stream": "p3"})
+            stream = rng.choice(("p3", "p9")) if merged else "p3"
+            seq, next_seq[stream] = next_seq[stream], next_seq[stream] + 1
+            events.append({"id": eid, "lines": _lines(eid), "topic": "orders/created", "seq": seq, "stream": stream})
         if round_ % 3:
             rng.choice(_MUTATIONS)(rng.choice(events))
-        request = _request(events, streams=bool(round_ % 2))
+        request = _request(events, streams=merged or bool(round_ % 2))
         plain = classifier._plain("a", _state(above=round_ % 5 == 0), request)
         slow = classifier._sort("a", _state(above=round_ % 5 == 0), request, peer_checked=False, invalid=None)
         if plain is None:
             continue
         taken += 1
+        taken_merged += len(set(request.raw.streams)) > 1
         _same(plain, slow)
-    # Clean batches (a third of the rounds, all but those with a stream that has events above) take it.
-    assert taken >= 150
+    # Clean batches (a third of the rounds, all but those with a stream that has events above) take it,
+    # batches of two streams too.
+    assert taken >= 150 and taken_merged >= 20, (taken, taken_merged)
 
 
 def test_clean_batch_takes_the_fast_path_and_a_refusal_does_not() -> None:
