@@ -849,15 +849,11 @@ class Tracing:
         ``duplicate`` or ``accepted`` when the whole rest of the batch was one or the other.
         """
         kept = len(spans) - len(refused)
-        outcome = (
-            None
-            if duplicates is None
-            else "duplicate"
-            if duplicates and duplicates == kept
-            else "accepted"
-            if not duplicates
-            else None
-        )
+        outcome: str | None = None  # not known, or some of each
+        if duplicates == 0:
+            outcome = "accepted"
+        elif duplicates == kept:
+            outcome = "duplicate"
         for i, span in enumerate(spans):
             if span is None:
                 continue

@@ -90,7 +90,7 @@ class LinkGroup:
         self.destination = destination
         keys: list[int | None] = list(range(partitions)) if partitions is not None else [None]
         # The partition links running here share one call to the destination (replicator._trunk).
-        trunk = Trunk(source=source, destination=destination, options=options) if partitions is not None else None
+        trunk = Trunk(destination=destination, options=options) if partitions is not None else None
         self.parts: dict[int | None, Link] = {
             p: Link(
                 source=source,

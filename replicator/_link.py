@@ -96,18 +96,14 @@ class LinkOptions:
     metadata: tuple[tuple[str, str], ...] = field(default=(), repr=False, compare=False)
 
 
-_LinkError = LinkError
 ReplicateCall = grpc.aio.StreamStreamCall[replication_pb2.ReplicateRequest, replication_pb2.ReplicateResponse]
 
 
-def _redelivered(stream: str, seq: int, last: int) -> _LinkError:
+def _redelivered(stream: str, seq: int, last: int) -> LinkError:
     where = f"{stream} " if stream else ""
-    return _LinkError(
+    return LinkError(
         f"event at log position {where}{seq} redelivered after {last}; restarting from the oldest unacked event"
     )
-
-
-_TlsRotated = TlsRotated
 
 
 @dataclass(slots=True)
@@ -355,7 +351,7 @@ class Link:
                     if not self.counters.last_error:
                         self.state = LinkState.CONNECTING
                     await self._session(self._consumer, self.address)
-                except _TlsRotated:
+                except TlsRotated:
                     log.info("link %s -> %s: TLS files changed; reconnecting with them", self.source, self.destination)
                     await self._hand_back()
                     backoff = opts.backoff_initial_seconds
@@ -496,7 +492,7 @@ class Link:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             for task in done:
                 task.result()  # re-raises the failure that ended the session
-            raise _LinkError("replication session ended")
+            raise LinkError("replication session ended")
         finally:
             self._session_open = False
             for task in tasks:
@@ -519,7 +515,7 @@ class Link:
                 await call.read()
             except grpc.aio.AioRpcError as exc:
                 if exc.code() is grpc.StatusCode.UNAVAILABLE:
-                    raise _LinkError(
+                    raise LinkError(
                         f"cannot connect over TLS (region {self.destination}'s gateway must present a certificate"
                         f" of the mesh CA naming {self.destination}, and take this region's): {exc.details()}"
                     ) from None
@@ -533,7 +529,7 @@ class Link:
         self._rotating = True
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), self.options.ack_timeout_seconds)
-        raise _TlsRotated
+        raise TlsRotated
 
     async def _open_slot(self, window: asyncio.Semaphore) -> None:
         """A place in the window for the next fetched batch, never while the TLS files rotate."""
@@ -636,7 +632,7 @@ class Link:
         refused = resp.refused
         # A destination that did not read the raw events (one older than them) answers none.
         if resp.accepted + resp.duplicates + len(refused) != n or any(r.index >= n for r in refused):
-            raise _LinkError(
+            raise LinkError(
                 f"region {self.destination} answered raw batch {resp.batch_id} with {resp.accepted} accepted, "
                 f"{resp.duplicates} duplicates and {len(refused)} refused; it has {n} events"
             )
@@ -663,7 +659,7 @@ class Link:
             if not read.done():
                 done, _ = await asyncio.wait({read}, timeout=timeout)
                 if not done:
-                    raise _LinkError(f"region {self.destination} did not answer a batch within {timeout:g} s")
+                    raise LinkError(f"region {self.destination} did not answer a batch within {timeout:g} s")
             return read.result()
         finally:
             busy.cancel()
@@ -683,12 +679,12 @@ class Link:
             else:
                 resp = await self._read_from_idle(call, opts.ack_timeout_seconds)
             if not isinstance(resp, replication_pb2.ReplicateResponse):  # grpc.aio.EOF
-                raise _LinkError(f"region {self.destination} ended the replication call")
+                raise LinkError(f"region {self.destination} ended the replication call")
             if not self._inflight:
-                raise _LinkError(f"region {self.destination} acked batch {resp.batch_id} that was not sent")
+                raise LinkError(f"region {self.destination} acked batch {resp.batch_id} that was not sent")
             sent = self._inflight[0]
             if resp.batch_id != sent.batch_id:
-                raise _LinkError(f"region {self.destination} acked batch {resp.batch_id}; expected {sent.batch_id}")
+                raise LinkError(f"region {self.destination} acked batch {resp.batch_id}; expected {sent.batch_id}")
             refused = self._refusals(sent, resp)
             if refused:
                 await self._dead_letter(refused)

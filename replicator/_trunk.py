@@ -77,20 +77,23 @@ class TlsRotated(Exception):
 class Member:
     """A link's place on a trunk's call: ``write`` and ``read`` as on a call of its own."""
 
-    __slots__ = ("_answers", "_call", "_ended", "duplicates_known", "rotating")
+    __slots__ = ("_answers", "_call", "_ended", "duplicates_known")
 
     def __init__(self, call: _TrunkCall) -> None:
         self._call = call
         self._answers: asyncio.Queue[tuple[replication_pb2.ReplicateResponse, bool] | BaseException] = asyncio.Queue()
         self._ended = False
-        # Set when the TLS files changed: the link sends nothing more on this call.
-        self.rotating = False
         # Whether the last answer read tells the link's own duplicates (see ``split_answer``).
         self.duplicates_known = True
 
     @property
     def ended(self) -> bool:
         return self._ended
+
+    @property
+    def rotating(self) -> bool:
+        """The TLS files changed: the link sends nothing more on this call."""
+        return self._call.rotating
 
     async def write(self, request: replication_pb2.ReplicateRequest) -> None:
         """Queues ``request`` for the trunk's next merged request (its answer comes by ``read``)."""
@@ -269,8 +272,6 @@ class _TrunkCall:
         """Ends the call once the TLS files changed into usable ones and every batch on it was answered."""
         await tls_changed(tls, material, who=f"replication to {self.destination}")
         self.rotating = True
-        for member in self._members:
-            member.rotating = True
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), self._options.ack_timeout_seconds)
         self.fail(TlsRotated())
@@ -388,8 +389,7 @@ def split_answer(
 class Trunk:
     """The call a destination's partition links in this process share (opened by the first to join)."""
 
-    def __init__(self, *, source: str, destination: str, options: LinkOptions) -> None:
-        self.source = source
+    def __init__(self, *, destination: str, options: LinkOptions) -> None:
         self.destination = destination
         self.options = options
         self._current: _TrunkCall | None = None

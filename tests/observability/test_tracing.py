@@ -384,6 +384,24 @@ def test_send_spans_rewrite_the_traceparent_line_of_raw_events() -> None:
     tracing.shutdown()
 
 
+@pytest.mark.parametrize(
+    ("duplicates", "outcome"),
+    [(0, "accepted"), (2, "duplicate"), (1, None), (None, None)],
+    ids=["none", "all", "some", "not-known"],
+)
+def test_send_spans_say_the_outcome_only_when_the_answer_tells_it(duplicates: int | None, outcome: str | None) -> None:
+    # None: an answer split out of a merged request (replicator._trunk), which counts duplicates
+    # for the whole request, not for this batch.
+    tracing, exporter = _in_memory()
+    lines = [header_lines(ev(id=f"o-{i}", origin="a", route=["a", "b"])) for i in range(2)]
+    raw = RawBatch(ids=["o-0", "o-1"], topics=["orders/created"] * 2, sequences=[1, 2], headers=lines, data=[b"{}"] * 2)
+    tracing.end_send(tracing.start_send(raw, "b"), {}, duplicates=duplicates)
+    spans = exporter.get_finished_spans()
+    assert len(spans) == 2
+    assert [(s.attributes or {}).get("meshgate.outcome") for s in spans] == [outcome] * 2
+    tracing.shutdown()
+
+
 def test_process_spans_stamp_the_lines_written_here() -> None:
     tracing, exporter = _in_memory("b")
     tid, send_sid = 0xBEEF, 0x77

@@ -110,7 +110,7 @@ async def _destination() -> AsyncIterator[tuple[_Destination, str]]:
 
 def _links(address: str, partitions: list[_Partition]) -> list[Link]:
     options = LinkOptions(backoff_initial_seconds=0.05, backoff_max_seconds=0.2)
-    trunk = Trunk(source="here", destination="there", options=options)
+    trunk = Trunk(destination="there", options=options)
     links = []
     for p, consumer in enumerate(partitions):
         link = Link(
