@@ -13,7 +13,12 @@ Prints, per process and phase, the functions with the most samples on CPU: "self
 frame itself) and "incl." (anywhere on the stack, Meshgate's and its libraries' frames).
 Text, so a before/after can go into docs/PERFORMANCE.md.
 
-    python bench/profile_paths.py [--seconds 8] [--backlog 100000] [--out DIR]
+    python bench/profile_paths.py [--seconds 8] [--backlog 100000] [--rate EVENTS_PER_S] [--out DIR]
+
+``--rate`` offers the live phase that many events/s (half of Meshgate's own live rate is where
+the p99 target is read); the live phase also reports the cores each thread of both gateways
+kept busy, from ``/proc`` (py-spy's "on CPU" cannot tell a thread waiting for the GIL in a
+system call from one working there).
 """
 
 from __future__ import annotations
@@ -55,6 +60,30 @@ def _frame_name(frame: str) -> str:
     parts = Path(path).parts
     short = "/".join(parts[-2:]) if parts else path
     return f"{name} ({short})"
+
+
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds of each thread of ``pid`` so far: the main thread, each other Python thread (by
+    its id: Python 3.11 names none for the OS), and the others summed per name (gRPC's ``event_engine``)."""
+    out: collections.Counter[str] = collections.Counter()
+    tick = os.sysconf("SC_CLK_TCK")
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except OSError:
+            continue  # the thread ended meanwhile
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        name = "main" if int(tid) == pid else f"{name}#{tid}" if name == "python" else name
+        fields = stat[stat.rindex(")") + 2 :].split()
+        out[name] += (int(fields[11]) + int(fields[12])) / tick
+    return dict(out)
+
+
+def busy_threads(pid: int, before: dict[str, float], seconds: float) -> str:
+    """The cores each thread name of ``pid`` kept busy since ``before``, the busiest first."""
+    now = thread_cpu(pid)
+    busy = {name: (cpu - before.get(name, 0.0)) / seconds for name, cpu in now.items()}
+    return ", ".join(f"{name} {b:.2f}" for name, b in sorted(busy.items(), key=lambda kv: -kv[1]) if b >= 0.005)
 
 
 def summarize(collapsed: Path, title: str, top: int = 18) -> str:
@@ -103,14 +132,22 @@ async def main(args: argparse.Namespace) -> None:
                 assert a.proc is not None and b.proc is not None
                 # Warm up (imports, caches, consumers), then sample the steady state.
                 await publish_stream(stub, "bench/warm", seconds=1.0)
-                pub = asyncio.create_task(publish_stream(stub, "bench/live", seconds=args.seconds + 1))
+                pub = asyncio.create_task(
+                    publish_stream(stub, "bench/live", seconds=args.seconds + 1, rate=args.rate or None)
+                )
                 await asyncio.sleep(0.5)
+                threads0 = {pid: thread_cpu(pid) for pid in (a.proc.pid, b.proc.pid)}
+                t0 = time.perf_counter()
                 ra, rb = await asyncio.gather(
                     record(a.proc.pid, args.seconds, out_dir / "live-a.txt"),
                     record(b.proc.pid, args.seconds, out_dir / "live-b.txt"),
                 )
+                busy = {pid: busy_threads(pid, threads0[pid], time.perf_counter() - t0) for pid in threads0}
                 p = await pub
                 report.append(f"live: PublishStream {p.rate:,.0f} events/s into a\n")
+                report.append(
+                    f"live, busy cores by thread: gateway a {busy[a.proc.pid]}; gateway b {busy[b.proc.pid]}\n"
+                )
                 report.append(summarize(ra, "gateway a, ingest + link (live)"))
                 report.append(summarize(rb, "gateway b, replication ingress (live)"))
                 await asyncio.sleep(3)  # let b catch up before the outage
@@ -143,5 +180,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=8.0, help="sampling time per phase (default 8)")
     parser.add_argument("--backlog", type=int, default=100_000, help="catch-up backlog (default 100000)")
+    parser.add_argument(
+        "--rate", type=float, default=0.0, help="events/s offered in the live phase (default 0: as fast as it goes)"
+    )
     parser.add_argument("--out", default="profile-out", help="folder for the raw stacks and summary.md")
     asyncio.run(main(parser.parse_args()))
