@@ -278,7 +278,12 @@ class DurableConsumer(abc.ABC):
 
     @abc.abstractmethod
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
-        """Marks the deliveries done; they are not delivered again to any replica."""
+        """Marks the deliveries done; they are not delivered again to any replica.
+
+        The broker may be told a little later (NATS: at most ``ACK_INTERVAL_SECONDS``, the next
+        ack covering this one); ``pending``, ``reset`` and ``close`` count it first. Only a
+        crash meanwhile delivers them again, to be answered as duplicates where they go.
+        """
 
     async def fetch_raw(self, max_events: int, *, timeout: float) -> RawBatch:
         """``fetch`` without decoding: the events as the broker stored them.

@@ -7,6 +7,7 @@ subscriptions are tracked and closed, and the ack without a reply. Nothing else 
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import contextlib
 import dataclasses
@@ -62,6 +63,14 @@ _CONSUMER_EXISTS = 10148
 _ACK_RE = re.compile(rb"(?<![^ ])\$JS\.ACK\.[^. ]+\.[^. ]+\.\d+\.(\d+)\.(\d+)\.(\d+)\.(\d+)(?![^ ])")
 # Opens racing for generation numbers: each "exists" moves to the next number.
 _GENERATION_TRIES = 64
+# A consumer sends an ack at most this often. A link at moderate load finishes a batch of a few
+# dozen events every few ms in each partition, and each confirmed ack cost the gateway ~100 us
+# of CPU on the Intel machine (docs/PERFORMANCE.md, "Acks at most every 50 ms"). An ack held
+# back meanwhile covers every batch finished before it is sent (AckPolicy.ALL); it goes when the
+# interval is up, and at once before pending(), oldest_pending_time(), reset() and close() read
+# or move the position. What a kill -9 loses of it is at most this long of batches, sent again
+# by the next reader and answered as duplicates by the destination.
+ACK_INTERVAL_SECONDS = 0.05
 
 
 def durable_template(name: str, *, pattern: str, filter_subject: str, ack_wait: float) -> ConsumerConfig:
@@ -204,6 +213,12 @@ class NatsDurableConsumer(DurableConsumer):
     lease acks into a deleted consumer (nothing happens; its ack request fails with no
     responders, which ends its session), and what it forwarded after the floor the next
     generation started at comes again and is answered as duplicates by the destination.
+
+    **At most one ack per ``ACK_INTERVAL_SECONDS``.** An ack within the interval of the last is
+    held back and sent when it is up (or first thing in ``pending``, ``oldest_pending_time``,
+    ``reset`` and ``close``), covering every batch done meanwhile. A held-back ack that fails
+    (a fenced generation) is raised by the next ``ack``, which ends the reader's session as
+    before, a batch later.
     """
 
     def __init__(
@@ -246,6 +261,13 @@ class NatsDurableConsumer(DurableConsumer):
         # starts when the current one is gone (deleted under us) by the time it is reopened.
         self._floor = 0
         self._closed = False
+        # Acks held back (ACK_INTERVAL_SECONDS): when the last one went (loop time), the timer
+        # of the next, the task sending it, and what a held-back ack's failure was (raised by
+        # the next ack: a fenced generation ends the reader's session then).
+        self._acked_at = -math.inf
+        self._ack_timer: asyncio.TimerHandle | None = None
+        self._ack_task: asyncio.Task[None] | None = None
+        self._ack_error: BrokerError | None = None
 
     async def open(self) -> None:
         """Opens the first generation (the broker's ``durable_consumer`` does, once)."""
@@ -313,6 +335,9 @@ class NatsDurableConsumer(DurableConsumer):
         """Drops every delivery handed out or buffered: they are not acked through this generation."""
         self._unacked.clear()
         self._marks.clear()
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
         if self._puller is not None:
             self._puller.buffer.clear()
 
@@ -540,21 +565,62 @@ class NatsDurableConsumer(DurableConsumer):
         if not top:
             return
         bisect.insort(self._marks, (top, top_reply))
+        error, self._ack_error = self._ack_error, None
+        if error is not None:
+            raise error
+        loop = asyncio.get_running_loop()
+        wait = self._acked_at + ACK_INTERVAL_SECONDS - loop.time()
+        if wait > 0:
+            if self._ack_timer is None:
+                self._ack_timer = loop.call_later(wait, self._ack_later)
+            return
+        await self._send_ack()
+
+    async def _send_ack(self) -> None:
+        """The ack of everything done so far, sent now and confirmed."""
         nc = await self._host.ready(None)
         try:
-            await self._advance(nc, confirm=True)
+            if await self._advance(nc, confirm=True):
+                self._acked_at = asyncio.get_running_loop().time()
         except NATS_FAILURES as exc:
-            raise broker_error(exc, f"ack of {len(tokens)} deliveries of {self.name!r}") from exc
+            raise broker_error(exc, f"ack of the deliveries of {self.name!r}") from exc
 
-    async def _advance(self, nc: Client, *, confirm: bool) -> None:
-        """Sends one ack on the highest mark below the oldest delivery still handed out (if any)."""
+    def _ack_later(self) -> None:
+        """The interval is up: the ack held back goes (its failure is kept for the next ack)."""
+        self._ack_timer = None
+        if not self._closed and (self._ack_task is None or self._ack_task.done()):
+            self._ack_task = asyncio.ensure_future(self._ack_quietly())
+
+    async def _ack_quietly(self) -> None:
+        try:
+            await self._send_ack()
+        except BrokerError as exc:
+            self._ack_error = exc
+
+    async def _flush(self) -> None:
+        """Sends the ack held back now (if any) and waits for it; its failure is kept, not raised."""
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
+        task = self._ack_task
+        if task is not None and not task.done():
+            await asyncio.shield(task)
+        marks = self._marks
+        if marks and marks[0][0] < next(iter(self._unacked.values()), math.inf):
+            await self._ack_quietly()
+
+    async def _advance(self, nc: Client, *, confirm: bool) -> bool:
+        """Sends one ack on the highest mark below the oldest delivery still handed out (if any).
+
+        True when an ack was sent.
+        """
         oldest = next(iter(self._unacked.values()), math.inf)
         marks = self._marks
         n = 0
         while n < len(marks) and marks[n][0] < oldest:
             n += 1
         if not n:
-            return
+            return False
         reply = marks[n - 1][1]
         # Every mark left is above the one acked now, and later marks (a fetch's last delivery,
         # an acked one) come later in delivery order: no ack is ever sent twice.
@@ -565,10 +631,12 @@ class NatsDurableConsumer(DurableConsumer):
             await nc.request(reply.decode(), b"+ACK", timeout=self._host.ack_timeout)
         else:
             await self._host.ack_without_reply(nc, reply)
+        return True
 
     # -- position ---------------------------------------------------------------------------
 
     async def pending(self) -> int:
+        await self._flush()  # what is done is not pending
         try:
             info = await self._host.api.info(self.name)
         except NATS_FAILURES as exc:
@@ -582,6 +650,8 @@ class NatsDurableConsumer(DurableConsumer):
             raise BrokerError(f"durable consumer {self.name!r} is closed", retriable=False)
         host = self._host
         host.api.manager()  # not started: refused before anything is dropped
+        # What is done stays done: the next generation starts at the floor this ack moves.
+        await self._flush()
         self._forget()
         puller, self._puller = self._puller, None
         if puller is not None:
@@ -592,6 +662,7 @@ class NatsDurableConsumer(DurableConsumer):
             raise broker_error(exc, f"reset of durable consumer {self._base!r}") from exc
 
     async def oldest_pending_time(self) -> float | None:
+        await self._flush()  # what is done is not pending
         api = self._host.api
         jsm = api.manager()
         try:
@@ -617,6 +688,10 @@ class NatsDurableConsumer(DurableConsumer):
         """
         if self._closed:
             return
+        # The ack held back, if any: the next reader then starts after what was done here. A
+        # fenced generation refuses it, which changes nothing (the next one starts elsewhere).
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._flush(), self._host.ack_timeout)
         self._closed = True
         host = self._host
         host.closed(self)

@@ -30,6 +30,7 @@ from meshgate.brokers import (
     WorkSharing,
 )
 from meshgate.brokers.nats import AckTimeoutError
+from meshgate.brokers.nats import _consumer as nats_consumer
 from meshgate.brokers.nats._consumer import ConsumerApi
 from meshgate.brokers.nats._names import generation_of
 from meshgate.brokers.nats._subjects import partition_of
@@ -443,6 +444,76 @@ async def test_one_ack_per_batch_covers_skipped_deliveries_only_after_the_forwar
             await asyncio.sleep(0.02)
     finally:
         await consumer.close()
+
+
+async def _server_floor(broker: NatsBroker, consumer: Any) -> int:
+    """The stream sequence of the consumer's ack floor as the server has it (read without a flush)."""
+    info = await broker._consumer_host.api.info(consumer.name)
+    return int(info.ack_floor.stream_seq or 0) if info.ack_floor is not None else 0
+
+
+async def test_acks_within_the_interval_go_as_one_held_back_until_read_or_closed(
+    nats_server: EmbeddedNats, nats_broker: NatsBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ack within ACK_INTERVAL_SECONDS of the last is held back (the next covers it), never lost:
+    pending() and close() send it first, so what was done is neither pending nor read again."""
+    monkeypatch.setattr(nats_consumer, "ACK_INTERVAL_SECONDS", 3600.0)  # only reads and close send it
+    seqs = sequences(await nats_broker.append([make_event("orders/created", f"h{i}") for i in range(6)]))
+    consumer = await nats_broker.durable_consumer("link-held", pattern="orders/*")
+    first = await consumer.fetch(2, timeout=BOUND)
+    await consumer.ack(first)  # the first ack goes at once
+    assert await _server_floor(nats_broker, consumer) == seqs[1]
+    second = await consumer.fetch(2, timeout=BOUND)
+    await consumer.ack(second)  # within the interval: held back
+    assert await _server_floor(nats_broker, consumer) == seqs[1]
+    assert await consumer.pending() == 2  # sent before the read: h2 and h3 are done
+    assert await _server_floor(nats_broker, consumer) == seqs[3]
+    third = await consumer.fetch(2, timeout=BOUND)
+    await consumer.ack(third)  # held back again
+    assert await _server_floor(nats_broker, consumer) == seqs[3]
+    await consumer.close()  # sends it
+    again = await nats_broker.durable_consumer("link-held", pattern="orders/*")
+    assert await again.fetch(10, timeout=0.3) == []
+    assert await again.pending() == 0
+    await again.close()
+
+
+async def test_a_held_back_ack_goes_when_the_interval_is_up(nats_broker: NatsBroker) -> None:
+    seqs = sequences(await nats_broker.append([make_event("orders/created", f"t{i}") for i in range(4)]))
+    consumer = await nats_broker.durable_consumer("link-timer", pattern="orders/*")
+    try:
+        await consumer.ack(await consumer.fetch(2, timeout=BOUND))
+        await consumer.ack(await consumer.fetch(2, timeout=BOUND))
+        # No further call: the timer sends it.
+        await eventually(lambda: _at_least(nats_broker, consumer, seqs[3]), BOUND, what="the held-back ack to be sent")
+    finally:
+        await consumer.close()
+
+
+async def _at_least(broker: NatsBroker, consumer: Any, floor: int) -> bool:
+    return await _server_floor(broker, consumer) >= floor
+
+
+async def test_a_held_back_ack_that_fails_ends_the_readers_session_at_its_next_ack(
+    nats_server: EmbeddedNats, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fence still holds for acks held back: the failure is kept and raised by the next ack."""
+    monkeypatch.setattr(nats_consumer, "ACK_INTERVAL_SECONDS", 3600.0)
+    async with make_nats_broker(nats_server) as one, make_nats_broker(nats_server) as two:
+        sequences(await one.append([make_event("orders/created", f"x{i}") for i in range(3)]))
+        old = await one.durable_consumer("link-fenced", pattern="orders/*")
+        held = await old.fetch(3, timeout=BOUND)
+        await old.ack(held[:1])  # sent at once
+        await old.ack(held[1:2])  # held back
+        new = await two.durable_consumer("link-fenced", pattern="orders/*")  # the lease moved
+        await old._flush()  # what the timer does when the interval is up
+        assert isinstance(old._ack_error, BrokerUnavailableError)
+        with pytest.raises(BrokerUnavailableError):
+            await old.ack(held[2:])
+        # The new generation starts after x0 only: nothing the fenced reader acked late counts.
+        assert [d.event.id for d in await new.fetch(10, timeout=BOUND)] == ["x1", "x2"]
+        await old.close()
+        await new.close()
 
 
 async def fetch_skipping(consumer: DurableConsumer) -> list[str]:
