@@ -38,7 +38,6 @@ from meshgate.brokers.nats._errors import NATS_FAILURES, NotConnectedError, brok
 from meshgate.brokers.nats._names import check_durable_name, generation_name, generation_of
 from meshgate.brokers.nats._pull import (
     CONSUMER_LOST,
-    PULL_GRACE_SECONDS,
     TIMEOUT,
     PullSubscription,
     RawMsg,
@@ -63,6 +62,9 @@ _CONSUMER_EXISTS = 10148
 _ACK_RE = re.compile(rb"(?<![^ ])\$JS\.ACK\.[^. ]+\.[^. ]+\.\d+\.(\d+)\.(\d+)\.(\d+)\.(\d+)(?![^ ])")
 # Opens racing for generation numbers: each "exists" moves to the next number.
 _GENERATION_TRIES = 64
+# How long a link's standing pull request lasts on the server (see _gather): a request that
+# vanished without a word (nothing else ends one) is given up after this, plus a grace.
+STANDING_EXPIRES_SECONDS = 5.0
 # A consumer sends an ack at most this often. A link at moderate load finishes a batch of a few
 # dozen events every few ms in each partition, and each confirmed ack cost the gateway ~100 us
 # of CPU on the Intel machine (docs/PERFORMANCE.md, "Acks at most every 50 ms"). An ack held
@@ -384,24 +386,55 @@ class NatsDurableConsumer(DurableConsumer):
         nc = await host.ready(max(timeout, 0.05))
         try:
             status: str | None = None
-            if not puller.buffer and timeout > 0:
-                # One request: what is there now, else the first events to land within
-                # ``timeout``. With no_wait and expires the server ends it as soon as it has
-                # delivered what was pending (or at expiry), so nothing stays requested
-                # afterwards; one round trip where "nothing now", "the next one" and "the rest"
-                # took three.
-                await puller.request(max_events, no_wait=True, expires=timeout)
-                status = await puller.wait(timeout + PULL_GRACE_SECONDS)
-            elif not puller.buffer:
+            if timeout > 0:
+                status = await self._gather(puller, max_events, timeout)
+            elif not puller.buffer and not puller.standing:
                 await puller.request(max_events, no_wait=True)
                 status = await puller.wait(host.ack_timeout)
             if status in CONSUMER_LOST:
                 await self._on_lost(puller, status)
-            elif status == TIMEOUT and not nc.is_connected:
+            elif status == TIMEOUT and not puller.buffer and not nc.is_connected:
                 raise NotConnectedError(f"connection to NATS lost while consumer {self.name!r} fetched")
         except NATS_FAILURES as exc:
             raise broker_error(exc, f"fetch from durable consumer {self.name!r}") from exc
         return puller, nc
+
+    async def _gather(self, puller: PullSubscription, max_events: int, timeout: float) -> str | None:
+        """Waits, up to ``timeout``, for a batch in the puller's buffer, through a standing request.
+
+        A batch is ready with ``max_events`` in the buffer, or some and none more stored (the
+        last delivery's pending count is 0: what one write stored lands at once, and the
+        fetch hands it out without waiting for more), or some and the request ended. The
+        request (``STANDING_EXPIRES_SECONDS``, for ``max_events``) stays open across fetches
+        while it can deliver; a new one is made only once it ended and the buffer is empty.
+        Returns how the last request ended if it ended in a way the caller acts on, or
+        ``TIMEOUT`` when the time was up with nothing.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        buffer = puller.buffer
+        while True:
+            if len(buffer) >= max_events or (buffer and _pending_after(buffer[-1][1]) == 0):
+                return None
+            if not puller.standing:
+                ended = puller.ended
+                if ended in CONSUMER_LOST:
+                    return ended
+                if buffer:
+                    return None
+                if loop.time() >= deadline:
+                    return TIMEOUT
+                await puller.request(max_events, expires=STANDING_EXPIRES_SECONDS)
+                continue  # what landed meanwhile is looked at before waiting for more
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return None if buffer else TIMEOUT
+            puller.arrived.clear()
+            try:
+                await asyncio.wait_for(puller.arrived.wait(), min(remaining, STANDING_EXPIRES_SECONDS))
+            except TimeoutError:
+                if loop.time() >= deadline:
+                    return None if buffer else TIMEOUT
 
     async def _on_lost(self, puller: PullSubscription, status: str) -> None:
         """A pull answered 503/409: the generation is unavailable for now, or gone."""
@@ -699,6 +732,20 @@ class NatsDurableConsumer(DurableConsumer):
         puller, self._puller = self._puller, None
         if puller is not None:
             await host.close_puller(puller)
+
+
+def _pending_after(reply: bytes) -> int:
+    """The consumer's pending count when a delivery was made, from its ack subject (-1: not read).
+
+    ``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>``, or with a domain
+    and account hash two tokens more and a random token at the end.
+    """
+    tokens = reply.split(b".")
+    if len(tokens) == 9:
+        return int(tokens[8])
+    if len(tokens) >= 11:
+        return int(tokens[10])
+    return -1
 
 
 def _floor_of(info: ConsumerInfo) -> int:

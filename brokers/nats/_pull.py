@@ -22,6 +22,13 @@ as a slow consumer.
 Each request replies to its own subject under the inbox (``<inbox>.<n>``), so a late status
 of an earlier request cannot end the current one. Deliveries keep their stream subject on the
 wire, so they are matched to a request by count only.
+
+A link's durable consumer has one reader per generation (its fence), and there a request may
+also *stand*: ``expires`` for up to N, left open across fetches, its events taken as they
+land (``arrived``), until N have come or it expires (a 408). One request then serves many
+small batches at moderate load, where a request per batch cost a round trip and a status each
+(``NatsDurableConsumer._gather``). ``standing`` says whether the current request may still
+deliver: not ended, and not past its expiry (plus ``PULL_GRACE_SECONDS``) on this connection.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -132,9 +140,12 @@ class PullSubscription:
         "_inbox",
         "_nc",
         "_next_subject",
+        "_open_until",
+        "_reconnects",
         "_reply",
         "_sub",
         "_token",
+        "arrived",
         "buffer",
         "consumer",
         "last_description",
@@ -153,6 +164,12 @@ class PullSubscription:
         # Deliveries not yet handed out; bounded by the size of the requests made.
         self.buffer: deque[RawMsg] = deque()
         self.last_description = ""
+        # Set at each delivery and at the end of a request (cleared by whoever waits on it).
+        self.arrived = asyncio.Event()
+        # The current request's expiry plus grace (loop time) and the connection's reconnects
+        # when it was made: past the one or after another reconnect it delivers no more.
+        self._open_until = 0.0
+        self._reconnects = 0
 
     async def open(self) -> None:
         self._sub = await subscribe_raw(self._nc, f"{self._inbox}.*", self._on_msg, pending_msgs_limit=_PENDING_LIMIT)
@@ -175,12 +192,32 @@ class PullSubscription:
         if previous is not None and not previous.done():
             # Replaced before it ended: its late events, if any, count for the new request.
             previous.set_result(CLOSED)
-        done = self._done = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        done = self._done = loop.create_future()
         if on_end is not None:
             done.add_done_callback(lambda _: on_end())
+        self._open_until = loop.time() + expires + PULL_GRACE_SECONDS if expires is not None else math.inf
+        self._reconnects = self._nc.stats["reconnects"]
         body = next_request(batch, expires=expires, no_wait=no_wait, max_bytes=max_bytes)
         await self._nc.publish(self._next_subject, body, reply=reply)
         reraise_swallowed_cancel()
+
+    @property
+    def standing(self) -> bool:
+        """Whether the current request may still deliver (see the module's docstring)."""
+        done = self._done
+        return (
+            done is not None
+            and not done.done()
+            and asyncio.get_running_loop().time() < self._open_until
+            and self._nc.stats["reconnects"] == self._reconnects
+        )
+
+    @property
+    def ended(self) -> str | None:
+        """How the current request ended (as ``wait`` says), None while it has not."""
+        done = self._done
+        return done.result() if done is not None and done.done() else None
 
     async def wait(self, timeout: float) -> str:
         """How the current request ended: ``full``, a status code, ``timeout`` or ``closed``."""
@@ -206,8 +243,10 @@ class PullSubscription:
                     # Not a reset of the consumer: the request is full by bytes.
                     status = BYTES
                 done.set_result(status)
+                self.arrived.set()
             return
         self.buffer.append((subject, reply, hdr, data))
+        self.arrived.set()
         if self._expect > 0:
             self._expect -= 1
             done = self._done
@@ -223,6 +262,7 @@ class PullSubscription:
         done = self._done
         if done is not None and not done.done():
             done.set_result(CLOSED)
+        self.arrived.set()
         sub, self._sub = self._sub, None
         if sub is not None:
             unsubscribe_raw(self._nc, sub)

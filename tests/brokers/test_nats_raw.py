@@ -13,6 +13,7 @@ import pytest
 from meshgate.brokers import Broker, DurableConsumer, EmbeddedNats, NatsBroker, RawBatch, StartAt, header_lines
 from meshgate.brokers._base import AppendResult, SequencedLog
 from meshgate.brokers._codec import _PLAIN_LINES_RE, _header_lines_problem, check_header_lines
+from meshgate.brokers.nats import _consumer as nats_consumer
 from meshgate.brokers.nats._parser import FastParser, _AckRun
 from meshgate.brokers.nats._pull import PullSubscription
 from meshgate.brokers.nats._wire import split_header_block
@@ -256,17 +257,14 @@ async def test_raw_fetch_and_append_carry_the_stored_bytes(nats_server: Embedded
         assert copy == want
 
 
-async def test_a_fetch_that_waits_takes_the_first_events_in_one_pull_and_leaves_none_waiting(
+async def test_one_standing_pull_serves_the_fetches_each_taking_what_one_write_stored(
     nats_broker: NatsBroker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A link's fetch when it is caught up: one pull request (no_wait with expires) that the
-    server ends as soon as it has delivered what landed, never one left waiting there."""
+    """A link's fetch: one pull request stands at the server across fetches (up to its batch or
+    its expiry); each fetch hands out what landed, in order, as soon as nothing more is stored,
+    without a request of its own."""
     consumer = await nats_broker.durable_consumer("link-there", origin="here", routed_to="there")
     host = nats_broker._consumer_host
-    started = asyncio.get_running_loop().time()
-    assert len(await consumer.fetch_raw(100, timeout=0.3)) == 0
-    assert asyncio.get_running_loop().time() - started >= 0.25  # it waited for the expiry
-    assert (await host.api.info(consumer.name)).num_waiting == 0
     requests: list[dict[str, Any]] = []
     request = PullSubscription.request
 
@@ -275,19 +273,43 @@ async def test_a_fetch_that_waits_takes_the_first_events_in_one_pull_and_leaves_
         await request(self, batch, **options)
 
     monkeypatch.setattr(PullSubscription, "request", counted)
-    waiting = asyncio.ensure_future(consumer.fetch_raw(100, timeout=BOUND))
-    await asyncio.sleep(0.1)  # the pull is at the server, waiting
-    assert (await host.api.info(consumer.name)).num_waiting == 1
-    events = [make_event("orders/created", f"w{i}", origin="here", route=["here", "there"]) for i in range(5)]
+    started = asyncio.get_running_loop().time()
+    assert len(await consumer.fetch_raw(100, timeout=0.3)) == 0
+    assert asyncio.get_running_loop().time() - started >= 0.25  # it waited its time
+    assert (await host.api.info(consumer.name)).num_waiting == 1  # the request stands
+    got: list[str] = []
+    for write in range(3):
+        waiting = asyncio.ensure_future(consumer.fetch_raw(100, timeout=BOUND))
+        events = [
+            make_event("orders/created", f"w{write}-{i}", origin="here", route=["here", "there"]) for i in range(5)
+        ]
+        sequences(await nats_broker.append(events))
+        raw = await asyncio.wait_for(waiting, BOUND)
+        # Handed out without waiting for the batch of 100 (nor for the time given).
+        assert 1 <= len(raw) <= 5 and raw.ids == [e.id for e in events[: len(raw)]]
+        got += raw.ids
+        if len(raw) < 5:
+            got += (await _fetch_all(consumer, 5 - len(raw))).ids
+        await consumer.ack_raw(raw)
+    assert got == [f"w{write}-{i}" for write in range(3) for i in range(5)]
+    assert requests == [{"batch": 100, "expires": nats_consumer.STANDING_EXPIRES_SECONDS}]
+    assert await consumer.pending() == 0
+    await consumer.close()
+
+
+async def test_a_standing_pull_is_made_again_once_it_ended(nats_broker: NatsBroker) -> None:
+    """Full (its whole batch delivered) or expired, the request is replaced at the next fetch."""
+    consumer = await nats_broker.durable_consumer("link-full", origin="here", routed_to="there")
+    events = [make_event("orders/created", f"f{i}", origin="here", route=["here", "there"]) for i in range(7)]
     sequences(await nats_broker.append(events))
-    raw = await asyncio.wait_for(waiting, BOUND)
-    assert len(raw) >= 1 and raw.ids == [e.id for e in events[: len(raw)]]
-    assert requests == [{"batch": 100, "no_wait": True, "expires": BOUND}]
-    assert (await host.api.info(consumer.name)).num_waiting == 0
-    # Whatever the first pull did not take comes with the next, in order.
-    rest = await _fetch_all(consumer, 5 - len(raw)) if len(raw) < 5 else RawBatch()
-    assert raw.ids + rest.ids == [e.id for e in events]
-    await consumer.ack_raw(rest if rest.ids else raw)
+    first = await consumer.fetch_raw(3, timeout=BOUND)  # a request for 3: full at once
+    assert first.ids == ["f0", "f1", "f2"]
+    second = await consumer.fetch_raw(3, timeout=BOUND)
+    assert second.ids == ["f3", "f4", "f5"]
+    third = await consumer.fetch_raw(3, timeout=BOUND)
+    assert third.ids == ["f6"]  # one stored, none more: handed out, the request left standing
+    for batch in (first, second, third):
+        await consumer.ack_raw(batch)
     assert await consumer.pending() == 0
     await consumer.close()
 
