@@ -337,9 +337,11 @@ class NatsDurableConsumer(DurableConsumer):
         """Drops every delivery handed out or buffered: they are not acked through this generation."""
         self._unacked.clear()
         self._marks.clear()
+        # Nor is anything held back for it, nor its failure the next generation's.
         if self._ack_timer is not None:
             self._ack_timer.cancel()
             self._ack_timer = None
+        self._ack_error = None
         if self._puller is not None:
             self._puller.buffer.clear()
 
@@ -741,11 +743,8 @@ def _pending_after(reply: bytes) -> int:
     and account hash two tokens more and a random token at the end.
     """
     tokens = reply.split(b".")
-    if len(tokens) == 9:
-        return int(tokens[8])
-    if len(tokens) >= 11:
-        return int(tokens[10])
-    return -1
+    field = tokens[8] if len(tokens) == 9 else tokens[10] if len(tokens) >= 11 else b""
+    return int(field) if field.isdigit() else -1
 
 
 def _floor_of(info: ConsumerInfo) -> int:

@@ -516,6 +516,27 @@ async def test_a_held_back_ack_that_fails_ends_the_readers_session_at_its_next_a
         await new.close()
 
 
+async def test_a_failed_held_back_ack_is_not_the_next_generations(
+    nats_server: EmbeddedNats, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reset after a held-back ack failed opens a generation whose acks go as any others."""
+    monkeypatch.setattr(nats_consumer, "ACK_INTERVAL_SECONDS", 3600.0)
+    async with make_nats_broker(nats_server) as one, make_nats_broker(nats_server) as two:
+        sequences(await one.append([make_event("orders/created", f"g{i}") for i in range(3)]))
+        old = await one.durable_consumer("link-regen", pattern="orders/*")
+        held = await old.fetch(3, timeout=BOUND)
+        await old.ack(held[:1])  # sent at once
+        await old.ack(held[1:2])  # held back
+        other = await two.durable_consumer("link-regen", pattern="orders/*")  # fences old
+        await old.reset()  # its flush fails (fenced); the next generation starts after g0
+        again = await old.fetch(3, timeout=BOUND)
+        assert [d.event.id for d in again] == ["g1", "g2"]
+        await old.ack(again)  # the first ack of this generation: sent at once, not the old failure
+        assert await old.pending() == 0
+        await other.close()
+        await old.close()
+
+
 async def fetch_skipping(consumer: DurableConsumer) -> list[str]:
     """Fetches until the consumer has nothing more (every delivery skipped, here)."""
     got: list[str] = []
