@@ -184,4 +184,7 @@ if __name__ == "__main__":
         "--rate", type=float, default=0.0, help="events/s offered in the live phase (default 0: as fast as it goes)"
     )
     parser.add_argument("--out", default="profile-out", help="folder for the raw stacks and summary.md")
-    asyncio.run(main(parser.parse_args()))
+    args = parser.parse_args()
+    if args.rate < 0:
+        parser.error(f"--rate is events per second, 0 or more (0: as fast as it goes); got {args.rate:g}")
+    asyncio.run(main(args))

@@ -408,4 +408,7 @@ if __name__ == "__main__":
         print(json.dumps(in_process()))
     else:
         chosen = [m.strip() for m in args.modes.split(",") if m.strip()]
+        unknown = [m for m in chosen if m not in MODES]
+        if unknown:
+            parser.error(f"unknown mode(s) {', '.join(unknown)} in --modes; the modes are {', '.join(MODES)}")
         print(json.dumps(asyncio.run(main(args.seconds, args.clients, args.rounds, modes=chosen))))

@@ -42,6 +42,7 @@ __all__ = [
     "Member",
     "TlsRotated",
     "Trunk",
+    "check_answer",
     "open_channel",
     "tls_changed",
 ]
@@ -332,6 +333,19 @@ def _groups(
     return groups
 
 
+def check_answer(resp: replication_pb2.ReplicateResponse, n: int, destination: str) -> None:
+    """Raises ``LinkError`` unless the answer accounts for each of the batch's ``n`` events once.
+
+    A destination that did not read the raw events (one older than them) answers none.
+    """
+    refused = resp.refused
+    if resp.accepted + resp.duplicates + len(refused) != n or any(r.index >= n for r in refused):
+        raise LinkError(
+            f"region {destination} answered raw batch {resp.batch_id} with {resp.accepted} accepted, "
+            f"{resp.duplicates} duplicates and {len(refused)} refused; it has {n} events"
+        )
+
+
 def split_answer(
     resp: replication_pb2.ReplicateResponse, merged: _Merged, destination: str
 ) -> list[tuple[replication_pb2.ReplicateResponse, bool]]:
@@ -344,11 +358,7 @@ def split_answer(
     """
     n = merged.size
     refused = resp.refused
-    if resp.accepted + resp.duplicates + len(refused) != n or any(r.index >= n for r in refused):
-        raise LinkError(
-            f"region {destination} answered raw batch {resp.batch_id} with {resp.accepted} accepted, "
-            f"{resp.duplicates} duplicates and {len(refused)} refused; it has {n} events"
-        )
+    check_answer(resp, n, destination)
     if len(merged.parts) == 1:  # not merged: the answer is the link's own
         return [
             (

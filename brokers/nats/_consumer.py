@@ -623,8 +623,14 @@ class NatsDurableConsumer(DurableConsumer):
     def _ack_later(self) -> None:
         """The interval is up: the ack held back goes (its failure is kept for the next ack)."""
         self._ack_timer = None
-        if not self._closed and (self._ack_task is None or self._ack_task.done()):
-            self._ack_task = asyncio.ensure_future(self._ack_quietly())
+        if self._closed:
+            return
+        if self._ack_task is not None and not self._ack_task.done():
+            # The ack still on its way took the marks of its time, not those held back since:
+            # look again an interval later rather than leave them until the next read.
+            self._ack_timer = asyncio.get_running_loop().call_later(ACK_INTERVAL_SECONDS, self._ack_later)
+            return
+        self._ack_task = asyncio.ensure_future(self._ack_quietly())
 
     async def _ack_quietly(self) -> None:
         try:
@@ -640,22 +646,27 @@ class NatsDurableConsumer(DurableConsumer):
         task = self._ack_task
         if task is not None and not task.done():
             await asyncio.shield(task)
-        marks = self._marks
-        if marks and marks[0][0] < next(iter(self._unacked.values()), math.inf):
+        if self._ackable():
             await self._ack_quietly()
+
+    def _ackable(self) -> int:
+        """How many marks lie below the oldest delivery still handed out: the ack goes on the last."""
+        oldest = next(iter(self._unacked.values()), math.inf)
+        marks = self._marks
+        n = 0
+        while n < len(marks) and marks[n][0] < oldest:
+            n += 1
+        return n
 
     async def _advance(self, nc: Client, *, confirm: bool) -> bool:
         """Sends one ack on the highest mark below the oldest delivery still handed out (if any).
 
         True when an ack was sent.
         """
-        oldest = next(iter(self._unacked.values()), math.inf)
-        marks = self._marks
-        n = 0
-        while n < len(marks) and marks[n][0] < oldest:
-            n += 1
+        n = self._ackable()
         if not n:
             return False
+        marks = self._marks
         reply = marks[n - 1][1]
         # Every mark left is above the one acked now, and later marks (a fetch's last delivery,
         # an acked one) come later in delivery order: no ack is ever sent twice.

@@ -2,9 +2,9 @@
 
 nats-py's ``PullSubscription.fetch`` waits for a whole batch or the full expiry, and leaves
 lingering requests behind when it gives up early. Readers here need "what is there now, and
-otherwise the next event as soon as it lands", with nothing left outstanding on a shared
-durable consumer between calls. So requests are made one at a time and always run to their
-end on the server:
+otherwise the next event as soon as it lands", and a request they no longer want must not
+live on at the server. So requests are made one at a time and always run to their end on
+the server (a link's consumer leaves one standing on purpose, below):
 
 * ``no_wait`` for up to N: the server sends what it has, then a 404/408 status when that was
   fewer than N (nothing when it was exactly N);

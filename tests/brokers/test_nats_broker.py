@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
@@ -19,6 +20,7 @@ from meshgate.brokers import (
     BrokerError,
     BrokerState,
     BrokerUnavailableError,
+    Delivery,
     DurableConsumer,
     EmbeddedNats,
     Leases,
@@ -31,7 +33,7 @@ from meshgate.brokers import (
 )
 from meshgate.brokers.nats import AckTimeoutError
 from meshgate.brokers.nats import _consumer as nats_consumer
-from meshgate.brokers.nats._consumer import ConsumerApi
+from meshgate.brokers.nats._consumer import ConsumerApi, NatsDurableConsumer
 from meshgate.brokers.nats._names import generation_of
 from meshgate.brokers.nats._subjects import partition_of
 from meshgate.config import NatsSettings
@@ -494,47 +496,91 @@ async def _at_least(broker: NatsBroker, consumer: Any, floor: int) -> bool:
     return await _server_floor(broker, consumer) >= floor
 
 
-async def test_a_held_back_ack_that_fails_ends_the_readers_session_at_its_next_ack(
-    nats_server: EmbeddedNats, monkeypatch: pytest.MonkeyPatch
+async def test_an_ack_held_back_while_another_is_on_its_way_still_goes(
+    nats_broker: NatsBroker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The interval ends while the ack the timer sent earlier has not come back: what was held
+    back since goes once it has, without another call."""
+    slow = asyncio.Event()  # the timer's ack (the second sent) waits for this
+    advances = 0
+    advance = nats_consumer.NatsDurableConsumer._advance
+
+    async def slow_second(self: Any, nc: Any, *, confirm: bool) -> bool:
+        nonlocal advances
+        advances += 1
+        sent = await advance(self, nc, confirm=confirm)
+        if advances == 2:
+            await slow.wait()
+        return sent
+
+    monkeypatch.setattr(nats_consumer.NatsDurableConsumer, "_advance", slow_second)
+    timers = 0  # intervals that ran out
+    ack_later = nats_consumer.NatsDurableConsumer._ack_later
+
+    def counted(self: Any) -> None:
+        nonlocal timers
+        timers += 1
+        ack_later(self)
+
+    monkeypatch.setattr(nats_consumer.NatsDurableConsumer, "_ack_later", counted)
+    seqs = sequences(await nats_broker.append([make_event("orders/created", f"s{i}") for i in range(8)]))
+    consumer = await nats_broker.durable_consumer("link-slow-ack", pattern="orders/*")
+    try:
+        await consumer.ack(await consumer.fetch(2, timeout=BOUND))  # sent at once (advance 1)
+        await consumer.ack(await consumer.fetch(2, timeout=BOUND))  # held back: the timer sends it (advance 2)
+        await eventually(lambda: advances >= 2, BOUND, what="the timer's ack to be on its way")
+        await consumer.ack(await consumer.fetch(2, timeout=BOUND))  # sent at once: the last went long ago
+        await consumer.ack(await consumer.fetch(2, timeout=BOUND))  # held back while the timer's is out
+        await eventually(lambda: timers >= 2, BOUND, what="its interval to run out with the timer's ack out")
+        slow.set()
+        await eventually(lambda: _at_least(nats_broker, consumer, seqs[7]), BOUND, what="the last held-back ack")
+    finally:
+        slow.set()
+        await consumer.close()
+
+
+@contextlib.asynccontextmanager
+async def _fenced_holding_an_ack(
+    nats_server: EmbeddedNats, name: str
+) -> AsyncIterator[tuple[NatsDurableConsumer, list[Delivery], NatsDurableConsumer]]:
+    """A reader of ``name`` that was handed x0-x2, acked x0 and holds back x1's ack (acks go at
+    most once an hour here), fenced by a new generation opened on another connection (the lease
+    moved): (old, its deliveries, new), both closed at the end."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(nats_consumer, "ACK_INTERVAL_SECONDS", 3600.0)
+        async with make_nats_broker(nats_server) as one, make_nats_broker(nats_server) as two:
+            sequences(await one.append([make_event("orders/created", f"x{i}") for i in range(3)]))
+            old = await one.durable_consumer(name, pattern="orders/*")
+            held = await old.fetch(3, timeout=BOUND)
+            await old.ack(held[:1])  # sent at once
+            await old.ack(held[1:2])  # held back
+            new = await two.durable_consumer(name, pattern="orders/*")
+            try:
+                yield old, held, new
+            finally:
+                await old.close()
+                await new.close()
+
+
+async def test_a_held_back_ack_that_fails_ends_the_readers_session_at_its_next_ack(nats_server: EmbeddedNats) -> None:
     """The fence still holds for acks held back: the failure is kept and raised by the next ack."""
-    monkeypatch.setattr(nats_consumer, "ACK_INTERVAL_SECONDS", 3600.0)
-    async with make_nats_broker(nats_server) as one, make_nats_broker(nats_server) as two:
-        sequences(await one.append([make_event("orders/created", f"x{i}") for i in range(3)]))
-        old = await one.durable_consumer("link-fenced", pattern="orders/*")
-        held = await old.fetch(3, timeout=BOUND)
-        await old.ack(held[:1])  # sent at once
-        await old.ack(held[1:2])  # held back
-        new = await two.durable_consumer("link-fenced", pattern="orders/*")  # the lease moved
+    async with _fenced_holding_an_ack(nats_server, "link-fenced") as (old, held, new):
         await old._flush()  # what the timer does when the interval is up
         assert isinstance(old._ack_error, BrokerUnavailableError)
         with pytest.raises(BrokerUnavailableError):
             await old.ack(held[2:])
         # The new generation starts after x0 only: nothing the fenced reader acked late counts.
         assert [d.event.id for d in await new.fetch(10, timeout=BOUND)] == ["x1", "x2"]
-        await old.close()
-        await new.close()
 
 
-async def test_a_failed_held_back_ack_is_not_the_next_generations(
-    nats_server: EmbeddedNats, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_failed_held_back_ack_is_not_the_next_generations(nats_server: EmbeddedNats) -> None:
     """A reset after a held-back ack failed opens a generation whose acks go as any others."""
-    monkeypatch.setattr(nats_consumer, "ACK_INTERVAL_SECONDS", 3600.0)
-    async with make_nats_broker(nats_server) as one, make_nats_broker(nats_server) as two:
-        sequences(await one.append([make_event("orders/created", f"g{i}") for i in range(3)]))
-        old = await one.durable_consumer("link-regen", pattern="orders/*")
-        held = await old.fetch(3, timeout=BOUND)
-        await old.ack(held[:1])  # sent at once
-        await old.ack(held[1:2])  # held back
-        other = await two.durable_consumer("link-regen", pattern="orders/*")  # fences old
-        await old.reset()  # its flush fails (fenced); the next generation starts after g0
+    async with _fenced_holding_an_ack(nats_server, "link-regen") as (old, _, _new):
+        await old.reset()  # its flush fails (fenced); the next generation starts after x0
         again = await old.fetch(3, timeout=BOUND)
-        assert [d.event.id for d in again] == ["g1", "g2"]
-        await old.ack(again)  # the first ack of this generation: sent at once, not the old failure
-        assert await old.pending() == 0
-        await other.close()
-        await old.close()
+        assert [d.event.id for d in again] == ["x1", "x2"]
+        await old.ack(again)  # held back (the interval), and not raising the old generation's failure
+        assert await old.pending() == 0  # sent before the read
 
 
 async def fetch_skipping(consumer: DurableConsumer) -> list[str]:

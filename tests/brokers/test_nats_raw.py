@@ -279,13 +279,14 @@ async def test_one_standing_pull_serves_the_fetches_each_taking_what_one_write_s
     assert (await host.api.info(consumer.name)).num_waiting == 1  # the request stands
     got: list[str] = []
     for write in range(3):
-        waiting = asyncio.ensure_future(consumer.fetch_raw(100, timeout=BOUND))
+        # Given far longer than the test waits for it: a fetch that waited for its batch, or for
+        # its time, would fail here.
+        waiting = asyncio.ensure_future(consumer.fetch_raw(100, timeout=10 * BOUND))
         events = [
             make_event("orders/created", f"w{write}-{i}", origin="here", route=["here", "there"]) for i in range(5)
         ]
         sequences(await nats_broker.append(events))
         raw = await asyncio.wait_for(waiting, BOUND)
-        # Handed out without waiting for the batch of 100 (nor for the time given).
         assert 1 <= len(raw) <= 5 and raw.ids == [e.id for e in events[: len(raw)]]
         got += raw.ids
         if len(raw) < 5:
