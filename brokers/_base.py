@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -597,11 +597,11 @@ class Leases(abc.ABC):
 
 
 class PartitionedLog(abc.ABC):
-    """A log split into partitions by event key, each read by a durable consumer of its own (NATS).
+    """A log split into partitions by event key (NATS).
 
-    Replication runs a link per (destination, partition), each under its own lease, so a
-    destination's work spreads over the replicas; a key's events share a partition, which
-    one replica sends at a time in log order.
+    Each partition of a destination's replication has its own lease, so the work spreads over
+    the replicas; a process reads the partitions it holds through one durable consumer, and a
+    key's events share a partition, which one process sends at a time in log order.
     """
 
     @property
@@ -617,12 +617,14 @@ class PartitionedLog(abc.ABC):
         pattern: str = ">",
         origin: str | None = None,
         routed_to: str | None = None,
-        partition: int | None = None,
+        partitions: Collection[int] | None = None,
     ) -> DurableConsumer:
-        """``Log.durable_consumer`` of only ``origin``'s events of ``partition`` (given with an origin).
+        """``Log.durable_consumer`` of only ``origin``'s events of ``partitions`` (given with an origin).
 
-        Its deliveries carry the partition as their stream (``p<n>``), so the destination
-        keeps its dedup state per partition.
+        Its deliveries carry their partition as their stream (``p<n>``), so the destination
+        keeps its dedup state per partition. Each partition's position is its own: a consumer
+        opened over another set of partitions (a rebalance) starts each partition where the
+        last reader of it stopped.
         """
 
 

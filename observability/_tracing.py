@@ -841,15 +841,14 @@ class Tracing:
         return spans if sampled else []
 
     @staticmethod
-    def end_send(spans: Sequence[Span | None], refused: Mapping[int, str], *, duplicates: int | None) -> None:
-        """Ends the send spans of an acked batch: ``refused`` by index, ``duplicates`` of the rest
-        (None: not known, as for a batch sent within a larger request).
+    def end_send(spans: Sequence[Span | None], refused: Mapping[int, str], *, duplicates: int) -> None:
+        """Ends the send spans of an acked batch: ``refused`` by index, ``duplicates`` of the rest.
 
         The destination counts duplicates per batch, not per event: the outcome attribute says
         ``duplicate`` or ``accepted`` when the whole rest of the batch was one or the other.
         """
         kept = len(spans) - len(refused)
-        outcome: str | None = None  # not known, or some of each
+        outcome: str | None = None  # some of each
         if duplicates == 0:
             outcome = "accepted"
         elif duplicates == kept:

@@ -25,12 +25,10 @@ from meshgate.brokers import (
     parse_header_lines,
 )
 from meshgate.config import Settings
-from meshgate.replicator._trunk import (
+from meshgate.replicator._channel import (
     TLS_POLL_SECONDS,
     LinkError,
-    Member,
     TlsRotated,
-    Trunk,
     check_answer,
     open_channel,
     tls_changed,
@@ -123,7 +121,7 @@ async def _cancelled(task: asyncio.Task[None]) -> None:
 
     Once is not enough: nats-py can swallow a cancellation that lands inside one of its
     requests, and a send loop that lived on would spin (waiting out a TLS rotation that never
-    ends for it) while the session waited for it forever: its partition would stop.
+    ends for it) while the session waited for it forever: its link would stop.
     """
     while not task.done():
         task.cancel()
@@ -190,7 +188,7 @@ def lag_seconds_of(counters: LinkCounters) -> float:
 
 
 def status_of(destination: str, state: LinkState, counters: LinkCounters) -> admin_pb2.LinkStatus:
-    """What Admin.Status says of a link (or of a destination's partition links, summed)."""
+    """What Admin.Status says of a link."""
     status = admin_pb2.LinkStatus(
         destination=destination,
         state=state.value,
@@ -224,21 +222,24 @@ class Link:
         address: str | None,
         broker: Broker,
         options: LinkOptions | None = None,
-        partition: int | None = None,
-        trunk: Trunk | None = None,
+        partitions: Sequence[int] | None = None,
     ) -> None:
         self.source = source
         self.destination = destination
-        # The partition of this region's log the link sends (a PartitionedLog's), None: all of it.
-        self.partition = partition
+        # The partitions of this region's log the link sends (a PartitionedLog's, read through
+        # one consumer), None: all of it.
+        self.partitions: tuple[int, ...] | None = tuple(sorted(partitions)) if partitions is not None else None
         self.address = address
         self.options = options or LinkOptions()
         self.state = LinkState.STOPPED
         self.counters = LinkCounters()
         self._broker = broker
-        # A partitioned log's links all end in -p<n>, so no two (destination, partition) share one.
-        self._consumer_name = f"mg-link-{destination}" if partition is None else f"mg-link-{destination}-p{partition}"
+        # One durable consumer per link, whichever partitions it reads: each generation records
+        # its own, and each partition's position lives on across them (NatsDurableConsumer).
+        self._consumer_name = f"mg-link-{destination}"
         self._task: asyncio.Task[None] | None = None
+        # A run stopped but not yet ended (see stop): the next start waits for it.
+        self._ending: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._stopping = False
         self._inflight: deque[_Sent] = deque()
@@ -260,10 +261,6 @@ class Link:
         self._session_started = 0.0
         # True while a Replicate call to the destination is open.
         self._session_open = False
-        # The call this link shares with the destination's other partition links here, if any
-        # (``replicator._trunk``); else each session opens a call of its own.
-        self._trunk = trunk
-        self._member: Member | None = None
 
     # --- control ---------------------------------------------------------------------------
 
@@ -271,10 +268,28 @@ class Link:
     def running(self) -> bool:
         return self._task is not None
 
+    @property
+    def partition(self) -> None:
+        """A link is no one partition's (``LinkGroup``'s slots are): its lease is the destination's."""
+        return None
+
+    def set_partitions(self, partitions: Sequence[int]) -> None:
+        """The partitions to send from the next start (the link is stopped)."""
+        if self._task is not None:
+            raise RuntimeError(f"link {self.source} -> {self.destination} is running; stop it first")
+        self.partitions = tuple(sorted(partitions))
+
     async def start(self) -> None:
         if self._task is not None:
             return
+        ending, self._ending = self._ending, None
+        if ending is not None:
+            # The last run did not end within stop()'s bound: it still holds the consumer (of
+            # the partitions it read), which this run must not take over.
+            await _cancelled(ending)
         self._stopping = False
+        # Restarted after a failure (a rebalance restarts it too): backing_off until it works again.
+        self.state = LinkState.BACKING_OFF if self.counters.last_error else LinkState.CONNECTING
         self._task = asyncio.create_task(self._run(), name=f"link {self.source}->{self.destination}")
 
     async def stop(self, timeout: float = 5.0) -> None:
@@ -291,6 +306,7 @@ class Link:
         done, _ = await asyncio.wait({task}, timeout=2.0)
         if not done:
             log.warning("link %s -> %s did not stop within 2 s of cancelling", self.source, self.destination)
+            self._ending = task  # the next start waits for it
         self.state = LinkState.STOPPED
 
     async def _drained(self) -> None:
@@ -390,11 +406,11 @@ class Link:
         # adapter skips the rest before decoding them. On NATS each open (and each reset) is a
         # new generation of the consumer that fences the replicas that ran the link before.
         broker = self._broker
-        if self.partition is not None:
+        if self.partitions is not None:
             if not isinstance(broker, PartitionedLog):
-                raise TypeError(f"{type(broker).__name__} has no partitions; link to {self.destination} has one")
+                raise TypeError(f"{type(broker).__name__} has no partitions; link to {self.destination} has some")
             return await broker.durable_consumer(
-                self._consumer_name, origin=self.source, routed_to=self.destination, partition=self.partition
+                self._consumer_name, origin=self.source, routed_to=self.destination, partitions=self.partitions
             )
         return await broker.durable_consumer(self._consumer_name, origin=self.source, routed_to=self.destination)
 
@@ -444,9 +460,6 @@ class Link:
 
     async def _session(self, consumer: DurableConsumer, address: str) -> None:
         """One connection to the destination; returns only by raising why it ended."""
-        if self._trunk is not None:
-            await self._shared_session(consumer, address, self._trunk)
-            return
         opts = self.options
         tls = opts.tls
         channel, material = open_channel(address, destination=self.destination, tls=tls)
@@ -459,21 +472,8 @@ class Link:
             finally:
                 call.cancel()
 
-    async def _shared_session(self, consumer: DurableConsumer, address: str, trunk: Trunk) -> None:
-        """A session on the call the destination's partition links here share."""
-        member = self._member = await trunk.join(address, self._connect)
-        try:
-            await self._serve(consumer, member, None)
-        except BaseException as exc:
-            member.leave(exc)  # an error is the call's: it ends for every link on it
-            raise
-        finally:
-            member.leave()
-            self._member = None
-            await trunk.closed()
-
     async def _serve(
-        self, consumer: DurableConsumer, call: ReplicateCall | Member, watch: Coroutine[Any, Any, None] | None
+        self, consumer: DurableConsumer, call: ReplicateCall, watch: Coroutine[Any, Any, None] | None
     ) -> None:
         """Sends and acks on ``call`` until it fails; raises why."""
         opts = self.options
@@ -535,7 +535,7 @@ class Link:
     async def _open_slot(self, window: asyncio.Semaphore) -> None:
         """A place in the window for the next fetched batch, never while the TLS files rotate."""
         await window.acquire()
-        while self._rotating or (self._member is not None and self._member.rotating):
+        while self._rotating:
             # New TLS files: nothing more on this connection; _watch_tls ends it once acked.
             window.release()
             await asyncio.sleep(TLS_POLL_SECONDS)
@@ -544,7 +544,7 @@ class Link:
     async def _send_loop(
         self,
         consumer: DurableConsumer,
-        call: ReplicateCall | Member,
+        call: ReplicateCall,
         window: asyncio.Semaphore,
     ) -> None:
         """Sends the events as the log stored them, never decoded here; with traces on, each
@@ -562,8 +562,7 @@ class Link:
                 window.release()
                 self._settled()
                 # Idle: wait longer for the next event (it still comes at once, and the rest
-                # behind it with it) instead of asking the broker 50 times a second; a
-                # destination has a link per partition, most of them idle at any time.
+                # behind it with it) instead of asking the broker 50 times a second.
                 wait = max(opts.linger_seconds, _IDLE_WAIT_SECONDS)
                 continue
             wait = opts.linger_seconds
@@ -634,7 +633,7 @@ class Link:
 
     async def _read_from_idle(
         self,
-        call: ReplicateCall | Member,
+        call: ReplicateCall,
         timeout: float,
     ) -> object:
         """The next answer, awaited with nothing in flight: no limit until a batch is sent, then ``timeout``.
@@ -663,7 +662,7 @@ class Link:
     async def _ack_loop(
         self,
         consumer: DurableConsumer,
-        call: ReplicateCall | Member,
+        call: ReplicateCall,
         window: asyncio.Semaphore,
     ) -> None:
         opts = self.options
@@ -685,12 +684,8 @@ class Link:
             await consumer.ack_raw(sent.raw)
             self._inflight.popleft()
             if sent.spans and opts.tracing is not None:
-                # On a shared call, an answer split out of a merged one may not know its duplicates.
-                known = not isinstance(call, Member) or call.duplicates_known
                 opts.tracing.end_send(
-                    sent.spans,
-                    {r.index: r.message for r in resp.refused},
-                    duplicates=resp.duplicates if known else None,
+                    sent.spans, {r.index: r.message for r in resp.refused}, duplicates=resp.duplicates
                 )
             if not self._inflight:
                 self._idle.set()

@@ -15,8 +15,8 @@ from typing import Any, TypeVar
 
 from meshgate.brokers import Broker, BrokerError, Leases, PartitionedLog, WorkSharing
 from meshgate.config import MeshConfig, Settings
-from meshgate.replicator._group import LinkGroup
-from meshgate.replicator._link import Link, LinkOptions, LinkState
+from meshgate.replicator._group import LinkGroup, Part
+from meshgate.replicator._link import LinkOptions, LinkState
 from meshgate.v1 import admin_pb2
 
 __all__ = ["DEFAULT_LEASE_TTL", "Replicator"]
@@ -42,17 +42,20 @@ class Replicator:
     admission, so events routed by an older file still have to reach their regions.
 
     Several gateway replicas of a region share the work through leases kept in the broker:
-    each link runs in the one replica holding its lease (the others show it as standby), and
-    a replica that stops renewing loses its leases within ``lease_ttl`` to one that is alive.
-    One sender per link is what keeps a link's events in log order at the destination.
+    each partition of a link is sent by the one replica holding its lease (the others show it
+    as standby), and a replica that stops renewing loses its leases within ``lease_ttl`` to
+    one that is alive. One sender per partition is what keeps its events in log order at the
+    destination.
 
-    On a ``PartitionedLog`` (NATS) a destination has a link per partition, each with its own
-    lease (``link.<destination>.p<n>``), balanced over the replicas: each replica renews a
+    On a ``PartitionedLog`` (NATS) each partition of a destination has its own lease
+    (``link.<destination>.p<n>``), balanced over the replicas: each replica renews a
     membership lease (``member.<owner>``), and its fair share of a destination's partitions
-    is ceil(partitions / live replicas). A replica above it stops the extra links (their
-    batches in flight acked first) and hands their leases back; one below takes free ones.
-    So a replica that joins gets its share within about a lease round or two, and one that
-    dies leaves its partitions to the others once its leases lapse (``lease_ttl``).
+    is ceil(partitions / live replicas). A replica above it stops sending the extra
+    partitions (its batches in flight acked first) and hands their leases back; one below
+    takes free ones. A replica sends the partitions it holds through one link per
+    destination (``LinkGroup``), restarted over them when they change. So a replica that
+    joins gets its share within about a lease round or two, and one that dies leaves its
+    partitions to the others once its leases lapse (``lease_ttl``).
 
     A broker with ``WorkSharing`` (Kafka consumer groups) splits each link's durable consumer
     across the replicas itself, each stream of the log to one replica: every replica then runs
@@ -228,7 +231,7 @@ class Replicator:
                 group.use_broker(self._broker)
             await sibling.stop()
 
-    def _all_links(self) -> list[Link]:
+    def _all_links(self) -> list[Part]:
         return [link for group in self.links.values() for link in group.parts.values()]
 
     @property
@@ -244,7 +247,7 @@ class Replicator:
         return keeper
 
     @staticmethod
-    def _lease_name(link: Link) -> str:
+    def _lease_name(link: Part) -> str:
         if link.partition is None:
             return f"link.{link.destination}"
         return f"link.{link.destination}.p{link.partition}"
@@ -275,6 +278,7 @@ class Replicator:
             if len(held) > share:
                 await self._hand_over(held[share:])
                 held = held[:share]
+            idle: list[tuple[Part, str]] = []
             for link in links:
                 if link in held:
                     continue
@@ -286,7 +290,10 @@ class Replicator:
                         continue
                 if link.running:
                     log.info("link %s -> %s: lease lost; another replica runs it", self.region, self._shown(link))
-                    await link.stop(1.0)
+                idle.append((link, problem))
+            # Together: a destination's partitions are one link here, restarted once without them.
+            await asyncio.gather(*(link.stop(1.0) for link, _ in idle if link.running))
+            for link, problem in idle:
                 self._idle_state(link, problem)
             for link in held:
                 if not link.running:
@@ -304,7 +311,7 @@ class Replicator:
             return 0, f"lease of the link cannot be read or taken, the broker is unreachable: {exc}"
         return max(1, len(set(holders.values()) | {self.owner})), ""
 
-    async def _renew(self, link: Link) -> bool:
+    async def _renew(self, link: Part) -> bool:
         """Renews a lease this replica holds; False when it holds none (or lost it)."""
         if link.lease_renewed is None:
             return False
@@ -326,7 +333,7 @@ class Replicator:
         link.lease_renewed = time.monotonic() if held else None
         return held
 
-    async def _take(self, link: Link) -> tuple[bool, str]:
+    async def _take(self, link: Part) -> tuple[bool, str]:
         """Takes a free lease: (taken, why the broker could not say)."""
         try:
             held = await self._lease_keeper().hold_lease(self._lease_name(link), self.owner, ttl=self.lease_ttl)
@@ -336,7 +343,7 @@ class Replicator:
             link.lease_renewed = time.monotonic()
         return held, ""
 
-    async def _hand_over(self, links: list[Link]) -> None:
+    async def _hand_over(self, links: list[Part]) -> None:
         """Stops links above this replica's share (their batches in flight acked first), then frees their leases."""
         for link in links:
             log.info("link %s -> %s: handed to another replica (rebalance)", self.region, self._shown(link))
@@ -351,11 +358,11 @@ class Replicator:
             self._idle_state(link, "")
 
     @staticmethod
-    def _shown(link: Link) -> str:
+    def _shown(link: Part) -> str:
         return link.destination if link.partition is None else f"{link.destination} partition {link.partition}"
 
     @staticmethod
-    def _idle_state(link: Link, unknown: str) -> None:
+    def _idle_state(link: Part, unknown: str) -> None:
         """The state of a link that does not run here: STANDBY only when another replica holds its lease."""
         if unknown:
             link.state = LinkState.BACKING_OFF

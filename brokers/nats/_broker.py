@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import nats.errors
@@ -52,7 +52,13 @@ from meshgate.brokers._storage import StorageHealth
 from meshgate.brokers.nats._append import NatsAppend
 from meshgate.brokers.nats._board import NatsBoard
 from meshgate.brokers.nats._checkpoints import NatsCheckpoints
-from meshgate.brokers.nats._consumer import ConsumerApi, ConsumerHost, NatsDurableConsumer, durable_template
+from meshgate.brokers.nats._consumer import (
+    ConsumerApi,
+    ConsumerHost,
+    NatsDurableConsumer,
+    PartitionSet,
+    durable_template,
+)
 from meshgate.brokers.nats._errors import (
     NATS_FAILURES,
     NotConnectedError,
@@ -73,7 +79,6 @@ from meshgate.brokers.nats._subjects import (
     METADATA_LAYOUT,
     METADATA_PARTITIONS,
     SubjectLayout,
-    partition_stream,
 )
 from meshgate.brokers.nats._version import server_version
 from meshgate.brokers.nats._wire import (
@@ -577,23 +582,35 @@ class NatsBroker(
         pattern: str = ">",
         origin: str | None = None,
         routed_to: str | None = None,
-        partition: int | None = None,
+        partitions: Collection[int] | None = None,
     ) -> NatsDurableConsumer:
         """A durable consumer, opened as the next generation of ``name`` (see ``NatsDurableConsumer``).
 
-        The caller is the only reader of its generation: a NATS region runs a link's partition in
-        one replica at a time (a lease), and every open fences the instances opened before it.
-        With ``origin`` the consumer's filter is that origin's subjects (of ``partition`` when
-        given), so the server never delivers another region's events; its deliveries then
-        carry the partition as their origin stream (``p3``).
+        The caller is the only reader of its generation: a NATS region runs a link's partitions
+        in one process at a time (a lease each), and every open fences the instances opened
+        before it over any of them. With ``origin`` the consumer's filter is that origin's
+        subjects (of ``partitions`` when given), so the server never delivers another region's
+        events; its deliveries then carry their partition as their origin stream (``p3``), and
+        each partition starts where its last reader stopped.
         """
         layout = self._layout
-        if partition is not None and not 0 <= partition < layout.partitions:
-            raise ValueError(f"partition {partition} is outside 0..{layout.partitions - 1}")
-        if origin is not None:
-            filter_subject = layout.origin_filter(origin, partition, pattern)
-        elif partition is not None:
-            raise ValueError("a partition is read only with its origin")
+        scope: PartitionSet | None = None
+        if partitions is not None:
+            read = tuple(sorted(set(partitions)))
+            if not read:
+                raise ValueError("a partition reader needs at least one partition")
+            outside = [p for p in read if not 0 <= p < layout.partitions]
+            if outside:
+                raise ValueError(f"partition {outside[0]} is outside 0..{layout.partitions - 1}")
+            if origin is None:
+                raise ValueError("partitions are read only with their origin")
+            if pattern != ">":
+                raise ValueError("a partition reader reads every topic of its partitions")
+            layout.head(origin, 0)  # validates the origin
+            scope = PartitionSet(read=read, count=layout.partitions, head=f"{layout.prefix}{origin}.")
+            filter_subject = layout.origin_filter(origin)
+        elif origin is not None:
+            filter_subject = layout.origin_filter(origin, None, pattern)
         else:
             filter_subject = layout.pattern_filter(pattern)
         template = durable_template(
@@ -606,7 +623,7 @@ class NatsBroker(
             template,
             origin=origin,
             routed_to=routed_to,
-            stream=partition_stream(partition) if partition is not None else "",
+            partitions=scope,
         )
         try:
             await consumer.open()

@@ -35,13 +35,14 @@ from meshgate.brokers._base import (
 from meshgate.brokers._codec import HEADER_ORIGIN, decode_event, escape_header_value
 from meshgate.brokers._headers import RouteMatcher, each_contains
 from meshgate.brokers.nats._errors import NATS_FAILURES, NotConnectedError, broker_error
-from meshgate.brokers.nats._names import check_durable_name, generation_name, generation_of
+from meshgate.brokers.nats._names import GENERATION_SEP, check_durable_name, generation_name, generation_of
 from meshgate.brokers.nats._pull import (
     CONSUMER_LOST,
     TIMEOUT,
     PullSubscription,
     RawMsg,
 )
+from meshgate.brokers.nats._subjects import partition_stream
 from meshgate.brokers.nats._wire import (
     parse_ack_subject,
     parse_header_block,
@@ -52,7 +53,7 @@ from meshgate.brokers.nats._wire import (
 if TYPE_CHECKING:
     from nats.js.manager import JetStreamManager
 
-__all__ = ["ConsumerApi", "ConsumerHost", "NatsDurableConsumer", "durable_template"]
+__all__ = ["ConsumerApi", "ConsumerHost", "NatsDurableConsumer", "PartitionSet", "durable_template"]
 
 DURABLE_MAX_ACK_PENDING = 50_000
 # JetStream's answer to a create-only request for a name that exists.
@@ -60,6 +61,10 @@ _CONSUMER_EXISTS = 10148
 # A delivery's ack subject without a domain, in replies joined by spaces: its stream sequence,
 # consumer sequence, timestamp and pending count (the delivery count left out).
 _ACK_RE = re.compile(rb"(?<![^ ])\$JS\.ACK\.[^. ]+\.[^. ]+\.\d+\.(\d+)\.(\d+)\.(\d+)\.(\d+)(?![^ ])")
+# A partition reader's consumer records in its metadata the partitions it reads ("0,3,5") and every
+# partition's position known when it was created ("0:1200,3:998"): see _open_set_generation.
+METADATA_READS = "meshgate_partitions"
+METADATA_POSITIONS = "meshgate_positions"
 # Opens racing for generation numbers: each "exists" moves to the next number.
 _GENERATION_TRIES = 64
 # How long a link's standing pull request lasts on the server (see _gather): a request that
@@ -140,21 +145,27 @@ class ConsumerApi:
             nats.js.errors.APIError.from_error(err)
         return resp
 
-    async def generations(self, base: str) -> dict[str, int]:
-        """The stream's consumers that are generations of ``base``: name -> generation."""
+    async def names(self) -> list[str]:
+        """The names of the stream's consumers."""
         stream = self.stream
-        found: dict[str, int] = {}
+        found: list[str] = []
         offset = 0
         while True:
             resp = await self.request(f"CONSUMER.NAMES.{stream}", {"offset": offset})
             names = resp.get("consumers") or []
-            for name in names:
-                generation = generation_of(name, base)
-                if generation is not None:
-                    found[name] = generation
+            found.extend(str(name) for name in names)
             offset += len(names)
             if not names or offset >= int(resp.get("total") or 0):
                 return found
+
+    async def generations(self, base: str) -> dict[str, int]:
+        """The stream's consumers that are generations of ``base``: name -> generation."""
+        found: dict[str, int] = {}
+        for name in await self.names():
+            generation = generation_of(name, base)
+            if generation is not None:
+                found[name] = generation
+        return found
 
     async def create(self, config: ConsumerConfig) -> None:
         """Creates a consumer, create-only: an APIError with err_code 10148 if the name is taken.
@@ -165,7 +176,7 @@ class ConsumerApi:
         """
         stream = self.stream
         subject = f"CONSUMER.CREATE.{stream}.{config.name}"
-        if config.filter_subject and config.filter_subject != ">":
+        if config.filter_subject and config.filter_subject != ">" and not config.filter_subjects:
             subject += f".{config.filter_subject}"
         await self.request(subject, {"stream_name": stream, "config": config.as_dict(), "action": "create"})
 
@@ -175,6 +186,33 @@ class ConsumerApi:
     async def info(self, name: str) -> ConsumerInfo:
         info: ConsumerInfo = await self._manager().consumer_info(self.stream, name)
         return info
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PartitionSet:
+    """The partitions of one origin a link's consumer reads, and how its subjects name them."""
+
+    # Sorted, at least one.
+    read: tuple[int, ...]
+    # The partitions of the log.
+    count: int
+    # ``<prefix><origin>.``: every subject read is ``<head><partition>.<topic levels>``.
+    head: str
+
+    @property
+    def whole(self) -> bool:
+        return len(self.read) == self.count
+
+    def filters(self) -> list[str]:
+        """The consumer's subject filters: one per partition, or the origin's when it reads them all."""
+        if self.whole:
+            return [f"{self.head}*.>"]
+        return [f"{self.head}{p}.>" for p in self.read]
+
+    def partition(self, subject: bytes) -> int:
+        """The partition a subject read by this set is stored under."""
+        start = len(self.head)
+        return int(subject[start : subject.index(b".", start)])
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -231,12 +269,23 @@ class NatsDurableConsumer(DurableConsumer):
         *,
         origin: str | None = None,
         routed_to: str | None = None,
-        stream: str = "",
+        partitions: PartitionSet | None = None,
     ) -> None:
         self._host = host
-        # The origin stream of every delivery (a partition's, ``p3``; "" for the whole log): the
-        # destination's dedup keeps its state per (origin, stream), each sent in log order.
-        self._stream = stream
+        # The partitions read (None: the whole log, as one stream ""). A delivery's origin
+        # stream is its partition's (``p3``): the destination's dedup keeps its state per
+        # (origin, stream), each sent in log order.
+        self._set = partitions
+        # Subject -> its partition's stream name.
+        self._streams: dict[bytes, str] = {}
+        # Partition -> the stream sequence up to which its events are known done (by a reader
+        # of this link, in any generation): where each partition starts (see _open_set_generation).
+        self._positions: dict[int, int] = {}
+        # Stream name -> position, for the partitions read whose position lies above where
+        # this generation starts: their deliveries up to it are skipped (done before). Emptied
+        # once the deliveries pass the highest (_skip_until).
+        self._skip: dict[str, int] = {}
+        self._skip_until = 0
         self._base = base
         self._template = template
         self._config = template
@@ -279,6 +328,9 @@ class NatsDurableConsumer(DurableConsumer):
 
     async def _open_generation(self) -> None:
         """Creates the next generation after the highest ack floor and deletes the older ones."""
+        if self._set is not None:
+            await self._open_set_generation(self._set)
+            return
         host = self._host
         generations = await host.api.generations(self._base)
         floor = self._floor
@@ -333,6 +385,110 @@ class NatsDurableConsumer(DurableConsumer):
                     with contextlib.suppress(nats.js.errors.NotFoundError):
                         await host.api.delete(old)
 
+    async def _open_set_generation(self, scope: PartitionSet) -> None:
+        """``_open_generation`` of a partition reader: each partition starts at its own position.
+
+        A partition's position is the highest any consumer of this link says of it: the ack
+        floor of one that read it (its reader acked nothing before everything up to it was
+        done), or the positions another recorded when it was created (``METADATA_POSITIONS``:
+        every partition's, so one deleted still tells where its partitions stood). The
+        generation starts after the lowest position of the partitions it reads and skips each
+        partition's deliveries up to its own. It records its partitions and every position
+        known, then deletes every older consumer of the link that reads any of its partitions
+        (the fence): a process that lost a partition's lease acks into a deleted consumer.
+        Consumers of other partitions (another replica's) stay.
+        """
+        host = self._host
+        mine, legacy = self._kin(await host.api.names())
+        positions = dict(self._positions)
+        reads: dict[str, frozenset[int]] = {}
+        for name in [*mine, *legacy]:
+            try:
+                info = await host.api.info(name)
+            except nats.js.errors.NotFoundError:
+                continue  # deleted meanwhile, by whoever opened a newer generation
+            read = _reads_of(info, legacy.get(name))
+            if read is not None:
+                reads[name] = read
+                _merge_positions(positions, read, info)
+        start = min(positions.get(p, 0) for p in scope.read)
+        number = max(mine.values(), default=0) + 1
+        opener = secrets.token_hex(6)
+        metadata = {
+            METADATA_READS: ",".join(map(str, scope.read)),
+            METADATA_POSITIONS: ",".join(f"{p}:{seq}" for p, seq in sorted(positions.items()) if seq),
+        }
+        filters = scope.filters()
+        for _ in range(_GENERATION_TRIES):
+            name = generation_name(self._base, number)
+            config = dataclasses.replace(
+                self._template,
+                name=name,
+                durable_name=name,
+                description=f"{self._template.description}, partitions {metadata[METADATA_READS]} "
+                f"(generation {number}, opener {opener})",
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start else DeliverPolicy.ALL,
+                opt_start_seq=start + 1 if start else None,
+                filter_subject=filters[0] if len(filters) == 1 else None,
+                filter_subjects=filters if len(filters) > 1 else None,
+                metadata=metadata,
+            )
+            try:
+                await host.api.create(config)
+                break
+            except nats.js.errors.APIError as exc:
+                if exc.err_code != _CONSUMER_EXISTS:
+                    raise
+                number += 1  # another opener took this number first
+        else:
+            raise BrokerUnavailableError(
+                f"durable consumer {self._base!r}: generation numbers {number - _GENERATION_TRIES} to {number - 1}"
+                " were all taken by other openers; open it again"
+            )
+        puller = PullSubscription(host.api.connection(), stream=host.api.stream, consumer=name)
+        await puller.open()
+        host.track(puller)
+        self._puller = puller
+        self._config = config
+        self.name = name
+        self._positions = positions
+        self._skip = {partition_stream(p): positions[p] for p in scope.read if positions.get(p, 0) > start}
+        self._skip_until = max(self._skip.values(), default=0)
+        # Listed again, as in _open_generation: a racing opener's older generation goes too. Safety
+        # does not hang on the deletes (an old generation's acks only ever ack that generation).
+        with contextlib.suppress(*NATS_FAILURES):
+            mine, legacy = self._kin(await host.api.names())
+            for old in [*mine, *legacy]:
+                if mine.get(old, 0) >= number:
+                    continue
+                read = reads.get(old)
+                if read is None:
+                    try:
+                        read = _reads_of(await host.api.info(old), legacy.get(old))
+                    except nats.js.errors.NotFoundError:
+                        continue
+                if read is not None and not read.isdisjoint(scope.read):
+                    with contextlib.suppress(nats.js.errors.NotFoundError):
+                        await host.api.delete(old)
+
+    def _kin(self, names: Sequence[str]) -> tuple[dict[str, int], dict[str, int]]:
+        """Of consumer ``names``: this link's generations (name -> number), and the per-partition
+        consumers an older Meshgate read its partitions with, ``<base>-p<n>@<g>`` (name -> n)."""
+        base = self._base
+        legacy_head = f"{base}-p"
+        mine: dict[str, int] = {}
+        legacy: dict[str, int] = {}
+        for name in names:
+            number = generation_of(name, base)
+            if number is not None:
+                mine[name] = number
+                continue
+            head, sep, tail = name.rpartition(GENERATION_SEP)
+            partition = head[len(legacy_head) :]
+            if sep and head.startswith(legacy_head) and partition.isascii() and partition.isdigit() and tail.isdigit():
+                legacy[name] = int(partition)
+        return mine, legacy
+
     def _forget(self) -> None:
         """Drops every delivery handed out or buffered: they are not acked through this generation."""
         self._unacked.clear()
@@ -346,7 +502,30 @@ class NatsDurableConsumer(DurableConsumer):
             self._puller.buffer.clear()
 
     def _note_floor(self, info: ConsumerInfo) -> None:
-        self._floor = max(self._floor, _floor_of(info))
+        floor = _floor_of(info)
+        self._floor = max(self._floor, floor)
+        if self._set is not None:
+            positions = self._positions
+            for p in self._set.read:
+                if floor > positions.get(p, 0):
+                    positions[p] = floor
+
+    def _stream_of(self, subject: bytes) -> str:
+        """The origin stream of a delivery's subject: its partition's (``p3``), or "" for the whole log."""
+        stream = self._streams.get(subject)
+        if stream is None:
+            scope = self._set
+            stream = partition_stream(scope.partition(subject)) if scope is not None else ""
+            if len(self._streams) > 4096:
+                self._streams.clear()
+            self._streams[subject] = stream
+        return stream
+
+    def _passed(self, last: bytes) -> None:
+        """Forgets the skips once the deliveries passed the highest position skipped up to."""
+        if self._skip_until and parse_ack_subject(last.decode()).stream_sequence >= self._skip_until:
+            self._skip.clear()
+            self._skip_until = 0
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -356,20 +535,25 @@ class NatsDurableConsumer(DurableConsumer):
         topic_of = self._host.topic_of
         unacked = self._unacked
         msgs = puller.take(max_events)
+        skip = self._skip
         for subject, reply, hdr, data in msgs:
             if not self._wanted(hdr):
                 continue
             meta = parse_ack_subject(reply.decode())
+            stream = self._stream_of(subject)
+            if skip and meta.stream_sequence <= skip.get(stream, 0):
+                continue  # done by an earlier reader of its partition
             event = decode_event(
                 parse_header_block(hdr),
                 data,
                 topic=topic_of(subject.decode()),
                 sequence=meta.stream_sequence,
-                stream=self._stream,
+                stream=stream,
             )
             unacked[reply] = meta.consumer_sequence
             deliveries.append(Delivery(event=event, token=reply, pending=meta.pending, stored_ns=meta.timestamp_ns))
         if msgs:
+            self._passed(msgs[-1][1])
             await self._after_take(nc, msgs[-1][1])
         return deliveries
 
@@ -406,9 +590,10 @@ class NatsDurableConsumer(DurableConsumer):
 
         A batch is ready with ``max_events`` in the buffer, or some and none more stored (the
         last delivery's pending count is 0: what one write stored lands at once, and the
-        fetch hands it out without waiting for more), or some and the request ended. The
-        request (``STANDING_EXPIRES_SECONDS``, for ``max_events``) stays open across fetches
-        while it can deliver; a new one is made only once it ended and the buffer is empty.
+        fetch hands it out without waiting for more). The request (``STANDING_EXPIRES_SECONDS``,
+        for two batches) stays open across fetches while it can deliver; once it ended, the
+        next fetch makes a new one before it hands anything out, so that in a backlog the next
+        batch lands while the caller sends this one. The buffer holds at most three batches.
         Returns how the last request ended if it ended in a way the caller acts on, or
         ``TIMEOUT`` when the time was up with nothing.
         """
@@ -416,18 +601,17 @@ class NatsDurableConsumer(DurableConsumer):
         deadline = loop.time() + timeout
         buffer = puller.buffer
         while True:
-            if len(buffer) >= max_events or (buffer and _pending_after(buffer[-1][1]) == 0):
-                return None
             if not puller.standing:
                 ended = puller.ended
                 if ended in CONSUMER_LOST:
                     return ended
-                if buffer:
-                    return None
-                if loop.time() >= deadline:
+                if not buffer and loop.time() >= deadline:
                     return TIMEOUT
-                await puller.request(max_events, expires=STANDING_EXPIRES_SECONDS)
-                continue  # what landed meanwhile is looked at before waiting for more
+                # For two batches, made before this one is handed out: the next lands while the
+                # caller sends this one.
+                await puller.request(2 * max_events, expires=STANDING_EXPIRES_SECONDS)
+            if len(buffer) >= max_events or (buffer and _pending_after(buffer[-1][1]) == 0):
+                return None
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return None if buffer else TIMEOUT
@@ -489,7 +673,7 @@ class NatsDurableConsumer(DurableConsumer):
     async def fetch_raw(self, max_events: int, *, timeout: float) -> RawBatch:
         puller, nc = await self._pull(max_events, timeout)
         batch = RawBatch()
-        ids, topics, sequences, headers, datas, stored, tokens = (
+        ids, topics, sequences, headers, datas, stored, tokens, streams = (
             batch.ids,
             batch.topics,
             batch.sequences,
@@ -497,12 +681,16 @@ class NatsDurableConsumer(DurableConsumer):
             batch.data,
             batch.stored_ns,
             batch.tokens,
+            batch.streams,
         )
         topic_cache = self._topics
         unacked = self._unacked
         pending = 0
+        skip = self._skip
+        partitioned = self._set is not None
         msgs = puller.take(max_events)
         if msgs and self._take_plain(msgs, batch):
+            self._passed(msgs[-1][1])
             await self._after_take(nc, msgs[-1][1])
             return batch
         for subject, reply, hdr, data in msgs:
@@ -511,7 +699,13 @@ class NatsDurableConsumer(DurableConsumer):
             # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>[.<token>] (domains: 2 more)
             tokens_ = reply.split(b".")
             base = 4 if len(tokens_) == 9 else 6
-            sequences.append(int(tokens_[base + 1]))
+            sequence = int(tokens_[base + 1])
+            stream = self._stream_of(subject)
+            if skip and sequence <= skip.get(stream, 0):
+                continue  # done by an earlier reader of its partition
+            sequences.append(sequence)
+            if partitioned:
+                streams.append(stream)
             delivery = int(tokens_[base + 2])
             stored.append(int(tokens_[base + 3]))
             pending = int(tokens_[base + 4])
@@ -528,9 +722,8 @@ class NatsDurableConsumer(DurableConsumer):
             tokens.append(reply)
             unacked[reply] = delivery
         batch.pending = pending
-        if self._stream and ids:
-            batch.streams.extend([self._stream] * len(ids))
         if msgs:
+            self._passed(msgs[-1][1])
             await self._after_take(nc, msgs[-1][1])
         return batch
 
@@ -558,6 +751,8 @@ class NatsDurableConsumer(DurableConsumer):
         if len(found) != n:
             return False
         sseqs, cseqs, stored_ns, pending = zip(*found, strict=True)
+        if self._skip_until and int(sseqs[0]) <= self._skip_until:
+            return False  # some may have been done by an earlier reader of their partition
         topic_cache = self._topics
         for subject in set(subjects).difference(topic_cache):
             if len(topic_cache) > 4096:
@@ -573,8 +768,9 @@ class NatsDurableConsumer(DurableConsumer):
         batch.tokens.extend(replies)
         batch.pending = int(pending[-1])
         self._unacked.update(zip(replies, map(int, cseqs), strict=True))
-        if self._stream:
-            batch.streams.extend([self._stream] * n)
+        if self._set is not None:
+            stream_of = self._stream_of
+            batch.streams.extend(map(stream_of, subjects))
         return True
 
     # -- acking -----------------------------------------------------------------------------
@@ -716,15 +912,23 @@ class NatsDurableConsumer(DurableConsumer):
             self._note_floor(info)
             if not (info.num_pending or info.num_ack_pending):
                 return None
-            # The first message after the ack floor on the consumer's subjects (next=True skips
-            # deleted ones): the oldest this consumer has not finished with.
-            msg = await jsm.get_msg(api.stream, seq=_floor_of(info) + 1, subject=self._config.filter_subject, next=True)
+            # The first message after the ack floor on each of the consumer's subjects (next=True
+            # skips deleted ones): the oldest this consumer has not finished with.
+            subjects = self._set.filters() if self._set is not None else [self._config.filter_subject]
+            oldest: float | None = None
+            for subject in subjects:
+                try:
+                    msg = await jsm.get_msg(api.stream, seq=_floor_of(info) + 1, subject=subject, next=True)
+                except nats.js.errors.NotFoundError:
+                    continue
+                # nats-py parses the stored time into a datetime.
+                if msg.time is not None and (oldest is None or msg.time.timestamp() < oldest):
+                    oldest = msg.time.timestamp()
         except nats.js.errors.NotFoundError:
             return None
         except NATS_FAILURES as exc:
             raise broker_error(exc, f"oldest pending of {self.name!r}") from exc
-        # nats-py parses the stored time into a datetime.
-        return msg.time.timestamp() if msg.time is not None else None
+        return oldest
 
     async def close(self) -> None:
         """Stops reading; the generation stays (it holds the position) until the next open deletes it.
@@ -761,3 +965,32 @@ def _pending_after(reply: bytes) -> int:
 def _floor_of(info: ConsumerInfo) -> int:
     """The stream sequence of a consumer's ack floor (0: nothing acked, from the stream's start)."""
     return int(info.ack_floor.stream_seq or 0) if info.ack_floor is not None else 0
+
+
+def _reads_of(info: ConsumerInfo, legacy: int | None) -> frozenset[int] | None:
+    """The partitions a consumer of a link reads, from its metadata (``legacy``: the partition an
+    older Meshgate's ``<base>-p<n>@<g>`` read); None for a consumer that is not a partition reader."""
+    metadata = info.config.metadata or {}
+    reads = metadata.get(METADATA_READS)
+    if reads is None:
+        return frozenset((legacy,)) if legacy is not None else None
+    if legacy is not None:
+        return None  # a reader of another link (a destination named <destination>-p<n>)
+    try:
+        return frozenset(int(p) for p in reads.split(",") if p)
+    except ValueError:
+        return None
+
+
+def _merge_positions(positions: dict[int, int], read: frozenset[int], info: ConsumerInfo) -> None:
+    """Raises ``positions`` to what a consumer of the link knows: its ack floor for the partitions it
+    reads, and the positions it recorded when created."""
+    floor = _floor_of(info)
+    for p in read:
+        if floor > positions.get(p, 0):
+            positions[p] = floor
+    recorded = (info.config.metadata or {}).get(METADATA_POSITIONS, "")
+    for item in recorded.split(","):
+        name, sep, seq = item.partition(":")
+        if sep and name.isdigit() and seq.isdigit() and int(seq) > positions.get(int(name), 0):
+            positions[int(name)] = int(seq)

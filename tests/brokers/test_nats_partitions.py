@@ -92,7 +92,7 @@ async def test_a_partition_consumer_reads_only_its_origin_and_partition_in_log_o
         await broker.append([make_event("orders/created", f"x-{i}", origin="there", key="key-0") for i in range(50)])
         seen: list[str] = []
         for p in range(4):
-            consumer = await broker.durable_consumer("link-t", origin="here", routed_to="there", partition=p)
+            consumer = await broker.durable_consumer("link-t", origin="here", routed_to="there", partitions=[p])
             try:
                 raw = await consumer.fetch_raw(1000, timeout=1.0)
                 assert set(raw.streams) <= {f"p{p}"} and len(raw.streams) == len(raw.ids)

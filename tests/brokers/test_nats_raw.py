@@ -293,22 +293,37 @@ async def test_one_standing_pull_serves_the_fetches_each_taking_what_one_write_s
             got += (await _fetch_all(consumer, 5 - len(raw))).ids
         await consumer.ack_raw(raw)
     assert got == [f"w{write}-{i}" for write in range(3) for i in range(5)]
-    assert requests == [{"batch": 100, "expires": nats_consumer.STANDING_EXPIRES_SECONDS}]
+    # For two batches: in a backlog the next lands while the link sends this one.
+    assert requests == [{"batch": 200, "expires": nats_consumer.STANDING_EXPIRES_SECONDS}]
     assert await consumer.pending() == 0
     await consumer.close()
 
 
-async def test_a_standing_pull_is_made_again_once_it_ended(nats_broker: NatsBroker) -> None:
-    """Full (its whole batch delivered) or expired, the request is replaced at the next fetch."""
+async def test_a_standing_pull_is_made_again_once_it_ended(
+    nats_broker: NatsBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Full (its two batches delivered) or expired, the request is replaced at the next fetch,
+    before that fetch hands out what the old one delivered."""
     consumer = await nats_broker.durable_consumer("link-full", origin="here", routed_to="there")
     events = [make_event("orders/created", f"f{i}", origin="here", route=["here", "there"]) for i in range(7)]
     sequences(await nats_broker.append(events))
-    first = await consumer.fetch_raw(3, timeout=BOUND)  # a request for 3: full at once
+    requests: list[int] = []
+    request = PullSubscription.request
+
+    async def counted(self: PullSubscription, batch: int, **options: Any) -> None:
+        requests.append(batch)
+        await request(self, batch, **options)
+
+    monkeypatch.setattr(PullSubscription, "request", counted)
+    first = await consumer.fetch_raw(3, timeout=BOUND)  # a request for 6: full at once
     assert first.ids == ["f0", "f1", "f2"]
     second = await consumer.fetch_raw(3, timeout=BOUND)
-    assert second.ids == ["f3", "f4", "f5"]
+    # Its events were delivered already; the next request went out before they were handed out
+    # (or, had the first request filled before the first fetch returned, then).
+    assert second.ids == ["f3", "f4", "f5"] and requests == [6, 6]
     third = await consumer.fetch_raw(3, timeout=BOUND)
     assert third.ids == ["f6"]  # one stored, none more: handed out, the request left standing
+    assert requests == [6, 6]
     for batch in (first, second, third):
         await consumer.ack_raw(batch)
     assert await consumer.pending() == 0
