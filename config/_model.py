@@ -206,9 +206,10 @@ class Settings:
     # oldest unacked event and backs off: how soon a destination that hangs (a frozen broker, a
     # stalled gateway) shows as backing_off with growing lag.
     replication_ack_timeout_seconds: float = 30.0
-    # Batches a link has sent and not yet had answered (per partition link on NATS, per link on
-    # Kafka). Four keep a loopback or LAN link busy with the least held in memory; a long
-    # round trip needs more (a link sends at most window x 500 events per round trip).
+    # Batches a link has sent and not yet had answered (per destination and process: on NATS a
+    # link carries the partitions its process holds). Four keep a loopback or LAN link busy
+    # with the least held in memory; a long round trip needs more (a link sends at most
+    # window x 500 events per round trip).
     replication_window: int = 4
     limits: Limits = field(default_factory=Limits)
 

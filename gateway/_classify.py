@@ -261,7 +261,7 @@ class Classifier:
             highs = {names[0]: max(seqs)}
             lows = {names[0]: min(seqs)}
         else:
-            # Several streams (a source's partition links merged their batches into one
+            # Several streams (a NATS source's link sends the partitions its process holds in one
             # request): each stream's lowest and highest, in one pass.
             highs, lows = {}, {}
             for name, seq in zip(names, seqs, strict=True):

@@ -283,8 +283,8 @@ class OriginDedup:
 
         Calls of one origin that open while its recovery is under way share that recovery
         (one checkpoint listing, one scan of the log) instead of each running its own: a
-        source with several streams (a NATS region's 8 partition links) opens them all at
-        once after the destination restarts, and 8 scans of the same log took 8 times as
+        source with several processes (a NATS region's replicas, each with its share of the
+        partitions) opens them all at once after the destination restarts, and 8 scans of the same log took 8 times as
         long (0.9 s each here, one after the other, before the first event was stored) and
         as much memory. A call that joins gets the state as of the shared scan's end, the
         same as if it had opened when that recovery began: every event stored at or below

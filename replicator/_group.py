@@ -20,7 +20,7 @@ log = logging.getLogger("meshgate.replicator")
 _RESTART_DRAIN_SECONDS = 2.0
 
 # How much a link state needs the on-call engineer's eye, for the one state a merged line shows:
-# of a destination's partition links here (``LinkGroup``), and of the processes that run one
+# of a destination's partitions here (``LinkGroup``), and of the processes that run one
 # link on the link status board (``merge_statuses``). Down (failing, or no address to send
 # to) before degraded before healthy before idle: a partition backing off is the destination's
 # news, one replicating here outranks the others standing by. Least in need first.

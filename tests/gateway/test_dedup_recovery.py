@@ -23,7 +23,7 @@ from tests.brokers._contract import make_event, results_of
 async def test_calls_opening_together_share_one_recovery_scan(
     kafka_broker: KafkaBroker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A NATS source opens one call per partition link at once after the destination restarts:
+    # A NATS source's replicas each open a call at once after the destination restarts:
     # the log is scanned once for all of them, not once per call.
     scans: list[tuple[str, str]] = []
     real = kafka_broker.origin_sequences_after

@@ -1,8 +1,9 @@
 """Several gateway replicas of one region: a destination's partitions spread over them, and move.
 
-On NATS a destination has a link per partition of the region's log, each under its own lease;
-the replicas alive share them fairly (ceil(partitions / replicas) each) and take a departed
-replica's share. Each partition has one sender at a time, so key order holds through it all.
+On NATS each partition of the region's log has its own lease per destination, and a replica
+sends the partitions it holds through one link; the replicas alive share them fairly
+(ceil(partitions / replicas) each) and take a departed replica's share. Each partition has one
+sender at a time, so key order holds through it all.
 """
 
 from __future__ import annotations

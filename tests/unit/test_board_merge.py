@@ -1,5 +1,5 @@
 """The link status board's merge (``replicator._board.merge_links``), one module, hand-made notes, and
-that it ranks link states as a destination's partition links do (``replicator._group``)."""
+that it ranks link states as a destination's partitions here do (``replicator._group``)."""
 
 from __future__ import annotations
 
@@ -113,7 +113,7 @@ def test_partitions_are_the_union_of_the_runners_and_survive_a_note_s_round_trip
 
 
 def _group_of(*states: LinkState) -> LinkGroup:
-    """A destination's partition links here, one per state, none running (nothing behind them)."""
+    """A destination's partitions here, one per state, none running (nothing behind them)."""
     group = LinkGroup(
         source="a",
         destination="b",
