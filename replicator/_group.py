@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Iterable, Sequence
 from typing import Final
 
@@ -121,12 +120,10 @@ class PartitionSlot:
         self._state = LinkState.STOPPED
 
     def record_error(self, message: str) -> None:
-        self.counters.last_error = message
-        self.counters.last_error_time = time.time()
+        self.counters.record_error(message)
 
     def clear_error(self) -> None:
-        self.counters.last_error = ""
-        self.counters.last_error_time = None
+        self.counters.clear_error()
 
 
 # What the replicator holds a lease for: a partition of a destination, or (no partitions) its link.

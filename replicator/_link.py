@@ -180,6 +180,14 @@ class LinkCounters:
     last_error: str = ""
     last_error_time: float | None = None
 
+    def record_error(self, message: str) -> None:
+        self.last_error = message
+        self.last_error_time = time.time()
+
+    def clear_error(self) -> None:
+        self.last_error = ""
+        self.last_error_time = None
+
 
 def lag_seconds_of(counters: LinkCounters) -> float:
     """The age of the oldest event not yet acked by the destination (0 when none waits)."""
@@ -334,13 +342,11 @@ class Link:
 
     def record_error(self, message: str) -> None:
         """Sets ``last_error`` (shown by Status until the link replicates again)."""
-        self.counters.last_error = message
-        self.counters.last_error_time = time.time()
+        self.counters.record_error(message)
 
     def clear_error(self) -> None:
         """Forgets ``last_error``: the link works again (Status shows only what is wrong now)."""
-        self.counters.last_error = ""
-        self.counters.last_error_time = None
+        self.counters.clear_error()
         if self.state is LinkState.BACKING_OFF and self._session_open:
             self.state = LinkState.REPLICATING
 

@@ -341,38 +341,8 @@ class NatsDurableConsumer(DurableConsumer):
                 continue  # deleted meanwhile, by whoever opened a newer generation
             # Everything at or below any generation's floor was done by its (one) reader.
             floor = max(floor, _floor_of(info))
-        number = max(generations.values(), default=0) + 1
-        # Unique per open: JetStream answers a create-only request for an existing consumer
-        # with an identical config as if it had created it, so racing opens would share one.
-        opener = secrets.token_hex(6)
-        for _ in range(_GENERATION_TRIES):
-            name = generation_name(self._base, number)
-            config = dataclasses.replace(
-                self._template,
-                name=name,
-                durable_name=name,
-                description=f"{self._template.description} (generation {number}, opener {opener})",
-                deliver_policy=DeliverPolicy.BY_START_SEQUENCE if floor else DeliverPolicy.ALL,
-                opt_start_seq=floor + 1 if floor else None,
-            )
-            try:
-                await host.api.create(config)
-                break
-            except nats.js.errors.APIError as exc:
-                if exc.err_code != _CONSUMER_EXISTS:
-                    raise
-                number += 1  # another opener took this number first
-        else:
-            raise BrokerUnavailableError(
-                f"durable consumer {self._base!r}: generation numbers {number - _GENERATION_TRIES} to {number - 1}"
-                " were all taken by other openers; open it again"
-            )
-        puller = PullSubscription(host.api.connection(), stream=host.api.stream, consumer=name)
-        await puller.open()
-        host.track(puller)
-        self._puller = puller
-        self._config = config
-        self.name = name
+        number, config = await self._create(max(generations.values(), default=0) + 1, after=floor)
+        await self._start_reading(config)
         self._floor = floor
         # Listed again: a racing opener's generation created after the first listing is older
         # than this one and must go too. Its late acks then land nowhere, and its reader
@@ -412,45 +382,20 @@ class NatsDurableConsumer(DurableConsumer):
                 reads[name] = read
                 _merge_positions(positions, read, info)
         start = min(positions.get(p, 0) for p in scope.read)
-        number = max(mine.values(), default=0) + 1
-        opener = secrets.token_hex(6)
         metadata = {
             METADATA_READS: ",".join(map(str, scope.read)),
             METADATA_POSITIONS: ",".join(f"{p}:{seq}" for p, seq in sorted(positions.items()) if seq),
         }
         filters = scope.filters()
-        for _ in range(_GENERATION_TRIES):
-            name = generation_name(self._base, number)
-            config = dataclasses.replace(
-                self._template,
-                name=name,
-                durable_name=name,
-                description=f"{self._template.description}, partitions {metadata[METADATA_READS]} "
-                f"(generation {number}, opener {opener})",
-                deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start else DeliverPolicy.ALL,
-                opt_start_seq=start + 1 if start else None,
-                filter_subject=filters[0] if len(filters) == 1 else None,
-                filter_subjects=filters if len(filters) > 1 else None,
-                metadata=metadata,
-            )
-            try:
-                await host.api.create(config)
-                break
-            except nats.js.errors.APIError as exc:
-                if exc.err_code != _CONSUMER_EXISTS:
-                    raise
-                number += 1  # another opener took this number first
-        else:
-            raise BrokerUnavailableError(
-                f"durable consumer {self._base!r}: generation numbers {number - _GENERATION_TRIES} to {number - 1}"
-                " were all taken by other openers; open it again"
-            )
-        puller = PullSubscription(host.api.connection(), stream=host.api.stream, consumer=name)
-        await puller.open()
-        host.track(puller)
-        self._puller = puller
-        self._config = config
-        self.name = name
+        number, config = await self._create(
+            max(mine.values(), default=0) + 1,
+            after=start,
+            detail=f", partitions {metadata[METADATA_READS]}",
+            filter_subject=filters[0] if len(filters) == 1 else None,
+            filter_subjects=filters if len(filters) > 1 else None,
+            metadata=metadata,
+        )
+        await self._start_reading(config)
         self._positions = positions
         self._skip = {partition_stream(p): positions[p] for p in scope.read if positions.get(p, 0) > start}
         self._skip_until = max(self._skip.values(), default=0)
@@ -470,6 +415,47 @@ class NatsDurableConsumer(DurableConsumer):
                 if read is not None and not read.isdisjoint(scope.read):
                     with contextlib.suppress(nats.js.errors.NotFoundError):
                         await host.api.delete(old)
+
+    async def _create(self, number: int, *, after: int, detail: str = "", **fields: Any) -> tuple[int, ConsumerConfig]:
+        """Creates generation ``number`` (or the next one free) of the consumer, create-only,
+        delivering from stream sequence ``after`` + 1 (0: from the start), the template's config
+        with ``fields``; returns its number and config."""
+        # Unique per open: JetStream answers a create-only request for an existing consumer
+        # with an identical config as if it had created it, so racing opens would share one.
+        opener = secrets.token_hex(6)
+        for _ in range(_GENERATION_TRIES):
+            name = generation_name(self._base, number)
+            config = dataclasses.replace(
+                self._template,
+                name=name,
+                durable_name=name,
+                description=f"{self._template.description}{detail} (generation {number}, opener {opener})",
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE if after else DeliverPolicy.ALL,
+                opt_start_seq=after + 1 if after else None,
+                **fields,
+            )
+            try:
+                await self._host.api.create(config)
+                return number, config
+            except nats.js.errors.APIError as exc:
+                if exc.err_code != _CONSUMER_EXISTS:
+                    raise
+                number += 1  # another opener took this number first
+        raise BrokerUnavailableError(
+            f"durable consumer {self._base!r}: generation numbers {number - _GENERATION_TRIES} to {number - 1}"
+            " were all taken by other openers; open it again"
+        )
+
+    async def _start_reading(self, config: ConsumerConfig) -> None:
+        """Reads the generation just created from now on."""
+        host = self._host
+        name = config.name or ""
+        puller = PullSubscription(host.api.connection(), stream=host.api.stream, consumer=name)
+        await puller.open()
+        host.track(puller)
+        self._puller = puller
+        self._config = config
+        self.name = name
 
     def _kin(self, names: Sequence[str]) -> tuple[dict[str, int], dict[str, int]]:
         """Of consumer ``names``: this link's generations (name -> number), and the per-partition
