@@ -207,10 +207,10 @@ class Settings:
     # stalled gateway) shows as backing_off with growing lag.
     replication_ack_timeout_seconds: float = 30.0
     # Batches a link has sent and not yet had answered (per destination and process: on NATS a
-    # link carries the partitions its process holds). Four keep a loopback or LAN link busy
-    # with the least held in memory; a long round trip needs more (a link sends at most
-    # window x 500 events per round trip).
-    replication_window: int = 4
+    # link carries the partitions its process holds). Eight keep a loopback or LAN link up with
+    # a full ingest rate (docs/PERFORMANCE.md, "One reader per process over its partitions");
+    # a long round trip needs more (a link sends at most window x 500 events per round trip).
+    replication_window: int = 8
     limits: Limits = field(default_factory=Limits)
 
 

@@ -296,6 +296,9 @@ class Link:
             # the partitions it read), which this run must not take over.
             await _cancelled(ending)
         self._stopping = False
+        # A new run reads through a new consumer (on NATS, maybe of other partitions): what the
+        # last one sent and did not see acked within stop()'s bound comes again.
+        self._forget_sent()
         # Restarted after a failure (a rebalance restarts it too): backing_off until it works again.
         self.state = LinkState.BACKING_OFF if self.counters.last_error else LinkState.CONNECTING
         self._task = asyncio.create_task(self._run(), name=f"link {self.source}->{self.destination}")
@@ -431,15 +434,7 @@ class Link:
         log order: a reset (not a plain redelivery, which can come late behind newer events)
         restarts the consumer at the oldest unacked event.
         """
-        tracing = self.options.tracing
-        if tracing is not None:
-            for sent in self._inflight:
-                if sent.spans:
-                    tracing.abandon(sent.spans, "not acked by the destination; sent again")
-        self._inflight.clear()
-        self._idle.set()
-        self._busy.clear()
-        self._last_seq = {}
+        self._forget_sent()
         consumer = self._consumer
         if consumer is None:
             return
@@ -450,6 +445,18 @@ class Link:
             with contextlib.suppress(BrokerError):
                 await consumer.close()
             self._consumer = None
+
+    def _forget_sent(self) -> None:
+        """Forgets the batches in flight and the log positions taken: they come again."""
+        tracing = self.options.tracing
+        if tracing is not None:
+            for sent in self._inflight:
+                if sent.spans:
+                    tracing.abandon(sent.spans, "not acked by the destination; sent again")
+        self._inflight.clear()
+        self._idle.set()
+        self._busy.clear()
+        self._last_seq = {}
 
     async def _monitor_lag(self) -> None:
         # Read from the broker, not from what this link sent: the consumer's pending events

@@ -19,10 +19,10 @@ def _options(config_text: str) -> LinkOptions:
     return options
 
 
-def test_the_window_defaults_to_four_batches() -> None:
-    assert load_config_text(with_settings()).settings.replication_window == 4 == Settings().replication_window
-    assert LinkOptions().window == 4
-    assert _options(with_settings()).window == 4
+def test_the_window_defaults_to_eight_batches() -> None:
+    assert load_config_text(with_settings()).settings.replication_window == 8 == Settings().replication_window
+    assert LinkOptions().window == 8
+    assert _options(with_settings()).window == 8
 
 
 @pytest.mark.parametrize("window", [1, 16, 64])
@@ -42,5 +42,5 @@ def test_a_changed_window_needs_a_restart() -> None:
     old = load_config_text(with_settings())
     assert check_compatible(old, old, "us-west") is None
     new = dataclasses.replace(old, settings=dataclasses.replace(old.settings, replication_window=16))
-    expected = "restart needed: region us-west's settings.replication_window 4 -> 16"
+    expected = "restart needed: region us-west's settings.replication_window 8 -> 16"
     assert check_compatible(old, new, "us-west") == expected
