@@ -5,11 +5,14 @@ from __future__ import annotations
 import socket
 from typing import Any
 
+import grpc
+
 from meshgate.brokers.embedded import EmbeddedNats
 from meshgate.brokers.kafka import KafkaBroker
 from meshgate.brokers.nats import NatsBroker
 from meshgate.config import KafkaSettings, NatsSettings
 from meshgate.testing import Tansu
+from meshgate.v1 import replication_pb2_grpc
 
 # Short enough that fault tests finish quickly, long enough for a loaded CI machine.
 TEST_ACK_TIMEOUT = 2.0
@@ -94,3 +97,12 @@ def free_ports(n: int) -> list[int]:
     """``n`` distinct ports free on 127.0.0.1 right now."""
     taken: set[int] = set()
     return [free_port(besides=taken) for _ in range(n)]
+
+
+async def serve_destination(servicer: replication_pb2_grpc.ReplicationServicer) -> tuple[grpc.aio.Server, int]:
+    """A started gRPC server (plaintext, loopback, a free port) standing as a link's destination."""
+    server = grpc.aio.server()
+    replication_pb2_grpc.add_ReplicationServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, port

@@ -15,6 +15,7 @@ import grpc
 from meshgate.brokers.nats import NatsBroker
 from meshgate.replicator import Link, LinkOptions
 from meshgate.v1 import replication_pb2, replication_pb2_grpc
+from tests._servers import serve_destination
 from tests._wait import eventually
 from tests.brokers._contract import make_event
 
@@ -39,11 +40,8 @@ class HangsOnFirstCall(replication_pb2_grpc.ReplicationServicer):
 
 
 async def test_a_link_restarted_with_a_batch_unanswered_sends_it_again_and_acks_it(nats_broker: NatsBroker) -> None:
-    server = grpc.aio.server()
     sink = HangsOnFirstCall()
-    replication_pb2_grpc.add_ReplicationServicer_to_server(sink, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
+    server, port = await serve_destination(sink)
     ids = [f"r-{i}" for i in range(5)]
     events = [make_event("orders/created", i, origin="here", route=["here", "there"], key=i) for i in ids]
     assert all(not isinstance(r, Exception) for r in await nats_broker.append(events))

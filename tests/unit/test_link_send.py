@@ -21,7 +21,7 @@ from meshgate.brokers._codec import header_lines, parse_header_lines
 from meshgate.observability import Tracing
 from meshgate.replicator import Link, LinkOptions, _link
 from meshgate.v1 import replication_pb2, replication_pb2_grpc
-from tests._servers import free_port
+from tests._servers import free_port, serve_destination
 from tests._wait import eventually
 from tests.gateway._helpers import ev
 
@@ -221,11 +221,8 @@ class _Endless:
 
 @pytest.mark.parametrize("window", [1, 3])
 async def test_a_link_keeps_at_most_its_window_of_batches_unanswered(window: int) -> None:
-    server = grpc.aio.server()
     destination = _Answering()
-    replication_pb2_grpc.add_ReplicationServicer_to_server(destination, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
+    server, port = await serve_destination(destination)
     link = Link(
         source="here",
         destination="there",
