@@ -15,7 +15,7 @@ import json
 import math
 import re
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from typing import TYPE_CHECKING, Any
@@ -65,6 +65,8 @@ _ACK_RE = re.compile(rb"(?<![^ ])\$JS\.ACK\.[^. ]+\.[^. ]+\.\d+\.(\d+)\.(\d+)\.(
 # partition's position known when it was created ("0:1200,3:998"): see _open_set_generation.
 METADATA_READS = "meshgate_partitions"
 METADATA_POSITIONS = "meshgate_positions"
+# Subjects whose topic and origin stream a consumer keeps at most (past it, it starts over).
+_SUBJECT_CACHE_MAX = 4096
 # Opens racing for generation numbers: each "exists" moves to the next number.
 _GENERATION_TRIES = 64
 # How long a link's standing pull request lasts on the server (see _gather): a request that
@@ -491,20 +493,22 @@ class NatsDurableConsumer(DurableConsumer):
         floor = _floor_of(info)
         self._floor = max(self._floor, floor)
         if self._set is not None:
-            positions = self._positions
-            for p in self._set.read:
-                if floor > positions.get(p, 0):
-                    positions[p] = floor
+            _raise_positions(self._positions, self._set.read, floor)
+
+    def _topic_of(self, subject: bytes) -> str:
+        return self._host.topic_of(subject.decode())
 
     def _stream_of(self, subject: bytes) -> str:
         """The origin stream of a delivery's subject: its partition's (``p3``), or "" for the whole log."""
+        scope = self._set
+        return partition_stream(scope.partition(subject)) if scope is not None else ""
+
+    def _cached_stream(self, subject: bytes) -> str:
         stream = self._streams.get(subject)
         if stream is None:
-            scope = self._set
-            stream = partition_stream(scope.partition(subject)) if scope is not None else ""
-            if len(self._streams) > 4096:
+            if len(self._streams) > _SUBJECT_CACHE_MAX:
                 self._streams.clear()
-            self._streams[subject] = stream
+            stream = self._streams[subject] = self._stream_of(subject)
         return stream
 
     def _passed(self, last: bytes) -> None:
@@ -526,7 +530,7 @@ class NatsDurableConsumer(DurableConsumer):
             if not self._wanted(hdr):
                 continue
             meta = parse_ack_subject(reply.decode())
-            stream = self._stream_of(subject)
+            stream = self._cached_stream(subject)
             if skip and meta.stream_sequence <= skip.get(stream, 0):
                 continue  # done by an earlier reader of its partition
             event = decode_event(
@@ -686,7 +690,7 @@ class NatsDurableConsumer(DurableConsumer):
             tokens_ = reply.split(b".")
             base = 4 if len(tokens_) == 9 else 6
             sequence = int(tokens_[base + 1])
-            stream = self._stream_of(subject)
+            stream = self._cached_stream(subject)
             if skip and sequence <= skip.get(stream, 0):
                 continue  # done by an earlier reader of its partition
             sequences.append(sequence)
@@ -697,9 +701,9 @@ class NatsDurableConsumer(DurableConsumer):
             pending = int(tokens_[base + 4])
             topic = topic_cache.get(subject)
             if topic is None:
-                if len(topic_cache) > 4096:
+                if len(topic_cache) > _SUBJECT_CACHE_MAX:
                     topic_cache.clear()
-                topic = topic_cache[subject] = self._host.topic_of(subject.decode())
+                topic = topic_cache[subject] = self._topic_of(subject)
             eid, lines = split_header_block(hdr)
             ids.append(eid)
             topics.append(topic)
@@ -740,10 +744,7 @@ class NatsDurableConsumer(DurableConsumer):
         if self._skip_until and int(sseqs[0]) <= self._skip_until:
             return False  # some may have been done by an earlier reader of their partition
         topic_cache = self._topics
-        for subject in set(subjects).difference(topic_cache):
-            if len(topic_cache) > 4096:
-                topic_cache.clear()
-            topic_cache[subject] = self._host.topic_of(subject.decode())
+        _cache_batch(topic_cache, subjects, self._topic_of)
         ids, lines = split
         batch.ids.extend(ids)
         batch.topics.extend(map(topic_cache.__getitem__, subjects))
@@ -755,8 +756,9 @@ class NatsDurableConsumer(DurableConsumer):
         batch.pending = int(pending[-1])
         self._unacked.update(zip(replies, map(int, cseqs), strict=True))
         if self._set is not None:
-            stream_of = self._stream_of
-            batch.streams.extend(map(stream_of, subjects))
+            stream_cache = self._streams
+            _cache_batch(stream_cache, subjects, self._stream_of)
+            batch.streams.extend(map(stream_cache.__getitem__, subjects))
         return True
 
     # -- acking -----------------------------------------------------------------------------
@@ -938,14 +940,11 @@ class NatsDurableConsumer(DurableConsumer):
 
 
 def _pending_after(reply: bytes) -> int:
-    """The consumer's pending count when a delivery was made, from its ack subject (-1: not read).
-
-    ``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>``, or with a domain
-    and account hash two tokens more and a random token at the end.
-    """
-    tokens = reply.split(b".")
-    field = tokens[8] if len(tokens) == 9 else tokens[10] if len(tokens) >= 11 else b""
-    return int(field) if field.isdigit() else -1
+    """The consumer's pending count when a delivery was made, from its ack subject (-1: not read)."""
+    try:
+        return parse_ack_subject(reply.decode()).pending
+    except ValueError:
+        return -1
 
 
 def _floor_of(info: ConsumerInfo) -> int:
@@ -971,12 +970,29 @@ def _reads_of(info: ConsumerInfo, legacy: int | None) -> frozenset[int] | None:
 def _merge_positions(positions: dict[int, int], read: frozenset[int], info: ConsumerInfo) -> None:
     """Raises ``positions`` to what a consumer of the link knows: its ack floor for the partitions it
     reads, and the positions it recorded when created."""
-    floor = _floor_of(info)
-    for p in read:
-        if floor > positions.get(p, 0):
-            positions[p] = floor
+    _raise_positions(positions, read, _floor_of(info))
     recorded = (info.config.metadata or {}).get(METADATA_POSITIONS, "")
     for item in recorded.split(","):
         name, sep, seq = item.partition(":")
         if sep and name.isdigit() and seq.isdigit() and int(seq) > positions.get(int(name), 0):
             positions[int(name)] = int(seq)
+
+
+def _raise_positions(positions: dict[int, int], read: Iterable[int], floor: int) -> None:
+    """Raises the positions of partitions ``read`` to a consumer's ack floor that covers them."""
+    for p in read:
+        if floor > positions.get(p, 0):
+            positions[p] = floor
+
+
+def _cache_batch(cache: dict[bytes, str], subjects: Iterable[bytes], make: Callable[[bytes], str]) -> None:
+    """Caches ``make(subject)`` for the subjects of a batch not cached yet. A cache that would grow
+    past ``_SUBJECT_CACHE_MAX`` is emptied first, never midway: the batch's own entries all stay."""
+    missing = set(subjects).difference(cache)
+    if not missing:
+        return
+    if len(cache) + len(missing) > _SUBJECT_CACHE_MAX:
+        cache.clear()
+        missing = set(subjects)
+    for subject in missing:
+        cache[subject] = make(subject)

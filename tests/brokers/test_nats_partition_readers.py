@@ -8,6 +8,8 @@ nats-server.
 
 from __future__ import annotations
 
+from typing import Any
+
 import nats
 import nats.js.errors
 import pytest
@@ -16,6 +18,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from meshgate.brokers import BrokerUnavailableError, RawBatch
 from meshgate.brokers.embedded import EmbeddedNats
 from meshgate.brokers.nats import NatsBroker
+from meshgate.brokers.nats import _consumer as nats_consumer
 from meshgate.brokers.nats._consumer import NatsDurableConsumer
 from meshgate.brokers.nats._subjects import partition_of
 from meshgate.config import NatsSettings
@@ -176,3 +179,37 @@ async def test_an_older_meshgates_per_partition_consumer_hands_its_position_over
             with pytest.raises(nats.js.errors.NotFoundError):
                 await jsm.consumer_info(STREAM, "link-t-p1@7")
             await reader.close()
+
+
+async def test_a_batch_of_more_new_subjects_than_the_cache_holds_is_read_whole(
+    nats_server: EmbeddedNats, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The subject -> topic and subject -> stream caches start over when full; never midway
+    # through a batch, whose every subject is looked up right after.
+    monkeypatch.setattr(nats_consumer, "_SUBJECT_CACHE_MAX", 3)
+    async with make_nats_broker(nats_server, settings=SETTINGS) as broker:
+        events = [make_event(f"orders/t{i}", f"c-{i}", key=f"key-{i}") for i in range(10)]
+        assert all(not isinstance(r, Exception) for r in await broker.append(events))
+        reader = await _open(broker, 0, 1, 2, 3)
+        got = await _drain(reader)
+        assert got.ids == [e.id for e in events]
+        by_id = dict(zip(got.ids, got.streams, strict=True))
+        assert by_id == {e.id: f"p{partition_of(e.key, PARTITIONS)}" for e in events}
+        await reader.close()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"origin": "here", "partitions": []}, "needs at least one partition"),
+        ({"origin": "here", "partitions": [1, 4]}, "partition 4 is outside 0..3"),
+        ({"partitions": [1]}, "partitions are read only with their origin"),
+        ({"origin": "here", "partitions": [1], "pattern": "orders/*"}, "reads every topic of its partitions"),
+    ],
+)
+async def test_a_partition_reader_asked_for_wrongly_is_refused_with_why(
+    nats_server: EmbeddedNats, options: dict[str, Any], message: str
+) -> None:
+    async with make_nats_broker(nats_server, settings=SETTINGS) as broker:
+        with pytest.raises(ValueError, match=message):
+            await broker.durable_consumer("link-t", **options)
