@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import random
 import socket
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -77,20 +80,61 @@ def make_kafka_broker(
     )
 
 
-def free_port(*, besides: set[int] | None = None) -> int:
-    """A port free on 127.0.0.1 right now (bound to port 0, read back, released), not in ``besides``.
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands out for port 0 and outgoing connections."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
 
-    Released, so the kernel may hand the same number out again: ports that must differ are
-    taken with one ``besides`` set (each port returned is added to it), or with ``free_ports``.
+
+def _worker_slice() -> range:
+    """This test process's own ports: below the ephemeral range, one slice per xdist worker.
+
+    A port the kernel picked for port 0 and that was then released is free for anyone's next
+    port 0 - another worker's nats-server, tansu, gRPC server - before the process meant to
+    get it binds it (CI saw a gateway's port taken that way). Ports below the ephemeral range
+    are never handed out by the kernel, and the workers' slices do not overlap.
     """
-    while True:
+    high = _ephemeral_low()
+    low = max(1024, high - 12_000)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    index = int(worker) if worker.isdigit() else 0
+    size = (high - low) // _SLICES
+    start = low + (index % _SLICES) * size
+    return range(start, start + size)
+
+
+_SLICES = 16
+_next_port: list[int] = []  # this process's cursor in its slice, set on first use
+
+
+def free_port(*, besides: set[int] | None = None) -> int:
+    """A port free on 127.0.0.1 right now, from this test process's own slice, not in ``besides``.
+
+    Handed out in turn through the slice, so a port is not given twice while the slice lasts
+    (hundreds of ports): a region restarted on its port, or a test's two servers, never meet.
+    ``besides`` (each port returned is added to it) keeps the ports of one set apart even after
+    the slice wraps around.
+    """
+    ports = _worker_slice()
+    if not _next_port:
+        # A random start: the last run's stragglers, if any, sit at the start of the slice.
+        _next_port.append(random.randrange(len(ports)))
+    for _ in range(len(ports)):
+        port = ports[_next_port[0] % len(ports)]
+        _next_port[0] += 1
+        if besides is not None and port in besides:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if besides is None or port not in besides:
-            if besides is not None:
-                besides.add(port)
-            return port
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # in use, or still in TIME_WAIT of an earlier test
+        if besides is not None:
+            besides.add(port)
+        return port
+    raise RuntimeError(f"no free port on 127.0.0.1 in {ports.start}-{ports.stop - 1}")
 
 
 def free_ports(n: int) -> list[int]:

@@ -10,7 +10,6 @@ import asyncio
 import importlib.metadata
 import platform
 import shutil
-import socket
 import subprocess
 import urllib.request
 from collections.abc import AsyncIterator, Callable
@@ -42,7 +41,7 @@ from meshgate.testing import Tansu
 from meshgate.v1 import event_pb2, gateway_pb2, gateway_pb2_grpc, replication_pb2, replication_pb2_grpc
 from tests._full_store import SmallStoreNats, fill_with_filler
 from tests._replication import METADATA, SECURITY
-from tests._servers import make_kafka_broker
+from tests._servers import free_port, make_kafka_broker
 from tests._wait import eventually
 from tests.gateway._helpers import ev, read_all, two_region_mesh
 from tests.gateway.conftest import mesh_for
@@ -50,13 +49,6 @@ from tests.observability.test_rules import METRICS
 
 PROMTOOL = shutil.which("promtool")
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 async def scrape(url: str) -> str:
