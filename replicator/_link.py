@@ -9,7 +9,7 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Coroutine, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
     from meshgate.observability import Tracing
 
-__all__ = ["DLQ_TOPIC_PREFIX", "Link", "LinkOptions", "LinkState", "dead_letter_event"]
+__all__ = ["DLQ_TOPIC_PREFIX", "FenceGuard", "Link", "LinkOptions", "LinkState", "dead_letter_event"]
 
 log = logging.getLogger("meshgate.replicator")
 
@@ -59,6 +59,13 @@ _TRACED_EVENT_OVERHEAD_BYTES = _EVENT_OVERHEAD_BYTES + 80
 # A session this old with nothing to send has shown the link works (a destination refuses a
 # call at once): an idle link's last_error is cleared then, a busy one's at its first ack.
 _SETTLED_SECONDS = 1.0
+
+
+# Why a link may not open a new generation of its consumer (which fences the older ones), or
+# None when it may: the replicator's check that this process still holds the link's leases. A
+# replica that stalled (SIGSTOP, a long GC pause) and lost them wakes to a consumer fenced by
+# its successor; reopening would fence the successor in turn until its next lease round.
+FenceGuard = Callable[["Link"], Awaitable[str | None]]
 
 
 class LinkState(enum.Enum):
@@ -257,6 +264,9 @@ class Link:
         self._last_seq: dict[str, int] = {}
         # When this replica last renewed the link's lease (monotonic), None when it holds none.
         self.lease_renewed: float | None = None
+        # Asked before each new generation of the consumer (an open, a reset), which fences the
+        # older ones: why this process may not (its leases are another replica's now), or None.
+        self._fence_guard: FenceGuard | None = None
         # Set while nothing is in flight: stop() waits for it within its timeout.
         self._idle = asyncio.Event()
         self._idle.set()
@@ -280,6 +290,10 @@ class Link:
     def partition(self) -> None:
         """A link is no one partition's (``LinkGroup``'s slots are): its lease is the destination's."""
         return None
+
+    def guard_fences(self, guard: FenceGuard | None) -> None:
+        """Asks ``guard`` before each new generation of the link's consumer (see ``FenceGuard``)."""
+        self._fence_guard = guard
 
     def set_partitions(self, partitions: Sequence[int]) -> None:
         """The partitions to send from the next start (the link is stopped)."""
@@ -370,6 +384,7 @@ class Link:
                 progress = self.counters.forwarded + self.counters.dead_lettered
                 try:
                     if self._consumer is None:
+                        await self._check_fence()
                         self._consumer = await self._open_consumer()
                     # After a failure the link shows backing_off until it works again (an ack,
                     # or a quiet call that outlived the ack timeout): a retry that opens a call
@@ -410,6 +425,15 @@ class Link:
                     await self._consumer.close()
                 self._consumer = None
 
+    async def _check_fence(self) -> None:
+        """Raises LinkError when the guard says this process may not fence the link's readers."""
+        guard = self._fence_guard
+        if guard is None:
+            return
+        reason = await guard(self)
+        if reason:
+            raise LinkError(f"not reading the log: {reason}")
+
     async def _open_consumer(self) -> DurableConsumer:
         # Only this region's own events routed to the destination come out of it; the broker
         # adapter skips the rest before decoding them. On NATS each open (and each reset) is a
@@ -437,6 +461,16 @@ class Link:
         self._forget_sent()
         consumer = self._consumer
         if consumer is None:
+            return
+        try:
+            await self._check_fence()
+        except LinkError as exc:
+            # Not this process's to read any more: its consumer is left as it is (not fenced
+            # from here), and the next open asks again.
+            self.record_error(str(exc))
+            with contextlib.suppress(BrokerError):
+                await consumer.close()
+            self._consumer = None
             return
         try:
             await consumer.reset()

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from meshgate.brokers import Broker, BrokerError, Leases, PartitionedLog, WorkSharing
 from meshgate.config import MeshConfig, Settings
 from meshgate.replicator._group import LinkGroup, Part
-from meshgate.replicator._link import LinkOptions, LinkState
+from meshgate.replicator._link import Link, LinkOptions, LinkState
 from meshgate.v1 import admin_pb2
 
 __all__ = ["DEFAULT_LEASE_TTL", "Replicator"]
@@ -108,7 +108,7 @@ class Replicator:
                 continue
             group = self.links.get(r.name)
             if group is None:
-                self.links[r.name] = LinkGroup(
+                group = self.links[r.name] = LinkGroup(
                     source=self.region,
                     destination=r.name,
                     address=r.gateway,
@@ -116,6 +116,8 @@ class Replicator:
                     options=self._options,
                     partitions=self._partitions,
                 )
+                if not self._shares_work:
+                    group.reader.guard_fences(self._holds_leases_of)
             else:
                 group.set_address(r.gateway)
 
@@ -251,6 +253,28 @@ class Replicator:
         if link.partition is None:
             return f"link.{link.destination}"
         return f"link.{link.destination}.p{link.partition}"
+
+    async def _holds_leases_of(self, link: Link) -> str | None:
+        """Why ``link`` may not open a new generation of its consumer here (``FenceGuard``): a
+        lease of what it reads is not this replica's (any more), or the leases cannot be read."""
+        group = self.links[link.destination]
+        parts = [part for p, part in group.parts.items() if p is None or p in (link.partitions or ())]
+        names = {self._lease_name(part): part for part in parts}
+        # The partitions' leases only (``link.<destination>.p<n>``), or the whole link's.
+        prefix = f"link.{link.destination}" + ("." if None not in group.parts else "")
+        try:
+            holders = await self._lease_keeper().lease_holders(prefix, ttl=self.lease_ttl)
+        except BrokerError as exc:
+            return f"its leases cannot be read: {exc}"
+        lost = [self._shown(part) for name, part in names.items() if holders.get(name) != self.owner]
+        if not lost:
+            return None
+        held_by = sorted({holders[n] for n in names if holders.get(n) not in (None, self.owner)})
+        return (
+            f"this replica ({self.owner}) no longer holds the lease of {', '.join(lost)}"
+            + (f" (held by {', '.join(held_by)})" if held_by else " (lapsed)")
+            + "; it stops at its next lease round"
+        )
 
     async def _run_all(self) -> None:
         for group in self.links.values():
