@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import socket
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from meshgate.brokers.kafka import KafkaBroker
 from meshgate.brokers.nats import NatsBroker
 from meshgate.config import KafkaSettings, NatsSettings
 from meshgate.testing import Tansu
-from meshgate.v1 import replication_pb2_grpc
+from meshgate.v1 import replication_pb2, replication_pb2_grpc
 
 # Short enough that fault tests finish quickly, long enough for a loaded CI machine.
 TEST_ACK_TIMEOUT = 2.0
@@ -141,6 +142,22 @@ def free_ports(n: int) -> list[int]:
     """``n`` distinct ports free on 127.0.0.1 right now."""
     taken: set[int] = set()
     return [free_port(besides=taken) for _ in range(n)]
+
+
+class AcceptsAll(replication_pb2_grpc.ReplicationServicer):
+    """A link's destination that answers every batch of raw events accepted, keeping their ids."""
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+
+    async def Replicate(
+        self,
+        request_iterator: AsyncIterator[replication_pb2.ReplicateRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[replication_pb2.ReplicateResponse]:
+        async for req in request_iterator:
+            self.ids.extend(req.raw.ids)
+            yield replication_pb2.ReplicateResponse(batch_id=req.batch_id, accepted=len(req.raw.ids))
 
 
 async def serve_destination(servicer: replication_pb2_grpc.ReplicationServicer) -> tuple[grpc.aio.Server, int]:

@@ -13,36 +13,16 @@ And the replicator's guard itself, against the lease bucket of a real nats-serve
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from typing import Any
 
-import grpc
 import nats
 
 from meshgate.brokers.embedded import EmbeddedNats
 from meshgate.brokers.nats import NatsBroker
 from meshgate.config import load_config_text
 from meshgate.replicator import Link, LinkOptions, Replicator
-from meshgate.v1 import replication_pb2, replication_pb2_grpc
-from tests._servers import serve_destination
+from tests._servers import AcceptsAll, serve_destination
 from tests._wait import eventually
 from tests.brokers._contract import make_event
-
-
-class Answers(replication_pb2_grpc.ReplicationServicer):
-    """Takes every batch and answers it accepted; keeps the ids, call by call."""
-
-    def __init__(self) -> None:
-        self.ids: list[str] = []
-
-    async def Replicate(
-        self,
-        request_iterator: AsyncIterator[replication_pb2.ReplicateRequest],
-        context: grpc.aio.ServicerContext[Any, Any],
-    ) -> AsyncIterator[replication_pb2.ReplicateResponse]:
-        async for req in request_iterator:
-            self.ids.extend(req.raw.ids)
-            yield replication_pb2.ReplicateResponse(batch_id=req.batch_id, accepted=len(req.raw.ids))
 
 
 async def _link_consumers(server: EmbeddedNats) -> list[str]:
@@ -57,7 +37,7 @@ async def _link_consumers(server: EmbeddedNats) -> list[str]:
 async def test_a_link_whose_leases_went_elsewhere_does_not_fence_their_holder(
     nats_server: EmbeddedNats, nats_broker: NatsBroker
 ) -> None:
-    sink = Answers()
+    sink = AcceptsAll()
     server, port = await serve_destination(sink)
     owns = {"stalled": True}
     asked: list[str] = []

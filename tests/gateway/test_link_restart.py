@@ -43,20 +43,25 @@ class HangsOnFirstCall(replication_pb2_grpc.ReplicationServicer):
                 yield replication_pb2.ReplicateResponse(batch_id=req.batch_id, accepted=len(req.raw.ids))
 
 
+def _link(broker: NatsBroker, port: int) -> Link:
+    """A link of all the log's partitions to the destination on ``port``."""
+    return Link(
+        source="here",
+        destination="there",
+        address=f"127.0.0.1:{port}",
+        broker=broker,
+        options=LinkOptions(connect_timeout_seconds=2.0),
+        partitions=range(broker.partitions),
+    )
+
+
 async def test_a_link_restarted_with_a_batch_unanswered_sends_it_again_and_acks_it(nats_broker: NatsBroker) -> None:
     sink = HangsOnFirstCall()
     server, port = await serve_destination(sink)
     ids = [f"r-{i}" for i in range(5)]
     events = [make_event("orders/created", i, origin="here", route=["here", "there"], key=i) for i in ids]
     assert all(not isinstance(r, Exception) for r in await nats_broker.append(events))
-    link = Link(
-        source="here",
-        destination="there",
-        address=f"127.0.0.1:{port}",
-        broker=nats_broker,
-        options=LinkOptions(connect_timeout_seconds=2.0),
-        partitions=range(nats_broker.partitions),
-    )
+    link = _link(nats_broker, port)
     try:
         await link.start()
         await eventually(
@@ -128,14 +133,7 @@ async def test_a_start_waits_for_a_run_that_outlived_stop(
         return consumer
 
     monkeypatch.setattr(nats_broker, "durable_consumer", durable_consumer)
-    link = Link(
-        source="here",
-        destination="there",
-        address=f"127.0.0.1:{port}",
-        broker=nats_broker,
-        options=LinkOptions(connect_timeout_seconds=2.0),
-        partitions=range(nats_broker.partitions),
-    )
+    link = _link(nats_broker, port)
     try:
         await link.start()
         await eventually(lambda: sink.ids and sorted(sink.ids[0]) == ids, 20, what="the first run's batch")
