@@ -120,7 +120,7 @@ def free_port(*, besides: set[int] | None = None) -> int:
     """
     ports = _worker_slice()
     if not _next_port:
-        # A random start: the last run's stragglers, if any, sit at the start of the slice.
+        # A random start: a run does not begin on the ports the last one used (a straggler may hold one).
         _next_port.append(random.randrange(len(ports)))
     for _ in range(len(ports)):
         port = ports[_next_port[0] % len(ports)]

@@ -84,7 +84,9 @@ async def test_a_link_whose_leases_went_elsewhere_does_not_fence_their_holder(
             20,
             what="the stalled link's error naming the lease",
         )
-        await asyncio.sleep(1.0)  # room for a ping-pong of fences, were there one
+        # Its reset refused, then its reopens: each time it would have fenced the successor.
+        refused = len(asked)
+        await eventually(lambda: len(asked) >= refused + 3, 20, what="the stalled link's reopens refused")
         third = await publish("c", 20)
         await eventually(
             lambda: successor.counters.forwarded == len(second) + len(third), 20, what="the last events forwarded"
