@@ -600,7 +600,14 @@ async def _fetch_ids(consumer: DurableConsumer, count: int) -> list[str]:
             except BrokerUnavailableError:
                 continue  # reconnecting, or JetStream still recovering: retry
             ids.extend(d.event.id for d in deliveries)
-            await consumer.ack(deliveries)
+            try:
+                await consumer.ack(deliveries)
+            except BrokerUnavailableError:
+                # Its answer did not come in time: JetStream still recovering, seen on a loaded CI
+                # machine after a kill -9. The ack may apply late or not at all; what this test
+                # checks is what comes after the restart, and an unacked delivery that comes
+                # again is counted as a crash allows.
+                continue
     return ids
 
 
