@@ -1,4 +1,4 @@
-"""What a link needs of its ``Replicate`` call: the channel, its TLS rotation, the answer's checks."""
+"""What a link needs for its ``Replicate`` call: the channel, and its TLS rotation."""
 
 from __future__ import annotations
 
@@ -9,14 +9,12 @@ from typing import Any
 import grpc
 
 from meshgate.tls import ClientTls, TlsError, TlsMaterial
-from meshgate.v1 import replication_pb2
 
 __all__ = [
     "CHANNEL_OPTIONS",
     "TLS_POLL_SECONDS",
     "LinkError",
     "TlsRotated",
-    "check_answer",
     "open_channel",
     "tls_changed",
 ]
@@ -75,16 +73,3 @@ async def tls_changed(tls: ClientTls, material: TlsMaterial, *, who: str) -> Non
                 log.warning("%s: new TLS files not usable yet: %s", who, exc)
             continue
         return
-
-
-def check_answer(resp: replication_pb2.ReplicateResponse, n: int, destination: str) -> None:
-    """Raises ``LinkError`` unless the answer accounts for each of the batch's ``n`` events once.
-
-    A destination that did not read the raw events (one older than them) answers none.
-    """
-    refused = resp.refused
-    if resp.accepted + resp.duplicates + len(refused) != n or any(r.index >= n for r in refused):
-        raise LinkError(
-            f"region {destination} answered raw batch {resp.batch_id} with {resp.accepted} accepted, "
-            f"{resp.duplicates} duplicates and {len(refused)} refused; it has {n} events"
-        )

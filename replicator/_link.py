@@ -29,7 +29,6 @@ from meshgate.replicator._channel import (
     TLS_POLL_SECONDS,
     LinkError,
     TlsRotated,
-    check_answer,
     open_channel,
     tls_changed,
 )
@@ -675,8 +674,15 @@ class Link:
 
     def _refusals(self, sent: _Sent, resp: replication_pb2.ReplicateResponse) -> list[tuple[event_pb2.Event, str]]:
         """The events of a sent batch the destination refused for good, with why."""
-        check_answer(resp, len(sent), self.destination)
-        return [(_raw_event(sent.raw, r.index), r.message) for r in resp.refused]
+        n = len(sent)
+        refused = resp.refused
+        # A destination that did not read the raw events (one older than them) answers none.
+        if resp.accepted + resp.duplicates + len(refused) != n or any(r.index >= n for r in refused):
+            raise LinkError(
+                f"region {self.destination} answered raw batch {resp.batch_id} with {resp.accepted} accepted, "
+                f"{resp.duplicates} duplicates and {len(refused)} refused; it has {n} events"
+            )
+        return [(_raw_event(sent.raw, r.index), r.message) for r in refused]
 
     async def _read_from_idle(
         self,

@@ -504,12 +504,7 @@ class NatsDurableConsumer(DurableConsumer):
         return partition_stream(scope.partition(subject)) if scope is not None else ""
 
     def _cached_stream(self, subject: bytes) -> str:
-        stream = self._streams.get(subject)
-        if stream is None:
-            if len(self._streams) > _SUBJECT_CACHE_MAX:
-                self._streams.clear()
-            stream = self._streams[subject] = self._stream_of(subject)
-        return stream
+        return _cached(self._streams, subject, self._stream_of)
 
     def _passed(self, last: bytes) -> None:
         """Forgets the skips once the deliveries passed the highest position skipped up to."""
@@ -699,11 +694,7 @@ class NatsDurableConsumer(DurableConsumer):
             delivery = int(tokens_[base + 2])
             stored.append(int(tokens_[base + 3]))
             pending = int(tokens_[base + 4])
-            topic = topic_cache.get(subject)
-            if topic is None:
-                if len(topic_cache) > _SUBJECT_CACHE_MAX:
-                    topic_cache.clear()
-                topic = topic_cache[subject] = self._topic_of(subject)
+            topic = _cached(topic_cache, subject, self._topic_of)
             eid, lines = split_header_block(hdr)
             ids.append(eid)
             topics.append(topic)
@@ -983,6 +974,16 @@ def _raise_positions(positions: dict[int, int], read: Iterable[int], floor: int)
     for p in read:
         if floor > positions.get(p, 0):
             positions[p] = floor
+
+
+def _cached(cache: dict[bytes, str], subject: bytes, make: Callable[[bytes], str]) -> str:
+    """``make(subject)``, kept in ``cache``, which is emptied when it outgrows ``_SUBJECT_CACHE_MAX``."""
+    value = cache.get(subject)
+    if value is None:
+        if len(cache) >= _SUBJECT_CACHE_MAX:
+            cache.clear()
+        value = cache[subject] = make(subject)
+    return value
 
 
 def _cache_batch(cache: dict[bytes, str], subjects: Iterable[bytes], make: Callable[[bytes], str]) -> None:
