@@ -145,19 +145,27 @@ def free_ports(n: int) -> list[int]:
 
 
 class AcceptsAll(replication_pb2_grpc.ReplicationServicer):
-    """A link's destination that answers every batch of raw events accepted, keeping their ids."""
+    """A link's destination that answers every batch of raw events accepted, keeping their ids
+    (``ids``, and ``calls``: each call's), after ``silent_calls`` calls it takes and never answers."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, silent_calls: int = 0) -> None:
         self.ids: list[str] = []
+        self.calls: list[list[str]] = []
+        self._silent_calls = silent_calls
 
     async def Replicate(
         self,
         request_iterator: AsyncIterator[replication_pb2.ReplicateRequest],
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[replication_pb2.ReplicateResponse]:
+        taken: list[str] = []
+        self.calls.append(taken)
+        silent = len(self.calls) <= self._silent_calls
         async for req in request_iterator:
             self.ids.extend(req.raw.ids)
-            yield replication_pb2.ReplicateResponse(batch_id=req.batch_id, accepted=len(req.raw.ids))
+            taken.extend(req.raw.ids)
+            if not silent:
+                yield replication_pb2.ReplicateResponse(batch_id=req.batch_id, accepted=len(req.raw.ids))
 
 
 async def serve_destination(servicer: replication_pb2_grpc.ReplicationServicer) -> tuple[grpc.aio.Server, int]:

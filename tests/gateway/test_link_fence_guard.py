@@ -18,11 +18,11 @@ import nats
 
 from meshgate.brokers.embedded import EmbeddedNats
 from meshgate.brokers.nats import NatsBroker
-from meshgate.config import load_config_text
 from meshgate.replicator import Link, LinkOptions, Replicator
 from tests._servers import AcceptsAll, serve_destination
 from tests._wait import eventually
 from tests.brokers._contract import make_event
+from tests.gateway.conftest import mesh_for
 
 
 async def _link_consumers(server: EmbeddedNats) -> list[str]:
@@ -101,25 +101,14 @@ async def test_a_link_whose_leases_went_elsewhere_does_not_fence_their_holder(
         await server.stop(0)
 
 
-MESH = """
-event_mesh:
-  security: {replication: anonymous}
-  regions:
-    - {name: here, kind: nats, brokers: ["127.0.0.1:4222"], gateway: "127.0.0.1:7401"}
-    - {name: there, kind: nats, brokers: ["127.0.0.1:4223"], gateway: "127.0.0.1:7402"}
-  routing:
-    - {topic: "orders/*", regions: [here, there]}
-"""
-
-
 async def test_the_replicator_lets_a_link_fence_only_with_every_lease_of_its_partitions(
-    nats_broker: NatsBroker,
+    nats_server: EmbeddedNats, nats_broker: NatsBroker
 ) -> None:
     ttl = 30.0
     replicator = Replicator(
         region="here",
         broker=nats_broker,
-        config=load_config_text(MESH),
+        config=mesh_for(nats_server),
         owner="here/one",
         lease_ttl=ttl,
         own_thread=False,

@@ -9,38 +9,16 @@ and never answers them, then answers every later call.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
-import grpc
 import pytest
 
 from meshgate.brokers import DurableConsumer, RawBatch
 from meshgate.brokers.nats import NatsBroker
 from meshgate.replicator import Link, LinkOptions
-from meshgate.v1 import replication_pb2, replication_pb2_grpc
-from tests._servers import serve_destination
+from tests._servers import AcceptsAll, serve_destination
 from tests._wait import eventually
 from tests.brokers._contract import make_event
-
-
-class HangsOnFirstCall(replication_pb2_grpc.ReplicationServicer):
-    def __init__(self) -> None:
-        self.calls = 0
-        self.ids: list[list[str]] = []
-
-    async def Replicate(
-        self,
-        request_iterator: AsyncIterator[replication_pb2.ReplicateRequest],
-        context: grpc.aio.ServicerContext[Any, Any],
-    ) -> AsyncIterator[replication_pb2.ReplicateResponse]:
-        self.calls += 1
-        call = self.calls
-        self.ids.append([])
-        async for req in request_iterator:
-            self.ids[call - 1].extend(req.raw.ids)
-            if call > 1:
-                yield replication_pb2.ReplicateResponse(batch_id=req.batch_id, accepted=len(req.raw.ids))
 
 
 def _link(broker: NatsBroker, port: int) -> Link:
@@ -56,7 +34,7 @@ def _link(broker: NatsBroker, port: int) -> Link:
 
 
 async def test_a_link_restarted_with_a_batch_unanswered_sends_it_again_and_acks_it(nats_broker: NatsBroker) -> None:
-    sink = HangsOnFirstCall()
+    sink = AcceptsAll(silent_calls=1)
     server, port = await serve_destination(sink)
     ids = [f"r-{i}" for i in range(5)]
     events = [make_event("orders/created", i, origin="here", route=["here", "there"], key=i) for i in ids]
@@ -65,14 +43,14 @@ async def test_a_link_restarted_with_a_batch_unanswered_sends_it_again_and_acks_
     try:
         await link.start()
         await eventually(
-            lambda: sink.ids and sorted(sink.ids[0]) == ids, 20, what="the events taken by the destination"
+            lambda: sink.calls and sorted(sink.calls[0]) == ids, 20, what="the events taken by the destination"
         )
         # Stopped before the answer comes (it never does on this call): its batch is still in flight.
         await link.stop(0.2)
         link.set_partitions(range(nats_broker.partitions))
         await link.start()
         await eventually(lambda: link.counters.forwarded == len(ids), 20, what="the events forwarded again")
-        assert sink.calls == 2 and sorted(sink.ids[1]) == ids
+        assert len(sink.calls) == 2 and sorted(sink.calls[1]) == ids
         # Its own batch was acked in its consumer: nothing is left in the log for the link.
         await eventually(lambda: link.counters.lag_events == 0, 20, what="the lag read as none")
         assert link.counters.last_error == "" and link.counters.forwarded == len(ids)
@@ -91,7 +69,7 @@ async def test_a_start_waits_for_a_run_that_outlived_stop(
     # nats-py can swallow a cancellation that lands inside one of its requests: here the first
     # consumer's close (a JetStream request) does, for longer than stop() waits. That run still
     # holds its consumer; the next run must not open one until it is gone.
-    sink = HangsOnFirstCall()
+    sink = AcceptsAll(silent_calls=1)
     server, port = await serve_destination(sink)
     ids = [f"s-{i}" for i in range(3)]
     events = [make_event("orders/created", i, origin="here", route=["here", "there"], key=i) for i in ids]
@@ -136,7 +114,7 @@ async def test_a_start_waits_for_a_run_that_outlived_stop(
     link = _link(nats_broker, port)
     try:
         await link.start()
-        await eventually(lambda: sink.ids and sorted(sink.ids[0]) == ids, 20, what="the first run's batch")
+        await eventually(lambda: sink.calls and sorted(sink.calls[0]) == ids, 20, what="the first run's batch")
         await link.stop(0.2)
         assert steps == ["open 1", "close 1 begins"], steps  # stop() gave up on the run: it lives on
         await link.start()
@@ -144,7 +122,7 @@ async def test_a_start_waits_for_a_run_that_outlived_stop(
         assert steps == ["open 1", "close 1 begins", "close 1 ends", "open 2"], steps
         # The new run read through its own consumer only, and never failed on the old one's.
         assert late == [] and link.counters.retries == 0, (late, link.counters.retries)
-        assert sorted(sink.ids[-1]) == ids
+        assert sorted(sink.calls[-1]) == ids
     finally:
         await link.stop(1.0)
         await server.stop(0)
