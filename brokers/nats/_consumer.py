@@ -13,7 +13,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import re
 import secrets
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -58,9 +57,9 @@ __all__ = ["ConsumerApi", "ConsumerHost", "NatsDurableConsumer", "PartitionSet",
 DURABLE_MAX_ACK_PENDING = 50_000
 # JetStream's answer to a create-only request for a name that exists.
 _CONSUMER_EXISTS = 10148
-# A delivery's ack subject without a domain, in replies joined by spaces: its stream sequence,
-# consumer sequence, timestamp and pending count (the delivery count left out).
-_ACK_RE = re.compile(rb"(?<![^ ])\$JS\.ACK\.[^. ]+\.[^. ]+\.\d+\.(\d+)\.(\d+)\.(\d+)\.(\d+)(?![^ ])")
+# The tokens of a delivery's ack subject without a domain:
+# $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
+_ACK_TOKENS = 9
 # A partition reader's consumer records in its metadata the partitions it reads ("0,3,5") and every
 # partition's position known when it was created ("0:1200,3:998"): see _open_set_generation.
 METADATA_READS = "meshgate_partitions"
@@ -727,25 +726,24 @@ class NatsDurableConsumer(DurableConsumer):
         routes = self._routes
         if routes is not None and not routes.names_all(blocks, joined):
             return False
-        # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>, one per delivery.
-        found = _ACK_RE.findall(b" ".join(replies))
-        if len(found) != n:
+        acks = _plain_acks(replies)
+        if acks is None:
             return False
-        sseqs, cseqs, stored_ns, pending = zip(*found, strict=True)
-        if self._skip_until and int(sseqs[0]) <= self._skip_until:
+        sseqs, cseqs, stored_ns, pending = acks
+        if self._skip_until and sseqs[0] <= self._skip_until:
             return False  # some may have been done by an earlier reader of their partition
         topic_cache = self._topics
         _cache_batch(topic_cache, subjects, self._topic_of)
         ids, lines = split
         batch.ids.extend(ids)
         batch.topics.extend(map(topic_cache.__getitem__, subjects))
-        batch.sequences.extend(map(int, sseqs))
-        batch.stored_ns.extend(map(int, stored_ns))
+        batch.sequences.extend(sseqs)
+        batch.stored_ns.extend(stored_ns)
         batch.headers.extend(lines)
         batch.data.extend(datas)
         batch.tokens.extend(replies)
-        batch.pending = int(pending[-1])
-        self._unacked.update(zip(replies, map(int, cseqs), strict=True))
+        batch.pending = pending
+        self._unacked.update(zip(replies, cseqs, strict=True))
         if self._set is not None:
             stream_cache = self._streams
             _cache_batch(stream_cache, subjects, self._stream_of)
@@ -974,6 +972,32 @@ def _raise_positions(positions: dict[int, int], read: Iterable[int], floor: int)
     for p in read:
         if floor > positions.get(p, 0):
             positions[p] = floor
+
+
+def _plain_acks(replies: Sequence[bytes]) -> tuple[list[int], list[int], list[int], int] | None:
+    """Each delivery's stream sequence, consumer sequence and stored time, and the last one's
+    pending count, read off ack subjects without a domain; None when any is otherwise.
+
+    One split of them all, its tokens taken in strides (about half the cost of one regular
+    expression over them, on every delivery replicated).
+    """
+    n = len(replies)
+    tokens = b".".join(replies).split(b".")
+    if (
+        not n
+        or len(tokens) != _ACK_TOKENS * n
+        or tokens[0::_ACK_TOKENS].count(b"$JS") != n
+        or tokens[1::_ACK_TOKENS].count(b"ACK") != n
+    ):
+        return None
+    columns = sseqs, cseqs, stored = tokens[5::_ACK_TOKENS], tokens[6::_ACK_TOKENS], tokens[7::_ACK_TOKENS]
+    # Digits only: int() alone would take signs, spaces and underscores (and refuses b"").
+    if not all(b"".join(column).isdigit() for column in columns) or not tokens[-1].isdigit():
+        return None
+    try:
+        return list(map(int, sseqs)), list(map(int, cseqs)), list(map(int, stored)), int(tokens[-1])
+    except ValueError:
+        return None  # an empty one
 
 
 def _cached(cache: dict[bytes, str], subject: bytes, make: Callable[[bytes], str]) -> str:

@@ -31,12 +31,23 @@ if TYPE_CHECKING:
     from nats.aio.msg import Msg
     from nats.aio.subscription import Subscription
 
-__all__ = ["AckRunHandler", "FastParser", "RawHandler", "install", "subscribe_acks", "subscribe_raw"]
+__all__ = [
+    "AckRunHandler",
+    "FastParser",
+    "RawHandler",
+    "RawRunHandler",
+    "install",
+    "subscribe_acks",
+    "subscribe_raw",
+]
 
 log = logging.getLogger(__name__)
 
 # (subject, reply, header block or None, payload); called in the connection's reader task.
 RawHandler = Callable[[bytes, bytes, bytes | None, bytes], None]
+# A run of a raw subscription's messages read back to back, each (subject, reply, header block,
+# payload), in order; called in the connection's reader task.
+RawRunHandler = Callable[[list[tuple[bytes, bytes, bytes | None, bytes]]], None]
 # A run of plain PubAcks read in one scan: (the token after the inbox prefix, the sequence)
 # of each, in order; called in the connection's reader task.
 AckRunHandler = Callable[[list[tuple[bytes, bytes]]], None]
@@ -90,12 +101,14 @@ class _AckRun:
 class FastParser:
     """Drop-in for ``nats.protocol.parser.Parser`` (``reset`` and ``parse``)."""
 
-    __slots__ = ("acks", "buf", "nc", "raw")
+    __slots__ = ("acks", "buf", "nc", "raw", "runs")
 
     def __init__(self, nc: Client) -> None:
         self.nc = nc
         # sid -> handler of the raw subscriptions.
         self.raw: dict[int, RawHandler] = {}
+        # sid -> run handler of the raw subscriptions that take their messages in runs.
+        self.runs: dict[int, RawRunHandler] = {}
         # The PubAck inbox read in runs (subscribe_acks), if any.
         self.acks: _AckRun | None = None
         self.buf = b""
@@ -109,6 +122,7 @@ class FastParser:
         pos = 0
         end = len(buf)
         raw = self.raw
+        runs = self.runs
         nc: Any = self.nc
         received = 0
         ack_start = self.acks.start if self.acks is not None else None
@@ -157,6 +171,17 @@ class FastParser:
                     sid = int(args[2])
                     handler = raw.get(sid)
                     if handler is not None:
+                        on_run = runs.get(sid) if reply else None
+                        if on_run is not None:
+                            run = [(args[1], reply, hdr, payload)]
+                            pos = _extend_run(run, buf, pos, end, args[2])
+                            received += len(run)
+                            try:
+                                on_run(run)
+                            except Exception:
+                                # One bad run must not stop the connection's reader.
+                                log.exception("NATS raw subscription %d failed on a run of %d messages", sid, len(run))
+                            continue
                         received += 1
                         try:
                             handler(args[1], reply, hdr, payload)
@@ -188,6 +213,36 @@ class FastParser:
                 # One bad run must not stop the connection's reader.
                 log.exception("NATS PubAck inbox failed on a run of %d acks", len(run))
         return after
+
+
+def _extend_run(run: list[tuple[bytes, bytes, bytes | None, bytes]], buf: bytes, pos: int, end: int, sid: bytes) -> int:
+    """Appends to ``run`` the whole ``HMSG`` frames with a reply of subscription ``sid`` from ``pos``
+    on, back to back; returns where the first other frame (or an incomplete one) starts.
+
+    A pull's deliveries come so, hundreds in a read: one loop here, without a handler call
+    and its wake-up per message, costs about a third less than the frame parser's. A status
+    (no reply), another subscription's frame or anything else ends the run and is read by
+    the frame parser as before.
+    """
+    append = run.append
+    find = buf.find
+    startswith = buf.startswith
+    while startswith(b"HMSG ", pos):
+        eol = find(b"\r\n", pos)
+        if eol < 0:
+            break
+        # subject, sid, reply, header size, total size
+        args = buf[pos + 5 : eol].split(b" ")
+        if len(args) != 5 or args[1] != sid:
+            break
+        start = eol + 2
+        stop = start + int(args[4])
+        if stop + 2 > end:
+            break  # the payload is not all here yet
+        head = start + int(args[3])
+        append((args[0], args[2], buf[start:head] if head > start else None, buf[head:stop]))
+        pos = stop + 2
+    return pos
 
 
 async def _control(nc: Any, line: bytes) -> None:
@@ -231,8 +286,14 @@ def _render_headers(msg: Msg) -> bytes | None:
     return f"NATS/1.0\r\n{lines}\r\n".encode()
 
 
-async def subscribe_raw(nc: Client, subject: str, handler: RawHandler, *, pending_msgs_limit: int) -> Subscription:
-    """Subscribes ``handler`` to ``subject`` as a raw subscription (or its fallback)."""
+async def subscribe_raw(
+    nc: Client, subject: str, handler: RawHandler, *, pending_msgs_limit: int, on_run: RawRunHandler | None = None
+) -> Subscription:
+    """Subscribes ``handler`` to ``subject`` as a raw subscription (or its fallback).
+
+    ``on_run``: takes the messages with a reply that come back to back, a run at a time, in
+    place of ``handler`` (which still takes the others: a status, a message without headers).
+    """
     ps = getattr(nc, "_ps", None)
     parser = ps if isinstance(ps, FastParser) else None
 
@@ -246,6 +307,8 @@ async def subscribe_raw(nc: Client, subject: str, handler: RawHandler, *, pendin
     sub = await nc.subscribe(subject, cb=cb, pending_msgs_limit=pending_msgs_limit)
     if parser is not None:
         parser.raw[sub._id] = handler
+        if on_run is not None:
+            parser.runs[sub._id] = on_run
     return sub
 
 
@@ -266,3 +329,4 @@ def unsubscribe_raw(nc: Client, sub: Subscription) -> None:
     if isinstance(parser, FastParser):
         with contextlib.suppress(AttributeError):
             parser.raw.pop(sub._id, None)
+            parser.runs.pop(sub._id, None)

@@ -172,7 +172,9 @@ class PullSubscription:
         self._reconnects = 0
 
     async def open(self) -> None:
-        self._sub = await subscribe_raw(self._nc, f"{self._inbox}.*", self._on_msg, pending_msgs_limit=_PENDING_LIMIT)
+        self._sub = await subscribe_raw(
+            self._nc, f"{self._inbox}.*", self._on_msg, pending_msgs_limit=_PENDING_LIMIT, on_run=self._on_run
+        )
 
     async def request(
         self,
@@ -253,10 +255,23 @@ class PullSubscription:
             if self._expect == 0 and done is not None and not done.done():
                 done.set_result(FULL)
 
+    def _on_run(self, run: list[RawMsg]) -> None:
+        # Deliveries read back to back (see _parser): _on_msg's, a run at a time.
+        self.buffer.extend(run)
+        self.arrived.set()
+        if self._expect > 0:
+            self._expect = max(0, self._expect - len(run))
+            done = self._done
+            if self._expect == 0 and done is not None and not done.done():
+                done.set_result(FULL)
+
     def take(self, max_items: int) -> list[RawMsg]:
         buffer = self.buffer
-        n = min(max_items, len(buffer))
-        return [buffer.popleft() for _ in range(n)]
+        if max_items >= len(buffer):
+            taken = list(buffer)
+            buffer.clear()
+            return taken
+        return [buffer.popleft() for _ in range(max_items)]
 
     async def close(self) -> None:
         done = self._done
