@@ -194,6 +194,10 @@ class FastParser:
                 line = buf[pos:eol]
                 pos = eol + 2
                 await _control(nc, line)
+        except ValueError as exc:
+            # A size that is not a number: nats-py reconnects on a protocol error (any other
+            # exception would stop its reader and leave the connection silent).
+            raise nats.errors.ProtocolError from exc
         finally:
             self.buf = buf[pos:] if pos < end else b""
             if received:  # nats-py counts the others itself

@@ -194,6 +194,12 @@ async def test_parser_refuses_garbage_and_survives_a_failing_handler() -> None:
     await parser.parse(b"MSG a 1 2\r\nok\r\n")  # logged, not raised: the reader goes on
     with pytest.raises(nats.errors.ProtocolError):
         await parser.parse(b"WHAT is this\r\n")
+    # A size that is not a number, in a frame the parser reads and in a run's second frame.
+    parser.runs[1] = lambda run: None
+    for wire in (b"MSG a 1 x\r\nok\r\n", b"HMSG a 1 r 12 14\r\nNATS/1.0\r\n\r\nok\r\nHMSG a 1 r 12 x\r\n"):
+        parser.reset()
+        with pytest.raises(nats.errors.ProtocolError):
+            await parser.parse(wire)
 
 
 async def test_parser_reads_runs_of_plain_acks_in_order_with_every_other_frame() -> None:
