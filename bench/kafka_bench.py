@@ -61,7 +61,7 @@ from meshgate.bench._nats_anchor import Fill, cpu_seconds, percentile, sample_la
 from meshgate.bench.ingest_bench import peak_rss_mb, stream
 from meshgate.bench.nats_append_bench import DATA
 from meshgate.bench.profile_paths import record, summarize
-from meshgate.bench.replication_bench import Published, Region, ce_time_ns, free_port, publish_stream, terminate
+from meshgate.bench.replication_bench import Published, Region, ce_time_ns, free_ports, publish_stream, terminate
 from meshgate.brokers._codec import parse_time
 from meshgate.config import REPLICATION_SECRET_VARIABLE
 from meshgate.testing import ServeProcess
@@ -344,7 +344,7 @@ async def replication(  # noqa: PLR0915 - one scenario: its phases share the two
     root = tmp / "replication"
     root.mkdir()
     config = root / "mesh.yaml"
-    kport, nport = free_port(), free_port()
+    kport, nport = free_ports(2)
     config.write_text(
         "event_mesh:\n  regions:\n"
         f'    - name: k\n      kind: kafka\n      brokers: ["{bootstrap}"]\n      gateway: 127.0.0.1:{kport}\n'

@@ -36,7 +36,7 @@ from pathlib import Path
 import grpc
 import nats
 
-from meshgate.bench.replication_bench import STREAM, Region, free_port, mesh_file, publish_stream
+from meshgate.bench.replication_bench import STREAM, Region, free_ports, mesh_file, publish_stream
 from meshgate.v1 import gateway_pb2_grpc
 
 
@@ -122,8 +122,9 @@ async def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="meshgate-prof-") as d:
         tmp = Path(d)
         config = tmp / "mesh.yaml"
-        a = Region("a", free_port(), tmp / "data-a", config)
-        b = Region("b", free_port(), tmp / "data-b", config)
+        port_a, port_b = free_ports(2)
+        a = Region("a", port_a, tmp / "data-a", config)
+        b = Region("b", port_b, tmp / "data-b", config)
         mesh_file(config, a, b)
         try:
             address, _ = await asyncio.gather(a.start(), b.start())

@@ -38,7 +38,7 @@ from urllib.parse import urlparse
 
 import grpc
 
-from meshgate.bench.replication_bench import free_port, publish_stream, terminate
+from meshgate.bench.replication_bench import free_ports, publish_stream, terminate
 from meshgate.brokers import EmbeddedNats
 from meshgate.config import REPLICATION_SECRET_VARIABLE
 from meshgate.testing import ServeProcess
@@ -114,7 +114,7 @@ async def main(seconds: float, *, drain: float = 60.0, settle_timeout: float = 3
         tmp = Path(d)
         async with EmbeddedNats(data_dir=tmp / "nats-a") as nats:
             mesh = tmp / "mesh.yaml"
-            _mesh(mesh, nats.url, free_port(), free_port())
+            _mesh(mesh, nats.url, *free_ports(2))
             replicas = [ServeProcess(config=mesh, region="a", data_dir=tmp / f"a{i}") for i in range(REPLICAS)]
             b = ServeProcess(config=mesh, region="b", data_dir=tmp / "b", extra=("--listen", _gateway_of(mesh, "b")))
             try:

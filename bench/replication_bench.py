@@ -96,10 +96,15 @@ def peak_rss_mb(pid: int | None) -> float:
     return float("nan")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free loopback ports: all bound at once, so no two picks are the same port
+    (one bound and released, then the next, can be given the same number: a run once started
+    two gateways on one port)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
 
 
 def _r(x: float, digits: int = 0) -> float | int | None:
@@ -414,8 +419,9 @@ async def run_meshgate(tmp: Path, args: argparse.Namespace, anchor_rate: float) 
     root = tmp / "meshgate"
     root.mkdir()
     config = root / "mesh.yaml"
-    a = Region("a", free_port(), root / "data-a", config)
-    b = Region("b", free_port(), root / "data-b", config)
+    port_a, port_b = free_ports(2)
+    a = Region("a", port_a, root / "data-a", config)
+    b = Region("b", port_b, root / "data-b", config)
     mesh_file(config, a, b, partitions=getattr(args, "partitions", None))
     mg = Meshgate(a, b)
     out: dict[str, object] = {"notes": mg.notes, "live_cpu": mg.live_cpu}
