@@ -104,6 +104,20 @@ class LinkOptions:
 ReplicateCall = grpc.aio.StreamStreamCall[replication_pb2.ReplicateRequest, replication_pb2.ReplicateResponse]
 
 
+async def _write(call: ReplicateCall, request: replication_pb2.ReplicateRequest) -> None:
+    """``call.write``; once the destination ended the call, raises the call's status (why it
+    ended: a refusal, a full store) rather than grpc's "RPC already finished"."""
+    try:
+        await call.write(request)
+    except asyncio.InvalidStateError:
+        raise grpc.aio.AioRpcError(
+            await call.code(),
+            await call.initial_metadata(),
+            await call.trailing_metadata(),
+            details=await call.details(),
+        ) from None
+
+
 def _redelivered(stream: str, seq: int, last: int) -> LinkError:
     where = f"{stream} " if stream else ""
     return LinkError(
@@ -625,7 +639,8 @@ class Link:
                 self._inflight.append(_Sent(batch_id, part, spans))
                 self._idle.clear()
                 self._busy.set()
-                await call.write(
+                await _write(
+                    call,
                     replication_pb2.ReplicateRequest(
                         source_region=source,
                         batch_id=batch_id,
@@ -638,7 +653,7 @@ class Link:
                             data=part.data,
                             stored_unix_nanos=part.stored_ns,
                         ),
-                    )
+                    ),
                 )
 
     def _settled(self) -> None:

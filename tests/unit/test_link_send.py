@@ -245,3 +245,33 @@ async def test_a_link_keeps_at_most_its_window_of_batches_unanswered(window: int
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await session
         await server.stop(None)
+
+
+class _Refuses(replication_pb2_grpc.ReplicationServicer):
+    """Reads the first batch, then ends the call with an error status, unanswered."""
+
+    async def Replicate(self, request_iterator: Any, context: Any) -> Any:
+        await anext(aiter(request_iterator))
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "no room: insufficient resources")
+        yield replication_pb2.ReplicateResponse()  # pragma: no cover - never reached
+
+
+async def test_a_write_into_a_call_the_destination_ended_says_why_it_ended() -> None:
+    # The send loop can write while the destination ends the call: the link's error must be the
+    # destination's status (what Status shows the operator), not grpc's "RPC already finished".
+    server, port = await serve_destination(_Refuses())
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = replication_pb2_grpc.ReplicationStub(channel).Replicate()
+            request = replication_pb2.ReplicateRequest(source_region="here", batch_id=1)
+            await _link._write(call, request)
+            with pytest.raises(grpc.aio.AioRpcError):
+                await call.read()
+            with pytest.raises(asyncio.InvalidStateError):
+                await call.write(request)  # what grpc says itself
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await _link._write(call, request)
+            assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
+            assert caught.value.details() == "no room: insufficient resources"
+    finally:
+        await server.stop(None)
