@@ -978,8 +978,8 @@ def _plain_acks(replies: Sequence[bytes]) -> tuple[list[int], list[int], list[in
     """Each delivery's stream sequence, consumer sequence and stored time, and the last one's
     pending count, read off ack subjects without a domain; None when any is otherwise.
 
-    One split of them all, its tokens taken in strides (about half the cost of one regular
-    expression over them, on every delivery replicated).
+    One split of them all, its tokens taken in strides: a sixth less than one regular
+    expression over them and the numbers' conversions, on every delivery replicated.
     """
     n = len(replies)
     tokens = b".".join(replies).split(b".")
