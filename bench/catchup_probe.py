@@ -1,0 +1,86 @@
+"""Meshgate's catch-up alone, several times in one run: the figure to compare two builds by.
+
+``replication_bench.py`` measures the catch-up once, after three live phases, next to the
+NATS-native anchor. To see what a change does to the catch-up's CPU per event, this runs only
+Meshgate's two regions (``a`` -> ``b``, the same ``meshgate serve`` processes and mesh file),
+one short live phase to warm them up, then ``--rounds`` catch-ups of ``--backlog`` events each
+(b stopped, the backlog published into a, b started again, until b holds it all), and prints
+each round's rate and every process's CPU per event, then one JSON line.
+
+The CPU per event is the steadier figure: the rate follows whatever else the machine does. For
+a before/after, run the two builds in turns (each from its own checkout and virtualenv).
+
+    python bench/catchup_probe.py [--backlog 200000] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import grpc
+
+from meshgate.bench.replication_bench import Meshgate, Region, free_ports, mesh_file
+from meshgate.v1 import gateway_pb2_grpc
+
+_WARM_SECONDS = 0.5
+# Bounds of each wait: after the live phase, and for a catch-up (with a stall cut-off).
+_DRAIN_SECONDS = 30.0
+_CATCHUP_TIMEOUT_SECONDS = 90.0
+_STALL_SECONDS = 15.0
+
+
+async def main(backlog: int, rounds: int) -> list[dict[str, object]]:
+    results: list[dict[str, object]] = []
+    with tempfile.TemporaryDirectory(prefix="meshgate-catchup-") as d:
+        root = Path(d)
+        config = root / "mesh.yaml"
+        port_a, port_b = free_ports(2)
+        a = Region("a", port_a, root / "data-a", config)
+        b = Region("b", port_b, root / "data-b", config)
+        mesh_file(config, a, b)
+        mg = Meshgate(a, b)
+        try:
+            address, _ = await asyncio.gather(a.start(), b.start())
+            await mg.connect_b()
+            mg.channel = grpc.aio.insecure_channel(address)
+            mg.stub = gateway_pb2_grpc.GatewayStub(mg.channel)
+            await mg.live("bench/warm", _WARM_SECONDS, None, _DRAIN_SECONDS, _STALL_SECONDS)
+            for i in range(rounds):
+                cu, _ = await mg.catchup(f"bench/catchup{i}", backlog, _CATCHUP_TIMEOUT_SECONDS, _STALL_SECONDS)
+                row: dict[str, object] = {
+                    "events_per_s": round(cu.rate),
+                    "reached": cu.reached,
+                    "complete": cu.complete,
+                    "cpu_us_per_event": cu.cpu_us_per_event(),
+                }
+                results.append(row)
+                cpu = ", ".join(f"{k} {v}" for k, v in cu.cpu_us_per_event().items())
+                print(f"round {i + 1}: {cu.rate:,.0f} events/s ({cu.reached}/{backlog}); CPU us an event: {cpu}")
+        finally:
+            if mg.nb is not None:
+                await mg.nb.close()
+            if mg.channel is not None:
+                await mg.channel.close()
+            await asyncio.gather(a.stop(), b.stop(), return_exceptions=True)
+            await asyncio.gather(a.close(), b.close(), return_exceptions=True)
+    return results
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backlog", type=int, default=200_000, help="events of each catch-up (default 200000)")
+    parser.add_argument("--rounds", type=int, default=3, help="catch-ups in the run (default 3)")
+    args = parser.parse_args()
+    if args.backlog < 1 or args.rounds < 1:
+        parser.error("--backlog and --rounds must be at least 1")
+    try:
+        out = asyncio.run(main(args.backlog, args.rounds))
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        print("catchup_probe: interrupted; every process it started is stopped", file=sys.stderr)
+        sys.exit(130)
+    print(json.dumps({"backlog": args.backlog, "rounds": out}))
