@@ -22,10 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-import grpc
-
-from meshgate.bench.replication_bench import Meshgate, Region, free_ports, mesh_file
-from meshgate.v1 import gateway_pb2_grpc
+from meshgate.bench.replication_bench import Meshgate, two_regions
 
 _WARM_SECONDS = 0.5
 # Bounds of each wait: after the live phase, and for a catch-up (with a stall cut-off).
@@ -37,18 +34,9 @@ _STALL_SECONDS = 15.0
 async def main(backlog: int, rounds: int) -> list[dict[str, object]]:
     results: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory(prefix="meshgate-catchup-") as d:
-        root = Path(d)
-        config = root / "mesh.yaml"
-        port_a, port_b = free_ports(2)
-        a = Region("a", port_a, root / "data-a", config)
-        b = Region("b", port_b, root / "data-b", config)
-        mesh_file(config, a, b)
-        mg = Meshgate(a, b)
+        mg = Meshgate(*two_regions(Path(d)))
         try:
-            address, _ = await asyncio.gather(a.start(), b.start())
-            await mg.connect_b()
-            mg.channel = grpc.aio.insecure_channel(address)
-            mg.stub = gateway_pb2_grpc.GatewayStub(mg.channel)
+            await mg.start()
             await mg.live("bench/warm", _WARM_SECONDS, None, _DRAIN_SECONDS, _STALL_SECONDS)
             for i in range(rounds):
                 cu, _ = await mg.catchup(f"bench/catchup{i}", backlog, _CATCHUP_TIMEOUT_SECONDS, _STALL_SECONDS)
@@ -62,12 +50,7 @@ async def main(backlog: int, rounds: int) -> list[dict[str, object]]:
                 cpu = ", ".join(f"{k} {v}" for k, v in cu.cpu_us_per_event().items())
                 print(f"round {i + 1}: {cu.rate:,.0f} events/s ({cu.reached}/{backlog}); CPU us an event: {cpu}")
         finally:
-            if mg.nb is not None:
-                await mg.nb.close()
-            if mg.channel is not None:
-                await mg.channel.close()
-            await asyncio.gather(a.stop(), b.stop(), return_exceptions=True)
-            await asyncio.gather(a.close(), b.close(), return_exceptions=True)
+            await mg.close()
     return results
 
 

@@ -36,7 +36,7 @@ from pathlib import Path
 import grpc
 import nats
 
-from meshgate.bench.replication_bench import STREAM, Region, free_ports, mesh_file, publish_stream
+from meshgate.bench.replication_bench import STREAM, publish_stream, two_regions
 from meshgate.v1 import gateway_pb2_grpc
 
 
@@ -121,11 +121,7 @@ async def main(args: argparse.Namespace) -> None:
     report: list[str] = [f"load average at start: {os.getloadavg()[0]:.2f}, cpus {os.cpu_count()}\n"]
     with tempfile.TemporaryDirectory(prefix="meshgate-prof-") as d:
         tmp = Path(d)
-        config = tmp / "mesh.yaml"
-        port_a, port_b = free_ports(2)
-        a = Region("a", port_a, tmp / "data-a", config)
-        b = Region("b", port_b, tmp / "data-b", config)
-        mesh_file(config, a, b)
+        a, b = two_regions(tmp)
         try:
             address, _ = await asyncio.gather(a.start(), b.start())
             async with grpc.aio.insecure_channel(address) as ch:

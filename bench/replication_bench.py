@@ -191,6 +191,16 @@ def mesh_file(path: Path, a: Region, b: Region, *, partitions: int | None = None
     os.environ.setdefault(REPLICATION_SECRET_VARIABLE, secrets.token_hex(32))
 
 
+def two_regions(root: Path, *, partitions: int | None = None) -> tuple[Region, Region]:
+    """Regions a and b of one mesh file (``root/mesh.yaml``), each gateway on its own free port."""
+    config = root / "mesh.yaml"
+    port_a, port_b = free_ports(2)
+    a = Region("a", port_a, root / "data-a", config)
+    b = Region("b", port_b, root / "data-b", config)
+    mesh_file(config, a, b, partitions=partitions)
+    return a, b
+
+
 @dataclass
 class Published:
     accepted: int = 0
@@ -308,6 +318,23 @@ class Meshgate:
             "nats-server b": self.b.nats_pid,
         }
 
+    async def start(self) -> None:
+        """Starts both regions, a client of b's broker and a channel to a's gateway."""
+        address, _ = await asyncio.gather(self.a.start(), self.b.start())
+        await self.connect_b()
+        self.channel = grpc.aio.insecure_channel(address)
+        self.stub = gateway_pb2_grpc.GatewayStub(self.channel)
+
+    async def close(self) -> None:
+        """Closes the clients and stops both regions, their embedded servers with them."""
+        if self.nb is not None:
+            with contextlib.suppress(Exception):
+                await self.nb.close()
+        if self.channel is not None:
+            await self.channel.close()
+        await asyncio.gather(self.a.stop(), self.b.stop(), return_exceptions=True)
+        await asyncio.gather(self.a.close(), self.b.close(), return_exceptions=True)
+
     async def connect_b(self) -> None:
         if self.nb is not None:
             with contextlib.suppress(Exception):
@@ -418,18 +445,11 @@ async def run_meshgate(tmp: Path, args: argparse.Namespace, anchor_rate: float) 
     seconds, backlog, drain, timeout, stall = args.seconds, args.backlog, args.drain, args.catchup_timeout, args.stall
     root = tmp / "meshgate"
     root.mkdir()
-    config = root / "mesh.yaml"
-    port_a, port_b = free_ports(2)
-    a = Region("a", port_a, root / "data-a", config)
-    b = Region("b", port_b, root / "data-b", config)
-    mesh_file(config, a, b, partitions=getattr(args, "partitions", None))
+    a, b = two_regions(root, partitions=getattr(args, "partitions", None))
     mg = Meshgate(a, b)
     out: dict[str, object] = {"notes": mg.notes, "live_cpu": mg.live_cpu}
     try:
-        address, _ = await asyncio.gather(a.start(), b.start())
-        await mg.connect_b()
-        mg.channel = grpc.aio.insecure_channel(address)
-        mg.stub = gateway_pb2_grpc.GatewayStub(mg.channel)
+        await mg.start()
         live = await mg.live("bench/live", seconds, None, drain, stall)
         out["live"] = live
         print(
@@ -458,13 +478,7 @@ async def run_meshgate(tmp: Path, args: argparse.Namespace, anchor_rate: float) 
         b.note_rss()
         out["rss"] = {"a": a.peak_rss, "b": b.peak_rss}
         out["nats_rss"] = {"a": a.nats_peak_rss, "b": b.nats_peak_rss}
-        if mg.nb is not None:
-            with contextlib.suppress(Exception):
-                await mg.nb.close()
-        if mg.channel is not None:
-            await mg.channel.close()
-        await asyncio.gather(a.stop(), b.stop(), return_exceptions=True)
-        await asyncio.gather(a.close(), b.close(), return_exceptions=True)
+        await mg.close()
     return out
 
 
