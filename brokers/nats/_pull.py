@@ -248,19 +248,18 @@ class PullSubscription:
                 self.arrived.set()
             return
         self.buffer.append((subject, reply, hdr, data))
-        self.arrived.set()
-        if self._expect > 0:
-            self._expect -= 1
-            done = self._done
-            if self._expect == 0 and done is not None and not done.done():
-                done.set_result(FULL)
+        self._delivered(1)
 
     def _on_run(self, run: list[RawMsg]) -> None:
         # Deliveries read back to back (see _parser): _on_msg's, a run at a time.
         self.buffer.extend(run)
+        self._delivered(len(run))
+
+    def _delivered(self, n: int) -> None:
+        """``n`` deliveries are in the buffer: wakes the waiter; the request is full once it got all it asked for."""
         self.arrived.set()
         if self._expect > 0:
-            self._expect = max(0, self._expect - len(run))
+            self._expect = max(0, self._expect - n)
             done = self._done
             if self._expect == 0 and done is not None and not done.done():
                 done.set_result(FULL)

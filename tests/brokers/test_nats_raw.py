@@ -10,13 +10,14 @@ from typing import Any
 import nats
 import nats.errors
 import pytest
+from nats.aio.client import Client
 
 from meshgate.brokers import Broker, DurableConsumer, EmbeddedNats, NatsBroker, RawBatch, StartAt, header_lines
 from meshgate.brokers._base import AppendResult, SequencedLog
 from meshgate.brokers._codec import _header_lines_problem, _plain_lines, check_header_lines
 from meshgate.brokers.nats import _consumer as nats_consumer
-from meshgate.brokers.nats._parser import FastParser, _AckRun
-from meshgate.brokers.nats._pull import PullSubscription
+from meshgate.brokers.nats._parser import FastParser, _AckRun, install
+from meshgate.brokers.nats._pull import FULL, PullSubscription
 from meshgate.brokers.nats._wire import split_header_block
 from meshgate.config import NatsSettings
 from tests._servers import make_nats_broker
@@ -390,6 +391,37 @@ async def test_raw_fetch_and_append_carry_the_stored_bytes(nats_server: Embedded
         want.CopyFrom(ev)
         want.origin_sequence, want.sequence = seq, copy.sequence
         assert copy == want
+
+
+async def test_a_pull_read_in_runs_is_full_once_its_deliveries_came_and_hands_them_out_in_order(
+    nats_server: EmbeddedNats,
+) -> None:
+    # A real server's deliveries come in runs (FastParser.runs): the request ends FULL as soon
+    # as they all came (not at its expiry), and take() hands them out in order, in parts too.
+    nc = Client()
+    parser = install(nc)
+    assert parser is not None
+    await nc.connect(nats_server.url)
+    try:
+        js = nc.jetstream()
+        await js.add_stream(name="RUNS", subjects=["runs.>"])
+        for i in range(40):
+            await js.publish(f"runs.{i % 3}", b"%d" % i, headers={"Nats-Msg-Id": f"e{i}"})
+        await js.add_consumer("RUNS", durable_name="C", ack_policy="all")
+        puller = PullSubscription(nc, stream="RUNS", consumer="C")
+        await puller.open()
+        assert parser.runs, "the pull's inbox takes its deliveries in runs"
+        await puller.request(40, expires=30.0)
+        async with asyncio.timeout(BOUND):
+            assert await puller.wait(BOUND) == FULL
+        first = puller.take(15)
+        rest = puller.take(100)
+        assert [m[3] for m in first + rest] == [b"%d" % i for i in range(40)]
+        assert puller.take(1) == []
+        await puller.close()
+        assert not parser.runs
+    finally:
+        await nc.close()
 
 
 async def test_one_standing_pull_serves_the_fetches_each_taking_what_one_write_stored(
