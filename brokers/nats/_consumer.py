@@ -682,7 +682,7 @@ class NatsDurableConsumer(DurableConsumer):
                 continue
             # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>[.<token>] (domains: 2 more)
             tokens_ = reply.split(b".")
-            base = 4 if len(tokens_) == 9 else 6
+            base = 4 if len(tokens_) == _ACK_TOKENS else 6
             sequence = int(tokens_[base + 1])
             stream = self._cached_stream(subject)
             if skip and sequence <= skip.get(stream, 0):
