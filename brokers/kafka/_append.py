@@ -26,7 +26,7 @@ from meshgate.brokers._base import (
     check_raw_columns,
     decode_raw,
 )
-from meshgate.brokers._codec import kafka_record_headers
+from meshgate.brokers._codec import kafka_record_from_lines, kafka_record_headers
 from meshgate.brokers.kafka._errors import (
     KAFKA_FAILURES,
     KafkaMessageTooLargeError,
@@ -50,6 +50,44 @@ _MAX_UNCERTAIN = 100_000
 
 # One record to write: its key (None without one), its headers, encoded, and its value.
 _Record = tuple[bytes | None, list[tuple[str, bytes]], bytes]
+
+# One event of an append as ``_plan`` reads it: id, topic, key, the record's headers and their
+# bytes (or why the event cannot be written), value.
+_Row = tuple[str, str, bytes | None, list[tuple[str, bytes]] | str, int, bytes]
+
+
+def _event_row(event: event_pb2.Event) -> _Row:
+    try:
+        headers, size = kafka_record_headers(event)
+    except ValueError as exc:
+        return (event.id, event.topic, None, str(exc), 0, b"")
+    key = event.key
+    # Read once: each read of a bytes field of a protobuf message is a copy.
+    return (event.id, event.topic, key.encode() if key else None, headers, size, event.data)
+
+
+def _raw_rows(  # noqa: PLR0917  # the columns of a raw batch
+    ids: Sequence[str],
+    topics: Sequence[str],
+    headers: Sequence[bytes],
+    data: Sequence[bytes],
+    origin_sequences: Sequence[int],
+    origin_streams: Sequence[str],
+) -> list[_Row]:
+    """The rows of a raw batch: records made from the header lines as they are, an event
+    decoded only where that shortcut does not apply (``kafka_record_from_lines``)."""
+    rows: list[_Row] = []
+    for i, (event_id, topic, lines, value, seq) in enumerate(
+        zip(ids, topics, headers, data, origin_sequences, strict=True)
+    ):
+        stream = origin_streams[i] if origin_streams else ""
+        record = kafka_record_from_lines(lines, event_id, seq, stream)
+        if record is None:
+            rows.append(_event_row(decode_raw((event_id,), (topic,), (lines,), (value,), (seq,), (stream,))[0]))
+        else:
+            key, record_headers, size = record
+            rows.append((event_id, topic, key, record_headers, size, value))
+    return rows
 
 
 @dataclass(slots=True)
@@ -116,7 +154,7 @@ class KafkaAppend(KafkaState):
     async def append(self, events: Sequence[event_pb2.Event]) -> list[AppendResult | BrokerError]:
         if not events:
             return []
-        return await self._append_held(len(events), events)
+        return await self._append_held(len(events), lambda: list(map(_event_row, events)))
 
     async def append_raw(
         self,
@@ -127,20 +165,18 @@ class KafkaAppend(KafkaState):
         data: Sequence[bytes],
         origin_sequences: Sequence[int],
         origin_streams: Sequence[str] = (),
-        origin: str = "",  # decoding reads each event's origin anyway
+        origin: str = "",  # the lines' own origin header goes into the record as it is
     ) -> list[AppendResult | BrokerError]:
         # Checked before the call waits for its share: a malformed batch is refused at once.
         check_raw_columns(ids, topics, headers, data, origin_sequences, origin_streams)
         if not ids:
             return []
-        # Decoded only once the call has its share of max_append_events: a call waiting for
-        # it holds the raw columns its request holds anyway, not an event object per event.
-        decode = functools.partial(decode_raw, ids, topics, headers, data, origin_sequences, origin_streams)
-        return await self._append_held(len(ids), decode)
+        # Made only once the call has its share of max_append_events: a call waiting for it
+        # holds the raw columns its request holds anyway, not a record per event.
+        rows = functools.partial(_raw_rows, ids, topics, headers, data, origin_sequences, origin_streams)
+        return await self._append_held(len(ids), rows)
 
-    async def _append_held(
-        self, n: int, events: Sequence[event_pb2.Event] | Callable[[], list[event_pb2.Event]]
-    ) -> list[AppendResult | BrokerError]:
+    async def _append_held(self, n: int, rows: Callable[[], list[_Row]]) -> list[AppendResult | BrokerError]:
         """An append within the bound on events held by appends (``max_append_events``).
 
         An event being appended costs a few KB until its ack (its encoded headers and record,
@@ -163,7 +199,7 @@ class KafkaAppend(KafkaState):
                 refused = self._refused_while_stopping(n)
                 if refused is not None:
                     return refused
-                return await self._append(producer, events if isinstance(events, Sequence) else events())
+                return await self._append(producer, rows())
             finally:
                 self._held.release(n)
         finally:
@@ -176,12 +212,10 @@ class KafkaAppend(KafkaState):
             return None
         return [BrokerUnavailableError(f"Kafka broker {self.name!r} is stopping")] * n
 
-    async def _append(
-        self, producer: AIOKafkaProducer, events: Sequence[event_pb2.Event]
-    ) -> list[AppendResult | BrokerError]:
-        results: list[AppendResult | BrokerError | None] = [None] * len(events)
-        # Index -> the id of each event written (read off the message once: each read is a copy).
-        ids: list[str] = [""] * len(events)
+    async def _append(self, producer: AIOKafkaProducer, rows: list[_Row]) -> list[AppendResult | BrokerError]:
+        results: list[AppendResult | BrokerError | None] = [None] * len(rows)
+        # Index -> the id of each event written.
+        ids: list[str] = [""] * len(rows)
         # Kafka topic -> indexes of the events to write there, in order.
         plan: dict[str, list[int]] = {}
         # Index -> the record's key (encoded once: size check, partitioner, batch) and headers.
@@ -196,8 +230,8 @@ class KafkaAppend(KafkaState):
             # One call at a time up to the hand-over to the producer: concurrent calls are
             # written in the order they were made (the replication ingress pipelines on it).
             async with self._order:
-                unsure = await self._settle_uncertain(events)
-                self._plan(events, results, unsure, plan, records, ids, first, twins, waits, mine, call)
+                unsure = await self._settle_uncertain(rows)
+                self._plan(rows, results, unsure, plan, records, ids, first, twins, waits, mine, call)
                 if plan:
                     batches = await self._enqueue(producer, plan, records, results)
                 # In the record batches now: their headers and keys need not wait for the ack here.
@@ -216,7 +250,7 @@ class KafkaAppend(KafkaState):
 
     def _plan(  # noqa: PLR0917  # the state of one append, filled in place
         self,
-        events: Sequence[event_pb2.Event],
+        rows: list[_Row],
         results: list[AppendResult | BrokerError | None],
         unsure: dict[str, BrokerError],
         plan: dict[str, list[int]],
@@ -236,12 +270,10 @@ class KafkaAppend(KafkaState):
         now = time.time()
         # The topics of this call, mapped once (a batch mostly has one).
         topics: dict[str, str] = {}
-        for i, event in enumerate(events):
-            event_id = event.id
+        for i, (event_id, topic, key, headers, headers_size, data) in enumerate(rows):
             if not event_id:
                 results[i] = EventRejectedError(f"event {i} of the batch has no id (the gateway assigns one)")
                 continue
-            topic = event.topic
             if topic == CHECKPOINT_TOPIC:
                 results[i] = EventRejectedError(
                     f"event {i} of the batch cannot be written: topic {CHECKPOINT_TOPIC} is reserved in Kafka "
@@ -250,10 +282,12 @@ class KafkaAppend(KafkaState):
                 continue
             try:
                 kafka_topic = topics.get(topic) or kafka_topic_of(topic)
-                topics[topic] = kafka_topic
-                headers, headers_size = kafka_record_headers(event)
             except ValueError as exc:
                 results[i] = EventRejectedError(f"event {i} of the batch cannot be written: {exc}")
+                continue
+            topics[topic] = kafka_topic
+            if isinstance(headers, str):
+                results[i] = EventRejectedError(f"event {i} of the batch cannot be written: {headers}")
                 continue
             seen = known(event_id, now=now)
             if seen is not None:
@@ -270,10 +304,6 @@ class KafkaAppend(KafkaState):
             if other is not None:
                 waits[i] = other
                 continue
-            key_text = event.key
-            key = key_text.encode() if key_text else None
-            # Read once: each read of a bytes field of a protobuf message is a copy.
-            data = event.data
             data_size = len(data)
             size = data_size + (len(key) if key else 0) + headers_size + RECORD_OVERHEAD
             if size > max_bytes:
@@ -551,7 +581,7 @@ class KafkaAppend(KafkaState):
         while len(uncertain) > _MAX_UNCERTAIN:
             del uncertain[next(iter(uncertain))]
 
-    async def _settle_uncertain(self, events: Sequence[event_pb2.Event]) -> dict[str, BrokerError]:
+    async def _settle_uncertain(self, rows: list[_Row]) -> dict[str, BrokerError]:
         """Brings the id window up to the end of the partitions of ids whose last write is in doubt.
 
         A write that timed out may still have been stored (the broker took it and the answer
@@ -562,7 +592,7 @@ class KafkaAppend(KafkaState):
         uncertain = self._uncertain
         if not uncertain:
             return {}
-        doubtful = {e.id: uncertain[e.id] for e in events if e.id in uncertain and self._ids.get(e.id) is None}
+        doubtful = {row[0]: uncertain[row[0]] for row in rows if row[0] in uncertain and self._ids.get(row[0]) is None}
         if not doubtful:
             return {}
         follower, probe = self._follower, self._probe

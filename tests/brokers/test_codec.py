@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from nats.aio.client import Client
 
 from meshgate.brokers import AppendResult, decode_event, encode_headers, pattern_to_filter
+from meshgate.brokers._base import decode_raw
 from meshgate.brokers._codec import (
     _UNSAFE_RE,
     RESERVED_EXTENSION_NAMES,
@@ -20,6 +21,9 @@ from meshgate.brokers._codec import (
     encode_kafka_headers,
     escape_header_value,
     format_time,
+    header_lines,
+    kafka_record_from_lines,
+    kafka_record_headers,
     kafka_record_id,
     parse_time,
     subject_to_topic,
@@ -429,3 +433,111 @@ def test_escape_header_value_leaves_exactly_what_the_rule_allows() -> None:
         plain = _UNSAFE_RE.search(value) is None
         assert (escape_header_value(value) == value) is plain, repr(value)
         assert unescape_header_value(escape_header_value(value)) == value, repr(value)
+
+
+# -- a replicated event's Kafka record, straight from its header lines -------------------------
+
+# Values that need no escaping: the lines of most replicated events.
+PLAIN_CHARS = string.ascii_letters + string.digits + "-_./:;=+!#$&'()*,<>?@[]^`{|}~"
+plain_texts = st.text(st.sampled_from(PLAIN_CHARS), max_size=30)
+
+
+@st.composite
+def plain_events(draw: st.DrawFn) -> event_pb2.Event:
+    event = event_pb2.Event(
+        id=draw(plain_texts.filter(bool)),
+        source=draw(plain_texts),
+        type=draw(plain_texts),
+        specversion=draw(st.sampled_from(["", "1.0", "0.3"])),
+        datacontenttype=draw(plain_texts),
+        dataschema=draw(plain_texts),
+        data=draw(st.binary(max_size=16)),
+        topic=draw(topics),
+        key=draw(plain_texts),
+        origin=draw(region_names),
+        route=draw(st.lists(region_names, max_size=4)),
+        extensions=draw(st.dictionaries(extension_names, plain_texts, max_size=3)),
+    )
+    if draw(st.booleans()):
+        event.time.CopyFrom(draw(timestamps))
+    return event
+
+
+_KafkaRecord = tuple[bytes | None, list[tuple[str, bytes]], int]
+
+
+def _decoded_record(lines: bytes, event_id: str, seq: int, stream: str) -> _KafkaRecord:
+    """What the Kafka adapter wrote for a raw event before the shortcut: decode, then encode."""
+    [event] = decode_raw([event_id], ["orders/created"], [lines], [b"x"], [seq], [stream])
+    headers, size = kafka_record_headers(event)
+    return (event.key.encode() if event.key else None), headers, size
+
+
+def _same_record(fast: _KafkaRecord, slow: _KafkaRecord) -> None:
+    # Extensions come in the lines' order on the shortcut, in the event map's on the decoded path.
+    assert fast[0] == slow[0]
+    assert fast[2] == slow[2] == sum(len(name) + len(value) for name, value in slow[1])
+    assert sorted(fast[1]) == sorted(slow[1])
+    fixed = [name for name, _ in slow[1] if not name.startswith("ce_") or name in _CE_FIXED]
+    assert [name for name, _ in fast[1] if not name.startswith("ce_") or name in _CE_FIXED] == fixed
+
+
+_CE_FIXED = {"ce_id", "ce_source", "ce_type", "ce_specversion", "ce_time", "ce_dataschema"}
+
+
+@given(plain_events(), st.integers(min_value=0, max_value=2**64 - 1), st.sampled_from(["", "orders.created/3"]))
+def test_a_kafka_record_made_from_plain_lines_is_the_one_the_decoded_event_makes(
+    event: event_pb2.Event, seq: int, stream: str
+) -> None:
+    lines = header_lines(event)
+    fast = kafka_record_from_lines(lines, event.id, seq, stream)
+    assert fast is not None  # every value plain, the time as format_time writes it: the shortcut applies
+    _same_record(fast, _decoded_record(lines, event.id, seq, stream))
+
+
+@given(events(), st.integers(min_value=0, max_value=2**64 - 1))
+def test_a_kafka_record_made_from_any_lines_is_the_one_the_decoded_event_makes_or_none(
+    event: event_pb2.Event, seq: int
+) -> None:
+    lines = header_lines(event)
+    fast = kafka_record_from_lines(lines, event.id, seq, "")
+    if fast is None:
+        assert b"%" in lines or not lines.isascii()  # escaped values: the event is decoded
+    else:
+        _same_record(fast, _decoded_record(lines, event.id, seq, ""))
+
+
+_BASE = b"ce-source: /p\r\nce-type: t\r\nce-specversion: 1.0\r\nmg-origin: a\r\nmg-route: a,b\r\n"
+
+
+@pytest.mark.parametrize(
+    ("extra", "shortcut"),
+    [
+        # A peer's lines as Meshgate would never write them, read as parse_header_lines reads them.
+        (b"ce-time: 2026-12-07T01:02:03.123456789Z\r\n", True),
+        (b"ce-time:2026-12-07T01:02:03.000000000Z  \r\n", True),  # no space, trailing blanks
+        (b"ce-type: other\r\nce-type: again\r\n", True),  # a repeated header: the last wins
+        (b"x-foreign: 1\r\nCE-Upper: 2\r\nce-: 3\r\n", True),  # not the binding's: left out
+        (b"mg-key: k-1\r\nce-tenant: t\r\nce-traceparent: 00-ab-cd-01\r\n", True),
+        (b"ce-specversion: \r\nce-datacontenttype: \r\nce-dataschema: s\r\n", True),
+        (b"mg-route: \r\nmg-origin: \r\n", True),
+        # Where the decoded event differs from the lines' text: the event is decoded.
+        (b"ce-time: 2026-12-07T01:02:03Z\r\n", False),  # no fraction: format_time writes nine digits
+        (b"ce-time: 2026-12- 7T01:02:03.000000000Z\r\n", False),  # strptime reads the space
+        (b"ce-time: 2026-02-30T01:02:03.000000000Z\r\n", False),  # no such day: the time is dropped
+        (b"ce-time: 0000-01-01T00:00:00.000000000Z\r\n", False),
+        (b"ce-time: 2026-12-07T01:02:60.000000000Z\r\n", False),  # a leap second: no datetime
+        (b"ce-time: 2026-12-07t01:02:03.000000000z\r\n", False),
+        (b"content-type: text/plain\r\n", False),
+        (b"ce-tenant: na%C3%AFve\r\n", False),
+        ("ce-tenant: naïve\r\n".encode(), False),
+    ],
+)
+def test_a_kafka_record_from_a_peers_lines_is_the_decoded_events_or_the_event_is_decoded(
+    extra: bytes, shortcut: bool
+) -> None:
+    lines = _BASE + extra
+    fast = kafka_record_from_lines(lines, "id-1", 7, "")
+    assert (fast is not None) is shortcut
+    if fast is not None:
+        _same_record(fast, _decoded_record(lines, "id-1", 7, ""))

@@ -44,7 +44,8 @@ from meshgate.brokers import (
     StartAt,
     WorkSharing,
 )
-from meshgate.brokers._codec import header_lines
+from meshgate.brokers._base import decode_raw
+from meshgate.brokers._codec import header_lines, kafka_record_headers
 from meshgate.config import KafkaSettings
 from meshgate.testing import Tansu
 from meshgate.v1 import event_pb2
@@ -395,6 +396,55 @@ async def test_plain_kafka_consumer_reads_data_key_and_cloudevents_headers(
     assert "mg-key" not in headers
     assert headers["mg-origin"] == "here"
     assert headers["mg-route"] == "here,there"
+
+
+async def test_a_raw_batch_is_stored_as_the_records_its_decoded_events_make(
+    tansu: Tansu, kafka_broker: KafkaBroker
+) -> None:
+    # A replicated batch is written from its header lines, without an event per record, except
+    # where a line needs decoding (an escaped value, a time in another shape): the records are
+    # those the decoded events would make, and the events read back are the decoded ones.
+    events = [
+        make_event("orders/created", "raw-plain", key="customer-7", datacontenttype="application/json"),
+        make_event("orders/created", "raw-ext", key="customer-7"),
+        make_event("orders/created", "raw-escaped", key="customer-7", datacontenttype="text/plain; charset=utf-8"),
+        make_event("orders/created", "raw-nokey", dataschema="https://example.com/s"),
+    ]
+    events[1].extensions["traceparent"] = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    events[1].extensions["tenant"] = "t-1"
+    lines = [header_lines(e) for e in events]
+    lines.append(lines[0].replace(b"ce-time: 2025-01-01T00:00:00.123456789Z", b"ce-time: 2025-01-01T00:00:00Z"))
+    ids = [e.id for e in events] + ["raw-time"]
+    columns = {
+        "ids": ids,
+        "topics": ["orders/created"] * 5,
+        "headers": lines,
+        "data": [b"payload-%d" % i for i in range(5)],
+        "origin_sequences": [11, 12, 13, 14, 15],
+        "origin_streams": ["", "orders.created/1", "", "", ""],
+    }
+    expected = decode_raw(**columns)  # type: ignore[arg-type]
+    stored = results_of(await kafka_broker.append_raw(**columns))  # type: ignore[arg-type]
+    consumer = AIOKafkaConsumer(bootstrap_servers=tansu.bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        records = []
+        for result in stored:
+            tp = TopicPartition("mesh.orders.created", int(result.stream.rsplit("/", 1)[1]))
+            consumer.assign([tp])
+            consumer.seek(tp, result.sequence - 1)
+            records.append(await asyncio.wait_for(consumer.getone(tp), BOUND))
+    finally:
+        await consumer.stop()
+    for record, event in zip(records, expected, strict=True):
+        headers, _ = kafka_record_headers(event)
+        assert sorted(record.headers) == sorted(headers), event.id
+        assert record.key == (event.key.encode() if event.key else None)
+        assert record.value == event.data
+    by_id = {e.id: e for e in await read_events(kafka_broker, "orders/>", 5, start=StartAt(earliest=True))}
+    for event, result in zip(expected, stored, strict=True):
+        event.stream, event.sequence = result.stream, result.sequence
+        assert by_id[event.id] == event
 
 
 async def test_records_of_the_older_header_form_are_read_and_new_ones_follow_the_kafka_binding(
