@@ -216,7 +216,10 @@ class KafkaBroker(KafkaAppend, KafkaRead, KafkaCheckpoints, Broker, WorkSharing)
         self.storage = StorageHealth(name=name, on_problem=self._start_storage_probe)
         # All a durable consumer uses of this broker (see KafkaDurableConsumer).
         self._consumer_host = KafkaConsumerHost(
-            decode=self._decode, probe=self._require_probe, closed=self._consumers.discard
+            decode=self._decode,
+            mesh_topic=self._names.mesh_topic,
+            probe=self._require_probe,
+            closed=self._consumers.discard,
         )
 
     # -- lifecycle ----------------------------------------------------------------------------

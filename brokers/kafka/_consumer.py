@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
-from meshgate.brokers._base import BrokerError, Delivery, DurableConsumer
-from meshgate.brokers._codec import HEADER_ORIGIN, HEADER_ROUTE
+from meshgate.brokers._base import BrokerError, Delivery, DurableConsumer, RawBatch
+from meshgate.brokers._codec import HEADER_ORIGIN, HEADER_ROUTE, header_lines, lines_from_kafka_record
 from meshgate.brokers.kafka._clients import start_consumer, stop_consumer
 from meshgate.brokers.kafka._errors import KAFKA_FAILURES, KafkaUnavailableError, kafka_error
 from meshgate.brokers.kafka._follower import header_value
@@ -58,6 +58,14 @@ class KafkaToken:
     tp: TopicPartition
     offset: int
     epoch: int
+
+
+# A record a consumer keeps, its token and how many records follow it in its partition.
+_Fetched = tuple[ConsumerRecord[bytes, bytes], KafkaToken, int]
+
+
+def _stored_ns(record: ConsumerRecord[bytes, bytes]) -> int:
+    return max(0, int(record.timestamp)) * 1_000_000
 
 
 class _Track:
@@ -101,6 +109,8 @@ class KafkaConsumerHost:
 
     # A record as an event.
     decode: Callable[[ConsumerRecord[bytes, bytes]], event_pb2.Event]
+    # A Kafka topic's mesh topic.
+    mesh_topic: Callable[[str], str]
     # The broker's offset probe (raises "not started" while it has none).
     probe: Callable[[], OffsetProbe]
     # The consumer closed: the broker no longer closes it on stop.
@@ -187,13 +197,14 @@ class KafkaDurableConsumer(DurableConsumer):
                 return False
         return True
 
-    async def fetch(self, max_events: int, *, timeout: float) -> list[Delivery]:
+    async def _fetch_records(self, max_events: int, timeout: float) -> list[_Fetched]:
+        """Up to ``max_events`` records this consumer keeps (those it skips count as acked), each
+        with its token and the records after it in its partition; none when none came in time."""
         consumer = self._require()
         if max_events < 1:
             raise ValueError(f"max_events must be >= 1, got {max_events}")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, timeout)
-        decode = self._host.decode
         while True:
             self._check_share()
             left = max(0.0, deadline - loop.time())
@@ -202,7 +213,7 @@ class KafkaDurableConsumer(DurableConsumer):
             except KAFKA_FAILURES as exc:
                 raise kafka_error(exc, f"fetch of durable consumer {self.name!r}") from exc
             self._check_share()
-            deliveries: list[Delivery] = []
+            kept: list[_Fetched] = []
             commits: dict[TopicPartition, int] = {}
             for tp, records in got.items():
                 if not records:
@@ -216,24 +227,50 @@ class KafkaDurableConsumer(DurableConsumer):
                         track.acked.add(record.offset)
                         skipped = True
                         continue
-                    deliveries.append(
-                        Delivery(
-                            event=decode(record),
-                            token=KafkaToken(tp, record.offset, track.epoch),
-                            pending=max(0, high - record.offset - 1) if high is not None else 0,
-                            # CreateTime set at produce (the adapter appends without one), or
-                            # the broker's LogAppendTime when the topic is configured so.
-                            stored_ns=max(0, record.timestamp) * 1_000_000,
-                        )
-                    )
+                    pending = max(0, high - record.offset - 1) if high is not None else 0
+                    kept.append((record, KafkaToken(tp, record.offset, track.epoch), pending))
                 if skipped:
                     floor = track.advance()
                     if floor is not None:
                         commits[tp] = floor
             if commits:
                 await self._commit(consumer, commits)
-            if deliveries or loop.time() >= deadline:
-                return deliveries
+            if kept or loop.time() >= deadline:
+                return kept
+
+    async def fetch(self, max_events: int, *, timeout: float) -> list[Delivery]:
+        decode = self._host.decode
+        return [
+            # CreateTime set at produce (the adapter appends without one), or the broker's
+            # LogAppendTime when the topic is configured so.
+            Delivery(event=decode(record), token=token, pending=pending, stored_ns=_stored_ns(record))
+            for record, token, pending in await self._fetch_records(max_events, timeout)
+        ]
+
+    async def fetch_raw(self, max_events: int, *, timeout: float) -> RawBatch:
+        """``fetch`` without an event per record: each record's lines made from its headers as
+        they are (``lines_from_kafka_record``), the record decoded only where that does not apply."""
+        batch = RawBatch()
+        decode, mesh_topic = self._host.decode, self._host.mesh_topic
+        for record, token, pending in await self._fetch_records(max_events, timeout):
+            made = lines_from_kafka_record(record.headers, record.key)
+            if made is None:
+                event = decode(record)
+                event_id, lines = event.id, header_lines(event)
+            else:
+                event_id, lines = made
+            batch.ids.append(event_id)
+            batch.topics.append(mesh_topic(record.topic))
+            batch.sequences.append(record.offset + 1)
+            batch.streams.append(stream_of(record.topic, record.partition))
+            batch.headers.append(lines)
+            batch.data.append(record.value or b"")
+            batch.stored_ns.append(_stored_ns(record))
+            batch.tokens.append(token)
+            batch.pending = pending
+        if not all(batch.stored_ns):
+            batch.stored_ns.clear()
+        return batch
 
     async def _commit(self, consumer: AIOKafkaConsumer, commits: dict[TopicPartition, int]) -> None:
         epoch = self._epoch
@@ -251,12 +288,17 @@ class KafkaDurableConsumer(DurableConsumer):
                 track.committed = offset
 
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
-        if not deliveries:
+        await self._ack_tokens([delivery.token for delivery in deliveries])
+
+    async def ack_raw(self, batch: RawBatch) -> None:
+        await self._ack_tokens(batch.tokens)
+
+    async def _ack_tokens(self, tokens: Sequence[object]) -> None:
+        if not tokens:
             return
         consumer = self._require()
         touched: dict[TopicPartition, _Track] = {}
-        for delivery in deliveries:
-            token = delivery.token
+        for token in tokens:
             if not isinstance(token, KafkaToken):
                 raise BrokerError(f"not a delivery of a Kafka consumer: {token!r}", retriable=False)
             track = self._tracks.get(token.tp)

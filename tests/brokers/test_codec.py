@@ -25,6 +25,7 @@ from meshgate.brokers._codec import (
     kafka_record_from_lines,
     kafka_record_headers,
     kafka_record_id,
+    lines_from_kafka_record,
     parse_time,
     subject_to_topic,
     topic_to_subject,
@@ -541,3 +542,98 @@ def test_a_kafka_record_from_a_peers_lines_is_the_decoded_events_or_the_event_is
     assert (fast is not None) is shortcut
     if fast is not None:
         _same_record(fast, _decoded_record(lines, "id-1", 7, ""))
+
+
+# -- a Kafka record's raw header lines, straight from its headers -----------------------------
+
+
+def _decoded_lines(headers: list[tuple[str, bytes | None]], key: bytes | None) -> tuple[str, bytes]:
+    """What a Kafka region's link sent for a record before the shortcut: decode, then encode."""
+    event = decode_kafka_record(headers, key, b"x", topic="orders/created")
+    return event.id, header_lines(event)
+
+
+def _same_lines(fast: tuple[str, bytes], slow: tuple[str, bytes]) -> None:
+    # Extensions come in the headers' order on the shortcut, in the event map's on the decoded path.
+    assert fast[0] == slow[0]
+    fast_lines, slow_lines = fast[1].split(b"\r\n"), slow[1].split(b"\r\n")
+    assert sorted(fast_lines) == sorted(slow_lines)
+    fixed = [line for line in slow_lines if not line.startswith(b"ce-") or line.split(b":")[0] in _CE_LINE_NAMES]
+    assert [
+        line for line in fast_lines if not line.startswith(b"ce-") or line.split(b":")[0] in _CE_LINE_NAMES
+    ] == fixed
+
+
+_CE_LINE_NAMES = {
+    b"ce-id",
+    b"ce-source",
+    b"ce-type",
+    b"ce-specversion",
+    b"ce-time",
+    b"ce-datacontenttype",
+    b"ce-dataschema",
+}
+
+
+@given(plain_events(), st.integers(min_value=0, max_value=2**64 - 1), st.sampled_from(["", "orders.created/3"]))
+def test_lines_made_from_a_kafka_record_meshgate_wrote_are_those_of_its_decoded_event(
+    event: event_pb2.Event, seq: int, stream: str
+) -> None:
+    event.origin_sequence, event.origin_stream = seq, stream
+    headers, _ = kafka_record_headers(event)
+    key = event.key.encode() if event.key else None
+    fast = lines_from_kafka_record(headers, key)
+    assert fast is not None  # every value plain, the time as format_time writes it: the shortcut applies
+    _same_lines(fast, _decoded_lines(list(headers), key))
+
+
+@given(events())
+def test_lines_made_from_any_kafka_record_meshgate_wrote_are_its_decoded_events_or_none(
+    event: event_pb2.Event,
+) -> None:
+    headers, _ = kafka_record_headers(event)
+    key = event.key.encode() if event.key else None
+    fast = lines_from_kafka_record(headers, key)
+    if fast is None:
+        # A value that needs escaping on NATS, or no id: the record is decoded.
+        assert any(_UNSAFE_RE.search(v.decode()) for _, v in headers) or _UNSAFE_RE.search(event.key) or not event.id
+    else:
+        _same_lines(fast, _decoded_lines(list(headers), key))
+
+
+_RECORD = [("ce_id", b"r-1"), ("ce_source", b"/p"), ("ce_type", b"t"), ("mg-origin", b"k"), ("mg-route", b"k,n")]
+
+
+@pytest.mark.parametrize(
+    ("extra", "key", "shortcut"),
+    [
+        # Records as a foreign producer or a CloudEvents SDK may write them.
+        ([], None, True),  # no specversion: 1.0
+        ([("ce_specversion", b"0.3"), ("ce_time", b"2026-12-07T01:02:03.123456789Z")], b"k-1", True),
+        ([("content-type", b"application/json"), ("ce_dataschema", b"s"), ("ce_Tenant", b"t")], None, True),
+        ([("ce_specversion", b""), ("content-type", b""), ("mg-origin-seq", b"x")], b"", True),
+        # Where the decoded event differs from the headers' text: the record is decoded.
+        ([("ce_type", b"again")], None, False),  # repeated: the last wins
+        ([("ce_tenant", None)], None, False),
+        ([("ce_time", b"2026-12-07T01:02:03Z")], None, False),
+        ([("ce_time", b"2026-02-30T01:02:03.000000000Z")], None, False),
+        ([("ce_datacontenttype", b"text/plain"), ("content-type", b"application/json")], None, False),
+        ([("Content-Type", b"application/json")], None, False),
+        ([("ce-tenant", b"t")], None, False),  # an older record's name
+        ([("x-foreign", b"1")], None, False),
+        ([("ce_", b"1")], None, False),
+        ([("ce_tenant", b"a b")], None, False),  # escaped on NATS
+        ([("ce_tenant", "naïve".encode())], None, False),
+        ([("ce_t%x", b"1")], None, False),
+        ([], b"a key", False),
+    ],
+)
+def test_lines_from_a_foreign_kafka_record_are_its_decoded_events_or_the_record_is_decoded(
+    extra: list[tuple[str, bytes | None]], key: bytes | None, shortcut: bool
+) -> None:
+    headers = _RECORD + extra
+    fast = lines_from_kafka_record(headers, key)
+    assert (fast is not None) is shortcut
+    if fast is not None:
+        _same_lines(fast, _decoded_lines(headers, key))
+    assert lines_from_kafka_record([h for h in headers if h[0] != "ce_id"], key) is None  # no id

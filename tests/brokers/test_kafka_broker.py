@@ -35,11 +35,13 @@ from meshgate.brokers import (
     BrokerState,
     BrokerUnavailableError,
     Delivery,
+    DurableConsumer,
     EventRejectedError,
     KafkaBroker,
     KafkaDurableConsumer,
     KafkaUnavailableError,
     Leases,
+    RawBatch,
     SequencedLog,
     StartAt,
     WorkSharing,
@@ -689,6 +691,67 @@ async def test_commits_survive_a_restart_of_every_replica(tansu: Tansu) -> None:
         assert await c.fetch(10, timeout=0.3) == []
         assert await c.pending() == 0
         await c.close()
+
+
+async def _fetch_raw_until(consumer: KafkaDurableConsumer, count: int, *, decoded: bool) -> RawBatch:
+    """``count`` events of ``fetch_raw``: the consumer's own, or the base class's (decode, encode)."""
+    fetch_raw = DurableConsumer.fetch_raw if decoded else KafkaDurableConsumer.fetch_raw
+    got = RawBatch()
+    async with asyncio.timeout(BOUND):
+        while len(got) < count:
+            part = await fetch_raw(consumer, count - len(got), timeout=0.5)
+            for name in ("ids", "topics", "sequences", "streams", "headers", "data", "stored_ns", "tokens"):
+                getattr(got, name).extend(getattr(part, name))
+    return got
+
+
+async def test_a_links_raw_fetch_is_the_decoded_one_and_its_ack_commits(tansu: Tansu) -> None:
+    # A Kafka region's link reads records as header lines made from their headers, and decodes
+    # a record only where that does not apply (a value escaped on NATS, a foreign header): the
+    # batch is the one the base class's decode-and-encode makes, and acking it commits.
+    events = [
+        make_event("orders/created", "plain", key="customer-7", datacontenttype="application/json"),
+        make_event("orders/created", "ext", key="customer-7"),
+        make_event("orders/created", "escaped", key="customer-7", datacontenttype="text/plain; charset=utf-8"),
+        make_event("orders/created", "nokey", dataschema="https://example.com/s"),
+    ]
+    events[1].extensions["traceparent"] = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    async with make_kafka_broker(tansu, settings=KafkaSettings(partitions=1)) as broker:
+        results_of(await broker.append(events))
+        producer = AIOKafkaProducer(bootstrap_servers=tansu.bootstrap)
+        await producer.start()
+        try:
+            foreign = [("ce_id", b"foreign"), ("ce_source", b"/f"), ("ce_type", b"t"), ("Content-Type", b"text/csv")]
+            await producer.send_and_wait("mesh.orders.created", b"a,b", key=b"customer-7", headers=foreign)
+        finally:
+            await producer.stop()
+        ours, decoded = await asyncio.gather(
+            broker.durable_consumer("raw-link", pattern="orders/*"),
+            broker.durable_consumer("decoded-link", pattern="orders/*"),
+        )
+        raw = await _fetch_raw_until(ours, 5, decoded=False)
+        expected = await _fetch_raw_until(decoded, 5, decoded=True)
+        assert raw.ids == expected.ids == ["plain", "ext", "escaped", "nokey", "foreign"]
+        assert (raw.topics, raw.sequences, raw.streams, raw.data, raw.stored_ns) == (
+            expected.topics,
+            expected.sequences,
+            expected.streams,
+            expected.data,
+            expected.stored_ns,
+        )
+        assert raw.headers == expected.headers  # one extension at most: the same order too
+        assert b"mg-key: customer-7\r\n" in raw.headers[0] and b"ce-datacontenttype: text/csv\r\n" in raw.headers[4]
+        await ours.ack_raw(raw)
+        assert await ours.pending() == 0
+        await ours.close()
+        await decoded.close()
+    # The group's committed offset, as Kafka holds it: past all five.
+    reader = AIOKafkaConsumer(bootstrap_servers=tansu.bootstrap, group_id=ours.group_id, enable_auto_commit=False)
+    await reader.start()
+    try:
+        assert await reader.committed(TopicPartition("mesh.orders.created", 0)) == 5
+    finally:
+        await reader.stop()
 
 
 async def test_acks_after_a_rebalance_fail_retriably_and_reset_recovers(tansu: Tansu) -> None:
