@@ -37,7 +37,10 @@ written as they are. Kafka (binding section 3.2): attributes are ``ce_`` headers
 and its readers decode nothing); the event's ``key`` is the record key.
 
 The NATS form is also the replication wire form (``header_lines``): a Kafka region translates
-between the two through the event (``encode_kafka_headers`` and ``decode_kafka_record``).
+between the two straight from one form to the other (``lines_from_kafka_record`` as a source,
+``kafka_record_from_lines`` as a destination), and through the event
+(``decode_kafka_record``, ``kafka_record_headers``) where a record or a line set is not in
+the shape those render exactly.
 Records written before the bindings were followed (Kafka ``ce-`` headers, percent-encoded; a
 NATS ``content-type``) still decode.
 
