@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import random
 import string
 
@@ -52,24 +53,36 @@ timestamps = st.builds(
 )
 
 
+SPEC_1_0 = st.just("1.0")
+
+
 @st.composite
-def events(draw: st.DrawFn) -> event_pb2.Event:
+def events(
+    draw: st.DrawFn,
+    values: st.SearchStrategy[str] = texts,
+    specversions: st.SearchStrategy[str] = SPEC_1_0,
+    *,
+    positions: bool = True,
+) -> event_pb2.Event:
+    """Events with any text as their values (``values``), and their origin position unless
+    ``positions`` is False."""
     event = event_pb2.Event(
-        id=draw(texts.filter(bool)),
-        source=draw(texts),
-        type=draw(texts),
-        specversion="1.0",
-        datacontenttype=draw(texts),
-        dataschema=draw(texts),
+        id=draw(values.filter(bool)),
+        source=draw(values),
+        type=draw(values),
+        specversion=draw(specversions),
+        datacontenttype=draw(values),
+        dataschema=draw(values),
         data=draw(st.binary(max_size=64)),
         topic=draw(topics),
-        key=draw(texts),
+        key=draw(values),
         origin=draw(region_names),
         route=draw(st.lists(region_names, max_size=4)),
-        extensions=draw(st.dictionaries(extension_names, texts, max_size=4)),
-        origin_sequence=draw(st.integers(min_value=0, max_value=2**64 - 1)),
-        origin_stream=draw(st.one_of(st.just(""), st.just("orders.created/3"), texts)),
+        extensions=draw(st.dictionaries(extension_names, values, max_size=4)),
     )
+    if positions:
+        event.origin_sequence = draw(st.integers(min_value=0, max_value=2**64 - 1))
+        event.origin_stream = draw(st.one_of(st.just(""), st.just("orders.created/3"), values))
     if draw(st.booleans()):
         event.time.CopyFrom(draw(timestamps))
     return event
@@ -443,25 +456,8 @@ PLAIN_CHARS = string.ascii_letters + string.digits + "-_./:;=+!#$&'()*,<>?@[]^`{
 plain_texts = st.text(st.sampled_from(PLAIN_CHARS), max_size=30)
 
 
-@st.composite
-def plain_events(draw: st.DrawFn) -> event_pb2.Event:
-    event = event_pb2.Event(
-        id=draw(plain_texts.filter(bool)),
-        source=draw(plain_texts),
-        type=draw(plain_texts),
-        specversion=draw(st.sampled_from(["", "1.0", "0.3"])),
-        datacontenttype=draw(plain_texts),
-        dataschema=draw(plain_texts),
-        data=draw(st.binary(max_size=16)),
-        topic=draw(topics),
-        key=draw(plain_texts),
-        origin=draw(region_names),
-        route=draw(st.lists(region_names, max_size=4)),
-        extensions=draw(st.dictionaries(extension_names, plain_texts, max_size=3)),
-    )
-    if draw(st.booleans()):
-        event.time.CopyFrom(draw(timestamps))
-    return event
+# Events whose values need no escaping, with every specversion a peer may send.
+plain_events = functools.partial(events, plain_texts, st.sampled_from(["", "1.0", "0.3"]), positions=False)
 
 
 _KafkaRecord = tuple[bytes | None, list[tuple[str, bytes]], int]

@@ -400,19 +400,26 @@ async def test_plain_kafka_consumer_reads_data_key_and_cloudevents_headers(
     assert headers["mg-route"] == "here,there"
 
 
+def shortcut_cases(prefix: str) -> list[event_pb2.Event]:
+    """Events whose crossing between the NATS and Kafka header forms takes the shortcut (plain
+    values, an extension, no key) and one that is decoded (a value escaped on NATS)."""
+    events = [
+        make_event("orders/created", f"{prefix}plain", key="customer-7", datacontenttype="application/json"),
+        make_event("orders/created", f"{prefix}ext", key="customer-7"),
+        make_event("orders/created", f"{prefix}escaped", key="customer-7", datacontenttype="text/plain; charset=utf-8"),
+        make_event("orders/created", f"{prefix}nokey", dataschema="https://example.com/s"),
+    ]
+    events[1].extensions["traceparent"] = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    return events
+
+
 async def test_a_raw_batch_is_stored_as_the_records_its_decoded_events_make(
     tansu: Tansu, kafka_broker: KafkaBroker
 ) -> None:
     # A replicated batch is written from its header lines, without an event per record, except
     # where a line needs decoding (an escaped value, a time in another shape): the records are
     # those the decoded events would make, and the events read back are the decoded ones.
-    events = [
-        make_event("orders/created", "raw-plain", key="customer-7", datacontenttype="application/json"),
-        make_event("orders/created", "raw-ext", key="customer-7"),
-        make_event("orders/created", "raw-escaped", key="customer-7", datacontenttype="text/plain; charset=utf-8"),
-        make_event("orders/created", "raw-nokey", dataschema="https://example.com/s"),
-    ]
-    events[1].extensions["traceparent"] = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    events = shortcut_cases("raw-")
     events[1].extensions["tenant"] = "t-1"
     lines = [header_lines(e) for e in events]
     lines.append(lines[0].replace(b"ce-time: 2025-01-01T00:00:00.123456789Z", b"ce-time: 2025-01-01T00:00:00Z"))
@@ -709,13 +716,7 @@ async def test_a_links_raw_fetch_is_the_decoded_one_and_its_ack_commits(tansu: T
     # A Kafka region's link reads records as header lines made from their headers, and decodes
     # a record only where that does not apply (a value escaped on NATS, a foreign header): the
     # batch is the one the base class's decode-and-encode makes, and acking it commits.
-    events = [
-        make_event("orders/created", "plain", key="customer-7", datacontenttype="application/json"),
-        make_event("orders/created", "ext", key="customer-7"),
-        make_event("orders/created", "escaped", key="customer-7", datacontenttype="text/plain; charset=utf-8"),
-        make_event("orders/created", "nokey", dataschema="https://example.com/s"),
-    ]
-    events[1].extensions["traceparent"] = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    events = shortcut_cases("")
     async with make_kafka_broker(tansu, settings=KafkaSettings(partitions=1)) as broker:
         results_of(await broker.append(events))
         producer = AIOKafkaProducer(bootstrap_servers=tansu.bootstrap)
