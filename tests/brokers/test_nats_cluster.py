@@ -16,6 +16,7 @@ from functools import partial
 from pathlib import Path
 
 import nats
+import nats.js.errors
 
 from meshgate.brokers import AppendResult
 from meshgate.brokers.nats import NatsBroker
@@ -77,7 +78,15 @@ async def _stored_ids(url: str, count: int) -> list[str]:
         sub = await js.pull_subscribe("mesh.>", "ledger", stream="MESHGATE")
         ids: list[str] = []
         while len(ids) < count:
-            for msg in await sub.fetch(min(500, count - len(ids)), timeout=5):
+            # A consumer made just after a node rejoined answers 503 until its replicas elect a
+            # leader: "not yet", within a bound.
+            batch = await eventually(
+                partial(sub.fetch, min(500, count - len(ids)), timeout=5),
+                30,
+                what="the ledger consumer's next messages",
+                retry_on=(nats.js.errors.ServiceUnavailableError,),
+            )
+            for msg in batch:
                 assert msg.headers is not None
                 ids.append(msg.headers["Nats-Msg-Id"])
                 await msg.ack()
