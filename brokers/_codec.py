@@ -53,7 +53,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from itertools import repeat
 from typing import cast
@@ -451,45 +451,70 @@ def kafka_record_headers(event: event_pb2.Event) -> tuple[list[tuple[str, bytes]
     The pairs of repeating values are shared between records (``_SharedHeaders``): the list
     is the caller's, its pairs are not to be changed.
     """
-    event_id = event.id.encode()
-    spec = event.specversion
     route = event.route
-    source = _SOURCES[event.source]
-    type_ = _TYPES[event.type]
+    return _record_headers(
+        event.id.encode(),
+        event.source,
+        event.type,
+        event.specversion,
+        _repeated_time(event.time)[3] if event.HasField("time") else None,
+        event.datacontenttype,
+        event.dataschema,
+        event.extensions.items() if event.extensions else (),
+        event.origin,
+        route[0] if len(route) == 1 else ",".join(route),
+        event.origin_sequence,
+        event.origin_stream,
+    )
+
+
+def _record_headers(  # noqa: PLR0917  # a record's attributes, each as its own value
+    event_id: bytes,
+    source: str,
+    type_: str,
+    spec: str,
+    time_header: tuple[str, bytes] | None,
+    content_type: str,
+    schema: str,
+    extensions: Iterable[tuple[str, str]],
+    origin: str,
+    route: str,
+    origin_sequence: int,
+    origin_stream: str,
+) -> tuple[list[tuple[str, bytes]], int]:
+    """A record's headers and their bytes from its attributes: for an event
+    (``kafka_record_headers``) and for a replicated event's lines (``kafka_record_from_lines``)."""
+    source_header = _SOURCES[source]
+    type_header = _TYPES[type_]
     spec_header = _SPEC_DEFAULT if not spec or spec == DEFAULT_SPECVERSION else _SPECVERSIONS[spec]
-    origin = _ORIGINS[event.origin]
-    route_header = _ROUTES[route[0] if len(route) == 1 else ",".join(route)]
-    headers = [(KAFKA_HEADER_ID, event_id), source, type_, spec_header]
-    size = _FIXED_NAMES_BYTES + len(event_id) + len(source[1]) + len(type_[1]) + len(spec_header[1])
-    size += len(origin[1]) + len(route_header[1])
-    if event.HasField("time"):
-        header = _repeated_time(event.time)[3]
-        headers.append(header)
-        size += 7 + len(header[1])
-    content_type = event.datacontenttype
+    origin_header = _ORIGINS[origin]
+    route_header = _ROUTES[route]
+    headers = [(KAFKA_HEADER_ID, event_id), source_header, type_header, spec_header]
+    size = _FIXED_NAMES_BYTES + len(event_id) + len(source_header[1]) + len(type_header[1]) + len(spec_header[1])
+    size += len(origin_header[1]) + len(route_header[1])
+    if time_header is not None:
+        headers.append(time_header)
+        size += 7 + len(time_header[1])
     if content_type:
         header = _CONTENT_TYPES[content_type]
         headers.append(header)
         size += len(HEADER_CONTENT_TYPE) + len(header[1])
-    schema = event.dataschema
     if schema:
         header = _SCHEMAS[schema]
         headers.append(header)
         size += 13 + len(header[1])
-    if event.extensions:
-        for name, text in event.extensions.items():
-            if name in RESERVED_EXTENSION_NAMES:
-                raise ValueError(f"extension {name!r} collides with the CloudEvents attribute of that name")
-            header = (KAFKA_CE_PREFIX + name, text.encode())
-            headers.append(header)
-            size += len(header[0]) + len(header[1])
-    headers.append(origin)
+    for name, text in extensions:
+        if name in RESERVED_EXTENSION_NAMES:
+            raise ValueError(f"extension {name!r} collides with the CloudEvents attribute of that name")
+        header = (KAFKA_CE_PREFIX + name, text.encode())
+        headers.append(header)
+        size += len(header[0]) + len(header[1])
+    headers.append(origin_header)
     headers.append(route_header)
-    if event.origin_sequence:
-        value = str(event.origin_sequence).encode()
+    if origin_sequence:
+        value = str(origin_sequence).encode()
         headers.append((HEADER_ORIGIN_SEQ, value))
         size += len(HEADER_ORIGIN_SEQ) + len(value)
-    origin_stream = event.origin_stream
     if origin_stream:
         header = _ORIGIN_STREAMS[origin_stream]
         headers.append(header)
@@ -622,11 +647,11 @@ _CE_ATTRIBUTE_NAMES = frozenset(
 # The names of a replicated event without extensions (a set compared with its names in C).
 _PLAIN_NAMES = _CE_ATTRIBUTE_NAMES | {HEADER_KEY, HEADER_ORIGIN, HEADER_ROUTE, *POSITION_HEADERS}
 _TIME_DIGITS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z")
-# A time's Kafka header by its text, once the text is known to be canonical (consecutive
-# events mostly share their admission time).
+# A canonical time's Kafka header by its text (consecutive events mostly share their admission time).
 _TIMES = _SharedHeaders("ce_time")
 
 
+@functools.lru_cache(maxsize=1024)
 def _canonical_time(text: str) -> bool:
     """Whether ``text`` is what ``format_time`` writes for the time ``parse_time`` reads from it.
 
@@ -662,50 +687,32 @@ def kafka_record_from_lines(
     if HEADER_CONTENT_TYPE in fields:
         return None
     get = fields.get
-    eid = event_id.encode()
-    source = _SOURCES[get(HEADER_SOURCE, "")]
-    type_ = _TYPES[get(HEADER_TYPE, "")]
-    spec = get(HEADER_SPECVERSION, "")
-    spec_header = _SPEC_DEFAULT if not spec or spec == DEFAULT_SPECVERSION else _SPECVERSIONS[spec]
-    origin = _ORIGINS[get(HEADER_ORIGIN, "")]
-    route = _ROUTES[get(HEADER_ROUTE, "")]
-    headers = [(KAFKA_HEADER_ID, eid), source, type_, spec_header]
-    size = _FIXED_NAMES_BYTES + len(eid) + len(source[1]) + len(type_[1]) + len(spec_header[1])
-    size += len(origin[1]) + len(route[1])
     time_text = get(HEADER_TIME)
-    if time_text is not None:
-        header = _TIMES.get(time_text)
-        if header is None:
-            if not _canonical_time(time_text):
-                return None
-            header = _TIMES[time_text]
-        headers.append(header)
-        size += 7 + len(header[1])
-    content_type = get(HEADER_DATACONTENTTYPE)
-    if content_type:
-        header = _CONTENT_TYPES[content_type]
-        headers.append(header)
-        size += len(HEADER_CONTENT_TYPE) + len(header[1])
-    schema = get(HEADER_DATASCHEMA)
-    if schema:
-        header = _SCHEMAS[schema]
-        headers.append(header)
-        size += 13 + len(header[1])
-    for name, text in fields.items() if not fields.keys() <= _PLAIN_NAMES else ():
-        if name.startswith(CE_PREFIX) and len(name) > 3 and name not in _CE_ATTRIBUTE_NAMES:
-            header = (KAFKA_CE_PREFIX + name[3:], text.encode())
-            headers.append(header)
-            size += len(header[0]) + len(header[1])
-    headers.append(origin)
-    headers.append(route)
-    if origin_sequence:
-        value = str(origin_sequence).encode()
-        headers.append((HEADER_ORIGIN_SEQ, value))
-        size += len(HEADER_ORIGIN_SEQ) + len(value)
-    if origin_stream:
-        header = _ORIGIN_STREAMS[origin_stream]
-        headers.append(header)
-        size += len(HEADER_ORIGIN_STREAM) + len(header[1])
+    if time_text is not None and not _canonical_time(time_text):
+        return None
+    extensions = (
+        ()
+        if fields.keys() <= _PLAIN_NAMES
+        else [
+            (name[3:], text)
+            for name, text in fields.items()
+            if name.startswith(CE_PREFIX) and len(name) > 3 and name not in _CE_ATTRIBUTE_NAMES
+        ]
+    )
+    headers, size = _record_headers(
+        event_id.encode(),
+        get(HEADER_SOURCE, ""),
+        get(HEADER_TYPE, ""),
+        get(HEADER_SPECVERSION, ""),
+        None if time_text is None else _TIMES[time_text],
+        get(HEADER_DATACONTENTTYPE, ""),
+        get(HEADER_DATASCHEMA, ""),
+        extensions,
+        get(HEADER_ORIGIN, ""),
+        get(HEADER_ROUTE, ""),
+        origin_sequence,
+        origin_stream,
+    )
     key = get(HEADER_KEY)
     return key.encode() if key else None, headers, size
 
@@ -775,11 +782,8 @@ def lines_from_kafka_record(headers: Sequence[tuple[str, bytes | None]], key: by
     time_value = get("ce_time")
     time_line = b""
     if time_value is not None:
-        text = time_value.decode()
-        if text not in _TIMES:
-            if not _canonical_time(text):
-                return None
-            _TIMES[text]  # made on a miss: known canonical from now on
+        if not _canonical_time(time_value.decode()):
+            return None
         time_line = b"ce-time: %b\r\n" % time_value
     content_type = get(HEADER_CONTENT_TYPE)
     schema = get("ce_dataschema")
