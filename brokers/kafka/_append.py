@@ -107,18 +107,9 @@ class _Batch:
 _Part = tuple[asyncio.Future[RecordMetadata], TopicPartition, list[int], int]
 
 
-# Keys hashed at most, remembered (aiokafka's murmur2 is pure Python, and keys repeat).
-_MAX_KEY_HASHES = 65_536
-_key_hashes: dict[bytes, int] = {}
-
-
-def _key_hash(key: bytes) -> int:
-    hashed = _key_hashes.get(key)
-    if hashed is None:
-        if len(_key_hashes) >= _MAX_KEY_HASHES:
-            _key_hashes.clear()
-        hashed = _key_hashes[key] = murmur2(key)
-    return hashed
+# A key's murmur2, remembered for the last 65,536 keys: aiokafka's murmur2 is pure Python, and
+# keys repeat.
+_key_hash = functools.lru_cache(maxsize=65_536)(murmur2)
 
 
 def _retrieved(future: asyncio.Future[RecordMetadata]) -> None:
