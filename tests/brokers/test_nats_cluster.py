@@ -46,11 +46,8 @@ def _broker(cluster: NatsCluster) -> NatsBroker:
 
 
 async def _stream_leader(url: str) -> str:
-    nc = await nats.connect(url)
-    try:
+    async with await nats.connect(url) as nc:
         info = await nc.jetstream().stream_info("MESHGATE")
-    finally:
-        await nc.close()
     assert info.config.num_replicas == 3, info.config
     assert info.cluster is not None and info.cluster.leader, info.cluster
     return info.cluster.leader
@@ -58,11 +55,8 @@ async def _stream_leader(url: str) -> str:
 
 async def _consumer_leader(url: str) -> str:
     """The node leading the link's consumer (its newest generation)."""
-    nc = await nats.connect(url)
-    try:
+    async with await nats.connect(url) as nc:
         infos = await nc.jetstream().consumers_info("MESHGATE")
-    finally:
-        await nc.close()
     links = [i for i in infos if i.name and i.name.startswith("mg-link-there@")]
     assert links, [i.name for i in infos]
     newest = max(links, key=lambda i: int(i.name.rpartition("@")[2]))
@@ -72,8 +66,7 @@ async def _consumer_leader(url: str) -> str:
 
 async def _stored_ids(url: str, count: int) -> list[str]:
     """Every event id in the stream, in stream order (``count`` messages expected)."""
-    nc = await nats.connect(url)
-    try:
+    async with await nats.connect(url) as nc:
         js = nc.jetstream()
         sub = await js.pull_subscribe("mesh.>", "ledger", stream="MESHGATE")
         ids: list[str] = []
@@ -91,8 +84,6 @@ async def _stored_ids(url: str, count: int) -> list[str]:
                 ids.append(msg.headers["Nats-Msg-Id"])
                 await msg.ack()
         return ids
-    finally:
-        await nc.close()
 
 
 async def test_a_replicated_stream_keeps_every_acked_event_once_in_key_order_through_its_leaders_death(
