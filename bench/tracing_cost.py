@@ -310,7 +310,8 @@ def report(
 def in_process(repeat: int = 7) -> dict[str, float]:
     """The per-event costs of tracing at 1 %, in this process (no servers), in us of this thread's
     CPU (the best of ``repeat``): the decision for an unsampled event; a sampled publish span
-    on the event loop, light and through the SDK's ``Span``; its OTLP encoding in the batch
+    on the event loop, light, light and encoded there (the gateway's path over OTLP/gRPC), and
+    through the SDK's ``Span``; the OTLP encoding of a ``ReadableSpan`` in the batch
     processor's thread, ours and the SDK's."""
     import gc
 
@@ -329,9 +330,13 @@ def in_process(repeat: int = 7) -> dict[str, float]:
     from meshgate.observability._encode import encode_spans
     from meshgate.observability._tracing import DecisionIds
 
-    def tracing(sampler: Sampler) -> tuple[Tracing, BatchSpanProcessor, InMemorySpanExporter]:
+    class TakingExporter(InMemorySpanExporter):
+        # Takes EncodedSpans as the gateway's OTLP/gRPC exporter does: the encoded path.
+        takes_encoded = True
+
+    def tracing(sampler: Sampler, *, encoded: bool = False) -> tuple[Tracing, BatchSpanProcessor, InMemorySpanExporter]:
         # The gateway's processor, exporting only when flushed (its encoding is measured apart).
-        exporter = InMemorySpanExporter()
+        exporter = TakingExporter() if encoded else InMemorySpanExporter()
         processor = BatchSpanProcessor(
             exporter, max_queue_size=1 << 20, max_export_batch_size=1 << 20, schedule_delay_millis=1e9
         )
@@ -374,6 +379,8 @@ def in_process(repeat: int = 7) -> dict[str, float]:
     out["sampled_light_us_per_span"] = per_event(t)
     processor.force_flush()
     spans = exporter.get_finished_spans()[-512:]
+    t, _, _ = tracing(ALWAYS_ON, encoded=True)
+    out["sampled_encoded_us_per_span"] = per_event(t)  # the gateway's over OTLP/gRPC: encoded on the loop
     t, _, _ = tracing(ALWAYS_ON)
     t.sink = None  # the SDK's Span for each sampled event
     out["sampled_sdk_span_us_per_span"] = per_event(t)

@@ -10,6 +10,11 @@ kept per value for the attributes that repeat from span to span (``messaging.sys
 The batch's bytes are parsed once, in C, into the ``ExportTraceServiceRequest`` the exporter
 sends. It is the request ``encode_spans`` builds, field for field (a test compares them); a span
 with events or links (none of the gateway's have any) is encoded by protobuf objects as there.
+
+The gateway's publish spans do not wait for that thread: where every exporter of the provider
+is this one, each is written by ``span_bytes`` as it ends, on the event loop, and handed to the
+batch processor as an ``EncodedSpan`` (``_tracing.BatchTrace``). With the spans' times and ids
+fixed, that request is the SDK's own encoding of the SDK's spans, byte for byte (a test).
 """
 
 from __future__ import annotations
@@ -39,8 +44,18 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanContext, SpanKind
+from opentelemetry.trace.status import Status
 
-__all__ = ["CachingOTLPSpanExporter", "encode_spans"]
+__all__ = [
+    "SPAN_KIND_PRODUCER",
+    "CachingOTLPSpanExporter",
+    "EncodedSpan",
+    "attribute_bytes",
+    "attributes_bytes",
+    "encode_spans",
+    "span_bytes",
+]
 
 # Attributes whose values repeat from span to span: their bytes are kept per value.
 _REPEATED = frozenset(
@@ -59,6 +74,8 @@ _REPEATED = frozenset(
         "meshgate.origin",
     }
 )
+# The OTLP value of a producer span's kind (the gateway's publish spans).
+SPAN_KIND_PRODUCER: int = _SPAN_KIND_MAP[SpanKind.PRODUCER]
 _CACHE_MAX = 4096  # a bound for many topics or routes; cleared when reached
 _cache: dict[tuple[str, type, Any], bytes] = {}
 
@@ -87,6 +104,10 @@ _ANY_INT = b"\x18"
 _SPANS = b"\x12"  # ScopeSpans.spans
 _SCOPE_SPANS = b"\x12"  # ResourceSpans.scope_spans
 _RESOURCE_SPANS = b"\x0a"  # ExportTraceServiceRequest.resource_spans
+_EMPTY_STATUS = _STATUS + b"\x00"
+# Span.flags, as the SDK's _span_flags sets them: of a span with a remote parent, and of any other.
+_FLAGS_REMOTE = _FLAGS + _FIXED32(_span_flags(SpanContext(1, 1, is_remote=True)))
+_FLAGS_LOCAL = _FLAGS + _FIXED32(_span_flags(None))
 
 
 def _varint(n: int) -> bytes:
@@ -109,12 +130,17 @@ def _any_value(value: Any) -> bytes | None:
     """An ``AnyValue`` of a str, bool or int (a oneof member: written even when zero or empty)."""
     kind = type(value)
     if kind is str:
-        return _field(_ANY_STRING, value.encode())
+        data: bytes = value.encode()
+        return _ANY_STRING + _varint(len(data)) + data
     if kind is bool:
         return _ANY_BOOL + (b"\x01" if value else b"\x00")
     if kind is int:
         return _ANY_INT + _varint(value & _U64)  # int64: a negative one as its two's complement
     return None
+
+
+# Each attribute key's own field (``KeyValue.key``), made once per key.
+_KEYS: dict[str, bytes] = {}
 
 
 def _attribute(key: str, value: Any) -> bytes:
@@ -123,25 +149,32 @@ def _attribute(key: str, value: Any) -> bytes:
     if any_value is None:  # every other type: the SDK's encoding
         kv = _encode_key_value(key, value).SerializeToString()
     else:
-        kv = _field(_KV_KEY, key.encode()) + _field(_KV_VALUE, any_value)
-    return _field(_ATTRIBUTE, kv)
+        key_field = _KEYS.get(key)
+        if key_field is None:
+            if len(_KEYS) >= _CACHE_MAX:
+                _KEYS.clear()
+            key_field = _KEYS[key] = _field(_KV_KEY, key.encode())
+        kv = b"%b%b%b%b" % (key_field, _KV_VALUE, _varint(len(any_value)), any_value)
+    return b"%b%b%b" % (_ATTRIBUTE, _varint(len(kv)), kv)
 
 
-def _attributes(attributes: Mapping[str, Any]) -> bytes:
-    parts = []
-    for key, value in attributes.items():
-        if key in _REPEATED:
-            # The type is part of the key: True == 1, and they encode differently.
-            entry = (key, type(value), value)
-            data = _cache.get(entry)
-            if data is None:
-                if len(_cache) >= _CACHE_MAX:
-                    _cache.clear()
-                data = _cache[entry] = _attribute(key, value)
-            parts.append(data)
-        else:
-            parts.append(_attribute(key, value))
-    return b"".join(parts)
+def attribute_bytes(key: str, value: Any) -> bytes:
+    """A ``Span.attributes`` field, its bytes kept per value for the attributes that repeat."""
+    if key not in _REPEATED:
+        return _attribute(key, value)
+    # The type is part of the key: True == 1, and they encode differently.
+    entry = (key, type(value), value)
+    data = _cache.get(entry)
+    if data is None:
+        if len(_cache) >= _CACHE_MAX:
+            _cache.clear()
+        data = _cache[entry] = _attribute(key, value)
+    return data
+
+
+def attributes_bytes(attributes: Mapping[str, Any]) -> bytes:
+    """``Span.attributes`` fields of every attribute of ``attributes``, in its order."""
+    return b"".join([attribute_bytes(key, value) for key, value in attributes.items()])
 
 
 def _span(span: ReadableSpan) -> bytes:
@@ -150,32 +183,80 @@ def _span(span: ReadableSpan) -> bytes:
         return _pb_span(span).SerializeToString()
     sc = span.get_span_context()
     assert sc is not None  # every span the SDK ends has its context
-    parent = span.parent
+    return span_bytes(
+        sc,
+        span.parent,
+        span.name,
+        _SPAN_KIND_MAP[span.kind],
+        span.start_time or 0,
+        span.end_time or 0,
+        attributes_bytes(span.attributes) if span.attributes else b"",
+        span.status,
+    )
+
+
+def span_bytes(  # noqa: PLR0917  # a span's fields, each as its own value
+    sc: SpanContext,
+    parent: SpanContext | None,
+    name: str,
+    kind: int,
+    start_ns: int,
+    end_ns: int,
+    attributes: bytes,
+    status: Status,
+) -> bytes:
+    """A ``Span`` message's bytes from its fields (``attributes``: its encoded attributes,
+    ``attribute_bytes``): for a ``ReadableSpan`` (``_span``) and for a span the gateway
+    never made one of (``EncodedSpan``)."""
     parts = [_TRACE_ID, sc.trace_id.to_bytes(16, "big"), _SPAN_ID, sc.span_id.to_bytes(8, "big")]
-    state = _encode_trace_state(sc.trace_state)
-    if state:
-        parts.append(_field(_TRACE_STATE, state.encode()))
+    if sc.trace_state:
+        state = _encode_trace_state(sc.trace_state)
+        if state:
+            parts.append(_field(_TRACE_STATE, state.encode()))
     if parent is not None:
         parts += (_PARENT_SPAN_ID, parent.span_id.to_bytes(8, "big"))
-    if span.name:
-        parts.append(_field(_NAME, span.name.encode()))
-    kind = _SPAN_KIND_MAP[span.kind]
+    if name:
+        parts.append(_field(_NAME, name.encode()))
     if kind:
         parts += (_KIND, _varint(kind))
-    if span.start_time:
-        parts += (_START, _FIXED64(span.start_time))
-    if span.end_time:
-        parts += (_END, _FIXED64(span.end_time))
-    if span.attributes:
-        parts.append(_attributes(span.attributes))
+    if start_ns:
+        parts += (_START, _FIXED64(start_ns))
+    if end_ns:
+        parts += (_END, _FIXED64(end_ns))
+    parts.append(attributes)
     # The SDK always sets a status, so the field is there even when empty (UNSET, no message).
-    status = span.status
     code = status.status_code.value
-    status_bytes = _field(_STATUS_MESSAGE, status.description.encode()) if status.description else b""
-    if code:
-        status_bytes += _STATUS_CODE + _varint(code)
-    parts += (_field(_STATUS, status_bytes), _FLAGS, _FIXED32(_span_flags(parent)))
+    if code or status.description:
+        status_bytes = _field(_STATUS_MESSAGE, status.description.encode()) if status.description else b""
+        if code:
+            status_bytes += _STATUS_CODE + _varint(code)
+        parts.append(_field(_STATUS, status_bytes))
+    else:
+        parts.append(_EMPTY_STATUS)
+    parts.append(_FLAGS_REMOTE if parent is not None and parent.is_remote else _FLAGS_LOCAL)
     return b"".join(parts)
+
+
+class EncodedSpan:
+    """A finished span already in OTLP's wire form (``span_bytes``), with what the batch
+    processor (its sampled flag) and ``encode_spans`` (its resource and scope) read of it.
+
+    The gateway's publish spans are handed on so when every exporter of the provider is a
+    ``CachingOTLPSpanExporter`` (``takes_encoded``): encoding a span as it ends, on the event
+    loop, from values the gateway has at hand, costs a fraction of building a ``ReadableSpan``
+    there and encoding it from that in the batch processor's thread, where each export held
+    the GIL the loop needed.
+    """
+
+    __slots__ = ("context", "data", "instrumentation_scope", "resource")
+
+    def __init__(
+        self, context: SpanContext, data: bytes, resource: Resource, instrumentation_scope: InstrumentationScope | None
+    ) -> None:
+        self.context = context
+        self.data = data
+        self.resource = resource
+        self.instrumentation_scope = instrumentation_scope
 
 
 def _pb_span(span: ReadableSpan) -> PbSpan:
@@ -202,7 +283,7 @@ def _pb_span(span: ReadableSpan) -> PbSpan:
     )
 
 
-def encode_spans(spans: Sequence[ReadableSpan]) -> ExportTraceServiceRequest:
+def encode_spans(spans: Sequence[ReadableSpan | EncodedSpan]) -> ExportTraceServiceRequest:
     """The ``ExportTraceServiceRequest`` of ``spans``: spans grouped by resource, then scope.
 
     Each group's own fields (resource, scope, schema URLs) are serialized by protobuf, its
@@ -218,7 +299,8 @@ def encode_spans(spans: Sequence[ReadableSpan]) -> ExportTraceServiceRequest:
         if span.resource is not resource:
             resource = span.resource
             scopes = grouped.setdefault(resource, {})
-        scopes.setdefault(span.instrumentation_scope or None, []).append(_span(span))
+        data = span.data if isinstance(span, EncodedSpan) else _span(span)
+        scopes.setdefault(span.instrumentation_scope or None, []).append(data)
     request = []
     for res, by_scope in grouped.items():
         resource_spans = [ResourceSpans(resource=_encode_resource(res), schema_url=res.schema_url).SerializeToString()]
@@ -237,7 +319,9 @@ def encode_spans(spans: Sequence[ReadableSpan]) -> ExportTraceServiceRequest:
 
 class CachingOTLPSpanExporter(OTLPSpanExporter):
     """The SDK's OTLP/gRPC span exporter (endpoint, headers, TLS, retries from ``OTEL_*``),
-    encoding with ``encode_spans`` above."""
+    encoding with ``encode_spans`` above: it takes ``EncodedSpan``s as well as the SDK's spans."""
 
-    def _translate_data(self, data: Sequence[ReadableSpan]) -> ExportTraceServiceRequest:
+    takes_encoded = True
+
+    def _translate_data(self, data: Sequence[ReadableSpan | EncodedSpan]) -> ExportTraceServiceRequest:
         return encode_spans(data)

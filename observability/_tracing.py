@@ -69,6 +69,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -484,12 +485,18 @@ def _fail(span: Span, message: str) -> None:
 
 
 class _Publish:
-    """A sampled publish span recorded without the SDK's ``Span`` (see ``BatchTrace``)."""
+    """A sampled publish span recorded without the SDK's ``Span`` (see ``BatchTrace``); its
+    attributes as a dict, or already encoded (``Tracing.encoding``)."""
 
     __slots__ = ("attributes", "context", "index", "name", "parent")
 
     def __init__(
-        self, index: int, name: str, context: SpanContext, parent: SpanContext | None, attributes: dict[str, Any]
+        self,
+        index: int,
+        name: str,
+        context: SpanContext,
+        parent: SpanContext | None,
+        attributes: dict[str, Any] | bytes,
     ) -> None:
         self.index = index
         self.name = name
@@ -499,6 +506,42 @@ class _Publish:
 
 
 _UNSET = Status(StatusCode.UNSET)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Encoding:
+    """The publish spans' encoded path (``observability._encode``): each span encoded as it
+    ends, on the loop, and handed to the batch processors as an ``EncodedSpan``."""
+
+    span: Callable[..., bytes]  # span_bytes
+    attribute: Callable[[str, Any], bytes]
+    attributes: Callable[[Mapping[str, Any]], bytes]
+    encoded: Callable[[SpanContext, bytes, Resource, InstrumentationScope | None], Any]
+    producer: int  # the OTLP value of SpanKind.PRODUCER
+
+
+def _encoding(sink: SpanProcessor | None) -> _Encoding | None:
+    """The encoded path when every processor of ``sink`` is a batch processor whose exporter
+    takes ``EncodedSpan``s (``CachingOTLPSpanExporter``); None otherwise (another exporter, as
+    the console's or a test's, reads the SDK's spans)."""
+    processors = getattr(sink, "_span_processors", None)
+    if not isinstance(processors, tuple) or not processors:
+        return None
+    for processor in processors:
+        exporter = getattr(getattr(processor, "_batch_processor", None), "_exporter", None)
+        if not isinstance(processor, BatchSpanProcessor) or getattr(exporter, "takes_encoded", False) is not True:
+            return None
+    try:
+        from meshgate.observability._encode import (  # noqa: PLC0415 - only when exporting over OTLP/gRPC
+            SPAN_KIND_PRODUCER,
+            EncodedSpan,
+            attribute_bytes,
+            attributes_bytes,
+            span_bytes,
+        )
+    except ImportError:  # the exporter's encoders moved (another version): the SDK's spans then
+        return None
+    return _Encoding(span_bytes, attribute_bytes, attributes_bytes, EncodedSpan, SPAN_KIND_PRODUCER)
 
 
 class BatchTrace:
@@ -513,6 +556,11 @@ class BatchTrace:
     span, with the same ids, flags, parent, resource and scope, for a fifth of that. Not
     called for it: the processors' ``on_start`` and ``_on_ending`` (the batch processor's do
     nothing) and the SDK's own span metrics (off unless a meter provider is given to it).
+
+    Where every exporter takes them (the OTLP/gRPC one, ``Tracing.encoding``), a sampled
+    span's attributes are kept as their OTLP bytes and the span is written whole as it ends
+    (``observability._encode.EncodedSpan``): no ``ReadableSpan`` is built, and the batch
+    processor's thread, which holds the GIL the loop needs while it encodes, only joins them.
     """
 
     __slots__ = ("_call", "_call_sc", "_tracing", "light", "parent", "spans", "start_ns")
@@ -625,7 +673,21 @@ class BatchTrace:
             trace_flags=TraceFlags(flags),
             trace_state=state,
         )
-        self.light.append(_Publish(i, _name("publish ", ev.topic), context, parent, self._attributes(ev, admitted_ns)))
+        enc = tr.encoding
+        if enc is None:
+            attributes: dict[str, Any] | bytes = self._attributes(ev, admitted_ns)
+        else:  # the same attributes, in the same order, as their OTLP bytes
+            attribute = enc.attribute
+            attributes = b"".join(
+                (
+                    tr.publish_attribute_bytes(ev.topic),
+                    attribute("messaging.message.id", ev.id),
+                    attribute("messaging.message.body.size", len(ev.data)),
+                    attribute("meshgate.route", ",".join(ev.route)),
+                    attribute("meshgate.admission_us", (admitted_ns - self.start_ns) // 1000),
+                )
+            )
+        self.light.append(_Publish(i, _name("publish ", ev.topic), context, parent, attributes))
         _stamp(ev, context)
 
     def _finish(self, p: _Publish, status: Status) -> None:
@@ -633,13 +695,23 @@ class BatchTrace:
         sink = tr.sink
         if sink is None:  # shut down meanwhile
             return
+        attributes = p.attributes
+        if isinstance(attributes, bytes):
+            enc = tr.encoding
+            if enc is None:  # shut down meanwhile
+                return
+            data = enc.span(
+                p.context, p.parent, p.name, enc.producer, self.start_ns, time.time_ns(), attributes, status
+            )
+            sink.on_end(enc.encoded(p.context, data, tr.resource, tr.scope))
+            return
         sink.on_end(
             ReadableSpan(
                 name=p.name,
                 context=p.context,
                 parent=p.parent,
                 resource=tr.resource,
-                attributes=p.attributes,
+                attributes=attributes,
                 kind=_PRODUCER,
                 status=status,
                 start_time=self.start_ns,
@@ -656,8 +728,21 @@ class BatchTrace:
                 continue
             res = outcomes[p.index]
             if isinstance(res, AppendResult):
-                p.attributes["meshgate.outcome"] = "duplicate" if res.duplicate else "accepted"
-                p.attributes["meshgate.sequence"] = res.sequence
+                outcome = "duplicate" if res.duplicate else "accepted"
+                attributes = p.attributes
+                if isinstance(attributes, bytes):
+                    enc = self._tracing.encoding
+                    if enc is not None:
+                        p.attributes = b"".join(
+                            (
+                                attributes,
+                                enc.attribute("meshgate.outcome", outcome),
+                                enc.attribute("meshgate.sequence", res.sequence),
+                            )
+                        )
+                else:
+                    attributes["meshgate.outcome"] = outcome
+                    attributes["meshgate.sequence"] = res.sequence
                 self._finish(p, _UNSET)
             else:
                 self._finish(p, Status(StatusCode.ERROR, f"not stored: {res}"))
@@ -719,6 +804,8 @@ class Tracing:
         self.scope: InstrumentationScope | None = getattr(self.tracer, "_instrumentation_scope", None)
         if self.scope is None:  # another SDK version: its spans would lose their scope, keep its Span
             self.sink = None
+        # Publish spans encoded as they end, where every exporter takes them so (``_Encoding``).
+        self.encoding: _Encoding | None = _encoding(self.sink) if self.sink is not None else None
         self.id_generator: IdGenerator = self.ids or RandomIdGenerator()
         # A root span's flags, as Tracer.start_span sets them: sampled, and W3C level 2's
         # random-trace-id flag when the id generator says its ids are random.
@@ -726,8 +813,10 @@ class Tracing:
         is_random = getattr(self.id_generator, "is_trace_id_random", None)
         self.random_flag = _RANDOM_TRACE_ID if callable(is_random) else 0
         self.root_flags = _SAMPLED | (_RANDOM_TRACE_ID if callable(is_random) and is_random() else 0)
-        # The publish spans' attributes that depend on the topic only, built once per topic.
+        # The publish spans' attributes that depend on the topic only, built once per topic
+        # (and encoded, for the encoded path).
         self._publish_attributes: dict[str, dict[str, Any]] = {}
+        self._publish_attribute_bytes: dict[str, bytes] = {}
 
     def set_broker_address(self, address: str | None) -> None:
         """``server.address``/``server.port`` of the publish and process spans: the broker they
@@ -735,6 +824,7 @@ class Tracing:
         server's once it runs)."""
         self.broker_attributes = {**self.base_attributes, **server_attributes(address)}
         self._publish_attributes = {}
+        self._publish_attribute_bytes = {}
 
     def publish_attributes(self, topic: str) -> dict[str, Any]:
         """A publish span's attributes that are the same for every event of ``topic`` (not to be changed)."""
@@ -749,6 +839,16 @@ class Tracing:
                 "messaging.destination.name": topic,
             }
         return attributes
+
+    def publish_attribute_bytes(self, topic: str) -> bytes:
+        """``publish_attributes(topic)`` encoded (the encoded path only)."""
+        data = self._publish_attribute_bytes.get(topic)
+        if data is None:
+            assert self.encoding is not None  # called on the encoded path only
+            if len(self._publish_attribute_bytes) >= 16_384:
+                self._publish_attribute_bytes.clear()
+            data = self._publish_attribute_bytes[topic] = self.encoding.attributes(self.publish_attributes(topic))
+        return data
 
     @classmethod
     def from_env(cls, region: str, environ: Mapping[str, str] | None = None, *, system: str = "nats") -> Tracing:

@@ -8,10 +8,16 @@ The end-to-end proof, a real OTLP/gRPC receiver, is ``test_tracing.test_one_trac
 
 from __future__ import annotations
 
+import itertools
+import random
+import time
+from typing import Any
+
+import pytest
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as sdk_encode_spans
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import (
     Link,
@@ -28,7 +34,7 @@ from opentelemetry.trace import (
 from meshgate.brokers import AppendResult, RawBatch
 from meshgate.brokers._codec import header_lines
 from meshgate.observability import Tracing
-from meshgate.observability._encode import CachingOTLPSpanExporter, encode_spans
+from meshgate.observability._encode import CachingOTLPSpanExporter, EncodedSpan, encode_spans
 from meshgate.observability._tracing import DecisionIds, _make_exporter
 from tests.gateway._helpers import ev
 
@@ -109,3 +115,101 @@ def test_otlp_grpc_exports_with_the_cheaper_encoding() -> None:
     finally:
         if exporter is not None:
             exporter.shutdown()
+
+
+# --- publish spans encoded as they end (EncodedSpan) ---------------------------------------------
+
+
+class _Taking(InMemorySpanExporter):
+    """Keeps what it is handed, and says it takes ``EncodedSpan``s as the OTLP/gRPC exporter does."""
+
+    takes_encoded = True
+
+
+def _publish_run(*, encoded: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[Tracing, list[Any]]:
+    """The same publishes through a tracing on the encoded path or the ``ReadableSpan`` one:
+    the same ids (one seed) and times (a counter), so the two can be compared byte for byte."""
+    clock = itertools.count(1_700_000_000_000_000_000, 1_234_567)
+    monkeypatch.setattr(time, "time_ns", lambda: next(clock))  # the spans' times, read by _tracing
+    # The span ids: the SDK's RandomIdGenerator draws them from the random module's own source.
+    monkeypatch.setattr(random, "getrandbits", random.Random(11).getrandbits)
+    exporter = _Taking()
+    provider = TracerProvider(
+        resource=Resource.create({"cloud.region": "a"}), id_generator=DecisionIds(rng=random.Random(7))
+    )
+    processor = BatchSpanProcessor(exporter, schedule_delay_millis=60_000)
+    provider.add_span_processor(processor)
+    tracing = Tracing(region="a", provider=provider)
+    assert tracing.encoding is not None
+    if not encoded:
+        tracing.encoding = None
+    tracing.set_broker_address("127.0.0.1:4222")
+    own = ev(id="own", extensions={"traceparent": "00-" + "0e" * 16 + "-" + "06" * 8 + "-01", "tracestate": "k=v"})
+    trace = tracing.batch(None)
+    trace.start([ev(id="root", route=["a", "b"]), own, ev(id="failed", topic="größe/✓"), ev(id="dup")])
+    trace.end(
+        [
+            AppendResult(sequence=1, duplicate=False),
+            AppendResult(sequence=(1 << 63) - 1, duplicate=False),
+            OSError("disk full"),
+            AppendResult(sequence=2, duplicate=True),
+        ]
+    )
+    child = ev(id="child")
+    trace = tracing.batch(tracing.call_context((("traceparent", "00-" + "ca" * 16 + "-" + "05" * 8 + "-01"),)))
+    trace.start([child])
+    trace.abandon("the call ended before the broker answered")
+    processor.force_flush()
+    spans = list(exporter.get_finished_spans())
+    return tracing, spans
+
+
+def test_encoded_publish_spans_are_the_sdks_request_byte_for_byte(monkeypatch: pytest.MonkeyPatch) -> None:
+    tracing, encoded = _publish_run(encoded=True, monkeypatch=monkeypatch)
+    other, readable = _publish_run(encoded=False, monkeypatch=monkeypatch)
+    assert len(encoded) == len(readable) == 5
+    assert all(isinstance(s, EncodedSpan) for s in encoded)
+    assert all(isinstance(s, ReadableSpan) for s in readable)
+    # The SDK's own encoder of the SDK's spans is the reference.
+    want = sdk_encode_spans(readable)
+    got = encode_spans(encoded)
+    assert got == want
+    assert got.SerializeToString(deterministic=True) == want.SerializeToString(deterministic=True)
+    # What the batch processor reads of a span: its sampled flag.
+    assert all(s.context.trace_flags.sampled for s in encoded)
+    # Mixed with the SDK's spans in one export (a provider's send and process spans are those).
+    mixed = encode_spans([*encoded, *readable])
+    assert mixed == sdk_encode_spans([*readable, *readable])
+    tracing.shutdown()
+    other.shutdown()
+
+
+def test_the_encoded_path_only_where_every_exporter_takes_it() -> None:
+    def tracing_with(*processors: SpanProcessor) -> Tracing:
+        provider = TracerProvider(id_generator=DecisionIds())
+        for p in processors:
+            provider.add_span_processor(p)
+        return Tracing(region="a", provider=provider)
+
+    taken = tracing_with(BatchSpanProcessor(_Taking()))
+    assert taken.encoding is not None
+    # A second exporter that reads the SDK's spans (the console's, a test's): all get those.
+    both = tracing_with(BatchSpanProcessor(_Taking()), BatchSpanProcessor(InMemorySpanExporter()))
+    assert both.encoding is None and both.sink is not None
+    # Not a batch processor: it would hand the encoded span to its exporter at once, unchecked.
+    simple = tracing_with(SimpleSpanProcessor(_Taking()))
+    assert simple.encoding is None
+    for t in (taken, both, simple):
+        t.shutdown()
+    # A gateway's own: OTLP over gRPC takes the encoded path; with the console beside it, not.
+    endpoint = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317"}
+    grpc_only = Tracing.from_env("a", endpoint)
+    with_console = Tracing.from_env("a", endpoint | {"OTEL_TRACES_EXPORTER": "otlp,console"})
+    over_http = Tracing.from_env("a", endpoint | {"OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"})
+    try:
+        assert grpc_only.encoding is not None
+        assert with_console.enabled and with_console.encoding is None
+        assert over_http.enabled and over_http.encoding is None
+    finally:
+        for t in (grpc_only, with_console, over_http):
+            t.shutdown()
