@@ -485,10 +485,11 @@ def _fail(span: Span, message: str) -> None:
 
 
 class _Publish:
-    """A sampled publish span recorded without the SDK's ``Span`` (see ``BatchTrace``); its
-    attributes as a dict, or already encoded (``Tracing.encoding``)."""
+    """A sampled publish span recorded without the SDK's ``Span`` (see ``BatchTrace``): its
+    attributes as a dict, or (``Tracing.encoding``) the values they are made of, encoded later
+    with the spans ended around it (``Tracing._defer``)."""
 
-    __slots__ = ("attributes", "context", "index", "name", "parent")
+    __slots__ = ("attributes", "context", "end_ns", "index", "name", "parent", "result", "start_ns", "status", "values")
 
     def __init__(
         self,
@@ -496,14 +497,31 @@ class _Publish:
         name: str,
         context: SpanContext,
         parent: SpanContext | None,
-        attributes: dict[str, Any] | bytes,
+        attributes: dict[str, Any] | None,
+        *,
+        values: _PublishValues | None = None,
     ) -> None:
         self.index = index
         self.name = name
         self.context = context
         self.parent = parent
         self.attributes = attributes
+        # The encoded path: (topic, id, body size, route, admission us); then, as the span
+        # ends, the outcome and sequence (None for a failed event), its status and times.
+        self.values = values
+        self.result: tuple[str, int] | None = None
+        self.status = _UNSET
+        self.start_ns = self.end_ns = 0
 
+
+# (messaging.destination.name, messaging.message.id, messaging.message.body.size, meshgate.route,
+# meshgate.admission_us) of a publish span on the encoded path.
+_PublishValues = tuple[str, str, int, str, int]
+# Ended publish spans wait, on the encoded path, until this many are there or this long has
+# passed since the first: encoded together, while the code and data they need are in the CPU's
+# caches (one at a time, 1 in 100 events apart, each found them cold: 2-9 times the cost).
+_PENDING_SPANS = 64
+_PENDING_SECONDS = 0.5
 
 _UNSET = Status(StatusCode.UNSET)
 
@@ -558,8 +576,9 @@ class BatchTrace:
     nothing) and the SDK's own span metrics (off unless a meter provider is given to it).
 
     Where every exporter takes them (the OTLP/gRPC one, ``Tracing.encoding``), a sampled
-    span's attributes are kept as their OTLP bytes and the span is written whole as it ends
-    (``observability._encode.EncodedSpan``): no ``ReadableSpan`` is built, and the batch
+    span keeps only the values its attributes are made of, and ended spans are written in OTLP
+    bytes on the loop, up to 64 at a time (``Tracing._defer``), and handed on as
+    ``observability._encode.EncodedSpan``s: no ``ReadableSpan`` is built, and the batch
     processor's thread, which holds the GIL the loop needs while it encodes, only joins them.
     """
 
@@ -673,21 +692,14 @@ class BatchTrace:
             trace_flags=TraceFlags(flags),
             trace_state=state,
         )
-        enc = tr.encoding
-        if enc is None:
-            attributes: dict[str, Any] | bytes = self._attributes(ev, admitted_ns)
-        else:  # the same attributes, in the same order, as their OTLP bytes
-            attribute = enc.attribute
-            attributes = b"".join(
-                (
-                    tr.publish_attribute_bytes(ev.topic),
-                    attribute("messaging.message.id", ev.id),
-                    attribute("messaging.message.body.size", len(ev.data)),
-                    attribute("meshgate.route", ",".join(ev.route)),
-                    attribute("meshgate.admission_us", (admitted_ns - self.start_ns) // 1000),
-                )
+        if tr.encoding is None:
+            self.light.append(
+                _Publish(i, _name("publish ", ev.topic), context, parent, self._attributes(ev, admitted_ns))
             )
-        self.light.append(_Publish(i, _name("publish ", ev.topic), context, parent, attributes))
+        else:
+            topic = ev.topic
+            values = (topic, ev.id, len(ev.data), ",".join(ev.route), (admitted_ns - self.start_ns) // 1000)
+            self.light.append(_Publish(i, _name("publish ", topic), context, parent, None, values=values))
         _stamp(ev, context)
 
     def _finish(self, p: _Publish, status: Status) -> None:
@@ -695,15 +707,9 @@ class BatchTrace:
         sink = tr.sink
         if sink is None:  # shut down meanwhile
             return
-        attributes = p.attributes
-        if isinstance(attributes, bytes):
-            enc = tr.encoding
-            if enc is None:  # shut down meanwhile
-                return
-            data = enc.span(
-                p.context, p.parent, p.name, enc.producer, self.start_ns, time.time_ns(), attributes, status
-            )
-            sink.on_end(enc.encoded(p.context, data, tr.resource, tr.scope))
+        if p.values is not None:
+            p.status, p.start_ns, p.end_ns = status, self.start_ns, time.time_ns()
+            tr._defer(p)
             return
         sink.on_end(
             ReadableSpan(
@@ -711,7 +717,7 @@ class BatchTrace:
                 context=p.context,
                 parent=p.parent,
                 resource=tr.resource,
-                attributes=attributes,
+                attributes=p.attributes,
                 kind=_PRODUCER,
                 status=status,
                 start_time=self.start_ns,
@@ -730,16 +736,8 @@ class BatchTrace:
             if isinstance(res, AppendResult):
                 outcome = "duplicate" if res.duplicate else "accepted"
                 attributes = p.attributes
-                if isinstance(attributes, bytes):
-                    enc = self._tracing.encoding
-                    if enc is not None:
-                        p.attributes = b"".join(
-                            (
-                                attributes,
-                                enc.attribute("meshgate.outcome", outcome),
-                                enc.attribute("meshgate.sequence", res.sequence),
-                            )
-                        )
+                if attributes is None:
+                    p.result = (outcome, res.sequence)
                 else:
                     attributes["meshgate.outcome"] = outcome
                     attributes["meshgate.sequence"] = res.sequence
@@ -817,6 +815,9 @@ class Tracing:
         # (and encoded, for the encoded path).
         self._publish_attributes: dict[str, dict[str, Any]] = {}
         self._publish_attribute_bytes: dict[str, bytes] = {}
+        # Ended publish spans of the encoded path not yet encoded (``_defer``).
+        self._pending: list[_Publish] = []
+        self._pending_timer: asyncio.TimerHandle | None = None
 
     def set_broker_address(self, address: str | None) -> None:
         """``server.address``/``server.port`` of the publish and process spans: the broker they
@@ -849,6 +850,52 @@ class Tracing:
                 self._publish_attribute_bytes.clear()
             data = self._publish_attribute_bytes[topic] = self.encoding.attributes(self.publish_attributes(topic))
         return data
+
+    def _defer(self, p: _Publish) -> None:
+        """Keeps an ended publish span of the encoded path to encode with the ones that follow
+        (``_PENDING_SPANS``, ``_PENDING_SECONDS``); at once where no event loop runs here."""
+        pending = self._pending
+        pending.append(p)
+        if len(pending) >= _PENDING_SPANS:
+            self.encode_pending()
+        elif len(pending) == 1:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self.encode_pending()
+                return
+            self._pending_timer = loop.call_later(_PENDING_SECONDS, self._pending_due)
+
+    def _pending_due(self) -> None:
+        self._pending_timer = None
+        self.encode_pending()
+
+    def encode_pending(self) -> None:
+        """Encodes the publish spans kept by ``_defer`` and hands them to the span processors."""
+        timer, self._pending_timer = self._pending_timer, None
+        if timer is not None:
+            timer.cancel()
+        pending, self._pending = self._pending, []
+        enc, sink = self.encoding, self.sink
+        if not pending or enc is None or sink is None:
+            return
+        attribute, span, encoded, producer = enc.attribute, enc.span, enc.encoded, enc.producer
+        resource, scope = self.resource, self.scope
+        for p in pending:
+            assert p.values is not None  # only the encoded path's spans are kept
+            topic, event_id, size, route, admission_us = p.values
+            parts = [
+                self.publish_attribute_bytes(topic),
+                attribute("messaging.message.id", event_id),
+                attribute("messaging.message.body.size", size),
+                attribute("meshgate.route", route),
+                attribute("meshgate.admission_us", admission_us),
+            ]
+            if p.result is not None:
+                outcome, sequence = p.result
+                parts += (attribute("meshgate.outcome", outcome), attribute("meshgate.sequence", sequence))
+            data = span(p.context, p.parent, p.name, producer, p.start_ns, p.end_ns, b"".join(parts), p.status)
+            sink.on_end(encoded(p.context, data, resource, scope))
 
     @classmethod
     def from_env(cls, region: str, environ: Mapping[str, str] | None = None, *, system: str = "nats") -> Tracing:
@@ -1046,6 +1093,7 @@ class Tracing:
 
     def shutdown(self) -> None:
         """Flushes the spans still queued and stops the exporter (blocking)."""
+        self.encode_pending()
         provider, self.provider = self.provider, None
         self.enabled = False
         self.sink = None
@@ -1056,6 +1104,7 @@ class Tracing:
         """``shutdown`` in a daemon thread, awaited at most ``timeout`` s (a dead collector never holds a stop)."""
         if self.provider is None:
             return
+        self.encode_pending()  # here, on the loop that kept them
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
 

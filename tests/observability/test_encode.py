@@ -33,9 +33,10 @@ from opentelemetry.trace import (
 
 from meshgate.brokers import AppendResult, RawBatch
 from meshgate.brokers._codec import header_lines
-from meshgate.observability import Tracing
+from meshgate.observability import Tracing, _tracing
 from meshgate.observability._encode import CachingOTLPSpanExporter, EncodedSpan, encode_spans
 from meshgate.observability._tracing import DecisionIds, _make_exporter
+from tests._wait import eventually
 from tests.gateway._helpers import ev
 
 
@@ -213,3 +214,32 @@ def test_the_encoded_path_only_where_every_exporter_takes_it() -> None:
     finally:
         for t in (grpc_only, with_console, over_http):
             t.shutdown()
+
+
+async def test_ended_publish_spans_are_encoded_together_and_none_is_kept_back() -> None:
+    exporter = _Taking()
+    provider = TracerProvider(id_generator=DecisionIds())
+    processor = BatchSpanProcessor(exporter, schedule_delay_millis=60_000)
+    provider.add_span_processor(processor)
+    tracing = Tracing(region="a", provider=provider)
+
+    def handed_on() -> int:
+        processor.force_flush()
+        return len(exporter.get_finished_spans())
+
+    def publish(n: int) -> None:
+        trace = tracing.batch(None)
+        trace.start([ev(id=f"e-{i}") for i in range(n)])
+        trace.end([AppendResult(sequence=i + 1, duplicate=False) for i in range(n)])
+
+    # Ended on a running loop: kept until the next ones or a half second later, never longer.
+    publish(3)
+    assert handed_on() == 0
+    assert await eventually(lambda: handed_on() == 3 or None, 5, what="the kept spans handed on") is True
+    # A full set goes at once, the rest waits for its time.
+    publish(_tracing._PENDING_SPANS + 5)
+    assert handed_on() == 3 + _tracing._PENDING_SPANS
+    # A stop hands on what is still kept, before the exporter's last flush.
+    await tracing.aclose(10)
+    assert len(exporter.get_finished_spans()) == 3 + _tracing._PENDING_SPANS + 5
+    assert all(isinstance(s, EncodedSpan) for s in exporter.get_finished_spans())
