@@ -528,8 +528,9 @@ _UNSET = Status(StatusCode.UNSET)
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Encoding:
-    """The publish spans' encoded path (``observability._encode``): each span encoded as it
-    ends, on the loop, and handed to the batch processors as an ``EncodedSpan``."""
+    """The publish spans' encoded path (``observability._encode``): ended spans encoded on the
+    loop, a few dozen at a time (``Tracing._defer``), and handed to the batch processors as
+    ``EncodedSpan``s."""
 
     span: Callable[..., bytes]  # span_bytes
     attribute: Callable[[str, Any], bytes]
