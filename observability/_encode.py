@@ -12,8 +12,8 @@ sends. It is the request ``encode_spans`` builds, field for field (a test compar
 with events or links (none of the gateway's have any) is encoded by protobuf objects as there.
 
 The gateway's publish spans do not wait for that thread: where every exporter of the provider
-is this one, each is written by ``span_bytes`` as it ends, on the event loop, and handed to the
-batch processor as an ``EncodedSpan`` (``_tracing.BatchTrace``). With the spans' times and ids
+is this one, they are written by ``span_bytes`` on the event loop, a few dozen at a time as they
+end, and handed to the batch processor as ``EncodedSpan``s (``_tracing.Tracing._defer``). With the spans' times and ids
 fixed, that request is the SDK's own encoding of the SDK's spans, byte for byte (a test).
 """
 
@@ -242,10 +242,10 @@ class EncodedSpan:
     processor (its sampled flag) and ``encode_spans`` (its resource and scope) read of it.
 
     The gateway's publish spans are handed on so when every exporter of the provider is a
-    ``CachingOTLPSpanExporter`` (``takes_encoded``): encoding a span as it ends, on the event
+    ``CachingOTLPSpanExporter`` (``takes_encoded``): encoding ended spans together on the event
     loop, from values the gateway has at hand, costs a fraction of building a ``ReadableSpan``
-    there and encoding it from that in the batch processor's thread, where each export held
-    the GIL the loop needed.
+    per span there and encoding it from that in the batch processor's thread, where each
+    export held the GIL the loop needed.
     """
 
     __slots__ = ("context", "data", "instrumentation_scope", "resource")

@@ -485,31 +485,22 @@ def _fail(span: Span, message: str) -> None:
 
 
 class _Publish:
-    """A sampled publish span recorded without the SDK's ``Span`` (see ``BatchTrace``): its
-    attributes as a dict, or (``Tracing.encoding``) the values they are made of, encoded later
-    with the spans ended around it (``Tracing._defer``)."""
+    """A sampled publish span recorded without the SDK's ``Span`` (see ``BatchTrace``): the values
+    its attributes are made of, then, as it ends, the broker's answer, its status and times.
+    Written as a ``ReadableSpan`` when it ends, or (``Tracing.encoding``) in OTLP bytes with the
+    spans ended around it (``Tracing._defer``)."""
 
-    __slots__ = ("attributes", "context", "end_ns", "index", "name", "parent", "result", "start_ns", "status", "values")
+    __slots__ = ("context", "end_ns", "index", "name", "parent", "result", "start_ns", "status", "values")
 
     def __init__(
-        self,
-        index: int,
-        name: str,
-        context: SpanContext,
-        parent: SpanContext | None,
-        attributes: dict[str, Any] | None,
-        *,
-        values: _PublishValues | None = None,
+        self, index: int, name: str, context: SpanContext, parent: SpanContext | None, values: _PublishValues
     ) -> None:
         self.index = index
         self.name = name
         self.context = context
         self.parent = parent
-        self.attributes = attributes
-        # The encoded path: (topic, id, body size, route, admission us); then, as the span
-        # ends, the outcome and sequence (None for a failed event), its status and times.
         self.values = values
-        self.result: tuple[str, int] | None = None
+        self.result: tuple[str, int] | None = None  # (outcome, sequence) of a stored event
         self.status = _UNSET
         self.start_ns = self.end_ns = 0
 
@@ -517,6 +508,22 @@ class _Publish:
 # (messaging.destination.name, messaging.message.id, messaging.message.body.size, meshgate.route,
 # meshgate.admission_us) of a publish span on the encoded path.
 _PublishValues = tuple[str, str, int, str, int]
+
+
+def _publish_pairs(values: _PublishValues, result: tuple[str, int] | None) -> list[tuple[str, Any]]:
+    """A publish span's attributes beyond the topic's own (``Tracing.publish_attributes``), in order."""
+    _, event_id, size, route, admission_us = values
+    pairs: list[tuple[str, Any]] = [
+        ("messaging.message.id", event_id),
+        ("messaging.message.body.size", size),
+        ("meshgate.route", route),
+        ("meshgate.admission_us", admission_us),
+    ]
+    if result is not None:
+        pairs += (("meshgate.outcome", result[0]), ("meshgate.sequence", result[1]))
+    return pairs
+
+
 # Ended publish spans wait, on the encoded path, until this many are there or this long has
 # passed since the first: encoded together, while the code and data they need are in the CPU's
 # caches (one at a time, 1 in 100 events apart, each found them cold: 2-9 times the cost).
@@ -550,16 +557,16 @@ def _encoding(sink: SpanProcessor | None) -> _Encoding | None:
         exporter = getattr(getattr(processor, "_batch_processor", None), "_exporter", None)
         if not isinstance(processor, BatchSpanProcessor) or getattr(exporter, "takes_encoded", False) is not True:
             return None
-    try:
-        from meshgate.observability._encode import (  # noqa: PLC0415 - only when exporting over OTLP/gRPC
-            SPAN_KIND_PRODUCER,
-            EncodedSpan,
-            attribute_bytes,
-            attributes_bytes,
-            span_bytes,
-        )
-    except ImportError:  # the exporter's encoders moved (another version): the SDK's spans then
-        return None
+    # Imported here, as _make_exporter does: an exporter that takes EncodedSpans is _encode's own,
+    # so the module has loaded by now (where it cannot, no exporter is it and this is not reached).
+    from meshgate.observability._encode import (  # noqa: PLC0415 - only when exporting over OTLP/gRPC
+        SPAN_KIND_PRODUCER,
+        EncodedSpan,
+        attribute_bytes,
+        attributes_bytes,
+        span_bytes,
+    )
+
     return _Encoding(span_bytes, attribute_bytes, attributes_bytes, EncodedSpan, SPAN_KIND_PRODUCER)
 
 
@@ -655,14 +662,12 @@ class BatchTrace:
         else:
             self._open(i, ev, admitted_ns)
 
+    def _values(self, ev: event_pb2.Event, admitted_ns: int) -> _PublishValues:
+        return (ev.topic, ev.id, len(ev.data), ",".join(ev.route), (admitted_ns - self.start_ns) // 1000)
+
     def _attributes(self, ev: event_pb2.Event, admitted_ns: int) -> dict[str, Any]:
-        return {
-            **self._tracing.publish_attributes(ev.topic),
-            "messaging.message.id": ev.id,
-            "messaging.message.body.size": len(ev.data),
-            "meshgate.route": ",".join(ev.route),
-            "meshgate.admission_us": (admitted_ns - self.start_ns) // 1000,
-        }
+        values = self._values(ev, admitted_ns)
+        return {**self._tracing.publish_attributes(values[0]), **dict(_publish_pairs(values, None))}
 
     def _open(self, i: int, ev: event_pb2.Event, admitted_ns: int) -> None:
         """The SDK's path: a ``Span`` (its sampler decides, for a sampler ``fast_decision`` does not know)."""
@@ -693,14 +698,8 @@ class BatchTrace:
             trace_flags=TraceFlags(flags),
             trace_state=state,
         )
-        if tr.encoding is None:
-            self.light.append(
-                _Publish(i, _name("publish ", ev.topic), context, parent, self._attributes(ev, admitted_ns))
-            )
-        else:
-            topic = ev.topic
-            values = (topic, ev.id, len(ev.data), ",".join(ev.route), (admitted_ns - self.start_ns) // 1000)
-            self.light.append(_Publish(i, _name("publish ", topic), context, parent, None, values=values))
+        values = self._values(ev, admitted_ns)
+        self.light.append(_Publish(i, _name("publish ", values[0]), context, parent, values))
         _stamp(ev, context)
 
     def _finish(self, p: _Publish, status: Status) -> None:
@@ -708,8 +707,8 @@ class BatchTrace:
         sink = tr.sink
         if sink is None:  # shut down meanwhile
             return
-        if p.values is not None:
-            p.status, p.start_ns, p.end_ns = status, self.start_ns, time.time_ns()
+        p.status, p.start_ns, p.end_ns = status, self.start_ns, time.time_ns()
+        if tr.encoding is not None:
             tr._defer(p)
             return
         sink.on_end(
@@ -718,11 +717,11 @@ class BatchTrace:
                 context=p.context,
                 parent=p.parent,
                 resource=tr.resource,
-                attributes=p.attributes,
+                attributes={**tr.publish_attributes(p.values[0]), **dict(_publish_pairs(p.values, p.result))},
                 kind=_PRODUCER,
                 status=status,
-                start_time=self.start_ns,
-                end_time=time.time_ns(),
+                start_time=p.start_ns,
+                end_time=p.end_ns,
                 instrumentation_scope=tr.scope,
             )
         )
@@ -735,13 +734,7 @@ class BatchTrace:
                 continue
             res = outcomes[p.index]
             if isinstance(res, AppendResult):
-                outcome = "duplicate" if res.duplicate else "accepted"
-                attributes = p.attributes
-                if attributes is None:
-                    p.result = (outcome, res.sequence)
-                else:
-                    attributes["meshgate.outcome"] = outcome
-                    attributes["meshgate.sequence"] = res.sequence
+                p.result = ("duplicate" if res.duplicate else "accepted", res.sequence)
                 self._finish(p, _UNSET)
             else:
                 self._finish(p, Status(StatusCode.ERROR, f"not stored: {res}"))
@@ -858,20 +851,20 @@ class Tracing:
         pending = self._pending
         pending.append(p)
         if len(pending) >= _PENDING_SPANS:
-            self.encode_pending()
+            self._encode_pending()
         elif len(pending) == 1:
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:
-                self.encode_pending()
+                self._encode_pending()
                 return
             self._pending_timer = loop.call_later(_PENDING_SECONDS, self._pending_due)
 
     def _pending_due(self) -> None:
         self._pending_timer = None
-        self.encode_pending()
+        self._encode_pending()
 
-    def encode_pending(self) -> None:
+    def _encode_pending(self) -> None:
         """Encodes the publish spans kept by ``_defer`` and hands them to the span processors."""
         timer, self._pending_timer = self._pending_timer, None
         if timer is not None:
@@ -883,19 +876,10 @@ class Tracing:
         attribute, span, encoded, producer = enc.attribute, enc.span, enc.encoded, enc.producer
         resource, scope = self.resource, self.scope
         for p in pending:
-            assert p.values is not None  # only the encoded path's spans are kept
-            topic, event_id, size, route, admission_us = p.values
-            parts = [
-                self.publish_attribute_bytes(topic),
-                attribute("messaging.message.id", event_id),
-                attribute("messaging.message.body.size", size),
-                attribute("meshgate.route", route),
-                attribute("meshgate.admission_us", admission_us),
-            ]
-            if p.result is not None:
-                outcome, sequence = p.result
-                parts += (attribute("meshgate.outcome", outcome), attribute("meshgate.sequence", sequence))
-            data = span(p.context, p.parent, p.name, producer, p.start_ns, p.end_ns, b"".join(parts), p.status)
+            attributes = self.publish_attribute_bytes(p.values[0]) + b"".join(
+                [attribute(key, value) for key, value in _publish_pairs(p.values, p.result)]
+            )
+            data = span(p.context, p.parent, p.name, producer, p.start_ns, p.end_ns, attributes, p.status)
             sink.on_end(encoded(p.context, data, resource, scope))
 
     @classmethod
@@ -1094,7 +1078,7 @@ class Tracing:
 
     def shutdown(self) -> None:
         """Flushes the spans still queued and stops the exporter (blocking)."""
-        self.encode_pending()
+        self._encode_pending()
         provider, self.provider = self.provider, None
         self.enabled = False
         self.sink = None
@@ -1105,7 +1089,7 @@ class Tracing:
         """``shutdown`` in a daemon thread, awaited at most ``timeout`` s (a dead collector never holds a stop)."""
         if self.provider is None:
             return
-        self.encode_pending()  # here, on the loop that kept them
+        self._encode_pending()  # here, on the loop that kept them
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
 
