@@ -68,6 +68,7 @@ from meshgate.brokers.nats._leases import NatsLeases
 from meshgate.brokers.nats._parser import install as install_parser
 from meshgate.brokers.nats._parser import subscribe_acks
 from meshgate.brokers.nats._pull import (
+    PULL_BYTES_SLACK,
     PULL_GRACE_SECONDS,
     PullBytes,
     PullSubscription,
@@ -205,11 +206,18 @@ class NatsBroker(
             ack_timeout=ack_timeout,
             topic_of=self._layout.topic,
             ready=self._ready,
+            pull_bytes=self._durable_pull_bytes,
             track=self._pullers.add,
             close_puller=self._close_durable_puller,
             ack_without_reply=self._ack_without_reply,
             closed=self._consumers.discard,
         )
+
+    def _durable_pull_bytes(self) -> int:
+        """What one durable consumer's pull may ask for: an even share of the connection's
+        budget among the consumers open on it, and room for the largest event the server takes."""
+        share = _CONNECTION_PULL_BYTES // max(1, len(self._consumers))
+        return max(share, self._max_payload + PULL_BYTES_SLACK)
 
     # -- lifecycle ----------------------------------------------------------------------------
 

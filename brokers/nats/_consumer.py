@@ -36,6 +36,7 @@ from meshgate.brokers._headers import RouteMatcher, each_contains
 from meshgate.brokers.nats._errors import NATS_FAILURES, NotConnectedError, broker_error
 from meshgate.brokers.nats._names import GENERATION_SEP, check_durable_name, generation_name, generation_of
 from meshgate.brokers.nats._pull import (
+    BYTES,
     CONSUMER_LOST,
     TIMEOUT,
     PullSubscription,
@@ -227,6 +228,9 @@ class ConsumerHost:
     topic_of: Callable[[str], str]
     # The connection to use, waiting through a reconnect up to the given seconds (None: ack_timeout).
     ready: Callable[[float | None], Awaitable[Client]]
+    # The bytes one pull may ask for (its max_bytes): nats-server drops a connection whose
+    # unread bytes pass its max_pending as a slow consumer, with every request on it.
+    pull_bytes: Callable[[], int]
     # A pull subscription opened: the broker closes it on stop.
     track: Callable[[PullSubscription], None]
     # Closes a tracked pull subscription; the consumer stays (it holds the position).
@@ -313,6 +317,10 @@ class NatsDurableConsumer(DurableConsumer):
         # starts when the current one is gone (deleted under us) by the time it is reopened.
         self._floor = 0
         self._closed = False
+        # The max_bytes of the last pull, and what the next must ask for at least: twice it, once a
+        # pull ended by bytes before its first event (an event larger than the pulls' share).
+        self._pull_bytes = 0
+        self._pull_floor = 0
         # Acks held back (ACK_INTERVAL_SECONDS): when the last one went (loop time), the timer
         # of the next, the task sending it, and what a held-back ack's failure was (raised by
         # the next ack: a fenced generation ends the reader's session then).
@@ -559,7 +567,7 @@ class NatsDurableConsumer(DurableConsumer):
             if timeout > 0:
                 status = await self._gather(puller, max_events, timeout)
             elif not puller.buffer and not puller.standing:
-                await puller.request(max_events, no_wait=True)
+                await self._request(puller, max_events, no_wait=True)
                 status = await puller.wait(host.ack_timeout)
             if status in CONSUMER_LOST:
                 await self._on_lost(puller, status)
@@ -593,7 +601,7 @@ class NatsDurableConsumer(DurableConsumer):
                     return TIMEOUT
                 # For two batches, made before this one is handed out: the next lands while the
                 # caller sends this one.
-                await puller.request(2 * max_events, expires=STANDING_EXPIRES_SECONDS)
+                await self._request(puller, 2 * max_events, expires=STANDING_EXPIRES_SECONDS)
             if len(buffer) >= max_events or (buffer and _pending_after(buffer[-1][1]) == 0):
                 return None
             remaining = deadline - loop.time()
@@ -605,6 +613,20 @@ class NatsDurableConsumer(DurableConsumer):
             except TimeoutError:
                 if loop.time() >= deadline:
                     return None if buffer else TIMEOUT
+
+    async def _request(
+        self, puller: PullSubscription, batch: int, *, expires: float | None = None, no_wait: bool = False
+    ) -> None:
+        """A pull of up to ``batch`` events within the host's ``pull_bytes``: a backlog of large
+        events then lands as fast as it is read, not all at once (which got the connection
+        dropped, again at every retry)."""
+        if puller.ended == BYTES and not puller.received:
+            # The next event alone did not fit: it is asked for with room enough.
+            self._pull_floor = 2 * self._pull_bytes
+        elif puller.received:
+            self._pull_floor = 0
+        self._pull_bytes = max(self._host.pull_bytes(), self._pull_floor)
+        await puller.request(batch, expires=expires, no_wait=no_wait, max_bytes=self._pull_bytes)
 
     async def _on_lost(self, puller: PullSubscription, status: str) -> None:
         """A pull answered 503/409: the generation is unavailable for now, or gone."""

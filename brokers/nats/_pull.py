@@ -55,6 +55,7 @@ __all__ = [
     "CONSUMER_LOST",
     "FULL",
     "NO_MESSAGES",
+    "PULL_BYTES_SLACK",
     "PULL_GRACE_SECONDS",
     "PullBytes",
     "PullSubscription",
@@ -82,6 +83,9 @@ _STATUS_LINE_LEN = len(_STATUS_LINE)
 _HEARTBEAT = "100"
 _MAX_BYTES_STATUS = "409"
 _MAX_BYTES_DESCRIPTION = "Message Size Exceeds MaxBytes"
+# What a delivery carries beyond its headers and data (its subject, reply and framing), for a
+# pull's max_bytes: a request of max_payload + this always has room for the largest event.
+PULL_BYTES_SLACK = 4096
 # Deliveries are bounded by the requests made; the limit only guards against a runaway server.
 _PENDING_LIMIT = 1_000_000
 
@@ -149,6 +153,7 @@ class PullSubscription:
         "buffer",
         "consumer",
         "last_description",
+        "received",
     )
 
     def __init__(self, nc: Client, *, stream: str, consumer: str, api_prefix: str = "$JS.API") -> None:
@@ -164,6 +169,8 @@ class PullSubscription:
         # Deliveries not yet handed out; bounded by the size of the requests made.
         self.buffer: deque[RawMsg] = deque()
         self.last_description = ""
+        # Deliveries the current request has brought so far.
+        self.received = 0
         # Set at each delivery and at the end of a request (cleared by whoever waits on it).
         self.arrived = asyncio.Event()
         # The current request's expiry plus grace (loop time) and the connection's reconnects
@@ -190,6 +197,7 @@ class PullSubscription:
         reply = f"{self._inbox}.{self._token}"
         self._reply = reply.encode()
         self._expect = batch
+        self.received = 0
         previous = self._done
         if previous is not None and not previous.done():
             # Replaced before it ended: its late events, if any, count for the new request.
@@ -258,6 +266,7 @@ class PullSubscription:
     def _delivered(self, n: int) -> None:
         """``n`` deliveries are in the buffer: wakes the waiter; the request is full once it got all it asked for."""
         self.arrived.set()
+        self.received += n
         if self._expect > 0:
             self._expect = max(0, self._expect - n)
             done = self._done

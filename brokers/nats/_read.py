@@ -43,6 +43,7 @@ from meshgate.brokers.nats._pull import (
     CONSUMER_LOST,
     FULL,
     NO_MESSAGES,
+    PULL_BYTES_SLACK,
     PULL_GRACE_SECONDS,
     TIMEOUT,
     PullSubscription,
@@ -69,8 +70,6 @@ _READER_INACTIVE_SECONDS = 60.0
 # What one pull of a reader may bring when its caller sets no max_bytes: far below nats-server's
 # max_pending (64 MiB by default), past which the server drops the connection as a slow consumer.
 _READ_PULL_BYTES = 4 * 1024 * 1024
-# A pull's max_bytes counts an event's subject and ack reply besides its headers and payload.
-_PULL_BYTES_SLACK = 4096
 
 _ORIGIN_SEQ_NAME = HEADER_ORIGIN_SEQ.encode()
 _ORIGIN_STREAM_NAME = HEADER_ORIGIN_STREAM.encode()
@@ -327,7 +326,7 @@ class NatsRead(NatsState):
                 return True
             cursor.expected += 1
             cursor.last = meta.stream_sequence
-            cursor.big = len(data) + len(hdr or b"") + _PULL_BYTES_SLACK > max_bytes
+            cursor.big = len(data) + len(hdr or b"") + PULL_BYTES_SLACK > max_bytes
             events.append(make(subject, hdr, data, meta.stream_sequence))
         return False
 
@@ -346,7 +345,7 @@ class NatsRead(NatsState):
         if status == BYTES and not taken and not reset:
             # The next event alone is larger than max_bytes: it comes by itself
             # (the server's max_payload bounds it; doubled if that changed).
-            cursor.alone = max(cursor.alone * 2, self._max_payload + _PULL_BYTES_SLACK)
+            cursor.alone = max(cursor.alone * 2, self._max_payload + PULL_BYTES_SLACK)
             await self._request_pull(puller, 1, cursor.alone)
             cursor.requested = True
         elif status in (FULL, BYTES) and not cursor.caught_up and not reset and not puller.buffer:

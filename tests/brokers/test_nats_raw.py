@@ -15,6 +15,7 @@ from nats.aio.client import Client
 from meshgate.brokers import Broker, DurableConsumer, EmbeddedNats, NatsBroker, RawBatch, StartAt, header_lines
 from meshgate.brokers._base import AppendResult, SequencedLog
 from meshgate.brokers._codec import _header_lines_problem, _plain_lines, check_header_lines
+from meshgate.brokers.nats import _broker as nats_broker_module
 from meshgate.brokers.nats import _consumer as nats_consumer
 from meshgate.brokers.nats._parser import FastParser, _AckRun, install
 from meshgate.brokers.nats._pull import FULL, PullSubscription
@@ -460,8 +461,16 @@ async def test_one_standing_pull_serves_the_fetches_each_taking_what_one_write_s
             got += (await _fetch_all(consumer, 5 - len(raw))).ids
         await consumer.ack_raw(raw)
     assert got == [f"w{write}-{i}" for write in range(3) for i in range(5)]
-    # For two batches: in a backlog the next lands while the link sends this one.
-    assert requests == [{"batch": 200, "expires": nats_consumer.STANDING_EXPIRES_SECONDS}]
+    # For two batches: in a backlog the next lands while the link sends this one. Within the
+    # connection's byte budget (the only consumer on it: all of it).
+    assert requests == [
+        {
+            "batch": 200,
+            "expires": nats_consumer.STANDING_EXPIRES_SECONDS,
+            "no_wait": False,
+            "max_bytes": nats_broker_module._CONNECTION_PULL_BYTES,
+        }
+    ]
     assert await consumer.pending() == 0
     await consumer.close()
 
