@@ -11,25 +11,19 @@ from typing import Any
 
 import nats
 
-from meshgate.brokers.embedded import EmbeddedNats
+from tests._servers import ConfiguredNats
 
 __all__ = ["SmallStoreNats", "fill_with_filler", "purge_stream"]
 
-_JETSTREAM_BLOCK = "jetstream {\n"
 FILLER_STREAM = "FILLER"
 
 
-class SmallStoreNats(EmbeddedNats):
+class SmallStoreNats(ConfiguredNats):
     """An ``EmbeddedNats`` whose JetStream keeps at most ``max_file_store`` bytes on file."""
 
     def __init__(self, *, max_file_store: int, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+        super().__init__(jetstream=f"  max_file_store: {max_file_store}\n", **kwargs)
         self.max_file_store = max_file_store
-
-    def _config_text(self) -> str:
-        text = super()._config_text()
-        assert _JETSTREAM_BLOCK in text, "the embedded server's config has no jetstream block"
-        return text.replace(_JETSTREAM_BLOCK, f"{_JETSTREAM_BLOCK}  max_file_store: {self.max_file_store}\n", 1)
 
 
 async def _request(url: str, subject: str, body: dict[str, object] | None = None) -> dict[str, Any]:

@@ -18,6 +18,25 @@ from meshgate.config import KafkaSettings, NatsSettings
 from meshgate.testing import Tansu
 from meshgate.v1 import replication_pb2, replication_pb2_grpc
 
+
+class ConfiguredNats(EmbeddedNats):
+    """An ``EmbeddedNats`` with lines of its own in the server's config: ``server`` at the top
+    level (``max_pending: ...``), ``jetstream`` inside its jetstream block (``max_file_store: ...``)."""
+
+    _JETSTREAM_BLOCK = "jetstream {\n"
+
+    def __init__(self, *, server: str = "", jetstream: str = "", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.server_lines = server
+        self.jetstream_lines = jetstream
+
+    def _config_text(self) -> str:
+        text = super()._config_text()
+        block = self._JETSTREAM_BLOCK
+        assert block in text, "the embedded server's config has no jetstream block"
+        return text.replace(block, f"{self.server_lines}{block}{self.jetstream_lines}", 1)
+
+
 # Short enough that fault tests finish quickly, long enough for a loaded CI machine.
 TEST_ACK_TIMEOUT = 2.0
 TEST_RECONNECT_WAIT = 0.1

@@ -16,27 +16,13 @@ from typing import Any
 
 import pytest
 
-from meshgate.brokers import EmbeddedNats, NatsBroker
+from meshgate.brokers import NatsBroker
 from meshgate.brokers.nats import _broker as nats_broker_module
 from meshgate.brokers.nats._pull import PULL_BYTES_SLACK, PullSubscription
-from tests._servers import make_nats_broker
+from tests._servers import ConfiguredNats, make_nats_broker
 from tests.brokers._contract import make_event, sequences
 
 BOUND = 20.0
-_JETSTREAM_BLOCK = "jetstream {\n"
-
-
-class _TightNats(EmbeddedNats):
-    """An ``EmbeddedNats`` that lets a client leave at most ``max_pending`` bytes unread."""
-
-    def __init__(self, *, max_pending: int, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.max_pending = max_pending
-
-    def _config_text(self) -> str:
-        text = super()._config_text()
-        assert _JETSTREAM_BLOCK in text, "the embedded server's config has no jetstream block"
-        return text.replace(_JETSTREAM_BLOCK, f"max_pending: {self.max_pending}\n{_JETSTREAM_BLOCK}", 1)
 
 
 async def _drain(consumer: Any, count: int) -> list[str]:
@@ -71,7 +57,10 @@ async def test_a_backlog_of_large_events_reaches_a_busy_link_and_its_connection_
     # The budget and the server's max_pending scaled down together (32 MiB against 64 MiB by
     # default): 27 MB of backlog is then more than three times what the server lets wait.
     monkeypatch.setattr(nats_broker_module, "_CONNECTION_PULL_BYTES", 2 * 1024 * 1024)
-    server = _TightNats(max_pending=8 * 1024 * 1024, data_dir=tmp_path / "nats", max_payload=1024 * 1024)
+    # A server that lets a client leave at most max_pending bytes unread.
+    server = ConfiguredNats(
+        server=f"max_pending: {8 * 1024 * 1024}\n", data_dir=tmp_path / "nats", max_payload=1024 * 1024
+    )
     await server.start()
     try:
         broker: NatsBroker
