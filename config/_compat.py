@@ -105,6 +105,12 @@ def check_compatible(old: MeshConfig, new: MeshConfig, region: str) -> str | Non
         changes.append(
             f"settings.replication_window {old.settings.replication_window} -> {new.settings.replication_window}"
         )
+    # And its batches.
+    if old.settings.replication_batch_events != new.settings.replication_batch_events:
+        changes.append(
+            f"settings.replication_batch_events {old.settings.replication_batch_events}"
+            f" -> {new.settings.replication_batch_events}"
+        )
     security = _security_changes(old, new)
     if security:
         return "restart needed: " + "; ".join(security + changes)

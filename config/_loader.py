@@ -306,6 +306,9 @@ def _build(data: dict[str, Any], doc: Document, *, source: str, sha256: str) -> 
             raw_settings.get("replication_ack_timeout", default_settings.replication_ack_timeout_seconds)
         ),
         replication_window=int(raw_settings.get("replication_window", default_settings.replication_window)),
+        replication_batch_events=int(
+            raw_settings.get("replication_batch_events", default_settings.replication_batch_events)
+        ),
         limits=limits,
     )
     return MeshConfig(

@@ -110,10 +110,10 @@ class RouteRule:
 # (more wait, first come, first served): the default of KafkaBroker(max_append_events=), here so
 # that the replication ingress below is derived from it (config may not import brokers). An
 # event costs a few KB of encoded headers, record, batch and result until its ack, besides its
-# own bytes. 2,000 is 2 batches of 1,000 (a replication link's batch) or 20 requests of 100:
+# own bytes. 2,000 is 4 batches of 500 (a replication link's batch) or 20 requests of 100:
 # enough for the next produce request to fill while the one before it is answered (an append
 # bench ran fastest with 2-4 calls of 500 at once). A destination's replication ingress held up
-# to 16,000 without it (8 calls, 4 batches of 500 each being written, when links sent 500): the gateway's peak went
+# to 16,000 without it (8 calls, 4 batches of 500 each being written): the gateway's peak went
 # from ~115 to 181-210 MB.
 KAFKA_MAX_APPEND_EVENTS = 2000
 # Defaults of limits.max_replication_inflight_events by the region's broker (see Limits). A Kafka
@@ -170,8 +170,8 @@ class Limits:
     def replication_inflight_events(self, kind: BrokerKind) -> int:
         """``max_replication_inflight_events``, or when 0 the broker's default: a Kafka region's
         appends hold ``KAFKA_MAX_APPEND_EVENTS`` (2,000) at a time, so 6,000 keeps 4,000 sorted
-        and waiting behind them (6 link batches of 1,000); a NATS region writes more at once the more it is given, so
-        32,000 only stops a runaway number of calls (8 calls of 4 batches of 1,000)."""
+        and waiting behind them (12 link batches of 500); a NATS region writes more at once the more it is given, so
+        32,000 only stops a runaway number of calls (16 calls of 4 batches of 500)."""
         if self.max_replication_inflight_events:
             return self.max_replication_inflight_events
         return KAFKA_REPLICATION_INFLIGHT_EVENTS if kind is BrokerKind.KAFKA else NATS_REPLICATION_INFLIGHT_EVENTS
@@ -209,8 +209,15 @@ class Settings:
     # Batches a link has sent and not yet had answered (per destination and process: on NATS a
     # link carries the partitions its process holds). Eight keep a loopback or LAN link up with
     # a full ingest rate (docs/PERFORMANCE.md, "One reader per process over its partitions");
-    # a long round trip needs more (a link sends at most window x 1,000 events per round trip).
+    # a long round trip needs more (a link sends at most window x replication_batch_events per
+    # round trip).
     replication_window: int = 8
+    # Events a link sends in one batch at most (fewer when the log has no more within 20 ms).
+    # Larger batches cost every process on the path fewer wake-ups and system calls per event:
+    # 1,000 drained a catch-up ~9 % faster than 500, for 10-20 MB more at the peak of a gateway
+    # that ingests and replicates at once (docs/PERFORMANCE.md, "Link batches of 1,000"), which
+    # took one past the 150 MB the project holds to; so 500.
+    replication_batch_events: int = 500
     limits: Limits = field(default_factory=Limits)
 
 

@@ -103,10 +103,11 @@ def replication_options(
     traces come from the OTEL_* variables; with security.ca this region's certificate is the
     client certificate to every peer; every call carries what ``guard`` sends (the secret).
     """
-    # The mesh file's ack timeout and window unless the caller (a test) gives options of its own.
+    # The mesh file's ack timeout, window and batch size unless the caller (a test) gives options of its own.
     options = base or LinkOptions(
         ack_timeout_seconds=config.settings.replication_ack_timeout_seconds,
         window=config.settings.replication_window,
+        max_batch_events=config.settings.replication_batch_events,
     )
     options = dataclasses.replace(options, max_request_bytes=config.settings.limits.max_message_bytes)
     tracing = Tracing.from_env(region, system=_messaging_system(config.region(region).kind))

@@ -79,10 +79,8 @@ class LinkState(enum.Enum):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LinkOptions:
     # A batch closes at this many events, or when the log has nothing more within `linger`.
-    # 1,000: each batch costs every process on the path a few wake-ups and system calls
-    # whatever its size; against 500, a catch-up drained 9 % faster (docs/PERFORMANCE.md,
-    # "Link batches of 1,000"), 2,000 no faster again.
-    max_batch_events: int = 1000
+    # The mesh file's settings.replication_batch_events (its default: see Settings).
+    max_batch_events: int = Settings().replication_batch_events
     # A batch larger than this (encoded) goes as several requests: the destination's max_message_bytes.
     max_request_bytes: int = 4 * 1024 * 1024
     linger_seconds: float = 0.02
