@@ -215,8 +215,8 @@ class Settings:
     # Events a link sends in one batch at most (fewer when the log has no more within 20 ms).
     # Larger batches cost every process on the path fewer wake-ups and system calls per event:
     # 1,000 drained a catch-up ~9 % faster than 500, for 10-20 MB more at the peak of a gateway
-    # that ingests and replicates at once (docs/PERFORMANCE.md, "Link batches of 1,000"), which
-    # took one past the 150 MB the project holds to; so 500.
+    # that ingests and replicates at once (docs/PERFORMANCE.md, "Link batches of 1,000"): one
+    # run's peak passed 150 MB, a target the project keeps. So 500, and 1,000 is a choice.
     replication_batch_events: int = 500
     limits: Limits = field(default_factory=Limits)
 
