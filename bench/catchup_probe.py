@@ -31,10 +31,10 @@ _CATCHUP_TIMEOUT_SECONDS = 90.0
 _STALL_SECONDS = 15.0
 
 
-async def main(backlog: int, rounds: int) -> list[dict[str, object]]:
+async def main(backlog: int, rounds: int, batch_events: int | None = None) -> list[dict[str, object]]:
     results: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory(prefix="meshgate-catchup-") as d:
-        mg = Meshgate(*two_regions(Path(d)))
+        mg = Meshgate(*two_regions(Path(d), batch_events=batch_events))
         try:
             await mg.start()
             await mg.live("bench/warm", _WARM_SECONDS, None, _DRAIN_SECONDS, _STALL_SECONDS)
@@ -58,11 +58,17 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backlog", type=int, default=200_000, help="events of each catch-up (default 200000)")
     parser.add_argument("--rounds", type=int, default=3, help="catch-ups in the run (default 3)")
+    parser.add_argument(
+        "--batch-events",
+        type=int,
+        default=None,
+        help="settings.replication_batch_events of the mesh (default: the setting's default)",
+    )
     args = parser.parse_args()
-    if args.backlog < 1 or args.rounds < 1:
-        parser.error("--backlog and --rounds must be at least 1")
+    if args.backlog < 1 or args.rounds < 1 or (args.batch_events is not None and args.batch_events < 1):
+        parser.error("--backlog, --rounds and --batch-events must be at least 1")
     try:
-        out = asyncio.run(main(args.backlog, args.rounds))
+        out = asyncio.run(main(args.backlog, args.rounds, args.batch_events))
     except (asyncio.CancelledError, KeyboardInterrupt):
         print("catchup_probe: interrupted; every process it started is stopped", file=sys.stderr)
         sys.exit(130)

@@ -174,9 +174,13 @@ async def terminate(proc: ServeProcess) -> None:
     await proc.close()
 
 
-def mesh_file(path: Path, a: Region, b: Region, *, partitions: int | None = None) -> None:
-    # The region's nats.partitions when given; the default otherwise.
+def mesh_file(
+    path: Path, a: Region, b: Region, *, partitions: int | None = None, batch_events: int | None = None
+) -> None:
+    # The region's nats.partitions and the links' settings.replication_batch_events when given;
+    # the defaults otherwise.
     nats = f"      nats:\n        partitions: {partitions}\n" if partitions else ""
+    settings = f"  settings:\n    replication_batch_events: {batch_events}\n" if batch_events else ""
     path.write_text(
         "event_mesh:\n"
         "  regions:\n"
@@ -187,17 +191,18 @@ def mesh_file(path: Path, a: Region, b: Region, *, partitions: int | None = None
         f'      regions: ["{a.name}", "{b.name}"]\n'
         # Replication between the two regions is authenticated, as a gateway requires.
         f"  security:\n    replication_secret: ${{{REPLICATION_SECRET_VARIABLE}}}\n"
+        f"{settings}"
     )
     os.environ.setdefault(REPLICATION_SECRET_VARIABLE, secrets.token_hex(32))
 
 
-def two_regions(root: Path, *, partitions: int | None = None) -> tuple[Region, Region]:
+def two_regions(root: Path, *, partitions: int | None = None, batch_events: int | None = None) -> tuple[Region, Region]:
     """Regions a and b of one mesh file (``root/mesh.yaml``), each gateway on its own free port."""
     config = root / "mesh.yaml"
     port_a, port_b = free_ports(2)
     a = Region("a", port_a, root / "data-a", config)
     b = Region("b", port_b, root / "data-b", config)
-    mesh_file(config, a, b, partitions=partitions)
+    mesh_file(config, a, b, partitions=partitions, batch_events=batch_events)
     return a, b
 
 
@@ -445,7 +450,9 @@ async def run_meshgate(tmp: Path, args: argparse.Namespace, anchor_rate: float) 
     seconds, backlog, drain, timeout, stall = args.seconds, args.backlog, args.drain, args.catchup_timeout, args.stall
     root = tmp / "meshgate"
     root.mkdir()
-    a, b = two_regions(root, partitions=getattr(args, "partitions", None))
+    a, b = two_regions(
+        root, partitions=getattr(args, "partitions", None), batch_events=getattr(args, "batch_events", None)
+    )
     mg = Meshgate(a, b)
     out: dict[str, object] = {"notes": mg.notes, "live_cpu": mg.live_cpu}
     try:
@@ -644,6 +651,12 @@ if __name__ == "__main__":
     parser.add_argument("--stall", type=float, default=15.0, help="give up after this long without progress (15 s)")
     parser.add_argument(
         "--partitions", type=int, default=None, help="nats.partitions of both regions (default: the region default)"
+    )
+    parser.add_argument(
+        "--batch-events",
+        type=int,
+        default=None,
+        help="settings.replication_batch_events of the mesh (default: the setting's default)",
     )
     try:
         result = asyncio.run(main(parser.parse_args()))
