@@ -10,7 +10,7 @@ each round's rate and every process's CPU per event, then one JSON line.
 The CPU per event is the steadier figure: the rate follows whatever else the machine does. For
 a before/after, run the two builds in turns (each from its own checkout and virtualenv).
 
-    python bench/catchup_probe.py [--backlog 200000] [--rounds 3]
+    python bench/catchup_probe.py [--backlog 200000] [--rounds 3] [--batch-events N]
 """
 
 from __future__ import annotations
