@@ -180,7 +180,7 @@ def mesh_file(
     # The region's nats.partitions and the links' settings.replication_batch_events when given;
     # the defaults otherwise.
     nats = f"      nats:\n        partitions: {partitions}\n" if partitions else ""
-    settings = f"  settings:\n    replication_batch_events: {batch_events}\n" if batch_events else ""
+    settings = f"  settings:\n    replication_batch_events: {batch_events}\n" if batch_events is not None else ""
     path.write_text(
         "event_mesh:\n"
         "  regions:\n"
@@ -658,8 +658,11 @@ if __name__ == "__main__":
         default=None,
         help="settings.replication_batch_events of the mesh (default: the setting's default)",
     )
+    args = parser.parse_args()
+    if any(n is not None and n < 1 for n in (args.partitions, args.batch_events)):
+        parser.error("--partitions and --batch-events must be at least 1")
     try:
-        result = asyncio.run(main(parser.parse_args()))
+        result = asyncio.run(main(args))
     except (asyncio.CancelledError, KeyboardInterrupt):
         print("replication_bench: interrupted; every process it started is stopped", file=sys.stderr)
         sys.exit(130)

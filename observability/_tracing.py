@@ -226,6 +226,9 @@ def server_attributes(address: str | None) -> dict[str, Any]:
     return {"server.address": host, "server.port": port} if port else {"server.address": host}
 
 
+# Entries of each per-topic cache (span names, a publish span's topic attributes and their
+# bytes): producers reuse a small set of topics; past this many the cache starts over.
+_PER_TOPIC_MAX = 16_384
 _NAMES: dict[tuple[str, str], str] = {}
 
 
@@ -235,7 +238,7 @@ def _name(operation: str, topic: str) -> str:
     key = (operation, topic)
     name = _NAMES.get(key)
     if name is None:
-        if len(_NAMES) >= 16_384:
+        if len(_NAMES) >= _PER_TOPIC_MAX:
             _NAMES.clear()
         name = _NAMES[key] = operation + topic
     return name
@@ -825,7 +828,7 @@ class Tracing:
         """A publish span's attributes that are the same for every event of ``topic`` (not to be changed)."""
         attributes = self._publish_attributes.get(topic)
         if attributes is None:
-            if len(self._publish_attributes) >= 16_384:  # producers reuse a small set of topics
+            if len(self._publish_attributes) >= _PER_TOPIC_MAX:
                 self._publish_attributes.clear()
             attributes = self._publish_attributes[topic] = {
                 **self.broker_attributes,
@@ -840,7 +843,7 @@ class Tracing:
         data = self._publish_attribute_bytes.get(topic)
         if data is None:
             assert self.encoding is not None  # called on the encoded path only
-            if len(self._publish_attribute_bytes) >= 16_384:
+            if len(self._publish_attribute_bytes) >= _PER_TOPIC_MAX:
                 self._publish_attribute_bytes.clear()
             data = self._publish_attribute_bytes[topic] = self.encoding.attributes(self.publish_attributes(topic))
         return data
