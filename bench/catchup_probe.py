@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from meshgate.bench.replication_bench import Meshgate, two_regions
+from meshgate.bench.replication_bench import Meshgate, add_batch_events_option, two_regions
 
 _WARM_SECONDS = 0.5
 # Bounds of each wait: after the live phase, and for a catch-up (with a stall cut-off).
@@ -58,12 +58,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backlog", type=int, default=200_000, help="events of each catch-up (default 200000)")
     parser.add_argument("--rounds", type=int, default=3, help="catch-ups in the run (default 3)")
-    parser.add_argument(
-        "--batch-events",
-        type=int,
-        default=None,
-        help="settings.replication_batch_events of the mesh (default: the setting's default)",
-    )
+    add_batch_events_option(parser)
     args = parser.parse_args()
     if args.backlog < 1 or args.rounds < 1 or (args.batch_events is not None and args.batch_events < 1):
         parser.error("--backlog, --rounds and --batch-events must be at least 1")

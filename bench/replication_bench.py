@@ -196,6 +196,16 @@ def mesh_file(
     os.environ.setdefault(REPLICATION_SECRET_VARIABLE, secrets.token_hex(32))
 
 
+def add_batch_events_option(parser: argparse.ArgumentParser) -> None:
+    """``--batch-events N``: the links' ``settings.replication_batch_events`` in the bench's mesh file."""
+    parser.add_argument(
+        "--batch-events",
+        type=int,
+        default=None,
+        help="settings.replication_batch_events of the mesh (default: the setting's default)",
+    )
+
+
 def two_regions(root: Path, *, partitions: int | None = None, batch_events: int | None = None) -> tuple[Region, Region]:
     """Regions a and b of one mesh file (``root/mesh.yaml``), each gateway on its own free port."""
     config = root / "mesh.yaml"
@@ -652,12 +662,7 @@ if __name__ == "__main__":
     parser.add_argument(
         "--partitions", type=int, default=None, help="nats.partitions of both regions (default: the region default)"
     )
-    parser.add_argument(
-        "--batch-events",
-        type=int,
-        default=None,
-        help="settings.replication_batch_events of the mesh (default: the setting's default)",
-    )
+    add_batch_events_option(parser)
     args = parser.parse_args()
     if any(n is not None and n < 1 for n in (args.partitions, args.batch_events)):
         parser.error("--partitions and --batch-events must be at least 1")
